@@ -1,0 +1,200 @@
+//! Typed settings for every component, loaded once at start-up.
+//!
+//! Owns: the `Settings` tree, its layering (built-in defaults -> `--config` file ->
+//! `TRIAGE__SECTION__KEY` environment variables) and `validate()`, which runs before any
+//! port is bound or file is written. Must not: read settings anywhere else, or log secrets.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::domain::{AeTitle, ByteSize};
+
+/// The defaults shipped in `config/default.toml`, compiled in so the binary runs anywhere.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub dicom: DicomSettings,
+    pub storage: StorageSettings,
+    pub database: DatabaseSettings,
+    pub ingest: IngestSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSettings {
+    pub ae_title: String,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub max_associations: usize,
+    pub max_pdu_length: u32,
+    #[serde(with = "humantime_serde")]
+    pub artim_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub require_registered_calling_ae: bool,
+    pub transfer_syntax_preference: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub data_dir: PathBuf,
+    pub min_free_disk: ByteSize,
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    #[serde(with = "humantime_serde")]
+    pub study_quiet_period: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Load defaults, then `file` (if any), then `TRIAGE__*` environment variables; validate.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("TRIAGE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("dicom.transfer_syntax_preference"),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        AeTitle::parse(&self.dicom.ae_title).map_err(|reason| ConfigError::Invalid {
+            key: "dicom.ae_title",
+            reason: reason.to_string(),
+        })?;
+        if self.dicom.max_associations == 0 {
+            return Err(invalid("dicom.max_associations", "must be at least 1"));
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu_length) {
+            return Err(invalid(
+                "dicom.max_pdu_length",
+                "must be between 4096 and 16777216 bytes",
+            ));
+        }
+        if self.dicom.transfer_syntax_preference.is_empty() {
+            return Err(invalid("dicom.transfer_syntax_preference", "must not be empty"));
+        }
+        for ts in &self.dicom.transfer_syntax_preference {
+            if crate::association::sop::transfer_syntax(ts).is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "dicom.transfer_syntax_preference",
+                    reason: format!("{ts} is not a transfer syntax this node can store"),
+                });
+            }
+        }
+        if self.dicom.artim_timeout.is_zero() || self.dicom.idle_timeout.is_zero() {
+            return Err(invalid("dicom.artim_timeout/idle_timeout", "must be above zero"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.ingest.study_quiet_period.is_zero() {
+            return Err(invalid("ingest.study_quiet_period", "must be above zero"));
+        }
+        let db = self.database_url();
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return Err(invalid("database.url", "must start with sqlite: or postgres://"));
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.storage.data_dir.join("triage.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+}
+
+fn invalid(key: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load(None).expect("defaults are valid");
+        assert_eq!(s.dicom.ae_title, "TRIAGE");
+        assert_eq!(s.dicom.port, 11112);
+        assert_eq!(s.dicom.bind.to_string(), "0.0.0.0");
+        assert_eq!(s.ingest.study_quiet_period, Duration::from_secs(10));
+        assert!(s.database_url().starts_with("sqlite://"));
+        assert!(s.database_url().contains("triage.db"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[dicom]\nae_titel = \"X\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("ae_titel"), "{err}");
+    }
+
+    #[test]
+    fn unknown_transfer_syntax_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ts.toml");
+        std::fs::write(&path, "[dicom]\ntransfer_syntax_preference = [\"1.2.3\"]\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("1.2.3"), "{err}");
+    }
+}

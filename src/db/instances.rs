@@ -1,0 +1,118 @@
+//! Received instances. A row exists only for an instance whose file is synced in the store;
+//! the row's commit is what makes a C-STORE Success true.
+
+use super::{get, q, Db, DbError};
+
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub modality: Option<String>,
+    pub transfer_syntax_uid: String,
+    pub calling_ae_title: String,
+    /// Relative to the data directory.
+    pub path: String,
+    pub size_bytes: i64,
+    pub dataset_sha256: String,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted { instance_id: i64, study_id: i64 },
+    /// An instance with this SOP Instance UID is already stored; nothing was written.
+    Duplicate { instance_id: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInstance {
+    pub id: i64,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
+    pub path: String,
+    pub dataset_sha256: String,
+}
+
+impl Db {
+    pub async fn find_instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, dataset_sha256 FROM instances WHERE sop_instance_uid = $1",
+        )
+        .bind(sop_instance_uid)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("select instance"))?;
+        row.map(|r| {
+            Ok(StoredInstance {
+                id: get(&r, "id")?,
+                sop_instance_uid: get(&r, "sop_instance_uid")?,
+                sop_class_uid: get(&r, "sop_class_uid")?,
+                transfer_syntax_uid: get(&r, "transfer_syntax_uid")?,
+                path: get(&r, "path")?,
+                dataset_sha256: get(&r, "dataset_sha256")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Record a stored instance and touch its study (re-arming the quiet-period timer) in one
+    /// transaction. A concurrent or earlier copy of the same SOP Instance UID wins.
+    pub async fn insert_instance(&self, new: &NewInstance) -> Result<InsertOutcome, DbError> {
+        if let Some(existing) = self.find_instance(&new.sop_instance_uid).await? {
+            return Ok(InsertOutcome::Duplicate { instance_id: existing.id });
+        }
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        // The write comes first so SQLite takes its write lock at once (no upgrade deadlock).
+        let study_id: i64 = sqlx::query_scalar(
+            "INSERT INTO studies (study_instance_uid, state, first_received_at_ms, last_received_at_ms, instance_count)
+             VALUES ($1, 'receiving', $2, $2, 0)
+             ON CONFLICT (study_instance_uid) DO UPDATE SET state = 'receiving', last_received_at_ms = excluded.last_received_at_ms
+             RETURNING id",
+        )
+        .bind(&new.study_instance_uid)
+        .bind(new.received_at_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(q("upsert study"))?;
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_id, series_instance_uid, modality, transfer_syntax_uid,
+                                    calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (sop_instance_uid) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&new.sop_instance_uid)
+        .bind(&new.sop_class_uid)
+        .bind(study_id)
+        .bind(&new.series_instance_uid)
+        .bind(new.modality.clone())
+        .bind(&new.transfer_syntax_uid)
+        .bind(&new.calling_ae_title)
+        .bind(&new.path)
+        .bind(new.size_bytes)
+        .bind(&new.dataset_sha256)
+        .bind(new.received_at_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(q("insert instance"))?;
+        let Some(instance_id) = inserted else {
+            tx.rollback().await.map_err(q("rollback"))?;
+            let existing = self.find_instance(&new.sop_instance_uid).await?;
+            return Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) });
+        };
+        sqlx::query("UPDATE studies SET instance_count = instance_count + 1 WHERE id = $1")
+            .bind(study_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("count instance"))?;
+        tx.commit().await.map_err(q("commit instance"))?;
+        Ok(InsertOutcome::Inserted { instance_id, study_id })
+    }
+
+    pub async fn count_instances(&self) -> Result<i64, DbError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM instances").fetch_one(&self.pool).await.map_err(q("count instances"))
+    }
+}

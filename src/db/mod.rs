@@ -1,0 +1,101 @@
+//! The only module with SQL. Returns domain types, never rows.
+//!
+//! Owns: the connection pool (SQLite in WAL mode by default, PostgreSQL for shared stores),
+//! migrations per engine, and one file per aggregate (ae_titles, instances, studies/jobs).
+//! Queries use `$n` placeholders, which both engines accept, so one statement serves both.
+//! Must not: know DICOM encodings, PDUs or files on disk.
+
+mod ae_titles;
+mod instances;
+mod studies;
+
+pub use ae_titles::{AeRole, RegisteredAe};
+pub use instances::{InsertOutcome, NewInstance, StoredInstance};
+pub use studies::{Job, ReadyStudy};
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("connecting to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("applying migrations: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("database query `{query}` failed: {source}")]
+    Query { query: &'static str, source: sqlx::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) fn q(query: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::Query { query, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl Db {
+    /// Open a pool on `url` (`sqlite:` or `postgres://`) and apply pending migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("postgres") { Engine::Postgres } else { Engine::Sqlite };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if engine == Engine::Sqlite { max_connections.min(4) } else { max_connections })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        // WAL for concurrent readers; FULL so a committed row survives power loss;
+                        // a generous busy timeout because several associations commit at once.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 30000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(DbError::Connect)?;
+        let db = Db { pool, engine };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self.engine {
+            Engine::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await,
+            Engine::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await,
+        }
+        .map_err(DbError::Migrate)
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, DbError>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    use sqlx::Row;
+    row.try_get(column).map_err(q(column))
+}

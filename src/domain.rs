@@ -1,0 +1,149 @@
+//! Newtypes shared by every stage.
+//!
+//! Owns: `AeTitle` (PS3.5 AE value rules), `ByteSize` (human sizes in config), `Redacted`
+//! (a wrapper whose Debug/Display never print the value: use it for anything identifying).
+//! Must not: do IO, or know about PDUs, SQL or tensors.
+
+use std::fmt;
+
+use serde::{de, Deserialize, Deserializer};
+
+/// An Application Entity title: 1 to 16 characters of the default repertoire without
+/// backslash or control characters; leading and trailing spaces are not significant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AeTitle(String);
+
+impl AeTitle {
+    pub fn parse(raw: &str) -> Result<AeTitle, &'static str> {
+        let trimmed = raw.trim_matches(' ');
+        if trimmed.is_empty() {
+            return Err("AE title must not be empty or all spaces");
+        }
+        if trimmed.len() > 16 {
+            return Err("AE title must be at most 16 characters");
+        }
+        if !trimmed.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+            return Err("AE title must be printable ASCII without backslash");
+        }
+        Ok(AeTitle(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AeTitle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A size in bytes, written in configuration as an integer or a string such as "512MiB".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(raw: &str) -> Result<ByteSize, String> {
+        let s = raw.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| format!("{raw:?} is not a size"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1 << 30,
+            "tb" => 1_000_000_000_000,
+            "tib" | "t" => 1 << 40,
+            "pb" => 1_000_000_000_000_000,
+            "pib" | "p" => 1 << 50,
+            other => return Err(format!("unknown size unit {other:?} in {raw:?}")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("{raw:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// Holds a value that may identify a patient. It can be used but never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<T> fmt::Display for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one time format in the database.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ae_titles() {
+        let check = |raw: &str, expected: Option<&str>| {
+            assert_eq!(AeTitle::parse(raw).ok().map(|a| a.0), expected.map(str::to_string), "{raw:?}");
+        };
+        check("TRIAGE", Some("TRIAGE"));
+        check("  CT1  ", Some("CT1"));
+        check("A", Some("A"));
+        check("SIXTEEN_CHARS_OK", Some("SIXTEEN_CHARS_OK"));
+        check("SEVENTEEN_CHARS_X", None);
+        check("", None);
+        check("    ", None);
+        check("BAD\\AE", None);
+        check("TAB\tAE", None);
+    }
+
+    #[test]
+    fn byte_sizes() {
+        let check = |raw: &str, expected: Option<u64>| {
+            assert_eq!(ByteSize::parse(raw).ok().map(|b| b.0), expected, "{raw:?}");
+        };
+        check("0", Some(0));
+        check("1024", Some(1024));
+        check("1GiB", Some(1 << 30));
+        check("2 GB", Some(2_000_000_000));
+        check("512MiB", Some(512 << 20));
+        check("100PB", Some(100_000_000_000_000_000));
+        check("12 parsecs", None);
+        check("GiB", None);
+    }
+
+    #[test]
+    fn redacted_never_prints() {
+        let r = Redacted("DOE^JOHN");
+        assert_eq!(format!("{r} {r:?}"), "<redacted> <redacted>");
+    }
+}

@@ -1,0 +1,228 @@
+//! C-STORE handling: from the first data byte to a committed row.
+//!
+//! Owns: the free-disk floor, the spool (stream -> fsync -> atomic rename), the structural scan,
+//! the checks a data set must pass, the `instances` row, and the mapping of every failure to a
+//! PS3.4 C-STORE status (`IngestError::dimse_status`). Success is returned only after the file
+//! and its directory are synced and the row is committed. Must not: know PDUs or SQL, or log
+//! identifying values (UIDs are wrapped in `Redacted` wherever they could be printed).
+
+pub mod scan;
+pub mod spool;
+pub mod study_ready;
+
+use std::sync::Arc;
+
+use crate::association::command::status;
+use crate::association::sop::TransferSyntax;
+use crate::config::StorageSettings;
+use crate::db::{Db, DbError, InsertOutcome, NewInstance};
+use crate::domain::{now_ms, Redacted};
+use scan::ScanError;
+use spool::{Dirs, SpoolError, SpoolFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("free disk space {available} bytes is below the configured floor of {floor} bytes")]
+    OutOfDisk { available: u64, floor: u64 },
+    #[error("checking free disk space: {0}")]
+    DiskCheck(#[source] std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("data set cannot be parsed: {0}")]
+    Unparseable(#[from] ScanError),
+    #[error("data set lacks {0}")]
+    MissingAttribute(&'static str),
+    #[error("SOP Class UID of the data set differs from the Affected SOP Class UID of the request")]
+    SopClassMismatch,
+    #[error("SOP Instance UID of the data set differs from the Affected SOP Instance UID of the request")]
+    SopInstanceMismatch,
+    #[error("Affected SOP Class UID differs from the presentation context's abstract syntax")]
+    NotNegotiated,
+    #[error("recording the instance: {0}")]
+    Db(#[from] DbError),
+    #[error("scan task failed: {0}")]
+    Task(String),
+}
+
+impl IngestError {
+    /// The C-STORE response status for this failure (PS3.4 Table B.2-1, PS3.7 Annex C).
+    pub fn dimse_status(&self) -> u16 {
+        match self {
+            IngestError::OutOfDisk { .. } | IngestError::DiskCheck(_) | IngestError::Spool(_) => status::OUT_OF_RESOURCES,
+            IngestError::Unparseable(_) => status::CANNOT_UNDERSTAND,
+            IngestError::MissingAttribute(_) | IngestError::SopClassMismatch | IngestError::SopInstanceMismatch => {
+                status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+            }
+            IngestError::NotNegotiated => status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
+            IngestError::Db(_) | IngestError::Task(_) => status::PROCESSING_FAILURE,
+        }
+    }
+}
+
+/// What the request's command set says about the instance that follows.
+#[derive(Debug, Clone)]
+pub struct StoreRequest {
+    pub sop_class_uid: Redacted<String>,
+    pub sop_instance_uid: Redacted<String>,
+    pub transfer_syntax: &'static TransferSyntax,
+    pub calling_ae: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored { instance_id: i64 },
+    /// Already stored under this SOP Instance UID: the first copy is kept, Success is returned.
+    Duplicate { instance_id: i64 },
+}
+
+pub struct Ingest {
+    dirs: Dirs,
+    min_free_disk: u64,
+    fsync: bool,
+    db: Db,
+}
+
+impl Ingest {
+    pub fn new(cfg: &StorageSettings, db: Db) -> Arc<Ingest> {
+        Arc::new(Ingest { dirs: Dirs::new(&cfg.data_dir), min_free_disk: cfg.min_free_disk.0, fsync: cfg.fsync, db })
+    }
+
+    pub fn dirs(&self) -> &Dirs {
+        &self.dirs
+    }
+
+    /// Open a spool file for an incoming instance, or refuse if the disk is below its floor.
+    pub async fn begin(&self, req: &StoreRequest) -> Result<SpoolFile, IngestError> {
+        let available = free_bytes(&self.dirs.data).map_err(IngestError::DiskCheck)?;
+        if available < self.min_free_disk {
+            return Err(IngestError::OutOfDisk { available, floor: self.min_free_disk });
+        }
+        let header = spool::part10_header(&req.sop_class_uid.0, &req.sop_instance_uid.0, req.transfer_syntax.uid, &req.calling_ae)?;
+        Ok(SpoolFile::create(&self.dirs, &header).await?)
+    }
+
+    /// All data set bytes have arrived: sync, scan, check, store and record. On any error the
+    /// spool file is removed, so a refused instance leaves nothing behind.
+    pub async fn complete(&self, req: &StoreRequest, spool: SpoolFile) -> Result<StoreOutcome, IngestError> {
+        let spooled = spool.finish(self.fsync).await?;
+        let path = spooled.path.clone();
+        let result = self.check_and_commit(req, &spooled).await;
+        if !matches!(result, Ok(StoreOutcome::Stored { .. })) {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        result
+    }
+
+    async fn check_and_commit(&self, req: &StoreRequest, spooled: &spool::Spooled) -> Result<StoreOutcome, IngestError> {
+        let (path, offset, len, ts) = (spooled.path.clone(), spooled.header_len, spooled.dataset_len, req.transfer_syntax);
+        let fields = tokio::task::spawn_blocking(move || -> Result<scan::HeaderFields, ScanError> {
+            use std::io::{Seek, SeekFrom};
+            let mut file = std::fs::File::open(&path).map_err(ScanError::Io)?;
+            file.seek(SeekFrom::Start(offset)).map_err(ScanError::Io)?;
+            scan::scan(file, Some(len), ts)
+        })
+        .await
+        .map_err(|e| IngestError::Task(e.to_string()))??;
+
+        let sop_class = fields.sop_class_uid.ok_or(IngestError::MissingAttribute("SOP Class UID (0008,0016)"))?;
+        let sop_instance = fields.sop_instance_uid.ok_or(IngestError::MissingAttribute("SOP Instance UID (0008,0018)"))?;
+        let study = fields.study_instance_uid.ok_or(IngestError::MissingAttribute("Study Instance UID (0020,000D)"))?;
+        let series = fields.series_instance_uid.ok_or(IngestError::MissingAttribute("Series Instance UID (0020,000E)"))?;
+        if sop_class != req.sop_class_uid.0 {
+            return Err(IngestError::SopClassMismatch);
+        }
+        if sop_instance != req.sop_instance_uid.0 {
+            return Err(IngestError::SopInstanceMismatch);
+        }
+        if let Some(existing) = self.db.find_instance(&sop_instance).await? {
+            return Ok(StoreOutcome::Duplicate { instance_id: existing.id });
+        }
+
+        let received_at_ms = now_ms();
+        let day = day_folder(received_at_ms);
+        let relative = spool::commit_to_store(&self.dirs, spooled, &day, self.fsync).await?;
+        let new = NewInstance {
+            sop_instance_uid: sop_instance,
+            sop_class_uid: sop_class,
+            study_instance_uid: study,
+            series_instance_uid: series,
+            modality: fields.modality,
+            transfer_syntax_uid: ts.uid.to_string(),
+            calling_ae_title: req.calling_ae.clone(),
+            path: relative.to_string_lossy().into_owned(),
+            size_bytes: (spooled.header_len + spooled.dataset_len) as i64,
+            dataset_sha256: spooled.dataset_sha256.clone(),
+            received_at_ms,
+        };
+        let stored = self.dirs.data.join(&relative);
+        match self.db.insert_instance(&new).await {
+            Ok(InsertOutcome::Inserted { instance_id, .. }) => Ok(StoreOutcome::Stored { instance_id }),
+            Ok(InsertOutcome::Duplicate { instance_id }) => {
+                let _ = tokio::fs::remove_file(&stored).await;
+                Ok(StoreOutcome::Duplicate { instance_id })
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&stored).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// `YYYYMMDD` (UTC) of a millisecond timestamp: store folders stay a manageable size.
+fn day_folder(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}")
+}
+
+/// Bytes available to an unprivileged user on the file system holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_folders() {
+        assert_eq!(day_folder(0), "19700101");
+        assert_eq!(day_folder(951_782_400_000), "20000229");
+        assert_eq!(day_folder(1_795_824_000_000), "20261128");
+    }
+
+    #[test]
+    fn every_failure_has_a_ps34_status() {
+        let check = |e: IngestError, expected: u16| assert_eq!(e.dimse_status(), expected, "{e}");
+        check(IngestError::OutOfDisk { available: 1, floor: 2 }, 0xA700);
+        check(IngestError::Unparseable(ScanError::Truncated { offset: 3 }), 0xC000);
+        check(IngestError::SopClassMismatch, 0xA900);
+        check(IngestError::SopInstanceMismatch, 0xA900);
+        check(IngestError::MissingAttribute("x"), 0xA900);
+        check(IngestError::NotNegotiated, 0x0122);
+        check(IngestError::Task("x".into()), 0x0110);
+    }
+
+    #[test]
+    fn free_bytes_reads_the_file_system() {
+        assert!(free_bytes(std::path::Path::new("/")).unwrap() > 0);
+        assert!(free_bytes(std::path::Path::new("/no/such/dir")).is_err());
+    }
+}

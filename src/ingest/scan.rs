@@ -1,0 +1,379 @@
+//! A structural scan of a received data set: proves it parses, extracts the few top-level
+//! attributes ingest needs, and does so in bounded memory whatever the instance size.
+//!
+//! Owns: walking elements, sequences, items and encapsulated fragments in any transfer syntax
+//! the node accepts (explicit/implicit VR, little/big endian, deflated). Values are skipped, not
+//! loaded, except the handful of short top-level strings listed in `HeaderFields`.
+//! Must not: log values (they may identify a patient), or write anything.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use crate::association::sop::TransferSyntax;
+
+/// Nesting deeper than this is treated as corrupt input rather than recursed into.
+const MAX_DEPTH: u32 = 64;
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+const ITEM_DELIMITATION: (u16, u16) = (0xFFFE, 0xE00D);
+const SEQUENCE_DELIMITATION: (u16, u16) = (0xFFFE, 0xE0DD);
+
+/// The top-level attributes ingest reads. They identify instances, so never log them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderFields {
+    pub sop_class_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    pub study_instance_uid: Option<String>,
+    pub series_instance_uid: Option<String>,
+    pub modality: Option<String>,
+}
+
+impl HeaderFields {
+    fn slot(&mut self, tag: (u16, u16)) -> Option<&mut Option<String>> {
+        match tag {
+            (0x0008, 0x0016) => Some(&mut self.sop_class_uid),
+            (0x0008, 0x0018) => Some(&mut self.sop_instance_uid),
+            (0x0008, 0x0060) => Some(&mut self.modality),
+            (0x0020, 0x000D) => Some(&mut self.study_instance_uid),
+            (0x0020, 0x000E) => Some(&mut self.series_instance_uid),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("data set ends inside an element at byte {offset}")]
+    Truncated { offset: u64 },
+    #[error("element ({group:04X},{element:04X}) at byte {offset}: {problem}")]
+    Element { group: u16, element: u16, offset: u64, problem: &'static str },
+    #[error("sequences nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("reading the spooled data set: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Scan `dataset` (the bytes after the File Meta Information, `len` of them when known).
+pub fn scan<R: Read>(dataset: R, len: Option<u64>, ts: &TransferSyntax) -> Result<HeaderFields, ScanError> {
+    if ts.deflated {
+        let inflated = flate2::read::DeflateDecoder::new(BufReader::with_capacity(64 * 1024, dataset));
+        Walker::new(inflated, ts).run(None)
+    } else {
+        Walker::new(dataset, ts).run(len)
+    }
+}
+
+struct Walker<R: Read> {
+    r: BufReader<R>,
+    pos: u64,
+    explicit: bool,
+    big: bool,
+    found: HeaderFields,
+}
+
+impl<R: Read> Walker<R> {
+    fn new(r: R, ts: &TransferSyntax) -> Self {
+        Walker { r: BufReader::with_capacity(64 * 1024, r), pos: 0, explicit: ts.explicit_vr, big: ts.big_endian, found: HeaderFields::default() }
+    }
+
+    fn run(mut self, len: Option<u64>) -> Result<HeaderFields, ScanError> {
+        if self.at_eof()? {
+            return Err(ScanError::Truncated { offset: 0 });
+        }
+        self.walk_items_of_dataset(len, 0, true)?;
+        Ok(self.found)
+    }
+
+    fn at_eof(&mut self) -> Result<bool, ScanError> {
+        Ok(self.r.fill_buf().map_err(ScanError::Io)?.is_empty())
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], ScanError> {
+        let mut b = [0u8; N];
+        self.r.read_exact(&mut b).map_err(|e| self.eof(e))?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+
+    fn eof(&self, e: io::Error) -> ScanError {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ScanError::Truncated { offset: self.pos }
+        } else {
+            ScanError::Io(e)
+        }
+    }
+
+    fn u16(&mut self) -> Result<u16, ScanError> {
+        let b = self.bytes::<2>()?;
+        Ok(if self.big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+    }
+
+    fn u32(&mut self) -> Result<u32, ScanError> {
+        let b = self.bytes::<4>()?;
+        Ok(if self.big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+    }
+
+    fn tag(&mut self) -> Result<(u16, u16), ScanError> {
+        Ok((self.u16()?, self.u16()?))
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), ScanError> {
+        let copied = io::copy(&mut (&mut self.r).take(n), &mut io::sink()).map_err(ScanError::Io)?;
+        self.pos += copied;
+        if copied < n {
+            return Err(ScanError::Truncated { offset: self.pos });
+        }
+        Ok(())
+    }
+
+    /// Walk elements until `end` (a defined length), an item delimiter (undefined-length item),
+    /// or, at top level, the end of the stream.
+    fn walk_items_of_dataset(&mut self, end: Option<u64>, depth: u32, top: bool) -> Result<(), ScanError> {
+        if depth > MAX_DEPTH {
+            return Err(ScanError::TooDeep);
+        }
+        loop {
+            match end {
+                Some(end) if self.pos == end => return Ok(()),
+                Some(end) if self.pos > end => {
+                    return Err(ScanError::Element { group: 0, element: 0, offset: self.pos, problem: "element runs past the end of its item" })
+                }
+                None if top && self.at_eof()? => return Ok(()),
+                _ => {}
+            }
+            let offset = self.pos;
+            let tag = self.tag()?;
+            let err = |problem| ScanError::Element { group: tag.0, element: tag.1, offset, problem };
+            if tag == ITEM_DELIMITATION {
+                self.u32()?;
+                return if end.is_none() && !top { Ok(()) } else { Err(err("unexpected item delimiter")) };
+            }
+            if tag.0 == 0xFFFE {
+                return Err(err("unexpected item or sequence delimiter"));
+            }
+            let (vr, len) = if self.explicit {
+                let vr = self.bytes::<2>()?;
+                if !vr.iter().all(u8::is_ascii_uppercase) {
+                    return Err(err("invalid value representation"));
+                }
+                let len = if matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN" | b"SV" | b"UV") {
+                    self.skip(2)?;
+                    self.u32()?
+                } else {
+                    u32::from(self.u16()?)
+                };
+                (Some(vr), len)
+            } else {
+                (None, self.u32()?)
+            };
+            if len == UNDEFINED {
+                match vr.as_ref() {
+                    _ if tag == PIXEL_DATA => self.walk_fragments()?,
+                    None | Some(b"SQ") => self.walk_sequence(None, depth)?,
+                    Some(b"UN") => {
+                        // PS3.5 6.2.2: an undefined-length UN is a sequence in Implicit VR LE.
+                        let saved = (self.explicit, self.big);
+                        (self.explicit, self.big) = (false, false);
+                        let walked = self.walk_sequence(None, depth);
+                        (self.explicit, self.big) = saved;
+                        walked?;
+                    }
+                    Some(_) => return Err(err("undefined length on a value representation that cannot have one")),
+                }
+                continue;
+            }
+            let value_end = self.pos + u64::from(len);
+            if end.is_some_and(|end| value_end > end) {
+                return Err(err("value length runs past the end of its item"));
+            }
+            if vr.as_ref() == Some(b"SQ") {
+                self.walk_sequence(Some(value_end), depth)?;
+            } else if top && len <= 128 && self.found.slot(tag).is_some() {
+                let mut v = vec![0u8; len as usize];
+                self.r.read_exact(&mut v).map_err(|e| self.eof(e))?;
+                self.pos += u64::from(len);
+                let text = String::from_utf8_lossy(&v).trim_matches(['\0', ' ']).to_string();
+                if let Some(slot) = self.found.slot(tag) {
+                    *slot = (!text.is_empty()).then_some(text);
+                }
+            } else {
+                self.skip(u64::from(len))?;
+            }
+        }
+    }
+
+    fn walk_sequence(&mut self, end: Option<u64>, depth: u32) -> Result<(), ScanError> {
+        loop {
+            if let Some(end) = end {
+                if self.pos == end {
+                    return Ok(());
+                }
+            }
+            let offset = self.pos;
+            let tag = self.tag()?;
+            let len = self.u32()?;
+            let err = |problem| ScanError::Element { group: tag.0, element: tag.1, offset, problem };
+            match tag {
+                SEQUENCE_DELIMITATION if end.is_none() => return Ok(()),
+                ITEM if len == UNDEFINED => self.walk_items_of_dataset(None, depth + 1, false)?,
+                ITEM => {
+                    let item_end = self.pos + u64::from(len);
+                    if end.is_some_and(|end| item_end > end) {
+                        return Err(err("item runs past the end of its sequence"));
+                    }
+                    self.walk_items_of_dataset(Some(item_end), depth + 1, false)?
+                }
+                _ => return Err(err("expected an item in a sequence")),
+            }
+        }
+    }
+
+    fn walk_fragments(&mut self) -> Result<(), ScanError> {
+        loop {
+            let offset = self.pos;
+            let tag = self.tag()?;
+            let len = self.u32()?;
+            match tag {
+                SEQUENCE_DELIMITATION => return Ok(()),
+                ITEM if len != UNDEFINED => self.skip(u64::from(len))?,
+                _ => {
+                    return Err(ScanError::Element { group: tag.0, element: tag.1, offset, problem: "expected a pixel data fragment" })
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::association::sop::transfer_syntax;
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+    const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+    const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
+
+    /// Build explicit-VR elements: (group, element, VR, value).
+    fn explicit(elements: &[(u16, u16, &str, &[u8])], big: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let u16b = |v: u16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let u32b = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        for (g, e, vr, value) in elements {
+            out.extend_from_slice(&u16b(*g));
+            out.extend_from_slice(&u16b(*e));
+            out.extend_from_slice(vr.as_bytes());
+            if matches!(*vr, "OB" | "OW" | "SQ" | "UN" | "UT") {
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&u32b(value.len() as u32));
+            } else {
+                out.extend_from_slice(&u16b(value.len() as u16));
+            }
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    fn header(big: bool) -> Vec<u8> {
+        explicit(
+            &[
+                (0x0008, 0x0016, "UI", b"1.2.840.10008.5.1.4.1.1.2\0"),
+                (0x0008, 0x0018, "UI", b"1.2.3.4\0"),
+                (0x0008, 0x0060, "CS", b"CT"),
+                (0x0020, 0x000D, "UI", b"1.2.3\0"),
+                (0x0020, 0x000E, "UI", b"1.2.3.5\0"),
+            ],
+            big,
+        )
+    }
+
+    fn run(bytes: &[u8], ts: &str) -> Result<HeaderFields, ScanError> {
+        scan(bytes, Some(bytes.len() as u64), transfer_syntax(ts).unwrap())
+    }
+
+    #[test]
+    fn reads_the_identifying_attributes() {
+        for (big, ts) in [(false, EXPLICIT_LE), (true, EXPLICIT_BE)] {
+            let h = run(&header(big), ts).unwrap();
+            assert_eq!(h.sop_class_uid.as_deref(), Some("1.2.840.10008.5.1.4.1.1.2"));
+            assert_eq!(h.sop_instance_uid.as_deref(), Some("1.2.3.4"));
+            assert_eq!(h.study_instance_uid.as_deref(), Some("1.2.3"));
+            assert_eq!(h.series_instance_uid.as_deref(), Some("1.2.3.5"));
+            assert_eq!(h.modality.as_deref(), Some("CT"));
+        }
+    }
+
+    #[test]
+    fn sequences_and_fragments() {
+        // Top-level elements, kept apart so that the valid cut points are known.
+        let mut elements: Vec<Vec<u8>> = vec![header(false)];
+        // A defined-length SQ with one defined-length item.
+        let item_body = explicit(&[(0x0008, 0x0100, "SH", b"T-1234")], false);
+        let mut item = vec![0xFE, 0xFF, 0x00, 0xE0];
+        item.extend_from_slice(&(item_body.len() as u32).to_le_bytes());
+        item.extend_from_slice(&item_body);
+        elements.push(explicit(&[(0x0008, 0x1032, "SQ", &item)], false));
+        // An undefined-length SQ with an undefined-length item.
+        let mut sq = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        sq.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        sq.extend(explicit(&[(0x0008, 0x1150, "UI", b"1.2\0")], false));
+        sq.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        sq.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        elements.push(sq);
+        // Encapsulated pixel data: empty offset table and one fragment.
+        let mut px = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        px.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        px.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 1, 2, 3, 4]);
+        px.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        elements.push(px);
+
+        let bytes = elements.concat();
+        assert!(run(&bytes, EXPLICIT_LE).is_ok());
+        let boundaries: Vec<usize> = elements.iter().scan(0, |acc, e| { *acc += e.len(); Some(*acc) }).collect();
+        // Every cut inside the sequences or the pixel data is refused, never a panic or a success.
+        for cut in boundaries[0] + 1..bytes.len() {
+            let result = run(&bytes[..cut], EXPLICIT_LE);
+            assert_eq!(result.is_ok(), boundaries.contains(&cut), "cut at {cut}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn corrupt_data_sets_are_refused() {
+        let mut overlong = header(false);
+        overlong.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 0xFF, 0x7F, b'X', b'Y']);
+        assert!(run(&overlong, EXPLICIT_LE).is_err());
+        assert!(matches!(scan(&overlong[..], None, transfer_syntax(EXPLICIT_LE).unwrap()), Err(ScanError::Truncated { .. })));
+
+        let mut bad_vr = header(false);
+        bad_vr.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'p', b'n', 2, 0, b'X', b'Y']);
+        assert!(matches!(run(&bad_vr, EXPLICIT_LE), Err(ScanError::Element { problem: "invalid value representation", .. })));
+
+        assert!(matches!(run(&[], EXPLICIT_LE), Err(ScanError::Truncated { offset: 0 })));
+        assert!(run(&[0x08, 0x00, 0x16], EXPLICIT_LE).is_err());
+    }
+
+    #[test]
+    fn implicit_vr() {
+        let mut bytes = Vec::new();
+        for (g, e, v) in [(0x0008u16, 0x0016u16, &b"1.2.840.10008.5.1.4.1.1.1\0"[..]), (0x0008, 0x0018, b"9.8\0"), (0x0020, 0x000D, b"7.7\0")] {
+            bytes.extend_from_slice(&g.to_le_bytes());
+            bytes.extend_from_slice(&e.to_le_bytes());
+            bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(v);
+        }
+        // Undefined-length sequence in implicit VR.
+        bytes.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let h = run(&bytes, IMPLICIT_LE).unwrap();
+        assert_eq!(h.sop_instance_uid.as_deref(), Some("9.8"));
+        assert_eq!(h.study_instance_uid.as_deref(), Some("7.7"));
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let mut bytes = Vec::new();
+        for _ in 0..200 {
+            bytes.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+            bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        assert!(matches!(run(&bytes, EXPLICIT_LE), Err(ScanError::TooDeep)));
+    }
+}

@@ -1,0 +1,54 @@
+//! Study-complete detection: a study is complete after a quiet period with no new instance.
+//!
+//! Owns: the periodic sweep that promotes quiet studies and queues `study_ready` jobs. The timer
+//! lives in the database (`last_received_at_ms`), so after a restart the sweep re-arms by itself.
+//! Must not: hold timers in memory that a restart would lose.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::db::Db;
+use crate::domain::now_ms;
+
+pub struct StudyReadyWorker {
+    db: Db,
+    quiet_period: Duration,
+}
+
+impl StudyReadyWorker {
+    pub fn new(db: Db, quiet_period: Duration) -> Self {
+        StudyReadyWorker { db, quiet_period }
+    }
+
+    /// One sweep: promote every study quiet for the whole period. Returns how many.
+    pub async fn sweep(&self) -> usize {
+        let cutoff = now_ms() - self.quiet_period.as_millis() as i64;
+        match self.db.promote_quiet_studies(cutoff).await {
+            Ok(ready) => {
+                for s in &ready {
+                    info!(study_id = s.study_id, job_id = s.job_id, instances = s.instance_count, "study ready");
+                }
+                ready.len()
+            }
+            Err(error) => {
+                error!(%error, "study-ready sweep failed");
+                0
+            }
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        // Sweep often enough that a study is promoted within ~10% of the quiet period.
+        let tick = (self.quiet_period / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => { self.sweep().await; }
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! triage-node: a DICOM Storage SCP that de-identifies and triages studies with AI.
+//! See ARCHITECTURE.md for the data flow and the invariants of each module.
+
+pub mod association;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod ingest;
+pub mod node;

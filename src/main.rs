@@ -1,0 +1,175 @@
+//! Thin entry point: parse the command line, load configuration, initialise logging, and hand
+//! over to `node::run` or to an administrative command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use triage_node::config::{LogFormat, Settings};
+use triage_node::db::{AeRole, Db, RegisteredAe};
+use triage_node::domain::AeTitle;
+
+#[derive(Parser)]
+#[command(name = "triage-node", version, about = "DICOM node that receives studies and triages them with AI")]
+struct Cli {
+    /// Configuration file layered over the built-in defaults (TRIAGE__* variables override both).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node: DICOM listener and workers, until SIGTERM or SIGINT.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Administer the application entities allowed to call us or that we deliver to.
+    Ae {
+        #[command(subcommand)]
+        action: AeAction,
+    },
+    /// Print the effective configuration (after layering) and exit.
+    ShowConfig,
+}
+
+#[derive(Subcommand)]
+enum AeAction {
+    /// Register (or update) an AE title.
+    Add {
+        ae_title: String,
+        /// Host or IP the AE must call from (modality) or where we reach it (pacs).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// modality | pacs
+        #[arg(long, default_value = "modality")]
+        role: String,
+        /// Register it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List registered AE titles.
+    List,
+    /// Remove an AE title.
+    Remove { ae_title: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("triage-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("triage-node: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("triage-node: {e:#}");
+            tracing::error!(error = %format!("{e:#}"), "exiting on error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            triage_node::node::run(settings, shutdown).await
+        }
+        Command::Migrate => {
+            std::fs::create_dir_all(&settings.storage.data_dir)?;
+            Db::open(&settings.database_url(), 1).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::ShowConfig => {
+            println!("{settings:#?}");
+            Ok(())
+        }
+        Command::Ae { action } => ae_admin(action, &settings).await,
+    }
+}
+
+async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.storage.data_dir)?;
+    let db = Db::open(&settings.database_url(), 1).await?;
+    match action {
+        AeAction::Add { ae_title, host, port, role, disabled } => {
+            let ae = RegisteredAe {
+                ae_title: AeTitle::parse(&ae_title).map_err(|e| anyhow::anyhow!("{ae_title:?}: {e}"))?,
+                host,
+                port,
+                role: role.parse::<AeRole>().map_err(anyhow::Error::msg)?,
+                enabled: !disabled,
+            };
+            if ae.role == AeRole::Pacs && (ae.host.is_none() || ae.port.is_none()) {
+                anyhow::bail!("a pacs AE needs --host and --port so results can be sent to it");
+            }
+            db.upsert_ae(&ae).await.context("saving the AE")?;
+            println!("registered {} ({}){}", ae.ae_title, ae.role, if ae.enabled { "" } else { " disabled" });
+        }
+        AeAction::List => {
+            println!("{:<16}  {:<8}  {:<7}  {:<24}  PORT", "AE TITLE", "ROLE", "ENABLED", "HOST");
+            for ae in db.list_aes().await? {
+                println!(
+                    "{:<16}  {:<8}  {:<7}  {:<24}  {}",
+                    ae.ae_title,
+                    ae.role,
+                    if ae.enabled { "yes" } else { "no" },
+                    ae.host.as_deref().unwrap_or("*"),
+                    ae.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        AeAction::Remove { ae_title } => {
+            let title = AeTitle::parse(&ae_title).map_err(|e| anyhow::anyhow!("{ae_title:?}: {e}"))?;
+            if !db.remove_ae(&title).await? {
+                anyhow::bail!("no AE titled {title} is registered");
+            }
+            println!("removed {title}");
+        }
+    }
+    db.close().await;
+    Ok(())
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&settings.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,56 @@
+//! Composition root: opens the database, prepares the store, starts the listener and workers,
+//! and owns the shutdown order (stop accepting -> let in-flight messages finish within
+//! `shutdown_grace` -> stop workers -> close the database).
+//!
+//! Must not: contain protocol or storage logic; it only wires components together.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::association::{Listener, Shared};
+use crate::config::Settings;
+use crate::db::Db;
+use crate::domain::AeTitle;
+use crate::ingest::study_ready::StudyReadyWorker;
+use crate::ingest::Ingest;
+
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ae_title = AeTitle::parse(&settings.dicom.ae_title).map_err(anyhow::Error::msg)?;
+    let dirs = crate::ingest::spool::Dirs::new(&settings.storage.data_dir);
+    let leftovers = dirs.prepare().with_context(|| format!("preparing data directory {}", settings.storage.data_dir.display()))?;
+    if leftovers > 0 {
+        warn!(files = leftovers, "removed unacknowledged spool files left by an earlier stop");
+    }
+    let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?;
+    info!(engine = ?db.engine(), "database ready");
+
+    let ingest = Ingest::new(&settings.storage, db.clone());
+    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), db: db.clone(), ingest });
+    let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
+    let addr = listener.local_addr()?;
+    info!(ae_title = %ae_title, bind = %addr.ip(), "listening port={}", addr.port());
+
+    let associations = TaskTracker::new();
+    let workers = TaskTracker::new();
+    let stop_workers = CancellationToken::new();
+    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).run(stop_workers.clone()));
+
+    listener.run(shutdown.clone(), associations.clone()).await;
+
+    // Shutdown: the listener has stopped accepting; associations finish their current message.
+    associations.close();
+    let grace = settings.dicom.shutdown_grace;
+    if tokio::time::timeout(grace, associations.wait()).await.is_err() {
+        warn!(remaining = associations.len(), ?grace, "associations still busy after the shutdown grace period; abandoning them (nothing unacknowledged is kept)");
+    }
+    stop_workers.cancel();
+    workers.close();
+    workers.wait().await;
+    db.close().await;
+    info!("stopped");
+    Ok(())
+}
