@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs everything the tests and benchmarks need on a fresh Debian machine, idempotently:
+#   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy)
+#   - a Python venv in .venv with pinned pydicom, pynetdicom and pydicom-data (real DICOM files)
+#   - the test corpus in .testdata/: real CT and chest CR files in every transfer syntax we accept
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+need_apt=()
+command -v storescu >/dev/null || need_apt+=(dcmtk)
+command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} from Debian"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy' 2>/dev/null; then
+  echo "setup: creating .venv (${PY_PINS[*]})"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"
+fi
+
+CORPUS_VERSION=3
+if [ "$(cat .testdata/VERSION 2>/dev/null)" != "$CORPUS_VERSION" ]; then
+  echo "setup: building the test corpus in .testdata/"
+  rm -rf .testdata && mkdir -p .testdata/ts
+  SRC=$(.venv/bin/python -c 'import data_store, os; print(os.path.join(os.path.dirname(data_store.__file__), "data"))')
+  T=.testdata/ts
+  cp "$SRC/693_UNCR.dcm" $T/ct_explicit_le.dcm
+  dcmconv +ti $T/ct_explicit_le.dcm $T/ct_implicit_le.dcm
+  dcmconv +tb $T/ct_explicit_le.dcm $T/ct_explicit_be.dcm
+  dcmconv +td $T/ct_explicit_le.dcm $T/ct_deflated.dcm
+  dcmcjpeg +eb $T/ct_explicit_le.dcm $T/ct_jpeg_baseline.dcm
+  dcmcjpeg +el $T/ct_explicit_le.dcm $T/ct_jpeg_lossless_p14.dcm
+  dcmcjpeg +e1 $T/ct_explicit_le.dcm $T/ct_jpeg_lossless_sv1.dcm
+  dcmcjpls +el $T/ct_explicit_le.dcm $T/ct_jpegls_lossless.dcm
+  dcmcjpls +en "$SRC/RG1_UNCR.dcm" $T/cr_jpegls_near_lossless.dcm
+  cp "$SRC/693_J2KR.dcm" $T/ct_j2k_lossless.dcm
+  cp "$SRC/RG1_J2KI.dcm" $T/cr_j2k_lossy.dcm
+  dcmcrle $T/ct_explicit_le.dcm $T/ct_rle.dcm
+  cp "$SRC/RG1_UNCR.dcm" $T/cr_explicit_le.dcm
+  # Every file gets its own SOP Instance UID, so each is a distinct instance to the node.
+  for f in $T/*.dcm; do dcmodify -nb -q -gin "$f"; done
+  # Other SOP classes we accept, as shipped.
+  mkdir -p .testdata/classes
+  cp "$SRC/eCT_Supplemental.dcm" .testdata/classes/enhanced_ct.dcm
+  cp "$SRC/MR2_UNCR.dcm" .testdata/classes/mr.dcm
+  cp "$SRC/emri_small_jpeg_ls_lossless.dcm" .testdata/classes/enhanced_mr_jpegls.dcm
+  # A multi-instance CT series (same study) for the kill -9 test: copies with new instance UIDs.
+  mkdir -p .testdata/series
+  for i in $(seq -w 1 40); do
+    cp $T/ct_explicit_le.dcm .testdata/series/ct_$i.dcm
+  done
+  dcmodify -nb -q -gin .testdata/series/*.dcm
+  echo "$CORPUS_VERSION" > .testdata/VERSION
+fi
+echo "setup: ready (dcmtk $(storescu --version | head -1 | awk '{print $2}'), python $(.venv/bin/python -c 'import pynetdicom,pydicom;print("pydicom",pydicom.__version__,"pynetdicom",pynetdicom.__version__)'))"

@@ -1,0 +1,302 @@
+//! Test harness: launches the real `triage-node` binary with a generated config in its own temp
+//! dir, learns the port from the `listening port=` log line, and drives real peers (DCMTK,
+//! pynetdicom). A missing external tool skips the test with a message, except under `CI=true`,
+//! where it fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Skip (locally) or fail (under CI=true) when a prerequisite is missing.
+pub fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    let msg = format!("{what} is missing: run scripts/setup-test-env.sh");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+pub fn have_tool(name: &str) -> bool {
+    require(name, Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false))
+}
+
+pub fn testdata() -> Option<PathBuf> {
+    let dir = repo().join(".testdata");
+    require("the test corpus (.testdata/)", dir.join("VERSION").exists()).then_some(dir)
+}
+
+pub fn python() -> Option<PathBuf> {
+    let py = repo().join(".venv/bin/python");
+    require("the Python venv (.venv)", py.exists()).then_some(py)
+}
+
+/// Everything the DCMTK + pynetdicom tests need.
+pub fn peers_ready() -> bool {
+    have_tool("storescu") && testdata().is_some() && python().is_some()
+}
+
+pub struct NodeOptions {
+    /// Extra TOML lines for each generated section.
+    pub dicom: Vec<String>,
+    pub storage: Vec<String>,
+    pub ingest: Vec<String>,
+    pub database_url: Option<String>,
+    pub json_logs: bool,
+    pub register: Vec<&'static str>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+    }
+}
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Node {
+    pub fn start(opts: NodeOptions) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("node.toml");
+        let mut toml = String::from("[dicom]\nbind = \"127.0.0.1\"\nartim_timeout = \"5s\"\nidle_timeout = \"30s\"\n");
+        let mut section = |toml: &mut String, lines: &[String]| {
+            for line in lines {
+                toml.push_str(line);
+                toml.push('\n');
+            }
+        };
+        section(&mut toml, &opts.dicom);
+        toml.push_str(&format!("[storage]\ndata_dir = \"{}\"\n", dir.path().join("data").display()));
+        let mut storage = opts.storage.clone();
+        if !storage.iter().any(|l| l.contains("min_free_disk")) {
+            storage.push("min_free_disk = \"0\"".into());
+        }
+        section(&mut toml, &storage);
+        toml.push_str("[ingest]\n");
+        let mut ingest = opts.ingest.clone();
+        if !ingest.iter().any(|l| l.contains("study_quiet_period")) {
+            ingest.push("study_quiet_period = \"2s\"".into());
+        }
+        section(&mut toml, &ingest);
+        if let Some(url) = &opts.database_url {
+            toml.push_str(&format!("[database]\nurl = \"{url}\"\n"));
+        }
+        toml.push_str(&format!("[log]\nformat = \"{}\"\nlevel = \"debug,sqlx=warn\"\n", if opts.json_logs { "json" } else { "text" }));
+        std::fs::write(&config, toml).unwrap();
+        let mut node = Node { dir, config, port: 0, child: None, log: Arc::new(Mutex::new(String::new())) };
+        for ae in &opts.register {
+            let out = node.cli(&["ae", "add", ae]);
+            assert!(out.status.success(), "ae add {ae}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        node.launch();
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Start the binary (again) on the same config and data; wait for its listening line.
+    pub fn launch(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_triage-node"))
+            .args(["--config", self.config.to_str().unwrap(), "serve"])
+            // The port comes from the environment layer: proves TRIAGE__SECTION__KEY overrides.
+            .env("TRIAGE__DICOM__PORT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn triage-node");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(port) = listening_port(&line) {
+                    let _ = tx.send(port);
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(port) => self.port = port,
+            Err(_) => panic!("node did not log `listening port=`; log:\n{}", self.log()),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Run an administrative command against this node's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_triage-node"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run triage-node")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code (None if it had to be killed).
+    pub fn sigterm(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub async fn db(&self) -> triage_node::db::Db {
+        let settings = triage_node::config::Settings::load(Some(&self.config)).unwrap();
+        triage_node::db::Db::open(&settings.database_url(), 2).await.unwrap()
+    }
+
+    /// A DCMTK tool run against this node, Nagle off as in production.
+    pub fn dcmtk(&self, tool: &str, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        Command::new(tool).env("TCP_NODELAY", "1").args(args).args(["127.0.0.1", &port]).output().expect("run DCMTK tool")
+    }
+
+    /// storescu proposing exactly each file's own transfer syntax (-R: required contexts only).
+    pub fn storescu(&self, files: &[PathBuf]) -> Output {
+        let port = self.port.to_string();
+        Command::new("storescu")
+            .env("TCP_NODELAY", "1")
+            .args(["-v", "-R", "-aet", "STORESCU", "-aec", "TRIAGE", "127.0.0.1", &port])
+            .args(files)
+            .output()
+            .expect("run storescu")
+    }
+
+    /// The pynetdicom peer (tests/peers/pynetdicom_peer.py); returns its stdout lines.
+    pub fn pynetdicom(&self, args: &[&str]) -> Vec<String> {
+        let out = self.pynetdicom_command(args).output().expect("run pynetdicom peer");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "pynetdicom peer failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout.lines().map(str::to_string).collect()
+    }
+
+    pub fn pynetdicom_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(python().expect("venv"));
+        c.arg(repo().join("tests/peers/pynetdicom_peer.py")).args(["--port", &self.port.to_string()]).args(args);
+        c
+    }
+
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        walk(&self.data_dir().join("store"))
+    }
+
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        walk(&self.data_dir().join("spool"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn listening_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find("listening port=")? + "listening port=".len()..];
+    rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The data set bytes of a Part 10 file (everything after the File Meta Information).
+pub fn dataset_bytes(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[128..132], b"DICM", "{} is not Part 10", path.display());
+    // (0002,0000) File Meta Information Group Length, explicit VR LE: tag 4 + VR 2 + len 2 + UL 4.
+    let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    bytes[144 + group_len..].to_vec()
+}
+
+/// SOP Instance UID and Transfer Syntax UID from a file's meta.
+pub fn meta_of(path: &Path) -> (String, String) {
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&std::fs::read(path).unwrap()[128..]).unwrap();
+    (meta.media_storage_sop_instance_uid().to_string(), meta.transfer_syntax().to_string())
+}
+
+/// A fresh PostgreSQL database for one test, or None (skip locally, fail under CI) when no
+/// server answers. Override the admin URL with TRIAGE_TEST_POSTGRES.
+pub async fn postgres_database() -> Option<String> {
+    use sqlx::Executor;
+    let admin = std::env::var("TRIAGE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    sqlx::any::install_default_drivers();
+    let pool = match sqlx::AnyPool::connect(&admin).await {
+        Ok(p) => p,
+        Err(e) => {
+            require(&format!("PostgreSQL at {admin} ({e})"), false);
+            return None;
+        }
+    };
+    let name = format!("triage_test_{}", uuid::Uuid::new_v4().simple());
+    pool.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    pool.close().await;
+    let base = admin.rsplit_once('/').unwrap().0;
+    Some(format!("{base}/{name}"))
+}

@@ -1,0 +1,158 @@
+"""pynetdicom as an independent DICOM peer for the integration tests.
+
+Each subcommand prints one machine-readable line per event (flushed), so the Rust tests can
+assert on exactly what the peer saw:
+  ESTABLISHED <ts uid of each accepted context>      REJECTED result=<r> source=<s> reason=<n>
+  ECHO <status>                                      STORED <status> <error comment> <path>
+"""
+import argparse
+import sys
+import time
+
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.sop_class import Verification
+
+_config.STORE_SEND_CHUNKED_DATASET = True  # send files as they are on disk, never re-encoded
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def rejection_recorder():
+    """Capture the raw A-ASSOCIATE-RJ PDU (PS3.8 9.3.4): result, source, reason bytes."""
+    seen = {}
+
+    def on_data(event):
+        data = bytes(event.data)
+        if data and data[0] == 0x03 and len(data) >= 10:
+            seen["rj"] = (data[7], data[8], data[9])
+
+    return seen, [(evt.EVT_DATA_RECV, on_data)]
+
+
+def associate(args, contexts):
+    ae = AE(ae_title=args.aet)
+    ae.acse_timeout = 10
+    ae.dimse_timeout = 60
+    ae.network_timeout = 60
+    for ctx in contexts:
+        ae.add_requested_context(*ctx)
+    seen, handlers = rejection_recorder()
+    assoc = ae.associate("127.0.0.1", args.port, ae_title=args.aec, evt_handlers=handlers)
+    if assoc.is_established:
+        say("ESTABLISHED", " ".join(cx.transfer_syntax[0] for cx in assoc.accepted_contexts))
+        return assoc
+    if "rj" in seen:
+        r, s, n = seen["rj"]
+        say(f"REJECTED result={r} source={s} reason={n}")
+    else:
+        say("FAILED no association")
+    return None
+
+
+def file_contexts(paths):
+    from pydicom.filereader import read_file_meta_info
+
+    pairs = []
+    for p in paths:
+        meta = read_file_meta_info(p)
+        pair = (meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        if pair not in pairs:
+            pairs.append(pair)
+    return [(sop, [ts]) for sop, ts in pairs]
+
+
+def cmd_echo(args):
+    assoc = associate(args, [(Verification,)])
+    if assoc:
+        for _ in range(args.repeat):
+            st = assoc.send_c_echo()
+            say(f"ECHO 0x{st.Status:04X}" if "Status" in st else "ECHO none")
+        assoc.release()
+
+
+def cmd_store(args):
+    assoc = associate(args, file_contexts(args.files))
+    if not assoc:
+        return
+    for path in args.files:
+        st = assoc.send_c_store(path)
+        if "Status" in st:
+            comment = str(st.get("ErrorComment", "-")).replace(" ", "_") or "-"
+            say(f"STORED 0x{st.Status:04X} {comment} {path}")
+        else:
+            say(f"STORED none - {path}")
+            break
+    assoc.release()
+
+
+def cmd_hold(args):
+    assoc = associate(args, [(Verification,)])
+    if assoc:
+        time.sleep(args.seconds)
+        assoc.release()
+        say("RELEASED")
+
+
+def cmd_propose(args):
+    assoc = associate(args, [(CT, args.ts.split(","))])
+    if assoc:
+        assoc.release()
+
+
+def cmd_make_bad(args):
+    """Write test inputs that a Storage SCP must refuse."""
+    import pydicom
+
+    ds = pydicom.dcmread(args.source)
+    raw = open(args.source, "rb").read()
+    # 1. Truncated: the pixel data element claims more bytes than follow.
+    open(f"{args.out}/truncated.dcm", "wb").write(raw[: len(raw) - 1000])
+    # 2. Garbage after a valid File Meta Information.
+    ds2 = pydicom.dcmread(args.source, stop_before_pixels=True)
+    ds2.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds2.save_as(f"{args.out}/garbage.dcm", enforce_file_format=True)
+    from pynetdicom.dsutils import split_dataset
+
+    _, offset = split_dataset(f"{args.out}/garbage.dcm")
+    head = open(f"{args.out}/garbage.dcm", "rb").read()[:offset]
+    open(f"{args.out}/garbage.dcm", "wb").write(head + b"\x08\x00\x16\x00ZZ\x04\x00this is not DICOM at all")
+    # 3. The request (file meta) says CT Image Storage, the data set says MR Image Storage.
+    ds3 = pydicom.dcmread(args.source)
+    ds3.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds3.SOPInstanceUID = ds3.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds3.file_meta.MediaStorageSOPClassUID = CT
+    ds3.save_as(f"{args.out}/class_mismatch.dcm", enforce_file_format=False)
+    # 4. The request's SOP Instance UID differs from the data set's.
+    ds4 = pydicom.dcmread(args.source)
+    ds4.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds4.save_as(f"{args.out}/instance_mismatch.dcm", enforce_file_format=False)
+    say("MADE")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--aet", default="PYNETDICOM")
+    p.add_argument("--aec", default="TRIAGE")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("echo")
+    e.add_argument("--repeat", type=int, default=1)
+    s = sub.add_parser("store")
+    s.add_argument("files", nargs="+")
+    h = sub.add_parser("hold")
+    h.add_argument("--seconds", type=float, default=5)
+    pr = sub.add_parser("propose")
+    pr.add_argument("--ts", required=True)
+    b = sub.add_parser("make-bad")
+    b.add_argument("--source", required=True)
+    b.add_argument("--out", required=True)
+    args = p.parse_args()
+    globals()["cmd_" + args.cmd.replace("-", "_")](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
