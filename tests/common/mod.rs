@@ -74,14 +74,20 @@ impl Node {
     pub fn start(opts: NodeOptions) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("node.toml");
-        let mut toml = String::from("[dicom]\nbind = \"127.0.0.1\"\nartim_timeout = \"5s\"\nidle_timeout = \"30s\"\n");
+        let mut toml = String::from("[dicom]\nbind = \"127.0.0.1\"\n");
         let mut section = |toml: &mut String, lines: &[String]| {
             for line in lines {
                 toml.push_str(line);
                 toml.push('\n');
             }
         };
-        section(&mut toml, &opts.dicom);
+        let mut dicom = opts.dicom.clone();
+        for (key, default) in [("artim_timeout", "\"5s\""), ("idle_timeout", "\"30s\"")] {
+            if !dicom.iter().any(|l| l.starts_with(key)) {
+                dicom.push(format!("{key} = {default}"));
+            }
+        }
+        section(&mut toml, &dicom);
         toml.push_str(&format!("[storage]\ndata_dir = \"{}\"\n", dir.path().join("data").display()));
         let mut storage = opts.storage.clone();
         if !storage.iter().any(|l| l.contains("min_free_disk")) {

@@ -1,0 +1,100 @@
+//! The database layer on both engines: the same suite on SQLite and on PostgreSQL, plus a node
+//! storing into PostgreSQL. Under CI=true a missing PostgreSQL fails instead of skipping.
+
+mod common;
+
+use common::*;
+use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, RegisteredAe};
+use triage_node::domain::AeTitle;
+
+fn instance(uid: &str, study: &str) -> NewInstance {
+    NewInstance {
+        sop_instance_uid: uid.into(),
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        study_instance_uid: study.into(),
+        series_instance_uid: format!("{study}.1"),
+        modality: Some("CT".into()),
+        transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+        calling_ae_title: "CT1".into(),
+        path: format!("store/x/{uid}.dcm"),
+        size_bytes: 10,
+        dataset_sha256: "00".into(),
+        received_at_ms: 1_000,
+    }
+}
+
+async fn suite(url: &str) {
+    let db = Db::open(url, 8).await.unwrap();
+    db.migrate().await.unwrap(); // idempotent
+
+    // AE registry
+    let ae = RegisteredAe { ae_title: AeTitle::parse("PACS1").unwrap(), host: Some("10.1.1.1".into()), port: Some(104), role: AeRole::Pacs, enabled: true };
+    db.upsert_ae(&ae).await.unwrap();
+    assert_eq!(db.find_ae("PACS1").await.unwrap(), Some(ae.clone()));
+    db.upsert_ae(&RegisteredAe { enabled: false, ..ae.clone() }).await.unwrap();
+    assert!(!db.find_ae("PACS1").await.unwrap().unwrap().enabled);
+    assert_eq!(db.list_aes().await.unwrap().len(), 1);
+    assert!(db.remove_ae(&ae.ae_title).await.unwrap());
+    assert!(!db.remove_ae(&ae.ae_title).await.unwrap());
+    assert_eq!(db.find_ae("PACS1").await.unwrap(), None);
+
+    // Instances, duplicates, and concurrent duplicates: exactly one insert wins.
+    assert!(matches!(db.insert_instance(&instance("1.1", "9.9")).await.unwrap(), InsertOutcome::Inserted { .. }));
+    assert!(matches!(db.insert_instance(&instance("1.1", "9.9")).await.unwrap(), InsertOutcome::Duplicate { .. }));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move { db.insert_instance(&instance("1.2", "9.9")).await.unwrap() }));
+    }
+    let mut inserted = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), InsertOutcome::Inserted { .. }) {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 1);
+    assert_eq!(db.count_instances().await.unwrap(), 2);
+    assert_eq!(db.find_instance("1.2").await.unwrap().unwrap().transfer_syntax_uid, "1.2.840.10008.1.2.1");
+
+    // Study readiness: not before the cutoff, exactly once, again after a new instance.
+    assert!(db.promote_quiet_studies(999).await.unwrap().is_empty());
+    let ready = db.promote_quiet_studies(5_000).await.unwrap();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].instance_count, 2);
+    assert!(db.promote_quiet_studies(5_000).await.unwrap().is_empty());
+    db.insert_instance(&NewInstance { received_at_ms: 6_000, ..instance("1.3", "9.9") }).await.unwrap();
+    assert_eq!(db.promote_quiet_studies(7_000).await.unwrap().len(), 1);
+    let jobs = db.list_jobs().await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j.kind == "study_ready" && j.state == "pending"));
+    db.close().await;
+}
+
+#[tokio::test]
+async fn database_suite_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await;
+}
+
+#[tokio::test]
+async fn database_suite_on_postgres() {
+    let Some(url) = postgres_database().await else { return };
+    suite(&url).await;
+}
+
+#[test]
+fn node_stores_into_postgres() {
+    if !peers_ready() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = rt.block_on(postgres_database()) else { return };
+    let node = Node::start(NodeOptions { database_url: Some(url.clone()), ..Default::default() });
+    assert!(node.log().contains("engine=Postgres"), "{}", node.log());
+    let file = testdata().unwrap().join("ts/ct_explicit_le.dcm");
+    let out = node.storescu(&[file.clone()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Received Store Response (Success)"));
+    let db = rt.block_on(Db::open(&url, 1)).unwrap();
+    let (uid, ts) = meta_of(&file);
+    assert_eq!(rt.block_on(db.find_instance(&uid)).unwrap().unwrap().transfer_syntax_uid, ts);
+}
