@@ -73,3 +73,63 @@ pub const SOP_CLASSES: &[SopClass] = &[
 pub fn sop_class(uid: &str) -> Option<&'static SopClass> {
     SOP_CLASSES.iter().find(|c| c.uid == uid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATEMENT: &str = include_str!("../../conformance/conformance-statement.md");
+
+    /// The rows of the table that follows `<!-- table:NAME -->`, as cells, header excluded.
+    fn table(name: &str) -> Vec<Vec<String>> {
+        let start = STATEMENT.find(&format!("<!-- table:{name} -->")).unwrap_or_else(|| panic!("no table {name}"));
+        let body = &STATEMENT[start..];
+        let end = body.find("<!-- end -->").unwrap();
+        body[..end]
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn conformance_statement_matches_the_code() {
+        let sop_rows: Vec<(String, String)> = table("sop-classes").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+        let sop_code: Vec<(String, String)> = SOP_CLASSES.iter().map(|c| (c.name.to_string(), c.uid.to_string())).collect();
+        assert_eq!(sop_rows, sop_code, "SOP class table differs from association::sop::SOP_CLASSES");
+
+        // The transfer syntax table is in the default preference order.
+        let ts_rows: Vec<(String, String)> = table("transfer-syntaxes").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+        let defaults = crate::config::Settings::load(None).unwrap().dicom.transfer_syntax_preference;
+        let ts_code: Vec<(String, String)> =
+            defaults.iter().map(|uid| (transfer_syntax(uid).unwrap().name.to_string(), uid.clone())).collect();
+        assert_eq!(ts_rows, ts_code, "transfer syntax table differs from the default preference");
+        assert_eq!(ts_rows.len(), TRANSFER_SYNTAXES.len(), "every storable syntax is offered by default");
+
+        // Every C-STORE status the code can send is documented, and nothing else.
+        use crate::ingest::IngestError as E;
+        let mut code_statuses: Vec<u16> = [
+            E::OutOfDisk { available: 0, floor: 1 },
+            E::Unparseable(crate::ingest::scan::ScanError::Truncated { offset: 0 }),
+            E::SopClassMismatch,
+            E::NotNegotiated,
+            E::Task(String::new()),
+        ]
+        .iter()
+        .map(E::dimse_status)
+        .chain([0x0000])
+        .collect();
+        code_statuses.sort();
+        let mut documented: Vec<u16> =
+            table("store-statuses").iter().map(|r| u16::from_str_radix(r[0].trim_start_matches("0x"), 16).unwrap()).collect();
+        documented.sort();
+        assert_eq!(documented, code_statuses);
+
+        // Association rejections: the reasons the negotiation code produces.
+        let rejections = table("association-rejections");
+        assert_eq!(rejections.len(), 6);
+        let limit = super::super::negotiation::local_limit_exceeded();
+        assert_eq!((limit.result as u8, rejections[4][1].starts_with('2')), (2, true));
+    }
+}

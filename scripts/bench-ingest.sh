@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Ingest benchmark (not a test): the same corpus sent by DCMTK storescu to triage-node and to
+# DCMTK storescp on loopback, interleaved, in ROUNDS rounds (median reported). Also the peak RSS
+# of the node receiving one ~200 MB instance. Every DCMTK process runs with TCP_NODELAY=1.
+#   scripts/bench-ingest.sh [ROUNDS]        (env: CT=300 DX=30 FSYNC=true)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+CT=${CT:-300}; DX=${DX:-30}; FSYNC=${FSYNC:-true}
+export TCP_NODELAY=1
+
+scripts/setup-test-env.sh >/dev/null
+cargo build --release --locked -q
+BIN=$PWD/target/release/triage-node
+WORK=${BENCH_DIR:-$PWD/.bench}
+if [ "$(cat "$WORK/corpus/VERSION" 2>/dev/null)" != "$CT-$DX" ]; then
+  echo "bench: generating corpus ($CT CT, $DX DX 2500x2500, one 200 MB DX) in $WORK/corpus"
+  rm -rf "$WORK/corpus"
+  .venv/bin/python scripts/make-bench-corpus.py "$WORK/corpus" --ct "$CT" --dx "$DX"
+  echo "$CT-$DX" > "$WORK/corpus/VERSION"
+fi
+
+now() { date +%s.%N; }
+mb() { du -sb "$1" | awk '{printf "%.1f", $1/1e6}'; }
+count() { find "$1" -name '*.dcm' | wc -l; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_node() {  # $1 = data dir; sets NODE_PID NODE_PORT
+  local dir=$1
+  rm -rf "$dir"; mkdir -p "$dir"
+  cat > "$dir/node.toml" <<TOML
+[dicom]
+bind = "127.0.0.1"
+port = 0
+[storage]
+data_dir = "$dir/data"
+min_free_disk = "0"
+fsync = $FSYNC
+[log]
+level = "warn"
+TOML
+  "$BIN" --config "$dir/node.toml" ae add STORESCU >/dev/null
+  TRIAGE__LOG__LEVEL=info "$BIN" --config "$dir/node.toml" serve 2> "$dir/node.log" &
+  NODE_PID=$!
+  for _ in $(seq 100); do
+    NODE_PORT=$(grep -o 'listening port=[0-9]*' "$dir/node.log" | cut -d= -f2 || true)
+    [ -n "$NODE_PORT" ] && break; sleep 0.1
+  done
+  [ -n "$NODE_PORT" ] || { cat "$dir/node.log"; exit 1; }
+}
+stop_node() { kill -TERM "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true; }
+hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+send() {  # $1 port, $2 called AE, $3 dir -> prints seconds
+  local t0 t1
+  t0=$(now)
+  storescu -R -xe -aet STORESCU -aec "$2" +sd 127.0.0.1 "$1" "$3" 2> "$WORK/storescu.log" || { cat "$WORK/storescu.log"; exit 1; }
+  t1=$(now)
+  if grep -q "^E:" "$WORK/storescu.log"; then cat "$WORK/storescu.log"; exit 1; fi
+  echo "$t1 - $t0" | bc -l
+}
+
+declare -A T
+for set in ct dx; do T[node_$set]=""; T[scp_$set]=""; done
+PEAK_KB=0
+for r in $(seq "$ROUNDS"); do
+  start_node "$WORK/node-$r"
+  SCP_DIR="$WORK/storescp-$r"; rm -rf "$SCP_DIR"; mkdir -p "$SCP_DIR"
+  SCP_PORT=$(free_port)
+  storescp -aet STORESCP -od "$SCP_DIR" "$SCP_PORT" &
+  SCP_PID=$!
+  sleep 0.5
+  for set in ct dx; do
+    T[node_$set]+="$(send "$NODE_PORT" TRIAGE "$WORK/corpus/$set") "
+    T[scp_$set]+="$(send "$SCP_PORT" STORESCP "$WORK/corpus/$set") "
+  done
+  h=$(hwm_kb "$NODE_PID"); [ "$h" -gt "$PEAK_KB" ] && PEAK_KB=$h
+  n_node=$(count "$WORK/node-$r/data/store"); n_scp=$(count "$SCP_DIR")
+  [ "$n_node" -eq $((CT + DX)) ] || { echo "node stored $n_node of $((CT + DX))"; exit 1; }
+  [ "$n_scp" -eq $((CT + DX)) ] || { echo "storescp stored $n_scp of $((CT + DX))"; exit 1; }
+  stop_node; kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true
+  rm -rf "$SCP_DIR" "$WORK/node-$r/data/store"
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '\nIngest benchmark: %d rounds, median; fsync=%s; %s\n' "$ROUNDS" "$FSYNC" "$(nproc) cores"
+printf '%-4s %-10s %8s %9s %9s %8s\n' set receiver seconds images/s MB/s ratio
+for set in ct dx; do
+  n=$(count "$WORK/corpus/$set"); size=$(mb "$WORK/corpus/$set")
+  tn=$(echo "${T[node_$set]}" | median); ts=$(echo "${T[scp_$set]}" | median)
+  for who in node scp; do
+    t=$tn; [ $who = scp ] && t=$ts
+    ratio=$(echo "$ts / $tn" | bc -l)
+    printf '%-4s %-10s %8.2f %9.1f %9.1f %8s\n' "$set" "$([ $who = node ] && echo triage-node || echo storescp)" "$t" \
+      "$(echo "$n / $t" | bc -l)" "$(echo "$size / $t" | bc -l)" "$([ $who = node ] && printf '%.2f' "$ratio" || echo 1.00)"
+  done
+done
+echo "ratio = triage-node throughput / storescp throughput (same run)"
+printf 'node peak RSS over the CT+DX runs: %.1f MB\n' "$(echo "$PEAK_KB / 1024" | bc -l)"
+
+# One ~200 MB instance: peak RSS above the idle process.
+start_node "$WORK/node-big"
+storescu -aet STORESCU -aec TRIAGE 127.0.0.1 "$NODE_PORT" --repeat 1 >/dev/null 2>&1 || true  # warm the listener
+IDLE=$(rss_kb "$NODE_PID")
+t=$(send "$NODE_PORT" TRIAGE "$WORK/corpus/big")
+PEAK=$(hwm_kb "$NODE_PID")
+stop_node
+printf '200 MB instance (%s MB): %.2f s; idle RSS %.1f MB, peak RSS %.1f MB, peak above idle %.1f MB\n' \
+  "$(mb "$WORK/corpus/big")" "$t" "$(echo "$IDLE/1024" | bc -l)" "$(echo "$PEAK/1024" | bc -l)" "$(echo "($PEAK-$IDLE)/1024" | bc -l)"
+rm -rf "$WORK"/node-*

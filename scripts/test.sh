@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need on a fresh machine, then runs the
+# whole suite: unit tests, and integration tests that launch the real binary against DCMTK,
+# pynetdicom, SQLite and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust with rustup first" >&2; exit 1; }
+scripts/setup-test-env.sh
+
+# PostgreSQL for the shared-store tests (127.0.0.1:5432, trust auth, database `test`).
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+fi
+
+cargo build --locked --all-targets
+cargo test --locked -- --test-threads 2
