@@ -35,7 +35,7 @@ impl AeTitle {
 
 impl fmt::Display for AeTitle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 

@@ -35,6 +35,8 @@ enum Command {
     },
     /// Print the effective configuration (after layering) and exit.
     ShowConfig,
+    /// Print what the store holds: instances, studies and jobs by state (no patient data).
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +107,20 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ae { action } => ae_admin(action, &settings).await,
+        Command::Status => {
+            std::fs::create_dir_all(&settings.storage.data_dir)?;
+            let db = Db::open(&settings.database_url(), 1).await?;
+            println!("instances: {}", db.count_instances().await?);
+            let (studies, jobs) = db.state_counts().await?;
+            for (state, n) in studies {
+                println!("studies {state}: {n}");
+            }
+            for (state, n) in jobs {
+                println!("jobs {state}: {n}");
+            }
+            db.close().await;
+            Ok(())
+        }
     }
 }
 

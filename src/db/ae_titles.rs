@@ -14,7 +14,7 @@ pub enum AeRole {
 
 impl fmt::Display for AeRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             AeRole::Modality => "modality",
             AeRole::Pacs => "pacs",
         })

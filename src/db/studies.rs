@@ -62,6 +62,20 @@ impl Db {
         Ok(ready)
     }
 
+    /// (state, count) of studies and of jobs, for `triage-node status`.
+    pub async fn state_counts(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), DbError> {
+        let studies = sqlx::query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("count studies"))?;
+        let jobs = sqlx::query("SELECT kind || ':' || state AS state, COUNT(*) AS n FROM jobs GROUP BY kind, state ORDER BY 1")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("count jobs"))?;
+        let pairs = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(String, i64)>, DbError> { rows.iter().map(|r| Ok((get(r, "state")?, get(r, "n")?))).collect() };
+        Ok((pairs(studies)?, pairs(jobs)?))
+    }
+
     pub async fn list_jobs(&self) -> Result<Vec<Job>, DbError> {
         let rows = sqlx::query("SELECT id, kind, study_id, state FROM jobs ORDER BY id")
             .fetch_all(&self.pool)
