@@ -22,7 +22,7 @@ fi
 
 now() { date +%s.%N; }
 mb() { du -sb "$1" | awk '{printf "%.1f", $1/1e6}'; }
-count() { find "$1" -name '*.dcm' | wc -l; }
+count() { find "$1" -type f | wc -l; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -88,7 +88,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 printf '\nIngest benchmark: %d rounds, median; fsync=%s; %s\n' "$ROUNDS" "$FSYNC" "$(nproc) cores"
 printf '%-4s %-10s %8s %9s %9s %8s\n' set receiver seconds images/s MB/s ratio
 for set in ct dx; do
-  n=$(count "$WORK/corpus/$set"); size=$(mb "$WORK/corpus/$set")
+  n=$(find "$WORK/corpus/$set" -name '*.dcm' | wc -l); size=$(mb "$WORK/corpus/$set")
   tn=$(echo "${T[node_$set]}" | median); ts=$(echo "${T[scp_$set]}" | median)
   for who in node scp; do
     t=$tn; [ $who = scp ] && t=$ts
@@ -108,5 +108,5 @@ t=$(send "$NODE_PORT" TRIAGE "$WORK/corpus/big")
 PEAK=$(hwm_kb "$NODE_PID")
 stop_node
 printf '200 MB instance (%s MB): %.2f s; idle RSS %.1f MB, peak RSS %.1f MB, peak above idle %.1f MB\n' \
-  "$(mb "$WORK/corpus/big")" "$t" "$(echo "$IDLE/1024" | bc -l)" "$(echo "$PEAK/1024" | bc -l)" "$(echo "($PEAK-$IDLE)/1024" | bc -l)"
+  "$(du -sb "$WORK/corpus/big" | awk '{printf "%.1f", $1/1e6}')" "$t" "$(echo "$IDLE/1024" | bc -l)" "$(echo "$PEAK/1024" | bc -l)" "$(echo "($PEAK-$IDLE)/1024" | bc -l)"
 rm -rf "$WORK"/node-*

@@ -59,17 +59,16 @@ impl Db {
     }
 
     /// Record a stored instance and touch its study (re-arming the quiet-period timer) in one
-    /// transaction. A concurrent or earlier copy of the same SOP Instance UID wins.
+    /// transaction (4 statements: begin, study upsert, insert, commit). A concurrent or earlier
+    /// copy of the same SOP Instance UID wins; the loser's transaction is rolled back whole.
     pub async fn insert_instance(&self, new: &NewInstance) -> Result<InsertOutcome, DbError> {
-        if let Some(existing) = self.find_instance(&new.sop_instance_uid).await? {
-            return Ok(InsertOutcome::Duplicate { instance_id: existing.id });
-        }
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         // The write comes first so SQLite takes its write lock at once (no upgrade deadlock).
         let study_id: i64 = sqlx::query_scalar(
             "INSERT INTO studies (study_instance_uid, state, first_received_at_ms, last_received_at_ms, instance_count)
-             VALUES ($1, 'receiving', $2, $2, 0)
-             ON CONFLICT (study_instance_uid) DO UPDATE SET state = 'receiving', last_received_at_ms = excluded.last_received_at_ms
+             VALUES ($1, 'receiving', $2, $2, 1)
+             ON CONFLICT (study_instance_uid) DO UPDATE
+                SET state = 'receiving', last_received_at_ms = excluded.last_received_at_ms, instance_count = studies.instance_count + 1
              RETURNING id",
         )
         .bind(&new.study_instance_uid)
@@ -103,11 +102,6 @@ impl Db {
             let existing = self.find_instance(&new.sop_instance_uid).await?;
             return Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) });
         };
-        sqlx::query("UPDATE studies SET instance_count = instance_count + 1 WHERE id = $1")
-            .bind(study_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("count instance"))?;
         tx.commit().await.map_err(q("commit instance"))?;
         Ok(InsertOutcome::Inserted { instance_id, study_id })
     }

@@ -93,80 +93,102 @@ impl Ingest {
 
     /// Open a spool file for an incoming instance, or refuse if the disk is below its floor.
     pub async fn begin(&self, req: &StoreRequest) -> Result<SpoolFile, IngestError> {
-        let available = free_bytes(&self.dirs.data).map_err(IngestError::DiskCheck)?;
-        if available < self.min_free_disk {
-            return Err(IngestError::OutOfDisk { available, floor: self.min_free_disk });
-        }
         let header = spool::part10_header(&req.sop_class_uid.0, &req.sop_instance_uid.0, req.transfer_syntax.uid, &req.calling_ae)?;
-        Ok(SpoolFile::create(&self.dirs, &header).await?)
-    }
-
-    /// All data set bytes have arrived: sync, scan, check, store and record. On any error the
-    /// spool file is removed, so a refused instance leaves nothing behind.
-    pub async fn complete(&self, req: &StoreRequest, spool: SpoolFile) -> Result<StoreOutcome, IngestError> {
-        let spooled = spool.finish(self.fsync).await?;
-        let path = spooled.path.clone();
-        let result = self.check_and_commit(req, &spooled).await;
-        if !matches!(result, Ok(StoreOutcome::Stored { .. })) {
-            let _ = tokio::fs::remove_file(&path).await;
-        }
-        result
-    }
-
-    async fn check_and_commit(&self, req: &StoreRequest, spooled: &spool::Spooled) -> Result<StoreOutcome, IngestError> {
-        let (path, offset, len, ts) = (spooled.path.clone(), spooled.header_len, spooled.dataset_len, req.transfer_syntax);
-        let fields = tokio::task::spawn_blocking(move || -> Result<scan::HeaderFields, ScanError> {
-            use std::io::{Seek, SeekFrom};
-            let mut file = std::fs::File::open(&path).map_err(ScanError::Io)?;
-            file.seek(SeekFrom::Start(offset)).map_err(ScanError::Io)?;
-            scan::scan(file, Some(len), ts)
+        let (dirs, floor) = (self.dirs.clone(), self.min_free_disk);
+        blocking(move || {
+            let available = free_bytes(&dirs.data).map_err(IngestError::DiskCheck)?;
+            if available < floor {
+                return Err(IngestError::OutOfDisk { available, floor });
+            }
+            Ok(SpoolFile::create(&dirs, &header)?)
         })
         .await
-        .map_err(|e| IngestError::Task(e.to_string()))??;
+    }
 
-        let sop_class = fields.sop_class_uid.ok_or(IngestError::MissingAttribute("SOP Class UID (0008,0016)"))?;
-        let sop_instance = fields.sop_instance_uid.ok_or(IngestError::MissingAttribute("SOP Instance UID (0008,0018)"))?;
-        let study = fields.study_instance_uid.ok_or(IngestError::MissingAttribute("Study Instance UID (0020,000D)"))?;
-        let series = fields.series_instance_uid.ok_or(IngestError::MissingAttribute("Series Instance UID (0020,000E)"))?;
-        if sop_class != req.sop_class_uid.0 {
-            return Err(IngestError::SopClassMismatch);
-        }
-        if sop_instance != req.sop_instance_uid.0 {
-            return Err(IngestError::SopInstanceMismatch);
-        }
-        if let Some(existing) = self.db.find_instance(&sop_instance).await? {
-            return Ok(StoreOutcome::Duplicate { instance_id: existing.id });
-        }
-
+    /// All data set bytes have arrived: sync, scan, check, move into the store, record. On any
+    /// error the file is removed, so a refused instance leaves nothing behind.
+    pub async fn complete(&self, req: &StoreRequest, spool: SpoolFile) -> Result<StoreOutcome, IngestError> {
+        let (dirs, fsync, request) = (self.dirs.clone(), self.fsync, req.clone());
         let received_at_ms = now_ms();
-        let day = day_folder(received_at_ms);
-        let relative = spool::commit_to_store(&self.dirs, spooled, &day, self.fsync).await?;
+        // One trip to the blocking pool for everything that touches the disk.
+        let (checked, spooled, relative) = blocking(move || {
+            let spool_path = spool.path().to_path_buf();
+            let staged = (|| {
+                let spooled = spool.finish(fsync)?;
+                let fields = scan_spooled(&spooled, request.transfer_syntax)?;
+                let checked = check(&request, fields)?;
+                let relative = spool::commit_to_store(&dirs, &spooled, &day_folder(received_at_ms), fsync)?;
+                Ok((checked, spooled, relative))
+            })();
+            if staged.is_err() {
+                let _ = std::fs::remove_file(&spool_path);
+            }
+            staged
+        })
+        .await?;
+
         let new = NewInstance {
-            sop_instance_uid: sop_instance,
-            sop_class_uid: sop_class,
-            study_instance_uid: study,
-            series_instance_uid: series,
-            modality: fields.modality,
-            transfer_syntax_uid: ts.uid.to_string(),
+            sop_instance_uid: checked.sop_instance_uid,
+            sop_class_uid: checked.sop_class_uid,
+            study_instance_uid: checked.study_instance_uid,
+            series_instance_uid: checked.series_instance_uid,
+            modality: checked.modality,
+            transfer_syntax_uid: req.transfer_syntax.uid.to_string(),
             calling_ae_title: req.calling_ae.clone(),
             path: relative.to_string_lossy().into_owned(),
             size_bytes: (spooled.header_len + spooled.dataset_len) as i64,
-            dataset_sha256: spooled.dataset_sha256.clone(),
+            dataset_sha256: spooled.dataset_sha256,
             received_at_ms,
         };
         let stored = self.dirs.data.join(&relative);
         match self.db.insert_instance(&new).await {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => Ok(StoreOutcome::Stored { instance_id }),
             Ok(InsertOutcome::Duplicate { instance_id }) => {
-                let _ = tokio::fs::remove_file(&stored).await;
+                let _ = std::fs::remove_file(&stored);
                 Ok(StoreOutcome::Duplicate { instance_id })
             }
             Err(e) => {
-                let _ = tokio::fs::remove_file(&stored).await;
+                let _ = std::fs::remove_file(&stored);
                 Err(e.into())
             }
         }
     }
+}
+
+/// The identifying attributes of a data set that passed the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checked {
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    study_instance_uid: String,
+    series_instance_uid: String,
+    modality: Option<String>,
+}
+
+/// A data set must name the SOP Class and Instance the request named, and its study and series.
+fn check(req: &StoreRequest, fields: scan::HeaderFields) -> Result<Checked, IngestError> {
+    let sop_class_uid = fields.sop_class_uid.ok_or(IngestError::MissingAttribute("SOP Class UID (0008,0016)"))?;
+    let sop_instance_uid = fields.sop_instance_uid.ok_or(IngestError::MissingAttribute("SOP Instance UID (0008,0018)"))?;
+    let study_instance_uid = fields.study_instance_uid.ok_or(IngestError::MissingAttribute("Study Instance UID (0020,000D)"))?;
+    let series_instance_uid = fields.series_instance_uid.ok_or(IngestError::MissingAttribute("Series Instance UID (0020,000E)"))?;
+    if sop_class_uid != req.sop_class_uid.0 {
+        return Err(IngestError::SopClassMismatch);
+    }
+    if sop_instance_uid != req.sop_instance_uid.0 {
+        return Err(IngestError::SopInstanceMismatch);
+    }
+    Ok(Checked { sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid, modality: fields.modality })
+}
+
+fn scan_spooled(spooled: &spool::Spooled, ts: &TransferSyntax) -> Result<scan::HeaderFields, IngestError> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(&spooled.path).map_err(ScanError::Io)?;
+    file.seek(SeekFrom::Start(spooled.header_len)).map_err(ScanError::Io)?;
+    Ok(scan::scan(file, Some(spooled.dataset_len), ts)?)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, IngestError> + Send + 'static) -> Result<T, IngestError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| IngestError::Task(e.to_string()))?
 }
 
 /// `YYYYMMDD` (UTC) of a millisecond timestamp: store folders stay a manageable size.

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use std::io::Write;
 
 use crate::association::negotiation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
@@ -75,10 +75,12 @@ pub fn part10_header(sop_class: &str, sop_instance: &str, transfer_syntax: &str,
     Ok(out)
 }
 
-/// A spool file being written.
+/// A spool file being written. Bytes are hashed and gathered in a 1 MiB buffer; a full buffer is
+/// written on the blocking pool, so the network task never waits on the disk for small writes.
 pub struct SpoolFile {
     path: PathBuf,
-    out: BufWriter<tokio::fs::File>,
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
     hasher: Sha256,
     header_len: u64,
     dataset_len: u64,
@@ -95,57 +97,77 @@ pub struct Spooled {
 }
 
 impl SpoolFile {
-    pub async fn create(dirs: &Dirs, header: &[u8]) -> Result<SpoolFile, SpoolError> {
+    /// Create the spool file with the Part 10 header. Blocking: call from the blocking pool.
+    pub fn create(dirs: &Dirs, header: &[u8]) -> Result<SpoolFile, SpoolError> {
         let path = dirs.spool.join(format!("{}.part", uuid::Uuid::new_v4()));
-        let file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .await
             .map_err(|source| SpoolError::Create { path: path.clone(), source })?;
-        let mut spool = SpoolFile { path, out: BufWriter::with_capacity(WRITE_BUFFER, file), hasher: Sha256::new(), header_len: header.len() as u64, dataset_len: 0 };
-        spool.out.write_all(header).await.map_err(|source| SpoolError::Write { path: spool.path.clone(), source })?;
-        Ok(spool)
+        let mut buf = Vec::with_capacity(WRITE_BUFFER);
+        buf.extend_from_slice(header);
+        Ok(SpoolFile { path, file: Some(file), buf, hasher: Sha256::new(), header_len: header.len() as u64, dataset_len: 0 })
     }
 
     /// Append data set bytes as they arrive from the network.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.hasher.update(bytes);
         self.dataset_len += bytes.len() as u64;
-        self.out.write_all(bytes).await.map_err(|source| SpoolError::Write { path: self.path.clone(), source })
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= WRITE_BUFFER {
+            let (Some(mut file), buf) = (self.file.take(), std::mem::take(&mut self.buf)) else {
+                return Err(SpoolError::Write { path: self.path.clone(), source: std::io::Error::other("spool file already failed") });
+            };
+            let path = self.path.clone();
+            let (file, mut buf) = tokio::task::spawn_blocking(move || {
+                file.write_all(&buf).map(|()| (file, buf)).map_err(|source| SpoolError::Write { path, source })
+            })
+            .await
+            .map_err(|e| SpoolError::Write { path: self.path.clone(), source: std::io::Error::other(e) })??;
+            buf.clear();
+            self.file = Some(file);
+            self.buf = buf;
+        }
+        Ok(())
     }
 
-    pub async fn finish(mut self, fsync: bool) -> Result<Spooled, SpoolError> {
+    /// Write what is buffered and fsync. Blocking. On error the file is left for the caller
+    /// to remove (its path is in the error).
+    pub fn finish(mut self, fsync: bool) -> Result<Spooled, SpoolError> {
         let path = self.path.clone();
-        self.out.flush().await.map_err(|source| SpoolError::Write { path: path.clone(), source })?;
-        let file = self.out.into_inner();
+        let mut file = self.file.take().ok_or_else(|| SpoolError::Write { path: path.clone(), source: std::io::Error::other("spool file already failed") })?;
+        file.write_all(&self.buf).map_err(|source| SpoolError::Write { path: path.clone(), source })?;
         if fsync {
-            file.sync_all().await.map_err(|source| SpoolError::Sync { path: path.clone(), source })?;
+            file.sync_all().map_err(|source| SpoolError::Sync { path: path.clone(), source })?;
         }
         Ok(Spooled { path, header_len: self.header_len, dataset_len: self.dataset_len, dataset_sha256: hex::encode(self.hasher.finalize()) })
     }
 
-    pub async fn discard(self) {
-        let path = self.path.clone();
-        drop(self.out);
-        let _ = tokio::fs::remove_file(path).await;
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Remove the file of a message that will not be acknowledged.
+    pub fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Move a synced spool file to `store/<day>/<name>.dcm`; returns the path relative to data_dir.
-pub async fn commit_to_store(dirs: &Dirs, spooled: &Spooled, day: &str, fsync: bool) -> Result<PathBuf, SpoolError> {
+/// Move a synced spool file to `store/<day>/<name>.dcm` and make the move durable. Blocking.
+/// Returns the path relative to data_dir.
+pub fn commit_to_store(dirs: &Dirs, spooled: &Spooled, day: &str, fsync: bool) -> Result<PathBuf, SpoolError> {
     let relative = PathBuf::from("store").join(day).join(format!("{}.dcm", uuid::Uuid::new_v4()));
     let target = dirs.data.join(&relative);
-    let parent = target.parent().expect("store paths have a parent").to_path_buf();
-    tokio::fs::create_dir_all(&parent).await.map_err(|source| SpoolError::Rename { from: spooled.path.clone(), source })?;
-    tokio::fs::rename(&spooled.path, &target).await.map_err(|source| SpoolError::Rename { from: spooled.path.clone(), source })?;
+    let parent = target.parent().expect("store paths have a parent");
+    std::fs::create_dir_all(parent).map_err(|source| SpoolError::Rename { from: spooled.path.clone(), source })?;
+    std::fs::rename(&spooled.path, &target).map_err(|source| SpoolError::Rename { from: spooled.path.clone(), source })?;
     if fsync {
         // The rename is durable only once the directory entry is.
-        let dir = parent.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-            .await
-            .map_err(|e| SpoolError::Sync { path: parent.clone(), source: std::io::Error::other(e) })?
-            .map_err(|source| SpoolError::Sync { path: parent, source })?;
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| SpoolError::Sync { path: parent.to_path_buf(), source })?;
     }
     Ok(relative)
 }
