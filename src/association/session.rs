@@ -358,7 +358,7 @@ impl Session {
     /// Drop the spool file of a message cut off by abort, release or error: never acknowledged.
     async fn discard_partial(&mut self) {
         if let Rx::Data { sink: Sink::Spool { file, .. }, .. } = std::mem::replace(&mut self.state, Rx::Idle) {
-            file.discard();
+            file.discard().await;
         }
     }
 }
@@ -369,7 +369,7 @@ impl Sink {
             if let Err(e) = file.write(bytes).await {
                 // Keep reading the peer's bytes, answer Out of Resources at the end.
                 let Sink::Spool { req, file } = std::mem::replace(self, Sink::Discard) else { unreachable!() };
-                file.discard();
+                file.discard().await;
                 *self = Sink::Refuse { req, error: e.into() };
             }
         }

@@ -107,7 +107,11 @@ impl Ingest {
 
     /// All data set bytes have arrived: sync, scan, check, move into the store, record. On any
     /// error the file is removed, so a refused instance leaves nothing behind.
-    pub async fn complete(&self, req: &StoreRequest, spool: SpoolFile) -> Result<StoreOutcome, IngestError> {
+    pub async fn complete(&self, req: &StoreRequest, mut spool: SpoolFile) -> Result<StoreOutcome, IngestError> {
+        if let Err(e) = spool.settle().await {
+            spool.discard().await;
+            return Err(e.into());
+        }
         let (dirs, fsync, request) = (self.dirs.clone(), self.fsync, req.clone());
         let received_at_ms = now_ms();
         // One trip to the blocking pool for everything that touches the disk.

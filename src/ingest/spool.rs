@@ -76,11 +76,15 @@ pub fn part10_header(sop_class: &str, sop_instance: &str, transfer_syntax: &str,
 }
 
 /// A spool file being written. Bytes are hashed and gathered in a 1 MiB buffer; a full buffer is
-/// written on the blocking pool, so the network task never waits on the disk for small writes.
+/// written on the blocking pool *while the next one fills* (double buffering), and each written
+/// chunk is handed to the kernel for write-back at once, so the final fsync has little left to do.
 pub struct SpoolFile {
     path: PathBuf,
+    /// The file, when no write is in flight.
     file: Option<std::fs::File>,
     buf: Vec<u8>,
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>>,
+    written: u64,
     hasher: Sha256,
     header_len: u64,
     dataset_len: u64,
@@ -107,7 +111,7 @@ impl SpoolFile {
             .map_err(|source| SpoolError::Create { path: path.clone(), source })?;
         let mut buf = Vec::with_capacity(WRITE_BUFFER);
         buf.extend_from_slice(header);
-        Ok(SpoolFile { path, file: Some(file), buf, hasher: Sha256::new(), header_len: header.len() as u64, dataset_len: 0 })
+        Ok(SpoolFile { path, file: Some(file), buf, in_flight: None, written: 0, hasher: Sha256::new(), header_len: header.len() as u64, dataset_len: 0 })
     }
 
     /// Append data set bytes as they arrive from the network.
@@ -116,27 +120,47 @@ impl SpoolFile {
         self.dataset_len += bytes.len() as u64;
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= WRITE_BUFFER {
-            let (Some(mut file), buf) = (self.file.take(), std::mem::take(&mut self.buf)) else {
-                return Err(SpoolError::Write { path: self.path.clone(), source: std::io::Error::other("spool file already failed") });
-            };
-            let path = self.path.clone();
-            let (file, mut buf) = tokio::task::spawn_blocking(move || {
-                file.write_all(&buf).map(|()| (file, buf)).map_err(|source| SpoolError::Write { path, source })
-            })
-            .await
-            .map_err(|e| SpoolError::Write { path: self.path.clone(), source: std::io::Error::other(e) })??;
-            buf.clear();
-            self.file = Some(file);
-            self.buf = buf;
+            let spare = self.wait_in_flight().await?;
+            let full = std::mem::replace(&mut self.buf, spare);
+            let mut file = self.file.take().ok_or_else(|| self.failed())?;
+            let offset = self.written;
+            self.written += full.len() as u64;
+            self.in_flight = Some(tokio::task::spawn_blocking(move || {
+                file.write_all(&full)?;
+                start_writeback(&file, offset, full.len() as u64);
+                Ok((file, full))
+            }));
         }
         Ok(())
     }
 
-    /// Write what is buffered and fsync. Blocking. On error the file is left for the caller
-    /// to remove (its path is in the error).
+    /// Wait for the write in flight, if any; returns an empty buffer to fill next.
+    async fn wait_in_flight(&mut self) -> Result<Vec<u8>, SpoolError> {
+        let Some(handle) = self.in_flight.take() else { return Ok(Vec::with_capacity(WRITE_BUFFER)) };
+        let (file, mut buf) = handle
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| SpoolError::Write { path: self.path.clone(), source })?;
+        self.file = Some(file);
+        buf.clear();
+        Ok(buf)
+    }
+
+    fn failed(&self) -> SpoolError {
+        SpoolError::Write { path: self.path.clone(), source: std::io::Error::other("spool file already failed") }
+    }
+
+    /// Wait for the write in flight, so that `finish` or `discard` may run. Call before them.
+    pub async fn settle(&mut self) -> Result<(), SpoolError> {
+        self.wait_in_flight().await.map(|_| ())
+    }
+
+    /// Write what is buffered and fsync. Blocking; `settle` first. On error the file is left for
+    /// the caller to remove (its path is in the error).
     pub fn finish(mut self, fsync: bool) -> Result<Spooled, SpoolError> {
         let path = self.path.clone();
-        let mut file = self.file.take().ok_or_else(|| SpoolError::Write { path: path.clone(), source: std::io::Error::other("spool file already failed") })?;
+        let mut file = self.file.take().ok_or_else(|| self.failed())?;
         file.write_all(&self.buf).map_err(|source| SpoolError::Write { path: path.clone(), source })?;
         if fsync {
             file.sync_all().map_err(|source| SpoolError::Sync { path: path.clone(), source })?;
@@ -149,10 +173,26 @@ impl SpoolFile {
     }
 
     /// Remove the file of a message that will not be acknowledged.
-    pub fn discard(self) {
-        drop(self.file);
+    pub async fn discard(mut self) {
+        let _ = self.settle().await;
+        drop(self.file.take());
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Ask the kernel to start writing a range back now (Linux `sync_file_range`), so the fsync at
+/// the end waits only for the tail. Advisory: errors are ignored, fsync still decides.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor and an in-file range; the call only schedules I/O.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// Move a synced spool file to `store/<day>/<name>.dcm` and make the move durable. Blocking.

@@ -133,12 +133,14 @@ impl Node {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                {
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
                 if let Some(port) = listening_port(&line) {
                     let _ = tx.send(port);
                 }
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
             }
         });
         self.child = Some(child);
