@@ -110,3 +110,22 @@ fn idle_association_is_aborted_after_the_idle_timeout() {
     assert!(stdout.starts_with("ESTABLISHED"), "{stdout}");
     assert!(node.wait_for_log("idle timeout", Duration::from_secs(5)), "{}", node.log());
 }
+
+#[test]
+fn garbage_instead_of_a_pdu_is_refused_and_the_node_keeps_serving() {
+    use std::io::Write;
+    if !peers_ready() {
+        return;
+    }
+    let node = Node::start(NodeOptions::default());
+    for garbage in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0x01, 0x00, 0xFF, 0xFF, 0xFF, 0xFF][..], &[0x04, 0, 0, 0, 0, 2, 0, 0][..]] {
+        let mut sock = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.write_all(garbage).unwrap();
+        let mut reply = Vec::new();
+        let _ = sock.read_to_end(&mut reply);
+        // Either an A-ABORT PDU (type 7) or a plain close; never a hang.
+        assert!(reply.is_empty() || reply[0] == 0x07, "{reply:?}");
+    }
+    assert_eq!(node.pynetdicom(&["echo"]), vec!["ESTABLISHED 1.2.840.10008.1.2.1", "ECHO 0x0000"]);
+}

@@ -377,3 +377,43 @@ mod tests {
         assert!(matches!(run(&bytes, EXPLICIT_LE), Err(ScanError::TooDeep)));
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use crate::association::sop::TRANSFER_SYNTAXES;
+
+    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_in_any_transfer_syntax() {
+        for seed in 1..3000u64 {
+            let bytes = noise(seed, (seed % 600) as usize);
+            for ts in TRANSFER_SYNTAXES {
+                let _ = scan(&bytes[..], Some(bytes.len() as u64), ts);
+            }
+            let _ = crate::association::command::CommandSet::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_refused_without_allocating() {
+        // An element claiming 4 GiB - 2 must be refused from the declared length alone.
+        let mut bytes = vec![0x08, 0x00, 0x16, 0x00, b'U', b'I', 0x10, 0x00];
+        bytes.extend_from_slice(b"1.2.3.4.5.6.7.8\0");
+        bytes.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0xFE, 0xFF, 0xFF, 0xFF]);
+        let ts = crate::association::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        assert!(scan(&bytes[..], Some(bytes.len() as u64), ts).is_err());
+    }
+}
