@@ -80,6 +80,7 @@ async fn database_suite_on_sqlite() {
 async fn database_suite_on_postgres() {
     let Some(url) = postgres_database().await else { return };
     suite(&url).await;
+    drop_postgres_database(&url).await;
 }
 
 #[test]
@@ -97,4 +98,7 @@ fn node_stores_into_postgres() {
     let db = rt.block_on(Db::open(&url, 1)).unwrap();
     let (uid, ts) = meta_of(&file);
     assert_eq!(rt.block_on(db.find_instance(&uid)).unwrap().unwrap().transfer_syntax_uid, ts);
+    rt.block_on(db.close());
+    drop(node);
+    rt.block_on(drop_postgres_database(&url));
 }

@@ -27,10 +27,8 @@ fn corrupt_or_mismatched_data_sets_are_refused_and_nothing_is_stored() {
     let bad = make_bad(&node);
     let good = testdata().unwrap().join("ts/cr_explicit_le.dcm");
     let files = ["truncated.dcm", "garbage.dcm", "class_mismatch.dcm", "instance_mismatch.dcm"];
-    let paths: Vec<String> = files.iter().map(|f| bad.join(f).display().to_string()).chain([good.display().to_string()]).collect();
-    let mut args = vec!["store"];
-    args.extend(paths.iter().map(String::as_str));
-    let lines = node.pynetdicom(&args);
+    let paths: Vec<_> = files.iter().map(|f| bad.join(f)).chain([good.clone()]).collect();
+    let lines = node.pynetdicom_store(&paths);
 
     assert_eq!(status_of(&lines, "truncated.dcm"), "0xC000", "{lines:?}");
     assert_eq!(status_of(&lines, "garbage.dcm"), "0xC000", "{lines:?}");

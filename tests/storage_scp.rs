@@ -107,10 +107,7 @@ fn pynetdicom_sends_all_twelve_transfer_syntaxes_in_one_association() {
     }
     let node = Node::start(NodeOptions::default());
     let files = corpus("ts");
-    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    let mut args = vec!["store"];
-    args.extend(names.iter().map(String::as_str));
-    let lines = node.pynetdicom(&args);
+    let lines = node.pynetdicom_store(&files);
     assert_eq!(lines.iter().filter(|l| l.starts_with("STORED 0x0000 ")).count(), files.len(), "{lines:?}");
     let syntaxes = assert_stored_as_received(&node, &files);
     // All 12 transfer syntaxes of the conformance statement were exercised.
@@ -124,10 +121,7 @@ fn other_accepted_sop_classes_are_stored() {
     }
     let files = corpus("classes");
     let node = Node::start(NodeOptions::default());
-    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    let mut args = vec!["store"];
-    args.extend(names.iter().map(String::as_str));
-    let lines = node.pynetdicom(&args);
+    let lines = node.pynetdicom_store(&files);
     assert_eq!(lines.iter().filter(|l| l.starts_with("STORED 0x0000 ")).count(), files.len(), "{lines:?}");
     assert_stored_as_received(&node, &files);
 }
@@ -141,10 +135,7 @@ fn pynetdicom_is_an_independent_second_client() {
     let echo = node.pynetdicom(&["echo", "--repeat", "2"]);
     assert_eq!(echo, vec!["ESTABLISHED 1.2.840.10008.1.2.1", "ECHO 0x0000", "ECHO 0x0000"]);
 
-    let files: Vec<String> = corpus("ts").iter().take(4).map(|p| p.display().to_string()).collect();
-    let mut args = vec!["store"];
-    args.extend(files.iter().map(String::as_str));
-    let lines = node.pynetdicom(&args);
+    let lines = node.pynetdicom_store(&corpus("ts")[..4]);
     let stored: Vec<_> = lines.iter().filter(|l| l.starts_with("STORED 0x0000 ")).collect();
     assert_eq!(stored.len(), 4, "{lines:?}");
     assert_eq!(node.stored_files().len(), 4);

@@ -232,6 +232,14 @@ impl Node {
         stdout.lines().map(str::to_string).collect()
     }
 
+    /// Send `files` in one pynetdicom association, each exactly as on disk; returns its lines.
+    pub fn pynetdicom_store<P: AsRef<Path>>(&self, files: &[P]) -> Vec<String> {
+        let names: Vec<String> = files.iter().map(|p| p.as_ref().display().to_string()).collect();
+        let mut args = vec!["store"];
+        args.extend(names.iter().map(String::as_str));
+        self.pynetdicom(&args)
+    }
+
     pub fn pynetdicom_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(python().expect("venv"));
         c.arg(repo().join("tests/peers/pynetdicom_peer.py")).args(["--port", &self.port.to_string()]).args(args);
@@ -307,4 +315,15 @@ pub async fn postgres_database() -> Option<String> {
     pool.close().await;
     let base = admin.rsplit_once('/').unwrap().0;
     Some(format!("{base}/{name}"))
+}
+
+/// Drop a database made by `postgres_database` (best effort: a leftover is harmless).
+pub async fn drop_postgres_database(url: &str) {
+    use sqlx::Executor;
+    let admin = std::env::var("TRIAGE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = url.rsplit('/').next().unwrap_or_default();
+    if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
+        let _ = pool.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+        pool.close().await;
+    }
 }
