@@ -56,14 +56,22 @@ async fn suite(url: &str) {
     assert_eq!(db.count_instances().await.unwrap(), 2);
     assert_eq!(db.find_instance("1.2").await.unwrap().unwrap().transfer_syntax_uid, "1.2.840.10008.1.2.1");
 
-    // Study readiness: not before the cutoff, exactly once, again after a new instance.
+    // Study readiness: instances are attached first; not before the cutoff, exactly once, again
+    // after a new instance.
+    assert!(db.promote_quiet_studies(5_000).await.unwrap().is_empty(), "nothing attached yet");
+    assert_eq!(db.attach_new_instances().await.unwrap(), 2);
+    assert_eq!(db.attach_new_instances().await.unwrap(), 0);
     assert!(db.promote_quiet_studies(999).await.unwrap().is_empty());
     let ready = db.promote_quiet_studies(5_000).await.unwrap();
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].instance_count, 2);
     assert!(db.promote_quiet_studies(5_000).await.unwrap().is_empty());
     db.insert_instance(&NewInstance { received_at_ms: 6_000, ..instance("1.3", "9.9") }).await.unwrap();
-    assert_eq!(db.promote_quiet_studies(7_000).await.unwrap().len(), 1);
+    assert!(db.promote_quiet_studies(7_000).await.unwrap().is_empty(), "an unattached instance holds the study");
+    assert_eq!(db.attach_new_instances().await.unwrap(), 1);
+    let again = db.promote_quiet_studies(7_000).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].instance_count, 3);
     let jobs = db.list_jobs().await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.kind == "study_ready" && j.state == "pending"));

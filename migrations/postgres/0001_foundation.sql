@@ -24,7 +24,9 @@ CREATE TABLE instances (
     id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     sop_instance_uid    TEXT NOT NULL UNIQUE,
     sop_class_uid       TEXT NOT NULL,
-    study_id            BIGINT NOT NULL REFERENCES studies (id),
+    study_instance_uid  TEXT NOT NULL,
+    -- NULL until the study tracker attaches the instance to its study (off the C-STORE path).
+    study_id            BIGINT REFERENCES studies (id),
     series_instance_uid TEXT NOT NULL,
     modality            TEXT,
     transfer_syntax_uid TEXT NOT NULL,
@@ -35,6 +37,7 @@ CREATE TABLE instances (
     received_at_ms      BIGINT NOT NULL
 );
 CREATE INDEX instances_study ON instances (study_id);
+CREATE INDEX instances_unattached ON instances (study_instance_uid) WHERE study_id IS NULL;
 
 CREATE TABLE jobs (
     id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,5 +1,6 @@
 //! Received instances. A row exists only for an instance whose file is synced in the store;
-//! the row's commit is what makes a C-STORE Success true.
+//! the row's commit is what makes a C-STORE Success true. `study_id` stays NULL until the
+//! study tracker (studies.rs) attaches the instance.
 
 use super::{get, q, Db, DbError};
 
@@ -21,7 +22,7 @@ pub struct NewInstance {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {
-    Inserted { instance_id: i64, study_id: i64 },
+    Inserted { instance_id: i64 },
     /// An instance with this SOP Instance UID is already stored; nothing was written.
     Duplicate { instance_id: i64 },
 }
@@ -58,34 +59,20 @@ impl Db {
         .transpose()
     }
 
-    /// Record a stored instance and touch its study (re-arming the quiet-period timer) in one
-    /// transaction (4 statements: begin, study upsert, insert, commit). A concurrent or earlier
-    /// copy of the same SOP Instance UID wins; the loser's transaction is rolled back whole.
+    /// Record a stored instance: one autocommit statement, the only database work on the
+    /// C-STORE path. The study tracker attaches it to its study later. A concurrent or earlier
+    /// copy of the same SOP Instance UID wins.
     pub async fn insert_instance(&self, new: &NewInstance) -> Result<InsertOutcome, DbError> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        // The write comes first so SQLite takes its write lock at once (no upgrade deadlock).
-        let study_id: i64 = sqlx::query_scalar(
-            "INSERT INTO studies (study_instance_uid, state, first_received_at_ms, last_received_at_ms, instance_count)
-             VALUES ($1, 'receiving', $2, $2, 1)
-             ON CONFLICT (study_instance_uid) DO UPDATE
-                SET state = 'receiving', last_received_at_ms = excluded.last_received_at_ms, instance_count = studies.instance_count + 1
-             RETURNING id",
-        )
-        .bind(&new.study_instance_uid)
-        .bind(new.received_at_ms)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q("upsert study"))?;
         let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_id, series_instance_uid, modality, transfer_syntax_uid,
-                                    calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms)
+            "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, modality,
+                                    transfer_syntax_uid, calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (sop_instance_uid) DO NOTHING
              RETURNING id",
         )
         .bind(&new.sop_instance_uid)
         .bind(&new.sop_class_uid)
-        .bind(study_id)
+        .bind(&new.study_instance_uid)
         .bind(&new.series_instance_uid)
         .bind(new.modality.clone())
         .bind(&new.transfer_syntax_uid)
@@ -94,16 +81,16 @@ impl Db {
         .bind(new.size_bytes)
         .bind(&new.dataset_sha256)
         .bind(new.received_at_ms)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await
         .map_err(q("insert instance"))?;
-        let Some(instance_id) = inserted else {
-            tx.rollback().await.map_err(q("rollback"))?;
-            let existing = self.find_instance(&new.sop_instance_uid).await?;
-            return Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) });
-        };
-        tx.commit().await.map_err(q("commit instance"))?;
-        Ok(InsertOutcome::Inserted { instance_id, study_id })
+        match inserted {
+            Some(instance_id) => Ok(InsertOutcome::Inserted { instance_id }),
+            None => {
+                let existing = self.find_instance(&new.sop_instance_uid).await?;
+                Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) })
+            }
+        }
     }
 
     pub async fn count_instances(&self) -> Result<i64, DbError> {

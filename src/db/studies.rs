@@ -1,8 +1,9 @@
 //! Studies and the jobs that hand a complete study to the pipeline.
 //!
-//! A study is `receiving` while instances arrive; once `quiet_period` has passed since the last
-//! one, exactly one node (even with several on one PostgreSQL) flips it to `ready` and queues a
-//! `study_ready` job. A later instance sets it back to `receiving`, so it is queued again.
+//! Each sweep first attaches newly received instances to their study (creating it, or setting it
+//! back to `receiving`), then promotes every study quiet for the whole period: exactly one node
+//! (even with several on one PostgreSQL) flips it to `ready` and queues a `study_ready` job. A
+//! later instance sets it back to `receiving`, so it is queued again.
 
 use super::{get, q, Db, DbError};
 use crate::domain::now_ms;
@@ -23,13 +24,67 @@ pub struct Job {
 }
 
 impl Db {
-    /// Promote every study quiet since `cutoff_ms` to `ready`, queueing a job for each.
-    pub async fn promote_quiet_studies(&self, cutoff_ms: i64) -> Result<Vec<ReadyStudy>, DbError> {
-        let due = sqlx::query("SELECT id, last_received_at_ms, instance_count FROM studies WHERE state = 'receiving' AND last_received_at_ms <= $1 ORDER BY id")
-            .bind(cutoff_ms)
-            .fetch_all(&self.pool)
+    /// Attach instances not yet attached to their studies; returns how many were attached.
+    pub async fn attach_new_instances(&self) -> Result<u64, DbError> {
+        let groups = sqlx::query(
+            "SELECT study_instance_uid, MIN(received_at_ms) AS first_ms, MAX(received_at_ms) AS last_ms, MAX(id) AS max_id
+             FROM instances WHERE study_id IS NULL GROUP BY study_instance_uid",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select unattached instances"))?;
+        let mut attached = 0;
+        for row in groups {
+            let uid: String = get(&row, "study_instance_uid")?;
+            let (first, last, max_id): (i64, i64, i64) = (get(&row, "first_ms")?, get(&row, "last_ms")?, get(&row, "max_id")?);
+            let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+            let study_id: i64 = sqlx::query_scalar(
+                "INSERT INTO studies (study_instance_uid, state, first_received_at_ms, last_received_at_ms, instance_count)
+                 VALUES ($1, 'receiving', $2, $3, 0)
+                 ON CONFLICT (study_instance_uid) DO UPDATE SET state = 'receiving',
+                    last_received_at_ms = CASE WHEN excluded.last_received_at_ms > studies.last_received_at_ms
+                                               THEN excluded.last_received_at_ms ELSE studies.last_received_at_ms END
+                 RETURNING id",
+            )
+            .bind(&uid)
+            .bind(first)
+            .bind(last)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(q("select quiet studies"))?;
+            .map_err(q("upsert study"))?;
+            // Another node may attach some of them concurrently: count only what this one did.
+            let done = sqlx::query("UPDATE instances SET study_id = $1 WHERE study_id IS NULL AND study_instance_uid = $2 AND id <= $3")
+                .bind(study_id)
+                .bind(&uid)
+                .bind(max_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("attach instances"))?;
+            sqlx::query("UPDATE studies SET instance_count = instance_count + $1 WHERE id = $2")
+                .bind(done.rows_affected() as i64)
+                .bind(study_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("count instances"))?;
+            tx.commit().await.map_err(q("commit attach"))?;
+            attached += done.rows_affected();
+        }
+        Ok(attached)
+    }
+
+    /// Promote every study quiet since `cutoff_ms`, with no instance still waiting to be
+    /// attached, to `ready`, queueing a job for each.
+    pub async fn promote_quiet_studies(&self, cutoff_ms: i64) -> Result<Vec<ReadyStudy>, DbError> {
+        let due = sqlx::query(
+            "SELECT id, last_received_at_ms, instance_count FROM studies s
+             WHERE state = 'receiving' AND last_received_at_ms <= $1
+               AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_id IS NULL AND i.study_instance_uid = s.study_instance_uid)
+             ORDER BY id",
+        )
+        .bind(cutoff_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select quiet studies"))?;
         let mut ready = Vec::with_capacity(due.len());
         for row in due {
             let study_id: i64 = get(&row, "id")?;

@@ -12,7 +12,7 @@ use std::io::Write;
 
 use crate::association::negotiation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
-const WRITE_BUFFER: usize = 1 << 20;
+const WRITE_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {

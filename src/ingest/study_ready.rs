@@ -22,8 +22,13 @@ impl StudyReadyWorker {
         StudyReadyWorker { db, quiet_period }
     }
 
-    /// One sweep: promote every study quiet for the whole period. Returns how many.
+    /// One sweep: attach new instances to their studies, then promote every study quiet for the
+    /// whole period. Returns how many were promoted.
     pub async fn sweep(&self) -> usize {
+        if let Err(error) = self.db.attach_new_instances().await {
+            error!(%error, "attaching instances to studies failed");
+            return 0;
+        }
         let cutoff = now_ms() - self.quiet_period.as_millis() as i64;
         match self.db.promote_quiet_studies(cutoff).await {
             Ok(ready) => {
