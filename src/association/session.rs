@@ -288,7 +288,7 @@ impl Session {
                 } else if req.sop_instance_uid.0.is_empty() {
                     Sink::Refuse { req, error: IngestError::MissingAttribute("Affected SOP Instance UID (0000,1000) in the request") }
                 } else {
-                    match self.shared.ingest.begin(&req).await {
+                    match self.shared.ingest.begin(&req) {
                         Ok(file) => Sink::Spool { req, file },
                         Err(error) => Sink::Refuse { req, error },
                     }

@@ -91,18 +91,15 @@ impl Ingest {
         &self.dirs
     }
 
-    /// Open a spool file for an incoming instance, or refuse if the disk is below its floor.
-    pub async fn begin(&self, req: &StoreRequest) -> Result<SpoolFile, IngestError> {
+    /// Start a spool file for an incoming instance, or refuse if the disk is below its floor.
+    /// Cheap enough for the network task: one statvfs, no file I/O.
+    pub fn begin(&self, req: &StoreRequest) -> Result<SpoolFile, IngestError> {
+        let available = free_bytes(&self.dirs.data).map_err(IngestError::DiskCheck)?;
+        if available < self.min_free_disk {
+            return Err(IngestError::OutOfDisk { available, floor: self.min_free_disk });
+        }
         let header = spool::part10_header(&req.sop_class_uid.0, &req.sop_instance_uid.0, req.transfer_syntax.uid, &req.calling_ae)?;
-        let (dirs, floor) = (self.dirs.clone(), self.min_free_disk);
-        blocking(move || {
-            let available = free_bytes(&dirs.data).map_err(IngestError::DiskCheck)?;
-            if available < floor {
-                return Err(IngestError::OutOfDisk { available, floor });
-            }
-            Ok(SpoolFile::create(&dirs, &header)?)
-        })
-        .await
+        Ok(SpoolFile::new(&self.dirs, &header))
     }
 
     /// All data set bytes have arrived: sync, scan, check, move into the store, record. On any

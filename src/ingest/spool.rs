@@ -101,17 +101,13 @@ pub struct Spooled {
 }
 
 impl SpoolFile {
-    /// Create the spool file with the Part 10 header. Blocking: call from the blocking pool.
-    pub fn create(dirs: &Dirs, header: &[u8]) -> Result<SpoolFile, SpoolError> {
+    /// Start a spool file with the Part 10 header. Nothing touches the disk yet: the file is
+    /// created by the first write on the blocking pool, off the network task.
+    pub fn new(dirs: &Dirs, header: &[u8]) -> SpoolFile {
         let path = dirs.spool.join(format!("{}.part", uuid::Uuid::new_v4()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| SpoolError::Create { path: path.clone(), source })?;
         let mut buf = Vec::with_capacity(WRITE_BUFFER);
         buf.extend_from_slice(header);
-        Ok(SpoolFile { path, file: Some(file), buf, in_flight: None, written: 0, hasher: Sha256::new(), header_len: header.len() as u64, dataset_len: 0 })
+        SpoolFile { path, file: None, buf, in_flight: None, written: 0, hasher: Sha256::new(), header_len: header.len() as u64, dataset_len: 0 }
     }
 
     /// Append data set bytes as they arrive from the network.
@@ -122,10 +118,14 @@ impl SpoolFile {
         if self.buf.len() >= WRITE_BUFFER {
             let spare = self.wait_in_flight().await?;
             let full = std::mem::replace(&mut self.buf, spare);
-            let mut file = self.file.take().ok_or_else(|| self.failed())?;
+            let (file, path) = (self.file.take(), self.path.clone());
             let offset = self.written;
             self.written += full.len() as u64;
             self.in_flight = Some(tokio::task::spawn_blocking(move || {
+                let mut file = match file {
+                    Some(f) => f,
+                    None => create(&path)?,
+                };
                 file.write_all(&full)?;
                 start_writeback(&file, offset, full.len() as u64);
                 Ok((file, full))
@@ -147,10 +147,6 @@ impl SpoolFile {
         Ok(buf)
     }
 
-    fn failed(&self) -> SpoolError {
-        SpoolError::Write { path: self.path.clone(), source: std::io::Error::other("spool file already failed") }
-    }
-
     /// Wait for the write in flight, so that `finish` or `discard` may run. Call before them.
     pub async fn settle(&mut self) -> Result<(), SpoolError> {
         self.wait_in_flight().await.map(|_| ())
@@ -160,7 +156,10 @@ impl SpoolFile {
     /// the caller to remove (its path is in the error).
     pub fn finish(mut self, fsync: bool) -> Result<Spooled, SpoolError> {
         let path = self.path.clone();
-        let mut file = self.file.take().ok_or_else(|| self.failed())?;
+        let mut file = match self.file.take() {
+            Some(f) => f,
+            None => create(&path).map_err(|source| SpoolError::Create { path: path.clone(), source })?,
+        };
         file.write_all(&self.buf).map_err(|source| SpoolError::Write { path: path.clone(), source })?;
         if fsync {
             file.sync_all().map_err(|source| SpoolError::Sync { path: path.clone(), source })?;
@@ -178,6 +177,10 @@ impl SpoolFile {
         drop(self.file.take());
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+fn create(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path)
 }
 
 /// Ask the kernel to start writing a range back now (Linux `sync_file_range`), so the fsync at
