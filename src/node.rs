@@ -29,6 +29,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     info!(engine = ?db.engine(), "database ready");
 
     let ingest = Ingest::new(&settings.storage, db.clone());
+    let orphans = ingest.remove_unrecorded().await.context("reconciling the store with the database")?;
+    if orphans > 0 {
+        warn!(files = orphans, "removed store files that were never recorded (stopped between store and commit)");
+    }
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), db: db.clone(), ingest });
     let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
     let addr = listener.local_addr()?;

@@ -55,16 +55,19 @@ fn acknowledged_instances_survive_kill_9_and_the_study_timer_rearms() {
     }
     let mut node = Node::start(NodeOptions { ingest: vec!["study_quiet_period = \"3s\"".into()], ..Default::default() });
     let acked = store_and_interrupt(&mut node, 8, |n| n.kill9());
+    // What a kill between the rename into the store and the commit leaves: a file with no row.
+    let newest_day = node.stored_files().last().unwrap().parent().unwrap().to_path_buf();
+    std::fs::write(newest_day.join("never-recorded.dcm"), b"not acknowledged").unwrap();
     node.launch();
     assert_all_present(&node, &acked);
     assert!(node.spool_files().is_empty(), "spool not cleaned after restart");
-    // Stored files without a row (killed between rename and commit) were never acknowledged;
-    // every row has its file.
+    assert!(!newest_day.join("never-recorded.dcm").exists(), "unrecorded store file survived the restart");
+    // The store and the database agree exactly: every row has its file and every file its row.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(node.db());
     let rows = rt.block_on(db.count_instances()).unwrap() as usize;
     assert!(rows >= acked.len());
-    assert!(node.stored_files().len() >= rows);
+    assert_eq!(node.stored_files().len(), rows);
 
     // The study was still receiving when killed; the restarted node promotes it from the database.
     assert!(node.wait_for_log("study ready", Duration::from_secs(10)), "{}", node.log());

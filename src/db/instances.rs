@@ -93,6 +93,16 @@ impl Db {
         }
     }
 
+    /// The recorded paths (relative to data_dir) that start with `prefix`.
+    pub async fn paths_under(&self, prefix: &str) -> Result<std::collections::HashSet<String>, DbError> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT path FROM instances WHERE path LIKE $1")
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select paths"))?;
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn count_instances(&self) -> Result<i64, DbError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM instances").fetch_one(&self.pool).await.map_err(q("count instances"))
     }

@@ -91,6 +91,32 @@ impl Ingest {
         &self.dirs
     }
 
+    /// Remove files in the store that have no row: a crash between the rename into the store and
+    /// the commit leaves such a file, and it was never acknowledged. Only the two newest day
+    /// folders can hold one (that is where the last writes went). Run before the listener starts;
+    /// the data directory belongs to this node alone.
+    pub async fn remove_unrecorded(&self) -> Result<usize, IngestError> {
+        let store = self.dirs.store.clone();
+        let mut days: Vec<String> = std::fs::read_dir(&store)
+            .map_err(IngestError::DiskCheck)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        days.sort();
+        let mut removed = 0;
+        for day in days.iter().rev().take(2) {
+            let recorded = self.db.paths_under(&format!("store/{day}/")).await?;
+            for entry in std::fs::read_dir(store.join(day)).map_err(IngestError::DiskCheck)?.flatten() {
+                let relative = format!("store/{day}/{}", entry.file_name().to_string_lossy());
+                if !recorded.contains(&relative) && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Start a spool file for an incoming instance, or refuse if the disk is below its floor.
     /// Cheap enough for the network task: one statvfs, no file I/O.
     pub fn begin(&self, req: &StoreRequest) -> Result<SpoolFile, IngestError> {

@@ -36,8 +36,8 @@ def rejection_recorder():
 def associate(args, contexts):
     ae = AE(ae_title=args.aet)
     ae.acse_timeout = 10
-    ae.dimse_timeout = 20
-    ae.network_timeout = 20
+    ae.dimse_timeout = 10
+    ae.network_timeout = 10
     for ctx in contexts:
         ae.add_requested_context(*ctx)
     seen, handlers = rejection_recorder()
