@@ -75,7 +75,7 @@ pub fn part10_header(sop_class: &str, sop_instance: &str, transfer_syntax: &str,
     Ok(out)
 }
 
-/// A spool file being written. Bytes are hashed and gathered in a 1 MiB buffer; a full buffer is
+/// A spool file being written. Bytes are hashed and gathered in a 256 KiB buffer; a full buffer is
 /// written on the blocking pool *while the next one fills* (double buffering), and each written
 /// chunk is handed to the kernel for write-back at once, so the final fsync has little left to do.
 pub struct SpoolFile {
