@@ -111,3 +111,34 @@ fn study_becomes_ready_after_the_quiet_period_only() {
     assert_eq!(jobs.len(), 1, "one job for one study: {jobs:?}");
     assert!(node.log().contains("instances=3"), "{}", node.log());
 }
+
+#[test]
+fn concurrent_modalities_all_land() {
+    if !peers_ready() {
+        return;
+    }
+    let node = Node::start(NodeOptions::default());
+    let files = walk(&testdata().unwrap().join("series"));
+    // Four modalities at once, ten instances each, on the embedded SQLite store.
+    let senders: Vec<_> = files
+        .chunks(10)
+        .map(|chunk| {
+            let port = node.port.to_string();
+            std::process::Command::new("storescu")
+                .env("TCP_NODELAY", "1")
+                .args(["-aet", "STORESCU", "-aec", "TRIAGE", "127.0.0.1", &port])
+                .args(chunk)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for s in senders {
+        let out = s.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(rt.block_on(async { node.db().await.count_instances().await.unwrap() }), files.len() as i64);
+    assert_eq!(node.stored_files().len(), files.len());
+    assert!(node.wait_for_log("instances=40", Duration::from_secs(10)), "one study of 40 instances: {}", node.log());
+}
