@@ -101,7 +101,7 @@ fn node_stores_into_postgres() {
     let node = Node::start(NodeOptions { database_url: Some(url.clone()), ..Default::default() });
     assert!(node.log().contains("engine=Postgres"), "{}", node.log());
     let file = testdata().unwrap().join("ts/ct_explicit_le.dcm");
-    let out = node.storescu(&[file.clone()]);
+    let out = node.storescu(std::slice::from_ref(&file));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Received Store Response (Success)"));
     let db = rt.block_on(Db::open(&url, 1)).unwrap();
     let (uid, ts) = meta_of(&file);

@@ -112,7 +112,7 @@ enum Sink {
 enum Rx {
     Idle,
     Command { pc: u8, bytes: Vec<u8> },
-    Data { pc: u8, cmd: CommandSet, sink: Sink },
+    Data { pc: u8, cmd: CommandSet, sink: Box<Sink> },
 }
 
 struct Session {
@@ -250,7 +250,7 @@ impl Session {
         }
         if last {
             let Rx::Data { pc, cmd, sink } = std::mem::replace(&mut self.state, Rx::Idle) else { unreachable!() };
-            self.on_data_set(pc, cmd, sink).await?;
+            self.on_data_set(pc, cmd, *sink).await?;
         }
         Ok(())
     }
@@ -293,12 +293,12 @@ impl Session {
                         Err(error) => Sink::Refuse { req, error },
                     }
                 };
-                self.state = Rx::Data { pc, cmd, sink };
+                self.state = Rx::Data { pc, cmd, sink: Box::new(sink) };
                 Ok(())
             }
             (field::C_CANCEL_RQ, _, _) => Ok(()), // nothing of ours is cancellable
             (_, _, true) => {
-                self.state = Rx::Data { pc, cmd, sink: Sink::Discard };
+                self.state = Rx::Data { pc, cmd, sink: Box::new(Sink::Discard) };
                 Ok(())
             }
             (_, _, false) => self.send_unrecognized(pc, &cmd, &ctx).await,
@@ -357,8 +357,10 @@ impl Session {
 
     /// Drop the spool file of a message cut off by abort, release or error: never acknowledged.
     async fn discard_partial(&mut self) {
-        if let Rx::Data { sink: Sink::Spool { file, .. }, .. } = std::mem::replace(&mut self.state, Rx::Idle) {
-            file.discard().await;
+        if let Rx::Data { sink, .. } = std::mem::replace(&mut self.state, Rx::Idle) {
+            if let Sink::Spool { file, .. } = *sink {
+                file.discard().await;
+            }
         }
     }
 }

@@ -75,6 +75,9 @@ pub fn part10_header(sop_class: &str, sop_instance: &str, transfer_syntax: &str,
     Ok(out)
 }
 
+/// A background write: gives the file and its (now written) buffer back.
+type InFlightWrite = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
+
 /// A spool file being written. Bytes are hashed and gathered in a 256 KiB buffer; a full buffer is
 /// written on the blocking pool *while the next one fills* (double buffering), and each written
 /// chunk is handed to the kernel for write-back at once, so the final fsync has little left to do.
@@ -83,7 +86,7 @@ pub struct SpoolFile {
     /// The file, when no write is in flight.
     file: Option<std::fs::File>,
     buf: Vec<u8>,
-    in_flight: Option<tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>>,
+    in_flight: Option<InFlightWrite>,
     written: u64,
     hasher: Sha256,
     header_len: u64,

@@ -75,7 +75,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("node.toml");
         let mut toml = String::from("[dicom]\nbind = \"127.0.0.1\"\n");
-        let mut section = |toml: &mut String, lines: &[String]| {
+        let section = |toml: &mut String, lines: &[String]| {
             for line in lines {
                 toml.push_str(line);
                 toml.push('\n');
