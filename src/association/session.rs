@@ -337,7 +337,7 @@ impl Session {
             }
             Err(error) => {
                 self.failed += 1;
-                warn!(peer = %self.peer, status = format!("{:#06X}", error.dimse_status()), %error, "C-STORE refused");
+                warn!(peer = %self.peer, status = %format_args!("{:#06X}", error.dimse_status()), %error, "C-STORE refused");
             }
         }
         self.send_command(pc, &rsp).await
@@ -345,7 +345,7 @@ impl Session {
 
     async fn send_unrecognized(&mut self, pc: u8, cmd: &CommandSet, ctx: &AcceptedContext) -> Result<(), AssociationError> {
         let request_field = cmd.command_field().unwrap_or(0);
-        warn!(peer = %self.peer, command_field = format!("{request_field:#06X}"), "unsupported DIMSE request");
+        warn!(peer = %self.peer, command_field = %format_args!("{request_field:#06X}"), "unsupported DIMSE request");
         let rsp = command::response(cmd, request_field | 0x8000, status::UNRECOGNIZED_OPERATION, &ctx.abstract_syntax);
         self.send_command(pc, &rsp).await
     }
