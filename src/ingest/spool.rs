@@ -232,6 +232,30 @@ mod tests {
         assert_eq!(meta.implementation_class_uid(), IMPLEMENTATION_CLASS_UID);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spooled_bytes_and_hash_match_what_was_written() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path());
+        dirs.prepare().unwrap();
+        let header = vec![7u8; 300];
+        // Sizes below, at and across the buffer size, in uneven pieces.
+        for total in [0usize, 10, WRITE_BUFFER - 300, WRITE_BUFFER, 3 * WRITE_BUFFER + 12345] {
+            let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
+            let mut spool = SpoolFile::new(&dirs, &header);
+            for piece in data.chunks(40_000) {
+                spool.write(piece).await.unwrap();
+            }
+            spool.settle().await.unwrap();
+            let done = spool.finish(true).unwrap();
+            assert_eq!(done.dataset_len as usize, total);
+            assert_eq!(done.dataset_sha256, hex::encode(Sha256::digest(&data)), "hash for {total} bytes");
+            let on_disk = std::fs::read(&done.path).unwrap();
+            assert_eq!(on_disk.len(), header.len() + total);
+            assert!(on_disk[..300] == header[..] && on_disk[300..] == data[..]);
+        }
+    }
+
     #[test]
     fn prepare_removes_leftover_spool_files() {
         let dir = tempfile::tempdir().unwrap();
