@@ -4,6 +4,7 @@
 pub mod association;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod domain;
 pub mod ingest;
 pub mod node;

@@ -37,6 +37,19 @@ enum Command {
     ShowConfig,
     /// Print what the store holds: instances, studies and jobs by state (no patient data).
     Status,
+    /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
+    Echo {
+        #[arg(long)]
+        to: String,
+    },
+    /// C-STORE files, or every file under directories, to a registered AE: as stored, no
+    /// transcoding. Prints one line per file; exits 1 if any was not stored.
+    Send {
+        #[arg(long)]
+        to: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +120,38 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ae { action } => ae_admin(action, &settings).await,
+        Command::Echo { to } => {
+            let peer = resolve_peer(&settings, &to).await?;
+            let rsp = triage_node::delivery::echo(&peer).await?;
+            println!("C-ECHO {to} ({}:{}): status {:#06X}", peer.host, peer.port, rsp.status);
+            if !rsp.is_success() {
+                anyhow::bail!("C-ECHO failed with status {:#06X}", rsp.status);
+            }
+            Ok(())
+        }
+        Command::Send { to, paths } => {
+            let peer = resolve_peer(&settings, &to).await?;
+            let sent = triage_node::delivery::send(&peer, &paths).await?;
+            let mut failed = 0;
+            for s in &sent {
+                match &s.result {
+                    Ok(rsp) if rsp.is_stored() => println!("stored   {:#06X} {}", rsp.status, s.path.display()),
+                    Ok(rsp) => {
+                        failed += 1;
+                        println!("refused  {:#06X} {} ({})", rsp.status, s.path.display(), rsp.error_comment.as_deref().unwrap_or("no comment"));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("failed   {} ({e})", s.path.display());
+                    }
+                }
+            }
+            println!("{} sent to {to}, {failed} not stored", sent.len() - failed);
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} files were not stored", sent.len());
+            }
+            Ok(())
+        }
         Command::Status => {
             std::fs::create_dir_all(&settings.storage.data_dir)?;
             let db = Db::open(&settings.database_url(), 1).await?;
@@ -122,6 +167,14 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn resolve_peer(settings: &Settings, to: &str) -> anyhow::Result<triage_node::association::client::Peer> {
+    let ours = AeTitle::parse(&settings.dicom.ae_title).map_err(anyhow::Error::msg)?;
+    let db = Db::open(&settings.database_url(), 1).await?;
+    let peer = triage_node::delivery::resolve(&db, to, &ours, std::time::Duration::from_secs(30)).await;
+    db.close().await;
+    Ok(peer?)
 }
 
 async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {

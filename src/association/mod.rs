@@ -4,6 +4,7 @@
 //! machine (PS3.8), negotiation policy and the DIMSE message layer (PS3.7) are ours.
 //! Must not: know SQL or where instances are stored; it hands data set bytes to `ingest`.
 
+pub mod client;
 pub mod command;
 pub mod negotiation;
 pub mod pdu;

@@ -1,0 +1,370 @@
+//! The association requestor (SCU side): C-ECHO and C-STORE to a remote AE, sending Part 10
+//! files exactly as stored (one presentation context per SOP class and transfer syntax, no
+//! transcoding), streamed from disk in PDUs within the peer's maximum length.
+//!
+//! Owns: A-ASSOCIATE-RQ/AC/RJ on the requesting side, DIMSE requests and their responses.
+//! Must not: decide what to send or when (callers do), or log identifying values.
+
+use std::path::Path;
+use std::time::Duration;
+
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRQ, Pdu, PresentationContextProposed, PresentationContextResultReason, UserVariableItem,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::command::{self, field, status, tag, CommandSet};
+use super::negotiation::{APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use super::pdu::{self, PduError, TYPE_ABORT, TYPE_P_DATA};
+use crate::domain::AeTitle;
+
+const VERIFICATION: &str = "1.2.840.10008.1.1";
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
+/// Largest PDU we accept from the peer (responses are small).
+const OUR_MAX_PDU: u32 = 65536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("no answer from the peer within {0:?}")]
+    Timeout(Duration),
+    #[error("association rejected: result {result:?}, source {by:?}")]
+    Rejected { result: dicom_ul::pdu::AssociationRJResult, by: dicom_ul::pdu::AssociationRJSource },
+    #[error("the peer accepted no presentation context for {0}")]
+    NoContext(String),
+    #[error("association aborted by the peer")]
+    Aborted,
+    #[error(transparent)]
+    Pdu(#[from] PduError),
+    #[error("sending: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("reading {path}: {source}")]
+    ReadFile { path: String, source: std::io::Error },
+    #[error("{path} is not a DICOM Part 10 file: {reason}")]
+    NotPart10 { path: String, reason: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Where to connect and who we are.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub host: String,
+    pub port: u16,
+    pub called_ae: AeTitle,
+    pub calling_ae: AeTitle,
+    pub timeout: Duration,
+}
+
+/// A (SOP class, transfer syntax) pair that one presentation context proposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub abstract_syntax: String,
+    pub transfer_syntaxes: Vec<String>,
+}
+
+impl Proposal {
+    pub fn verification() -> Proposal {
+        Proposal { abstract_syntax: VERIFICATION.into(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }
+    }
+}
+
+/// What the File Meta Information of a Part 10 file says, and where its data set starts.
+#[derive(Debug, Clone)]
+pub struct Part10 {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub dataset_offset: u64,
+}
+
+/// Read the File Meta Information of `path` (not the data set).
+pub fn read_part10(path: &Path) -> Result<Part10, ClientError> {
+    use std::io::{Read, Seek};
+    let name = path.display().to_string();
+    let mut file = std::fs::File::open(path).map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+    let mut preamble = [0u8; 128];
+    file.read_exact(&mut preamble).map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file)
+        .map_err(|e| ClientError::NotPart10 { path: name.clone(), reason: e.to_string() })?;
+    let dataset_offset = file.stream_position().map_err(|source| ClientError::ReadFile { path: name, source })?;
+    Ok(Part10 {
+        sop_class_uid: meta.media_storage_sop_class_uid().to_string(),
+        sop_instance_uid: meta.media_storage_sop_instance_uid().to_string(),
+        transfer_syntax_uid: meta.transfer_syntax().to_string(),
+        dataset_offset,
+    })
+}
+
+/// Result of one DIMSE request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub error_comment: Option<String>,
+}
+
+impl Response {
+    pub fn is_success(&self) -> bool {
+        self.status == status::SUCCESS
+    }
+    /// Warning statuses (0001, Bxxx) also mean the instance was stored.
+    pub fn is_stored(&self) -> bool {
+        self.status == status::SUCCESS || self.status == 0x0001 || self.status & 0xF000 == 0xB000
+    }
+}
+
+struct Accepted {
+    id: u8,
+    abstract_syntax: String,
+    transfer_syntax: String,
+}
+
+pub struct Association {
+    rd: BufReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    accepted: Vec<Accepted>,
+    peer_max_pdu: u32,
+    next_message_id: u16,
+    timeout: Duration,
+}
+
+impl Association {
+    /// Connect and negotiate; one presentation context per proposal.
+    pub async fn request(peer: &Peer, proposals: &[Proposal]) -> Result<Association, ClientError> {
+        let addr = format!("{}:{}", peer.host, peer.port);
+        let stream = tokio::time::timeout(peer.timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ClientError::Timeout(peer.timeout))?
+            .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
+        let _ = stream.set_nodelay(true);
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::with_capacity(64 * 1024, rd);
+        let contexts: Vec<PresentationContextProposed> = proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PresentationContextProposed {
+                id: (2 * i + 1) as u8,
+                abstract_syntax: p.abstract_syntax.clone(),
+                transfer_syntaxes: p.transfer_syntaxes.clone(),
+            })
+            .collect();
+        if contexts.is_empty() || contexts.len() > 128 {
+            return Err(ClientError::Protocol(format!("{} presentation contexts (1 to 128 allowed)", contexts.len())));
+        }
+        let rq = AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: peer.calling_ae.to_string(),
+            called_ae_title: peer.called_ae.to_string(),
+            application_context_name: APPLICATION_CONTEXT.into(),
+            presentation_contexts: contexts.clone(),
+            user_variables: vec![
+                UserVariableItem::MaxLength(OUR_MAX_PDU),
+                UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.into()),
+                UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.into()),
+            ],
+        };
+        wr.write_all(&pdu::encode(&Pdu::AssociationRQ(rq))).await.map_err(ClientError::Write)?;
+        let reply = tokio::time::timeout(peer.timeout, async {
+            let header = pdu::read_header(&mut rd).await?.ok_or(PduError::Closed)?;
+            pdu::read_control_pdu(&mut rd, header).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(peer.timeout))??;
+        let ac = match reply {
+            Pdu::AssociationAC(ac) => ac,
+            Pdu::AssociationRJ(AssociationRJ { result, source }) => return Err(ClientError::Rejected { result, by: source }),
+            Pdu::AbortRQ { .. } => return Err(ClientError::Aborted),
+            other => return Err(ClientError::Protocol(format!("expected A-ASSOCIATE-AC, got {}", other.short_description()))),
+        };
+        let accepted = ac
+            .presentation_contexts
+            .iter()
+            .filter(|r| r.reason == PresentationContextResultReason::Acceptance)
+            .filter_map(|r| {
+                contexts.iter().find(|c| c.id == r.id).map(|c| Accepted {
+                    id: r.id,
+                    abstract_syntax: c.abstract_syntax.clone(),
+                    transfer_syntax: r.transfer_syntax.trim_end_matches(['\0', ' ']).to_string(),
+                })
+            })
+            .collect();
+        let peer_max_pdu = ac
+            .user_variables
+            .iter()
+            .find_map(|v| match v {
+                UserVariableItem::MaxLength(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(Association { rd, wr, accepted, peer_max_pdu, next_message_id: 1, timeout: peer.timeout })
+    }
+
+    fn context(&self, abstract_syntax: &str, transfer_syntax: Option<&str>) -> Option<&Accepted> {
+        self.accepted
+            .iter()
+            .find(|c| c.abstract_syntax == abstract_syntax && transfer_syntax.is_none_or(|ts| c.transfer_syntax == ts))
+    }
+
+    fn message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
+        id
+    }
+
+    pub async fn echo(&mut self) -> Result<Response, ClientError> {
+        let pc = self.context(VERIFICATION, None).ok_or_else(|| ClientError::NoContext("Verification".into()))?.id;
+        let mut rq = CommandSet::default();
+        let id = self.message_id();
+        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, VERIFICATION)
+            .set_u16(tag::COMMAND_FIELD, field::C_ECHO_RQ)
+            .set_u16(tag::MESSAGE_ID, id)
+            .set_u16(tag::COMMAND_DATA_SET_TYPE, command::NO_DATA_SET);
+        self.send(pc, true, &rq.encode()).await?;
+        self.response(id).await
+    }
+
+    /// C-STORE the data set of a Part 10 file as it is on disk, in its own transfer syntax.
+    pub async fn store_file(&mut self, path: &Path) -> Result<Response, ClientError> {
+        let meta = read_part10(path)?;
+        let pc = self
+            .context(&meta.sop_class_uid, Some(&meta.transfer_syntax_uid))
+            .ok_or_else(|| ClientError::NoContext(format!("{} in {}", meta.sop_class_uid, meta.transfer_syntax_uid)))?
+            .id;
+        let id = self.message_id();
+        let mut rq = CommandSet::default();
+        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, &meta.sop_class_uid)
+            .set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
+            .set_u16(tag::MESSAGE_ID, id)
+            .set_u16(tag::PRIORITY, 0)
+            .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
+            .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, &meta.sop_instance_uid);
+        self.send(pc, true, &rq.encode()).await?;
+
+        // Stream the data set: read a PDU's worth at a time, never the whole file.
+        let name = path.display().to_string();
+        let mut file = tokio::fs::File::open(path).await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+        let total = file.metadata().await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?.len();
+        let mut left = total.saturating_sub(meta.dataset_offset);
+        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(meta.dataset_offset))
+            .await
+            .map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+        let chunk = self.max_fragment().min(1 << 20);
+        let mut buf = vec![0u8; chunk];
+        if left == 0 {
+            return Err(ClientError::NotPart10 { path: name, reason: "empty data set".into() });
+        }
+        // PS3.5 A.5: a deflated bit stream of odd length is sent padded with one NUL byte (some
+        // peers, DCMTK among them, refuse odd fragments).
+        let pad = meta.transfer_syntax_uid == DEFLATED_LE && left % 2 == 1;
+        while left > 0 {
+            let n = (left as usize).min(chunk);
+            file.read_exact(&mut buf[..n]).await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+            left -= n as u64;
+            let n = if left == 0 && pad && n < chunk {
+                buf[n] = 0;
+                n + 1
+            } else {
+                n
+            };
+            let mut out = pdu::encode_pdata(pc, false, &buf[..n], self.peer_max_pdu);
+            if left > 0 {
+                // encode_pdata marks its final fragment as last; this is not the end yet.
+                let last_control = out.len() - n - 1;
+                out[last_control] &= !0x02;
+            }
+            self.wr.write_all(&out).await.map_err(ClientError::Write)?;
+        }
+        self.response(id).await
+    }
+
+    /// The data bytes that fit one PDU of the peer's maximum length.
+    fn max_fragment(&self) -> usize {
+        if self.peer_max_pdu == 0 {
+            1 << 20
+        } else {
+            // Even, so that no fragment but a data set's last can have odd length.
+            ((self.peer_max_pdu.max(64) - 6) & !1) as usize
+        }
+    }
+
+    async fn send(&mut self, pc: u8, is_command: bool, bytes: &[u8]) -> Result<(), ClientError> {
+        self.wr.write_all(&pdu::encode_pdata(pc, is_command, bytes, self.peer_max_pdu)).await.map_err(ClientError::Write)
+    }
+
+    /// Read PDUs until the response command for `message_id` is complete.
+    async fn response(&mut self, message_id: u16) -> Result<Response, ClientError> {
+        let timeout = self.timeout;
+        let mut command = Vec::new();
+        loop {
+            let header = tokio::time::timeout(timeout, pdu::read_header(&mut self.rd))
+                .await
+                .map_err(|_| ClientError::Timeout(timeout))??
+                .ok_or(PduError::Closed)?;
+            match header.pdu_type {
+                TYPE_P_DATA => {
+                    let mut body = vec![0u8; header.length as usize];
+                    if header.length > OUR_MAX_PDU {
+                        return Err(ClientError::Protocol(format!("PDU of {} bytes exceeds our maximum", header.length)));
+                    }
+                    tokio::time::timeout(timeout, self.rd.read_exact(&mut body)).await.map_err(|_| ClientError::Timeout(timeout))?.map_err(PduError::Read)?;
+                    let mut pos = 0;
+                    let mut complete = false;
+                    while pos + 6 <= body.len() {
+                        let len = u32::from_be_bytes([body[pos], body[pos + 1], body[pos + 2], body[pos + 3]]) as usize;
+                        let control = body[pos + 5];
+                        let end = (pos + 4 + len).min(body.len());
+                        if control & 0x01 != 0 {
+                            command.extend_from_slice(&body[pos + 6..end]);
+                            complete |= control & 0x02 != 0;
+                        }
+                        pos = end;
+                    }
+                    if complete {
+                        let rsp = CommandSet::decode(&command).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        if rsp.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO).ok() != Some(message_id) {
+                            return Err(ClientError::Protocol("response to another message".into()));
+                        }
+                        let status = rsp.u16(tag::STATUS).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        return Ok(Response { status, error_comment: rsp.string(tag::ERROR_COMMENT).ok().filter(|s| !s.is_empty()) });
+                    }
+                }
+                TYPE_ABORT => return Err(ClientError::Aborted),
+                other => return Err(ClientError::Protocol(format!("unexpected PDU type {other:#04x} while waiting for a response"))),
+            }
+        }
+    }
+
+    /// A-RELEASE-RQ, and wait for A-RELEASE-RP.
+    pub async fn release(mut self) -> Result<(), ClientError> {
+        self.wr.write_all(&pdu::encode(&Pdu::ReleaseRQ)).await.map_err(ClientError::Write)?;
+        let timeout = self.timeout;
+        let reply = tokio::time::timeout(timeout, async {
+            let header = pdu::read_header(&mut self.rd).await?.ok_or(PduError::Closed)?;
+            pdu::read_control_pdu(&mut self.rd, header).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))??;
+        let _ = self.wr.shutdown().await;
+        match reply {
+            Pdu::ReleaseRP => Ok(()),
+            other => Err(ClientError::Protocol(format!("expected A-RELEASE-RP, got {}", other.short_description()))),
+        }
+    }
+}
+
+/// One presentation context per distinct (SOP class, transfer syntax) among `files`.
+pub fn proposals_for(files: &[Part10]) -> Vec<Proposal> {
+    let mut out: Vec<Proposal> = Vec::new();
+    for f in files {
+        let p = Proposal { abstract_syntax: f.sop_class_uid.clone(), transfer_syntaxes: vec![f.transfer_syntax_uid.clone()] };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,0 +1,105 @@
+//! Sending to other AEs: resolve a registered AE, open an association, C-ECHO or C-STORE.
+//!
+//! Today this serves the administrative `triage-node echo` and `triage-node send` commands; the
+//! results outbox (issue 5) will drive the same path. Must not: know PDUs (association::client
+//! does) or transcode anything: files go out in the transfer syntax they are stored in.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::association::client::{self, Association, ClientError, Peer, Proposal, Response};
+use crate::db::{Db, DbError};
+use crate::domain::AeTitle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("no AE titled {0} is registered (triage-node ae add {0} --role pacs --host H --port P)")]
+    UnknownAe(String),
+    #[error("AE {0} is disabled")]
+    Disabled(String),
+    #[error("AE {0} has no host and port to send to")]
+    NoAddress(String),
+    #[error("{0}")]
+    BadTitle(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("listing {path}: {source}")]
+    List { path: String, source: std::io::Error },
+}
+
+/// Resolve a registered AE to a peer we can associate with, calling as `ours`.
+pub async fn resolve(db: &Db, to: &str, ours: &AeTitle, timeout: Duration) -> Result<Peer, DeliveryError> {
+    let ae = db.find_ae(to).await?.ok_or_else(|| DeliveryError::UnknownAe(to.to_string()))?;
+    if !ae.enabled {
+        return Err(DeliveryError::Disabled(to.to_string()));
+    }
+    let (Some(host), Some(port)) = (ae.host.clone(), ae.port) else {
+        return Err(DeliveryError::NoAddress(to.to_string()));
+    };
+    Ok(Peer { host, port, called_ae: ae.ae_title, calling_ae: ours.clone(), timeout })
+}
+
+pub async fn echo(peer: &Peer) -> Result<Response, DeliveryError> {
+    let mut assoc = Association::request(peer, &[Proposal::verification()]).await?;
+    let rsp = assoc.echo().await?;
+    assoc.release().await?;
+    Ok(rsp)
+}
+
+/// The outcome for one file.
+#[derive(Debug)]
+pub struct Sent {
+    pub path: PathBuf,
+    pub result: Result<Response, ClientError>,
+}
+
+/// Send every file (directories are walked) in one association; one outcome per file.
+pub async fn send(peer: &Peer, paths: &[PathBuf]) -> Result<Vec<Sent>, DeliveryError> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    let mut metas = Vec::new();
+    let mut outcomes = Vec::new();
+    for f in files {
+        match client::read_part10(&f) {
+            Ok(meta) => metas.push((f, meta)),
+            Err(e) => outcomes.push(Sent { path: f, result: Err(e) }),
+        }
+    }
+    if metas.is_empty() {
+        return Ok(outcomes);
+    }
+    let proposals = client::proposals_for(&metas.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>());
+    for batch in proposals.chunks(128) {
+        let mut assoc = Association::request(peer, batch).await?;
+        for (path, _) in metas.iter().filter(|(_, m)| batch.iter().any(|p| p.abstract_syntax == m.sop_class_uid && p.transfer_syntaxes[0] == m.transfer_syntax_uid)) {
+            let result = assoc.store_file(path).await;
+            let fatal = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Timeout(_)));
+            outcomes.push(Sent { path: path.clone(), result });
+            if fatal {
+                return Ok(outcomes);
+            }
+        }
+        assoc.release().await?;
+    }
+    Ok(outcomes)
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DeliveryError> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| DeliveryError::List { path: path.display().to_string(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            collect(&e, out)?;
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
