@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use dicom_ul::pdu::{AbortRQSource, AssociationRQ, Pdu, PresentationContextProposed, UserVariableItem};
 use triage_node::association::command::{field, tag, CommandSet};
-use triage_node::association::pdu::{encode, encode_pdata};
+use triage_node::association::pdu::{encode, encode_pdata, encode_pdv};
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT: &str = "1.2.840.10008.1.2.1";
@@ -51,17 +51,10 @@ fn start_store(sock: &mut TcpStream) {
         .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, &uid);
     sock.write_all(&encode_pdata(1, true, &cmd.encode(), 16384)).unwrap();
     let data = dataset_bytes(&file);
-    // Half the data set in non-final fragments: rewrite the last fragment's control byte.
-    let mut half = encode_pdata(1, false, &data[..data.len() / 2], 16384);
-    let mut pos = 0;
-    let mut last_control = 0;
-    while pos < half.len() {
-        let len = u32::from_be_bytes(half[pos + 2..pos + 6].try_into().unwrap()) as usize;
-        last_control = pos + 11;
-        pos += 6 + len;
+    // Half the data set, in fragments none of which is marked last.
+    for piece in data[..data.len() / 2].chunks(16000) {
+        sock.write_all(&encode_pdv(1, false, false, piece)).unwrap();
     }
-    half[last_control] &= !0x02;
-    sock.write_all(&half).unwrap();
 }
 
 fn assert_nothing_left(node: &Node) {

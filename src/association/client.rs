@@ -193,14 +193,7 @@ impl Association {
                 })
             })
             .collect();
-        let peer_max_pdu = ac
-            .user_variables
-            .iter()
-            .find_map(|v| match v {
-                UserVariableItem::MaxLength(n) => Some(*n),
-                _ => None,
-            })
-            .unwrap_or(0);
+        let peer_max_pdu = pdu::max_length(&ac.user_variables);
         Ok(Association { rd, wr, accepted, peer_max_pdu, next_message_id: 1, timeout: peer.timeout })
     }
 
@@ -253,7 +246,7 @@ impl Association {
         tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(meta.dataset_offset))
             .await
             .map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
-        let chunk = self.max_fragment().min(1 << 20);
+        let chunk = pdu::max_fragment(self.peer_max_pdu);
         let mut buf = vec![0u8; chunk];
         if left == 0 {
             return Err(ClientError::NotPart10 { path: name, reason: "empty data set".into() });
@@ -271,25 +264,9 @@ impl Association {
             } else {
                 n
             };
-            let mut out = pdu::encode_pdata(pc, false, &buf[..n], self.peer_max_pdu);
-            if left > 0 {
-                // encode_pdata marks its final fragment as last; this is not the end yet.
-                let last_control = out.len() - n - 1;
-                out[last_control] &= !0x02;
-            }
-            self.wr.write_all(&out).await.map_err(ClientError::Write)?;
+            self.wr.write_all(&pdu::encode_pdv(pc, false, left == 0, &buf[..n])).await.map_err(ClientError::Write)?;
         }
         self.response(id).await
-    }
-
-    /// The data bytes that fit one PDU of the peer's maximum length.
-    fn max_fragment(&self) -> usize {
-        if self.peer_max_pdu == 0 {
-            1 << 20
-        } else {
-            // Even, so that no fragment but a data set's last can have odd length.
-            ((self.peer_max_pdu.max(64) - 6) & !1) as usize
-        }
     }
 
     async fn send(&mut self, pc: u8, is_command: bool, bytes: &[u8]) -> Result<(), ClientError> {

@@ -120,14 +120,7 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         });
     }
 
-    let peer_max_pdu = rq
-        .user_variables
-        .iter()
-        .find_map(|v| match v {
-            UserVariableItem::MaxLength(n) => Some(*n),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let peer_max_pdu = super::pdu::max_length(&rq.user_variables);
 
     let ac = AssociationAC {
         protocol_version: 1,

@@ -72,26 +72,48 @@ pub fn encode(pdu: &Pdu) -> Vec<u8> {
 /// Encode a whole DIMSE message part (command or data set) as P-DATA-TF PDUs, each within
 /// `peer_max_pdu` (the peer's Maximum Length; 0 means unlimited).
 pub fn encode_pdata(pc_id: u8, is_command: bool, bytes: &[u8], peer_max_pdu: u32) -> Vec<u8> {
-    let max_pdu = if peer_max_pdu == 0 { 1 << 20 } else { peer_max_pdu.max(64) };
-    let chunk = (max_pdu - 6) as usize; // PDV item header: 4 length + 1 context + 1 control
-    let mut out = Vec::with_capacity(bytes.len() + 12 * (bytes.len() / chunk + 1));
+    let chunk = max_fragment(peer_max_pdu);
     let pieces: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(chunk).collect() };
     let last_index = pieces.len() - 1;
+    let mut out = Vec::with_capacity(bytes.len() + 12 * pieces.len());
     for (i, piece) in pieces.into_iter().enumerate() {
-        let item_len = piece.len() as u32 + 2;
-        out.push(TYPE_P_DATA);
-        out.push(0);
-        out.extend_from_slice(&(item_len + 4).to_be_bytes());
-        out.extend_from_slice(&item_len.to_be_bytes());
-        out.push(pc_id);
-        let mut control = if is_command { 0x01 } else { 0x00 };
-        if i == last_index {
-            control |= 0x02;
-        }
-        out.push(control);
-        out.extend_from_slice(piece);
+        out.extend_from_slice(&encode_pdv(pc_id, is_command, i == last_index, piece));
     }
     out
+}
+
+/// One P-DATA-TF PDU holding one PDV item.
+pub fn encode_pdv(pc_id: u8, is_command: bool, is_last: bool, bytes: &[u8]) -> Vec<u8> {
+    let item_len = bytes.len() as u32 + 2;
+    let mut out = Vec::with_capacity(bytes.len() + 12);
+    out.extend_from_slice(&[TYPE_P_DATA, 0]);
+    out.extend_from_slice(&(item_len + 4).to_be_bytes());
+    out.extend_from_slice(&item_len.to_be_bytes());
+    out.push(pc_id);
+    out.push(u8::from(is_command) | if is_last { 0x02 } else { 0x00 });
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The most PDV data bytes one PDU may carry under the peer's Maximum Length (0 = unlimited,
+/// sent in 1 MiB PDUs). Even, so that only a message's last fragment can have odd length.
+pub fn max_fragment(peer_max_pdu: u32) -> usize {
+    if peer_max_pdu == 0 {
+        1 << 20
+    } else {
+        ((peer_max_pdu.max(64) - 6) & !1) as usize
+    }
+}
+
+/// The Maximum Length sub-item of an association's user information (0 = not given).
+pub fn max_length(user_variables: &[dicom_ul::pdu::UserVariableItem]) -> u32 {
+    user_variables
+        .iter()
+        .find_map(|v| match v {
+            dicom_ul::pdu::UserVariableItem::MaxLength(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 fn eof_is_closed(e: std::io::Error) -> PduError {
