@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the data flow and the invariants of each module.
 
 pub mod association;
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod delivery;

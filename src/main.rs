@@ -37,6 +37,11 @@ enum Command {
     ShowConfig,
     /// Print what the store holds: instances, studies and jobs by state (no patient data).
     Status,
+    /// The hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
     Echo {
         #[arg(long)]
@@ -50,6 +55,14 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check every entry's hash and link; exit 1 naming the first altered or missing entry.
+    Verify,
+    /// Print the entries (they hold no patient data).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -120,6 +133,23 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ae { action } => ae_admin(action, &settings).await,
+        Command::Audit { action } => {
+            let db = Db::open(&settings.database_url(), 1).await?;
+            let (entries, head_seq, head_hash) = db.audit_chain().await?;
+            db.close().await;
+            match action {
+                AuditAction::Verify => match triage_node::audit::verify(&entries, head_seq, &head_hash) {
+                    Ok(n) => println!("audit log intact: {n} entries, head {head_hash}"),
+                    Err(e) => anyhow::bail!("audit log damaged: {e}"),
+                },
+                AuditAction::List => {
+                    for e in entries {
+                        println!("{:>6}  {}  {:<12}  {:<16}  {}", e.seq, e.at_ms, e.event, e.subject, e.details);
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Echo { to } => {
             let peer = resolve_peer(&settings, &to).await?;
             let rsp = triage_node::delivery::echo(&peer).await?;
@@ -193,6 +223,8 @@ async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
                 anyhow::bail!("a pacs AE needs --host and --port so results can be sent to it");
             }
             db.upsert_ae(&ae).await.context("saving the AE")?;
+            let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled });
+            db.audit_append("ae_add", ae.ae_title.as_str(), &details.to_string()).await?;
             println!("registered {} ({}){}", ae.ae_title, ae.role, if ae.enabled { "" } else { " disabled" });
         }
         AeAction::List => {
@@ -213,6 +245,7 @@ async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
             if !db.remove_ae(&title).await? {
                 anyhow::bail!("no AE titled {title} is registered");
             }
+            db.audit_append("ae_remove", title.as_str(), "{}").await?;
             println!("removed {title}");
         }
     }

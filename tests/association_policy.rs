@@ -62,6 +62,25 @@ fn ae_administration_applies_to_the_next_association_without_restart() {
     let bad = node.cli(&["ae", "add", "THIS_TITLE_IS_TOO_LONG"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at most 16 characters"));
+
+    // Every change is in the audit trail, and tampering with it is detected.
+    let verify = node.cli(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("audit log intact: 4 entries"), "{}", String::from_utf8_lossy(&verify.stdout));
+    let list = String::from_utf8(node.cli(&["audit", "list"]).stdout).unwrap();
+    assert_eq!(list.matches("ae_add").count(), 3, "{list}");
+    assert_eq!(list.matches("ae_remove").count(), 1, "{list}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::Executor;
+        let url = format!("sqlite://{}", node.data_dir().join("triage.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        pool.execute("UPDATE audit_log SET details = '{\"host\":\"10.9.9.9\"}' WHERE seq = 2").await.unwrap();
+        pool.close().await;
+    });
+    let verify = node.cli(&["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&verify.stderr).contains("entry 2: its hash does not match its contents"), "{}", String::from_utf8_lossy(&verify.stderr));
 }
 
 #[test]

@@ -75,6 +75,19 @@ async fn suite(url: &str) {
     let jobs = db.list_jobs().await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.kind == "study_ready" && j.state == "pending"));
+
+    // Audit chain: sequential and concurrent appends form one valid chain.
+    db.audit_append("ae_add", "CT1", "{}").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move { db.audit_append("ae_add", &format!("CT{i}"), "{}").await.unwrap() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
+    assert_eq!(triage_node::audit::verify(&entries, head_seq, &head_hash), Ok(9));
     db.close().await;
 }
 

@@ -6,6 +6,7 @@
 //! Must not: know DICOM encodings, PDUs or files on disk.
 
 mod ae_titles;
+mod audit;
 mod instances;
 mod studies;
 

@@ -1,0 +1,63 @@
+//! The audit trail's storage: appends serialised by the `audit_head` row, on both engines.
+
+use super::{get, q, Db, DbError};
+use crate::audit::{entry_hash, Entry};
+use crate::domain::now_ms;
+
+impl Db {
+    /// Append one entry to the chain. `subject` and `details` must not hold patient data.
+    pub async fn audit_append(&self, event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        // The UPDATE takes the head row's write lock first: concurrent appends queue here, on
+        // SQLite and PostgreSQL alike. RETURNING gives the new seq and the (unchanged) old hash.
+        let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("advance audit head"))?;
+        let (seq, prev_hash): (i64, String) = (get(&row, "seq")?, get(&row, "hash")?);
+        let at_ms = now_ms();
+        let hash = entry_hash(&prev_hash, seq, at_ms, event, subject, details);
+        sqlx::query("INSERT INTO audit_log (seq, at_ms, event, subject, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(seq)
+            .bind(at_ms)
+            .bind(event)
+            .bind(subject)
+            .bind(details)
+            .bind(&prev_hash)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert audit entry"))?;
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("set audit head"))?;
+        tx.commit().await.map_err(q("commit audit entry"))?;
+        Ok(Entry { seq, at_ms, event: event.into(), subject: subject.into(), details: details.into(), prev_hash, hash })
+    }
+
+    /// Every entry in sequence order, and the head (seq, hash).
+    pub async fn audit_chain(&self) -> Result<(Vec<Entry>, i64, String), DbError> {
+        let rows = sqlx::query("SELECT seq, at_ms, event, subject, details, prev_hash, hash FROM audit_log ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read audit log"))?;
+        let entries = rows
+            .iter()
+            .map(|r| {
+                Ok(Entry {
+                    seq: get(r, "seq")?,
+                    at_ms: get(r, "at_ms")?,
+                    event: get(r, "event")?,
+                    subject: get(r, "subject")?,
+                    details: get(r, "details")?,
+                    prev_hash: get(r, "prev_hash")?,
+                    hash: get(r, "hash")?,
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&self.pool).await.map_err(q("read audit head"))?;
+        Ok((entries, get(&head, "seq")?, get(&head, "hash")?))
+    }
+}
