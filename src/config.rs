@@ -32,6 +32,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub database: DatabaseSettings,
     pub ingest: IngestSettings,
+    pub delivery: DeliverySettings,
     pub log: LogSettings,
 }
 
@@ -73,6 +74,22 @@ pub struct DatabaseSettings {
 pub struct IngestSettings {
     #[serde(with = "humantime_serde")]
     pub study_quiet_period: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,11 +161,33 @@ impl Settings {
         if self.ingest.study_quiet_period.is_zero() {
             return Err(invalid("ingest.study_quiet_period", "must be above zero"));
         }
+        let d = &self.delivery;
+        if d.poll_interval.is_zero() || d.retry_base.is_zero() || d.timeout.is_zero() || d.lease < d.timeout * 2 {
+            return Err(invalid("delivery", "intervals must be above zero and the lease at least twice the timeout"));
+        }
+        if d.retry_max < d.retry_base || d.max_attempts == 0 {
+            return Err(invalid("delivery", "retry_max must be at least retry_base, and max_attempts at least 1"));
+        }
         let db = self.database_url();
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return Err(invalid("database.url", "must start with sqlite: or postgres://"));
         }
         Ok(())
+    }
+
+    /// This node's identity in a shared database: host name and absolute data directory. Stable
+    /// across restarts, distinct between nodes (each owns its data directory).
+    pub fn node_id(&self) -> String {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into a valid buffer.
+        let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            "localhost".into()
+        };
+        let dir = std::fs::canonicalize(&self.storage.data_dir).unwrap_or_else(|_| self.storage.data_dir.clone());
+        format!("{host}:{}", dir.display())
     }
 
     /// The database URL, defaulting to a SQLite file in the data directory.

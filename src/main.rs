@@ -37,6 +37,11 @@ enum Command {
     ShowConfig,
     /// Print what the store holds: instances, studies and jobs by state (no patient data).
     Status,
+    /// The durable outbox: objects queued for delivery to registered AEs, with retries.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// The hash-chained audit trail.
     Audit {
         #[command(subcommand)]
@@ -54,6 +59,30 @@ enum Command {
         to: String,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Queue files for delivery to a registered AE (copied into the data directory first); the
+    /// running node's worker sends them, retrying with backoff.
+    Add {
+        #[arg(long)]
+        to: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show queued, delivered and dead items.
+    List {
+        /// pending | sending | delivered | dead
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Queue an item again (by id), or every dead item (--dead).
+    Retry {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        dead: bool,
     },
 }
 
@@ -133,6 +162,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ae { action } => ae_admin(action, &settings).await,
+        Command::Outbox { action } => outbox_admin(action, &settings).await,
         Command::Audit { action } => {
             let db = Db::open(&settings.database_url(), 1).await?;
             let (entries, head_seq, head_hash) = db.audit_chain().await?;
@@ -197,6 +227,45 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.storage.data_dir)?;
+    let db = Db::open(&settings.database_url(), 1).await?;
+    match action {
+        OutboxAction::Add { to, files } => {
+            if db.find_ae(&to).await?.is_none() {
+                anyhow::bail!("no AE titled {to} is registered (triage-node ae add {to} --role pacs --host H --port P)");
+            }
+            let dir = settings.storage.data_dir.join("outbox");
+            std::fs::create_dir_all(&dir)?;
+            for file in files {
+                triage_node::association::client::read_part10(&file)?;
+                let relative = format!("outbox/{}.dcm", uuid::Uuid::new_v4());
+                let target = settings.storage.data_dir.join(&relative);
+                std::fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
+                std::fs::File::open(&target)?.sync_all()?;
+                let id = db.outbox_enqueue(&settings.node_id(), &relative, &to).await?;
+                println!("queued {} for {to} as item {}", file.display(), id.unwrap_or_default());
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        OutboxAction::List { state } => {
+            println!("{:>6}  {:<10}  {:<16}  {:>8}  LAST ERROR", "ID", "STATE", "DESTINATION", "ATTEMPTS");
+            for item in db.outbox_list(state.as_deref()).await? {
+                println!("{:>6}  {:<10}  {:<16}  {:>8}  {}", item.id, item.state, item.destination, item.attempts, item.last_error.as_deref().unwrap_or("-"));
+            }
+        }
+        OutboxAction::Retry { id, dead } => {
+            if id.is_none() && !dead {
+                anyhow::bail!("name an item id, or --dead for every dead item");
+            }
+            let n = db.outbox_requeue(id).await?;
+            println!("{n} item(s) queued again");
+        }
+    }
+    db.close().await;
+    Ok(())
 }
 
 async fn resolve_peer(settings: &Settings, to: &str) -> anyhow::Result<triage_node::association::client::Peer> {

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::association::{Listener, Shared};
 use crate::config::Settings;
 use crate::db::Db;
+use crate::delivery::outbox::OutboxWorker;
 use crate::domain::AeTitle;
 use crate::ingest::study_ready::StudyReadyWorker;
 use crate::ingest::Ingest;
@@ -42,6 +43,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let workers = TaskTracker::new();
     let stop_workers = CancellationToken::new();
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).run(stop_workers.clone()));
+    let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone());
+    workers.spawn(outbox.run(stop_workers.clone()));
 
     listener.run(shutdown.clone(), associations.clone()).await;
 

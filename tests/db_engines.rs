@@ -88,6 +88,34 @@ async fn suite(url: &str) {
     }
     let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
     assert_eq!(triage_node::audit::verify(&entries, head_seq, &head_hash), Ok(9));
+
+    // Outbox: one row per (object, destination); a node claims only its own rows, and
+    // concurrent claimers never get the same row.
+    assert!(db.outbox_enqueue("n1", "outbox/a.dcm", "PACS").await.unwrap().is_some());
+    assert!(db.outbox_enqueue("n1", "outbox/a.dcm", "PACS").await.unwrap().is_none());
+    db.outbox_enqueue("n1", "outbox/b.dcm", "PACS").await.unwrap();
+    db.outbox_enqueue("n1", "outbox/c.dcm", "PACS").await.unwrap();
+    db.outbox_enqueue("n2", "outbox/d.dcm", "PACS").await.unwrap();
+    let mut claims = Vec::new();
+    for _ in 0..4 {
+        let db = db.clone();
+        claims.push(tokio::spawn(async move { db.outbox_claim("n1", 60_000, 1).await.unwrap() }));
+    }
+    let mut ids = Vec::new();
+    for c in claims {
+        ids.extend(c.await.unwrap().into_iter().map(|i| i.id));
+    }
+    ids.sort();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "a row was claimed twice");
+    assert!(db.outbox_claim("n1", 60_000, 10).await.unwrap().is_empty(), "leased rows are not claimable");
+    db.outbox_delivered(ids[0]).await.unwrap();
+    db.outbox_dead(ids[1], "status 0xC000").await.unwrap();
+    assert_eq!(db.outbox_release_claims("n1").await.unwrap(), 1);
+    assert_eq!(db.outbox_requeue(None).await.unwrap(), 1);
+    let states: Vec<String> = db.outbox_list(None).await.unwrap().into_iter().map(|i| i.state).collect();
+    assert_eq!(states, ["delivered", "pending", "pending", "pending"]);
     db.close().await;
 }
 

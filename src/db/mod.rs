@@ -8,10 +8,12 @@
 mod ae_titles;
 mod audit;
 mod instances;
+mod outbox;
 mod studies;
 
 pub use ae_titles::{AeRole, RegisteredAe};
 pub use instances::{InsertOutcome, NewInstance, StoredInstance};
+pub use outbox::OutboxItem;
 pub use studies::{Job, ReadyStudy};
 
 use std::time::Duration;

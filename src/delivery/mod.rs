@@ -1,8 +1,10 @@
 //! Sending to other AEs: resolve a registered AE, open an association, C-ECHO or C-STORE.
 //!
-//! Today this serves the administrative `triage-node echo` and `triage-node send` commands; the
-//! results outbox (issue 5) will drive the same path. Must not: know PDUs (association::client
+//! Serves the operator commands (`triage-node echo`, `send`) and the durable outbox worker
+//! (`outbox`), which the results of later stages are queued to. Must not: know PDUs (association::client
 //! does) or transcode anything: files go out in the transfer syntax they are stored in.
+
+pub mod outbox;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

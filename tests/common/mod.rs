@@ -51,6 +51,7 @@ pub struct NodeOptions {
     pub dicom: Vec<String>,
     pub storage: Vec<String>,
     pub ingest: Vec<String>,
+    pub delivery: Vec<String>,
     pub database_url: Option<String>,
     pub json_logs: bool,
     pub register: Vec<&'static str>,
@@ -58,7 +59,7 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], delivery: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
     }
 }
 
@@ -100,6 +101,10 @@ impl Node {
             ingest.push("study_quiet_period = \"2s\"".into());
         }
         section(&mut toml, &ingest);
+        if !opts.delivery.is_empty() {
+            toml.push_str("[delivery]\n");
+            section(&mut toml, &opts.delivery);
+        }
         if let Some(url) = &opts.database_url {
             toml.push_str(&format!("[database]\nurl = \"{url}\"\n"));
         }

@@ -1,0 +1,157 @@
+//! The durable outbox: objects waiting for delivery, one row per (object, destination). The
+//! objects are files in the queueing node's data directory, so rows belong to that node.
+//! States: `pending` (due at `next_attempt_at_ms`), `sending` (claimed until `lease_until_ms`;
+//! a crashed claimer's rows come back when the lease runs out), `delivered`, `dead` (with why).
+
+use super::{get, q, Db, DbError};
+use crate::domain::now_ms;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    /// Relative to the data directory.
+    pub path: String,
+    pub destination: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+}
+
+const COLUMNS: &str = "id, path, destination, state, attempts, next_attempt_at_ms, last_error";
+/// A row is claimable when pending and due, or when a claimer's lease ran out.
+const CLAIMABLE: &str = "node = $3 AND ((state = 'pending' AND next_attempt_at_ms <= $2) OR (state = 'sending' AND lease_until_ms < $2))";
+
+fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxItem, DbError> {
+    Ok(OutboxItem {
+        id: get(r, "id")?,
+        path: get(r, "path")?,
+        destination: get(r, "destination")?,
+        state: get(r, "state")?,
+        attempts: get(r, "attempts")?,
+        next_attempt_at_ms: get(r, "next_attempt_at_ms")?,
+        last_error: get(r, "last_error")?,
+    })
+}
+
+impl Db {
+    /// Queue `path` for `destination`; `None` if that pair is already queued.
+    pub async fn outbox_enqueue(&self, node: &str, path: &str, destination: &str) -> Result<Option<i64>, DbError> {
+        let now = now_ms();
+        sqlx::query_scalar(
+            "INSERT INTO outbox (path, destination, node, state, attempts, next_attempt_at_ms, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $4, 'pending', 0, $3, $3, $3) ON CONFLICT (path, destination) DO NOTHING RETURNING id",
+        )
+        .bind(path)
+        .bind(destination)
+        .bind(now)
+        .bind(node)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("enqueue outbox item"))
+    }
+
+    /// Claim up to `limit` due items for one destination (the oldest due item's), holding them
+    /// for `lease_ms`. Each claim is a conditional update, so two claimers never get one row.
+    pub async fn outbox_claim(&self, node: &str, lease_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, DbError> {
+        let now = now_ms();
+        // On PostgreSQL concurrent claimers skip each other's locked rows instead of queueing
+        // behind them (and then finding them taken); SQLite serialises writers anyway.
+        let skip = if self.engine == super::Engine::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let mut claimed: Vec<OutboxItem> = Vec::new();
+        while claimed.len() < limit {
+            let sql = match claimed.first() {
+                None => format!(
+                    "UPDATE outbox SET state = 'sending', lease_until_ms = $1, updated_at_ms = $2
+                     WHERE id = (SELECT id FROM outbox WHERE {CLAIMABLE} ORDER BY id LIMIT 1{skip}) AND {CLAIMABLE}
+                     RETURNING {COLUMNS}"
+                ),
+                Some(_) => format!(
+                    "UPDATE outbox SET state = 'sending', lease_until_ms = $1, updated_at_ms = $2
+                     WHERE id = (SELECT id FROM outbox WHERE {CLAIMABLE} AND destination = $4 ORDER BY id LIMIT 1{skip}) AND {CLAIMABLE}
+                     RETURNING {COLUMNS}"
+                ),
+            };
+            let mut query = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(node);
+            if let Some(first) = claimed.first() {
+                query = query.bind(first.destination.clone());
+            }
+            match query.fetch_optional(&self.pool).await.map_err(q("claim outbox item"))? {
+                Some(row) => claimed.push(decode(&row)?),
+                None => break,
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// At start-up: this node's earlier process is gone, so its claims are void.
+    pub async fn outbox_release_claims(&self, node: &str) -> Result<u64, DbError> {
+        let done = sqlx::query("UPDATE outbox SET state = 'pending', lease_until_ms = 0 WHERE node = $1 AND state = 'sending'")
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .map_err(q("release outbox claims"))?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn outbox_delivered(&self, id: i64) -> Result<(), DbError> {
+        let now = now_ms();
+        sqlx::query("UPDATE outbox SET state = 'delivered', attempts = attempts + 1, delivered_at_ms = $1, updated_at_ms = $1, last_error = NULL WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("mark outbox item delivered"))?;
+        Ok(())
+    }
+
+    pub async fn outbox_retry_later(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at_ms = $1, last_error = $2, updated_at_ms = $3 WHERE id = $4")
+            .bind(next_attempt_at_ms)
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("reschedule outbox item"))?;
+        Ok(())
+    }
+
+    pub async fn outbox_dead(&self, id: i64, error: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = $1, updated_at_ms = $2 WHERE id = $3")
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("dead-letter outbox item"))?;
+        Ok(())
+    }
+
+    pub async fn outbox_list(&self, state: Option<&str>) -> Result<Vec<OutboxItem>, DbError> {
+        let rows = match state {
+            Some(s) => sqlx::query(&format!("SELECT {COLUMNS} FROM outbox WHERE state = $1 ORDER BY id")).bind(s.to_string()).fetch_all(&self.pool).await,
+            None => sqlx::query(&format!("SELECT {COLUMNS} FROM outbox ORDER BY id")).fetch_all(&self.pool).await,
+        }
+        .map_err(q("list outbox"))?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Put dead (or, with `id`, that one non-delivered) items back in the queue, due now.
+    pub async fn outbox_requeue(&self, id: Option<i64>) -> Result<u64, DbError> {
+        let now = now_ms();
+        let done = match id {
+            Some(id) => sqlx::query("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE id = $2 AND state <> 'delivered'")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await,
+            None => sqlx::query("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE state = 'dead'")
+                .bind(now)
+                .execute(&self.pool)
+                .await,
+        }
+        .map_err(q("requeue outbox items"))?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,212 @@
+//! The outbox worker: claims due items, sends each destination's batch over one association,
+//! and records every outcome: delivered; retry later with exponential backoff and jitter
+//! (connection failures, timeouts, rejections, Out of Resources); or dead with the reason
+//! (a refusal the peer will repeat, a file that cannot be read, or too many attempts).
+//! Work lives in the database, so a restart resumes where the last run stopped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{resolve, DeliveryError};
+use crate::association::client::{self, Association, ClientError, Response};
+use crate::config::DeliverySettings;
+use crate::db::{Db, OutboxItem};
+use crate::domain::{now_ms, AeTitle};
+
+/// Items sent over one association at most.
+const BATCH: usize = 32;
+
+pub struct OutboxWorker {
+    db: Db,
+    node: String,
+    ours: AeTitle,
+    data_dir: PathBuf,
+    cfg: DeliverySettings,
+}
+
+/// What to do with an item after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Delivered,
+    Retry(String),
+    Dead(String),
+}
+
+/// A C-STORE response status the peer may answer differently later.
+fn transient(status: u16) -> bool {
+    (0xA700..=0xA7FF).contains(&status) || status == 0x0110 || status == 0x0211 || status == 0xFE00
+}
+
+fn verdict_for(result: &Result<Response, ClientError>) -> Verdict {
+    match result {
+        Ok(rsp) if rsp.is_stored() => Verdict::Delivered,
+        Ok(rsp) => {
+            let why = format!("status {:#06X}: {}", rsp.status, rsp.error_comment.as_deref().unwrap_or("no error comment"));
+            if transient(rsp.status) {
+                Verdict::Retry(why)
+            } else {
+                Verdict::Dead(why)
+            }
+        }
+        Err(e @ (ClientError::NoContext(_) | ClientError::ReadFile { .. } | ClientError::NotPart10 { .. })) => Verdict::Dead(e.to_string()),
+        Err(e) => Verdict::Retry(e.to_string()),
+    }
+}
+
+/// Delay before attempt `attempts + 1`: base * 2^(attempts - 1), capped, with +-20% jitter.
+pub fn backoff(cfg: &DeliverySettings, attempts: u32) -> Duration {
+    let exp = cfg.retry_base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+    let capped = exp.min(cfg.retry_max);
+    let jitter = 0.8 + 0.4 * (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    capped.mul_f64(jitter)
+}
+
+impl OutboxWorker {
+    pub fn new(db: Db, node: String, ours: AeTitle, data_dir: PathBuf, cfg: DeliverySettings) -> Self {
+        OutboxWorker { db, node, ours, data_dir, cfg }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        match self.db.outbox_release_claims(&self.node).await {
+            Ok(0) => {}
+            Ok(n) => warn!(items = n, "outbox items claimed by this node's previous run are queued again"),
+            Err(error) => error!(%error, "releasing this node's earlier outbox claims failed"),
+        }
+        loop {
+            let worked = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = self.drain_once() => n,
+            };
+            if worked == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                }
+            }
+        }
+    }
+
+    /// Claim one destination's due items and attempt them; returns how many were attempted.
+    pub async fn drain_once(&self) -> usize {
+        let items = match self.db.outbox_claim(&self.node, self.cfg.lease.as_millis() as i64, BATCH).await {
+            Ok(items) => items,
+            Err(error) => {
+                error!(%error, "claiming outbox items failed");
+                return 0;
+            }
+        };
+        if items.is_empty() {
+            return 0;
+        }
+        let destination = items[0].destination.clone();
+        let verdicts = self.attempt(&destination, &items).await;
+        for (item, verdict) in items.iter().zip(verdicts) {
+            if let Err(error) = self.record(item, verdict).await {
+                error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
+            }
+        }
+        items.len()
+    }
+
+    async fn attempt(&self, destination: &str, items: &[OutboxItem]) -> Vec<Verdict> {
+        let all = |v: Verdict| vec![v; items.len()];
+        let peer = match resolve(&self.db, destination, &self.ours, self.cfg.timeout).await {
+            Ok(peer) => peer,
+            Err(e @ (DeliveryError::UnknownAe(_) | DeliveryError::Disabled(_) | DeliveryError::NoAddress(_))) => return all(Verdict::Retry(e.to_string())),
+            Err(e) => return all(Verdict::Retry(e.to_string())),
+        };
+        let mut verdicts = vec![Verdict::Retry("not attempted".into()); items.len()];
+        let mut sendable = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match client::read_part10(&self.data_dir.join(&item.path)) {
+                Ok(meta) => sendable.push((i, meta)),
+                Err(e) => verdicts[i] = Verdict::Dead(e.to_string()),
+            }
+        }
+        if sendable.is_empty() {
+            return verdicts;
+        }
+        let proposals = client::proposals_for(&sendable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>());
+        let mut assoc = match Association::request(&peer, &proposals).await {
+            Ok(a) => a,
+            Err(e) => {
+                let why = e.to_string();
+                for (i, _) in &sendable {
+                    verdicts[*i] = Verdict::Retry(why.clone());
+                }
+                return verdicts;
+            }
+        };
+        for (i, _) in &sendable {
+            let result = assoc.store_file(&self.data_dir.join(&items[*i].path)).await;
+            let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Timeout(_)));
+            verdicts[*i] = verdict_for(&result);
+            if broken {
+                return verdicts; // the rest stay "not attempted": retried later
+            }
+        }
+        if let Err(error) = assoc.release().await {
+            warn!(%error, destination, "release after delivery failed");
+        }
+        verdicts
+    }
+
+    async fn record(&self, item: &OutboxItem, verdict: Verdict) -> Result<(), crate::db::DbError> {
+        let attempts = item.attempts as u32 + 1;
+        match verdict {
+            Verdict::Delivered => {
+                info!(item = item.id, destination = %item.destination, attempts, "delivered");
+                self.db.outbox_delivered(item.id).await
+            }
+            Verdict::Retry(why) if attempts < self.cfg.max_attempts => {
+                let delay = backoff(&self.cfg, attempts);
+                warn!(item = item.id, destination = %item.destination, attempts, retry_in = ?delay, error = %why, "delivery failed; will retry");
+                self.db.outbox_retry_later(item.id, now_ms() + delay.as_millis() as i64, &why).await
+            }
+            Verdict::Retry(why) => {
+                let why = format!("gave up after {attempts} attempts: {why}");
+                error!(item = item.id, destination = %item.destination, error = %why, "delivery dead-lettered");
+                self.db.outbox_dead(item.id, &why).await
+            }
+            Verdict::Dead(why) => {
+                error!(item = item.id, destination = %item.destination, error = %why, "delivery dead-lettered");
+                self.db.outbox_dead(item.id, &why).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DeliverySettings {
+        crate::config::Settings::load(None).unwrap().delivery
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let c = cfg(); // 5 s base, 10 min cap
+        let within = |d: Duration, nominal: f64| d.as_secs_f64() >= nominal * 0.8 - 1e-9 && d.as_secs_f64() <= nominal * 1.2 + 1e-9;
+        assert!(within(backoff(&c, 1), 5.0));
+        assert!(within(backoff(&c, 2), 10.0));
+        assert!(within(backoff(&c, 4), 40.0));
+        assert!(within(backoff(&c, 12), 600.0));
+        assert!(within(backoff(&c, 60), 600.0));
+    }
+
+    #[test]
+    fn outcomes_map_to_verdicts() {
+        let rsp = |status, comment: Option<&str>| Ok(Response { status, error_comment: comment.map(str::to_string) });
+        assert_eq!(verdict_for(&rsp(0x0000, None)), Verdict::Delivered);
+        assert_eq!(verdict_for(&rsp(0xB000, None)), Verdict::Delivered);
+        assert!(matches!(verdict_for(&rsp(0xA700, Some("disk full"))), Verdict::Retry(w) if w.contains("disk full")));
+        assert!(matches!(verdict_for(&rsp(0xC000, None)), Verdict::Dead(_)));
+        assert!(matches!(verdict_for(&rsp(0xA900, None)), Verdict::Dead(_)));
+        assert!(matches!(verdict_for(&Err(ClientError::Aborted)), Verdict::Retry(_)));
+        assert!(matches!(verdict_for(&Err(ClientError::NoContext("x".into()))), Verdict::Dead(_)));
+    }
+}
