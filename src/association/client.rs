@@ -284,10 +284,10 @@ impl Association {
                 .ok_or(PduError::Closed)?;
             match header.pdu_type {
                 TYPE_P_DATA => {
-                    let mut body = vec![0u8; header.length as usize];
                     if header.length > OUR_MAX_PDU {
                         return Err(ClientError::Protocol(format!("PDU of {} bytes exceeds our maximum", header.length)));
                     }
+                    let mut body = vec![0u8; header.length as usize];
                     tokio::time::timeout(timeout, self.rd.read_exact(&mut body)).await.map_err(|_| ClientError::Timeout(timeout))?.map_err(PduError::Read)?;
                     let mut pos = 0;
                     let mut complete = false;
