@@ -234,21 +234,13 @@ async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Resu
     let db = Db::open(&settings.database_url(), 1).await?;
     match action {
         OutboxAction::Add { to, files } => {
-            if db.find_ae(&to).await?.is_none() {
-                anyhow::bail!("no AE titled {to} is registered (triage-node ae add {to} --role pacs --host H --port P)");
+            let queued = triage_node::delivery::enqueue(&db, &settings.node_id(), &settings.storage.data_dir, &to, &files).await?;
+            for (file, id) in queued {
+                match id {
+                    Some(id) => println!("queued {} for {to} as item {id}", file.display()),
+                    None => println!("already queued: {}", file.display()),
+                }
             }
-            let dir = settings.storage.data_dir.join("outbox");
-            std::fs::create_dir_all(&dir)?;
-            for file in files {
-                triage_node::association::client::read_part10(&file)?;
-                let relative = format!("outbox/{}.dcm", uuid::Uuid::new_v4());
-                let target = settings.storage.data_dir.join(&relative);
-                std::fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
-                std::fs::File::open(&target)?.sync_all()?;
-                let id = db.outbox_enqueue(&settings.node_id(), &relative, &to).await?;
-                println!("queued {} for {to} as item {}", file.display(), id.unwrap_or_default());
-            }
-            std::fs::File::open(&dir)?.sync_all()?;
         }
         OutboxAction::List { state } => {
             println!("{:>6}  {:<10}  {:<16}  {:>8}  LAST ERROR", "ID", "STATE", "DESTINATION", "ATTEMPTS");

@@ -27,8 +27,8 @@ pub enum DeliveryError {
     Db(#[from] DbError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("listing {path}: {source}")]
-    List { path: String, source: std::io::Error },
+    #[error("reading or writing {path}: {source}")]
+    Io { path: String, source: std::io::Error },
 }
 
 /// Resolve a registered AE to a peer we can associate with, calling as `ours`.
@@ -90,10 +90,33 @@ pub async fn send(peer: &Peer, paths: &[PathBuf]) -> Result<Vec<Sent>, DeliveryE
     Ok(outcomes)
 }
 
+/// Queue files for delivery to a registered AE: each is checked to be Part 10, copied into
+/// `data_dir/outbox/` and synced (the outbox owns its objects), then recorded. Returns each
+/// file with its item id (`None`: that object was already queued for that AE).
+pub async fn enqueue(db: &Db, node: &str, data_dir: &Path, to: &str, files: &[PathBuf]) -> Result<Vec<(PathBuf, Option<i64>)>, DeliveryError> {
+    if db.find_ae(to).await?.is_none() {
+        return Err(DeliveryError::UnknownAe(to.to_string()));
+    }
+    let dir = data_dir.join("outbox");
+    let io = |source| DeliveryError::Io { path: dir.display().to_string(), source };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let mut out = Vec::with_capacity(files.len());
+    for file in files {
+        client::read_part10(file)?;
+        let relative = format!("outbox/{}.dcm", uuid::Uuid::new_v4());
+        let target = data_dir.join(&relative);
+        std::fs::copy(file, &target).map_err(|source| DeliveryError::Io { path: file.display().to_string(), source })?;
+        std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+        out.push((file.clone(), db.outbox_enqueue(node, &relative, to).await?));
+    }
+    Ok(out)
+}
+
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DeliveryError> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| DeliveryError::List { path: path.display().to_string(), source })?
+            .map_err(|source| DeliveryError::Io { path: path.display().to_string(), source })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
