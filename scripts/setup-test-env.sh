@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh Debian machine, idempotently:
-#   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy)
+#   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy), cmake and
+#     g++ (to build CharLS, the JPEG-LS decoder)
 #   - a Python venv in .venv with pinned pydicom, pynetdicom and pydicom-data (real DICOM files)
 #   - the test corpus in .testdata/: real CT and chest CR files in every transfer syntax we accept
 set -euo pipefail
@@ -10,6 +11,8 @@ ROOT=$PWD
 need_apt=()
 command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v g++ >/dev/null || need_apt+=(g++)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"

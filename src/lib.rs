@@ -7,5 +7,6 @@ pub mod config;
 pub mod db;
 pub mod delivery;
 pub mod domain;
+pub mod inference;
 pub mod ingest;
 pub mod node;
