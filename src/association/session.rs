@@ -161,8 +161,10 @@ impl Session {
                         return Err(PduError::TooLarge { pdu_type: TYPE_P_DATA, length: header.length, limit: self.shared.settings.max_pdu_length }.into());
                     }
                     if let Err(e) = self.read_pdata(header.length).await {
-                        if matches!(e, AssociationError::Protocol(_)) {
-                            send_abort(&mut self.wr, AbortRQServiceProviderReason::InvalidPduParameter).await;
+                        match e {
+                            AssociationError::Protocol(_) => send_abort(&mut self.wr, AbortRQServiceProviderReason::InvalidPduParameter).await,
+                            AssociationError::Idle(_) => send_abort(&mut self.wr, AbortRQServiceProviderReason::ReasonNotSpecified).await,
+                            _ => {}
                         }
                         return Err(e);
                     }
