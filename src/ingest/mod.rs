@@ -26,6 +26,8 @@ pub enum IngestError {
     OutOfDisk { available: u64, floor: u64 },
     #[error("checking free disk space: {0}")]
     DiskCheck(#[source] std::io::Error),
+    #[error("listing the store at {path}: {source}")]
+    ListStore { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("data set cannot be parsed: {0}")]
@@ -48,7 +50,9 @@ impl IngestError {
     /// The C-STORE response status for this failure (PS3.4 Table B.2-1, PS3.7 Annex C).
     pub fn dimse_status(&self) -> u16 {
         match self {
-            IngestError::OutOfDisk { .. } | IngestError::DiskCheck(_) | IngestError::Spool(_) => status::OUT_OF_RESOURCES,
+            IngestError::OutOfDisk { .. } | IngestError::DiskCheck(_) | IngestError::ListStore { .. } | IngestError::Spool(_) => {
+                status::OUT_OF_RESOURCES
+            }
             IngestError::Unparseable(_) => status::CANNOT_UNDERSTAND,
             IngestError::MissingAttribute(_) | IngestError::SopClassMismatch | IngestError::SopInstanceMismatch => {
                 status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS
@@ -87,10 +91,6 @@ impl Ingest {
         Arc::new(Ingest { dirs: Dirs::new(&cfg.data_dir), min_free_disk: cfg.min_free_disk.0, fsync: cfg.fsync, db })
     }
 
-    pub fn dirs(&self) -> &Dirs {
-        &self.dirs
-    }
-
     /// Remove files in the store that have no row: a crash between the rename into the store and
     /// the commit leaves such a file, and it was never acknowledged. Only the two newest day
     /// folders can hold one (that is where the last writes went). Run before the listener starts;
@@ -98,7 +98,7 @@ impl Ingest {
     pub async fn remove_unrecorded(&self) -> Result<usize, IngestError> {
         let store = self.dirs.store.clone();
         let mut days: Vec<String> = std::fs::read_dir(&store)
-            .map_err(IngestError::DiskCheck)?
+            .map_err(|source| IngestError::ListStore { path: store.clone(), source })?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
@@ -107,7 +107,9 @@ impl Ingest {
         let mut removed = 0;
         for day in days.iter().rev().take(2) {
             let recorded = self.db.paths_under(&format!("store/{day}/")).await?;
-            for entry in std::fs::read_dir(store.join(day)).map_err(IngestError::DiskCheck)?.flatten() {
+            let folder = store.join(day);
+            let entries = std::fs::read_dir(&folder).map_err(|source| IngestError::ListStore { path: folder.clone(), source })?;
+            for entry in entries.flatten() {
                 let relative = format!("store/{day}/{}", entry.file_name().to_string_lossy());
                 if !recorded.contains(&relative) && std::fs::remove_file(entry.path()).is_ok() {
                     removed += 1;

@@ -203,10 +203,6 @@ impl Node {
         None
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
     pub async fn db(&self) -> triage_node::db::Db {
         let settings = triage_node::config::Settings::load(Some(&self.config)).unwrap();
         triage_node::db::Db::open(&settings.database_url(), 2).await.unwrap()
