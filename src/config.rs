@@ -32,6 +32,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub database: DatabaseSettings,
     pub ingest: IngestSettings,
+    pub deid: DeidSettings,
     pub delivery: DeliverySettings,
     pub log: LogSettings,
 }
@@ -74,6 +75,59 @@ pub struct DatabaseSettings {
 pub struct IngestSettings {
     #[serde(with = "humantime_serde")]
     pub study_quiet_period: Duration,
+}
+
+/// De-identification (PS3.15 Annex E). The keys themselves are never settings: they come from
+/// TRIAGE_PSEUDONYM_KEY / TRIAGE_REID_MAP_KEY or from the files named here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeidSettings {
+    pub pseudonym_key_file: Option<PathBuf>,
+    pub map_key_file: Option<PathBuf>,
+    pub demo_keys: bool,
+    pub retain_longitudinal_modified_dates: bool,
+    pub retain_patient_characteristics: bool,
+    pub retain_device_identity: bool,
+    pub retain_institution_identity: bool,
+    pub clean_descriptors: bool,
+    pub safe_private: Vec<String>,
+    pub burned_in_annotation: BurnedInPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BurnedInPolicy {
+    /// Keep the de-identified header only; do not send the instance to the AI stage.
+    Exclude,
+    /// Keep the pixels and send them to the AI stage (the site accepts burned-in text there).
+    Process,
+}
+
+impl DeidSettings {
+    /// The engine, with keys loaded from the environment or the key files.
+    pub fn deidentifier(&self) -> Result<crate::deid::Deidentifier, crate::deid::KeyError> {
+        use crate::deid::table::ProfileOption as O;
+        let keys = crate::deid::Keys::load(&crate::deid::keys::KeySources {
+            pseudonym_key_file: self.pseudonym_key_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
+            map_key_file: self.map_key_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
+            demo_keys: self.demo_keys,
+        })?;
+        let mut options = Vec::new();
+        for (on, opt) in [
+            (self.retain_longitudinal_modified_dates, O::RetainLongitudinalModifiedDates),
+            (self.retain_patient_characteristics, O::RetainPatientCharacteristics),
+            (self.retain_device_identity, O::RetainDeviceIdentity),
+            (self.retain_institution_identity, O::RetainInstitutionIdentity),
+            (self.clean_descriptors, O::CleanDescriptors),
+            (!self.safe_private.is_empty(), O::RetainSafePrivate),
+        ] {
+            if on {
+                options.push(opt);
+            }
+        }
+        let safe = self.safe_private.iter().filter_map(|s| crate::deid::SafePrivate::parse(s).ok()).collect();
+        Ok(crate::deid::Deidentifier::new(keys, options, safe))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,7 +174,8 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("dicom.transfer_syntax_preference"),
+                .with_list_parse_key("dicom.transfer_syntax_preference")
+                .with_list_parse_key("deid.safe_private"),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
@@ -167,6 +222,9 @@ impl Settings {
         }
         if d.retry_max < d.retry_base || d.max_attempts == 0 {
             return Err(invalid("delivery", "retry_max must be at least retry_base, and max_attempts at least 1"));
+        }
+        for entry in &self.deid.safe_private {
+            crate::deid::SafePrivate::parse(entry).map_err(|reason| ConfigError::Invalid { key: "deid.safe_private", reason })?;
         }
         let db = self.database_url();
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {

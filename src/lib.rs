@@ -5,6 +5,7 @@ pub mod association;
 pub mod audit;
 pub mod config;
 pub mod db;
+pub mod deid;
 pub mod delivery;
 pub mod domain;
 pub mod inference;

@@ -47,6 +47,20 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// De-identify a DICOM file, or every file under a directory, into the directory OUT with
+    /// the node's engine, keys and options (for research exports). Output files are named by
+    /// their new SOP Instance UID. Each is audited; nothing enters the re-identification map.
+    Deid { input: PathBuf, out: PathBuf },
+    /// Print the original identifiers of a de-identified instance (JSON) from the encrypted
+    /// re-identification map. Audited with the purpose given.
+    Reid {
+        /// The de-identified SOP Instance UID.
+        instance_uid: String,
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Print a new random key (64 hex digits) for TRIAGE_PSEUDONYM_KEY or TRIAGE_REID_MAP_KEY.
+    Keygen,
     /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
     Echo {
         #[arg(long)]
@@ -180,6 +194,19 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keygen => {
+            println!("{}", triage_node::deid::keys::generate());
+            Ok(())
+        }
+        Command::Deid { input, out } => deid_export(&settings, &input, &out).await,
+        Command::Reid { instance_uid, purpose } => {
+            let deid = settings.deid.deidentifier()?;
+            let db = Db::open(&settings.database_url(), 1).await?;
+            let originals = triage_node::deid::reidentify(&db, deid.keys(), &instance_uid, &purpose).await;
+            db.close().await;
+            println!("{}", serde_json::to_string_pretty(&originals?)?);
+            Ok(())
+        }
         Command::Echo { to } => {
             let peer = resolve_peer(&settings, &to).await?;
             let rsp = triage_node::delivery::echo(&peer).await?;
@@ -227,6 +254,41 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn deid_export(settings: &Settings, input: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    use triage_node::config::BurnedInPolicy;
+    let deid = settings.deid.deidentifier()?;
+    if deid.keys().demo {
+        eprintln!("triage-node: WARNING: demo keys (deid.demo_keys = true): these pseudonyms can be reversed by anyone");
+    }
+    let files = triage_node::delivery::collect_files(&[input.to_path_buf()])?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(&settings.storage.data_dir)?;
+    let db = Db::open(&settings.database_url(), 1).await?;
+    let drop = settings.deid.burned_in_annotation == BurnedInPolicy::Exclude;
+    let options: Vec<&str> = deid.options().iter().map(|o| o.code().0).collect();
+    let mut failed = 0;
+    for file in &files {
+        match triage_node::deid::file::export(&deid, file, out, drop) {
+            Ok((target, w)) => {
+                let note = if w.pixels_written { String::new() } else { format!(" (pixels left out: {})", w.deid.burned_in.unwrap_or("no Pixel Data")) };
+                println!("deidentified {} -> {}{note}", file.display(), target.display());
+                let details = serde_json::json!({ "export": true, "profile": triage_node::deid::table::EDITION, "options": options, "pixels": w.pixels_written });
+                db.audit_append("deidentify", &format!("instance:{}", w.deid.sop_instance_uid), &details.to_string()).await?;
+            }
+            Err(e) => {
+                failed += 1;
+                println!("failed       {} ({e})", file.display());
+            }
+        }
+    }
+    db.close().await;
+    println!("{} de-identified into {}, {failed} failed", files.len() - failed, out.display());
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files could not be de-identified", files.len());
+    }
+    Ok(())
 }
 
 async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Result<()> {

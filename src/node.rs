@@ -21,6 +21,11 @@ use crate::ingest::Ingest;
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ae_title = AeTitle::parse(&settings.dicom.ae_title).map_err(anyhow::Error::msg)?;
+    let deid = settings.deid.deidentifier().context("loading the de-identification keys")?;
+    if deid.keys().demo {
+        warn!("DEMO KEYS: de-identification uses fixed public keys; pseudonyms can be reversed and the re-identification map opened by anyone. Never use this with patient data (set deid.demo_keys = false and provide TRIAGE_PSEUDONYM_KEY / TRIAGE_REID_MAP_KEY)");
+    }
+    info!(profile = crate::deid::table::EDITION, options = ?deid.options(), burned_in = ?settings.deid.burned_in_annotation, "de-identification ready");
     let dirs = crate::ingest::spool::Dirs::new(&settings.storage.data_dir);
     let leftovers = dirs.prepare().with_context(|| format!("preparing data directory {}", settings.storage.data_dir.display()))?;
     if leftovers > 0 {
@@ -29,7 +34,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?;
     info!(engine = ?db.engine(), "database ready");
 
-    let ingest = Ingest::new(&settings.storage, db.clone());
+    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation);
     let orphans = ingest.remove_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
         warn!(files = orphans, "removed store files that were never recorded (stopped between store and commit)");

@@ -20,6 +20,7 @@ fn instance(uid: &str, study: &str) -> NewInstance {
         size_bytes: 10,
         dataset_sha256: "00".into(),
         received_at_ms: 1_000,
+        excluded_reason: None,
     }
 }
 
@@ -39,12 +40,12 @@ async fn suite(url: &str) {
     assert_eq!(db.find_ae("PACS1").await.unwrap(), None);
 
     // Instances, duplicates, and concurrent duplicates: exactly one insert wins.
-    assert!(matches!(db.insert_instance(&instance("1.1", "9.9")).await.unwrap(), InsertOutcome::Inserted { .. }));
-    assert!(matches!(db.insert_instance(&instance("1.1", "9.9")).await.unwrap(), InsertOutcome::Duplicate { .. }));
+    assert!(matches!(db.insert_instance(&instance("1.1", "9.9"), None).await.unwrap(), InsertOutcome::Inserted { .. }));
+    assert!(matches!(db.insert_instance(&instance("1.1", "9.9"), None).await.unwrap(), InsertOutcome::Duplicate { .. }));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let db = db.clone();
-        tasks.push(tokio::spawn(async move { db.insert_instance(&instance("1.2", "9.9")).await.unwrap() }));
+        tasks.push(tokio::spawn(async move { db.insert_instance(&instance("1.2", "9.9"), None).await.unwrap() }));
     }
     let mut inserted = 0;
     for t in tasks {
@@ -66,7 +67,7 @@ async fn suite(url: &str) {
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].instance_count, 2);
     assert!(db.promote_quiet_studies(5_000).await.unwrap().is_empty());
-    db.insert_instance(&NewInstance { received_at_ms: 6_000, ..instance("1.3", "9.9") }).await.unwrap();
+    db.insert_instance(&NewInstance { received_at_ms: 6_000, ..instance("1.3", "9.9") }, None).await.unwrap();
     assert!(db.promote_quiet_studies(7_000).await.unwrap().is_empty(), "an unattached instance holds the study");
     assert_eq!(db.attach_new_instances().await.unwrap(), 1);
     let again = db.promote_quiet_studies(7_000).await.unwrap();

@@ -8,35 +8,43 @@ impl Db {
     /// Append one entry to the chain. `subject` and `details` must not hold patient data.
     pub async fn audit_append(&self, event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        // The UPDATE takes the head row's write lock first: concurrent appends queue here, on
-        // SQLite and PostgreSQL alike. RETURNING gives the new seq and the (unchanged) old hash.
-        let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(q("advance audit head"))?;
-        let (seq, prev_hash): (i64, String) = (get(&row, "seq")?, get(&row, "hash")?);
-        let at_ms = now_ms();
-        let hash = entry_hash(&prev_hash, seq, at_ms, event, subject, details);
-        sqlx::query("INSERT INTO audit_log (seq, at_ms, event, subject, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(seq)
-            .bind(at_ms)
-            .bind(event)
-            .bind(subject)
-            .bind(details)
-            .bind(&prev_hash)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("insert audit entry"))?;
-        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("set audit head"))?;
+        let entry = append_in(&mut tx, event, subject, details).await?;
         tx.commit().await.map_err(q("commit audit entry"))?;
-        Ok(Entry { seq, at_ms, event: event.into(), subject: subject.into(), details: details.into(), prev_hash, hash })
+        Ok(entry)
     }
+}
 
+/// Append inside the caller's transaction, so an entry commits (or not) with what it records.
+pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
+    // The UPDATE takes the head row's write lock first: concurrent appends queue here, on
+    // SQLite and PostgreSQL alike. RETURNING gives the new seq and the (unchanged) old hash.
+    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(q("advance audit head"))?;
+    let (seq, prev_hash): (i64, String) = (get(&row, "seq")?, get(&row, "hash")?);
+    let at_ms = now_ms();
+    let hash = entry_hash(&prev_hash, seq, at_ms, event, subject, details);
+    sqlx::query("INSERT INTO audit_log (seq, at_ms, event, subject, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(seq)
+        .bind(at_ms)
+        .bind(event)
+        .bind(subject)
+        .bind(details)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("insert audit entry"))?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("set audit head"))?;
+    Ok(Entry { seq, at_ms, event: event.into(), subject: subject.into(), details: details.into(), prev_hash, hash })
+}
+
+impl Db {
     /// Every entry in sequence order, and the head (seq, hash).
     pub async fn audit_chain(&self) -> Result<(Vec<Entry>, i64, String), DbError> {
         let rows = sqlx::query("SELECT seq, at_ms, event, subject, details, prev_hash, hash FROM audit_log ORDER BY seq")

@@ -18,6 +18,17 @@ pub struct NewInstance {
     pub size_bytes: i64,
     pub dataset_sha256: String,
     pub received_at_ms: i64,
+    /// Why the instance is not sent to the AI stage (its pixels were not kept), if it is not.
+    pub excluded_reason: Option<String>,
+}
+
+/// What commits together with a de-identified instance's row: its sealed originals and the
+/// audit entry recording the de-identification.
+#[derive(Debug, Clone)]
+pub struct Provenance<'a> {
+    pub reid: &'a super::SealedRecord,
+    /// Audit details (JSON, no patient data).
+    pub audit_details: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +70,17 @@ impl Db {
         .transpose()
     }
 
-    /// Record a stored instance: one autocommit statement, the only database work on the
-    /// C-STORE path. The study tracker attaches it to its study later. A concurrent or earlier
-    /// copy of the same SOP Instance UID wins.
-    pub async fn insert_instance(&self, new: &NewInstance) -> Result<InsertOutcome, DbError> {
+    /// Record a stored instance, with its re-identification record and audit entry, in one
+    /// transaction: the only database work on the C-STORE path (one commit, one WAL sync). The
+    /// study tracker attaches it to its study later. A concurrent or earlier copy of the same
+    /// SOP Instance UID wins, and then nothing is written.
+    pub async fn insert_instance(&self, new: &NewInstance, provenance: Option<&Provenance<'_>>) -> Result<InsertOutcome, DbError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, modality,
-                                    transfer_syntax_uid, calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                    transfer_syntax_uid, calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms,
+                                    excluded_reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (sop_instance_uid) DO NOTHING
              RETURNING id",
         )
@@ -81,16 +95,34 @@ impl Db {
         .bind(new.size_bytes)
         .bind(&new.dataset_sha256)
         .bind(new.received_at_ms)
-        .fetch_optional(&self.pool)
+        .bind(new.excluded_reason.clone())
+        .fetch_optional(&mut *tx)
         .await
         .map_err(q("insert instance"))?;
-        match inserted {
-            Some(instance_id) => Ok(InsertOutcome::Inserted { instance_id }),
-            None => {
-                let existing = self.find_instance(&new.sop_instance_uid).await?;
-                Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) })
-            }
+        let Some(instance_id) = inserted else {
+            drop(tx);
+            let existing = self.find_instance(&new.sop_instance_uid).await?;
+            return Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) });
+        };
+        if let Some(p) = provenance {
+            let r = p.reid;
+            sqlx::query(
+                "INSERT INTO reid_map (sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sop_instance_uid) DO NOTHING",
+            )
+            .bind(&r.sop_instance_uid)
+            .bind(&r.study_instance_uid)
+            .bind(&r.key_id)
+            .bind(&r.nonce)
+            .bind(&r.sealed)
+            .bind(r.created_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert reid record"))?;
+            super::audit::append_in(&mut tx, "deidentify", &format!("instance:{}", new.sop_instance_uid), &p.audit_details).await?;
         }
+        tx.commit().await.map_err(q("commit instance"))?;
+        Ok(InsertOutcome::Inserted { instance_id })
     }
 
     /// The recorded paths (relative to data_dir) that start with `prefix`.

@@ -113,6 +113,15 @@ pub async fn enqueue(db: &Db, node: &str, data_dir: &Path, to: &str, files: &[Pa
     Ok(out)
 }
 
+/// Every file named, and every file under the directories named (sorted, recursively).
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DeliveryError> {
+    let mut out = Vec::new();
+    for p in paths {
+        collect(p, &mut out)?;
+    }
+    Ok(out)
+}
+
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DeliveryError> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)

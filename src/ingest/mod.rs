@@ -1,10 +1,13 @@
 //! C-STORE handling: from the first data byte to a committed row.
 //!
-//! Owns: the free-disk floor, the spool (stream -> fsync -> atomic rename), the structural scan,
-//! the checks a data set must pass, the `instances` row, and the mapping of every failure to a
-//! PS3.4 C-STORE status (`IngestError::dimse_status`). Success is returned only after the file
-//! and its directory are synced and the row is committed. Must not: know PDUs or SQL, or log
-//! identifying values (UIDs are wrapped in `Redacted` wherever they could be printed).
+//! Owns: the free-disk floor, the spool (a transient copy of the instance as received), the
+//! structural scan, the checks a data set must pass, de-identification into the store (via
+//! `deid`), the `instances` row with its sealed originals and audit entry, and the mapping of
+//! every failure to a PS3.4 C-STORE status (`IngestError::dimse_status`). Success is returned
+//! only after the de-identified file and its directory are synced and the row is committed;
+//! the spool copy is deleted whatever happens, so no original instance stays on disk.
+//! Must not: know PDUs or SQL, or log identifying values (UIDs are wrapped in `Redacted`
+//! wherever they could be printed).
 
 pub mod scan;
 pub mod spool;
@@ -14,8 +17,10 @@ use std::sync::Arc;
 
 use crate::association::command::status;
 use crate::association::sop::TransferSyntax;
-use crate::config::StorageSettings;
-use crate::db::{Db, DbError, InsertOutcome, NewInstance};
+use crate::config::{BurnedInPolicy, StorageSettings};
+use crate::db::{Db, DbError, InsertOutcome, NewInstance, Provenance};
+use crate::deid::file::FileError;
+use crate::deid::Deidentifier;
 use crate::domain::{now_ms, Redacted};
 use scan::ScanError;
 use spool::{Dirs, SpoolError, SpoolFile};
@@ -40,6 +45,10 @@ pub enum IngestError {
     SopInstanceMismatch,
     #[error("Affected SOP Class UID differs from the presentation context's abstract syntax")]
     NotNegotiated,
+    #[error("de-identification failed: {0}")]
+    Deid(#[from] FileError),
+    #[error("sealing the re-identification record: {0}")]
+    Seal(#[from] crate::deid::MapError),
     #[error("recording the instance: {0}")]
     Db(#[from] DbError),
     #[error("scan task failed: {0}")]
@@ -54,6 +63,10 @@ impl IngestError {
                 status::OUT_OF_RESOURCES
             }
             IngestError::Unparseable(_) => status::CANNOT_UNDERSTAND,
+            IngestError::Deid(FileError::Write { .. } | FileError::Read { .. }) => status::OUT_OF_RESOURCES,
+            IngestError::Deid(FileError::Deid(_)) => status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            IngestError::Deid(_) => status::CANNOT_UNDERSTAND,
+            IngestError::Seal(_) => status::PROCESSING_FAILURE,
             IngestError::MissingAttribute(_) | IngestError::SopClassMismatch | IngestError::SopInstanceMismatch => {
                 status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS
             }
@@ -84,11 +97,20 @@ pub struct Ingest {
     min_free_disk: u64,
     fsync: bool,
     db: Db,
+    deid: Arc<Deidentifier>,
+    burned_in: BurnedInPolicy,
 }
 
 impl Ingest {
-    pub fn new(cfg: &StorageSettings, db: Db) -> Arc<Ingest> {
-        Arc::new(Ingest { dirs: Dirs::new(&cfg.data_dir), min_free_disk: cfg.min_free_disk.0, fsync: cfg.fsync, db })
+    pub fn new(cfg: &StorageSettings, db: Db, deid: Deidentifier, burned_in: BurnedInPolicy) -> Arc<Ingest> {
+        Arc::new(Ingest {
+            dirs: Dirs::new(&cfg.data_dir),
+            min_free_disk: cfg.min_free_disk.0,
+            fsync: cfg.fsync,
+            db,
+            deid: Arc::new(deid),
+            burned_in,
+        })
     }
 
     /// Remove files in the store that have no row: a crash between the rename into the store and
@@ -130,47 +152,79 @@ impl Ingest {
         Ok(SpoolFile::new(&self.dirs, &header))
     }
 
-    /// All data set bytes have arrived: sync, scan, check, move into the store, record. On any
-    /// error the file is removed, so a refused instance leaves nothing behind.
+    /// All data set bytes have arrived: scan, check, de-identify into the store, sync, record.
+    /// The spool copy (the original) is removed in every case; on any error nothing is left.
     pub async fn complete(&self, req: &StoreRequest, mut spool: SpoolFile) -> Result<StoreOutcome, IngestError> {
         if let Err(e) = spool.settle().await {
             spool.discard().await;
             return Err(e.into());
         }
-        let (dirs, fsync, request) = (self.dirs.clone(), self.fsync, req.clone());
+        let (dirs, fsync, request, deid) = (self.dirs.clone(), self.fsync, req.clone(), self.deid.clone());
+        let drop_burned_in = self.burned_in == BurnedInPolicy::Exclude;
         let received_at_ms = now_ms();
         // One trip to the blocking pool for everything that touches the disk.
-        let (checked, spooled, relative) = blocking(move || {
+        let (spooled, relative, written) = blocking(move || {
             let spool_path = spool.path().to_path_buf();
             let staged = (|| {
-                let spooled = spool.finish(fsync)?;
+                // The spool copy is never kept, so it needs no fsync: the de-identified file is
+                // what is made durable before Success.
+                let spooled = spool.finish(false)?;
                 let fields = scan_spooled(&spooled, request.transfer_syntax)?;
-                let checked = check(&request, fields)?;
-                let relative = spool::commit_to_store(&dirs, &spooled, &day_folder(received_at_ms), fsync)?;
-                Ok((checked, spooled, relative))
+                let pixel_data = fields.pixel_data;
+                check(&request, fields)?;
+                let (relative, target) = spool::store_path(&dirs, &day_folder(received_at_ms))?;
+                let input = crate::deid::file::Input {
+                    path: &spooled.path,
+                    dataset_offset: spooled.header_len,
+                    dataset_len: spooled.dataset_len,
+                    transfer_syntax: request.transfer_syntax.uid,
+                    pixel_data,
+                };
+                let written = crate::deid::file::deidentify_file(&deid, &input, &target, drop_burned_in, fsync)
+                    .and_then(|w| spool::sync_parent(&target, fsync).map(|_| w).map_err(|source| FileError::Write { path: target.clone(), source }));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&target);
+                }
+                Ok((spooled, relative, written?))
             })();
-            if staged.is_err() {
-                let _ = std::fs::remove_file(&spool_path);
-            }
+            let _ = std::fs::remove_file(&spool_path);
             staged
         })
         .await?;
 
+        let d = &written.deid;
+        let excluded_reason = (!written.pixels_written).then(|| d.burned_in.unwrap_or("no Pixel Data").to_string());
+        let stored = self.dirs.data.join(&relative);
+        let sealed = match crate::deid::seal(self.deid.keys(), d) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&stored);
+                return Err(e.into());
+            }
+        };
         let new = NewInstance {
-            sop_instance_uid: checked.sop_instance_uid,
-            sop_class_uid: checked.sop_class_uid,
-            study_instance_uid: checked.study_instance_uid,
-            series_instance_uid: checked.series_instance_uid,
-            modality: checked.modality,
+            sop_instance_uid: d.sop_instance_uid.clone(),
+            sop_class_uid: d.sop_class_uid.clone(),
+            study_instance_uid: d.study_instance_uid.clone(),
+            series_instance_uid: d.series_instance_uid.clone(),
+            modality: d.object.element_opt(dicom_dictionary_std::tags::MODALITY).ok().flatten().and_then(|e| e.to_str().ok()).map(|m| m.trim().to_string()),
             transfer_syntax_uid: req.transfer_syntax.uid.to_string(),
             calling_ae_title: req.calling_ae.clone(),
             path: relative.to_string_lossy().into_owned(),
-            size_bytes: (spooled.header_len + spooled.dataset_len) as i64,
+            size_bytes: written.size_bytes as i64,
             dataset_sha256: spooled.dataset_sha256,
             received_at_ms,
+            excluded_reason: excluded_reason.clone(),
         };
-        let stored = self.dirs.data.join(&relative);
-        match self.db.insert_instance(&new).await {
+        let audit_details = serde_json::json!({
+            "calling_ae": req.calling_ae,
+            "profile": crate::deid::table::EDITION,
+            "options": self.deid.options().iter().map(|o| o.code().0).collect::<Vec<_>>(),
+            "pixels": if written.pixels_written { "kept".to_string() } else { format!("not kept: {}", excluded_reason.as_deref().unwrap_or("")) },
+        })
+        .to_string();
+        let provenance = Provenance { reid: &sealed, audit_details };
+        match self.db.insert_instance(&new, Some(&provenance)).await {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => Ok(StoreOutcome::Stored { instance_id }),
             Ok(InsertOutcome::Duplicate { instance_id }) => {
                 let _ = std::fs::remove_file(&stored);
@@ -184,29 +238,19 @@ impl Ingest {
     }
 }
 
-/// The identifying attributes of a data set that passed the checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Checked {
-    sop_class_uid: String,
-    sop_instance_uid: String,
-    study_instance_uid: String,
-    series_instance_uid: String,
-    modality: Option<String>,
-}
-
 /// A data set must name the SOP Class and Instance the request named, and its study and series.
-fn check(req: &StoreRequest, fields: scan::HeaderFields) -> Result<Checked, IngestError> {
+fn check(req: &StoreRequest, fields: scan::HeaderFields) -> Result<(), IngestError> {
     let sop_class_uid = fields.sop_class_uid.ok_or(IngestError::MissingAttribute("SOP Class UID (0008,0016)"))?;
     let sop_instance_uid = fields.sop_instance_uid.ok_or(IngestError::MissingAttribute("SOP Instance UID (0008,0018)"))?;
-    let study_instance_uid = fields.study_instance_uid.ok_or(IngestError::MissingAttribute("Study Instance UID (0020,000D)"))?;
-    let series_instance_uid = fields.series_instance_uid.ok_or(IngestError::MissingAttribute("Series Instance UID (0020,000E)"))?;
+    fields.study_instance_uid.ok_or(IngestError::MissingAttribute("Study Instance UID (0020,000D)"))?;
+    fields.series_instance_uid.ok_or(IngestError::MissingAttribute("Series Instance UID (0020,000E)"))?;
     if sop_class_uid != req.sop_class_uid.0 {
         return Err(IngestError::SopClassMismatch);
     }
     if sop_instance_uid != req.sop_instance_uid.0 {
         return Err(IngestError::SopInstanceMismatch);
     }
-    Ok(Checked { sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid, modality: fields.modality })
+    Ok(())
 }
 
 fn scan_spooled(spooled: &spool::Spooled, ts: &TransferSyntax) -> Result<scan::HeaderFields, IngestError> {

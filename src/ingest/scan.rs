@@ -26,6 +26,9 @@ pub struct HeaderFields {
     pub study_instance_uid: Option<String>,
     pub series_instance_uid: Option<String>,
     pub modality: Option<String>,
+    /// Byte range of the top-level Pixel Data element (its tag to its end), relative to the
+    /// start of the data set; meaningless for a deflated data set (offsets are inflated ones).
+    pub pixel_data: Option<(u64, u64)>,
 }
 
 impl HeaderFields {
@@ -168,7 +171,12 @@ impl<R: Read> Walker<R> {
             };
             if len == UNDEFINED {
                 match vr.as_ref() {
-                    _ if tag == PIXEL_DATA => self.walk_fragments()?,
+                    _ if tag == PIXEL_DATA => {
+                        self.walk_fragments()?;
+                        if top {
+                            self.found.pixel_data = Some((offset, self.pos));
+                        }
+                    }
                     None | Some(b"SQ") => self.walk_sequence(None, depth)?,
                     Some(b"UN") => {
                         // PS3.5 6.2.2: an undefined-length UN is a sequence in Implicit VR LE.
@@ -198,6 +206,9 @@ impl<R: Read> Walker<R> {
                 }
             } else {
                 self.skip(u64::from(len))?;
+                if top && tag == PIXEL_DATA {
+                    self.found.pixel_data = Some((offset, self.pos));
+                }
             }
         }
     }

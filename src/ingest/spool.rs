@@ -1,8 +1,8 @@
-//! The durable spool: a received instance is streamed to a file here, hashed on the way,
-//! fsynced, and only then moved atomically into the store.
+//! The spool: a received instance is streamed to a file here, hashed on the way, and read back
+//! by the de-identifier, which writes the stored copy; the spool file is then deleted.
 //!
-//! Owns: spool and store paths, the Part 10 preamble and File Meta Information we write, file
-//! durability (fsync of file and directory), and start-up cleanup of half-written spool files.
+//! Owns: spool and store paths, the Part 10 preamble and File Meta Information of the spool
+//! copy, directory durability, and start-up cleanup of half-written spool files.
 //! Must not: parse data sets (scan does) or touch the database.
 
 use std::path::{Path, PathBuf};
@@ -22,8 +22,6 @@ pub enum SpoolError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("syncing {path}: {source}")]
     Sync { path: PathBuf, source: std::io::Error },
-    #[error("moving {from} into the store: {source}")]
-    Rename { from: PathBuf, source: std::io::Error },
     #[error("building the file meta information: {0}")]
     Meta(String),
 }
@@ -201,21 +199,22 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
-/// Move a synced spool file to `store/<day>/<name>.dcm` and make the move durable. Blocking.
-/// Returns the path relative to data_dir.
-pub fn commit_to_store(dirs: &Dirs, spooled: &Spooled, day: &str, fsync: bool) -> Result<PathBuf, SpoolError> {
+/// A new, unique path `store/<day>/<uuid>.dcm` (its folder created). Returns (relative to
+/// data_dir, absolute). Blocking.
+pub fn store_path(dirs: &Dirs, day: &str) -> Result<(PathBuf, PathBuf), SpoolError> {
     let relative = PathBuf::from("store").join(day).join(format!("{}.dcm", uuid::Uuid::new_v4()));
     let target = dirs.data.join(&relative);
     let parent = target.parent().expect("store paths have a parent");
-    std::fs::create_dir_all(parent).map_err(|source| SpoolError::Rename { from: spooled.path.clone(), source })?;
-    std::fs::rename(&spooled.path, &target).map_err(|source| SpoolError::Rename { from: spooled.path.clone(), source })?;
-    if fsync {
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| SpoolError::Sync { path: parent.to_path_buf(), source })?;
+    std::fs::create_dir_all(parent).map_err(|source| SpoolError::Create { path: parent.to_path_buf(), source })?;
+    Ok((relative, target))
+}
+
+/// Make a new file's directory entry durable (a file's fsync does not cover its name).
+pub fn sync_parent(file: &Path, fsync: bool) -> std::io::Result<()> {
+    match (fsync, file.parent()) {
+        (true, Some(parent)) => std::fs::File::open(parent)?.sync_all(),
+        _ => Ok(()),
     }
-    Ok(relative)
 }
 
 #[cfg(test)]

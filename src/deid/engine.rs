@@ -1,0 +1,575 @@
+//! The de-identification engine: applies Table E.1-1 to a parsed data set, recursively through
+//! sequences, with keyed pseudonyms, and returns the originals the re-identification map keeps.
+//!
+//! Owns: value replacement per action and VR, the pseudonym rules (UIDs, patient identity,
+//! date shift), the private-attribute policy, the burned-in-annotation rule and the attributes
+//! that declare what was done (PS3.15 E.1.1: Patient Identity Removed, De-identification Method
+//! and its Code Sequence, Longitudinal Temporal Information Modified). Pure: no IO, no logging.
+
+use std::collections::HashSet;
+
+use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+use dicom_core::{DataElement, Length, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::mem::InMemElement;
+use dicom_object::InMemDicomObject;
+use serde::{Deserialize, Serialize};
+
+use super::keys::Keys;
+use super::table::{Action, ProfileOption, Table, BASIC_PROFILE_CODE, EDITION};
+
+const MAX_DEPTH: u32 = 64;
+const DUMMY_TEXT: &str = "ANONYMIZED";
+const DUMMY_DATE: &str = "19000101";
+const SCRUBBED: &str = "***";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeidError {
+    #[error("sequences nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("the data set lacks {0}")]
+    Missing(&'static str),
+}
+
+/// A private attribute the site declares safe (Retain Safe Private Option): the block's
+/// Private Creator and the element's low byte, in an odd group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafePrivate {
+    pub group: u16,
+    pub creator: String,
+    pub element: u8,
+}
+
+impl SafePrivate {
+    /// `GGGG,CREATOR,EE` (hex group, creator text, hex low byte of the element).
+    pub fn parse(raw: &str) -> Result<SafePrivate, String> {
+        let parts: Vec<&str> = raw.splitn(3, ',').collect();
+        let bad = || format!("{raw:?} is not GGGG,PRIVATE CREATOR,EE");
+        if parts.len() != 3 {
+            return Err(bad());
+        }
+        let group = u16::from_str_radix(parts[0].trim(), 16).map_err(|_| bad())?;
+        let element = u8::from_str_radix(parts[2].trim(), 16).map_err(|_| bad())?;
+        if group % 2 == 0 || parts[1].trim().is_empty() {
+            return Err(bad());
+        }
+        Ok(SafePrivate { group, creator: parts[1].trim().to_string(), element })
+    }
+}
+
+/// The identifying values kept, encrypted, in the re-identification map: what returning a
+/// result into the original study needs (PS3.3 Patient and General Study modules).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Originals {
+    pub specific_character_set: Option<String>,
+    pub patient_id: Option<String>,
+    pub issuer_of_patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub patient_birth_date: Option<String>,
+    pub patient_sex: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub sop_instance_uid: String,
+    pub study_date: Option<String>,
+    pub study_time: Option<String>,
+    pub study_id: Option<String>,
+    pub referring_physician_name: Option<String>,
+    pub study_description: Option<String>,
+}
+
+/// What de-identifying one instance produced.
+#[derive(Debug)]
+pub struct Deidentified {
+    pub object: InMemDicomObject,
+    pub originals: Originals,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    /// Why the pixels may hold identifying text, when they may (Burned In Annotation).
+    pub burned_in: Option<&'static str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deidentifier {
+    keys: Keys,
+    options: Vec<ProfileOption>,
+    safe_private: Vec<SafePrivate>,
+}
+
+/// Per-instance context: the patient the pseudonyms and date shift belong to, and the
+/// identifying strings that Clean removes from free text.
+struct Ctx<'a> {
+    d: &'a Deidentifier,
+    table: &'static Table,
+    issuer: String,
+    patient_id: String,
+    shift_days: i64,
+    scrub: Vec<String>,
+}
+
+impl Deidentifier {
+    /// The options this node implements; others (full dates, UIDs, clean pixel data, ...) are
+    /// refused by configuration.
+    pub const SUPPORTED: [ProfileOption; 6] = [
+        ProfileOption::RetainSafePrivate,
+        ProfileOption::RetainDeviceIdentity,
+        ProfileOption::RetainInstitutionIdentity,
+        ProfileOption::RetainPatientCharacteristics,
+        ProfileOption::RetainLongitudinalModifiedDates,
+        ProfileOption::CleanDescriptors,
+    ];
+
+    pub fn new(keys: Keys, mut options: Vec<ProfileOption>, safe_private: Vec<SafePrivate>) -> Deidentifier {
+        options.retain(|o| Deidentifier::SUPPORTED.contains(o));
+        if safe_private.is_empty() {
+            options.retain(|o| *o != ProfileOption::RetainSafePrivate);
+        }
+        options.sort();
+        options.dedup();
+        Deidentifier { keys, options, safe_private }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn options(&self) -> &[ProfileOption] {
+        &self.options
+    }
+
+    /// The De-identification Method (0012,0063) text: edition and options, at most 64 chars per value.
+    pub fn method(&self) -> Vec<String> {
+        let mut v = vec![format!("triage-node {EDITION} Basic Profile")];
+        v.extend(self.options.iter().map(|o| o.code().1.trim_end_matches(" Option").chars().take(64).collect()));
+        v
+    }
+
+    /// De-identify `obj` (a data set without its File Meta Information).
+    pub fn apply(&self, obj: InMemDicomObject) -> Result<Deidentified, DeidError> {
+        let text = |tag: Tag| top_string(&obj, tag);
+        let originals = Originals {
+            specific_character_set: text(tags::SPECIFIC_CHARACTER_SET),
+            patient_id: text(tags::PATIENT_ID),
+            issuer_of_patient_id: text(tags::ISSUER_OF_PATIENT_ID),
+            patient_name: text(tags::PATIENT_NAME),
+            patient_birth_date: text(tags::PATIENT_BIRTH_DATE),
+            patient_sex: text(tags::PATIENT_SEX),
+            accession_number: text(tags::ACCESSION_NUMBER),
+            study_instance_uid: text(tags::STUDY_INSTANCE_UID).ok_or(DeidError::Missing("Study Instance UID"))?,
+            series_instance_uid: text(tags::SERIES_INSTANCE_UID).ok_or(DeidError::Missing("Series Instance UID"))?,
+            sop_instance_uid: text(tags::SOP_INSTANCE_UID).ok_or(DeidError::Missing("SOP Instance UID"))?,
+            study_date: text(tags::STUDY_DATE),
+            study_time: text(tags::STUDY_TIME),
+            study_id: text(tags::STUDY_ID),
+            referring_physician_name: text(tags::REFERRING_PHYSICIAN_NAME),
+            study_description: text(tags::STUDY_DESCRIPTION),
+        };
+        let sop_class_uid = text(tags::SOP_CLASS_UID).ok_or(DeidError::Missing("SOP Class UID"))?;
+        let burned_in = burned_in_reason(&obj, &sop_class_uid);
+        let issuer = originals.issuer_of_patient_id.clone().unwrap_or_default();
+        let patient_id = originals.patient_id.clone().unwrap_or_default();
+        let ctx = Ctx {
+            d: self,
+            table: Table::standard(),
+            shift_days: self.keys.date_shift_days(&issuer, &patient_id),
+            scrub: scrub_list(&obj),
+            issuer,
+            patient_id,
+        };
+        let mut object = ctx.process(obj, 0)?;
+        self.declare(&mut object);
+        Ok(Deidentified {
+            sop_class_uid,
+            sop_instance_uid: self.keys.uid(&originals.sop_instance_uid),
+            study_instance_uid: self.keys.uid(&originals.study_instance_uid),
+            series_instance_uid: self.keys.uid(&originals.series_instance_uid),
+            object,
+            originals,
+            burned_in,
+        })
+    }
+
+    /// PS3.15 E.1.1 item 6 and E.3.6: record that, and how, the instance was de-identified.
+    fn declare(&self, obj: &mut InMemDicomObject) {
+        obj.put(DataElement::new(tags::PATIENT_IDENTITY_REMOVED, VR::CS, PrimitiveValue::from("YES")));
+        obj.put(DataElement::new(tags::DEIDENTIFICATION_METHOD, VR::LO, PrimitiveValue::Strs(self.method().into())));
+        let code = |(value, meaning): (&str, &str)| {
+            InMemDicomObject::from_element_iter([
+                DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
+                DataElement::new(tags::CODING_SCHEME_DESIGNATOR, VR::SH, PrimitiveValue::from("DCM")),
+                DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
+            ])
+        };
+        let items: Vec<InMemDicomObject> =
+            std::iter::once(code(BASIC_PROFILE_CODE)).chain(self.options.iter().map(|o| code(o.code()))).collect();
+        obj.put(DataElement::new(
+            tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(items, Length::UNDEFINED),
+        ));
+        let temporal = if self.options.contains(&ProfileOption::RetainLongitudinalModifiedDates) { "MODIFIED" } else { "REMOVED" };
+        obj.put(DataElement::new(tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, VR::CS, PrimitiveValue::from(temporal)));
+    }
+}
+
+impl Ctx<'_> {
+    fn process(&self, obj: InMemDicomObject, depth: u32) -> Result<InMemDicomObject, DeidError> {
+        if depth > MAX_DEPTH {
+            return Err(DeidError::TooDeep);
+        }
+        let kept_private = self.safe_private_tags(&obj);
+        let remove_overlays = !self.d.options.contains(&ProfileOption::CleanGraphics);
+        let mut out: Vec<InMemElement> = Vec::new();
+        for elem in obj {
+            let tag = elem.tag();
+            if tag.element() == 0 && tag.group() != 0x0008 {
+                continue; // group lengths (retired): stale after any change
+            }
+            if tag.group() % 2 == 1 {
+                if kept_private.contains(&tag) {
+                    out.push(elem);
+                }
+                continue;
+            }
+            // Overlay Data is removed (Table E.1-1); the rest of its repeating group would then
+            // describe an overlay that is not there, so the whole group goes.
+            if remove_overlays && (0x6000..=0x601E).contains(&tag.group()) {
+                continue;
+            }
+            let action = self.table.lookup(tag.group(), tag.element()).map(|row| row.action(&self.d.options));
+            if let Some(replaced) = self.act(elem, action, depth)? {
+                out.push(replaced);
+            }
+        }
+        Ok(InMemDicomObject::from_element_iter(out))
+    }
+
+    /// Apply one action to one element; `None` removes it. `action` is `None` for attributes
+    /// the table does not list: they are kept, and sequences among them are still processed.
+    fn act(&self, elem: InMemElement, action: Option<Action>, depth: u32) -> Result<Option<InMemElement>, DeidError> {
+        let tag = elem.tag();
+        let vr = elem.vr();
+        let non_empty = !is_empty(&elem);
+        // Patient identity becomes the keyed pseudonym wherever it appears (the Basic Profile's
+        // Z and Z/D both allow a dummy value; ours is stable per patient).
+        if tag == tags::PATIENT_ID {
+            let id = elem.to_str().map(|s| s.trim().to_string()).unwrap_or_default();
+            return Ok(Some(text_elem(tag, vr, &self.d.keys.patient_pseudonym(&self.issuer, &id))));
+        }
+        if tag == tags::PATIENT_NAME {
+            let token = self.d.keys.patient_pseudonym(&self.issuer, &self.patient_id);
+            return Ok(Some(text_elem(tag, vr, &format!("ANON^{token}"))));
+        }
+        let resolved = match action {
+            None | Some(Action::K) => return self.keep(elem, depth).map(Some),
+            Some(Action::X) => return Ok(None),
+            Some(Action::Z) => Action::Z,
+            Some(Action::D) => Action::D,
+            Some(Action::C) => Action::C,
+            Some(Action::U) => Action::U,
+            // Combined actions, resolved without per-IOD type tables so that the output stays as
+            // conformant as the input: a present value is replaced by a dummy (what a Type 1
+            // attribute needs), an empty one stays empty (Type 2), and X/Z keeps an empty element.
+            Some(Action::ZD | Action::XD | Action::XZD) => {
+                if non_empty {
+                    Action::D
+                } else {
+                    Action::Z
+                }
+            }
+            Some(Action::XZ) => Action::Z,
+            // X unless Z or replacing the contained UIDs is needed: keep the sequence, whose
+            // items' UIDs (themselves U in the table) are replaced by the recursion.
+            Some(Action::XZU) => return self.keep(elem, depth).map(Some),
+        };
+        Ok(Some(match resolved {
+            Action::Z => empty_elem(tag, vr),
+            Action::U => self.replace_uids(elem),
+            Action::C => self.clean(elem, depth)?,
+            _ => self.dummy(elem, depth)?,
+        }))
+    }
+
+    fn keep(&self, elem: InMemElement, depth: u32) -> Result<InMemElement, DeidError> {
+        if elem.vr() != VR::SQ {
+            return Ok(elem);
+        }
+        let (header, value) = elem.into_parts();
+        let value = match value {
+            Value::Sequence(seq) => {
+                let length = seq.length();
+                let mut items = Vec::with_capacity(seq.items().len());
+                for item in seq.items().iter().cloned() {
+                    items.push(self.process(item, depth + 1)?);
+                }
+                let _ = length;
+                Value::Sequence(DataSetSequence::new(items, Length::UNDEFINED))
+            }
+            other => other,
+        };
+        Ok(DataElement::new(header.tag, header.vr, value))
+    }
+
+    fn replace_uids(&self, elem: InMemElement) -> InMemElement {
+        let tag = elem.tag();
+        let uids: Vec<String> = match elem.to_multi_str() {
+            Ok(values) => values.iter().map(|v| v.trim_end_matches(['\0', ' '])).filter(|v| !v.is_empty()).map(|v| self.d.keys.uid(v)).collect(),
+            Err(_) => Vec::new(),
+        };
+        if uids.is_empty() {
+            return empty_elem(tag, VR::UI);
+        }
+        DataElement::new(tag, VR::UI, PrimitiveValue::Strs(uids.into()))
+    }
+
+    /// C: dates move by the patient's shift (Retain Longitudinal Modified Dates), times stay,
+    /// text loses the identifying values of this instance, device/AE values (Retain Device
+    /// Identity) and safe-private content are kept, sequences are processed.
+    fn clean(&self, elem: InMemElement, depth: u32) -> Result<InMemElement, DeidError> {
+        let (tag, vr) = (elem.tag(), elem.vr());
+        Ok(match vr {
+            VR::SQ => self.keep(elem, depth)?,
+            VR::DA | VR::DT => {
+                let values: Vec<String> = elem
+                    .to_multi_str()
+                    .map(|v| v.iter().map(|d| shift_date(d.trim(), self.shift_days, vr)).collect())
+                    .unwrap_or_default();
+                if values.is_empty() {
+                    empty_elem(tag, vr)
+                } else {
+                    DataElement::new(tag, vr, PrimitiveValue::Strs(values.into()))
+                }
+            }
+            VR::TM | VR::AE | VR::CS | VR::AS | VR::DS | VR::IS | VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD => elem,
+            VR::LO | VR::SH | VR::LT | VR::ST | VR::UT | VR::UC | VR::PN => {
+                let text = elem.to_str().map(|s| s.into_owned()).unwrap_or_default();
+                let cleaned = scrub(&text, &self.scrub);
+                let limit = match vr {
+                    VR::SH => 16,
+                    VR::LO => 64,
+                    _ => usize::MAX,
+                };
+                text_elem(tag, vr, &cleaned.chars().take(limit).collect::<String>())
+            }
+            _ => empty_elem(tag, vr),
+        })
+    }
+
+    /// D: a non-empty value of the right VR that identifies no one.
+    fn dummy(&self, elem: InMemElement, depth: u32) -> Result<InMemElement, DeidError> {
+        let (tag, vr) = (elem.tag(), elem.vr());
+        let value = match vr {
+            VR::SQ => return self.keep(elem, depth),
+            VR::UI => return Ok(self.replace_uids(elem)),
+            VR::DA => PrimitiveValue::from(DUMMY_DATE),
+            VR::DT => PrimitiveValue::from("19000101000000"),
+            VR::TM => PrimitiveValue::from("000000"),
+            VR::DS | VR::IS => PrimitiveValue::from("0"),
+            VR::AS => PrimitiveValue::from("000Y"),
+            VR::AE | VR::CS | VR::LO | VR::SH | VR::LT | VR::ST | VR::UT | VR::UC | VR::PN => PrimitiveValue::from(DUMMY_TEXT),
+            VR::UR => PrimitiveValue::from("urn:anonymized"),
+            VR::US => PrimitiveValue::from(0u16),
+            VR::SS => PrimitiveValue::from(0i16),
+            VR::UL => PrimitiveValue::from(0u32),
+            VR::SL => PrimitiveValue::from(0i32),
+            VR::FL => PrimitiveValue::from(0f32),
+            VR::FD => PrimitiveValue::from(0f64),
+            _ => PrimitiveValue::from(vec![0u8, 0u8]),
+        };
+        Ok(DataElement::new(tag, vr, value))
+    }
+
+    /// Private tags to keep under Retain Safe Private: the listed elements and their creators.
+    fn safe_private_tags(&self, obj: &InMemDicomObject) -> HashSet<Tag> {
+        let mut kept = HashSet::new();
+        if !self.d.options.contains(&ProfileOption::RetainSafePrivate) {
+            return kept;
+        }
+        for elem in obj.iter() {
+            let tag = elem.tag();
+            if tag.group() % 2 == 0 || !(0x0010..=0x00FF).contains(&tag.element()) {
+                continue;
+            }
+            let creator = elem.to_str().map(|s| s.trim().to_string()).unwrap_or_default();
+            let block = tag.element() << 8;
+            for safe in self.d.safe_private.iter().filter(|s| s.group == tag.group() && s.creator == creator) {
+                kept.insert(tag);
+                kept.insert(Tag(tag.group(), block | u16::from(safe.element)));
+            }
+        }
+        kept
+    }
+}
+
+/// Burned In Annotation (0028,0301) = YES, or absent where the SOP class commonly burns text in
+/// (Secondary Capture and Ultrasound): the pixels may show identity.
+fn burned_in_reason(obj: &InMemDicomObject, sop_class_uid: &str) -> Option<&'static str> {
+    match top_string(obj, tags::BURNED_IN_ANNOTATION).map(|v| v.to_ascii_uppercase()) {
+        Some(v) if v == "YES" => Some("Burned In Annotation is YES"),
+        Some(_) => None,
+        None if sop_class_uid.starts_with("1.2.840.10008.5.1.4.1.1.7") => Some("Burned In Annotation absent on Secondary Capture"),
+        None if ["1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.3.1"].contains(&sop_class_uid) => {
+            Some("Burned In Annotation absent on Ultrasound")
+        }
+        None => None,
+    }
+}
+
+/// The identifying strings of this instance that Clean must remove from free text: name parts,
+/// IDs, birth date, accession, physicians, institution, address. Short tokens (under 3
+/// characters) are left, or cleaning would shred ordinary words.
+fn scrub_list(obj: &InMemDicomObject) -> Vec<String> {
+    let sources = [
+        tags::PATIENT_NAME,
+        tags::PATIENT_ID,
+        Tag(0x0010, 0x1000), // Other Patient IDs (retired, still sent)
+        tags::OTHER_PATIENT_NAMES,
+        tags::PATIENT_BIRTH_DATE,
+        tags::PATIENT_BIRTH_NAME,
+        tags::PATIENT_MOTHER_BIRTH_NAME,
+        tags::PATIENT_ADDRESS,
+        tags::PATIENT_TELEPHONE_NUMBERS,
+        tags::ACCESSION_NUMBER,
+        tags::REFERRING_PHYSICIAN_NAME,
+        tags::PERFORMING_PHYSICIAN_NAME,
+        tags::NAME_OF_PHYSICIANS_READING_STUDY,
+        tags::OPERATORS_NAME,
+        tags::INSTITUTION_NAME,
+        tags::INSTITUTION_ADDRESS,
+        tags::STUDY_ID,
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for tag in sources {
+        let Ok(Some(elem)) = obj.element_opt(tag) else { continue };
+        let Ok(values) = elem.to_multi_str() else { continue };
+        for v in values.iter() {
+            let whole = v.trim().to_string();
+            out.push(whole.clone());
+            out.extend(whole.split(['^', '=', ' ', ',']).map(str::to_string));
+        }
+    }
+    out.retain(|s| s.chars().count() >= 3);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// Replace every case-insensitive occurrence of each identifying string with `***`.
+fn scrub(text: &str, identifying: &[String]) -> String {
+    let mut out = text.to_string();
+    for needle in identifying {
+        let lower_needle = needle.to_lowercase();
+        loop {
+            let lower = out.to_lowercase();
+            // Lower-casing can change byte lengths outside ASCII; only splice when it did not.
+            if lower.len() != out.len() {
+                if out.contains(needle.as_str()) {
+                    out = out.replace(needle.as_str(), SCRUBBED);
+                }
+                break;
+            }
+            match lower.find(&lower_needle) {
+                Some(at) => out.replace_range(at..at + lower_needle.len(), SCRUBBED),
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+/// Move a DA (`YYYYMMDD`) or the date part of a DT back by `days`; anything unparseable becomes
+/// the dummy date (it cannot be kept: it might be an identifying date in another format).
+fn shift_date(value: &str, days: i64, vr: VR) -> String {
+    let parsed = (value.len() >= 8 && value[..8].bytes().all(|b| b.is_ascii_digit()))
+        .then(|| Some((value[..4].parse::<i64>().ok()?, value[4..6].parse::<i64>().ok()?, value[6..8].parse::<i64>().ok()?)))
+        .flatten()
+        .filter(|&(_, m, d)| (1..=12).contains(&m) && (1..=31).contains(&d));
+    let Some((y, m, d)) = parsed else {
+        return if vr == VR::DT { "19000101000000".into() } else { DUMMY_DATE.into() };
+    };
+    let (y2, m2, d2) = civil_from_days(days_from_civil(y, m, d) - days);
+    let rest = if vr == VR::DT { &value[8..] } else { "" };
+    format!("{y2:04}{m2:02}{d2:02}{rest}")
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn top_string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let elem = obj.element_opt(tag).ok()??;
+    let s = elem.to_str().ok()?.trim_matches(['\0', ' ']).to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn is_empty(elem: &InMemElement) -> bool {
+    match elem.value() {
+        Value::Primitive(PrimitiveValue::Empty) => true,
+        Value::Primitive(p) => p.to_str().trim_matches(['\0', ' ']).is_empty() && p.multiplicity() <= 1,
+        Value::Sequence(s) => s.items().is_empty(),
+        Value::PixelSequence(_) => false,
+    }
+}
+
+fn empty_elem(tag: Tag, vr: VR) -> InMemElement {
+    if vr == VR::SQ {
+        return DataElement::new(tag, vr, DataSetSequence::<InMemDicomObject>::new(Vec::new(), Length::UNDEFINED));
+    }
+    DataElement::new(tag, vr, PrimitiveValue::Empty)
+}
+
+fn text_elem(tag: Tag, vr: VR, text: &str) -> InMemElement {
+    if text.is_empty() {
+        return empty_elem(tag, vr);
+    }
+    DataElement::new(tag, vr, PrimitiveValue::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_shift_across_months_years_and_leap_days() {
+        assert_eq!(shift_date("20240301", 1, VR::DA), "20240229");
+        assert_eq!(shift_date("20250101", 1, VR::DA), "20241231");
+        assert_eq!(shift_date("20240101120000.5+0100", 366, VR::DT), "20221231120000.5+0100");
+        assert_eq!(shift_date("2024", 3, VR::DA), DUMMY_DATE);
+        assert_eq!(shift_date("not a date", 3, VR::DT), "19000101000000");
+    }
+
+    #[test]
+    fn scrub_removes_identifiers_case_insensitively() {
+        let ids = vec!["DOE^JOHN".to_string(), "JOHN".to_string(), "12345".to_string()];
+        assert_eq!(scrub("Chest for john, MRN 12345", &ids), "Chest for ***, MRN ***");
+        assert_eq!(scrub("CHEST PA", &ids), "CHEST PA");
+    }
+
+    #[test]
+    fn safe_private_entries_parse() {
+        assert_eq!(SafePrivate::parse("0029,SIEMENS CSA HEADER,10").unwrap(), SafePrivate { group: 0x29, creator: "SIEMENS CSA HEADER".into(), element: 0x10 });
+        assert!(SafePrivate::parse("0028,X,10").is_err(), "even groups are not private");
+        assert!(SafePrivate::parse("0029,10").is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! De-identification (PS3.15 Annex E, Basic Application Level Confidentiality Profile) and the
+//! re-identification map.
+//!
+//! Every received instance passes through here before it is stored: the store, the database
+//! (except the encrypted map) and the logs only ever see the de-identified instance. The
+//! originals needed to file results back into the patient's study are sealed with AES-256-GCM
+//! into `reid_map`; opening one is audited.
+//!
+//! - `table`: Table E.1-1 as data (the edition is `table::EDITION`).
+//! - `keys`: the site secrets and everything derived from them (pseudonyms, UIDs, date shift,
+//!   sealing).
+//! - `engine`: the profile applied to a parsed data set.
+//! - `file`: Part 10 file in, de-identified Part 10 file out, in bounded memory.
+//!
+//! Must not: log any original value, or write one anywhere but the sealed map.
+
+pub mod engine;
+pub mod file;
+pub mod keys;
+pub mod table;
+
+pub use engine::{Deidentified, Deidentifier, Originals, SafePrivate};
+pub use keys::{KeyError, Keys};
+
+use crate::db::{Db, DbError, SealedRecord};
+use crate::domain::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Seal(#[from] keys::SealError),
+    #[error("no re-identification record for that instance")]
+    NotFound,
+    #[error("re-identification record is not valid JSON: {0}")]
+    Format(String),
+}
+
+/// Seal the originals of one instance for the `reid_map` row keyed by its de-identified UIDs.
+pub fn seal(keys: &Keys, deid: &Deidentified) -> Result<SealedRecord, MapError> {
+    let plain = serde_json::to_vec(&deid.originals).map_err(|e| MapError::Format(e.to_string()))?;
+    let (nonce, sealed) = keys.seal(&plain, &deid.sop_instance_uid)?;
+    Ok(SealedRecord {
+        sop_instance_uid: deid.sop_instance_uid.clone(),
+        study_instance_uid: deid.study_instance_uid.clone(),
+        key_id: keys.map_key_id(),
+        nonce,
+        sealed,
+        created_at_ms: now_ms(),
+    })
+}
+
+/// Open the originals of a de-identified instance, appending a `reidentify` audit entry that
+/// names the purpose (no patient data in it).
+pub async fn reidentify(db: &Db, keys: &Keys, deid_sop_instance_uid: &str, purpose: &str) -> Result<Originals, MapError> {
+    let record = db.reid_record(deid_sop_instance_uid).await?.ok_or(MapError::NotFound)?;
+    let plain = keys.open(&record.nonce, &record.sealed, &record.sop_instance_uid, &record.key_id)?;
+    let originals: Originals = serde_json::from_slice(&plain).map_err(|e| MapError::Format(e.to_string()))?;
+    let details = serde_json::json!({ "purpose": purpose, "study": record.study_instance_uid }).to_string();
+    db.audit_append("reidentify", &format!("instance:{deid_sop_instance_uid}"), &details).await?;
+    Ok(originals)
+}
