@@ -147,7 +147,7 @@ fn node_stores_into_postgres() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Received Store Response (Success)"));
     let db = rt.block_on(Db::open(&url, 1)).unwrap();
     let (uid, ts) = meta_of(&file);
-    assert_eq!(rt.block_on(db.find_instance(&uid)).unwrap().unwrap().transfer_syntax_uid, ts);
+    assert_eq!(rt.block_on(db.find_instance(&deid_uid(&uid))).unwrap().unwrap().transfer_syntax_uid, ts);
     rt.block_on(db.close());
     drop(node);
     rt.block_on(drop_postgres_database(&url));

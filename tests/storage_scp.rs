@@ -46,29 +46,24 @@ fn storescu_option(ts: &str) -> Option<&'static str> {
     })
 }
 
-/// Every file must be on disk in its own transfer syntax, byte-identical after the meta header.
+/// Every file must be on disk in its own transfer syntax, de-identified: byte-identical to what
+/// `triage-node deid` makes of it, under a new SOP Instance UID, with its pixel data unchanged.
 fn assert_stored_as_received(node: &Node, files: &[PathBuf]) -> std::collections::BTreeSet<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(node.db());
     let mut syntaxes = std::collections::BTreeSet::new();
     for file in files {
         let (uid, ts) = meta_of(file);
-        let stored = rt.block_on(db.find_instance(&uid)).unwrap().unwrap_or_else(|| panic!("{} has no row", file.display()));
+        let new_uid = deid_uid(&uid);
+        let stored = rt.block_on(db.find_instance(&new_uid)).unwrap().unwrap_or_else(|| panic!("{} has no row", file.display()));
+        assert!(rt.block_on(db.find_instance(&uid)).unwrap().is_none(), "the original UID is in the database");
         assert_eq!(stored.transfer_syntax_uid, ts, "{} was not stored in its own transfer syntax", file.display());
         let on_disk = node.data_dir().join(&stored.path);
-        assert_eq!(meta_of(&on_disk), (uid.clone(), ts.clone()));
-        // A deflated data set is compared inflated: DCMTK re-deflates it when sending.
-        let content = |p: &std::path::Path| {
-            let raw = dataset_bytes(p);
-            if ts == "1.2.840.10008.1.2.1.99" {
-                let mut out = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&raw[..]), &mut out).unwrap();
-                out
-            } else {
-                raw
-            }
-        };
-        assert!(content(&on_disk) == content(file), "{} is not byte-identical on disk", file.display());
+        assert_eq!(meta_of(&on_disk), (new_uid.clone(), ts.clone()));
+        assert!(std::fs::read(&on_disk).unwrap() == expected_deid(file), "{} is not stored as de-identified by `deid`", file.display());
+        if ts != "1.2.840.10008.1.2.1.99" {
+            assert!(pixel_data_bytes(&on_disk) == pixel_data_bytes(file), "{}: pixel data changed", file.display());
+        }
         syntaxes.insert(ts);
     }
     assert!(node.spool_files().is_empty());

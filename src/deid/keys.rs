@@ -77,6 +77,18 @@ impl Keys {
         Ok(Keys { pseudonym, map, demo: false })
     }
 
+    /// Keys from their 64-hex-digit forms (what the environment variables hold).
+    pub fn from_hex(pseudonym: &str, map: &str) -> Result<Keys, KeyError> {
+        let parse = |what, text: &str| -> Result<[u8; 32], KeyError> {
+            hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or(KeyError::Malformed { what })
+        };
+        let (pseudonym, map) = (parse("pseudonym key", pseudonym)?, parse("re-identification map key", map)?);
+        if pseudonym == map {
+            return Err(KeyError::Same);
+        }
+        Ok(Keys { pseudonym, map, demo: false })
+    }
+
     /// Fixed, public keys: anyone can reverse what they protect. For demos without patient data.
     pub fn demo() -> Keys {
         let derive = |label: &str| -> [u8; 32] { Sha256::digest(format!("triage-node public demo key: {label}")).into() };
@@ -157,8 +169,7 @@ fn one(what: &'static str, env: &'static str, file_key: &'static str, file: Opti
         }
         _ => return Err(KeyError::Missing { what, env, file_key }),
     };
-    let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { what })?;
-    bytes.try_into().map_err(|_| KeyError::Malformed { what })
+    hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or(KeyError::Malformed { what })
 }
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ impl Node {
             .args(["--config", self.config.to_str().unwrap(), "serve"])
             // The port comes from the environment layer: proves TRIAGE__SECTION__KEY overrides.
             .env("TRIAGE__DICOM__PORT", "0")
+            .envs(test_keys())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -173,6 +174,7 @@ impl Node {
     /// Run an administrative command against this node's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_triage-node"))
+            .envs(test_keys())
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -281,6 +283,39 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The site secrets every test node runs with (64 hex digits each).
+pub const PSEUDONYM_KEY: &str = "5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed";
+pub const MAP_KEY: &str = "0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c0ddba11c";
+
+pub fn test_keys() -> [(&'static str, &'static str); 2] {
+    [("TRIAGE_PSEUDONYM_KEY", PSEUDONYM_KEY), ("TRIAGE_REID_MAP_KEY", MAP_KEY)]
+}
+
+/// The engine a test node runs with default options.
+pub fn deidentifier() -> triage_node::deid::Deidentifier {
+    let keys = triage_node::deid::Keys::from_hex(PSEUDONYM_KEY, MAP_KEY).unwrap();
+    triage_node::deid::Deidentifier::new(keys, vec![], vec![])
+}
+
+/// The UID a test node gives an original UID.
+pub fn deid_uid(original: &str) -> String {
+    deidentifier().keys().uid(original)
+}
+
+/// What a test node must have stored for `file` (its de-identified form, the whole Part 10 file).
+pub fn expected_deid(file: &Path) -> Vec<u8> {
+    let out = tempfile::tempdir().unwrap();
+    let (path, _) = triage_node::deid::file::export(&deidentifier(), file, out.path(), true).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+/// The bytes of a Part 10 file's top-level Pixel Data element, as encoded.
+pub fn pixel_data_bytes(path: &Path) -> Vec<u8> {
+    let (offset, _, _, span) = triage_node::deid::file::describe(path).unwrap();
+    let (start, end) = span.expect("file has Pixel Data");
+    std::fs::read(path).unwrap()[(offset + start) as usize..(offset + end) as usize].to_vec()
 }
 
 /// The data set bytes of a Part 10 file (everything after the File Meta Information).
