@@ -179,7 +179,13 @@ impl Deidentifier {
             issuer,
             patient_id,
         };
-        let mut object = ctx.process(obj, 0)?;
+        let mut object = ctx.process(obj, 0, false)?;
+        // Table E.1-1 gives the Ethics Committee Name D (it is Type 1C: required when the
+        // Approval Number is present) and the Approval Number X. A dummy name without its number
+        // makes the Clinical Trial Subject module invalid, so the name goes with the number.
+        if object.element_opt(Tag(0x0012, 0x0082)).ok().flatten().is_none() {
+            object.remove_element(Tag(0x0012, 0x0081));
+        }
         self.declare(&mut object);
         Ok(Deidentified {
             sop_class_uid,
@@ -216,7 +222,9 @@ impl Deidentifier {
 }
 
 impl Ctx<'_> {
-    fn process(&self, obj: InMemDicomObject, depth: u32) -> Result<InMemDicomObject, DeidError> {
+    /// `strict`: inside a sequence the table replaces with a dummy (D: Content Sequence and the
+    /// like), where every free-text, name, date and time value is replaced, listed or not.
+    fn process(&self, obj: InMemDicomObject, depth: u32, strict: bool) -> Result<InMemDicomObject, DeidError> {
         if depth > MAX_DEPTH {
             return Err(DeidError::TooDeep);
         }
@@ -239,8 +247,11 @@ impl Ctx<'_> {
             if remove_overlays && (0x6000..=0x601E).contains(&tag.group()) {
                 continue;
             }
-            let action = self.table.lookup(tag.group(), tag.element()).map(|row| row.action(&self.d.options));
-            if let Some(replaced) = self.act(elem, action, depth)? {
+            let action = match self.table.lookup(tag.group(), tag.element()) {
+                Some(row) => Some(row.action(&self.d.options)),
+                None => unlisted_action(tag, elem.vr(), depth, strict),
+            };
+            if let Some(replaced) = self.act(elem, action, depth, strict)? {
                 out.push(replaced);
             }
         }
@@ -249,7 +260,7 @@ impl Ctx<'_> {
 
     /// Apply one action to one element; `None` removes it. `action` is `None` for attributes
     /// the table does not list: they are kept, and sequences among them are still processed.
-    fn act(&self, elem: InMemElement, action: Option<Action>, depth: u32) -> Result<Option<InMemElement>, DeidError> {
+    fn act(&self, elem: InMemElement, action: Option<Action>, depth: u32, strict: bool) -> Result<Option<InMemElement>, DeidError> {
         let tag = elem.tag();
         let vr = elem.vr();
         let non_empty = !is_empty(&elem);
@@ -264,7 +275,7 @@ impl Ctx<'_> {
             return Ok(Some(text_elem(tag, vr, &format!("ANON^{token}"))));
         }
         let resolved = match action {
-            None | Some(Action::K) => return self.keep(elem, depth).map(Some),
+            None | Some(Action::K) => return self.items(elem, depth, strict).map(Some),
             Some(Action::X) => return Ok(None),
             Some(Action::Z) => Action::Z,
             Some(Action::D) => Action::D,
@@ -280,10 +291,15 @@ impl Ctx<'_> {
                     Action::Z
                 }
             }
+            // An empty sequence is invalid where a sequence is optional (Type 3 needs an item),
+            // so X/Z removes sequences, except the one listed X/Z sequence that is Type 2 where
+            // it is used (Acquisition Context, PS3.3 C.7.6.14), and empties other values (valid
+            // for Type 2 and 3 alike).
+            Some(Action::XZ) if vr == VR::SQ && tag != tags::ACQUISITION_CONTEXT_SEQUENCE => return Ok(None),
             Some(Action::XZ) => Action::Z,
             // X unless Z or replacing the contained UIDs is needed: keep the sequence, whose
             // items' UIDs (themselves U in the table) are replaced by the recursion.
-            Some(Action::XZU) => return self.keep(elem, depth).map(Some),
+            Some(Action::XZU) => return self.items(elem, depth, strict).map(Some),
         };
         Ok(Some(match resolved {
             Action::Z => empty_elem(tag, vr),
@@ -293,19 +309,18 @@ impl Ctx<'_> {
         }))
     }
 
-    fn keep(&self, elem: InMemElement, depth: u32) -> Result<InMemElement, DeidError> {
+    /// Process a sequence's items (non-sequences are returned as they are).
+    fn items(&self, elem: InMemElement, depth: u32, strict: bool) -> Result<InMemElement, DeidError> {
         if elem.vr() != VR::SQ {
             return Ok(elem);
         }
         let (header, value) = elem.into_parts();
         let value = match value {
             Value::Sequence(seq) => {
-                let length = seq.length();
                 let mut items = Vec::with_capacity(seq.items().len());
                 for item in seq.items().iter().cloned() {
-                    items.push(self.process(item, depth + 1)?);
+                    items.push(self.process(item, depth + 1, strict)?);
                 }
-                let _ = length;
                 Value::Sequence(DataSetSequence::new(items, Length::UNDEFINED))
             }
             other => other,
@@ -331,7 +346,7 @@ impl Ctx<'_> {
     fn clean(&self, elem: InMemElement, depth: u32) -> Result<InMemElement, DeidError> {
         let (tag, vr) = (elem.tag(), elem.vr());
         Ok(match vr {
-            VR::SQ => self.keep(elem, depth)?,
+            VR::SQ => self.items(elem, depth, false)?,
             VR::DA | VR::DT => {
                 let values: Vec<String> = elem
                     .to_multi_str()
@@ -362,7 +377,7 @@ impl Ctx<'_> {
     fn dummy(&self, elem: InMemElement, depth: u32) -> Result<InMemElement, DeidError> {
         let (tag, vr) = (elem.tag(), elem.vr());
         let value = match vr {
-            VR::SQ => return self.keep(elem, depth),
+            VR::SQ => return self.items(elem, depth, true),
             VR::UI => return Ok(self.replace_uids(elem)),
             VR::DA => PrimitiveValue::from(DUMMY_DATE),
             VR::DT => PrimitiveValue::from("19000101000000"),
@@ -401,6 +416,22 @@ impl Ctx<'_> {
             }
         }
         kept
+    }
+}
+
+/// What happens to an attribute Table E.1-1 does not list. The profile keeps those; this node
+/// goes further where values are free text about people: any Person Name (PN) becomes a dummy;
+/// inside sequences so do long texts (LT, ST, UT, UC, e.g. an SR Text Value); and inside a
+/// sequence the table replaces with a dummy, so do all names, texts, dates and times except the
+/// parts of a code (value, scheme, meaning).
+fn unlisted_action(tag: Tag, vr: VR, depth: u32, strict: bool) -> Option<Action> {
+    const CODE_PARTS: [Tag; 6] = [Tag(0x0008, 0x0100), Tag(0x0008, 0x0102), Tag(0x0008, 0x0103), Tag(0x0008, 0x0104), Tag(0x0008, 0x0119), Tag(0x0008, 0x0120)];
+    let long_text = matches!(vr, VR::LT | VR::ST | VR::UT | VR::UC);
+    let any_text = long_text || matches!(vr, VR::LO | VR::SH | VR::DA | VR::DT | VR::TM | VR::AE | VR::UR);
+    if vr == VR::PN || (depth > 0 && long_text) || (strict && any_text && !CODE_PARTS.contains(&tag)) {
+        Some(Action::ZD)
+    } else {
+        None
     }
 }
 
