@@ -597,6 +597,157 @@ mod tests {
         assert_eq!(scrub("CHEST PA", &ids), "CHEST PA");
     }
 
+    /// A planted value of the attribute's VR; `None` for VRs this table test does not cover.
+    fn planted(tag: Tag, vr: VR) -> Option<InMemElement> {
+        let nested = || {
+            InMemDicomObject::from_element_iter([
+                DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5.6")),
+                DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, PrimitiveValue::from("19230417")),
+            ])
+        };
+        let value = match vr {
+            VR::SQ => return Some(DataElement::new(tag, vr, DataSetSequence::new(vec![nested()], Length::UNDEFINED))),
+            VR::AE | VR::CS | VR::SH | VR::LO | VR::LT | VR::ST | VR::UT | VR::UC => PrimitiveValue::from("PLANTED"),
+            VR::PN => PrimitiveValue::from("PLANTED^NAME"),
+            VR::DA => PrimitiveValue::from("20200115"),
+            VR::DT => PrimitiveValue::from("20200115103000"),
+            VR::TM => PrimitiveValue::from("103000"),
+            VR::UI => PrimitiveValue::from("1.2.826.0.1.3680043.10.42"),
+            VR::AS => PrimitiveValue::from("042Y"),
+            VR::DS | VR::IS => PrimitiveValue::from("42"),
+            VR::US => PrimitiveValue::from(42u16),
+            VR::OB | VR::UN => PrimitiveValue::from(vec![1u8, 2, 3, 4]),
+            _ => return None,
+        };
+        Some(DataElement::new(tag, vr, value))
+    }
+
+    fn minimal() -> Vec<InMemElement> {
+        vec![
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2")),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.1")),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.2")),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.3")),
+            DataElement::new(tags::PATIENT_ID, VR::LO, PrimitiveValue::from("PAT1")),
+        ]
+    }
+
+    /// Table-driven over every attribute of Table E.1-1 that has a single tag: plant a value,
+    /// de-identify, and check the outcome against the action the table gives, with no option
+    /// and with every supported option on. Combined actions on a present value resolve as
+    /// documented: Z/D, X/D, X/Z/D -> D; X/Z -> Z (sequences: X, Acquisition Context: Z).
+    #[test]
+    fn every_attribute_of_the_profile_gets_its_action() {
+        use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+        let dict = dicom_dictionary_std::StandardDataDictionary;
+        let keys = Keys::for_tests(9);
+        let table = Table::standard();
+        let skip = [tags::SOP_CLASS_UID, tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID, tags::PATIENT_ID, tags::PATIENT_NAME];
+        for options in [vec![], Deidentifier::SUPPORTED.to_vec()] {
+            let d = Deidentifier::new(keys.clone(), options.clone(), vec![SafePrivate::parse("0029,SAFE,10").unwrap()]);
+            let mut checked = 0;
+            for row in &table.rows {
+                let Ok(raw) = u32::from_str_radix(row.tag, 16) else { continue };
+                let tag = Tag((raw >> 16) as u16, raw as u16);
+                if skip.contains(&tag) || tag.group() == 0x0002 || tag.group() == 0x0000 || tag.group() >= 0xFFFA {
+                    continue;
+                }
+                let Some(entry) = dict.by_tag(tag) else { continue };
+                let vr = entry.vr().relaxed();
+                let Some(elem) = planted(tag, vr) else { continue };
+                let mut elements = minimal();
+                elements.push(elem.clone());
+                // The Ethics Committee Name is kept only beside its Approval Number.
+                if tag == Tag(0x0012, 0x0081) {
+                    continue;
+                }
+                let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
+                let got = out.element_opt(tag).unwrap();
+                let mut action = row.action(d.options());
+                action = match action {
+                    Action::ZD | Action::XD | Action::XZD => Action::D,
+                    Action::XZ if vr == VR::SQ && tag != tags::ACQUISITION_CONTEXT_SEQUENCE => Action::X,
+                    Action::XZ => Action::Z,
+                    Action::XZU => Action::K,
+                    a => a,
+                };
+                let what = format!("{} {} ({:?}, options {:?})", row.tag, row.name, action, options);
+                let text = |e: &InMemElement| e.to_str().map(|s| s.trim_end_matches(['\0', ' ']).to_string()).unwrap_or_default();
+                match (action, got) {
+                    (Action::X, got) => assert!(got.is_none(), "{what}: not removed"),
+                    (_, None) => panic!("{what}: removed"),
+                    (Action::Z, Some(g)) => assert!(is_empty(g), "{what}: not emptied"),
+                    (_, Some(g)) if vr == VR::SQ => {
+                        // Kept, dummied or cleaned: items processed, so the nested UID is replaced
+                        // and the nested birth date is gone or replaced.
+                        let item = &g.items().expect("a sequence")[0];
+                        assert_eq!(text(item.element(tags::REFERENCED_SOP_INSTANCE_UID).unwrap()), keys.uid("1.2.3.4.5.6"), "{what}");
+                        let birth = item.element_opt(tags::PATIENT_BIRTH_DATE).unwrap().map(text);
+                        assert_ne!(birth.as_deref(), Some("19230417"), "{what}: nested birth date kept");
+                    }
+                    (Action::K, Some(g)) => assert!(g == &elem, "{what}: changed"),
+                    (Action::U, Some(g)) => assert_eq!(text(g), keys.uid("1.2.826.0.1.3680043.10.42"), "{what}"),
+                    (Action::D, Some(g)) => {
+                        assert!(!is_empty(g), "{what}: empty");
+                        assert_ne!(text(g), text(&elem), "{what}: not replaced");
+                    }
+                    (Action::C, Some(g)) => match vr {
+                        VR::DA | VR::DT => {
+                            let shift = keys.date_shift_days("", "PAT1");
+                            assert_eq!(text(g), shift_date(&text(&elem), shift, vr), "{what}");
+                        }
+                        // Binary values cannot be inspected, so cleaning empties them.
+                        VR::OB | VR::UN => assert!(is_empty(g), "{what}"),
+                        // Nothing identifying was planted in the text, so cleaning keeps it.
+                        _ => assert_eq!(text(g), text(&elem), "{what}"),
+                    },
+                    (a, g) => panic!("{what}: unexpected {a:?} -> {g:?}"),
+                }
+                checked += 1;
+            }
+            assert!(checked > 450, "only {checked} attributes checked");
+        }
+    }
+
+    #[test]
+    fn pseudonyms_replace_patient_identity_and_declare_the_method() {
+        let d = Deidentifier::new(Keys::for_tests(7), vec![ProfileOption::CleanDescriptors], vec![]);
+        let mut elements = minimal();
+        elements.push(DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("DOE^JOHN")));
+        elements.push(DataElement::new(tags::STUDY_DESCRIPTION, VR::LO, PrimitiveValue::from("CT head for doe")));
+        elements.push(DataElement::new(Tag(0x0029, 0x0010), VR::LO, PrimitiveValue::from("SOMEONE")));
+        elements.push(DataElement::new(Tag(0x0029, 0x1010), VR::LO, PrimitiveValue::from("JOHN DOE")));
+        let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap();
+        let text = |t| out.object.element(t).unwrap().to_str().unwrap().trim().to_string();
+        let token = Keys::for_tests(7).patient_pseudonym("", "PAT1");
+        assert_eq!(text(tags::PATIENT_ID), token);
+        assert_eq!(text(tags::PATIENT_NAME), format!("ANON^{token}"));
+        assert_eq!(text(tags::STUDY_DESCRIPTION), "CT head for ***");
+        assert!(out.object.element_opt(Tag(0x0029, 0x1010)).unwrap().is_none(), "private attributes are removed");
+        assert_eq!(text(tags::PATIENT_IDENTITY_REMOVED), "YES");
+        assert_eq!(out.originals.patient_name.as_deref(), Some("DOE^JOHN"));
+        assert_eq!(out.originals.sop_instance_uid, "1.2.3.1");
+        assert_eq!(out.sop_instance_uid, Keys::for_tests(7).uid("1.2.3.1"));
+        let codes: Vec<String> = out.object.element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE).unwrap().items().unwrap()
+            .iter()
+            .map(|i| i.element(tags::CODE_VALUE).unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(codes, ["113100", "113105"]);
+    }
+
+    #[test]
+    fn safe_private_keeps_only_the_listed_elements() {
+        let d = Deidentifier::new(Keys::for_tests(7), vec![ProfileOption::RetainSafePrivate], vec![SafePrivate::parse("0029,SAFE,10").unwrap()]);
+        let mut elements = minimal();
+        elements.push(DataElement::new(Tag(0x0029, 0x0011), VR::LO, PrimitiveValue::from("SAFE")));
+        elements.push(DataElement::new(Tag(0x0029, 0x1110), VR::LO, PrimitiveValue::from("kept")));
+        elements.push(DataElement::new(Tag(0x0029, 0x1111), VR::LO, PrimitiveValue::from("removed")));
+        let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
+        assert!(out.element_opt(Tag(0x0029, 0x0011)).unwrap().is_some());
+        assert!(out.element_opt(Tag(0x0029, 0x1110)).unwrap().is_some());
+        assert!(out.element_opt(Tag(0x0029, 0x1111)).unwrap().is_none());
+    }
+
     #[test]
     fn safe_private_entries_parse() {
         assert_eq!(SafePrivate::parse("0029,SIEMENS CSA HEADER,10").unwrap(), SafePrivate { group: 0x29, creator: "SIEMENS CSA HEADER".into(), element: 0x10 });
