@@ -2,7 +2,9 @@
 # Ingest benchmark (not a test): the same corpus sent by DCMTK storescu to triage-node and to
 # DCMTK storescp on loopback, interleaved, in ROUNDS rounds (median reported). Also the peak RSS
 # of the node receiving one ~200 MB instance. Every DCMTK process runs with TCP_NODELAY=1.
-#   scripts/bench-ingest.sh [ROUNDS]        (env: CT=300 DX=30 FSYNC=true)
+# De-identification overhead: the node of commit BASELINE (the last one before de-identification
+# on ingest) is built too and receives the same sets in the same rounds.
+#   scripts/bench-ingest.sh [ROUNDS]        (env: CT=300 DX=30 FSYNC=true BASELINE=7696fab, "" to skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -10,9 +12,23 @@ CT=${CT:-300}; DX=${DX:-30}; FSYNC=${FSYNC:-true}
 export TCP_NODELAY=1
 
 scripts/setup-test-env.sh >/dev/null
+WORK=${BENCH_DIR:-$PWD/.bench}
+BASELINE=${BASELINE-7696fab}
+BASE_BIN=""
+if [ -n "$BASELINE" ]; then
+  BASE_BIN=$WORK/baseline-$BASELINE/triage-node
+  if [ ! -x "$BASE_BIN" ]; then
+    echo "bench: building the baseline node ($BASELINE, before de-identification)"
+    rm -rf "$WORK/src-$BASELINE"; mkdir -p "$WORK/src-$BASELINE" "$(dirname "$BASE_BIN")"
+    git archive "$BASELINE" | tar -x -C "$WORK/src-$BASELINE"
+    # Shared target dir: the dependencies are built once for both.
+    (cd "$WORK/src-$BASELINE" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --release --locked -q)
+    cp target/release/triage-node "$BASE_BIN"
+    rm -rf "$WORK/src-$BASELINE"
+  fi
+fi
 cargo build --release --locked -q
 BIN=$PWD/target/release/triage-node
-WORK=${BENCH_DIR:-$PWD/.bench}
 if [ "$(cat "$WORK/corpus/VERSION" 2>/dev/null)" != "$CT-$DX" ]; then
   echo "bench: generating corpus ($CT CT, $DX DX 2500x2500, one 200 MB DX) in $WORK/corpus"
   rm -rf "$WORK/corpus"
@@ -26,8 +42,8 @@ count() { find "$1" -type f | wc -l; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_node() {  # $1 = data dir; sets NODE_PID NODE_PORT
-  local dir=$1
+start_node() {  # $1 = data dir, $2 = binary (default: this commit's); sets NODE_PID NODE_PORT
+  local dir=$1 bin=${2:-$BIN}
   rm -rf "$dir"; mkdir -p "$dir"
   cat > "$dir/node.toml" <<TOML
 [dicom]
@@ -40,8 +56,10 @@ fsync = $FSYNC
 [log]
 level = "warn"
 TOML
-  "$BIN" --config "$dir/node.toml" ae add STORESCU >/dev/null
-  TRIAGE__LOG__LEVEL=info "$BIN" --config "$dir/node.toml" serve 2> "$dir/node.log" &
+  # The corpus is synthetic: the public demo keys are fine (the baseline has no [deid] section).
+  [ "$bin" = "$BIN" ] && printf '[deid]\ndemo_keys = true\n' >> "$dir/node.toml"
+  "$bin" --config "$dir/node.toml" ae add STORESCU >/dev/null
+  TRIAGE__LOG__LEVEL=info "$bin" --config "$dir/node.toml" serve 2> "$dir/node.log" &
   NODE_PID=$!
   for _ in $(seq 100); do
     NODE_PORT=$(grep -o 'listening port=[0-9]*' "$dir/node.log" | cut -d= -f2 || true)
@@ -63,7 +81,7 @@ send() {  # $1 port, $2 called AE, $3 dir -> prints seconds
 }
 
 declare -A T
-for set in ct dx; do T[node_$set]=""; T[scp_$set]=""; done
+for set in ct dx; do T[node_$set]=""; T[scp_$set]=""; T[base_$set]=""; done
 PEAK_KB=0
 for r in $(seq "$ROUNDS"); do
   start_node "$WORK/node-$r"
@@ -82,6 +100,11 @@ for r in $(seq "$ROUNDS"); do
   [ "$n_scp" -eq $((CT + DX)) ] || { echo "storescp stored $n_scp of $((CT + DX))"; exit 1; }
   stop_node; kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true
   rm -rf "$SCP_DIR" "$WORK/node-$r/data/store"
+  if [ -n "$BASE_BIN" ]; then
+    start_node "$WORK/base-$r" "$BASE_BIN"
+    for set in ct dx; do T[base_$set]+="$(send "$NODE_PORT" TRIAGE "$WORK/corpus/$set") "; done
+    stop_node; rm -rf "$WORK/base-$r"
+  fi
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -98,6 +121,13 @@ for set in ct dx; do
   done
 done
 echo "ratio = triage-node throughput / storescp throughput (same run)"
+if [ -n "$BASE_BIN" ]; then
+  for set in ct dx; do
+    tn=$(echo "${T[node_$set]}" | median); tb=$(echo "${T[base_$set]}" | median)
+    printf 'de-identification overhead, %s set: %.2f s with vs %.2f s without (%s): %+.1f%% ingest time\n' \
+      "$set" "$tn" "$tb" "$BASELINE" "$(echo "($tn / $tb - 1) * 100" | bc -l)"
+  done
+fi
 printf 'node peak RSS over the CT+DX runs: %.1f MB\n' "$(echo "$PEAK_KB / 1024" | bc -l)"
 
 # One ~200 MB instance: peak RSS above the idle process.

@@ -4,8 +4,10 @@
 # chest CR from pydicom-data) with DCMTK storescu, waits for the studies to complete, prints a
 # summary, and stops the node cleanly.
 #
-# What you see today: instances stored and studies queued for triage. De-identification, AI
-# inference and results to the PACS arrive with the next issues (see README, "Status").
+# What you see today: instances de-identified and stored, studies queued for triage, and the
+# re-identification map and audit trail at work. AI inference and results to the PACS arrive with
+# the next issues (see README, "Status"). The demo runs with the node's public demo keys
+# (deid.demo_keys): fine for these public sample files, never for patient data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh
@@ -14,6 +16,7 @@ BIN=$PWD/target/release/triage-node
 DEMO=$PWD/demo-data
 rm -rf "$DEMO"; mkdir -p "$DEMO"
 export TRIAGE__STORAGE__DATA_DIR=$DEMO TRIAGE__INGEST__STUDY_QUIET_PERIOD=3s TRIAGE__DICOM__PORT=${PORT:-11112}
+export TRIAGE__DEID__DEMO_KEYS=true
 
 "$BIN" ae add DEMO_CT --host 127.0.0.1
 "$BIN" ae list
@@ -38,3 +41,14 @@ cat "$DEMO/node.log"
 echo "== summary"
 "$BIN" status
 echo "stored files: $(find "$DEMO/store" -name '*.dcm' | wc -l) under $DEMO/store"
+echo "== the chest CR's identifying header attributes, as sent and as stored (de-identified)"
+show() { dcmdump -q "$1" | grep -E '^\((0010,00[123]0|0020,000d|0008,0050|0012,006[234])\)' || true; }
+is_cr() { dcmdump -q "$1" | grep -q '^(0008,0060) CS \[CR\]'; }
+CR_STORED=$(for f in "$DEMO"/store/*/*.dcm; do is_cr "$f" && echo "$f" && break; done)
+echo "-- sent: .testdata/ts/cr_explicit_le.dcm"; show .testdata/ts/cr_explicit_le.dcm
+echo "-- stored: $CR_STORED"; show "$CR_STORED"
+CR_UID=$(dcmdump -q "$CR_STORED" | sed -n 's/^(0008,0018) UI \[\(.*\)\].*/\1/p')
+echo "== re-identification of that instance from the sealed map (audited)"
+"$BIN" reid "$CR_UID" --purpose "demo"
+echo "== audit trail"
+"$BIN" audit verify

@@ -17,6 +17,7 @@ use dicom_object::InMemDicomObject;
 use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;
+use crate::domain::{civil_from_days, days_from_civil};
 use super::table::{Action, ProfileOption, Table, BASIC_PROFILE_CODE, EDITION};
 
 const MAX_DEPTH: u32 = 64;
@@ -524,28 +525,6 @@ fn shift_date(value: &str, days: i64, vr: VR) -> String {
     let (y2, m2, d2) = civil_from_days(days_from_civil(y, m, d) - days);
     let rest = if vr == VR::DT { &value[8..] } else { "" };
     format!("{y2:04}{m2:02}{d2:02}{rest}")
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn top_string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {

@@ -266,17 +266,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, IngestError> 
 
 /// `YYYYMMDD` (UTC) of a millisecond timestamp: store folders stay a manageable size.
 fn day_folder(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::domain::civil_from_days(ms.div_euclid(86_400_000));
     format!("{y:04}{m:02}{d:02}")
 }
 
