@@ -202,7 +202,7 @@ fn burned_in_annotation_holds_pixels_back_with_a_reason() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "Burned In Annotation absent on Secondary Capture");
     let stored = &node.stored_files()[0];
-    assert!(triage_node::deid::file::describe(stored).unwrap().3.is_none(), "pixel data was kept");
+    assert!(triage_node::deid::file::describe(stored).unwrap().pixel_group_at.is_none(), "pixel data was kept");
 
     // "process" keeps the pixels.
     let mut node = node;

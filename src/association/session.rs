@@ -23,7 +23,7 @@ use super::pdu::{self, PduError, TYPE_ABORT, TYPE_ASSOCIATE_RQ, TYPE_P_DATA, TYP
 use super::server::{AssociationError, Shared};
 use super::sop::Service;
 use crate::domain::Redacted;
-use crate::ingest::spool::SpoolFile;
+use crate::ingest::spool::IncomingFile;
 use crate::ingest::{IngestError, StoreOutcome, StoreRequest};
 
 /// A command set larger than this is not a command set.
@@ -101,7 +101,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
 
 /// Where the data set of the message in progress goes.
 enum Sink {
-    Spool { req: StoreRequest, file: SpoolFile },
+    Spool { req: StoreRequest, file: IncomingFile },
     /// The request is refused already (e.g. no disk); its bytes are read and dropped.
     Refuse { req: StoreRequest, error: IngestError },
     /// A request we do not perform; answered with Unrecognized Operation.

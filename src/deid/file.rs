@@ -1,14 +1,15 @@
-//! De-identify a Part 10 file into a new Part 10 file, in bounded memory.
+//! De-identified Part 10 encoding, in bounded memory.
 //!
-//! Only the attributes before Pixel Data are parsed (a few KiB); the Pixel Data element is
-//! copied byte for byte from the input, so a 200 MB instance costs no more memory than a small
-//! one. The transfer syntax is kept. A deflated data set cannot be split that way and is
-//! processed whole in memory (deflate is rare and used for small, non-image objects).
-//! Elements after Pixel Data (Data Set Trailing Padding, Digital Signatures: X in the table)
-//! are not carried over.
+//! A data set is split at its first top-level group 7FE0 element: only the attributes before it
+//! (a few KiB) are parsed and de-identified; the pixel group is carried over byte for byte, so a
+//! 200 MB instance costs no more memory than a small one. The transfer syntax is kept. Top-level
+//! elements after group 7FE0 (Data Set Trailing Padding, Digital Signatures, private groups: all
+//! removed by the profile) are not carried over. A deflated data set cannot be split and is
+//! processed whole in memory. Ingest uses `deidentify_header` on the bytes as they arrive;
+//! `deidentify_file` does the same for a file on disk (`triage-node deid`).
 //!
-//! Owns: reading the header part, writing File Meta Information + data set + copied pixels,
-//! file durability when asked. Must not: touch the database or log values.
+//! Owns: parsing the header part, encoding File Meta Information + data set, copying the pixel
+//! group. Must not: touch the database or log values.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -38,15 +39,23 @@ pub enum FileError {
     NotPart10 { path: PathBuf, reason: String },
 }
 
-/// Where the data set of an input file is and what the structural scan found.
+/// Where a Part 10 file's data set is, and where its pixel group starts and ends.
 #[derive(Debug, Clone)]
-pub struct Input<'a> {
-    pub path: &'a Path,
+pub struct Layout {
     pub dataset_offset: u64,
     pub dataset_len: u64,
-    pub transfer_syntax: &'a str,
-    /// Top-level Pixel Data (start, end), relative to the data set; `None` if absent.
-    pub pixel_data: Option<(u64, u64)>,
+    pub transfer_syntax: String,
+    /// First top-level group 7FE0 element, relative to the data set (None if absent or deflated).
+    pub pixel_group_at: Option<u64>,
+    /// First top-level element after group 7FE0, relative to the data set.
+    pub trailing_from: Option<u64>,
+}
+
+impl Layout {
+    /// The byte range kept after the de-identified header: the pixel group, without trailers.
+    pub fn pixel_range(&self) -> Option<(u64, u64)> {
+        self.pixel_group_at.map(|start| (start, self.trailing_from.unwrap_or(self.dataset_len)))
+    }
 }
 
 /// The de-identified instance's description (the object itself has been written).
@@ -57,42 +66,63 @@ pub struct Written {
     pub size_bytes: u64,
 }
 
-/// De-identify `input` into a new file at `output` (created, never overwritten). When
-/// `drop_burned_in` and the instance may show identity in its pixels, Pixel Data is left out.
-pub fn deidentify_file(d: &Deidentifier, input: &Input<'_>, output: &Path, drop_burned_in: bool, fsync: bool) -> Result<Written, FileError> {
-    let ts = TransferSyntaxRegistry.get(input.transfer_syntax).ok_or_else(|| FileError::TransferSyntax(input.transfer_syntax.into()))?;
-    let read_err = |source| FileError::Read { path: input.path.to_path_buf(), source };
-    let mut file = File::open(input.path).map_err(read_err)?;
-    file.seek(SeekFrom::Start(input.dataset_offset)).map_err(read_err)?;
-    let deflated = input.transfer_syntax == "1.2.840.10008.1.2.1.99";
-    // Split at Pixel Data unless deflated (then the offsets are not file offsets).
-    let split = if deflated { None } else { input.pixel_data };
-    let head_len = split.map_or(input.dataset_len, |(start, _)| start);
-    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(BufReader::new((&mut file).take(head_len)), ts)
-        .map_err(|e| FileError::Parse(e.to_string()))?;
+/// Parse `head` (a data set, or its part before the pixel group) in transfer syntax `ts_uid`,
+/// de-identify it, and encode File Meta Information and data set as the start of a Part 10
+/// file. When `drop_burned_in` and the pixels may show identity, any pixel data in `head` is
+/// removed; the caller must then not append the pixel group either (see `drops_pixels`).
+pub fn deidentify_header(d: &Deidentifier, head: &[u8], ts_uid: &str, drop_burned_in: bool) -> Result<(Deidentified, Vec<u8>), FileError> {
+    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| FileError::TransferSyntax(ts_uid.into()))?;
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(head, ts).map_err(|e| FileError::Parse(e.to_string()))?;
     let mut deid = d.apply(obj)?;
-    let drop_pixels = drop_burned_in && deid.burned_in.is_some();
-    if drop_pixels {
-        deid.object.remove_element(tags::PIXEL_DATA);
+    if drops_pixels(&deid, drop_burned_in) {
+        let pixel_group: Vec<_> = deid.object.tags().filter(|t| t.group() == 0x7FE0).collect();
+        for tag in pixel_group {
+            deid.object.remove_element(tag);
+        }
     }
-
-    let write_err = |source| FileError::Write { path: output.to_path_buf(), source };
-    let out = std::fs::OpenOptions::new().write(true).create_new(true).open(output).map_err(write_err)?;
-    let mut w = BufWriter::with_capacity(256 << 10, out);
     let meta = dicom_object::meta::FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(deid.sop_class_uid.as_str())
         .media_storage_sop_instance_uid(deid.sop_instance_uid.as_str())
-        .transfer_syntax(input.transfer_syntax)
+        .transfer_syntax(ts_uid)
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(|e| FileError::Encode(e.to_string()))?;
-    w.write_all(&[0u8; 128]).and_then(|_| w.write_all(b"DICM")).map_err(write_err)?;
-    meta.write(&mut w).map_err(|e| FileError::Encode(e.to_string()))?;
-    deid.object.write_dataset_with_ts(&mut w, ts).map_err(|e| FileError::Encode(e.to_string()))?;
-    let mut pixels_written = split.is_none() && !drop_pixels && deid.object.element_opt(tags::PIXEL_DATA).ok().flatten().is_some();
-    if let (Some((start, end)), false) = (split, drop_pixels) {
-        file.seek(SeekFrom::Start(input.dataset_offset + start)).map_err(read_err)?;
+    let mut out = Vec::with_capacity(head.len() + 1024);
+    out.extend_from_slice(&[0u8; 128]);
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).map_err(|e| FileError::Encode(e.to_string()))?;
+    deid.object.write_dataset_with_ts(&mut out, ts).map_err(|e| FileError::Encode(e.to_string()))?;
+    Ok((deid, out))
+}
+
+/// Whether the pixels of this instance are left out under the burned-in policy.
+pub fn drops_pixels(deid: &Deidentified, drop_burned_in: bool) -> bool {
+    drop_burned_in && deid.burned_in.is_some()
+}
+
+/// De-identify the Part 10 file `input` into a new file `output` (created, never overwritten):
+/// the header part in memory, the pixel group copied byte for byte. The same bytes ingest
+/// writes for the same data set received over the network.
+pub fn deidentify_file(d: &Deidentifier, input: &Path, output: &Path, drop_burned_in: bool) -> Result<Written, FileError> {
+    let layout = describe(input)?;
+    let read_err = |source| FileError::Read { path: input.to_path_buf(), source };
+    let mut file = File::open(input).map_err(read_err)?;
+    file.seek(SeekFrom::Start(layout.dataset_offset)).map_err(read_err)?;
+    let split = layout.pixel_range();
+    let head_len = split.map_or(layout.dataset_len, |(start, _)| start);
+    let mut head = Vec::with_capacity(head_len as usize);
+    (&mut file).take(head_len).read_to_end(&mut head).map_err(read_err)?;
+    let (deid, encoded) = deidentify_header(d, &head, &layout.transfer_syntax, drop_burned_in)?;
+    let dropped = drops_pixels(&deid, drop_burned_in);
+
+    let write_err = |source| FileError::Write { path: output.to_path_buf(), source };
+    let out = std::fs::OpenOptions::new().write(true).create_new(true).open(output).map_err(write_err)?;
+    let mut w = BufWriter::with_capacity(256 << 10, out);
+    w.write_all(&encoded).map_err(write_err)?;
+    let mut pixels_written = split.is_none() && deid.object.element_opt(tags::PIXEL_DATA).ok().flatten().is_some();
+    if let (Some((start, end)), false) = (split, dropped) {
+        file.seek(SeekFrom::Start(layout.dataset_offset + start)).map_err(read_err)?;
         let copied = std::io::copy(&mut (&mut file).take(end - start), &mut w).map_err(write_err)?;
         if copied != end - start {
             return Err(read_err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pixel data shorter than scanned")));
@@ -100,33 +130,28 @@ pub fn deidentify_file(d: &Deidentifier, input: &Input<'_>, output: &Path, drop_
         pixels_written = true;
     }
     let out = w.into_inner().map_err(|e| write_err(e.into_error()))?;
-    if fsync {
-        out.sync_all().map_err(write_err)?;
-    }
     let size_bytes = out.metadata().map_err(write_err)?.len();
     Ok(Written { deid, pixels_written, size_bytes })
 }
 
-/// Locate the data set of a Part 10 file on disk and scan it (for `triage-node deid`).
-pub fn describe(path: &Path) -> Result<(u64, u64, String, Option<(u64, u64)>), FileError> {
+/// Locate the data set of a Part 10 file on disk and scan it.
+pub fn describe(path: &Path) -> Result<Layout, FileError> {
     let not = |reason: &str| FileError::NotPart10 { path: path.to_path_buf(), reason: reason.into() };
-    let mut file = File::open(path).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
-    let total = file.metadata().map_err(|source| FileError::Read { path: path.to_path_buf(), source })?.len();
-    let mut preamble = [0u8; 132];
-    file.read_exact(&mut preamble).map_err(|_| not("shorter than a preamble"))?;
-    if &preamble[128..] != b"DICM" {
-        return Err(not("no DICM prefix"));
-    }
-    file.seek(SeekFrom::Start(128)).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
+    let io = |source| FileError::Read { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    file.seek(SeekFrom::Start(128)).map_err(io)?;
     // from_reader reads "DICM" and then exactly the meta group (its group length says how much).
     let mut counted = CountingReader { inner: BufReader::new(&mut file), n: 0 };
     let meta = dicom_object::meta::FileMetaTable::from_reader(&mut counted).map_err(|e| not(&e.to_string()))?;
     let dataset_offset = 128 + counted.n;
-    let ts_uid = meta.transfer_syntax().trim_end_matches('\0').to_string();
-    let ts = crate::association::sop::transfer_syntax(&ts_uid).ok_or_else(|| FileError::TransferSyntax(ts_uid.clone()))?;
-    file.seek(SeekFrom::Start(dataset_offset)).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
-    let fields = crate::ingest::scan::scan(&mut file, Some(total - dataset_offset), ts).map_err(|e| FileError::Parse(e.to_string()))?;
-    Ok((dataset_offset, total - dataset_offset, ts_uid, fields.pixel_data))
+    let transfer_syntax = meta.transfer_syntax().trim_end_matches('\0').to_string();
+    let ts = crate::association::sop::transfer_syntax(&transfer_syntax).ok_or_else(|| FileError::TransferSyntax(transfer_syntax.clone()))?;
+    file.seek(SeekFrom::Start(dataset_offset)).map_err(io)?;
+    let dataset_len = total.checked_sub(dataset_offset).ok_or_else(|| not("shorter than its meta information"))?;
+    let fields = crate::ingest::scan::scan(&mut file, Some(dataset_len), ts).map_err(|e| FileError::Parse(e.to_string()))?;
+    let (pixel_group_at, trailing_from) = if ts.deflated { (None, None) } else { (fields.pixel_group_at, fields.trailing_from) };
+    Ok(Layout { dataset_offset, dataset_len, transfer_syntax, pixel_group_at, trailing_from })
 }
 
 /// Counts bytes actually consumed, so the data set offset is exact even through a BufReader.
@@ -146,10 +171,8 @@ impl<R: Read> Read for CountingReader<R> {
 /// De-identify the Part 10 file `input` into the folder `out_dir` as `<new SOP Instance UID>.dcm`
 /// (names of input files may identify a patient; output names never do). Returns the path.
 pub fn export(d: &Deidentifier, input: &Path, out_dir: &Path, drop_burned_in: bool) -> Result<(PathBuf, Written), FileError> {
-    let (dataset_offset, dataset_len, ts, pixel_data) = describe(input)?;
     let staging = out_dir.join(format!(".{}.part", uuid::Uuid::new_v4()));
-    let src = Input { path: input, dataset_offset, dataset_len, transfer_syntax: &ts, pixel_data };
-    let written = deidentify_file(d, &src, &staging, drop_burned_in, false).inspect_err(|_| {
+    let written = deidentify_file(d, input, &staging, drop_burned_in).inspect_err(|_| {
         let _ = std::fs::remove_file(&staging);
     })?;
     let target = out_dir.join(format!("{}.dcm", written.deid.sop_instance_uid));

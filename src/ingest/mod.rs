@@ -19,11 +19,11 @@ use crate::association::command::status;
 use crate::association::sop::TransferSyntax;
 use crate::config::{BurnedInPolicy, StorageSettings};
 use crate::db::{Db, DbError, InsertOutcome, NewInstance, Provenance};
-use crate::deid::file::FileError;
+use crate::deid::file::{FileError, Written};
 use crate::deid::Deidentifier;
 use crate::domain::{now_ms, Redacted};
 use scan::ScanError;
-use spool::{Dirs, SpoolError, SpoolFile};
+use spool::{Content, Dirs, IncomingFile, Refusal, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -47,6 +47,10 @@ pub enum IngestError {
     NotNegotiated,
     #[error("de-identification failed: {0}")]
     Deid(#[from] FileError),
+    #[error("more than {} MiB before the pixel data: too large to de-identify in memory", spool::MAX_HEAD >> 20)]
+    HeaderTooLarge,
+    #[error("writing the store file {path}: {source}")]
+    Store { path: std::path::PathBuf, source: std::io::Error },
     #[error("sealing the re-identification record: {0}")]
     Seal(#[from] crate::deid::MapError),
     #[error("recording the instance: {0}")]
@@ -59,9 +63,12 @@ impl IngestError {
     /// The C-STORE response status for this failure (PS3.4 Table B.2-1, PS3.7 Annex C).
     pub fn dimse_status(&self) -> u16 {
         match self {
-            IngestError::OutOfDisk { .. } | IngestError::DiskCheck(_) | IngestError::ListStore { .. } | IngestError::Spool(_) => {
-                status::OUT_OF_RESOURCES
-            }
+            IngestError::OutOfDisk { .. }
+            | IngestError::DiskCheck(_)
+            | IngestError::ListStore { .. }
+            | IngestError::Spool(_)
+            | IngestError::Store { .. }
+            | IngestError::HeaderTooLarge => status::OUT_OF_RESOURCES,
             IngestError::Unparseable(_) => status::CANNOT_UNDERSTAND,
             IngestError::Deid(FileError::Write { .. } | FileError::Read { .. }) => status::OUT_OF_RESOURCES,
             IngestError::Deid(FileError::Deid(_)) => status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -141,54 +148,89 @@ impl Ingest {
         Ok(removed)
     }
 
-    /// Start a spool file for an incoming instance, or refuse if the disk is below its floor.
-    /// Cheap enough for the network task: one statvfs, no file I/O.
-    pub fn begin(&self, req: &StoreRequest) -> Result<SpoolFile, IngestError> {
+    /// Start receiving an instance, or refuse if the disk is below its floor. Cheap enough for
+    /// the network task: one statvfs, no file I/O.
+    pub fn begin(&self, req: &StoreRequest) -> Result<IncomingFile, IngestError> {
         let available = free_bytes(&self.dirs.data).map_err(IngestError::DiskCheck)?;
         if available < self.min_free_disk {
             return Err(IngestError::OutOfDisk { available, floor: self.min_free_disk });
         }
-        let header = spool::part10_header(&req.sop_class_uid.0, &req.sop_instance_uid.0, req.transfer_syntax.uid, &req.calling_ae)?;
-        Ok(SpoolFile::new(&self.dirs, &header))
+        Ok(IncomingFile::new(spool::Target {
+            dirs: self.dirs.clone(),
+            day: day_folder(now_ms()),
+            deid: self.deid.clone(),
+            ts: req.transfer_syntax,
+            drop_burned_in: self.burned_in == BurnedInPolicy::Exclude,
+        }))
     }
 
-    /// All data set bytes have arrived: scan, check, de-identify into the store, sync, record.
-    /// The spool copy (the original) is removed in every case; on any error nothing is left.
-    pub async fn complete(&self, req: &StoreRequest, mut spool: SpoolFile) -> Result<StoreOutcome, IngestError> {
-        if let Err(e) = spool.settle().await {
-            spool.discard().await;
+    /// All data set bytes have arrived: validate the whole data set, cut what follows the pixel
+    /// group, sync the de-identified file and its directory, then record. On any error the store
+    /// file is removed.
+    pub async fn complete(&self, req: &StoreRequest, mut incoming: IncomingFile) -> Result<StoreOutcome, IngestError> {
+        if let Err(e) = incoming.settle().await {
+            incoming.discard().await;
             return Err(e.into());
         }
         let (dirs, fsync, request, deid) = (self.dirs.clone(), self.fsync, req.clone(), self.deid.clone());
         let drop_burned_in = self.burned_in == BurnedInPolicy::Exclude;
         let received_at_ms = now_ms();
         // One trip to the blocking pool for everything that touches the disk.
-        let (spooled, relative, written) = blocking(move || {
-            let spool_path = spool.path().to_path_buf();
-            let staged = (|| {
-                // The spool copy is never kept, so it needs no fsync: the de-identified file is
-                // what is made durable before Success.
-                let spooled = spool.finish(false)?;
-                let fields = scan_spooled(&spooled, request.transfer_syntax)?;
-                let pixel_data = fields.pixel_data;
-                check(&request, fields)?;
-                let (relative, target) = spool::store_path(&dirs, &day_folder(received_at_ms))?;
-                let input = crate::deid::file::Input {
-                    path: &spooled.path,
-                    dataset_offset: spooled.header_len,
-                    dataset_len: spooled.dataset_len,
-                    transfer_syntax: request.transfer_syntax.uid,
-                    pixel_data,
-                };
-                let written = crate::deid::file::deidentify_file(&deid, &input, &target, drop_burned_in, fsync)
-                    .and_then(|w| spool::sync_parent(&target, fsync).map(|_| w).map_err(|source| FileError::Write { path: target.clone(), source }));
-                if written.is_err() {
-                    let _ = std::fs::remove_file(&target);
+        let (received_sha256, relative, written) = blocking(move || {
+            let received = incoming.finish()?;
+            let ts = request.transfer_syntax;
+            let len = received.dataset_len;
+            match received.content {
+                Content::Refused(Refusal::Deid(e)) => Err(e.into()),
+                Content::Refused(Refusal::TooLarge) => Err(IngestError::HeaderTooLarge),
+                Content::Whole(data) => {
+                    check(&request, scan::scan(&data[..], Some(len), ts)?)?;
+                    let (deid, encoded) = crate::deid::file::deidentify_header(&deid, &data, ts.uid, drop_burned_in)?;
+                    let (relative, path) = spool::store_path(&dirs, &day_folder(received_at_ms))?;
+                    let stored = (|| {
+                        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+                        std::io::Write::write_all(&mut file, &encoded)?;
+                        durable(&file, &path, fsync)
+                    })();
+                    let size_bytes = stored.map_err(|source| {
+                        let _ = std::fs::remove_file(&path);
+                        IngestError::Store { path: path.clone(), source }
+                    })?;
+                    let pixels_written = deid.object.element_opt(dicom_dictionary_std::tags::PIXEL_DATA).ok().flatten().is_some();
+                    Ok((received.dataset_sha256, relative, Written { deid, pixels_written, size_bytes }))
                 }
-                Ok((spooled, relative, written?))
-            })();
-            let _ = std::fs::remove_file(&spool_path);
-            staged
+                Content::Split { head, split, header_len, deid, relative, path, file } => {
+                    let kept = (|| {
+                        let mut pixels = std::fs::File::open(&path).map_err(ScanError::Io)?;
+                        std::io::Seek::seek(&mut pixels, std::io::SeekFrom::Start(header_len)).map_err(ScanError::Io)?;
+                        let fields = scan::scan(std::io::Read::chain(&head[..], pixels), Some(len), ts)?;
+                        let trailing = fields.trailing_from;
+                        check(&request, fields)?;
+                        let dropped = crate::deid::file::drops_pixels(&deid, drop_burned_in);
+                        // Keep the pixel group only: elements after it are removed by the profile.
+                        let end = match (dropped, trailing) {
+                            (true, _) => Some(header_len),
+                            (false, Some(t)) => Some(header_len + t - split),
+                            (false, None) => None,
+                        };
+                        let stored = (|| {
+                            if let Some(end) = end {
+                                file.set_len(end)?;
+                            }
+                            durable(&file, &path, fsync)
+                        })();
+                        let size_bytes = stored.map_err(|source| IngestError::Store { path: path.clone(), source })?;
+                        Ok(Written { deid: *deid, pixels_written: !dropped, size_bytes })
+                    })();
+                    match kept {
+                        Ok(written) => Ok((received.dataset_sha256, relative, written)),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&path);
+                            Err(e)
+                        }
+                    }
+                }
+            }
         })
         .await?;
 
@@ -212,7 +254,7 @@ impl Ingest {
             calling_ae_title: req.calling_ae.clone(),
             path: relative.to_string_lossy().into_owned(),
             size_bytes: written.size_bytes as i64,
-            dataset_sha256: spooled.dataset_sha256,
+            dataset_sha256: received_sha256,
             received_at_ms,
             excluded_reason: excluded_reason.clone(),
         };
@@ -253,11 +295,13 @@ fn check(req: &StoreRequest, fields: scan::HeaderFields) -> Result<(), IngestErr
     Ok(())
 }
 
-fn scan_spooled(spooled: &spool::Spooled, ts: &TransferSyntax) -> Result<scan::HeaderFields, IngestError> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(&spooled.path).map_err(ScanError::Io)?;
-    file.seek(SeekFrom::Start(spooled.header_len)).map_err(ScanError::Io)?;
-    Ok(scan::scan(file, Some(spooled.dataset_len), ts)?)
+/// fsync a new store file and its directory entry (when `fsync`); returns its size.
+fn durable(file: &std::fs::File, path: &std::path::Path, fsync: bool) -> std::io::Result<u64> {
+    if fsync {
+        file.sync_all()?;
+    }
+    spool::sync_parent(path, fsync)?;
+    Ok(file.metadata()?.len())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, IngestError> + Send + 'static) -> Result<T, IngestError> {

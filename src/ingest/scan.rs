@@ -26,9 +26,12 @@ pub struct HeaderFields {
     pub study_instance_uid: Option<String>,
     pub series_instance_uid: Option<String>,
     pub modality: Option<String>,
-    /// Byte range of the top-level Pixel Data element (its tag to its end), relative to the
-    /// start of the data set; meaningless for a deflated data set (offsets are inflated ones).
-    pub pixel_data: Option<(u64, u64)>,
+    /// Offset (from the start of the data set) of the first top-level element of group 7FE0
+    /// (pixel data and its offset tables): where de-identification splits header from pixels.
+    pub pixel_group_at: Option<u64>,
+    /// Offset of the first top-level element after group 7FE0 (padding, signatures, private
+    /// groups): the end of what is kept. Offsets are meaningless for a deflated data set.
+    pub trailing_from: Option<u64>,
 }
 
 impl HeaderFields {
@@ -52,8 +55,11 @@ pub enum ScanError {
     Element { group: u16, element: u16, offset: u64, problem: &'static str },
     #[error("sequences nested deeper than {MAX_DEPTH}")]
     TooDeep,
-    #[error("reading the spooled data set: {0}")]
+    #[error("reading the data set: {0}")]
     Io(#[source] io::Error),
+    /// Internal to `locate_pixel_group`: the walk stopped at the first group 7FE0 element.
+    #[error("reached pixel data at byte {0}")]
+    ReachedPixelGroup(u64),
 }
 
 /// Scan `dataset` (the bytes after the File Meta Information, `len` of them when known).
@@ -66,17 +72,38 @@ pub fn scan<R: Read>(dataset: R, len: Option<u64>, ts: &TransferSyntax) -> Resul
     }
 }
 
+/// Where the first top-level group 7FE0 element starts in the first bytes of a data set that is
+/// still arriving: `Ok(None)` when `head` ends before it (send more), an error when `head` is
+/// already malformed. Not for deflated data sets.
+pub fn locate_pixel_group(head: &[u8], ts: &TransferSyntax) -> Result<Option<u64>, ScanError> {
+    let mut walker = Walker::new(head, ts);
+    walker.stop_at_pixel_group = true;
+    match walker.run(None) {
+        Err(ScanError::ReachedPixelGroup(at)) => Ok(Some(at)),
+        Err(ScanError::Truncated { .. }) | Ok(_) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 struct Walker<R: Read> {
     r: BufReader<R>,
     pos: u64,
     explicit: bool,
     big: bool,
     found: HeaderFields,
+    stop_at_pixel_group: bool,
 }
 
 impl<R: Read> Walker<R> {
     fn new(r: R, ts: &TransferSyntax) -> Self {
-        Walker { r: BufReader::with_capacity(64 * 1024, r), pos: 0, explicit: ts.explicit_vr, big: ts.big_endian, found: HeaderFields::default() }
+        Walker {
+            r: BufReader::with_capacity(64 * 1024, r),
+            pos: 0,
+            explicit: ts.explicit_vr,
+            big: ts.big_endian,
+            found: HeaderFields::default(),
+            stop_at_pixel_group: false,
+        }
     }
 
     fn run(mut self, len: Option<u64>) -> Result<HeaderFields, ScanError> {
@@ -154,6 +181,15 @@ impl<R: Read> Walker<R> {
             if tag.0 == 0xFFFE {
                 return Err(err("unexpected item or sequence delimiter"));
             }
+            if top && tag.0 == 0x7FE0 {
+                if self.stop_at_pixel_group {
+                    return Err(ScanError::ReachedPixelGroup(offset));
+                }
+                self.found.pixel_group_at.get_or_insert(offset);
+            }
+            if top && tag.0 > 0x7FE0 {
+                self.found.trailing_from.get_or_insert(offset);
+            }
             let (vr, len) = if self.explicit {
                 let vr = self.bytes::<2>()?;
                 if !vr.iter().all(u8::is_ascii_uppercase) {
@@ -171,12 +207,7 @@ impl<R: Read> Walker<R> {
             };
             if len == UNDEFINED {
                 match vr.as_ref() {
-                    _ if tag == PIXEL_DATA => {
-                        self.walk_fragments()?;
-                        if top {
-                            self.found.pixel_data = Some((offset, self.pos));
-                        }
-                    }
+                    _ if tag == PIXEL_DATA => self.walk_fragments()?,
                     None | Some(b"SQ") => self.walk_sequence(None, depth)?,
                     Some(b"UN") => {
                         // PS3.5 6.2.2: an undefined-length UN is a sequence in Implicit VR LE.
@@ -206,9 +237,6 @@ impl<R: Read> Walker<R> {
                 }
             } else {
                 self.skip(u64::from(len))?;
-                if top && tag == PIXEL_DATA {
-                    self.found.pixel_data = Some((offset, self.pos));
-                }
             }
         }
     }

@@ -1,29 +1,34 @@
-//! The spool: a received instance is streamed to a file here, hashed on the way, and read back
-//! by the de-identifier, which writes the stored copy; the spool file is then deleted.
+//! Receiving an instance into the store: its header is held in memory until the pixel group
+//! starts, de-identified, and written to a new store file, to which the rest of the data set
+//! (the pixel group) is streamed as it arrives. The original header never reaches the disk.
 //!
-//! Owns: spool and store paths, the Part 10 preamble and File Meta Information of the spool
-//! copy, directory durability, and start-up cleanup of half-written spool files.
-//! Must not: parse data sets (scan does) or touch the database.
+//! Owns: store paths, the in-memory head and its bound (`MAX_HEAD`), double-buffered writes,
+//! directory durability, start-up cleanup of the (legacy) spool folder.
+//! Must not: decide whether an instance is acceptable (ingest does), or touch the database.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use std::io::Write;
 
-use crate::association::negotiation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use super::scan::locate_pixel_group;
+use crate::association::sop::TransferSyntax;
+use crate::deid::file::{deidentify_header, FileError};
+use crate::deid::{Deidentified, Deidentifier};
 
 const WRITE_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("creating spool file {path}: {source}")]
+    #[error("creating {path}: {source}")]
     Create { path: PathBuf, source: std::io::Error },
-    #[error("writing spool file {path}: {source}")]
+    #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("syncing {path}: {source}")]
     Sync { path: PathBuf, source: std::io::Error },
-    #[error("building the file meta information: {0}")]
-    Meta(String),
+    #[error("background task failed: {0}")]
+    Task(String),
 }
 
 /// Directory layout under `data_dir`.
@@ -56,65 +61,190 @@ impl Dirs {
     }
 }
 
-/// The Part 10 header (preamble, "DICM", File Meta Information) for a received instance.
-pub fn part10_header(sop_class: &str, sop_instance: &str, transfer_syntax: &str, calling_ae: &str) -> Result<Vec<u8>, SpoolError> {
-    let meta = dicom_object::meta::FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(sop_class)
-        .media_storage_sop_instance_uid(sop_instance)
-        .transfer_syntax(transfer_syntax)
-        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
-        .source_application_entity_title(calling_ae)
-        .build()
-        .map_err(|e| SpoolError::Meta(e.to_string()))?;
-    let mut out = vec![0u8; 128];
-    out.extend_from_slice(b"DICM");
-    meta.write(&mut out).map_err(|e| SpoolError::Meta(e.to_string()))?;
-    Ok(out)
+/// Beyond this many bytes before the pixel group (or in a data set that cannot be split), an
+/// instance is refused rather than held in memory.
+pub const MAX_HEAD: usize = 16 << 20;
+
+/// What an incoming instance needs to be de-identified and written.
+#[derive(Clone)]
+pub struct Target {
+    pub dirs: Dirs,
+    pub day: String,
+    pub deid: Arc<Deidentifier>,
+    pub ts: &'static TransferSyntax,
+    pub drop_burned_in: bool,
+}
+
+/// Why an incoming instance cannot be kept, found while it was still arriving. The rest of its
+/// bytes are read and dropped; the failure is answered at the end.
+#[derive(Debug)]
+pub enum Refusal {
+    Deid(FileError),
+    TooLarge,
 }
 
 /// A background write: gives the file and its (now written) buffer back.
 type InFlightWrite = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
 
-/// A spool file being written. Bytes are hashed and gathered in a 256 KiB buffer; a full buffer is
-/// written on the blocking pool *while the next one fills* (double buffering), and each written
-/// chunk is handed to the kernel for write-back at once, so the final fsync has little left to do.
-pub struct SpoolFile {
+/// An instance being received. Its first bytes (up to the pixel group) stay in memory; once
+/// the pixel group starts, they are de-identified and written to a new store file, and every
+/// later byte is appended to it as it arrives: 256 KiB buffers written on the blocking pool
+/// *while the next one fills* (double buffering), each handed to the kernel for write-back at
+/// once, so the final fsync has little left to do. The original header never reaches the disk.
+pub struct IncomingFile {
+    target: Target,
+    head: Vec<u8>,
+    next_locate_at: usize,
+    state: State,
+    hasher: Sha256,
+    dataset_len: u64,
+}
+
+enum State {
+    /// Collecting the first bytes; `splittable` until the header proves it cannot be split.
+    Head { splittable: bool },
+    Streaming(Box<Streaming>),
+    Refused(Refusal),
+}
+
+struct Streaming {
+    /// Where the pixel group starts in the data set.
+    split: u64,
+    /// Bytes of File Meta Information + de-identified header at the start of the file.
+    header_len: u64,
+    deid: Deidentified,
+    relative: PathBuf,
     path: PathBuf,
-    /// The file, when no write is in flight.
     file: Option<std::fs::File>,
     buf: Vec<u8>,
     in_flight: Option<InFlightWrite>,
     written: u64,
-    hasher: Sha256,
-    header_len: u64,
-    dataset_len: u64,
 }
 
-/// A spool file fully written and synced.
-#[derive(Debug)]
-pub struct Spooled {
-    pub path: PathBuf,
-    pub header_len: u64,
+/// An instance fully received.
+pub struct Received {
     pub dataset_len: u64,
     /// SHA-256 of the data set bytes exactly as received.
     pub dataset_sha256: String,
+    pub content: Content,
 }
 
-impl SpoolFile {
-    /// Start a spool file with the Part 10 header. Nothing touches the disk yet: the file is
-    /// created by the first write on the blocking pool, off the network task.
-    pub fn new(dirs: &Dirs, header: &[u8]) -> SpoolFile {
-        let path = dirs.spool.join(format!("{}.part", uuid::Uuid::new_v4()));
-        let mut buf = Vec::with_capacity(WRITE_BUFFER);
-        buf.extend_from_slice(header);
-        SpoolFile { path, file: None, buf, in_flight: None, written: 0, hasher: Sha256::new(), header_len: header.len() as u64, dataset_len: 0 }
+pub enum Content {
+    /// The whole data set, in memory (no pixel group, or a deflated data set).
+    Whole(Vec<u8>),
+    /// Header de-identified and written, pixel group appended (not yet synced).
+    Split { head: Vec<u8>, split: u64, header_len: u64, deid: Box<Deidentified>, relative: PathBuf, path: PathBuf, file: std::fs::File },
+    Refused(Refusal),
+}
+
+impl IncomingFile {
+    pub fn new(target: Target) -> IncomingFile {
+        let splittable = !target.ts.deflated;
+        IncomingFile { target, head: Vec::new(), next_locate_at: 0, state: State::Head { splittable }, hasher: Sha256::new(), dataset_len: 0 }
     }
 
     /// Append data set bytes as they arrive from the network.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.hasher.update(bytes);
         self.dataset_len += bytes.len() as u64;
+        match &mut self.state {
+            State::Refused(_) => Ok(()),
+            State::Streaming(s) => s.write(bytes).await,
+            State::Head { splittable } => {
+                let splittable = *splittable;
+                self.head.extend_from_slice(bytes);
+                if self.head.len() > MAX_HEAD {
+                    self.head = Vec::new();
+                    self.state = State::Refused(Refusal::TooLarge);
+                    return Ok(());
+                }
+                if splittable && self.head.len() >= self.next_locate_at {
+                    // Retried only each time the head has doubled: linear work overall.
+                    self.next_locate_at = (self.head.len() * 2).max(16 << 10);
+                    match locate_pixel_group(&self.head, self.target.ts) {
+                        Ok(Some(split)) => self.split(split).await?,
+                        Ok(None) => {}
+                        // A malformed header: keep it whole; the final scan says what is wrong.
+                        Err(_) => self.state = State::Head { splittable: false },
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The pixel group starts at `split`: de-identify what precedes it, start the store file.
+    async fn split(&mut self, split: u64) -> Result<(), SpoolError> {
+        let head = self.head[..split as usize].to_vec();
+        let t = self.target.clone();
+        let done = tokio::task::spawn_blocking(move || deidentify_header(&t.deid, &head, t.ts.uid, t.drop_burned_in))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?;
+        let (deid, encoded) = match done {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.head = Vec::new();
+                self.state = State::Refused(Refusal::Deid(e));
+                return Ok(());
+            }
+        };
+        let (relative, path) = store_path(&self.target.dirs, &self.target.day)?;
+        let header_len = encoded.len() as u64;
+        let mut buf = Vec::with_capacity(WRITE_BUFFER.max(encoded.len() + self.head.len() - split as usize));
+        buf.extend_from_slice(&encoded);
+        buf.extend_from_slice(&self.head[split as usize..]);
+        self.head.truncate(split as usize);
+        self.state = State::Streaming(Box::new(Streaming { split, header_len, deid, relative, path, file: None, buf, in_flight: None, written: 0 }));
+        Ok(())
+    }
+
+    /// Wait for the write in flight, so that `finish` or `discard` may run. Call before them.
+    pub async fn settle(&mut self) -> Result<(), SpoolError> {
+        match &mut self.state {
+            State::Streaming(s) => s.wait_in_flight().await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Write what is buffered (no fsync: the caller validates first). Blocking; `settle` first.
+    /// On error the store file is removed.
+    pub fn finish(self) -> Result<Received, SpoolError> {
+        let content = match self.state {
+            State::Head { .. } => Content::Whole(self.head),
+            State::Refused(r) => Content::Refused(r),
+            State::Streaming(s) => {
+                let s = *s;
+                let path = s.path.clone();
+                let written = (|| {
+                    let mut file = match s.file {
+                        Some(f) => f,
+                        None => create(&path)?,
+                    };
+                    file.write_all(&s.buf)?;
+                    Ok(file)
+                })();
+                let file = written.map_err(|source| {
+                    let _ = std::fs::remove_file(&path);
+                    SpoolError::Write { path: path.clone(), source }
+                })?;
+                Content::Split { head: self.head, split: s.split, header_len: s.header_len, deid: Box::new(s.deid), relative: s.relative, path, file }
+            }
+        };
+        Ok(Received { dataset_len: self.dataset_len, dataset_sha256: hex::encode(self.hasher.finalize()), content })
+    }
+
+    /// Drop an instance that will not be acknowledged, and its store file if one was started.
+    pub async fn discard(mut self) {
+        let _ = self.settle().await;
+        if let State::Streaming(s) = self.state {
+            drop(s.file);
+            let _ = std::fs::remove_file(&s.path);
+        }
+    }
+}
+
+impl Streaming {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= WRITE_BUFFER {
             let spare = self.wait_in_flight().await?;
@@ -146,37 +276,6 @@ impl SpoolFile {
         self.file = Some(file);
         buf.clear();
         Ok(buf)
-    }
-
-    /// Wait for the write in flight, so that `finish` or `discard` may run. Call before them.
-    pub async fn settle(&mut self) -> Result<(), SpoolError> {
-        self.wait_in_flight().await.map(|_| ())
-    }
-
-    /// Write what is buffered and fsync. Blocking; `settle` first. On error the file is left for
-    /// the caller to remove (its path is in the error).
-    pub fn finish(mut self, fsync: bool) -> Result<Spooled, SpoolError> {
-        let path = self.path.clone();
-        let mut file = match self.file.take() {
-            Some(f) => f,
-            None => create(&path).map_err(|source| SpoolError::Create { path: path.clone(), source })?,
-        };
-        file.write_all(&self.buf).map_err(|source| SpoolError::Write { path: path.clone(), source })?;
-        if fsync {
-            file.sync_all().map_err(|source| SpoolError::Sync { path: path.clone(), source })?;
-        }
-        Ok(Spooled { path, header_len: self.header_len, dataset_len: self.dataset_len, dataset_sha256: hex::encode(self.hasher.finalize()) })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Remove the file of a message that will not be acknowledged.
-    pub async fn discard(mut self) {
-        let _ = self.settle().await;
-        drop(self.file.take());
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -221,37 +320,51 @@ pub fn sync_parent(file: &Path, fsync: bool) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn header_is_a_valid_part10_prefix() {
-        let h = part10_header("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1", "CT1").unwrap();
-        assert_eq!(&h[128..132], b"DICM");
-        let meta = dicom_object::meta::FileMetaTable::from_reader(&h[128..]).unwrap();
-        assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
-        assert_eq!(meta.media_storage_sop_instance_uid(), "1.2.3");
-        assert_eq!(meta.implementation_class_uid(), IMPLEMENTATION_CLASS_UID);
+    /// A small CT-like data set: a few header attributes, then `pixels` bytes of Pixel Data.
+    fn dataset(pixels: usize) -> Vec<u8> {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+        let obj = dicom_object::InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2")),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+            DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("DOE^JANE")),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.5")),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.6")),
+            DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from((0..pixels).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>())),
+        ]);
+        let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get("1.2.840.10008.1.2.1").unwrap();
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, ts).unwrap();
+        out
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn spooled_bytes_and_hash_match_what_was_written() {
-        use sha2::{Digest, Sha256};
+    async fn the_header_is_deidentified_and_the_pixels_stream_to_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let dirs = Dirs::new(dir.path());
         dirs.prepare().unwrap();
-        let header = vec![7u8; 300];
-        // Sizes below, at and across the buffer size, in uneven pieces.
-        for total in [0usize, 10, WRITE_BUFFER - 300, WRITE_BUFFER, 3 * WRITE_BUFFER + 12345] {
-            let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
-            let mut spool = SpoolFile::new(&dirs, &header);
+        let deid = Arc::new(Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]));
+        let ts = crate::association::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let target = Target { dirs, day: "20261128".into(), deid: deid.clone(), ts, drop_burned_in: true };
+        // Pixel data below, at and across the buffer size, in uneven pieces.
+        for pixels in [10usize, WRITE_BUFFER, 3 * WRITE_BUFFER + 12345] {
+            let data = dataset(pixels);
+            let split = locate_pixel_group(&data, ts).unwrap().expect("pixel data found");
+            let mut incoming = IncomingFile::new(target.clone());
             for piece in data.chunks(40_000) {
-                spool.write(piece).await.unwrap();
+                incoming.write(piece).await.unwrap();
             }
-            spool.settle().await.unwrap();
-            let done = spool.finish(true).unwrap();
-            assert_eq!(done.dataset_len as usize, total);
-            assert_eq!(done.dataset_sha256, hex::encode(Sha256::digest(&data)), "hash for {total} bytes");
-            let on_disk = std::fs::read(&done.path).unwrap();
-            assert_eq!(on_disk.len(), header.len() + total);
-            assert!(on_disk[..300] == header[..] && on_disk[300..] == data[..]);
+            incoming.settle().await.unwrap();
+            let received = incoming.finish().unwrap();
+            assert_eq!(received.dataset_len as usize, data.len());
+            assert_eq!(received.dataset_sha256, hex::encode(Sha256::digest(&data)));
+            let Content::Split { header_len, path, .. } = received.content else { panic!("not split") };
+            let on_disk = std::fs::read(&path).unwrap();
+            let (_, expected_header) = deidentify_header(&deid, &data[..split as usize], ts.uid, true).unwrap();
+            assert!(on_disk[..header_len as usize] == expected_header[..], "header differs for {pixels} bytes of pixels");
+            assert!(on_disk[header_len as usize..] == data[split as usize..], "pixel group differs for {pixels} bytes");
+            assert!(!on_disk.windows(8).any(|w| w == b"DOE^JANE"), "the original name reached the disk");
         }
     }
 

@@ -311,10 +311,11 @@ pub fn expected_deid(file: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-/// The bytes of a Part 10 file's top-level Pixel Data element, as encoded.
+/// The bytes of a Part 10 file's top-level pixel group (group 7FE0 elements), as encoded.
 pub fn pixel_data_bytes(path: &Path) -> Vec<u8> {
-    let (offset, _, _, span) = triage_node::deid::file::describe(path).unwrap();
-    let (start, end) = span.expect("file has Pixel Data");
+    let layout = triage_node::deid::file::describe(path).unwrap();
+    let (start, end) = layout.pixel_range().expect("file has Pixel Data");
+    let offset = layout.dataset_offset;
     std::fs::read(path).unwrap()[(offset + start) as usize..(offset + end) as usize].to_vec()
 }
 
