@@ -29,7 +29,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let dirs = crate::ingest::spool::Dirs::new(&settings.storage.data_dir);
     let leftovers = dirs.prepare().with_context(|| format!("preparing data directory {}", settings.storage.data_dir.display()))?;
     if leftovers > 0 {
-        warn!(files = leftovers, "removed unacknowledged spool files left by an earlier stop");
+        warn!(files = leftovers, "removed spool files left by an earlier version");
     }
     let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?;
     info!(engine = ?db.engine(), "database ready");

@@ -21,6 +21,7 @@ fn instance(uid: &str, study: &str) -> NewInstance {
         dataset_sha256: "00".into(),
         received_at_ms: 1_000,
         excluded_reason: None,
+        deid_method: None,
     }
 }
 
@@ -89,6 +90,25 @@ async fn suite(url: &str) {
     }
     let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
     assert_eq!(triage_node::audit::verify(&entries, head_seq, &head_hash), Ok(9));
+
+    // De-identification audit: every stored instance gets exactly one entry, even with sweeps
+    // running concurrently (as on several nodes), and the chain stays valid.
+    let mut sweeps = Vec::new();
+    for _ in 0..3 {
+        let db = db.clone();
+        sweeps.push(tokio::spawn(async move { db.audit_new_instances(2).await.unwrap() }));
+    }
+    let mut audited = 0;
+    for s in sweeps {
+        audited += s.await.unwrap();
+    }
+    while let n @ 1.. = db.audit_new_instances(2).await.unwrap() {
+        audited += n;
+    }
+    assert_eq!(audited as i64, db.count_instances().await.unwrap());
+    let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
+    assert_eq!(triage_node::audit::verify(&entries, head_seq, &head_hash), Ok(9 + audited));
+    assert_eq!(entries.iter().filter(|e| e.event == "deidentify").count(), audited);
 
     // Outbox: one row per (object, destination); a node claims only its own rows, and
     // concurrent claimers never get the same row.

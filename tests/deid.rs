@@ -70,6 +70,12 @@ fn planted_identifiers_appear_only_in_the_encrypted_map() {
     let out = node.storescu(&files);
     assert_eq!(String::from_utf8_lossy(&out.stderr).matches("Received Store Response (Success)").count(), 2, "{}", String::from_utf8_lossy(&out.stderr));
 
+    // The sweep appends each de-identification's audit entry shortly after it is stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).matches("deidentify").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "de-identifications not audited: {}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Every byte under the data directory: store, spool, database (its map holds ciphertext only).
     let mut searched = 0;
     for path in walk(&node.data_dir()) {
@@ -113,6 +119,7 @@ fn planted_identifiers_appear_only_in_the_encrypted_map() {
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert_eq!(audit.matches("deidentify").count(), 2, "{audit}");
     assert!(audit.contains("reidentify") && audit.contains("test round trip"), "{audit}");
+    assert!(audit.contains("113100") || audit.contains("PS3.15 2024b"), "the method is recorded: {audit}");
     assert!(node.cli(&["audit", "verify"]).status.success());
     let _ = rt;
 }
@@ -248,7 +255,7 @@ fn dciodvfy_finds_no_error_the_input_did_not_have() {
         let new: Vec<_> = iod_errors(&path).difference(&before).cloned().collect();
         assert!(new.is_empty(), "{}: dciodvfy errors introduced by de-identification: {new:#?}", file.display());
     }
-    // The CLI named its outputs by their new UIDs and audited each.
+    // The CLI named its outputs by their new UIDs and audited each (synchronously: no sweep runs).
     let names: Vec<String> = walk(out.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| n.starts_with("2.25.") && n.ends_with(".dcm")), "{names:?}");
     let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();

@@ -2,7 +2,7 @@
 //! and the DIMSE message layer on top of it (PS3.7 section 9: command, then optional data set).
 //!
 //! P-DATA-TF PDUs are read item by item and data set fragments are streamed straight into the
-//! ingest spool: memory per association is bounded by a fixed buffer, whatever the instance size.
+//! incoming file: memory per association is bounded by a fixed buffer, whatever the instance size.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -357,7 +357,7 @@ impl Session {
         self.wr.write_all(&bytes).await.map_err(AssociationError::Write)
     }
 
-    /// Drop the spool file of a message cut off by abort, release or error: never acknowledged.
+    /// Drop the incoming file of a message cut off by abort, release or error: never acknowledged.
     async fn discard_partial(&mut self) {
         if let Rx::Data { sink, .. } = std::mem::replace(&mut self.state, Rx::Idle) {
             if let Sink::Spool { file, .. } = *sink {

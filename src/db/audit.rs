@@ -45,6 +45,44 @@ pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: 
 }
 
 impl Db {
+    /// Append a `deidentify` entry for each stored instance that has none yet (at most `limit`),
+    /// in one transaction, and mark each with its entry's sequence number. The head row is
+    /// locked before the instances are read, so nodes sharing a database never audit one twice.
+    pub async fn audit_new_instances(&self, limit: i64) -> Result<usize, DbError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut *tx).await.map_err(q("lock audit head"))?;
+        let rows = sqlx::query(
+            "SELECT id, sop_instance_uid, calling_ae_title, received_at_ms, excluded_reason, deid_method
+             FROM instances WHERE audit_seq IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(q("select unaudited instances"))?;
+        for row in &rows {
+            let id: i64 = get(row, "id")?;
+            let uid: String = get(row, "sop_instance_uid")?;
+            let excluded: Option<String> = get(row, "excluded_reason")?;
+            let method: Option<String> = get(row, "deid_method")?;
+            let details = serde_json::json!({
+                "instance_id": id,
+                "calling_ae": get::<String>(row, "calling_ae_title")?,
+                "received_at_ms": get::<i64>(row, "received_at_ms")?,
+                "method": method.and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok()),
+                "pixels": excluded.map_or("kept".to_string(), |why| format!("not kept: {why}")),
+            });
+            let entry = append_in(&mut tx, "deidentify", &format!("instance:{uid}"), &details.to_string()).await?;
+            sqlx::query("UPDATE instances SET audit_seq = $1 WHERE id = $2")
+                .bind(entry.seq)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("mark instance audited"))?;
+        }
+        tx.commit().await.map_err(q("commit audit entries"))?;
+        Ok(rows.len())
+    }
+
     /// Every entry in sequence order, and the head (seq, hash).
     pub async fn audit_chain(&self) -> Result<(Vec<Entry>, i64, String), DbError> {
         let rows = sqlx::query("SELECT seq, at_ms, event, subject, details, prev_hash, hash FROM audit_log ORDER BY seq")

@@ -20,15 +20,8 @@ pub struct NewInstance {
     pub received_at_ms: i64,
     /// Why the instance is not sent to the AI stage (its pixels were not kept), if it is not.
     pub excluded_reason: Option<String>,
-}
-
-/// What commits together with a de-identified instance's row: its sealed originals and the
-/// audit entry recording the de-identification.
-#[derive(Debug, Clone)]
-pub struct Provenance<'a> {
-    pub reid: &'a super::SealedRecord,
-    /// Audit details (JSON, no patient data).
-    pub audit_details: String,
+    /// How it was de-identified (JSON: profile edition and option codes), for its audit entry.
+    pub deid_method: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,17 +63,18 @@ impl Db {
         .transpose()
     }
 
-    /// Record a stored instance, with its re-identification record and audit entry, in one
-    /// transaction: the only database work on the C-STORE path (one commit, one WAL sync). The
-    /// study tracker attaches it to its study later. A concurrent or earlier copy of the same
-    /// SOP Instance UID wins, and then nothing is written.
-    pub async fn insert_instance(&self, new: &NewInstance, provenance: Option<&Provenance<'_>>) -> Result<InsertOutcome, DbError> {
+    /// Record a stored instance with its sealed re-identification record, in one transaction:
+    /// the only database work on the C-STORE path (one commit, one WAL sync). The study tracker
+    /// attaches it to its study later, and the audit sweep appends its `deidentify` entry
+    /// (`audit_seq` marks that durably, so none is missed across a crash). A concurrent or
+    /// earlier copy of the same SOP Instance UID wins, and then nothing is written.
+    pub async fn insert_instance(&self, new: &NewInstance, reid: Option<&super::SealedRecord>) -> Result<InsertOutcome, DbError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, modality,
                                     transfer_syntax_uid, calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms,
-                                    excluded_reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                    excluded_reason, deid_method)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (sop_instance_uid) DO NOTHING
              RETURNING id",
         )
@@ -96,6 +90,7 @@ impl Db {
         .bind(&new.dataset_sha256)
         .bind(new.received_at_ms)
         .bind(new.excluded_reason.clone())
+        .bind(new.deid_method.clone())
         .fetch_optional(&mut *tx)
         .await
         .map_err(q("insert instance"))?;
@@ -104,8 +99,7 @@ impl Db {
             let existing = self.find_instance(&new.sop_instance_uid).await?;
             return Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) });
         };
-        if let Some(p) = provenance {
-            let r = p.reid;
+        if let Some(r) = reid {
             sqlx::query(
                 "INSERT INTO reid_map (sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms)
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sop_instance_uid) DO NOTHING",
@@ -119,7 +113,6 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(q("insert reid record"))?;
-            super::audit::append_in(&mut tx, "deidentify", &format!("instance:{}", new.sop_instance_uid), &p.audit_details).await?;
         }
         tx.commit().await.map_err(q("commit instance"))?;
         Ok(InsertOutcome::Inserted { instance_id })

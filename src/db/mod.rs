@@ -13,7 +13,7 @@ mod reid_map;
 mod studies;
 
 pub use ae_titles::{AeRole, RegisteredAe};
-pub use instances::{InsertOutcome, NewInstance, Provenance, StoredInstance};
+pub use instances::{InsertOutcome, NewInstance, StoredInstance};
 pub use reid_map::SealedRecord;
 pub use outbox::OutboxItem;
 pub use studies::{Job, ReadyStudy};

@@ -148,6 +148,11 @@ impl Deidentifier {
         v
     }
 
+    /// The method as recorded beside each instance and in its audit entry (no patient data).
+    pub fn method_json(&self) -> String {
+        serde_json::json!({ "profile": EDITION, "options": self.options.iter().map(|o| o.code().0).collect::<Vec<_>>() }).to_string()
+    }
+
     /// De-identify `obj` (a data set without its File Meta Information).
     pub fn apply(&self, obj: InMemDicomObject) -> Result<Deidentified, DeidError> {
         let text = |tag: Tag| top_string(&obj, tag);

@@ -1,11 +1,11 @@
 //! C-STORE handling: from the first data byte to a committed row.
 //!
-//! Owns: the free-disk floor, the spool (a transient copy of the instance as received), the
-//! structural scan, the checks a data set must pass, de-identification into the store (via
-//! `deid`), the `instances` row with its sealed originals and audit entry, and the mapping of
-//! every failure to a PS3.4 C-STORE status (`IngestError::dimse_status`). Success is returned
-//! only after the de-identified file and its directory are synced and the row is committed;
-//! the spool copy is deleted whatever happens, so no original instance stays on disk.
+//! Owns: the free-disk floor, the incoming file (`spool`: header de-identified in memory, pixel
+//! group streamed into the store file), the structural scan, the checks a data set must pass,
+//! the `instances` row with its sealed originals and audit entry, and the mapping of every
+//! failure to a PS3.4 C-STORE status (`IngestError::dimse_status`). Success is returned only
+//! after the de-identified file and its directory are synced and the row is committed; on any
+//! failure the store file is removed. The original header never reaches the disk.
 //! Must not: know PDUs or SQL, or log identifying values (UIDs are wrapped in `Redacted`
 //! wherever they could be printed).
 
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::association::command::status;
 use crate::association::sop::TransferSyntax;
 use crate::config::{BurnedInPolicy, StorageSettings};
-use crate::db::{Db, DbError, InsertOutcome, NewInstance, Provenance};
+use crate::db::{Db, DbError, InsertOutcome, NewInstance};
 use crate::deid::file::{FileError, Written};
 use crate::deid::Deidentifier;
 use crate::domain::{now_ms, Redacted};
@@ -256,17 +256,10 @@ impl Ingest {
             size_bytes: written.size_bytes as i64,
             dataset_sha256: received_sha256,
             received_at_ms,
-            excluded_reason: excluded_reason.clone(),
+            excluded_reason,
+            deid_method: Some(self.deid.method_json()),
         };
-        let audit_details = serde_json::json!({
-            "calling_ae": req.calling_ae,
-            "profile": crate::deid::table::EDITION,
-            "options": self.deid.options().iter().map(|o| o.code().0).collect::<Vec<_>>(),
-            "pixels": if written.pixels_written { "kept".to_string() } else { format!("not kept: {}", excluded_reason.as_deref().unwrap_or("")) },
-        })
-        .to_string();
-        let provenance = Provenance { reid: &sealed, audit_details };
-        match self.db.insert_instance(&new, Some(&provenance)).await {
+        match self.db.insert_instance(&new, Some(&sealed)).await {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => Ok(StoreOutcome::Stored { instance_id }),
             Ok(InsertOutcome::Duplicate { instance_id }) => {
                 let _ = std::fs::remove_file(&stored);

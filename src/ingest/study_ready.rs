@@ -1,7 +1,9 @@
 //! Study-complete detection: a study is complete after a quiet period with no new instance.
 //!
-//! Owns: the periodic sweep that promotes quiet studies and queues `study_ready` jobs. The timer
-//! lives in the database (`last_received_at_ms`), so after a restart the sweep re-arms by itself.
+//! Owns: the periodic sweep that appends the audit entries of newly stored instances (in
+//! batches, off the C-STORE path), then promotes quiet studies and queues `study_ready` jobs.
+//! The timer lives in the database (`last_received_at_ms`), and so does the audit marker
+//! (`instances.audit_seq`), so after a restart the sweep catches up by itself.
 //! Must not: hold timers in memory that a restart would lose.
 
 use std::time::Duration;
@@ -25,6 +27,16 @@ impl StudyReadyWorker {
     /// One sweep: attach new instances to their studies, then promote every study quiet for the
     /// whole period. Returns how many were promoted.
     pub async fn sweep(&self) -> usize {
+        loop {
+            match self.db.audit_new_instances(500).await {
+                Ok(n) if n == 500 => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    error!(%error, "appending de-identification audit entries failed");
+                    break;
+                }
+            }
+        }
         if let Err(error) = self.db.attach_new_instances().await {
             error!(%error, "attaching instances to studies failed");
             return 0;
