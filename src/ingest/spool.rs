@@ -100,9 +100,19 @@ pub struct IncomingFile {
     dataset_len: u64,
 }
 
+/// A header being de-identified on the blocking pool.
+type DeidTask = tokio::task::JoinHandle<Result<(Deidentified, Vec<u8>), FileError>>;
+
+/// While the header is de-identified, the bytes that keep arriving are held in memory up to
+/// this much; past it, receiving waits for the de-identification.
+const MAX_AHEAD: usize = 4 << 20;
+
 enum State {
     /// Collecting the first bytes; `splittable` until the header proves it cannot be split.
     Head { splittable: bool },
+    /// The pixel group starts at `split`; the header before it is being de-identified while
+    /// more bytes arrive (kept in `head`).
+    Deidentifying { split: u64, task: DeidTask },
     Streaming(Box<Streaming>),
     Refused(Refusal),
 }
@@ -150,6 +160,13 @@ impl IncomingFile {
         match &mut self.state {
             State::Refused(_) => Ok(()),
             State::Streaming(s) => s.write(bytes).await,
+            State::Deidentifying { split, task } => {
+                self.head.extend_from_slice(bytes);
+                if task.is_finished() || self.head.len() - *split as usize > MAX_AHEAD {
+                    self.start_streaming().await?;
+                }
+                Ok(())
+            }
             State::Head { splittable } => {
                 let splittable = *splittable;
                 self.head.extend_from_slice(bytes);
@@ -173,14 +190,23 @@ impl IncomingFile {
         }
     }
 
-    /// The pixel group starts at `split`: de-identify what precedes it, start the store file.
+    /// The pixel group starts at `split`: de-identify what precedes it on the blocking pool,
+    /// without waiting (the network keeps being read meanwhile).
     async fn split(&mut self, split: u64) -> Result<(), SpoolError> {
         let head = self.head[..split as usize].to_vec();
         let t = self.target.clone();
-        let done = tokio::task::spawn_blocking(move || deidentify_header(&t.deid, &head, t.ts.uid, t.drop_burned_in))
-            .await
-            .map_err(|e| SpoolError::Task(e.to_string()))?;
-        let (deid, encoded) = match done {
+        let task = tokio::task::spawn_blocking(move || deidentify_header(&t.deid, &head, t.ts.uid, t.drop_burned_in));
+        self.state = State::Deidentifying { split, task };
+        Ok(())
+    }
+
+    /// The header is de-identified (or wait until it is): start the store file with it and the
+    /// pixel bytes received so far.
+    async fn start_streaming(&mut self) -> Result<(), SpoolError> {
+        let State::Deidentifying { split, task } = std::mem::replace(&mut self.state, State::Head { splittable: false }) else {
+            return Ok(());
+        };
+        let (deid, encoded) = match task.await.map_err(|e| SpoolError::Task(e.to_string()))? {
             Ok(ok) => ok,
             Err(e) => {
                 self.head = Vec::new();
@@ -194,12 +220,18 @@ impl IncomingFile {
         buf.extend_from_slice(&encoded);
         buf.extend_from_slice(&self.head[split as usize..]);
         self.head.truncate(split as usize);
-        self.state = State::Streaming(Box::new(Streaming { split, header_len, deid, relative, path, file: None, buf, in_flight: None, written: 0 }));
+        let mut streaming = Streaming { split, header_len, deid, relative, path, file: None, buf: Vec::new(), in_flight: None, written: 0 };
+        // Through `write`, so a large backlog goes out on the blocking pool like any other.
+        streaming.write(&buf).await?;
+        self.state = State::Streaming(Box::new(streaming));
         Ok(())
     }
 
     /// Wait for the write in flight, so that `finish` or `discard` may run. Call before them.
     pub async fn settle(&mut self) -> Result<(), SpoolError> {
+        if matches!(self.state, State::Deidentifying { .. }) {
+            self.start_streaming().await?;
+        }
         match &mut self.state {
             State::Streaming(s) => s.wait_in_flight().await.map(|_| ()),
             _ => Ok(()),
@@ -211,6 +243,7 @@ impl IncomingFile {
     pub fn finish(self) -> Result<Received, SpoolError> {
         let content = match self.state {
             State::Head { .. } => Content::Whole(self.head),
+            State::Deidentifying { .. } => unreachable!("settle() ends de-identification before finish()"),
             State::Refused(r) => Content::Refused(r),
             State::Streaming(s) => {
                 let s = *s;
