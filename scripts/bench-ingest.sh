@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 CT=${CT:-300}; DX=${DX:-30}; FSYNC=${FSYNC:-true}
 export TCP_NODELAY=1
+# A backtrace captured with every internal parse error (dicom-rs) is not what production pays.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 scripts/setup-test-env.sh >/dev/null
 WORK=${BENCH_DIR:-$PWD/.bench}

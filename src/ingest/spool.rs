@@ -100,8 +100,22 @@ pub struct IncomingFile {
     dataset_len: u64,
 }
 
-/// A header being de-identified on the blocking pool.
-type DeidTask = tokio::task::JoinHandle<Result<(Deidentified, Vec<u8>), FileError>>;
+/// A header being de-identified, and the store file started with it, on the blocking pool.
+type StartTask = tokio::task::JoinHandle<Result<Started, StartError>>;
+
+struct Started {
+    deid: Deidentified,
+    header_len: u64,
+    relative: PathBuf,
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+}
+
+enum StartError {
+    Deid(FileError),
+    Spool(SpoolError),
+}
 
 /// While the header is de-identified, the bytes that keep arriving are held in memory up to
 /// this much; past it, receiving waits for the de-identification.
@@ -110,9 +124,9 @@ const MAX_AHEAD: usize = 4 << 20;
 enum State {
     /// Collecting the first bytes; `splittable` until the header proves it cannot be split.
     Head { splittable: bool },
-    /// The pixel group starts at `split`; the header before it is being de-identified while
-    /// more bytes arrive (kept in `head`).
-    Deidentifying { split: u64, task: DeidTask },
+    /// The pixel group starts at `split`: the header before it is being de-identified and the
+    /// store file started (with the pixel bytes received so far) while more bytes arrive.
+    Deidentifying { split: u64, task: StartTask, ahead: Vec<u8> },
     Streaming(Box<Streaming>),
     Refused(Refusal),
 }
@@ -160,9 +174,9 @@ impl IncomingFile {
         match &mut self.state {
             State::Refused(_) => Ok(()),
             State::Streaming(s) => s.write(bytes).await,
-            State::Deidentifying { split, task } => {
-                self.head.extend_from_slice(bytes);
-                if task.is_finished() || self.head.len() - *split as usize > MAX_AHEAD {
+            State::Deidentifying { task, ahead, .. } => {
+                ahead.extend_from_slice(bytes);
+                if task.is_finished() || ahead.len() > MAX_AHEAD {
                     self.start_streaming().await?;
                 }
                 Ok(())
@@ -190,39 +204,54 @@ impl IncomingFile {
         }
     }
 
-    /// The pixel group starts at `split`: de-identify what precedes it on the blocking pool,
+    /// The pixel group starts at `split`: on the blocking pool, de-identify what precedes it
+    /// and start the store file with it and the pixel bytes received so far, in one trip,
     /// without waiting (the network keeps being read meanwhile).
     async fn split(&mut self, split: u64) -> Result<(), SpoolError> {
-        let head = self.head[..split as usize].to_vec();
+        let pixels = self.head.split_off(split as usize);
+        let head = self.head.clone();
         let t = self.target.clone();
-        let task = tokio::task::spawn_blocking(move || deidentify_header(&t.deid, &head, t.ts.uid, t.drop_burned_in));
-        self.state = State::Deidentifying { split, task };
+        let task = tokio::task::spawn_blocking(move || {
+            let (deid, encoded) = deidentify_header(&t.deid, &head, t.ts.uid, t.drop_burned_in).map_err(StartError::Deid)?;
+            let (relative, path) = store_path(&t.dirs, &t.day).map_err(StartError::Spool)?;
+            let written = (|| {
+                let mut file = create(&path)?;
+                file.write_all(&encoded)?;
+                file.write_all(&pixels)?;
+                let written = (encoded.len() + pixels.len()) as u64;
+                start_writeback(&file, 0, written);
+                Ok((file, written))
+            })();
+            match written {
+                Ok((file, written)) => Ok(Started { deid, header_len: encoded.len() as u64, relative, path, file, written }),
+                Err(source) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(StartError::Spool(SpoolError::Write { path, source }))
+                }
+            }
+        });
+        self.state = State::Deidentifying { split, task, ahead: Vec::new() };
         Ok(())
     }
 
-    /// The header is de-identified (or wait until it is): start the store file with it and the
-    /// pixel bytes received so far.
+    /// Wait for the header's de-identification and the store file's start; from then on,
+    /// bytes are appended to the file.
     async fn start_streaming(&mut self) -> Result<(), SpoolError> {
-        let State::Deidentifying { split, task } = std::mem::replace(&mut self.state, State::Head { splittable: false }) else {
+        let State::Deidentifying { split, task, ahead } = std::mem::replace(&mut self.state, State::Head { splittable: false }) else {
             return Ok(());
         };
-        let (deid, encoded) = match task.await.map_err(|e| SpoolError::Task(e.to_string()))? {
-            Ok(ok) => ok,
-            Err(e) => {
+        let started = match task.await.map_err(|e| SpoolError::Task(e.to_string()))? {
+            Ok(started) => started,
+            Err(StartError::Spool(e)) => return Err(e),
+            Err(StartError::Deid(e)) => {
                 self.head = Vec::new();
                 self.state = State::Refused(Refusal::Deid(e));
                 return Ok(());
             }
         };
-        let (relative, path) = store_path(&self.target.dirs, &self.target.day)?;
-        let header_len = encoded.len() as u64;
-        let mut buf = Vec::with_capacity(WRITE_BUFFER.max(encoded.len() + self.head.len() - split as usize));
-        buf.extend_from_slice(&encoded);
-        buf.extend_from_slice(&self.head[split as usize..]);
-        self.head.truncate(split as usize);
-        let mut streaming = Streaming { split, header_len, deid, relative, path, file: None, buf: Vec::new(), in_flight: None, written: 0 };
-        // Through `write`, so a large backlog goes out on the blocking pool like any other.
-        streaming.write(&buf).await?;
+        let Started { deid, header_len, relative, path, file, written } = started;
+        let mut streaming = Streaming { split, header_len, deid, relative, path, file: Some(file), buf: ahead, in_flight: None, written };
+        streaming.write(&[]).await?; // sends the backlog on if it fills a buffer
         self.state = State::Streaming(Box::new(streaming));
         Ok(())
     }
