@@ -189,7 +189,7 @@ impl Deidentifier {
         // Table E.1-1 gives the Ethics Committee Name D (it is Type 1C: required when the
         // Approval Number is present) and the Approval Number X. A dummy name without its number
         // makes the Clinical Trial Subject module invalid, so the name goes with the number.
-        if object.element_opt(Tag(0x0012, 0x0082)).ok().flatten().is_none() {
+        if object.get(Tag(0x0012, 0x0082)).is_none() {
             object.remove_element(Tag(0x0012, 0x0081));
         }
         self.declare(&mut object);
@@ -480,7 +480,7 @@ fn scrub_list(obj: &InMemDicomObject) -> Vec<String> {
     ];
     let mut out: Vec<String> = Vec::new();
     for tag in sources {
-        let Ok(Some(elem)) = obj.element_opt(tag) else { continue };
+        let Some(elem) = obj.get(tag) else { continue };
         let Ok(values) = elem.to_multi_str() else { continue };
         for v in values.iter() {
             let whole = v.trim().to_string();
@@ -533,7 +533,7 @@ fn shift_date(value: &str, days: i64, vr: VR) -> String {
 }
 
 fn top_string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let elem = obj.element_opt(tag).ok()??;
+    let elem = obj.get(tag)?;
     let s = elem.to_str().ok()?.trim_matches(['\0', ' ']).to_string();
     (!s.is_empty()).then_some(s)
 }
@@ -646,7 +646,7 @@ mod tests {
                     continue;
                 }
                 let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
-                let got = out.element_opt(tag).unwrap();
+                let got = out.get(tag);
                 let mut action = row.action(d.options());
                 action = match action {
                     Action::ZD | Action::XD | Action::XZD => Action::D,
@@ -666,7 +666,7 @@ mod tests {
                         // and the nested birth date is gone or replaced.
                         let item = &g.items().expect("a sequence")[0];
                         assert_eq!(text(item.element(tags::REFERENCED_SOP_INSTANCE_UID).unwrap()), keys.uid("1.2.3.4.5.6"), "{what}");
-                        let birth = item.element_opt(tags::PATIENT_BIRTH_DATE).unwrap().map(text);
+                        let birth = item.get(tags::PATIENT_BIRTH_DATE).map(text);
                         assert_ne!(birth.as_deref(), Some("19230417"), "{what}: nested birth date kept");
                     }
                     (Action::K, Some(g)) => assert!(g == &elem, "{what}: changed"),
@@ -707,7 +707,7 @@ mod tests {
         assert_eq!(text(tags::PATIENT_ID), token);
         assert_eq!(text(tags::PATIENT_NAME), format!("ANON^{token}"));
         assert_eq!(text(tags::STUDY_DESCRIPTION), "CT head for ***");
-        assert!(out.object.element_opt(Tag(0x0029, 0x1010)).unwrap().is_none(), "private attributes are removed");
+        assert!(out.object.get(Tag(0x0029, 0x1010)).is_none(), "private attributes are removed");
         assert_eq!(text(tags::PATIENT_IDENTITY_REMOVED), "YES");
         assert_eq!(out.originals.patient_name.as_deref(), Some("DOE^JOHN"));
         assert_eq!(out.originals.sop_instance_uid, "1.2.3.1");
@@ -727,9 +727,9 @@ mod tests {
         elements.push(DataElement::new(Tag(0x0029, 0x1110), VR::LO, PrimitiveValue::from("kept")));
         elements.push(DataElement::new(Tag(0x0029, 0x1111), VR::LO, PrimitiveValue::from("removed")));
         let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
-        assert!(out.element_opt(Tag(0x0029, 0x0011)).unwrap().is_some());
-        assert!(out.element_opt(Tag(0x0029, 0x1110)).unwrap().is_some());
-        assert!(out.element_opt(Tag(0x0029, 0x1111)).unwrap().is_none());
+        assert!(out.get(Tag(0x0029, 0x0011)).is_some());
+        assert!(out.get(Tag(0x0029, 0x1110)).is_some());
+        assert!(out.get(Tag(0x0029, 0x1111)).is_none());
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub fn deidentify_file(d: &Deidentifier, input: &Path, output: &Path, drop_burne
     let out = std::fs::OpenOptions::new().write(true).create_new(true).open(output).map_err(write_err)?;
     let mut w = BufWriter::with_capacity(256 << 10, out);
     w.write_all(&encoded).map_err(write_err)?;
-    let mut pixels_written = split.is_none() && deid.object.element_opt(tags::PIXEL_DATA).ok().flatten().is_some();
+    let mut pixels_written = split.is_none() && deid.object.get(tags::PIXEL_DATA).is_some();
     if let (Some((start, end)), false) = (split, dropped) {
         file.seek(SeekFrom::Start(layout.dataset_offset + start)).map_err(read_err)?;
         let copied = std::io::copy(&mut (&mut file).take(end - start), &mut w).map_err(write_err)?;

@@ -196,7 +196,7 @@ impl Ingest {
                         let _ = std::fs::remove_file(&path);
                         IngestError::Store { path: path.clone(), source }
                     })?;
-                    let pixels_written = deid.object.element_opt(dicom_dictionary_std::tags::PIXEL_DATA).ok().flatten().is_some();
+                    let pixels_written = deid.object.get(dicom_dictionary_std::tags::PIXEL_DATA).is_some();
                     Ok((received.dataset_sha256, relative, Written { deid, pixels_written, size_bytes }))
                 }
                 Content::Split { head, split, header_len, deid, relative, path, file } => {
@@ -249,7 +249,7 @@ impl Ingest {
             sop_class_uid: d.sop_class_uid.clone(),
             study_instance_uid: d.study_instance_uid.clone(),
             series_instance_uid: d.series_instance_uid.clone(),
-            modality: d.object.element_opt(dicom_dictionary_std::tags::MODALITY).ok().flatten().and_then(|e| e.to_str().ok()).map(|m| m.trim().to_string()),
+            modality: d.object.get(dicom_dictionary_std::tags::MODALITY).and_then(|e| e.to_str().ok()).map(|m| m.trim().to_string()),
             transfer_syntax_uid: req.transfer_syntax.uid.to_string(),
             calling_ae_title: req.calling_ae.clone(),
             path: relative.to_string_lossy().into_owned(),
