@@ -82,7 +82,9 @@ send() {  # $1 port, $2 called AE, $3 dir -> prints seconds
   echo "$t1 - $t0" | bc -l
 }
 
-declare -A T
+# CPU seconds (user + system) the node process has used: steadier than wall time on a shared disk.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+declare -A T C
 for set in ct dx; do T[node_$set]=""; T[scp_$set]=""; T[base_$set]=""; done
 PEAK_KB=0
 for r in $(seq "$ROUNDS"); do
@@ -93,7 +95,9 @@ for r in $(seq "$ROUNDS"); do
   SCP_PID=$!
   sleep 0.5
   for set in ct dx; do
+    c0=$(cpu_s "$NODE_PID")
     T[node_$set]+="$(send "$NODE_PORT" TRIAGE "$WORK/corpus/$set") "
+    C[node_$set]+="$(echo "$(cpu_s "$NODE_PID") - $c0" | bc -l) "
     T[scp_$set]+="$(send "$SCP_PORT" STORESCP "$WORK/corpus/$set") "
   done
   h=$(hwm_kb "$NODE_PID"); [ "$h" -gt "$PEAK_KB" ] && PEAK_KB=$h
@@ -104,7 +108,11 @@ for r in $(seq "$ROUNDS"); do
   rm -rf "$SCP_DIR" "$WORK/node-$r/data/store"
   if [ -n "$BASE_BIN" ]; then
     start_node "$WORK/base-$r" "$BASE_BIN"
-    for set in ct dx; do T[base_$set]+="$(send "$NODE_PORT" TRIAGE "$WORK/corpus/$set") "; done
+    for set in ct dx; do
+      c0=$(cpu_s "$NODE_PID")
+      T[base_$set]+="$(send "$NODE_PORT" TRIAGE "$WORK/corpus/$set") "
+      C[base_$set]+="$(echo "$(cpu_s "$NODE_PID") - $c0" | bc -l) "
+    done
     stop_node; rm -rf "$WORK/base-$r"
   fi
 done
@@ -126,8 +134,9 @@ echo "ratio = triage-node throughput / storescp throughput (same run)"
 if [ -n "$BASE_BIN" ]; then
   for set in ct dx; do
     tn=$(echo "${T[node_$set]}" | median); tb=$(echo "${T[base_$set]}" | median)
-    printf 'de-identification overhead, %s set: %.2f s with vs %.2f s without (%s): %+.1f%% ingest time\n' \
-      "$set" "$tn" "$tb" "$BASELINE" "$(echo "($tn / $tb - 1) * 100" | bc -l)"
+    cn=$(echo "${C[node_$set]}" | median); cb=$(echo "${C[base_$set]}" | median)
+    printf 'de-identification overhead, %s set: %.2f s with vs %.2f s without (%s): %+.1f%% ingest time; node CPU %.2f s vs %.2f s: %+.1f%%\n' \
+      "$set" "$tn" "$tb" "$BASELINE" "$(echo "($tn / $tb - 1) * 100" | bc -l)" "$cn" "$cb" "$(echo "($cn / $cb - 1) * 100" | bc -l)"
   done
 fi
 printf 'node peak RSS over the CT+DX runs: %.1f MB\n' "$(echo "$PEAK_KB / 1024" | bc -l)"
