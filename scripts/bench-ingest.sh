@@ -14,6 +14,8 @@ export TCP_NODELAY=1
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 scripts/setup-test-env.sh >/dev/null
+# libtorch for tch: the one in the venv's PyTorch wheel (its folders end up on the binary's rpath).
+export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
 WORK=${BENCH_DIR:-$PWD/.bench}
 BASELINE=${BASELINE-7696fab}
 BASE_BIN=""

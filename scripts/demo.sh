@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh
+# libtorch for tch: the one in the venv's PyTorch wheel (its folders end up on the binary's rpath).
+export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
 cargo build --release --locked
 BIN=$PWD/target/release/triage-node
 DEMO=$PWD/demo-data

@@ -2,7 +2,8 @@
 # Installs everything the tests and benchmarks need on a fresh Debian machine, idempotently:
 #   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy), cmake and
 #     g++ (to build CharLS, the JPEG-LS decoder)
-#   - a Python venv in .venv with pinned pydicom, pynetdicom and pydicom-data (real DICOM files)
+#   - a Python venv in .venv with pinned pydicom, pynetdicom, pydicom-data (real DICOM files) and
+#     torch (its libtorch is what the node links through tch 0.26: PyTorch 2.13.0 exactly)
 #   - the test corpus in .testdata/: real CT and chest CR files in every transfer syntax we accept
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +22,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6)
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy' 2>/dev/null; then
+PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch' 2>/dev/null; then
   echo "setup: creating .venv (${PY_PINS[*]})"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"
@@ -62,4 +63,8 @@ if [ "$(cat .testdata/VERSION 2>/dev/null)" != "$CORPUS_VERSION" ]; then
   dcmodify -nb -q -gin .testdata/series/*.dcm
   echo "$CORPUS_VERSION" > .testdata/VERSION
 fi
-echo "setup: ready (dcmtk $(storescu --version | head -1 | awk '{print $2}'), python $(.venv/bin/python -c 'import pynetdicom,pydicom;print("pydicom",pydicom.__version__,"pynetdicom",pynetdicom.__version__)'))"
+# A tiny TorchScript model with PyTorch's own outputs, for the runtime test.
+if [ ! -f .testdata/models/tiny_expected.json ]; then
+  .venv/bin/python tests/peers/make_tiny_model.py .testdata/models
+fi
+echo "setup: ready (dcmtk $(storescu --version | head -1 | awk '{print $2}'), python $(.venv/bin/python -c 'import pynetdicom,pydicom;print("pydicom",pydicom.__version__,"pynetdicom",pynetdicom.__version__)'), torch $(.venv/bin/python -c 'import torch;print(torch.__version__)'))"

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "test.sh: cargo not found; install Rust with rustup first" >&2; exit 1; }
 scripts/setup-test-env.sh
+# libtorch for tch: the one in the venv's PyTorch wheel (its folders end up on the binary's rpath).
+export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
 
 # PostgreSQL for the shared-store tests (127.0.0.1:5432, trust auth, database `test`).
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then

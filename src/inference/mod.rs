@@ -1,5 +1,7 @@
-//! Inference: from stored instances to findings. Today it holds the pixel preprocessing; the
-//! TorchScript runtime (tch) arrives with the inference issue and will be the only code in the
-//! node that knows tch. Must not: leak tensors or decoder types outside this module.
+//! Inference: from stored instances to findings. Today it holds the pixel preprocessing and the
+//! TorchScript runtime (`runtime`, the only code in the node that knows tch); model packages,
+//! the engine thread and findings arrive with the rest of the inference issue.
+//! Must not: leak tensors or decoder types outside this module.
 
 pub mod preprocess;
+pub mod runtime;

@@ -1,0 +1,144 @@
+//! libtorch through tch: the device a model runs on and TorchScript models loaded on it.
+//!
+//! Owns: device choice (`auto`, `cpu`, `cuda:N`), loading a TorchScript file with an error that
+//! names the file, and a forward pass from a plain `f32` batch to plain outputs. Must not: let
+//! tch types out of `inference`, or run on the async runtime (callers use a dedicated thread).
+
+use std::path::{Path, PathBuf};
+
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("device {0:?} is not `auto`, `cpu` or `cuda:N`")]
+    BadDevice(String),
+    #[error("device cuda:{index} requested but {available} CUDA device(s) are available")]
+    NoCuda { index: usize, available: usize },
+    #[error("loading TorchScript model {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("input of {len} values does not fill a batch of shape {shape:?}")]
+    Shape { len: usize, shape: [i64; 4] },
+    #[error("forward pass failed: {0}")]
+    Forward(String),
+    #[error("model output is not a tensor or a tuple of tensors")]
+    Output,
+}
+
+/// Where inference runs, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The first CUDA device if there is one, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    pub fn parse(raw: &str) -> Result<DeviceChoice, RuntimeError> {
+        match raw.trim() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| RuntimeError::BadDevice(raw.to_string())),
+        }
+    }
+
+    pub fn resolve(self) -> Result<Device, RuntimeError> {
+        let available = if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 };
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto if available > 0 => Ok(Device::Cuda(0)),
+            DeviceChoice::Auto => Ok(Device::Cpu),
+            DeviceChoice::Cuda(index) if index < available => Ok(Device::Cuda(index)),
+            DeviceChoice::Cuda(index) => Err(RuntimeError::NoCuda { index, available }),
+        }
+    }
+}
+
+/// One output of a forward pass: its shape and values (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub shape: Vec<i64>,
+    pub values: Vec<f32>,
+}
+
+/// A TorchScript model loaded on a device, in evaluation mode.
+pub struct Model {
+    module: CModule,
+    device: Device,
+}
+
+impl Model {
+    pub fn load(path: &Path, device: Device) -> Result<Model, RuntimeError> {
+        let load = |reason: String| RuntimeError::Load { path: path.to_path_buf(), reason };
+        if !path.is_file() {
+            return Err(load("no such file".into()));
+        }
+        let mut module = CModule::load_on_device(path, device).map_err(|e| load(first_line(&e.to_string())))?;
+        module.set_eval();
+        Ok(Model { module, device })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Run a batch of `shape` = [N, C, H, W] from `input` (N*C*H*W values, row-major). A model
+    /// returning a tuple (e.g. probabilities and a class activation map) gives several outputs.
+    pub fn forward(&self, input: &[f32], shape: [i64; 4]) -> Result<Vec<Output>, RuntimeError> {
+        if shape.iter().product::<i64>() != input.len() as i64 {
+            return Err(RuntimeError::Shape { len: input.len(), shape });
+        }
+        let _guard = tch::no_grad_guard();
+        let x = Tensor::from_slice(input).reshape(shape).to_device(self.device);
+        let out = self.module.forward_is(&[IValue::Tensor(x)]).map_err(|e| RuntimeError::Forward(first_line(&e.to_string())))?;
+        let tensors = match out {
+            IValue::Tensor(t) => vec![t],
+            IValue::Tuple(items) | IValue::GenericList(items) => {
+                items.into_iter().map(|i| if let IValue::Tensor(t) = i { Ok(t) } else { Err(RuntimeError::Output) }).collect::<Result<_, _>>()?
+            }
+            _ => return Err(RuntimeError::Output),
+        };
+        tensors
+            .into_iter()
+            .map(|t| {
+                let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+                let shape = t.size();
+                let values = Vec::<f32>::try_from(t.flatten(0, -1)).map_err(|e| RuntimeError::Forward(e.to_string()))?;
+                Ok(Output { shape, values })
+            })
+            .collect()
+    }
+}
+
+/// libtorch errors carry a C++ backtrace after the first line; the first line says what failed.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or(text).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(DeviceChoice::parse("auto").unwrap(), DeviceChoice::Auto);
+        assert_eq!(DeviceChoice::parse("cuda:1").unwrap(), DeviceChoice::Cuda(1));
+        assert!(DeviceChoice::parse("gpu").is_err());
+        assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Device::Cpu);
+    }
+
+    #[test]
+    fn a_missing_or_broken_model_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.pt");
+        assert!(Model::load(&missing, Device::Cpu).err().unwrap().to_string().contains("none.pt"));
+        let broken = dir.path().join("broken.pt");
+        std::fs::write(&broken, b"not a TorchScript archive").unwrap();
+        let err = Model::load(&broken, Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("broken.pt") && !err.contains('\n'), "{err}");
+    }
+}

@@ -1,0 +1,46 @@
+"""A tiny TorchScript model and its outputs on a fixed input, computed by Python torch, so the
+Rust runtime's forward pass can be compared with PyTorch's own (tests/torch_runtime.rs).
+
+  make_tiny_model.py OUT_DIR   writes tiny.pt and tiny_expected.json
+The model: a 3x3 convolution to 2 class maps, ReLU, then (per-class probabilities by sigmoid of
+the spatial mean, the class activation maps): the shape of the node's model outputs.
+"""
+import json
+import os
+import sys
+
+import torch
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        cam = torch.relu(self.conv(x))
+        return torch.sigmoid(cam.mean(dim=(2, 3)) - 0.5), cam
+
+
+torch.manual_seed(7)
+model = Tiny().eval()
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+scripted = torch.jit.script(model)
+scripted.save(os.path.join(out, "tiny.pt"))
+shape = [2, 1, 8, 8]
+x = (torch.arange(128, dtype=torch.float32).reshape(shape) / 127.0)
+with torch.no_grad():
+    probs, cam = scripted(x)
+json.dump(
+    {
+        "input_shape": shape,
+        "input": x.flatten().tolist(),
+        "outputs": [
+            {"shape": list(probs.shape), "values": probs.flatten().tolist()},
+            {"shape": list(cam.shape), "values": cam.flatten().tolist()},
+        ],
+        "torch": torch.__version__,
+    },
+    open(os.path.join(out, "tiny_expected.json"), "w"),
+)
