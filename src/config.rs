@@ -33,6 +33,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub ingest: IngestSettings,
     pub deid: DeidSettings,
+    pub inference: InferenceSettings,
     pub delivery: DeliverySettings,
     pub log: LogSettings,
 }
@@ -132,6 +133,15 @@ impl DeidSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct InferenceSettings {
+    /// Folder of model packages (`<name>/model.pt` + `<name>/model.toml`).
+    pub models_dir: PathBuf,
+    /// `auto`, `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -226,6 +236,8 @@ impl Settings {
         for entry in &self.deid.safe_private {
             crate::deid::SafePrivate::parse(entry).map_err(|reason| ConfigError::Invalid { key: "deid.safe_private", reason })?;
         }
+        crate::inference::runtime::DeviceChoice::parse(&self.inference.device)
+            .map_err(|e| ConfigError::Invalid { key: "inference.device", reason: e.to_string() })?;
         let db = self.database_url();
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return Err(invalid("database.url", "must start with sqlite: or postgres://"));

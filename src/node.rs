@@ -31,6 +31,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     if leftovers > 0 {
         warn!(files = leftovers, "removed spool files left by an earlier version");
     }
+    let device = crate::inference::runtime::DeviceChoice::parse(&settings.inference.device)?.resolve()?;
+    let models_dir = settings.inference.models_dir.clone();
+    let packages = tokio::task::spawn_blocking(move || crate::inference::package::load_all(&models_dir, device))
+        .await?
+        .context("loading model packages")?;
+    for p in &packages {
+        let m = &p.manifest;
+        info!(model = %m.name, version = %m.version, ?device, labels = m.outputs.labels.len(), demonstration = m.demonstration, "model package loaded and warmed up");
+    }
+    if packages.is_empty() {
+        warn!(models_dir = %settings.inference.models_dir.display(), "no model packages: instances are stored and de-identified, nothing is triaged");
+    }
     let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?;
     info!(engine = ?db.engine(), "database ready");
 

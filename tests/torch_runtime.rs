@@ -28,3 +28,93 @@ fn torchscript_forward_matches_python_torch() {
     }
     assert!(model.forward(&[0.0; 3], shape).is_err(), "a short input is refused");
 }
+
+const MANIFEST: &str = r#"
+name = "tiny"
+version = "1.0"
+intended_use = "Test fixture: two made-up findings."
+limits = "Not a medical device; random weights."
+demonstration = true
+
+[routing]
+modalities = ["CR", "DX"]
+body_parts = ["CHEST"]
+
+[input]
+size = [8, 8]
+channels = 1
+window = { CT = { center = 40, width = 400 }, CR = "file", DX = "percentile" }
+
+[outputs]
+labels = ["nodule", "effusion"]
+positive = [0.5, 0.5]
+urgent = [0.9, 0.95]
+probabilities = 0
+cam = 1
+
+[aggregate]
+method = "mean_top_k"
+k = 3
+"#;
+
+/// A package folder holding the tiny model and `manifest`.
+fn package(root: &std::path::Path, name: &str, manifest: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(testdata().unwrap().join("models/tiny.pt"), dir.join("model.pt")).unwrap();
+    std::fs::write(dir.join("model.toml"), manifest).unwrap();
+    dir
+}
+
+#[test]
+fn packages_load_warm_up_and_name_what_is_broken() {
+    let Some(data) = testdata() else { return };
+    if !require("the tiny TorchScript model (scripts/setup-test-env.sh)", data.join("models/tiny.pt").is_file()) {
+        return;
+    }
+    use triage_node::inference::package::{load_all, Package};
+    let root = tempfile::tempdir().unwrap();
+    package(root.path(), "a_tiny", MANIFEST);
+    let loaded = load_all(root.path(), tch_cpu()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].manifest.outputs.labels, ["nodule", "effusion"]);
+
+    let broken = |name: &str, manifest: String| Package::load(&package(root.path(), name, &manifest), tch_cpu()).err().unwrap().to_string();
+    // The model gives 2 probabilities; a manifest promising 3 labels fails the warm-up.
+    let e = broken("three", MANIFEST.replace(r#"["nodule", "effusion"]"#, r#"["a", "b", "c"]"#).replace("[0.5, 0.5]", "[0.5, 0.5, 0.5]").replace("[0.9, 0.95]", "[0.9, 0.9, 0.9]"));
+    assert!(e.contains("three/model.pt") && e.contains("expected [1, 3]"), "{e}");
+    let e = broken("thresholds", MANIFEST.replace("urgent = [0.9, 0.95]", "urgent = [0.4, 0.95]"));
+    assert!(e.contains("thresholds/model.toml") && e.contains("positive <= urgent"), "{e}");
+    let e = broken("typo", MANIFEST.replace("channels = 1", "chanels = 1"));
+    assert!(e.contains("typo/model.toml") && e.contains("chanels"), "{e}");
+    let e = broken("window", MANIFEST.replace(r#"CR = "file""#, r#"CR = "auto""#));
+    assert!(e.contains("window") && e.contains("\"auto\""), "{e}");
+}
+
+fn tch_cpu() -> tch::Device {
+    DeviceChoice::Cpu.resolve().unwrap()
+}
+
+#[test]
+fn the_node_refuses_to_start_on_a_broken_package() {
+    let Some(data) = testdata() else { return };
+    if !require("the tiny TorchScript model (scripts/setup-test-env.sh)", data.join("models/tiny.pt").is_file()) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = package(root.path(), "tiny", MANIFEST);
+    std::fs::write(dir.join("model.pt"), b"truncated").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triage-node"))
+        .envs(test_keys())
+        .env("TRIAGE__STORAGE__DATA_DIR", root.path().join("data"))
+        .env("TRIAGE__DICOM__PORT", "0")
+        .env("TRIAGE__INFERENCE__MODELS_DIR", root.path())
+        .env("TRIAGE__INFERENCE__DEVICE", "cpu")
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("loading model packages") && err.contains("tiny/model.pt"), "{err}");
+    assert!(!err.contains("listening port="), "{err}");
+}

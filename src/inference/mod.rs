@@ -3,5 +3,6 @@
 //! the engine thread and findings arrive with the rest of the inference issue.
 //! Must not: leak tensors or decoder types outside this module.
 
+pub mod package;
 pub mod preprocess;
 pub mod runtime;

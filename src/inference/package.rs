@@ -1,0 +1,226 @@
+//! Model packages: `models/<name>/model.pt` (TorchScript) and `models/<name>/model.toml` (the
+//! manifest: identity, intended use, routing, input, outputs, aggregation).
+//!
+//! Owns: the manifest's schema and its validation, loading every package of a folder with a
+//! warm-up forward pass whose outputs must match the manifest, and errors that name the file
+//! and the problem (the node refuses to start on a broken package). Must not: decide which
+//! instance goes to which model at run time (the engine will), or log pixel values.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::runtime::{Model, RuntimeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{path}: warm-up forward pass: {reason}")]
+    WarmUp { path: PathBuf, reason: String },
+}
+
+/// The manifest, `model.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    /// Shown in every result: what the model is for, and its limits.
+    pub intended_use: String,
+    pub limits: String,
+    /// A demonstration model, not clinically validated (said in every result).
+    #[serde(default)]
+    pub demonstration: bool,
+    pub routing: Routing,
+    pub input: Input,
+    pub outputs: Outputs,
+    pub aggregate: Aggregate,
+}
+
+/// Which instances the model accepts; an empty list accepts any value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    pub modalities: Vec<String>,
+    #[serde(default)]
+    pub body_parts: Vec<String>,
+    #[serde(default)]
+    pub sop_classes: Vec<String>,
+    #[serde(default)]
+    pub photometric: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// [height, width] the model takes.
+    pub size: [u32; 2],
+    pub channels: u32,
+    /// Per modality: `{ center, width }` (CT, in HU after the Modality LUT), or `"file"` (the
+    /// file's VOI window, else the percentile window) or `"percentile"`.
+    #[serde(default)]
+    pub window: std::collections::BTreeMap<String, Window>,
+    /// Percentiles for the percentile window, e.g. [0.5, 99.5].
+    #[serde(default = "default_percentiles")]
+    pub percentiles: [f32; 2],
+    /// After windowing to 0..1: (x - mean) / std.
+    #[serde(default)]
+    pub mean: f32,
+    #[serde(default = "one")]
+    pub std: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Window {
+    Fixed { center: f64, width: f64 },
+    Named(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    pub labels: Vec<String>,
+    /// Per label: probability at or above which the finding is positive, and urgent.
+    pub positive: Vec<f32>,
+    pub urgent: Vec<f32>,
+    /// Which element of the model's output tuple holds the per-label probabilities [N, labels],
+    /// and which the class activation maps [N, labels, h, w].
+    pub probabilities: usize,
+    pub cam: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    /// How slice results become a series result: "max" or "mean_top_k".
+    pub method: String,
+    #[serde(default = "one_usize")]
+    pub k: usize,
+}
+
+fn default_percentiles() -> [f32; 2] {
+    [0.5, 99.5]
+}
+fn one() -> f32 {
+    1.0
+}
+fn one_usize() -> usize {
+    1
+}
+
+/// A package loaded, validated and warmed up.
+pub struct Package {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub model: Model,
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Manifest, PackageError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PackageError::Read { path: path.to_path_buf(), source })?;
+        let bad = |reason: String| PackageError::Manifest { path: path.to_path_buf(), reason };
+        let manifest: Manifest = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| bad(e.to_string()))?;
+        manifest.validate().map_err(bad)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let o = &self.outputs;
+        if self.name.trim().is_empty() || self.version.trim().is_empty() {
+            return Err("name and version must not be empty".into());
+        }
+        if self.intended_use.trim().is_empty() || self.limits.trim().is_empty() {
+            return Err("intended_use and limits must say what the model is for and where it fails".into());
+        }
+        if o.labels.is_empty() {
+            return Err("outputs.labels must name at least one finding".into());
+        }
+        if o.positive.len() != o.labels.len() || o.urgent.len() != o.labels.len() {
+            return Err(format!("outputs.positive and outputs.urgent need one threshold per label ({})", o.labels.len()));
+        }
+        for (i, (p, u)) in o.positive.iter().zip(&o.urgent).enumerate() {
+            if !(0.0..=1.0).contains(p) || !(0.0..=1.0).contains(u) || p > u {
+                return Err(format!("label {:?}: thresholds must satisfy 0 <= positive <= urgent <= 1", o.labels[i]));
+            }
+        }
+        if o.probabilities == o.cam {
+            return Err("outputs.probabilities and outputs.cam must be different outputs".into());
+        }
+        let i = &self.input;
+        if i.size[0] == 0 || i.size[1] == 0 || !(i.channels == 1 || i.channels == 3) {
+            return Err("input.size must be above zero and input.channels 1 or 3".into());
+        }
+        if i.std <= 0.0 || !(0.0..100.0).contains(&i.percentiles[0]) || i.percentiles[0] >= i.percentiles[1] || i.percentiles[1] > 100.0 {
+            return Err("input.std must be above zero and input.percentiles increasing within 0..100".into());
+        }
+        for (modality, w) in &i.window {
+            match w {
+                Window::Fixed { width, .. } if *width < 1.0 => return Err(format!("input.window.{modality}: width must be at least 1")),
+                Window::Named(n) if n != "file" && n != "percentile" => {
+                    return Err(format!("input.window.{modality}: {n:?} is not {{ center, width }}, \"file\" or \"percentile\""))
+                }
+                _ => {}
+            }
+        }
+        match self.aggregate.method.as_str() {
+            "max" => {}
+            "mean_top_k" if self.aggregate.k >= 1 => {}
+            other => return Err(format!("aggregate.method {other:?} is not \"max\" or \"mean_top_k\" (with k >= 1)")),
+        }
+        if self.routing.modalities.is_empty() {
+            return Err("routing.modalities must list the modalities the model was trained on".into());
+        }
+        Ok(())
+    }
+}
+
+impl Package {
+    /// Load `dir/model.toml` and `dir/model.pt` on `device`, and run a warm-up forward pass on
+    /// a zero batch whose outputs must have the shapes the manifest promises.
+    pub fn load(dir: &Path, device: tch::Device) -> Result<Package, PackageError> {
+        let manifest = Manifest::load(&dir.join("model.toml"))?;
+        let pt = dir.join("model.pt");
+        let model = Model::load(&pt, device)?;
+        let [h, w] = manifest.input.size;
+        let shape = [1, i64::from(manifest.input.channels), i64::from(h), i64::from(w)];
+        let warm = |reason: String| PackageError::WarmUp { path: pt.clone(), reason };
+        let outputs = model.forward(&vec![0.0; shape.iter().product::<i64>() as usize], shape).map_err(|e| warm(e.to_string()))?;
+        let labels = manifest.outputs.labels.len() as i64;
+        let get = |i: usize, what: &str| outputs.get(i).ok_or_else(|| warm(format!("no output {i} ({what}); the model returned {}", outputs.len())));
+        let probs = get(manifest.outputs.probabilities, "probabilities")?;
+        if probs.shape != [1, labels] {
+            return Err(warm(format!("probabilities have shape {:?}, expected [1, {labels}]", probs.shape)));
+        }
+        if probs.values.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(warm("probabilities outside 0..1 (apply the sigmoid or softmax inside the model)".into()));
+        }
+        let cam = get(manifest.outputs.cam, "class activation map")?;
+        if cam.shape.len() != 4 || cam.shape[..2] != [1, labels] {
+            return Err(warm(format!("class activation map has shape {:?}, expected [1, {labels}, h, w]", cam.shape)));
+        }
+        Ok(Package { dir: dir.to_path_buf(), manifest, model })
+    }
+}
+
+/// Every package in `models_dir` (each sub-folder holding a `model.toml`), in name order. A
+/// missing folder holds no packages; any broken package is an error.
+pub fn load_all(models_dir: &Path, device: tch::Device) -> Result<Vec<Package>, PackageError> {
+    let entries = match std::fs::read_dir(models_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(PackageError::Read { path: models_dir.to_path_buf(), source }),
+    };
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("model.toml").is_file()).collect();
+    dirs.sort();
+    dirs.iter().map(|d| Package::load(d, device)).collect()
+}
