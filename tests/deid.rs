@@ -85,7 +85,6 @@ fn planted_identifiers_appear_only_in_the_encrypted_map() {
     }
     assert!(searched > 1_000_000, "searched only {searched} bytes");
     // Every table but the map, row by row, on the live database.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let db_path = node.data_dir().join("triage.db");
     let tables = Command::new(python().unwrap())
         .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(t, *r) for (t,) in c.execute(\"select name from sqlite_master where type='table' and name != 'reid_map'\") for r in c.execute(f'select * from \"{t}\"')]"])
@@ -121,7 +120,6 @@ fn planted_identifiers_appear_only_in_the_encrypted_map() {
     assert!(audit.contains("reidentify") && audit.contains("test round trip"), "{audit}");
     assert!(audit.contains("113100") || audit.contains("PS3.15 2024b"), "the method is recorded: {audit}");
     assert!(node.cli(&["audit", "verify"]).status.success());
-    let _ = rt;
 }
 
 #[test]
@@ -170,12 +168,8 @@ fn options_move_dates_and_keep_what_they_retain() {
     }
     let work = tempfile::tempdir().unwrap();
     let (files, _) = planted_study(work.path());
-    let mut node = Node::start(NodeOptions::default());
-    node.kill9();
-    let mut toml = std::fs::read_to_string(&node.config).unwrap();
-    toml.push_str("[deid]\nretain_longitudinal_modified_dates = true\nretain_patient_characteristics = true\n");
-    std::fs::write(&node.config, toml).unwrap();
-    node.launch();
+    let deid = vec!["retain_longitudinal_modified_dates = true".into(), "retain_patient_characteristics = true".into()];
+    let node = Node::start(NodeOptions { deid, ..Default::default() });
     assert!(node.storescu(&files[..1]).status.success());
     let d = dump(&node.stored_files()[0]);
     // Study Date moved back by the patient's shift (1 to 3650 days); the birth date is still
@@ -212,12 +206,7 @@ fn burned_in_annotation_holds_pixels_back_with_a_reason() {
     assert!(triage_node::deid::file::describe(stored).unwrap().pixel_group_at.is_none(), "pixel data was kept");
 
     // "process" keeps the pixels.
-    let mut node = node;
-    node.kill9();
-    let mut toml = std::fs::read_to_string(&node.config).unwrap();
-    toml.push_str("[deid]\nburned_in_annotation = \"process\"\n");
-    std::fs::write(&node.config, toml).unwrap();
-    node.launch();
+    let node = Node::start(NodeOptions { deid: vec!["burned_in_annotation = \"process\"".into()], ..Default::default() });
     let again = work.path().join("sc2.dcm");
     Command::new(python().unwrap()).arg(repo().join("tests/peers/plant_phi.py")).args(["sc", src.to_str().unwrap(), again.to_str().unwrap()]).output().unwrap();
     assert!(node.storescu(std::slice::from_ref(&again)).status.success());

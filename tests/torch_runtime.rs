@@ -6,13 +6,15 @@ mod common;
 use common::*;
 use triage_node::inference::runtime::{DeviceChoice, Model};
 
+/// The folder holding tiny.pt and tiny_expected.json, if set-up made them.
+fn tiny_models() -> Option<std::path::PathBuf> {
+    let dir = testdata()?.join("models");
+    require("the tiny TorchScript model (scripts/setup-test-env.sh)", dir.join("tiny.pt").is_file()).then_some(dir)
+}
+
 #[test]
 fn torchscript_forward_matches_python_torch() {
-    let Some(data) = testdata() else { return };
-    let dir = data.join("models");
-    if !require("the tiny TorchScript model (scripts/setup-test-env.sh)", dir.join("tiny.pt").is_file()) {
-        return;
-    }
+    let Some(dir) = tiny_models() else { return };
     let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("tiny_expected.json")).unwrap()).unwrap();
     let floats = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
     let ints = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>();
@@ -61,15 +63,14 @@ k = 3
 fn package(root: &std::path::Path, name: &str, manifest: &str) -> std::path::PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(testdata().unwrap().join("models/tiny.pt"), dir.join("model.pt")).unwrap();
+    std::fs::copy(tiny_models().unwrap().join("tiny.pt"), dir.join("model.pt")).unwrap();
     std::fs::write(dir.join("model.toml"), manifest).unwrap();
     dir
 }
 
 #[test]
 fn packages_load_warm_up_and_name_what_is_broken() {
-    let Some(data) = testdata() else { return };
-    if !require("the tiny TorchScript model (scripts/setup-test-env.sh)", data.join("models/tiny.pt").is_file()) {
+    if tiny_models().is_none() {
         return;
     }
     use triage_node::inference::package::{load_all, Package};
@@ -97,8 +98,7 @@ fn tch_cpu() -> tch::Device {
 
 #[test]
 fn the_node_refuses_to_start_on_a_broken_package() {
-    let Some(data) = testdata() else { return };
-    if !require("the tiny TorchScript model (scripts/setup-test-env.sh)", data.join("models/tiny.pt").is_file()) {
+    if tiny_models().is_none() {
         return;
     }
     let root = tempfile::tempdir().unwrap();

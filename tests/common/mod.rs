@@ -51,6 +51,7 @@ pub struct NodeOptions {
     pub dicom: Vec<String>,
     pub storage: Vec<String>,
     pub ingest: Vec<String>,
+    pub deid: Vec<String>,
     pub delivery: Vec<String>,
     pub database_url: Option<String>,
     pub json_logs: bool,
@@ -59,7 +60,7 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], delivery: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
     }
 }
 
@@ -101,6 +102,10 @@ impl Node {
             ingest.push("study_quiet_period = \"2s\"".into());
         }
         section(&mut toml, &ingest);
+        if !opts.deid.is_empty() {
+            toml.push_str("[deid]\n");
+            section(&mut toml, &opts.deid);
+        }
         if !opts.delivery.is_empty() {
             toml.push_str("[delivery]\n");
             section(&mut toml, &opts.delivery);
