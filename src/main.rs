@@ -243,6 +243,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             std::fs::create_dir_all(&settings.storage.data_dir)?;
             let db = Db::open(&settings.database_url(), 1).await?;
             println!("instances: {}", db.count_instances().await?);
+            for (reason, n) in db.excluded_counts().await? {
+                println!("instances not triaged ({reason}): {n}");
+            }
+            println!("de-identifications awaiting their audit entry: {}", db.count_unaudited().await?);
             let (studies, jobs) = db.state_counts().await?;
             for (state, n) in studies {
                 println!("studies {state}: {n}");

@@ -202,6 +202,8 @@ fn burned_in_annotation_holds_pixels_back_with_a_reason() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "Burned In Annotation absent on Secondary Capture");
+    let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("instances not triaged (Burned In Annotation absent on Secondary Capture): 1"), "{status}");
     let stored = &node.stored_files()[0];
     assert!(triage_node::deid::file::describe(stored).unwrap().pixel_group_at.is_none(), "pixel data was kept");
 

@@ -128,6 +128,20 @@ impl Db {
         Ok(rows.into_iter().collect())
     }
 
+    /// Instances not sent to the AI stage, by reason (no patient data in a reason).
+    pub async fn excluded_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT excluded_reason AS reason, COUNT(*) AS n FROM instances WHERE excluded_reason IS NOT NULL GROUP BY excluded_reason ORDER BY 1")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("count excluded instances"))?;
+        rows.iter().map(|r| Ok((get(r, "reason")?, get(r, "n")?))).collect()
+    }
+
+    /// Stored instances whose de-identification the audit sweep has not recorded yet.
+    pub async fn count_unaudited(&self) -> Result<i64, DbError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE audit_seq IS NULL").fetch_one(&self.pool).await.map_err(q("count unaudited"))
+    }
+
     pub async fn count_instances(&self) -> Result<i64, DbError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM instances").fetch_one(&self.pool).await.map_err(q("count instances"))
     }
