@@ -271,14 +271,14 @@ async fn deid_export(settings: &Settings, input: &std::path::Path, out: &std::pa
     std::fs::create_dir_all(&settings.storage.data_dir)?;
     let db = Db::open(&settings.database_url(), 1).await?;
     let drop = settings.deid.burned_in_annotation == BurnedInPolicy::Exclude;
-    let options: Vec<&str> = deid.options().iter().map(|o| o.code().0).collect();
+    let method: serde_json::Value = serde_json::from_str(deid.method_json())?;
     let mut failed = 0;
     for file in &files {
         match triage_node::deid::file::export(&deid, file, out, drop) {
             Ok((target, w)) => {
                 let note = if w.pixels_written { String::new() } else { format!(" (pixels left out: {})", w.deid.burned_in.unwrap_or("no Pixel Data")) };
                 println!("deidentified {} -> {}{note}", file.display(), target.display());
-                let details = serde_json::json!({ "export": true, "profile": triage_node::deid::table::EDITION, "options": options, "pixels": w.pixels_written });
+                let details = serde_json::json!({ "export": true, "method": method, "pixels": w.pixels_written });
                 db.audit_append("deidentify", &format!("instance:{}", w.deid.sop_instance_uid), &details.to_string()).await?;
             }
             Err(e) => {

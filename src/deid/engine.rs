@@ -98,6 +98,8 @@ pub struct Deidentifier {
     keys: Keys,
     options: Vec<ProfileOption>,
     safe_private: Vec<SafePrivate>,
+    /// `method_json()`, computed once: it is recorded with every stored instance.
+    method_json: String,
 }
 
 /// Per-instance context: the patient the pseudonyms and date shift belong to, and the
@@ -130,7 +132,9 @@ impl Deidentifier {
         }
         options.sort();
         options.dedup();
-        Deidentifier { keys, options, safe_private }
+        let method_json =
+            serde_json::json!({ "profile": EDITION, "options": options.iter().map(|o| o.code().0).collect::<Vec<_>>() }).to_string();
+        Deidentifier { keys, options, safe_private, method_json }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -149,8 +153,8 @@ impl Deidentifier {
     }
 
     /// The method as recorded beside each instance and in its audit entry (no patient data).
-    pub fn method_json(&self) -> String {
-        serde_json::json!({ "profile": EDITION, "options": self.options.iter().map(|o| o.code().0).collect::<Vec<_>>() }).to_string()
+    pub fn method_json(&self) -> &str {
+        &self.method_json
     }
 
     /// De-identify `obj` (a data set without its File Meta Information).

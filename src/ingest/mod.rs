@@ -178,59 +178,21 @@ impl Ingest {
         // One trip to the blocking pool for everything that touches the disk.
         let (received_sha256, relative, written) = blocking(move || {
             let received = incoming.finish()?;
-            let ts = request.transfer_syntax;
-            let len = received.dataset_len;
-            match received.content {
+            let stored = match received.content {
                 Content::Refused(Refusal::Deid(e)) => Err(e.into()),
                 Content::Refused(Refusal::TooLarge) => Err(IngestError::HeaderTooLarge),
-                Content::Whole(data) => {
-                    check(&request, scan::scan(&data[..], Some(len), ts)?)?;
-                    let (deid, encoded) = crate::deid::file::deidentify_header(&deid, &data, ts.uid, drop_burned_in)?;
-                    let (relative, path) = spool::store_path(&dirs, &day_folder(received_at_ms))?;
-                    let stored = (|| {
-                        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-                        std::io::Write::write_all(&mut file, &encoded)?;
-                        durable(&file, &path, fsync)
-                    })();
-                    let size_bytes = stored.map_err(|source| {
-                        let _ = std::fs::remove_file(&path);
-                        IngestError::Store { path: path.clone(), source }
-                    })?;
-                    let pixels_written = deid.object.get(dicom_dictionary_std::tags::PIXEL_DATA).is_some();
-                    Ok((received.dataset_sha256, relative, Written { deid, pixels_written, size_bytes }))
-                }
+                Content::Whole(data) => store_whole(&request, &deid, &dirs, &data, received_at_ms, drop_burned_in, fsync),
                 Content::Split { head, split, header_len, deid, relative, path, file } => {
-                    let kept = (|| {
-                        let mut pixels = std::fs::File::open(&path).map_err(ScanError::Io)?;
-                        std::io::Seek::seek(&mut pixels, std::io::SeekFrom::Start(header_len)).map_err(ScanError::Io)?;
-                        let fields = scan::scan(std::io::Read::chain(&head[..], pixels), Some(len), ts)?;
-                        let trailing = fields.trailing_from;
-                        check(&request, fields)?;
-                        let dropped = crate::deid::file::drops_pixels(&deid, drop_burned_in);
-                        // Keep the pixel group only: elements after it are removed by the profile.
-                        let end = match (dropped, trailing) {
-                            (true, _) => Some(header_len),
-                            (false, Some(t)) => Some(header_len + t - split),
-                            (false, None) => None,
-                        };
-                        let stored = (|| {
-                            if let Some(end) = end {
-                                file.set_len(end)?;
-                            }
-                            durable(&file, &path, fsync)
-                        })();
-                        let size_bytes = stored.map_err(|source| IngestError::Store { path: path.clone(), source })?;
-                        Ok(Written { deid: *deid, pixels_written: !dropped, size_bytes })
-                    })();
-                    match kept {
-                        Ok(written) => Ok((received.dataset_sha256, relative, written)),
-                        Err(e) => {
+                    let split = Split { head: &head, split, header_len, path: &path, file: &file };
+                    let drop_pixels = crate::deid::file::drops_pixels(&deid, drop_burned_in);
+                    keep_split(&request, split, received.dataset_len, drop_pixels, fsync)
+                        .map(|(pixels_written, size_bytes)| (relative, Written { deid: *deid, pixels_written, size_bytes }))
+                        .inspect_err(|_| {
                             let _ = std::fs::remove_file(&path);
-                            Err(e)
-                        }
-                    }
+                        })
                 }
-            }
+            };
+            stored.map(|(relative, written)| (received.dataset_sha256, relative, written))
         })
         .await?;
 
@@ -257,7 +219,7 @@ impl Ingest {
             dataset_sha256: received_sha256,
             received_at_ms,
             excluded_reason,
-            deid_method: Some(self.deid.method_json()),
+            deid_method: Some(self.deid.method_json().to_string()),
         };
         match self.db.insert_instance(&new, Some(&sealed)).await {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => Ok(StoreOutcome::Stored { instance_id }),
@@ -271,6 +233,68 @@ impl Ingest {
             }
         }
     }
+}
+
+/// A data set received whole (no pixel group, or deflated): validate it, de-identify it and
+/// write the store file. Returns its path relative to data_dir.
+fn store_whole(
+    request: &StoreRequest,
+    deid: &Deidentifier,
+    dirs: &Dirs,
+    data: &[u8],
+    received_at_ms: i64,
+    drop_burned_in: bool,
+    fsync: bool,
+) -> Result<(std::path::PathBuf, Written), IngestError> {
+    check(request, scan::scan(data, Some(data.len() as u64), request.transfer_syntax)?)?;
+    let (deid, encoded) = crate::deid::file::deidentify_header(deid, data, request.transfer_syntax.uid, drop_burned_in)?;
+    let (relative, path) = spool::store_path(dirs, &day_folder(received_at_ms))?;
+    let stored = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        std::io::Write::write_all(&mut file, &encoded)?;
+        durable(&file, &path, fsync)
+    })();
+    let size_bytes = stored.map_err(|source| {
+        let _ = std::fs::remove_file(&path);
+        IngestError::Store { path: path.clone(), source }
+    })?;
+    let pixels_written = deid.object.get(dicom_dictionary_std::tags::PIXEL_DATA).is_some();
+    Ok((relative, Written { deid, pixels_written, size_bytes }))
+}
+
+/// A store file started while the data set arrived: the original header (in memory) and what
+/// follows it in the file.
+struct Split<'a> {
+    head: &'a [u8],
+    split: u64,
+    header_len: u64,
+    path: &'a std::path::Path,
+    file: &'a std::fs::File,
+}
+
+/// Validate the whole data set (original header chained with the pixel group on disk), cut
+/// what follows the pixel group (or the pixels themselves when they are dropped), and make the
+/// file durable. Returns (pixels kept, file size); the caller removes the file on error.
+fn keep_split(request: &StoreRequest, s: Split<'_>, len: u64, drop_pixels: bool, fsync: bool) -> Result<(bool, u64), IngestError> {
+    let mut pixels = std::fs::File::open(s.path).map_err(ScanError::Io)?;
+    std::io::Seek::seek(&mut pixels, std::io::SeekFrom::Start(s.header_len)).map_err(ScanError::Io)?;
+    let fields = scan::scan(std::io::Read::chain(s.head, pixels), Some(len), request.transfer_syntax)?;
+    let trailing = fields.trailing_from;
+    check(request, fields)?;
+    // Keep the pixel group only: elements after it are removed by the profile.
+    let end = match (drop_pixels, trailing) {
+        (true, _) => Some(s.header_len),
+        (false, Some(t)) => Some(s.header_len + t - s.split),
+        (false, None) => None,
+    };
+    let stored = (|| {
+        if let Some(end) = end {
+            s.file.set_len(end)?;
+        }
+        durable(s.file, s.path, fsync)
+    })();
+    let size_bytes = stored.map_err(|source| IngestError::Store { path: s.path.to_path_buf(), source })?;
+    Ok((!drop_pixels, size_bytes))
 }
 
 /// A data set must name the SOP Class and Instance the request named, and its study and series.

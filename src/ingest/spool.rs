@@ -25,8 +25,6 @@ pub enum SpoolError {
     Create { path: PathBuf, source: std::io::Error },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("syncing {path}: {source}")]
-    Sync { path: PathBuf, source: std::io::Error },
     #[error("background task failed: {0}")]
     Task(String),
 }
