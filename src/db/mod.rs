@@ -59,6 +59,10 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(if engine == Engine::Sqlite { max_connections.min(4) } else { max_connections })
             .acquire_timeout(Duration::from_secs(30))
+            // SQLite is a local file: nothing to reap. Without idle timeout and max lifetime sqlx
+            // starts no pool-maintenance task; one was seen spinning at 100% CPU in a CLI command.
+            .idle_timeout(if engine == Engine::Sqlite { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if engine == Engine::Sqlite { None } else { Some(Duration::from_secs(1800)) })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
