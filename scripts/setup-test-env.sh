@@ -63,6 +63,10 @@ if [ "$(cat .testdata/VERSION 2>/dev/null)" != "$CORPUS_VERSION" ]; then
   dcmodify -nb -q -gin .testdata/series/*.dcm
   echo "$CORPUS_VERSION" > .testdata/VERSION
 fi
+# Labelled demo cases (synthetic lesions on the real chest CR) for the triage tests and `evaluate`.
+if [ ! -f .testdata/demo-cases/labels.csv ]; then
+  .venv/bin/python scripts/train-demo-model.py cases .testdata/demo-cases 40
+fi
 # A tiny TorchScript model with PyTorch's own outputs, for the runtime test.
 if [ ! -f .testdata/models/tiny_expected.json ]; then
   .venv/bin/python tests/peers/make_tiny_model.py .testdata/models

@@ -138,6 +138,31 @@ pub struct InferenceSettings {
     pub models_dir: PathBuf,
     /// `auto`, `cpu` or `cuda:N`.
     pub device: String,
+    /// Images of one model run together when they wait together, up to this many.
+    pub max_batch: usize,
+    /// Images waiting for the engine; past it, passes wait (memory stays bounded).
+    pub queue_depth: usize,
+    /// Instances decoded and preprocessed at once; 0 = one per CPU core.
+    pub preprocess_threads: usize,
+    /// Studies aggregated at once.
+    pub concurrent_studies: usize,
+    /// Confidence tiers (confidence = p for a positive call, 1 - p for a negative one).
+    pub tier_high: f64,
+    pub tier_medium: f64,
+}
+
+impl InferenceSettings {
+    pub fn tiers(&self) -> crate::triage::aggregate::Tiers {
+        crate::triage::aggregate::Tiers { high: self.tier_high, medium: self.tier_medium }
+    }
+
+    pub fn preprocess_threads(&self) -> usize {
+        if self.preprocess_threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.preprocess_threads
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +260,13 @@ impl Settings {
         }
         for entry in &self.deid.safe_private {
             crate::deid::SafePrivate::parse(entry).map_err(|reason| ConfigError::Invalid { key: "deid.safe_private", reason })?;
+        }
+        let i = &self.inference;
+        if i.max_batch == 0 || i.queue_depth == 0 || i.concurrent_studies == 0 {
+            return Err(invalid("inference", "max_batch, queue_depth and concurrent_studies must be at least 1"));
+        }
+        if !(0.5..=1.0).contains(&i.tier_medium) || !(i.tier_medium..=1.0).contains(&i.tier_high) {
+            return Err(invalid("inference.tier_high/tier_medium", "need 0.5 <= tier_medium <= tier_high <= 1"));
         }
         crate::inference::runtime::DeviceChoice::parse(&self.inference.device)
             .map_err(|e| ConfigError::Invalid { key: "inference.device", reason: e.to_string() })?;

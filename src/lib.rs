@@ -11,3 +11,4 @@ pub mod domain;
 pub mod inference;
 pub mod ingest;
 pub mod node;
+pub mod triage;

@@ -61,6 +61,32 @@ enum Command {
     },
     /// Print a new random key (64 hex digits) for TRIAGE_PSEUDONYM_KEY or TRIAGE_REID_MAP_KEY.
     Keygen,
+    /// Triage DICOM files (or every file under directories) with the configured model packages,
+    /// without a node or database: prints one JSON object per file (findings per model) and, with
+    /// --heatmaps DIR, writes each finding's heatmap as PNG. Exits 1 if any file failed.
+    Infer {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Only this model package (by name).
+        #[arg(long)]
+        model: Option<String>,
+        /// Folder for heatmap PNGs (<file stem>.<model>.<label>.png).
+        #[arg(long)]
+        heatmaps: Option<PathBuf>,
+    },
+    /// Validate a model on labelled cases before enabling it: sensitivity, specificity, ROC AUC
+    /// and a threshold sweep per label. LABELS is a CSV: `file,<label>...` with 0/1 per case,
+    /// file paths relative to DIR.
+    Evaluate {
+        #[arg(long)]
+        labels: PathBuf,
+        dir: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
     Echo {
         #[arg(long)]
@@ -239,6 +265,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Infer { paths, model, heatmaps } => infer_files(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
+        Command::Evaluate { labels, dir, model, json } => evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
         Command::Status => {
             std::fs::create_dir_all(&settings.storage.data_dir)?;
             let db = Db::open(&settings.database_url(), 1).await?;
@@ -254,10 +282,125 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             for (state, n) in jobs {
                 println!("jobs {state}: {n}");
             }
+            for (state, n) in db.result_counts().await? {
+                println!("study results {state}: {n}");
+            }
             db.close().await;
             Ok(())
         }
     }
+}
+
+/// The configured model packages on the configured device, behind an engine.
+async fn offline_engine(settings: &Settings, only: Option<&str>) -> anyhow::Result<triage_node::inference::engine::Engine> {
+    use triage_node::inference::{package, runtime::DeviceChoice};
+    let device = DeviceChoice::parse(&settings.inference.device)?.resolve()?;
+    let dir = settings.inference.models_dir.clone();
+    let packages = tokio::task::spawn_blocking(move || package::load_all(&dir, device)).await?.context("loading model packages")?;
+    if packages.is_empty() {
+        anyhow::bail!("no model packages in {} (inference.models_dir)", settings.inference.models_dir.display());
+    }
+    if let Some(name) = only {
+        if !packages.iter().any(|p| p.manifest.name == name) {
+            let names: Vec<&str> = packages.iter().map(|p| p.manifest.name.as_str()).collect();
+            anyhow::bail!("no model package named {name:?} (loaded: {})", names.join(", "));
+        }
+    }
+    Ok(triage_node::inference::engine::Engine::start(packages, settings.inference.max_batch, settings.inference.queue_depth)?)
+}
+
+async fn infer_files(settings: &Settings, paths: &[PathBuf], only: Option<&str>, heatmaps: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use triage_node::triage::offline;
+    let engine = offline_engine(settings, only).await?;
+    let files = triage_node::delivery::collect_files(paths)?;
+    if let Some(dir) = heatmaps {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut failed = 0;
+    for file in &files {
+        let mut result = offline::triage_file(&engine, file, only, settings.inference.tiers(), heatmaps.is_some()).await;
+        failed += usize::from(result.error.is_some());
+        if let Some(dir) = heatmaps {
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            for r in &mut result.results {
+                for f in &mut r.findings {
+                    if let Some(rgb) = f.rendered.take() {
+                        let target = dir.join(format!("{stem}.{}.{}.png", r.model, f.label));
+                        offline::write_png(&target, &rgb).with_context(|| format!("writing {}", target.display()))?;
+                        f.heatmap = Some(target);
+                    }
+                }
+            }
+        }
+        println!("{}", serde_json::to_string(&result)?);
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files could not be triaged", files.len());
+    }
+    Ok(())
+}
+
+async fn evaluate(settings: &Settings, labels: &std::path::Path, dir: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
+    use triage_node::triage::{evaluate, offline};
+    let text = std::fs::read_to_string(labels).with_context(|| format!("reading {}", labels.display()))?;
+    let (label_names, rows) = evaluate::parse_labels(&text).map_err(|e| anyhow::anyhow!("{}: {e}", labels.display()))?;
+    let engine = offline_engine(settings, only).await?;
+    // model -> label -> (scores, truth)
+    let mut scores: std::collections::BTreeMap<(String, String), (Vec<f32>, Vec<bool>)> = Default::default();
+    let (mut failed, mut not_routed) = (Vec::new(), 0usize);
+    for (file, truth) in &rows {
+        let result = offline::triage_file(&engine, &dir.join(file), only, settings.inference.tiers(), false).await;
+        if let Some(e) = &result.error {
+            failed.push(format!("{file}: {e}"));
+            continue;
+        }
+        not_routed += usize::from(result.results.is_empty());
+        for r in &result.results {
+            for f in &r.findings {
+                let Some(col) = label_names.iter().position(|l| l == &f.label) else { continue };
+                if let Some(t) = truth[col] {
+                    let e = scores.entry((r.model.clone(), f.label.clone())).or_default();
+                    e.0.push(f.probability);
+                    e.1.push(t);
+                }
+            }
+        }
+    }
+    if scores.is_empty() {
+        anyhow::bail!("no case was scored: no label column of {} names a label of a model that accepted the files", labels.display());
+    }
+    let mut report = Vec::new();
+    for ((model, label), (s, t)) in &scores {
+        let m = engine.manifests().iter().find(|m| &m.name == model).expect("model of a result");
+        let li = m.outputs.labels.iter().position(|l| l == label).expect("label of a result");
+        let metrics = evaluate::metrics(s, t, m.outputs.positive[li]);
+        report.push(serde_json::json!({ "model": model, "version": m.version, "demonstration": m.demonstration, "label": label, "metrics": metrics }));
+        if !json {
+            let at = &metrics.at_manifest_threshold;
+            println!("{model} {} / {label}: {} positive, {} negative cases", m.version, metrics.positives, metrics.negatives);
+            if m.demonstration {
+                println!("  (demonstration model, not clinically validated)");
+            }
+            println!("  ROC AUC {}", metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a (needs both classes)".into()));
+            println!("  at the manifest threshold {:.2}: sensitivity {:.3}, specificity {:.3}", at.threshold, at.sensitivity, at.specificity);
+            println!("  {:>9}  {:>11}  {:>11}  {:>6}  {:>6}", "threshold", "sensitivity", "specificity", "PPV", "NPV");
+            let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+            for p in &metrics.sweep {
+                println!("  {:>9.2}  {:>11.3}  {:>11.3}  {:>6}  {:>6}", p.threshold, p.sensitivity, p.specificity, opt(p.ppv), opt(p.npv));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "results": report, "failed": failed, "not_routed": not_routed }));
+    } else {
+        if not_routed > 0 {
+            println!("{not_routed} case(s) accepted by no model (routing)");
+        }
+        for f in &failed {
+            println!("failed: {f}");
+        }
+    }
+    Ok(())
 }
 
 async fn deid_export(settings: &Settings, input: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {

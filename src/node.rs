@@ -46,7 +46,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?;
     info!(engine = ?db.engine(), "database ready");
 
-    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation);
+    let inf = &settings.inference;
+    let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth).context("starting the inference thread")?;
+    let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), inf.tiers(), inf.preprocess_threads());
+    let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
+    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));
     let orphans = ingest.remove_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
         warn!(files = orphans, "removed store files that were never recorded (stopped between store and commit)");
@@ -62,6 +66,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).run(stop_workers.clone()));
     let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone());
     workers.spawn(outbox.run(stop_workers.clone()));
+    workers.spawn(triage.clone().run_arrivals(arrivals, stop_workers.clone()));
+    workers.spawn(triage.run_jobs(std::time::Duration::from_millis(200), inf.concurrent_studies, stop_workers.clone()));
 
     listener.run(shutdown.clone(), associations.clone()).await;
 

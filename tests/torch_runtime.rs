@@ -19,7 +19,7 @@ fn torchscript_forward_matches_python_torch() {
     let floats = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
     let ints = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>();
     let shape: [i64; 4] = ints(&expected["input_shape"]).try_into().unwrap();
-    let model = Model::load(&dir.join("tiny.pt"), DeviceChoice::Cpu.resolve().unwrap()).unwrap();
+    let model = Model::load(&dir.join("tiny.pt"), DeviceChoice::Cpu.resolve().unwrap(), false).unwrap();
     let outputs = model.forward(&floats(&expected["input"]), shape).unwrap();
     let want = expected["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), want.len(), "a (probabilities, CAM) tuple");

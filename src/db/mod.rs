@@ -11,12 +11,14 @@ mod instances;
 mod outbox;
 mod reid_map;
 mod studies;
+mod triage;
 
 pub use ae_titles::{AeRole, RegisteredAe};
 pub use instances::{InsertOutcome, NewInstance, StoredInstance};
 pub use reid_map::SealedRecord;
 pub use outbox::OutboxItem;
 pub use studies::{Job, ReadyStudy};
+pub use triage::{ClaimedJob, FindingRow, PendingInference, SliceRow, StudyResultRow};
 
 use std::time::Duration;
 

@@ -1,8 +1,11 @@
-//! Inference: from stored instances to findings. Today it holds the pixel preprocessing and the
-//! TorchScript runtime (`runtime`, the only code in the node that knows tch); model packages,
-//! the engine thread and findings arrive with the rest of the inference issue.
-//! Must not: leak tensors or decoder types outside this module.
+//! Inference: from a stored, de-identified instance to what a model says about it.
+//! `preprocess` (pixels as the model sees them), `package` (model packages and routing),
+//! `runtime` (the only code that knows tch), `engine` (the thread that owns the models and
+//! batches their forward passes), `heatmap` (a class activation map drawn over its image).
+//! Must not: leak tensors or decoder types outside this module, or touch the database.
 
+pub mod engine;
+pub mod heatmap;
 pub mod package;
 pub mod preprocess;
 pub mod runtime;

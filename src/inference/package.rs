@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::preprocess::{self, ImageAttrs, InputSpec, WindowRule};
 use super::runtime::{Model, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,9 @@ pub struct Manifest {
     /// A demonstration model, not clinically validated (said in every result).
     #[serde(default)]
     pub demonstration: bool,
+    /// Run in half precision (fp16) on a CUDA device. Ignored on the CPU.
+    #[serde(default)]
+    pub allow_half: bool,
     pub routing: Routing,
     pub input: Input,
     pub outputs: Outputs,
@@ -102,6 +106,35 @@ pub struct Aggregate {
     pub method: String,
     #[serde(default = "one_usize")]
     pub k: usize,
+}
+
+impl Routing {
+    /// Whether the model takes an instance with these attributes (comparisons ignore case).
+    pub fn accepts(&self, a: &ImageAttrs) -> bool {
+        let ok = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v.eq_ignore_ascii_case(value));
+        ok(&self.modalities, &a.modality) && ok(&self.body_parts, &a.body_part) && ok(&self.sop_classes, &a.sop_class_uid) && ok(&self.photometric, &a.photometric)
+    }
+}
+
+impl Input {
+    /// The preprocessing for an instance of `modality`: the manifest's window for it (a fixed
+    /// window, `"file"` or `"percentile"`), else the file's window, else the percentile window.
+    pub fn spec(&self, modality: &str) -> InputSpec {
+        let percentiles = [f64::from(self.percentiles[0]), f64::from(self.percentiles[1])];
+        let window = match self.window.iter().find(|(m, _)| m.eq_ignore_ascii_case(modality)).map(|(_, w)| w) {
+            Some(Window::Fixed { center, width }) => WindowRule::Fixed(preprocess::Window { center: *center, width: *width }),
+            Some(Window::Named(n)) if n == "percentile" => WindowRule::Percentile(percentiles),
+            _ => WindowRule::File { percentiles },
+        };
+        InputSpec {
+            rows: self.size[0] as usize,
+            cols: self.size[1] as usize,
+            channels: self.channels as usize,
+            window,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
 }
 
 fn default_percentiles() -> [f32; 2] {
@@ -190,7 +223,7 @@ impl Package {
     pub fn load(dir: &Path, device: tch::Device) -> Result<Package, PackageError> {
         let manifest = Manifest::load(&dir.join("model.toml"))?;
         let pt = dir.join("model.pt");
-        let model = Model::load(&pt, device)?;
+        let model = Model::load(&pt, device, manifest.allow_half)?;
         let [h, w] = manifest.input.size;
         let shape = [1, i64::from(manifest.input.channels), i64::from(h), i64::from(w)];
         let warm = |reason: String| PackageError::WarmUp { path: pt.clone(), reason };

@@ -36,24 +36,134 @@ pub struct Decoded {
     pub windows: Vec<Window>,
 }
 
+/// The attributes that route an instance to a model (trimmed; empty when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageAttrs {
+    pub modality: String,
+    pub body_part: String,
+    pub sop_class_uid: String,
+    pub photometric: String,
+}
+
+/// An opened Part 10 file: its routing attributes, pixels not yet decoded.
+pub struct Image {
+    obj: dicom_object::DefaultDicomObject,
+    pub attrs: ImageAttrs,
+}
+
+impl Image {
+    pub fn open(path: &Path) -> Result<Image, PixelError> {
+        let obj = dicom_object::open_file(path).map_err(|e| PixelError::Open(e.to_string()))?;
+        let text = |tag| obj.get(tag).and_then(|e| e.to_str().ok()).map(|v| v.trim().trim_end_matches('\0').to_string()).unwrap_or_default();
+        use dicom_dictionary_std::tags;
+        let attrs = ImageAttrs {
+            modality: text(tags::MODALITY),
+            body_part: text(tags::BODY_PART_EXAMINED),
+            sop_class_uid: text(tags::SOP_CLASS_UID),
+            photometric: text(tags::PHOTOMETRIC_INTERPRETATION),
+        };
+        Ok(Image { obj, attrs })
+    }
+
+    /// Decode every frame and apply the Modality LUT (rescale slope/intercept or LUT sequence).
+    pub fn decode(&self) -> Result<Decoded, PixelError> {
+        if self.obj.get(dicom_dictionary_std::tags::PIXEL_DATA).is_none() {
+            return Err(PixelError::Unsupported("no Pixel Data".into()));
+        }
+        let pixels = self.obj.decode_pixel_data().map_err(|e| PixelError::Decode(e.to_string()))?;
+        let photometric = pixels.photometric_interpretation().as_str().to_string();
+        let windows = pixels
+            .window()
+            .ok()
+            .flatten()
+            .map(|ws| ws.iter().map(|w| Window { center: w.center, width: w.width }).collect())
+            .unwrap_or_default();
+        let arr = pixels.to_ndarray_with_options::<f32>(&ConvertOptions::new()).map_err(|e| PixelError::Decode(e.to_string()))?;
+        let values = match arr.shape()[3] {
+            1 => arr.index_axis(Axis(3), 0).to_owned(),
+            3 => arr.mean_axis(Axis(3)).ok_or_else(|| PixelError::Unsupported("empty color image".into()))?,
+            n => return Err(PixelError::Unsupported(format!("{n} samples per pixel"))),
+        };
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(PixelError::Decode("non-finite pixel values".into()));
+        }
+        Ok(Decoded { values, photometric, windows })
+    }
+}
+
 /// Decode every frame of a Part 10 file and apply its Modality LUT (rescale slope/intercept).
 pub fn decode(path: &Path) -> Result<Decoded, PixelError> {
-    let obj = dicom_object::open_file(path).map_err(|e| PixelError::Open(e.to_string()))?;
-    let pixels = obj.decode_pixel_data().map_err(|e| PixelError::Decode(e.to_string()))?;
-    let photometric = pixels.photometric_interpretation().as_str().to_string();
-    let windows = pixels
-        .window()
-        .ok()
-        .flatten()
-        .map(|ws| ws.iter().map(|w| Window { center: w.center, width: w.width }).collect())
-        .unwrap_or_default();
-    let arr = pixels.to_ndarray_with_options::<f32>(&ConvertOptions::new()).map_err(|e| PixelError::Decode(e.to_string()))?;
-    let values = match arr.shape()[3] {
-        1 => arr.index_axis(Axis(3), 0).to_owned(),
-        3 => arr.mean_axis(Axis(3)).ok_or_else(|| PixelError::Unsupported("empty color image".into()))?,
-        n => return Err(PixelError::Unsupported(format!("{n} samples per pixel"))),
-    };
-    Ok(Decoded { values, photometric, windows })
+    Image::open(path)?.decode()
+}
+
+/// How a frame is windowed to 0..1 before the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WindowRule {
+    /// A fixed window (a CT window in HU).
+    Fixed(Window),
+    /// The file's first VOI window, else the percentile window.
+    File { percentiles: [f64; 2] },
+    /// The window spanning these percentiles of the frame's values.
+    Percentile([f64; 2]),
+}
+
+/// What a model needs as input, from its manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub rows: usize,
+    pub cols: usize,
+    pub channels: usize,
+    pub window: WindowRule,
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// One frame as the model sees it.
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    pub frame: usize,
+    /// channels x rows x cols values, row-major.
+    pub values: Vec<f32>,
+    /// The frame's size before resizing: the class activation map registers to it.
+    pub source_rows: usize,
+    pub source_cols: usize,
+    pub window: Window,
+}
+
+impl Decoded {
+    /// The window `rule` gives for frame `frame`.
+    pub fn window_for(&self, frame: usize, rule: WindowRule) -> Window {
+        let plane = || self.values.index_axis(Axis(0), frame).insert_axis(Axis(0)).to_owned();
+        match rule {
+            WindowRule::Fixed(w) => w,
+            WindowRule::File { .. } if !self.windows.is_empty() => self.windows[0],
+            WindowRule::File { percentiles: p } | WindowRule::Percentile(p) => percentile_window(&plane(), p[0], p[1]),
+        }
+    }
+
+    /// Frame `frame` windowed to 0..1 and shown as MONOCHROME2 (bright = dense), at source size.
+    pub fn display_frame(&self, frame: usize, rule: WindowRule) -> (Array2<f32>, Window) {
+        let w = self.window_for(frame, rule);
+        let plane = self.values.index_axis(Axis(0), frame).insert_axis(Axis(0)).to_owned();
+        let mut windowed = apply_window(&plane, w);
+        to_monochrome2(&mut windowed, &self.photometric);
+        (windowed.index_axis_move(Axis(0), 0), w)
+    }
+
+    /// Every frame as the model of `spec` sees it: windowed, MONOCHROME2, resized, replicated to
+    /// the model's channels and normalised.
+    pub fn model_inputs(&self, spec: &InputSpec) -> Vec<ModelInput> {
+        let (frames, source_rows, source_cols) = self.values.dim();
+        (0..frames)
+            .map(|frame| {
+                let (display, window) = self.display_frame(frame, spec.window);
+                let resized = resize(display.view(), spec.rows, spec.cols);
+                let plane: Vec<f32> = resized.iter().map(|x| (x - spec.mean) / spec.std).collect();
+                let values = plane.repeat(spec.channels);
+                ModelInput { frame, values, source_rows, source_cols, window }
+            })
+            .collect()
+    }
 }
 
 /// PS3.3 C.11.2.1.2.1 linear VOI function, mapped to [0, 1].

@@ -69,21 +69,33 @@ pub struct Output {
 pub struct Model {
     module: CModule,
     device: Device,
+    half: bool,
 }
 
 impl Model {
-    pub fn load(path: &Path, device: Device) -> Result<Model, RuntimeError> {
+    /// Load `path` on `device`; with `allow_half` on a CUDA device, the weights are converted to
+    /// fp16 and inputs follow (outputs are returned as f32).
+    pub fn load(path: &Path, device: Device, allow_half: bool) -> Result<Model, RuntimeError> {
         let load = |reason: String| RuntimeError::Load { path: path.to_path_buf(), reason };
         if !path.is_file() {
             return Err(load("no such file".into()));
         }
         let mut module = CModule::load_on_device(path, device).map_err(|e| load(first_line(&e.to_string())))?;
         module.set_eval();
-        Ok(Model { module, device })
+        let half = allow_half && device.is_cuda();
+        if half {
+            module.to(device, Kind::Half, false);
+        }
+        Ok(Model { module, device, half })
     }
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Whether it runs in fp16.
+    pub fn half(&self) -> bool {
+        self.half
     }
 
     /// Run a batch of `shape` = [N, C, H, W] from `input` (N*C*H*W values, row-major). A model
@@ -93,7 +105,10 @@ impl Model {
             return Err(RuntimeError::Shape { len: input.len(), shape });
         }
         let _guard = tch::no_grad_guard();
-        let x = Tensor::from_slice(input).reshape(shape).to_device(self.device);
+        let mut x = Tensor::from_slice(input).reshape(shape).to_device(self.device);
+        if self.half {
+            x = x.to_kind(Kind::Half);
+        }
         let out = self.module.forward_is(&[IValue::Tensor(x)]).map_err(|e| RuntimeError::Forward(first_line(&e.to_string())))?;
         let tensors = match out {
             IValue::Tensor(t) => vec![t],
@@ -135,10 +150,10 @@ mod tests {
     fn a_missing_or_broken_model_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.pt");
-        assert!(Model::load(&missing, Device::Cpu).err().unwrap().to_string().contains("none.pt"));
+        assert!(Model::load(&missing, Device::Cpu, false).err().unwrap().to_string().contains("none.pt"));
         let broken = dir.path().join("broken.pt");
         std::fs::write(&broken, b"not a TorchScript archive").unwrap();
-        let err = Model::load(&broken, Device::Cpu).err().unwrap().to_string();
+        let err = Model::load(&broken, Device::Cpu, false).err().unwrap().to_string();
         assert!(err.contains("broken.pt") && !err.contains('\n'), "{err}");
     }
 }

@@ -106,10 +106,18 @@ pub struct Ingest {
     db: Db,
     deid: Arc<Deidentifier>,
     burned_in: BurnedInPolicy,
+    /// Stored instance ids for the triage stage, so inference starts as each one lands.
+    arrivals: Option<tokio::sync::mpsc::Sender<i64>>,
 }
 
 impl Ingest {
-    pub fn new(cfg: &StorageSettings, db: Db, deid: Deidentifier, burned_in: BurnedInPolicy) -> Arc<Ingest> {
+    pub fn new(
+        cfg: &StorageSettings,
+        db: Db,
+        deid: Deidentifier,
+        burned_in: BurnedInPolicy,
+        arrivals: Option<tokio::sync::mpsc::Sender<i64>>,
+    ) -> Arc<Ingest> {
         Arc::new(Ingest {
             dirs: Dirs::new(&cfg.data_dir),
             min_free_disk: cfg.min_free_disk.0,
@@ -117,6 +125,7 @@ impl Ingest {
             db,
             deid: Arc::new(deid),
             burned_in,
+            arrivals,
         })
     }
 
@@ -222,7 +231,13 @@ impl Ingest {
             deid_method: Some(self.deid.method_json().to_string()),
         };
         match self.db.insert_instance(&new, Some(&sealed)).await {
-            Ok(InsertOutcome::Inserted { instance_id, .. }) => Ok(StoreOutcome::Stored { instance_id }),
+            Ok(InsertOutcome::Inserted { instance_id, .. }) => {
+                // Never waits: when the triage stage is behind, the study job catches up.
+                if let (Some(arrivals), None) = (&self.arrivals, &new.excluded_reason) {
+                    let _ = arrivals.try_send(instance_id);
+                }
+                Ok(StoreOutcome::Stored { instance_id })
+            }
             Ok(InsertOutcome::Duplicate { instance_id }) => {
                 let _ = std::fs::remove_file(&stored);
                 Ok(StoreOutcome::Duplicate { instance_id })

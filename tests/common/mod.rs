@@ -53,6 +53,8 @@ pub struct NodeOptions {
     pub ingest: Vec<String>,
     pub deid: Vec<String>,
     pub delivery: Vec<String>,
+    /// [inference] lines; without `models_dir`, the node loads no model package.
+    pub inference: Vec<String>,
     pub database_url: Option<String>,
     pub json_logs: bool,
     pub register: Vec<&'static str>,
@@ -60,7 +62,7 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
     }
 }
 
@@ -110,6 +112,12 @@ impl Node {
             toml.push_str("[delivery]\n");
             section(&mut toml, &opts.delivery);
         }
+        toml.push_str("[inference]\ndevice = \"cpu\"\n");
+        let mut inference = opts.inference.clone();
+        if !inference.iter().any(|l| l.starts_with("models_dir")) {
+            inference.push(format!("models_dir = \"{}\"", dir.path().join("no-models").display()));
+        }
+        section(&mut toml, &inference);
         if let Some(url) = &opts.database_url {
             toml.push_str(&format!("[database]\nurl = \"{url}\"\n"));
         }
@@ -368,4 +376,25 @@ pub async fn drop_postgres_database(url: &str) {
         let _ = pool.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
         pool.close().await;
     }
+}
+
+/// The Study Instance UID of a Part 10 file.
+pub fn study_uid_of(path: &Path) -> String {
+    let obj = dicom_object::open_file(path).unwrap();
+    obj.element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0').trim().to_string()
+}
+
+/// The labelled demo cases made at set-up (scripts/train-demo-model.py cases), with labels.
+pub fn demo_cases() -> Option<(PathBuf, Vec<(PathBuf, bool)>)> {
+    let dir = testdata()?.join("demo-cases");
+    let labels = std::fs::read_to_string(dir.join("labels.csv")).ok();
+    require("the demo cases (scripts/setup-test-env.sh)", labels.is_some()).then_some(())?;
+    let cases = labels
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(','))
+        .map(|(f, v)| (dir.join(f), v.trim() == "1"))
+        .collect();
+    Some((dir, cases))
 }

@@ -1,0 +1,171 @@
+//! The inference engine: one OS thread owns the loaded models of a device and runs their
+//! forward passes, fed by a bounded queue. Requests for the same model that are waiting
+//! together are run as one batch (up to `max_batch`), so a burst of CT slices is batched while
+//! a lone chest radiograph is not delayed.
+//!
+//! Owns: the models after start-up, batching, and splitting batch outputs back into one result
+//! per image. Must not: run on the async runtime, or touch files or the database.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::package::{Manifest, Package};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the inference engine has stopped")]
+    Stopped,
+    #[error("model {model}: input of {got} values, expected {expected}")]
+    Input { model: String, got: usize, expected: usize },
+    #[error("model {model}: {reason}")]
+    Forward { model: String, reason: String },
+}
+
+/// What the model said about one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageOutput {
+    /// One probability per label.
+    pub probabilities: Vec<f32>,
+    /// The class activation maps, [labels][cam_rows][cam_cols] flattened.
+    pub cam: Vec<f32>,
+    pub cam_rows: usize,
+    pub cam_cols: usize,
+    /// Time waiting in the queue, the batch's forward pass, and the batch size it ran in.
+    pub queue_us: u64,
+    pub forward_us: u64,
+    pub batch_size: usize,
+}
+
+struct Request {
+    model: usize,
+    input: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<ImageOutput, EngineError>>,
+}
+
+/// A handle on the engine thread; cheap to clone. The thread stops when the last handle is
+/// dropped, after finishing what is queued.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Request>,
+    manifests: std::sync::Arc<Vec<Manifest>>,
+}
+
+impl Engine {
+    /// Move `packages` onto a new thread named `inference-<device>`. `queue` bounds the images
+    /// waiting (callers wait when it is full); `max_batch` bounds a batch.
+    pub fn start(packages: Vec<Package>, max_batch: usize, queue: usize) -> std::io::Result<Engine> {
+        let manifests = std::sync::Arc::new(packages.iter().map(|p| p.manifest.clone()).collect());
+        let device = packages.first().map(|p| format!("{:?}", p.model.device()).to_lowercase()).unwrap_or_else(|| "none".into());
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        std::thread::Builder::new().name(format!("inference-{device}")).spawn(move || run(packages, rx, max_batch.max(1)))?;
+        Ok(Engine { tx, manifests })
+    }
+
+    /// The manifests of the loaded models, indexed as `infer` expects.
+    pub fn manifests(&self) -> &[Manifest] {
+        &self.manifests
+    }
+
+    /// Run model `model` on one image (channels x rows x cols values, as its manifest says).
+    pub async fn infer(&self, model: usize, input: Vec<f32>) -> Result<ImageOutput, EngineError> {
+        self.submit(model, input).await?.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Queue one image (waiting while the queue is full) and return where its output will come:
+    /// queue several before awaiting any, so they can run in one batch.
+    pub async fn submit(&self, model: usize, input: Vec<f32>) -> Result<oneshot::Receiver<Result<ImageOutput, EngineError>>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request { model, input, enqueued: Instant::now(), reply }).await.map_err(|_| EngineError::Stopped)?;
+        Ok(answer)
+    }
+}
+
+fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
+    let mut held: VecDeque<Request> = VecDeque::new();
+    loop {
+        let first = match held.pop_front() {
+            Some(r) => r,
+            None => match rx.blocking_recv() {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        // Gather what is already waiting for the same model; others wait for the next batch.
+        let mut batch = vec![first];
+        let mut i = 0;
+        while batch.len() < max_batch && i < held.len() {
+            if held[i].model == batch[0].model {
+                batch.push(held.remove(i).expect("index in range"));
+            } else {
+                i += 1;
+            }
+        }
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) if r.model == batch[0].model => batch.push(r),
+                Ok(r) => held.push_back(r),
+                Err(_) => break,
+            }
+        }
+        match packages.get(batch[0].model) {
+            Some(package) => run_batch(package, batch),
+            None => {
+                for r in batch {
+                    let _ = r.reply.send(Err(EngineError::Forward { model: format!("#{}", r.model), reason: "no such model".into() }));
+                }
+            }
+        }
+    }
+}
+
+fn run_batch(package: &Package, batch: Vec<Request>) {
+    let m = &package.manifest;
+    let [h, w] = m.input.size;
+    let per_image = (m.input.channels * h * w) as usize;
+    let (good, bad): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| r.input.len() == per_image);
+    for r in bad {
+        let got = r.input.len();
+        let _ = r.reply.send(Err(EngineError::Input { model: m.name.clone(), got, expected: per_image }));
+    }
+    if good.is_empty() {
+        return;
+    }
+    let n = good.len();
+    let started = Instant::now();
+    let mut input = Vec::with_capacity(n * per_image);
+    for r in &good {
+        input.extend_from_slice(&r.input);
+    }
+    let shape = [n as i64, i64::from(m.input.channels), i64::from(h), i64::from(w)];
+    let outputs = package.model.forward(&input, shape);
+    let forward_us = started.elapsed().as_micros() as u64;
+    let split = outputs.map_err(|e| e.to_string()).and_then(|outs| {
+        let probs = outs.get(m.outputs.probabilities).ok_or("no probabilities output")?;
+        let cam = outs.get(m.outputs.cam).ok_or("no class activation map output")?;
+        let labels = m.outputs.labels.len();
+        if probs.shape != [n as i64, labels as i64] || cam.shape.len() != 4 || cam.shape[..2] != [n as i64, labels as i64] {
+            return Err(format!("outputs of shape {:?} and {:?} for a batch of {n}", probs.shape, cam.shape));
+        }
+        let (cam_rows, cam_cols) = (cam.shape[2] as usize, cam.shape[3] as usize);
+        let cam_len = labels * cam_rows * cam_cols;
+        Ok((0..n)
+            .map(|i| (probs.values[i * labels..(i + 1) * labels].to_vec(), cam.values[i * cam_len..(i + 1) * cam_len].to_vec(), cam_rows, cam_cols))
+            .collect::<Vec<_>>())
+    });
+    match split {
+        Ok(per_image) => {
+            for (r, (probabilities, cam, cam_rows, cam_cols)) in good.into_iter().zip(per_image) {
+                let queue_us = started.duration_since(r.enqueued).as_micros() as u64;
+                let _ = r.reply.send(Ok(ImageOutput { probabilities, cam, cam_rows, cam_cols, queue_us, forward_us, batch_size: n }));
+            }
+        }
+        Err(reason) => {
+            for r in good {
+                let _ = r.reply.send(Err(EngineError::Forward { model: m.name.clone(), reason: reason.clone() }));
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! From per-image model outputs to a study result: slice probabilities aggregated per label as
+//! the manifest says (maximum, or mean of the top k), positive and urgent flags from its
+//! thresholds, a confidence tier, the key image and its class activation map. Pure functions.
+
+use crate::db::{FindingRow, SliceRow, StudyResultRow};
+use crate::inference::package::Manifest;
+
+/// Confidence tiers: the confidence of a call is p when positive and 1 - p when not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tiers {
+    pub high: f64,
+    pub medium: f64,
+}
+
+impl Tiers {
+    pub fn tier(&self, probability: f64, positive: bool) -> &'static str {
+        let confidence = if positive { probability } else { 1.0 - probability };
+        if confidence >= self.high {
+            "high"
+        } else if confidence >= self.medium {
+            "medium"
+        } else {
+            "needs_review"
+        }
+    }
+}
+
+/// The study-level value of `values` (one per image) and the index of the key image (the one
+/// with the highest value). `None` for no values.
+pub fn aggregate(method: &str, k: usize, values: &[f32]) -> Option<(f32, usize)> {
+    let key = values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
+    let value = match method {
+        "mean_top_k" => {
+            let mut sorted = values.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let top = &sorted[..k.clamp(1, sorted.len())];
+            top.iter().sum::<f32>() / top.len() as f32
+        }
+        _ => values[key],
+    };
+    Some((value, key))
+}
+
+/// What the study-level computation needs besides the rows.
+pub struct Context<'a> {
+    pub study_id: i64,
+    pub manifests: &'a [Manifest],
+    pub tiers: Tiers,
+    /// (instance id, reason) of the study's instances whose pass failed.
+    pub failed: &'a [(i64, String)],
+    pub last_received_at_ms: i64,
+    pub ready_at_ms: i64,
+    pub triaged_at_ms: i64,
+}
+
+/// One result per model that saw an image of the study. A failed instance fails every result
+/// (an incomplete result must not look like a complete one); a study no model accepts gets one
+/// `not_applicable` result, and one whose every routed instance failed a `failed` one, both
+/// under the empty model name.
+pub fn study_results(ctx: &Context<'_>, slices: &[SliceRow]) -> Vec<StudyResultRow> {
+    let failure = (!ctx.failed.is_empty()).then(|| {
+        let (_, reason) = &ctx.failed[0];
+        format!("{} instance(s) of the study could not be processed; first: {reason}", ctx.failed.len())
+    });
+    let blank = |model: &str, version: &str| StudyResultRow {
+        study_id: ctx.study_id,
+        model: model.to_string(),
+        model_version: version.to_string(),
+        demonstration: false,
+        intended_use: String::new(),
+        limits: String::new(),
+        state: String::new(),
+        priority: None,
+        error: failure.clone(),
+        images_inferred: 0,
+        instances_failed: ctx.failed.len() as i64,
+        preprocess_ms: 0.0,
+        forward_ms: 0.0,
+        last_received_at_ms: ctx.last_received_at_ms,
+        ready_at_ms: ctx.ready_at_ms,
+        triaged_at_ms: ctx.triaged_at_ms,
+        findings: Vec::new(),
+    };
+    let mut results = Vec::new();
+    for m in ctx.manifests {
+        let mine: Vec<&SliceRow> = slices.iter().filter(|s| s.model == m.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut r = blank(&m.name, &m.version);
+        r.demonstration = m.demonstration;
+        r.intended_use = m.intended_use.clone();
+        r.limits = m.limits.clone();
+        r.images_inferred = mine.len() as i64;
+        r.preprocess_ms = mine.iter().map(|s| s.preprocess_us as f64).sum::<f64>() / 1000.0;
+        r.forward_ms = mine.iter().map(|s| s.forward_us as f64 / s.batch_size.max(1) as f64).sum::<f64>() / 1000.0;
+        if failure.is_some() {
+            r.state = "failed".into();
+            results.push(r);
+            continue;
+        }
+        let o = &m.outputs;
+        for (label_index, label) in o.labels.iter().enumerate() {
+            let values: Vec<f32> = mine.iter().map(|s| s.probabilities.get(label_index).copied().unwrap_or(0.0)).collect();
+            let Some((p, key)) = aggregate(&m.aggregate.method, m.aggregate.k, &values) else { continue };
+            let key = mine[key];
+            let cells = (key.cam_rows * key.cam_cols) as usize;
+            let cam = key.cam.get(label_index * cells..(label_index + 1) * cells).map(<[f32]>::to_vec).unwrap_or_default();
+            let positive = p >= o.positive[label_index];
+            let urgent = p >= o.urgent[label_index];
+            r.findings.push(FindingRow {
+                label: label.clone(),
+                probability: f64::from(p),
+                positive,
+                urgent,
+                tier: ctx.tiers.tier(f64::from(p), positive).to_string(),
+                key_instance_id: key.instance_id,
+                key_frame: key.frame,
+                source_rows: key.source_rows,
+                source_cols: key.source_cols,
+                cam_rows: key.cam_rows,
+                cam_cols: key.cam_cols,
+                cam,
+            });
+        }
+        let priority = if r.findings.iter().any(|f| f.urgent) {
+            "urgent"
+        } else if r.findings.iter().any(|f| f.positive) {
+            "positive"
+        } else {
+            "negative"
+        };
+        r.priority = Some(priority.into());
+        r.state = "triaged".into();
+        results.push(r);
+    }
+    if results.is_empty() {
+        let mut r = blank("", "");
+        r.state = if failure.is_some() { "failed" } else { "not_applicable" }.into();
+        results.push(r);
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregation_methods() {
+        assert_eq!(aggregate("max", 1, &[0.1, 0.9, 0.3]), Some((0.9, 1)));
+        let (v, key) = aggregate("mean_top_k", 2, &[0.1, 0.9, 0.3]).unwrap();
+        assert!((v - 0.6).abs() < 1e-6 && key == 1);
+        // k above the count: the mean of all.
+        assert!((aggregate("mean_top_k", 10, &[0.2, 0.4]).unwrap().0 - 0.3).abs() < 1e-6);
+        assert_eq!(aggregate("max", 1, &[]), None);
+    }
+
+    #[test]
+    fn tiers_rate_the_call_not_the_probability() {
+        let t = Tiers { high: 0.9, medium: 0.7 };
+        assert_eq!(t.tier(0.95, true), "high");
+        assert_eq!(t.tier(0.75, true), "medium");
+        assert_eq!(t.tier(0.55, true), "needs_review");
+        assert_eq!(t.tier(0.02, false), "high");
+        assert_eq!(t.tier(0.4, false), "needs_review");
+    }
+}

@@ -1,0 +1,263 @@
+//! AI triage of stored studies: each instance is inferred as soon as it is stored (so a CT's
+//! slices are done while the rest of the series arrives), and when a study is complete its
+//! `study_ready` job catches up anything missed (a full arrival queue, a restart), waits for
+//! passes still running, and aggregates the outputs into one result per model, with findings.
+//!
+//! Owns: the per-instance pass (claim -> decode and preprocess on the blocking pool, bounded to
+//! the cores -> engine -> one transaction), the study job, and the failure rule: an instance
+//! whose pixels cannot be decoded is recorded as failed with the reason and fails its study's
+//! result (visible, never a crash). Must not: know tch or PDUs; log identifying values (rows
+//! are named by id).
+
+pub mod aggregate;
+pub mod evaluate;
+pub mod offline;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::db::{ClaimedJob, Db, DbError, SliceRow};
+use crate::domain::now_ms;
+use crate::inference::engine::{Engine, EngineError};
+use crate::inference::package::Manifest;
+use crate::inference::preprocess::{Image, ModelInput, PixelError};
+use aggregate::Tiers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriageError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("instance {0} has no row")]
+    NoInstance(i64),
+    #[error("preprocessing task failed: {0}")]
+    Task(String),
+}
+
+/// How long a claimed instance pass or study job is held before another may take it over.
+const INSTANCE_LEASE: Duration = Duration::from_secs(600);
+const JOB_LEASE: Duration = Duration::from_secs(1800);
+
+pub struct Triage {
+    db: Db,
+    engine: Engine,
+    data_dir: PathBuf,
+    tiers: Tiers,
+    preprocess: Arc<Semaphore>,
+}
+
+/// One image of an instance, ready for model `model`.
+struct Prepared {
+    model: usize,
+    input: ModelInput,
+}
+
+impl Triage {
+    pub fn new(db: Db, engine: Engine, data_dir: PathBuf, tiers: Tiers, preprocess_threads: usize) -> Arc<Triage> {
+        Arc::new(Triage { db, engine, data_dir, tiers, preprocess: Arc::new(Semaphore::new(preprocess_threads.max(1))) })
+    }
+
+    /// Run instance `id`'s pass unless it is excluded, done, or running elsewhere.
+    pub async fn infer_instance(&self, id: i64) -> Result<(), TriageError> {
+        let now = now_ms();
+        if !self.db.claim_inference(id, now, now + INSTANCE_LEASE.as_millis() as i64).await? {
+            return Ok(());
+        }
+        let path = self.db.instance_path(id).await?.ok_or(TriageError::NoInstance(id))?;
+        let full = self.data_dir.join(path);
+        let manifests: Vec<Manifest> = self.engine.manifests().to_vec();
+        let permit = self.preprocess.clone().acquire_owned().await.map_err(|e| TriageError::Task(e.to_string()))?;
+        let started = Instant::now();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&full, &manifests)).await.map_err(|e| TriageError::Task(e.to_string()))?;
+        drop(permit);
+        let preprocess_us = started.elapsed().as_micros() as i64;
+        let images = match prepared {
+            Ok(images) if images.is_empty() => {
+                debug!(instance = id, "no model accepts this instance");
+                return Ok(self.db.record_inference(id, "not_routed", None, &[]).await?);
+            }
+            Ok(images) => images,
+            Err(e) => {
+                warn!(instance = id, error = %e, "instance pixels cannot be prepared; its study's result will say so");
+                return Ok(self.db.record_inference(id, "failed", Some(&e.to_string()), &[]).await?);
+            }
+        };
+        let per_image_us = preprocess_us / images.len() as i64;
+        // Queue every image first, so they can share a batch, then collect.
+        let mut waiting = Vec::with_capacity(images.len());
+        for p in images {
+            let answer = self.engine.submit(p.model, p.input.values.clone()).await;
+            waiting.push((p, answer));
+        }
+        let mut rows = Vec::with_capacity(waiting.len());
+        let mut failure: Option<EngineError> = None;
+        for (p, answer) in waiting {
+            let out = match answer {
+                Ok(rx) => rx.await.unwrap_or(Err(EngineError::Stopped)),
+                Err(e) => Err(e),
+            };
+            match out {
+                Ok(o) => {
+                    let m = &self.engine.manifests()[p.model];
+                    rows.push(SliceRow {
+                        instance_id: id,
+                        model: m.name.clone(),
+                        model_version: m.version.clone(),
+                        frame: p.input.frame as i64,
+                        probabilities: o.probabilities,
+                        source_rows: p.input.source_rows as i64,
+                        source_cols: p.input.source_cols as i64,
+                        cam_rows: o.cam_rows as i64,
+                        cam_cols: o.cam_cols as i64,
+                        cam: o.cam,
+                        preprocess_us: per_image_us,
+                        queue_us: o.queue_us as i64,
+                        forward_us: o.forward_us as i64,
+                        batch_size: o.batch_size as i64,
+                        created_at_ms: 0,
+                    })
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            // The engine stopped (shutdown): leave the claim to expire, the study job retries.
+            Some(EngineError::Stopped) => Ok(()),
+            Some(e) => {
+                error!(instance = id, error = %e, "inference failed");
+                Ok(self.db.record_inference(id, "failed", Some(&e.to_string()), &[]).await?)
+            }
+            None => Ok(self.db.record_inference(id, "done", None, &rows).await?),
+        }
+    }
+
+    /// Run a claimed study job: catch up, wait for running passes, aggregate, save.
+    pub async fn run_job(self: &Arc<Self>, job: ClaimedJob) -> Result<(), TriageError> {
+        loop {
+            let pending = self.db.pending_inference(job.study_id, now_ms()).await?;
+            if pending.claimable.is_empty() && pending.running == 0 {
+                break;
+            }
+            let mut passes = tokio::task::JoinSet::new();
+            for id in pending.claimable.iter().copied() {
+                let me = self.clone();
+                passes.spawn(async move { (id, me.infer_instance(id).await) });
+            }
+            while let Some(done) = passes.join_next().await {
+                if let Ok((id, Err(e))) = done {
+                    error!(instance = id, error = %e, "inference pass failed");
+                }
+            }
+            if pending.claimable.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let slices = self.db.study_slices(job.study_id).await?;
+        let (failed, _not_routed) = self.db.study_inference_outcomes(job.study_id).await?;
+        let ctx = aggregate::Context {
+            study_id: job.study_id,
+            manifests: self.engine.manifests(),
+            tiers: self.tiers,
+            failed: &failed,
+            last_received_at_ms: job.last_received_at_ms,
+            ready_at_ms: job.ready_at_ms,
+            triaged_at_ms: now_ms(),
+        };
+        let results = aggregate::study_results(&ctx, &slices);
+        self.db.save_study_results(job.id, job.study_id, &results).await?;
+        for r in &results {
+            info!(
+                study_id = job.study_id,
+                job_id = job.id,
+                model = %r.model,
+                state = %r.state,
+                priority = r.priority.as_deref().unwrap_or("-"),
+                images = r.images_inferred,
+                failed = r.instances_failed,
+                preprocess_ms = format_args!("{:.1}", r.preprocess_ms),
+                forward_ms = format_args!("{:.1}", r.forward_ms),
+                after_quiet_period_ms = r.triaged_at_ms - r.ready_at_ms,
+                "study triaged"
+            );
+        }
+        Ok(())
+    }
+
+    /// Consume stored-instance ids as they arrive, one pass each (bounded by the preprocessing
+    /// permits and the engine's queue), until `shutdown`.
+    pub async fn run_arrivals(self: Arc<Self>, mut arrivals: mpsc::Receiver<i64>, shutdown: CancellationToken) {
+        let passes = TaskTracker::new();
+        loop {
+            let id = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                id = arrivals.recv() => match id { Some(id) => id, None => break },
+            };
+            let me = self.clone();
+            passes.spawn(async move {
+                if let Err(e) = me.infer_instance(id).await {
+                    error!(instance = id, error = %e, "inference pass failed");
+                }
+            });
+        }
+        passes.close();
+        passes.wait().await;
+    }
+
+    /// Claim and run study jobs, up to `concurrency` at a time, until `shutdown`.
+    pub async fn run_jobs(self: Arc<Self>, poll: Duration, concurrency: usize, shutdown: CancellationToken) {
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < concurrency {
+                let now = now_ms();
+                match self.db.claim_study_job(now, now + JOB_LEASE.as_millis() as i64).await {
+                    Ok(Some(job)) => {
+                        let me = self.clone();
+                        running.spawn(async move {
+                            let (id, study) = (job.id, job.study_id);
+                            if let Err(e) = me.run_job(job).await {
+                                error!(job_id = id, study_id = study, error = %e, "study triage failed; retried after its lease");
+                                let _ = me.db.fail_job(id, &e.to_string()).await;
+                            }
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        error!(error = %e, "claiming study jobs failed");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(poll) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+        running.shutdown().await;
+    }
+}
+
+/// Open the instance, route it, decode once and prepare every frame for every model that
+/// accepts it. Empty when none does.
+fn prepare(path: &std::path::Path, manifests: &[Manifest]) -> Result<Vec<Prepared>, PixelError> {
+    if manifests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let image = Image::open(path)?;
+    let models: Vec<usize> = (0..manifests.len()).filter(|&i| manifests[i].routing.accepts(&image.attrs)).collect();
+    if models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let decoded = image.decode()?;
+    let mut out = Vec::new();
+    for m in models {
+        let spec = manifests[m].input.spec(&image.attrs.modality);
+        out.extend(decoded.model_inputs(&spec).into_iter().map(|input| Prepared { model: m, input }));
+    }
+    Ok(out)
+}
