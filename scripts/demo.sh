@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The README's run command: sets up everything on a fresh machine, starts triage-node on the
 # embedded default (SQLite in ./demo-data), pushes real sample studies (a head CT and an adult
-# chest CR from pydicom-data) with DCMTK storescu, waits for the studies to complete, prints a
-# summary, and stops the node cleanly.
+# chest CR from pydicom-data, and four demo chest cases made from that CR, two with a synthetic
+# nodule) with DCMTK storescu, waits for the studies to complete and be triaged by the shipped
+# demonstration model (models/demo-nodule: NOT clinically validated), prints the results, the
+# heatmaps it would return, a summary, and stops the node cleanly.
 #
-# What you see today: instances de-identified and stored, studies queued for triage, and the
-# re-identification map and audit trail at work. AI inference and results to the PACS arrive with
-# the next issues (see README, "Status"). The demo runs with the node's public demo keys
-# (deid.demo_keys): fine for these public sample files, never for patient data.
+# Results to the PACS (SR + Secondary Capture) arrive with the next issue (see README, "Status").
+# The demo runs with the node's public demo keys (deid.demo_keys): fine for these public sample
+# files, never for patient data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh
@@ -34,12 +35,21 @@ echoscu -v -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT"
 echo "== C-STORE: a head CT slice (JPEG 2000 lossless) and an adult chest CR (explicit VR), then 9 more CT slices"
 storescu -R -xv -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/ts/ct_j2k_lossless.dcm .testdata/ts/cr_explicit_le.dcm
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/series/ct_0[1-9].dcm
-echo "== waiting for the 3 s quiet period that completes each study"
-sleep 5
+echo "== C-STORE: four demo chest cases (labels: $(sed -n '2,5p' .testdata/demo-cases/labels.csv | tr '\n' ' '))"
+storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/demo-cases/case00[0-3].dcm
+echo "== waiting for the 3 s quiet period that completes each study, then its triage"
+for _ in $(seq 100); do
+  [ "$(grep -c 'study triaged' "$DEMO/node.log" || true)" -ge 6 ] && break; sleep 0.2
+done
 kill -TERM $NODE; wait $NODE || true
 trap - EXIT
 echo "== node log"
 cat "$DEMO/node.log"
+echo "== study results (the CT is not_applicable: the demo model takes chest radiographs only)"
+"$BIN" results
+echo "== the same demo cases through \`triage-node infer\`, with heatmaps in $DEMO/heatmaps"
+"$BIN" infer --heatmaps "$DEMO/heatmaps" .testdata/demo-cases/case00[0-3].dcm | cut -c1-200
+ls "$DEMO/heatmaps"
 echo "== summary"
 "$BIN" status
 echo "stored files: $(find "$DEMO/store" -name '*.dcm' | wc -l) under $DEMO/store"

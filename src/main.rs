@@ -87,6 +87,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The newest study results: per study (row id) and model, the state, priority and findings
+    /// (no patient data; the study's identity is in the re-identification map).
+    Results {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Benchmark driver for scripts/bench-infer.sh: triage FILES with one model in batches of
+    /// --batch and print the timings as JSON.
+    #[command(hide = true)]
+    BenchInfer {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
     Echo {
         #[arg(long)]
@@ -267,6 +284,32 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Infer { paths, model, heatmaps } => infer_files(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
         Command::Evaluate { labels, dir, model, json } => evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
+        Command::Results { limit } => {
+            std::fs::create_dir_all(&settings.storage.data_dir)?;
+            let db = Db::open(&settings.database_url(), 1).await?;
+            println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  FINDINGS (probability, confidence)", "STUDY", "MODEL", "STATE", "PRIORITY", "IMAGES");
+            for r in db.recent_results(limit).await? {
+                let findings: Vec<String> = r.findings.iter().map(|f| format!("{}{} {:.3} {}", f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
+                let model = if r.model.is_empty() { "-".to_string() } else { format!("{} {}", r.model, r.model_version) };
+                let detail = r.error.clone().unwrap_or_else(|| findings.join(", "));
+                println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  {detail}", r.study_id, model, r.state, r.priority.as_deref().unwrap_or("-"), r.images_inferred);
+                if r.demonstration {
+                    println!("{:>6}  (demonstration model, not clinically validated)", "");
+                }
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::BenchInfer { model, batch, files } => {
+            let mut settings = settings.clone();
+            settings.inference.max_batch = batch.max(1);
+            let engine = offline_engine(&settings, Some(&model)).await?;
+            let index = engine.manifests().iter().position(|m| m.name == model).expect("checked by offline_engine");
+            let files = triage_node::delivery::collect_files(&files)?;
+            let report = triage_node::triage::offline::bench(&engine, index, &files, batch.max(1)).await.map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Status => {
             std::fs::create_dir_all(&settings.storage.data_dir)?;
             let db = Db::open(&settings.database_url(), 1).await?;

@@ -46,6 +46,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?;
     info!(engine = ?db.engine(), "database ready");
 
+    if db.engine() == crate::db::Engine::Sqlite {
+        let (passes, jobs) = db.void_triage_claims().await.context("voiding the previous run's triage claims")?;
+        if passes + jobs > 0 {
+            warn!(passes, jobs, "resuming triage work interrupted by the previous run");
+        }
+    }
     let inf = &settings.inference;
     let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth).context("starting the inference thread")?;
     let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), inf.tiers(), inf.preprocess_threads());

@@ -123,3 +123,35 @@ fn multi_frame_enhanced_ct_applies_the_functional_group_rescale() {
     let min = d.values.iter().fold(f32::MAX, |a, &b| a.min(b));
     assert!(min < -900.0, "minimum {min}: the functional-group rescale was not applied");
 }
+
+/// The whole model input (Modality LUT, the file's window, MONOCHROME1 inversion, bilinear
+/// resize) against the demo model's training pipeline (pydicom + numpy + torch's interpolate),
+/// on the real chest CR at full size (1955 x 1841) and demo cases (512 rows): the model
+/// sees in the node what it was trained on.
+#[test]
+fn model_input_matches_the_training_pipeline() {
+    let Some(py) = python() else { return };
+    let Some((cases, _)) = demo_cases() else { return };
+    use triage_node::inference::package::Manifest;
+    let manifest = Manifest::load(&repo().join("models/demo-nodule/model.toml")).unwrap();
+    let spec = manifest.input.spec("CR");
+    let dir = tempfile::tempdir().unwrap();
+    for file in [ts("cr_explicit_le.dcm"), cases.join("case000.dcm"), cases.join("case001.dcm")] {
+        let reference = dir.path().join("input.f32");
+        let out = std::process::Command::new(&py)
+            .arg(repo().join("scripts/train-demo-model.py"))
+            .arg("model-input")
+            .arg(&file)
+            .arg(&reference)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let theirs = read_f32(&reference);
+        let ours = decode(&file).unwrap().model_inputs(&spec);
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].values.len(), theirs.len());
+        let max_diff = ours[0].values.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("{}: model input max |diff| against pydicom + torch {max_diff:.2e}", file.display());
+        assert!(max_diff < 1e-5, "{}: model input differs from the training pipeline by {max_diff}", file.display());
+    }
+}

@@ -418,6 +418,38 @@ impl Db {
         Ok(out)
     }
 
+    /// The newest `limit` study results (study row id first), for `triage-node results`.
+    pub async fn recent_results(&self, limit: i64) -> Result<Vec<StudyResultRow>, DbError> {
+        let uids: Vec<String> = sqlx::query_scalar(
+            "SELECT s.study_instance_uid FROM studies s WHERE EXISTS (SELECT 1 FROM study_results r WHERE r.study_id = s.id)
+             ORDER BY (SELECT MAX(r.triaged_at_ms) FROM study_results r WHERE r.study_id = s.id) DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select recent results"))?;
+        let mut out = Vec::new();
+        for uid in uids {
+            out.extend(self.study_results(&uid).await?);
+        }
+        Ok(out)
+    }
+
+    /// A node alone on its SQLite file holds every claim: at start-up, the claims of its
+    /// previous run are void (a crash left them), so passes and jobs run again at once instead
+    /// of after their lease. Not for PostgreSQL, where other nodes' claims are live.
+    pub async fn void_triage_claims(&self) -> Result<(u64, u64), DbError> {
+        let passes = sqlx::query("UPDATE instances SET inference_state = NULL, inference_lease_until_ms = NULL WHERE inference_state = 'running'")
+            .execute(&self.pool)
+            .await
+            .map_err(q("void inference claims"))?;
+        let jobs = sqlx::query("UPDATE jobs SET state = 'pending', lease_until_ms = 0 WHERE state = 'running' AND kind = 'study_ready'")
+            .execute(&self.pool)
+            .await
+            .map_err(q("void job claims"))?;
+        Ok((passes.rows_affected(), jobs.rows_affected()))
+    }
+
     /// (state, count) of study results, for `triage-node status`.
     pub async fn result_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
         let rows = sqlx::query(

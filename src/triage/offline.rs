@@ -174,3 +174,68 @@ pub fn write_png(path: &Path, rgb: &Array3<u8>) -> std::io::Result<()> {
     w.write_image_data(&data).map_err(std::io::Error::other)?;
     w.finish().map_err(std::io::Error::other)
 }
+
+/// Timings of `triage-node bench-infer` (scripts/bench-infer.sh).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub batch: usize,
+    pub images: usize,
+    pub total_s: f64,
+    /// Open + decode + Modality LUT + window + resize, summed over images.
+    pub preprocess_s: f64,
+    /// Waiting for the engine's forward passes, summed over batches.
+    pub forward_s: f64,
+    pub images_per_s: f64,
+    pub ms_per_image: f64,
+}
+
+/// Triage `files` with model `model` in batches of `batch`, the way a study's images are:
+/// preprocess a batch's files, queue them together, wait for the outputs. One warm-up batch
+/// first (not counted).
+pub async fn bench(engine: &Engine, model: usize, files: &[PathBuf], batch: usize) -> Result<BenchReport, String> {
+    let manifest = engine.manifests().get(model).ok_or("no such model")?.clone();
+    let prepare = |path: &Path| -> Result<Vec<f32>, String> {
+        let image = Image::open(path).map_err(|e| e.to_string())?;
+        let decoded = image.decode().map_err(|e| e.to_string())?;
+        let mut inputs = decoded.model_inputs(&manifest.input.spec(&image.attrs.modality));
+        Ok(inputs.swap_remove(0).values)
+    };
+    let run = |chunk: &[PathBuf]| {
+        let prepare = &prepare;
+        let chunk = chunk.to_vec();
+        async move {
+            let t = Instant::now();
+            let inputs = chunk.iter().map(|p| prepare(p)).collect::<Result<Vec<_>, _>>()?;
+            let pre = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut waiting = Vec::new();
+            for input in inputs {
+                waiting.push(engine.submit(model, input).await.map_err(|e| e.to_string())?);
+            }
+            for rx in waiting {
+                rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>((pre, t.elapsed().as_secs_f64()))
+        }
+    };
+    run(&files[..batch.min(files.len())]).await?;
+    let started = Instant::now();
+    let (mut pre, mut fwd) = (0.0, 0.0);
+    for chunk in files.chunks(batch.max(1)) {
+        let (p, f) = run(chunk).await?;
+        pre += p;
+        fwd += f;
+    }
+    let total = started.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        model: manifest.name.clone(),
+        batch,
+        images: files.len(),
+        total_s: total,
+        preprocess_s: pre,
+        forward_s: fwd,
+        images_per_s: files.len() as f64 / total,
+        ms_per_image: total * 1000.0 / files.len() as f64,
+    })
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Inference benchmark (not a test): per-image latency and images/s on the CPU, at batch 1 and
+# batched, for the demo model (128x128) and a DenseNet-121-sized model (224x224, random
+# weights, the common chest X-ray architecture), each file triaged end to end (read, decode,
+# Modality LUT, window, resize, forward). The same TorchScript file is driven from Python in
+# the same run (pydicom + numpy + torch preprocessing, torch.jit.load), with the same number of
+# torch threads.
+#   scripts/bench-infer.sh [IMAGES]      (default 32 chest CR files of 512 rows, demo cases)
+# With a CUDA GPU, also the node on cuda:0 in fp32 and fp16 (allow_half).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-32}
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+scripts/setup-test-env.sh >/dev/null
+export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+cargo build --release --locked -q
+BIN=$PWD/target/release/triage-node
+WORK=${BENCH_DIR:-$PWD/.bench}/infer
+mkdir -p "$WORK"
+[ -f "$WORK/models/densenet121-random/model.pt" ] || .venv/bin/python scripts/bench_infer.py densenet "$WORK/models/densenet121-random"
+rm -rf "$WORK/models/demo-nodule" && cp -r models/demo-nodule "$WORK/models/"
+mapfile -t FILES < <(ls .testdata/demo-cases/case*.dcm | head -n "$N")
+THREADS=$(.venv/bin/python -c 'import torch; print(torch.get_num_threads())')
+echo "bench: ${#FILES[@]} chest CR files (512 rows, explicit VR LE), torch threads $THREADS, $(nproc) cores"
+
+rust() {  # model batch [device]
+  TRIAGE__INFERENCE__MODELS_DIR="$WORK/models" TRIAGE__INFERENCE__DEVICE="${3:-cpu}" "$BIN" bench-infer --model "$1" --batch "$2" "${FILES[@]}"
+}
+python() {  # model size batch
+  .venv/bin/python scripts/bench_infer.py run "$WORK/models/$1/model.pt" "$2" "$3" "${FILES[@]}"
+}
+field() { .venv/bin/python -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+printf '\n| model | batch | triage-node ms/image | img/s | preprocessing share | Python ms/image | img/s | preprocessing share | speed ratio |\n|---|---|---|---|---|---|---|---|---|\n'
+for spec in "demo-nodule 128" "densenet121-random 224"; do
+  set -- $spec
+  for batch in 1 8; do
+    r=$(rust "$1" "$batch"); p=$(python "$1" "$2" "$batch")
+    .venv/bin/python - "$1" "$batch" "$r" "$p" <<'PY'
+import json, sys
+m, b, r, p = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+share = lambda x: x["preprocess_s"] / x["total_s"]
+print(f"| {m} | {b} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | {share(r):.0%} | {p['ms_per_image']:.2f} | {p['images_per_s']:.1f} | {share(p):.0%} | {r['images_per_s'] / p['images_per_s']:.2f} |")
+PY
+  done
+done
+
+if "$BIN" bench-infer --help >/dev/null 2>&1 && .venv/bin/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  printf '\nCUDA (cuda:0):\n| model | batch | precision | ms/image | img/s |\n|---|---|---|---|---|\n'
+  for model in demo-nodule densenet121-random; do
+    for batch in 1 8; do
+      for half in false true; do
+        sed -i "s/^allow_half = .*/allow_half = $half/" "$WORK/models/$model/model.toml" 2>/dev/null || true
+        grep -q '^allow_half' "$WORK/models/$model/model.toml" || sed -i "1a allow_half = $half" "$WORK/models/$model/model.toml"
+        r=$(rust "$model" "$batch" cuda:0)
+        printf '| %s | %s | %s | %.2f | %.1f |\n' "$model" "$batch" "$([ $half = true ] && echo fp16 || echo fp32)" "$(field "$r" ms_per_image)" "$(field "$r" images_per_s)"
+      done
+    done
+  done
+fi
