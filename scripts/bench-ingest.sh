@@ -61,7 +61,8 @@ fsync = $FSYNC
 level = "warn"
 TOML
   # The corpus is synthetic: the public demo keys are fine (the baseline has no [deid] section).
-  [ "$bin" = "$BIN" ] && printf '[deid]\ndemo_keys = true\n' >> "$dir/node.toml"
+  # Ingest alone: no model package (inference is measured by scripts/bench-infer.sh).
+  [ "$bin" = "$BIN" ] && printf '[deid]\ndemo_keys = true\n[inference]\nmodels_dir = "%s/no-models"\n' "$dir" >> "$dir/node.toml"
   "$bin" --config "$dir/node.toml" ae add STORESCU >/dev/null
   TRIAGE__LOG__LEVEL=info "$bin" --config "$dir/node.toml" serve 2> "$dir/node.log" &
   NODE_PID=$!

@@ -144,6 +144,8 @@ pub struct InferenceSettings {
     pub queue_depth: usize,
     /// Instances decoded and preprocessed at once; 0 = one per CPU core.
     pub preprocess_threads: usize,
+    /// libtorch intra-op threads of the engine thread; 0 = one per CPU core but one.
+    pub torch_threads: usize,
     /// Studies aggregated at once.
     pub concurrent_studies: usize,
     /// Confidence tiers (confidence = p for a positive call, 1 - p for a negative one).

@@ -349,7 +349,7 @@ async fn offline_engine(settings: &Settings, only: Option<&str>) -> anyhow::Resu
             anyhow::bail!("no model package named {name:?} (loaded: {})", names.join(", "));
         }
     }
-    Ok(triage_node::inference::engine::Engine::start(packages, settings.inference.max_batch, settings.inference.queue_depth)?)
+    Ok(triage_node::inference::engine::Engine::start(packages, settings.inference.max_batch, settings.inference.queue_depth, settings.inference.torch_threads)?)
 }
 
 async fn infer_files(settings: &Settings, paths: &[PathBuf], only: Option<&str>, heatmaps: Option<&std::path::Path>) -> anyhow::Result<()> {

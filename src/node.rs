@@ -53,7 +53,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
     }
     let inf = &settings.inference;
-    let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth).context("starting the inference thread")?;
+    let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).context("starting the inference thread")?;
     let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), inf.tiers(), inf.preprocess_threads());
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));

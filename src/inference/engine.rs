@@ -56,11 +56,14 @@ pub struct Engine {
 impl Engine {
     /// Move `packages` onto a new thread named `inference-<device>`. `queue` bounds the images
     /// waiting (callers wait when it is full); `max_batch` bounds a batch.
-    pub fn start(packages: Vec<Package>, max_batch: usize, queue: usize) -> std::io::Result<Engine> {
+    pub fn start(packages: Vec<Package>, max_batch: usize, queue: usize, torch_threads: usize) -> std::io::Result<Engine> {
         let manifests = std::sync::Arc::new(packages.iter().map(|p| p.manifest.clone()).collect());
         let device = packages.first().map(|p| format!("{:?}", p.model.device()).to_lowercase()).unwrap_or_else(|| "none".into());
         let (tx, rx) = mpsc::channel(queue.max(1));
-        std::thread::Builder::new().name(format!("inference-{device}")).spawn(move || run(packages, rx, max_batch.max(1)))?;
+        std::thread::Builder::new().name(format!("inference-{device}")).spawn(move || {
+            super::runtime::set_threads(torch_threads);
+            run(packages, rx, max_batch.max(1))
+        })?;
         Ok(Engine { tx, manifests })
     }
 

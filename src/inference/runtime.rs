@@ -58,6 +58,16 @@ impl DeviceChoice {
     }
 }
 
+/// Give the calling thread's libtorch `n` intra-op threads (0: one per core but one, at least
+/// one: the node preprocesses, receives and writes on the other cores). Measured on the 2-core
+/// machine (scripts/bench-infer.sh): DenseNet-121 at batch 1 runs 92 ms/image with 1 thread and
+/// 195 ms with 2 (oversubscribed; Python torch on the same file: 111 ms with 2).
+pub fn set_threads(n: usize) {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = if n == 0 { cores.saturating_sub(1).max(1) } else { n };
+    tch::set_num_threads(n as i32);
+}
+
 /// One output of a forward pass: its shape and values (row-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
