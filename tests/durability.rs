@@ -73,7 +73,9 @@ fn acknowledged_instances_survive_kill_9_and_the_study_timer_rearms() {
     assert!(node.wait_for_log("study ready", Duration::from_secs(10)), "{}", node.log());
     let jobs = rt.block_on(db.list_jobs()).unwrap();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
-    assert_eq!((jobs[0].kind.as_str(), jobs[0].state.as_str()), ("study_ready", "pending"));
+    // The triage worker may already have taken the job (this node has no models, so it is done at once).
+    assert_eq!(jobs[0].kind, "study_ready", "{jobs:?}");
+    assert!(matches!(jobs[0].state.as_str(), "pending" | "running" | "done"), "{jobs:?}");
 }
 
 #[test]
