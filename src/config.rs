@@ -35,6 +35,7 @@ pub struct Settings {
     pub deid: DeidSettings,
     pub inference: InferenceSettings,
     pub delivery: DeliverySettings,
+    pub results: ResultsSettings,
     pub log: LogSettings,
 }
 
@@ -185,6 +186,19 @@ pub struct DeliverySettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ResultsSettings {
+    /// AE titles (registered with `triage-node ae add`) that receive every result object.
+    pub destinations: Vec<String>,
+    /// UID root for the objects the node creates; empty: `2.25.` UUID-derived UIDs.
+    pub uid_root: String,
+    /// Series Number of the reports; the heatmaps' series is this plus one.
+    pub series_number: u32,
+    /// Long side of a heatmap Secondary Capture's image part, in pixels.
+    pub heatmap_max_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
@@ -246,6 +260,18 @@ impl Settings {
         }
         if self.dicom.artim_timeout.is_zero() || self.dicom.idle_timeout.is_zero() {
             return Err(invalid("dicom.artim_timeout/idle_timeout", "must be above zero"));
+        }
+        let root = &self.results.uid_root;
+        if !root.is_empty()
+            && (root.len() > 40 || !root.split('.').all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'))))
+        {
+            return Err(invalid("results.uid_root", "must be a UID root of at most 40 characters: digits in components separated by dots, no leading zeros (or empty for 2.25 UIDs)"));
+        }
+        for d in &self.results.destinations {
+            AeTitle::parse(d).map_err(|reason| ConfigError::Invalid { key: "results.destinations", reason: format!("{d:?}: {reason}") })?;
+        }
+        if !(64..=4096).contains(&self.results.heatmap_max_size) {
+            return Err(invalid("results.heatmap_max_size", "must be between 64 and 4096 pixels"));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));

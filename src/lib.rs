@@ -11,4 +11,5 @@ pub mod domain;
 pub mod inference;
 pub mod ingest;
 pub mod node;
+pub mod results;
 pub mod triage;

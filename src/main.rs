@@ -495,9 +495,19 @@ async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Resu
             }
         }
         OutboxAction::List { state } => {
-            println!("{:>6}  {:<10}  {:<16}  {:>8}  LAST ERROR", "ID", "STATE", "DESTINATION", "ATTEMPTS");
+            println!("{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  LAST ERROR", "ID", "STATE", "KIND", "STUDY", "DESTINATION", "ATTEMPTS");
             for item in db.outbox_list(state.as_deref()).await? {
-                println!("{:>6}  {:<10}  {:<16}  {:>8}  {}", item.id, item.state, item.destination, item.attempts, item.last_error.as_deref().unwrap_or("-"));
+                let study = item.study_id.map_or("-".to_string(), |s| s.to_string());
+                println!(
+                    "{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {}",
+                    item.id,
+                    item.state,
+                    item.kind,
+                    study,
+                    item.destination,
+                    item.attempts,
+                    item.last_error.as_deref().unwrap_or("-")
+                );
             }
         }
         OutboxAction::Retry { id, dead } => {

@@ -54,8 +54,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let inf = &settings.inference;
     let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).context("starting the inference thread")?;
-    let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), inf.tiers(), inf.preprocess_threads());
+    let publisher = crate::results::Publisher {
+        data_dir: settings.storage.data_dir.clone(),
+        settings: settings.results.clone(),
+        station: ae_title.to_string(),
+        node: settings.node_id(),
+    };
+    for dest in &settings.results.destinations {
+        if db.find_ae(dest).await.context("looking up result destinations")?.is_none() {
+            warn!(destination = %dest, "results.destinations names an AE that is not registered; its results wait in the outbox until it is (triage-node ae add)");
+        }
+    }
+    let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), inf.tiers(), inf.preprocess_threads(), Some(publisher));
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
+    let keys = deid.keys().clone();
     let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));
     let orphans = ingest.remove_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
@@ -70,7 +82,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let workers = TaskTracker::new();
     let stop_workers = CancellationToken::new();
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).run(stop_workers.clone()));
-    let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone());
+    let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period);
     workers.spawn(outbox.run(stop_workers.clone()));
     workers.spawn(triage.clone().run_arrivals(arrivals, stop_workers.clone()));
     workers.spawn(triage.run_jobs(std::time::Duration::from_millis(200), inf.concurrent_studies, stop_workers.clone()));

@@ -224,10 +224,44 @@ impl Association {
     /// C-STORE the data set of a Part 10 file as it is on disk, in its own transfer syntax.
     pub async fn store_file(&mut self, path: &Path) -> Result<Response, ClientError> {
         let meta = read_part10(path)?;
+        let name = path.display().to_string();
+        let mut file = tokio::fs::File::open(path).await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+        let total = file.metadata().await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?.len();
+        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(meta.dataset_offset))
+            .await
+            .map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+        self.store_stream(&meta, file, total.saturating_sub(meta.dataset_offset), &name).await
+    }
+
+    /// C-STORE a Part 10 object held in memory (a result re-identified at sending).
+    pub async fn store_part10_bytes(&mut self, bytes: &[u8]) -> Result<Response, ClientError> {
+        let name = "<re-identified object>".to_string();
+        let not = |reason: String| ClientError::NotPart10 { path: name.clone(), reason };
+        if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+            return Err(not("no DICM prefix".into()));
+        }
+        let mut rest = &bytes[128..];
+        let meta = dicom_object::meta::FileMetaTable::from_reader(&mut rest).map_err(|e| not(e.to_string()))?;
+        let dataset_offset = (bytes.len() - rest.len()) as u64;
+        let meta = Part10 {
+            sop_class_uid: meta.media_storage_sop_class_uid().to_string(),
+            sop_instance_uid: meta.media_storage_sop_instance_uid().to_string(),
+            transfer_syntax_uid: meta.transfer_syntax().to_string(),
+            dataset_offset,
+        };
+        self.store_stream(&meta, rest, rest.len() as u64, &name).await
+    }
+
+    /// Send the C-STORE-RQ for `meta`, then `left` data set bytes from `source`, a PDU's worth at
+    /// a time (never the whole data set), and wait for the response.
+    async fn store_stream<R: tokio::io::AsyncRead + Unpin>(&mut self, meta: &Part10, mut source: R, mut left: u64, name: &str) -> Result<Response, ClientError> {
         let pc = self
             .context(&meta.sop_class_uid, Some(&meta.transfer_syntax_uid))
             .ok_or_else(|| ClientError::NoContext(format!("{} in {}", meta.sop_class_uid, meta.transfer_syntax_uid)))?
             .id;
+        if left == 0 {
+            return Err(ClientError::NotPart10 { path: name.to_string(), reason: "empty data set".into() });
+        }
         let id = self.message_id();
         let mut rq = CommandSet::default();
         rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, &meta.sop_class_uid)
@@ -238,25 +272,14 @@ impl Association {
             .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, &meta.sop_instance_uid);
         self.send(pc, true, &rq.encode()).await?;
 
-        // Stream the data set: read a PDU's worth at a time, never the whole file.
-        let name = path.display().to_string();
-        let mut file = tokio::fs::File::open(path).await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
-        let total = file.metadata().await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?.len();
-        let mut left = total.saturating_sub(meta.dataset_offset);
-        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(meta.dataset_offset))
-            .await
-            .map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
         let chunk = pdu::max_fragment(self.peer_max_pdu);
         let mut buf = vec![0u8; chunk];
-        if left == 0 {
-            return Err(ClientError::NotPart10 { path: name, reason: "empty data set".into() });
-        }
         // PS3.5 A.5: a deflated bit stream of odd length is sent padded with one NUL byte (some
         // peers, DCMTK among them, refuse odd fragments).
         let pad = meta.transfer_syntax_uid == DEFLATED_LE && left % 2 == 1;
         while left > 0 {
             let n = (left as usize).min(chunk);
-            file.read_exact(&mut buf[..n]).await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+            source.read_exact(&mut buf[..n]).await.map_err(|source| ClientError::ReadFile { path: name.to_string(), source })?;
             left -= n as u64;
             let n = if left == 0 && pad && n < chunk {
                 buf[n] = 0;

@@ -41,7 +41,35 @@ pub struct StoredInstance {
     pub dataset_sha256: String,
 }
 
+/// What a result object needs to reference a stored instance (de-identified UIDs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRef {
+    pub path: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub study_instance_uid: String,
+}
+
 impl Db {
+    pub async fn instance_ref(&self, id: i64) -> Result<Option<InstanceRef>, DbError> {
+        let row = sqlx::query("SELECT path, sop_class_uid, sop_instance_uid, series_instance_uid, study_instance_uid FROM instances WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("select instance reference"))?;
+        row.map(|r| {
+            Ok(InstanceRef {
+                path: get(&r, "path")?,
+                sop_class_uid: get(&r, "sop_class_uid")?,
+                sop_instance_uid: get(&r, "sop_instance_uid")?,
+                series_instance_uid: get(&r, "series_instance_uid")?,
+                study_instance_uid: get(&r, "study_instance_uid")?,
+            })
+        })
+        .transpose()
+    }
+
     pub async fn find_instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, DbError> {
         let row = sqlx::query(
             "SELECT id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, dataset_sha256 FROM instances WHERE sop_instance_uid = $1",

@@ -14,9 +14,9 @@ mod studies;
 mod triage;
 
 pub use ae_titles::{AeRole, RegisteredAe};
-pub use instances::{InsertOutcome, NewInstance, StoredInstance};
+pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use reid_map::SealedRecord;
-pub use outbox::OutboxItem;
+pub use outbox::{NewOutboxItem, OutboxItem};
 pub use studies::{Job, ReadyStudy};
 pub use triage::{ClaimedJob, FindingRow, PendingInference, SliceRow, StudyResultRow};
 

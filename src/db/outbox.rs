@@ -16,9 +16,24 @@ pub struct OutboxItem {
     pub attempts: i64,
     pub next_attempt_at_ms: i64,
     pub last_error: Option<String>,
+    /// `file` (queued by hand), `sr` or `sc` (AI results).
+    pub kind: String,
+    pub study_id: Option<i64>,
+    /// Re-identified at sending (result objects are stored de-identified).
+    pub reidentify: bool,
 }
 
-const COLUMNS: &str = "id, path, destination, state, attempts, next_attempt_at_ms, last_error";
+/// An item to queue together with the study result it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutboxItem {
+    pub path: String,
+    pub destination: String,
+    pub kind: String,
+    pub study_id: Option<i64>,
+    pub reidentify: bool,
+}
+
+const COLUMNS: &str = "id, path, destination, state, attempts, next_attempt_at_ms, last_error, kind, study_id, reidentify";
 /// A row is claimable when pending and due, or when a claimer's lease ran out.
 const CLAIMABLE: &str = "node = $3 AND ((state = 'pending' AND next_attempt_at_ms <= $2) OR (state = 'sending' AND lease_until_ms < $2))";
 
@@ -31,6 +46,9 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxItem, DbError> {
         attempts: get(r, "attempts")?,
         next_attempt_at_ms: get(r, "next_attempt_at_ms")?,
         last_error: get(r, "last_error")?,
+        kind: get(r, "kind")?,
+        study_id: get(r, "study_id")?,
+        reidentify: get::<i64>(r, "reidentify")? != 0,
     })
 }
 
@@ -92,6 +110,15 @@ impl Db {
             .await
             .map_err(q("release outbox claims"))?;
         Ok(done.rows_affected())
+    }
+
+    /// When the study of an item last received an instance (for the delivery latency).
+    pub async fn study_last_received(&self, study_id: i64) -> Result<Option<i64>, DbError> {
+        sqlx::query_scalar("SELECT last_received_at_ms FROM studies WHERE id = $1")
+            .bind(study_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("select study receive time"))
     }
 
     pub async fn outbox_delivered(&self, id: i64) -> Result<(), DbError> {

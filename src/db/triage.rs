@@ -280,8 +280,9 @@ impl Db {
         }
     }
 
-    /// Replace the study's results with `results` and mark the job done, in one transaction.
-    pub async fn save_study_results(&self, job_id: i64, study_id: i64, results: &[StudyResultRow]) -> Result<(), DbError> {
+    /// Replace the study's results with `results`, queue the result objects `outbox` for this
+    /// node `node`, and mark the job done, in one transaction.
+    pub async fn save_study_results(&self, job_id: i64, study_id: i64, results: &[StudyResultRow], node: &str, outbox: &[super::NewOutboxItem]) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         sqlx::query("DELETE FROM findings WHERE study_result_id IN (SELECT id FROM study_results WHERE study_id = $1)")
             .bind(study_id)
@@ -339,9 +340,26 @@ impl Db {
                 .map_err(q("insert finding"))?;
             }
         }
+        let now = crate::domain::now_ms();
+        for item in outbox {
+            sqlx::query(
+                "INSERT INTO outbox (path, destination, node, state, attempts, next_attempt_at_ms, created_at_ms, updated_at_ms, kind, study_id, reidentify)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4, $5, $6, $7) ON CONFLICT (path, destination) DO NOTHING",
+            )
+            .bind(&item.path)
+            .bind(&item.destination)
+            .bind(node)
+            .bind(now)
+            .bind(&item.kind)
+            .bind(item.study_id)
+            .bind(i64::from(item.reidentify))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("queue result object"))?;
+        }
         sqlx::query("UPDATE jobs SET state = 'done', last_error = NULL, updated_at_ms = $2 WHERE id = $1")
             .bind(job_id)
-            .bind(crate::domain::now_ms())
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(q("finish job"))?;

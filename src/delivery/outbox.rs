@@ -14,6 +14,7 @@ use super::{resolve, DeliveryError};
 use crate::association::client::{self, Association, ClientError, Response};
 use crate::config::DeliverySettings;
 use crate::db::{Db, OutboxItem};
+use crate::deid::Keys;
 use crate::domain::{now_ms, AeTitle};
 
 /// Items sent over one association at most.
@@ -25,6 +26,10 @@ pub struct OutboxWorker {
     ours: AeTitle,
     data_dir: PathBuf,
     cfg: DeliverySettings,
+    /// Opens the re-identification map for result objects (re-identified at sending).
+    keys: Keys,
+    /// The study quiet period, left out of the reported delivery latency.
+    quiet_period: Duration,
 }
 
 /// What to do with an item after an attempt.
@@ -65,8 +70,8 @@ pub fn backoff(cfg: &DeliverySettings, attempts: u32) -> Duration {
 }
 
 impl OutboxWorker {
-    pub fn new(db: Db, node: String, ours: AeTitle, data_dir: PathBuf, cfg: DeliverySettings) -> Self {
-        OutboxWorker { db, node, ours, data_dir, cfg }
+    pub fn new(db: Db, node: String, ours: AeTitle, data_dir: PathBuf, cfg: DeliverySettings, keys: Keys, quiet_period: Duration) -> Self {
+        OutboxWorker { db, node, ours, data_dir, cfg, keys, quiet_period }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -141,7 +146,25 @@ impl OutboxWorker {
             }
         };
         for (i, _) in &sendable {
-            let result = assoc.store_file(&self.data_dir.join(&items[*i].path)).await;
+            let item = &items[*i];
+            let path = self.data_dir.join(&item.path);
+            let result = if item.reidentify {
+                // Re-identified now, in memory: the queued file stays de-identified.
+                let purpose = format!("deliver result to {destination}");
+                match crate::results::reidentify::for_delivery(&self.db, &self.keys, &path, &purpose).await {
+                    Ok(bytes) => assoc.store_part10_bytes(&bytes).await,
+                    Err(e) if e.transient() => {
+                        verdicts[*i] = Verdict::Retry(e.to_string());
+                        continue;
+                    }
+                    Err(e) => {
+                        verdicts[*i] = Verdict::Dead(e.to_string());
+                        continue;
+                    }
+                }
+            } else {
+                assoc.store_file(&path).await
+            };
             let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Timeout(_)));
             verdicts[*i] = verdict_for(&result);
             if broken {
@@ -158,8 +181,18 @@ impl OutboxWorker {
         let attempts = item.attempts as u32 + 1;
         match verdict {
             Verdict::Delivered => {
-                info!(item = item.id, destination = %item.destination, attempts, "delivered");
-                self.db.outbox_delivered(item.id).await
+                self.db.outbox_delivered(item.id).await?;
+                match (item.kind.as_str(), item.study_id) {
+                    ("sr", Some(study)) => {
+                        // From the study's last instance to the PACS's Success for its report,
+                        // without the quiet period (a setting, not work).
+                        let last = self.db.study_last_received(study).await?.unwrap_or(0);
+                        let latency_ms = now_ms() - last - self.quiet_period.as_millis() as i64;
+                        info!(item = item.id, study_id = study, destination = %item.destination, attempts, latency_ms, "AI report delivered");
+                    }
+                    _ => info!(item = item.id, kind = %item.kind, destination = %item.destination, attempts, "delivered"),
+                }
+                Ok(())
             }
             Verdict::Retry(why) if attempts < self.cfg.max_attempts => {
                 let delay = backoff(&self.cfg, attempts);

@@ -34,6 +34,9 @@ pub struct Manifest {
     /// Shown in every result: what the model is for, and its limits.
     pub intended_use: String,
     pub limits: String,
+    /// Who made the model (the SR's Device Observer Manufacturer).
+    #[serde(default)]
+    pub manufacturer: Option<String>,
     /// A demonstration model, not clinically validated (said in every result).
     #[serde(default)]
     pub demonstration: bool,
@@ -97,6 +100,10 @@ pub struct Outputs {
     /// and which the class activation maps [N, labels, h, w].
     pub probabilities: usize,
     pub cam: usize,
+    /// Per label, the finding's code for the SR as "SCHEME:VALUE:Meaning" (for example
+    /// "SCT:27925004:Nodule"); without one, a private 99TRIAGE code named after the label.
+    #[serde(default)]
+    pub codes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +191,15 @@ impl Manifest {
         for (i, (p, u)) in o.positive.iter().zip(&o.urgent).enumerate() {
             if !(0.0..=1.0).contains(p) || !(0.0..=1.0).contains(u) || p > u {
                 return Err(format!("label {:?}: thresholds must satisfy 0 <= positive <= urgent <= 1", o.labels[i]));
+            }
+        }
+        if !o.codes.is_empty() && o.codes.len() != o.labels.len() {
+            return Err(format!("outputs.codes needs one code per label ({}) or none", o.labels.len()));
+        }
+        for c in &o.codes {
+            let parts: Vec<&str> = c.splitn(3, ':').collect();
+            if parts.len() != 3 || parts.iter().any(|p| p.trim().is_empty()) || parts[0].len() > 16 || parts[1].len() > 16 {
+                return Err(format!("outputs.codes: {c:?} is not \"SCHEME:VALUE:Meaning\" (for example \"SCT:27925004:Nodule\")"));
             }
         }
         if o.probabilities == o.cam {

@@ -37,6 +37,8 @@ pub enum TriageError {
     NoInstance(i64),
     #[error("preprocessing task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
 }
 
 /// How long a claimed instance pass or study job is held before another may take it over.
@@ -49,6 +51,8 @@ pub struct Triage {
     data_dir: PathBuf,
     tiers: Tiers,
     preprocess: Arc<Semaphore>,
+    /// Builds the SR and heatmaps of each result and queues them (None: results stay here).
+    publisher: Option<crate::results::Publisher>,
 }
 
 /// One image of an instance, ready for model `model`.
@@ -58,8 +62,9 @@ struct Prepared {
 }
 
 impl Triage {
-    pub fn new(db: Db, engine: Engine, data_dir: PathBuf, tiers: Tiers, preprocess_threads: usize) -> Arc<Triage> {
-        Arc::new(Triage { db, engine, data_dir, tiers, preprocess: Arc::new(Semaphore::new(preprocess_threads.max(1))) })
+    pub fn new(db: Db, engine: Engine, data_dir: PathBuf, tiers: Tiers, preprocess_threads: usize, publisher: Option<crate::results::Publisher>) -> Arc<Triage> {
+        let publisher = publisher.filter(crate::results::Publisher::enabled);
+        Arc::new(Triage { db, engine, data_dir, tiers, preprocess: Arc::new(Semaphore::new(preprocess_threads.max(1))), publisher })
     }
 
     /// Run instance `id`'s pass unless it is excluded, done, or running elsewhere.
@@ -169,7 +174,19 @@ impl Triage {
             triaged_at_ms: now_ms(),
         };
         let results = aggregate::study_results(&ctx, &slices);
-        self.db.save_study_results(job.id, job.study_id, &results).await?;
+        // The result objects are written (and synced) before the transaction that saves the
+        // results queues them: a crash in between leaves unqueued files, never a queued ghost.
+        let mut outbox = Vec::new();
+        let mut node = String::new();
+        if let Some(p) = &self.publisher {
+            node = p.node.clone();
+            for r in &results {
+                let Some(m) = self.engine.manifests().iter().find(|m| m.name == r.model) else { continue };
+                let built = p.build(&self.db, m, r, job.id).await?;
+                outbox.extend(p.outbox_rows(job.study_id, &built));
+            }
+        }
+        self.db.save_study_results(job.id, job.study_id, &results, &node, &outbox).await?;
         for r in &results {
             info!(
                 study_id = job.study_id,
@@ -182,6 +199,7 @@ impl Triage {
                 preprocess_ms = format_args!("{:.1}", r.preprocess_ms),
                 forward_ms = format_args!("{:.1}", r.forward_ms),
                 after_quiet_period_ms = r.triaged_at_ms - r.ready_at_ms,
+                queued = outbox.len(),
                 "study triaged"
             );
         }

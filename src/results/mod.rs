@@ -1,0 +1,270 @@
+//! AI results returned to the PACS: for each triaged study result, a TID 1500 Structured Report
+//! (`sr`) and, per positive finding, a heatmap Secondary Capture (`sc`), built from the result
+//! rows and the stored (de-identified) key images, written to `outbox/results/` and queued for
+//! every configured destination in the same transaction that saves the result.
+//!
+//! The queued objects are de-identified like everything else on disk: they carry the study's
+//! pseudonymous identity and UIDs. `reidentify` puts the original patient and study identity and
+//! the original UIDs of the referenced images back at the moment of sending, in memory, from the
+//! sealed re-identification map (each opening audited).
+//!
+//! Owns: what the result objects say and how they look. Must not: know PDUs or send anything
+//! (the outbox does); write an original identifier to disk.
+
+pub mod dataset;
+pub mod font;
+pub mod reidentify;
+pub mod sc;
+pub mod sr;
+
+use std::path::{Path, PathBuf};
+
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use ndarray::ArrayView2;
+use tracing::warn;
+
+use crate::config::ResultsSettings;
+use crate::db::{Db, DbError, InstanceRef, NewOutboxItem, StudyResultRow};
+use crate::inference::heatmap;
+use crate::inference::package::Manifest;
+use crate::inference::preprocess::Image;
+use dataset::{text, uid, Code};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("key instance {0} has no row")]
+    NoInstance(i64),
+    #[error("reading the key image {path}: {reason}")]
+    ReadKeyImage { path: PathBuf, reason: String },
+    #[error("encoding the result object: {0}")]
+    Encode(String),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("building result objects failed: {0}")]
+    Task(String),
+}
+
+/// One object written to the outbox folder: its path relative to the data directory.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub path: String,
+    /// `sr` or `sc`.
+    pub kind: &'static str,
+}
+
+/// Builds and queues the result objects of this node.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    pub data_dir: PathBuf,
+    pub settings: ResultsSettings,
+    /// This node's AE title (Station Name, Device Serial Number of the objects).
+    pub station: String,
+    /// The node id the outbox rows belong to.
+    pub node: String,
+}
+
+impl Publisher {
+    /// Whether anything is to be sent at all.
+    pub fn enabled(&self) -> bool {
+        !self.settings.destinations.is_empty()
+    }
+
+    /// Build the objects of one triaged result (none for a failed or not-applicable one).
+    pub async fn build(&self, db: &Db, manifest: &Manifest, result: &StudyResultRow, job_id: i64) -> Result<Vec<Built>, ResultsError> {
+        if result.state != "triaged" || result.findings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(result.findings.len());
+        for f in &result.findings {
+            keys.push(db.instance_ref(f.key_instance_id).await?.ok_or(ResultsError::NoInstance(f.key_instance_id))?);
+        }
+        let me = self.clone();
+        let (manifest, result) = (manifest.clone(), result.clone());
+        tokio::task::spawn_blocking(move || me.build_blocking(&manifest, &result, &keys, job_id))
+            .await
+            .map_err(|e| ResultsError::Task(e.to_string()))?
+    }
+
+    /// Outbox rows for `built`: every object to every destination, heatmaps before the report
+    /// that references them.
+    pub fn outbox_rows(&self, study_id: i64, built: &[Built]) -> Vec<NewOutboxItem> {
+        let mut ordered: Vec<&Built> = built.iter().filter(|b| b.kind == "sc").collect();
+        ordered.extend(built.iter().filter(|b| b.kind == "sr"));
+        let mut rows = Vec::new();
+        for dest in &self.settings.destinations {
+            for b in &ordered {
+                rows.push(NewOutboxItem { path: b.path.clone(), destination: dest.clone(), kind: b.kind.to_string(), study_id: Some(study_id), reidentify: true });
+            }
+        }
+        rows
+    }
+
+    fn build_blocking(&self, manifest: &Manifest, result: &StudyResultRow, keys: &[InstanceRef], job_id: i64) -> Result<Vec<Built>, ResultsError> {
+        let first = &keys[0];
+        let first_path = self.data_dir.join(&first.path);
+        let header = read_header(&first_path)?;
+        let study_uid = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_else(|| first.study_instance_uid.clone());
+        let root = self.settings.uid_root.as_str();
+        let stamp = result.triaged_at_ms.to_string();
+        let job = job_id.to_string();
+        let base = |what: &str| uid(root, &[&study_uid, &result.model, &result.model_version, &job, &stamp, what]);
+        let created_ms = crate::domain::now_ms();
+        let (sr_series, sc_series) = (base("sr-series"), base("sc-series"));
+
+        let mut built = Vec::new();
+        let mut findings = Vec::new();
+        for (i, (f, key)) in result.findings.iter().zip(keys).enumerate() {
+            let key_path = self.data_dir.join(&key.path);
+            let key_header = if i == 0 { header.clone() } else { read_header(&key_path)? };
+            let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
+            let source = sr::ImageRef {
+                sop_class_uid: key.sop_class_uid.clone(),
+                sop_instance_uid: key.sop_instance_uid.clone(),
+                series_instance_uid: key.series_instance_uid.clone(),
+                frame: (frames > 1).then_some(f.key_frame as u32 + 1),
+            };
+            let li = manifest.outputs.labels.iter().position(|l| *l == f.label).unwrap_or(0);
+            let code = finding_code(manifest, li, &f.label);
+            let mut heatmap_ref = None;
+            if f.positive {
+                let sc_uid = base(&format!("sc {}", f.label));
+                let label = sc::Label {
+                    finding: code.meaning.clone(),
+                    probability: f.probability,
+                    urgent: f.urgent,
+                    tier: f.tier.clone(),
+                    model: result.model.clone(),
+                    version: result.model_version.clone(),
+                    demonstration: result.demonstration,
+                };
+                match render_key_image(&key_path, manifest, f, self.settings.heatmap_max_size, &label) {
+                    Ok(rgb) => {
+                        let capture = sc::Capture {
+                            sop_instance_uid: sc_uid.clone(),
+                            series_uid: sc_series.clone(),
+                            series_number: self.settings.series_number + 1,
+                            instance_number: (i + 1) as u32,
+                            source: source.clone(),
+                            model: result.model.clone(),
+                            version: result.model_version.clone(),
+                            created_ms,
+                            station: self.station.clone(),
+                        };
+                        let obj = sc::build(&capture, &rgb, &key_header);
+                        built.push(Built { path: self.write(&obj, dataset::SECONDARY_CAPTURE, &sc_uid)?, kind: "sc" });
+                        heatmap_ref = Some(sr::ImageRef {
+                            sop_class_uid: dataset::SECONDARY_CAPTURE.into(),
+                            sop_instance_uid: sc_uid,
+                            series_instance_uid: sc_series.clone(),
+                            frame: None,
+                        });
+                    }
+                    // The report still goes out, without the picture; the reason is logged.
+                    Err(e) => warn!(study_id = result.study_id, model = %result.model, error = %e, "heatmap not rendered"),
+                }
+            }
+            findings.push(sr::FindingReport {
+                label: f.label.clone(),
+                code,
+                probability: f.probability,
+                positive: f.positive,
+                urgent: f.urgent,
+                tier: f.tier.clone(),
+                source,
+                heatmap: heatmap_ref,
+                tracking_uid: base(&format!("tracking {}", f.label)),
+            });
+        }
+        let sr_uid = base("sr");
+        let report = sr::Report {
+            model: result.model.clone(),
+            version: result.model_version.clone(),
+            manufacturer: manifest.manufacturer.clone().unwrap_or_else(|| "unknown (not given in model.toml)".into()),
+            demonstration: result.demonstration,
+            intended_use: result.intended_use.clone(),
+            limits: result.limits.clone(),
+            priority: result.priority.clone().unwrap_or_else(|| "negative".into()),
+            procedure: procedure(&header),
+            findings,
+            device_uid: uid(root, &["device", &self.station, &result.model, &result.model_version]),
+            series_uid: sr_series,
+            series_number: self.settings.series_number,
+            sop_instance_uid: sr_uid.clone(),
+            created_ms,
+            station: self.station.clone(),
+        };
+        let obj = sr::build(&report, &header);
+        built.push(Built { path: self.write(&obj, dataset::COMPREHENSIVE_3D_SR, &sr_uid)?, kind: "sr" });
+        Ok(built)
+    }
+
+    /// Write `obj` as `outbox/results/<uid>.dcm`, durably (file and folder synced).
+    fn write(&self, obj: &InMemDicomObject, sop_class: &str, sop_uid: &str) -> Result<String, ResultsError> {
+        let bytes = dataset::part10(obj, sop_class, sop_uid).map_err(ResultsError::Encode)?;
+        let relative = format!("outbox/results/{sop_uid}.dcm");
+        let target = self.data_dir.join(&relative);
+        let dir = target.parent().expect("has a parent").to_path_buf();
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ResultsError::Write { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+        let staging = dir.join(format!(".{sop_uid}.part"));
+        let mut f = std::fs::File::create(&staging).map_err(err(&staging))?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(err(&staging))?;
+        f.sync_all().map_err(err(&staging))?;
+        std::fs::rename(&staging, &target).map_err(err(&target))?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(err(&dir))?;
+        Ok(relative)
+    }
+}
+
+/// The header of a stored instance (everything before the pixel data).
+fn read_header(path: &Path) -> Result<InMemDicomObject, ResultsError> {
+    dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map(|f| f.into_inner())
+        .map_err(|e| ResultsError::ReadKeyImage { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// The manifest's code for label `i` ("SCHEME:VALUE:Meaning"), else a private code.
+fn finding_code(manifest: &Manifest, i: usize, label: &str) -> Code {
+    manifest
+        .outputs
+        .codes
+        .get(i)
+        .and_then(|c| {
+            let mut parts = c.splitn(3, ':');
+            Some(Code::new(parts.nth(1)?, c.split(':').next()?, parts.next()?))
+        })
+        .unwrap_or_else(|| Code::new(&dataset::ascii(label).to_uppercase().chars().take(16).collect::<String>(), sr::PRIVATE_SCHEME, label))
+}
+
+/// The procedure reported, from the study's modality and body part.
+fn procedure(header: &InMemDicomObject) -> Code {
+    let modality = text(header, tags::MODALITY).unwrap_or_default().to_uppercase();
+    let body = text(header, tags::BODY_PART_EXAMINED).unwrap_or_default().to_uppercase();
+    match (modality.as_str(), body.as_str()) {
+        ("CR" | "DX", "CHEST") => Code::new("168537006", "SCT", "Plain chest X-ray"),
+        ("CR" | "DX", _) => Code::new("363680008", "SCT", "Radiographic imaging procedure"),
+        ("CT", _) => Code::new("77477000", "SCT", "Computerized axial tomography"),
+        _ => Code::new("363679005", "SCT", "Imaging"),
+    }
+}
+
+/// The key frame as the model saw it, the map blended over it, legend and label around it.
+fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::FindingRow, max: usize, label: &sc::Label) -> Result<ndarray::Array3<u8>, String> {
+    let image = Image::open(path).map_err(|e| e.to_string())?;
+    let spec = manifest.input.spec(&image.attrs.modality);
+    let decoded = image.decode().map_err(|e| e.to_string())?;
+    let (display, _) = decoded.display_frame(f.key_frame as usize, spec.window);
+    // A finding holds the map of its own label only.
+    let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).map_err(|e| e.to_string())?;
+    let (rows, cols) = heatmap::fit(display.nrows(), display.ncols(), max);
+    let blended = heatmap::blend(display.view(), cam, rows, cols);
+    Ok(sc::render(&blended, label))
+}

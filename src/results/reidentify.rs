@@ -1,0 +1,146 @@
+//! Re-identification of a queued result object at the moment of sending, in memory: the
+//! original patient and study identity and the original UIDs of every referenced image come back
+//! from the sealed map (each record opened is audited with the purpose); the object on disk stays
+//! de-identified.
+//!
+//! Every Referenced SOP Instance UID in the object that names a stored instance is looked up;
+//! the identity comes from the first one. De-identified UIDs are `keys.uid(original)`, so the
+//! originals of study, series and instance map each pseudonymous UID back wherever it occurs
+//! (Study Instance UID, evidence sequences, content items, Source Image Sequence). UIDs the node
+//! created itself (the objects' own, tracking UIDs) are not in the map and stay as they are.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+use dicom_core::header::Header;
+use dicom_core::{DataElement, Length, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use super::dataset::{self, IDENTITY};
+use crate::db::Db;
+use crate::deid::{self, Keys, MapError, Originals};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReidError {
+    #[error("reading the queued object: {0}")]
+    Read(String),
+    #[error("the queued object references no stored instance, so its patient is unknown")]
+    NoReference,
+    #[error("re-identification map: {0}")]
+    Map(#[from] MapError),
+    #[error("encoding the re-identified object: {0}")]
+    Encode(String),
+}
+
+impl ReidError {
+    /// Worth retrying later (a database hiccup), as opposed to a defect of the object or map.
+    pub fn transient(&self) -> bool {
+        matches!(self, ReidError::Map(MapError::Db(_)))
+    }
+}
+
+/// The Part 10 bytes of the object at `path`, re-identified. `purpose` goes into each audit entry.
+pub async fn for_delivery(db: &Db, keys: &Keys, path: &Path, purpose: &str) -> Result<Vec<u8>, ReidError> {
+    let file = dicom_object::open_file(path).map_err(|e| ReidError::Read(e.to_string()))?;
+    let sop_class = file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    let sop_instance = file.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
+    let mut obj = file.into_inner();
+    let mut referenced = Vec::new();
+    collect_references(&obj, &mut referenced);
+    let mut map: HashMap<String, String> = HashMap::new();
+    let mut identity: Option<Originals> = None;
+    for uid in referenced {
+        if map.contains_key(&uid) {
+            continue;
+        }
+        if db.reid_record(&uid).await.map_err(MapError::from)?.is_none() {
+            continue; // one of the node's own objects (a heatmap referenced by the report)
+        }
+        let o = deid::reidentify(db, keys, &uid, purpose).await?;
+        map.insert(keys.uid(&o.study_instance_uid), o.study_instance_uid.clone());
+        map.insert(keys.uid(&o.series_instance_uid), o.series_instance_uid.clone());
+        map.insert(uid, o.sop_instance_uid.clone());
+        identity.get_or_insert(o);
+    }
+    let identity = identity.ok_or(ReidError::NoReference)?;
+    obj = replace_uids(obj, &map);
+    put_identity(&mut obj, &identity);
+    dataset::part10(&obj, &sop_class, &sop_instance).map_err(ReidError::Encode)
+}
+
+fn collect_references(obj: &InMemDicomObject, out: &mut Vec<String>) {
+    for e in obj {
+        match e.value() {
+            Value::Sequence(seq) => seq.items().iter().for_each(|i| collect_references(i, out)),
+            _ if e.tag() == tags::REFERENCED_SOP_INSTANCE_UID => {
+                if let Ok(v) = e.to_str() {
+                    out.push(v.trim_end_matches(['\0', ' ']).to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn replace_uids(obj: InMemDicomObject, map: &HashMap<String, String>) -> InMemDicomObject {
+    let mut out = InMemDicomObject::new_empty();
+    for e in obj {
+        let tag = e.tag();
+        let vr = e.vr();
+        let replaced = match e.value() {
+            Value::Sequence(seq) => {
+                let items: Vec<InMemDicomObject> = seq.items().iter().cloned().map(|i| replace_uids(i, map)).collect();
+                DataElement::new(tag, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED))
+            }
+            _ if vr == VR::UI => match e.to_multi_str() {
+                Ok(values) => {
+                    let new: Vec<String> = values
+                        .iter()
+                        .map(|v| {
+                            let v = v.trim_end_matches(['\0', ' ']);
+                            map.get(v).cloned().unwrap_or_else(|| v.to_string())
+                        })
+                        .collect();
+                    DataElement::new(tag, VR::UI, PrimitiveValue::Strs(new.into()))
+                }
+                Err(_) => e,
+            },
+            _ => e,
+        };
+        out.put(replaced);
+    }
+    out
+}
+
+fn put_identity(obj: &mut InMemDicomObject, o: &Originals) {
+    for (tag, vr) in IDENTITY {
+        let value: Option<&String> = match tag {
+            t if t == tags::PATIENT_NAME => o.patient_name.as_ref(),
+            t if t == tags::PATIENT_ID => o.patient_id.as_ref(),
+            t if t == tags::ISSUER_OF_PATIENT_ID => o.issuer_of_patient_id.as_ref(),
+            t if t == tags::PATIENT_BIRTH_DATE => o.patient_birth_date.as_ref(),
+            t if t == tags::PATIENT_SEX => o.patient_sex.as_ref(),
+            t if t == tags::STUDY_INSTANCE_UID => Some(&o.study_instance_uid),
+            t if t == tags::STUDY_DATE => o.study_date.as_ref(),
+            t if t == tags::STUDY_TIME => o.study_time.as_ref(),
+            t if t == tags::REFERRING_PHYSICIAN_NAME => o.referring_physician_name.as_ref(),
+            t if t == tags::STUDY_ID => o.study_id.as_ref(),
+            t if t == tags::ACCESSION_NUMBER => o.accession_number.as_ref(),
+            t if t == tags::STUDY_DESCRIPTION => o.study_description.as_ref(),
+            _ => None,
+        };
+        match value {
+            Some(v) => {
+                obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v.as_str())));
+            }
+            None if tag == tags::ISSUER_OF_PATIENT_ID || tag == tags::STUDY_DESCRIPTION => {
+                obj.remove_element(tag);
+            }
+            None => {
+                obj.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The Structured Report of a study result: Comprehensive 3D SR following TID 1500 (Measurement
+//! Report), one TID 1501 measurement group per model label.
+//!
+//! ```text
+//! CONTAINER (126000, DCM, "Imaging Measurement Report")                  TID 1500
+//!  HAS CONCEPT MOD  CODE Language of Content Item and Descendants = en-US
+//!  HAS OBS CONTEXT  TID 1001/1004: Observer Type = Device, Device Observer UID, Name,
+//!                   Manufacturer, Model Name (the model package)
+//!  HAS CONCEPT MOD  CODE Procedure reported
+//!  CONTAINS CONTAINER (126010, DCM, "Imaging Measurements")
+//!   CONTAINS CONTAINER (125007, DCM, "Measurement Group")                 TID 1501, per label
+//!    HAS OBS CONTEXT TEXT Tracking Identifier, UIDREF Tracking Unique Identifier
+//!    CONTAINS CODE Finding = the label's code
+//!    HAS CONCEPT MOD TEXT Algorithm Name, Algorithm Version             TID 4019
+//!    CONTAINS IMAGE Source of Measurement = the key image (frame)
+//!    CONTAINS IMAGE Illustration of ROI = the heatmap Secondary Capture (positive findings)
+//!    CONTAINS NUM (122157, DCM, "Probability") in UCUM "1"
+//!    CONTAINS CODE <finding> = Present | Absent                         qualitative evaluation
+//!    CONTAINS CODE (99TRIAGE, CONFIDENCE) = HIGH | MEDIUM | REVIEW      qualitative evaluation
+//!  CONTAINS CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
+//!   CONTAINS CODE (260870009, SCT, "Priority") = (99TRIAGE, URGENT | POSITIVE | NEGATIVE)
+//!   CONTAINS TEXT (121106, DCM, "Comment") = the model's intended use and limits
+//! ```
+//!
+//! Standard codes (DCM, SCT, UMLS) wherever they exist; the private scheme `99TRIAGE`
+//! (declared in the Coding Scheme Identification Sequence and in the conformance statement)
+//! only for the confidence tier and the triage priority values.
+
+use dicom_core::value::PrimitiveValue;
+use dicom_core::header::Header;
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use super::dataset::{ascii, copy_identity, date_time, put, put_seq, Code, COMPREHENSIVE_3D_SR};
+
+pub const PRIVATE_SCHEME: &str = "99TRIAGE";
+
+/// A reference to an image (and frame, for multi-frame images), by its de-identified UIDs.
+#[derive(Debug, Clone)]
+pub struct ImageRef {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    /// 1-based, for multi-frame images only.
+    pub frame: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FindingReport {
+    pub label: String,
+    pub code: Code,
+    pub probability: f64,
+    pub positive: bool,
+    pub urgent: bool,
+    /// `high`, `medium` or `needs_review`.
+    pub tier: String,
+    pub source: ImageRef,
+    pub heatmap: Option<ImageRef>,
+    pub tracking_uid: String,
+}
+
+/// What the SR says, and the identity of the SR object itself.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub model: String,
+    pub version: String,
+    pub manufacturer: String,
+    pub demonstration: bool,
+    pub intended_use: String,
+    pub limits: String,
+    /// `urgent`, `positive` or `negative`.
+    pub priority: String,
+    pub procedure: Code,
+    pub findings: Vec<FindingReport>,
+    pub device_uid: String,
+    pub series_uid: String,
+    pub series_number: u32,
+    pub sop_instance_uid: String,
+    pub created_ms: i64,
+    pub station: String,
+}
+
+pub fn language() -> Code {
+    Code::new("en-US", "RFC5646", "English (United States)")
+}
+pub fn present() -> Code {
+    Code::new("52101004", "SCT", "Present")
+}
+pub fn absent() -> Code {
+    Code::new("2667000", "SCT", "Absent")
+}
+pub fn probability() -> Code {
+    Code::new("122157", "DCM", "Probability")
+}
+pub fn confidence() -> Code {
+    Code::new("CONFIDENCE", PRIVATE_SCHEME, "AI confidence tier")
+}
+pub fn tier_code(tier: &str) -> Code {
+    match tier {
+        "high" => Code::new("HIGH", PRIVATE_SCHEME, "High confidence"),
+        "medium" => Code::new("MEDIUM", PRIVATE_SCHEME, "Medium confidence"),
+        _ => Code::new("REVIEW", PRIVATE_SCHEME, "Low confidence, needs review"),
+    }
+}
+pub fn priority_code(priority: &str) -> Code {
+    match priority {
+        "urgent" => Code::new("URGENT", PRIVATE_SCHEME, "AI triage: urgent"),
+        "positive" => Code::new("POSITIVE", PRIVATE_SCHEME, "AI triage: positive"),
+        _ => Code::new("NEGATIVE", PRIVATE_SCHEME, "AI triage: negative"),
+    }
+}
+
+/// The statement every result carries about the model.
+pub fn statement(r: &Report) -> String {
+    let demo = if r.demonstration { "DEMONSTRATION MODEL, NOT CLINICALLY VALIDATED. " } else { "" };
+    format!("{demo}AI result by {} {}. Intended use: {} Limits: {}", r.model, r.version, r.intended_use.trim(), r.limits.trim())
+}
+
+/// Content items.
+enum Item {
+    Container { rel: &'static str, concept: Code, template: Option<&'static str>, children: Vec<Item> },
+    Code { rel: &'static str, concept: Code, value: Code },
+    Text { rel: &'static str, concept: Code, text: String },
+    UidRef { rel: &'static str, concept: Code, uid: String },
+    Num { rel: &'static str, concept: Code, value: f64, unit: Code },
+    Image { rel: &'static str, concept: Code, image: ImageRef },
+}
+
+impl Item {
+    fn encode(&self) -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        let (rel, concept) = match self {
+            Item::Container { rel, concept, .. }
+            | Item::Code { rel, concept, .. }
+            | Item::Text { rel, concept, .. }
+            | Item::UidRef { rel, concept, .. }
+            | Item::Num { rel, concept, .. }
+            | Item::Image { rel, concept, .. } => (*rel, concept),
+        };
+        put(&mut o, tags::RELATIONSHIP_TYPE, VR::CS, rel);
+        put_seq(&mut o, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![concept.item()]);
+        match self {
+            Item::Container { template, children, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+                put(&mut o, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
+                if let Some(t) = template {
+                    o.put(template_sequence(t));
+                }
+                put_seq(&mut o, tags::CONTENT_SEQUENCE, children.iter().map(Item::encode).collect());
+            }
+            Item::Code { value, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "CODE");
+                put_seq(&mut o, tags::CONCEPT_CODE_SEQUENCE, vec![value.item()]);
+            }
+            Item::Text { text, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "TEXT");
+                put(&mut o, tags::TEXT_VALUE, VR::UT, text);
+            }
+            Item::UidRef { uid, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "UIDREF");
+                put(&mut o, tags::UID, VR::UI, uid);
+            }
+            Item::Num { value, unit, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "NUM");
+                let mut mv = InMemDicomObject::new_empty();
+                put_seq(&mut mv, tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![unit.item()]);
+                put(&mut mv, tags::NUMERIC_VALUE, VR::DS, &decimal_string(*value));
+                mv.put(DataElement::new(tags::FLOATING_POINT_VALUE, VR::FD, PrimitiveValue::from(*value)));
+                put_seq(&mut o, tags::MEASURED_VALUE_SEQUENCE, vec![mv]);
+            }
+            Item::Image { image, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "IMAGE");
+                let mut r = InMemDicomObject::new_empty();
+                put(&mut r, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &image.sop_class_uid);
+                put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &image.sop_instance_uid);
+                if let Some(f) = image.frame {
+                    put(&mut r, tags::REFERENCED_FRAME_NUMBER, VR::IS, &f.to_string());
+                }
+                put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
+            }
+        }
+        o
+    }
+}
+
+fn template_sequence(id: &str) -> DataElement<InMemDicomObject> {
+    let mut t = InMemDicomObject::new_empty();
+    put(&mut t, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
+    put(&mut t, tags::TEMPLATE_IDENTIFIER, VR::CS, id);
+    DataElement::new(tags::CONTENT_TEMPLATE_SEQUENCE, VR::SQ, dicom_core::value::DataSetSequence::new(vec![t], dicom_core::Length::UNDEFINED))
+}
+
+/// A DS value (at most 16 characters).
+fn decimal_string(v: f64) -> String {
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.chars().take(16).collect()
+}
+
+fn group(r: &Report, f: &FindingReport) -> Item {
+    let mut children = vec![
+        Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("112039", "DCM", "Tracking Identifier"), text: ascii(&format!("{} {}", r.model, f.label)) },
+        Item::UidRef { rel: "HAS OBS CONTEXT", concept: Code::new("112040", "DCM", "Tracking Unique Identifier"), uid: f.tracking_uid.clone() },
+        Item::Code { rel: "CONTAINS", concept: Code::new("121071", "DCM", "Finding"), value: f.code.clone() },
+        Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111001", "DCM", "Algorithm Name"), text: r.model.clone() },
+        Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111003", "DCM", "Algorithm Version"), text: r.version.clone() },
+        Item::Image { rel: "CONTAINS", concept: Code::new("121112", "DCM", "Source of Measurement"), image: f.source.clone() },
+    ];
+    if let Some(h) = &f.heatmap {
+        children.push(Item::Image { rel: "CONTAINS", concept: Code::new("121200", "DCM", "Illustration of ROI"), image: h.clone() });
+    }
+    children.push(Item::Num { rel: "CONTAINS", concept: probability(), value: f.probability, unit: Code::new("1", "UCUM", "no units") });
+    children.push(Item::Code { rel: "CONTAINS", concept: f.code.clone(), value: if f.positive { present() } else { absent() } });
+    children.push(Item::Code { rel: "CONTAINS", concept: confidence(), value: tier_code(&f.tier) });
+    Item::Container { rel: "CONTAINS", concept: Code::new("125007", "DCM", "Measurement Group"), template: Some("1501"), children }
+}
+
+/// The SR data set, with the de-identified patient and study attributes of `identity`.
+pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    put(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put(&mut o, tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_3D_SR);
+    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &r.sop_instance_uid);
+    copy_identity(&mut o, identity);
+    let (date, time) = date_time(r.created_ms);
+    put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
+    put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
+    put(&mut o, tags::CONTENT_DATE, VR::DA, &date);
+    put(&mut o, tags::CONTENT_TIME, VR::TM, &time);
+    put(&mut o, tags::SERIES_DATE, VR::DA, &date);
+    put(&mut o, tags::SERIES_TIME, VR::TM, &time);
+    // SR Document Series.
+    put(&mut o, tags::MODALITY, VR::CS, "SR");
+    put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &r.series_uid);
+    put(&mut o, tags::SERIES_NUMBER, VR::IS, &r.series_number.to_string());
+    put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &ascii(&format!("AI triage report {} {}", r.model, r.version)));
+    put_seq(&mut o, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]);
+    // General and Enhanced General Equipment.
+    put(&mut o, tags::MANUFACTURER, VR::LO, "triage-node");
+    put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, "triage-node");
+    put(&mut o, tags::DEVICE_SERIAL_NUMBER, VR::LO, &ascii(&r.station));
+    put(&mut o, tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION"));
+    put(&mut o, tags::STATION_NAME, VR::SH, &ascii(&r.station).chars().take(16).collect::<String>());
+    // SR Document General.
+    put(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
+    put(&mut o, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+    put(&mut o, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+    put(&mut o, tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY");
+    put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]);
+    let study_uid = super::dataset::text(identity, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+    let sources: Vec<&ImageRef> = r.findings.iter().map(|f| &f.source).collect();
+    put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, evidence(&study_uid, &sources));
+    let heatmaps: Vec<&ImageRef> = r.findings.iter().filter_map(|f| f.heatmap.as_ref()).collect();
+    if !heatmaps.is_empty() {
+        put_seq(&mut o, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE, evidence(&study_uid, &heatmaps));
+    }
+    let mut scheme = InMemDicomObject::new_empty();
+    put(&mut scheme, tags::CODING_SCHEME_DESIGNATOR, VR::SH, PRIVATE_SCHEME);
+    put(&mut scheme, tags::CODING_SCHEME_NAME, VR::ST, "triage-node AI triage codes");
+    put(&mut scheme, tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION, VR::ST, "triage-node (see its DICOM conformance statement)");
+    put_seq(&mut o, tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE, vec![scheme]);
+
+    // SR Document Content: the root container.
+    let root = Item::Container {
+        rel: "",
+        concept: Code::new("126000", "DCM", "Imaging Measurement Report"),
+        template: Some("1500"),
+        children: {
+            let mut c = vec![
+                Item::Code { rel: "HAS CONCEPT MOD", concept: Code::new("121049", "DCM", "Language of Content Item and Descendants"), value: language() },
+                Item::Code { rel: "HAS OBS CONTEXT", concept: Code::new("121005", "DCM", "Observer Type"), value: Code::new("121007", "DCM", "Device") },
+                Item::UidRef { rel: "HAS OBS CONTEXT", concept: Code::new("121012", "DCM", "Device Observer UID"), uid: r.device_uid.clone() },
+                Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121013", "DCM", "Device Observer Name"), text: r.model.clone() },
+                Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121014", "DCM", "Device Observer Manufacturer"), text: r.manufacturer.clone() },
+                Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121015", "DCM", "Device Observer Model Name"), text: format!("{} {}", r.model, r.version) },
+                Item::Code { rel: "HAS CONCEPT MOD", concept: Code::new("121058", "DCM", "Procedure reported"), value: r.procedure.clone() },
+                Item::Container {
+                    rel: "CONTAINS",
+                    concept: Code::new("126010", "DCM", "Imaging Measurements"),
+                    template: None,
+                    children: r.findings.iter().map(|f| group(r, f)).collect(),
+                },
+            ];
+            c.push(Item::Container {
+                rel: "CONTAINS",
+                concept: Code::new("C0034375", "UMLS", "Qualitative Evaluations"),
+                template: None,
+                children: vec![
+                    Item::Code { rel: "CONTAINS", concept: Code::new("260870009", "SCT", "Priority"), value: priority_code(&r.priority) },
+                    Item::Text { rel: "CONTAINS", concept: Code::new("121106", "DCM", "Comment"), text: statement(r) },
+                ],
+            });
+            c
+        },
+    };
+    let encoded = root.encode();
+    for e in encoded {
+        if e.tag() != tags::RELATIONSHIP_TYPE {
+            o.put(e);
+        }
+    }
+    o
+}
+
+/// Hierarchical SOP Instance Reference items (study -> series -> instances) for `images`.
+fn evidence(study_uid: &str, images: &[&ImageRef]) -> Vec<InMemDicomObject> {
+    let mut series: Vec<(String, Vec<&ImageRef>)> = Vec::new();
+    for i in images {
+        match series.iter_mut().find(|(s, _)| *s == i.series_instance_uid) {
+            Some((_, v)) => {
+                if !v.iter().any(|x| x.sop_instance_uid == i.sop_instance_uid) {
+                    v.push(i)
+                }
+            }
+            None => series.push((i.series_instance_uid.clone(), vec![i])),
+        }
+    }
+    let mut study = InMemDicomObject::new_empty();
+    put(&mut study, tags::STUDY_INSTANCE_UID, VR::UI, study_uid);
+    let items = series
+        .into_iter()
+        .map(|(uid, refs)| {
+            let mut s = InMemDicomObject::new_empty();
+            put(&mut s, tags::SERIES_INSTANCE_UID, VR::UI, &uid);
+            let sops = refs
+                .iter()
+                .map(|r| {
+                    let mut o = InMemDicomObject::new_empty();
+                    put(&mut o, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &r.sop_class_uid);
+                    put(&mut o, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &r.sop_instance_uid);
+                    o
+                })
+                .collect();
+            put_seq(&mut s, tags::REFERENCED_SOP_SEQUENCE, sops);
+            s
+        })
+        .collect();
+    put_seq(&mut study, tags::REFERENCED_SERIES_SEQUENCE, items);
+    vec![study]
+}
