@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh Debian machine, idempotently:
-#   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy), cmake and
-#     g++ (to build CharLS, the JPEG-LS decoder)
+#   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy), Orthanc (a
+#     real PACS the result tests start on loopback with their own config), cmake and g++ (to
+#     build CharLS, the JPEG-LS decoder)
 #   - a Python venv in .venv with pinned pydicom, pynetdicom, pydicom-data (real DICOM files) and
 #     torch (its libtorch is what the node links through tch 0.26: PyTorch 2.13.0 exactly)
 #   - the test corpus in .testdata/: real CT and chest CR files in every transfer syntax we accept
@@ -12,6 +13,7 @@ ROOT=$PWD
 need_apt=()
 command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
+command -v Orthanc >/dev/null || need_apt+=(orthanc)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
@@ -20,10 +22,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The orthanc package may start its system service (ports 4242/8042); the tests run their own.
+  if [[ " ${need_apt[*]} " == *" orthanc "* ]] && command -v service >/dev/null; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi
 fi
 
-PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0)
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch' 2>/dev/null; then
+PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0
+         highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom' 2>/dev/null; then
   echo "setup: creating .venv (${PY_PINS[*]})"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"

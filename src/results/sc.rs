@@ -40,10 +40,9 @@ impl Label {
     }
 }
 
-/// A probability as a percentage that never rounds up to a certainty it does not have.
+/// A probability as a percentage, rounded down: never a certainty the model did not give.
 fn percent(p: f64) -> String {
-    let v = (p * 1000.0).floor() / 10.0;
-    if v >= 99.95 && p < 1.0 { ">99.9%".into() } else { format!("{v:.1}%") }
+    format!("{:.1}%", (p * 1000.0).floor() / 10.0)
 }
 
 /// The full picture: blended image (rows x cols), legend strip on the right, label band below.
@@ -173,7 +172,7 @@ mod tests {
         assert!((512..h).any(|r| (0..w).any(|c| img[[r, c, 0]] == 255)));
         assert!(label.lines()[2].contains("NOT CLINICALLY VALIDATED"));
         assert!(label.lines()[0].contains("NODULE 97.0%"), "{}", label.lines()[0]);
-        assert_eq!(percent(0.99999), ">99.9%");
+        assert_eq!(percent(0.99999), "99.9%");
         assert_eq!(percent(0.9996), "99.9%");
     }
 }

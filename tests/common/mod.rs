@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub delivery: Vec<String>,
     /// [inference] lines; without `models_dir`, the node loads no model package.
     pub inference: Vec<String>,
+    /// [results] lines (destinations, uid_root, ...).
+    pub results: Vec<String>,
     pub database_url: Option<String>,
     pub json_logs: bool,
     pub register: Vec<&'static str>,
@@ -62,7 +64,7 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], results: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
     }
 }
 
@@ -118,6 +120,10 @@ impl Node {
             inference.push(format!("models_dir = \"{}\"", dir.path().join("no-models").display()));
         }
         section(&mut toml, &inference);
+        if !opts.results.is_empty() {
+            toml.push_str("[results]\n");
+            section(&mut toml, &opts.results);
+        }
         if let Some(url) = &opts.database_url {
             toml.push_str(&format!("[database]\nurl = \"{url}\"\n"));
         }
@@ -397,4 +403,84 @@ pub fn demo_cases() -> Option<(PathBuf, Vec<(PathBuf, bool)>)> {
         .map(|(f, v)| (dir.join(f), v.trim() == "1"))
         .collect();
     Some((dir, cases))
+}
+
+/// A TCP port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real PACS: Orthanc from Debian, on loopback, with its own config and storage in a temp dir.
+pub struct Orthanc {
+    pub dir: tempfile::TempDir,
+    pub dicom_port: u16,
+    pub http_port: u16,
+    child: Child,
+}
+
+impl Orthanc {
+    pub fn start() -> Orthanc {
+        let dir = tempfile::tempdir().unwrap();
+        let (dicom_port, http_port) = (free_port(), free_port());
+        let config = serde_json::json!({
+            "Name": "triage-node-tests",
+            "StorageDirectory": dir.path().join("db"),
+            "IndexDirectory": dir.path().join("db"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": dicom_port,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomCheckCalledAet": true,
+            "DicomAlwaysAllowStore": true,
+            "UnknownSopClassAccepted": false,
+            "Plugins": [],
+            "StableAge": 1,
+        });
+        let path = dir.path().join("orthanc.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let child = Command::new("Orthanc")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("orthanc.log")).unwrap())
+            .spawn()
+            .expect("start Orthanc");
+        let orthanc = Orthanc { dir, dicom_port, http_port, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !orthanc.python(&["ready", &http_port.to_string()]).status.success() {
+            assert!(Instant::now() < deadline, "Orthanc did not start: {}", orthanc.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        orthanc
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
+    }
+
+    fn python(&self, args: &[&str]) -> Output {
+        Command::new(python().unwrap()).arg(repo().join("tests/peers/orthanc.py")).args(args).output().unwrap()
+    }
+
+    /// Every instance Orthanc holds in the study with this Study Instance UID, downloaded.
+    pub fn study(&self, study_uid: &str) -> Vec<serde_json::Value> {
+        let out_dir = self.dir.path().join("download").join(study_uid);
+        let out = self.python(&["study", &self.http_port.to_string(), study_uid, out_dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `dciodvfy` on a file: its error lines (an empty list is a pass; warnings are not errors).
+pub fn dciodvfy_errors(file: &Path) -> Vec<String> {
+    let out = Command::new("dciodvfy").arg(file).output().expect("run dciodvfy");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    text.lines().filter(|l| l.starts_with("Error")).map(str::to_string).collect()
 }

@@ -1,0 +1,41 @@
+"""Talk to the Orthanc the tests start (its REST API on loopback), as a PACS user would see it.
+
+    python orthanc.py ready HTTP_PORT                 exit 0 once the REST API answers
+    python orthanc.py study HTTP_PORT STUDY_UID DIR   download every instance of that study
+                                                      into DIR; print one JSON line per instance
+"""
+import json
+import os
+import sys
+import urllib.request
+
+
+def get(port, path, data=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read()
+
+
+def main():
+    cmd, port = sys.argv[1], sys.argv[2]
+    if cmd == "ready":
+        get(port, "/system")
+        return
+    if cmd == "study":
+        uid, out = sys.argv[3], sys.argv[4]
+        os.makedirs(out, exist_ok=True)
+        query = json.dumps({"Level": "Study", "Query": {"StudyInstanceUID": uid}}).encode()
+        for study in json.loads(get(port, "/tools/find", query)):
+            for inst in json.loads(get(port, f"/studies/{study}/instances")):
+                path = os.path.join(out, inst["ID"] + ".dcm")
+                with open(path, "wb") as f:
+                    f.write(get(port, f"/instances/{inst['ID']}/file"))
+                tags = json.loads(get(port, f"/instances/{inst['ID']}/simplified-tags"))
+                print(json.dumps({"file": path, "sop_class": tags.get("SOPClassUID"), "series": tags.get("SeriesInstanceUID"),
+                                  "modality": tags.get("Modality"), "patient_id": tags.get("PatientID")}))
+        return
+    sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
