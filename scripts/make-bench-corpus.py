@@ -64,10 +64,13 @@ def main():
     p.add_argument("out")
     p.add_argument("--ct", type=int, default=300)
     p.add_argument("--dx", type=int, default=30)
+    p.add_argument("--no-big", action="store_true", help="skip the 200 MB instance")
     a = p.parse_args()
     make_ct(os.path.join(a.out, "ct"), a.ct)
-    make_dx(os.path.join(a.out, "dx"), a.dx, 2500)
-    make_dx(os.path.join(a.out, "big"), 1, 10000)
+    if a.dx:
+        make_dx(os.path.join(a.out, "dx"), a.dx, 2500)
+    if not a.no_big:
+        make_dx(os.path.join(a.out, "big"), 1, 10000)
 
 
 if __name__ == "__main__":

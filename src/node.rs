@@ -54,11 +54,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let inf = &settings.inference;
     let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).context("starting the inference thread")?;
+    let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let publisher = crate::results::Publisher {
         data_dir: settings.storage.data_dir.clone(),
         settings: settings.results.clone(),
         station: ae_title.to_string(),
         node: settings.node_id(),
+        wake: wake_outbox.clone(),
     };
     for dest in &settings.results.destinations {
         if db.find_ae(dest).await.context("looking up result destinations")?.is_none() {
@@ -82,7 +84,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let workers = TaskTracker::new();
     let stop_workers = CancellationToken::new();
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).run(stop_workers.clone()));
-    let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period);
+    let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox);
     workers.spawn(outbox.run(stop_workers.clone()));
     workers.spawn(triage.clone().run_arrivals(arrivals, stop_workers.clone()));
     workers.spawn(triage.run_jobs(std::time::Duration::from_millis(200), inf.concurrent_studies, stop_workers.clone()));

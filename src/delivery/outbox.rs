@@ -30,6 +30,8 @@ pub struct OutboxWorker {
     keys: Keys,
     /// The study quiet period, left out of the reported delivery latency.
     quiet_period: Duration,
+    /// Rung when items are queued, so they go out at once instead of at the next poll.
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// What to do with an item after an attempt.
@@ -70,8 +72,18 @@ pub fn backoff(cfg: &DeliverySettings, attempts: u32) -> Duration {
 }
 
 impl OutboxWorker {
-    pub fn new(db: Db, node: String, ours: AeTitle, data_dir: PathBuf, cfg: DeliverySettings, keys: Keys, quiet_period: Duration) -> Self {
-        OutboxWorker { db, node, ours, data_dir, cfg, keys, quiet_period }
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        node: String,
+        ours: AeTitle,
+        data_dir: PathBuf,
+        cfg: DeliverySettings,
+        keys: Keys,
+        quiet_period: Duration,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Self {
+        OutboxWorker { db, node, ours, data_dir, cfg, keys, quiet_period, wake }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -89,6 +101,7 @@ impl OutboxWorker {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                    _ = self.wake.notified() => {}
                 }
             }
         }

@@ -64,6 +64,8 @@ pub struct Publisher {
     pub station: String,
     /// The node id the outbox rows belong to.
     pub node: String,
+    /// Wakes the outbox worker once objects are queued.
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Publisher {

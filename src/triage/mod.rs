@@ -187,6 +187,9 @@ impl Triage {
             }
         }
         self.db.save_study_results(job.id, job.study_id, &results, &node, &outbox).await?;
+        if let (Some(p), false) = (&self.publisher, outbox.is_empty()) {
+            p.wake.notify_one();
+        }
         for r in &results {
             info!(
                 study_id = job.study_id,
