@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The README's run command: sets up everything on a fresh machine, starts triage-node on the
-# embedded default (SQLite in ./demo-data), pushes real sample studies (a head CT and an adult
-# chest CR from pydicom-data, and four demo chest cases made from that CR, two with a synthetic
-# nodule) with DCMTK storescu, waits for the studies to complete and be triaged by the shipped
-# demonstration model (models/demo-nodule: NOT clinically validated), prints the results, the
-# heatmaps it would return, a summary, and stops the node cleanly.
+# The README's run command: sets up everything on a fresh machine, starts a local PACS (Orthanc,
+# on loopback with its own config in ./demo-data/pacs) and triage-node on the embedded default
+# (SQLite in ./demo-data), pushes real sample studies (a head CT and an adult chest CR from
+# pydicom-data, and four demo chest cases made from that CR, two with a synthetic nodule) with
+# DCMTK storescu to both (the PACS holds the originals, as it would from the modality), waits
+# for the studies to complete and be triaged by the shipped demonstration model
+# (models/demo-nodule: NOT clinically validated), and for the AI results (a TID 1500 SR per
+# chest study, a heatmap Secondary Capture per positive finding) to arrive in the PACS inside
+# the original studies. Prints the results, one SR as the PACS holds it, the heatmaps as PNG,
+# a summary, and stops both cleanly.
 #
-# Results to the PACS (SR + Secondary Capture) arrive with the next issue (see README, "Status").
 # The demo runs with the node's public demo keys (deid.demo_keys): fine for these public sample
 # files, never for patient data.
 set -euo pipefail
@@ -21,11 +24,26 @@ rm -rf "$DEMO"; mkdir -p "$DEMO"
 export TRIAGE__STORAGE__DATA_DIR=$DEMO TRIAGE__INGEST__STUDY_QUIET_PERIOD=3s TRIAGE__DICOM__PORT=${PORT:-11112}
 export TRIAGE__DEID__DEMO_KEYS=true
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PACS_DICOM=$(free_port); PACS_HTTP=$(free_port)
+mkdir -p "$DEMO/pacs"
+cat > "$DEMO/pacs/orthanc.json" <<JSON
+{ "Name": "demo-pacs", "StorageDirectory": "$DEMO/pacs/db", "IndexDirectory": "$DEMO/pacs/db",
+  "DicomAet": "PACS", "DicomPort": $PACS_DICOM, "HttpPort": $PACS_HTTP, "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false, "Plugins": [] }
+JSON
+Orthanc "$DEMO/pacs/orthanc.json" 2> "$DEMO/pacs/orthanc.log" &
+PACS=$!
+for _ in $(seq 100); do .venv/bin/python tests/peers/orthanc.py ready "$PACS_HTTP" 2>/dev/null && break; sleep 0.2; done
+echo "== local PACS: Orthanc, AE PACS on 127.0.0.1:$PACS_DICOM (REST on $PACS_HTTP)"
+export TRIAGE__RESULTS__DESTINATIONS=PACS
+
 "$BIN" ae add DEMO_CT --host 127.0.0.1
+"$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM"
 "$BIN" ae list
 "$BIN" serve 2> "$DEMO/node.log" &
 NODE=$!
-trap 'kill -TERM $NODE 2>/dev/null || true' EXIT
+trap 'kill -TERM $NODE $PACS 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q 'listening port=' "$DEMO/node.log" && break; sleep 0.1; done
 grep 'listening port=' "$DEMO/node.log"
 
@@ -37,12 +55,14 @@ storescu -R -xv -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testd
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/series/ct_0[1-9].dcm
 echo "== C-STORE: four demo chest cases (labels: $(sed -n '2,5p' .testdata/demo-cases/labels.csv | tr '\n' ' '))"
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/demo-cases/case00[0-3].dcm
-echo "== waiting for the 3 s quiet period that completes each study, then its triage"
-for _ in $(seq 100); do
-  [ "$(grep -c 'study triaged' "$DEMO/node.log" || true)" -ge 6 ] && break; sleep 0.2
+echo "== the same originals to the PACS (as the modality would have sent them)"
+storescu -aec PACS 127.0.0.1 "$PACS_DICOM" .testdata/ts/cr_explicit_le.dcm .testdata/demo-cases/case00[0-3].dcm
+echo "== waiting for the 3 s quiet period that completes each study, its triage, and the results' delivery"
+# Five chest studies (the CR and four demo cases) get a report each.
+for _ in $(seq 300); do
+  [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 5 ] && break; sleep 0.2
 done
 kill -TERM $NODE; wait $NODE || true
-trap - EXIT
 echo "== node log"
 cat "$DEMO/node.log"
 echo "== study results (the CT is not_applicable: the demo model takes chest radiographs only)"
@@ -50,6 +70,23 @@ echo "== study results (the CT is not_applicable: the demo model takes chest rad
 echo "== the same demo cases through \`triage-node infer\`, with heatmaps in $DEMO/heatmaps"
 "$BIN" infer --heatmaps "$DEMO/heatmaps" .testdata/demo-cases/case00[0-3].dcm | cut -c1-200
 ls "$DEMO/heatmaps"
+echo "== what the PACS holds for the first demo case's study (original image + AI objects)"
+CASE_STUDY=$(dcmdump -q .testdata/demo-cases/case000.dcm | sed -n 's/^(0020,000d) UI \[\(.*\)\].*/\1/p')
+.venv/bin/python tests/peers/orthanc.py study "$PACS_HTTP" "$CASE_STUDY" "$DEMO/from-pacs" | tee "$DEMO/from-pacs.json"
+SR=$(grep '"modality": "SR"' "$DEMO/from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
+SC=$(grep '"modality": "OT"' "$DEMO/from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
+echo "== the AI report as the PACS holds it (DCMTK dsrdump; re-identified: the original patient and study)"
+dsrdump -Ee "$SR" | head -80
+if [ -n "$SC" ]; then
+  dcmj2pnm +on "$SC" "$DEMO/heatmap-from-pacs.png"
+  echo "== the heatmap Secondary Capture from the PACS, as PNG: $DEMO/heatmap-from-pacs.png"
+fi
+echo "== the objects pass dciodvfy (errors: none expected)"
+for f in "$SR" $SC; do echo "-- $f: $(dciodvfy "$f" 2>&1 | grep -c '^Error' || true) error(s)"; done
+kill -TERM $PACS; wait $PACS 2>/dev/null || true
+trap - EXIT
+echo "== outbox"
+"$BIN" outbox list
 echo "== summary"
 "$BIN" status
 echo "stored files: $(find "$DEMO/store" -name '*.dcm' | wc -l) under $DEMO/store"

@@ -226,7 +226,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("dicom.transfer_syntax_preference")
-                .with_list_parse_key("deid.safe_private"),
+                .with_list_parse_key("deid.safe_private")
+                .with_list_parse_key("results.destinations"),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;

@@ -62,6 +62,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         node: settings.node_id(),
         wake: wake_outbox.clone(),
     };
+    match publisher.remove_unqueued(&db).await {
+        Ok(0) => {}
+        Ok(n) => warn!(files = n, "removed result objects that were written but never queued (stopped before their result was saved)"),
+        Err(error) => warn!(%error, "could not reconcile outbox/results with the outbox"),
+    }
     for dest in &settings.results.destinations {
         if db.find_ae(dest).await.context("looking up result destinations")?.is_none() {
             warn!(destination = %dest, "results.destinations names an AE that is not registered; its results wait in the outbox until it is (triage-node ae add)");

@@ -112,6 +112,16 @@ impl Db {
         Ok(done.rows_affected())
     }
 
+    /// Paths of queued objects under `prefix` (any state), to reconcile the folder with the rows.
+    pub async fn outbox_paths_under(&self, prefix: &str) -> Result<std::collections::HashSet<String>, DbError> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT path FROM outbox WHERE path LIKE $1")
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select outbox paths"))?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// When the study of an item last received an instance (for the delivery latency).
     pub async fn study_last_received(&self, study_id: i64) -> Result<Option<i64>, DbError> {
         sqlx::query_scalar("SELECT last_received_at_ms FROM studies WHERE id = $1")

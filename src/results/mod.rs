@@ -90,6 +90,22 @@ impl Publisher {
             .map_err(|e| ResultsError::Task(e.to_string()))?
     }
 
+    /// At start-up, before any job runs: delete result files no outbox row names (written by a
+    /// run that crashed before its transaction; never queued, never sent). Returns how many.
+    pub async fn remove_unqueued(&self, db: &Db) -> Result<usize, ResultsError> {
+        let dir = self.data_dir.join("outbox/results");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+        let queued = db.outbox_paths_under("outbox/results/").await?;
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !queued.contains(&format!("outbox/results/{name}")) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Outbox rows for `built`: every object to every destination, heatmaps before the report
     /// that references them.
     pub fn outbox_rows(&self, study_id: i64, built: &[Built]) -> Vec<NewOutboxItem> {
