@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, RegisteredAe};
+use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, RegisteredAe, StudyResultRow};
 use triage_node::domain::AeTitle;
 
 fn instance(uid: &str, study: &str) -> NewInstance {
@@ -137,6 +137,35 @@ async fn suite(url: &str) {
     assert_eq!(db.outbox_requeue(None).await.unwrap(), 1);
     let states: Vec<String> = db.outbox_list(None).await.unwrap().into_iter().map(|i| i.state).collect();
     assert_eq!(states, ["delivered", "pending", "pending", "pending"]);
+
+    // A study result and its result objects are saved in one transaction with the job's end.
+    let job = &jobs[0];
+    let result = StudyResultRow {
+        study_id: job.study_id,
+        model: "m".into(),
+        model_version: "1".into(),
+        demonstration: true,
+        intended_use: "test".into(),
+        limits: "test".into(),
+        state: "triaged".into(),
+        priority: Some("negative".into()),
+        error: None,
+        images_inferred: 1,
+        instances_failed: 0,
+        preprocess_ms: 1.0,
+        forward_ms: 1.0,
+        last_received_at_ms: 6_000,
+        ready_at_ms: 7_000,
+        triaged_at_ms: 7_100,
+        findings: vec![],
+    };
+    let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.into(), study_id: Some(job.study_id), reidentify: true };
+    db.save_study_results(job.id, job.study_id, &[result], "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
+    let queued = db.outbox_claim("n3", 60_000, 10).await.unwrap();
+    assert_eq!(queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(), [("sc", Some(job.study_id), true), ("sr", Some(job.study_id), true)]);
+    assert_eq!(db.outbox_paths_under("outbox/results/").await.unwrap().len(), 2);
+    assert_eq!(db.study_last_received(job.study_id).await.unwrap(), Some(6_000));
+    assert!(db.list_jobs().await.unwrap().iter().any(|j| j.id == job.id && j.state == "done"));
     db.close().await;
 }
 
