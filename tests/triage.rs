@@ -174,7 +174,23 @@ fn undecodable_pixels_fail_the_study_visibly_and_the_node_carries_on() {
         return;
     }
     let models = tempfile::tempdir().unwrap();
-    let node = Node::start(NodeOptions { inference: vec![tiny_package(models.path(), &TINY.replace("MODALITY", "CT"))], ..Default::default() });
+    // A PACS (DCMTK storescp) receives what the node says about the study.
+    let received = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let mut pacs = std::process::Command::new("storescp")
+        .args(["-od", received.path().to_str().unwrap(), &pacs_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node::start(NodeOptions {
+        inference: vec![tiny_package(models.path(), &TINY.replace("MODALITY", "CT"))],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        ..Default::default()
+    });
+    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
+    assert!(out.status.success());
     // A real JPEG 2000 CT whose codestream header (the SIZ marker segment after SOC) is
     // overwritten: a well-formed DICOM file whose pixels cannot be decoded.
     let work = tempfile::tempdir().unwrap();
@@ -198,6 +214,26 @@ fn undecodable_pixels_fail_the_study_visibly_and_the_node_carries_on() {
     let echo = node.dcmtk("echoscu", &["-aet", "ECHOSCU", "-aec", "TRIAGE"]);
     assert!(echo.status.success());
     assert!(node.log().contains("cannot be prepared"));
+    // The PACS gets a report that says the AI could not read the study (never silence), filed
+    // into the original study and referencing the image that failed; it passes dciodvfy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.log().contains("AI report delivered") {
+        assert!(Instant::now() < deadline, "no report delivered: {}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = pacs.kill();
+    let _ = pacs.wait();
+    let files = walk(received.path());
+    assert_eq!(files.len(), 1, "one SR, no heatmap: {files:?}");
+    assert!(dciodvfy_errors(&files[0]).is_empty(), "{:?}", dciodvfy_errors(&files[0]));
+    let out = std::process::Command::new(python().unwrap()).arg(repo().join("tests/peers/check_results.py")).arg(&files[0]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sr: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sr["study_uid"], study_uid_of(&broken).as_str());
+    assert_eq!(sr["sr"]["findings"], serde_json::json!([]));
+    assert_eq!(sr["sr"]["qualitative"][0], serde_json::json!(["Priority", "FAILED"]));
+    assert!(sr["sr"]["qualitative"][1][1].as_str().unwrap().starts_with("AI TRIAGE FAILED"), "{sr}");
+    assert_eq!(sr["sr"]["evidence"], serde_json::json!([meta_of(&broken).0.trim_end_matches('\0')]));
 }
 
 #[test]

@@ -74,18 +74,31 @@ impl Publisher {
         !self.settings.destinations.is_empty()
     }
 
-    /// Build the objects of one triaged result (none for a failed or not-applicable one).
-    pub async fn build(&self, db: &Db, manifest: &Manifest, result: &StudyResultRow, job_id: i64) -> Result<Vec<Built>, ResultsError> {
-        if result.state != "triaged" || result.findings.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut keys = Vec::with_capacity(result.findings.len());
-        for f in &result.findings {
-            keys.push(db.instance_ref(f.key_instance_id).await?.ok_or(ResultsError::NoInstance(f.key_instance_id))?);
+    /// Build the objects of one result: for a triaged one the SR and a heatmap per positive
+    /// finding; for a failed one an SR that says so (referencing up to 16 of the `failed`
+    /// instances), so the reader knows the study had no AI read; none for a not-applicable one.
+    /// `manifest` is None only for a failed result that no model can be named for (an instance
+    /// whose header could not even be read for routing).
+    pub async fn build(&self, db: &Db, manifest: Option<&Manifest>, result: &StudyResultRow, failed: &[i64], job_id: i64) -> Result<Vec<Built>, ResultsError> {
+        let ids: Vec<i64> = match result.state.as_str() {
+            "triaged" if !result.findings.is_empty() && manifest.is_some() => result.findings.iter().map(|f| f.key_instance_id).collect(),
+            "failed" if !failed.is_empty() => failed.iter().copied().take(16).collect(),
+            _ => return Ok(Vec::new()),
+        };
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            keys.push(db.instance_ref(id).await?.ok_or(ResultsError::NoInstance(id))?);
         }
         let me = self.clone();
-        let (manifest, result) = (manifest.clone(), result.clone());
-        tokio::task::spawn_blocking(move || me.build_blocking(&manifest, &result, &keys, job_id))
+        let (manifest, mut result) = (manifest.cloned(), result.clone());
+        if result.model.is_empty() {
+            // Failed before any model could be named: the node itself reports.
+            result.model = "triage-node".into();
+            result.model_version = env!("CARGO_PKG_VERSION").into();
+            result.intended_use = "AI triage of incoming studies by the site's configured models.".into();
+            result.limits = "This study was not analysed by any model.".into();
+        }
+        tokio::task::spawn_blocking(move || me.build_blocking(manifest.as_ref(), &result, &keys, job_id))
             .await
             .map_err(|e| ResultsError::Task(e.to_string()))?
     }
@@ -120,7 +133,7 @@ impl Publisher {
         rows
     }
 
-    fn build_blocking(&self, manifest: &Manifest, result: &StudyResultRow, keys: &[InstanceRef], job_id: i64) -> Result<Vec<Built>, ResultsError> {
+    fn build_blocking(&self, manifest: Option<&Manifest>, result: &StudyResultRow, keys: &[InstanceRef], job_id: i64) -> Result<Vec<Built>, ResultsError> {
         let first = &keys[0];
         let first_path = self.data_dir.join(&first.path);
         let header = read_header(&first_path)?;
@@ -134,7 +147,21 @@ impl Publisher {
 
         let mut built = Vec::new();
         let mut findings = Vec::new();
+        let mut evidence: Vec<sr::ImageRef> = Vec::new();
+        if result.state == "failed" {
+            evidence = keys
+                .iter()
+                .map(|k| sr::ImageRef {
+                    sop_class_uid: k.sop_class_uid.clone(),
+                    sop_instance_uid: k.sop_instance_uid.clone(),
+                    series_instance_uid: k.series_instance_uid.clone(),
+                    frame: None,
+                })
+                .collect();
+        }
+        // Findings need their model's manifest (codes, window); a failed result has none.
         for (i, (f, key)) in result.findings.iter().zip(keys).enumerate() {
+            let Some(manifest) = manifest else { break };
             let key_path = self.data_dir.join(&key.path);
             let key_header = if i == 0 { header.clone() } else { read_header(&key_path)? };
             let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
@@ -184,6 +211,7 @@ impl Publisher {
                     Err(e) => warn!(study_id = result.study_id, model = %result.model, error = %e, "heatmap not rendered"),
                 }
             }
+            evidence.push(source.clone());
             findings.push(sr::FindingReport {
                 label: f.label.clone(),
                 code,
@@ -200,13 +228,18 @@ impl Publisher {
         let report = sr::Report {
             model: result.model.clone(),
             version: result.model_version.clone(),
-            manufacturer: manifest.manufacturer.clone().unwrap_or_else(|| "unknown (not given in model.toml)".into()),
+            manufacturer: match manifest {
+                Some(m) => m.manufacturer.clone().unwrap_or_else(|| "unknown (not given in model.toml)".into()),
+                None => "triage-node".into(),
+            },
             demonstration: result.demonstration,
             intended_use: result.intended_use.clone(),
             limits: result.limits.clone(),
-            priority: result.priority.clone().unwrap_or_else(|| "negative".into()),
+            priority: if result.state == "failed" { "failed".into() } else { result.priority.clone().unwrap_or_else(|| "negative".into()) },
+            failure: (result.state == "failed").then(|| dataset::ascii(result.error.as_deref().unwrap_or("no reason recorded"))),
             procedure: procedure(&header),
             findings,
+            evidence,
             device_uid: uid(root, &["device", &self.station, &result.model, &result.model_version]),
             series_uid: sr_series,
             series_number: self.settings.series_number,

@@ -69,10 +69,15 @@ pub struct Report {
     pub demonstration: bool,
     pub intended_use: String,
     pub limits: String,
-    /// `urgent`, `positive` or `negative`.
+    /// `urgent`, `positive`, `negative`, or `failed` (the study could not be analysed).
     pub priority: String,
+    /// Why the analysis failed, for a failed result.
+    pub failure: Option<String>,
     pub procedure: Code,
     pub findings: Vec<FindingReport>,
+    /// The images the result is about (Current Requested Procedure Evidence): the findings' key
+    /// images, or for a failed result the images that could not be analysed.
+    pub evidence: Vec<ImageRef>,
     pub device_uid: String,
     pub series_uid: String,
     pub series_number: u32,
@@ -107,14 +112,19 @@ pub fn priority_code(priority: &str) -> Code {
     match priority {
         "urgent" => Code::new("URGENT", PRIVATE_SCHEME, "AI triage: urgent"),
         "positive" => Code::new("POSITIVE", PRIVATE_SCHEME, "AI triage: positive"),
+        "failed" => Code::new("FAILED", PRIVATE_SCHEME, "AI triage: failed, read without AI"),
         _ => Code::new("NEGATIVE", PRIVATE_SCHEME, "AI triage: negative"),
     }
 }
 
-/// The statement every result carries about the model.
+/// The statement every result carries about the model (and, for a failed one, that it failed).
 pub fn statement(r: &Report) -> String {
+    let failed = match &r.failure {
+        Some(why) => format!("AI TRIAGE FAILED: this study could not be analysed ({why}). Read it without AI. "),
+        None => String::new(),
+    };
     let demo = if r.demonstration { "DEMONSTRATION MODEL, NOT CLINICALLY VALIDATED. " } else { "" };
-    format!("{demo}AI result by {} {}. Intended use: {} Limits: {}", r.model, r.version, r.intended_use.trim(), r.limits.trim())
+    format!("{failed}{demo}AI result by {} {}. Intended use: {} Limits: {}", r.model, r.version, r.intended_use.trim(), r.limits.trim())
 }
 
 /// Content items.
@@ -249,7 +259,7 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
     put(&mut o, tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY");
     put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]);
     let study_uid = super::dataset::text(identity, tags::STUDY_INSTANCE_UID).unwrap_or_default();
-    let sources: Vec<&ImageRef> = r.findings.iter().map(|f| &f.source).collect();
+    let sources: Vec<&ImageRef> = r.evidence.iter().collect();
     put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, evidence(&study_uid, &sources));
     let heatmaps: Vec<&ImageRef> = r.findings.iter().filter_map(|f| f.heatmap.as_ref()).collect();
     if !heatmaps.is_empty() {
@@ -275,13 +285,16 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
                 Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121014", "DCM", "Device Observer Manufacturer"), text: r.manufacturer.clone() },
                 Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121015", "DCM", "Device Observer Model Name"), text: format!("{} {}", r.model, r.version) },
                 Item::Code { rel: "HAS CONCEPT MOD", concept: Code::new("121058", "DCM", "Procedure reported"), value: r.procedure.clone() },
-                Item::Container {
+            ];
+            // A failed result has no measurements: only the qualitative statement below.
+            if !r.findings.is_empty() {
+                c.push(Item::Container {
                     rel: "CONTAINS",
                     concept: Code::new("126010", "DCM", "Imaging Measurements"),
                     template: None,
                     children: r.findings.iter().map(|f| group(r, f)).collect(),
-                },
-            ];
+                });
+            }
             c.push(Item::Container {
                 rel: "CONTAINS",
                 concept: Code::new("C0034375", "UMLS", "Qualitative Evaluations"),

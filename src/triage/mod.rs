@@ -180,9 +180,10 @@ impl Triage {
         let mut node = String::new();
         if let Some(p) = &self.publisher {
             node = p.node.clone();
+            let failed_ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
             for r in &results {
-                let Some(m) = self.engine.manifests().iter().find(|m| m.name == r.model) else { continue };
-                let built = p.build(&self.db, m, r, job.id).await?;
+                let m = self.engine.manifests().iter().find(|m| m.name == r.model);
+                let built = p.build(&self.db, m, r, &failed_ids, job.id).await?;
                 outbox.extend(p.outbox_rows(job.study_id, &built));
             }
         }
