@@ -293,6 +293,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 let model = if r.model.is_empty() { "-".to_string() } else { format!("{} {}", r.model, r.model_version) };
                 let detail = r.error.clone().unwrap_or_else(|| findings.join(", "));
                 println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  {detail}", r.study_id, model, r.state, r.priority.as_deref().unwrap_or("-"), r.images_inferred);
+                let sent = db.outbox_study_states(r.study_id).await?;
+                if !sent.is_empty() {
+                    let parts: Vec<String> = sent.iter().map(|(kind, state, n)| format!("{n} {kind} {state}")).collect();
+                    println!("{:>6}  to the PACS: {}", "", parts.join(", "));
+                }
                 if r.demonstration {
                     println!("{:>6}  (demonstration model, not clinically validated)", "");
                 }
@@ -327,6 +332,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             for (state, n) in db.result_counts().await? {
                 println!("study results {state}: {n}");
+            }
+            for (state, n) in db.outbox_counts().await? {
+                println!("outbox {state}: {n}");
             }
             db.close().await;
             Ok(())

@@ -150,6 +150,12 @@ fn results_arrive_in_the_original_study_on_a_real_pacs() {
     for obj in &on_disk {
         assert!(files.iter().all(|f| obj["patient_id"] != original(f, "PatientID").as_str() && obj["study_uid"] != study_uid_of(f).as_str()), "{obj}");
     }
+    // The operator sees where each result went.
+    let listed = String::from_utf8_lossy(&node.cli(&["results"]).stdout).into_owned();
+    assert_eq!(listed.matches("to the PACS: 1 sc delivered, 1 sr delivered").count(), 2, "{listed}");
+    assert_eq!(listed.matches("to the PACS: 1 sr delivered").count(), 1, "{listed}");
+    let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("outbox delivered: 5"), "{status}");
     let audit = node.cli(&["audit", "list"]);
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert_eq!(audit.matches("deliver result to ORTHANC").count(), 5, "{audit}");

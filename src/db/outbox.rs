@@ -122,6 +122,25 @@ impl Db {
         Ok(rows.into_iter().collect())
     }
 
+    /// Per (kind, state), how many of a study's result objects there are (for `results`).
+    pub async fn outbox_study_states(&self, study_id: i64) -> Result<Vec<(String, String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT kind, state, COUNT(*) AS n FROM outbox WHERE study_id = $1 GROUP BY kind, state ORDER BY kind, state")
+            .bind(study_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("count a study's outbox items"))?;
+        rows.iter().map(|r| Ok((get(r, "kind")?, get(r, "state")?, get(r, "n")?))).collect()
+    }
+
+    /// Items by state (for `status`).
+    pub async fn outbox_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("count outbox items"))?;
+        rows.iter().map(|r| Ok((get(r, "state")?, get(r, "n")?))).collect()
+    }
+
     /// When the study of an item last received an instance (for the delivery latency).
     pub async fn study_last_received(&self, study_id: i64) -> Result<Option<i64>, DbError> {
         sqlx::query_scalar("SELECT last_received_at_ms FROM studies WHERE id = $1")
