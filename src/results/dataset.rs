@@ -70,20 +70,31 @@ pub fn uid(root: &str, parts: &[&str]) -> String {
 
 /// DICOM DA and TM of a time in milliseconds since the epoch (UTC).
 pub fn date_time(ms: i64) -> (String, String) {
-    let days = ms.div_euclid(86_400_000);
+    let (year, month, day) = crate::domain::civil_from_days(ms.div_euclid(86_400_000));
     let in_day = ms.rem_euclid(86_400_000);
-    // Days to civil date (proleptic Gregorian), after H. Hinnant's public-domain algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     let (h, m, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
     (format!("{year:04}{month:02}{day:02}"), format!("{h:02}{m:02}{s:02}.{milli:03}"))
+}
+
+/// What every object the node creates starts with: SOP Common (UTF-8 character set, class,
+/// instance), the study's identity (`copy_identity`), and its creation, series and content
+/// date and time (`created_ms`).
+pub fn start_object(sop_class: &str, sop_instance: &str, identity: &InMemDicomObject, created_ms: i64) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    put(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put(&mut o, tags::SOP_CLASS_UID, VR::UI, sop_class);
+    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop_instance);
+    copy_identity(&mut o, identity);
+    let (date, time) = date_time(created_ms);
+    for (d, t) in [
+        (tags::INSTANCE_CREATION_DATE, tags::INSTANCE_CREATION_TIME),
+        (tags::SERIES_DATE, tags::SERIES_TIME),
+        (tags::CONTENT_DATE, tags::CONTENT_TIME),
+    ] {
+        put(&mut o, d, VR::DA, &date);
+        put(&mut o, t, VR::TM, &time);
+    }
+    o
 }
 
 /// Encode `obj` as a Part 10 file in Explicit VR Little Endian.

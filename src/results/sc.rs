@@ -10,7 +10,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use ndarray::Array3;
 
-use super::dataset::{ascii, copy_identity, date_time, put, put_seq, put_u16, Code, SECONDARY_CAPTURE};
+use super::dataset::{ascii, put, put_seq, put_u16, start_object, Code, SECONDARY_CAPTURE};
 use super::font;
 use super::sr::ImageRef;
 use crate::inference::heatmap;
@@ -97,18 +97,7 @@ pub struct Capture {
 /// The Secondary Capture data set (with pixels), de-identified identity from `identity`.
 pub fn build(c: &Capture, rgb: &Array3<u8>, identity: &InMemDicomObject) -> InMemDicomObject {
     let (rows, cols, _) = rgb.dim();
-    let mut o = InMemDicomObject::new_empty();
-    put(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
-    put(&mut o, tags::SOP_CLASS_UID, VR::UI, SECONDARY_CAPTURE);
-    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &c.sop_instance_uid);
-    copy_identity(&mut o, identity);
-    let (date, time) = date_time(c.created_ms);
-    put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
-    put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
-    put(&mut o, tags::SERIES_DATE, VR::DA, &date);
-    put(&mut o, tags::SERIES_TIME, VR::TM, &time);
-    put(&mut o, tags::CONTENT_DATE, VR::DA, &date);
-    put(&mut o, tags::CONTENT_TIME, VR::TM, &time);
+    let mut o = start_object(SECONDARY_CAPTURE, &c.sop_instance_uid, identity, c.created_ms);
     // General Series.
     put(&mut o, tags::MODALITY, VR::CS, "OT");
     o.put(DataElement::new(tags::LATERALITY, VR::CS, PrimitiveValue::Empty));

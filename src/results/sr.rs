@@ -32,7 +32,7 @@ use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use super::dataset::{ascii, copy_identity, date_time, put, put_seq, Code, COMPREHENSIVE_3D_SR};
+use super::dataset::{ascii, put, put_seq, start_object, Code, COMPREHENSIVE_3D_SR};
 
 pub const PRIVATE_SCHEME: &str = "99TRIAGE";
 
@@ -228,18 +228,7 @@ fn group(r: &Report, f: &FindingReport) -> Item {
 
 /// The SR data set, with the de-identified patient and study attributes of `identity`.
 pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
-    let mut o = InMemDicomObject::new_empty();
-    put(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
-    put(&mut o, tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_3D_SR);
-    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &r.sop_instance_uid);
-    copy_identity(&mut o, identity);
-    let (date, time) = date_time(r.created_ms);
-    put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
-    put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
-    put(&mut o, tags::CONTENT_DATE, VR::DA, &date);
-    put(&mut o, tags::CONTENT_TIME, VR::TM, &time);
-    put(&mut o, tags::SERIES_DATE, VR::DA, &date);
-    put(&mut o, tags::SERIES_TIME, VR::TM, &time);
+    let mut o = start_object(COMPREHENSIVE_3D_SR, &r.sop_instance_uid, identity, r.created_ms);
     // SR Document Series.
     put(&mut o, tags::MODALITY, VR::CS, "SR");
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &r.series_uid);
