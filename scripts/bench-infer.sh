@@ -6,6 +6,7 @@
 # the same run (pydicom + numpy + torch preprocessing, torch.jit.load), with the same number of
 # torch threads.
 #   scripts/bench-infer.sh [IMAGES]      (default 32 chest CR files of 512 rows, demo cases)
+#   TORCH_THREADS=N scripts/bench-infer.sh   the node's inference.torch_threads (default 0: cores - 1)
 # With a CUDA GPU, also the node on cuda:0 in fp32 and fp16 (allow_half).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,10 @@ mkdir -p "$WORK"
 rm -rf "$WORK/models/demo-nodule" && cp -r models/demo-nodule "$WORK/models/"
 mapfile -t FILES < <(ls .testdata/demo-cases/case*.dcm | head -n "$N")
 THREADS=$(.venv/bin/python -c 'import torch; print(torch.get_num_threads())')
-echo "bench: ${#FILES[@]} chest CR files (512 rows, explicit VR LE), torch threads $THREADS, $(nproc) cores"
+echo "bench: ${#FILES[@]} chest CR files (512 rows, explicit VR LE), $(nproc) cores; Python torch threads $THREADS; node inference.torch_threads ${TORCH_THREADS:-0} (0: cores - 1), OpenMP wait policy ${OMP_WAIT_POLICY:-PASSIVE (the node sets it)}"
 
 rust() {  # model batch [device]
-  TRIAGE__INFERENCE__MODELS_DIR="$WORK/models" TRIAGE__INFERENCE__DEVICE="${3:-cpu}" "$BIN" bench-infer --model "$1" --batch "$2" "${FILES[@]}"
+  TRIAGE__INFERENCE__MODELS_DIR="$WORK/models" TRIAGE__INFERENCE__DEVICE="${3:-cpu}" TRIAGE__INFERENCE__TORCH_THREADS="${TORCH_THREADS:-0}" "$BIN" bench-infer --model "$1" --batch "$2" "${FILES[@]}"
 }
 python() {  # model size batch
   .venv/bin/python scripts/bench_infer.py run "$WORK/models/$1/model.pt" "$2" "$3" "${FILES[@]}"
