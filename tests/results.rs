@@ -216,3 +216,44 @@ fn pacs_down_then_node_killed_each_result_arrives_exactly_once() {
     let list = String::from_utf8_lossy(&list.stdout);
     assert_eq!(list.matches("delivered").count(), 2, "{list}");
 }
+
+#[test]
+fn a_study_triaged_again_sends_a_report_that_names_the_one_it_replaces() {
+    if !ready() {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    let first = dir.join("case000.dcm");
+    // A late instance of the same study: the same image under a new SOP Instance UID.
+    let work = tempfile::tempdir().unwrap();
+    let late = work.path().join("late.dcm");
+    std::fs::copy(&first, &late).unwrap();
+    assert!(Command::new("dcmodify").args(["-nb", "-q", "-gin"]).arg(&late).status().unwrap().success());
+    let received = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut pacs = storescp(port, received.path());
+    let node = Node::start(NodeOptions {
+        inference: vec![demo_models()],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        ..Default::default()
+    });
+    register(&node, "PACS", port);
+    assert!(node.storescu(&[first.clone()]).status.success());
+    wait_log_count(&node, "AI report delivered", 1, Duration::from_secs(60));
+    assert!(node.storescu(&[late]).status.success());
+    wait_log_count(&node, "AI report delivered", 2, Duration::from_secs(60));
+    let _ = pacs.kill();
+    let _ = pacs.wait();
+    let files = walk(received.path());
+    let read = check(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let reports: Vec<&serde_json::Value> = read.iter().filter(|r| r["modality"] == "SR").collect();
+    assert_eq!(reports.len(), 2, "{read:?}");
+    let (older, newer) = if reports[0]["sr"]["predecessors"].as_array().unwrap().is_empty() { (reports[0], reports[1]) } else { (reports[1], reports[0]) };
+    assert_eq!(older["sr"]["predecessors"], serde_json::json!([]));
+    assert_eq!(newer["sr"]["predecessors"], serde_json::json!([older["sop_instance"]]));
+    assert_eq!(newer["sr"]["predecessor_study"], serde_json::json!([study_uid_of(&first)]), "re-identified like every reference");
+    assert_eq!(newer["sr"]["evidence"].as_array().unwrap().len(), 1, "the key image of the study's new result");
+    let newer_file = Path::new(newer["file"].as_str().unwrap());
+    assert!(dciodvfy_errors(newer_file).is_empty(), "{:?}", dciodvfy_errors(newer_file));
+}

@@ -132,6 +132,16 @@ impl Db {
         rows.iter().map(|r| Ok((get(r, "kind")?, get(r, "state")?, get(r, "n")?))).collect()
     }
 
+    /// The distinct paths of a study's queued objects of `kind`, newest first.
+    pub async fn outbox_study_paths(&self, study_id: i64, kind: &str) -> Result<Vec<String>, DbError> {
+        sqlx::query_scalar("SELECT path FROM outbox WHERE study_id = $1 AND kind = $2 GROUP BY path ORDER BY MAX(id) DESC")
+            .bind(study_id)
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select a study's result objects"))
+    }
+
     /// Items by state (for `status`).
     pub async fn outbox_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state ORDER BY state")

@@ -89,6 +89,7 @@ impl Publisher {
         for id in ids {
             keys.push(db.instance_ref(id).await?.ok_or(ResultsError::NoInstance(id))?);
         }
+        let earlier = db.outbox_study_paths(result.study_id, "sr").await?;
         let me = self.clone();
         let (manifest, mut result) = (manifest.cloned(), result.clone());
         if result.model.is_empty() {
@@ -98,7 +99,7 @@ impl Publisher {
             result.intended_use = "AI triage of incoming studies by the site's configured models.".into();
             result.limits = "This study was not analysed by any model.".into();
         }
-        tokio::task::spawn_blocking(move || me.build_blocking(manifest.as_ref(), &result, &keys, job_id))
+        tokio::task::spawn_blocking(move || me.build_blocking(manifest.as_ref(), &result, &keys, &earlier, job_id))
             .await
             .map_err(|e| ResultsError::Task(e.to_string()))?
     }
@@ -133,7 +134,7 @@ impl Publisher {
         rows
     }
 
-    fn build_blocking(&self, manifest: Option<&Manifest>, result: &StudyResultRow, keys: &[InstanceRef], job_id: i64) -> Result<Vec<Built>, ResultsError> {
+    fn build_blocking(&self, manifest: Option<&Manifest>, result: &StudyResultRow, keys: &[InstanceRef], earlier: &[String], job_id: i64) -> Result<Vec<Built>, ResultsError> {
         let first = &keys[0];
         let first_path = self.data_dir.join(&first.path);
         let header = read_header(&first_path)?;
@@ -247,9 +248,31 @@ impl Publisher {
             created_ms,
             station: self.station.clone(),
         };
-        let obj = sr::build(&report, &header);
+        let mut obj = sr::build(&report, &header);
+        // A study triaged again (a late instance re-opened it): the new report names the one it
+        // replaces, so a PACS or viewer can show it as superseded.
+        if let Some(previous) = self.previous_report(earlier, &result.model) {
+            let study = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+            dataset::put_seq(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, sr::evidence(&study, &[&previous]));
+        }
         built.push(Built { path: self.write(&obj, dataset::COMPREHENSIVE_3D_SR, &sr_uid)?, kind: "sr" });
         Ok(built)
+    }
+
+    /// The newest earlier report of the same model for this study, among `earlier` (queued SR
+    /// paths, newest first); the model is read from the report's Series Description.
+    fn previous_report(&self, earlier: &[String], model: &str) -> Option<sr::ImageRef> {
+        let prefix = format!("{} ", sr::series_description(model, ""));
+        earlier.iter().find_map(|path| {
+            let h = read_header(&self.data_dir.join(path)).ok()?;
+            text(&h, tags::SERIES_DESCRIPTION).filter(|d| d.starts_with(&prefix))?;
+            Some(sr::ImageRef {
+                sop_class_uid: dataset::COMPREHENSIVE_3D_SR.into(),
+                sop_instance_uid: text(&h, tags::SOP_INSTANCE_UID)?,
+                series_instance_uid: text(&h, tags::SERIES_INSTANCE_UID)?,
+                frame: None,
+            })
+        })
     }
 
     /// Write `obj` as `outbox/results/<uid>.dcm`, durably (file and folder synced).

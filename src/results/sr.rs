@@ -233,7 +233,7 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
     put(&mut o, tags::MODALITY, VR::CS, "SR");
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &r.series_uid);
     put(&mut o, tags::SERIES_NUMBER, VR::IS, &r.series_number.to_string());
-    put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &ascii(&format!("AI triage report {} {}", r.model, r.version)));
+    put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &series_description(&r.model, &r.version));
     put_seq(&mut o, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]);
     // General and Enhanced General Equipment.
     put(&mut o, tags::MANUFACTURER, VR::LO, "triage-node");
@@ -305,8 +305,14 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
     o
 }
 
+/// The reports' Series Description: it names the model (and is how an earlier report of the
+/// same model is recognised).
+pub fn series_description(model: &str, version: &str) -> String {
+    ascii(&format!("AI triage report {model} {version}")).trim_end().to_string()
+}
+
 /// Hierarchical SOP Instance Reference items (study -> series -> instances) for `images`.
-fn evidence(study_uid: &str, images: &[&ImageRef]) -> Vec<InMemDicomObject> {
+pub fn evidence(study_uid: &str, images: &[&ImageRef]) -> Vec<InMemDicomObject> {
     let mut series: Vec<(String, Vec<&ImageRef>)> = Vec::new();
     for i in images {
         match series.iter_mut().find(|(s, _)| *s == i.series_instance_uid) {

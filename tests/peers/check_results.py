@@ -46,6 +46,8 @@ def sr_summary(ds):
         "findings": findings,
         "qualitative": root_evals,
         "evidence": [s.ReferencedSOPInstanceUID for st in ds.CurrentRequestedProcedureEvidenceSequence for se in st.ReferencedSeriesSequence for s in se.ReferencedSOPSequence],
+        "predecessors": [s.ReferencedSOPInstanceUID for st in ds.get("PredecessorDocumentsSequence", []) for se in st.ReferencedSeriesSequence for s in se.ReferencedSOPSequence],
+        "predecessor_study": [str(st.StudyInstanceUID) for st in ds.get("PredecessorDocumentsSequence", [])],
     }
 
 
