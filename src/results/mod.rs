@@ -313,7 +313,8 @@ fn finding_code(manifest: &Manifest, i: usize, label: &str) -> Code {
         .get(i)
         .and_then(|c| {
             let mut parts = c.splitn(3, ':');
-            Some(Code::new(parts.nth(1)?, c.split(':').next()?, parts.next()?))
+            let (scheme, value, meaning) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(Code::new(value, scheme, meaning))
         })
         .unwrap_or_else(|| Code::new(&dataset::ascii(label).to_uppercase().chars().take(16).collect::<String>(), sr::PRIVATE_SCHEME, label))
 }
@@ -341,4 +342,45 @@ fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::FindingRow,
     let (rows, cols) = heatmap::fit(display.nrows(), display.ncols(), max);
     let blended = heatmap::blend(display.view(), cam, rows, cols);
     Ok(sc::render(&blended, label))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(codes: &str) -> Manifest {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            r#"name = "m"
+version = "1"
+intended_use = "test"
+limits = "test"
+[routing]
+modalities = ["CR"]
+[input]
+size = [8, 8]
+channels = 1
+window = {{ CR = "file" }}
+[outputs]
+labels = ["nodule", "effusion"]
+positive = [0.5, 0.5]
+urgent = [0.9, 0.9]
+probabilities = 0
+cam = 1
+{codes}
+[aggregate]
+method = "max"
+"#
+        );
+        std::fs::write(dir.path().join("model.toml"), toml).unwrap();
+        Manifest::load(&dir.path().join("model.toml")).unwrap()
+    }
+
+    #[test]
+    fn finding_codes_come_from_the_manifest_else_a_private_scheme() {
+        let m = manifest(r#"codes = ["SCT:27925004:Nodule", "SCT:60046008:Pleural effusion"]"#);
+        assert_eq!(finding_code(&m, 1, "effusion"), Code::new("60046008", "SCT", "Pleural effusion"));
+        let m = manifest("");
+        assert_eq!(finding_code(&m, 0, "nodule"), Code::new("NODULE", sr::PRIVATE_SCHEME, "nodule"));
+    }
 }
