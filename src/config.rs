@@ -182,6 +182,9 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// After delivering, ask the destination to commit to the objects' safekeeping (Storage
+    /// Commitment Push Model); its report is recorded per object.
+    pub storage_commitment: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -504,17 +504,19 @@ async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Resu
             }
         }
         OutboxAction::List { state } => {
-            println!("{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  LAST ERROR", "ID", "STATE", "KIND", "STUDY", "DESTINATION", "ATTEMPTS");
+            let commitments = db.commitment_states().await?;
+            println!("{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {:<10}  LAST ERROR", "ID", "STATE", "KIND", "STUDY", "DESTINATION", "ATTEMPTS", "COMMITTED");
             for item in db.outbox_list(state.as_deref()).await? {
                 let study = item.study_id.map_or("-".to_string(), |s| s.to_string());
                 println!(
-                    "{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {}",
+                    "{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {:<10}  {}",
                     item.id,
                     item.state,
                     item.kind,
                     study,
                     item.destination,
                     item.attempts,
+                    commitments.get(&item.id).map_or("-", String::as_str),
                     item.last_error.as_deref().unwrap_or("-")
                 );
             }

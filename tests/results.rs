@@ -257,3 +257,67 @@ fn a_study_triaged_again_sends_a_report_that_names_the_one_it_replaces() {
     let newer_file = Path::new(newer["file"].as_str().unwrap());
     assert!(dciodvfy_errors(newer_file).is_empty(), "{:?}", dciodvfy_errors(newer_file));
 }
+
+/// A pynetdicom PACS offering Storage Commitment; its event lines go to `log`.
+fn commit_scp(ae: &str, port: u16, dir: &Path, node: &Node, forget: bool, log: &Path) -> Child {
+    let mut cmd = Command::new(python().unwrap());
+    cmd.arg(repo().join("tests/peers/commit_scp.py"))
+        .args([ae, &port.to_string(), dir.to_str().unwrap(), "127.0.0.1", &node.port.to_string(), "TRIAGE"])
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::null());
+    if forget {
+        cmd.arg("--forget");
+    }
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log).unwrap_or_default().contains("READY") {
+        assert!(Instant::now() < deadline, "the commitment SCP did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+#[test]
+fn storage_commitment_is_requested_and_each_report_recorded() {
+    if !ready() {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    let node = Node::start(NodeOptions {
+        inference: vec![demo_models()],
+        results: vec!["destinations = [\"PACS\", \"ARCHIVE\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into(), "storage_commitment = true".into()],
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let (pacs_port, archive_port) = (free_port(), free_port());
+    // PACS keeps what it receives and commits to it; ARCHIVE acknowledges but keeps nothing.
+    let mut pacs = commit_scp("PACS", pacs_port, work.path(), &node, false, &work.path().join("pacs.log"));
+    let archive_dir = work.path().join("archive");
+    std::fs::create_dir_all(&archive_dir).unwrap();
+    let mut archive = commit_scp("ARCHIVE", archive_port, &archive_dir, &node, true, &work.path().join("archive.log"));
+    register(&node, "PACS", pacs_port);
+    register(&node, "ARCHIVE", archive_port);
+    assert!(node.storescu(&[dir.join("case000.dcm")]).status.success());
+    wait_log_count(&node, "AI report delivered", 2, Duration::from_secs(60));
+    wait_log_count(&node, "storage commitment: the PACS committed to every object", 1, Duration::from_secs(30));
+    wait_log_count(&node, "storage commitment: the PACS did not commit to some objects", 1, Duration::from_secs(30));
+    for c in [&mut pacs, &mut archive] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let pacs_log = std::fs::read_to_string(work.path().join("pacs.log")).unwrap();
+    assert!(pacs_log.contains("REPORT 0x0000 2 0"), "our node answered the report with Success: {pacs_log}");
+    let archive_log = std::fs::read_to_string(work.path().join("archive.log")).unwrap();
+    assert!(archive_log.contains("REPORT 0x0000 0 2"), "{archive_log}");
+    let list = String::from_utf8_lossy(&node.cli(&["outbox", "list"]).stdout).into_owned();
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{list}");
+    assert_eq!(rows.iter().filter(|r| r.contains("PACS") && r.contains("committed")).count(), 2, "{list}");
+    assert_eq!(rows.iter().filter(|r| r.contains("ARCHIVE") && r.contains(" failed")).count(), 2, "{list}");
+    // The failure reason is kept with the object.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let states = rt.block_on(db.commitment_states()).unwrap();
+    assert_eq!(states.values().filter(|s| *s == "committed").count(), 2);
+}

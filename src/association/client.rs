@@ -72,6 +72,11 @@ impl Proposal {
     pub fn verification() -> Proposal {
         Proposal { abstract_syntax: VERIFICATION.into(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }
     }
+
+    /// Storage Commitment Push Model, as SCU (default roles: we send the N-ACTION).
+    pub fn storage_commitment() -> Proposal {
+        Proposal { abstract_syntax: super::sop::STORAGE_COMMITMENT_PUSH_MODEL.into(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }
+    }
 }
 
 /// What the File Meta Information of a Part 10 file says, and where its data set starts.
@@ -231,6 +236,31 @@ impl Association {
             .await
             .map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
         self.store_stream(&meta, file, total.saturating_sub(meta.dataset_offset), &name).await
+    }
+
+    /// Whether the peer accepted a context for `abstract_syntax`.
+    pub fn accepts(&self, abstract_syntax: &str) -> bool {
+        self.context(abstract_syntax, None).is_some()
+    }
+
+    /// N-ACTION-RQ of the Storage Commitment Push Model (Action Type 1): ask the peer to commit
+    /// to the safekeeping of `refs` (SOP Class, SOP Instance) under `transaction_uid`.
+    pub async fn request_commitment(&mut self, transaction_uid: &str, refs: &[(String, String)]) -> Result<Response, ClientError> {
+        use super::sop::{STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL};
+        let ctx = self.context(STORAGE_COMMITMENT_PUSH_MODEL, None).ok_or_else(|| ClientError::NoContext("Storage Commitment Push Model".into()))?;
+        let (pc, ts) = (ctx.id, ctx.transfer_syntax.clone());
+        let data = crate::delivery::commitment::action_dataset(transaction_uid, refs, &ts).map_err(ClientError::Protocol)?;
+        let id = self.message_id();
+        let mut rq = CommandSet::default();
+        rq.set_uid(tag::REQUESTED_SOP_CLASS_UID, STORAGE_COMMITMENT_PUSH_MODEL)
+            .set_u16(tag::COMMAND_FIELD, field::N_ACTION_RQ)
+            .set_u16(tag::MESSAGE_ID, id)
+            .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
+            .set_uid(tag::REQUESTED_SOP_INSTANCE_UID, STORAGE_COMMITMENT_INSTANCE)
+            .set_u16(tag::ACTION_TYPE_ID, 1);
+        self.send(pc, true, &rq.encode()).await?;
+        self.send(pc, false, &data).await?;
+        self.response(id).await
     }
 
     /// C-STORE a Part 10 object held in memory (a result re-identified at sending).

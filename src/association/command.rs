@@ -15,6 +15,10 @@ pub mod field {
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
+    pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+    pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    pub const N_ACTION_RQ: u16 = 0x0130;
+    pub const N_ACTION_RSP: u16 = 0x8130;
 }
 
 /// Element numbers of group 0000 that we read or write.
@@ -29,6 +33,10 @@ pub mod tag {
     pub const STATUS: u16 = 0x0900;
     pub const ERROR_COMMENT: u16 = 0x0902;
     pub const AFFECTED_SOP_INSTANCE_UID: u16 = 0x1000;
+    pub const REQUESTED_SOP_CLASS_UID: u16 = 0x0003;
+    pub const REQUESTED_SOP_INSTANCE_UID: u16 = 0x1001;
+    pub const EVENT_TYPE_ID: u16 = 0x1002;
+    pub const ACTION_TYPE_ID: u16 = 0x1008;
 }
 
 /// DIMSE status codes we send (PS3.7 Annex C, PS3.4 Table B.2-1).

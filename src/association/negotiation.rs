@@ -7,13 +7,15 @@
 use dicom_ul::pdu::{
     AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderASCEReason,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource,
-    AssociationRQ, PresentationContextResult, PresentationContextResultReason, UserVariableItem,
+    AssociationRQ, PresentationContextResult, PresentationContextResultReason, RequestorRoles, UserVariableItem,
 };
 
 use super::sop::{self, Service, TransferSyntax};
 use crate::domain::AeTitle;
 
 pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
+/// Explicit and Implicit VR Little Endian.
+const NATIVE: [&str; 2] = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"];
 /// Our Implementation Class UID (a UUID-derived UID, PS3.5 Annex B.2).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.295948990826898533780275983353880880464";
 pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("TRIAGE_", env!("CARGO_PKG_VERSION"));
@@ -93,10 +95,12 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         let (reason, chosen) = match sop::sop_class(abstract_syntax) {
             None => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
             Some(class) => {
+                // Commitment reports are small non-image data sets: native little endian only.
+                let allowed = |uid: &str| class.service != Service::Commitment || uid == NATIVE[0] || uid == NATIVE[1];
                 let choice = policy
                     .ts_preference
                     .iter()
-                    .find(|pref| offered.contains(&pref.as_str()))
+                    .find(|pref| offered.contains(&pref.as_str()) && allowed(pref))
                     .and_then(|uid| sop::transfer_syntax(uid));
                 match choice {
                     Some(ts) => {
@@ -121,6 +125,23 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
     }
 
     let peer_max_pdu = super::pdu::max_length(&rq.user_variables);
+    // SCP/SCU role selection (PS3.7 D.3.3.4): a PACS sending Storage Commitment results asks to
+    // be the SCP of the commitment SOP class on the association it opens; we accept exactly that
+    // (we stay its SCU) and ignore role proposals for anything else (default roles).
+    let mut user_variables = vec![
+        UserVariableItem::MaxLength(policy.max_pdu_length),
+        UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
+        UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+    ];
+    for item in &rq.user_variables {
+        if let UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) = item {
+            let uid = uid.trim_end_matches(['\0', ' ']);
+            let accepted = contexts.iter().any(|c| c.abstract_syntax == uid && c.service == Service::Commitment);
+            if accepted && roles.scp {
+                user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid.to_string(), RequestorRoles { scu: false, scp: true }));
+            }
+        }
+    }
 
     let ac = AssociationAC {
         protocol_version: 1,
@@ -128,11 +149,7 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         called_ae_title: rq.called_ae_title.clone(),
         application_context_name: APPLICATION_CONTEXT.to_string(),
         presentation_contexts: results,
-        user_variables: vec![
-            UserVariableItem::MaxLength(policy.max_pdu_length),
-            UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
-            UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
-        ],
+        user_variables,
     };
     Ok(Negotiated { calling_ae: rq.calling_ae_title.trim().to_string(), contexts, peer_max_pdu, ac })
 }
@@ -198,6 +215,18 @@ mod tests {
             };
             assert_eq!(reason, &want);
         }
+    }
+
+    #[test]
+    fn a_pacs_reporting_commitment_gets_the_scp_role_and_a_native_syntax() {
+        let mut r = rq("TRIAGE", &[(sop::STORAGE_COMMITMENT_PUSH_MODEL, &[J2K_LOSSLESS, IMPLICIT]), (CT, &[EXPLICIT])]);
+        r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(sop::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
+        r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(CT.into(), RequestorRoles { scu: false, scp: true }));
+        let n = run(&r, CallerDecision::Allowed).unwrap();
+        assert_eq!(n.contexts[0].transfer_syntax.uid, IMPLICIT, "never a compressed syntax for a commitment report");
+        assert_eq!(n.contexts[0].service, Service::Commitment);
+        let roles: Vec<&UserVariableItem> = n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(..))).collect();
+        assert_eq!(roles, [&UserVariableItem::ScuScpRoleSelectionSubItem(sop::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true })]);
     }
 
     #[test]

@@ -106,7 +106,13 @@ enum Sink {
     Refuse { req: StoreRequest, error: IngestError },
     /// A request we do not perform; answered with Unrecognized Operation.
     Discard,
+    /// A storage commitment report (a few KiB), held in memory up to `MAX_REPORT_BYTES`; beyond
+    /// that its bytes are dropped and it is answered with Processing Failure.
+    Report { bytes: Vec<u8>, too_big: bool },
 }
+
+/// The largest N-EVENT-REPORT data set we hold (a report of ~20 000 objects).
+const MAX_REPORT_BYTES: usize = 4 << 20;
 
 /// Reassembly state of the DIMSE message being received.
 enum Rx {
@@ -298,6 +304,10 @@ impl Session {
                 self.state = Rx::Data { pc, cmd, sink: Box::new(sink) };
                 Ok(())
             }
+            (field::N_EVENT_REPORT_RQ, Service::Commitment, true) => {
+                self.state = Rx::Data { pc, cmd, sink: Box::new(Sink::Report { bytes: Vec::new(), too_big: false }) };
+                Ok(())
+            }
             (field::C_CANCEL_RQ, _, _) => Ok(()), // nothing of ours is cancellable
             (_, _, true) => {
                 self.state = Rx::Data { pc, cmd, sink: Box::new(Sink::Discard) };
@@ -318,6 +328,7 @@ impl Session {
                 let ctx = self.context(pc)?;
                 return self.send_unrecognized(pc, &cmd, &ctx).await;
             }
+            Sink::Report { bytes, too_big } => return self.on_commitment_report(pc, &cmd, &bytes, too_big).await,
         };
         let mut rsp = match &result {
             Ok(_) => command::response(&cmd, field::C_STORE_RSP, status::SUCCESS, &req.sop_class_uid.0),
@@ -341,6 +352,26 @@ impl Session {
                 self.failed += 1;
                 warn!(peer = %self.peer, status = %format_args!("{:#06X}", error.dimse_status()), %error, "C-STORE refused");
             }
+        }
+        self.send_command(pc, &rsp).await
+    }
+
+    /// N-EVENT-REPORT of the Storage Commitment Push Model: record it, answer N-EVENT-REPORT-RSP.
+    async fn on_commitment_report(&mut self, pc: u8, cmd: &CommandSet, bytes: &[u8], too_big: bool) -> Result<(), AssociationError> {
+        let ctx = self.context(pc)?;
+        let event_type = cmd.u16(tag::EVENT_TYPE_ID).unwrap_or(0);
+        let status = if too_big {
+            warn!(peer = %self.peer, "storage commitment report larger than we hold; refused");
+            status::PROCESSING_FAILURE
+        } else if !(1..=2).contains(&event_type) {
+            0x0113 // No Such Event Type
+        } else {
+            crate::delivery::commitment::receive(&self.shared.db, &self.negotiated.calling_ae, event_type, bytes, ctx.transfer_syntax.uid).await
+        };
+        let mut rsp = command::response(cmd, field::N_EVENT_REPORT_RSP, status, &ctx.abstract_syntax);
+        rsp.set_uid(tag::AFFECTED_SOP_INSTANCE_UID, &cmd.string(tag::AFFECTED_SOP_INSTANCE_UID).unwrap_or_default());
+        if status == status::SUCCESS {
+            rsp.set_u16(tag::EVENT_TYPE_ID, event_type);
         }
         self.send_command(pc, &rsp).await
     }
@@ -369,6 +400,15 @@ impl Session {
 
 impl Sink {
     async fn write(&mut self, bytes: &[u8]) {
+        if let Sink::Report { bytes: held, too_big } = self {
+            if held.len() + bytes.len() > MAX_REPORT_BYTES {
+                *too_big = true;
+                held.clear();
+            } else if !*too_big {
+                held.extend_from_slice(bytes);
+            }
+            return;
+        }
         if let Sink::Spool { file, .. } = self {
             if let Err(e) = file.write(bytes).await {
                 // Keep reading the peer's bytes, answer Out of Resources at the end.

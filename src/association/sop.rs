@@ -44,6 +44,9 @@ pub fn transfer_syntax(uid: &str) -> Option<&'static TransferSyntax> {
 pub enum Service {
     Verification,
     Storage,
+    /// Storage Commitment Push Model, as SCU: the PACS's N-EVENT-REPORT (commitment results)
+    /// arrives on an association it opens, taking the SCP role by role selection.
+    Commitment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +71,12 @@ pub const SOP_CLASSES: &[SopClass] = &[
     storage(uids::MR_IMAGE_STORAGE, "MR Image Storage"),
     storage(uids::ENHANCED_MR_IMAGE_STORAGE, "Enhanced MR Image Storage"),
     storage(uids::SECONDARY_CAPTURE_IMAGE_STORAGE, "Secondary Capture Image Storage"),
+    SopClass { uid: STORAGE_COMMITMENT_PUSH_MODEL, name: "Storage Commitment Push Model", service: Service::Commitment },
 ];
+
+pub const STORAGE_COMMITMENT_PUSH_MODEL: &str = "1.2.840.10008.1.20.1";
+/// The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
+pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
 
 pub fn sop_class(uid: &str) -> Option<&'static SopClass> {
     SOP_CLASSES.iter().find(|c| c.uid == uid)

@@ -7,6 +7,7 @@
 
 mod ae_titles;
 mod audit;
+mod commitment;
 mod instances;
 mod outbox;
 mod reid_map;

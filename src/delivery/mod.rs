@@ -4,6 +4,7 @@
 //! (`outbox`), which the results of later stages are queued to. Must not: know PDUs (association::client
 //! does) or transcode anything: files go out in the transfer syntax they are stored in.
 
+pub mod commitment;
 pub mod outbox;
 
 use std::path::{Path, PathBuf};

@@ -147,7 +147,10 @@ impl OutboxWorker {
         if sendable.is_empty() {
             return verdicts;
         }
-        let proposals = client::proposals_for(&sendable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>());
+        let mut proposals = client::proposals_for(&sendable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>());
+        if self.cfg.storage_commitment {
+            proposals.push(client::Proposal::storage_commitment());
+        }
         let mut assoc = match Association::request(&peer, &proposals).await {
             Ok(a) => a,
             Err(e) => {
@@ -184,10 +187,51 @@ impl OutboxWorker {
                 return verdicts; // the rest stay "not attempted": retried later
             }
         }
+        if self.cfg.storage_commitment {
+            let delivered: Vec<(i64, String, String)> = sendable
+                .iter()
+                .filter(|(i, _)| verdicts[*i] == Verdict::Delivered)
+                .map(|(i, m)| (items[*i].id, m.sop_class_uid.trim_end_matches('\0').to_string(), m.sop_instance_uid.trim_end_matches('\0').to_string()))
+                .collect();
+            if !delivered.is_empty() {
+                self.request_commitment(&mut assoc, destination, &delivered).await;
+            }
+        }
         if let Err(error) = assoc.release().await {
             warn!(%error, destination, "release after delivery failed");
         }
         verdicts
+    }
+
+    /// Ask the destination to commit to `delivered` (outbox id, SOP Class, SOP Instance) on the
+    /// association they went over. Recorded first, so an immediate report finds its rows; a
+    /// refusal is recorded with the reason. Delivery itself stands either way.
+    async fn request_commitment(&self, assoc: &mut Association, destination: &str, delivered: &[(i64, String, String)]) {
+        let transaction = format!("2.25.{}", uuid::Uuid::new_v4().as_u128());
+        let rows: Vec<(i64, String)> = delivered.iter().map(|(id, _, sop)| (*id, sop.clone())).collect();
+        if let Err(error) = self.db.commitment_requested(&transaction, destination, &rows).await {
+            error!(%error, destination, "recording a storage commitment request failed; not requested");
+            return;
+        }
+        let refused = if !assoc.accepts(crate::association::sop::STORAGE_COMMITMENT_PUSH_MODEL) {
+            Some("the destination did not accept Storage Commitment Push Model".to_string())
+        } else {
+            let refs: Vec<(String, String)> = delivered.iter().map(|(_, class, sop)| (class.clone(), sop.clone())).collect();
+            match assoc.request_commitment(&transaction, &refs).await {
+                Ok(rsp) if rsp.is_success() => None,
+                Ok(rsp) => Some(format!("N-ACTION status {:#06X}: {}", rsp.status, rsp.error_comment.as_deref().unwrap_or("no error comment"))),
+                Err(e) => Some(format!("N-ACTION failed: {e}")),
+            }
+        };
+        match refused {
+            None => info!(destination, objects = delivered.len(), "storage commitment requested"),
+            Some(why) => {
+                warn!(destination, error = %why, "storage commitment not requested");
+                if let Err(error) = self.db.commitment_refused(&transaction, &why).await {
+                    error!(%error, "recording a storage commitment refusal failed");
+                }
+            }
+        }
     }
 
     async fn record(&self, item: &OutboxItem, verdict: Verdict) -> Result<(), crate::db::DbError> {
