@@ -321,3 +321,28 @@ fn storage_commitment_is_requested_and_each_report_recorded() {
     let states = rt.block_on(db.commitment_states()).unwrap();
     assert_eq!(states.values().filter(|s| *s == "committed").count(), 2);
 }
+
+#[test]
+fn orthanc_commits_to_the_results_it_holds() {
+    if !ready() {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    let node = Node::start(NodeOptions {
+        inference: vec![demo_models()],
+        results: vec!["destinations = [\"ORTHANC\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into(), "storage_commitment = true".into()],
+        ..Default::default()
+    });
+    let pacs = Orthanc::start_knowing(&[("TRIAGE", node.port)]);
+    register(&node, "ORTHANC", pacs.dicom_port);
+    assert!(node.storescu(&[dir.join("case000.dcm")]).status.success());
+    wait_log_count(&node, "AI report delivered", 1, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.log().contains("storage commitment: the PACS committed to every object") {
+        assert!(Instant::now() < deadline, "no commitment report; node log:\n{}\nOrthanc log:\n{}", node.log(), pacs.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = String::from_utf8_lossy(&node.cli(&["outbox", "list"]).stdout).into_owned();
+    assert_eq!(list.matches("committed").count(), 2, "{list}");
+}

@@ -420,6 +420,12 @@ pub struct Orthanc {
 
 impl Orthanc {
     pub fn start() -> Orthanc {
+        Orthanc::start_knowing(&[])
+    }
+
+    /// Start with `modalities` (AE title, port on 127.0.0.1) declared, so Orthanc can open
+    /// associations to them (Storage Commitment reports).
+    pub fn start_knowing(modalities: &[(&str, u16)]) -> Orthanc {
         let dir = tempfile::tempdir().unwrap();
         let (dicom_port, http_port) = (free_port(), free_port());
         let config = serde_json::json!({
@@ -436,6 +442,7 @@ impl Orthanc {
             "UnknownSopClassAccepted": false,
             "Plugins": [],
             "StableAge": 1,
+            "DicomModalities": modalities.iter().map(|(ae, port)| (ae.to_lowercase(), serde_json::json!([ae, "127.0.0.1", port]))).collect::<serde_json::Map<_, _>>(),
         });
         let path = dir.path().join("orthanc.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
