@@ -7,8 +7,8 @@
 # for the studies to complete and be triaged by the shipped demonstration model
 # (models/demo-nodule: NOT clinically validated), and for the AI results (a TID 1500 SR per
 # chest study, a heatmap Secondary Capture per positive finding) to arrive in the PACS inside
-# the original studies. Prints the results, one SR as the PACS holds it, the heatmaps as PNG,
-# a summary, and stops both cleanly.
+# the original studies, with the PACS's Storage Commitment for each. Prints the results, one SR
+# as the PACS holds it, the heatmaps as PNG, a summary, and stops both cleanly.
 #
 # The demo runs with the node's public demo keys (deid.demo_keys): fine for these public sample
 # files, never for patient data.
@@ -30,13 +30,14 @@ mkdir -p "$DEMO/pacs"
 cat > "$DEMO/pacs/orthanc.json" <<JSON
 { "Name": "demo-pacs", "StorageDirectory": "$DEMO/pacs/db", "IndexDirectory": "$DEMO/pacs/db",
   "DicomAet": "PACS", "DicomPort": $PACS_DICOM, "HttpPort": $PACS_HTTP, "RemoteAccessAllowed": false,
-  "AuthenticationEnabled": false, "Plugins": [] }
+  "AuthenticationEnabled": false, "Plugins": [],
+  "DicomModalities": { "triage": [ "TRIAGE", "127.0.0.1", $TRIAGE__DICOM__PORT ] } }
 JSON
 Orthanc "$DEMO/pacs/orthanc.json" 2> "$DEMO/pacs/orthanc.log" &
 PACS=$!
 for _ in $(seq 100); do .venv/bin/python tests/peers/orthanc.py ready "$PACS_HTTP" 2>/dev/null && break; sleep 0.2; done
 echo "== local PACS: Orthanc, AE PACS on 127.0.0.1:$PACS_DICOM (REST on $PACS_HTTP)"
-export TRIAGE__RESULTS__DESTINATIONS=PACS
+export TRIAGE__RESULTS__DESTINATIONS=PACS TRIAGE__DELIVERY__STORAGE_COMMITMENT=true
 
 "$BIN" ae add DEMO_CT --host 127.0.0.1
 "$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM"
@@ -61,6 +62,10 @@ echo "== waiting for the 3 s quiet period that completes each study, its triage,
 # Five chest studies (the CR and four demo cases) get a report each.
 for _ in $(seq 300); do
   [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 5 ] && break; sleep 0.2
+done
+echo "== waiting for the PACS's storage commitment reports"
+for _ in $(seq 100); do
+  [ "$(grep -c 'storage commitment: the PACS' "$DEMO/node.log" || true)" -ge "$(grep -c 'storage commitment requested' "$DEMO/node.log" || true)" ] && break; sleep 0.2
 done
 kill -TERM $NODE; wait $NODE || true
 echo "== node log"
