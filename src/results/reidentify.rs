@@ -144,3 +144,60 @@ fn put_identity(obj: &mut InMemDicomObject, o: &Originals) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::dataset::put;
+
+    fn with_refs() -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, "2.25.1");
+        put(&mut o, tags::PATIENT_ID, VR::LO, "PSEUDONYM");
+        put(&mut o, tags::ISSUER_OF_PATIENT_ID, VR::LO, "pseudo-issuer");
+        let mut inner = InMemDicomObject::new_empty();
+        put(&mut inner, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, "2.25.3");
+        let mut series = InMemDicomObject::new_empty();
+        put(&mut series, tags::SERIES_INSTANCE_UID, VR::UI, "2.25.2");
+        series.put(DataElement::new(tags::REFERENCED_SOP_SEQUENCE, VR::SQ, DataSetSequence::new(vec![inner], Length::UNDEFINED)));
+        o.put(DataElement::new(tags::REFERENCED_SERIES_SEQUENCE, VR::SQ, DataSetSequence::new(vec![series], Length::UNDEFINED)));
+        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, "2.25.999"); // the object's own: not in the map
+        o
+    }
+
+    #[test]
+    fn mapped_uids_are_replaced_at_any_depth_and_others_kept() {
+        let mut refs = Vec::new();
+        collect_references(&with_refs(), &mut refs);
+        assert_eq!(refs, ["2.25.3"]);
+        let map: HashMap<String, String> =
+            [("2.25.1", "1.2.3"), ("2.25.2", "1.2.3.4"), ("2.25.3", "1.2.3.4.5")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let out = replace_uids(with_refs(), &map);
+        let text = |o: &InMemDicomObject, t| o.get(t).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+        assert_eq!(text(&out, tags::STUDY_INSTANCE_UID), "1.2.3");
+        assert_eq!(text(&out, tags::SOP_INSTANCE_UID), "2.25.999");
+        let series = &out.get(tags::REFERENCED_SERIES_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(text(series, tags::SERIES_INSTANCE_UID), "1.2.3.4");
+        let sop = &series.get(tags::REFERENCED_SOP_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(text(sop, tags::REFERENCED_SOP_INSTANCE_UID), "1.2.3.4.5");
+    }
+
+    #[test]
+    fn identity_comes_from_the_originals_and_absent_values_stay_empty() {
+        let mut o = with_refs();
+        let originals: Originals = serde_json::from_value(serde_json::json!({
+            "specific_character_set": null, "patient_id": "12345", "issuer_of_patient_id": null,
+            "patient_name": "DOE^JANE", "patient_birth_date": null, "patient_sex": "F", "accession_number": "A1",
+            "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4", "sop_instance_uid": "1.2.3.4.5",
+            "study_date": "20260101", "study_time": null, "study_id": null, "referring_physician_name": null, "study_description": null
+        }))
+        .unwrap();
+        put_identity(&mut o, &originals);
+        let text = |t| o.get(t).map(|e| e.to_str().unwrap().trim_end_matches(['\0', ' ']).to_string());
+        assert_eq!(text(tags::PATIENT_ID).as_deref(), Some("12345"));
+        assert_eq!(text(tags::PATIENT_NAME).as_deref(), Some("DOE^JANE"));
+        assert_eq!(text(tags::PATIENT_BIRTH_DATE).as_deref(), Some(""), "Type 2: present, empty");
+        assert_eq!(text(tags::ISSUER_OF_PATIENT_ID), None, "the pseudonymous issuer is not left behind");
+        assert_eq!(text(tags::ACCESSION_NUMBER).as_deref(), Some("A1"));
+    }
+}
