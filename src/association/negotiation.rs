@@ -87,6 +87,15 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         return Err(reject(Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized)));
     }
 
+    // SOP classes for which the requestor proposes to take the SCP role (PS3.7 D.3.3.4).
+    let scp_role_proposed: Vec<&str> = rq
+        .user_variables
+        .iter()
+        .filter_map(|v| match v {
+            UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) if roles.scp => Some(uid.trim_end_matches(['\0', ' '])),
+            _ => None,
+        })
+        .collect();
     let mut results = Vec::with_capacity(rq.presentation_contexts.len());
     let mut contexts = Vec::new();
     for pc in &rq.presentation_contexts {
@@ -94,6 +103,11 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         let offered: Vec<&str> = pc.transfer_syntaxes.iter().map(|t| t.trim_end_matches(['\0', ' '])).collect();
         let (reason, chosen) = match sop::sop_class(abstract_syntax) {
             None => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
+            // We are only ever the SCU of Storage Commitment: the context is for a PACS that
+            // reports results to us, taking the SCP role; anyone asking us to commit is refused.
+            Some(class) if class.service == Service::Commitment && !scp_role_proposed.contains(&abstract_syntax) => {
+                (PresentationContextResultReason::UserRejection, None)
+            }
             Some(class) => {
                 // Commitment reports are small non-image data sets: native little endian only.
                 let allowed = |uid: &str| class.service != Service::Commitment || uid == NATIVE[0] || uid == NATIVE[1];
@@ -133,13 +147,9 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
         UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
     ];
-    for item in &rq.user_variables {
-        if let UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles) = item {
-            let uid = uid.trim_end_matches(['\0', ' ']);
-            let accepted = contexts.iter().any(|c| c.abstract_syntax == uid && c.service == Service::Commitment);
-            if accepted && roles.scp {
-                user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid.to_string(), RequestorRoles { scu: false, scp: true }));
-            }
+    for uid in scp_role_proposed {
+        if contexts.iter().any(|c| c.abstract_syntax == uid && c.service == Service::Commitment) {
+            user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid.to_string(), RequestorRoles { scu: false, scp: true }));
         }
     }
 
@@ -227,6 +237,10 @@ mod tests {
         assert_eq!(n.contexts[0].service, Service::Commitment);
         let roles: Vec<&UserVariableItem> = n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(..))).collect();
         assert_eq!(roles, [&UserVariableItem::ScuScpRoleSelectionSubItem(sop::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true })]);
+        // Without the SCP role proposed, the caller wants us to commit: we do not offer that.
+        let n = run(&rq("TRIAGE", &[(sop::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT])]), CallerDecision::Allowed).unwrap();
+        assert!(n.contexts.is_empty());
+        assert_eq!(n.ac.presentation_contexts[0].reason, PresentationContextResultReason::UserRejection);
     }
 
     #[test]

@@ -182,6 +182,12 @@ impl OutboxWorker {
                 assoc.store_file(&path).await
             };
             let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Timeout(_)));
+            // The PACS's Error Comment about a re-identified object may echo its patient data:
+            // for those only the status is kept (in the database and the log).
+            let result = match result {
+                Ok(rsp) if item.reidentify => Ok(Response { error_comment: rsp.error_comment.map(|_| "(comment withheld: may name the patient)".into()), ..rsp }),
+                other => other,
+            };
             verdicts[*i] = verdict_for(&result);
             if broken {
                 return verdicts; // the rest stay "not attempted": retried later

@@ -198,8 +198,8 @@ impl Manifest {
         }
         for c in &o.codes {
             let parts: Vec<&str> = c.splitn(3, ':').collect();
-            if parts.len() != 3 || parts.iter().any(|p| p.trim().is_empty()) || parts[0].len() > 16 || parts[1].len() > 16 {
-                return Err(format!("outputs.codes: {c:?} is not \"SCHEME:VALUE:Meaning\" (for example \"SCT:27925004:Nodule\")"));
+            if parts.len() != 3 || parts.iter().any(|p| p.trim().is_empty()) || parts[0].len() > 16 || parts[1].len() > 16 || parts[2].len() > 64 {
+                return Err(format!("outputs.codes: {c:?} is not \"SCHEME:VALUE:Meaning\" (scheme and value at most 16 characters, meaning 64; for example \"SCT:27925004:Nodule\")"));
             }
         }
         if o.probabilities == o.cam {

@@ -135,9 +135,18 @@ impl Publisher {
     }
 
     fn build_blocking(&self, manifest: Option<&Manifest>, result: &StudyResultRow, keys: &[InstanceRef], earlier: &[String], job_id: i64) -> Result<Vec<Built>, ResultsError> {
-        let first = &keys[0];
-        let first_path = self.data_dir.join(&first.path);
-        let header = read_header(&first_path)?;
+        // The study's identity from the first key image whose header can be read (for a failed
+        // result, some of them may be unreadable).
+        let mut header = Err(ResultsError::NoInstance(0));
+        let mut first = &keys[0];
+        for k in keys {
+            header = read_header(&self.data_dir.join(&k.path));
+            if header.is_ok() {
+                first = k;
+                break;
+            }
+        }
+        let header = header?;
         let study_uid = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_else(|| first.study_instance_uid.clone());
         let root = self.settings.uid_root.as_str();
         let stamp = result.triaged_at_ms.to_string();
@@ -164,7 +173,7 @@ impl Publisher {
         for (i, (f, key)) in result.findings.iter().zip(keys).enumerate() {
             let Some(manifest) = manifest else { break };
             let key_path = self.data_dir.join(&key.path);
-            let key_header = if i == 0 { header.clone() } else { read_header(&key_path)? };
+            let key_header = if key.path == first.path { header.clone() } else { read_header(&key_path)? };
             let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
             let source = sr::ImageRef {
                 sop_class_uid: key.sop_class_uid.clone(),
@@ -172,8 +181,11 @@ impl Publisher {
                 series_instance_uid: key.series_instance_uid.clone(),
                 frame: (frames > 1).then_some(f.key_frame as u32 + 1),
             };
-            let li = manifest.outputs.labels.iter().position(|l| *l == f.label).unwrap_or(0);
-            let code = finding_code(manifest, li, &f.label);
+            let code = match manifest.outputs.labels.iter().position(|l| *l == f.label) {
+                Some(li) => finding_code(manifest, li, &f.label),
+                // A label the current manifest no longer has: never another label's code.
+                None => private_code(&f.label),
+            };
             let mut heatmap_ref = None;
             if f.positive {
                 let sc_uid = base(&format!("sc {}", f.label));
@@ -316,7 +328,12 @@ fn finding_code(manifest: &Manifest, i: usize, label: &str) -> Code {
             let (scheme, value, meaning) = (parts.next()?, parts.next()?, parts.next()?);
             Some(Code::new(value, scheme, meaning))
         })
-        .unwrap_or_else(|| Code::new(&dataset::ascii(label).to_uppercase().chars().take(16).collect::<String>(), sr::PRIVATE_SCHEME, label))
+        .unwrap_or_else(|| private_code(label))
+}
+
+/// A label's code in the private scheme: the label itself (a Code Value is at most 16 characters).
+fn private_code(label: &str) -> Code {
+    Code::new(&dataset::ascii(label).to_uppercase().chars().take(16).collect::<String>(), sr::PRIVATE_SCHEME, &label.chars().take(64).collect::<String>())
 }
 
 /// The procedure reported, from the study's modality and body part.

@@ -103,7 +103,7 @@ pub fn build(c: &Capture, rgb: &Array3<u8>, identity: &InMemDicomObject) -> InMe
     o.put(DataElement::new(tags::LATERALITY, VR::CS, PrimitiveValue::Empty));
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &c.series_uid);
     put(&mut o, tags::SERIES_NUMBER, VR::IS, &c.series_number.to_string());
-    put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &ascii(&format!("AI heatmap {} {}", c.model, c.version)));
+    put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &ascii(&format!("AI heatmap {} {}", c.model, c.version)).chars().take(64).collect::<String>());
     // General Equipment, SC Equipment.
     put(&mut o, tags::MANUFACTURER, VR::LO, "triage-node");
     put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, "triage-node");
@@ -121,7 +121,7 @@ pub fn build(c: &Capture, rgb: &Array3<u8>, identity: &InMemDicomObject) -> InMe
     if let Some(f) = c.source.frame {
         put(&mut src, tags::REFERENCED_FRAME_NUMBER, VR::IS, &f.to_string());
     }
-    put_seq(&mut src, tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, vec![Code::new("121320", "DCM", "Uncompressed predecessor").item()]);
+    put_seq(&mut src, tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, vec![Code::new("121322", "DCM", "Source image for image processing operation").item()]);
     put_seq(&mut o, tags::SOURCE_IMAGE_SEQUENCE, vec![src]);
     put(&mut o, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
     put(&mut o, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");

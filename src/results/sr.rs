@@ -220,7 +220,9 @@ fn group(r: &Report, f: &FindingReport) -> Item {
     if let Some(h) = &f.heatmap {
         children.push(Item::Image { rel: "CONTAINS", concept: Code::new("121200", "DCM", "Illustration of ROI"), image: h.clone() });
     }
-    children.push(Item::Num { rel: "CONTAINS", concept: probability(), value: f.probability, unit: Code::new("1", "UCUM", "no units") });
+    if f.probability.is_finite() {
+        children.push(Item::Num { rel: "CONTAINS", concept: probability(), value: f.probability, unit: Code::new("1", "UCUM", "no units") });
+    }
     children.push(Item::Code { rel: "CONTAINS", concept: f.code.clone(), value: if f.positive { present() } else { absent() } });
     children.push(Item::Code { rel: "CONTAINS", concept: confidence(), value: tier_code(&f.tier) });
     Item::Container { rel: "CONTAINS", concept: Code::new("125007", "DCM", "Measurement Group"), template: Some("1501"), children }
@@ -308,7 +310,7 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
 /// The reports' Series Description: it names the model (and is how an earlier report of the
 /// same model is recognised).
 pub fn series_description(model: &str, version: &str) -> String {
-    ascii(&format!("AI triage report {model} {version}")).trim_end().to_string()
+    ascii(&format!("AI triage report {model} {version}")).trim_end().chars().take(64).collect()
 }
 
 /// Hierarchical SOP Instance Reference items (study -> series -> instances) for `images`.

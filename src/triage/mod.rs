@@ -183,8 +183,18 @@ impl Triage {
             let failed_ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
             for r in &results {
                 let m = self.engine.manifests().iter().find(|m| m.name == r.model);
-                let built = p.build(&self.db, m, r, &failed_ids, job.id).await?;
-                outbox.extend(p.outbox_rows(job.study_id, &built));
+                match p.build(&self.db, m, r, &failed_ids, job.id).await {
+                    Ok(built) => outbox.extend(p.outbox_rows(job.study_id, &built)),
+                    // A transient cause (the database) retries the job; anything else would fail
+                    // the same way again, so the result is saved without its objects, loudly.
+                    Err(crate::results::ResultsError::Db(e)) => return Err(e.into()),
+                    Err(error) => error!(
+                        study_id = job.study_id,
+                        model = %r.model,
+                        %error,
+                        "AI result objects could not be built: the result is saved, but the PACS gets nothing for it"
+                    ),
+                }
             }
         }
         self.db.save_study_results(job.id, job.study_id, &results, &node, &outbox).await?;
