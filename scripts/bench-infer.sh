@@ -22,7 +22,7 @@ mkdir -p "$WORK"
 rm -rf "$WORK/models/demo-nodule" && cp -r models/demo-nodule "$WORK/models/"
 mapfile -t FILES < <(ls .testdata/demo-cases/case*.dcm | head -n "$N")
 THREADS=$(.venv/bin/python -c 'import torch; print(torch.get_num_threads())')
-echo "bench: ${#FILES[@]} chest CR files (512 rows, explicit VR LE), $(nproc) cores; Python torch threads $THREADS; node inference.torch_threads ${TORCH_THREADS:-0} (0: cores - 1), OpenMP wait policy ${OMP_WAIT_POLICY:-PASSIVE (the node sets it)}"
+echo "bench: ${#FILES[@]} chest CR files (512 rows, explicit VR LE), $(nproc) cores; Python torch threads $THREADS; node inference.torch_threads ${TORCH_THREADS:-0} (0: cores - 1), OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset}"
 
 rust() {  # model batch [device]
   TRIAGE__INFERENCE__MODELS_DIR="$WORK/models" TRIAGE__INFERENCE__DEVICE="${3:-cpu}" TRIAGE__INFERENCE__TORCH_THREADS="${TORCH_THREADS:-0}" "$BIN" bench-infer --model "$1" --batch "$2" "${FILES[@]}"

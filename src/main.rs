@@ -175,7 +175,6 @@ enum AeAction {
 }
 
 fn main() -> ExitCode {
-    triage_node::inference::runtime::passive_openmp();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,

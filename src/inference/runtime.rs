@@ -58,27 +58,10 @@ impl DeviceChoice {
     }
 }
 
-/// Make libtorch's OpenMP threads sleep, not spin, while they wait for work: the node decodes
-/// images and serves associations on the same cores, and spinning threads starve them (on the
-/// 2-core machine, DenseNet-121 at batch 8 with 2 threads: 102 ms/image spinning, 52-61 passive;
-/// scripts/bench-infer.sh). libgomp reads OMP_WAIT_POLICY once, when the library is loaded, so
-/// before main: when it is unset, the process sets it and executes itself again (same pid,
-/// arguments and descriptors). An operator's own setting is left alone.
-pub fn passive_openmp() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OMP_WAIT_POLICY", "PASSIVE").exec();
-    // Only reached when the exec failed: carry on with the default policy.
-    eprintln!("triage-node: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err}); continuing");
-}
-
 /// Give the calling thread's libtorch `n` intra-op threads (0: one per core but one, at least
 /// one: the node preprocesses, receives and writes on the other cores). Measured on the 2-core
-/// machine (scripts/bench-infer.sh, passive OpenMP): DenseNet-121 at batch 1 runs 83 ms/image
-/// with 1 thread and 108 ms with 2; at batch 8, 90 and 63 ms (Python torch, 2 threads: 69, 58).
+/// machine (scripts/bench-infer.sh): DenseNet-121 at batch 1 runs about 83 ms/image with 1
+/// thread and 84-105 ms with 2; at batch 8, 90 and about 70 ms (Python torch, 2 threads: 69, 58).
 pub fn set_threads(n: usize) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let n = if n == 0 { cores.saturating_sub(1).max(1) } else { n };
