@@ -75,7 +75,7 @@ impl Proposal {
 
     /// Storage Commitment Push Model, as SCU (default roles: we send the N-ACTION).
     pub fn storage_commitment() -> Proposal {
-        Proposal { abstract_syntax: super::sop::STORAGE_COMMITMENT_PUSH_MODEL.into(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }
+        Proposal { abstract_syntax: dicom_dictionary_std::uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }
     }
 }
 
@@ -88,6 +88,17 @@ pub struct Part10 {
     pub dataset_offset: u64,
 }
 
+impl Part10 {
+    fn from_meta(meta: &dicom_object::meta::FileMetaTable, dataset_offset: u64) -> Part10 {
+        Part10 {
+            sop_class_uid: meta.media_storage_sop_class_uid().to_string(),
+            sop_instance_uid: meta.media_storage_sop_instance_uid().to_string(),
+            transfer_syntax_uid: meta.transfer_syntax().to_string(),
+            dataset_offset,
+        }
+    }
+}
+
 /// Read the File Meta Information of `path` (not the data set).
 pub fn read_part10(path: &Path) -> Result<Part10, ClientError> {
     use std::io::{Read, Seek};
@@ -98,12 +109,7 @@ pub fn read_part10(path: &Path) -> Result<Part10, ClientError> {
     let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file)
         .map_err(|e| ClientError::NotPart10 { path: name.clone(), reason: e.to_string() })?;
     let dataset_offset = file.stream_position().map_err(|source| ClientError::ReadFile { path: name, source })?;
-    Ok(Part10 {
-        sop_class_uid: meta.media_storage_sop_class_uid().to_string(),
-        sop_instance_uid: meta.media_storage_sop_instance_uid().to_string(),
-        transfer_syntax_uid: meta.transfer_syntax().to_string(),
-        dataset_offset,
-    })
+    Ok(Part10::from_meta(&meta, dataset_offset))
 }
 
 /// Result of one DIMSE request.
@@ -246,7 +252,7 @@ impl Association {
     /// N-ACTION-RQ of the Storage Commitment Push Model (Action Type 1): ask the peer to commit
     /// to the safekeeping of `refs` (SOP Class, SOP Instance) under `transaction_uid`.
     pub async fn request_commitment(&mut self, transaction_uid: &str, refs: &[(String, String)]) -> Result<Response, ClientError> {
-        use super::sop::{STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL};
+        use dicom_dictionary_std::uids::{STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE};
         let ctx = self.context(STORAGE_COMMITMENT_PUSH_MODEL, None).ok_or_else(|| ClientError::NoContext("Storage Commitment Push Model".into()))?;
         let (pc, ts) = (ctx.id, ctx.transfer_syntax.clone());
         let data = crate::delivery::commitment::action_dataset(transaction_uid, refs, &ts).map_err(ClientError::Protocol)?;
@@ -256,7 +262,7 @@ impl Association {
             .set_u16(tag::COMMAND_FIELD, field::N_ACTION_RQ)
             .set_u16(tag::MESSAGE_ID, id)
             .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
-            .set_uid(tag::REQUESTED_SOP_INSTANCE_UID, STORAGE_COMMITMENT_INSTANCE)
+            .set_uid(tag::REQUESTED_SOP_INSTANCE_UID, STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
             .set_u16(tag::ACTION_TYPE_ID, 1);
         self.send(pc, true, &rq.encode()).await?;
         self.send(pc, false, &data).await?;
@@ -266,19 +272,10 @@ impl Association {
     /// C-STORE a Part 10 object held in memory (a result re-identified at sending).
     pub async fn store_part10_bytes(&mut self, bytes: &[u8]) -> Result<Response, ClientError> {
         let name = "<re-identified object>".to_string();
-        let not = |reason: String| ClientError::NotPart10 { path: name.clone(), reason };
-        if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
-            return Err(not("no DICM prefix".into()));
-        }
-        let mut rest = &bytes[128..];
-        let meta = dicom_object::meta::FileMetaTable::from_reader(&mut rest).map_err(|e| not(e.to_string()))?;
-        let dataset_offset = (bytes.len() - rest.len()) as u64;
-        let meta = Part10 {
-            sop_class_uid: meta.media_storage_sop_class_uid().to_string(),
-            sop_instance_uid: meta.media_storage_sop_instance_uid().to_string(),
-            transfer_syntax_uid: meta.transfer_syntax().to_string(),
-            dataset_offset,
-        };
+        // After the 128-byte preamble; from_reader checks "DICM" and reads exactly the meta group.
+        let mut rest = bytes.get(128..).unwrap_or_default();
+        let meta = dicom_object::meta::FileMetaTable::from_reader(&mut rest).map_err(|e| ClientError::NotPart10 { path: name.clone(), reason: e.to_string() })?;
+        let meta = Part10::from_meta(&meta, (bytes.len() - rest.len()) as u64);
         self.store_stream(&meta, rest, rest.len() as u64, &name).await
     }
 

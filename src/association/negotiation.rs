@@ -10,12 +10,12 @@ use dicom_ul::pdu::{
     AssociationRQ, PresentationContextResult, PresentationContextResultReason, RequestorRoles, UserVariableItem,
 };
 
+use dicom_dictionary_std::uids;
+
 use super::sop::{self, Service, TransferSyntax};
 use crate::domain::AeTitle;
 
 pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
-/// Explicit and Implicit VR Little Endian.
-const NATIVE: [&str; 2] = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"];
 /// Our Implementation Class UID (a UUID-derived UID, PS3.5 Annex B.2).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.295948990826898533780275983353880880464";
 pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("TRIAGE_", env!("CARGO_PKG_VERSION"));
@@ -110,7 +110,9 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
             }
             Some(class) => {
                 // Commitment reports are small non-image data sets: native little endian only.
-                let allowed = |uid: &str| class.service != Service::Commitment || uid == NATIVE[0] || uid == NATIVE[1];
+                let allowed = |uid: &str| {
+                    class.service != Service::Commitment || uid == uids::EXPLICIT_VR_LITTLE_ENDIAN || uid == uids::IMPLICIT_VR_LITTLE_ENDIAN
+                };
                 let choice = policy
                     .ts_preference
                     .iter()
@@ -229,16 +231,16 @@ mod tests {
 
     #[test]
     fn a_pacs_reporting_commitment_gets_the_scp_role_and_a_native_syntax() {
-        let mut r = rq("TRIAGE", &[(sop::STORAGE_COMMITMENT_PUSH_MODEL, &[J2K_LOSSLESS, IMPLICIT]), (CT, &[EXPLICIT])]);
-        r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(sop::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
+        let mut r = rq("TRIAGE", &[(uids::STORAGE_COMMITMENT_PUSH_MODEL, &[J2K_LOSSLESS, IMPLICIT]), (CT, &[EXPLICIT])]);
+        r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
         r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(CT.into(), RequestorRoles { scu: false, scp: true }));
         let n = run(&r, CallerDecision::Allowed).unwrap();
         assert_eq!(n.contexts[0].transfer_syntax.uid, IMPLICIT, "never a compressed syntax for a commitment report");
         assert_eq!(n.contexts[0].service, Service::Commitment);
         let roles: Vec<&UserVariableItem> = n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(..))).collect();
-        assert_eq!(roles, [&UserVariableItem::ScuScpRoleSelectionSubItem(sop::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true })]);
+        assert_eq!(roles, [&UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true })]);
         // Without the SCP role proposed, the caller wants us to commit: we do not offer that.
-        let n = run(&rq("TRIAGE", &[(sop::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT])]), CallerDecision::Allowed).unwrap();
+        let n = run(&rq("TRIAGE", &[(uids::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT])]), CallerDecision::Allowed).unwrap();
         assert!(n.contexts.is_empty());
         assert_eq!(n.ac.presentation_contexts[0].reason, PresentationContextResultReason::UserRejection);
     }

@@ -71,12 +71,8 @@ pub const SOP_CLASSES: &[SopClass] = &[
     storage(uids::MR_IMAGE_STORAGE, "MR Image Storage"),
     storage(uids::ENHANCED_MR_IMAGE_STORAGE, "Enhanced MR Image Storage"),
     storage(uids::SECONDARY_CAPTURE_IMAGE_STORAGE, "Secondary Capture Image Storage"),
-    SopClass { uid: STORAGE_COMMITMENT_PUSH_MODEL, name: "Storage Commitment Push Model", service: Service::Commitment },
+    SopClass { uid: uids::STORAGE_COMMITMENT_PUSH_MODEL, name: "Storage Commitment Push Model", service: Service::Commitment },
 ];
-
-pub const STORAGE_COMMITMENT_PUSH_MODEL: &str = "1.2.840.10008.1.20.1";
-/// The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
-pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
 
 pub fn sop_class(uid: &str) -> Option<&'static SopClass> {
     SOP_CLASSES.iter().find(|c| c.uid == uid)

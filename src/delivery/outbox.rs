@@ -219,7 +219,7 @@ impl OutboxWorker {
             error!(%error, destination, "recording a storage commitment request failed; not requested");
             return;
         }
-        let refused = if !assoc.accepts(crate::association::sop::STORAGE_COMMITMENT_PUSH_MODEL) {
+        let refused = if !assoc.accepts(dicom_dictionary_std::uids::STORAGE_COMMITMENT_PUSH_MODEL) {
             Some("the destination did not accept Storage Commitment Push Model".to_string())
         } else {
             let refs: Vec<(String, String)> = delivered.iter().map(|(_, class, sop)| (class.clone(), sop.clone())).collect();

@@ -8,7 +8,7 @@
 
 use ndarray::{Array2, Array3, ArrayView2};
 
-use super::preprocess::resize;
+use super::preprocess::{resize, Decoded, WindowRule};
 
 /// Map values at or below this (after scaling to 0..1) are not coloured.
 pub const FLOOR: f32 = 0.2;
@@ -30,6 +30,15 @@ pub fn blend(display: ArrayView2<f32>, cam: ArrayView2<f32>, rows: usize, cols: 
         }
     }
     out
+}
+
+/// Frame `frame` of `decoded` windowed by `rule` (as the model saw it) with `cam` blended over
+/// it, long side at most `max` pixels: the picture `infer --heatmaps` and the heatmap Secondary
+/// Captures both show.
+pub fn over_frame(decoded: &Decoded, frame: usize, rule: WindowRule, cam: ArrayView2<f32>, max: usize) -> Array3<u8> {
+    let (display, _) = decoded.display_frame(frame, rule);
+    let (rows, cols) = fit(display.nrows(), display.ncols(), max);
+    blend(display.view(), cam, rows, cols)
 }
 
 /// Values already in 0..1 (probability maps) are kept; any other range is min-max scaled.

@@ -3,15 +3,12 @@
 
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Length, Tag, VR};
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use sha2::{Digest, Sha256};
 
 use crate::association::negotiation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
-pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
-pub const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
-pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 
 /// A coded concept: (value, scheme designator, meaning).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +99,7 @@ pub fn part10(obj: &InMemDicomObject, sop_class: &str, sop_instance: &str) -> Re
     let meta = dicom_object::meta::FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_instance)
-        .transfer_syntax(EXPLICIT_VR_LE)
+        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
         .build()

@@ -19,7 +19,7 @@ pub mod sr;
 
 use std::path::{Path, PathBuf};
 
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use ndarray::ArrayView2;
 use tracing::warn;
@@ -159,15 +159,7 @@ impl Publisher {
         let mut findings = Vec::new();
         let mut evidence: Vec<sr::ImageRef> = Vec::new();
         if result.state == "failed" {
-            evidence = keys
-                .iter()
-                .map(|k| sr::ImageRef {
-                    sop_class_uid: k.sop_class_uid.clone(),
-                    sop_instance_uid: k.sop_instance_uid.clone(),
-                    series_instance_uid: k.series_instance_uid.clone(),
-                    frame: None,
-                })
-                .collect();
+            evidence = keys.iter().map(|k| image_ref(k, None)).collect();
         }
         // Findings need their model's manifest (codes, window); a failed result has none.
         for (i, (f, key)) in result.findings.iter().zip(keys).enumerate() {
@@ -175,12 +167,7 @@ impl Publisher {
             let key_path = self.data_dir.join(&key.path);
             let key_header = if key.path == first.path { header.clone() } else { read_header(&key_path)? };
             let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
-            let source = sr::ImageRef {
-                sop_class_uid: key.sop_class_uid.clone(),
-                sop_instance_uid: key.sop_instance_uid.clone(),
-                series_instance_uid: key.series_instance_uid.clone(),
-                frame: (frames > 1).then_some(f.key_frame as u32 + 1),
-            };
+            let source = image_ref(key, (frames > 1).then_some(f.key_frame as u32 + 1));
             let code = match manifest.outputs.labels.iter().position(|l| *l == f.label) {
                 Some(li) => finding_code(manifest, li, &f.label),
                 // A label the current manifest no longer has: never another label's code.
@@ -212,9 +199,9 @@ impl Publisher {
                             station: self.station.clone(),
                         };
                         let obj = sc::build(&capture, &rgb, &key_header);
-                        built.push(Built { path: self.write(&obj, dataset::SECONDARY_CAPTURE, &sc_uid)?, kind: "sc" });
+                        built.push(Built { path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?, kind: "sc" });
                         heatmap_ref = Some(sr::ImageRef {
-                            sop_class_uid: dataset::SECONDARY_CAPTURE.into(),
+                            sop_class_uid: uids::SECONDARY_CAPTURE_IMAGE_STORAGE.into(),
                             sop_instance_uid: sc_uid,
                             series_instance_uid: sc_series.clone(),
                             frame: None,
@@ -267,7 +254,7 @@ impl Publisher {
             let study = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_default();
             dataset::put_seq(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, sr::evidence(&study, &[&previous]));
         }
-        built.push(Built { path: self.write(&obj, dataset::COMPREHENSIVE_3D_SR, &sr_uid)?, kind: "sr" });
+        built.push(Built { path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?, kind: "sr" });
         Ok(built)
     }
 
@@ -279,7 +266,7 @@ impl Publisher {
             let h = read_header(&self.data_dir.join(path)).ok()?;
             text(&h, tags::SERIES_DESCRIPTION).filter(|d| d.starts_with(&prefix))?;
             Some(sr::ImageRef {
-                sop_class_uid: dataset::COMPREHENSIVE_3D_SR.into(),
+                sop_class_uid: uids::COMPREHENSIVE3_DSR_STORAGE.into(),
                 sop_instance_uid: text(&h, tags::SOP_INSTANCE_UID)?,
                 series_instance_uid: text(&h, tags::SERIES_INSTANCE_UID)?,
                 frame: None,
@@ -305,6 +292,16 @@ impl Publisher {
         std::fs::rename(&staging, &target).map_err(err(&target))?;
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(err(&dir))?;
         Ok(relative)
+    }
+}
+
+/// A reference to a stored instance (and a 1-based frame of it) by its de-identified UIDs.
+fn image_ref(k: &InstanceRef, frame: Option<u32>) -> sr::ImageRef {
+    sr::ImageRef {
+        sop_class_uid: k.sop_class_uid.clone(),
+        sop_instance_uid: k.sop_instance_uid.clone(),
+        series_instance_uid: k.series_instance_uid.clone(),
+        frame,
     }
 }
 
@@ -353,12 +350,9 @@ fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::FindingRow,
     let image = Image::open(path).map_err(|e| e.to_string())?;
     let spec = manifest.input.spec(&image.attrs.modality);
     let decoded = image.decode().map_err(|e| e.to_string())?;
-    let (display, _) = decoded.display_frame(f.key_frame as usize, spec.window);
     // A finding holds the map of its own label only.
     let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).map_err(|e| e.to_string())?;
-    let (rows, cols) = heatmap::fit(display.nrows(), display.ncols(), max);
-    let blended = heatmap::blend(display.view(), cam, rows, cols);
-    Ok(sc::render(&blended, label))
+    Ok(sc::render(&heatmap::over_frame(&decoded, f.key_frame as usize, spec.window, cam, max), label))
 }
 
 #[cfg(test)]

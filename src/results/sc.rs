@@ -10,7 +10,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use ndarray::Array3;
 
-use super::dataset::{ascii, put, put_seq, put_u16, start_object, Code, SECONDARY_CAPTURE};
+use super::dataset::{ascii, put, put_seq, put_u16, start_object, Code};
 use super::font;
 use super::sr::ImageRef;
 use crate::inference::heatmap;
@@ -97,7 +97,7 @@ pub struct Capture {
 /// The Secondary Capture data set (with pixels), de-identified identity from `identity`.
 pub fn build(c: &Capture, rgb: &Array3<u8>, identity: &InMemDicomObject) -> InMemDicomObject {
     let (rows, cols, _) = rgb.dim();
-    let mut o = start_object(SECONDARY_CAPTURE, &c.sop_instance_uid, identity, c.created_ms);
+    let mut o = start_object(dicom_dictionary_std::uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &c.sop_instance_uid, identity, c.created_ms);
     // General Series.
     put(&mut o, tags::MODALITY, VR::CS, "OT");
     o.put(DataElement::new(tags::LATERALITY, VR::CS, PrimitiveValue::Empty));

@@ -32,7 +32,7 @@ use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use super::dataset::{ascii, put, put_seq, start_object, Code, COMPREHENSIVE_3D_SR};
+use super::dataset::{ascii, put, put_seq, start_object, Code};
 
 pub const PRIVATE_SCHEME: &str = "99TRIAGE";
 
@@ -230,7 +230,7 @@ fn group(r: &Report, f: &FindingReport) -> Item {
 
 /// The SR data set, with the de-identified patient and study attributes of `identity`.
 pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
-    let mut o = start_object(COMPREHENSIVE_3D_SR, &r.sop_instance_uid, identity, r.created_ms);
+    let mut o = start_object(dicom_dictionary_std::uids::COMPREHENSIVE3_DSR_STORAGE, &r.sop_instance_uid, identity, r.created_ms);
     // SR Document Series.
     put(&mut o, tags::MODALITY, VR::CS, "SR");
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &r.series_uid);

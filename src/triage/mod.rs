@@ -37,8 +37,6 @@ pub enum TriageError {
     NoInstance(i64),
     #[error("preprocessing task failed: {0}")]
     Task(String),
-    #[error(transparent)]
-    Results(#[from] crate::results::ResultsError),
 }
 
 /// How long a claimed instance pass or study job is held before another may take it over.
@@ -177,9 +175,7 @@ impl Triage {
         // The result objects are written (and synced) before the transaction that saves the
         // results queues them: a crash in between leaves unqueued files, never a queued ghost.
         let mut outbox = Vec::new();
-        let mut node = String::new();
         if let Some(p) = &self.publisher {
-            node = p.node.clone();
             let failed_ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
             for r in &results {
                 let m = self.engine.manifests().iter().find(|m| m.name == r.model);
@@ -197,7 +193,8 @@ impl Triage {
                 }
             }
         }
-        self.db.save_study_results(job.id, job.study_id, &results, &node, &outbox).await?;
+        let node = self.publisher.as_ref().map_or("", |p| p.node.as_str());
+        self.db.save_study_results(job.id, job.study_id, &results, node, &outbox).await?;
         if let (Some(p), false) = (&self.publisher, outbox.is_empty()) {
             p.wake.notify_one();
         }

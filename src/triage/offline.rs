@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::aggregate::{aggregate, Tiers};
 use crate::inference::engine::Engine;
 use crate::inference::heatmap;
-use crate::inference::preprocess::{Decoded, Image, ModelInput};
+use crate::inference::preprocess::{Image, ModelInput, WindowRule};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FileResult {
@@ -127,7 +127,8 @@ pub async fn triage_file(engine: &Engine, path: &Path, only: Option<&str>, tiers
                 let k = &outputs[key];
                 let cells = k.cam_rows * k.cam_cols;
                 let cam = ArrayView2::from_shape((k.cam_rows, k.cam_cols), &k.cam[li * cells..(li + 1) * cells]).expect("cam shape");
-                render(&decoded, &inputs[key], cam)
+                // The key frame as the model saw it (its window, MONOCHROME2), the map over it.
+                heatmap::over_frame(&decoded, inputs[key].frame, WindowRule::Fixed(inputs[key].window), cam, 1024)
             });
             findings.push(Finding {
                 label: label.clone(),
@@ -153,13 +154,6 @@ pub async fn triage_file(engine: &Engine, path: &Path, only: Option<&str>, tiers
         });
     }
     out
-}
-
-/// The key frame as the model saw it (its window, MONOCHROME2) with the map over it.
-fn render(decoded: &Decoded, input: &ModelInput, cam: ArrayView2<f32>) -> Array3<u8> {
-    let (display, _) = decoded.display_frame(input.frame, crate::inference::preprocess::WindowRule::Fixed(input.window));
-    let (rows, cols) = heatmap::fit(input.source_rows, input.source_cols, 1024);
-    heatmap::blend(display.view(), cam, rows, cols)
 }
 
 /// Write an RGB image (rows x cols x 3) as PNG.
