@@ -46,6 +46,11 @@ pub struct DicomSettings {
     pub bind: IpAddr,
     pub port: u16,
     pub max_associations: usize,
+    /// Of `max_associations`, slots only a registered calling AE may take (once its
+    /// A-ASSOCIATE-RQ shows who it is): unknown or silent peers cannot lock every modality out.
+    pub reserved_for_registered: usize,
+    /// Connections one peer address may hold open at once.
+    pub max_associations_per_host: usize,
     pub max_pdu_length: u32,
     #[serde(with = "humantime_serde")]
     pub artim_timeout: Duration,
@@ -244,6 +249,9 @@ impl Settings {
         })?;
         if self.dicom.max_associations == 0 {
             return Err(invalid("dicom.max_associations", "must be at least 1"));
+        }
+        if self.dicom.max_associations_per_host == 0 {
+            return Err(invalid("dicom.max_associations_per_host", "must be at least 1"));
         }
         if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu_length) {
             return Err(invalid(

@@ -83,6 +83,24 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A string a peer chose (an AE title from an A-ASSOCIATE-RQ, say), as it may appear in a log
+/// line: anything but printable ASCII is escaped (`\n`, `\u{1b}`), so a peer can neither forge
+/// log lines nor hide text in them.
+pub struct PeerText<'a>(pub &'a str);
+
+impl fmt::Display for PeerText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c == ' ' || c.is_ascii_graphic() && c != '\\' {
+                fmt::Write::write_char(f, c)?;
+            } else {
+                write!(f, "{}", c.escape_default())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Holds a value that may identify a patient. It can be used but never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Redacted<T>(pub T);
@@ -134,6 +152,14 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_escapes_what_could_forge_a_log_line() {
+        assert_eq!(PeerText("CT_ROOM1").to_string(), "CT_ROOM1");
+        assert_eq!(PeerText("CT 1").to_string(), "CT 1");
+        assert_eq!(PeerText("X\n2026-12-01T00:00:00Z INFO forged").to_string(), "X\\n2026-12-01T00:00:00Z INFO forged");
+        assert_eq!(PeerText("\u{1b}[2Jé\\").to_string(), "\\u{1b}[2J\\u{e9}\\\\");
+    }
 
     #[test]
     fn ae_titles() {

@@ -323,6 +323,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 println!("instances not triaged ({reason}): {n}");
             }
             println!("de-identifications awaiting their audit entry: {}", db.count_unaudited().await?);
+            let quarantined = triage_node::ingest::count_quarantined(&settings.storage.data_dir);
+            if quarantined > 0 {
+                println!("store files in quarantine (no database row; see {}): {quarantined}", triage_node::ingest::quarantine_dir(&settings.storage.data_dir).display());
+            }
             let (studies, jobs) = db.state_counts().await?;
             for (state, n) in studies {
                 println!("studies {state}: {n}");

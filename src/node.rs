@@ -76,9 +76,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let keys = deid.keys().clone();
     let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));
-    let orphans = ingest.remove_unrecorded().await.context("reconciling the store with the database")?;
+    let orphans = ingest.quarantine_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
-        warn!(files = orphans, "removed store files that were never recorded (stopped between store and commit)");
+        warn!(
+            files = orphans,
+            folder = %crate::ingest::quarantine_dir(&settings.storage.data_dir).display(),
+            "store files without a database row were moved to quarantine, not deleted: a stop between store and commit leaves such files (never acknowledged), but so does a database restored from a backup (acknowledged instances); check before removing them"
+        );
     }
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), db: db.clone(), ingest });
     let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
@@ -88,11 +92,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let associations = TaskTracker::new();
     let workers = TaskTracker::new();
     let stop_workers = CancellationToken::new();
-    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).run(stop_workers.clone()));
+    let study_ready = StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period);
+    let stop = stop_workers.clone();
+    supervise(&workers, "study sweep", stop_workers.clone(), move || study_ready.clone().run(stop.clone()));
     let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox);
-    workers.spawn(outbox.run(stop_workers.clone()));
-    workers.spawn(triage.clone().run_arrivals(arrivals, stop_workers.clone()));
-    workers.spawn(triage.run_jobs(std::time::Duration::from_millis(200), inf.concurrent_studies, stop_workers.clone()));
+    let stop = stop_workers.clone();
+    supervise(&workers, "outbox", stop_workers.clone(), move || outbox.clone().run(stop.clone()));
+    let arrivals = Arc::new(tokio::sync::Mutex::new(arrivals));
+    let (t, stop) = (triage.clone(), stop_workers.clone());
+    supervise(&workers, "arrivals", stop_workers.clone(), move || t.clone().run_arrivals(arrivals.clone(), stop.clone()));
+    let (t, stop, concurrency) = (triage.clone(), stop_workers.clone(), inf.concurrent_studies);
+    supervise(&workers, "study jobs", stop_workers.clone(), move || t.clone().run_jobs(std::time::Duration::from_millis(200), concurrency, stop.clone()));
 
     listener.run(shutdown.clone(), associations.clone()).await;
 
@@ -108,4 +118,33 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     db.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Run a background worker on `tracker`, restarting it (after a pause that grows with each
+/// restart, up to a minute) if it panics: a bug triggered by one bad input, say a peer's
+/// malformed PDU, must not silently stop delivery or triage until the node is restarted. Each
+/// restart is logged as an error with the worker's name and count.
+fn supervise<F, Fut>(tracker: &TaskTracker, name: &'static str, stop: CancellationToken, start: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tracker.spawn(async move {
+        let mut restarts: u32 = 0;
+        loop {
+            match tokio::spawn(start()).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() && !stop.is_cancelled() => {
+                    restarts += 1;
+                    let pause = std::time::Duration::from_secs(1 << restarts.min(6)).min(std::time::Duration::from_secs(60));
+                    tracing::error!(worker = name, restarts, ?pause, "background worker panicked; restarting it");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
 }

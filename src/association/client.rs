@@ -341,15 +341,16 @@ impl Association {
                     tokio::time::timeout(timeout, self.rd.read_exact(&mut body)).await.map_err(|_| ClientError::Timeout(timeout))?.map_err(PduError::Read)?;
                     let mut pos = 0;
                     let mut complete = false;
-                    while pos + 6 <= body.len() {
-                        let len = u32::from_be_bytes([body[pos], body[pos + 1], body[pos + 2], body[pos + 3]]) as usize;
-                        let control = body[pos + 5];
-                        let end = (pos + 4 + len).min(body.len());
+                    while pos < body.len() {
+                        let (fragment, control, next) = pdv_at(&body, pos)?;
                         if control & 0x01 != 0 {
-                            command.extend_from_slice(&body[pos + 6..end]);
+                            if command.len() + fragment.len() > MAX_RESPONSE_COMMAND {
+                                return Err(ClientError::Protocol(format!("response command set larger than {MAX_RESPONSE_COMMAND} bytes")));
+                            }
+                            command.extend_from_slice(fragment);
                             complete |= control & 0x02 != 0;
                         }
-                        pos = end;
+                        pos = next;
                     }
                     if complete {
                         let rsp = CommandSet::decode(&command).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -384,6 +385,24 @@ impl Association {
     }
 }
 
+/// A response command set larger than this is not one (ours are a few hundred bytes).
+const MAX_RESPONSE_COMMAND: usize = 64 * 1024;
+
+/// The PDV item at `pos` of a P-DATA-TF body: (its fragment, message control header, where the
+/// next item starts). PS3.8 9.3.5.1: an item length counts the context ID and control header,
+/// so it is at least 2, and the item lies within its PDU.
+fn pdv_at(body: &[u8], pos: usize) -> Result<(&[u8], u8, usize), ClientError> {
+    let bad = |what: String| ClientError::Protocol(format!("malformed P-DATA-TF from the peer: {what}"));
+    if body.len() - pos < 6 {
+        return Err(bad(format!("{} bytes left for a PDV item header", body.len() - pos)));
+    }
+    let len = u32::from_be_bytes([body[pos], body[pos + 1], body[pos + 2], body[pos + 3]]) as usize;
+    if len < 2 || len > body.len() - pos - 4 {
+        return Err(bad(format!("PDV item length {len} does not fit its PDU")));
+    }
+    Ok((&body[pos + 6..pos + 4 + len], body[pos + 5], pos + 4 + len))
+}
+
 /// One presentation context per distinct (SOP class, transfer syntax) among `files`.
 pub fn proposals_for(files: &[Part10]) -> Vec<Proposal> {
     let mut out: Vec<Proposal> = Vec::new();
@@ -394,4 +413,30 @@ pub fn proposals_for(files: &[Part10]) -> Vec<Proposal> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PDV item shorter than its header, longer than its PDU, or cut off, is a protocol
+    /// error, never a panic (a PACS that sends one used to stop the outbox worker).
+    #[test]
+    fn malformed_pdv_items_are_errors() {
+        let item = |len: u32, rest: &[u8]| [len.to_be_bytes().as_slice(), rest].concat();
+        assert!(pdv_at(&item(0, &[1, 3]), 0).is_err());
+        assert!(pdv_at(&item(1, &[1, 3]), 0).is_err());
+        assert!(pdv_at(&item(9, &[1, 3, 0, 0]), 0).is_err());
+        assert!(pdv_at(&[0, 0, 0], 0).is_err());
+        let ok = item(4, &[1, 3, 7, 8]);
+        let (fragment, control, next) = pdv_at(&ok, 0).unwrap();
+        assert_eq!((fragment, control, next), (&[7u8, 8][..], 3, 8));
+        // Every prefix and every declared length of a small body: no panic.
+        for len in 0..20u32 {
+            let body = item(len, &[1, 3, 0, 0, 0, 0]);
+            for cut in 0..body.len() {
+                let _ = pdv_at(&body[..cut.max(1)], 0);
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use dicom_ul::pdu::{
 use dicom_dictionary_std::uids;
 
 use super::sop::{self, Service, TransferSyntax};
+use crate::db::AeRole;
 use crate::domain::AeTitle;
 
 pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
@@ -23,8 +24,11 @@ pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("TRIAGE_", env!("CARGO_PKG
 /// What the AE registry said about the calling AE title and the peer's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallerDecision {
-    /// Registered, enabled, and (where a host is bound) calling from that host.
-    Allowed,
+    /// Registered, enabled, and (where a host is bound) calling from that host, in this role: a
+    /// modality may store into the pipeline, a PACS may report Storage Commitment results; both
+    /// may verify (C-ECHO). An unregistered caller, where registration is not required, is a
+    /// modality.
+    Allowed(AeRole),
     /// Not registered, disabled, or calling from a host other than the one it is bound to.
     NotRecognized,
 }
@@ -83,8 +87,19 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
     if rq.called_ae_title.trim() != policy.ae_title.as_str() {
         return Err(reject(Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized)));
     }
-    if caller == CallerDecision::NotRecognized {
-        return Err(reject(Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized)));
+    let role = match caller {
+        CallerDecision::NotRecognized => {
+            return Err(reject(Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CallingAETitleNotRecognized)))
+        }
+        CallerDecision::Allowed(role) => role,
+    };
+    // PS3.8 9.3.2.2: presentation context IDs are odd integers 1-255, each used once. A request
+    // that breaks this cannot be answered context by context, so it is refused whole.
+    let mut seen = [false; 256];
+    for pc in &rq.presentation_contexts {
+        if pc.id % 2 == 0 || std::mem::replace(&mut seen[usize::from(pc.id)], true) {
+            return Err(reject(Permanent, AssociationRJSource::ServiceProviderASCE(AssociationRJServiceProviderASCEReason::NoReasonGiven)));
+        }
     }
 
     // SOP classes for which the requestor proposes to take the SCP role (PS3.7 D.3.3.4).
@@ -103,6 +118,9 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         let offered: Vec<&str> = pc.transfer_syntaxes.iter().map(|t| t.trim_end_matches(['\0', ' '])).collect();
         let (reason, chosen) = match sop::sop_class(abstract_syntax) {
             None => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
+            // Roles: only a modality stores into the pipeline, only a PACS reports commitment.
+            Some(class) if class.service == Service::Storage && role != AeRole::Modality => (PresentationContextResultReason::UserRejection, None),
+            Some(class) if class.service == Service::Commitment && role != AeRole::Pacs => (PresentationContextResultReason::UserRejection, None),
             // We are only ever the SCU of Storage Commitment: the context is for a PACS that
             // reports results to us, taking the SCP role; anyone asking us to commit is refused.
             Some(class) if class.service == Service::Commitment && !scp_role_proposed.contains(&abstract_syntax) => {
@@ -217,7 +235,7 @@ mod tests {
             (&[], None),
         ];
         for (offered, expected) in cases {
-            let n = run(&rq("TRIAGE", &[(CT, offered)]), CallerDecision::Allowed).unwrap();
+            let n = run(&rq("TRIAGE", &[(CT, offered)]), CallerDecision::Allowed(AeRole::Modality)).unwrap();
             assert_eq!(n.contexts.first().map(|c| c.transfer_syntax.uid), *expected, "offered {offered:?}");
             let reason = &n.ac.presentation_contexts[0].reason;
             let want = if expected.is_some() {
@@ -234,20 +252,45 @@ mod tests {
         let mut r = rq("TRIAGE", &[(uids::STORAGE_COMMITMENT_PUSH_MODEL, &[J2K_LOSSLESS, IMPLICIT]), (CT, &[EXPLICIT])]);
         r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
         r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(CT.into(), RequestorRoles { scu: false, scp: true }));
-        let n = run(&r, CallerDecision::Allowed).unwrap();
+        let n = run(&r, CallerDecision::Allowed(AeRole::Pacs)).unwrap();
         assert_eq!(n.contexts[0].transfer_syntax.uid, IMPLICIT, "never a compressed syntax for a commitment report");
         assert_eq!(n.contexts[0].service, Service::Commitment);
         let roles: Vec<&UserVariableItem> = n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(..))).collect();
         assert_eq!(roles, [&UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true })]);
         // Without the SCP role proposed, the caller wants us to commit: we do not offer that.
-        let n = run(&rq("TRIAGE", &[(uids::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT])]), CallerDecision::Allowed).unwrap();
+        let n = run(&rq("TRIAGE", &[(uids::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT])]), CallerDecision::Allowed(AeRole::Pacs)).unwrap();
         assert!(n.contexts.is_empty());
         assert_eq!(n.ac.presentation_contexts[0].reason, PresentationContextResultReason::UserRejection);
     }
 
+    /// A PACS may not store into the pipeline, a modality may not take the commitment SCP role;
+    /// both may verify.
+    #[test]
+    fn each_role_gets_its_services_only() {
+        let mut r = rq("TRIAGE", &[(CT, &[EXPLICIT]), (uids::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT]), (uids::VERIFICATION, &[IMPLICIT])]);
+        r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
+        let reasons = |role| run(&r, CallerDecision::Allowed(role)).unwrap().ac.presentation_contexts.iter().map(|c| c.reason.clone()).collect::<Vec<_>>();
+        use PresentationContextResultReason::{Acceptance, UserRejection};
+        assert_eq!(reasons(AeRole::Modality), [Acceptance, UserRejection, Acceptance]);
+        assert_eq!(reasons(AeRole::Pacs), [UserRejection, Acceptance, Acceptance]);
+    }
+
+    /// PS3.8 9.3.2.2: even or repeated presentation context IDs refuse the association.
+    #[test]
+    fn even_or_repeated_context_ids_are_refused() {
+        let asce = AssociationRJSource::ServiceProviderASCE(AssociationRJServiceProviderASCEReason::NoReasonGiven);
+        let mut even = rq("TRIAGE", &[(CT, &[EXPLICIT])]);
+        even.presentation_contexts[0].id = 2;
+        assert_eq!(run(&even, CallerDecision::Allowed(AeRole::Modality)).unwrap_err().source, asce);
+        let mut twice = rq("TRIAGE", &[(CT, &[EXPLICIT]), (CT, &[IMPLICIT])]);
+        twice.presentation_contexts[1].id = 1;
+        assert_eq!(run(&twice, CallerDecision::Allowed(AeRole::Modality)).unwrap_err().source, asce);
+        assert!(run(&rq("TRIAGE", &[(CT, &[EXPLICIT]), (CT, &[IMPLICIT])]), CallerDecision::Allowed(AeRole::Modality)).is_ok());
+    }
+
     #[test]
     fn unknown_abstract_syntax_is_rejected_per_context() {
-        let n = run(&rq("TRIAGE", &[("1.2.3.4", &[EXPLICIT]), (CT, &[EXPLICIT])]), CallerDecision::Allowed).unwrap();
+        let n = run(&rq("TRIAGE", &[("1.2.3.4", &[EXPLICIT]), (CT, &[EXPLICIT])]), CallerDecision::Allowed(AeRole::Modality)).unwrap();
         assert_eq!(n.ac.presentation_contexts[0].reason, PresentationContextResultReason::AbstractSyntaxNotSupported);
         assert_eq!(n.ac.presentation_contexts[1].reason, PresentationContextResultReason::Acceptance);
         assert_eq!(n.contexts.len(), 1);
@@ -263,16 +306,16 @@ mod tests {
             assert_eq!((rj.result, rj.source), (result, source));
         };
         let ct = [(CT, &[EXPLICIT][..])];
-        check(rq("OTHER", &ct), CallerDecision::Allowed, AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::CalledAETitleNotRecognized));
+        check(rq("OTHER", &ct), CallerDecision::Allowed(AeRole::Modality), AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::CalledAETitleNotRecognized));
         check(rq("TRIAGE", &ct), CallerDecision::NotRecognized, AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::CallingAETitleNotRecognized));
         let mut bad_ctx = rq("TRIAGE", &ct);
         bad_ctx.application_context_name = "1.2.3".into();
-        check(bad_ctx, CallerDecision::Allowed, AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::ApplicationContextNameNotSupported));
+        check(bad_ctx, CallerDecision::Allowed(AeRole::Modality), AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::ApplicationContextNameNotSupported));
         let mut bad_version = rq("TRIAGE", &ct);
         bad_version.protocol_version = 2;
         check(
             bad_version,
-            CallerDecision::Allowed,
+            CallerDecision::Allowed(AeRole::Modality),
             AssociationRJResult::Permanent,
             AssociationRJSource::ServiceProviderASCE(AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported),
         );
@@ -284,6 +327,6 @@ mod tests {
 
     #[test]
     fn called_ae_title_padding_is_not_significant() {
-        assert!(run(&rq("TRIAGE          ", &[(CT, &[EXPLICIT])]), CallerDecision::Allowed).is_ok());
+        assert!(run(&rq("TRIAGE          ", &[(CT, &[EXPLICIT])]), CallerDecision::Allowed(AeRole::Modality)).is_ok());
     }
 }

@@ -24,7 +24,7 @@ use crate::ingest::Ingest;
 
 /// Connections over the limit that we answer with A-ASSOCIATE-RJ at the same time.
 const MAX_REJECTING: usize = 16;
-/// How long an over-limit caller gets to send its A-ASSOCIATE-RQ before we just close.
+/// How long a caller past the open slots gets to send its A-ASSOCIATE-RQ before we just close.
 const REJECT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -55,19 +55,35 @@ impl Shared {
     /// Is `calling` allowed to associate from `peer`? Read from the database on every
     /// association, so `triage-node ae ...` changes apply to the next one without a restart.
     pub async fn check_caller(&self, calling: &str, peer: IpAddr) -> Result<CallerDecision, DbError> {
-        if !self.settings.require_registered_calling_ae {
-            return Ok(CallerDecision::Allowed);
-        }
-        let Some(ae) = self.db.find_ae(calling.trim()).await? else {
-            return Ok(CallerDecision::NotRecognized);
+        let registered = self.db.find_ae(calling.trim()).await?;
+        let Some(ae) = registered else {
+            return Ok(if self.settings.require_registered_calling_ae {
+                CallerDecision::NotRecognized
+            } else {
+                CallerDecision::Allowed(crate::db::AeRole::Modality)
+            });
         };
         if !ae.enabled {
             return Ok(CallerDecision::NotRecognized);
         }
+        let allowed = CallerDecision::Allowed(ae.role);
         match ae.host.as_deref() {
-            None | Some("") => Ok(CallerDecision::Allowed),
-            Some(host) => Ok(if host_matches(host, peer).await { CallerDecision::Allowed } else { CallerDecision::NotRecognized }),
+            None | Some("") => Ok(allowed),
+            Some(host) => Ok(if host_matches(host, peer).await { allowed } else { CallerDecision::NotRecognized }),
         }
+    }
+}
+
+impl Shared {
+    /// Is `calling` a registered, enabled AE calling from its bound host (whatever
+    /// `require_registered_calling_ae` says)? Such callers may take the reserved slots.
+    pub async fn registered_caller(&self, calling: &str, peer: IpAddr) -> Result<bool, DbError> {
+        let Some(ae) = self.db.find_ae(calling.trim()).await? else { return Ok(false) };
+        Ok(ae.enabled
+            && match ae.host.as_deref() {
+                None | Some("") => true,
+                Some(host) => host_matches(host, peer).await,
+            })
     }
 }
 
@@ -107,8 +123,13 @@ impl Listener {
 
     /// Accept until `shutdown`; association tasks are spawned on `tracker` with child tokens.
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
-        let permits = Arc::new(Semaphore::new(self.shared.settings.max_associations));
+        let settings = &self.shared.settings;
+        // At least one slot stays open to anyone (the reserved ones need a request to be read).
+        let reserved_slots = settings.reserved_for_registered.min(settings.max_associations - 1);
+        let permits = Arc::new(Semaphore::new(settings.max_associations - reserved_slots));
+        let reserved = Arc::new(Semaphore::new(reserved_slots));
         let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+        let hosts = Arc::new(HostCounts::default());
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -124,22 +145,51 @@ impl Listener {
                 }
             };
             let _ = stream.set_nodelay(true);
+            // Every connection counts against its host from accept to close, so one host (a
+            // broken peer, or sockets opened and left silent) cannot hold every slot.
+            let Some(host_slot) = hosts.clone().take(peer.ip(), self.shared.settings.max_associations_per_host) else {
+                if let Ok(slot) = rejecting.clone().try_acquire_owned() {
+                    tracker.spawn(async move {
+                        let _slot = slot;
+                        if let Some((mut stream, rq)) = read_request_briefly(stream).await {
+                            reject_over_limit(&mut stream, peer, &rq, "too many associations from this host").await;
+                        }
+                    });
+                }
+                continue;
+            };
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let shared = self.shared.clone();
                     let token = shutdown.child_token();
                     tracker.spawn(async move {
                         let _permit = permit;
+                        let _host = host_slot;
                         if let Err(error) = super::session::run(stream, peer, shared, token).await {
                             warn!(%error, peer = %peer, "association failed");
                         }
                     });
                 }
                 Err(_) => {
+                    // The open slots are taken: a registered caller may still have one of the
+                    // slots kept for registered AEs, once its request shows who it is.
                     if let Ok(slot) = rejecting.clone().try_acquire_owned() {
+                        let (shared, reserved, token) = (self.shared.clone(), reserved.clone(), shutdown.child_token());
                         tracker.spawn(async move {
-                            let _slot = slot;
-                            reject_over_limit(stream, peer).await;
+                            let _host = host_slot;
+                            let Some((mut stream, rq)) = read_request_briefly(stream).await else { return };
+                            let calling = rq.calling_ae_title.trim().to_string();
+                            let registered = matches!(shared.registered_caller(&calling, peer.ip()).await, Ok(true));
+                            match reserved.try_acquire_owned() {
+                                Ok(permit) if registered => {
+                                    drop(slot);
+                                    let _permit = permit;
+                                    if let Err(error) = super::session::run_with_request(stream, peer, shared, token, rq).await {
+                                        warn!(%error, peer = %peer, "association failed");
+                                    }
+                                }
+                                _ => reject_over_limit(&mut stream, peer, &rq, "local limit exceeded").await,
+                            }
                         });
                     }
                 }
@@ -149,18 +199,60 @@ impl Listener {
     }
 }
 
-/// Read the caller's A-ASSOCIATE-RQ and answer A-ASSOCIATE-RJ (transient, local limit exceeded).
-async fn reject_over_limit(mut stream: TcpStream, peer: SocketAddr) {
-    use tokio::io::AsyncWriteExt;
+/// Connections open per peer address.
+#[derive(Default)]
+struct HostCounts(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One connection's place in its host's count, given back when dropped.
+struct HostSlot {
+    counts: Arc<HostCounts>,
+    ip: IpAddr,
+}
+
+impl HostCounts {
+    fn take(self: Arc<Self>, ip: IpAddr, limit: usize) -> Option<HostSlot> {
+        let ip = canonical(ip);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        drop(map);
+        Some(HostSlot { counts: self, ip })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The caller's A-ASSOCIATE-RQ, if it sends one within `REJECT_READ_TIMEOUT`.
+async fn read_request_briefly(mut stream: TcpStream) -> Option<(TcpStream, dicom_ul::pdu::AssociationRQ)> {
     let read = tokio::time::timeout(REJECT_READ_TIMEOUT, async {
         let header = pdu::read_header(&mut stream).await?.ok_or(PduError::Closed)?;
         pdu::read_control_pdu(&mut stream, header).await
     })
     .await;
-    if let Ok(Ok(dicom_ul::pdu::Pdu::AssociationRQ(rq))) = read {
-        let rj = dicom_ul::pdu::Pdu::AssociationRJ(negotiation::local_limit_exceeded());
-        let _ = stream.write_all(&pdu::encode(&rj)).await;
-        let _ = stream.shutdown().await;
-        warn!(peer = %peer, calling_ae = %rq.calling_ae_title.trim(), "association rejected: local limit exceeded");
+    match read {
+        Ok(Ok(dicom_ul::pdu::Pdu::AssociationRQ(rq))) => Some((stream, rq)),
+        _ => None,
     }
+}
+
+/// Answer A-ASSOCIATE-RJ (transient, local limit exceeded).
+async fn reject_over_limit(stream: &mut TcpStream, peer: SocketAddr, rq: &dicom_ul::pdu::AssociationRQ, why: &str) {
+    use tokio::io::AsyncWriteExt;
+    let rj = dicom_ul::pdu::Pdu::AssociationRJ(negotiation::local_limit_exceeded());
+    let _ = stream.write_all(&pdu::encode(&rj)).await;
+    let _ = stream.shutdown().await;
+    warn!(peer = %peer, calling_ae = %crate::domain::PeerText(rq.calling_ae_title.trim()), "association rejected: {why}");
 }

@@ -22,7 +22,7 @@ use super::negotiation::{self, AcceptedContext, AcceptorPolicy, Negotiated};
 use super::pdu::{self, PduError, TYPE_ABORT, TYPE_ASSOCIATE_RQ, TYPE_P_DATA, TYPE_RELEASE_RQ};
 use super::server::{AssociationError, Shared};
 use super::sop::Service;
-use crate::domain::Redacted;
+use crate::domain::{PeerText, Redacted};
 use crate::ingest::spool::IncomingFile;
 use crate::ingest::{IngestError, StoreOutcome, StoreRequest};
 
@@ -36,28 +36,60 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let mut wr = wr;
     let artim = shared.settings.artim_timeout;
+    let Some(rq) = read_request(&mut rd, &mut wr, artim).await? else {
+        return Ok(()); // connected and closed: a port probe
+    };
+    serve(rd, wr, peer, shared, shutdown, rq).await
+}
 
-    // Sta2: transport open, waiting for A-ASSOCIATE-RQ while ARTIM runs.
+/// An association whose A-ASSOCIATE-RQ the listener has read already (a registered caller
+/// taking a reserved slot).
+pub async fn run_with_request(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    rq: dicom_ul::pdu::AssociationRQ,
+) -> Result<(), AssociationError> {
+    let (rd, wr) = stream.into_split();
+    serve(BufReader::with_capacity(READ_BUFFER, rd), wr, peer, shared, shutdown, rq).await
+}
+
+/// Sta2: transport open, waiting for A-ASSOCIATE-RQ while ARTIM runs. `None`: closed at once.
+async fn read_request(
+    rd: &mut BufReader<OwnedReadHalf>,
+    wr: &mut OwnedWriteHalf,
+    artim: Duration,
+) -> Result<Option<dicom_ul::pdu::AssociationRQ>, AssociationError> {
     let rq = tokio::time::timeout(artim, async {
-        let Some(header) = pdu::read_header(&mut rd).await? else { return Ok(None) };
+        let Some(header) = pdu::read_header(&mut *rd).await? else { return Ok(None) };
         if header.pdu_type != TYPE_ASSOCIATE_RQ {
             return Err(AssociationError::Protocol(format!("expected A-ASSOCIATE-RQ, got PDU type {:#04x}", header.pdu_type)));
         }
-        match pdu::read_control_pdu(&mut rd, header).await? {
+        match pdu::read_control_pdu(&mut *rd, header).await? {
             Pdu::AssociationRQ(rq) => Ok(Some(rq)),
             other => Err(AssociationError::Protocol(format!("expected A-ASSOCIATE-RQ, got {}", other.short_description()))),
         }
     })
     .await;
-    let rq = match rq {
-        Err(_) => return Err(AssociationError::ArtimExpired(artim)),
-        Ok(Ok(None)) => return Ok(()), // connected and closed: a port probe
-        Ok(Ok(Some(rq))) => rq,
+    match rq {
+        Err(_) => Err(AssociationError::ArtimExpired(artim)),
+        Ok(Ok(rq)) => Ok(rq),
         Ok(Err(e)) => {
-            send_abort(&mut wr, AbortRQServiceProviderReason::UnexpectedPdu).await;
-            return Err(e);
+            send_abort(wr, AbortRQServiceProviderReason::UnexpectedPdu).await;
+            Err(e)
         }
-    };
+    }
+}
+
+async fn serve(
+    rd: BufReader<OwnedReadHalf>,
+    mut wr: OwnedWriteHalf,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    rq: dicom_ul::pdu::AssociationRQ,
+) -> Result<(), AssociationError> {
 
     let calling_ae = rq.calling_ae_title.trim().to_string();
     let decision = match shared.check_caller(&calling_ae, peer.ip()).await {
@@ -78,14 +110,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
         Err(rj) => {
             wr.write_all(&pdu::encode(&Pdu::AssociationRJ(rj.clone()))).await.map_err(AssociationError::Write)?;
             let _ = wr.shutdown().await;
-            warn!(peer = %peer, calling_ae = %calling_ae, called_ae = %rq.called_ae_title.trim(), result = ?rj.result, source = ?rj.source, "association rejected");
+            warn!(peer = %peer, calling_ae = %PeerText(&calling_ae), called_ae = %PeerText(rq.called_ae_title.trim()), result = ?rj.result, source = ?rj.source, "association rejected");
             return Ok(());
         }
     };
     wr.write_all(&pdu::encode(&Pdu::AssociationAC(negotiated.ac.clone()))).await.map_err(AssociationError::Write)?;
     info!(
         peer = %peer,
-        calling_ae = %calling_ae,
+        calling_ae = %PeerText(&calling_ae),
         proposed = rq.presentation_contexts.len(),
         accepted = negotiated.contexts.len(),
         peer_max_pdu = negotiated.peer_max_pdu,
@@ -95,7 +127,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
     let mut session = Session { rd, wr, peer, shared, negotiated, state: Rx::Idle, chunk: vec![0u8; CHUNK], stored: 0, failed: 0 };
     let result = session.serve(shutdown).await;
     session.discard_partial().await;
-    info!(peer = %peer, calling_ae = %calling_ae, stored = session.stored, failed = session.failed, "association ended");
+    info!(peer = %peer, calling_ae = %PeerText(&calling_ae), stored = session.stored, failed = session.failed, "association ended");
     result
 }
 
@@ -334,7 +366,7 @@ impl Session {
             Ok(_) => command::response(&cmd, field::C_STORE_RSP, status::SUCCESS, &req.sop_class_uid.0),
             Err(e) => {
                 let mut rsp = command::response(&cmd, field::C_STORE_RSP, e.dimse_status(), &req.sop_class_uid.0);
-                rsp.set_text(tag::ERROR_COMMENT, &e.to_string(), 64);
+                rsp.set_text(tag::ERROR_COMMENT, &e.peer_comment(), 64);
                 rsp
             }
         };

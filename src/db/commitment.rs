@@ -40,7 +40,8 @@ impl Db {
     }
 
     /// Apply a report from `destination`: `committed` SOP Instance UIDs and `failed` ones with
-    /// the reason. Returns how many of the transaction's rows it settled (0: not ours).
+    /// the reason. Only rows of that destination still awaiting a report are settled; returns
+    /// how many (0: not ours, or already settled).
     pub async fn commitment_reported(&self, transaction_uid: &str, destination: &str, committed: &[String], failed: &[(String, String)]) -> Result<u64, DbError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
@@ -49,7 +50,7 @@ impl Db {
         for (sop, state, reason) in updates {
             settled += sqlx::query(
                 "UPDATE storage_commitments SET state = $4, reason = $5, reported_at_ms = $6
-                 WHERE transaction_uid = $1 AND destination = $2 AND sop_instance_uid = $3",
+                 WHERE transaction_uid = $1 AND destination = $2 AND sop_instance_uid = $3 AND state = 'requested'",
             )
             .bind(transaction_uid)
             .bind(destination)

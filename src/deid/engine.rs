@@ -246,6 +246,11 @@ impl Ctx<'_> {
             if tag.element() == 0 && tag.group() != 0x0008 {
                 continue; // group lengths (retired): stale after any change
             }
+            // Command (0000) and File Meta Information (0002) elements have no place in a data
+            // set; a sender that puts them there may put anything there (PS3.10 7.1).
+            if tag.group() <= 0x0002 {
+                continue;
+            }
             if tag.group() % 2 == 1 {
                 if kept_private.contains(&tag) {
                     out.push(elem);
@@ -257,9 +262,20 @@ impl Ctx<'_> {
             if remove_overlays && (0x6000..=0x601E).contains(&tag.group()) {
                 continue;
             }
+            // A value of unknown VR (UN) is read again as its dictionary VR, or as the
+            // sequence its bytes encode (PS3.5 6.2.2), so that it gets the same treatment as
+            // the same attribute sent with its VR; what cannot be read that way is removed.
+            let elem = if elem.vr() == VR::UN {
+                match reinterpret_un(elem) {
+                    Some(e) => e,
+                    None => continue,
+                }
+            } else {
+                elem
+            };
             let action = match self.table.lookup(tag.group(), tag.element()) {
                 Some(row) => Some(row.action(&self.d.options)),
-                None => unlisted_action(tag, elem.vr(), depth, strict),
+                None => unlisted_action(tag, elem.vr(), depth, strict, self.d.options.contains(&ProfileOption::RetainLongitudinalModifiedDates)),
             };
             if let Some(replaced) = self.act(elem, action, depth, strict)? {
                 out.push(replaced);
@@ -338,10 +354,18 @@ impl Ctx<'_> {
         Ok(DataElement::new(header.tag, header.vr, value))
     }
 
+    /// Every UID value becomes its keyed replacement, except UIDs the standard itself defines
+    /// (`1.2.840.10008.*`: SOP classes, transfer syntaxes, coding schemes, well-known frames of
+    /// reference), which identify no one and must keep their meaning.
     fn replace_uids(&self, elem: InMemElement) -> InMemElement {
         let tag = elem.tag();
         let uids: Vec<String> = match elem.to_multi_str() {
-            Ok(values) => values.iter().map(|v| v.trim_end_matches(['\0', ' '])).filter(|v| !v.is_empty()).map(|v| self.d.keys.uid(v)).collect(),
+            Ok(values) => values
+                .iter()
+                .map(|v| v.trim_end_matches(['\0', ' ']))
+                .filter(|v| !v.is_empty())
+                .map(|v| if is_standard_uid(v) { v.to_string() } else { self.d.keys.uid(v) })
+                .collect(),
             Err(_) => Vec::new(),
         };
         if uids.is_empty() {
@@ -429,20 +453,112 @@ impl Ctx<'_> {
     }
 }
 
-/// What happens to an attribute Table E.1-1 does not list. The profile keeps those; this node
-/// goes further where values are free text about people: any Person Name (PN) becomes a dummy;
-/// inside sequences so do long texts (LT, ST, UT, UC, e.g. an SR Text Value); and inside a
-/// sequence the table replaces with a dummy, so do all names, texts, dates and times except the
-/// parts of a code (value, scheme, meaning).
-fn unlisted_action(tag: Tag, vr: VR, depth: u32, strict: bool) -> Option<Action> {
+/// What happens to an attribute Table E.1-1 does not list (`None`: kept, sequences processed).
+/// The table names what its edition knew; later editions, private-turned-public attributes and
+/// retired ones are not in it, so this node decides by what a value can carry:
+/// - Patient module attributes (group 0010) are removed: the table lists every one of them a
+///   result needs, and any other may identify the patient (e.g. Birth Date in Alternative
+///   Calendar).
+/// - Every UID gets the keyed replacement, except those naming a class, a syntax or a code
+///   system (`keeps_uid_meaning`), whose values are defined by the standard or a vendor, not by
+///   an instance.
+/// - Dates and date-times are removed, or shifted with the patient's dates under Retain
+///   Longitudinal Temporal Information Modified Dates; times are removed, or kept under it.
+/// - Any Person Name (PN) becomes a dummy; inside sequences so do long texts (LT, ST, UT, UC,
+///   e.g. an SR Text Value); and inside a sequence the table replaces with a dummy, so do all
+///   names, texts, dates and times except the parts of a code (value, scheme, meaning).
+fn unlisted_action(tag: Tag, vr: VR, depth: u32, strict: bool, modified_dates: bool) -> Option<Action> {
     const CODE_PARTS: [Tag; 6] = [Tag(0x0008, 0x0100), Tag(0x0008, 0x0102), Tag(0x0008, 0x0103), Tag(0x0008, 0x0104), Tag(0x0008, 0x0119), Tag(0x0008, 0x0120)];
     let long_text = matches!(vr, VR::LT | VR::ST | VR::UT | VR::UC);
     let any_text = long_text || matches!(vr, VR::LO | VR::SH | VR::DA | VR::DT | VR::TM | VR::AE | VR::UR);
-    if vr == VR::PN || (depth > 0 && long_text) || (strict && any_text && !CODE_PARTS.contains(&tag)) {
-        Some(Action::ZD)
-    } else {
-        None
+    if tag.group() == 0x0010 {
+        return Some(Action::X);
     }
+    if vr == VR::PN || (depth > 0 && long_text) || (strict && any_text && !CODE_PARTS.contains(&tag)) {
+        return Some(Action::ZD);
+    }
+    match vr {
+        VR::UI if keeps_uid_meaning(tag) => None,
+        VR::UI => Some(Action::U),
+        VR::DA | VR::DT if modified_dates => Some(Action::C),
+        VR::TM if modified_dates => None,
+        VR::DA | VR::DT | VR::TM => Some(Action::X),
+        _ => None,
+    }
+}
+
+/// UID attributes whose value names a kind of thing (a SOP class, a transfer syntax, a coding
+/// scheme, a template or context group, an implementation), never an instance or a person.
+pub fn keeps_uid_meaning(tag: Tag) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    const NAMED: [&str; 9] = [
+        "ImplementationClassUID",
+        "CodingSchemeUID",
+        "ContextGroupExtensionCreatorUID",
+        "ContextUID",
+        "MappingResourceUID",
+        "TemplateExtensionOrganizationUID",
+        "TemplateExtensionCreatorUID",
+        "PrivateInformationCreatorUID",
+        "ManufacturerDeviceClassUID",
+    ];
+    match dicom_dictionary_std::StandardDataDictionary.by_tag(tag) {
+        Some(entry) => {
+            let keyword = entry.alias();
+            keyword.contains("SOPClass") || keyword.contains("TransferSyntax") || NAMED.contains(&keyword)
+        }
+        None => false,
+    }
+}
+
+/// A UID under the standard's own root: defined by PS3.6, identifies no instance.
+fn is_standard_uid(uid: &str) -> bool {
+    uid.starts_with("1.2.840.10008.")
+}
+
+/// Read a UN element again (PS3.5 6.2.2): as the VR the dictionary gives its tag, or, when the
+/// dictionary says SQ or its bytes start with an item, as a sequence in Implicit VR Little
+/// Endian. `None` (the element is removed) when it is of an unknown tag and no sequence, or when
+/// its bytes do not parse as what they claim.
+fn reinterpret_un(elem: InMemElement) -> Option<InMemElement> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+    let tag = elem.tag();
+    let bytes: Vec<u8> = match elem.value() {
+        Value::Primitive(p) => p.to_bytes().into_owned(),
+        // Already read as a sequence (undefined length): nothing to read again.
+        Value::Sequence(_) => return Some(DataElement::new(tag, VR::SQ, elem.into_value())),
+        Value::PixelSequence(_) => return None,
+    };
+    let known = dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(|e| e.vr().relaxed());
+    if known == Some(VR::UN) {
+        return Some(elem); // UN by definition (Selector UN Value): the table's action applies
+    }
+    let items = bytes.len() >= 8 && bytes[..4] == [0xFE, 0xFF, 0x00, 0xE0];
+    let mut encoded = Vec::with_capacity(bytes.len() + 16);
+    encoded.extend_from_slice(&tag.group().to_le_bytes());
+    encoded.extend_from_slice(&tag.element().to_le_bytes());
+    let as_sequence = items || known == Some(VR::SQ);
+    if as_sequence {
+        // Undefined length: the implicit VR parser then reads the value as a sequence whatever
+        // the tag; the items keep their own lengths.
+        encoded.extend_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        encoded.extend_from_slice(&bytes);
+        encoded.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    } else if known.is_some() {
+        encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        encoded.extend_from_slice(&bytes);
+    } else {
+        return None;
+    }
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get("1.2.840.10008.1.2")?;
+    let parsed = InMemDicomObject::read_dataset_with_ts(&encoded[..], ts).ok()?;
+    let mut parsed = parsed.into_iter();
+    let out = parsed.next().filter(|e| e.tag() == tag)?;
+    if parsed.next().is_some() || (as_sequence && out.vr() != VR::SQ) || out.vr() == VR::UN {
+        return None;
+    }
+    Some(out)
 }
 
 /// Burned In Annotation (0028,0301) = YES, or absent where the SOP class commonly burns text in
@@ -695,6 +811,135 @@ mod tests {
             }
             assert!(checked > 450, "only {checked} attributes checked");
         }
+    }
+
+    /// Every attribute of the standard data dictionary that Table E.1-1 does not list and whose
+    /// value representation can carry a UID, a date or a time (and every unlisted Patient module
+    /// attribute) gets the safe default, with and without the supported options: UIDs replaced
+    /// (class, syntax and code-system UIDs kept), dates and times removed (shifted or kept under
+    /// Retain Longitudinal Modified Dates), group 0010 removed. Group 0002 and 0000 elements in
+    /// the data set are removed.
+    #[test]
+    fn every_unlisted_attribute_of_the_dictionary_gets_the_safe_default() {
+        use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+        let dict = dicom_dictionary_std::StandardDataDictionary;
+        let keys = Keys::for_tests(9);
+        let table = Table::standard();
+        let skip = [tags::SOP_CLASS_UID, tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID, tags::PATIENT_ID];
+        // The dictionary has no iterator: walk every element of every group it uses (overlay and
+        // curve groups are removed whole and tested elsewhere).
+        let mut groups: Vec<u16> = (0x0000..=0x0100).step_by(2).collect();
+        groups.extend([0x0400, 0x1000, 0x1010, 0x2000, 0x2010, 0x2020, 0x2030, 0x2040, 0x2050, 0x2100, 0x2110, 0x2120, 0x2130, 0x2200]);
+        groups.extend([0x3002, 0x3004, 0x3006, 0x3008, 0x300A, 0x300C, 0x300E, 0x4000, 0x4008, 0x4010, 0x4FFE, 0x5200, 0x5400, 0x5600, 0x7FE0]);
+        for options in [vec![], Deidentifier::SUPPORTED.to_vec()] {
+            let modified = options.contains(&ProfileOption::RetainLongitudinalModifiedDates);
+            let d = Deidentifier::new(keys.clone(), options.clone(), vec![]);
+            let (mut uids, mut dates, mut patient) = (0, 0, 0);
+            for &group in &groups {
+                for element in 0..=0xFFFFu16 {
+                    let tag = Tag(group, element);
+                    if element == 0 || skip.contains(&tag) || table.lookup(group, element).is_some() {
+                        continue;
+                    }
+                    let Some(entry) = dict.by_tag(tag) else { continue };
+                    if !matches!(entry.tag_range(), dicom_core::dictionary::TagRange::Single(_)) {
+                        continue;
+                    }
+                    let vr = entry.vr().relaxed();
+                    let group_0002 = group <= 0x0002;
+                    if !(matches!(vr, VR::UI | VR::DA | VR::DT | VR::TM) || group == 0x0010 || group_0002) {
+                        continue;
+                    }
+                    let Some(elem) = planted(tag, vr) else { continue };
+                    let mut elements = minimal();
+                    elements.push(elem.clone());
+                    let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
+                    let got = out.get(tag);
+                    let name = entry.alias();
+                    let what = format!("({group:04X},{element:04X}) {name} {vr:?} (options {options:?})");
+                    let text = |e: &InMemElement| e.to_str().map(|s| s.trim_end_matches(['\0', ' ']).to_string()).unwrap_or_default();
+                    if group == 0x0010 || group_0002 {
+                        assert!(got.is_none(), "{what}: kept");
+                        patient += 1;
+                        continue;
+                    }
+                    match vr {
+                        VR::UI if keeps_uid_meaning(tag) => assert!(got == Some(&elem), "{what}: a class or syntax UID was changed"),
+                        VR::UI => {
+                            assert_eq!(got.map(text), Some(keys.uid("1.2.826.0.1.3680043.10.42")), "{what}: not replaced");
+                            uids += 1;
+                        }
+                        VR::DA | VR::DT if modified => {
+                            let shift = keys.date_shift_days("", "PAT1");
+                            assert_eq!(got.map(text), Some(shift_date(&text(&elem), shift, vr)), "{what}: not shifted");
+                            dates += 1;
+                        }
+                        VR::TM if modified => assert!(got == Some(&elem), "{what}: time changed"),
+                        _ => {
+                            assert!(got.is_none(), "{what}: kept");
+                            dates += 1;
+                        }
+                    }
+                }
+            }
+            // PS3.6 2025: some 44 unlisted UI and 13 unlisted DA/DT attributes (and their TM
+            // companions), and the unlisted Patient module attributes.
+            assert!(uids >= 20 && dates >= 15 && patient >= 10, "only {uids} UIDs, {dates} dates, {patient} patient/meta attributes checked");
+        }
+    }
+
+    /// A value sent as UN is read again as what it is: a known attribute by its dictionary VR,
+    /// a sequence (items in Implicit VR Little Endian) processed like any other, an unknown
+    /// non-sequence value removed.
+    #[test]
+    fn values_of_unknown_vr_are_read_again_and_deidentified() {
+        let keys = Keys::for_tests(3);
+        let d = Deidentifier::new(keys.clone(), vec![], vec![]);
+        let implicit = |elems: Vec<InMemElement>| {
+            use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+            let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get("1.2.840.10008.1.2").unwrap();
+            let mut out = Vec::new();
+            InMemDicomObject::from_element_iter(elems).write_dataset_with_ts(&mut out, ts).unwrap();
+            out
+        };
+        // One item, defined length, holding a name and an instance UID.
+        let item = implicit(vec![
+            DataElement::new(tags::REFERENCED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.3.1.2.3.1")),
+            DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.10.7")),
+            DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("UNSEEN^NAME")),
+        ]);
+        let mut seq = vec![0xFE, 0xFF, 0x00, 0xE0];
+        seq.extend_from_slice(&(item.len() as u32).to_le_bytes());
+        seq.extend_from_slice(&item);
+        let mut elements = minimal();
+        // Referenced Image Sequence is X/Z/U*: kept, its UIDs replaced.
+        elements.push(DataElement::new(tags::REFERENCED_IMAGE_SEQUENCE, VR::UN, PrimitiveValue::from(seq.clone())));
+        // An unknown even tag holding a sequence.
+        elements.push(DataElement::new(Tag(0x0041, 0x1010), VR::UN, PrimitiveValue::from(seq)));
+        elements.push(DataElement::new(Tag(0x0040, 0xEEE0), VR::UN, PrimitiveValue::from(b"UNSEEN^NAME ".to_vec())));
+        elements.push(DataElement::new(tags::STUDY_DESCRIPTION, VR::UN, PrimitiveValue::from(b"CHEST ".to_vec())));
+        elements.push(DataElement::new(tags::REFERENCED_FRAME_OF_REFERENCE_UID, VR::UN, PrimitiveValue::from(b"1.2.826.0.1.3680043.10.8\0".to_vec())));
+        let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
+        let study = out.element(tags::REFERENCED_IMAGE_SEQUENCE).expect("the UN sequence is kept as a sequence");
+        assert_eq!(study.vr(), VR::SQ);
+        let item = &study.items().unwrap()[0];
+        assert_eq!(item.element(tags::REFERENCED_SOP_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0'), keys.uid("1.2.826.0.1.3680043.10.7"));
+        assert_eq!(item.element(tags::REFERENCED_SOP_CLASS_UID).unwrap().to_str().unwrap().trim_end_matches('\0'), "1.2.840.10008.3.1.2.3.1");
+        assert_ne!(item.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(), "UNSEEN^NAME");
+        assert!(out.get(Tag(0x0041, 0x1010)).is_none(), "private");
+        assert!(out.get(Tag(0x0040, 0xEEE0)).is_none(), "an unknown UN value is removed");
+        assert!(out.get(tags::STUDY_DESCRIPTION).is_none(), "Study Description is X, however it was sent");
+        let frame = out.element(tags::REFERENCED_FRAME_OF_REFERENCE_UID).unwrap();
+        assert_eq!(frame.vr(), VR::UI);
+        assert_eq!(frame.to_str().unwrap().trim_end_matches('\0'), keys.uid("1.2.826.0.1.3680043.10.8"));
+        let mut encoded = Vec::new();
+        {
+            use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+            let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get("1.2.840.10008.1.2.1").unwrap();
+            out.write_dataset_with_ts(&mut encoded, ts).unwrap();
+        }
+        assert!(!encoded.windows(11).any(|w| w == b"UNSEEN^NAME"), "a name inside a UN value survived");
+        assert!(!encoded.windows(24).any(|w| w == b"1.2.826.0.1.3680043.10.7"), "a UID inside a UN value survived");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum KeyError {
     Malformed { what: &'static str },
     #[error("the pseudonym key and the re-identification map key must differ")]
     Same,
+    #[error("the {what} file {path} is readable by others (mode {mode:04o}): make it readable by the node's user alone (chmod 0400 or 0600)")]
+    Exposed { what: &'static str, path: String, mode: u32 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,15 @@ pub struct Keys {
     pseudonym: [u8; 32],
     map: [u8; 32],
     pub demo: bool,
+}
+
+/// Keys leave no copy in freed memory: every clone is overwritten when dropped.
+impl Drop for Keys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.pseudonym.zeroize();
+        self.map.zeroize();
+    }
 }
 
 impl fmt::Debug for Keys {
@@ -111,6 +122,21 @@ impl Keys {
         mac.finalize().into_bytes().into()
     }
 
+    /// A keyed digest of received bytes (`instances.dataset_sha256`): it tells two receptions of
+    /// the same bytes apart from different ones, but without the key it cannot be computed
+    /// from the original file, so it links no stored row to a copy of the identified original.
+    pub fn content_mac(&self) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.pseudonym).expect("HMAC takes any key length");
+        mac.update(b"received-dataset\0");
+        mac
+    }
+
+    /// The key of the audit chain's HMAC: derived from the pseudonym key, so the chain cannot be
+    /// rewritten (nor a truncated one made to verify) by anyone who holds only the database.
+    pub fn audit_key(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.hmac("audit-chain", &[]))
+    }
+
     /// `2.25.<decimal of the first 128 bits of the HMAC>` (PS3.5 B.2: a UUID-derived UID).
     pub fn uid(&self, original: &str) -> String {
         let h = self.hmac("uid", &[original]);
@@ -162,14 +188,30 @@ pub fn generate() -> String {
 }
 
 fn one(what: &'static str, env: &'static str, file_key: &'static str, file: Option<&Path>) -> Result<[u8; 32], KeyError> {
-    let text = match (std::env::var(env), file) {
+    let text = zeroize::Zeroizing::new(match (std::env::var(env), file) {
         (Ok(v), _) if !v.trim().is_empty() => v,
         (_, Some(path)) => {
-            std::fs::read_to_string(path).map_err(|source| KeyError::Read { what, path: path.display().to_string(), source })?
+            let read = |source| KeyError::Read { what, path: path.display().to_string(), source };
+            let file = std::fs::File::open(path).map_err(read)?;
+            check_private(what, path, &file.metadata().map_err(read)?)?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut &file, &mut text).map_err(read)?;
+            text
         }
         _ => return Err(KeyError::Missing { what, env, file_key }),
-    };
-    hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or(KeyError::Malformed { what })
+    });
+    let bytes = zeroize::Zeroizing::new(hex::decode(text.trim()).map_err(|_| KeyError::Malformed { what })?);
+    bytes.as_slice().try_into().map_err(|_| KeyError::Malformed { what })
+}
+
+/// A key file must not be readable or writable by group or others.
+fn check_private(what: &'static str, path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Exposed { what, path: path.display().to_string(), mode });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -204,6 +246,29 @@ mod tests {
             let d = k.date_shift_days("", id);
             assert!((1..=3650).contains(&d));
             assert_eq!(d, k.date_shift_days("", id));
+        }
+    }
+
+    #[test]
+    fn key_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (p, m) = (dir.path().join("p.key"), dir.path().join("m.key"));
+        std::fs::write(&p, generate()).unwrap();
+        std::fs::write(&m, generate()).unwrap();
+        let load = || Keys::load(&KeySources { pseudonym_key_file: Some(&p), map_key_file: Some(&m), demo_keys: false });
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::set_permissions(&m, std::fs::Permissions::from_mode(0o400)).unwrap();
+            if std::env::var(PSEUDONYM_KEY_ENV).is_err() {
+                let e = load().unwrap_err();
+                assert!(matches!(e, KeyError::Exposed { .. }), "mode {mode:o}: {e}");
+                assert!(e.to_string().contains("chmod"), "{e}");
+            }
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if std::env::var(PSEUDONYM_KEY_ENV).is_err() && std::env::var(MAP_KEY_ENV).is_err() {
+            load().unwrap();
         }
     }
 

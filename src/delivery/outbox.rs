@@ -20,6 +20,7 @@ use crate::domain::{now_ms, AeTitle};
 /// Items sent over one association at most.
 const BATCH: usize = 32;
 
+#[derive(Clone)]
 pub struct OutboxWorker {
     db: Db,
     node: String,

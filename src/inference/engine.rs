@@ -143,7 +143,10 @@ fn run_batch(package: &Package, batch: Vec<Request>) {
         input.extend_from_slice(&r.input);
     }
     let shape = [n as i64, i64::from(m.input.channels), i64::from(h), i64::from(w)];
-    let outputs = package.model.forward(&input, shape);
+    // A panic inside libtorch's bindings must not end the engine thread (every later request
+    // would then wait for nothing): it fails this batch like any forward error.
+    let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| package.model.forward(&input, shape)))
+        .unwrap_or_else(|_| Err(crate::inference::runtime::RuntimeError::Forward("the forward pass panicked".into())));
     let forward_us = started.elapsed().as_micros() as u64;
     let split = outputs.map_err(|e| e.to_string()).and_then(|outs| {
         let probs = outs.get(m.outputs.probabilities).ok_or("no probabilities output")?;

@@ -18,6 +18,8 @@ pub enum PixelError {
     Decode(String),
     #[error("unsupported image: {0}")]
     Unsupported(String),
+    #[error("the pixel decoder crashed on this instance's pixel data (a malformed stream)")]
+    Crashed,
 }
 
 /// A VOI window (center and width, in the units after the Modality LUT: HU for CT).

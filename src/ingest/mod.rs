@@ -69,6 +69,7 @@ impl IngestError {
             | IngestError::Spool(_)
             | IngestError::Store { .. }
             | IngestError::HeaderTooLarge => status::OUT_OF_RESOURCES,
+            IngestError::Unparseable(ScanError::InflatesTooLarge { .. }) => status::OUT_OF_RESOURCES,
             IngestError::Unparseable(_) => status::CANNOT_UNDERSTAND,
             IngestError::Deid(FileError::Write { .. } | FileError::Read { .. }) => status::OUT_OF_RESOURCES,
             IngestError::Deid(FileError::Deid(_)) => status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -79,6 +80,24 @@ impl IngestError {
             }
             IngestError::NotNegotiated => status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
             IngestError::Db(_) | IngestError::Task(_) => status::PROCESSING_FAILURE,
+        }
+    }
+}
+
+impl IngestError {
+    /// The Error Comment (0000,0902) for the sender: the reason in its terms, never a path,
+    /// an operating-system error or a database message of this machine (the log has those).
+    pub fn peer_comment(&self) -> String {
+        match self {
+            IngestError::ListStore { .. }
+            | IngestError::Store { .. }
+            | IngestError::DiskCheck(_)
+            | IngestError::Spool(SpoolError::Create { .. } | SpoolError::Write { .. } | SpoolError::Task(_))
+            | IngestError::Deid(FileError::Read { .. } | FileError::Write { .. } | FileError::NotPart10 { .. })
+            | IngestError::Seal(_)
+            | IngestError::Db(_)
+            | IngestError::Task(_) => "the node could not store the instance (local failure; see its log)".into(),
+            other => other.to_string(),
         }
     }
 }
@@ -129,32 +148,42 @@ impl Ingest {
         })
     }
 
-    /// Remove files in the store that have no row: a crash between the rename into the store and
-    /// the commit leaves such a file, and it was never acknowledged. Only the two newest day
-    /// folders can hold one (that is where the last writes went). Run before the listener starts;
-    /// the data directory belongs to this node alone.
-    pub async fn remove_unrecorded(&self) -> Result<usize, IngestError> {
+    /// Move files in the store that have no row into `quarantine/<day>/`: a crash between the
+    /// store file and the commit leaves such a file, never acknowledged. But so does a database
+    /// restored from a backup, or a lagging replica, and then the files *were* acknowledged:
+    /// nothing is deleted, an operator decides (`triage-node status` counts them). Only the two
+    /// newest day folders are looked at (where the last writes went). Run before the listener
+    /// starts; the data directory belongs to this node alone.
+    pub async fn quarantine_unrecorded(&self) -> Result<usize, IngestError> {
         let store = self.dirs.store.clone();
-        let mut days: Vec<String> = std::fs::read_dir(&store)
-            .map_err(|source| IngestError::ListStore { path: store.clone(), source })?
+        let list = |path: &std::path::Path| std::fs::read_dir(path).map_err(|source| IngestError::ListStore { path: path.to_path_buf(), source });
+        let mut days: Vec<String> = list(&store)?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         days.sort();
-        let mut removed = 0;
+        let mut moved = 0;
         for day in days.iter().rev().take(2) {
             let recorded = self.db.paths_under(&format!("store/{day}/")).await?;
             let folder = store.join(day);
-            let entries = std::fs::read_dir(&folder).map_err(|source| IngestError::ListStore { path: folder.clone(), source })?;
-            for entry in entries.flatten() {
+            let quarantine = quarantine_dir(&self.dirs.data).join(day);
+            for entry in list(&folder)?.flatten() {
                 let relative = format!("store/{day}/{}", entry.file_name().to_string_lossy());
-                if !recorded.contains(&relative) && std::fs::remove_file(entry.path()).is_ok() {
-                    removed += 1;
+                if recorded.contains(&relative) {
+                    continue;
+                }
+                let moved_ok = std::fs::create_dir_all(&quarantine)
+                    .and_then(|_| std::fs::rename(entry.path(), quarantine.join(entry.file_name())))
+                    .and_then(|_| spool::sync_parent(&quarantine.join(entry.file_name()), self.fsync))
+                    .and_then(|_| spool::sync_parent(&entry.path(), self.fsync));
+                match moved_ok {
+                    Ok(()) => moved += 1,
+                    Err(source) => return Err(IngestError::Store { path: entry.path(), source }),
                 }
             }
         }
-        Ok(removed)
+        Ok(moved)
     }
 
     /// Start receiving an instance, or refuse if the disk is below its floor. Cheap enough for
@@ -170,6 +199,7 @@ impl Ingest {
             deid: self.deid.clone(),
             ts: req.transfer_syntax,
             drop_burned_in: self.burned_in == BurnedInPolicy::Exclude,
+            min_free_disk: self.min_free_disk,
         }))
     }
 
@@ -194,7 +224,7 @@ impl Ingest {
                 Content::Split { head, split, header_len, deid, relative, path, file } => {
                     let split = Split { head: &head, split, header_len, path: &path, file: &file };
                     let drop_pixels = crate::deid::file::drops_pixels(&deid, drop_burned_in);
-                    keep_split(&request, split, received.dataset_len, drop_pixels, fsync)
+                    keep_split(&request, split, received.kept_len, drop_pixels, fsync)
                         .map(|(pixels_written, size_bytes)| (relative, Written { deid: *deid, pixels_written, size_bytes }))
                         .inspect_err(|_| {
                             let _ = std::fs::remove_file(&path);
@@ -243,8 +273,24 @@ impl Ingest {
                 Ok(StoreOutcome::Duplicate { instance_id })
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&stored);
-                Err(e.into())
+                // The error may have come after the commit took effect (a connection lost
+                // during COMMIT): ask again before removing the file, so that a row never
+                // names a missing file. If even that cannot be answered, the file stays; an
+                // unrecorded one is quarantined at the next start, never deleted.
+                match self.db.find_instance(&new.sop_instance_uid).await {
+                    Ok(Some(row)) if row.path == new.path => {
+                        tracing::warn!(instance_id = row.id, error = %e, "the database reported an error, but the instance was recorded: Success");
+                        if let (Some(arrivals), None) = (&self.arrivals, &new.excluded_reason) {
+                            let _ = arrivals.try_send(row.id);
+                        }
+                        Ok(StoreOutcome::Stored { instance_id: row.id })
+                    }
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(&stored);
+                        Err(e.into())
+                    }
+                    Err(_) => Err(e.into()),
+                }
             }
         }
     }
@@ -340,6 +386,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, IngestError> 
     tokio::task::spawn_blocking(f).await.map_err(|e| IngestError::Task(e.to_string()))?
 }
 
+/// Where store files without a row are moved at start-up (`data_dir/quarantine/<day>/`).
+pub fn quarantine_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("quarantine")
+}
+
+/// How many files wait in quarantine (for `triage-node status`).
+pub fn count_quarantined(data_dir: &std::path::Path) -> usize {
+    let Ok(days) = std::fs::read_dir(quarantine_dir(data_dir)) else { return 0 };
+    days.flatten().filter_map(|d| std::fs::read_dir(d.path()).ok()).map(|files| files.flatten().count()).sum()
+}
+
 /// `YYYYMMDD` (UTC) of a millisecond timestamp: store folders stay a manageable size.
 fn day_folder(ms: i64) -> String {
     let (y, m, d) = crate::domain::civil_from_days(ms.div_euclid(86_400_000));
@@ -379,6 +436,26 @@ mod tests {
         check(IngestError::MissingAttribute("x"), 0xA900);
         check(IngestError::NotNegotiated, 0x0122);
         check(IngestError::Task("x".into()), 0x0110);
+    }
+
+    /// No local path or system error reaches the sender's Error Comment.
+    #[test]
+    fn error_comments_name_no_local_path() {
+        let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let path = std::path::PathBuf::from("/var/lib/triage-node/store/20261201/x.dcm");
+        for e in [
+            IngestError::Store { path: path.clone(), source: io() },
+            IngestError::ListStore { path: path.clone(), source: io() },
+            IngestError::Spool(SpoolError::Write { path: path.clone(), source: io() }),
+            IngestError::Spool(SpoolError::Create { path: path.clone(), source: io() }),
+            IngestError::Deid(FileError::Write { path: path.clone(), source: io() }),
+        ] {
+            assert!(e.to_string().contains("/var/lib"), "the log keeps the detail: {e}");
+            let comment = e.peer_comment();
+            assert!(!comment.contains('/') && !comment.contains("denied"), "{comment}");
+        }
+        assert_eq!(IngestError::SopClassMismatch.peer_comment(), IngestError::SopClassMismatch.to_string());
+        assert!(IngestError::Spool(SpoolError::OutOfDisk { available: 1, floor: 2 }).peer_comment().contains("floor"));
     }
 
     #[test]

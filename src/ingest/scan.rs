@@ -57,18 +57,198 @@ pub enum ScanError {
     TooDeep,
     #[error("reading the data set: {0}")]
     Io(#[source] io::Error),
+    #[error("the deflated data set inflates to more than {} MiB", .limit >> 20)]
+    InflatesTooLarge { limit: u64 },
     /// Internal to `locate_pixel_group`: the walk stopped at the first group 7FE0 element.
     #[error("reached pixel data at byte {0}")]
     ReachedPixelGroup(u64),
 }
 
+/// The most a deflated data set may inflate to (it is then held in memory whole to be
+/// de-identified): past this it is refused as out of resources, before it is held.
+pub const MAX_INFLATED: u64 = 64 << 20;
+
 /// Scan `dataset` (the bytes after the File Meta Information, `len` of them when known).
 pub fn scan<R: Read>(dataset: R, len: Option<u64>, ts: &TransferSyntax) -> Result<HeaderFields, ScanError> {
     if ts.deflated {
         let inflated = flate2::read::DeflateDecoder::new(BufReader::with_capacity(64 * 1024, dataset));
-        Walker::new(inflated, ts).run(None)
+        Walker::new(Capped::new(inflated, MAX_INFLATED), ts).run(None).map_err(Capped::<&[u8]>::explain)
     } else {
         Walker::new(dataset, ts).run(len)
+    }
+}
+
+/// Inflate a deflated data set into memory, refusing past `MAX_INFLATED` bytes (a small
+/// deflated stream can claim gigabytes).
+pub fn inflate(deflated: &[u8]) -> Result<Vec<u8>, ScanError> {
+    let mut out = Vec::new();
+    let mut capped = Capped::new(flate2::read::DeflateDecoder::new(deflated), MAX_INFLATED);
+    capped.read_to_end(&mut out).map_err(|e| Capped::<&[u8]>::explain(ScanError::Io(e)))?;
+    Ok(out)
+}
+
+/// A reader that fails once more than `limit` bytes have come through it.
+pub struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+const CAP_REACHED: &str = "inflation limit reached";
+
+impl<R: Read> Capped<R> {
+    pub fn new(inner: R, limit: u64) -> Capped<R> {
+        Capped { inner, left: limit }
+    }
+
+    fn explain(e: ScanError) -> ScanError {
+        match e {
+            ScanError::Io(io) if io.to_string() == CAP_REACHED => ScanError::InflatesTooLarge { limit: MAX_INFLATED },
+            other => other,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One byte more means the stream goes on past the limit.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other(CAP_REACHED)),
+            };
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Follows the top-level elements of the pixel group (7FE0) as their bytes arrive, to find
+/// where the group ends: what comes after it (trailing padding, signatures, private or
+/// out-of-order elements) is removed by the profile, so its bytes are never written anywhere.
+/// Values are skipped by their lengths; the whole data set is still scanned at the end.
+#[derive(Debug)]
+pub struct PixelGroupEnd {
+    explicit: bool,
+    big: bool,
+    state: GroupState,
+    header: [u8; 12],
+    have: usize,
+    /// Bytes of the group seen so far (from its first element).
+    pub kept: u64,
+    /// Set once a top-level element outside group 7FE0 has started.
+    pub ended: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GroupState {
+    /// Reading a top-level element header.
+    Element,
+    /// Reading a fragment item header of encapsulated pixel data.
+    Fragment,
+    /// Skipping a value, then reading the header given.
+    Skip { left: u64, then_fragment: bool },
+}
+
+impl PixelGroupEnd {
+    pub fn new(ts: &TransferSyntax) -> PixelGroupEnd {
+        PixelGroupEnd { explicit: ts.explicit_vr, big: ts.big_endian, state: GroupState::Element, header: [0; 12], have: 0, kept: 0, ended: false }
+    }
+
+    fn u16_at(&self, at: usize) -> u16 {
+        let b = [self.header[at], self.header[at + 1]];
+        if self.big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        let b = [self.header[at], self.header[at + 1], self.header[at + 2], self.header[at + 3]];
+        if self.big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+    }
+
+    /// Header bytes needed before the header can be read.
+    fn need(&self, fragment: bool) -> usize {
+        if fragment || !self.explicit {
+            8
+        } else if self.have < 6 {
+            6
+        } else if matches!(&self.header[4..6], b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN" | b"SV" | b"UV") {
+            12
+        } else {
+            8
+        }
+    }
+
+    /// Feed the next bytes. Returns what belongs to the pixel group: first `release` (the start
+    /// of an element header held back from the previous call until its tag was known), then the
+    /// prefix `bytes[..n]`. Nothing after the group is ever returned.
+    pub fn feed(&mut self, bytes: &[u8]) -> (Vec<u8>, usize) {
+        let mut held = if matches!(self.state, GroupState::Element) && self.have < 4 { self.have } else { 0 };
+        let mut release = Vec::new();
+        let (mut at, mut kept_to) = (0usize, 0usize);
+        while at < bytes.len() && !self.ended {
+            match self.state {
+                GroupState::Skip { left, then_fragment } => {
+                    let n = (bytes.len() - at).min(left.min(usize::MAX as u64) as usize);
+                    at += n;
+                    kept_to = at;
+                    let left = left - n as u64;
+                    self.state = match (left, then_fragment) {
+                        (0, true) => GroupState::Fragment,
+                        (0, false) => GroupState::Element,
+                        (left, then_fragment) => GroupState::Skip { left, then_fragment },
+                    };
+                }
+                GroupState::Element | GroupState::Fragment => {
+                    let fragment = matches!(self.state, GroupState::Fragment);
+                    let need = self.need(fragment);
+                    if self.have < need {
+                        let before = self.have;
+                        let n = (need - before).min(bytes.len() - at);
+                        self.header[before..before + n].copy_from_slice(&bytes[at..at + n]);
+                        self.have += n;
+                        at += n;
+                        if !fragment && self.have < 4 {
+                            continue; // the tag is not complete: held back
+                        }
+                        if !fragment && before < 4 {
+                            if self.u16_at(0) != 0x7FE0 {
+                                // A top-level element outside the group: the group ended before it.
+                                self.ended = true;
+                                break;
+                            }
+                            if held > 0 {
+                                release.extend_from_slice(&self.header[..held]);
+                                held = 0;
+                            }
+                        }
+                        kept_to = at;
+                        continue;
+                    }
+                    let len = if need == 12 {
+                        self.u32_at(8)
+                    } else if fragment || !self.explicit {
+                        self.u32_at(4)
+                    } else {
+                        u32::from(self.u16_at(6))
+                    };
+                    let tag = (self.u16_at(0), self.u16_at(2));
+                    self.have = 0;
+                    self.state = match (fragment, tag, len) {
+                        (true, SEQUENCE_DELIMITATION, _) => GroupState::Element,
+                        (true, _, UNDEFINED) => GroupState::Element, // malformed: the final scan says so
+                        (_, _, 0) if fragment => GroupState::Fragment,
+                        (_, _, 0) => GroupState::Element,
+                        (true, _, len) => GroupState::Skip { left: u64::from(len), then_fragment: true },
+                        (false, _, UNDEFINED) => GroupState::Fragment,
+                        (false, _, len) => GroupState::Skip { left: u64::from(len), then_fragment: false },
+                    };
+                }
+            }
+        }
+        self.kept += (release.len() + kept_to) as u64;
+        (release, kept_to)
     }
 }
 
@@ -187,7 +367,9 @@ impl<R: Read> Walker<R> {
                 }
                 self.found.pixel_group_at.get_or_insert(offset);
             }
-            if top && tag.0 > 0x7FE0 {
+            // Whatever follows the pixel group ends it, whatever its tag: an element out of
+            // order after the pixels (say a Patient's Name) is as much a trailer as padding.
+            if top && (tag.0 > 0x7FE0 || (tag.0 != 0x7FE0 && self.found.pixel_group_at.is_some())) {
                 self.found.trailing_from.get_or_insert(offset);
             }
             let (vr, len) = if self.explicit {
@@ -414,6 +596,80 @@ mod tests {
             bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         }
         assert!(matches!(run(&bytes, EXPLICIT_LE), Err(ScanError::TooDeep)));
+    }
+}
+
+#[cfg(test)]
+mod group_end {
+    use super::*;
+    use crate::association::sop::transfer_syntax;
+
+    /// What a tracker lets through when fed `parts` in turn.
+    fn through(end: &mut PixelGroupEnd, parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in parts {
+            let (release, n) = end.feed(part);
+            out.extend_from_slice(&release);
+            out.extend_from_slice(&part[..n]);
+        }
+        out
+    }
+
+    /// Native and encapsulated pixel groups, followed by trailers, fed in every split of two
+    /// and byte by byte: exactly the group comes through, none of the trailers.
+    #[test]
+    fn the_pixel_group_ends_where_the_first_other_element_starts() {
+        let le = |v: u32| v.to_le_bytes();
+        let mut native = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0];
+        native.extend_from_slice(&le(6));
+        native.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        let mut encapsulated = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        encapsulated.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        encapsulated.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 0xE0, 0x7F, 0x10, 0x00]);
+        encapsulated.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        // An out-of-order Patient's Name, then a private element.
+        let mut trailer = vec![0x10, 0x00, 0x10, 0x00, b'P', b'N', 4, 0, b'D', b'O', b'E', b' '];
+        trailer.extend_from_slice(&[0x99, 0x00, 0x10, 0x10, b'L', b'O', 2, 0, b'X', b' ']);
+        let ts = transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let two = [native.clone(), vec![0xE0, 0x7F, 0x20, 0x00, b'O', b'W', 0, 0, 0, 0, 0, 0]].concat();
+        for group in [native.clone(), encapsulated.clone(), two] {
+            let bytes = [group.clone(), trailer.clone()].concat();
+            for cut in 0..=bytes.len() {
+                let mut end = PixelGroupEnd::new(ts);
+                assert_eq!(through(&mut end, &[&bytes[..cut], &bytes[cut..]]), group, "cut at {cut}");
+                assert!(end.ended);
+                assert_eq!(end.kept, group.len() as u64);
+            }
+            let mut end = PixelGroupEnd::new(ts);
+            let singles: Vec<&[u8]> = bytes.iter().map(std::slice::from_ref).collect();
+            assert_eq!(through(&mut end, &singles), group);
+            // Without trailers everything comes through and the group has not ended.
+            let mut end = PixelGroupEnd::new(ts);
+            assert_eq!(through(&mut end, &[&group]), group);
+            assert!(!end.ended);
+        }
+    }
+
+    #[test]
+    fn a_deflated_data_set_may_not_inflate_without_bound() {
+        use std::io::Write;
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        // A private OB element whose value is more zeros than the limit.
+        let big = (MAX_INFLATED + (1 << 20)) as u32;
+        z.write_all(&[0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0]).unwrap();
+        z.write_all(&big.to_le_bytes()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(big >> 20) {
+            z.write_all(&zeros).unwrap();
+        }
+        let bomb = z.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes deflated", bomb.len());
+        assert!(matches!(inflate(&bomb), Err(ScanError::InflatesTooLarge { .. })));
+        let ts = transfer_syntax("1.2.840.10008.1.2.1.99").unwrap();
+        assert!(matches!(scan(&bomb[..], Some(bomb.len() as u64), ts), Err(ScanError::InflatesTooLarge { .. })));
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(b"small").unwrap();
+        assert_eq!(inflate(&z.finish().unwrap()).unwrap(), b"small");
     }
 }
 

@@ -10,9 +10,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
-use super::scan::locate_pixel_group;
+use super::scan::{locate_pixel_group, PixelGroupEnd};
 use crate::association::sop::TransferSyntax;
 use crate::deid::file::{deidentify_header, FileError};
 use crate::deid::{Deidentified, Deidentifier};
@@ -27,6 +28,8 @@ pub enum SpoolError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("free disk space {available} bytes fell below the configured floor of {floor} bytes while receiving")]
+    OutOfDisk { available: u64, floor: u64 },
 }
 
 /// Directory layout under `data_dir`.
@@ -71,7 +74,12 @@ pub struct Target {
     pub deid: Arc<Deidentifier>,
     pub ts: &'static TransferSyntax,
     pub drop_burned_in: bool,
+    /// The free-disk floor, checked again as the instance grows (every `DISK_CHECK_EVERY`).
+    pub min_free_disk: u64,
 }
+
+/// How many bytes may be written between two checks of the free-disk floor.
+const DISK_CHECK_EVERY: u64 = 16 << 20;
 
 /// Why an incoming instance cannot be kept, found while it was still arriving. The rest of its
 /// bytes are read and dropped; the failure is answered at the end.
@@ -94,8 +102,10 @@ pub struct IncomingFile {
     head: Vec<u8>,
     next_locate_at: usize,
     state: State,
-    hasher: Sha256,
+    hasher: Hmac<Sha256>,
     dataset_len: u64,
+    /// Where the pixel group ends, once the header is split off: nothing after it is written.
+    group: Option<(u64, PixelGroupEnd)>,
 }
 
 /// A header being de-identified, and the store file started with it, on the blocking pool.
@@ -141,12 +151,18 @@ struct Streaming {
     buf: Vec<u8>,
     in_flight: Option<InFlightWrite>,
     written: u64,
+    min_free_disk: u64,
+    data_dir: PathBuf,
+    checked_at: u64,
 }
 
 /// An instance fully received.
 pub struct Received {
     pub dataset_len: u64,
-    /// SHA-256 of the data set bytes exactly as received.
+    /// The data set bytes kept: up to the end of the pixel group (trailers never kept).
+    pub kept_len: u64,
+    /// HMAC-SHA256 under the pseudonym key of the data set bytes exactly as received (keyed, so
+    /// that the original file cannot be linked to the row).
     pub dataset_sha256: String,
     pub content: Content,
 }
@@ -162,23 +178,44 @@ pub enum Content {
 impl IncomingFile {
     pub fn new(target: Target) -> IncomingFile {
         let splittable = !target.ts.deflated;
-        IncomingFile { target, head: Vec::new(), next_locate_at: 0, state: State::Head { splittable }, hasher: Sha256::new(), dataset_len: 0 }
+        let hasher = target.deid.keys().content_mac();
+        IncomingFile { target, head: Vec::new(), next_locate_at: 0, state: State::Head { splittable }, hasher, dataset_len: 0, group: None }
+    }
+
+    /// The part of `bytes` (and any header bytes held back before them) in the pixel group.
+    fn in_group<'a>(&mut self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let Some((_, group)) = &mut self.group else { return std::borrow::Cow::Borrowed(bytes) };
+        let (release, n) = group.feed(bytes);
+        if release.is_empty() {
+            std::borrow::Cow::Borrowed(&bytes[..n])
+        } else {
+            std::borrow::Cow::Owned([release.as_slice(), &bytes[..n]].concat())
+        }
     }
 
     /// Append data set bytes as they arrive from the network.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.hasher.update(bytes);
         self.dataset_len += bytes.len() as u64;
-        match &mut self.state {
-            State::Refused(_) => Ok(()),
-            State::Streaming(s) => s.write(bytes).await,
-            State::Deidentifying { task, ahead, .. } => {
-                ahead.extend_from_slice(bytes);
-                if task.is_finished() || ahead.len() > MAX_AHEAD {
-                    self.start_streaming().await?;
-                }
-                Ok(())
+        if matches!(self.state, State::Streaming(_) | State::Deidentifying { .. }) {
+            let kept = self.in_group(bytes);
+            if kept.is_empty() {
+                return Ok(());
             }
+            return match &mut self.state {
+                State::Streaming(s) => s.write(&kept).await,
+                State::Deidentifying { task, ahead, .. } => {
+                    ahead.extend_from_slice(&kept);
+                    if task.is_finished() || ahead.len() > MAX_AHEAD {
+                        self.start_streaming().await?;
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
+        match &mut self.state {
+            State::Refused(_) | State::Streaming(_) | State::Deidentifying { .. } => Ok(()),
             State::Head { splittable } => {
                 let splittable = *splittable;
                 self.head.extend_from_slice(bytes);
@@ -206,7 +243,10 @@ impl IncomingFile {
     /// and start the store file with it and the pixel bytes received so far, in one trip,
     /// without waiting (the network keeps being read meanwhile).
     async fn split(&mut self, split: u64) -> Result<(), SpoolError> {
-        let pixels = self.head.split_off(split as usize);
+        let arrived = self.head.split_off(split as usize);
+        self.group = Some((split, PixelGroupEnd::new(self.target.ts)));
+        let pixels = self.in_group(&arrived).into_owned();
+        drop(arrived);
         let head = self.head.clone();
         let t = self.target.clone();
         let task = tokio::task::spawn_blocking(move || {
@@ -248,7 +288,9 @@ impl IncomingFile {
             }
         };
         let Started { deid, header_len, relative, path, file, written } = started;
-        let mut streaming = Streaming { split, header_len, deid, relative, path, file: Some(file), buf: ahead, in_flight: None, written };
+        let (min_free_disk, data_dir) = (self.target.min_free_disk, self.target.dirs.data.clone());
+        let mut streaming =
+            Streaming { split, header_len, deid, relative, path, file: Some(file), buf: ahead, in_flight: None, written, min_free_disk, data_dir, checked_at: 0 };
         streaming.write(&[]).await?; // sends the backlog on if it fills a buffer
         self.state = State::Streaming(Box::new(streaming));
         Ok(())
@@ -290,7 +332,8 @@ impl IncomingFile {
                 Content::Split { head: self.head, split: s.split, header_len: s.header_len, deid: Box::new(s.deid), relative: s.relative, path, file }
             }
         };
-        Ok(Received { dataset_len: self.dataset_len, dataset_sha256: hex::encode(self.hasher.finalize()), content })
+        let kept_len = self.group.as_ref().map_or(self.dataset_len, |(split, g)| split + g.kept);
+        Ok(Received { dataset_len: self.dataset_len, kept_len, dataset_sha256: hex::encode(self.hasher.finalize().into_bytes()), content })
     }
 
     /// Drop an instance that will not be acknowledged, and its store file if one was started.
@@ -307,6 +350,15 @@ impl Streaming {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= WRITE_BUFFER {
+            if self.written >= self.checked_at + DISK_CHECK_EVERY {
+                // One large transfer, or many at once, must not fill the disk past the floor
+                // (the database's journal lives there too).
+                self.checked_at = self.written;
+                let available = super::free_bytes(&self.data_dir).map_err(|source| SpoolError::Write { path: self.path.clone(), source })?;
+                if available < self.min_free_disk {
+                    return Err(SpoolError::OutOfDisk { available, floor: self.min_free_disk });
+                }
+            }
             let spare = self.wait_in_flight().await?;
             let full = std::mem::replace(&mut self.buf, spare);
             let (file, path) = (self.file.take(), self.path.clone());
@@ -364,7 +416,13 @@ pub fn store_path(dirs: &Dirs, day: &str) -> Result<(PathBuf, PathBuf), SpoolErr
     let relative = PathBuf::from("store").join(day).join(format!("{}.dcm", uuid::Uuid::new_v4()));
     let target = dirs.data.join(&relative);
     let parent = target.parent().expect("store paths have a parent");
-    std::fs::create_dir_all(parent).map_err(|source| SpoolError::Create { path: parent.to_path_buf(), source })?;
+    if !parent.is_dir() {
+        // A new day folder: its own entry in store/ must be durable before any file in it is
+        // acknowledged (a file's fsync covers neither its folder's name nor the folder's).
+        let create = |source| SpoolError::Create { path: parent.to_path_buf(), source };
+        std::fs::create_dir_all(parent).map_err(create)?;
+        std::fs::File::open(&dirs.store).and_then(|d| d.sync_all()).map_err(create)?;
+    }
     Ok((relative, target))
 }
 
@@ -406,7 +464,7 @@ mod tests {
         dirs.prepare().unwrap();
         let deid = Arc::new(Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]));
         let ts = crate::association::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
-        let target = Target { dirs, day: "20261128".into(), deid: deid.clone(), ts, drop_burned_in: true };
+        let target = Target { dirs, day: "20261128".into(), deid: deid.clone(), ts, drop_burned_in: true, min_free_disk: 0 };
         // Pixel data below, at and across the buffer size, in uneven pieces.
         for pixels in [10usize, WRITE_BUFFER, 3 * WRITE_BUFFER + 12345] {
             let data = dataset(pixels);
@@ -418,7 +476,10 @@ mod tests {
             incoming.settle().await.unwrap();
             let received = incoming.finish().unwrap();
             assert_eq!(received.dataset_len as usize, data.len());
-            assert_eq!(received.dataset_sha256, hex::encode(Sha256::digest(&data)));
+            let mut mac = crate::deid::Keys::for_tests(1).content_mac();
+            mac.update(&data);
+            assert_eq!(received.dataset_sha256, hex::encode(mac.finalize().into_bytes()));
+            assert_ne!(received.dataset_sha256, hex::encode(<Sha256 as sha2::Digest>::digest(&data)), "the plain digest links the original file");
             let Content::Split { header_len, path, .. } = received.content else { panic!("not split") };
             let on_disk = std::fs::read(&path).unwrap();
             let (_, expected_header) = deidentify_header(&deid, &data[..split as usize], ts.uid, true).unwrap();

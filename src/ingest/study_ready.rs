@@ -14,6 +14,7 @@ use tracing::{error, info};
 use crate::db::Db;
 use crate::domain::now_ms;
 
+#[derive(Clone)]
 pub struct StudyReadyWorker {
     db: Db,
     quiet_period: Duration,

@@ -67,6 +67,9 @@ impl Triage {
 
     /// Run instance `id`'s pass unless it is excluded, done, or running elsewhere.
     pub async fn infer_instance(&self, id: i64) -> Result<(), TriageError> {
+        // The preprocessing slot first, then the claim: under a backlog a pass claimed while it
+        // waits for a slot could outlive its lease and be run twice.
+        let permit = self.preprocess.clone().acquire_owned().await.map_err(|e| TriageError::Task(e.to_string()))?;
         let now = now_ms();
         if !self.db.claim_inference(id, now, now + INSTANCE_LEASE.as_millis() as i64).await? {
             return Ok(());
@@ -74,9 +77,14 @@ impl Triage {
         let path = self.db.instance_path(id).await?.ok_or(TriageError::NoInstance(id))?;
         let full = self.data_dir.join(path);
         let manifests: Vec<Manifest> = self.engine.manifests().to_vec();
-        let permit = self.preprocess.clone().acquire_owned().await.map_err(|e| TriageError::Task(e.to_string()))?;
         let started = Instant::now();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&full, &manifests)).await.map_err(|e| TriageError::Task(e.to_string()))?;
+        let prepared = match tokio::task::spawn_blocking(move || prepare(&full, &manifests)).await {
+            Ok(prepared) => prepared,
+            // A decoder that panics on these pixels would panic again on every retry: the
+            // instance fails (and its study's result says so) instead of staying claimed.
+            Err(e) if e.is_panic() => Err(PixelError::Crashed),
+            Err(e) => return Err(TriageError::Task(e.to_string())),
+        };
         drop(permit);
         let preprocess_us = started.elapsed().as_micros() as i64;
         let images = match prepared {
@@ -219,7 +227,8 @@ impl Triage {
 
     /// Consume stored-instance ids as they arrive, one pass each (bounded by the preprocessing
     /// permits and the engine's queue), until `shutdown`.
-    pub async fn run_arrivals(self: Arc<Self>, mut arrivals: mpsc::Receiver<i64>, shutdown: CancellationToken) {
+    pub async fn run_arrivals(self: Arc<Self>, arrivals: Arc<tokio::sync::Mutex<mpsc::Receiver<i64>>>, shutdown: CancellationToken) {
+        let mut arrivals = arrivals.lock().await;
         let passes = TaskTracker::new();
         loop {
             let id = tokio::select! {
