@@ -34,7 +34,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdico
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"
 fi
 
-CORPUS_VERSION=3
+CORPUS_VERSION=4
 if [ "$(cat .testdata/VERSION 2>/dev/null)" != "$CORPUS_VERSION" ]; then
   echo "setup: building the test corpus in .testdata/"
   rm -rf .testdata && mkdir -p .testdata/ts
@@ -55,6 +55,9 @@ if [ "$(cat .testdata/VERSION 2>/dev/null)" != "$CORPUS_VERSION" ]; then
   cp "$SRC/RG1_UNCR.dcm" $T/cr_explicit_le.dcm
   # Every file gets its own SOP Instance UID, so each is a distinct instance to the node.
   for f in $T/*.dcm; do dcmodify -nb -q -gin "$f"; done
+  # The chest CR sample has no text in its pixels but does not say so; a CR that does not say
+  # counts as possibly burned in (deid.burned_in_when_absent), so it says NO, as a reader should.
+  for f in $T/cr_*.dcm; do dcmodify -nb -q -i "(0028,0301)=NO" "$f"; done
   # Other SOP classes we accept, as shipped.
   mkdir -p .testdata/classes
   cp "$SRC/eCT_Supplemental.dcm" .testdata/classes/enhanced_ct.dcm

@@ -258,6 +258,7 @@ def cases(out_dir, n, seed=SEED + 2):
             ds.PatientID = f"DEMO{i:03d}"
             ds.AccessionNumber = f"DEMOACC{i:03d}"
             ds.StudyDescription = "Demo chest radiograph (synthetic lesion study)"
+            ds.BurnedInAnnotation = "NO"  # no text in these pixels, and the reader says so
             ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
             ds.SOPInstanceUID = generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

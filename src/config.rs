@@ -99,6 +99,9 @@ pub struct DeidSettings {
     pub clean_descriptors: bool,
     pub safe_private: Vec<String>,
     pub burned_in_annotation: BurnedInPolicy,
+    /// Modalities (0008,0060) whose images count as possibly showing identity when Burned In
+    /// Annotation (0028,0301) is absent.
+    pub burned_in_when_absent: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -133,7 +136,7 @@ impl DeidSettings {
             }
         }
         let safe = self.safe_private.iter().filter_map(|s| crate::deid::SafePrivate::parse(s).ok()).collect();
-        Ok(crate::deid::Deidentifier::new(keys, options, safe))
+        Ok(crate::deid::Deidentifier::new(keys, options, safe).with_burned_in_when_absent(&self.burned_in_when_absent))
     }
 }
 
@@ -235,6 +238,7 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("dicom.transfer_syntax_preference")
                 .with_list_parse_key("deid.safe_private")
+                .with_list_parse_key("deid.burned_in_when_absent")
                 .with_list_parse_key("results.destinations"),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;

@@ -145,8 +145,15 @@ enum OutboxAction {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    /// Check every entry's hash and link; exit 1 naming the first altered or missing entry.
-    Verify,
+    /// Check every entry's keyed hash and link; exit 1 naming the first altered or missing
+    /// entry. With --checkpoint (a line printed by `audit head`, or a file holding one), also
+    /// check that the entry it names is still there unchanged (detects a deleted tail).
+    Verify {
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
+    /// Print a signed checkpoint of the chain's head, to keep outside the database.
+    Head,
     /// Print the entries (they hold no patient data).
     List,
 }
@@ -224,11 +231,26 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let db = Db::open(&settings.database_url(), 1).await?;
             let (entries, head_seq, head_hash) = db.audit_chain().await?;
             db.close().await;
+            let audit_key = || -> anyhow::Result<_> { Ok(settings.deid.deidentifier().context("the audit trail is keyed with the site keys")?.keys().audit_key()) };
             match action {
-                AuditAction::Verify => match triage_node::audit::verify(&entries, head_seq, &head_hash) {
-                    Ok(n) => println!("audit log intact: {n} entries, head {head_hash}"),
-                    Err(e) => anyhow::bail!("audit log damaged: {e}"),
-                },
+                AuditAction::Verify { checkpoint } => {
+                    let key = audit_key()?;
+                    let verified = match triage_node::audit::verify(&key, &entries, head_seq, &head_hash) {
+                        Ok(v) => v,
+                        Err(e) => anyhow::bail!("audit log damaged: {e}"),
+                    };
+                    if let Some(cp) = checkpoint {
+                        let text = if std::path::Path::new(&cp).is_file() { std::fs::read_to_string(&cp)? } else { cp };
+                        let cp = triage_node::audit::Checkpoint::parse(&key, &text).map_err(|e| anyhow::anyhow!("audit log damaged: {e}"))?;
+                        cp.check(&entries).map_err(|e| anyhow::anyhow!("audit log damaged: {e}"))?;
+                        println!("checkpoint of entry {} holds", cp.seq);
+                    }
+                    println!("audit log intact: {verified} entries, head {head_hash}");
+                }
+                AuditAction::Head => {
+                    let cp = triage_node::audit::Checkpoint { seq: head_seq, hash: head_hash, at_ms: triage_node::domain::now_ms() };
+                    println!("{}", cp.signed(&*audit_key()?));
+                }
                 AuditAction::List => {
                     for e in entries {
                         println!("{:>6}  {}  {:<12}  {:<16}  {}", e.seq, e.at_ms, e.event, e.subject, e.details);
@@ -244,7 +266,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Deid { input, out } => deid_export(&settings, &input, &out).await,
         Command::Reid { instance_uid, purpose } => {
             let deid = settings.deid.deidentifier()?;
-            let db = Db::open(&settings.database_url(), 1).await?;
+            let db = Db::open(&settings.database_url(), 1).await?.with_audit_key(deid.keys().audit_key());
             let originals = triage_node::deid::reidentify(&db, deid.keys(), &instance_uid, &purpose).await;
             db.close().await;
             println!("{}", serde_json::to_string_pretty(&originals?)?);
@@ -336,6 +358,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             for (state, n) in db.result_counts().await? {
                 println!("study results {state}: {n}");
+            }
+            let conflicting = db.count_conflicting_studies().await?;
+            if conflicting > 0 {
+                println!("studies whose instances name different patients (not triaged): {conflicting}");
             }
             for (state, n) in db.outbox_counts().await? {
                 println!("outbox {state}: {n}");
@@ -467,7 +493,7 @@ async fn deid_export(settings: &Settings, input: &std::path::Path, out: &std::pa
     let files = triage_node::delivery::collect_files(&[input.to_path_buf()])?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::create_dir_all(&settings.storage.data_dir)?;
-    let db = Db::open(&settings.database_url(), 1).await?;
+    let db = Db::open(&settings.database_url(), 1).await?.with_audit_key(deid.keys().audit_key());
     let drop = settings.deid.burned_in_annotation == BurnedInPolicy::Exclude;
     let method: serde_json::Value = serde_json::from_str(deid.method_json())?;
     let mut failed = 0;
@@ -546,7 +572,11 @@ async fn resolve_peer(settings: &Settings, to: &str) -> anyhow::Result<triage_no
 
 async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.storage.data_dir)?;
-    let db = Db::open(&settings.database_url(), 1).await?;
+    let mut db = Db::open(&settings.database_url(), 1).await?;
+    if !matches!(action, AeAction::List) {
+        // Changes are audited, and the audit chain is keyed with the site keys.
+        db = db.with_audit_key(settings.deid.deidentifier().context("AE changes are audited with the site keys")?.keys().audit_key());
+    }
     match action {
         AeAction::Add { ae_title, host, port, role, disabled } => {
             let ae = RegisteredAe {

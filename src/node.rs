@@ -43,7 +43,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     if packages.is_empty() {
         warn!(models_dir = %settings.inference.models_dir.display(), "no model packages: instances are stored and de-identified, nothing is triaged");
     }
-    let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?;
+    let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?.with_audit_key(deid.keys().audit_key());
     info!(engine = ?db.engine(), "database ready");
 
     if db.engine() == crate::db::Engine::Sqlite {

@@ -22,11 +22,13 @@ fn instance(uid: &str, study: &str) -> NewInstance {
         received_at_ms: 1_000,
         excluded_reason: None,
         deid_method: None,
+        patient_pseudonym: Some("ANON".into()),
     }
 }
 
 async fn suite(url: &str) {
-    let db = Db::open(url, 8).await.unwrap();
+    let key = [0x5Au8; 32];
+    let db = Db::open(url, 8).await.unwrap().with_audit_key(zeroize::Zeroizing::new(key));
     db.migrate().await.unwrap(); // idempotent
 
     // AE registry
@@ -89,7 +91,7 @@ async fn suite(url: &str) {
         t.await.unwrap();
     }
     let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
-    assert_eq!(triage_node::audit::verify(&entries, head_seq, &head_hash), Ok(9));
+    assert_eq!(triage_node::audit::verify(&key, &entries, head_seq, &head_hash), Ok(9));
 
     // De-identification audit: every stored instance gets exactly one entry, even with sweeps
     // running concurrently (as on several nodes), and the chain stays valid.
@@ -107,7 +109,7 @@ async fn suite(url: &str) {
     }
     assert_eq!(audited as i64, db.count_instances().await.unwrap());
     let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
-    assert_eq!(triage_node::audit::verify(&entries, head_seq, &head_hash), Ok(9 + audited));
+    assert_eq!(triage_node::audit::verify(&key, &entries, head_seq, &head_hash), Ok(9 + audited));
     assert_eq!(entries.iter().filter(|e| e.event == "deidentify").count(), audited);
 
     // Outbox: one row per (object, destination); a node claims only its own rows, and

@@ -85,9 +85,12 @@ fn refusals_are_dead_lettered_with_the_reason_and_can_be_replayed() {
     if !peers_ready() {
         return;
     }
-    let node = Node::start(NodeOptions { delivery: fast_retries(), register: vec!["PYNETDICOM", "TRIAGE"], ..Default::default() });
-    // The node delivers to itself: a Storage SCP that refuses corrupt data sets with 0xC000.
-    assert!(node.cli(&["ae", "add", "TRIAGE", "--role", "pacs", "--host", "127.0.0.1", "--port", &node.port.to_string()]).status.success());
+    // The destination is another node (AE title TRIAGE, which knows the sender as a modality):
+    // a Storage SCP that refuses corrupt data sets with 0xC000. (A node cannot deliver to
+    // itself: its own title is registered there as a PACS, and a PACS may not store.)
+    let receiver = Node::start(NodeOptions { register: vec!["TRIAGE"], ..Default::default() });
+    let node = Node::start(NodeOptions { delivery: fast_retries(), register: vec!["PYNETDICOM"], ..Default::default() });
+    assert!(node.cli(&["ae", "add", "TRIAGE", "--role", "pacs", "--host", "127.0.0.1", "--port", &receiver.port.to_string()]).status.success());
     let bad = node.dir.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     let good = testdata().unwrap().join("ts/cr_explicit_le.dcm");

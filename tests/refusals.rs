@@ -64,3 +64,31 @@ fn below_the_free_disk_floor_the_answer_is_out_of_resources() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Received Store Response (Refused: OutOfResources)"), "{text}");
 }
+
+/// The floor is checked as the instance grows, not only when it starts: an instance that would
+/// take the disk below it is refused with Out of Resources part-way, and nothing of it is kept.
+#[test]
+fn an_instance_that_would_cross_the_free_disk_floor_is_refused_part_way() {
+    if !peers_ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("big.dcm");
+    // A CT whose pixel data is 96 MiB.
+    let script = "import sys, pydicom\nds = pydicom.dcmread(sys.argv[1])\nds.Rows, ds.Columns = 8192, 6144\nds.PixelData = bytes(8192 * 6144 * 2)\nds.save_as(sys.argv[2], enforce_file_format=True)\n";
+    let src = testdata().unwrap().join("ts/ct_explicit_le.dcm");
+    let out = std::process::Command::new(python().unwrap()).args(["-c", script]).arg(&src).arg(&big).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The floor sits 24 MiB below what is free now: the start passes, the growth does not.
+    let probe = tempfile::tempdir().unwrap();
+    let free = triage_node::ingest::free_bytes(probe.path()).unwrap();
+    let floor = free - (24 << 20);
+    let node = Node::start(NodeOptions { storage: vec![format!("min_free_disk = {floor}")], ..Default::default() });
+    let lines = node.pynetdicom(&["store", big.to_str().unwrap()]);
+    assert_eq!(status_of(&lines, "big.dcm"), "0xA700", "{lines:?}\n{}", node.log());
+    assert!(node.log().contains("fell below the configured floor"), "{}", node.log());
+    assert!(node.stored_files().is_empty(), "{:?}", node.stored_files());
+    // A small instance still fits above the floor.
+    let small = node.pynetdicom(&["store", src.to_str().unwrap()]);
+    assert_eq!(status_of(&small, "ct_explicit_le.dcm"), "0x0000", "{small:?}");
+}

@@ -90,8 +90,10 @@ fn send_reports_what_was_not_stored_and_unknown_destinations() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no AE titled NOWHERE is registered"));
 
-    // The node sends to itself: registered as its own PACS, and calling as TRIAGE.
-    let port = node.port.to_string();
+    // The destination is another node (AE title TRIAGE, which knows the sender as a modality;
+    // a node cannot send to itself, where its own title is a PACS, and a PACS may not store).
+    let receiver = Node::start(NodeOptions { register: vec!["TRIAGE"], ..Default::default() });
+    let port = receiver.port.to_string();
     assert!(node.cli(&["ae", "add", "TRIAGE", "--role", "pacs", "--host", "127.0.0.1", "--port", &port]).status.success());
     let bad = node.dir.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();

@@ -132,7 +132,7 @@ mod tests {
 
         // Association rejections: the reasons the negotiation code produces.
         let rejections = table("association-rejections");
-        assert_eq!(rejections.len(), 6);
+        assert_eq!(rejections.len(), 7);
         let limit = super::super::negotiation::local_limit_exceeded();
         assert_eq!((limit.result as u8, rejections[4][1].starts_with('2')), (2, true));
     }

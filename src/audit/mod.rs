@@ -1,12 +1,18 @@
-//! The audit trail's rules, as pure functions: how an entry's hash is computed and how a chain
-//! is verified. Storage is in `db::audit`; this module does no IO.
+//! The audit trail's rules, as pure functions: how an entry's MAC is computed, how a chain is
+//! verified, and the signed checkpoints that anchor it outside the database. Storage is in
+//! `db::audit`; this module does no IO.
 //!
-//! Each entry's hash is SHA-256 over the previous entry's hash and the entry's fields, each
-//! length-prefixed so that no two different entries can be written as the same bytes. The
-//! chain starts from 64 zeros; `audit_head` records the newest sequence number and hash, so a
-//! deleted last entry is detected as well as an altered or deleted one in the middle.
+//! Each entry's hash is HMAC-SHA256, under the site's audit key (derived from the pseudonym
+//! key), over the previous entry's hash and the entry's fields, each length-prefixed so that no
+//! two different entries can be written as the same bytes. The chain starts from 64 zeros;
+//! `audit_head` records the newest sequence number and hash. Without the key nobody can write
+//! an entry that verifies, so rewriting the chain is detected; deleting its tail and rewinding
+//! the head to an earlier entry is detected against a checkpoint (`audit head`) kept outside
+//! the database. An entry without a keyed hash (plain SHA-256, as versions before this one
+//! wrote) fails verification: it is exactly what a forger without the key would write.
 //! Must not: put patient data in an entry (callers pass row ids, AE titles, counts).
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -20,20 +26,40 @@ pub struct Entry {
     pub details: String,
     pub prev_hash: String,
     pub hash: String,
+    /// HMAC-SHA256 under the audit key (false: a plain SHA-256 entry from before).
+    pub keyed: bool,
 }
 
+/// The fields of an entry, length-prefixed.
+fn fields<'a>(prev_hash: &'a str, seq: &'a [u8; 8], at_ms: &'a [u8; 8], event: &'a str, subject: &'a str, details: &'a str) -> [&'a [u8]; 6] {
+    [prev_hash.as_bytes(), seq, at_ms, event.as_bytes(), subject.as_bytes(), details.as_bytes()]
+}
+
+/// The unkeyed SHA-256 chaining of versions before the chain was keyed (what anyone can
+/// compute; kept to recognise such entries in tests).
 pub fn entry_hash(prev_hash: &str, seq: i64, at_ms: i64, event: &str, subject: &str, details: &str) -> String {
     let mut h = Sha256::new();
-    for field in [prev_hash.as_bytes(), &seq.to_be_bytes(), &at_ms.to_be_bytes(), event.as_bytes(), subject.as_bytes(), details.as_bytes()] {
+    for field in fields(prev_hash, &seq.to_be_bytes(), &at_ms.to_be_bytes(), event, subject, details) {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field);
     }
     hex::encode(h.finalize())
 }
 
+/// An entry's keyed hash.
+pub fn entry_mac(key: &[u8; 32], prev_hash: &str, seq: i64, at_ms: i64, event: &str, subject: &str, details: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"triage-node audit entry\0");
+    for field in fields(prev_hash, &seq.to_be_bytes(), &at_ms.to_be_bytes(), event, subject, details) {
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    #[error("entry {seq}: its hash does not match its contents (altered)")]
+    #[error("entry {seq}: its hash does not match its contents under this site's key (altered, or written without the key)")]
     Altered { seq: i64 },
     #[error("entry {seq}: it does not follow entry {expected_prev} (an entry was deleted or inserted)")]
     Broken { seq: i64, expected_prev: i64 },
@@ -41,17 +67,27 @@ pub enum VerifyError {
     Truncated { last: i64, head: i64 },
     #[error("the head's hash does not match the last entry")]
     HeadMismatch,
+    #[error("entry {seq} has no keyed hash (written by a version before the chain was keyed, or forged): it cannot be trusted")]
+    Unkeyed { seq: i64 },
+    #[error("the checkpoint is not one this site signed (wrong key, or altered): {0}")]
+    CheckpointForged(String),
+    #[error("the checkpoint names entry {seq}, which the log no longer holds as it was: entries were deleted or rewritten since")]
+    CheckpointMissing { seq: i64 },
 }
 
-/// Verify `entries` (in sequence order) against the head; returns how many entries were checked.
-pub fn verify(entries: &[Entry], head_seq: i64, head_hash: &str) -> Result<usize, VerifyError> {
+/// Verify `entries` (in sequence order) against the head, under the site's audit key; returns
+/// how many entries were checked.
+pub fn verify(key: &[u8; 32], entries: &[Entry], head_seq: i64, head_hash: &str) -> Result<usize, VerifyError> {
     let mut prev_hash = GENESIS.to_string();
     let mut prev_seq = 0;
     for e in entries {
         if e.seq != prev_seq + 1 || e.prev_hash != prev_hash {
             return Err(VerifyError::Broken { seq: e.seq, expected_prev: prev_seq });
         }
-        if entry_hash(&e.prev_hash, e.seq, e.at_ms, &e.event, &e.subject, &e.details) != e.hash {
+        if !e.keyed {
+            return Err(VerifyError::Unkeyed { seq: e.seq });
+        }
+        if entry_mac(key, &e.prev_hash, e.seq, e.at_ms, &e.event, &e.subject, &e.details) != e.hash {
             return Err(VerifyError::Altered { seq: e.seq });
         }
         prev_hash = e.hash.clone();
@@ -66,17 +102,67 @@ pub fn verify(entries: &[Entry], head_seq: i64, head_hash: &str) -> Result<usize
     Ok(entries.len())
 }
 
+/// A signed statement of the chain's head at a moment, to keep outside the database (a
+/// ticket, a write-once log, paper): one line, no patient data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub at_ms: i64,
+}
+
+const CHECKPOINT_PREFIX: &str = "triage-node audit checkpoint v1";
+
+impl Checkpoint {
+    fn mac(&self, key: &[u8; 32]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(format!("{CHECKPOINT_PREFIX}\0{}\0{}\0{}", self.seq, self.hash, self.at_ms).as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// `triage-node audit checkpoint v1 seq=N hash=H at_ms=T mac=M`
+    pub fn signed(&self, key: &[u8; 32]) -> String {
+        format!("{CHECKPOINT_PREFIX} seq={} hash={} at_ms={} mac={}", self.seq, self.hash, self.at_ms, self.mac(key))
+    }
+
+    /// Read a signed checkpoint line and check its signature.
+    pub fn parse(key: &[u8; 32], text: &str) -> Result<Checkpoint, VerifyError> {
+        let forged = |why: &str| VerifyError::CheckpointForged(why.to_string());
+        let line = text.lines().map(str::trim).find(|l| l.starts_with(CHECKPOINT_PREFIX)).ok_or_else(|| forged("no checkpoint line"))?;
+        let field = |name: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('='))).map(str::to_string).ok_or_else(|| forged(&format!("no {name}")))
+        };
+        let number = |name: &str| field(name)?.parse::<i64>().map_err(|_| forged(&format!("{name} is not a number")));
+        let cp = Checkpoint { seq: number("seq")?, hash: field("hash")?, at_ms: number("at_ms")? };
+        if cp.mac(key) != field("mac")? {
+            return Err(forged("its signature does not match"));
+        }
+        Ok(cp)
+    }
+
+    /// The chain still holds the entry this checkpoint names, unchanged.
+    pub fn check(&self, entries: &[Entry]) -> Result<(), VerifyError> {
+        match entries.iter().find(|e| e.seq == self.seq) {
+            Some(e) if e.hash == self.hash => Ok(()),
+            _ if self.seq == 0 && self.hash == GENESIS => Ok(()),
+            _ => Err(VerifyError::CheckpointMissing { seq: self.seq }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: [u8; 32] = [7; 32];
 
     fn chain(n: i64) -> Vec<Entry> {
         let mut out: Vec<Entry> = Vec::new();
         for seq in 1..=n {
             let prev = out.last().map(|e| e.hash.clone()).unwrap_or_else(|| GENESIS.to_string());
             let (event, subject, details) = ("ae_add".to_string(), format!("CT{seq}"), "{\"role\":\"modality\"}".to_string());
-            let hash = entry_hash(&prev, seq, 1000 + seq, &event, &subject, &details);
-            out.push(Entry { seq, at_ms: 1000 + seq, event, subject, details, prev_hash: prev, hash });
+            let hash = entry_mac(&KEY, &prev, seq, 1000 + seq, &event, &subject, &details);
+            out.push(Entry { seq, at_ms: 1000 + seq, event, subject, details, prev_hash: prev, hash, keyed: true });
         }
         out
     }
@@ -85,11 +171,11 @@ mod tests {
     fn tampering_of_every_kind_is_detected() {
         let good = chain(5);
         let head = (5, good[4].hash.clone());
-        assert_eq!(verify(&good, head.0, &head.1), Ok(5));
-        assert_eq!(verify(&[], 0, GENESIS), Ok(0));
+        assert_eq!(verify(&KEY, &good, head.0, &head.1), Ok(5));
+        assert_eq!(verify(&KEY, &[], 0, GENESIS), Ok(0));
 
         let check = |entries: Vec<Entry>, head_seq: i64, head_hash: &str, expected: VerifyError| {
-            assert_eq!(verify(&entries, head_seq, head_hash), Err(expected));
+            assert_eq!(verify(&KEY, &entries, head_seq, head_hash), Err(expected));
         };
         let mut altered = good.clone();
         altered[2].details = "{\"role\":\"pacs\"}".into();
@@ -97,7 +183,7 @@ mod tests {
 
         let mut rehashed = good.clone(); // altered and re-hashed: the next link breaks
         rehashed[2].subject = "EVIL".into();
-        rehashed[2].hash = entry_hash(&rehashed[2].prev_hash, 3, rehashed[2].at_ms, &rehashed[2].event, "EVIL", &rehashed[2].details);
+        rehashed[2].hash = entry_mac(&KEY, &rehashed[2].prev_hash, 3, rehashed[2].at_ms, &rehashed[2].event, "EVIL", &rehashed[2].details);
         check(rehashed, head.0, &head.1, VerifyError::Broken { seq: 4, expected_prev: 3 });
 
         let mut deleted = good.clone();
@@ -114,9 +200,57 @@ mod tests {
         check(reordered, head.0, &head.1, VerifyError::Broken { seq: 3, expected_prev: 1 });
     }
 
+    /// Whoever holds only the database cannot rewrite the chain: every entry recomputed with
+    /// plain SHA-256 (what the unkeyed chain allowed), or with another key, fails.
+    #[test]
+    fn a_chain_rewritten_without_the_key_fails() {
+        let mut forged = chain(3);
+        let mut prev = GENESIS.to_string();
+        for e in forged.iter_mut() {
+            e.subject = "EVIL".into();
+            e.prev_hash = prev.clone();
+            e.hash = entry_mac(&[9; 32], &prev, e.seq, e.at_ms, &e.event, &e.subject, &e.details);
+            prev = e.hash.clone();
+        }
+        assert_eq!(verify(&KEY, &forged, 3, &prev), Err(VerifyError::Altered { seq: 1 }));
+        // Every entry rewritten with plain SHA-256 (what the unkeyed chain allowed): each is
+        // refused, whatever its flag says.
+        let mut rewritten = chain(3);
+        let mut prev = GENESIS.to_string();
+        for e in rewritten.iter_mut() {
+            e.prev_hash = prev.clone();
+            e.hash = entry_hash(&prev, e.seq, e.at_ms, &e.event, &e.subject, &e.details);
+            prev = e.hash.clone();
+        }
+        assert_eq!(verify(&KEY, &rewritten, 3, &prev), Err(VerifyError::Altered { seq: 1 }));
+        for e in rewritten.iter_mut() {
+            e.keyed = false;
+        }
+        assert_eq!(verify(&KEY, &rewritten, 3, &prev), Err(VerifyError::Unkeyed { seq: 1 }));
+    }
+
+    /// Deleting the tail and rewinding the head verifies on its own (every remaining entry is
+    /// genuine); a checkpoint taken before detects it. A checkpoint is signed.
+    #[test]
+    fn a_checkpoint_detects_a_rewound_head() {
+        let good = chain(5);
+        let cp = Checkpoint { seq: 5, hash: good[4].hash.clone(), at_ms: 42 };
+        let line = cp.signed(&KEY);
+        let parsed = Checkpoint::parse(&KEY, &format!("exported 2026-12-01\n{line}\n")).unwrap();
+        assert_eq!(parsed, cp);
+        let rewound = good[..3].to_vec();
+        assert!(verify(&KEY, &rewound, 3, &good[2].hash).is_ok());
+        assert_eq!(parsed.check(&rewound), Err(VerifyError::CheckpointMissing { seq: 5 }));
+        assert_eq!(parsed.check(&good), Ok(()));
+        assert!(matches!(Checkpoint::parse(&[1; 32], &line), Err(VerifyError::CheckpointForged(_))));
+        assert!(matches!(Checkpoint::parse(&KEY, &line.replace("seq=5", "seq=4")), Err(VerifyError::CheckpointForged(_))));
+        assert!(matches!(Checkpoint::parse(&KEY, "nothing"), Err(VerifyError::CheckpointForged(_))));
+    }
+
     #[test]
     fn fields_cannot_be_shifted_between_each_other() {
         // Length prefixes: "ab"+"c" and "a"+"bc" hash differently.
+        assert_ne!(entry_mac(&KEY, GENESIS, 1, 1, "ab", "c", ""), entry_mac(&KEY, GENESIS, 1, 1, "a", "bc", ""));
         assert_ne!(entry_hash(GENESIS, 1, 1, "ab", "c", ""), entry_hash(GENESIS, 1, 1, "a", "bc", ""));
     }
 }

@@ -1,21 +1,22 @@
 //! The audit trail's storage: appends serialised by the `audit_head` row, on both engines.
 
 use super::{get, q, Db, DbError};
-use crate::audit::{entry_hash, Entry};
+use crate::audit::{entry_mac, Entry};
 use crate::domain::now_ms;
 
 impl Db {
     /// Append one entry to the chain. `subject` and `details` must not hold patient data.
     pub async fn audit_append(&self, event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
+        let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let entry = append_in(&mut tx, event, subject, details).await?;
+        let entry = append_in(&mut tx, key, event, subject, details).await?;
         tx.commit().await.map_err(q("commit audit entry"))?;
         Ok(entry)
     }
 }
 
 /// Append inside the caller's transaction, so an entry commits (or not) with what it records.
-pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
+pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &[u8; 32], event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
     // The UPDATE takes the head row's write lock first: concurrent appends queue here, on
     // SQLite and PostgreSQL alike. RETURNING gives the new seq and the (unchanged) old hash.
     let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
@@ -24,8 +25,8 @@ pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: 
         .map_err(q("advance audit head"))?;
     let (seq, prev_hash): (i64, String) = (get(&row, "seq")?, get(&row, "hash")?);
     let at_ms = now_ms();
-    let hash = entry_hash(&prev_hash, seq, at_ms, event, subject, details);
-    sqlx::query("INSERT INTO audit_log (seq, at_ms, event, subject, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+    let hash = entry_mac(key, &prev_hash, seq, at_ms, event, subject, details);
+    sqlx::query("INSERT INTO audit_log (seq, at_ms, event, subject, details, prev_hash, hash, keyed) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)")
         .bind(seq)
         .bind(at_ms)
         .bind(event)
@@ -41,7 +42,7 @@ pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, event: 
         .execute(&mut **tx)
         .await
         .map_err(q("set audit head"))?;
-    Ok(Entry { seq, at_ms, event: event.into(), subject: subject.into(), details: details.into(), prev_hash, hash })
+    Ok(Entry { seq, at_ms, event: event.into(), subject: subject.into(), details: details.into(), prev_hash, hash, keyed: true })
 }
 
 impl Db {
@@ -49,6 +50,7 @@ impl Db {
     /// in one transaction, and mark each with its entry's sequence number. The head row is
     /// locked before the instances are read, so nodes sharing a database never audit one twice.
     pub async fn audit_new_instances(&self, limit: i64) -> Result<usize, DbError> {
+        let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut *tx).await.map_err(q("lock audit head"))?;
         let rows = sqlx::query(
@@ -71,7 +73,7 @@ impl Db {
                 "method": method.and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok()),
                 "pixels": excluded.map_or("kept".to_string(), |why| format!("not kept: {why}")),
             });
-            let entry = append_in(&mut tx, "deidentify", &format!("instance:{uid}"), &details.to_string()).await?;
+            let entry = append_in(&mut tx, key, "deidentify", &format!("instance:{uid}"), &details.to_string()).await?;
             sqlx::query("UPDATE instances SET audit_seq = $1 WHERE id = $2")
                 .bind(entry.seq)
                 .bind(id)
@@ -85,7 +87,7 @@ impl Db {
 
     /// Every entry in sequence order, and the head (seq, hash).
     pub async fn audit_chain(&self) -> Result<(Vec<Entry>, i64, String), DbError> {
-        let rows = sqlx::query("SELECT seq, at_ms, event, subject, details, prev_hash, hash FROM audit_log ORDER BY seq")
+        let rows = sqlx::query("SELECT seq, at_ms, event, subject, details, prev_hash, hash, keyed FROM audit_log ORDER BY seq")
             .fetch_all(&self.pool)
             .await
             .map_err(q("read audit log"))?;
@@ -100,6 +102,7 @@ impl Db {
                     details: get(r, "details")?,
                     prev_hash: get(r, "prev_hash")?,
                     hash: get(r, "hash")?,
+                    keyed: get::<i64>(r, "keyed")? != 0,
                 })
             })
             .collect::<Result<Vec<_>, DbError>>()?;

@@ -22,6 +22,8 @@ pub struct NewInstance {
     pub excluded_reason: Option<String>,
     /// How it was de-identified (JSON: profile edition and option codes), for its audit entry.
     pub deid_method: Option<String>,
+    /// The patient pseudonym its de-identified header carries (Patient ID after the profile).
+    pub patient_pseudonym: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,8 +103,8 @@ impl Db {
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, modality,
                                     transfer_syntax_uid, calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms,
-                                    excluded_reason, deid_method)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                    excluded_reason, deid_method, patient_pseudonym)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (sop_instance_uid) DO NOTHING
              RETURNING id",
         )
@@ -119,6 +121,7 @@ impl Db {
         .bind(new.received_at_ms)
         .bind(new.excluded_reason.clone())
         .bind(new.deid_method.clone())
+        .bind(new.patient_pseudonym.clone())
         .fetch_optional(&mut *tx)
         .await
         .map_err(q("insert instance"))?;
@@ -168,6 +171,26 @@ impl Db {
     /// Stored instances whose de-identification the audit sweep has not recorded yet.
     pub async fn count_unaudited(&self) -> Result<i64, DbError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE audit_seq IS NULL").fetch_one(&self.pool).await.map_err(q("count unaudited"))
+    }
+
+    /// How many different patients the instances of study `study_id` name (by pseudonym).
+    pub async fn study_patient_count(&self, study_id: i64) -> Result<i64, DbError> {
+        sqlx::query_scalar("SELECT COUNT(DISTINCT COALESCE(patient_pseudonym, '')) FROM instances WHERE study_id = $1")
+            .bind(study_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count a study's patients"))
+    }
+
+    /// Studies whose instances name more than one patient (for `triage-node status`).
+    pub async fn count_conflicting_studies(&self) -> Result<i64, DbError> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT study_id FROM instances WHERE study_id IS NOT NULL
+             GROUP BY study_id HAVING COUNT(DISTINCT COALESCE(patient_pseudonym, '')) > 1) conflicting",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("count conflicting studies"))
     }
 
     pub async fn count_instances(&self) -> Result<i64, DbError> {

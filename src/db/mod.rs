@@ -52,6 +52,8 @@ pub enum Engine {
 pub struct Db {
     pool: AnyPool,
     engine: Engine,
+    /// The key of the audit chain's HMAC (`Keys::audit_key`); appends fail without it.
+    audit_key: Option<std::sync::Arc<zeroize::Zeroizing<[u8; 32]>>>,
 }
 
 impl Db {
@@ -82,7 +84,7 @@ impl Db {
             .connect(url)
             .await
             .map_err(DbError::Connect)?;
-        let db = Db { pool, engine };
+        let db = Db { pool, engine, audit_key: None };
         db.migrate().await?;
         Ok(db)
     }
@@ -93,6 +95,19 @@ impl Db {
             Engine::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await,
         }
         .map_err(DbError::Migrate)
+    }
+
+    /// This handle appends audit entries keyed with `key` (see `audit`).
+    pub fn with_audit_key(mut self, key: zeroize::Zeroizing<[u8; 32]>) -> Db {
+        self.audit_key = Some(std::sync::Arc::new(key));
+        self
+    }
+
+    pub(crate) fn audit_key(&self) -> Result<&[u8; 32], DbError> {
+        self.audit_key
+            .as_deref()
+            .map(|k| &**k)
+            .ok_or_else(|| DbError::Invalid("the audit trail needs the site keys (TRIAGE_PSEUDONYM_KEY, or deid.pseudonym_key_file)".into()))
     }
 
     pub fn engine(&self) -> Engine {

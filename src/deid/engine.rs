@@ -100,7 +100,12 @@ pub struct Deidentifier {
     safe_private: Vec<SafePrivate>,
     /// `method_json()`, computed once: it is recorded with every stored instance.
     method_json: String,
+    /// Modalities whose absent Burned In Annotation counts as YES.
+    burned_in_when_absent: Vec<String>,
 }
+
+/// The default of `deid.burned_in_when_absent` (config/default.toml says why).
+pub const BURNED_IN_WHEN_ABSENT: [&str; 2] = ["CR", "US"];
 
 /// Per-instance context: the patient the pseudonyms and date shift belong to, and the
 /// identifying strings that Clean removes from free text.
@@ -134,7 +139,14 @@ impl Deidentifier {
         options.dedup();
         let method_json =
             serde_json::json!({ "profile": EDITION, "options": options.iter().map(|o| o.code().0).collect::<Vec<_>>() }).to_string();
-        Deidentifier { keys, options, safe_private, method_json }
+        let burned_in_when_absent = BURNED_IN_WHEN_ABSENT.iter().map(|m| m.to_string()).collect();
+        Deidentifier { keys, options, safe_private, method_json, burned_in_when_absent }
+    }
+
+    /// Modalities (0008,0060) whose images may show identity when Burned In Annotation is absent.
+    pub fn with_burned_in_when_absent(mut self, modalities: &[String]) -> Deidentifier {
+        self.burned_in_when_absent = modalities.iter().map(|m| m.trim().to_ascii_uppercase()).collect();
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -178,7 +190,7 @@ impl Deidentifier {
             study_description: text(tags::STUDY_DESCRIPTION),
         };
         let sop_class_uid = text(tags::SOP_CLASS_UID).ok_or(DeidError::Missing("SOP Class UID"))?;
-        let burned_in = burned_in_reason(&obj, &sop_class_uid);
+        let burned_in = burned_in_reason(&obj, &sop_class_uid, &self.burned_in_when_absent);
         let issuer = originals.issuer_of_patient_id.clone().unwrap_or_default();
         let patient_id = originals.patient_id.clone().unwrap_or_default();
         let ctx = Ctx {
@@ -562,14 +574,18 @@ fn reinterpret_un(elem: InMemElement) -> Option<InMemElement> {
 }
 
 /// Burned In Annotation (0028,0301) = YES, or absent where the SOP class commonly burns text in
-/// (Secondary Capture and Ultrasound): the pixels may show identity.
-fn burned_in_reason(obj: &InMemDicomObject, sop_class_uid: &str) -> Option<&'static str> {
+/// (Secondary Capture and Ultrasound) or the modality is one the site lists
+/// (`deid.burned_in_when_absent`): the pixels may show identity.
+fn burned_in_reason(obj: &InMemDicomObject, sop_class_uid: &str, when_absent: &[String]) -> Option<&'static str> {
     match top_string(obj, tags::BURNED_IN_ANNOTATION).map(|v| v.to_ascii_uppercase()) {
         Some(v) if v == "YES" => Some("Burned In Annotation is YES"),
         Some(_) => None,
         None if sop_class_uid.starts_with("1.2.840.10008.5.1.4.1.1.7") => Some("Burned In Annotation absent on Secondary Capture"),
         None if ["1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.3.1"].contains(&sop_class_uid) => {
             Some("Burned In Annotation absent on Ultrasound")
+        }
+        None if top_string(obj, tags::MODALITY).is_some_and(|m| when_absent.iter().any(|w| w.eq_ignore_ascii_case(&m))) => {
+            Some("Burned In Annotation absent, and the modality is in deid.burned_in_when_absent")
         }
         None => None,
     }
@@ -979,6 +995,30 @@ mod tests {
         assert!(out.get(Tag(0x0029, 0x0011)).is_some());
         assert!(out.get(Tag(0x0029, 0x1110)).is_some());
         assert!(out.get(Tag(0x0029, 0x1111)).is_none());
+    }
+
+    /// An absent Burned In Annotation counts as YES for the listed modalities (CR by default),
+    /// as NO for the others; an explicit value always decides.
+    #[test]
+    fn absent_burned_in_annotation_follows_the_modality_list() {
+        let d = Deidentifier::new(Keys::for_tests(2), vec![], vec![]);
+        let with = |modality: &str, burned: Option<&str>| {
+            let mut elements = minimal();
+            elements.push(DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from(modality)));
+            if let Some(b) = burned {
+                elements.push(DataElement::new(tags::BURNED_IN_ANNOTATION, VR::CS, PrimitiveValue::from(b)));
+            }
+            elements
+        };
+        let burned = |d: &Deidentifier, m, b| d.apply(InMemDicomObject::from_element_iter(with(m, b))).unwrap().burned_in.is_some();
+        assert!(burned(&d, "CR", None), "CR without the attribute");
+        assert!(!burned(&d, "CR", Some("NO")));
+        assert!(burned(&d, "CT", Some("YES")));
+        for m in ["CT", "MR", "DX"] {
+            assert!(!burned(&d, m, None), "{m} without the attribute");
+        }
+        let site = d.clone().with_burned_in_when_absent(&["dx".to_string()]);
+        assert!(burned(&site, "DX", None) && !burned(&site, "CR", None));
     }
 
     #[test]

@@ -259,6 +259,7 @@ impl Ingest {
             received_at_ms,
             excluded_reason,
             deid_method: Some(self.deid.method_json().to_string()),
+            patient_pseudonym: d.object.get(dicom_dictionary_std::tags::PATIENT_ID).and_then(|e| e.to_str().ok()).map(|p| p.trim().to_string()),
         };
         match self.db.insert_instance(&new, Some(&sealed)).await {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => {

@@ -489,6 +489,41 @@ mod tests {
         }
     }
 
+    /// Elements after the pixel group (an out-of-order Patient's Name, a private block) are
+    /// never written to the store file, not even while the transfer is in progress: a file cut
+    /// afterwards would leave them in freed blocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trailing_elements_never_reach_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path());
+        dirs.prepare().unwrap();
+        let deid = Arc::new(Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]));
+        let ts = crate::association::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let target = Target { dirs, day: "20261201".into(), deid, ts, drop_burned_in: true, min_free_disk: 0 };
+        let mut trailer = vec![0x10, 0x00, 0x10, 0x00, b'P', b'N', 16, 0];
+        trailer.extend_from_slice(b"TRAILING^SECRET ");
+        trailer.extend_from_slice(&[0x99, 0x00, 0x10, 0x10, b'L', b'O', 14, 0]);
+        trailer.extend_from_slice(b"PRIVATE SECRET");
+        for pixels in [10usize, 3 * WRITE_BUFFER + 7] {
+            let data = [dataset(pixels), trailer.clone()].concat();
+            for piece_len in [1000usize, 40_000, 333_333] {
+                let mut incoming = IncomingFile::new(target.clone());
+                for piece in data.chunks(piece_len) {
+                    incoming.write(piece).await.unwrap();
+                }
+                incoming.settle().await.unwrap();
+                let State::Streaming(s) = &incoming.state else { panic!("not streaming") };
+                let path = s.path.clone();
+                let received = incoming.finish().unwrap();
+                assert_eq!(received.dataset_len as usize, data.len());
+                assert_eq!(received.kept_len as usize, data.len() - trailer.len(), "{pixels} pixel bytes, pieces of {piece_len}");
+                let on_disk = std::fs::read(&path).unwrap();
+                assert!(!on_disk.windows(6).any(|w| w == b"SECRET"), "a trailer reached the disk ({pixels} pixel bytes, pieces of {piece_len})");
+                assert!(on_disk.ends_with(&data[data.len() - trailer.len() - 16..data.len() - trailer.len()]), "the pixel group is whole");
+            }
+        }
+    }
+
     #[test]
     fn prepare_removes_leftover_spool_files() {
         let dir = tempfile::tempdir().unwrap();

@@ -179,11 +179,27 @@ impl Triage {
             ready_at_ms: job.ready_at_ms,
             triaged_at_ms: now_ms(),
         };
-        let results = aggregate::study_results(&ctx, &slices);
+        let mut results = aggregate::study_results(&ctx, &slices);
+        // A study whose instances name different patients (mislabelled, or two studies merged
+        // under one UID) is not triaged as one: its findings would be filed under whichever
+        // patient the first instance names. Every result fails with the reason, and nothing
+        // goes to the PACS (whose patient would it be filed under?).
+        let patients = self.db.study_patient_count(job.study_id).await?;
+        let conflicting = patients > 1;
+        if conflicting {
+            let why = format!("the study's instances name {patients} different patients (mislabelled or merged): not triaged, nothing sent to the PACS");
+            warn!(study_id = job.study_id, job_id = job.id, patients, "study not triaged: its instances name different patients");
+            for r in results.iter_mut() {
+                r.state = "failed".into();
+                r.priority = None;
+                r.findings.clear();
+                r.error = Some(why.clone());
+            }
+        }
         // The result objects are written (and synced) before the transaction that saves the
         // results queues them: a crash in between leaves unqueued files, never a queued ghost.
         let mut outbox = Vec::new();
-        if let Some(p) = &self.publisher {
+        if let (Some(p), false) = (&self.publisher, conflicting) {
             let failed_ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
             for r in &results {
                 let m = self.engine.manifests().iter().find(|m| m.name == r.model);
