@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests and benchmarks need on a fresh Debian machine, idempotently:
-#   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy), Orthanc (a
+#   - Debian packages: DCMTK (reference peer, re-encoders), dicom3tools (dciodvfy), the Pixelmed
+#     SR validator (libpixelmed-java, with a Java runtime), Orthanc (a
 #     real PACS the result tests start on loopback with their own config), cmake and g++ (to
 #     build CharLS, the JPEG-LS decoder)
 #   - a Python venv in .venv with pinned pydicom, pynetdicom, pydicom-data (real DICOM files) and
@@ -16,6 +17,9 @@ command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null || need_apt+=(orthanc)
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v g++ >/dev/null || need_apt+=(g++)
+# The Pixelmed SR validator (IHE AI Results names it) and a Java runtime for it.
+[ -f /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)
+command -v java >/dev/null || need_apt+=(default-jre-headless)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"

@@ -104,6 +104,9 @@ fn results_arrive_in_the_original_study_on_a_real_pacs() {
         }
         let read = check(&ours.iter().map(PathBuf::as_path).collect::<Vec<_>>());
         let sr = read.iter().find(|r| r["modality"] == "SR").expect("an SR arrived");
+        let sr_file = Path::new(sr["file"].as_str().unwrap());
+        let errors = pixelmed_errors(sr_file);
+        assert!(errors.is_empty(), "Pixelmed on {}: {errors:?}", sr_file.display());
         let sc = read.iter().find(|r| r["modality"] == "OT");
         for obj in &read {
             // Filed into the original study, under the original patient, re-identified.
@@ -256,6 +259,7 @@ fn a_study_triaged_again_sends_a_report_that_names_the_one_it_replaces() {
     assert_eq!(newer["sr"]["evidence"].as_array().unwrap().len(), 1, "the key image of the study's new result");
     let newer_file = Path::new(newer["file"].as_str().unwrap());
     assert!(dciodvfy_errors(newer_file).is_empty(), "{:?}", dciodvfy_errors(newer_file));
+    assert!(pixelmed_errors(newer_file).is_empty(), "{:?}", pixelmed_errors(newer_file));
 }
 
 /// A pynetdicom PACS offering Storage Commitment; its event lines go to `log`.

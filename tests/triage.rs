@@ -226,6 +226,7 @@ fn undecodable_pixels_fail_the_study_visibly_and_the_node_carries_on() {
     let files = walk(received.path());
     assert_eq!(files.len(), 1, "one SR, no heatmap: {files:?}");
     assert!(dciodvfy_errors(&files[0]).is_empty(), "{:?}", dciodvfy_errors(&files[0]));
+    assert!(pixelmed_errors(&files[0]).is_empty(), "{:?}", pixelmed_errors(&files[0]));
     let out = std::process::Command::new(python().unwrap()).arg(repo().join("tests/peers/check_results.py")).arg(&files[0]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sr: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -72,7 +72,11 @@ pub struct Written {
 /// removed; the caller must then not append the pixel group either (see `drops_pixels`).
 pub fn deidentify_header(d: &Deidentifier, head: &[u8], ts_uid: &str, drop_burned_in: bool) -> Result<(Deidentified, Vec<u8>), FileError> {
     let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| FileError::TransferSyntax(ts_uid.into()))?;
-    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(head, ts).map_err(|e| FileError::Parse(e.to_string()))?;
+    let (head, un_sequences) = split_undefined_un(head, ts_uid)?;
+    let mut obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&head[..], ts).map_err(|e| FileError::Parse(e.to_string()))?;
+    for elem in un_sequences {
+        obj.put(elem);
+    }
     let mut deid = d.apply(obj)?;
     if drops_pixels(&deid, drop_burned_in) {
         let pixel_group: Vec<_> = deid.object.tags().filter(|t| t.group() == 0x7FE0).collect();
@@ -94,6 +98,47 @@ pub fn deidentify_header(d: &Deidentifier, head: &[u8], ts_uid: &str, drop_burne
     meta.write(&mut out).map_err(|e| FileError::Encode(e.to_string()))?;
     deid.object.write_dataset_with_ts(&mut out, ts).map_err(|e| FileError::Encode(e.to_string()))?;
     Ok((deid, out))
+}
+
+/// Take the undefined-length UN elements out of an explicit-VR header (their items are in
+/// Implicit VR Little Endian, PS3.5 6.2.2, which the explicit parser cannot read), each read
+/// apart as the sequence it is; the engine then de-identifies it like any sequence. One that
+/// does not parse is dropped (removed). Such an element nested inside a sequence cannot be cut
+/// out without rewriting its parents' lengths: the instance is refused, saying so.
+fn split_undefined_un<'a>(head: &'a [u8], ts_uid: &str) -> Result<(std::borrow::Cow<'a, [u8]>, Vec<dicom_object::mem::InMemElement>), FileError> {
+    let Some(ts) = crate::association::sop::transfer_syntax(ts_uid) else { return Ok((head.into(), Vec::new())) };
+    let ranges = crate::ingest::scan::undefined_un_elements(head, ts).map_err(|e| FileError::Parse(e.to_string()))?;
+    if ranges.is_empty() {
+        return Ok((head.into(), Vec::new()));
+    }
+    if ranges.iter().any(|&(_, _, top)| !top) {
+        return Err(FileError::Parse("a sequence of unknown VR (UN, undefined length) nested inside another sequence".into()));
+    }
+    let implicit = TransferSyntaxRegistry.get("1.2.840.10008.1.2").ok_or_else(|| FileError::TransferSyntax("1.2.840.10008.1.2".into()))?;
+    use dicom_core::header::Header;
+    let (mut kept, mut elements, mut at) = (Vec::with_capacity(head.len()), Vec::new(), 0usize);
+    for (start, end, _) in ranges {
+        let (start, end) = (start as usize, end as usize);
+        kept.extend_from_slice(&head[at..start]);
+        at = end;
+        // Explicit header: tag (4), "UN", reserved (2), length (4); the value follows.
+        let element = &head[start..end];
+        let (group, elem) = if ts.big_endian {
+            (u16::from_be_bytes([element[0], element[1]]), u16::from_be_bytes([element[2], element[3]]))
+        } else {
+            (u16::from_le_bytes([element[0], element[1]]), u16::from_le_bytes([element[2], element[3]]))
+        };
+        let mut encoded = Vec::with_capacity(element.len());
+        encoded.extend_from_slice(&group.to_le_bytes());
+        encoded.extend_from_slice(&elem.to_le_bytes());
+        encoded.extend_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        encoded.extend_from_slice(&element[12..]);
+        if let Ok(parsed) = dicom_object::InMemDicomObject::read_dataset_with_ts(&encoded[..], implicit) {
+            elements.extend(parsed.into_iter().filter(|e| e.tag() == dicom_core::Tag(group, elem) && e.vr() == dicom_core::VR::SQ));
+        }
+    }
+    kept.extend_from_slice(&head[at..]);
+    Ok((kept.into(), elements))
 }
 
 /// Whether the pixels of this instance are left out under the burned-in policy.

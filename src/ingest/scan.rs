@@ -252,6 +252,24 @@ impl PixelGroupEnd {
     }
 }
 
+/// The undefined-length UN elements of a complete header (explicit VR): their byte ranges, and
+/// whether each is at top level. PS3.5 6.2.2 puts Implicit VR Little Endian items inside them,
+/// which a parser reading the explicit syntax cannot follow; de-identification reads them apart.
+pub fn undefined_un_elements(head: &[u8], ts: &TransferSyntax) -> Result<Vec<(u64, u64, bool)>, ScanError> {
+    if !ts.explicit_vr || ts.deflated {
+        return Ok(Vec::new());
+    }
+    let mut walker = Walker::new(head, ts);
+    walker.stop_at_pixel_group = true;
+    if walker.at_eof()? {
+        return Ok(Vec::new());
+    }
+    match walker.walk_items_of_dataset(Some(head.len() as u64), 0, true) {
+        Ok(()) | Err(ScanError::ReachedPixelGroup(_)) => Ok(walker.undefined_un),
+        Err(e) => Err(e),
+    }
+}
+
 /// Where the first top-level group 7FE0 element starts in the first bytes of a data set that is
 /// still arriving: `Ok(None)` when `head` ends before it (send more), an error when `head` is
 /// already malformed. Not for deflated data sets.
@@ -272,6 +290,8 @@ struct Walker<R: Read> {
     big: bool,
     found: HeaderFields,
     stop_at_pixel_group: bool,
+    /// Undefined-length UN elements met: (start, end, at top level).
+    undefined_un: Vec<(u64, u64, bool)>,
 }
 
 impl<R: Read> Walker<R> {
@@ -283,6 +303,7 @@ impl<R: Read> Walker<R> {
             big: ts.big_endian,
             found: HeaderFields::default(),
             stop_at_pixel_group: false,
+            undefined_un: Vec::new(),
         }
     }
 
@@ -398,6 +419,7 @@ impl<R: Read> Walker<R> {
                         let walked = self.walk_sequence(None, depth);
                         (self.explicit, self.big) = saved;
                         walked?;
+                        self.undefined_un.push((offset, self.pos, top));
                     }
                     Some(_) => return Err(err("undefined length on a value representation that cannot have one")),
                 }

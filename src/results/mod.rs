@@ -237,7 +237,8 @@ impl Publisher {
             limits: result.limits.clone(),
             priority: if result.state == "failed" { "failed".into() } else { result.priority.clone().unwrap_or_else(|| "negative".into()) },
             failure: (result.state == "failed").then(|| dataset::ascii(result.error.as_deref().unwrap_or("no reason recorded"))),
-            procedure: procedure(&header),
+            procedure: procedure(&header).0,
+            performed_procedure: procedure(&header).1,
             findings,
             evidence,
             device_uid: uid(root, &["device", &self.station, &result.model, &result.model_version]),
@@ -333,15 +334,19 @@ fn private_code(label: &str) -> Code {
     Code::new(&dataset::ascii(label).to_uppercase().chars().take(16).collect::<String>(), sr::PRIVATE_SCHEME, &label.chars().take(64).collect::<String>())
 }
 
-/// The procedure reported, from the study's modality and body part.
-fn procedure(header: &InMemDicomObject) -> Code {
+/// The procedure, from the study's modality and body part: (Procedure reported, from CID 100
+/// as TID 1500 requires; the procedure as precisely as known, for the Performed Procedure Code
+/// Sequence). CID 100 has a CT code but no radiography one, so a radiograph reports the
+/// generic imaging procedure there and says "Plain chest X-ray" in the header.
+fn procedure(header: &InMemDicomObject) -> (Code, Code) {
     let modality = text(header, tags::MODALITY).unwrap_or_default().to_uppercase();
     let body = text(header, tags::BODY_PART_EXAMINED).unwrap_or_default().to_uppercase();
+    let imaging = Code::new("363679005", "SCT", "Imaging procedure");
     match (modality.as_str(), body.as_str()) {
-        ("CR" | "DX", "CHEST") => Code::new("168537006", "SCT", "Plain chest X-ray"),
-        ("CR" | "DX", _) => Code::new("363680008", "SCT", "Radiographic imaging procedure"),
-        ("CT", _) => Code::new("77477000", "SCT", "Computerized axial tomography"),
-        _ => Code::new("363679005", "SCT", "Imaging"),
+        ("CR" | "DX", "CHEST") => (imaging, Code::new("168537006", "SCT", "Plain chest X-ray")),
+        ("CR" | "DX", _) => (imaging, Code::new("363680008", "SCT", "Radiographic imaging procedure")),
+        ("CT", _) => (Code::new("25045-6", "LN", "CT unspecified body region"), Code::new("77477000", "SCT", "Computerized axial tomography")),
+        _ => (imaging.clone(), imaging),
     }
 }
 

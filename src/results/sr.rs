@@ -73,7 +73,10 @@ pub struct Report {
     pub priority: String,
     /// Why the analysis failed, for a failed result.
     pub failure: Option<String>,
+    /// Procedure reported (CID 100).
     pub procedure: Code,
+    /// The procedure as precisely as known (Performed Procedure Code Sequence).
+    pub performed_procedure: Code,
     pub findings: Vec<FindingReport>,
     /// The images the result is about (Current Requested Procedure Evidence): the findings' key
     /// images, or for a failed result the images that could not be analysed.
@@ -248,7 +251,7 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
     put(&mut o, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
     put(&mut o, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
     put(&mut o, tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY");
-    put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![]);
+    put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![r.performed_procedure.item()]);
     let study_uid = super::dataset::text(identity, tags::STUDY_INSTANCE_UID).unwrap_or_default();
     let sources: Vec<&ImageRef> = r.evidence.iter().collect();
     put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, evidence(&study_uid, &sources));

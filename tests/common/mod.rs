@@ -485,6 +485,22 @@ impl Drop for Orthanc {
     }
 }
 
+/// The Pixelmed SR validator (the one IHE AI Results names) on an SR file: its error lines.
+/// Warnings are not errors; the two it gives on our findings are explained in the conformance
+/// statement (2.2.3).
+pub fn pixelmed_errors(file: &Path) -> Vec<String> {
+    let out = Command::new("java")
+        .args(["-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"])
+        .args(["-cp", "/usr/share/java/pixelmed.jar", "com.pixelmed.validate.DicomSRValidator"])
+        .arg(file)
+        .output()
+        .expect("run the Pixelmed SR validator");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || text.contains("Error"), "the validator did not run: {text}");
+    assert!(text.contains("Validat") || text.contains("Found"), "no validation output: {text}");
+    text.lines().filter(|l| l.starts_with("Error")).map(str::to_string).collect()
+}
+
 /// `dciodvfy` on a file: its error lines (an empty list is a pass; warnings are not errors).
 pub fn dciodvfy_errors(file: &Path) -> Vec<String> {
     let out = Command::new("dciodvfy").arg(file).output().expect("run dciodvfy");

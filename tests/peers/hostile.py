@@ -223,8 +223,17 @@ def un_sequence(src, out):
     value = item(body, False) + SEQUENCE_DELIMITER
     other_ids = struct.pack("<HH2sHI", 0x0010, 0x1002, b"UN", 0, UNDEFINED) + value
 
+    # (c) Referenced Image Sequence as UN, defined length: the profile keeps this one (X/Z/U*,
+    # its UIDs replaced), so a de-identifier that does not read UN values keeps it raw.
+    if 0x00081140 in ds:
+        del ds[0x00081140]
+    image_item = (implicit_el(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2")
+                  + implicit_el(0x00081155, "UI", uid(0x00081155))
+                  + implicit_el(0x00100010, "PN", token(0x00100010)))
+    ref_image = explicit_el(0x00081140, "UN", item(image_item, True))
+
     # Each goes at its tag-sorted place (the position key is the element's own tag).
-    data = assemble(ds, [(0x00081110, ref_study), (0x00101002, other_ids)])
+    data = assemble(ds, [(0x00081110, ref_study), (0x00081140, ref_image), (0x00101002, other_ids)])
     with open(out, "wb") as f:
         f.write(data)
 
