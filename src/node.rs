@@ -148,3 +148,29 @@ where
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A worker that panics is started again (and again), and one that returns is not.
+    #[tokio::test]
+    async fn a_panicking_worker_is_restarted() {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        supervise(&tracker, "test", stop.clone(), move || {
+            let counted = counted.clone();
+            async move {
+                if counted.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("a bug triggered by one bad input");
+                }
+            }
+        });
+        tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(60), tracker.wait()).await.expect("the supervisor ends once the worker returns");
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "two panics, two restarts");
+    }
+}
