@@ -346,6 +346,43 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The settings as `show-config` prints them: passwords in the database URL replaced.
+    /// (Keys are never settings: only the paths of their files are.)
+    pub fn redacted(&self) -> Settings {
+        let mut s = self.clone();
+        s.database.url = redact_url(&s.database.url);
+        s
+    }
+}
+
+/// `scheme://user:secret@host/...?password=secret` -> the same with `<redacted>` for secrets.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = &out[rest..rest + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "<redacted>");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => format!("{k}=<redacted>"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{base}{}", query.join("&"));
+    }
+    out
+}
+
 fn invalid(key: &'static str, reason: &str) -> ConfigError {
     ConfigError::Invalid { key, reason: reason.to_string() }
 }
@@ -353,6 +390,18 @@ fn invalid(key: &'static str, reason: &str) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_database_urls_are_redacted() {
+        assert_eq!(redact_url("postgres://triage:s3cret@db.example:5432/triage"), "postgres://triage:<redacted>@db.example:5432/triage");
+        assert_eq!(redact_url("postgres://db/triage?user=t&password=s3cret&sslmode=require"), "postgres://db/triage?user=t&password=<redacted>&sslmode=require");
+        assert_eq!(redact_url("postgres://triage@db/x"), "postgres://triage@db/x");
+        assert_eq!(redact_url("sqlite:///var/lib/triage/triage.db?mode=rwc"), "sqlite:///var/lib/triage/triage.db?mode=rwc");
+        assert_eq!(redact_url(""), "");
+        let mut s = Settings::load(None).unwrap();
+        s.database.url = "postgres://u:p4ss@h/d".into();
+        assert!(!format!("{:?}", s.redacted()).contains("p4ss"));
+    }
 
     #[test]
     fn defaults_load_and_validate() {

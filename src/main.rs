@@ -201,11 +201,26 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("triage-node: {e:#}");
-            tracing::error!(error = %format!("{e:#}"), "exiting on error");
+            let text = error_text(&e);
+            eprintln!("triage-node: {text}");
+            tracing::error!(error = %text, "exiting on error");
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: many errors quote their source in their own
+/// message, so a cause already contained in the message before it is left out.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -222,7 +237,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ShowConfig => {
-            println!("{settings:#?}");
+            println!("{:#?}", settings.redacted());
             Ok(())
         }
         Command::Ae { action } => ae_admin(action, &settings).await,

@@ -59,3 +59,31 @@ fn logs_never_carry_patient_identifiers() {
         assert!(!log.contains(&id), "log contains an identifying value");
     }
 }
+
+/// As a new user would try it: a SQLite URL naming a file that does not exist yet creates it;
+/// one that cannot be opened says why once; `show-config` never prints a database password.
+#[test]
+fn database_urls_create_their_file_and_errors_and_secrets_read_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_triage-node"))
+            .env("TRIAGE__DATABASE__URL", url)
+            .env("TRIAGE__STORAGE__DATA_DIR", dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let db = dir.path().join("new.db");
+    let out = run(&format!("sqlite://{}", db.display()), &["ae", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(db.is_file(), "the database file was not created");
+    let out = run(&format!("sqlite://{}/no/such/dir/x.db", dir.path().display()), &["ae", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(first.matches("unable to open database file").count(), 1, "{err}");
+    let out = run("postgres://triage:s3cretpass@127.0.0.1:5432/test", &["show-config"]);
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains("s3cretpass") && shown.contains("<redacted>"), "{shown}");
+}

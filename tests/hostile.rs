@@ -129,50 +129,18 @@ fn a_decoder_panic_fails_the_study_instead_of_hanging_it() {
     let work = tempfile::tempdir().unwrap();
     let (rle, _, _) = hostile("rle-short", &testdata().unwrap().join("ts/ct_rle.dcm"), work.path(), &[]);
     let models = tempfile::tempdir().unwrap();
-    let dir = models.path().join("tiny");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(testdata().unwrap().join("models/tiny.pt"), dir.join("model.pt")).unwrap();
-    std::fs::write(dir.join("model.toml"), TINY_CT).unwrap();
-    let node = Node::start(NodeOptions { inference: vec![format!("models_dir = \"{}\"", models.path().display())], ..Default::default() });
+    let node = Node::start(NodeOptions { inference: vec![tiny_package(models.path(), &TINY.replace("MODALITY", "CT"))], ..Default::default() });
     let lines = node.pynetdicom_store(std::slice::from_ref(&rle));
     assert!(lines.iter().any(|l| l.contains("0x0000")), "stored as received: {lines:?}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(node.db());
     let uid = deid_uid(&study_uid_of(&rle));
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let results = loop {
-        let r = rt.block_on(db.study_results(&uid)).unwrap();
-        if !r.is_empty() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no study result: the instance hangs after the decoder panicked\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // Without the fix no result ever comes: the instance stays claimed after the panic.
+    let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(40), &node).remove(0);
     assert_eq!(results[0].state, "failed", "{:?}", results[0]);
     assert!(node.dcmtk("echoscu", &["-aet", "ECHOSCU", "-aec", "TRIAGE"]).status.success());
 }
 
-const TINY_CT: &str = r#"
-name = "tiny"
-version = "0.1"
-intended_use = "Test fixture: two made-up findings."
-limits = "Not a medical device; fixed random weights."
-[routing]
-modalities = ["CT"]
-[input]
-size = [8, 8]
-channels = 1
-window = { CT = { center = 40, width = 400 } }
-[outputs]
-labels = ["nodule", "effusion"]
-positive = [0.5, 0.5]
-urgent = [0.9, 0.95]
-probabilities = 0
-cam = 1
-[aggregate]
-method = "mean_top_k"
-k = 3
-"#;
 
 /// A PACS may not store into the triage pipeline; a modality may not report Storage
 /// Commitment (only the AE the request went to, a PACS, may).
@@ -325,12 +293,8 @@ fn a_malformed_pdu_from_a_pacs_does_not_stop_delivery() {
         .spawn()
         .unwrap();
     let models = tempfile::tempdir().unwrap();
-    let dir = models.path().join("tiny");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(testdata().unwrap().join("models/tiny.pt"), dir.join("model.pt")).unwrap();
-    std::fs::write(dir.join("model.toml"), TINY_CT).unwrap();
     let node = Node::start(NodeOptions {
-        inference: vec![format!("models_dir = \"{}\"", models.path().display())],
+        inference: vec![tiny_package(models.path(), &TINY.replace("MODALITY", "CT"))],
         results: vec!["destinations = [\"BADPACS\", \"GOODPACS\"]".into()],
         delivery: vec!["poll_interval = \"200ms\"".into()],
         ..Default::default()
@@ -377,12 +341,8 @@ fn a_study_whose_instances_name_two_patients_is_not_triaged_as_one() {
     std::fs::copy(&a, &b).unwrap();
     assert!(Command::new("dcmodify").args(["-nb", "-q", "-gin", "-m", "(0010,0020)=SOMEONE_ELSE", "-m", "(0010,0010)=ELSE^SOMEONE"]).arg(&b).status().unwrap().success());
     let models = tempfile::tempdir().unwrap();
-    let dir = models.path().join("tiny");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(testdata().unwrap().join("models/tiny.pt"), dir.join("model.pt")).unwrap();
-    std::fs::write(dir.join("model.toml"), TINY_CT).unwrap();
     let node = Node::start(NodeOptions {
-        inference: vec![format!("models_dir = \"{}\"", models.path().display())],
+        inference: vec![tiny_package(models.path(), &TINY.replace("MODALITY", "CT"))],
         results: vec!["destinations = [\"PACS\"]".into()],
         ..Default::default()
     });
@@ -391,15 +351,7 @@ fn a_study_whose_instances_name_two_patients_is_not_triaged_as_one() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(node.db());
     let uid = deid_uid(&study_uid_of(&a));
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let results = loop {
-        let r = rt.block_on(db.study_results(&uid)).unwrap();
-        if !r.is_empty() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no study result\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(40), &node).remove(0);
     assert_eq!(results[0].state, "failed", "{:?}", results[0]);
     assert!(results[0].error.as_deref().unwrap_or("").contains("different patients"), "{:?}", results[0]);
     assert!(results[0].findings.is_empty());
@@ -407,4 +359,31 @@ fn a_study_whose_instances_name_two_patients_is_not_triaged_as_one() {
     assert_eq!(outbox.lines().count(), 1, "only the header: nothing queued for the PACS\n{outbox}");
     let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("studies whose instances name different patients (not triaged): 1"), "{status}");
+}
+
+/// A PACS that answers with command fragments that never end gets a protocol error once the
+/// response passes 64 KiB: what the node collects from a peer is bounded.
+#[test]
+fn an_endless_response_from_a_pacs_is_cut_off() {
+    if !peers_ready() {
+        return;
+    }
+    let bad_port = free_port();
+    let mut bad = Command::new(python().unwrap())
+        .arg(repo().join("tests/peers/bad_pacs.py"))
+        .args([&bad_port.to_string(), "BADPACS", "huge-command"])
+        .env("BAD_PACS_HOLD_S", "1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node::start(NodeOptions { delivery: vec!["poll_interval = \"200ms\"".into()], ..Default::default() });
+    assert!(node.cli(&["ae", "add", "BADPACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &bad_port.to_string()]).status.success());
+    let file = testdata().unwrap().join("ts/ct_explicit_le.dcm");
+    let queued = node.cli(&["outbox", "add", "--to", "BADPACS", file.to_str().unwrap()]);
+    assert!(queued.status.success(), "{}", String::from_utf8_lossy(&queued.stderr));
+    let found = node.wait_for_log("response command set larger than 65536 bytes", Duration::from_secs(30));
+    let _ = bad.kill();
+    let _ = bad.wait();
+    assert!(found, "{}", node.log());
+    assert!(!node.log().contains("panicked"));
 }

@@ -4,58 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use triage_node::db::{Db, StudyResultRow};
 
 fn demo_models() -> String {
     format!("models_dir = \"{}\"", repo().join("models").display())
-}
-
-/// A models folder holding the tiny test model under `manifest`.
-fn tiny_package(root: &Path, manifest: &str) -> String {
-    let dir = root.join("tiny");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(testdata().unwrap().join("models/tiny.pt"), dir.join("model.pt")).unwrap();
-    std::fs::write(dir.join("model.toml"), manifest).unwrap();
-    format!("models_dir = \"{}\"", root.display())
-}
-
-const TINY: &str = r#"
-name = "tiny"
-version = "0.1"
-intended_use = "Test fixture: two made-up findings."
-limits = "Not a medical device; fixed random weights."
-[routing]
-modalities = ["MODALITY"]
-[input]
-size = [8, 8]
-channels = 1
-window = { CT = { center = 40, width = 400 } }
-[outputs]
-labels = ["nodule", "effusion"]
-positive = [0.5, 0.5]
-urgent = [0.9, 0.95]
-probabilities = 0
-cam = 1
-[aggregate]
-method = "mean_top_k"
-k = 3
-"#;
-
-/// Wait until every study in `uids` has a result.
-fn wait_results(rt: &tokio::runtime::Runtime, db: &Db, uids: &[String], timeout: Duration, node: &Node) -> Vec<Vec<StudyResultRow>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let all: Vec<Vec<StudyResultRow>> = uids.iter().map(|u| rt.block_on(db.study_results(u)).unwrap()).collect();
-        if all.iter().all(|r| !r.is_empty()) {
-            return all;
-        }
-        assert!(Instant::now() < deadline, "no result for every study in {timeout:?}; log:\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn infer_json(args: &[&str], models: &str) -> (bool, Vec<serde_json::Value>, String) {

@@ -61,6 +61,13 @@ impl Db {
     pub async fn open(url: &str, max_connections: u32) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("postgres") { Engine::Postgres } else { Engine::Sqlite };
+        // A SQLite file that does not exist yet is created (read-write-create), as for the
+        // default URL, unless the URL says otherwise.
+        let url = match engine {
+            Engine::Sqlite if !url.contains("mode=") => format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' }),
+            _ => url.to_string(),
+        };
+        let url = url.as_str();
         let pool = AnyPoolOptions::new()
             .max_connections(if engine == Engine::Sqlite { max_connections.min(4) } else { max_connections })
             .acquire_timeout(Duration::from_secs(30))
