@@ -263,8 +263,13 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     println!("audit log intact: {verified} entries, head {head_hash}");
                 }
                 AuditAction::Head => {
+                    // Never sign a head the chain does not support.
+                    let key = audit_key()?;
+                    if let Err(e) = triage_node::audit::verify(&key, &entries, head_seq, &head_hash) {
+                        anyhow::bail!("audit log damaged, no checkpoint signed: {e}");
+                    }
                     let cp = triage_node::audit::Checkpoint { seq: head_seq, hash: head_hash, at_ms: triage_node::domain::now_ms() };
-                    println!("{}", cp.signed(&*audit_key()?));
+                    println!("{}", cp.signed(&key));
                 }
                 AuditAction::List => {
                     for e in entries {

@@ -129,6 +129,9 @@ impl Listener {
         let permits = Arc::new(Semaphore::new(settings.max_associations - reserved_slots));
         let reserved = Arc::new(Semaphore::new(reserved_slots));
         let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+        // Callers over their host's limit are answered from a pool of their own, so that they
+        // cannot use up the one through which registered callers reach the reserved slots.
+        let over_host = Arc::new(Semaphore::new(MAX_REJECTING));
         let hosts = Arc::new(HostCounts::default());
         loop {
             let accepted = tokio::select! {
@@ -148,7 +151,7 @@ impl Listener {
             // Every connection counts against its host from accept to close, so one host (a
             // broken peer, or sockets opened and left silent) cannot hold every slot.
             let Some(host_slot) = hosts.clone().take(peer.ip(), self.shared.settings.max_associations_per_host) else {
-                if let Ok(slot) = rejecting.clone().try_acquire_owned() {
+                if let Ok(slot) = over_host.clone().try_acquire_owned() {
                     tracker.spawn(async move {
                         let _slot = slot;
                         if let Some((mut stream, rq)) = read_request_briefly(stream).await {
@@ -179,7 +182,8 @@ impl Listener {
                             let _host = host_slot;
                             let Some((mut stream, rq)) = read_request_briefly(stream).await else { return };
                             let calling = rq.calling_ae_title.trim().to_string();
-                            let registered = matches!(shared.registered_caller(&calling, peer.ip()).await, Ok(true));
+                            let lookup = tokio::time::timeout(REJECT_READ_TIMEOUT, shared.registered_caller(&calling, peer.ip()));
+                            let registered = matches!(lookup.await, Ok(Ok(true)));
                             match reserved.try_acquire_owned() {
                                 Ok(permit) if registered => {
                                     drop(slot);

@@ -175,7 +175,8 @@ impl Db {
 
     /// How many different patients the instances of study `study_id` name (by pseudonym).
     pub async fn study_patient_count(&self, study_id: i64) -> Result<i64, DbError> {
-        sqlx::query_scalar("SELECT COUNT(DISTINCT COALESCE(patient_pseudonym, '')) FROM instances WHERE study_id = $1")
+        // Rows stored before the pseudonym was recorded (NULL) name no patient: not a conflict.
+        sqlx::query_scalar("SELECT COUNT(DISTINCT patient_pseudonym) FROM instances WHERE study_id = $1")
             .bind(study_id)
             .fetch_one(&self.pool)
             .await
@@ -186,7 +187,7 @@ impl Db {
     pub async fn count_conflicting_studies(&self) -> Result<i64, DbError> {
         sqlx::query_scalar(
             "SELECT COUNT(*) FROM (SELECT study_id FROM instances WHERE study_id IS NOT NULL
-             GROUP BY study_id HAVING COUNT(DISTINCT COALESCE(patient_pseudonym, '')) > 1) conflicting",
+             GROUP BY study_id HAVING COUNT(DISTINCT patient_pseudonym) > 1) conflicting",
         )
         .fetch_one(&self.pool)
         .await

@@ -486,6 +486,14 @@ fn unlisted_action(tag: Tag, vr: VR, depth: u32, strict: bool, modified_dates: b
     if tag.group() == 0x0010 {
         return Some(Action::X);
     }
+    // A tag the data dictionary does not know (a later edition's, or a vendor's in an even
+    // group): nothing says what it holds, so it goes, whatever VR it was sent with.
+    {
+        use dicom_core::dictionary::DataDictionary;
+        if dicom_dictionary_std::StandardDataDictionary.by_tag(tag).is_none() {
+            return Some(Action::X);
+        }
+    }
     if vr == VR::PN || (depth > 0 && long_text) || (strict && any_text && !CODE_PARTS.contains(&tag)) {
         return Some(Action::ZD);
     }
@@ -563,6 +571,10 @@ fn reinterpret_un(elem: InMemElement) -> Option<InMemElement> {
     } else {
         return None;
     }
+    // The structural scan first: it bounds the nesting (the parser recurses without limit, and
+    // a value of nested undefined-length items could exhaust the stack) and proves it parses.
+    let implicit = crate::association::sop::transfer_syntax("1.2.840.10008.1.2")?;
+    crate::ingest::scan::scan(&encoded[..], Some(encoded.len() as u64), implicit).ok()?;
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get("1.2.840.10008.1.2")?;
     let parsed = InMemDicomObject::read_dataset_with_ts(&encoded[..], ts).ok()?;
     let mut parsed = parsed.into_iter();
@@ -944,6 +956,17 @@ mod tests {
         assert_ne!(item.element(tags::PATIENT_NAME).unwrap().to_str().unwrap(), "UNSEEN^NAME");
         assert!(out.get(Tag(0x0041, 0x1010)).is_none(), "private");
         assert!(out.get(Tag(0x0040, 0xEEE0)).is_none(), "an unknown UN value is removed");
+        // Nested undefined-length items deeper than any data set: removed, no stack overflow.
+        let mut deep = Vec::new();
+        for _ in 0..20_000 {
+            deep.extend_from_slice(&[0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        let mut e2 = minimal();
+        e2.push(DataElement::new(tags::REFERENCED_IMAGE_SEQUENCE, VR::UN, PrimitiveValue::from(deep)));
+        e2.push(DataElement::new(Tag(0x0040, 0xEEE1), VR::LO, PrimitiveValue::from("UNSEEN^NAME")));
+        let out2 = d.apply(InMemDicomObject::from_element_iter(e2)).unwrap().object;
+        assert!(out2.get(tags::REFERENCED_IMAGE_SEQUENCE).is_none());
+        assert!(out2.get(Tag(0x0040, 0xEEE1)).is_none(), "an unknown tag is removed whatever its VR");
         assert!(out.get(tags::STUDY_DESCRIPTION).is_none(), "Study Description is X, however it was sent");
         let frame = out.element(tags::REFERENCED_FRAME_OF_REFERENCE_UID).unwrap();
         assert_eq!(frame.vr(), VR::UI);

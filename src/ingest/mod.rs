@@ -346,8 +346,8 @@ fn keep_split(request: &StoreRequest, s: Split<'_>, len: u64, drop_pixels: bool,
     // Keep the pixel group only: elements after it are removed by the profile.
     let end = match (drop_pixels, trailing) {
         (true, _) => Some(s.header_len),
-        (false, Some(t)) => Some(s.header_len + t - s.split),
-        (false, None) => None,
+        (false, Some(t)) if t >= s.split => Some(s.header_len + t - s.split),
+        (false, _) => None,
     };
     let stored = (|| {
         if let Some(end) = end {

@@ -64,6 +64,13 @@ pub enum ScanError {
     ReachedPixelGroup(u64),
 }
 
+/// The elements that make up the pixel group (PS3.3 C.7.6.3 and the retired coefficients): what
+/// is carried over byte for byte after the de-identified header. Any other element, in group
+/// 7FE0 or not, is not pixel data and never travels with it.
+pub fn is_pixel_group_element(group: u16, element: u16) -> bool {
+    group == 0x7FE0 && matches!(element, 0x0001 | 0x0002 | 0x0003 | 0x0008 | 0x0009 | 0x0010 | 0x0020 | 0x0030 | 0x0040)
+}
+
 /// The most a deflated data set may inflate to (it is then held in memory whole to be
 /// de-identified): past this it is refused as out of resources, before it is held.
 pub const MAX_INFLATED: u64 = 64 << 20;
@@ -167,6 +174,13 @@ impl PixelGroupEnd {
         if self.big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
     }
 
+    /// The pixels are not kept after all (Burned In Annotation): nothing more comes through,
+    /// and nothing counts as kept.
+    pub fn discard_rest(&mut self) {
+        self.ended = true;
+        self.kept = 0;
+    }
+
     /// Header bytes needed before the header can be read.
     fn need(&self, fragment: bool) -> usize {
         if fragment || !self.explicit {
@@ -181,12 +195,20 @@ impl PixelGroupEnd {
     }
 
     /// Feed the next bytes. Returns what belongs to the pixel group: first `release` (the start
-    /// of an element header held back from the previous call until its tag was known), then the
+    /// of a header held back from earlier calls until it was known to belong), then the
     /// prefix `bytes[..n]`. Nothing after the group is ever returned.
     pub fn feed(&mut self, bytes: &[u8]) -> (Vec<u8>, usize) {
-        let mut held = if matches!(self.state, GroupState::Element) && self.have < 4 { self.have } else { 0 };
+        // Header bytes from earlier calls not let through yet: a top-level tag until it is known
+        // to be of the group, a fragment item header until it is known to be one.
+        let mut held = match self.state {
+            GroupState::Element if self.have < 4 => self.have,
+            GroupState::Fragment => self.have,
+            _ => 0,
+        };
         let mut release = Vec::new();
         let (mut at, mut kept_to) = (0usize, 0usize);
+        // Where, in this call, the header being read began (0: in an earlier call).
+        let mut header_from = 0usize;
         while at < bytes.len() && !self.ended {
             match self.state {
                 GroupState::Skip { left, then_fragment } => {
@@ -205,15 +227,15 @@ impl PixelGroupEnd {
                     let need = self.need(fragment);
                     if self.have < need {
                         let before = self.have;
+                        if before == 0 {
+                            header_from = at;
+                        }
                         let n = (need - before).min(bytes.len() - at);
                         self.header[before..before + n].copy_from_slice(&bytes[at..at + n]);
                         self.have += n;
                         at += n;
-                        if !fragment && self.have < 4 {
-                            continue; // the tag is not complete: held back
-                        }
-                        if !fragment && before < 4 {
-                            if self.u16_at(0) != 0x7FE0 {
+                        if !fragment && before < 4 && self.have >= 4 {
+                            if !is_pixel_group_element(self.u16_at(0), self.u16_at(2)) {
                                 // A top-level element outside the group: the group ended before it.
                                 self.ended = true;
                                 break;
@@ -223,9 +245,16 @@ impl PixelGroupEnd {
                                 held = 0;
                             }
                         }
-                        kept_to = at;
-                        continue;
+                        // A fragment item header, or a tag not yet known, is held back until
+                        // the header is known to belong; the rest of an element header is kept.
+                        if !fragment && self.have >= 4 {
+                            kept_to = at;
+                        }
+                        if self.have < self.need(fragment) {
+                            continue;
+                        }
                     }
+                    let need = self.need(fragment);
                     let len = if need == 12 {
                         self.u32_at(8)
                     } else if fragment || !self.explicit {
@@ -234,10 +263,28 @@ impl PixelGroupEnd {
                         u32::from(self.u16_at(6))
                     };
                     let tag = (self.u16_at(0), self.u16_at(2));
+                    // Inside encapsulated pixel data only items and the sequence delimiter may
+                    // come; anything else (a missing delimiter, then a trailer) ends the group
+                    // here, so that its bytes are not taken for a fragment and kept.
+                    let malformed = (fragment && tag != ITEM && tag != SEQUENCE_DELIMITATION)
+                        || (fragment && tag == ITEM && len == UNDEFINED)
+                        || (!fragment && len == UNDEFINED && tag != PIXEL_DATA);
+                    if malformed {
+                        self.ended = true;
+                        // The header's bytes of this call were counted kept: take them back.
+                        kept_to = kept_to.min(header_from);
+                        break;
+                    }
+                    if fragment {
+                        if held > 0 {
+                            release.extend_from_slice(&self.header[..held]);
+                            held = 0;
+                        }
+                        kept_to = at;
+                    }
                     self.have = 0;
                     self.state = match (fragment, tag, len) {
                         (true, SEQUENCE_DELIMITATION, _) => GroupState::Element,
-                        (true, _, UNDEFINED) => GroupState::Element, // malformed: the final scan says so
                         (_, _, 0) if fragment => GroupState::Fragment,
                         (_, _, 0) => GroupState::Element,
                         (true, _, len) => GroupState::Skip { left: u64::from(len), then_fragment: true },
@@ -382,15 +429,17 @@ impl<R: Read> Walker<R> {
             if tag.0 == 0xFFFE {
                 return Err(err("unexpected item or sequence delimiter"));
             }
-            if top && tag.0 == 0x7FE0 {
+            let pixel_element = is_pixel_group_element(tag.0, tag.1);
+            if top && pixel_element && self.found.trailing_from.is_none() {
                 if self.stop_at_pixel_group {
                     return Err(ScanError::ReachedPixelGroup(offset));
                 }
                 self.found.pixel_group_at.get_or_insert(offset);
             }
             // Whatever follows the pixel group ends it, whatever its tag: an element out of
-            // order after the pixels (say a Patient's Name) is as much a trailer as padding.
-            if top && (tag.0 > 0x7FE0 || (tag.0 != 0x7FE0 && self.found.pixel_group_at.is_some())) {
+            // order after the pixels (say a Patient's Name) is as much a trailer as padding,
+            // and so is any group 7FE0 element that is not pixel data.
+            if top && !pixel_element && self.found.pixel_group_at.is_some() {
                 self.found.trailing_from.get_or_insert(offset);
             }
             let (vr, len) = if self.explicit {
@@ -670,6 +719,47 @@ mod group_end {
             assert_eq!(through(&mut end, &[&group]), group);
             assert!(!end.ended);
         }
+    }
+
+    /// A group 7FE0 element that is not pixel data (a name in (7FE0,0050)) ends the group like
+    /// any trailer; so does anything but an item inside encapsulated pixel data (a missing
+    /// sequence delimiter, then a trailer), whose header is not mistaken for a fragment.
+    #[test]
+    fn only_pixel_data_elements_pass() {
+        let ts = transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let mut native = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 2, 0, 0, 0, 9, 9];
+        let name = [0xE0, 0x7F, 0x50, 0x00, b'P', b'N', 4, 0, b'D', b'O', b'E', b' '];
+        let bytes = [native.clone(), name.to_vec()].concat();
+        for cut in 0..=bytes.len() {
+            let mut end = PixelGroupEnd::new(ts);
+            assert_eq!(through(&mut end, &[&bytes[..cut], &bytes[cut..]]), native, "cut at {cut}");
+        }
+        let mut enc = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        enc.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 2, 0, 0, 0, 1, 2]);
+        let trailer = [0x10, 0x00, 0x10, 0x00, b'P', b'N', 4, 0, b'D', b'O', b'E', b' '];
+        let bytes = [enc.clone(), trailer.to_vec()].concat();
+        for cut in 0..=bytes.len() {
+            let mut end = PixelGroupEnd::new(ts);
+            let out = through(&mut end, &[&bytes[..cut], &bytes[cut..]]);
+            assert!(!out.windows(3).any(|w| w == b"DOE") && out.len() <= enc.len() + 4, "cut at {cut}: {out:?}");
+            assert!(end.ended);
+        }
+        native.truncate(0);
+    }
+
+    /// The walker agrees: a high-group element before the pixels is no trailer (the header is
+    /// not cut), a non-pixel 7FE0 element after them is.
+    #[test]
+    fn trailers_start_only_after_the_pixel_group() {
+        let ts = transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let mut bytes = vec![0x08, 0x00, 0x18, 0x00, b'U', b'I', 4, 0, b'1', b'.', b'2', 0];
+        bytes.extend_from_slice(&[0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 0]);
+        let pixels_at = bytes.len() as u64;
+        bytes.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 2, 0, 0, 0, 9, 9]);
+        let trailer_at = bytes.len() as u64;
+        bytes.extend_from_slice(&[0xE0, 0x7F, 0x50, 0x00, b'P', b'N', 4, 0, b'D', b'O', b'E', b' ']);
+        let f = scan(&bytes[..], Some(bytes.len() as u64), ts).unwrap();
+        assert_eq!((f.pixel_group_at, f.trailing_from), (Some(pixels_at), Some(trailer_at)));
     }
 
     #[test]

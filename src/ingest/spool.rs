@@ -118,6 +118,8 @@ struct Started {
     path: PathBuf,
     file: std::fs::File,
     written: u64,
+    /// The pixels may show identity and are not kept: none of them was written.
+    dropped: bool,
 }
 
 enum StartError {
@@ -252,16 +254,19 @@ impl IncomingFile {
         let task = tokio::task::spawn_blocking(move || {
             let (deid, encoded) = deidentify_header(&t.deid, &head, t.ts.uid, t.drop_burned_in).map_err(StartError::Deid)?;
             let (relative, path) = store_path(&t.dirs, &t.day).map_err(StartError::Spool)?;
+            // Pixels that may show identity and are not kept never reach the disk at all.
+            let dropped = crate::deid::file::drops_pixels(&deid, t.drop_burned_in);
             let written = (|| {
                 let mut file = create(&path)?;
                 file.write_all(&encoded)?;
-                file.write_all(&pixels)?;
+                let pixels: &[u8] = if dropped { &[] } else { &pixels };
+                file.write_all(pixels)?;
                 let written = (encoded.len() + pixels.len()) as u64;
                 start_writeback(&file, 0, written);
                 Ok((file, written))
             })();
             match written {
-                Ok((file, written)) => Ok(Started { deid, header_len: encoded.len() as u64, relative, path, file, written }),
+                Ok((file, written)) => Ok(Started { deid, header_len: encoded.len() as u64, relative, path, file, written, dropped }),
                 Err(source) => {
                     let _ = std::fs::remove_file(&path);
                     Err(StartError::Spool(SpoolError::Write { path, source }))
@@ -287,7 +292,15 @@ impl IncomingFile {
                 return Ok(());
             }
         };
-        let Started { deid, header_len, relative, path, file, written } = started;
+        let Started { deid, header_len, relative, path, file, written, dropped } = started;
+        let ahead = if dropped {
+            if let Some((_, group)) = &mut self.group {
+                group.discard_rest();
+            }
+            Vec::new()
+        } else {
+            ahead
+        };
         let (min_free_disk, data_dir) = (self.target.min_free_disk, self.target.dirs.data.clone());
         let mut streaming =
             Streaming { split, header_len, deid, relative, path, file: Some(file), buf: ahead, in_flight: None, written, min_free_disk, data_dir, checked_at: 0 };
