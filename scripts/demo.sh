@@ -106,3 +106,7 @@ echo "== re-identification of that instance from the sealed map (audited)"
 "$BIN" reid "$CR_UID" --purpose "demo"
 echo "== audit trail"
 "$BIN" audit verify
+echo "== a signed checkpoint of the audit trail's head (keep it outside the database), verified"
+CHECKPOINT=$("$BIN" audit head)
+echo "$CHECKPOINT"
+"$BIN" audit verify --checkpoint "$CHECKPOINT"
