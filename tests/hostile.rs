@@ -13,12 +13,11 @@ use common::*;
 
 /// Make a hostile file of `kind` from `src`; returns it, the planted strings and the planted
 /// dates (checked by value: dates repeat elsewhere).
-fn hostile(kind: &str, src: &Path, dir: &Path, env: &[(&str, &str)]) -> (PathBuf, Vec<String>, Vec<(String, String)>) {
+fn hostile(kind: &str, src: &Path, dir: &Path) -> (PathBuf, Vec<String>, Vec<(String, String)>) {
     let out_path = dir.join(format!("{kind}.dcm"));
     let out = Command::new(python().unwrap())
         .arg(repo().join("tests/peers/hostile.py"))
         .args([kind, src.to_str().unwrap(), out_path.to_str().unwrap()])
-        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(out.status.success(), "hostile.py {kind}: {}", String::from_utf8_lossy(&out.stderr));
@@ -73,7 +72,7 @@ fn identifiers_hidden_where_the_table_does_not_look_never_reach_the_disk() {
     let port = node.port.to_string();
     assert!(node.cli(&["ae", "add", "TRIAGE", "--host", "127.0.0.1", "--port", &port]).status.success());
     for kind in ["un-sequence", "after-pixels", "unlisted"] {
-        let (file, planted, dates) = hostile(kind, &src, work.path(), &[]);
+        let (file, planted, dates) = hostile(kind, &src, work.path());
         assert!(!planted.is_empty() || !dates.is_empty(), "{kind}: nothing planted");
         assert!(leaks(work.path(), "", &planted).len() >= planted.len(), "{kind}: the search finds what was planted");
         let out = node.cli(&["send", "--to", "TRIAGE", file.to_str().unwrap()]);
@@ -110,7 +109,7 @@ fn a_deflate_bomb_is_refused_with_out_of_resources() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let (bomb, _, _) = hostile("deflate-bomb", &testdata().unwrap().join("ts/ct_explicit_le.dcm"), work.path(), &[]);
+    let (bomb, _, _) = hostile("deflate-bomb", &testdata().unwrap().join("ts/ct_explicit_le.dcm"), work.path());
     assert!(std::fs::metadata(&bomb).unwrap().len() < 2 << 20);
     let node = Node::start(NodeOptions::default());
     let lines = node.pynetdicom_store(std::slice::from_ref(&bomb));
@@ -127,7 +126,7 @@ fn a_decoder_panic_fails_the_study_instead_of_hanging_it() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let (rle, _, _) = hostile("rle-short", &testdata().unwrap().join("ts/ct_rle.dcm"), work.path(), &[]);
+    let (rle, _, _) = hostile("rle-short", &testdata().unwrap().join("ts/ct_rle.dcm"), work.path());
     let models = tempfile::tempdir().unwrap();
     let node = Node::start(NodeOptions { inference: vec![tiny_package(models.path(), &TINY.replace("MODALITY", "CT"))], ..Default::default() });
     let lines = node.pynetdicom_store(std::slice::from_ref(&rle));
