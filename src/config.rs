@@ -267,7 +267,7 @@ impl Settings {
             return Err(invalid("dicom.transfer_syntax_preference", "must not be empty"));
         }
         for ts in &self.dicom.transfer_syntax_preference {
-            if crate::association::sop::transfer_syntax(ts).is_none() {
+            if crate::dicom::sop::transfer_syntax(ts).is_none() {
                 return Err(ConfigError::Invalid {
                     key: "dicom.transfer_syntax_preference",
                     reason: format!("{ts} is not a transfer syntax this node can store"),

@@ -41,6 +41,34 @@ impl fmt::Display for AeTitle {
 }
 
 /// A size in bytes, written in configuration as an integer or a string such as "512MiB".
+/// What a registered AE is to the node: a modality stores into the pipeline; a PACS receives
+/// results and reports Storage Commitment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AeRole {
+    Modality,
+    Pacs,
+}
+
+impl fmt::Display for AeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            AeRole::Modality => "modality",
+            AeRole::Pacs => "pacs",
+        })
+    }
+}
+
+impl std::str::FromStr for AeRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "modality" => Ok(AeRole::Modality),
+            "pacs" => Ok(AeRole::Pacs),
+            other => Err(format!("unknown role {other:?} (expected modality or pacs)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 

@@ -1,5 +1,5 @@
 //! Thin entry point: parse the command line, load configuration, initialise logging, and hand
-//! over to `node::run` or to an administrative command.
+//! over to `node::run` or to a typed operation of `admin`; then print what it returned.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use triage_node::admin::{self, Access};
 use triage_node::config::{LogFormat, Settings};
-use triage_node::db::{AeRole, Db, RegisteredAe};
-use triage_node::domain::AeTitle;
+use triage_node::domain::AeRole;
 
 #[derive(Parser)]
 #[command(name = "triage-node", version, about = "DICOM node that receives studies and triages them with AI")]
@@ -231,8 +231,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             triage_node::node::run(settings, shutdown).await
         }
         Command::Migrate => {
-            std::fs::create_dir_all(&settings.storage.data_dir)?;
-            Db::open(&settings.database_url(), 1).await?;
+            admin::open(&settings, Access::Read).await?.close().await;
             println!("migrations applied");
             Ok(())
         }
@@ -243,36 +242,17 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Ae { action } => ae_admin(action, &settings).await,
         Command::Outbox { action } => outbox_admin(action, &settings).await,
         Command::Audit { action } => {
-            let db = Db::open(&settings.database_url(), 1).await?;
-            let (entries, head_seq, head_hash) = db.audit_chain().await?;
-            db.close().await;
-            let audit_key = || -> anyhow::Result<_> { Ok(settings.deid.deidentifier().context("the audit trail is keyed with the site keys")?.keys().audit_key()) };
             match action {
                 AuditAction::Verify { checkpoint } => {
-                    let key = audit_key()?;
-                    let verified = match triage_node::audit::verify(&key, &entries, head_seq, &head_hash) {
-                        Ok(v) => v,
-                        Err(e) => anyhow::bail!("audit log damaged: {e}"),
-                    };
-                    if let Some(cp) = checkpoint {
-                        let text = if std::path::Path::new(&cp).is_file() { std::fs::read_to_string(&cp)? } else { cp };
-                        let cp = triage_node::audit::Checkpoint::parse(&key, &text).map_err(|e| anyhow::anyhow!("audit log damaged: {e}"))?;
-                        cp.check(&entries).map_err(|e| anyhow::anyhow!("audit log damaged: {e}"))?;
-                        println!("checkpoint of entry {} holds", cp.seq);
+                    let v = admin::audit::verify(&settings, checkpoint.as_deref()).await?;
+                    if let Some(seq) = v.checkpoint_seq {
+                        println!("checkpoint of entry {seq} holds");
                     }
-                    println!("audit log intact: {verified} entries, head {head_hash}");
+                    println!("audit log intact: {} entries, head {}", v.entries, v.head_hash);
                 }
-                AuditAction::Head => {
-                    // Never sign a head the chain does not support.
-                    let key = audit_key()?;
-                    if let Err(e) = triage_node::audit::verify(&key, &entries, head_seq, &head_hash) {
-                        anyhow::bail!("audit log damaged, no checkpoint signed: {e}");
-                    }
-                    let cp = triage_node::audit::Checkpoint { seq: head_seq, hash: head_hash, at_ms: triage_node::domain::now_ms() };
-                    println!("{}", cp.signed(&key));
-                }
+                AuditAction::Head => println!("{}", admin::audit::head(&settings).await?),
                 AuditAction::List => {
-                    for e in entries {
+                    for e in admin::audit::list(&settings).await? {
                         println!("{:>6}  {}  {:<12}  {:<16}  {}", e.seq, e.at_ms, e.event, e.subject, e.details);
                     }
                 }
@@ -283,17 +263,40 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", triage_node::deid::keys::generate());
             Ok(())
         }
-        Command::Deid { input, out } => deid_export(&settings, &input, &out).await,
+        Command::Deid { input, out } => {
+            let export = admin::export::deidentify(&settings, &input, &out).await?;
+            if export.demo_keys {
+                eprintln!("triage-node: WARNING: demo keys (deid.demo_keys = true): these pseudonyms can be reversed by anyone");
+            }
+            let mut failed = 0;
+            for f in &export.files {
+                match &f.result {
+                    Ok(done) => {
+                        let note = done.pixels_left_out.as_ref().map(|why| format!(" (pixels left out: {why})")).unwrap_or_default();
+                        println!("deidentified {} -> {}{note}", f.input.display(), done.output.display());
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("failed       {} ({e})", f.input.display());
+                    }
+                }
+            }
+            println!("{} de-identified into {}, {failed} failed", export.files.len() - failed, out.display());
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} files could not be de-identified", export.files.len());
+            }
+            Ok(())
+        }
         Command::Reid { instance_uid, purpose } => {
             let deid = settings.deid.deidentifier()?;
-            let db = Db::open(&settings.database_url(), 1).await?.with_audit_key(deid.keys().audit_key());
+            let db = admin::open(&settings, Access::Read).await?.with_audit_key(deid.keys().audit_key());
             let originals = triage_node::deid::reidentify(&db, deid.keys(), &instance_uid, &purpose).await;
             db.close().await;
             println!("{}", serde_json::to_string_pretty(&originals?)?);
             Ok(())
         }
         Command::Echo { to } => {
-            let peer = resolve_peer(&settings, &to).await?;
+            let peer = admin::peer(&settings, &to).await?;
             let rsp = triage_node::delivery::echo(&peer).await?;
             println!("C-ECHO {to} ({}:{}): status {:#06X}", peer.host, peer.port, rsp.status);
             if !rsp.is_success() {
@@ -302,7 +305,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Send { to, paths } => {
-            let peer = resolve_peer(&settings, &to).await?;
+            let peer = admin::peer(&settings, &to).await?;
             let sent = triage_node::delivery::send(&peer, &paths).await?;
             let mut failed = 0;
             for s in &sent {
@@ -327,30 +330,29 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Infer { paths, model, heatmaps } => infer_files(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
         Command::Evaluate { labels, dir, model, json } => evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
         Command::Results { limit } => {
-            std::fs::create_dir_all(&settings.storage.data_dir)?;
-            let db = Db::open(&settings.database_url(), 1).await?;
+            let db = admin::open(&settings, Access::Read).await?;
+            let results = admin::report::recent_results(&db, limit).await;
+            db.close().await;
             println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  FINDINGS (probability, confidence)", "STUDY", "MODEL", "STATE", "PRIORITY", "IMAGES");
-            for r in db.recent_results(limit).await? {
+            for admin::report::ResultSummary { result: r, deliveries } in results? {
                 let findings: Vec<String> = r.findings.iter().map(|f| format!("{}{} {:.3} {}", f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
                 let model = if r.model.is_empty() { "-".to_string() } else { format!("{} {}", r.model, r.model_version) };
                 let detail = r.error.clone().unwrap_or_else(|| findings.join(", "));
-                println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  {detail}", r.study_id, model, r.state, r.priority.as_deref().unwrap_or("-"), r.images_inferred);
-                let sent = db.outbox_study_states(r.study_id).await?;
-                if !sent.is_empty() {
-                    let parts: Vec<String> = sent.iter().map(|(kind, state, n)| format!("{n} {kind} {state}")).collect();
+                println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  {detail}", r.study_id, model, r.state, r.priority.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()), r.images_inferred);
+                if !deliveries.is_empty() {
+                    let parts: Vec<String> = deliveries.iter().map(|(kind, state, n)| format!("{n} {kind} {state}")).collect();
                     println!("{:>6}  to the PACS: {}", "", parts.join(", "));
                 }
                 if r.demonstration {
                     println!("{:>6}  (demonstration model, not clinically validated)", "");
                 }
             }
-            db.close().await;
             Ok(())
         }
         Command::BenchInfer { model, batch, files } => {
             let mut settings = settings.clone();
             settings.inference.max_batch = batch.max(1);
-            let engine = offline_engine(&settings, Some(&model)).await?;
+            let engine = admin::evaluate::offline_engine(&settings, Some(&model)).await?;
             let index = engine.manifests().iter().position(|m| m.name == model).expect("checked by offline_engine");
             let files = triage_node::delivery::collect_files(&files)?;
             let report = triage_node::triage::offline::bench(&engine, index, &files, batch.max(1)).await.map_err(anyhow::Error::msg)?;
@@ -358,61 +360,41 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status => {
-            std::fs::create_dir_all(&settings.storage.data_dir)?;
-            let db = Db::open(&settings.database_url(), 1).await?;
-            println!("instances: {}", db.count_instances().await?);
-            for (reason, n) in db.excluded_counts().await? {
+            let db = admin::open(&settings, Access::Read).await?;
+            let status = admin::report::status(&db, &settings.storage.data_dir).await;
+            db.close().await;
+            let st = status?;
+            println!("instances: {}", st.instances);
+            for (reason, n) in &st.not_triaged {
                 println!("instances not triaged ({reason}): {n}");
             }
-            println!("de-identifications awaiting their audit entry: {}", db.count_unaudited().await?);
-            let quarantined = triage_node::ingest::count_quarantined(&settings.storage.data_dir);
-            if quarantined > 0 {
-                println!("store files in quarantine (no database row; see {}): {quarantined}", triage_node::ingest::quarantine_dir(&settings.storage.data_dir).display());
+            println!("de-identifications awaiting their audit entry: {}", st.awaiting_audit);
+            if st.quarantined > 0 {
+                println!("store files in quarantine (no database row; see {}): {}", triage_node::ingest::quarantine_dir(&settings.storage.data_dir).display(), st.quarantined);
             }
-            let (studies, jobs) = db.state_counts().await?;
-            for (state, n) in studies {
+            for (state, n) in &st.studies {
                 println!("studies {state}: {n}");
             }
-            for (state, n) in jobs {
+            for (state, n) in &st.jobs {
                 println!("jobs {state}: {n}");
             }
-            for (state, n) in db.result_counts().await? {
+            for (state, n) in &st.results {
                 println!("study results {state}: {n}");
             }
-            let conflicting = db.count_conflicting_studies().await?;
-            if conflicting > 0 {
-                println!("studies whose instances name different patients (not triaged): {conflicting}");
+            if st.conflicting_studies > 0 {
+                println!("studies whose instances name different patients (not triaged): {}", st.conflicting_studies);
             }
-            for (state, n) in db.outbox_counts().await? {
+            for (state, n) in &st.outbox {
                 println!("outbox {state}: {n}");
             }
-            db.close().await;
             Ok(())
         }
     }
 }
 
-/// The configured model packages on the configured device, behind an engine.
-async fn offline_engine(settings: &Settings, only: Option<&str>) -> anyhow::Result<triage_node::inference::engine::Engine> {
-    use triage_node::inference::{package, runtime::DeviceChoice};
-    let device = DeviceChoice::parse(&settings.inference.device)?.resolve()?;
-    let dir = settings.inference.models_dir.clone();
-    let packages = tokio::task::spawn_blocking(move || package::load_all(&dir, device)).await?.context("loading model packages")?;
-    if packages.is_empty() {
-        anyhow::bail!("no model packages in {} (inference.models_dir)", settings.inference.models_dir.display());
-    }
-    if let Some(name) = only {
-        if !packages.iter().any(|p| p.manifest.name == name) {
-            let names: Vec<&str> = packages.iter().map(|p| p.manifest.name.as_str()).collect();
-            anyhow::bail!("no model package named {name:?} (loaded: {})", names.join(", "));
-        }
-    }
-    Ok(triage_node::inference::engine::Engine::start(packages, settings.inference.max_batch, settings.inference.queue_depth, settings.inference.torch_threads)?)
-}
-
 async fn infer_files(settings: &Settings, paths: &[PathBuf], only: Option<&str>, heatmaps: Option<&std::path::Path>) -> anyhow::Result<()> {
     use triage_node::triage::offline;
-    let engine = offline_engine(settings, only).await?;
+    let engine = admin::evaluate::offline_engine(settings, only).await?;
     let files = triage_node::delivery::collect_files(paths)?;
     if let Some(dir) = heatmaps {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -442,110 +424,46 @@ async fn infer_files(settings: &Settings, paths: &[PathBuf], only: Option<&str>,
 }
 
 async fn evaluate(settings: &Settings, labels: &std::path::Path, dir: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
-    use triage_node::triage::{evaluate, offline};
-    let text = std::fs::read_to_string(labels).with_context(|| format!("reading {}", labels.display()))?;
-    let (label_names, rows) = evaluate::parse_labels(&text).map_err(|e| anyhow::anyhow!("{}: {e}", labels.display()))?;
-    let engine = offline_engine(settings, only).await?;
-    // model -> label -> (scores, truth)
-    let mut scores: std::collections::BTreeMap<(String, String), (Vec<f32>, Vec<bool>)> = Default::default();
-    let (mut failed, mut not_routed) = (Vec::new(), 0usize);
-    for (file, truth) in &rows {
-        let result = offline::triage_file(&engine, &dir.join(file), only, settings.inference.tiers(), false).await;
-        if let Some(e) = &result.error {
-            failed.push(format!("{file}: {e}"));
-            continue;
-        }
-        not_routed += usize::from(result.results.is_empty());
-        for r in &result.results {
-            for f in &r.findings {
-                let Some(col) = label_names.iter().position(|l| l == &f.label) else { continue };
-                if let Some(t) = truth[col] {
-                    let e = scores.entry((r.model.clone(), f.label.clone())).or_default();
-                    e.0.push(f.probability);
-                    e.1.push(t);
-                }
-            }
-        }
-    }
-    if scores.is_empty() {
-        anyhow::bail!("no case was scored: no label column of {} names a label of a model that accepted the files", labels.display());
-    }
-    let mut report = Vec::new();
-    for ((model, label), (s, t)) in &scores {
-        let m = engine.manifests().iter().find(|m| &m.name == model).expect("model of a result");
-        let li = m.outputs.labels.iter().position(|l| l == label).expect("label of a result");
-        let metrics = evaluate::metrics(s, t, m.outputs.positive[li]);
-        report.push(serde_json::json!({ "model": model, "version": m.version, "demonstration": m.demonstration, "label": label, "metrics": metrics }));
-        if !json {
-            let at = &metrics.at_manifest_threshold;
-            println!("{model} {} / {label}: {} positive, {} negative cases", m.version, metrics.positives, metrics.negatives);
-            if m.demonstration {
-                println!("  (demonstration model, not clinically validated)");
-            }
-            println!("  ROC AUC {}", metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a (needs both classes)".into()));
-            println!("  at the manifest threshold {:.2}: sensitivity {:.3}, specificity {:.3}", at.threshold, at.sensitivity, at.specificity);
-            println!("  {:>9}  {:>11}  {:>11}  {:>6}  {:>6}", "threshold", "sensitivity", "specificity", "PPV", "NPV");
-            let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
-            for p in &metrics.sweep {
-                println!("  {:>9.2}  {:>11.3}  {:>11.3}  {:>6}  {:>6}", p.threshold, p.sensitivity, p.specificity, opt(p.ppv), opt(p.npv));
-            }
-        }
-    }
+    let report = admin::evaluate::evaluate(settings, labels, dir, only).await?;
     if json {
-        println!("{}", serde_json::json!({ "results": report, "failed": failed, "not_routed": not_routed }));
-    } else {
-        if not_routed > 0 {
-            println!("{not_routed} case(s) accepted by no model (routing)");
-        }
-        for f in &failed {
-            println!("failed: {f}");
-        }
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
     }
-    Ok(())
-}
-
-async fn deid_export(settings: &Settings, input: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    use triage_node::config::BurnedInPolicy;
-    let deid = settings.deid.deidentifier()?;
-    if deid.keys().demo {
-        eprintln!("triage-node: WARNING: demo keys (deid.demo_keys = true): these pseudonyms can be reversed by anyone");
-    }
-    let files = triage_node::delivery::collect_files(&[input.to_path_buf()])?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::create_dir_all(&settings.storage.data_dir)?;
-    let db = Db::open(&settings.database_url(), 1).await?.with_audit_key(deid.keys().audit_key());
-    let drop = settings.deid.burned_in_annotation == BurnedInPolicy::Exclude;
-    let method: serde_json::Value = serde_json::from_str(deid.method_json())?;
-    let mut failed = 0;
-    for file in &files {
-        match triage_node::deid::file::export(&deid, file, out, drop) {
-            Ok((target, w)) => {
-                let note = if w.pixels_written { String::new() } else { format!(" (pixels left out: {})", w.deid.burned_in.unwrap_or("no Pixel Data")) };
-                println!("deidentified {} -> {}{note}", file.display(), target.display());
-                let details = serde_json::json!({ "export": true, "method": method, "pixels": w.pixels_written });
-                db.audit_append("deidentify", &format!("instance:{}", w.deid.sop_instance_uid), &details.to_string()).await?;
-            }
-            Err(e) => {
-                failed += 1;
-                println!("failed       {} ({e})", file.display());
-            }
+    for r in &report.results {
+        let metrics = &r.metrics;
+        let at = &metrics.at_manifest_threshold;
+        println!("{} {} / {}: {} positive, {} negative cases", r.model, r.version, r.label, metrics.positives, metrics.negatives);
+        if r.demonstration {
+            println!("  (demonstration model, not clinically validated)");
+        }
+        println!("  ROC AUC {}", metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a (needs both classes)".into()));
+        println!("  at the manifest threshold {:.2}: sensitivity {:.3}, specificity {:.3}", at.threshold, at.sensitivity, at.specificity);
+        println!("  {:>9}  {:>11}  {:>11}  {:>6}  {:>6}", "threshold", "sensitivity", "specificity", "PPV", "NPV");
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+        for p in &metrics.sweep {
+            println!("  {:>9.2}  {:>11.3}  {:>11.3}  {:>6}  {:>6}", p.threshold, p.sensitivity, p.specificity, opt(p.ppv), opt(p.npv));
         }
     }
-    db.close().await;
-    println!("{} de-identified into {}, {failed} failed", files.len() - failed, out.display());
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} files could not be de-identified", files.len());
+    if report.not_routed > 0 {
+        println!("{} case(s) accepted by no model (routing)", report.not_routed);
+    }
+    for f in &report.failed {
+        println!("failed: {f}");
     }
     Ok(())
 }
 
 async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.storage.data_dir)?;
-    let db = Db::open(&settings.database_url(), 1).await?;
+    let db = admin::open(settings, Access::Read).await?;
+    let result = outbox_action(action, settings, &db).await;
+    db.close().await;
+    result
+}
+
+async fn outbox_action(action: OutboxAction, settings: &Settings, db: &triage_node::db::Db) -> anyhow::Result<()> {
     match action {
         OutboxAction::Add { to, files } => {
-            let queued = triage_node::delivery::enqueue(&db, &settings.node_id(), &settings.storage.data_dir, &to, &files).await?;
-            for (file, id) in queued {
+            for (file, id) in admin::outbox::add(db, settings, &to, &files).await? {
                 match id {
                     Some(id) => println!("queued {} for {to} as item {id}", file.display()),
                     None => println!("already queued: {}", file.display()),
@@ -553,19 +471,18 @@ async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Resu
             }
         }
         OutboxAction::List { state } => {
-            let commitments = db.commitment_states().await?;
             println!("{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {:<10}  LAST ERROR", "ID", "STATE", "KIND", "STUDY", "DESTINATION", "ATTEMPTS", "COMMITTED");
-            for item in db.outbox_list(state.as_deref()).await? {
+            for admin::outbox::ListedItem { item, commitment } in admin::outbox::list(db, state.as_deref()).await? {
                 let study = item.study_id.map_or("-".to_string(), |s| s.to_string());
                 println!(
                     "{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {:<10}  {}",
                     item.id,
-                    item.state,
-                    item.kind,
+                    item.state.to_string(),
+                    item.kind.to_string(),
                     study,
                     item.destination,
                     item.attempts,
-                    commitments.get(&item.id).map_or("-", String::as_str),
+                    commitment.as_deref().unwrap_or("-"),
                     item.last_error.as_deref().unwrap_or("-")
                 );
             }
@@ -574,49 +491,32 @@ async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Resu
             if id.is_none() && !dead {
                 anyhow::bail!("name an item id, or --dead for every dead item");
             }
-            let n = db.outbox_requeue(id).await?;
+            let n = admin::outbox::retry(db, id).await?;
             println!("{n} item(s) queued again");
         }
     }
-    db.close().await;
     Ok(())
 }
 
-async fn resolve_peer(settings: &Settings, to: &str) -> anyhow::Result<triage_node::association::client::Peer> {
-    let ours = AeTitle::parse(&settings.dicom.ae_title).map_err(anyhow::Error::msg)?;
-    let db = Db::open(&settings.database_url(), 1).await?;
-    let peer = triage_node::delivery::resolve(&db, to, &ours, std::time::Duration::from_secs(30)).await;
+async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
+    // Changes are audited, and the audit chain is keyed with the site keys.
+    let access = if matches!(action, AeAction::List) { Access::Read } else { Access::Audited };
+    let db = admin::open(settings, access).await?;
+    let result = ae_action(action, &db).await;
     db.close().await;
-    Ok(peer?)
+    result
 }
 
-async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.storage.data_dir)?;
-    let mut db = Db::open(&settings.database_url(), 1).await?;
-    if !matches!(action, AeAction::List) {
-        // Changes are audited, and the audit chain is keyed with the site keys.
-        db = db.with_audit_key(settings.deid.deidentifier().context("AE changes are audited with the site keys")?.keys().audit_key());
-    }
+async fn ae_action(action: AeAction, db: &triage_node::db::Db) -> anyhow::Result<()> {
     match action {
         AeAction::Add { ae_title, host, port, role, disabled } => {
-            let ae = RegisteredAe {
-                ae_title: AeTitle::parse(&ae_title).map_err(|e| anyhow::anyhow!("{ae_title:?}: {e}"))?,
-                host,
-                port,
-                role: role.parse::<AeRole>().map_err(anyhow::Error::msg)?,
-                enabled: !disabled,
-            };
-            if ae.role == AeRole::Pacs && (ae.host.is_none() || ae.port.is_none()) {
-                anyhow::bail!("a pacs AE needs --host and --port so results can be sent to it");
-            }
-            db.upsert_ae(&ae).await.context("saving the AE")?;
-            let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled });
-            db.audit_append("ae_add", ae.ae_title.as_str(), &details.to_string()).await?;
+            let role = role.parse::<AeRole>().map_err(anyhow::Error::msg)?;
+            let ae = admin::ae::register(db, admin::ae::AeRegistration { ae_title, host, port, role, enabled: !disabled }).await?;
             println!("registered {} ({}){}", ae.ae_title, ae.role, if ae.enabled { "" } else { " disabled" });
         }
         AeAction::List => {
             println!("{:<16}  {:<8}  {:<7}  {:<24}  PORT", "AE TITLE", "ROLE", "ENABLED", "HOST");
-            for ae in db.list_aes().await? {
+            for ae in admin::ae::list(db).await? {
                 println!(
                     "{:<16}  {:<8}  {:<7}  {:<24}  {}",
                     ae.ae_title,
@@ -628,15 +528,10 @@ async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
             }
         }
         AeAction::Remove { ae_title } => {
-            let title = AeTitle::parse(&ae_title).map_err(|e| anyhow::anyhow!("{ae_title:?}: {e}"))?;
-            if !db.remove_ae(&title).await? {
-                anyhow::bail!("no AE titled {title} is registered");
-            }
-            db.audit_append("ae_remove", title.as_str(), "{}").await?;
+            let title = admin::ae::remove(db, &ae_title).await?;
             println!("removed {title}");
         }
     }
-    db.close().await;
     Ok(())
 }
 

@@ -5,16 +5,18 @@
 //! Must not: contain protocol or storage logic; it only wires components together.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::association::{Listener, Shared};
+use crate::net::{Listener, Shared};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::delivery::outbox::OutboxWorker;
+use crate::worker::Workers;
 use crate::domain::AeTitle;
 use crate::ingest::study_ready::StudyReadyWorker;
 use crate::ingest::Ingest;
@@ -54,6 +56,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let inf = &settings.inference;
     let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).context("starting the inference thread")?;
+    let engine_thread = engine.take_thread();
     let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let publisher = crate::results::Publisher {
         data_dir: settings.storage.data_dir.clone(),
@@ -84,93 +87,43 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             "store files without a database row were moved to quarantine, not deleted: a stop between store and commit leaves such files (never acknowledged), but so does a database restored from a backup (acknowledged instances); check before removing them"
         );
     }
-    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), db: db.clone(), ingest });
+    let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
+    let services = crate::services::standard(ingest, db.clone());
+    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), access, services });
     let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
     let addr = listener.local_addr()?;
     info!(ae_title = %ae_title, bind = %addr.ip(), "listening port={}", addr.port());
 
     let associations = TaskTracker::new();
-    let workers = TaskTracker::new();
-    let stop_workers = CancellationToken::new();
-    let study_ready = StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period);
-    let stop = stop_workers.clone();
-    supervise(&workers, "study sweep", stop_workers.clone(), move || study_ready.clone().run(stop.clone()));
-    let outbox = OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox);
-    let stop = stop_workers.clone();
-    supervise(&workers, "outbox", stop_workers.clone(), move || outbox.clone().run(stop.clone()));
-    let arrivals = Arc::new(tokio::sync::Mutex::new(arrivals));
-    let (t, stop) = (triage.clone(), stop_workers.clone());
-    supervise(&workers, "arrivals", stop_workers.clone(), move || t.clone().run_arrivals(arrivals.clone(), stop.clone()));
-    let (t, stop, concurrency) = (triage.clone(), stop_workers.clone(), inf.concurrent_studies);
-    supervise(&workers, "study jobs", stop_workers.clone(), move || t.clone().run_jobs(std::time::Duration::from_millis(200), concurrency, stop.clone()));
+    let workers = Workers::new();
+    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period));
+    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox));
+    workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
+    workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
+    drop(triage);
 
     listener.run(shutdown.clone(), associations.clone()).await;
 
-    // Shutdown: the listener has stopped accepting; associations finish their current message.
+    // Shutdown, each step bounded: the listener has stopped accepting; associations finish
+    // their current message; workers end; the inference thread ends; the database closes.
     associations.close();
     let grace = settings.dicom.shutdown_grace;
     if tokio::time::timeout(grace, associations.wait()).await.is_err() {
         warn!(remaining = associations.len(), ?grace, "associations still busy after the shutdown grace period; abandoning them (nothing unacknowledged is kept)");
     }
-    stop_workers.cancel();
-    workers.close();
-    workers.wait().await;
+    workers.shutdown(WORKER_EXIT_DEADLINE).await;
+    drop(workers);
+    if let Some(thread) = engine_thread {
+        if !thread.join(ENGINE_EXIT_DEADLINE).await {
+            warn!(deadline = ?ENGINE_EXIT_DEADLINE, "the inference thread did not end within its exit deadline");
+        }
+    }
     db.close().await;
     info!("stopped");
     Ok(())
 }
 
-/// Run a background worker on `tracker`, restarting it (after a pause that grows with each
-/// restart, up to a minute) if it panics: a bug triggered by one bad input, say a peer's
-/// malformed PDU, must not silently stop delivery or triage until the node is restarted. Each
-/// restart is logged as an error with the worker's name and count.
-fn supervise<F, Fut>(tracker: &TaskTracker, name: &'static str, stop: CancellationToken, start: F)
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    tracker.spawn(async move {
-        let mut restarts: u32 = 0;
-        loop {
-            match tokio::spawn(start()).await {
-                Ok(()) => return,
-                Err(e) if e.is_panic() && !stop.is_cancelled() => {
-                    restarts += 1;
-                    let pause = std::time::Duration::from_secs(1 << restarts.min(6)).min(std::time::Duration::from_secs(60));
-                    tracing::error!(worker = name, restarts, ?pause, "background worker panicked; restarting it");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-                Err(_) => return,
-            }
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A worker that panics is started again (and again), and one that returns is not.
-    #[tokio::test]
-    async fn a_panicking_worker_is_restarted() {
-        let tracker = TaskTracker::new();
-        let stop = CancellationToken::new();
-        let runs = Arc::new(AtomicUsize::new(0));
-        let counted = runs.clone();
-        supervise(&tracker, "test", stop.clone(), move || {
-            let counted = counted.clone();
-            async move {
-                if counted.fetch_add(1, Ordering::SeqCst) < 2 {
-                    panic!("a bug triggered by one bad input");
-                }
-            }
-        });
-        tracker.close();
-        tokio::time::timeout(std::time::Duration::from_secs(60), tracker.wait()).await.expect("the supervisor ends once the worker returns");
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "two panics, two restarts");
-    }
-}
+/// How long background workers get to finish at shutdown (in-flight inference passes).
+const WORKER_EXIT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the inference thread gets to finish its batch once every handle is gone.
+const ENGINE_EXIT_DEADLINE: Duration = Duration::from_secs(10);

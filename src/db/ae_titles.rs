@@ -1,36 +1,7 @@
 //! Registered application entities: modalities allowed to send, PACS to deliver to.
 
-use std::fmt;
-use std::str::FromStr;
-
 use super::{get, q, Db, DbError};
-use crate::domain::{now_ms, AeTitle};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AeRole {
-    Modality,
-    Pacs,
-}
-
-impl fmt::Display for AeRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            AeRole::Modality => "modality",
-            AeRole::Pacs => "pacs",
-        })
-    }
-}
-
-impl FromStr for AeRole {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "modality" => Ok(AeRole::Modality),
-            "pacs" => Ok(AeRole::Pacs),
-            other => Err(format!("unknown role {other:?} (expected modality or pacs)")),
-        }
-    }
-}
+use crate::domain::{now_ms, AeRole, AeTitle};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisteredAe {
@@ -45,20 +16,8 @@ pub struct RegisteredAe {
 impl Db {
     /// Add or replace an AE registration.
     pub async fn upsert_ae(&self, ae: &RegisteredAe) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO ae_titles (ae_title, host, port, role, enabled, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (ae_title) DO UPDATE SET host = excluded.host, port = excluded.port, role = excluded.role, enabled = excluded.enabled",
-        )
-        .bind(ae.ae_title.as_str())
-        .bind(ae.host.clone())
-        .bind(ae.port.map(i64::from))
-        .bind(ae.role.to_string())
-        .bind(i64::from(ae.enabled))
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(q("upsert ae_title"))?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(q("acquire"))?;
+        upsert(&mut *conn, ae).await
     }
 
     /// Remove an AE registration; returns whether it existed.
@@ -69,6 +28,30 @@ impl Db {
             .await
             .map_err(q("delete ae_title"))?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Register or update `ae` and append its `ae_add` audit entry, in one transaction: the
+    /// change and its record commit together or not at all.
+    pub async fn save_ae_audited(&self, ae: &RegisteredAe, details: &str) -> Result<(), DbError> {
+        let key = self.audit_key()?;
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        upsert(&mut *tx, ae).await?;
+        super::audit::append_in(&mut tx, key, "ae_add", ae.ae_title.as_str(), details).await?;
+        tx.commit().await.map_err(q("commit ae_title"))
+    }
+
+    /// Remove an AE registration and append its `ae_remove` audit entry, in one transaction;
+    /// returns whether it existed (nothing is recorded when it did not).
+    pub async fn remove_ae_audited(&self, title: &AeTitle) -> Result<bool, DbError> {
+        let key = self.audit_key()?;
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let done = sqlx::query("DELETE FROM ae_titles WHERE ae_title = $1").bind(title.as_str()).execute(&mut *tx).await.map_err(q("delete ae_title"))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        super::audit::append_in(&mut tx, key, "ae_remove", title.as_str(), "{}").await?;
+        tx.commit().await.map_err(q("commit ae_title removal"))?;
+        Ok(true)
     }
 
     pub async fn find_ae(&self, title: &str) -> Result<Option<RegisteredAe>, DbError> {
@@ -100,4 +83,21 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<RegisteredAe, DbError> {
         role: role.parse().map_err(DbError::Invalid)?,
         enabled: get::<i64>(row, "enabled")? != 0,
     })
+}
+
+async fn upsert(conn: &mut sqlx::AnyConnection, ae: &RegisteredAe) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO ae_titles (ae_title, host, port, role, enabled, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (ae_title) DO UPDATE SET host = excluded.host, port = excluded.port, role = excluded.role, enabled = excluded.enabled",
+    )
+    .bind(ae.ae_title.as_str())
+    .bind(ae.host.clone())
+    .bind(ae.port.map(i64::from))
+    .bind(ae.role.to_string())
+    .bind(i64::from(ae.enabled))
+    .bind(now_ms())
+    .execute(conn)
+    .await
+    .map_err(q("upsert ae_title"))?;
+    Ok(())
 }

@@ -11,12 +11,15 @@ mod commitment;
 mod instances;
 mod outbox;
 mod reid_map;
+mod state;
 mod studies;
 mod triage;
 
-pub use ae_titles::{AeRole, RegisteredAe};
+pub use ae_titles::RegisteredAe;
+pub use crate::domain::AeRole;
 pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use reid_map::SealedRecord;
+pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, ResultState, StudyState};
 pub use outbox::{NewOutboxItem, OutboxItem};
 pub use studies::{Job, ReadyStudy};
 pub use triage::{ClaimedJob, FindingRow, PendingInference, SliceRow, StudyResultRow};

@@ -573,8 +573,8 @@ fn reinterpret_un(elem: InMemElement) -> Option<InMemElement> {
     }
     // The structural scan first: it bounds the nesting (the parser recurses without limit, and
     // a value of nested undefined-length items could exhaust the stack) and proves it parses.
-    let implicit = crate::association::sop::transfer_syntax("1.2.840.10008.1.2")?;
-    crate::ingest::scan::scan(&encoded[..], Some(encoded.len() as u64), implicit).ok()?;
+    let implicit = crate::dicom::sop::transfer_syntax("1.2.840.10008.1.2")?;
+    crate::dicom::scan::scan(&encoded[..], Some(encoded.len() as u64), implicit).ok()?;
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get("1.2.840.10008.1.2")?;
     let parsed = InMemDicomObject::read_dataset_with_ts(&encoded[..], ts).ok()?;
     let mut parsed = parsed.into_iter();

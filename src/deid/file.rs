@@ -19,7 +19,7 @@ use dicom_dictionary_std::tags;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
 use super::engine::{DeidError, Deidentified, Deidentifier};
-use crate::association::negotiation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::dicom::part10::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -106,8 +106,8 @@ pub fn deidentify_header(d: &Deidentifier, head: &[u8], ts_uid: &str, drop_burne
 /// does not parse is dropped (removed). Such an element nested inside a sequence cannot be cut
 /// out without rewriting its parents' lengths: the instance is refused, saying so.
 fn split_undefined_un<'a>(head: &'a [u8], ts_uid: &str) -> Result<(std::borrow::Cow<'a, [u8]>, Vec<dicom_object::mem::InMemElement>), FileError> {
-    let Some(ts) = crate::association::sop::transfer_syntax(ts_uid) else { return Ok((head.into(), Vec::new())) };
-    let ranges = crate::ingest::scan::undefined_un_elements(head, ts).map_err(|e| FileError::Parse(e.to_string()))?;
+    let Some(ts) = crate::dicom::sop::transfer_syntax(ts_uid) else { return Ok((head.into(), Vec::new())) };
+    let ranges = crate::dicom::scan::undefined_un_elements(head, ts).map_err(|e| FileError::Parse(e.to_string()))?;
     if ranges.is_empty() {
         return Ok((head.into(), Vec::new()));
     }
@@ -191,10 +191,10 @@ pub fn describe(path: &Path) -> Result<Layout, FileError> {
     let meta = dicom_object::meta::FileMetaTable::from_reader(&mut counted).map_err(|e| not(&e.to_string()))?;
     let dataset_offset = 128 + counted.n;
     let transfer_syntax = meta.transfer_syntax().trim_end_matches('\0').to_string();
-    let ts = crate::association::sop::transfer_syntax(&transfer_syntax).ok_or_else(|| FileError::TransferSyntax(transfer_syntax.clone()))?;
+    let ts = crate::dicom::sop::transfer_syntax(&transfer_syntax).ok_or_else(|| FileError::TransferSyntax(transfer_syntax.clone()))?;
     file.seek(SeekFrom::Start(dataset_offset)).map_err(io)?;
     let dataset_len = total.checked_sub(dataset_offset).ok_or_else(|| not("shorter than its meta information"))?;
-    let fields = crate::ingest::scan::scan(&mut file, Some(dataset_len), ts).map_err(|e| FileError::Parse(e.to_string()))?;
+    let fields = crate::dicom::scan::scan(&mut file, Some(dataset_len), ts).map_err(|e| FileError::Parse(e.to_string()))?;
     let (pixel_group_at, trailing_from) = if ts.deflated { (None, None) } else { (fields.pixel_group_at, fields.trailing_from) };
     Ok(Layout { dataset_offset, dataset_len, transfer_syntax, pixel_group_at, trailing_from })
 }

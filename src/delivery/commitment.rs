@@ -1,7 +1,7 @@
 //! Storage Commitment Push Model (PS3.4 Annex J), as SCU: after delivering objects, the outbox
 //! asks the PACS (N-ACTION, Action Type 1) to commit to their safekeeping; the PACS answers with
 //! an N-EVENT-REPORT (Event Type 1: all committed; 2: some failed), usually on an association
-//! it opens to us, which the listener accepts and hands here.
+//! it opens to us, which `services::commitment` receives and hands here.
 //!
 //! Owns: the N-ACTION data set, reading a report, recording both. Must not: know PDUs.
 
@@ -13,6 +13,7 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 use tracing::{info, warn};
 
 use crate::db::Db;
+use crate::dicom::Status;
 
 /// The N-ACTION-RQ data set: Transaction UID and the objects (SOP Class, SOP Instance).
 pub fn action_dataset(transaction_uid: &str, refs: &[(String, String)], ts_uid: &str) -> Result<Vec<u8>, String> {
@@ -61,13 +62,13 @@ pub fn parse_report(bytes: &[u8], ts_uid: &str) -> Result<Report, String> {
 }
 
 fn failure_reason(code: Option<u16>) -> String {
-    let meaning = match code {
-        Some(0x0110) => "processing failure",
-        Some(0x0112) => "no such object instance",
-        Some(0x0213) => "resource limitation",
-        Some(0x0122) => "referenced SOP Class not supported",
-        Some(0x0119) => "class/instance conflict",
-        Some(0x0131) => "duplicate transaction UID",
+    let meaning = match code.map(Status) {
+        Some(Status::PROCESSING_FAILURE) => "processing failure",
+        Some(Status::NO_SUCH_OBJECT_INSTANCE) => "no such object instance",
+        Some(Status::RESOURCE_LIMITATION) => "resource limitation",
+        Some(Status::REFUSED_SOP_CLASS_NOT_SUPPORTED) => "referenced SOP Class not supported",
+        Some(Status::CLASS_INSTANCE_CONFLICT) => "class/instance conflict",
+        Some(Status::DUPLICATE_TRANSACTION_UID) => "duplicate transaction UID",
         _ => "unspecified",
     };
     match code {
@@ -77,18 +78,18 @@ fn failure_reason(code: Option<u16>) -> String {
 }
 
 /// Record a report from `calling_ae`; the DIMSE status to answer with.
-pub async fn receive(db: &Db, calling_ae: &str, event_type: u16, bytes: &[u8], ts_uid: &str) -> u16 {
+pub async fn receive(db: &Db, calling_ae: &str, event_type: u16, bytes: &[u8], ts_uid: &str) -> Status {
     let report = match parse_report(bytes, ts_uid) {
         Ok(r) => r,
         Err(error) => {
             warn!(calling_ae, %error, "storage commitment report unreadable");
-            return 0x0110;
+            return Status::PROCESSING_FAILURE;
         }
     };
     match db.commitment_reported(&report.transaction_uid, calling_ae, &report.committed, &report.failed).await {
         Ok(0) => {
             warn!(calling_ae, event_type, "storage commitment report for a transaction we did not request (from this AE)");
-            0x0110
+            Status::PROCESSING_FAILURE
         }
         Ok(n) => {
             if report.failed.is_empty() {
@@ -97,11 +98,11 @@ pub async fn receive(db: &Db, calling_ae: &str, event_type: u16, bytes: &[u8], t
                 let reasons: Vec<&str> = report.failed.iter().map(|(_, r)| r.as_str()).collect();
                 warn!(calling_ae, committed = report.committed.len(), failed = report.failed.len(), ?reasons, "storage commitment: the PACS did not commit to some objects");
             }
-            0x0000
+            Status::SUCCESS
         }
         Err(error) => {
             warn!(calling_ae, %error, "recording a storage commitment report failed");
-            0x0110
+            Status::PROCESSING_FAILURE
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Sending to other AEs: resolve a registered AE, open an association, C-ECHO or C-STORE.
 //!
 //! Serves the operator commands (`triage-node echo`, `send`) and the durable outbox worker
-//! (`outbox`), which the results of later stages are queued to. Must not: know PDUs (association::client
+//! (`outbox`), which the results of later stages are queued to. Must not: know PDUs (net::client
 //! does) or transcode anything: files go out in the transfer syntax they are stored in.
 
 pub mod commitment;
@@ -10,7 +10,7 @@ pub mod outbox;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::association::client::{self, Association, ClientError, Peer, Proposal, Response};
+use crate::net::client::{self, Association, ClientError, Peer, Proposal, Response};
 use crate::db::{Db, DbError};
 use crate::domain::AeTitle;
 

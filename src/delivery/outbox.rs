@@ -7,21 +7,24 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{resolve, DeliveryError};
-use crate::association::client::{self, Association, ClientError, Response};
+use crate::dicom::Status;
+use crate::net::client::{self, Association, ClientError, Response};
 use crate::config::DeliverySettings;
 use crate::db::{Db, OutboxItem};
 use crate::deid::Keys;
 use crate::domain::{now_ms, AeTitle};
+use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
 /// Items sent over one association at most.
 const BATCH: usize = 32;
 
 #[derive(Clone)]
 pub struct OutboxWorker {
+    /// The claims of this node's previous run were voided (done by the first unit).
+    started: bool,
     db: Db,
     node: String,
     ours: AeTitle,
@@ -35,6 +38,36 @@ pub struct OutboxWorker {
     wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
+impl Worker for OutboxWorker {
+    fn name(&self) -> &'static str {
+        "outbox"
+    }
+
+    /// One destination's due batch (after voiding the previous run's claims, the first time).
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
+        Box::pin(async move {
+            if !self.started {
+                match self.db.outbox_release_claims(&self.node).await? {
+                    0 => {}
+                    n => warn!(items = n, "outbox items claimed by this node's previous run are queued again"),
+                }
+                self.started = true;
+            }
+            Ok(if self.drain_once().await? > 0 { WorkState::Busy } else { WorkState::Idle })
+        })
+    }
+
+    /// The poll interval, or sooner when a result is queued.
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = self.wake.notified() => {}
+            }
+        })
+    }
+}
+
 /// What to do with an item after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
@@ -44,22 +77,23 @@ enum Verdict {
 }
 
 /// A C-STORE response status the peer may answer differently later.
-fn transient(status: u16) -> bool {
-    (0xA700..=0xA7FF).contains(&status) || status == 0x0110 || status == 0x0211 || status == 0xFE00
+fn transient(status: Status) -> bool {
+    (0xA700..=0xA7FF).contains(&status.code())
+        || [Status::PROCESSING_FAILURE, Status::UNRECOGNIZED_OPERATION, Status::CANCEL].contains(&status)
 }
 
 fn verdict_for(result: &Result<Response, ClientError>) -> Verdict {
     match result {
         Ok(rsp) if rsp.is_stored() => Verdict::Delivered,
         Ok(rsp) => {
-            let why = format!("status {:#06X}: {}", rsp.status, rsp.error_comment.as_deref().unwrap_or("no error comment"));
+            let why = format!("status {}: {}", rsp.status, rsp.error_comment.as_deref().unwrap_or("no error comment"));
             if transient(rsp.status) {
                 Verdict::Retry(why)
             } else {
                 Verdict::Dead(why)
             }
         }
-        Err(e @ (ClientError::NoContext(_) | ClientError::ReadFile { .. } | ClientError::NotPart10 { .. })) => Verdict::Dead(e.to_string()),
+        Err(e @ (ClientError::NoContext(_) | ClientError::ReadFile { .. } | ClientError::Part10(_))) => Verdict::Dead(e.to_string()),
         Err(e) => Verdict::Retry(e.to_string()),
     }
 }
@@ -84,41 +118,14 @@ impl OutboxWorker {
         quiet_period: Duration,
         wake: std::sync::Arc<tokio::sync::Notify>,
     ) -> Self {
-        OutboxWorker { db, node, ours, data_dir, cfg, keys, quiet_period, wake }
-    }
-
-    pub async fn run(self, shutdown: CancellationToken) {
-        match self.db.outbox_release_claims(&self.node).await {
-            Ok(0) => {}
-            Ok(n) => warn!(items = n, "outbox items claimed by this node's previous run are queued again"),
-            Err(error) => error!(%error, "releasing this node's earlier outbox claims failed"),
-        }
-        loop {
-            let worked = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = self.drain_once() => n,
-            };
-            if worked == 0 {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-                    _ = self.wake.notified() => {}
-                }
-            }
-        }
+        OutboxWorker { started: false, db, node, ours, data_dir, cfg, keys, quiet_period, wake }
     }
 
     /// Claim one destination's due items and attempt them; returns how many were attempted.
-    pub async fn drain_once(&self) -> usize {
-        let items = match self.db.outbox_claim(&self.node, self.cfg.lease.as_millis() as i64, BATCH).await {
-            Ok(items) => items,
-            Err(error) => {
-                error!(%error, "claiming outbox items failed");
-                return 0;
-            }
-        };
+    pub async fn drain_once(&self) -> Result<usize, crate::db::DbError> {
+        let items = self.db.outbox_claim(&self.node, self.cfg.lease.as_millis() as i64, BATCH).await?;
         if items.is_empty() {
-            return 0;
+            return Ok(0);
         }
         let destination = items[0].destination.clone();
         let verdicts = self.attempt(&destination, &items).await;
@@ -127,7 +134,7 @@ impl OutboxWorker {
                 error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
             }
         }
-        items.len()
+        Ok(items.len())
     }
 
     async fn attempt(&self, destination: &str, items: &[OutboxItem]) -> Vec<Verdict> {
@@ -220,13 +227,18 @@ impl OutboxWorker {
             error!(%error, destination, "recording a storage commitment request failed; not requested");
             return;
         }
-        let refused = if !assoc.accepts(dicom_dictionary_std::uids::STORAGE_COMMITMENT_PUSH_MODEL) {
+        let refused = if !assoc.accepts(crate::dicom::uids::STORAGE_COMMITMENT_PUSH_MODEL) {
             Some("the destination did not accept Storage Commitment Push Model".to_string())
         } else {
             let refs: Vec<(String, String)> = delivered.iter().map(|(_, class, sop)| (class.clone(), sop.clone())).collect();
-            match assoc.request_commitment(&transaction, &refs).await {
+            let ts = assoc.transfer_syntax(crate::dicom::uids::STORAGE_COMMITMENT_PUSH_MODEL).unwrap_or_default().to_string();
+            let sent = match super::commitment::action_dataset(&transaction, &refs, &ts) {
+                Ok(data) => assoc.request_commitment(&data).await,
+                Err(e) => Err(ClientError::Protocol(e)),
+            };
+            match sent {
                 Ok(rsp) if rsp.is_success() => None,
-                Ok(rsp) => Some(format!("N-ACTION status {:#06X}: {}", rsp.status, rsp.error_comment.as_deref().unwrap_or("no error comment"))),
+                Ok(rsp) => Some(format!("N-ACTION status {}: {}", rsp.status, rsp.error_comment.as_deref().unwrap_or("no error comment"))),
                 Err(e) => Some(format!("N-ACTION failed: {e}")),
             }
         };
@@ -297,7 +309,7 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_verdicts() {
-        let rsp = |status, comment: Option<&str>| Ok(Response { status, error_comment: comment.map(str::to_string) });
+        let rsp = |status, comment: Option<&str>| Ok(Response { status: Status(status), error_comment: comment.map(str::to_string) });
         assert_eq!(verdict_for(&rsp(0x0000, None)), Verdict::Delivered);
         assert_eq!(verdict_for(&rsp(0xB000, None)), Verdict::Delivered);
         assert!(matches!(verdict_for(&rsp(0xA700, Some("disk full"))), Verdict::Retry(w) if w.contains("disk full")));

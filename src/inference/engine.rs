@@ -51,6 +51,20 @@ struct Request {
 pub struct Engine {
     tx: mpsc::Sender<Request>,
     manifests: std::sync::Arc<Vec<Manifest>>,
+    thread: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// The engine's OS thread, to be joined at shutdown once every `Engine` handle is dropped.
+pub struct EngineThread(std::thread::JoinHandle<()>);
+
+impl EngineThread {
+    /// Wait up to `deadline` for the thread to end (it ends when the last handle is dropped,
+    /// after the batch in progress). Returns whether it did.
+    pub async fn join(self, deadline: std::time::Duration) -> bool {
+        let handle = self.0;
+        let joined = tokio::task::spawn_blocking(move || handle.join());
+        matches!(tokio::time::timeout(deadline, joined).await, Ok(Ok(_)))
+    }
 }
 
 impl Engine {
@@ -60,11 +74,16 @@ impl Engine {
         let manifests = std::sync::Arc::new(packages.iter().map(|p| p.manifest.clone()).collect());
         let device = packages.first().map(|p| format!("{:?}", p.model.device()).to_lowercase()).unwrap_or_else(|| "none".into());
         let (tx, rx) = mpsc::channel(queue.max(1));
-        std::thread::Builder::new().name(format!("inference-{device}")).spawn(move || {
+        let thread = std::thread::Builder::new().name(format!("inference-{device}")).spawn(move || {
             super::runtime::set_threads(torch_threads);
             run(packages, rx, max_batch.max(1))
         })?;
-        Ok(Engine { tx, manifests })
+        Ok(Engine { tx, manifests, thread: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))) })
+    }
+
+    /// The engine's thread, for the owner to join at shutdown (`None` once taken).
+    pub fn take_thread(&self) -> Option<EngineThread> {
+        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take().map(EngineThread)
     }
 
     /// The manifests of the loaded models, indexed as `infer` expects.

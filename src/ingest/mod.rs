@@ -9,14 +9,13 @@
 //! Must not: know PDUs or SQL, or log identifying values (UIDs are wrapped in `Redacted`
 //! wherever they could be printed).
 
-pub mod scan;
 pub mod spool;
 pub mod study_ready;
 
 use std::sync::Arc;
 
-use crate::association::command::status;
-use crate::association::sop::TransferSyntax;
+use crate::dicom::scan;
+use crate::dicom::{Status, TransferSyntax};
 use crate::config::{BurnedInPolicy, StorageSettings};
 use crate::db::{Db, DbError, InsertOutcome, NewInstance};
 use crate::deid::file::{FileError, Written};
@@ -61,25 +60,25 @@ pub enum IngestError {
 
 impl IngestError {
     /// The C-STORE response status for this failure (PS3.4 Table B.2-1, PS3.7 Annex C).
-    pub fn dimse_status(&self) -> u16 {
+    pub fn dimse_status(&self) -> Status {
         match self {
             IngestError::OutOfDisk { .. }
             | IngestError::DiskCheck(_)
             | IngestError::ListStore { .. }
             | IngestError::Spool(_)
             | IngestError::Store { .. }
-            | IngestError::HeaderTooLarge => status::OUT_OF_RESOURCES,
-            IngestError::Unparseable(ScanError::InflatesTooLarge { .. }) => status::OUT_OF_RESOURCES,
-            IngestError::Unparseable(_) => status::CANNOT_UNDERSTAND,
-            IngestError::Deid(FileError::Write { .. } | FileError::Read { .. }) => status::OUT_OF_RESOURCES,
-            IngestError::Deid(FileError::Deid(_)) => status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-            IngestError::Deid(_) => status::CANNOT_UNDERSTAND,
-            IngestError::Seal(_) => status::PROCESSING_FAILURE,
+            | IngestError::HeaderTooLarge => Status::OUT_OF_RESOURCES,
+            IngestError::Unparseable(ScanError::InflatesTooLarge { .. }) => Status::OUT_OF_RESOURCES,
+            IngestError::Unparseable(_) => Status::CANNOT_UNDERSTAND,
+            IngestError::Deid(FileError::Write { .. } | FileError::Read { .. }) => Status::OUT_OF_RESOURCES,
+            IngestError::Deid(FileError::Deid(_)) => Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            IngestError::Deid(_) => Status::CANNOT_UNDERSTAND,
+            IngestError::Seal(_) => Status::PROCESSING_FAILURE,
             IngestError::MissingAttribute(_) | IngestError::SopClassMismatch | IngestError::SopInstanceMismatch => {
-                status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+                Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS
             }
-            IngestError::NotNegotiated => status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
-            IngestError::Db(_) | IngestError::Task(_) => status::PROCESSING_FAILURE,
+            IngestError::NotNegotiated => Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
+            IngestError::Db(_) | IngestError::Task(_) => Status::PROCESSING_FAILURE,
         }
     }
 }
@@ -429,7 +428,7 @@ mod tests {
 
     #[test]
     fn every_failure_has_a_ps34_status() {
-        let check = |e: IngestError, expected: u16| assert_eq!(e.dimse_status(), expected, "{e}");
+        let check = |e: IngestError, expected: u16| assert_eq!(e.dimse_status().code(), expected, "{e}");
         check(IngestError::OutOfDisk { available: 1, floor: 2 }, 0xA700);
         check(IngestError::Unparseable(ScanError::Truncated { offset: 3 }), 0xC000);
         check(IngestError::SopClassMismatch, 0xA900);

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::scan::{locate_pixel_group, PixelGroupEnd};
-use crate::association::sop::TransferSyntax;
+use crate::dicom::scan::{locate_pixel_group, PixelGroupEnd};
+use crate::dicom::sop::TransferSyntax;
 use crate::deid::file::{deidentify_header, FileError};
 use crate::deid::{Deidentified, Deidentifier};
 
@@ -476,7 +476,7 @@ mod tests {
         let dirs = Dirs::new(dir.path());
         dirs.prepare().unwrap();
         let deid = Arc::new(Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]));
-        let ts = crate::association::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let ts = crate::dicom::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
         let target = Target { dirs, day: "20261128".into(), deid: deid.clone(), ts, drop_burned_in: true, min_free_disk: 0 };
         // Pixel data below, at and across the buffer size, in uneven pieces.
         for pixels in [10usize, WRITE_BUFFER, 3 * WRITE_BUFFER + 12345] {
@@ -511,7 +511,7 @@ mod tests {
         let dirs = Dirs::new(dir.path());
         dirs.prepare().unwrap();
         let deid = Arc::new(Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]));
-        let ts = crate::association::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let ts = crate::dicom::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
         let target = Target { dirs, day: "20261201".into(), deid, ts, drop_burned_in: true, min_free_disk: 0 };
         let mut trailer = vec![0x10, 0x00, 0x10, 0x00, b'P', b'N', 16, 0];
         trailer.extend_from_slice(b"TRAILING^SECRET ");

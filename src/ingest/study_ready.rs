@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
-use crate::db::Db;
+use crate::db::{Db, DbError};
 use crate::domain::now_ms;
+use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
 #[derive(Clone)]
 pub struct StudyReadyWorker {
@@ -27,46 +27,37 @@ impl StudyReadyWorker {
 
     /// One sweep: attach new instances to their studies, then promote every study quiet for the
     /// whole period. Returns how many were promoted.
-    pub async fn sweep(&self) -> usize {
-        loop {
-            match self.db.audit_new_instances(500).await {
-                Ok(n) if n == 500 => continue,
-                Ok(_) => break,
-                Err(error) => {
-                    error!(%error, "appending de-identification audit entries failed");
-                    break;
-                }
-            }
-        }
-        if let Err(error) = self.db.attach_new_instances().await {
-            error!(%error, "attaching instances to studies failed");
-            return 0;
-        }
+    /// One sweep: audit newly stored instances, attach them to their studies, promote the
+    /// studies quiet for the whole period. Returns how many became ready.
+    pub async fn sweep(&self) -> Result<usize, DbError> {
+        while self.db.audit_new_instances(500).await? == 500 {}
+        self.db.attach_new_instances().await?;
         let cutoff = now_ms() - self.quiet_period.as_millis() as i64;
-        match self.db.promote_quiet_studies(cutoff).await {
-            Ok(ready) => {
-                for s in &ready {
-                    info!(study_id = s.study_id, job_id = s.job_id, instances = s.instance_count, "study ready");
-                }
-                ready.len()
-            }
-            Err(error) => {
-                error!(%error, "study-ready sweep failed");
-                0
-            }
+        let ready = self.db.promote_quiet_studies(cutoff).await?;
+        for s in &ready {
+            info!(study_id = s.study_id, job_id = s.job_id, instances = s.instance_count, "study ready");
         }
+        Ok(ready.len())
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
-        // Sweep often enough that a study is promoted within ~10% of the quiet period.
-        let tick = (self.quiet_period / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = interval.tick() => { self.sweep().await; }
-            }
-        }
+    fn tick(&self) -> Duration {
+        (self.quiet_period / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+}
+
+impl Worker for StudyReadyWorker {
+    fn name(&self) -> &'static str {
+        "study sweep"
+    }
+
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
+        Box::pin(async move {
+            self.sweep().await?;
+            Ok(WorkState::Idle)
+        })
+    }
+
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(self.tick()))
     }
 }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
@@ -27,6 +26,7 @@ use crate::domain::now_ms;
 use crate::inference::engine::{Engine, EngineError};
 use crate::inference::package::Manifest;
 use crate::inference::preprocess::{Image, ModelInput, PixelError};
+use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 use aggregate::Tiers;
 
 #[derive(Debug, thiserror::Error)]
@@ -240,59 +240,118 @@ impl Triage {
         }
         Ok(())
     }
+}
 
-    /// Consume stored-instance ids as they arrive, one pass each (bounded by the preprocessing
-    /// permits and the engine's queue), until `shutdown`.
-    pub async fn run_arrivals(self: Arc<Self>, arrivals: Arc<tokio::sync::Mutex<mpsc::Receiver<i64>>>, shutdown: CancellationToken) {
-        let mut arrivals = arrivals.lock().await;
-        let passes = TaskTracker::new();
-        loop {
-            let id = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                id = arrivals.recv() => match id { Some(id) => id, None => break },
+/// Runs the pass of each instance as it arrives (the channel the C-STORE path feeds).
+pub struct Arrivals {
+    triage: Arc<Triage>,
+    rx: mpsc::Receiver<i64>,
+    next: Option<i64>,
+    closed: bool,
+    passes: TaskTracker,
+}
+
+impl Arrivals {
+    pub fn new(triage: Arc<Triage>, rx: mpsc::Receiver<i64>) -> Arrivals {
+        Arrivals { triage, rx, next: None, closed: false, passes: TaskTracker::new() }
+    }
+}
+
+impl Worker for Arrivals {
+    fn name(&self) -> &'static str {
+        "arrivals"
+    }
+
+    /// Start the pass of one arrived instance (on its own task: passes run side by side).
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
+        Box::pin(async move {
+            let id = match self.next.take() {
+                Some(id) => id,
+                None => match self.rx.try_recv() {
+                    Ok(id) => id,
+                    Err(mpsc::error::TryRecvError::Empty) => return Ok(if self.closed { WorkState::Done } else { WorkState::Idle }),
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Ok(WorkState::Done),
+                },
             };
-            let me = self.clone();
-            passes.spawn(async move {
+            let me = self.triage.clone();
+            self.passes.spawn(async move {
                 if let Err(e) = me.infer_instance(id).await {
                     error!(instance = id, error = %e, "inference pass failed");
                 }
             });
-        }
-        passes.close();
-        passes.wait().await;
+            Ok(WorkState::Busy)
+        })
     }
 
-    /// Claim and run study jobs, up to `concurrency` at a time, until `shutdown`.
-    pub async fn run_jobs(self: Arc<Self>, poll: Duration, concurrency: usize, shutdown: CancellationToken) {
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < concurrency {
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match self.rx.recv().await {
+                Some(id) => self.next = Some(id),
+                None => self.closed = true,
+            }
+        })
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.passes.close();
+            self.passes.wait().await;
+        })
+    }
+}
+
+/// Claims and runs study jobs, up to `concurrency` at a time.
+pub struct StudyJobs {
+    triage: Arc<Triage>,
+    poll: Duration,
+    concurrency: usize,
+    running: tokio::task::JoinSet<()>,
+}
+
+impl StudyJobs {
+    pub fn new(triage: Arc<Triage>, poll: Duration, concurrency: usize) -> StudyJobs {
+        StudyJobs { triage, poll, concurrency: concurrency.max(1), running: tokio::task::JoinSet::new() }
+    }
+}
+
+impl Worker for StudyJobs {
+    fn name(&self) -> &'static str {
+        "study jobs"
+    }
+
+    /// Claim due jobs while there is room, each run on its own task.
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
+        Box::pin(async move {
+            while self.running.try_join_next().is_some() {}
+            while self.running.len() < self.concurrency {
                 let now = now_ms();
-                match self.db.claim_study_job(now, now + JOB_LEASE.as_millis() as i64).await {
-                    Ok(Some(job)) => {
-                        let me = self.clone();
-                        running.spawn(async move {
-                            let (id, study) = (job.id, job.study_id);
-                            if let Err(e) = me.run_job(job).await {
-                                error!(job_id = id, study_id = study, error = %e, "study triage failed; retried after its lease");
-                                let _ = me.db.fail_job(id, &e.to_string()).await;
-                            }
-                        });
+                let Some(job) = self.triage.db.claim_study_job(now, now + JOB_LEASE.as_millis() as i64).await? else { break };
+                let me = self.triage.clone();
+                self.running.spawn(async move {
+                    let (id, study) = (job.id, job.study_id);
+                    if let Err(e) = me.run_job(job).await {
+                        error!(job_id = id, study_id = study, error = %e, "study triage failed; retried after its lease");
+                        let _ = me.db.fail_job(id, &e.to_string()).await;
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        error!(error = %e, "claiming study jobs failed");
-                        break;
-                    }
-                }
+                });
             }
+            Ok(WorkState::Idle)
+        })
+    }
+
+    /// The poll interval, or sooner when a running job ends (room for the next).
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(poll) => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+                Some(_) = self.running.join_next(), if !self.running.is_empty() => {}
             }
-        }
-        running.shutdown().await;
+        })
+    }
+
+    /// Running jobs are stopped (their leases bring them back).
+    fn finish(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.running.shutdown())
     }
 }
 

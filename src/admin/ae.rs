@@ -1,0 +1,42 @@
+//! Registering and removing application entities: validated, and audited in the same
+//! transaction as the change.
+
+use super::AdminError;
+use crate::db::{Db, RegisteredAe};
+use crate::domain::{AeRole, AeTitle};
+
+/// What an operator asks to register (or update).
+#[derive(Debug, Clone)]
+pub struct AeRegistration {
+    pub ae_title: String,
+    /// Host or IP the AE must call from (modality) or where we reach it (pacs).
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub role: AeRole,
+    pub enabled: bool,
+}
+
+/// Validate and save a registration with its `ae_add` audit entry (one transaction).
+pub async fn register(db: &Db, r: AeRegistration) -> Result<RegisteredAe, AdminError> {
+    let ae_title = AeTitle::parse(&r.ae_title).map_err(|e| AdminError::Invalid(format!("{:?}: {e}", r.ae_title)))?;
+    if r.role == AeRole::Pacs && (r.host.is_none() || r.port.is_none()) {
+        return Err(AdminError::Invalid("a pacs AE needs --host and --port so results can be sent to it".into()));
+    }
+    let ae = RegisteredAe { ae_title, host: r.host, port: r.port, role: r.role, enabled: r.enabled };
+    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled });
+    db.save_ae_audited(&ae, &details.to_string()).await?;
+    Ok(ae)
+}
+
+/// Remove a registration with its `ae_remove` audit entry (one transaction).
+pub async fn remove(db: &Db, ae_title: &str) -> Result<AeTitle, AdminError> {
+    let title = AeTitle::parse(ae_title).map_err(|e| AdminError::Invalid(format!("{ae_title:?}: {e}")))?;
+    if !db.remove_ae_audited(&title).await? {
+        return Err(AdminError::UnknownAe(title));
+    }
+    Ok(title)
+}
+
+pub async fn list(db: &Db) -> Result<Vec<RegisteredAe>, AdminError> {
+    Ok(db.list_aes().await?)
+}

@@ -1,0 +1,106 @@
+//! Validating a model on labelled cases before enabling it, and the offline engine that
+//! `infer`, `evaluate` and `bench-infer` share (no node, no database).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::AdminError;
+use crate::config::Settings;
+use crate::inference::engine::Engine;
+use crate::triage::evaluate::{self, Metrics};
+use crate::triage::offline;
+
+/// The configured model packages on the configured device, behind an engine; `only` must name
+/// one of them.
+pub async fn offline_engine(settings: &Settings, only: Option<&str>) -> Result<Engine, AdminError> {
+    use crate::inference::{package, runtime::DeviceChoice};
+    let engine_err = |e: &dyn std::fmt::Display| AdminError::Engine(e.to_string());
+    let device = DeviceChoice::parse(&settings.inference.device).map_err(|e| engine_err(&e))?.resolve().map_err(|e| engine_err(&e))?;
+    let dir = settings.inference.models_dir.clone();
+    let packages = tokio::task::spawn_blocking(move || package::load_all(&dir, device))
+        .await
+        .map_err(|e| engine_err(&e))?
+        .map_err(|e| AdminError::Engine(format!("loading model packages: {e}")))?;
+    if packages.is_empty() {
+        return Err(AdminError::Engine(format!("no model packages in {} (inference.models_dir)", settings.inference.models_dir.display())));
+    }
+    if let Some(name) = only {
+        if !packages.iter().any(|p| p.manifest.name == name) {
+            let names: Vec<&str> = packages.iter().map(|p| p.manifest.name.as_str()).collect();
+            return Err(AdminError::Invalid(format!("no model package named {name:?} (loaded: {})", names.join(", "))));
+        }
+    }
+    let inf = &settings.inference;
+    Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).map_err(|e| engine_err(&e))
+}
+
+/// One (model, label) pair's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelReport {
+    pub model: String,
+    pub version: String,
+    pub demonstration: bool,
+    pub label: String,
+    /// The manifest's threshold for this label (sensitivity and specificity are given at it).
+    #[serde(skip)]
+    pub threshold: f32,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub results: Vec<LabelReport>,
+    /// Cases that could not be triaged, with the reason.
+    pub failed: Vec<String>,
+    /// Cases no model accepted (routing).
+    pub not_routed: usize,
+}
+
+/// Score every case of the `labels` CSV (`file,<label>...`, 0/1 per case, paths relative to
+/// `dir`) with the configured models and compute each label's metrics.
+pub async fn evaluate(settings: &Settings, labels: &Path, dir: &Path, only: Option<&str>) -> Result<Evaluation, AdminError> {
+    let text = std::fs::read_to_string(labels).map_err(|source| AdminError::Io { what: "reading", path: labels.display().to_string(), source })?;
+    let (label_names, rows) = evaluate::parse_labels(&text).map_err(|e| AdminError::Invalid(format!("{}: {e}", labels.display())))?;
+    let engine = offline_engine(settings, only).await?;
+    // (model, label) -> (scores, truth)
+    let mut scores: BTreeMap<(String, String), (Vec<f32>, Vec<bool>)> = BTreeMap::new();
+    let (mut failed, mut not_routed) = (Vec::new(), 0usize);
+    for (file, truth) in &rows {
+        let result = offline::triage_file(&engine, &dir.join(file), only, settings.inference.tiers(), false).await;
+        if let Some(e) = &result.error {
+            failed.push(format!("{file}: {e}"));
+            continue;
+        }
+        not_routed += usize::from(result.results.is_empty());
+        for r in &result.results {
+            for f in &r.findings {
+                let Some(col) = label_names.iter().position(|l| l == &f.label) else { continue };
+                if let Some(t) = truth[col] {
+                    let e = scores.entry((r.model.clone(), f.label.clone())).or_default();
+                    e.0.push(f.probability);
+                    e.1.push(t);
+                }
+            }
+        }
+    }
+    if scores.is_empty() {
+        return Err(AdminError::Invalid(format!("no case was scored: no label column of {} names a label of a model that accepted the files", labels.display())));
+    }
+    let mut results = Vec::new();
+    for ((model, label), (s, t)) in &scores {
+        let m = engine.manifests().iter().find(|m| &m.name == model).expect("model of a result");
+        let li = m.outputs.labels.iter().position(|l| l == label).expect("label of a result");
+        let threshold = m.outputs.positive[li];
+        results.push(LabelReport {
+            model: model.clone(),
+            version: m.version.clone(),
+            demonstration: m.demonstration,
+            label: label.clone(),
+            threshold,
+            metrics: evaluate::metrics(s, t, threshold),
+        });
+    }
+    Ok(Evaluation { results, failed, not_routed })
+}

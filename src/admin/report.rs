@@ -1,0 +1,60 @@
+//! What the node holds, for an operator or a dashboard: counts by state, and the newest study
+//! results with their delivery. No patient data.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::AdminError;
+use crate::db::{Db, StudyResultRow};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub instances: i64,
+    /// Instances not triaged, by reason.
+    pub not_triaged: Vec<(String, i64)>,
+    pub awaiting_audit: i64,
+    /// Store files without a database row, moved aside at start-up.
+    pub quarantined: u64,
+    pub studies: Vec<(String, i64)>,
+    pub jobs: Vec<(String, i64)>,
+    pub results: Vec<(String, i64)>,
+    /// Studies whose instances name different patients (not triaged).
+    pub conflicting_studies: i64,
+    pub outbox: Vec<(String, i64)>,
+}
+
+pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> {
+    let (studies, jobs) = db.state_counts().await?;
+    Ok(NodeStatus {
+        instances: db.count_instances().await?,
+        not_triaged: db.excluded_counts().await?,
+        awaiting_audit: db.count_unaudited().await?,
+        quarantined: crate::ingest::count_quarantined(data_dir) as u64,
+        studies,
+        jobs,
+        results: db.result_counts().await?,
+        conflicting_studies: db.count_conflicting_studies().await?,
+        outbox: db.outbox_counts().await?,
+    })
+}
+
+/// A study result and the state of its objects' delivery: (kind, state, count).
+#[derive(Debug, Clone)]
+pub struct ResultSummary {
+    pub result: StudyResultRow,
+    pub deliveries: Vec<(String, String, i64)>,
+}
+
+/// The newest `limit` study results.
+pub async fn recent_results(db: &Db, limit: i64) -> Result<Vec<ResultSummary>, AdminError> {
+    if limit < 1 {
+        return Err(AdminError::Invalid("--limit must be at least 1".into()));
+    }
+    let mut out = Vec::new();
+    for result in db.recent_results(limit).await? {
+        let deliveries = db.outbox_study_states(result.study_id).await?;
+        out.push(ResultSummary { result, deliveries });
+    }
+    Ok(out)
+}

@@ -1,0 +1,145 @@
+//! Every state and kind the database stores, as enums, mapped to their TEXT values here and
+//! nowhere else. SQL that names a state in a WHERE clause uses the same spelling (the tests
+//! below read each value back through the table it lives in).
+
+use std::fmt;
+
+/// An enum stored as TEXT: `as_str` is its column value, `parse` reads one back.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = super::DbError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(super::DbError::Invalid(format!("unknown {} {other:?} in the database", stringify!($name)))),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        /// Compare with the stored spelling (`state == "failed"`).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// An instance's inference pass (`instances.inference_state`).
+    InferenceState {
+        Pending = "pending",
+        Running = "running",
+        /// Every model that accepts it ran.
+        Done = "done",
+        /// No model accepts it.
+        NotRouted = "not_routed",
+        Failed = "failed",
+    }
+);
+
+text_enum!(
+    /// A study's result for one model (`study_results.state`).
+    ResultState {
+        Triaged = "triaged",
+        /// Could not be analysed (the reason is kept with it).
+        Failed = "failed",
+        /// The model takes none of the study's images.
+        NotApplicable = "not_applicable",
+    }
+);
+
+text_enum!(
+    /// The priority of a triaged result (`study_results.priority`).
+    Priority {
+        Urgent = "urgent",
+        Positive = "positive",
+        Negative = "negative",
+    }
+);
+
+text_enum!(
+    /// What an outbox item carries (`outbox.kind`).
+    ObjectKind {
+        /// A file an operator queued (`outbox add`).
+        File = "file",
+        /// A TID 1500 Structured Report.
+        Sr = "sr",
+        /// A Secondary Capture heatmap.
+        Sc = "sc",
+    }
+);
+
+text_enum!(
+    /// An outbox item's delivery (`outbox.state`).
+    OutboxState {
+        /// Due at `next_attempt_at_ms`.
+        Pending = "pending",
+        /// Claimed until `lease_until_ms`.
+        Sending = "sending",
+        Delivered = "delivered",
+        Dead = "dead",
+    }
+);
+
+text_enum!(
+    /// A study (`studies.state`).
+    StudyState {
+        Receiving = "receiving",
+        Ready = "ready",
+    }
+);
+
+text_enum!(
+    /// A background job (`jobs.state`).
+    JobState {
+        Pending = "pending",
+        Running = "running",
+        Done = "done",
+        Failed = "failed",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value reads back as itself.
+    #[test]
+    fn every_state_round_trips_through_its_text() {
+        fn check<T: Copy + PartialEq + fmt::Debug + std::str::FromStr>(all: &[T], text: impl Fn(T) -> &'static str) {
+            for &v in all {
+                assert_eq!(text(v).parse::<T>().ok(), Some(v));
+            }
+        }
+        check(InferenceState::ALL, InferenceState::as_str);
+        check(ResultState::ALL, ResultState::as_str);
+        check(Priority::ALL, Priority::as_str);
+        check(ObjectKind::ALL, ObjectKind::as_str);
+        check(OutboxState::ALL, OutboxState::as_str);
+        check(StudyState::ALL, StudyState::as_str);
+        check(JobState::ALL, JobState::as_str);
+        assert!("sent".parse::<OutboxState>().is_err());
+        assert_eq!(ResultState::Failed, "failed");
+    }
+}

@@ -1,0 +1,88 @@
+//! The DIMSE services of this node, one module each, every one implementing
+//! `net::service::Service`: `echo` (Verification SCP), `store` (Storage SCP into `ingest`),
+//! `commitment` (Storage Commitment results a PACS reports). `access` is the AE registry as the
+//! network layer's access control. A new service is a new module here plus one line in
+//! `standard`; the association names none of them.
+
+pub mod access;
+pub mod commitment;
+pub mod echo;
+pub mod store;
+
+use std::sync::Arc;
+
+use crate::db::Db;
+use crate::ingest::Ingest;
+use crate::net::Services;
+
+/// The services `serve` registers.
+pub fn standard(ingest: Arc<Ingest>, db: Db) -> Services {
+    Services::new().with(echo::Echo).with(store::Store::new(ingest)).with(commitment::CommitmentReports::new(db))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::dicom::sop::{transfer_syntax, SOP_CLASSES, TRANSFER_SYNTAXES};
+
+    const STATEMENT: &str = include_str!("../../conformance/conformance-statement.md");
+
+    /// The rows of the table that follows `<!-- table:NAME -->`, as cells, header excluded.
+    fn table(name: &str) -> Vec<Vec<String>> {
+        let start = STATEMENT.find(&format!("<!-- table:{name} -->")).unwrap_or_else(|| panic!("no table {name}"));
+        let body = &STATEMENT[start..];
+        let end = body.find("<!-- end -->").unwrap();
+        body[..end]
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn conformance_statement_matches_the_code() {
+        // Every SOP class of the table is served by a registered service, and nothing else.
+        assert_eq!(
+            [echo::sop_classes(), store::sop_classes(), commitment::sop_classes()].concat().iter().map(|c| c.uid).collect::<Vec<_>>(),
+            SOP_CLASSES.iter().map(|c| c.uid).collect::<Vec<_>>()
+        );
+        let sop_rows: Vec<(String, String)> = table("sop-classes").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+        let sop_code: Vec<(String, String)> = SOP_CLASSES.iter().map(|c| (c.name.to_string(), c.uid.to_string())).collect();
+        assert_eq!(sop_rows, sop_code, "SOP class table differs from dicom::sop::SOP_CLASSES");
+
+        // The transfer syntax table is in the default preference order.
+        let ts_rows: Vec<(String, String)> = table("transfer-syntaxes").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+        let defaults = crate::config::Settings::load(None).unwrap().dicom.transfer_syntax_preference;
+        let ts_code: Vec<(String, String)> =
+            defaults.iter().map(|uid| (transfer_syntax(uid).unwrap().name.to_string(), uid.clone())).collect();
+        assert_eq!(ts_rows, ts_code, "transfer syntax table differs from the default preference");
+        assert_eq!(ts_rows.len(), TRANSFER_SYNTAXES.len(), "every storable syntax is offered by default");
+
+        // Every C-STORE status the code can send is documented, and nothing else.
+        use crate::ingest::IngestError as E;
+        let mut code_statuses: Vec<u16> = [
+            E::OutOfDisk { available: 0, floor: 1 },
+            E::Unparseable(crate::dicom::scan::ScanError::Truncated { offset: 0 }),
+            E::SopClassMismatch,
+            E::NotNegotiated,
+            E::Task(String::new()),
+        ]
+        .iter()
+        .map(|e| e.dimse_status().code())
+        .chain([0x0000])
+        .collect();
+        code_statuses.sort();
+        let mut documented: Vec<u16> =
+            table("store-statuses").iter().map(|r| u16::from_str_radix(r[0].trim_start_matches("0x"), 16).unwrap()).collect();
+        documented.sort();
+        assert_eq!(documented, code_statuses);
+
+        // Association rejections: the reasons the negotiation code produces.
+        let rejections = table("association-rejections");
+        assert_eq!(rejections.len(), 7);
+        let limit = crate::net::ul::negotiation::local_limit_exceeded();
+        assert_eq!((limit.result as u8, rejections[4][1].starts_with('2')), (2, true));
+    }
+}

@@ -1,0 +1,119 @@
+//! Storage SOP Classes as SCP (PS3.4 Annex B): C-STORE into the ingest pipeline. The data set
+//! is streamed, a chunk at a time, into `ingest`'s incoming file; the response is sent only
+//! after `ingest` has made the instance durable (or refused it with the PS3.4 status).
+
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use crate::dicom::sop::{ServiceClass, SopClass, SOP_CLASSES};
+use crate::dicom::Status;
+use crate::domain::Redacted;
+use crate::ingest::spool::IncomingFile;
+use crate::ingest::{Ingest, IngestError, StoreOutcome, StoreRequest};
+use crate::net::access::BoxFuture;
+use crate::net::dimse::command::{self, field, tag};
+use crate::net::{Association, AssociationError, Request, Service};
+
+pub struct Store {
+    ingest: Arc<Ingest>,
+}
+
+impl Store {
+    pub fn new(ingest: Arc<Ingest>) -> Store {
+        Store { ingest }
+    }
+}
+
+impl Service for Store {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    fn sop_classes(&self) -> Vec<&'static SopClass> {
+        sop_classes()
+    }
+
+    fn commands(&self) -> &'static [u16] {
+        &[field::C_STORE_RQ]
+    }
+
+    fn serve<'a>(&'a self, association: &'a mut Association, rq: Request) -> BoxFuture<'a, Result<(), AssociationError>> {
+        Box::pin(self.store(association, rq))
+    }
+}
+
+impl Store {
+    async fn store(&self, association: &mut Association, rq: Request) -> Result<(), AssociationError> {
+        if !rq.has_data {
+            return association.unrecognized(rq.pc, &rq.command).await;
+        }
+        let cmd = &rq.command;
+        let req = StoreRequest {
+            sop_class_uid: Redacted(cmd.string(tag::AFFECTED_SOP_CLASS_UID).unwrap_or_default()),
+            sop_instance_uid: Redacted(cmd.string(tag::AFFECTED_SOP_INSTANCE_UID).unwrap_or_default()),
+            transfer_syntax: rq.context.transfer_syntax,
+            calling_ae: association.calling_ae().to_string(),
+        };
+        let begun = if req.sop_class_uid.0 != rq.context.abstract_syntax {
+            Err(IngestError::NotNegotiated)
+        } else if req.sop_instance_uid.0.is_empty() {
+            Err(IngestError::MissingAttribute("Affected SOP Instance UID (0000,1000) in the request"))
+        } else {
+            self.ingest.begin(&req)
+        };
+        let result = match begun {
+            Ok(file) => match receive(association, file).await? {
+                Ok(file) => self.ingest.complete(&req, file).await,
+                Err(error) => Err(error),
+            },
+            // Refused already (e.g. no disk): the peer's bytes are read and dropped.
+            Err(error) => {
+                association.skip_data().await?;
+                Err(error)
+            }
+        };
+        let mut rsp = match &result {
+            Ok(_) => command::response(cmd, field::C_STORE_RSP, Status::SUCCESS, &req.sop_class_uid.0),
+            Err(e) => {
+                let mut rsp = command::response(cmd, field::C_STORE_RSP, e.dimse_status(), &req.sop_class_uid.0);
+                rsp.set_text(tag::ERROR_COMMENT, &e.peer_comment(), 64);
+                rsp
+            }
+        };
+        rsp.set_uid(tag::AFFECTED_SOP_INSTANCE_UID, &req.sop_instance_uid.0);
+        association.tally(self.name(), result.is_ok());
+        match result {
+            Ok(StoreOutcome::Stored { instance_id }) => debug!(instance_id, "instance stored"),
+            Ok(StoreOutcome::Duplicate { instance_id }) => info!(instance_id, "duplicate SOP Instance UID: first copy kept, Success returned"),
+            Err(error) => warn!(status = %error.dimse_status(), %error, "C-STORE refused"),
+        }
+        association.send_command(rq.pc, &rsp).await
+    }
+}
+
+/// Stream the data set into `file`. The outer error ends the association (the file is
+/// discarded: never acknowledged); the inner one refuses the instance once its bytes are read.
+async fn receive(association: &mut Association, mut file: IncomingFile) -> Result<Result<IncomingFile, IngestError>, AssociationError> {
+    loop {
+        let bytes = match association.data().await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(Ok(file)),
+            Err(e) => {
+                file.discard().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = file.write(bytes).await {
+            // Keep reading the peer's bytes, answer Out of Resources at the end.
+            file.discard().await;
+            association.skip_data().await?;
+            return Ok(Err(e.into()));
+        }
+    }
+}
+
+/// The SOP classes this service serves: those of the Storage service class.
+pub fn sop_classes() -> Vec<&'static SopClass> {
+    SOP_CLASSES.iter().filter(|c| c.service == ServiceClass::Storage).collect()
+}

@@ -1,0 +1,204 @@
+//! The database layer on both engines: the same suite on SQLite and on PostgreSQL, plus a node
+//! storing into PostgreSQL. Under CI=true a missing PostgreSQL fails instead of skipping.
+
+
+use crate::common::*;
+use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, RegisteredAe, StudyResultRow};
+use triage_node::domain::AeTitle;
+
+fn instance(uid: &str, study: &str) -> NewInstance {
+    NewInstance {
+        sop_instance_uid: uid.into(),
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        study_instance_uid: study.into(),
+        series_instance_uid: format!("{study}.1"),
+        modality: Some("CT".into()),
+        transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+        calling_ae_title: "CT1".into(),
+        path: format!("store/x/{uid}.dcm"),
+        size_bytes: 10,
+        dataset_sha256: "00".into(),
+        received_at_ms: 1_000,
+        excluded_reason: None,
+        deid_method: None,
+        patient_pseudonym: Some("ANON".into()),
+    }
+}
+
+async fn suite(url: &str) {
+    let key = [0x5Au8; 32];
+    let db = Db::open(url, 8).await.unwrap().with_audit_key(zeroize::Zeroizing::new(key));
+    db.migrate().await.unwrap(); // idempotent
+
+    // AE registry
+    let ae = RegisteredAe { ae_title: AeTitle::parse("PACS1").unwrap(), host: Some("10.1.1.1".into()), port: Some(104), role: AeRole::Pacs, enabled: true };
+    db.upsert_ae(&ae).await.unwrap();
+    assert_eq!(db.find_ae("PACS1").await.unwrap(), Some(ae.clone()));
+    db.upsert_ae(&RegisteredAe { enabled: false, ..ae.clone() }).await.unwrap();
+    assert!(!db.find_ae("PACS1").await.unwrap().unwrap().enabled);
+    assert_eq!(db.list_aes().await.unwrap().len(), 1);
+    assert!(db.remove_ae(&ae.ae_title).await.unwrap());
+    assert!(!db.remove_ae(&ae.ae_title).await.unwrap());
+    assert_eq!(db.find_ae("PACS1").await.unwrap(), None);
+
+    // Instances, duplicates, and concurrent duplicates: exactly one insert wins.
+    assert!(matches!(db.insert_instance(&instance("1.1", "9.9"), None).await.unwrap(), InsertOutcome::Inserted { .. }));
+    assert!(matches!(db.insert_instance(&instance("1.1", "9.9"), None).await.unwrap(), InsertOutcome::Duplicate { .. }));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move { db.insert_instance(&instance("1.2", "9.9"), None).await.unwrap() }));
+    }
+    let mut inserted = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), InsertOutcome::Inserted { .. }) {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 1);
+    assert_eq!(db.count_instances().await.unwrap(), 2);
+    assert_eq!(db.find_instance("1.2").await.unwrap().unwrap().transfer_syntax_uid, "1.2.840.10008.1.2.1");
+
+    // Study readiness: instances are attached first; not before the cutoff, exactly once, again
+    // after a new instance.
+    assert!(db.promote_quiet_studies(5_000).await.unwrap().is_empty(), "nothing attached yet");
+    assert_eq!(db.attach_new_instances().await.unwrap(), 2);
+    assert_eq!(db.attach_new_instances().await.unwrap(), 0);
+    assert!(db.promote_quiet_studies(999).await.unwrap().is_empty());
+    let ready = db.promote_quiet_studies(5_000).await.unwrap();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].instance_count, 2);
+    assert!(db.promote_quiet_studies(5_000).await.unwrap().is_empty());
+    db.insert_instance(&NewInstance { received_at_ms: 6_000, ..instance("1.3", "9.9") }, None).await.unwrap();
+    assert!(db.promote_quiet_studies(7_000).await.unwrap().is_empty(), "an unattached instance holds the study");
+    assert_eq!(db.attach_new_instances().await.unwrap(), 1);
+    let again = db.promote_quiet_studies(7_000).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].instance_count, 3);
+    let jobs = db.list_jobs().await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j.kind == "study_ready" && j.state == "pending"));
+
+    // Audit chain: sequential and concurrent appends form one valid chain.
+    db.audit_append("ae_add", "CT1", "{}").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move { db.audit_append("ae_add", &format!("CT{i}"), "{}").await.unwrap() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
+    assert_eq!(triage_node::audit::verify(&key, &entries, head_seq, &head_hash), Ok(9));
+
+    // De-identification audit: every stored instance gets exactly one entry, even with sweeps
+    // running concurrently (as on several nodes), and the chain stays valid.
+    let mut sweeps = Vec::new();
+    for _ in 0..3 {
+        let db = db.clone();
+        sweeps.push(tokio::spawn(async move { db.audit_new_instances(2).await.unwrap() }));
+    }
+    let mut audited = 0;
+    for s in sweeps {
+        audited += s.await.unwrap();
+    }
+    while let n @ 1.. = db.audit_new_instances(2).await.unwrap() {
+        audited += n;
+    }
+    assert_eq!(audited as i64, db.count_instances().await.unwrap());
+    let (entries, head_seq, head_hash) = db.audit_chain().await.unwrap();
+    assert_eq!(triage_node::audit::verify(&key, &entries, head_seq, &head_hash), Ok(9 + audited));
+    assert_eq!(entries.iter().filter(|e| e.event == "deidentify").count(), audited);
+
+    // Outbox: one row per (object, destination); a node claims only its own rows, and
+    // concurrent claimers never get the same row.
+    assert!(db.outbox_enqueue("n1", "outbox/a.dcm", "PACS").await.unwrap().is_some());
+    assert!(db.outbox_enqueue("n1", "outbox/a.dcm", "PACS").await.unwrap().is_none());
+    db.outbox_enqueue("n1", "outbox/b.dcm", "PACS").await.unwrap();
+    db.outbox_enqueue("n1", "outbox/c.dcm", "PACS").await.unwrap();
+    db.outbox_enqueue("n2", "outbox/d.dcm", "PACS").await.unwrap();
+    let mut claims = Vec::new();
+    for _ in 0..4 {
+        let db = db.clone();
+        claims.push(tokio::spawn(async move { db.outbox_claim("n1", 60_000, 1).await.unwrap() }));
+    }
+    let mut ids = Vec::new();
+    for c in claims {
+        ids.extend(c.await.unwrap().into_iter().map(|i| i.id));
+    }
+    ids.sort();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "a row was claimed twice");
+    assert!(db.outbox_claim("n1", 60_000, 10).await.unwrap().is_empty(), "leased rows are not claimable");
+    db.outbox_delivered(ids[0]).await.unwrap();
+    db.outbox_dead(ids[1], "status 0xC000").await.unwrap();
+    assert_eq!(db.outbox_release_claims("n1").await.unwrap(), 1);
+    assert_eq!(db.outbox_requeue(None).await.unwrap(), 1);
+    let states: Vec<String> = db.outbox_list(None).await.unwrap().into_iter().map(|i| i.state).collect();
+    assert_eq!(states, ["delivered", "pending", "pending", "pending"]);
+
+    // A study result and its result objects are saved in one transaction with the job's end.
+    let job = &jobs[0];
+    let result = StudyResultRow {
+        study_id: job.study_id,
+        model: "m".into(),
+        model_version: "1".into(),
+        demonstration: true,
+        intended_use: "test".into(),
+        limits: "test".into(),
+        state: "triaged".into(),
+        priority: Some("negative".into()),
+        error: None,
+        images_inferred: 1,
+        instances_failed: 0,
+        preprocess_ms: 1.0,
+        forward_ms: 1.0,
+        last_received_at_ms: 6_000,
+        ready_at_ms: 7_000,
+        triaged_at_ms: 7_100,
+        findings: vec![],
+    };
+    let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.into(), study_id: Some(job.study_id), reidentify: true };
+    db.save_study_results(job.id, job.study_id, &[result], "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
+    let queued = db.outbox_claim("n3", 60_000, 10).await.unwrap();
+    assert_eq!(queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(), [("sc", Some(job.study_id), true), ("sr", Some(job.study_id), true)]);
+    assert_eq!(db.outbox_paths_under("outbox/results/").await.unwrap().len(), 2);
+    assert_eq!(db.study_last_received(job.study_id).await.unwrap(), Some(6_000));
+    assert!(db.list_jobs().await.unwrap().iter().any(|j| j.id == job.id && j.state == "done"));
+    db.close().await;
+}
+
+#[tokio::test]
+async fn database_suite_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await;
+}
+
+#[tokio::test]
+async fn database_suite_on_postgres() {
+    let Some(url) = postgres_database().await else { return };
+    suite(&url).await;
+    drop_postgres_database(&url).await;
+}
+
+#[test]
+fn node_stores_into_postgres() {
+    if !peers_ready() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = rt.block_on(postgres_database()) else { return };
+    let node = Node::start(NodeOptions { database_url: Some(url.clone()), ..Default::default() });
+    assert!(node.log().contains("engine=Postgres"), "{}", node.log());
+    let file = testdata().unwrap().join("ts/ct_explicit_le.dcm");
+    let out = node.storescu(std::slice::from_ref(&file));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Received Store Response (Success)"));
+    let db = rt.block_on(Db::open(&url, 1)).unwrap();
+    let (uid, ts) = meta_of(&file);
+    assert_eq!(rt.block_on(db.find_instance(&deid_uid(&uid))).unwrap().unwrap().transfer_syntax_uid, ts);
+    rt.block_on(db.close());
+    drop(node);
+    rt.block_on(drop_postgres_database(&url));
+}

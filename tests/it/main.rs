@@ -1,0 +1,21 @@
+//! The integration tests: one binary (it links libtorch once), one module per area. Each test
+//! starts the real `triage-node` binary against real peers (DCMTK, pynetdicom, Orthanc,
+//! SQLite, PostgreSQL); `common` holds the harness.
+
+mod common;
+
+mod association_policy;
+mod config_and_logs;
+mod db_engines;
+mod deid;
+mod durability;
+mod hostile;
+mod outbox;
+mod preprocess;
+mod protocol_edges;
+mod refusals;
+mod results;
+mod send_scu;
+mod storage_scp;
+mod torch_runtime;
+mod triage;

@@ -1,0 +1,137 @@
+//! The durable outbox: a PACS outage is drained later, refusals are dead-lettered with their
+//! reason and can be replayed, and queued items survive SIGKILL and arrive exactly once.
+
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn fast_retries() -> Vec<String> {
+    ["poll_interval = \"100ms\"", "retry_base = \"300ms\"", "retry_max = \"1s\"", "timeout = \"5s\"", "lease = \"20s\""]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn list(node: &Node) -> String {
+    String::from_utf8(node.cli(&["outbox", "list"]).stdout).unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn queue(node: &Node, to: &str, files: &[PathBuf]) {
+    let mut args = vec!["outbox".to_string(), "add".into(), "--to".into(), to.into()];
+    args.extend(files.iter().map(|p| p.display().to_string()));
+    let out = node.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn storescp(port: u16, dir: &std::path::Path) -> Child {
+    let child = Command::new("storescp")
+        .env("TCP_NODELAY", "1")
+        .args(["+xa", "-B", "-aet", "PACS", "-od"])
+        .arg(dir)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("storescp to listen", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    child
+}
+
+#[test]
+fn pacs_outage_is_drained_later() {
+    if !peers_ready() || !have_tool("storescp") {
+        return;
+    }
+    let node = Node::start(NodeOptions { delivery: fast_retries(), ..Default::default() });
+    let port = free_port();
+    assert!(node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &port.to_string()]).status.success());
+    let files: Vec<PathBuf> = walk(&testdata().unwrap().join("series")).into_iter().take(3).collect();
+    queue(&node, "PACS", &files);
+
+    // The PACS is down: attempts fail and are rescheduled, nothing is lost.
+    wait_until("a failed attempt", Duration::from_secs(10), || list(&node).contains("connecting to 127.0.0.1"));
+    assert!(list(&node).contains("pending"), "{}", list(&node));
+
+    let received = tempfile::tempdir().unwrap();
+    let mut pacs = storescp(port, received.path());
+    wait_until("delivery after the outage", Duration::from_secs(20), || list(&node).matches("delivered").count() == 3);
+    let _ = pacs.kill();
+    let _ = pacs.wait();
+    assert_eq!(walk(received.path()).len(), 3);
+    for f in &files {
+        let (uid, _) = meta_of(f);
+        assert!(walk(received.path()).iter().any(|r| meta_of(r).0 == uid));
+    }
+}
+
+#[test]
+fn refusals_are_dead_lettered_with_the_reason_and_can_be_replayed() {
+    if !peers_ready() {
+        return;
+    }
+    // The destination is another node (AE title TRIAGE, which knows the sender as a modality):
+    // a Storage SCP that refuses corrupt data sets with 0xC000. (A node cannot deliver to
+    // itself: its own title is registered there as a PACS, and a PACS may not store.)
+    let receiver = Node::start(NodeOptions { register: vec!["TRIAGE"], ..Default::default() });
+    let node = Node::start(NodeOptions { delivery: fast_retries(), register: vec!["PYNETDICOM"], ..Default::default() });
+    assert!(node.cli(&["ae", "add", "TRIAGE", "--role", "pacs", "--host", "127.0.0.1", "--port", &receiver.port.to_string()]).status.success());
+    let bad = node.dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let good = testdata().unwrap().join("ts/cr_explicit_le.dcm");
+    node.pynetdicom(&["make-bad", "--source", testdata().unwrap().join("ts/ct_explicit_le.dcm").to_str().unwrap(), "--out", bad.to_str().unwrap()]);
+    queue(&node, "TRIAGE", &[good, bad.join("truncated.dcm")]);
+    wait_until("one delivered and one dead", Duration::from_secs(15), || {
+        let l = list(&node);
+        l.contains("delivered") && l.contains("dead")
+    });
+    let dead = String::from_utf8(node.cli(&["outbox", "list", "--state", "dead"]).stdout).unwrap();
+    assert!(dead.contains("status 0xC000"), "{dead}");
+
+    let retry = node.cli(&["outbox", "retry", "--dead"]);
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("1 item(s) queued again"));
+    wait_until("the replay to be refused again", Duration::from_secs(15), || {
+        String::from_utf8(node.cli(&["outbox", "list", "--state", "dead"]).stdout).unwrap().lines().count() == 2
+    });
+    assert!(node.log().contains("delivery dead-lettered"));
+}
+
+#[test]
+fn queued_items_survive_kill_9_and_arrive_exactly_once() {
+    if !peers_ready() {
+        return;
+    }
+    let receiver = Node::start(NodeOptions { register: vec!["TRIAGE"], ..Default::default() });
+    let mut sender = Node::start(NodeOptions { delivery: fast_retries(), ..Default::default() });
+    // The receiver is another node, whose AE title is TRIAGE. Queue while that destination
+    // points nowhere, so the items are pending when we kill.
+    let nowhere = free_port().to_string();
+    assert!(sender.cli(&["ae", "add", "TRIAGE", "--role", "pacs", "--host", "127.0.0.1", "--port", &nowhere]).status.success());
+    let files: Vec<PathBuf> = walk(&testdata().unwrap().join("series")).into_iter().take(5).collect();
+    queue(&sender, "TRIAGE", &files);
+    wait_until("a failed attempt", Duration::from_secs(10), || list(&sender).contains("connecting to"));
+    sender.kill9();
+
+    let port = receiver.port.to_string();
+    assert!(sender.cli(&["ae", "add", "TRIAGE", "--role", "pacs", "--host", "127.0.0.1", "--port", &port]).status.success());
+    sender.launch();
+    wait_until("delivery after the restart", Duration::from_secs(20), || list(&sender).matches("delivered").count() == 5);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(rt.block_on(async { receiver.db().await.count_instances().await.unwrap() }), 5);
+    assert!(!receiver.log().contains("duplicate SOP Instance UID"), "an item was delivered twice");
+}

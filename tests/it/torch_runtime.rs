@@ -1,0 +1,119 @@
+//! The libtorch runtime against PyTorch itself: a TorchScript model made and run by Python
+//! torch 2.13.0 (tests/peers/make_tiny_model.py, at set-up) gives the same outputs through tch.
+
+
+use crate::common::*;
+use triage_node::inference::runtime::{DeviceChoice, Model};
+
+/// The folder holding tiny.pt and tiny_expected.json, if set-up made them.
+fn tiny_models() -> Option<std::path::PathBuf> {
+    let dir = testdata()?.join("models");
+    require("the tiny TorchScript model (scripts/setup-test-env.sh)", dir.join("tiny.pt").is_file()).then_some(dir)
+}
+
+#[test]
+fn torchscript_forward_matches_python_torch() {
+    let Some(dir) = tiny_models() else { return };
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("tiny_expected.json")).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+    let ints = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>();
+    let shape: [i64; 4] = ints(&expected["input_shape"]).try_into().unwrap();
+    let model = Model::load(&dir.join("tiny.pt"), DeviceChoice::Cpu.resolve().unwrap(), false).unwrap();
+    let outputs = model.forward(&floats(&expected["input"]), shape).unwrap();
+    let want = expected["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), want.len(), "a (probabilities, CAM) tuple");
+    for (got, want) in outputs.iter().zip(want) {
+        assert_eq!(got.shape, ints(&want["shape"]));
+        let max_diff = got.values.iter().zip(floats(&want["values"])).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-6, "differs from PyTorch by {max_diff}");
+    }
+    assert!(model.forward(&[0.0; 3], shape).is_err(), "a short input is refused");
+}
+
+const MANIFEST: &str = r#"
+name = "tiny"
+version = "1.0"
+intended_use = "Test fixture: two made-up findings."
+limits = "Not a medical device; random weights."
+demonstration = true
+
+[routing]
+modalities = ["CR", "DX"]
+body_parts = ["CHEST"]
+
+[input]
+size = [8, 8]
+channels = 1
+window = { CT = { center = 40, width = 400 }, CR = "file", DX = "percentile" }
+
+[outputs]
+labels = ["nodule", "effusion"]
+positive = [0.5, 0.5]
+urgent = [0.9, 0.95]
+probabilities = 0
+cam = 1
+
+[aggregate]
+method = "mean_top_k"
+k = 3
+"#;
+
+/// A package folder holding the tiny model and `manifest`.
+fn package(root: &std::path::Path, name: &str, manifest: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(tiny_models().unwrap().join("tiny.pt"), dir.join("model.pt")).unwrap();
+    std::fs::write(dir.join("model.toml"), manifest).unwrap();
+    dir
+}
+
+#[test]
+fn packages_load_warm_up_and_name_what_is_broken() {
+    if tiny_models().is_none() {
+        return;
+    }
+    use triage_node::inference::package::{load_all, Package};
+    let root = tempfile::tempdir().unwrap();
+    package(root.path(), "a_tiny", MANIFEST);
+    let loaded = load_all(root.path(), tch_cpu()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].manifest.outputs.labels, ["nodule", "effusion"]);
+
+    let broken = |name: &str, manifest: String| Package::load(&package(root.path(), name, &manifest), tch_cpu()).err().unwrap().to_string();
+    // The model gives 2 probabilities; a manifest promising 3 labels fails the warm-up.
+    let e = broken("three", MANIFEST.replace(r#"["nodule", "effusion"]"#, r#"["a", "b", "c"]"#).replace("[0.5, 0.5]", "[0.5, 0.5, 0.5]").replace("[0.9, 0.95]", "[0.9, 0.9, 0.9]"));
+    assert!(e.contains("three/model.pt") && e.contains("expected [1, 3]"), "{e}");
+    let e = broken("thresholds", MANIFEST.replace("urgent = [0.9, 0.95]", "urgent = [0.4, 0.95]"));
+    assert!(e.contains("thresholds/model.toml") && e.contains("positive <= urgent"), "{e}");
+    let e = broken("typo", MANIFEST.replace("channels = 1", "chanels = 1"));
+    assert!(e.contains("typo/model.toml") && e.contains("chanels"), "{e}");
+    let e = broken("window", MANIFEST.replace(r#"CR = "file""#, r#"CR = "auto""#));
+    assert!(e.contains("window") && e.contains("\"auto\""), "{e}");
+}
+
+fn tch_cpu() -> tch::Device {
+    DeviceChoice::Cpu.resolve().unwrap()
+}
+
+#[test]
+fn the_node_refuses_to_start_on_a_broken_package() {
+    if tiny_models().is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = package(root.path(), "tiny", MANIFEST);
+    std::fs::write(dir.join("model.pt"), b"truncated").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triage-node"))
+        .envs(test_keys())
+        .env("TRIAGE__STORAGE__DATA_DIR", root.path().join("data"))
+        .env("TRIAGE__DICOM__PORT", "0")
+        .env("TRIAGE__INFERENCE__MODELS_DIR", root.path())
+        .env("TRIAGE__INFERENCE__DEVICE", "cpu")
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("loading model packages") && err.contains("tiny/model.pt"), "{err}");
+    assert!(!err.contains("listening port="), "{err}");
+}
