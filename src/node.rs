@@ -49,7 +49,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     info!(engine = ?db.engine(), "database ready");
 
     if db.engine() == crate::db::Engine::Sqlite {
-        let (passes, jobs) = db.void_triage_claims().await.context("voiding the previous run's triage claims")?;
+        let passes = db.void_inference_claims().await.context("voiding the previous run's inference claims")?;
+        let jobs = db.void_job_claims().await.context("voiding the previous run's job claims")?;
         if passes + jobs > 0 {
             warn!(passes, jobs, "resuming triage work interrupted by the previous run");
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::AdminError;
 use crate::config::Settings;
-use crate::db::{Db, OutboxItem};
+use crate::db::{Db, OutboxItem, OutboxState};
 
 /// Queue files for a registered AE; each file with its item id (`None`: already queued).
 pub async fn add(db: &Db, settings: &Settings, to: &str, files: &[PathBuf]) -> Result<Vec<(PathBuf, Option<i64>)>, AdminError> {
@@ -20,11 +20,9 @@ pub struct ListedItem {
 
 /// Items, optionally in one state (`pending`, `sending`, `delivered`, `dead`).
 pub async fn list(db: &Db, state: Option<&str>) -> Result<Vec<ListedItem>, AdminError> {
-    if let Some(s) = state {
-        if !["pending", "sending", "delivered", "dead"].contains(&s) {
-            return Err(AdminError::Invalid(format!("unknown outbox state {s:?} (pending, sending, delivered or dead)")));
-        }
-    }
+    let state = state
+        .map(|s| s.parse::<OutboxState>().map_err(|_| AdminError::Invalid(format!("unknown outbox state {s:?} (pending, sending, delivered or dead)"))))
+        .transpose()?;
     let mut commitments = db.commitment_states().await?;
     Ok(db.outbox_list(state).await?.into_iter().map(|item| ListedItem { commitment: commitments.remove(&item.id), item }).collect())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::AdminError;
-use crate::db::{Db, StudyResultRow};
+use crate::db::{Db, StudyResult};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
@@ -42,7 +42,7 @@ pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> 
 /// A study result and the state of its objects' delivery: (kind, state, count).
 #[derive(Debug, Clone)]
 pub struct ResultSummary {
-    pub result: StudyResultRow,
+    pub result: StudyResult,
     pub deliveries: Vec<(String, String, i64)>,
 }
 

@@ -54,6 +54,11 @@ pub struct InstanceRef {
 }
 
 impl Db {
+    /// The store path (relative to data_dir) of instance `id`.
+    pub async fn instance_path(&self, id: i64) -> Result<Option<String>, DbError> {
+        sqlx::query_scalar("SELECT path FROM instances WHERE id = $1").bind(id).fetch_optional(&self.pool).await.map_err(q("select instance path"))
+    }
+
     pub async fn instance_ref(&self, id: i64) -> Result<Option<InstanceRef>, DbError> {
         let row = sqlx::query("SELECT path, sop_class_uid, sop_instance_uid, series_instance_uid, study_instance_uid FROM instances WHERE id = $1")
             .bind(id)

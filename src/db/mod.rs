@@ -1,19 +1,26 @@
 //! The only module with SQL. Returns domain types, never rows.
 //!
 //! Owns: the connection pool (SQLite in WAL mode by default, PostgreSQL for shared stores),
-//! migrations per engine, and one file per aggregate (ae_titles, instances, studies/jobs).
+//! migrations per engine, and one file per aggregate: `ae_titles`, `instances`, `inference`
+//! (each instance's pass and its frame outputs), `studies`, `jobs`, `results` (study results
+//! and findings), `outbox`, `commitment`, `reid_map`, `audit`. Functions that must commit
+//! together compose inside one transaction through each aggregate's `*_in` helpers (saving a
+//! result queues its objects and finishes its job). Every stored state is an enum of `state`,
+//! spelled there once.
 //! Queries use `$n` placeholders, which both engines accept, so one statement serves both.
 //! Must not: know DICOM encodings, PDUs or files on disk.
 
 mod ae_titles;
 mod audit;
 mod commitment;
+mod inference;
 mod instances;
+mod jobs;
 mod outbox;
 mod reid_map;
+mod results;
 mod state;
 mod studies;
-mod triage;
 
 pub use ae_titles::RegisteredAe;
 pub use crate::domain::AeRole;
@@ -21,8 +28,10 @@ pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use reid_map::SealedRecord;
 pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, ResultState, StudyState};
 pub use outbox::{NewOutboxItem, OutboxItem};
-pub use studies::{Job, ReadyStudy};
-pub use triage::{ClaimedJob, FindingRow, PendingInference, SliceRow, StudyResultRow};
+pub use inference::{FrameOutput, PendingInference};
+pub use jobs::{ClaimedJob, Job};
+pub use results::{Finding, StudyResult};
+pub use studies::ReadyStudy;
 
 use std::time::Duration;
 

@@ -1,10 +1,17 @@
 //! The durable outbox: objects waiting for delivery, one row per (object, destination). The
 //! objects are files in the queueing node's data directory, so rows belong to that node.
-//! States: `pending` (due at `next_attempt_at_ms`), `sending` (claimed until `lease_until_ms`;
-//! a crashed claimer's rows come back when the lease runs out), `delivered`, `dead` (with why).
+//! States (`OutboxState`): pending (due at `next_attempt_at_ms`), sending (claimed until
+//! `lease_until_ms`; a crashed claimer's rows come back when the lease runs out), delivered,
+//! dead (with why).
 
-use super::{get, q, Db, DbError};
+use super::{get, q, Db, DbError, ObjectKind, OutboxState};
 use crate::domain::now_ms;
+
+/// `sql` with each `{state}` placeholder (`{pending}`, `{sending}`, `{delivered}`, `{dead}`)
+/// replaced by that state's stored spelling, so the spelling lives in `OutboxState` alone.
+fn states(sql: &str) -> String {
+    super::state::spelled(sql, OutboxState::ALL, OutboxState::as_str)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {
@@ -12,12 +19,11 @@ pub struct OutboxItem {
     /// Relative to the data directory.
     pub path: String,
     pub destination: String,
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub next_attempt_at_ms: i64,
     pub last_error: Option<String>,
-    /// `file` (queued by hand), `sr` or `sc` (AI results).
-    pub kind: String,
+    pub kind: ObjectKind,
     pub study_id: Option<i64>,
     /// Re-identified at sending (result objects are stored de-identified).
     pub reidentify: bool,
@@ -28,45 +34,37 @@ pub struct OutboxItem {
 pub struct NewOutboxItem {
     pub path: String,
     pub destination: String,
-    pub kind: String,
+    pub kind: ObjectKind,
     pub study_id: Option<i64>,
     pub reidentify: bool,
 }
 
 const COLUMNS: &str = "id, path, destination, state, attempts, next_attempt_at_ms, last_error, kind, study_id, reidentify";
 /// A row is claimable when pending and due, or when a claimer's lease ran out.
-const CLAIMABLE: &str = "node = $3 AND ((state = 'pending' AND next_attempt_at_ms <= $2) OR (state = 'sending' AND lease_until_ms < $2))";
+const CLAIMABLE: &str = "node = $3 AND ((state = {pending} AND next_attempt_at_ms <= $2) OR (state = {sending} AND lease_until_ms < $2))";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxItem, DbError> {
     Ok(OutboxItem {
         id: get(r, "id")?,
         path: get(r, "path")?,
         destination: get(r, "destination")?,
-        state: get(r, "state")?,
+        state: get::<String>(r, "state")?.parse()?,
         attempts: get(r, "attempts")?,
         next_attempt_at_ms: get(r, "next_attempt_at_ms")?,
         last_error: get(r, "last_error")?,
-        kind: get(r, "kind")?,
+        kind: get::<String>(r, "kind")?.parse()?,
         study_id: get(r, "study_id")?,
         reidentify: get::<i64>(r, "reidentify")? != 0,
     })
 }
 
 impl Db {
-    /// Queue `path` for `destination`; `None` if that pair is already queued.
+    /// Queue `path` (a file an operator queued) for `destination`; `None` if that pair is
+    /// already queued.
     pub async fn outbox_enqueue(&self, node: &str, path: &str, destination: &str) -> Result<Option<i64>, DbError> {
-        let now = now_ms();
-        sqlx::query_scalar(
-            "INSERT INTO outbox (path, destination, node, state, attempts, next_attempt_at_ms, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $4, 'pending', 0, $3, $3, $3) ON CONFLICT (path, destination) DO NOTHING RETURNING id",
-        )
-        .bind(path)
-        .bind(destination)
-        .bind(now)
-        .bind(node)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("enqueue outbox item"))
+        let item = NewOutboxItem { path: path.into(), destination: destination.into(), kind: ObjectKind::File, study_id: None, reidentify: false };
+        let mut conn = self.pool.acquire().await.map_err(q("acquire"))?;
+        insert_in(&mut conn, node, &item, now_ms()).await
     }
 
     /// Claim up to `limit` due items for one destination (the oldest due item's), holding them
@@ -80,16 +78,17 @@ impl Db {
         while claimed.len() < limit {
             let sql = match claimed.first() {
                 None => format!(
-                    "UPDATE outbox SET state = 'sending', lease_until_ms = $1, updated_at_ms = $2
+                    "UPDATE outbox SET state = {{sending}}, lease_until_ms = $1, updated_at_ms = $2
                      WHERE id = (SELECT id FROM outbox WHERE {CLAIMABLE} ORDER BY id LIMIT 1{skip}) AND {CLAIMABLE}
                      RETURNING {COLUMNS}"
                 ),
                 Some(_) => format!(
-                    "UPDATE outbox SET state = 'sending', lease_until_ms = $1, updated_at_ms = $2
+                    "UPDATE outbox SET state = {{sending}}, lease_until_ms = $1, updated_at_ms = $2
                      WHERE id = (SELECT id FROM outbox WHERE {CLAIMABLE} AND destination = $4 ORDER BY id LIMIT 1{skip}) AND {CLAIMABLE}
                      RETURNING {COLUMNS}"
                 ),
             };
+            let sql = states(&sql);
             let mut query = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(node);
             if let Some(first) = claimed.first() {
                 query = query.bind(first.destination.clone());
@@ -104,7 +103,7 @@ impl Db {
 
     /// At start-up: this node's earlier process is gone, so its claims are void.
     pub async fn outbox_release_claims(&self, node: &str) -> Result<u64, DbError> {
-        let done = sqlx::query("UPDATE outbox SET state = 'pending', lease_until_ms = 0 WHERE node = $1 AND state = 'sending'")
+        let done = sqlx::query(&states("UPDATE outbox SET state = {pending}, lease_until_ms = 0 WHERE node = $1 AND state = {sending}"))
             .bind(node)
             .execute(&self.pool)
             .await
@@ -133,10 +132,10 @@ impl Db {
     }
 
     /// The distinct paths of a study's queued objects of `kind`, newest first.
-    pub async fn outbox_study_paths(&self, study_id: i64, kind: &str) -> Result<Vec<String>, DbError> {
+    pub async fn outbox_study_paths(&self, study_id: i64, kind: ObjectKind) -> Result<Vec<String>, DbError> {
         sqlx::query_scalar("SELECT path FROM outbox WHERE study_id = $1 AND kind = $2 GROUP BY path ORDER BY MAX(id) DESC")
             .bind(study_id)
-            .bind(kind)
+            .bind(kind.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(q("select a study's result objects"))
@@ -162,7 +161,7 @@ impl Db {
 
     pub async fn outbox_delivered(&self, id: i64) -> Result<(), DbError> {
         let now = now_ms();
-        sqlx::query("UPDATE outbox SET state = 'delivered', attempts = attempts + 1, delivered_at_ms = $1, updated_at_ms = $1, last_error = NULL WHERE id = $2")
+        sqlx::query(&states("UPDATE outbox SET state = {delivered}, attempts = attempts + 1, delivered_at_ms = $1, updated_at_ms = $1, last_error = NULL WHERE id = $2"))
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -172,7 +171,7 @@ impl Db {
     }
 
     pub async fn outbox_retry_later(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<(), DbError> {
-        sqlx::query("UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at_ms = $1, last_error = $2, updated_at_ms = $3 WHERE id = $4")
+        sqlx::query(&states("UPDATE outbox SET state = {pending}, attempts = attempts + 1, next_attempt_at_ms = $1, last_error = $2, updated_at_ms = $3 WHERE id = $4"))
             .bind(next_attempt_at_ms)
             .bind(error)
             .bind(now_ms())
@@ -184,7 +183,7 @@ impl Db {
     }
 
     pub async fn outbox_dead(&self, id: i64, error: &str) -> Result<(), DbError> {
-        sqlx::query("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = $1, updated_at_ms = $2 WHERE id = $3")
+        sqlx::query(&states("UPDATE outbox SET state = {dead}, attempts = attempts + 1, last_error = $1, updated_at_ms = $2 WHERE id = $3"))
             .bind(error)
             .bind(now_ms())
             .bind(id)
@@ -194,9 +193,9 @@ impl Db {
         Ok(())
     }
 
-    pub async fn outbox_list(&self, state: Option<&str>) -> Result<Vec<OutboxItem>, DbError> {
+    pub async fn outbox_list(&self, state: Option<OutboxState>) -> Result<Vec<OutboxItem>, DbError> {
         let rows = match state {
-            Some(s) => sqlx::query(&format!("SELECT {COLUMNS} FROM outbox WHERE state = $1 ORDER BY id")).bind(s.to_string()).fetch_all(&self.pool).await,
+            Some(s) => sqlx::query(&format!("SELECT {COLUMNS} FROM outbox WHERE state = $1 ORDER BY id")).bind(s.as_str()).fetch_all(&self.pool).await,
             None => sqlx::query(&format!("SELECT {COLUMNS} FROM outbox ORDER BY id")).fetch_all(&self.pool).await,
         }
         .map_err(q("list outbox"))?;
@@ -207,12 +206,12 @@ impl Db {
     pub async fn outbox_requeue(&self, id: Option<i64>) -> Result<u64, DbError> {
         let now = now_ms();
         let done = match id {
-            Some(id) => sqlx::query("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE id = $2 AND state <> 'delivered'")
+            Some(id) => sqlx::query(&states("UPDATE outbox SET state = {pending}, attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE id = $2 AND state <> {delivered}"))
                 .bind(now)
                 .bind(id)
                 .execute(&self.pool)
                 .await,
-            None => sqlx::query("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE state = 'dead'")
+            None => sqlx::query(&states("UPDATE outbox SET state = {pending}, attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE state = {dead}"))
                 .bind(now)
                 .execute(&self.pool)
                 .await,
@@ -220,4 +219,24 @@ impl Db {
         .map_err(q("requeue outbox items"))?;
         Ok(done.rows_affected())
     }
+}
+
+/// Queue one object inside the caller's transaction (or on a connection): the one INSERT of
+/// the outbox. `None` if that (object, destination) pair is already queued.
+pub(crate) async fn insert_in(conn: &mut sqlx::AnyConnection, node: &str, item: &NewOutboxItem, now_ms: i64) -> Result<Option<i64>, DbError> {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (path, destination, node, state, attempts, next_attempt_at_ms, created_at_ms, updated_at_ms, kind, study_id, reidentify)
+         VALUES ($1, $2, $3, $8, 0, $4, $4, $4, $5, $6, $7) ON CONFLICT (path, destination) DO NOTHING RETURNING id",
+    )
+    .bind(&item.path)
+    .bind(&item.destination)
+    .bind(node)
+    .bind(now_ms)
+    .bind(item.kind.as_str())
+    .bind(item.study_id)
+    .bind(i64::from(item.reidentify))
+    .bind(OutboxState::Pending.as_str())
+    .fetch_optional(conn)
+    .await
+    .map_err(q("queue outbox item"))
 }

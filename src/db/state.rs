@@ -120,6 +120,13 @@ text_enum!(
     }
 );
 
+/// `sql` with each `{value}` placeholder naming one of `all` replaced by that value's quoted
+/// spelling (`state = {pending}` becomes `state = 'pending'`): SQL that names a state takes
+/// its spelling from the enum. A misspelt placeholder stays, and the statement fails to parse.
+pub(crate) fn spelled<T: Copy>(sql: &str, all: &[T], text: impl Fn(T) -> &'static str) -> String {
+    all.iter().fold(sql.to_string(), |s, &v| s.replace(&format!("{{{}}}", text(v)), &format!("'{}'", text(v))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

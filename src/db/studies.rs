@@ -1,26 +1,23 @@
-//! Studies and the jobs that hand a complete study to the pipeline.
+//! Studies, and the sweep that queues the job handing a complete study to the pipeline.
 //!
 //! Each sweep first attaches newly received instances to their study (creating it, or setting it
 //! back to `receiving`), then promotes every study quiet for the whole period: exactly one node
 //! (even with several on one PostgreSQL) flips it to `ready` and queues a `study_ready` job. A
 //! later instance sets it back to `receiving`, so it is queued again.
 
-use super::{get, q, Db, DbError};
+use super::{get, q, Db, DbError, StudyState};
 use crate::domain::now_ms;
+
+/// `sql` with `{receiving}` and `{ready}` spelled as `StudyState` stores them.
+fn states(sql: &str) -> String {
+    super::state::spelled(sql, StudyState::ALL, StudyState::as_str)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyStudy {
     pub study_id: i64,
     pub job_id: i64,
     pub instance_count: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    pub id: i64,
-    pub kind: String,
-    pub study_id: i64,
-    pub state: String,
 }
 
 impl Db {
@@ -38,14 +35,14 @@ impl Db {
             let uid: String = get(&row, "study_instance_uid")?;
             let (first, last, max_id): (i64, i64, i64) = (get(&row, "first_ms")?, get(&row, "last_ms")?, get(&row, "max_id")?);
             let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-            let study_id: i64 = sqlx::query_scalar(
+            let study_id: i64 = sqlx::query_scalar(&states(
                 "INSERT INTO studies (study_instance_uid, state, first_received_at_ms, last_received_at_ms, instance_count)
-                 VALUES ($1, 'receiving', $2, $3, 0)
-                 ON CONFLICT (study_instance_uid) DO UPDATE SET state = 'receiving',
+                 VALUES ($1, {receiving}, $2, $3, 0)
+                 ON CONFLICT (study_instance_uid) DO UPDATE SET state = {receiving},
                     last_received_at_ms = CASE WHEN excluded.last_received_at_ms > studies.last_received_at_ms
                                                THEN excluded.last_received_at_ms ELSE studies.last_received_at_ms END
                  RETURNING id",
-            )
+            ))
             .bind(&uid)
             .bind(first)
             .bind(last)
@@ -75,12 +72,12 @@ impl Db {
     /// Promote every study quiet since `cutoff_ms`, with no instance still waiting to be
     /// attached, to `ready`, queueing a job for each.
     pub async fn promote_quiet_studies(&self, cutoff_ms: i64) -> Result<Vec<ReadyStudy>, DbError> {
-        let due = sqlx::query(
+        let due = sqlx::query(&states(
             "SELECT id, last_received_at_ms, instance_count FROM studies s
-             WHERE state = 'receiving' AND last_received_at_ms <= $1
+             WHERE state = {receiving} AND last_received_at_ms <= $1
                AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_id IS NULL AND i.study_instance_uid = s.study_instance_uid)
              ORDER BY id",
-        )
+        ))
         .bind(cutoff_ms)
         .fetch_all(&self.pool)
         .await
@@ -92,7 +89,7 @@ impl Db {
             let instance_count: i64 = get(&row, "instance_count")?;
             let mut tx = self.pool.begin().await.map_err(q("begin"))?;
             // Conditional on the state and time we saw: a new instance or another node wins.
-            let flipped = sqlx::query("UPDATE studies SET state = 'ready' WHERE id = $1 AND state = 'receiving' AND last_received_at_ms = $2")
+            let flipped = sqlx::query(&states("UPDATE studies SET state = {ready} WHERE id = $1 AND state = {receiving} AND last_received_at_ms = $2"))
                 .bind(study_id)
                 .bind(last)
                 .execute(&mut *tx)
@@ -103,14 +100,7 @@ impl Db {
                 continue;
             }
             let now = now_ms();
-            let job_id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (kind, study_id, state, attempts, created_at_ms, updated_at_ms) VALUES ('study_ready', $1, 'pending', 0, $2, $2) RETURNING id",
-            )
-            .bind(study_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(q("insert study_ready job"))?;
+            let job_id = super::jobs::queue_study_ready_in(&mut tx, study_id, now).await?;
             tx.commit().await.map_err(q("commit study_ready"))?;
             ready.push(ReadyStudy { study_id, job_id, instance_count });
         }
@@ -129,15 +119,5 @@ impl Db {
             .map_err(q("count jobs"))?;
         let pairs = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(String, i64)>, DbError> { rows.iter().map(|r| Ok((get(r, "state")?, get(r, "n")?))).collect() };
         Ok((pairs(studies)?, pairs(jobs)?))
-    }
-
-    pub async fn list_jobs(&self) -> Result<Vec<Job>, DbError> {
-        let rows = sqlx::query("SELECT id, kind, study_id, state FROM jobs ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("list jobs"))?;
-        rows.iter()
-            .map(|r| Ok(Job { id: get(r, "id")?, kind: get(r, "kind")?, study_id: get(r, "study_id")?, state: get(r, "state")? }))
-            .collect()
     }
 }

@@ -13,7 +13,7 @@ use super::{resolve, DeliveryError};
 use crate::dicom::Status;
 use crate::net::client::{self, Association, ClientError, Response};
 use crate::config::DeliverySettings;
-use crate::db::{Db, OutboxItem};
+use crate::db::{Db, ObjectKind, OutboxItem};
 use crate::deid::Keys;
 use crate::domain::{now_ms, AeTitle};
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
@@ -258,8 +258,8 @@ impl OutboxWorker {
         match verdict {
             Verdict::Delivered => {
                 self.db.outbox_delivered(item.id).await?;
-                match (item.kind.as_str(), item.study_id) {
-                    ("sr", Some(study)) => {
+                match (item.kind, item.study_id) {
+                    (ObjectKind::Sr, Some(study)) => {
                         // From the study's last instance to the PACS's Success for its report,
                         // without the quiet period (a setting, not work).
                         let last = self.db.study_last_received(study).await?.unwrap_or(0);

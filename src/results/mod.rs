@@ -25,7 +25,7 @@ use ndarray::ArrayView2;
 use tracing::warn;
 
 use crate::config::ResultsSettings;
-use crate::db::{Db, DbError, InstanceRef, NewOutboxItem, StudyResultRow};
+use crate::db::{Db, DbError, InstanceRef, NewOutboxItem, ObjectKind, Priority, ResultState, StudyResult};
 use crate::inference::heatmap;
 use crate::inference::package::Manifest;
 use crate::inference::preprocess::Image;
@@ -51,8 +51,8 @@ pub enum ResultsError {
 #[derive(Debug, Clone)]
 pub struct Built {
     pub path: String,
-    /// `sr` or `sc`.
-    pub kind: &'static str,
+    /// `Sr` or `Sc`.
+    pub kind: ObjectKind,
 }
 
 /// Builds and queues the result objects of this node.
@@ -79,17 +79,17 @@ impl Publisher {
     /// instances), so the reader knows the study had no AI read; none for a not-applicable one.
     /// `manifest` is None only for a failed result that no model can be named for (an instance
     /// whose header could not even be read for routing).
-    pub async fn build(&self, db: &Db, manifest: Option<&Manifest>, result: &StudyResultRow, failed: &[i64], job_id: i64) -> Result<Vec<Built>, ResultsError> {
-        let ids: Vec<i64> = match result.state.as_str() {
-            "triaged" if !result.findings.is_empty() && manifest.is_some() => result.findings.iter().map(|f| f.key_instance_id).collect(),
-            "failed" if !failed.is_empty() => failed.iter().copied().take(16).collect(),
+    pub async fn build(&self, db: &Db, manifest: Option<&Manifest>, result: &StudyResult, failed: &[i64], job_id: i64) -> Result<Vec<Built>, ResultsError> {
+        let ids: Vec<i64> = match result.state {
+            ResultState::Triaged if !result.findings.is_empty() && manifest.is_some() => result.findings.iter().map(|f| f.key_instance_id).collect(),
+            ResultState::Failed if !failed.is_empty() => failed.iter().copied().take(16).collect(),
             _ => return Ok(Vec::new()),
         };
         let mut keys = Vec::with_capacity(ids.len());
         for id in ids {
             keys.push(db.instance_ref(id).await?.ok_or(ResultsError::NoInstance(id))?);
         }
-        let earlier = db.outbox_study_paths(result.study_id, "sr").await?;
+        let earlier = db.outbox_study_paths(result.study_id, ObjectKind::Sr).await?;
         let me = self.clone();
         let (manifest, mut result) = (manifest.cloned(), result.clone());
         if result.model.is_empty() {
@@ -123,18 +123,18 @@ impl Publisher {
     /// Outbox rows for `built`: every object to every destination, heatmaps before the report
     /// that references them.
     pub fn outbox_rows(&self, study_id: i64, built: &[Built]) -> Vec<NewOutboxItem> {
-        let mut ordered: Vec<&Built> = built.iter().filter(|b| b.kind == "sc").collect();
-        ordered.extend(built.iter().filter(|b| b.kind == "sr"));
+        let mut ordered: Vec<&Built> = built.iter().filter(|b| b.kind == ObjectKind::Sc).collect();
+        ordered.extend(built.iter().filter(|b| b.kind == ObjectKind::Sr));
         let mut rows = Vec::new();
         for dest in &self.settings.destinations {
             for b in &ordered {
-                rows.push(NewOutboxItem { path: b.path.clone(), destination: dest.clone(), kind: b.kind.to_string(), study_id: Some(study_id), reidentify: true });
+                rows.push(NewOutboxItem { path: b.path.clone(), destination: dest.clone(), kind: b.kind, study_id: Some(study_id), reidentify: true });
             }
         }
         rows
     }
 
-    fn build_blocking(&self, manifest: Option<&Manifest>, result: &StudyResultRow, keys: &[InstanceRef], earlier: &[String], job_id: i64) -> Result<Vec<Built>, ResultsError> {
+    fn build_blocking(&self, manifest: Option<&Manifest>, result: &StudyResult, keys: &[InstanceRef], earlier: &[String], job_id: i64) -> Result<Vec<Built>, ResultsError> {
         // The study's identity from the first key image whose header can be read (for a failed
         // result, some of them may be unreadable).
         let mut header = Err(ResultsError::NoInstance(0));
@@ -158,7 +158,7 @@ impl Publisher {
         let mut built = Vec::new();
         let mut findings = Vec::new();
         let mut evidence: Vec<sr::ImageRef> = Vec::new();
-        if result.state == "failed" {
+        if result.state == ResultState::Failed {
             evidence = keys.iter().map(|k| image_ref(k, None)).collect();
         }
         // Findings need their model's manifest (codes, window); a failed result has none.
@@ -199,7 +199,7 @@ impl Publisher {
                             station: self.station.clone(),
                         };
                         let obj = sc::build(&capture, &rgb, &key_header);
-                        built.push(Built { path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?, kind: "sc" });
+                        built.push(Built { path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?, kind: ObjectKind::Sc });
                         heatmap_ref = Some(sr::ImageRef {
                             sop_class_uid: uids::SECONDARY_CAPTURE_IMAGE_STORAGE.into(),
                             sop_instance_uid: sc_uid,
@@ -235,8 +235,8 @@ impl Publisher {
             demonstration: result.demonstration,
             intended_use: result.intended_use.clone(),
             limits: result.limits.clone(),
-            priority: if result.state == "failed" { "failed".into() } else { result.priority.clone().unwrap_or_else(|| "negative".into()) },
-            failure: (result.state == "failed").then(|| dataset::ascii(result.error.as_deref().unwrap_or("no reason recorded"))),
+            priority: if result.state == ResultState::Failed { "failed".into() } else { result.priority.unwrap_or(Priority::Negative).as_str().into() },
+            failure: (result.state == ResultState::Failed).then(|| dataset::ascii(result.error.as_deref().unwrap_or("no reason recorded"))),
             procedure: procedure(&header).0,
             performed_procedure: procedure(&header).1,
             findings,
@@ -255,7 +255,7 @@ impl Publisher {
             let study = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_default();
             dataset::put_seq(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, sr::evidence(&study, &[&previous]));
         }
-        built.push(Built { path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?, kind: "sr" });
+        built.push(Built { path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?, kind: ObjectKind::Sr });
         Ok(built)
     }
 
@@ -351,7 +351,7 @@ fn procedure(header: &InMemDicomObject) -> (Code, Code) {
 }
 
 /// The key frame as the model saw it, the map blended over it, legend and label around it.
-fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::FindingRow, max: usize, label: &sc::Label) -> Result<ndarray::Array3<u8>, String> {
+fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::Finding, max: usize, label: &sc::Label) -> Result<ndarray::Array3<u8>, String> {
     let image = Image::open(path).map_err(|e| e.to_string())?;
     let spec = manifest.input.spec(&image.attrs.modality);
     let decoded = image.decode().map_err(|e| e.to_string())?;

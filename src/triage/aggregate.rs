@@ -2,7 +2,7 @@
 //! the manifest says (maximum, or mean of the top k), positive and urgent flags from its
 //! thresholds, a confidence tier, the key image and its class activation map. Pure functions.
 
-use crate::db::{FindingRow, SliceRow, StudyResultRow};
+use crate::db::{Finding, FrameOutput, Priority, ResultState, StudyResult};
 use crate::inference::package::Manifest;
 
 /// Confidence tiers: the confidence of a call is p when positive and 1 - p when not.
@@ -57,19 +57,19 @@ pub struct Context<'a> {
 /// (an incomplete result must not look like a complete one); a study no model accepts gets one
 /// `not_applicable` result, and one whose every routed instance failed a `failed` one, both
 /// under the empty model name.
-pub fn study_results(ctx: &Context<'_>, slices: &[SliceRow]) -> Vec<StudyResultRow> {
+pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResult> {
     let failure = (!ctx.failed.is_empty()).then(|| {
         let (_, reason) = &ctx.failed[0];
         format!("{} instance(s) of the study could not be processed; first: {reason}", ctx.failed.len())
     });
-    let blank = |model: &str, version: &str| StudyResultRow {
+    let blank = |model: &str, version: &str| StudyResult {
         study_id: ctx.study_id,
         model: model.to_string(),
         model_version: version.to_string(),
         demonstration: false,
         intended_use: String::new(),
         limits: String::new(),
-        state: String::new(),
+        state: ResultState::NotApplicable,
         priority: None,
         error: failure.clone(),
         images_inferred: 0,
@@ -83,7 +83,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[SliceRow]) -> Vec<StudyResultR
     };
     let mut results = Vec::new();
     for m in ctx.manifests {
-        let mine: Vec<&SliceRow> = slices.iter().filter(|s| s.model == m.name).collect();
+        let mine: Vec<&FrameOutput> = slices.iter().filter(|s| s.model == m.name).collect();
         if mine.is_empty() {
             continue;
         }
@@ -95,7 +95,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[SliceRow]) -> Vec<StudyResultR
         r.preprocess_ms = mine.iter().map(|s| s.preprocess_us as f64).sum::<f64>() / 1000.0;
         r.forward_ms = mine.iter().map(|s| s.forward_us as f64 / s.batch_size.max(1) as f64).sum::<f64>() / 1000.0;
         if failure.is_some() {
-            r.state = "failed".into();
+            r.state = ResultState::Failed;
             results.push(r);
             continue;
         }
@@ -108,7 +108,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[SliceRow]) -> Vec<StudyResultR
             let cam = key.cam.get(label_index * cells..(label_index + 1) * cells).map(<[f32]>::to_vec).unwrap_or_default();
             let positive = p >= o.positive[label_index];
             let urgent = p >= o.urgent[label_index];
-            r.findings.push(FindingRow {
+            r.findings.push(Finding {
                 label: label.clone(),
                 probability: f64::from(p),
                 positive,
@@ -124,19 +124,19 @@ pub fn study_results(ctx: &Context<'_>, slices: &[SliceRow]) -> Vec<StudyResultR
             });
         }
         let priority = if r.findings.iter().any(|f| f.urgent) {
-            "urgent"
+            Priority::Urgent
         } else if r.findings.iter().any(|f| f.positive) {
-            "positive"
+            Priority::Positive
         } else {
-            "negative"
+            Priority::Negative
         };
-        r.priority = Some(priority.into());
-        r.state = "triaged".into();
+        r.priority = Some(priority);
+        r.state = ResultState::Triaged;
         results.push(r);
     }
     if results.is_empty() {
         let mut r = blank("", "");
-        r.state = if failure.is_some() { "failed" } else { "not_applicable" }.into();
+        r.state = if failure.is_some() { ResultState::Failed } else { ResultState::NotApplicable };
         results.push(r);
     }
     results

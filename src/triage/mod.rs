@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::db::{ClaimedJob, Db, DbError, SliceRow};
+use crate::db::{ClaimedJob, Db, DbError, FrameOutput, InferenceState, Priority, ResultState};
 use crate::domain::now_ms;
 use crate::inference::engine::{Engine, EngineError};
 use crate::inference::package::Manifest;
@@ -90,12 +90,12 @@ impl Triage {
         let images = match prepared {
             Ok(images) if images.is_empty() => {
                 debug!(instance = id, "no model accepts this instance");
-                return Ok(self.db.record_inference(id, "not_routed", None, &[]).await?);
+                return Ok(self.db.record_inference(id, InferenceState::NotRouted, None, &[]).await?);
             }
             Ok(images) => images,
             Err(e) => {
                 warn!(instance = id, error = %e, "instance pixels cannot be prepared; its study's result will say so");
-                return Ok(self.db.record_inference(id, "failed", Some(&e.to_string()), &[]).await?);
+                return Ok(self.db.record_inference(id, InferenceState::Failed, Some(&e.to_string()), &[]).await?);
             }
         };
         let per_image_us = preprocess_us / images.len() as i64;
@@ -115,7 +115,7 @@ impl Triage {
             match out {
                 Ok(o) => {
                     let m = &self.engine.manifests()[p.model];
-                    rows.push(SliceRow {
+                    rows.push(FrameOutput {
                         instance_id: id,
                         model: m.name.clone(),
                         model_version: m.version.clone(),
@@ -141,9 +141,9 @@ impl Triage {
             Some(EngineError::Stopped) => Ok(()),
             Some(e) => {
                 error!(instance = id, error = %e, "inference failed");
-                Ok(self.db.record_inference(id, "failed", Some(&e.to_string()), &[]).await?)
+                Ok(self.db.record_inference(id, InferenceState::Failed, Some(&e.to_string()), &[]).await?)
             }
-            None => Ok(self.db.record_inference(id, "done", None, &rows).await?),
+            None => Ok(self.db.record_inference(id, InferenceState::Done, None, &rows).await?),
         }
     }
 
@@ -168,7 +168,7 @@ impl Triage {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let slices = self.db.study_slices(job.study_id).await?;
+        let slices = self.db.study_frame_outputs(job.study_id).await?;
         let (failed, _not_routed) = self.db.study_inference_outcomes(job.study_id).await?;
         let ctx = aggregate::Context {
             study_id: job.study_id,
@@ -190,7 +190,7 @@ impl Triage {
             let why = format!("the study's instances name {patients} different patients (mislabelled or merged): not triaged, nothing sent to the PACS");
             warn!(study_id = job.study_id, job_id = job.id, patients, "study not triaged: its instances name different patients");
             for r in results.iter_mut() {
-                r.state = "failed".into();
+                r.state = ResultState::Failed;
                 r.priority = None;
                 r.findings.clear();
                 r.error = Some(why.clone());
@@ -228,7 +228,7 @@ impl Triage {
                 job_id = job.id,
                 model = %r.model,
                 state = %r.state,
-                priority = r.priority.as_deref().unwrap_or("-"),
+                priority = r.priority.map_or("-", Priority::as_str),
                 images = r.images_inferred,
                 failed = r.instances_failed,
                 preprocess_ms = format_args!("{:.1}", r.preprocess_ms),

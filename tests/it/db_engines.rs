@@ -3,7 +3,7 @@
 
 
 use crate::common::*;
-use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, RegisteredAe, StudyResultRow};
+use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, RegisteredAe, StudyResult};
 use triage_node::domain::AeTitle;
 
 fn instance(uid: &str, study: &str) -> NewInstance {
@@ -136,20 +136,20 @@ async fn suite(url: &str) {
     db.outbox_dead(ids[1], "status 0xC000").await.unwrap();
     assert_eq!(db.outbox_release_claims("n1").await.unwrap(), 1);
     assert_eq!(db.outbox_requeue(None).await.unwrap(), 1);
-    let states: Vec<String> = db.outbox_list(None).await.unwrap().into_iter().map(|i| i.state).collect();
+    let states: Vec<String> = db.outbox_list(None).await.unwrap().into_iter().map(|i| i.state.to_string()).collect();
     assert_eq!(states, ["delivered", "pending", "pending", "pending"]);
 
     // A study result and its result objects are saved in one transaction with the job's end.
     let job = &jobs[0];
-    let result = StudyResultRow {
+    let result = StudyResult {
         study_id: job.study_id,
         model: "m".into(),
         model_version: "1".into(),
         demonstration: true,
         intended_use: "test".into(),
         limits: "test".into(),
-        state: "triaged".into(),
-        priority: Some("negative".into()),
+        state: "triaged".parse().unwrap(),
+        priority: Some("negative".parse().unwrap()),
         error: None,
         images_inferred: 1,
         instances_failed: 0,
@@ -160,7 +160,7 @@ async fn suite(url: &str) {
         triaged_at_ms: 7_100,
         findings: vec![],
     };
-    let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.into(), study_id: Some(job.study_id), reidentify: true };
+    let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.parse().unwrap(), study_id: Some(job.study_id), reidentify: true };
     db.save_study_results(job.id, job.study_id, &[result], "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
     let queued = db.outbox_claim("n3", 60_000, 10).await.unwrap();
     assert_eq!(queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(), [("sc", Some(job.study_id), true), ("sr", Some(job.study_id), true)]);

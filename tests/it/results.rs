@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use triage_node::db::{Db, StudyResultRow};
+use triage_node::db::{Db, StudyResult};
 
 fn demo_models() -> String {
     format!("models_dir = \"{}\"", repo().join("models").display())
@@ -54,7 +54,7 @@ fn original(file: &Path, keyword: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn result_of(db: &Db, rt: &tokio::runtime::Runtime, file: &Path) -> StudyResultRow {
+fn result_of(db: &Db, rt: &tokio::runtime::Runtime, file: &Path) -> StudyResult {
     let mut r = rt.block_on(db.study_results(&deid_uid(&study_uid_of(file)))).unwrap();
     assert_eq!(r.len(), 1);
     r.remove(0)
@@ -126,7 +126,7 @@ fn results_arrive_in_the_original_study_on_a_real_pacs() {
         assert_eq!(g["evaluations"][1][0], "AI confidence tier");
         assert_eq!(g["source_images"], serde_json::json!([sop_uid]), "the report references the original image");
         assert_eq!(report["evidence"], serde_json::json!([sop_uid]));
-        let priority = match result.priority.as_deref() {
+        let priority = match result.priority.map(|p| p.as_str()) {
             Some("urgent") => "URGENT",
             Some("positive") => "POSITIVE",
             _ => "NEGATIVE",

@@ -71,7 +71,7 @@ fn chest_radiographs_are_triaged_by_the_demo_model() {
         };
         assert_eq!(f.tier, expected_tier);
         probabilities.push((f.probability, *positive));
-        assert_eq!(r.priority.as_deref(), Some(if f.urgent { "urgent" } else if f.positive { "positive" } else { "negative" }));
+        assert_eq!(r.priority.map(|p| p.as_str()), Some(if f.urgent { "urgent" } else if f.positive { "positive" } else { "negative" }));
         let p_offline = offline[i]["results"][0]["findings"][0]["probability"].as_f64().unwrap();
         assert!((p_offline - f.probability).abs() < 1e-4, "node {} vs infer {p_offline}", f.probability);
     }
@@ -106,7 +106,7 @@ fn a_ct_series_is_inferred_slice_by_slice_as_it_arrives() {
     let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(60), &node);
     let r = &results[0][0];
     assert_eq!((r.model.as_str(), r.state.as_str(), r.images_inferred), ("tiny", "triaged", 40), "{r:?}");
-    let slices = rt.block_on(db.study_slices(r.study_id)).unwrap();
+    let slices = rt.block_on(db.study_frame_outputs(r.study_id)).unwrap();
     assert_eq!(slices.len(), 40);
     // Inferred while the series was arriving or just after: all before the study was complete.
     let before_ready = slices.iter().filter(|s| s.created_at_ms <= r.ready_at_ms).count();

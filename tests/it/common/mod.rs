@@ -540,10 +540,10 @@ k = 3
 "#;
 
 /// Wait until every study in `uids` has a result.
-pub fn wait_results(rt: &tokio::runtime::Runtime, db: &triage_node::db::Db, uids: &[String], timeout: Duration, node: &Node) -> Vec<Vec<triage_node::db::StudyResultRow>> {
+pub fn wait_results(rt: &tokio::runtime::Runtime, db: &triage_node::db::Db, uids: &[String], timeout: Duration, node: &Node) -> Vec<Vec<triage_node::db::StudyResult>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let all: Vec<Vec<triage_node::db::StudyResultRow>> = uids.iter().map(|u| rt.block_on(db.study_results(u)).unwrap()).collect();
+        let all: Vec<Vec<triage_node::db::StudyResult>> = uids.iter().map(|u| rt.block_on(db.study_results(u)).unwrap()).collect();
         if all.iter().all(|r| !r.is_empty()) {
             return all;
         }

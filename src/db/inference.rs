@@ -1,0 +1,204 @@
+//! The inference pass of each instance: claimed under a lease (so the pass that runs as an
+//! instance arrives and the study job's catch-up never both run it), its state, and the
+//! per-frame model outputs it records.
+
+use super::{get, q, Db, DbError, InferenceState};
+
+/// What a model said about one frame of one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameOutput {
+    pub instance_id: i64,
+    pub model: String,
+    pub model_version: String,
+    pub frame: i64,
+    pub probabilities: Vec<f32>,
+    pub source_rows: i64,
+    pub source_cols: i64,
+    pub cam_rows: i64,
+    pub cam_cols: i64,
+    /// [labels][cam_rows][cam_cols], flattened.
+    pub cam: Vec<f32>,
+    pub preprocess_us: i64,
+    pub queue_us: i64,
+    pub forward_us: i64,
+    pub batch_size: i64,
+    /// When the row was written (ignored when inserting).
+    pub created_at_ms: i64,
+}
+
+/// A study's inference passes still to run (claimable now) and still running elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInference {
+    pub claimable: Vec<i64>,
+    pub running: i64,
+}
+
+pub(crate) fn floats_json(v: &[f32]) -> String {
+    let mut s = String::with_capacity(v.len() * 7 + 2);
+    s.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        // 4 decimals: probabilities and maps in 0..1 need no more; other ranges keep 5 digits.
+        let r = (x * 10_000.0).round() / 10_000.0;
+        s.push_str(&format!("{r}"));
+    }
+    s.push(']');
+    s
+}
+
+pub(crate) fn parse_floats(text: &str) -> Result<Vec<f32>, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::Invalid(format!("stored float array: {e}")))
+}
+
+impl Db {
+    /// Claim instance `id`'s inference pass until `lease_until_ms`. False when it is excluded,
+    /// done, or held by a live claim.
+    pub async fn claim_inference(&self, id: i64, now_ms: i64, lease_until_ms: i64) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "UPDATE instances SET inference_state = $4, inference_lease_until_ms = $2
+             WHERE id = $1 AND excluded_reason IS NULL
+               AND (inference_state IS NULL OR (inference_state = $4 AND inference_lease_until_ms < $3))",
+        )
+        .bind(id)
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .bind(InferenceState::Running.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(q("claim inference"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Record the end of instance `id`'s pass: `Done` (with its outputs), `NotRouted` or
+    /// `Failed` (with the reason), in one transaction.
+    pub async fn record_inference(&self, id: i64, state: InferenceState, error: Option<&str>, rows: &[FrameOutput]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let now = crate::domain::now_ms();
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO slice_results (instance_id, model, model_version, frame, probabilities, source_rows, source_cols,
+                                            cam_rows, cam_cols, cam, preprocess_us, queue_us, forward_us, batch_size, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT (instance_id, model, frame) DO NOTHING",
+            )
+            .bind(r.instance_id)
+            .bind(&r.model)
+            .bind(&r.model_version)
+            .bind(r.frame)
+            .bind(floats_json(&r.probabilities))
+            .bind(r.source_rows)
+            .bind(r.source_cols)
+            .bind(r.cam_rows)
+            .bind(r.cam_cols)
+            .bind(floats_json(&r.cam))
+            .bind(r.preprocess_us)
+            .bind(r.queue_us)
+            .bind(r.forward_us)
+            .bind(r.batch_size)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert slice result"))?;
+        }
+        sqlx::query("UPDATE instances SET inference_state = $2, inference_error = $3, inference_lease_until_ms = NULL WHERE id = $1")
+            .bind(id)
+            .bind(state.as_str())
+            .bind(error.map(str::to_string))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("record inference state"))?;
+        tx.commit().await.map_err(q("commit inference"))
+    }
+
+    /// The study's instances whose pass has not run (or whose claim expired), and how many are
+    /// running under a live claim.
+    pub async fn pending_inference(&self, study_id: i64, now_ms: i64) -> Result<PendingInference, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, inference_state, inference_lease_until_ms FROM instances
+             WHERE study_id = $1 AND excluded_reason IS NULL AND (inference_state IS NULL OR inference_state = $2) ORDER BY id",
+        )
+        .bind(study_id)
+        .bind(InferenceState::Running.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select pending inference"))?;
+        let mut pending = PendingInference { claimable: Vec::new(), running: 0 };
+        for r in &rows {
+            let state: Option<String> = get(r, "inference_state")?;
+            let lease: Option<i64> = get(r, "inference_lease_until_ms")?;
+            if state.is_none() || lease.unwrap_or(0) < now_ms {
+                pending.claimable.push(get(r, "id")?);
+            } else {
+                pending.running += 1;
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Every model output of the study's instances.
+    pub async fn study_frame_outputs(&self, study_id: i64) -> Result<Vec<FrameOutput>, DbError> {
+        let rows = sqlx::query(
+            "SELECT r.* FROM slice_results r JOIN instances i ON i.id = r.instance_id WHERE i.study_id = $1 ORDER BY r.instance_id, r.frame",
+        )
+        .bind(study_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select study slices"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(FrameOutput {
+                    instance_id: get(r, "instance_id")?,
+                    model: get(r, "model")?,
+                    model_version: get(r, "model_version")?,
+                    frame: get(r, "frame")?,
+                    probabilities: parse_floats(&get::<String>(r, "probabilities")?)?,
+                    source_rows: get(r, "source_rows")?,
+                    source_cols: get(r, "source_cols")?,
+                    cam_rows: get(r, "cam_rows")?,
+                    cam_cols: get(r, "cam_cols")?,
+                    cam: parse_floats(&get::<String>(r, "cam")?)?,
+                    preprocess_us: get(r, "preprocess_us")?,
+                    queue_us: get(r, "queue_us")?,
+                    forward_us: get(r, "forward_us")?,
+                    batch_size: get(r, "batch_size")?,
+                    created_at_ms: get(r, "created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// (instance id, reason) of the study's failed passes, and how many were routed to no model.
+    pub async fn study_inference_outcomes(&self, study_id: i64) -> Result<(Vec<(i64, String)>, i64), DbError> {
+        let failed = sqlx::query("SELECT id, inference_error FROM instances WHERE study_id = $1 AND inference_state = $2 ORDER BY id")
+            .bind(study_id)
+            .bind(InferenceState::Failed.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select failed inference"))?;
+        let failed = failed
+            .iter()
+            .map(|r| Ok((get(r, "id")?, get::<Option<String>>(r, "inference_error")?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let not_routed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE study_id = $1 AND inference_state = $2")
+            .bind(study_id)
+            .bind(InferenceState::NotRouted.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count not routed"))?;
+        Ok((failed, not_routed))
+    }
+
+    /// A node alone on its SQLite file holds every claim: at start-up, the pass claims of its
+    /// previous run are void (a crash left them), so passes run again at once instead of after
+    /// their lease. Not for PostgreSQL, where other nodes' claims are live.
+    pub async fn void_inference_claims(&self) -> Result<u64, DbError> {
+        let passes = sqlx::query("UPDATE instances SET inference_state = NULL, inference_lease_until_ms = NULL WHERE inference_state = $1")
+            .bind(InferenceState::Running.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(q("void inference claims"))?;
+        Ok(passes.rows_affected())
+    }
+}

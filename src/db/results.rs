@@ -1,0 +1,202 @@
+//! Study results: per (study, model) the aggregated result and its findings, replaced as a
+//! whole when a study is triaged again, saved in the transaction that queues the result
+//! objects and finishes the job.
+
+use super::inference::{floats_json, parse_floats};
+use super::{get, q, Db, DbError, Priority, ResultState};
+
+/// One finding of a study result: a label's aggregated probability and its key image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub label: String,
+    pub probability: f64,
+    pub positive: bool,
+    pub urgent: bool,
+    pub tier: String,
+    pub key_instance_id: i64,
+    pub key_frame: i64,
+    pub source_rows: i64,
+    pub source_cols: i64,
+    pub cam_rows: i64,
+    pub cam_cols: i64,
+    pub cam: Vec<f32>,
+}
+
+/// A study's result for one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyResult {
+    pub study_id: i64,
+    pub model: String,
+    pub model_version: String,
+    pub demonstration: bool,
+    pub intended_use: String,
+    pub limits: String,
+    pub state: ResultState,
+    /// When triaged.
+    pub priority: Option<Priority>,
+    pub error: Option<String>,
+    pub images_inferred: i64,
+    pub instances_failed: i64,
+    pub preprocess_ms: f64,
+    pub forward_ms: f64,
+    pub last_received_at_ms: i64,
+    pub ready_at_ms: i64,
+    pub triaged_at_ms: i64,
+    pub findings: Vec<Finding>,
+}
+
+impl Db {
+    /// Replace the study's results with `results`, queue the result objects `outbox` for this
+    /// node `node`, and mark the job done, in one transaction.
+    pub async fn save_study_results(&self, job_id: i64, study_id: i64, results: &[StudyResult], node: &str, outbox: &[super::NewOutboxItem]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        sqlx::query("DELETE FROM findings WHERE study_result_id IN (SELECT id FROM study_results WHERE study_id = $1)")
+            .bind(study_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("delete old findings"))?;
+        sqlx::query("DELETE FROM study_results WHERE study_id = $1").bind(study_id).execute(&mut *tx).await.map_err(q("delete old results"))?;
+        for r in results {
+            let result_id: i64 = sqlx::query_scalar(
+                "INSERT INTO study_results (study_id, job_id, model, model_version, demonstration, intended_use, limits, state, priority, error,
+                                            images_inferred, instances_failed, preprocess_ms, forward_ms, last_received_at_ms, ready_at_ms, triaged_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+            )
+            .bind(study_id)
+            .bind(job_id)
+            .bind(&r.model)
+            .bind(&r.model_version)
+            .bind(i64::from(r.demonstration))
+            .bind(&r.intended_use)
+            .bind(&r.limits)
+            .bind(r.state.as_str())
+            .bind(r.priority.map(Priority::as_str))
+            .bind(r.error.clone())
+            .bind(r.images_inferred)
+            .bind(r.instances_failed)
+            .bind(r.preprocess_ms)
+            .bind(r.forward_ms)
+            .bind(r.last_received_at_ms)
+            .bind(r.ready_at_ms)
+            .bind(r.triaged_at_ms)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("insert study result"))?;
+            for f in &r.findings {
+                sqlx::query(
+                    "INSERT INTO findings (study_result_id, label, probability, positive, urgent, tier, key_instance_id, key_frame,
+                                           source_rows, source_cols, cam_rows, cam_cols, cam)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(result_id)
+                .bind(&f.label)
+                .bind(f.probability)
+                .bind(i64::from(f.positive))
+                .bind(i64::from(f.urgent))
+                .bind(&f.tier)
+                .bind(f.key_instance_id)
+                .bind(f.key_frame)
+                .bind(f.source_rows)
+                .bind(f.source_cols)
+                .bind(f.cam_rows)
+                .bind(f.cam_cols)
+                .bind(floats_json(&f.cam))
+                .execute(&mut *tx)
+                .await
+                .map_err(q("insert finding"))?;
+            }
+        }
+        let now = crate::domain::now_ms();
+        for item in outbox {
+            super::outbox::insert_in(&mut tx, node, item, now).await?;
+        }
+        super::jobs::finish_in(&mut tx, job_id, now).await?;
+        tx.commit().await.map_err(q("commit study results"))
+    }
+
+    /// The results of the study with this (de-identified) Study Instance UID, by model.
+    pub async fn study_results(&self, study_instance_uid: &str) -> Result<Vec<StudyResult>, DbError> {
+        let rows = sqlx::query(
+            "SELECT r.* FROM study_results r JOIN studies s ON s.id = r.study_id WHERE s.study_instance_uid = $1 ORDER BY r.model",
+        )
+        .bind(study_instance_uid)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select study results"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: i64 = get(r, "id")?;
+            let findings = sqlx::query("SELECT * FROM findings WHERE study_result_id = $1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("select findings"))?
+                .iter()
+                .map(|f| {
+                    Ok(Finding {
+                        label: get(f, "label")?,
+                        probability: get(f, "probability")?,
+                        positive: get::<i64>(f, "positive")? != 0,
+                        urgent: get::<i64>(f, "urgent")? != 0,
+                        tier: get(f, "tier")?,
+                        key_instance_id: get(f, "key_instance_id")?,
+                        key_frame: get(f, "key_frame")?,
+                        source_rows: get(f, "source_rows")?,
+                        source_cols: get(f, "source_cols")?,
+                        cam_rows: get(f, "cam_rows")?,
+                        cam_cols: get(f, "cam_cols")?,
+                        cam: parse_floats(&get::<String>(f, "cam")?)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, DbError>>()?;
+            out.push(StudyResult {
+                study_id: get(r, "study_id")?,
+                model: get(r, "model")?,
+                model_version: get(r, "model_version")?,
+                demonstration: get::<i64>(r, "demonstration")? != 0,
+                intended_use: get(r, "intended_use")?,
+                limits: get(r, "limits")?,
+                state: get::<String>(r, "state")?.parse()?,
+                priority: get::<Option<String>>(r, "priority")?.map(|p| p.parse()).transpose()?,
+                error: get(r, "error")?,
+                images_inferred: get(r, "images_inferred")?,
+                instances_failed: get(r, "instances_failed")?,
+                preprocess_ms: get(r, "preprocess_ms")?,
+                forward_ms: get(r, "forward_ms")?,
+                last_received_at_ms: get(r, "last_received_at_ms")?,
+                ready_at_ms: get(r, "ready_at_ms")?,
+                triaged_at_ms: get(r, "triaged_at_ms")?,
+                findings,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` study results (study row id first), for `triage-node results`.
+    pub async fn recent_results(&self, limit: i64) -> Result<Vec<StudyResult>, DbError> {
+        let uids: Vec<String> = sqlx::query_scalar(
+            "SELECT s.study_instance_uid FROM studies s WHERE EXISTS (SELECT 1 FROM study_results r WHERE r.study_id = s.id)
+             ORDER BY (SELECT MAX(r.triaged_at_ms) FROM study_results r WHERE r.study_id = s.id) DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select recent results"))?;
+        let mut out = Vec::new();
+        for uid in uids {
+            out.extend(self.study_results(&uid).await?);
+        }
+        Ok(out)
+    }
+
+    /// (state, count) of study results, for `triage-node status`.
+    pub async fn result_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT state || CASE WHEN priority IS NULL THEN '' ELSE ':' || priority END AS s, COUNT(*) AS n FROM study_results GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("count results"))?;
+        rows.iter().map(|r| Ok((get(r, "s")?, get(r, "n")?))).collect()
+    }
+}
