@@ -5,7 +5,6 @@
 //! port is bound or file is written. Must not: read settings anywhere else, or log secrets.
 
 use std::{
-    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -16,6 +15,9 @@ use crate::domain::{AeTitle, ByteSize};
 
 /// The defaults shipped in `config/default.toml`, compiled in so the binary runs anywhere.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The `[dicom]` section is the network layer's own (`net::settings`).
+pub use crate::net::settings::DicomSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,29 +39,6 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub results: ResultsSettings,
     pub log: LogSettings,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DicomSettings {
-    pub ae_title: String,
-    pub bind: IpAddr,
-    pub port: u16,
-    pub max_associations: usize,
-    /// Of `max_associations`, slots only a registered calling AE may take (once its
-    /// A-ASSOCIATE-RQ shows who it is): unknown or silent peers cannot lock every modality out.
-    pub reserved_for_registered: usize,
-    /// Connections one peer address may hold open at once.
-    pub max_associations_per_host: usize,
-    pub max_pdu_length: u32,
-    #[serde(with = "humantime_serde")]
-    pub artim_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    pub require_registered_calling_ae: bool,
-    pub transfer_syntax_preference: Vec<String>,
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,8 +142,9 @@ pub struct InferenceSettings {
 }
 
 impl InferenceSettings {
-    pub fn tiers(&self) -> crate::triage::aggregate::Tiers {
-        crate::triage::aggregate::Tiers { high: self.tier_high, medium: self.tier_medium }
+    /// The confidence tiers (`tier_high`, `tier_medium`).
+    pub fn tiers(&self) -> (f64, f64) {
+        (self.tier_high, self.tier_medium)
     }
 
     pub fn preprocess_threads(&self) -> usize {

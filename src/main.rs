@@ -401,7 +401,7 @@ async fn infer_files(settings: &Settings, paths: &[PathBuf], only: Option<&str>,
     }
     let mut failed = 0;
     for file in &files {
-        let mut result = offline::triage_file(&engine, file, only, settings.inference.tiers(), heatmaps.is_some()).await;
+        let mut result = offline::triage_file(&engine, file, only, triage_node::triage::aggregate::Tiers::from_settings(&settings.inference), heatmaps.is_some()).await;
         failed += usize::from(result.error.is_some());
         if let Some(dir) = heatmaps {
             let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();

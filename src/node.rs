@@ -76,7 +76,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             warn!(destination = %dest, "results.destinations names an AE that is not registered; its results wait in the outbox until it is (triage-node ae add)");
         }
     }
-    let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), inf.tiers(), inf.preprocess_threads(), Some(publisher));
+    let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), crate::triage::aggregate::Tiers::from_settings(inf), inf.preprocess_threads(), Some(publisher));
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let keys = deid.keys().clone();
     let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));

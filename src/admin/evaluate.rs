@@ -68,7 +68,7 @@ pub async fn evaluate(settings: &Settings, labels: &Path, dir: &Path, only: Opti
     let mut scores: BTreeMap<(String, String), (Vec<f32>, Vec<bool>)> = BTreeMap::new();
     let (mut failed, mut not_routed) = (Vec::new(), 0usize);
     for (file, truth) in &rows {
-        let result = offline::triage_file(&engine, &dir.join(file), only, settings.inference.tiers(), false).await;
+        let result = offline::triage_file(&engine, &dir.join(file), only, crate::triage::aggregate::Tiers::from_settings(&settings.inference), false).await;
         if let Some(e) = &result.error {
             failed.push(format!("{file}: {e}"));
             continue;

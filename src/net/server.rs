@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use tracing::Instrument;
 
 use super::access::canonical;
-use super::association::{self, BoxRead, BoxWrite, Shared};
+use super::association::{BoxRead, BoxWrite};
+use super::session::{self, Shared};
 use super::ul::negotiation;
 use super::ul::pdu::{self, PduError};
 
@@ -92,7 +93,7 @@ impl Listener {
                         let _host = host_slot;
                         let (rd, wr) = stream.into_split();
                         async move {
-                            if let Err(error) = association::run(Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite, peer, shared, token).await {
+                            if let Err(error) = session::run(Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite, peer, shared, token).await {
                                 warn!(%error, "association failed");
                             }
                         }
@@ -117,7 +118,7 @@ impl Listener {
                                     let _permit = permit;
                                     let (rd, wr) = stream.into_split();
                                     async move {
-                                        if let Err(error) = association::run_with_request(Box::new(rd), Box::new(wr), peer, shared, token, rq).await {
+                                        if let Err(error) = session::run_with_request(Box::new(rd), Box::new(wr), peer, shared, token, rq).await {
                                             warn!(%error, "association failed");
                                         }
                                     }

@@ -13,6 +13,12 @@ pub struct Tiers {
 }
 
 impl Tiers {
+    /// The tiers the `[inference]` section sets.
+    pub fn from_settings(s: &crate::config::InferenceSettings) -> Tiers {
+        let (high, medium) = s.tiers();
+        Tiers { high, medium }
+    }
+
     pub fn tier(&self, probability: f64, positive: bool) -> &'static str {
         let confidence = if positive { probability } else { 1.0 - probability };
         if confidence >= self.high {
