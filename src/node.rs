@@ -113,6 +113,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         warn!(remaining = associations.len(), ?grace, "associations still busy after the shutdown grace period; abandoning them (nothing unacknowledged is kept)");
     }
     workers.shutdown(WORKER_EXIT_DEADLINE).await;
+    for w in workers.statuses() {
+        info!(worker = w.name, state = ?w.state, units = w.units, errors = w.errors, restarts = w.restarts, "worker stopped");
+    }
     drop(workers);
     if let Some(thread) = engine_thread {
         if !thread.join(ENGINE_EXIT_DEADLINE).await {

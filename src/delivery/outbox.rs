@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use super::{resolve, DeliveryError};
 use crate::dicom::Status;
@@ -128,12 +128,17 @@ impl OutboxWorker {
             return Ok(0);
         }
         let destination = items[0].destination.clone();
-        let verdicts = self.attempt(&destination, &items).await;
-        for (item, verdict) in items.iter().zip(verdicts) {
-            if let Err(error) = self.record(item, verdict).await {
-                error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
+        let span = tracing::info_span!("delivery", destination = %destination);
+        async {
+            let verdicts = self.attempt(&destination, &items).await;
+            for (item, verdict) in items.iter().zip(verdicts) {
+                if let Err(error) = self.record(item, verdict).await {
+                    error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
+                }
             }
         }
+        .instrument(span)
+        .await;
         Ok(items.len())
     }
 
@@ -212,7 +217,7 @@ impl OutboxWorker {
             }
         }
         if let Err(error) = assoc.release().await {
-            warn!(%error, destination, "release after delivery failed");
+            warn!(%error, "release after delivery failed");
         }
         verdicts
     }
@@ -224,7 +229,7 @@ impl OutboxWorker {
         let transaction = format!("2.25.{}", uuid::Uuid::new_v4().as_u128());
         let rows: Vec<(i64, String)> = delivered.iter().map(|(id, _, sop)| (*id, sop.clone())).collect();
         if let Err(error) = self.db.commitment_requested(&transaction, destination, &rows).await {
-            error!(%error, destination, "recording a storage commitment request failed; not requested");
+            error!(%error, "recording a storage commitment request failed; not requested");
             return;
         }
         let refused = if !assoc.accepts(crate::dicom::uids::STORAGE_COMMITMENT_PUSH_MODEL) {
@@ -243,9 +248,9 @@ impl OutboxWorker {
             }
         };
         match refused {
-            None => info!(destination, objects = delivered.len(), "storage commitment requested"),
+            None => info!(objects = delivered.len(), "storage commitment requested"),
             Some(why) => {
-                warn!(destination, error = %why, "storage commitment not requested");
+                warn!(error = %why, "storage commitment not requested");
                 if let Err(error) = self.db.commitment_refused(&transaction, &why).await {
                     error!(%error, "recording a storage commitment refusal failed");
                 }
@@ -264,24 +269,24 @@ impl OutboxWorker {
                         // without the quiet period (a setting, not work).
                         let last = self.db.study_last_received(study).await?.unwrap_or(0);
                         let latency_ms = now_ms() - last - self.quiet_period.as_millis() as i64;
-                        info!(item = item.id, study_id = study, destination = %item.destination, attempts, latency_ms, "AI report delivered");
+                        info!(item = item.id, study_id = study, attempts, latency_ms, "AI report delivered");
                     }
-                    _ => info!(item = item.id, kind = %item.kind, destination = %item.destination, attempts, "delivered"),
+                    _ => info!(item = item.id, kind = %item.kind, attempts, "delivered"),
                 }
                 Ok(())
             }
             Verdict::Retry(why) if attempts < self.cfg.max_attempts => {
                 let delay = backoff(&self.cfg, attempts);
-                warn!(item = item.id, destination = %item.destination, attempts, retry_in = ?delay, error = %why, "delivery failed; will retry");
+                warn!(item = item.id, attempts, retry_in = ?delay, error = %why, "delivery failed; will retry");
                 self.db.outbox_retry_later(item.id, now_ms() + delay.as_millis() as i64, &why).await
             }
             Verdict::Retry(why) => {
                 let why = format!("gave up after {attempts} attempts: {why}");
-                error!(item = item.id, destination = %item.destination, error = %why, "delivery dead-lettered");
+                error!(item = item.id, error = %why, "delivery dead-lettered");
                 self.db.outbox_dead(item.id, &why).await
             }
             Verdict::Dead(why) => {
-                error!(item = item.id, destination = %item.destination, error = %why, "delivery dead-lettered");
+                error!(item = item.id, error = %why, "delivery dead-lettered");
                 self.db.outbox_dead(item.id, &why).await
             }
         }

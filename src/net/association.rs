@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::access::AccessError;
 use super::dimse::command::{self, CommandSet};
+use super::dimse::message::SendError;
 use super::dimse::{Event, MessageError, MessageReader, MessageWriter};
 use super::ul::negotiation::{AcceptedContext, Negotiated};
 use super::ul::pdu::PduError;
@@ -103,6 +104,38 @@ impl Association {
         self.writer.data(pc, bytes).await.map_err(AssociationError::Write)
     }
 
+    /// Stream `len` data set bytes from `source` (a sub-operation's instance, a PDU at a time).
+    pub async fn send_data_from<S: AsyncRead + Unpin>(&mut self, pc: u8, source: S, len: u64, pad_odd: bool) -> Result<(), AssociationError> {
+        self.writer.data_from(pc, source, len, pad_odd).await.map_err(|e| match e {
+            SendError::Write(e) => AssociationError::Write(e),
+            SendError::Source(e) => AssociationError::Protocol(format!("reading the data set to send: {e}")),
+        })
+    }
+
+    /// The accepted context for `abstract_syntax` (in `transfer_syntax`, if given): where a
+    /// service sends a sub-operation.
+    pub fn context_for(&self, abstract_syntax: &str, transfer_syntax: Option<&str>) -> Option<&AcceptedContext> {
+        self.negotiated
+            .contexts
+            .iter()
+            .find(|c| c.abstract_syntax == abstract_syntax && transfer_syntax.is_none_or(|ts| c.transfer_syntax.uid == ts))
+    }
+
+    /// The next message's command, for a service that waits on the association it serves (the
+    /// response to a sub-operation it sent, or a C-CANCEL). Its data set, if any, follows
+    /// through `data`.
+    pub async fn next_command(&mut self) -> Result<(u8, CommandSet), AssociationError> {
+        match self.reader.next().await? {
+            Event::Command { pc, command } => {
+                self.context(pc)?;
+                Ok((pc, command))
+            }
+            Event::ReleaseRq => Err(AssociationError::ReleasedMidMessage),
+            Event::Abort => Err(AssociationError::PeerAborted),
+            other => Err(AssociationError::Protocol(format!("{other:?} while a command was expected"))),
+        }
+    }
+
     /// Count one request of `service` for the association's summary line.
     pub fn tally(&mut self, service: &'static str, performed: bool) {
         let i = match self.tally.iter().position(|(s, ..)| *s == service) {
@@ -132,5 +165,73 @@ impl Association {
         let abstract_syntax = self.context(pc)?.abstract_syntax.clone();
         let rsp = command::response(cmd, request_field | 0x8000, Status::UNRECOGNIZED_OPERATION, &abstract_syntax);
         self.send_command(pc, &rsp).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::sop;
+    use crate::net::dimse::command::{field, tag};
+    use crate::net::ul::negotiation::AcceptedContext;
+
+    /// An association over an in-memory stream, as a service sees it, and the peer's end.
+    fn association() -> (Association, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (rd, wr) = tokio::io::split(ours);
+        let ctx = AcceptedContext {
+            id: 3,
+            abstract_syntax: sop::SOP_CLASSES[1].uid.to_string(),
+            transfer_syntax: sop::transfer_syntax(crate::dicom::uids::EXPLICIT_VR_LITTLE_ENDIAN).unwrap(),
+            service: sop::SOP_CLASSES[1].service,
+        };
+        let ac = dicom_ul::pdu::AssociationAC {
+            protocol_version: 1,
+            calling_ae_title: "PEER".into(),
+            called_ae_title: "US".into(),
+            application_context_name: String::new(),
+            presentation_contexts: vec![],
+            user_variables: vec![],
+        };
+        let negotiated = Negotiated { calling_ae: "PEER".into(), contexts: vec![ctx], peer_max_pdu: 4096, ac };
+        let reader = MessageReader::new(BufReader::new(Box::new(rd) as BoxRead), Duration::from_secs(5), 1 << 16, 1024, "");
+        let mut writer = MessageWriter::new(Box::new(wr) as BoxWrite);
+        writer.set_peer_max_pdu(4096);
+        let peer = "127.0.0.1:104".parse().unwrap();
+        (Association { reader, writer, negotiated, peer, tally: Vec::new() }, theirs)
+    }
+
+    /// A service can send a sub-operation (a C-STORE-RQ and its data set) on the association it
+    /// serves and read the peer's response on it: what C-GET needs.
+    #[tokio::test]
+    async fn a_service_sends_a_sub_operation_and_reads_its_response() {
+        let (mut assoc, theirs) = association();
+        let class = assoc.negotiated.contexts[0].abstract_syntax.clone();
+        let (peer_rd, peer_wr) = tokio::io::split(theirs);
+        let peer = tokio::spawn(async move {
+            // The peer: read the sub-operation whole, answer Success.
+            let mut rd = MessageReader::new(peer_rd, Duration::from_secs(5), 1 << 16, 1024, "");
+            let mut wr = MessageWriter::new(peer_wr);
+            let Event::Command { pc, command } = rd.next().await.unwrap() else { panic!("no command") };
+            let mut data = Vec::new();
+            while !rd.between_messages() {
+                if let Event::Data { bytes, .. } = rd.next().await.unwrap() {
+                    data.extend_from_slice(bytes);
+                }
+            }
+            let rsp = command::response(&command, field::C_STORE_RSP, Status::SUCCESS, &command.string(tag::AFFECTED_SOP_CLASS_UID).unwrap());
+            wr.command(pc, &rsp).await.unwrap();
+            data
+        });
+        let pc = assoc.context_for(&class, None).unwrap().id;
+        let mut rq = CommandSet::default();
+        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, &class).set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ).set_u16(tag::MESSAGE_ID, 9).set_u16(tag::COMMAND_DATA_SET_TYPE, 0);
+        assoc.send_command(pc, &rq).await.unwrap();
+        let payload = vec![7u8; 10_000];
+        assoc.send_data_from(pc, &payload[..], payload.len() as u64, false).await.unwrap();
+        let (rsp_pc, rsp) = assoc.next_command().await.unwrap();
+        assert_eq!((rsp_pc, rsp.command_field(), rsp.status(), rsp.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO)), (pc, Ok(field::C_STORE_RSP), Ok(Status::SUCCESS), Ok(9)));
+        assert!(assoc.data().await.unwrap().is_none(), "a response without a data set has none");
+        assert_eq!(peer.await.unwrap(), payload);
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::db::{ClaimedJob, Db, DbError, FrameOutput, InferenceState, Priority, ResultState};
 use crate::domain::now_ms;
@@ -89,12 +89,12 @@ impl Triage {
         let preprocess_us = started.elapsed().as_micros() as i64;
         let images = match prepared {
             Ok(images) if images.is_empty() => {
-                debug!(instance = id, "no model accepts this instance");
+                debug!("no model accepts this instance");
                 return Ok(self.db.record_inference(id, InferenceState::NotRouted, None, &[]).await?);
             }
             Ok(images) => images,
             Err(e) => {
-                warn!(instance = id, error = %e, "instance pixels cannot be prepared; its study's result will say so");
+                warn!(error = %e, "instance pixels cannot be prepared; its study's result will say so");
                 return Ok(self.db.record_inference(id, InferenceState::Failed, Some(&e.to_string()), &[]).await?);
             }
         };
@@ -140,7 +140,7 @@ impl Triage {
             // The engine stopped (shutdown): leave the claim to expire, the study job retries.
             Some(EngineError::Stopped) => Ok(()),
             Some(e) => {
-                error!(instance = id, error = %e, "inference failed");
+                error!(error = %e, "inference failed");
                 Ok(self.db.record_inference(id, InferenceState::Failed, Some(&e.to_string()), &[]).await?)
             }
             None => Ok(self.db.record_inference(id, InferenceState::Done, None, &rows).await?),
@@ -157,13 +157,16 @@ impl Triage {
             let mut passes = tokio::task::JoinSet::new();
             for id in pending.claimable.iter().copied() {
                 let me = self.clone();
-                passes.spawn(async move { (id, me.infer_instance(id).await) });
+                passes.spawn(
+                    async move {
+                        if let Err(e) = me.infer_instance(id).await {
+                            error!(error = %e, "inference pass failed");
+                        }
+                    }
+                    .instrument(pass_span(id)),
+                );
             }
-            while let Some(done) = passes.join_next().await {
-                if let Ok((id, Err(e))) = done {
-                    error!(instance = id, error = %e, "inference pass failed");
-                }
-            }
+            while passes.join_next().await.is_some() {}
             if pending.claimable.is_empty() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -188,7 +191,7 @@ impl Triage {
         let conflicting = patients > 1;
         if conflicting {
             let why = format!("the study's instances name {patients} different patients (mislabelled or merged): not triaged, nothing sent to the PACS");
-            warn!(study_id = job.study_id, job_id = job.id, patients, "study not triaged: its instances name different patients");
+            warn!(patients, "study not triaged: its instances name different patients");
             for r in results.iter_mut() {
                 r.state = ResultState::Failed;
                 r.priority = None;
@@ -209,7 +212,6 @@ impl Triage {
                     // the same way again, so the result is saved without its objects, loudly.
                     Err(crate::results::ResultsError::Db(e)) => return Err(e.into()),
                     Err(error) => error!(
-                        study_id = job.study_id,
                         model = %r.model,
                         %error,
                         "AI result objects could not be built: the result is saved, but the PACS gets nothing for it"
@@ -224,8 +226,6 @@ impl Triage {
         }
         for r in &results {
             info!(
-                study_id = job.study_id,
-                job_id = job.id,
                 model = %r.model,
                 state = %r.state,
                 priority = r.priority.map_or("-", Priority::as_str),
@@ -240,6 +240,11 @@ impl Triage {
         }
         Ok(())
     }
+}
+
+/// The span of one instance's inference pass (the instance's row id, never its UIDs).
+fn pass_span(id: i64) -> tracing::Span {
+    tracing::info_span!("pass", instance = id)
 }
 
 /// Runs the pass of each instance as it arrives (the channel the C-STORE path feeds).
@@ -274,11 +279,14 @@ impl Worker for Arrivals {
                 },
             };
             let me = self.triage.clone();
-            self.passes.spawn(async move {
-                if let Err(e) = me.infer_instance(id).await {
-                    error!(instance = id, error = %e, "inference pass failed");
+            self.passes.spawn(
+                async move {
+                    if let Err(e) = me.infer_instance(id).await {
+                        error!(error = %e, "inference pass failed");
+                    }
                 }
-            });
+                .instrument(pass_span(id)),
+            );
             Ok(WorkState::Busy)
         })
     }
@@ -327,13 +335,17 @@ impl Worker for StudyJobs {
                 let now = now_ms();
                 let Some(job) = self.triage.db.claim_study_job(now, now + JOB_LEASE.as_millis() as i64).await? else { break };
                 let me = self.triage.clone();
-                self.running.spawn(async move {
-                    let (id, study) = (job.id, job.study_id);
-                    if let Err(e) = me.run_job(job).await {
-                        error!(job_id = id, study_id = study, error = %e, "study triage failed; retried after its lease");
-                        let _ = me.db.fail_job(id, &e.to_string()).await;
+                let span = tracing::info_span!("study_job", job_id = job.id, study_id = job.study_id);
+                self.running.spawn(
+                    async move {
+                        let id = job.id;
+                        if let Err(e) = me.run_job(job).await {
+                            error!(error = %e, "study triage failed; retried after its lease");
+                            let _ = me.db.fail_job(id, &e.to_string()).await;
+                        }
                     }
-                });
+                    .instrument(span),
+                );
             }
             Ok(WorkState::Idle)
         })
