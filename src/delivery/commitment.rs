@@ -82,26 +82,26 @@ pub async fn receive(db: &Db, calling_ae: &str, event_type: u16, bytes: &[u8], t
     let report = match parse_report(bytes, ts_uid) {
         Ok(r) => r,
         Err(error) => {
-            warn!(calling_ae, %error, "storage commitment report unreadable");
+            warn!(%error, "storage commitment report unreadable");
             return Status::PROCESSING_FAILURE;
         }
     };
     match db.commitment_reported(&report.transaction_uid, calling_ae, &report.committed, &report.failed).await {
         Ok(0) => {
-            warn!(calling_ae, event_type, "storage commitment report for a transaction we did not request (from this AE)");
+            warn!(event_type, "storage commitment report for a transaction we did not request (from this AE)");
             Status::PROCESSING_FAILURE
         }
         Ok(n) => {
             if report.failed.is_empty() {
-                info!(calling_ae, objects = n, "storage commitment: the PACS committed to every object");
+                info!(objects = n, "storage commitment: the PACS committed to every object");
             } else {
                 let reasons: Vec<&str> = report.failed.iter().map(|(_, r)| r.as_str()).collect();
-                warn!(calling_ae, committed = report.committed.len(), failed = report.failed.len(), ?reasons, "storage commitment: the PACS did not commit to some objects");
+                warn!(committed = report.committed.len(), failed = report.failed.len(), ?reasons, "storage commitment: the PACS did not commit to some objects");
             }
             Status::SUCCESS
         }
         Err(error) => {
-            warn!(calling_ae, %error, "recording a storage commitment report failed");
+            warn!(%error, "recording a storage commitment report failed");
             Status::PROCESSING_FAILURE
         }
     }

@@ -78,7 +78,7 @@ enum Verdict {
 
 /// A C-STORE response status the peer may answer differently later.
 fn transient(status: Status) -> bool {
-    (0xA700..=0xA7FF).contains(&status.code())
+    status.is_out_of_resources()
         || [Status::PROCESSING_FAILURE, Status::UNRECOGNIZED_OPERATION, Status::CANCEL].contains(&status)
 }
 

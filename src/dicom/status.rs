@@ -71,6 +71,11 @@ impl Status {
     pub fn is_pending(self) -> bool {
         self.kind() == StatusKind::Pending
     }
+
+    /// Refused: Out of Resources, any of its codes (A7xx): the peer may accept later.
+    pub fn is_out_of_resources(self) -> bool {
+        (0xA700..=0xA7FF).contains(&self.0)
+    }
 }
 
 /// `0xA700`, as DICOM documents write it.

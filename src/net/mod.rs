@@ -21,4 +21,4 @@ pub mod ul;
 pub use association::{Association, AssociationError};
 pub use session::Shared;
 pub use server::Listener;
-pub use service::{Request, Service, Services};
+pub use service::{Offer, Request, Service, Services};

@@ -9,7 +9,8 @@ use super::access::BoxFuture;
 use super::association::{Association, AssociationError};
 use super::dimse::CommandSet;
 use super::ul::negotiation::AcceptedContext;
-use crate::dicom::sop::{SopClass, SOP_CLASSES};
+pub use super::ul::negotiation::Offer;
+use crate::dicom::sop::SOP_CLASSES;
 
 /// One DIMSE request, its command set read whole. If `has_data`, its data set follows: the
 /// service reads it with `Association::data` (or drops it with `Association::skip_data`).
@@ -23,8 +24,9 @@ pub struct Request {
 pub trait Service: Send + Sync {
     /// A short name for logs and the association's summary ("store", "echo").
     fn name(&self) -> &'static str;
-    /// The SOP classes it serves, as SCP (or, for a report a peer sends us, as its receiver).
-    fn sop_classes(&self) -> Vec<&'static SopClass>;
+    /// The SOP classes it serves (as SCP, or as the receiver of a report a peer sends us), and
+    /// who may use them: negotiation offers exactly these, on these terms.
+    fn offers(&self) -> Vec<Offer>;
     /// The request Command Field values it performs.
     fn commands(&self) -> &'static [u16];
     /// Perform one request: read its data set, if any, and send the response(s). It may send
@@ -49,17 +51,18 @@ impl Services {
         self
     }
 
-    /// Every SOP class some service serves, in the order of the conformance table.
-    pub fn sop_classes(&self) -> Vec<&'static SopClass> {
-        let served: Vec<&'static SopClass> = self.list.iter().flat_map(|s| s.sop_classes()).collect();
-        SOP_CLASSES.iter().filter(|c| served.iter().any(|s| s.uid == c.uid)).collect()
+    /// Every SOP class some service serves, on its terms, in the order of the conformance
+    /// table (the first service to offer a class serves it).
+    pub fn offers(&self) -> Vec<Offer> {
+        let all: Vec<Offer> = self.list.iter().flat_map(|s| s.offers()).collect();
+        SOP_CLASSES.iter().filter_map(|c| all.iter().find(|o| o.class.uid == c.uid).copied()).collect()
     }
 
     /// The service that performs `command_field` on `abstract_syntax`.
     pub fn find(&self, command_field: u16, abstract_syntax: &str) -> Option<Arc<dyn Service>> {
         self.list
             .iter()
-            .find(|s| s.commands().contains(&command_field) && s.sop_classes().iter().any(|c| c.uid == abstract_syntax))
+            .find(|s| s.commands().contains(&command_field) && s.offers().iter().any(|o| o.class.uid == abstract_syntax))
             .cloned()
     }
 

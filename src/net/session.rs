@@ -92,10 +92,10 @@ async fn serve(
             return Err(AssociationError::AeLookup(e));
         }
     };
-    let sop_classes = shared.services.sop_classes();
+    let offers = shared.services.offers();
     let policy = AcceptorPolicy {
         ae_title: &shared.ae_title,
-        sop_classes: &sop_classes,
+        offers: &offers,
         ts_preference: &shared.settings.transfer_syntax_preference,
         max_pdu_length: shared.settings.max_pdu_length,
     };

@@ -5,11 +5,12 @@
 use tracing::warn;
 
 use crate::db::Db;
-use crate::dicom::sop::{ServiceClass, SopClass, SOP_CLASSES};
+use crate::dicom::sop::{ServiceClass, SOP_CLASSES};
+use crate::domain::AeRole;
 use crate::dicom::Status;
 use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field, tag};
-use crate::net::{Association, AssociationError, Request, Service};
+use crate::net::{Association, AssociationError, Offer, Request, Service};
 
 /// The largest N-EVENT-REPORT data set we hold (a report of ~20 000 objects).
 const MAX_REPORT_BYTES: usize = 4 << 20;
@@ -29,8 +30,8 @@ impl Service for CommitmentReports {
         "commitment report"
     }
 
-    fn sop_classes(&self) -> Vec<&'static SopClass> {
-        sop_classes()
+    fn offers(&self) -> Vec<Offer> {
+        offers()
     }
 
     fn commands(&self) -> &'static [u16] {
@@ -74,7 +75,12 @@ impl Service for CommitmentReports {
     }
 }
 
-/// The SOP classes this service serves: those of the Commitment service class.
-pub fn sop_classes() -> Vec<&'static SopClass> {
-    SOP_CLASSES.iter().filter(|c| c.service == ServiceClass::Commitment).collect()
+/// The SOP classes of the Commitment service class. Only a PACS reports, taking the SCP role of the class we use as SCU; the reports are small
+/// non-image data sets, in a native little endian syntax.
+pub fn offers() -> Vec<Offer> {
+    SOP_CLASSES
+        .iter()
+        .filter(|c| c.service == ServiceClass::Commitment)
+        .map(|class| Offer { class, roles: &[AeRole::Pacs], caller_is_scp: true, native_only: true })
+        .collect()
 }

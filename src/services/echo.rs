@@ -1,10 +1,11 @@
 //! Verification SOP Class as SCP (PS3.4 Annex A): C-ECHO.
 
-use crate::dicom::sop::{ServiceClass, SopClass, SOP_CLASSES};
+use crate::dicom::sop::{ServiceClass, SOP_CLASSES};
+use crate::domain::AeRole;
 use crate::dicom::Status;
 use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field};
-use crate::net::{Association, AssociationError, Request, Service};
+use crate::net::{Association, AssociationError, Offer, Request, Service};
 
 pub struct Echo;
 
@@ -13,8 +14,8 @@ impl Service for Echo {
         "echo"
     }
 
-    fn sop_classes(&self) -> Vec<&'static SopClass> {
-        sop_classes()
+    fn offers(&self) -> Vec<Offer> {
+        offers()
     }
 
     fn commands(&self) -> &'static [u16] {
@@ -36,7 +37,11 @@ impl Service for Echo {
     }
 }
 
-/// The SOP classes this service serves: those of the Verification service class.
-pub fn sop_classes() -> Vec<&'static SopClass> {
-    SOP_CLASSES.iter().filter(|c| c.service == ServiceClass::Verification).collect()
+/// The SOP classes of the Verification service class. Every registered AE may verify.
+pub fn offers() -> Vec<Offer> {
+    SOP_CLASSES
+        .iter()
+        .filter(|c| c.service == ServiceClass::Verification)
+        .map(|class| Offer { class, roles: &[AeRole::Modality, AeRole::Pacs], caller_is_scp: false, native_only: false })
+        .collect()
 }

@@ -45,7 +45,7 @@ mod tests {
     fn conformance_statement_matches_the_code() {
         // Every SOP class of the table is served by a registered service, and nothing else.
         assert_eq!(
-            [echo::sop_classes(), store::sop_classes(), commitment::sop_classes()].concat().iter().map(|c| c.uid).collect::<Vec<_>>(),
+            [echo::offers(), store::offers(), commitment::offers()].concat().iter().map(|o| o.class.uid).collect::<Vec<_>>(),
             SOP_CLASSES.iter().map(|c| c.uid).collect::<Vec<_>>()
         );
         let sop_rows: Vec<(String, String)> = table("sop-classes").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use crate::dicom::sop::{ServiceClass, SopClass, SOP_CLASSES};
+use crate::dicom::sop::{ServiceClass, SOP_CLASSES};
+use crate::domain::AeRole;
 use crate::dicom::Status;
 use crate::domain::Redacted;
 use crate::ingest::spool::IncomingFile;
 use crate::ingest::{Ingest, IngestError, StoreOutcome, StoreRequest};
 use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field, tag};
-use crate::net::{Association, AssociationError, Request, Service};
+use crate::net::{Association, AssociationError, Offer, Request, Service};
 
 pub struct Store {
     ingest: Arc<Ingest>,
@@ -30,8 +31,8 @@ impl Service for Store {
         "store"
     }
 
-    fn sop_classes(&self) -> Vec<&'static SopClass> {
-        sop_classes()
+    fn offers(&self) -> Vec<Offer> {
+        offers()
     }
 
     fn commands(&self) -> &'static [u16] {
@@ -113,7 +114,11 @@ async fn receive(association: &mut Association, mut file: IncomingFile) -> Resul
     }
 }
 
-/// The SOP classes this service serves: those of the Storage service class.
-pub fn sop_classes() -> Vec<&'static SopClass> {
-    SOP_CLASSES.iter().filter(|c| c.service == ServiceClass::Storage).collect()
+/// The SOP classes of the Storage service class. Only a modality stores into the pipeline (a PACS may not).
+pub fn offers() -> Vec<Offer> {
+    SOP_CLASSES
+        .iter()
+        .filter(|c| c.service == ServiceClass::Storage)
+        .map(|class| Offer { class, roles: &[AeRole::Modality], caller_is_scp: false, native_only: false })
+        .collect()
 }

@@ -30,10 +30,25 @@ pub enum CallerDecision {
     NotRecognized,
 }
 
+/// One SOP class a registered service serves, and on what terms: the services decide, the
+/// negotiation only applies what they say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub class: &'static SopClass,
+    /// The roles of calling AE that may use it (others get a user rejection of the context).
+    pub roles: &'static [AeRole],
+    /// The caller must propose to take the SCP role (PS3.7 D.3.3.4): a report the peer sends
+    /// us as the SCP of a class we use as SCU (Storage Commitment results). Without it the
+    /// caller asks us to be the SCP, which we are not: refused.
+    pub caller_is_scp: bool,
+    /// Only the native little endian syntaxes (small non-image data sets).
+    pub native_only: bool,
+}
+
 pub struct AcceptorPolicy<'a> {
     pub ae_title: &'a AeTitle,
-    /// The abstract syntaxes some registered service serves (a subset of `sop::SOP_CLASSES`).
-    pub sop_classes: &'a [&'static SopClass],
+    /// The SOP classes the registered services serve, on their terms.
+    pub offers: &'a [Offer],
     /// Transfer syntax UIDs, most preferred first.
     pub ts_preference: &'a [String],
     pub max_pdu_length: u32,
@@ -115,21 +130,15 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
     for pc in &rq.presentation_contexts {
         let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']);
         let offered: Vec<&str> = pc.transfer_syntaxes.iter().map(|t| t.trim_end_matches(['\0', ' '])).collect();
-        let (reason, chosen) = match policy.sop_classes.iter().find(|c| c.uid == abstract_syntax) {
+        let (reason, chosen) = match policy.offers.iter().find(|o| o.class.uid == abstract_syntax) {
             None => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
-            // Roles: only a modality stores into the pipeline, only a PACS reports commitment.
-            Some(class) if class.service == Service::Storage && role != AeRole::Modality => (PresentationContextResultReason::UserRejection, None),
-            Some(class) if class.service == Service::Commitment && role != AeRole::Pacs => (PresentationContextResultReason::UserRejection, None),
-            // We are only ever the SCU of Storage Commitment: the context is for a PACS that
-            // reports results to us, taking the SCP role; anyone asking us to commit is refused.
-            Some(class) if class.service == Service::Commitment && !scp_role_proposed.contains(&abstract_syntax) => {
-                (PresentationContextResultReason::UserRejection, None)
-            }
-            Some(class) => {
-                // Commitment reports are small non-image data sets: native little endian only.
-                let allowed = |uid: &str| {
-                    class.service != Service::Commitment || uid == uids::EXPLICIT_VR_LITTLE_ENDIAN || uid == uids::IMPLICIT_VR_LITTLE_ENDIAN
-                };
+            // Roles: who may use a class is the serving service's rule (a modality stores, a
+            // PACS reports commitment results).
+            Some(offer) if !offer.roles.contains(&role) => (PresentationContextResultReason::UserRejection, None),
+            Some(offer) if offer.caller_is_scp && !scp_role_proposed.contains(&abstract_syntax) => (PresentationContextResultReason::UserRejection, None),
+            Some(offer) => {
+                let class = offer.class;
+                let allowed = |uid: &str| !offer.native_only || uid == uids::EXPLICIT_VR_LITTLE_ENDIAN || uid == uids::IMPLICIT_VR_LITTLE_ENDIAN;
                 let choice = policy
                     .ts_preference
                     .iter()
@@ -160,14 +169,16 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
     let peer_max_pdu = super::pdu::max_length(&rq.user_variables);
     // SCP/SCU role selection (PS3.7 D.3.3.4): a PACS sending Storage Commitment results asks to
     // be the SCP of the commitment SOP class on the association it opens; we accept exactly that
-    // (we stay its SCU) and ignore role proposals for anything else (default roles).
+    // for the classes offered so (we stay the SCU) and ignore role proposals for anything else
+    // (default roles).
     let mut user_variables = vec![
         UserVariableItem::MaxLength(policy.max_pdu_length),
         UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
         UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
     ];
     for uid in scp_role_proposed {
-        if contexts.iter().any(|c| c.abstract_syntax == uid && c.service == Service::Commitment) {
+        let caller_is_scp = policy.offers.iter().any(|o| o.class.uid == uid && o.caller_is_scp);
+        if caller_is_scp && contexts.iter().any(|c| c.abstract_syntax == uid) {
             user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid.to_string(), RequestorRoles { scu: false, scp: true }));
         }
     }
@@ -220,8 +231,16 @@ mod tests {
     fn run(rq: &AssociationRQ, caller: CallerDecision) -> Result<Negotiated, AssociationRJ> {
         let ae = AeTitle::parse("TRIAGE").unwrap();
         let p = prefs();
-        let classes: Vec<&'static SopClass> = sop::SOP_CLASSES.iter().collect();
-        negotiate(rq, &AcceptorPolicy { ae_title: &ae, sop_classes: &classes, ts_preference: &p, max_pdu_length: 65536 }, caller)
+        // The offers of the standard services (services::echo, store, commitment).
+        let offers: Vec<Offer> = sop::SOP_CLASSES
+            .iter()
+            .map(|class| match class.service {
+                Service::Verification => Offer { class, roles: &[AeRole::Modality, AeRole::Pacs], caller_is_scp: false, native_only: false },
+                Service::Storage => Offer { class, roles: &[AeRole::Modality], caller_is_scp: false, native_only: false },
+                Service::Commitment => Offer { class, roles: &[AeRole::Pacs], caller_is_scp: true, native_only: true },
+            })
+            .collect();
+        negotiate(rq, &AcceptorPolicy { ae_title: &ae, offers: &offers, ts_preference: &p, max_pdu_length: 65536 }, caller)
     }
 
     #[test]
