@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -288,11 +287,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reid { instance_uid, purpose } => {
-            let deid = settings.deid.deidentifier()?;
-            let db = admin::open(&settings, Access::Read).await?.with_audit_key(deid.keys().audit_key());
-            let originals = triage_node::deid::reidentify(&db, deid.keys(), &instance_uid, &purpose).await;
-            db.close().await;
-            println!("{}", serde_json::to_string_pretty(&originals?)?);
+            let originals = admin::reid::originals(&settings, &instance_uid, &purpose).await?;
+            println!("{}", serde_json::to_string_pretty(&originals)?);
             Ok(())
         }
         Command::Echo { to } => {
@@ -350,12 +346,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchInfer { model, batch, files } => {
-            let mut settings = settings.clone();
-            settings.inference.max_batch = batch.max(1);
-            let engine = admin::evaluate::offline_engine(&settings, Some(&model)).await?;
-            let index = engine.manifests().iter().position(|m| m.name == model).expect("checked by offline_engine");
-            let files = triage_node::delivery::collect_files(&files)?;
-            let report = triage_node::triage::offline::bench(&engine, index, &files, batch.max(1)).await.map_err(anyhow::Error::msg)?;
+            let report = admin::evaluate::bench(&settings, &model, batch, &files).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -393,32 +384,17 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn infer_files(settings: &Settings, paths: &[PathBuf], only: Option<&str>, heatmaps: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use triage_node::triage::offline;
-    let engine = admin::evaluate::offline_engine(settings, only).await?;
-    let files = triage_node::delivery::collect_files(paths)?;
-    if let Some(dir) = heatmaps {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut print_error = None;
+    let summary = admin::evaluate::infer(settings, paths, only, heatmaps, |result| match serde_json::to_string(result) {
+        Ok(line) => println!("{line}"),
+        Err(e) => print_error = Some(e),
+    })
+    .await?;
+    if let Some(e) = print_error {
+        return Err(e.into());
     }
-    let mut failed = 0;
-    for file in &files {
-        let mut result = offline::triage_file(&engine, file, only, triage_node::triage::aggregate::Tiers::from_settings(&settings.inference), heatmaps.is_some()).await;
-        failed += usize::from(result.error.is_some());
-        if let Some(dir) = heatmaps {
-            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            for r in &mut result.results {
-                for f in &mut r.findings {
-                    if let Some(rgb) = f.rendered.take() {
-                        let target = dir.join(format!("{stem}.{}.{}.png", r.model, f.label));
-                        offline::write_png(&target, &rgb).with_context(|| format!("writing {}", target.display()))?;
-                        f.heatmap = Some(target);
-                    }
-                }
-            }
-        }
-        println!("{}", serde_json::to_string(&result)?);
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} files could not be triaged", files.len());
+    if summary.failed > 0 {
+        anyhow::bail!("{} of {} files could not be triaged", summary.failed, summary.files);
     }
     Ok(())
 }

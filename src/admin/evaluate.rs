@@ -36,6 +36,60 @@ pub async fn offline_engine(settings: &Settings, only: Option<&str>) -> Result<E
     Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).map_err(|e| engine_err(&e))
 }
 
+/// Triage files (or every file under folders) with the configured models, no node and no
+/// database; with `heatmaps`, each finding's heatmap is written there as PNG
+/// (`<file stem>.<model>.<label>.png`). `each` gets every file's result as it is done.
+pub async fn infer(
+    settings: &Settings,
+    paths: &[std::path::PathBuf],
+    only: Option<&str>,
+    heatmaps: Option<&Path>,
+    mut each: impl FnMut(&offline::FileResult),
+) -> Result<InferSummary, AdminError> {
+    let engine = offline_engine(settings, only).await?;
+    let files = crate::delivery::collect_files(paths)?;
+    if let Some(dir) = heatmaps {
+        std::fs::create_dir_all(dir).map_err(|source| AdminError::Io { what: "creating", path: dir.display().to_string(), source })?;
+    }
+    let tiers = crate::triage::aggregate::Tiers::from_settings(&settings.inference);
+    let mut failed = 0;
+    for file in &files {
+        let mut result = offline::triage_file(&engine, file, only, tiers, heatmaps.is_some()).await;
+        failed += usize::from(result.error.is_some());
+        if let Some(dir) = heatmaps {
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            for r in &mut result.results {
+                for f in &mut r.findings {
+                    if let Some(rgb) = f.rendered.take() {
+                        let target = dir.join(format!("{stem}.{}.{}.png", r.model, f.label));
+                        offline::write_png(&target, &rgb).map_err(|source| AdminError::Io { what: "writing", path: target.display().to_string(), source })?;
+                        f.heatmap = Some(target);
+                    }
+                }
+            }
+        }
+        each(&result);
+    }
+    Ok(InferSummary { files: files.len(), failed })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct InferSummary {
+    pub files: usize,
+    /// Files that could not be triaged (each result says why).
+    pub failed: usize,
+}
+
+/// Time one model on `files` in batches of `batch` (scripts/bench-infer.sh).
+pub async fn bench(settings: &Settings, model: &str, batch: usize, files: &[std::path::PathBuf]) -> Result<offline::BenchReport, AdminError> {
+    let mut settings = settings.clone();
+    settings.inference.max_batch = batch.max(1);
+    let engine = offline_engine(&settings, Some(model)).await?;
+    let index = engine.manifests().iter().position(|m| m.name == model).expect("checked by offline_engine");
+    let files = crate::delivery::collect_files(files)?;
+    offline::bench(&engine, index, &files, batch.max(1)).await.map_err(AdminError::Engine)
+}
+
 /// One (model, label) pair's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelReport {

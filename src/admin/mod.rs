@@ -10,6 +10,7 @@ pub mod audit;
 pub mod evaluate;
 pub mod export;
 pub mod outbox;
+pub mod reid;
 pub mod report;
 
 use crate::config::Settings;
@@ -37,6 +38,8 @@ pub enum AdminError {
     Io { what: &'static str, path: String, source: std::io::Error },
     #[error("{0}")]
     Engine(String),
+    #[error(transparent)]
+    Map(#[from] crate::deid::MapError),
 }
 
 /// Whether an operation appends to the audit trail (and so needs the site keys).

@@ -80,7 +80,7 @@ pub async fn send(peer: &Peer, paths: &[PathBuf]) -> Result<Vec<Sent>, DeliveryE
         let mut assoc = Association::request(peer, batch).await?;
         for (path, _) in metas.iter().filter(|(_, m)| batch.iter().any(|p| p.abstract_syntax == m.sop_class_uid && p.transfer_syntaxes[0] == m.transfer_syntax_uid)) {
             let result = assoc.store_file(path).await;
-            let fatal = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Timeout(_)));
+            let fatal = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_)));
             outcomes.push(Sent { path: path.clone(), result });
             if fatal {
                 return Ok(outcomes);

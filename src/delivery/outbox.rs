@@ -194,7 +194,7 @@ impl OutboxWorker {
             } else {
                 assoc.store_file(&path).await
             };
-            let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Timeout(_)));
+            let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_)));
             // The PACS's Error Comment about a re-identified object may echo its patient data:
             // for those only the status is kept (in the database and the log).
             let result = match result {
@@ -317,6 +317,8 @@ mod tests {
         let rsp = |status, comment: Option<&str>| Ok(Response { status: Status(status), error_comment: comment.map(str::to_string) });
         assert_eq!(verdict_for(&rsp(0x0000, None)), Verdict::Delivered);
         assert_eq!(verdict_for(&rsp(0xB000, None)), Verdict::Delivered);
+        // 0107 and 0116 are warnings of other services (N-SET), not of C-STORE: not stored.
+        assert!(matches!(verdict_for(&rsp(0x0107, None)), Verdict::Dead(_)));
         assert!(matches!(verdict_for(&rsp(0xA700, Some("disk full"))), Verdict::Retry(w) if w.contains("disk full")));
         assert!(matches!(verdict_for(&rsp(0xC000, None)), Verdict::Dead(_)));
         assert!(matches!(verdict_for(&rsp(0xA900, None)), Verdict::Dead(_)));

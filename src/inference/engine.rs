@@ -61,9 +61,17 @@ impl EngineThread {
     /// Wait up to `deadline` for the thread to end (it ends when the last handle is dropped,
     /// after the batch in progress). Returns whether it did.
     pub async fn join(self, deadline: std::time::Duration) -> bool {
+        // Joined on a plain thread (not the blocking pool, which the runtime waits for at
+        // exit): past the deadline the process ends without waiting for a stuck model.
         let handle = self.0;
-        let joined = tokio::task::spawn_blocking(move || handle.join());
-        matches!(tokio::time::timeout(deadline, joined).await, Ok(Ok(_)))
+        let (done, joined) = oneshot::channel();
+        let joiner = std::thread::Builder::new().name("inference-join".into()).spawn(move || {
+            let _ = done.send(handle.join().is_ok());
+        });
+        if joiner.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(deadline, joined).await, Ok(Ok(true)))
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{error, info};
 
 use crate::db::{Db, DbError};
 use crate::domain::now_ms;
@@ -30,7 +30,18 @@ impl StudyReadyWorker {
     /// One sweep: audit newly stored instances, attach them to their studies, promote the
     /// studies quiet for the whole period. Returns how many became ready.
     pub async fn sweep(&self) -> Result<usize, DbError> {
-        while self.db.audit_new_instances(500).await? == 500 {}
+        // An audit failure is logged and retried at the next sweep; it does not hold up
+        // triage (the instances stay marked unaudited until an entry is written).
+        loop {
+            match self.db.audit_new_instances(500).await {
+                Ok(500) => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    error!(%error, "appending de-identification audit entries failed");
+                    break;
+                }
+            }
+        }
         self.db.attach_new_instances().await?;
         let cutoff = now_ms() - self.quiet_period.as_millis() as i64;
         let ready = self.db.promote_quiet_studies(cutoff).await?;

@@ -17,7 +17,7 @@ use super::dimse::command::{self, CommandSet};
 use super::dimse::message::SendError;
 use super::dimse::{Event, MessageError, MessageReader, MessageWriter};
 use super::ul::negotiation::{AcceptedContext, Negotiated};
-use super::ul::pdu::PduError;
+use super::ul::pdu::{PduError, TYPE_RELEASE_RP};
 use crate::dicom::Status;
 
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -86,6 +86,7 @@ impl Association {
             Event::Data { bytes, .. } => Ok(Some(bytes)),
             Event::ReleaseRq => Err(AssociationError::ReleasedMidMessage),
             Event::Abort => Err(AssociationError::PeerAborted),
+            Event::ReleaseRp => Err(MessageError::UnexpectedPdu(TYPE_RELEASE_RP).into()),
             other => Err(AssociationError::Protocol(format!("{other:?} while a data set was expected"))),
         }
     }
@@ -132,6 +133,7 @@ impl Association {
             }
             Event::ReleaseRq => Err(AssociationError::ReleasedMidMessage),
             Event::Abort => Err(AssociationError::PeerAborted),
+            Event::ReleaseRp => Err(MessageError::UnexpectedPdu(TYPE_RELEASE_RP).into()),
             other => Err(AssociationError::Protocol(format!("{other:?} while a command was expected"))),
         }
     }

@@ -108,9 +108,10 @@ impl Response {
     pub fn is_success(&self) -> bool {
         self.status.is_success()
     }
-    /// Warning statuses (0001, Bxxx) also mean the instance was stored.
+    /// Warning statuses (0001, Bxxx: PS3.4 B.2.3) also mean the instance was stored.
     pub fn is_stored(&self) -> bool {
-        self.status.is_performed()
+        let code = self.status.code();
+        code == 0x0000 || code == 0x0001 || code & 0xF000 == 0xB000
     }
 }
 
@@ -194,7 +195,7 @@ impl Association {
             })
             .collect();
         wr.set_peer_max_pdu(pdu::max_length(&ac.user_variables));
-        let reader = MessageReader::new(rd, peer.timeout, OUR_MAX_PDU, 64 * 1024, "response ");
+        let reader = MessageReader::new(rd, peer.timeout, OUR_MAX_PDU, 64 * 1024, "response ").lenient();
         Ok(Association { reader, writer: wr, accepted, next_message_id: 1 })
     }
 
@@ -309,9 +310,8 @@ impl Association {
                         return Err(ClientError::Protocol("response to another message".into()));
                     }
                     let status = rsp.status().map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    while !self.reader.between_messages() {
-                        self.reader.next().await?;
-                    }
+                    // A data set it may announce (C-STORE and N-ACTION responses carry none) is
+                    // not waited for: the next command ends it (the reader is lenient).
                     return Ok(Response { status, error_comment: rsp.string(tag::ERROR_COMMENT).ok().filter(|s| !s.is_empty()) });
                 }
                 Event::Data { .. } => {}

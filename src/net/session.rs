@@ -125,7 +125,8 @@ impl Association {
     async fn serve(&mut self, services: &Services, shutdown: CancellationToken) -> Result<(), AssociationError> {
         loop {
             // Between messages a shutdown ends the association; inside one, the message finishes
-            // (services read their message whole before returning here).
+            // (services read their message whole before returning here). A command set spread
+            // over several PDUs that is still arriving is cut off (nothing of it was answered).
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {

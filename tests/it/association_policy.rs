@@ -61,6 +61,9 @@ fn ae_administration_applies_to_the_next_association_without_restart() {
     let bad = node.cli(&["ae", "add", "THIS_TITLE_IS_TOO_LONG"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at most 16 characters"));
+    let no_address = node.cli(&["ae", "add", "PACS_X", "--role", "pacs"]);
+    assert!(!no_address.status.success());
+    assert!(String::from_utf8_lossy(&no_address.stderr).contains("a pacs AE needs --host and --port"), "{}", String::from_utf8_lossy(&no_address.stderr));
 
     // Every change is in the audit trail, and tampering with it is detected.
     let verify = node.cli(&["audit", "verify"]);

@@ -49,8 +49,8 @@ impl MessageError {
     }
 }
 
-/// What arrived.
-#[derive(Debug)]
+/// What arrived. Its `Debug` names the event and sizes, never values (a data set may
+/// identify a patient).
 pub enum Event<'a> {
     /// A complete command set, received on context `pc`. If it announces a data set, `Data`
     /// events follow until one with `last`.
@@ -61,6 +61,18 @@ pub enum Event<'a> {
     ReleaseRp,
     /// The peer aborted (A-ABORT).
     Abort,
+}
+
+impl std::fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Command { pc, command } => write!(f, "a command (field {:#06X}) on context {pc}", command.command_field().unwrap_or(0)),
+            Event::Data { pc, bytes, last } => write!(f, "{} data set bytes on context {pc}{}", bytes.len(), if *last { " (last)" } else { "" }),
+            Event::ReleaseRq => f.write_str("A-RELEASE-RQ"),
+            Event::ReleaseRp => f.write_str("A-RELEASE-RP"),
+            Event::Abort => f.write_str("A-ABORT"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +93,11 @@ pub struct MessageReader<R> {
     max_pdu: u32,
     /// Prefix of the "command set too large" error ("response " on the requesting side).
     side: &'static str,
+    /// The requesting side's reading of responses: a data set a response announces but the
+    /// caller does not want may be cut short by the next command, a data fragment outside any
+    /// message is dropped, and a missing or malformed Command Data Set Type means none (as
+    /// peers in the field send it; nothing we act on hangs on it).
+    lenient: bool,
     /// Body bytes not yet read of the current P-DATA-TF PDU.
     pdu_left: u64,
     /// The PDV item being read: context ID, message control header, value bytes not yet read.
@@ -92,7 +109,13 @@ pub struct MessageReader<R> {
 impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// `chunk`: the most data set bytes one `Data` event carries.
     pub fn new(rd: R, idle: Duration, max_pdu: u32, chunk: usize, side: &'static str) -> Self {
-        MessageReader { rd, idle, max_pdu, side, pdu_left: 0, item: None, phase: Phase::Idle, chunk: vec![0; chunk.max(1)] }
+        MessageReader { rd, idle, max_pdu, side, lenient: false, pdu_left: 0, item: None, phase: Phase::Idle, chunk: vec![0; chunk.max(1)] }
+    }
+
+    /// The lenient reading the requesting side uses for responses (see the field).
+    pub fn lenient(mut self) -> Self {
+        self.lenient = true;
+        self
     }
 
     /// No message is in progress (its command and any data set were read whole).
@@ -128,16 +151,25 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     }
                     return Ok(Event::Data { pc, bytes: &self.chunk[..n], last });
                 }
-                let Phase::Command { bytes, .. } = &mut self.phase else { unreachable!("a command item starts a command phase") };
+                let Phase::Command { bytes, .. } = &mut self.phase else {
+                    return Err(MessageError::Protocol("command fragment outside a command".into()));
+                };
                 let start = bytes.len();
                 bytes.resize(start + left, 0);
                 read_exact(&mut self.rd, &mut bytes[start..], self.idle).await?;
                 self.item = None;
                 if last_fragment {
-                    let Phase::Command { pc, bytes } = std::mem::replace(&mut self.phase, Phase::Idle) else { unreachable!() };
+                    let Phase::Command { pc, bytes } = std::mem::replace(&mut self.phase, Phase::Idle) else {
+                        return Err(MessageError::Protocol("command fragment outside a command".into()));
+                    };
                     let bad = |e| MessageError::Protocol(format!("command set: {e}"));
                     let command = CommandSet::decode(&bytes).map_err(bad)?;
-                    if command.has_data_set().map_err(bad)? {
+                    let has_data = match command.has_data_set() {
+                        Ok(has) => has,
+                        Err(_) if self.lenient => false,
+                        Err(e) => return Err(bad(e)),
+                    };
+                    if has_data {
                         self.phase = Phase::Data { pc };
                     }
                     return Ok(Event::Command { pc, command });
@@ -194,7 +226,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         let (pc, control) = (h[4], h[5]);
         let len = (item_len - 2) as usize;
         if control & 0x01 != 0 {
-            if self.phase == Phase::Idle {
+            if self.phase == Phase::Idle || (self.lenient && matches!(self.phase, Phase::Data { .. })) {
                 self.phase = Phase::Command { pc, bytes: Vec::new() };
             }
             let Phase::Command { pc: current, bytes } = &self.phase else {
@@ -206,6 +238,16 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             if bytes.len() + len > MAX_COMMAND_BYTES {
                 return Err(MessageError::CommandTooLarge { side: self.side, limit: MAX_COMMAND_BYTES });
             }
+        } else if self.lenient && self.phase == Phase::Idle {
+            // A data fragment no response announced: read past it.
+            self.item = None;
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(self.chunk.len());
+                read_exact(&mut self.rd, &mut self.chunk[..n], self.idle).await?;
+                left -= n;
+            }
+            return Ok(());
         } else {
             let Phase::Data { pc: current } = &self.phase else {
                 return Err(MessageError::Protocol("data set fragment without a command".into()));
@@ -386,6 +428,30 @@ mod tests {
         let mut r = reader(two_contexts);
         r.next().await.unwrap();
         assert!(matches!(r.next().await, Err(MessageError::Protocol(_))));
+    }
+
+    /// The requesting side reads a response whose data set type is missing, or that announces
+    /// a data set it does not send, as the old client did: the next command ends it.
+    #[tokio::test]
+    async fn responses_are_read_leniently_on_the_requesting_side() {
+        use super::super::command::{field, tag};
+        let rsp = |with_type: Option<u16>| {
+            let mut c = CommandSet::default();
+            c.set_u16(tag::COMMAND_FIELD, field::C_STORE_RSP).set_u16(tag::MESSAGE_ID_BEING_RESPONDED_TO, 1).set_u16(tag::STATUS, 0);
+            if let Some(t) = with_type {
+                c.set_u16(tag::COMMAND_DATA_SET_TYPE, t);
+            }
+            let b = c.encode();
+            pdata(&[item(b.len() as u32 + 2, &[[1u8, 0x03].as_slice(), &b].concat())])
+        };
+        let stray = pdata(&[item(4, &[1, 0x02, 9, 9])]);
+        let bytes = [rsp(None), stray, rsp(Some(0x0000)), rsp(Some(0x0101))].concat();
+        let mut r = MessageReader::new(std::io::Cursor::new(bytes.clone()), IDLE, 1 << 20, 64, "response ").lenient();
+        for _ in 0..3 {
+            assert!(matches!(r.next().await.unwrap(), Event::Command { .. }));
+        }
+        // Strict (the accepting side): a missing data set type is a protocol error.
+        assert!(matches!(reader(bytes).next().await, Err(MessageError::Protocol(_))));
     }
 
     #[tokio::test]
