@@ -154,10 +154,6 @@ impl Association {
         }
     }
 
-    /// How many requests of `service` were performed and refused.
-    pub fn counts(&self, service: &str) -> (u64, u64) {
-        self.tally.iter().find(|(s, ..)| *s == service).map(|(_, ok, failed)| (*ok, *failed)).unwrap_or((0, 0))
-    }
 
     /// Answer a request no registered service performs, or one a service cannot perform as
     /// sent (PS3.7 C.4.2: Unrecognized Operation).

@@ -116,8 +116,8 @@ async fn serve(
     let mut association = Association { reader, writer: wr, negotiated, peer, tally: Vec::new() };
     let result = association.serve(&shared.services, shutdown).await;
     let summary: Vec<String> = association.tally.iter().map(|(s, ok, failed)| format!("{s} {ok} performed, {failed} refused")).collect();
-    let (stored, failed) = association.counts("store");
-    info!(stored, failed, services = %summary.join("; "), "association ended");
+    let (performed, refused) = association.tally.iter().fold((0, 0), |(p, r), (_, ok, failed)| (p + ok, r + failed));
+    info!(performed, refused, services = %summary.join("; "), "association ended");
     result
 }
 
