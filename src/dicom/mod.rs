@@ -1,10 +1,11 @@
 //! The DICOM vocabulary every other module speaks: transfer syntaxes and SOP classes (`sop`),
-//! DIMSE statuses (`status`), Part 10 files (`part10`), and the bounded-memory structural scan
-//! of a data set (`scan`). UIDs come from `dicom_dictionary_std::uids`, re-exported here.
+//! DIMSE statuses (`status`), Part 10 files (`part10`), the bounded-memory structural scan
+//! of a data set (`scan`), and C-FIND attribute matching (`matching`, PS3.4 C.2.2.2). UIDs come from `dicom_dictionary_std::uids`, re-exported here.
 //!
 //! A leaf: it imports nothing else of this crate, so the network layer, ingest, de-identification
 //! and results can all use it without depending on each other.
 
+pub mod matching;
 pub mod part10;
 pub mod scan;
 pub mod sop;
