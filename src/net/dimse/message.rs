@@ -454,6 +454,41 @@ mod tests {
         assert!(matches!(reader(bytes).next().await, Err(MessageError::Protocol(_))));
     }
 
+    /// Pseudo-random bytes after a valid P-DATA header, on both sides' readings: events or
+    /// errors, never a panic, and the reader always ends (the input is finite).
+    #[tokio::test]
+    async fn arbitrary_pdata_never_panics() {
+        let mut x = 0x2545F4914F6CDD1Du64;
+        for case in 0..2000usize {
+            let body: Vec<u8> = (0..case % 300)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Keep some PDV headers plausible: small lengths, context 1, flags 0..3.
+                    match i % 6 {
+                        0..=2 => 0,
+                        3 => (x % 40) as u8,
+                        4 => 1,
+                        _ => (x % 4) as u8,
+                    }
+                })
+                .collect();
+            let bytes = pdata(&[body]);
+            for lenient in [false, true] {
+                let mut r = MessageReader::new(std::io::Cursor::new(bytes.clone()), IDLE, 1 << 20, 7, "");
+                if lenient {
+                    r = r.lenient();
+                }
+                for _ in 0..64 {
+                    if r.next().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn command_sets_are_bounded() {
         let big = vec![0u8; MAX_COMMAND_BYTES];
