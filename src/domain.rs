@@ -69,6 +69,43 @@ impl std::str::FromStr for AeRole {
     }
 }
 
+/// What a background worker is doing (`worker::Workers` keeps it; `worker_status` stores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Idle,
+    Busy,
+    /// The last unit failed; the worker retries after its backoff.
+    Error,
+    Stopped,
+}
+
+impl WorkerState {
+    pub const ALL: &'static [WorkerState] = &[WorkerState::Idle, WorkerState::Busy, WorkerState::Error, WorkerState::Stopped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Error => "error",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::str::FromStr for WorkerState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerState::ALL.iter().copied().find(|w| w.as_str() == s).ok_or_else(|| format!("unknown worker state {s:?}"))
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 

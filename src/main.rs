@@ -34,7 +34,8 @@ enum Command {
     },
     /// Print the effective configuration (after layering) and exit.
     ShowConfig,
-    /// Print what the store holds: instances, studies and jobs by state (no patient data).
+    /// Print what the store holds: instances, studies, jobs, results and the outbox by state, and
+    /// what each node's background workers last reported (no patient data).
     Status,
     /// The durable outbox: objects queued for delivery to registered AEs, with retries.
     Outbox {
@@ -377,6 +378,21 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             for (state, n) in &st.outbox {
                 println!("outbox {state}: {n}");
+            }
+            let now = triage_node::domain::now_ms();
+            for w in &st.workers {
+                let mut line = format!("worker {} on {}: {}, {} units, {} errors", w.name, w.node, w.state, w.units, w.errors);
+                if w.restarts > 0 {
+                    line.push_str(&format!(", {} panics", w.restarts));
+                }
+                if let (Some(e), Some(at)) = (&w.last_error, w.last_error_at_ms) {
+                    line.push_str(&format!("; last error {} s ago: {e}", (now - at) / 1000));
+                }
+                let silent_s = (now - w.updated_at_ms) / 1000;
+                if w.state != triage_node::domain::WorkerState::Stopped && silent_s > 30 {
+                    line.push_str(&format!(" (no report for {silent_s} s: is the node running?)"));
+                }
+                println!("{line}");
             }
             Ok(())
         }

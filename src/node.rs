@@ -16,7 +16,8 @@ use crate::net::{Listener, Shared};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::delivery::outbox::OutboxWorker;
-use crate::worker::Workers;
+use crate::db::WorkerReport;
+use crate::worker::{BoxFuture, WorkState, Worker, WorkerError, WorkerStatus, Workers};
 use crate::domain::AeTitle;
 use crate::ingest::study_ready::StudyReadyWorker;
 use crate::ingest::Ingest;
@@ -101,6 +102,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
+    workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });
     drop(triage);
 
     listener.run(shutdown.clone(), associations.clone()).await;
@@ -116,6 +118,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     for w in workers.statuses() {
         info!(worker = w.name, state = ?w.state, units = w.units, errors = w.errors, restarts = w.restarts, "worker stopped");
     }
+    if let Err(error) = db.report_workers(&reports(&settings.node_id(), &workers.statuses())).await {
+        warn!(%error, "recording the workers' final status failed");
+    }
     drop(workers);
     if let Some(thread) = engine_thread {
         if !thread.join(ENGINE_EXIT_DEADLINE).await {
@@ -125,6 +130,52 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     db.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Writes every worker's status to the database every few seconds, so `triage-node status`
+/// (and the HTTP API) can show what the running node's workers are doing.
+struct StatusReporter {
+    workers: Workers,
+    db: Db,
+    node: String,
+}
+
+impl Worker for StatusReporter {
+    fn name(&self) -> &'static str {
+        "status reporter"
+    }
+
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
+        Box::pin(async move {
+            self.db.report_workers(&reports(&self.node, &self.workers.statuses())).await?;
+            Ok(WorkState::Idle)
+        })
+    }
+
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(STATUS_REPORT_INTERVAL))
+    }
+}
+
+/// How often the workers' status is written to the database.
+const STATUS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+fn reports(node: &str, statuses: &[WorkerStatus]) -> Vec<WorkerReport> {
+    let now = crate::domain::now_ms();
+    statuses
+        .iter()
+        .map(|s| WorkerReport {
+            node: node.to_string(),
+            name: s.name.to_string(),
+            state: s.state,
+            units: s.units as i64,
+            errors: s.errors as i64,
+            restarts: s.restarts as i64,
+            last_error: s.last_error.clone(),
+            last_error_at_ms: s.last_error_at_ms,
+            updated_at_ms: now,
+        })
+        .collect()
 }
 
 /// How long background workers get to finish at shutdown (in-flight inference passes).

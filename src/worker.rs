@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn, Instrument};
 
+pub use crate::domain::WorkerState;
 use crate::domain::now_ms;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,16 +47,6 @@ pub trait Worker: Send + 'static {
     fn finish(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    Idle,
-    Busy,
-    /// The last unit failed; the worker retries after its backoff.
-    Error,
-    Stopped,
 }
 
 /// What the runner knows of one worker (no patient data: errors name operations and ids).

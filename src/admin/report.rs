@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::AdminError;
-use crate::db::{Db, StudyResult};
+use crate::db::{Db, StudyResult, WorkerReport};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
@@ -22,6 +22,8 @@ pub struct NodeStatus {
     /// Studies whose instances name different patients (not triaged).
     pub conflicting_studies: i64,
     pub outbox: Vec<(String, i64)>,
+    /// Every node's background workers, as they last reported.
+    pub workers: Vec<WorkerReport>,
 }
 
 pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> {
@@ -36,6 +38,7 @@ pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> 
         results: db.result_counts().await?,
         conflicting_studies: db.count_conflicting_studies().await?,
         outbox: db.outbox_counts().await?,
+        workers: db.worker_reports().await?,
     })
 }
 

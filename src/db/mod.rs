@@ -21,6 +21,7 @@ mod reid_map;
 mod results;
 mod state;
 mod studies;
+mod workers;
 
 pub use ae_titles::RegisteredAe;
 pub use crate::domain::AeRole;
@@ -32,6 +33,7 @@ pub use inference::{FrameOutput, PendingInference};
 pub use jobs::{ClaimedJob, Job};
 pub use results::{Finding, StudyResult};
 pub use studies::ReadyStudy;
+pub use workers::WorkerReport;
 
 use std::time::Duration;
 

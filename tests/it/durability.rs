@@ -88,8 +88,9 @@ fn sigterm_finishes_the_message_in_flight_and_exits_cleanly() {
     assert_eq!(exit, Some(0), "{}", node.log());
     assert!(node.log().contains("association aborted: node shutting down"), "{}", node.log());
     assert!(node.log().contains("stopped"));
-    // Every worker stopped, and the inference thread was joined, within their deadlines.
-    assert_eq!(node.log().matches("worker stopped").count(), 4, "{}", node.log());
+    // Every worker (four loops and the status reporter) stopped, and the inference thread was
+    // joined, within their deadlines.
+    assert_eq!(node.log().matches("worker stopped").count(), 5, "{}", node.log());
     assert!(!node.log().contains("exit deadline"), "{}", node.log());
     node.launch();
     assert_all_present(&node, &acked);

@@ -17,6 +17,7 @@ mod protocol_edges;
 mod refusals;
 mod results;
 mod send_scu;
+mod status;
 mod storage_scp;
 mod torch_runtime;
 mod triage;
