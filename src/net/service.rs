@@ -65,8 +65,4 @@ impl Services {
             .find(|s| s.commands().contains(&command_field) && s.offers().iter().any(|o| o.class.uid == abstract_syntax))
             .cloned()
     }
-
-    pub fn names(&self) -> Vec<&'static str> {
-        self.list.iter().map(|s| s.name()).collect()
-    }
 }

@@ -123,15 +123,6 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         self.phase == Phase::Idle
     }
 
-    /// The underlying stream, to read what comes before negotiation.
-    pub fn stream(&mut self) -> &mut R {
-        &mut self.rd
-    }
-
-    pub fn set_idle(&mut self, idle: Duration) {
-        self.idle = idle;
-    }
-
     /// The next event. A data set's bytes are handed out as they arrive, never held whole.
     pub async fn next(&mut self) -> Result<Event<'_>, MessageError> {
         loop {
