@@ -72,6 +72,8 @@ echo "== node log"
 cat "$DEMO/node.log"
 echo "== study results (the CT is not_applicable: the demo model takes chest radiographs only)"
 "$BIN" results
+echo "== the reading worklist: urgent first, then positive by score, failed, negative, not applicable"
+"$BIN" worklist
 echo "== the same demo cases through \`triage-node infer\`, with heatmaps in $DEMO/heatmaps"
 "$BIN" infer --heatmaps "$DEMO/heatmaps" .testdata/demo-cases/case00[0-3].dcm | cut -c1-200
 ls "$DEMO/heatmaps"

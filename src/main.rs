@@ -93,6 +93,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// The reading order of the newest triaged studies: URGENT, then POSITIVE by score, then
+    /// FAILED (read without AI), NEGATIVE, NOT_APPLICABLE, each by arrival. Study row ids only:
+    /// no patient data (the worklist page will show identities to authenticated users).
+    Worklist {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark driver for scripts/bench-infer.sh: triage FILES with one model in batches of
     /// --batch and print the timings as JSON.
     #[command(hide = true)]
@@ -343,6 +353,27 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 if r.demonstration {
                     println!("{:>6}  (demonstration model, not clinically validated)", "");
                 }
+            }
+            Ok(())
+        }
+        Command::Worklist { limit, json } => {
+            let db = admin::open(&settings, Access::Read).await?;
+            let list = admin::report::worklist(&db, limit).await;
+            db.close().await;
+            let list = list?;
+            if !json {
+                println!("{:<14}  {:>6}  {:>5}  {:>10}  FINDINGS", "PRIORITY", "STUDY", "SCORE", "RESULT IN");
+            }
+            for e in &list {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                    continue;
+                }
+                let findings: Vec<String> = e.findings.iter().map(|f| format!("{} {}{} {:.3} ({})", f.model, f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
+                let detail = if e.reasons.is_empty() { findings.join(", ") } else { format!("{} | not analysed: {}", findings.join(", "), e.reasons.join("; ")) };
+                let score = e.score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
+                let demo = if e.demonstration { "  [demonstration model]" } else { "" };
+                println!("{:<14}  {:>6}  {:>5}  {:>9.1}s  {}{demo}", e.priority.as_str(), e.study_id, score, e.time_to_result_ms as f64 / 1000.0, detail.trim_start_matches(" | "));
             }
             Ok(())
         }

@@ -42,6 +42,14 @@ pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> 
     })
 }
 
+/// The newest `limit` triaged studies in reading order (`triage::worklist`): urgent first.
+pub async fn worklist(db: &Db, limit: i64) -> Result<Vec<crate::triage::worklist::WorklistEntry>, AdminError> {
+    if limit < 1 {
+        return Err(AdminError::Invalid("--limit must be at least 1".into()));
+    }
+    Ok(crate::triage::worklist::entries(&db.recent_results(limit).await?))
+}
+
 /// A study result and the state of its objects' delivery: (kind, state, count).
 #[derive(Debug, Clone)]
 pub struct ResultSummary {

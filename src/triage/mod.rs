@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod evaluate;
 pub mod offline;
+pub mod worklist;
 
 use std::path::PathBuf;
 use std::sync::Arc;

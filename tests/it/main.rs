@@ -21,3 +21,4 @@ mod status;
 mod storage_scp;
 mod torch_runtime;
 mod triage;
+mod worklist;

@@ -1,0 +1,217 @@
+//! The reading order: one entry per triaged study, urgent cases first. A study's priority is
+//! the highest of its results' (URGENT > POSITIVE > FAILED > NEGATIVE > NOT_APPLICABLE): a
+//! study no model could analyse is read before the negatives, without AI, and says why.
+//! Within URGENT and POSITIVE, the highest score comes first; ties, and every other priority,
+//! go by arrival (oldest first: it has waited longest). Pure: the caller reads the results.
+
+use serde::Serialize;
+
+use crate::db::{Priority, ResultState, StudyResult};
+
+/// A study's place on the worklist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StudyPriority {
+    Urgent,
+    Positive,
+    /// Could not be analysed: read it without AI (the entry carries the reason).
+    Failed,
+    Negative,
+    /// No model takes it.
+    NotApplicable,
+}
+
+impl StudyPriority {
+    pub fn of(result: &StudyResult) -> StudyPriority {
+        match (result.state, result.priority) {
+            (ResultState::Failed, _) => StudyPriority::Failed,
+            (ResultState::NotApplicable, _) => StudyPriority::NotApplicable,
+            (ResultState::Triaged, Some(Priority::Urgent)) => StudyPriority::Urgent,
+            (ResultState::Triaged, Some(Priority::Positive)) => StudyPriority::Positive,
+            (ResultState::Triaged, _) => StudyPriority::Negative,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StudyPriority::Urgent => "URGENT",
+            StudyPriority::Positive => "POSITIVE",
+            StudyPriority::Failed => "FAILED",
+            StudyPriority::Negative => "NEGATIVE",
+            StudyPriority::NotApplicable => "NOT_APPLICABLE",
+        }
+    }
+}
+
+/// One finding as the worklist shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListedFinding {
+    pub model: String,
+    pub model_version: String,
+    pub label: String,
+    pub probability: f64,
+    pub positive: bool,
+    pub urgent: bool,
+    pub tier: String,
+}
+
+/// One study on the worklist (row ids only: the study's identity is in the sealed map).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorklistEntry {
+    pub study_id: i64,
+    pub priority: StudyPriority,
+    /// The highest probability among the positive findings (the sort key within URGENT and
+    /// POSITIVE).
+    pub score: Option<f64>,
+    pub findings: Vec<ListedFinding>,
+    /// Any result came from a demonstration model (not clinically validated).
+    pub demonstration: bool,
+    /// Why a result failed, for FAILED studies.
+    pub reasons: Vec<String>,
+    /// When the study's last instance arrived.
+    pub received_at_ms: i64,
+    /// From that arrival to the result.
+    pub time_to_result_ms: i64,
+}
+
+/// The worklist of `results` (every model's result of each study), in reading order.
+pub fn entries(results: &[StudyResult]) -> Vec<WorklistEntry> {
+    let mut by_study: std::collections::BTreeMap<i64, Vec<&StudyResult>> = std::collections::BTreeMap::new();
+    for r in results {
+        by_study.entry(r.study_id).or_default().push(r);
+    }
+    let mut out: Vec<WorklistEntry> = by_study
+        .into_iter()
+        .map(|(study_id, rs)| {
+            let priority = rs.iter().map(|r| StudyPriority::of(r)).min().unwrap_or(StudyPriority::NotApplicable);
+            let findings: Vec<ListedFinding> = rs
+                .iter()
+                .flat_map(|r| {
+                    r.findings.iter().map(move |f| ListedFinding {
+                        model: r.model.clone(),
+                        model_version: r.model_version.clone(),
+                        label: f.label.clone(),
+                        probability: f.probability,
+                        positive: f.positive,
+                        urgent: f.urgent,
+                        tier: f.tier.clone(),
+                    })
+                })
+                .collect();
+            let score = findings.iter().filter(|f| f.positive).map(|f| f.probability).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
+            let received_at_ms = rs.iter().map(|r| r.last_received_at_ms).max().unwrap_or(0);
+            let result_at_ms = rs.iter().map(|r| r.triaged_at_ms).max().unwrap_or(received_at_ms);
+            WorklistEntry {
+                study_id,
+                priority,
+                score,
+                findings,
+                demonstration: rs.iter().any(|r| r.demonstration),
+                reasons: rs.iter().filter(|r| r.state == ResultState::Failed).filter_map(|r| r.error.clone()).collect(),
+                received_at_ms,
+                time_to_result_ms: result_at_ms - received_at_ms,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.priority
+            .cmp(&b.priority)
+            .then_with(|| match a.priority {
+                // Higher score first; NaN never occurs (probabilities), treat it as equal.
+                StudyPriority::Urgent | StudyPriority::Positive => b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal),
+                _ => std::cmp::Ordering::Equal,
+            })
+            .then_with(|| a.received_at_ms.cmp(&b.received_at_ms))
+            .then_with(|| a.study_id.cmp(&b.study_id))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Finding;
+
+    fn result(study_id: i64, state: ResultState, priority: Option<Priority>, p: f64, received: i64) -> StudyResult {
+        let finding = Finding {
+            label: "nodule".into(),
+            probability: p,
+            positive: p >= 0.5,
+            urgent: p >= 0.9,
+            tier: "high".into(),
+            key_instance_id: 1,
+            key_frame: 0,
+            source_rows: 1,
+            source_cols: 1,
+            cam_rows: 1,
+            cam_cols: 1,
+            cam: vec![0.0],
+        };
+        StudyResult {
+            study_id,
+            model: "m".into(),
+            model_version: "1".into(),
+            demonstration: true,
+            intended_use: String::new(),
+            limits: String::new(),
+            state,
+            priority,
+            error: (state == ResultState::Failed).then(|| "pixels could not be decoded".into()),
+            images_inferred: 1,
+            instances_failed: 0,
+            preprocess_ms: 0.0,
+            forward_ms: 0.0,
+            last_received_at_ms: received,
+            ready_at_ms: received + 3000,
+            triaged_at_ms: received + 3100,
+            findings: if state == ResultState::Triaged { vec![finding] } else { vec![] },
+        }
+    }
+
+    /// URGENT, then POSITIVE by the highest score, then FAILED, NEGATIVE and NOT_APPLICABLE,
+    /// each by arrival; a study's priority is the highest of its models'.
+    #[test]
+    fn urgent_cases_come_first_then_positives_by_score_then_by_arrival() {
+        use Priority::*;
+        use ResultState::*;
+        let results = vec![
+            result(1, Triaged, Some(Negative), 0.1, 100),
+            result(2, Triaged, Some(Positive), 0.6, 200),
+            result(3, Triaged, Some(Urgent), 0.95, 300),
+            result(4, Triaged, Some(Positive), 0.8, 400),
+            result(5, Failed, None, 0.0, 50),
+            result(6, NotApplicable, None, 0.0, 10),
+            result(7, Triaged, Some(Urgent), 0.99, 700),
+            result(8, Triaged, Some(Negative), 0.2, 20),
+            // Study 9: one model negative, another positive: positive wins.
+            result(9, Triaged, Some(Negative), 0.1, 900),
+            result(9, Triaged, Some(Positive), 0.7, 900),
+            // Study 10: one model failed, another urgent: urgent wins, and the failure is said.
+            result(10, Failed, None, 0.0, 1000),
+            result(10, Triaged, Some(Urgent), 0.95, 1000),
+        ];
+        let list = entries(&results);
+        let order: Vec<(i64, &str)> = list.iter().map(|e| (e.study_id, e.priority.as_str())).collect();
+        assert_eq!(
+            order,
+            [
+                (7, "URGENT"),
+                (3, "URGENT"),
+                (10, "URGENT"),
+                (4, "POSITIVE"),
+                (9, "POSITIVE"),
+                (2, "POSITIVE"),
+                (5, "FAILED"),
+                (8, "NEGATIVE"),
+                (1, "NEGATIVE"),
+                (6, "NOT_APPLICABLE"),
+            ]
+        );
+        let urgent_with_failure = list.iter().find(|e| e.study_id == 10).unwrap();
+        assert_eq!(urgent_with_failure.reasons, ["pixels could not be decoded"]);
+        assert_eq!(urgent_with_failure.score, Some(0.95));
+        assert_eq!(list.iter().find(|e| e.study_id == 9).unwrap().findings.len(), 2);
+        assert_eq!(list[0].time_to_result_ms, 3100);
+        assert!(entries(&[]).is_empty());
+    }
+}
