@@ -35,10 +35,13 @@ pub trait Service: Send + Sync {
     fn serve<'a>(&'a self, association: &'a mut Association, request: Request) -> BoxFuture<'a, Result<(), AssociationError>>;
 }
 
-/// The services of this node, in registration order.
+/// The services of this node, in registration order, with their offers read once at
+/// registration (they are fixed), not per association or per request.
 #[derive(Clone, Default)]
 pub struct Services {
-    list: Vec<Arc<dyn Service>>,
+    list: Vec<(Arc<dyn Service>, Vec<Offer>)>,
+    /// Every SOP class some service serves, in the order of the conformance table.
+    offers: Vec<Offer>,
 }
 
 impl Services {
@@ -47,22 +50,24 @@ impl Services {
     }
 
     pub fn with(mut self, service: impl Service + 'static) -> Services {
-        self.list.push(Arc::new(service));
+        let offers = service.offers();
+        self.list.push((Arc::new(service), offers));
+        // The first service to offer a class serves it.
+        let all: Vec<Offer> = self.list.iter().flat_map(|(_, o)| o.iter().copied()).collect();
+        self.offers = SOP_CLASSES.iter().filter_map(|c| all.iter().find(|o| o.class.uid == c.uid).copied()).collect();
         self
     }
 
-    /// Every SOP class some service serves, on its terms, in the order of the conformance
-    /// table (the first service to offer a class serves it).
-    pub fn offers(&self) -> Vec<Offer> {
-        let all: Vec<Offer> = self.list.iter().flat_map(|s| s.offers()).collect();
-        SOP_CLASSES.iter().filter_map(|c| all.iter().find(|o| o.class.uid == c.uid).copied()).collect()
+    /// Every SOP class some service serves, on its terms, in the order of the conformance table.
+    pub fn offers(&self) -> &[Offer] {
+        &self.offers
     }
 
     /// The service that performs `command_field` on `abstract_syntax`.
     pub fn find(&self, command_field: u16, abstract_syntax: &str) -> Option<Arc<dyn Service>> {
         self.list
             .iter()
-            .find(|s| s.commands().contains(&command_field) && s.offers().iter().any(|o| o.class.uid == abstract_syntax))
-            .cloned()
+            .find(|(s, offers)| s.commands().contains(&command_field) && offers.iter().any(|o| o.class.uid == abstract_syntax))
+            .map(|(s, _)| s.clone())
     }
 }

@@ -92,10 +92,9 @@ async fn serve(
             return Err(AssociationError::AeLookup(e));
         }
     };
-    let offers = shared.services.offers();
     let policy = AcceptorPolicy {
         ae_title: &shared.ae_title,
-        offers: &offers,
+        offers: shared.services.offers(),
         ts_preference: &shared.settings.transfer_syntax_preference,
         max_pdu_length: shared.settings.max_pdu_length,
     };
