@@ -38,7 +38,24 @@ pub struct Settings {
     pub inference: InferenceSettings,
     pub delivery: DeliverySettings,
     pub results: ResultsSettings,
+    pub query: QuerySettings,
     pub log: LogSettings,
+}
+
+/// The Query/Retrieve SCP over the AI result objects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Serve C-FIND, C-MOVE and C-GET to AEs registered with the pacs role.
+    pub enabled: bool,
+    /// Match PN values case-sensitively (PS3.4 leaves it to the SCP).
+    pub case_sensitive_names: bool,
+}
+
+impl QuerySettings {
+    pub fn matching(&self) -> crate::dicom::matching::Options {
+        crate::dicom::matching::Options { case_sensitive_names: self.case_sensitive_names }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the data flow and the invariants of each module.
 
 pub mod admin;
+pub mod archive;
 pub mod audit;
 pub mod config;
 pub mod db;

@@ -90,7 +90,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         );
     }
     let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
-    let services = crate::services::standard(ingest, db.clone());
+    let query = if settings.query.enabled {
+        let archive = crate::archive::Archive::open(db.clone(), keys.clone(), settings.storage.data_dir.clone(), settings.node_id())
+            .await
+            .context("building the query index of the result objects")?;
+        Some(crate::services::qr::QueryRetrieve::new(Arc::new(archive), ae_title.clone(), settings.query.matching(), settings.delivery.timeout))
+    } else {
+        None
+    };
+    let services = crate::services::standard(ingest, db.clone(), query);
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), access, services });
     let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
     let addr = listener.local_addr()?;

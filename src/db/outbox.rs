@@ -121,6 +121,22 @@ impl Db {
         Ok(rows.into_iter().collect())
     }
 
+    /// The result objects (SR and heatmap SC, re-identified at sending) this node queued in
+    /// rows after `after_id`: (row id, path), oldest first, up to `limit` rows. The query index
+    /// reads them.
+    pub async fn result_objects_after(&self, node: &str, after_id: i64, limit: i64) -> Result<Vec<(i64, String)>, DbError> {
+        let rows = sqlx::query("SELECT id, path FROM outbox WHERE node = $1 AND id > $2 AND reidentify = 1 AND kind IN ($3, $4) ORDER BY id LIMIT $5")
+            .bind(node)
+            .bind(after_id)
+            .bind(ObjectKind::Sr.as_str())
+            .bind(ObjectKind::Sc.as_str())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select result objects"))?;
+        rows.iter().map(|r| Ok((get(r, "id")?, get(r, "path")?))).collect()
+    }
+
     /// Per (kind, state), how many of a study's result objects there are (for `results`).
     pub async fn outbox_study_states(&self, study_id: i64) -> Result<Vec<(String, String, i64)>, DbError> {
         let rows = sqlx::query("SELECT kind, state, COUNT(*) AS n FROM outbox WHERE study_id = $1 GROUP BY kind, state ORDER BY kind, state")

@@ -55,10 +55,16 @@ pub fn seal(keys: &Keys, deid: &Deidentified) -> Result<SealedRecord, MapError> 
 /// names the purpose (no patient data in it).
 pub async fn reidentify(db: &Db, keys: &Keys, deid_sop_instance_uid: &str, purpose: &str) -> Result<Originals, MapError> {
     let record = db.reid_record(deid_sop_instance_uid).await?.ok_or(MapError::NotFound)?;
-    let plain = keys.open(&record.nonce, &record.sealed, &record.sop_instance_uid, &record.key_id)?;
-    // The serde message could quote a decrypted value: never let it into an error string.
-    let originals: Originals = serde_json::from_slice(&plain).map_err(|e| MapError::Format(format!("{:?} at line {} column {}", e.classify(), e.line(), e.column())))?;
+    let originals = open(keys, &record)?;
     let details = serde_json::json!({ "purpose": purpose, "study": record.study_instance_uid }).to_string();
     db.audit_append("reidentify", &format!("instance:{deid_sop_instance_uid}"), &details).await?;
     Ok(originals)
+}
+
+/// Open a sealed record, without an audit entry: only for a caller that audits the opening
+/// itself (the query index, built in memory at start-up, records one entry for all it opened).
+pub fn open(keys: &Keys, record: &SealedRecord) -> Result<Originals, MapError> {
+    let plain = zeroize::Zeroizing::new(keys.open(&record.nonce, &record.sealed, &record.sop_instance_uid, &record.key_id)?);
+    // The serde message could quote a decrypted value: never let it into an error string.
+    serde_json::from_slice(&plain).map_err(|e| MapError::Format(format!("{:?} at line {} column {}", e.classify(), e.line(), e.column())))
 }

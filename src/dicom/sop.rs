@@ -48,6 +48,8 @@ pub enum ServiceClass {
     /// Storage Commitment Push Model, as SCU: the PACS's N-EVENT-REPORT (commitment results)
     /// arrives on an association it opens, taking the SCP role by role selection.
     Commitment,
+    /// Query/Retrieve (PS3.4 Annex C): C-FIND, C-MOVE and C-GET over the node's AI results.
+    QueryRetrieve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +57,36 @@ pub struct SopClass {
     pub uid: &'static str,
     pub name: &'static str,
     pub service: ServiceClass,
+    /// A storage class the Storage SCP takes in (false: one the node only sends, as the
+    /// results it returns or the sub-operations of a C-GET).
+    pub ingested: bool,
 }
 
 const fn storage(uid: &'static str, name: &'static str) -> SopClass {
-    SopClass { uid, name, service: ServiceClass::Storage }
+    SopClass { uid, name, service: ServiceClass::Storage, ingested: true }
+}
+
+const fn sent(uid: &'static str, name: &'static str) -> SopClass {
+    SopClass { uid, name, service: ServiceClass::Storage, ingested: false }
+}
+
+const fn qr(uid: &'static str, name: &'static str) -> SopClass {
+    SopClass { uid, name, service: ServiceClass::QueryRetrieve, ingested: false }
+}
+
+/// The Query/Retrieve SOP classes (PS3.4 C.6), by information model and command.
+pub mod qr {
+    pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
+    pub const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
+    pub const PATIENT_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.1.3";
+    pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+    pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
+    pub const STUDY_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";
 }
 
 /// Every abstract syntax the node accepts as SCP.
 pub const SOP_CLASSES: &[SopClass] = &[
-    SopClass { uid: uids::VERIFICATION, name: "Verification", service: ServiceClass::Verification },
+    SopClass { uid: uids::VERIFICATION, name: "Verification", service: ServiceClass::Verification, ingested: false },
     storage(uids::CT_IMAGE_STORAGE, "CT Image Storage"),
     storage(uids::ENHANCED_CT_IMAGE_STORAGE, "Enhanced CT Image Storage"),
     storage(uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE, "Computed Radiography Image Storage"),
@@ -72,7 +95,14 @@ pub const SOP_CLASSES: &[SopClass] = &[
     storage(uids::MR_IMAGE_STORAGE, "MR Image Storage"),
     storage(uids::ENHANCED_MR_IMAGE_STORAGE, "Enhanced MR Image Storage"),
     storage(uids::SECONDARY_CAPTURE_IMAGE_STORAGE, "Secondary Capture Image Storage"),
-    SopClass { uid: uids::STORAGE_COMMITMENT_PUSH_MODEL, name: "Storage Commitment Push Model", service: ServiceClass::Commitment },
+    sent(uids::COMPREHENSIVE3_DSR_STORAGE, "Comprehensive 3D SR Storage"),
+    SopClass { uid: uids::STORAGE_COMMITMENT_PUSH_MODEL, name: "Storage Commitment Push Model", service: ServiceClass::Commitment, ingested: false },
+    qr(qr::PATIENT_ROOT_FIND, "Patient Root Query/Retrieve Information Model - FIND"),
+    qr(qr::PATIENT_ROOT_MOVE, "Patient Root Query/Retrieve Information Model - MOVE"),
+    qr(qr::PATIENT_ROOT_GET, "Patient Root Query/Retrieve Information Model - GET"),
+    qr(qr::STUDY_ROOT_FIND, "Study Root Query/Retrieve Information Model - FIND"),
+    qr(qr::STUDY_ROOT_MOVE, "Study Root Query/Retrieve Information Model - MOVE"),
+    qr(qr::STUDY_ROOT_GET, "Study Root Query/Retrieve Information Model - GET"),
 ];
 
 pub fn sop_class(uid: &str) -> Option<&'static SopClass> {

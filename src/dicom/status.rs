@@ -39,6 +39,16 @@ impl Status {
     pub const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: Status = Status(0xA900);
     /// C-STORE, C-FIND, C-MOVE, C-GET: Cannot understand (Cxxx).
     pub const CANNOT_UNDERSTAND: Status = Status(0xC000);
+    /// C-FIND, C-MOVE, C-GET: Identifier does not match SOP Class (A900).
+    pub const IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS: Status = Status(0xA900);
+    /// C-FIND, C-MOVE, C-GET: Unable to process (C000).
+    pub const UNABLE_TO_PROCESS: Status = Status(0xC000);
+    /// C-MOVE, C-GET: Refused: Out of Resources – Unable to perform sub-operations (A702).
+    pub const UNABLE_TO_PERFORM_SUB_OPERATIONS: Status = Status(0xA702);
+    /// C-MOVE: Refused: Move Destination unknown (A801).
+    pub const MOVE_DESTINATION_UNKNOWN: Status = Status(0xA801);
+    /// C-MOVE, C-GET: Warning: Sub-operations Complete – One or more Failures or Warnings (B000).
+    pub const SUB_OPERATIONS_WITH_FAILURES: Status = Status(0xB000);
 
     pub fn code(self) -> u16 {
         self.0

@@ -138,6 +138,31 @@ impl Association {
         }
     }
 
+    /// Whether the peer cancelled request `message_id` (PS3.7 9.3.2.3: a C-CANCEL-RQ naming it),
+    /// without waiting: a service streaming responses asks between two of them. Any other
+    /// request while one is being answered breaks the association's rules (one outstanding
+    /// operation): an error.
+    pub async fn cancelled(&mut self, message_id: u16) -> Result<bool, AssociationError> {
+        if !self.reader.input_ready().await {
+            return Ok(false);
+        }
+        let (_, cmd) = self.next_command().await?;
+        self.is_cancel_of(&cmd, message_id).await
+    }
+
+    /// Whether `cmd`, read while request `message_id` is being answered, is its C-CANCEL-RQ
+    /// (its data set, should it announce one, is dropped); another request is an error.
+    pub async fn is_cancel_of(&mut self, cmd: &CommandSet, message_id: u16) -> Result<bool, AssociationError> {
+        if cmd.command_field().ok() != Some(command::field::C_CANCEL_RQ) {
+            return Err(AssociationError::Protocol(format!(
+                "command {:#06X} while request {message_id} is being answered (one operation at a time)",
+                cmd.command_field().unwrap_or(0)
+            )));
+        }
+        self.skip_data().await?;
+        Ok(cmd.u16(command::tag::MESSAGE_ID_BEING_RESPONDED_TO).ok() == Some(message_id))
+    }
+
     /// Count one request of `service` for the association's summary line.
     pub fn tally(&mut self, service: &'static str, performed: bool) {
         let i = match self.tally.iter().position(|(s, ..)| *s == service) {
@@ -182,6 +207,7 @@ mod tests {
             abstract_syntax: sop::SOP_CLASSES[1].uid.to_string(),
             transfer_syntax: sop::transfer_syntax(crate::dicom::uids::EXPLICIT_VR_LITTLE_ENDIAN).unwrap(),
             service: sop::SOP_CLASSES[1].service,
+            caller_is_scp: false,
         };
         let ac = dicom_ul::pdu::AssociationAC {
             protocol_version: 1,

@@ -273,6 +273,27 @@ impl Association {
         self.store_stream(&meta, rest, rest.len() as u64, name).await
     }
 
+    /// C-STORE a data set held in memory, already encoded in the transfer syntax the peer
+    /// accepted for `sop_class` (see `transfer_syntax`); `originator` (AE title, message ID)
+    /// names the C-MOVE it is a sub-operation of.
+    pub async fn store_dataset(&mut self, sop_class: &str, sop_instance: &str, data: &[u8], originator: Option<(&str, u16)>) -> Result<Response, ClientError> {
+        let pc = self.context(sop_class, None).ok_or_else(|| ClientError::NoContext(sop_class.to_string()))?.id;
+        let id = self.message_id();
+        let mut rq = CommandSet::default();
+        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, sop_class)
+            .set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
+            .set_u16(tag::MESSAGE_ID, id)
+            .set_u16(tag::PRIORITY, 0)
+            .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
+            .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, sop_instance);
+        if let Some((ae, message_id)) = originator {
+            rq.set_text(tag::MOVE_ORIGINATOR_AE_TITLE, ae, 16).set_u16(tag::MOVE_ORIGINATOR_MESSAGE_ID, message_id);
+        }
+        self.writer.command(pc, &rq).await.map_err(ClientError::Write)?;
+        self.writer.data(pc, data).await.map_err(ClientError::Write)?;
+        self.response(id).await
+    }
+
     /// Send the C-STORE-RQ for `meta`, then `left` data set bytes from `source`, a PDU's worth at
     /// a time (never the whole data set), and wait for the response.
     async fn store_stream<R: tokio::io::AsyncRead + Unpin>(&mut self, meta: &Part10, source: R, left: u64, name: &str) -> Result<Response, ClientError> {

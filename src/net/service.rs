@@ -52,9 +52,10 @@ impl Services {
     pub fn with(mut self, service: impl Service + 'static) -> Services {
         let offers = service.offers();
         self.list.push((Arc::new(service), offers));
-        // The first service to offer a class serves it.
+        // A class may be offered on several terms (stored by a modality; sent to a PACS that
+        // retrieves it by C-GET), by one service each.
         let all: Vec<Offer> = self.list.iter().flat_map(|(_, o)| o.iter().copied()).collect();
-        self.offers = SOP_CLASSES.iter().filter_map(|c| all.iter().find(|o| o.class.uid == c.uid).copied()).collect();
+        self.offers = SOP_CLASSES.iter().flat_map(|c| all.iter().filter(move |o| o.class.uid == c.uid).copied()).collect();
         self
     }
 
@@ -63,11 +64,16 @@ impl Services {
         &self.offers
     }
 
-    /// The service that performs `command_field` on `abstract_syntax`.
-    pub fn find(&self, command_field: u16, abstract_syntax: &str) -> Option<Arc<dyn Service>> {
+    /// The service that performs `command_field` on `context`: one that offered its class on
+    /// the terms it was accepted on (a C-STORE-RQ on a context where the caller took the SCP
+    /// role is nobody's).
+    pub fn find(&self, command_field: u16, context: &AcceptedContext) -> Option<Arc<dyn Service>> {
         self.list
             .iter()
-            .find(|(s, offers)| s.commands().contains(&command_field) && offers.iter().any(|o| o.class.uid == abstract_syntax))
+            .find(|(s, offers)| {
+                s.commands().contains(&command_field)
+                    && offers.iter().any(|o| o.class.uid == context.abstract_syntax && o.caller_is_scp == context.caller_is_scp)
+            })
             .map(|(s, _)| s.clone())
     }
 }

@@ -168,7 +168,7 @@ impl Association {
         let bad = |e: command::CommandError| AssociationError::Protocol(format!("command set: {e}"));
         let command_field = command.command_field().map_err(bad)?;
         let has_data = command.has_data_set().map_err(bad)?;
-        match services.find(command_field, &context.abstract_syntax) {
+        match services.find(command_field, &context) {
             Some(service) => {
                 service.serve(self, Request { pc, context, command, has_data }).await?;
                 // A service reads its data set whole; should one not, the rest is dropped here.

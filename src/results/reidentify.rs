@@ -43,31 +43,60 @@ impl ReidError {
 
 /// The Part 10 bytes of the object at `path`, re-identified. `purpose` goes into each audit entry.
 pub async fn for_delivery(db: &Db, keys: &Keys, path: &Path, purpose: &str) -> Result<Vec<u8>, ReidError> {
+    let r = reidentified(db, keys, path, purpose).await?;
+    dataset::part10(&r.object, &r.sop_class_uid, &r.sop_instance_uid).map_err(ReidError::Encode)
+}
+
+/// A result object re-identified in memory, with its own class and instance UIDs (the node's,
+/// never re-identified).
+pub struct Reidentified {
+    pub object: InMemDicomObject,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+}
+
+/// The object at `path`, re-identified in memory: the one way a result object goes out, whether
+/// the outbox delivers it or a PACS retrieves it. Each map record opened is audited with `purpose`.
+pub async fn reidentified(db: &Db, keys: &Keys, path: &Path, purpose: &str) -> Result<Reidentified, ReidError> {
     let file = dicom_object::open_file(path).map_err(|e| ReidError::Read(e.to_string()))?;
-    let sop_class = file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
-    let sop_instance = file.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
-    let mut obj = file.into_inner();
-    let mut referenced = Vec::new();
-    collect_references(&obj, &mut referenced);
-    let mut map: HashMap<String, String> = HashMap::new();
-    let mut identity: Option<Originals> = None;
-    for uid in referenced {
-        if map.contains_key(&uid) {
-            continue;
-        }
+    let sop_class_uid = file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    let sop_instance_uid = file.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
+    let obj = file.into_inner();
+    let mut opened = Vec::new();
+    for uid in references(&obj) {
         if db.reid_record(&uid).await.map_err(MapError::from)?.is_none() {
             continue; // one of the node's own objects (a heatmap referenced by the report)
         }
         let o = deid::reidentify(db, keys, &uid, purpose).await?;
+        opened.push((uid, o));
+    }
+    Ok(Reidentified { object: apply(obj, keys, &opened)?, sop_class_uid, sop_instance_uid })
+}
+
+/// The distinct Referenced SOP Instance UIDs of `obj`, at any depth, in order: those that name
+/// a stored instance have a map record.
+pub fn references(obj: &InMemDicomObject) -> Vec<String> {
+    let mut all = Vec::new();
+    collect_references(obj, &mut all);
+    let mut seen = std::collections::HashSet::new();
+    all.retain(|u| seen.insert(u.clone()));
+    all
+}
+
+/// Put the originals back into `obj`: `opened` holds, for each referenced stored instance (its
+/// de-identified SOP Instance UID), the originals its map record holds; the identity comes
+/// from the first.
+pub fn apply(obj: InMemDicomObject, keys: &Keys, opened: &[(String, Originals)]) -> Result<InMemDicomObject, ReidError> {
+    let identity = opened.first().map(|(_, o)| o).ok_or(ReidError::NoReference)?;
+    let mut map: HashMap<String, String> = HashMap::new();
+    for (uid, o) in opened {
         map.insert(keys.uid(&o.study_instance_uid), o.study_instance_uid.clone());
         map.insert(keys.uid(&o.series_instance_uid), o.series_instance_uid.clone());
-        map.insert(uid, o.sop_instance_uid.clone());
-        identity.get_or_insert(o);
+        map.insert(uid.clone(), o.sop_instance_uid.clone());
     }
-    let identity = identity.ok_or(ReidError::NoReference)?;
-    obj = replace_uids(obj, &map);
-    put_identity(&mut obj, &identity);
-    dataset::part10(&obj, &sop_class, &sop_instance).map_err(ReidError::Encode)
+    let mut obj = replace_uids(obj, &map);
+    put_identity(&mut obj, identity);
+    Ok(obj)
 }
 
 fn collect_references(obj: &InMemDicomObject, out: &mut Vec<String>) {

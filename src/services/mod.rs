@@ -7,6 +7,7 @@
 pub mod access;
 pub mod commitment;
 pub mod echo;
+pub mod qr;
 pub mod store;
 
 use std::sync::Arc;
@@ -15,9 +16,13 @@ use crate::db::Db;
 use crate::ingest::Ingest;
 use crate::net::Services;
 
-/// The services `serve` registers.
-pub fn standard(ingest: Arc<Ingest>, db: Db) -> Services {
-    Services::new().with(echo::Echo).with(store::Store::new(ingest)).with(commitment::CommitmentReports::new(db))
+/// The services `serve` registers; the Query/Retrieve SCP where `query` is given.
+pub fn standard(ingest: Arc<Ingest>, db: Db, query: Option<qr::QueryRetrieve>) -> Services {
+    let services = Services::new().with(echo::Echo).with(store::Store::new(ingest)).with(commitment::CommitmentReports::new(db));
+    match query {
+        Some(q) => services.with(q),
+        None => services,
+    }
 }
 
 #[cfg(test)]
@@ -44,10 +49,9 @@ mod tests {
     #[test]
     fn conformance_statement_matches_the_code() {
         // Every SOP class of the table is served by a registered service, and nothing else.
-        assert_eq!(
-            [echo::offers(), store::offers(), commitment::offers()].concat().iter().map(|o| o.class.uid).collect::<Vec<_>>(),
-            SOP_CLASSES.iter().map(|c| c.uid).collect::<Vec<_>>()
-        );
+        use std::collections::BTreeSet;
+        let served: BTreeSet<&str> = [echo::offers(), store::offers(), commitment::offers(), qr::offers()].concat().iter().map(|o| o.class.uid).collect();
+        assert_eq!(served, SOP_CLASSES.iter().map(|c| c.uid).collect::<BTreeSet<_>>());
         let sop_rows: Vec<(String, String)> = table("sop-classes").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
         let sop_code: Vec<(String, String)> = SOP_CLASSES.iter().map(|c| (c.name.to_string(), c.uid.to_string())).collect();
         assert_eq!(sop_rows, sop_code, "SOP class table differs from dicom::sop::SOP_CLASSES");

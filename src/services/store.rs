@@ -118,7 +118,7 @@ async fn receive(association: &mut Association, mut file: IncomingFile) -> Resul
 pub fn offers() -> Vec<Offer> {
     SOP_CLASSES
         .iter()
-        .filter(|c| c.service == ServiceClass::Storage)
+        .filter(|c| c.service == ServiceClass::Storage && c.ingested)
         .map(|class| Offer { class, roles: &[AeRole::Modality], caller_is_scp: false, native_only: false })
         .collect()
 }

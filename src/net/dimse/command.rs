@@ -13,8 +13,11 @@ pub mod field {
     pub const C_STORE_RQ: u16 = 0x0001;
     pub const C_STORE_RSP: u16 = 0x8001;
     pub const C_GET_RQ: u16 = 0x0010;
+    pub const C_GET_RSP: u16 = 0x8010;
     pub const C_FIND_RQ: u16 = 0x0020;
+    pub const C_FIND_RSP: u16 = 0x8020;
     pub const C_MOVE_RQ: u16 = 0x0021;
+    pub const C_MOVE_RSP: u16 = 0x8021;
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
@@ -40,6 +43,13 @@ pub mod tag {
     pub const REQUESTED_SOP_INSTANCE_UID: u16 = 0x1001;
     pub const EVENT_TYPE_ID: u16 = 0x1002;
     pub const ACTION_TYPE_ID: u16 = 0x1008;
+    pub const MOVE_DESTINATION: u16 = 0x0600;
+    pub const REMAINING_SUB_OPERATIONS: u16 = 0x1020;
+    pub const COMPLETED_SUB_OPERATIONS: u16 = 0x1021;
+    pub const FAILED_SUB_OPERATIONS: u16 = 0x1022;
+    pub const WARNING_SUB_OPERATIONS: u16 = 0x1023;
+    pub const MOVE_ORIGINATOR_AE_TITLE: u16 = 0x1030;
+    pub const MOVE_ORIGINATOR_MESSAGE_ID: u16 = 0x1031;
 }
 
 /// Command Data Set Type value meaning "no data set follows".

@@ -123,6 +123,27 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         self.phase == Phase::Idle
     }
 
+    /// Whether the peer sent something not read yet (a C-CANCEL while we answer its request):
+    /// the rest of a PDU, or bytes buffered or waiting on the stream (an end of stream too, so
+    /// that the next read reports it). Never waits.
+    pub async fn input_ready(&mut self) -> bool
+    where
+        R: tokio::io::AsyncBufRead,
+    {
+        use std::task::Poll;
+        if self.pdu_left > 0 || self.item.is_some() {
+            return true;
+        }
+        let rd = &mut self.rd;
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match std::pin::Pin::new(&mut *rd).poll_fill_buf(cx) {
+                Poll::Ready(_) => true,
+                Poll::Pending => false,
+            })
+        })
+        .await
+    }
+
     /// The next event. A data set's bytes are handed out as they arrive, never held whole.
     pub async fn next(&mut self) -> Result<Event<'_>, MessageError> {
         loop {

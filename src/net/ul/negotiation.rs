@@ -61,6 +61,9 @@ pub struct AcceptedContext {
     pub abstract_syntax: String,
     pub transfer_syntax: &'static TransferSyntax,
     pub service: Service,
+    /// The caller took the SCP role of this class (a commitment report it sends us, the
+    /// C-STORE sub-operations of its C-GET that we send it).
+    pub caller_is_scp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -130,12 +133,18 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
     for pc in &rq.presentation_contexts {
         let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']);
         let offered: Vec<&str> = pc.transfer_syntaxes.iter().map(|t| t.trim_end_matches(['\0', ' '])).collect();
-        let (reason, chosen) = match policy.offers.iter().find(|o| o.class.uid == abstract_syntax) {
-            None => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
+        // A class may be offered on several terms (a modality stores it; a PACS retrieving by
+        // C-GET takes the SCP role of it): the caller's role and its role proposal pick one.
+        let scp_proposed = scp_role_proposed.contains(&abstract_syntax);
+        let mut candidates = policy.offers.iter().filter(|o| o.class.uid == abstract_syntax).peekable();
+        let known = candidates.peek().is_some();
+        let usable: Vec<&Offer> = candidates.filter(|o| o.roles.contains(&role) && (!o.caller_is_scp || scp_proposed)).collect();
+        let pick = usable.iter().find(|o| o.caller_is_scp == scp_proposed).or(usable.first()).copied();
+        let (reason, chosen) = match pick {
+            None if !known => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
             // Roles: who may use a class is the serving service's rule (a modality stores, a
-            // PACS reports commitment results).
-            Some(offer) if !offer.roles.contains(&role) => (PresentationContextResultReason::UserRejection, None),
-            Some(offer) if offer.caller_is_scp && !scp_role_proposed.contains(&abstract_syntax) => (PresentationContextResultReason::UserRejection, None),
+            // PACS reports commitment results and retrieves).
+            None => (PresentationContextResultReason::UserRejection, None),
             Some(offer) => {
                 let class = offer.class;
                 let allowed = |uid: &str| !offer.native_only || uid == uids::EXPLICIT_VR_LITTLE_ENDIAN || uid == uids::IMPLICIT_VR_LITTLE_ENDIAN;
@@ -151,6 +160,7 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
                             abstract_syntax: abstract_syntax.to_string(),
                             transfer_syntax: ts,
                             service: class.service,
+                            caller_is_scp: offer.caller_is_scp,
                         });
                         (PresentationContextResultReason::Acceptance, Some(ts.uid))
                     }
@@ -177,8 +187,7 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
     ];
     for uid in scp_role_proposed {
-        let caller_is_scp = policy.offers.iter().any(|o| o.class.uid == uid && o.caller_is_scp);
-        if caller_is_scp && contexts.iter().any(|c| c.abstract_syntax == uid) {
+        if contexts.iter().any(|c| c.abstract_syntax == uid && c.caller_is_scp) {
             user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid.to_string(), RequestorRoles { scu: false, scp: true }));
         }
     }
@@ -234,13 +243,47 @@ mod tests {
         // The offers of the standard services (services::echo, store, commitment).
         let offers: Vec<Offer> = sop::SOP_CLASSES
             .iter()
-            .map(|class| match class.service {
-                Service::Verification => Offer { class, roles: &[AeRole::Modality, AeRole::Pacs], caller_is_scp: false, native_only: false },
-                Service::Storage => Offer { class, roles: &[AeRole::Modality], caller_is_scp: false, native_only: false },
-                Service::Commitment => Offer { class, roles: &[AeRole::Pacs], caller_is_scp: true, native_only: true },
+            .flat_map(|class| match class.service {
+                Service::Verification => vec![Offer { class, roles: &[AeRole::Modality, AeRole::Pacs], caller_is_scp: false, native_only: false }],
+                Service::Storage => {
+                    let get = Offer { class, roles: &[AeRole::Pacs], caller_is_scp: true, native_only: true };
+                    let store = Offer { class, roles: &[AeRole::Modality], caller_is_scp: false, native_only: false };
+                    let results = [uids::SECONDARY_CAPTURE_IMAGE_STORAGE, uids::COMPREHENSIVE3_DSR_STORAGE].contains(&class.uid);
+                    match (class.ingested, results) {
+                        (true, true) => vec![store, get],
+                        (true, false) => vec![store],
+                        _ => vec![get],
+                    }
+                }
+                Service::Commitment => vec![Offer { class, roles: &[AeRole::Pacs], caller_is_scp: true, native_only: true }],
+                Service::QueryRetrieve => vec![Offer { class, roles: &[AeRole::Pacs], caller_is_scp: false, native_only: true }],
             })
             .collect();
         negotiate(rq, &AcceptorPolicy { ae_title: &ae, offers: &offers, ts_preference: &p, max_pdu_length: 65536 }, caller)
+    }
+
+    /// One class on two sets of terms: a modality stores Secondary Capture into the pipeline; a
+    /// PACS retrieving by C-GET takes the SCP role of it and gets it accepted that way (and is
+    /// told so), never as a sender; a modality cannot query.
+    #[test]
+    fn the_callers_role_and_role_proposal_pick_the_terms_of_a_class() {
+        const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+        let mut get = rq("TRIAGE", &[(SC, &[EXPLICIT]), (sop::qr::STUDY_ROOT_GET, &[EXPLICIT])]);
+        get.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(SC.into(), RequestorRoles { scu: true, scp: true }));
+        let n = run(&get, CallerDecision::Allowed(AeRole::Pacs)).unwrap();
+        assert_eq!(n.contexts.len(), 2);
+        assert!(n.contexts[0].caller_is_scp && !n.contexts[1].caller_is_scp);
+        assert!(n.ac.user_variables.contains(&UserVariableItem::ScuScpRoleSelectionSubItem(SC.into(), RequestorRoles { scu: false, scp: true })));
+        // The same request from a modality: Secondary Capture is accepted for storing (no role
+        // reply: default roles), the GET class is refused.
+        let n = run(&get, CallerDecision::Allowed(AeRole::Modality)).unwrap();
+        assert_eq!(n.contexts.len(), 1);
+        assert!(!n.contexts[0].caller_is_scp);
+        assert!(!n.ac.user_variables.iter().any(|v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(..))));
+        assert_eq!(n.ac.presentation_contexts[1].reason, PresentationContextResultReason::UserRejection);
+        // A PACS proposing Secondary Capture without the SCP role wants to store: refused.
+        let n = run(&rq("TRIAGE", &[(SC, &[EXPLICIT])]), CallerDecision::Allowed(AeRole::Pacs)).unwrap();
+        assert_eq!(n.ac.presentation_contexts[0].reason, PresentationContextResultReason::UserRejection);
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! The query index as one immutable snapshot: patients, their studies, series and the result
+//! objects in them, each with the attributes a C-FIND can match and return, taken from the
+//! object as it is delivered (re-identified). A refresh builds the next snapshot beside the old
+//! one (nodes are shared, `Arc`), so a query in progress keeps reading the one it started on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dicom_core::header::Header;
+use dicom_core::value::Value;
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use super::keys::{Level, KEYS};
+
+/// One attribute as delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attr {
+    /// Its values as text, several joined by `\`.
+    Text(VR, String),
+    /// A sequence: each item's attributes (one level deep).
+    Items(Vec<Vec<(Tag, VR, String)>>),
+}
+
+/// The attributes of one node, by tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs(Vec<(Tag, Attr)>);
+
+impl Attrs {
+    pub fn get(&self, tag: Tag) -> Option<&Attr> {
+        self.0.iter().find(|(t, _)| *t == tag).map(|(_, a)| a)
+    }
+
+    pub fn text(&self, tag: Tag) -> &str {
+        match self.get(tag) {
+            Some(Attr::Text(_, v)) => v,
+            _ => "",
+        }
+    }
+
+    /// The attributes of `level` that `obj` has (stored keys only; computed ones are not).
+    fn of(obj: &InMemDicomObject, level: Level) -> Attrs {
+        let mut out = Vec::new();
+        for key in KEYS.iter().filter(|k| k.level == level && !k.computed) {
+            let Some(e) = obj.get(key.tag) else { continue };
+            let attr = match e.value() {
+                Value::Sequence(seq) => Attr::Items(
+                    seq.items()
+                        .iter()
+                        .map(|item| item.iter().filter_map(|ie| text_of(ie).map(|v| (ie.tag(), ie.vr(), v))).collect())
+                        .collect(),
+                ),
+                _ => match text_of(e) {
+                    Some(v) => Attr::Text(key.vr, v),
+                    None => continue,
+                },
+            };
+            out.push((key.tag, attr));
+        }
+        Attrs(out)
+    }
+}
+
+fn text_of(e: &dicom_core::DataElement<InMemDicomObject>) -> Option<String> {
+    if matches!(e.value(), Value::Sequence(_) | Value::PixelSequence(_)) {
+        return None;
+    }
+    let values = e.to_multi_str().ok()?;
+    Some(values.iter().map(|v| v.trim_matches(|c| c == ' ' || c == '\0')).collect::<Vec<_>>().join("\\"))
+}
+
+#[derive(Debug, Clone)]
+pub struct Patient {
+    pub attrs: Attrs,
+    pub studies: Vec<Arc<Study>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Study {
+    pub uid: String,
+    /// Study attributes and, for the Study Root model, the patient's as this study's objects
+    /// carry them.
+    pub attrs: Attrs,
+    pub patient: Attrs,
+    pub series: Vec<Arc<Series>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub uid: String,
+    pub attrs: Attrs,
+    pub instances: Vec<Arc<Instance>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub uid: String,
+    pub sop_class_uid: String,
+    pub attrs: Attrs,
+    /// The de-identified file, relative to the data directory.
+    pub path: String,
+}
+
+/// One version of the index.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub patients: Vec<Arc<Patient>>,
+    /// The newest outbox row read into it.
+    pub high_water: i64,
+    pub instances: usize,
+    patient_at: HashMap<(String, String), usize>,
+    study_at: HashMap<String, (usize, usize)>,
+    paths: std::collections::HashSet<String>,
+}
+
+impl Snapshot {
+    pub fn studies(&self) -> usize {
+        self.study_at.len()
+    }
+
+    pub fn has_path(&self, path: &str) -> bool {
+        self.paths.contains(path)
+    }
+
+    /// Add a re-identified object (`path` its de-identified file). An object with the SOP
+    /// Instance UID of one already indexed replaces it (a result published again).
+    pub fn insert(&mut self, obj: &InMemDicomObject, path: &str) {
+        let text = |t: Tag| text_of_tag(obj, t);
+        let (Some(study_uid), Some(series_uid), Some(sop_uid)) = (text(tags::STUDY_INSTANCE_UID), text(tags::SERIES_INSTANCE_UID), text(tags::SOP_INSTANCE_UID)) else {
+            return;
+        };
+        self.paths.insert(path.to_string());
+        let patient_key = (text(tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(), text(tags::PATIENT_ID).unwrap_or_default());
+        let patient_attrs = Attrs::of(obj, Level::Patient);
+        let (pi, si) = match self.study_at.get(&study_uid) {
+            Some(&at) => at,
+            None => {
+                let pi = match self.patient_at.get(&patient_key) {
+                    Some(&pi) => pi,
+                    None => {
+                        self.patients.push(Arc::new(Patient { attrs: patient_attrs.clone(), studies: Vec::new() }));
+                        self.patient_at.insert(patient_key, self.patients.len() - 1);
+                        self.patients.len() - 1
+                    }
+                };
+                let patient = Arc::make_mut(&mut self.patients[pi]);
+                patient.studies.push(Arc::new(Study { uid: study_uid.clone(), attrs: Attrs::of(obj, Level::Study), patient: patient_attrs, series: Vec::new() }));
+                let at = (pi, patient.studies.len() - 1);
+                self.study_at.insert(study_uid, at);
+                at
+            }
+        };
+        let study = Arc::make_mut(&mut Arc::make_mut(&mut self.patients[pi]).studies[si]);
+        let series_i = match study.series.iter().position(|s| s.uid == series_uid) {
+            Some(i) => i,
+            None => {
+                study.series.push(Arc::new(Series { uid: series_uid, attrs: Attrs::of(obj, Level::Series), instances: Vec::new() }));
+                study.series.len() - 1
+            }
+        };
+        let series = Arc::make_mut(&mut study.series[series_i]);
+        let instance = Arc::new(Instance {
+            uid: sop_uid.clone(),
+            sop_class_uid: text(tags::SOP_CLASS_UID).unwrap_or_default(),
+            attrs: Attrs::of(obj, Level::Image),
+            path: path.to_string(),
+        });
+        match series.instances.iter().position(|i| i.uid == sop_uid) {
+            Some(i) => series.instances[i] = instance,
+            None => {
+                series.instances.push(instance);
+                self.instances += 1;
+            }
+        }
+    }
+}
+
+fn text_of_tag(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.get(tag).and_then(text_of).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::dataset::put;
+
+    pub fn object(patient: &str, study: &str, series: &str, sop: &str) -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        put(&mut o, tags::PATIENT_ID, VR::LO, patient);
+        put(&mut o, tags::PATIENT_NAME, VR::PN, "DOE^JANE");
+        put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, study);
+        put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, series);
+        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop);
+        put(&mut o, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.88.34");
+        put(&mut o, tags::MODALITY, VR::CS, "SR");
+        o
+    }
+
+    #[test]
+    fn objects_fall_into_their_patient_study_and_series_and_a_new_snapshot_leaves_the_old_alone() {
+        let mut s = Snapshot::default();
+        s.insert(&object("P1", "1.1", "1.1.1", "1.1.1.1"), "a");
+        s.insert(&object("P1", "1.1", "1.1.2", "1.1.2.1"), "b");
+        let before = s.clone();
+        s.insert(&object("P1", "1.2", "1.2.1", "1.2.1.1"), "c");
+        s.insert(&object("P2", "2.1", "2.1.1", "2.1.1.1"), "d");
+        s.insert(&object("P2", "2.1", "2.1.1", "2.1.1.1"), "e"); // published again: replaced
+        assert_eq!((s.patients.len(), s.studies(), s.instances), (2, 3, 4));
+        assert_eq!(s.patients[0].studies.len(), 2);
+        assert_eq!(s.patients[0].studies[0].series.len(), 2);
+        assert_eq!(s.patients[1].studies[0].series[0].instances[0].path, "e");
+        assert_eq!(s.patients[0].attrs.text(tags::PATIENT_NAME), "DOE^JANE");
+        assert_eq!((before.patients.len(), before.studies(), before.instances), (1, 1, 2));
+        assert_eq!(before.patients[0].studies.len(), 1);
+    }
+}

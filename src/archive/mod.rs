@@ -1,0 +1,156 @@
+//! The AI result objects this node produced, as a Query/Retrieve SCP answers for them: an
+//! in-memory index of each object as it is delivered (re-identified), rebuilt from the outbox
+//! rows, the de-identified files and the sealed map at start-up and kept up to date from the
+//! outbox before each query.
+//!
+//! Identifiers stay sealed at rest: the database holds only de-identified values and the
+//! sealed map, the files are de-identified; the original patient and study identifiers exist
+//! only in this process's memory. Building the index opens every map record its objects
+//! reference without an audit entry each; it appends one entry saying how many objects and
+//! records it opened. What a query or retrieve discloses is audited by the service.
+//!
+//! - `keys`: the keys held per level and how they are matched.
+//! - `index`: the snapshot (patients, studies, series, objects).
+//! - `query`: an identifier read, matched, and answered.
+
+pub mod index;
+pub mod keys;
+pub mod query;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use dicom_dictionary_std::tags;
+use tracing::{info, warn};
+
+use crate::db::{Db, DbError};
+use crate::deid::{self, Keys, MapError, Originals};
+use crate::results::reidentify::{self, ReidError};
+pub use index::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("re-identification map: {0}")]
+    Map(#[from] MapError),
+    #[error("reading result objects: {0}")]
+    Task(String),
+}
+
+/// Outbox rows read per step of a refresh.
+const STEP: i64 = 2000;
+
+pub struct Archive {
+    db: Db,
+    keys: Keys,
+    data_dir: PathBuf,
+    node: String,
+    current: RwLock<Arc<Snapshot>>,
+    /// One refresh at a time; queries meanwhile read the current snapshot.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl Archive {
+    /// Build the index of every result object this node has queued.
+    pub async fn open(db: Db, keys: Keys, data_dir: PathBuf, node: String) -> Result<Archive, ArchiveError> {
+        let archive = Archive { db, keys, data_dir, node, current: RwLock::new(Arc::new(Snapshot::default())), refreshing: tokio::sync::Mutex::new(()) };
+        let started = std::time::Instant::now();
+        let opened = archive.refresh().await?;
+        let s = archive.snapshot_now();
+        info!(objects = s.instances, studies = s.studies(), map_records = opened, ms = started.elapsed().as_millis() as u64, "query index built");
+        Ok(archive)
+    }
+
+    /// The current snapshot, without looking for new objects.
+    pub fn snapshot_now(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The snapshot with every object queued until now.
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, ArchiveError> {
+        self.refresh().await?;
+        Ok(self.snapshot_now())
+    }
+
+    /// Read the result objects queued since the last refresh into a new snapshot; returns how
+    /// many map records were opened.
+    async fn refresh(&self) -> Result<usize, ArchiveError> {
+        let _one = self.refreshing.lock().await;
+        let current = self.snapshot_now();
+        let mut rows = self.db.result_objects_after(&self.node, current.high_water, STEP).await?;
+        if rows.is_empty() {
+            return Ok(0); // the common case: one indexed SELECT, no copy
+        }
+        let mut next = (*current).clone();
+        drop(current);
+        let mut opened_total = 0;
+        let mut objects = 0;
+        // Originals already opened in this refresh, by de-identified SOP Instance UID.
+        let mut originals: HashMap<String, Option<Originals>> = HashMap::new();
+        loop {
+            let Some(&(last, _)) = rows.last() else { break };
+            for (_, path) in std::mem::take(&mut rows) {
+                if next.has_path(&path) {
+                    continue;
+                }
+                let file = self.data_dir.join(&path);
+                let header = tokio::task::spawn_blocking(move || {
+                    dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(&file).map(|f| f.into_inner())
+                })
+                .await
+                .map_err(|e| ArchiveError::Task(e.to_string()))?;
+                let obj = match header {
+                    Ok(o) => o,
+                    Err(error) => {
+                        warn!(%error, path, "a queued result object cannot be read; it is not queryable");
+                        continue;
+                    }
+                };
+                let mut opened = Vec::new();
+                for uid in reidentify::references(&obj) {
+                    if !originals.contains_key(&uid) {
+                        let o = match self.db.reid_record(&uid).await? {
+                            Some(record) => {
+                                opened_total += 1;
+                                Some(deid::open(&self.keys, &record)?)
+                            }
+                            None => None, // the node's own object (a heatmap the report references)
+                        };
+                        originals.insert(uid.clone(), o);
+                    }
+                    if let Some(Some(o)) = originals.get(&uid) {
+                        opened.push((uid, o.clone()));
+                    }
+                }
+                match reidentify::apply(obj, &self.keys, &opened) {
+                    Ok(obj) => {
+                        next.insert(&obj, &path);
+                        objects += 1;
+                    }
+                    Err(ReidError::NoReference) => warn!(path, "a queued result object references no stored instance; it is not queryable"),
+                    Err(error) => warn!(%error, path, "a queued result object cannot be re-identified; it is not queryable"),
+                }
+            }
+            next.high_water = last;
+            rows = self.db.result_objects_after(&self.node, next.high_water, STEP).await?;
+        }
+        if opened_total > 0 {
+            let details = serde_json::json!({ "purpose": "query index", "objects": objects, "map_records": opened_total }).to_string();
+            self.db.audit_append("reidentify", "query-index", &details).await?;
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        Ok(opened_total)
+    }
+
+    /// An indexed object re-identified for sending, as the outbox sends it (one
+    /// implementation: `results::reidentify`); each map record opened is audited with `purpose`.
+    pub async fn reidentified(&self, object: &index::Instance, purpose: &str) -> Result<reidentify::Reidentified, ReidError> {
+        reidentify::reidentified(&self.db, &self.keys, &self.data_dir.join(&object.path), purpose).await
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}

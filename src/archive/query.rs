@@ -1,0 +1,498 @@
+//! A C-FIND (or C-MOVE / C-GET) identifier read into what it asks for, matched against a
+//! snapshot of the index one candidate at a time (nothing is collected: the caller sends each
+//! response as the iterator yields it), and each match's response identifier.
+//!
+//! Hierarchical queries only (no relational extended negotiation): a query below the model's
+//! top level names the unique key of each level above it with a single value. Keys the index
+//! does not hold, or keys of a level below the query's, are returned zero-length and not
+//! matched (the SCP says so with Pending status FF01).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+use dicom_core::{DataElement, Length, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use super::index::{Attr, Attrs, Instance, Patient, Series, Snapshot, Study};
+use super::keys::{self, Key, Level, Model};
+use crate::dicom::matching::{Matcher, Options};
+use crate::dicom::Status;
+
+/// An identifier that cannot be answered: the failure status and the Error Comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError {
+    pub status: Status,
+    pub comment: String,
+}
+
+fn mismatch(comment: impl Into<String>) -> QueryError {
+    QueryError { status: Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment: comment.into() }
+}
+
+fn unable(comment: impl Into<String>) -> QueryError {
+    QueryError { status: Status::UNABLE_TO_PROCESS, comment: comment.into() }
+}
+
+/// Keys answered at every level without being stored.
+const RETRIEVE_AE_TITLE: Tag = tags::RETRIEVE_AE_TITLE;
+const INSTANCE_AVAILABILITY: Tag = tags::INSTANCE_AVAILABILITY;
+
+#[derive(Debug, Clone)]
+struct QueryKey {
+    tag: Tag,
+    vr: VR,
+    /// What the index holds for it at this level; None: returned empty, not matched.
+    def: Option<&'static Key>,
+    /// None: universal (or not matched).
+    matcher: Option<Matcher>,
+    /// For a sequence key: the keys of its item (empty: every item whole).
+    items: Vec<QueryKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub model: Model,
+    pub level: Level,
+    keys: Vec<QueryKey>,
+    /// Some key is not supported for matching: Pending responses carry FF01.
+    pub unsupported_keys: bool,
+}
+
+/// One match: the node at the query's level and those above it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit<'a> {
+    pub patient: &'a Patient,
+    pub study: Option<&'a Study>,
+    pub series: Option<&'a Series>,
+    pub instance: Option<&'a Arc<Instance>>,
+}
+
+impl<'a> Hit<'a> {
+    /// The result objects at and below this match.
+    pub fn instances(&self) -> Vec<&'a Arc<Instance>> {
+        match (self.instance, self.series, self.study) {
+            (Some(i), ..) => vec![i],
+            (None, Some(s), _) => s.instances.iter().collect(),
+            (None, None, Some(st)) => st.series.iter().flat_map(|s| s.instances.iter()).collect(),
+            (None, None, None) => self.patient.studies.iter().flat_map(|st| st.series.iter()).flat_map(|s| s.instances.iter()).collect(),
+        }
+    }
+
+    fn attrs(&self, level: Level) -> Option<&'a Attrs> {
+        match level {
+            // The patient as this study's objects carry it, where the match is below PATIENT.
+            Level::Patient => Some(self.study.map(|s| &s.patient).unwrap_or(&self.patient.attrs)),
+            Level::Study => self.study.map(|s| &s.attrs),
+            Level::Series => self.series.map(|s| &s.attrs),
+            Level::Image => self.instance.map(|i| &i.attrs),
+        }
+    }
+
+    fn computed(&self, tag: Tag) -> Option<String> {
+        let studies = || self.patient.studies.iter();
+        let study_series = || self.study.into_iter().flat_map(|s| s.series.iter());
+        let n = |v: usize| Some(v.to_string());
+        match tag {
+            t if t == tags::NUMBER_OF_PATIENT_RELATED_STUDIES => n(self.patient.studies.len()),
+            t if t == tags::NUMBER_OF_PATIENT_RELATED_SERIES => n(studies().map(|s| s.series.len()).sum()),
+            t if t == tags::NUMBER_OF_PATIENT_RELATED_INSTANCES => n(studies().flat_map(|s| s.series.iter()).map(|s| s.instances.len()).sum()),
+            t if t == tags::NUMBER_OF_STUDY_RELATED_SERIES => n(self.study?.series.len()),
+            t if t == tags::NUMBER_OF_STUDY_RELATED_INSTANCES => n(study_series().map(|s| s.instances.len()).sum()),
+            t if t == tags::NUMBER_OF_SERIES_RELATED_INSTANCES => n(self.series?.instances.len()),
+            t if t == tags::MODALITIES_IN_STUDY => {
+                let all: BTreeSet<&str> = study_series().map(|s| s.attrs.text(tags::MODALITY)).filter(|m| !m.is_empty()).collect();
+                Some(all.into_iter().collect::<Vec<_>>().join("\\"))
+            }
+            t if t == tags::SOP_CLASSES_IN_STUDY => {
+                let all: BTreeSet<&str> = study_series().flat_map(|s| s.instances.iter()).map(|i| i.sop_class_uid.as_str()).collect();
+                Some(all.into_iter().collect::<Vec<_>>().join("\\"))
+            }
+            _ => None,
+        }
+    }
+
+    fn value(&self, key: &Key) -> Option<Attr> {
+        if key.computed {
+            return self.computed(key.tag).map(|v| Attr::Text(key.vr, v));
+        }
+        self.attrs(key.level)?.get(key.tag).cloned()
+    }
+}
+
+impl Query {
+    /// Read a C-FIND identifier of `model`.
+    pub fn parse(identifier: &InMemDicomObject, model: Model, options: Options) -> Result<Query, QueryError> {
+        let level_text = identifier
+            .get(tags::QUERY_RETRIEVE_LEVEL)
+            .and_then(|e| e.to_str().ok())
+            .ok_or_else(|| mismatch("no Query/Retrieve Level (0008,0052)"))?;
+        let level = Level::parse(&level_text).ok_or_else(|| mismatch("(0008,0052) is not PATIENT, STUDY, SERIES or IMAGE"))?;
+        if level < model.top() {
+            return Err(mismatch(format!("the {} model has no {} level", model.as_str(), level.as_str())));
+        }
+        let mut keys = Vec::new();
+        let mut unsupported_keys = false;
+        for e in identifier {
+            let tag = e.tag();
+            if tag == tags::SPECIFIC_CHARACTER_SET || tag == tags::QUERY_RETRIEVE_LEVEL || tag.element() == 0 {
+                continue;
+            }
+            let key = parse_key(e, level, model, options)?;
+            unsupported_keys |= key.def.is_none() && tag != RETRIEVE_AE_TITLE && tag != INSTANCE_AVAILABILITY;
+            keys.push(key);
+        }
+        // Hierarchical: each level above the query's is named by one value of its unique key.
+        let mut upper = model.top();
+        while upper < level {
+            let unique = upper.unique_key();
+            let single = keys.iter().any(|k| k.tag == unique && matches!(k.matcher, Some(Matcher::Single { .. })));
+            if !single {
+                let name = keys::key(unique).map(|k| k.name).unwrap_or("?");
+                return Err(mismatch(format!("{} query needs one {name} (hierarchical)", level.as_str())));
+            }
+            upper = next(upper);
+        }
+        Ok(Query { model, level, keys, unsupported_keys })
+    }
+
+    /// Read a C-MOVE or C-GET identifier: as a query, and the level's unique key must name
+    /// what to retrieve (a value or a list of UIDs, not everything).
+    pub fn parse_retrieve(identifier: &InMemDicomObject, model: Model) -> Result<Query, QueryError> {
+        let q = Query::parse(identifier, model, Options::default())?;
+        let unique = q.level.unique_key();
+        if !q.keys.iter().any(|k| k.tag == unique && k.matcher.is_some()) {
+            let name = keys::key(unique).map(|k| k.name).unwrap_or("?");
+            return Err(mismatch(format!("{} retrieve needs {name} value(s)", q.level.as_str())));
+        }
+        Ok(q)
+    }
+
+    /// The matches in `snapshot`, one at a time.
+    pub fn matches<'a>(&'a self, snapshot: &'a Snapshot) -> Box<dyn Iterator<Item = Hit<'a>> + Send + 'a> {
+        let keep = move |h: &Hit<'a>| self.keys.iter().all(|k| key_matches(k, h));
+        match self.level {
+            Level::Patient => Box::new(patients(snapshot).filter(keep)),
+            Level::Study => Box::new(studies(snapshot).filter(keep)),
+            Level::Series => Box::new(series(snapshot).filter(keep)),
+            Level::Image => Box::new(images(snapshot).filter(keep)),
+        }
+    }
+
+    /// The response identifier for `hit`: the requested keys (with the match's values, or
+    /// zero-length where it has none or the key is not supported), the level's unique key, in
+    /// UTF-8. `retrieve_ae` answers Retrieve AE Title.
+    pub fn response(&self, hit: &Hit<'_>, retrieve_ae: &str) -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        o.put(DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, PrimitiveValue::from("ISO_IR 192")));
+        o.put(DataElement::new(tags::QUERY_RETRIEVE_LEVEL, VR::CS, PrimitiveValue::from(self.level.as_str())));
+        for k in &self.keys {
+            o.put(response_element(k, hit, retrieve_ae));
+        }
+        let unique = self.level.unique_key();
+        if o.get(unique).is_none() {
+            if let Some(def) = keys::key(unique) {
+                let key = QueryKey { tag: unique, vr: def.vr, def: Some(def), matcher: None, items: Vec::new() };
+                o.put(response_element(&key, hit, retrieve_ae));
+            }
+        }
+        o
+    }
+}
+
+fn patients(s: &Snapshot) -> impl Iterator<Item = Hit<'_>> + Send {
+    s.patients.iter().map(|p| Hit { patient: p, study: None, series: None, instance: None })
+}
+
+fn studies(s: &Snapshot) -> impl Iterator<Item = Hit<'_>> + Send {
+    patients(s).flat_map(|h| h.patient.studies.iter().map(move |st| Hit { study: Some(st), ..h }))
+}
+
+fn series(s: &Snapshot) -> impl Iterator<Item = Hit<'_>> + Send {
+    studies(s).flat_map(|h| h.study.into_iter().flat_map(|st| st.series.iter()).map(move |se| Hit { series: Some(se), ..h }))
+}
+
+fn images(s: &Snapshot) -> impl Iterator<Item = Hit<'_>> + Send {
+    series(s).flat_map(|h| h.series.into_iter().flat_map(|se| se.instances.iter()).map(move |i| Hit { instance: Some(i), ..h }))
+}
+
+fn next(level: Level) -> Level {
+    match level {
+        Level::Patient => Level::Study,
+        Level::Study => Level::Series,
+        Level::Series | Level::Image => Level::Image,
+    }
+}
+
+fn parse_key(e: &DataElement<InMemDicomObject>, level: Level, model: Model, options: Options) -> Result<QueryKey, QueryError> {
+    let tag = e.tag();
+    // A key of the query's level or above (the patient's keys are in every model's study).
+    let def = keys::key(tag).filter(|d| d.level <= level && (d.level >= model.top() || d.level == Level::Patient));
+    let vr = def.map(|d| d.vr).unwrap_or(e.vr());
+    let at = || format!("({:04X},{:04X})", tag.group(), tag.element());
+    match e.value() {
+        Value::Sequence(seq) => {
+            let mut items = Vec::new();
+            if let Some(item) = seq.items().first() {
+                for ie in item {
+                    if ie.tag().element() == 0 {
+                        continue;
+                    }
+                    let value = ie.to_str().map(|s| s.to_string()).unwrap_or_default();
+                    let matcher = Matcher::parse(keys::kind(ie.vr()), &value, options).map_err(|m| unable(format!("{} item {}: {m}", at(), tag_text(ie.tag()))))?;
+                    items.push(QueryKey { tag: ie.tag(), vr: ie.vr(), def: None, matcher: (matcher != Matcher::Universal).then_some(matcher), items: Vec::new() });
+                }
+            }
+            let def = def.filter(|d| d.vr == VR::SQ);
+            if def.is_none() {
+                items.iter_mut().for_each(|i| i.matcher = None);
+            }
+            Ok(QueryKey { tag, vr: VR::SQ, def, matcher: None, items })
+        }
+        _ => {
+            let value = match e.to_str() {
+                Ok(v) => v.to_string(),
+                Err(_) => String::new(),
+            };
+            let def = def.filter(|d| d.vr != VR::SQ);
+            let matcher = match def {
+                Some(d) => {
+                    let m = Matcher::parse(keys::kind(d.vr), &value, options).map_err(|m| unable(format!("{} {}: {m}", at(), d.name)))?;
+                    (m != Matcher::Universal).then_some(m)
+                }
+                None => None,
+            };
+            Ok(QueryKey { tag, vr, def, matcher, items: Vec::new() })
+        }
+    }
+}
+
+fn tag_text(t: Tag) -> String {
+    format!("({:04X},{:04X})", t.group(), t.element())
+}
+
+fn key_matches(k: &QueryKey, hit: &Hit<'_>) -> bool {
+    let Some(def) = k.def else { return true };
+    match (&k.matcher, k.items.is_empty()) {
+        (None, true) => true,
+        _ => match hit.value(def) {
+            Some(Attr::Text(_, v)) => k.matcher.as_ref().is_none_or(|m| m.matches(keys::kind(def.vr), &v)),
+            Some(Attr::Items(items)) => k.items.iter().all(|ik| ik.matcher.is_none()) || items.iter().any(|item| item_matches(&k.items, item)),
+            // A candidate without the attribute matches only universal matching.
+            None => k.matcher.is_none() && k.items.iter().all(|ik| ik.matcher.is_none()),
+        },
+    }
+}
+
+fn item_matches(keys: &[QueryKey], item: &[(Tag, VR, String)]) -> bool {
+    keys.iter().all(|k| match &k.matcher {
+        None => true,
+        Some(m) => item.iter().find(|(t, ..)| *t == k.tag).is_some_and(|(_, vr, v)| m.matches(keys::kind(*vr), v)),
+    })
+}
+
+fn response_element(k: &QueryKey, hit: &Hit<'_>, retrieve_ae: &str) -> DataElement<InMemDicomObject> {
+    let text = |vr: VR, v: &str| {
+        if v.is_empty() {
+            DataElement::new(k.tag, vr, PrimitiveValue::Empty)
+        } else {
+            DataElement::new(k.tag, vr, PrimitiveValue::Strs(v.split('\\').map(str::to_string).collect()))
+        }
+    };
+    if k.tag == RETRIEVE_AE_TITLE {
+        return text(VR::AE, retrieve_ae);
+    }
+    if k.tag == INSTANCE_AVAILABILITY {
+        return text(VR::CS, "ONLINE");
+    }
+    let Some(def) = k.def else {
+        return match k.vr {
+            VR::SQ => DataElement::new(k.tag, VR::SQ, DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED)),
+            vr => DataElement::new(k.tag, vr, PrimitiveValue::Empty),
+        };
+    };
+    match hit.value(def) {
+        Some(Attr::Text(vr, v)) => text(vr, &v),
+        Some(Attr::Items(items)) => {
+            let out: Vec<InMemDicomObject> = items
+                .iter()
+                .filter(|item| item_matches(&k.items, item))
+                .map(|item| {
+                    let mut o = InMemDicomObject::new_empty();
+                    for (t, vr, v) in item.iter().filter(|(t, ..)| k.items.is_empty() || k.items.iter().any(|ik| ik.tag == *t)) {
+                        o.put(DataElement::new(*t, *vr, PrimitiveValue::from(v.as_str())));
+                    }
+                    // Requested item keys the item lacks come back zero-length.
+                    let missing: Vec<&QueryKey> = k.items.iter().filter(|ik| o.get(ik.tag).is_none()).collect();
+                    for ik in missing {
+                        o.put(DataElement::new(ik.tag, ik.vr, PrimitiveValue::Empty));
+                    }
+                    o
+                })
+                .collect();
+            DataElement::new(k.tag, VR::SQ, DataSetSequence::new(out, Length::UNDEFINED))
+        }
+        None if def.vr == VR::SQ => DataElement::new(k.tag, VR::SQ, DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED)),
+        None => DataElement::new(k.tag, def.vr, PrimitiveValue::Empty),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::dataset::put;
+
+    fn object(patient: &str, name: &str, study: &str, date: &str, accession: &str, modality: &str, sop: &str) -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        put(&mut o, tags::PATIENT_ID, VR::LO, patient);
+        put(&mut o, tags::PATIENT_NAME, VR::PN, name);
+        put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, study);
+        put(&mut o, tags::STUDY_DATE, VR::DA, date);
+        put(&mut o, tags::ACCESSION_NUMBER, VR::SH, accession);
+        put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &format!("{study}.{}", if modality == "SR" { 1 } else { 2 }));
+        put(&mut o, tags::MODALITY, VR::CS, modality);
+        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop);
+        put(&mut o, tags::SOP_CLASS_UID, VR::UI, if modality == "SR" { "1.2.840.10008.5.1.4.1.1.88.34" } else { "1.2.840.10008.5.1.4.1.1.7" });
+        if modality == "SR" {
+            let mut code = InMemDicomObject::new_empty();
+            put(&mut code, tags::CODE_VALUE, VR::SH, "126000");
+            put(&mut code, tags::CODING_SCHEME_DESIGNATOR, VR::SH, "DCM");
+            put(&mut code, tags::CODE_MEANING, VR::LO, "Imaging Measurement Report");
+            o.put(DataElement::new(tags::CONCEPT_NAME_CODE_SEQUENCE, VR::SQ, DataSetSequence::new(vec![code], Length::UNDEFINED)));
+        }
+        o
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        s.insert(&object("P1", "Müller^Anna", "1.1", "20260105", "A1", "SR", "1.1.9.1"), "a");
+        s.insert(&object("P1", "Müller^Anna", "1.1", "20260105", "A1", "OT", "1.1.9.2"), "b");
+        s.insert(&object("P2", "DOE^JOHN", "2.1", "20261130", "A2", "SR", "2.1.9.1"), "c");
+        s.insert(&object("P2", "DOE^JOHN", "2.2", "20261201", "A3", "SR", "2.2.9.1"), "d");
+        s
+    }
+
+    fn ident(level: &str, keys: &[(Tag, VR, &str)]) -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        put(&mut o, tags::QUERY_RETRIEVE_LEVEL, VR::CS, level);
+        for (t, vr, v) in keys {
+            if v.is_empty() {
+                o.put(DataElement::new(*t, *vr, PrimitiveValue::Empty));
+            } else {
+                put(&mut o, *t, *vr, v);
+            }
+        }
+        o
+    }
+
+    fn find(model: Model, level: &str, keys: &[(Tag, VR, &str)]) -> Result<Vec<InMemDicomObject>, QueryError> {
+        let s = snapshot();
+        let q = Query::parse(&ident(level, keys), model, Options::default())?;
+        Ok(q.matches(&s).map(|h| q.response(&h, "TRIAGE")).collect())
+    }
+
+    fn texts(rs: &[InMemDicomObject], tag: Tag) -> Vec<String> {
+        rs.iter().map(|r| r.get(tag).map(|e| e.to_str().unwrap().to_string()).unwrap_or_else(|| "<absent>".into())).collect()
+    }
+
+    #[test]
+    fn study_level_matching_of_every_kind() {
+        let s = |keys: &[(Tag, VR, &str)]| find(Model::StudyRoot, "STUDY", keys).unwrap();
+        let uid = |rs: Vec<InMemDicomObject>| texts(&rs, tags::STUDY_INSTANCE_UID);
+        assert_eq!(uid(s(&[(tags::STUDY_INSTANCE_UID, VR::UI, "")])), ["1.1", "2.1", "2.2"], "universal");
+        assert_eq!(uid(s(&[(tags::ACCESSION_NUMBER, VR::SH, "A2")])), ["2.1"], "single value");
+        assert_eq!(uid(s(&[(tags::STUDY_INSTANCE_UID, VR::UI, "2.2\\1.1")])), ["1.1", "2.2"], "UID list");
+        assert_eq!(uid(s(&[(tags::PATIENT_NAME, VR::PN, "mül*")])), ["1.1"], "wild card, case folded, not ASCII");
+        assert_eq!(uid(s(&[(tags::PATIENT_NAME, VR::PN, "DOE^JOH?")])), ["2.1", "2.2"]);
+        assert_eq!(uid(s(&[(tags::STUDY_DATE, VR::DA, "20261130-")])), ["2.1", "2.2"], "open range");
+        assert_eq!(uid(s(&[(tags::STUDY_DATE, VR::DA, "-20261130")])), ["1.1", "2.1"]);
+        assert_eq!(uid(s(&[(tags::STUDY_DATE, VR::DA, "20261201")])), ["2.2"]);
+        assert_eq!(uid(s(&[(tags::MODALITIES_IN_STUDY, VR::CS, "OT")])), ["1.1"], "computed key matched");
+        assert!(s(&[(tags::STUDY_DESCRIPTION, VR::LO, "x")]).is_empty(), "no value matches only universal");
+    }
+
+    #[test]
+    fn responses_hold_the_requested_keys_and_the_unique_key_only() {
+        let rs = find(Model::StudyRoot, "STUDY", &[(tags::PATIENT_ID, VR::LO, "P1"), (tags::MODALITIES_IN_STUDY, VR::CS, ""), (tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, ""), (tags::STUDY_DESCRIPTION, VR::LO, ""), (tags::RETRIEVE_AE_TITLE, VR::AE, "")]).unwrap();
+        assert_eq!(rs.len(), 1);
+        let r = &rs[0];
+        let t = |tag| r.get(tag).map(|e| e.to_str().unwrap().to_string());
+        assert_eq!(t(tags::MODALITIES_IN_STUDY).as_deref(), Some("OT\\SR"));
+        assert_eq!(t(tags::NUMBER_OF_STUDY_RELATED_INSTANCES).as_deref(), Some("2"));
+        assert_eq!(t(tags::STUDY_DESCRIPTION).as_deref(), Some(""), "no value: zero length");
+        assert_eq!(t(tags::STUDY_INSTANCE_UID).as_deref(), Some("1.1"), "the unique key, unrequested");
+        assert_eq!(t(tags::RETRIEVE_AE_TITLE).as_deref(), Some("TRIAGE"));
+        assert_eq!(t(tags::SPECIFIC_CHARACTER_SET).as_deref(), Some("ISO_IR 192"));
+        assert!(r.get(tags::PATIENT_NAME).is_none(), "not requested, not returned");
+        assert_eq!(r.iter().count(), 8);
+    }
+
+    #[test]
+    fn hierarchical_levels_need_the_keys_above_them() {
+        let rs = find(Model::StudyRoot, "SERIES", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.1"), (tags::MODALITY, VR::CS, ""), (tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS, "")]).unwrap();
+        assert_eq!(texts(&rs, tags::MODALITY), ["SR", "OT"]);
+        let e = find(Model::StudyRoot, "SERIES", &[(tags::MODALITY, VR::CS, "SR")]).unwrap_err();
+        assert_eq!(e.status, Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS);
+        assert!(e.comment.contains("StudyInstanceUID"), "{}", e.comment);
+        let e = find(Model::StudyRoot, "PATIENT", &[]).unwrap_err();
+        assert!(e.comment.contains("no PATIENT level"));
+        assert!(e.comment.len() <= 64);
+        let rs = find(Model::PatientRoot, "PATIENT", &[(tags::PATIENT_ID, VR::LO, ""), (tags::NUMBER_OF_PATIENT_RELATED_STUDIES, VR::IS, "")]).unwrap();
+        assert_eq!(texts(&rs, tags::NUMBER_OF_PATIENT_RELATED_STUDIES), ["1", "2"]);
+        assert!(find(Model::PatientRoot, "STUDY", &[(tags::STUDY_DATE, VR::DA, "")]).is_err(), "a patient root study query names its patient");
+        let rs = find(Model::PatientRoot, "IMAGE", &[(tags::PATIENT_ID, VR::LO, "P2"), (tags::STUDY_INSTANCE_UID, VR::UI, "2.2"), (tags::SERIES_INSTANCE_UID, VR::UI, "2.2.1"), (tags::SOP_CLASS_UID, VR::UI, "")]).unwrap();
+        assert_eq!(texts(&rs, tags::SOP_INSTANCE_UID), ["2.2.9.1"]);
+    }
+
+    #[test]
+    fn sequence_keys_match_item_by_item() {
+        let image = |code: &str| {
+            let s = snapshot();
+            let mut id = ident("IMAGE", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.1"), (tags::SERIES_INSTANCE_UID, VR::UI, "")]);
+            let mut item = InMemDicomObject::new_empty();
+            put(&mut item, tags::CODE_VALUE, VR::SH, code);
+            item.put(DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::Empty));
+            id.put(DataElement::new(tags::CONCEPT_NAME_CODE_SEQUENCE, VR::SQ, DataSetSequence::new(vec![item], Length::UNDEFINED)));
+            // A SERIES UID universal at IMAGE level is not the single value hierarchy needs.
+            assert!(Query::parse(&id, Model::StudyRoot, Options::default()).is_err());
+            put(&mut id, tags::SERIES_INSTANCE_UID, VR::UI, "1.1.1");
+            let q = Query::parse(&id, Model::StudyRoot, Options::default()).unwrap();
+            q.matches(&s).map(|h| q.response(&h, "T")).collect::<Vec<_>>()
+        };
+        let rs = image("126000");
+        assert_eq!(rs.len(), 1);
+        let item = &rs[0].get(tags::CONCEPT_NAME_CODE_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(item.get(tags::CODE_MEANING).unwrap().to_str().unwrap(), "Imaging Measurement Report");
+        assert!(item.get(tags::CODING_SCHEME_DESIGNATOR).is_none(), "only the requested item keys");
+        assert!(image("999").is_empty());
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys() {
+        let e = find(Model::StudyRoot, "STUDY", &[(tags::STUDY_DATE, VR::DA, "2026-01-01")]).unwrap_err();
+        assert_eq!(e.status, Status::UNABLE_TO_PROCESS);
+        assert!(e.comment.starts_with("(0008,0020) StudyDate"), "{}", e.comment);
+        assert!(find(Model::StudyRoot, "STUDY", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.*")]).is_err(), "no wild cards in UIDs");
+        assert!(find(Model::StudyRoot, "BOGUS", &[]).is_err());
+        let s = snapshot();
+        let q = Query::parse(&ident("STUDY", &[(tags::INSTITUTION_NAME, VR::LO, "X"), (tags::SOP_INSTANCE_UID, VR::UI, "9")]), Model::StudyRoot, Options::default()).unwrap();
+        assert!(q.unsupported_keys);
+        let rs: Vec<_> = q.matches(&s).map(|h| q.response(&h, "T")).collect();
+        assert_eq!(rs.len(), 3, "keys the index does not hold at this level are not matched");
+        assert_eq!(texts(&rs, tags::INSTITUTION_NAME), ["", "", ""]);
+        assert_eq!(texts(&rs, tags::SOP_INSTANCE_UID), ["", "", ""]);
+    }
+
+    #[test]
+    fn retrieve_identifiers_name_what_to_retrieve() {
+        let s = snapshot();
+        let q = Query::parse_retrieve(&ident("STUDY", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.1\\2.2")]), Model::StudyRoot).unwrap();
+        let objects: Vec<String> = q.matches(&s).flat_map(|h| h.instances()).map(|i| i.path.clone()).collect();
+        assert_eq!(objects, ["a", "b", "d"]);
+        assert!(Query::parse_retrieve(&ident("STUDY", &[(tags::STUDY_INSTANCE_UID, VR::UI, "")]), Model::StudyRoot).is_err());
+        let q = Query::parse_retrieve(&ident("PATIENT", &[(tags::PATIENT_ID, VR::LO, "P2")]), Model::PatientRoot).unwrap();
+        assert_eq!(q.matches(&s).flat_map(|h| h.instances()).count(), 2);
+    }
+}
