@@ -14,6 +14,7 @@ mod layering;
 mod outbox;
 mod preprocess;
 mod protocol_edges;
+mod query;
 mod refusals;
 mod results;
 mod send_scu;

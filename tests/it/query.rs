@@ -1,0 +1,388 @@
+//! The Query/Retrieve SCP over the AI results, against real peers: studies pushed by DCMTK
+//! storescu, triaged by the demo model, their reports and heatmaps delivered to a PACS
+//! (storescp); then queried and retrieved by DCMTK findscu / movescu / getscu, pynetdicom,
+//! Orthanc (REST query and retrieve) and compared with DCMTK dcmqrscp holding the objects the
+//! PACS received.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+fn ready() -> bool {
+    peers_ready() && have_tool("findscu") && have_tool("movescu") && have_tool("getscu") && have_tool("storescp")
+}
+
+fn peer(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/qr_peer.py")).args(args).output().unwrap();
+    assert!(out.status.success(), "qr_peer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"))).collect()
+}
+
+/// SOP Class and SOP Instance UID from a file's meta.
+fn ids(path: &Path) -> (String, String) {
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&std::fs::read(path).unwrap()[128..]).unwrap();
+    let t = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+    (t(meta.media_storage_sop_class_uid()), t(meta.media_storage_sop_instance_uid()))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn storescp(port: u16, dir: &Path) -> Child {
+    let child = Command::new("storescp")
+        .args(["+uf", "-od", dir.to_str().unwrap(), &port.to_string()])
+        .env("TCP_NODELAY", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storescp");
+    wait_until("storescp to listen", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    child
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One study sent to the node, as its modality made it.
+struct Case {
+    study_uid: String,
+    patient_id: &'static str,
+    name: &'static str,
+    accession: &'static str,
+    positive: bool,
+}
+
+struct Fixture {
+    node: Node,
+    cases: Vec<Case>,
+    /// What the PACS received from the outbox.
+    delivered: Vec<PathBuf>,
+    _pacs: Killed,
+    _dirs: tempfile::TempDir,
+}
+
+fn register(node: &Node, ae: &str, port: Option<u16>) {
+    let mut args = vec!["ae", "add", ae, "--role", "pacs", "--host", "127.0.0.1"];
+    let port = port.map(|p| p.to_string());
+    if let Some(p) = &port {
+        args.extend(["--port", p]);
+    }
+    let out = node.cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Three studies of two patients (one named in ISO_IR 100 with letters outside ASCII), two
+/// positive: five result objects delivered to a PACS.
+fn fixture(extra_results: &[&str]) -> Option<Fixture> {
+    if !ready() {
+        return None;
+    }
+    let (dir, _) = demo_cases()?;
+    let dirs = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let pacs_dir = dirs.path().join("pacs");
+    std::fs::create_dir_all(&pacs_dir).unwrap();
+    let pacs = Killed(storescp(pacs_port, &pacs_dir));
+    let mut destinations = vec!["\"PACS\"".to_string()];
+    destinations.extend(extra_results.iter().map(|d| format!("\"{d}\"")));
+    let node = Node::start(NodeOptions {
+        inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
+        results: vec![format!("destinations = [{}]", destinations.join(", "))],
+        delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"1s\"".into()],
+        ..Default::default()
+    });
+    register(&node, "PACS", Some(pacs_port));
+    register(&node, "VIEWER", Some(free_port()));
+    let specs: [(&str, &str, &str, &str, &str, &str, bool); 3] = [
+        ("case000.dcm", "QR-1", "Müller^Anna", "QRACC1", "20240105", "ISO_IR 100", true),
+        ("case001.dcm", "QR-2", "DOE^JOHN", "QRACC2", "20241130", "ISO_IR 100", false),
+        ("case004.dcm", "QR-2", "DOE^JOHN", "QRACC3", "20241201", "ISO_IR 100", true),
+    ];
+    let mut cases = Vec::new();
+    let mut files = Vec::new();
+    for (src, id, name, acc, date, charset, positive) in specs {
+        let dst = dirs.path().join(format!("{id}-{acc}.dcm"));
+        let made = peer(&[
+            "variant",
+            dir.join(src).to_str().unwrap(),
+            dst.to_str().unwrap(),
+            &format!("SpecificCharacterSet={charset}"),
+            &format!("PatientID={id}"),
+            &format!("PatientName={name}"),
+            &format!("AccessionNumber={acc}"),
+            &format!("StudyDate={date}"),
+        ]);
+        cases.push(Case { study_uid: made[0]["StudyInstanceUID"].as_str().unwrap().to_string(), patient_id: id, name, accession: acc, positive });
+        files.push(dst);
+    }
+    assert!(node.storescu(&files).status.success(), "{}", node.log());
+    wait_until("three reports delivered", Duration::from_secs(120), || node.log().matches("AI report delivered").count() >= 3);
+    let delivered = walk(&pacs_dir);
+    assert_eq!(delivered.len(), 5, "{delivered:?}");
+    Some(Fixture { node, cases, delivered, _pacs: pacs, _dirs: dirs })
+}
+
+fn find(f: &Fixture, calling: &str, model: &str, query: Value) -> (Vec<Value>, Value) {
+    let mut out = peer(&["find", &f.node.port.to_string(), calling, model, &query.to_string()]);
+    let last = out.pop().expect("a final response");
+    (out, last)
+}
+
+fn values(rs: &[Value], key: &str) -> Vec<String> {
+    let mut v: Vec<String> = rs.iter().map(|r| r[key].as_str().unwrap_or("<absent>").to_string()).collect();
+    v.sort();
+    v
+}
+
+fn study_uids(f: &Fixture, which: &[usize]) -> Vec<String> {
+    let mut v: Vec<String> = which.iter().map(|&i| f.cases[i].study_uid.clone()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
+    let Some(f) = fixture(&[]) else { return };
+    let port = f.node.port.to_string();
+    let all = [0, 1, 2];
+
+    // STUDY level, Study Root: every study, with the identifiers the PACS knows.
+    let (rs, fin) = find(
+        &f,
+        "VIEWER",
+        "study",
+        serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "", "PatientName": "", "PatientID": "", "AccessionNumber": "",
+            "StudyDate": "", "ModalitiesInStudy": "", "SOPClassesInStudy": "", "NumberOfStudyRelatedSeries": "", "NumberOfStudyRelatedInstances": ""}),
+    );
+    assert_eq!(fin["status"], "0x0000", "{fin}\n{}", f.node.log());
+    assert_eq!(values(&rs, "StudyInstanceUID"), study_uids(&f, &all));
+    for r in &rs {
+        let case = f.cases.iter().find(|c| r["StudyInstanceUID"] == c.study_uid.as_str()).unwrap();
+        assert_eq!((r["PatientID"].as_str(), r["PatientName"].as_str(), r["AccessionNumber"].as_str()), (Some(case.patient_id), Some(case.name), Some(case.accession)), "{r}");
+        assert_eq!(r["SpecificCharacterSet"], "ISO_IR 192");
+        let (modalities, classes, series, instances) = if case.positive { ("OT\\SR", format!("{SR}\\{SC}"), "2", "2") } else { ("SR", SR.to_string(), "1", "1") };
+        assert_eq!(r["ModalitiesInStudy"], modalities);
+        assert_eq!(r["SOPClassesInStudy"].as_str().unwrap().split('\\').collect::<BTreeSet<_>>(), classes.split('\\').collect::<BTreeSet<_>>());
+        assert_eq!((r["NumberOfStudyRelatedSeries"].as_str(), r["NumberOfStudyRelatedInstances"].as_str()), (Some(series), Some(instances)));
+    }
+
+    // Each matching type.
+    let q = |keys: Value| {
+        let mut query = serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""});
+        query.as_object_mut().unwrap().extend(keys.as_object().unwrap().clone());
+        let (rs, fin) = find(&f, "VIEWER", "study", query);
+        assert_eq!(fin["status"], "0x0000", "{fin}");
+        values(&rs, "StudyInstanceUID")
+    };
+    assert_eq!(q(serde_json::json!({"AccessionNumber": "QRACC2"})), study_uids(&f, &[1]), "single value");
+    assert_eq!(q(serde_json::json!({"PatientName": "doe^*"})), study_uids(&f, &[1, 2]), "wild card, PN case-insensitive");
+    assert_eq!(q(serde_json::json!({"PatientName": "D?E^JOHN"})), study_uids(&f, &[1, 2]));
+    assert_eq!(q(serde_json::json!({"SpecificCharacterSet": "ISO_IR 100", "PatientName": "MÜLLER*"})), study_uids(&f, &[0]), "a query in ISO_IR 100");
+    assert_eq!(q(serde_json::json!({"SpecificCharacterSet": "ISO_IR 192", "PatientName": "müller^anna"})), study_uids(&f, &[0]), "a query in UTF-8");
+    assert_eq!(q(serde_json::json!({"StudyDate": "20241101-"})), study_uids(&f, &[1, 2]), "open range");
+    assert_eq!(q(serde_json::json!({"StudyDate": "-20240630"})), study_uids(&f, &[0]));
+    assert_eq!(q(serde_json::json!({"StudyDate": "20241130-20241130"})), study_uids(&f, &[1]));
+    assert_eq!(q(serde_json::json!({"StudyInstanceUID": format!("{}\\{}", f.cases[0].study_uid, f.cases[2].study_uid)})), study_uids(&f, &[0, 2]), "UID list");
+    assert_eq!(q(serde_json::json!({"ModalitiesInStudy": "OT"})), study_uids(&f, &[0, 2]), "a computed key matched");
+    assert!(q(serde_json::json!({"PatientID": "NOBODY"})).is_empty());
+
+    // PATIENT level, Patient Root, with the patient's counts.
+    let (rs, fin) = find(&f, "VIEWER", "patient", serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "", "PatientName": "", "NumberOfPatientRelatedStudies": "", "NumberOfPatientRelatedInstances": ""}));
+    assert_eq!(fin["status"], "0x0000");
+    assert_eq!(values(&rs, "PatientID"), ["QR-1", "QR-2"]);
+    let two = rs.iter().find(|r| r["PatientID"] == "QR-2").unwrap();
+    assert_eq!((two["NumberOfPatientRelatedStudies"].as_str(), two["NumberOfPatientRelatedInstances"].as_str()), (Some("2"), Some("3")));
+
+    // SERIES and IMAGE levels: hierarchical, exactly the objects the PACS received.
+    let c = &f.cases[2];
+    let (rs, _) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": c.study_uid, "SeriesInstanceUID": "", "Modality": "", "SeriesNumber": "", "NumberOfSeriesRelatedInstances": ""}));
+    assert_eq!(values(&rs, "Modality"), ["OT", "SR"]);
+    assert!(rs.iter().all(|r| r["NumberOfSeriesRelatedInstances"] == "1"));
+    let delivered: Vec<Value> = peer(&[&["dump"], f.delivered.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
+    for r in &rs {
+        let (images, fin) = find(&f, "VIEWER", "patient", serde_json::json!({"QueryRetrieveLevel": "IMAGE", "PatientID": c.patient_id, "StudyInstanceUID": c.study_uid,
+            "SeriesInstanceUID": r["SeriesInstanceUID"], "SOPInstanceUID": "", "SOPClassUID": "", "InstanceNumber": ""}));
+        assert_eq!((fin["status"].as_str(), images.len()), (Some("0x0000"), 1));
+        let sent = delivered.iter().find(|d| d["SOPInstanceUID"] == images[0]["SOPInstanceUID"]).expect("the PACS has the object the node lists");
+        for key in ["SOPClassUID", "InstanceNumber", "SeriesInstanceUID"] {
+            assert_eq!(sent[key], images[0][key], "{key}");
+        }
+        assert_eq!((sent["PatientID"].as_str(), sent["StudyInstanceUID"].as_str(), sent["AccessionNumber"].as_str()), (Some(c.patient_id), Some(c.study_uid.as_str()), Some(c.accession)));
+    }
+    // Sequence matching: the SR's document title.
+    let (rs, _) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": c.study_uid,
+        "SeriesInstanceUID": rs.iter().find(|r| r["Modality"] == "SR").unwrap()["SeriesInstanceUID"], "SOPInstanceUID": "",
+        "ConceptNameCodeSequence": [{"CodeValue": "126000", "CodeMeaning": ""}]}));
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0]["ConceptNameCodeSequence"][0]["CodeMeaning"], "Imaging Measurement Report");
+
+    // Bad identifiers: the right failure, with a reason.
+    let (_, fin) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "SERIES", "Modality": "SR"}));
+    assert_eq!(fin["status"], "0xA900");
+    assert!(fin["comment"].as_str().unwrap().contains("StudyInstanceUID"), "{fin}");
+    let (_, fin) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyDate": "2024-01-01-02"}));
+    assert_eq!(fin["status"], "0xC000", "{fin}");
+    let (_, fin) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": ""}));
+    assert_eq!(fin["status"], "0xA900", "no PATIENT level in Study Root: {fin}");
+
+    // DCMTK findscu, both models.
+    let out_dir = f.node.dir.path().join("findscu");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let findscu = |args: &[&str]| {
+        let out = Command::new("findscu")
+            .args(["-aet", "VIEWER", "-aec", "TRIAGE", "-X", "-od", out_dir.to_str().unwrap()])
+            .args(args)
+            .args(["127.0.0.1", &port])
+            .env("TCP_NODELAY", "1")
+            .output()
+            .unwrap();
+        out
+    };
+    let out = findscu(&["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=DOE*", "-k", "StudyInstanceUID", "-k", "AccessionNumber"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: Vec<PathBuf> = walk(&out_dir);
+    let got = peer(&[&["dump"], files.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
+    assert_eq!(values(&got, "AccessionNumber"), ["QRACC2", "QRACC3"]);
+    for p in files {
+        std::fs::remove_file(p).unwrap();
+    }
+    let out = findscu(&["-P", "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=QR-1", "-k", "PatientName", "-k", "NumberOfPatientRelatedStudies"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = peer(&[&["dump"], walk(&out_dir).iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0]["PatientName"].as_str(), got[0]["NumberOfPatientRelatedStudies"].as_str()), (Some("Müller^Anna"), Some("1")));
+
+    // A modality may not query: its contexts are refused at negotiation.
+    let out = Command::new("findscu")
+        .args(["-S", "-aet", "STORESCU", "-aec", "TRIAGE", "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "127.0.0.1", &port])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("No Acceptable Presentation Contexts"), "{text}");
+
+    // C-CANCEL on the wire right behind the C-FIND-RQ: Cancel, nothing matched is sent, and
+    // nothing follows the final response.
+    let r = &peer(&["cancel-find", &port, "VIEWER", &serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""}).to_string()])[0];
+    assert_eq!((r["status"].as_str(), r["pending"].as_i64(), r["after_final"].as_i64()), (Some("0xFE00"), Some(0), Some(0)), "{r}");
+
+    // The log names no patient; the queries are audited without patient data.
+    for c in &f.cases {
+        for value in [c.study_uid.as_str(), c.patient_id, c.accession, "Müller", "DOE^JOHN"] {
+            assert!(!f.node.log().contains(value), "{value} in the log");
+        }
+    }
+    let audit = String::from_utf8_lossy(&f.node.cli(&["audit", "list"]).stdout).into_owned();
+    assert!(audit.contains("query") && audit.contains("ae:VIEWER"), "{audit}");
+    for c in &f.cases {
+        assert!(!audit.contains(c.patient_id) && !audit.contains(c.study_uid.as_str()), "{audit}");
+    }
+    assert!(f.node.cli(&["audit", "verify"]).status.success());
+}
+
+#[test]
+fn results_are_moved_and_got_with_counts_and_failures() {
+    let Some(f) = fixture(&[]) else { return };
+    let port = f.node.port.to_string();
+    let dirs = tempfile::tempdir().unwrap();
+    // A second PACS, and one that takes reports but refuses heatmaps.
+    let (dest_port, picky_port) = (free_port(), free_port());
+    let _dest = Killed(storescp(dest_port, dirs.path()));
+    let picky_dir = dirs.path().join("picky");
+    let mut picky = Command::new(python().unwrap())
+        .arg(repo().join("tests/peers/qr_peer.py"))
+        .args(["store-scp", &picky_port.to_string(), "PICKY", picky_dir.to_str().unwrap(), SR])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(picky.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let _picky = Killed(picky);
+    register(&f.node, "MOVEDEST", Some(dest_port));
+    register(&f.node, "PICKY", Some(picky_port));
+    let positive = &f.cases[2];
+    let study = serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": positive.study_uid});
+
+    // DCMTK movescu: the study's report and heatmap arrive, byte for byte as the outbox sent them.
+    let out = Command::new("movescu")
+        .args(["-S", "-aet", "VIEWER", "-aec", "TRIAGE", "-aem", "MOVEDEST", "-k", "QueryRetrieveLevel=STUDY", "-k", &format!("StudyInstanceUID={}", positive.study_uid), "127.0.0.1", &port])
+        .env("TCP_NODELAY", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), f.node.log());
+    let moved: Vec<PathBuf> = walk(dirs.path()).into_iter().filter(|p| !p.starts_with(&picky_dir)).collect();
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    for m in &moved {
+        let (class, sop) = ids(m);
+        let original = f.delivered.iter().find(|d| ids(d).1 == sop).unwrap_or_else(|| panic!("{sop} was not delivered"));
+        assert_eq!(dataset_bytes(m), dataset_bytes(original), "{class}: moved as delivered");
+    }
+
+    // pynetdicom C-MOVE: counts; a destination that refuses one class: B000 and the list.
+    let r = &peer(&["move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
+    assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64(), r["pending"].as_i64()), (Some("0x0000"), Some(2), Some(0), Some(1)), "{r}");
+    let r = &peer(&["move", &port, "VIEWER", "PICKY", &study.to_string()])[0];
+    assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64()), (Some("0xB000"), Some(1), Some(1)), "{r}");
+    let heatmap = moved.iter().map(|m| ids(m)).find(|(class, _)| class == SC).unwrap().1;
+    assert_eq!(r["failed_list"], heatmap.as_str());
+    assert_eq!(walk(&picky_dir).len(), 1);
+    let r = &peer(&["move", &port, "VIEWER", "NOWHERE", &study.to_string()])[0];
+    assert_eq!(r["status"], "0xA801", "{r}");
+    assert!(r["comment"].as_str().unwrap().contains("NOWHERE"));
+    // C-CANCEL right behind the C-MOVE-RQ: Cancel, nothing sent, the remaining count told.
+    let r = &peer(&["cancel-move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
+    assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["remaining"].as_i64(), r["after_final"].as_i64()), (Some("0xFE00"), Some(0), Some(2), Some(0)), "{r}\n{}", f.node.log());
+
+    // C-GET on the caller's association: DCMTK getscu and pynetdicom.
+    let got_dir = dirs.path().join("got");
+    std::fs::create_dir_all(&got_dir).unwrap();
+    let out = Command::new("getscu")
+        .args(["-S", "-aet", "VIEWER", "-aec", "TRIAGE", "-od", got_dir.to_str().unwrap(), "-k", "QueryRetrieveLevel=STUDY", "-k", &format!("StudyInstanceUID={}", positive.study_uid), "127.0.0.1", &port])
+        .env("TCP_NODELAY", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), f.node.log());
+    let got = walk(&got_dir);
+    assert_eq!(got.iter().map(|g| ids(g).1).collect::<BTreeSet<_>>(), moved.iter().map(|m| ids(m).1).collect::<BTreeSet<_>>());
+    let r = &peer(&["get", &port, "VIEWER", "patient", &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "QR-2"}).to_string(), dirs.path().join("got2").to_str().unwrap()])[0];
+    assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64()), (Some("0x0000"), Some(3), Some(0)), "{r}");
+    assert_eq!(r["files"].as_array().unwrap().len(), 3);
+
+    // A modality may not retrieve.
+    let out = Command::new("movescu")
+        .args(["-S", "-aet", "STORESCU", "-aec", "TRIAGE", "-aem", "MOVEDEST", "-k", "QueryRetrieveLevel=STUDY", "-k", &format!("StudyInstanceUID={}", positive.study_uid), "127.0.0.1", &port])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("No Acceptable Presentation Contexts"), "{text}");
+
+    // Each retrieve is one audit entry naming the AEs and counts, no patient data; each object
+    // re-identified for it was audited as the outbox's are.
+    let audit = String::from_utf8_lossy(&f.node.cli(&["audit", "list"]).stdout).into_owned();
+    assert!(audit.matches("retrieve").count() >= 4, "{audit}");
+    assert!(audit.contains("C-MOVE by VIEWER to MOVEDEST"), "{audit}");
+    assert!(!audit.contains(positive.patient_id) && !audit.contains(positive.study_uid.as_str()));
+    assert!(f.node.cli(&["audit", "verify"]).status.success());
+    for value in [positive.study_uid.as_str(), positive.patient_id, "DOE^JOHN"] {
+        assert!(!f.node.log().contains(value), "{value} in the log");
+    }
+}
