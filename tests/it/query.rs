@@ -386,3 +386,109 @@ fn results_are_moved_and_got_with_counts_and_failures() {
         assert!(!f.node.log().contains(value), "{value} in the log");
     }
 }
+
+/// DCMTK dcmqrscp serving the objects the PACS received, as a Q/R SCP to compare with.
+fn dcmqrscp(files: &[PathBuf], dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let db = dir.join("qrdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let cfg = dir.join("dcmqrscp.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\nHostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\nAETable BEGIN\nDCMQR {} RW (200, 1024mb) ANY\nAETable END\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("dcmqridx").arg(&db).args(files).output().unwrap();
+    assert!(out.status.success(), "dcmqridx: {}", String::from_utf8_lossy(&out.stderr));
+    let child = Command::new("dcmqrscp").args(["-c", cfg.to_str().unwrap(), "--disable-get"]).env("TCP_NODELAY", "1").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("dcmqrscp to listen", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    (Killed(child), port)
+}
+
+/// The matches of a query as sets of (key, value), for the keys compared.
+fn answers(port: u16, called: &str, model: &str, query: &Value, keys: &[&str]) -> BTreeSet<Vec<(String, String)>> {
+    let out = Command::new(python().unwrap())
+        .arg(repo().join("tests/peers/qr_peer.py"))
+        .args(["find", &port.to_string(), "VIEWER", model, &query.to_string()])
+        .env("QR_CALLED", called)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rs: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let fin = rs.pop().unwrap();
+    assert_eq!(fin["status"], "0x0000", "{called}: {query} -> {fin}");
+    rs.iter().map(|r| keys.iter().map(|k| (k.to_string(), r[*k].as_str().unwrap_or("").trim().to_string())).collect()).collect()
+}
+
+#[test]
+fn dcmqrscp_holding_the_same_objects_answers_the_same_and_orthanc_queries_and_retrieves() {
+    let Some(f) = fixture(&[]) else { return };
+    if !have_tool("dcmqrscp") || !have_tool("Orthanc") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_qr, qr_port) = dcmqrscp(&f.delivered, dir.path());
+    let study_keys = ["StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "AccessionNumber", "StudyID"];
+    let with = |level: &str, extra: Value, keys: &[&str]| {
+        let mut q = serde_json::json!({"QueryRetrieveLevel": level});
+        for k in keys {
+            q[*k] = "".into();
+        }
+        q.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        q
+    };
+    let mut queries: Vec<(&str, Value, Vec<&str>)> = vec![
+        ("study", with("STUDY", serde_json::json!({}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"PatientID": "QR-2"}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"PatientName": "DOE*"}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"PatientName": "D?E^JOHN"}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"StudyDate": "20241101-"}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"StudyDate": "20240101-20241130"}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"StudyDate": "-20240630"}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"AccessionNumber": "QRACC1"}), &study_keys), study_keys.to_vec()),
+        ("study", with("STUDY", serde_json::json!({"StudyInstanceUID": format!("{}\\{}", f.cases[1].study_uid, f.cases[2].study_uid)}), &study_keys), study_keys.to_vec()),
+        ("patient", with("PATIENT", serde_json::json!({}), &["PatientID", "PatientName"]), vec!["PatientID", "PatientName"]),
+        ("patient", with("STUDY", serde_json::json!({"PatientID": "QR-2"}), &study_keys), study_keys.to_vec()),
+    ];
+    for c in &f.cases {
+        let series = ["SeriesInstanceUID", "Modality", "SeriesNumber"];
+        queries.push(("study", with("SERIES", serde_json::json!({"StudyInstanceUID": c.study_uid}), &series), series.to_vec()));
+    }
+    let ours_series = answers(f.node.port, "TRIAGE", "study", &with("SERIES", serde_json::json!({"StudyInstanceUID": f.cases[0].study_uid}), &["SeriesInstanceUID"]), &["SeriesInstanceUID"]);
+    for s in &ours_series {
+        let image = ["SOPInstanceUID", "InstanceNumber"];
+        queries.push(("study", with("IMAGE", serde_json::json!({"StudyInstanceUID": f.cases[0].study_uid, "SeriesInstanceUID": s[0].1}), &image), image.to_vec()));
+    }
+    for (model, query, keys) in &queries {
+        let ours = answers(f.node.port, "TRIAGE", model, query, keys);
+        let theirs = answers(qr_port, "DCMQR", model, query, keys);
+        assert!(!theirs.is_empty() || query.get("PatientName").is_some_and(|n| n == "NOBODY"), "dcmqrscp found nothing for {query}");
+        assert_eq!(ours, theirs, "{model} {query}");
+    }
+
+    // Orthanc, as the PACS: its REST API queries the node, then retrieves into itself.
+    let pacs = Orthanc::start_knowing(&[("TRIAGE", f.node.port)]);
+    register(&f.node, "ORTHANC", Some(pacs.dicom_port));
+    let rest = |args: &[&str]| -> Vec<Value> {
+        let out = pacs.python(args);
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), f.node.log());
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let http = pacs.http_port.to_string();
+    let mut found = rest(&["query", &http, "triage", "Study", &serde_json::json!({"PatientID": "QR-2", "AccessionNumber": "", "PatientName": "", "StudyDate": "20240101-20241231"}).to_string()]);
+    let qid = found.pop().unwrap()["query"].as_str().unwrap().to_string();
+    let mut accessions: Vec<&str> = found.iter().map(|a| a["AccessionNumber"].as_str().unwrap()).collect();
+    accessions.sort();
+    assert_eq!(accessions, ["QRACC2", "QRACC3"], "{found:?}");
+    assert!(found.iter().all(|a| a["PatientName"] == "DOE^JOHN"));
+    let held = rest(&["retrieve", &http, &qid]);
+    assert_eq!(held.len(), 3, "the two studies' report, heatmap and report: {held:?}");
+    for h in &held {
+        assert_eq!(h["PatientID"], "QR-2");
+        let delivered = f.delivered.iter().any(|d| ids(d).1 == h["SOPInstanceUID"].as_str().unwrap());
+        assert!(delivered, "{h}");
+    }
+}

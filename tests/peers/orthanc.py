@@ -3,6 +3,13 @@
     python orthanc.py ready HTTP_PORT                 exit 0 once the REST API answers
     python orthanc.py study HTTP_PORT STUDY_UID DIR   download every instance of that study
                                                       into DIR; print one JSON line per instance
+    python orthanc.py query HTTP_PORT MODALITY LEVEL JSON
+                                                      C-FIND through Orthanc to a DICOM modality
+                                                      (its REST /modalities/{id}/query): one JSON
+                                                      line per answer, then {"query": ID}
+    python orthanc.py retrieve HTTP_PORT QUERY_ID     C-MOVE every answer of that query to
+                                                      Orthanc itself; then one JSON line per
+                                                      instance Orthanc holds
 """
 import json
 import os
@@ -33,6 +40,21 @@ def main():
                 tags = json.loads(get(port, f"/instances/{inst['ID']}/simplified-tags"))
                 print(json.dumps({"file": path, "sop_class": tags.get("SOPClassUID"), "series": tags.get("SeriesInstanceUID"),
                                   "modality": tags.get("Modality"), "patient_id": tags.get("PatientID")}))
+        return
+    if cmd == "query":
+        modality, level, query = sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+        body = json.dumps({"Level": level, "Query": query}).encode()
+        q = json.loads(get(port, f"/modalities/{modality}/query", body))
+        for i in json.loads(get(port, f"/queries/{q['ID']}/answers")):
+            print(json.dumps(json.loads(get(port, f"/queries/{q['ID']}/answers/{i}/content?simplify"))))
+        print(json.dumps({"query": q["ID"]}))
+        return
+    if cmd == "retrieve":
+        qid = sys.argv[3]
+        get(port, f"/queries/{qid}/retrieve", json.dumps({"TargetAet": "ORTHANC", "Synchronous": True}).encode())
+        for inst in json.loads(get(port, "/instances")):
+            tags = json.loads(get(port, f"/instances/{inst}/simplified-tags"))
+            print(json.dumps({k: tags.get(k) for k in ("SOPInstanceUID", "SOPClassUID", "PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber")}))
         return
     sys.exit(f"unknown command {cmd}")
 

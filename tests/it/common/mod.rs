@@ -465,7 +465,7 @@ impl Orthanc {
         std::fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
     }
 
-    fn python(&self, args: &[&str]) -> Output {
+    pub fn python(&self, args: &[&str]) -> Output {
         Command::new(python().unwrap()).arg(repo().join("tests/peers/orthanc.py")).args(args).output().unwrap()
     }
 
