@@ -114,6 +114,17 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Benchmark fixture for scripts/bench-query.sh: N synthetic result studies made from one
+    /// result object the node produced (synthetic patients, sealed like real ones).
+    #[command(hide = true)]
+    BenchSeedResults {
+        #[arg(long)]
+        template: PathBuf,
+        #[arg(long)]
+        studies: usize,
+        #[arg(long, default_value = "BENCH")]
+        destination: String,
+    },
     /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
     Echo {
         #[arg(long)]
@@ -380,6 +391,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::BenchInfer { model, batch, files } => {
             let report = admin::evaluate::bench(&settings, &model, batch, &files).await?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::BenchSeedResults { template, studies, destination } => {
+            let seeded = admin::bench::seed_results(&settings, &template, studies, &destination).await?;
+            println!("{}", serde_json::to_string(&seeded)?);
             Ok(())
         }
         Command::Status => {

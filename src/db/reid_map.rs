@@ -35,3 +35,37 @@ impl Db {
         .transpose()
     }
 }
+
+impl Db {
+    /// Benchmark fixtures only (`triage-node bench-seed-results`): for each (record, path), the
+    /// sealed record of a synthetic source instance and a result object at `path` queued for
+    /// `destination` and already delivered; one transaction.
+    pub async fn seed_result_objects(&self, node: &str, destination: &str, rows: &[(SealedRecord, String)]) -> Result<(), DbError> {
+        use super::{ObjectKind, OutboxState};
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let now = crate::domain::now_ms();
+        for (r, path) in rows {
+            sqlx::query("INSERT INTO reid_map (sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sop_instance_uid) DO NOTHING")
+                .bind(&r.sop_instance_uid)
+                .bind(&r.study_instance_uid)
+                .bind(&r.key_id)
+                .bind(&r.nonce)
+                .bind(&r.sealed)
+                .bind(r.created_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("insert reid record"))?;
+            let item = super::NewOutboxItem { path: path.clone(), destination: destination.into(), kind: ObjectKind::Sr, study_id: None, reidentify: true };
+            if let Some(id) = super::outbox::insert_in(&mut tx, node, &item, now).await? {
+                sqlx::query("UPDATE outbox SET state = $1, delivered_at_ms = $2 WHERE id = $3")
+                    .bind(OutboxState::Delivered.as_str())
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("mark seeded item delivered"))?;
+            }
+        }
+        tx.commit().await.map_err(q("commit seeded results"))
+    }
+}

@@ -113,7 +113,8 @@ fn collect_references(obj: &InMemDicomObject, out: &mut Vec<String>) {
     }
 }
 
-fn replace_uids(obj: InMemDicomObject, map: &HashMap<String, String>) -> InMemDicomObject {
+/// `obj` with every UI value that `map` names replaced, at any depth.
+pub fn replace_uids(obj: InMemDicomObject, map: &HashMap<String, String>) -> InMemDicomObject {
     let mut out = InMemDicomObject::new_empty();
     for e in obj {
         let tag = e.tag();

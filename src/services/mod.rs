@@ -83,6 +83,20 @@ mod tests {
         documented.sort();
         assert_eq!(documented, code_statuses);
 
+        // The query keys are the index's.
+        let keys: Vec<(String, String, String)> = table("query-keys").into_iter().map(|r| (r[0].clone(), r[1].clone(), r[2].clone())).collect();
+        let code: Vec<(String, String, String)> = crate::archive::keys::KEYS
+            .iter()
+            .map(|k| (k.level.as_str().to_string(), k.name.to_string(), format!("({:04X},{:04X})", k.tag.group(), k.tag.element())))
+            .collect();
+        assert_eq!(keys, code, "query key table differs from archive::keys::KEYS");
+        let qr_statuses: Vec<u16> = table("query-statuses").iter().map(|r| u16::from_str_radix(r[0].trim_start_matches("0x"), 16).unwrap()).collect();
+        use crate::dicom::Status as S;
+        for s in [S::PENDING, S::PENDING_WITH_WARNINGS, S::SUCCESS, S::CANCEL, S::SUB_OPERATIONS_WITH_FAILURES, S::UNABLE_TO_PERFORM_SUB_OPERATIONS, S::MOVE_DESTINATION_UNKNOWN, S::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, S::UNABLE_TO_PROCESS] {
+            assert!(qr_statuses.contains(&s.code()), "{s} is not in the query status table");
+        }
+        assert_eq!(qr_statuses.len(), 9);
+
         // Association rejections: the reasons the negotiation code produces.
         let rejections = table("association-rejections");
         assert_eq!(rejections.len(), 7);

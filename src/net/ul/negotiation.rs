@@ -186,6 +186,18 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
         UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
         UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
     ];
+    // SOP Class Extended Negotiation (PS3.4 C.5): for a Query/Retrieve class, each option the
+    // caller asks for (relational queries or retrieval, combined date-time matching, fuzzy
+    // matching, time zone adjustment, ...) is answered 0: not supported. Other classes' items
+    // are not answered (no extended negotiation).
+    for v in &rq.user_variables {
+        if let UserVariableItem::SopClassExtendedNegotiationSubItem(uid, info) = v {
+            let uid = uid.trim_end_matches(['\0', ' ']);
+            if contexts.iter().any(|c| c.abstract_syntax == uid && c.service == Service::QueryRetrieve) {
+                user_variables.push(UserVariableItem::SopClassExtendedNegotiationSubItem(uid.to_string(), vec![0; info.len().min(8)]));
+            }
+        }
+    }
     for uid in scp_role_proposed {
         if contexts.iter().any(|c| c.abstract_syntax == uid && c.caller_is_scp) {
             user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uid.to_string(), RequestorRoles { scu: false, scp: true }));
@@ -260,6 +272,17 @@ mod tests {
             })
             .collect();
         negotiate(rq, &AcceptorPolicy { ae_title: &ae, offers: &offers, ts_preference: &p, max_pdu_length: 65536 }, caller)
+    }
+
+    /// A caller asking for relational queries is told truthfully that they are not supported.
+    #[test]
+    fn extended_negotiation_for_query_classes_is_answered_not_supported() {
+        let mut r = rq("TRIAGE", &[(sop::qr::STUDY_ROOT_FIND, &[EXPLICIT])]);
+        r.user_variables.push(UserVariableItem::SopClassExtendedNegotiationSubItem(sop::qr::STUDY_ROOT_FIND.into(), vec![1, 1, 0]));
+        r.user_variables.push(UserVariableItem::SopClassExtendedNegotiationSubItem(CT.into(), vec![1]));
+        let n = run(&r, CallerDecision::Allowed(AeRole::Pacs)).unwrap();
+        let ext: Vec<&UserVariableItem> = n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::SopClassExtendedNegotiationSubItem(..))).collect();
+        assert_eq!(ext, [&UserVariableItem::SopClassExtendedNegotiationSubItem(sop::qr::STUDY_ROOT_FIND.into(), vec![0, 0, 0])]);
     }
 
     /// One class on two sets of terms: a modality stores Secondary Capture into the pipeline; a

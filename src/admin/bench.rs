@@ -1,0 +1,106 @@
+//! Benchmark fixtures (scripts/bench-query.sh): many result studies made from one real
+//! result object, the way the node keeps them: a sealed map record per (synthetic) source
+//! instance, the de-identified object in `outbox/results/`, and its outbox row (delivered). The
+//! synthetic patients are named BENCH^PATIENTnnnnn: no patient data is involved.
+
+use std::collections::HashMap;
+
+use dicom_dictionary_std::tags;
+
+use super::{open, Access, AdminError};
+use crate::config::Settings;
+use crate::db::SealedRecord;
+use crate::domain::now_ms;
+use crate::results::{dataset, reidentify};
+
+/// What `seed_results` made.
+#[derive(Debug, serde::Serialize)]
+pub struct Seeded {
+    pub studies: usize,
+    pub patients: usize,
+    pub files: usize,
+}
+
+/// Make `studies` result studies (two per patient, study dates spread over 2024) from the
+/// de-identified result object `template` (an SR this node produced), queued for `destination`
+/// and marked delivered.
+pub async fn seed_results(settings: &Settings, template: &std::path::Path, studies: usize, destination: &str) -> Result<Seeded, AdminError> {
+    let keys = settings.deid.deidentifier().map_err(|source| AdminError::Keys { why: "seeding needs the site keys", source })?.keys().clone();
+    let db = open(settings, Access::Read).await?;
+    let file = dicom_object::open_file(template).map_err(|e| AdminError::Invalid(format!("{}: {e}", template.display())))?;
+    let class = file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    let obj = file.into_inner();
+    let text = |t| dataset::text(&obj, t).unwrap_or_default();
+    let (t_study, t_series, t_sop) = (text(tags::STUDY_INSTANCE_UID), text(tags::SERIES_INSTANCE_UID), text(tags::SOP_INSTANCE_UID));
+    let Some(t_ref) = reidentify::references(&obj).into_iter().next() else {
+        return Err(AdminError::Invalid("the template references no image".into()));
+    };
+    // The referenced image's series, as the evidence names it.
+    let t_ref_series = nested_series(&obj).into_iter().find(|s| *s != t_series).unwrap_or_default();
+    let dir = settings.storage.data_dir.join("outbox/results");
+    std::fs::create_dir_all(&dir).map_err(|source| AdminError::Io { what: "creating", path: dir.display().to_string(), source })?;
+    let node = settings.node_id();
+    let mut rows = Vec::with_capacity(studies);
+    for i in 0..studies {
+        let patient = i / 2;
+        let day = (i * 7) % 366;
+        let (month, dom) = month_day(day);
+        let root = "1.2.826.0.1.3680043.10.999.77";
+        let originals = serde_json::json!({
+            "specific_character_set": "ISO_IR 192", "patient_id": format!("BENCH{patient:05}"), "issuer_of_patient_id": null,
+            "patient_name": format!("BENCH^PATIENT{patient:05}"), "patient_birth_date": "19600101", "patient_sex": if patient % 2 == 0 { "F" } else { "M" },
+            "accession_number": format!("BACC{i:06}"), "study_instance_uid": format!("{root}.1.{i}"), "series_instance_uid": format!("{root}.2.{i}"),
+            "sop_instance_uid": format!("{root}.3.{i}"), "study_date": format!("2024{month:02}{dom:02}"), "study_time": "101500",
+            "study_id": format!("{}", i % 1000), "referring_physician_name": "REFERRER^BENCH", "study_description": "CHEST PA"
+        });
+        let deid = |u: &str| keys.uid(u);
+        let (study, series, sop) = (deid(&format!("{root}.1.{i}")), deid(&format!("{root}.2.{i}")), deid(&format!("{root}.3.{i}")));
+        let plain = serde_json::to_vec(&originals).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let (nonce, sealed) = keys.seal(&plain, &sop).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let record = SealedRecord { sop_instance_uid: sop.clone(), study_instance_uid: study.clone(), key_id: keys.map_key_id(), nonce, sealed, created_at_ms: now_ms() };
+        let own_sop = dataset::uid("", &["bench-sr", &i.to_string()]);
+        let own_series = dataset::uid("", &["bench-series", &i.to_string()]);
+        let map: HashMap<String, String> =
+            [(t_study.clone(), study), (t_ref.clone(), sop), (t_ref_series.clone(), series), (t_sop.clone(), own_sop.clone()), (t_series.clone(), own_series)]
+                .into_iter()
+                .collect();
+        let mut made = reidentify::replace_uids(obj.clone(), &map);
+        dataset::put(&mut made, tags::PATIENT_ID, dicom_core::VR::LO, &keys.patient_pseudonym("", &format!("BENCH{patient:05}")));
+        let bytes = dataset::part10(&made, &class, &own_sop).map_err(AdminError::Engine)?;
+        let rel = format!("outbox/results/bench-{i:06}.dcm");
+        let path = settings.storage.data_dir.join(&rel);
+        std::fs::write(&path, bytes).map_err(|source| AdminError::Io { what: "writing", path: path.display().to_string(), source })?;
+        rows.push((record, rel));
+    }
+    db.seed_result_objects(&node, destination, &rows).await?;
+    db.close().await;
+    Ok(Seeded { studies, patients: studies.div_ceil(2), files: rows.len() })
+}
+
+/// Series Instance UIDs inside sequences (the evidence's).
+fn nested_series(obj: &dicom_object::InMemDicomObject) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in obj {
+        if let Some(items) = e.items() {
+            for item in items {
+                if let Some(s) = dataset::text(item, tags::SERIES_INSTANCE_UID) {
+                    out.push(s);
+                }
+                out.extend(nested_series(item));
+            }
+        }
+    }
+    out
+}
+
+fn month_day(day: usize) -> (usize, usize) {
+    const DAYS: [usize; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let mut d = day;
+    for (m, len) in DAYS.iter().enumerate() {
+        if d < *len {
+            return (m + 1, d + 1);
+        }
+        d -= len;
+    }
+    (12, 31)
+}
