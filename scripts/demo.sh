@@ -67,6 +67,16 @@ echo "== waiting for the PACS's storage commitment reports"
 for _ in $(seq 100); do
   [ "$(grep -c 'storage commitment: the PACS' "$DEMO/node.log" || true)" -ge "$(grep -c 'storage commitment requested' "$DEMO/node.log" || true)" ] && break; sleep 0.2
 done
+echo "== Query/Retrieve: a viewer asks the node for the AI results of demo patient DEMO000 (DCMTK findscu, Study Root)"
+"$BIN" ae add VIEWER --role pacs --host 127.0.0.1 --port "$(free_port)"
+findscu -v -S -aet VIEWER -aec TRIAGE -k QueryRetrieveLevel=STUDY -k PatientID=DEMO000 -k PatientName -k StudyInstanceUID \
+  -k AccessionNumber -k ModalitiesInStudy -k NumberOfStudyRelatedInstances 127.0.0.1 "$TRIAGE__DICOM__PORT" 2>&1 | grep -E '^I: \(|Find Response|^I: Received' || true
+echo "== the PACS (Orthanc REST /modalities/triage/query) finds the positive demo patients' results and pulls them by C-MOVE"
+.venv/bin/python tests/peers/orthanc.py query "$PACS_HTTP" triage Study '{"PatientID":"DEMO00*","AccessionNumber":"","ModalitiesInStudy":"OT","NumberOfStudyRelatedInstances":""}' | tee "$DEMO/qr.json"
+QID=$(sed -n 's/.*"query": "\([^"]*\)".*/\1/p' "$DEMO/qr.json")
+.venv/bin/python tests/peers/orthanc.py retrieve "$PACS_HTTP" "$QID" | wc -l | xargs echo "instances the PACS holds after the C-MOVE:"
+echo "== the node's log of that: one audit entry per query and per retrieve"
+"$BIN" audit list | grep -E '"(query|retrieve)"|query|retrieve' | tail -4 || true
 kill -TERM $NODE; wait $NODE || true
 echo "== node log"
 cat "$DEMO/node.log"

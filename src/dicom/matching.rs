@@ -6,7 +6,8 @@
 //! components insignificant, a query without `=` compared with the alphabetic group), List of
 //! UID Matching (`\`-separated UIDs), Wild Card Matching (`*` any run, `?` one character; for the
 //! string VRs PS3.4 allows it on), Range Matching for DA, TM and DT (`a-b`, `-b`, `a-`; bounds
-//! inclusive; a partial value as a bound covers its whole extent, so `2024-2024` is the year).
+//! inclusive; a partial value as a bound covers its whole extent, so `2024-2024` is the year);
+//! several `\`-separated values of a text key match when any does.
 //! A candidate with several values (`\`) matches when one of them does. Not here: Sequence
 //! Matching (the caller matches items key by key), combined date-time matching (extended
 //! negotiation), time zone offsets in DT (a single value's offset is ignored; a range's bounds
@@ -58,6 +59,9 @@ pub enum Matcher {
     Wildcard { pattern: Vec<char>, fold_case: bool },
     /// Inclusive bounds, each normalised to a comparable string of fixed width.
     Range { low: Option<String>, high: Option<String>, kind: Kind },
+    /// Several `\`-separated values of a code string key (Modalities in Study `CT\MR`): any of
+    /// them matching is a match.
+    AnyOf(Vec<Matcher>),
 }
 
 impl Matcher {
@@ -100,6 +104,11 @@ impl Matcher {
                         Ok(Matcher::Range { low: Some(low), high: Some(high), kind })
                     }
                 }
+            }
+            Kind::Text if value.contains('\\') => {
+                let each: Result<Vec<Matcher>, MatchError> = value.split('\\').filter(|v| !v.trim().is_empty()).map(|v| Matcher::parse(kind, v, options)).collect();
+                let each = each?;
+                Ok(if each.contains(&Matcher::Universal) || each.is_empty() { Matcher::Universal } else { Matcher::AnyOf(each) })
             }
             Kind::Text | Kind::PersonName if value.contains(['*', '?']) => {
                 let normal = if kind == Kind::PersonName { normal_name(value) } else { value.to_string() };
@@ -147,6 +156,7 @@ impl Matcher {
                 let chars: Vec<char> = c.chars().collect();
                 wildcard(pattern, &chars) || (kind == Kind::PersonName && !pattern.contains(&'=') && wildcard(pattern, &first_group.chars().collect::<Vec<_>>()))
             }
+            Matcher::AnyOf(each) => each.iter().any(|m| m.matches_one(kind, candidate)),
             Matcher::Range { low, high, kind } => {
                 // A stored value is a point (or, if partial, the start of its extent).
                 let Ok(point) = bound(*kind, candidate, false) else { return false };
@@ -391,6 +401,14 @@ mod tests {
         let text = "a".repeat(5000);
         let pattern = format!("{}b", "*a".repeat(50));
         assert!(!m(Kind::Text, &pattern, &text));
+    }
+
+    #[test]
+    fn several_code_values_match_any_of_them() {
+        assert!(m(Kind::Text, "CT\\MR", "MR"));
+        assert!(m(Kind::Text, "CT\\MR", "OT\\CT"), "a multi-valued candidate (Modalities in Study)");
+        assert!(!m(Kind::Text, "CT\\MR", "SR\\OT"));
+        assert!(m(Kind::Text, "C*\\XA", "CR"));
     }
 
     #[test]

@@ -294,6 +294,7 @@ async fn send_final(association: &mut Association, rq: &Request, mut rsp: Comman
         return association.send_command(rq.pc, &rsp).await;
     }
     let mut o = InMemDicomObject::new_empty();
+    o.put(DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, PrimitiveValue::from("ISO_IR 192")));
     o.put(DataElement::new(tags::FAILED_SOP_INSTANCE_UID_LIST, VR::UI, PrimitiveValue::Strs(counts.failed_uids.iter().cloned().collect())));
     match encode(&o, rq.context.transfer_syntax.uid) {
         Ok(data) => {
