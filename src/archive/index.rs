@@ -13,6 +13,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::keys::{Level, KEYS};
+use crate::deid::Originals;
 
 /// One attribute as delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,9 @@ pub struct Instance {
     pub attrs: Attrs,
     /// The de-identified file, relative to the data directory.
     pub path: String,
+    /// The originals it is re-identified with (per referenced stored instance, by its
+    /// de-identified SOP Instance UID), opened from the sealed map when it was indexed.
+    pub originals: Arc<[(String, Originals)]>,
 }
 
 /// One version of the index.
@@ -125,7 +129,7 @@ impl Snapshot {
 
     /// Add a re-identified object (`path` its de-identified file). An object with the SOP
     /// Instance UID of one already indexed replaces it (a result published again).
-    pub fn insert(&mut self, obj: &InMemDicomObject, path: &str) {
+    pub fn insert(&mut self, obj: &InMemDicomObject, path: &str, originals: Arc<[(String, Originals)]>) {
         let text = |t: Tag| text_of_tag(obj, t);
         let (Some(study_uid), Some(series_uid), Some(sop_uid)) = (text(tags::STUDY_INSTANCE_UID), text(tags::SERIES_INSTANCE_UID), text(tags::SOP_INSTANCE_UID)) else {
             return;
@@ -165,6 +169,7 @@ impl Snapshot {
             sop_class_uid: text(tags::SOP_CLASS_UID).unwrap_or_default(),
             attrs: Attrs::of(obj, Level::Image),
             path: path.to_string(),
+            originals,
         });
         match series.instances.iter().position(|i| i.uid == sop_uid) {
             Some(i) => series.instances[i] = instance,
@@ -173,6 +178,13 @@ impl Snapshot {
                 self.instances += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Snapshot {
+    pub fn insert_test(&mut self, obj: &InMemDicomObject, path: &str) {
+        self.insert(obj, path, Arc::from(Vec::new()));
     }
 }
 
@@ -200,12 +212,12 @@ mod tests {
     #[test]
     fn objects_fall_into_their_patient_study_and_series_and_a_new_snapshot_leaves_the_old_alone() {
         let mut s = Snapshot::default();
-        s.insert(&object("P1", "1.1", "1.1.1", "1.1.1.1"), "a");
-        s.insert(&object("P1", "1.1", "1.1.2", "1.1.2.1"), "b");
+        s.insert_test(&object("P1", "1.1", "1.1.1", "1.1.1.1"), "a");
+        s.insert_test(&object("P1", "1.1", "1.1.2", "1.1.2.1"), "b");
         let before = s.clone();
-        s.insert(&object("P1", "1.2", "1.2.1", "1.2.1.1"), "c");
-        s.insert(&object("P2", "2.1", "2.1.1", "2.1.1.1"), "d");
-        s.insert(&object("P2", "2.1", "2.1.1", "2.1.1.1"), "e"); // published again: replaced
+        s.insert_test(&object("P1", "1.2", "1.2.1", "1.2.1.1"), "c");
+        s.insert_test(&object("P2", "2.1", "2.1.1", "2.1.1.1"), "d");
+        s.insert_test(&object("P2", "2.1", "2.1.1", "2.1.1.1"), "e"); // published again: replaced
         assert_eq!((s.patients.len(), s.studies(), s.instances), (2, 3, 4));
         assert_eq!(s.patients[0].studies.len(), 2);
         assert_eq!(s.patients[0].studies[0].series.len(), 2);

@@ -126,7 +126,7 @@ impl Archive {
                 }
                 match reidentify::apply(obj, &self.keys, &opened) {
                     Ok(obj) => {
-                        next.insert(&obj, &path);
+                        next.insert(&obj, &path, Arc::from(opened));
                         objects += 1;
                     }
                     Err(ReidError::NoReference) => warn!(path, "a queued result object references no stored instance; it is not queryable"),
@@ -144,10 +144,14 @@ impl Archive {
         Ok(opened_total)
     }
 
-    /// An indexed object re-identified for sending, as the outbox sends it (one
-    /// implementation: `results::reidentify`); each map record opened is audited with `purpose`.
-    pub async fn reidentified(&self, object: &index::Instance, purpose: &str) -> Result<reidentify::Reidentified, ReidError> {
-        reidentify::reidentified(&self.db, &self.keys, &self.data_dir.join(&object.path), purpose).await
+    /// An indexed object re-identified for sending, by the code the outbox sends with
+    /// (`results::reidentify`), with the originals the index opened for it: the caller audits
+    /// the retrieve that discloses it.
+    pub async fn reidentified(&self, object: &Arc<index::Instance>) -> Result<reidentify::Reidentified, ReidError> {
+        let (keys, path, object) = (self.keys.clone(), self.data_dir.join(&object.path), object.clone());
+        tokio::task::spawn_blocking(move || reidentify::with_originals(&keys, &path, &object.originals))
+            .await
+            .map_err(|e| ReidError::Read(e.to_string()))?
     }
 
     pub fn db(&self) -> &Db {

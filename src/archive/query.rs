@@ -367,10 +367,10 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let mut s = Snapshot::default();
-        s.insert(&object("P1", "Müller^Anna", "1.1", "20260105", "A1", "SR", "1.1.9.1"), "a");
-        s.insert(&object("P1", "Müller^Anna", "1.1", "20260105", "A1", "OT", "1.1.9.2"), "b");
-        s.insert(&object("P2", "DOE^JOHN", "2.1", "20261130", "A2", "SR", "2.1.9.1"), "c");
-        s.insert(&object("P2", "DOE^JOHN", "2.2", "20261201", "A3", "SR", "2.2.9.1"), "d");
+        s.insert_test(&object("P1", "Müller^Anna", "1.1", "20260105", "A1", "SR", "1.1.9.1"), "a");
+        s.insert_test(&object("P1", "Müller^Anna", "1.1", "20260105", "A1", "OT", "1.1.9.2"), "b");
+        s.insert_test(&object("P2", "DOE^JOHN", "2.1", "20261130", "A2", "SR", "2.1.9.1"), "c");
+        s.insert_test(&object("P2", "DOE^JOHN", "2.2", "20261201", "A3", "SR", "2.2.9.1"), "d");
         s
     }
 

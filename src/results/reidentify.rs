@@ -58,10 +58,7 @@ pub struct Reidentified {
 /// The object at `path`, re-identified in memory: the one way a result object goes out, whether
 /// the outbox delivers it or a PACS retrieves it. Each map record opened is audited with `purpose`.
 pub async fn reidentified(db: &Db, keys: &Keys, path: &Path, purpose: &str) -> Result<Reidentified, ReidError> {
-    let file = dicom_object::open_file(path).map_err(|e| ReidError::Read(e.to_string()))?;
-    let sop_class_uid = file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
-    let sop_instance_uid = file.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
-    let obj = file.into_inner();
+    let (obj, sop_class_uid, sop_instance_uid) = read(path)?;
     let mut opened = Vec::new();
     for uid in references(&obj) {
         if db.reid_record(&uid).await.map_err(MapError::from)?.is_none() {
@@ -71,6 +68,21 @@ pub async fn reidentified(db: &Db, keys: &Keys, path: &Path, purpose: &str) -> R
         opened.push((uid, o));
     }
     Ok(Reidentified { object: apply(obj, keys, &opened)?, sop_class_uid, sop_instance_uid })
+}
+
+/// The object at `path`, re-identified with originals already opened (and audited) by the
+/// caller: the query index holds them, and audits each retrieve that discloses them.
+pub fn with_originals(keys: &Keys, path: &Path, opened: &[(String, Originals)]) -> Result<Reidentified, ReidError> {
+    let (obj, sop_class_uid, sop_instance_uid) = read(path)?;
+    Ok(Reidentified { object: apply(obj, keys, opened)?, sop_class_uid, sop_instance_uid })
+}
+
+/// A queued object: its data set, SOP Class and SOP Instance UIDs.
+fn read(path: &Path) -> Result<(InMemDicomObject, String, String), ReidError> {
+    let file = dicom_object::open_file(path).map_err(|e| ReidError::Read(e.to_string()))?;
+    let sop_class_uid = file.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    let sop_instance_uid = file.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_string();
+    Ok((file.into_inner(), sop_class_uid, sop_instance_uid))
 }
 
 /// The distinct Referenced SOP Instance UIDs of `obj`, at any depth, in order: those that name

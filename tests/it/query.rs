@@ -296,6 +296,17 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
         assert!(!audit.contains(c.patient_id) && !audit.contains(c.study_uid.as_str()), "{audit}");
     }
     assert!(f.node.cli(&["audit", "verify"]).status.success());
+
+    // Nothing the queries answered is at rest outside the sealed map: not in the database
+    // files, the store or the outbox (the index lives in memory).
+    for file in walk(&f.node.data_dir()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for c in &f.cases {
+            for value in [c.patient_id, c.accession, c.study_uid.as_str(), "DOE^JOHN"] {
+                assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()), "{value} at rest in {}", file.display());
+            }
+        }
+    }
 }
 
 #[test]
@@ -375,11 +386,13 @@ fn results_are_moved_and_got_with_counts_and_failures() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("No Acceptable Presentation Contexts"), "{text}");
 
-    // Each retrieve is one audit entry naming the AEs and counts, no patient data; each object
-    // re-identified for it was audited as the outbox's are.
+    // Each retrieve that sends anything is one audit entry, written before the first object
+    // goes out, naming the AEs, the count and the objects (the node's own UIDs), no patient data.
     let audit = String::from_utf8_lossy(&f.node.cli(&["audit", "list"]).stdout).into_owned();
-    assert!(audit.matches("retrieve").count() >= 4, "{audit}");
-    assert!(audit.contains("C-MOVE by VIEWER to MOVEDEST"), "{audit}");
+    let retrieves: Vec<&str> = audit.lines().filter(|l| l.contains("retrieve")).collect();
+    // movescu, move, PICKY move, cancel-move (audited: the objects were about to go), getscu, get
+    assert_eq!(retrieves.len(), 6, "{audit}");
+    assert!(retrieves.iter().any(|l| l.contains("\"destination\":\"MOVEDEST\"") && l.contains("ae:VIEWER") && l.contains(&heatmap)), "{audit}");
     assert!(!audit.contains(positive.patient_id) && !audit.contains(positive.study_uid.as_str()));
     assert!(f.node.cli(&["audit", "verify"]).status.success());
     for value in [positive.study_uid.as_str(), positive.patient_id, "DOE^JOHN"] {

@@ -122,37 +122,51 @@ pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq:
     let mut counts = Counts { remaining: objects.len().min(usize::from(u16::MAX)) as u16, ..Counts::default() };
     let message_id = rq.command.message_id().unwrap_or(0);
 
-    let mut sink = match destination {
-        None => Sink::Got { next_message_id: 1 },
-        Some(peer) if objects.is_empty() => {
-            drop(peer);
-            Sink::Got { next_message_id: 1 }
+    let destination_ae = if op == Operation::Move { rq.command.string(tag::MOVE_DESTINATION).unwrap_or_default() } else { caller.clone() };
+    // The disclosure is recorded before anything is sent (while the sub-association, if any,
+    // is being opened): one entry naming the AEs, the count and the objects (the node's own
+    // UIDs of its result objects, no patient data). Without it, nothing is sent.
+    let audit = async {
+        if objects.is_empty() {
+            return Ok(());
         }
-        Some(peer) => {
-            let classes: BTreeSet<&str> = objects.iter().map(|o| o.sop_class_uid.as_str()).collect();
-            let proposals: Vec<Proposal> = classes
-                .iter()
-                .map(|c| Proposal { abstract_syntax: c.to_string(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] })
-                .collect();
-            match client::Association::request(&peer, &proposals).await {
-                Ok(a) => Sink::Moved(a),
-                Err(e) => {
-                    warn!(error = %e, destination = %peer.called_ae, "C-MOVE sub-association refused or failed");
-                    association.tally(name, false);
-                    let mut rsp = refuse(Status::UNABLE_TO_PERFORM_SUB_OPERATIONS, "the move destination could not be reached");
-                    counts.failed = counts.remaining;
-                    counts.remaining = 0;
-                    counts.failed_uids = objects.iter().map(|o| o.uid.clone()).collect();
-                    set_counts(&mut rsp, &counts, false);
-                    return send_final(association, rq, rsp, &counts).await;
-                }
-            }
-        }
+        let details = serde_json::json!({
+            "operation": if op == Operation::Move { "C-MOVE" } else { "C-GET" },
+            "destination": destination_ae, "model": model.as_str(), "level": query.level.as_str(),
+            "objects": objects.len(), "sop_instances": objects.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
+        })
+        .to_string();
+        qr.archive.db().audit_append("retrieve", &format!("ae:{caller}"), &details).await.map(|_| ())
     };
-
-    let purpose = match op {
-        Operation::Move => format!("C-MOVE by {caller} to {}", rq.command.string(tag::MOVE_DESTINATION).unwrap_or_default()),
-        _ => format!("C-GET by {caller}"),
+    let connect = async {
+        let peer = destination.filter(|_| !objects.is_empty())?;
+        let classes: BTreeSet<&str> = objects.iter().map(|o| o.sop_class_uid.as_str()).collect();
+        let proposals: Vec<Proposal> =
+            classes.iter().map(|c| Proposal { abstract_syntax: c.to_string(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }).collect();
+        Some((client::Association::request(&peer, &proposals).await, peer.called_ae))
+    };
+    let (audited, connected) = tokio::join!(audit, connect);
+    if let Err(error) = audited {
+        error!(%error, "recording a retrieve in the audit trail failed; nothing is sent");
+        if let Some((Ok(a), _)) = connected {
+            let _ = a.release().await;
+        }
+        association.tally(name, false);
+        return association.send_command(rq.pc, &refuse(Status::UNABLE_TO_PROCESS, "the audit trail could not be written")).await;
+    }
+    let mut sink = match connected {
+        None => Sink::Got { next_message_id: 1 },
+        Some((Ok(a), _)) => Sink::Moved(a),
+        Some((Err(e), called)) => {
+            warn!(error = %e, destination = %called, "C-MOVE sub-association refused or failed");
+            association.tally(name, false);
+            let mut rsp = refuse(Status::UNABLE_TO_PERFORM_SUB_OPERATIONS, "the move destination could not be reached");
+            counts.failed = counts.remaining;
+            counts.remaining = 0;
+            counts.failed_uids = objects.iter().map(|o| o.uid.clone()).collect();
+            set_counts(&mut rsp, &counts, false);
+            return send_final(association, rq, rsp, &counts).await;
+        }
     };
     let mut cancelled = false;
     for (i, object) in objects.iter().enumerate() {
@@ -160,7 +174,7 @@ pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq:
             cancelled = true;
             break;
         }
-        let sent = match qr.archive.reidentified(object, &purpose).await {
+        let sent = match qr.archive.reidentified(object).await {
             Ok(r) => send_one(association, &mut sink, &r.object, &r.sop_class_uid, &r.sop_instance_uid, &caller, message_id, &mut cancelled).await?,
             Err(error) => {
                 warn!(%error, object = i, "a result object could not be re-identified for retrieval");
@@ -180,19 +194,6 @@ pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq:
     if let Sink::Moved(a) = sink {
         if let Err(error) = a.release().await {
             warn!(%error, "releasing the C-MOVE sub-association failed");
-        }
-    }
-    let sent = counts.completed + counts.warning;
-    if sent > 0 {
-        let details = serde_json::json!({
-            "operation": if op == Operation::Move { "C-MOVE" } else { "C-GET" },
-            "destination": if op == Operation::Move { rq.command.string(tag::MOVE_DESTINATION).unwrap_or_default() } else { caller.clone() },
-            "model": model.as_str(), "level": query.level.as_str(),
-            "objects": sent, "failed": counts.failed, "cancelled": cancelled,
-        })
-        .to_string();
-        if let Err(error) = qr.archive.db().audit_append("retrieve", &format!("ae:{caller}"), &details).await {
-            error!(%error, "recording a retrieve in the audit trail failed");
         }
     }
     info!(operation = ?op, level = query.level.as_str(), completed = counts.completed, failed = counts.failed, warning = counts.warning, cancelled, "retrieve");
