@@ -41,10 +41,10 @@ impl Counts {
     fn record(&mut self, uid: &str, outcome: Outcome) {
         self.remaining = self.remaining.saturating_sub(1);
         match outcome {
-            Outcome::Completed => self.completed += 1,
-            Outcome::Warning => self.warning += 1,
+            Outcome::Completed => self.completed = self.completed.saturating_add(1),
+            Outcome::Warning => self.warning = self.warning.saturating_add(1),
             Outcome::Failed => {
-                self.failed += 1;
+                self.failed = self.failed.saturating_add(1);
                 self.failed_uids.push(uid.to_string());
             }
         }
