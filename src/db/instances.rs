@@ -136,19 +136,7 @@ impl Db {
             return Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) });
         };
         if let Some(r) = reid {
-            sqlx::query(
-                "INSERT INTO reid_map (sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sop_instance_uid) DO NOTHING",
-            )
-            .bind(&r.sop_instance_uid)
-            .bind(&r.study_instance_uid)
-            .bind(&r.key_id)
-            .bind(&r.nonce)
-            .bind(&r.sealed)
-            .bind(r.created_at_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("insert reid record"))?;
+            super::reid_map::insert_in(&mut tx, r).await?;
         }
         tx.commit().await.map_err(q("commit instance"))?;
         Ok(InsertOutcome::Inserted { instance_id })

@@ -45,16 +45,7 @@ impl Db {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let now = crate::domain::now_ms();
         for (r, path) in rows {
-            sqlx::query("INSERT INTO reid_map (sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sop_instance_uid) DO NOTHING")
-                .bind(&r.sop_instance_uid)
-                .bind(&r.study_instance_uid)
-                .bind(&r.key_id)
-                .bind(&r.nonce)
-                .bind(&r.sealed)
-                .bind(r.created_at_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("insert reid record"))?;
+            insert_in(&mut tx, r).await?;
             let item = super::NewOutboxItem { path: path.clone(), destination: destination.into(), kind: ObjectKind::Sr, study_id: None, reidentify: true };
             if let Some(id) = super::outbox::insert_in(&mut tx, node, &item, now).await? {
                 sqlx::query("UPDATE outbox SET state = $1, delivered_at_ms = $2 WHERE id = $3")
@@ -68,4 +59,23 @@ impl Db {
         }
         tx.commit().await.map_err(q("commit seeded results"))
     }
+}
+
+/// Store one sealed record inside the caller's transaction: the one INSERT of the map (a record
+/// already there is kept).
+pub(crate) async fn insert_in(conn: &mut sqlx::AnyConnection, r: &SealedRecord) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO reid_map (sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sop_instance_uid) DO NOTHING",
+    )
+    .bind(&r.sop_instance_uid)
+    .bind(&r.study_instance_uid)
+    .bind(&r.key_id)
+    .bind(&r.nonce)
+    .bind(&r.sealed)
+    .bind(r.created_at_ms)
+    .execute(conn)
+    .await
+    .map_err(q("insert reid record"))?;
+    Ok(())
 }

@@ -279,13 +279,7 @@ impl Association {
     pub async fn store_dataset(&mut self, sop_class: &str, sop_instance: &str, data: &[u8], originator: Option<(&str, u16)>) -> Result<Response, ClientError> {
         let pc = self.context(sop_class, None).ok_or_else(|| ClientError::NoContext(sop_class.to_string()))?.id;
         let id = self.message_id();
-        let mut rq = CommandSet::default();
-        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, sop_class)
-            .set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
-            .set_u16(tag::MESSAGE_ID, id)
-            .set_u16(tag::PRIORITY, 0)
-            .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
-            .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, sop_instance);
+        let mut rq = command::store_rq(sop_class, sop_instance, id);
         if let Some((ae, message_id)) = originator {
             rq.set_text(tag::MOVE_ORIGINATOR_AE_TITLE, ae, 16).set_u16(tag::MOVE_ORIGINATOR_MESSAGE_ID, message_id);
         }
@@ -305,13 +299,7 @@ impl Association {
             return Err(Part10Error::NotPart10 { path: name.to_string(), reason: "empty data set".into() }.into());
         }
         let id = self.message_id();
-        let mut rq = CommandSet::default();
-        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, &meta.sop_class_uid)
-            .set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
-            .set_u16(tag::MESSAGE_ID, id)
-            .set_u16(tag::PRIORITY, 0)
-            .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
-            .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, &meta.sop_instance_uid);
+        let rq = command::store_rq(&meta.sop_class_uid, &meta.sop_instance_uid, id);
         self.writer.command(pc, &rq).await.map_err(ClientError::Write)?;
         let pad = meta.transfer_syntax_uid == DEFLATED_LE;
         self.writer.data_from(pc, source, left, pad).await.map_err(|e| match e {

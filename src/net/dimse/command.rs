@@ -173,6 +173,18 @@ impl CommandSet {
     }
 }
 
+/// A C-STORE-RQ (medium priority) announcing a data set.
+pub fn store_rq(sop_class: &str, sop_instance: &str, message_id: u16) -> CommandSet {
+    let mut rq = CommandSet::default();
+    rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, sop_class)
+        .set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
+        .set_u16(tag::MESSAGE_ID, message_id)
+        .set_u16(tag::PRIORITY, 0)
+        .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
+        .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, sop_instance);
+    rq
+}
+
 /// Build a response command set for `request` with the given command field and status.
 pub fn response(request: &CommandSet, response_field: u16, status: Status, sop_class: &str) -> CommandSet {
     let mut rsp = CommandSet::default();

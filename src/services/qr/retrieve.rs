@@ -255,15 +255,7 @@ async fn send_one(
             };
             let id = *next_message_id;
             *next_message_id = next_message_id.wrapping_add(1).max(1);
-            let mut store = CommandSet::default();
-            store
-                .set_uid(tag::AFFECTED_SOP_CLASS_UID, sop_class)
-                .set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
-                .set_u16(tag::MESSAGE_ID, id)
-                .set_u16(tag::PRIORITY, 0)
-                .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
-                .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, sop_instance);
-            association.send_command(pc, &store).await?;
+            association.send_command(pc, &command::store_rq(sop_class, sop_instance, id)).await?;
             association.send_data(pc, &data).await?;
             loop {
                 let (_, rsp) = association.next_command().await?;
