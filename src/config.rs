@@ -39,7 +39,24 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub results: ResultsSettings,
     pub query: QuerySettings,
+    pub http: HttpSettings,
     pub log: LogSettings,
+}
+
+/// The HTTP API, the worklist page and the metrics. Tokens are never settings: they come from
+/// TRIAGE_HTTP_TOKENS or the hashed tokens file named here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    pub bind: String,
+    /// 0 = any free port (logged as `http_port=<n>`).
+    pub port: u16,
+    /// Lines `NAME ROLE sha256:HEX` (`triage-node token add` writes them); empty: none.
+    pub tokens_file: Option<PathBuf>,
+    /// How often the worklist page reloads its rows.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
 }
 
 /// The Query/Retrieve SCP over the AI result objects.
@@ -311,6 +328,12 @@ impl Settings {
         }
         crate::inference::runtime::DeviceChoice::parse(&self.inference.device)
             .map_err(|e| ConfigError::Invalid { key: "inference.device", reason: e.to_string() })?;
+        if self.http.enabled && self.http.bind.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid("http.bind", "must be an IP address (0.0.0.0 for every interface)"));
+        }
+        if self.http.refresh < Duration::from_secs(2) {
+            return Err(invalid("http.refresh", "must be at least 2s"));
+        }
         let db = self.database_url();
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return Err(invalid("database.url", "must start with sqlite: or postgres://"));

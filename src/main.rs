@@ -22,6 +22,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token for NAME: its hash is appended to http.tokens_file (created readable by the
+    /// node's user only) and the token itself is printed once, here; the node reads the file at
+    /// start.
+    Add {
+        name: String,
+        /// reader (worklist, reading state) or admin (also AE administration).
+        #[arg(long, default_value = "reader")]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the node: DICOM listener and workers, until SIGTERM or SIGINT.
     Serve,
@@ -61,6 +74,11 @@ enum Command {
     },
     /// Print a new random key (64 hex digits) for TRIAGE_PSEUDONYM_KEY or TRIAGE_REID_MAP_KEY.
     Keygen,
+    /// Bearer tokens of the HTTP API and the worklist page.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Triage DICOM files (or every file under directories) with the configured model packages,
     /// without a node or database: prints one JSON object per file (findings per model) and, with
     /// --heatmaps DIR, writes each finding's heatmap as PNG. Exits 1 if any file failed.
@@ -278,6 +296,25 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        Command::Token { action: TokenAction::Add { name, role } } => {
+            let Some(file) = settings.http.tokens_file.clone().filter(|p| !p.as_os_str().is_empty()) else {
+                anyhow::bail!("http.tokens_file is not set: name the file the node reads its tokens from (or give tokens in {})", triage_node::http::auth::TOKENS_ENV);
+            };
+            let (secret, line) = triage_node::http::auth::new_token(&name, &role)?;
+            // Refuse a name already there: one line per user keeps revoking simple.
+            let existing = std::fs::read_to_string(&file).unwrap_or_default();
+            if existing.lines().any(|l| l.split_whitespace().next() == Some(name.as_str())) {
+                anyhow::bail!("{} already has a token for {name}: remove its line first to replace it", file.display());
+            }
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            use anyhow::Context;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&file).with_context(|| format!("opening {}", file.display()))?;
+            writeln!(f, "{line}").and_then(|_| f.sync_all()).with_context(|| format!("writing {}", file.display()))?;
+            eprintln!("token for {name} ({role}) added to {}; restart the node to use it. The token (shown once, keep it secret):", file.display());
+            println!("{secret}");
             Ok(())
         }
         Command::Keygen => {

@@ -56,9 +56,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             warn!(passes, jobs, "resuming triage work interrupted by the previous run");
         }
     }
+    let metrics = if settings.http.enabled { crate::http::ops::install_metrics() } else { None };
+    let tokens = crate::http::auth::Tokens::load(
+        std::env::var(crate::http::auth::TOKENS_ENV).ok().as_deref(),
+        settings.http.tokens_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
+    )
+    .context("loading the HTTP API tokens")?;
+    match crate::admin::worklist::backfill(&db).await {
+        Ok(0) => {}
+        Ok(n) => info!(studies = n, "worklist rows added for studies triaged before the worklist existed"),
+        Err(error) => warn!(%error, "adding worklist rows for earlier studies failed"),
+    }
     let inf = &settings.inference;
     let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).context("starting the inference thread")?;
     let engine_thread = engine.take_thread();
+    let manifests = engine.manifests().to_vec();
     let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let publisher = crate::results::Publisher {
         data_dir: settings.storage.data_dir.clone(),
@@ -80,6 +92,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), crate::triage::aggregate::Tiers::from_settings(inf), inf.preprocess_threads(), Some(publisher));
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let keys = deid.keys().clone();
+    let http_keys = keys.clone();
     let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));
     let orphans = ingest.quarantine_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
@@ -113,7 +126,32 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });
     drop(triage);
 
+    let http = if settings.http.enabled {
+        let state = crate::http::AppState::new(
+            db.clone(),
+            http_keys,
+            tokens,
+            ae_title.clone(),
+            settings.delivery.timeout,
+            settings.storage.data_dir.clone(),
+            manifests,
+            settings.results.heatmap_max_size,
+            workers.clone(),
+            metrics,
+            settings.http.refresh,
+        );
+        let server = crate::http::HttpServer::start(&settings.http, state, shutdown.clone())
+            .await
+            .with_context(|| format!("binding the HTTP API on {}:{}", settings.http.bind, settings.http.port))?;
+        Some(server)
+    } else {
+        None
+    };
+
     listener.run(shutdown.clone(), associations.clone()).await;
+    if let Some(http) = http {
+        http.join(settings.dicom.shutdown_grace).await;
+    }
 
     // Shutdown, each step bounded: the listener has stopped accepting; associations finish
     // their current message; workers end; the inference thread ends; the database closes.

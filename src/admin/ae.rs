@@ -40,3 +40,39 @@ pub async fn remove(db: &Db, ae_title: &str) -> Result<AeTitle, AdminError> {
 pub async fn list(db: &Db) -> Result<Vec<RegisteredAe>, AdminError> {
     Ok(db.list_aes().await?)
 }
+
+/// Enable or disable a registration, audited (`ae_add` with the new state, like an edit).
+pub async fn set_enabled(db: &Db, ae_title: &str, enabled: bool) -> Result<RegisteredAe, AdminError> {
+    let title = AeTitle::parse(ae_title).map_err(|e| AdminError::Invalid(format!("{ae_title:?}: {e}")))?;
+    let Some(mut ae) = db.find_ae(title.as_str()).await? else { return Err(AdminError::UnknownAe(title)) };
+    ae.enabled = enabled;
+    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled });
+    db.save_ae_audited(&ae, &details.to_string()).await?;
+    Ok(ae)
+}
+
+/// What a C-ECHO of a registered AE answered.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EchoOutcome {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// The C-ECHO response status, when the association was made.
+    pub status: Option<u16>,
+    pub success: bool,
+    /// Why it failed (connection refused, association rejected, ...).
+    pub error: Option<String>,
+}
+
+/// C-ECHO a registered AE as our AE title, audited (`ae_echo`: who asked and the outcome).
+pub async fn echo(db: &Db, ours: &AeTitle, ae_title: &str, timeout: std::time::Duration, user: &str) -> Result<EchoOutcome, AdminError> {
+    let peer = crate::delivery::resolve(db, ae_title, ours, timeout).await?;
+    let (status, error) = match crate::delivery::echo(&peer).await {
+        Ok(rsp) => (Some(rsp.status.0), (!rsp.is_success()).then(|| format!("status {:#06X}", rsp.status.0))),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let outcome = EchoOutcome { ae_title: peer.called_ae.to_string(), host: peer.host.clone(), port: peer.port, success: error.is_none(), status, error };
+    let details = serde_json::json!({ "user": user, "success": outcome.success, "status": outcome.status });
+    db.audit_append("ae_echo", outcome.ae_title.as_str(), &details.to_string()).await?;
+    Ok(outcome)
+}

@@ -13,6 +13,7 @@ pub mod export;
 pub mod outbox;
 pub mod reid;
 pub mod report;
+pub mod worklist;
 
 use crate::config::Settings;
 use crate::db::{Db, DbError};
@@ -25,6 +26,11 @@ pub enum AdminError {
     /// The request itself is wrong; the message says how.
     #[error("{0}")]
     Invalid(String),
+    /// The change conflicts with the current state (a study another reader claimed).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("no AE titled {0} is registered")]
     UnknownAe(AeTitle),
     #[error(transparent)]

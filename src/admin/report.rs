@@ -42,12 +42,13 @@ pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> 
     })
 }
 
-/// The newest `limit` triaged studies in reading order (`triage::worklist`): urgent first.
+/// The first `limit` triaged studies in reading order (`triage::worklist`): urgent first.
 pub async fn worklist(db: &Db, limit: i64) -> Result<Vec<crate::triage::worklist::WorklistEntry>, AdminError> {
-    if limit < 1 {
-        return Err(AdminError::Invalid("--limit must be at least 1".into()));
+    if !(1..=super::worklist::MAX_LIMIT).contains(&limit) {
+        return Err(AdminError::Invalid(format!("--limit must be 1 to {}", super::worklist::MAX_LIMIT)));
     }
-    Ok(crate::triage::worklist::entries(&db.recent_results(limit).await?))
+    let req = super::worklist::PageRequest { limit, ..Default::default() };
+    Ok(super::worklist::page(db, None, &req).await?.items.into_iter().map(|i| i.entry).collect())
 }
 
 /// A study result and the state of its objects' delivery: (kind, state, count).

@@ -167,6 +167,27 @@ impl Db {
     }
 
     /// How many different patients the instances of study `study_id` name (by pseudonym).
+    /// Stored instances the AI stage has not finished with (not excluded, not yet inferred or
+    /// being inferred): the arrivals queue's depth, for the metrics.
+    pub async fn count_awaiting_inference(&self) -> Result<i64, DbError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE excluded_reason IS NULL AND (inference_state IS NULL OR inference_state = $1 OR inference_state = $2)")
+            .bind(super::InferenceState::Pending.as_str())
+            .bind(super::InferenceState::Running.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count instances awaiting inference"))
+    }
+
+    /// The distinct modalities of a study's instances, sorted.
+    pub async fn study_modalities(&self, study_id: i64) -> Result<Vec<String>, DbError> {
+        let rows: Vec<Option<String>> = sqlx::query_scalar("SELECT DISTINCT modality FROM instances WHERE study_id = $1 ORDER BY modality")
+            .bind(study_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select a study's modalities"))?;
+        Ok(rows.into_iter().flatten().filter(|m| !m.is_empty()).collect())
+    }
+
     pub async fn study_patient_count(&self, study_id: i64) -> Result<i64, DbError> {
         // Rows stored before the pseudonym was recorded (NULL) name no patient: not a conflict.
         sqlx::query_scalar("SELECT COUNT(DISTINCT patient_pseudonym) FROM instances WHERE study_id = $1")

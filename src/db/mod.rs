@@ -22,12 +22,14 @@ mod results;
 mod state;
 mod studies;
 mod workers;
+mod worklist;
 
 pub use ae_titles::RegisteredAe;
 pub use crate::domain::AeRole;
 pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use reid_map::SealedRecord;
-pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, ResultState, StudyState};
+pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, ReadingState, ResultState, StudyState};
+pub use worklist::{Reading, ReadingAction, ReadingOutcome, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
 pub use outbox::{NewOutboxItem, OutboxItem};
 pub use inference::{FrameOutput, PendingInference};
 pub use jobs::{ClaimedJob, Job};
@@ -71,6 +73,12 @@ pub struct Db {
 }
 
 impl Db {
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(q("ping"))?;
+        Ok(())
+    }
+
     /// Open a pool on `url` (`sqlite:` or `postgres://`) and apply pending migrations.
     pub async fn open(url: &str, max_connections: u32) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();

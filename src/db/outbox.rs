@@ -147,6 +147,21 @@ impl Db {
         rows.iter().map(|r| Ok((get(r, "kind")?, get(r, "state")?, get(r, "n")?))).collect()
     }
 
+    /// Per study of `study_ids`, (study id, kind, state, count) of its queued objects.
+    pub async fn outbox_states_of(&self, study_ids: &[i64]) -> Result<Vec<(i64, String, String, i64)>, DbError> {
+        if study_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (1..=study_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT study_id, kind, state, COUNT(*) AS n FROM outbox WHERE study_id IN ({}) GROUP BY study_id, kind, state ORDER BY study_id, kind, state", list.join(", "));
+        let mut query = sqlx::query(&sql);
+        for id in study_ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(q("count a page's outbox items"))?;
+        rows.iter().map(|r| Ok((get(r, "study_id")?, get(r, "kind")?, get(r, "state")?, get(r, "n")?))).collect()
+    }
+
     /// The distinct paths of a study's queued objects of `kind`, newest first.
     pub async fn outbox_study_paths(&self, study_id: i64, kind: ObjectKind) -> Result<Vec<String>, DbError> {
         sqlx::query_scalar("SELECT path FROM outbox WHERE study_id = $1 AND kind = $2 GROUP BY path ORDER BY MAX(id) DESC")

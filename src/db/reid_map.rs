@@ -37,6 +37,39 @@ impl Db {
 }
 
 impl Db {
+    /// One sealed record per study (its lowest SOP Instance UID's) of each de-identified Study
+    /// Instance UID in `study_uids`: what a worklist page opens to name its patients.
+    pub async fn reid_records_for_studies(&self, study_uids: &[String]) -> Result<Vec<SealedRecord>, DbError> {
+        if study_uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (1..=study_uids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms FROM reid_map
+             WHERE sop_instance_uid IN (SELECT MIN(sop_instance_uid) FROM reid_map WHERE study_instance_uid IN ({}) GROUP BY study_instance_uid)",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for uid in study_uids {
+            query = query.bind(uid);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(q("select a page's reid records"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(SealedRecord {
+                    sop_instance_uid: get(r, "sop_instance_uid")?,
+                    study_instance_uid: get(r, "study_instance_uid")?,
+                    key_id: get(r, "key_id")?,
+                    nonce: get(r, "nonce")?,
+                    sealed: get(r, "sealed")?,
+                    created_at_ms: get(r, "created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Db {
     /// Benchmark fixtures only (`triage-node bench-seed-results`): for each (record, path), the
     /// sealed record of a synthetic source instance and a result object at `path` queued for
     /// `destination` and already delivered; one transaction.

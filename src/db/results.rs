@@ -46,9 +46,18 @@ pub struct StudyResult {
 }
 
 impl Db {
-    /// Replace the study's results with `results`, queue the result objects `outbox` for this
-    /// node `node`, and mark the job done, in one transaction.
-    pub async fn save_study_results(&self, job_id: i64, study_id: i64, results: &[StudyResult], node: &str, outbox: &[super::NewOutboxItem]) -> Result<(), DbError> {
+    /// Replace the study's results with `results` and its worklist row with `worklist`, queue
+    /// the result objects `outbox` for this node `node`, and mark the job done, in one
+    /// transaction. Returns the priority the worklist had if the new one is lower.
+    pub async fn save_study_results(
+        &self,
+        job_id: i64,
+        study_id: i64,
+        results: &[StudyResult],
+        worklist: Option<&super::WorklistRow>,
+        node: &str,
+        outbox: &[super::NewOutboxItem],
+    ) -> Result<Option<String>, DbError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         sqlx::query("DELETE FROM findings WHERE study_result_id IN (SELECT id FROM study_results WHERE study_id = $1)")
             .bind(study_id)
@@ -107,11 +116,16 @@ impl Db {
             }
         }
         let now = crate::domain::now_ms();
+        let lowered = match worklist {
+            Some(row) => super::worklist::upsert_in(&mut tx, row, now).await?,
+            None => None,
+        };
         for item in outbox {
             super::outbox::insert_in(&mut tx, node, item, now).await?;
         }
         super::jobs::finish_in(&mut tx, job_id, now).await?;
-        tx.commit().await.map_err(q("commit study results"))
+        tx.commit().await.map_err(q("commit study results"))?;
+        Ok(lowered)
     }
 
     /// The results of the study with this (de-identified) Study Instance UID, by model.

@@ -103,6 +103,16 @@ text_enum!(
 );
 
 text_enum!(
+    /// Where a worklist study is in its reading (`worklist.reading_state`).
+    ReadingState {
+        Unread = "unread",
+        /// A reader has it open (`worklist.reader`); others get 409 until released.
+        Claimed = "claimed",
+        Read = "read",
+    }
+);
+
+text_enum!(
     /// A study (`studies.state`).
     StudyState {
         Receiving = "receiving",
@@ -146,6 +156,7 @@ mod tests {
         check(OutboxState::ALL, OutboxState::as_str);
         check(StudyState::ALL, StudyState::as_str);
         check(JobState::ALL, JobState::as_str);
+        check(ReadingState::ALL, ReadingState::as_str);
         assert!("sent".parse::<OutboxState>().is_err());
         assert_eq!(ResultState::Failed, "failed");
     }

@@ -350,6 +350,40 @@ fn procedure(header: &InMemDicomObject) -> (Code, Code) {
     }
 }
 
+/// The heatmap picture of one finding, as its Secondary Capture shows it (the key frame as the
+/// model saw it, the map blended over it, legend and label), at most `max` pixels on its long
+/// side: for the worklist page. `key_path` is the de-identified key image. Blocking (decodes).
+pub fn heatmap_picture(key_path: &Path, manifest: &Manifest, result: &StudyResult, f: &crate::db::Finding, max: usize) -> Result<ndarray::Array3<u8>, String> {
+    let meaning = match manifest.outputs.labels.iter().position(|l| *l == f.label) {
+        Some(li) => finding_code(manifest, li, &f.label).meaning,
+        None => f.label.clone(),
+    };
+    let label = sc::Label {
+        finding: meaning,
+        probability: f.probability,
+        urgent: f.urgent,
+        tier: f.tier.clone(),
+        model: result.model.clone(),
+        version: result.model_version.clone(),
+        demonstration: result.demonstration,
+    };
+    render_key_image(key_path, manifest, f, max, &label)
+}
+
+/// An RGB picture as PNG bytes.
+pub fn png_bytes(rgb: &ndarray::Array3<u8>) -> Result<Vec<u8>, String> {
+    let (rows, cols, _) = rgb.dim();
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, cols as u32, rows as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+    let data: Vec<u8> = rgb.iter().copied().collect();
+    writer.write_image_data(&data).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 /// The key frame as the model saw it, the map blended over it, legend and label around it.
 fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::Finding, max: usize, label: &sc::Label) -> Result<ndarray::Array3<u8>, String> {
     let image = Image::open(path).map_err(|e| e.to_string())?;

@@ -221,7 +221,11 @@ impl Triage {
             }
         }
         let node = self.publisher.as_ref().map_or("", |p| p.node.as_str());
-        self.db.save_study_results(job.id, job.study_id, &results, node, &outbox).await?;
+        let modalities = self.db.study_modalities(job.study_id).await?;
+        let row = worklist::entries(&results).first().map(|e| e.to_row(modalities));
+        if let Some(lowered) = self.db.save_study_results(job.id, job.study_id, &results, row.as_ref(), node, &outbox).await? {
+            warn!(from = %lowered, to = row.as_ref().map_or("-", |r| r.priority.as_str()), "a new analysis lowered the study's priority; the worklist says so");
+        }
         if let (Some(p), false) = (&self.publisher, outbox.is_empty()) {
             p.wake.notify_one();
         }

@@ -4,12 +4,12 @@
 //! Within URGENT and POSITIVE, the highest score comes first; ties, and every other priority,
 //! go by arrival (oldest first: it has waited longest). Pure: the caller reads the results.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::db::{Priority, ResultState, StudyResult};
+use crate::db::{Priority, ResultState, StudyResult, WorklistRow};
 
 /// A study's place on the worklist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StudyPriority {
     Urgent,
@@ -32,6 +32,17 @@ impl StudyPriority {
         }
     }
 
+    pub const ALL: [StudyPriority; 5] = [StudyPriority::Urgent, StudyPriority::Positive, StudyPriority::Failed, StudyPriority::Negative, StudyPriority::NotApplicable];
+
+    /// 0 (URGENT) to 4 (NOT_APPLICABLE): the worklist's sort key.
+    pub fn rank(self) -> i64 {
+        self as i64
+    }
+
+    pub fn parse(s: &str) -> Option<StudyPriority> {
+        StudyPriority::ALL.into_iter().find(|p| p.as_str().eq_ignore_ascii_case(s))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StudyPriority::Urgent => "URGENT",
@@ -44,7 +55,7 @@ impl StudyPriority {
 }
 
 /// One finding as the worklist shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListedFinding {
     pub model: String,
     pub model_version: String,
@@ -72,6 +83,49 @@ pub struct WorklistEntry {
     pub received_at_ms: i64,
     /// From that arrival to the result.
     pub time_to_result_ms: i64,
+}
+
+impl WorklistEntry {
+    /// The stored row of this entry (`modalities`: the study's, as its instances say).
+    pub fn to_row(&self, modalities: Vec<String>) -> WorklistRow {
+        let mut models: Vec<String> = self.findings.iter().map(|f| f.model.clone()).collect();
+        models.sort();
+        models.dedup();
+        let mut labels: Vec<String> = self.findings.iter().filter(|f| f.positive).map(|f| f.label.clone()).collect();
+        labels.sort();
+        labels.dedup();
+        WorklistRow {
+            study_id: self.study_id,
+            study_instance_uid: String::new(),
+            priority: self.priority.as_str().into(),
+            priority_rank: self.priority.rank(),
+            score: self.score,
+            received_at_ms: self.received_at_ms,
+            result_at_ms: self.received_at_ms + self.time_to_result_ms,
+            modalities,
+            models,
+            positive_labels: labels,
+            demonstration: self.demonstration,
+            findings_json: serde_json::to_string(&self.findings).unwrap_or_else(|_| "[]".into()),
+            reasons_json: serde_json::to_string(&self.reasons).unwrap_or_else(|_| "[]".into()),
+            lowered_from: None,
+            reading: crate::db::Reading::unread(),
+        }
+    }
+
+    /// The entry a stored row holds.
+    pub fn from_row(row: &WorklistRow) -> WorklistEntry {
+        WorklistEntry {
+            study_id: row.study_id,
+            priority: StudyPriority::parse(&row.priority).unwrap_or(StudyPriority::Failed),
+            score: row.score,
+            findings: serde_json::from_str(&row.findings_json).unwrap_or_default(),
+            demonstration: row.demonstration,
+            reasons: serde_json::from_str(&row.reasons_json).unwrap_or_default(),
+            received_at_ms: row.received_at_ms,
+            time_to_result_ms: row.result_at_ms - row.received_at_ms,
+        }
+    }
 }
 
 /// The worklist of `results` (every model's result of each study), in reading order.
@@ -213,5 +267,19 @@ mod tests {
         assert_eq!(list.iter().find(|e| e.study_id == 9).unwrap().findings.len(), 2);
         assert_eq!(list[0].time_to_result_ms, 3100);
         assert!(entries(&[]).is_empty());
+    }
+
+    /// What the worklist table stores reads back as the same entry, and sorts as `entries` did.
+    #[test]
+    fn an_entry_survives_its_row() {
+        let list = entries(&[result(3, ResultState::Triaged, Some(Priority::Urgent), 0.95, 300), result(3, ResultState::Failed, None, 0.0, 300)]);
+        let row = list[0].to_row(vec!["CR".into()]);
+        assert_eq!((row.priority.as_str(), row.priority_rank, row.positive_labels.clone(), row.models.clone()), ("URGENT", 0, vec!["nodule".to_string()], vec!["m".to_string()]));
+        assert_eq!(WorklistEntry::from_row(&row), list[0]);
+        for p in StudyPriority::ALL {
+            assert_eq!(StudyPriority::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(StudyPriority::parse("urgent"), Some(StudyPriority::Urgent));
+        assert_eq!(StudyPriority::parse("STAT"), None);
     }
 }

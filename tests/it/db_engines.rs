@@ -161,7 +161,7 @@ async fn suite(url: &str) {
         findings: vec![],
     };
     let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.parse().unwrap(), study_id: Some(job.study_id), reidentify: true };
-    db.save_study_results(job.id, job.study_id, &[result], "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
+    db.save_study_results(job.id, job.study_id, &[result], None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
     let queued = db.outbox_claim("n3", 60_000, 10).await.unwrap();
     assert_eq!(queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(), [("sc", Some(job.study_id), true), ("sr", Some(job.study_id), true)]);
     assert_eq!(db.outbox_paths_under("outbox/results/").await.unwrap().len(), 2);

@@ -1,0 +1,183 @@
+//! The reading worklist as the CLI and the HTTP API serve it: pages in reading order (keyset
+//! cursors), one study's view, and the reading state. Patients are named only when the caller
+//! passes the keys (an authenticated user of the API): their records are opened in memory from
+//! the sealed map, and each page or study that names patients is one `worklist_view` audit
+//! entry (who, which study rows; no patient data).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::AdminError;
+use crate::db::{Db, Reading, ReadingAction, ReadingOutcome, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
+use crate::deid::Keys;
+use crate::triage::worklist::WorklistEntry;
+
+/// Rows per page at most.
+pub const MAX_LIMIT: i64 = 500;
+
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub filter: WorklistFilter,
+    pub sort: WorklistSort,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    pub limit: i64,
+}
+
+/// Who the study belongs to, as the PACS and the RIS know it (re-identified).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Patient {
+    pub name: Option<String>,
+    pub id: Option<String>,
+    pub issuer: Option<String>,
+    pub accession: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Delivery {
+    pub kind: String,
+    pub state: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReadingView {
+    pub state: String,
+    pub reader: Option<String>,
+    pub at_ms: Option<i64>,
+}
+
+impl From<&Reading> for ReadingView {
+    fn from(r: &Reading) -> Self {
+        ReadingView { state: r.state.as_str().into(), reader: r.reader.clone(), at_ms: r.at_ms }
+    }
+}
+
+/// One worklist row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    #[serde(flatten)]
+    pub entry: WorklistEntry,
+    pub modalities: Vec<String>,
+    pub models: Vec<String>,
+    /// The priority a newer analysis lowered this study from.
+    pub lowered_from: Option<String>,
+    pub reading: ReadingView,
+    /// The result objects' (SR, SC, HL7) delivery, by kind and state.
+    pub deliveries: Vec<Delivery>,
+    /// Only for an authenticated user of the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<Patient>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Whom to name patients for: the keys to open the sealed map, and the user (for the audit).
+#[derive(Clone, Copy)]
+pub struct Viewer<'a> {
+    pub keys: &'a Keys,
+    pub user: &'a str,
+}
+
+/// One page of the worklist.
+pub async fn page(db: &Db, viewer: Option<Viewer<'_>>, req: &PageRequest) -> Result<Page, AdminError> {
+    if !(1..=MAX_LIMIT).contains(&req.limit) {
+        return Err(AdminError::Invalid(format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    let cursor = match &req.cursor {
+        None => None,
+        Some(c) => Some(WorklistCursor::parse(c).ok_or_else(|| AdminError::Invalid("cursor is not one this node returned".into()))?),
+    };
+    // One row more than asked says whether there is a next page.
+    let mut rows = db.worklist_page(&req.filter, req.sort, cursor, req.limit + 1).await?;
+    let more = rows.len() as i64 > req.limit;
+    rows.truncate(req.limit as usize);
+    let next_cursor = if more { rows.last().map(|r| WorklistCursor::after(r).encode()) } else { None };
+    let items = items(db, viewer, &rows).await?;
+    Ok(Page { items, next_cursor })
+}
+
+/// The items of `rows`, with their deliveries and (for a viewer) their patients.
+pub async fn items(db: &Db, viewer: Option<Viewer<'_>>, rows: &[WorklistRow]) -> Result<Vec<Item>, AdminError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.study_id).collect();
+    let mut deliveries: HashMap<i64, Vec<Delivery>> = HashMap::new();
+    for (study, kind, state, count) in db.outbox_states_of(&ids).await? {
+        deliveries.entry(study).or_default().push(Delivery { kind, state, count });
+    }
+    let patients = match viewer {
+        Some(v) => patients(db, v, rows).await?,
+        None => HashMap::new(),
+    };
+    Ok(rows
+        .iter()
+        .map(|r| Item {
+            entry: WorklistEntry::from_row(r),
+            modalities: r.modalities.clone(),
+            models: r.models.clone(),
+            lowered_from: r.lowered_from.clone(),
+            reading: ReadingView::from(&r.reading),
+            deliveries: deliveries.remove(&r.study_id).unwrap_or_default(),
+            patient: viewer.map(|_| patients.get(&r.study_instance_uid).cloned().unwrap_or(Patient { name: None, id: None, issuer: None, accession: None })),
+        })
+        .collect())
+}
+
+/// The patients of `rows`, opened from the sealed map, recorded as one audit entry.
+async fn patients(db: &Db, viewer: Viewer<'_>, rows: &[WorklistRow]) -> Result<HashMap<String, Patient>, AdminError> {
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let uids: Vec<String> = rows.iter().map(|r| r.study_instance_uid.clone()).collect();
+    let records = db.reid_records_for_studies(&uids).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.study_id).collect();
+    let details = serde_json::json!({ "user": viewer.user, "studies": ids, "opened": records.len() });
+    // Recorded before anything is shown: a view that cannot be audited names no one.
+    db.audit_append("worklist_view", &format!("user:{}", viewer.user), &details.to_string()).await?;
+    let mut out = HashMap::new();
+    for record in &records {
+        let o = crate::deid::open(viewer.keys, record)?;
+        out.insert(
+            record.study_instance_uid.clone(),
+            Patient { name: o.patient_name.clone(), id: o.patient_id.clone(), issuer: o.issuer_of_patient_id.clone(), accession: o.accession_number.clone() },
+        );
+    }
+    Ok(out)
+}
+
+/// A study's row, or None.
+pub async fn row(db: &Db, study_id: i64) -> Result<Option<WorklistRow>, AdminError> {
+    Ok(db.worklist_row(study_id).await?)
+}
+
+/// Claim, mark read or release; a conflicting claim is `AdminError::Conflict`.
+pub async fn reading(db: &Db, study_id: i64, action: ReadingAction, user: &str) -> Result<ReadingView, AdminError> {
+    match db.worklist_reading(study_id, action, user).await? {
+        ReadingOutcome::Done(r) => Ok(ReadingView::from(&r)),
+        ReadingOutcome::Conflict(r) => Err(AdminError::Conflict(format!("claimed by {} since {}", r.reader.as_deref().unwrap_or("another reader"), r.at_ms.unwrap_or(0)))),
+        ReadingOutcome::Missing => Err(AdminError::NotFound(format!("no worklist study {study_id}"))),
+    }
+}
+
+/// Add the rows of studies triaged before the worklist table existed; returns how many.
+pub async fn backfill(db: &Db) -> Result<usize, AdminError> {
+    let mut added = 0;
+    loop {
+        let uids = db.studies_missing_from_worklist(200).await?;
+        if uids.is_empty() {
+            return Ok(added);
+        }
+        for uid in &uids {
+            let results = db.study_results(uid).await?;
+            let Some(entry) = crate::triage::worklist::entries(&results).into_iter().next() else { continue };
+            let modalities = db.study_modalities(entry.study_id).await?;
+            db.worklist_save(&entry.to_row(modalities)).await?;
+            added += 1;
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The JSON API under `/api` (described by `openapi.json`, served at `/api/openapi.json`):
+//! the worklist, one study with its findings, heatmaps and result objects, the reading state,
+//! and AE administration for the admin role. Each handler validates its input, calls one typed
+//! operation of `admin`, and answers JSON (or a PNG, or a DICOM file).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{bad_request, not_found, AdminUser, ApiError, Authed, Shared};
+use crate::admin::worklist::{Item, Page, PageRequest, Viewer};
+use crate::admin::{self, ae::AeRegistration};
+use crate::db::{ObjectKind, ReadingAction, ReadingState, StudyResult, WorklistFilter, WorklistSort};
+use crate::domain::AeRole;
+use crate::triage::worklist::StudyPriority;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn routes() -> axum::Router<Shared> {
+    axum::Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/me", get(me))
+        .route("/api/worklist", get(worklist))
+        .route("/api/studies/{id}", get(study))
+        .route("/api/studies/{id}/heatmaps/{n}", get(heatmap))
+        .route("/api/studies/{id}/objects/{n}", get(object))
+        .route("/api/studies/{id}/claim", post(claim))
+        .route("/api/studies/{id}/read", post(mark_read))
+        .route("/api/studies/{id}/release", post(release))
+        .route("/api/aes", get(list_aes).post(add_ae))
+        .route("/api/aes/{title}", axum::routing::put(edit_ae).delete(remove_ae))
+        .route("/api/aes/{title}/enable", post(enable_ae))
+        .route("/api/aes/{title}/disable", post(disable_ae))
+        .route("/api/aes/{title}/echo", post(echo_ae))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Serialize)]
+struct Me {
+    name: String,
+    role: &'static str,
+    /// The page's reload interval, seconds.
+    refresh_seconds: u64,
+}
+
+async fn me(State(state): State<Shared>, Authed(user): Authed) -> Json<Me> {
+    Json(Me { name: user.name, role: user.role.as_str(), refresh_seconds: state.refresh.as_secs() })
+}
+
+/// The worklist's query string. Unknown parameters are refused, so a misspelt filter is an
+/// error rather than a silently unfiltered list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorklistParams {
+    /// Comma-separated priorities.
+    priority: Option<String>,
+    finding: Option<String>,
+    modality: Option<String>,
+    model: Option<String>,
+    /// Reading state: unread, claimed, read.
+    state: Option<String>,
+    /// RFC 3339 time or milliseconds since the epoch.
+    since: Option<String>,
+    until: Option<String>,
+    /// priority (default), newest, oldest.
+    sort: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// A time as RFC 3339 (`2026-12-02T10:00:00Z`) or epoch milliseconds.
+fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s).map_err(|_| bad_request(format!("{name} must be an RFC 3339 time (2026-12-02T10:00:00Z) or milliseconds since the epoch")))?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| bad_request(format!("{name} is before 1970")))?.as_millis();
+    Ok(ms as i64)
+}
+
+/// A filter value: a code, a model name or a label (no separators or control characters).
+fn filter_value(name: &str, s: &Option<String>) -> Result<Option<String>, ApiError> {
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.len() <= 64 && v.chars().all(|c| !c.is_control() && c != '|') => Ok(Some(v.to_string())),
+        Some(_) => Err(bad_request(format!("{name} must be at most 64 characters, without '|' or control characters"))),
+    }
+}
+
+impl WorklistParams {
+    pub fn request(&self) -> Result<PageRequest, ApiError> {
+        let mut priorities = Vec::new();
+        for p in self.priority.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parsed = StudyPriority::parse(p).ok_or_else(|| bad_request(format!("unknown priority {p:?}: URGENT, POSITIVE, FAILED, NEGATIVE or NOT_APPLICABLE")))?;
+            priorities.push(parsed.as_str().to_string());
+        }
+        let reading = match self.state.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(s.parse::<ReadingState>().map_err(|_| bad_request("state must be unread, claimed or read"))?),
+        };
+        let sort = match self.sort.as_deref() {
+            None | Some("") | Some("priority") => WorklistSort::Priority,
+            Some("newest") => WorklistSort::Newest,
+            Some("oldest") => WorklistSort::Oldest,
+            Some(_) => return Err(bad_request("sort must be priority, newest or oldest")),
+        };
+        let filter = WorklistFilter {
+            priorities,
+            finding: filter_value("finding", &self.finding)?,
+            modality: filter_value("modality", &self.modality)?.map(|m| m.to_uppercase()),
+            model: filter_value("model", &self.model)?,
+            reading,
+            received_since_ms: self.since.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("since", s)).transpose()?,
+            received_until_ms: self.until.as_deref().filter(|s| !s.is_empty()).map(|s| parse_time("until", s)).transpose()?,
+        };
+        Ok(PageRequest { filter, sort, cursor: self.cursor.clone().filter(|c| !c.is_empty()), limit: self.limit.unwrap_or(50) })
+    }
+}
+
+async fn worklist(State(state): State<Shared>, Authed(user): Authed, params: Result<Query<WorklistParams>, axum::extract::rejection::QueryRejection>) -> Result<Json<Page>, ApiError> {
+    let Query(params) = params.map_err(|e| bad_request(e.body_text()))?;
+    let req = params.request()?;
+    let viewer = Viewer { keys: &state.keys, user: &user.name };
+    Ok(Json(admin::worklist::page(&state.db, Some(viewer), &req).await?))
+}
+
+fn study_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| bad_request("the study id must be a positive integer (the worklist's study_id)"))
+}
+
+#[derive(Serialize)]
+struct FindingView {
+    label: String,
+    probability: f64,
+    positive: bool,
+    urgent: bool,
+    tier: String,
+    /// The heatmap's URLs (positive findings): `?size=thumbnail` or `full`.
+    heatmap: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ResultView {
+    model: String,
+    model_version: String,
+    demonstration: bool,
+    intended_use: String,
+    limits: String,
+    state: String,
+    priority: Option<String>,
+    error: Option<String>,
+    images_inferred: i64,
+    findings: Vec<FindingView>,
+}
+
+#[derive(Serialize)]
+struct ObjectView {
+    kind: String,
+    /// The de-identified object as the node keeps it (the PACS receives it re-identified).
+    url: String,
+}
+
+#[derive(Serialize)]
+struct StudyView {
+    #[serde(flatten)]
+    item: Item,
+    results: Vec<ResultView>,
+    objects: Vec<ObjectView>,
+}
+
+/// The positive findings of `results`, in model order: what `/heatmaps/{n}` counts.
+fn positive_findings(results: &[StudyResult]) -> Vec<(&StudyResult, &crate::db::Finding)> {
+    results.iter().flat_map(|r| r.findings.iter().filter(|f| f.positive).map(move |f| (r, f))).collect()
+}
+
+/// The study's result objects, SCs then SRs, newest first within each: what `/objects/{n}`
+/// counts.
+async fn objects(state: &Shared, study: i64) -> Result<Vec<(ObjectKind, String)>, ApiError> {
+    let mut out = Vec::new();
+    for kind in [ObjectKind::Sr, ObjectKind::Sc] {
+        for path in state.db.outbox_study_paths(study, kind).await? {
+            out.push((kind, path));
+        }
+    }
+    Ok(out)
+}
+
+async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<StudyView>, ApiError> {
+    let id = study_id(&id)?;
+    let row = admin::worklist::row(&state.db, id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
+    let results = state.db.study_results(&row.study_instance_uid).await?;
+    let viewer = Viewer { keys: &state.keys, user: &user.name };
+    let item = admin::worklist::items(&state.db, Some(viewer), std::slice::from_ref(&row)).await?.remove(0);
+    let mut n = 0;
+    let results = results
+        .iter()
+        .map(|r| ResultView {
+            model: r.model.clone(),
+            model_version: r.model_version.clone(),
+            demonstration: r.demonstration,
+            intended_use: r.intended_use.clone(),
+            limits: r.limits.clone(),
+            state: r.state.as_str().into(),
+            priority: r.priority.map(|p| p.as_str().to_uppercase()),
+            error: r.error.clone(),
+            images_inferred: r.images_inferred,
+            findings: r
+                .findings
+                .iter()
+                .map(|f| {
+                    let heatmap = f.positive.then(|| {
+                        n += 1;
+                        format!("/api/studies/{id}/heatmaps/{}", n - 1)
+                    });
+                    FindingView { label: f.label.clone(), probability: f.probability, positive: f.positive, urgent: f.urgent, tier: f.tier.clone(), heatmap }
+                })
+                .collect(),
+        })
+        .collect();
+    let objects = objects(&state, id).await?.into_iter().enumerate().map(|(i, (kind, _))| ObjectView { kind: kind.as_str().into(), url: format!("/api/studies/{id}/objects/{i}") }).collect();
+    Ok(Json(StudyView { item, results, objects }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeatmapParams {
+    size: Option<String>,
+}
+
+/// Long side of a thumbnail.
+const THUMBNAIL: usize = 256;
+
+async fn heatmap(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): Path<(String, usize)>, params: Result<Query<HeatmapParams>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| bad_request(e.body_text()))?;
+    let id = study_id(&id)?;
+    let size = match params.size.as_deref() {
+        None | Some("full") => state.heatmap_max,
+        Some("thumbnail") => THUMBNAIL,
+        Some(_) => return Err(bad_request("size must be thumbnail or full")),
+    };
+    let row = state.db.worklist_row(id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
+    let key = (id, row.result_at_ms, n, size);
+    if let Some(png) = state.cached_picture(key) {
+        return Ok(png_response(png));
+    }
+    let results = state.db.study_results(&row.study_instance_uid).await?;
+    let findings = positive_findings(&results);
+    let (result, finding) = findings.get(n).copied().ok_or_else(|| not_found(format!("study {id} has {} heatmaps", findings.len())))?;
+    let manifest = state.manifests.iter().find(|m| m.name == result.model).cloned().ok_or_else(|| not_found(format!("model {} is no longer loaded: its heatmap cannot be drawn", result.model)))?;
+    let key_image = state.db.instance_ref(finding.key_instance_id).await?.ok_or_else(|| not_found("the key image is no longer stored"))?;
+    let path = state.data_dir.join(&key_image.path);
+    let (result, finding) = (result.clone(), finding.clone());
+    let png = tokio::task::spawn_blocking(move || crate::results::heatmap_picture(&path, &manifest, &result, &finding, size).and_then(|rgb| crate::results::png_bytes(&rgb)))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the heatmap: {e}")))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the heatmap: {e}")))?;
+    let png = Arc::new(png);
+    state.cache_picture(key, png.clone());
+    Ok(png_response(png))
+}
+
+fn png_response(png: Arc<Vec<u8>>) -> Response {
+    // Private: the picture is of a patient (de-identified pixels, but still theirs).
+    ([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=300")], (*png).clone()).into_response()
+}
+
+async fn object(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): Path<(String, usize)>) -> Result<Response, ApiError> {
+    let id = study_id(&id)?;
+    let all = objects(&state, id).await?;
+    let (_, path) = all.get(n).ok_or_else(|| not_found(format!("study {id} has {} result objects", all.len())))?;
+    let bytes = tokio::fs::read(state.data_dir.join(path)).await.map_err(|_| not_found("the result object is no longer on disk"))?;
+    Ok(([(header::CONTENT_TYPE, "application/dicom"), (header::CACHE_CONTROL, "private, no-store")], bytes).into_response())
+}
+
+async fn reading(state: Shared, user: &str, id: &str, action: ReadingAction) -> Result<Json<admin::worklist::ReadingView>, ApiError> {
+    let id = study_id(id)?;
+    Ok(Json(admin::worklist::reading(&state.db, id, action, user).await?))
+}
+
+async fn claim(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<admin::worklist::ReadingView>, ApiError> {
+    reading(state, &user.name, &id, ReadingAction::Claim).await
+}
+
+async fn mark_read(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<admin::worklist::ReadingView>, ApiError> {
+    reading(state, &user.name, &id, ReadingAction::MarkRead).await
+}
+
+async fn release(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<admin::worklist::ReadingView>, ApiError> {
+    reading(state, &user.name, &id, ReadingAction::Release).await
+}
+
+#[derive(Serialize)]
+struct AeView {
+    ae_title: String,
+    host: Option<String>,
+    port: Option<u16>,
+    role: String,
+    enabled: bool,
+}
+
+impl From<crate::db::RegisteredAe> for AeView {
+    fn from(a: crate::db::RegisteredAe) -> Self {
+        AeView { ae_title: a.ae_title.to_string(), host: a.host, port: a.port, role: a.role.to_string(), enabled: a.enabled }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AeBody {
+    /// Required to add; on an edit, must match the path when given.
+    ae_title: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    role: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn registration(title: String, body: AeBody) -> Result<AeRegistration, ApiError> {
+    let role: AeRole = body.role.parse().map_err(|_| bad_request("role must be modality or pacs"))?;
+    let host = body.host.filter(|h| !h.trim().is_empty());
+    Ok(AeRegistration { ae_title: title, host, port: body.port, role, enabled: body.enabled })
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+async fn list_aes(State(state): State<Shared>, AdminUser(_): AdminUser) -> Result<Json<Vec<AeView>>, ApiError> {
+    Ok(Json(admin::ae::list(&state.db).await?.into_iter().map(AeView::from).collect()))
+}
+
+async fn add_ae(State(state): State<Shared>, AdminUser(_): AdminUser, body: JsonBody<AeBody>) -> Result<(StatusCode, Json<AeView>), ApiError> {
+    let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+    let title = body.ae_title.clone().ok_or_else(|| bad_request("ae_title is required"))?;
+    if state.db.find_ae(title.trim()).await?.is_some() {
+        return Err(ApiError(StatusCode::CONFLICT, format!("{title} is already registered: edit it with PUT /api/aes/{title}")));
+    }
+    let ae = admin::ae::register(&state.db, registration(title, body)?).await?;
+    Ok((StatusCode::CREATED, Json(ae.into())))
+}
+
+async fn edit_ae(State(state): State<Shared>, AdminUser(_): AdminUser, Path(title): Path<String>, body: JsonBody<AeBody>) -> Result<Json<AeView>, ApiError> {
+    let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+    if body.ae_title.as_deref().is_some_and(|t| t.trim() != title) {
+        return Err(bad_request("ae_title in the body differs from the path: remove and add to rename"));
+    }
+    if state.db.find_ae(&title).await?.is_none() {
+        return Err(not_found(format!("no AE titled {title} is registered")));
+    }
+    Ok(Json(admin::ae::register(&state.db, registration(title, body)?).await?.into()))
+}
+
+async fn remove_ae(State(state): State<Shared>, AdminUser(_): AdminUser, Path(title): Path<String>) -> Result<StatusCode, ApiError> {
+    admin::ae::remove(&state.db, &title).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn enable_ae(State(state): State<Shared>, AdminUser(_): AdminUser, Path(title): Path<String>) -> Result<Json<AeView>, ApiError> {
+    Ok(Json(admin::ae::set_enabled(&state.db, &title, true).await?.into()))
+}
+
+async fn disable_ae(State(state): State<Shared>, AdminUser(_): AdminUser, Path(title): Path<String>) -> Result<Json<AeView>, ApiError> {
+    Ok(Json(admin::ae::set_enabled(&state.db, &title, false).await?.into()))
+}
+
+async fn echo_ae(State(state): State<Shared>, AdminUser(user): AdminUser, Path(title): Path<String>) -> Result<Json<admin::ae::EchoOutcome>, ApiError> {
+    Ok(Json(admin::ae::echo(&state.db, &state.ae_title, &title, state.dicom_timeout, &user.name).await?))
+}

@@ -1,0 +1,284 @@
+//! The HTTP side of the node (axum on the node's tokio runtime): the reading worklist's JSON
+//! API (`api`), its web page (`page`: every file served by the node, nothing from elsewhere),
+//! `/healthz`, `/readyz` and Prometheus `/metrics` (`ops`), bearer-token authentication with
+//! two roles (`auth`). Every API call is one of `admin`'s typed operations, as on the CLI.
+//!
+//! The access log names the method, the route *template* (`/api/studies/{id}`, never the path
+//! or its query), the status, the time and the token's user: no patient data, no token.
+//! Must not: hold SQL, open the sealed map itself, or log a request's values.
+
+pub mod api;
+pub mod auth;
+pub mod ops;
+pub mod page;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::AdminError;
+use crate::config::HttpSettings;
+use crate::db::Db;
+use crate::deid::Keys;
+use crate::domain::AeTitle;
+use crate::inference::package::Manifest;
+use crate::worker::Workers;
+use auth::{Role, Tokens, User};
+
+/// What every handler shares.
+pub struct AppState {
+    pub db: Db,
+    pub keys: Keys,
+    pub tokens: Tokens,
+    pub ae_title: AeTitle,
+    /// Association timeout for the AE page's C-ECHO.
+    pub dicom_timeout: Duration,
+    pub data_dir: PathBuf,
+    pub manifests: Vec<Manifest>,
+    /// The full-size heatmap's long side (`results.heatmap_max_size`).
+    pub heatmap_max: usize,
+    pub workers: Workers,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub refresh: Duration,
+    /// Rendered heatmap PNGs by (study, result time, finding, size), bounded.
+    pictures: Mutex<HashMap<(i64, i64, usize, usize), Arc<Vec<u8>>>>,
+}
+
+/// Heatmap pictures kept rendered at most (a few MB).
+const PICTURE_CACHE: usize = 256;
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        keys: Keys,
+        tokens: Tokens,
+        ae_title: AeTitle,
+        dicom_timeout: Duration,
+        data_dir: PathBuf,
+        manifests: Vec<Manifest>,
+        heatmap_max: usize,
+        workers: Workers,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        refresh: Duration,
+    ) -> AppState {
+        AppState { db, keys, tokens, ae_title, dicom_timeout, data_dir, manifests, heatmap_max, workers, metrics, refresh, pictures: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached_picture(&self, key: (i64, i64, usize, usize)) -> Option<Arc<Vec<u8>>> {
+        self.pictures.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
+    }
+
+    fn cache_picture(&self, key: (i64, i64, usize, usize), png: Arc<Vec<u8>>) {
+        let mut cache = self.pictures.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= PICTURE_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, png);
+    }
+}
+
+pub type Shared = Arc<AppState>;
+
+/// An API error: a status and a reason, as `{"error": "..."}`. Reasons never carry patient
+/// data (they come from validation and from `AdminError`, which names row ids and AE titles).
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut rsp = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            rsp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"triage-node\""));
+        }
+        rsp
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        let status = match &e {
+            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) | AdminError::UnknownAe(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Delivery(crate::delivery::DeliveryError::UnknownAe(_)) => StatusCode::NOT_FOUND,
+            AdminError::Delivery(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            warn!(error = %e, "API operation failed");
+        }
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        ApiError::from(AdminError::Db(e))
+    }
+}
+
+pub fn bad_request(why: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, why.into())
+}
+
+pub fn not_found(why: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, why.into())
+}
+
+/// A request with a valid token: any role.
+pub struct Authed(pub User);
+
+/// A request with an admin's token.
+pub struct AdminUser(pub User);
+
+fn authenticate(parts: &Parts, state: &Shared) -> Result<User, ApiError> {
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match state.tokens.user(header) {
+        Some(u) => Ok(u.clone()),
+        None if header.is_none() => Err(ApiError(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer <token>)".into())),
+        None => Err(ApiError(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into())),
+    }
+}
+
+impl FromRequestParts<Shared> for Authed {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        authenticate(parts, state).map(Authed)
+    }
+}
+
+impl FromRequestParts<Shared> for AdminUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let user = authenticate(parts, state)?;
+        if user.role < Role::Admin {
+            return Err(ApiError(StatusCode::FORBIDDEN, "this needs the admin role".into()));
+        }
+        Ok(AdminUser(user))
+    }
+}
+
+/// The access log and the request metrics: route template, status, time, user; nothing else.
+async fn access_log(State(state): State<Shared>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = matched.map(|m| m.as_str().to_string()).unwrap_or_else(|| "(no route)".into());
+    let user = state.tokens.user(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).map(|u| u.name.clone());
+    let start = Instant::now();
+    let rsp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let status = rsp.status().as_u16();
+    info!(target: "triage_node::http::access", %method, route = %route, status, ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1000.0), user = user.as_deref().unwrap_or("-"), "http request");
+    metrics::counter!("triage_http_requests_total", "route" => route.clone(), "status" => status.to_string()).increment(1);
+    metrics::histogram!("triage_http_request_seconds", "route" => route).record(elapsed.as_secs_f64());
+    rsp
+}
+
+/// Every route of the API and of the operations endpoints (method, path template), as
+/// `openapi.json` describes them: a unit test holds the two equal, and the integration test
+/// requests each one from a running node.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/api/openapi.json"),
+    ("get", "/api/me"),
+    ("get", "/api/worklist"),
+    ("get", "/api/studies/{id}"),
+    ("get", "/api/studies/{id}/heatmaps/{n}"),
+    ("get", "/api/studies/{id}/objects/{n}"),
+    ("post", "/api/studies/{id}/claim"),
+    ("post", "/api/studies/{id}/read"),
+    ("post", "/api/studies/{id}/release"),
+    ("get", "/api/aes"),
+    ("post", "/api/aes"),
+    ("put", "/api/aes/{title}"),
+    ("delete", "/api/aes/{title}"),
+    ("post", "/api/aes/{title}/enable"),
+    ("post", "/api/aes/{title}/disable"),
+    ("post", "/api/aes/{title}/echo"),
+];
+
+pub fn router(state: Shared) -> axum::Router {
+    axum::Router::new()
+        .merge(ops::routes())
+        .merge(api::routes())
+        .merge(page::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access_log))
+        .fallback(|| async { not_found("no such route") })
+        .with_state(state)
+}
+
+/// The running HTTP server.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Bind `settings.bind:port` and serve until `shutdown`; in-flight requests finish first.
+    pub async fn start(settings: &HttpSettings, state: AppState, shutdown: CancellationToken) -> std::io::Result<HttpServer> {
+        if state.tokens.is_empty() {
+            warn!("no HTTP API tokens configured ({} or http.tokens_file): the API answers 401 to everyone; `triage-node token add` makes one", auth::TOKENS_ENV);
+        }
+        let listener = tokio::net::TcpListener::bind((settings.bind.as_str(), settings.port)).await?;
+        let addr = listener.local_addr()?;
+        info!(bind = %addr.ip(), "HTTP API and worklist page listening http_port={}", addr.port());
+        let app = router(Arc::new(state));
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            if let Err(error) = served {
+                warn!(%error, "the HTTP server stopped with an error");
+            }
+        });
+        Ok(HttpServer { addr, task })
+    }
+
+    /// Wait for the server to end (after shutdown), at most `deadline`.
+    pub async fn join(self, deadline: Duration) {
+        if tokio::time::timeout(deadline, self.task).await.is_err() {
+            warn!(?deadline, "HTTP requests still running after the deadline; abandoning them");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document names exactly the routes the router serves, each with its methods.
+    #[test]
+    fn the_openapi_document_describes_every_route_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(api::OPENAPI).expect("openapi.json parses");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                assert!(op["responses"].is_object(), "{method} {path} has responses");
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut routes: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+        // Every /api operation but the document itself needs the bearer token.
+        for (method, path) in ROUTES {
+            let op = &doc["paths"][path][method];
+            let public = op["security"].as_array().is_some_and(|s| s.is_empty());
+            assert_eq!(public, !path.starts_with("/api/") || *path == "/api/openapi.json", "{method} {path}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! For operations: `/healthz` (the process answers; no auth), `/readyz` (database reachable,
+//! models loaded, no worker in error; no auth, no data), `/metrics` (Prometheus text format;
+//! no auth, no patient data: labels are statuses, reasons, kinds, states and worker names).
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+
+use super::Shared;
+use crate::worker::WorkerState;
+
+pub fn routes() -> axum::Router<Shared> {
+    axum::Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics_text))
+}
+
+/// The process-wide metrics recorder, installed once (the first call); None if another
+/// recorder was installed first.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+            let built = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("triage_inference_batch_size".into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]))
+                .and_then(|b| b.install_recorder());
+            match built {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Serialize)]
+struct WorkerView {
+    name: String,
+    state: String,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    database: bool,
+    models: usize,
+    workers: Vec<WorkerView>,
+    /// Why not ready.
+    reasons: Vec<String>,
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    let mut reasons = Vec::new();
+    let database = state.db.ping().await.is_ok();
+    if !database {
+        reasons.push("the database does not answer".to_string());
+    }
+    if state.manifests.is_empty() {
+        reasons.push("no model package is loaded: nothing is triaged".into());
+    }
+    let workers: Vec<WorkerView> = state
+        .workers
+        .statuses()
+        .into_iter()
+        .map(|w| WorkerView { name: w.name.into(), state: format!("{:?}", w.state).to_lowercase(), last_error: w.last_error.clone() })
+        .collect();
+    for w in state.workers.statuses().iter().filter(|w| w.state == WorkerState::Error) {
+        reasons.push(format!("worker {} is in error", w.name));
+    }
+    let ready = reasons.is_empty();
+    let body = Readiness { ready, database, models: state.manifests.len(), workers, reasons };
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
+}
+
+/// The counters and histograms the code records, plus the queue depths read now.
+async fn metrics_text(State(state): State<Shared>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response();
+    };
+    if let Err(error) = sample_gauges(&state).await {
+        tracing::warn!(%error, "reading queue depths for /metrics failed");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
+}
+
+async fn sample_gauges(state: &Shared) -> Result<(), crate::db::DbError> {
+    let db = &state.db;
+    metrics::gauge!("triage_instances_awaiting_inference").set(db.count_awaiting_inference().await? as f64);
+    let (studies, jobs) = db.state_counts().await?;
+    for (s, n) in studies {
+        metrics::gauge!("triage_studies", "state" => s).set(n as f64);
+    }
+    for (s, n) in jobs {
+        metrics::gauge!("triage_jobs", "state" => s).set(n as f64);
+    }
+    for (s, n) in db.outbox_counts().await? {
+        metrics::gauge!("triage_outbox_items", "state" => s).set(n as f64);
+    }
+    for (p, r, n) in db.worklist_counts().await? {
+        metrics::gauge!("triage_worklist_studies", "priority" => p, "reading" => r).set(n as f64);
+    }
+    for w in state.workers.statuses() {
+        for s in [WorkerState::Idle, WorkerState::Busy, WorkerState::Error] {
+            let on = if w.state == s { 1.0 } else { 0.0 };
+            metrics::gauge!("triage_worker_state", "worker" => w.name, "state" => format!("{s:?}").to_lowercase()).set(on);
+        }
+        metrics::gauge!("triage_worker_errors", "worker" => w.name).set(w.errors as f64);
+    }
+    metrics::gauge!("triage_models_loaded").set(state.manifests.len() as f64);
+    Ok(())
+}

@@ -1,0 +1,244 @@
+// The worklist page: plain script, no library, every value written as text (never as HTML).
+"use strict";
+
+const state = { token: sessionStorage.getItem("triage-token") || "", me: null, cursor: null, timer: null, blobs: [] };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
+  return e;
+}
+
+async function api(path, options) {
+  const rsp = await fetch(path, { ...(options || {}), headers: { ...((options || {}).headers || {}), Authorization: "Bearer " + state.token } });
+  if (rsp.status === 401) { signOut("Your token was refused: sign in again."); throw new Error("unauthorized"); }
+  if (!rsp.ok) {
+    let why = rsp.status + " " + rsp.statusText;
+    try { why = (await rsp.json()).error || why; } catch (_) {}
+    const err = new Error(why); err.status = rsp.status; throw err;
+  }
+  return rsp;
+}
+
+async function picture(url) {
+  const blob = await (await api(url)).blob();
+  const u = URL.createObjectURL(blob);
+  state.blobs.push(u);
+  return u;
+}
+
+function show(section) {
+  for (const id of ["login", "worklist", "study", "aes"]) $(id).hidden = id !== section;
+  $("nav").hidden = section === "login";
+}
+
+function signOut(message) {
+  sessionStorage.removeItem("triage-token");
+  state.token = ""; state.me = null;
+  clearInterval(state.timer);
+  $("login-error").textContent = message || "";
+  $("demo-warning").hidden = true;
+  show("login");
+}
+
+async function signIn(token) {
+  state.token = token.trim();
+  try {
+    state.me = await (await api("/api/me")).json();
+  } catch (e) {
+    if (e.message !== "unauthorized") $("login-error").textContent = e.message;
+    return;
+  }
+  sessionStorage.setItem("triage-token", state.token);
+  $("who").textContent = state.me.name + " (" + state.me.role + ")";
+  $("nav-aes").hidden = state.me.role !== "admin";
+  clearInterval(state.timer);
+  state.timer = setInterval(() => { if (!$("worklist").hidden) loadWorklist(false); }, state.me.refresh_seconds * 1000);
+  route();
+}
+
+function fmtTime(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
+function fmtSeconds(ms) { return (ms / 1000).toFixed(1) + " s"; }
+function pct(p) { return (Math.floor(p * 1000) / 10).toFixed(1) + "%"; }
+
+function filterQuery() {
+  const q = new URLSearchParams();
+  for (const [key, id] of [["priority", "f-priority"], ["finding", "f-finding"], ["modality", "f-modality"], ["model", "f-model"], ["state", "f-state"], ["sort", "f-sort"]]) {
+    const v = $(id).value.trim();
+    if (v) q.set(key, v);
+  }
+  return q;
+}
+
+function deliveryText(item) {
+  if (!item.deliveries.length) return "kept here";
+  return item.deliveries.map((d) => d.count + " " + d.kind.toUpperCase() + " " + d.state).join(", ");
+}
+
+function row(item) {
+  const p = item.priority;
+  const tr = el("tr", { class: "row " + p.toLowerCase() + (item.reading.state === "read" ? " read" : ""), "data-study": item.study_id, "data-priority": p });
+  tr.addEventListener("click", () => { location.hash = "#/study/" + item.study_id; });
+  const positives = item.findings.filter((f) => f.positive);
+  const findings = item.reasons.length ? "not analysed: " + item.reasons.join("; ") :
+    (positives.length ? positives.map((f) => f.label + " " + pct(f.probability) + " (" + f.tier.replace("_", " ") + ")").join(", ") : "no finding");
+  const thumb = el("td", { class: "thumb" });
+  const prio = el("td", { class: "priority" }, p.replace("_", " "));
+  if (item.lowered_from) prio.append(el("div", { class: "lowered" }, "lowered from " + item.lowered_from));
+  const models = [...new Set(item.findings.map((f) => f.model + " " + f.model_version))].join(", ") || item.models.join(", ");
+  const reading = item.reading.state + (item.reading.reader ? " by " + item.reading.reader : "");
+  tr.append(prio, thumb, el("td", {}, (item.patient && item.patient.name) || ""), el("td", {}, (item.patient && item.patient.accession) || ""),
+    el("td", {}, findings), el("td", {}, models + (item.demonstration ? " [demo]" : "")), el("td", {}, fmtTime(item.received_at_ms)),
+    el("td", {}, fmtSeconds(item.time_to_result_ms)), el("td", {}, deliveryText(item)), el("td", { class: "reading" }, reading));
+  if (positives.length) {
+    picture("/api/studies/" + item.study_id + "/heatmaps/0?size=thumbnail").then((u) => thumb.append(el("img", { class: "thumb", src: u, alt: "heatmap" }))).catch(() => {});
+  }
+  return tr;
+}
+
+async function loadWorklist(more) {
+  const q = filterQuery();
+  q.set("limit", "50");
+  if (more && state.cursor) q.set("cursor", state.cursor);
+  try {
+    const page = await (await api("/api/worklist?" + q.toString())).json();
+    const body = $("rows").tBodies[0];
+    if (!more) {
+      for (const u of state.blobs) URL.revokeObjectURL(u);
+      state.blobs = [];
+      body.replaceChildren();
+    }
+    for (const item of page.items) body.append(row(item));
+    state.cursor = page.next_cursor;
+    $("more").hidden = !page.next_cursor;
+    $("list-error").textContent = "";
+    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    if (page.items.some((i) => i.demonstration)) $("demo-warning").hidden = false;
+  } catch (e) {
+    if (e.message !== "unauthorized") $("list-error").textContent = e.message;
+  }
+}
+
+async function readingAction(id, action) {
+  try {
+    await api("/api/studies/" + id + "/" + action, { method: "POST" });
+    await loadStudy(id);
+  } catch (e) {
+    if (e.message !== "unauthorized") $("study-error").textContent = (e.status === 409 ? "Conflict: " : "") + e.message;
+  }
+}
+
+async function loadStudy(id) {
+  show("study");
+  const box = $("study-body");
+  try {
+    const s = await (await api("/api/studies/" + id)).json();
+    box.replaceChildren();
+    if (s.demonstration) $("demo-warning").hidden = false;
+    const who = s.patient ? [s.patient.name, "ID " + (s.patient.id || "?"), "accession " + (s.patient.accession || "?")].join(" · ") : "";
+    box.append(el("h2", { id: "study-title" }, s.priority.replace("_", " ") + " · study " + s.study_id), el("p", {}, who));
+    if (s.lowered_from) box.append(el("p", { class: "lowered" }, "A newer analysis lowered this study from " + s.lowered_from + "."));
+    box.append(el("p", {}, "Received " + fmtTime(s.received_at_ms) + ", result after " + fmtSeconds(s.time_to_result_ms) + ". To the PACS: " + deliveryText(s) + "."));
+    box.append(el("p", { id: "study-error", class: "error", role: "alert" }));
+    const reading = el("p", {}, "Reading: " + s.reading.state + (s.reading.reader ? " by " + s.reading.reader : "") + " ");
+    for (const [action, label] of [["claim", "Claim"], ["read", "Mark read"], ["release", "Release"]]) {
+      reading.append(el("button", { type: "button", id: "btn-" + action, onclick: () => readingAction(id, action) }, label), " ");
+    }
+    box.append(reading);
+    for (const r of s.results) {
+      const sec = el("section", { class: "result" }, el("h3", {}, (r.model || "no model") + " " + r.model_version + " · " + r.state + (r.priority ? " · " + r.priority : "")));
+      if (r.demonstration) sec.append(el("p", { class: "warning" }, "Demonstration model, not clinically validated."));
+      if (r.error) sec.append(el("p", { class: "error" }, "Not analysed: " + r.error));
+      const list = el("ul", { class: "findings" });
+      for (const f of r.findings) list.append(el("li", {}, f.label + ": " + pct(f.probability) + (f.positive ? (f.urgent ? " URGENT" : " positive") : " negative") + " (" + f.tier.replace("_", " ") + " confidence)"));
+      sec.append(list);
+      for (const f of r.findings.filter((f) => f.heatmap)) {
+        const fig = el("figure", {});
+        sec.append(fig);
+        picture(f.heatmap + "?size=full").then((u) => fig.append(el("img", { class: "full", src: u, alt: "heatmap of " + f.label }))).catch((e) => fig.append(el("p", { class: "error" }, e.message)));
+      }
+      if (r.intended_use) sec.append(el("p", { class: "muted" }, "Intended use: " + r.intended_use));
+      if (r.limits) sec.append(el("p", { class: "muted" }, "Limits: " + r.limits));
+      box.append(sec);
+    }
+    if (s.objects.length) {
+      const objs = el("p", {}, "Result objects (de-identified copies): ");
+      s.objects.forEach((o, i) => objs.append(el("a", { href: "#", onclick: (ev) => { ev.preventDefault(); download(o.url, "study-" + id + "-" + o.kind + "-" + i + ".dcm"); } }, o.kind.toUpperCase() + " " + (i + 1)), " "));
+      box.append(objs);
+    }
+  } catch (e) {
+    if (e.message !== "unauthorized") box.replaceChildren(el("p", { class: "error" }, e.message));
+  }
+}
+
+async function download(url, name) {
+  const u = URL.createObjectURL(await (await api(url)).blob());
+  const a = el("a", { href: u, download: name });
+  document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(u), 10000);
+}
+
+async function loadAes() {
+  show("aes");
+  try {
+    const aes = await (await api("/api/aes")).json();
+    const body = $("ae-rows").tBodies[0];
+    body.replaceChildren();
+    for (const a of aes) {
+      const actions = el("td", {});
+      const act = async (method, path, what) => {
+        try {
+          const rsp = await api("/api/aes/" + encodeURIComponent(a.ae_title) + path, { method });
+          if (what === "echo") { const o = await rsp.json(); $("ae-error").textContent = "C-ECHO " + o.ae_title + ": " + (o.success ? "success" : "failed: " + o.error); }
+          else { $("ae-error").textContent = ""; }
+          if (what !== "echo") loadAes();
+        } catch (e) { if (e.message !== "unauthorized") $("ae-error").textContent = e.message; }
+      };
+      actions.append(el("button", { type: "button", onclick: () => act("POST", "/echo", "echo") }, "Echo"), " ",
+        el("button", { type: "button", onclick: () => act("POST", a.enabled ? "/disable" : "/enable", "toggle") }, a.enabled ? "Disable" : "Enable"), " ",
+        el("button", { type: "button", onclick: () => { if (confirm("Remove " + a.ae_title + "?")) act("DELETE", "", "remove"); } }, "Remove"), " ",
+        el("button", { type: "button", onclick: () => { $("ae-title").value = a.ae_title; $("ae-role").value = a.role; $("ae-host").value = a.host || ""; $("ae-port").value = a.port || ""; $("ae-enabled").checked = a.enabled; } }, "Edit"));
+      body.append(el("tr", { "data-ae": a.ae_title }, el("td", {}, a.ae_title), el("td", {}, a.role), el("td", {}, a.host || ""), el("td", {}, a.port || ""), el("td", {}, a.enabled ? "yes" : "no"), actions));
+    }
+  } catch (e) {
+    if (e.message !== "unauthorized") $("ae-error").textContent = e.message;
+  }
+}
+
+async function saveAe(ev) {
+  ev.preventDefault();
+  const title = $("ae-title").value.trim();
+  const body = { role: $("ae-role").value, host: $("ae-host").value.trim() || null, port: $("ae-port").value ? Number($("ae-port").value) : null, enabled: $("ae-enabled").checked };
+  try {
+    const exists = [...$("ae-rows").tBodies[0].rows].some((r) => r.dataset.ae === title);
+    await api(exists ? "/api/aes/" + encodeURIComponent(title) : "/api/aes", { method: exists ? "PUT" : "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(exists ? body : { ae_title: title, ...body }) });
+    $("ae-error").textContent = "";
+    loadAes();
+  } catch (e) {
+    if (e.message !== "unauthorized") $("ae-error").textContent = e.message;
+  }
+}
+
+function route() {
+  if (!state.me) return show("login");
+  const h = location.hash;
+  const m = h.match(/^#\/study\/(\d+)$/);
+  if (m) return loadStudy(Number(m[1]));
+  if (h === "#/aes" && state.me.role === "admin") return loadAes();
+  show("worklist");
+  loadWorklist(false);
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (ev) => { ev.preventDefault(); signIn($("token").value); });
+  $("signout").addEventListener("click", () => signOut(""));
+  $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadWorklist(false); });
+  $("more").addEventListener("click", () => loadWorklist(true));
+  $("ae-form").addEventListener("submit", saveAe);
+  window.addEventListener("hashchange", route);
+  if (state.token) signIn(state.token); else show("login");
+});
