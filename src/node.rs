@@ -112,20 +112,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         None
     };
     let services = crate::services::standard(ingest, db.clone(), query);
-    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), access, services });
-    let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
-    let addr = listener.local_addr()?;
-    info!(ae_title = %ae_title, bind = %addr.ip(), "listening port={}", addr.port());
-
-    let associations = TaskTracker::new();
+    // The HTTP API binds first, so its port is known once the DICOM port is logged.
     let workers = Workers::new();
-    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period));
-    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox));
-    workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
-    workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
-    workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });
-    drop(triage);
-
     let http = if settings.http.enabled {
         let state = crate::http::AppState::new(
             db.clone(),
@@ -147,6 +135,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     } else {
         None
     };
+
+    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), access, services });
+    let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
+    let addr = listener.local_addr()?;
+    info!(ae_title = %ae_title, bind = %addr.ip(), "listening port={}", addr.port());
+
+    let associations = TaskTracker::new();
+    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period));
+    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox));
+    workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
+    workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
+    workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });
+    drop(triage);
 
     listener.run(shutdown.clone(), associations.clone()).await;
     if let Some(http) = http {

@@ -263,12 +263,14 @@ impl OutboxWorker {
         match verdict {
             Verdict::Delivered => {
                 self.db.outbox_delivered(item.id).await?;
+                metrics::counter!("triage_delivered_total", "kind" => item.kind.as_str()).increment(1);
                 match (item.kind, item.study_id) {
                     (ObjectKind::Sr, Some(study)) => {
                         // From the study's last instance to the PACS's Success for its report,
                         // without the quiet period (a setting, not work).
                         let last = self.db.study_last_received(study).await?.unwrap_or(0);
                         let latency_ms = now_ms() - last - self.quiet_period.as_millis() as i64;
+                        metrics::histogram!("triage_end_to_end_seconds").record(latency_ms.max(0) as f64 / 1000.0);
                         info!(item = item.id, study_id = study, attempts, latency_ms, "AI report delivered");
                     }
                     _ => info!(item = item.id, kind = %item.kind, attempts, "delivered"),
@@ -277,15 +279,20 @@ impl OutboxWorker {
             }
             Verdict::Retry(why) if attempts < self.cfg.max_attempts => {
                 let delay = backoff(&self.cfg, attempts);
+                metrics::counter!("triage_delivery_failures_total", "kind" => item.kind.as_str()).increment(1);
                 warn!(item = item.id, attempts, retry_in = ?delay, error = %why, "delivery failed; will retry");
                 self.db.outbox_retry_later(item.id, now_ms() + delay.as_millis() as i64, &why).await
             }
             Verdict::Retry(why) => {
+                metrics::counter!("triage_delivery_failures_total", "kind" => item.kind.as_str()).increment(1);
+                metrics::counter!("triage_dead_letters_total", "kind" => item.kind.as_str()).increment(1);
                 let why = format!("gave up after {attempts} attempts: {why}");
                 error!(item = item.id, error = %why, "delivery dead-lettered");
                 self.db.outbox_dead(item.id, &why).await
             }
             Verdict::Dead(why) => {
+                metrics::counter!("triage_delivery_failures_total", "kind" => item.kind.as_str()).increment(1);
+                metrics::counter!("triage_dead_letters_total", "kind" => item.kind.as_str()).increment(1);
                 error!(item = item.id, error = %why, "delivery dead-lettered");
                 self.db.outbox_dead(item.id, &why).await
             }

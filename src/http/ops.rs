@@ -104,7 +104,9 @@ async fn sample_gauges(state: &Shared) -> Result<(), crate::db::DbError> {
         metrics::gauge!("triage_studies", "state" => s).set(n as f64);
     }
     for (s, n) in jobs {
-        metrics::gauge!("triage_jobs", "state" => s).set(n as f64);
+        // Counted as `kind:state`.
+        let (kind, job_state) = s.split_once(':').map(|(k, v)| (k.to_string(), v.to_string())).unwrap_or((String::new(), s));
+        metrics::gauge!("triage_jobs", "kind" => kind, "state" => job_state).set(n as f64);
     }
     for (s, n) in db.outbox_counts().await? {
         metrics::gauge!("triage_outbox_items", "state" => s).set(n as f64);

@@ -175,6 +175,8 @@ fn run_batch(package: &Package, batch: Vec<Request>) {
     let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| package.model.forward(&input, shape)))
         .unwrap_or_else(|_| Err(crate::inference::runtime::RuntimeError::Forward("the forward pass panicked".into())));
     let forward_us = started.elapsed().as_micros() as u64;
+    metrics::histogram!("triage_inference_seconds", "model" => m.name.clone()).record(forward_us as f64 / 1e6);
+    metrics::histogram!("triage_inference_batch_size", "model" => m.name.clone()).record(n as f64);
     let split = outputs.map_err(|e| e.to_string()).and_then(|outs| {
         let probs = outs.get(m.outputs.probabilities).ok_or("no probabilities output")?;
         let cam = outs.get(m.outputs.cam).ok_or("no class activation map output")?;

@@ -198,4 +198,6 @@ async fn reject_over_limit(stream: &mut TcpStream, peer: SocketAddr, rq: &dicom_
     let _ = stream.write_all(&pdu::encode(&rj)).await;
     let _ = stream.shutdown().await;
     warn!(peer = %peer, calling_ae = %crate::domain::PeerText(rq.calling_ae_title.trim()), "association rejected: {why}");
+    let reason = if why.contains("host") { "host_limit" } else { "local_limit" };
+    metrics::counter!("triage_associations_rejected_total", "reason" => reason).increment(1);
 }

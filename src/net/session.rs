@@ -104,10 +104,12 @@ async fn serve(
             wr.pdu(&Pdu::AssociationRJ(rj.clone())).await.map_err(AssociationError::Write)?;
             wr.shutdown().await;
             warn!(called_ae = %PeerText(rq.called_ae_title.trim()), result = ?rj.result, source = ?rj.source, "association rejected");
+            metrics::counter!("triage_associations_rejected_total", "reason" => reject_reason(&rj.source)).increment(1);
             return Ok(());
         }
     };
     wr.pdu(&Pdu::AssociationAC(negotiated.ac.clone())).await.map_err(AssociationError::Write)?;
+    let _open = OpenAssociation::counted();
     wr.set_peer_max_pdu(negotiated.peer_max_pdu);
     info!(proposed = rq.presentation_contexts.len(), accepted = negotiated.contexts.len(), peer_max_pdu = negotiated.peer_max_pdu, "association accepted");
 
@@ -201,4 +203,41 @@ impl Association {
         }
         e
     }
+}
+
+/// Counts an established association in `triage_associations_open` while it lives.
+struct OpenAssociation;
+
+impl OpenAssociation {
+    fn counted() -> OpenAssociation {
+        metrics::gauge!("triage_associations_open").increment(1.0);
+        metrics::counter!("triage_associations_accepted_total").increment(1);
+        OpenAssociation
+    }
+}
+
+impl Drop for OpenAssociation {
+    fn drop(&mut self) {
+        metrics::gauge!("triage_associations_open").decrement(1.0);
+    }
+}
+
+/// A rejection's PS3.8 source and reason as a metrics label (`service_user:calling_ae_title_not_recognized`).
+fn reject_reason(source: &AssociationRJSource) -> String {
+    let text = format!("{source:?}");
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            '(' => out.push(':'),
+            ')' => {}
+            c if c.is_ascii_uppercase() => {
+                if i > 0 && !out.ends_with(':') {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }

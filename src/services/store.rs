@@ -84,6 +84,14 @@ impl Store {
         };
         rsp.set_uid(tag::AFFECTED_SOP_INSTANCE_UID, &req.sop_instance_uid.0);
         association.tally(self.name(), result.is_ok());
+        let status = match &result {
+            Ok(_) => Status::SUCCESS,
+            Err(e) => e.dimse_status(),
+        };
+        metrics::counter!("triage_cstore_responses_total", "status" => format!("{:#06X}", status.0)).increment(1);
+        if matches!(result, Ok(StoreOutcome::Stored { .. })) {
+            metrics::counter!("triage_instances_received_total").increment(1);
+        }
         match result {
             Ok(StoreOutcome::Stored { instance_id }) => debug!(instance_id, "instance stored"),
             Ok(StoreOutcome::Duplicate { instance_id }) => info!(instance_id, "duplicate SOP Instance UID: first copy kept, Success returned"),
@@ -98,7 +106,10 @@ impl Store {
 async fn receive(association: &mut Association, mut file: IncomingFile) -> Result<Result<IncomingFile, IngestError>, AssociationError> {
     loop {
         let bytes = match association.data().await {
-            Ok(Some(bytes)) => bytes,
+            Ok(Some(bytes)) => {
+                metrics::counter!("triage_bytes_received_total").increment(bytes.len() as u64);
+                bytes
+            }
             Ok(None) => return Ok(Ok(file)),
             Err(e) => {
                 file.discard().await;

@@ -261,6 +261,7 @@ fn the_node_refuses_to_start_without_keys_and_says_so_loudly_in_demo_mode() {
             .env_remove("TRIAGE_REID_MAP_KEY")
             .env("TRIAGE__STORAGE__DATA_DIR", dir.path())
             .env("TRIAGE__DICOM__PORT", "0")
+            .env("TRIAGE__HTTP__PORT", "0")
             .env("TRIAGE__DICOM__BIND", "127.0.0.1")
             .envs(env.iter().copied())
             .arg("serve")

@@ -10,6 +10,7 @@ mod db_engines;
 mod deid;
 mod durability;
 mod hostile;
+mod http;
 mod layering;
 mod outbox;
 mod preprocess;

@@ -107,6 +107,7 @@ fn the_node_refuses_to_start_on_a_broken_package() {
         .envs(test_keys())
         .env("TRIAGE__STORAGE__DATA_DIR", root.path().join("data"))
         .env("TRIAGE__DICOM__PORT", "0")
+        .env("TRIAGE__HTTP__PORT", "0")
         .env("TRIAGE__INFERENCE__MODELS_DIR", root.path())
         .env("TRIAGE__INFERENCE__DEVICE", "cpu")
         .arg("serve")

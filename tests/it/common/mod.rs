@@ -58,13 +58,15 @@ pub struct NodeOptions {
     /// [results] lines (destinations, uid_root, ...).
     pub results: Vec<String>,
     pub database_url: Option<String>,
+    /// [http] lines (the API listens on a free port with the test tokens unless told otherwise).
+    pub http: Vec<String>,
     pub json_logs: bool,
     pub register: Vec<&'static str>,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], results: vec![], database_url: None, json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], results: vec![], database_url: None, http: vec![], json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
     }
 }
 
@@ -72,6 +74,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
+    /// The HTTP API's port, when it is enabled.
+    pub http_port: Option<u16>,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
 }
@@ -124,12 +128,16 @@ impl Node {
             toml.push_str("[results]\n");
             section(&mut toml, &opts.results);
         }
+        if !opts.http.is_empty() {
+            toml.push_str("[http]\n");
+            section(&mut toml, &opts.http);
+        }
         if let Some(url) = &opts.database_url {
             toml.push_str(&format!("[database]\nurl = \"{url}\"\n"));
         }
         toml.push_str(&format!("[log]\nformat = \"{}\"\nlevel = \"debug,sqlx=warn\"\n", if opts.json_logs { "json" } else { "text" }));
         std::fs::write(&config, toml).unwrap();
-        let mut node = Node { dir, config, port: 0, child: None, log: Arc::new(Mutex::new(String::new())) };
+        let mut node = Node { dir, config, port: 0, http_port: None, child: None, log: Arc::new(Mutex::new(String::new())) };
         for ae in &opts.register {
             let out = node.cli(&["ae", "add", ae]);
             assert!(out.status.success(), "ae add {ae}: {}", String::from_utf8_lossy(&out.stderr));
@@ -148,6 +156,8 @@ impl Node {
             .args(["--config", self.config.to_str().unwrap(), "serve"])
             // The port comes from the environment layer: proves TRIAGE__SECTION__KEY overrides.
             .env("TRIAGE__DICOM__PORT", "0")
+            .env("TRIAGE__HTTP__PORT", "0")
+            .env("TRIAGE_HTTP_TOKENS", TEST_TOKENS)
             .envs(test_keys())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -164,14 +174,25 @@ impl Node {
                     l.push('\n');
                 }
                 if let Some(port) = listening_port(&line) {
-                    let _ = tx.send(port);
+                    let _ = tx.send((false, port));
+                }
+                if let Some(port) = port_after(&line, "http_port=") {
+                    let _ = tx.send((true, port));
                 }
             }
         });
         self.child = Some(child);
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(port) => self.port = port,
-            Err(_) => panic!("node did not log `listening port=`; log:\n{}", self.log()),
+        self.http_port = None;
+        // The HTTP API binds before the DICOM listener logs its port.
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok((true, port)) => self.http_port = Some(port),
+                Ok((false, port)) => {
+                    self.port = port;
+                    break;
+                }
+                Err(_) => panic!("node did not log `listening port=`; log:\n{}", self.log()),
+            }
         }
     }
 
@@ -282,6 +303,17 @@ impl Drop for Node {
         self.kill9();
     }
 }
+
+fn port_after(line: &str, key: &str) -> Option<u16> {
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
+/// The test tokens every node accepts (TRIAGE_HTTP_TOKENS): two readers and an admin.
+pub const READER_TOKEN: &str = "reader-token-0123456789abcdef";
+pub const READER2_TOKEN: &str = "reader2-token-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0";
+pub const TEST_TOKENS: &str = "dr.grey:reader:reader-token-0123456789abcdef,dr.house:reader:reader2-token-0123456789abcdef,it-admin:admin:admin-token-0123456789abcdef0";
 
 pub fn listening_port(line: &str) -> Option<u16> {
     let rest = &line[line.find("listening port=")? + "listening port=".len()..];

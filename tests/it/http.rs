@@ -1,0 +1,344 @@
+//! The HTTP API against a running node: real studies pushed by DCMTK and pynetdicom, triaged by
+//! the demo model (CR) and the tiny test model (CT, whose broken pixels fail), the MR no model
+//! takes. Then: no token, no data; reader and admin roles; the worklist's order, filters and
+//! cursor pages; patients named from the sealed map; the study view and heatmap PNGs; the
+//! reading state with its conflicts and audit entries; AE administration with a C-ECHO to a
+//! real DCMTK peer; /healthz, /readyz, /metrics; every documented route served; no patient
+//! data or token in the log.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, Response};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::common::*;
+
+struct Api {
+    base: String,
+    client: Client,
+}
+
+impl Api {
+    fn new(node: &Node) -> Api {
+        Api { base: format!("http://127.0.0.1:{}", node.http_port.expect("the HTTP API is enabled by default")), client: Client::new() }
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut rq = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        rq.send().unwrap()
+    }
+
+    fn send(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Response {
+        let mut rq = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        rq.send().unwrap()
+    }
+
+    fn json(&self, path: &str, token: &str) -> Value {
+        let rsp = self.get(path, Some(token));
+        assert_eq!(rsp.status(), StatusCode::OK, "{path}");
+        rsp.json().unwrap()
+    }
+}
+
+/// A real JPEG 2000 CT whose codestream header is overwritten: stored, but its pixels fail.
+fn broken_ct(dir: &Path) -> PathBuf {
+    let broken = dir.join("broken_j2k.dcm");
+    let mut bytes = std::fs::read(testdata().unwrap().join("ts/ct_j2k_lossless.dcm")).unwrap();
+    let soc = bytes.windows(4).position(|w| w == [0xFF, 0x4F, 0xFF, 0x51]).expect("a J2K codestream");
+    bytes[soc + 4..soc + 44].fill(0xEE);
+    std::fs::write(&broken, bytes).unwrap();
+    broken
+}
+
+fn text(file: &Path, tag: dicom_core::Tag) -> String {
+    let obj = dicom_object::open_file(file).unwrap();
+    obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// A node with the demo model and the tiny CT model, fed a mix of studies, all triaged.
+pub fn triaged_node() -> Option<(Node, Vec<PathBuf>, tempfile::TempDir)> {
+    if !peers_ready() {
+        return None;
+    }
+    let (_, cases) = demo_cases()?;
+    let work = tempfile::tempdir().unwrap();
+    let models = work.path().join("models");
+    let demo = models.join("demo-nodule");
+    std::fs::create_dir_all(&demo).unwrap();
+    for f in ["model.toml", "model.pt"] {
+        std::fs::copy(repo().join("models/demo-nodule").join(f), demo.join(f)).unwrap();
+    }
+    let package = tiny_package(&models, &TINY.replace("MODALITY", "CT"));
+    let node = Node::start(NodeOptions { inference: vec![package], ..Default::default() });
+    let crs: Vec<PathBuf> = cases.into_iter().take(8).map(|(f, _)| f).collect();
+    let mr = testdata().unwrap().join("classes/mr.dcm");
+    let mut dcmtk = crs.clone();
+    dcmtk.push(mr.clone());
+    assert!(node.storescu(&dcmtk).status.success(), "{}", node.log());
+    let ct = broken_ct(work.path());
+    let lines = node.pynetdicom_store(std::slice::from_ref(&ct));
+    assert!(lines.iter().any(|l| l.contains("0x0000")), "{lines:?}");
+    let mut sent = dcmtk;
+    sent.push(ct);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let uids: Vec<String> = sent.iter().map(|f| deid_uid(&study_uid_of(f))).collect();
+    wait_results(&rt, &db, &uids, Duration::from_secs(120), &node);
+    Some((node, sent, work))
+}
+
+fn rank(p: &str) -> usize {
+    ["URGENT", "POSITIVE", "FAILED", "NEGATIVE", "NOT_APPLICABLE"].iter().position(|x| *x == p).unwrap_or_else(|| panic!("priority {p}"))
+}
+
+/// Every item of the worklist, page by page with the cursor.
+fn all_pages(api: &Api, query: &str, limit: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/worklist?{query}&limit={limit}&cursor={c}"),
+            None => format!("/api/worklist?{query}&limit={limit}"),
+        };
+        let page = api.json(&path, READER_TOKEN);
+        let got = page["items"].as_array().unwrap();
+        assert!(got.len() <= limit);
+        items.extend(got.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return items,
+        }
+        assert!(items.len() < 1000, "the cursor ends");
+    }
+}
+
+#[test]
+fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_reading() {
+    let Some((node, sent, _work)) = triaged_node() else { return };
+    let api = Api::new(&node);
+
+    // No token, a wrong token: 401 with a reason and the Bearer challenge; no data.
+    for token in [None, Some("not-a-token-0123456789abcdef")] {
+        let rsp = api.get("/api/worklist", token);
+        assert_eq!(rsp.status(), StatusCode::UNAUTHORIZED);
+        assert!(rsp.headers().get("www-authenticate").is_some());
+        let body: Value = rsp.json().unwrap();
+        assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+    }
+    // A reader may not administer AEs.
+    assert_eq!(api.get("/api/aes", Some(READER_TOKEN)).status(), StatusCode::FORBIDDEN);
+    assert_eq!(api.json("/api/me", READER_TOKEN)["role"], "reader");
+
+    // The whole list, in reading order, each row named from the sealed map.
+    let page = api.json("/api/worklist?limit=500", READER_TOKEN);
+    let items = page["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), sent.len(), "{page}");
+    assert!(page["next_cursor"].is_null());
+    let mut previous: Option<(usize, f64)> = None;
+    for item in &items {
+        let p = item["priority"].as_str().unwrap();
+        let score = item["score"].as_f64().unwrap_or(-1.0);
+        if let Some((r, s)) = previous {
+            assert!(r <= rank(p), "priority order: {items:#?}");
+            if r == rank(p) && r <= 1 {
+                assert!(s >= score, "higher scores first");
+            }
+        }
+        previous = Some((rank(p), score));
+        assert_eq!(item["reading"]["state"], "unread");
+    }
+    let priorities: Vec<&str> = items.iter().map(|i| i["priority"].as_str().unwrap()).collect();
+    assert!(priorities.contains(&"URGENT") || priorities.contains(&"POSITIVE"), "{priorities:?}");
+    assert!(priorities.contains(&"NEGATIVE"), "{priorities:?}");
+    assert_eq!(*priorities.last().unwrap(), "NOT_APPLICABLE", "the MR no model takes comes last");
+    let failed: Vec<&Value> = items.iter().filter(|i| i["priority"] == "FAILED").collect();
+    assert_eq!(failed.len(), 1, "the broken CT: {items:#?}");
+    assert!(failed[0]["reasons"][0].as_str().unwrap().contains("could not be processed"), "{}", failed[0]);
+    for f in &sent {
+        let name = text(f, dicom_dictionary_std::tags::PATIENT_NAME);
+        let id = text(f, dicom_dictionary_std::tags::PATIENT_ID);
+        let item = items.iter().find(|i| i["patient"]["id"] == id.as_str()).unwrap_or_else(|| panic!("a row names patient {id}: {items:#?}"));
+        assert_eq!(item["patient"]["name"], name.as_str());
+        let accession = text(f, dicom_dictionary_std::tags::ACCESSION_NUMBER);
+        if !accession.is_empty() {
+            assert_eq!(item["patient"]["accession"], accession.as_str());
+        }
+    }
+
+    // Cursor pages of 3 give the same rows in the same order.
+    let paged = all_pages(&api, "sort=priority", 3);
+    let ids = |v: &[Value]| v.iter().map(|i| i["study_id"].as_i64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(ids(&paged), ids(&items));
+    // By arrival, newest first, paged too.
+    let newest = all_pages(&api, "sort=newest", 4);
+    let times: Vec<i64> = newest.iter().map(|i| i["received_at_ms"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    assert_eq!(newest.len(), items.len());
+
+    // Filters.
+    let urgent_or_positive = all_pages(&api, "priority=URGENT,POSITIVE", 50);
+    assert!(!urgent_or_positive.is_empty() && urgent_or_positive.iter().all(|i| rank(i["priority"].as_str().unwrap()) <= 1));
+    assert_eq!(urgent_or_positive.len(), priorities.iter().filter(|p| rank(p) <= 1).count());
+    let mr = all_pages(&api, "modality=mr", 50);
+    assert_eq!(mr.len(), 1);
+    assert_eq!(mr[0]["priority"], "NOT_APPLICABLE");
+    let nodules = all_pages(&api, "finding=nodule&model=demo-nodule", 50);
+    assert!(nodules.iter().all(|i| i["findings"].as_array().unwrap().iter().any(|f| f["label"] == "nodule" && f["positive"] == true)));
+    assert_eq!(nodules.len(), urgent_or_positive.len());
+    assert!(all_pages(&api, "since=2999-01-01T00:00:00Z", 50).is_empty());
+    assert_eq!(all_pages(&api, "until=2999-01-01T00:00:00Z", 50).len(), items.len());
+    for (bad, why) in [
+        ("priority=STAT", "unknown priority"),
+        ("state=done", "state must be"),
+        ("sort=name", "sort must be"),
+        ("limit=0", "limit must be"),
+        ("limit=501", "limit must be"),
+        ("cursor=abc", "cursor"),
+        ("since=yesterday", "RFC 3339"),
+        ("colour=red", "unknown field"),
+    ] {
+        let rsp = api.get(&format!("/api/worklist?{bad}"), Some(READER_TOKEN));
+        assert_eq!(rsp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = rsp.json().unwrap();
+        assert!(body["error"].as_str().unwrap().contains(why), "{bad}: {body}");
+    }
+
+    // One study: its findings, heatmaps as PNG (thumbnail and full), demonstration said.
+    let top = &items[0];
+    let id = top["study_id"].as_i64().unwrap();
+    let study = api.json(&format!("/api/studies/{id}"), READER_TOKEN);
+    assert_eq!(study["priority"], top["priority"]);
+    assert_eq!(study["patient"], top["patient"]);
+    let demo = study["results"].as_array().unwrap().iter().find(|r| r["model"] == "demo-nodule").expect("the demo model's result");
+    assert_eq!(demo["demonstration"], true);
+    let heatmap = demo["findings"].as_array().unwrap().iter().find_map(|f| f["heatmap"].as_str()).expect("a positive finding has a heatmap").to_string();
+    let png_size = |bytes: &[u8]| -> (u32, u32) {
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()))
+    };
+    let thumb = api.get(&format!("{heatmap}?size=thumbnail"), Some(READER_TOKEN));
+    assert_eq!(thumb.status(), StatusCode::OK);
+    assert_eq!(thumb.headers()["content-type"], "image/png");
+    let (w, h) = png_size(&thumb.bytes().unwrap());
+    assert!(w.max(h) <= 256 + 160 && w > 32 && h > 32, "thumbnail {w}x{h}");
+    let full = api.get(&heatmap, Some(READER_TOKEN)).bytes().unwrap();
+    let (fw, fh) = png_size(&full);
+    assert!(fw > w && fh > h, "full {fw}x{fh} vs thumbnail {w}x{h}");
+    assert_eq!(api.get(&format!("/api/studies/{id}/heatmaps/99"), Some(READER_TOKEN)).status(), StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&format!("{heatmap}?size=huge"), Some(READER_TOKEN)).status(), StatusCode::BAD_REQUEST);
+    assert_eq!(api.get("/api/studies/0", Some(READER_TOKEN)).status(), StatusCode::BAD_REQUEST);
+    assert_eq!(api.get("/api/studies/999999", Some(READER_TOKEN)).status(), StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&heatmap, None).status(), StatusCode::UNAUTHORIZED);
+
+    // Reading: dr.grey claims, dr.house conflicts (409), dr.grey marks read.
+    let post = |path: &str, token: &str| api.send(reqwest::Method::POST, path, token, None);
+    let claimed: Value = post(&format!("/api/studies/{id}/claim"), READER_TOKEN).json().unwrap();
+    assert_eq!((claimed["state"].as_str(), claimed["reader"].as_str()), (Some("claimed"), Some("dr.grey")));
+    assert_eq!(post(&format!("/api/studies/{id}/claim"), READER_TOKEN).status(), StatusCode::OK, "claiming one's own claim again");
+    for action in ["claim", "read", "release"] {
+        let rsp = post(&format!("/api/studies/{id}/{action}"), READER2_TOKEN);
+        assert_eq!(rsp.status(), StatusCode::CONFLICT, "{action}");
+        let body: Value = rsp.json().unwrap();
+        assert!(body["error"].as_str().unwrap().contains("dr.grey"), "{body}");
+    }
+    let read: Value = post(&format!("/api/studies/{id}/read"), READER_TOKEN).json().unwrap();
+    assert_eq!(read["state"], "read");
+    assert_eq!(all_pages(&api, "state=read", 50).len(), 1);
+    assert_eq!(post("/api/studies/999999/claim", READER_TOKEN).status(), StatusCode::NOT_FOUND);
+    // Another reader may take it once it is read (re-reading a study is allowed).
+    assert_eq!(post(&format!("/api/studies/{id}/claim"), READER2_TOKEN).status(), StatusCode::OK);
+    assert_eq!(post(&format!("/api/studies/{id}/release"), READER2_TOKEN).status(), StatusCode::OK);
+
+    // AE administration: admin only, audited; a C-ECHO of a real DCMTK peer.
+    let echo_port = free_port();
+    let mut scp = std::process::Command::new("storescp").args(["-aet", "RIS_TEST", &echo_port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let admin = |m: reqwest::Method, path: &str, body: Option<Value>| api.send(m, path, ADMIN_TOKEN, body);
+    let add = admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port })));
+    assert_eq!(add.status(), StatusCode::CREATED);
+    assert_eq!(admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port }))).status(), StatusCode::CONFLICT);
+    let bad = admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "WAY_TOO_LONG_AE_TITLE", "role": "pacs", "host": "h", "port": 1 })));
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let bad = admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "NOADDR", "role": "pacs" })));
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST, "a pacs needs host and port");
+    assert_eq!(api.send(reqwest::Method::POST, "/api/aes", READER_TOKEN, Some(serde_json::json!({ "ae_title": "X", "role": "modality" }))).status(), StatusCode::FORBIDDEN);
+    let echo: Value = admin(reqwest::Method::POST, "/api/aes/RIS_TEST/echo", None).json().unwrap();
+    assert_eq!(echo["success"], true, "{echo}");
+    let disabled: Value = admin(reqwest::Method::POST, "/api/aes/RIS_TEST/disable", None).json().unwrap();
+    assert_eq!(disabled["enabled"], false);
+    let edited: Value = admin(reqwest::Method::PUT, "/api/aes/RIS_TEST", Some(serde_json::json!({ "role": "pacs", "host": "127.0.0.1", "port": free_port(), "enabled": true }))).json().unwrap();
+    assert_eq!(edited["enabled"], true);
+    let echo: Value = admin(reqwest::Method::POST, "/api/aes/RIS_TEST/echo", None).json().unwrap();
+    assert_eq!(echo["success"], false, "nothing listens on the edited port: {echo}");
+    assert!(echo["error"].as_str().is_some());
+    let list: Value = admin(reqwest::Method::GET, "/api/aes", None).json().unwrap();
+    assert!(list.as_array().unwrap().iter().any(|a| a["ae_title"] == "RIS_TEST"));
+    assert_eq!(admin(reqwest::Method::DELETE, "/api/aes/RIS_TEST", None).status(), StatusCode::NO_CONTENT);
+    assert_eq!(admin(reqwest::Method::DELETE, "/api/aes/RIS_TEST", None).status(), StatusCode::NOT_FOUND);
+    let _ = scp.kill();
+    let _ = scp.wait();
+
+    // Operations endpoints: no token needed, no patient data.
+    assert_eq!(api.get("/healthz", None).status(), StatusCode::OK);
+    let ready: Value = api.get("/readyz", None).json().unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["models"], 2);
+    let metrics = api.get("/metrics", None).text().unwrap();
+    for name in [
+        "triage_associations_open",
+        "triage_associations_accepted_total",
+        "triage_instances_received_total",
+        "triage_bytes_received_total",
+        "triage_cstore_responses_total{status=\"0x0000\"}",
+        "triage_inference_seconds_bucket",
+        "triage_inference_batch_size_bucket",
+        "triage_instances_awaiting_inference",
+        "triage_jobs{kind=\"study_ready\",state=\"done\"}",
+        "triage_worklist_studies{priority=\"NOT_APPLICABLE\",reading=\"unread\"}",
+        "triage_worker_state{worker=\"outbox\",state=\"error\"} 0",
+        "triage_http_requests_total",
+        "triage_models_loaded 2",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    let served: Value = api.get("/api/openapi.json", None).json().unwrap();
+    assert_eq!(served, serde_json::from_str::<Value>(include_str!("../../src/http/openapi.json")).unwrap());
+
+    // Every documented route is served (not the fallback), with the admin's token.
+    for (method, path) in triage_node::http::ROUTES {
+        let path = path.replace("{id}", &id.to_string()).replace("{n}", "0").replace("{title}", "NOPE");
+        let rsp = api.send(method.to_uppercase().parse().unwrap(), &path, ADMIN_TOKEN, (*method == "post" || *method == "put").then(|| serde_json::json!({ "role": "pacs" })));
+        let status = rsp.status();
+        let body = rsp.text().unwrap_or_default();
+        assert!(!body.contains("no such route"), "{method} {path}: {status} {body}");
+    }
+    assert!(api.get("/api/nothing", Some(READER_TOKEN)).text().unwrap().contains("no such route"));
+
+    // The audit trail has the reading changes and the views, with no patient data.
+    let audit = node.cli(&["audit", "list"]);
+    let audit = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(audit.contains("reading") && audit.contains("dr.house") && audit.contains(&format!("study:{id}")), "{audit}");
+    assert!(audit.contains("worklist_view") && audit.contains("ae_echo"), "{audit}");
+    let log = node.log();
+    assert!(log.contains("http request") && log.contains("route=/api/studies/{id}/claim"), "access log with route templates");
+    for f in &sent {
+        for tag in [dicom_dictionary_std::tags::PATIENT_NAME, dicom_dictionary_std::tags::PATIENT_ID, dicom_dictionary_std::tags::ACCESSION_NUMBER] {
+            let v = text(f, tag);
+            if v.len() > 3 {
+                assert!(!audit.contains(&v), "audit names {v}");
+                assert!(!log.contains(&v), "log names {v}");
+            }
+        }
+    }
+    for token in [READER_TOKEN, READER2_TOKEN, ADMIN_TOKEN] {
+        assert!(!log.contains(token), "a token in the log");
+    }
+}
