@@ -4,7 +4,9 @@
 #     SR validator (libpixelmed-java, with a Java runtime), Orthanc (a
 #     real PACS the result tests start on loopback with their own config), cmake and g++ (to
 #     build CharLS, the JPEG-LS decoder)
-#   - a Python venv in .venv with pinned pydicom, pynetdicom, pydicom-data (real DICOM files) and
+#   - Chromium and chromedriver (the worklist page's browser test)
+#   - a Python venv in .venv with pinned pydicom, pynetdicom, pydicom-data (real DICOM files), hl7
+#     (a real MLLP receiver for the RIS test) and
 #     torch (its libtorch is what the node links through tch 0.26: PyTorch 2.13.0 exactly)
 #   - the test corpus in .testdata/: real CT and chest CR files in every transfer syntax we accept
 set -euo pipefail
@@ -21,6 +23,9 @@ command -v g++ >/dev/null || need_apt+=(g++)
 [ -f /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)
 command -v java >/dev/null || need_apt+=(default-jre-headless)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# The worklist page's browser test drives headless Chromium through chromedriver (WebDriver).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -31,8 +36,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0
-         highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1)
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom' 2>/dev/null; then
+         highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1 hl7==0.4.5)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7' 2>/dev/null; then
   echo "setup: creating .venv (${PY_PINS[*]})"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"

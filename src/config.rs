@@ -40,7 +40,44 @@ pub struct Settings {
     pub results: ResultsSettings,
     pub query: QuerySettings,
     pub http: HttpSettings,
+    pub hl7: Hl7Settings,
     pub log: LogSettings,
+}
+
+/// ORU^R01 to the RIS over MLLP, through the outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7Settings {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub receiving_application: String,
+    pub receiving_facility: String,
+    pub priority_field: String,
+    pub urgent: String,
+    pub positive: String,
+    pub negative: String,
+    pub failed: String,
+}
+
+impl Hl7Settings {
+    pub fn mapping(&self) -> crate::hl7::Mapping {
+        crate::hl7::Mapping {
+            sending_application: self.sending_application.clone(),
+            sending_facility: self.sending_facility.clone(),
+            receiving_application: self.receiving_application.clone(),
+            receiving_facility: self.receiving_facility.clone(),
+            priority_field: self.priority_field.clone(),
+            urgent: self.urgent.clone(),
+            positive: self.positive.clone(),
+            negative: self.negative.clone(),
+            failed: self.failed.clone(),
+        }
+    }
 }
 
 /// The HTTP API, the worklist page and the metrics. Tokens are never settings: they come from
@@ -330,6 +367,15 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid { key: "inference.device", reason: e.to_string() })?;
         if self.http.enabled && self.http.bind.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid("http.bind", "must be an IP address (0.0.0.0 for every interface)"));
+        }
+        if self.hl7.enabled {
+            if self.hl7.host.trim().is_empty() || self.hl7.port == 0 {
+                return Err(invalid("hl7.host/port", "name the RIS or interface engine's MLLP listener when hl7.enabled"));
+            }
+            if self.hl7.timeout.is_zero() {
+                return Err(invalid("hl7.timeout", "must be above zero"));
+            }
+            self.hl7.mapping().validate().map_err(|reason| ConfigError::Invalid { key: "hl7", reason })?;
         }
         if self.http.refresh < Duration::from_secs(2) {
             return Err(invalid("http.refresh", "must be at least 2s"));

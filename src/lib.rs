@@ -10,6 +10,7 @@ pub mod deid;
 pub mod delivery;
 pub mod dicom;
 pub mod domain;
+pub mod hl7;
 pub mod http;
 pub mod inference;
 pub mod ingest;

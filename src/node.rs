@@ -78,6 +78,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         station: ae_title.to_string(),
         node: settings.node_id(),
         wake: wake_outbox.clone(),
+        hl7: settings.hl7.enabled,
     };
     match publisher.remove_unqueued(&db).await {
         Ok(0) => {}
@@ -143,7 +144,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let associations = TaskTracker::new();
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period));
-    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox));
+    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox, Some(settings.hl7.clone())));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });

@@ -178,6 +178,15 @@ impl Db {
             .map_err(q("count instances awaiting inference"))
     }
 
+    /// The de-identified SOP Instance UID of a study's first stored instance.
+    pub async fn study_any_instance_uid(&self, study_id: i64) -> Result<Option<String>, DbError> {
+        sqlx::query_scalar("SELECT sop_instance_uid FROM instances WHERE study_id = $1 ORDER BY id LIMIT 1")
+            .bind(study_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("select a study's first instance"))
+    }
+
     /// The distinct modalities of a study's instances, sorted.
     pub async fn study_modalities(&self, study_id: i64) -> Result<Vec<String>, DbError> {
         let rows: Vec<Option<String>> = sqlx::query_scalar("SELECT DISTINCT modality FROM instances WHERE study_id = $1 ORDER BY modality")

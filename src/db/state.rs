@@ -87,6 +87,8 @@ text_enum!(
         Sr = "sr",
         /// A Secondary Capture heatmap.
         Sc = "sc",
+        /// An HL7 ORU^R01 for the RIS (`hl7::Report`, rendered at sending).
+        Hl7 = "hl7",
     }
 );
 

@@ -36,6 +36,8 @@ pub struct OutboxWorker {
     quiet_period: Duration,
     /// Rung when items are queued, so they go out at once instead of at the next poll.
     wake: std::sync::Arc<tokio::sync::Notify>,
+    /// The RIS's MLLP receiver, for HL7 items (None: `[hl7]` is off and they wait).
+    hl7: Option<crate::config::Hl7Settings>,
 }
 
 impl Worker for OutboxWorker {
@@ -117,8 +119,9 @@ impl OutboxWorker {
         keys: Keys,
         quiet_period: Duration,
         wake: std::sync::Arc<tokio::sync::Notify>,
+        hl7: Option<crate::config::Hl7Settings>,
     ) -> Self {
-        OutboxWorker { started: false, db, node, ours, data_dir, cfg, keys, quiet_period, wake }
+        OutboxWorker { started: false, db, node, ours, data_dir, cfg, keys, quiet_period, wake, hl7 }
     }
 
     /// Claim one destination's due items and attempt them; returns how many were attempted.
@@ -144,6 +147,13 @@ impl OutboxWorker {
 
     async fn attempt(&self, destination: &str, items: &[OutboxItem]) -> Vec<Verdict> {
         let all = |v: Verdict| vec![v; items.len()];
+        if items[0].kind == ObjectKind::Hl7 {
+            let mut verdicts = Vec::with_capacity(items.len());
+            for item in items {
+                verdicts.push(self.attempt_hl7(item).await);
+            }
+            return verdicts;
+        }
         let peer = match resolve(&self.db, destination, &self.ours, self.cfg.timeout).await {
             Ok(peer) => peer,
             Err(e @ (DeliveryError::UnknownAe(_) | DeliveryError::Disabled(_) | DeliveryError::NoAddress(_))) => return all(Verdict::Retry(e.to_string())),
@@ -220,6 +230,43 @@ impl OutboxWorker {
             warn!(%error, "release after delivery failed");
         }
         verdicts
+    }
+
+    /// Send one HL7 report: rendered now with the patient from the sealed map (audited), sent
+    /// over MLLP with its control ID, judged by the ACK.
+    async fn attempt_hl7(&self, item: &OutboxItem) -> Verdict {
+        let Some(cfg) = self.hl7.as_ref().filter(|c| c.enabled) else {
+            return Verdict::Retry("HL7 is not enabled ([hl7] enabled = false): the report waits".into());
+        };
+        let path = self.data_dir.join(&item.path);
+        let report: crate::hl7::Report = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(r) => r,
+            Err(why) => return Verdict::Dead(format!("reading the HL7 report {}: {why}", item.path)),
+        };
+        let purpose = format!("deliver HL7 result to {}:{}", cfg.host, cfg.port);
+        let originals = match crate::deid::reidentify(&self.db, &self.keys, &report.instance_uid, &purpose).await {
+            Ok(o) => o,
+            Err(e @ crate::deid::MapError::Db(_)) => return Verdict::Retry(e.to_string()),
+            Err(e) => return Verdict::Dead(e.to_string()),
+        };
+        let who = crate::hl7::Identity {
+            patient_id: originals.patient_id.clone(),
+            issuer_of_patient_id: originals.issuer_of_patient_id.clone(),
+            patient_name: originals.patient_name.clone(),
+            birth_date: originals.patient_birth_date.clone(),
+            sex: originals.patient_sex.clone(),
+            accession_number: originals.accession_number.clone(),
+            study_instance_uid: originals.study_instance_uid.clone(),
+            study_date: originals.study_date.clone(),
+            study_time: originals.study_time.clone(),
+        };
+        let message = zeroize::Zeroizing::new(crate::hl7::oru_r01(&report, &who, &cfg.mapping()));
+        match crate::hl7::send(&cfg.host, cfg.port, &message, &report.control_id, cfg.timeout).await {
+            Ok(crate::hl7::Ack::Accepted) => Verdict::Delivered,
+            Ok(crate::hl7::Ack::Error(why)) => Verdict::Retry(why),
+            Ok(crate::hl7::Ack::Rejected(why)) => Verdict::Dead(why),
+            Err(e) => Verdict::Retry(e.to_string()),
+        }
     }
 
     /// Ask the destination to commit to `delivered` (outbox id, SOP Class, SOP Instance) on the

@@ -53,7 +53,12 @@ pub struct Built {
     pub path: String,
     /// `Sr` or `Sc`.
     pub kind: ObjectKind,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
 }
+
+/// The outbox destination of HL7 reports: the receiver `[hl7]` names at sending.
+pub const HL7_DESTINATION: &str = "HL7";
 
 /// Builds and queues the result objects of this node.
 #[derive(Debug, Clone)]
@@ -66,11 +71,18 @@ pub struct Publisher {
     pub node: String,
     /// Wakes the outbox worker once objects are queued.
     pub wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Queue an HL7 report per triaged study (`[hl7] enabled`).
+    pub hl7: bool,
 }
 
 impl Publisher {
-    /// Whether anything is to be sent at all.
+    /// Whether anything is to be sent at all (objects to a PACS, reports to the RIS).
     pub fn enabled(&self) -> bool {
+        self.sends_objects() || self.hl7
+    }
+
+    /// Whether result objects go to a PACS.
+    pub fn sends_objects(&self) -> bool {
         !self.settings.destinations.is_empty()
     }
 
@@ -199,7 +211,7 @@ impl Publisher {
                             station: self.station.clone(),
                         };
                         let obj = sc::build(&capture, &rgb, &key_header);
-                        built.push(Built { path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?, kind: ObjectKind::Sc });
+                        built.push(Built { path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?, kind: ObjectKind::Sc, sop_instance_uid: sc_uid.clone(), series_instance_uid: sc_series.clone() });
                         heatmap_ref = Some(sr::ImageRef {
                             sop_class_uid: uids::SECONDARY_CAPTURE_IMAGE_STORAGE.into(),
                             sop_instance_uid: sc_uid,
@@ -242,7 +254,7 @@ impl Publisher {
             findings,
             evidence,
             device_uid: uid(root, &["device", &self.station, &result.model, &result.model_version]),
-            series_uid: sr_series,
+            series_uid: sr_series.clone(),
             series_number: self.settings.series_number,
             sop_instance_uid: sr_uid.clone(),
             created_ms,
@@ -255,7 +267,7 @@ impl Publisher {
             let study = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_default();
             dataset::put_seq(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, sr::evidence(&study, &[&previous]));
         }
-        built.push(Built { path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?, kind: ObjectKind::Sr });
+        built.push(Built { path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?, kind: ObjectKind::Sr, sop_instance_uid: sr_uid.clone(), series_instance_uid: sr_series.clone() });
         Ok(built)
     }
 
@@ -278,7 +290,22 @@ impl Publisher {
     /// Write `obj` as `outbox/results/<uid>.dcm`, durably (file and folder synced).
     fn write(&self, obj: &InMemDicomObject, sop_class: &str, sop_uid: &str) -> Result<String, ResultsError> {
         let bytes = dataset::part10(obj, sop_class, sop_uid).map_err(ResultsError::Encode)?;
-        let relative = format!("outbox/results/{sop_uid}.dcm");
+        self.write_durably(&format!("outbox/results/{sop_uid}.dcm"), &bytes)
+    }
+
+    /// The HL7 report of a study for the RIS, written durably as JSON (de-identified: it is
+    /// rendered with the patient's identifiers only when sent), and its outbox row.
+    pub fn hl7_item(&self, study_id: i64, report: &crate::hl7::Report) -> Result<NewOutboxItem, ResultsError> {
+        let json = serde_json::to_vec_pretty(report).map_err(|e| ResultsError::Encode(e.to_string()))?;
+        let path = self.write_durably(&format!("outbox/hl7/{}.json", report.control_id), &json)?;
+        Ok(NewOutboxItem { path, destination: HL7_DESTINATION.into(), kind: ObjectKind::Hl7, study_id: Some(study_id), reidentify: true })
+    }
+
+    /// Write `bytes` to `relative` under the data directory: staged, synced, renamed, the
+    /// folder synced.
+    fn write_durably(&self, relative: &str, bytes: &[u8]) -> Result<String, ResultsError> {
+        let name = relative.rsplit('/').next().unwrap_or(relative).to_string();
+        let relative = relative.to_string();
         let target = self.data_dir.join(&relative);
         let dir = target.parent().expect("has a parent").to_path_buf();
         let err = |path: &Path| {
@@ -286,9 +313,9 @@ impl Publisher {
             move |source| ResultsError::Write { path, source }
         };
         std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-        let staging = dir.join(format!(".{sop_uid}.part"));
+        let staging = dir.join(format!(".{name}.part"));
         let mut f = std::fs::File::create(&staging).map_err(err(&staging))?;
-        std::io::Write::write_all(&mut f, &bytes).map_err(err(&staging))?;
+        std::io::Write::write_all(&mut f, bytes).map_err(err(&staging))?;
         f.sync_all().map_err(err(&staging))?;
         std::fs::rename(&staging, &target).map_err(err(&target))?;
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(err(&dir))?;
@@ -347,6 +374,15 @@ fn procedure(header: &InMemDicomObject) -> (Code, Code) {
         ("CR" | "DX", _) => (imaging, Code::new("363680008", "SCT", "Radiographic imaging procedure")),
         ("CT", _) => (Code::new("25045-6", "LN", "CT unspecified body region"), Code::new("77477000", "SCT", "Computerized axial tomography")),
         _ => (imaging.clone(), imaging),
+    }
+}
+
+/// A finding's code as the SR and the HL7 report give it: the manifest's, else the private
+/// scheme's.
+pub fn coded_finding(manifest: Option<&Manifest>, label: &str) -> dataset::Code {
+    match manifest.and_then(|m| m.outputs.labels.iter().position(|l| l == label).map(|i| (m, i))) {
+        Some((m, i)) => finding_code(m, i, label),
+        None => private_code(label),
     }
 }
 

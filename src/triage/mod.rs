@@ -61,6 +61,46 @@ struct Prepared {
 }
 
 impl Triage {
+    /// The HL7 report of a study's triage: its priority (and whether it lowers the one the
+    /// RIS was given), coded findings, the AI report's UIDs. De-identified: the patient is put
+    /// in at sending.
+    async fn hl7_report(&self, job: &ClaimedJob, e: &worklist::WorklistEntry, built: &[crate::results::Built]) -> Result<Option<crate::hl7::Report>, TriageError> {
+        let Some(instance_uid) = self.db.study_any_instance_uid(job.study_id).await? else { return Ok(None) };
+        let previous = self.db.worklist_row(job.study_id).await?;
+        let lowered_from = previous.as_ref().filter(|p| p.priority_rank < e.priority.rank()).map(|p| p.lowered_from.clone().unwrap_or(p.priority.clone()));
+        let sr = built.iter().find(|b| b.kind == crate::db::ObjectKind::Sr);
+        let findings = e
+            .findings
+            .iter()
+            .map(|f| {
+                let code = crate::results::coded_finding(self.engine.manifests().iter().find(|m| m.name == f.model), &f.label);
+                crate::hl7::ReportFinding {
+                    scheme: code.scheme,
+                    code: code.value,
+                    meaning: code.meaning,
+                    probability: f.probability,
+                    positive: f.positive,
+                    urgent: f.urgent,
+                    model: f.model.clone(),
+                    model_version: f.model_version.clone(),
+                }
+            })
+            .collect();
+        Ok(Some(crate::hl7::Report {
+            control_id: format!("TN{}S{}", job.id, job.study_id),
+            created_ms: now_ms(),
+            priority: e.priority.as_str().into(),
+            lowered_from,
+            correction: previous.is_some(),
+            findings,
+            reasons: e.reasons.clone(),
+            demonstration: e.demonstration,
+            sr_sop_instance_uid: sr.map(|b| b.sop_instance_uid.clone()),
+            sr_series_instance_uid: sr.map(|b| b.series_instance_uid.clone()),
+            instance_uid,
+        }))
+    }
+
     pub fn new(db: Db, engine: Engine, data_dir: PathBuf, tiers: Tiers, preprocess_threads: usize, publisher: Option<crate::results::Publisher>) -> Arc<Triage> {
         let publisher = publisher.filter(crate::results::Publisher::enabled);
         Arc::new(Triage { db, engine, data_dir, tiers, preprocess: Arc::new(Semaphore::new(preprocess_threads.max(1))), publisher })
@@ -203,12 +243,16 @@ impl Triage {
         // The result objects are written (and synced) before the transaction that saves the
         // results queues them: a crash in between leaves unqueued files, never a queued ghost.
         let mut outbox = Vec::new();
-        if let (Some(p), false) = (&self.publisher, conflicting) {
+        let mut all_built = Vec::new();
+        if let (Some(p), false) = (self.publisher.as_ref().filter(|p| p.sends_objects()), conflicting) {
             let failed_ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
             for r in &results {
                 let m = self.engine.manifests().iter().find(|m| m.name == r.model);
                 match p.build(&self.db, m, r, &failed_ids, job.id).await {
-                    Ok(built) => outbox.extend(p.outbox_rows(job.study_id, &built)),
+                    Ok(built) => {
+                        outbox.extend(p.outbox_rows(job.study_id, &built));
+                        all_built.extend(built);
+                    }
                     // A transient cause (the database) retries the job; anything else would fail
                     // the same way again, so the result is saved without its objects, loudly.
                     Err(crate::results::ResultsError::Db(e)) => return Err(e.into()),
@@ -222,7 +266,19 @@ impl Triage {
         }
         let node = self.publisher.as_ref().map_or("", |p| p.node.as_str());
         let modalities = self.db.study_modalities(job.study_id).await?;
-        let row = worklist::entries(&results).first().map(|e| e.to_row(modalities));
+        let entry = worklist::entries(&results).into_iter().next();
+        let row = entry.as_ref().map(|e| e.to_row(modalities));
+        if let (Some(p), Some(e), false) = (&self.publisher, &entry, conflicting) {
+            if p.hl7 && e.priority != worklist::StudyPriority::NotApplicable {
+                match self.hl7_report(&job, e, &all_built).await? {
+                    Some(report) => match p.hl7_item(job.study_id, &report) {
+                        Ok(item) => outbox.push(item),
+                        Err(error) => error!(%error, "the HL7 report could not be written: the RIS gets nothing for this study"),
+                    },
+                    None => warn!("no stored instance names the study's patient: no HL7 report"),
+                }
+            }
+        }
         if let Some(lowered) = self.db.save_study_results(job.id, job.study_id, &results, row.as_ref(), node, &outbox).await? {
             warn!(from = %lowered, to = row.as_ref().map_or("-", |r| r.priority.as_str()), "a new analysis lowered the study's priority; the worklist says so");
         }

@@ -10,6 +10,7 @@ mod db_engines;
 mod deid;
 mod durability;
 mod hostile;
+mod hl7;
 mod http;
 mod layering;
 mod outbox;

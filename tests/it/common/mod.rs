@@ -60,13 +60,15 @@ pub struct NodeOptions {
     pub database_url: Option<String>,
     /// [http] lines (the API listens on a free port with the test tokens unless told otherwise).
     pub http: Vec<String>,
+    /// Whole sections appended as they are (`[hl7]\nenabled = true`).
+    pub extra: Vec<String>,
     pub json_logs: bool,
     pub register: Vec<&'static str>,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], results: vec![], database_url: None, http: vec![], json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], results: vec![], database_url: None, http: vec![], extra: vec![], json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
     }
 }
 
@@ -134,6 +136,10 @@ impl Node {
         }
         if let Some(url) = &opts.database_url {
             toml.push_str(&format!("[database]\nurl = \"{url}\"\n"));
+        }
+        for section in &opts.extra {
+            toml.push_str(section);
+            toml.push('\n');
         }
         toml.push_str(&format!("[log]\nformat = \"{}\"\nlevel = \"debug,sqlx=warn\"\n", if opts.json_logs { "json" } else { "text" }));
         std::fs::write(&config, toml).unwrap();

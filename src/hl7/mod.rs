@@ -1,0 +1,433 @@
+//! HL7 v2.5.1 for the RIS: the ORU^R01 that carries a study's AI triage (`Report`, rendered by
+//! `oru_r01` with the patient as the RIS knows them) and MLLP, the framing it travels in
+//! (`send`: one message, one ACK, its MSA read). Pure but for `send`'s socket.
+//!
+//! A `Report` is what the node keeps on disk for the outbox: row ids and de-identified UIDs,
+//! findings and priority, never a patient's identifiers. The originals are put in only when
+//! the message is rendered for sending, in memory (`Identity`).
+//! Must not: know the database, DICOM files or the outbox's rules.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One finding as the RIS gets it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportFinding {
+    /// Coding scheme (SCT, or the private 99TRIAGE), code value and meaning.
+    pub scheme: String,
+    pub code: String,
+    pub meaning: String,
+    pub probability: f64,
+    pub positive: bool,
+    pub urgent: bool,
+    pub model: String,
+    pub model_version: String,
+}
+
+/// What an ORU^R01 says about one study, de-identified (kept in the outbox as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// MSH-10, the same on every attempt: the receiver knows a retry by it.
+    pub control_id: String,
+    /// When the result was made (MSH-7, OBR-22), milliseconds since the epoch.
+    pub created_ms: i64,
+    /// URGENT, POSITIVE, NEGATIVE or FAILED.
+    pub priority: String,
+    /// The priority an earlier message gave, when this one lowers it (sent as a correction).
+    pub lowered_from: Option<String>,
+    /// An earlier ORU for this study was queued: this one is a correction (OBR-25 C).
+    pub correction: bool,
+    pub findings: Vec<ReportFinding>,
+    /// Why the study could not be analysed (FAILED).
+    pub reasons: Vec<String>,
+    pub demonstration: bool,
+    /// The AI report's SOP Instance UID and its series (ours, the same as the delivered SR).
+    pub sr_sop_instance_uid: Option<String>,
+    pub sr_series_instance_uid: Option<String>,
+    /// A de-identified SOP Instance UID of the study: whose sealed record names the patient.
+    pub instance_uid: String,
+}
+
+/// The patient and the order as the RIS knows them, from the sealed map, in memory only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    pub patient_id: Option<String>,
+    pub issuer_of_patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub birth_date: Option<String>,
+    pub sex: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_instance_uid: String,
+    pub study_date: Option<String>,
+    pub study_time: Option<String>,
+}
+
+/// Where the priority goes and how it is spelled: the site's interface engine decides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Mapping {
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub receiving_application: String,
+    pub receiving_facility: String,
+    /// `TQ1-9` (v2.5.1's own), `OBR-27` (Quantity/Timing, component 6) or `OBR-5`.
+    pub priority_field: String,
+    /// The code sent for each priority (HL7 table 0485: S = STAT, A = ASAP, R = routine).
+    pub urgent: String,
+    pub positive: String,
+    pub negative: String,
+    pub failed: String,
+}
+
+impl Mapping {
+    pub fn validate(&self) -> Result<(), String> {
+        if !["TQ1-9", "OBR-27", "OBR-5"].contains(&self.priority_field.as_str()) {
+            return Err("priority_field must be TQ1-9, OBR-27 or OBR-5".into());
+        }
+        for (name, v) in [("urgent", &self.urgent), ("positive", &self.positive), ("negative", &self.negative), ("failed", &self.failed)] {
+            if v.is_empty() || v.len() > 16 || !v.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("priority code {name} must be 1-16 letters or digits"));
+            }
+        }
+        Ok(())
+    }
+
+    fn code(&self, priority: &str) -> &str {
+        match priority {
+            "URGENT" => &self.urgent,
+            "POSITIVE" => &self.positive,
+            "FAILED" => &self.failed,
+            _ => &self.negative,
+        }
+    }
+}
+
+/// HL7 table 0485 meaning of the codes it defines.
+fn priority_text(code: &str) -> &str {
+    match code {
+        "S" => "STAT",
+        "A" => "ASAP",
+        "R" => "Routine",
+        "P" => "Preop",
+        "C" => "Callback",
+        "T" => "Timing critical",
+        _ => "",
+    }
+}
+
+/// A value escaped for HL7 v2 (PS: the encoding characters `|^~\&` and line breaks).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\E\\"),
+            '|' => out.push_str("\\F\\"),
+            '^' => out.push_str("\\S\\"),
+            '~' => out.push_str("\\R\\"),
+            '&' => out.push_str("\\T\\"),
+            '\r' | '\n' => out.push_str("\\.br\\"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A DICOM PN (`Family^Given^Middle^Prefix^Suffix`, first component group) as an XPN: the same
+/// component order, each component escaped.
+fn xpn(pn: &str) -> String {
+    let alphabetic = pn.split('=').next().unwrap_or("");
+    alphabetic.split('^').map(escape).collect::<Vec<_>>().join("^").trim_end_matches('^').to_string()
+}
+
+/// `YYYYMMDDHHMMSS` (UTC, as `+0000`) of epoch milliseconds.
+pub fn hl7_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = crate::domain::civil_from_days(days);
+    format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}+0000", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The ORU^R01 of `report` for the patient `who`, segments separated by CR.
+pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
+    let opt = |v: &Option<String>| v.as_deref().map(escape).unwrap_or_default();
+    let when = hl7_time(report.created_ms);
+    let status = if report.correction { "C" } else { "P" };
+    let code = map.code(&report.priority);
+    let priority = format!("{code}^{}^HL70485", priority_text(code));
+    let accession = opt(&who.accession_number);
+    let mut segs: Vec<String> = Vec::new();
+    segs.push(format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{when}||ORU^R01^ORU_R01|{}|P|2.5.1|||AL|NE||UNICODE UTF-8",
+        escape(&map.sending_application),
+        escape(&map.sending_facility),
+        escape(&map.receiving_application),
+        escape(&map.receiving_facility),
+        escape(&report.control_id),
+    ));
+    let issuer = who.issuer_of_patient_id.as_deref().map(|i| format!("^^^{}", escape(i))).unwrap_or_default();
+    segs.push(format!(
+        "PID|1||{}{issuer}||{}||{}|{}",
+        opt(&who.patient_id),
+        who.patient_name.as_deref().map(xpn).unwrap_or_default(),
+        opt(&who.birth_date),
+        opt(&who.sex),
+    ));
+    // The order is the RIS's: its accession number is the filler order number.
+    segs.push(format!("ORC|RE||{accession}||CM"));
+    let observed = match (&who.study_date, &who.study_time) {
+        (Some(d), Some(t)) => format!("{}{}", escape(d), escape(t.split('.').next().unwrap_or(""))),
+        (Some(d), None) => escape(d),
+        _ => String::new(),
+    };
+    let mut obr: Vec<String> = vec![String::new(); 28];
+    obr[0] = "OBR".into();
+    obr[1] = "1".into();
+    obr[3] = accession.clone();
+    obr[4] = "AITRIAGE^AI triage of the imaging study^99TRIAGE".into();
+    obr[7] = observed;
+    obr[22] = when.clone();
+    obr[25] = status.into();
+    match map.priority_field.as_str() {
+        "OBR-5" => obr[5] = code.into(),
+        "OBR-27" => obr[27] = format!("^^^^^{code}"),
+        _ => {}
+    }
+    segs.push(obr.join("|").trim_end_matches('|').to_string());
+    if map.priority_field == "TQ1-9" {
+        segs.push(format!("TQ1|1||||||||{priority}"));
+    }
+    let mut n = 0;
+    let mut obx = |segs: &mut Vec<String>, fields: String| {
+        n += 1;
+        segs.push(format!("OBX|{n}|{fields}"));
+    };
+    obx(&mut segs, format!("CWE|PRIORITY^AI triage priority^99TRIAGE||{}^{}^99TRIAGE||||||{status}", escape(&report.priority), escape(&report.priority.to_lowercase())));
+    for f in &report.findings {
+        // The coded finding, its probability (unit 1), and the abnormal flag.
+        let flag = if f.urgent { "AA" } else if f.positive { "A" } else { "N" };
+        obx(
+            &mut segs,
+            format!(
+                "NM|{}^{}^{}||{:.4}|1^^UCUM||{flag}|||{status}|||{when}||{}^{}",
+                escape(&f.code),
+                escape(&f.meaning),
+                escape(&f.scheme),
+                f.probability,
+                escape(&f.model),
+                escape(&f.model_version),
+            ),
+        );
+    }
+    obx(&mut segs, format!("ST|STUDYUID^Study Instance UID^99TRIAGE||{}||||||{status}", escape(&who.study_instance_uid)));
+    if let Some(sr) = &report.sr_sop_instance_uid {
+        obx(&mut segs, format!("ST|SRUID^AI report SOP Instance UID^99TRIAGE||{}||||||{status}", escape(sr)));
+    }
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(from) = &report.lowered_from {
+        notes.push(format!("Priority lowered from {from} to {} by a new analysis of the study.", report.priority));
+    }
+    for r in &report.reasons {
+        notes.push(format!("Not analysed by AI: {r}. Read without AI."));
+    }
+    notes.push(if report.demonstration {
+        "Demonstration model, not clinically validated: not for patient care.".into()
+    } else {
+        "AI triage for prioritisation only; not a diagnosis.".into()
+    });
+    for (i, note) in notes.iter().enumerate() {
+        segs.push(format!("NTE|{}|L|{}", i + 1, escape(note)));
+    }
+    segs.join("\r") + "\r"
+}
+
+const START: u8 = 0x0B;
+const END: [u8; 2] = [0x1C, 0x0D];
+/// Largest ACK read.
+const MAX_ACK: usize = 64 * 1024;
+
+/// What the receiver answered (MSA-1). Its text (MSA-3, ERR) is not kept: a receiver's error
+/// text often quotes the message, names included, and it would land in the database and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// AA / CA: accepted.
+    Accepted,
+    /// AE / CE: an application error; may pass on a retry.
+    Error(String),
+    /// AR / CR: rejected; it will be rejected again.
+    Rejected(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MllpError {
+    #[error("connecting to the HL7 receiver {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("HL7 receiver {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("HL7 receiver {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("HL7 receiver {0} sent an unreadable ACK: {1}")]
+    BadAck(String, String),
+}
+
+/// Read the MSA of an ACK for `control_id`.
+pub fn parse_ack(ack: &str, control_id: &str) -> Result<Ack, String> {
+    let msa = ack.split(['\r', '\n']).find(|s| s.starts_with("MSA|")).ok_or("no MSA segment")?;
+    let fields: Vec<&str> = msa.split('|').collect();
+    let code = fields.get(1).copied().unwrap_or("");
+    let acked = fields.get(2).copied().unwrap_or("");
+    if acked != control_id {
+        return Err(format!("MSA-2 acknowledges another message ({} characters), not {control_id}", acked.len()));
+    }
+    let said = if fields.get(3).is_some_and(|t| !t.is_empty()) { " (its text withheld: it may name the patient)" } else { "" };
+    match code {
+        "AA" | "CA" => Ok(Ack::Accepted),
+        "AE" | "CE" => Ok(Ack::Error(format!("the receiver answered {code}, application error{said}"))),
+        "AR" | "CR" => Ok(Ack::Rejected(format!("the receiver answered {code}, rejected{said}"))),
+        other => Err(format!("MSA-1 {other:?} is not an acknowledgment code")),
+    }
+}
+
+/// Send one message over MLLP to `host:port` and read its ACK, each step within `timeout`.
+pub async fn send(host: &str, port: u16, message: &str, control_id: &str, timeout: Duration) -> Result<Ack, MllpError> {
+    let addr = format!("{host}:{port}");
+    let step = |what: std::io::Result<()>| what.map_err(|e| MllpError::Io(addr.clone(), e));
+    let mut stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| MllpError::Timeout(addr.clone(), timeout))?
+        .map_err(|e| MllpError::Connect(addr.clone(), e))?;
+    let _ = stream.set_nodelay(true);
+    let mut framed = Vec::with_capacity(message.len() + 3);
+    framed.push(START);
+    framed.extend_from_slice(message.as_bytes());
+    framed.extend_from_slice(&END);
+    tokio::time::timeout(timeout, stream.write_all(&framed)).await.map_err(|_| MllpError::Timeout(addr.clone(), timeout))?.map_err(|e| MllpError::Io(addr.clone(), e))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the ACK ended"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(2).any(|w| w == END) || buf.len() > MAX_ACK {
+                return Ok(());
+            }
+        }
+    };
+    step(tokio::time::timeout(timeout, read).await.map_err(|_| MllpError::Timeout(addr.clone(), timeout))?)?;
+    let _ = stream.shutdown().await;
+    let start = buf.iter().position(|&b| b == START).map_or(0, |i| i + 1);
+    let end = buf.windows(2).position(|w| w == END).ok_or_else(|| MllpError::BadAck(addr.clone(), "no MLLP end block".into()))?;
+    let ack = String::from_utf8_lossy(&buf[start..end.max(start)]).into_owned();
+    parse_ack(&ack, control_id).map_err(|why| MllpError::BadAck(addr.clone(), why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(field: &str) -> Mapping {
+        Mapping {
+            sending_application: "TRIAGE_NODE".into(),
+            sending_facility: "HOSP".into(),
+            receiving_application: "RIS".into(),
+            receiving_facility: "HOSP".into(),
+            priority_field: field.into(),
+            urgent: "S".into(),
+            positive: "A".into(),
+            negative: "R".into(),
+            failed: "R".into(),
+        }
+    }
+
+    fn report() -> Report {
+        Report {
+            control_id: "TN42S7".into(),
+            created_ms: 1_764_670_000_000,
+            priority: "URGENT".into(),
+            lowered_from: None,
+            correction: false,
+            findings: vec![ReportFinding { scheme: "SCT".into(), code: "27925004".into(), meaning: "Nodule".into(), probability: 0.93456, positive: true, urgent: true, model: "demo-nodule".into(), model_version: "1.0".into() }],
+            reasons: vec![],
+            demonstration: true,
+            sr_sop_instance_uid: Some("2.25.1".into()),
+            sr_series_instance_uid: Some("2.25.2".into()),
+            instance_uid: "2.25.3".into(),
+        }
+    }
+
+    fn who() -> Identity {
+        Identity {
+            patient_id: Some("MRN|1".into()),
+            issuer_of_patient_id: Some("HOSP".into()),
+            patient_name: Some("O'NEIL^MARY^ANN".into()),
+            birth_date: Some("19700101".into()),
+            sex: Some("F".into()),
+            accession_number: Some("ACC&1".into()),
+            study_instance_uid: "1.2.3".into(),
+            study_date: Some("20261202".into()),
+            study_time: Some("101500.123".into()),
+        }
+    }
+
+    fn field<'a>(msg: &'a str, seg: &str, n: usize) -> &'a str {
+        let s = msg.split('\r').find(|s| s.starts_with(&format!("{seg}|"))).unwrap_or_else(|| panic!("no {seg}"));
+        // MSH-1 is the field separator itself, so MSH fields are one off.
+        let n = if seg == "MSH" { n - 1 } else { n };
+        s.split('|').nth(n).unwrap_or("")
+    }
+
+    #[test]
+    fn an_urgent_study_is_stat_in_the_site_s_field_with_its_finding_coded() {
+        let m = oru_r01(&report(), &who(), &mapping("TQ1-9"));
+        assert!(m.ends_with('\r') && !m.contains('\n'));
+        assert_eq!(field(&m, "MSH", 9), "ORU^R01^ORU_R01");
+        assert_eq!(field(&m, "MSH", 10), "TN42S7");
+        assert_eq!(field(&m, "MSH", 12), "2.5.1");
+        assert_eq!(field(&m, "MSH", 7), "20251202100640+0000");
+        assert_eq!(field(&m, "PID", 3), "MRN\\F\\1^^^HOSP", "separators in values are escaped");
+        assert_eq!(field(&m, "PID", 5), "O'NEIL^MARY^ANN");
+        assert_eq!(field(&m, "OBR", 3), "ACC\\T\\1");
+        assert_eq!(field(&m, "OBR", 7), "20261202101500");
+        assert_eq!(field(&m, "OBR", 25), "P", "preliminary");
+        assert_eq!(field(&m, "TQ1", 9), "S^STAT^HL70485");
+        let obx: Vec<&str> = m.split('\r').filter(|s| s.starts_with("OBX|")).collect();
+        assert!(obx[1].starts_with("OBX|2|NM|27925004^Nodule^SCT||0.9346|1^^UCUM||AA|||P"), "{}", obx[1]);
+        assert!(obx.iter().any(|s| s.contains("STUDYUID") && s.contains("||1.2.3||")));
+        assert!(obx.iter().any(|s| s.contains("SRUID") && s.contains("||2.25.1||")));
+        assert!(m.contains("NTE|1|L|Demonstration model"));
+        for (f, seg, n, v) in [("OBR-27", "OBR", 27, "^^^^^S"), ("OBR-5", "OBR", 5, "S")] {
+            let m = oru_r01(&report(), &who(), &mapping(f));
+            assert_eq!(field(&m, seg, n), v, "{f}");
+            assert!(!m.contains("TQ1|"));
+        }
+    }
+
+    #[test]
+    fn a_lowered_priority_is_a_correction_that_says_so() {
+        let r = Report { priority: "NEGATIVE".into(), lowered_from: Some("URGENT".into()), correction: true, findings: vec![], ..report() };
+        let m = oru_r01(&r, &who(), &mapping("TQ1-9"));
+        assert_eq!(field(&m, "OBR", 25), "C");
+        assert_eq!(field(&m, "TQ1", 9), "R^Routine^HL70485");
+        assert!(m.contains("Priority lowered from URGENT to NEGATIVE"), "{m}");
+    }
+
+    #[test]
+    fn acks_are_read_by_their_msa_for_this_message_only() {
+        let ack = |code: &str, id: &str| format!("MSH|^~\\&|RIS||||20261202||ACK|1|P|2.5.1\rMSA|{code}|{id}|bad PID for DOE^JOHN\r");
+        assert_eq!(parse_ack(&ack("AA", "TN1"), "TN1"), Ok(Ack::Accepted));
+        assert_eq!(parse_ack(&ack("CA", "TN1"), "TN1"), Ok(Ack::Accepted));
+        assert!(matches!(parse_ack(&ack("AE", "TN1"), "TN1"), Ok(Ack::Error(_))));
+        assert!(matches!(parse_ack(&ack("AR", "TN1"), "TN1"), Ok(Ack::Rejected(_))));
+        let Ok(Ack::Rejected(why)) = parse_ack(&ack("AR", "TN1"), "TN1") else { unreachable!() };
+        assert!(!why.contains("DOE") && why.contains("withheld"), "{why}");
+        assert!(parse_ack(&ack("AA", "TN2"), "TN1").is_err(), "another message's ACK");
+        assert!(parse_ack("MSH|^~\\&|x\r", "TN1").is_err());
+        assert!(parse_ack(&ack("ZZ", "TN1"), "TN1").is_err());
+        assert_eq!(escape("a|b^c~d\\e&f\ng"), "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f\\.br\\g");
+        assert_eq!(hl7_time(0), "19700101000000+0000");
+    }
+}
