@@ -3,7 +3,7 @@
 
 
 use crate::common::*;
-use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, RegisteredAe, StudyResult};
+use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, Reading, ReadingAction, ReadingOutcome, RegisteredAe, StudyResult, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
 use triage_node::domain::AeTitle;
 
 fn instance(uid: &str, study: &str) -> NewInstance {
@@ -167,6 +167,52 @@ async fn suite(url: &str) {
     assert_eq!(db.outbox_paths_under("outbox/results/").await.unwrap().len(), 2);
     assert_eq!(db.study_last_received(job.study_id).await.unwrap(), Some(6_000));
     assert!(db.list_jobs().await.unwrap().iter().any(|j| j.id == job.id && j.state == "done"));
+
+    // The worklist row: saved with the results, read in reading order with cursors; a lowered
+    // priority is said; the reading state survives a re-analysis; claims conflict.
+    let row = |priority: &str, rank: i64, score: Option<f64>| WorklistRow {
+        study_id: job.study_id,
+        study_instance_uid: String::new(),
+        priority: priority.into(),
+        priority_rank: rank,
+        score,
+        received_at_ms: 6_000,
+        result_at_ms: 7_100,
+        modalities: vec!["CT".into()],
+        models: vec!["m".into()],
+        positive_labels: if rank <= 1 { vec!["pleural_effusion".into()] } else { vec![] },
+        demonstration: true,
+        findings_json: "[]".into(),
+        reasons_json: "[]".into(),
+        lowered_from: None,
+        reading: Reading::unread(),
+    };
+    assert_eq!(db.worklist_save(&row("URGENT", 0, Some(0.97))).await.unwrap(), None);
+    let f = WorklistFilter { finding: Some("pleural_effusion".into()), modality: Some("CT".into()), ..Default::default() };
+    assert_eq!(db.worklist_page(&f, WorklistSort::Priority, None, 10).await.unwrap().len(), 1);
+    let f = WorklistFilter { finding: Some("pleural%".into()), ..Default::default() };
+    assert!(db.worklist_page(&f, WorklistSort::Priority, None, 10).await.unwrap().is_empty(), "LIKE characters match themselves");
+    let f = WorklistFilter { modality: Some("C".into()), ..Default::default() };
+    assert!(db.worklist_page(&f, WorklistSort::Priority, None, 10).await.unwrap().is_empty(), "whole values only");
+    assert_eq!(db.worklist_reading(job.study_id, ReadingAction::Claim, "dr.a").await.unwrap(), ReadingOutcome::Done(db.worklist_row(job.study_id).await.unwrap().unwrap().reading));
+    assert!(matches!(db.worklist_reading(job.study_id, ReadingAction::Claim, "dr.b").await.unwrap(), ReadingOutcome::Conflict(_)));
+    assert!(matches!(db.worklist_reading(999_999, ReadingAction::Claim, "dr.b").await.unwrap(), ReadingOutcome::Missing));
+    // Re-analysed as negative: lowered from URGENT, said; the claim kept.
+    assert_eq!(db.worklist_save(&row("NEGATIVE", 3, None)).await.unwrap(), Some("URGENT".into()));
+    let saved = db.worklist_row(job.study_id).await.unwrap().unwrap();
+    assert_eq!((saved.priority.as_str(), saved.lowered_from.as_deref(), saved.reading.reader.as_deref()), ("NEGATIVE", Some("URGENT"), Some("dr.a")));
+    assert_eq!(db.worklist_save(&row("NEGATIVE", 3, None)).await.unwrap(), None, "not lowered again");
+    assert_eq!(db.worklist_row(job.study_id).await.unwrap().unwrap().lowered_from.as_deref(), Some("URGENT"), "still said");
+    assert_eq!(db.worklist_save(&row("POSITIVE", 1, Some(0.7))).await.unwrap(), None);
+    assert_eq!(db.worklist_row(job.study_id).await.unwrap().unwrap().lowered_from, None, "raised: nothing to say");
+    // A cursor after the only row gives an empty page, on both engines' row comparisons.
+    let page = db.worklist_page(&WorklistFilter::default(), WorklistSort::Priority, None, 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    for sort in [WorklistSort::Priority, WorklistSort::Newest, WorklistSort::Oldest] {
+        assert!(db.worklist_page(&WorklistFilter::default(), sort, Some(WorklistCursor::after(&page[0])), 10).await.unwrap().is_empty(), "{sort:?}");
+    }
+    let audit = db.audit_chain().await.unwrap().0;
+    assert!(audit.iter().any(|e| e.event == "reading" && e.subject == format!("study:{}", job.study_id) && e.details.contains("dr.a")));
     db.close().await;
 }
 
