@@ -5,6 +5,7 @@
 mod common;
 
 mod association_policy;
+mod browser;
 mod config_and_logs;
 mod db_engines;
 mod deid;
