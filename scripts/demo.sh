@@ -39,12 +39,25 @@ for _ in $(seq 100); do .venv/bin/python tests/peers/orthanc.py ready "$PACS_HTT
 echo "== local PACS: Orthanc, AE PACS on 127.0.0.1:$PACS_DICOM (REST on $PACS_HTTP)"
 export TRIAGE__RESULTS__DESTINATIONS=PACS TRIAGE__DELIVERY__STORAGE_COMMITMENT=true
 
+# The RIS: a real HL7 v2 MLLP receiver (PyPI hl7) that records each ORU^R01 it accepts.
+RIS_PORT=$(free_port)
+.venv/bin/python tests/peers/mllp_receiver.py --port "$RIS_PORT" --out "$DEMO/ris.jsonl" > "$DEMO/ris.log" 2>&1 &
+RIS=$!
+export TRIAGE__HL7__ENABLED=true TRIAGE__HL7__HOST=127.0.0.1 TRIAGE__HL7__PORT=$RIS_PORT TRIAGE__HL7__RECEIVING_APPLICATION=RIS
+echo "== RIS: HL7 MLLP receiver on 127.0.0.1:$RIS_PORT"
+# The worklist page and API: a reader's and an admin's token (demo only; a site uses
+# `triage-node token add`, which keeps only their hashes).
+HTTP_PORT=${HTTP_PORT:-$(free_port)}
+READER_TOKEN=demo-reader-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+ADMIN_TOKEN=demo-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export TRIAGE__HTTP__PORT=$HTTP_PORT TRIAGE_HTTP_TOKENS="radiologist:reader:$READER_TOKEN,radiology-it:admin:$ADMIN_TOKEN"
+
 "$BIN" ae add DEMO_CT --host 127.0.0.1
 "$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM"
 "$BIN" ae list
 "$BIN" serve 2> "$DEMO/node.log" &
 NODE=$!
-trap 'kill -TERM $NODE $PACS 2>/dev/null || true' EXIT
+trap 'kill -TERM $NODE $PACS $RIS 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q 'listening port=' "$DEMO/node.log" && break; sleep 0.1; done
 grep 'listening port=' "$DEMO/node.log"
 
@@ -77,6 +90,35 @@ QID=$(sed -n 's/.*"query": "\([^"]*\)".*/\1/p' "$DEMO/qr.json")
 .venv/bin/python tests/peers/orthanc.py retrieve "$PACS_HTTP" "$QID" | wc -l | xargs echo "instances the PACS holds after the C-MOVE:"
 echo "== the node's log of that: one audit entry per query and per retrieve"
 "$BIN" audit list | grep -E '"(query|retrieve)"|query|retrieve' | tail -4 || true
+API=http://127.0.0.1:$HTTP_PORT
+echo "== the worklist API (GET $API/api/worklist, reader token): urgent first, patients named for the signed-in reader"
+curl -sf -H "Authorization: Bearer $READER_TOKEN" "$API/api/worklist?limit=10" > "$DEMO/worklist.json"
+.venv/bin/python - "$DEMO/worklist.json" <<'PY'
+import json, sys
+for i in json.load(open(sys.argv[1]))["items"]:
+    p = i.get("patient") or {}
+    f = ", ".join("%s %.2f" % (x["label"], x["probability"]) for x in i["findings"] if x["positive"]) or "-"
+    print("%-15s study %-3s %-20s %-12s %s" % (i["priority"], i["study_id"], p.get("name"), p.get("accession"), f))
+PY
+echo "-- without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "$API/api/worklist")"
+echo "== readiness and a few Prometheus metrics"
+curl -s "$API/readyz"; echo
+curl -s "$API/metrics" | grep -E '^triage_(worklist_studies|instances_received_total|cstore_responses_total|end_to_end_seconds_count|outbox_items)' || true
+echo "== waiting for the RIS to accept an ORU^R01 per triaged chest study"
+for _ in $(seq 100); do [ "$(wc -l < "$DEMO/ris.jsonl" 2>/dev/null || echo 0)" -ge 5 ] && break; sleep 0.2; done
+echo "== the ORU^R01 messages the RIS accepted (the first one in full)"
+.venv/bin/python - "$DEMO/ris.jsonl" <<'PY'
+import json, sys
+msgs = [json.loads(l) for l in open(sys.argv[1])]
+for m in msgs:
+    segs = m["message"].split("\r")
+    pid = [x for x in segs if x.startswith("PID|")][0].split("|")
+    tq1 = [x for x in segs if x.startswith("TQ1|")]
+    print(m["control_id"], m["code"], "patient", pid[3], pid[5], "priority", tq1[0].split("|")[9] if tq1 else "-")
+print()
+if msgs:
+    print(msgs[0]["message"].replace("\r", "\n"))
+PY
 kill -TERM $NODE; wait $NODE || true
 echo "== node log"
 cat "$DEMO/node.log"
@@ -100,7 +142,7 @@ if [ -n "$SC" ]; then
 fi
 echo "== the objects pass dciodvfy (errors: none expected)"
 for f in "$SR" $SC; do echo "-- $f: $(dciodvfy "$f" 2>&1 | grep -c '^Error' || true) error(s)"; done
-kill -TERM $PACS; wait $PACS 2>/dev/null || true
+kill -TERM $PACS $RIS; wait $PACS 2>/dev/null || true
 trap - EXIT
 echo "== outbox"
 "$BIN" outbox list
@@ -122,3 +164,17 @@ echo "== a signed checkpoint of the audit trail's head (keep it outside the data
 CHECKPOINT=$("$BIN" audit head)
 echo "$CHECKPOINT"
 "$BIN" audit verify --checkpoint "$CHECKPOINT"
+echo "== the worklist page"
+if [ -t 0 ] && [ -z "${NO_KEEP:-}" ]; then
+  export TRIAGE__HL7__ENABLED=false TRIAGE__RESULTS__DESTINATIONS=""
+  "$BIN" serve 2>> "$DEMO/node.log" &
+  NODE=$!
+  trap 'kill -TERM $NODE 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do curl -sf "$API/healthz" >/dev/null && break; sleep 0.1; done
+  echo "open $API/ in a browser and sign in with the reader token:"
+  echo "  $READER_TOKEN"
+  echo "(admin token, for the AE page: $ADMIN_TOKEN). The node runs until Ctrl-C."
+  wait $NODE || true
+else
+  echo "run the demo from a terminal to keep the node up; the page is served at $API/ (reader token: $READER_TOKEN)"
+fi

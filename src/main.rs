@@ -143,6 +143,13 @@ enum Command {
         #[arg(long, default_value = "BENCH")]
         destination: String,
     },
+    /// Benchmark fixtures (scripts/bench-worklist.sh): N worklist studies with sealed synthetic
+    /// patients.
+    #[command(hide = true)]
+    BenchSeedWorklist {
+        #[arg(long)]
+        studies: usize,
+    },
     /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
     Echo {
         #[arg(long)]
@@ -432,6 +439,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::BenchSeedResults { template, studies, destination } => {
             let seeded = admin::bench::seed_results(&settings, &template, studies, &destination).await?;
+            println!("{}", serde_json::to_string(&seeded)?);
+            Ok(())
+        }
+        Command::BenchSeedWorklist { studies } => {
+            let seeded = admin::bench::seed_worklist(&settings, studies).await?;
             println!("{}", serde_json::to_string(&seeded)?);
             Ok(())
         }

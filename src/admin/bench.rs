@@ -104,3 +104,69 @@ fn month_day(day: usize) -> (usize, usize) {
     }
     (12, 31)
 }
+
+/// Make `studies` worklist studies for `scripts/bench-worklist.sh`: a sealed record each
+/// (synthetic patients BENCH^WORKLISTnnnnn) and a worklist row, received over the last ten
+/// days, priorities in a plausible mix (2% urgent, 10% positive, 3% failed, 80% negative, 5%
+/// no model).
+pub async fn seed_worklist(settings: &Settings, studies: usize) -> Result<Seeded, AdminError> {
+    let keys = settings.deid.deidentifier().map_err(|source| AdminError::Keys { why: "seeding needs the site keys", source })?.keys().clone();
+    let db = open(settings, Access::Read).await?;
+    let root = "1.2.826.0.1.3680043.10.999.78";
+    let now = now_ms();
+    let mut rows = Vec::with_capacity(studies);
+    for i in 0..studies {
+        let originals = serde_json::json!({
+            "specific_character_set": "ISO_IR 192", "patient_id": format!("BENCHW{i:06}"), "issuer_of_patient_id": null,
+            "patient_name": format!("BENCH^WORKLIST{i:06}"), "patient_birth_date": "19600101", "patient_sex": "F",
+            "accession_number": format!("BWACC{i:06}"), "study_instance_uid": format!("{root}.1.{i}"), "series_instance_uid": format!("{root}.2.{i}"),
+            "sop_instance_uid": format!("{root}.3.{i}"), "study_date": "20261201", "study_time": "101500",
+            "study_id": "1", "referring_physician_name": null, "study_description": "CHEST PA"
+        });
+        let (study, sop) = (keys.uid(&format!("{root}.1.{i}")), keys.uid(&format!("{root}.3.{i}")));
+        let plain = serde_json::to_vec(&originals).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let (nonce, sealed) = keys.seal(&plain, &sop).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let record = SealedRecord { sop_instance_uid: sop, study_instance_uid: study, key_id: keys.map_key_id(), nonce, sealed, created_at_ms: now };
+        let bucket = (i * 7919) % 100;
+        let (priority, rank) = match bucket {
+            0..=1 => ("URGENT", 0),
+            2..=11 => ("POSITIVE", 1),
+            12..=14 => ("FAILED", 2),
+            15..=94 => ("NEGATIVE", 3),
+            _ => ("NOT_APPLICABLE", 4),
+        };
+        let p = 0.5 + ((i * 31) % 500) as f64 / 1000.0;
+        let positive = rank <= 1;
+        let findings = if rank == 4 || rank == 2 {
+            serde_json::json!([])
+        } else {
+            serde_json::json!([{ "model": "demo-nodule", "model_version": "1.0.0", "label": "nodule", "probability": if positive { p } else { 1.0 - p }, "positive": positive, "urgent": rank == 0, "tier": "high" }])
+        };
+        let received = now - ((i as i64 * 86_400_000) % (10 * 86_400_000)) - i as i64;
+        rows.push((
+            record,
+            crate::db::WorklistRow {
+                study_id: 0,
+                study_instance_uid: String::new(),
+                priority: priority.into(),
+                priority_rank: rank,
+                score: positive.then_some(p),
+                received_at_ms: received,
+                result_at_ms: received + 2_500,
+                modalities: vec!["CR".into()],
+                models: if rank == 4 { vec![] } else { vec!["demo-nodule".into()] },
+                positive_labels: if positive { vec!["nodule".into()] } else { vec![] },
+                demonstration: true,
+                findings_json: findings.to_string(),
+                reasons_json: if rank == 2 { r#"["pixels could not be decoded"]"#.into() } else { "[]".into() },
+                lowered_from: None,
+                reading: crate::db::Reading::unread(),
+            },
+        ));
+    }
+    for chunk in rows.chunks(1000) {
+        db.seed_worklist_studies(chunk).await?;
+    }
+    db.close().await;
+    Ok(Seeded { studies, patients: studies, files: 0 })
+}

@@ -341,6 +341,30 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Benchmark fixtures only (`triage-node bench-seed-worklist`): per (sealed record, row), a
+    /// `ready` study under the record's Study Instance UID, the record, and the row (its
+    /// `study_id` is replaced by the new study's); one transaction.
+    pub async fn seed_worklist_studies(&self, rows: &[(super::SealedRecord, WorklistRow)]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let now = now_ms();
+        for (record, row) in rows {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO studies (study_instance_uid, state, first_received_at_ms, last_received_at_ms, instance_count) VALUES ($1, $2, $3, $3, 1) RETURNING id",
+            )
+            .bind(&record.study_instance_uid)
+            .bind(super::StudyState::Ready.as_str())
+            .bind(row.received_at_ms)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("seed study"))?;
+            super::reid_map::insert_in(&mut tx, record).await?;
+            upsert_in(&mut tx, &WorklistRow { study_id: id, ..row.clone() }, now).await?;
+        }
+        tx.commit().await.map_err(q("commit seeded worklist"))
+    }
+}
+
 /// Insert or replace a study's row inside the caller's transaction, keeping its reading state.
 /// Returns the priority the study had when the new one is lower (the change is recorded in
 /// `lowered_from`, so it is shown, not silent).
