@@ -2,7 +2,8 @@
 //! cursors), one study's view, and the reading state. Patients are named only when the caller
 //! passes the keys (an authenticated user of the API): their records are opened in memory from
 //! the sealed map, and each page or study that names patients is one `worklist_view` audit
-//! entry (who, which study rows; no patient data).
+//! entry (who, which study rows; no patient data), unless the same user was shown the same
+//! studies in the last ten minutes (the page's auto-refresh): that view is already recorded.
 
 use std::collections::HashMap;
 
@@ -78,11 +79,53 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-/// Whom to name patients for: the keys to open the sealed map, and the user (for the audit).
+/// Whom to name patients for: the keys to open the sealed map, the user (for the audit), and
+/// the views already recorded.
 #[derive(Clone, Copy)]
 pub struct Viewer<'a> {
     pub keys: &'a Keys,
     pub user: &'a str,
+    pub recorded: &'a RecordedViews,
+}
+
+/// The views recorded in the audit trail lately, by (user, studies): the page reloads the same
+/// rows for the same reader every few seconds, and that disclosure is already in the trail, so
+/// a repeat within `REPEAT_WINDOW` is not recorded again. Anything else (another user, another
+/// study, later) is.
+#[derive(Default)]
+pub struct RecordedViews {
+    seen: std::sync::Mutex<HashMap<[u8; 32], i64>>,
+}
+
+/// How long a recorded view covers its repeats.
+pub const REPEAT_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+impl RecordedViews {
+    fn key(user: &str, ids: &[i64]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(user.as_bytes());
+        h.update([0]);
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        for id in sorted {
+            h.update(id.to_le_bytes());
+        }
+        h.finalize().into()
+    }
+
+    fn recorded_recently(&self, key: &[u8; 32], now: i64) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(key).is_some_and(|at| now - at < REPEAT_WINDOW_MS)
+    }
+
+    fn remember(&self, key: [u8; 32], now: i64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| now - *at < REPEAT_WINDOW_MS);
+        }
+        seen.insert(key, now);
+    }
 }
 
 /// One page of the worklist.
@@ -136,9 +179,14 @@ async fn patients(db: &Db, viewer: Viewer<'_>, rows: &[WorklistRow]) -> Result<H
     let uids: Vec<String> = rows.iter().map(|r| r.study_instance_uid.clone()).collect();
     let records = db.reid_records_for_studies(&uids).await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.study_id).collect();
-    let details = serde_json::json!({ "user": viewer.user, "studies": ids, "opened": records.len() });
     // Recorded before anything is shown: a view that cannot be audited names no one.
-    db.audit_append("worklist_view", &format!("user:{}", viewer.user), &details.to_string()).await?;
+    let key = RecordedViews::key(viewer.user, &ids);
+    let now = crate::domain::now_ms();
+    if !viewer.recorded.recorded_recently(&key, now) {
+        let details = serde_json::json!({ "user": viewer.user, "studies": ids, "opened": records.len() });
+        db.audit_append("worklist_view", &format!("user:{}", viewer.user), &details.to_string()).await?;
+        viewer.recorded.remember(key, now);
+    }
     let mut out = HashMap::new();
     for record in &records {
         let o = crate::deid::open(viewer.keys, record)?;
@@ -179,5 +227,22 @@ pub async fn backfill(db: &Db) -> Result<usize, AdminError> {
             db.worklist_save(&entry.to_row(modalities)).await?;
             added += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_is_a_repeat_only_for_the_same_user_and_studies_within_the_window() {
+        let r = RecordedViews::default();
+        let k = RecordedViews::key("dr.grey", &[3, 1, 2]);
+        assert!(!r.recorded_recently(&k, 1_000));
+        r.remember(k, 1_000);
+        assert!(r.recorded_recently(&RecordedViews::key("dr.grey", &[1, 2, 3]), 1_000 + REPEAT_WINDOW_MS - 1), "order does not matter");
+        assert!(!r.recorded_recently(&k, 1_000 + REPEAT_WINDOW_MS), "the window ends");
+        assert!(!r.recorded_recently(&RecordedViews::key("dr.house", &[1, 2, 3]), 1_001), "another user");
+        assert!(!r.recorded_recently(&RecordedViews::key("dr.grey", &[1, 2, 4]), 1_001), "another study");
     }
 }

@@ -128,7 +128,7 @@ impl WorklistParams {
 async fn worklist(State(state): State<Shared>, Authed(user): Authed, params: Result<Query<WorklistParams>, axum::extract::rejection::QueryRejection>) -> Result<Json<Page>, ApiError> {
     let Query(params) = params.map_err(|e| bad_request(e.body_text()))?;
     let req = params.request()?;
-    let viewer = Viewer { keys: &state.keys, user: &user.name };
+    let viewer = Viewer { keys: &state.keys, user: &user.name, recorded: &state.recorded_views };
     Ok(Json(admin::worklist::page(&state.db, Some(viewer), &req).await?))
 }
 
@@ -197,7 +197,7 @@ async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path
     let id = study_id(&id)?;
     let row = admin::worklist::row(&state.db, id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
     let results = state.db.study_results(&row.study_instance_uid).await?;
-    let viewer = Viewer { keys: &state.keys, user: &user.name };
+    let viewer = Viewer { keys: &state.keys, user: &user.name, recorded: &state.recorded_views };
     let item = admin::worklist::items(&state.db, Some(viewer), std::slice::from_ref(&row)).await?.remove(0);
     let mut n = 0;
     let results = results

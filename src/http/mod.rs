@@ -51,9 +51,14 @@ pub struct AppState {
     pub workers: Workers,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub refresh: Duration,
-    /// Rendered heatmap PNGs by (study, result time, finding, size), bounded.
-    pictures: Mutex<HashMap<(i64, i64, usize, usize), Arc<Vec<u8>>>>,
+    /// Views of patients already in the audit trail (the page's reloads).
+    pub recorded_views: crate::admin::worklist::RecordedViews,
+    /// Rendered heatmap PNGs, bounded.
+    pictures: Mutex<HashMap<PictureKey, Arc<Vec<u8>>>>,
 }
+
+/// (study row, result time, finding, size): a new analysis makes new pictures.
+type PictureKey = (i64, i64, usize, usize);
 
 /// Heatmap pictures kept rendered at most (a few MB).
 const PICTURE_CACHE: usize = 256;
@@ -73,14 +78,14 @@ impl AppState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         refresh: Duration,
     ) -> AppState {
-        AppState { db, keys, tokens, ae_title, dicom_timeout, data_dir, manifests, heatmap_max, workers, metrics, refresh, pictures: Mutex::new(HashMap::new()) }
+        AppState { db, keys, tokens, ae_title, dicom_timeout, data_dir, manifests, heatmap_max, workers, metrics, refresh, recorded_views: Default::default(), pictures: Mutex::new(HashMap::new()) }
     }
 
-    fn cached_picture(&self, key: (i64, i64, usize, usize)) -> Option<Arc<Vec<u8>>> {
+    fn cached_picture(&self, key: PictureKey) -> Option<Arc<Vec<u8>>> {
         self.pictures.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
     }
 
-    fn cache_picture(&self, key: (i64, i64, usize, usize), png: Arc<Vec<u8>>) {
+    fn cache_picture(&self, key: PictureKey, png: Arc<Vec<u8>>) {
         let mut cache = self.pictures.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= PICTURE_CACHE {
             cache.clear();

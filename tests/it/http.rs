@@ -322,6 +322,14 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     }
     assert!(api.get("/api/nothing", Some(READER_TOKEN)).text().unwrap().contains("no such route"));
 
+    // A reload of the same page by the same reader is already recorded; another reader's is not.
+    let views = || String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).lines().filter(|l| l.contains("worklist_view")).count();
+    let before = views();
+    api.json("/api/worklist?limit=500", READER_TOKEN);
+    assert_eq!(views(), before, "a repeat within the window");
+    api.json("/api/worklist?limit=500", READER2_TOKEN);
+    assert_eq!(views(), before + 1, "another reader's view");
+
     // The audit trail has the reading changes and the views, with no patient data.
     let audit = node.cli(&["audit", "list"]);
     let audit = String::from_utf8_lossy(&audit.stdout).into_owned();
