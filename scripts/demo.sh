@@ -87,7 +87,7 @@ findscu -v -S -aet VIEWER -aec TRIAGE -k QueryRetrieveLevel=STUDY -k PatientID=D
 echo "== the PACS (Orthanc REST /modalities/triage/query) finds the positive demo patients' results and pulls them by C-MOVE"
 .venv/bin/python tests/peers/orthanc.py query "$PACS_HTTP" triage Study '{"PatientID":"DEMO00*","AccessionNumber":"","ModalitiesInStudy":"OT","NumberOfStudyRelatedInstances":""}' | tee "$DEMO/qr.json"
 QID=$(sed -n 's/.*"query": "\([^"]*\)".*/\1/p' "$DEMO/qr.json")
-.venv/bin/python tests/peers/orthanc.py retrieve "$PACS_HTTP" "$QID" | wc -l | xargs echo "instances the PACS holds after the C-MOVE:"
+.venv/bin/python tests/peers/orthanc.py retrieve "$PACS_HTTP" "$QID" PACS | wc -l | xargs echo "instances the PACS holds after the C-MOVE:"
 echo "== the node's log of that: one audit entry per query and per retrieve"
 "$BIN" audit list | grep -E '"(query|retrieve)"|query|retrieve' | tail -4 || true
 API=http://127.0.0.1:$HTTP_PORT

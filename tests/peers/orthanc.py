@@ -51,7 +51,9 @@ def main():
         return
     if cmd == "retrieve":
         qid = sys.argv[3]
-        get(port, f"/queries/{qid}/retrieve", json.dumps({"TargetAet": "ORTHANC", "Synchronous": True}).encode())
+        # The Move Destination: Orthanc's own AE title (ORTHANC in the tests, PACS in the demo).
+        target = sys.argv[4] if len(sys.argv) > 4 else "ORTHANC"
+        get(port, f"/queries/{qid}/retrieve", json.dumps({"TargetAet": target, "Synchronous": True}).encode())
         for inst in json.loads(get(port, "/instances")):
             tags = json.loads(get(port, f"/instances/{inst}/simplified-tags"))
             print(json.dumps({k: tags.get(k) for k in ("SOPInstanceUID", "SOPClassUID", "PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber")}))
