@@ -63,9 +63,13 @@ impl Store {
         } else {
             self.ingest.begin(&req)
         };
+        let started = std::time::Instant::now();
         let result = match begun {
             Ok(file) => match receive(association, file).await? {
-                Ok(file) => self.ingest.complete(&req, file).await,
+                Ok(file) => {
+                    metrics::histogram!("triage_ingest_phase_seconds", "phase" => "receive").record(started.elapsed().as_secs_f64());
+                    self.ingest.complete(&req, file).await
+                }
                 Err(error) => Err(error),
             },
             // Refused already (e.g. no disk): the peer's bytes are read and dropped.
@@ -97,7 +101,9 @@ impl Store {
             Ok(StoreOutcome::Duplicate { instance_id }) => info!(instance_id, "duplicate SOP Instance UID: first copy kept, Success returned"),
             Err(error) => warn!(status = %error.dimse_status(), %error, "C-STORE refused"),
         }
-        association.send_command(rq.pc, &rsp).await
+        let sent = association.send_command(rq.pc, &rsp).await;
+        metrics::histogram!("triage_ingest_phase_seconds", "phase" => "total").record(started.elapsed().as_secs_f64());
+        sent
     }
 }
 

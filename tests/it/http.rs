@@ -306,6 +306,8 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
         "triage_worker_state{worker=\"outbox\",state=\"error\"} 0",
         "triage_http_requests_total",
         "triage_models_loaded 2",
+        "triage_ingest_phase_seconds_bucket{phase=\"commit\",le=\"0.0001\"}",
+        "triage_ingest_phase_seconds_count{phase=\"total\"} 10",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
