@@ -180,24 +180,11 @@ impl Publisher {
             let key_header = if key.path == first.path { header.clone() } else { read_header(&key_path)? };
             let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
             let source = image_ref(key, (frames > 1).then_some(f.key_frame as u32 + 1));
-            let code = match manifest.outputs.labels.iter().position(|l| *l == f.label) {
-                Some(li) => finding_code(manifest, li, &f.label),
-                // A label the current manifest no longer has: never another label's code.
-                None => private_code(&f.label),
-            };
+            let code = coded_finding(Some(manifest), &f.label);
             let mut heatmap_ref = None;
             if f.positive {
                 let sc_uid = base(&format!("sc {}", f.label));
-                let label = sc::Label {
-                    finding: code.meaning.clone(),
-                    probability: f.probability,
-                    urgent: f.urgent,
-                    tier: f.tier.clone(),
-                    model: result.model.clone(),
-                    version: result.model_version.clone(),
-                    demonstration: result.demonstration,
-                };
-                match render_key_image(&key_path, manifest, f, self.settings.heatmap_max_size, &label) {
+                match heatmap_picture(&key_path, manifest, result, f, self.settings.heatmap_max_size) {
                     Ok(rgb) => {
                         let capture = sc::Capture {
                             sop_instance_uid: sc_uid.clone(),
@@ -377,8 +364,9 @@ fn procedure(header: &InMemDicomObject) -> (Code, Code) {
     }
 }
 
-/// A finding's code as the SR and the HL7 report give it: the manifest's, else the private
-/// scheme's.
+/// A finding's code as the SR, the heatmap's label and the HL7 report give it: the manifest's,
+/// else (no manifest, or a label the current manifest no longer has: never another label's
+/// code) the private scheme's.
 pub fn coded_finding(manifest: Option<&Manifest>, label: &str) -> dataset::Code {
     match manifest.and_then(|m| m.outputs.labels.iter().position(|l| l == label).map(|i| (m, i))) {
         Some((m, i)) => finding_code(m, i, label),
@@ -386,16 +374,12 @@ pub fn coded_finding(manifest: Option<&Manifest>, label: &str) -> dataset::Code 
     }
 }
 
-/// The heatmap picture of one finding, as its Secondary Capture shows it (the key frame as the
-/// model saw it, the map blended over it, legend and label), at most `max` pixels on its long
-/// side: for the worklist page. `key_path` is the de-identified key image. Blocking (decodes).
+/// The heatmap picture of one finding, as its Secondary Capture and the worklist page show it
+/// (the key frame as the model saw it, the map blended over it, legend and label), at most
+/// `max` pixels on its long side. `key_path` is the de-identified key image. Blocking (decodes).
 pub fn heatmap_picture(key_path: &Path, manifest: &Manifest, result: &StudyResult, f: &crate::db::Finding, max: usize) -> Result<ndarray::Array3<u8>, String> {
-    let meaning = match manifest.outputs.labels.iter().position(|l| *l == f.label) {
-        Some(li) => finding_code(manifest, li, &f.label).meaning,
-        None => f.label.clone(),
-    };
     let label = sc::Label {
-        finding: meaning,
+        finding: coded_finding(Some(manifest), &f.label).meaning,
         probability: f.probability,
         urgent: f.urgent,
         tier: f.tier.clone(),
