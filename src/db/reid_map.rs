@@ -15,24 +15,27 @@ pub struct SealedRecord {
     pub created_at_ms: i64,
 }
 
+const COLUMNS: &str = "sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms";
+
+fn decode(r: &sqlx::any::AnyRow) -> Result<SealedRecord, DbError> {
+    Ok(SealedRecord {
+        sop_instance_uid: get(r, "sop_instance_uid")?,
+        study_instance_uid: get(r, "study_instance_uid")?,
+        key_id: get(r, "key_id")?,
+        nonce: get(r, "nonce")?,
+        sealed: get(r, "sealed")?,
+        created_at_ms: get(r, "created_at_ms")?,
+    })
+}
+
 impl Db {
     pub async fn reid_record(&self, sop_instance_uid: &str) -> Result<Option<SealedRecord>, DbError> {
-        let row = sqlx::query("SELECT sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms FROM reid_map WHERE sop_instance_uid = $1")
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM reid_map WHERE sop_instance_uid = $1"))
             .bind(sop_instance_uid)
             .fetch_optional(&self.pool)
             .await
             .map_err(q("select reid record"))?;
-        row.map(|r| {
-            Ok(SealedRecord {
-                sop_instance_uid: get(&r, "sop_instance_uid")?,
-                study_instance_uid: get(&r, "study_instance_uid")?,
-                key_id: get(&r, "key_id")?,
-                nonce: get(&r, "nonce")?,
-                sealed: get(&r, "sealed")?,
-                created_at_ms: get(&r, "created_at_ms")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(decode).transpose()
     }
 }
 
@@ -45,7 +48,7 @@ impl Db {
         }
         let list: Vec<String> = (1..=study_uids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "SELECT sop_instance_uid, study_instance_uid, key_id, nonce, sealed, created_at_ms FROM reid_map
+            "SELECT {COLUMNS} FROM reid_map
              WHERE sop_instance_uid IN (SELECT MIN(sop_instance_uid) FROM reid_map WHERE study_instance_uid IN ({}) GROUP BY study_instance_uid)",
             list.join(", ")
         );
@@ -54,18 +57,7 @@ impl Db {
             query = query.bind(uid);
         }
         let rows = query.fetch_all(&self.pool).await.map_err(q("select a page's reid records"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(SealedRecord {
-                    sop_instance_uid: get(r, "sop_instance_uid")?,
-                    study_instance_uid: get(r, "study_instance_uid")?,
-                    key_id: get(r, "key_id")?,
-                    nonce: get(r, "nonce")?,
-                    sealed: get(r, "sealed")?,
-                    created_at_ms: get(r, "created_at_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode).collect()
     }
 }
 
