@@ -369,6 +369,14 @@ impl Db {
 /// Returns the priority the study had when the new one is lower (the change is recorded in
 /// `lowered_from`, so it is shown, not silent).
 pub(crate) async fn upsert_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &WorklistRow, now_ms: i64) -> Result<Option<String>, DbError> {
+    // Write before reading: a SQLite transaction that reads first and then writes cannot be
+    // upgraded once another connection has committed (SQLITE_BUSY, not retried by the busy
+    // timeout); a write first waits for the lock instead. A no-op on a new study.
+    sqlx::query("UPDATE worklist SET updated_at_ms = updated_at_ms WHERE study_id = $1")
+        .bind(row.study_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("lock worklist row"))?;
     let old = sqlx::query("SELECT priority, priority_rank, lowered_from FROM worklist WHERE study_id = $1")
         .bind(row.study_id)
         .fetch_optional(&mut **tx)
