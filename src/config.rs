@@ -118,6 +118,18 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     pub min_free_disk: ByteSize,
     pub fsync: bool,
+    /// Storage SOP Class UIDs a modality may send; empty: every standard class (PS3.4 B.5-1).
+    pub accept_sop_classes: Vec<String>,
+    /// Storage SOP Class UIDs refused at negotiation even if accepted above.
+    pub refuse_sop_classes: Vec<String>,
+}
+
+impl StorageSettings {
+    /// Whether the site lets modalities store objects of class `uid` (a standard storage class).
+    pub fn accepts_sop_class(&self, uid: &str) -> bool {
+        (self.accept_sop_classes.is_empty() || self.accept_sop_classes.iter().any(|u| u == uid))
+            && !self.refuse_sop_classes.iter().any(|u| u == uid)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +336,14 @@ impl Settings {
                     reason: format!("{ts} is not a transfer syntax this node can store"),
                 });
             }
+        }
+        for (key, list) in [("storage.accept_sop_classes", &self.storage.accept_sop_classes), ("storage.refuse_sop_classes", &self.storage.refuse_sop_classes)] {
+            if let Some(uid) = list.iter().find(|u| crate::dicom::sop::storage_class(u).is_none()) {
+                return Err(ConfigError::Invalid { key, reason: format!("{uid} is not a standard Storage SOP Class UID (conformance statement 2.2.1.1)") });
+            }
+        }
+        if !self.storage.accept_sop_classes.is_empty() && self.storage.accept_sop_classes.iter().all(|u| self.storage.refuse_sop_classes.contains(u)) {
+            return Err(invalid("storage.accept_sop_classes", "every accepted class is also refused: no modality could store anything"));
         }
         if self.dicom.artim_timeout.is_zero() || self.dicom.idle_timeout.is_zero() {
             return Err(invalid("dicom.artim_timeout/idle_timeout", "must be above zero"));

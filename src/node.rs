@@ -95,6 +95,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let keys = deid.keys().clone();
     let http_keys = keys.clone();
     let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));
+    let study_wake = ingest.study_waker();
     let orphans = ingest.quarantine_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
         warn!(
@@ -112,7 +113,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     } else {
         None
     };
-    let services = crate::services::standard(ingest, db.clone(), query);
+    let services = crate::services::standard(ingest, db.clone(), query, &settings.storage);
     // The HTTP API binds first, so its port is known once the DICOM port is logged.
     let workers = Workers::new();
     let http = if settings.http.enabled {
@@ -143,7 +144,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     info!(ae_title = %ae_title, bind = %addr.ip(), "listening port={}", addr.port());
 
     let associations = TaskTracker::new();
-    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period));
+    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake));
     workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox, Some(settings.hl7.clone())));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));

@@ -123,6 +123,16 @@ text_enum!(
 );
 
 text_enum!(
+    /// A Modality Performed Procedure Step (`procedure_steps.state`): Performed Procedure Step
+    /// Status (0040,0252), PS3.3 C.4.14.
+    ProcedureStepState {
+        InProgress = "IN PROGRESS",
+        Completed = "COMPLETED",
+        Discontinued = "DISCONTINUED",
+    }
+);
+
+text_enum!(
     /// A background job (`jobs.state`).
     JobState {
         Pending = "pending",
@@ -158,6 +168,7 @@ mod tests {
         check(OutboxState::ALL, OutboxState::as_str);
         check(StudyState::ALL, StudyState::as_str);
         check(JobState::ALL, JobState::as_str);
+        check(ProcedureStepState::ALL, ProcedureStepState::as_str);
         check(ReadingState::ALL, ReadingState::as_str);
         assert!("sent".parse::<OutboxState>().is_err());
         assert_eq!(ResultState::Failed, "failed");

@@ -82,13 +82,42 @@ impl Db {
         .fetch_all(&self.pool)
         .await
         .map_err(q("select quiet studies"))?;
+        self.promote(due).await
+    }
+
+    /// Promote every study the modality's procedure steps say is complete (see
+    /// `procedure_steps`), with every instance attached, to `ready`, queueing a job for each.
+    pub async fn promote_performed_studies(&self) -> Result<Vec<ReadyStudy>, DbError> {
+        let due = sqlx::query(&states(
+            "SELECT id, last_received_at_ms, instance_count FROM studies s
+             WHERE state = {receiving}
+               AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_id IS NULL AND i.study_instance_uid = s.study_instance_uid)
+               AND EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
+                           WHERE ps.study_instance_uid = s.study_instance_uid AND p.state <> $1
+                             AND EXISTS (SELECT 1 FROM procedure_step_instances pi WHERE pi.step_id = p.id))
+               AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
+                               WHERE ps.study_instance_uid = s.study_instance_uid AND p.state = $1)
+               AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_step_instances pi ON pi.step_id = ps.step_id
+                               WHERE ps.study_instance_uid = s.study_instance_uid
+                                 AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.sop_instance_uid = pi.sop_instance_uid AND i.study_id IS NOT NULL))
+             ORDER BY id",
+        ))
+        .bind(super::ProcedureStepState::InProgress.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select performed studies"))?;
+        self.promote(due).await
+    }
+
+    /// Flip each of `due` (id, last_received_at_ms, instance_count) to `ready` and queue its job,
+    /// conditionally on the state and time read: a new instance or another node wins.
+    async fn promote(&self, due: Vec<sqlx::any::AnyRow>) -> Result<Vec<ReadyStudy>, DbError> {
         let mut ready = Vec::with_capacity(due.len());
         for row in due {
             let study_id: i64 = get(&row, "id")?;
             let last: i64 = get(&row, "last_received_at_ms")?;
             let instance_count: i64 = get(&row, "instance_count")?;
             let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-            // Conditional on the state and time we saw: a new instance or another node wins.
             let flipped = sqlx::query(&states("UPDATE studies SET state = {ready} WHERE id = $1 AND state = {receiving} AND last_received_at_ms = $2"))
                 .bind(study_id)
                 .bind(last)

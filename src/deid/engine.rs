@@ -91,7 +91,24 @@ pub struct Deidentified {
     pub series_instance_uid: String,
     /// Why the pixels may hold identifying text, when they may (Burned In Annotation).
     pub burned_in: Option<&'static str>,
+    /// What content outside the header was not kept (SR content, an encapsulated document,
+    /// waveforms, graphic annotations): the object is stored as its de-identified header.
+    pub content_removed: Option<&'static str>,
 }
+
+/// Top-level attributes that hold an object's content rather than its header: free text,
+/// names and dates in any form, which Table E.1-1 cannot reach (a PDF's bytes, a waveform's
+/// annotations) or reaches only with options this node does not implement (Clean Structured
+/// Content, Clean Graphics). They are removed, whatever the SOP class, and the instance is kept
+/// as its de-identified header only.
+const CONTENT: [(Tag, &str); 6] = [
+    (tags::CONTENT_SEQUENCE, "header only: structured content (Content Sequence) not kept"),
+    (tags::ENCAPSULATED_DOCUMENT, "header only: encapsulated document not kept"),
+    (tags::WAVEFORM_SEQUENCE, "header only: waveform data not kept"),
+    (tags::WAVEFORM_ANNOTATION_SEQUENCE, "header only: waveform annotations not kept"),
+    (tags::GRAPHIC_ANNOTATION_SEQUENCE, "header only: graphic and text annotations not kept"),
+    (tags::ANNOTATION_GROUP_SEQUENCE, "header only: annotation groups not kept"),
+];
 
 #[derive(Debug, Clone)]
 pub struct Deidentifier {
@@ -116,6 +133,10 @@ struct Ctx<'a> {
     patient_id: String,
     shift_days: i64,
     scrub: Vec<String>,
+    /// A non-image object (or one of a class this node does not know): its top-level sequences
+    /// and long texts are read as Table E.1-1 reads a dummied sequence, every free text, name,
+    /// date and time replaced.
+    non_image: bool,
 }
 
 impl Deidentifier {
@@ -191,6 +212,14 @@ impl Deidentifier {
         };
         let sop_class_uid = text(tags::SOP_CLASS_UID).ok_or(DeidError::Missing("SOP Class UID"))?;
         let burned_in = burned_in_reason(&obj, &sop_class_uid, &self.burned_in_when_absent);
+        let mut obj = obj;
+        let mut content_removed = None;
+        for (tag, reason) in CONTENT {
+            if obj.remove_element(tag) {
+                content_removed = content_removed.or(Some(reason));
+            }
+        }
+        let non_image = crate::dicom::sop::storage_class(&sop_class_uid).is_none_or(|c| c.content != crate::dicom::sop::Content::Image);
         let issuer = originals.issuer_of_patient_id.clone().unwrap_or_default();
         let patient_id = originals.patient_id.clone().unwrap_or_default();
         let ctx = Ctx {
@@ -200,6 +229,7 @@ impl Deidentifier {
             scrub: scrub_list(&obj),
             issuer,
             patient_id,
+            non_image,
         };
         let mut object = ctx.process(obj, 0, false)?;
         // Table E.1-1 gives the Ethics Committee Name D (it is Type 1C: required when the
@@ -217,6 +247,7 @@ impl Deidentifier {
             object,
             originals,
             burned_in,
+            content_removed,
         })
     }
 
@@ -285,6 +316,7 @@ impl Ctx<'_> {
             } else {
                 elem
             };
+            let strict = strict || (depth == 0 && self.non_image && matches!(elem.vr(), VR::SQ | VR::LT | VR::ST | VR::UT | VR::UC));
             let action = match self.table.lookup(tag.group(), tag.element()) {
                 Some(row) => Some(row.action(&self.d.options)),
                 None => unlisted_action(tag, elem.vr(), depth, strict, self.d.options.contains(&ProfileOption::RetainLongitudinalModifiedDates)),
@@ -795,6 +827,12 @@ mod tests {
                 }
                 let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
                 let got = out.get(tag);
+                // Content outside the header is not kept, whatever the table's action.
+                if CONTENT.iter().any(|(t, _)| *t == tag) {
+                    assert!(got.is_none(), "{} {}: content kept", row.tag, row.name);
+                    checked += 1;
+                    continue;
+                }
                 let mut action = row.action(d.options());
                 action = match action {
                     Action::ZD | Action::XD | Action::XZD => Action::D,
@@ -1018,6 +1056,48 @@ mod tests {
         assert!(out.get(Tag(0x0029, 0x0011)).is_some());
         assert!(out.get(Tag(0x0029, 0x1110)).is_some());
         assert!(out.get(Tag(0x0029, 0x1111)).is_none());
+    }
+
+    /// SR content, an encapsulated document, waveforms and annotations are not kept (the object
+    /// is its de-identified header), and a non-image object's top-level sequences and long texts
+    /// lose every free text, name and date, listed in Table E.1-1 or not.
+    #[test]
+    fn content_outside_the_header_is_not_kept() {
+        let d = Deidentifier::new(Keys::for_tests(3), vec![], vec![]);
+        let with = |class: &str, extra: Vec<InMemElement>| {
+            let mut e = minimal();
+            e[0] = DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(class));
+            e.extend(extra);
+            d.apply(InMemDicomObject::from_element_iter(e)).unwrap()
+        };
+        let text_item = |tag: Tag, vr: VR, v: &str| InMemDicomObject::from_element_iter([DataElement::new(tag, vr, PrimitiveValue::from(v))]);
+        let seq = |tag: Tag, item: InMemDicomObject| DataElement::new(tag, VR::SQ, DataSetSequence::new(vec![item], Length::UNDEFINED));
+        let sr = with(
+            crate::dicom::uids::X_RAY_RADIATION_DOSE_SR_STORAGE,
+            vec![seq(tags::CONTENT_SEQUENCE, text_item(tags::TEXT_VALUE, VR::UT, "PLANTED SMITH"))],
+        );
+        assert!(sr.object.get(tags::CONTENT_SEQUENCE).is_none());
+        assert_eq!(sr.content_removed, Some(CONTENT[0].1));
+        let pdf = with(
+            crate::dicom::uids::ENCAPSULATED_PDF_STORAGE,
+            vec![
+                DataElement::new(tags::ENCAPSULATED_DOCUMENT, VR::OB, PrimitiveValue::from(b"%PDF PLANTED".to_vec())),
+                DataElement::new(tags::DOCUMENT_TITLE, VR::ST, PrimitiveValue::from("Report of PLANTED SMITH")),
+                seq(tags::CONCEPT_NAME_CODE_SEQUENCE, text_item(tags::CODE_MEANING, VR::LO, "Discharge summary")),
+                seq(Tag(0x0040, 0xA078), text_item(tags::PERSON_NAME, VR::PN, "PLANTED^SMITH")),
+            ],
+        );
+        assert!(pdf.object.get(tags::ENCAPSULATED_DOCUMENT).is_none());
+        let title = pdf.object.get(tags::DOCUMENT_TITLE).and_then(|e| e.to_str().ok()).unwrap_or_default().to_string();
+        assert!(!title.contains("PLANTED"), "document title kept: {title}");
+        // Codes keep their meaning; a nested free text of an unlisted sequence does not survive.
+        let meaning = pdf.object.get(tags::CONCEPT_NAME_CODE_SEQUENCE).unwrap().items().unwrap()[0].element(tags::CODE_MEANING).unwrap().to_str().unwrap().to_string();
+        assert_eq!(meaning, "Discharge summary");
+        let ecg = with(crate::dicom::uids::TWELVE_LEAD_ECG_WAVEFORM_STORAGE, vec![seq(tags::WAVEFORM_SEQUENCE, text_item(tags::CHANNEL_LABEL, VR::SH, "PLANTED"))]);
+        assert!(ecg.object.get(tags::WAVEFORM_SEQUENCE).is_none() && ecg.content_removed.is_some());
+        // An image keeps its unlisted short texts in sequences (no content rule applies).
+        let ct = with(crate::dicom::uids::CT_IMAGE_STORAGE, vec![seq(Tag(0x0018, 0x9346), text_item(tags::CODE_MEANING, VR::LO, "kept"))]);
+        assert!(ct.content_removed.is_none());
     }
 
     /// An absent Burned In Annotation counts as YES for the listed modalities (CR by default),

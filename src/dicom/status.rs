@@ -25,10 +25,13 @@ impl Status {
     pub const PENDING: Status = Status(0xFF00);
     pub const PENDING_WITH_WARNINGS: Status = Status(0xFF01);
 
+    pub const INVALID_ATTRIBUTE_VALUE: Status = Status(0x0106);
     pub const PROCESSING_FAILURE: Status = Status(0x0110);
+    pub const DUPLICATE_SOP_INSTANCE: Status = Status(0x0111);
     pub const NO_SUCH_OBJECT_INSTANCE: Status = Status(0x0112);
     pub const NO_SUCH_EVENT_TYPE: Status = Status(0x0113);
     pub const CLASS_INSTANCE_CONFLICT: Status = Status(0x0119);
+    pub const MISSING_ATTRIBUTE: Status = Status(0x0120);
     pub const REFUSED_SOP_CLASS_NOT_SUPPORTED: Status = Status(0x0122);
     pub const DUPLICATE_TRANSACTION_UID: Status = Status(0x0131);
     pub const UNRECOGNIZED_OPERATION: Status = Status(0x0211);

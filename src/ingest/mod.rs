@@ -9,6 +9,7 @@
 //! Must not: know PDUs or SQL, or log identifying values (UIDs are wrapped in `Redacted`
 //! wherever they could be printed).
 
+pub mod procedure_step;
 pub mod spool;
 pub mod study_ready;
 
@@ -126,6 +127,8 @@ pub struct Ingest {
     burned_in: BurnedInPolicy,
     /// Stored instance ids for the triage stage, so inference starts as each one lands.
     arrivals: Option<tokio::sync::mpsc::Sender<i64>>,
+    /// Wakes the study sweep when a procedure step ends (`study_ready::StudyReadyWorker::with_waker`).
+    study_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Ingest {
@@ -144,7 +147,13 @@ impl Ingest {
             deid: Arc::new(deid),
             burned_in,
             arrivals,
+            study_wake: Arc::default(),
         })
+    }
+
+    /// What the study sweep waits on besides its timer.
+    pub fn study_waker(&self) -> Arc<tokio::sync::Notify> {
+        self.study_wake.clone()
     }
 
     /// Move files in the store that have no row into `quarantine/<day>/`: a crash between the
@@ -240,7 +249,7 @@ impl Ingest {
         .await?;
 
         let d = &written.deid;
-        let excluded_reason = (!written.pixels_written).then(|| d.burned_in.unwrap_or("no Pixel Data").to_string());
+        let excluded_reason = (!written.pixels_written).then(|| d.content_removed.or(d.burned_in).unwrap_or("no Pixel Data").to_string());
         let stored = self.dirs.data.join(&relative);
         phase.done("disk");
         let sealed = match crate::deid::seal(self.deid.keys(), d) {

@@ -1,4 +1,5 @@
-//! Study-complete detection: a study is complete after a quiet period with no new instance.
+//! Study-complete detection: a study is complete when the modality's procedure steps (MPPS)
+//! say so and every instance they list is stored, else after a quiet period with no new instance.
 //!
 //! Owns: the periodic sweep that appends the audit entries of newly stored instances (in
 //! batches, off the C-STORE path), then promotes quiet studies and queues `study_ready` jobs.
@@ -14,15 +15,28 @@ use crate::db::{Db, DbError};
 use crate::domain::now_ms;
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
+/// How often the sweep looks while an ended procedure step waits for its instances, and how
+/// soon after an N-SET it looks (`wake`).
+const PERFORMED_TICK_MS: u64 = 50;
+
 #[derive(Clone)]
 pub struct StudyReadyWorker {
     db: Db,
     quiet_period: Duration,
+    waiting: bool,
+    /// Notified when a procedure step ends, so that its study is promoted without a tick's wait.
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl StudyReadyWorker {
     pub fn new(db: Db, quiet_period: Duration) -> Self {
-        StudyReadyWorker { db, quiet_period }
+        StudyReadyWorker { db, quiet_period, waiting: false, wake: Default::default() }
+    }
+
+    /// Wake on `wake` too (`Ingest::study_waker`: notified when a procedure step ends).
+    pub fn with_waker(mut self, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.wake = wake;
+        self
     }
 
     /// One sweep: attach new instances to their studies, then promote every study quiet for the
@@ -43,15 +57,22 @@ impl StudyReadyWorker {
             }
         }
         self.db.attach_new_instances().await?;
-        let cutoff = now_ms() - self.quiet_period.as_millis() as i64;
-        let ready = self.db.promote_quiet_studies(cutoff).await?;
-        for s in &ready {
-            info!(study_id = s.study_id, job_id = s.job_id, instances = s.instance_count, "study ready");
+        let performed = self.db.promote_performed_studies().await?;
+        for s in &performed {
+            info!(study_id = s.study_id, job_id = s.job_id, instances = s.instance_count, by = "procedure step", "study ready");
         }
-        Ok(ready.len())
+        let cutoff = now_ms() - self.quiet_period.as_millis() as i64;
+        let quiet = self.db.promote_quiet_studies(cutoff).await?;
+        for s in &quiet {
+            info!(study_id = s.study_id, job_id = s.job_id, instances = s.instance_count, by = "quiet period", "study ready");
+        }
+        Ok(performed.len() + quiet.len())
     }
 
     fn tick(&self) -> Duration {
+        if self.waiting {
+            return Duration::from_millis(PERFORMED_TICK_MS);
+        }
         (self.quiet_period / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 }
@@ -64,11 +85,20 @@ impl Worker for StudyReadyWorker {
     fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
         Box::pin(async move {
             self.sweep().await?;
+            // An ended procedure step waiting for its last instances: look again soon.
+            self.waiting = self.db.performed_studies_waiting().await?;
             Ok(WorkState::Idle)
         })
     }
 
     fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(tokio::time::sleep(self.tick()))
+        let tick = self.tick();
+        let wake = self.wake.clone();
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = wake.notified() => {}
+            }
+        })
     }
 }

@@ -1,12 +1,14 @@
 //! The DIMSE services of this node, one module each, every one implementing
 //! `net::service::Service`: `echo` (Verification SCP), `store` (Storage SCP into `ingest`),
-//! `commitment` (Storage Commitment results a PACS reports). `access` is the AE registry as the
+//! `commitment` (Storage Commitment results a PACS reports), `mpps` (Modality Performed
+//! Procedure Step SCP: study completion from the modality), `qr` (Query/Retrieve SCP). `access` is the AE registry as the
 //! network layer's access control. A new service is a new module here plus one line in
 //! `standard`; the association names none of them.
 
 pub mod access;
 pub mod commitment;
 pub mod echo;
+pub mod mpps;
 pub mod qr;
 pub mod store;
 
@@ -17,8 +19,9 @@ use crate::ingest::Ingest;
 use crate::net::Services;
 
 /// The services `serve` registers; the Query/Retrieve SCP where `query` is given.
-pub fn standard(ingest: Arc<Ingest>, db: Db, query: Option<qr::QueryRetrieve>) -> Services {
-    let services = Services::new().with(echo::Echo).with(store::Store::new(ingest)).with(commitment::CommitmentReports::new(db));
+pub fn standard(ingest: Arc<Ingest>, db: Db, query: Option<qr::QueryRetrieve>, storage: &crate::config::StorageSettings) -> Services {
+    let storage = storage.clone();
+    let services = Services::new().with(echo::Echo).with(store::Store::new(ingest.clone(), move |uid| storage.accepts_sop_class(uid))).with(mpps::ProcedureSteps::new(ingest)).with(commitment::CommitmentReports::new(db));
     match query {
         Some(q) => services.with(q),
         None => services,
@@ -50,7 +53,7 @@ mod tests {
     fn conformance_statement_matches_the_code() {
         // Every SOP class of the table is served by a registered service, and nothing else.
         use std::collections::BTreeSet;
-        let served: BTreeSet<&str> = [echo::offers(), store::offers(), commitment::offers(), qr::offers()].concat().iter().map(|o| o.class.uid).collect();
+        let served: BTreeSet<&str> = [echo::offers(), store::offers(), commitment::offers(), mpps::offers(), qr::offers()].concat().iter().map(|o| o.class.uid).collect();
         assert_eq!(served, SOP_CLASSES.iter().map(|c| c.uid).collect::<BTreeSet<_>>());
         let sop_rows: Vec<(String, String)> = table("sop-classes").into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
         let sop_code: Vec<(String, String)> = SOP_CLASSES.iter().map(|c| (c.name.to_string(), c.uid.to_string())).collect();

@@ -18,11 +18,13 @@ use crate::net::{Association, AssociationError, Offer, Request, Service};
 
 pub struct Store {
     ingest: Arc<Ingest>,
+    /// The site's choice of storage classes (`[storage] accept_sop_classes` / `refuse_sop_classes`).
+    accepts: Box<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 impl Store {
-    pub fn new(ingest: Arc<Ingest>) -> Store {
-        Store { ingest }
+    pub fn new(ingest: Arc<Ingest>, accepts: impl Fn(&str) -> bool + Send + Sync + 'static) -> Store {
+        Store { ingest, accepts: Box::new(accepts) }
     }
 }
 
@@ -32,7 +34,7 @@ impl Service for Store {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        offers()
+        offers().into_iter().filter(|o| (self.accepts)(o.class.uid)).collect()
     }
 
     fn commands(&self) -> &'static [u16] {

@@ -25,6 +25,10 @@ pub mod field {
     pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
     pub const N_ACTION_RQ: u16 = 0x0130;
     pub const N_ACTION_RSP: u16 = 0x8130;
+    pub const N_SET_RQ: u16 = 0x0120;
+    pub const N_SET_RSP: u16 = 0x8120;
+    pub const N_CREATE_RQ: u16 = 0x0140;
+    pub const N_CREATE_RSP: u16 = 0x8140;
 }
 
 /// Element numbers of group 0000 that we read or write.
@@ -38,6 +42,7 @@ pub mod tag {
     pub const COMMAND_DATA_SET_TYPE: u16 = 0x0800;
     pub const STATUS: u16 = 0x0900;
     pub const ERROR_COMMENT: u16 = 0x0902;
+    pub const ERROR_ID: u16 = 0x0903;
     pub const AFFECTED_SOP_INSTANCE_UID: u16 = 0x1000;
     pub const REQUESTED_SOP_CLASS_UID: u16 = 0x0003;
     pub const REQUESTED_SOP_INSTANCE_UID: u16 = 0x1001;

@@ -269,6 +269,7 @@ mod tests {
                 }
                 Service::Commitment => vec![Offer { class, roles: &[AeRole::Pacs], caller_is_scp: true, native_only: true }],
                 Service::QueryRetrieve => vec![Offer { class, roles: &[AeRole::Pacs], caller_is_scp: false, native_only: true }],
+                Service::ProcedureStep => vec![Offer { class, roles: &[AeRole::Modality], caller_is_scp: false, native_only: true }],
             })
             .collect();
         negotiate(rq, &AcceptorPolicy { ae_title: &ae, offers: &offers, ts_preference: &p, max_pdu_length: 65536 }, caller)
