@@ -20,6 +20,7 @@ mod protocol_edges;
 mod query;
 mod refusals;
 mod results;
+mod scanner_study;
 mod send_scu;
 mod status;
 mod storage_scp;

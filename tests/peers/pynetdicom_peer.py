@@ -4,6 +4,7 @@ Each subcommand prints one machine-readable line per event (flushed), so the Rus
 assert on exactly what the peer saw:
   ESTABLISHED <ts uid of each accepted context>      REJECTED result=<r> source=<s> reason=<n>
   ECHO <status>                                      STORED <status> <error comment> <path>
+  NCREATE <status> [<error id>] <uid>                NSET <status> [<error id>]
 """
 import argparse
 import sys
@@ -133,6 +134,107 @@ def cmd_make_bad(args):
     say("MADE")
 
 
+MPPS = "1.2.840.10008.3.1.2.3.3"
+
+
+def mpps_create(assoc, study_uid, uid=None, status="IN PROGRESS"):
+    """N-CREATE a step for `study_uid`, with the patient's identity a modality sends."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    item = Dataset()
+    item.StudyInstanceUID = study_uid
+    item.AccessionNumber = "PLANTEDACC77"
+    item.RequestedProcedureID = "RP1"
+    item.ScheduledProcedureStepID = "SPS1"
+    item.ReferencedStudySequence = []
+    ds.ScheduledStepAttributesSequence = [item]
+    ds.PatientName = "PLANTED^MPPSPATIENT"
+    ds.PatientID = "PLANTEDMPPSID"
+    ds.PatientBirthDate = "19230417"
+    ds.PatientSex = "F"
+    ds.PerformedProcedureStepID = "PPS1"
+    ds.PerformedStationAETitle = "PYNETDICOM"
+    ds.PerformedProcedureStepStartDate = "20261201"
+    ds.PerformedProcedureStepStartTime = "101500"
+    ds.PerformedProcedureStepStatus = status
+    ds.PerformedProcedureStepDescription = "PLANTED description"
+    ds.Modality = "CT"
+    ds.PerformedSeriesSequence = []
+    st, _ = assoc.send_n_create(ds, MPPS, uid)
+    return st
+
+
+def mpps_set(assoc, uid, state, files):
+    """N-SET the step's state and its Performed Series Sequence (the instances of `files`)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = state
+    ds.PerformedProcedureStepEndDate = "20261201"
+    ds.PerformedProcedureStepEndTime = "102000"
+    series = {}
+    for f in files:
+        d = pydicom.dcmread(f, stop_before_pixels=True)
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = d.SOPClassUID
+        ref.ReferencedSOPInstanceUID = d.SOPInstanceUID
+        series.setdefault(d.SeriesInstanceUID, []).append(ref)
+    items = []
+    for uid_, refs in series.items():
+        it = Dataset()
+        it.SeriesInstanceUID = uid_
+        it.PerformingPhysicianName = "PLANTED^PHYSICIAN"
+        it.ProtocolName = "HEAD"
+        it.OperatorsName = "PLANTED^OPERATOR"
+        it.SeriesDescription = "axial"
+        it.RetrieveAETitle = ""
+        it.ReferencedImageSequence = refs
+        it.ReferencedNonImageCompositeSOPInstanceSequence = []
+        items.append(it)
+    ds.PerformedSeriesSequence = items
+    st, _ = assoc.send_n_set(ds, MPPS, uid)
+    return st
+
+
+def status_line(kind, st):
+    if "Status" not in st:
+        return f"{kind} none"
+    extra = f" {st.ErrorID:04X}" if "ErrorID" in st else ""
+    return f"{kind} 0x{st.Status:04X}{extra}"
+
+
+def cmd_mpps(args):
+    """A modality's procedure step: N-CREATE, C-STOREs, N-SET (or N-SET before the stores)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    files = args.store
+    study = args.study or pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    contexts = [(MPPS, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])] + (file_contexts(files) if files else [])
+    assoc = associate(args, contexts)
+    if not assoc:
+        return
+    uid = generate_uid()
+    st = mpps_create(assoc, study, uid)
+    say(status_line("NCREATE", st), uid)
+    listed = args.list if args.list is not None else files
+    if args.set_first:
+        say(status_line("NSET", mpps_set(assoc, uid, args.state, listed)))
+    for path in files:
+        st = assoc.send_c_store(path)
+        say(f"STORED 0x{st.Status:04X} - {path}" if "Status" in st else f"STORED none - {path}")
+    if not args.set_first:
+        say(status_line("NSET", mpps_set(assoc, uid, args.state, listed)))
+    if args.probe:
+        say(status_line("NSET-AGAIN", mpps_set(assoc, uid, "COMPLETED", listed)))
+        say(status_line("NSET-UNKNOWN", mpps_set(assoc, generate_uid(), "COMPLETED", listed)))
+        say(status_line("NCREATE-DUPLICATE", mpps_create(assoc, study, uid)))
+        say(status_line("NCREATE-COMPLETED", mpps_create(assoc, study, generate_uid(), "COMPLETED")))
+    assoc.release()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=11112)
@@ -150,6 +252,13 @@ def main():
     b = sub.add_parser("make-bad")
     b.add_argument("--source", required=True)
     b.add_argument("--out", required=True)
+    m = sub.add_parser("mpps")
+    m.add_argument("--study")
+    m.add_argument("--state", default="COMPLETED")
+    m.add_argument("--set-first", action="store_true")
+    m.add_argument("--probe", action="store_true")
+    m.add_argument("--list", nargs="*")
+    m.add_argument("--store", nargs="*", default=[])
     args = p.parse_args()
     globals()["cmd_" + args.cmd.replace("-", "_")](args)
 

@@ -1,0 +1,184 @@
+//! Studies as real modalities send them (issue 16): every standard storage class accepted, the
+//! objects with content outside the header kept as de-identified headers, a site's refused
+//! classes rejected at negotiation, and study completion from Modality Performed Procedure Step.
+//! The objects are built from the registry packages' real files (tests/peers/scanner_study.py).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// The files of one generated scanner study and the other rooms' objects, by kind.
+fn make_objects(dir: &Path) -> Vec<(String, PathBuf)> {
+    let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/scanner_study.py")).arg(dir).output().unwrap();
+    assert!(out.status.success(), "scanner_study.py: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("MADE "))
+        .map(|l| {
+            let (kind, path) = l.split_once(' ').unwrap();
+            (kind.to_string(), PathBuf::from(path))
+        })
+        .collect()
+}
+
+fn dcmsend(node: &Node, files: &[PathBuf]) -> std::process::Output {
+    Command::new("dcmsend")
+        .env("TCP_NODELAY", "1")
+        .args(["-v", "-nh", "-aet", "STORESCU", "-aec", "TRIAGE", "127.0.0.1", &node.port.to_string()])
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+/// Every file under the data directory and the whole log, searched for each planted marker.
+fn assert_nothing_planted(node: &Node, markers: &[&str]) {
+    for path in walk(&node.data_dir()) {
+        let bytes = std::fs::read(&path).unwrap();
+        for m in markers {
+            assert!(!bytes.windows(m.len()).any(|w| w == m.as_bytes()), "{m} found in {}", path.display());
+        }
+    }
+    let log = node.log();
+    for m in markers {
+        assert!(!log.contains(m), "{m} found in the log");
+    }
+}
+
+/// A CT scanner's study (axial series, localizer, dose SR, dose screen, KOS, presentation state)
+/// sent with storescu, and MG, XA, NM, breast tomosynthesis, US, SEG, RT, ECG, SR and PDF objects
+/// sent with dcmsend: every instance Success, each stored de-identified, the objects with content
+/// outside the header stored as their header only (the reason recorded), and no planted value
+/// anywhere under the data directory or in the log.
+#[test]
+fn a_scanner_study_and_every_other_rooms_objects_are_stored_de_identified() {
+    if !peers_ready() || !have_tool("dcmsend") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let objects = make_objects(work.path());
+    let node = Node::start(NodeOptions::default());
+    let (ct, others): (Vec<_>, Vec<_>) = objects.iter().partition(|(kind, _)| {
+        ["ct-axial", "ct-thick", "ct-localizer", "dose-sr", "dose-screen", "kos", "gsps"].contains(&kind.as_str())
+    });
+    let ct: Vec<PathBuf> = ct.iter().map(|(_, p)| p.clone()).collect();
+    let others: Vec<PathBuf> = others.iter().map(|(_, p)| p.clone()).collect();
+    let out = node.storescu(&ct);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "storescu: {text}");
+    assert_eq!(text.matches("Received Store Response (Success)").count(), ct.len(), "storescu: {text}");
+    let out = dcmsend(&node, &others);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "dcmsend: {text}");
+    assert_eq!(text.matches("Received C-STORE Response (Success)").count(), others.len(), "dcmsend: {text}");
+    assert_eq!(node.stored_files().len(), objects.len());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let excluded: std::collections::BTreeMap<String, i64> = rt.block_on(db.excluded_counts()).unwrap().into_iter().collect();
+    let count = |reason: &str| excluded.get(reason).copied().unwrap_or(0);
+    // dose SR, KOS, SR; the PDF; the ECG; the presentation state.
+    assert_eq!(count("header only: structured content (Content Sequence) not kept"), 3, "{excluded:?}");
+    assert_eq!(count("header only: encapsulated document not kept"), 1, "{excluded:?}");
+    assert_eq!(count("header only: waveform data not kept"), 1, "{excluded:?}");
+    assert_eq!(count("header only: graphic and text annotations not kept"), 1, "{excluded:?}");
+    assert_eq!(count("Burned In Annotation is YES"), 1, "the dose screen: {excluded:?}");
+    // The store holds exactly what `triage-node deid` makes of each received file. dcmsend
+    // proposes Explicit VR beside an Implicit VR file's own syntax and converts it when the
+    // node chooses Explicit (its preference): those were not received as on disk.
+    let stored: Vec<Vec<u8>> = node.stored_files().iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let as_sent: Vec<&(String, PathBuf)> = objects.iter().filter(|(_, p)| meta_of(p).1.trim_end_matches('\0') != "1.2.840.10008.1.2").collect();
+    assert!(as_sent.len() >= objects.len() - 2, "{}", as_sent.len());
+    let differing: Vec<&str> = as_sent.iter().filter(|(_, p)| !stored.contains(&expected_deid(p))).map(|(k, _)| k.as_str()).collect();
+    assert!(differing.is_empty(), "stored differently from `triage-node deid`: {differing:?}");
+    assert_nothing_planted(&node, &["PLANTED"]);
+}
+
+/// A class the site refuses is rejected at negotiation; the rest of the send goes on.
+#[test]
+fn a_refused_storage_class_is_rejected_at_negotiation_and_nothing_else_is() {
+    if !peers_ready() || !have_tool("dcmsend") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let objects = make_objects(work.path());
+    let pick = |kind: &str| objects.iter().find(|(k, _)| k == kind).unwrap().1.clone();
+    let node = Node::start(NodeOptions { storage: vec!["refuse_sop_classes = [\"1.2.840.10008.5.1.4.1.1.104.1\"]".into()], ..Default::default() });
+    let out = dcmsend(&node, &[pick("pdf"), pick("mg")]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("No presentation context found for sending C-STORE with SOP Class / Transfer Syntax: EncapsulatedPDFStorage"), "{text}");
+    assert_eq!(text.matches("Received C-STORE Response (Success)").count(), 1, "{text}");
+    assert_eq!(node.stored_files().len(), 1);
+    // A class that is not a standard storage class is a configuration error, named.
+    let cfg = work.path().join("bad.toml");
+    std::fs::write(&cfg, "[storage]\naccept_sop_classes = [\"1.2.3\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_triage-node")).args(["--config", cfg.to_str().unwrap(), "serve"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.accept_sop_classes") && err.contains("1.2.3 is not a standard Storage SOP Class UID"), "{err}");
+}
+
+/// MPPS from pynetdicom as the modality: N-CREATE, the C-STOREs, N-SET COMPLETED listing them,
+/// and the study is ready although the quiet period (10 minutes) has not passed. A step listing
+/// an instance not yet stored waits for it; a DISCONTINUED step that lists nothing leaves the
+/// study to the quiet period. The statuses of PS3.4 F.7.2 for the requests it must refuse, and
+/// nothing of the step's patient anywhere under the data directory or in the log.
+#[test]
+fn a_completed_procedure_step_completes_its_study_without_the_quiet_period() {
+    if !peers_ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let first = make_objects(&work.path().join("a"));
+    let second = make_objects(&work.path().join("b"));
+    let third = make_objects(&work.path().join("c"));
+    let node = Node::start(NodeOptions { ingest: vec!["study_quiet_period = \"10m\"".into()], ..Default::default() });
+    let of = |objects: &[(String, PathBuf)], kind: &str| -> Vec<String> {
+        objects.iter().filter(|(k, _)| k == kind).map(|(_, p)| p.display().to_string()).collect()
+    };
+    let ready = || node.log().matches("by=\"procedure step\"").count() + node.log().matches("by=procedure step").count();
+
+    // 1. The usual order, with the refusals probed after the step ended.
+    let axial = of(&first, "ct-axial");
+    let mut args = vec!["mpps", "--probe", "--store"];
+    args.extend(axial.iter().map(String::as_str));
+    let lines = node.pynetdicom(&args);
+    let status = |kind: &str| lines.iter().find(|l| l.starts_with(&format!("{kind} "))).cloned().unwrap_or_default();
+    assert!(status("NCREATE").starts_with("NCREATE 0x0000"), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("STORED 0x0000")).count(), axial.len(), "{lines:?}");
+    assert_eq!(status("NSET"), "NSET 0x0000");
+    assert_eq!(status("NSET-AGAIN"), "NSET-AGAIN 0x0110 A710", "an ended step may no longer be updated");
+    assert_eq!(status("NSET-UNKNOWN"), "NSET-UNKNOWN 0x0112");
+    assert_eq!(status("NCREATE-DUPLICATE"), "NCREATE-DUPLICATE 0x0111");
+    assert_eq!(status("NCREATE-COMPLETED"), "NCREATE-COMPLETED 0x0106");
+    assert!(node.wait_for_log("study ready", Duration::from_secs(20)), "not promoted by the step:\n{}", node.log());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ready(), 1, "{}", node.log());
+
+    // 2. DISCONTINUED, listing nothing: the quiet period decides.
+    let thick = of(&third, "ct-thick");
+    let mut args = vec!["mpps", "--state", "DISCONTINUED", "--list", "--store"];
+    args.extend(thick.iter().map(String::as_str));
+    let lines = node.pynetdicom(&args);
+    assert!(lines.iter().any(|l| l == "NSET 0x0000"), "{lines:?}");
+
+    // 3. COMPLETED first, listing three instances of which two are sent: the study waits.
+    let thick = of(&second, "ct-thick");
+    let mut args = vec!["mpps", "--set-first", "--list"];
+    args.extend(thick.iter().map(String::as_str));
+    args.push("--store");
+    args.extend(thick[..2].iter().map(String::as_str));
+    let lines = node.pynetdicom(&args);
+    assert!(lines.iter().any(|l| l == "NSET 0x0000"), "{lines:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready(), 1, "a study promoted before its listed instances, or a DISCONTINUED step without any:\n{}", node.log());
+    let stored = node.pynetdicom_store(&thick[2..]);
+    assert!(stored[1].starts_with("STORED 0x0000"), "{stored:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ready() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ready(), 2, "the last listed instance did not complete the study:\n{}", node.log());
+    assert_nothing_planted(&node, &["PLANTED", "MPPSPATIENT"]);
+}
