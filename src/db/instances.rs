@@ -187,6 +187,16 @@ impl Db {
             .map_err(q("select a study's first instance"))
     }
 
+    /// (instance id, series UID, path) of each of a study's instances.
+    pub async fn study_instance_series(&self, study_id: i64) -> Result<Vec<(i64, String, String)>, DbError> {
+        let rows = sqlx::query("SELECT id, series_instance_uid, path FROM instances WHERE study_id = $1 ORDER BY id")
+            .bind(study_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select a study's series"))?;
+        rows.iter().map(|r| Ok((get(r, "id")?, get(r, "series_instance_uid")?, get(r, "path")?))).collect()
+    }
+
     /// The distinct modalities of a study's instances, sorted.
     pub async fn study_modalities(&self, study_id: i64) -> Result<Vec<String>, DbError> {
         let rows: Vec<Option<String>> = sqlx::query_scalar("SELECT DISTINCT modality FROM instances WHERE study_id = $1 ORDER BY modality")

@@ -42,6 +42,8 @@ pub struct StudyResult {
     pub last_received_at_ms: i64,
     pub ready_at_ms: i64,
     pub triaged_at_ms: i64,
+    /// The (de-identified) series the result's images come from, when it has any.
+    pub series_instance_uid: Option<String>,
     pub findings: Vec<Finding>,
 }
 
@@ -68,8 +70,8 @@ impl Db {
         for r in results {
             let result_id: i64 = sqlx::query_scalar(
                 "INSERT INTO study_results (study_id, job_id, model, model_version, demonstration, intended_use, limits, state, priority, error,
-                                            images_inferred, instances_failed, preprocess_ms, forward_ms, last_received_at_ms, ready_at_ms, triaged_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+                                            images_inferred, instances_failed, preprocess_ms, forward_ms, last_received_at_ms, ready_at_ms, triaged_at_ms, series_instance_uid)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
             )
             .bind(study_id)
             .bind(job_id)
@@ -88,6 +90,7 @@ impl Db {
             .bind(r.last_received_at_ms)
             .bind(r.ready_at_ms)
             .bind(r.triaged_at_ms)
+            .bind(r.series_instance_uid.clone())
             .fetch_one(&mut *tx)
             .await
             .map_err(q("insert study result"))?;
@@ -180,6 +183,7 @@ impl Db {
                 last_received_at_ms: get(r, "last_received_at_ms")?,
                 ready_at_ms: get(r, "ready_at_ms")?,
                 triaged_at_ms: get(r, "triaged_at_ms")?,
+                series_instance_uid: get(r, "series_instance_uid")?,
                 findings,
             });
         }

@@ -44,6 +44,9 @@ pub struct Manifest {
     #[serde(default)]
     pub allow_half: bool,
     pub routing: Routing,
+    /// Which series of a study the model takes, and which one when several qualify.
+    #[serde(default)]
+    pub series: Series,
     pub input: Input,
     pub outputs: Outputs,
     pub aggregate: Aggregate,
@@ -60,6 +63,64 @@ pub struct Routing {
     pub sop_classes: Vec<String>,
     #[serde(default)]
     pub photometric: Vec<String>,
+}
+
+/// Series selection: instance attributes a series must have (each rule empty: any), and the
+/// rule that picks one series of a study when several qualify (one result per study and model).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Series {
+    /// Every one of these values is in Image Type (e.g. ORIGINAL, PRIMARY, AXIAL).
+    #[serde(default)]
+    pub image_type_all: Vec<String>,
+    /// None of these values is in Image Type (LOCALIZER and the dose screens' types are always
+    /// excluded: `NEVER_INFERRED`).
+    #[serde(default)]
+    pub image_type_none: Vec<String>,
+    /// [min, max] Slice Thickness in mm, inclusive; an instance without one does not qualify.
+    #[serde(default)]
+    pub slice_thickness: Option<[f64; 2]>,
+    /// The Convolution Kernel contains one of these (ignoring case), e.g. ["SOFT", "STANDARD", "H30"].
+    #[serde(default)]
+    pub kernels: Vec<String>,
+    /// true: contrast-enhanced only (Contrast/Bolus Agent present); false: without contrast only.
+    #[serde(default)]
+    pub contrast: Option<bool>,
+    /// When several series qualify: "thinnest" (smallest Slice Thickness, then most instances;
+    /// the default) or "most_instances".
+    #[serde(default)]
+    pub pick: Pick,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pick {
+    #[default]
+    Thinnest,
+    MostInstances,
+}
+
+/// Image Type values whose images no model ever takes: localizers (scouts, topograms) and the
+/// screen captures of dose pages.
+pub const NEVER_INFERRED: [&str; 5] = ["LOCALIZER", "SCOUT", "SCREEN SAVE", "DOSE_INFO", "DOSE INFO"];
+
+impl Series {
+    pub fn accepts(&self, a: &ImageAttrs) -> bool {
+        let has = |v: &String| a.image_type.iter().any(|t| t.eq_ignore_ascii_case(v));
+        self.image_type_all.iter().all(has)
+            && !self.image_type_none.iter().any(has)
+            && self.slice_thickness.is_none_or(|[lo, hi]| a.slice_thickness.is_some_and(|t| (lo..=hi).contains(&t)))
+            && (self.kernels.is_empty() || self.kernels.iter().any(|k| a.kernel.to_ascii_uppercase().contains(&k.to_ascii_uppercase())))
+            && self.contrast.is_none_or(|c| c == a.contrast)
+    }
+}
+
+impl Manifest {
+    /// Whether the model takes an instance: its routing, its series rules, and never a
+    /// localizer or a dose screen.
+    pub fn takes(&self, a: &ImageAttrs) -> bool {
+        !a.image_type.iter().any(|t| NEVER_INFERRED.contains(&t.as_str())) && self.routing.accepts(a) && self.series.accepts(a)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,4 +333,42 @@ pub fn load_all(models_dir: &Path, device: tch::Device) -> Result<Vec<Package>, 
     let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("model.toml").is_file()).collect();
     dirs.sort();
     dirs.iter().map(|d| Package::load(d, device)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml)).build().unwrap().try_deserialize().unwrap()
+    }
+
+    /// Series rules select by Image Type, thickness, kernel and contrast; localizers and dose
+    /// screens are never taken, whatever the manifest says.
+    #[test]
+    fn series_rules_and_the_images_never_inferred() {
+        let series: Series = parse("image_type_all = [\"ORIGINAL\", \"AXIAL\"]\nslice_thickness = [0.5, 3.0]\nkernels = [\"SOFT\", \"H30\"]\ncontrast = false");
+        let axial = ImageAttrs {
+            modality: "CT".into(),
+            image_type: vec!["ORIGINAL".into(), "PRIMARY".into(), "AXIAL".into()],
+            slice_thickness: Some(1.0),
+            kernel: "H30s".into(),
+            ..Default::default()
+        };
+        assert!(series.accepts(&axial));
+        assert!(!series.accepts(&ImageAttrs { slice_thickness: Some(5.0), ..axial.clone() }));
+        assert!(!series.accepts(&ImageAttrs { slice_thickness: None, ..axial.clone() }));
+        assert!(!series.accepts(&ImageAttrs { kernel: "BONE".into(), ..axial.clone() }));
+        assert!(!series.accepts(&ImageAttrs { contrast: true, ..axial.clone() }));
+        assert!(!series.accepts(&ImageAttrs { image_type: vec!["DERIVED".into(), "AXIAL".into()], ..axial.clone() }));
+        let any: Series = parse("");
+        assert_eq!(any.pick, Pick::Thinnest);
+        let scout = ImageAttrs { image_type: vec!["ORIGINAL".into(), "PRIMARY".into(), "LOCALIZER".into()], ..axial.clone() };
+        assert!(any.accepts(&scout), "the manifest's rules alone would take it");
+        let m = Manifest { series: any, ..parse::<Manifest>(include_str!("../../models/demo-nodule/model.toml")) };
+        let cr = ImageAttrs { modality: "CR".into(), body_part: "CHEST".into(), photometric: "MONOCHROME2".into(), ..Default::default() };
+        assert!(m.takes(&cr));
+        assert!(!m.takes(&ImageAttrs { image_type: vec!["DERIVED".into(), "SECONDARY".into(), "SCREEN SAVE".into()], ..cr.clone() }));
+        assert!(!m.takes(&ImageAttrs { image_type: vec!["ORIGINAL".into(), "PRIMARY".into(), "LOCALIZER".into()], ..cr }));
+    }
 }

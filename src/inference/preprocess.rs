@@ -39,12 +39,20 @@ pub struct Decoded {
 }
 
 /// The attributes that route an instance to a model (trimmed; empty when absent).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageAttrs {
     pub modality: String,
     pub body_part: String,
     pub sop_class_uid: String,
     pub photometric: String,
+    /// Image Type (0008,0008) values, upper case.
+    pub image_type: Vec<String>,
+    /// Slice Thickness (0018,0050) in mm.
+    pub slice_thickness: Option<f64>,
+    /// Convolution Kernel (0018,1210) values joined by `\`.
+    pub kernel: String,
+    /// Contrast/Bolus Agent (0018,0010) present and not empty.
+    pub contrast: bool,
 }
 
 /// An opened Part 10 file: its routing attributes, pixels not yet decoded.
@@ -63,6 +71,10 @@ impl Image {
             body_part: text(tags::BODY_PART_EXAMINED),
             sop_class_uid: text(tags::SOP_CLASS_UID),
             photometric: text(tags::PHOTOMETRIC_INTERPRETATION),
+            image_type: text(tags::IMAGE_TYPE).split('\\').map(|v| v.trim().to_ascii_uppercase()).filter(|v| !v.is_empty()).collect(),
+            slice_thickness: text(tags::SLICE_THICKNESS).trim().parse().ok(),
+            kernel: text(tags::CONVOLUTION_KERNEL),
+            contrast: !text(tags::CONTRAST_BOLUS_AGENT).is_empty(),
         };
         Ok(Image { obj, attrs })
     }

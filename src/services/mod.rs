@@ -86,6 +86,20 @@ mod tests {
         documented.sort();
         assert_eq!(documented, code_statuses);
 
+        // Every MPPS status the code can send is documented, and nothing else.
+        use crate::ingest::procedure_step::StepError as P;
+        let mut step_statuses: Vec<u16> = [P::Unparseable(String::new()), P::Missing(""), P::Invalid(""), P::Duplicate, P::NoSuchInstance, P::Ended, P::OtherCaller]
+            .iter()
+            .map(|e| e.dimse_status().code())
+            .chain([0x0000])
+            .collect();
+        step_statuses.sort();
+        step_statuses.dedup();
+        let mut documented: Vec<u16> =
+            table("mpps-statuses").iter().map(|r| u16::from_str_radix(r[0].trim_start_matches("0x"), 16).unwrap()).collect();
+        documented.sort();
+        assert_eq!(documented, step_statuses);
+
         // The query keys are the index's.
         let keys: Vec<(String, String, String)> = table("query-keys").into_iter().map(|r| (r[0].clone(), r[1].clone(), r[2].clone())).collect();
         let code: Vec<(String, String, String)> = crate::archive::keys::KEYS

@@ -3,7 +3,7 @@
 //! thresholds, a confidence tier, the key image and its class activation map. Pure functions.
 
 use crate::db::{Finding, FrameOutput, Priority, ResultState, StudyResult};
-use crate::inference::package::Manifest;
+use crate::inference::package::{Manifest, Pick};
 
 /// Confidence tiers: the confidence of a call is p when positive and 1 - p when not.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,9 +54,46 @@ pub struct Context<'a> {
     pub tiers: Tiers,
     /// (instance id, reason) of the study's instances whose pass failed.
     pub failed: &'a [(i64, String)],
+    /// Each inferred instance's series: (instance id, de-identified series UID, Slice Thickness).
+    pub series: &'a [(i64, String, Option<f64>)],
     pub last_received_at_ms: i64,
     pub ready_at_ms: i64,
     pub triaged_at_ms: i64,
+}
+
+/// Of the series whose images the model took, the one its manifest's rule picks (thinnest, then
+/// most instances, then the first received; or most instances), and that series' outputs only.
+fn pick_series<'a>(pick: Pick, series: &[(i64, String, Option<f64>)], mine: Vec<&'a FrameOutput>) -> (Option<String>, Vec<&'a FrameOutput>) {
+    let of = |id: i64| series.iter().find(|(i, _, _)| *i == id);
+    // (uid, thickness, instances, first instance id), in order of first appearance.
+    let mut groups: Vec<(String, Option<f64>, std::collections::BTreeSet<i64>, i64)> = Vec::new();
+    for o in &mine {
+        let Some((_, uid, thickness)) = of(o.instance_id) else { continue };
+        match groups.iter_mut().find(|g| &g.0 == uid) {
+            Some(g) => {
+                g.2.insert(o.instance_id);
+            }
+            None => groups.push((uid.clone(), *thickness, [o.instance_id].into(), o.instance_id)),
+        }
+    }
+    let thickness = |g: &(String, Option<f64>, std::collections::BTreeSet<i64>, i64)| g.1.unwrap_or(f64::INFINITY);
+    let best = groups.iter().min_by(|a, b| {
+        let by_count = b.2.len().cmp(&a.2.len());
+        let by_thickness = thickness(a).total_cmp(&thickness(b));
+        let first = match pick {
+            Pick::Thinnest => by_thickness.then(by_count),
+            Pick::MostInstances => by_count.then(by_thickness),
+        };
+        first.then(a.3.cmp(&b.3))
+    });
+    match best {
+        None => (None, mine),
+        Some(g) => {
+            let uid = g.0.clone();
+            let kept = mine.into_iter().filter(|o| of(o.instance_id).is_some_and(|(_, u, _)| *u == uid)).collect();
+            (Some(uid), kept)
+        }
+    }
 }
 
 /// One result per model that saw an image of the study. A failed instance fails every result
@@ -85,6 +122,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
         last_received_at_ms: ctx.last_received_at_ms,
         ready_at_ms: ctx.ready_at_ms,
         triaged_at_ms: ctx.triaged_at_ms,
+        series_instance_uid: None,
         findings: Vec::new(),
     };
     let mut results = Vec::new();
@@ -93,7 +131,9 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
         if mine.is_empty() {
             continue;
         }
+        let (series, mine) = pick_series(m.series.pick, ctx.series, mine);
         let mut r = blank(&m.name, &m.version);
+        r.series_instance_uid = series;
         r.demonstration = m.demonstration;
         r.intended_use = m.intended_use.clone();
         r.limits = m.limits.clone();
@@ -170,5 +210,41 @@ mod tests {
         assert_eq!(t.tier(0.55, true), "needs_review");
         assert_eq!(t.tier(0.02, false), "high");
         assert_eq!(t.tier(0.4, false), "needs_review");
+    }
+
+    fn output(instance_id: i64) -> FrameOutput {
+        FrameOutput {
+            instance_id,
+            model: "m".into(),
+            model_version: "1".into(),
+            frame: 0,
+            probabilities: vec![0.5],
+            source_rows: 1,
+            source_cols: 1,
+            cam_rows: 1,
+            cam_cols: 1,
+            cam: vec![0.0],
+            preprocess_us: 0,
+            queue_us: 0,
+            forward_us: 0,
+            batch_size: 1,
+            created_at_ms: 0,
+        }
+    }
+
+    /// Of several qualifying series the rule picks one, and only its images make the result:
+    /// the thinnest (a 5 mm series of more images loses to a 1 mm one), else the largest.
+    #[test]
+    fn one_series_is_picked_by_the_manifests_rule() {
+        let series = [(1, "thin".to_string(), Some(1.0)), (2, "thin".to_string(), Some(1.0)), (3, "thick".to_string(), Some(5.0)), (4, "thick".to_string(), Some(5.0)), (5, "thick".to_string(), Some(5.0)), (6, "none".to_string(), None)];
+        let outs: Vec<FrameOutput> = (1..=6).map(output).collect();
+        let ids = |v: &[&FrameOutput]| v.iter().map(|o| o.instance_id).collect::<Vec<_>>();
+        let (uid, kept) = pick_series(Pick::Thinnest, &series, outs.iter().collect());
+        assert_eq!((uid.as_deref(), ids(&kept)), (Some("thin"), vec![1, 2]));
+        let (uid, kept) = pick_series(Pick::MostInstances, &series, outs.iter().collect());
+        assert_eq!((uid.as_deref(), ids(&kept)), (Some("thick"), vec![3, 4, 5]));
+        // One series: itself.
+        let (uid, kept) = pick_series(Pick::Thinnest, &series[5..], vec![&outs[5]]);
+        assert_eq!((uid.as_deref(), ids(&kept)), (Some("none"), vec![6]));
     }
 }

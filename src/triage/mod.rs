@@ -214,11 +214,13 @@ impl Triage {
         }
         let slices = self.db.study_frame_outputs(job.study_id).await?;
         let (failed, _not_routed) = self.db.study_inference_outcomes(job.study_id).await?;
+        let series = self.study_series(job.study_id, &slices).await?;
         let ctx = aggregate::Context {
             study_id: job.study_id,
             manifests: self.engine.manifests(),
             tiers: self.tiers,
             failed: &failed,
+            series: &series,
             last_received_at_ms: job.last_received_at_ms,
             ready_at_ms: job.ready_at_ms,
             triaged_at_ms: now_ms(),
@@ -428,6 +430,39 @@ impl Worker for StudyJobs {
     }
 }
 
+impl Triage {
+    /// The series of the study's inferred instances, with each series' Slice Thickness (read
+    /// from one de-identified header per series, only when the study has several).
+    async fn study_series(&self, study_id: i64, slices: &[crate::db::FrameOutput]) -> Result<Vec<(i64, String, Option<f64>)>, TriageError> {
+        let inferred: std::collections::BTreeSet<i64> = slices.iter().map(|s| s.instance_id).collect();
+        let all = self.db.study_instance_series(study_id).await?;
+        let rows: Vec<(i64, String, String)> = all.into_iter().filter(|(id, _, _)| inferred.contains(id)).collect();
+        let mut thickness: std::collections::HashMap<String, Option<f64>> = std::collections::HashMap::new();
+        let distinct: std::collections::BTreeSet<&str> = rows.iter().map(|(_, s, _)| s.as_str()).collect();
+        if distinct.len() > 1 {
+            for (_, series, path) in &rows {
+                if thickness.contains_key(series) {
+                    continue;
+                }
+                let full = self.data_dir.join(path);
+                let t = tokio::task::spawn_blocking(move || slice_thickness(&full)).await.unwrap_or(None);
+                thickness.insert(series.clone(), t);
+            }
+        }
+        Ok(rows.into_iter().map(|(id, s, _)| {
+            let t = thickness.get(&s).copied().flatten();
+            (id, s, t)
+        }).collect())
+    }
+}
+
+/// Slice Thickness (0018,0050) of a stored instance, its header read up to the pixel data.
+fn slice_thickness(path: &std::path::Path) -> Option<f64> {
+    use dicom_dictionary_std::tags;
+    let obj = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path).ok()?;
+    obj.get(tags::SLICE_THICKNESS)?.to_str().ok()?.trim().parse().ok()
+}
+
 /// Open the instance, route it, decode once and prepare every frame for every model that
 /// accepts it. Empty when none does.
 fn prepare(path: &std::path::Path, manifests: &[Manifest]) -> Result<Vec<Prepared>, PixelError> {
@@ -435,7 +470,7 @@ fn prepare(path: &std::path::Path, manifests: &[Manifest]) -> Result<Vec<Prepare
         return Ok(Vec::new());
     }
     let image = Image::open(path)?;
-    let models: Vec<usize> = (0..manifests.len()).filter(|&i| manifests[i].routing.accepts(&image.attrs)).collect();
+    let models: Vec<usize> = (0..manifests.len()).filter(|&i| manifests[i].takes(&image.attrs)).collect();
     if models.is_empty() {
         return Ok(Vec::new());
     }

@@ -218,6 +218,7 @@ mod tests {
             last_received_at_ms: received,
             ready_at_ms: received + 3000,
             triaged_at_ms: received + 3100,
+            series_instance_uid: None,
             findings: if state == ResultState::Triaged { vec![finding] } else { vec![] },
         }
     }

@@ -158,6 +158,7 @@ async fn suite(url: &str) {
         last_received_at_ms: 6_000,
         ready_at_ms: 7_000,
         triaged_at_ms: 7_100,
+        series_instance_uid: None,
         findings: vec![],
     };
     let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.parse().unwrap(), study_id: Some(job.study_id), reidentify: true };

@@ -305,6 +305,13 @@ fn storage_commitment_is_requested_and_each_report_recorded() {
     wait_log_count(&node, "AI report delivered", 2, Duration::from_secs(60));
     wait_log_count(&node, "storage commitment: the PACS committed to every object", 1, Duration::from_secs(30));
     wait_log_count(&node, "storage commitment: the PACS did not commit to some objects", 1, Duration::from_secs(30));
+    // The node records a report before it answers it; each peer writes its REPORT line once
+    // it has the answer, so wait for both lines before stopping the peers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let has = |file: &str, line: &str| std::fs::read_to_string(work.path().join(file)).unwrap_or_default().contains(line);
+    while !(has("pacs.log", "REPORT 0x0000 2 0") && has("archive.log", "REPORT 0x0000 0 2")) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for c in [&mut pacs, &mut archive] {
         let _ = c.kill();
         let _ = c.wait();

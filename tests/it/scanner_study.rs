@@ -58,7 +58,10 @@ fn a_scanner_study_and_every_other_rooms_objects_are_stored_de_identified() {
     }
     let work = tempfile::tempdir().unwrap();
     let objects = make_objects(work.path());
-    let node = Node::start(NodeOptions::default());
+    // A CT model that takes original primary axial images and, of several such series, the thinnest.
+    let models = tempfile::tempdir().unwrap();
+    let manifest = format!("{}\n[series]\nimage_type_all = [\"ORIGINAL\", \"PRIMARY\", \"AXIAL\"]\npick = \"thinnest\"\n", TINY.replace("MODALITY", "CT"));
+    let node = Node::start(NodeOptions { inference: vec![tiny_package(models.path(), &manifest)], ..Default::default() });
     let (ct, others): (Vec<_>, Vec<_>) = objects.iter().partition(|(kind, _)| {
         ["ct-axial", "ct-thick", "ct-localizer", "dose-sr", "dose-screen", "kos", "gsps"].contains(&kind.as_str())
     });
@@ -92,6 +95,17 @@ fn a_scanner_study_and_every_other_rooms_objects_are_stored_de_identified() {
     assert!(as_sent.len() >= objects.len() - 2, "{}", as_sent.len());
     let differing: Vec<&str> = as_sent.iter().filter(|(_, p)| !stored.contains(&expected_deid(p))).map(|(k, _)| k.as_str()).collect();
     assert!(differing.is_empty(), "stored differently from `triage-node deid`: {differing:?}");
+
+    // One result for the CT study, from the thin axial series: not the thick one, not the
+    // localizer, the dose report, the dose screen, the KOS or the presentation state.
+    let first = |kind: &str| objects.iter().find(|(k, _)| k == kind).unwrap().1.clone();
+    let uid = |path: &Path, tag| dicom_object::open_file(path).unwrap().element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+    use dicom_dictionary_std::tags;
+    let study = deid_uid(&uid(&first("ct-axial"), tags::STUDY_INSTANCE_UID));
+    let results = wait_results(&rt, &db, std::slice::from_ref(&study), Duration::from_secs(60), &node).remove(0);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].series_instance_uid.as_deref(), Some(deid_uid(&uid(&first("ct-axial"), tags::SERIES_INSTANCE_UID)).as_str()));
+    assert_eq!(results[0].images_inferred, 6, "the thin axial series' six images");
     assert_nothing_planted(&node, &["PLANTED"]);
 }
 
