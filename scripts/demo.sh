@@ -3,9 +3,10 @@
 # on loopback with its own config in ./demo-data/pacs) and triage-node on the embedded default
 # (SQLite in ./demo-data), pushes real sample studies (a head CT and an adult chest CR from
 # pydicom-data, and four demo chest cases made from that CR, two with a synthetic nodule) with
-# DCMTK storescu to both (the PACS holds the originals, as it would from the modality), waits
-# for the studies to complete and be triaged by the shipped demonstration model
-# (models/demo-nodule: NOT clinically validated), and for the AI results (a TID 1500 SR per
+# DCMTK storescu, and a 24-slice head CT series (a synthetic lesion on a real slice) from a
+# modality that sends MPPS (pynetdicom), to both (the PACS holds the originals, as it would from the modality), waits
+# for the studies to complete and be triaged by the shipped demonstration models
+# (models/demo-nodule, models/demo-ct-hyperdense: NOT clinically validated), and for the AI results (a TID 1500 SR per
 # chest study, a heatmap Secondary Capture per positive finding) to arrive in the PACS inside
 # the original studies, with the PACS's Storage Commitment for each. Prints the results, one SR
 # as the PACS holds it, the heatmaps as PNG, a summary, and stops both cleanly.
@@ -69,12 +70,17 @@ storescu -R -xv -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testd
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/series/ct_0[1-9].dcm
 echo "== C-STORE: four demo chest cases (labels: $(sed -n '2,5p' .testdata/demo-cases/labels.csv | tr '\n' ' '))"
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/demo-cases/case00[0-3].dcm
+echo "== a head CT scanner that speaks MPPS (pynetdicom): N-CREATE IN PROGRESS, 24 axial slices (a real head CT"
+echo "   slice from pydicom-data, a synthetic hyperdense lesion on some), N-SET COMPLETED listing them"
+.venv/bin/python scripts/train-ct-demo-model.py series "$DEMO/head-ct" 24 lesion
+.venv/bin/python tests/peers/pynetdicom_peer.py --port "$TRIAGE__DICOM__PORT" --aet DEMO_CT mpps --store "$DEMO"/head-ct/slice*.dcm | grep -v '^STORED 0x0000' || true
+echo "-- the study was ready without the quiet period:"; grep 'study ready' "$DEMO/node.log" | grep 'procedure step' | head -1
 echo "== the same originals to the PACS (as the modality would have sent them)"
-storescu -aec PACS 127.0.0.1 "$PACS_DICOM" .testdata/ts/cr_explicit_le.dcm .testdata/demo-cases/case00[0-3].dcm
+storescu -aec PACS 127.0.0.1 "$PACS_DICOM" .testdata/ts/cr_explicit_le.dcm .testdata/demo-cases/case00[0-3].dcm "$DEMO"/head-ct/slice*.dcm
 echo "== waiting for the 3 s quiet period that completes each study, its triage, and the results' delivery"
-# Five chest studies (the CR and four demo cases) get a report each.
+# Five chest studies (the CR and four demo cases) and the head CT get a report each.
 for _ in $(seq 300); do
-  [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 5 ] && break; sleep 0.2
+  [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 6 ] && break; sleep 0.2
 done
 echo "== waiting for the PACS's storage commitment reports"
 for _ in $(seq 100); do
@@ -122,7 +128,8 @@ PY
 kill -TERM $NODE; wait $NODE || true
 echo "== node log"
 cat "$DEMO/node.log"
-echo "== study results (the CT is not_applicable: the demo model takes chest radiographs only)"
+echo "== study results (demo-nodule takes chest radiographs, demo-ct-hyperdense axial head CT; the CT slices sent"
+echo "   first name no body part, so no model takes them: not_applicable)"
 "$BIN" results
 echo "== the reading worklist: urgent first, then positive by score, failed, negative, not applicable"
 "$BIN" worklist
@@ -139,6 +146,13 @@ dsrdump -Ee "$SR" | head -80
 if [ -n "$SC" ]; then
   dcmj2pnm +on "$SC" "$DEMO/heatmap-from-pacs.png"
   echo "== the heatmap Secondary Capture from the PACS, as PNG: $DEMO/heatmap-from-pacs.png"
+fi
+CT_STUDY=$(dcmdump -q "$DEMO/head-ct/slice000.dcm" | sed -n 's/^(0020,000d) UI \[\(.*\)\].*/\1/p')
+.venv/bin/python tests/peers/orthanc.py study "$PACS_HTTP" "$CT_STUDY" "$DEMO/ct-from-pacs" > "$DEMO/ct-from-pacs.json"
+CT_SR=$(grep '"modality": "SR"' "$DEMO/ct-from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
+if [ -n "$CT_SR" ]; then
+  echo "== the head CT's AI report as the PACS holds it (demo-ct-hyperdense; the key slice it names)"
+  dsrdump -Ee "$CT_SR" | grep -E 'Finding|Probab|Priority|Image Library|IMAGE|demonstration|Series' | head -30
 fi
 echo "== the objects pass dciodvfy (errors: none expected)"
 for f in "$SR" $SC; do echo "-- $f: $(dciodvfy "$f" 2>&1 | grep -c '^Error' || true) error(s)"; done

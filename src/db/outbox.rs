@@ -181,13 +181,17 @@ impl Db {
         rows.iter().map(|r| Ok((get(r, "state")?, get(r, "n")?))).collect()
     }
 
-    /// When the study of an item last received an instance (for the delivery latency).
-    pub async fn study_last_received(&self, study_id: i64) -> Result<Option<i64>, DbError> {
-        sqlx::query_scalar("SELECT last_received_at_ms FROM studies WHERE id = $1")
-            .bind(study_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("select study receive time"))
+    /// When the study of an item last received an instance, and when it was last found ready
+    /// (its newest job), for the delivery latency.
+    pub async fn study_last_received(&self, study_id: i64) -> Result<Option<(i64, Option<i64>)>, DbError> {
+        let row = sqlx::query(
+            "SELECT last_received_at_ms, (SELECT MAX(created_at_ms) FROM jobs j WHERE j.study_id = s.id) AS ready_at_ms FROM studies s WHERE id = $1",
+        )
+        .bind(study_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("select study receive time"))?;
+        row.map(|r| Ok((super::get(&r, "last_received_at_ms")?, super::get(&r, "ready_at_ms")?))).transpose()
     }
 
     pub async fn outbox_delivered(&self, id: i64) -> Result<(), DbError> {

@@ -314,9 +314,12 @@ impl OutboxWorker {
                 match (item.kind, item.study_id) {
                     (ObjectKind::Sr, Some(study)) => {
                         // From the study's last instance to the PACS's Success for its report,
-                        // without the quiet period (a setting, not work).
-                        let last = self.db.study_last_received(study).await?.unwrap_or(0);
-                        let latency_ms = now_ms() - last - self.quiet_period.as_millis() as i64;
+                        // without the quiet period (a setting, not work) when the study waited
+                        // for it; a study completed by its procedure step (MPPS) waited none.
+                        let (last, ready) = self.db.study_last_received(study).await?.unwrap_or((0, None));
+                        let quiet = self.quiet_period.as_millis() as i64;
+                        let waited = if ready.is_some_and(|r| r - last >= quiet) { quiet } else { 0 };
+                        let latency_ms = now_ms() - last - waited;
                         metrics::histogram!("triage_end_to_end_seconds").record(latency_ms.max(0) as f64 / 1000.0);
                         info!(item = item.id, study_id = study, attempts, latency_ms, "AI report delivered");
                     }

@@ -170,7 +170,10 @@ pub struct Outputs {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Aggregate {
-    /// How slice results become a series result: "max" or "mean_top_k".
+    /// How slice results become a series result: "max", "mean_top_k" (the mean of the k
+    /// highest), or "adjacent" (a volume: the best minimum over k consecutive slices in
+    /// position order, so a finding needs support on k adjacent slices; the key slice is the
+    /// strongest of that run).
     pub method: String,
     #[serde(default = "one_usize")]
     pub k: usize,
@@ -284,8 +287,8 @@ impl Manifest {
         }
         match self.aggregate.method.as_str() {
             "max" => {}
-            "mean_top_k" if self.aggregate.k >= 1 => {}
-            other => return Err(format!("aggregate.method {other:?} is not \"max\" or \"mean_top_k\" (with k >= 1)")),
+            "mean_top_k" | "adjacent" if self.aggregate.k >= 1 => {}
+            other => return Err(format!("aggregate.method {other:?} is not \"max\", \"mean_top_k\" or \"adjacent\" (with k >= 1)")),
         }
         if self.routing.modalities.is_empty() {
             return Err("routing.modalities must list the modalities the model was trained on".into());

@@ -31,10 +31,23 @@ impl Tiers {
     }
 }
 
-/// The study-level value of `values` (one per image) and the index of the key image (the one
-/// with the highest value). `None` for no values.
+/// The study-level value of `values` (one per image; for "adjacent", in slice order) and the
+/// index of the key image (the one with the highest value; for "adjacent", the highest of the
+/// best run). `None` for no values.
 pub fn aggregate(method: &str, k: usize, values: &[f32]) -> Option<(f32, usize)> {
     let key = values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
+    if method == "adjacent" {
+        let k = k.max(1);
+        if values.len() < k {
+            let min = values.iter().copied().fold(f32::INFINITY, f32::min);
+            return Some((min, key));
+        }
+        let (start, value) = (0..=values.len() - k)
+            .map(|i| (i, values[i..i + k].iter().copied().fold(f32::INFINITY, f32::min)))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))?;
+        let key = (start..start + k).max_by(|&a, &b| values[a].total_cmp(&values[b]).then(b.cmp(&a)))?;
+        return Some((value, key));
+    }
     let value = match method {
         "mean_top_k" => {
             let mut sorted = values.to_vec();
@@ -54,21 +67,25 @@ pub struct Context<'a> {
     pub tiers: Tiers,
     /// (instance id, reason) of the study's instances whose pass failed.
     pub failed: &'a [(i64, String)],
-    /// Each inferred instance's series: (instance id, de-identified series UID, Slice Thickness).
-    pub series: &'a [(i64, String, Option<f64>)],
+    /// Each inferred instance's series and place: see `SliceOf`.
+    pub series: &'a [SliceOf],
     pub last_received_at_ms: i64,
     pub ready_at_ms: i64,
     pub triaged_at_ms: i64,
 }
 
+/// Where an inferred instance sits: (instance id, de-identified Series Instance UID, Slice
+/// Thickness, position along the slice normal (else Instance Number)).
+pub type SliceOf = (i64, String, Option<f64>, Option<f64>);
+
 /// Of the series whose images the model took, the one its manifest's rule picks (thinnest, then
 /// most instances, then the first received; or most instances), and that series' outputs only.
-fn pick_series<'a>(pick: Pick, series: &[(i64, String, Option<f64>)], mine: Vec<&'a FrameOutput>) -> (Option<String>, Vec<&'a FrameOutput>) {
-    let of = |id: i64| series.iter().find(|(i, _, _)| *i == id);
+fn pick_series<'a>(pick: Pick, series: &[SliceOf], mine: Vec<&'a FrameOutput>) -> (Option<String>, Vec<&'a FrameOutput>) {
+    let of = |id: i64| series.iter().find(|(i, _, _, _)| *i == id);
     // (uid, thickness, instances, first instance id), in order of first appearance.
     let mut groups: Vec<(String, Option<f64>, std::collections::BTreeSet<i64>, i64)> = Vec::new();
     for o in &mine {
-        let Some((_, uid, thickness)) = of(o.instance_id) else { continue };
+        let Some((_, uid, thickness, _)) = of(o.instance_id) else { continue };
         match groups.iter_mut().find(|g| &g.0 == uid) {
             Some(g) => {
                 g.2.insert(o.instance_id);
@@ -90,7 +107,7 @@ fn pick_series<'a>(pick: Pick, series: &[(i64, String, Option<f64>)], mine: Vec<
         None => (None, mine),
         Some(g) => {
             let uid = g.0.clone();
-            let kept = mine.into_iter().filter(|o| of(o.instance_id).is_some_and(|(_, u, _)| *u == uid)).collect();
+            let kept = mine.into_iter().filter(|o| of(o.instance_id).is_some_and(|(_, u, _, _)| *u == uid)).collect();
             (Some(uid), kept)
         }
     }
@@ -131,7 +148,12 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
         if mine.is_empty() {
             continue;
         }
-        let (series, mine) = pick_series(m.series.pick, ctx.series, mine);
+        let (series, mut mine) = pick_series(m.series.pick, ctx.series, mine);
+        if m.aggregate.method == "adjacent" {
+            // Slice order: position along the normal, else Instance Number, then frame.
+            let place = |o: &FrameOutput| ctx.series.iter().find(|s| s.0 == o.instance_id).and_then(|s| s.3).unwrap_or(f64::INFINITY);
+            mine.sort_by(|a, b| place(a).total_cmp(&place(b)).then(a.instance_id.cmp(&b.instance_id)).then(a.frame.cmp(&b.frame)));
+        }
         let mut r = blank(&m.name, &m.version);
         r.series_instance_uid = series;
         r.demonstration = m.demonstration;
@@ -200,6 +222,12 @@ mod tests {
         // k above the count: the mean of all.
         assert!((aggregate("mean_top_k", 10, &[0.2, 0.4]).unwrap().0 - 0.3).abs() < 1e-6);
         assert_eq!(aggregate("max", 1, &[]), None);
+        // A volume: one strong slice alone is not a finding; two adjacent ones are, and the
+        // key slice is the stronger of them.
+        let (v, key) = aggregate("adjacent", 2, &[0.1, 0.99, 0.1, 0.2, 0.8, 0.9, 0.1]).unwrap();
+        assert!((v - 0.8).abs() < 1e-6 && key == 5, "{v} {key}");
+        assert_eq!(aggregate("adjacent", 2, &[0.1, 0.99, 0.1]).unwrap().0, 0.1);
+        assert_eq!(aggregate("adjacent", 3, &[0.7]), Some((0.7, 0)));
     }
 
     #[test]
@@ -236,7 +264,8 @@ mod tests {
     /// the thinnest (a 5 mm series of more images loses to a 1 mm one), else the largest.
     #[test]
     fn one_series_is_picked_by_the_manifests_rule() {
-        let series = [(1, "thin".to_string(), Some(1.0)), (2, "thin".to_string(), Some(1.0)), (3, "thick".to_string(), Some(5.0)), (4, "thick".to_string(), Some(5.0)), (5, "thick".to_string(), Some(5.0)), (6, "none".to_string(), None)];
+        let s = |id: i64, uid: &str, t: Option<f64>| (id, uid.to_string(), t, None);
+        let series = [s(1, "thin", Some(1.0)), s(2, "thin", Some(1.0)), s(3, "thick", Some(5.0)), s(4, "thick", Some(5.0)), s(5, "thick", Some(5.0)), s(6, "none", None)];
         let outs: Vec<FrameOutput> = (1..=6).map(output).collect();
         let ids = |v: &[&FrameOutput]| v.iter().map(|o| o.instance_id).collect::<Vec<_>>();
         let (uid, kept) = pick_series(Pick::Thinnest, &series, outs.iter().collect());

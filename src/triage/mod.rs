@@ -431,36 +431,57 @@ impl Worker for StudyJobs {
 }
 
 impl Triage {
-    /// The series of the study's inferred instances, with each series' Slice Thickness (read
-    /// from one de-identified header per series, only when the study has several).
-    async fn study_series(&self, study_id: i64, slices: &[crate::db::FrameOutput]) -> Result<Vec<(i64, String, Option<f64>)>, TriageError> {
+    /// Where each of the study's inferred instances sits (`aggregate::SliceOf`). Headers are
+    /// read (up to the pixel data) only when needed: every instance's when a model aggregates a
+    /// volume (`adjacent`: slice order), else one per series when there are several (the pick
+    /// rule needs the Slice Thickness).
+    async fn study_series(&self, study_id: i64, slices: &[crate::db::FrameOutput]) -> Result<Vec<aggregate::SliceOf>, TriageError> {
         let inferred: std::collections::BTreeSet<i64> = slices.iter().map(|s| s.instance_id).collect();
-        let all = self.db.study_instance_series(study_id).await?;
-        let rows: Vec<(i64, String, String)> = all.into_iter().filter(|(id, _, _)| inferred.contains(id)).collect();
-        let mut thickness: std::collections::HashMap<String, Option<f64>> = std::collections::HashMap::new();
-        let distinct: std::collections::BTreeSet<&str> = rows.iter().map(|(_, s, _)| s.as_str()).collect();
-        if distinct.len() > 1 {
-            for (_, series, path) in &rows {
-                if thickness.contains_key(series) {
-                    continue;
+        let rows: Vec<(i64, String, String)> = self.db.study_instance_series(study_id).await?.into_iter().filter(|(id, _, _)| inferred.contains(id)).collect();
+        let volume = self.engine.manifests().iter().any(|m| m.aggregate.method == "adjacent");
+        let several = rows.iter().map(|(_, s, _)| s.as_str()).collect::<std::collections::BTreeSet<_>>().len() > 1;
+        let data_dir = self.data_dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut thickness: std::collections::HashMap<String, Option<f64>> = std::collections::HashMap::new();
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, series, path) in rows {
+                let need = volume || (several && !thickness.contains_key(&series));
+                let (t, place) = if need { slice_header(&data_dir.join(&path)).unwrap_or((None, None)) } else { (None, None) };
+                if need {
+                    let first = thickness.entry(series.clone()).or_insert(t);
+                    *first = first.or(t);
                 }
-                let full = self.data_dir.join(path);
-                let t = tokio::task::spawn_blocking(move || slice_thickness(&full)).await.unwrap_or(None);
-                thickness.insert(series.clone(), t);
+                out.push((id, series, place));
             }
-        }
-        Ok(rows.into_iter().map(|(id, s, _)| {
-            let t = thickness.get(&s).copied().flatten();
-            (id, s, t)
-        }).collect())
+            out.into_iter()
+                .map(|(id, s, place)| {
+                    let t = thickness.get(&s).copied().flatten();
+                    (id, s, t, place)
+                })
+                .collect::<Vec<aggregate::SliceOf>>()
+        });
+        read.await.map_err(|e| TriageError::Task(e.to_string()))
     }
 }
 
-/// Slice Thickness (0018,0050) of a stored instance, its header read up to the pixel data.
-fn slice_thickness(path: &std::path::Path) -> Option<f64> {
+/// Slice Thickness (0018,0050) and the position along the slice normal (Image Position
+/// (Patient) on the normal of Image Orientation (Patient); else Instance Number) of a stored
+/// instance, its header read up to the pixel data.
+fn slice_header(path: &std::path::Path) -> Option<(Option<f64>, Option<f64>)> {
     use dicom_dictionary_std::tags;
     let obj = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path).ok()?;
-    obj.get(tags::SLICE_THICKNESS)?.to_str().ok()?.trim().parse().ok()
+    let numbers = |tag| -> Vec<f64> {
+        obj.get(tag).and_then(|e| e.to_str().ok()).map(|v| v.split('\\').filter_map(|x| x.trim().trim_end_matches('\0').parse().ok()).collect()).unwrap_or_default()
+    };
+    let thickness = numbers(tags::SLICE_THICKNESS).first().copied();
+    let (ipp, iop) = (numbers(tags::IMAGE_POSITION_PATIENT), numbers(tags::IMAGE_ORIENTATION_PATIENT));
+    let position = if ipp.len() == 3 && iop.len() == 6 {
+        let n = [iop[1] * iop[5] - iop[2] * iop[4], iop[2] * iop[3] - iop[0] * iop[5], iop[0] * iop[4] - iop[1] * iop[3]];
+        Some(ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2])
+    } else {
+        numbers(tags::INSTANCE_NUMBER).first().copied()
+    };
+    Some((thickness, position))
 }
 
 /// Open the instance, route it, decode once and prepare every frame for every model that

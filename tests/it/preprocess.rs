@@ -154,3 +154,29 @@ fn model_input_matches_the_training_pipeline() {
         assert!(max_diff < 1e-5, "{}: model input differs from the training pipeline by {max_diff}", file.display());
     }
 }
+
+/// The CT demonstration model's input (Modality LUT, the brain window of its manifest,
+/// bilinear resize) against its training pipeline, on the real head CT slice it was trained
+/// from and on a slice of a generated series.
+#[test]
+fn ct_model_input_matches_its_training_pipeline() {
+    let Some(py) = python() else { return };
+    use triage_node::inference::package::Manifest;
+    let manifest = Manifest::load(&repo().join("models/demo-ct-hyperdense/model.toml")).unwrap();
+    let spec = manifest.input.spec("CT");
+    let dir = tempfile::tempdir().unwrap();
+    let series = dir.path().join("series");
+    let script = repo().join("scripts/train-ct-demo-model.py");
+    let out = std::process::Command::new(&py).arg(&script).args(["series", series.to_str().unwrap(), "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in [ts("ct_explicit_le.dcm"), series.join("slice001.dcm")] {
+        let reference = dir.path().join("input.f32");
+        let out = std::process::Command::new(&py).arg(&script).arg("model-input").arg(&file).arg(&reference).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let theirs = read_f32(&reference);
+        let ours = decode(&file).unwrap().model_inputs(&spec);
+        assert_eq!((ours.len(), ours[0].values.len()), (1, theirs.len()));
+        let max_diff = ours[0].values.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(max_diff < 1e-5, "{}: model input differs from the training pipeline by {max_diff}", file.display());
+    }
+}

@@ -196,3 +196,62 @@ fn a_completed_procedure_step_completes_its_study_without_the_quiet_period() {
     assert_eq!(ready(), 2, "the last listed instance did not complete the study:\n{}", node.log());
     assert_nothing_planted(&node, &["PLANTED", "MPPSPATIENT"]);
 }
+
+/// The shipped CT demonstration model on generated head CT series (real slice, synthetic
+/// lesion): the lesion's study is positive with its key slice inside the lesion and the result
+/// naming the series; the study without one is negative. Each study is completed by its MPPS.
+#[test]
+fn the_ct_demo_model_finds_the_lesion_on_adjacent_slices_and_names_its_series() {
+    if !peers_ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let script = repo().join("scripts/train-ct-demo-model.py");
+    let make = |name: &str, lesion: bool| -> (Vec<PathBuf>, Option<(usize, usize)>) {
+        let dir = work.path().join(name);
+        let mut c = Command::new(python().unwrap());
+        c.arg(&script).args(["series", dir.to_str().unwrap(), "24"]);
+        if lesion {
+            c.arg("lesion");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8_lossy(&out.stdout).lines().find(|l| l.starts_with("LESION")).unwrap().to_string();
+        let range: Vec<usize> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        let mut files: Vec<PathBuf> = walk(&dir);
+        files.sort();
+        (files, (range.len() == 2).then(|| (range[0], range[1])))
+    };
+    let (with, spread) = make("with", true);
+    let (without, _) = make("without", false);
+    let (first, last) = spread.unwrap();
+    let node = Node::start(NodeOptions {
+        inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
+        ingest: vec!["study_quiet_period = \"10m\"".into()],
+        ..Default::default()
+    });
+    for files in [&with, &without] {
+        let mut args = vec!["mpps".to_string(), "--store".to_string()];
+        args.extend(files.iter().map(|p| p.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let lines = node.pynetdicom(&args);
+        assert!(lines.iter().any(|l| l == "NSET 0x0000"), "{lines:?}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let uid = |path: &Path, tag| dicom_object::open_file(path).unwrap().element(tag).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+    use dicom_dictionary_std::tags;
+    let studies = [deid_uid(&uid(&with[0], tags::STUDY_INSTANCE_UID)), deid_uid(&uid(&without[0], tags::STUDY_INSTANCE_UID))];
+    let results = wait_results(&rt, &db, &studies, Duration::from_secs(90), &node);
+    let ct = |r: &[triage_node::db::StudyResult]| r.iter().find(|r| r.model == "demo-ct-hyperdense").cloned().unwrap_or_else(|| panic!("no CT result: {r:?}"));
+    let (pos, neg) = (ct(&results[0]), ct(&results[1]));
+    assert_eq!(pos.series_instance_uid.as_deref(), Some(deid_uid(&uid(&with[0], tags::SERIES_INSTANCE_UID)).as_str()));
+    assert_eq!(pos.images_inferred, 24);
+    let finding = &pos.findings[0];
+    assert!(finding.positive, "the lesion's study: {pos:?}");
+    assert!(!neg.findings[0].positive, "the study without a lesion: {:?}", neg.findings[0]);
+    // The key slice is one the lesion shows on.
+    let key = rt.block_on(db.instance_ref(finding.key_instance_id)).unwrap().unwrap();
+    let index = with.iter().position(|p| deid_uid(&uid(p, tags::SOP_INSTANCE_UID)) == key.sop_instance_uid).unwrap();
+    assert!((first..=last).contains(&index), "key slice {index}, lesion on {first}..={last}");
+}
