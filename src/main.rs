@@ -466,6 +466,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             for (state, n) in &st.jobs {
                 println!("jobs {state}: {n}");
             }
+            for (state, n) in &st.procedure_steps {
+                println!("procedure steps (MPPS) {state}: {n}");
+            }
             for (state, n) in &st.results {
                 println!("study results {state}: {n}");
             }

@@ -18,6 +18,8 @@ pub struct NodeStatus {
     pub quarantined: u64,
     pub studies: Vec<(String, i64)>,
     pub jobs: Vec<(String, i64)>,
+    /// Modality Performed Procedure Steps by state.
+    pub procedure_steps: Vec<(String, i64)>,
     pub results: Vec<(String, i64)>,
     /// Studies whose instances name different patients (not triaged).
     pub conflicting_studies: i64,
@@ -35,6 +37,7 @@ pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> 
         quarantined: crate::ingest::count_quarantined(data_dir) as u64,
         studies,
         jobs,
+        procedure_steps: db.procedure_step_counts().await?,
         results: db.result_counts().await?,
         conflicting_studies: db.count_conflicting_studies().await?,
         outbox: db.outbox_counts().await?,

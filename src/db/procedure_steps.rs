@@ -14,6 +14,8 @@ pub struct ProcedureStep {
     pub id: i64,
     pub state: ProcedureStepState,
     pub calling_ae_title: String,
+    /// How many instances it lists.
+    pub listed: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +67,10 @@ impl Db {
     }
 
     pub async fn procedure_step(&self, sop_instance_uid: &str) -> Result<Option<ProcedureStep>, DbError> {
-        let row = sqlx::query("SELECT id, state, calling_ae_title FROM procedure_steps WHERE sop_instance_uid = $1")
+        let row = sqlx::query(
+            "SELECT id, state, calling_ae_title, (SELECT COUNT(*) FROM procedure_step_instances i WHERE i.step_id = p.id) AS listed
+             FROM procedure_steps p WHERE sop_instance_uid = $1",
+        )
             .bind(sop_instance_uid)
             .fetch_optional(&self.pool)
             .await
@@ -76,6 +81,7 @@ impl Db {
             id: get(&row, "id")?,
             state: state.parse()?,
             calling_ae_title: get(&row, "calling_ae_title")?,
+            listed: get(&row, "listed")?,
         }))
     }
 
@@ -108,15 +114,17 @@ impl Db {
         Ok(true)
     }
 
-    /// Whether an ended step waits for a study still receiving (the sweep then runs often).
-    pub async fn performed_studies_waiting(&self) -> Result<bool, DbError> {
+    /// Whether a step that ended since `since_ms` waits for a study still receiving (the
+    /// sweep then runs often; after the quiet period, that rule decides anyway).
+    pub async fn performed_studies_waiting(&self, since_ms: i64) -> Result<bool, DbError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM procedure_steps p JOIN procedure_step_studies ps ON ps.step_id = p.id
              JOIN studies s ON s.study_instance_uid = ps.study_instance_uid
-             WHERE p.state <> $1 AND s.state = $2",
+             WHERE p.state <> $1 AND s.state = $2 AND p.updated_at_ms >= $3",
         )
         .bind(ProcedureStepState::InProgress.as_str())
         .bind(super::StudyState::Receiving.as_str())
+        .bind(since_ms)
         .fetch_one(&self.pool)
         .await
         .map_err(q("count waiting procedure steps"))?;

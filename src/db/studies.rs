@@ -100,6 +100,11 @@ impl Db {
                AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_step_instances pi ON pi.step_id = ps.step_id
                                WHERE ps.study_instance_uid = s.study_instance_uid
                                  AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.sop_instance_uid = pi.sop_instance_uid AND i.study_id IS NOT NULL))
+               -- Each ended step completes its study once: an instance that arrives after that
+               -- (a straggler, a resend) is left to the quiet period, not re-triaged at once.
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_id = s.id AND j.created_at_ms >=
+                               (SELECT MAX(p.updated_at_ms) FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
+                                WHERE ps.study_instance_uid = s.study_instance_uid))
              ORDER BY id",
         ))
         .bind(super::ProcedureStepState::InProgress.as_str())

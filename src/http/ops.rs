@@ -113,6 +113,9 @@ async fn sample_gauges(state: &Shared) -> Result<(), crate::db::DbError> {
     for (s, n) in db.outbox_counts().await? {
         metrics::gauge!("triage_outbox_items", "state" => s).set(n as f64);
     }
+    for (s, n) in db.procedure_step_counts().await? {
+        metrics::gauge!("triage_procedure_steps", "state" => s).set(n as f64);
+    }
     for (p, r, n) in db.worklist_counts().await? {
         metrics::gauge!("triage_worklist_studies", "priority" => p, "reading" => r).set(n as f64);
     }

@@ -19,13 +19,23 @@ use tracing::info;
 
 use super::Ingest;
 use crate::db::{ProcedureStepState, StepCreated};
+use crate::dicom::sop::TransferSyntax;
 use crate::dicom::Status;
+
+/// The largest N-CREATE / N-SET data set held (a step listing ~20 000 instances).
+pub const MAX_STEP_BYTES: usize = 4 << 20;
 
 /// Why an N-CREATE or N-SET was refused, with the status PS3.4 F.7.2 gives it.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("the data set cannot be parsed: {0}")]
-    Unparseable(String),
+    /// The data set is not well-formed in the negotiated transfer syntax (the parser's own
+    /// words are not kept: they could quote a value).
+    #[error("the data set cannot be parsed")]
+    Unparseable,
+    #[error("the request's SOP Class UID is not the presentation context's")]
+    ClassMismatch,
+    #[error("the data set is larger than the node holds for a procedure step")]
+    TooLarge,
     #[error("missing {0}")]
     Missing(&'static str),
     #[error("{0}")]
@@ -45,7 +55,9 @@ pub enum StepError {
 impl StepError {
     pub fn dimse_status(&self) -> Status {
         match self {
-            StepError::Unparseable(_) => Status::PROCESSING_FAILURE,
+            StepError::Unparseable => Status::PROCESSING_FAILURE,
+            StepError::ClassMismatch => Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
+            StepError::TooLarge => Status::RESOURCE_LIMITATION,
             StepError::Missing(_) => Status::MISSING_ATTRIBUTE,
             StepError::Invalid(_) => Status::INVALID_ATTRIBUTE_VALUE,
             StepError::Duplicate => Status::DUPLICATE_SOP_INSTANCE,
@@ -63,7 +75,6 @@ impl StepError {
     pub fn peer_comment(&self) -> String {
         match self {
             StepError::Database(_) => "the node could not record the procedure step".into(),
-            StepError::Unparseable(_) => "the data set cannot be parsed".into(),
             other => other.to_string(),
         }
     }
@@ -81,8 +92,8 @@ struct Step {
 impl Ingest {
     /// N-CREATE: a new step, IN PROGRESS. Returns the SOP Instance UID (the caller's, or one
     /// assigned here when the request had none, to be returned in the response).
-    pub async fn create_procedure_step(&self, calling_ae: &str, requested_uid: Option<String>, data: &[u8], ts_uid: &str) -> Result<String, StepError> {
-        let step = self.read_step(data, ts_uid)?;
+    pub async fn create_procedure_step(&self, calling_ae: &str, requested_uid: Option<String>, data: &[u8], ts: &TransferSyntax) -> Result<String, StepError> {
+        let step = self.read_step(data, ts)?;
         match step.state {
             Some(ProcedureStepState::InProgress) => {}
             Some(_) => return Err(StepError::Invalid("Performed Procedure Step Status (0040,0252) must be IN PROGRESS in an N-CREATE")),
@@ -108,8 +119,8 @@ impl Ingest {
 
     /// N-SET: the step's new state and, when sent, its performed instances. A step that has
     /// ended cannot change; only the AE that created a step may change it.
-    pub async fn set_procedure_step(&self, calling_ae: &str, uid: &str, data: &[u8], ts_uid: &str) -> Result<ProcedureStepState, StepError> {
-        let step = self.read_step(data, ts_uid)?;
+    pub async fn set_procedure_step(&self, calling_ae: &str, uid: &str, data: &[u8], ts: &TransferSyntax) -> Result<ProcedureStepState, StepError> {
+        let step = self.read_step(data, ts)?;
         let found = self.db.procedure_step(&self.deid.keys().uid(uid)).await?.ok_or(StepError::NoSuchInstance)?;
         if found.state != ProcedureStepState::InProgress {
             return Err(StepError::Ended);
@@ -118,9 +129,13 @@ impl Ingest {
             return Err(StepError::OtherCaller);
         }
         let state = step.state.unwrap_or(ProcedureStepState::InProgress);
-        if state == ProcedureStepState::Completed && step.instances.as_ref().is_some_and(|i| i.is_empty()) {
-            // A COMPLETED step must say what it performed (PS3.4 F.7.2.2.2: Performed Series
-            // Sequence, Type 1 at completion).
+        // A COMPLETED step must say what it performed (PS3.4 F.7.2.2.2: the Performed Series
+        // Sequence has items at completion), now or in an earlier N-SET.
+        let lists_nothing = match &step.instances {
+            Some(listed) => listed.is_empty(),
+            None => found.listed == 0,
+        };
+        if state == ProcedureStepState::Completed && lists_nothing {
             return Err(StepError::Missing("Performed Series Sequence (0040,0340) items at COMPLETED"));
         }
         if !self.db.update_procedure_step(found.id, state, step.instances.as_deref()).await? {
@@ -134,9 +149,15 @@ impl Ingest {
         Ok(state)
     }
 
-    fn read_step(&self, data: &[u8], ts_uid: &str) -> Result<Step, StepError> {
-        let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| StepError::Unparseable("transfer syntax".into()))?;
-        let obj = InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|e| StepError::Unparseable(e.to_string()))?;
+    fn read_step(&self, data: &[u8], ts: &TransferSyntax) -> Result<Step, StepError> {
+        if data.len() > MAX_STEP_BYTES {
+            return Err(StepError::TooLarge);
+        }
+        // The structural scan first (bounded nesting, every length checked), as for a C-STORE:
+        // the parser below recurses into sequences without a depth limit.
+        crate::dicom::scan::scan(data, Some(data.len() as u64), ts).map_err(|_| StepError::Unparseable)?;
+        let registered = TransferSyntaxRegistry.get(ts.uid).ok_or(StepError::Unparseable)?;
+        let obj = InMemDicomObject::read_dataset_with_ts(data, registered).map_err(|_| StepError::Unparseable)?;
         let state = match text(&obj, tags::PERFORMED_PROCEDURE_STEP_STATUS) {
             None => None,
             Some(v) => Some(v.parse::<ProcedureStepState>().map_err(|_| {

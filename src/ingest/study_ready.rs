@@ -86,7 +86,7 @@ impl Worker for StudyReadyWorker {
         Box::pin(async move {
             self.sweep().await?;
             // An ended procedure step waiting for its last instances: look again soon.
-            self.waiting = self.db.performed_studies_waiting().await?;
+            self.waiting = self.db.performed_studies_waiting(now_ms() - self.quiet_period.as_millis() as i64).await?;
             Ok(WorkState::Idle)
         })
     }

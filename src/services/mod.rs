@@ -88,7 +88,7 @@ mod tests {
 
         // Every MPPS status the code can send is documented, and nothing else.
         use crate::ingest::procedure_step::StepError as P;
-        let mut step_statuses: Vec<u16> = [P::Unparseable(String::new()), P::Missing(""), P::Invalid(""), P::Duplicate, P::NoSuchInstance, P::Ended, P::OtherCaller]
+        let mut step_statuses: Vec<u16> = [P::Unparseable, P::ClassMismatch, P::TooLarge, P::Missing(""), P::Invalid(""), P::Duplicate, P::NoSuchInstance, P::Ended, P::OtherCaller]
             .iter()
             .map(|e| e.dimse_status().code())
             .chain([0x0000])

@@ -10,14 +10,12 @@ use tracing::{info, warn};
 use crate::dicom::sop::{ServiceClass, SOP_CLASSES};
 use crate::dicom::Status;
 use crate::domain::AeRole;
-use crate::ingest::procedure_step::StepError;
+use crate::ingest::procedure_step::{StepError, MAX_STEP_BYTES};
 use crate::ingest::Ingest;
 use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field, tag};
 use crate::net::{Association, AssociationError, Offer, Request, Service};
 
-/// The largest N-CREATE / N-SET data set held (a step listing ~20 000 instances).
-const MAX_STEP_BYTES: usize = 4 << 20;
 
 pub struct ProcedureSteps {
     ingest: Arc<Ingest>,
@@ -62,15 +60,15 @@ impl ProcedureSteps {
                 }
             }
         }
-        let ts = rq.context.transfer_syntax.uid;
+        let ts = rq.context.transfer_syntax;
         let calling = association.calling_ae().to_string();
         let class_tag = if create { tag::AFFECTED_SOP_CLASS_UID } else { tag::REQUESTED_SOP_CLASS_UID };
         let instance_tag = if create { tag::AFFECTED_SOP_INSTANCE_UID } else { tag::REQUESTED_SOP_INSTANCE_UID };
         let requested = cmd.string(instance_tag).ok().filter(|u| !u.is_empty());
         let result: Result<String, StepError> = if cmd.string(class_tag).ok().as_deref() != Some(rq.context.abstract_syntax.as_str()) {
-            Err(StepError::Invalid("the request's SOP Class UID is not the presentation context's"))
+            Err(StepError::ClassMismatch)
         } else if too_big {
-            Err(StepError::Invalid("the data set is larger than the node holds for a procedure step"))
+            Err(StepError::TooLarge)
         } else if !rq.has_data {
             Err(StepError::Missing("the request's data set"))
         } else if create {

@@ -75,13 +75,18 @@ pub struct Context<'a> {
 }
 
 /// Where an inferred instance sits: (instance id, de-identified Series Instance UID, Slice
-/// Thickness, position along the slice normal (else Instance Number)).
+/// Thickness, its place in the series' slice order: the position along the slice normal, or
+/// the Instance Number, the same for a whole series, else None).
 pub type SliceOf = (i64, String, Option<f64>, Option<f64>);
 
-/// Of the series whose images the model took, the one its manifest's rule picks (thinnest, then
-/// most instances, then the first received; or most instances), and that series' outputs only.
+/// Of the series whose images the model took, the one its manifest's rule picks, and that
+/// series' outputs only. Thinnest: the smallest Slice Thickness among the series with at least
+/// half as many images as the largest (a short bolus-tracking or test series does not win over
+/// the volume), then the most images, then the first received; most instances: the most images,
+/// then the thinnest.
 fn pick_series<'a>(pick: Pick, series: &[SliceOf], mine: Vec<&'a FrameOutput>) -> (Option<String>, Vec<&'a FrameOutput>) {
-    let of = |id: i64| series.iter().find(|(i, _, _, _)| *i == id);
+    let index: std::collections::HashMap<i64, &SliceOf> = series.iter().map(|s| (s.0, s)).collect();
+    let of = |id: i64| index.get(&id).copied();
     // (uid, thickness, instances, first instance id), in order of first appearance.
     let mut groups: Vec<(String, Option<f64>, std::collections::BTreeSet<i64>, i64)> = Vec::new();
     for o in &mine {
@@ -94,7 +99,8 @@ fn pick_series<'a>(pick: Pick, series: &[SliceOf], mine: Vec<&'a FrameOutput>) -
         }
     }
     let thickness = |g: &(String, Option<f64>, std::collections::BTreeSet<i64>, i64)| g.1.unwrap_or(f64::INFINITY);
-    let best = groups.iter().min_by(|a, b| {
+    let largest = groups.iter().map(|g| g.2.len()).max().unwrap_or(0);
+    let best = groups.iter().filter(|g| pick == Pick::MostInstances || 2 * g.2.len() >= largest).min_by(|a, b| {
         let by_count = b.2.len().cmp(&a.2.len());
         let by_thickness = thickness(a).total_cmp(&thickness(b));
         let first = match pick {
@@ -151,7 +157,8 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
         let (series, mut mine) = pick_series(m.series.pick, ctx.series, mine);
         if m.aggregate.method == "adjacent" {
             // Slice order: position along the normal, else Instance Number, then frame.
-            let place = |o: &FrameOutput| ctx.series.iter().find(|s| s.0 == o.instance_id).and_then(|s| s.3).unwrap_or(f64::INFINITY);
+            let places: std::collections::HashMap<i64, f64> = ctx.series.iter().filter_map(|s| Some((s.0, s.3?))).collect();
+            let place = |o: &FrameOutput| places.get(&o.instance_id).copied().unwrap_or(f64::INFINITY);
             mine.sort_by(|a, b| place(a).total_cmp(&place(b)).then(a.instance_id.cmp(&b.instance_id)).then(a.frame.cmp(&b.frame)));
         }
         let mut r = blank(&m.name, &m.version);
@@ -270,6 +277,10 @@ mod tests {
         let ids = |v: &[&FrameOutput]| v.iter().map(|o| o.instance_id).collect::<Vec<_>>();
         let (uid, kept) = pick_series(Pick::Thinnest, &series, outs.iter().collect());
         assert_eq!((uid.as_deref(), ids(&kept)), (Some("thin"), vec![1, 2]));
+        // A thinner series of a single image (a test bolus) does not win over the volume.
+        let bolus = [s(1, "bolus", Some(0.6)), s(3, "thick", Some(5.0)), s(4, "thick", Some(5.0)), s(5, "thick", Some(5.0))];
+        let (uid, _) = pick_series(Pick::Thinnest, &bolus, vec![&outs[0], &outs[2], &outs[3], &outs[4]]);
+        assert_eq!(uid.as_deref(), Some("thick"));
         let (uid, kept) = pick_series(Pick::MostInstances, &series, outs.iter().collect());
         assert_eq!((uid.as_deref(), ids(&kept)), (Some("thick"), vec![3, 4, 5]));
         // One series: itself.

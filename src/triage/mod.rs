@@ -441,47 +441,62 @@ impl Triage {
         let volume = self.engine.manifests().iter().any(|m| m.aggregate.method == "adjacent");
         let several = rows.iter().map(|(_, s, _)| s.as_str()).collect::<std::collections::BTreeSet<_>>().len() > 1;
         let data_dir = self.data_dir.clone();
-        let read = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let mut thickness: std::collections::HashMap<String, Option<f64>> = std::collections::HashMap::new();
-            let mut out = Vec::with_capacity(rows.len());
+            // (id, series, position from Image Position (Patient), Instance Number)
+            let mut read = Vec::with_capacity(rows.len());
             for (id, series, path) in rows {
                 let need = volume || (several && !thickness.contains_key(&series));
-                let (t, place) = if need { slice_header(&data_dir.join(&path)).unwrap_or((None, None)) } else { (None, None) };
+                let h = if need { slice_header(&data_dir.join(&path)) } else { SliceHeader::default() };
                 if need {
-                    let first = thickness.entry(series.clone()).or_insert(t);
-                    *first = first.or(t);
+                    let first = thickness.entry(series.clone()).or_insert(h.thickness);
+                    *first = first.or(h.thickness);
                 }
-                out.push((id, series, place));
+                read.push((id, series, h.position, h.number));
             }
-            out.into_iter()
-                .map(|(id, s, place)| {
-                    let t = thickness.get(&s).copied().flatten();
-                    (id, s, t, place)
+            // One ordering per series: positions when every slice has one, else Instance Numbers
+            // when every slice has one, else the order of arrival (never a mix of the two).
+            let all = |series: &str, f: &dyn Fn(&(i64, String, Option<f64>, Option<f64>)) -> bool| read.iter().filter(|r| r.1 == series).all(f);
+            let mut by_position = std::collections::HashMap::new();
+            for r in &read {
+                by_position.entry(r.1.clone()).or_insert_with(|| (all(&r.1, &|x| x.2.is_some()), all(&r.1, &|x| x.3.is_some())));
+            }
+            read.iter()
+                .map(|(id, s, position, number)| {
+                    let place = match by_position.get(s) {
+                        Some((true, _)) => *position,
+                        Some((false, true)) => *number,
+                        _ => None,
+                    };
+                    (*id, s.clone(), thickness.get(s).copied().flatten(), place)
                 })
                 .collect::<Vec<aggregate::SliceOf>>()
         });
-        read.await.map_err(|e| TriageError::Task(e.to_string()))
+        task.await.map_err(|e| TriageError::Task(e.to_string()))
     }
 }
 
-/// Slice Thickness (0018,0050) and the position along the slice normal (Image Position
-/// (Patient) on the normal of Image Orientation (Patient); else Instance Number) of a stored
-/// instance, its header read up to the pixel data.
-fn slice_header(path: &std::path::Path) -> Option<(Option<f64>, Option<f64>)> {
+#[derive(Debug, Clone, Copy, Default)]
+struct SliceHeader {
+    thickness: Option<f64>,
+    /// Image Position (Patient) along the normal of Image Orientation (Patient).
+    position: Option<f64>,
+    number: Option<f64>,
+}
+
+/// What orders and picks a stored instance's slice, its header read up to the pixel data.
+fn slice_header(path: &std::path::Path) -> SliceHeader {
     use dicom_dictionary_std::tags;
-    let obj = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path).ok()?;
+    let Ok(obj) = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path) else { return SliceHeader::default() };
     let numbers = |tag| -> Vec<f64> {
         obj.get(tag).and_then(|e| e.to_str().ok()).map(|v| v.split('\\').filter_map(|x| x.trim().trim_end_matches('\0').parse().ok()).collect()).unwrap_or_default()
     };
-    let thickness = numbers(tags::SLICE_THICKNESS).first().copied();
     let (ipp, iop) = (numbers(tags::IMAGE_POSITION_PATIENT), numbers(tags::IMAGE_ORIENTATION_PATIENT));
-    let position = if ipp.len() == 3 && iop.len() == 6 {
+    let position = (ipp.len() == 3 && iop.len() == 6).then(|| {
         let n = [iop[1] * iop[5] - iop[2] * iop[4], iop[2] * iop[3] - iop[0] * iop[5], iop[0] * iop[4] - iop[1] * iop[3]];
-        Some(ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2])
-    } else {
-        numbers(tags::INSTANCE_NUMBER).first().copied()
-    };
-    Some((thickness, position))
+        ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2]
+    });
+    SliceHeader { thickness: numbers(tags::SLICE_THICKNESS).first().copied(), position, number: numbers(tags::INSTANCE_NUMBER).first().copied() }
 }
 
 /// Open the instance, route it, decode once and prepare every frame for every model that

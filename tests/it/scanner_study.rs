@@ -194,6 +194,8 @@ fn a_completed_procedure_step_completes_its_study_without_the_quiet_period() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(ready(), 2, "the last listed instance did not complete the study:\n{}", node.log());
+    let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).to_string();
+    assert!(status.contains("procedure steps (MPPS) COMPLETED: 2") && status.contains("procedure steps (MPPS) DISCONTINUED: 1"), "{status}");
     assert_nothing_planted(&node, &["PLANTED", "MPPSPATIENT"]);
 }
 
