@@ -147,25 +147,8 @@ def train(out_dir):
     xva, yva = slices(400, SEED + 1)
     print(f"data: {len(xtr)} training and {len(xva)} validation slices in {time.time() - started:.0f}s", flush=True)
     net = chest.NoduleNet()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(SEED)
     epochs = 6
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(len(xtr), generator=g)
-        total = 0.0
-        for i in range(0, len(order), 32):
-            idx = order[i:i + 32]
-            p, _ = net(xtr[idx])
-            loss = F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        net.eval()
-        with torch.no_grad():
-            pv = torch.cat([net(xva[i:i + 100])[0] for i in range(0, len(xva), 100)])[:, 0].numpy()
-        print(f"epoch {epoch + 1}: loss {total / len(xtr):.4f}, validation slice AUC {chest.auc(pv, yva[:, 0].numpy()):.4f} ({time.time() - started:.0f}s)", flush=True)
+    pv = chest.fit(net, xtr, ytr, xva, yva, epochs, SEED, started, "validation slice AUC")
     truth = yva[:, 0].numpy() == 1
 
     # Volumes: synthetic series of 24 slices, half with a lesion, aggregated as the node does:

@@ -179,19 +179,10 @@ def auc(scores, labels):
     return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
 
 
-def train(out_dir):
-    torch.manual_seed(SEED)
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
-    started = time.time()
-    src = Source()
-    xtr, ytr = dataset(src, 2400, SEED)
-    xva, yva = dataset(src, 400, SEED + 1)
-    print(f"data: {len(xtr)} training and {len(xva)} validation images in {time.time() - started:.0f}s", flush=True)
-    net = NoduleNet()
+def fit(net, xtr, ytr, xva, yva, epochs, seed, started, what="validation AUC"):
+    """Adam, batches of 32, binary cross-entropy; returns the validation probabilities."""
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(SEED)
-    epochs = 8
+    g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         net.train()
         order = torch.randperm(len(xtr), generator=g)
@@ -207,7 +198,22 @@ def train(out_dir):
         net.eval()
         with torch.no_grad():
             pv = torch.cat([net(xva[i:i + 100])[0] for i in range(0, len(xva), 100)])[:, 0].numpy()
-        print(f"epoch {epoch + 1}: loss {total / len(xtr):.4f}, validation AUC {auc(pv, yva[:, 0].numpy()):.4f} ({time.time() - started:.0f}s)", flush=True)
+        print(f"epoch {epoch + 1}: loss {total / len(xtr):.4f}, {what} {auc(pv, yva[:, 0].numpy()):.4f} ({time.time() - started:.0f}s)", flush=True)
+    return pv
+
+
+def train(out_dir):
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    started = time.time()
+    src = Source()
+    xtr, ytr = dataset(src, 2400, SEED)
+    xva, yva = dataset(src, 400, SEED + 1)
+    print(f"data: {len(xtr)} training and {len(xva)} validation images in {time.time() - started:.0f}s", flush=True)
+    net = NoduleNet()
+    epochs = 8
+    pv = fit(net, xtr, ytr, xva, yva, epochs, SEED, started)
     # The operating point: the threshold (step 0.05) maximising sensitivity + specificity on
     # the validation images; model.toml's `positive` threshold is set from it.
     truth = yva[:, 0].numpy() == 1

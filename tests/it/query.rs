@@ -41,16 +41,33 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn storescp(port: u16, dir: &Path) -> Child {
-    let child = Command::new("storescp")
-        .args(["+uf", "-od", dir.to_str().unwrap(), &port.to_string()])
-        .env("TCP_NODELAY", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("storescp");
-    wait_until("storescp to listen", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    child
+/// DCMTK storescp listening on a free port: (the process, its port). A port that was free
+/// when drawn can be taken before storescp binds it (by another test's outgoing connection, as
+/// storescp binds every address); then storescp exits, and another port is tried.
+fn storescp(dir: &Path) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = Command::new("storescp")
+            .args(["+uf", "-od", dir.to_str().unwrap(), &port.to_string()])
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("storescp did not listen on any of 5 free ports");
 }
 
 struct Killed(Child);
@@ -98,10 +115,10 @@ fn fixture(extra_results: &[&str]) -> Option<Fixture> {
     }
     let (dir, _) = demo_cases()?;
     let dirs = tempfile::tempdir().unwrap();
-    let pacs_port = free_port();
     let pacs_dir = dirs.path().join("pacs");
     std::fs::create_dir_all(&pacs_dir).unwrap();
-    let pacs = Killed(storescp(pacs_port, &pacs_dir));
+    let (pacs, pacs_port) = storescp(&pacs_dir);
+    let pacs = Killed(pacs);
     let mut destinations = vec!["\"PACS\"".to_string()];
     destinations.extend(extra_results.iter().map(|d| format!("\"{d}\"")));
     let node = Node::start(NodeOptions {
@@ -315,8 +332,9 @@ fn results_are_moved_and_got_with_counts_and_failures() {
     let port = f.node.port.to_string();
     let dirs = tempfile::tempdir().unwrap();
     // A second PACS, and one that takes reports but refuses heatmaps.
-    let (dest_port, picky_port) = (free_port(), free_port());
-    let _dest = Killed(storescp(dest_port, dirs.path()));
+    let (dest, dest_port) = storescp(dirs.path());
+    let _dest = Killed(dest);
+    let picky_port = free_port();
     let picky_dir = dirs.path().join("picky");
     let mut picky = Command::new(python().unwrap())
         .arg(repo().join("tests/peers/qr_peer.py"))
