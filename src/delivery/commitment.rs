@@ -46,6 +46,9 @@ pub struct Report {
 
 pub fn parse_report(bytes: &[u8], ts_uid: &str) -> Result<Report, String> {
     let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| format!("transfer syntax {ts_uid}"))?;
+    // The structural scan first (bounded nesting): the parser recurses without a depth limit.
+    let ours = crate::dicom::sop::transfer_syntax(ts_uid).ok_or_else(|| format!("transfer syntax {ts_uid}"))?;
+    crate::dicom::scan::scan(bytes, Some(bytes.len() as u64), ours).map_err(|e| e.to_string())?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| e.to_string())?;
     let uid = |o: &InMemDicomObject, t| o.get(t).and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string());
     let transaction_uid = uid(&obj, tags::TRANSACTION_UID).ok_or("no Transaction UID (0008,1195)")?;

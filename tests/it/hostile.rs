@@ -385,3 +385,29 @@ fn an_endless_response_from_a_pacs_is_cut_off() {
     assert!(found, "{}", node.log());
     assert!(!node.log().contains("panicked"));
 }
+
+/// A C-FIND identifier or an MPPS data set nested 3000 sequences deep (a few hundred KiB, well
+/// under the size limits): refused with a status, and the node goes on (it used to overflow
+/// the stack in the data set parser and die).
+#[test]
+fn deeply_nested_data_sets_are_refused_and_the_node_survives() {
+    if !peers_ready() {
+        return;
+    }
+    let node = Node::start(NodeOptions { register: vec!["STORESCU"], ..Default::default() });
+    let out = node.cli(&["ae", "add", "QRPEER", "--role", "pacs", "--host", "127.0.0.1", "--port", "1"]);
+    assert!(out.status.success());
+    for (service, aet, status) in [("find", "QRPEER", "FIND 0xC000"), ("mpps", "MODALITY1", "NCREATE 0x0110")] {
+        if aet == "MODALITY1" {
+            assert!(node.cli(&["ae", "add", aet]).status.success());
+        }
+        let out = std::process::Command::new(python().unwrap())
+            .arg(repo().join("tests/peers/pynetdicom_peer.py"))
+            .args(["--port", &node.port.to_string(), "--aet", aet, "deep", "--service", service, "--depth", "3000"])
+            .output()
+            .unwrap();
+        let lines = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(lines.contains(status), "{service}: {lines}\n{}", node.log());
+        assert!(lines.contains("ECHO 0x0000"), "{service}: the node did not answer afterwards: {lines}\n{}", node.log());
+    }
+}

@@ -235,6 +235,46 @@ def cmd_mpps(args):
     assoc.release()
 
 
+def nested(depth):
+    """Explicit VR little endian bytes: Referenced Study Sequence (0008,1110) nested `depth`
+    deep, every sequence and item of undefined length (16 bytes a level, twice)."""
+    down = b"\x08\x00\x10\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    up = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    return down * depth + up * depth
+
+
+def cmd_deep(args):
+    """A C-FIND identifier or an MPPS N-CREATE data set nested `--depth` levels deep (raw bytes:
+    pydicom could not encode it), then a C-ECHO on a new association: is the node still there?"""
+    import pynetdicom.association as pa
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    find = "1.2.840.10008.5.1.4.1.2.2.1"
+    if args.service == "find":
+        raw = b"\x08\x00\x52\x00CS\x06\x00STUDY " + nested(args.depth)
+        contexts = [(find, [ExplicitVRLittleEndian])]
+    else:
+        raw = nested(args.depth) + b"\x40\x00\x52\x02CS\x0c\x00IN PROGRESS "
+        contexts = [(MPPS, [ExplicitVRLittleEndian])]
+    pa.encode = lambda *a, **k: raw
+    assoc = associate(args, contexts)
+    if not assoc:
+        return
+    if args.service == "find":
+        for st, _ in assoc.send_c_find(Dataset(), find):
+            say(status_line("FIND", st))
+            if "Status" not in st or st.Status not in (0xFF00, 0xFF01):
+                break
+    else:
+        st, _ = assoc.send_n_create(Dataset(), MPPS, None)
+        say(status_line("NCREATE", st))
+    if assoc.is_established:
+        assoc.release()
+    time.sleep(0.5)
+    cmd_echo(argparse.Namespace(**{**vars(args), "repeat": 1}))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=11112)
@@ -252,6 +292,9 @@ def main():
     b = sub.add_parser("make-bad")
     b.add_argument("--source", required=True)
     b.add_argument("--out", required=True)
+    d = sub.add_parser("deep")
+    d.add_argument("--service", choices=["find", "mpps"], required=True)
+    d.add_argument("--depth", type=int, default=100000)
     m = sub.add_parser("mpps")
     m.add_argument("--study")
     m.add_argument("--state", default="COMPLETED")

@@ -129,6 +129,11 @@ async fn read_identifier(association: &mut Association, rq: &Request) -> Result<
     let Some(ts) = TransferSyntaxRegistry.get(rq.context.transfer_syntax.uid) else {
         return Ok(Err("transfer syntax unknown".into()));
     };
+    // The structural scan first (bounded nesting, every length checked): the parser recurses
+    // into sequences without a depth limit, and a deep enough identifier would overflow the stack.
+    if crate::dicom::scan::scan(&bytes[..], Some(bytes.len() as u64), rq.context.transfer_syntax).is_err() {
+        return Ok(Err(format!("identifier is not a well-formed data set in {}", rq.context.transfer_syntax.name)));
+    }
     Ok(InMemDicomObject::read_dataset_with_ts(&bytes[..], ts).map_err(|_| format!("identifier is not a data set in {}", rq.context.transfer_syntax.name)))
 }
 
