@@ -91,6 +91,21 @@ impl Association {
         }
     }
 
+    /// The whole data set of the request being served, held in memory up to `max` bytes; beyond
+    /// that the rest is read and dropped, and `None` is returned (the caller refuses it).
+    pub async fn data_within(&mut self, max: usize) -> Result<Option<Vec<u8>>, AssociationError> {
+        let (mut bytes, mut too_big) = (Vec::new(), false);
+        while let Some(piece) = self.data().await? {
+            if bytes.len() + piece.len() > max {
+                too_big = true;
+                bytes = Vec::new();
+            } else if !too_big {
+                bytes.extend_from_slice(piece);
+            }
+        }
+        Ok((!too_big).then_some(bytes))
+    }
+
     /// Read and drop the rest of the data set of the request being served.
     pub async fn skip_data(&mut self) -> Result<(), AssociationError> {
         while self.data().await?.is_some() {}

@@ -45,15 +45,9 @@ impl Service for CommitmentReports {
             }
             // A few KiB, held in memory up to MAX_REPORT_BYTES; beyond that its bytes are
             // dropped and it is answered with Processing Failure.
-            let (mut bytes, mut too_big) = (Vec::new(), false);
-            while let Some(piece) = association.data().await? {
-                if bytes.len() + piece.len() > MAX_REPORT_BYTES {
-                    too_big = true;
-                    bytes = Vec::new();
-                } else if !too_big {
-                    bytes.extend_from_slice(piece);
-                }
-            }
+            let read = association.data_within(MAX_REPORT_BYTES).await?;
+            let too_big = read.is_none();
+            let bytes = read.unwrap_or_default();
             let cmd = &rq.command;
             let event_type = cmd.u16(tag::EVENT_TYPE_ID).unwrap_or(0);
             let status = if too_big {

@@ -49,17 +49,9 @@ impl ProcedureSteps {
     async fn step(&self, association: &mut Association, rq: Request) -> Result<(), AssociationError> {
         let cmd = &rq.command;
         let create = cmd.u16(tag::COMMAND_FIELD).ok() == Some(field::N_CREATE_RQ);
-        let (mut bytes, mut too_big) = (Vec::new(), false);
-        if rq.has_data {
-            while let Some(piece) = association.data().await? {
-                if bytes.len() + piece.len() > MAX_STEP_BYTES {
-                    too_big = true;
-                    bytes = Vec::new();
-                } else if !too_big {
-                    bytes.extend_from_slice(piece);
-                }
-            }
-        }
+        let read = if rq.has_data { association.data_within(MAX_STEP_BYTES).await? } else { Some(Vec::new()) };
+        let too_big = read.is_none();
+        let bytes = read.unwrap_or_default();
         let ts = rq.context.transfer_syntax;
         let calling = association.calling_ae().to_string();
         let class_tag = if create { tag::AFFECTED_SOP_CLASS_UID } else { tag::REQUESTED_SOP_CLASS_UID };

@@ -114,18 +114,9 @@ async fn read_identifier(association: &mut Association, rq: &Request) -> Result<
     if !rq.has_data {
         return Ok(Err("the request has no identifier".into()));
     }
-    let (mut bytes, mut too_big) = (Vec::new(), false);
-    while let Some(piece) = association.data().await? {
-        if bytes.len() + piece.len() > MAX_IDENTIFIER_BYTES {
-            too_big = true;
-            bytes = Vec::new();
-        } else if !too_big {
-            bytes.extend_from_slice(piece);
-        }
-    }
-    if too_big {
+    let Some(bytes) = association.data_within(MAX_IDENTIFIER_BYTES).await? else {
         return Ok(Err(format!("identifier larger than {MAX_IDENTIFIER_BYTES} bytes")));
-    }
+    };
     let Some(ts) = TransferSyntaxRegistry.get(rq.context.transfer_syntax.uid) else {
         return Ok(Err("transfer syntax unknown".into()));
     };
