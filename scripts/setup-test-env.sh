@@ -18,6 +18,8 @@ command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null || need_apt+=(orthanc)
 command -v cmake >/dev/null || need_apt+=(cmake)
+# The TLS tests make a throwaway CA and certificates with it.
+command -v openssl >/dev/null || need_apt+=(openssl)
 command -v g++ >/dev/null || need_apt+=(g++)
 # The Pixelmed SR validator (IHE AI Results names it) and a Java runtime for it.
 [ -f /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)

@@ -345,6 +345,13 @@ impl Settings {
         if !self.storage.accept_sop_classes.is_empty() && self.storage.accept_sop_classes.iter().all(|u| self.storage.refuse_sop_classes.contains(u)) {
             return Err(invalid("storage.accept_sop_classes", "every accepted class is also refused: no modality could store anything"));
         }
+        let tls = &self.dicom.tls;
+        if !tls.enabled && !tls.plain_port {
+            return Err(invalid("dicom.tls.plain_port", "false closes the plain port, so dicom.tls.enabled must be true (or no port would be open)"));
+        }
+        if tls.enabled && tls.plain_port && tls.port != 0 && tls.port == self.dicom.port {
+            return Err(invalid("dicom.tls.port", "must differ from dicom.port"));
+        }
         if self.dicom.artim_timeout.is_zero() || self.dicom.idle_timeout.is_zero() {
             return Err(invalid("dicom.artim_timeout/idle_timeout", "must be above zero"));
         }

@@ -220,6 +220,9 @@ enum AeAction {
         /// Register it disabled.
         #[arg(long)]
         disabled: bool,
+        /// TLS only (PS3.15 B.9): refused on the plain port; we call it over TLS.
+        #[arg(long)]
+        tls: bool,
     },
     /// List registered AE titles.
     List,
@@ -600,19 +603,20 @@ async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
 
 async fn ae_action(action: AeAction, db: &triage_node::db::Db) -> anyhow::Result<()> {
     match action {
-        AeAction::Add { ae_title, host, port, role, disabled } => {
+        AeAction::Add { ae_title, host, port, role, disabled, tls } => {
             let role = role.parse::<AeRole>().map_err(anyhow::Error::msg)?;
-            let ae = admin::ae::register(db, admin::ae::AeRegistration { ae_title, host, port, role, enabled: !disabled }).await?;
-            println!("registered {} ({}){}", ae.ae_title, ae.role, if ae.enabled { "" } else { " disabled" });
+            let ae = admin::ae::register(db, admin::ae::AeRegistration { ae_title, host, port, role, enabled: !disabled, tls }).await?;
+            println!("registered {} ({}){}{}", ae.ae_title, ae.role, if ae.tls { " TLS only" } else { "" }, if ae.enabled { "" } else { " disabled" });
         }
         AeAction::List => {
-            println!("{:<16}  {:<8}  {:<7}  {:<24}  PORT", "AE TITLE", "ROLE", "ENABLED", "HOST");
+            println!("{:<16}  {:<8}  {:<7}  {:<3}  {:<24}  PORT", "AE TITLE", "ROLE", "ENABLED", "TLS", "HOST");
             for ae in admin::ae::list(db).await? {
                 println!(
-                    "{:<16}  {:<8}  {:<7}  {:<24}  {}",
+                    "{:<16}  {:<8}  {:<7}  {:<3}  {:<24}  {}",
                     ae.ae_title,
                     ae.role,
                     if ae.enabled { "yes" } else { "no" },
+                    if ae.tls { "yes" } else { "no" },
                     ae.host.as_deref().unwrap_or("*"),
                     ae.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
                 );

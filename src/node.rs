@@ -104,12 +104,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             "store files without a database row were moved to quarantine, not deleted: a stop between store and commit leaves such files (never acknowledged), but so does a database restored from a backup (acknowledged instances); check before removing them"
         );
     }
+    let tls_acceptor = crate::net::tls::acceptor(&settings.dicom.tls).context("preparing the TLS port")?;
+    let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).context("preparing TLS for the AEs we call")?;
     let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
     let query = if settings.query.enabled {
         let archive = crate::archive::Archive::open(db.clone(), keys.clone(), settings.storage.data_dir.clone(), settings.node_id())
             .await
             .context("building the query index of the result objects")?;
-        Some(crate::services::qr::QueryRetrieve::new(Arc::new(archive), ae_title.clone(), settings.query.matching(), settings.delivery.timeout))
+        Some(crate::services::qr::QueryRetrieve::new(Arc::new(archive), ae_title.clone(), settings.query.matching(), settings.delivery.timeout, tls.clone()))
     } else {
         None
     };
@@ -129,7 +131,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             workers.clone(),
             metrics,
             settings.http.refresh,
-        );
+        )
+        .with_tls(tls.clone());
         let server = crate::http::HttpServer::start(&settings.http, state, shutdown.clone())
             .await
             .with_context(|| format!("binding the HTTP API on {}:{}", settings.http.bind, settings.http.port))?;
@@ -139,13 +142,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
 
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), access, services });
-    let listener = Listener::bind(shared).await.with_context(|| format!("binding {}:{}", settings.dicom.bind, settings.dicom.port))?;
-    let addr = listener.local_addr()?;
-    info!(ae_title = %ae_title, bind = %addr.ip(), "listening port={}", addr.port());
+    let listener = Listener::bind(shared, tls_acceptor).await.with_context(|| {
+        let d = &settings.dicom;
+        if d.tls.enabled { format!("binding {}:{} and the TLS port {}", d.bind, d.port, d.tls.port) } else { format!("binding {}:{}", d.bind, d.port) }
+    })?;
+    // One line with every open port (tools and tests read `port=` and `tls_port=`).
+    let ports: Vec<String> = [("port", listener.local_addr()), ("tls_port", listener.tls_addr())]
+        .iter()
+        .filter_map(|(name, addr)| addr.map(|a| format!("{name}={}", a.port())))
+        .collect();
+    info!(ae_title = %ae_title, bind = %settings.dicom.bind, "listening {}", ports.join(" "));
 
     let associations = TaskTracker::new();
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake));
-    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox, Some(settings.hl7.clone())));
+    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox, Some(settings.hl7.clone())).with_tls(tls.clone()));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });

@@ -14,6 +14,8 @@ pub struct AeRegistration {
     pub port: Option<u16>,
     pub role: AeRole,
     pub enabled: bool,
+    /// TLS only (PS3.15 B.9): refused on the plain port, called over TLS.
+    pub tls: bool,
 }
 
 /// Validate and save a registration with its `ae_add` audit entry (one transaction).
@@ -22,8 +24,8 @@ pub async fn register(db: &Db, r: AeRegistration) -> Result<RegisteredAe, AdminE
     if r.role == AeRole::Pacs && (r.host.is_none() || r.port.is_none()) {
         return Err(AdminError::Invalid("a pacs AE needs --host and --port so results can be sent to it".into()));
     }
-    let ae = RegisteredAe { ae_title, host: r.host, port: r.port, role: r.role, enabled: r.enabled };
-    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled });
+    let ae = RegisteredAe { ae_title, host: r.host, port: r.port, role: r.role, enabled: r.enabled, tls: r.tls };
+    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls });
     db.save_ae_audited(&ae, &details.to_string()).await?;
     Ok(ae)
 }
@@ -46,7 +48,7 @@ pub async fn set_enabled(db: &Db, ae_title: &str, enabled: bool) -> Result<Regis
     let title = AeTitle::parse(ae_title).map_err(|e| AdminError::Invalid(format!("{ae_title:?}: {e}")))?;
     let Some(mut ae) = db.find_ae(title.as_str()).await? else { return Err(AdminError::UnknownAe(title)) };
     ae.enabled = enabled;
-    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled });
+    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls });
     db.save_ae_audited(&ae, &details.to_string()).await?;
     Ok(ae)
 }
@@ -65,8 +67,8 @@ pub struct EchoOutcome {
 }
 
 /// C-ECHO a registered AE as our AE title, audited (`ae_echo`: who asked and the outcome).
-pub async fn echo(db: &Db, ours: &AeTitle, ae_title: &str, timeout: std::time::Duration, user: &str) -> Result<EchoOutcome, AdminError> {
-    let peer = crate::delivery::resolve(db, ae_title, ours, timeout).await?;
+pub async fn echo(db: &Db, ours: &AeTitle, ae_title: &str, timeout: std::time::Duration, tls: &crate::net::tls::Connector, user: &str) -> Result<EchoOutcome, AdminError> {
+    let peer = crate::delivery::resolve(db, ae_title, ours, timeout, tls).await?;
     let (status, error) = match crate::delivery::echo(&peer).await {
         Ok(rsp) => (Some(rsp.status.0), (!rsp.is_success()).then(|| format!("status {:#06X}", rsp.status.0))),
         Err(e) => (None, Some(e.to_string())),

@@ -11,6 +11,8 @@ pub struct RegisteredAe {
     pub port: Option<u16>,
     pub role: AeRole,
     pub enabled: bool,
+    /// Over TLS only: a caller is refused on the plain port, and we call it over TLS.
+    pub tls: bool,
 }
 
 impl Db {
@@ -55,7 +57,7 @@ impl Db {
     }
 
     pub async fn find_ae(&self, title: &str) -> Result<Option<RegisteredAe>, DbError> {
-        let row = sqlx::query("SELECT ae_title, host, port, role, enabled FROM ae_titles WHERE ae_title = $1")
+        let row = sqlx::query("SELECT ae_title, host, port, role, enabled, tls FROM ae_titles WHERE ae_title = $1")
             .bind(title)
             .fetch_optional(&self.pool)
             .await
@@ -64,7 +66,7 @@ impl Db {
     }
 
     pub async fn list_aes(&self) -> Result<Vec<RegisteredAe>, DbError> {
-        let rows = sqlx::query("SELECT ae_title, host, port, role, enabled FROM ae_titles ORDER BY ae_title")
+        let rows = sqlx::query("SELECT ae_title, host, port, role, enabled, tls FROM ae_titles ORDER BY ae_title")
             .fetch_all(&self.pool)
             .await
             .map_err(q("list ae_titles"))?;
@@ -82,13 +84,14 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<RegisteredAe, DbError> {
         port: port.and_then(|p| u16::try_from(p).ok()),
         role: role.parse().map_err(DbError::Invalid)?,
         enabled: get::<i64>(row, "enabled")? != 0,
+        tls: get::<i64>(row, "tls")? != 0,
     })
 }
 
 async fn upsert(conn: &mut sqlx::AnyConnection, ae: &RegisteredAe) -> Result<(), DbError> {
     sqlx::query(
-        "INSERT INTO ae_titles (ae_title, host, port, role, enabled, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (ae_title) DO UPDATE SET host = excluded.host, port = excluded.port, role = excluded.role, enabled = excluded.enabled",
+        "INSERT INTO ae_titles (ae_title, host, port, role, enabled, created_at_ms, tls) VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (ae_title) DO UPDATE SET host = excluded.host, port = excluded.port, role = excluded.role, enabled = excluded.enabled, tls = excluded.tls",
     )
     .bind(ae.ae_title.as_str())
     .bind(ae.host.clone())
@@ -96,6 +99,7 @@ async fn upsert(conn: &mut sqlx::AnyConnection, ae: &RegisteredAe) -> Result<(),
     .bind(ae.role.to_string())
     .bind(i64::from(ae.enabled))
     .bind(now_ms())
+    .bind(i64::from(ae.tls))
     .execute(conn)
     .await
     .map_err(q("upsert ae_title"))?;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::net::client::{self, Association, ClientError, Peer, Proposal, Response};
+use crate::net::tls::Connector;
 use crate::db::{Db, DbError};
 use crate::domain::AeTitle;
 
@@ -22,6 +23,8 @@ pub enum DeliveryError {
     Disabled(String),
     #[error("AE {0} has no host and port to send to")]
     NoAddress(String),
+    #[error("AE {0} is registered as TLS, and this node has no TLS client configuration (dicom.tls.peer_ca)")]
+    NoTls(String),
     #[error("{0}")]
     BadTitle(String),
     #[error(transparent)]
@@ -32,8 +35,9 @@ pub enum DeliveryError {
     Io { path: String, source: std::io::Error },
 }
 
-/// Resolve a registered AE to a peer we can associate with, calling as `ours`.
-pub async fn resolve(db: &Db, to: &str, ours: &AeTitle, timeout: Duration) -> Result<Peer, DeliveryError> {
+/// Resolve a registered AE to a peer we can associate with, calling as `ours`; over TLS
+/// through `tls` when the AE is registered as TLS.
+pub async fn resolve(db: &Db, to: &str, ours: &AeTitle, timeout: Duration, tls: &Connector) -> Result<Peer, DeliveryError> {
     let ae = db.find_ae(to).await?.ok_or_else(|| DeliveryError::UnknownAe(to.to_string()))?;
     if !ae.enabled {
         return Err(DeliveryError::Disabled(to.to_string()));
@@ -41,7 +45,12 @@ pub async fn resolve(db: &Db, to: &str, ours: &AeTitle, timeout: Duration) -> Re
     let (Some(host), Some(port)) = (ae.host.clone(), ae.port) else {
         return Err(DeliveryError::NoAddress(to.to_string()));
     };
-    Ok(Peer { host, port, called_ae: ae.ae_title, calling_ae: ours.clone(), timeout })
+    let tls = match (ae.tls, tls.is_configured()) {
+        (false, _) => None,
+        (true, true) => Some(tls.clone()),
+        (true, false) => return Err(DeliveryError::NoTls(to.to_string())),
+    };
+    Ok(Peer { host, port, called_ae: ae.ae_title, calling_ae: ours.clone(), timeout, tls })
 }
 
 pub async fn echo(peer: &Peer) -> Result<Response, DeliveryError> {

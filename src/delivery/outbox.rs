@@ -12,6 +12,7 @@ use tracing::{error, info, warn, Instrument};
 use super::{resolve, DeliveryError};
 use crate::dicom::Status;
 use crate::net::client::{self, Association, ClientError, Response};
+use crate::net::tls::Connector;
 use crate::config::DeliverySettings;
 use crate::db::{Db, ObjectKind, OutboxItem};
 use crate::deid::Keys;
@@ -38,6 +39,8 @@ pub struct OutboxWorker {
     wake: std::sync::Arc<tokio::sync::Notify>,
     /// The RIS's MLLP receiver, for HL7 items (None: `[hl7]` is off and they wait).
     hl7: Option<crate::config::Hl7Settings>,
+    /// How destinations registered as TLS are reached.
+    tls: Connector,
 }
 
 impl Worker for OutboxWorker {
@@ -121,7 +124,13 @@ impl OutboxWorker {
         wake: std::sync::Arc<tokio::sync::Notify>,
         hl7: Option<crate::config::Hl7Settings>,
     ) -> Self {
-        OutboxWorker { started: false, db, node, ours, data_dir, cfg, keys, quiet_period, wake, hl7 }
+        OutboxWorker { started: false, db, node, ours, data_dir, cfg, keys, quiet_period, wake, hl7, tls: Connector::default() }
+    }
+
+    /// Reach destinations registered as TLS through `tls`.
+    pub fn with_tls(mut self, tls: Connector) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Claim one destination's due items and attempt them; returns how many were attempted.
@@ -154,7 +163,7 @@ impl OutboxWorker {
             }
             return verdicts;
         }
-        let peer = match resolve(&self.db, destination, &self.ours, self.cfg.timeout).await {
+        let peer = match resolve(&self.db, destination, &self.ours, self.cfg.timeout, &self.tls).await {
             Ok(peer) => peer,
             Err(e @ (DeliveryError::UnknownAe(_) | DeliveryError::Disabled(_) | DeliveryError::NoAddress(_))) => return all(Verdict::Retry(e.to_string())),
             Err(e) => return all(Verdict::Retry(e.to_string())),

@@ -304,11 +304,12 @@ struct AeView {
     port: Option<u16>,
     role: String,
     enabled: bool,
+    tls: bool,
 }
 
 impl From<crate::db::RegisteredAe> for AeView {
     fn from(a: crate::db::RegisteredAe) -> Self {
-        AeView { ae_title: a.ae_title.to_string(), host: a.host, port: a.port, role: a.role.to_string(), enabled: a.enabled }
+        AeView { ae_title: a.ae_title.to_string(), host: a.host, port: a.port, role: a.role.to_string(), enabled: a.enabled, tls: a.tls }
     }
 }
 
@@ -322,6 +323,9 @@ struct AeBody {
     role: String,
     #[serde(default = "yes")]
     enabled: bool,
+    /// TLS only (PS3.15 B.9).
+    #[serde(default)]
+    tls: bool,
 }
 
 fn yes() -> bool {
@@ -331,7 +335,7 @@ fn yes() -> bool {
 fn registration(title: String, body: AeBody) -> Result<AeRegistration, ApiError> {
     let role: AeRole = body.role.parse().map_err(|_| bad_request("role must be modality or pacs"))?;
     let host = body.host.filter(|h| !h.trim().is_empty());
-    Ok(AeRegistration { ae_title: title, host, port: body.port, role, enabled: body.enabled })
+    Ok(AeRegistration { ae_title: title, host, port: body.port, role, enabled: body.enabled, tls: body.tls })
 }
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
@@ -375,5 +379,5 @@ async fn disable_ae(State(state): State<Shared>, AdminUser(_): AdminUser, Path(t
 }
 
 async fn echo_ae(State(state): State<Shared>, AdminUser(user): AdminUser, Path(title): Path<String>) -> Result<Json<admin::ae::EchoOutcome>, ApiError> {
-    Ok(Json(admin::ae::echo(&state.db, &state.ae_title, &title, state.dicom_timeout, &user.name).await?))
+    Ok(Json(admin::ae::echo(&state.db, &state.ae_title, &title, state.dicom_timeout, &state.tls, &user.name).await?))
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub ae_title: AeTitle,
     /// Association timeout for the AE page's C-ECHO.
     pub dicom_timeout: Duration,
+    /// How the AE page's C-ECHO reaches an AE registered as TLS.
+    pub tls: crate::net::tls::Connector,
     pub data_dir: PathBuf,
     pub manifests: Vec<Manifest>,
     /// The full-size heatmap's long side (`results.heatmap_max_size`).
@@ -78,7 +80,13 @@ impl AppState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         refresh: Duration,
     ) -> AppState {
-        AppState { db, keys, tokens, ae_title, dicom_timeout, data_dir, manifests, heatmap_max, workers, metrics, refresh, recorded_views: Default::default(), pictures: Mutex::new(HashMap::new()) }
+        AppState { db, keys, tokens, ae_title, dicom_timeout, tls: Default::default(), data_dir, manifests, heatmap_max, workers, metrics, refresh, recorded_views: Default::default(), pictures: Mutex::new(HashMap::new()) }
+    }
+
+    /// Reach AEs registered as TLS through `tls` (the AE page's C-ECHO).
+    pub fn with_tls(mut self, tls: crate::net::tls::Connector) -> AppState {
+        self.tls = tls;
+        self
     }
 
     fn cached_picture(&self, key: PictureKey) -> Option<Arc<Vec<u8>>> {

@@ -16,12 +16,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct AccessError(pub Box<dyn std::error::Error + Send + Sync>);
 
 pub trait AccessControl: Send + Sync {
-    /// May `calling` associate from `peer`, and in which role?
-    fn check_caller<'a>(&'a self, calling: &'a str, peer: IpAddr) -> BoxFuture<'a, Result<CallerDecision, AccessError>>;
+    /// May `calling` associate from `peer`, over TLS or not (`tls`), and in which role?
+    fn check_caller<'a>(&'a self, calling: &'a str, peer: IpAddr, tls: bool) -> BoxFuture<'a, Result<CallerDecision, AccessError>>;
 
-    /// Is `calling` a registered, enabled AE calling from its bound host (whatever the
-    /// registration requirement says)? Such callers may take the slots kept for registered AEs.
-    fn is_registered<'a>(&'a self, calling: &'a str, peer: IpAddr) -> BoxFuture<'a, Result<bool, AccessError>>;
+    /// Is `calling` a registered, enabled AE calling from its bound host, over TLS if it must
+    /// (whatever the registration requirement says)? Such callers may take the slots kept for
+    /// registered AEs.
+    fn is_registered<'a>(&'a self, calling: &'a str, peer: IpAddr, tls: bool) -> BoxFuture<'a, Result<bool, AccessError>>;
 }
 
 /// Does `peer` (the connection's address) belong to `host` (an IP address or a name resolved now)?

@@ -19,6 +19,7 @@ use super::dimse::command::{self, field, tag, CommandSet};
 use super::dimse::message::SendError;
 use super::dimse::{Event, MessageError, MessageReader, MessageWriter};
 use super::ul::negotiation::APPLICATION_CONTEXT;
+use super::tls::Connector;
 use super::ul::pdu::{self, PduError};
 use crate::dicom::part10::{self, Part10, Part10Error, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::dicom::uids::{DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN as DEFLATED_LE, EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE, IMPLICIT_VR_LITTLE_ENDIAN as IMPLICIT_LE, VERIFICATION};
@@ -30,6 +31,8 @@ const OUR_MAX_PDU: u32 = 65536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls { addr: String, source: std::io::Error },
     #[error("connecting to {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
     #[error("no answer from the peer within {0:?}")]
@@ -72,6 +75,9 @@ pub struct Peer {
     pub called_ae: AeTitle,
     pub calling_ae: AeTitle,
     pub timeout: Duration,
+    /// Call over TLS with this configuration (the AE is registered as TLS); the peer's
+    /// certificate must name `host`.
+    pub tls: Option<Connector>,
 }
 
 /// A (SOP class, transfer syntax) pair that one presentation context proposes.
@@ -137,8 +143,17 @@ impl Association {
             .map_err(|_| ClientError::Timeout(peer.timeout))?
             .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
         let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        Association::request_over(Box::new(rd), Box::new(wr), peer, proposals).await
+        let (rd, wr): (BoxRead, BoxWrite) = match &peer.tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Some(tls) => tokio::time::timeout(peer.timeout, tls.connect(&peer.host, stream))
+                .await
+                .map_err(|_| ClientError::Timeout(peer.timeout))?
+                .map_err(|source| ClientError::Tls { addr: addr.clone(), source })?,
+        };
+        Association::request_over(rd, wr, peer, proposals).await
     }
 
     /// Negotiate over an open byte stream (TCP, or TLS once it lands).

@@ -1,5 +1,6 @@
-//! The listener: accepts TCP connections, enforces the association limit, and runs each
-//! association as its own task under one shutdown token.
+//! The listener: accepts TCP connections on the plain port and the TLS port (the handshake,
+//! within ARTIM, in the connection's own task), enforces the association limits across both,
+//! and runs each association as its own task under one shutdown token.
 //!
 //! The issue asks for an explicit A-ASSOCIATE-RJ "local limit exceeded" past the limit, so we
 //! accept first and then try for a permit; callers over the limit get the rejection from a
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -20,6 +23,7 @@ use tracing::Instrument;
 use super::access::canonical;
 use super::association::{BoxRead, BoxWrite};
 use super::session::{self, Shared};
+use super::tls;
 use super::ul::negotiation;
 use super::ul::pdu::{self, PduError};
 
@@ -29,22 +33,95 @@ const MAX_REJECTING: usize = 16;
 const REJECT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Listener {
-    listener: TcpListener,
+    /// The plain port, unless TLS only.
+    plain: Option<TcpListener>,
+    /// The TLS port and its handshake, when enabled.
+    tls: Option<(TcpListener, TlsAcceptor)>,
     shared: Arc<Shared>,
 }
 
+/// A connection just accepted, before its TLS handshake (if it came to the TLS port).
+struct Incoming {
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    /// ARTIM runs from the accept: the handshake and the A-ASSOCIATE-RQ both fit in it.
+    deadline: Instant,
+}
+
+impl Incoming {
+    /// The byte stream the association runs on: the TCP socket, or the TLS session once its
+    /// handshake is done within ARTIM. A failed or late handshake is logged and counted.
+    async fn open(self) -> Option<Transport> {
+        let Some(acceptor) = self.tls else {
+            let (rd, wr) = self.stream.into_split();
+            return Some(Transport { rd: Box::new(rd), wr: Box::new(wr), tls: false, deadline: self.deadline });
+        };
+        match tokio::time::timeout_at(self.deadline, acceptor.accept(self.stream)).await {
+            Ok(Ok(stream)) => {
+                let (rd, wr) = tls::split(stream);
+                Some(Transport { rd, wr, tls: true, deadline: self.deadline })
+            }
+            Ok(Err(error)) => {
+                // rustls's reasons name certificates and alerts, never anything a peer chose freely.
+                warn!(peer = %self.peer, %error, "TLS handshake failed");
+                metrics::counter!("triage_associations_rejected_total", "reason" => "tls_handshake").increment(1);
+                None
+            }
+            Err(_) => {
+                warn!(peer = %self.peer, "TLS handshake not finished within the ARTIM timeout");
+                metrics::counter!("triage_associations_rejected_total", "reason" => "tls_handshake").increment(1);
+                None
+            }
+        }
+    }
+}
+
+/// An open connection's halves, and what the association needs to know of its transport.
+pub struct Transport {
+    pub rd: BoxRead,
+    pub wr: BoxWrite,
+    /// Came over TLS (a calling AE registered as TLS is refused otherwise).
+    pub tls: bool,
+    /// When ARTIM expires for the A-ASSOCIATE-RQ.
+    pub deadline: Instant,
+}
+
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Listener {
-    pub async fn bind(shared: Arc<Shared>) -> std::io::Result<Listener> {
-        let addr = SocketAddr::new(shared.settings.bind, shared.settings.port);
-        let listener = TcpListener::bind(addr).await?;
-        Ok(Listener { listener, shared })
+    /// Bind the plain port (unless TLS only) and, with `tls`, the TLS port.
+    pub async fn bind(shared: Arc<Shared>, tls: Option<TlsAcceptor>) -> std::io::Result<Listener> {
+        let settings = &shared.settings;
+        let plain = if tls.is_none() || settings.tls.plain_port {
+            Some(TcpListener::bind(SocketAddr::new(settings.bind, settings.port)).await?)
+        } else {
+            None
+        };
+        let tls = match tls {
+            Some(acceptor) => Some((TcpListener::bind(SocketAddr::new(settings.bind, settings.tls.port)).await?, acceptor)),
+            None => None,
+        };
+        Ok(Listener { plain, tls, shared })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The plain port's address, if it is open.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The TLS port's address, if it is open.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Accept until `shutdown`; association tasks are spawned on `tracker` with child tokens.
+    /// Both ports share the limits.
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         let settings = &self.shared.settings;
         // At least one slot stays open to anyone (the reserved ones need a request to be read).
@@ -56,10 +133,12 @@ impl Listener {
         // cannot use up the one through which registered callers reach the reserved slots.
         let over_host = Arc::new(Semaphore::new(MAX_REJECTING));
         let hosts = Arc::new(HostCounts::default());
+        let artim = settings.artim_timeout;
         loop {
-            let accepted = tokio::select! {
+            let (accepted, tls) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
+                accepted = accept(self.plain.as_ref()) => (accepted, None),
+                accepted = accept(self.tls.as_ref().map(|(l, _)| l)) => (accepted, self.tls.as_ref().map(|(_, a)| a.clone())),
             };
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
@@ -71,14 +150,16 @@ impl Listener {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let incoming = Incoming { stream, peer, tls, deadline: Instant::now() + artim };
             // Every connection counts against its host from accept to close, so one host (a
             // broken peer, or sockets opened and left silent) cannot hold every slot.
             let Some(host_slot) = hosts.clone().take(peer.ip(), self.shared.settings.max_associations_per_host) else {
                 if let Ok(slot) = over_host.clone().try_acquire_owned() {
                     tracker.spawn(async move {
                         let _slot = slot;
-                        if let Some((mut stream, rq)) = read_request_briefly(stream).await {
-                            reject_over_limit(&mut stream, peer, &rq, "too many associations from this host").await;
+                        let Some(mut transport) = incoming.open().await else { return };
+                        if let Some(rq) = read_request_briefly(&mut transport).await {
+                            reject_over_limit(&mut transport, peer, &rq, "too many associations from this host").await;
                         }
                     });
                 }
@@ -88,46 +169,44 @@ impl Listener {
                 Ok(permit) => {
                     let shared = self.shared.clone();
                     let token = shutdown.child_token();
-                    tracker.spawn(async move {
-                        let _permit = permit;
-                        let _host = host_slot;
-                        let (rd, wr) = stream.into_split();
+                    tracker.spawn(
                         async move {
-                            if let Err(error) = session::run(Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite, peer, shared, token).await {
+                            let _permit = permit;
+                            let _host = host_slot;
+                            let Some(transport) = incoming.open().await else { return };
+                            if let Err(error) = session::run(transport, peer, shared, token).await {
                                 warn!(%error, "association failed");
                             }
                         }
-                        .instrument(association_span(peer))
-                        .await
-                    });
+                        .instrument(association_span(peer)),
+                    );
                 }
                 Err(_) => {
                     // The open slots are taken: a registered caller may still have one of the
                     // slots kept for registered AEs, once its request shows who it is.
                     if let Ok(slot) = rejecting.clone().try_acquire_owned() {
                         let (shared, reserved, token) = (self.shared.clone(), reserved.clone(), shutdown.child_token());
-                        tracker.spawn(async move {
-                            let _host = host_slot;
-                            let Some((mut stream, rq)) = read_request_briefly(stream).await else { return };
-                            let calling = rq.calling_ae_title.trim().to_string();
-                            let lookup = tokio::time::timeout(REJECT_READ_TIMEOUT, shared.access.is_registered(&calling, peer.ip()));
-                            let registered = matches!(lookup.await, Ok(Ok(true)));
-                            match reserved.try_acquire_owned() {
-                                Ok(permit) if registered => {
-                                    drop(slot);
-                                    let _permit = permit;
-                                    let (rd, wr) = stream.into_split();
-                                    async move {
-                                        if let Err(error) = session::run_with_request(Box::new(rd), Box::new(wr), peer, shared, token, rq).await {
+                        tracker.spawn(
+                            async move {
+                                let _host = host_slot;
+                                let Some(mut transport) = incoming.open().await else { return };
+                                let Some(rq) = read_request_briefly(&mut transport).await else { return };
+                                let calling = rq.calling_ae_title.trim().to_string();
+                                let lookup = tokio::time::timeout(REJECT_READ_TIMEOUT, shared.access.is_registered(&calling, peer.ip(), transport.tls));
+                                let registered = matches!(lookup.await, Ok(Ok(true)));
+                                match reserved.try_acquire_owned() {
+                                    Ok(permit) if registered => {
+                                        drop(slot);
+                                        let _permit = permit;
+                                        if let Err(error) = session::run_with_request(transport, peer, shared, token, rq).await {
                                             warn!(%error, "association failed");
                                         }
                                     }
-                                    .instrument(association_span(peer))
-                                    .await
+                                    _ => reject_over_limit(&mut transport, peer, &rq, "local limit exceeded").await,
                                 }
-                                _ => reject_over_limit(&mut stream, peer, &rq, "local limit exceeded").await,
                             }
-                        });
+                            .instrument(association_span(peer)),
+                        );
                     }
                 }
             }
@@ -178,25 +257,26 @@ impl Drop for HostSlot {
     }
 }
 
-/// The caller's A-ASSOCIATE-RQ, if it sends one within `REJECT_READ_TIMEOUT`.
-async fn read_request_briefly(mut stream: TcpStream) -> Option<(TcpStream, dicom_ul::pdu::AssociationRQ)> {
-    let read = tokio::time::timeout(REJECT_READ_TIMEOUT, async {
-        let header = pdu::read_header(&mut stream).await?.ok_or(PduError::Closed)?;
-        pdu::read_control_pdu(&mut stream, header).await
+/// The caller's A-ASSOCIATE-RQ, if it sends one within `REJECT_READ_TIMEOUT` (and ARTIM).
+async fn read_request_briefly(transport: &mut Transport) -> Option<dicom_ul::pdu::AssociationRQ> {
+    let deadline = transport.deadline.min(Instant::now() + REJECT_READ_TIMEOUT);
+    let read = tokio::time::timeout_at(deadline, async {
+        let header = pdu::read_header(&mut transport.rd).await?.ok_or(PduError::Closed)?;
+        pdu::read_control_pdu(&mut transport.rd, header).await
     })
     .await;
     match read {
-        Ok(Ok(dicom_ul::pdu::Pdu::AssociationRQ(rq))) => Some((stream, rq)),
+        Ok(Ok(dicom_ul::pdu::Pdu::AssociationRQ(rq))) => Some(rq),
         _ => None,
     }
 }
 
 /// Answer A-ASSOCIATE-RJ (transient, local limit exceeded).
-async fn reject_over_limit(stream: &mut TcpStream, peer: SocketAddr, rq: &dicom_ul::pdu::AssociationRQ, why: &str) {
+async fn reject_over_limit(transport: &mut Transport, peer: SocketAddr, rq: &dicom_ul::pdu::AssociationRQ, why: &str) {
     use tokio::io::AsyncWriteExt;
     let rj = dicom_ul::pdu::Pdu::AssociationRJ(negotiation::local_limit_exceeded());
-    let _ = stream.write_all(&pdu::encode(&rj)).await;
-    let _ = stream.shutdown().await;
+    let _ = transport.wr.write_all(&pdu::encode(&rj)).await;
+    let _ = transport.wr.shutdown().await;
     warn!(peer = %peer, calling_ae = %crate::domain::PeerText(rq.calling_ae_title.trim()), "association rejected: {why}");
     let reason = if why.contains("host") { "host_limit" } else { "local_limit" };
     metrics::counter!("triage_associations_rejected_total", "reason" => reason).increment(1);

@@ -17,6 +17,7 @@ use super::access::AccessControl;
 use super::association::{Association, AssociationError, BoxRead, BoxWrite};
 use super::dimse::command::{self, field, CommandSet};
 use super::dimse::{Event, MessageReader, MessageWriter};
+use super::server::Transport;
 use super::service::{Request, Services};
 use super::settings::DicomSettings;
 use super::ul::negotiation::{self, AcceptorPolicy};
@@ -35,25 +36,26 @@ pub struct Shared {
 }
 
 /// Serve one connection: read the A-ASSOCIATE-RQ (within ARTIM), then the association.
-pub async fn run(rd: BoxRead, wr: BoxWrite, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), AssociationError> {
+pub async fn run(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), AssociationError> {
+    let Transport { rd, wr, tls, deadline } = transport;
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let mut wr = MessageWriter::new(wr);
-    let artim = shared.settings.artim_timeout;
-    let Some(rq) = read_request(&mut rd, &mut wr, artim).await? else {
+    let Some(rq) = read_request(&mut rd, &mut wr, deadline, shared.settings.artim_timeout).await? else {
         return Ok(()); // connected and closed: a port probe
     };
-    serve(rd, wr, peer, shared, shutdown, rq).await
+    serve(rd, wr, tls, peer, shared, shutdown, rq).await
 }
 
 /// An association whose A-ASSOCIATE-RQ the listener has read already (a registered caller
 /// taking a reserved slot).
-pub async fn run_with_request(rd: BoxRead, wr: BoxWrite, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken, rq: AssociationRQ) -> Result<(), AssociationError> {
-    serve(BufReader::with_capacity(READ_BUFFER, rd), MessageWriter::new(wr), peer, shared, shutdown, rq).await
+pub async fn run_with_request(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken, rq: AssociationRQ) -> Result<(), AssociationError> {
+    serve(BufReader::with_capacity(READ_BUFFER, transport.rd), MessageWriter::new(transport.wr), transport.tls, peer, shared, shutdown, rq).await
 }
 
-/// Sta2: transport open, waiting for A-ASSOCIATE-RQ while ARTIM runs. `None`: closed at once.
-async fn read_request(rd: &mut BufReader<BoxRead>, wr: &mut MessageWriter<BoxWrite>, artim: Duration) -> Result<Option<AssociationRQ>, AssociationError> {
-    let rq = tokio::time::timeout(artim, async {
+/// Sta2: transport open, waiting for A-ASSOCIATE-RQ until ARTIM expires at `deadline`
+/// (`artim` is its length, for the error). `None`: closed at once.
+async fn read_request(rd: &mut BufReader<BoxRead>, wr: &mut MessageWriter<BoxWrite>, deadline: tokio::time::Instant, artim: Duration) -> Result<Option<AssociationRQ>, AssociationError> {
+    let rq = tokio::time::timeout_at(deadline, async {
         let Some(header) = pdu::read_header(&mut *rd).await? else { return Ok(None) };
         if header.pdu_type != TYPE_ASSOCIATE_RQ {
             return Err(AssociationError::Protocol(format!("expected A-ASSOCIATE-RQ, got PDU type {:#04x}", header.pdu_type)));
@@ -77,6 +79,7 @@ async fn read_request(rd: &mut BufReader<BoxRead>, wr: &mut MessageWriter<BoxWri
 async fn serve(
     rd: BufReader<BoxRead>,
     mut wr: MessageWriter<BoxWrite>,
+    tls: bool,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -84,7 +87,7 @@ async fn serve(
 ) -> Result<(), AssociationError> {
     let calling_ae = rq.calling_ae_title.trim().to_string();
     tracing::Span::current().record("calling_ae", tracing::field::display(PeerText(&calling_ae)));
-    let decision = match shared.access.check_caller(&calling_ae, peer.ip()).await {
+    let decision = match shared.access.check_caller(&calling_ae, peer.ip(), tls).await {
         Ok(d) => d,
         Err(e) => {
             let rj = negotiation::reject(AssociationRJResult::Transient, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven));

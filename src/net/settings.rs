@@ -2,6 +2,7 @@
 //! the settings tree and validated there.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -27,4 +28,25 @@ pub struct DicomSettings {
     pub transfer_syntax_preference: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    pub tls: TlsSettings,
+}
+
+/// `[dicom.tls]`: DICOM over TLS (PS3.15 B.9), see `net::tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Open the TLS port.
+    pub enabled: bool,
+    pub port: u16,
+    /// Keep the plain port open beside the TLS one (false: TLS only).
+    pub plain_port: bool,
+    /// Our certificate chain and its key (PEM): served on the TLS port, and shown to the TLS
+    /// peers we call when they ask for a client certificate.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// CA certificates (PEM) that sign the client certificates we accept on the TLS port.
+    /// Empty: no client certificate is asked for.
+    pub client_ca: PathBuf,
+    /// CA certificates (PEM) that sign the certificates of the AEs we call over TLS.
+    pub peer_ca: PathBuf,
 }

@@ -1,7 +1,10 @@
 //! The AE registry as access control: who may associate is read from the database on every
-//! association, so `triage-node ae ...` changes apply to the next one without a restart.
+//! association, so `triage-node ae ...` changes apply to the next one without a restart. An AE
+//! registered as TLS (`ae add --tls`) is refused unless it calls on the TLS port.
 
 use std::net::IpAddr;
+
+use tracing::warn;
 
 use crate::db::Db;
 use crate::domain::AeRole;
@@ -20,13 +23,17 @@ impl AeRegistry {
 }
 
 impl AccessControl for AeRegistry {
-    fn check_caller<'a>(&'a self, calling: &'a str, peer: IpAddr) -> BoxFuture<'a, Result<CallerDecision, AccessError>> {
+    fn check_caller<'a>(&'a self, calling: &'a str, peer: IpAddr, tls: bool) -> BoxFuture<'a, Result<CallerDecision, AccessError>> {
         Box::pin(async move {
             let registered = self.db.find_ae(calling.trim()).await.map_err(|e| AccessError(Box::new(e)))?;
             let Some(ae) = registered else {
                 return Ok(if self.require_registered { CallerDecision::NotRecognized } else { CallerDecision::Allowed(AeRole::Modality) });
             };
             if !ae.enabled {
+                return Ok(CallerDecision::NotRecognized);
+            }
+            if ae.tls && !tls {
+                warn!(calling_ae = %ae.ae_title, "refused: this AE is registered as TLS and called on the plain port");
                 return Ok(CallerDecision::NotRecognized);
             }
             let allowed = CallerDecision::Allowed(ae.role);
@@ -37,10 +44,11 @@ impl AccessControl for AeRegistry {
         })
     }
 
-    fn is_registered<'a>(&'a self, calling: &'a str, peer: IpAddr) -> BoxFuture<'a, Result<bool, AccessError>> {
+    fn is_registered<'a>(&'a self, calling: &'a str, peer: IpAddr, tls: bool) -> BoxFuture<'a, Result<bool, AccessError>> {
         Box::pin(async move {
             let Some(ae) = self.db.find_ae(calling.trim()).await.map_err(|e| AccessError(Box::new(e)))? else { return Ok(false) };
             Ok(ae.enabled
+                && (tls || !ae.tls)
                 && match ae.host.as_deref() {
                     None | Some("") => true,
                     Some(host) => host_matches(host, peer).await,

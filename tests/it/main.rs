@@ -23,6 +23,7 @@ mod results;
 mod scanner_study;
 mod send_scu;
 mod status;
+mod tls;
 mod storage_scp;
 mod torch_runtime;
 mod triage;

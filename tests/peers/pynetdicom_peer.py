@@ -42,7 +42,21 @@ def associate(args, contexts):
     for ctx in contexts:
         ae.add_requested_context(*ctx)
     seen, handlers = rejection_recorder()
-    assoc = ae.associate("127.0.0.1", args.port, ae_title=args.aec, evt_handlers=handlers)
+    tls_args = None
+    if args.tls_ca:
+        # DICOM over TLS (PS3.15 B.9): the node's certificate is checked against the CA and
+        # must name the host; our certificate (if given) is shown when the node asks for one.
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.tls_ca)
+        if args.tls_cert:
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        tls_args = (ctx, "127.0.0.1")
+    try:
+        assoc = ae.associate("127.0.0.1", args.port, ae_title=args.aec, evt_handlers=handlers, tls_args=tls_args)
+    except OSError as e:  # the TLS handshake failed
+        say(f"FAILED {type(e).__name__}")
+        return None
     if assoc.is_established:
         say("ESTABLISHED", " ".join(cx.transfer_syntax[0] for cx in assoc.accepted_contexts))
         return assoc
@@ -280,6 +294,9 @@ def main():
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--aet", default="PYNETDICOM")
     p.add_argument("--aec", default="TRIAGE")
+    p.add_argument("--tls-ca", help="call over TLS, trusting this CA (PEM)")
+    p.add_argument("--tls-cert", help="our certificate (PEM), with --tls-key")
+    p.add_argument("--tls-key")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("echo")
     e.add_argument("--repeat", type=int, default=1)

@@ -21,6 +21,7 @@ use crate::dicom::sop::{self, ServiceClass, SOP_CLASSES};
 use crate::dicom::Status;
 use crate::domain::{AeRole, AeTitle};
 use crate::net::access::BoxFuture;
+use crate::net::tls::Connector;
 use crate::net::dimse::command::{self, field, tag, CommandSet};
 use crate::net::{Association, AssociationError, Offer, Request, Service};
 
@@ -36,11 +37,13 @@ pub struct QueryRetrieve {
     options: Options,
     /// Connection and response timeout of a C-MOVE's sub-association.
     timeout: Duration,
+    /// How a C-MOVE destination registered as TLS is reached.
+    tls: Connector,
 }
 
 impl QueryRetrieve {
-    pub fn new(archive: Arc<Archive>, ae_title: AeTitle, options: Options, timeout: Duration) -> QueryRetrieve {
-        QueryRetrieve { archive, ae_title, options, timeout }
+    pub fn new(archive: Arc<Archive>, ae_title: AeTitle, options: Options, timeout: Duration, tls: Connector) -> QueryRetrieve {
+        QueryRetrieve { archive, ae_title, options, timeout, tls }
     }
 }
 

@@ -93,7 +93,7 @@ pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq:
     let mut destination = None;
     if op == Operation::Move {
         let to = rq.command.string(tag::MOVE_DESTINATION).unwrap_or_default();
-        match delivery::resolve(qr.archive.db(), &to, &qr.ae_title, qr.timeout).await {
+        match delivery::resolve(qr.archive.db(), &to, &qr.ae_title, qr.timeout, &qr.tls).await {
             Ok(peer) => destination = Some(peer),
             Err(e @ (DeliveryError::UnknownAe(_) | DeliveryError::Disabled(_) | DeliveryError::NoAddress(_) | DeliveryError::BadTitle(_))) => {
                 warn!(error = %e, "C-MOVE to a destination that is not registered with an address");

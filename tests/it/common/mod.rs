@@ -76,6 +76,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
+    /// The TLS port, when `[dicom.tls]` is enabled.
+    pub tls_port: Option<u16>,
     /// The HTTP API's port, when it is enabled.
     pub http_port: Option<u16>,
     child: Option<Child>,
@@ -143,7 +145,7 @@ impl Node {
         }
         toml.push_str(&format!("[log]\nformat = \"{}\"\nlevel = \"debug,sqlx=warn\"\n", if opts.json_logs { "json" } else { "text" }));
         std::fs::write(&config, toml).unwrap();
-        let mut node = Node { dir, config, port: 0, http_port: None, child: None, log: Arc::new(Mutex::new(String::new())) };
+        let mut node = Node { dir, config, port: 0, tls_port: None, http_port: None, child: None, log: Arc::new(Mutex::new(String::new())) };
         for ae in &opts.register {
             let out = node.cli(&["ae", "add", ae]);
             assert!(out.status.success(), "ae add {ae}: {}", String::from_utf8_lossy(&out.stderr));
@@ -162,6 +164,7 @@ impl Node {
             .args(["--config", self.config.to_str().unwrap(), "serve"])
             // The port comes from the environment layer: proves TRIAGE__SECTION__KEY overrides.
             .env("TRIAGE__DICOM__PORT", "0")
+            .env("TRIAGE__DICOM__TLS__PORT", "0")
             .env("TRIAGE__HTTP__PORT", "0")
             .env("TRIAGE_HTTP_TOKENS", TEST_TOKENS)
             .envs(test_keys())
@@ -179,11 +182,11 @@ impl Node {
                     l.push_str(&line);
                     l.push('\n');
                 }
-                if let Some(port) = listening_port(&line) {
-                    let _ = tx.send((false, port));
+                if line.contains("listening ") && (line.contains(" port=") || line.contains("tls_port=")) {
+                    let _ = tx.send(Listening::Dicom(listening_port(&line), port_after(&line, "tls_port=")));
                 }
                 if let Some(port) = port_after(&line, "http_port=") {
-                    let _ = tx.send((true, port));
+                    let _ = tx.send(Listening::Http(port));
                 }
             }
         });
@@ -192,9 +195,10 @@ impl Node {
         // The HTTP API binds before the DICOM listener logs its port.
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok((true, port)) => self.http_port = Some(port),
-                Ok((false, port)) => {
-                    self.port = port;
+                Ok(Listening::Http(port)) => self.http_port = Some(port),
+                Ok(Listening::Dicom(port, tls)) => {
+                    self.port = port.unwrap_or(0);
+                    self.tls_port = tls;
                     break;
                 }
                 Err(_) => panic!("node did not log `listening port=`; log:\n{}", self.log()),
@@ -308,6 +312,12 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// What the node's log said it listens on: the DICOM ports (plain, TLS), or the HTTP port.
+enum Listening {
+    Dicom(Option<u16>, Option<u16>),
+    Http(u16),
 }
 
 fn port_after(line: &str, key: &str) -> Option<u16> {
