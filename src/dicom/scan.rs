@@ -330,6 +330,13 @@ pub fn locate_pixel_group(head: &[u8], ts: &TransferSyntax) -> Result<Option<u64
     }
 }
 
+/// Is `tag` a sequence by the standard dictionary (how implicit VR data sets are read)?
+fn implicit_sequence(tag: (u16, u16)) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1));
+    matches!(entry.map(|e| e.vr()), Some(VirtualVr::Exact(dicom_core::VR::SQ)))
+}
+
 struct Walker<R: Read> {
     r: BufReader<R>,
     pos: u64,
@@ -447,7 +454,12 @@ impl<R: Read> Walker<R> {
                 if !vr.iter().all(u8::is_ascii_uppercase) {
                     return Err(err("invalid value representation"));
                 }
-                let len = if matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN" | b"SV" | b"UV") {
+                // A VR this edition does not define is read as UN, with a reserved field and a
+                // 32-bit length, as the data set parser reads it (and as VRs added to the
+                // standard later are encoded); the 16-bit length is only for the VRs that have one.
+                let short = matches!(&vr, b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS" | b"LO" | b"LT" | b"PN" | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US");
+                let vr = if short || matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN" | b"SV" | b"UV") { vr } else { *b"UN" };
+                let len = if !short {
                     self.skip(2)?;
                     self.u32()?
                 } else {
@@ -478,7 +490,9 @@ impl<R: Read> Walker<R> {
             if end.is_some_and(|end| value_end > end) {
                 return Err(err("value length runs past the end of its item"));
             }
-            if vr.as_ref() == Some(b"SQ") {
+            // In implicit VR the parser reads an element the dictionary calls SQ as a sequence,
+            // so it is walked as one here too: its items' lengths are checked like any other.
+            if vr.as_ref() == Some(b"SQ") || (vr.is_none() && implicit_sequence(tag)) {
                 self.walk_sequence(Some(value_end), depth)?;
             } else if top && len <= 128 && self.found.slot(tag).is_some() {
                 let mut v = vec![0u8; len as usize];
@@ -657,6 +671,40 @@ mod tests {
         let h = run(&bytes, IMPLICIT_LE).unwrap();
         assert_eq!(h.sop_instance_uid.as_deref(), Some("9.8"));
         assert_eq!(h.study_instance_uid.as_deref(), Some("7.7"));
+    }
+
+    /// Found by fuzzing (tests/fuzz, target deidentify): in implicit VR a defined-length
+    /// element the dictionary calls SQ was skipped as opaque bytes, but the data set parser
+    /// reads it as a sequence; a 4 GB length inside one of its items then passed the scan, and
+    /// the parser allocated 4 GB for a 6 KB C-STORE before finding the data short.
+    #[test]
+    fn implicit_vr_sequences_of_defined_length_are_walked_too() {
+        let le32 = |v: u32| v.to_le_bytes();
+        let item = |inner: &[u8]| [&[0xFE, 0xFF, 0x00, 0xE0][..], &le32(inner.len() as u32), inner].concat();
+        // Referenced Image Sequence (0008,1140), one item holding Patient ID with a length far
+        // past the end of its item.
+        let liar = [&[0x10, 0x00, 0x20, 0x00][..], &le32(0xFF00_0008), b"ID"].concat();
+        let sequence = |items: &[u8]| [&[0x08, 0x00, 0x40, 0x11][..], &le32(items.len() as u32), items].concat();
+        let bad = sequence(&item(&liar));
+        assert!(matches!(run(&bad, IMPLICIT_LE), Err(ScanError::Element { problem: "value length runs past the end of its item", .. })), "{:?}", run(&bad, IMPLICIT_LE));
+        // A well-formed one passes, and so does a defined-length element that is no sequence.
+        let good = [&[0x10, 0x00, 0x20, 0x00][..], &le32(2), b"ID"].concat();
+        assert!(run(&sequence(&item(&good)), IMPLICIT_LE).is_ok());
+        let private = [&[0x09, 0x00, 0x10, 0x10][..], &le32(4), &[0xFE, 0xFF, 0x00, 0xE0]].concat();
+        assert!(run(&private, IMPLICIT_LE).is_ok());
+    }
+
+    /// Found by fuzzing (target query_identifier): an explicit VR this edition does not define
+    /// ("YN") was read with a 16-bit length here, but the parser reads it as UN with a 32-bit
+    /// one, and allocated 3.5 GB for a 103-byte C-FIND identifier.
+    #[test]
+    fn an_undefined_vr_is_read_as_un_with_a_32_bit_length() {
+        let mut unknown = vec![0x10, 0x00, 0x10, 0x00, b'Y', b'N', 0x04, 0x00, 0xBB, 0xB0, 0xBA, 0xD5];
+        assert!(matches!(run(&unknown, EXPLICIT_LE), Err(ScanError::Element { problem: "value length runs past the end of its item", .. })), "{:?}", run(&unknown, EXPLICIT_LE));
+        // With a 32-bit length that fits, it is skipped like any UN.
+        unknown.truncate(6);
+        unknown.extend_from_slice(&[0, 0, 2, 0, 0, 0, b'a', b'b']);
+        assert!(run(&unknown, EXPLICIT_LE).is_ok());
     }
 
     #[test]
