@@ -19,3 +19,6 @@ fi
 
 cargo build --locked --all-targets
 cargo test --locked -- --test-threads 2
+# Every fuzz target over its seeds and past findings, then a short mutation run (the long runs
+# are scripts/fuzz.sh's job).
+scripts/fuzz.sh smoke

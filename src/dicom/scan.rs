@@ -330,11 +330,27 @@ pub fn locate_pixel_group(head: &[u8], ts: &TransferSyntax) -> Result<Option<u64
     }
 }
 
-/// Is `tag` a sequence by the standard dictionary (how implicit VR data sets are read)?
-fn implicit_sequence(tag: (u16, u16)) -> bool {
+/// The VR the standard dictionary gives `tag`, as the parser reads an implicit VR data set
+/// (`None`: unknown or ambiguous; read as bytes).
+fn implicit_vr(tag: (u16, u16)) -> Option<[u8; 2]> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
-    let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1));
-    matches!(entry.map(|e| e.vr()), Some(VirtualVr::Exact(dicom_core::VR::SQ)))
+    match dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1)).map(|e| e.vr()) {
+        Some(VirtualVr::Exact(vr)) => vr.to_string().as_bytes().try_into().ok(),
+        Some(VirtualVr::Xs) => Some(*b"US"),
+        _ if tag.1 == 0x0000 => Some(*b"UL"), // group length
+        _ => None,
+    }
+}
+
+/// The size of one value of a binary VR: the parser reads a value of such a VR as whole
+/// numbers of these, so a length that is not a multiple would leave it out of step with us.
+fn value_unit(vr: &[u8; 2]) -> u32 {
+    match vr {
+        b"US" | b"SS" | b"OW" => 2,
+        b"UL" | b"SL" | b"FL" | b"AT" | b"OL" | b"OF" => 4,
+        b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => 8,
+        _ => 1,
+    }
 }
 
 struct Walker<R: Read> {
@@ -490,9 +506,14 @@ impl<R: Read> Walker<R> {
             if end.is_some_and(|end| value_end > end) {
                 return Err(err("value length runs past the end of its item"));
             }
-            // In implicit VR the parser reads an element the dictionary calls SQ as a sequence,
-            // so it is walked as one here too: its items' lengths are checked like any other.
-            if vr.as_ref() == Some(b"SQ") || (vr.is_none() && implicit_sequence(tag)) {
+            // In implicit VR the parser reads an element by the VR the dictionary gives it: an
+            // SQ as a sequence (so it is walked as one here too, its items' lengths checked like
+            // any other), a binary VR in whole values.
+            let vr = vr.or_else(|| implicit_vr(tag));
+            if vr.is_some_and(|vr| len % value_unit(&vr) != 0) {
+                return Err(err("value length is not a multiple of its value representation's size"));
+            }
+            if vr.as_ref() == Some(b"SQ") {
                 self.walk_sequence(Some(value_end), depth)?;
             } else if top && len <= 128 && self.found.slot(tag).is_some() {
                 let mut v = vec![0u8; len as usize];
@@ -705,6 +726,21 @@ mod tests {
         unknown.truncate(6);
         unknown.extend_from_slice(&[0, 0, 2, 0, 0, 0, b'a', b'b']);
         assert!(run(&unknown, EXPLICIT_LE).is_ok());
+    }
+
+    /// Found by fuzzing (targets query_identifier, commitment_report): a UL of length 1 or 2
+    /// (a group length, in implicit VR) is read by the parser as no value and no bytes, so the
+    /// next element's header came from the middle of this one, with a length of 2-4 GB.
+    #[test]
+    fn a_binary_value_of_a_length_its_vr_cannot_have_is_refused() {
+        let le32 = |v: u32| v.to_le_bytes();
+        let group_length = [&[0x00, 0x02, 0x00, 0x00][..], &le32(2), &[0, 0], &[0x00, 0x02, 0x00, 0x00], &le32(0)].concat();
+        assert!(matches!(run(&group_length, IMPLICIT_LE), Err(ScanError::Element { problem: "value length is not a multiple of its value representation's size", .. })), "{:?}", run(&group_length, IMPLICIT_LE));
+        let us = explicit(&[(0x0028, 0x0010, "US", &[1, 2, 3])], false);
+        assert!(run(&us, EXPLICIT_LE).is_err());
+        assert!(run(&explicit(&[(0x0028, 0x0010, "US", &[1, 2])], false), EXPLICIT_LE).is_ok());
+        let rows = [&[0x28, 0x00, 0x10, 0x00][..], &le32(2), &[0, 2]].concat();
+        assert!(run(&rows, IMPLICIT_LE).is_ok());
     }
 
     #[test]
