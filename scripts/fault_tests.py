@@ -13,6 +13,7 @@ Prints one line per check and exits non-zero if any fails. Needs root for the tm
 (disk-full) and pg_ctlcluster (postgres).
 """
 import argparse
+import copy
 import hashlib
 import hmac
 import sqlite3
@@ -117,7 +118,7 @@ class Node:
 
 def fresh(ds, study_uid, patient):
     """A copy of `ds` as a new instance of study `study_uid`."""
-    ds = ds.copy()
+    ds = copy.deepcopy(ds)  # a shallow copy shares its elements with the original
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = study_uid + ".1"
     ds.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
@@ -201,6 +202,8 @@ def disk_full(work):
         check(len(stored_files(mnt)) == rows_before, "disk full: nothing of the refused instance is in the store")
         check(not spool_files(mnt), "disk full: nothing is left in the spool")
         check(node.alive(), "disk full: the node is still running")
+        st = os.statvfs(mnt)
+        print(f"INFO disk full: {st.f_bavail * st.f_frsize >> 20} MiB free after the refusal", flush=True)
         small = fresh(base, f"2.25.{uuid.uuid4().int}", "DISKFULL2")
         r = send(node.port, [small])
         check(r[0][1] == 0x0000, f"disk full: a small instance that fits is still stored (got {fmt(r[0][1])})")
@@ -236,20 +239,29 @@ def postgres(work):
         base = dcmread(os.path.join(CASES, "case001.dcm"))
         study = f"2.25.{uuid.uuid4().int}"
         results = []
-        restarted = False
-        for batch in range(12):
-            sets = [fresh(base, study, "PGRESTART") for _ in range(10)]
-            if batch == 3:
-                # Restart PostgreSQL while this association's stores are in flight.
-                subprocess.Popen(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"])
-                restarted = True
-            results += send(node.port, sets)
+
+        def outage():
+            # PostgreSQL goes away for 3 s while the stores go on, then comes back.
+            time.sleep(0.3)
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast"], check=True)
+            time.sleep(3)
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start"], check=True)
+
+        before = query("SELECT pg_postmaster_start_time()", pg_url=url)
+        t = threading.Thread(target=outage)
+        t.start()
+        while t.is_alive():
+            results += send(node.port, [fresh(base, study, "PGRESTART") for _ in range(5)])
+            time.sleep(0.1)
+        t.join()
+        results += send(node.port, [fresh(base, study, "PGRESTART") for _ in range(10)])
+        restarted = query("SELECT pg_postmaster_start_time()", pg_url=url) != before
         time.sleep(1)
         acked = [uid for uid, s in results if s == 0x0000]
         refused = [s for _, s in results if s != 0x0000]
         rows = {r[0] for r in query("SELECT sop_instance_uid FROM instances", pg_url=url)}
         lost = [u for u in acked if deid_uid(u) not in rows]
-        check(restarted and len(refused) > 0, f"postgres: restarted during ingest ({len(refused)} stores refused meanwhile: {sorted(set(fmt(s) for s in refused))})")
+        check(restarted, f"postgres: stopped for 3 s and restarted during ingest ({len(results)} stores tried, {len(refused)} not acknowledged: {sorted(set(fmt(s) for s in refused))})")
         check(not lost, f"postgres: every acknowledged instance has its row ({len(acked)} acknowledged, {len(lost)} lost, {len(rows)} rows)")
         after = send(node.port, [fresh(base, study, "PGRESTART") for _ in range(5)])
         check(all(s == 0x0000 for _, s in after), "postgres: the node stores again after the restart (it reconnected)")
@@ -279,6 +291,7 @@ def sigkill(work, kills, seed):
     cases = [dcmread(os.path.join(CASES, f)) for f in sorted(os.listdir(CASES))[:8]]
     acked = set()
     studies = set()
+    cut_ingest = 0
     try:
         for k in range(kills):
             node.start()
@@ -287,13 +300,17 @@ def sigkill(work, kills, seed):
             sets = []
             for _ in range(rng.randint(2, 5)):
                 study = f"2.25.{uuid.uuid4().int}"
-                sets.append(fresh(rng.choice(cases), study, f"KILL{k:02d}"))
+                for _ in range(rng.randint(1, 3)):
+                    sets.append(fresh(rng.choice(cases), study, f"KILL{k:02d}"))
             out = []
             t = threading.Thread(target=lambda: out.extend(send(node.port, sets)))
             t.start()
-            time.sleep(rng.uniform(0.05, 3.0))
+            # Half the kills early (while the sender is sending), half later (triage, delivery).
+            time.sleep(rng.uniform(0.0, 0.4) if k % 2 == 0 else rng.uniform(0.4, 3.0))
             node.kill9()
             t.join()
+            if sum(1 for _, s in out if s == 0x0000) < len(sets):
+                cut_ingest += 1
             for ds, (uid, s) in zip(sets, out):
                 if s == 0x0000:
                     acked.add(uid)
@@ -313,7 +330,7 @@ def sigkill(work, kills, seed):
         node.kill9()
     rows = {r[0] for r in query("SELECT sop_instance_uid FROM instances", data_dir=data_dir)}
     lost = [u for u in acked if deid_uid(u) not in rows]
-    check(len(acked) > 0, f"sigkill: {kills} kills, {len(acked)} instances acknowledged in {len(studies)} studies")
+    check(len(acked) > 0, f"sigkill: {kills} kills ({cut_ingest} while the sender was still sending), {len(acked)} instances acknowledged in {len(studies)} studies")
     check(not lost, f"sigkill: 0 acknowledged instances lost ({len(lost)} of {len(acked)} missing)")
     triaged = {r[0] for r in query("SELECT s.study_instance_uid FROM study_results r JOIN studies s ON s.id = r.study_id", data_dir=data_dir)}
     no_result = [u for u in studies if deid_uid(u) not in triaged]

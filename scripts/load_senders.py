@@ -9,6 +9,7 @@ instances acknowledged with Success, failed (any other status or none), associat
 (by kind).
 """
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ _config.LOG_HANDLER_LEVEL = "none"
 
 
 def fresh(ds, study, series, patient):
-    ds = ds.copy()
+    ds = copy.deepcopy(ds)  # a shallow copy shares its elements with the original
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -77,6 +77,8 @@ impl Worker for OutboxWorker {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
     Delivered,
+    /// Delivered, and already recorded as such.
+    Recorded,
     Retry(String),
     Dead(String),
 }
@@ -143,7 +145,8 @@ impl OutboxWorker {
         let span = tracing::info_span!("delivery", destination = %destination);
         async {
             let verdicts = self.attempt(&destination, &items).await;
-            for (item, verdict) in items.iter().zip(verdicts) {
+            // Deliveries were recorded as each Success came (None here).
+            for (item, verdict) in items.iter().zip(verdicts).filter_map(|(i, v)| v.map(|v| (i, v))) {
                 if let Err(error) = self.record(item, verdict).await {
                     error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
                 }
@@ -154,7 +157,16 @@ impl OutboxWorker {
         Ok(items.len())
     }
 
-    async fn attempt(&self, destination: &str, items: &[OutboxItem]) -> Vec<Verdict> {
+    /// Attempt `items` on one association. An item the destination stored is recorded as
+    /// delivered at once, before the next is sent (its verdict comes back as `None`), so a stop
+    /// in the middle of a batch re-sends only what was not yet acknowledged; the others' verdicts
+    /// are for the caller to record.
+    async fn attempt(&self, destination: &str, items: &[OutboxItem]) -> Vec<Option<Verdict>> {
+        let verdicts = self.attempt_all(destination, items).await;
+        verdicts.into_iter().map(|v| (v != Verdict::Recorded).then_some(v)).collect()
+    }
+
+    async fn attempt_all(&self, destination: &str, items: &[OutboxItem]) -> Vec<Verdict> {
         let all = |v: Verdict| vec![v; items.len()];
         if items[0].kind == ObjectKind::Hl7 {
             let mut verdicts = Vec::with_capacity(items.len());
@@ -221,6 +233,12 @@ impl OutboxWorker {
                 other => other,
             };
             verdicts[*i] = verdict_for(&result);
+            if verdicts[*i] == Verdict::Delivered {
+                match self.record(item, Verdict::Delivered).await {
+                    Ok(()) => verdicts[*i] = Verdict::Recorded,
+                    Err(error) => error!(%error, item = item.id, "recording a delivery failed; it is recorded again after the batch"),
+                }
+            }
             if broken {
                 return verdicts; // the rest stay "not attempted": retried later
             }
@@ -228,7 +246,7 @@ impl OutboxWorker {
         if self.cfg.storage_commitment {
             let delivered: Vec<(i64, String, String)> = sendable
                 .iter()
-                .filter(|(i, _)| verdicts[*i] == Verdict::Delivered)
+                .filter(|(i, _)| matches!(verdicts[*i], Verdict::Delivered | Verdict::Recorded))
                 .map(|(i, m)| (items[*i].id, m.sop_class_uid.trim_end_matches('\0').to_string(), m.sop_instance_uid.trim_end_matches('\0').to_string()))
                 .collect();
             if !delivered.is_empty() {
@@ -317,6 +335,7 @@ impl OutboxWorker {
     async fn record(&self, item: &OutboxItem, verdict: Verdict) -> Result<(), crate::db::DbError> {
         let attempts = item.attempts as u32 + 1;
         match verdict {
+            Verdict::Recorded => Ok(()),
             Verdict::Delivered => {
                 self.db.outbox_delivered(item.id).await?;
                 metrics::counter!("triage_delivered_total", "kind" => item.kind.as_str()).increment(1);
