@@ -51,7 +51,7 @@ level = "warn"
 TOML
 "$BIN" --config "$WORK/node.toml" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_PORT" >/dev/null
 # The node logs at warn for the run; the listening line is info, so ask for it alone.
-RUST_LOG= TRIAGE__LOG__LEVEL="warn,triage_node::node=info" "$BIN" --config "$WORK/node.toml" serve 2> "$WORK/node.log" &
+RUST_LOG= TRIAGE__LOG__LEVEL="${LOAD_LOG_LEVEL:-warn,triage_node::node=info}" "$BIN" --config "$WORK/node.toml" serve 2> "$WORK/node.log" &
 NODE=$!
 trap 'kill $NODE $PACS 2>/dev/null || true' EXIT
 for _ in $(seq 300); do grep -q 'listening port=' "$WORK/node.log" && break; sleep 0.1; done
@@ -75,19 +75,24 @@ for _ in $(seq 120); do
   "$BIN" --config "$WORK/node.toml" outbox list 2>/dev/null | grep -qE 'pending|sending' || break
   sleep 1
 done
-read -r OK FAILED ASSOC CHEST CT < <(.venv/bin/python - "$WORK/senders.jsonl" <<'PY'
+read -r OK FAILED ASSOC CHEST CT WHY < <(.venv/bin/python - "$WORK/senders.jsonl" <<'PY'
 import json, sys
 t = {"ok": 0, "failed": 0, "associations": 0, "chest": 0, "ct": 0}
+why = {}
 for line in open(sys.argv[1]):
     for k, v in json.loads(line).items():
-        t[k] += v
-print(t["ok"], t["failed"], t["associations"], t["chest"], t["ct"])
+        if k == "why":
+            for r, n in v.items():
+                why[r] = why.get(r, 0) + n
+        else:
+            t[k] += v
+print(t["ok"], t["failed"], t["associations"], t["chest"], t["ct"], json.dumps(why).replace(" ", ""))
 PY
 )
 STATUS=$("$BIN" --config "$WORK/node.toml" status)
 REPORTS=$(ls "$WORK/pacs" | grep -c '^SR' || true)
 echo "instances acknowledged: $OK in ${SENT_S}s = $(python3 -c "print(round($OK / $SENT_S, 1))") per second, over $ASSOC associations ($CHEST chest studies, $CT CT series)"
-echo "failed stores: $FAILED"
+echo "failed stores: $FAILED $WHY"
 echo "$STATUS" | grep -E '^instances:|^studies|^jobs' | sed 's/^/node: /'
 echo "reports (SR) received by the PACS: $REPORTS"
 echo "node RSS (MB) every 10 s: ${SAMPLES[*]}"

@@ -411,3 +411,37 @@ fn deeply_nested_data_sets_are_refused_and_the_node_survives() {
         assert!(lines.contains("ECHO 0x0000"), "{service}: the node did not answer afterwards: {lines}\n{}", node.log());
     }
 }
+
+/// What the fuzzers found (tests/fuzz/regressions), sent to the node as real requests: a C-STORE
+/// data set or a C-FIND identifier of a few KB whose lengths the structural scan and the data set
+/// parser read differently made the parser allocate 2-4 GB (a handful at once would have taken
+/// the machine). Each is refused, nothing is stored, the node answers afterwards, and its peak
+/// memory stays small.
+#[test]
+fn what_the_fuzzers_found_is_refused_without_allocating_gigabytes() {
+    if !peers_ready() {
+        return;
+    }
+    let node = Node::start(NodeOptions { register: vec!["PYNETDICOM"], ..Default::default() });
+    assert!(node.cli(&["ae", "add", "QRPEER", "--role", "pacs", "--host", "127.0.0.1", "--port", "1"]).status.success());
+    let mut sent = 0;
+    for (target, service, aet) in [("deidentify", "store", "PYNETDICOM"), ("query_identifier", "find", "QRPEER")] {
+        for input in walk(&repo().join("tests/fuzz/regressions").join(target)) {
+            let out = std::process::Command::new(python().unwrap())
+                .arg(repo().join("tests/peers/pynetdicom_peer.py"))
+                .args(["--port", &node.port.to_string(), "--aet", aet, "raw", "--service", service, "--data"])
+                .arg(&input)
+                .output()
+                .unwrap();
+            let lines = String::from_utf8_lossy(&out.stdout).to_string();
+            let answer = lines.lines().find(|l| l.starts_with("STORED") || l.starts_with("FIND")).unwrap_or_else(|| panic!("{}: no answer: {lines}\n{}", input.display(), node.log()));
+            assert!(!answer.contains("0x0000") && !answer.ends_with("none"), "{}: {answer}", input.display());
+            assert!(lines.contains("ECHO 0x0000"), "{}: the node did not answer afterwards: {lines}\n{}", input.display(), node.log());
+            sent += 1;
+        }
+    }
+    assert!(sent >= 5, "only {sent} regression inputs");
+    assert!(node.stored_files().is_empty(), "{:?}", node.stored_files());
+    let peak_mb = node.peak_rss_kb() / 1024;
+    assert!(peak_mb < 1024, "the node's peak memory reached {peak_mb} MB");
+}

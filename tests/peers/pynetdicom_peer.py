@@ -257,6 +257,43 @@ def nested(depth):
     return down * depth + up * depth
 
 
+def cmd_raw(args):
+    """A C-STORE data set or C-FIND identifier sent exactly as the bytes of --data (after its
+    first byte, the fuzz targets' transfer syntax selector: 0 explicit, 1 implicit VR little
+    endian, 2 explicit big endian), then a C-ECHO on a new association."""
+    import pynetdicom.association as pa
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    data = open(args.data, "rb").read()
+    ts = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian][data[0] % 3]
+    pa.encode = lambda *a, **k: data[1:]
+    find = "1.2.840.10008.5.1.4.1.2.2.1"
+    assoc = associate(args, [(find if args.service == "find" else CT, [ts])])
+    if not assoc:
+        return
+    if args.service == "find":
+        for st, _ in assoc.send_c_find(Dataset(), find):
+            say(status_line("FIND", st))
+            if "Status" not in st or st.Status not in (0xFF00, 0xFF01):
+                break
+    else:
+        from pydicom.dataset import FileMetaDataset
+
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CT, "1.2.3.4.5.6.7"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ts
+        st = assoc.send_c_store(ds)
+        say(status_line("STORED", st))
+    assoc.release()
+    after = associate(args, [(Verification,)])
+    if after:
+        st = after.send_c_echo()
+        say(f"ECHO 0x{st.Status:04X}" if "Status" in st else "ECHO none")
+        after.release()
+
+
 def cmd_deep(args):
     """A C-FIND identifier or an MPPS N-CREATE data set nested `--depth` levels deep (raw bytes:
     pydicom could not encode it), then a C-ECHO on a new association: is the node still there?"""
@@ -309,6 +346,9 @@ def main():
     b = sub.add_parser("make-bad")
     b.add_argument("--source", required=True)
     b.add_argument("--out", required=True)
+    r = sub.add_parser("raw")
+    r.add_argument("--service", choices=["store", "find"], required=True)
+    r.add_argument("--data", required=True)
     d = sub.add_parser("deep")
     d.add_argument("--service", choices=["find", "mpps"], required=True)
     d.add_argument("--depth", type=int, default=100000)

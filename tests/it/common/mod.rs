@@ -232,6 +232,13 @@ impl Node {
             .expect("run triage-node")
     }
 
+    /// The running node's peak resident memory (VmHWM), in KiB.
+    pub fn peak_rss_kb(&self) -> u64 {
+        let pid = self.child.as_ref().expect("node running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill(); // SIGKILL
