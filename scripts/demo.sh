@@ -53,7 +53,22 @@ READER_TOKEN=demo-reader-$(python3 -c 'import secrets; print(secrets.token_hex(1
 ADMIN_TOKEN=demo-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 export TRIAGE__HTTP__PORT=$HTTP_PORT TRIAGE_HTTP_TOKENS="radiologist:reader:$READER_TOKEN,radiology-it:admin:$ADMIN_TOKEN"
 
+# DICOM over TLS (BCP 195) on a port of its own, beside the plain one: a throwaway CA signs the
+# node's certificate and a modality's; the TLS port accepts only certificates that CA signed.
+PKI=$DEMO/pki; mkdir -p "$PKI"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -days 2 -subj "/CN=demo site CA" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$PKI/leaf.ext"
+for leaf in node modality; do
+  openssl req -newkey rsa:2048 -nodes -keyout "$PKI/$leaf.key" -out "$PKI/$leaf.csr" -subj "/CN=demo $leaf" 2>/dev/null
+  openssl x509 -req -in "$PKI/$leaf.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -out "$PKI/$leaf.crt" -days 2 -extfile "$PKI/leaf.ext" 2>/dev/null
+done
+TLS_PORT=${TLS_PORT:-$(free_port)}
+export TRIAGE__DICOM__TLS__ENABLED=true TRIAGE__DICOM__TLS__PORT=$TLS_PORT TRIAGE__DICOM__TLS__CERTIFICATE=$PKI/node.crt \
+  TRIAGE__DICOM__TLS__PRIVATE_KEY=$PKI/node.key TRIAGE__DICOM__TLS__CLIENT_CA=$PKI/ca.crt
+
 "$BIN" ae add DEMO_CT --host 127.0.0.1
+"$BIN" ae add DEMO_SECURE_CR --host 127.0.0.1 --tls
 "$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM"
 "$BIN" ae list
 "$BIN" serve 2> "$DEMO/node.log" &
@@ -65,6 +80,14 @@ grep 'listening port=' "$DEMO/node.log"
 export TCP_NODELAY=1
 echo "== C-ECHO"
 echoscu -v -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT"
+echo "== DICOM over TLS (port $TLS_PORT, BCP 195): DEMO_SECURE_CR is registered TLS only"
+echo "-- on the plain port it is refused:"
+echoscu -aet DEMO_SECURE_CR -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" 2>&1 | grep -E 'Rejected|Reason' | head -2 || true
+echo "-- over TLS with the certificate the site CA signed, a C-ECHO and a C-STORE (the demo CR case 4):"
+echoscu -aet DEMO_SECURE_CR -aec TRIAGE +tls "$PKI/modality.key" "$PKI/modality.crt" +cf "$PKI/ca.crt" 127.0.0.1 "$TLS_PORT" && echo "C-ECHO over TLS: success"
+storescu -aet DEMO_SECURE_CR -aec TRIAGE +tls "$PKI/modality.key" "$PKI/modality.crt" +cf "$PKI/ca.crt" 127.0.0.1 "$TLS_PORT" .testdata/demo-cases/case004.dcm && echo "C-STORE over TLS: success"
+echo "-- anonymous TLS (no client certificate) is refused at the handshake:"
+echoscu -aet DEMO_SECURE_CR -aec TRIAGE +tla +cf "$PKI/ca.crt" 127.0.0.1 "$TLS_PORT" 2>&1 | tail -1 || true
 echo "== C-STORE: a head CT slice (JPEG 2000 lossless) and an adult chest CR (explicit VR), then 9 more CT slices"
 storescu -R -xv -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/ts/ct_j2k_lossless.dcm .testdata/ts/cr_explicit_le.dcm
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/series/ct_0[1-9].dcm
@@ -76,11 +99,11 @@ echo "   slice from pydicom-data, a synthetic hyperdense lesion on some), N-SET 
 .venv/bin/python tests/peers/pynetdicom_peer.py --port "$TRIAGE__DICOM__PORT" --aet DEMO_CT mpps --store "$DEMO"/head-ct/slice*.dcm | grep -v '^STORED 0x0000' || true
 echo "-- the study was ready without the quiet period:"; grep 'study ready' "$DEMO/node.log" | grep 'procedure step' | head -1
 echo "== the same originals to the PACS (as the modality would have sent them)"
-storescu -aec PACS 127.0.0.1 "$PACS_DICOM" .testdata/ts/cr_explicit_le.dcm .testdata/demo-cases/case00[0-3].dcm "$DEMO"/head-ct/slice*.dcm
+storescu -aec PACS 127.0.0.1 "$PACS_DICOM" .testdata/ts/cr_explicit_le.dcm .testdata/demo-cases/case00[0-4].dcm "$DEMO"/head-ct/slice*.dcm
 echo "== waiting for the 3 s quiet period that completes each study, its triage, and the results' delivery"
-# Five chest studies (the CR and four demo cases) and the head CT get a report each.
+# Six chest studies (the CR, four demo cases and the one sent over TLS) and the head CT get a report each.
 for _ in $(seq 300); do
-  [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 6 ] && break; sleep 0.2
+  [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 7 ] && break; sleep 0.2
 done
 echo "== waiting for the PACS's storage commitment reports"
 for _ in $(seq 100); do
@@ -111,7 +134,7 @@ echo "== readiness and a few Prometheus metrics"
 curl -s "$API/readyz"; echo
 curl -s "$API/metrics" | grep -E '^triage_(worklist_studies|instances_received_total|cstore_responses_total|end_to_end_seconds_count|outbox_items)' || true
 echo "== waiting for the RIS to accept an ORU^R01 per triaged chest study"
-for _ in $(seq 100); do [ "$(wc -l < "$DEMO/ris.jsonl" 2>/dev/null || echo 0)" -ge 5 ] && break; sleep 0.2; done
+for _ in $(seq 100); do [ "$(wc -l < "$DEMO/ris.jsonl" 2>/dev/null || echo 0)" -ge 6 ] && break; sleep 0.2; done
 echo "== the ORU^R01 messages the RIS accepted (the first one in full)"
 .venv/bin/python - "$DEMO/ris.jsonl" <<'PY'
 import json, sys
