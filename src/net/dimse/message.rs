@@ -307,18 +307,25 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         self.peer_max_pdu = peer_max_pdu;
     }
 
+    // Every write of a whole PDU or message ends with a flush: a no-op on TCP, but a TLS
+    // session may keep what it encrypted buffered until flushed, and the peer then waits for a
+    // response that never leaves.
+
     /// A control PDU (A-ASSOCIATE-*, A-RELEASE-*).
     pub async fn pdu(&mut self, pdu: &Pdu) -> std::io::Result<()> {
-        self.wr.write_all(&pdu::encode(pdu)).await
+        self.wr.write_all(&pdu::encode(pdu)).await?;
+        self.wr.flush().await
     }
 
     pub async fn command(&mut self, pc: u8, command: &CommandSet) -> std::io::Result<()> {
-        self.wr.write_all(&pdu::encode_pdata(pc, true, &command.encode(), self.peer_max_pdu)).await
+        self.wr.write_all(&pdu::encode_pdata(pc, true, &command.encode(), self.peer_max_pdu)).await?;
+        self.wr.flush().await
     }
 
     /// A data set held in memory (a few KiB: identifiers, commitment requests).
     pub async fn data(&mut self, pc: u8, bytes: &[u8]) -> std::io::Result<()> {
-        self.wr.write_all(&pdu::encode_pdata(pc, false, bytes, self.peer_max_pdu)).await
+        self.wr.write_all(&pdu::encode_pdata(pc, false, bytes, self.peer_max_pdu)).await?;
+        self.wr.flush().await
     }
 
     /// `len` data set bytes read from `source`, a PDU's worth at a time (never the whole data
@@ -340,7 +347,7 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
             };
             self.wr.write_all(&pdu::encode_pdv(pc, false, left == 0, &buf[..n])).await.map_err(SendError::Write)?;
         }
-        Ok(())
+        self.wr.flush().await.map_err(SendError::Write)
     }
 
     /// A-ABORT, then close; errors are ignored (the association is over either way).
