@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::net::client::{self, Association, ClientError, Peer, Proposal, Response};
-use crate::net::tls::Connector;
+/// How AEs registered as TLS are reached (for callers that name no `net` type).
+pub use crate::net::tls::Connector;
 use crate::db::{Db, DbError};
 use crate::domain::AeTitle;
 

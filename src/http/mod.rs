@@ -45,7 +45,7 @@ pub struct AppState {
     /// Association timeout for the AE page's C-ECHO.
     pub dicom_timeout: Duration,
     /// How the AE page's C-ECHO reaches an AE registered as TLS.
-    pub tls: crate::net::tls::Connector,
+    pub tls: crate::delivery::Connector,
     pub data_dir: PathBuf,
     pub manifests: Vec<Manifest>,
     /// The full-size heatmap's long side (`results.heatmap_max_size`).
@@ -84,7 +84,7 @@ impl AppState {
     }
 
     /// Reach AEs registered as TLS through `tls` (the AE page's C-ECHO).
-    pub fn with_tls(mut self, tls: crate::net::tls::Connector) -> AppState {
+    pub fn with_tls(mut self, tls: crate::delivery::Connector) -> AppState {
         self.tls = tls;
         self
     }

@@ -23,6 +23,16 @@ use crate::dicom::Status;
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// An open connection's halves, and what the association needs to know of its transport.
+pub struct Transport {
+    pub rd: BoxRead,
+    pub wr: BoxWrite,
+    /// Came over TLS (a calling AE registered as TLS is refused otherwise).
+    pub tls: bool,
+    /// When ARTIM expires for the A-ASSOCIATE-RQ.
+    pub deadline: tokio::time::Instant,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AssociationError {
     #[error(transparent)]

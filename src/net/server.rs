@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use tracing::Instrument;
 
 use super::access::canonical;
-use super::association::{BoxRead, BoxWrite};
+use super::association::Transport;
 use super::session::{self, Shared};
 use super::tls;
 use super::ul::negotiation;
@@ -75,16 +75,6 @@ impl Incoming {
             }
         }
     }
-}
-
-/// An open connection's halves, and what the association needs to know of its transport.
-pub struct Transport {
-    pub rd: BoxRead,
-    pub wr: BoxWrite,
-    /// Came over TLS (a calling AE registered as TLS is refused otherwise).
-    pub tls: bool,
-    /// When ARTIM expires for the A-ASSOCIATE-RQ.
-    pub deadline: Instant,
 }
 
 async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {

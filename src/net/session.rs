@@ -14,10 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::access::AccessControl;
-use super::association::{Association, AssociationError, BoxRead, BoxWrite};
+use super::association::{Association, AssociationError, BoxRead, BoxWrite, Transport};
 use super::dimse::command::{self, field, CommandSet};
 use super::dimse::{Event, MessageReader, MessageWriter};
-use super::server::Transport;
 use super::service::{Request, Services};
 use super::settings::DicomSettings;
 use super::ul::negotiation::{self, AcceptorPolicy};

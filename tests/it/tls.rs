@@ -170,7 +170,7 @@ fn an_ae_registered_as_tls_is_refused_on_the_plain_port() {
     let plain = node.dcmtk("echoscu", &["-aet", "SECURECT", "-aec", "TRIAGE"]);
     assert!(!plain.status.success(), "{}", text(&plain));
     assert!(text(&plain).contains("Calling AE Title Not Recognized"), "{}", text(&plain));
-    assert!(node.log().contains("registered as TLS and called on the plain port"), "{}", node.log());
+    assert!(node.wait_for_log("registered as TLS and called on the plain port", Duration::from_secs(5)), "{}", node.log());
     let secure = dcmtk_tls(&node, "echoscu", "SECURECT", Some(("client.key", "client.crt")), &pki, &[]);
     assert!(secure.status.success(), "{}\n{}", text(&secure), node.log());
     // Other AEs keep the plain port.
