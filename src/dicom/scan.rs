@@ -330,15 +330,18 @@ pub fn locate_pixel_group(head: &[u8], ts: &TransferSyntax) -> Result<Option<u64
     }
 }
 
-/// The VR the standard dictionary gives `tag`, as the parser reads an implicit VR data set
-/// (`None`: unknown or ambiguous; read as bytes).
+/// The VR the data set parser gives `tag` in an implicit VR data set: OW for Pixel Data and
+/// Overlay Data, else the standard dictionary's (an ambiguous one relaxed as the parser relaxes
+/// it: US/SS to US, OB/OW to OW, US/OW to OW); `None`: unknown, read as bytes (UN).
 fn implicit_vr(tag: (u16, u16)) -> Option<[u8; 2]> {
-    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
-    match dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1)).map(|e| e.vr()) {
-        Some(VirtualVr::Exact(vr)) => vr.to_string().as_bytes().try_into().ok(),
-        Some(VirtualVr::Xs) => Some(*b"US"),
-        _ if tag.1 == 0x0000 => Some(*b"UL"), // group length
-        _ => None,
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return Some(*b"OW");
+    }
+    match dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1)) {
+        Some(entry) => entry.vr().relaxed().to_string().as_bytes().try_into().ok(),
+        None if tag.1 == 0x0000 => Some(*b"UL"), // group length
+        None => None,
     }
 }
 
@@ -741,6 +744,17 @@ mod tests {
         assert!(run(&explicit(&[(0x0028, 0x0010, "US", &[1, 2])], false), EXPLICIT_LE).is_ok());
         let rows = [&[0x28, 0x00, 0x10, 0x00][..], &le32(2), &[0, 2]].concat();
         assert!(run(&rows, IMPLICIT_LE).is_ok());
+    }
+
+    /// Found by fuzzing (target query_identifier, after 6 million runs): Overlay Data (6000,3000)
+    /// of length 1 in implicit VR, which the parser reads as OW (no values, no bytes).
+    #[test]
+    fn implicit_vr_overlay_and_pixel_data_are_ow() {
+        let le32 = |v: u32| v.to_le_bytes();
+        let overlay = [&[0x00, 0x60, 0x00, 0x30][..], &le32(1), &[0]].concat();
+        assert!(matches!(run(&overlay, IMPLICIT_LE), Err(ScanError::Element { problem: "value length is not a multiple of its value representation's size", .. })), "{:?}", run(&overlay, IMPLICIT_LE));
+        let even = [&[0x00, 0x60, 0x00, 0x30][..], &le32(2), &[0, 0]].concat();
+        assert!(run(&even, IMPLICIT_LE).is_ok());
     }
 
     #[test]
