@@ -339,7 +339,7 @@ fn implicit_vr(tag: (u16, u16)) -> Option<[u8; 2]> {
         return Some(*b"OW");
     }
     match dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1)) {
-        Some(entry) => entry.vr().relaxed().to_string().as_bytes().try_into().ok(),
+        Some(entry) => Some(entry.vr().relaxed().to_bytes()),
         None if tag.1 == 0x0000 => Some(*b"UL"), // group length
         None => None,
     }
