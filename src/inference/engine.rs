@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::package::{Manifest, Package};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("the inference engine has stopped")]
     Stopped,
@@ -49,7 +49,8 @@ struct Request {
 /// dropped, after finishing what is queued.
 #[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::Sender<Request>,
+    /// Requests go in groups: the images one caller queues together reach the engine together.
+    tx: mpsc::Sender<Vec<Request>>,
     manifests: std::sync::Arc<Vec<Manifest>>,
     thread: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -104,25 +105,49 @@ impl Engine {
         self.submit(model, input).await?.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// Queue one image (waiting while the queue is full) and return where its output will come:
-    /// queue several before awaiting any, so they can run in one batch.
+    /// Queue one image (waiting while the queue is full) and return where its output will come.
     pub async fn submit(&self, model: usize, input: Vec<f32>) -> Result<oneshot::Receiver<Result<ImageOutput, EngineError>>, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(Request { model, input, enqueued: Instant::now(), reply }).await.map_err(|_| EngineError::Stopped)?;
-        Ok(answer)
+        let mut answers = self.submit_many(model, vec![input]).await?;
+        Ok(answers.pop().expect("one answer per image"))
+    }
+
+    /// Queue several images for one model at once (waiting while the queue is full; the group
+    /// takes one place in it) and return where each output will come, in order. They reach the
+    /// engine together, so they share a batch (up to `max_batch`): queued one at a time, the
+    /// engine could wake for the first and run it alone while the others are still being sent.
+    pub async fn submit_many(&self, model: usize, inputs: Vec<Vec<f32>>) -> Result<Vec<oneshot::Receiver<Result<ImageOutput, EngineError>>>, EngineError> {
+        let enqueued = Instant::now();
+        let (requests, answers): (Vec<_>, Vec<_>) = inputs
+            .into_iter()
+            .map(|input| {
+                let (reply, answer) = oneshot::channel();
+                (Request { model, input, enqueued, reply }, answer)
+            })
+            .unzip();
+        if !requests.is_empty() {
+            self.tx.send(requests).await.map_err(|_| EngineError::Stopped)?;
+        }
+        Ok(answers)
     }
 }
 
-fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
+fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Vec<Request>>, max_batch: usize) {
     let mut held: VecDeque<Request> = VecDeque::new();
     loop {
-        let first = match held.pop_front() {
-            Some(r) => r,
-            None => match rx.blocking_recv() {
-                Some(r) => r,
+        if held.is_empty() {
+            match rx.blocking_recv() {
+                Some(group) => held.extend(group),
                 None => return,
-            },
-        };
+            }
+        }
+        // Whatever else is already waiting, while a batch could still grow.
+        while held.len() < max_batch {
+            match rx.try_recv() {
+                Ok(group) => held.extend(group),
+                Err(_) => break,
+            }
+        }
+        let Some(first) = held.pop_front() else { continue };
         // Gather what is already waiting for the same model; others wait for the next batch.
         let mut batch = vec![first];
         let mut i = 0;
@@ -131,13 +156,6 @@ fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Request>, max_batch: usize
                 batch.push(held.remove(i).expect("index in range"));
             } else {
                 i += 1;
-            }
-        }
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(r) if r.model == batch[0].model => batch.push(r),
-                Ok(r) => held.push_back(r),
-                Err(_) => break,
             }
         }
         match packages.get(batch[0].model) {

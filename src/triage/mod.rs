@@ -128,7 +128,7 @@ impl Triage {
         };
         drop(permit);
         let preprocess_us = started.elapsed().as_micros() as i64;
-        let images = match prepared {
+        let mut images = match prepared {
             Ok(images) if images.is_empty() => {
                 debug!("no model accepts this instance");
                 return Ok(self.db.record_inference(id, InferenceState::NotRouted, None, &[]).await?);
@@ -140,11 +140,17 @@ impl Triage {
             }
         };
         let per_image_us = preprocess_us / images.len() as i64;
-        // Queue every image first, so they can share a batch, then collect.
+        // Queue every image first, each model's together, so they can share a batch; then collect.
         let mut waiting = Vec::with_capacity(images.len());
-        for p in images {
-            let answer = self.engine.submit(p.model, p.input.values.clone()).await;
-            waiting.push((p, answer));
+        let mut models: Vec<usize> = images.iter().map(|p| p.model).collect();
+        models.dedup();
+        for model in models {
+            let (mine, rest): (Vec<_>, Vec<_>) = images.into_iter().partition(|p| p.model == model);
+            images = rest;
+            match self.engine.submit_many(model, mine.iter().map(|p| p.input.values.clone()).collect()).await {
+                Ok(answers) => waiting.extend(mine.into_iter().zip(answers.into_iter().map(Ok))),
+                Err(e) => waiting.extend(mine.into_iter().map(|p| (p, Err(e.clone())))),
+            }
         }
         let mut rows = Vec::with_capacity(waiting.len());
         let mut failure: Option<EngineError> = None;

@@ -93,16 +93,13 @@ pub async fn triage_file(engine: &Engine, path: &Path, only: Option<&str>, tiers
     let images_total: usize = per_model.iter().map(|(_, v)| v.len()).sum();
     for (m, inputs) in per_model {
         let manifest = &engine.manifests()[m];
-        let mut waiting = Vec::new();
-        for input in &inputs {
-            match engine.submit(m, input.values.clone()).await {
-                Ok(rx) => waiting.push(rx),
-                Err(e) => {
-                    out.error = Some(e.to_string());
-                    return out;
-                }
+        let waiting = match engine.submit_many(m, inputs.iter().map(|i| i.values.clone()).collect()).await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
             }
-        }
+        };
         let mut outputs = Vec::new();
         for rx in waiting {
             match rx.await {
@@ -182,6 +179,8 @@ pub struct BenchReport {
     pub forward_s: f64,
     pub images_per_s: f64,
     pub ms_per_image: f64,
+    /// The size of the batch each image actually ran in, averaged over the images.
+    pub mean_batch_run: f64,
 }
 
 /// Triage `files` with model `model` in batches of `batch`, the way a study's images are:
@@ -203,23 +202,22 @@ pub async fn bench(engine: &Engine, model: usize, files: &[PathBuf], batch: usiz
             let inputs = chunk.iter().map(|p| prepare(p)).collect::<Result<Vec<_>, _>>()?;
             let pre = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let mut waiting = Vec::new();
-            for input in inputs {
-                waiting.push(engine.submit(model, input).await.map_err(|e| e.to_string())?);
-            }
+            let waiting = engine.submit_many(model, inputs).await.map_err(|e| e.to_string())?;
+            let mut batch_sizes = 0;
             for rx in waiting {
-                rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+                batch_sizes += rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?.batch_size;
             }
-            Ok::<_, String>((pre, t.elapsed().as_secs_f64()))
+            Ok::<_, String>((pre, t.elapsed().as_secs_f64(), batch_sizes))
         }
     };
     run(&files[..batch.min(files.len())]).await?;
     let started = Instant::now();
-    let (mut pre, mut fwd) = (0.0, 0.0);
+    let (mut pre, mut fwd, mut batch_sizes) = (0.0, 0.0, 0);
     for chunk in files.chunks(batch.max(1)) {
-        let (p, f) = run(chunk).await?;
+        let (p, f, b) = run(chunk).await?;
         pre += p;
         fwd += f;
+        batch_sizes += b;
     }
     let total = started.elapsed().as_secs_f64();
     Ok(BenchReport {
@@ -231,5 +229,6 @@ pub async fn bench(engine: &Engine, model: usize, files: &[PathBuf], batch: usiz
         forward_s: fwd,
         images_per_s: files.len() as f64 / total,
         ms_per_image: total * 1000.0 / files.len() as f64,
+        mean_batch_run: batch_sizes as f64 / files.len().max(1) as f64,
     })
 }
