@@ -4,6 +4,8 @@
   dx/   M DX For Presentation instances, 2500x2500x16 bit (the real chest CR RG1_UNCR,
         resampled and wrapped as DX), one study
   big/  one ~200 MB DX instance (10000x10000x16 bit) for the memory measurement
+  par/K/  with --senders K: K series of --per-sender CT slices each (own study, own UIDs), one
+        per concurrent sender of the concurrency runs
 """
 import argparse
 import os
@@ -65,7 +67,13 @@ def main():
     p.add_argument("--ct", type=int, default=300)
     p.add_argument("--dx", type=int, default=30)
     p.add_argument("--no-big", action="store_true", help="skip the 200 MB instance")
+    p.add_argument("--senders", type=int, default=0, help="sets for this many concurrent senders")
+    p.add_argument("--per-sender", type=int, default=150)
     a = p.parse_args()
+    for k in range(a.senders):
+        make_ct(os.path.join(a.out, "par", str(k)), a.per_sender)
+    if a.senders:
+        return
     make_ct(os.path.join(a.out, "ct"), a.ct)
     if a.dx:
         make_dx(os.path.join(a.out, "dx"), a.dx, 2500)

@@ -16,7 +16,7 @@ pub struct NewInstance {
     /// Relative to the data directory.
     pub path: String,
     pub size_bytes: i64,
-    pub dataset_sha256: String,
+    pub dataset_digest: String,
     pub received_at_ms: i64,
     /// Why the instance is not sent to the AI stage (its pixels were not kept), if it is not.
     pub excluded_reason: Option<String>,
@@ -40,7 +40,7 @@ pub struct StoredInstance {
     pub sop_class_uid: String,
     pub transfer_syntax_uid: String,
     pub path: String,
-    pub dataset_sha256: String,
+    pub dataset_digest: String,
 }
 
 /// What a result object needs to reference a stored instance (de-identified UIDs).
@@ -79,7 +79,7 @@ impl Db {
 
     pub async fn find_instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, DbError> {
         let row = sqlx::query(
-            "SELECT id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, dataset_sha256 FROM instances WHERE sop_instance_uid = $1",
+            "SELECT id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, dataset_digest FROM instances WHERE sop_instance_uid = $1",
         )
         .bind(sop_instance_uid)
         .fetch_optional(&self.pool)
@@ -92,54 +92,72 @@ impl Db {
                 sop_class_uid: get(&r, "sop_class_uid")?,
                 transfer_syntax_uid: get(&r, "transfer_syntax_uid")?,
                 path: get(&r, "path")?,
-                dataset_sha256: get(&r, "dataset_sha256")?,
+                dataset_digest: get(&r, "dataset_digest")?,
             })
         })
         .transpose()
     }
 
-    /// Record a stored instance with its sealed re-identification record, in one transaction:
-    /// the only database work on the C-STORE path (one commit, one WAL sync). The study tracker
-    /// attaches it to its study later, and the audit sweep appends its `deidentify` entry
-    /// (`audit_seq` marks that durably, so none is missed across a crash). A concurrent or
-    /// earlier copy of the same SOP Instance UID wins, and then nothing is written.
+    /// Record a stored instance with its sealed re-identification record, in one transaction
+    /// (`insert_instances` with a batch of one).
     pub async fn insert_instance(&self, new: &NewInstance, reid: Option<&super::SealedRecord>) -> Result<InsertOutcome, DbError> {
+        let mut outcomes = self.insert_instances(&[(new, reid)]).await?;
+        Ok(outcomes.pop().expect("one outcome per instance"))
+    }
+
+    /// Record stored instances, each with its sealed re-identification record, in one
+    /// transaction: the only database work on the C-STORE path, and one commit (one WAL sync,
+    /// or one PostgreSQL commit) for every instance the batch holds (ingest's group commit).
+    /// The study tracker attaches them to their studies later, and the audit sweep appends their
+    /// `deidentify` entries (`audit_seq` marks that durably, so none is missed across a crash).
+    /// A concurrent or earlier copy of the same SOP Instance UID (in the batch too) wins, and
+    /// then nothing is written for the later one. Either every row of the batch is committed or
+    /// none is.
+    pub async fn insert_instances(&self, batch: &[(&NewInstance, Option<&super::SealedRecord>)]) -> Result<Vec<InsertOutcome>, DbError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, modality,
-                                    transfer_syntax_uid, calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms,
-                                    excluded_reason, deid_method, patient_pseudonym)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-             ON CONFLICT (sop_instance_uid) DO NOTHING
-             RETURNING id",
-        )
-        .bind(&new.sop_instance_uid)
-        .bind(&new.sop_class_uid)
-        .bind(&new.study_instance_uid)
-        .bind(&new.series_instance_uid)
-        .bind(new.modality.clone())
-        .bind(&new.transfer_syntax_uid)
-        .bind(&new.calling_ae_title)
-        .bind(&new.path)
-        .bind(new.size_bytes)
-        .bind(&new.dataset_sha256)
-        .bind(new.received_at_ms)
-        .bind(new.excluded_reason.clone())
-        .bind(new.deid_method.clone())
-        .bind(new.patient_pseudonym.clone())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(q("insert instance"))?;
-        let Some(instance_id) = inserted else {
-            drop(tx);
-            let existing = self.find_instance(&new.sop_instance_uid).await?;
-            return Ok(InsertOutcome::Duplicate { instance_id: existing.map(|e| e.id).unwrap_or(0) });
-        };
-        if let Some(r) = reid {
-            super::reid_map::insert_in(&mut tx, r).await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (new, reid) in batch {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, modality,
+                                        transfer_syntax_uid, calling_ae_title, path, size_bytes, dataset_digest, received_at_ms,
+                                        excluded_reason, deid_method, patient_pseudonym)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT (sop_instance_uid) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&new.sop_instance_uid)
+            .bind(&new.sop_class_uid)
+            .bind(&new.study_instance_uid)
+            .bind(&new.series_instance_uid)
+            .bind(new.modality.clone())
+            .bind(&new.transfer_syntax_uid)
+            .bind(&new.calling_ae_title)
+            .bind(&new.path)
+            .bind(new.size_bytes)
+            .bind(&new.dataset_digest)
+            .bind(new.received_at_ms)
+            .bind(new.excluded_reason.clone())
+            .bind(new.deid_method.clone())
+            .bind(new.patient_pseudonym.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("insert instance"))?;
+            let Some(instance_id) = inserted else {
+                let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM instances WHERE sop_instance_uid = $1")
+                    .bind(&new.sop_instance_uid)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(q("select duplicate instance"))?;
+                outcomes.push(InsertOutcome::Duplicate { instance_id: existing.unwrap_or(0) });
+                continue;
+            };
+            if let Some(r) = reid {
+                super::reid_map::insert_in(&mut tx, r).await?;
+            }
+            outcomes.push(InsertOutcome::Inserted { instance_id });
         }
-        tx.commit().await.map_err(q("commit instance"))?;
-        Ok(InsertOutcome::Inserted { instance_id })
+        tx.commit().await.map_err(q("commit instances"))?;
+        Ok(outcomes)
     }
 
     /// The recorded paths (relative to data_dir) that start with `prefix`.

@@ -9,6 +9,7 @@
 //! Must not: know PDUs or SQL, or log identifying values (UIDs are wrapped in `Redacted`
 //! wherever they could be printed).
 
+pub mod commit;
 pub mod procedure_step;
 pub mod spool;
 pub mod study_ready;
@@ -123,6 +124,8 @@ pub struct Ingest {
     min_free_disk: u64,
     fsync: bool,
     db: Db,
+    /// The rows of stored instances, committed in groups (`commit`).
+    commits: commit::GroupCommit,
     deid: Arc<Deidentifier>,
     burned_in: BurnedInPolicy,
     /// Stored instance ids for the triage stage, so inference starts as each one lands.
@@ -139,10 +142,12 @@ impl Ingest {
         burned_in: BurnedInPolicy,
         arrivals: Option<tokio::sync::mpsc::Sender<i64>>,
     ) -> Arc<Ingest> {
+        // Needs the runtime: the group committer is a task.
         Arc::new(Ingest {
             dirs: Dirs::new(&cfg.data_dir),
             min_free_disk: cfg.min_free_disk.0,
             fsync: cfg.fsync,
+            commits: commit::GroupCommit::start(db.clone()),
             db,
             deid: Arc::new(deid),
             burned_in,
@@ -225,26 +230,30 @@ impl Ingest {
         let drop_burned_in = self.burned_in == BurnedInPolicy::Exclude;
         let received_at_ms = now_ms();
         // One trip to the blocking pool for everything that touches the disk.
-        let (received_sha256, relative, written) = blocking(move || {
+        let (received_digest, relative, written) = blocking(move || {
             let phase = Phases::start();
             let received = incoming.finish()?;
             phase.done("finish");
-            let stored = match received.content {
+            let digest = received.digest;
+            match received.content {
                 Content::Refused(Refusal::Deid(e)) => Err(e.into()),
                 Content::Refused(Refusal::TooLarge) => Err(IngestError::HeaderTooLarge),
-                Content::Whole(data) => store_whole(&request, &deid, &dirs, &data, received_at_ms, drop_burned_in, fsync),
+                Content::Whole(data) => {
+                    let stored = store_whole(&request, &deid, &dirs, &data, received_at_ms, drop_burned_in, fsync, || digest.finish(&data));
+                    phase.done("store_whole");
+                    stored
+                }
                 Content::Split { head, split, header_len, deid, relative, path, file } => {
                     let split = Split { head: &head, split, header_len, path: &path, file: &file };
                     let drop_pixels = crate::deid::file::drops_pixels(&deid, drop_burned_in);
                     let kept = keep_split(&request, split, received.kept_len, drop_pixels, fsync);
                     phase.done("scan_and_sync");
-                    kept.map(|(pixels_written, size_bytes)| (relative, Written { deid: *deid, pixels_written, size_bytes }))
+                    kept.map(|(pixels_written, size_bytes)| (digest.finish(&[]), relative, Written { deid: *deid, pixels_written, size_bytes }))
                         .inspect_err(|_| {
                             let _ = std::fs::remove_file(&path);
                         })
                 }
-            };
-            stored.map(|(relative, written)| (received.dataset_sha256, relative, written))
+            }
         })
         .await?;
 
@@ -269,14 +278,14 @@ impl Ingest {
             calling_ae_title: req.calling_ae.clone(),
             path: relative.to_string_lossy().into_owned(),
             size_bytes: written.size_bytes as i64,
-            dataset_sha256: received_sha256,
+            dataset_digest: received_digest,
             received_at_ms,
             excluded_reason,
             deid_method: Some(self.deid.method_json().to_string()),
             patient_pseudonym: d.object.get(dicom_dictionary_std::tags::PATIENT_ID).and_then(|e| e.to_str().ok()).map(|p| p.trim().to_string()),
         };
         phase.done("seal");
-        let inserted = self.db.insert_instance(&new, Some(&sealed)).await;
+        let inserted = self.commits.insert(new.clone(), sealed).await;
         phase.done("commit");
         match inserted {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => {
@@ -336,8 +345,13 @@ impl Phases {
     }
 }
 
-/// A data set received whole (no pixel group, or deflated): validate it, de-identify it and
-/// write the store file. Returns its path relative to data_dir.
+/// A data set received whole (small enough to be held: `spool::IN_MEMORY`; no pixel group; or
+/// deflated): validate it, de-identify its header and write the store file in one go: the
+/// header before the pixel group de-identified, the pixel group copied byte for byte (the same
+/// bytes the streaming path and `triage-node deid` write). `digest` (the keyed digest of the
+/// received bytes, CPU work) runs while the file is being written back, before its fsync waits.
+/// Returns the digest and the file's path relative to data_dir.
+#[allow(clippy::too_many_arguments)]
 fn store_whole(
     request: &StoreRequest,
     deid: &Deidentifier,
@@ -346,21 +360,48 @@ fn store_whole(
     received_at_ms: i64,
     drop_burned_in: bool,
     fsync: bool,
-) -> Result<(std::path::PathBuf, Written), IngestError> {
-    check(request, scan::scan(data, Some(data.len() as u64), request.transfer_syntax)?)?;
-    let (deid, encoded) = crate::deid::file::deidentify_header(deid, data, request.transfer_syntax.uid, drop_burned_in)?;
+    digest: impl FnOnce() -> String,
+) -> Result<(String, std::path::PathBuf, Written), IngestError> {
+    let ts = request.transfer_syntax;
+    let phase = Phases::start();
+    let fields = scan::scan(data, Some(data.len() as u64), ts)?;
+    phase.done("whole_scan");
+    // Offsets mean nothing in a deflated data set: it is de-identified whole.
+    let pixels = match (ts.deflated, fields.pixel_group_at) {
+        (false, Some(start)) => {
+            let end = fields.trailing_from.filter(|&t| t >= start).unwrap_or(data.len() as u64);
+            Some((start as usize, end as usize))
+        }
+        _ => None,
+    };
+    check(request, fields)?;
+    let head = pixels.map_or(data, |(start, _)| &data[..start]);
+    let (deid, encoded) = crate::deid::file::deidentify_header(deid, head, ts.uid, drop_burned_in)?;
+    phase.done("whole_deid");
+    let pixels = pixels.filter(|_| !crate::deid::file::drops_pixels(&deid, drop_burned_in)).map(|(start, end)| &data[start..end]);
     let (relative, path) = spool::store_path(dirs, &day_folder(received_at_ms))?;
     let stored = (|| {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
         std::io::Write::write_all(&mut file, &encoded)?;
-        durable(&file, &path, fsync)
+        if let Some(pixels) = pixels {
+            std::io::Write::write_all(&mut file, pixels)?;
+        }
+        // The disk starts writing now; the digest is computed meanwhile, then fsync waits for
+        // what is left.
+        spool::start_writeback(&file, 0, (encoded.len() + pixels.map_or(0, <[u8]>::len)) as u64);
+        phase.done("whole_write");
+        let digest = digest();
+        phase.done("whole_digest");
+        let durable = durable(&file, &path, fsync).map(|size| (digest, size));
+        phase.done("whole_sync");
+        durable
     })();
-    let size_bytes = stored.map_err(|source| {
+    let (digest, size_bytes) = stored.map_err(|source| {
         let _ = std::fs::remove_file(&path);
         IngestError::Store { path: path.clone(), source }
     })?;
-    let pixels_written = deid.object.get(dicom_dictionary_std::tags::PIXEL_DATA).is_some();
-    Ok((relative, Written { deid, pixels_written, size_bytes }))
+    let pixels_written = pixels.is_some() || deid.object.get(dicom_dictionary_std::tags::PIXEL_DATA).is_some();
+    Ok((digest, relative, Written { deid, pixels_written, size_bytes }))
 }
 
 /// A store file started while the data set arrived: the original header (in memory) and what
@@ -496,6 +537,59 @@ mod tests {
         }
         assert_eq!(IngestError::SopClassMismatch.peer_comment(), IngestError::SopClassMismatch.to_string());
         assert!(IngestError::Spool(SpoolError::OutOfDisk { available: 1, floor: 2 }).peer_comment().contains("floor"));
+    }
+
+    /// An instance held whole is written as the streaming path writes it: the de-identified
+    /// header, then the pixel group byte for byte; what follows the pixel group never reaches
+    /// the disk, and neither do pixels left out as burned in.
+    #[test]
+    fn a_whole_instance_is_stored_header_and_pixel_group_only() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path());
+        dirs.prepare().unwrap();
+        let deid = Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]);
+        let ts = crate::dicom::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let pixels: Vec<u8> = (0..512 * 512 * 2).map(|i| (i * 31 % 251) as u8).collect();
+        for burned_in in ["NO", "YES"] {
+            let obj = dicom_object::InMemDicomObject::from_element_iter([
+                DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2")),
+                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+                DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("DOE^JANE")),
+                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.5")),
+                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.6")),
+                DataElement::new(tags::BURNED_IN_ANNOTATION, VR::CS, PrimitiveValue::from(burned_in)),
+                DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(pixels.clone())),
+            ]);
+            let mut data = Vec::new();
+            obj.write_dataset_with_ts(&mut data, dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts.uid).unwrap()).unwrap();
+            let split = crate::dicom::scan::locate_pixel_group(&data, ts).unwrap().unwrap() as usize;
+            let group = data[split..].to_vec();
+            // A trailer after the pixel group: a private element naming the patient.
+            data.extend_from_slice(&[0x09, 0x7F, 0x10, 0x00, b'L', b'O', 8, 0]);
+            data.extend_from_slice(b"DOE^JANE");
+            let request = StoreRequest {
+                sop_class_uid: Redacted("1.2.840.10008.5.1.4.1.1.2".into()),
+                sop_instance_uid: Redacted("1.2.3.4".into()),
+                transfer_syntax: ts,
+                calling_ae: "CT".into(),
+            };
+            let (_, relative, written) = store_whole(&request, &deid, &dirs, &data, 0, true, false, String::new).unwrap();
+            let on_disk = std::fs::read(dir.path().join(relative)).unwrap();
+            let (_, header) = crate::deid::file::deidentify_header(&deid, &data[..split], ts.uid, true).unwrap();
+            assert!(on_disk.starts_with(&header), "burned in {burned_in}: the de-identified header");
+            assert!(!on_disk.windows(8).any(|w| w == b"DOE^JANE"), "burned in {burned_in}: an original value reached the disk");
+            if burned_in == "NO" {
+                assert!(on_disk[header.len()..] == group[..], "the pixel group, byte for byte, and nothing after it");
+                assert!(written.pixels_written);
+            } else {
+                assert_eq!(on_disk.len(), header.len(), "pixels left out are never written");
+                assert!(!written.pixels_written);
+            }
+            assert_eq!(written.size_bytes, on_disk.len() as u64);
+        }
     }
 
     #[test]

@@ -10,8 +10,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::dicom::scan::{locate_pixel_group, PixelGroupEnd};
 use crate::dicom::sop::TransferSyntax;
@@ -62,6 +60,13 @@ impl Dirs {
     }
 }
 
+/// A data set of at most this many bytes is held whole in memory and written in one go when it
+/// has arrived (`Content::Whole`: one trip to the blocking pool, no re-reading from disk); a
+/// larger one is split at its pixel group and streamed. A CT or MR slice (512x512x16 bit, about
+/// 0.5 MB) stays under it; so memory per association stays about 1 MiB, now bounded by this
+/// too (the held bytes, at most twice this in capacity while the buffer grows).
+pub const IN_MEMORY: usize = 1 << 20;
+
 /// Beyond this many bytes before the pixel group (or in a data set that cannot be split), an
 /// instance is refused rather than held in memory.
 pub const MAX_HEAD: usize = 16 << 20;
@@ -102,7 +107,7 @@ pub struct IncomingFile {
     head: Vec<u8>,
     next_locate_at: usize,
     state: State,
-    hasher: Hmac<Sha256>,
+    hasher: blake3::Hasher,
     dataset_len: u64,
     /// Where the pixel group ends, once the header is split off: nothing after it is written.
     group: Option<(u64, PixelGroupEnd)>,
@@ -163,10 +168,31 @@ pub struct Received {
     pub dataset_len: u64,
     /// The data set bytes kept: up to the end of the pixel group (trailers never kept).
     pub kept_len: u64,
-    /// HMAC-SHA256 under the pseudonym key of the data set bytes exactly as received (keyed, so
+    /// Keyed BLAKE3 (`Keys::content_mac`) of the data set bytes exactly as received (keyed, so
     /// that the original file cannot be linked to the row).
-    pub dataset_sha256: String,
+    pub digest: ReceivedDigest,
     pub content: Content,
+}
+
+/// The keyed digest of a received data set: done, or, for a data set held whole
+/// (`Content::Whole`), still to be taken over the held bytes: the caller does that where it
+/// costs no time, while the store file is being written back to the disk.
+pub enum ReceivedDigest {
+    Done(String),
+    OverWhole(blake3::Hasher),
+}
+
+impl ReceivedDigest {
+    /// The hex digest; `whole` is the data set held whole (ignored when done).
+    pub fn finish(self, whole: &[u8]) -> String {
+        match self {
+            ReceivedDigest::Done(hex) => hex,
+            ReceivedDigest::OverWhole(mut mac) => {
+                mac.update(whole);
+                mac.finalize().to_hex().to_string()
+            }
+        }
+    }
 }
 
 pub enum Content {
@@ -197,7 +223,10 @@ impl IncomingFile {
 
     /// Append data set bytes as they arrive from the network.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        self.hasher.update(bytes);
+        // Bytes held in the head are digested when it is split, or by the caller of `finish`.
+        if !matches!(self.state, State::Head { .. }) {
+            self.hasher.update(bytes);
+        }
         self.dataset_len += bytes.len() as u64;
         if matches!(self.state, State::Streaming(_) | State::Deidentifying { .. }) {
             let kept = self.in_group(bytes);
@@ -226,7 +255,7 @@ impl IncomingFile {
                     self.state = State::Refused(Refusal::TooLarge);
                     return Ok(());
                 }
-                if splittable && self.head.len() >= self.next_locate_at {
+                if splittable && self.head.len() > IN_MEMORY && self.head.len() >= self.next_locate_at {
                     // Retried only each time the head has doubled: linear work overall.
                     self.next_locate_at = (self.head.len() * 2).max(16 << 10);
                     match locate_pixel_group(&self.head, self.target.ts) {
@@ -245,7 +274,9 @@ impl IncomingFile {
     /// and start the store file with it and the pixel bytes received so far, in one trip,
     /// without waiting (the network keeps being read meanwhile).
     async fn split(&mut self, split: u64) -> Result<(), SpoolError> {
+        self.hasher.update(&self.head);
         let arrived = self.head.split_off(split as usize);
+        self.head.shrink_to_fit();
         self.group = Some((split, PixelGroupEnd::new(self.target.ts)));
         let pixels = self.in_group(&arrived).into_owned();
         drop(arrived);
@@ -323,8 +354,12 @@ impl IncomingFile {
     /// Write what is buffered (no fsync: the caller validates first). Blocking; `settle` first.
     /// On error the store file is removed.
     pub fn finish(self) -> Result<Received, SpoolError> {
+        let mut digest = None;
         let content = match self.state {
-            State::Head { .. } => Content::Whole(self.head),
+            State::Head { .. } => {
+                digest = Some(ReceivedDigest::OverWhole(self.hasher.clone()));
+                Content::Whole(self.head)
+            }
             State::Deidentifying { .. } => unreachable!("settle() ends de-identification before finish()"),
             State::Refused(r) => Content::Refused(r),
             State::Streaming(s) => {
@@ -346,7 +381,8 @@ impl IncomingFile {
             }
         };
         let kept_len = self.group.as_ref().map_or(self.dataset_len, |(split, g)| split + g.kept);
-        Ok(Received { dataset_len: self.dataset_len, kept_len, dataset_sha256: hex::encode(self.hasher.finalize().into_bytes()), content })
+        let digest = digest.unwrap_or_else(|| ReceivedDigest::Done(self.hasher.finalize().to_hex().to_string()));
+        Ok(Received { dataset_len: self.dataset_len, kept_len, digest, content })
     }
 
     /// Drop an instance that will not be acknowledged, and its store file if one was started.
@@ -410,7 +446,7 @@ fn create(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Ask the kernel to start writing a range back now (Linux `sync_file_range`), so the fsync at
 /// the end waits only for the tail. Advisory: errors are ignored, fsync still decides.
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+pub(crate) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -478,8 +514,9 @@ mod tests {
         let deid = Arc::new(Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]));
         let ts = crate::dicom::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
         let target = Target { dirs, day: "20261128".into(), deid: deid.clone(), ts, drop_burned_in: true, min_free_disk: 0 };
-        // Pixel data below, at and across the buffer size, in uneven pieces.
-        for pixels in [10usize, WRITE_BUFFER, 3 * WRITE_BUFFER + 12345] {
+        // Past the in-memory bound (smaller data sets are held whole): pixel data below, at and
+        // across the buffer size beyond it, in uneven pieces.
+        for pixels in [IN_MEMORY + 10, IN_MEMORY + WRITE_BUFFER, IN_MEMORY + 3 * WRITE_BUFFER + 12345] {
             let data = dataset(pixels);
             let split = locate_pixel_group(&data, ts).unwrap().expect("pixel data found");
             let mut incoming = IncomingFile::new(target.clone());
@@ -491,8 +528,10 @@ mod tests {
             assert_eq!(received.dataset_len as usize, data.len());
             let mut mac = crate::deid::Keys::for_tests(1).content_mac();
             mac.update(&data);
-            assert_eq!(received.dataset_sha256, hex::encode(mac.finalize().into_bytes()));
-            assert_ne!(received.dataset_sha256, hex::encode(<Sha256 as sha2::Digest>::digest(&data)), "the plain digest links the original file");
+            let ReceivedDigest::Done(digest) = received.digest else { panic!("a streamed data set is digested as it arrives") };
+            assert_eq!(digest, mac.finalize().to_hex().to_string());
+            assert_ne!(digest, blake3::hash(&data).to_hex().to_string(), "the plain digest links the original file");
+            assert_ne!(digest, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)), "the plain digest links the original file");
             let Content::Split { header_len, path, .. } = received.content else { panic!("not split") };
             let on_disk = std::fs::read(&path).unwrap();
             let (_, expected_header) = deidentify_header(&deid, &data[..split as usize], ts.uid, true).unwrap();
@@ -517,7 +556,7 @@ mod tests {
         trailer.extend_from_slice(b"TRAILING^SECRET ");
         trailer.extend_from_slice(&[0x99, 0x00, 0x10, 0x10, b'L', b'O', 14, 0]);
         trailer.extend_from_slice(b"PRIVATE SECRET");
-        for pixels in [10usize, 3 * WRITE_BUFFER + 7] {
+        for pixels in [IN_MEMORY + 10, IN_MEMORY + 3 * WRITE_BUFFER + 7] {
             let data = [dataset(pixels), trailer.clone()].concat();
             for piece_len in [1000usize, 40_000, 333_333] {
                 let mut incoming = IncomingFile::new(target.clone());
@@ -535,6 +574,30 @@ mod tests {
                 assert!(on_disk.ends_with(&data[data.len() - trailer.len() - 16..data.len() - trailer.len()]), "the pixel group is whole");
             }
         }
+    }
+
+    /// A data set within `IN_MEMORY` is held whole: no store file exists until it has arrived.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_data_set_is_held_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(dir.path());
+        dirs.prepare().unwrap();
+        let deid = Arc::new(Deidentifier::new(crate::deid::Keys::for_tests(1), vec![], vec![]));
+        let ts = crate::dicom::sop::transfer_syntax("1.2.840.10008.1.2.1").unwrap();
+        let target = Target { dirs: dirs.clone(), day: "20261206".into(), deid, ts, drop_burned_in: true, min_free_disk: 0 };
+        let data = dataset(512 * 512 * 2);
+        let mut incoming = IncomingFile::new(target);
+        for piece in data.chunks(16_384) {
+            incoming.write(piece).await.unwrap();
+        }
+        incoming.settle().await.unwrap();
+        assert!(!dirs.store.join("20261206").exists(), "nothing was written while receiving");
+        let received = incoming.finish().unwrap();
+        let Content::Whole(whole) = received.content else { panic!("not held whole") };
+        assert!(whole == data);
+        let mut mac = crate::deid::Keys::for_tests(1).content_mac();
+        mac.update(&data);
+        assert_eq!(received.digest.finish(&whole), mac.finalize().to_hex().to_string());
     }
 
     #[test]

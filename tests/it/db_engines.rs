@@ -17,7 +17,7 @@ fn instance(uid: &str, study: &str) -> NewInstance {
         calling_ae_title: "CT1".into(),
         path: format!("store/x/{uid}.dcm"),
         size_bytes: 10,
-        dataset_sha256: "00".into(),
+        dataset_digest: "00".into(),
         received_at_ms: 1_000,
         excluded_reason: None,
         deid_method: None,
@@ -215,6 +215,35 @@ async fn suite(url: &str) {
     }
     let audit = db.audit_chain().await.unwrap().0;
     assert!(audit.iter().any(|e| e.event == "reading" && e.subject == format!("study:{}", job.study_id) && e.details.contains("dr.a")));
+
+    // A group commit (ingest's, several associations' rows in one transaction): each row gets
+    // its own outcome; a copy already stored, or earlier in the same batch, is a duplicate of
+    // the first, and only the first's sealed record is kept.
+    let (a, b, stored) = (instance("7.1", "7.0"), instance("7.2", "7.0"), instance("1.1", "9.9"));
+    let sealed = |uid: &str, tag: &str| triage_node::db::SealedRecord {
+        sop_instance_uid: uid.into(),
+        study_instance_uid: "7.0".into(),
+        key_id: "k".into(),
+        nonce: tag.into(),
+        sealed: tag.into(),
+        created_at_ms: 1,
+    };
+    let (sa, sa2, sb) = (sealed("7.1", "first"), sealed("7.1", "second"), sealed("7.2", "b"));
+    let before = db.count_instances().await.unwrap();
+    let outcomes = db.insert_instances(&[(&a, Some(&sa)), (&stored, None), (&a, Some(&sa2)), (&b, Some(&sb))]).await.unwrap();
+    let dbr = &db;
+    let id = |uid: &'static str| async move { dbr.find_instance(uid).await.unwrap().unwrap().id };
+    assert_eq!(
+        outcomes,
+        [
+            InsertOutcome::Inserted { instance_id: id("7.1").await },
+            InsertOutcome::Duplicate { instance_id: id("1.1").await },
+            InsertOutcome::Duplicate { instance_id: id("7.1").await },
+            InsertOutcome::Inserted { instance_id: id("7.2").await },
+        ]
+    );
+    assert_eq!(db.count_instances().await.unwrap(), before + 2);
+    assert_eq!(db.reid_record("7.1").await.unwrap().unwrap().sealed, "first");
     db.close().await;
 }
 
