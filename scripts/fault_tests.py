@@ -349,16 +349,62 @@ def sigkill(work, kills, seed):
     print(f"INFO sigkill: reports received a second time after a kill between the PACS's Success and the outbox's record: {resent} (with the same SOP Instance UID, so the PACS keeps one)", flush=True)
 
 
+def sigkill_concurrent(work, kills, seed, senders=6):
+    """Group commit under SIGKILL: several associations store at once (their rows share
+    transactions), the node is killed at a random point, `kills` times. Every acknowledged
+    instance must have its row and its store file, every row's file must be whole (the size the
+    row recorded), and files without a row (cut off between file and commit, never
+    acknowledged) end in quarantine at the next start."""
+    rng = random.Random(seed)
+    data_dir = os.path.join(work, "data")
+    node = Node(os.path.join(work, "node"), data_dir)
+    cases = [dcmread(os.path.join(CASES, f)) for f in sorted(os.listdir(CASES))[:8]]
+    acked, sent = set(), 0
+    for k in range(kills):
+        node.start()
+        outs = [[] for _ in range(senders)]
+        threads = []
+        for i in range(senders):
+            study = f"2.25.{uuid.uuid4().int}"
+            sets = [fresh(rng.choice(cases), study, f"GC{k:02d}{i:02d}") for _ in range(rng.randint(5, 25))]
+            sent += len(sets)
+            threads.append(threading.Thread(target=lambda o=outs[i], s=sets: o.extend(send(node.port, s))))
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(0.1, 1.5))
+        node.kill9()
+        for t in threads:
+            t.join()
+        acked |= {uid for o in outs for uid, s in o if s == 0x0000}
+    node.start()  # start-up moves unrecorded files to quarantine
+    node.stop()
+    rows = query("SELECT sop_instance_uid, path, size_bytes FROM instances", data_dir=data_dir)
+    uids = {r[0] for r in rows}
+    lost = [u for u in acked if deid_uid(u) not in uids]
+    broken = [r[1] for r in rows if not os.path.isfile(os.path.join(data_dir, r[1])) or os.path.getsize(os.path.join(data_dir, r[1])) != int(r[2])]
+    quarantined = sum(len(fs) for _, _, fs in os.walk(os.path.join(data_dir, "quarantine")))
+    store = sum(len(fs) for _, _, fs in os.walk(os.path.join(data_dir, "store")))
+    check(len(acked) > 0, f"sigkill-concurrent: {kills} kills of {senders} senders at once, {sent} instances sent, {len(acked)} acknowledged, {len(rows)} recorded")
+    check(not lost, f"sigkill-concurrent: 0 acknowledged instances lost ({len(lost)} of {len(acked)} missing)")
+    check(not broken, f"sigkill-concurrent: every row's store file is there and whole ({len(broken)} of {len(rows)} are not)")
+    check(store == len(rows), f"sigkill-concurrent: store and database agree after the restart ({store} files, {len(rows)} rows; {quarantined} unrecorded files in quarantine)")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("tests", nargs="*", default=["disk-full", "postgres", "sigkill"])
+    p.add_argument("tests", nargs="*", default=["disk-full", "postgres", "sigkill", "sigkill-concurrent"])
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--seed", type=int, default=15)
     args = p.parse_args()
     for t in args.tests:
         work = tempfile.mkdtemp(prefix=f"faults-{t}-")
         print(f"== {t} ({work})", flush=True)
-        {"disk-full": disk_full, "postgres": postgres, "sigkill": lambda w: sigkill(w, args.kills, args.seed)}[t](work)
+        {
+            "disk-full": disk_full,
+            "postgres": postgres,
+            "sigkill": lambda w: sigkill(w, args.kills, args.seed),
+            "sigkill-concurrent": lambda w: sigkill_concurrent(w, args.kills, args.seed),
+        }[t](work)
     print(f"{len(failures)} failed" if failures else "all passed", flush=True)
     sys.exit(1 if failures else 0)
 
