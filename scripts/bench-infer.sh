@@ -5,8 +5,9 @@
 # Modality LUT, window, resize, forward). The same TorchScript file is driven from Python in
 # the same run (pydicom + numpy + torch preprocessing, torch.jit.load), with the same number of
 # torch threads.
-#   scripts/bench-infer.sh [IMAGES]      (default 32 chest CR files of 512 rows, demo cases)
+#   scripts/bench-infer.sh [IMAGES]      (default 32 chest CR files of 512 rows, demo cases, cycled)
 #   TORCH_THREADS=N scripts/bench-infer.sh   the node's inference.torch_threads (default 0: cores - 1)
+#   NODE_BIN=path/to/triage-node scripts/bench-infer.sh   another build of the node
 # With a CUDA GPU, also the node on cuda:0 in fp32 and fp16 (allow_half).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,13 +15,15 @@ N=${1:-32}
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 scripts/setup-test-env.sh >/dev/null
 export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-cargo build --release --locked -q
-BIN=$PWD/target/release/triage-node
+# NODE_BIN: another build of the node (e.g. an earlier commit's) for an A/B run.
+if [ -n "${NODE_BIN:-}" ]; then BIN=$NODE_BIN; else cargo build --release --locked -q; BIN=$PWD/target/release/triage-node; fi
 WORK=${BENCH_DIR:-$PWD/.bench}/infer
 mkdir -p "$WORK"
 [ -f "$WORK/models/densenet121-random/model.pt" ] || .venv/bin/python scripts/bench_infer.py densenet "$WORK/models/densenet121-random"
 rm -rf "$WORK/models/demo-nodule" && cp -r models/demo-nodule "$WORK/models/"
-mapfile -t FILES < <(ls .testdata/demo-cases/case*.dcm | head -n "$N")
+# The demo cases, cycled to N files (a few hundred images make the figures steadier).
+mapfile -t CASES < <(ls .testdata/demo-cases/case*.dcm)
+FILES=(); for i in $(seq 0 $((N - 1))); do FILES+=("${CASES[$((i % ${#CASES[@]}))]}"); done
 THREADS=$(.venv/bin/python -c 'import torch; print(torch.get_num_threads())')
 echo "bench: ${#FILES[@]} chest CR files (512 rows, explicit VR LE), $(nproc) cores; Python torch threads $THREADS; node inference.torch_threads ${TORCH_THREADS:-0} (0: cores - 1), OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset}"
 
@@ -32,7 +35,7 @@ python() {  # model size batch
 }
 field() { .venv/bin/python -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
-printf '\n| model | batch | triage-node ms/image | img/s | preprocessing share | Python ms/image | img/s | preprocessing share | speed ratio |\n|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| model | batch | triage-node ms/image | img/s | preprocessing share | batch run | Python ms/image | img/s | preprocessing share | speed ratio |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for spec in "demo-nodule 128" "densenet121-random 224"; do
   set -- $spec
   for batch in 1 8; do
@@ -41,7 +44,7 @@ for spec in "demo-nodule 128" "densenet121-random 224"; do
 import json, sys
 m, b, r, p = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 share = lambda x: x["preprocess_s"] / x["total_s"]
-print(f"| {m} | {b} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | {share(r):.0%} | {p['ms_per_image']:.2f} | {p['images_per_s']:.1f} | {share(p):.0%} | {r['images_per_s'] / p['images_per_s']:.2f} |")
+print(f"| {m} | {b} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | {share(r):.0%} | {r.get('mean_batch_run', float('nan')):.1f} | {p['ms_per_image']:.2f} | {p['images_per_s']:.1f} | {share(p):.0%} | {r['images_per_s'] / p['images_per_s']:.2f} |")
 PY
   done
 done

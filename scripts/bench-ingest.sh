@@ -11,7 +11,10 @@
 #   4. The peak RSS of the node receiving one ~200 MB instance.
 # De-identification overhead: the node of commit BASELINE (the last one before de-identification
 # on ingest) is built too and receives the one-association sets in the same rounds.
+# BEFORE_BIN: another build of the node (an earlier commit's) run in the same rounds of 1 and 2,
+# for a before/after comparison on the same machine state.
 #   scripts/bench-ingest.sh [ROUNDS]   (env: CT=300 DX=30 FSYNC=true BASELINE=7696fab ("" to skip)
+#                                       BEFORE_BIN=path/to/triage-node
 #                                       CONCURRENCY="1 4 16" PER_SENDER=150 PG=true)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,17 +83,17 @@ level = "warn"
 TOML
   # The corpus is synthetic: the public demo keys are fine (the baseline has no [deid] section).
   # Ingest alone: no model package (inference is measured by scripts/bench-infer.sh).
-  [ "$bin" = "$BIN" ] && printf '[deid]\ndemo_keys = true\n[inference]\nmodels_dir = "%s/no-models"\n[http]\nport = 0\n' "$dir" >> "$dir/node.toml"
+  [ "$bin" != "$BASE_BIN" ] && printf '[deid]\ndemo_keys = true\n[inference]\nmodels_dir = "%s/no-models"\n[http]\nport = 0\n' "$dir" >> "$dir/node.toml"
   local env=(TRIAGE__LOG__LEVEL=info)
   # This node only (the baseline knows neither): up to 16 senders on one host, the database.
-  [ "$bin" = "$BIN" ] && env+=(TRIAGE__DICOM__MAX_ASSOCIATIONS_PER_HOST=32 "TRIAGE__DATABASE__URL=$db")
+  [ "$bin" != "$BASE_BIN" ] && env+=(TRIAGE__DICOM__MAX_ASSOCIATIONS_PER_HOST=32 "TRIAGE__DATABASE__URL=$db")
   env "${env[@]}" "$bin" --config "$dir/node.toml" ae add STORESCU >/dev/null
   env "${env[@]}" "$bin" --config "$dir/node.toml" serve 2> "$dir/node.log" &
   NODE_PID=$!
   for _ in $(seq 100); do
     NODE_PORT=$(grep -o 'listening port=[0-9]*' "$dir/node.log" | cut -d= -f2 || true)
     HTTP_PORT=$(grep -o 'http_port=[0-9]*' "$dir/node.log" | cut -d= -f2 || true)
-    [ -n "$NODE_PORT" ] && { [ "$bin" != "$BIN" ] || [ -n "$HTTP_PORT" ]; } && break; sleep 0.1
+    [ -n "$NODE_PORT" ] && { [ "$bin" = "$BASE_BIN" ] || [ -n "$HTTP_PORT" ]; } && break; sleep 0.1
   done
   [ -n "$NODE_PORT" ] || { cat "$dir/node.log"; exit 1; }
 }
@@ -152,7 +155,7 @@ PY
 
 # CPU seconds (user + system) the node process has used: steadier than wall time on a shared disk.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
-declare -A T C PHASES
+declare -A T C PHASES PHASES_BEFORE
 for set in ct dx; do T[node_$set]=""; T[scp_$set]=""; T[base_$set]=""; done
 PEAK_KB=0
 for r in $(seq "$ROUNDS"); do
@@ -176,6 +179,16 @@ for r in $(seq "$ROUNDS"); do
   [ "$n_node" -eq $((CT + DX)) ] || { echo "node stored $n_node of $((CT + DX))"; exit 1; }
   [ "$n_scp" -eq $((CT + DX)) ] || { echo "storescp stored $n_scp of $((CT + DX))"; exit 1; }
   stop_node; kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true
+  if [ -n "${BEFORE_BIN:-}" ]; then
+    start_node "$WORK/before-$r" "$BEFORE_BIN"
+    for set in ct dx; do
+      scrape > "$WORK/metrics-before"
+      T[before_$set]+="$(send "$NODE_PORT" TRIAGE "$WORK/corpus/$set") "
+      scrape > "$WORK/metrics-after"
+      PHASES_BEFORE[$set]+="round $r: $(phases "$WORK/metrics-before" "$WORK/metrics-after")"$'\n'
+    done
+    stop_node
+  fi
   if [ -n "$BASE_BIN" ]; then
     start_node "$WORK/base-$r" "$BASE_BIN"
     for set in ct dx; do
@@ -201,6 +214,12 @@ for set in ct dx; do
   done
 done
 echo "ratio = triage-node throughput / storescp throughput (same run)"
+if [ -n "${BEFORE_BIN:-}" ]; then
+  for set in ct dx; do
+    tb=$(echo "${T[before_$set]}" | median); ts=$(echo "${T[scp_$set]}" | median)
+    printf 'before (%s), %s set: %.2f s, node/storescp %.2f\n' "$BEFORE_BIN" "$set" "$tb" "$(echo "$ts / $tb" | bc -l)"
+  done
+fi
 if [ -n "$BASE_BIN" ]; then
   for set in ct dx; do
     tn=$(echo "${T[node_$set]}" | median); tb=$(echo "${T[base_$set]}" | median)
@@ -212,11 +231,12 @@ fi
 printf 'node peak RSS over the CT+DX runs: %.1f MB\n' "$(echo "$PEAK_KB / 1024" | bc -l)"
 for set in ct dx; do
   printf '\nnode time per instance by phase, %s set (ms, mean over the set; receive: first data byte to last;\ntotal: to the response sent; whole_*: an instance held in memory, scan_and_sync: one streamed):\n%s' "$set" "${PHASES[$set]}"
+  [ -n "${BEFORE_BIN:-}" ] && printf 'before:\n%s' "${PHASES_BEFORE[$set]}"
 done
 
 # Concurrent senders: N storescu processes at once, each its own CT series.
 if [ -n "$CONCURRENCY" ]; then
-  declare -A CT_N CS_N BATCH_N RSS_N
+  declare -A CT_N CS_N CB_N BATCH_N RSS_N
   send_many() {  # $1 port, $2 called AE, $3 senders -> prints seconds for all of them
     local t0 t1 k pids=()
     t0=$(now)
@@ -240,6 +260,11 @@ if [ -n "$CONCURRENCY" ]; then
       got=$(count "$WORK/par-node-$r-$n/data/store")
       stop_node
       [ "$got" -eq $((n * PER_SENDER)) ] || { echo "node stored $got of $((n * PER_SENDER))"; exit 1; }
+      if [ -n "${BEFORE_BIN:-}" ]; then
+        start_node "$WORK/par-before-$r-$n" "$BEFORE_BIN"
+        CB_N[$n]+="$(send_many "$NODE_PORT" TRIAGE "$n") "
+        stop_node
+      fi
       SCP_DIR="$WORK/par-scp-$r-$n"; rm -rf "$SCP_DIR"; mkdir -p "$SCP_DIR"
       SCP_PORT=$(free_port)
       storescp --fork -aet STORESCP -od "$SCP_DIR" "$SCP_PORT" &
@@ -258,6 +283,12 @@ if [ -n "$CONCURRENCY" ]; then
     printf '| %d | %d | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.1f |\n' "$n" $((n * PER_SENDER)) "$tn" "$(echo "$n * $PER_SENDER / $tn" | bc -l)" \
       "$ts" "$(echo "$n * $PER_SENDER / $ts" | bc -l)" "$(echo "$ts / $tn" | bc -l)" "$(echo "${BATCH_N[$n]}" | median)" "$(echo "$(echo "${RSS_N[$n]}" | median) / 1024" | bc -l)"
   done
+  if [ -n "${BEFORE_BIN:-}" ]; then
+    for n in $CONCURRENCY; do
+      tb=$(echo "${CB_N[$n]}" | median); ts=$(echo "${CS_N[$n]}" | median)
+      printf 'before, %d senders: %.2f s (%.0f inst/s), node/storescp %.2f\n' "$n" "$tb" "$(echo "$n * $PER_SENDER / $tb" | bc -l)" "$(echo "$ts / $tb" | bc -l)"
+    done
+  fi
 fi
 
 # The same CT set into the node on PostgreSQL and on SQLite, interleaved.
@@ -290,4 +321,4 @@ printf '200 MB instance (%s MB): %.2f s; idle RSS %.1f MB, peak RSS %.1f MB, pea
   "$(du -sb "$WORK/corpus/big" | awk '{printf "%.1f", $1/1e6}')" "$t" "$(echo "$IDLE/1024" | bc -l)" "$(echo "$PEAK/1024" | bc -l)" "$(echo "($PEAK-$IDLE)/1024" | bc -l)"
 # Store folders are removed at the end, not between runs: ext4 skips inodes freed in the last
 # few seconds when it allocates new ones, so a run right after a large delete is slower.
-rm -rf "$WORK"/node-* "$WORK"/base-* "$WORK"/storescp-* "$WORK"/par-* "$WORK"/pg-node-* "$WORK"/sq-node-*
+rm -rf "$WORK"/node-* "$WORK"/before-* "$WORK"/base-* "$WORK"/storescp-* "$WORK"/par-* "$WORK"/pg-node-* "$WORK"/sq-node-*

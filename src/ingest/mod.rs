@@ -126,6 +126,8 @@ pub struct Ingest {
     db: Db,
     /// The rows of stored instances, committed in groups (`commit`).
     commits: commit::GroupCommit,
+    /// Buffers of data sets held whole, reused.
+    buffers: spool::HeadBuffers,
     deid: Arc<Deidentifier>,
     burned_in: BurnedInPolicy,
     /// Stored instance ids for the triage stage, so inference starts as each one lands.
@@ -148,6 +150,7 @@ impl Ingest {
             min_free_disk: cfg.min_free_disk.0,
             fsync: cfg.fsync,
             commits: commit::GroupCommit::start(db.clone()),
+            buffers: Default::default(),
             db,
             deid: Arc::new(deid),
             burned_in,
@@ -213,6 +216,7 @@ impl Ingest {
             ts: req.transfer_syntax,
             drop_burned_in: self.burned_in == BurnedInPolicy::Exclude,
             min_free_disk: self.min_free_disk,
+            buffers: self.buffers.clone(),
         }))
     }
 
@@ -226,7 +230,7 @@ impl Ingest {
             return Err(e.into());
         }
         phase.done("settle");
-        let (dirs, fsync, request, deid) = (self.dirs.clone(), self.fsync, req.clone(), self.deid.clone());
+        let (dirs, fsync, request, deid, buffers) = (self.dirs.clone(), self.fsync, req.clone(), self.deid.clone(), self.buffers.clone());
         let drop_burned_in = self.burned_in == BurnedInPolicy::Exclude;
         let received_at_ms = now_ms();
         // One trip to the blocking pool for everything that touches the disk.
@@ -241,6 +245,7 @@ impl Ingest {
                 Content::Whole(data) => {
                     let stored = store_whole(&request, &deid, &dirs, &data, received_at_ms, drop_burned_in, fsync, || digest.finish(&data));
                     phase.done("store_whole");
+                    buffers.give(data);
                     stored
                 }
                 Content::Split { head, split, header_len, deid, relative, path, file } => {
@@ -285,7 +290,10 @@ impl Ingest {
             patient_pseudonym: d.object.get(dicom_dictionary_std::tags::PATIENT_ID).and_then(|e| e.to_str().ok()).map(|p| p.trim().to_string()),
         };
         phase.done("seal");
-        let inserted = self.commits.insert(new.clone(), sealed).await;
+        // The file is synced; its folder's entry is synced by the committer, once for every
+        // instance of the group created in that folder, before the rows are committed.
+        let folder = if self.fsync { stored.parent().map(std::path::Path::to_path_buf) } else { None };
+        let inserted = self.commits.insert(new.clone(), sealed, folder).await;
         phase.done("commit");
         match inserted {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => {
@@ -299,7 +307,11 @@ impl Ingest {
                 let _ = std::fs::remove_file(&stored);
                 Ok(StoreOutcome::Duplicate { instance_id })
             }
-            Err(e) => {
+            Err(commit::CommitError::Sync { path, source }) => {
+                let _ = std::fs::remove_file(&stored);
+                Err(IngestError::Store { path, source })
+            }
+            Err(commit::CommitError::Db(e)) => {
                 // The error may have come after the commit took effect (a connection lost
                 // during COMMIT): ask again before removing the file, so that a row never
                 // names a missing file. If even that cannot be answered, the file stays; an
@@ -392,7 +404,7 @@ fn store_whole(
         phase.done("whole_write");
         let digest = digest();
         phase.done("whole_digest");
-        let durable = durable(&file, &path, fsync).map(|size| (digest, size));
+        let durable = durable(&file, fsync).map(|size| (digest, size));
         phase.done("whole_sync");
         durable
     })();
@@ -433,7 +445,7 @@ fn keep_split(request: &StoreRequest, s: Split<'_>, len: u64, drop_pixels: bool,
         if let Some(end) = end {
             s.file.set_len(end)?;
         }
-        durable(s.file, s.path, fsync)
+        durable(s.file, fsync)
     })();
     let size_bytes = stored.map_err(|source| IngestError::Store { path: s.path.to_path_buf(), source })?;
     Ok((!drop_pixels, size_bytes))
@@ -454,12 +466,12 @@ fn check(req: &StoreRequest, fields: scan::HeaderFields) -> Result<(), IngestErr
     Ok(())
 }
 
-/// fsync a new store file and its directory entry (when `fsync`); returns its size.
-fn durable(file: &std::fs::File, path: &std::path::Path, fsync: bool) -> std::io::Result<u64> {
+/// fsync a new store file (when `fsync`); returns its size. Its folder's entry is made durable
+/// by the group committer (`commit`), before its row is committed.
+fn durable(file: &std::fs::File, fsync: bool) -> std::io::Result<u64> {
     if fsync {
         file.sync_all()?;
     }
-    spool::sync_parent(path, fsync)?;
     Ok(file.metadata()?.len())
 }
 
