@@ -101,8 +101,13 @@ stop_node() { kill -TERM "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true; }
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# Before each timed run: the previous runs' dirty pages written out, so that no run pays for
+# another's writeback.
+quiesce() { sync; sleep 0.5; }
+
 send() {  # $1 port, $2 called AE, $3 dir -> prints seconds
   local t0 t1
+  quiesce
   t0=$(now)
   storescu -R -xe -aet STORESCU -aec "$2" +sd 127.0.0.1 "$1" "$3" 2> "$WORK/storescu.log" || { cat "$WORK/storescu.log"; exit 1; }
   t1=$(now)
@@ -236,9 +241,10 @@ done
 
 # Concurrent senders: N storescu processes at once, each its own CT series.
 if [ -n "$CONCURRENCY" ]; then
-  declare -A CT_N CS_N CB_N BATCH_N RSS_N
+  declare -A CT_N CS_N CB_N BATCH_N RSS_N CPU_N CPUB_N
   send_many() {  # $1 port, $2 called AE, $3 senders -> prints seconds for all of them
     local t0 t1 k pids=()
+    quiesce
     t0=$(now)
     for k in $(seq 0 $(($3 - 1))); do
       storescu -R -xe -aet STORESCU -aec "$2" +sd 127.0.0.1 "$1" "$WORK/corpus/par/$k" 2> "$WORK/storescu-$k.log" &
@@ -253,7 +259,9 @@ if [ -n "$CONCURRENCY" ]; then
     for n in $CONCURRENCY; do
       start_node "$WORK/par-node-$r-$n"
       scrape > "$WORK/metrics-before"
+      c0=$(cpu_s "$NODE_PID")
       CT_N[$n]+="$(send_many "$NODE_PORT" TRIAGE "$n") "
+      CPU_N[$n]+="$(echo "($(cpu_s "$NODE_PID") - $c0) * 1000 / ($n * $PER_SENDER)" | bc -l) "
       scrape > "$WORK/metrics-after"
       BATCH_N[$n]+="$(commit_batch "$WORK/metrics-before" "$WORK/metrics-after") "
       RSS_N[$n]+="$(hwm_kb "$NODE_PID") "
@@ -262,7 +270,9 @@ if [ -n "$CONCURRENCY" ]; then
       [ "$got" -eq $((n * PER_SENDER)) ] || { echo "node stored $got of $((n * PER_SENDER))"; exit 1; }
       if [ -n "${BEFORE_BIN:-}" ]; then
         start_node "$WORK/par-before-$r-$n" "$BEFORE_BIN"
+        c0=$(cpu_s "$NODE_PID")
         CB_N[$n]+="$(send_many "$NODE_PORT" TRIAGE "$n") "
+        CPUB_N[$n]+="$(echo "($(cpu_s "$NODE_PID") - $c0) * 1000 / ($n * $PER_SENDER)" | bc -l) "
         stop_node
       fi
       SCP_DIR="$WORK/par-scp-$r-$n"; rm -rf "$SCP_DIR"; mkdir -p "$SCP_DIR"
@@ -277,16 +287,16 @@ if [ -n "$CONCURRENCY" ]; then
     done
   done
   printf '\nConcurrent senders (each %d CT slices, own association), %d rounds, median; fsync=%s\n' "$PER_SENDER" "$ROUNDS" "$FSYNC"
-  printf '| senders | instances | triage-node s | inst/s | storescp --fork s | inst/s | node/storescp | rows per commit | node peak RSS MB |\n|---|---|---|---|---|---|---|---|---|\n'
+  printf '| senders | instances | triage-node s | inst/s | storescp --fork s | inst/s | node/storescp | rows per commit | node CPU ms/instance | node peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|\n'
   for n in $CONCURRENCY; do
     tn=$(echo "${CT_N[$n]}" | median); ts=$(echo "${CS_N[$n]}" | median)
-    printf '| %d | %d | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.1f |\n' "$n" $((n * PER_SENDER)) "$tn" "$(echo "$n * $PER_SENDER / $tn" | bc -l)" \
-      "$ts" "$(echo "$n * $PER_SENDER / $ts" | bc -l)" "$(echo "$ts / $tn" | bc -l)" "$(echo "${BATCH_N[$n]}" | median)" "$(echo "$(echo "${RSS_N[$n]}" | median) / 1024" | bc -l)"
+    printf '| %d | %d | %.2f | %.0f | %.2f | %.0f | %.2f | %s | %.2f | %.1f |\n' "$n" $((n * PER_SENDER)) "$tn" "$(echo "$n * $PER_SENDER / $tn" | bc -l)" \
+      "$ts" "$(echo "$n * $PER_SENDER / $ts" | bc -l)" "$(echo "$ts / $tn" | bc -l)" "$(echo "${BATCH_N[$n]}" | median)" "$(echo "${CPU_N[$n]}" | median)" "$(echo "$(echo "${RSS_N[$n]}" | median) / 1024" | bc -l)"
   done
   if [ -n "${BEFORE_BIN:-}" ]; then
     for n in $CONCURRENCY; do
       tb=$(echo "${CB_N[$n]}" | median); ts=$(echo "${CS_N[$n]}" | median)
-      printf 'before, %d senders: %.2f s (%.0f inst/s), node/storescp %.2f\n' "$n" "$tb" "$(echo "$n * $PER_SENDER / $tb" | bc -l)" "$(echo "$ts / $tb" | bc -l)"
+      printf 'before, %d senders: %.2f s (%.0f inst/s), node/storescp %.2f, node CPU %.2f ms/instance\n' "$n" "$tb" "$(echo "$n * $PER_SENDER / $tb" | bc -l)" "$(echo "$ts / $tb" | bc -l)" "$(echo "${CPUB_N[$n]}" | median)"
     done
   fi
 fi
