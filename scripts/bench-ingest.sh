@@ -117,46 +117,35 @@ send() {  # $1 port, $2 called AE, $3 dir -> prints seconds
 
 # The node's Prometheus text (/metrics).
 scrape() { curl -sf "http://127.0.0.1:$HTTP_PORT/metrics"; }
-# Mean per phase (ms) of triage_ingest_phase_seconds between two scrapes ($1 before, $2 after).
-phases() {
-  .venv/bin/python - "$1" "$2" <<'PY'
+# The mean of a histogram between two scrapes ($2 before, $3 after): per phase in ms for
+# triage_ingest_phase_seconds ($1 = phases), rows per commit for triage_ingest_commit_batch
+# ($1 = batch).
+histogram_mean() {
+  .venv/bin/python - "$@" <<'PY'
 import re, sys
+kind, before, after = sys.argv[1:4]
+metric, scale = {"phases": ("triage_ingest_phase_seconds", 1000), "batch": ("triage_ingest_commit_batch", 1)}[kind]
 def read(path):
     d = {}
     for line in open(path):
-        m = re.match(r'triage_ingest_phase_seconds_(sum|count)\{phase="(\w+)"\} (\S+)', line)
+        m = re.match(re.escape(metric) + r'_(sum|count)(?:\{phase="(\w+)"\})? (\S+)', line)
         if m:
-            d.setdefault(m[2], {})[m[1]] = float(m[3])
+            d.setdefault(m[2] or "", {})[m[1]] = float(m[3])
     return d
-a, b = read(sys.argv[1]), read(sys.argv[2])
+a, b = read(before), read(after)
 order = ["receive", "settle", "finish", "whole_scan", "whole_deid", "whole_write", "whole_digest", "whole_sync",
          "store_whole", "scan_and_sync", "disk", "seal", "commit", "total"]
 out = []
-for k in order + sorted(set(b) - set(order)):
-    if k not in b:
-        continue
+for k in [k for k in order if k in b] + sorted(set(b) - set(order)):
     n = b[k]["count"] - a.get(k, {}).get("count", 0)
     if n > 0:
-        out.append(f"{k} {1000 * (b[k]['sum'] - a.get(k, {}).get('sum', 0)) / n:.3f}")
-print(", ".join(out))
+        mean = scale * (b[k]["sum"] - a.get(k, {}).get("sum", 0)) / n
+        out.append(f"{k} {mean:.3f}" if k else f"{mean:.1f}")
+print(", ".join(out) or "-")
 PY
 }
-# Mean rows per group commit between two scrapes.
-commit_batch() {
-  .venv/bin/python - "$1" "$2" <<'PY'
-import re, sys
-def read(path):
-    d = {}
-    for line in open(path):
-        m = re.match(r'triage_ingest_commit_batch_(sum|count) (\S+)', line)
-        if m:
-            d[m[1]] = float(m[2])
-    return d
-a, b = read(sys.argv[1]), read(sys.argv[2])
-n = b.get("count", 0) - a.get("count", 0)
-print(f"{(b.get('sum', 0) - a.get('sum', 0)) / n:.1f}" if n else "-")
-PY
-}
+phases() { histogram_mean phases "$1" "$2"; }
+commit_batch() { histogram_mean batch "$1" "$2"; }
 
 # CPU seconds (user + system) the node process has used: steadier than wall time on a shared disk.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
