@@ -35,15 +35,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         warn!(files = leftovers, "removed spool files left by an earlier version");
     }
     let device = crate::inference::runtime::DeviceChoice::parse(&settings.inference.device)?.resolve()?;
-    let models_dir = settings.inference.models_dir.clone();
-    let packages = tokio::task::spawn_blocking(move || crate::inference::package::load_all(&models_dir, device))
-        .await?
-        .context("loading model packages")?;
-    for p in &packages {
-        let m = &p.manifest;
+    let inf = &settings.inference;
+    let engine = crate::inference::engine::Engine::load(settings.inference.models_dir.clone(), device, inf.max_batch, inf.queue_depth, inf.torch_threads)
+        .await
+        .context("starting the inference engine")?;
+    for m in engine.manifests() {
         info!(model = %m.name, version = %m.version, ?device, labels = m.outputs.labels.len(), demonstration = m.demonstration, "model package loaded and warmed up");
     }
-    if packages.is_empty() {
+    if engine.manifests().is_empty() {
         warn!(models_dir = %settings.inference.models_dir.display(), "no model packages: instances are stored and de-identified, nothing is triaged");
     }
     let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?.with_audit_key(deid.keys().audit_key());
@@ -67,8 +66,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Ok(n) => info!(studies = n, "worklist rows added for studies triaged before the worklist existed"),
         Err(error) => warn!(%error, "adding worklist rows for earlier studies failed"),
     }
-    let inf = &settings.inference;
-    let engine = crate::inference::engine::Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).context("starting the inference thread")?;
     let engine_thread = engine.take_thread();
     let manifests = engine.manifests().to_vec();
     let wake_outbox = Arc::new(tokio::sync::Notify::new());

@@ -15,25 +15,21 @@ use crate::triage::offline;
 /// The configured model packages on the configured device, behind an engine; `only` must name
 /// one of them.
 pub async fn offline_engine(settings: &Settings, only: Option<&str>) -> Result<Engine, AdminError> {
-    use crate::inference::{package, runtime::DeviceChoice};
+    use crate::inference::runtime::DeviceChoice;
     let engine_err = |e: &dyn std::fmt::Display| AdminError::Engine(e.to_string());
     let device = DeviceChoice::parse(&settings.inference.device).map_err(|e| engine_err(&e))?.resolve().map_err(|e| engine_err(&e))?;
-    let dir = settings.inference.models_dir.clone();
-    let packages = tokio::task::spawn_blocking(move || package::load_all(&dir, device))
-        .await
-        .map_err(|e| engine_err(&e))?
-        .map_err(|e| AdminError::Engine(format!("loading model packages: {e}")))?;
-    if packages.is_empty() {
+    let inf = &settings.inference;
+    let engine = Engine::load(settings.inference.models_dir.clone(), device, inf.max_batch, inf.queue_depth, inf.torch_threads).await.map_err(|e| engine_err(&e))?;
+    if engine.manifests().is_empty() {
         return Err(AdminError::Engine(format!("no model packages in {} (inference.models_dir)", settings.inference.models_dir.display())));
     }
     if let Some(name) = only {
-        if !packages.iter().any(|p| p.manifest.name == name) {
-            let names: Vec<&str> = packages.iter().map(|p| p.manifest.name.as_str()).collect();
+        if !engine.manifests().iter().any(|m| m.name == name) {
+            let names: Vec<&str> = engine.manifests().iter().map(|m| m.name.as_str()).collect();
             return Err(AdminError::Invalid(format!("no model package named {name:?} (loaded: {})", names.join(", "))));
         }
     }
-    let inf = &settings.inference;
-    Engine::start(packages, inf.max_batch, inf.queue_depth, inf.torch_threads).map_err(|e| engine_err(&e))
+    Ok(engine)
 }
 
 /// Triage files (or every file under folders) with the configured models, no node and no
