@@ -60,8 +60,9 @@ impl DeviceChoice {
 
 /// Give the calling thread's libtorch `n` intra-op threads (0: one per core but one, at least
 /// one: the node preprocesses, receives and writes on the other cores). Measured on the 2-core
-/// machine (scripts/bench-infer.sh): DenseNet-121 at batch 1 runs about 83 ms/image with 1
-/// thread and 84-105 ms with 2; at batch 8, 90 and about 70 ms (Python torch, 2 threads: 69, 58).
+/// machine (scripts/bench-infer.sh, the packages loaded on the engine thread): DenseNet-121 at
+/// batch 1 runs about 91 ms/image with 1 thread and 62 with 2; at batch 8, 88 and 51 (Python
+/// torch, 2 threads: 67, 63).
 pub fn set_threads(n: usize) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let n = if n == 0 { cores.saturating_sub(1).max(1) } else { n };
