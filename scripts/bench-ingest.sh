@@ -134,7 +134,7 @@ def read(path):
     return d
 a, b = read(before), read(after)
 order = ["receive", "settle", "finish", "whole_scan", "whole_deid", "whole_write", "whole_digest", "whole_sync",
-         "store_whole", "scan_and_sync", "disk", "seal", "commit", "total"]
+         "scan_and_sync", "disk", "seal", "commit", "total"]
 out = []
 for k in [k for k in order if k in b] + sorted(set(b) - set(order)):
     n = b[k]["count"] - a.get(k, {}).get("count", 0)

@@ -98,7 +98,7 @@ impl Engine {
     pub async fn load(models_dir: std::path::PathBuf, device: tch::Device, max_batch: usize, queue: usize, torch_threads: usize) -> Result<Engine, StartError> {
         let (loaded_tx, loaded) = oneshot::channel();
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let name = format!("inference-{}", format!("{device:?}").to_lowercase());
+        let name = format!("inference-{device:?}").to_lowercase();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             super::runtime::set_threads(torch_threads);
             match super::package::load_all(&models_dir, device) {

@@ -244,7 +244,6 @@ impl Ingest {
                 Content::Refused(Refusal::TooLarge) => Err(IngestError::HeaderTooLarge),
                 Content::Whole(data) => {
                     let stored = store_whole(&request, &deid, &dirs, &data, received_at_ms, drop_burned_in, fsync, || digest.finish(&data));
-                    phase.done("store_whole");
                     buffers.give(data);
                     stored
                 }
@@ -381,8 +380,11 @@ fn store_whole(
     // Offsets mean nothing in a deflated data set: it is de-identified whole.
     let pixels = match (ts.deflated, fields.pixel_group_at) {
         (false, Some(start)) => {
-            let end = fields.trailing_from.filter(|&t| t >= start).unwrap_or(data.len() as u64);
-            Some((start as usize, end as usize))
+            // The scan's offsets lie within the bytes it read; clamped all the same, so that no
+            // offset a peer's bytes produce can slice past the data.
+            let len = data.len() as u64;
+            let end = fields.trailing_from.filter(|&t| t >= start).unwrap_or(len).min(len);
+            Some((start.min(end) as usize, end as usize))
         }
         _ => None,
     };

@@ -227,7 +227,7 @@ impl ReceivedDigest {
 }
 
 pub enum Content {
-    /// The whole data set, in memory (no pixel group, or a deflated data set).
+    /// The whole data set, in memory (at most `IN_MEMORY`; or no pixel group; or deflated).
     Whole(Vec<u8>),
     /// Header de-identified and written, pixel group appended (not yet synced).
     Split { head: Vec<u8>, split: u64, header_len: u64, deid: Box<Deidentified>, relative: PathBuf, path: PathBuf, file: std::fs::File },

@@ -143,6 +143,7 @@ impl Triage {
         // Queue every image first, each model's together, so they can share a batch; then collect.
         let mut waiting = Vec::with_capacity(images.len());
         let mut models: Vec<usize> = images.iter().map(|p| p.model).collect();
+        models.sort_unstable();
         models.dedup();
         for model in models {
             let (mine, rest): (Vec<_>, Vec<_>) = images.into_iter().partition(|p| p.model == model);
