@@ -116,6 +116,10 @@ impl QuerySettings {
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
+    /// Where instance files and result objects live: the data directory, or an S3 bucket
+    /// shared by a cluster (`blobs`).
+    pub backend: crate::blobs::Backend,
+    pub s3: crate::blobs::S3Settings,
     pub min_free_disk: ByteSize,
     pub fsync: bool,
     /// Storage SOP Class UIDs a modality may send; empty: every standard class (PS3.4 B.5-1).
@@ -219,6 +223,9 @@ pub struct InferenceSettings {
     pub torch_threads: usize,
     /// Studies aggregated at once.
     pub concurrent_studies: usize,
+    /// How long a study job or an instance pass is claimed; jobs renew it while they run.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// Confidence tiers (confidence = p for a positive call, 1 - p for a negative one).
     pub tier_high: f64,
     pub tier_medium: f64,
@@ -404,8 +411,19 @@ impl Settings {
             }
             self.hl7.mapping().validate().map_err(|reason| ConfigError::Invalid { key: "hl7", reason })?;
         }
+        if self.inference.lease < Duration::from_secs(1) {
+            return Err(invalid("inference.lease", "must be at least 1s"));
+        }
         if self.http.refresh < Duration::from_secs(2) {
             return Err(invalid("http.refresh", "must be at least 2s"));
+        }
+        if self.storage.backend == crate::blobs::Backend::S3 {
+            if let Some((key, reason)) = self.storage.s3.problem() {
+                return Err(invalid(key, &reason));
+            }
+            if !self.database.url.starts_with("postgres") {
+                return Err(invalid("database.url", "storage.backend = \"s3\" shares the files between nodes: the nodes must share a PostgreSQL database (postgres://...) too"));
+            }
         }
         let db = self.database_url();
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod archive;
 pub mod audit;
+pub mod blobs;
 pub mod config;
 pub mod db;
 pub mod deid;

@@ -47,6 +47,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?.with_audit_key(deid.keys().audit_key());
     info!(engine = ?db.engine(), "database ready");
+    let storage = &settings.storage;
+    let blobs = crate::blobs::Blobs::open(&storage.data_dir, storage.backend, &storage.s3).await.context("opening the object store ([storage] backend)")?;
+    let node_id = settings.node_id();
+    if blobs.is_shared() {
+        info!(node = %node_id, endpoint = %storage.s3.endpoint, bucket = %storage.s3.bucket, "object store ready: files shared with the other nodes of the cluster");
+    } else {
+        info!(node = %node_id, "files kept in the data directory");
+    }
 
     if db.engine() == crate::db::Engine::Sqlite {
         let passes = db.void_inference_claims().await.context("voiding the previous run's inference claims")?;
@@ -70,7 +78,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let manifests = engine.manifests().to_vec();
     let wake_outbox = Arc::new(tokio::sync::Notify::new());
     let publisher = crate::results::Publisher {
-        data_dir: settings.storage.data_dir.clone(),
+        blobs: blobs.clone(),
         settings: settings.results.clone(),
         station: ae_title.to_string(),
         node: settings.node_id(),
@@ -87,11 +95,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             warn!(destination = %dest, "results.destinations names an AE that is not registered; its results wait in the outbox until it is (triage-node ae add)");
         }
     }
-    let triage = crate::triage::Triage::new(db.clone(), engine, settings.storage.data_dir.clone(), crate::triage::aggregate::Tiers::from_settings(inf), inf.preprocess_threads(), Some(publisher));
+    let triage = crate::triage::Triage::new(db.clone(), engine, blobs.clone(), inf.lease, crate::triage::aggregate::Tiers::from_settings(inf), inf.preprocess_threads(), Some(publisher));
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let keys = deid.keys().clone();
     let http_keys = keys.clone();
-    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx));
+    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx), blobs.clone());
     let study_wake = ingest.study_waker();
     let orphans = ingest.quarantine_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
@@ -105,7 +113,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).context("preparing TLS for the AEs we call")?;
     let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
     let query = if settings.query.enabled {
-        let archive = crate::archive::Archive::open(db.clone(), keys.clone(), settings.storage.data_dir.clone(), settings.node_id())
+        let archive = crate::archive::Archive::open(db.clone(), keys.clone(), blobs.clone(), settings.node_id())
             .await
             .context("building the query index of the result objects")?;
         Some(crate::services::qr::QueryRetrieve::new(Arc::new(archive), ae_title.clone(), settings.query.matching(), settings.delivery.timeout, tls.clone()))
@@ -122,7 +130,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             tokens,
             ae_title.clone(),
             settings.delivery.timeout,
-            settings.storage.data_dir.clone(),
+            blobs.clone(),
             manifests,
             settings.results.heatmap_max_size,
             workers.clone(),
@@ -148,13 +156,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .iter()
         .filter_map(|(name, addr)| addr.map(|a| format!("{name}={}", a.port())))
         .collect();
-    info!(ae_title = %ae_title, bind = %settings.dicom.bind, "listening {}", ports.join(" "));
+    info!(ae_title = %ae_title, node = %node_id, bind = %settings.dicom.bind, "listening {}", ports.join(" "));
 
     let associations = TaskTracker::new();
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake));
-    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), settings.storage.data_dir.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox, Some(settings.hl7.clone())).with_tls(tls.clone()));
+    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), blobs.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox, Some(settings.hl7.clone())).with_tls(tls.clone()));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
+    if blobs.is_shared() {
+        workers.spawn(crate::blobs::CacheSweeper::new(blobs.clone()));
+    }
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });
     drop(triage);
 

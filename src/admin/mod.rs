@@ -47,6 +47,8 @@ pub enum AdminError {
     Engine(String),
     #[error(transparent)]
     Map(#[from] crate::deid::MapError),
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
 }
 
 /// Whether an operation appends to the audit trail (and so needs the site keys).
@@ -66,6 +68,12 @@ pub async fn open(settings: &Settings, access: Access) -> Result<Db, AdminError>
         Access::Read => db,
         Access::Audited => db.with_audit_key(audit_key(settings, "changes are audited with the site keys")?),
     })
+}
+
+/// The node's files (the data directory, or the cluster's bucket), for one operation.
+pub async fn open_blobs(settings: &Settings) -> Result<crate::blobs::Blobs, AdminError> {
+    let s = &settings.storage;
+    Ok(crate::blobs::Blobs::open(&s.data_dir, s.backend, &s.s3).await?)
 }
 
 /// The audit trail's key, derived from the site keys.

@@ -8,7 +8,7 @@ use crate::db::{Db, OutboxItem, OutboxState};
 
 /// Queue files for a registered AE; each file with its item id (`None`: already queued).
 pub async fn add(db: &Db, settings: &Settings, to: &str, files: &[PathBuf]) -> Result<Vec<(PathBuf, Option<i64>)>, AdminError> {
-    Ok(crate::delivery::enqueue(db, &settings.node_id(), &settings.storage.data_dir, to, files).await?)
+    Ok(crate::delivery::enqueue(db, &settings.node_id(), &super::open_blobs(settings).await?, to, files).await?)
 }
 
 /// An item and what its destination said of committing to it.

@@ -18,7 +18,6 @@ pub mod keys;
 pub mod query;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use dicom_dictionary_std::tags;
@@ -37,25 +36,35 @@ pub enum ArchiveError {
     Map(#[from] MapError),
     #[error("reading result objects: {0}")]
     Task(String),
+    #[error("reading a result object: {0}")]
+    Blob(#[from] crate::blobs::BlobError),
 }
 
 /// Outbox rows read per step of a refresh.
 const STEP: i64 = 2000;
+/// Rows younger than this are read again at the next refresh: row ids are handed out when a
+/// transaction inserts, not when it commits, so a row of a slower transaction (another study
+/// job, another node) can appear below ids already read. A transaction that queues objects
+/// commits within milliseconds; this is the margin.
+const SETTLE_MS: i64 = 30_000;
 
 pub struct Archive {
     db: Db,
     keys: Keys,
-    data_dir: PathBuf,
-    node: String,
+    blobs: crate::blobs::Blobs,
+    /// This node's id; `None` with a shared bucket (every node's objects are readable).
+    node: Option<String>,
     current: RwLock<Arc<Snapshot>>,
     /// One refresh at a time; queries meanwhile read the current snapshot.
     refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Archive {
-    /// Build the index of every result object this node has queued.
-    pub async fn open(db: Db, keys: Keys, data_dir: PathBuf, node: String) -> Result<Archive, ArchiveError> {
-        let archive = Archive { db, keys, data_dir, node, current: RwLock::new(Arc::new(Snapshot::default())), refreshing: tokio::sync::Mutex::new(()) };
+    /// Build the index of every result object this node has queued (with a shared bucket:
+    /// every node has).
+    pub async fn open(db: Db, keys: Keys, blobs: crate::blobs::Blobs, node: String) -> Result<Archive, ArchiveError> {
+        let node = (!blobs.is_shared()).then_some(node);
+        let archive = Archive { db, keys, blobs, node, current: RwLock::new(Arc::new(Snapshot::default())), refreshing: tokio::sync::Mutex::new(()) };
         let started = std::time::Instant::now();
         let opened = archive.refresh().await?;
         let s = archive.snapshot_now();
@@ -79,7 +88,7 @@ impl Archive {
     async fn refresh(&self) -> Result<usize, ArchiveError> {
         let _one = self.refreshing.lock().await;
         let current = self.snapshot_now();
-        let mut rows = self.db.result_objects_after(&self.node, current.high_water, STEP).await?;
+        let mut rows = self.db.result_objects_after(self.node.as_deref(), current.high_water, STEP).await?;
         if rows.is_empty() {
             return Ok(0); // the common case: one indexed SELECT, no copy
         }
@@ -89,13 +98,17 @@ impl Archive {
         let mut objects = 0;
         // Originals already opened in this refresh, by de-identified SOP Instance UID.
         let mut originals: HashMap<String, Option<Originals>> = HashMap::new();
+        let settled_before = crate::domain::now_ms() - SETTLE_MS;
         loop {
-            let Some(&(last, _)) = rows.last() else { break };
-            for (_, path) in std::mem::take(&mut rows) {
+            let Some(&(last, _, _)) = rows.last() else { break };
+            // The high-water mark stops below the first row young enough to have overtaken a
+            // slower transaction's row; from there on, rows are read again next time.
+            let unsettled = rows.iter().find(|(_, _, created)| *created >= settled_before).map(|(id, _, _)| id - 1);
+            for (_, path, _) in std::mem::take(&mut rows) {
                 if next.has_path(&path) {
                     continue;
                 }
-                let file = self.data_dir.join(&path);
+                let file = self.blobs.fetch(&path).await?;
                 let header = tokio::task::spawn_blocking(move || {
                     dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(&file).map(|f| f.into_inner())
                 })
@@ -133,8 +146,11 @@ impl Archive {
                     Err(error) => warn!(%error, path, "a queued result object cannot be re-identified; it is not queryable"),
                 }
             }
-            next.high_water = last;
-            rows = self.db.result_objects_after(&self.node, next.high_water, STEP).await?;
+            next.high_water = unsettled.unwrap_or(last).max(next.high_water);
+            if unsettled.is_some() {
+                break;
+            }
+            rows = self.db.result_objects_after(self.node.as_deref(), next.high_water, STEP).await?;
         }
         if opened_total > 0 {
             let details = serde_json::json!({ "purpose": "query index", "objects": objects, "map_records": opened_total }).to_string();
@@ -148,7 +164,8 @@ impl Archive {
     /// (`results::reidentify`), with the originals the index opened for it: the caller audits
     /// the retrieve that discloses it.
     pub async fn reidentified(&self, object: &Arc<index::Instance>) -> Result<reidentify::Reidentified, ReidError> {
-        let (keys, path, object) = (self.keys.clone(), self.data_dir.join(&object.path), object.clone());
+        let path = self.blobs.fetch(&object.path).await.map_err(|e| ReidError::Read(e.to_string()))?;
+        let (keys, object) = (self.keys.clone(), object.clone());
         tokio::task::spawn_blocking(move || reidentify::with_originals(&keys, &path, &object.originals))
             .await
             .map_err(|e| ReidError::Read(e.to_string()))?

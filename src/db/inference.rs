@@ -71,6 +71,18 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Give a claimed pass back at once (its file could not be read now: the object store was
+    /// unreachable), so that it runs again without waiting for its lease.
+    pub async fn release_inference(&self, id: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE instances SET inference_state = NULL, inference_lease_until_ms = NULL WHERE id = $1 AND inference_state = $2")
+            .bind(id)
+            .bind(InferenceState::Running.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(q("release inference claim"))?;
+        Ok(())
+    }
+
     /// Record the end of instance `id`'s pass: `Done` (with its outputs), `NotRouted` or
     /// `Failed` (with the reason), in one transaction.
     pub async fn record_inference(&self, id: i64, state: InferenceState, error: Option<&str>, rows: &[FrameOutput]) -> Result<(), DbError> {

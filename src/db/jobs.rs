@@ -11,6 +11,9 @@ pub struct ClaimedJob {
     /// When the study was found complete (the job was queued).
     pub ready_at_ms: i64,
     pub last_received_at_ms: i64,
+    /// This claim's number (the job's attempt count once claimed): the fence that lets only
+    /// the latest claimer finish the job (`finish_in`, `renew_study_job`).
+    pub attempt: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +29,7 @@ impl Db {
     pub async fn claim_study_job(&self, now_ms: i64, lease_until_ms: i64) -> Result<Option<ClaimedJob>, DbError> {
         loop {
             let row = sqlx::query(
-                "SELECT j.id, j.study_id, j.created_at_ms, j.state, j.lease_until_ms, s.last_received_at_ms FROM jobs j JOIN studies s ON s.id = j.study_id
+                "SELECT j.id, j.study_id, j.created_at_ms, j.state, j.lease_until_ms, j.attempts, s.last_received_at_ms FROM jobs j JOIN studies s ON s.id = j.study_id
                  WHERE j.kind = 'study_ready' AND (j.state = $2 OR (j.state = $3 AND j.lease_until_ms < $1))
                  ORDER BY j.id LIMIT 1",
             )
@@ -37,11 +40,11 @@ impl Db {
             .await
             .map_err(q("select due job"))?;
             let Some(row) = row else { return Ok(None) };
-            let (id, state, lease): (i64, String, i64) = (get(&row, "id")?, get(&row, "state")?, get(&row, "lease_until_ms")?);
+            let (id, state, lease, attempts): (i64, String, i64, i64) = (get(&row, "id")?, get(&row, "state")?, get(&row, "lease_until_ms")?, get(&row, "attempts")?);
             let state: JobState = state.parse()?;
             let claimed = sqlx::query(
                 "UPDATE jobs SET state = $6, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3
-                 WHERE id = $1 AND state = $4 AND lease_until_ms = $5",
+                 WHERE id = $1 AND state = $4 AND lease_until_ms = $5 AND attempts = $7",
             )
             .bind(id)
             .bind(lease_until_ms)
@@ -49,6 +52,7 @@ impl Db {
             .bind(state.as_str())
             .bind(lease)
             .bind(JobState::Running.as_str())
+            .bind(attempts)
             .execute(&self.pool)
             .await
             .map_err(q("claim job"))?;
@@ -58,10 +62,25 @@ impl Db {
                     study_id: get(&row, "study_id")?,
                     ready_at_ms: get(&row, "created_at_ms")?,
                     last_received_at_ms: get(&row, "last_received_at_ms")?,
+                    attempt: attempts + 1,
                 }));
             }
             // Another node took it: look again.
         }
+    }
+
+    /// Extend a running claim's lease (the claimer's heartbeat). False when the claim is no
+    /// longer this one: its lease ran out and another node took the job over.
+    pub async fn renew_study_job(&self, job: &ClaimedJob, lease_until_ms: i64) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE jobs SET lease_until_ms = $3 WHERE id = $1 AND attempts = $2 AND state = $4")
+            .bind(job.id)
+            .bind(job.attempt)
+            .bind(lease_until_ms)
+            .bind(JobState::Running.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(q("renew job"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Give a claimed job back (to be retried after its lease) with the reason.
@@ -110,14 +129,22 @@ pub(crate) async fn queue_study_ready_in(conn: &mut sqlx::AnyConnection, study_i
         .map_err(q("queue job"))
 }
 
-/// Mark a claimed job done inside the caller's transaction (with what it produced).
-pub(crate) async fn finish_in(conn: &mut sqlx::AnyConnection, job_id: i64, now_ms: i64) -> Result<(), DbError> {
-    sqlx::query("UPDATE jobs SET state = $3, last_error = NULL, updated_at_ms = $2 WHERE id = $1")
-        .bind(job_id)
+/// Mark a claimed job done inside the caller's transaction (with what it produced), if the
+/// claim is still this one: a claimer whose lease ran out while another node took the job over
+/// gets `DbError::ClaimLost`, and its transaction (results, outbox rows) is rolled back, so a
+/// job's results are saved and queued once.
+pub(crate) async fn finish_in(conn: &mut sqlx::AnyConnection, job: &ClaimedJob, now_ms: i64) -> Result<(), DbError> {
+    let done = sqlx::query("UPDATE jobs SET state = $3, last_error = NULL, updated_at_ms = $2 WHERE id = $1 AND attempts = $4 AND state = $5")
+        .bind(job.id)
         .bind(now_ms)
         .bind(JobState::Done.as_str())
+        .bind(job.attempt)
+        .bind(JobState::Running.as_str())
         .execute(conn)
         .await
         .map_err(q("finish job"))?;
+    if done.rows_affected() != 1 {
+        return Err(DbError::ClaimLost(job.id));
+    }
     Ok(())
 }

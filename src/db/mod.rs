@@ -54,6 +54,8 @@ pub enum DbError {
     Query { query: &'static str, source: sqlx::Error },
     #[error("{0}")]
     Invalid(String),
+    #[error("job {0} was taken over by another claimer after its lease ran out: this run's results are not saved")]
+    ClaimLost(i64),
 }
 
 pub(crate) fn q(query: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {

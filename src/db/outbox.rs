@@ -41,7 +41,7 @@ pub struct NewOutboxItem {
 
 const COLUMNS: &str = "id, path, destination, state, attempts, next_attempt_at_ms, last_error, kind, study_id, reidentify";
 /// A row is claimable when pending and due, or when a claimer's lease ran out.
-const CLAIMABLE: &str = "node = $3 AND ((state = {pending} AND next_attempt_at_ms <= $2) OR (state = {sending} AND lease_until_ms < $2))";
+const CLAIMABLE: &str = "($3 = '' OR node = $3) AND ((state = {pending} AND next_attempt_at_ms <= $2) OR (state = {sending} AND lease_until_ms < $2))";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxItem, DbError> {
     Ok(OutboxItem {
@@ -67,9 +67,11 @@ impl Db {
         insert_in(&mut conn, node, &item, now_ms()).await
     }
 
-    /// Claim up to `limit` due items for one destination (the oldest due item's), holding them
-    /// for `lease_ms`. Each claim is a conditional update, so two claimers never get one row.
-    pub async fn outbox_claim(&self, node: &str, lease_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, DbError> {
+    /// Claim up to `limit` due items for one destination (the oldest due item's) queued by
+    /// `node` (None: by any node, their files being shared), holding them for `lease_ms`. Each
+    /// claim is a conditional update, so two claimers never get one row.
+    pub async fn outbox_claim(&self, node: Option<&str>, lease_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, DbError> {
+        let node = node.unwrap_or("");
         let now = now_ms();
         // On PostgreSQL concurrent claimers skip each other's locked rows instead of queueing
         // behind them (and then finding them taken); SQLite serialises writers anyway.
@@ -121,12 +123,12 @@ impl Db {
         Ok(rows.into_iter().collect())
     }
 
-    /// The result objects (SR and heatmap SC, re-identified at sending) this node queued in
-    /// rows after `after_id`: (row id, path), oldest first, up to `limit` rows. The query index
-    /// reads them.
-    pub async fn result_objects_after(&self, node: &str, after_id: i64, limit: i64) -> Result<Vec<(i64, String)>, DbError> {
-        let rows = sqlx::query("SELECT id, path FROM outbox WHERE node = $1 AND id > $2 AND reidentify = 1 AND kind IN ($3, $4) ORDER BY id LIMIT $5")
-            .bind(node)
+    /// The result objects (SR and heatmap SC, re-identified at sending) queued in rows after
+    /// `after_id` by node `node` (None: by any node, their files being shared): (row id, path,
+    /// created_at_ms), oldest first, up to `limit` rows. The query index reads them.
+    pub async fn result_objects_after(&self, node: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<(i64, String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT id, path, created_at_ms FROM outbox WHERE ($1 = '' OR node = $1) AND id > $2 AND reidentify = 1 AND kind IN ($3, $4) ORDER BY id LIMIT $5")
+            .bind(node.unwrap_or(""))
             .bind(after_id)
             .bind(ObjectKind::Sr.as_str())
             .bind(ObjectKind::Sc.as_str())
@@ -134,7 +136,7 @@ impl Db {
             .fetch_all(&self.pool)
             .await
             .map_err(q("select result objects"))?;
-        rows.iter().map(|r| Ok((get(r, "id")?, get(r, "path")?))).collect()
+        rows.iter().map(|r| Ok((get(r, "id")?, get(r, "path")?, get(r, "created_at_ms")?))).collect()
     }
 
     /// Per (kind, state), how many of a study's result objects there are (for `results`).

@@ -53,13 +53,13 @@ impl Db {
     /// transaction. Returns the priority the worklist had if the new one is lower.
     pub async fn save_study_results(
         &self,
-        job_id: i64,
-        study_id: i64,
+        job: &super::ClaimedJob,
         results: &[StudyResult],
         worklist: Option<&super::WorklistRow>,
         node: &str,
         outbox: &[super::NewOutboxItem],
     ) -> Result<Option<String>, DbError> {
+        let study_id = job.study_id;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         sqlx::query("DELETE FROM findings WHERE study_result_id IN (SELECT id FROM study_results WHERE study_id = $1)")
             .bind(study_id)
@@ -74,7 +74,7 @@ impl Db {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
             )
             .bind(study_id)
-            .bind(job_id)
+            .bind(job.id)
             .bind(&r.model)
             .bind(&r.model_version)
             .bind(i64::from(r.demonstration))
@@ -126,7 +126,7 @@ impl Db {
         for item in outbox {
             super::outbox::insert_in(&mut tx, node, item, now).await?;
         }
-        super::jobs::finish_in(&mut tx, job_id, now).await?;
+        super::jobs::finish_in(&mut tx, job, now).await?;
         tx.commit().await.map_err(q("commit study results"))?;
         Ok(lowered)
     }

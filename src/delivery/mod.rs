@@ -34,6 +34,8 @@ pub enum DeliveryError {
     Client(#[from] ClientError),
     #[error("reading or writing {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
 }
 
 /// Resolve a registered AE to a peer we can associate with, calling as `ours`; over TLS
@@ -102,12 +104,14 @@ pub async fn send(peer: &Peer, paths: &[PathBuf]) -> Result<Vec<Sent>, DeliveryE
 }
 
 /// Queue files for delivery to a registered AE: each is checked to be Part 10, copied into
-/// `data_dir/outbox/` and synced (the outbox owns its objects), then recorded. Returns each
-/// file with its item id (`None`: that object was already queued for that AE).
-pub async fn enqueue(db: &Db, node: &str, data_dir: &Path, to: &str, files: &[PathBuf]) -> Result<Vec<(PathBuf, Option<i64>)>, DeliveryError> {
+/// `data_dir/outbox/` and synced (the outbox owns its objects; with a shared bucket, uploaded
+/// to it, so any node can send it), then recorded. Returns each file with its item id (`None`:
+/// that object was already queued for that AE).
+pub async fn enqueue(db: &Db, node: &str, blobs: &crate::blobs::Blobs, to: &str, files: &[PathBuf]) -> Result<Vec<(PathBuf, Option<i64>)>, DeliveryError> {
     if db.find_ae(to).await?.is_none() {
         return Err(DeliveryError::UnknownAe(to.to_string()));
     }
+    let data_dir = blobs.data_dir();
     let dir = data_dir.join("outbox");
     let io = |source| DeliveryError::Io { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(io)?;
@@ -119,6 +123,8 @@ pub async fn enqueue(db: &Db, node: &str, data_dir: &Path, to: &str, files: &[Pa
         std::fs::copy(file, &target).map_err(|source| DeliveryError::Io { path: file.display().to_string(), source })?;
         std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io)?;
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+        blobs.upload(&relative, &target).await?;
+        blobs.adopt(&relative, &target);
         out.push((file.clone(), db.outbox_enqueue(node, &relative, to).await?));
     }
     Ok(out)

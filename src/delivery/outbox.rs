@@ -4,7 +4,6 @@
 //! (a refusal the peer will repeat, a file that cannot be read, or too many attempts).
 //! Work lives in the database, so a restart resumes where the last run stopped.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tracing::{error, info, warn, Instrument};
@@ -29,7 +28,8 @@ pub struct OutboxWorker {
     db: Db,
     node: String,
     ours: AeTitle,
-    data_dir: PathBuf,
+    /// The queued objects' files; with a shared bucket this worker claims every node's items.
+    blobs: crate::blobs::Blobs,
     cfg: DeliverySettings,
     /// Opens the re-identification map for result objects (re-identified at sending).
     keys: Keys,
@@ -119,14 +119,14 @@ impl OutboxWorker {
         db: Db,
         node: String,
         ours: AeTitle,
-        data_dir: PathBuf,
+        blobs: crate::blobs::Blobs,
         cfg: DeliverySettings,
         keys: Keys,
         quiet_period: Duration,
         wake: std::sync::Arc<tokio::sync::Notify>,
         hl7: Option<crate::config::Hl7Settings>,
     ) -> Self {
-        OutboxWorker { started: false, db, node, ours, data_dir, cfg, keys, quiet_period, wake, hl7, tls: Connector::default() }
+        OutboxWorker { started: false, db, node, ours, blobs, cfg, keys, quiet_period, wake, hl7, tls: Connector::default() }
     }
 
     /// Reach destinations registered as TLS through `tls`.
@@ -137,7 +137,9 @@ impl OutboxWorker {
 
     /// Claim one destination's due items and attempt them; returns how many were attempted.
     pub async fn drain_once(&self) -> Result<usize, crate::db::DbError> {
-        let items = self.db.outbox_claim(&self.node, self.cfg.lease.as_millis() as i64, BATCH).await?;
+        // A shared bucket holds every node's objects: any node sends any node's items.
+        let owner = (!self.blobs.is_shared()).then_some(self.node.as_str());
+        let items = self.db.outbox_claim(owner, self.cfg.lease.as_millis() as i64, BATCH).await?;
         if items.is_empty() {
             return Ok(0);
         }
@@ -182,8 +184,17 @@ impl OutboxWorker {
         };
         let mut verdicts = vec![Verdict::Retry("not attempted".into()); items.len()];
         let mut sendable = Vec::new();
+        let mut files = vec![std::path::PathBuf::new(); items.len()];
         for (i, item) in items.iter().enumerate() {
-            match client::read_part10(&self.data_dir.join(&item.path)) {
+            match self.blobs.fetch(&item.path).await {
+                Ok(file) => files[i] = file,
+                // The bucket is unreachable now: later.
+                Err(e) => {
+                    verdicts[i] = Verdict::Retry(e.to_string());
+                    continue;
+                }
+            }
+            match client::read_part10(&files[i]) {
                 Ok(meta) => sendable.push((i, meta)),
                 Err(e) => verdicts[i] = Verdict::Dead(e.to_string()),
             }
@@ -207,7 +218,7 @@ impl OutboxWorker {
         };
         for (i, _) in &sendable {
             let item = &items[*i];
-            let path = self.data_dir.join(&item.path);
+            let path = files[*i].clone();
             let result = if item.reidentify {
                 // Re-identified now, in memory: the queued file stays de-identified.
                 let purpose = format!("deliver result to {destination}");
@@ -265,7 +276,10 @@ impl OutboxWorker {
         let Some(cfg) = self.hl7.as_ref().filter(|c| c.enabled) else {
             return Verdict::Retry("HL7 is not enabled ([hl7] enabled = false): the report waits".into());
         };
-        let path = self.data_dir.join(&item.path);
+        let path = match self.blobs.fetch(&item.path).await {
+            Ok(path) => path,
+            Err(e) => return Verdict::Retry(e.to_string()),
+        };
         let report: crate::hl7::Report = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
             Ok(r) => r,
             Err(why) => return Verdict::Dead(format!("reading the HL7 report {}: {why}", item.path)),

@@ -256,7 +256,7 @@ async fn heatmap(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): 
     let (result, finding) = findings.get(n).copied().ok_or_else(|| not_found(format!("study {id} has {} heatmaps", findings.len())))?;
     let manifest = state.manifests.iter().find(|m| m.name == result.model).cloned().ok_or_else(|| not_found(format!("model {} is no longer loaded: its heatmap cannot be drawn", result.model)))?;
     let key_image = state.db.instance_ref(finding.key_instance_id).await?.ok_or_else(|| not_found("the key image is no longer stored"))?;
-    let path = state.data_dir.join(&key_image.path);
+    let path = state.blobs.fetch(&key_image.path).await.map_err(unavailable)?;
     let (result, finding) = (result.clone(), finding.clone());
     let png = tokio::task::spawn_blocking(move || crate::results::heatmap_picture(&path, &manifest, &result, &finding, size).and_then(|rgb| crate::results::png_bytes(&rgb)))
         .await
@@ -265,6 +265,12 @@ async fn heatmap(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): 
     let png = Arc::new(png);
     state.cache_picture(key, png.clone());
     Ok(png_response(png))
+}
+
+/// The store of files failed (a cluster's bucket unreachable): 503, the cause in the log only.
+fn unavailable(error: crate::blobs::BlobError) -> ApiError {
+    tracing::warn!(%error, "reading a stored object for the HTTP API failed");
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "the object store is unavailable; try again later".into())
 }
 
 fn png_response(png: Arc<Vec<u8>>) -> Response {
@@ -276,7 +282,8 @@ async fn object(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): P
     let id = study_id(&id)?;
     let all = objects(&state, id).await?;
     let (_, path) = all.get(n).ok_or_else(|| not_found(format!("study {id} has {} result objects", all.len())))?;
-    let bytes = tokio::fs::read(state.data_dir.join(path)).await.map_err(|_| not_found("the result object is no longer on disk"))?;
+    let file = state.blobs.fetch(path).await.map_err(unavailable)?;
+    let bytes = tokio::fs::read(file).await.map_err(|_| not_found("the result object is no longer on disk"))?;
     Ok(([(header::CONTENT_TYPE, "application/dicom"), (header::CACHE_CONTROL, "private, no-store")], bytes).into_response())
 }
 

@@ -14,7 +14,6 @@ pub mod page;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,8 @@ pub struct AppState {
     pub dicom_timeout: Duration,
     /// How the AE page's C-ECHO reaches an AE registered as TLS.
     pub tls: crate::delivery::Connector,
-    pub data_dir: PathBuf,
+    /// The instance files and result objects (the data directory or the cluster's bucket).
+    pub blobs: crate::blobs::Blobs,
     pub manifests: Vec<Manifest>,
     /// The full-size heatmap's long side (`results.heatmap_max_size`).
     pub heatmap_max: usize,
@@ -73,14 +73,14 @@ impl AppState {
         tokens: Tokens,
         ae_title: AeTitle,
         dicom_timeout: Duration,
-        data_dir: PathBuf,
+        blobs: crate::blobs::Blobs,
         manifests: Vec<Manifest>,
         heatmap_max: usize,
         workers: Workers,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         refresh: Duration,
     ) -> AppState {
-        AppState { db, keys, tokens, ae_title, dicom_timeout, tls: Default::default(), data_dir, manifests, heatmap_max, workers, metrics, refresh, recorded_views: Default::default(), pictures: Mutex::new(HashMap::new()) }
+        AppState { db, keys, tokens, ae_title, dicom_timeout, tls: Default::default(), blobs, manifests, heatmap_max, workers, metrics, refresh, recorded_views: Default::default(), pictures: Mutex::new(HashMap::new()) }
     }
 
     /// Reach AEs registered as TLS through `tls` (the AE page's C-ECHO).

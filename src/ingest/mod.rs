@@ -16,6 +16,7 @@ pub mod study_ready;
 
 use std::sync::Arc;
 
+use crate::blobs::{BlobError, Blobs};
 use crate::dicom::scan;
 use crate::dicom::{Status, TransferSyntax};
 use crate::config::{BurnedInPolicy, StorageSettings};
@@ -56,6 +57,8 @@ pub enum IngestError {
     Seal(#[from] crate::deid::MapError),
     #[error("recording the instance: {0}")]
     Db(#[from] DbError),
+    #[error("storing the instance in the object store: {0}")]
+    Blob(#[from] BlobError),
     #[error("scan task failed: {0}")]
     Task(String),
 }
@@ -81,6 +84,9 @@ impl IngestError {
             }
             IngestError::NotNegotiated => Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
             IngestError::Db(_) | IngestError::Task(_) => Status::PROCESSING_FAILURE,
+            // The object store is unreachable or refused the write: a transient refusal, the
+            // sender retries later.
+            IngestError::Blob(_) => Status::OUT_OF_RESOURCES,
         }
     }
 }
@@ -98,6 +104,7 @@ impl IngestError {
             | IngestError::Seal(_)
             | IngestError::Db(_)
             | IngestError::Task(_) => "the node could not store the instance (local failure; see its log)".into(),
+            IngestError::Blob(_) => "the node could not store the instance (object store unavailable; retry later)".into(),
             other => other.to_string(),
         }
     }
@@ -121,6 +128,8 @@ pub enum StoreOutcome {
 
 pub struct Ingest {
     dirs: Dirs,
+    /// Where a stored file goes once written: nowhere else (local), or the cluster's bucket.
+    blobs: Blobs,
     min_free_disk: u64,
     fsync: bool,
     db: Db,
@@ -143,12 +152,16 @@ impl Ingest {
         deid: Deidentifier,
         burned_in: BurnedInPolicy,
         arrivals: Option<tokio::sync::mpsc::Sender<i64>>,
+        blobs: Blobs,
     ) -> Arc<Ingest> {
         // Needs the runtime: the group committer is a task.
         Arc::new(Ingest {
             dirs: Dirs::new(&cfg.data_dir),
             min_free_disk: cfg.min_free_disk.0,
-            fsync: cfg.fsync,
+            // With a shared bucket the local file is a staging copy: the bucket's acknowledgement
+            // makes the instance durable, not an fsync here.
+            fsync: cfg.fsync && !blobs.is_shared(),
+            blobs,
             commits: commit::GroupCommit::start(db.clone()),
             buffers: Default::default(),
             db,
@@ -187,6 +200,11 @@ impl Ingest {
             for entry in list(&folder)?.flatten() {
                 let relative = format!("store/{day}/{}", entry.file_name().to_string_lossy());
                 if recorded.contains(&relative) {
+                    // With a shared bucket, a recorded file left here is the staging copy of an
+                    // object the bucket holds (a stop between the commit and its move).
+                    if self.blobs.is_shared() {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
                     continue;
                 }
                 let moved_ok = std::fs::create_dir_all(&quarantine)
@@ -289,6 +307,16 @@ impl Ingest {
             patient_pseudonym: d.object.get(dicom_dictionary_std::tags::PATIENT_ID).and_then(|e| e.to_str().ok()).map(|p| p.trim().to_string()),
         };
         phase.done("seal");
+        // A shared bucket acknowledges the whole object before its row is committed.
+        if self.blobs.is_shared() {
+            if let Err(e) = self.blobs.upload(&new.path, &stored).await {
+                let _ = std::fs::remove_file(&stored);
+                // A conflict leaves the other object alone; a failed upload may have left a
+                // partial object, which no row names.
+                return Err(e.into());
+            }
+            phase.done("upload");
+        }
         // The file is synced; its folder's entry is synced by the committer, once for every
         // instance of the group created in that folder, before the rows are committed.
         let folder = if self.fsync { stored.parent().map(std::path::Path::to_path_buf) } else { None };
@@ -296,6 +324,7 @@ impl Ingest {
         phase.done("commit");
         match inserted {
             Ok(InsertOutcome::Inserted { instance_id, .. }) => {
+                self.blobs.adopt(&new.path, &stored);
                 // Never waits: when the triage stage is behind, the study job catches up.
                 if let (Some(arrivals), None) = (&self.arrivals, &new.excluded_reason) {
                     let _ = arrivals.try_send(instance_id);
@@ -304,10 +333,12 @@ impl Ingest {
             }
             Ok(InsertOutcome::Duplicate { instance_id }) => {
                 let _ = std::fs::remove_file(&stored);
+                self.forget_upload(&new.path).await;
                 Ok(StoreOutcome::Duplicate { instance_id })
             }
             Err(commit::CommitError::Sync { path, source }) => {
                 let _ = std::fs::remove_file(&stored);
+                self.forget_upload(&new.path).await;
                 Err(IngestError::Store { path, source })
             }
             Err(commit::CommitError::Db(e)) => {
@@ -317,6 +348,7 @@ impl Ingest {
                 // unrecorded one is quarantined at the next start, never deleted.
                 match self.db.find_instance(&new.sop_instance_uid).await {
                     Ok(Some(row)) if row.path == new.path => {
+                        self.blobs.adopt(&new.path, &stored);
                         tracing::warn!(instance_id = row.id, error = %e, "the database reported an error, but the instance was recorded: Success");
                         if let (Some(arrivals), None) = (&self.arrivals, &new.excluded_reason) {
                             let _ = arrivals.try_send(row.id);
@@ -325,10 +357,23 @@ impl Ingest {
                     }
                     Ok(_) => {
                         let _ = std::fs::remove_file(&stored);
+                        self.forget_upload(&new.path).await;
                         Err(e.into())
                     }
                     Err(_) => Err(e.into()),
                 }
+            }
+        }
+    }
+}
+
+impl Ingest {
+    /// An uploaded copy that no row names (a duplicate, a failed commit): removed from the
+    /// bucket. A failure to remove it only leaves an object no row names.
+    async fn forget_upload(&self, key: &str) {
+        if self.blobs.is_shared() {
+            if let Err(error) = self.blobs.delete(key).await {
+                tracing::warn!(%error, "an uploaded copy no row names could not be removed");
             }
         }
     }

@@ -45,6 +45,9 @@ pub enum ResultsError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("building result objects failed: {0}")]
     Task(String),
+    /// The store of files (a shared bucket) failed: transient, the job is retried.
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
 }
 
 /// One object written to the outbox folder: its path relative to the data directory.
@@ -63,7 +66,8 @@ pub const HL7_DESTINATION: &str = "HL7";
 /// Builds and queues the result objects of this node.
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    pub data_dir: PathBuf,
+    /// Where the key images are read and the result objects written.
+    pub blobs: crate::blobs::Blobs,
     pub settings: ResultsSettings,
     /// This node's AE title (Station Name, Device Serial Number of the objects).
     pub station: String,
@@ -118,8 +122,13 @@ impl Publisher {
 
     /// At start-up, before any job runs: delete result files no outbox row names (written by a
     /// run that crashed before its transaction; never queued, never sent). Returns how many.
+    /// With a shared bucket nothing is listed: another node may be writing objects it has not
+    /// queued yet (a stopped job's objects stay there, unqueued and never sent).
     pub async fn remove_unqueued(&self, db: &Db) -> Result<usize, ResultsError> {
-        let dir = self.data_dir.join("outbox/results");
+        if self.blobs.is_shared() {
+            return Ok(0);
+        }
+        let dir = self.blobs.data_dir().join("outbox/results");
         let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
         let queued = db.outbox_paths_under("outbox/results/").await?;
         let mut removed = 0;
@@ -152,7 +161,7 @@ impl Publisher {
         let mut header = Err(ResultsError::NoInstance(0));
         let mut first = &keys[0];
         for k in keys {
-            header = read_header(&self.data_dir.join(&k.path));
+            header = read_header(&self.blobs.fetch_blocking(&k.path)?);
             if header.is_ok() {
                 first = k;
                 break;
@@ -176,7 +185,7 @@ impl Publisher {
         // Findings need their model's manifest (codes, window); a failed result has none.
         for (i, (f, key)) in result.findings.iter().zip(keys).enumerate() {
             let Some(manifest) = manifest else { break };
-            let key_path = self.data_dir.join(&key.path);
+            let key_path = self.blobs.fetch_blocking(&key.path)?;
             let key_header = if key.path == first.path { header.clone() } else { read_header(&key_path)? };
             let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
             let source = image_ref(key, (frames > 1).then_some(f.key_frame as u32 + 1));
@@ -263,7 +272,7 @@ impl Publisher {
     fn previous_report(&self, earlier: &[String], model: &str) -> Option<sr::ImageRef> {
         let prefix = format!("{} ", sr::series_description(model, ""));
         earlier.iter().find_map(|path| {
-            let h = read_header(&self.data_dir.join(path)).ok()?;
+            let h = read_header(&self.blobs.fetch_blocking(path).ok()?).ok()?;
             text(&h, tags::SERIES_DESCRIPTION).filter(|d| d.starts_with(&prefix))?;
             Some(sr::ImageRef {
                 sop_class_uid: uids::COMPREHENSIVE3_DSR_STORAGE.into(),
@@ -284,29 +293,18 @@ impl Publisher {
     /// rendered with the patient's identifiers only when sent), and its outbox row.
     pub fn hl7_item(&self, study_id: i64, report: &crate::hl7::Report) -> Result<NewOutboxItem, ResultsError> {
         let json = serde_json::to_vec_pretty(report).map_err(|e| ResultsError::Encode(e.to_string()))?;
-        let path = self.write_durably(&format!("outbox/hl7/{}.json", report.control_id), &json)?;
+        // A name of its own per run: a job run again (taken over after a node died) writes its
+        // report beside the first run's unqueued one, never over it.
+        let key = format!("outbox/hl7/{}.{}.json", report.control_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let path = self.write_durably(&key, &json)?;
         Ok(NewOutboxItem { path, destination: HL7_DESTINATION.into(), kind: ObjectKind::Hl7, study_id: Some(study_id), reidentify: true })
     }
 
-    /// Write `bytes` to `relative` under the data directory: staged, synced, renamed, the
-    /// folder synced.
+    /// Write `bytes` as `relative` durably: under the data directory (staged, synced,
+    /// renamed, the folder synced) or in the shared bucket (acknowledged).
     fn write_durably(&self, relative: &str, bytes: &[u8]) -> Result<String, ResultsError> {
-        let name = relative.rsplit('/').next().unwrap_or(relative).to_string();
-        let relative = relative.to_string();
-        let target = self.data_dir.join(&relative);
-        let dir = target.parent().expect("has a parent").to_path_buf();
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ResultsError::Write { path, source }
-        };
-        std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-        let staging = dir.join(format!(".{name}.part"));
-        let mut f = std::fs::File::create(&staging).map_err(err(&staging))?;
-        std::io::Write::write_all(&mut f, bytes).map_err(err(&staging))?;
-        f.sync_all().map_err(err(&staging))?;
-        std::fs::rename(&staging, &target).map_err(err(&target))?;
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(err(&dir))?;
-        Ok(relative)
+        self.blobs.write_blocking(relative, bytes)?;
+        Ok(relative.to_string())
     }
 }
 

@@ -14,7 +14,6 @@ pub mod evaluate;
 pub mod offline;
 pub mod worklist;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,16 +37,19 @@ pub enum TriageError {
     NoInstance(i64),
     #[error("preprocessing task failed: {0}")]
     Task(String),
+    #[error("reading the instance file: {0}")]
+    Blob(#[from] crate::blobs::BlobError),
 }
 
-/// How long a claimed instance pass or study job is held before another may take it over.
-const INSTANCE_LEASE: Duration = Duration::from_secs(600);
-const JOB_LEASE: Duration = Duration::from_secs(1800);
 
 pub struct Triage {
     db: Db,
     engine: Engine,
-    data_dir: PathBuf,
+    /// The instance files, wherever they live (a shared bucket: any node's instances).
+    blobs: crate::blobs::Blobs,
+    /// How long a claimed instance pass or study job is held before another node may take it
+    /// over; a running job renews its claim every third of it.
+    lease: Duration,
     tiers: Tiers,
     preprocess: Arc<Semaphore>,
     /// Builds the SR and heatmaps of each result and queues them (None: results stay here).
@@ -101,9 +103,9 @@ impl Triage {
         }))
     }
 
-    pub fn new(db: Db, engine: Engine, data_dir: PathBuf, tiers: Tiers, preprocess_threads: usize, publisher: Option<crate::results::Publisher>) -> Arc<Triage> {
+    pub fn new(db: Db, engine: Engine, blobs: crate::blobs::Blobs, lease: Duration, tiers: Tiers, preprocess_threads: usize, publisher: Option<crate::results::Publisher>) -> Arc<Triage> {
         let publisher = publisher.filter(crate::results::Publisher::enabled);
-        Arc::new(Triage { db, engine, data_dir, tiers, preprocess: Arc::new(Semaphore::new(preprocess_threads.max(1))), publisher })
+        Arc::new(Triage { db, engine, blobs, lease, tiers, preprocess: Arc::new(Semaphore::new(preprocess_threads.max(1))), publisher })
     }
 
     /// Run instance `id`'s pass unless it is excluded, done, or running elsewhere.
@@ -112,11 +114,18 @@ impl Triage {
         // waits for a slot could outlive its lease and be run twice.
         let permit = self.preprocess.clone().acquire_owned().await.map_err(|e| TriageError::Task(e.to_string()))?;
         let now = now_ms();
-        if !self.db.claim_inference(id, now, now + INSTANCE_LEASE.as_millis() as i64).await? {
+        if !self.db.claim_inference(id, now, now + self.lease.as_millis() as i64).await? {
             return Ok(());
         }
         let path = self.db.instance_path(id).await?.ok_or(TriageError::NoInstance(id))?;
-        let full = self.data_dir.join(path);
+        let full = match self.blobs.fetch(&path).await {
+            Ok(full) => full,
+            Err(e) => {
+                // The bucket is unreachable: the pass runs again later (the study job waits).
+                let _ = self.db.release_inference(id).await;
+                return Err(e.into());
+            }
+        };
         let manifests: Vec<Manifest> = self.engine.manifests().to_vec();
         let started = Instant::now();
         let prepared = match tokio::task::spawn_blocking(move || prepare(&full, &manifests)).await {
@@ -197,6 +206,26 @@ impl Triage {
 
     /// Run a claimed study job: catch up, wait for running passes, aggregate, save.
     pub async fn run_job(self: &Arc<Self>, job: ClaimedJob) -> Result<(), TriageError> {
+        // The claim's heartbeat: renewed every third of the lease while the job runs, so a
+        // short lease only ever expires for a node that died (or stalled past it: then the
+        // other node's claim wins, and this one cannot save its results: `ClaimLost`).
+        let _heartbeat = Heartbeat(tokio::spawn({
+            let (db, job, lease) = (self.db.clone(), job.clone(), self.lease);
+            async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match db.renew_study_job(&job, now_ms() + lease.as_millis() as i64).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!("the study job's claim was taken over by another claimer");
+                            break;
+                        }
+                        Err(error) => warn!(%error, "renewing the study job's claim failed"),
+                    }
+                }
+            }
+            .in_current_span()
+        }));
         loop {
             let pending = self.db.pending_inference(job.study_id, now_ms()).await?;
             if pending.claimable.is_empty() && pending.running == 0 {
@@ -265,6 +294,7 @@ impl Triage {
                     // A transient cause (the database) retries the job; anything else would fail
                     // the same way again, so the result is saved without its objects, loudly.
                     Err(crate::results::ResultsError::Db(e)) => return Err(e.into()),
+                    Err(crate::results::ResultsError::Blob(e)) => return Err(e.into()),
                     Err(error) => error!(
                         model = %r.model,
                         %error,
@@ -282,13 +312,27 @@ impl Triage {
                 match self.hl7_report(&job, e, &all_built).await? {
                     Some(report) => match p.hl7_item(job.study_id, &report) {
                         Ok(item) => outbox.push(item),
+                        Err(crate::results::ResultsError::Blob(e)) => return Err(e.into()),
                         Err(error) => error!(%error, "the HL7 report could not be written: the RIS gets nothing for this study"),
                     },
                     None => warn!("no stored instance names the study's patient: no HL7 report"),
                 }
             }
         }
-        if let Some(lowered) = self.db.save_study_results(job.id, job.study_id, &results, row.as_ref(), node, &outbox).await? {
+        let saved = match self.db.save_study_results(&job, &results, row.as_ref(), node, &outbox).await {
+            Err(DbError::ClaimLost(id)) => {
+                // Another node runs this job now and queues its own objects: ours go.
+                warn!(job_id = id, "the study job was taken over while it ran: its results and objects are dropped here");
+                for item in &outbox {
+                    if let Err(error) = self.blobs.delete(&item.path).await {
+                        warn!(%error, "removing an unqueued result object failed");
+                    }
+                }
+                return Ok(());
+            }
+            saved => saved?,
+        };
+        if let Some(lowered) = saved {
             warn!(from = %lowered, to = row.as_ref().map_or("-", |r| r.priority.as_str()), "a new analysis lowered the study's priority; the worklist says so");
         }
         if let (Some(p), false) = (&self.publisher, outbox.is_empty()) {
@@ -378,6 +422,15 @@ impl Worker for Arrivals {
     }
 }
 
+/// Aborts the claim's heartbeat task when the job ends, however it ends.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Claims and runs study jobs, up to `concurrency` at a time.
 pub struct StudyJobs {
     triage: Arc<Triage>,
@@ -403,7 +456,7 @@ impl Worker for StudyJobs {
             while self.running.try_join_next().is_some() {}
             while self.running.len() < self.concurrency {
                 let now = now_ms();
-                let Some(job) = self.triage.db.claim_study_job(now, now + JOB_LEASE.as_millis() as i64).await? else { break };
+                let Some(job) = self.triage.db.claim_study_job(now, now + self.triage.lease.as_millis() as i64).await? else { break };
                 let me = self.triage.clone();
                 let span = tracing::info_span!("study_job", job_id = job.id, study_id = job.study_id);
                 self.running.spawn(
@@ -447,14 +500,18 @@ impl Triage {
         let rows: Vec<(i64, String, String)> = self.db.study_instance_series(study_id).await?.into_iter().filter(|(id, _, _)| inferred.contains(id)).collect();
         let volume = self.engine.manifests().iter().any(|m| m.aggregate.method == "adjacent");
         let several = rows.iter().map(|(_, s, _)| s.as_str()).collect::<std::collections::BTreeSet<_>>().len() > 1;
-        let data_dir = self.data_dir.clone();
+        let blobs = self.blobs.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut thickness: std::collections::HashMap<String, Option<f64>> = std::collections::HashMap::new();
             // (id, series, position from Image Position (Patient), Instance Number)
             let mut read = Vec::with_capacity(rows.len());
             for (id, series, path) in rows {
                 let need = volume || (several && !thickness.contains_key(&series));
-                let h = if need { slice_header(&data_dir.join(&path)) } else { SliceHeader::default() };
+                // An unreadable file (or an unreachable bucket) reads as no header, as before.
+                let h = match (need, blobs.fetch_blocking(&path)) {
+                    (true, Ok(file)) => slice_header(&file),
+                    _ => SliceHeader::default(),
+                };
                 if need {
                     let first = thickness.entry(series.clone()).or_insert(h.thickness);
                     *first = first.or(h.thickness);

@@ -121,7 +121,7 @@ async fn suite(url: &str) {
     let mut claims = Vec::new();
     for _ in 0..4 {
         let db = db.clone();
-        claims.push(tokio::spawn(async move { db.outbox_claim("n1", 60_000, 1).await.unwrap() }));
+        claims.push(tokio::spawn(async move { db.outbox_claim(Some("n1"), 60_000, 1).await.unwrap() }));
     }
     let mut ids = Vec::new();
     for c in claims {
@@ -131,7 +131,7 @@ async fn suite(url: &str) {
     assert_eq!(ids.len(), 3, "{ids:?}");
     ids.dedup();
     assert_eq!(ids.len(), 3, "a row was claimed twice");
-    assert!(db.outbox_claim("n1", 60_000, 10).await.unwrap().is_empty(), "leased rows are not claimable");
+    assert!(db.outbox_claim(Some("n1"), 60_000, 10).await.unwrap().is_empty(), "leased rows are not claimable");
     db.outbox_delivered(ids[0]).await.unwrap();
     db.outbox_dead(ids[1], "status 0xC000").await.unwrap();
     assert_eq!(db.outbox_release_claims("n1").await.unwrap(), 1);
@@ -139,8 +139,16 @@ async fn suite(url: &str) {
     let states: Vec<String> = db.outbox_list(None).await.unwrap().into_iter().map(|i| i.state.to_string()).collect();
     assert_eq!(states, ["delivered", "pending", "pending", "pending"]);
 
-    // A study result and its result objects are saved in one transaction with the job's end.
-    let job = &jobs[0];
+    // A study result and its result objects are saved in one transaction with the job's end,
+    // by the job's latest claimer only: a claimer whose lease ran out while another node took
+    // the job over saves nothing and queues nothing (no second report).
+    let stale = db.claim_study_job(1_000, 2_000).await.unwrap().expect("the pending job is claimed");
+    assert_eq!(stale.id, jobs[0].id);
+    let other = db.claim_study_job(1_500, 3_000).await.unwrap().expect("the second pending job");
+    assert_ne!(other.id, stale.id, "a live claim is not taken over");
+    let job = &db.claim_study_job(2_500, i64::MAX / 2).await.unwrap().expect("an expired claim is taken over");
+    assert_eq!((job.id, job.attempt), (stale.id, stale.attempt + 1));
+    assert!(!db.renew_study_job(&stale, 9_000).await.unwrap(), "the stale claimer cannot renew");
     let result = StudyResult {
         study_id: job.study_id,
         model: "m".into(),
@@ -162,8 +170,12 @@ async fn suite(url: &str) {
         findings: vec![],
     };
     let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.parse().unwrap(), study_id: Some(job.study_id), reidentify: true };
-    db.save_study_results(job.id, job.study_id, &[result], None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
-    let queued = db.outbox_claim("n3", 60_000, 10).await.unwrap();
+    let stale_save = db.save_study_results(&stale, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/stale.dcm", "sr")]).await;
+    assert!(matches!(stale_save, Err(triage_node::db::DbError::ClaimLost(_))), "{stale_save:?}");
+    assert!(db.outbox_paths_under("outbox/results/").await.unwrap().is_empty(), "the stale claimer queued nothing");
+    assert!(db.renew_study_job(job, i64::MAX / 2).await.unwrap());
+    db.save_study_results(job, &[result], None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
+    let queued = db.outbox_claim(Some("n3"), 60_000, 10).await.unwrap();
     assert_eq!(queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(), [("sc", Some(job.study_id), true), ("sr", Some(job.study_id), true)]);
     assert_eq!(db.outbox_paths_under("outbox/results/").await.unwrap().len(), 2);
     let (last, ready) = db.study_last_received(job.study_id).await.unwrap().unwrap();
