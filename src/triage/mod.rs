@@ -459,6 +459,7 @@ impl Worker for StudyJobs {
                 let Some(job) = self.triage.db.claim_study_job(now, now + self.triage.lease.as_millis() as i64).await? else { break };
                 let me = self.triage.clone();
                 let span = tracing::info_span!("study_job", job_id = job.id, study_id = job.study_id);
+                span.in_scope(|| info!(attempt = job.attempt, "study job claimed"));
                 self.running.spawn(
                     async move {
                         let id = job.id;

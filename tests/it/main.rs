@@ -6,6 +6,7 @@ mod common;
 
 mod association_policy;
 mod browser;
+mod cluster;
 mod config_and_logs;
 mod db_engines;
 mod deid;

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -20,11 +20,6 @@ fn ready() -> bool {
     peers_ready() && have_tool("findscu") && have_tool("movescu") && have_tool("getscu") && have_tool("storescp")
 }
 
-fn peer(args: &[&str]) -> Vec<Value> {
-    let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/qr_peer.py")).args(args).output().unwrap();
-    assert!(out.status.success(), "qr_peer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"))).collect()
-}
 
 /// SOP Class and SOP Instance UID from a file's meta.
 fn ids(path: &Path) -> (String, String) {
@@ -33,51 +28,6 @@ fn ids(path: &Path) -> (String, String) {
     (t(meta.media_storage_sop_class_uid()), t(meta.media_storage_sop_instance_uid()))
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// DCMTK storescp listening on a free port: (the process, its port). A port that was free
-/// when drawn can be taken before storescp binds it (by another test's outgoing connection, as
-/// storescp binds every address); then storescp exits, and another port is tried.
-fn storescp(dir: &Path) -> (Child, u16) {
-    for _ in 0..5 {
-        let port = free_port();
-        let mut child = Command::new("storescp")
-            .args(["+uf", "-od", dir.to_str().unwrap(), &port.to_string()])
-            .env("TCP_NODELAY", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (child, port);
-            }
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("storescp did not listen on any of 5 free ports");
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One study sent to the node, as its modality made it.
 struct Case {
@@ -138,7 +88,7 @@ fn fixture(extra_results: &[&str]) -> Option<Fixture> {
     let mut files = Vec::new();
     for (src, id, name, acc, date, charset, positive) in specs {
         let dst = dirs.path().join(format!("{id}-{acc}.dcm"));
-        let made = peer(&[
+        let made = qr_peer(&[
             "variant",
             dir.join(src).to_str().unwrap(),
             dst.to_str().unwrap(),
@@ -159,7 +109,7 @@ fn fixture(extra_results: &[&str]) -> Option<Fixture> {
 }
 
 fn find(f: &Fixture, calling: &str, model: &str, query: Value) -> (Vec<Value>, Value) {
-    let mut out = peer(&["find", &f.node.port.to_string(), calling, model, &query.to_string()]);
+    let mut out = qr_peer(&["find", &f.node.port.to_string(), calling, model, &query.to_string()]);
     let last = out.pop().expect("a final response");
     (out, last)
 }
@@ -234,7 +184,7 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
     let (rs, _) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": c.study_uid, "SeriesInstanceUID": "", "Modality": "", "SeriesNumber": "", "NumberOfSeriesRelatedInstances": ""}));
     assert_eq!(values(&rs, "Modality"), ["OT", "SR"]);
     assert!(rs.iter().all(|r| r["NumberOfSeriesRelatedInstances"] == "1"));
-    let delivered: Vec<Value> = peer(&[&["dump"], f.delivered.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
+    let delivered: Vec<Value> = qr_peer(&[&["dump"], f.delivered.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
     for r in &rs {
         let (images, fin) = find(&f, "VIEWER", "patient", serde_json::json!({"QueryRetrieveLevel": "IMAGE", "PatientID": c.patient_id, "StudyInstanceUID": c.study_uid,
             "SeriesInstanceUID": r["SeriesInstanceUID"], "SOPInstanceUID": "", "SOPClassUID": "", "InstanceNumber": ""}));
@@ -277,14 +227,14 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
     let out = findscu(&["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=DOE*", "-k", "StudyInstanceUID", "-k", "AccessionNumber"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let files: Vec<PathBuf> = walk(&out_dir);
-    let got = peer(&[&["dump"], files.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
+    let got = qr_peer(&[&["dump"], files.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
     assert_eq!(values(&got, "AccessionNumber"), ["QRACC2", "QRACC3"]);
     for p in files {
         std::fs::remove_file(p).unwrap();
     }
     let out = findscu(&["-P", "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=QR-1", "-k", "PatientName", "-k", "NumberOfPatientRelatedStudies"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got = peer(&[&["dump"], walk(&out_dir).iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
+    let got = qr_peer(&[&["dump"], walk(&out_dir).iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
     assert_eq!(got.len(), 1);
     assert_eq!((got[0]["PatientName"].as_str(), got[0]["NumberOfPatientRelatedStudies"].as_str()), (Some("Müller^Anna"), Some("1")));
 
@@ -298,7 +248,7 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
 
     // C-CANCEL on the wire right behind the C-FIND-RQ: Cancel, nothing matched is sent, and
     // nothing follows the final response.
-    let r = &peer(&["cancel-find", &port, "VIEWER", &serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""}).to_string()])[0];
+    let r = &qr_peer(&["cancel-find", &port, "VIEWER", &serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""}).to_string()])[0];
     assert_eq!((r["status"].as_str(), r["pending"].as_i64(), r["after_final"].as_i64()), (Some("0xFE00"), Some(0), Some(0)), "{r}");
 
     // The log names no patient; the queries are audited without patient data.
@@ -367,18 +317,18 @@ fn results_are_moved_and_got_with_counts_and_failures() {
     }
 
     // pynetdicom C-MOVE: counts; a destination that refuses one class: B000 and the list.
-    let r = &peer(&["move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
+    let r = &qr_peer(&["move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
     assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64(), r["pending"].as_i64()), (Some("0x0000"), Some(2), Some(0), Some(1)), "{r}");
-    let r = &peer(&["move", &port, "VIEWER", "PICKY", &study.to_string()])[0];
+    let r = &qr_peer(&["move", &port, "VIEWER", "PICKY", &study.to_string()])[0];
     assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64()), (Some("0xB000"), Some(1), Some(1)), "{r}");
     let heatmap = moved.iter().map(|m| ids(m)).find(|(class, _)| class == SC).unwrap().1;
     assert_eq!(r["failed_list"], heatmap.as_str());
     assert_eq!(walk(&picky_dir).len(), 1);
-    let r = &peer(&["move", &port, "VIEWER", "NOWHERE", &study.to_string()])[0];
+    let r = &qr_peer(&["move", &port, "VIEWER", "NOWHERE", &study.to_string()])[0];
     assert_eq!(r["status"], "0xA801", "{r}");
     assert!(r["comment"].as_str().unwrap().contains("NOWHERE"));
     // C-CANCEL right behind the C-MOVE-RQ: Cancel, nothing sent, the remaining count told.
-    let r = &peer(&["cancel-move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
+    let r = &qr_peer(&["cancel-move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
     assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["remaining"].as_i64(), r["after_final"].as_i64()), (Some("0xFE00"), Some(0), Some(2), Some(0)), "{r}\n{}", f.node.log());
 
     // C-GET on the caller's association: DCMTK getscu and pynetdicom.
@@ -392,7 +342,7 @@ fn results_are_moved_and_got_with_counts_and_failures() {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), f.node.log());
     let got = walk(&got_dir);
     assert_eq!(got.iter().map(|g| ids(g).1).collect::<BTreeSet<_>>(), moved.iter().map(|m| ids(m).1).collect::<BTreeSet<_>>());
-    let r = &peer(&["get", &port, "VIEWER", "patient", &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "QR-2"}).to_string(), dirs.path().join("got2").to_str().unwrap()])[0];
+    let r = &qr_peer(&["get", &port, "VIEWER", "patient", &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "QR-2"}).to_string(), dirs.path().join("got2").to_str().unwrap()])[0];
     assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64()), (Some("0x0000"), Some(3), Some(0)), "{r}");
     assert_eq!(r["files"].as_array().unwrap().len(), 3);
 

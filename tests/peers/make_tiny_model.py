@@ -1,9 +1,11 @@
 """A tiny TorchScript model and its outputs on a fixed input, computed by Python torch, so the
 Rust runtime's forward pass can be compared with PyTorch's own (tests/torch_runtime.rs).
 
-  make_tiny_model.py OUT_DIR   writes tiny.pt and tiny_expected.json
+  make_tiny_model.py OUT_DIR   writes tiny.pt and tiny_expected.json, and tiny_slow.pt
 The model: a 3x3 convolution to 2 class maps, ReLU, then (per-class probabilities by sigmoid of
 the spatial mean, the class activation maps): the shape of the node's model outputs.
+tiny_slow.pt: the same outputs after a second or two of matrix products per forward pass, so
+that the cluster tests can stop a node while its study job is certainly still running.
 """
 import json
 import os
@@ -22,12 +24,27 @@ class Tiny(torch.nn.Module):
         return torch.sigmoid(cam.mean(dim=(2, 3)) - 0.5), cam
 
 
+class Slow(torch.nn.Module):
+    def __init__(self, tiny):
+        super().__init__()
+        self.tiny = tiny
+
+    def forward(self, x):
+        w = torch.full((384, 384), 1.0 / 384.0)
+        y = torch.ones(384, 384)
+        for _ in range(1200):
+            y = y @ w
+        probs, cam = self.tiny(x)
+        return probs + 0.0 * y.mean(), cam
+
+
 torch.manual_seed(7)
 model = Tiny().eval()
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 scripted = torch.jit.script(model)
 scripted.save(os.path.join(out, "tiny.pt"))
+torch.jit.script(Slow(model).eval()).save(os.path.join(out, "tiny_slow.pt"))
 shape = [2, 1, 8, 8]
 x = (torch.arange(128, dtype=torch.float32).reshape(shape) / 127.0)
 with torch.no_grad():

@@ -606,3 +606,57 @@ pub fn wait_results(rt: &tokio::runtime::Runtime, db: &triage_node::db::Db, uids
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// DCMTK storescp listening on a free port: (the process, its port). A port that was free
+/// when drawn can be taken before storescp binds it (by another test's outgoing connection, as
+/// storescp binds every address); then storescp exits, and another port is tried.
+pub fn storescp(dir: &Path) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = Command::new("storescp")
+            .args(["+uf", "-od", dir.to_str().unwrap(), &port.to_string()])
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("storescp did not listen on any of 5 free ports");
+}
+
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tests/peers/qr_peer.py (pynetdicom Q/R SCU and more): one JSON value per line it printed.
+pub fn qr_peer(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/qr_peer.py")).args(args).output().unwrap();
+    assert!(out.status.success(), "qr_peer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"))).collect()
+}
+
+/// Poll `done` every 100 ms until it holds; panic after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
