@@ -455,6 +455,15 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let status = admin::report::status(&db, &settings.storage.data_dir).await;
             db.close().await;
             let st = status?;
+            let storage = match settings.storage.backend {
+                triage_node::blobs::Backend::Local => "files in the data directory".to_string(),
+                triage_node::blobs::Backend::S3 => format!("files in bucket {} at {}", settings.storage.s3.bucket, settings.storage.s3.endpoint),
+            };
+            println!("node: {} ({storage})", settings.node_id());
+            let nodes: std::collections::BTreeSet<&str> = st.workers.iter().map(|w| w.node.as_str()).collect();
+            if nodes.len() > 1 {
+                println!("nodes sharing this database: {}", nodes.into_iter().collect::<Vec<_>>().join(", "));
+            }
             println!("instances: {}", st.instances);
             for (reason, n) in &st.not_triaged {
                 println!("instances not triaged ({reason}): {n}");
