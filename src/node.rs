@@ -160,9 +160,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let associations = TaskTracker::new();
     workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake));
-    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), blobs.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox, Some(settings.hl7.clone())).with_tls(tls.clone()));
+    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), blobs.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox.clone(), Some(settings.hl7.clone())).with_tls(tls.clone()));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
-    workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies));
+    let wake_jobs = Arc::new(tokio::sync::Notify::new());
+    workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies).with_waker(wake_jobs.clone()));
+    if db.engine() == crate::db::Engine::Postgres {
+        // Work another node queues wakes this node's workers at once (LISTEN/NOTIFY).
+        workers.spawn(Wakeups { url: settings.database_url(), listener: None, outbox: wake_outbox.clone(), jobs: wake_jobs });
+    }
     if blobs.is_shared() {
         workers.spawn(crate::blobs::CacheSweeper::new(blobs.clone()));
     }
@@ -221,6 +226,52 @@ impl Worker for StatusReporter {
 
     fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(tokio::time::sleep(STATUS_REPORT_INTERVAL))
+    }
+}
+
+/// Listens for the wake-ups every node's transactions send (`db::Wake`), and wakes this node's
+/// outbox worker or study job worker; wakes both after the listener had to reconnect.
+struct Wakeups {
+    url: String,
+    listener: Option<crate::db::WakeListener>,
+    outbox: Arc<tokio::sync::Notify>,
+    jobs: Arc<tokio::sync::Notify>,
+}
+
+impl Worker for Wakeups {
+    fn name(&self) -> &'static str {
+        "cluster wake-ups"
+    }
+
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
+        Box::pin(async move {
+            let listener = match &mut self.listener {
+                Some(l) => l,
+                None => {
+                    let Some(l) = crate::db::WakeListener::connect(&self.url).await? else { return Ok(WorkState::Done) };
+                    self.outbox.notify_one();
+                    self.jobs.notify_one();
+                    self.listener.insert(l)
+                }
+            };
+            match listener.recv().await {
+                Ok(Some(crate::db::Wake::Outbox)) => self.outbox.notify_one(),
+                Ok(Some(crate::db::Wake::Jobs)) => self.jobs.notify_one(),
+                Ok(None) => {
+                    self.outbox.notify_one();
+                    self.jobs.notify_one();
+                }
+                Err(e) => {
+                    self.listener = None;
+                    return Err(e.into());
+                }
+            }
+            Ok(WorkState::Busy)
+        })
+    }
+
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 

@@ -22,6 +22,7 @@ mod reid_map;
 mod results;
 mod state;
 mod studies;
+mod wake;
 mod workers;
 mod worklist;
 
@@ -38,6 +39,7 @@ pub use jobs::{ClaimedJob, Job};
 pub use results::{Finding, StudyResult};
 pub use studies::ReadyStudy;
 pub use workers::WorkerReport;
+pub use wake::{Wake, WakeListener};
 
 use std::time::Duration;
 

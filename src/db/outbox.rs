@@ -64,7 +64,9 @@ impl Db {
     pub async fn outbox_enqueue(&self, node: &str, path: &str, destination: &str) -> Result<Option<i64>, DbError> {
         let item = NewOutboxItem { path: path.into(), destination: destination.into(), kind: ObjectKind::File, study_id: None, reidentify: false };
         let mut conn = self.pool.acquire().await.map_err(q("acquire"))?;
-        insert_in(&mut conn, node, &item, now_ms()).await
+        let id = insert_in(&mut conn, node, &item, now_ms()).await?;
+        super::wake::notify_in(&mut conn, super::Wake::Outbox).await?;
+        Ok(id)
     }
 
     /// Claim up to `limit` due items for one destination (the oldest due item's) queued by
@@ -254,6 +256,10 @@ impl Db {
                 .await,
         }
         .map_err(q("requeue outbox items"))?;
+        if done.rows_affected() > 0 {
+            let mut conn = self.pool.acquire().await.map_err(q("acquire"))?;
+            super::wake::notify_in(&mut conn, super::Wake::Outbox).await?;
+        }
         Ok(done.rows_affected())
     }
 }

@@ -127,6 +127,9 @@ impl Db {
             super::outbox::insert_in(&mut tx, node, item, now).await?;
         }
         super::jobs::finish_in(&mut tx, job, now).await?;
+        if !outbox.is_empty() {
+            super::wake::notify_in(&mut tx, super::Wake::Outbox).await?;
+        }
         tx.commit().await.map_err(q("commit study results"))?;
         Ok(lowered)
     }

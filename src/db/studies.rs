@@ -135,6 +135,7 @@ impl Db {
             }
             let now = now_ms();
             let job_id = super::jobs::queue_study_ready_in(&mut tx, study_id, now).await?;
+            super::wake::notify_in(&mut tx, super::Wake::Jobs).await?;
             tx.commit().await.map_err(q("commit study_ready"))?;
             ready.push(ReadyStudy { study_id, job_id, instance_count });
         }

@@ -437,11 +437,19 @@ pub struct StudyJobs {
     poll: Duration,
     concurrency: usize,
     running: tokio::task::JoinSet<()>,
+    /// Rung when a job is queued (by any node: `db::Wake::Jobs`), besides the poll.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl StudyJobs {
     pub fn new(triage: Arc<Triage>, poll: Duration, concurrency: usize) -> StudyJobs {
-        StudyJobs { triage, poll, concurrency: concurrency.max(1), running: tokio::task::JoinSet::new() }
+        StudyJobs { triage, poll, concurrency: concurrency.max(1), running: tokio::task::JoinSet::new(), wake: Arc::default() }
+    }
+
+    /// Also look for jobs when `wake` is rung.
+    pub fn with_waker(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = wake;
+        self
     }
 }
 
@@ -480,6 +488,7 @@ impl Worker for StudyJobs {
         Box::pin(async move {
             tokio::select! {
                 _ = tokio::time::sleep(self.poll) => {}
+                _ = self.wake.notified() => {}
                 Some(_) = self.running.join_next(), if !self.running.is_empty() => {}
             }
         })

@@ -291,3 +291,28 @@ fn node_stores_into_postgres() {
     drop(node);
     rt.block_on(drop_postgres_database(&url));
 }
+
+/// Queued work reaches every node listening (LISTEN/NOTIFY), at commit; SQLite has no listener.
+async fn next(l: &mut triage_node::db::WakeListener) -> Option<triage_node::db::Wake> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), l.recv()).await.expect("a wake-up").unwrap()
+}
+
+#[tokio::test]
+async fn queued_work_wakes_every_listening_node_on_postgres() {
+    use triage_node::db::{Wake, WakeListener};
+    let dir = tempfile::tempdir().unwrap();
+    assert!(WakeListener::connect(&format!("sqlite://{}/t.db", dir.path().display())).await.unwrap().is_none());
+    let Some(url) = postgres_database().await else { return };
+    let db = Db::open(&url, 2).await.unwrap();
+    let (mut a, mut b) = (WakeListener::connect(&url).await.unwrap().unwrap(), WakeListener::connect(&url).await.unwrap().unwrap());
+    db.outbox_enqueue("n1", "outbox/a.dcm", "PACS").await.unwrap();
+    assert_eq!(next(&mut a).await, Some(Wake::Outbox));
+    assert_eq!(next(&mut b).await, Some(Wake::Outbox));
+    db.insert_instance(&instance("9.1", "9.9"), None).await.unwrap();
+    db.attach_new_instances().await.unwrap();
+    assert_eq!(db.promote_quiet_studies(i64::MAX / 2).await.unwrap().len(), 1);
+    assert_eq!(next(&mut a).await, Some(Wake::Jobs));
+    assert_eq!(next(&mut b).await, Some(Wake::Jobs));
+    db.close().await;
+    drop_postgres_database(&url).await;
+}
