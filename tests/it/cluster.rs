@@ -383,7 +383,7 @@ fn a_node_killed_during_a_study_job_has_it_finished_by_the_other_with_one_report
     std::fs::create_dir_all(&package).unwrap();
     std::fs::copy(data.join("models/tiny_slow.pt"), package.join("model.pt")).unwrap();
     std::fs::write(package.join("model.toml"), TINY.replace("MODALITY", "CT")).unwrap();
-    let inference = vec![format!("models_dir = \"{}\"", models.path().display()), "lease = \"3s\"".into(), "max_batch = 1".into(), "preprocess_threads = 1".into()];
+    let inference = vec![format!("models_dir = \"{}\"", models.path().display()), "lease = \"6s\"".into(), "max_batch = 1".into(), "preprocess_threads = 1".into()];
     let results = vec!["destinations = [\"PACS\"]".to_string()];
     let start = |register: Vec<&'static str>| {
         let scratch = tempfile::tempdir().unwrap().keep();
@@ -416,10 +416,12 @@ fn a_node_killed_during_a_study_job_has_it_finished_by_the_other_with_one_report
     let delivered = reports(&pacs_dir);
     assert_eq!(delivered.len(), 1, "one report: {delivered:?}\nB:\n{}", b.log());
     let attempts: Vec<i64> = sql(&rt, &db_url, "SELECT attempts FROM jobs WHERE state = 'done'");
-    assert_eq!(attempts, [2], "A's claim, then B's after A's ran out\n{}", b.log());
+    // A's claim, then B's once A's ran out (a third only if B itself stalled past its lease,
+    // as on a machine loaded beyond reason: then B's first run saves nothing).
+    assert!(attempts.len() == 1 && attempts[0] >= 2, "{attempts:?}\n{}", b.log());
     let queued_by: Vec<String> = sql(&rt, &db_url, "SELECT DISTINCT node FROM outbox");
     assert!(queued_by.len() == 1 && queued_by[0].ends_with(&node_id_of(&b)), "{queued_by:?}");
-    assert!(b.log().contains("study job claimed attempt=2") || b.log().contains("attempt=2"), "{}", b.log());
+    assert!(b.log().contains("attempt=2"), "B took the job over: {}", b.log());
 }
 
 #[test]
