@@ -43,6 +43,7 @@ WEED_DIR=$WORK/weed
 rm -rf "$WEED_DIR"; mkdir -p "$WEED_DIR/data"
 echo '{"identities":[{"name":"bench","credentials":[{"accessKey":"bench","secretKey":"bench-secret-0123456789"}],"actions":["Admin","Read","Write","List"]}]}' > "$WEED_DIR/s3.json"
 printf 'bench' > "$WEED_DIR/id"; printf 'bench-secret-0123456789' > "$WEED_DIR/secret"
+chmod 600 "$WEED_DIR/id" "$WEED_DIR/secret"   # the node refuses credentials others can read
 M=$(free_port); MG=$(free_port); S3=$(free_port)
 .venv/bin/weed server -dir="$WEED_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$M" -master.port.grpc="$MG" \
   -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" -filer.port="$(free_port)" -filer.port.grpc="$(free_port)" \

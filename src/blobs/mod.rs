@@ -465,9 +465,18 @@ fn credentials(s3: &S3Settings) -> Result<(String, String), BlobError> {
             }
         }
         match file.as_deref().filter(|p| !p.as_os_str().is_empty()) {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| BlobError::Credentials(format!("reading the {what} from {}: {e}", path.display()))),
+            Some(path) => {
+                let unreadable = |e: std::io::Error| BlobError::Credentials(format!("reading the {what} from {}: {e}", path.display()));
+                let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).map_err(unreadable)?.permissions());
+                if mode & 0o077 != 0 {
+                    return Err(BlobError::Credentials(format!(
+                        "the {what} file {} is readable by others (mode {:04o}): make it readable by the node's user alone (chmod 0400 or 0600)",
+                        path.display(),
+                        mode & 0o7777
+                    )));
+                }
+                std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(unreadable)
+            }
             None => Err(BlobError::Credentials(format!("no {what}: set {env} or storage.s3.{}", if what.contains("id") { "access_key_id_file" } else { "secret_access_key_file" }))),
         }
     };
@@ -546,6 +555,27 @@ mod tests {
         assert_eq!(nameless.problem().unwrap().0, "storage.s3.bucket");
         let scheme = S3Settings { endpoint: "127.0.0.1:8333".into(), ..settings() };
         assert_eq!(scheme.problem().unwrap().0, "storage.s3.endpoint");
+    }
+
+    #[test]
+    fn credentials_come_from_files_readable_by_the_node_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (id, secret) = (dir.path().join("id"), dir.path().join("secret"));
+        std::fs::write(&id, "key-id\n").unwrap();
+        std::fs::write(&secret, "secret\n").unwrap();
+        std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = S3Settings { access_key_id_file: Some(id), secret_access_key_file: Some(secret.clone()), ..settings() };
+        // The environment is not set in the unit tests' process.
+        if std::env::var(ACCESS_KEY_ENV).is_err() && std::env::var(SECRET_KEY_ENV).is_err() {
+            let refused = credentials(&s).unwrap_err().to_string();
+            assert!(refused.contains("readable by others (mode 0644)"), "{refused}");
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
+            assert_eq!(credentials(&s).unwrap(), ("key-id".to_string(), "secret".to_string()));
+            let missing = credentials(&S3Settings { secret_access_key_file: None, ..s }).unwrap_err().to_string();
+            assert!(missing.contains(SECRET_KEY_ENV), "{missing}");
+        }
     }
 
     #[test]

@@ -135,9 +135,7 @@ impl Weed {
     /// The node's `[storage]` lines and its `[storage.s3]` section (credentials from files).
     fn storage(&self, node_dir: &Path) -> (Vec<String>, String) {
         std::fs::create_dir_all(node_dir).unwrap();
-        let (id, secret) = (node_dir.join("s3-access-key"), node_dir.join("s3-secret"));
-        std::fs::write(&id, ACCESS_KEY).unwrap();
-        std::fs::write(&secret, SECRET_KEY).unwrap();
+        let (id, secret) = (write_secret(node_dir, "s3-access-key", ACCESS_KEY), write_secret(node_dir, "s3-secret", SECRET_KEY));
         let section = format!(
             "[storage.s3]\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"{BUCKET}\"\nallow_http = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\ntimeout = \"3s\"\nmax_retries = 1\nretry_timeout = \"3s\"\ncache_keep = \"10m\"\npart_size = \"5MiB\"",
             self.s3_port,
@@ -168,10 +166,13 @@ impl Weed {
     }
 }
 
+/// A credentials file readable by its owner alone (the node refuses any other).
 fn write_secret(dir: &Path, name: &str, value: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, value).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
 
