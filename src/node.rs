@@ -50,6 +50,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let storage = &settings.storage;
     let blobs = crate::blobs::Blobs::open(&storage.data_dir, storage.backend, &storage.s3).await.context("opening the object store ([storage] backend)")?;
     let node_id = settings.node_id();
+    blobs.clear_cache().context("emptying the cache of shared objects")?;
     if blobs.is_shared() {
         info!(node = %node_id, endpoint = %storage.s3.endpoint, bucket = %storage.s3.bucket, "object store ready: files shared with the other nodes of the cluster");
     } else {

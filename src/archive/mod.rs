@@ -108,7 +108,14 @@ impl Archive {
                 if next.has_path(&path) {
                     continue;
                 }
-                let file = self.blobs.fetch(&path).await?;
+                let file = match self.blobs.fetch(&path).await {
+                    Ok(file) => file,
+                    Err(error) if error.is_missing() => {
+                        warn!(%error, path, "a queued result object is missing; it is not queryable");
+                        continue;
+                    }
+                    Err(error) => return Err(error.into()),
+                };
                 let header = tokio::task::spawn_blocking(move || {
                     dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(&file).map(|f| f.into_inner())
                 })

@@ -122,6 +122,15 @@ impl BlobError {
     pub fn is_remote(&self) -> bool {
         matches!(self, BlobError::Store { .. } | BlobError::Exists { .. })
     }
+
+    /// The object (or local file) is not there at all: retrying will not bring it back.
+    pub fn is_missing(&self) -> bool {
+        match self {
+            BlobError::Store { source: object_store::Error::NotFound { .. }, .. } => true,
+            BlobError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
 }
 
 /// The node's files, wherever they live. Cheap to clone.
@@ -389,6 +398,16 @@ impl Blobs {
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
                 Err(source) => Err(BlobError::Store { op: "checking", key: key.into(), source }),
             },
+        }
+    }
+
+    /// At start-up (S3 only): the cached copies are not synced, so after a crash any of them may
+    /// be cut short; they are all removed and fetched again when needed. Blocking.
+    pub fn clear_cache(&self) -> Result<(), BlobError> {
+        let Some(s3) = &self.inner.s3 else { return Ok(()) };
+        match std::fs::remove_dir_all(&s3.cache) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BlobError::Io { op: "emptying", path: s3.cache.clone(), source: e }),
+            _ => Ok(()),
         }
     }
 

@@ -71,6 +71,18 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Extend a running pass's claim (its heartbeat); false when it is no longer running.
+    pub async fn renew_inference(&self, id: i64, lease_until_ms: i64) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE instances SET inference_lease_until_ms = $2 WHERE id = $1 AND inference_state = $3")
+            .bind(id)
+            .bind(lease_until_ms)
+            .bind(InferenceState::Running.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(q("renew inference claim"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Give a claimed pass back at once (its file could not be read now: the object store was
     /// unreachable), so that it runs again without waiting for its lease.
     pub async fn release_inference(&self, id: i64) -> Result<(), DbError> {

@@ -51,6 +51,11 @@ impl Worker for OutboxWorker {
     /// One destination's due batch (after voiding the previous run's claims, the first time).
     fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
         Box::pin(async move {
+            // With a shared bucket another node may be sending this node's items right now: its
+            // claims are left to their lease.
+            if !self.started && self.blobs.is_shared() {
+                self.started = true;
+            }
             if !self.started {
                 match self.db.outbox_release_claims(&self.node).await? {
                     0 => {}

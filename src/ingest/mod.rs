@@ -356,8 +356,10 @@ impl Ingest {
                         Ok(StoreOutcome::Stored { instance_id: row.id })
                     }
                     Ok(_) => {
+                        // The uploaded object stays: the COMMIT may still land after this read
+                        // (on another connection), and then its row names it. An object no row
+                        // names costs only space.
                         let _ = std::fs::remove_file(&stored);
-                        self.forget_upload(&new.path).await;
                         Err(e.into())
                     }
                     Err(_) => Err(e.into()),

@@ -161,7 +161,12 @@ impl Publisher {
         let mut header = Err(ResultsError::NoInstance(0));
         let mut first = &keys[0];
         for k in keys {
-            header = read_header(&self.blobs.fetch_blocking(&k.path)?);
+            header = match self.blobs.fetch_blocking(&k.path) {
+                Ok(file) => read_header(&file),
+                // Gone: as unreadable (the next key image is tried). Unreachable: retried.
+                Err(e) if e.is_missing() => Err(ResultsError::ReadKeyImage { path: k.path.clone().into(), reason: e.to_string() }),
+                Err(e) => return Err(e.into()),
+            };
             if header.is_ok() {
                 first = k;
                 break;
@@ -185,7 +190,11 @@ impl Publisher {
         // Findings need their model's manifest (codes, window); a failed result has none.
         for (i, (f, key)) in result.findings.iter().zip(keys).enumerate() {
             let Some(manifest) = manifest else { break };
-            let key_path = self.blobs.fetch_blocking(&key.path)?;
+            let key_path = match self.blobs.fetch_blocking(&key.path) {
+                Ok(file) => file,
+                Err(e) if e.is_missing() => return Err(ResultsError::ReadKeyImage { path: key.path.clone().into(), reason: e.to_string() }),
+                Err(e) => return Err(e.into()),
+            };
             let key_header = if key.path == first.path { header.clone() } else { read_header(&key_path)? };
             let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
             let source = image_ref(key, (frames > 1).then_some(f.key_frame as u32 + 1));

@@ -117,9 +117,26 @@ impl Triage {
         if !self.db.claim_inference(id, now, now + self.lease.as_millis() as i64).await? {
             return Ok(());
         }
+        // Renewed while the pass runs, as a job's claim: only a dead node's passes expire.
+        let _heartbeat = Heartbeat(tokio::spawn({
+            let (db, lease) = (self.db.clone(), self.lease);
+            async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    if let Ok(false) = db.renew_inference(id, now_ms() + lease.as_millis() as i64).await {
+                        break;
+                    }
+                }
+            }
+        }));
         let path = self.db.instance_path(id).await?.ok_or(TriageError::NoInstance(id))?;
         let full = match self.blobs.fetch(&path).await {
             Ok(full) => full,
+            // The file is gone (not the bucket): the pass fails, and the study's result says so.
+            Err(e) if e.is_missing() => {
+                error!(error = %e, "the instance's file is missing");
+                return Ok(self.db.record_inference(id, InferenceState::Failed, Some("the instance's stored file is missing"), &[]).await?);
+            }
             Err(e) => {
                 // The bucket is unreachable: the pass runs again later (the study job waits).
                 let _ = self.db.release_inference(id).await;
@@ -236,15 +253,24 @@ impl Triage {
                 let me = self.clone();
                 passes.spawn(
                     async move {
-                        if let Err(e) = me.infer_instance(id).await {
+                        let failed = me.infer_instance(id).await;
+                        if let Err(e) = &failed {
                             error!(error = %e, "inference pass failed");
                         }
+                        failed.is_err()
                     }
                     .instrument(pass_span(id)),
                 );
             }
-            while passes.join_next().await.is_some() {}
-            if pending.claimable.is_empty() {
+            let mut errors = 0;
+            while let Some(joined) = passes.join_next().await {
+                errors += usize::from(joined.unwrap_or(true));
+            }
+            if errors > 0 {
+                // A pass that could not run (the bucket unreachable, the database): not again
+                // at once; the job keeps its claim meanwhile.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } else if pending.claimable.is_empty() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -310,7 +336,11 @@ impl Triage {
         if let (Some(p), Some(e), false) = (&self.publisher, &entry, conflicting) {
             if p.hl7 && e.priority != worklist::StudyPriority::NotApplicable {
                 match self.hl7_report(&job, e, &all_built).await? {
-                    Some(report) => match p.hl7_item(job.study_id, &report) {
+                    // Off the runtime's threads: the report is written to the store of files.
+                    Some(report) => match {
+                        let (p, study_id) = (p.clone(), job.study_id);
+                        tokio::task::spawn_blocking(move || p.hl7_item(study_id, &report)).await.map_err(|e| TriageError::Task(e.to_string()))?
+                    } {
                         Ok(item) => outbox.push(item),
                         Err(crate::results::ResultsError::Blob(e)) => return Err(e.into()),
                         Err(error) => error!(%error, "the HL7 report could not be written: the RIS gets nothing for this study"),
@@ -518,8 +548,8 @@ impl Triage {
             for (id, series, path) in rows {
                 let need = volume || (several && !thickness.contains_key(&series));
                 // An unreadable file (or an unreachable bucket) reads as no header, as before.
-                let h = match (need, blobs.fetch_blocking(&path)) {
-                    (true, Ok(file)) => slice_header(&file),
+                let h = match need.then(|| blobs.fetch_blocking(&path)) {
+                    Some(Ok(file)) => slice_header(&file),
                     _ => SliceHeader::default(),
                 };
                 if need {

@@ -312,13 +312,27 @@ fn a_study_split_across_two_nodes_gets_one_report_and_either_node_answers_for_it
     let (viewer, viewer_port) = storescp(&moved_dir);
     let _viewer = Killed(viewer);
 
+    // The RIS: a real MLLP receiver (PyPI hl7), which records every ORU^R01 it accepts.
+    let (ris_port, ris_out) = (free_port(), dirs.path().join("ris.jsonl"));
+    let mut ris = Command::new(python().unwrap())
+        .arg(repo().join("tests/peers/mllp_receiver.py"))
+        .args(["--port", &ris_port.to_string(), "--out", ris_out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(ris.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let _ris = Killed(ris);
+    let hl7 = format!("[hl7]\nenabled = true\nhost = \"127.0.0.1\"\nport = {ris_port}");
+
     let models = vec![format!("models_dir = \"{}\"", repo().join("models").display())];
     let results = vec!["destinations = [\"PACS\"]".to_string()];
-    let a = cluster_node(&weed, &db_url, models.clone(), results.clone(), &[], vec!["STORESCU", "ECHOSCU", "PYNETDICOM"]);
+    let a = cluster_node(&weed, &db_url, models.clone(), results.clone(), &[&hl7], vec!["STORESCU", "ECHOSCU", "PYNETDICOM"]);
     add_pacs(&a, "PACS", pacs_port);
     add_pacs(&a, "VIEWER", viewer_port);
     // B registers nothing: the AE registry is the shared database's.
-    let b = cluster_node(&weed, &db_url, models, results, &[], vec![]);
+    let b = cluster_node(&weed, &db_url, models, results, &[&hl7], vec![]);
     assert!(a.log().contains("object store ready") && b.log().contains("object store ready"), "{}", a.log());
 
     // Two radiographs of one study (same study and series, two instances), one to each node.
@@ -348,6 +362,12 @@ fn a_study_split_across_two_nodes_gets_one_report_and_either_node_answers_for_it
     assert_eq!(instances_per_study, [2], "both nodes' instances in one study");
     let jobs: Vec<String> = sql(&rt, &db_url, "SELECT state FROM jobs");
     assert_eq!(jobs, ["done"], "one study job, run once");
+    // One HL7 report for the RIS too (written to the bucket by the node that ran the job).
+    wait_until("the RIS's report", Duration::from_secs(30), || std::fs::read_to_string(&ris_out).is_ok_and(|t| !t.is_empty()));
+    std::thread::sleep(Duration::from_secs(2));
+    let oru = std::fs::read_to_string(&ris_out).unwrap();
+    assert_eq!(oru.lines().count(), 1, "one ORU^R01 for the study: {oru}");
+    assert!(oru.contains("SPLIT-1"), "the RIS gets the patient as the modality sent it");
 
     // The node that did not queue the report answers for it: C-FIND, then C-MOVE to VIEWER.
     let queued_by: Vec<String> = sql(&rt, &db_url, "SELECT DISTINCT node FROM outbox WHERE kind = 'sr'");
