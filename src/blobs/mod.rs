@@ -117,12 +117,6 @@ pub enum BlobError {
 }
 
 impl BlobError {
-    /// The object store could not be reached or answered an error (as opposed to a local file
-    /// problem): the C-STORE path answers "out of resources", a transient refusal.
-    pub fn is_remote(&self) -> bool {
-        matches!(self, BlobError::Store { .. } | BlobError::Exists { .. })
-    }
-
     /// The object (or local file) is not there at all: retrying will not bring it back.
     pub fn is_missing(&self) -> bool {
         match self {

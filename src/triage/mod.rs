@@ -118,17 +118,11 @@ impl Triage {
             return Ok(());
         }
         // Renewed while the pass runs, as a job's claim: only a dead node's passes expire.
-        let _heartbeat = Heartbeat(tokio::spawn({
-            let (db, lease) = (self.db.clone(), self.lease);
-            async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    if let Ok(false) = db.renew_inference(id, now_ms() + lease.as_millis() as i64).await {
-                        break;
-                    }
-                }
-            }
-        }));
+        let db = self.db.clone();
+        let _heartbeat = Heartbeat::start(self.lease, move |until| {
+            let db = db.clone();
+            async move { db.renew_inference(id, until).await }
+        });
         let path = self.db.instance_path(id).await?.ok_or(TriageError::NoInstance(id))?;
         let full = match self.blobs.fetch(&path).await {
             Ok(full) => full,
@@ -226,23 +220,17 @@ impl Triage {
         // The claim's heartbeat: renewed every third of the lease while the job runs, so a
         // short lease only ever expires for a node that died (or stalled past it: then the
         // other node's claim wins, and this one cannot save its results: `ClaimLost`).
-        let _heartbeat = Heartbeat(tokio::spawn({
-            let (db, job, lease) = (self.db.clone(), job.clone(), self.lease);
+        let (db, claim) = (self.db.clone(), job.clone());
+        let _heartbeat = Heartbeat::start(self.lease, move |until| {
+            let (db, claim) = (db.clone(), claim.clone());
             async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    match db.renew_study_job(&job, now_ms() + lease.as_millis() as i64).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            warn!("the study job's claim was taken over by another claimer");
-                            break;
-                        }
-                        Err(error) => warn!(%error, "renewing the study job's claim failed"),
-                    }
+                let ours = db.renew_study_job(&claim, until).await?;
+                if !ours {
+                    warn!("the study job's claim was taken over by another claimer");
                 }
+                Ok(ours)
             }
-            .in_current_span()
-        }));
+        });
         loop {
             let pending = self.db.pending_inference(job.study_id, now_ms()).await?;
             if pending.claimable.is_empty() && pending.running == 0 {
@@ -452,8 +440,31 @@ impl Worker for Arrivals {
     }
 }
 
-/// Aborts the claim's heartbeat task when the job ends, however it ends.
+/// A claim's heartbeat: a task renewing it every third of the lease until `renew` says it is no
+/// longer ours; aborted when the work ends, however it ends.
 struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start<F, Fut>(lease: Duration, mut renew: F) -> Heartbeat
+    where
+        F: FnMut(i64) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<bool, DbError>> + Send,
+    {
+        Heartbeat(tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match renew(now_ms() + lease.as_millis() as i64).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(error) => warn!(%error, "renewing a claim failed"),
+                    }
+                }
+            }
+            .in_current_span(),
+        ))
+    }
+}
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {

@@ -314,16 +314,7 @@ fn a_study_split_across_two_nodes_gets_one_report_and_either_node_answers_for_it
 
     // The RIS: a real MLLP receiver (PyPI hl7), which records every ORU^R01 it accepts.
     let (ris_port, ris_out) = (free_port(), dirs.path().join("ris.jsonl"));
-    let mut ris = Command::new(python().unwrap())
-        .arg(repo().join("tests/peers/mllp_receiver.py"))
-        .args(["--port", &ris_port.to_string(), "--out", ris_out.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(ris.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
-    let _ris = Killed(ris);
+    let _ris = python_peer("mllp_receiver.py", &["--port", &ris_port.to_string(), "--out", ris_out.to_str().unwrap()], "listening");
     let hl7 = format!("[hl7]\nenabled = true\nhost = \"127.0.0.1\"\nport = {ris_port}");
 
     let models = vec![format!("models_dir = \"{}\"", repo().join("models").display())];

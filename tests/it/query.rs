@@ -286,16 +286,7 @@ fn results_are_moved_and_got_with_counts_and_failures() {
     let _dest = Killed(dest);
     let picky_port = free_port();
     let picky_dir = dirs.path().join("picky");
-    let mut picky = Command::new(python().unwrap())
-        .arg(repo().join("tests/peers/qr_peer.py"))
-        .args(["store-scp", &picky_port.to_string(), "PICKY", picky_dir.to_str().unwrap(), SR])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(picky.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    let _picky = Killed(picky);
+    let _picky = python_peer("qr_peer.py", &["store-scp", &picky_port.to_string(), "PICKY", picky_dir.to_str().unwrap(), SR], "ready");
     register(&f.node, "MOVEDEST", Some(dest_port));
     register(&f.node, "PICKY", Some(picky_port));
     let positive = &f.cases[2];

@@ -660,3 +660,13 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A Python peer script of tests/peers run with `args`, once it has printed `ready` (its first
+/// line); killed when dropped.
+pub fn python_peer(script: &str, args: &[&str], ready: &str) -> Killed {
+    let mut child = Command::new(python().unwrap()).arg(repo().join("tests/peers").join(script)).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), ready);
+    Killed(child)
+}
