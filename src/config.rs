@@ -148,6 +148,10 @@ pub struct DatabaseSettings {
 pub struct IngestSettings {
     #[serde(with = "humantime_serde")]
     pub study_quiet_period: Duration,
+    /// AEs whose procedure steps may complete any study (besides the AEs that sent it).
+    pub mpps_trusted_aes: Vec<String>,
+    /// Procedure steps one AE may hold open.
+    pub mpps_max_open_steps: u32,
 }
 
 /// De-identification (PS3.15 Annex E). The keys themselves are never settings: they come from
@@ -376,6 +380,12 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.ingest.mpps_max_open_steps == 0 {
+            return Err(invalid("ingest.mpps_max_open_steps", "must be above zero"));
+        }
+        for ae in &self.ingest.mpps_trusted_aes {
+            AeTitle::parse(ae).map_err(|reason| ConfigError::Invalid { key: "ingest.mpps_trusted_aes", reason: format!("{ae:?}: {reason}") })?;
         }
         if self.ingest.study_quiet_period.is_zero() {
             return Err(invalid("ingest.study_quiet_period", "must be above zero"));

@@ -100,7 +100,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let keys = deid.keys().clone();
     let http_keys = keys.clone();
-    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx), blobs.clone());
+    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx), blobs.clone(), settings.ingest.mpps_max_open_steps);
     let study_wake = ingest.study_waker();
     let orphans = ingest.quarantine_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
@@ -160,7 +160,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     info!(ae_title = %ae_title, node = %node_id, bind = %settings.dicom.bind, "listening {}", ports.join(" "));
 
     let associations = TaskTracker::new();
-    workers.spawn(StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake));
+    workers.spawn(
+        StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period)
+            .with_waker(study_wake)
+            .with_trusted_step_aes(&settings.ingest.mpps_trusted_aes),
+    );
     workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), blobs.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox.clone(), Some(settings.hl7.clone())).with_tls(tls.clone()));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     let wake_jobs = Arc::new(tokio::sync::Notify::new());

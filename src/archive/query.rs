@@ -159,11 +159,13 @@ impl Query {
     }
 
     /// Read a C-MOVE or C-GET identifier: as a query, and the level's unique key must name
-    /// what to retrieve (a value or a list of UIDs, not everything).
+    /// what to retrieve: a single value or a list of UIDs (PS3.4 C.4.2.2.1), never a pattern
+    /// (`**`, `?*` and the like match every patient as a lone `*` does) or a range.
     pub fn parse_retrieve(identifier: &InMemDicomObject, model: Model) -> Result<Query, QueryError> {
         let q = Query::parse(identifier, model, Options::default())?;
         let unique = q.level.unique_key();
-        if !q.keys.iter().any(|k| k.tag == unique && k.matcher.is_some()) {
+        let names = |m: &Option<Matcher>| matches!(m, Some(Matcher::Single { .. } | Matcher::UidList(_)));
+        if !q.keys.iter().any(|k| k.tag == unique && names(&k.matcher)) {
             let name = keys::key(unique).map(|k| k.name).unwrap_or("?");
             return Err(mismatch(format!("{} retrieve needs {name} value(s)", q.level.as_str())));
         }
@@ -494,5 +496,10 @@ mod tests {
         assert!(Query::parse_retrieve(&ident("STUDY", &[(tags::STUDY_INSTANCE_UID, VR::UI, "")]), Model::StudyRoot).is_err());
         let q = Query::parse_retrieve(&ident("PATIENT", &[(tags::PATIENT_ID, VR::LO, "P2")]), Model::PatientRoot).unwrap();
         assert_eq!(q.matches(&s).flat_map(|h| h.instances()).count(), 2);
+        // A pattern that matches everyone is no name for what to retrieve; nor is any pattern.
+        for pattern in ["*", "**", "?*", "*?", "P*", "??"] {
+            assert!(Query::parse_retrieve(&ident("PATIENT", &[(tags::PATIENT_ID, VR::LO, pattern)]), Model::PatientRoot).is_err(), "{pattern}");
+        }
+        assert!(Query::parse_retrieve(&ident("STUDY", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.*")]), Model::StudyRoot).is_err());
     }
 }

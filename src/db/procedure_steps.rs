@@ -3,7 +3,8 @@
 //!
 //! A study is complete by MPPS when none of its steps is still IN PROGRESS, at least one has
 //! ended (COMPLETED or DISCONTINUED) listing instances, and every instance its ended steps list
-//! is stored and attached. `studies::promote_performed_studies` promotes such studies; the quiet
+//! is stored and attached. Only steps of an AE that sent instances of the study (or of a
+//! trusted AE) count. `studies::promote_performed_studies` promotes such studies; the quiet
 //! period still promotes every other one.
 
 use super::{get, q, Db, DbError, ProcedureStepState};
@@ -83,6 +84,18 @@ impl Db {
             calling_ae_title: get(&row, "calling_ae_title")?,
             listed: get(&row, "listed")?,
         }))
+    }
+
+    /// How many steps `calling_ae` holds IN PROGRESS that were created or updated since
+    /// `since_ms` (the cap on open steps per AE).
+    pub async fn open_procedure_steps(&self, calling_ae: &str, since_ms: i64) -> Result<i64, DbError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM procedure_steps WHERE calling_ae_title = $1 AND state = $2 AND updated_at_ms >= $3")
+            .bind(calling_ae)
+            .bind(ProcedureStepState::InProgress.as_str())
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count open procedure steps"))
     }
 
     /// Apply an N-SET: the new state, and the instance list when the request carried the

@@ -85,32 +85,42 @@ impl Db {
         self.promote(due).await
     }
 
-    /// Promote every study the modality's procedure steps say is complete (see
-    /// `procedure_steps`), with every instance attached, to `ready`, queueing a job for each.
-    pub async fn promote_performed_studies(&self) -> Result<Vec<ReadyStudy>, DbError> {
-        let due = sqlx::query(&states(
+    /// Studies whose procedure steps say they are complete, flipped to `ready` with their job.
+    /// Only steps that may speak for the study count: those of an AE that sent instances of it,
+    /// or of an AE in `trusted` (`ingest.mpps_trusted_aes`); any other AE's steps are recorded
+    /// and have no effect, so one modality cannot complete another's study.
+    pub async fn promote_performed_studies(&self, trusted: &[String]) -> Result<Vec<ReadyStudy>, DbError> {
+        // $1 is the IN PROGRESS state; $2.. the trusted AE titles ('' when none: no AE has it).
+        let trusted: Vec<&str> = if trusted.is_empty() { vec![""] } else { trusted.iter().map(String::as_str).collect() };
+        let list = (0..trusted.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let speaks = format!(
+            "(p.calling_ae_title IN (SELECT i.calling_ae_title FROM instances i WHERE i.study_id = s.id) OR p.calling_ae_title IN ({list}))"
+        );
+        let sql = states(&format!(
             "SELECT id, last_received_at_ms, instance_count FROM studies s
-             WHERE state = {receiving}
+             WHERE state = {{receiving}}
                AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_id IS NULL AND i.study_instance_uid = s.study_instance_uid)
                AND EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
-                           WHERE ps.study_instance_uid = s.study_instance_uid AND p.state <> $1
+                           WHERE ps.study_instance_uid = s.study_instance_uid AND p.state <> $1 AND {speaks}
                              AND EXISTS (SELECT 1 FROM procedure_step_instances pi WHERE pi.step_id = p.id))
                AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
-                               WHERE ps.study_instance_uid = s.study_instance_uid AND p.state = $1)
-               AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_step_instances pi ON pi.step_id = ps.step_id
-                               WHERE ps.study_instance_uid = s.study_instance_uid
+                               WHERE ps.study_instance_uid = s.study_instance_uid AND p.state = $1 AND {speaks})
+               AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
+                               JOIN procedure_step_instances pi ON pi.step_id = ps.step_id
+                               WHERE ps.study_instance_uid = s.study_instance_uid AND {speaks}
                                  AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.sop_instance_uid = pi.sop_instance_uid AND i.study_id IS NOT NULL))
                -- Each ended step completes its study once: an instance that arrives after that
                -- (a straggler, a resend) is left to the quiet period, not re-triaged at once.
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_id = s.id AND j.created_at_ms >=
                                (SELECT MAX(p.updated_at_ms) FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
-                                WHERE ps.study_instance_uid = s.study_instance_uid))
+                                WHERE ps.study_instance_uid = s.study_instance_uid AND {speaks}))
              ORDER BY id",
-        ))
-        .bind(super::ProcedureStepState::InProgress.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("select performed studies"))?;
+        ));
+        let mut query = sqlx::query(&sql).bind(super::ProcedureStepState::InProgress.as_str());
+        for ae in trusted {
+            query = query.bind(ae);
+        }
+        let due = query.fetch_all(&self.pool).await.map_err(q("select performed studies"))?;
         self.promote(due).await
     }
 

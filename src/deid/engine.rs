@@ -305,17 +305,13 @@ impl Ctx<'_> {
             if remove_overlays && (0x6000..=0x601E).contains(&tag.group()) {
                 continue;
             }
-            // A value of unknown VR (UN) is read again as its dictionary VR, or as the
-            // sequence its bytes encode (PS3.5 6.2.2), so that it gets the same treatment as
-            // the same attribute sent with its VR; what cannot be read that way is removed.
-            let elem = if elem.vr() == VR::UN {
-                match reinterpret_un(elem) {
-                    Some(e) => e,
-                    None => continue,
-                }
-            } else {
-                elem
-            };
+            // The rule for an element comes from the dictionary's definition of its tag, never
+            // from the VR the sender wrote: a value of unknown VR (UN), or of a VR its attribute
+            // does not have (a sequence sent as OB, a UID as LO), is read again as the
+            // attribute's VR, or as the sequence its bytes encode (PS3.5 6.2.2), so that it gets
+            // the treatment of the same attribute sent with its VR; what cannot be read that
+            // way is removed.
+            let Some(elem) = conform_vr(elem) else { continue };
             let strict = strict || (depth == 0 && self.non_image && matches!(elem.vr(), VR::SQ | VR::LT | VR::ST | VR::UT | VR::UC));
             let action = match self.table.lookup(tag.group(), tag.element()) {
                 Some(row) => Some(row.action(&self.d.options)),
@@ -511,6 +507,8 @@ impl Ctx<'_> {
 /// - Any Person Name (PN) becomes a dummy; inside sequences so do long texts (LT, ST, UT, UC,
 ///   e.g. an SR Text Value); and inside a sequence the table replaces with a dummy, so do all
 ///   names, texts, dates and times except the parts of a code (value, scheme, meaning).
+/// - Any other free text (LO, SH, LT, ST, UT, UC, UR) becomes a dummy unless it is on the
+///   reviewed safe list (`safe_text`: codes, equipment make and model, technique, display).
 fn unlisted_action(tag: Tag, vr: VR, depth: u32, strict: bool, modified_dates: bool) -> Option<Action> {
     const CODE_PARTS: [Tag; 6] = [Tag(0x0008, 0x0100), Tag(0x0008, 0x0102), Tag(0x0008, 0x0103), Tag(0x0008, 0x0104), Tag(0x0008, 0x0119), Tag(0x0008, 0x0120)];
     let long_text = matches!(vr, VR::LT | VR::ST | VR::UT | VR::UC);
@@ -527,6 +525,10 @@ fn unlisted_action(tag: Tag, vr: VR, depth: u32, strict: bool, modified_dates: b
         }
     }
     if vr == VR::PN || (depth > 0 && long_text) || (strict && any_text && !CODE_PARTS.contains(&tag)) {
+        return Some(Action::ZD);
+    }
+    // Free text the table does not list is kept only when it is on the reviewed safe list.
+    if super::safe_text::is_free_text(vr) && !super::safe_text::is_safe(tag) {
         return Some(Action::ZD);
     }
     match vr {
@@ -568,50 +570,138 @@ fn is_standard_uid(uid: &str) -> bool {
     uid.starts_with("1.2.840.10008.")
 }
 
-/// Read a UN element again (PS3.5 6.2.2): as the VR the dictionary gives its tag, or, when the
-/// dictionary says SQ or its bytes start with an item, as a sequence in Implicit VR Little
-/// Endian. `None` (the element is removed) when it is of an unknown tag and no sequence, or when
-/// its bytes do not parse as what they claim.
-fn reinterpret_un(elem: InMemElement) -> Option<InMemElement> {
-    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
-    use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+/// An element as its attribute is defined: the dictionary's VR for the tag decides how the
+/// value is read, whatever VR the sender wrote (a sequence sent as OB or UN, a UID as LO, a
+/// number as text). `None` (the element is removed) when the value cannot be read as what the
+/// attribute is. Tags the dictionary does not know, and attributes defined as UN, are left as
+/// they are (`unlisted_action` removes the unknown ones).
+fn conform_vr(elem: InMemElement) -> Option<InMemElement> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     let tag = elem.tag();
+    let sent = elem.vr();
+    let Some(defined) = dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(|e| e.vr()) else {
+        // Unknown: a UN value may still be a sequence, read so that its items can be seen; any
+        // other unknown tag is removed by `unlisted_action`.
+        return if sent == VR::UN { read_again(tag, elem, None) } else { Some(elem) };
+    };
+    let fits = match defined {
+        VirtualVr::Exact(VR::UN) => true,
+        VirtualVr::Exact(vr) => vr == sent,
+        VirtualVr::Xs => matches!(sent, VR::US | VR::SS),
+        VirtualVr::Ox | VirtualVr::Px => matches!(sent, VR::OB | VR::OW),
+        VirtualVr::Lt => matches!(sent, VR::US | VR::SS | VR::OW),
+        other => other.relaxed() == sent,
+    };
+    if fits {
+        return Some(elem);
+    }
+    let want = defined.relaxed();
+    if let Some(number) = convert_number(&elem, want) {
+        return Some(number);
+    }
+    read_again(tag, elem, Some(want))
+}
+
+/// A number sent as text where the attribute is binary (DS or IS for US, FD ...), or sent
+/// binary where the attribute is text: the values converted, since their bytes read as the
+/// other kind would be other numbers. `None` when this is not such a case, or a value does
+/// not convert.
+fn convert_number(elem: &InMemElement, want: VR) -> Option<InMemElement> {
+    const BINARY: [VR; 8] = [VR::US, VR::SS, VR::UL, VR::SL, VR::UV, VR::SV, VR::FL, VR::FD];
+    let sent = elem.vr();
+    let text = matches!(sent, VR::DS | VR::IS);
+    if !(text && BINARY.contains(&want) || BINARY.contains(&sent) && matches!(want, VR::DS | VR::IS)) {
+        return None;
+    }
+    let values = elem.to_multi_float64().ok()?;
+    if values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let ints = || values.iter().all(|v| v.fract() == 0.0);
+    let value = match want {
+        VR::DS => PrimitiveValue::Strs(values.iter().map(|v| format!("{v}").chars().take(16).collect()).collect()),
+        VR::IS if ints() => PrimitiveValue::Strs(values.iter().map(|v| format!("{v}")).collect()),
+        VR::US if ints() => PrimitiveValue::U16(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
+        VR::SS if ints() => PrimitiveValue::I16(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
+        VR::UL if ints() => PrimitiveValue::U32(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
+        VR::SL if ints() => PrimitiveValue::I32(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
+        VR::UV if ints() => PrimitiveValue::U64(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
+        VR::SV if ints() => PrimitiveValue::I64(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
+        VR::FL => PrimitiveValue::F32(values.iter().map(|&v| v as f32).collect()),
+        VR::FD => PrimitiveValue::F64(values.iter().copied().collect()),
+        _ => return None,
+    };
+    Some(DataElement::new(elem.tag(), want, value))
+}
+
+/// `v` as an integer type when it fits exactly.
+fn num_traits_cast<T: TryFrom<i128>>(v: f64) -> Option<T> {
+    if v.fract() != 0.0 || v.abs() > 1e30 {
+        return None;
+    }
+    T::try_from(v as i128).ok()
+}
+
+/// Read a value again (PS3.5 6.2.2) from its bytes: as `known`, the VR the dictionary gives its
+/// tag, or, when that is SQ or the bytes start with an item, as a sequence (in Implicit VR
+/// Little Endian, as PS3.5 says of UN; a sequence whose VR was replaced may have been written
+/// in Explicit VR Little Endian, tried second). `None` (the element is removed) when the tag is
+/// unknown and the value no sequence, when the value is a sequence or fragments where the
+/// attribute holds a value, or when its bytes do not parse as what they claim.
+fn read_again(tag: Tag, elem: InMemElement, known: Option<VR>) -> Option<InMemElement> {
     let bytes: Vec<u8> = match elem.value() {
         Value::Primitive(p) => p.to_bytes().into_owned(),
-        // Already read as a sequence (undefined length): nothing to read again.
-        Value::Sequence(_) => return Some(DataElement::new(tag, VR::SQ, elem.into_value())),
-        Value::PixelSequence(_) => return None,
+        // Already read as a sequence (a UN of undefined length): nothing to read again.
+        Value::Sequence(_) if known.is_none() || known == Some(VR::SQ) => return Some(DataElement::new(tag, VR::SQ, elem.into_value())),
+        Value::Sequence(_) | Value::PixelSequence(_) => return None,
     };
-    let known = dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(|e| e.vr().relaxed());
     if known == Some(VR::UN) {
         return Some(elem); // UN by definition (Selector UN Value): the table's action applies
     }
     let items = bytes.len() >= 8 && bytes[..4] == [0xFE, 0xFF, 0x00, 0xE0];
-    let mut encoded = Vec::with_capacity(bytes.len() + 16);
+    let as_sequence = known == Some(VR::SQ) || (known.is_none() && items);
+    if as_sequence {
+        // Undefined length: the parser then reads the value as a sequence whatever the tag;
+        // the items keep their own lengths.
+        let mut implicit = Vec::with_capacity(bytes.len() + 16);
+        implicit.extend_from_slice(&tag.group().to_le_bytes());
+        implicit.extend_from_slice(&tag.element().to_le_bytes());
+        implicit.extend_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        implicit.extend_from_slice(&bytes);
+        implicit.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        if let Some(e) = parse_one(tag, &implicit, "1.2.840.10008.1.2").filter(|e| e.vr() == VR::SQ) {
+            return Some(e);
+        }
+        let mut explicit = Vec::with_capacity(bytes.len() + 20);
+        explicit.extend_from_slice(&tag.group().to_le_bytes());
+        explicit.extend_from_slice(&tag.element().to_le_bytes());
+        explicit.extend_from_slice(b"SQ\0\0");
+        explicit.extend_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        explicit.extend_from_slice(&bytes);
+        explicit.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        return parse_one(tag, &explicit, "1.2.840.10008.1.2.1").filter(|e| e.vr() == VR::SQ);
+    }
+    known?;
+    let mut encoded = Vec::with_capacity(bytes.len() + 8);
     encoded.extend_from_slice(&tag.group().to_le_bytes());
     encoded.extend_from_slice(&tag.element().to_le_bytes());
-    let as_sequence = items || known == Some(VR::SQ);
-    if as_sequence {
-        // Undefined length: the implicit VR parser then reads the value as a sequence whatever
-        // the tag; the items keep their own lengths.
-        encoded.extend_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
-        encoded.extend_from_slice(&bytes);
-        encoded.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-    } else if known.is_some() {
-        encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        encoded.extend_from_slice(&bytes);
-    } else {
-        return None;
-    }
-    // The structural scan first: it bounds the nesting (the parser recurses without limit, and
-    // a value of nested undefined-length items could exhaust the stack) and proves it parses.
-    let implicit = crate::dicom::sop::transfer_syntax("1.2.840.10008.1.2")?;
-    crate::dicom::scan::scan(&encoded[..], Some(encoded.len() as u64), implicit).ok()?;
-    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get("1.2.840.10008.1.2")?;
-    let parsed = InMemDicomObject::read_dataset_with_ts(&encoded[..], ts).ok()?;
+    encoded.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    encoded.extend_from_slice(&bytes);
+    parse_one(tag, &encoded, "1.2.840.10008.1.2").filter(|e| !matches!(e.vr(), VR::SQ | VR::UN))
+}
+
+/// Parse `encoded`, one element of `tag` in the transfer syntax `ts_uid`; the structural scan
+/// first: it bounds the nesting (the parser recurses without limit, and a value of nested
+/// undefined-length items could exhaust the stack) and proves it parses.
+fn parse_one(tag: Tag, encoded: &[u8], ts_uid: &str) -> Option<InMemElement> {
+    use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+    let syntax = crate::dicom::sop::transfer_syntax(ts_uid)?;
+    crate::dicom::scan::scan(encoded, Some(encoded.len() as u64), syntax).ok()?;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts_uid)?;
+    let parsed = InMemDicomObject::read_dataset_with_ts(encoded, ts).ok()?;
     let mut parsed = parsed.into_iter();
     let out = parsed.next().filter(|e| e.tag() == tag)?;
-    if parsed.next().is_some() || (as_sequence && out.vr() != VR::SQ) || out.vr() == VR::UN {
+    if parsed.next().is_some() {
         return None;
     }
     Some(out)
@@ -621,9 +711,12 @@ fn reinterpret_un(elem: InMemElement) -> Option<InMemElement> {
 /// (Secondary Capture and Ultrasound) or the modality is one the site lists
 /// (`deid.burned_in_when_absent`): the pixels may show identity.
 fn burned_in_reason(obj: &InMemDicomObject, sop_class_uid: &str, when_absent: &[String]) -> Option<&'static str> {
-    match top_string(obj, tags::BURNED_IN_ANNOTATION).map(|v| v.to_ascii_uppercase()) {
+    // Only exactly NO clears the pixels (PS3.3 C.7.6.1.1.4: the enumerated values are YES and
+    // NO); YES, several values ("YES\\NO"), "Y" or anything else may mean text in the pixels.
+    match top_string(obj, tags::BURNED_IN_ANNOTATION).map(|v| v.trim().to_ascii_uppercase()) {
+        Some(v) if v == "NO" => None,
         Some(v) if v == "YES" => Some("Burned In Annotation is YES"),
-        Some(_) => None,
+        Some(_) => Some("Burned In Annotation is neither YES nor NO"),
         None if sop_class_uid.starts_with("1.2.840.10008.5.1.4.1.1.7") => Some("Burned In Annotation absent on Secondary Capture"),
         None if ["1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.3.1"].contains(&sop_class_uid) => {
             Some("Burned In Annotation absent on Ultrasound")
@@ -1019,6 +1112,79 @@ mod tests {
         assert!(!encoded.windows(24).any(|w| w == b"1.2.826.0.1.3680043.10.7"), "a UID inside a UN value survived");
     }
 
+    /// The rule follows the attribute, not the VR the sender wrote: a sequence sent as OB (its
+    /// items in Implicit or Explicit VR), a UID attribute sent as LO, a number sent as text are
+    /// read as their attributes are defined and de-identified as such; a sequence sent where a
+    /// value is defined is removed. Unlisted free text is kept only when on the safe list.
+    #[test]
+    fn values_sent_with_a_vr_their_attribute_does_not_have_are_read_as_defined() {
+        use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+        let keys = Keys::for_tests(4);
+        let d = Deidentifier::new(keys.clone(), vec![], vec![]);
+        let encode = |ts: &str, elems: Vec<InMemElement>| {
+            let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts).unwrap();
+            let mut out = Vec::new();
+            InMemDicomObject::from_element_iter(elems).write_dataset_with_ts(&mut out, ts).unwrap();
+            out
+        };
+        let item = |body: Vec<u8>| {
+            let mut v = vec![0xFE, 0xFF, 0x00, 0xE0];
+            v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            v.extend_from_slice(&body);
+            v
+        };
+        let implicit_item = item(encode(
+            "1.2.840.10008.1.2",
+            vec![
+                DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.826.0.1.3680043.10.71")),
+                DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("HIDDEN^NAME")),
+            ],
+        ));
+        let explicit_item = item(encode(
+            "1.2.840.10008.1.2.1",
+            vec![
+                DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from("T-D3000")),
+                DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from("Chest")),
+                DataElement::new(tags::PERSON_NAME, VR::PN, PrimitiveValue::from("HIDDEN^OTHER")),
+            ],
+        ));
+        let mut elements = minimal();
+        elements.push(DataElement::new(tags::SOURCE_IMAGE_SEQUENCE, VR::OB, PrimitiveValue::from(implicit_item)));
+        elements.push(DataElement::new(tags::ANATOMIC_REGION_SEQUENCE, VR::OB, PrimitiveValue::from(explicit_item)));
+        elements.push(DataElement::new(Tag(0x0020, 0x0242), VR::LO, PrimitiveValue::from("1.2.826.0.1.3680043.10.72")));
+        elements.push(DataElement::new(tags::ROWS, VR::IS, PrimitiveValue::from("512")));
+        elements.push(DataElement::new(tags::VIEW_NAME, VR::SH, PrimitiveValue::from("SMITH PA")));
+        elements.push(DataElement::new(tags::MANUFACTURER, VR::LO, PrimitiveValue::from("ACME")));
+        elements.push(DataElement::new(tags::CONVOLUTION_KERNEL, VR::SH, PrimitiveValue::from("B30f")));
+        // A sequence where a text is defined cannot be read as that text.
+        let nested = InMemDicomObject::from_element_iter([DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("HIDDEN^THIRD"))]);
+        elements.push(DataElement::new(tags::SOFTWARE_VERSIONS, VR::SQ, DataSetSequence::new(vec![nested], Length::UNDEFINED)));
+        let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap().object;
+        let text = |e: &InMemElement| e.to_str().unwrap().trim_end_matches(['\0', ' ']).to_string();
+
+        let source = out.element(tags::SOURCE_IMAGE_SEQUENCE).expect("the OB-sent sequence is read as one");
+        assert_eq!(source.vr(), VR::SQ);
+        let item = &source.items().unwrap()[0];
+        assert_eq!(text(item.element(tags::REFERENCED_SOP_INSTANCE_UID).unwrap()), keys.uid("1.2.826.0.1.3680043.10.71"));
+        assert_ne!(text(item.element(tags::PATIENT_NAME).unwrap()), "HIDDEN^NAME");
+        let region = out.element(tags::ANATOMIC_REGION_SEQUENCE).expect("explicit VR items are read too");
+        let item = &region.items().unwrap()[0];
+        assert_eq!(text(item.element(tags::CODE_MEANING).unwrap()), "Chest");
+        assert_ne!(text(item.element(tags::PERSON_NAME).unwrap()), "HIDDEN^OTHER");
+        let concatenation = out.element(Tag(0x0020, 0x0242)).unwrap();
+        assert_eq!((concatenation.vr(), text(concatenation)), (VR::UI, keys.uid("1.2.826.0.1.3680043.10.72")));
+        let rows = out.element(tags::ROWS).unwrap();
+        assert_eq!((rows.vr(), rows.to_int::<u16>().unwrap()), (VR::US, 512));
+        assert_eq!(text(out.element(tags::VIEW_NAME).unwrap()), DUMMY_TEXT, "unlisted free text off the safe list");
+        assert_eq!(text(out.element(tags::MANUFACTURER).unwrap()), "ACME");
+        assert_eq!(text(out.element(tags::CONVOLUTION_KERNEL).unwrap()), "B30f");
+        assert!(out.get(tags::SOFTWARE_VERSIONS).is_none(), "a sequence where text is defined is removed");
+        let encoded = encode("1.2.840.10008.1.2.1", out.into_iter().collect());
+        for leak in [&b"HIDDEN"[..], b"1.2.826.0.1.3680043.10.7", b"SMITH"] {
+            assert!(!encoded.windows(leak.len()).any(|w| w == leak), "{} survived", String::from_utf8_lossy(leak));
+        }
+    }
+
     #[test]
     fn pseudonyms_replace_patient_identity_and_declare_the_method() {
         let d = Deidentifier::new(Keys::for_tests(7), vec![ProfileOption::CleanDescriptors], vec![]);
@@ -1117,6 +1283,11 @@ mod tests {
         assert!(burned(&d, "CR", None), "CR without the attribute");
         assert!(!burned(&d, "CR", Some("NO")));
         assert!(burned(&d, "CT", Some("YES")));
+        // Only exactly NO clears the pixels.
+        for odd in ["YES\\NO", "Y", "no\\yes", "N", "UNKNOWN"] {
+            assert!(burned(&d, "CT", Some(odd)), "Burned In Annotation {odd:?} counted as NO");
+        }
+        assert!(!burned(&d, "CT", Some(" no ")));
         for m in ["CT", "MR", "DX"] {
             assert!(!burned(&d, m, None), "{m} without the attribute");
         }

@@ -10,6 +10,7 @@
 //! - `keys`: the site secrets and everything derived from them (pseudonyms, UIDs, date shift,
 //!   sealing).
 //! - `engine`: the profile applied to a parsed data set.
+//! - `safe_text`: the reviewed free-text attributes the table does not list that are kept.
 //! - `file`: Part 10 file in, de-identified Part 10 file out, in bounded memory.
 //!
 //! Must not: log any original value, or write one anywhere but the sealed map.
@@ -17,6 +18,7 @@
 pub mod engine;
 pub mod file;
 pub mod keys;
+pub mod safe_text;
 pub mod table;
 
 pub use engine::{Deidentified, Deidentifier, Originals, SafePrivate};

@@ -143,6 +143,8 @@ pub struct Ingest {
     arrivals: Option<tokio::sync::mpsc::Sender<i64>>,
     /// Wakes the study sweep when a procedure step ends (`study_ready::StudyReadyWorker::with_waker`).
     study_wake: Arc<tokio::sync::Notify>,
+    /// Procedure steps one AE may hold open (`ingest.mpps_max_open_steps`).
+    max_open_steps: u32,
 }
 
 impl Ingest {
@@ -153,6 +155,7 @@ impl Ingest {
         burned_in: BurnedInPolicy,
         arrivals: Option<tokio::sync::mpsc::Sender<i64>>,
         blobs: Blobs,
+        max_open_steps: u32,
     ) -> Arc<Ingest> {
         // Needs the runtime: the group committer is a task.
         Arc::new(Ingest {
@@ -169,6 +172,7 @@ impl Ingest {
             burned_in,
             arrivals,
             study_wake: Arc::default(),
+            max_open_steps,
         })
     }
 

@@ -48,6 +48,8 @@ pub enum StepError {
     Ended,
     #[error("the procedure step was created by another AE")]
     OtherCaller,
+    #[error("this AE holds too many procedure steps in progress")]
+    TooManyOpen,
     #[error("the node could not record the procedure step")]
     Database(#[from] crate::db::DbError),
 }
@@ -57,7 +59,7 @@ impl StepError {
         match self {
             StepError::Unparseable => Status::PROCESSING_FAILURE,
             StepError::ClassMismatch => Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
-            StepError::TooLarge => Status::RESOURCE_LIMITATION,
+            StepError::TooLarge | StepError::TooManyOpen => Status::RESOURCE_LIMITATION,
             StepError::Missing(_) => Status::MISSING_ATTRIBUTE,
             StepError::Invalid(_) => Status::INVALID_ATTRIBUTE_VALUE,
             StepError::Duplicate => Status::DUPLICATE_SOP_INSTANCE,
@@ -106,6 +108,11 @@ impl Ingest {
             Some(uid) => uid,
             None => format!("2.25.{}", uuid::Uuid::new_v4().as_u128()),
         };
+        // One AE may hold only so many steps open, so that a peer cannot fill the table.
+        let day_ago = crate::domain::now_ms() - 24 * 3600 * 1000;
+        if self.db.open_procedure_steps(calling_ae, day_ago).await? >= i64::from(self.max_open_steps) {
+            return Err(StepError::TooManyOpen);
+        }
         let stored_uid = self.deid.keys().uid(&uid);
         let instances = step.instances.unwrap_or_default();
         match self.db.create_procedure_step(&stored_uid, ProcedureStepState::InProgress, calling_ae, &step.studies, &instances).await? {

@@ -26,11 +26,19 @@ pub struct StudyReadyWorker {
     waiting: bool,
     /// Notified when a procedure step ends, so that its study is promoted without a tick's wait.
     wake: std::sync::Arc<tokio::sync::Notify>,
+    /// AEs whose procedure steps may complete any study (`ingest.mpps_trusted_aes`).
+    trusted_step_aes: Vec<String>,
 }
 
 impl StudyReadyWorker {
     pub fn new(db: Db, quiet_period: Duration) -> Self {
-        StudyReadyWorker { db, quiet_period, waiting: false, wake: Default::default() }
+        StudyReadyWorker { db, quiet_period, waiting: false, wake: Default::default(), trusted_step_aes: Vec::new() }
+    }
+
+    /// Let these AEs' procedure steps complete any study, not only the studies they sent.
+    pub fn with_trusted_step_aes(mut self, aes: &[String]) -> Self {
+        self.trusted_step_aes = aes.iter().map(|a| a.trim().to_string()).collect();
+        self
     }
 
     /// Wake on `wake` too (`Ingest::study_waker`: notified when a procedure step ends).
@@ -39,8 +47,6 @@ impl StudyReadyWorker {
         self
     }
 
-    /// One sweep: attach new instances to their studies, then promote every study quiet for the
-    /// whole period. Returns how many were promoted.
     /// One sweep: audit newly stored instances, attach them to their studies, promote the
     /// studies quiet for the whole period. Returns how many became ready.
     pub async fn sweep(&self) -> Result<usize, DbError> {
@@ -57,7 +63,7 @@ impl StudyReadyWorker {
             }
         }
         self.db.attach_new_instances().await?;
-        let performed = self.db.promote_performed_studies().await?;
+        let performed = self.db.promote_performed_studies(&self.trusted_step_aes).await?;
         for s in &performed {
             info!(study_id = s.study_id, job_id = s.job_id, instances = s.instance_count, by = "procedure step", "study ready");
         }

@@ -70,7 +70,7 @@ fn identifiers_hidden_where_the_table_does_not_look_never_reach_the_disk() {
     // itself as a registered modality.
     let port = node.port.to_string();
     assert!(node.cli(&["ae", "add", "TRIAGE", "--host", "127.0.0.1", "--port", &port]).status.success());
-    for kind in ["un-sequence", "after-pixels", "unlisted"] {
+    for kind in ["un-sequence", "after-pixels", "unlisted", "wrong-vr"] {
         let (file, planted, dates) = hostile(kind, &src, work.path());
         assert!(!planted.is_empty() || !dates.is_empty(), "{kind}: nothing planted");
         assert!(leaks(work.path(), "", &planted).len() >= planted.len(), "{kind}: the search finds what was planted");
@@ -93,6 +93,14 @@ fn identifiers_hidden_where_the_table_does_not_look_never_reach_the_disk() {
             "after-pixels" => {
                 let last = d.lines().filter(|l| l.starts_with('(')).last().unwrap_or_default();
                 assert!(last.starts_with("(7fe0,0010)"), "{kind}: the stored file does not end with the pixel data: {last}");
+            }
+            // Read as the attributes are defined: the sequences as sequences, the UID as a UID.
+            "wrong-vr" => {
+                for (tag, vr) in [("(0008,2112)", "SQ"), ("(0008,2218)", "SQ"), ("(0020,0242)", "UI"), ("(0020,0052)", "UI")] {
+                    let line = d.lines().find(|l| l.starts_with(tag)).unwrap_or_else(|| panic!("{kind}: {tag} removed:\n{d}"));
+                    assert_eq!(line.split_whitespace().nth(1), Some(vr), "{kind}: {line}");
+                }
+                assert!(d.contains("[Chest]"), "{kind}: the code meaning inside the OB-sent sequence is kept:\n{d}");
             }
             "un-sequence" => assert!(!d.lines().any(|l| l.starts_with('(') && l.split_whitespace().nth(1) == Some("UN")), "{kind}: a UN value was kept:\n{d}"),
             _ => assert!(!d.lines().any(|l| l.starts_with("(0002,")), "{kind}: group 0002 in the data set:\n{d}"),

@@ -318,6 +318,24 @@ fn results_are_moved_and_got_with_counts_and_failures() {
     let r = &qr_peer(&["move", &port, "VIEWER", "NOWHERE", &study.to_string()])[0];
     assert_eq!(r["status"], "0xA801", "{r}");
     assert!(r["comment"].as_str().unwrap().contains("NOWHERE"));
+    // Re-identified results go only to AEs of the pacs role: a modality registered with the
+    // address of a working SCP is refused as a destination, and receives nothing.
+    let dest_port_text = dest_port.to_string();
+    let added = f.node.cli(&["ae", "add", "MODALITYDEST", "--role", "modality", "--host", "127.0.0.1", "--port", &dest_port_text]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let before = walk(dirs.path()).len();
+    let r = &qr_peer(&["move", &port, "VIEWER", "MODALITYDEST", &study.to_string()])[0];
+    assert_eq!(r["status"], "0xA801", "{r}");
+    assert!(r["comment"].as_str().unwrap().contains("not a PACS"), "{r}");
+    assert_eq!(walk(dirs.path()).len(), before, "nothing sent to a modality");
+    // A Patient ID pattern that matches everyone (`**`, `?*`, `*?`) names nothing to retrieve.
+    for (i, pattern) in ["**", "?*", "*?"].iter().enumerate() {
+        let out = dirs.path().join(format!("wild{i}"));
+        let r = &qr_peer(&["get", &port, "VIEWER", "patient", &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": pattern}).to_string(), out.to_str().unwrap()])[0];
+        assert_ne!(r["status"], "0x0000", "{pattern}: {r}");
+        assert_eq!(r["completed"].as_i64().unwrap_or(0), 0, "{pattern}: {r}");
+        assert!(walk(&out).is_empty(), "{pattern}: results retrieved");
+    }
     // C-CANCEL right behind the C-MOVE-RQ: Cancel, nothing sent, the remaining count told.
     let r = &qr_peer(&["cancel-move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
     assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["remaining"].as_i64(), r["after_final"].as_i64()), (Some("0xFE00"), Some(0), Some(2), Some(0)), "{r}\n{}", f.node.log());

@@ -199,6 +199,61 @@ fn a_completed_procedure_step_completes_its_study_without_the_quiet_period() {
     assert_nothing_planted(&node, &["PLANTED", "MPPSPATIENT"]);
 }
 
+/// A procedure step from an AE that sent none of the study's instances (another modality naming
+/// the study) is recorded and has no effect: the study waits for its own modality's step (or the
+/// quiet period). And one AE may hold only so many steps in progress: 0x0213 beyond.
+#[test]
+fn only_a_modality_that_sent_the_study_completes_it_by_mpps() {
+    if !peers_ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let objects = make_objects(&work.path().join("a"));
+    let node = Node::start(NodeOptions {
+        ingest: vec!["study_quiet_period = \"10m\"".into(), "mpps_max_open_steps = 2".into()],
+        ..Default::default()
+    });
+    assert!(node.cli(&["ae", "add", "OTHERMOD", "--host", "127.0.0.1"]).status.success());
+    let axial: Vec<String> = objects.iter().filter(|(k, _)| k == "ct-axial").map(|(_, p)| p.display().to_string()).collect();
+    assert!(axial.len() >= 3, "{axial:?}");
+    let ready = || node.log().matches("by=\"procedure step\"").count() + node.log().matches("by=procedure step").count();
+
+    // The study's modality (PYNETDICOM) stores one slice; another modality's completed step
+    // names the study and lists exactly that slice.
+    let stored = node.pynetdicom_store(&axial[..1]);
+    assert!(stored.iter().any(|l| l.starts_with("STORED 0x0000")), "{stored:?}");
+    let lines = node.pynetdicom(&["--aet", "OTHERMOD", "mpps", "--list", &axial[0]]);
+    assert!(lines.iter().any(|l| l.starts_with("NCREATE 0x0000")) && lines.iter().any(|l| l == "NSET 0x0000"), "{lines:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready(), 0, "another modality's step completed the study:\n{}", node.log());
+
+    // The study's own modality ends its step listing every slice it sends: that completes it.
+    let mut args = vec!["mpps", "--list"];
+    args.extend(axial.iter().map(String::as_str));
+    args.push("--store");
+    args.extend(axial[1..].iter().map(String::as_str));
+    let lines = node.pynetdicom(&args);
+    assert!(lines.iter().any(|l| l == "NSET 0x0000"), "{lines:?}");
+    assert!(node.wait_for_log("study ready", Duration::from_secs(20)), "not promoted by its own modality's step:\n{}", node.log());
+
+    // Two steps in progress are the cap here; the third N-CREATE is refused.
+    let study = String::from_utf8(
+        Command::new(python().unwrap())
+            .args(["-c", "import pydicom,sys; print(pydicom.dcmread(sys.argv[1], stop_before_pixels=True).StudyInstanceUID)", &axial[0]])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut creates = Vec::new();
+    for _ in 0..3 {
+        let lines = node.pynetdicom(&["--aet", "OTHERMOD", "mpps", "--study", study.trim(), "--state", "IN PROGRESS", "--list"]);
+        creates.push(lines.iter().find(|l| l.starts_with("NCREATE ")).cloned().unwrap_or_default());
+    }
+    assert!(creates[0].starts_with("NCREATE 0x0000") && creates[1].starts_with("NCREATE 0x0000"), "{creates:?}");
+    assert!(creates[2].starts_with("NCREATE 0x0213"), "{creates:?}");
+}
+
 /// The shipped CT demonstration model on generated head CT series (real slice, synthetic
 /// lesion): the lesion's study is positive with its key slice inside the lesion and the result
 /// naming the series; the study without one is negative. Each study is completed by its MPPS.

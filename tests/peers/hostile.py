@@ -23,6 +23,11 @@ Kinds:
                 group 0099 and (FFFC,FFFC) Data Set Trailing Padding, all raw and out of tag order.
   unlisted      attributes that PS3.15 Table E.1-1 does not list, plus (0002,0003) and (0002,0016)
                 inside the data set (after the File Meta Information group has ended).
+  wrong-vr      attributes sent with a VR their attribute does not have: Source Image Sequence
+                (0008,2112) as OB (implicit VR items: a name, an instance UID), Anatomic Region
+                Sequence (0008,2218) as OB (explicit VR items: a code and a name), SOP Instance
+                UID of Concatenation Source (0020,0242) as LO, Frame of Reference UID (0020,0052) as
+                SH; and unlisted free text: View Name (0008,2127).
   rle-short     RLE Lossless; the first fragment is cut so that its last segment is much shorter
                 than Rows*Columns (or, with HOSTILE_RLE_MODE=offset, the last segment offset in the
                 RLE header points past the fragment's end). The encapsulation stays well formed.
@@ -53,7 +58,7 @@ from pydicom.uid import (
 )
 
 UID_ROOT = "1.2.826.0.1.3680043.10.777."
-KIND_NUMBER = {"un-sequence": 1, "after-pixels": 2, "unlisted": 3, "rle-short": 4, "deflate-bomb": 5}
+KIND_NUMBER = {"un-sequence": 1, "after-pixels": 2, "unlisted": 3, "rle-short": 4, "deflate-bomb": 5, "wrong-vr": 6}
 PIXEL_DATA = 0x7FE00010
 AFTER_EVERYTHING = 0x100000000  # a position key after every real tag
 
@@ -285,6 +290,32 @@ def unlisted(src, out):
     assert back[0x00200242].value.startswith(UID_ROOT)
 
 
+def wrong_vr(src, out):
+    ds = load(src)
+    for tag in (0x00082112, 0x00082218, 0x00200242, 0x00082127, 0x00200052):
+        if tag in ds:
+            del ds[tag]
+    source_item = (implicit_el(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2")
+                   + implicit_el(0x00081155, "UI", uid(0x00081155))
+                   + implicit_el(0x00100010, "PN", token(0x00100010)))
+    source = explicit_el(0x00082112, "OB", item(source_item, True))
+    region_item = (explicit_el(0x00080100, "SH", "T-D3000")
+                   + explicit_el(0x00080102, "SH", "SRT")
+                   + explicit_el(0x00080104, "LO", "Chest")
+                   + explicit_el(0x0040A123, "PN", token(0x0040A123)))
+    region = explicit_el(0x00082218, "OB", item(region_item, True))
+    concatenation = explicit_el(0x00200242, "LO", uid(0x00200242))
+    view = explicit_el(0x00082127, "SH", token(0x00082127))
+    frame = explicit_el(0x00200052, "SH", uid(0x00200052))  # Frame of Reference UID as SH
+    data = assemble(ds, [(0x00082112, source), (0x00082127, view), (0x00082218, region),
+                         (0x00200052, frame), (0x00200242, concatenation)])
+    with open(out, "wb") as f:
+        f.write(data)
+    back = check_reads(out)
+    assert back[0x00082112].VR == "OB", back[0x00082112].VR
+    assert back[0x00200242].VR == "LO", back[0x00200242].VR
+
+
 def split_encapsulated(value):
     """(Basic Offset Table bytes, [fragments]) from an encapsulated Pixel Data value."""
     items = []
@@ -393,6 +424,7 @@ KINDS = {
     "unlisted": unlisted,
     "rle-short": rle_short,
     "deflate-bomb": deflate_bomb,
+    "wrong-vr": wrong_vr,
 }
 
 if __name__ == "__main__":

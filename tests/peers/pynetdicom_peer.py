@@ -225,7 +225,7 @@ def cmd_mpps(args):
     from pydicom.uid import generate_uid
 
     files = args.store
-    study = args.study or pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    study = args.study or pydicom.dcmread((files or args.list)[0], stop_before_pixels=True).StudyInstanceUID
     contexts = [(MPPS, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])] + (file_contexts(files) if files else [])
     assoc = associate(args, contexts)
     if not assoc:

@@ -69,6 +69,11 @@ fn outcome(status: Status) -> Outcome {
     }
 }
 
+/// Whether `title` is registered with the `pacs` role (read again: `resolve` does not say).
+async fn is_pacs(qr: &QueryRetrieve, title: &str) -> bool {
+    matches!(qr.archive.db().find_ae(title).await, Ok(Some(ae)) if ae.role == crate::domain::AeRole::Pacs)
+}
+
 /// Where the sub-operations go.
 enum Sink {
     /// C-MOVE: a sub-association to the destination.
@@ -94,6 +99,15 @@ pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq:
     if op == Operation::Move {
         let to = rq.command.string(tag::MOVE_DESTINATION).unwrap_or_default();
         match delivery::resolve(qr.archive.db(), &to, &qr.ae_title, qr.timeout, &qr.tls).await {
+            // Re-identified results go only where results belong: an AE of the `pacs` role (a
+            // modality registered with a port is no destination).
+            Ok(peer) if !is_pacs(qr, &to).await => {
+                warn!(destination = %crate::domain::PeerText(&to), "C-MOVE to an AE that is not of the pacs role refused");
+                association.tally(name, false);
+                let comment = format!("move destination {to:?} is not a PACS (only AEs of the pacs role receive results)");
+                drop(peer);
+                return association.send_command(rq.pc, &refuse(Status::MOVE_DESTINATION_UNKNOWN, &comment)).await;
+            }
             Ok(peer) => destination = Some(peer),
             Err(e @ (DeliveryError::UnknownAe(_) | DeliveryError::Disabled(_) | DeliveryError::NoAddress(_) | DeliveryError::BadTitle(_))) => {
                 warn!(error = %e, "C-MOVE to a destination that is not registered with an address");

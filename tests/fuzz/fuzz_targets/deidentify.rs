@@ -3,7 +3,9 @@
 //! what would be stored, at the top level or inside sequence items; and nothing panics.
 //!
 //! The planted values are derived from a hash of the input, so the fuzzer cannot put them
-//! anywhere else (where keeping them would be right).
+//! anywhere else (where keeping them would be right). A planted sequence and a planted UID are
+//! also sent with a VR their attributes do not have (chosen by the hash): the rule must follow
+//! the attribute, not the VR the sender wrote.
 #![no_main]
 #![allow(deprecated)] // Other Patient IDs is retired, and still received
 use std::sync::OnceLock;
@@ -102,13 +104,41 @@ fuzz_target!(|data: &[u8]| {
             }
         });
     }
+    // A sequence and a UID attribute under a VR the sender chose: the sequence's item (Implicit
+    // or Explicit VR Little Endian inside) as OB, UN, UT or OW; the UID as LO, SH, UT, UN or OB.
+    let item_ts = TransferSyntaxRegistry.get(if digest[16] % 2 == 0 { "1.2.840.10008.1.2" } else { "1.2.840.10008.1.2.1" }).unwrap();
+    let mut body = Vec::new();
+    let inner = InMemDicomObject::from_element_iter([
+        text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &uid(5)),
+        text(tags::PATIENT_NAME, VR::PN, &marker),
+    ]);
+    if inner.write_dataset_with_ts(&mut body, item_ts).is_ok() {
+        let mut item = vec![0xFE, 0xFF, 0x00, 0xE0];
+        item.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        item.extend_from_slice(&body);
+        let seq_vr = [VR::OB, VR::UN, VR::UT, VR::OW][usize::from(digest[17] % 4)];
+        let seq_tag = [tags::SOURCE_IMAGE_SEQUENCE, tags::ANATOMIC_REGION_SEQUENCE, tags::REFERENCED_IMAGE_SEQUENCE][usize::from(digest[18] % 3)];
+        let value = if seq_vr == VR::OW && item.len() % 2 == 0 {
+            PrimitiveValue::U16(item.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        } else {
+            PrimitiveValue::from(item)
+        };
+        obj.put(DataElement::new(seq_tag, seq_vr, value));
+    }
+    let uid_vr = [VR::LO, VR::SH, VR::UT, VR::UN, VR::OB][usize::from(digest[19] % 5)];
+    let concatenation = uid(6);
+    obj.put(if matches!(uid_vr, VR::UN | VR::OB) {
+        DataElement::new(Tag(0x0020, 0x0242), uid_vr, PrimitiveValue::from(concatenation.into_bytes()))
+    } else {
+        text(Tag(0x0020, 0x0242), uid_vr, &concatenation)
+    });
     let mut planted = Vec::new();
     if obj.write_dataset_with_ts(&mut planted, registry_ts).is_err() {
         return;
     }
     let Ok((_, stored)) = triage_node::deid::file::deidentify_header(deidentifier(), &planted, ts.uid, true) else { return };
     assert!(!contains(&stored, marker.as_bytes()), "a planted identifying value survived de-identification");
-    for k in 1..=4 {
+    for k in 1..=6 {
         assert!(!contains(&stored, uid(k).as_bytes()), "planted UID {k} survived de-identification");
     }
 });
