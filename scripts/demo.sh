@@ -156,7 +156,7 @@ cat "$DEMO/node.log"
 echo "== study results (demo-nodule takes chest radiographs, demo-ct-hyperdense axial head CT; the CT slices sent"
 echo "   first name no body part, so no model takes them: not_applicable)"
 "$BIN" results
-echo "== the reading worklist: urgent first, then positive by score, failed, negative, not applicable"
+echo "== the reading worklist: urgent first, then positive by score, failed / not analysed, negative, not applicable"
 "$BIN" worklist
 echo "== the same demo cases through \`triage-node infer\`, with heatmaps in $DEMO/heatmaps"
 "$BIN" infer --heatmaps "$DEMO/heatmaps" .testdata/demo-cases/case00[0-3].dcm | cut -c1-200

@@ -112,7 +112,7 @@ enum Command {
         limit: i64,
     },
     /// The reading order of the newest triaged studies: URGENT, then POSITIVE by score, then
-    /// FAILED (read without AI), NEGATIVE, NOT_APPLICABLE, each by arrival. Study row ids only:
+    /// FAILED and NOT_ANALYSED (read without AI), NEGATIVE, NOT_APPLICABLE, each by arrival. Study row ids only:
     /// no patient data (the worklist page will show identities to authenticated users).
     Worklist {
         #[arg(long, default_value_t = 50)]

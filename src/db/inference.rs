@@ -214,6 +214,17 @@ impl Db {
         Ok((failed, not_routed))
     }
 
+    /// The study's instances stored without their pixels (`excluded_reason`): (id, file, why).
+    /// Their headers still say which models would take them.
+    pub async fn study_excluded_instances(&self, study_id: i64) -> Result<Vec<(i64, String, String)>, DbError> {
+        let rows = sqlx::query("SELECT id, path, excluded_reason FROM instances WHERE study_id = $1 AND excluded_reason IS NOT NULL ORDER BY id")
+            .bind(study_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select excluded instances"))?;
+        rows.iter().map(|r| Ok((get(r, "id")?, get(r, "path")?, get(r, "excluded_reason")?))).collect()
+    }
+
     /// A node alone on its SQLite file holds every claim: at start-up, the pass claims of its
     /// previous run are void (a crash left them), so passes run again at once instead of after
     /// their lease. Not for PostgreSQL, where other nodes' claims are live.

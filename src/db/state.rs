@@ -66,6 +66,9 @@ text_enum!(
         Failed = "failed",
         /// The model takes none of the study's images.
         NotApplicable = "not_applicable",
+        /// The model takes images of the study that the node chose not to look at (their
+        /// pixels were not kept: burned-in annotation); the reason is kept with it.
+        NotAnalysed = "not_analysed",
     }
 );
 

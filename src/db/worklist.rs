@@ -12,9 +12,9 @@ pub struct WorklistRow {
     pub study_id: i64,
     /// The study's de-identified Study Instance UID (filled in when read).
     pub study_instance_uid: String,
-    /// `URGENT`, `POSITIVE`, `FAILED`, `NEGATIVE`, `NOT_APPLICABLE`.
+    /// `URGENT`, `POSITIVE`, `FAILED`, `NOT_ANALYSED`, `NEGATIVE`, `NOT_APPLICABLE`.
     pub priority: String,
-    /// 0 (URGENT) .. 4 (NOT_APPLICABLE).
+    /// 0 (URGENT) .. 4 (NOT_APPLICABLE); FAILED and NOT_ANALYSED share 2.
     pub priority_rank: i64,
     /// The highest positive probability (URGENT and POSITIVE).
     pub score: Option<f64>,

@@ -33,14 +33,14 @@ pub struct Report {
     pub control_id: String,
     /// When the result was made (MSH-7, OBR-22), milliseconds since the epoch.
     pub created_ms: i64,
-    /// URGENT, POSITIVE, NEGATIVE or FAILED.
+    /// URGENT, POSITIVE, NEGATIVE, FAILED or NOT_ANALYSED.
     pub priority: String,
     /// The priority an earlier message gave, when this one lowers it (sent as a correction).
     pub lowered_from: Option<String>,
     /// An earlier ORU for this study was queued: this one is a correction (OBR-25 C).
     pub correction: bool,
     pub findings: Vec<ReportFinding>,
-    /// Why the study could not be analysed (FAILED).
+    /// Why the study could not be analysed (FAILED), or was not (NOT_ANALYSED).
     pub reasons: Vec<String>,
     pub demonstration: bool,
     /// The AI report's SOP Instance UID and its series (ours, the same as the delivered SR).
@@ -97,7 +97,8 @@ impl Mapping {
         match priority {
             "URGENT" => &self.urgent,
             "POSITIVE" => &self.positive,
-            "FAILED" => &self.failed,
+            // Both are read without AI: the site's code for a study the AI did not analyse.
+            "FAILED" | "NOT_ANALYSED" => &self.failed,
             _ => &self.negative,
         }
     }

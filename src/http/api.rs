@@ -99,7 +99,7 @@ impl WorklistParams {
     pub fn request(&self) -> Result<PageRequest, ApiError> {
         let mut priorities = Vec::new();
         for p in self.priority.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let parsed = StudyPriority::parse(p).ok_or_else(|| bad_request(format!("unknown priority {p:?}: URGENT, POSITIVE, FAILED, NEGATIVE or NOT_APPLICABLE")))?;
+            let parsed = StudyPriority::parse(p).ok_or_else(|| bad_request(format!("unknown priority {p:?}: URGENT, POSITIVE, FAILED, NOT_ANALYSED, NEGATIVE or NOT_APPLICABLE")))?;
             priorities.push(parsed.as_str().to_string());
         }
         let reading = match self.state.as_deref() {

@@ -92,13 +92,15 @@ impl Publisher {
 
     /// Build the objects of one result: for a triaged one the SR and a heatmap per positive
     /// finding; for a failed one an SR that says so (referencing up to 16 of the `failed`
-    /// instances), so the reader knows the study had no AI read; none for a not-applicable one.
+    /// instances), and for a not-analysed one an SR that says why (`failed` then holds the
+    /// instances whose pixels were not kept), so the reader knows the study had no AI read;
+    /// none for a not-applicable one.
     /// `manifest` is None only for a failed result that no model can be named for (an instance
     /// whose header could not even be read for routing).
     pub async fn build(&self, db: &Db, manifest: Option<&Manifest>, result: &StudyResult, failed: &[i64], job_id: i64) -> Result<Vec<Built>, ResultsError> {
         let ids: Vec<i64> = match result.state {
             ResultState::Triaged if !result.findings.is_empty() && manifest.is_some() => result.findings.iter().map(|f| f.key_instance_id).collect(),
-            ResultState::Failed if !failed.is_empty() => failed.iter().copied().take(16).collect(),
+            ResultState::Failed | ResultState::NotAnalysed if !failed.is_empty() => failed.iter().copied().take(16).collect(),
             _ => return Ok(Vec::new()),
         };
         let mut keys = Vec::with_capacity(ids.len());
@@ -184,7 +186,7 @@ impl Publisher {
         let mut built = Vec::new();
         let mut findings = Vec::new();
         let mut evidence: Vec<sr::ImageRef> = Vec::new();
-        if result.state == ResultState::Failed {
+        if matches!(result.state, ResultState::Failed | ResultState::NotAnalysed) {
             evidence = keys.iter().map(|k| image_ref(k, None)).collect();
         }
         // Findings need their model's manifest (codes, window); a failed result has none.
@@ -252,8 +254,13 @@ impl Publisher {
             demonstration: result.demonstration,
             intended_use: result.intended_use.clone(),
             limits: result.limits.clone(),
-            priority: if result.state == ResultState::Failed { "failed".into() } else { result.priority.unwrap_or(Priority::Negative).as_str().into() },
-            failure: (result.state == ResultState::Failed).then(|| dataset::ascii(result.error.as_deref().unwrap_or("no reason recorded"))),
+            priority: match result.state {
+                ResultState::Failed => "failed".into(),
+                ResultState::NotAnalysed => "not_analysed".into(),
+                _ => result.priority.unwrap_or(Priority::Negative).as_str().into(),
+            },
+            failure: matches!(result.state, ResultState::Failed | ResultState::NotAnalysed)
+                .then(|| dataset::ascii(result.error.as_deref().unwrap_or("no reason recorded"))),
             procedure: procedure(&header).0,
             performed_procedure: procedure(&header).1,
             findings,

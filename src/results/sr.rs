@@ -69,9 +69,10 @@ pub struct Report {
     pub demonstration: bool,
     pub intended_use: String,
     pub limits: String,
-    /// `urgent`, `positive`, `negative`, or `failed` (the study could not be analysed).
+    /// `urgent`, `positive`, `negative`, `failed` (the study could not be analysed) or
+    /// `not_analysed` (the node did not look at the images: their pixels were not kept).
     pub priority: String,
-    /// Why the analysis failed, for a failed result.
+    /// Why the analysis failed, or why it was not made, for a failed or not-analysed result.
     pub failure: Option<String>,
     /// Procedure reported (CID 100).
     pub procedure: Code,
@@ -116,15 +117,17 @@ pub fn priority_code(priority: &str) -> Code {
         "urgent" => Code::new("URGENT", PRIVATE_SCHEME, "AI triage: urgent"),
         "positive" => Code::new("POSITIVE", PRIVATE_SCHEME, "AI triage: positive"),
         "failed" => Code::new("FAILED", PRIVATE_SCHEME, "AI triage: failed, read without AI"),
+        "not_analysed" => Code::new("NOTANALYSED", PRIVATE_SCHEME, "AI triage: not analysed, read without AI"),
         _ => Code::new("NEGATIVE", PRIVATE_SCHEME, "AI triage: negative"),
     }
 }
 
 /// The statement every result carries about the model (and, for a failed one, that it failed).
 pub fn statement(r: &Report) -> String {
-    let failed = match &r.failure {
-        Some(why) => format!("AI TRIAGE FAILED: this study could not be analysed ({why}). Read it without AI. "),
-        None => String::new(),
+    let failed = match (&r.failure, r.priority.as_str()) {
+        (Some(why), "not_analysed") => format!("AI TRIAGE NOT PERFORMED: this study was not analysed ({why}). This is not a negative result. Read it without AI. "),
+        (Some(why), _) => format!("AI TRIAGE FAILED: this study could not be analysed ({why}). Read it without AI. "),
+        (None, _) => String::new(),
     };
     let demo = if r.demonstration { "DEMONSTRATION MODEL, NOT CLINICALLY VALIDATED. " } else { "" };
     format!("{failed}{demo}AI result by {} {}. Intended use: {} Limits: {}", r.model, r.version, r.intended_use.trim(), r.limits.trim())

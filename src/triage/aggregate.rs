@@ -69,6 +69,9 @@ pub struct Context<'a> {
     pub failed: &'a [(i64, String)],
     /// Each inferred instance's series and place: see `SliceOf`.
     pub series: &'a [SliceOf],
+    /// (model name, reason, instance ids) for each model that would take instances of the
+    /// study whose pixels were not kept (burned-in annotation): the node chose not to look.
+    pub not_analysed: &'a [(String, String, Vec<i64>)],
     pub last_received_at_ms: i64,
     pub ready_at_ms: i64,
     pub triaged_at_ms: i64,
@@ -120,8 +123,9 @@ fn pick_series<'a>(pick: Pick, series: &[SliceOf], mine: Vec<&'a FrameOutput>) -
 }
 
 /// One result per model that saw an image of the study. A failed instance fails every result
-/// (an incomplete result must not look like a complete one); a study no model accepts gets one
-/// `not_applicable` result, and one whose every routed instance failed a `failed` one, both
+/// (an incomplete result must not look like a complete one); a model that would take images
+/// whose pixels were not kept, and saw none, gets a `not_analysed` result with the reason; a
+/// study no model accepts gets one `not_applicable` result, and one whose every routed instance failed a `failed` one, both
 /// under the empty model name.
 pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResult> {
     let failure = (!ctx.failed.is_empty()).then(|| {
@@ -152,6 +156,17 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
     for m in ctx.manifests {
         let mine: Vec<&FrameOutput> = slices.iter().filter(|s| s.model == m.name).collect();
         if mine.is_empty() {
+            // Images this model takes were kept without their pixels: the study was not
+            // analysed, which is no negative; the result says so and why.
+            if let Some((_, why, _)) = ctx.not_analysed.iter().find(|(model, _, _)| *model == m.name) {
+                let mut r = blank(&m.name, &m.version);
+                r.demonstration = m.demonstration;
+                r.intended_use = m.intended_use.clone();
+                r.limits = m.limits.clone();
+                r.state = if failure.is_some() { ResultState::Failed } else { ResultState::NotAnalysed };
+                r.error = failure.clone().or_else(|| Some(format!("the images this model takes were stored without their pixels ({why})")));
+                results.push(r);
+            }
             continue;
         }
         let (series, mut mine) = pick_series(m.series.pick, ctx.series, mine);

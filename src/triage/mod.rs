@@ -265,12 +265,14 @@ impl Triage {
         let slices = self.db.study_frame_outputs(job.study_id).await?;
         let (failed, _not_routed) = self.db.study_inference_outcomes(job.study_id).await?;
         let series = self.study_series(job.study_id, &slices).await?;
+        let not_analysed = self.not_analysed(job.study_id).await?;
         let ctx = aggregate::Context {
             study_id: job.study_id,
             manifests: self.engine.manifests(),
             tiers: self.tiers,
             failed: &failed,
             series: &series,
+            not_analysed: &not_analysed,
             last_received_at_ms: job.last_received_at_ms,
             ready_at_ms: job.ready_at_ms,
             triaged_at_ms: now_ms(),
@@ -300,7 +302,10 @@ impl Triage {
             let failed_ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
             for r in &results {
                 let m = self.engine.manifests().iter().find(|m| m.name == r.model);
-                match p.build(&self.db, m, r, &failed_ids, job.id).await {
+                // A not-analysed result's SR names the images that were not looked at.
+                let skipped = not_analysed.iter().find(|(model, _, _)| *model == r.model).map(|(_, _, ids)| ids.clone()).unwrap_or_default();
+                let about = if r.state == ResultState::NotAnalysed { &skipped } else { &failed_ids };
+                match p.build(&self.db, m, r, about, job.id).await {
                     Ok(built) => {
                         outbox.extend(p.outbox_rows(job.study_id, &built));
                         all_built.extend(built);
@@ -371,6 +376,36 @@ impl Triage {
             );
         }
         Ok(())
+    }
+}
+
+impl Triage {
+    /// (model, reason, instances) for every model that would take instances of the study stored
+    /// without their pixels: each de-identified header is routed as the pass would route it.
+    async fn not_analysed(&self, study_id: i64) -> Result<Vec<(String, String, Vec<i64>)>, TriageError> {
+        let excluded = self.db.study_excluded_instances(study_id).await?;
+        let mut out: Vec<(String, String, Vec<i64>)> = Vec::new();
+        for (id, path, reason) in excluded {
+            let full = match self.blobs.fetch(&path).await {
+                Ok(full) => full,
+                Err(e) if e.is_missing() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let manifests: Vec<Manifest> = self.engine.manifests().to_vec();
+            let takers = tokio::task::spawn_blocking(move || match Image::open(&full) {
+                Ok(image) => manifests.iter().filter(|m| m.takes(&image.attrs)).map(|m| m.name.clone()).collect(),
+                Err(_) => Vec::new(),
+            })
+            .await
+            .map_err(|e| TriageError::Task(e.to_string()))?;
+            for model in takers {
+                match out.iter_mut().find(|(m, _, _)| *m == model) {
+                    Some((_, _, ids)) => ids.push(id),
+                    None => out.push((model, reason.clone(), vec![id])),
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

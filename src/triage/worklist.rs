@@ -1,6 +1,7 @@
 //! The reading order: one entry per triaged study, urgent cases first. A study's priority is
-//! the highest of its results' (URGENT > POSITIVE > FAILED > NEGATIVE > NOT_APPLICABLE): a
-//! study no model could analyse is read before the negatives, without AI, and says why.
+//! the highest of its results' (URGENT > POSITIVE > FAILED > NOT_ANALYSED > NEGATIVE >
+//! NOT_APPLICABLE): a study no model could analyse, or that the node chose not to look at
+//! (pixels not kept), is read before the negatives, without AI, and says why.
 //! Within URGENT and POSITIVE, the highest score comes first; ties, and every other priority,
 //! go by arrival (oldest first: it has waited longest). Pure: the caller reads the results.
 
@@ -16,6 +17,9 @@ pub enum StudyPriority {
     Positive,
     /// Could not be analysed: read it without AI (the entry carries the reason).
     Failed,
+    /// A model takes its images but the node did not look at them (their pixels were not
+    /// kept): read it without AI (the entry carries the reason). Never a negative.
+    NotAnalysed,
     Negative,
     /// No model takes it.
     NotApplicable,
@@ -26,17 +30,26 @@ impl StudyPriority {
         match (result.state, result.priority) {
             (ResultState::Failed, _) => StudyPriority::Failed,
             (ResultState::NotApplicable, _) => StudyPriority::NotApplicable,
+            (ResultState::NotAnalysed, _) => StudyPriority::NotAnalysed,
             (ResultState::Triaged, Some(Priority::Urgent)) => StudyPriority::Urgent,
             (ResultState::Triaged, Some(Priority::Positive)) => StudyPriority::Positive,
             (ResultState::Triaged, _) => StudyPriority::Negative,
         }
     }
 
-    pub const ALL: [StudyPriority; 5] = [StudyPriority::Urgent, StudyPriority::Positive, StudyPriority::Failed, StudyPriority::Negative, StudyPriority::NotApplicable];
+    pub const ALL: [StudyPriority; 6] =
+        [StudyPriority::Urgent, StudyPriority::Positive, StudyPriority::Failed, StudyPriority::NotAnalysed, StudyPriority::Negative, StudyPriority::NotApplicable];
 
-    /// 0 (URGENT) to 4 (NOT_APPLICABLE): the worklist's sort key.
+    /// 0 (URGENT) to 4 (NOT_APPLICABLE): the worklist's sort key (stored with each row).
+    /// NOT_ANALYSED shares FAILED's place: both are read without AI, by arrival.
     pub fn rank(self) -> i64 {
-        self as i64
+        match self {
+            StudyPriority::Urgent => 0,
+            StudyPriority::Positive => 1,
+            StudyPriority::Failed | StudyPriority::NotAnalysed => 2,
+            StudyPriority::Negative => 3,
+            StudyPriority::NotApplicable => 4,
+        }
     }
 
     pub fn parse(s: &str) -> Option<StudyPriority> {
@@ -48,6 +61,7 @@ impl StudyPriority {
             StudyPriority::Urgent => "URGENT",
             StudyPriority::Positive => "POSITIVE",
             StudyPriority::Failed => "FAILED",
+            StudyPriority::NotAnalysed => "NOT_ANALYSED",
             StudyPriority::Negative => "NEGATIVE",
             StudyPriority::NotApplicable => "NOT_APPLICABLE",
         }
@@ -77,7 +91,7 @@ pub struct WorklistEntry {
     pub findings: Vec<ListedFinding>,
     /// Any result came from a demonstration model (not clinically validated).
     pub demonstration: bool,
-    /// Why a result failed, for FAILED studies.
+    /// Why a result failed, or why the study was not analysed (FAILED, NOT_ANALYSED).
     pub reasons: Vec<String>,
     /// When the study's last instance arrived.
     pub received_at_ms: i64,
@@ -161,7 +175,7 @@ pub fn entries(results: &[StudyResult]) -> Vec<WorklistEntry> {
                 score,
                 findings,
                 demonstration: rs.iter().any(|r| r.demonstration),
-                reasons: rs.iter().filter(|r| r.state == ResultState::Failed).filter_map(|r| r.error.clone()).collect(),
+                reasons: rs.iter().filter(|r| matches!(r.state, ResultState::Failed | ResultState::NotAnalysed)).filter_map(|r| r.error.clone()).collect(),
                 received_at_ms,
                 time_to_result_ms: result_at_ms - received_at_ms,
             }
@@ -169,7 +183,8 @@ pub fn entries(results: &[StudyResult]) -> Vec<WorklistEntry> {
         .collect();
     out.sort_by(|a, b| {
         a.priority
-            .cmp(&b.priority)
+            .rank()
+            .cmp(&b.priority.rank())
             .then_with(|| match a.priority {
                 // Higher score first; NaN never occurs (probabilities), treat it as equal.
                 StudyPriority::Urgent | StudyPriority::Positive => b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal),
@@ -210,7 +225,11 @@ mod tests {
             limits: String::new(),
             state,
             priority,
-            error: (state == ResultState::Failed).then(|| "pixels could not be decoded".into()),
+            error: match state {
+                ResultState::Failed => Some("pixels could not be decoded".into()),
+                ResultState::NotAnalysed => Some("not analysed: pixels not kept".into()),
+                _ => None,
+            },
             images_inferred: 1,
             instances_failed: 0,
             preprocess_ms: 0.0,
@@ -244,6 +263,9 @@ mod tests {
             // Study 10: one model failed, another urgent: urgent wins, and the failure is said.
             result(10, Failed, None, 0.0, 1000),
             result(10, Triaged, Some(Urgent), 0.95, 1000),
+            // Study 11: not analysed (pixels not kept): read without AI, with FAILED by arrival,
+            // before every negative; never silent.
+            result(11, NotAnalysed, None, 0.0, 40),
         ];
         let list = entries(&results);
         let order: Vec<(i64, &str)> = list.iter().map(|e| (e.study_id, e.priority.as_str())).collect();
@@ -256,6 +278,7 @@ mod tests {
                 (4, "POSITIVE"),
                 (9, "POSITIVE"),
                 (2, "POSITIVE"),
+                (11, "NOT_ANALYSED"),
                 (5, "FAILED"),
                 (8, "NEGATIVE"),
                 (1, "NEGATIVE"),
@@ -266,6 +289,7 @@ mod tests {
         assert_eq!(urgent_with_failure.reasons, ["pixels could not be decoded"]);
         assert_eq!(urgent_with_failure.score, Some(0.95));
         assert_eq!(list.iter().find(|e| e.study_id == 9).unwrap().findings.len(), 2);
+        assert_eq!(list.iter().find(|e| e.study_id == 11).unwrap().reasons, ["not analysed: pixels not kept"]);
         assert_eq!(list[0].time_to_result_ms, 3100);
         assert!(entries(&[]).is_empty());
     }

@@ -356,3 +356,64 @@ fn orthanc_commits_to_the_results_it_holds() {
     let list = String::from_utf8_lossy(&node.cli(&["outbox", "list"]).stdout).into_owned();
     assert_eq!(list.matches("committed").count(), 2, "{list}");
 }
+
+/// A chest radiograph without Burned In Annotation is stored without its pixels (CR is in
+/// `deid.burned_in_when_absent`), so the chest model that takes it never looked. That is said
+/// wherever a priority appears, never as "no model takes it": the study result (not analysed,
+/// with the reason), the worklist (NOT_ANALYSED, read before the negatives), the SR in the
+/// original study at the PACS (read by highdicom: not analysed and why, evidence the radiograph)
+/// and the ORU^R01 the RIS accepted.
+#[test]
+fn a_study_the_node_did_not_look_at_says_so_wherever_its_priority_appears() {
+    if !ready() {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("no-burned-in-attribute.dcm");
+    std::fs::copy(dir.join("case001.dcm"), &file).unwrap();
+    let out = Command::new("dcmodify").args(["-nb", "-q", "-ea", "(0028,0301)"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pacs_dir = work.path().join("pacs");
+    std::fs::create_dir_all(&pacs_dir).unwrap();
+    let (pacs, pacs_port) = crate::common::storescp(&pacs_dir);
+    let _pacs = Killed(pacs);
+    let (ris_port, ris_out) = (free_port(), work.path().join("ris.jsonl"));
+    let _ris = python_peer("mllp_receiver.py", &["--port", &ris_port.to_string(), "--out", ris_out.to_str().unwrap()], "listening");
+    let node = Node::start(NodeOptions {
+        inference: vec![demo_models()],
+        ingest: vec!["study_quiet_period = \"1s\"".into()],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        extra: vec![format!("[hl7]\nenabled = true\nhost = \"127.0.0.1\"\nport = {ris_port}")],
+        ..Default::default()
+    });
+    register(&node, "PACS", pacs_port);
+    assert!(node.storescu(&[file.clone()]).status.success(), "{}", node.log());
+    wait_log_count(&node, "AI report delivered", 1, Duration::from_secs(60));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let r = result_of(&db, &rt, &file);
+    assert_eq!((r.model.as_str(), r.state.as_str(), r.images_inferred), ("demo-nodule", "not_analysed", 0), "{r:?}");
+    let why = r.error.clone().unwrap_or_default();
+    assert!(why.contains("without their pixels") && why.contains("Burned In Annotation absent"), "{why}");
+
+    let list = node.cli(&["worklist", "--json"]);
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(row["priority"], "NOT_ANALYSED", "{row}");
+    assert!(row["reasons"][0].as_str().unwrap_or_default().contains("Burned In Annotation"), "{row}");
+
+    let delivered = walk(&pacs_dir);
+    assert_eq!(delivered.len(), 1, "one SR, no heatmap: {delivered:?}");
+    let sr = &check(&[delivered[0].as_path()])[0];
+    assert_eq!(sr["study_uid"].as_str(), Some(study_uid_of(&file).as_str()), "filed in the original study: {sr}");
+    let qualitative = sr["sr"]["qualitative"].to_string();
+    assert!(qualitative.contains("NOTANALYSED") && qualitative.contains("AI TRIAGE NOT PERFORMED") && qualitative.contains("not a negative"), "{sr}");
+    assert_eq!(sr["sr"]["evidence"].as_array().map(Vec::len), Some(1), "the radiograph not looked at is named: {sr}");
+
+    wait_until("the RIS received the ORU^R01", Duration::from_secs(30), || std::fs::read_to_string(&ris_out).map(|s| !s.is_empty()).unwrap_or(false));
+    let message = std::fs::read_to_string(&ris_out).unwrap();
+    assert!(message.contains("Not analysed by AI") && message.contains("without their pixels"), "{message}");
+}

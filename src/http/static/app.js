@@ -87,7 +87,7 @@ function row(item) {
   const findings = item.reasons.length ? "not analysed: " + item.reasons.join("; ") :
     (positives.length ? positives.map((f) => f.label + " " + pct(f.probability) + " (" + f.tier.replace("_", " ") + ")").join(", ") : "no finding");
   const thumb = el("td", { class: "thumb" });
-  const prio = el("td", { class: "priority" }, p.replace("_", " "));
+  const prio = el("td", { class: "priority" }, p.replaceAll("_", " "));
   if (item.lowered_from) prio.append(el("div", { class: "lowered" }, "lowered from " + item.lowered_from));
   const models = [...new Set(item.findings.map((f) => f.model + " " + f.model_version))].join(", ") || item.models.join(", ");
   const reading = item.reading.state + (item.reading.reader ? " by " + item.reading.reader : "");
@@ -140,7 +140,7 @@ async function loadStudy(id) {
     box.replaceChildren();
     if (s.demonstration) $("demo-warning").hidden = false;
     const who = s.patient ? [s.patient.name, "ID " + (s.patient.id || "?"), "accession " + (s.patient.accession || "?")].join(" · ") : "";
-    box.append(el("h2", { id: "study-title" }, s.priority.replace("_", " ") + " · study " + s.study_id), el("p", {}, who));
+    box.append(el("h2", { id: "study-title" }, s.priority.replaceAll("_", " ") + " · study " + s.study_id), el("p", {}, who));
     if (s.lowered_from) box.append(el("p", { class: "lowered" }, "A newer analysis lowered this study from " + s.lowered_from + "."));
     box.append(el("p", {}, "Received " + fmtTime(s.received_at_ms) + ", result after " + fmtSeconds(s.time_to_result_ms) + ". To the PACS: " + deliveryText(s) + "."));
     box.append(el("p", { id: "study-error", class: "error", role: "alert" }));
