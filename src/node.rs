@@ -112,6 +112,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let tls_acceptor = crate::net::tls::acceptor(&settings.dicom.tls).context("preparing the TLS port")?;
     let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).context("preparing TLS for the AEs we call")?;
+    if tls_acceptor.is_some() && !settings.dicom.tls.client_ca.as_os_str().is_empty() {
+        // Client certificates are asked for: a TLS-only AE bound to no certificate identity is
+        // refused (any certificate of the site CA could claim its title). Say so at start.
+        for ae in db.list_aes().await.context("reading the AE registry")?.iter().filter(|a| a.tls && a.tls_identity.is_none()) {
+            warn!(ae_title = %ae.ae_title, "this AE is registered as TLS but bound to no certificate identity: its calls are refused until `ae add {} --tls --tls-identity NAME`", ae.ae_title);
+        }
+    }
     let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
     let query = if settings.query.enabled {
         let archive = crate::archive::Archive::open(db.clone(), keys.clone(), blobs.clone(), settings.node_id())

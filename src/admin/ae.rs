@@ -16,6 +16,10 @@ pub struct AeRegistration {
     pub enabled: bool,
     /// TLS only (PS3.15 B.9): refused on the plain port, called over TLS.
     pub tls: bool,
+    /// The identity its TLS client certificate must carry (SAN DNS name, IP address or URI, or
+    /// subject common name); an AE registered TLS only needs one where the node asks callers
+    /// for certificates (`dicom.tls.client_ca`).
+    pub tls_identity: Option<String>,
 }
 
 /// Validate and save a registration with its `ae_add` audit entry (one transaction).
@@ -24,8 +28,14 @@ pub async fn register(db: &Db, r: AeRegistration) -> Result<RegisteredAe, AdminE
     if r.role == AeRole::Pacs && (r.host.is_none() || r.port.is_none()) {
         return Err(AdminError::Invalid("a pacs AE needs --host and --port so results can be sent to it".into()));
     }
-    let ae = RegisteredAe { ae_title, host: r.host, port: r.port, role: r.role, enabled: r.enabled, tls: r.tls };
-    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls });
+    let tls_identity = r.tls_identity.map(|i| i.trim().to_string()).filter(|i| !i.is_empty());
+    if let Some(identity) = &tls_identity {
+        if identity.len() > 255 || identity.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(AdminError::Invalid("--tls-identity must be a certificate name (DNS name, IP address, URI or common name) of at most 255 characters, without spaces".into()));
+        }
+    }
+    let ae = RegisteredAe { ae_title, host: r.host, port: r.port, role: r.role, enabled: r.enabled, tls: r.tls, tls_identity };
+    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls, "tls_identity": ae.tls_identity });
     db.save_ae_audited(&ae, &details.to_string()).await?;
     Ok(ae)
 }
@@ -48,7 +58,7 @@ pub async fn set_enabled(db: &Db, ae_title: &str, enabled: bool) -> Result<Regis
     let title = AeTitle::parse(ae_title).map_err(|e| AdminError::Invalid(format!("{ae_title:?}: {e}")))?;
     let Some(mut ae) = db.find_ae(title.as_str()).await? else { return Err(AdminError::UnknownAe(title)) };
     ae.enabled = enabled;
-    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls });
+    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls, "tls_identity": ae.tls_identity });
     db.save_ae_audited(&ae, &details.to_string()).await?;
     Ok(ae)
 }

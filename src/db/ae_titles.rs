@@ -13,6 +13,9 @@ pub struct RegisteredAe {
     pub enabled: bool,
     /// Over TLS only: a caller is refused on the plain port, and we call it over TLS.
     pub tls: bool,
+    /// The identity its TLS client certificate must carry (SAN DNS name, IP address or URI, or
+    /// subject common name): on the TLS port a caller using this AE title without it is refused.
+    pub tls_identity: Option<String>,
 }
 
 impl Db {
@@ -57,7 +60,7 @@ impl Db {
     }
 
     pub async fn find_ae(&self, title: &str) -> Result<Option<RegisteredAe>, DbError> {
-        let row = sqlx::query("SELECT ae_title, host, port, role, enabled, tls FROM ae_titles WHERE ae_title = $1")
+        let row = sqlx::query("SELECT ae_title, host, port, role, enabled, tls, tls_identity FROM ae_titles WHERE ae_title = $1")
             .bind(title)
             .fetch_optional(&self.pool)
             .await
@@ -66,7 +69,7 @@ impl Db {
     }
 
     pub async fn list_aes(&self) -> Result<Vec<RegisteredAe>, DbError> {
-        let rows = sqlx::query("SELECT ae_title, host, port, role, enabled, tls FROM ae_titles ORDER BY ae_title")
+        let rows = sqlx::query("SELECT ae_title, host, port, role, enabled, tls, tls_identity FROM ae_titles ORDER BY ae_title")
             .fetch_all(&self.pool)
             .await
             .map_err(q("list ae_titles"))?;
@@ -85,13 +88,15 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<RegisteredAe, DbError> {
         role: role.parse().map_err(DbError::Invalid)?,
         enabled: get::<i64>(row, "enabled")? != 0,
         tls: get::<i64>(row, "tls")? != 0,
+        tls_identity: get(row, "tls_identity")?,
     })
 }
 
 async fn upsert(conn: &mut sqlx::AnyConnection, ae: &RegisteredAe) -> Result<(), DbError> {
     sqlx::query(
-        "INSERT INTO ae_titles (ae_title, host, port, role, enabled, created_at_ms, tls) VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (ae_title) DO UPDATE SET host = excluded.host, port = excluded.port, role = excluded.role, enabled = excluded.enabled, tls = excluded.tls",
+        "INSERT INTO ae_titles (ae_title, host, port, role, enabled, created_at_ms, tls, tls_identity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (ae_title) DO UPDATE SET host = excluded.host, port = excluded.port, role = excluded.role, enabled = excluded.enabled, tls = excluded.tls,
+             tls_identity = excluded.tls_identity",
     )
     .bind(ae.ae_title.as_str())
     .bind(ae.host.clone())
@@ -100,6 +105,7 @@ async fn upsert(conn: &mut sqlx::AnyConnection, ae: &RegisteredAe) -> Result<(),
     .bind(i64::from(ae.enabled))
     .bind(now_ms())
     .bind(i64::from(ae.tls))
+    .bind(ae.tls_identity.clone())
     .execute(conn)
     .await
     .map_err(q("upsert ae_title"))?;

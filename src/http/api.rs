@@ -312,11 +312,14 @@ struct AeView {
     role: String,
     enabled: bool,
     tls: bool,
+    /// The name its TLS client certificate must carry.
+    #[serde(default)]
+    tls_identity: Option<String>,
 }
 
 impl From<crate::db::RegisteredAe> for AeView {
     fn from(a: crate::db::RegisteredAe) -> Self {
-        AeView { ae_title: a.ae_title.to_string(), host: a.host, port: a.port, role: a.role.to_string(), enabled: a.enabled, tls: a.tls }
+        AeView { ae_title: a.ae_title.to_string(), host: a.host, port: a.port, role: a.role.to_string(), enabled: a.enabled, tls: a.tls, tls_identity: a.tls_identity }
     }
 }
 
@@ -333,6 +336,7 @@ struct AeBody {
     /// TLS only (PS3.15 B.9).
     #[serde(default)]
     tls: bool,
+    tls_identity: Option<String>,
 }
 
 fn yes() -> bool {
@@ -342,7 +346,7 @@ fn yes() -> bool {
 fn registration(title: String, body: AeBody) -> Result<AeRegistration, ApiError> {
     let role: AeRole = body.role.parse().map_err(|_| bad_request("role must be modality or pacs"))?;
     let host = body.host.filter(|h| !h.trim().is_empty());
-    Ok(AeRegistration { ae_title: title, host, port: body.port, role, enabled: body.enabled, tls: body.tls })
+    Ok(AeRegistration { ae_title: title, host, port: body.port, role, enabled: body.enabled, tls: body.tls, tls_identity: body.tls_identity })
 }
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;

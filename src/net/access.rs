@@ -15,14 +15,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[error(transparent)]
 pub struct AccessError(pub Box<dyn std::error::Error + Send + Sync>);
 
-pub trait AccessControl: Send + Sync {
-    /// May `calling` associate from `peer`, over TLS or not (`tls`), and in which role?
-    fn check_caller<'a>(&'a self, calling: &'a str, peer: IpAddr, tls: bool) -> BoxFuture<'a, Result<CallerDecision, AccessError>>;
+/// How a caller reached us: over TLS or not, and the leaf certificate it showed (DER, already
+/// verified against the site's client CA), if any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Channel<'a> {
+    pub tls: bool,
+    pub certificate: Option<&'a [u8]>,
+}
 
-    /// Is `calling` a registered, enabled AE calling from its bound host, over TLS if it must
-    /// (whatever the registration requirement says)? Such callers may take the slots kept for
-    /// registered AEs.
-    fn is_registered<'a>(&'a self, calling: &'a str, peer: IpAddr, tls: bool) -> BoxFuture<'a, Result<bool, AccessError>>;
+pub trait AccessControl: Send + Sync {
+    /// May `calling` associate from `peer`, over this `channel`, and in which role?
+    fn check_caller<'a>(&'a self, calling: &'a str, peer: IpAddr, channel: Channel<'a>) -> BoxFuture<'a, Result<CallerDecision, AccessError>>;
+
+    /// Is `calling` a registered, enabled AE calling from its bound host, over TLS if it must,
+    /// with the certificate it is bound to (whatever the registration requirement says)? Such
+    /// callers may take the slots kept for registered AEs.
+    fn is_registered<'a>(&'a self, calling: &'a str, peer: IpAddr, channel: Channel<'a>) -> BoxFuture<'a, Result<bool, AccessError>>;
 }
 
 /// Does `peer` (the connection's address) belong to `host` (an IP address or a name resolved now)?

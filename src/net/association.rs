@@ -29,6 +29,9 @@ pub struct Transport {
     pub wr: BoxWrite,
     /// Came over TLS (a calling AE registered as TLS is refused otherwise).
     pub tls: bool,
+    /// The leaf certificate the caller showed in the TLS handshake (DER; checked against the
+    /// site's client CA by then): what an AE title bound to a certificate identity must match.
+    pub certificate: Option<Vec<u8>>,
     /// When ARTIM expires for the A-ASSOCIATE-RQ.
     pub deadline: tokio::time::Instant,
 }

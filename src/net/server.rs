@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use tracing::Instrument;
 
-use super::access::canonical;
+use super::access::{canonical, Channel};
 use super::association::Transport;
 use super::session::{self, Shared};
 use super::tls;
@@ -55,12 +55,13 @@ impl Incoming {
     async fn open(self) -> Option<Transport> {
         let Some(acceptor) = self.tls else {
             let (rd, wr) = self.stream.into_split();
-            return Some(Transport { rd: Box::new(rd), wr: Box::new(wr), tls: false, deadline: self.deadline });
+            return Some(Transport { rd: Box::new(rd), wr: Box::new(wr), tls: false, certificate: None, deadline: self.deadline });
         };
         match tokio::time::timeout_at(self.deadline, acceptor.accept(self.stream)).await {
             Ok(Ok(stream)) => {
+                let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
                 let (rd, wr) = tls::split(stream);
-                Some(Transport { rd, wr, tls: true, deadline: self.deadline })
+                Some(Transport { rd, wr, tls: true, certificate, deadline: self.deadline })
             }
             Ok(Err(error)) => {
                 // rustls's reasons name certificates and alerts, never anything a peer chose freely.
@@ -182,7 +183,7 @@ impl Listener {
                                 let Some(mut transport) = incoming.open().await else { return };
                                 let Some(rq) = read_request_briefly(&mut transport).await else { return };
                                 let calling = rq.calling_ae_title.trim().to_string();
-                                let lookup = tokio::time::timeout(REJECT_READ_TIMEOUT, shared.access.is_registered(&calling, peer.ip(), transport.tls));
+                                let lookup = tokio::time::timeout(REJECT_READ_TIMEOUT, shared.access.is_registered(&calling, peer.ip(), Channel { tls: transport.tls, certificate: transport.certificate.as_deref() }));
                                 let registered = matches!(lookup.await, Ok(Ok(true)));
                                 match reserved.try_acquire_owned() {
                                     Ok(permit) if registered => {

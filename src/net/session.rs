@@ -13,7 +13,7 @@ use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::access::AccessControl;
+use super::access::{AccessControl, Channel};
 use super::association::{Association, AssociationError, BoxRead, BoxWrite, Transport};
 use super::dimse::command::{self, field, CommandSet};
 use super::dimse::{Event, MessageReader, MessageWriter};
@@ -36,19 +36,20 @@ pub struct Shared {
 
 /// Serve one connection: read the A-ASSOCIATE-RQ (within ARTIM), then the association.
 pub async fn run(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), AssociationError> {
-    let Transport { rd, wr, tls, deadline } = transport;
+    let Transport { rd, wr, tls, certificate, deadline } = transport;
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let mut wr = MessageWriter::new(wr);
     let Some(rq) = read_request(&mut rd, &mut wr, deadline, shared.settings.artim_timeout).await? else {
         return Ok(()); // connected and closed: a port probe
     };
-    serve(rd, wr, tls, peer, shared, shutdown, rq).await
+    serve(rd, wr, Channel { tls, certificate: certificate.as_deref() }, peer, shared, shutdown, rq).await
 }
 
 /// An association whose A-ASSOCIATE-RQ the listener has read already (a registered caller
 /// taking a reserved slot).
 pub async fn run_with_request(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken, rq: AssociationRQ) -> Result<(), AssociationError> {
-    serve(BufReader::with_capacity(READ_BUFFER, transport.rd), MessageWriter::new(transport.wr), transport.tls, peer, shared, shutdown, rq).await
+    let channel = Channel { tls: transport.tls, certificate: transport.certificate.as_deref() };
+    serve(BufReader::with_capacity(READ_BUFFER, transport.rd), MessageWriter::new(transport.wr), channel, peer, shared, shutdown, rq).await
 }
 
 /// Sta2: transport open, waiting for A-ASSOCIATE-RQ until ARTIM expires at `deadline`
@@ -78,7 +79,7 @@ async fn read_request(rd: &mut BufReader<BoxRead>, wr: &mut MessageWriter<BoxWri
 async fn serve(
     rd: BufReader<BoxRead>,
     mut wr: MessageWriter<BoxWrite>,
-    tls: bool,
+    channel: Channel<'_>,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -86,7 +87,7 @@ async fn serve(
 ) -> Result<(), AssociationError> {
     let calling_ae = rq.calling_ae_title.trim().to_string();
     tracing::Span::current().record("calling_ae", tracing::field::display(PeerText(&calling_ae)));
-    let decision = match shared.access.check_caller(&calling_ae, peer.ip(), tls).await {
+    let decision = match shared.access.check_caller(&calling_ae, peer.ip(), channel).await {
         Ok(d) => d,
         Err(e) => {
             let rj = negotiation::reject(AssociationRJResult::Transient, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven));

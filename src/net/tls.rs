@@ -107,6 +107,56 @@ pub fn acceptor(s: &TlsSettings) -> Result<Option<tokio_rustls::TlsAcceptor>, Tl
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
+/// Does the client certificate `der` (already verified against the site's client CA) carry
+/// `identity`: as a subject alternative name (DNS name, with the usual wildcard rule, or IP
+/// address, checked by webpki as a server name would be; or a URI, compared exactly), or as a
+/// common name of its subject (compared without case)? A certificate that cannot be parsed
+/// carries nothing.
+pub fn certificate_names(der: &[u8], identity: &str) -> bool {
+    let der = CertificateDer::from(der);
+    let Ok(cert) = webpki::EndEntityCert::try_from(&der) else { return false };
+    if let Ok(name) = ServerName::try_from(identity) {
+        if cert.verify_is_valid_for_subject_name(&name).is_ok() {
+            return true;
+        }
+    }
+    cert.valid_uri_names().any(|uri| uri == identity) || common_names(cert.subject()).iter().any(|cn| cn.eq_ignore_ascii_case(identity))
+}
+
+/// The common names (2.5.4.3) of a DER Name, without its outer SEQUENCE: a SEQUENCE of SETs of
+/// (OID, string) SEQUENCEs. Whatever does not parse is skipped.
+fn common_names(mut name: &[u8]) -> Vec<String> {
+    /// One DER TLV: (tag, value, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (usize::from(first), b)
+        } else {
+            let n = usize::from(first & 0x7F);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            (b[..n].iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)), &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    const CN: [u8; 3] = [0x55, 0x04, 0x03];
+    let mut out = Vec::new();
+    while let Some((0x31, mut set, rest)) = tlv(name) {
+        name = rest;
+        while let Some((0x30, attribute, more)) = tlv(set) {
+            set = more;
+            let Some((0x06, oid, value)) = tlv(attribute) else { continue };
+            // UTF8String, PrintableString, IA5String, TeletexString (its bytes read as UTF-8).
+            if let (true, Some((0x0C | 0x13 | 0x16 | 0x14, text, _))) = (oid == CN, tlv(value)) {
+                out.push(String::from_utf8_lossy(text).into_owned());
+            }
+        }
+    }
+    out
+}
+
 /// The requesting side: how we reach AEs registered as TLS. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Connector(Option<Arc<ClientConfig>>);

@@ -116,11 +116,13 @@ mod tests {
 
         // Association rejections: the reasons the negotiation code produces.
         let rejections = table("association-rejections");
-        assert_eq!(rejections.len(), 8);
+        assert_eq!(rejections.len(), 9);
         let limit = crate::net::ul::negotiation::local_limit_exceeded();
         let row = rejections.iter().find(|r| r[3].contains("local-limit-exceeded")).expect("the local limit row");
         assert_eq!((limit.result as u8, row[1].starts_with('2')), (2, true));
         // A TLS-only AE on the plain port gets the calling-AE reason (services::access).
         assert!(rejections.iter().any(|r| r[0].contains("TLS") && r[3].starts_with("3 calling-AE-title-not-recognized")));
+        // So does a certificate that does not name the AE title's identity.
+        assert!(rejections.iter().any(|r| r[0].contains("--tls-identity") && r[3].starts_with("3 calling-AE-title-not-recognized")));
     }
 }

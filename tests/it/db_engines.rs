@@ -31,7 +31,7 @@ async fn suite(url: &str) {
     db.migrate().await.unwrap(); // idempotent
 
     // AE registry
-    let ae = RegisteredAe { ae_title: AeTitle::parse("PACS1").unwrap(), host: Some("10.1.1.1".into()), port: Some(104), role: AeRole::Pacs, enabled: true, tls: false };
+    let ae = RegisteredAe { ae_title: AeTitle::parse("PACS1").unwrap(), host: Some("10.1.1.1".into()), port: Some(104), role: AeRole::Pacs, enabled: true, tls: false, tls_identity: None };
     db.upsert_ae(&ae).await.unwrap();
     assert_eq!(db.find_ae("PACS1").await.unwrap(), Some(ae.clone()));
     db.upsert_ae(&RegisteredAe { enabled: false, ..ae.clone() }).await.unwrap();

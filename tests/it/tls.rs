@@ -164,7 +164,7 @@ fn an_ae_registered_as_tls_is_refused_on_the_plain_port() {
     }
     let pki = Pki::new();
     let node = tls_node(&pki, &[], vec!["ECHOSCU"]);
-    assert!(node.cli(&["ae", "add", "SECURECT", "--tls"]).status.success());
+    assert!(node.cli(&["ae", "add", "SECURECT", "--tls", "--tls-identity", "client"]).status.success());
     let listed = String::from_utf8_lossy(&node.cli(&["ae", "list"]).stdout).to_string();
     assert!(listed.lines().any(|l| l.split_whitespace().take(4).collect::<Vec<_>>() == ["SECURECT", "modality", "yes", "yes"]), "{listed}");
     let plain = node.dcmtk("echoscu", &["-aet", "SECURECT", "-aec", "TRIAGE"]);
@@ -175,6 +175,49 @@ fn an_ae_registered_as_tls_is_refused_on_the_plain_port() {
     assert!(secure.status.success(), "{}\n{}", text(&secure), node.log());
     // Other AEs keep the plain port.
     assert!(node.dcmtk("echoscu", &["-aet", "ECHOSCU", "-aec", "TRIAGE"]).status.success());
+}
+
+/// An AE title is bound to the identity its client certificate must carry: a modality's
+/// certificate, signed by the site CA, calling as the PACS's AE title is refused with
+/// A-ASSOCIATE-RJ (calling AE title not recognized); the PACS's own certificate is answered as
+/// the PACS. A TLS-only AE bound to no identity is refused while client certificates are asked
+/// for (any certificate of the site CA could claim it), and says how to fix it.
+#[test]
+fn a_client_certificate_must_name_the_ae_title_it_calls_as() {
+    if !peers_ready() || !have_tool("openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let node = tls_node(&pki, &[], vec!["ECHOSCU"]);
+    let port = node.port.to_string();
+    for args in [
+        vec!["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &port, "--tls", "--tls-identity", "pacs"],
+        vec!["ae", "add", "CTROOM", "--tls", "--tls-identity", "client"],
+        vec!["ae", "add", "LOOSE", "--tls"],
+    ] {
+        let out = node.cli(&args);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let listed = String::from_utf8_lossy(&node.cli(&["ae", "list"]).stdout).to_string();
+    assert!(listed.lines().any(|l| l.starts_with("PACS") && l.trim_end().ends_with("pacs")), "{listed}");
+
+    let impostor = dcmtk_tls(&node, "echoscu", "PACS", Some(("client.key", "client.crt")), &pki, &[]);
+    assert!(!impostor.status.success(), "a modality's certificate was answered as the PACS: {}", text(&impostor));
+    assert!(text(&impostor).contains("Calling AE Title Not Recognized"), "{}", text(&impostor));
+    assert!(node.wait_for_log("does not name the identity this AE title is bound to", Duration::from_secs(5)), "{}", node.log());
+    let pacs = dcmtk_tls(&node, "echoscu", "PACS", Some(("pacs.key", "pacs.crt")), &pki, &[]);
+    assert!(pacs.status.success(), "{}
+{}", text(&pacs), node.log());
+    let modality = dcmtk_tls(&node, "echoscu", "CTROOM", Some(("client.key", "client.crt")), &pki, &[]);
+    assert!(modality.status.success(), "{}
+{}", text(&modality), node.log());
+    let loose = dcmtk_tls(&node, "echoscu", "LOOSE", Some(("client.key", "client.crt")), &pki, &[]);
+    assert!(!loose.status.success(), "{}", text(&loose));
+    assert!(node.wait_for_log("bound to no certificate identity (ae add --tls-identity)", Duration::from_secs(5)), "{}", node.log());
+    // Refusals are counted by reason.
+    let http = format!("http://127.0.0.1:{}", node.http_port.expect("the HTTP port"));
+    let metrics = reqwest::blocking::get(format!("{http}/metrics")).unwrap().text().unwrap();
+    assert!(metrics.contains("triage_associations_rejected_total{reason=\"tls_identity\"} 2"), "{metrics}");
 }
 
 #[test]
