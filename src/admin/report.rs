@@ -45,8 +45,8 @@ pub async fn status(db: &Db, data_dir: &Path) -> Result<NodeStatus, AdminError> 
     })
 }
 
-/// The first `limit` triaged studies in reading order (`triage::worklist`): urgent first.
-pub async fn worklist(db: &Db, limit: i64) -> Result<Vec<crate::triage::worklist::WorklistEntry>, AdminError> {
+/// The first `limit` triaged studies in reading order (`results::worklist`): urgent first.
+pub async fn worklist(db: &Db, limit: i64) -> Result<Vec<crate::results::worklist::WorklistEntry>, AdminError> {
     if !(1..=super::worklist::MAX_LIMIT).contains(&limit) {
         return Err(AdminError::Invalid(format!("--limit must be 1 to {}", super::worklist::MAX_LIMIT)));
     }

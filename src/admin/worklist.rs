@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::AdminError;
 use crate::db::{Db, Reading, ReadingAction, ReadingOutcome, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
 use crate::deid::Keys;
-use crate::triage::worklist::WorklistEntry;
+use crate::results::worklist::WorklistEntry;
 
 /// Rows per page at most.
 pub const MAX_LIMIT: i64 = 500;
@@ -222,7 +222,7 @@ pub async fn backfill(db: &Db) -> Result<usize, AdminError> {
         }
         for uid in &uids {
             let results = db.study_results(uid).await?;
-            let Some(entry) = crate::triage::worklist::entries(&results).into_iter().next() else { continue };
+            let Some(entry) = crate::results::worklist::entries(&results).into_iter().next() else { continue };
             let modalities = db.study_modalities(entry.study_id).await?;
             db.worklist_save(&entry.to_row(modalities)).await?;
             added += 1;

@@ -17,7 +17,7 @@ use crate::admin::worklist::{Item, Page, PageRequest, Viewer};
 use crate::admin::{self, ae::AeRegistration};
 use crate::db::{ObjectKind, ReadingAction, ReadingState, StudyResult, WorklistFilter, WorklistSort};
 use crate::domain::AeRole;
-use crate::triage::worklist::StudyPriority;
+use crate::results::worklist::StudyPriority;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 

@@ -13,9 +13,11 @@
 
 pub mod dataset;
 pub mod font;
+pub mod publish;
 pub mod reidentify;
 pub mod sc;
 pub mod sr;
+pub mod worklist;
 
 use std::path::{Path, PathBuf};
 

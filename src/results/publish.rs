@@ -1,0 +1,159 @@
+//! A study's publication: everything one triage of a study tells the world, made and saved as
+//! one. From the study's results: the result objects (SR, heatmaps) written durably, the HL7
+//! report for the RIS, their outbox rows and the study's worklist row, saved with the results in
+//! one transaction, fenced by the job's claim. A job whose claim was taken over saves nothing
+//! and removes what it wrote.
+//!
+//! Owns: what is published for which result (a triaged result's objects, a failed or
+//! not-analysed result's report naming the images, nothing for a not-applicable one or for a
+//! study whose instances name several patients), the HL7 report's content, the order (objects
+//! durable before the transaction that queues them). Must not: send anything (the outbox does).
+
+use tracing::{error, warn};
+
+use super::worklist::{self, StudyPriority, WorklistEntry};
+use super::{Built, Publisher, ResultsError};
+use crate::db::{ClaimedJob, Db, DbError, NewOutboxItem, ObjectKind, ResultState, StudyResult};
+use crate::domain::now_ms;
+use crate::inference::package::Manifest;
+
+/// A study's results, ready to be published.
+pub struct Study<'a> {
+    pub job: &'a ClaimedJob,
+    pub results: &'a [StudyResult],
+    pub manifests: &'a [Manifest],
+    /// Instances whose pass failed: a failed result's report names them.
+    pub failed: &'a [i64],
+    /// Per model, the instances it would take that were stored without their pixels: a
+    /// not-analysed result's report names them.
+    pub not_analysed: &'a [(String, Vec<i64>)],
+    /// The study's instances name several patients: nothing goes to the PACS or the RIS.
+    pub conflicting: bool,
+}
+
+/// What publishing did.
+#[derive(Debug)]
+pub enum Published {
+    Saved {
+        /// The priority the worklist (and the RIS) had been given, when this one is lower.
+        lowered_from: Option<String>,
+        /// The study's place on the worklist (None: no row).
+        priority: Option<StudyPriority>,
+        /// Outbox items queued.
+        queued: usize,
+    },
+    /// Another claimer runs the job now: nothing was saved, this run's objects are removed.
+    ClaimLost(i64),
+}
+
+/// Publish `study`: build, write and queue what goes out (through `publisher`; None: results
+/// stay here), then save the results, the worklist row and the outbox rows in one transaction.
+/// A transient failure (the database, the store of files) is an error, and the job is retried;
+/// objects that cannot be built are logged and the result saved without them.
+pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: Study<'_>) -> Result<Published, ResultsError> {
+    let job = study.job;
+    // The result objects are written (and synced) before the transaction that saves the
+    // results queues them: a crash in between leaves unqueued files, never a queued ghost.
+    let mut outbox: Vec<NewOutboxItem> = Vec::new();
+    let mut all_built: Vec<Built> = Vec::new();
+    if let (Some(p), false) = (publisher.filter(|p| p.sends_objects()), study.conflicting) {
+        for r in study.results {
+            let m = study.manifests.iter().find(|m| m.name == r.model);
+            // A not-analysed result's SR names the images that were not looked at.
+            let skipped = study.not_analysed.iter().find(|(model, _)| *model == r.model).map(|(_, ids)| ids.as_slice()).unwrap_or_default();
+            let about = if r.state == ResultState::NotAnalysed { skipped } else { study.failed };
+            match p.build(db, m, r, about, job.id).await {
+                Ok(built) => {
+                    outbox.extend(p.outbox_rows(job.study_id, &built));
+                    all_built.extend(built);
+                }
+                // A transient cause (the database, the store) retries the job; anything else would
+                // fail the same way again, so the result is saved without its objects, loudly.
+                Err(e @ (ResultsError::Db(_) | ResultsError::Blob(_))) => return Err(e),
+                Err(error) => error!(
+                    model = %r.model,
+                    %error,
+                    "AI result objects could not be built: the result is saved, but the PACS gets nothing for it"
+                ),
+            }
+        }
+    }
+    let modalities = db.study_modalities(job.study_id).await?;
+    let entry = worklist::entries(study.results).into_iter().next();
+    let row = entry.as_ref().map(|e| e.to_row(modalities));
+    if let (Some(p), Some(e), false) = (publisher, &entry, study.conflicting) {
+        if p.hl7 && e.priority != StudyPriority::NotApplicable {
+            match hl7_report(db, study.manifests, job, e, &all_built).await? {
+                // Off the runtime's threads: the report is written to the store of files.
+                Some(report) => match {
+                    let (p, study_id) = (p.clone(), job.study_id);
+                    tokio::task::spawn_blocking(move || p.hl7_item(study_id, &report)).await.map_err(|e| ResultsError::Task(e.to_string()))?
+                } {
+                    Ok(item) => outbox.push(item),
+                    Err(e @ ResultsError::Blob(_)) => return Err(e),
+                    Err(error) => error!(%error, "the HL7 report could not be written: the RIS gets nothing for this study"),
+                },
+                None => warn!("no stored instance names the study's patient: no HL7 report"),
+            }
+        }
+    }
+    let saved = match db.save_study_results(job, study.results, row.as_ref(), node, &outbox).await {
+        Err(DbError::ClaimLost(id)) => {
+            // Another node runs this job now and queues its own objects: ours go.
+            warn!(job_id = id, "the study job was taken over while it ran: its results and objects are dropped here");
+            if let Some(p) = publisher {
+                for item in &outbox {
+                    if let Err(error) = p.blobs.delete(&item.path).await {
+                        warn!(%error, "removing an unqueued result object failed");
+                    }
+                }
+            }
+            return Ok(Published::ClaimLost(id));
+        }
+        saved => saved?,
+    };
+    if let (Some(p), false) = (publisher, outbox.is_empty()) {
+        p.wake.notify_one();
+    }
+    Ok(Published::Saved { lowered_from: saved, priority: entry.map(|e| e.priority), queued: outbox.len() })
+}
+
+/// The HL7 report of a study's triage: its priority (and whether it lowers the one the RIS was
+/// given), coded findings, the AI report's UIDs. De-identified: the patient is put in at
+/// sending. None when no stored instance names the study's patient.
+async fn hl7_report(db: &Db, manifests: &[Manifest], job: &ClaimedJob, e: &WorklistEntry, built: &[Built]) -> Result<Option<crate::hl7::Report>, ResultsError> {
+    let Some(instance_uid) = db.study_any_instance_uid(job.study_id).await? else { return Ok(None) };
+    let previous = db.worklist_row(job.study_id).await?;
+    let lowered_from = previous.as_ref().filter(|p| p.priority_rank < e.priority.rank()).map(|p| p.lowered_from.clone().unwrap_or(p.priority.clone()));
+    let sr = built.iter().find(|b| b.kind == ObjectKind::Sr);
+    let findings = e
+        .findings
+        .iter()
+        .map(|f| {
+            let code = super::coded_finding(manifests.iter().find(|m| m.name == f.model), &f.label);
+            crate::hl7::ReportFinding {
+                scheme: code.scheme,
+                code: code.value,
+                meaning: code.meaning,
+                probability: f.probability,
+                positive: f.positive,
+                urgent: f.urgent,
+                model: f.model.clone(),
+                model_version: f.model_version.clone(),
+            }
+        })
+        .collect();
+    Ok(Some(crate::hl7::Report {
+        control_id: format!("TN{}S{}", job.id, job.study_id),
+        created_ms: now_ms(),
+        priority: e.priority.as_str().into(),
+        lowered_from,
+        correction: previous.is_some(),
+        findings,
+        reasons: e.reasons.clone(),
+        demonstration: e.demonstration,
+        sr_sop_instance_uid: sr.map(|b| b.sop_instance_uid.clone()),
+        sr_series_instance_uid: sr.map(|b| b.series_instance_uid.clone()),
+        instance_uid,
+    }))
+}
