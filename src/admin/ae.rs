@@ -85,6 +85,6 @@ pub async fn echo(db: &Db, ours: &AeTitle, ae_title: &str, timeout: std::time::D
     };
     let outcome = EchoOutcome { ae_title: peer.called_ae.to_string(), host: peer.host.clone(), port: peer.port, success: error.is_none(), status, error };
     let details = serde_json::json!({ "user": user, "success": outcome.success, "status": outcome.status });
-    db.audit_append("ae_echo", outcome.ae_title.as_str(), &details.to_string()).await?;
+    db.audit_append(&crate::audit::Event::AeEcho { ae: outcome.ae_title.clone() }, &details.to_string()).await?;
     Ok(outcome)
 }

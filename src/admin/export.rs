@@ -40,7 +40,7 @@ pub async fn deidentify(settings: &Settings, input: &Path, out: &Path) -> Result
         let result = match crate::deid::file::export(&deid, &file, out, drop_burned_in) {
             Ok((target, w)) => {
                 let details = serde_json::json!({ "export": true, "method": method, "pixels": w.pixels_written });
-                db.audit_append("deidentify", &format!("instance:{}", w.deid.sop_instance_uid), &details.to_string()).await?;
+                db.audit_append(&crate::audit::Event::Deidentify { instance: w.deid.sop_instance_uid.clone() }, &details.to_string()).await?;
                 let pixels_left_out = (!w.pixels_written).then(|| w.deid.burned_in.unwrap_or("no Pixel Data").to_string());
                 Ok(ExportedFile { output: target, pixels_left_out })
             }

@@ -184,7 +184,7 @@ async fn patients(db: &Db, viewer: Viewer<'_>, rows: &[WorklistRow]) -> Result<H
     let now = crate::domain::now_ms();
     if !viewer.recorded.recorded_recently(&key, now) {
         let details = serde_json::json!({ "user": viewer.user, "studies": ids, "opened": records.len() });
-        db.audit_append("worklist_view", &format!("user:{}", viewer.user), &details.to_string()).await?;
+        db.audit_append(&crate::audit::Event::WorklistView { user: viewer.user.to_string() }, &details.to_string()).await?;
         viewer.recorded.remember(key, now);
     }
     let mut out = HashMap::new();

@@ -161,7 +161,7 @@ impl Archive {
         }
         if opened_total > 0 {
             let details = serde_json::json!({ "purpose": "query index", "objects": objects, "map_records": opened_total }).to_string();
-            self.db.audit_append("reidentify", "query-index", &details).await?;
+            self.db.audit_append(&crate::audit::Event::ReidentifyIndex, &details).await?;
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         Ok(opened_total)

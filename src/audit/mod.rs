@@ -15,6 +15,81 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+/// What an entry records: the event, spelled once here (the stored `event` column), and its
+/// subject, typed (stored as `kind:value` text). Never patient data: row ids, AE titles, user
+/// names, the node's own (de-identified) UIDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An instance was de-identified on ingest (or by `deid`/export): its de-identified UID.
+    Deidentify { instance: String },
+    /// Originals were opened from the sealed map for one instance (its de-identified UID).
+    Reidentify { instance: String },
+    /// Originals were opened for the query index at start-up.
+    ReidentifyIndex,
+    /// An AE was registered, updated, removed, or echoed by an operator.
+    AeAdd { ae: String },
+    AeRemove { ae: String },
+    AeEcho { ae: String },
+    /// A worklist page naming patients was shown to a user.
+    WorklistView { user: String },
+    /// A study's reading state changed (claim, read, release).
+    Reading { study: i64 },
+    /// A Q/R caller's query disclosed matches, or its retrieve sent objects.
+    Query { ae: String },
+    Retrieve { ae: String },
+}
+
+impl Event {
+    /// Every event name, as stored.
+    pub const NAMES: [&'static str; 9] = ["deidentify", "reidentify", "ae_add", "ae_remove", "ae_echo", "worklist_view", "reading", "query", "retrieve"];
+
+    /// The stored `event`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Deidentify { .. } => "deidentify",
+            Event::Reidentify { .. } | Event::ReidentifyIndex => "reidentify",
+            Event::AeAdd { .. } => "ae_add",
+            Event::AeRemove { .. } => "ae_remove",
+            Event::AeEcho { .. } => "ae_echo",
+            Event::WorklistView { .. } => "worklist_view",
+            Event::Reading { .. } => "reading",
+            Event::Query { .. } => "query",
+            Event::Retrieve { .. } => "retrieve",
+        }
+    }
+
+    /// The stored `subject`.
+    pub fn subject(&self) -> String {
+        match self {
+            Event::Deidentify { instance } | Event::Reidentify { instance } => format!("instance:{instance}"),
+            Event::ReidentifyIndex => "query-index".into(),
+            // AE registrations name the AE title alone, as entries always have.
+            Event::AeAdd { ae } | Event::AeRemove { ae } | Event::AeEcho { ae } => ae.clone(),
+            Event::WorklistView { user } => format!("user:{user}"),
+            Event::Reading { study } => format!("study:{study}"),
+            Event::Query { ae } | Event::Retrieve { ae } => format!("ae:{ae}"),
+        }
+    }
+
+    /// The event an entry's stored `event` and `subject` say; None for anything else.
+    pub fn parse(event: &str, subject: &str) -> Option<Event> {
+        let after = |prefix: &str| subject.strip_prefix(prefix).map(str::to_string);
+        Some(match event {
+            "deidentify" => Event::Deidentify { instance: after("instance:")? },
+            "reidentify" if subject == "query-index" => Event::ReidentifyIndex,
+            "reidentify" => Event::Reidentify { instance: after("instance:")? },
+            "ae_add" => Event::AeAdd { ae: subject.to_string() },
+            "ae_remove" => Event::AeRemove { ae: subject.to_string() },
+            "ae_echo" => Event::AeEcho { ae: subject.to_string() },
+            "worklist_view" => Event::WorklistView { user: after("user:")? },
+            "reading" => Event::Reading { study: after("study:")?.parse().ok()? },
+            "query" => Event::Query { ae: after("ae:")? },
+            "retrieve" => Event::Retrieve { ae: after("ae:")? },
+            _ => return None,
+        })
+    }
+}
+
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +230,31 @@ mod tests {
     use super::*;
 
     const KEY: [u8; 32] = [7; 32];
+
+    /// Each event is spelled once: it reads back from its stored name and subject as itself,
+    /// every name is in `NAMES`, and nothing else parses.
+    #[test]
+    fn events_round_trip_through_their_stored_text() {
+        let all = [
+            Event::Deidentify { instance: "2.25.1".into() },
+            Event::Reidentify { instance: "2.25.2".into() },
+            Event::ReidentifyIndex,
+            Event::AeAdd { ae: "PACS".into() },
+            Event::AeRemove { ae: "PACS".into() },
+            Event::AeEcho { ae: "PACS".into() },
+            Event::WorklistView { user: "dr.grey".into() },
+            Event::Reading { study: 42 },
+            Event::Query { ae: "VIEWER".into() },
+            Event::Retrieve { ae: "VIEWER".into() },
+        ];
+        for e in &all {
+            assert_eq!(Event::parse(e.name(), &e.subject()).as_ref(), Some(e), "{e:?}");
+            assert!(Event::NAMES.contains(&e.name()), "{e:?}");
+        }
+        assert_eq!(Event::NAMES.iter().collect::<std::collections::BTreeSet<_>>().len(), Event::NAMES.len());
+        assert_eq!(Event::parse("reading", "study:x"), None);
+        assert_eq!(Event::parse("export", "x"), None);
+    }
 
     fn chain(n: i64) -> Vec<Entry> {
         let mut out: Vec<Entry> = Vec::new();

@@ -41,7 +41,7 @@ impl Db {
         let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         upsert(&mut *tx, ae).await?;
-        super::audit::append_in(&mut tx, key, "ae_add", ae.ae_title.as_str(), details).await?;
+        super::audit::append_in(&mut tx, key, &crate::audit::Event::AeAdd { ae: ae.ae_title.to_string() }, details).await?;
         tx.commit().await.map_err(q("commit ae_title"))
     }
 
@@ -54,7 +54,7 @@ impl Db {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        super::audit::append_in(&mut tx, key, "ae_remove", title.as_str(), "{}").await?;
+        super::audit::append_in(&mut tx, key, &crate::audit::Event::AeRemove { ae: title.to_string() }, "{}").await?;
         tx.commit().await.map_err(q("commit ae_title removal"))?;
         Ok(true)
     }

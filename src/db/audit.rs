@@ -1,22 +1,24 @@
 //! The audit trail's storage: appends serialised by the `audit_head` row, on both engines.
 
 use super::{get, q, Db, DbError};
-use crate::audit::{entry_mac, Entry};
+use crate::audit::{entry_mac, Entry, Event};
 use crate::domain::now_ms;
 
 impl Db {
-    /// Append one entry to the chain. `subject` and `details` must not hold patient data.
-    pub async fn audit_append(&self, event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
+    /// Append one entry to the chain. `details` must not hold patient data.
+    pub async fn audit_append(&self, event: &Event, details: &str) -> Result<Entry, DbError> {
         let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let entry = append_in(&mut tx, key, event, subject, details).await?;
+        let entry = append_in(&mut tx, key, event, details).await?;
         tx.commit().await.map_err(q("commit audit entry"))?;
         Ok(entry)
     }
 }
 
 /// Append inside the caller's transaction, so an entry commits (or not) with what it records.
-pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &[u8; 32], event: &str, subject: &str, details: &str) -> Result<Entry, DbError> {
+pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &[u8; 32], event: &Event, details: &str) -> Result<Entry, DbError> {
+    let (event, subject) = (event.name(), event.subject());
+    let subject = subject.as_str();
     // The UPDATE takes the head row's write lock first: concurrent appends queue here, on
     // SQLite and PostgreSQL alike. RETURNING gives the new seq and the (unchanged) old hash.
     let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
@@ -73,7 +75,7 @@ impl Db {
                 "method": method.and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok()),
                 "pixels": excluded.map_or("kept".to_string(), |why| format!("not kept: {why}")),
             });
-            let entry = append_in(&mut tx, key, "deidentify", &format!("instance:{uid}"), &details.to_string()).await?;
+            let entry = append_in(&mut tx, key, &Event::Deidentify { instance: uid.clone() }, &details.to_string()).await?;
             sqlx::query("UPDATE instances SET audit_seq = $1 WHERE id = $2")
                 .bind(entry.seq)
                 .bind(id)

@@ -335,7 +335,7 @@ impl Db {
             .await
             .map_err(q("update reading state"))?;
         let details = serde_json::json!({ "action": action.as_str(), "reader": reader, "from": current.state.as_str(), "to": next.state.as_str() });
-        super::audit::append_in(&mut tx, key, "reading", &format!("study:{study_id}"), &details.to_string()).await?;
+        super::audit::append_in(&mut tx, key, &crate::audit::Event::Reading { study: study_id }, &details.to_string()).await?;
         tx.commit().await.map_err(q("commit reading state"))?;
         Ok(ReadingOutcome::Done(next))
     }

@@ -59,7 +59,7 @@ pub async fn reidentify(db: &Db, keys: &Keys, deid_sop_instance_uid: &str, purpo
     let record = db.reid_record(deid_sop_instance_uid).await?.ok_or(MapError::NotFound)?;
     let originals = open(keys, &record)?;
     let details = serde_json::json!({ "purpose": purpose, "study": record.study_instance_uid }).to_string();
-    db.audit_append("reidentify", &format!("instance:{deid_sop_instance_uid}"), &details).await?;
+    db.audit_append(&crate::audit::Event::Reidentify { instance: deid_sop_instance_uid.to_string() }, &details).await?;
     Ok(originals)
 }
 

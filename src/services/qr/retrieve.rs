@@ -150,7 +150,7 @@ pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq:
             "objects": objects.len(), "sop_instances": objects.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
         })
         .to_string();
-        qr.archive.db().audit_append("retrieve", &format!("ae:{caller}"), &details).await.map(|_| ())
+        qr.archive.db().audit_append(&crate::audit::Event::Retrieve { ae: caller.to_string() }, &details).await.map(|_| ())
     };
     let connect = async {
         let peer = destination.filter(|_| !objects.is_empty())?;
