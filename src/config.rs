@@ -216,7 +216,7 @@ pub struct InferenceSettings {
     /// Folder of model packages (`<name>/model.pt` + `<name>/model.toml`).
     pub models_dir: PathBuf,
     /// `auto`, `cpu` or `cuda:N`.
-    pub device: String,
+    pub device: crate::inference::runtime::DeviceChoice,
     /// Images of one model run together when they wait together, up to this many.
     pub max_batch: usize,
     /// Images waiting for the engine; past it, passes wait (memory stays bounded).
@@ -236,6 +236,17 @@ pub struct InferenceSettings {
 }
 
 impl InferenceSettings {
+    /// What starting the inference engine takes.
+    pub fn engine(&self) -> crate::inference::engine::Options {
+        crate::inference::engine::Options {
+            models_dir: self.models_dir.clone(),
+            device: self.device,
+            max_batch: self.max_batch,
+            queue_depth: self.queue_depth,
+            torch_threads: self.torch_threads,
+        }
+    }
+
     /// The confidence tiers (`tier_high`, `tier_medium`).
     pub fn tiers(&self) -> (f64, f64) {
         (self.tier_high, self.tier_medium)
@@ -407,8 +418,6 @@ impl Settings {
         if !(0.5..=1.0).contains(&i.tier_medium) || !(i.tier_medium..=1.0).contains(&i.tier_high) {
             return Err(invalid("inference.tier_high/tier_medium", "need 0.5 <= tier_medium <= tier_high <= 1"));
         }
-        crate::inference::runtime::DeviceChoice::parse(&self.inference.device)
-            .map_err(|e| ConfigError::Invalid { key: "inference.device", reason: e.to_string() })?;
         if self.http.enabled && self.http.bind.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid("http.bind", "must be an IP address (0.0.0.0 for every interface)"));
         }

@@ -34,11 +34,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     if leftovers > 0 {
         warn!(files = leftovers, "removed spool files left by an earlier version");
     }
-    let device = crate::inference::runtime::DeviceChoice::parse(&settings.inference.device)?.resolve()?;
     let inf = &settings.inference;
-    let engine = crate::inference::engine::Engine::load(settings.inference.models_dir.clone(), device, inf.max_batch, inf.queue_depth, inf.torch_threads)
-        .await
-        .context("starting the inference engine")?;
+    let (engine, device) = crate::inference::engine::Engine::from_settings(&inf.engine()).await.context("starting the inference engine")?;
     for m in engine.manifests() {
         info!(model = %m.name, version = %m.version, ?device, labels = m.outputs.labels.len(), demonstration = m.demonstration, "model package loaded and warmed up");
     }

@@ -15,11 +15,7 @@ use crate::triage::offline;
 /// The configured model packages on the configured device, behind an engine; `only` must name
 /// one of them.
 pub async fn offline_engine(settings: &Settings, only: Option<&str>) -> Result<Engine, AdminError> {
-    use crate::inference::runtime::DeviceChoice;
-    let engine_err = |e: &dyn std::fmt::Display| AdminError::Engine(e.to_string());
-    let device = DeviceChoice::parse(&settings.inference.device).map_err(|e| engine_err(&e))?.resolve().map_err(|e| engine_err(&e))?;
-    let inf = &settings.inference;
-    let engine = Engine::load(settings.inference.models_dir.clone(), device, inf.max_batch, inf.queue_depth, inf.torch_threads).await.map_err(|e| engine_err(&e))?;
+    let (engine, _) = Engine::from_settings(&settings.inference.engine()).await.map_err(|e| AdminError::Engine(e.to_string()))?;
     if engine.manifests().is_empty() {
         return Err(AdminError::Engine(format!("no model packages in {} (inference.models_dir)", settings.inference.models_dir.display())));
     }

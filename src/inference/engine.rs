@@ -85,9 +85,29 @@ pub enum StartError {
     Package(#[from] super::package::PackageError),
     #[error("the inference thread ended while loading the model packages")]
     Died,
+    #[error("choosing the device: {0}")]
+    Device(#[from] super::runtime::RuntimeError),
+}
+
+/// What starting an engine takes: the `[inference]` settings that concern it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub models_dir: std::path::PathBuf,
+    pub device: super::runtime::DeviceChoice,
+    pub max_batch: usize,
+    pub queue_depth: usize,
+    pub torch_threads: usize,
 }
 
 impl Engine {
+    /// The device chosen, resolved on this machine, and every package of the models folder
+    /// loaded on it: how the node and the offline commands start an engine alike.
+    pub async fn from_settings(o: &Options) -> Result<(Engine, tch::Device), StartError> {
+        let device = o.device.resolve()?;
+        let engine = Engine::load(o.models_dir.clone(), device, o.max_batch, o.queue_depth, o.torch_threads).await?;
+        Ok((engine, device))
+    }
+
     /// Start the engine's thread (`inference-<device>`) and load every package of `models_dir`
     /// on it, warm-up passes included, so that every libtorch call runs on that one thread:
     /// a model loaded and warmed up on one thread and run on another ran slower with two

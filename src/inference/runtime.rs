@@ -46,6 +46,7 @@ impl DeviceChoice {
         }
     }
 
+    /// The device this choice means on this machine now.
     pub fn resolve(self) -> Result<Device, RuntimeError> {
         let available = if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 };
         match self {
@@ -55,6 +56,15 @@ impl DeviceChoice {
             DeviceChoice::Cuda(index) if index < available => Ok(Device::Cuda(index)),
             DeviceChoice::Cuda(index) => Err(RuntimeError::NoCuda { index, available }),
         }
+    }
+}
+
+/// Read from the settings as `auto`, `cpu` or `cuda:N`; anything else is refused there, naming
+/// the value.
+impl<'de> serde::Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        DeviceChoice::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 
