@@ -94,6 +94,18 @@ pub struct HttpSettings {
     /// How often the worklist page reloads its rows.
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
+    /// Time a client has to send a whole request head, from the accept or the previous response.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection idle this long after a response (no byte, no request) is closed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Time a request may take (its body and its handler) before it is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// HTTP connections open at once, and per peer address (past either: 503, closed).
+    pub max_connections: usize,
+    pub max_connections_per_host: usize,
 }
 
 /// The Query/Retrieve SCP over the AI result objects.
@@ -278,6 +290,13 @@ pub struct DeliverySettings {
     /// After delivering, ask the destination to commit to the objects' safekeeping (Storage
     /// Commitment Push Model); its report is recorded per object.
     pub storage_commitment: bool,
+    /// Destinations sent to at once, each in its own lane (a slow one holds only its own).
+    pub lanes: usize,
+    /// `/readyz` is not ready while a destination's oldest due item has waited longer.
+    #[serde(with = "humantime_serde")]
+    pub unready_after: Duration,
+    /// `/readyz` is not ready while an item waiting for a destination failed this many times.
+    pub unready_failures: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +427,9 @@ impl Settings {
         if d.retry_max < d.retry_base || d.max_attempts == 0 {
             return Err(invalid("delivery", "retry_max must be at least retry_base, and max_attempts at least 1"));
         }
+        if d.lanes == 0 || d.lanes > 256 || d.unready_after.is_zero() || d.unready_failures == 0 {
+            return Err(invalid("delivery", "lanes must be 1 to 256, unready_after above zero and unready_failures at least 1"));
+        }
         for entry in &self.deid.safe_private {
             crate::deid::SafePrivate::parse(entry).map_err(|reason| ConfigError::Invalid { key: "deid.safe_private", reason })?;
         }
@@ -435,6 +457,19 @@ impl Settings {
         }
         if self.http.refresh < Duration::from_secs(2) {
             return Err(invalid("http.refresh", "must be at least 2s"));
+        }
+        let h = &self.http;
+        if h.header_timeout < Duration::from_secs(1) || h.header_timeout > Duration::from_secs(300) {
+            return Err(invalid("http.header_timeout", "must be between 1s and 5m"));
+        }
+        if h.keep_alive_timeout < Duration::from_secs(1) || h.keep_alive_timeout > h.header_timeout {
+            return Err(invalid("http.keep_alive_timeout", "must be at least 1s and at most http.header_timeout (the wait for the next request's head counts against both)"));
+        }
+        if h.request_timeout < Duration::from_secs(1) || h.request_timeout > Duration::from_secs(3600) {
+            return Err(invalid("http.request_timeout", "must be between 1s and 1h"));
+        }
+        if !(1..=100_000).contains(&h.max_connections) || !(1..=h.max_connections).contains(&h.max_connections_per_host) {
+            return Err(invalid("http.max_connections/max_connections_per_host", "need 1 <= max_connections_per_host <= max_connections <= 100000"));
         }
         if self.storage.backend == crate::blobs::Backend::S3 {
             if let Some((key, reason)) = self.storage.s3.problem() {

@@ -1,8 +1,8 @@
 //! The durable outbox: objects waiting for delivery, one row per (object, destination). The
 //! objects are files in the queueing node's data directory, so rows belong to that node.
 //! States (`OutboxState`): pending (due at `next_attempt_at_ms`), sending (claimed until
-//! `lease_until_ms`; a crashed claimer's rows come back when the lease runs out), delivered,
-//! dead (with why).
+//! `lease_until_ms`, a destination's lane at a time, renewed while it sends; a crashed claimer's
+//! rows come back when the lease runs out), delivered, dead (with why).
 
 use super::{get, q, Db, DbError, ObjectKind, OutboxState};
 use crate::domain::now_ms;
@@ -29,6 +29,26 @@ pub struct OutboxItem {
     pub reidentify: bool,
 }
 
+/// One destination's lane: the items a claimer holds until `lease_until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxClaim {
+    pub destination: String,
+    pub lease_until_ms: i64,
+    pub items: Vec<OutboxItem>,
+}
+
+/// What waits for one destination (`outbox_destinations`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationLoad {
+    pub destination: String,
+    /// Items pending or being sent.
+    pub waiting: i64,
+    /// When the oldest item that is due (not waiting for a retry) became due.
+    pub oldest_due_ms: Option<i64>,
+    /// The most failed attempts of any waiting item.
+    pub attempts: i64,
+}
+
 /// An item to queue together with the study result it comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOutboxItem {
@@ -42,6 +62,9 @@ pub struct NewOutboxItem {
 const COLUMNS: &str = "id, path, destination, state, attempts, next_attempt_at_ms, last_error, kind, study_id, reidentify";
 /// A row is claimable when pending and due, or when a claimer's lease ran out.
 const CLAIMABLE: &str = "($3 = '' OR node = $3) AND ((state = {pending} AND next_attempt_at_ms <= $2) OR (state = {sending} AND lease_until_ms < $2))";
+
+/// Items of URGENT studies (worklist rank 0, saved with the study's results) before others.
+const URGENT_FIRST: &str = "CASE WHEN EXISTS (SELECT 1 FROM worklist w WHERE w.study_id = outbox.study_id AND w.priority_rank = 0) THEN 0 ELSE 1 END";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<OutboxItem, DbError> {
     Ok(OutboxItem {
@@ -69,40 +92,90 @@ impl Db {
         Ok(id)
     }
 
-    /// Claim up to `limit` due items for one destination (the oldest due item's) queued by
-    /// `node` (None: by any node, their files being shared), holding them for `lease_ms`. Each
-    /// claim is a conditional update, so two claimers never get one row.
+    /// Claim up to `limit` due items for one destination (the first due item's, in the order
+    /// of `outbox_claim_lane`) queued by `node` (None: by any node, their files being shared),
+    /// holding them for `lease_ms`.
     pub async fn outbox_claim(&self, node: Option<&str>, lease_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, DbError> {
+        Ok(self.outbox_claim_lane(node, lease_ms, limit, &[]).await?.map(|c| c.items).unwrap_or_default())
+    }
+
+    /// Claim one destination's lane: the first claimable item whose destination is not in
+    /// `busy` (items of URGENT studies first, then the oldest), and up to `limit` of that
+    /// destination's claimable items in the same order, all held until `lease_until_ms`. Rows
+    /// queued by `node` only (None: by any node, their files being shared). Each claim is a
+    /// conditional update, so two claimers never get one row.
+    pub async fn outbox_claim_lane(&self, node: Option<&str>, lease_ms: i64, limit: usize, busy: &[String]) -> Result<Option<OutboxClaim>, DbError> {
         let node = node.unwrap_or("");
         let now = now_ms();
         // On PostgreSQL concurrent claimers skip each other's locked rows instead of queueing
         // behind them (and then finding them taken); SQLite serialises writers anyway.
         let skip = if self.engine == super::Engine::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        // $1 lease until, $2 now, $3 node, $4 the lane's destination, $5.. the busy ones.
+        let not_busy: Vec<String> = (0..busy.len()).map(|i| format!("${}", i + 5)).collect();
+        let not_busy = if not_busy.is_empty() { String::new() } else { format!(" AND destination NOT IN ({})", not_busy.join(", ")) };
         let mut claimed: Vec<OutboxItem> = Vec::new();
         while claimed.len() < limit {
-            let sql = match claimed.first() {
-                None => format!(
-                    "UPDATE outbox SET state = {{sending}}, lease_until_ms = $1, updated_at_ms = $2
-                     WHERE id = (SELECT id FROM outbox WHERE {CLAIMABLE} ORDER BY id LIMIT 1{skip}) AND {CLAIMABLE}
-                     RETURNING {COLUMNS}"
-                ),
-                Some(_) => format!(
-                    "UPDATE outbox SET state = {{sending}}, lease_until_ms = $1, updated_at_ms = $2
-                     WHERE id = (SELECT id FROM outbox WHERE {CLAIMABLE} AND destination = $4 ORDER BY id LIMIT 1{skip}) AND {CLAIMABLE}
-                     RETURNING {COLUMNS}"
-                ),
-            };
-            let sql = states(&sql);
-            let mut query = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(node);
-            if let Some(first) = claimed.first() {
-                query = query.bind(first.destination.clone());
+            let sql = states(&format!(
+                "UPDATE outbox SET state = {{sending}}, lease_until_ms = $1, updated_at_ms = $2
+                 WHERE id = (SELECT id FROM outbox WHERE {CLAIMABLE} AND ($4 = '' OR destination = $4){not_busy} ORDER BY {URGENT_FIRST}, id LIMIT 1{skip}) AND {CLAIMABLE}
+                 RETURNING {COLUMNS}"
+            ));
+            let first = claimed.first().map(|c| c.destination.clone()).unwrap_or_default();
+            let mut query = sqlx::query(&sql).bind(now + lease_ms).bind(now).bind(node).bind(first);
+            for b in busy {
+                query = query.bind(b.clone());
             }
             match query.fetch_optional(&self.pool).await.map_err(q("claim outbox item"))? {
                 Some(row) => claimed.push(decode(&row)?),
                 None => break,
             }
         }
-        Ok(claimed)
+        Ok(claimed.first().map(|c| c.destination.clone()).map(|destination| OutboxClaim { destination, lease_until_ms: now + lease_ms, items: claimed }))
+    }
+
+    /// Extend a lane's claim: its items still held until `held_until_ms` (not yet recorded, not
+    /// taken over by another claimer after the lease ran out) are held until `until_ms`.
+    /// Returns how many were.
+    pub async fn outbox_renew(&self, ids: &[i64], held_until_ms: i64, until_ms: i64) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = states(&format!("UPDATE outbox SET lease_until_ms = $1 WHERE state = {{sending}} AND lease_until_ms = $2 AND id IN ({})", list.join(", ")));
+        let mut query = sqlx::query(&sql).bind(until_ms).bind(held_until_ms);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.execute(&self.pool).await.map_err(q("renew outbox claim"))?.rows_affected())
+    }
+
+    /// Give back a claimed item that was not attempted: due again at once, no attempt counted.
+    pub async fn outbox_release(&self, id: i64) -> Result<(), DbError> {
+        sqlx::query(&states("UPDATE outbox SET state = {pending}, lease_until_ms = 0, updated_at_ms = $1 WHERE id = $2 AND state = {sending}"))
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("release outbox item"))?;
+        Ok(())
+    }
+
+    /// Per destination with items waiting (pending or being sent) queued by `node` (None: by any
+    /// node): how many, since when the oldest due one is due, and the most failed attempts of
+    /// any of them (each failure counts one; a delivery or dead-letter ends the item).
+    pub async fn outbox_destinations(&self, node: Option<&str>, now_ms: i64) -> Result<Vec<DestinationLoad>, DbError> {
+        let rows = sqlx::query(&states(
+            "SELECT destination, COUNT(*) AS waiting, MIN(CASE WHEN next_attempt_at_ms <= $2 THEN next_attempt_at_ms END) AS oldest_due_ms, MAX(attempts) AS attempts
+             FROM outbox WHERE ($1 = '' OR node = $1) AND state IN ({pending}, {sending}) GROUP BY destination ORDER BY destination",
+        ))
+        .bind(node.unwrap_or(""))
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("outbox load per destination"))?;
+        rows.iter()
+            .map(|r| Ok(DestinationLoad { destination: get(r, "destination")?, waiting: get(r, "waiting")?, oldest_due_ms: get(r, "oldest_due_ms")?, attempts: get(r, "attempts")? }))
+            .collect()
     }
 
     /// At start-up: this node's earlier process is gone, so its claims are void.
@@ -282,4 +355,69 @@ pub(crate) async fn insert_in(conn: &mut sqlx::AnyConnection, node: &str, item: 
     .fetch_optional(conn)
     .await
     .map_err(q("queue outbox item"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lanes: the first due item (urgent studies' first, then the oldest) picks the
+    /// destination, a busy destination is skipped, a lane holds one destination's items in the
+    /// same order; renewal holds only what is still claimed; release counts no attempt.
+    #[tokio::test]
+    async fn lanes_claim_urgent_first_skip_busy_destinations_and_renew() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("t.db").display()), 1).await.unwrap();
+        // The worklist's foreign key to studies is not what this test is about.
+        sqlx::query("PRAGMA foreign_keys = OFF").execute(&db.pool).await.unwrap();
+        let mut conn = db.pool.acquire().await.unwrap();
+        let item = |path: &str, destination: &str, study: Option<i64>| NewOutboxItem { path: path.into(), destination: destination.into(), kind: ObjectKind::Sr, study_id: study, reidentify: false };
+        for (path, destination, study) in [("a", "PACS", Some(1)), ("b", "HL7", Some(1)), ("c", "PACS", Some(2)), ("d", "HL7", Some(2)), ("e", "OTHER", None)] {
+            insert_in(&mut conn, "n", &item(path, destination, study), 1_000).await.unwrap();
+        }
+        for (study, priority, rank) in [(1, "NEGATIVE", 3), (2, "URGENT", 0)] {
+            sqlx::query(
+                "INSERT INTO worklist (study_id, priority, priority_rank, sort_score, received_at_ms, result_at_ms, modalities, models, positive_labels, demonstration, findings, reasons, reading_state, updated_at_ms)
+                 VALUES ($1, $2, $3, 0, 0, 0, '', '', '', 0, '[]', '[]', 'unread', 0)",
+            )
+            .bind(study)
+            .bind(priority)
+            .bind(rank)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+        drop(conn);
+        let paths = |c: &OutboxClaim| c.items.iter().map(|i| i.path.clone()).collect::<Vec<_>>();
+        // The urgent study's PACS item comes first, then the older one of that destination.
+        let pacs = db.outbox_claim_lane(Some("n"), 60_000, 10, &[]).await.unwrap().unwrap();
+        assert_eq!((pacs.destination.as_str(), paths(&pacs)), ("PACS", vec!["c".to_string(), "a".to_string()]));
+        // PACS is busy (and claimed): the next lane is another destination, urgent first.
+        let hl7 = db.outbox_claim_lane(Some("n"), 60_000, 1, &["PACS".into()]).await.unwrap().unwrap();
+        assert_eq!((hl7.destination.as_str(), paths(&hl7)), ("HL7", vec!["d".to_string()]));
+        let other = db.outbox_claim_lane(Some("n"), 60_000, 10, &["PACS".into(), "HL7".into()]).await.unwrap().unwrap();
+        assert_eq!(paths(&other), ["e"]);
+        assert!(db.outbox_claim_lane(Some("n"), 60_000, 10, &["HL7".into()]).await.unwrap().is_none(), "the rest is busy or claimed");
+        let hl7_b = db.outbox_claim_lane(Some("n"), 60_000, 10, &[]).await.unwrap().unwrap();
+        assert_eq!(paths(&hl7_b), ["b"]);
+
+        // Renewal: held rows with the claim's lease, not a recorded one, not another claim's.
+        let ids: Vec<i64> = pacs.items.iter().map(|i| i.id).collect();
+        db.outbox_delivered(ids[0]).await.unwrap();
+        assert_eq!(db.outbox_renew(&ids, pacs.lease_until_ms, pacs.lease_until_ms + 1).await.unwrap(), 1);
+        assert_eq!(db.outbox_renew(&ids, pacs.lease_until_ms, pacs.lease_until_ms + 2).await.unwrap(), 0, "the lease moved on");
+        // Released: due again, no attempt counted; recorded rows are not released.
+        db.outbox_release(ids[1]).await.unwrap();
+        db.outbox_release(ids[0]).await.unwrap();
+        let all = db.outbox_list(None).await.unwrap();
+        let a = all.iter().find(|i| i.id == ids[1]).unwrap();
+        assert_eq!((a.state, a.attempts), (OutboxState::Pending, 0));
+        assert_eq!(all.iter().find(|i| i.id == ids[0]).unwrap().state, OutboxState::Delivered);
+
+        // What waits per destination.
+        let load = db.outbox_destinations(Some("n"), now_ms()).await.unwrap();
+        let names: Vec<(&str, i64)> = load.iter().map(|d| (d.destination.as_str(), d.waiting)).collect();
+        assert_eq!(names, [("HL7", 2), ("OTHER", 1), ("PACS", 1)]);
+        assert!(load.iter().all(|d| d.oldest_due_ms == Some(1_000) && d.attempts == 0), "{load:?}");
+    }
 }

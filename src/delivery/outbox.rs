@@ -1,11 +1,24 @@
-//! The outbox worker: claims due items, sends each destination's batch over one association,
-//! and records every outcome: delivered; retry later with exponential backoff and jitter
-//! (connection failures, timeouts, rejections, Out of Resources); or dead with the reason
-//! (a refusal the peer will repeat, a file that cannot be read, or too many attempts).
+//! The outbox worker: claims due items a destination at a time and sends each destination's
+//! batch in a lane of its own (a task; up to `delivery.lanes` at once; a destination in flight is
+//! not claimed again until its lane ends), so a slow or silent PACS or RIS holds only its own
+//! items. Items of urgent studies go first, then the oldest. A DICOM lane sends over one
+//! association, an HL7 lane one MLLP message after another; each outcome is recorded before the
+//! next item is sent: delivered; retry later with exponential backoff and jitter (connection
+//! failures, timeouts, rejections, Out of Resources); or dead with the reason (a refusal the peer
+//! will repeat, a file that cannot be read, or too many attempts). Items a lane did not attempt
+//! (the peer broke off, or its claim would run out) are given back, due at once, no attempt
+//! counted. A lane's claim is renewed while it sends, and no attempt outlasts it.
 //! Work lives in the database, so a restart resumes where the last run stopped.
+//!
+//! The worker also measures what waits for each destination (gauges labelled with the AE title,
+//! and `unready_reasons` for `/readyz`).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tracing::{error, info, warn, Instrument};
 
 use super::{resolve, DeliveryError};
@@ -18,13 +31,29 @@ use crate::deid::Keys;
 use crate::domain::{now_ms, AeTitle};
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
-/// Items sent over one association at most.
+/// Items one lane sends at most (over one association, for DICOM).
 const BATCH: usize = 32;
+/// How often what waits per destination is measured (gauges, `/readyz`).
+const MEASURE_EVERY: Duration = Duration::from_secs(2);
 
-#[derive(Clone)]
 pub struct OutboxWorker {
     /// The claims of this node's previous run were voided (done by the first unit).
     started: bool,
+    sender: Arc<Sender>,
+    /// Rung when items are queued, so they go out at once instead of at the next poll.
+    wake: Arc<tokio::sync::Notify>,
+    /// One task per destination being sent to.
+    lanes: JoinSet<()>,
+    /// Each running lane's destination, by task.
+    running: HashMap<tokio::task::Id, String>,
+    measured_at: Option<tokio::time::Instant>,
+    /// Destinations given gauges, set back to zero once nothing waits for them.
+    gauged: HashSet<String>,
+}
+
+/// What a lane needs to send and record.
+#[derive(Clone)]
+struct Sender {
     db: Db,
     node: String,
     ours: AeTitle,
@@ -35,8 +64,6 @@ pub struct OutboxWorker {
     keys: Keys,
     /// The study quiet period, left out of the reported delivery latency.
     quiet_period: Duration,
-    /// Rung when items are queued, so they go out at once instead of at the next poll.
-    wake: std::sync::Arc<tokio::sync::Notify>,
     /// The RIS's MLLP receiver, for HL7 items (None: `[hl7]` is off and they wait).
     hl7: Option<crate::config::Hl7Settings>,
     /// How destinations registered as TLS are reached.
@@ -48,33 +75,49 @@ impl Worker for OutboxWorker {
         "outbox"
     }
 
-    /// One destination's due batch (after voiding the previous run's claims, the first time).
+    /// Start a lane for each destination with due items while there is room (after voiding
+    /// the previous run's claims, the first time).
     fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
         Box::pin(async move {
             // With a shared bucket another node may be sending this node's items right now: its
             // claims are left to their lease.
-            if !self.started && self.blobs.is_shared() {
+            if !self.started && self.sender.blobs.is_shared() {
                 self.started = true;
             }
             if !self.started {
-                match self.db.outbox_release_claims(&self.node).await? {
+                match self.sender.db.outbox_release_claims(&self.sender.node).await? {
                     0 => {}
                     n => warn!(items = n, "outbox items claimed by this node's previous run are queued again"),
                 }
                 self.started = true;
             }
-            Ok(if self.drain_once().await? > 0 { WorkState::Busy } else { WorkState::Idle })
+            while let Some(done) = self.lanes.try_join_next_with_id() {
+                self.ended(done);
+            }
+            self.measure().await;
+            self.start_lanes().await?;
+            Ok(WorkState::Idle)
         })
     }
 
-    /// The poll interval, or sooner when a result is queued.
+    /// The poll interval, or sooner when a result is queued or a lane ends.
     fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-                _ = self.wake.notified() => {}
+            let ended = tokio::select! {
+                _ = tokio::time::sleep(self.sender.cfg.poll_interval) => None,
+                _ = self.wake.notified() => None,
+                Some(done) = self.lanes.join_next_with_id(), if !self.lanes.is_empty() => Some(done),
+            };
+            if let Some(done) = ended {
+                self.ended(done);
             }
         })
+    }
+
+    /// Lanes still sending are stopped: what they had not recorded is queued again at the
+    /// next start (or, with a shared bucket, after the lease).
+    fn finish(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.lanes.shutdown())
     }
 }
 
@@ -86,6 +129,8 @@ enum Verdict {
     Recorded,
     Retry(String),
     Dead(String),
+    /// Not attempted: given back, due at once, no attempt counted.
+    Release,
 }
 
 /// A C-STORE response status the peer may answer differently later.
@@ -128,57 +173,252 @@ impl OutboxWorker {
         cfg: DeliverySettings,
         keys: Keys,
         quiet_period: Duration,
-        wake: std::sync::Arc<tokio::sync::Notify>,
+        wake: Arc<tokio::sync::Notify>,
         hl7: Option<crate::config::Hl7Settings>,
     ) -> Self {
-        OutboxWorker { started: false, db, node, ours, blobs, cfg, keys, quiet_period, wake, hl7, tls: Connector::default() }
+        let sender = Sender { db, node, ours, blobs, cfg, keys, quiet_period, hl7, tls: Connector::default() };
+        OutboxWorker { started: false, sender: Arc::new(sender), wake, lanes: JoinSet::new(), running: HashMap::new(), measured_at: None, gauged: HashSet::new() }
     }
 
     /// Reach destinations registered as TLS through `tls`.
     pub fn with_tls(mut self, tls: Connector) -> Self {
-        self.tls = tls;
+        self.sender = Arc::new(Sender { tls, ..(*self.sender).clone() });
         self
     }
 
-    /// Claim one destination's due items and attempt them; returns how many were attempted.
-    pub async fn drain_once(&self) -> Result<usize, crate::db::DbError> {
-        // A shared bucket holds every node's objects: any node sends any node's items.
-        let owner = (!self.blobs.is_shared()).then_some(self.node.as_str());
-        let items = self.db.outbox_claim(owner, self.cfg.lease.as_millis() as i64, BATCH).await?;
-        if items.is_empty() {
-            return Ok(0);
+    /// Claim due items for destinations without a lane, a lane each, while there is room.
+    async fn start_lanes(&mut self) -> Result<(), crate::db::DbError> {
+        let lease_ms = self.sender.cfg.lease.as_millis() as i64;
+        while self.lanes.len() < self.sender.cfg.lanes {
+            let busy: Vec<String> = self.running.values().cloned().collect();
+            let Some(claim) = self.sender.db.outbox_claim_lane(self.sender.owner(), lease_ms, BATCH, &busy).await? else { break };
+            let sender = self.sender.clone();
+            let span = tracing::info_span!("delivery", destination = %claim.destination);
+            let (destination, until) = (claim.destination, claim.lease_until_ms);
+            let items = claim.items;
+            let task = self.lanes.spawn(async move { sender.run_lane(until, items).await }.instrument(span));
+            self.running.insert(task.id(), destination);
         }
-        let destination = items[0].destination.clone();
-        let span = tracing::info_span!("delivery", destination = %destination);
-        async {
-            let verdicts = self.attempt(&destination, &items).await;
-            // Deliveries were recorded as each Success came (None here).
-            for (item, verdict) in items.iter().zip(verdicts).filter_map(|(i, v)| v.map(|v| (i, v))) {
-                if let Err(error) = self.record(item, verdict).await {
-                    error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
+        metrics::gauge!("triage_outbox_lanes_busy").set(self.lanes.len() as f64);
+        Ok(())
+    }
+
+    fn ended(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => {
+                if e.is_panic() {
+                    error!("an outbox lane panicked; its items are claimable again after their lease");
                 }
+                e.id()
+            }
+        };
+        self.running.remove(&id);
+        metrics::gauge!("triage_outbox_lanes_busy").set(self.lanes.len() as f64);
+    }
+
+    /// What waits for each destination, every `MEASURE_EVERY`: gauges per AE title, and the
+    /// reasons `/readyz` gives (`unready_reasons`).
+    async fn measure(&mut self) {
+        if self.measured_at.is_some_and(|t| t.elapsed() < MEASURE_EVERY) {
+            return;
+        }
+        self.measured_at = Some(tokio::time::Instant::now());
+        let now = now_ms();
+        let load = match self.sender.db.outbox_destinations(self.sender.owner(), now).await {
+            Ok(load) => load,
+            Err(error) => {
+                warn!(%error, "measuring the outbox per destination failed");
+                return;
+            }
+        };
+        let cfg = &self.sender.cfg;
+        let mut reasons = Vec::new();
+        let mut seen = HashSet::new();
+        for d in load {
+            let due_ms = d.oldest_due_ms.map_or(0, |t| (now - t).max(0));
+            let gauges = Gauges::of(&d.destination);
+            gauges.waiting.set(d.waiting as f64);
+            gauges.oldest_due.set(due_ms as f64 / 1000.0);
+            gauges.failures.set(d.attempts as f64);
+            if due_ms > cfg.unready_after.as_millis() as i64 {
+                reasons.push(format!("outbox destination {}: an item has been due for {} s (delivery.unready_after is {:?})", d.destination, due_ms / 1000, cfg.unready_after));
+            }
+            if d.attempts >= i64::from(cfg.unready_failures) {
+                reasons.push(format!("outbox destination {}: an item waiting for it failed {} times in a row", d.destination, d.attempts));
+            }
+            seen.insert(d.destination);
+        }
+        for gone in self.gauged.difference(&seen) {
+            let gauges = Gauges::of(gone);
+            gauges.waiting.set(0.0);
+            gauges.oldest_due.set(0.0);
+            gauges.failures.set(0.0);
+        }
+        self.gauged = seen;
+        let stale_ms = (cfg.poll_interval.max(MEASURE_EVERY) * 3).max(Duration::from_secs(60)).as_millis() as i64;
+        *HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(Health { at_ms: now, stale_ms, reasons });
+    }
+}
+
+/// The per-destination gauges (labelled with the AE title, or `HL7`: no patient data).
+struct Gauges {
+    waiting: metrics::Gauge,
+    oldest_due: metrics::Gauge,
+    failures: metrics::Gauge,
+}
+
+impl Gauges {
+    fn of(destination: &str) -> Gauges {
+        let label = destination.to_string();
+        Gauges {
+            waiting: metrics::gauge!("triage_outbox_destination_waiting", "destination" => label.clone()),
+            oldest_due: metrics::gauge!("triage_outbox_destination_oldest_due_seconds", "destination" => label.clone()),
+            failures: metrics::gauge!("triage_outbox_destination_failures", "destination" => label),
+        }
+    }
+}
+
+/// The outbox's last measurement, for `/readyz`.
+struct Health {
+    at_ms: i64,
+    /// Older than this, the measurement itself is a reason (the worker is not measuring).
+    stale_ms: i64,
+    reasons: Vec<String>,
+}
+
+static HEALTH: Mutex<Option<Health>> = Mutex::new(None);
+
+/// Why `/readyz` should say not ready as far as delivery goes: destinations (by AE title) whose
+/// oldest due item has waited longer than `delivery.unready_after`, or for which an item failed
+/// `delivery.unready_failures` times in a row, as the outbox worker last measured (every few
+/// seconds). Empty before the first measurement.
+pub fn unready_reasons() -> Vec<String> {
+    let health = HEALTH.lock().unwrap_or_else(|p| p.into_inner());
+    match &*health {
+        None => Vec::new(),
+        Some(h) if now_ms() - h.at_ms > h.stale_ms => vec![format!("the outbox has not measured its destinations for {} s", (now_ms() - h.at_ms) / 1000)],
+        Some(h) => h.reasons.clone(),
+    }
+}
+
+/// A lane's claim on its items: held until `until_ms`, renewed while the lane sends.
+struct Claim {
+    until_ms: AtomicI64,
+    lease: Duration,
+}
+
+impl Claim {
+    fn left(&self) -> Duration {
+        Duration::from_millis((self.until_ms.load(Ordering::Relaxed) - now_ms()).max(0) as u64)
+    }
+
+    /// Whether an attempt may start: half a lease left at least (renewals keep two thirds).
+    fn may_start(&self) -> bool {
+        self.left() >= self.lease / 2
+    }
+
+    /// Resolves a tenth of a lease before the claim (as renewed meanwhile) runs out: the
+    /// attempt in progress is stopped then, so no lane sends what another claimer may take.
+    async fn running_out(&self) {
+        let margin = self.lease / 10;
+        loop {
+            let left = self.left();
+            if left <= margin {
+                return;
+            }
+            tokio::time::sleep(left - margin).await;
+        }
+    }
+}
+
+/// Renews a lane's claim every third of the lease while the lane runs (stopped when dropped).
+struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+const CLAIM_RAN_OUT: &str = "stopped: the claim's lease was running out (delivery.lease)";
+
+impl Sender {
+    /// Whose items this node claims: its own, or (a shared bucket holds every node's objects)
+    /// any node's.
+    fn owner(&self) -> Option<&str> {
+        (!self.blobs.is_shared()).then_some(self.node.as_str())
+    }
+
+    /// Attempt one destination's claimed items and record every outcome.
+    async fn run_lane(self: Arc<Self>, until_ms: i64, items: Vec<OutboxItem>) {
+        let Some(destination) = items.first().map(|i| i.destination.clone()) else { return };
+        let claim = Arc::new(Claim { until_ms: AtomicI64::new(until_ms), lease: self.cfg.lease });
+        let _renewal = self.renew(claim.clone(), items.iter().map(|i| i.id).collect());
+        let verdicts = self.attempt(&destination, &items, &claim).await;
+        // What was not recorded as it came (given back, or a recording that failed then).
+        for (item, verdict) in items.iter().zip(verdicts).filter(|(_, v)| *v != Verdict::Recorded) {
+            if let Err(error) = self.record(item, verdict).await {
+                error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
             }
         }
-        .instrument(span)
-        .await;
-        Ok(items.len())
     }
 
-    /// Attempt `items` on one association. An item the destination stored is recorded as
-    /// delivered at once, before the next is sent (its verdict comes back as `None`), so a stop
-    /// in the middle of a batch re-sends only what was not yet acknowledged; the others' verdicts
-    /// are for the caller to record.
-    async fn attempt(&self, destination: &str, items: &[OutboxItem]) -> Vec<Option<Verdict>> {
-        let verdicts = self.attempt_all(destination, items).await;
-        verdicts.into_iter().map(|v| (v != Verdict::Recorded).then_some(v)).collect()
+    fn renew(&self, claim: Arc<Claim>, ids: Vec<i64>) -> Renewal {
+        let db = self.db.clone();
+        let lease = self.cfg.lease;
+        Renewal(tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    let held = claim.until_ms.load(Ordering::Relaxed);
+                    let until = now_ms() + lease.as_millis() as i64;
+                    match db.outbox_renew(&ids, held, until).await {
+                        Ok(0) => break,
+                        Ok(_) => claim.until_ms.store(until, Ordering::Relaxed),
+                        Err(error) => warn!(%error, "renewing an outbox claim failed"),
+                    }
+                }
+            }
+            .in_current_span(),
+        ))
     }
 
-    async fn attempt_all(&self, destination: &str, items: &[OutboxItem]) -> Vec<Verdict> {
+    /// Record `verdict` now: `Recorded`, or the verdict itself when recording failed (tried
+    /// again when the lane ends).
+    async fn settle(&self, item: &OutboxItem, verdict: Verdict) -> Verdict {
+        match self.record(item, verdict.clone()).await {
+            Ok(()) => Verdict::Recorded,
+            Err(error) => {
+                error!(%error, item = item.id, "recording an outbox outcome failed; tried again when the lane ends");
+                verdict
+            }
+        }
+    }
+
+    /// Attempt `items` in order, each outcome recorded before the next item is sent (so a stop
+    /// in the middle re-sends only what was not yet acknowledged); returns what is left to
+    /// record (`Recorded` for the rest).
+    async fn attempt(&self, destination: &str, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
         let all = |v: Verdict| vec![v; items.len()];
         if items[0].kind == ObjectKind::Hl7 {
-            let mut verdicts = Vec::with_capacity(items.len());
-            for item in items {
-                verdicts.push(self.attempt_hl7(item).await);
+            let mut verdicts = all(Verdict::Release);
+            for (i, item) in items.iter().enumerate() {
+                if !claim.may_start() {
+                    break;
+                }
+                let started = std::time::Instant::now();
+                let (verdict, unreachable) = tokio::select! {
+                    outcome = self.attempt_hl7(item) => outcome,
+                    _ = claim.running_out() => (Verdict::Retry(CLAIM_RAN_OUT.into()), true),
+                };
+                metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
+                verdicts[i] = self.settle(item, verdict).await;
+                // The receiver did not answer: the rest are given back (due at once, no attempt
+                // counted), so items queued since, urgent ones first, are claimed before them.
+                if unreachable {
+                    break;
+                }
             }
             return verdicts;
         }
@@ -187,7 +427,7 @@ impl OutboxWorker {
             Err(e @ (DeliveryError::UnknownAe(_) | DeliveryError::Disabled(_) | DeliveryError::NoAddress(_))) => return all(Verdict::Retry(e.to_string())),
             Err(e) => return all(Verdict::Retry(e.to_string())),
         };
-        let mut verdicts = vec![Verdict::Retry("not attempted".into()); items.len()];
+        let mut verdicts = all(Verdict::Release);
         let mut sendable = Vec::new();
         let mut files = vec![std::path::PathBuf::new(); items.len()];
         for (i, item) in items.iter().enumerate() {
@@ -221,53 +461,40 @@ impl OutboxWorker {
                 return verdicts;
             }
         };
-        for (i, _) in &sendable {
-            let item = &items[*i];
-            let path = files[*i].clone();
-            let result = if item.reidentify {
-                // Re-identified now, in memory: the queued file stays de-identified.
-                let purpose = format!("deliver result to {destination}");
-                match crate::results::reidentify::for_delivery(&self.db, &self.keys, &path, &purpose).await {
-                    Ok(bytes) => assoc.store_part10_bytes(&bytes).await,
-                    Err(e) if e.transient() => {
-                        verdicts[*i] = Verdict::Retry(e.to_string());
-                        continue;
-                    }
-                    Err(e) => {
-                        verdicts[*i] = Verdict::Dead(e.to_string());
-                        continue;
-                    }
-                }
-            } else {
-                assoc.store_file(&path).await
-            };
-            let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_)));
-            // The PACS's Error Comment about a re-identified object may echo its patient data:
-            // for those only the status is kept (in the database and the log).
-            let result = match result {
-                Ok(rsp) if item.reidentify => Ok(Response { error_comment: rsp.error_comment.map(|_| "(comment withheld: may name the patient)".into()), ..rsp }),
-                other => other,
-            };
-            verdicts[*i] = verdict_for(&result);
-            if verdicts[*i] == Verdict::Delivered {
-                match self.record(item, Verdict::Delivered).await {
-                    Ok(()) => verdicts[*i] = Verdict::Recorded,
-                    Err(error) => error!(%error, item = item.id, "recording a delivery failed; it is recorded again after the batch"),
-                }
+        let mut delivered: Vec<(i64, String, String)> = Vec::new();
+        for (i, meta) in &sendable {
+            if !claim.may_start() {
+                break; // the rest are given back
             }
+            let item = &items[*i];
+            let started = std::time::Instant::now();
+            let outcome = tokio::select! {
+                outcome = self.store_one(&mut assoc, destination, item, &files[*i]) => outcome,
+                _ = claim.running_out() => Err(Verdict::Retry(CLAIM_RAN_OUT.into())),
+            };
+            metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
+            let (verdict, broken) = match outcome {
+                Ok(result) => {
+                    let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_)));
+                    (verdict_for(&result), broken)
+                }
+                // Not sent (re-identification failed), or stopped in the middle: then the
+                // association is in an unknown state and is dropped.
+                Err(v) => {
+                    let stopped = v == Verdict::Retry(CLAIM_RAN_OUT.into());
+                    (v, stopped)
+                }
+            };
+            if verdict == Verdict::Delivered {
+                delivered.push((item.id, meta.sop_class_uid.trim_end_matches('\0').to_string(), meta.sop_instance_uid.trim_end_matches('\0').to_string()));
+            }
+            verdicts[*i] = self.settle(item, verdict).await;
             if broken {
-                return verdicts; // the rest stay "not attempted": retried later
+                return verdicts; // the rest are given back: claimed again at once
             }
         }
-        if self.cfg.storage_commitment {
-            let delivered: Vec<(i64, String, String)> = sendable
-                .iter()
-                .filter(|(i, _)| matches!(verdicts[*i], Verdict::Delivered | Verdict::Recorded))
-                .map(|(i, m)| (items[*i].id, m.sop_class_uid.trim_end_matches('\0').to_string(), m.sop_instance_uid.trim_end_matches('\0').to_string()))
-                .collect();
-            if !delivered.is_empty() {
-                self.request_commitment(&mut assoc, destination, &delivered).await;
-            }
+        if self.cfg.storage_commitment && !delivered.is_empty() {
+            self.request_commitment(&mut assoc, destination, &delivered).await;
         }
         if let Err(error) = assoc.release().await {
             warn!(%error, "release after delivery failed");
@@ -275,25 +502,48 @@ impl OutboxWorker {
         verdicts
     }
 
+    /// One C-STORE on `assoc`: the PACS's answer, or the verdict when the object could not be
+    /// sent (its re-identification failed).
+    async fn store_one(&self, assoc: &mut Association, destination: &str, item: &OutboxItem, path: &std::path::Path) -> Result<Result<Response, ClientError>, Verdict> {
+        let result = if item.reidentify {
+            // Re-identified now, in memory: the queued file stays de-identified.
+            let purpose = format!("deliver result to {destination}");
+            match crate::results::reidentify::for_delivery(&self.db, &self.keys, path, &purpose).await {
+                Ok(bytes) => assoc.store_part10_bytes(&bytes).await,
+                Err(e) if e.transient() => return Err(Verdict::Retry(e.to_string())),
+                Err(e) => return Err(Verdict::Dead(e.to_string())),
+            }
+        } else {
+            assoc.store_file(path).await
+        };
+        // The PACS's Error Comment about a re-identified object may echo its patient data:
+        // for those only the status is kept (in the database and the log).
+        Ok(match result {
+            Ok(rsp) if item.reidentify => Ok(Response { error_comment: rsp.error_comment.map(|_| "(comment withheld: may name the patient)".into()), ..rsp }),
+            other => other,
+        })
+    }
+
     /// Send one HL7 report: rendered now with the patient from the sealed map (audited), sent
-    /// over MLLP with its control ID, judged by the ACK.
-    async fn attempt_hl7(&self, item: &OutboxItem) -> Verdict {
+    /// over MLLP with its control ID, judged by the ACK. Also says whether the receiver could
+    /// not be reached or did not answer.
+    async fn attempt_hl7(&self, item: &OutboxItem) -> (Verdict, bool) {
         let Some(cfg) = self.hl7.as_ref().filter(|c| c.enabled) else {
-            return Verdict::Retry("HL7 is not enabled ([hl7] enabled = false): the report waits".into());
+            return (Verdict::Retry("HL7 is not enabled ([hl7] enabled = false): the report waits".into()), false);
         };
         let path = match self.blobs.fetch(&item.path).await {
             Ok(path) => path,
-            Err(e) => return Verdict::Retry(e.to_string()),
+            Err(e) => return (Verdict::Retry(e.to_string()), false),
         };
         let report: crate::hl7::Report = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
             Ok(r) => r,
-            Err(why) => return Verdict::Dead(format!("reading the HL7 report {}: {why}", item.path)),
+            Err(why) => return (Verdict::Dead(format!("reading the HL7 report {}: {why}", item.path)), false),
         };
         let purpose = format!("deliver HL7 result to {}:{}", cfg.host, cfg.port);
         let originals = match crate::deid::reidentify(&self.db, &self.keys, &report.instance_uid, &purpose).await {
             Ok(o) => o,
-            Err(e @ crate::deid::MapError::Db(_)) => return Verdict::Retry(e.to_string()),
-            Err(e) => return Verdict::Dead(e.to_string()),
+            Err(e @ crate::deid::MapError::Db(_)) => return (Verdict::Retry(e.to_string()), false),
+            Err(e) => return (Verdict::Dead(e.to_string()), false),
         };
         let who = crate::hl7::Identity {
             patient_id: originals.patient_id.clone(),
@@ -308,10 +558,13 @@ impl OutboxWorker {
         };
         let message = zeroize::Zeroizing::new(crate::hl7::oru_r01(&report, &who, &cfg.mapping()));
         match crate::hl7::send(&cfg.host, cfg.port, &message, &report.control_id, cfg.timeout).await {
-            Ok(crate::hl7::Ack::Accepted) => Verdict::Delivered,
-            Ok(crate::hl7::Ack::Error(why)) => Verdict::Retry(why),
-            Ok(crate::hl7::Ack::Rejected(why)) => Verdict::Dead(why),
-            Err(e) => Verdict::Retry(e.to_string()),
+            Ok(crate::hl7::Ack::Accepted) => (Verdict::Delivered, false),
+            Ok(crate::hl7::Ack::Error(why)) => (Verdict::Retry(why), false),
+            Ok(crate::hl7::Ack::Rejected(why)) => (Verdict::Dead(why), false),
+            Err(e) => {
+                let unreachable = matches!(e, crate::hl7::MllpError::Connect(..) | crate::hl7::MllpError::Io(..) | crate::hl7::MllpError::Timeout(..));
+                (Verdict::Retry(e.to_string()), unreachable)
+            }
         }
     }
 
@@ -355,6 +608,7 @@ impl OutboxWorker {
         let attempts = item.attempts as u32 + 1;
         match verdict {
             Verdict::Recorded => Ok(()),
+            Verdict::Release => self.db.outbox_release(item.id).await,
             Verdict::Delivered => {
                 self.db.outbox_delivered(item.id).await?;
                 metrics::counter!("triage_delivered_total", "kind" => item.kind.as_str()).increment(1);

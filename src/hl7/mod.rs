@@ -431,4 +431,23 @@ mod tests {
         assert_eq!(escape("a|b^c~d\\e&f\ng"), "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f\\.br\\g");
         assert_eq!(hl7_time(0), "19700101000000+0000");
     }
+
+    /// A receiver that accepts and never reads: the write (or, for a message its buffers hold,
+    /// the wait for the ACK) ends with a timeout instead of holding the sender.
+    #[tokio::test]
+    async fn a_receiver_that_never_reads_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let big = "OBX|".repeat(8 << 20);
+        let started = std::time::Instant::now();
+        let sent = send("127.0.0.1", port, &big, "X", Duration::from_millis(500)).await;
+        assert!(matches!(sent, Err(MllpError::Timeout(..))), "{sent:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        held.abort();
+    }
 }

@@ -238,6 +238,20 @@ struct HeatmapParams {
 /// Long side of a thumbnail.
 const THUMBNAIL: usize = 256;
 
+/// Heatmaps drawn at once (each decodes a key image and blends it on a blocking thread).
+pub const HEATMAP_RENDERS: usize = 2;
+/// How long a heatmap request waits for a turn to be drawn before 503.
+const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A turn to draw a heatmap: one of `renders`' permits, waited for at most `wait`; past that
+/// 503 (with Retry-After), so that uncached pictures never take more than a few threads.
+pub async fn render_permit(renders: &Arc<tokio::sync::Semaphore>, wait: std::time::Duration) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(wait, renders.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "other heatmaps are being drawn; try again shortly".into())),
+    }
+}
+
 async fn heatmap(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): Path<(String, usize)>, params: Result<Query<HeatmapParams>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| bad_request(e.body_text()))?;
     let id = study_id(&id)?;
@@ -256,12 +270,20 @@ async fn heatmap(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): 
     let (result, finding) = findings.get(n).copied().ok_or_else(|| not_found(format!("study {id} has {} heatmaps", findings.len())))?;
     let manifest = state.manifests.iter().find(|m| m.name == result.model).cloned().ok_or_else(|| not_found(format!("model {} is no longer loaded: its heatmap cannot be drawn", result.model)))?;
     let key_image = state.db.instance_ref(finding.key_instance_id).await?.ok_or_else(|| not_found("the key image is no longer stored"))?;
+    // Held until the drawing ends, even if the request gives up first.
+    let permit = render_permit(&state.renders, RENDER_WAIT).await?;
+    if let Some(png) = state.cached_picture(key) {
+        return Ok(png_response(png));
+    }
     let path = state.blobs.fetch(&key_image.path).await.map_err(unavailable)?;
     let (result, finding) = (result.clone(), finding.clone());
-    let png = tokio::task::spawn_blocking(move || crate::results::heatmap_picture(&path, &manifest, &result, &finding, size).and_then(|rgb| crate::results::png_bytes(&rgb)))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the heatmap: {e}")))?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the heatmap: {e}")))?;
+    let png = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        crate::results::heatmap_picture(&path, &manifest, &result, &finding, size).and_then(|rgb| crate::results::png_bytes(&rgb))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the heatmap: {e}")))?
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the heatmap: {e}")))?;
     let png = Arc::new(png);
     state.cache_picture(key, png.clone());
     Ok(png_response(png))
@@ -312,8 +334,6 @@ struct AeView {
     role: String,
     enabled: bool,
     tls: bool,
-    /// The name its TLS client certificate must carry.
-    #[serde(default)]
     tls_identity: Option<String>,
 }
 
@@ -336,6 +356,8 @@ struct AeBody {
     /// TLS only (PS3.15 B.9).
     #[serde(default)]
     tls: bool,
+    /// The name its TLS client certificate must carry.
+    #[serde(default)]
     tls_identity: Option<String>,
 }
 
@@ -391,4 +413,50 @@ async fn disable_ae(State(state): State<Shared>, AdminUser(_): AdminUser, Path(t
 
 async fn echo_ae(State(state): State<Shared>, AdminUser(user): AdminUser, Path(title): Path<String>) -> Result<Json<admin::ae::EchoOutcome>, ApiError> {
     Ok(Json(admin::ae::echo(&state.db, &state.ae_title, &title, state.dicom_timeout, &state.tls, &user.name).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Issue 28 (9b): however many uncached heatmaps are asked for at once, at most
+    /// HEATMAP_RENDERS are drawn together; a request that waits past its bound gets 503 with
+    /// Retry-After and a reason, and the next turn is free once a drawing ends.
+    #[tokio::test]
+    async fn heatmap_drawing_is_bounded_and_a_request_over_the_bound_gets_503() {
+        let renders = Arc::new(tokio::sync::Semaphore::new(HEATMAP_RENDERS));
+        let (drawing, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..12)
+            .map(|_| {
+                let (renders, drawing, most) = (renders.clone(), drawing.clone(), most.clone());
+                tokio::spawn(async move {
+                    let permit = render_permit(&renders, Duration::from_secs(60)).await.unwrap();
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        let now = drawing.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        drawing.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                    .unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), HEATMAP_RENDERS, "drawn together at most");
+
+        let held: Vec<_> = (0..HEATMAP_RENDERS).map(|_| renders.clone().try_acquire_owned().unwrap()).collect();
+        let refused = render_permit(&renders, Duration::from_millis(10)).await.unwrap_err();
+        assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.1.contains("try again"), "{}", refused.1);
+        let rsp = refused.into_response();
+        assert_eq!(rsp.headers()[header::RETRY_AFTER], "1");
+        drop(held);
+        assert!(render_permit(&renders, Duration::from_millis(10)).await.is_ok());
+    }
 }

@@ -6,11 +6,18 @@
 //! The access log names the method, the route *template* (`/api/studies/{id}`, never the path
 //! or its query), the status, the time and the token's user: no patient data, no token.
 //! Must not: hold SQL, open the sealed map itself, or log a request's values.
+//!
+//! Bounded (issue 28): connections at once, per peer address and in all, the time to send a
+//! request head, idle keep-alive (`serve`), each request's time (`request_timeout`, 503 past
+//! it), and the heatmaps drawn at once (`api::render_permit`). Every response carries
+//! `Cache-Control: no-store` (unless its route chose another), `Pragma: no-cache` and
+//! `X-Content-Type-Options: nosniff`.
 
 pub mod api;
 pub mod auth;
 pub mod ops;
 pub mod page;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +64,10 @@ pub struct AppState {
     pub recorded_views: crate::admin::worklist::RecordedViews,
     /// Rendered heatmap PNGs, bounded.
     pictures: Mutex<HashMap<PictureKey, Arc<Vec<u8>>>>,
+    /// Heatmaps being drawn at once (`api::HEATMAP_RENDERS` permits).
+    renders: Arc<tokio::sync::Semaphore>,
+    /// How long a request may run (`http.request_timeout`; set by `HttpServer::start`).
+    pub request_timeout: Duration,
 }
 
 /// (study row, result time, finding, size): a new analysis makes new pictures.
@@ -80,7 +91,24 @@ impl AppState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         refresh: Duration,
     ) -> AppState {
-        AppState { db, keys, tokens, ae_title, dicom_timeout, tls: Default::default(), blobs, manifests, heatmap_max, workers, metrics, refresh, recorded_views: Default::default(), pictures: Mutex::new(HashMap::new()) }
+        AppState {
+            db,
+            keys,
+            tokens,
+            ae_title,
+            dicom_timeout,
+            tls: Default::default(),
+            blobs,
+            manifests,
+            heatmap_max,
+            workers,
+            metrics,
+            refresh,
+            recorded_views: Default::default(),
+            pictures: Mutex::new(HashMap::new()),
+            renders: Arc::new(tokio::sync::Semaphore::new(api::HEATMAP_RENDERS)),
+            request_timeout: Duration::from_secs(60),
+        }
     }
 
     /// Reach AEs registered as TLS through `tls` (the AE page's C-ECHO).
@@ -114,6 +142,10 @@ impl IntoResponse for ApiError {
         let mut rsp = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
             rsp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"triage-node\""));
+        }
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 of ours is transient: busy, or a store that does not answer yet.
+            rsp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         rsp
     }
@@ -199,6 +231,26 @@ async fn access_log(State(state): State<Shared>, matched: Option<MatchedPath>, r
     rsp
 }
 
+/// A request past `request_timeout` (its handler, and its body's arrival) ends with 503.
+async fn deadline(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(rsp) => rsp,
+        Err(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the request took longer than http.request_timeout ({})", humantime::format_duration(state.request_timeout))).into_response(),
+    }
+}
+
+/// What a response may not be: stored by a browser or proxy (unless its route said how it may
+/// be kept), or sniffed as another type.
+async fn not_stored(mut rsp: Response) -> Response {
+    let headers = rsp.headers_mut();
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    }
+    headers.insert(header::PRAGMA, header::HeaderValue::from_static("no-cache"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    rsp
+}
+
 /// Every route of the API and of the operations endpoints (method, path template), as
 /// `openapi.json` describes them: a unit test holds the two equal, and the integration test
 /// requests each one from a running node.
@@ -229,8 +281,10 @@ pub fn router(state: Shared) -> axum::Router {
         .merge(ops::routes())
         .merge(api::routes())
         .merge(page::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), deadline))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access_log))
         .fallback(|| async { not_found("no such route") })
+        .layer(axum::middleware::map_response(not_stored))
         .with_state(state)
 }
 
@@ -242,20 +296,33 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Bind `settings.bind:port` and serve until `shutdown`; in-flight requests finish first.
-    pub async fn start(settings: &HttpSettings, state: AppState, shutdown: CancellationToken) -> std::io::Result<HttpServer> {
+    /// Raises the process's soft descriptor limit to the hard one, and keeps HTTP connections
+    /// to a quarter of it (`serve::HTTP_SHARE`): the rest stays for DICOM.
+    pub async fn start(settings: &HttpSettings, mut state: AppState, shutdown: CancellationToken) -> std::io::Result<HttpServer> {
         if state.tokens.is_empty() {
             warn!("no HTTP API tokens configured ({} or http.tokens_file): the API answers 401 to everyone; `triage-node token add` makes one", auth::TOKENS_ENV);
         }
         let listener = tokio::net::TcpListener::bind((settings.bind.as_str(), settings.port)).await?;
         let addr = listener.local_addr()?;
         info!(bind = %addr.ip(), "HTTP API and worklist page listening http_port={}", addr.port());
+        let nofile = serve::raise_descriptor_limit();
+        let max_connections = serve::connection_cap(settings.max_connections, nofile);
+        if max_connections < settings.max_connections {
+            warn!(
+                max_connections,
+                descriptors = nofile,
+                "http.max_connections lowered to a quarter of the descriptors the process may open: the rest stays for DICOM"
+            );
+        }
+        let limits = serve::Limits {
+            header_timeout: settings.header_timeout,
+            keep_alive_timeout: settings.keep_alive_timeout,
+            max_connections,
+            max_connections_per_host: settings.max_connections_per_host.min(max_connections),
+        };
+        state.request_timeout = settings.request_timeout;
         let app = router(Arc::new(state));
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-            if let Err(error) = served {
-                warn!(%error, "the HTTP server stopped with an error");
-            }
-        });
+        let task = tokio::spawn(serve::serve(listener, app, limits, shutdown));
         Ok(HttpServer { addr, task })
     }
 

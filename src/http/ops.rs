@@ -1,17 +1,19 @@
 //! For operations: `/healthz` (the process answers; no auth), `/readyz` (database reachable,
-//! models loaded, no worker in error; no auth, no data), `/metrics` (Prometheus text format;
+//! models loaded, no worker in error; no auth: `{"ready": bool}` and the status only, the
+//! details and reasons for an admin's token), `/metrics` (Prometheus text format;
 //! no auth, no patient data: labels are statuses, reasons, kinds, states and worker names).
 
 use std::sync::OnceLock;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
+use super::auth::Role;
 use super::Shared;
 use crate::worker::WorkerState;
 
@@ -64,7 +66,7 @@ struct Readiness {
     reasons: Vec<String>,
 }
 
-async fn readyz(State(state): State<Shared>) -> Response {
+async fn readyz(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let mut reasons = Vec::new();
     let database = state.db.ping().await.is_ok();
     if !database {
@@ -82,9 +84,17 @@ async fn readyz(State(state): State<Shared>) -> Response {
     for w in state.workers.statuses().iter().filter(|w| w.state == WorkerState::Error) {
         reasons.push(format!("worker {} is in error", w.name));
     }
+    // Destinations whose items wait too long or keep failing (by AE title).
+    reasons.extend(crate::delivery::outbox::unready_reasons());
     let ready = reasons.is_empty();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    // The reasons name workers, AE titles and errors: for an admin only.
+    let admin = state.tokens.user(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).is_some_and(|u| u.role >= Role::Admin);
+    if !admin {
+        return (status, Json(serde_json::json!({ "ready": ready }))).into_response();
+    }
     let body = Readiness { ready, database, models: state.manifests.len(), workers, reasons };
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
+    (status, Json(body)).into_response()
 }
 
 /// The counters and histograms the code records, plus the queue depths read now.

@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tracing::warn;
 
@@ -22,6 +24,84 @@ use crate::dicom::Status;
 
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A writer that fails with `TimedOut` once the peer has taken no byte for `timeout` (a peer
+/// that stops reading must not hold a task for ever); any progress restarts the clock, so a
+/// large data set may take as long as it needs while the peer keeps reading.
+pub struct WriteTimeout<W> {
+    inner: W,
+    timeout: Duration,
+    /// Running while the inner writer is not ready.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W> WriteTimeout<W> {
+    pub fn new(inner: W, timeout: Duration) -> WriteTimeout<W> {
+        WriteTimeout { inner, timeout, stalled: None }
+    }
+
+    /// After the inner writer said Pending: Pending, or the error once the peer has taken
+    /// nothing for `timeout`.
+    fn stall<T>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>> {
+        let timeout = self.timeout;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                self.stalled = None;
+                std::task::Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the peer took nothing for {timeout:?}"))))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(&mut self, ready: std::io::Result<T>) -> std::task::Poll<std::io::Result<T>> {
+        self.stalled = None;
+        std::task::Poll::Ready(ready)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<W> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_write(cx, buf) {
+            std::task::Poll::Ready(r) => this.progressed(r),
+            std::task::Poll::Pending => this.stall(cx),
+        }
+    }
+
+    fn poll_write_vectored(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            std::task::Poll::Ready(r) => this.progressed(r),
+            std::task::Poll::Pending => this.stall(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_flush(cx) {
+            std::task::Poll::Ready(r) => this.progressed(r),
+            std::task::Poll::Pending => this.stall(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_shutdown(cx) {
+            std::task::Poll::Ready(r) => this.progressed(r),
+            std::task::Poll::Pending => this.stall(cx),
+        }
+    }
+}
+
+/// `wr` with a write timeout (`WriteTimeout`), boxed again.
+pub fn with_write_timeout(wr: BoxWrite, timeout: Duration) -> BoxWrite {
+    Box::new(WriteTimeout::new(wr, timeout))
+}
 
 /// An open connection's halves, and what the association needs to know of its transport.
 pub struct Transport {
@@ -285,5 +365,33 @@ mod tests {
         assert_eq!((rsp_pc, rsp.command_field(), rsp.status(), rsp.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO)), (pc, Ok(field::C_STORE_RSP), Ok(Status::SUCCESS), Ok(9)));
         assert!(assoc.data().await.unwrap().is_none(), "a response without a data set has none");
         assert_eq!(peer.await.unwrap(), payload);
+    }
+
+    /// A peer that stops reading: the write fails after the timeout instead of hanging; one
+    /// that reads slowly keeps the write going.
+    #[tokio::test]
+    async fn a_write_to_a_peer_that_stopped_reading_times_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let mut wr = WriteTimeout::new(ours, Duration::from_millis(200));
+        let big = vec![0u8; 64 * 1024];
+        let started = std::time::Instant::now();
+        let err = wr.write_all(&big).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A reader taking a little at a time, slower than the timeout in all: no error.
+        let (ours, mut slow) = tokio::io::duplex(1024);
+        let mut wr = WriteTimeout::new(ours, Duration::from_millis(200));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let mut total = 0;
+            while total < 8 * 1024 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                total += slow.read(&mut buf).await.unwrap();
+            }
+        });
+        wr.write_all(&vec![1u8; 8 * 1024]).await.unwrap();
+        reader.await.unwrap();
+        drop(theirs);
     }
 }

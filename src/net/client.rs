@@ -1,6 +1,7 @@
 //! The association requestor (SCU side): C-ECHO and C-STORE to a remote AE, sending Part 10
 //! files exactly as stored (one presentation context per SOP class and transfer syntax, no
-//! transcoding), streamed from disk in PDUs within the peer's maximum length.
+//! transcoding), streamed from disk in PDUs within the peer's maximum length. Every read and
+//! every write is bounded by the peer's timeout (a write by the time the peer took no byte).
 //!
 //! Owns: A-ASSOCIATE-RQ/AC/RJ on the requesting side, DIMSE requests and their responses.
 //! Must not: decide what to send or when (callers do), or log identifying values.
@@ -159,7 +160,8 @@ impl Association {
     /// Negotiate over an open byte stream (TCP, or TLS once it lands).
     pub async fn request_over(rd: BoxRead, wr: BoxWrite, peer: &Peer, proposals: &[Proposal]) -> Result<Association, ClientError> {
         let mut rd = BufReader::with_capacity(64 * 1024, rd);
-        let mut wr = MessageWriter::new(wr);
+        // Every write, the data sets' included, fails once the peer took nothing for the timeout.
+        let mut wr = MessageWriter::new(super::association::with_write_timeout(wr, peer.timeout));
         let contexts: Vec<PresentationContextProposed> = proposals
             .iter()
             .enumerate()

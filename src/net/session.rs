@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::access::{AccessControl, Channel};
-use super::association::{Association, AssociationError, BoxRead, BoxWrite, Transport};
+use super::association::{with_write_timeout, Association, AssociationError, BoxRead, BoxWrite, Transport};
 use super::dimse::command::{self, field, CommandSet};
 use super::dimse::{Event, MessageReader, MessageWriter};
 use super::service::{Request, Services};
@@ -38,7 +38,9 @@ pub struct Shared {
 pub async fn run(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), AssociationError> {
     let Transport { rd, wr, tls, certificate, deadline } = transport;
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
-    let mut wr = MessageWriter::new(wr);
+    // A caller that stops reading (a C-FIND's responses, a C-GET's sub-operations) fails the
+    // association after the idle timeout instead of holding its task.
+    let mut wr = MessageWriter::new(with_write_timeout(wr, shared.settings.idle_timeout));
     let Some(rq) = read_request(&mut rd, &mut wr, deadline, shared.settings.artim_timeout).await? else {
         return Ok(()); // connected and closed: a port probe
     };
@@ -49,7 +51,8 @@ pub async fn run(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, sh
 /// taking a reserved slot).
 pub async fn run_with_request(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken, rq: AssociationRQ) -> Result<(), AssociationError> {
     let channel = Channel { tls: transport.tls, certificate: transport.certificate.as_deref() };
-    serve(BufReader::with_capacity(READ_BUFFER, transport.rd), MessageWriter::new(transport.wr), channel, peer, shared, shutdown, rq).await
+    let wr = MessageWriter::new(with_write_timeout(transport.wr, shared.settings.idle_timeout));
+    serve(BufReader::with_capacity(READ_BUFFER, transport.rd), wr, channel, peer, shared, shutdown, rq).await
 }
 
 /// Sta2: transport open, waiting for A-ASSOCIATE-RQ until ARTIM expires at `deadline`

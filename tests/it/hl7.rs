@@ -61,11 +61,18 @@ fn attr(file: &Path, tag: dicom_core::Tag) -> String {
 }
 
 fn hl7_node(port: u16, models: &Path, pacs: Option<u16>) -> Node {
+    hl7_node_with(port, models, pacs, &[], "")
+}
+
+/// `hl7_node` with more `[delivery]` lines and more `[hl7]` lines.
+fn hl7_node_with(port: u16, models: &Path, pacs: Option<u16>, delivery: &[&str], hl7: &str) -> Node {
+    let mut lines: Vec<String> = vec!["poll_interval = \"200ms\"".into(), "retry_base = \"500ms\"".into(), "retry_max = \"1s\"".into(), "timeout = \"5s\"".into(), "lease = \"10s\"".into()];
+    lines.extend(delivery.iter().map(|l| l.to_string()));
     let node = Node::start(NodeOptions {
         inference: vec![format!("models_dir = \"{}\"", models.display())],
         results: pacs.map(|_| vec!["destinations = [\"PACS\"]".to_string()]).unwrap_or_default(),
-        delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"500ms\"".into(), "retry_max = \"1s\"".into(), "timeout = \"5s\"".into(), "lease = \"10s\"".into()],
-        extra: vec![format!("[hl7]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\nreceiving_application = \"RIS\"\nsending_facility = \"HOSP\"")],
+        delivery: lines,
+        extra: vec![format!("[hl7]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\nreceiving_application = \"RIS\"\nsending_facility = \"HOSP\"\n{hl7}")],
         ..Default::default()
     });
     if let Some(p) = pacs {
@@ -232,4 +239,133 @@ fn a_rejecting_ris_dead_letters_and_an_erring_one_is_retried_without_echoing_its
     let ids: BTreeSet<String> = received(&out).iter().filter(|m| m["code"] == "AE").map(|m| m["control_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     drop(ris);
+}
+
+/// An MLLP receiver that accepts every connection, reads what it is sent and never answers
+/// (a RIS that hangs): its port and how many connections it accepted.
+fn silent_ris() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(socket.read(&mut buf), Ok(1..)) {}
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// Issue 28: a RIS that never acknowledges holds only the HL7 lane. While the first study's
+/// message waits for an ACK (a 120 s timeout), the next studies' reports reach the PACS: their
+/// delivery does not wait for the HL7 timeout (before, one worker sent in series and they
+/// waited behind it). `/metrics` and `/readyz` show the HL7 destination waiting.
+#[test]
+fn a_silent_ris_does_not_delay_the_pacs() {
+    if !peers_ready() {
+        return;
+    }
+    let Some(run) = SilentRis::run(4, "120s", &["unready_after = \"1s\""], Some(Duration::from_secs(60)), Duration::ZERO) else { return };
+    assert!(run.items().iter().filter(|i| i.kind == "hl7").all(|i| i.state != "delivered"), "no message was acknowledged");
+
+    // The HL7 destination shows as waiting, and /readyz names it (AE titles only).
+    let http = format!("http://127.0.0.1:{}", run.node.http_port.expect("the HTTP API"));
+    let client = reqwest::blocking::Client::new();
+    wait_until("/readyz to name the waiting HL7 destination", Duration::from_secs(30), &run.node, || {
+        let body: serde_json::Value = client.get(format!("{http}/readyz")).bearer_auth(ADMIN_TOKEN).send().unwrap().json().unwrap();
+        body["ready"] == false && body["reasons"].as_array().is_some_and(|r| r.iter().any(|r| r.as_str().unwrap_or("").contains("outbox destination HL7")))
+    });
+    let metrics = client.get(format!("{http}/metrics")).send().unwrap().text().unwrap();
+    let waiting = metrics.lines().find(|l| l.starts_with("triage_outbox_destination_waiting{destination=\"HL7\"}")).unwrap_or_else(|| panic!("no HL7 gauge:\n{metrics}"));
+    assert!(waiting.split_whitespace().last().unwrap().parse::<f64>().unwrap() >= 1.0, "{waiting}");
+}
+
+/// The measurement behind issue 28 (not a pass/fail test): PACS delivery latency of each
+/// study's SR while the RIS never acknowledges. `TRIAGE_IT_HL7_TIMEOUT` (default 8s),
+/// `TRIAGE_IT_STUDIES` (default 6) and `TRIAGE_IT_SPACING` (seconds between the later studies,
+/// default 2):
+/// `cargo test --test it hl7::pacs_latency_with_a_silent_ris -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn pacs_latency_with_a_silent_ris() {
+    if !peers_ready() {
+        return;
+    }
+    let timeout = std::env::var("TRIAGE_IT_HL7_TIMEOUT").unwrap_or_else(|_| "8s".into());
+    let studies = std::env::var("TRIAGE_IT_STUDIES").ok().and_then(|n| n.parse().ok()).unwrap_or(6);
+    let spacing = std::env::var("TRIAGE_IT_SPACING").ok().and_then(|n| n.parse().ok()).unwrap_or(2);
+    SilentRis::run(studies, &timeout, &[], None, Duration::from_secs(spacing));
+}
+
+/// A node with a PACS (DCMTK storescp) and a RIS that never answers (`silent_ris`): the first
+/// study is sent, and once its message is at the RIS, `studies - 1` more (`spacing` apart);
+/// returns when every
+/// study's SR is at the PACS (within `bound`, when given), having printed their latencies.
+struct SilentRis {
+    node: Node,
+    db: triage_node::db::Db,
+    rt: tokio::runtime::Runtime,
+    _pacs: Killed,
+    _work: tempfile::TempDir,
+}
+
+impl SilentRis {
+    fn run(studies: usize, hl7_timeout: &str, delivery: &[&str], bound: Option<Duration>, spacing: Duration) -> Option<SilentRis> {
+        let (_, cases) = demo_cases()?;
+        let files: Vec<PathBuf> = cases.into_iter().take(studies).map(|(f, _)| f).collect();
+        let work = tempfile::tempdir().unwrap();
+        let (ris_port, connections) = silent_ris();
+        let pacs_dir = work.path().join("pacs");
+        std::fs::create_dir_all(&pacs_dir).unwrap();
+        let (pacs, pacs_port) = storescp(&pacs_dir);
+        let node = hl7_node_with(ris_port, &repo().join("models"), Some(pacs_port), delivery, &format!("timeout = \"{hl7_timeout}\""));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let db = rt.block_on(node.db());
+        let run = SilentRis { node, db, rt, _pacs: Killed(pacs), _work: work };
+
+        // The first study: its report message is sent and never acknowledged.
+        assert!(run.node.storescu(&files[..1]).status.success(), "{}", run.node.log());
+        wait_until("the first study's message at the silent RIS", Duration::from_secs(120), &run.node, || connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+        // The other studies while it waits: each one's SR must reach the PACS well within the
+        // HL7 timeout (a correctness bound, not a speed one: in series they waited for it).
+        let sent = Instant::now();
+        if spacing.is_zero() {
+            assert!(run.node.storescu(&files[1..]).status.success(), "{}", run.node.log());
+        } else {
+            for f in &files[1..] {
+                std::thread::sleep(spacing);
+                assert!(run.node.storescu(std::slice::from_ref(f)).status.success(), "{}", run.node.log());
+            }
+        }
+        wait_until("every study's SR at the PACS while the RIS is silent", bound.unwrap_or(Duration::from_secs(1800)), &run.node, || {
+            let srs: Vec<_> = run.items().into_iter().filter(|i| i.kind == "sr").collect();
+            srs.len() == files.len() && srs.iter().all(|i| i.state == "delivered")
+        });
+        let latencies: Vec<String> = run
+            .node
+            .log()
+            .lines()
+            .filter(|l| l.contains("AI report delivered"))
+            .filter_map(|l| l.split("latency_ms=").nth(1))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+            .collect();
+        eprintln!(
+            "HL7 timeout {hl7_timeout}, {studies} studies: {:?} apart: every SR at the PACS {:?} after the later {} began to be sent; each SR's delivery latency (ms, from its study's last instance, quiet period excluded): {latencies:?}",
+            spacing,
+            sent.elapsed(),
+            studies - 1
+        );
+        assert!(walk(&pacs_dir).len() >= files.len());
+        Some(run)
+    }
+
+    fn items(&self) -> Vec<triage_node::db::OutboxItem> {
+        self.rt.block_on(self.db.outbox_list(None)).unwrap()
+    }
 }

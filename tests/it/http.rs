@@ -217,6 +217,10 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     let study = api.json(&format!("/api/studies/{id}"), READER_TOKEN);
     assert_eq!(study["priority"], top["priority"]);
     assert_eq!(study["patient"], top["patient"]);
+    let named = api.get(&format!("/api/studies/{id}"), Some(READER_TOKEN));
+    assert_eq!(named.headers()["cache-control"], "no-store", "a study names its patient");
+    assert_eq!(named.headers()["pragma"], "no-cache");
+    assert_eq!(named.headers()["x-content-type-options"], "nosniff");
     let demo = study["results"].as_array().unwrap().iter().find(|r| r["model"] == "demo-nodule").expect("the demo model's result");
     assert_eq!(demo["demonstration"], true);
     let heatmap = demo["findings"].as_array().unwrap().iter().find_map(|f| f["heatmap"].as_str()).expect("a positive finding has a heatmap").to_string();
@@ -289,6 +293,8 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     // Operations endpoints: no token needed, no patient data.
     assert_eq!(api.get("/healthz", None).status(), StatusCode::OK);
     let ready: Value = api.get("/readyz", None).json().unwrap();
+    assert_eq!(ready, serde_json::json!({ "ready": true }), "no details without an admin token");
+    let ready: Value = api.get("/readyz", Some(ADMIN_TOKEN)).json().unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
     assert_eq!(ready["models"], 2);
     let metrics = api.get("/metrics", None).text().unwrap();
@@ -351,4 +357,167 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     for token in [READER_TOKEN, READER2_TOKEN, ADMIN_TOKEN] {
         assert!(!log.contains(token), "a token in the log");
     }
+}
+
+/// The node's process id: the `serve` process started with this node's config file.
+fn node_pid(node: &Node) -> u32 {
+    let config = node.config.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| *a == config) && args.iter().any(|a| a == "serve") {
+            return pid;
+        }
+    }
+    panic!("no triage-node process runs {config}");
+}
+
+/// Descriptors the process holds open now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Lower a running process's descriptor limit, soft and hard, to `n` (a smaller host).
+fn limit_fds(pid: u32, n: u64) {
+    let limit = libc::rlimit64 { rlim_cur: n, rlim_max: n };
+    // SAFETY: prlimit64 reads `limit` and writes nothing (null old value).
+    let rc = unsafe { libc::prlimit64(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Read until the server closes the connection (EOF or reset); false if it is still open
+/// after `timeout`.
+fn closed_by_server(stream: &mut std::net::TcpStream, timeout: Duration) -> bool {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 1024];
+    while std::time::Instant::now() < deadline {
+        stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Issue 28 (2): a slowloris flood on the HTTP port (1,500 connections from eight loopback
+/// addresses, each a partial request header trickled a byte a second) against a node that may
+/// open only 1,024 descriptors: the HTTP side keeps within its connection limits, so a
+/// registered modality's C-STORE still gets through, a half-open request is closed after the
+/// header timeout and an idle kept-alive connection after the keep-alive timeout. Afterwards the
+/// HTTP side answers again.
+#[test]
+fn a_slowloris_flood_on_the_http_port_neither_stops_a_c_store_nor_keeps_half_open_requests() {
+    if !peers_ready() {
+        return;
+    }
+    let node = Node::start(NodeOptions::default());
+    let pid = node_pid(&node);
+    limit_fds(pid, 1024);
+    let http = node.http_port.expect("the HTTP API is enabled by default");
+    // A request whose header never ends: the node must not keep it.
+    let mut half_open = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    std::io::Write::write_all(&mut half_open, b"GET /api/worklist HTTP/1.1\r\nHost: triage\r\n").unwrap();
+    // A kept-alive connection, answered once and then left idle: not kept either.
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    std::io::Write::write_all(&mut kept, b"GET /healthz HTTP/1.1\r\nHost: triage\r\n\r\n").unwrap();
+    let mut answer = [0u8; 15];
+    std::io::Read::read_exact(&mut kept, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200 OK");
+    let flood = std::process::Command::new(python().unwrap())
+        .arg(repo().join("scripts/bench-http-flood.py"))
+        .args(["flood", "--port", &http.to_string(), "--connections", "1500", "--seconds", "120", "--sources", "8"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut flood = Killed(flood);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(flood.0.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("open "), "{line}");
+    let during = open_fds(pid);
+    let out = node.storescu(&[testdata().unwrap().join("ts/ct_explicit_le.dcm")]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Received Store Response (Success)"),
+        "a C-STORE under an HTTP flood failed ({during} descriptors open, flood: {line}): {text}\n{}",
+        node.log().lines().filter(|l| !l.contains("http request")).take(60).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(node.stored_files().len(), 1);
+    assert!(closed_by_server(&mut half_open, Duration::from_secs(60)), "a half-open request was still open after a minute");
+    assert!(closed_by_server(&mut kept, Duration::from_secs(60)), "an idle kept-alive connection was still open after a minute");
+    drop(flood);
+    // The flood over, the HTTP side serves again.
+    wait_until("the HTTP side answering after the flood", Duration::from_secs(60), || {
+        reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{http}/healthz")).timeout(Duration::from_secs(5)).send().is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+}
+
+/// Issue 28 (7): what names patients is never cached or sniffed, the page is not framed and
+/// sends no referrer, and `/readyz` tells an anonymous caller only whether the node is ready.
+#[test]
+fn patient_responses_are_not_cached_and_readyz_gives_reasons_to_admins_only() {
+    if !peers_ready() {
+        return;
+    }
+    // No model package: not ready, for a reason.
+    let node = Node::start(NodeOptions::default());
+    let api = Api::new(&node);
+    let header = |rsp: &Response, name: &str| rsp.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    for (path, token, status) in [
+        ("/api/worklist", Some(READER_TOKEN), StatusCode::OK),
+        ("/api/worklist?limit=0", Some(READER_TOKEN), StatusCode::BAD_REQUEST),
+        ("/api/studies/1", Some(READER_TOKEN), StatusCode::NOT_FOUND),
+        ("/api/worklist", None, StatusCode::UNAUTHORIZED),
+        ("/", None, StatusCode::OK),
+    ] {
+        let rsp = api.get(path, token);
+        assert_eq!(rsp.status(), status, "{path}");
+        assert!(header(&rsp, "cache-control").contains("no-store"), "{path}: {:?}", rsp.headers());
+        assert_eq!(header(&rsp, "pragma"), "no-cache", "{path}");
+        assert_eq!(header(&rsp, "x-content-type-options"), "nosniff", "{path}");
+    }
+    let page = api.get("/", None);
+    assert_eq!(header(&page, "x-frame-options"), "DENY");
+    assert!(header(&page, "content-security-policy").contains("frame-ancestors 'none'"));
+    assert_eq!(header(&page, "referrer-policy"), "no-referrer");
+
+    // Anonymous and reader callers: ready or not, nothing more.
+    for token in [None, Some(READER_TOKEN), Some("not-a-token-0123456789abcdef")] {
+        let rsp = api.get("/readyz", token);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = rsp.json().unwrap();
+        assert_eq!(body, serde_json::json!({ "ready": false }), "{token:?}");
+    }
+    // An admin gets the reasons.
+    let rsp = api.get("/readyz", Some(ADMIN_TOKEN));
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = rsp.json().unwrap();
+    assert_eq!(body["ready"], false);
+    assert!(body["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("no model package")), "{body}");
+    assert_eq!(body["models"], 0);
+}
+
+/// The `[http]` limits are validated at start, each refusal naming its key.
+#[test]
+fn http_limits_out_of_range_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    for (line, key) in [
+        ("header_timeout = \"0s\"", "http.header_timeout"),
+        ("keep_alive_timeout = \"30s\"", "http.keep_alive_timeout"),
+        ("request_timeout = \"0s\"", "http.request_timeout"),
+        ("max_connections = 0", "http.max_connections"),
+        ("max_connections_per_host = 100000", "max_connections_per_host"),
+    ] {
+        std::fs::write(&path, format!("[http]\n{line}\n")).unwrap();
+        let err = triage_node::config::Settings::load(Some(&path)).expect_err(line).to_string();
+        assert!(err.contains(key), "{line}: {err}");
+    }
+    std::fs::write(&path, "[http]\nheader_timeout = \"20s\"\nkeep_alive_timeout = \"20s\"\nmax_connections = 10\nmax_connections_per_host = 10\n").unwrap();
+    let http = triage_node::config::Settings::load(Some(&path)).unwrap().http;
+    assert_eq!((http.header_timeout, http.keep_alive_timeout, http.max_connections), (Duration::from_secs(20), Duration::from_secs(20), 10));
 }

@@ -135,3 +135,91 @@ fn queued_items_survive_kill_9_and_arrive_exactly_once() {
     assert_eq!(rt.block_on(async { receiver.db().await.count_instances().await.unwrap() }), 5);
     assert!(!receiver.log().contains("duplicate SOP Instance UID"), "an item was delivered twice");
 }
+
+/// A PACS that accepts every association (each proposed context in its first transfer syntax)
+/// and then never reads again: what a hung archive looks like from the sending side. Returns
+/// its port and how many associations it accepted.
+fn silent_pacs() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use dicom_ul::pdu::{AssociationAC, Pdu, PresentationContextResult, PresentationContextResultReason, UserVariableItem};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut socket in listener.incoming().flatten() {
+            let mut header = [0u8; 6];
+            if socket.read_exact(&mut header).is_err() {
+                continue;
+            }
+            let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+            let mut pdu = header.to_vec();
+            pdu.resize(6 + len, 0);
+            if socket.read_exact(&mut pdu[6..]).is_err() {
+                continue;
+            }
+            let Ok(Some(Pdu::AssociationRQ(rq))) = dicom_ul::pdu::read_pdu(&pdu[..], 1 << 20, false) else { continue };
+            let ac = AssociationAC {
+                protocol_version: 1,
+                calling_ae_title: rq.calling_ae_title.clone(),
+                called_ae_title: rq.called_ae_title.clone(),
+                application_context_name: rq.application_context_name.clone(),
+                presentation_contexts: rq
+                    .presentation_contexts
+                    .iter()
+                    .map(|pc| PresentationContextResult { id: pc.id, reason: PresentationContextResultReason::Acceptance, transfer_syntax: pc.transfer_syntaxes[0].clone() })
+                    .collect(),
+                user_variables: vec![UserVariableItem::MaxLength(16384)],
+            };
+            let mut out = Vec::new();
+            dicom_ul::pdu::write_pdu(&mut out, &Pdu::AssociationAC(ac)).unwrap();
+            if socket.write_all(&out).is_ok() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket); // open, never read again
+            }
+        }
+    });
+    (port, accepted)
+}
+
+/// Issue 28: a destination that stops reading in the middle of a C-STORE gets its item retried
+/// after the write timeout (not a worker held for ever), and a healthy PACS queued behind it
+/// gets its object meanwhile: each destination has its own lane.
+#[test]
+fn a_pacs_that_stops_reading_is_retried_and_holds_only_its_own_lane() {
+    if !peers_ready() || !have_tool("storescp") {
+        return;
+    }
+    let delivery = ["poll_interval = \"100ms\"", "retry_base = \"300ms\"", "retry_max = \"1s\"", "timeout = \"2s\"", "lease = \"20s\""].iter().map(|s| s.to_string()).collect();
+    let node = Node::start(NodeOptions { delivery, ..Default::default() });
+    let (silent_port, associations) = silent_pacs();
+    let received = tempfile::tempdir().unwrap();
+    let pacs_port = free_port();
+    let mut pacs = storescp(pacs_port, received.path());
+    assert!(node.cli(&["ae", "add", "HUNG", "--role", "pacs", "--host", "127.0.0.1", "--port", &silent_port.to_string()]).status.success());
+    assert!(node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]).status.success());
+
+    // An object far larger than the socket buffers: its data set cannot all be written to a
+    // peer that does not read.
+    let big = node.dir.path().join("big.dcm");
+    let mut obj = dicom_object::open_file(testdata().unwrap().join("ts/ct_explicit_le.dcm")).unwrap();
+    obj.put(dicom_core::DataElement::new(dicom_dictionary_std::tags::PIXEL_DATA, dicom_core::VR::OB, dicom_core::PrimitiveValue::from(vec![0u8; 48 << 20])));
+    obj.write_to_file(&big).unwrap();
+    queue(&node, "HUNG", &[big]);
+    wait_until("the hung PACS to accept an association", Duration::from_secs(20), || associations.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // Queued after it, for another destination: delivered while the hung one is stuck.
+    let small = testdata().unwrap().join("ts/cr_explicit_le.dcm");
+    queue(&node, "PACS", std::slice::from_ref(&small));
+    wait_until("the healthy PACS's object, while the other destination hangs", Duration::from_secs(30), || walk(received.path()).len() == 1);
+
+    // The hung destination's item: retried after the write timeout, with the reason.
+    wait_until("the hung destination's item retried", Duration::from_secs(60), || {
+        String::from_utf8(node.cli(&["outbox", "list", "--state", "pending"]).stdout).unwrap().contains("took nothing")
+    });
+    wait_until("a new association for the retry", Duration::from_secs(30), || associations.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let _ = pacs.kill();
+    let _ = pacs.wait();
+    assert_eq!(meta_of(&walk(received.path())[0]).0, meta_of(&small).0);
+}
