@@ -294,9 +294,9 @@ pub struct DeliverySettings {
     pub lanes: usize,
     /// `/readyz` is not ready while a destination's oldest due item has waited longer.
     #[serde(with = "humantime_serde")]
-    pub unready_after: Duration,
+    pub warn_after: Duration,
     /// `/readyz` is not ready while an item waiting for a destination failed this many times.
-    pub unready_failures: u32,
+    pub warn_failures: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,8 +427,8 @@ impl Settings {
         if d.retry_max < d.retry_base || d.max_attempts == 0 {
             return Err(invalid("delivery", "retry_max must be at least retry_base, and max_attempts at least 1"));
         }
-        if d.lanes == 0 || d.lanes > 256 || d.unready_after.is_zero() || d.unready_failures == 0 {
-            return Err(invalid("delivery", "lanes must be 1 to 256, unready_after above zero and unready_failures at least 1"));
+        if d.lanes == 0 || d.lanes > 256 || d.warn_after.is_zero() || d.warn_failures == 0 {
+            return Err(invalid("delivery", "lanes must be 1 to 256, warn_after above zero and warn_failures at least 1"));
         }
         for entry in &self.deid.safe_private {
             crate::deid::SafePrivate::parse(entry).map_err(|reason| ConfigError::Invalid { key: "deid.safe_private", reason })?;

@@ -34,6 +34,11 @@ pub async fn register(db: &Db, r: AeRegistration) -> Result<RegisteredAe, AdminE
             return Err(AdminError::Invalid("--tls-identity must be a certificate name (DNS name, IP address, URI or common name) of at most 255 characters, without spaces".into()));
         }
     }
+    // An identity binds the AE title to a certificate only where a certificate is shown: on the
+    // plain port anyone could use the title, so an identity needs TLS only.
+    if tls_identity.is_some() && !r.tls {
+        return Err(AdminError::Invalid("--tls-identity needs --tls: on the plain port no certificate is shown, so anyone could use the AE title".into()));
+    }
     let ae = RegisteredAe { ae_title, host: r.host, port: r.port, role: r.role, enabled: r.enabled, tls: r.tls, tls_identity };
     let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls, "tls_identity": ae.tls_identity });
     db.save_ae_audited(&ae, &details.to_string()).await?;

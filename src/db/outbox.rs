@@ -9,6 +9,15 @@ use crate::domain::now_ms;
 
 /// `sql` with each `{state}` placeholder (`{pending}`, `{sending}`, `{delivered}`, `{dead}`)
 /// replaced by that state's stored spelling, so the spelling lives in `OutboxState` alone.
+/// The condition that a claim held until `held` is still the row's (`$n`): nothing when the
+/// caller holds no lease to check (the placeholder is then compared with itself).
+fn fence(held: Option<i64>, n: usize) -> String {
+    match held {
+        Some(_) => format!(" AND state = '{}' AND lease_until_ms = ${n}", OutboxState::Sending.as_str()),
+        None => format!(" AND ${n} = ${n}"),
+    }
+}
+
 fn states(sql: &str) -> String {
     super::state::spelled(sql, OutboxState::ALL, OutboxState::as_str)
 }
@@ -150,14 +159,12 @@ impl Db {
     }
 
     /// Give back a claimed item that was not attempted: due again at once, no attempt counted.
-    pub async fn outbox_release(&self, id: i64) -> Result<(), DbError> {
-        sqlx::query(&states("UPDATE outbox SET state = {pending}, lease_until_ms = 0, updated_at_ms = $1 WHERE id = $2 AND state = {sending}"))
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("release outbox item"))?;
-        Ok(())
+    /// With `held`, only while the claim is still the one held until then (false: another
+    /// claimer has it now, and nothing changed).
+    pub async fn outbox_release(&self, id: i64, held: Option<i64>) -> Result<bool, DbError> {
+        let sql = states(&format!("UPDATE outbox SET state = {{pending}}, lease_until_ms = 0, updated_at_ms = $1 WHERE id = $2 AND state = {{sending}}{}", fence(held, 3)));
+        let done = sqlx::query(&sql).bind(now_ms()).bind(id).bind(held.unwrap_or(0)).execute(&self.pool).await.map_err(q("release outbox item"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Per destination with items waiting (pending or being sent) queued by `node` (None: by any
@@ -271,38 +278,41 @@ impl Db {
         row.map(|r| Ok((super::get(&r, "last_received_at_ms")?, super::get(&r, "ready_at_ms")?))).transpose()
     }
 
-    pub async fn outbox_delivered(&self, id: i64) -> Result<(), DbError> {
-        let now = now_ms();
-        sqlx::query(&states("UPDATE outbox SET state = {delivered}, attempts = attempts + 1, delivered_at_ms = $1, updated_at_ms = $1, last_error = NULL WHERE id = $2"))
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("mark outbox item delivered"))?;
-        Ok(())
+    /// Record a delivery. With `held`, only while the sender's claim is still the one held
+    /// until then: a sender whose lease ran out (and whose items another claimer may have taken)
+    /// changes nothing, and learns it from `false`.
+    pub async fn outbox_delivered(&self, id: i64, held: Option<i64>) -> Result<bool, DbError> {
+        let sql = states(&format!(
+            "UPDATE outbox SET state = {{delivered}}, attempts = attempts + 1, delivered_at_ms = $1, updated_at_ms = $1, last_error = NULL WHERE id = $2{}",
+            fence(held, 3)
+        ));
+        let done = sqlx::query(&sql).bind(now_ms()).bind(id).bind(held.unwrap_or(0)).execute(&self.pool).await.map_err(q("mark outbox item delivered"))?;
+        Ok(done.rows_affected() == 1)
     }
 
-    pub async fn outbox_retry_later(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<(), DbError> {
-        sqlx::query(&states("UPDATE outbox SET state = {pending}, attempts = attempts + 1, next_attempt_at_ms = $1, last_error = $2, updated_at_ms = $3 WHERE id = $4"))
+    /// Record a failed attempt, due again at `next_attempt_at_ms` (`held` as for a delivery).
+    pub async fn outbox_retry_later(&self, id: i64, next_attempt_at_ms: i64, error: &str, held: Option<i64>) -> Result<bool, DbError> {
+        let sql = states(&format!(
+            "UPDATE outbox SET state = {{pending}}, attempts = attempts + 1, next_attempt_at_ms = $1, last_error = $2, updated_at_ms = $3 WHERE id = $4{}",
+            fence(held, 5)
+        ));
+        let done = sqlx::query(&sql)
             .bind(next_attempt_at_ms)
             .bind(error)
             .bind(now_ms())
             .bind(id)
+            .bind(held.unwrap_or(0))
             .execute(&self.pool)
             .await
             .map_err(q("reschedule outbox item"))?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    pub async fn outbox_dead(&self, id: i64, error: &str) -> Result<(), DbError> {
-        sqlx::query(&states("UPDATE outbox SET state = {dead}, attempts = attempts + 1, last_error = $1, updated_at_ms = $2 WHERE id = $3"))
-            .bind(error)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("dead-letter outbox item"))?;
-        Ok(())
+    /// Dead-letter an item with the reason (`held` as for a delivery).
+    pub async fn outbox_dead(&self, id: i64, error: &str, held: Option<i64>) -> Result<bool, DbError> {
+        let sql = states(&format!("UPDATE outbox SET state = {{dead}}, attempts = attempts + 1, last_error = $1, updated_at_ms = $2 WHERE id = $3{}", fence(held, 4)));
+        let done = sqlx::query(&sql).bind(error).bind(now_ms()).bind(id).bind(held.unwrap_or(0)).execute(&self.pool).await.map_err(q("dead-letter outbox item"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn outbox_list(&self, state: Option<OutboxState>) -> Result<Vec<OutboxItem>, DbError> {
@@ -403,16 +413,31 @@ mod tests {
 
         // Renewal: held rows with the claim's lease, not a recorded one, not another claim's.
         let ids: Vec<i64> = pacs.items.iter().map(|i| i.id).collect();
-        db.outbox_delivered(ids[0]).await.unwrap();
+        db.outbox_delivered(ids[0], None).await.unwrap();
         assert_eq!(db.outbox_renew(&ids, pacs.lease_until_ms, pacs.lease_until_ms + 1).await.unwrap(), 1);
         assert_eq!(db.outbox_renew(&ids, pacs.lease_until_ms, pacs.lease_until_ms + 2).await.unwrap(), 0, "the lease moved on");
         // Released: due again, no attempt counted; recorded rows are not released.
-        db.outbox_release(ids[1]).await.unwrap();
-        db.outbox_release(ids[0]).await.unwrap();
+        db.outbox_release(ids[1], None).await.unwrap();
+        db.outbox_release(ids[0], None).await.unwrap();
         let all = db.outbox_list(None).await.unwrap();
         let a = all.iter().find(|i| i.id == ids[1]).unwrap();
         assert_eq!((a.state, a.attempts), (OutboxState::Pending, 0));
         assert_eq!(all.iter().find(|i| i.id == ids[0]).unwrap().state, OutboxState::Delivered);
+
+        // A lane whose claim was taken over records nothing: each outcome is fenced by the lease
+        // the lane holds. The HL7 item "d" is re-claimed by another claimer (its lease moved on).
+        let d = hl7.items[0].id;
+        sqlx::query("UPDATE outbox SET lease_until_ms = lease_until_ms + 5 WHERE id = $1").bind(d).execute(&db.pool).await.unwrap();
+        let stale = Some(hl7.lease_until_ms);
+        assert!(!db.outbox_delivered(d, stale).await.unwrap());
+        assert!(!db.outbox_retry_later(d, 0, "late", stale).await.unwrap());
+        assert!(!db.outbox_dead(d, "late", stale).await.unwrap());
+        assert!(!db.outbox_release(d, stale).await.unwrap());
+        let now_held = Some(hl7.lease_until_ms + 5);
+        assert!(db.outbox_delivered(d, now_held).await.unwrap(), "the holder of the current lease records");
+        let d_row = db.outbox_list(None).await.unwrap().into_iter().find(|i| i.id == d).unwrap();
+        assert_eq!((d_row.state, d_row.attempts, d_row.last_error), (OutboxState::Delivered, 1, None));
+        sqlx::query("UPDATE outbox SET state = 'pending', attempts = 0, delivered_at_ms = NULL WHERE id = $1").bind(d).execute(&db.pool).await.unwrap();
 
         // What waits per destination.
         let load = db.outbox_destinations(Some("n"), now_ms()).await.unwrap();

@@ -103,8 +103,10 @@ impl Db {
                AND EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
                            WHERE ps.study_instance_uid = s.study_instance_uid AND p.state <> $1 AND {speaks}
                              AND EXISTS (SELECT 1 FROM procedure_step_instances pi WHERE pi.step_id = p.id))
+               -- Any step still in progress holds early completion (another modality may still
+               -- be acquiring): the quiet period bounds what a hostile open step can hold.
                AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
-                               WHERE ps.study_instance_uid = s.study_instance_uid AND p.state = $1 AND {speaks})
+                               WHERE ps.study_instance_uid = s.study_instance_uid AND p.state = $1)
                AND NOT EXISTS (SELECT 1 FROM procedure_step_studies ps JOIN procedure_steps p ON p.id = ps.step_id
                                JOIN procedure_step_instances pi ON pi.step_id = ps.step_id
                                WHERE ps.study_instance_uid = s.study_instance_uid AND {speaks}

@@ -596,8 +596,10 @@ fn conform_vr(elem: InMemElement) -> Option<InMemElement> {
         return Some(elem);
     }
     let want = defined.relaxed();
-    if let Some(number) = convert_number(&elem, want) {
-        return Some(number);
+    // Between a text VR and a binary one, only a number converts: a text's bytes read as binary
+    // values (or the reverse) would keep whatever they spell under another VR's rules.
+    if is_text(sent) != is_text(want) && !matches!(sent, VR::OB | VR::OW | VR::UN) && want != VR::SQ {
+        return convert_number(&elem, want);
     }
     read_again(tag, elem, Some(want))
 }
@@ -619,7 +621,7 @@ fn convert_number(elem: &InMemElement, want: VR) -> Option<InMemElement> {
     }
     let ints = || values.iter().all(|v| v.fract() == 0.0);
     let value = match want {
-        VR::DS => PrimitiveValue::Strs(values.iter().map(|v| format!("{v}").chars().take(16).collect()).collect()),
+        VR::DS => PrimitiveValue::Strs(values.iter().map(|&v| decimal_string(v)).collect::<Option<_>>()?),
         VR::IS if ints() => PrimitiveValue::Strs(values.iter().map(|v| format!("{v}")).collect()),
         VR::US if ints() => PrimitiveValue::U16(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
         VR::SS if ints() => PrimitiveValue::I16(values.iter().map(|&v| num_traits_cast(v)).collect::<Option<_>>()?),
@@ -632,6 +634,22 @@ fn convert_number(elem: &InMemElement, want: VR) -> Option<InMemElement> {
         _ => return None,
     };
     Some(DataElement::new(elem.tag(), want, value))
+}
+
+/// VRs whose values are characters (read and written as text).
+fn is_text(vr: VR) -> bool {
+    matches!(vr, VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::LT | VR::PN | VR::SH | VR::ST | VR::TM | VR::UC | VR::UI | VR::UR | VR::UT)
+}
+
+/// `v` as a Decimal String of at most 16 characters (PS3.5), in exponent form when the plain
+/// one would be longer; None when neither fits.
+fn decimal_string(v: f64) -> Option<String> {
+    let plain = format!("{v}");
+    if plain.len() <= 16 {
+        return Some(plain);
+    }
+    // The shortest exponent form that reads back as `v`, else the most digits that fit.
+    std::iter::once(format!("{v:e}")).chain((1..=15).rev().map(|digits| format!("{v:.digits$e}"))).find(|s| s.len() <= 16)
 }
 
 /// `v` as an integer type when it fits exactly.
@@ -1153,6 +1171,10 @@ mod tests {
         elements.push(DataElement::new(tags::ANATOMIC_REGION_SEQUENCE, VR::OB, PrimitiveValue::from(explicit_item)));
         elements.push(DataElement::new(Tag(0x0020, 0x0242), VR::LO, PrimitiveValue::from("1.2.826.0.1.3680043.10.72")));
         elements.push(DataElement::new(tags::ROWS, VR::IS, PrimitiveValue::from("512")));
+        // Text where a binary number is defined, not a number: removed, not read as bytes.
+        elements.push(DataElement::new(tags::DIFFUSION_B_VALUE, VR::LO, PrimitiveValue::from("HIDDEN^FOURTH")));
+        // A binary number where a decimal string is defined: at most 16 characters.
+        elements.push(DataElement::new(tags::SLICE_THICKNESS, VR::FD, PrimitiveValue::from(1e20f64)));
         elements.push(DataElement::new(tags::VIEW_NAME, VR::SH, PrimitiveValue::from("SMITH PA")));
         elements.push(DataElement::new(tags::MANUFACTURER, VR::LO, PrimitiveValue::from("ACME")));
         elements.push(DataElement::new(tags::CONVOLUTION_KERNEL, VR::SH, PrimitiveValue::from("B30f")));
@@ -1175,6 +1197,9 @@ mod tests {
         assert_eq!((concatenation.vr(), text(concatenation)), (VR::UI, keys.uid("1.2.826.0.1.3680043.10.72")));
         let rows = out.element(tags::ROWS).unwrap();
         assert_eq!((rows.vr(), rows.to_int::<u16>().unwrap()), (VR::US, 512));
+        assert!(out.get(tags::DIFFUSION_B_VALUE).is_none(), "text where a number is defined is removed");
+        let thickness = out.element(tags::SLICE_THICKNESS).unwrap();
+        assert_eq!((thickness.vr(), text(thickness)), (VR::DS, "1e20".to_string()));
         assert_eq!(text(out.element(tags::VIEW_NAME).unwrap()), DUMMY_TEXT, "unlisted free text off the safe list");
         assert_eq!(text(out.element(tags::MANUFACTURER).unwrap()), "ACME");
         assert_eq!(text(out.element(tags::CONVOLUTION_KERNEL).unwrap()), "B30f");

@@ -11,7 +11,7 @@
 //! Work lives in the database, so a restart resumes where the last run stopped.
 //!
 //! The worker also measures what waits for each destination (gauges labelled with the AE title,
-//! and `unready_reasons` for `/readyz`).
+//! and `destination_warnings` for `/readyz`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -218,7 +218,7 @@ impl OutboxWorker {
     }
 
     /// What waits for each destination, every `MEASURE_EVERY`: gauges per AE title, and the
-    /// reasons `/readyz` gives (`unready_reasons`).
+    /// reasons `/readyz` gives (`destination_warnings`).
     async fn measure(&mut self) {
         if self.measured_at.is_some_and(|t| t.elapsed() < MEASURE_EVERY) {
             return;
@@ -241,10 +241,10 @@ impl OutboxWorker {
             gauges.waiting.set(d.waiting as f64);
             gauges.oldest_due.set(due_ms as f64 / 1000.0);
             gauges.failures.set(d.attempts as f64);
-            if due_ms > cfg.unready_after.as_millis() as i64 {
-                reasons.push(format!("outbox destination {}: an item has been due for {} s (delivery.unready_after is {:?})", d.destination, due_ms / 1000, cfg.unready_after));
+            if due_ms > cfg.warn_after.as_millis() as i64 {
+                reasons.push(format!("outbox destination {}: an item has been due for {} s (delivery.warn_after is {:?})", d.destination, due_ms / 1000, cfg.warn_after));
             }
-            if d.attempts >= i64::from(cfg.unready_failures) {
+            if d.attempts >= i64::from(cfg.warn_failures) {
                 reasons.push(format!("outbox destination {}: an item waiting for it failed {} times in a row", d.destination, d.attempts));
             }
             seen.insert(d.destination);
@@ -290,10 +290,10 @@ struct Health {
 static HEALTH: Mutex<Option<Health>> = Mutex::new(None);
 
 /// Why `/readyz` should say not ready as far as delivery goes: destinations (by AE title) whose
-/// oldest due item has waited longer than `delivery.unready_after`, or for which an item failed
-/// `delivery.unready_failures` times in a row, as the outbox worker last measured (every few
+/// oldest due item has waited longer than `delivery.warn_after`, or for which an item failed
+/// `delivery.warn_failures` times in a row, as the outbox worker last measured (every few
 /// seconds). Empty before the first measurement.
-pub fn unready_reasons() -> Vec<String> {
+pub fn destination_warnings() -> Vec<String> {
     let health = HEALTH.lock().unwrap_or_else(|p| p.into_inner());
     match &*health {
         None => Vec::new(),
@@ -306,9 +306,17 @@ pub fn unready_reasons() -> Vec<String> {
 struct Claim {
     until_ms: AtomicI64,
     lease: Duration,
+    /// Held while a renewal or a recording runs: a recording never checks a lease the database
+    /// has already moved on from (the renewal's update and `until_ms` change together).
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Claim {
+    /// Until when the claim is held now: what each recording checks is still the row's.
+    fn held(&self) -> Option<i64> {
+        Some(self.until_ms.load(Ordering::Relaxed))
+    }
+
     fn left(&self) -> Duration {
         Duration::from_millis((self.until_ms.load(Ordering::Relaxed) - now_ms()).max(0) as u64)
     }
@@ -353,12 +361,13 @@ impl Sender {
     /// Attempt one destination's claimed items and record every outcome.
     async fn run_lane(self: Arc<Self>, until_ms: i64, items: Vec<OutboxItem>) {
         let Some(destination) = items.first().map(|i| i.destination.clone()) else { return };
-        let claim = Arc::new(Claim { until_ms: AtomicI64::new(until_ms), lease: self.cfg.lease });
+        let claim = Arc::new(Claim { until_ms: AtomicI64::new(until_ms), lease: self.cfg.lease, turn: tokio::sync::Mutex::new(()) });
         let _renewal = self.renew(claim.clone(), items.iter().map(|i| i.id).collect());
         let verdicts = self.attempt(&destination, &items, &claim).await;
         // What was not recorded as it came (given back, or a recording that failed then).
         for (item, verdict) in items.iter().zip(verdicts).filter(|(_, v)| *v != Verdict::Recorded) {
-            if let Err(error) = self.record(item, verdict).await {
+            let _turn = claim.turn.lock().await;
+            if let Err(error) = self.record(item, verdict, claim.held()).await {
                 error!(%error, item = item.id, "recording an outbox outcome failed; the lease will return it");
             }
         }
@@ -371,6 +380,7 @@ impl Sender {
             async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
+                    let _turn = claim.turn.lock().await;
                     let held = claim.until_ms.load(Ordering::Relaxed);
                     let until = now_ms() + lease.as_millis() as i64;
                     match db.outbox_renew(&ids, held, until).await {
@@ -386,8 +396,9 @@ impl Sender {
 
     /// Record `verdict` now: `Recorded`, or the verdict itself when recording failed (tried
     /// again when the lane ends).
-    async fn settle(&self, item: &OutboxItem, verdict: Verdict) -> Verdict {
-        match self.record(item, verdict.clone()).await {
+    async fn settle(&self, item: &OutboxItem, verdict: Verdict, claim: &Claim) -> Verdict {
+        let _turn = claim.turn.lock().await;
+        match self.record(item, verdict.clone(), claim.held()).await {
             Ok(()) => Verdict::Recorded,
             Err(error) => {
                 error!(%error, item = item.id, "recording an outbox outcome failed; tried again when the lane ends");
@@ -413,7 +424,7 @@ impl Sender {
                     _ = claim.running_out() => (Verdict::Retry(CLAIM_RAN_OUT.into()), true),
                 };
                 metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
-                verdicts[i] = self.settle(item, verdict).await;
+                verdicts[i] = self.settle(item, verdict, claim).await;
                 // The receiver did not answer: the rest are given back (due at once, no attempt
                 // counted), so items queued since, urgent ones first, are claimed before them.
                 if unreachable {
@@ -488,7 +499,7 @@ impl Sender {
             if verdict == Verdict::Delivered {
                 delivered.push((item.id, meta.sop_class_uid.trim_end_matches('\0').to_string(), meta.sop_instance_uid.trim_end_matches('\0').to_string()));
             }
-            verdicts[*i] = self.settle(item, verdict).await;
+            verdicts[*i] = self.settle(item, verdict, claim).await;
             if broken {
                 return verdicts; // the rest are given back: claimed again at once
             }
@@ -604,13 +615,23 @@ impl Sender {
         }
     }
 
-    async fn record(&self, item: &OutboxItem, verdict: Verdict) -> Result<(), crate::db::DbError> {
+    /// Record `verdict` for `item`, fenced by the claim held until `held`: a lane whose claim
+    /// another claimer took over changes nothing (and says so).
+    async fn record(&self, item: &OutboxItem, verdict: Verdict, held: Option<i64>) -> Result<(), crate::db::DbError> {
         let attempts = item.attempts as u32 + 1;
+        let ours = |recorded: bool| {
+            if !recorded {
+                warn!(item = item.id, "the item's claim was taken over before its outcome was recorded: the new claimer decides");
+            }
+        };
         match verdict {
             Verdict::Recorded => Ok(()),
-            Verdict::Release => self.db.outbox_release(item.id).await,
+            Verdict::Release => self.db.outbox_release(item.id, held).await.map(ours),
             Verdict::Delivered => {
-                self.db.outbox_delivered(item.id).await?;
+                if !self.db.outbox_delivered(item.id, held).await? {
+                    ours(false);
+                    return Ok(());
+                }
                 metrics::counter!("triage_delivered_total", "kind" => item.kind.as_str()).increment(1);
                 match (item.kind, item.study_id) {
                     (ObjectKind::Sr, Some(study)) => {
@@ -632,20 +653,20 @@ impl Sender {
                 let delay = backoff(&self.cfg, attempts);
                 metrics::counter!("triage_delivery_failures_total", "kind" => item.kind.as_str()).increment(1);
                 warn!(item = item.id, attempts, retry_in = ?delay, error = %why, "delivery failed; will retry");
-                self.db.outbox_retry_later(item.id, now_ms() + delay.as_millis() as i64, &why).await
+                self.db.outbox_retry_later(item.id, now_ms() + delay.as_millis() as i64, &why, held).await.map(ours)
             }
             Verdict::Retry(why) => {
                 metrics::counter!("triage_delivery_failures_total", "kind" => item.kind.as_str()).increment(1);
                 metrics::counter!("triage_dead_letters_total", "kind" => item.kind.as_str()).increment(1);
                 let why = format!("gave up after {attempts} attempts: {why}");
                 error!(item = item.id, error = %why, "delivery dead-lettered");
-                self.db.outbox_dead(item.id, &why).await
+                self.db.outbox_dead(item.id, &why, held).await.map(ours)
             }
             Verdict::Dead(why) => {
                 metrics::counter!("triage_delivery_failures_total", "kind" => item.kind.as_str()).increment(1);
                 metrics::counter!("triage_dead_letters_total", "kind" => item.kind.as_str()).increment(1);
                 error!(item = item.id, error = %why, "delivery dead-lettered");
-                self.db.outbox_dead(item.id, &why).await
+                self.db.outbox_dead(item.id, &why, held).await.map(ours)
             }
         }
     }

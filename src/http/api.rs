@@ -296,8 +296,9 @@ fn unavailable(error: crate::blobs::BlobError) -> ApiError {
 }
 
 fn png_response(png: Arc<Vec<u8>>) -> Response {
-    // Private: the picture is of a patient (de-identified pixels, but still theirs).
-    ([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "private, max-age=300")], (*png).clone()).into_response()
+    // Not stored by the browser: the picture is of a patient (de-identified pixels, but still
+    // theirs) and a reading-room workstation is shared; the node keeps rendered pictures itself.
+    ([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], (*png).clone()).into_response()
 }
 
 async fn object(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): Path<(String, usize)>) -> Result<Response, ApiError> {

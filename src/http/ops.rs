@@ -64,6 +64,10 @@ struct Readiness {
     workers: Vec<WorkerView>,
     /// Why not ready.
     reasons: Vec<String>,
+    /// Destinations (by AE title) whose items wait too long or keep failing: shown, not a
+    /// reason to take this node out of service (ingest and the worklist still work, and with a
+    /// shared bucket every node would say the same).
+    destinations: Vec<String>,
 }
 
 async fn readyz(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -84,8 +88,6 @@ async fn readyz(State(state): State<Shared>, headers: HeaderMap) -> Response {
     for w in state.workers.statuses().iter().filter(|w| w.state == WorkerState::Error) {
         reasons.push(format!("worker {} is in error", w.name));
     }
-    // Destinations whose items wait too long or keep failing (by AE title).
-    reasons.extend(crate::delivery::outbox::unready_reasons());
     let ready = reasons.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     // The reasons name workers, AE titles and errors: for an admin only.
@@ -93,7 +95,8 @@ async fn readyz(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if !admin {
         return (status, Json(serde_json::json!({ "ready": ready }))).into_response();
     }
-    let body = Readiness { ready, database, models: state.manifests.len(), workers, reasons };
+    let destinations = crate::delivery::outbox::destination_warnings();
+    let body = Readiness { ready, database, models: state.manifests.len(), workers, reasons, destinations };
     (status, Json(body)).into_response()
 }
 

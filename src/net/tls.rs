@@ -108,19 +108,19 @@ pub fn acceptor(s: &TlsSettings) -> Result<Option<tokio_rustls::TlsAcceptor>, Tl
 }
 
 /// Does the client certificate `der` (already verified against the site's client CA) carry
-/// `identity`: as a subject alternative name (DNS name, with the usual wildcard rule, or IP
-/// address, checked by webpki as a server name would be; or a URI, compared exactly), or as a
-/// common name of its subject (compared without case)? A certificate that cannot be parsed
-/// carries nothing.
+/// `identity` exactly: as a subject alternative name (a DNS name, compared without case; a
+/// wildcard name never matches, or one certificate for `*.radiology.example` could claim every
+/// AE bound under it; an IP address; a URI), or as a common name of its subject (without case)?
+/// A certificate that cannot be parsed carries nothing.
 pub fn certificate_names(der: &[u8], identity: &str) -> bool {
     let der = CertificateDer::from(der);
     let Ok(cert) = webpki::EndEntityCert::try_from(&der) else { return false };
-    if let Ok(name) = ServerName::try_from(identity) {
-        if cert.verify_is_valid_for_subject_name(&name).is_ok() {
-            return true;
-        }
+    if let Ok(ip) = identity.parse::<std::net::IpAddr>() {
+        return cert.verify_is_valid_for_subject_name(&ServerName::IpAddress(ip.into())).is_ok();
     }
-    cert.valid_uri_names().any(|uri| uri == identity) || common_names(cert.subject()).iter().any(|cn| cn.eq_ignore_ascii_case(identity))
+    cert.valid_dns_names().any(|dns| !dns.starts_with('*') && dns.eq_ignore_ascii_case(identity))
+        || cert.valid_uri_names().any(|uri| uri == identity)
+        || common_names(cert.subject()).iter().any(|cn| cn.eq_ignore_ascii_case(identity))
 }
 
 /// The common names (2.5.4.3) of a DER Name, without its outer SEQUENCE: a SEQUENCE of SETs of

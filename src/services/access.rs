@@ -30,6 +30,9 @@ fn channel_refusal(ae: &RegisteredAe, channel: Channel<'_>) -> Option<&'static s
     if ae.tls && !channel.tls {
         return Some("this AE is registered as TLS and called on the plain port");
     }
+    if ae.tls_identity.is_some() && !channel.tls {
+        return Some("this AE title is bound to a certificate identity and called on the plain port");
+    }
     if !channel.tls {
         return None;
     }

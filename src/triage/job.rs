@@ -112,9 +112,10 @@ impl Triage {
     /// its publication needs to know besides.
     async fn aggregate(&self, job: &ClaimedJob) -> Result<Aggregated, TriageError> {
         let slices = self.db.study_frame_outputs(job.study_id).await?;
-        let (failed, _not_routed) = self.db.study_inference_outcomes(job.study_id).await?;
+        let (mut failed, _not_routed) = self.db.study_inference_outcomes(job.study_id).await?;
         let series = self.study_series(job.study_id, &slices).await?;
-        let not_analysed = self.not_analysed(job.study_id).await?;
+        let (not_analysed, unreadable) = self.not_analysed(job.study_id).await?;
+        failed.extend(unreadable);
         let ctx = aggregate::Context {
             study_id: job.study_id,
             manifests: self.engine.manifests(),
@@ -166,22 +167,33 @@ struct Aggregated {
 impl Triage {
     /// (model, reason, instances) for every model that would take instances of the study stored
     /// without their pixels: each de-identified header is routed as the pass would route it.
-    async fn not_analysed(&self, study_id: i64) -> Result<Vec<(String, String, Vec<i64>)>, TriageError> {
+    /// An instance whose header cannot be read for that is returned as failed (with the
+    /// reason): whether a model would have taken it is unknown, which must not read as
+    /// "no model takes it".
+    async fn not_analysed(&self, study_id: i64) -> Result<(Vec<(String, String, Vec<i64>)>, Vec<(i64, String)>), TriageError> {
         let excluded = self.db.study_excluded_instances(study_id).await?;
         let mut out: Vec<(String, String, Vec<i64>)> = Vec::new();
+        let mut unreadable = Vec::new();
         for (id, path, reason) in excluded {
             let full = match self.blobs.fetch(&path).await {
                 Ok(full) => full,
-                Err(e) if e.is_missing() => continue,
+                Err(e) if e.is_missing() => {
+                    unreadable.push((id, "the stored header of an instance kept without its pixels is missing".to_string()));
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             let manifests: Vec<Manifest> = self.engine.manifests().to_vec();
-            let takers = tokio::task::spawn_blocking(move || match Image::open(&full) {
-                Ok(image) => manifests.iter().filter(|m| m.takes(&image.attrs)).map(|m| m.name.clone()).collect(),
-                Err(_) => Vec::new(),
-            })
-            .await
-            .map_err(|e| TriageError::Task(e.to_string()))?;
+            let takers = tokio::task::spawn_blocking(move || Image::open(&full).map(|image| manifests.iter().filter(|m| m.takes(&image.attrs)).map(|m| m.name.clone()).collect::<Vec<_>>()))
+                .await
+                .map_err(|e| TriageError::Task(e.to_string()))?;
+            let takers = match takers {
+                Ok(takers) => takers,
+                Err(_) => {
+                    unreadable.push((id, "the stored header of an instance kept without its pixels cannot be read".to_string()));
+                    continue;
+                }
+            };
             for model in takers {
                 match out.iter_mut().find(|(m, _, _)| *m == model) {
                     Some((_, _, ids)) => ids.push(id),
@@ -189,7 +201,7 @@ impl Triage {
                 }
             }
         }
-        Ok(out)
+        Ok((out, unreadable))
     }
 }
 

@@ -132,8 +132,8 @@ async fn suite(url: &str) {
     ids.dedup();
     assert_eq!(ids.len(), 3, "a row was claimed twice");
     assert!(db.outbox_claim(Some("n1"), 60_000, 10).await.unwrap().is_empty(), "leased rows are not claimable");
-    db.outbox_delivered(ids[0]).await.unwrap();
-    db.outbox_dead(ids[1], "status 0xC000").await.unwrap();
+    db.outbox_delivered(ids[0], None).await.unwrap();
+    db.outbox_dead(ids[1], "status 0xC000", None).await.unwrap();
     assert_eq!(db.outbox_release_claims("n1").await.unwrap(), 1);
     assert_eq!(db.outbox_requeue(None).await.unwrap(), 1);
     let states: Vec<String> = db.outbox_list(None).await.unwrap().into_iter().map(|i| i.state.to_string()).collect();

@@ -200,6 +200,12 @@ fn a_client_certificate_must_name_the_ae_title_it_calls_as() {
     }
     let listed = String::from_utf8_lossy(&node.cli(&["ae", "list"]).stdout).to_string();
     assert!(listed.lines().any(|l| l.starts_with("PACS") && l.trim_end().ends_with("pacs")), "{listed}");
+    // An identity binds only where a certificate is shown: it needs TLS only.
+    let plain = node.cli(&["ae", "add", "HALFBOUND", "--tls-identity", "client"]);
+    assert!(!plain.status.success() && text(&plain).contains("--tls-identity needs --tls"), "{}", text(&plain));
+    // On the plain port the PACS's AE title is refused outright.
+    let plain_pacs = node.dcmtk("echoscu", &["-aet", "PACS", "-aec", "TRIAGE"]);
+    assert!(!plain_pacs.status.success(), "{}", text(&plain_pacs));
 
     let impostor = dcmtk_tls(&node, "echoscu", "PACS", Some(("client.key", "client.crt")), &pki, &[]);
     assert!(!impostor.status.success(), "a modality's certificate was answered as the PACS: {}", text(&impostor));
