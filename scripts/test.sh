@@ -17,7 +17,12 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
   fi
 fi
 
+# Gates: the code is formatted as rustfmt.toml says, and lints clean (every clippy warning is an
+# error). Both come with the toolchain (rustup's default profile).
+command -v rustfmt >/dev/null && cargo clippy --version >/dev/null 2>&1 || { echo "test.sh: rustfmt and clippy are needed (rustup component add rustfmt clippy)" >&2; exit 1; }
+cargo fmt --all --check
 cargo build --locked --all-targets
+cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked -- --test-threads 2
 # Every fuzz target over its seeds and past findings, then a short mutation run (the long runs
 # are scripts/fuzz.sh's job).

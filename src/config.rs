@@ -143,8 +143,7 @@ pub struct StorageSettings {
 impl StorageSettings {
     /// Whether the site lets modalities store objects of class `uid` (a standard storage class).
     pub fn accepts_sop_class(&self, uid: &str) -> bool {
-        (self.accept_sop_classes.is_empty() || self.accept_sop_classes.iter().any(|u| u == uid))
-            && !self.refuse_sop_classes.iter().any(|u| u == uid)
+        (self.accept_sop_classes.is_empty() || self.accept_sop_classes.iter().any(|u| u == uid)) && !self.refuse_sop_classes.iter().any(|u| u == uid)
     }
 }
 
@@ -329,8 +328,7 @@ pub enum LogFormat {
 impl Settings {
     /// Load defaults, then `file` (if any), then `TRIAGE__*` environment variables; validate.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -351,10 +349,7 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        AeTitle::parse(&self.dicom.ae_title).map_err(|reason| ConfigError::Invalid {
-            key: "dicom.ae_title",
-            reason: reason.to_string(),
-        })?;
+        AeTitle::parse(&self.dicom.ae_title).map_err(|reason| ConfigError::Invalid { key: "dicom.ae_title", reason: reason.to_string() })?;
         if self.dicom.max_associations == 0 {
             return Err(invalid("dicom.max_associations", "must be at least 1"));
         }
@@ -362,10 +357,7 @@ impl Settings {
             return Err(invalid("dicom.max_associations_per_host", "must be at least 1"));
         }
         if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu_length) {
-            return Err(invalid(
-                "dicom.max_pdu_length",
-                "must be between 4096 and 16777216 bytes",
-            ));
+            return Err(invalid("dicom.max_pdu_length", "must be between 4096 and 16777216 bytes"));
         }
         if self.dicom.transfer_syntax_preference.is_empty() {
             return Err(invalid("dicom.transfer_syntax_preference", "must not be empty"));
@@ -378,7 +370,8 @@ impl Settings {
                 });
             }
         }
-        for (key, list) in [("storage.accept_sop_classes", &self.storage.accept_sop_classes), ("storage.refuse_sop_classes", &self.storage.refuse_sop_classes)] {
+        for (key, list) in [("storage.accept_sop_classes", &self.storage.accept_sop_classes), ("storage.refuse_sop_classes", &self.storage.refuse_sop_classes)]
+        {
             if let Some(uid) = list.iter().find(|u| crate::dicom::sop::storage_class(u).is_none()) {
                 return Err(ConfigError::Invalid { key, reason: format!("{uid} is not a standard Storage SOP Class UID (conformance statement 2.2.1.1)") });
             }
@@ -400,7 +393,10 @@ impl Settings {
         if !root.is_empty()
             && (root.len() > 40 || !root.split('.').all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'))))
         {
-            return Err(invalid("results.uid_root", "must be a UID root of at most 40 characters: digits in components separated by dots, no leading zeros (or empty for 2.25 UIDs)"));
+            return Err(invalid(
+                "results.uid_root",
+                "must be a UID root of at most 40 characters: digits in components separated by dots, no leading zeros (or empty for 2.25 UIDs)",
+            ));
         }
         for d in &self.results.destinations {
             AeTitle::parse(d).map_err(|reason| ConfigError::Invalid { key: "results.destinations", reason: format!("{d:?}: {reason}") })?;
@@ -463,7 +459,10 @@ impl Settings {
             return Err(invalid("http.header_timeout", "must be between 1s and 5m"));
         }
         if h.keep_alive_timeout < Duration::from_secs(1) || h.keep_alive_timeout > h.header_timeout {
-            return Err(invalid("http.keep_alive_timeout", "must be at least 1s and at most http.header_timeout (the wait for the next request's head counts against both)"));
+            return Err(invalid(
+                "http.keep_alive_timeout",
+                "must be at least 1s and at most http.header_timeout (the wait for the next request's head counts against both)",
+            ));
         }
         if h.request_timeout < Duration::from_secs(1) || h.request_timeout > Duration::from_secs(3600) {
             return Err(invalid("http.request_timeout", "must be between 1s and 1h"));
@@ -476,7 +475,10 @@ impl Settings {
                 return Err(invalid(key, &reason));
             }
             if !self.database.url.starts_with("postgres") {
-                return Err(invalid("database.url", "storage.backend = \"s3\" shares the files between nodes: the nodes must share a PostgreSQL database (postgres://...) too"));
+                return Err(invalid(
+                    "database.url",
+                    "storage.backend = \"s3\" shares the files between nodes: the nodes must share a PostgreSQL database (postgres://...) too",
+                ));
             }
         }
         let db = self.database_url();
@@ -559,7 +561,10 @@ mod tests {
     #[test]
     fn passwords_in_database_urls_are_redacted() {
         assert_eq!(redact_url("postgres://triage:s3cret@db.example:5432/triage"), "postgres://triage:<redacted>@db.example:5432/triage");
-        assert_eq!(redact_url("postgres://db/triage?user=t&password=s3cret&sslmode=require"), "postgres://db/triage?user=t&password=<redacted>&sslmode=require");
+        assert_eq!(
+            redact_url("postgres://db/triage?user=t&password=s3cret&sslmode=require"),
+            "postgres://db/triage?user=t&password=<redacted>&sslmode=require"
+        );
         assert_eq!(redact_url("postgres://triage@db/x"), "postgres://triage@db/x");
         assert_eq!(redact_url("sqlite:///var/lib/triage/triage.db?mode=rwc"), "sqlite:///var/lib/triage/triage.db?mode=rwc");
         assert_eq!(redact_url(""), "");

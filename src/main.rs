@@ -316,7 +316,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Token { action: TokenAction::Add { name, role } } => {
             let Some(file) = settings.http.tokens_file.clone().filter(|p| !p.as_os_str().is_empty()) else {
-                anyhow::bail!("http.tokens_file is not set: name the file the node reads its tokens from (or give tokens in {})", triage_node::http::auth::TOKENS_ENV);
+                anyhow::bail!(
+                    "http.tokens_file is not set: name the file the node reads its tokens from (or give tokens in {})",
+                    triage_node::http::auth::TOKENS_ENV
+                );
             };
             let (secret, line) = triage_node::http::auth::new_token(&name, &role)?;
             // Refuse a name already there: one line per user keeps revoking simple.
@@ -324,9 +327,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             if existing.lines().any(|l| l.split_whitespace().next() == Some(name.as_str())) {
                 anyhow::bail!("{} already has a token for {name}: remove its line first to replace it", file.display());
             }
+            use anyhow::Context;
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            use anyhow::Context;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&file).with_context(|| format!("opening {}", file.display()))?;
             writeln!(f, "{line}").and_then(|_| f.sync_all()).with_context(|| format!("writing {}", file.display()))?;
             eprintln!("token for {name} ({role}) added to {}; restart the node to use it. The token (shown once, keep it secret):", file.display());
@@ -406,10 +409,18 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             db.close().await;
             println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  FINDINGS (probability, confidence)", "STUDY", "MODEL", "STATE", "PRIORITY", "IMAGES");
             for admin::report::ResultSummary { result: r, deliveries } in results? {
-                let findings: Vec<String> = r.findings.iter().map(|f| format!("{}{} {:.3} {}", f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
+                let findings: Vec<String> =
+                    r.findings.iter().map(|f| format!("{}{} {:.3} {}", f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
                 let model = if r.model.is_empty() { "-".to_string() } else { format!("{} {}", r.model, r.model_version) };
                 let detail = r.error.clone().unwrap_or_else(|| findings.join(", "));
-                println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  {detail}", r.study_id, model, r.state, r.priority.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()), r.images_inferred);
+                println!(
+                    "{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  {detail}",
+                    r.study_id,
+                    model,
+                    r.state,
+                    r.priority.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    r.images_inferred
+                );
                 if !deliveries.is_empty() {
                     let parts: Vec<String> = deliveries.iter().map(|(kind, state, n)| format!("{n} {kind} {state}")).collect();
                     println!("{:>6}  to the PACS: {}", "", parts.join(", "));
@@ -433,11 +444,23 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(e)?);
                     continue;
                 }
-                let findings: Vec<String> = e.findings.iter().map(|f| format!("{} {}{} {:.3} ({})", f.model, f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
-                let detail = if e.reasons.is_empty() { findings.join(", ") } else { format!("{} | not analysed: {}", findings.join(", "), e.reasons.join("; ")) };
+                let findings: Vec<String> = e
+                    .findings
+                    .iter()
+                    .map(|f| format!("{} {}{} {:.3} ({})", f.model, f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier))
+                    .collect();
+                let detail =
+                    if e.reasons.is_empty() { findings.join(", ") } else { format!("{} | not analysed: {}", findings.join(", "), e.reasons.join("; ")) };
                 let score = e.score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
                 let demo = if e.demonstration { "  [demonstration model]" } else { "" };
-                println!("{:<14}  {:>6}  {:>5}  {:>9.1}s  {}{demo}", e.priority.as_str(), e.study_id, score, e.time_to_result_ms as f64 / 1000.0, detail.trim_start_matches(" | "));
+                println!(
+                    "{:<14}  {:>6}  {:>5}  {:>9.1}s  {}{demo}",
+                    e.priority.as_str(),
+                    e.study_id,
+                    score,
+                    e.time_to_result_ms as f64 / 1000.0,
+                    detail.trim_start_matches(" | ")
+                );
             }
             Ok(())
         }
@@ -476,7 +499,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             println!("de-identifications awaiting their audit entry: {}", st.awaiting_audit);
             if st.quarantined > 0 {
-                println!("store files in quarantine (no database row; see {}): {}", triage_node::ingest::quarantine_dir(&settings.storage.data_dir).display(), st.quarantined);
+                println!(
+                    "store files in quarantine (no database row; see {}): {}",
+                    triage_node::ingest::quarantine_dir(&settings.storage.data_dir).display(),
+                    st.quarantined
+                );
             }
             for (state, n) in &st.studies {
                 println!("studies {state}: {n}");

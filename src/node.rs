@@ -12,15 +12,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::net::{Listener, Shared};
 use crate::config::Settings;
 use crate::db::Db;
-use crate::delivery::outbox::OutboxWorker;
 use crate::db::WorkerReport;
-use crate::worker::{BoxFuture, WorkState, Worker, WorkerError, WorkerStatus, Workers};
+use crate::delivery::outbox::OutboxWorker;
 use crate::domain::AeTitle;
 use crate::ingest::study_ready::StudyReadyWorker;
 use crate::ingest::Ingest;
+use crate::net::{Listener, Shared};
+use crate::worker::{BoxFuture, WorkState, Worker, WorkerError, WorkerStatus, Workers};
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ae_title = AeTitle::parse(&settings.dicom.ae_title).map_err(anyhow::Error::msg)?;
@@ -42,7 +42,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     if engine.manifests().is_empty() {
         warn!(models_dir = %settings.inference.models_dir.display(), "no model packages: instances are stored and de-identified, nothing is triaged");
     }
-    let db = Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?.with_audit_key(deid.keys().audit_key());
+    let db =
+        Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?.with_audit_key(deid.keys().audit_key());
     info!(engine = ?db.engine(), "database ready");
     let storage = &settings.storage;
     let blobs = crate::blobs::Blobs::open(&storage.data_dir, storage.backend, &storage.s3).await.context("opening the object store ([storage] backend)")?;
@@ -93,11 +94,27 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             warn!(destination = %dest, "results.destinations names an AE that is not registered; its results wait in the outbox until it is (triage-node ae add)");
         }
     }
-    let triage = crate::triage::Triage::new(db.clone(), engine, blobs.clone(), inf.lease, crate::triage::aggregate::Tiers::from_settings(inf), inf.preprocess_threads(), Some(publisher));
+    let triage = crate::triage::Triage::new(
+        db.clone(),
+        engine,
+        blobs.clone(),
+        inf.lease,
+        crate::triage::aggregate::Tiers::from_settings(inf),
+        inf.preprocess_threads(),
+        Some(publisher),
+    );
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let keys = deid.keys().clone();
     let http_keys = keys.clone();
-    let ingest = Ingest::new(&settings.storage, db.clone(), deid, settings.deid.burned_in_annotation, Some(arrivals_tx), blobs.clone(), settings.ingest.mpps_max_open_steps);
+    let ingest = Ingest::new(
+        &settings.storage,
+        db.clone(),
+        deid,
+        settings.deid.burned_in_annotation,
+        Some(arrivals_tx),
+        blobs.clone(),
+        settings.ingest.mpps_max_open_steps,
+    );
     let study_wake = ingest.study_waker();
     let orphans = ingest.quarantine_unrecorded().await.context("reconciling the store with the database")?;
     if orphans > 0 {
@@ -154,7 +171,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), access, services });
     let listener = Listener::bind(shared, tls_acceptor).await.with_context(|| {
         let d = &settings.dicom;
-        if d.tls.enabled { format!("binding {}:{} and the TLS port {}", d.bind, d.port, d.tls.port) } else { format!("binding {}:{}", d.bind, d.port) }
+        if d.tls.enabled {
+            format!("binding {}:{} and the TLS port {}", d.bind, d.port, d.tls.port)
+        } else {
+            format!("binding {}:{}", d.bind, d.port)
+        }
     })?;
     // One line with every open port (tools and tests read `port=` and `tls_port=`).
     let ports: Vec<String> = [("port", listener.local_addr()), ("tls_port", listener.tls_addr())]
@@ -165,11 +186,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let associations = TaskTracker::new();
     workers.spawn(
-        StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period)
-            .with_waker(study_wake)
-            .with_trusted_step_aes(&settings.ingest.mpps_trusted_aes),
+        StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake).with_trusted_step_aes(&settings.ingest.mpps_trusted_aes),
     );
-    workers.spawn(OutboxWorker::new(db.clone(), settings.node_id(), ae_title.clone(), blobs.clone(), settings.delivery.clone(), keys, settings.ingest.study_quiet_period, wake_outbox.clone(), Some(settings.hl7.clone())).with_tls(tls.clone()));
+    workers.spawn(
+        OutboxWorker::new(
+            db.clone(),
+            settings.node_id(),
+            ae_title.clone(),
+            blobs.clone(),
+            settings.delivery.clone(),
+            keys,
+            settings.ingest.study_quiet_period,
+            wake_outbox.clone(),
+            Some(settings.hl7.clone()),
+        )
+        .with_tls(tls.clone()),
+    );
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     let wake_jobs = Arc::new(tokio::sync::Notify::new());
     workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies).with_waker(wake_jobs.clone()));
@@ -193,7 +225,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     associations.close();
     let grace = settings.dicom.shutdown_grace;
     if tokio::time::timeout(grace, associations.wait()).await.is_err() {
-        warn!(remaining = associations.len(), ?grace, "associations still busy after the shutdown grace period; abandoning them (nothing unacknowledged is kept)");
+        warn!(
+            remaining = associations.len(),
+            ?grace,
+            "associations still busy after the shutdown grace period; abandoning them (nothing unacknowledged is kept)"
+        );
     }
     workers.shutdown(WORKER_EXIT_DEADLINE).await;
     for w in workers.statuses() {

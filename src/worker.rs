@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn, Instrument};
 
-pub use crate::domain::WorkerState;
 use crate::domain::now_ms;
+pub use crate::domain::WorkerState;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type WorkerError = Box<dyn std::error::Error + Send + Sync>;

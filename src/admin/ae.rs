@@ -31,7 +31,9 @@ pub async fn register(db: &Db, r: AeRegistration) -> Result<RegisteredAe, AdminE
     let tls_identity = r.tls_identity.map(|i| i.trim().to_string()).filter(|i| !i.is_empty());
     if let Some(identity) = &tls_identity {
         if identity.len() > 255 || identity.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(AdminError::Invalid("--tls-identity must be a certificate name (DNS name, IP address, URI or common name) of at most 255 characters, without spaces".into()));
+            return Err(AdminError::Invalid(
+                "--tls-identity must be a certificate name (DNS name, IP address, URI or common name) of at most 255 characters, without spaces".into(),
+            ));
         }
     }
     // An identity binds the AE title to a certificate only where a certificate is shown: on the
@@ -82,7 +84,14 @@ pub struct EchoOutcome {
 }
 
 /// C-ECHO a registered AE as our AE title, audited (`ae_echo`: who asked and the outcome).
-pub async fn echo(db: &Db, ours: &AeTitle, ae_title: &str, timeout: std::time::Duration, tls: &crate::net::tls::Connector, user: &str) -> Result<EchoOutcome, AdminError> {
+pub async fn echo(
+    db: &Db,
+    ours: &AeTitle,
+    ae_title: &str,
+    timeout: std::time::Duration,
+    tls: &crate::net::tls::Connector,
+    user: &str,
+) -> Result<EchoOutcome, AdminError> {
     let peer = crate::delivery::resolve(db, ae_title, ours, timeout, tls).await?;
     let (status, error) = match crate::delivery::echo(&peer).await {
         Ok(rsp) => (Some(rsp.status.0), (!rsp.is_success()).then(|| format!("status {:#06X}", rsp.status.0))),

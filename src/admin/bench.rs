@@ -57,7 +57,14 @@ pub async fn seed_results(settings: &Settings, template: &std::path::Path, studi
         let (study, series, sop) = (deid(&format!("{root}.1.{i}")), deid(&format!("{root}.2.{i}")), deid(&format!("{root}.3.{i}")));
         let plain = serde_json::to_vec(&originals).map_err(|e| AdminError::Invalid(e.to_string()))?;
         let (nonce, sealed) = keys.seal(&plain, &sop).map_err(|e| AdminError::Invalid(e.to_string()))?;
-        let record = SealedRecord { sop_instance_uid: sop.clone(), study_instance_uid: study.clone(), key_id: keys.map_key_id(), nonce, sealed, created_at_ms: now_ms() };
+        let record = SealedRecord {
+            sop_instance_uid: sop.clone(),
+            study_instance_uid: study.clone(),
+            key_id: keys.map_key_id(),
+            nonce,
+            sealed,
+            created_at_ms: now_ms(),
+        };
         let own_sop = dataset::uid("", &["bench-sr", &i.to_string()]);
         let own_series = dataset::uid("", &["bench-series", &i.to_string()]);
         let map: HashMap<String, String> =

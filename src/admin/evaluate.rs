@@ -132,7 +132,10 @@ pub async fn evaluate(settings: &Settings, labels: &Path, dir: &Path, only: Opti
         }
     }
     if scores.is_empty() {
-        return Err(AdminError::Invalid(format!("no case was scored: no label column of {} names a label of a model that accepted the files", labels.display())));
+        return Err(AdminError::Invalid(format!(
+            "no case was scored: no label column of {} names a label of a model that accepted the files",
+            labels.display()
+        )));
     }
     let mut results = Vec::new();
     for ((model, label), (s, t)) in &scores {

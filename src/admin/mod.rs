@@ -61,8 +61,11 @@ pub enum Access {
 /// The node's database, for one operation: the data directory is created first (the default
 /// SQLite file lives there); `Audited` keys the handle for audit appends.
 pub async fn open(settings: &Settings, access: Access) -> Result<Db, AdminError> {
-    std::fs::create_dir_all(&settings.storage.data_dir)
-        .map_err(|source| AdminError::Io { what: "creating the data directory", path: settings.storage.data_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(&settings.storage.data_dir).map_err(|source| AdminError::Io {
+        what: "creating the data directory",
+        path: settings.storage.data_dir.display().to_string(),
+        source,
+    })?;
     let db = Db::open(&settings.database_url(), 1).await?;
     Ok(match access {
         Access::Read => db,

@@ -207,7 +207,9 @@ pub async fn row(db: &Db, study_id: i64) -> Result<Option<WorklistRow>, AdminErr
 pub async fn reading(db: &Db, study_id: i64, action: ReadingAction, user: &str) -> Result<ReadingView, AdminError> {
     match db.worklist_reading(study_id, action, user).await? {
         ReadingOutcome::Done(r) => Ok(ReadingView::from(&r)),
-        ReadingOutcome::Conflict(r) => Err(AdminError::Conflict(format!("claimed by {} since {}", r.reader.as_deref().unwrap_or("another reader"), r.at_ms.unwrap_or(0)))),
+        ReadingOutcome::Conflict(r) => {
+            Err(AdminError::Conflict(format!("claimed by {} since {}", r.reader.as_deref().unwrap_or("another reader"), r.at_ms.unwrap_or(0))))
+        }
         ReadingOutcome::Missing => Err(AdminError::NotFound(format!("no worklist study {study_id}"))),
     }
 }

@@ -46,12 +46,9 @@ impl Attrs {
         for key in KEYS.iter().filter(|k| k.level == level && !k.computed) {
             let Some(e) = obj.get(key.tag) else { continue };
             let attr = match e.value() {
-                Value::Sequence(seq) => Attr::Items(
-                    seq.items()
-                        .iter()
-                        .map(|item| item.iter().filter_map(|ie| text_of(ie).map(|v| (ie.tag(), ie.vr(), v))).collect())
-                        .collect(),
-                ),
+                Value::Sequence(seq) => {
+                    Attr::Items(seq.items().iter().map(|item| item.iter().filter_map(|ie| text_of(ie).map(|v| (ie.tag(), ie.vr(), v))).collect()).collect())
+                }
                 _ => match text_of(e) {
                     Some(v) => Attr::Text(key.vr, v),
                     None => continue,
@@ -131,7 +128,9 @@ impl Snapshot {
     /// Instance UID of one already indexed replaces it (a result published again).
     pub fn insert(&mut self, obj: &InMemDicomObject, path: &str, originals: Arc<[(String, Originals)]>) {
         let text = |t: Tag| text_of_tag(obj, t);
-        let (Some(study_uid), Some(series_uid), Some(sop_uid)) = (text(tags::STUDY_INSTANCE_UID), text(tags::SERIES_INSTANCE_UID), text(tags::SOP_INSTANCE_UID)) else {
+        let (Some(study_uid), Some(series_uid), Some(sop_uid)) =
+            (text(tags::STUDY_INSTANCE_UID), text(tags::SERIES_INSTANCE_UID), text(tags::SOP_INSTANCE_UID))
+        else {
             return;
         };
         self.paths.insert(path.to_string());
@@ -149,7 +148,12 @@ impl Snapshot {
                     }
                 };
                 let patient = Arc::make_mut(&mut self.patients[pi]);
-                patient.studies.push(Arc::new(Study { uid: study_uid.clone(), attrs: Attrs::of(obj, Level::Study), patient: patient_attrs, series: Vec::new() }));
+                patient.studies.push(Arc::new(Study {
+                    uid: study_uid.clone(),
+                    attrs: Attrs::of(obj, Level::Study),
+                    patient: patient_attrs,
+                    series: Vec::new(),
+                }));
                 let at = (pi, patient.studies.len() - 1);
                 self.study_at.insert(study_uid, at);
                 at

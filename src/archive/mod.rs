@@ -99,8 +99,7 @@ impl Archive {
         // Originals already opened in this refresh, by de-identified SOP Instance UID.
         let mut originals: HashMap<String, Option<Originals>> = HashMap::new();
         let settled_before = crate::domain::now_ms() - SETTLE_MS;
-        loop {
-            let Some(&(last, _, _)) = rows.last() else { break };
+        while let Some(&(last, _, _)) = rows.last() {
             // The high-water mark stops below the first row young enough to have overtaken a
             // slower transaction's row; from there on, rows are read again next time.
             let unsettled = rows.iter().find(|(_, _, created)| *created >= settled_before).map(|(id, _, _)| id - 1);
@@ -173,9 +172,7 @@ impl Archive {
     pub async fn reidentified(&self, object: &Arc<index::Instance>) -> Result<reidentify::Reidentified, ReidError> {
         let path = self.blobs.fetch(&object.path).await.map_err(|e| ReidError::Read(e.to_string()))?;
         let (keys, object) = (self.keys.clone(), object.clone());
-        tokio::task::spawn_blocking(move || reidentify::with_originals(&keys, &path, &object.originals))
-            .await
-            .map_err(|e| ReidError::Read(e.to_string()))?
+        tokio::task::spawn_blocking(move || reidentify::with_originals(&keys, &path, &object.originals)).await.map_err(|e| ReidError::Read(e.to_string()))?
     }
 
     pub fn db(&self) -> &Db {

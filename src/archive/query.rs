@@ -125,10 +125,8 @@ impl<'a> Hit<'a> {
 impl Query {
     /// Read a C-FIND identifier of `model`.
     pub fn parse(identifier: &InMemDicomObject, model: Model, options: Options) -> Result<Query, QueryError> {
-        let level_text = identifier
-            .get(tags::QUERY_RETRIEVE_LEVEL)
-            .and_then(|e| e.to_str().ok())
-            .ok_or_else(|| mismatch("no Query/Retrieve Level (0008,0052)"))?;
+        let level_text =
+            identifier.get(tags::QUERY_RETRIEVE_LEVEL).and_then(|e| e.to_str().ok()).ok_or_else(|| mismatch("no Query/Retrieve Level (0008,0052)"))?;
         let level = Level::parse(&level_text).ok_or_else(|| mismatch("(0008,0052) is not PATIENT, STUDY, SERIES or IMAGE"))?;
         if level < model.top() {
             return Err(mismatch(format!("the {} model has no {} level", model.as_str(), level.as_str())));
@@ -243,8 +241,15 @@ fn parse_key(e: &DataElement<InMemDicomObject>, level: Level, model: Model, opti
                         continue;
                     }
                     let value = ie.to_str().map(|s| s.to_string()).unwrap_or_default();
-                    let matcher = Matcher::parse(keys::kind(ie.vr()), &value, options).map_err(|m| unable(format!("{} item {}: {m}", at(), tag_text(ie.tag()))))?;
-                    items.push(QueryKey { tag: ie.tag(), vr: ie.vr(), def: None, matcher: (matcher != Matcher::Universal).then_some(matcher), items: Vec::new() });
+                    let matcher =
+                        Matcher::parse(keys::kind(ie.vr()), &value, options).map_err(|m| unable(format!("{} item {}: {m}", at(), tag_text(ie.tag()))))?;
+                    items.push(QueryKey {
+                        tag: ie.tag(),
+                        vr: ie.vr(),
+                        def: None,
+                        matcher: (matcher != Matcher::Universal).then_some(matcher),
+                        items: Vec::new(),
+                    });
                 }
             }
             let def = def.filter(|d| d.vr == VR::SQ);
@@ -417,7 +422,18 @@ mod tests {
 
     #[test]
     fn responses_hold_the_requested_keys_and_the_unique_key_only() {
-        let rs = find(Model::StudyRoot, "STUDY", &[(tags::PATIENT_ID, VR::LO, "P1"), (tags::MODALITIES_IN_STUDY, VR::CS, ""), (tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, ""), (tags::STUDY_DESCRIPTION, VR::LO, ""), (tags::RETRIEVE_AE_TITLE, VR::AE, "")]).unwrap();
+        let rs = find(
+            Model::StudyRoot,
+            "STUDY",
+            &[
+                (tags::PATIENT_ID, VR::LO, "P1"),
+                (tags::MODALITIES_IN_STUDY, VR::CS, ""),
+                (tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, ""),
+                (tags::STUDY_DESCRIPTION, VR::LO, ""),
+                (tags::RETRIEVE_AE_TITLE, VR::AE, ""),
+            ],
+        )
+        .unwrap();
         assert_eq!(rs.len(), 1);
         let r = &rs[0];
         let t = |tag| r.get(tag).map(|e| e.to_str().unwrap().to_string());
@@ -433,7 +449,12 @@ mod tests {
 
     #[test]
     fn hierarchical_levels_need_the_keys_above_them() {
-        let rs = find(Model::StudyRoot, "SERIES", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.1"), (tags::MODALITY, VR::CS, ""), (tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS, "")]).unwrap();
+        let rs = find(
+            Model::StudyRoot,
+            "SERIES",
+            &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.1"), (tags::MODALITY, VR::CS, ""), (tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS, "")],
+        )
+        .unwrap();
         assert_eq!(texts(&rs, tags::MODALITY), ["SR", "OT"]);
         let e = find(Model::StudyRoot, "SERIES", &[(tags::MODALITY, VR::CS, "SR")]).unwrap_err();
         assert_eq!(e.status, Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS);
@@ -444,7 +465,17 @@ mod tests {
         let rs = find(Model::PatientRoot, "PATIENT", &[(tags::PATIENT_ID, VR::LO, ""), (tags::NUMBER_OF_PATIENT_RELATED_STUDIES, VR::IS, "")]).unwrap();
         assert_eq!(texts(&rs, tags::NUMBER_OF_PATIENT_RELATED_STUDIES), ["1", "2"]);
         assert!(find(Model::PatientRoot, "STUDY", &[(tags::STUDY_DATE, VR::DA, "")]).is_err(), "a patient root study query names its patient");
-        let rs = find(Model::PatientRoot, "IMAGE", &[(tags::PATIENT_ID, VR::LO, "P2"), (tags::STUDY_INSTANCE_UID, VR::UI, "2.2"), (tags::SERIES_INSTANCE_UID, VR::UI, "2.2.1"), (tags::SOP_CLASS_UID, VR::UI, "")]).unwrap();
+        let rs = find(
+            Model::PatientRoot,
+            "IMAGE",
+            &[
+                (tags::PATIENT_ID, VR::LO, "P2"),
+                (tags::STUDY_INSTANCE_UID, VR::UI, "2.2"),
+                (tags::SERIES_INSTANCE_UID, VR::UI, "2.2.1"),
+                (tags::SOP_CLASS_UID, VR::UI, ""),
+            ],
+        )
+        .unwrap();
         assert_eq!(texts(&rs, tags::SOP_INSTANCE_UID), ["2.2.9.1"]);
     }
 
@@ -479,7 +510,12 @@ mod tests {
         assert!(find(Model::StudyRoot, "STUDY", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.*")]).is_err(), "no wild cards in UIDs");
         assert!(find(Model::StudyRoot, "BOGUS", &[]).is_err());
         let s = snapshot();
-        let q = Query::parse(&ident("STUDY", &[(tags::INSTITUTION_NAME, VR::LO, "X"), (tags::SOP_INSTANCE_UID, VR::UI, "9")]), Model::StudyRoot, Options::default()).unwrap();
+        let q = Query::parse(
+            &ident("STUDY", &[(tags::INSTITUTION_NAME, VR::LO, "X"), (tags::SOP_INSTANCE_UID, VR::UI, "9")]),
+            Model::StudyRoot,
+            Options::default(),
+        )
+        .unwrap();
         assert!(q.unsupported_keys);
         let rs: Vec<_> = q.matches(&s).map(|h| q.response(&h, "T")).collect();
         assert_eq!(rs.len(), 3, "keys the index does not hold at this level are not matched");

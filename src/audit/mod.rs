@@ -21,22 +21,40 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// An instance was de-identified on ingest (or by `deid`/export): its de-identified UID.
-    Deidentify { instance: String },
+    Deidentify {
+        instance: String,
+    },
     /// Originals were opened from the sealed map for one instance (its de-identified UID).
-    Reidentify { instance: String },
+    Reidentify {
+        instance: String,
+    },
     /// Originals were opened for the query index at start-up.
     ReidentifyIndex,
     /// An AE was registered, updated, removed, or echoed by an operator.
-    AeAdd { ae: String },
-    AeRemove { ae: String },
-    AeEcho { ae: String },
+    AeAdd {
+        ae: String,
+    },
+    AeRemove {
+        ae: String,
+    },
+    AeEcho {
+        ae: String,
+    },
     /// A worklist page naming patients was shown to a user.
-    WorklistView { user: String },
+    WorklistView {
+        user: String,
+    },
     /// A study's reading state changed (claim, read, release).
-    Reading { study: i64 },
+    Reading {
+        study: i64,
+    },
     /// A Q/R caller's query disclosed matches, or its retrieve sent objects.
-    Query { ae: String },
-    Retrieve { ae: String },
+    Query {
+        ae: String,
+    },
+    Retrieve {
+        ae: String,
+    },
 }
 
 impl Event {
@@ -205,7 +223,10 @@ impl Checkpoint {
         let forged = |why: &str| VerifyError::CheckpointForged(why.to_string());
         let line = text.lines().map(str::trim).find(|l| l.starts_with(CHECKPOINT_PREFIX)).ok_or_else(|| forged("no checkpoint line"))?;
         let field = |name: &str| {
-            line.split_whitespace().find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('='))).map(str::to_string).ok_or_else(|| forged(&format!("no {name}")))
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                .map(str::to_string)
+                .ok_or_else(|| forged(&format!("no {name}")))
         };
         let number = |name: &str| field(name)?.parse::<i64>().map_err(|_| forged(&format!("{name} is not a number")));
         let cp = Checkpoint { seq: number("seq")?, hash: field("hash")?, at_ms: number("at_ms")? };

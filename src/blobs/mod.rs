@@ -490,7 +490,10 @@ fn credentials(s3: &S3Settings) -> Result<(String, String), BlobError> {
                 }
                 std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(unreadable)
             }
-            None => Err(BlobError::Credentials(format!("no {what}: set {env} or storage.s3.{}", if what.contains("id") { "access_key_id_file" } else { "secret_access_key_file" }))),
+            None => Err(BlobError::Credentials(format!(
+                "no {what}: set {env} or storage.s3.{}",
+                if what.contains("id") { "access_key_id_file" } else { "secret_access_key_file" }
+            ))),
         }
     };
     Ok((one(ACCESS_KEY_ENV, &s3.access_key_id_file, "access key id")?, one(SECRET_KEY_ENV, &s3.secret_access_key_file, "secret access key")?))

@@ -22,16 +22,12 @@ impl Db {
     /// Add or replace an AE registration.
     pub async fn upsert_ae(&self, ae: &RegisteredAe) -> Result<(), DbError> {
         let mut conn = self.pool.acquire().await.map_err(q("acquire"))?;
-        upsert(&mut *conn, ae).await
+        upsert(&mut conn, ae).await
     }
 
     /// Remove an AE registration; returns whether it existed.
     pub async fn remove_ae(&self, title: &AeTitle) -> Result<bool, DbError> {
-        let done = sqlx::query("DELETE FROM ae_titles WHERE ae_title = $1")
-            .bind(title.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(q("delete ae_title"))?;
+        let done = sqlx::query("DELETE FROM ae_titles WHERE ae_title = $1").bind(title.as_str()).execute(&self.pool).await.map_err(q("delete ae_title"))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -40,7 +36,7 @@ impl Db {
     pub async fn save_ae_audited(&self, ae: &RegisteredAe, details: &str) -> Result<(), DbError> {
         let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        upsert(&mut *tx, ae).await?;
+        upsert(&mut tx, ae).await?;
         super::audit::append_in(&mut tx, key, &crate::audit::Event::AeAdd { ae: ae.ae_title.to_string() }, details).await?;
         tx.commit().await.map_err(q("commit ae_title"))
     }

@@ -21,10 +21,8 @@ pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &[
     let subject = subject.as_str();
     // The UPDATE takes the head row's write lock first: concurrent appends queue here, on
     // SQLite and PostgreSQL alike. RETURNING gives the new seq and the (unchanged) old hash.
-    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(q("advance audit head"))?;
+    let row =
+        sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash").fetch_one(&mut **tx).await.map_err(q("advance audit head"))?;
     let (seq, prev_hash): (i64, String) = (get(&row, "seq")?, get(&row, "hash")?);
     let at_ms = now_ms();
     let hash = entry_mac(key, &prev_hash, seq, at_ms, event, subject, details);
@@ -39,11 +37,7 @@ pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &[
         .execute(&mut **tx)
         .await
         .map_err(q("insert audit entry"))?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await
-        .map_err(q("set audit head"))?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&hash).execute(&mut **tx).await.map_err(q("set audit head"))?;
     Ok(Entry { seq, at_ms, event: event.into(), subject: subject.into(), details: details.into(), prev_hash, hash, keyed: true })
 }
 

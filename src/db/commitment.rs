@@ -42,7 +42,13 @@ impl Db {
     /// Apply a report from `destination`: `committed` SOP Instance UIDs and `failed` ones with
     /// the reason. Only rows of that destination still awaiting a report are settled; returns
     /// how many (0: not ours, or already settled).
-    pub async fn commitment_reported(&self, transaction_uid: &str, destination: &str, committed: &[String], failed: &[(String, String)]) -> Result<u64, DbError> {
+    pub async fn commitment_reported(
+        &self,
+        transaction_uid: &str,
+        destination: &str,
+        committed: &[String],
+        failed: &[(String, String)],
+    ) -> Result<u64, DbError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         let mut settled = 0;

@@ -163,13 +163,12 @@ impl Db {
 
     /// Every model output of the study's instances.
     pub async fn study_frame_outputs(&self, study_id: i64) -> Result<Vec<FrameOutput>, DbError> {
-        let rows = sqlx::query(
-            "SELECT r.* FROM slice_results r JOIN instances i ON i.id = r.instance_id WHERE i.study_id = $1 ORDER BY r.instance_id, r.frame",
-        )
-        .bind(study_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("select study slices"))?;
+        let rows =
+            sqlx::query("SELECT r.* FROM slice_results r JOIN instances i ON i.id = r.instance_id WHERE i.study_id = $1 ORDER BY r.instance_id, r.frame")
+                .bind(study_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("select study slices"))?;
         rows.iter()
             .map(|r| {
                 Ok(FrameOutput {

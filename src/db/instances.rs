@@ -28,9 +28,13 @@ pub struct NewInstance {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {
-    Inserted { instance_id: i64 },
+    Inserted {
+        instance_id: i64,
+    },
     /// An instance with this SOP Instance UID is already stored; nothing was written.
-    Duplicate { instance_id: i64 },
+    Duplicate {
+        instance_id: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,13 +82,12 @@ impl Db {
     }
 
     pub async fn find_instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, DbError> {
-        let row = sqlx::query(
-            "SELECT id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, dataset_digest FROM instances WHERE sop_instance_uid = $1",
-        )
-        .bind(sop_instance_uid)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("select instance"))?;
+        let row =
+            sqlx::query("SELECT id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, path, dataset_digest FROM instances WHERE sop_instance_uid = $1")
+                .bind(sop_instance_uid)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("select instance"))?;
         row.map(|r| {
             Ok(StoredInstance {
                 id: get(&r, "id")?,
@@ -172,10 +175,11 @@ impl Db {
 
     /// Instances not sent to the AI stage, by reason (no patient data in a reason).
     pub async fn excluded_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
-        let rows = sqlx::query("SELECT excluded_reason AS reason, COUNT(*) AS n FROM instances WHERE excluded_reason IS NOT NULL GROUP BY excluded_reason ORDER BY 1")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("count excluded instances"))?;
+        let rows =
+            sqlx::query("SELECT excluded_reason AS reason, COUNT(*) AS n FROM instances WHERE excluded_reason IS NOT NULL GROUP BY excluded_reason ORDER BY 1")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("count excluded instances"))?;
         rows.iter().map(|r| Ok((get(r, "reason")?, get(r, "n")?))).collect()
     }
 
@@ -188,12 +192,14 @@ impl Db {
     /// Stored instances the AI stage has not finished with (not excluded, not yet inferred or
     /// being inferred): the arrivals queue's depth, for the metrics.
     pub async fn count_awaiting_inference(&self) -> Result<i64, DbError> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE excluded_reason IS NULL AND (inference_state IS NULL OR inference_state = $1 OR inference_state = $2)")
-            .bind(super::InferenceState::Pending.as_str())
-            .bind(super::InferenceState::Running.as_str())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(q("count instances awaiting inference"))
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM instances WHERE excluded_reason IS NULL AND (inference_state IS NULL OR inference_state = $1 OR inference_state = $2)",
+        )
+        .bind(super::InferenceState::Pending.as_str())
+        .bind(super::InferenceState::Running.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("count instances awaiting inference"))
     }
 
     /// The de-identified SOP Instance UID of a study's first stored instance.

@@ -40,7 +40,8 @@ impl Db {
             .await
             .map_err(q("select due job"))?;
             let Some(row) = row else { return Ok(None) };
-            let (id, state, lease, attempts): (i64, String, i64, i64) = (get(&row, "id")?, get(&row, "state")?, get(&row, "lease_until_ms")?, get(&row, "attempts")?);
+            let (id, state, lease, attempts): (i64, String, i64, i64) =
+                (get(&row, "id")?, get(&row, "state")?, get(&row, "lease_until_ms")?, get(&row, "attempts")?);
             let state: JobState = state.parse()?;
             let claimed = sqlx::query(
                 "UPDATE jobs SET state = $6, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3
@@ -108,10 +109,7 @@ impl Db {
     }
 
     pub async fn list_jobs(&self) -> Result<Vec<Job>, DbError> {
-        let rows = sqlx::query("SELECT id, kind, study_id, state FROM jobs ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("list jobs"))?;
+        let rows = sqlx::query("SELECT id, kind, study_id, state FROM jobs ORDER BY id").fetch_all(&self.pool).await.map_err(q("list jobs"))?;
         rows.iter()
             .map(|r| Ok(Job { id: get(r, "id")?, kind: get(r, "kind")?, study_id: get(r, "study_id")?, state: get::<String>(r, "state")?.parse()? }))
             .collect()
@@ -120,13 +118,15 @@ impl Db {
 
 /// Queue a `study_ready` job for `study_id` inside the caller's transaction; its id.
 pub(crate) async fn queue_study_ready_in(conn: &mut sqlx::AnyConnection, study_id: i64, now_ms: i64) -> Result<i64, DbError> {
-    sqlx::query_scalar("INSERT INTO jobs (kind, study_id, state, attempts, created_at_ms, updated_at_ms) VALUES ('study_ready', $1, $3, 0, $2, $2) RETURNING id")
-        .bind(study_id)
-        .bind(now_ms)
-        .bind(JobState::Pending.as_str())
-        .fetch_one(conn)
-        .await
-        .map_err(q("queue job"))
+    sqlx::query_scalar(
+        "INSERT INTO jobs (kind, study_id, state, attempts, created_at_ms, updated_at_ms) VALUES ('study_ready', $1, $3, 0, $2, $2) RETURNING id",
+    )
+    .bind(study_id)
+    .bind(now_ms)
+    .bind(JobState::Pending.as_str())
+    .fetch_one(conn)
+    .await
+    .map_err(q("queue job"))
 }
 
 /// Mark a claimed job done inside the caller's transaction (with what it produced), if the

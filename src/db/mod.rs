@@ -26,20 +26,20 @@ mod wake;
 mod workers;
 mod worklist;
 
-pub use ae_titles::RegisteredAe;
 pub use crate::domain::AeRole;
-pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
-pub use reid_map::SealedRecord;
-pub use procedure_steps::{ProcedureStep, StepCreated};
-pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, ProcedureStepState, ReadingState, ResultState, StudyState};
-pub use worklist::{Reading, ReadingAction, ReadingOutcome, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
-pub use outbox::{NewOutboxItem, OutboxItem};
+pub use ae_titles::RegisteredAe;
 pub use inference::{FrameOutput, PendingInference};
+pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use jobs::{ClaimedJob, Job};
+pub use outbox::{NewOutboxItem, OutboxItem};
+pub use procedure_steps::{ProcedureStep, StepCreated};
+pub use reid_map::SealedRecord;
 pub use results::{Finding, StudyResult};
+pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, ProcedureStepState, ReadingState, ResultState, StudyState};
 pub use studies::ReadyStudy;
-pub use workers::WorkerReport;
 pub use wake::{Wake, WakeListener};
+pub use workers::WorkerReport;
+pub use worklist::{Reading, ReadingAction, ReadingOutcome, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
 
 use std::time::Duration;
 

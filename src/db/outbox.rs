@@ -162,7 +162,10 @@ impl Db {
     /// With `held`, only while the claim is still the one held until then (false: another
     /// claimer has it now, and nothing changed).
     pub async fn outbox_release(&self, id: i64, held: Option<i64>) -> Result<bool, DbError> {
-        let sql = states(&format!("UPDATE outbox SET state = {{pending}}, lease_until_ms = 0, updated_at_ms = $1 WHERE id = $2 AND state = {{sending}}{}", fence(held, 3)));
+        let sql = states(&format!(
+            "UPDATE outbox SET state = {{pending}}, lease_until_ms = 0, updated_at_ms = $1 WHERE id = $2 AND state = {{sending}}{}",
+            fence(held, 3)
+        ));
         let done = sqlx::query(&sql).bind(now_ms()).bind(id).bind(held.unwrap_or(0)).execute(&self.pool).await.map_err(q("release outbox item"))?;
         Ok(done.rows_affected() == 1)
     }
@@ -181,7 +184,14 @@ impl Db {
         .await
         .map_err(q("outbox load per destination"))?;
         rows.iter()
-            .map(|r| Ok(DestinationLoad { destination: get(r, "destination")?, waiting: get(r, "waiting")?, oldest_due_ms: get(r, "oldest_due_ms")?, attempts: get(r, "attempts")? }))
+            .map(|r| {
+                Ok(DestinationLoad {
+                    destination: get(r, "destination")?,
+                    waiting: get(r, "waiting")?,
+                    oldest_due_ms: get(r, "oldest_due_ms")?,
+                    attempts: get(r, "attempts")?,
+                })
+            })
             .collect()
     }
 
@@ -209,15 +219,17 @@ impl Db {
     /// `after_id` by node `node` (None: by any node, their files being shared): (row id, path,
     /// created_at_ms), oldest first, up to `limit` rows. The query index reads them.
     pub async fn result_objects_after(&self, node: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<(i64, String, i64)>, DbError> {
-        let rows = sqlx::query("SELECT id, path, created_at_ms FROM outbox WHERE ($1 = '' OR node = $1) AND id > $2 AND reidentify = 1 AND kind IN ($3, $4) ORDER BY id LIMIT $5")
-            .bind(node.unwrap_or(""))
-            .bind(after_id)
-            .bind(ObjectKind::Sr.as_str())
-            .bind(ObjectKind::Sc.as_str())
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("select result objects"))?;
+        let rows = sqlx::query(
+            "SELECT id, path, created_at_ms FROM outbox WHERE ($1 = '' OR node = $1) AND id > $2 AND reidentify = 1 AND kind IN ($3, $4) ORDER BY id LIMIT $5",
+        )
+        .bind(node.unwrap_or(""))
+        .bind(after_id)
+        .bind(ObjectKind::Sr.as_str())
+        .bind(ObjectKind::Sc.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select result objects"))?;
         rows.iter().map(|r| Ok((get(r, "id")?, get(r, "path")?, get(r, "created_at_ms")?))).collect()
     }
 
@@ -237,7 +249,10 @@ impl Db {
             return Ok(Vec::new());
         }
         let list: Vec<String> = (1..=study_ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("SELECT study_id, kind, state, COUNT(*) AS n FROM outbox WHERE study_id IN ({}) GROUP BY study_id, kind, state ORDER BY study_id, kind, state", list.join(", "));
+        let sql = format!(
+            "SELECT study_id, kind, state, COUNT(*) AS n FROM outbox WHERE study_id IN ({}) GROUP BY study_id, kind, state ORDER BY study_id, kind, state",
+            list.join(", ")
+        );
         let mut query = sqlx::query(&sql);
         for id in study_ids {
             query = query.bind(*id);
@@ -310,8 +325,12 @@ impl Db {
 
     /// Dead-letter an item with the reason (`held` as for a delivery).
     pub async fn outbox_dead(&self, id: i64, error: &str, held: Option<i64>) -> Result<bool, DbError> {
-        let sql = states(&format!("UPDATE outbox SET state = {{dead}}, attempts = attempts + 1, last_error = $1, updated_at_ms = $2 WHERE id = $3{}", fence(held, 4)));
-        let done = sqlx::query(&sql).bind(error).bind(now_ms()).bind(id).bind(held.unwrap_or(0)).execute(&self.pool).await.map_err(q("dead-letter outbox item"))?;
+        let sql = states(&format!(
+            "UPDATE outbox SET state = {{dead}}, attempts = attempts + 1, last_error = $1, updated_at_ms = $2 WHERE id = $3{}",
+            fence(held, 4)
+        ));
+        let done =
+            sqlx::query(&sql).bind(error).bind(now_ms()).bind(id).bind(held.unwrap_or(0)).execute(&self.pool).await.map_err(q("dead-letter outbox item"))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -328,15 +347,21 @@ impl Db {
     pub async fn outbox_requeue(&self, id: Option<i64>) -> Result<u64, DbError> {
         let now = now_ms();
         let done = match id {
-            Some(id) => sqlx::query(&states("UPDATE outbox SET state = {pending}, attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE id = $2 AND state <> {delivered}"))
+            Some(id) => {
+                sqlx::query(&states(
+                    "UPDATE outbox SET state = {pending}, attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE id = $2 AND state <> {delivered}",
+                ))
                 .bind(now)
                 .bind(id)
                 .execute(&self.pool)
-                .await,
-            None => sqlx::query(&states("UPDATE outbox SET state = {pending}, attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE state = {dead}"))
-                .bind(now)
-                .execute(&self.pool)
-                .await,
+                .await
+            }
+            None => {
+                sqlx::query(&states("UPDATE outbox SET state = {pending}, attempts = 0, next_attempt_at_ms = $1, updated_at_ms = $1 WHERE state = {dead}"))
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+            }
         }
         .map_err(q("requeue outbox items"))?;
         if done.rows_affected() > 0 {
@@ -381,7 +406,13 @@ mod tests {
         // The worklist's foreign key to studies is not what this test is about.
         sqlx::query("PRAGMA foreign_keys = OFF").execute(&db.pool).await.unwrap();
         let mut conn = db.pool.acquire().await.unwrap();
-        let item = |path: &str, destination: &str, study: Option<i64>| NewOutboxItem { path: path.into(), destination: destination.into(), kind: ObjectKind::Sr, study_id: study, reidentify: false };
+        let item = |path: &str, destination: &str, study: Option<i64>| NewOutboxItem {
+            path: path.into(),
+            destination: destination.into(),
+            kind: ObjectKind::Sr,
+            study_id: study,
+            reidentify: false,
+        };
         for (path, destination, study) in [("a", "PACS", Some(1)), ("b", "HL7", Some(1)), ("c", "PACS", Some(2)), ("d", "HL7", Some(2)), ("e", "OTHER", None)] {
             insert_in(&mut conn, "n", &item(path, destination, study), 1_000).await.unwrap();
         }

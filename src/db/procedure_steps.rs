@@ -72,18 +72,13 @@ impl Db {
             "SELECT id, state, calling_ae_title, (SELECT COUNT(*) FROM procedure_step_instances i WHERE i.step_id = p.id) AS listed
              FROM procedure_steps p WHERE sop_instance_uid = $1",
         )
-            .bind(sop_instance_uid)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("select procedure step"))?;
+        .bind(sop_instance_uid)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("select procedure step"))?;
         let Some(row) = row else { return Ok(None) };
         let state: String = get(&row, "state")?;
-        Ok(Some(ProcedureStep {
-            id: get(&row, "id")?,
-            state: state.parse()?,
-            calling_ae_title: get(&row, "calling_ae_title")?,
-            listed: get(&row, "listed")?,
-        }))
+        Ok(Some(ProcedureStep { id: get(&row, "id")?, state: state.parse()?, calling_ae_title: get(&row, "calling_ae_title")?, listed: get(&row, "listed")? }))
     }
 
     /// How many steps `calling_ae` holds IN PROGRESS that were created or updated since

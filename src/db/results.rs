@@ -136,13 +136,11 @@ impl Db {
 
     /// The results of the study with this (de-identified) Study Instance UID, by model.
     pub async fn study_results(&self, study_instance_uid: &str) -> Result<Vec<StudyResult>, DbError> {
-        let rows = sqlx::query(
-            "SELECT r.* FROM study_results r JOIN studies s ON s.id = r.study_id WHERE s.study_instance_uid = $1 ORDER BY r.model",
-        )
-        .bind(study_instance_uid)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("select study results"))?;
+        let rows = sqlx::query("SELECT r.* FROM study_results r JOIN studies s ON s.id = r.study_id WHERE s.study_instance_uid = $1 ORDER BY r.model")
+            .bind(study_instance_uid)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("select study results"))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: i64 = get(r, "id")?;

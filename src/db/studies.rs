@@ -93,9 +93,7 @@ impl Db {
         // $1 is the IN PROGRESS state; $2.. the trusted AE titles ('' when none: no AE has it).
         let trusted: Vec<&str> = if trusted.is_empty() { vec![""] } else { trusted.iter().map(String::as_str).collect() };
         let list = (0..trusted.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
-        let speaks = format!(
-            "(p.calling_ae_title IN (SELECT i.calling_ae_title FROM instances i WHERE i.study_id = s.id) OR p.calling_ae_title IN ({list}))"
-        );
+        let speaks = format!("(p.calling_ae_title IN (SELECT i.calling_ae_title FROM instances i WHERE i.study_id = s.id) OR p.calling_ae_title IN ({list}))");
         let sql = states(&format!(
             "SELECT id, last_received_at_ms, instance_count FROM studies s
              WHERE state = {{receiving}}
@@ -156,15 +154,14 @@ impl Db {
 
     /// (state, count) of studies and of jobs, for `triage-node status`.
     pub async fn state_counts(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), DbError> {
-        let studies = sqlx::query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state ORDER BY state")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("count studies"))?;
+        let studies =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state ORDER BY state").fetch_all(&self.pool).await.map_err(q("count studies"))?;
         let jobs = sqlx::query("SELECT kind || ':' || state AS state, COUNT(*) AS n FROM jobs GROUP BY kind, state ORDER BY 1")
             .fetch_all(&self.pool)
             .await
             .map_err(q("count jobs"))?;
-        let pairs = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(String, i64)>, DbError> { rows.iter().map(|r| Ok((get(r, "state")?, get(r, "n")?))).collect() };
+        let pairs =
+            |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(String, i64)>, DbError> { rows.iter().map(|r| Ok((get(r, "state")?, get(r, "n")?))).collect() };
         Ok((pairs(studies)?, pairs(jobs)?))
     }
 }

@@ -77,7 +77,12 @@ pub struct WorklistCursor {
 
 impl WorklistCursor {
     pub fn after(row: &WorklistRow) -> WorklistCursor {
-        WorklistCursor { priority_rank: row.priority_rank, sort_score: sort_score(row.priority_rank, row.score), received_at_ms: row.received_at_ms, study_id: row.study_id }
+        WorklistCursor {
+            priority_rank: row.priority_rank,
+            sort_score: sort_score(row.priority_rank, row.score),
+            received_at_ms: row.received_at_ms,
+            study_id: row.study_id,
+        }
     }
 
     /// An opaque token: the four keys, the score's bits exactly.
@@ -178,7 +183,13 @@ pub enum ReadingOutcome {
 
 impl Db {
     /// One page of the worklist: up to `limit` rows after `cursor`, in `sort` order.
-    pub async fn worklist_page(&self, filter: &WorklistFilter, sort: WorklistSort, cursor: Option<WorklistCursor>, limit: i64) -> Result<Vec<WorklistRow>, DbError> {
+    pub async fn worklist_page(
+        &self,
+        filter: &WorklistFilter,
+        sort: WorklistSort,
+        cursor: Option<WorklistCursor>,
+        limit: i64,
+    ) -> Result<Vec<WorklistRow>, DbError> {
         let mut clauses: Vec<String> = Vec::new();
         let mut args: Vec<Arg> = Vec::new();
         let next = |args: &mut Vec<Arg>, a: Arg| {

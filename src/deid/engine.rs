@@ -17,8 +17,8 @@ use dicom_object::InMemDicomObject;
 use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;
-use crate::domain::{civil_from_days, days_from_civil};
 use super::table::{Action, ProfileOption, Table, BASIC_PROFILE_CODE, EDITION};
+use crate::domain::{civil_from_days, days_from_civil};
 
 const MAX_DEPTH: u32 = 64;
 const DUMMY_TEXT: &str = "ANONYMIZED";
@@ -158,8 +158,7 @@ impl Deidentifier {
         }
         options.sort();
         options.dedup();
-        let method_json =
-            serde_json::json!({ "profile": EDITION, "options": options.iter().map(|o| o.code().0).collect::<Vec<_>>() }).to_string();
+        let method_json = serde_json::json!({ "profile": EDITION, "options": options.iter().map(|o| o.code().0).collect::<Vec<_>>() }).to_string();
         let burned_in_when_absent = BURNED_IN_WHEN_ABSENT.iter().map(|m| m.to_string()).collect();
         Deidentifier { keys, options, safe_private, method_json, burned_in_when_absent }
     }
@@ -262,13 +261,8 @@ impl Deidentifier {
                 DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
             ])
         };
-        let items: Vec<InMemDicomObject> =
-            std::iter::once(code(BASIC_PROFILE_CODE)).chain(self.options.iter().map(|o| code(o.code()))).collect();
-        obj.put(DataElement::new(
-            tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
-            VR::SQ,
-            DataSetSequence::new(items, Length::UNDEFINED),
-        ));
+        let items: Vec<InMemDicomObject> = std::iter::once(code(BASIC_PROFILE_CODE)).chain(self.options.iter().map(|o| code(o.code()))).collect();
+        obj.put(DataElement::new(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED)));
         let temporal = if self.options.contains(&ProfileOption::RetainLongitudinalModifiedDates) { "MODIFIED" } else { "REMOVED" };
         obj.put(DataElement::new(tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, VR::CS, PrimitiveValue::from(temporal)));
     }
@@ -422,10 +416,8 @@ impl Ctx<'_> {
         Ok(match vr {
             VR::SQ => self.items(elem, depth, false)?,
             VR::DA | VR::DT => {
-                let values: Vec<String> = elem
-                    .to_multi_str()
-                    .map(|v| v.iter().map(|d| shift_date(d.trim(), self.shift_days, vr)).collect())
-                    .unwrap_or_default();
+                let values: Vec<String> =
+                    elem.to_multi_str().map(|v| v.iter().map(|d| shift_date(d.trim(), self.shift_days, vr)).collect()).unwrap_or_default();
                 if values.is_empty() {
                     empty_elem(tag, vr)
                 } else {
@@ -638,7 +630,10 @@ fn convert_number(elem: &InMemElement, want: VR) -> Option<InMemElement> {
 
 /// VRs whose values are characters (read and written as text).
 fn is_text(vr: VR) -> bool {
-    matches!(vr, VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::LT | VR::PN | VR::SH | VR::ST | VR::TM | VR::UC | VR::UI | VR::UR | VR::UT)
+    matches!(
+        vr,
+        VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::LT | VR::PN | VR::SH | VR::ST | VR::TM | VR::UC | VR::UI | VR::UR | VR::UT
+    )
 }
 
 /// `v` as a Decimal String of at most 16 characters (PS3.5), in exponent form when the plain
@@ -1229,7 +1224,12 @@ mod tests {
         assert_eq!(out.originals.patient_name.as_deref(), Some("DOE^JOHN"));
         assert_eq!(out.originals.sop_instance_uid, "1.2.3.1");
         assert_eq!(out.sop_instance_uid, Keys::for_tests(7).uid("1.2.3.1"));
-        let codes: Vec<String> = out.object.element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE).unwrap().items().unwrap()
+        let codes: Vec<String> = out
+            .object
+            .element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
             .iter()
             .map(|i| i.element(tags::CODE_VALUE).unwrap().to_str().unwrap().to_string())
             .collect();
@@ -1263,10 +1263,8 @@ mod tests {
         };
         let text_item = |tag: Tag, vr: VR, v: &str| InMemDicomObject::from_element_iter([DataElement::new(tag, vr, PrimitiveValue::from(v))]);
         let seq = |tag: Tag, item: InMemDicomObject| DataElement::new(tag, VR::SQ, DataSetSequence::new(vec![item], Length::UNDEFINED));
-        let sr = with(
-            crate::dicom::uids::X_RAY_RADIATION_DOSE_SR_STORAGE,
-            vec![seq(tags::CONTENT_SEQUENCE, text_item(tags::TEXT_VALUE, VR::UT, "PLANTED SMITH"))],
-        );
+        let sr =
+            with(crate::dicom::uids::X_RAY_RADIATION_DOSE_SR_STORAGE, vec![seq(tags::CONTENT_SEQUENCE, text_item(tags::TEXT_VALUE, VR::UT, "PLANTED SMITH"))]);
         assert!(sr.object.get(tags::CONTENT_SEQUENCE).is_none());
         assert_eq!(sr.content_removed, Some(CONTENT[0].1));
         let pdf = with(
@@ -1282,9 +1280,11 @@ mod tests {
         let title = pdf.object.get(tags::DOCUMENT_TITLE).and_then(|e| e.to_str().ok()).unwrap_or_default().to_string();
         assert!(!title.contains("PLANTED"), "document title kept: {title}");
         // Codes keep their meaning; a nested free text of an unlisted sequence does not survive.
-        let meaning = pdf.object.get(tags::CONCEPT_NAME_CODE_SEQUENCE).unwrap().items().unwrap()[0].element(tags::CODE_MEANING).unwrap().to_str().unwrap().to_string();
+        let meaning =
+            pdf.object.get(tags::CONCEPT_NAME_CODE_SEQUENCE).unwrap().items().unwrap()[0].element(tags::CODE_MEANING).unwrap().to_str().unwrap().to_string();
         assert_eq!(meaning, "Discharge summary");
-        let ecg = with(crate::dicom::uids::TWELVE_LEAD_ECG_WAVEFORM_STORAGE, vec![seq(tags::WAVEFORM_SEQUENCE, text_item(tags::CHANNEL_LABEL, VR::SH, "PLANTED"))]);
+        let ecg =
+            with(crate::dicom::uids::TWELVE_LEAD_ECG_WAVEFORM_STORAGE, vec![seq(tags::WAVEFORM_SEQUENCE, text_item(tags::CHANNEL_LABEL, VR::SH, "PLANTED"))]);
         assert!(ecg.object.get(tags::WAVEFORM_SEQUENCE).is_none() && ecg.content_removed.is_some());
         // An image keeps its unlisted short texts in sequences (no content rule applies).
         let ct = with(crate::dicom::uids::CT_IMAGE_STORAGE, vec![seq(Tag(0x0018, 0x9346), text_item(tags::CODE_MEANING, VR::LO, "kept"))]);

@@ -87,8 +87,7 @@ mod tests {
                 (cells[1].to_string(), cells[2].trim_matches('`').to_string())
             })
             .collect();
-        let code: Vec<(String, String)> =
-            SAFE_TEXT.iter().map(|(t, k)| (format!("({:04X},{:04X})", t.group(), t.element()), k.to_string())).collect();
+        let code: Vec<(String, String)> = SAFE_TEXT.iter().map(|(t, k)| (format!("({:04X},{:04X})", t.group(), t.element()), k.to_string())).collect();
         assert_eq!(rows, code, "conformance statement table safe-text differs from deid::safe_text::SAFE_TEXT");
     }
 }

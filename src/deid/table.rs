@@ -95,9 +95,7 @@ impl ProfileOption {
             ProfileOption::RetainInstitutionIdentity => ("113112", "Retain Institution Identity Option"),
             ProfileOption::RetainPatientCharacteristics => ("113108", "Retain Patient Characteristics Option"),
             ProfileOption::RetainLongitudinalFullDates => ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
-            ProfileOption::RetainLongitudinalModifiedDates => {
-                ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
-            }
+            ProfileOption::RetainLongitudinalModifiedDates => ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
             ProfileOption::CleanDescriptors => ("113105", "Clean Descriptors Option"),
             ProfileOption::CleanStructuredContent => ("113104", "Clean Structured Content Option"),
             ProfileOption::CleanGraphics => ("113103", "Clean Graphics Option"),

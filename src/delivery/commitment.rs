@@ -99,7 +99,12 @@ pub async fn receive(db: &Db, calling_ae: &str, event_type: u16, bytes: &[u8], t
                 info!(objects = n, "storage commitment: the PACS committed to every object");
             } else {
                 let reasons: Vec<&str> = report.failed.iter().map(|(_, r)| r.as_str()).collect();
-                warn!(committed = report.committed.len(), failed = report.failed.len(), ?reasons, "storage commitment: the PACS did not commit to some objects");
+                warn!(
+                    committed = report.committed.len(),
+                    failed = report.failed.len(),
+                    ?reasons,
+                    "storage commitment: the PACS did not commit to some objects"
+                );
             }
             Status::SUCCESS
         }

@@ -10,11 +10,11 @@ pub mod outbox;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::db::{Db, DbError};
+use crate::domain::AeTitle;
 use crate::net::client::{self, Association, ClientError, Peer, Proposal, Response};
 /// How AEs registered as TLS are reached (for callers that name no `net` type).
 pub use crate::net::tls::Connector;
-use crate::db::{Db, DbError};
-use crate::domain::AeTitle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -90,9 +90,12 @@ pub async fn send(peer: &Peer, paths: &[PathBuf]) -> Result<Vec<Sent>, DeliveryE
     let proposals = client::proposals_for(&metas.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>());
     for batch in proposals.chunks(128) {
         let mut assoc = Association::request(peer, batch).await?;
-        for (path, _) in metas.iter().filter(|(_, m)| batch.iter().any(|p| p.abstract_syntax == m.sop_class_uid && p.transfer_syntaxes[0] == m.transfer_syntax_uid)) {
+        for (path, _) in
+            metas.iter().filter(|(_, m)| batch.iter().any(|p| p.abstract_syntax == m.sop_class_uid && p.transfer_syntaxes[0] == m.transfer_syntax_uid))
+        {
             let result = assoc.store_file(path).await;
-            let fatal = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_)));
+            let fatal =
+                matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_)));
             outcomes.push(Sent { path: path.clone(), result });
             if fatal {
                 return Ok(outcomes);

@@ -22,13 +22,13 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn, Instrument};
 
 use super::{resolve, DeliveryError};
-use crate::dicom::Status;
-use crate::net::client::{self, Association, ClientError, Response};
-use crate::net::tls::Connector;
 use crate::config::DeliverySettings;
 use crate::db::{Db, ObjectKind, OutboxItem};
 use crate::deid::Keys;
+use crate::dicom::Status;
 use crate::domain::{now_ms, AeTitle};
+use crate::net::client::{self, Association, ClientError, Response};
+use crate::net::tls::Connector;
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
 /// Items one lane sends at most (over one association, for DICOM).
@@ -135,8 +135,7 @@ enum Verdict {
 
 /// A C-STORE response status the peer may answer differently later.
 fn transient(status: Status) -> bool {
-    status.is_out_of_resources()
-        || [Status::PROCESSING_FAILURE, Status::UNRECOGNIZED_OPERATION, Status::CANCEL].contains(&status)
+    status.is_out_of_resources() || [Status::PROCESSING_FAILURE, Status::UNRECOGNIZED_OPERATION, Status::CANCEL].contains(&status)
 }
 
 fn verdict_for(result: &Result<Response, ClientError>) -> Verdict {
@@ -177,7 +176,15 @@ impl OutboxWorker {
         hl7: Option<crate::config::Hl7Settings>,
     ) -> Self {
         let sender = Sender { db, node, ours, blobs, cfg, keys, quiet_period, hl7, tls: Connector::default() };
-        OutboxWorker { started: false, sender: Arc::new(sender), wake, lanes: JoinSet::new(), running: HashMap::new(), measured_at: None, gauged: HashSet::new() }
+        OutboxWorker {
+            started: false,
+            sender: Arc::new(sender),
+            wake,
+            lanes: JoinSet::new(),
+            running: HashMap::new(),
+            measured_at: None,
+            gauged: HashSet::new(),
+        }
     }
 
     /// Reach destinations registered as TLS through `tls`.
@@ -242,7 +249,12 @@ impl OutboxWorker {
             gauges.oldest_due.set(due_ms as f64 / 1000.0);
             gauges.failures.set(d.attempts as f64);
             if due_ms > cfg.warn_after.as_millis() as i64 {
-                reasons.push(format!("outbox destination {}: an item has been due for {} s (delivery.warn_after is {:?})", d.destination, due_ms / 1000, cfg.warn_after));
+                reasons.push(format!(
+                    "outbox destination {}: an item has been due for {} s (delivery.warn_after is {:?})",
+                    d.destination,
+                    due_ms / 1000,
+                    cfg.warn_after
+                ));
             }
             if d.attempts >= i64::from(cfg.warn_failures) {
                 reasons.push(format!("outbox destination {}: an item waiting for it failed {} times in a row", d.destination, d.attempts));
@@ -486,7 +498,10 @@ impl Sender {
             metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
             let (verdict, broken) = match outcome {
                 Ok(result) => {
-                    let broken = matches!(result, Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_)));
+                    let broken = matches!(
+                        result,
+                        Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_))
+                    );
                     (verdict_for(&result), broken)
                 }
                 // Not sent (re-identification failed), or stopped in the middle: then the
@@ -515,7 +530,13 @@ impl Sender {
 
     /// One C-STORE on `assoc`: the PACS's answer, or the verdict when the object could not be
     /// sent (its re-identification failed).
-    async fn store_one(&self, assoc: &mut Association, destination: &str, item: &OutboxItem, path: &std::path::Path) -> Result<Result<Response, ClientError>, Verdict> {
+    async fn store_one(
+        &self,
+        assoc: &mut Association,
+        destination: &str,
+        item: &OutboxItem,
+        path: &std::path::Path,
+    ) -> Result<Result<Response, ClientError>, Verdict> {
         let result = if item.reidentify {
             // Re-identified now, in memory: the queued file stays de-identified.
             let purpose = format!("deliver result to {destination}");
@@ -546,10 +567,11 @@ impl Sender {
             Ok(path) => path,
             Err(e) => return (Verdict::Retry(e.to_string()), false),
         };
-        let report: crate::hl7::Report = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-            Ok(r) => r,
-            Err(why) => return (Verdict::Dead(format!("reading the HL7 report {}: {why}", item.path)), false),
-        };
+        let report: crate::hl7::Report =
+            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+                Ok(r) => r,
+                Err(why) => return (Verdict::Dead(format!("reading the HL7 report {}: {why}", item.path)), false),
+            };
         let purpose = format!("deliver HL7 result to {}:{}", cfg.host, cfg.port);
         let originals = match crate::deid::reidentify(&self.db, &self.keys, &report.instance_uid, &purpose).await {
             Ok(o) => o,

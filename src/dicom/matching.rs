@@ -54,11 +54,21 @@ impl std::error::Error for MatchError {}
 pub enum Matcher {
     Universal,
     /// The normalised value (and, for PN, whether case is folded).
-    Single { value: String, fold_case: bool },
+    Single {
+        value: String,
+        fold_case: bool,
+    },
     UidList(Vec<String>),
-    Wildcard { pattern: Vec<char>, fold_case: bool },
+    Wildcard {
+        pattern: Vec<char>,
+        fold_case: bool,
+    },
     /// Inclusive bounds, each normalised to a comparable string of fixed width.
-    Range { low: Option<String>, high: Option<String>, kind: Kind },
+    Range {
+        low: Option<String>,
+        high: Option<String>,
+        kind: Kind,
+    },
     /// Several `\`-separated values of a code string key (Modalities in Study `CT\MR`): any of
     /// them matching is a match.
     AnyOf(Vec<Matcher>),
@@ -80,7 +90,11 @@ impl Matcher {
                 if let Some(bad) = uids.iter().find(|u| !is_uid(u)) {
                     return Err(MatchError(format!("{bad:?} is not a UID")));
                 }
-                Ok(if uids.len() == 1 { Matcher::Single { value: uids.into_iter().next().unwrap_or_default(), fold_case: false } } else { Matcher::UidList(uids) })
+                Ok(if uids.len() == 1 {
+                    Matcher::Single { value: uids.into_iter().next().unwrap_or_default(), fold_case: false }
+                } else {
+                    Matcher::UidList(uids)
+                })
             }
             Kind::Date | Kind::Time | Kind::DateTime => {
                 if value.contains('\\') {
@@ -106,7 +120,8 @@ impl Matcher {
                 }
             }
             Kind::Text if value.contains('\\') => {
-                let each: Result<Vec<Matcher>, MatchError> = value.split('\\').filter(|v| !v.trim().is_empty()).map(|v| Matcher::parse(kind, v, options)).collect();
+                let each: Result<Vec<Matcher>, MatchError> =
+                    value.split('\\').filter(|v| !v.trim().is_empty()).map(|v| Matcher::parse(kind, v, options)).collect();
                 let each = each?;
                 Ok(if each.contains(&Matcher::Universal) || each.is_empty() { Matcher::Universal } else { Matcher::AnyOf(each) })
             }
@@ -154,7 +169,8 @@ impl Matcher {
                 let c = if kind == Kind::PersonName { name(candidate, *fold_case) } else { candidate.to_string() };
                 let first_group = c.split('=').next().unwrap_or_default().to_string();
                 let chars: Vec<char> = c.chars().collect();
-                wildcard(pattern, &chars) || (kind == Kind::PersonName && !pattern.contains(&'=') && wildcard(pattern, &first_group.chars().collect::<Vec<_>>()))
+                wildcard(pattern, &chars)
+                    || (kind == Kind::PersonName && !pattern.contains(&'=') && wildcard(pattern, &first_group.chars().collect::<Vec<_>>()))
             }
             Matcher::AnyOf(each) => each.iter().any(|m| m.matches_one(kind, candidate)),
             Matcher::Range { low, high, kind } => {
@@ -238,11 +254,16 @@ fn wildcard(pattern: &[char], text: &[char]) -> bool {
 /// A date, time or date-time, possibly partial, as a fixed-width comparable string: the start
 /// of its extent (`upper` false) or its end (`upper` true). Errors name what is malformed.
 fn bound(kind: Kind, v: &str, upper: bool) -> Result<String, MatchError> {
-    let bad = || MatchError(format!("{v:?} is not a valid {}", match kind {
-        Kind::Date => "date (YYYYMMDD)",
-        Kind::Time => "time (HH[MM[SS[.F{1,6}]]])",
-        _ => "date-time (YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]])",
-    }));
+    let bad = || {
+        MatchError(format!(
+            "{v:?} is not a valid {}",
+            match kind {
+                Kind::Date => "date (YYYYMMDD)",
+                Kind::Time => "time (HH[MM[SS[.F{1,6}]]])",
+                _ => "date-time (YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]])",
+            }
+        ))
+    };
     match kind {
         Kind::Date => {
             if v.len() != 8 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -273,10 +294,13 @@ fn bound(kind: Kind, v: &str, upper: bool) -> Result<String, MatchError> {
             let time = if time_part.is_empty() {
                 time_bound(if upper { "23" } else { "00" }, upper)
             } else {
-                time_bound(&match frac {
-                    Some(f) => format!("{time_part}.{f}"),
-                    None => time_part.to_string(),
-                }, upper)
+                time_bound(
+                    &match frac {
+                        Some(f) => format!("{time_part}.{f}"),
+                        None => time_part.to_string(),
+                    },
+                    upper,
+                )
             }
             .ok_or_else(bad)?;
             Ok(format!("{date}{time}"))

@@ -42,8 +42,7 @@ pub fn read(path: &Path) -> Result<Part10, Part10Error> {
     let mut file = std::fs::File::open(path).map_err(|source| Part10Error::Read { path: name.clone(), source })?;
     let mut preamble = [0u8; 128];
     file.read_exact(&mut preamble).map_err(|source| Part10Error::Read { path: name.clone(), source })?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file)
-        .map_err(|e| Part10Error::NotPart10 { path: name.clone(), reason: e.to_string() })?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file).map_err(|e| Part10Error::NotPart10 { path: name.clone(), reason: e.to_string() })?;
     let dataset_offset = file.stream_position().map_err(|source| Part10Error::Read { path: name, source })?;
     Ok(Part10::from_meta(&meta, dataset_offset))
 }
@@ -52,7 +51,7 @@ pub fn read(path: &Path) -> Result<Part10, Part10Error> {
 pub fn read_bytes(bytes: &[u8], name: &str) -> Result<Part10, Part10Error> {
     // After the 128-byte preamble; from_reader checks "DICM" and reads exactly the meta group.
     let mut rest = bytes.get(128..).unwrap_or_default();
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&mut rest)
-        .map_err(|e| Part10Error::NotPart10 { path: name.to_string(), reason: e.to_string() })?;
+    let meta =
+        dicom_object::meta::FileMetaTable::from_reader(&mut rest).map_err(|e| Part10Error::NotPart10 { path: name.to_string(), reason: e.to_string() })?;
     Ok(Part10::from_meta(&meta, (bytes.len() - rest.len()) as u64))
 }

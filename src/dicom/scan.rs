@@ -166,12 +166,20 @@ impl PixelGroupEnd {
 
     fn u16_at(&self, at: usize) -> u16 {
         let b = [self.header[at], self.header[at + 1]];
-        if self.big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }
+        if self.big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
     }
 
     fn u32_at(&self, at: usize) -> u32 {
         let b = [self.header[at], self.header[at + 1], self.header[at + 2], self.header[at + 3]];
-        if self.big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+        if self.big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
     }
 
     /// The pixels are not kept after all (Burned In Annotation): nothing more comes through,
@@ -266,9 +274,11 @@ impl PixelGroupEnd {
                     // Inside encapsulated pixel data only items and the sequence delimiter may
                     // come; anything else (a missing delimiter, then a trailer) ends the group
                     // here, so that its bytes are not taken for a fragment and kept.
-                    let malformed = (fragment && tag != ITEM && tag != SEQUENCE_DELIMITATION)
-                        || (fragment && tag == ITEM && len == UNDEFINED)
-                        || (!fragment && len == UNDEFINED && tag != PIXEL_DATA);
+                    let malformed = if fragment {
+                        (tag != ITEM && tag != SEQUENCE_DELIMITATION) || (tag == ITEM && len == UNDEFINED)
+                    } else {
+                        len == UNDEFINED && tag != PIXEL_DATA
+                    };
                     if malformed {
                         self.ended = true;
                         // The header's bytes of this call were counted kept: take them back.
@@ -476,8 +486,35 @@ impl<R: Read> Walker<R> {
                 // A VR this edition does not define is read as UN, with a reserved field and a
                 // 32-bit length, as the data set parser reads it (and as VRs added to the
                 // standard later are encoded); the 16-bit length is only for the VRs that have one.
-                let short = matches!(&vr, b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FL" | b"FD" | b"IS" | b"LO" | b"LT" | b"PN" | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US");
-                let vr = if short || matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN" | b"SV" | b"UV") { vr } else { *b"UN" };
+                let short = matches!(
+                    &vr,
+                    b"AE"
+                        | b"AS"
+                        | b"AT"
+                        | b"CS"
+                        | b"DA"
+                        | b"DS"
+                        | b"DT"
+                        | b"FL"
+                        | b"FD"
+                        | b"IS"
+                        | b"LO"
+                        | b"LT"
+                        | b"PN"
+                        | b"SH"
+                        | b"SL"
+                        | b"SS"
+                        | b"ST"
+                        | b"TM"
+                        | b"UI"
+                        | b"UL"
+                        | b"US"
+                );
+                let vr = if short || matches!(&vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"UC" | b"UR" | b"UT" | b"UN" | b"SV" | b"UV") {
+                    vr
+                } else {
+                    *b"UN"
+                };
                 let len = if !short {
                     self.skip(2)?;
                     self.u32()?
@@ -566,9 +603,7 @@ impl<R: Read> Walker<R> {
             match tag {
                 SEQUENCE_DELIMITATION => return Ok(()),
                 ITEM if len != UNDEFINED => self.skip(u64::from(len))?,
-                _ => {
-                    return Err(ScanError::Element { group: tag.0, element: tag.1, offset, problem: "expected a pixel data fragment" })
-                }
+                _ => return Err(ScanError::Element { group: tag.0, element: tag.1, offset, problem: "expected a pixel data fragment" }),
             }
         }
     }
@@ -658,7 +693,13 @@ mod tests {
 
         let bytes = elements.concat();
         assert!(run(&bytes, EXPLICIT_LE).is_ok());
-        let boundaries: Vec<usize> = elements.iter().scan(0, |acc, e| { *acc += e.len(); Some(*acc) }).collect();
+        let boundaries: Vec<usize> = elements
+            .iter()
+            .scan(0, |acc, e| {
+                *acc += e.len();
+                Some(*acc)
+            })
+            .collect();
         // Every cut inside the sequences or the pixel data is refused, never a panic or a success.
         for cut in boundaries[0] + 1..bytes.len() {
             let result = run(&bytes[..cut], EXPLICIT_LE);
@@ -710,7 +751,11 @@ mod tests {
         let liar = [&[0x10, 0x00, 0x20, 0x00][..], &le32(0xFF00_0008), b"ID"].concat();
         let sequence = |items: &[u8]| [&[0x08, 0x00, 0x40, 0x11][..], &le32(items.len() as u32), items].concat();
         let bad = sequence(&item(&liar));
-        assert!(matches!(run(&bad, IMPLICIT_LE), Err(ScanError::Element { problem: "value length runs past the end of its item", .. })), "{:?}", run(&bad, IMPLICIT_LE));
+        assert!(
+            matches!(run(&bad, IMPLICIT_LE), Err(ScanError::Element { problem: "value length runs past the end of its item", .. })),
+            "{:?}",
+            run(&bad, IMPLICIT_LE)
+        );
         // A well-formed one passes, and so does a defined-length element that is no sequence.
         let good = [&[0x10, 0x00, 0x20, 0x00][..], &le32(2), b"ID"].concat();
         assert!(run(&sequence(&item(&good)), IMPLICIT_LE).is_ok());
@@ -724,7 +769,11 @@ mod tests {
     #[test]
     fn an_undefined_vr_is_read_as_un_with_a_32_bit_length() {
         let mut unknown = vec![0x10, 0x00, 0x10, 0x00, b'Y', b'N', 0x04, 0x00, 0xBB, 0xB0, 0xBA, 0xD5];
-        assert!(matches!(run(&unknown, EXPLICIT_LE), Err(ScanError::Element { problem: "value length runs past the end of its item", .. })), "{:?}", run(&unknown, EXPLICIT_LE));
+        assert!(
+            matches!(run(&unknown, EXPLICIT_LE), Err(ScanError::Element { problem: "value length runs past the end of its item", .. })),
+            "{:?}",
+            run(&unknown, EXPLICIT_LE)
+        );
         // With a 32-bit length that fits, it is skipped like any UN.
         unknown.truncate(6);
         unknown.extend_from_slice(&[0, 0, 2, 0, 0, 0, b'a', b'b']);
@@ -738,7 +787,14 @@ mod tests {
     fn a_binary_value_of_a_length_its_vr_cannot_have_is_refused() {
         let le32 = |v: u32| v.to_le_bytes();
         let group_length = [&[0x00, 0x02, 0x00, 0x00][..], &le32(2), &[0, 0], &[0x00, 0x02, 0x00, 0x00], &le32(0)].concat();
-        assert!(matches!(run(&group_length, IMPLICIT_LE), Err(ScanError::Element { problem: "value length is not a multiple of its value representation's size", .. })), "{:?}", run(&group_length, IMPLICIT_LE));
+        assert!(
+            matches!(
+                run(&group_length, IMPLICIT_LE),
+                Err(ScanError::Element { problem: "value length is not a multiple of its value representation's size", .. })
+            ),
+            "{:?}",
+            run(&group_length, IMPLICIT_LE)
+        );
         let us = explicit(&[(0x0028, 0x0010, "US", &[1, 2, 3])], false);
         assert!(run(&us, EXPLICIT_LE).is_err());
         assert!(run(&explicit(&[(0x0028, 0x0010, "US", &[1, 2])], false), EXPLICIT_LE).is_ok());
@@ -752,7 +808,11 @@ mod tests {
     fn implicit_vr_overlay_and_pixel_data_are_ow() {
         let le32 = |v: u32| v.to_le_bytes();
         let overlay = [&[0x00, 0x60, 0x00, 0x30][..], &le32(1), &[0]].concat();
-        assert!(matches!(run(&overlay, IMPLICIT_LE), Err(ScanError::Element { problem: "value length is not a multiple of its value representation's size", .. })), "{:?}", run(&overlay, IMPLICIT_LE));
+        assert!(
+            matches!(run(&overlay, IMPLICIT_LE), Err(ScanError::Element { problem: "value length is not a multiple of its value representation's size", .. })),
+            "{:?}",
+            run(&overlay, IMPLICIT_LE)
+        );
         let even = [&[0x00, 0x60, 0x00, 0x30][..], &le32(2), &[0, 0]].concat();
         assert!(run(&even, IMPLICIT_LE).is_ok());
     }

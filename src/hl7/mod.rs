@@ -204,10 +204,19 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
         n += 1;
         segs.push(format!("OBX|{n}|{fields}"));
     };
-    obx(&mut segs, format!("CWE|PRIORITY^AI triage priority^99TRIAGE||{}^{}^99TRIAGE||||||{status}", escape(&report.priority), escape(&report.priority.to_lowercase())));
+    obx(
+        &mut segs,
+        format!("CWE|PRIORITY^AI triage priority^99TRIAGE||{}^{}^99TRIAGE||||||{status}", escape(&report.priority), escape(&report.priority.to_lowercase())),
+    );
     for f in &report.findings {
         // The coded finding, its probability (unit 1), and the abnormal flag.
-        let flag = if f.urgent { "AA" } else if f.positive { "A" } else { "N" };
+        let flag = if f.urgent {
+            "AA"
+        } else if f.positive {
+            "A"
+        } else {
+            "N"
+        };
         obx(
             &mut segs,
             format!(
@@ -303,7 +312,10 @@ pub async fn send(host: &str, port: u16, message: &str, control_id: &str, timeou
     framed.push(START);
     framed.extend_from_slice(message.as_bytes());
     framed.extend_from_slice(&END);
-    tokio::time::timeout(timeout, stream.write_all(&framed)).await.map_err(|_| MllpError::Timeout(addr.clone(), timeout))?.map_err(|e| MllpError::Io(addr.clone(), e))?;
+    tokio::time::timeout(timeout, stream.write_all(&framed))
+        .await
+        .map_err(|_| MllpError::Timeout(addr.clone(), timeout))?
+        .map_err(|e| MllpError::Io(addr.clone(), e))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let read = async {
@@ -351,7 +363,16 @@ mod tests {
             priority: "URGENT".into(),
             lowered_from: None,
             correction: false,
-            findings: vec![ReportFinding { scheme: "SCT".into(), code: "27925004".into(), meaning: "Nodule".into(), probability: 0.93456, positive: true, urgent: true, model: "demo-nodule".into(), model_version: "1.0".into() }],
+            findings: vec![ReportFinding {
+                scheme: "SCT".into(),
+                code: "27925004".into(),
+                meaning: "Nodule".into(),
+                probability: 0.93456,
+                positive: true,
+                urgent: true,
+                model: "demo-nodule".into(),
+                model_version: "1.0".into(),
+            }],
             reasons: vec![],
             demonstration: true,
             sr_sop_instance_uid: Some("2.25.1".into()),

@@ -81,7 +81,8 @@ fn parse_time(name: &str, s: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|_| bad_request(format!("{name} must be an RFC 3339 time (2026-12-02T10:00:00Z) or milliseconds since the epoch")))?;
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|_| bad_request(format!("{name} must be an RFC 3339 time (2026-12-02T10:00:00Z) or milliseconds since the epoch")))?;
     let ms = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| bad_request(format!("{name} is before 1970")))?.as_millis();
     Ok(ms as i64)
 }
@@ -99,7 +100,8 @@ impl WorklistParams {
     pub fn request(&self) -> Result<PageRequest, ApiError> {
         let mut priorities = Vec::new();
         for p in self.priority.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let parsed = StudyPriority::parse(p).ok_or_else(|| bad_request(format!("unknown priority {p:?}: URGENT, POSITIVE, FAILED, NOT_ANALYSED, NEGATIVE or NOT_APPLICABLE")))?;
+            let parsed = StudyPriority::parse(p)
+                .ok_or_else(|| bad_request(format!("unknown priority {p:?}: URGENT, POSITIVE, FAILED, NOT_ANALYSED, NEGATIVE or NOT_APPLICABLE")))?;
             priorities.push(parsed.as_str().to_string());
         }
         let reading = match self.state.as_deref() {
@@ -125,7 +127,11 @@ impl WorklistParams {
     }
 }
 
-async fn worklist(State(state): State<Shared>, Authed(user): Authed, params: Result<Query<WorklistParams>, axum::extract::rejection::QueryRejection>) -> Result<Json<Page>, ApiError> {
+async fn worklist(
+    State(state): State<Shared>,
+    Authed(user): Authed,
+    params: Result<Query<WorklistParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
     let Query(params) = params.map_err(|e| bad_request(e.body_text()))?;
     let req = params.request()?;
     let viewer = Viewer { keys: &state.keys, user: &user.name, recorded: &state.recorded_views };
@@ -225,7 +231,12 @@ async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path
                 .collect(),
         })
         .collect();
-    let objects = objects(&state, id).await?.into_iter().enumerate().map(|(i, (kind, _))| ObjectView { kind: kind.as_str().into(), url: format!("/api/studies/{id}/objects/{i}") }).collect();
+    let objects = objects(&state, id)
+        .await?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, _))| ObjectView { kind: kind.as_str().into(), url: format!("/api/studies/{id}/objects/{i}") })
+        .collect();
     Ok(Json(StudyView { item, results, objects }))
 }
 
@@ -252,7 +263,12 @@ pub async fn render_permit(renders: &Arc<tokio::sync::Semaphore>, wait: std::tim
     }
 }
 
-async fn heatmap(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): Path<(String, usize)>, params: Result<Query<HeatmapParams>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+async fn heatmap(
+    State(state): State<Shared>,
+    Authed(_): Authed,
+    Path((id, n)): Path<(String, usize)>,
+    params: Result<Query<HeatmapParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| bad_request(e.body_text()))?;
     let id = study_id(&id)?;
     let size = match params.size.as_deref() {
@@ -268,7 +284,12 @@ async fn heatmap(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): 
     let results = state.db.study_results(&row.study_instance_uid).await?;
     let findings = positive_findings(&results);
     let (result, finding) = findings.get(n).copied().ok_or_else(|| not_found(format!("study {id} has {} heatmaps", findings.len())))?;
-    let manifest = state.manifests.iter().find(|m| m.name == result.model).cloned().ok_or_else(|| not_found(format!("model {} is no longer loaded: its heatmap cannot be drawn", result.model)))?;
+    let manifest = state
+        .manifests
+        .iter()
+        .find(|m| m.name == result.model)
+        .cloned()
+        .ok_or_else(|| not_found(format!("model {} is no longer loaded: its heatmap cannot be drawn", result.model)))?;
     let key_image = state.db.instance_ref(finding.key_instance_id).await?.ok_or_else(|| not_found("the key image is no longer stored"))?;
     // Held until the drawing ends, even if the request gives up first.
     let permit = render_permit(&state.renders, RENDER_WAIT).await?;
@@ -340,7 +361,15 @@ struct AeView {
 
 impl From<crate::db::RegisteredAe> for AeView {
     fn from(a: crate::db::RegisteredAe) -> Self {
-        AeView { ae_title: a.ae_title.to_string(), host: a.host, port: a.port, role: a.role.to_string(), enabled: a.enabled, tls: a.tls, tls_identity: a.tls_identity }
+        AeView {
+            ae_title: a.ae_title.to_string(),
+            host: a.host,
+            port: a.port,
+            role: a.role.to_string(),
+            enabled: a.enabled,
+            tls: a.tls,
+            tls_identity: a.tls_identity,
+        }
     }
 }
 

@@ -156,7 +156,9 @@ mod tests {
         assert_eq!(t.user(Some("Bearer 0123456789abcdef0123456789abcdef")), Some(&User { name: "dr.grey".into(), role: Role::Reader }));
         assert_eq!(t.user(Some(&format!("Bearer {secret}"))).map(|u| u.role), Some(Role::Admin));
         assert!(!std::fs::read_to_string(&file).unwrap().contains(&secret), "the file holds the hash only");
-        for bad in [None, Some(""), Some("Bearer"), Some("Bearer nope"), Some("Basic 0123456789abcdef0123456789abcdef"), Some("0123456789abcdef0123456789abcdef")] {
+        for bad in
+            [None, Some(""), Some("Bearer"), Some("Bearer nope"), Some("Basic 0123456789abcdef0123456789abcdef"), Some("0123456789abcdef0123456789abcdef")]
+        {
             assert_eq!(t.user(bad), None, "{bad:?}");
         }
     }

@@ -235,7 +235,11 @@ async fn access_log(State(state): State<Shared>, matched: Option<MatchedPath>, r
 async fn deadline(State(state): State<Shared>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(state.request_timeout, next.run(req)).await {
         Ok(rsp) => rsp,
-        Err(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the request took longer than http.request_timeout ({})", humantime::format_duration(state.request_timeout))).into_response(),
+        Err(_) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the request took longer than http.request_timeout ({})", humantime::format_duration(state.request_timeout)),
+        )
+        .into_response(),
     }
 }
 
@@ -300,7 +304,10 @@ impl HttpServer {
     /// to a quarter of it (`serve::HTTP_SHARE`): the rest stays for DICOM.
     pub async fn start(settings: &HttpSettings, mut state: AppState, shutdown: CancellationToken) -> std::io::Result<HttpServer> {
         if state.tokens.is_empty() {
-            warn!("no HTTP API tokens configured ({} or http.tokens_file): the API answers 401 to everyone; `triage-node token add` makes one", auth::TOKENS_ENV);
+            warn!(
+                "no HTTP API tokens configured ({} or http.tokens_file): the API answers 401 to everyone; `triage-node token add` makes one",
+                auth::TOKENS_ENV
+            );
         }
         let listener = tokio::net::TcpListener::bind((settings.bind.as_str(), settings.port)).await?;
         let addr = listener.local_addr()?;

@@ -121,7 +121,14 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, shu
 
 /// One connection: hyper's HTTP/1.1 with the header read timeout, closed when idle past
 /// `keep_alive_timeout`, shut down gracefully with the node.
-async fn connection(stream: TcpStream, peer: SocketAddr, app: axum::Router, limits: Limits, shutdown: CancellationToken, slots: (OwnedSemaphorePermit, HostSlot)) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    slots: (OwnedSemaphorePermit, HostSlot),
+) {
     let _slots = slots;
     let _open = OpenGauge::new();
     let activity = Arc::new(Activity::new());

@@ -183,7 +183,10 @@ impl Routing {
     /// Whether the model takes an instance with these attributes (comparisons ignore case).
     pub fn accepts(&self, a: &ImageAttrs) -> bool {
         let ok = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v.eq_ignore_ascii_case(value));
-        ok(&self.modalities, &a.modality) && ok(&self.body_parts, &a.body_part) && ok(&self.sop_classes, &a.sop_class_uid) && ok(&self.photometric, &a.photometric)
+        ok(&self.modalities, &a.modality)
+            && ok(&self.body_parts, &a.body_part)
+            && ok(&self.sop_classes, &a.sop_class_uid)
+            && ok(&self.photometric, &a.photometric)
     }
 }
 
@@ -197,14 +200,7 @@ impl Input {
             Some(Window::Named(n)) if n == "percentile" => WindowRule::Percentile(percentiles),
             _ => WindowRule::File { percentiles },
         };
-        InputSpec {
-            rows: self.size[0] as usize,
-            cols: self.size[1] as usize,
-            channels: self.channels as usize,
-            window,
-            mean: self.mean,
-            std: self.std,
-        }
+        InputSpec { rows: self.size[0] as usize, cols: self.size[1] as usize, channels: self.channels as usize, window, mean: self.mean, std: self.std }
     }
 }
 

@@ -86,12 +86,7 @@ impl Image {
         }
         let pixels = self.obj.decode_pixel_data().map_err(|e| PixelError::Decode(e.to_string()))?;
         let photometric = pixels.photometric_interpretation().as_str().to_string();
-        let windows = pixels
-            .window()
-            .ok()
-            .flatten()
-            .map(|ws| ws.iter().map(|w| Window { center: w.center, width: w.width }).collect())
-            .unwrap_or_default();
+        let windows = pixels.window().ok().flatten().map(|ws| ws.iter().map(|w| Window { center: w.center, width: w.width }).collect()).unwrap_or_default();
         let arr = pixels.to_ndarray_with_options::<f32>(&ConvertOptions::new()).map_err(|e| PixelError::Decode(e.to_string()))?;
         let values = match arr.shape()[3] {
             1 => arr.index_axis(Axis(3), 0).to_owned(),

@@ -38,11 +38,7 @@ impl DeviceChoice {
         match raw.trim() {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceChoice::Cuda)
-                .ok_or_else(|| RuntimeError::BadDevice(raw.to_string())),
+            other => other.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(DeviceChoice::Cuda).ok_or_else(|| RuntimeError::BadDevice(raw.to_string())),
         }
     }
 

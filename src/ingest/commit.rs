@@ -109,10 +109,13 @@ async fn sync_folders(batch: Vec<Pending>) -> Vec<Pending> {
         return batch;
     }
     let synced = tokio::task::spawn_blocking(move || {
-        folders.into_iter().map(|f| {
-            let result = std::fs::File::open(&f).and_then(|d| d.sync_all());
-            (f, result)
-        }).collect::<Vec<_>>()
+        folders
+            .into_iter()
+            .map(|f| {
+                let result = std::fs::File::open(&f).and_then(|d| d.sync_all());
+                (f, result)
+            })
+            .collect::<Vec<_>>()
     })
     .await;
     let failed: Vec<(PathBuf, std::io::Error)> = match synced {

@@ -17,12 +17,12 @@ pub mod study_ready;
 use std::sync::Arc;
 
 use crate::blobs::{BlobError, Blobs};
-use crate::dicom::scan;
-use crate::dicom::{Status, TransferSyntax};
 use crate::config::{BurnedInPolicy, StorageSettings};
 use crate::db::{Db, DbError, InsertOutcome, NewInstance};
 use crate::deid::file::{FileError, Written};
 use crate::deid::Deidentifier;
+use crate::dicom::scan;
+use crate::dicom::{Status, TransferSyntax};
 use crate::domain::{now_ms, Redacted};
 use scan::ScanError;
 use spool::{Content, Dirs, IncomingFile, Refusal, SpoolError};
@@ -79,9 +79,7 @@ impl IngestError {
             IngestError::Deid(FileError::Deid(_)) => Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             IngestError::Deid(_) => Status::CANNOT_UNDERSTAND,
             IngestError::Seal(_) => Status::PROCESSING_FAILURE,
-            IngestError::MissingAttribute(_) | IngestError::SopClassMismatch | IngestError::SopInstanceMismatch => {
-                Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-            }
+            IngestError::MissingAttribute(_) | IngestError::SopClassMismatch | IngestError::SopInstanceMismatch => Status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             IngestError::NotNegotiated => Status::REFUSED_SOP_CLASS_NOT_SUPPORTED,
             IngestError::Db(_) | IngestError::Task(_) => Status::PROCESSING_FAILURE,
             // The object store is unreachable or refused the write: a transient refusal, the
@@ -121,9 +119,13 @@ pub struct StoreRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
-    Stored { instance_id: i64 },
+    Stored {
+        instance_id: i64,
+    },
     /// Already stored under this SOP Instance UID: the first copy is kept, Success is returned.
-    Duplicate { instance_id: i64 },
+    Duplicate {
+        instance_id: i64,
+    },
 }
 
 pub struct Ingest {
@@ -190,11 +192,8 @@ impl Ingest {
     pub async fn quarantine_unrecorded(&self) -> Result<usize, IngestError> {
         let store = self.dirs.store.clone();
         let list = |path: &std::path::Path| std::fs::read_dir(path).map_err(|source| IngestError::ListStore { path: path.to_path_buf(), source });
-        let mut days: Vec<String> = list(&store)?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
+        let mut days: Vec<String> =
+            list(&store)?.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).collect();
         days.sort();
         let mut moved = 0;
         for day in days.iter().rev().take(2) {
@@ -274,10 +273,11 @@ impl Ingest {
                     let drop_pixels = crate::deid::file::drops_pixels(&deid, drop_burned_in);
                     let kept = keep_split(&request, split, received.kept_len, drop_pixels, fsync);
                     phase.done("scan_and_sync");
-                    kept.map(|(pixels_written, size_bytes)| (digest.finish(&[]), relative, Written { deid: *deid, pixels_written, size_bytes }))
-                        .inspect_err(|_| {
+                    kept.map(|(pixels_written, size_bytes)| (digest.finish(&[]), relative, Written { deid: *deid, pixels_written, size_bytes })).inspect_err(
+                        |_| {
                             let _ = std::fs::remove_file(&path);
-                        })
+                        },
+                    )
                 }
             }
         })

@@ -167,15 +167,14 @@ impl Ingest {
         let obj = InMemDicomObject::read_dataset_with_ts(data, registered).map_err(|_| StepError::Unparseable)?;
         let state = match text(&obj, tags::PERFORMED_PROCEDURE_STEP_STATUS) {
             None => None,
-            Some(v) => Some(v.parse::<ProcedureStepState>().map_err(|_| {
-                StepError::Invalid("Performed Procedure Step Status (0040,0252) is not IN PROGRESS, COMPLETED or DISCONTINUED")
-            })?),
+            Some(v) => Some(
+                v.parse::<ProcedureStepState>()
+                    .map_err(|_| StepError::Invalid("Performed Procedure Step Status (0040,0252) is not IN PROGRESS, COMPLETED or DISCONTINUED"))?,
+            ),
         };
         let keys = self.deid.keys();
-        let studies = items(&obj, tags::SCHEDULED_STEP_ATTRIBUTES_SEQUENCE)
-            .filter_map(|item| text(item, tags::STUDY_INSTANCE_UID))
-            .map(|uid| keys.uid(&uid))
-            .collect();
+        let studies =
+            items(&obj, tags::SCHEDULED_STEP_ATTRIBUTES_SEQUENCE).filter_map(|item| text(item, tags::STUDY_INSTANCE_UID)).map(|uid| keys.uid(&uid)).collect();
         let instances = obj.get(tags::PERFORMED_SERIES_SEQUENCE).map(|_| {
             items(&obj, tags::PERFORMED_SERIES_SEQUENCE)
                 .flat_map(|series| {

@@ -10,11 +10,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
-use crate::dicom::scan::{locate_pixel_group, PixelGroupEnd};
-use crate::dicom::sop::TransferSyntax;
 use crate::deid::file::{deidentify_header, FileError};
 use crate::deid::{Deidentified, Deidentifier};
+use crate::dicom::scan::{locate_pixel_group, PixelGroupEnd};
+use crate::dicom::sop::TransferSyntax;
 
 const WRITE_BUFFER: usize = 256 << 10;
 
@@ -169,10 +168,16 @@ const MAX_AHEAD: usize = 4 << 20;
 
 enum State {
     /// Collecting the first bytes; `splittable` until the header proves it cannot be split.
-    Head { splittable: bool },
+    Head {
+        splittable: bool,
+    },
     /// The pixel group starts at `split`: the header before it is being de-identified and the
     /// store file started (with the pixel bytes received so far) while more bytes arrive.
-    Deidentifying { split: u64, task: StartTask, ahead: Vec<u8> },
+    Deidentifying {
+        split: u64,
+        task: StartTask,
+        ahead: Vec<u8>,
+    },
     Streaming(Box<Streaming>),
     Refused(Refusal),
 }
@@ -208,6 +213,8 @@ pub struct Received {
 /// The keyed digest of a received data set: done, or, for a data set held whole
 /// (`Content::Whole`), still to be taken over the held bytes: the caller does that where it
 /// costs no time, while the store file is being written back to the disk.
+/// (One per instance, moved once: the hasher's 2 KB inline spare the C-STORE path an allocation.)
+#[allow(clippy::large_enum_variant)]
 pub enum ReceivedDigest {
     Done(String),
     OverWhole(blake3::Hasher),
@@ -230,7 +237,15 @@ pub enum Content {
     /// The whole data set, in memory (at most `IN_MEMORY`; or no pixel group; or deflated).
     Whole(Vec<u8>),
     /// Header de-identified and written, pixel group appended (not yet synced).
-    Split { head: Vec<u8>, split: u64, header_len: u64, deid: Box<Deidentified>, relative: PathBuf, path: PathBuf, file: std::fs::File },
+    Split {
+        head: Vec<u8>,
+        split: u64,
+        header_len: u64,
+        deid: Box<Deidentified>,
+        relative: PathBuf,
+        path: PathBuf,
+        file: std::fs::File,
+    },
     Refused(Refusal),
 }
 
@@ -365,8 +380,20 @@ impl IncomingFile {
             ahead
         };
         let (min_free_disk, data_dir) = (self.target.min_free_disk, self.target.dirs.data.clone());
-        let mut streaming =
-            Streaming { split, header_len, deid, relative, path, file: Some(file), buf: ahead, in_flight: None, written, min_free_disk, data_dir, checked_at: 0 };
+        let mut streaming = Streaming {
+            split,
+            header_len,
+            deid,
+            relative,
+            path,
+            file: Some(file),
+            buf: ahead,
+            in_flight: None,
+            written,
+            min_free_disk,
+            data_dir,
+            checked_at: 0,
+        };
         streaming.write(&[]).await?; // sends the backlog on if it fills a buffer
         self.state = State::Streaming(Box::new(streaming));
         Ok(())
@@ -461,11 +488,8 @@ impl Streaming {
     /// Wait for the write in flight, if any; returns an empty buffer to fill next.
     async fn wait_in_flight(&mut self) -> Result<Vec<u8>, SpoolError> {
         let Some(handle) = self.in_flight.take() else { return Ok(Vec::with_capacity(WRITE_BUFFER)) };
-        let (file, mut buf) = handle
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(|source| SpoolError::Write { path: self.path.clone(), source })?;
+        let (file, mut buf) =
+            handle.await.map_err(std::io::Error::other).and_then(|r| r).map_err(|source| SpoolError::Write { path: self.path.clone(), source })?;
         self.file = Some(file);
         buf.clear();
         Ok(buf)

@@ -69,7 +69,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<W> {
         }
     }
 
-    fn poll_write_vectored(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             std::task::Poll::Ready(r) => this.progressed(r),
@@ -224,10 +228,7 @@ impl Association {
     /// The accepted context for `abstract_syntax` (in `transfer_syntax`, if given): where a
     /// service sends a sub-operation.
     pub fn context_for(&self, abstract_syntax: &str, transfer_syntax: Option<&str>) -> Option<&AcceptedContext> {
-        self.negotiated
-            .contexts
-            .iter()
-            .find(|c| c.abstract_syntax == abstract_syntax && transfer_syntax.is_none_or(|ts| c.transfer_syntax.uid == ts))
+        self.negotiated.contexts.iter().find(|c| c.abstract_syntax == abstract_syntax && transfer_syntax.is_none_or(|ts| c.transfer_syntax.uid == ts))
     }
 
     /// The next message's command, for a service that waits on the association it serves (the
@@ -286,7 +287,6 @@ impl Association {
             self.tally[i].2 += 1;
         }
     }
-
 
     /// Answer a request no registered service performs, or one a service cannot perform as
     /// sent (PS3.7 C.4.2: Unrecognized Operation).
@@ -357,12 +357,18 @@ mod tests {
         });
         let pc = assoc.context_for(&class, None).unwrap().id;
         let mut rq = CommandSet::default();
-        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, &class).set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ).set_u16(tag::MESSAGE_ID, 9).set_u16(tag::COMMAND_DATA_SET_TYPE, 0);
+        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, &class)
+            .set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
+            .set_u16(tag::MESSAGE_ID, 9)
+            .set_u16(tag::COMMAND_DATA_SET_TYPE, 0);
         assoc.send_command(pc, &rq).await.unwrap();
         let payload = vec![7u8; 10_000];
         assoc.send_data_from(pc, &payload[..], payload.len() as u64, false).await.unwrap();
         let (rsp_pc, rsp) = assoc.next_command().await.unwrap();
-        assert_eq!((rsp_pc, rsp.command_field(), rsp.status(), rsp.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO)), (pc, Ok(field::C_STORE_RSP), Ok(Status::SUCCESS), Ok(9)));
+        assert_eq!(
+            (rsp_pc, rsp.command_field(), rsp.status(), rsp.u16(tag::MESSAGE_ID_BEING_RESPONDED_TO)),
+            (pc, Ok(field::C_STORE_RSP), Ok(Status::SUCCESS), Ok(9))
+        );
         assert!(assoc.data().await.unwrap().is_none(), "a response without a data set has none");
         assert_eq!(peer.await.unwrap(), payload);
     }

@@ -9,9 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dicom_ul::pdu::{
-    AssociationRJ, AssociationRQ, Pdu, PresentationContextProposed, PresentationContextResultReason, UserVariableItem,
-};
+use dicom_ul::pdu::{AssociationRJ, AssociationRQ, Pdu, PresentationContextProposed, PresentationContextResultReason, UserVariableItem};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
@@ -19,11 +17,13 @@ use super::association::{BoxRead, BoxWrite};
 use super::dimse::command::{self, field, tag, CommandSet};
 use super::dimse::message::SendError;
 use super::dimse::{Event, MessageError, MessageReader, MessageWriter};
-use super::ul::negotiation::APPLICATION_CONTEXT;
 use super::tls::Connector;
+use super::ul::negotiation::APPLICATION_CONTEXT;
 use super::ul::pdu::{self, PduError};
 use crate::dicom::part10::{self, Part10, Part10Error, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::dicom::uids::{DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN as DEFLATED_LE, EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE, IMPLICIT_VR_LITTLE_ENDIAN as IMPLICIT_LE, VERIFICATION};
+use crate::dicom::uids::{
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN as DEFLATED_LE, EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_LE, IMPLICIT_VR_LITTLE_ENDIAN as IMPLICIT_LE, VERIFICATION,
+};
 use crate::dicom::Status;
 use crate::domain::AeTitle;
 
@@ -95,7 +95,10 @@ impl Proposal {
 
     /// Storage Commitment Push Model, as SCU (default roles: we send the N-ACTION).
     pub fn storage_commitment() -> Proposal {
-        Proposal { abstract_syntax: dicom_dictionary_std::uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }
+        Proposal {
+            abstract_syntax: dicom_dictionary_std::uids::STORAGE_COMMITMENT_PUSH_MODEL.into(),
+            transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()],
+        }
     }
 }
 
@@ -217,9 +220,7 @@ impl Association {
     }
 
     fn context(&self, abstract_syntax: &str, transfer_syntax: Option<&str>) -> Option<&Accepted> {
-        self.accepted
-            .iter()
-            .find(|c| c.abstract_syntax == abstract_syntax && transfer_syntax.is_none_or(|ts| c.transfer_syntax == ts))
+        self.accepted.iter().find(|c| c.abstract_syntax == abstract_syntax && transfer_syntax.is_none_or(|ts| c.transfer_syntax == ts))
     }
 
     fn message_id(&mut self) -> u16 {

@@ -20,6 +20,6 @@ pub mod tls;
 pub mod ul;
 
 pub use association::{Association, AssociationError};
-pub use session::Shared;
 pub use server::Listener;
 pub use service::{Offer, Request, Service, Services};
+pub use session::Shared;

@@ -89,11 +89,7 @@ impl Listener {
     /// Bind the plain port (unless TLS only) and, with `tls`, the TLS port.
     pub async fn bind(shared: Arc<Shared>, tls: Option<TlsAcceptor>) -> std::io::Result<Listener> {
         let settings = &shared.settings;
-        let plain = if tls.is_none() || settings.tls.plain_port {
-            Some(TcpListener::bind(SocketAddr::new(settings.bind, settings.port)).await?)
-        } else {
-            None
-        };
+        let plain = if tls.is_none() || settings.tls.plain_port { Some(TcpListener::bind(SocketAddr::new(settings.bind, settings.port)).await?) } else { None };
         let tls = match tls {
             Some(acceptor) => Some((TcpListener::bind(SocketAddr::new(settings.bind, settings.tls.port)).await?, acceptor)),
             None => None,
@@ -183,7 +179,14 @@ impl Listener {
                                 let Some(mut transport) = incoming.open().await else { return };
                                 let Some(rq) = read_request_briefly(&mut transport).await else { return };
                                 let calling = rq.calling_ae_title.trim().to_string();
-                                let lookup = tokio::time::timeout(REJECT_READ_TIMEOUT, shared.access.is_registered(&calling, peer.ip(), Channel { tls: transport.tls, certificate: transport.certificate.as_deref() }));
+                                let lookup = tokio::time::timeout(
+                                    REJECT_READ_TIMEOUT,
+                                    shared.access.is_registered(
+                                        &calling,
+                                        peer.ip(),
+                                        Channel { tls: transport.tls, certificate: transport.certificate.as_deref() },
+                                    ),
+                                );
                                 let registered = matches!(lookup.await, Ok(Ok(true)));
                                 match reserved.try_acquire_owned() {
                                     Ok(permit) if registered => {

@@ -49,7 +49,13 @@ pub async fn run(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, sh
 
 /// An association whose A-ASSOCIATE-RQ the listener has read already (a registered caller
 /// taking a reserved slot).
-pub async fn run_with_request(transport: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken, rq: AssociationRQ) -> Result<(), AssociationError> {
+pub async fn run_with_request(
+    transport: Transport,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    rq: AssociationRQ,
+) -> Result<(), AssociationError> {
     let channel = Channel { tls: transport.tls, certificate: transport.certificate.as_deref() };
     let wr = MessageWriter::new(with_write_timeout(transport.wr, shared.settings.idle_timeout));
     serve(BufReader::with_capacity(READ_BUFFER, transport.rd), wr, channel, peer, shared, shutdown, rq).await
@@ -57,7 +63,12 @@ pub async fn run_with_request(transport: Transport, peer: SocketAddr, shared: Ar
 
 /// Sta2: transport open, waiting for A-ASSOCIATE-RQ until ARTIM expires at `deadline`
 /// (`artim` is its length, for the error). `None`: closed at once.
-async fn read_request(rd: &mut BufReader<BoxRead>, wr: &mut MessageWriter<BoxWrite>, deadline: tokio::time::Instant, artim: Duration) -> Result<Option<AssociationRQ>, AssociationError> {
+async fn read_request(
+    rd: &mut BufReader<BoxRead>,
+    wr: &mut MessageWriter<BoxWrite>,
+    deadline: tokio::time::Instant,
+    artim: Duration,
+) -> Result<Option<AssociationRQ>, AssociationError> {
     let rq = tokio::time::timeout_at(deadline, async {
         let Some(header) = pdu::read_header(&mut *rd).await? else { return Ok(None) };
         if header.pdu_type != TYPE_ASSOCIATE_RQ {

@@ -103,7 +103,8 @@ pub fn acceptor(s: &TlsSettings) -> Result<Option<tokio_rustls::TlsAcceptor>, Tl
     } else {
         WebPkiClientVerifier::no_client_auth()
     };
-    let config = ServerConfig::builder_with_provider(provider).with_protocol_versions(VERSIONS)?.with_client_cert_verifier(verifier).with_single_cert(chain, key)?;
+    let config =
+        ServerConfig::builder_with_provider(provider).with_protocol_versions(VERSIONS)?.with_client_cert_verifier(verifier).with_single_cert(chain, key)?;
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
@@ -194,7 +195,8 @@ impl Connector {
         let Some(config) = &self.0 else {
             return Err(std::io::Error::other("this node has no TLS client configuration (dicom.tls.peer_ca)"));
         };
-        let name = ServerName::try_from(host.to_string()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host:?} is not a TLS server name: {e}")))?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host:?} is not a TLS server name: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?;
         Ok(split(stream))
     }
@@ -211,7 +213,15 @@ mod tests {
     use super::*;
 
     fn settings() -> TlsSettings {
-        TlsSettings { enabled: true, port: 0, plain_port: true, certificate: PathBuf::new(), private_key: PathBuf::new(), client_ca: PathBuf::new(), peer_ca: PathBuf::new() }
+        TlsSettings {
+            enabled: true,
+            port: 0,
+            plain_port: true,
+            certificate: PathBuf::new(),
+            private_key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            peer_ca: PathBuf::new(),
+        }
     }
 
     #[test]

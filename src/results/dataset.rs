@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 
 use crate::dicom::part10::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
-
 /// A coded concept: (value, scheme designator, meaning).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Code {
@@ -83,11 +82,9 @@ pub fn start_object(sop_class: &str, sop_instance: &str, identity: &InMemDicomOb
     put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop_instance);
     copy_identity(&mut o, identity);
     let (date, time) = date_time(created_ms);
-    for (d, t) in [
-        (tags::INSTANCE_CREATION_DATE, tags::INSTANCE_CREATION_TIME),
-        (tags::SERIES_DATE, tags::SERIES_TIME),
-        (tags::CONTENT_DATE, tags::CONTENT_TIME),
-    ] {
+    for (d, t) in
+        [(tags::INSTANCE_CREATION_DATE, tags::INSTANCE_CREATION_TIME), (tags::SERIES_DATE, tags::SERIES_TIME), (tags::CONTENT_DATE, tags::CONTENT_TIME)]
+    {
         put(&mut o, d, VR::DA, &date);
         put(&mut o, t, VR::TM, &time);
     }
@@ -116,30 +113,6 @@ pub fn part10(obj: &InMemDicomObject, sop_class: &str, sop_instance: &str) -> Re
 /// Only printable ASCII survives (burned-in text and generated strings are ASCII by design).
 pub fn ascii(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '-' }).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uids_are_stable_valid_and_short() {
-        let a = uid("", &["study", "model"]);
-        assert_eq!(a, uid("", &["study", "model"]));
-        assert_ne!(a, uid("", &["studym", "odel"]));
-        assert!(a.starts_with("2.25.") && a.len() <= 64);
-        let b = uid("1.2.826.0.1.3680043.10.999.12345678901234567890", &["x"]);
-        assert!(b.len() <= 64 && b.starts_with("1.2.826.0.1.3680043.10.999.12345678901234567890."), "{b}");
-        assert!(b.split('.').all(|c| !c.is_empty() && (c == "0" || !c.starts_with('0'))), "{b}");
-    }
-
-    #[test]
-    fn dates_are_dicom() {
-        assert_eq!(date_time(0), ("19700101".to_string(), "000000.000".to_string()));
-        // 2026-12-01 14:30:05.250 UTC
-        assert_eq!(date_time(1_796_135_405_250), ("20261201".to_string(), "143005.250".to_string()));
-        assert_eq!(date_time(951_782_400_000).0, "20000229");
-    }
 }
 
 /// The patient and study attributes a result object copies from its study (Patient and General
@@ -178,4 +151,28 @@ pub fn copy_identity(obj: &mut InMemDicomObject, source: &InMemDicomObject) {
 /// A string attribute of `obj`, trimmed; None when absent or empty.
 pub fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     obj.get(tag).and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_stable_valid_and_short() {
+        let a = uid("", &["study", "model"]);
+        assert_eq!(a, uid("", &["study", "model"]));
+        assert_ne!(a, uid("", &["studym", "odel"]));
+        assert!(a.starts_with("2.25.") && a.len() <= 64);
+        let b = uid("1.2.826.0.1.3680043.10.999.12345678901234567890", &["x"]);
+        assert!(b.len() <= 64 && b.starts_with("1.2.826.0.1.3680043.10.999.12345678901234567890."), "{b}");
+        assert!(b.split('.').all(|c| !c.is_empty() && (c == "0" || !c.starts_with('0'))), "{b}");
+    }
+
+    #[test]
+    fn dates_are_dicom() {
+        assert_eq!(date_time(0), ("19700101".to_string(), "000000.000".to_string()));
+        // 2026-12-01 14:30:05.250 UTC
+        assert_eq!(date_time(1_796_135_405_250), ("20261201".to_string(), "143005.250".to_string()));
+        assert_eq!(date_time(951_782_400_000).0, "20000229");
+    }
 }

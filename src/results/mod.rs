@@ -159,7 +159,14 @@ impl Publisher {
         rows
     }
 
-    fn build_blocking(&self, manifest: Option<&Manifest>, result: &StudyResult, keys: &[InstanceRef], earlier: &[String], job_id: i64) -> Result<Vec<Built>, ResultsError> {
+    fn build_blocking(
+        &self,
+        manifest: Option<&Manifest>,
+        result: &StudyResult,
+        keys: &[InstanceRef],
+        earlier: &[String],
+        job_id: i64,
+    ) -> Result<Vec<Built>, ResultsError> {
         // The study's identity from the first key image whose header can be read (for a failed
         // result, some of them may be unreadable).
         let mut header = Err(ResultsError::NoInstance(0));
@@ -220,7 +227,12 @@ impl Publisher {
                             station: self.station.clone(),
                         };
                         let obj = sc::build(&capture, &rgb, &key_header);
-                        built.push(Built { path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?, kind: ObjectKind::Sc, sop_instance_uid: sc_uid.clone(), series_instance_uid: sc_series.clone() });
+                        built.push(Built {
+                            path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?,
+                            kind: ObjectKind::Sc,
+                            sop_instance_uid: sc_uid.clone(),
+                            series_instance_uid: sc_series.clone(),
+                        });
                         heatmap_ref = Some(sr::ImageRef {
                             sop_class_uid: uids::SECONDARY_CAPTURE_IMAGE_STORAGE.into(),
                             sop_instance_uid: sc_uid,
@@ -281,7 +293,12 @@ impl Publisher {
             let study = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_default();
             dataset::put_seq(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, sr::evidence(&study, &[&previous]));
         }
-        built.push(Built { path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?, kind: ObjectKind::Sr, sop_instance_uid: sr_uid.clone(), series_instance_uid: sr_series.clone() });
+        built.push(Built {
+            path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?,
+            kind: ObjectKind::Sr,
+            sop_instance_uid: sr_uid.clone(),
+            series_instance_uid: sr_series.clone(),
+        });
         Ok(built)
     }
 

@@ -84,15 +84,17 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
     if let (Some(p), Some(e), false) = (publisher, &entry, study.conflicting) {
         if p.hl7 && e.priority != StudyPriority::NotApplicable {
             match hl7_report(db, study.manifests, job, e, &all_built).await? {
-                // Off the runtime's threads: the report is written to the store of files.
-                Some(report) => match {
-                    let (p, study_id) = (p.clone(), job.study_id);
-                    tokio::task::spawn_blocking(move || p.hl7_item(study_id, &report)).await.map_err(|e| ResultsError::Task(e.to_string()))?
-                } {
-                    Ok(item) => outbox.push(item),
-                    Err(e @ ResultsError::Blob(_)) => return Err(e),
-                    Err(error) => error!(%error, "the HL7 report could not be written: the RIS gets nothing for this study"),
-                },
+                Some(report) => {
+                    // Off the runtime's threads: the report is written to the store of files.
+                    let (writer, study_id) = (p.clone(), job.study_id);
+                    let written =
+                        tokio::task::spawn_blocking(move || writer.hl7_item(study_id, &report)).await.map_err(|e| ResultsError::Task(e.to_string()))?;
+                    match written {
+                        Ok(item) => outbox.push(item),
+                        Err(e @ ResultsError::Blob(_)) => return Err(e),
+                        Err(error) => error!(%error, "the HL7 report could not be written: the RIS gets nothing for this study"),
+                    }
+                }
                 None => warn!("no stored instance names the study's patient: no HL7 report"),
             }
         }

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
 use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, Length, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;

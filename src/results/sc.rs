@@ -114,7 +114,12 @@ pub fn build(c: &Capture, rgb: &Array3<u8>, identity: &InMemDicomObject) -> InMe
     put(&mut o, tags::INSTANCE_NUMBER, VR::IS, &c.instance_number.to_string());
     o.put(DataElement::new(tags::PATIENT_ORIENTATION, VR::CS, PrimitiveValue::Empty));
     o.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(["DERIVED".to_string(), "SECONDARY".to_string()].into())));
-    put(&mut o, tags::DERIVATION_DESCRIPTION, VR::ST, &ascii(&format!("Class activation map of AI model {} {} blended over the source image as windowed for the model", c.model, c.version)));
+    put(
+        &mut o,
+        tags::DERIVATION_DESCRIPTION,
+        VR::ST,
+        &ascii(&format!("Class activation map of AI model {} {} blended over the source image as windowed for the model", c.model, c.version)),
+    );
     let mut src = InMemDicomObject::new_empty();
     put(&mut src, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &c.source.sop_class_uid);
     put(&mut src, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &c.source.sop_instance_uid);
@@ -150,7 +155,15 @@ mod tests {
     #[test]
     fn the_picture_has_legend_and_label_outside_the_image() {
         let blended = Array3::<u8>::from_elem((512, 400, 3), 100);
-        let label = Label { finding: "nodule".into(), probability: 0.97, urgent: false, tier: "high".into(), model: "demo".into(), version: "1".into(), demonstration: true };
+        let label = Label {
+            finding: "nodule".into(),
+            probability: 0.97,
+            urgent: false,
+            tier: "high".into(),
+            model: "demo".into(),
+            version: "1".into(),
+            demonstration: true,
+        };
         let img = render(&blended, &label);
         let (h, w, _) = img.dim();
         assert!(h > 512 && w > 400);

@@ -26,8 +26,8 @@
 //! (declared in the Coding Scheme Identification Sequence and in the conformance statement)
 //! only for the confidence tier and the triage priority values.
 
-use dicom_core::value::PrimitiveValue;
 use dicom_core::header::Header;
+use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
@@ -125,7 +125,9 @@ pub fn priority_code(priority: &str) -> Code {
 /// The statement every result carries about the model (and, for a failed one, that it failed).
 pub fn statement(r: &Report) -> String {
     let failed = match (&r.failure, r.priority.as_str()) {
-        (Some(why), "not_analysed") => format!("AI TRIAGE NOT PERFORMED: this study was not analysed ({why}). This is not a negative result. Read it without AI. "),
+        (Some(why), "not_analysed") => {
+            format!("AI TRIAGE NOT PERFORMED: this study was not analysed ({why}). This is not a negative result. Read it without AI. ")
+        }
         (Some(why), _) => format!("AI TRIAGE FAILED: this study could not be analysed ({why}). Read it without AI. "),
         (None, _) => String::new(),
     };
@@ -280,7 +282,11 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
                 Item::UidRef { rel: "HAS OBS CONTEXT", concept: Code::new("121012", "DCM", "Device Observer UID"), uid: r.device_uid.clone() },
                 Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121013", "DCM", "Device Observer Name"), text: r.model.clone() },
                 Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121014", "DCM", "Device Observer Manufacturer"), text: r.manufacturer.clone() },
-                Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("121015", "DCM", "Device Observer Model Name"), text: format!("{} {}", r.model, r.version) },
+                Item::Text {
+                    rel: "HAS OBS CONTEXT",
+                    concept: Code::new("121015", "DCM", "Device Observer Model Name"),
+                    text: format!("{} {}", r.model, r.version),
+                },
                 Item::Code { rel: "HAS CONCEPT MOD", concept: Code::new("121058", "DCM", "Procedure reported"), value: r.procedure.clone() },
             ];
             // A failed result has no measurements: only the qualitative statement below.

@@ -37,8 +37,14 @@ impl StudyPriority {
         }
     }
 
-    pub const ALL: [StudyPriority; 6] =
-        [StudyPriority::Urgent, StudyPriority::Positive, StudyPriority::Failed, StudyPriority::NotAnalysed, StudyPriority::Negative, StudyPriority::NotApplicable];
+    pub const ALL: [StudyPriority; 6] = [
+        StudyPriority::Urgent,
+        StudyPriority::Positive,
+        StudyPriority::Failed,
+        StudyPriority::NotAnalysed,
+        StudyPriority::Negative,
+        StudyPriority::NotApplicable,
+    ];
 
     /// 0 (URGENT) to 4 (NOT_APPLICABLE): the worklist's sort key (stored with each row).
     /// NOT_ANALYSED shares FAILED's place: both are read without AI, by arrival.
@@ -299,7 +305,10 @@ mod tests {
     fn an_entry_survives_its_row() {
         let list = entries(&[result(3, ResultState::Triaged, Some(Priority::Urgent), 0.95, 300), result(3, ResultState::Failed, None, 0.0, 300)]);
         let row = list[0].to_row(vec!["CR".into()]);
-        assert_eq!((row.priority.as_str(), row.priority_rank, row.positive_labels.clone(), row.models.clone()), ("URGENT", 0, vec!["nodule".to_string()], vec!["m".to_string()]));
+        assert_eq!(
+            (row.priority.as_str(), row.priority_rank, row.positive_labels.clone(), row.models.clone()),
+            ("URGENT", 0, vec!["nodule".to_string()], vec!["m".to_string()])
+        );
         assert_eq!(WorklistEntry::from_row(&row), list[0]);
         for p in StudyPriority::ALL {
             assert_eq!(StudyPriority::parse(p.as_str()), Some(p));

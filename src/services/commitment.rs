@@ -6,8 +6,8 @@ use tracing::warn;
 
 use crate::db::Db;
 use crate::dicom::sop::{ServiceClass, SOP_CLASSES};
-use crate::domain::AeRole;
 use crate::dicom::Status;
+use crate::domain::AeRole;
 use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field, tag};
 use crate::net::{Association, AssociationError, Offer, Request, Service};

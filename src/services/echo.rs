@@ -1,8 +1,8 @@
 //! Verification SOP Class as SCP (PS3.4 Annex A): C-ECHO.
 
 use crate::dicom::sop::{ServiceClass, SOP_CLASSES};
-use crate::domain::AeRole;
 use crate::dicom::Status;
+use crate::domain::AeRole;
 use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field};
 use crate::net::{Association, AssociationError, Offer, Request, Service};

@@ -16,7 +16,6 @@ use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field, tag};
 use crate::net::{Association, AssociationError, Offer, Request, Service};
 
-
 pub struct ProcedureSteps {
     ingest: Arc<Ingest>,
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use crate::dicom::sop::{ServiceClass, SOP_CLASSES};
-use crate::domain::AeRole;
 use crate::dicom::Status;
+use crate::domain::AeRole;
 use crate::domain::Redacted;
 use crate::ingest::spool::IncomingFile;
 use crate::ingest::{Ingest, IngestError, StoreOutcome, StoreRequest};

@@ -287,7 +287,14 @@ mod tests {
     #[test]
     fn one_series_is_picked_by_the_manifests_rule() {
         let s = |id: i64, uid: &str, t: Option<f64>| (id, uid.to_string(), t, None);
-        let series = [s(1, "thin", Some(1.0)), s(2, "thin", Some(1.0)), s(3, "thick", Some(5.0)), s(4, "thick", Some(5.0)), s(5, "thick", Some(5.0)), s(6, "none", None)];
+        let series = [
+            s(1, "thin", Some(1.0)),
+            s(2, "thin", Some(1.0)),
+            s(3, "thick", Some(5.0)),
+            s(4, "thick", Some(5.0)),
+            s(5, "thick", Some(5.0)),
+            s(6, "none", None),
+        ];
         let outs: Vec<FrameOutput> = (1..=6).map(output).collect();
         let ids = |v: &[&FrameOutput]| v.iter().map(|o| o.instance_id).collect::<Vec<_>>();
         let (uid, kept) = pick_series(Pick::Thinnest, &series, outs.iter().collect());

@@ -33,7 +33,13 @@ pub fn roc_auc(scores: &[f32], truth: &[bool]) -> Option<f64> {
     let mut wins = 0.0;
     for p in &pos {
         for n in &neg {
-            wins += if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 };
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     Some(wins / (pos.len() * neg.len()) as f64)
@@ -51,13 +57,7 @@ pub fn at_threshold(scores: &[f32], truth: &[bool], threshold: f32) -> AtThresho
         }
     }
     let ratio = |a: usize, b: usize| if a + b == 0 { None } else { Some(a as f64 / (a + b) as f64) };
-    AtThreshold {
-        threshold,
-        sensitivity: ratio(tp, fn_).unwrap_or(0.0),
-        specificity: ratio(tn, fp).unwrap_or(0.0),
-        ppv: ratio(tp, fp),
-        npv: ratio(tn, fn_),
-    }
+    AtThreshold { threshold, sensitivity: ratio(tp, fn_).unwrap_or(0.0), specificity: ratio(tn, fp).unwrap_or(0.0), ppv: ratio(tp, fp), npv: ratio(tn, fn_) }
 }
 
 pub fn metrics(scores: &[f32], truth: &[bool], manifest_threshold: f32) -> Metrics {
@@ -70,9 +70,12 @@ pub fn metrics(scores: &[f32], truth: &[bool], manifest_threshold: f32) -> Metri
     }
 }
 
+/// One labelled case: its file and, per label, 0 / 1 / not labelled.
+pub type LabelledCase = (String, Vec<Option<bool>>);
+
 /// Parse `labels.csv`: a header `file,<label>[,<label>...]`, then one row per case with 0 or 1
 /// per label (empty: not labelled). Returns the label names and (file, values) rows.
-pub fn parse_labels(text: &str) -> Result<(Vec<String>, Vec<(String, Vec<Option<bool>>)>), String> {
+pub fn parse_labels(text: &str) -> Result<(Vec<String>, Vec<LabelledCase>), String> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or("labels file is empty")?;
     let mut cols = header.split(',').map(|c| c.trim().to_string());

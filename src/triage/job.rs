@@ -184,9 +184,11 @@ impl Triage {
                 Err(e) => return Err(e.into()),
             };
             let manifests: Vec<Manifest> = self.engine.manifests().to_vec();
-            let takers = tokio::task::spawn_blocking(move || Image::open(&full).map(|image| manifests.iter().filter(|m| m.takes(&image.attrs)).map(|m| m.name.clone()).collect::<Vec<_>>()))
-                .await
-                .map_err(|e| TriageError::Task(e.to_string()))?;
+            let takers = tokio::task::spawn_blocking(move || {
+                Image::open(&full).map(|image| manifests.iter().filter(|m| m.takes(&image.attrs)).map(|m| m.name.clone()).collect::<Vec<_>>())
+            })
+            .await
+            .map_err(|e| TriageError::Task(e.to_string()))?;
             let takers = match takers {
                 Ok(takers) => takers,
                 Err(_) => {
@@ -304,7 +306,8 @@ impl Triage {
             }
             // One ordering per series: positions when every slice has one, else Instance Numbers
             // when every slice has one, else the order of arrival (never a mix of the two).
-            let all = |series: &str, f: &dyn Fn(&(i64, String, Option<f64>, Option<f64>)) -> bool| read.iter().filter(|r| r.1 == series).all(f);
+            type Read = (i64, String, Option<f64>, Option<f64>);
+            let all = |series: &str, f: &dyn Fn(&Read) -> bool| read.iter().filter(|r| r.1 == series).all(f);
             let mut by_position = std::collections::HashMap::new();
             for r in &read {
                 by_position.entry(r.1.clone()).or_insert_with(|| (all(&r.1, &|x| x.2.is_some()), all(&r.1, &|x| x.3.is_some())));
@@ -337,7 +340,10 @@ fn slice_header(path: &std::path::Path) -> SliceHeader {
     use dicom_dictionary_std::tags;
     let Ok(obj) = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path) else { return SliceHeader::default() };
     let numbers = |tag| -> Vec<f64> {
-        obj.get(tag).and_then(|e| e.to_str().ok()).map(|v| v.split('\\').filter_map(|x| x.trim().trim_end_matches('\0').parse().ok()).collect()).unwrap_or_default()
+        obj.get(tag)
+            .and_then(|e| e.to_str().ok())
+            .map(|v| v.split('\\').filter_map(|x| x.trim().trim_end_matches('\0').parse().ok()).collect())
+            .unwrap_or_default()
     };
     let (ipp, iop) = (numbers(tags::IMAGE_POSITION_PATIENT), numbers(tags::IMAGE_ORIENTATION_PATIENT));
     let position = (ipp.len() == 3 && iop.len() == 6).then(|| {

@@ -48,7 +48,6 @@ pub enum TriageError {
     Publish(crate::results::ResultsError),
 }
 
-
 pub struct Triage {
     db: Db,
     engine: Engine,
@@ -64,7 +63,15 @@ pub struct Triage {
 }
 
 impl Triage {
-    pub fn new(db: Db, engine: Engine, blobs: crate::blobs::Blobs, lease: Duration, tiers: Tiers, preprocess_threads: usize, publisher: Option<crate::results::Publisher>) -> Arc<Triage> {
+    pub fn new(
+        db: Db,
+        engine: Engine,
+        blobs: crate::blobs::Blobs,
+        lease: Duration,
+        tiers: Tiers,
+        preprocess_threads: usize,
+        publisher: Option<crate::results::Publisher>,
+    ) -> Arc<Triage> {
         let publisher = publisher.filter(crate::results::Publisher::enabled);
         Arc::new(Triage { db, engine, blobs, lease, tiers, preprocess: Arc::new(Semaphore::new(preprocess_threads.max(1))), publisher })
     }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{ArrayView2, Array3};
+use ndarray::{Array3, ArrayView2};
 use serde::Serialize;
 
 use super::aggregate::{aggregate, Tiers};
@@ -62,9 +62,8 @@ pub async fn triage_file(engine: &Engine, path: &Path, only: Option<&str>, tiers
     let started = Instant::now();
     let prepared = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let image = Image::open(&owned).map_err(|e| e.to_string())?;
-        let models: Vec<usize> = (0..manifests.len())
-            .filter(|&i| only_owned.as_deref().is_none_or(|n| manifests[i].name == n) && manifests[i].takes(&image.attrs))
-            .collect();
+        let models: Vec<usize> =
+            (0..manifests.len()).filter(|&i| only_owned.as_deref().is_none_or(|n| manifests[i].name == n) && manifests[i].takes(&image.attrs)).collect();
         if models.is_empty() {
             return Ok((image.attrs.modality.clone(), None));
         }

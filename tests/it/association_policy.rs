@@ -1,6 +1,5 @@
 //! Association acceptance policy: AE titles, host binding, the association limit, timeouts.
 
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -128,7 +128,8 @@ fn the_worklist_page_shows_urgent_first_and_nothing_without_a_token() {
     sign_in(&d, READER_TOKEN);
     let n = sent.len();
     d.until("every study", &format!("return document.querySelectorAll('#rows tbody tr').length === {n}"));
-    let priorities: Vec<String> = serde_json::from_value(d.js("return [...document.querySelectorAll('#rows tbody tr')].map(r => r.dataset.priority)", json!([]))).unwrap();
+    let priorities: Vec<String> =
+        serde_json::from_value(d.js("return [...document.querySelectorAll('#rows tbody tr')].map(r => r.dataset.priority)", json!([]))).unwrap();
     let rank = |p: &str| ["URGENT", "POSITIVE", "FAILED", "NEGATIVE", "NOT_APPLICABLE"].iter().position(|x| *x == p).unwrap();
     assert!(priorities.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{priorities:?}");
     assert!(priorities.contains(&"FAILED".to_string()) && priorities.contains(&"NEGATIVE".to_string()), "{priorities:?}");
@@ -139,7 +140,10 @@ fn the_worklist_page_shows_urgent_first_and_nothing_without_a_token() {
     assert_eq!(d.js("return !document.getElementById('demo-warning').hidden", json!([])), json!(true));
     assert_eq!(d.js("return document.getElementById('nav-aes').hidden", json!([])), json!(true), "no AE page for a reader");
     let positives = priorities.iter().filter(|p| rank(p) <= 1).count();
-    d.until("every positive row's heatmap thumbnail", &format!("const t = [...document.querySelectorAll('img.thumb')]; return t.length === {positives} && t.every(i => i.complete && i.naturalWidth > 0)"));
+    d.until(
+        "every positive row's heatmap thumbnail",
+        &format!("const t = [...document.querySelectorAll('img.thumb')]; return t.length === {positives} && t.every(i => i.complete && i.naturalWidth > 0)"),
+    );
     assert_eq!(d.js("return document.body.innerText.includes('DEMO^CASE000')", json!([])), json!(true), "patients named for a signed-in reader");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("worklist.png");
     d.screenshot(&shot);
@@ -147,7 +151,10 @@ fn the_worklist_page_shows_urgent_first_and_nothing_without_a_token() {
 
     // A filter: only the study no model could analyse.
     d.js("document.getElementById('f-priority').value = 'FAILED'; document.getElementById('filters').requestSubmit();", json!([]));
-    d.until("the filtered list", "const rows = [...document.querySelectorAll('#rows tbody tr')]; return rows.length === 1 && rows[0].dataset.priority === 'FAILED'");
+    d.until(
+        "the filtered list",
+        "const rows = [...document.querySelectorAll('#rows tbody tr')]; return rows.length === 1 && rows[0].dataset.priority === 'FAILED'",
+    );
     assert_eq!(d.js("return document.querySelector('#rows tbody tr').innerText.includes('not analysed')", json!([])), json!(true));
 
     // The study view of the most urgent study: its findings and the full heatmap.

@@ -331,7 +331,15 @@ fn a_study_split_across_two_nodes_gets_one_report_and_either_node_answers_for_it
     let files: Vec<PathBuf> = (0..2)
         .map(|i| {
             let dst = dirs.path().join(format!("split-{i}.dcm"));
-            qr_peer(&["variant", cases.join("case000.dcm").to_str().unwrap(), dst.to_str().unwrap(), &format!("StudyInstanceUID={study}"), &format!("SeriesInstanceUID={series}"), "PatientID=SPLIT-1", "PatientName=SPLIT^STUDY"]);
+            qr_peer(&[
+                "variant",
+                cases.join("case000.dcm").to_str().unwrap(),
+                dst.to_str().unwrap(),
+                &format!("StudyInstanceUID={study}"),
+                &format!("SeriesInstanceUID={series}"),
+                "PatientID=SPLIT-1",
+                "PatientName=SPLIT^STUDY",
+            ]);
             dst
         })
         .collect();
@@ -342,7 +350,7 @@ fn a_study_split_across_two_nodes_gets_one_report_and_either_node_answers_for_it
     // Neither node keeps instance files in its store: the bucket does.
     assert!(a.stored_files().is_empty() && b.stored_files().is_empty(), "{:?} {:?}", a.stored_files(), b.stored_files());
 
-    wait_until("the study's report delivered", Duration::from_secs(120), || reports(&pacs_dir).len() >= 1);
+    wait_until("the study's report delivered", Duration::from_secs(120), || !reports(&pacs_dir).is_empty());
     // Time for a second report, were one to come.
     std::thread::sleep(Duration::from_secs(4));
     let delivered = reports(&pacs_dir);
@@ -370,7 +378,13 @@ fn a_study_split_across_two_nodes_gets_one_report_and_either_node_answers_for_it
     assert_eq!(last["status"], "0x0000", "{last}\n{}", other.log());
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!((found[0]["StudyInstanceUID"].as_str(), found[0]["PatientID"].as_str()), (Some(study.as_str()), Some("SPLIT-1")), "{}", found[0]);
-    let moved = qr_peer(&["move", &other.port.to_string(), "PACS", "VIEWER", &serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study}).to_string()]);
+    let moved = qr_peer(&[
+        "move",
+        &other.port.to_string(),
+        "PACS",
+        "VIEWER",
+        &serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study}).to_string(),
+    ]);
     assert_eq!(moved[0]["status"], "0x0000", "{:?}\n{}", moved, other.log());
     assert_eq!(reports(&moved_dir), delivered, "the report C-MOVEd from the other node is the one delivered");
 }
@@ -395,7 +409,8 @@ fn a_node_killed_during_a_study_job_has_it_finished_by_the_other_with_one_report
     std::fs::create_dir_all(&package).unwrap();
     std::fs::copy(data.join("models/tiny_slow.pt"), package.join("model.pt")).unwrap();
     std::fs::write(package.join("model.toml"), TINY.replace("MODALITY", "CT")).unwrap();
-    let inference = vec![format!("models_dir = \"{}\"", models.path().display()), "lease = \"6s\"".into(), "max_batch = 1".into(), "preprocess_threads = 1".into()];
+    let inference =
+        vec![format!("models_dir = \"{}\"", models.path().display()), "lease = \"6s\"".into(), "max_batch = 1".into(), "preprocess_threads = 1".into()];
     let results = vec!["destinations = [\"PACS\"]".to_string()];
     let start = |register: Vec<&'static str>| {
         let scratch = tempfile::tempdir().unwrap().keep();
@@ -423,7 +438,7 @@ fn a_node_killed_during_a_study_job_has_it_finished_by_the_other_with_one_report
     assert!(!a_log.contains("AI report delivered") && !a_log.contains("study triaged"), "A finished before it was killed:\n{a_log}");
 
     let b = start(vec![]);
-    wait_until("B delivers the report", Duration::from_secs(120), || reports(&pacs_dir).len() >= 1);
+    wait_until("B delivers the report", Duration::from_secs(120), || !reports(&pacs_dir).is_empty());
     std::thread::sleep(Duration::from_secs(4));
     let delivered = reports(&pacs_dir);
     assert_eq!(delivered.len(), 1, "one report: {delivered:?}\nB:\n{}", b.log());

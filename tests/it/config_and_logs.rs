@@ -1,6 +1,5 @@
 //! Configuration layering, start-up errors, and logs: structured, and free of patient data.
 
-
 use std::process::Command;
 
 use crate::common::*;

@@ -1,9 +1,11 @@
 //! The database layer on both engines: the same suite on SQLite and on PostgreSQL, plus a node
 //! storing into PostgreSQL. Under CI=true a missing PostgreSQL fails instead of skipping.
 
-
 use crate::common::*;
-use triage_node::db::{AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, Reading, ReadingAction, ReadingOutcome, RegisteredAe, StudyResult, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
+use triage_node::db::{
+    AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, Reading, ReadingAction, ReadingOutcome, RegisteredAe, StudyResult, WorklistCursor, WorklistFilter,
+    WorklistRow, WorklistSort,
+};
 use triage_node::domain::AeTitle;
 
 fn instance(uid: &str, study: &str) -> NewInstance {
@@ -31,7 +33,15 @@ async fn suite(url: &str) {
     db.migrate().await.unwrap(); // idempotent
 
     // AE registry
-    let ae = RegisteredAe { ae_title: AeTitle::parse("PACS1").unwrap(), host: Some("10.1.1.1".into()), port: Some(104), role: AeRole::Pacs, enabled: true, tls: false, tls_identity: None };
+    let ae = RegisteredAe {
+        ae_title: AeTitle::parse("PACS1").unwrap(),
+        host: Some("10.1.1.1".into()),
+        port: Some(104),
+        role: AeRole::Pacs,
+        enabled: true,
+        tls: false,
+        tls_identity: None,
+    };
     db.upsert_ae(&ae).await.unwrap();
     assert_eq!(db.find_ae("PACS1").await.unwrap(), Some(ae.clone()));
     db.upsert_ae(&RegisteredAe { enabled: false, ..ae.clone() }).await.unwrap();
@@ -169,14 +179,23 @@ async fn suite(url: &str) {
         series_instance_uid: None,
         findings: vec![],
     };
-    let item = |path: &str, kind: &str| NewOutboxItem { path: path.into(), destination: "PACS".into(), kind: kind.parse().unwrap(), study_id: Some(job.study_id), reidentify: true };
+    let item = |path: &str, kind: &str| NewOutboxItem {
+        path: path.into(),
+        destination: "PACS".into(),
+        kind: kind.parse().unwrap(),
+        study_id: Some(job.study_id),
+        reidentify: true,
+    };
     let stale_save = db.save_study_results(&stale, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/stale.dcm", "sr")]).await;
     assert!(matches!(stale_save, Err(triage_node::db::DbError::ClaimLost(_))), "{stale_save:?}");
     assert!(db.outbox_paths_under("outbox/results/").await.unwrap().is_empty(), "the stale claimer queued nothing");
     assert!(db.renew_study_job(job, i64::MAX / 2).await.unwrap());
     db.save_study_results(job, &[result], None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
     let queued = db.outbox_claim(Some("n3"), 60_000, 10).await.unwrap();
-    assert_eq!(queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(), [("sc", Some(job.study_id), true), ("sr", Some(job.study_id), true)]);
+    assert_eq!(
+        queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(),
+        [("sc", Some(job.study_id), true), ("sr", Some(job.study_id), true)]
+    );
     assert_eq!(db.outbox_paths_under("outbox/results/").await.unwrap().len(), 2);
     let (last, ready) = db.study_last_received(job.study_id).await.unwrap().unwrap();
     assert!(last == 6_000 && ready.is_some(), "{last} {ready:?}");
@@ -208,7 +227,10 @@ async fn suite(url: &str) {
     assert!(db.worklist_page(&f, WorklistSort::Priority, None, 10).await.unwrap().is_empty(), "LIKE characters match themselves");
     let f = WorklistFilter { modality: Some("C".into()), ..Default::default() };
     assert!(db.worklist_page(&f, WorklistSort::Priority, None, 10).await.unwrap().is_empty(), "whole values only");
-    assert_eq!(db.worklist_reading(job.study_id, ReadingAction::Claim, "dr.a").await.unwrap(), ReadingOutcome::Done(db.worklist_row(job.study_id).await.unwrap().unwrap().reading));
+    assert_eq!(
+        db.worklist_reading(job.study_id, ReadingAction::Claim, "dr.a").await.unwrap(),
+        ReadingOutcome::Done(db.worklist_row(job.study_id).await.unwrap().unwrap().reading)
+    );
     assert!(matches!(db.worklist_reading(job.study_id, ReadingAction::Claim, "dr.b").await.unwrap(), ReadingOutcome::Conflict(_)));
     assert!(matches!(db.worklist_reading(999_999, ReadingAction::Claim, "dr.b").await.unwrap(), ReadingOutcome::Missing));
     // Re-analysed as negative: lowered from URGENT, said; the claim kept.

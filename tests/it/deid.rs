@@ -2,7 +2,6 @@
 //! nowhere but in the encrypted re-identification map; references stay consistent; the map
 //! round-trips; burned-in pixels are held back with a reason; dciodvfy finds no new error.
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -18,11 +17,8 @@ fn planted_study(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let planted: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("PLANTED "))
-        .map(|l| l.split_once(' ').unwrap().1.to_string())
-        .collect();
+    let planted: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("PLANTED ")).map(|l| l.split_once(' ').unwrap().1.to_string()).collect();
     assert!(planted.len() > 400, "only {} values planted", planted.len());
     (vec![dir.join("planted_1.dcm"), dir.join("planted_2.dcm")], planted)
 }
@@ -191,7 +187,11 @@ fn burned_in_annotation_holds_pixels_back_with_a_reason() {
     let work = tempfile::tempdir().unwrap();
     let sc = work.path().join("sc.dcm");
     let src = testdata().unwrap().join("ts/cr_explicit_le.dcm");
-    let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/plant_phi.py")).args(["sc", src.to_str().unwrap(), sc.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(python().unwrap())
+        .arg(repo().join("tests/peers/plant_phi.py"))
+        .args(["sc", src.to_str().unwrap(), sc.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let node = Node::start(NodeOptions::default());
     assert!(String::from_utf8_lossy(&node.storescu(std::slice::from_ref(&sc)).stderr).contains("Received Store Response (Success)"));

@@ -1,6 +1,5 @@
 //! Nothing acknowledged is ever lost: SIGKILL mid-transfer, SIGTERM mid-transfer, restarts.
 
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -66,7 +66,13 @@ fn hl7_node(port: u16, models: &Path, pacs: Option<u16>) -> Node {
 
 /// `hl7_node` with more `[delivery]` lines and more `[hl7]` lines.
 fn hl7_node_with(port: u16, models: &Path, pacs: Option<u16>, delivery: &[&str], hl7: &str) -> Node {
-    let mut lines: Vec<String> = vec!["poll_interval = \"200ms\"".into(), "retry_base = \"500ms\"".into(), "retry_max = \"1s\"".into(), "timeout = \"5s\"".into(), "lease = \"10s\"".into()];
+    let mut lines: Vec<String> = vec![
+        "poll_interval = \"200ms\"".into(),
+        "retry_base = \"500ms\"".into(),
+        "retry_max = \"1s\"".into(),
+        "timeout = \"5s\"".into(),
+        "lease = \"10s\"".into(),
+    ];
     lines.extend(delivery.iter().map(|l| l.to_string()));
     let node = Node::start(NodeOptions {
         inference: vec![format!("models_dir = \"{}\"", models.display())],
@@ -104,7 +110,8 @@ fn each_triaged_study_reaches_the_ris_once_by_control_id_across_outages_and_rest
     let pacs_dir = work.path().join("pacs");
     std::fs::create_dir_all(&pacs_dir).unwrap();
     let pacs_port = free_port();
-    let mut pacs = Command::new("storescp").args(["-od", pacs_dir.to_str().unwrap(), &pacs_port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut pacs =
+        Command::new("storescp").args(["-od", pacs_dir.to_str().unwrap(), &pacs_port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let mut node = hl7_node(port, &repo().join("models"), Some(pacs_port));
 
     // First three studies while the RIS is up.
@@ -164,7 +171,9 @@ fn each_triaged_study_reaches_the_ris_once_by_control_id_across_outages_and_rest
         // The SR the message names is the one the PACS received for the study.
         let sr_uid = msg.split('\r').find(|s| s.contains("SRUID^")).map(|s| s.split('|').nth(5).unwrap().to_string()).expect("the SR's UID");
         wait_until("the SR at the PACS", Duration::from_secs(30), &node, || {
-            walk(&pacs_dir).iter().any(|p| attr(p, dicom_dictionary_std::tags::SOP_INSTANCE_UID) == sr_uid && attr(p, dicom_dictionary_std::tags::STUDY_INSTANCE_UID) == study_uid)
+            walk(&pacs_dir).iter().any(|p| {
+                attr(p, dicom_dictionary_std::tags::SOP_INSTANCE_UID) == sr_uid && attr(p, dicom_dictionary_std::tags::STUDY_INSTANCE_UID) == study_uid
+            })
         });
         let result = rt.block_on(db.study_results(&deid_uid(&study_uid))).unwrap().remove(0);
         let (priority, code) = match result.priority.map(|p| p.as_str()) {
@@ -175,7 +184,13 @@ fn each_triaged_study_reaches_the_ris_once_by_control_id_across_outages_and_rest
         assert_eq!(field(msg, "TQ1", 9), code, "{msg}");
         assert!(msg.contains(&format!("OBX|1|CWE|PRIORITY^AI triage priority^99TRIAGE||{priority}^")), "{msg}");
         for finding in &result.findings {
-            let flag = if finding.urgent { "AA" } else if finding.positive { "A" } else { "N" };
+            let flag = if finding.urgent {
+                "AA"
+            } else if finding.positive {
+                "A"
+            } else {
+                "N"
+            };
             let obx = msg.split('\r').find(|s| s.starts_with("OBX|") && s.contains("|NM|")).expect("an OBX per finding");
             assert!(obx.contains(&format!("||{:.4}|1^^UCUM||{flag}|||P", finding.probability)), "{obx}");
         }
@@ -282,7 +297,8 @@ fn a_silent_ris_does_not_delay_the_pacs() {
         body["ready"] == true && body["destinations"].as_array().is_some_and(|r| r.iter().any(|r| r.as_str().unwrap_or("").contains("outbox destination HL7")))
     });
     let metrics = client.get(format!("{http}/metrics")).send().unwrap().text().unwrap();
-    let waiting = metrics.lines().find(|l| l.starts_with("triage_outbox_destination_waiting{destination=\"HL7\"}")).unwrap_or_else(|| panic!("no HL7 gauge:\n{metrics}"));
+    let waiting =
+        metrics.lines().find(|l| l.starts_with("triage_outbox_destination_waiting{destination=\"HL7\"}")).unwrap_or_else(|| panic!("no HL7 gauge:\n{metrics}"));
     assert!(waiting.split_whitespace().last().unwrap().parse::<f64>().unwrap() >= 1.0, "{waiting}");
 }
 
@@ -331,7 +347,9 @@ impl SilentRis {
 
         // The first study: its report message is sent and never acknowledged.
         assert!(run.node.storescu(&files[..1]).status.success(), "{}", run.node.log());
-        wait_until("the first study's message at the silent RIS", Duration::from_secs(120), &run.node, || connections.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        wait_until("the first study's message at the silent RIS", Duration::from_secs(120), &run.node, || {
+            connections.load(std::sync::atomic::Ordering::SeqCst) >= 1
+        });
 
         // The other studies while it waits: each one's SR must reach the PACS well within the
         // HL7 timeout (a correctness bound, not a speed one: in series they waited for it).

@@ -3,7 +3,6 @@
 //! caller in the wrong role may try. Files come from tests/peers/hostile.py, which prints the
 //! identifying values it planted.
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -91,7 +90,7 @@ fn identifiers_hidden_where_the_table_does_not_look_never_reach_the_disk() {
         }
         match kind {
             "after-pixels" => {
-                let last = d.lines().filter(|l| l.starts_with('(')).last().unwrap_or_default();
+                let last = d.lines().rfind(|l| l.starts_with('(')).unwrap_or_default();
                 assert!(last.starts_with("(7fe0,0010)"), "{kind}: the stored file does not end with the pixel data: {last}");
             }
             // Read as the attributes are defined: the sequences as sequences, the UID as a UID.
@@ -146,7 +145,6 @@ fn a_decoder_panic_fails_the_study_instead_of_hanging_it() {
     assert_eq!(results[0].state, "failed", "{:?}", results[0]);
     assert!(node.dcmtk("echoscu", &["-aet", "ECHOSCU", "-aec", "TRIAGE"]).status.success());
 }
-
 
 /// A PACS may not store into the triage pipeline; a modality may not report Storage
 /// Commitment (only the AE the request went to, a PACS, may).
@@ -345,7 +343,12 @@ fn a_study_whose_instances_name_two_patients_is_not_triaged_as_one() {
     std::fs::copy(testdata().unwrap().join("ts/ct_explicit_le.dcm"), &a).unwrap();
     assert!(Command::new("dcmodify").args(["-nb", "-q", "-gst", "-gse", "-gin"]).arg(&a).status().unwrap().success());
     std::fs::copy(&a, &b).unwrap();
-    assert!(Command::new("dcmodify").args(["-nb", "-q", "-gin", "-m", "(0010,0020)=SOMEONE_ELSE", "-m", "(0010,0010)=ELSE^SOMEONE"]).arg(&b).status().unwrap().success());
+    assert!(Command::new("dcmodify")
+        .args(["-nb", "-q", "-gin", "-m", "(0010,0020)=SOMEONE_ELSE", "-m", "(0010,0010)=ELSE^SOMEONE"])
+        .arg(&b)
+        .status()
+        .unwrap()
+        .success());
     let models = tempfile::tempdir().unwrap();
     let node = Node::start(NodeOptions {
         inference: vec![tiny_package(models.path(), &TINY.replace("MODALITY", "CT"))],
@@ -442,7 +445,10 @@ fn what_the_fuzzers_found_is_refused_without_allocating_gigabytes() {
                 .output()
                 .unwrap();
             let lines = String::from_utf8_lossy(&out.stdout).to_string();
-            let answer = lines.lines().find(|l| l.starts_with("STORED") || l.starts_with("FIND")).unwrap_or_else(|| panic!("{}: no answer: {lines}\n{}", input.display(), node.log()));
+            let answer = lines
+                .lines()
+                .find(|l| l.starts_with("STORED") || l.starts_with("FIND"))
+                .unwrap_or_else(|| panic!("{}: no answer: {lines}\n{}", input.display(), node.log()));
             assert!(!answer.contains("0x0000") && !answer.ends_with("none"), "{}: {answer}", input.display());
             assert!(lines.contains("ECHO 0x0000"), "{}: the node did not answer afterwards: {lines}\n{}", input.display(), node.log());
             sent += 1;

@@ -263,22 +263,42 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
 
     // AE administration: admin only, audited; a C-ECHO of a real DCMTK peer.
     let echo_port = free_port();
-    let mut scp = std::process::Command::new("storescp").args(["-aet", "RIS_TEST", &echo_port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut scp = std::process::Command::new("storescp")
+        .args(["-aet", "RIS_TEST", &echo_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let admin = |m: reqwest::Method, path: &str, body: Option<Value>| api.send(m, path, ADMIN_TOKEN, body);
-    let add = admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port })));
+    let add =
+        admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port })));
     assert_eq!(add.status(), StatusCode::CREATED);
-    assert_eq!(admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port }))).status(), StatusCode::CONFLICT);
-    let bad = admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "WAY_TOO_LONG_AE_TITLE", "role": "pacs", "host": "h", "port": 1 })));
+    assert_eq!(
+        admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port })))
+            .status(),
+        StatusCode::CONFLICT
+    );
+    let bad =
+        admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "WAY_TOO_LONG_AE_TITLE", "role": "pacs", "host": "h", "port": 1 })));
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let bad = admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "NOADDR", "role": "pacs" })));
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST, "a pacs needs host and port");
-    assert_eq!(api.send(reqwest::Method::POST, "/api/aes", READER_TOKEN, Some(serde_json::json!({ "ae_title": "X", "role": "modality" }))).status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.send(reqwest::Method::POST, "/api/aes", READER_TOKEN, Some(serde_json::json!({ "ae_title": "X", "role": "modality" }))).status(),
+        StatusCode::FORBIDDEN
+    );
     let echo: Value = admin(reqwest::Method::POST, "/api/aes/RIS_TEST/echo", None).json().unwrap();
     assert_eq!(echo["success"], true, "{echo}");
     let disabled: Value = admin(reqwest::Method::POST, "/api/aes/RIS_TEST/disable", None).json().unwrap();
     assert_eq!(disabled["enabled"], false);
-    let edited: Value = admin(reqwest::Method::PUT, "/api/aes/RIS_TEST", Some(serde_json::json!({ "role": "pacs", "host": "127.0.0.1", "port": free_port(), "enabled": true }))).json().unwrap();
+    let edited: Value = admin(
+        reqwest::Method::PUT,
+        "/api/aes/RIS_TEST",
+        Some(serde_json::json!({ "role": "pacs", "host": "127.0.0.1", "port": free_port(), "enabled": true })),
+    )
+    .json()
+    .unwrap();
     assert_eq!(edited["enabled"], true);
     let echo: Value = admin(reqwest::Method::POST, "/api/aes/RIS_TEST/echo", None).json().unwrap();
     assert_eq!(echo["success"], false, "nothing listens on the edited port: {echo}");
@@ -323,7 +343,12 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     // Every documented route is served (not the fallback), with the admin's token.
     for (method, path) in triage_node::http::ROUTES {
         let path = path.replace("{id}", &id.to_string()).replace("{n}", "0").replace("{title}", "NOPE");
-        let rsp = api.send(method.to_uppercase().parse().unwrap(), &path, ADMIN_TOKEN, (*method == "post" || *method == "put").then(|| serde_json::json!({ "role": "pacs" })));
+        let rsp = api.send(
+            method.to_uppercase().parse().unwrap(),
+            &path,
+            ADMIN_TOKEN,
+            (*method == "post" || *method == "put").then(|| serde_json::json!({ "role": "pacs" })),
+        );
         let status = rsp.status();
         let body = rsp.text().unwrap_or_default();
         assert!(!body.contains("no such route"), "{method} {path}: {status} {body}");
@@ -366,7 +391,7 @@ fn node_pid(node: &Node) -> u32 {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| *a == config) && args.iter().any(|a| a == "serve") {
+        if args.contains(&config) && args.iter().any(|a| a == "serve") {
             return pid;
         }
     }
@@ -452,7 +477,11 @@ fn a_slowloris_flood_on_the_http_port_neither_stops_a_c_store_nor_keeps_half_ope
     drop(flood);
     // The flood over, the HTTP side serves again.
     wait_until("the HTTP side answering after the flood", Duration::from_secs(60), || {
-        reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{http}/healthz")).timeout(Duration::from_secs(5)).send().is_ok_and(|r| r.status() == StatusCode::OK)
+        reqwest::blocking::Client::new()
+            .get(format!("http://127.0.0.1:{http}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .is_ok_and(|r| r.status() == StatusCode::OK)
     });
 }
 

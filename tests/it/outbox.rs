@@ -1,7 +1,6 @@
 //! The durable outbox: a PACS outage is drained later, refusals are dead-lettered with their
 //! reason and can be replayed, and queued items survive SIGKILL and arrive exactly once.
 
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,10 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn fast_retries() -> Vec<String> {
-    ["poll_interval = \"100ms\"", "retry_base = \"300ms\"", "retry_max = \"1s\"", "timeout = \"5s\"", "lease = \"20s\""]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    ["poll_interval = \"100ms\"", "retry_base = \"300ms\"", "retry_max = \"1s\"", "timeout = \"5s\"", "lease = \"20s\""].iter().map(|s| s.to_string()).collect()
 }
 
 fn free_port() -> u16 {
@@ -168,7 +164,11 @@ fn silent_pacs() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                 presentation_contexts: rq
                     .presentation_contexts
                     .iter()
-                    .map(|pc| PresentationContextResult { id: pc.id, reason: PresentationContextResultReason::Acceptance, transfer_syntax: pc.transfer_syntaxes[0].clone() })
+                    .map(|pc| PresentationContextResult {
+                        id: pc.id,
+                        reason: PresentationContextResultReason::Acceptance,
+                        transfer_syntax: pc.transfer_syntaxes[0].clone(),
+                    })
                     .collect(),
                 user_variables: vec![UserVariableItem::MaxLength(16384)],
             };
@@ -191,7 +191,10 @@ fn a_pacs_that_stops_reading_is_retried_and_holds_only_its_own_lane() {
     if !peers_ready() || !have_tool("storescp") {
         return;
     }
-    let delivery = ["poll_interval = \"100ms\"", "retry_base = \"300ms\"", "retry_max = \"1s\"", "timeout = \"2s\"", "lease = \"20s\""].iter().map(|s| s.to_string()).collect();
+    let delivery = ["poll_interval = \"100ms\"", "retry_base = \"300ms\"", "retry_max = \"1s\"", "timeout = \"2s\"", "lease = \"20s\""]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let node = Node::start(NodeOptions { delivery, ..Default::default() });
     let (silent_port, associations) = silent_pacs();
     let received = tempfile::tempdir().unwrap();

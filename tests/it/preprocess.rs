@@ -2,7 +2,6 @@
 //! the pixels of the uncompressed original, lossy ones within a stated tolerance, and the
 //! Modality LUT and VOI window agree with pydicom on real CT, CR (MONOCHROME1) and MR files.
 
-
 use std::path::Path;
 
 use crate::common::*;
@@ -65,12 +64,7 @@ fn modality_lut_and_voi_window_match_pydicom() {
     let dir = tempfile::tempdir().unwrap();
     for file in [ts("ct_explicit_le.dcm"), ts("cr_explicit_le.dcm"), testdata().unwrap().join("classes/mr.dcm")] {
         let prefix = dir.path().join(file.file_stem().unwrap());
-        let out = std::process::Command::new(&py)
-            .arg(repo().join("tests/peers/pydicom_reference.py"))
-            .arg(&file)
-            .arg(&prefix)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new(&py).arg(repo().join("tests/peers/pydicom_reference.py")).arg(&file).arg(&prefix).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let ours = decode(&file).unwrap();
         let reference = read_f32(&prefix.with_extension("modality.f32"));
@@ -137,13 +131,8 @@ fn model_input_matches_the_training_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     for file in [ts("cr_explicit_le.dcm"), cases.join("case000.dcm"), cases.join("case001.dcm")] {
         let reference = dir.path().join("input.f32");
-        let out = std::process::Command::new(&py)
-            .arg(repo().join("scripts/train-demo-model.py"))
-            .arg("model-input")
-            .arg(&file)
-            .arg(&reference)
-            .output()
-            .unwrap();
+        let out =
+            std::process::Command::new(&py).arg(repo().join("scripts/train-demo-model.py")).arg("model-input").arg(&file).arg(&reference).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let theirs = read_f32(&reference);
         let ours = decode(&file).unwrap().model_inputs(&spec);

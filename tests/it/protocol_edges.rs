@@ -2,7 +2,6 @@
 //! an abort in the middle of a data set, an oversized PDU, a release in the middle of a message.
 //! None may leave a file or a row behind, and the node must keep serving.
 
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

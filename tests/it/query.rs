@@ -20,14 +20,12 @@ fn ready() -> bool {
     peers_ready() && have_tool("findscu") && have_tool("movescu") && have_tool("getscu") && have_tool("storescp")
 }
 
-
 /// SOP Class and SOP Instance UID from a file's meta.
 fn ids(path: &Path) -> (String, String) {
     let meta = dicom_object::meta::FileMetaTable::from_reader(&std::fs::read(path).unwrap()[128..]).unwrap();
     let t = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
     (t(meta.media_storage_sop_class_uid()), t(meta.media_storage_sop_instance_uid()))
 }
-
 
 /// One study sent to the node, as its modality made it.
 struct Case {
@@ -144,9 +142,14 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
     assert_eq!(values(&rs, "StudyInstanceUID"), study_uids(&f, &all));
     for r in &rs {
         let case = f.cases.iter().find(|c| r["StudyInstanceUID"] == c.study_uid.as_str()).unwrap();
-        assert_eq!((r["PatientID"].as_str(), r["PatientName"].as_str(), r["AccessionNumber"].as_str()), (Some(case.patient_id), Some(case.name), Some(case.accession)), "{r}");
+        assert_eq!(
+            (r["PatientID"].as_str(), r["PatientName"].as_str(), r["AccessionNumber"].as_str()),
+            (Some(case.patient_id), Some(case.name), Some(case.accession)),
+            "{r}"
+        );
         assert_eq!(r["SpecificCharacterSet"], "ISO_IR 192");
-        let (modalities, classes, series, instances) = if case.positive { ("OT\\SR", format!("{SR}\\{SC}"), "2", "2") } else { ("SR", SR.to_string(), "1", "1") };
+        let (modalities, classes, series, instances) =
+            if case.positive { ("OT\\SR", format!("{SR}\\{SC}"), "2", "2") } else { ("SR", SR.to_string(), "1", "1") };
         assert_eq!(r["ModalitiesInStudy"], modalities);
         assert_eq!(r["SOPClassesInStudy"].as_str().unwrap().split('\\').collect::<BTreeSet<_>>(), classes.split('\\').collect::<BTreeSet<_>>());
         assert_eq!((r["NumberOfStudyRelatedSeries"].as_str(), r["NumberOfStudyRelatedInstances"].as_str()), (Some(series), Some(instances)));
@@ -173,7 +176,12 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
     assert!(q(serde_json::json!({"PatientID": "NOBODY"})).is_empty());
 
     // PATIENT level, Patient Root, with the patient's counts.
-    let (rs, fin) = find(&f, "VIEWER", "patient", serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "", "PatientName": "", "NumberOfPatientRelatedStudies": "", "NumberOfPatientRelatedInstances": ""}));
+    let (rs, fin) = find(
+        &f,
+        "VIEWER",
+        "patient",
+        serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "", "PatientName": "", "NumberOfPatientRelatedStudies": "", "NumberOfPatientRelatedInstances": ""}),
+    );
     assert_eq!(fin["status"], "0x0000");
     assert_eq!(values(&rs, "PatientID"), ["QR-1", "QR-2"]);
     let two = rs.iter().find(|r| r["PatientID"] == "QR-2").unwrap();
@@ -181,24 +189,42 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
 
     // SERIES and IMAGE levels: hierarchical, exactly the objects the PACS received.
     let c = &f.cases[2];
-    let (rs, _) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": c.study_uid, "SeriesInstanceUID": "", "Modality": "", "SeriesNumber": "", "NumberOfSeriesRelatedInstances": ""}));
+    let (rs, _) = find(
+        &f,
+        "VIEWER",
+        "study",
+        serde_json::json!({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": c.study_uid, "SeriesInstanceUID": "", "Modality": "", "SeriesNumber": "", "NumberOfSeriesRelatedInstances": ""}),
+    );
     assert_eq!(values(&rs, "Modality"), ["OT", "SR"]);
     assert!(rs.iter().all(|r| r["NumberOfSeriesRelatedInstances"] == "1"));
     let delivered: Vec<Value> = qr_peer(&[&["dump"], f.delivered.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat());
     for r in &rs {
-        let (images, fin) = find(&f, "VIEWER", "patient", serde_json::json!({"QueryRetrieveLevel": "IMAGE", "PatientID": c.patient_id, "StudyInstanceUID": c.study_uid,
-            "SeriesInstanceUID": r["SeriesInstanceUID"], "SOPInstanceUID": "", "SOPClassUID": "", "InstanceNumber": ""}));
+        let (images, fin) = find(
+            &f,
+            "VIEWER",
+            "patient",
+            serde_json::json!({"QueryRetrieveLevel": "IMAGE", "PatientID": c.patient_id, "StudyInstanceUID": c.study_uid,
+            "SeriesInstanceUID": r["SeriesInstanceUID"], "SOPInstanceUID": "", "SOPClassUID": "", "InstanceNumber": ""}),
+        );
         assert_eq!((fin["status"].as_str(), images.len()), (Some("0x0000"), 1));
         let sent = delivered.iter().find(|d| d["SOPInstanceUID"] == images[0]["SOPInstanceUID"]).expect("the PACS has the object the node lists");
         for key in ["SOPClassUID", "InstanceNumber", "SeriesInstanceUID"] {
             assert_eq!(sent[key], images[0][key], "{key}");
         }
-        assert_eq!((sent["PatientID"].as_str(), sent["StudyInstanceUID"].as_str(), sent["AccessionNumber"].as_str()), (Some(c.patient_id), Some(c.study_uid.as_str()), Some(c.accession)));
+        assert_eq!(
+            (sent["PatientID"].as_str(), sent["StudyInstanceUID"].as_str(), sent["AccessionNumber"].as_str()),
+            (Some(c.patient_id), Some(c.study_uid.as_str()), Some(c.accession))
+        );
     }
     // Sequence matching: the SR's document title.
-    let (rs, _) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": c.study_uid,
+    let (rs, _) = find(
+        &f,
+        "VIEWER",
+        "study",
+        serde_json::json!({"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": c.study_uid,
         "SeriesInstanceUID": rs.iter().find(|r| r["Modality"] == "SR").unwrap()["SeriesInstanceUID"], "SOPInstanceUID": "",
-        "ConceptNameCodeSequence": [{"CodeValue": "126000", "CodeMeaning": ""}]}));
+        "ConceptNameCodeSequence": [{"CodeValue": "126000", "CodeMeaning": ""}]}),
+    );
     assert_eq!(rs.len(), 1);
     assert_eq!(rs[0]["ConceptNameCodeSequence"][0]["CodeMeaning"], "Imaging Measurement Report");
 
@@ -294,7 +320,21 @@ fn results_are_moved_and_got_with_counts_and_failures() {
 
     // DCMTK movescu: the study's report and heatmap arrive, byte for byte as the outbox sent them.
     let out = Command::new("movescu")
-        .args(["-S", "-aet", "VIEWER", "-aec", "TRIAGE", "-aem", "MOVEDEST", "-k", "QueryRetrieveLevel=STUDY", "-k", &format!("StudyInstanceUID={}", positive.study_uid), "127.0.0.1", &port])
+        .args([
+            "-S",
+            "-aet",
+            "VIEWER",
+            "-aec",
+            "TRIAGE",
+            "-aem",
+            "MOVEDEST",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={}", positive.study_uid),
+            "127.0.0.1",
+            &port,
+        ])
         .env("TCP_NODELAY", "1")
         .output()
         .unwrap();
@@ -309,7 +349,11 @@ fn results_are_moved_and_got_with_counts_and_failures() {
 
     // pynetdicom C-MOVE: counts; a destination that refuses one class: B000 and the list.
     let r = &qr_peer(&["move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
-    assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64(), r["pending"].as_i64()), (Some("0x0000"), Some(2), Some(0), Some(1)), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64(), r["pending"].as_i64()),
+        (Some("0x0000"), Some(2), Some(0), Some(1)),
+        "{r}"
+    );
     let r = &qr_peer(&["move", &port, "VIEWER", "PICKY", &study.to_string()])[0];
     assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64()), (Some("0xB000"), Some(1), Some(1)), "{r}");
     let heatmap = moved.iter().map(|m| ids(m)).find(|(class, _)| class == SC).unwrap().1;
@@ -331,33 +375,80 @@ fn results_are_moved_and_got_with_counts_and_failures() {
     // A Patient ID pattern that matches everyone (`**`, `?*`, `*?`) names nothing to retrieve.
     for (i, pattern) in ["**", "?*", "*?"].iter().enumerate() {
         let out = dirs.path().join(format!("wild{i}"));
-        let r = &qr_peer(&["get", &port, "VIEWER", "patient", &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": pattern}).to_string(), out.to_str().unwrap()])[0];
+        let r = &qr_peer(&[
+            "get",
+            &port,
+            "VIEWER",
+            "patient",
+            &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": pattern}).to_string(),
+            out.to_str().unwrap(),
+        ])[0];
         assert_ne!(r["status"], "0x0000", "{pattern}: {r}");
         assert_eq!(r["completed"].as_i64().unwrap_or(0), 0, "{pattern}: {r}");
         assert!(walk(&out).is_empty(), "{pattern}: results retrieved");
     }
     // C-CANCEL right behind the C-MOVE-RQ: Cancel, nothing sent, the remaining count told.
     let r = &qr_peer(&["cancel-move", &port, "VIEWER", "MOVEDEST", &study.to_string()])[0];
-    assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["remaining"].as_i64(), r["after_final"].as_i64()), (Some("0xFE00"), Some(0), Some(2), Some(0)), "{r}\n{}", f.node.log());
+    assert_eq!(
+        (r["status"].as_str(), r["completed"].as_i64(), r["remaining"].as_i64(), r["after_final"].as_i64()),
+        (Some("0xFE00"), Some(0), Some(2), Some(0)),
+        "{r}\n{}",
+        f.node.log()
+    );
 
     // C-GET on the caller's association: DCMTK getscu and pynetdicom.
     let got_dir = dirs.path().join("got");
     std::fs::create_dir_all(&got_dir).unwrap();
     let out = Command::new("getscu")
-        .args(["-S", "-aet", "VIEWER", "-aec", "TRIAGE", "-od", got_dir.to_str().unwrap(), "-k", "QueryRetrieveLevel=STUDY", "-k", &format!("StudyInstanceUID={}", positive.study_uid), "127.0.0.1", &port])
+        .args([
+            "-S",
+            "-aet",
+            "VIEWER",
+            "-aec",
+            "TRIAGE",
+            "-od",
+            got_dir.to_str().unwrap(),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={}", positive.study_uid),
+            "127.0.0.1",
+            &port,
+        ])
         .env("TCP_NODELAY", "1")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), f.node.log());
     let got = walk(&got_dir);
     assert_eq!(got.iter().map(|g| ids(g).1).collect::<BTreeSet<_>>(), moved.iter().map(|m| ids(m).1).collect::<BTreeSet<_>>());
-    let r = &qr_peer(&["get", &port, "VIEWER", "patient", &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "QR-2"}).to_string(), dirs.path().join("got2").to_str().unwrap()])[0];
+    let r = &qr_peer(&[
+        "get",
+        &port,
+        "VIEWER",
+        "patient",
+        &serde_json::json!({"QueryRetrieveLevel": "PATIENT", "PatientID": "QR-2"}).to_string(),
+        dirs.path().join("got2").to_str().unwrap(),
+    ])[0];
     assert_eq!((r["status"].as_str(), r["completed"].as_i64(), r["failed"].as_i64()), (Some("0x0000"), Some(3), Some(0)), "{r}");
     assert_eq!(r["files"].as_array().unwrap().len(), 3);
 
     // A modality may not retrieve.
     let out = Command::new("movescu")
-        .args(["-S", "-aet", "STORESCU", "-aec", "TRIAGE", "-aem", "MOVEDEST", "-k", "QueryRetrieveLevel=STUDY", "-k", &format!("StudyInstanceUID={}", positive.study_uid), "127.0.0.1", &port])
+        .args([
+            "-S",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "TRIAGE",
+            "-aem",
+            "MOVEDEST",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={}", positive.study_uid),
+            "127.0.0.1",
+            &port,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -393,7 +484,13 @@ fn dcmqrscp(files: &[PathBuf], dir: &Path) -> (Killed, u16) {
     .unwrap();
     let out = Command::new("dcmqridx").arg(&db).args(files).output().unwrap();
     assert!(out.status.success(), "dcmqridx: {}", String::from_utf8_lossy(&out.stderr));
-    let child = Command::new("dcmqrscp").args(["-c", cfg.to_str().unwrap(), "--disable-get"]).env("TCP_NODELAY", "1").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new("dcmqrscp")
+        .args(["-c", cfg.to_str().unwrap(), "--disable-get"])
+        .env("TCP_NODELAY", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_until("dcmqrscp to listen", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     (Killed(child), port)
 }
@@ -439,7 +536,11 @@ fn dcmqrscp_holding_the_same_objects_answers_the_same_and_orthanc_queries_and_re
         ("study", with("STUDY", serde_json::json!({"StudyDate": "20240101-20241130"}), &study_keys), study_keys.to_vec()),
         ("study", with("STUDY", serde_json::json!({"StudyDate": "-20240630"}), &study_keys), study_keys.to_vec()),
         ("study", with("STUDY", serde_json::json!({"AccessionNumber": "QRACC1"}), &study_keys), study_keys.to_vec()),
-        ("study", with("STUDY", serde_json::json!({"StudyInstanceUID": format!("{}\\{}", f.cases[1].study_uid, f.cases[2].study_uid)}), &study_keys), study_keys.to_vec()),
+        (
+            "study",
+            with("STUDY", serde_json::json!({"StudyInstanceUID": format!("{}\\{}", f.cases[1].study_uid, f.cases[2].study_uid)}), &study_keys),
+            study_keys.to_vec(),
+        ),
         ("patient", with("PATIENT", serde_json::json!({}), &["PatientID", "PatientName"]), vec!["PatientID", "PatientName"]),
         ("patient", with("STUDY", serde_json::json!({"PatientID": "QR-2"}), &study_keys), study_keys.to_vec()),
     ];
@@ -447,10 +548,20 @@ fn dcmqrscp_holding_the_same_objects_answers_the_same_and_orthanc_queries_and_re
         let series = ["SeriesInstanceUID", "Modality", "SeriesNumber"];
         queries.push(("study", with("SERIES", serde_json::json!({"StudyInstanceUID": c.study_uid}), &series), series.to_vec()));
     }
-    let ours_series = answers(f.node.port, "TRIAGE", "study", &with("SERIES", serde_json::json!({"StudyInstanceUID": f.cases[0].study_uid}), &["SeriesInstanceUID"]), &["SeriesInstanceUID"]);
+    let ours_series = answers(
+        f.node.port,
+        "TRIAGE",
+        "study",
+        &with("SERIES", serde_json::json!({"StudyInstanceUID": f.cases[0].study_uid}), &["SeriesInstanceUID"]),
+        &["SeriesInstanceUID"],
+    );
     for s in &ours_series {
         let image = ["SOPInstanceUID", "InstanceNumber"];
-        queries.push(("study", with("IMAGE", serde_json::json!({"StudyInstanceUID": f.cases[0].study_uid, "SeriesInstanceUID": s[0].1}), &image), image.to_vec()));
+        queries.push((
+            "study",
+            with("IMAGE", serde_json::json!({"StudyInstanceUID": f.cases[0].study_uid, "SeriesInstanceUID": s[0].1}), &image),
+            image.to_vec(),
+        ));
     }
     for (model, query, keys) in &queries {
         let ours = answers(f.node.port, "TRIAGE", model, query, keys);
@@ -468,7 +579,13 @@ fn dcmqrscp_holding_the_same_objects_answers_the_same_and_orthanc_queries_and_re
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     };
     let http = pacs.http_port.to_string();
-    let mut found = rest(&["query", &http, "triage", "Study", &serde_json::json!({"PatientID": "QR-2", "AccessionNumber": "", "PatientName": "", "StudyDate": "20240101-20241231"}).to_string()]);
+    let mut found = rest(&[
+        "query",
+        &http,
+        "triage",
+        "Study",
+        &serde_json::json!({"PatientID": "QR-2", "AccessionNumber": "", "PatientName": "", "StudyDate": "20240101-20241231"}).to_string(),
+    ]);
     let qid = found.pop().unwrap()["query"].as_str().unwrap().to_string();
     let mut accessions: Vec<&str> = found.iter().map(|a| a["AccessionNumber"].as_str().unwrap()).collect();
     accessions.sort();

@@ -1,6 +1,5 @@
 //! Bad input gets the PS3.4 status with an Error Comment and leaves nothing behind.
 
-
 use crate::common::*;
 
 fn make_bad(node: &Node) -> std::path::PathBuf {

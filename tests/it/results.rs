@@ -5,7 +5,6 @@
 //! and highdicom's TID 1500 parser; and the outbox is checked for durability: PACS down first,
 //! node killed with SIGKILL before delivery, each object arriving exactly once.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +20,7 @@ fn ready() -> bool {
     peers_ready()
         && have_tool("Orthanc")
         && have_tool("dciodvfy")
-        && require(
-            "highdicom in the venv",
-            Command::new(python().unwrap()).args(["-c", "import highdicom"]).status().map(|s| s.success()).unwrap_or(false),
-        )
+        && require("highdicom in the venv", Command::new(python().unwrap()).args(["-c", "import highdicom"]).status().map(|s| s.success()).unwrap_or(false))
 }
 
 fn register(node: &Node, ae: &str, port: u16) {
@@ -241,7 +237,7 @@ fn a_study_triaged_again_sends_a_report_that_names_the_one_it_replaces() {
         ..Default::default()
     });
     register(&node, "PACS", port);
-    assert!(node.storescu(&[first.clone()]).status.success());
+    assert!(node.storescu(std::slice::from_ref(&first)).status.success());
     wait_log_count(&node, "AI report delivered", 1, Duration::from_secs(60));
     assert!(node.storescu(&[late]).status.success());
     wait_log_count(&node, "AI report delivered", 2, Duration::from_secs(60));
@@ -389,7 +385,7 @@ fn a_study_the_node_did_not_look_at_says_so_wherever_its_priority_appears() {
         ..Default::default()
     });
     register(&node, "PACS", pacs_port);
-    assert!(node.storescu(&[file.clone()]).status.success(), "{}", node.log());
+    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
     wait_log_count(&node, "AI report delivered", 1, Duration::from_secs(60));
 
     let rt = tokio::runtime::Runtime::new().unwrap();

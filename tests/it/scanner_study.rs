@@ -62,9 +62,8 @@ fn a_scanner_study_and_every_other_rooms_objects_are_stored_de_identified() {
     let models = tempfile::tempdir().unwrap();
     let manifest = format!("{}\n[series]\nimage_type_all = [\"ORIGINAL\", \"PRIMARY\", \"AXIAL\"]\npick = \"thinnest\"\n", TINY.replace("MODALITY", "CT"));
     let node = Node::start(NodeOptions { inference: vec![tiny_package(models.path(), &manifest)], ..Default::default() });
-    let (ct, others): (Vec<_>, Vec<_>) = objects.iter().partition(|(kind, _)| {
-        ["ct-axial", "ct-thick", "ct-localizer", "dose-sr", "dose-screen", "kos", "gsps"].contains(&kind.as_str())
-    });
+    let (ct, others): (Vec<_>, Vec<_>) =
+        objects.iter().partition(|(kind, _)| ["ct-axial", "ct-thick", "ct-localizer", "dose-sr", "dose-screen", "kos", "gsps"].contains(&kind.as_str()));
     let ct: Vec<PathBuf> = ct.iter().map(|(_, p)| p.clone()).collect();
     let others: Vec<PathBuf> = others.iter().map(|(_, p)| p.clone()).collect();
     let out = node.storescu(&ct);
@@ -209,10 +208,7 @@ fn only_a_modality_that_sent_the_study_completes_it_by_mpps() {
     }
     let work = tempfile::tempdir().unwrap();
     let objects = make_objects(&work.path().join("a"));
-    let node = Node::start(NodeOptions {
-        ingest: vec!["study_quiet_period = \"10m\"".into(), "mpps_max_open_steps = 2".into()],
-        ..Default::default()
-    });
+    let node = Node::start(NodeOptions { ingest: vec!["study_quiet_period = \"10m\"".into(), "mpps_max_open_steps = 2".into()], ..Default::default() });
     assert!(node.cli(&["ae", "add", "OTHERMOD", "--host", "127.0.0.1"]).status.success());
     let axial: Vec<String> = objects.iter().filter(|(k, _)| k == "ct-axial").map(|(_, p)| p.display().to_string()).collect();
     assert!(axial.len() >= 3, "{axial:?}");

@@ -1,6 +1,5 @@
 //! The SCU side (`triage-node echo`, `triage-node send`) against DCMTK storescp as the PACS.
 
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

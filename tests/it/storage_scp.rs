@@ -1,6 +1,5 @@
 //! Verification and Storage SCP against real peers: DCMTK echoscu/storescu and pynetdicom.
 
-
 use std::path::PathBuf;
 
 use crate::common::*;

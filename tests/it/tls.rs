@@ -26,16 +26,52 @@ impl Pki {
         let d = dir.path();
         for ca in ["ca", "rogue"] {
             openssl(
-                &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt"), "-days", "2", "-subj", &format!("/CN={ca} test CA"),
-                  "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.crt"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={ca} test CA"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
                 d,
             );
         }
         std::fs::write(d.join("leaf.ext"), "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
         for (leaf, ca) in [("node", "ca"), ("client", "ca"), ("pacs", "ca"), ("intruder", "rogue"), ("impostor", "rogue")] {
-            openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{leaf}.key"), "-out", &format!("{leaf}.csr"), "-subj", &format!("/CN={leaf}")], d);
             openssl(
-                &["x509", "-req", "-in", &format!("{leaf}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{leaf}.crt"), "-days", "2", "-extfile", "leaf.ext"],
+                &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{leaf}.key"), "-out", &format!("{leaf}.csr"), "-subj", &format!("/CN={leaf}")],
+                d,
+            );
+            openssl(
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{leaf}.csr"),
+                    "-CA",
+                    &format!("{ca}.crt"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{leaf}.crt"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "leaf.ext",
+                ],
                 d,
             );
         }
@@ -149,7 +185,11 @@ fn a_client_certificate_from_another_ca_or_none_is_refused_and_the_node_goes_on(
     assert!(!lines.iter().any(|l| l.starts_with("ECHO")), "{lines:?}");
     assert!(node.wait_for_log("TLS handshake failed", Duration::from_secs(5)), "{}", node.log());
     // Plain TCP to the TLS port is no way round it: the bytes are not a TLS handshake.
-    let plain = Command::new("echoscu").env("TCP_NODELAY", "1").args(["-aet", "ECHOSCU", "-aec", "TRIAGE", "127.0.0.1", &node.tls_port.unwrap().to_string()]).output().unwrap();
+    let plain = Command::new("echoscu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", "ECHOSCU", "-aec", "TRIAGE", "127.0.0.1", &node.tls_port.unwrap().to_string()])
+        .output()
+        .unwrap();
     assert!(!plain.status.success(), "{}", text(&plain));
     // The node still answers, on both ports.
     let ok = dcmtk_tls(&node, "echoscu", "ECHOSCU", Some(("client.key", "client.crt")), &pki, &[]);
@@ -212,11 +252,21 @@ fn a_client_certificate_must_name_the_ae_title_it_calls_as() {
     assert!(text(&impostor).contains("Calling AE Title Not Recognized"), "{}", text(&impostor));
     assert!(node.wait_for_log("does not name the identity this AE title is bound to", Duration::from_secs(5)), "{}", node.log());
     let pacs = dcmtk_tls(&node, "echoscu", "PACS", Some(("pacs.key", "pacs.crt")), &pki, &[]);
-    assert!(pacs.status.success(), "{}
-{}", text(&pacs), node.log());
+    assert!(
+        pacs.status.success(),
+        "{}
+{}",
+        text(&pacs),
+        node.log()
+    );
     let modality = dcmtk_tls(&node, "echoscu", "CTROOM", Some(("client.key", "client.crt")), &pki, &[]);
-    assert!(modality.status.success(), "{}
-{}", text(&modality), node.log());
+    assert!(
+        modality.status.success(),
+        "{}
+{}",
+        text(&modality),
+        node.log()
+    );
     let loose = dcmtk_tls(&node, "echoscu", "LOOSE", Some(("client.key", "client.crt")), &pki, &[]);
     assert!(!loose.status.success(), "{}", text(&loose));
     assert!(node.wait_for_log("bound to no certificate identity (ae add --tls-identity)", Duration::from_secs(5)), "{}", node.log());
@@ -346,7 +396,11 @@ fn a_tls_port_without_a_certificate_stops_the_node_with_the_setting_named() {
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,
-        format!("[dicom]\nport = 0\n[dicom.tls]\nenabled = true\nport = 0\n[storage]\ndata_dir = \"{}\"\n[inference]\nmodels_dir = \"{}\"\n", dir.path().join("data").display(), dir.path().join("none").display()),
+        format!(
+            "[dicom]\nport = 0\n[dicom.tls]\nenabled = true\nport = 0\n[storage]\ndata_dir = \"{}\"\n[inference]\nmodels_dir = \"{}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("none").display()
+        ),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_triage-node")).envs(test_keys()).args(["--config", config.to_str().unwrap(), "serve"]).output().unwrap();

@@ -1,7 +1,6 @@
 //! The libtorch runtime against PyTorch itself: a TorchScript model made and run by Python
 //! torch 2.13.0 (tests/peers/make_tiny_model.py, at set-up) gives the same outputs through tch.
 
-
 use crate::common::*;
 use triage_node::inference::runtime::{DeviceChoice, Model};
 
@@ -81,7 +80,10 @@ fn packages_load_warm_up_and_name_what_is_broken() {
 
     let broken = |name: &str, manifest: String| Package::load(&package(root.path(), name, &manifest), tch_cpu()).err().unwrap().to_string();
     // The model gives 2 probabilities; a manifest promising 3 labels fails the warm-up.
-    let e = broken("three", MANIFEST.replace(r#"["nodule", "effusion"]"#, r#"["a", "b", "c"]"#).replace("[0.5, 0.5]", "[0.5, 0.5, 0.5]").replace("[0.9, 0.95]", "[0.9, 0.9, 0.9]"));
+    let e = broken(
+        "three",
+        MANIFEST.replace(r#"["nodule", "effusion"]"#, r#"["a", "b", "c"]"#).replace("[0.5, 0.5]", "[0.5, 0.5, 0.5]").replace("[0.9, 0.95]", "[0.9, 0.9, 0.9]"),
+    );
     assert!(e.contains("three/model.pt") && e.contains("expected [1, 3]"), "{e}");
     let e = broken("thresholds", MANIFEST.replace("urgent = [0.9, 0.95]", "urgent = [0.4, 0.95]"));
     assert!(e.contains("thresholds/model.toml") && e.contains("positive <= urgent"), "{e}");

@@ -2,7 +2,6 @@
 //! TorchScript models through libtorch, aggregated into study results in the database; and
 //! the offline commands `infer` and `evaluate` on the same files.
 
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -71,7 +70,16 @@ fn chest_radiographs_are_triaged_by_the_demo_model() {
         };
         assert_eq!(f.tier, expected_tier);
         probabilities.push((f.probability, *positive));
-        assert_eq!(r.priority.map(|p| p.as_str()), Some(if f.urgent { "urgent" } else if f.positive { "positive" } else { "negative" }));
+        assert_eq!(
+            r.priority.map(|p| p.as_str()),
+            Some(if f.urgent {
+                "urgent"
+            } else if f.positive {
+                "positive"
+            } else {
+                "negative"
+            })
+        );
         let p_offline = offline[i]["results"][0]["findings"][0]["probability"].as_f64().unwrap();
         assert!((p_offline - f.probability).abs() < 1e-4, "node {} vs infer {p_offline}", f.probability);
     }

@@ -40,7 +40,9 @@ impl MessageError {
     /// The A-ABORT a provider sends for this error, if one is due (PS3.8 9.3.8).
     pub fn abort_reason(&self) -> Option<AbortRQServiceProviderReason> {
         match self {
-            MessageError::Malformed(_) | MessageError::Protocol(_) | MessageError::CommandTooLarge { .. } => Some(AbortRQServiceProviderReason::InvalidPduParameter),
+            MessageError::Malformed(_) | MessageError::Protocol(_) | MessageError::CommandTooLarge { .. } => {
+                Some(AbortRQServiceProviderReason::InvalidPduParameter)
+            }
             MessageError::Pdu(PduError::TooLarge { .. }) => Some(AbortRQServiceProviderReason::InvalidPduParameter),
             MessageError::Idle(_) => Some(AbortRQServiceProviderReason::ReasonNotSpecified),
             MessageError::UnexpectedPdu(_) => Some(AbortRQServiceProviderReason::UnexpectedPdu),
@@ -54,9 +56,16 @@ impl MessageError {
 pub enum Event<'a> {
     /// A complete command set, received on context `pc`. If it announces a data set, `Data`
     /// events follow until one with `last`.
-    Command { pc: u8, command: CommandSet },
+    Command {
+        pc: u8,
+        command: CommandSet,
+    },
     /// A piece of the data set of the message in progress.
-    Data { pc: u8, bytes: &'a [u8], last: bool },
+    Data {
+        pc: u8,
+        bytes: &'a [u8],
+        last: bool,
+    },
     ReleaseRq,
     ReleaseRp,
     /// The peer aborted (A-ABORT).
@@ -135,13 +144,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             return true;
         }
         let rd = &mut self.rd;
-        std::future::poll_fn(|cx| {
-            Poll::Ready(match std::pin::Pin::new(&mut *rd).poll_fill_buf(cx) {
-                Poll::Ready(_) => true,
-                Poll::Pending => false,
-            })
-        })
-        .await
+        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *rd).poll_fill_buf(cx).is_ready())).await
     }
 
     /// The next event. A data set's bytes are handed out as they arrive, never held whole.
@@ -383,7 +386,9 @@ mod tests {
     fn echo_command(with_data: bool) -> Vec<u8> {
         use super::super::command::{field, tag, NO_DATA_SET};
         let mut c = CommandSet::default();
-        c.set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ).set_u16(tag::MESSAGE_ID, 3).set_u16(tag::COMMAND_DATA_SET_TYPE, if with_data { 0 } else { NO_DATA_SET });
+        c.set_u16(tag::COMMAND_FIELD, field::C_STORE_RQ)
+            .set_u16(tag::MESSAGE_ID, 3)
+            .set_u16(tag::COMMAND_DATA_SET_TYPE, if with_data { 0 } else { NO_DATA_SET });
         c.encode()
     }
 
@@ -511,7 +516,11 @@ mod tests {
     #[tokio::test]
     async fn command_sets_are_bounded() {
         let big = vec![0u8; MAX_COMMAND_BYTES];
-        let bytes = [pdata(&[item(1000 + 2, &[[1u8, 0x01].as_slice(), &big[..1000]].concat())]), pdata(&[item(big.len() as u32 + 2, &[[1u8, 0x03].as_slice(), &big].concat())])].concat();
+        let bytes = [
+            pdata(&[item(1000 + 2, &[[1u8, 0x01].as_slice(), &big[..1000]].concat())]),
+            pdata(&[item(big.len() as u32 + 2, &[[1u8, 0x03].as_slice(), &big].concat())]),
+        ]
+        .concat();
         let mut r = MessageReader::new(std::io::Cursor::new(bytes), IDLE, 1 << 20, 4, "response ");
         let e = r.next().await.unwrap_err();
         assert_eq!(e.to_string(), "response command set larger than 65536 bytes");

@@ -5,9 +5,9 @@
 //! preference order. Must not: do IO, read the database (the caller passes the AE decision in).
 
 use dicom_ul::pdu::{
-    AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderASCEReason,
-    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, AssociationRJSource,
-    AssociationRQ, PresentationContextResult, PresentationContextResultReason, RequestorRoles, UserVariableItem,
+    AssociationAC, AssociationRJ, AssociationRJResult, AssociationRJServiceProviderASCEReason, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, PresentationContextResult, PresentationContextResultReason, RequestorRoles,
+    UserVariableItem,
 };
 
 use dicom_dictionary_std::uids;
@@ -81,25 +81,16 @@ pub fn reject(result: AssociationRJResult, source: AssociationRJSource) -> Assoc
 
 /// The rejection sent when `max_associations` are already open.
 pub fn local_limit_exceeded() -> AssociationRJ {
-    reject(
-        AssociationRJResult::Transient,
-        AssociationRJSource::ServiceProviderPresentation(AssociationRJServiceProviderPresentationReason::LocalLimitExceeded),
-    )
+    reject(AssociationRJResult::Transient, AssociationRJSource::ServiceProviderPresentation(AssociationRJServiceProviderPresentationReason::LocalLimitExceeded))
 }
 
 pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: CallerDecision) -> Result<Negotiated, AssociationRJ> {
     use AssociationRJResult::Permanent;
     if rq.protocol_version & 1 == 0 {
-        return Err(reject(
-            Permanent,
-            AssociationRJSource::ServiceProviderASCE(AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported),
-        ));
+        return Err(reject(Permanent, AssociationRJSource::ServiceProviderASCE(AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported)));
     }
     if rq.application_context_name.trim_end_matches(['\0', ' ']) != APPLICATION_CONTEXT {
-        return Err(reject(
-            Permanent,
-            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::ApplicationContextNameNotSupported),
-        ));
+        return Err(reject(Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::ApplicationContextNameNotSupported)));
     }
     if rq.called_ae_title.trim() != policy.ae_title.as_str() {
         return Err(reject(Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized)));
@@ -148,11 +139,8 @@ pub fn negotiate(rq: &AssociationRQ, policy: &AcceptorPolicy<'_>, caller: Caller
             Some(offer) => {
                 let class = offer.class;
                 let allowed = |uid: &str| !offer.native_only || uid == uids::EXPLICIT_VR_LITTLE_ENDIAN || uid == uids::IMPLICIT_VR_LITTLE_ENDIAN;
-                let choice = policy
-                    .ts_preference
-                    .iter()
-                    .find(|pref| offered.contains(&pref.as_str()) && allowed(pref))
-                    .and_then(|uid| sop::transfer_syntax(uid));
+                let choice =
+                    policy.ts_preference.iter().find(|pref| offered.contains(&pref.as_str()) && allowed(pref)).and_then(|uid| sop::transfer_syntax(uid));
                 match choice {
                     Some(ts) => {
                         contexts.push(AcceptedContext {
@@ -282,7 +270,8 @@ mod tests {
         r.user_variables.push(UserVariableItem::SopClassExtendedNegotiationSubItem(sop::qr::STUDY_ROOT_FIND.into(), vec![1, 1, 0]));
         r.user_variables.push(UserVariableItem::SopClassExtendedNegotiationSubItem(CT.into(), vec![1]));
         let n = run(&r, CallerDecision::Allowed(AeRole::Pacs)).unwrap();
-        let ext: Vec<&UserVariableItem> = n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::SopClassExtendedNegotiationSubItem(..))).collect();
+        let ext: Vec<&UserVariableItem> =
+            n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::SopClassExtendedNegotiationSubItem(..))).collect();
         assert_eq!(ext, [&UserVariableItem::SopClassExtendedNegotiationSubItem(sop::qr::STUDY_ROOT_FIND.into(), vec![0, 0, 0])]);
     }
 
@@ -324,11 +313,8 @@ mod tests {
             let n = run(&rq("TRIAGE", &[(CT, offered)]), CallerDecision::Allowed(AeRole::Modality)).unwrap();
             assert_eq!(n.contexts.first().map(|c| c.transfer_syntax.uid), *expected, "offered {offered:?}");
             let reason = &n.ac.presentation_contexts[0].reason;
-            let want = if expected.is_some() {
-                PresentationContextResultReason::Acceptance
-            } else {
-                PresentationContextResultReason::TransferSyntaxesNotSupported
-            };
+            let want =
+                if expected.is_some() { PresentationContextResultReason::Acceptance } else { PresentationContextResultReason::TransferSyntaxesNotSupported };
             assert_eq!(reason, &want);
         }
     }
@@ -336,13 +322,17 @@ mod tests {
     #[test]
     fn a_pacs_reporting_commitment_gets_the_scp_role_and_a_native_syntax() {
         let mut r = rq("TRIAGE", &[(uids::STORAGE_COMMITMENT_PUSH_MODEL, &[J2K_LOSSLESS, IMPLICIT]), (CT, &[EXPLICIT])]);
-        r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
+        r.user_variables
+            .push(UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
         r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(CT.into(), RequestorRoles { scu: false, scp: true }));
         let n = run(&r, CallerDecision::Allowed(AeRole::Pacs)).unwrap();
         assert_eq!(n.contexts[0].transfer_syntax.uid, IMPLICIT, "never a compressed syntax for a commitment report");
         assert_eq!(n.contexts[0].service, Service::Commitment);
         let roles: Vec<&UserVariableItem> = n.ac.user_variables.iter().filter(|v| matches!(v, UserVariableItem::ScuScpRoleSelectionSubItem(..))).collect();
-        assert_eq!(roles, [&UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true })]);
+        assert_eq!(
+            roles,
+            [&UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true })]
+        );
         // Without the SCP role proposed, the caller wants us to commit: we do not offer that.
         let n = run(&rq("TRIAGE", &[(uids::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT])]), CallerDecision::Allowed(AeRole::Pacs)).unwrap();
         assert!(n.contexts.is_empty());
@@ -354,7 +344,8 @@ mod tests {
     #[test]
     fn each_role_gets_its_services_only() {
         let mut r = rq("TRIAGE", &[(CT, &[EXPLICIT]), (uids::STORAGE_COMMITMENT_PUSH_MODEL, &[IMPLICIT]), (uids::VERIFICATION, &[IMPLICIT])]);
-        r.user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
+        r.user_variables
+            .push(UserVariableItem::ScuScpRoleSelectionSubItem(uids::STORAGE_COMMITMENT_PUSH_MODEL.into(), RequestorRoles { scu: false, scp: true }));
         let reasons = |role| run(&r, CallerDecision::Allowed(role)).unwrap().ac.presentation_contexts.iter().map(|c| c.reason.clone()).collect::<Vec<_>>();
         use PresentationContextResultReason::{Acceptance, UserRejection};
         assert_eq!(reasons(AeRole::Modality), [Acceptance, UserRejection, Acceptance]);
@@ -392,11 +383,26 @@ mod tests {
             assert_eq!((rj.result, rj.source), (result, source));
         };
         let ct = [(CT, &[EXPLICIT][..])];
-        check(rq("OTHER", &ct), CallerDecision::Allowed(AeRole::Modality), AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::CalledAETitleNotRecognized));
-        check(rq("TRIAGE", &ct), CallerDecision::NotRecognized, AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::CallingAETitleNotRecognized));
+        check(
+            rq("OTHER", &ct),
+            CallerDecision::Allowed(AeRole::Modality),
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(U::CalledAETitleNotRecognized),
+        );
+        check(
+            rq("TRIAGE", &ct),
+            CallerDecision::NotRecognized,
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(U::CallingAETitleNotRecognized),
+        );
         let mut bad_ctx = rq("TRIAGE", &ct);
         bad_ctx.application_context_name = "1.2.3".into();
-        check(bad_ctx, CallerDecision::Allowed(AeRole::Modality), AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(U::ApplicationContextNameNotSupported));
+        check(
+            bad_ctx,
+            CallerDecision::Allowed(AeRole::Modality),
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(U::ApplicationContextNameNotSupported),
+        );
         let mut bad_version = rq("TRIAGE", &ct);
         bad_version.protocol_version = 2;
         check(

@@ -12,7 +12,13 @@ use crate::dicom::Status;
 use crate::net::dimse::command::{self, field, tag};
 use crate::net::{Association, AssociationError, Request};
 
-pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq: &Request, model: Model, identifier: &InMemDicomObject) -> Result<(), AssociationError> {
+pub(super) async fn serve(
+    qr: &QueryRetrieve,
+    association: &mut Association,
+    rq: &Request,
+    model: Model,
+    identifier: &InMemDicomObject,
+) -> Result<(), AssociationError> {
     let name = "query/retrieve";
     let query = match Query::parse(identifier, model, qr.options) {
         Ok(q) => q,

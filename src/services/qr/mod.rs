@@ -21,8 +21,8 @@ use crate::dicom::sop::{self, ServiceClass, SOP_CLASSES};
 use crate::dicom::Status;
 use crate::domain::{AeRole, AeTitle};
 use crate::net::access::BoxFuture;
-use crate::net::tls::Connector;
 use crate::net::dimse::command::{self, field, tag, CommandSet};
+use crate::net::tls::Connector;
 use crate::net::{Association, AssociationError, Offer, Request, Service};
 
 /// The largest identifier we read (a query is a few hundred bytes; a long UID list a few KiB).
@@ -157,13 +157,17 @@ fn encode(obj: &InMemDicomObject, ts_uid: &str) -> Result<Vec<u8>, String> {
 /// The Q/R SOP classes, for PACS-role callers (native syntaxes: identifiers are small), and the
 /// storage classes of the result objects with the caller in the SCP role, for C-GET.
 pub fn offers() -> Vec<Offer> {
-    let qr = SOP_CLASSES
-        .iter()
-        .filter(|c| c.service == ServiceClass::QueryRetrieve)
-        .map(|class| Offer { class, roles: &[AeRole::Pacs], caller_is_scp: false, native_only: true });
-    let get = SOP_CLASSES
-        .iter()
-        .filter(|c| RESULT_CLASSES.contains(&c.uid))
-        .map(|class| Offer { class, roles: &[AeRole::Pacs], caller_is_scp: true, native_only: true });
+    let qr = SOP_CLASSES.iter().filter(|c| c.service == ServiceClass::QueryRetrieve).map(|class| Offer {
+        class,
+        roles: &[AeRole::Pacs],
+        caller_is_scp: false,
+        native_only: true,
+    });
+    let get = SOP_CLASSES.iter().filter(|c| RESULT_CLASSES.contains(&c.uid)).map(|class| Offer {
+        class,
+        roles: &[AeRole::Pacs],
+        caller_is_scp: true,
+        native_only: true,
+    });
     qr.chain(get).collect()
 }

@@ -74,7 +74,9 @@ async fn is_pacs(qr: &QueryRetrieve, title: &str) -> bool {
     matches!(qr.archive.db().find_ae(title).await, Ok(Some(ae)) if ae.role == crate::domain::AeRole::Pacs)
 }
 
-/// Where the sub-operations go.
+/// Where the sub-operations go (one per retrieve, on its task: the size difference costs
+/// nothing).
+#[allow(clippy::large_enum_variant)]
 enum Sink {
     /// C-MOVE: a sub-association to the destination.
     Moved(client::Association),
@@ -82,7 +84,14 @@ enum Sink {
     Got { next_message_id: u16 },
 }
 
-pub(super) async fn serve(qr: &QueryRetrieve, association: &mut Association, rq: &Request, model: Model, op: Operation, identifier: &InMemDicomObject) -> Result<(), AssociationError> {
+pub(super) async fn serve(
+    qr: &QueryRetrieve,
+    association: &mut Association,
+    rq: &Request,
+    model: Model,
+    op: Operation,
+    identifier: &InMemDicomObject,
+) -> Result<(), AssociationError> {
     let name = "query/retrieve";
     let refuse = |status: Status, comment: &str| failure(rq, op, status, comment);
     let query = match Query::parse_retrieve(identifier, model) {

@@ -68,7 +68,20 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { dicom: vec![], storage: vec![], ingest: vec![], deid: vec![], delivery: vec![], inference: vec![], results: vec![], database_url: None, http: vec![], extra: vec![], json_logs: false, register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"] }
+        NodeOptions {
+            dicom: vec![],
+            storage: vec![],
+            ingest: vec![],
+            deid: vec![],
+            delivery: vec![],
+            inference: vec![],
+            results: vec![],
+            database_url: None,
+            http: vec![],
+            extra: vec![],
+            json_logs: false,
+            register: vec!["STORESCU", "ECHOSCU", "PYNETDICOM"],
+        }
     }
 }
 
@@ -223,13 +236,7 @@ impl Node {
 
     /// Run an administrative command against this node's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_triage-node"))
-            .envs(test_keys())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run triage-node")
+        Command::new(env!("CARGO_BIN_EXE_triage-node")).envs(test_keys()).arg("--config").arg(&self.config).args(args).output().expect("run triage-node")
     }
 
     /// The running node's peak resident memory (VmHWM), in KiB.
@@ -336,7 +343,8 @@ fn port_after(line: &str, key: &str) -> Option<u16> {
 pub const READER_TOKEN: &str = "reader-token-0123456789abcdef";
 pub const READER2_TOKEN: &str = "reader2-token-0123456789abcdef";
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0";
-pub const TEST_TOKENS: &str = "dr.grey:reader:reader-token-0123456789abcdef,dr.house:reader:reader2-token-0123456789abcdef,it-admin:admin:admin-token-0123456789abcdef0";
+pub const TEST_TOKENS: &str =
+    "dr.grey:reader:reader-token-0123456789abcdef,dr.house:reader:reader2-token-0123456789abcdef,it-admin:admin:admin-token-0123456789abcdef0";
 
 pub fn listening_port(line: &str) -> Option<u16> {
     let rest = &line[line.find("listening port=")? + "listening port=".len()..];
@@ -450,13 +458,7 @@ pub fn demo_cases() -> Option<(PathBuf, Vec<(PathBuf, bool)>)> {
     let dir = testdata()?.join("demo-cases");
     let labels = std::fs::read_to_string(dir.join("labels.csv")).ok();
     require("the demo cases (scripts/setup-test-env.sh)", labels.is_some()).then_some(())?;
-    let cases = labels
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(','))
-        .map(|(f, v)| (dir.join(f), v.trim() == "1"))
-        .collect();
+    let cases = labels.unwrap().lines().skip(1).filter_map(|l| l.split_once(',')).map(|(f, v)| (dir.join(f), v.trim() == "1")).collect();
     Some((dir, cases))
 }
 
@@ -595,7 +597,13 @@ k = 3
 "#;
 
 /// Wait until every study in `uids` has a result.
-pub fn wait_results(rt: &tokio::runtime::Runtime, db: &triage_node::db::Db, uids: &[String], timeout: Duration, node: &Node) -> Vec<Vec<triage_node::db::StudyResult>> {
+pub fn wait_results(
+    rt: &tokio::runtime::Runtime,
+    db: &triage_node::db::Db,
+    uids: &[String],
+    timeout: Duration,
+    node: &Node,
+) -> Vec<Vec<triage_node::db::StudyResult>> {
     let deadline = Instant::now() + timeout;
     loop {
         let all: Vec<Vec<triage_node::db::StudyResult>> = uids.iter().map(|u| rt.block_on(db.study_results(u)).unwrap()).collect();
