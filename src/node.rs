@@ -1,13 +1,15 @@
-//! Composition root: opens the database, prepares the store, starts the listener and workers,
-//! and owns the shutdown order (stop accepting -> let in-flight messages finish within
-//! `shutdown_grace` -> stop workers -> close the database).
+//! Composition root, in named phases around one context computed once (settings, AE title,
+//! node id, database, object store, keys, TLS): open the stores -> start the engine ->
+//! reconcile -> build the services -> serve (HTTP, the DICOM listener, the workers) -> stop in
+//! order (stop accepting -> let in-flight messages finish within `shutdown_grace` -> stop
+//! workers -> join the inference thread -> close the database).
 //!
 //! Must not: contain protocol or storage logic; it only wires components together.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -22,7 +24,78 @@ use crate::ingest::Ingest;
 use crate::net::{Listener, Shared};
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError, WorkerStatus, Workers};
 
+/// What every component shares, computed once at start.
+struct NodeContext {
+    settings: Settings,
+    ae_title: AeTitle,
+    /// `host:data_dir`: whose outbox rows and worker statuses are whose.
+    node_id: String,
+    db: Db,
+    /// The instance files and result objects (the data directory, or the cluster's bucket).
+    blobs: crate::blobs::Blobs,
+    keys: crate::deid::Keys,
+    /// How we call AEs registered as TLS.
+    tls: crate::net::tls::Connector,
+    /// Rung when outbox items are queued (by this node, or by another through NOTIFY).
+    wake_outbox: Arc<tokio::sync::Notify>,
+}
+
+/// The parts built from the context, before anything listens or runs.
+struct Parts {
+    engine_thread: Option<crate::inference::engine::EngineThread>,
+    triage: Arc<crate::triage::Triage>,
+    arrivals: tokio::sync::mpsc::Receiver<i64>,
+    study_wake: Arc<tokio::sync::Notify>,
+    shared: Arc<Shared>,
+    tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    http: Option<crate::http::AppState>,
+}
+
+/// Run the node until `shutdown`: open the stores, reconcile them, build the services, serve
+/// (workers, HTTP, the DICOM listener), stop in order.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (ctx, deid) = open_stores(settings).await?;
+    let engine = start_engine(&ctx).await?;
+    reconcile(&ctx).await?;
+    let workers = Workers::new();
+    let parts = build(&ctx, deid, engine, &workers).await?;
+    let http = match parts.http {
+        // The HTTP API binds first, so its port is known once the DICOM port is logged.
+        Some(state) => {
+            let server = crate::http::HttpServer::start(&ctx.settings.http, state, shutdown.clone())
+                .await
+                .with_context(|| format!("binding the HTTP API on {}:{}", ctx.settings.http.bind, ctx.settings.http.port))?;
+            Some(server)
+        }
+        None => None,
+    };
+    let listener = Listener::bind(parts.shared, parts.tls_acceptor).await.with_context(|| {
+        let d = &ctx.settings.dicom;
+        if d.tls.enabled {
+            format!("binding {}:{} and the TLS port {}", d.bind, d.port, d.tls.port)
+        } else {
+            format!("binding {}:{}", d.bind, d.port)
+        }
+    })?;
+    // One line with every open port (tools and tests read `port=` and `tls_port=`).
+    let ports: Vec<String> = [("port", listener.local_addr()), ("tls_port", listener.tls_addr())]
+        .iter()
+        .filter_map(|(name, addr)| addr.map(|a| format!("{name}={}", a.port())))
+        .collect();
+    info!(ae_title = %ctx.ae_title, node = %ctx.node_id, bind = %ctx.settings.dicom.bind, "listening {}", ports.join(" "));
+    spawn_workers(&ctx, &workers, parts.triage, parts.arrivals, parts.study_wake);
+
+    let associations = TaskTracker::new();
+    listener.run(shutdown.clone(), associations.clone()).await;
+    if let Some(http) = http {
+        http.join(ctx.settings.dicom.shutdown_grace).await;
+    }
+    stop(&ctx, associations, workers, parts.engine_thread).await;
+    Ok(())
+}
+
+/// The keys, the data directory, the database and the object store: the context.
+async fn open_stores(settings: Settings) -> anyhow::Result<(NodeContext, crate::deid::Deidentifier)> {
     let ae_title = AeTitle::parse(&settings.dicom.ae_title).map_err(anyhow::Error::msg)?;
     let deid = settings.deid.deidentifier().context("loading the de-identification keys")?;
     if deid.keys().demo {
@@ -33,14 +106,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let leftovers = dirs.prepare().with_context(|| format!("preparing data directory {}", settings.storage.data_dir.display()))?;
     if leftovers > 0 {
         warn!(files = leftovers, "removed spool files left by an earlier version");
-    }
-    let inf = &settings.inference;
-    let (engine, device) = crate::inference::engine::Engine::from_settings(&inf.engine()).await.context("starting the inference engine")?;
-    for m in engine.manifests() {
-        info!(model = %m.name, version = %m.version, ?device, labels = m.outputs.labels.len(), demonstration = m.demonstration, "model package loaded and warmed up");
-    }
-    if engine.manifests().is_empty() {
-        warn!(models_dir = %settings.inference.models_dir.display(), "no model packages: instances are stored and de-identified, nothing is triaged");
     }
     let db =
         Db::open(&settings.database_url(), settings.database.max_connections).await.context("opening the database")?.with_audit_key(deid.keys().audit_key());
@@ -54,7 +119,30 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     } else {
         info!(node = %node_id, "files kept in the data directory");
     }
+    let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).context("preparing TLS for the AEs we call")?;
+    let keys = deid.keys().clone();
+    let ctx = NodeContext { settings, ae_title, node_id, db, blobs, keys, tls, wake_outbox: Arc::new(tokio::sync::Notify::new()) };
+    Ok((ctx, deid))
+}
 
+/// The inference engine with every model package loaded and warmed up.
+async fn start_engine(ctx: &NodeContext) -> anyhow::Result<crate::inference::engine::Engine> {
+    let inf = &ctx.settings.inference;
+    let (engine, device) = crate::inference::engine::Engine::from_settings(&inf.engine()).await.context("starting the inference engine")?;
+    for m in engine.manifests() {
+        info!(model = %m.name, version = %m.version, ?device, labels = m.outputs.labels.len(), demonstration = m.demonstration, "model package loaded and warmed up");
+    }
+    if engine.manifests().is_empty() {
+        warn!(models_dir = %inf.models_dir.display(), "no model packages: instances are stored and de-identified, nothing is triaged");
+    }
+    Ok(engine)
+}
+
+/// Make the stores agree with what a stop left: claims of the previous run (a node alone on its
+/// SQLite file), worklist rows of studies triaged before the table existed, result files never
+/// queued, destinations not registered, TLS AEs bound to no certificate.
+async fn reconcile(ctx: &NodeContext) -> anyhow::Result<()> {
+    let db = &ctx.db;
     if db.engine() == crate::db::Engine::Sqlite {
         let passes = db.void_inference_claims().await.context("voiding the previous run's inference claims")?;
         let jobs = db.void_job_claims().await.context("voiding the previous run's job claims")?;
@@ -62,57 +150,61 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             warn!(passes, jobs, "resuming triage work interrupted by the previous run");
         }
     }
-    let metrics = if settings.http.enabled { crate::http::ops::install_metrics() } else { None };
-    let tokens = crate::http::auth::Tokens::load(
-        std::env::var(crate::http::auth::TOKENS_ENV).ok().as_deref(),
-        settings.http.tokens_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
-    )
-    .context("loading the HTTP API tokens")?;
-    match crate::admin::worklist::backfill(&db).await {
+    match crate::admin::worklist::backfill(db).await {
         Ok(0) => {}
         Ok(n) => info!(studies = n, "worklist rows added for studies triaged before the worklist existed"),
         Err(error) => warn!(%error, "adding worklist rows for earlier studies failed"),
     }
-    let engine_thread = engine.take_thread();
-    let manifests = engine.manifests().to_vec();
-    let wake_outbox = Arc::new(tokio::sync::Notify::new());
-    let publisher = crate::results::Publisher {
-        blobs: blobs.clone(),
-        settings: settings.results.clone(),
-        station: ae_title.to_string(),
-        node: settings.node_id(),
-        wake: wake_outbox.clone(),
-        hl7: settings.hl7.enabled,
-    };
-    match publisher.remove_unqueued(&db).await {
+    match publisher(ctx).remove_unqueued(db).await {
         Ok(0) => {}
         Ok(n) => warn!(files = n, "removed result objects that were written but never queued (stopped before their result was saved)"),
         Err(error) => warn!(%error, "could not reconcile outbox/results with the outbox"),
     }
-    for dest in &settings.results.destinations {
+    for dest in &ctx.settings.results.destinations {
         if db.find_ae(dest).await.context("looking up result destinations")?.is_none() {
             warn!(destination = %dest, "results.destinations names an AE that is not registered; its results wait in the outbox until it is (triage-node ae add)");
         }
     }
-    let triage = crate::triage::Triage::new(
-        db.clone(),
-        engine,
-        blobs.clone(),
-        inf.lease,
-        crate::triage::aggregate::Tiers::from_settings(inf),
-        inf.preprocess_threads(),
-        Some(publisher),
-    );
+    let tls = &ctx.settings.dicom.tls;
+    if tls.enabled && !tls.client_ca.as_os_str().is_empty() {
+        // Client certificates are asked for: a TLS-only AE bound to no certificate identity is
+        // refused (any certificate of the site CA could claim its title). Say so at start.
+        for ae in db.list_aes().await.context("reading the AE registry")?.iter().filter(|a| a.tls && a.tls_identity.is_none()) {
+            warn!(ae_title = %ae.ae_title, "this AE is registered as TLS but bound to no certificate identity: its calls are refused until `ae add {} --tls --tls-identity NAME`", ae.ae_title);
+        }
+    }
+    Ok(())
+}
+
+/// Builds and queues each study's result objects.
+fn publisher(ctx: &NodeContext) -> crate::results::Publisher {
+    crate::results::Publisher {
+        blobs: ctx.blobs.clone(),
+        settings: ctx.settings.results.clone(),
+        station: ctx.ae_title.to_string(),
+        node: ctx.node_id.clone(),
+        wake: ctx.wake_outbox.clone(),
+        hl7: ctx.settings.hl7.enabled,
+    }
+}
+
+/// Triage, ingest (and the store reconciled with the database), the DIMSE services with their
+/// access control, the HTTP API's state.
+async fn build(ctx: &NodeContext, deid: crate::deid::Deidentifier, engine: crate::inference::engine::Engine, workers: &Workers) -> anyhow::Result<Parts> {
+    let (settings, db) = (&ctx.settings, &ctx.db);
+    let inf = &settings.inference;
+    let engine_thread = engine.take_thread();
+    let manifests = engine.manifests().to_vec();
+    let tiers = crate::triage::aggregate::Tiers::from_settings(inf);
+    let triage = crate::triage::Triage::new(db.clone(), engine, ctx.blobs.clone(), inf.lease, tiers, inf.preprocess_threads(), Some(publisher(ctx)));
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
-    let keys = deid.keys().clone();
-    let http_keys = keys.clone();
     let ingest = Ingest::new(
         &settings.storage,
         db.clone(),
         deid,
         settings.deid.burned_in_annotation,
         Some(arrivals_tx),
-        blobs.clone(),
+        ctx.blobs.clone(),
         settings.ingest.mpps_max_open_steps,
     );
     let study_wake = ingest.study_waker();
@@ -125,105 +217,96 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         );
     }
     let tls_acceptor = crate::net::tls::acceptor(&settings.dicom.tls).context("preparing the TLS port")?;
-    let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).context("preparing TLS for the AEs we call")?;
-    if tls_acceptor.is_some() && !settings.dicom.tls.client_ca.as_os_str().is_empty() {
-        // Client certificates are asked for: a TLS-only AE bound to no certificate identity is
-        // refused (any certificate of the site CA could claim its title). Say so at start.
-        for ae in db.list_aes().await.context("reading the AE registry")?.iter().filter(|a| a.tls && a.tls_identity.is_none()) {
-            warn!(ae_title = %ae.ae_title, "this AE is registered as TLS but bound to no certificate identity: its calls are refused until `ae add {} --tls --tls-identity NAME`", ae.ae_title);
-        }
-    }
     let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
     let query = if settings.query.enabled {
-        let archive = crate::archive::Archive::open(db.clone(), keys.clone(), blobs.clone(), settings.node_id())
+        let archive = crate::archive::Archive::open(db.clone(), ctx.keys.clone(), ctx.blobs.clone(), ctx.node_id.clone())
             .await
             .context("building the query index of the result objects")?;
-        Some(crate::services::qr::QueryRetrieve::new(Arc::new(archive), ae_title.clone(), settings.query.matching(), settings.delivery.timeout, tls.clone()))
+        Some(crate::services::qr::QueryRetrieve::new(
+            Arc::new(archive),
+            ctx.ae_title.clone(),
+            settings.query.matching(),
+            settings.delivery.timeout,
+            ctx.tls.clone(),
+        ))
     } else {
         None
     };
     let services = crate::services::standard(ingest, db.clone(), query, &settings.storage);
-    // The HTTP API binds first, so its port is known once the DICOM port is logged.
-    let workers = Workers::new();
+    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ctx.ae_title.clone(), access, services });
     let http = if settings.http.enabled {
+        let metrics = crate::http::ops::install_metrics();
+        let tokens = crate::http::auth::Tokens::load(
+            std::env::var(crate::http::auth::TOKENS_ENV).ok().as_deref(),
+            settings.http.tokens_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
+        )
+        .context("loading the HTTP API tokens")?;
         let state = crate::http::AppState::new(
             db.clone(),
-            http_keys,
+            ctx.keys.clone(),
             tokens,
-            ae_title.clone(),
+            ctx.ae_title.clone(),
             settings.delivery.timeout,
-            blobs.clone(),
+            ctx.blobs.clone(),
             manifests,
             settings.results.heatmap_max_size,
             workers.clone(),
             metrics,
             settings.http.refresh,
         )
-        .with_tls(tls.clone());
-        let server = crate::http::HttpServer::start(&settings.http, state, shutdown.clone())
-            .await
-            .with_context(|| format!("binding the HTTP API on {}:{}", settings.http.bind, settings.http.port))?;
-        Some(server)
+        .with_tls(ctx.tls.clone());
+        Some(state)
     } else {
         None
     };
+    Ok(Parts { engine_thread, triage, arrivals, study_wake, shared, tls_acceptor, http })
+}
 
-    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ae_title.clone(), access, services });
-    let listener = Listener::bind(shared, tls_acceptor).await.with_context(|| {
-        let d = &settings.dicom;
-        if d.tls.enabled {
-            format!("binding {}:{} and the TLS port {}", d.bind, d.port, d.tls.port)
-        } else {
-            format!("binding {}:{}", d.bind, d.port)
-        }
-    })?;
-    // One line with every open port (tools and tests read `port=` and `tls_port=`).
-    let ports: Vec<String> = [("port", listener.local_addr()), ("tls_port", listener.tls_addr())]
-        .iter()
-        .filter_map(|(name, addr)| addr.map(|a| format!("{name}={}", a.port())))
-        .collect();
-    info!(ae_title = %ae_title, node = %node_id, bind = %settings.dicom.bind, "listening {}", ports.join(" "));
-
-    let associations = TaskTracker::new();
+/// The background workers: study sweep, outbox, arrivals, study jobs, cluster wake-ups, the
+/// cache sweeper, the status reporter.
+fn spawn_workers(
+    ctx: &NodeContext,
+    workers: &Workers,
+    triage: Arc<crate::triage::Triage>,
+    arrivals: tokio::sync::mpsc::Receiver<i64>,
+    study_wake: Arc<tokio::sync::Notify>,
+) {
+    let (settings, db) = (&ctx.settings, &ctx.db);
     workers.spawn(
         StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake).with_trusted_step_aes(&settings.ingest.mpps_trusted_aes),
     );
     workers.spawn(
         OutboxWorker::new(
             db.clone(),
-            settings.node_id(),
-            ae_title.clone(),
-            blobs.clone(),
+            ctx.node_id.clone(),
+            ctx.ae_title.clone(),
+            ctx.blobs.clone(),
             settings.delivery.clone(),
-            keys,
+            ctx.keys.clone(),
             settings.ingest.study_quiet_period,
-            wake_outbox.clone(),
+            ctx.wake_outbox.clone(),
             Some(settings.hl7.clone()),
         )
-        .with_tls(tls.clone()),
+        .with_tls(ctx.tls.clone()),
     );
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     let wake_jobs = Arc::new(tokio::sync::Notify::new());
-    workers.spawn(crate::triage::StudyJobs::new(triage.clone(), Duration::from_millis(200), inf.concurrent_studies).with_waker(wake_jobs.clone()));
+    workers.spawn(crate::triage::StudyJobs::new(triage, Duration::from_millis(200), settings.inference.concurrent_studies).with_waker(wake_jobs.clone()));
     if db.engine() == crate::db::Engine::Postgres {
         // Work another node queues wakes this node's workers at once (LISTEN/NOTIFY).
-        workers.spawn(Wakeups { url: settings.database_url(), listener: None, outbox: wake_outbox.clone(), jobs: wake_jobs });
+        workers.spawn(Wakeups { url: settings.database_url(), listener: None, outbox: ctx.wake_outbox.clone(), jobs: wake_jobs });
     }
-    if blobs.is_shared() {
-        workers.spawn(crate::blobs::CacheSweeper::new(blobs.clone()));
+    if ctx.blobs.is_shared() {
+        workers.spawn(crate::blobs::CacheSweeper::new(ctx.blobs.clone()));
     }
-    workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: settings.node_id() });
-    drop(triage);
+    workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: ctx.node_id.clone() });
+}
 
-    listener.run(shutdown.clone(), associations.clone()).await;
-    if let Some(http) = http {
-        http.join(settings.dicom.shutdown_grace).await;
-    }
-
-    // Shutdown, each step bounded: the listener has stopped accepting; associations finish
-    // their current message; workers end; the inference thread ends; the database closes.
+/// Shutdown, each step bounded: the listener has stopped accepting; associations finish their
+/// current message; workers end; the inference thread ends; the database closes.
+async fn stop(ctx: &NodeContext, associations: TaskTracker, workers: Workers, engine_thread: Option<crate::inference::engine::EngineThread>) {
     associations.close();
-    let grace = settings.dicom.shutdown_grace;
+    let grace = ctx.settings.dicom.shutdown_grace;
     if tokio::time::timeout(grace, associations.wait()).await.is_err() {
         warn!(
             remaining = associations.len(),
@@ -235,7 +318,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     for w in workers.statuses() {
         info!(worker = w.name, state = ?w.state, units = w.units, errors = w.errors, restarts = w.restarts, "worker stopped");
     }
-    if let Err(error) = db.report_workers(&reports(&settings.node_id(), &workers.statuses())).await {
+    if let Err(error) = ctx.db.report_workers(&reports(&ctx.node_id, &workers.statuses())).await {
         warn!(%error, "recording the workers' final status failed");
     }
     drop(workers);
@@ -244,9 +327,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             warn!(deadline = ?ENGINE_EXIT_DEADLINE, "the inference thread did not end within its exit deadline");
         }
     }
-    db.close().await;
+    ctx.db.close().await;
     info!("stopped");
-    Ok(())
 }
 
 /// Writes every worker's status to the database every few seconds, so `triage-node status`
