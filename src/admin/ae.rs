@@ -56,6 +56,11 @@ pub async fn remove(db: &Db, ae_title: &str) -> Result<AeTitle, AdminError> {
     Ok(title)
 }
 
+/// One registration, or None.
+pub async fn find(db: &Db, ae_title: &str) -> Result<Option<RegisteredAe>, AdminError> {
+    Ok(db.find_ae(ae_title.trim()).await?)
+}
+
 pub async fn list(db: &Db) -> Result<Vec<RegisteredAe>, AdminError> {
     Ok(db.list_aes().await?)
 }

@@ -73,3 +73,34 @@ pub async fn recent_results(db: &Db, limit: i64) -> Result<Vec<ResultSummary>, A
     }
     Ok(out)
 }
+
+/// The queue depths a metrics scrape shows: counts by state, no patient data.
+#[derive(Debug, Clone, Default)]
+pub struct Depths {
+    pub awaiting_inference: i64,
+    pub studies: Vec<(String, i64)>,
+    /// `kind:state`.
+    pub jobs: Vec<(String, i64)>,
+    pub outbox: Vec<(String, i64)>,
+    pub procedure_steps: Vec<(String, i64)>,
+    /// (priority, reading state, count).
+    pub worklist: Vec<(String, String, i64)>,
+}
+
+/// The queue depths now.
+pub async fn depths(db: &Db) -> Result<Depths, AdminError> {
+    let (studies, jobs) = db.state_counts().await?;
+    Ok(Depths {
+        awaiting_inference: db.count_awaiting_inference().await?,
+        studies,
+        jobs,
+        outbox: db.outbox_counts().await?,
+        procedure_steps: db.procedure_step_counts().await?,
+        worklist: db.worklist_counts().await?,
+    })
+}
+
+/// Whether the database answers.
+pub async fn database_answers(db: &Db) -> bool {
+    db.ping().await.is_ok()
+}

@@ -203,6 +203,28 @@ pub async fn row(db: &Db, study_id: i64) -> Result<Option<WorklistRow>, AdminErr
     Ok(db.worklist_row(study_id).await?)
 }
 
+/// Every model's result of the study a row is about (findings included).
+pub async fn results(db: &Db, row: &WorklistRow) -> Result<Vec<crate::db::StudyResult>, AdminError> {
+    Ok(db.study_results(&row.study_instance_uid).await?)
+}
+
+/// The study's result objects, heatmaps then reports, newest first within each kind: what the
+/// API's `/objects/{n}` counts.
+pub async fn result_objects(db: &Db, study_id: i64) -> Result<Vec<(crate::db::ObjectKind, String)>, AdminError> {
+    let mut out = Vec::new();
+    for kind in [crate::db::ObjectKind::Sr, crate::db::ObjectKind::Sc] {
+        for path in db.outbox_study_paths(study_id, kind).await? {
+            out.push((kind, path));
+        }
+    }
+    Ok(out)
+}
+
+/// A stored instance (a finding's key image) by its row id, or None once it is gone.
+pub async fn instance(db: &Db, instance_id: i64) -> Result<Option<crate::db::InstanceRef>, AdminError> {
+    Ok(db.instance_ref(instance_id).await?)
+}
+
 /// Claim, mark read or release; a conflicting claim is `AdminError::Conflict`.
 pub async fn reading(db: &Db, study_id: i64, action: ReadingAction, user: &str) -> Result<ReadingView, AdminError> {
     match db.worklist_reading(study_id, action, user).await? {

@@ -190,19 +190,13 @@ fn positive_findings(results: &[StudyResult]) -> Vec<(&StudyResult, &crate::db::
 /// The study's result objects, SCs then SRs, newest first within each: what `/objects/{n}`
 /// counts.
 async fn objects(state: &Shared, study: i64) -> Result<Vec<(ObjectKind, String)>, ApiError> {
-    let mut out = Vec::new();
-    for kind in [ObjectKind::Sr, ObjectKind::Sc] {
-        for path in state.db.outbox_study_paths(study, kind).await? {
-            out.push((kind, path));
-        }
-    }
-    Ok(out)
+    Ok(admin::worklist::result_objects(&state.db, study).await?)
 }
 
 async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<StudyView>, ApiError> {
     let id = study_id(&id)?;
     let row = admin::worklist::row(&state.db, id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
-    let results = state.db.study_results(&row.study_instance_uid).await?;
+    let results = admin::worklist::results(&state.db, &row).await?;
     let viewer = Viewer { keys: &state.keys, user: &user.name, recorded: &state.recorded_views };
     let item = admin::worklist::items(&state.db, Some(viewer), std::slice::from_ref(&row)).await?.remove(0);
     let mut n = 0;
@@ -276,12 +270,12 @@ async fn heatmap(
         Some("thumbnail") => THUMBNAIL,
         Some(_) => return Err(bad_request("size must be thumbnail or full")),
     };
-    let row = state.db.worklist_row(id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
+    let row = admin::worklist::row(&state.db, id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
     let key = (id, row.result_at_ms, n, size);
     if let Some(png) = state.cached_picture(key) {
         return Ok(png_response(png));
     }
-    let results = state.db.study_results(&row.study_instance_uid).await?;
+    let results = admin::worklist::results(&state.db, &row).await?;
     let findings = positive_findings(&results);
     let (result, finding) = findings.get(n).copied().ok_or_else(|| not_found(format!("study {id} has {} heatmaps", findings.len())))?;
     let manifest = state
@@ -290,7 +284,7 @@ async fn heatmap(
         .find(|m| m.name == result.model)
         .cloned()
         .ok_or_else(|| not_found(format!("model {} is no longer loaded: its heatmap cannot be drawn", result.model)))?;
-    let key_image = state.db.instance_ref(finding.key_instance_id).await?.ok_or_else(|| not_found("the key image is no longer stored"))?;
+    let key_image = admin::worklist::instance(&state.db, finding.key_instance_id).await?.ok_or_else(|| not_found("the key image is no longer stored"))?;
     // Held until the drawing ends, even if the request gives up first.
     let permit = render_permit(&state.renders, RENDER_WAIT).await?;
     if let Some(png) = state.cached_picture(key) {
@@ -410,7 +404,7 @@ async fn list_aes(State(state): State<Shared>, AdminUser(_): AdminUser) -> Resul
 async fn add_ae(State(state): State<Shared>, AdminUser(_): AdminUser, body: JsonBody<AeBody>) -> Result<(StatusCode, Json<AeView>), ApiError> {
     let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
     let title = body.ae_title.clone().ok_or_else(|| bad_request("ae_title is required"))?;
-    if state.db.find_ae(title.trim()).await?.is_some() {
+    if admin::ae::find(&state.db, &title).await?.is_some() {
         return Err(ApiError(StatusCode::CONFLICT, format!("{title} is already registered: edit it with PUT /api/aes/{title}")));
     }
     let ae = admin::ae::register(&state.db, registration(title, body)?).await?;
@@ -422,7 +416,7 @@ async fn edit_ae(State(state): State<Shared>, AdminUser(_): AdminUser, Path(titl
     if body.ae_title.as_deref().is_some_and(|t| t.trim() != title) {
         return Err(bad_request("ae_title in the body differs from the path: remove and add to rename"));
     }
-    if state.db.find_ae(&title).await?.is_none() {
+    if admin::ae::find(&state.db, &title).await?.is_none() {
         return Err(not_found(format!("no AE titled {title} is registered")));
     }
     Ok(Json(admin::ae::register(&state.db, registration(title, body)?).await?.into()))

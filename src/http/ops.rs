@@ -72,7 +72,7 @@ struct Readiness {
 
 async fn readyz(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let mut reasons = Vec::new();
-    let database = state.db.ping().await.is_ok();
+    let database = crate::admin::report::database_answers(&state.db).await;
     if !database {
         reasons.push("the database does not answer".to_string());
     }
@@ -111,25 +111,24 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
 }
 
-async fn sample_gauges(state: &Shared) -> Result<(), crate::db::DbError> {
-    let db = &state.db;
-    metrics::gauge!("triage_instances_awaiting_inference").set(db.count_awaiting_inference().await? as f64);
-    let (studies, jobs) = db.state_counts().await?;
-    for (s, n) in studies {
+async fn sample_gauges(state: &Shared) -> Result<(), crate::admin::AdminError> {
+    let depths = crate::admin::report::depths(&state.db).await?;
+    metrics::gauge!("triage_instances_awaiting_inference").set(depths.awaiting_inference as f64);
+    for (s, n) in depths.studies {
         metrics::gauge!("triage_studies", "state" => s).set(n as f64);
     }
-    for (s, n) in jobs {
+    for (s, n) in depths.jobs {
         // Counted as `kind:state`.
         let (kind, job_state) = s.split_once(':').map(|(k, v)| (k.to_string(), v.to_string())).unwrap_or((String::new(), s));
         metrics::gauge!("triage_jobs", "kind" => kind, "state" => job_state).set(n as f64);
     }
-    for (s, n) in db.outbox_counts().await? {
+    for (s, n) in depths.outbox {
         metrics::gauge!("triage_outbox_items", "state" => s).set(n as f64);
     }
-    for (s, n) in db.procedure_step_counts().await? {
+    for (s, n) in depths.procedure_steps {
         metrics::gauge!("triage_procedure_steps", "state" => s).set(n as f64);
     }
-    for (p, r, n) in db.worklist_counts().await? {
+    for (p, r, n) in depths.worklist {
         metrics::gauge!("triage_worklist_studies", "priority" => p, "reading" => r).set(n as f64);
     }
     for w in state.workers.statuses() {
