@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod cli;
+
 use triage_node::admin::{self, Access};
 use triage_node::config::{LogFormat, Settings};
-use triage_node::domain::AeRole;
 
 #[derive(Parser)]
 #[command(name = "triage-node", version, about = "DICOM node that receives studies and triages them with AI")]
@@ -43,7 +44,7 @@ enum Command {
     /// Administer the application entities allowed to call us or that we deliver to.
     Ae {
         #[command(subcommand)]
-        action: AeAction,
+        action: cli::ae::AeAction,
     },
     /// Print the effective configuration (after layering) and exit.
     ShowConfig,
@@ -53,12 +54,12 @@ enum Command {
     /// The durable outbox: objects queued for delivery to registered AEs, with retries.
     Outbox {
         #[command(subcommand)]
-        action: OutboxAction,
+        action: cli::outbox::OutboxAction,
     },
     /// The hash-chained audit trail.
     Audit {
         #[command(subcommand)]
-        action: AuditAction,
+        action: cli::audit::AuditAction,
     },
     /// De-identify a DICOM file, or every file under a directory, into the directory OUT with
     /// the node's engine, keys and options (for research exports). Output files are named by
@@ -165,77 +166,6 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum OutboxAction {
-    /// Queue files for delivery to a registered AE (copied into the data directory first); the
-    /// running node's worker sends them, retrying with backoff.
-    Add {
-        #[arg(long)]
-        to: String,
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Show queued, delivered and dead items.
-    List {
-        /// pending | sending | delivered | dead
-        #[arg(long)]
-        state: Option<String>,
-    },
-    /// Queue an item again (by id), or every dead item (--dead).
-    Retry {
-        id: Option<i64>,
-        #[arg(long, conflicts_with = "id")]
-        dead: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditAction {
-    /// Check every entry's keyed hash and link; exit 1 naming the first altered or missing
-    /// entry. With --checkpoint (a line printed by `audit head`, or a file holding one), also
-    /// check that the entry it names is still there unchanged (detects a deleted tail).
-    Verify {
-        #[arg(long)]
-        checkpoint: Option<String>,
-    },
-    /// Print a signed checkpoint of the chain's head, to keep outside the database.
-    Head,
-    /// Print the entries (they hold no patient data).
-    List,
-}
-
-#[derive(Subcommand)]
-enum AeAction {
-    /// Register (or update) an AE title.
-    Add {
-        ae_title: String,
-        /// Host or IP the AE must call from (modality) or where we reach it (pacs).
-        #[arg(long)]
-        host: Option<String>,
-        #[arg(long)]
-        port: Option<u16>,
-        /// modality | pacs
-        #[arg(long, default_value = "modality")]
-        role: String,
-        /// Register it disabled.
-        #[arg(long)]
-        disabled: bool,
-        /// TLS only (PS3.15 B.9): refused on the plain port; we call it over TLS.
-        #[arg(long)]
-        tls: bool,
-        /// The name its TLS client certificate must carry (a SAN DNS name, IP address or URI, or
-        /// the subject's common name): on the TLS port, a caller using this AE title with a
-        /// certificate that does not name it is refused. Needed with --tls where the node asks
-        /// for client certificates (dicom.tls.client_ca).
-        #[arg(long)]
-        tls_identity: Option<String>,
-    },
-    /// List registered AE titles.
-    List,
-    /// Remove an AE title.
-    Remove { ae_title: String },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -294,26 +224,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{:#?}", settings.redacted());
             Ok(())
         }
-        Command::Ae { action } => ae_admin(action, &settings).await,
-        Command::Outbox { action } => outbox_admin(action, &settings).await,
-        Command::Audit { action } => {
-            match action {
-                AuditAction::Verify { checkpoint } => {
-                    let v = admin::audit::verify(&settings, checkpoint.as_deref()).await?;
-                    if let Some(seq) = v.checkpoint_seq {
-                        println!("checkpoint of entry {seq} holds");
-                    }
-                    println!("audit log intact: {} entries, head {}", v.entries, v.head_hash);
-                }
-                AuditAction::Head => println!("{}", admin::audit::head(&settings).await?),
-                AuditAction::List => {
-                    for e in admin::audit::list(&settings).await? {
-                        println!("{:>6}  {}  {:<12}  {:<16}  {}", e.seq, e.at_ms, e.event, e.subject, e.details);
-                    }
-                }
-            }
-            Ok(())
-        }
+        Command::Ae { action } => cli::ae::run(action, &settings).await,
+        Command::Outbox { action } => cli::outbox::run(action, &settings).await,
+        Command::Audit { action } => cli::audit::run(action, &settings).await,
         Command::Token { action: TokenAction::Add { name, role } } => {
             let Some(file) = settings.http.tokens_file.clone().filter(|p| !p.as_os_str().is_empty()) else {
                 anyhow::bail!(
@@ -401,8 +314,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Infer { paths, model, heatmaps } => infer_files(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
-        Command::Evaluate { labels, dir, model, json } => evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
+        Command::Infer { paths, model, heatmaps } => cli::offline::infer(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
+        Command::Evaluate { labels, dir, model, json } => cli::offline::evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
         Command::Results { limit } => {
             let db = admin::open(&settings, Access::Read).await?;
             let results = admin::report::recent_results(&db, limit).await;
@@ -541,137 +454,6 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn infer_files(settings: &Settings, paths: &[PathBuf], only: Option<&str>, heatmaps: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let mut print_error = None;
-    let summary = admin::evaluate::infer(settings, paths, only, heatmaps, |result| match serde_json::to_string(result) {
-        Ok(line) => println!("{line}"),
-        Err(e) => print_error = Some(e),
-    })
-    .await?;
-    if let Some(e) = print_error {
-        return Err(e.into());
-    }
-    if summary.failed > 0 {
-        anyhow::bail!("{} of {} files could not be triaged", summary.failed, summary.files);
-    }
-    Ok(())
-}
-
-async fn evaluate(settings: &Settings, labels: &std::path::Path, dir: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let report = admin::evaluate::evaluate(settings, labels, dir, only).await?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
-    for r in &report.results {
-        let metrics = &r.metrics;
-        let at = &metrics.at_manifest_threshold;
-        println!("{} {} / {}: {} positive, {} negative cases", r.model, r.version, r.label, metrics.positives, metrics.negatives);
-        if r.demonstration {
-            println!("  (demonstration model, not clinically validated)");
-        }
-        println!("  ROC AUC {}", metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a (needs both classes)".into()));
-        println!("  at the manifest threshold {:.2}: sensitivity {:.3}, specificity {:.3}", at.threshold, at.sensitivity, at.specificity);
-        println!("  {:>9}  {:>11}  {:>11}  {:>6}  {:>6}", "threshold", "sensitivity", "specificity", "PPV", "NPV");
-        let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
-        for p in &metrics.sweep {
-            println!("  {:>9.2}  {:>11.3}  {:>11.3}  {:>6}  {:>6}", p.threshold, p.sensitivity, p.specificity, opt(p.ppv), opt(p.npv));
-        }
-    }
-    if report.not_routed > 0 {
-        println!("{} case(s) accepted by no model (routing)", report.not_routed);
-    }
-    for f in &report.failed {
-        println!("failed: {f}");
-    }
-    Ok(())
-}
-
-async fn outbox_admin(action: OutboxAction, settings: &Settings) -> anyhow::Result<()> {
-    let db = admin::open(settings, Access::Read).await?;
-    let result = outbox_action(action, settings, &db).await;
-    db.close().await;
-    result
-}
-
-async fn outbox_action(action: OutboxAction, settings: &Settings, db: &triage_node::db::Db) -> anyhow::Result<()> {
-    match action {
-        OutboxAction::Add { to, files } => {
-            for (file, id) in admin::outbox::add(db, settings, &to, &files).await? {
-                match id {
-                    Some(id) => println!("queued {} for {to} as item {id}", file.display()),
-                    None => println!("already queued: {}", file.display()),
-                }
-            }
-        }
-        OutboxAction::List { state } => {
-            println!("{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {:<10}  LAST ERROR", "ID", "STATE", "KIND", "STUDY", "DESTINATION", "ATTEMPTS", "COMMITTED");
-            for admin::outbox::ListedItem { item, commitment } in admin::outbox::list(db, state.as_deref()).await? {
-                let study = item.study_id.map_or("-".to_string(), |s| s.to_string());
-                println!(
-                    "{:>6}  {:<10}  {:<5}  {:>6}  {:<16}  {:>8}  {:<10}  {}",
-                    item.id,
-                    item.state.to_string(),
-                    item.kind.to_string(),
-                    study,
-                    item.destination,
-                    item.attempts,
-                    commitment.as_deref().unwrap_or("-"),
-                    item.last_error.as_deref().unwrap_or("-")
-                );
-            }
-        }
-        OutboxAction::Retry { id, dead } => {
-            if id.is_none() && !dead {
-                anyhow::bail!("name an item id, or --dead for every dead item");
-            }
-            let n = admin::outbox::retry(db, id).await?;
-            println!("{n} item(s) queued again");
-        }
-    }
-    Ok(())
-}
-
-async fn ae_admin(action: AeAction, settings: &Settings) -> anyhow::Result<()> {
-    // Changes are audited, and the audit chain is keyed with the site keys.
-    let access = if matches!(action, AeAction::List) { Access::Read } else { Access::Audited };
-    let db = admin::open(settings, access).await?;
-    let result = ae_action(action, &db).await;
-    db.close().await;
-    result
-}
-
-async fn ae_action(action: AeAction, db: &triage_node::db::Db) -> anyhow::Result<()> {
-    match action {
-        AeAction::Add { ae_title, host, port, role, disabled, tls, tls_identity } => {
-            let role = role.parse::<AeRole>().map_err(anyhow::Error::msg)?;
-            let ae = admin::ae::register(db, admin::ae::AeRegistration { ae_title, host, port, role, enabled: !disabled, tls, tls_identity }).await?;
-            let bound = ae.tls_identity.as_ref().map(|i| format!(", certificate {i}")).unwrap_or_default();
-            println!("registered {} ({}){}{bound}{}", ae.ae_title, ae.role, if ae.tls { " TLS only" } else { "" }, if ae.enabled { "" } else { " disabled" });
-        }
-        AeAction::List => {
-            println!("{:<16}  {:<8}  {:<7}  {:<3}  {:<24}  {:<5}  CERTIFICATE", "AE TITLE", "ROLE", "ENABLED", "TLS", "HOST", "PORT");
-            for ae in admin::ae::list(db).await? {
-                println!(
-                    "{:<16}  {:<8}  {:<7}  {:<3}  {:<24}  {:<5}  {}",
-                    ae.ae_title,
-                    ae.role,
-                    if ae.enabled { "yes" } else { "no" },
-                    if ae.tls { "yes" } else { "no" },
-                    ae.host.as_deref().unwrap_or("*"),
-                    ae.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                    ae.tls_identity.as_deref().unwrap_or("-")
-                );
-            }
-        }
-        AeAction::Remove { ae_title } => {
-            let title = admin::ae::remove(db, &ae_title).await?;
-            println!("removed {title}");
-        }
-    }
-    Ok(())
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {
