@@ -227,156 +227,16 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Ae { action } => cli::ae::run(action, &settings).await,
         Command::Outbox { action } => cli::outbox::run(action, &settings).await,
         Command::Audit { action } => cli::audit::run(action, &settings).await,
-        Command::Token { action: TokenAction::Add { name, role } } => {
-            let Some(file) = settings.http.tokens_file.clone().filter(|p| !p.as_os_str().is_empty()) else {
-                anyhow::bail!(
-                    "http.tokens_file is not set: name the file the node reads its tokens from (or give tokens in {})",
-                    triage_node::http::auth::TOKENS_ENV
-                );
-            };
-            let (secret, line) = triage_node::http::auth::new_token(&name, &role)?;
-            // Refuse a name already there: one line per user keeps revoking simple.
-            let existing = std::fs::read_to_string(&file).unwrap_or_default();
-            if existing.lines().any(|l| l.split_whitespace().next() == Some(name.as_str())) {
-                anyhow::bail!("{} already has a token for {name}: remove its line first to replace it", file.display());
-            }
-            use anyhow::Context;
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&file).with_context(|| format!("opening {}", file.display()))?;
-            writeln!(f, "{line}").and_then(|_| f.sync_all()).with_context(|| format!("writing {}", file.display()))?;
-            eprintln!("token for {name} ({role}) added to {}; restart the node to use it. The token (shown once, keep it secret):", file.display());
-            println!("{secret}");
-            Ok(())
-        }
-        Command::Keygen => {
-            println!("{}", triage_node::deid::keys::generate());
-            Ok(())
-        }
-        Command::Deid { input, out } => {
-            let export = admin::export::deidentify(&settings, &input, &out).await?;
-            if export.demo_keys {
-                eprintln!("triage-node: WARNING: demo keys (deid.demo_keys = true): these pseudonyms can be reversed by anyone");
-            }
-            let mut failed = 0;
-            for f in &export.files {
-                match &f.result {
-                    Ok(done) => {
-                        let note = done.pixels_left_out.as_ref().map(|why| format!(" (pixels left out: {why})")).unwrap_or_default();
-                        println!("deidentified {} -> {}{note}", f.input.display(), done.output.display());
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        println!("failed       {} ({e})", f.input.display());
-                    }
-                }
-            }
-            println!("{} de-identified into {}, {failed} failed", export.files.len() - failed, out.display());
-            if failed > 0 {
-                anyhow::bail!("{failed} of {} files could not be de-identified", export.files.len());
-            }
-            Ok(())
-        }
-        Command::Reid { instance_uid, purpose } => {
-            let originals = admin::reid::originals(&settings, &instance_uid, &purpose).await?;
-            println!("{}", serde_json::to_string_pretty(&originals)?);
-            Ok(())
-        }
-        Command::Echo { to } => {
-            let peer = admin::peer(&settings, &to).await?;
-            let rsp = triage_node::delivery::echo(&peer).await?;
-            println!("C-ECHO {to} ({}:{}): status {:#06X}", peer.host, peer.port, rsp.status);
-            if !rsp.is_success() {
-                anyhow::bail!("C-ECHO failed with status {:#06X}", rsp.status);
-            }
-            Ok(())
-        }
-        Command::Send { to, paths } => {
-            let peer = admin::peer(&settings, &to).await?;
-            let sent = triage_node::delivery::send(&peer, &paths).await?;
-            let mut failed = 0;
-            for s in &sent {
-                match &s.result {
-                    Ok(rsp) if rsp.is_stored() => println!("stored   {:#06X} {}", rsp.status, s.path.display()),
-                    Ok(rsp) => {
-                        failed += 1;
-                        println!("refused  {:#06X} {} ({})", rsp.status, s.path.display(), rsp.error_comment.as_deref().unwrap_or("no comment"));
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        println!("failed   {} ({e})", s.path.display());
-                    }
-                }
-            }
-            println!("{} sent to {to}, {failed} not stored", sent.len() - failed);
-            if failed > 0 {
-                anyhow::bail!("{failed} of {} files were not stored", sent.len());
-            }
-            Ok(())
-        }
+        Command::Token { action: TokenAction::Add { name, role } } => cli::token::add_token(&settings, name, role),
+        Command::Keygen => cli::deid::keygen(),
+        Command::Deid { input, out } => cli::deid::deid(&settings, input, out).await,
+        Command::Reid { instance_uid, purpose } => cli::deid::reid(&settings, instance_uid, purpose).await,
+        Command::Echo { to } => cli::dicom::echo(&settings, to).await,
+        Command::Send { to, paths } => cli::dicom::send(&settings, to, paths).await,
         Command::Infer { paths, model, heatmaps } => cli::offline::infer(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
         Command::Evaluate { labels, dir, model, json } => cli::offline::evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
-        Command::Results { limit } => {
-            let db = admin::open(&settings, Access::Read).await?;
-            let results = admin::report::recent_results(&db, limit).await;
-            db.close().await;
-            println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  FINDINGS (probability, confidence)", "STUDY", "MODEL", "STATE", "PRIORITY", "IMAGES");
-            for admin::report::ResultSummary { result: r, deliveries } in results? {
-                let findings: Vec<String> =
-                    r.findings.iter().map(|f| format!("{}{} {:.3} {}", f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
-                let model = if r.model.is_empty() { "-".to_string() } else { format!("{} {}", r.model, r.model_version) };
-                let detail = r.error.clone().unwrap_or_else(|| findings.join(", "));
-                println!(
-                    "{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  {detail}",
-                    r.study_id,
-                    model,
-                    r.state,
-                    r.priority.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                    r.images_inferred
-                );
-                if !deliveries.is_empty() {
-                    let parts: Vec<String> = deliveries.iter().map(|(kind, state, n)| format!("{n} {kind} {state}")).collect();
-                    println!("{:>6}  to the PACS: {}", "", parts.join(", "));
-                }
-                if r.demonstration {
-                    println!("{:>6}  (demonstration model, not clinically validated)", "");
-                }
-            }
-            Ok(())
-        }
-        Command::Worklist { limit, json } => {
-            let db = admin::open(&settings, Access::Read).await?;
-            let list = admin::report::worklist(&db, limit).await;
-            db.close().await;
-            let list = list?;
-            if !json {
-                println!("{:<14}  {:>6}  {:>5}  {:>10}  FINDINGS", "PRIORITY", "STUDY", "SCORE", "RESULT IN");
-            }
-            for e in &list {
-                if json {
-                    println!("{}", serde_json::to_string(e)?);
-                    continue;
-                }
-                let findings: Vec<String> = e
-                    .findings
-                    .iter()
-                    .map(|f| format!("{} {}{} {:.3} ({})", f.model, f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier))
-                    .collect();
-                let detail =
-                    if e.reasons.is_empty() { findings.join(", ") } else { format!("{} | not analysed: {}", findings.join(", "), e.reasons.join("; ")) };
-                let score = e.score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
-                let demo = if e.demonstration { "  [demonstration model]" } else { "" };
-                println!(
-                    "{:<14}  {:>6}  {:>5}  {:>9.1}s  {}{demo}",
-                    e.priority.as_str(),
-                    e.study_id,
-                    score,
-                    e.time_to_result_ms as f64 / 1000.0,
-                    detail.trim_start_matches(" | ")
-                );
-            }
-            Ok(())
-        }
+        Command::Results { limit } => cli::report::results(&settings, limit).await,
+        Command::Worklist { limit, json } => cli::report::worklist(&settings, limit, json).await,
         Command::BenchInfer { model, batch, files } => {
             let report = admin::evaluate::bench(&settings, &model, batch, &files).await?;
             println!("{}", serde_json::to_string(&report)?);
@@ -392,67 +252,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&seeded)?);
             Ok(())
         }
-        Command::Status => {
-            let db = admin::open(&settings, Access::Read).await?;
-            let status = admin::report::status(&db, &settings.storage.data_dir).await;
-            db.close().await;
-            let st = status?;
-            let storage = match settings.storage.backend {
-                triage_node::blobs::Backend::Local => "files in the data directory".to_string(),
-                triage_node::blobs::Backend::S3 => format!("files in bucket {} at {}", settings.storage.s3.bucket, settings.storage.s3.endpoint),
-            };
-            println!("node: {} ({storage})", settings.node_id());
-            let nodes: std::collections::BTreeSet<&str> = st.workers.iter().map(|w| w.node.as_str()).collect();
-            if nodes.len() > 1 {
-                println!("nodes sharing this database: {}", nodes.into_iter().collect::<Vec<_>>().join(", "));
-            }
-            println!("instances: {}", st.instances);
-            for (reason, n) in &st.not_triaged {
-                println!("instances not triaged ({reason}): {n}");
-            }
-            println!("de-identifications awaiting their audit entry: {}", st.awaiting_audit);
-            if st.quarantined > 0 {
-                println!(
-                    "store files in quarantine (no database row; see {}): {}",
-                    triage_node::ingest::quarantine_dir(&settings.storage.data_dir).display(),
-                    st.quarantined
-                );
-            }
-            for (state, n) in &st.studies {
-                println!("studies {state}: {n}");
-            }
-            for (state, n) in &st.jobs {
-                println!("jobs {state}: {n}");
-            }
-            for (state, n) in &st.procedure_steps {
-                println!("procedure steps (MPPS) {state}: {n}");
-            }
-            for (state, n) in &st.results {
-                println!("study results {state}: {n}");
-            }
-            if st.conflicting_studies > 0 {
-                println!("studies whose instances name different patients (not triaged): {}", st.conflicting_studies);
-            }
-            for (state, n) in &st.outbox {
-                println!("outbox {state}: {n}");
-            }
-            let now = triage_node::domain::now_ms();
-            for w in &st.workers {
-                let mut line = format!("worker {} on {}: {}, {} units, {} errors", w.name, w.node, w.state, w.units, w.errors);
-                if w.restarts > 0 {
-                    line.push_str(&format!(", {} panics", w.restarts));
-                }
-                if let (Some(e), Some(at)) = (&w.last_error, w.last_error_at_ms) {
-                    line.push_str(&format!("; last error {} s ago: {e}", (now - at) / 1000));
-                }
-                let silent_s = (now - w.updated_at_ms) / 1000;
-                if w.state != triage_node::domain::WorkerState::Stopped && silent_s > 30 {
-                    line.push_str(&format!(" (no report for {silent_s} s: is the node running?)"));
-                }
-                println!("{line}");
-            }
-            Ok(())
-        }
+        Command::Status => cli::report::status(&settings).await,
     }
 }
 

@@ -1,7 +1,11 @@
 //! The command line's groups, one file each: parse (clap) -> one `admin` operation -> print.
-//! `main` dispatches to them; what is not here yet is dispatched in `main` itself.
+//! `main` parses the command line and dispatches to them.
 
 pub mod ae;
 pub mod audit;
+pub mod deid;
+pub mod dicom;
 pub mod offline;
 pub mod outbox;
+pub mod report;
+pub mod token;
