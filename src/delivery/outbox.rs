@@ -363,6 +363,40 @@ impl Drop for Renewal {
 
 const CLAIM_RAN_OUT: &str = "stopped: the claim's lease was running out (delivery.lease)";
 
+/// A transport outbox items travel by: it attempts one destination's batch and records each
+/// outcome as it comes (through the sender). One implementation per transport; which kind goes
+/// by which is `sink`'s table.
+trait Sink: Sync {
+    fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>>;
+}
+
+/// C-STORE over an association (with Storage Commitment when configured).
+struct Dimse;
+
+/// HL7 v2 over MLLP, each message acknowledged.
+struct Mllp;
+
+impl Sink for Dimse {
+    fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
+        Box::pin(sender.attempt_dimse(destination, items, claim))
+    }
+}
+
+impl Sink for Mllp {
+    fn deliver<'a>(&'a self, sender: &'a Sender, _destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
+        Box::pin(sender.attempt_mllp(items, claim))
+    }
+}
+
+/// How each kind of outbox item is sent: the one table a new kind (a Parametric Map, a SEG, a
+/// KOS goes by DIMSE) or a new transport (STOW-RS, a notification) adds a row to.
+fn sink(kind: ObjectKind) -> &'static dyn Sink {
+    match kind {
+        ObjectKind::Sr | ObjectKind::Sc | ObjectKind::File => &Dimse,
+        ObjectKind::Hl7 => &Mllp,
+    }
+}
+
 impl Sender {
     /// Whose items this node claims: its own, or (a shared bucket holds every node's objects)
     /// any node's.
@@ -419,32 +453,42 @@ impl Sender {
         }
     }
 
-    /// Attempt `items` in order, each outcome recorded before the next item is sent (so a stop
-    /// in the middle re-sends only what was not yet acknowledged); returns what is left to
-    /// record (`Recorded` for the rest).
+    /// Attempt `items` (one destination's) through the transport their kind travels by
+    /// (`sink`), each outcome recorded before the next item is sent (so a stop in the middle
+    /// re-sends only what was not yet acknowledged); returns what is left to record (`Recorded`
+    /// for the rest).
     async fn attempt(&self, destination: &str, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
+        sink(items[0].kind).deliver(self, destination, items, claim).await
+    }
+
+    /// The MLLP transport: each HL7 message on its own connection, its ACK awaited.
+    async fn attempt_mllp(&self, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
         let all = |v: Verdict| vec![v; items.len()];
-        if items[0].kind == ObjectKind::Hl7 {
-            let mut verdicts = all(Verdict::Release);
-            for (i, item) in items.iter().enumerate() {
-                if !claim.may_start() {
-                    break;
-                }
-                let started = std::time::Instant::now();
-                let (verdict, unreachable) = tokio::select! {
-                    outcome = self.attempt_hl7(item) => outcome,
-                    _ = claim.running_out() => (Verdict::Retry(CLAIM_RAN_OUT.into()), true),
-                };
-                metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
-                verdicts[i] = self.settle(item, verdict, claim).await;
-                // The receiver did not answer: the rest are given back (due at once, no attempt
-                // counted), so items queued since, urgent ones first, are claimed before them.
-                if unreachable {
-                    break;
-                }
+        let mut verdicts = all(Verdict::Release);
+        for (i, item) in items.iter().enumerate() {
+            if !claim.may_start() {
+                break;
             }
-            return verdicts;
+            let started = std::time::Instant::now();
+            let (verdict, unreachable) = tokio::select! {
+                outcome = self.attempt_hl7(item) => outcome,
+                _ = claim.running_out() => (Verdict::Retry(CLAIM_RAN_OUT.into()), true),
+            };
+            metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
+            verdicts[i] = self.settle(item, verdict, claim).await;
+            // The receiver did not answer: the rest are given back (due at once, no attempt
+            // counted), so items queued since, urgent ones first, are claimed before them.
+            if unreachable {
+                break;
+            }
         }
+        verdicts
+    }
+
+    /// The DIMSE transport: one association to the destination for the batch, a C-STORE per
+    /// object (re-identified in memory just before), Storage Commitment if asked for.
+    async fn attempt_dimse(&self, destination: &str, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
+        let all = |v: Verdict| vec![v; items.len()];
         let peer = match resolve(&self.db, destination, &self.ours, self.cfg.timeout, &self.tls).await {
             Ok(peer) => peer,
             Err(e @ (DeliveryError::UnknownAe(_) | DeliveryError::Disabled(_) | DeliveryError::NoAddress(_))) => return all(Verdict::Retry(e.to_string())),
