@@ -160,7 +160,7 @@ pub struct IngestSettings {
     #[serde(with = "humantime_serde")]
     pub study_quiet_period: Duration,
     /// AEs whose procedure steps may complete any study (besides the AEs that sent it).
-    pub mpps_trusted_aes: Vec<String>,
+    pub mpps_trusted_aes: Vec<AeTitle>,
     /// Procedure steps one AE may hold open.
     pub mpps_max_open_steps: u32,
 }
@@ -302,7 +302,7 @@ pub struct DeliverySettings {
 #[serde(deny_unknown_fields)]
 pub struct ResultsSettings {
     /// AE titles (registered with `triage-node ae add`) that receive every result object.
-    pub destinations: Vec<String>,
+    pub destinations: Vec<AeTitle>,
     /// UID root for the objects the node creates; empty: `2.25.` UUID-derived UIDs.
     pub uid_root: String,
     /// Series Number of the reports; the heatmaps' series is this plus one.
@@ -349,7 +349,6 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        AeTitle::parse(&self.dicom.ae_title).map_err(|reason| ConfigError::Invalid { key: "dicom.ae_title", reason: reason.to_string() })?;
         if self.dicom.max_associations == 0 {
             return Err(invalid("dicom.max_associations", "must be at least 1"));
         }
@@ -398,9 +397,6 @@ impl Settings {
                 "must be a UID root of at most 40 characters: digits in components separated by dots, no leading zeros (or empty for 2.25 UIDs)",
             ));
         }
-        for d in &self.results.destinations {
-            AeTitle::parse(d).map_err(|reason| ConfigError::Invalid { key: "results.destinations", reason: format!("{d:?}: {reason}") })?;
-        }
         if !(64..=4096).contains(&self.results.heatmap_max_size) {
             return Err(invalid("results.heatmap_max_size", "must be between 64 and 4096 pixels"));
         }
@@ -409,9 +405,6 @@ impl Settings {
         }
         if self.ingest.mpps_max_open_steps == 0 {
             return Err(invalid("ingest.mpps_max_open_steps", "must be above zero"));
-        }
-        for ae in &self.ingest.mpps_trusted_aes {
-            AeTitle::parse(ae).map_err(|reason| ConfigError::Invalid { key: "ingest.mpps_trusted_aes", reason: format!("{ae:?}: {reason}") })?;
         }
         if self.ingest.study_quiet_period.is_zero() {
             return Err(invalid("ingest.study_quiet_period", "must be above zero"));
@@ -576,7 +569,7 @@ mod tests {
     #[test]
     fn defaults_load_and_validate() {
         let s = Settings::load(None).expect("defaults are valid");
-        assert_eq!(s.dicom.ae_title, "TRIAGE");
+        assert_eq!(s.dicom.ae_title.as_str(), "TRIAGE");
         assert_eq!(s.dicom.port, 11112);
         assert_eq!(s.dicom.bind.to_string(), "0.0.0.0");
         assert_eq!(s.ingest.study_quiet_period, Duration::from_secs(10));

@@ -34,6 +34,14 @@ impl AeTitle {
     }
 }
 
+/// Read from the settings as text, checked as `parse` checks it (the error names the key).
+impl<'de> Deserialize<'de> for AeTitle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        AeTitle::parse(&raw).map_err(|reason| de::Error::custom(format!("{raw:?}: {reason}")))
+    }
+}
+
 impl fmt::Display for AeTitle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.0)

@@ -96,7 +96,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 /// The keys, the data directory, the database and the object store: the context.
 async fn open_stores(settings: Settings) -> anyhow::Result<(NodeContext, crate::deid::Deidentifier)> {
-    let ae_title = AeTitle::parse(&settings.dicom.ae_title).map_err(anyhow::Error::msg)?;
+    let ae_title = settings.dicom.ae_title.clone();
     let deid = settings.deid.deidentifier().context("loading the de-identification keys")?;
     if deid.keys().demo {
         warn!("DEMO KEYS: de-identification uses fixed public keys; pseudonyms can be reversed and the re-identification map opened by anyone. Never use this with patient data (set deid.demo_keys = false and provide TRIAGE_PSEUDONYM_KEY / TRIAGE_REID_MAP_KEY)");
@@ -161,7 +161,7 @@ async fn reconcile(ctx: &NodeContext) -> anyhow::Result<()> {
         Err(error) => warn!(%error, "could not reconcile outbox/results with the outbox"),
     }
     for dest in &ctx.settings.results.destinations {
-        if db.find_ae(dest).await.context("looking up result destinations")?.is_none() {
+        if db.find_ae(dest.as_str()).await.context("looking up result destinations")?.is_none() {
             warn!(destination = %dest, "results.destinations names an AE that is not registered; its results wait in the outbox until it is (triage-node ae add)");
         }
     }

@@ -86,7 +86,7 @@ pub fn audit_key(settings: &Settings, why: &'static str) -> Result<zeroize::Zero
 
 /// A registered AE as a peer we can associate with, calling as our AE title.
 pub async fn peer(settings: &Settings, to: &str) -> Result<Peer, AdminError> {
-    let ours = AeTitle::parse(&settings.dicom.ae_title).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let ours = settings.dicom.ae_title.clone();
     let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).map_err(|e| AdminError::Invalid(e.to_string()))?;
     let db = open(settings, Access::Read).await?;
     let peer = crate::delivery::resolve(&db, to, &ours, std::time::Duration::from_secs(30), &tls).await;

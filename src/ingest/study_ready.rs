@@ -36,8 +36,8 @@ impl StudyReadyWorker {
     }
 
     /// Let these AEs' procedure steps complete any study, not only the studies they sent.
-    pub fn with_trusted_step_aes(mut self, aes: &[String]) -> Self {
-        self.trusted_step_aes = aes.iter().map(|a| a.trim().to_string()).collect();
+    pub fn with_trusted_step_aes(mut self, aes: &[crate::domain::AeTitle]) -> Self {
+        self.trusted_step_aes = aes.iter().map(|a| a.to_string()).collect();
         self
     }
 

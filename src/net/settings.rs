@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DicomSettings {
-    pub ae_title: String,
+    pub ae_title: crate::domain::AeTitle,
     pub bind: IpAddr,
     pub port: u16,
     pub max_associations: usize,

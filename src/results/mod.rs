@@ -153,7 +153,7 @@ impl Publisher {
         let mut rows = Vec::new();
         for dest in &self.settings.destinations {
             for b in &ordered {
-                rows.push(NewOutboxItem { path: b.path.clone(), destination: dest.clone(), kind: b.kind, study_id: Some(study_id), reidentify: true });
+                rows.push(NewOutboxItem { path: b.path.clone(), destination: dest.to_string(), kind: b.kind, study_id: Some(study_id), reidentify: true });
             }
         }
         rows
