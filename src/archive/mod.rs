@@ -33,11 +33,23 @@ pub enum ArchiveError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("re-identification map: {0}")]
-    Map(#[from] MapError),
+    Map(MapError),
     #[error("reading result objects: {0}")]
     Task(String),
     #[error("reading a result object: {0}")]
-    Blob(#[from] crate::blobs::BlobError),
+    Blob(crate::blobs::BlobError),
+}
+
+impl From<MapError> for ArchiveError {
+    fn from(e: MapError) -> Self {
+        ArchiveError::Map(e)
+    }
+}
+
+impl From<crate::blobs::BlobError> for ArchiveError {
+    fn from(e: crate::blobs::BlobError) -> Self {
+        ArchiveError::Blob(e)
+    }
 }
 
 /// Outbox rows read per step of a refresh.

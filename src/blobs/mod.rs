@@ -104,12 +104,12 @@ impl S3Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("object store: {op} {key}: {source}")]
-    Store { op: &'static str, key: String, source: object_store::Error },
+    #[error("object store: {op} {key}: {cause}")]
+    Store { op: &'static str, key: String, cause: object_store::Error },
     #[error("object store: {key} already holds another object")]
     Exists { key: String },
-    #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{op} {path}: {cause}")]
+    Io { op: &'static str, path: PathBuf, cause: std::io::Error },
     #[error("S3 credentials: {0}")]
     Credentials(String),
     #[error("object store task: {0}")]
@@ -120,8 +120,8 @@ impl BlobError {
     /// The object (or local file) is not there at all: retrying will not bring it back.
     pub fn is_missing(&self) -> bool {
         match self {
-            BlobError::Store { source: object_store::Error::NotFound { .. }, .. } => true,
-            BlobError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            BlobError::Store { cause: object_store::Error::NotFound { .. }, .. } => true,
+            BlobError::Io { cause: source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }
     }
@@ -156,7 +156,7 @@ struct S3 {
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BlobError {
     let path = path.to_path_buf();
-    move |source| BlobError::Io { op, path, source }
+    move |source| BlobError::Io { op, path, cause: source }
 }
 
 impl Blobs {
@@ -194,7 +194,7 @@ impl Blobs {
             .with_retry(retry)
             .with_client_options(client)
             .build()
-            .map_err(|source| BlobError::Store { op: "configuring", key: s3.bucket.clone(), source })?;
+            .map_err(|source| BlobError::Store { op: "configuring", key: s3.bucket.clone(), cause: source })?;
         let prefix = if s3.prefix.is_empty() || s3.prefix.ends_with('/') { s3.prefix.clone() } else { format!("{}/", s3.prefix) };
         let blobs = Blobs {
             inner: Arc::new(Inner {
@@ -219,7 +219,7 @@ impl Blobs {
         let key = "nodes/.probe";
         match s3.store.head(&s3.path(key)).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(BlobError::Store { op: "reaching the bucket with", key: key.into(), source }),
+            Err(source) => Err(BlobError::Store { op: "reaching the bucket with", key: key.into(), cause: source }),
         }
     }
 
@@ -249,14 +249,14 @@ impl Blobs {
             return Ok(local);
         }
         let started = std::time::Instant::now();
-        let mut got = s3.store.get(&s3.path(key)).await.map_err(|source| BlobError::Store { op: "reading", key: key.into(), source })?.into_stream();
+        let mut got = s3.store.get(&s3.path(key)).await.map_err(|source| BlobError::Store { op: "reading", key: key.into(), cause: source })?.into_stream();
         let dir = local.parent().expect("a key names a file in a folder");
         tokio::fs::create_dir_all(dir).await.map_err(io("creating", dir))?;
         let part = dir.join(format!(".{}.{}", uuid::Uuid::new_v4().simple(), "part"));
         let written: Result<(), BlobError> = async {
             let mut out = tokio::fs::File::create(&part).await.map_err(io("creating", &part))?;
             while let Some(chunk) = futures_util::StreamExt::next(&mut got).await {
-                let chunk = chunk.map_err(|source| BlobError::Store { op: "reading", key: key.into(), source })?;
+                let chunk = chunk.map_err(|source| BlobError::Store { op: "reading", key: key.into(), cause: source })?;
                 tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await.map_err(io("writing", &part))?;
             }
             tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(io("writing", &part))?;
@@ -290,7 +290,7 @@ impl Blobs {
         let len = file.metadata().await.map_err(io("reading", local))?.len();
         let store_err = |op: &'static str| {
             let key = key.to_string();
-            move |source| BlobError::Store { op, key, source }
+            move |source| BlobError::Store { op, key, cause: source }
         };
         if len as usize <= s3.part_size {
             let mut bytes = Vec::with_capacity(len as usize);
@@ -302,7 +302,7 @@ impl Blobs {
             match s3.store.head(&path).await {
                 Err(object_store::Error::NotFound { .. }) => {}
                 Ok(_) => return Err(BlobError::Exists { key: key.into() }),
-                Err(source) => return Err(BlobError::Store { op: "checking", key: key.into(), source }),
+                Err(source) => return Err(BlobError::Store { op: "checking", key: key.into(), cause: source }),
             }
             let upload = s3.store.put_multipart(&path).await.map_err(store_err("starting the upload of"))?;
             // Two parts in flight at most: memory stays within three parts whatever the size.
@@ -370,14 +370,14 @@ impl Blobs {
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         match &self.inner.s3 {
             None => match tokio::fs::remove_file(self.inner.data_dir.join(key)).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BlobError::Io { op: "removing", path: self.inner.data_dir.join(key), source: e }),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BlobError::Io { op: "removing", path: self.inner.data_dir.join(key), cause: e }),
                 _ => Ok(()),
             },
             Some(s3) => {
                 let _ = tokio::fs::remove_file(s3.cache.join(key)).await;
                 match s3.store.delete(&s3.path(key)).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(source) => Err(BlobError::Store { op: "deleting", key: key.into(), source }),
+                    Err(source) => Err(BlobError::Store { op: "deleting", key: key.into(), cause: source }),
                 }
             }
         }
@@ -390,7 +390,7 @@ impl Blobs {
             Some(s3) => match s3.store.head(&s3.path(key)).await {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(source) => Err(BlobError::Store { op: "checking", key: key.into(), source }),
+                Err(source) => Err(BlobError::Store { op: "checking", key: key.into(), cause: source }),
             },
         }
     }
@@ -400,7 +400,7 @@ impl Blobs {
     pub fn clear_cache(&self) -> Result<(), BlobError> {
         let Some(s3) = &self.inner.s3 else { return Ok(()) };
         match std::fs::remove_dir_all(&s3.cache) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BlobError::Io { op: "emptying", path: s3.cache.clone(), source: e }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BlobError::Io { op: "emptying", path: s3.cache.clone(), cause: e }),
             _ => Ok(()),
         }
     }
@@ -444,7 +444,7 @@ impl S3 {
                 Ok(meta) if meta.size == len => {}
                 _ => return Err(BlobError::Exists { key: key.into() }),
             },
-            Err(source) => return Err(BlobError::Store { op: "writing", key: key.into(), source }),
+            Err(source) => return Err(BlobError::Store { op: "writing", key: key.into(), cause: source }),
         }
         metrics::histogram!("triage_blob_seconds", "op" => "put").record(started.elapsed().as_secs_f64());
         Ok(())

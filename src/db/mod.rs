@@ -49,11 +49,11 @@ use sqlx::{AnyPool, Executor};
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("connecting to the database: {0}")]
-    Connect(#[source] sqlx::Error),
+    Connect(sqlx::Error),
     #[error("applying migrations: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
-    #[error("database query `{query}` failed: {source}")]
-    Query { query: &'static str, source: sqlx::Error },
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("database query `{query}` failed: {cause}")]
+    Query { query: &'static str, cause: sqlx::Error },
     #[error("{0}")]
     Invalid(String),
     #[error("job {0} was taken over by another claimer after its lease ran out: this run's results are not saved")]
@@ -61,7 +61,7 @@ pub enum DbError {
 }
 
 pub(crate) fn q(query: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
-    move |source| DbError::Query { query, source }
+    move |source| DbError::Query { query, cause: source }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

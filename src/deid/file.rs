@@ -23,10 +23,10 @@ use crate::dicom::part10::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("reading {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("writing {path}: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
     #[error("transfer syntax {0} is not supported for de-identification")]
     TransferSyntax(String),
     #[error("the data set cannot be parsed for de-identification: {0}")]
@@ -151,7 +151,7 @@ pub fn drops_pixels(deid: &Deidentified, drop_burned_in: bool) -> bool {
 /// writes for the same data set received over the network.
 pub fn deidentify_file(d: &Deidentifier, input: &Path, output: &Path, drop_burned_in: bool) -> Result<Written, FileError> {
     let layout = describe(input)?;
-    let read_err = |source| FileError::Read { path: input.to_path_buf(), source };
+    let read_err = |source| FileError::Read { path: input.to_path_buf(), cause: source };
     let mut file = File::open(input).map_err(read_err)?;
     file.seek(SeekFrom::Start(layout.dataset_offset)).map_err(read_err)?;
     let split = layout.pixel_range();
@@ -161,7 +161,7 @@ pub fn deidentify_file(d: &Deidentifier, input: &Path, output: &Path, drop_burne
     let (deid, encoded) = deidentify_header(d, &head, &layout.transfer_syntax, drop_burned_in)?;
     let dropped = drops_pixels(&deid, drop_burned_in);
 
-    let write_err = |source| FileError::Write { path: output.to_path_buf(), source };
+    let write_err = |source| FileError::Write { path: output.to_path_buf(), cause: source };
     let out = std::fs::OpenOptions::new().write(true).create_new(true).open(output).map_err(write_err)?;
     let mut w = BufWriter::with_capacity(256 << 10, out);
     w.write_all(&encoded).map_err(write_err)?;
@@ -182,7 +182,7 @@ pub fn deidentify_file(d: &Deidentifier, input: &Path, output: &Path, drop_burne
 /// Locate the data set of a Part 10 file on disk and scan it.
 pub fn describe(path: &Path) -> Result<Layout, FileError> {
     let not = |reason: &str| FileError::NotPart10 { path: path.to_path_buf(), reason: reason.into() };
-    let io = |source| FileError::Read { path: path.to_path_buf(), source };
+    let io = |source| FileError::Read { path: path.to_path_buf(), cause: source };
     let mut file = File::open(path).map_err(io)?;
     let total = file.metadata().map_err(io)?.len();
     file.seek(SeekFrom::Start(128)).map_err(io)?;
@@ -223,7 +223,7 @@ pub fn export(d: &Deidentifier, input: &Path, out_dir: &Path, drop_burned_in: bo
     let target = out_dir.join(format!("{}.dcm", written.deid.sop_instance_uid));
     std::fs::rename(&staging, &target).map_err(|source| {
         let _ = std::fs::remove_file(&staging);
-        FileError::Write { path: target.clone(), source }
+        FileError::Write { path: target.clone(), cause: source }
     })?;
     Ok((target, written))
 }

@@ -28,8 +28,8 @@ pub enum KeyError {
          for a demonstration without patient data only, set deid.demo_keys = true"
     )]
     Missing { what: &'static str, env: &'static str, file_key: &'static str },
-    #[error("reading the {what} from {path}: {source}")]
-    Read { what: &'static str, path: String, source: std::io::Error },
+    #[error("reading the {what} from {path}: {cause}")]
+    Read { what: &'static str, path: String, cause: std::io::Error },
     #[error("the {what} must be exactly 64 hex digits (32 bytes)")]
     Malformed { what: &'static str },
     #[error("the pseudonym key and the re-identification map key must differ")]
@@ -192,7 +192,7 @@ fn one(what: &'static str, env: &'static str, file_key: &'static str, file: Opti
     let text = zeroize::Zeroizing::new(match (std::env::var(env), file) {
         (Ok(v), _) if !v.trim().is_empty() => v,
         (_, Some(path)) => {
-            let read = |source| KeyError::Read { what, path: path.display().to_string(), source };
+            let read = |source| KeyError::Read { what, path: path.display().to_string(), cause: source };
             let file = std::fs::File::open(path).map_err(read)?;
             check_private(what, path, &file.metadata().map_err(read)?)?;
             let mut text = String::new();

@@ -32,8 +32,8 @@ pub enum DeliveryError {
     Db(#[from] DbError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("reading or writing {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("reading or writing {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error(transparent)]
     Blob(#[from] crate::blobs::BlobError),
 }
@@ -116,14 +116,14 @@ pub async fn enqueue(db: &Db, node: &str, blobs: &crate::blobs::Blobs, to: &str,
     }
     let data_dir = blobs.data_dir();
     let dir = data_dir.join("outbox");
-    let io = |source| DeliveryError::Io { path: dir.display().to_string(), source };
+    let io = |source| DeliveryError::Io { path: dir.display().to_string(), cause: source };
     std::fs::create_dir_all(&dir).map_err(io)?;
     let mut out = Vec::with_capacity(files.len());
     for file in files {
         client::read_part10(file)?;
         let relative = format!("outbox/{}.dcm", uuid::Uuid::new_v4());
         let target = data_dir.join(&relative);
-        std::fs::copy(file, &target).map_err(|source| DeliveryError::Io { path: file.display().to_string(), source })?;
+        std::fs::copy(file, &target).map_err(|source| DeliveryError::Io { path: file.display().to_string(), cause: source })?;
         std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io)?;
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
         blobs.upload(&relative, &target).await?;
@@ -145,7 +145,7 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DeliveryError> {
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DeliveryError> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| DeliveryError::Io { path: path.display().to_string(), source })?
+            .map_err(|source| DeliveryError::Io { path: path.display().to_string(), cause: source })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();

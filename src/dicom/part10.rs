@@ -9,8 +9,8 @@ pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("TRIAGE_", env!("CARGO_PKG
 
 #[derive(Debug, thiserror::Error)]
 pub enum Part10Error {
-    #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("reading {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path} is not a DICOM Part 10 file: {reason}")]
     NotPart10 { path: String, reason: String },
 }
@@ -39,11 +39,11 @@ impl Part10 {
 pub fn read(path: &Path) -> Result<Part10, Part10Error> {
     use std::io::{Read, Seek};
     let name = path.display().to_string();
-    let mut file = std::fs::File::open(path).map_err(|source| Part10Error::Read { path: name.clone(), source })?;
+    let mut file = std::fs::File::open(path).map_err(|source| Part10Error::Read { path: name.clone(), cause: source })?;
     let mut preamble = [0u8; 128];
-    file.read_exact(&mut preamble).map_err(|source| Part10Error::Read { path: name.clone(), source })?;
+    file.read_exact(&mut preamble).map_err(|source| Part10Error::Read { path: name.clone(), cause: source })?;
     let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file).map_err(|e| Part10Error::NotPart10 { path: name.clone(), reason: e.to_string() })?;
-    let dataset_offset = file.stream_position().map_err(|source| Part10Error::Read { path: name, source })?;
+    let dataset_offset = file.stream_position().map_err(|source| Part10Error::Read { path: name, cause: source })?;
     Ok(Part10::from_meta(&meta, dataset_offset))
 }
 

@@ -56,7 +56,7 @@ pub enum ScanError {
     #[error("sequences nested deeper than {MAX_DEPTH}")]
     TooDeep,
     #[error("reading the data set: {0}")]
-    Io(#[source] io::Error),
+    Io(io::Error),
     #[error("the deflated data set inflates to more than {} MiB", .limit >> 20)]
     InflatesTooLarge { limit: u64 },
     /// Internal to `locate_pixel_group`: the walk stopped at the first group 7FE0 element.

@@ -55,8 +55,8 @@ pub struct Tokens {
 pub enum TokenError {
     #[error("{where_}: {why}")]
     Invalid { where_: String, why: String },
-    #[error("reading the tokens file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("reading the tokens file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
 }
 
 pub fn hash(secret: &str) -> [u8; 32] {
@@ -85,7 +85,7 @@ impl Tokens {
             }
         }
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.display().to_string(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.display().to_string(), cause: source })?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {

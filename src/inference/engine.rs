@@ -80,13 +80,31 @@ impl EngineThread {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("starting the inference thread: {0}")]
-    Spawn(#[from] std::io::Error),
+    Spawn(std::io::Error),
     #[error("loading model packages: {0}")]
-    Package(#[from] super::package::PackageError),
+    Package(super::package::PackageError),
     #[error("the inference thread ended while loading the model packages")]
     Died,
     #[error("choosing the device: {0}")]
-    Device(#[from] super::runtime::RuntimeError),
+    Device(super::runtime::RuntimeError),
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Spawn(e)
+    }
+}
+
+impl From<super::package::PackageError> for StartError {
+    fn from(e: super::package::PackageError) -> Self {
+        StartError::Package(e)
+    }
+}
+
+impl From<super::runtime::RuntimeError> for StartError {
+    fn from(e: super::runtime::RuntimeError) -> Self {
+        StartError::Device(e)
+    }
 }
 
 /// What starting an engine takes: the `[inference]` settings that concern it.

@@ -15,8 +15,8 @@ use super::runtime::{Model, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("reading {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("{path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -223,7 +223,7 @@ pub struct Package {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, PackageError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PackageError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PackageError::Read { path: path.to_path_buf(), cause: source })?;
         let bad = |reason: String| PackageError::Manifest { path: path.to_path_buf(), reason };
         let manifest: Manifest = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml))
@@ -327,7 +327,7 @@ pub fn load_all(models_dir: &Path, device: tch::Device) -> Result<Vec<Package>, 
     let entries = match std::fs::read_dir(models_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(PackageError::Read { path: models_dir.to_path_buf(), source }),
+        Err(source) => return Err(PackageError::Read { path: models_dir.to_path_buf(), cause: source }),
     };
     let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("model.toml").is_file()).collect();
     dirs.sort();

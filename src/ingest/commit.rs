@@ -23,8 +23,8 @@ const MAX_BATCH: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    #[error("syncing the store folder {path}: {source}")]
-    Sync { path: PathBuf, source: std::io::Error },
+    #[error("syncing the store folder {path}: {cause}")]
+    Sync { path: PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -129,7 +129,7 @@ async fn sync_folders(batch: Vec<Pending>) -> Vec<Pending> {
     for p in batch {
         match failed.iter().find(|(f, _)| Some(f) == p.folder.as_ref()) {
             Some((f, e)) => {
-                let _ = p.reply.send(Err(CommitError::Sync { path: f.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }));
+                let _ = p.reply.send(Err(CommitError::Sync { path: f.clone(), cause: std::io::Error::new(e.kind(), e.to_string()) }));
             }
             None => kept.push(p),
         }

@@ -32,13 +32,13 @@ pub enum IngestError {
     #[error("free disk space {available} bytes is below the configured floor of {floor} bytes")]
     OutOfDisk { available: u64, floor: u64 },
     #[error("checking free disk space: {0}")]
-    DiskCheck(#[source] std::io::Error),
-    #[error("listing the store at {path}: {source}")]
-    ListStore { path: std::path::PathBuf, source: std::io::Error },
+    DiskCheck(std::io::Error),
+    #[error("listing the store at {path}: {cause}")]
+    ListStore { path: std::path::PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("data set cannot be parsed: {0}")]
-    Unparseable(#[from] ScanError),
+    Unparseable(ScanError),
     #[error("data set lacks {0}")]
     MissingAttribute(&'static str),
     #[error("SOP Class UID of the data set differs from the Affected SOP Class UID of the request")]
@@ -48,19 +48,49 @@ pub enum IngestError {
     #[error("Affected SOP Class UID differs from the presentation context's abstract syntax")]
     NotNegotiated,
     #[error("de-identification failed: {0}")]
-    Deid(#[from] FileError),
+    Deid(FileError),
     #[error("more than {} MiB before the pixel data: too large to de-identify in memory", spool::MAX_HEAD >> 20)]
     HeaderTooLarge,
-    #[error("writing the store file {path}: {source}")]
-    Store { path: std::path::PathBuf, source: std::io::Error },
+    #[error("writing the store file {path}: {cause}")]
+    Store { path: std::path::PathBuf, cause: std::io::Error },
     #[error("sealing the re-identification record: {0}")]
-    Seal(#[from] crate::deid::MapError),
+    Seal(crate::deid::MapError),
     #[error("recording the instance: {0}")]
-    Db(#[from] DbError),
+    Db(DbError),
     #[error("storing the instance in the object store: {0}")]
-    Blob(#[from] BlobError),
+    Blob(BlobError),
     #[error("scan task failed: {0}")]
     Task(String),
+}
+
+impl From<ScanError> for IngestError {
+    fn from(e: ScanError) -> Self {
+        IngestError::Unparseable(e)
+    }
+}
+
+impl From<FileError> for IngestError {
+    fn from(e: FileError) -> Self {
+        IngestError::Deid(e)
+    }
+}
+
+impl From<crate::deid::MapError> for IngestError {
+    fn from(e: crate::deid::MapError) -> Self {
+        IngestError::Seal(e)
+    }
+}
+
+impl From<DbError> for IngestError {
+    fn from(e: DbError) -> Self {
+        IngestError::Db(e)
+    }
+}
+
+impl From<BlobError> for IngestError {
+    fn from(e: BlobError) -> Self {
+        IngestError::Blob(e)
+    }
 }
 
 impl IngestError {
@@ -191,7 +221,7 @@ impl Ingest {
     /// starts; the data directory belongs to this node alone.
     pub async fn quarantine_unrecorded(&self) -> Result<usize, IngestError> {
         let store = self.dirs.store.clone();
-        let list = |path: &std::path::Path| std::fs::read_dir(path).map_err(|source| IngestError::ListStore { path: path.to_path_buf(), source });
+        let list = |path: &std::path::Path| std::fs::read_dir(path).map_err(|source| IngestError::ListStore { path: path.to_path_buf(), cause: source });
         let mut days: Vec<String> =
             list(&store)?.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).collect();
         days.sort();
@@ -216,7 +246,7 @@ impl Ingest {
                     .and_then(|_| spool::sync_parent(&entry.path(), self.fsync));
                 match moved_ok {
                     Ok(()) => moved += 1,
-                    Err(source) => return Err(IngestError::Store { path: entry.path(), source }),
+                    Err(source) => return Err(IngestError::Store { path: entry.path(), cause: source }),
                 }
             }
         }
@@ -340,10 +370,10 @@ impl Ingest {
                 self.forget_upload(&new.path).await;
                 Ok(StoreOutcome::Duplicate { instance_id })
             }
-            Err(commit::CommitError::Sync { path, source }) => {
+            Err(commit::CommitError::Sync { path, cause: source }) => {
                 let _ = std::fs::remove_file(&stored);
                 self.forget_upload(&new.path).await;
-                Err(IngestError::Store { path, source })
+                Err(IngestError::Store { path, cause: source })
             }
             Err(commit::CommitError::Db(e)) => {
                 // The error may have come after the commit took effect (a connection lost
@@ -463,7 +493,7 @@ fn store_whole(
     })();
     let (digest, size_bytes) = stored.map_err(|source| {
         let _ = std::fs::remove_file(&path);
-        IngestError::Store { path: path.clone(), source }
+        IngestError::Store { path: path.clone(), cause: source }
     })?;
     let pixels_written = pixels.is_some() || deid.object.get(dicom_dictionary_std::tags::PIXEL_DATA).is_some();
     Ok((digest, relative, Written { deid, pixels_written, size_bytes }))
@@ -500,7 +530,7 @@ fn keep_split(request: &StoreRequest, s: Split<'_>, len: u64, drop_pixels: bool,
         }
         durable(s.file, fsync)
     })();
-    let size_bytes = stored.map_err(|source| IngestError::Store { path: s.path.to_path_buf(), source })?;
+    let size_bytes = stored.map_err(|source| IngestError::Store { path: s.path.to_path_buf(), cause: source })?;
     Ok((!drop_pixels, size_bytes))
 }
 
@@ -590,11 +620,11 @@ mod tests {
         let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
         let path = std::path::PathBuf::from("/var/lib/triage-node/store/20261201/x.dcm");
         for e in [
-            IngestError::Store { path: path.clone(), source: io() },
-            IngestError::ListStore { path: path.clone(), source: io() },
-            IngestError::Spool(SpoolError::Write { path: path.clone(), source: io() }),
-            IngestError::Spool(SpoolError::Create { path: path.clone(), source: io() }),
-            IngestError::Deid(FileError::Write { path: path.clone(), source: io() }),
+            IngestError::Store { path: path.clone(), cause: io() },
+            IngestError::ListStore { path: path.clone(), cause: io() },
+            IngestError::Spool(SpoolError::Write { path: path.clone(), cause: io() }),
+            IngestError::Spool(SpoolError::Create { path: path.clone(), cause: io() }),
+            IngestError::Deid(FileError::Write { path: path.clone(), cause: io() }),
         ] {
             assert!(e.to_string().contains("/var/lib"), "the log keeps the detail: {e}");
             let comment = e.peer_comment();

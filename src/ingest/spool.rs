@@ -19,10 +19,10 @@ const WRITE_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("creating {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("creating {path}: {cause}")]
+    Create { path: PathBuf, cause: std::io::Error },
+    #[error("writing {path}: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
     #[error("background task failed: {0}")]
     Task(String),
     #[error("free disk space {available} bytes fell below the configured floor of {floor} bytes while receiving")]
@@ -347,7 +347,7 @@ impl IncomingFile {
                 Ok((file, written)) => Ok(Started { deid, header_len: encoded.len() as u64, relative, path, file, written, dropped }),
                 Err(source) => {
                     let _ = std::fs::remove_file(&path);
-                    Err(StartError::Spool(SpoolError::Write { path, source }))
+                    Err(StartError::Spool(SpoolError::Write { path, cause: source }))
                 }
             }
         });
@@ -434,7 +434,7 @@ impl IncomingFile {
                 })();
                 let file = written.map_err(|source| {
                     let _ = std::fs::remove_file(&path);
-                    SpoolError::Write { path: path.clone(), source }
+                    SpoolError::Write { path: path.clone(), cause: source }
                 })?;
                 Content::Split { head: self.head, split: s.split, header_len: s.header_len, deid: Box::new(s.deid), relative: s.relative, path, file }
             }
@@ -462,7 +462,7 @@ impl Streaming {
                 // One large transfer, or many at once, must not fill the disk past the floor
                 // (the database's journal lives there too).
                 self.checked_at = self.written;
-                let available = super::free_bytes(&self.data_dir).map_err(|source| SpoolError::Write { path: self.path.clone(), source })?;
+                let available = super::free_bytes(&self.data_dir).map_err(|source| SpoolError::Write { path: self.path.clone(), cause: source })?;
                 if available < self.min_free_disk {
                     return Err(SpoolError::OutOfDisk { available, floor: self.min_free_disk });
                 }
@@ -489,7 +489,7 @@ impl Streaming {
     async fn wait_in_flight(&mut self) -> Result<Vec<u8>, SpoolError> {
         let Some(handle) = self.in_flight.take() else { return Ok(Vec::with_capacity(WRITE_BUFFER)) };
         let (file, mut buf) =
-            handle.await.map_err(std::io::Error::other).and_then(|r| r).map_err(|source| SpoolError::Write { path: self.path.clone(), source })?;
+            handle.await.map_err(std::io::Error::other).and_then(|r| r).map_err(|source| SpoolError::Write { path: self.path.clone(), cause: source })?;
         self.file = Some(file);
         buf.clear();
         Ok(buf)
@@ -524,7 +524,7 @@ pub fn store_path(dirs: &Dirs, day: &str) -> Result<(PathBuf, PathBuf), SpoolErr
     if !parent.is_dir() {
         // A new day folder: its own entry in store/ must be durable before any file in it is
         // acknowledged (a file's fsync covers neither its folder's name nor the folder's).
-        let create = |source| SpoolError::Create { path: parent.to_path_buf(), source };
+        let create = |source| SpoolError::Create { path: parent.to_path_buf(), cause: source };
         std::fs::create_dir_all(parent).map_err(create)?;
         std::fs::File::open(&dirs.store).and_then(|d| d.sync_all()).map_err(create)?;
     }

@@ -127,11 +127,11 @@ pub enum AssociationError {
     #[error("no A-ASSOCIATE-RQ within the ARTIM timeout of {0:?}")]
     ArtimExpired(Duration),
     #[error("writing to peer: {0}")]
-    Write(#[source] std::io::Error),
+    Write(std::io::Error),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("checking the calling AE: {0}")]
-    AeLookup(#[source] AccessError),
+    AeLookup(AccessError),
     /// The peer released in the middle of a message (the service drops what it received).
     #[error("A-RELEASE-RQ in the middle of a message")]
     ReleasedMidMessage,

@@ -32,10 +32,10 @@ const OUR_MAX_PDU: u32 = 65536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("TLS handshake with {addr}: {source}")]
-    Tls { addr: String, source: std::io::Error },
-    #[error("connecting to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    #[error("TLS handshake with {addr}: {cause}")]
+    Tls { addr: String, cause: std::io::Error },
+    #[error("connecting to {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
     #[error("no answer from the peer within {0:?}")]
     Timeout(Duration),
     #[error("association rejected: result {result:?}, source {by:?}")]
@@ -49,9 +49,9 @@ pub enum ClientError {
     #[error(transparent)]
     Message(MessageError),
     #[error("sending: {0}")]
-    Write(#[source] std::io::Error),
-    #[error("reading {path}: {source}")]
-    ReadFile { path: String, source: std::io::Error },
+    Write(std::io::Error),
+    #[error("reading {path}: {cause}")]
+    ReadFile { path: String, cause: std::io::Error },
     #[error(transparent)]
     Part10(#[from] Part10Error),
     #[error("protocol error: {0}")]
@@ -145,7 +145,7 @@ impl Association {
         let stream = tokio::time::timeout(peer.timeout, TcpStream::connect(&addr))
             .await
             .map_err(|_| ClientError::Timeout(peer.timeout))?
-            .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| ClientError::Connect { addr: addr.clone(), cause: source })?;
         let _ = stream.set_nodelay(true);
         let (rd, wr): (BoxRead, BoxWrite) = match &peer.tls {
             None => {
@@ -155,7 +155,7 @@ impl Association {
             Some(tls) => tokio::time::timeout(peer.timeout, tls.connect(&peer.host, stream))
                 .await
                 .map_err(|_| ClientError::Timeout(peer.timeout))?
-                .map_err(|source| ClientError::Tls { addr: addr.clone(), source })?,
+                .map_err(|source| ClientError::Tls { addr: addr.clone(), cause: source })?,
         };
         Association::request_over(rd, wr, peer, proposals).await
     }
@@ -245,11 +245,11 @@ impl Association {
     pub async fn store_file(&mut self, path: &Path) -> Result<Response, ClientError> {
         let meta = read_part10(path)?;
         let name = path.display().to_string();
-        let mut file = tokio::fs::File::open(path).await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
-        let total = file.metadata().await.map_err(|source| ClientError::ReadFile { path: name.clone(), source })?.len();
+        let mut file = tokio::fs::File::open(path).await.map_err(|source| ClientError::ReadFile { path: name.clone(), cause: source })?;
+        let total = file.metadata().await.map_err(|source| ClientError::ReadFile { path: name.clone(), cause: source })?.len();
         tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(meta.dataset_offset))
             .await
-            .map_err(|source| ClientError::ReadFile { path: name.clone(), source })?;
+            .map_err(|source| ClientError::ReadFile { path: name.clone(), cause: source })?;
         self.store_stream(&meta, file, total.saturating_sub(meta.dataset_offset), &name).await
     }
 
@@ -321,7 +321,7 @@ impl Association {
         self.writer.command(pc, &rq).await.map_err(ClientError::Write)?;
         let pad = meta.transfer_syntax_uid == DEFLATED_LE;
         self.writer.data_from(pc, source, left, pad).await.map_err(|e| match e {
-            SendError::Source(source) => ClientError::ReadFile { path: name.to_string(), source },
+            SendError::Source(source) => ClientError::ReadFile { path: name.to_string(), cause: source },
             SendError::Write(e) => ClientError::Write(e),
         })?;
         self.response(id).await

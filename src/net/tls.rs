@@ -32,7 +32,13 @@ pub enum TlsError {
     #[error("dicom.tls.{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
     #[error("TLS: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Rustls(e)
+    }
 }
 
 /// The crypto provider restricted to the profile's cipher suites.

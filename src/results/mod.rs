@@ -43,8 +43,8 @@ pub enum ResultsError {
     ReadKeyImage { path: PathBuf, reason: String },
     #[error("encoding the result object: {0}")]
     Encode(String),
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("writing {path}: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
     #[error("building result objects failed: {0}")]
     Task(String),
     /// The store of files (a shared bucket) failed: transient, the job is retried.

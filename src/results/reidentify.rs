@@ -29,9 +29,15 @@ pub enum ReidError {
     #[error("the queued object references no stored instance, so its patient is unknown")]
     NoReference,
     #[error("re-identification map: {0}")]
-    Map(#[from] MapError),
+    Map(MapError),
     #[error("encoding the re-identified object: {0}")]
     Encode(String),
+}
+
+impl From<MapError> for ReidError {
+    fn from(e: MapError) -> Self {
+        ReidError::Map(e)
+    }
 }
 
 impl ReidError {

@@ -43,9 +43,15 @@ pub enum TriageError {
     #[error("preprocessing task failed: {0}")]
     Task(String),
     #[error("reading the instance file: {0}")]
-    Blob(#[from] crate::blobs::BlobError),
+    Blob(crate::blobs::BlobError),
     #[error("publishing the study's results: {0}")]
     Publish(crate::results::ResultsError),
+}
+
+impl From<crate::blobs::BlobError> for TriageError {
+    fn from(e: crate::blobs::BlobError) -> Self {
+        TriageError::Blob(e)
+    }
 }
 
 pub struct Triage {

@@ -162,3 +162,30 @@ fn no_two_files_of_a_module_import_each_other() {
     assert!(refs["net::session"].contains("net::dimse::message") || refs["net::session"].contains("net::dimse"));
     assert!(refs["services::store"].contains("net") || refs["services::store"].iter().any(|t| t.starts_with("net")));
 }
+
+/// Every error says its cause once: a variant whose message quotes its cause (`{0}`, `{cause}`,
+/// `{source}`) does not also expose it as its source (`#[from]`, `#[source]`, a field named
+/// `source`), so a printer of the chain (the CLI's `error_text`) never repeats a cause.
+#[test]
+fn every_error_says_its_cause_once() {
+    let mut files = Vec::new();
+    walk(&repo().join("src"), &mut files);
+    let mut both = Vec::new();
+    let mut checked = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(message) = line.trim().strip_prefix("#[error(\"") else { continue };
+            checked += 1;
+            let quotes_cause = message.contains("{0}") || message.contains("{cause}") || message.contains("{source}");
+            let variant = lines.get(i + 1).copied().unwrap_or_default();
+            let exposes = variant.contains("#[from]") || variant.contains("#[source]") || variant.contains("source:") || variant.contains(" source }");
+            if quotes_cause && exposes {
+                both.push(format!("{}:{}: {}", f.display(), i + 1, variant.trim()));
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} error messages found");
+    assert!(both.is_empty(), "errors that quote their cause and expose it as their source:\n{}", both.join("\n"));
+}

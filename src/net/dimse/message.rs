@@ -289,9 +289,9 @@ async fn read_exact<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut [u8], idle: Dura
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("reading the data set to send: {0}")]
-    Source(#[source] std::io::Error),
+    Source(std::io::Error),
     #[error("sending: {0}")]
-    Write(#[source] std::io::Error),
+    Write(std::io::Error),
 }
 
 /// The sending half of an association.

@@ -22,11 +22,17 @@ pub enum PduError {
     #[error("connection closed by peer")]
     Closed,
     #[error("reading PDU: {0}")]
-    Read(#[from] std::io::Error),
+    Read(std::io::Error),
     #[error("PDU of type {pdu_type:#04x} is {length} bytes, more than the {limit} allowed")]
     TooLarge { pdu_type: u8, length: u32, limit: u32 },
     #[error("malformed PDU: {0}")]
     Malformed(String),
+}
+
+impl From<std::io::Error> for PduError {
+    fn from(e: std::io::Error) -> Self {
+        PduError::Read(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
