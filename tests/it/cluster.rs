@@ -87,12 +87,31 @@ impl Weed {
         let child = Command::new(repo().join(".venv/bin/weed")).args(&self.args).stdout(Stdio::null()).stderr(log).spawn().expect("start weed");
         self.child = Some(child);
         self.shell("s3.bucket.list", "");
+        // The filer answering is not the S3 gateway listening: wait for an HTTP answer on its
+        // port too, or a node started now finds the bucket unreachable and stops.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let answered = std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).ok().and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+                let mut head = [0u8; 5];
+                s.read_exact(&mut head).ok()?;
+                (&head == b"HTTP/").then_some(())
+            });
+            if answered.is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the S3 gateway never answered on port {}\n{}", self.s3_port, self.log());
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Run a `weed shell` command until it succeeds (the filer takes seconds to come up) and
     /// its output holds `expect`.
     fn shell(&self, command: &str, expect: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: on two busy cores SeaweedFS's four servers take a while to come up.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let mut child = Command::new("timeout")
                 .args(["20"])
