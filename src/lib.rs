@@ -6,6 +6,7 @@ pub mod archive;
 pub mod audit;
 pub mod blobs;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod deid;
 pub mod delivery;

@@ -15,27 +15,20 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::context::NodeContext;
 use crate::db::Db;
 use crate::db::WorkerReport;
 use crate::delivery::outbox::OutboxWorker;
-use crate::domain::AeTitle;
 use crate::ingest::study_ready::StudyReadyWorker;
 use crate::ingest::Ingest;
 use crate::net::{Listener, Shared};
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError, WorkerStatus, Workers};
 
-/// What every component shares, computed once at start.
-struct NodeContext {
+/// What the phases share: the settings, the context every component gets (computed once), and
+/// the outbox's wake-up.
+struct Start {
     settings: Settings,
-    ae_title: AeTitle,
-    /// `host:data_dir`: whose outbox rows and worker statuses are whose.
-    node_id: String,
-    db: Db,
-    /// The instance files and result objects (the data directory, or the cluster's bucket).
-    blobs: crate::blobs::Blobs,
-    keys: crate::deid::Keys,
-    /// How we call AEs registered as TLS.
-    tls: crate::net::tls::Connector,
+    core: NodeContext,
     /// Rung when outbox items are queued (by this node, or by another through NOTIFY).
     wake_outbox: Arc<tokio::sync::Notify>,
 }
@@ -82,7 +75,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .iter()
         .filter_map(|(name, addr)| addr.map(|a| format!("{name}={}", a.port())))
         .collect();
-    info!(ae_title = %ctx.ae_title, node = %ctx.node_id, bind = %ctx.settings.dicom.bind, "listening {}", ports.join(" "));
+    info!(ae_title = %ctx.core.ae_title, node = %ctx.core.node_id, bind = %ctx.settings.dicom.bind, "listening {}", ports.join(" "));
     spawn_workers(&ctx, &workers, parts.triage, parts.arrivals, parts.study_wake);
 
     let associations = TaskTracker::new();
@@ -95,7 +88,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 }
 
 /// The keys, the data directory, the database and the object store: the context.
-async fn open_stores(settings: Settings) -> anyhow::Result<(NodeContext, crate::deid::Deidentifier)> {
+async fn open_stores(settings: Settings) -> anyhow::Result<(Start, crate::deid::Deidentifier)> {
     let ae_title = settings.dicom.ae_title.clone();
     let deid = settings.deid.deidentifier().context("loading the de-identification keys")?;
     if deid.keys().demo {
@@ -121,12 +114,12 @@ async fn open_stores(settings: Settings) -> anyhow::Result<(NodeContext, crate::
     }
     let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).context("preparing TLS for the AEs we call")?;
     let keys = deid.keys().clone();
-    let ctx = NodeContext { settings, ae_title, node_id, db, blobs, keys, tls, wake_outbox: Arc::new(tokio::sync::Notify::new()) };
+    let ctx = Start { settings, core: NodeContext { ae_title, node_id, db, blobs, keys, tls }, wake_outbox: Arc::new(tokio::sync::Notify::new()) };
     Ok((ctx, deid))
 }
 
 /// The inference engine with every model package loaded and warmed up.
-async fn start_engine(ctx: &NodeContext) -> anyhow::Result<crate::inference::engine::Engine> {
+async fn start_engine(ctx: &Start) -> anyhow::Result<crate::inference::engine::Engine> {
     let inf = &ctx.settings.inference;
     let (engine, device) = crate::inference::engine::Engine::from_settings(&inf.engine()).await.context("starting the inference engine")?;
     for m in engine.manifests() {
@@ -141,8 +134,8 @@ async fn start_engine(ctx: &NodeContext) -> anyhow::Result<crate::inference::eng
 /// Make the stores agree with what a stop left: claims of the previous run (a node alone on its
 /// SQLite file), worklist rows of studies triaged before the table existed, result files never
 /// queued, destinations not registered, TLS AEs bound to no certificate.
-async fn reconcile(ctx: &NodeContext) -> anyhow::Result<()> {
-    let db = &ctx.db;
+async fn reconcile(ctx: &Start) -> anyhow::Result<()> {
+    let db = &ctx.core.db;
     if db.engine() == crate::db::Engine::Sqlite {
         let passes = db.void_inference_claims().await.context("voiding the previous run's inference claims")?;
         let jobs = db.void_job_claims().await.context("voiding the previous run's job claims")?;
@@ -177,12 +170,12 @@ async fn reconcile(ctx: &NodeContext) -> anyhow::Result<()> {
 }
 
 /// Builds and queues each study's result objects.
-fn publisher(ctx: &NodeContext) -> crate::results::Publisher {
+fn publisher(ctx: &Start) -> crate::results::Publisher {
     crate::results::Publisher {
-        blobs: ctx.blobs.clone(),
+        blobs: ctx.core.blobs.clone(),
         settings: ctx.settings.results.clone(),
-        station: ctx.ae_title.to_string(),
-        node: ctx.node_id.clone(),
+        station: ctx.core.ae_title.to_string(),
+        node: ctx.core.node_id.clone(),
         wake: ctx.wake_outbox.clone(),
         hl7: ctx.settings.hl7.enabled,
     }
@@ -190,13 +183,13 @@ fn publisher(ctx: &NodeContext) -> crate::results::Publisher {
 
 /// Triage, ingest (and the store reconciled with the database), the DIMSE services with their
 /// access control, the HTTP API's state.
-async fn build(ctx: &NodeContext, deid: crate::deid::Deidentifier, engine: crate::inference::engine::Engine, workers: &Workers) -> anyhow::Result<Parts> {
-    let (settings, db) = (&ctx.settings, &ctx.db);
+async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::inference::engine::Engine, workers: &Workers) -> anyhow::Result<Parts> {
+    let (settings, db) = (&ctx.settings, &ctx.core.db);
     let inf = &settings.inference;
     let engine_thread = engine.take_thread();
     let manifests = engine.manifests().to_vec();
     let tiers = crate::triage::aggregate::Tiers::from_settings(inf);
-    let triage = crate::triage::Triage::new(db.clone(), engine, ctx.blobs.clone(), inf.lease, tiers, inf.preprocess_threads(), Some(publisher(ctx)));
+    let triage = crate::triage::Triage::new(db.clone(), engine, ctx.core.blobs.clone(), inf.lease, tiers, inf.preprocess_threads(), Some(publisher(ctx)));
     let (arrivals_tx, arrivals) = tokio::sync::mpsc::channel(4096);
     let ingest = Ingest::new(
         &settings.storage,
@@ -204,7 +197,7 @@ async fn build(ctx: &NodeContext, deid: crate::deid::Deidentifier, engine: crate
         deid,
         settings.deid.burned_in_annotation,
         Some(arrivals_tx),
-        ctx.blobs.clone(),
+        ctx.core.blobs.clone(),
         settings.ingest.mpps_max_open_steps,
     );
     let study_wake = ingest.study_waker();
@@ -219,21 +212,21 @@ async fn build(ctx: &NodeContext, deid: crate::deid::Deidentifier, engine: crate
     let tls_acceptor = crate::net::tls::acceptor(&settings.dicom.tls).context("preparing the TLS port")?;
     let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
     let query = if settings.query.enabled {
-        let archive = crate::archive::Archive::open(db.clone(), ctx.keys.clone(), ctx.blobs.clone(), ctx.node_id.clone())
+        let archive = crate::archive::Archive::open(db.clone(), ctx.core.keys.clone(), ctx.core.blobs.clone(), ctx.core.node_id.clone())
             .await
             .context("building the query index of the result objects")?;
         Some(crate::services::qr::QueryRetrieve::new(
             Arc::new(archive),
-            ctx.ae_title.clone(),
+            ctx.core.ae_title.clone(),
             settings.query.matching(),
             settings.delivery.timeout,
-            ctx.tls.clone(),
+            ctx.core.tls.clone(),
         ))
     } else {
         None
     };
     let services = crate::services::standard(ingest, db.clone(), query, &settings.storage);
-    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ctx.ae_title.clone(), access, services });
+    let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ctx.core.ae_title.clone(), access, services });
     let http = if settings.http.enabled {
         let metrics = crate::http::ops::install_metrics();
         let tokens = crate::http::auth::Tokens::load(
@@ -241,20 +234,15 @@ async fn build(ctx: &NodeContext, deid: crate::deid::Deidentifier, engine: crate
             settings.http.tokens_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
         )
         .context("loading the HTTP API tokens")?;
-        let state = crate::http::AppState::new(
-            db.clone(),
-            ctx.keys.clone(),
+        let served = crate::http::Served {
             tokens,
-            ctx.ae_title.clone(),
-            settings.delivery.timeout,
-            ctx.blobs.clone(),
             manifests,
-            settings.results.heatmap_max_size,
-            workers.clone(),
+            heatmap_max: settings.results.heatmap_max_size,
+            dicom_timeout: settings.delivery.timeout,
+            workers: workers.clone(),
             metrics,
-            settings.http.refresh,
-        )
-        .with_tls(ctx.tls.clone());
+        };
+        let state = crate::http::AppState::new(&ctx.core, &settings.http, served);
         Some(state)
     } else {
         None
@@ -265,30 +253,17 @@ async fn build(ctx: &NodeContext, deid: crate::deid::Deidentifier, engine: crate
 /// The background workers: study sweep, outbox, arrivals, study jobs, cluster wake-ups, the
 /// cache sweeper, the status reporter.
 fn spawn_workers(
-    ctx: &NodeContext,
+    ctx: &Start,
     workers: &Workers,
     triage: Arc<crate::triage::Triage>,
     arrivals: tokio::sync::mpsc::Receiver<i64>,
     study_wake: Arc<tokio::sync::Notify>,
 ) {
-    let (settings, db) = (&ctx.settings, &ctx.db);
+    let (settings, db) = (&ctx.settings, &ctx.core.db);
     workers.spawn(
         StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake).with_trusted_step_aes(&settings.ingest.mpps_trusted_aes),
     );
-    workers.spawn(
-        OutboxWorker::new(
-            db.clone(),
-            ctx.node_id.clone(),
-            ctx.ae_title.clone(),
-            ctx.blobs.clone(),
-            settings.delivery.clone(),
-            ctx.keys.clone(),
-            settings.ingest.study_quiet_period,
-            ctx.wake_outbox.clone(),
-            Some(settings.hl7.clone()),
-        )
-        .with_tls(ctx.tls.clone()),
-    );
+    workers.spawn(OutboxWorker::new(&ctx.core, &settings.delivery, Some(&settings.hl7), settings.ingest.study_quiet_period, ctx.wake_outbox.clone()));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     let wake_jobs = Arc::new(tokio::sync::Notify::new());
     workers.spawn(crate::triage::StudyJobs::new(triage, Duration::from_millis(200), settings.inference.concurrent_studies).with_waker(wake_jobs.clone()));
@@ -296,15 +271,15 @@ fn spawn_workers(
         // Work another node queues wakes this node's workers at once (LISTEN/NOTIFY).
         workers.spawn(Wakeups { url: settings.database_url(), listener: None, outbox: ctx.wake_outbox.clone(), jobs: wake_jobs });
     }
-    if ctx.blobs.is_shared() {
-        workers.spawn(crate::blobs::CacheSweeper::new(ctx.blobs.clone()));
+    if ctx.core.blobs.is_shared() {
+        workers.spawn(crate::blobs::CacheSweeper::new(ctx.core.blobs.clone()));
     }
-    workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: ctx.node_id.clone() });
+    workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: ctx.core.node_id.clone() });
 }
 
 /// Shutdown, each step bounded: the listener has stopped accepting; associations finish their
 /// current message; workers end; the inference thread ends; the database closes.
-async fn stop(ctx: &NodeContext, associations: TaskTracker, workers: Workers, engine_thread: Option<crate::inference::engine::EngineThread>) {
+async fn stop(ctx: &Start, associations: TaskTracker, workers: Workers, engine_thread: Option<crate::inference::engine::EngineThread>) {
     associations.close();
     let grace = ctx.settings.dicom.shutdown_grace;
     if tokio::time::timeout(grace, associations.wait()).await.is_err() {
@@ -318,7 +293,7 @@ async fn stop(ctx: &NodeContext, associations: TaskTracker, workers: Workers, en
     for w in workers.statuses() {
         info!(worker = w.name, state = ?w.state, units = w.units, errors = w.errors, restarts = w.restarts, "worker stopped");
     }
-    if let Err(error) = ctx.db.report_workers(&reports(&ctx.node_id, &workers.statuses())).await {
+    if let Err(error) = ctx.core.db.report_workers(&reports(&ctx.core.node_id, &workers.statuses())).await {
         warn!(%error, "recording the workers' final status failed");
     }
     drop(workers);
@@ -327,7 +302,7 @@ async fn stop(ctx: &NodeContext, associations: TaskTracker, workers: Workers, en
             warn!(deadline = ?ENGINE_EXIT_DEADLINE, "the inference thread did not end within its exit deadline");
         }
     }
-    ctx.db.close().await;
+    ctx.core.db.close().await;
     info!("stopped");
 }
 

@@ -164,18 +164,27 @@ pub fn backoff(cfg: &DeliverySettings, attempts: u32) -> Duration {
 
 impl OutboxWorker {
     #[allow(clippy::too_many_arguments)]
+    /// The worker from the node's context and the `[delivery]` section; `hl7` the `[hl7]`
+    /// section when HL7 items are sent; `quiet_period` only to time the reports' latency;
+    /// `wake` rung when items are queued.
     pub fn new(
-        db: Db,
-        node: String,
-        ours: AeTitle,
-        blobs: crate::blobs::Blobs,
-        cfg: DeliverySettings,
-        keys: Keys,
+        ctx: &crate::context::NodeContext,
+        cfg: &DeliverySettings,
+        hl7: Option<&crate::config::Hl7Settings>,
         quiet_period: Duration,
         wake: Arc<tokio::sync::Notify>,
-        hl7: Option<crate::config::Hl7Settings>,
     ) -> Self {
-        let sender = Sender { db, node, ours, blobs, cfg, keys, quiet_period, hl7, tls: Connector::default() };
+        let sender = Sender {
+            db: ctx.db.clone(),
+            node: ctx.node_id.clone(),
+            ours: ctx.ae_title.clone(),
+            blobs: ctx.blobs.clone(),
+            cfg: cfg.clone(),
+            keys: ctx.keys.clone(),
+            quiet_period,
+            hl7: hl7.cloned(),
+            tls: ctx.tls.clone(),
+        };
         OutboxWorker {
             started: false,
             sender: Arc::new(sender),
@@ -185,12 +194,6 @@ impl OutboxWorker {
             measured_at: None,
             gauged: HashSet::new(),
         }
-    }
-
-    /// Reach destinations registered as TLS through `tls`.
-    pub fn with_tls(mut self, tls: Connector) -> Self {
-        self.sender = Arc::new(Sender { tls, ..(*self.sender).clone() });
-        self
     }
 
     /// Claim due items for destinations without a lane, a lane each, while there is room.

@@ -70,6 +70,19 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
+/// What the node hands the HTTP side besides its context and `[http]` section.
+pub struct Served {
+    pub tokens: Tokens,
+    /// The loaded models' manifests (heatmaps are drawn as their model saw the image).
+    pub manifests: Vec<Manifest>,
+    /// The full-size heatmap's long side (`results.heatmap_max_size`).
+    pub heatmap_max: usize,
+    /// Association timeout for the AE page's C-ECHO (`delivery.timeout`).
+    pub dicom_timeout: Duration,
+    pub workers: Workers,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
 /// (study row, result time, finding, size): a new analysis makes new pictures.
 type PictureKey = (i64, i64, usize, usize);
 
@@ -78,43 +91,26 @@ const PICTURE_CACHE: usize = 256;
 
 impl AppState {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        db: Db,
-        keys: Keys,
-        tokens: Tokens,
-        ae_title: AeTitle,
-        dicom_timeout: Duration,
-        blobs: crate::blobs::Blobs,
-        manifests: Vec<Manifest>,
-        heatmap_max: usize,
-        workers: Workers,
-        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-        refresh: Duration,
-    ) -> AppState {
+    /// The state from the node's context, the `[http]` section and what the node hands over.
+    pub fn new(ctx: &crate::context::NodeContext, settings: &HttpSettings, served: Served) -> AppState {
         AppState {
-            db,
-            keys,
-            tokens,
-            ae_title,
-            dicom_timeout,
-            tls: Default::default(),
-            blobs,
-            manifests,
-            heatmap_max,
-            workers,
-            metrics,
-            refresh,
+            db: ctx.db.clone(),
+            keys: ctx.keys.clone(),
+            tokens: served.tokens,
+            ae_title: ctx.ae_title.clone(),
+            dicom_timeout: served.dicom_timeout,
+            tls: ctx.tls.clone(),
+            blobs: ctx.blobs.clone(),
+            manifests: served.manifests,
+            heatmap_max: served.heatmap_max,
+            workers: served.workers,
+            metrics: served.metrics,
+            refresh: settings.refresh,
             recorded_views: Default::default(),
             pictures: Mutex::new(HashMap::new()),
             renders: Arc::new(tokio::sync::Semaphore::new(api::HEATMAP_RENDERS)),
             request_timeout: Duration::from_secs(60),
         }
-    }
-
-    /// Reach AEs registered as TLS through `tls` (the AE page's C-ECHO).
-    pub fn with_tls(mut self, tls: crate::delivery::Connector) -> AppState {
-        self.tls = tls;
-        self
     }
 
     fn cached_picture(&self, key: PictureKey) -> Option<Arc<Vec<u8>>> {
