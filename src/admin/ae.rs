@@ -42,8 +42,7 @@ pub async fn register(db: &Db, r: AeRegistration) -> Result<RegisteredAe, AdminE
         return Err(AdminError::Invalid("--tls-identity needs --tls: on the plain port no certificate is shown, so anyone could use the AE title".into()));
     }
     let ae = RegisteredAe { ae_title, host: r.host, port: r.port, role: r.role, enabled: r.enabled, tls: r.tls, tls_identity };
-    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls, "tls_identity": ae.tls_identity });
-    db.save_ae_audited(&ae, &details.to_string()).await?;
+    db.save_ae_audited(&ae).await?;
     Ok(ae)
 }
 
@@ -70,8 +69,7 @@ pub async fn set_enabled(db: &Db, ae_title: &str, enabled: bool) -> Result<Regis
     let title = AeTitle::parse(ae_title).map_err(|e| AdminError::Invalid(format!("{ae_title:?}: {e}")))?;
     let Some(mut ae) = db.find_ae(title.as_str()).await? else { return Err(AdminError::UnknownAe(title)) };
     ae.enabled = enabled;
-    let details = serde_json::json!({ "host": ae.host, "port": ae.port, "role": ae.role.to_string(), "enabled": ae.enabled, "tls": ae.tls, "tls_identity": ae.tls_identity });
-    db.save_ae_audited(&ae, &details.to_string()).await?;
+    db.save_ae_audited(&ae).await?;
     Ok(ae)
 }
 
@@ -103,7 +101,7 @@ pub async fn echo(
         Err(e) => (None, Some(e.to_string())),
     };
     let outcome = EchoOutcome { ae_title: peer.called_ae.to_string(), host: peer.host.clone(), port: peer.port, success: error.is_none(), status, error };
-    let details = serde_json::json!({ "user": user, "success": outcome.success, "status": outcome.status });
-    db.audit_append(&crate::audit::Event::AeEcho { ae: outcome.ae_title.clone() }, &details.to_string()).await?;
+    let details = crate::audit::Echoed { user: user.to_string(), success: outcome.success, status: outcome.status };
+    db.audit_append(&crate::audit::Event::AeEcho { ae: outcome.ae_title.clone(), details }).await?;
     Ok(outcome)
 }

@@ -39,8 +39,15 @@ pub async fn deidentify(settings: &Settings, input: &Path, out: &Path) -> Result
     for file in inputs {
         let result = match crate::deid::file::export(&deid, &file, out, drop_burned_in) {
             Ok((target, w)) => {
-                let details = serde_json::json!({ "export": true, "method": method, "pixels": w.pixels_written });
-                db.audit_append(&crate::audit::Event::Deidentify { instance: w.deid.sop_instance_uid.clone() }, &details.to_string()).await?;
+                let details = crate::audit::Deidentified {
+                    instance_id: None,
+                    calling_ae: None,
+                    received_at_ms: None,
+                    export: true,
+                    method: method.clone(),
+                    pixels: if w.pixels_written { "kept".into() } else { format!("not kept: {}", w.deid.burned_in.unwrap_or("no Pixel Data")) },
+                };
+                db.audit_append(&crate::audit::Event::Deidentify { instance: w.deid.sop_instance_uid.clone(), details }).await?;
                 let pixels_left_out = (!w.pixels_written).then(|| w.deid.burned_in.unwrap_or("no Pixel Data").to_string());
                 Ok(ExportedFile { output: target, pixels_left_out })
             }

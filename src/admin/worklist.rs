@@ -183,8 +183,8 @@ async fn patients(db: &Db, viewer: Viewer<'_>, rows: &[WorklistRow]) -> Result<H
     let key = RecordedViews::key(viewer.user, &ids);
     let now = crate::domain::now_ms();
     if !viewer.recorded.recorded_recently(&key, now) {
-        let details = serde_json::json!({ "user": viewer.user, "studies": ids, "opened": records.len() });
-        db.audit_append(&crate::audit::Event::WorklistView { user: viewer.user.to_string() }, &details.to_string()).await?;
+        let details = crate::audit::Viewed { user: viewer.user.to_string(), studies: ids.clone(), opened: records.len() as u64 };
+        db.audit_append(&crate::audit::Event::WorklistView { user: viewer.user.to_string(), details }).await?;
         viewer.recorded.remember(key, now);
     }
     let mut out = HashMap::new();

@@ -171,8 +171,8 @@ impl Archive {
             rows = self.db.result_objects_after(self.node.as_deref(), next.high_water, STEP).await?;
         }
         if opened_total > 0 {
-            let details = serde_json::json!({ "purpose": "query index", "objects": objects, "map_records": opened_total }).to_string();
-            self.db.audit_append(&crate::audit::Event::ReidentifyIndex, &details).await?;
+            let details = crate::audit::IndexOpened { purpose: "query index".into(), objects: objects as u64, map_records: opened_total as u64 };
+            self.db.audit_append(&crate::audit::Event::ReidentifyIndex { details }).await?;
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         Ok(opened_total)

@@ -13,48 +13,145 @@
 //! Must not: put patient data in an entry (callers pass row ids, AE titles, counts).
 
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// What an entry records: the event, spelled once here (the stored `event` column), and its
-/// subject, typed (stored as `kind:value` text). Never patient data: row ids, AE titles, user
-/// names, the node's own (de-identified) UIDs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an entry records: the event, spelled once here (the stored `event` column), its
+/// subject (stored as `kind:value` text) and its details (stored as JSON), all typed. Never
+/// patient data: row ids, AE titles, user names, the node's own (de-identified) UIDs, counts.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// An instance was de-identified on ingest (or by `deid`/export): its de-identified UID.
     Deidentify {
         instance: String,
+        details: Deidentified,
     },
     /// Originals were opened from the sealed map for one instance (its de-identified UID).
     Reidentify {
         instance: String,
+        details: Reidentified,
     },
     /// Originals were opened for the query index at start-up.
-    ReidentifyIndex,
-    /// An AE was registered, updated, removed, or echoed by an operator.
+    ReidentifyIndex {
+        details: IndexOpened,
+    },
+    /// An AE was registered or updated (its registration), removed, or echoed by an operator.
     AeAdd {
         ae: String,
+        details: Registration,
     },
     AeRemove {
         ae: String,
     },
     AeEcho {
         ae: String,
+        details: Echoed,
     },
     /// A worklist page naming patients was shown to a user.
     WorklistView {
         user: String,
+        details: Viewed,
     },
     /// A study's reading state changed (claim, read, release).
     Reading {
         study: i64,
+        details: ReadingChange,
     },
     /// A Q/R caller's query disclosed matches, or its retrieve sent objects.
     Query {
         ae: String,
+        details: Queried,
     },
     Retrieve {
         ae: String,
+        details: Retrieved,
     },
+}
+
+/// How an instance was de-identified (`method`: the profile and options, as recorded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deidentified {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calling_ae: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at_ms: Option<i64>,
+    /// By the research export, not on ingest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub export: bool,
+    pub method: serde_json::Value,
+    /// `kept`, or `not kept: <why>`.
+    pub pixels: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reidentified {
+    pub purpose: String,
+    /// The study's de-identified UID.
+    pub study: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexOpened {
+    pub purpose: String,
+    pub objects: u64,
+    pub map_records: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub role: String,
+    pub enabled: bool,
+    pub tls: bool,
+    pub tls_identity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Echoed {
+    pub user: String,
+    pub success: bool,
+    pub status: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Viewed {
+    pub user: String,
+    /// Worklist row ids.
+    pub studies: Vec<i64>,
+    /// Sealed records opened.
+    pub opened: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingChange {
+    pub action: String,
+    pub reader: String,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Queried {
+    pub model: String,
+    pub level: String,
+    pub matches: u64,
+    pub cancelled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieved {
+    /// C-MOVE or C-GET.
+    pub operation: String,
+    /// The Move Destination; for C-GET, the caller.
+    pub destination: String,
+    pub model: String,
+    pub level: String,
+    pub objects: u64,
+    /// The node's own UIDs of the result objects.
+    pub sop_instances: Vec<String>,
 }
 
 impl Event {
@@ -65,7 +162,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Event::Deidentify { .. } => "deidentify",
-            Event::Reidentify { .. } | Event::ReidentifyIndex => "reidentify",
+            Event::Reidentify { .. } | Event::ReidentifyIndex { .. } => "reidentify",
             Event::AeAdd { .. } => "ae_add",
             Event::AeRemove { .. } => "ae_remove",
             Event::AeEcho { .. } => "ae_echo",
@@ -79,30 +176,52 @@ impl Event {
     /// The stored `subject`.
     pub fn subject(&self) -> String {
         match self {
-            Event::Deidentify { instance } | Event::Reidentify { instance } => format!("instance:{instance}"),
-            Event::ReidentifyIndex => "query-index".into(),
+            Event::Deidentify { instance, .. } | Event::Reidentify { instance, .. } => format!("instance:{instance}"),
+            Event::ReidentifyIndex { .. } => "query-index".into(),
             // AE registrations name the AE title alone, as entries always have.
-            Event::AeAdd { ae } | Event::AeRemove { ae } | Event::AeEcho { ae } => ae.clone(),
-            Event::WorklistView { user } => format!("user:{user}"),
-            Event::Reading { study } => format!("study:{study}"),
-            Event::Query { ae } | Event::Retrieve { ae } => format!("ae:{ae}"),
+            Event::AeAdd { ae, .. } | Event::AeRemove { ae } | Event::AeEcho { ae, .. } => ae.clone(),
+            Event::WorklistView { user, .. } => format!("user:{user}"),
+            Event::Reading { study, .. } => format!("study:{study}"),
+            Event::Query { ae, .. } | Event::Retrieve { ae, .. } => format!("ae:{ae}"),
         }
     }
 
-    /// The event an entry's stored `event` and `subject` say; None for anything else.
-    pub fn parse(event: &str, subject: &str) -> Option<Event> {
+    /// The stored `details` (JSON).
+    pub fn details(&self) -> String {
+        let json = match self {
+            Event::Deidentify { details, .. } => serde_json::to_string(details),
+            Event::Reidentify { details, .. } => serde_json::to_string(details),
+            Event::ReidentifyIndex { details } => serde_json::to_string(details),
+            Event::AeAdd { details, .. } => serde_json::to_string(details),
+            Event::AeRemove { .. } => Ok("{}".to_string()),
+            Event::AeEcho { details, .. } => serde_json::to_string(details),
+            Event::WorklistView { details, .. } => serde_json::to_string(details),
+            Event::Reading { details, .. } => serde_json::to_string(details),
+            Event::Query { details, .. } => serde_json::to_string(details),
+            Event::Retrieve { details, .. } => serde_json::to_string(details),
+        };
+        // Plain structs of strings and numbers always serialize.
+        json.unwrap_or_else(|_| "{}".into())
+    }
+
+    /// The event an entry's stored `event`, `subject` and `details` say; None for anything
+    /// else (another event, a subject or details of another shape).
+    pub fn parse(event: &str, subject: &str, details: &str) -> Option<Event> {
         let after = |prefix: &str| subject.strip_prefix(prefix).map(str::to_string);
+        fn read<T: serde::de::DeserializeOwned>(details: &str) -> Option<T> {
+            serde_json::from_str(details).ok()
+        }
         Some(match event {
-            "deidentify" => Event::Deidentify { instance: after("instance:")? },
-            "reidentify" if subject == "query-index" => Event::ReidentifyIndex,
-            "reidentify" => Event::Reidentify { instance: after("instance:")? },
-            "ae_add" => Event::AeAdd { ae: subject.to_string() },
+            "deidentify" => Event::Deidentify { instance: after("instance:")?, details: read(details)? },
+            "reidentify" if subject == "query-index" => Event::ReidentifyIndex { details: read(details)? },
+            "reidentify" => Event::Reidentify { instance: after("instance:")?, details: read(details)? },
+            "ae_add" => Event::AeAdd { ae: subject.to_string(), details: read(details)? },
             "ae_remove" => Event::AeRemove { ae: subject.to_string() },
-            "ae_echo" => Event::AeEcho { ae: subject.to_string() },
-            "worklist_view" => Event::WorklistView { user: after("user:")? },
-            "reading" => Event::Reading { study: after("study:")?.parse().ok()? },
-            "query" => Event::Query { ae: after("ae:")? },
-            "retrieve" => Event::Retrieve { ae: after("ae:")? },
+            "ae_echo" => Event::AeEcho { ae: subject.to_string(), details: read(details)? },
+            "worklist_view" => Event::WorklistView { user: after("user:")?, details: read(details)? },
+            "reading" => Event::Reading { study: after("study:")?.parse().ok()?, details: read(details)? },
+            "query" => Event::Query { ae: after("ae:")?, details: read(details)? },
+            "retrieve" => Event::Retrieve { ae: after("ae:")?, details: read(details)? },
             _ => return None,
         })
     }
@@ -252,29 +371,74 @@ mod tests {
 
     const KEY: [u8; 32] = [7; 32];
 
-    /// Each event is spelled once: it reads back from its stored name and subject as itself,
-    /// every name is in `NAMES`, and nothing else parses.
+    /// Each event is spelled once: it reads back from its stored name, subject and details as
+    /// itself, every name is in `NAMES`, and nothing else parses.
     #[test]
     fn events_round_trip_through_their_stored_text() {
         let all = [
-            Event::Deidentify { instance: "2.25.1".into() },
-            Event::Reidentify { instance: "2.25.2".into() },
-            Event::ReidentifyIndex,
-            Event::AeAdd { ae: "PACS".into() },
+            Event::Deidentify {
+                instance: "2.25.1".into(),
+                details: Deidentified {
+                    instance_id: Some(7),
+                    calling_ae: Some("CT1".into()),
+                    received_at_ms: Some(1),
+                    export: false,
+                    method: serde_json::json!({"profile": "PS3.15"}),
+                    pixels: "kept".into(),
+                },
+            },
+            Event::Deidentify {
+                instance: "2.25.9".into(),
+                details: Deidentified {
+                    instance_id: None,
+                    calling_ae: None,
+                    received_at_ms: None,
+                    export: true,
+                    method: serde_json::Value::Null,
+                    pixels: "kept".into(),
+                },
+            },
+            Event::Reidentify { instance: "2.25.2".into(), details: Reidentified { purpose: "test".into(), study: "2.25.3".into() } },
+            Event::ReidentifyIndex { details: IndexOpened { purpose: "query index".into(), objects: 3, map_records: 2 } },
+            Event::AeAdd {
+                ae: "PACS".into(),
+                details: Registration {
+                    host: Some("10.0.0.1".into()),
+                    port: Some(104),
+                    role: "pacs".into(),
+                    enabled: true,
+                    tls: true,
+                    tls_identity: Some("pacs".into()),
+                },
+            },
             Event::AeRemove { ae: "PACS".into() },
-            Event::AeEcho { ae: "PACS".into() },
-            Event::WorklistView { user: "dr.grey".into() },
-            Event::Reading { study: 42 },
-            Event::Query { ae: "VIEWER".into() },
-            Event::Retrieve { ae: "VIEWER".into() },
+            Event::AeEcho { ae: "PACS".into(), details: Echoed { user: "it".into(), success: false, status: None } },
+            Event::WorklistView { user: "dr.grey".into(), details: Viewed { user: "dr.grey".into(), studies: vec![1, 2], opened: 2 } },
+            Event::Reading {
+                study: 42,
+                details: ReadingChange { action: "claim".into(), reader: "dr.grey".into(), from: "unread".into(), to: "claimed".into() },
+            },
+            Event::Query { ae: "VIEWER".into(), details: Queried { model: "STUDY".into(), level: "STUDY".into(), matches: 1, cancelled: false } },
+            Event::Retrieve {
+                ae: "VIEWER".into(),
+                details: Retrieved {
+                    operation: "C-MOVE".into(),
+                    destination: "PACS".into(),
+                    model: "STUDY".into(),
+                    level: "STUDY".into(),
+                    objects: 1,
+                    sop_instances: vec!["2.25.4".into()],
+                },
+            },
         ];
         for e in &all {
-            assert_eq!(Event::parse(e.name(), &e.subject()).as_ref(), Some(e), "{e:?}");
+            assert_eq!(Event::parse(e.name(), &e.subject(), &e.details()).as_ref(), Some(e), "{e:?}");
             assert!(Event::NAMES.contains(&e.name()), "{e:?}");
         }
         assert_eq!(Event::NAMES.iter().collect::<std::collections::BTreeSet<_>>().len(), Event::NAMES.len());
-        assert_eq!(Event::parse("reading", "study:x"), None);
-        assert_eq!(Event::parse("export", "x"), None);
+        assert_eq!(Event::parse("reading", "study:x", "{}"), None);
+        assert_eq!(Event::parse("ae_echo", "PACS", "{\"user\": 3}"), None, "details of another shape");
+        assert_eq!(Event::parse("export", "x", "{}"), None);
     }
 
     fn chain(n: i64) -> Vec<Entry> {

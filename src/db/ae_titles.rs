@@ -33,11 +33,19 @@ impl Db {
 
     /// Register or update `ae` and append its `ae_add` audit entry, in one transaction: the
     /// change and its record commit together or not at all.
-    pub async fn save_ae_audited(&self, ae: &RegisteredAe, details: &str) -> Result<(), DbError> {
+    pub async fn save_ae_audited(&self, ae: &RegisteredAe) -> Result<(), DbError> {
         let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         upsert(&mut tx, ae).await?;
-        super::audit::append_in(&mut tx, key, &crate::audit::Event::AeAdd { ae: ae.ae_title.to_string() }, details).await?;
+        let details = crate::audit::Registration {
+            host: ae.host.clone(),
+            port: ae.port,
+            role: ae.role.to_string(),
+            enabled: ae.enabled,
+            tls: ae.tls,
+            tls_identity: ae.tls_identity.clone(),
+        };
+        super::audit::append_in(&mut tx, key, &crate::audit::Event::AeAdd { ae: ae.ae_title.to_string(), details }).await?;
         tx.commit().await.map_err(q("commit ae_title"))
     }
 
@@ -50,7 +58,7 @@ impl Db {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        super::audit::append_in(&mut tx, key, &crate::audit::Event::AeRemove { ae: title.to_string() }, "{}").await?;
+        super::audit::append_in(&mut tx, key, &crate::audit::Event::AeRemove { ae: title.to_string() }).await?;
         tx.commit().await.map_err(q("commit ae_title removal"))?;
         Ok(true)
     }

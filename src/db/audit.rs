@@ -5,20 +5,20 @@ use crate::audit::{entry_mac, Entry, Event};
 use crate::domain::now_ms;
 
 impl Db {
-    /// Append one entry to the chain. `details` must not hold patient data.
-    pub async fn audit_append(&self, event: &Event, details: &str) -> Result<Entry, DbError> {
+    /// Append one entry to the chain.
+    pub async fn audit_append(&self, event: &Event) -> Result<Entry, DbError> {
         let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        let entry = append_in(&mut tx, key, event, details).await?;
+        let entry = append_in(&mut tx, key, event).await?;
         tx.commit().await.map_err(q("commit audit entry"))?;
         Ok(entry)
     }
 }
 
 /// Append inside the caller's transaction, so an entry commits (or not) with what it records.
-pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &[u8; 32], event: &Event, details: &str) -> Result<Entry, DbError> {
-    let (event, subject) = (event.name(), event.subject());
-    let subject = subject.as_str();
+pub(crate) async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &[u8; 32], event: &Event) -> Result<Entry, DbError> {
+    let (event, subject, details) = (event.name(), event.subject(), event.details());
+    let (subject, details) = (subject.as_str(), details.as_str());
     // The UPDATE takes the head row's write lock first: concurrent appends queue here, on
     // SQLite and PostgreSQL alike. RETURNING gives the new seq and the (unchanged) old hash.
     let row =
@@ -62,14 +62,15 @@ impl Db {
             let uid: String = get(row, "sop_instance_uid")?;
             let excluded: Option<String> = get(row, "excluded_reason")?;
             let method: Option<String> = get(row, "deid_method")?;
-            let details = serde_json::json!({
-                "instance_id": id,
-                "calling_ae": get::<String>(row, "calling_ae_title")?,
-                "received_at_ms": get::<i64>(row, "received_at_ms")?,
-                "method": method.and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok()),
-                "pixels": excluded.map_or("kept".to_string(), |why| format!("not kept: {why}")),
-            });
-            let entry = append_in(&mut tx, key, &Event::Deidentify { instance: uid.clone() }, &details.to_string()).await?;
+            let details = crate::audit::Deidentified {
+                instance_id: Some(id),
+                calling_ae: Some(get::<String>(row, "calling_ae_title")?),
+                received_at_ms: Some(get::<i64>(row, "received_at_ms")?),
+                export: false,
+                method: method.and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok()).unwrap_or_default(),
+                pixels: excluded.map_or("kept".to_string(), |why| format!("not kept: {why}")),
+            };
+            let entry = append_in(&mut tx, key, &Event::Deidentify { instance: uid.clone(), details }).await?;
             sqlx::query("UPDATE instances SET audit_seq = $1 WHERE id = $2")
                 .bind(entry.seq)
                 .bind(id)

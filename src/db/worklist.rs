@@ -345,8 +345,13 @@ impl Db {
             .execute(&mut *tx)
             .await
             .map_err(q("update reading state"))?;
-        let details = serde_json::json!({ "action": action.as_str(), "reader": reader, "from": current.state.as_str(), "to": next.state.as_str() });
-        super::audit::append_in(&mut tx, key, &crate::audit::Event::Reading { study: study_id }, &details.to_string()).await?;
+        let details = crate::audit::ReadingChange {
+            action: action.as_str().into(),
+            reader: reader.to_string(),
+            from: current.state.as_str().into(),
+            to: next.state.as_str().into(),
+        };
+        super::audit::append_in(&mut tx, key, &crate::audit::Event::Reading { study: study_id, details }).await?;
         tx.commit().await.map_err(q("commit reading state"))?;
         Ok(ReadingOutcome::Done(next))
     }

@@ -58,8 +58,8 @@ pub fn seal(keys: &Keys, deid: &Deidentified) -> Result<SealedRecord, MapError> 
 pub async fn reidentify(db: &Db, keys: &Keys, deid_sop_instance_uid: &str, purpose: &str) -> Result<Originals, MapError> {
     let record = db.reid_record(deid_sop_instance_uid).await?.ok_or(MapError::NotFound)?;
     let originals = open(keys, &record)?;
-    let details = serde_json::json!({ "purpose": purpose, "study": record.study_instance_uid }).to_string();
-    db.audit_append(&crate::audit::Event::Reidentify { instance: deid_sop_instance_uid.to_string() }, &details).await?;
+    let details = crate::audit::Reidentified { purpose: purpose.to_string(), study: record.study_instance_uid.clone() };
+    db.audit_append(&crate::audit::Event::Reidentify { instance: deid_sop_instance_uid.to_string(), details }).await?;
     Ok(originals)
 }
 

@@ -90,11 +90,11 @@ async fn suite(url: &str) {
     assert!(jobs.iter().all(|j| j.kind == "study_ready" && j.state == "pending"));
 
     // Audit chain: sequential and concurrent appends form one valid chain.
-    db.audit_append(&triage_node::audit::Event::AeAdd { ae: "CT1".into() }, "{}").await.unwrap();
+    db.audit_append(&triage_node::audit::Event::AeRemove { ae: "CT1".into() }).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..8 {
         let db = db.clone();
-        tasks.push(tokio::spawn(async move { db.audit_append(&triage_node::audit::Event::AeAdd { ae: format!("CT{i}") }, "{}").await.unwrap() }));
+        tasks.push(tokio::spawn(async move { db.audit_append(&triage_node::audit::Event::AeRemove { ae: format!("CT{i}") }).await.unwrap() }));
     }
     for t in tasks {
         t.await.unwrap();

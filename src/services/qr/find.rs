@@ -61,8 +61,8 @@ pub(super) async fn serve(
     }
     drop(snapshot);
     if matches > 0 {
-        let details = serde_json::json!({ "model": model.as_str(), "level": query.level.as_str(), "matches": matches, "cancelled": cancelled }).to_string();
-        if let Err(error) = qr.archive.db().audit_append(&crate::audit::Event::Query { ae: association.calling_ae().to_string() }, &details).await {
+        let details = crate::audit::Queried { model: model.as_str().into(), level: query.level.as_str().into(), matches, cancelled };
+        if let Err(error) = qr.archive.db().audit_append(&crate::audit::Event::Query { ae: association.calling_ae().to_string(), details }).await {
             error!(%error, "recording a query in the audit trail failed");
         }
     }

@@ -153,13 +153,15 @@ pub(super) async fn serve(
         if objects.is_empty() {
             return Ok(());
         }
-        let details = serde_json::json!({
-            "operation": if op == Operation::Move { "C-MOVE" } else { "C-GET" },
-            "destination": destination_ae, "model": model.as_str(), "level": query.level.as_str(),
-            "objects": objects.len(), "sop_instances": objects.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
-        })
-        .to_string();
-        qr.archive.db().audit_append(&crate::audit::Event::Retrieve { ae: caller.to_string() }, &details).await.map(|_| ())
+        let details = crate::audit::Retrieved {
+            operation: if op == Operation::Move { "C-MOVE" } else { "C-GET" }.into(),
+            destination: destination_ae,
+            model: model.as_str().into(),
+            level: query.level.as_str().into(),
+            objects: objects.len() as u64,
+            sop_instances: objects.iter().map(|o| o.uid.clone()).collect(),
+        };
+        qr.archive.db().audit_append(&crate::audit::Event::Retrieve { ae: caller.to_string(), details }).await.map(|_| ())
     };
     let connect = async {
         let peer = destination.filter(|_| !objects.is_empty())?;
