@@ -438,7 +438,10 @@ fn a_node_killed_during_a_study_job_has_it_finished_by_the_other_with_one_report
             storage,
             inference: inference.clone(),
             results: results.clone(),
-            ingest: vec!["study_quiet_period = \"300ms\"".into()],
+            // Long enough that the three slices (sent in one association) always make one study
+            // job: with 300 ms a slow moment between two slices re-opened the study and B later
+            // ran a second job for it (seen once in a full run on two busy cores).
+            ingest: vec!["study_quiet_period = \"2s\"".into()],
             delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"1s\"".into()],
             database_url: Some(db_url.clone()),
             extra: vec![section],
