@@ -219,8 +219,67 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Connections open per peer address, each held by a `HostSlot` (IPv4-mapped IPv6 addresses
+/// counted as the IPv4 address): the DICOM and the HTTP listeners bound what one peer may
+/// hold with it.
+#[derive(Default)]
+pub struct HostCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in its address's count, given back when dropped.
+pub struct HostSlot {
+    counts: std::sync::Arc<HostCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl HostCounts {
+    /// A place for a connection from `ip`, unless `limit` are open from it.
+    pub fn take(self: std::sync::Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<HostSlot> {
+        let ip = canonical_ip(ip);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        drop(map);
+        Some(HostSlot { counts: self, ip })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_address_gets_its_own_count_and_gives_it_back() {
+        let hosts = std::sync::Arc::new(HostCounts::default());
+        let a: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        let first = hosts.clone().take(a, 2).unwrap();
+        let _second = hosts.clone().take(mapped, 2).unwrap();
+        assert!(hosts.clone().take(a, 2).is_none(), "a mapped address counts as its IPv4 one");
+        assert!(hosts.clone().take("127.0.0.3".parse().unwrap(), 2).is_some());
+        drop(first);
+        assert!(hosts.clone().take(a, 2).is_some());
+    }
     use super::*;
 
     #[test]

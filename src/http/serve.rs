@@ -8,11 +8,10 @@
 //! (`request_timeout`) is the router's. At start the soft descriptor limit is raised to the hard
 //! one, and `max_connections` is lowered to a quarter of it if need be: the rest stays for DICOM.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+use crate::domain::{HostCounts, HostSlot};
 
 /// The connection limits of `[http]`.
 #[derive(Debug, Clone, Copy)]
@@ -308,45 +309,6 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Connections open per peer address (IPv4-mapped IPv6 counted as the IPv4 address).
-#[derive(Default)]
-struct HostCounts(Mutex<HashMap<IpAddr, usize>>);
-
-/// One connection's place in its address's count, given back when dropped.
-struct HostSlot {
-    counts: Arc<HostCounts>,
-    ip: IpAddr,
-}
-
-impl HostCounts {
-    fn take(self: Arc<Self>, ip: IpAddr, limit: usize) -> Option<HostSlot> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        drop(map);
-        Some(HostSlot { counts: self, ip })
-    }
-}
-
-impl Drop for HostSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,18 +321,5 @@ mod tests {
         assert_eq!(connection_cap(256, 16), MIN_CONNECTIONS);
         assert_eq!(connection_cap(4, 16), 4);
         assert_eq!(connection_cap(256, u64::MAX), 256);
-    }
-
-    #[test]
-    fn each_address_gets_its_own_count_and_gives_it_back() {
-        let hosts = Arc::new(HostCounts::default());
-        let a: IpAddr = "127.0.0.2".parse().unwrap();
-        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
-        let first = hosts.clone().take(a, 2).unwrap();
-        let _second = hosts.clone().take(mapped, 2).unwrap();
-        assert!(hosts.clone().take(a, 2).is_none(), "a mapped address counts as its IPv4 one");
-        assert!(hosts.clone().take("127.0.0.3".parse().unwrap(), 2).is_some());
-        drop(first);
-        assert!(hosts.clone().take(a, 2).is_some());
     }
 }

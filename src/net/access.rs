@@ -47,8 +47,5 @@ pub async fn host_matches(host: &str, peer: IpAddr) -> bool {
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
 pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
+    crate::domain::canonical_ip(ip)
 }

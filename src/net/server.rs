@@ -6,7 +6,7 @@
 //! accept first and then try for a permit; callers over the limit get the rejection from a
 //! small, separately bounded pool of rejecting tasks (past that, the socket is just closed).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +20,13 @@ use tracing::{info, warn};
 
 use tracing::Instrument;
 
-use super::access::{canonical, Channel};
+use super::access::Channel;
 use super::association::Transport;
 use super::session::{self, Shared};
 use super::tls;
 use super::ul::negotiation;
 use super::ul::pdu::{self, PduError};
+use crate::domain::HostCounts;
 
 /// Connections over the limit that we answer with A-ASSOCIATE-RJ at the same time.
 const MAX_REJECTING: usize = 16;
@@ -213,42 +214,6 @@ impl Listener {
 /// request is read, the calling AE title (escaped: a peer chooses it). Never patient data.
 fn association_span(peer: SocketAddr) -> tracing::Span {
     tracing::info_span!("association", %peer, calling_ae = tracing::field::Empty)
-}
-
-/// Connections open per peer address.
-#[derive(Default)]
-struct HostCounts(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
-
-/// One connection's place in its host's count, given back when dropped.
-struct HostSlot {
-    counts: Arc<HostCounts>,
-    ip: IpAddr,
-}
-
-impl HostCounts {
-    fn take(self: Arc<Self>, ip: IpAddr, limit: usize) -> Option<HostSlot> {
-        let ip = canonical(ip);
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        drop(map);
-        Some(HostSlot { counts: self, ip })
-    }
-}
-
-impl Drop for HostSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// The caller's A-ASSOCIATE-RQ, if it sends one within `REJECT_READ_TIMEOUT` (and ARTIM).
