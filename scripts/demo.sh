@@ -62,7 +62,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.cr
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
 printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$PKI/leaf.ext"
 for leaf in node modality; do
-  openssl req -newkey rsa:2048 -nodes -keyout "$PKI/$leaf.key" -out "$PKI/$leaf.csr" -subj "/CN=demo $leaf" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$PKI/$leaf.key" -out "$PKI/$leaf.csr" -subj "/CN=demo-$leaf" 2>/dev/null
   openssl x509 -req -in "$PKI/$leaf.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -out "$PKI/$leaf.crt" -days 2 -extfile "$PKI/leaf.ext" 2>/dev/null
 done
 TLS_PORT=${TLS_PORT:-$(free_port)}
@@ -70,7 +70,8 @@ export TRIAGE__DICOM__TLS__ENABLED=true TRIAGE__DICOM__TLS__PORT=$TLS_PORT TRIAG
   TRIAGE__DICOM__TLS__PRIVATE_KEY=$PKI/node.key TRIAGE__DICOM__TLS__CLIENT_CA=$PKI/ca.crt
 
 "$BIN" ae add DEMO_CT --host 127.0.0.1
-"$BIN" ae add DEMO_SECURE_CR --host 127.0.0.1 --tls
+# TLS only, and bound to its certificate: another certificate of the same CA cannot use this title.
+"$BIN" ae add DEMO_SECURE_CR --host 127.0.0.1 --tls --tls-identity demo-modality
 "$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM"
 "$BIN" ae list
 "$BIN" serve 2> "$DEMO/node.log" &
@@ -88,6 +89,8 @@ echoscu -aet DEMO_SECURE_CR -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" 2>&1 | 
 echo "-- over TLS with the certificate the site CA signed, a C-ECHO and a C-STORE (the demo CR case 4):"
 echoscu -aet DEMO_SECURE_CR -aec TRIAGE +tls "$PKI/modality.key" "$PKI/modality.crt" +cf "$PKI/ca.crt" 127.0.0.1 "$TLS_PORT" && echo "C-ECHO over TLS: success"
 storescu -aet DEMO_SECURE_CR -aec TRIAGE +tls "$PKI/modality.key" "$PKI/modality.crt" +cf "$PKI/ca.crt" 127.0.0.1 "$TLS_PORT" .testdata/demo-cases/case004.dcm && echo "C-STORE over TLS: success"
+echo "-- another certificate the same CA signed (CN demo-node) calling as DEMO_SECURE_CR is refused:"
+echoscu -aet DEMO_SECURE_CR -aec TRIAGE +tls "$PKI/node.key" "$PKI/node.crt" +cf "$PKI/ca.crt" 127.0.0.1 "$TLS_PORT" 2>&1 | grep -E 'Rejected|Reason' | head -2 || true
 echo "-- anonymous TLS (no client certificate) is refused at the handshake:"
 echoscu -aet DEMO_SECURE_CR -aec TRIAGE +tla +cf "$PKI/ca.crt" 127.0.0.1 "$TLS_PORT" 2>&1 | tail -1 || true
 echo "== C-STORE: a head CT slice (JPEG 2000 lossless) and an adult chest CR (explicit VR), then 9 more CT slices"
@@ -132,8 +135,9 @@ for i in json.load(open(sys.argv[1]))["items"]:
     print("%-15s study %-3s %-20s %-12s %s" % (i["priority"], i["study_id"], p.get("name"), p.get("accession"), f))
 PY
 echo "-- without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "$API/api/worklist")"
-echo "== readiness and a few Prometheus metrics"
+echo "== readiness (without a token: ready or not; with the admin token: the details) and a few Prometheus metrics"
 curl -s "$API/readyz"; echo
+curl -s -H "Authorization: Bearer $ADMIN_TOKEN" "$API/readyz"; echo
 curl -s "$API/metrics" | grep -E '^triage_(worklist_studies|instances_received_total|cstore_responses_total|end_to_end_seconds_count|outbox_items)' || true
 echo "== waiting for the RIS to accept an ORU^R01 per triaged chest study"
 for _ in $(seq 100); do [ "$(wc -l < "$DEMO/ris.jsonl" 2>/dev/null || echo 0)" -ge 6 ] && break; sleep 0.2; done
