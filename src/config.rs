@@ -311,10 +311,23 @@ pub struct ResultsSettings {
     pub destinations: Vec<AeTitle>,
     /// UID root for the objects the node creates; empty: `2.25.` UUID-derived UIDs.
     pub uid_root: String,
-    /// Series Number of the reports; the heatmaps' series is this plus one.
+    /// Series Number of the reports; the Secondary Captures' series is this plus one, the
+    /// Parametric Maps' plus two, the rejection notes' plus three.
     pub series_number: u32,
+    /// What a positive finding's heatmap is sent as, each its own object.
+    pub heatmap: Vec<HeatmapObject>,
     /// Long side of a heatmap Secondary Capture's image part, in pixels.
     pub heatmap_max_size: usize,
+}
+
+/// A heatmap object kind (`[results] heatmap`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeatmapObject {
+    /// The model's activation as values on the key image's grid (PS3.3 A.75; IHE AIR's choice).
+    ParametricMap,
+    /// The activation blended over the key image, burned in (for a PACS that cannot show a map).
+    SecondaryCapture,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,6 +415,10 @@ impl Settings {
                 "results.uid_root",
                 "must be a UID root of at most 40 characters: digits in components separated by dots, no leading zeros (or empty for 2.25 UIDs)",
             ));
+        }
+        let kinds = &self.results.heatmap;
+        if kinds.iter().enumerate().any(|(i, k)| kinds[..i].contains(k)) {
+            return Err(invalid("results.heatmap", "lists an object kind twice"));
         }
         if !(64..=4096).contains(&self.results.heatmap_max_size) {
             return Err(invalid("results.heatmap_max_size", "must be between 64 and 4096 pixels"));

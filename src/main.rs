@@ -107,10 +107,13 @@ enum Command {
         json: bool,
     },
     /// The newest study results: per study (row id) and model, the state, priority and findings
-    /// (no patient data; the study's identity is in the re-identification map).
+    /// (no patient data; the study's identity is in the re-identification map). `results
+    /// retract` withdraws a study's AI results.
     Results {
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        #[command(subcommand)]
+        action: Option<cli::report::ResultsAction>,
     },
     /// The reading order of the newest triaged studies: URGENT, then POSITIVE by score, then
     /// FAILED and NOT_ANALYSED (read without AI), NEGATIVE, NOT_APPLICABLE, each by arrival. Study row ids only:
@@ -227,7 +230,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Send { to, paths } => cli::dicom::send(&settings, to, paths).await,
         Command::Infer { paths, model, heatmaps } => cli::offline::infer(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
         Command::Evaluate { labels, dir, model, json } => cli::offline::evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
-        Command::Results { limit } => cli::report::results(&settings, limit).await,
+        Command::Results { limit, action: None } => cli::report::results(&settings, limit).await,
+        Command::Results { action: Some(action), .. } => cli::report::results_action(&settings, action).await,
         Command::Worklist { limit, json } => cli::report::worklist(&settings, limit, json).await,
         Command::BenchInfer { model, batch, files } => {
             let report = admin::evaluate::bench(&settings, &model, batch, &files).await?;

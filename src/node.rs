@@ -241,6 +241,7 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
             dicom_timeout: settings.delivery.timeout,
             workers: workers.clone(),
             metrics,
+            publisher: publisher(ctx),
         };
         let state = crate::http::AppState::new(&ctx.core, &settings.http, served);
         Some(state)

@@ -168,6 +168,7 @@ pub async fn seed_worklist(settings: &Settings, studies: usize) -> Result<Seeded
                 reasons_json: if rank == 2 { r#"["pixels could not be decoded"]"#.into() } else { "[]".into() },
                 lowered_from: None,
                 reading: crate::db::Reading::unread(),
+                retraction: None,
             },
         ));
     }

@@ -13,6 +13,7 @@ pub mod export;
 pub mod outbox;
 pub mod reid;
 pub mod report;
+pub mod results;
 pub mod worklist;
 
 use crate::config::Settings;
@@ -49,6 +50,9 @@ pub enum AdminError {
     Map(#[from] crate::deid::MapError),
     #[error(transparent)]
     Blob(#[from] crate::blobs::BlobError),
+    /// Building or reading result objects (a rejection note, the RIS's correction) failed.
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
 }
 
 /// Whether an operation appends to the audit trail (and so needs the site keys).

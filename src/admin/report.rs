@@ -59,6 +59,8 @@ pub async fn worklist(db: &Db, limit: i64) -> Result<Vec<crate::results::worklis
 pub struct ResultSummary {
     pub result: StudyResult,
     pub deliveries: Vec<(String, String, i64)>,
+    /// An admin retracted the study's AI results.
+    pub retraction: Option<crate::db::Retraction>,
 }
 
 /// The newest `limit` study results.
@@ -69,7 +71,8 @@ pub async fn recent_results(db: &Db, limit: i64) -> Result<Vec<ResultSummary>, A
     let mut out = Vec::new();
     for result in db.recent_results(limit).await? {
         let deliveries = db.outbox_study_states(result.study_id).await?;
-        out.push(ResultSummary { result, deliveries });
+        let retraction = db.worklist_row(result.study_id).await?.and_then(|row| row.retraction);
+        out.push(ResultSummary { result, deliveries, retraction });
     }
     Ok(out)
 }

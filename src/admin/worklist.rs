@@ -55,6 +55,21 @@ impl From<&Reading> for ReadingView {
     }
 }
 
+/// A retraction as the API shows it (the admin's reason is in the audit trail only).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RetractionView {
+    pub at_ms: i64,
+    pub by: String,
+    /// The rejection note's title code: 113001 (quality) or 113037 (patient safety).
+    pub code: String,
+}
+
+impl From<&crate::db::Retraction> for RetractionView {
+    fn from(r: &crate::db::Retraction) -> Self {
+        RetractionView { at_ms: r.at_ms, by: r.by.clone(), code: r.code.clone() }
+    }
+}
+
 /// One worklist row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
@@ -67,6 +82,9 @@ pub struct Item {
     pub reading: ReadingView,
     /// The result objects' (SR, SC, HL7) delivery, by kind and state.
     pub deliveries: Vec<Delivery>,
+    /// An admin retracted the study's AI results (only a retracted row, read by id, has it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retraction: Option<RetractionView>,
     /// Only for an authenticated user of the API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patient: Option<Patient>,
@@ -166,6 +184,7 @@ pub async fn items(db: &Db, viewer: Option<Viewer<'_>>, rows: &[WorklistRow]) ->
             lowered_from: r.lowered_from.clone(),
             reading: ReadingView::from(&r.reading),
             deliveries: deliveries.remove(&r.study_id).unwrap_or_default(),
+            retraction: r.retraction.as_ref().map(RetractionView::from),
             patient: viewer.map(|_| patients.get(&r.study_instance_uid).cloned().unwrap_or(Patient { name: None, id: None, issuer: None, accession: None })),
         })
         .collect())
@@ -198,7 +217,7 @@ async fn patients(db: &Db, viewer: Viewer<'_>, rows: &[WorklistRow]) -> Result<H
     Ok(out)
 }
 
-/// A study's row, or None.
+/// A study's row (retracted or not), or None.
 pub async fn row(db: &Db, study_id: i64) -> Result<Option<WorklistRow>, AdminError> {
     Ok(db.worklist_row(study_id).await?)
 }

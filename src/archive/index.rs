@@ -15,14 +15,24 @@ use dicom_object::InMemDicomObject;
 use super::keys::{Level, KEYS};
 use crate::deid::Originals;
 
+/// The originals an object is re-identified with: per referenced stored instance (its
+/// de-identified SOP Instance UID), what its map record holds.
+pub type Opened = Arc<[(String, Originals)]>;
+
 /// One attribute as delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attr {
     /// Its values as text, several joined by `\`.
     Text(VR, String),
-    /// A sequence: each item's attributes (one level deep).
-    Items(Vec<Vec<(Tag, VR, String)>>),
+    /// A sequence: each item's attributes, nested sequences included (up to `MAX_DEPTH`).
+    Items(Vec<Item>),
 }
+
+/// The attributes of one sequence item, in the item's order.
+pub type Item = Vec<(Tag, Attr)>;
+
+/// Sequence levels kept below a key (Contributing Equipment > Purpose of Reference is 2).
+const MAX_DEPTH: usize = 3;
 
 /// The attributes of one node, by tag.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,9 +56,7 @@ impl Attrs {
         for key in KEYS.iter().filter(|k| k.level == level && !k.computed) {
             let Some(e) = obj.get(key.tag) else { continue };
             let attr = match e.value() {
-                Value::Sequence(seq) => {
-                    Attr::Items(seq.items().iter().map(|item| item.iter().filter_map(|ie| text_of(ie).map(|v| (ie.tag(), ie.vr(), v))).collect()).collect())
-                }
+                Value::Sequence(seq) => Attr::Items(items_of(seq.items(), 1)),
                 _ => match text_of(e) {
                     Some(v) => Attr::Text(key.vr, v),
                     None => continue,
@@ -58,6 +66,15 @@ impl Attrs {
         }
         Attrs(out)
     }
+}
+
+/// The items of a sequence `depth` levels below a key; deeper sequences are left out.
+fn items_of(items: &[InMemDicomObject], depth: usize) -> Vec<Item> {
+    let attr = |e: &dicom_core::DataElement<InMemDicomObject>| match e.value() {
+        Value::Sequence(seq) if depth < MAX_DEPTH => Some(Attr::Items(items_of(seq.items(), depth + 1))),
+        _ => text_of(e).map(|v| Attr::Text(e.vr(), v)),
+    };
+    items.iter().map(|item| item.iter().filter_map(|e| attr(e).map(|a| (e.tag(), a))).collect()).collect()
 }
 
 fn text_of(e: &dicom_core::DataElement<InMemDicomObject>) -> Option<String> {
@@ -100,7 +117,7 @@ pub struct Instance {
     pub path: String,
     /// The originals it is re-identified with (per referenced stored instance, by its
     /// de-identified SOP Instance UID), opened from the sealed map when it was indexed.
-    pub originals: Arc<[(String, Originals)]>,
+    pub originals: Opened,
 }
 
 /// One version of the index.
@@ -113,6 +130,10 @@ pub struct Snapshot {
     patient_at: HashMap<(String, String), usize>,
     study_at: HashMap<String, (usize, usize)>,
     paths: std::collections::HashSet<String>,
+    /// The originals of an indexed object of each study and patient, by de-identified Study
+    /// Instance UID and Patient ID (pseudonym): the identity of an object that references no
+    /// stored instance (a rejection note).
+    study_originals: HashMap<(String, String), Opened>,
 }
 
 impl Snapshot {
@@ -124,9 +145,16 @@ impl Snapshot {
         self.paths.contains(path)
     }
 
-    /// Add a re-identified object (`path` its de-identified file). An object with the SOP
-    /// Instance UID of one already indexed replaces it (a result published again).
-    pub fn insert(&mut self, obj: &InMemDicomObject, path: &str, originals: Arc<[(String, Originals)]>) {
+    /// The originals an indexed object of the study and patient `deid` (de-identified Study
+    /// Instance UID, Patient ID) was re-identified with, already opened.
+    pub fn study_originals(&self, deid: &(String, String)) -> Option<Opened> {
+        self.study_originals.get(deid).cloned()
+    }
+
+    /// Add a re-identified object (`path` its de-identified file, `deid` its Study Instance UID
+    /// and Patient ID there). An object with the SOP Instance UID of one already indexed
+    /// replaces it (a result published again).
+    pub fn insert(&mut self, obj: &InMemDicomObject, path: &str, deid: &(String, String), originals: Opened) {
         let text = |t: Tag| text_of_tag(obj, t);
         let (Some(study_uid), Some(series_uid), Some(sop_uid)) =
             (text(tags::STUDY_INSTANCE_UID), text(tags::SERIES_INSTANCE_UID), text(tags::SOP_INSTANCE_UID))
@@ -134,6 +162,9 @@ impl Snapshot {
             return;
         };
         self.paths.insert(path.to_string());
+        if !originals.is_empty() && !self.study_originals.contains_key(deid) {
+            self.study_originals.insert(deid.clone(), originals.clone());
+        }
         let patient_key = (text(tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(), text(tags::PATIENT_ID).unwrap_or_default());
         let patient_attrs = Attrs::of(obj, Level::Patient);
         let (pi, si) = match self.study_at.get(&study_uid) {
@@ -188,7 +219,7 @@ impl Snapshot {
 #[cfg(test)]
 impl Snapshot {
     pub fn insert_test(&mut self, obj: &InMemDicomObject, path: &str) {
-        self.insert(obj, path, Arc::from(Vec::new()));
+        self.insert(obj, path, &Default::default(), Arc::from(Vec::new()));
     }
 }
 
@@ -229,5 +260,38 @@ mod tests {
         assert_eq!(s.patients[0].attrs.text(tags::PATIENT_NAME), "DOE^JANE");
         assert_eq!((before.patients.len(), before.studies(), before.instances), (1, 1, 2));
         assert_eq!(before.patients[0].studies.len(), 1);
+    }
+
+    #[test]
+    fn sequences_are_kept_with_their_nested_sequences_and_a_study_keeps_its_identity() {
+        use dicom_core::value::DataSetSequence;
+        use dicom_core::{DataElement, Length};
+        let seq = |items: Vec<InMemDicomObject>| DataSetSequence::new(items, Length::UNDEFINED);
+        let mut o = object("P1", "1.1", "1.1.1", "1.1.1.1");
+        let mut purpose = InMemDicomObject::new_empty();
+        put(&mut purpose, tags::CODE_VALUE, VR::SH, "Newcode1");
+        let mut algorithm = InMemDicomObject::new_empty();
+        put(&mut algorithm, tags::MANUFACTURER_MODEL_NAME, VR::LO, "demo-nodule");
+        algorithm.put(DataElement::new(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, VR::SQ, seq(vec![purpose])));
+        o.put(DataElement::new(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, VR::SQ, seq(vec![algorithm])));
+        put(&mut o, tags::CONTENT_LABEL, VR::CS, "HEATMAP");
+        let originals: crate::deid::Originals = serde_json::from_value(serde_json::json!({
+            "specific_character_set": null, "patient_id": "P1", "issuer_of_patient_id": null, "patient_name": null,
+            "patient_birth_date": null, "patient_sex": null, "accession_number": null, "study_instance_uid": "1.1",
+            "series_instance_uid": "1.0.1", "sop_instance_uid": "1.0.1.1", "study_date": null, "study_time": null, "study_id": null,
+            "referring_physician_name": null, "study_description": null
+        }))
+        .unwrap();
+        let mut s = Snapshot::default();
+        let deid = ("2.25.7".to_string(), "PSEUDO".to_string());
+        s.insert(&o, "a", &deid, Arc::from(vec![("2.25.8".to_string(), originals)]));
+        let attrs = &s.patients[0].studies[0].series[0].instances[0].attrs;
+        assert_eq!(attrs.text(tags::CONTENT_LABEL), "HEATMAP");
+        let Some(Attr::Items(items)) = attrs.get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE) else { panic!("no sequence") };
+        assert_eq!(items[0][0], (tags::MANUFACTURER_MODEL_NAME, Attr::Text(VR::LO, "demo-nodule".into())));
+        assert_eq!(items[0][1], (tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, Attr::Items(vec![vec![(tags::CODE_VALUE, Attr::Text(VR::SH, "Newcode1".into()))]])));
+        assert_eq!(s.study_originals(&deid).map(|o| o[0].0.clone()).as_deref(), Some("2.25.8"));
+        assert!(s.study_originals(&("2.25.7".into(), "OTHER".into())).is_none(), "another patient's");
+        assert!(s.study_originals(&("2.25.9".into(), "PSEUDO".into())).is_none());
     }
 }

@@ -1,5 +1,8 @@
 //! The query keys the index holds, per level (PS3.4 C.6.1.1 and C.6.2.1): data, kept equal to
-//! the conformance statement's table by a unit test.
+//! the conformance statement's table by a unit test. The IMAGE keys are those a PACS needs to
+//! list a study's AI results without retrieving them (IHE AIR): what each object is (SOP
+//! Class, document title, template, label), when it was made (Content Date/Time) and by which
+//! algorithm (Contributing Equipment).
 
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
@@ -135,6 +138,13 @@ pub const KEYS: &[Key] = &[
     k(Image, tags::CONCEPT_NAME_CODE_SEQUENCE, VR::SQ, "ConceptNameCodeSequence"),
     k(Image, tags::CONTENT_TEMPLATE_SEQUENCE, VR::SQ, "ContentTemplateSequence"),
     k(Image, tags::SOURCE_IMAGE_SEQUENCE, VR::SQ, "SourceImageSequence"),
+    // Content Identification Macro (PS3.3 Table 10-12): the Parametric Map's label.
+    k(Image, tags::CONTENT_LABEL, VR::CS, "ContentLabel"),
+    k(Image, tags::CONTENT_DESCRIPTION, VR::LO, "ContentDescription"),
+    k(Image, tags::CONTENT_CREATOR_NAME, VR::PN, "ContentCreatorName"),
+    // IHE AIR: each algorithm that made the result is an item (Manufacturer, Manufacturer's
+    // Model Name, Software Versions, Device UID, Purpose of Reference).
+    k(Image, tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, VR::SQ, "ContributingEquipmentSequence"),
 ];
 
 pub fn key(tag: Tag) -> Option<&'static Key> {

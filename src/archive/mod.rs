@@ -6,8 +6,11 @@
 //! Identifiers stay sealed at rest: the database holds only de-identified values and the
 //! sealed map, the files are de-identified; the original patient and study identifiers exist
 //! only in this process's memory. Building the index opens every map record its objects
-//! reference without an audit entry each; it appends one entry saying how many objects and
-//! records it opened. What a query or retrieve discloses is audited by the service.
+//! reference without an audit entry each (an object that references no stored instance, such
+//! as an IOCM rejection note, takes its study's identity: from an indexed object of the same
+//! study and patient pseudonym, else from the record the outbox would open for it); it appends
+//! one entry saying how many objects and records it opened. What a query or retrieve discloses
+//! is audited by the service.
 //!
 //! - `keys`: the keys held per level and how they are matched.
 //! - `index`: the snapshot (patients, studies, series, objects).
@@ -139,6 +142,8 @@ impl Archive {
                         continue;
                     }
                 };
+                let text = |t| obj.get(t).and_then(|e| e.to_str().ok()).unwrap_or_default().trim_end_matches(['\0', ' ']).to_string();
+                let deid = (text(tags::STUDY_INSTANCE_UID), text(tags::PATIENT_ID));
                 let mut opened = Vec::new();
                 for uid in reidentify::references(&obj) {
                     if !originals.contains_key(&uid) {
@@ -155,12 +160,40 @@ impl Archive {
                         opened.push((uid, o.clone()));
                     }
                 }
+                let opened: index::Opened = match (opened.is_empty(), next.study_originals(&deid)) {
+                    (false, _) => Arc::from(opened),
+                    // No stored instance referenced (a rejection note references only the node's
+                    // own objects): the identity of its study and patient, as an indexed object
+                    // of them has it,
+                    (true, Some(known)) => known,
+                    // or from the record the outbox takes for it (`reidentify::study_record`).
+                    (true, None) => match reidentify::study_record(&self.db, &obj).await.map_err(|e| match e {
+                        ReidError::Map(e) => ArchiveError::Map(e),
+                        other => ArchiveError::Task(other.to_string()),
+                    })? {
+                        Some(record) => {
+                            let o = match originals.get(&record.sop_instance_uid) {
+                                Some(Some(o)) => o.clone(),
+                                _ => {
+                                    opened_total += 1;
+                                    let o = deid::open(&self.keys, &record)?;
+                                    originals.insert(record.sop_instance_uid.clone(), Some(o.clone()));
+                                    o
+                                }
+                            };
+                            Arc::from(vec![(record.sop_instance_uid, o)])
+                        }
+                        None => Arc::from(opened),
+                    },
+                };
                 match reidentify::apply(obj, &self.keys, &opened) {
                     Ok(obj) => {
-                        next.insert(&obj, &path, Arc::from(opened));
+                        next.insert(&obj, &path, &deid, opened);
                         objects += 1;
                     }
-                    Err(ReidError::NoReference) => warn!(path, "a queued result object references no stored instance; it is not queryable"),
+                    Err(ReidError::NoReference) => {
+                        warn!(path, "a queued result object references no stored instance nor has its study one; it is not queryable")
+                    }
                     Err(error) => warn!(%error, path, "a queued result object cannot be re-identified; it is not queryable"),
                 }
             }
@@ -189,5 +222,100 @@ impl Archive {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dicom_core::VR;
+    use dicom_object::InMemDicomObject;
+
+    use super::*;
+    use crate::db::SealedRecord;
+    use crate::results::dataset::{self, put, put_seq};
+
+    /// A de-identified result object of `study` referencing `referenced` (a stored instance's
+    /// de-identified UID, or one of the node's own objects).
+    fn object(dir: &std::path::Path, name: &str, class: &str, study: &str, sop: &str, referenced: &str) -> String {
+        let mut o = InMemDicomObject::new_empty();
+        put(&mut o, tags::SOP_CLASS_UID, VR::UI, class);
+        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop);
+        put(&mut o, tags::PATIENT_ID, VR::LO, "PSEUDONYM");
+        put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, study);
+        put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &format!("{sop}.1"));
+        put(&mut o, tags::CONTENT_DATE, VR::DA, "20260105");
+        let mut r = InMemDicomObject::new_empty();
+        put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, referenced);
+        put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
+        let rel = format!("outbox/results/{name}.dcm");
+        std::fs::create_dir_all(dir.join("outbox/results")).unwrap();
+        std::fs::write(dir.join(&rel), dataset::part10(&o, class, sop).unwrap()).unwrap();
+        rel
+    }
+
+    /// The number of map records each index-building audit entry says it opened.
+    async fn index_openings(db: &Db) -> Vec<u64> {
+        let (entries, ..) = db.audit_chain().await.unwrap();
+        entries
+            .iter()
+            .filter(|e| e.subject == "query-index")
+            .map(|e| serde_json::from_str::<crate::audit::IndexOpened>(&e.details).unwrap().map_records)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_rejection_note_takes_its_studys_identity_from_the_index_or_the_map() {
+        const SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+        const KOS: &str = "1.2.840.10008.5.1.4.1.1.88.59";
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::for_tests(5);
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("t.db").display()), 1).await.unwrap().with_audit_key(keys.audit_key());
+        let originals = serde_json::json!({
+            "specific_character_set": null, "patient_id": "ORIG-1", "issuer_of_patient_id": null, "patient_name": "ROE^JANE",
+            "patient_birth_date": null, "patient_sex": null, "accession_number": "ACC-1", "study_instance_uid": "1.2.3",
+            "series_instance_uid": "1.2.3.4", "sop_instance_uid": "1.2.3.4.5", "study_date": null, "study_time": null, "study_id": null,
+            "referring_physician_name": null, "study_description": null
+        });
+        let (study, stored) = (keys.uid("1.2.3"), keys.uid("1.2.3.4.5"));
+        let (nonce, sealed) = keys.seal(&serde_json::to_vec(&originals).unwrap(), &stored).unwrap();
+        let record =
+            SealedRecord { sop_instance_uid: stored.clone(), study_instance_uid: study.clone(), key_id: keys.map_key_id(), nonce, sealed, created_at_ms: 0 };
+
+        // A rejection note alone: the identity from the record of a stored instance of its study.
+        let kos = object(dir.path(), "kos", KOS, &study, "2.25.20", "2.25.10");
+        db.seed_result_objects("n1", "PACS", &[(record.clone(), kos)]).await.unwrap();
+        let archive = Archive::open(db.clone(), keys.clone(), crate::blobs::Blobs::local(dir.path()), "n1".into()).await.unwrap();
+        let s = archive.snapshot_now();
+        let study_node = &s.patients[0].studies[0];
+        assert_eq!((study_node.uid.as_str(), s.patients[0].attrs.text(tags::PATIENT_ID)), ("1.2.3", "ORIG-1"));
+        assert_eq!(study_node.attrs.text(tags::ACCESSION_NUMBER), "ACC-1");
+        let note = &study_node.series[0].instances[0];
+        assert_eq!((note.sop_class_uid.as_str(), note.originals[0].0.as_str()), (KOS, stored.as_str()));
+        assert_eq!(index_openings(&db).await, [1], "the record opened is audited with the index");
+
+        // A report and another note of the same study in one refresh: the note takes the
+        // report's originals, no record is opened for it.
+        let sr = object(dir.path(), "sr", SR, &study, "2.25.10", &stored);
+        let kos2 = object(dir.path(), "kos2", KOS, &study, "2.25.21", "2.25.10");
+        db.seed_result_objects("n1", "PACS", &[(record.clone(), sr), (record, kos2)]).await.unwrap();
+        let s = archive.snapshot().await.unwrap();
+        assert_eq!((s.instances, s.studies()), (3, 1));
+        let uids: Vec<&str> = s.patients[0].studies[0].series.iter().map(|se| se.instances[0].uid.as_str()).collect();
+        assert_eq!(uids, ["2.25.20", "2.25.10", "2.25.21"]);
+        assert_eq!(index_openings(&db).await, [1, 1], "the report's record only");
+
+        // A note whose study has neither indexed objects nor stored instances is not indexed.
+        let orphan = object(dir.path(), "orphan", KOS, "2.25.999", "2.25.22", "2.25.10");
+        let (nonce, sealed) = keys.seal(b"{}", "2.25.998").unwrap();
+        let unrelated = SealedRecord {
+            sop_instance_uid: "2.25.998".into(),
+            study_instance_uid: "2.25.997".into(),
+            key_id: keys.map_key_id(),
+            nonce,
+            sealed,
+            created_at_ms: 0,
+        };
+        db.seed_result_objects("n1", "PACS", &[(unrelated, orphan)]).await.unwrap();
+        assert_eq!(archive.snapshot().await.unwrap().instances, 3);
     }
 }

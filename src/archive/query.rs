@@ -16,7 +16,7 @@ use dicom_core::{DataElement, Length, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use super::index::{Attr, Attrs, Instance, Patient, Series, Snapshot, Study};
+use super::index::{Attr, Attrs, Instance, Item, Patient, Series, Snapshot, Study};
 use super::keys::{self, Key, Level, Model};
 use crate::dicom::matching::{Matcher, Options};
 use crate::dicom::Status;
@@ -234,27 +234,13 @@ fn parse_key(e: &DataElement<InMemDicomObject>, level: Level, model: Model, opti
     let at = || format!("({:04X},{:04X})", tag.group(), tag.element());
     match e.value() {
         Value::Sequence(seq) => {
-            let mut items = Vec::new();
-            if let Some(item) = seq.items().first() {
-                for ie in item {
-                    if ie.tag().element() == 0 {
-                        continue;
-                    }
-                    let value = ie.to_str().map(|s| s.to_string()).unwrap_or_default();
-                    let matcher =
-                        Matcher::parse(keys::kind(ie.vr()), &value, options).map_err(|m| unable(format!("{} item {}: {m}", at(), tag_text(ie.tag()))))?;
-                    items.push(QueryKey {
-                        tag: ie.tag(),
-                        vr: ie.vr(),
-                        def: None,
-                        matcher: (matcher != Matcher::Universal).then_some(matcher),
-                        items: Vec::new(),
-                    });
-                }
-            }
+            let mut items = match seq.items().first() {
+                Some(item) => item_keys(item, options, &at())?,
+                None => Vec::new(),
+            };
             let def = def.filter(|d| d.vr == VR::SQ);
             if def.is_none() {
-                items.iter_mut().for_each(|i| i.matcher = None);
+                items.iter_mut().for_each(unmatched);
             }
             Ok(QueryKey { tag, vr: VR::SQ, def, matcher: None, items })
         }
@@ -276,28 +262,101 @@ fn parse_key(e: &DataElement<InMemDicomObject>, level: Level, model: Model, opti
     }
 }
 
+/// The keys of a sequence key's item (PS3.4 C.2.2.2.6), a sequence among them with its own.
+fn item_keys(item: &InMemDicomObject, options: Options, at: &str) -> Result<Vec<QueryKey>, QueryError> {
+    let mut out = Vec::new();
+    for ie in item {
+        if ie.tag().element() == 0 {
+            continue;
+        }
+        out.push(match ie.value() {
+            Value::Sequence(seq) => {
+                let items = match seq.items().first() {
+                    Some(i) => item_keys(i, options, at)?,
+                    None => Vec::new(),
+                };
+                QueryKey { tag: ie.tag(), vr: VR::SQ, def: None, matcher: None, items }
+            }
+            _ => {
+                let value = ie.to_str().map(|s| s.to_string()).unwrap_or_default();
+                let matcher = Matcher::parse(keys::kind(ie.vr()), &value, options).map_err(|m| unable(format!("{at} item {}: {m}", tag_text(ie.tag()))))?;
+                QueryKey { tag: ie.tag(), vr: ie.vr(), def: None, matcher: (matcher != Matcher::Universal).then_some(matcher), items: Vec::new() }
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn unmatched(k: &mut QueryKey) {
+    k.matcher = None;
+    k.items.iter_mut().for_each(unmatched);
+}
+
+/// Universal matching, in the key and all its items' keys.
+fn universal(k: &QueryKey) -> bool {
+    k.matcher.is_none() && k.items.iter().all(universal)
+}
+
 fn tag_text(t: Tag) -> String {
     format!("({:04X},{:04X})", t.group(), t.element())
 }
 
 fn key_matches(k: &QueryKey, hit: &Hit<'_>) -> bool {
     let Some(def) = k.def else { return true };
-    match (&k.matcher, k.items.is_empty()) {
-        (None, true) => true,
-        _ => match hit.value(def) {
-            Some(Attr::Text(_, v)) => k.matcher.as_ref().is_none_or(|m| m.matches(keys::kind(def.vr), &v)),
-            Some(Attr::Items(items)) => k.items.iter().all(|ik| ik.matcher.is_none()) || items.iter().any(|item| item_matches(&k.items, item)),
-            // A candidate without the attribute matches only universal matching.
-            None => k.matcher.is_none() && k.items.iter().all(|ik| ik.matcher.is_none()),
-        },
+    if universal(k) {
+        return true;
+    }
+    match hit.value(def) {
+        Some(Attr::Text(_, v)) => k.matcher.as_ref().is_none_or(|m| m.matches(keys::kind(def.vr), &v)),
+        Some(Attr::Items(items)) => items.iter().any(|item| item_matches(&k.items, item)),
+        // A candidate without the attribute matches only universal matching.
+        None => false,
     }
 }
 
-fn item_matches(keys: &[QueryKey], item: &[(Tag, VR, String)]) -> bool {
-    keys.iter().all(|k| match &k.matcher {
-        None => true,
-        Some(m) => item.iter().find(|(t, ..)| *t == k.tag).is_some_and(|(_, vr, v)| m.matches(keys::kind(*vr), v)),
+/// An item matches when each of its keys does; a sequence key, when one of its items does.
+fn item_matches(wanted: &[QueryKey], item: &[(Tag, Attr)]) -> bool {
+    wanted.iter().filter(|k| !universal(k)).all(|k| match item.iter().find(|(t, _)| *t == k.tag).map(|(_, a)| a) {
+        Some(Attr::Text(vr, v)) => k.matcher.as_ref().is_none_or(|m| m.matches(keys::kind(*vr), v)),
+        Some(Attr::Items(items)) => items.iter().any(|i| item_matches(&k.items, i)),
+        None => false,
     })
+}
+
+/// A sequence in a response: the items that match `wanted`, each with the requested item keys
+/// (every attribute it has when none is named); a requested key an item lacks, zero-length.
+fn sequence(tag: Tag, wanted: &[QueryKey], items: &[Item]) -> DataElement<InMemDicomObject> {
+    let out: Vec<InMemDicomObject> = items
+        .iter()
+        .filter(|item| item_matches(wanted, item))
+        .map(|item| {
+            let mut o = InMemDicomObject::new_empty();
+            for (t, attr) in item {
+                let ik = wanted.iter().find(|ik| ik.tag == *t);
+                if ik.is_none() && !wanted.is_empty() {
+                    continue;
+                }
+                o.put(match attr {
+                    Attr::Text(vr, v) => DataElement::new(*t, *vr, PrimitiveValue::from(v.as_str())),
+                    Attr::Items(sub) => sequence(*t, ik.map(|ik| ik.items.as_slice()).unwrap_or(&[]), sub),
+                });
+            }
+            let missing: Vec<&QueryKey> = wanted.iter().filter(|ik| o.get(ik.tag).is_none()).collect();
+            for ik in missing {
+                o.put(empty(ik.tag, ik.vr));
+            }
+            o
+        })
+        .collect();
+    DataElement::new(tag, VR::SQ, DataSetSequence::new(out, Length::UNDEFINED))
+}
+
+/// A zero-length answer: no value, or a sequence of no items.
+fn empty(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
+    match vr {
+        VR::SQ => DataElement::new(tag, VR::SQ, DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED)),
+        vr => DataElement::new(tag, vr, PrimitiveValue::Empty),
+    }
 }
 
 fn response_element(k: &QueryKey, hit: &Hit<'_>, retrieve_ae: &str) -> DataElement<InMemDicomObject> {
@@ -314,35 +373,11 @@ fn response_element(k: &QueryKey, hit: &Hit<'_>, retrieve_ae: &str) -> DataEleme
     if k.tag == INSTANCE_AVAILABILITY {
         return text(VR::CS, "ONLINE");
     }
-    let Some(def) = k.def else {
-        return match k.vr {
-            VR::SQ => DataElement::new(k.tag, VR::SQ, DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED)),
-            vr => DataElement::new(k.tag, vr, PrimitiveValue::Empty),
-        };
-    };
+    let Some(def) = k.def else { return empty(k.tag, k.vr) };
     match hit.value(def) {
         Some(Attr::Text(vr, v)) => text(vr, &v),
-        Some(Attr::Items(items)) => {
-            let out: Vec<InMemDicomObject> = items
-                .iter()
-                .filter(|item| item_matches(&k.items, item))
-                .map(|item| {
-                    let mut o = InMemDicomObject::new_empty();
-                    for (t, vr, v) in item.iter().filter(|(t, ..)| k.items.is_empty() || k.items.iter().any(|ik| ik.tag == *t)) {
-                        o.put(DataElement::new(*t, *vr, PrimitiveValue::from(v.as_str())));
-                    }
-                    // Requested item keys the item lacks come back zero-length.
-                    let missing: Vec<&QueryKey> = k.items.iter().filter(|ik| o.get(ik.tag).is_none()).collect();
-                    for ik in missing {
-                        o.put(DataElement::new(ik.tag, ik.vr, PrimitiveValue::Empty));
-                    }
-                    o
-                })
-                .collect();
-            DataElement::new(k.tag, VR::SQ, DataSetSequence::new(out, Length::UNDEFINED))
-        }
-        None if def.vr == VR::SQ => DataElement::new(k.tag, VR::SQ, DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED)),
-        None => DataElement::new(k.tag, def.vr, PrimitiveValue::Empty),
+        Some(Attr::Items(items)) => sequence(k.tag, &k.items, &items),
+        None => empty(k.tag, def.vr),
     }
 }
 
@@ -500,6 +535,118 @@ mod tests {
         assert_eq!(item.get(tags::CODE_MEANING).unwrap().to_str().unwrap(), "Imaging Measurement Report");
         assert!(item.get(tags::CODING_SCHEME_DESIGNATOR).is_none(), "only the requested item keys");
         assert!(image("999").is_empty());
+    }
+
+    /// One study's AI results: a report and a Parametric Map naming their algorithm, and a
+    /// rejection note a day later.
+    fn results() -> Snapshot {
+        let seq = |items: Vec<InMemDicomObject>| DataSetSequence::new(items, Length::UNDEFINED);
+        let code = |value: &str, meaning: &str| {
+            let mut c = InMemDicomObject::new_empty();
+            put(&mut c, tags::CODE_VALUE, VR::SH, value);
+            put(&mut c, tags::CODING_SCHEME_DESIGNATOR, VR::SH, if value.starts_with("Newcode") { "99IHE" } else { "DCM" });
+            put(&mut c, tags::CODE_MEANING, VR::LO, meaning);
+            c
+        };
+        let algorithm = || {
+            let mut a = InMemDicomObject::new_empty();
+            put(&mut a, tags::MANUFACTURER, VR::LO, "triage-node project");
+            put(&mut a, tags::MANUFACTURER_MODEL_NAME, VR::LO, "demo-nodule");
+            put(&mut a, tags::SOFTWARE_VERSIONS, VR::LO, "1.0.0");
+            put(&mut a, tags::DEVICE_UID, VR::UI, "2.25.42");
+            a.put(DataElement::new(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, VR::SQ, seq(vec![code("Newcode1", "Processing Algorithm")])));
+            a
+        };
+        let mut s = Snapshot::default();
+        for (n, class, modality, date, time) in [
+            (1, "1.2.840.10008.5.1.4.1.1.88.34", "SR", "20260105", "101500.000"),
+            (2, "1.2.840.10008.5.1.4.1.1.30", "OT", "20260105", "101501.000"),
+            (3, "1.2.840.10008.5.1.4.1.1.88.59", "KO", "20260106", "080000.000"),
+        ] {
+            let mut o = object("P3", "ROE^JANE", "3.1", "20260105", "A9", modality, &format!("3.1.{n}.1"));
+            put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &format!("3.1.{n}"));
+            put(&mut o, tags::SOP_CLASS_UID, VR::UI, class);
+            put(&mut o, tags::CONTENT_DATE, VR::DA, date);
+            put(&mut o, tags::CONTENT_TIME, VR::TM, time);
+            match n {
+                1 => o.put(DataElement::new(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, VR::SQ, seq(vec![algorithm()]))),
+                2 => {
+                    put(&mut o, tags::CONTENT_LABEL, VR::CS, "NODULE_MAP");
+                    o.put(DataElement::new(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, VR::SQ, seq(vec![algorithm()])))
+                }
+                _ => o.put(DataElement::new(tags::CONCEPT_NAME_CODE_SEQUENCE, VR::SQ, seq(vec![code("113001", "Rejected for Quality Reasons")]))),
+            };
+            s.insert_test(&o, &format!("r{n}"));
+        }
+        s
+    }
+
+    #[test]
+    fn ai_result_keys_match_at_image_level() {
+        let s = results();
+        let image = |series: u32, keys: Vec<DataElement<InMemDicomObject>>| {
+            let mut id = ident("IMAGE", &[(tags::STUDY_INSTANCE_UID, VR::UI, "3.1"), (tags::SERIES_INSTANCE_UID, VR::UI, &format!("3.1.{series}"))]);
+            keys.into_iter().for_each(|k| {
+                id.put(k);
+            });
+            let q = Query::parse(&id, Model::StudyRoot, Options::default()).unwrap();
+            assert!(!q.unsupported_keys);
+            q.matches(&s).map(|h| q.response(&h, "T")).collect::<Vec<_>>()
+        };
+        let text = |t: Tag, v: &str| DataElement::new(t, VR::UI, PrimitiveValue::from(v));
+        let typed = |t: Tag, vr: VR, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
+        // SOP Class UID: a list of UIDs.
+        let pm_or_kos = "1.2.840.10008.5.1.4.1.1.30\\1.2.840.10008.5.1.4.1.1.88.59";
+        assert_eq!(image(2, vec![text(tags::SOP_CLASS_UID, pm_or_kos)]).len(), 1);
+        assert_eq!(image(3, vec![text(tags::SOP_CLASS_UID, pm_or_kos)]).len(), 1);
+        assert!(image(1, vec![text(tags::SOP_CLASS_UID, pm_or_kos)]).is_empty());
+        // Content Date and Time: ranges.
+        assert_eq!(image(3, vec![typed(tags::CONTENT_DATE, VR::DA, "20260106-")]).len(), 1);
+        assert!(image(1, vec![typed(tags::CONTENT_DATE, VR::DA, "20260106-")]).is_empty());
+        assert_eq!(image(2, vec![typed(tags::CONTENT_TIME, VR::TM, "1015-101501")]).len(), 1);
+        assert!(image(2, vec![typed(tags::CONTENT_TIME, VR::TM, "-1014")]).is_empty());
+        // Content Label: wild card; a KOS has none, so matches only universally.
+        let rs = image(2, vec![typed(tags::CONTENT_LABEL, VR::CS, "NODULE*")]);
+        assert_eq!(rs[0].get(tags::CONTENT_LABEL).unwrap().to_str().unwrap(), "NODULE_MAP");
+        assert!(image(3, vec![typed(tags::CONTENT_LABEL, VR::CS, "*")]).len() == 1 && image(3, vec![typed(tags::CONTENT_LABEL, VR::CS, "N*")]).is_empty());
+
+        // The algorithm: Contributing Equipment Sequence, matched through its nested Purpose of
+        // Reference; the matching item comes back with the requested keys only.
+        let equipment = |model: &str, purpose: &str| {
+            let mut p = InMemDicomObject::new_empty();
+            put(&mut p, tags::CODE_VALUE, VR::SH, purpose);
+            let mut item = InMemDicomObject::new_empty();
+            put(&mut item, tags::MANUFACTURER_MODEL_NAME, VR::LO, model);
+            item.put(DataElement::new(tags::SOFTWARE_VERSIONS, VR::LO, PrimitiveValue::Empty));
+            item.put(DataElement::new(tags::DEVICE_SERIAL_NUMBER, VR::LO, PrimitiveValue::Empty));
+            item.put(DataElement::new(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, VR::SQ, DataSetSequence::new(vec![p], Length::UNDEFINED)));
+            DataElement::new(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, VR::SQ, DataSetSequence::new(vec![item], Length::UNDEFINED))
+        };
+        let rs = image(1, vec![equipment("demo-*", "Newcode1")]);
+        assert_eq!(rs.len(), 1);
+        let item = &rs[0].get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE).unwrap().items().unwrap()[0];
+        let t = |o: &InMemDicomObject, tag| o.get(tag).unwrap().to_str().unwrap().to_string();
+        assert_eq!((t(item, tags::MANUFACTURER_MODEL_NAME), t(item, tags::SOFTWARE_VERSIONS)), ("demo-nodule".into(), "1.0.0".into()));
+        assert_eq!(t(item, tags::DEVICE_SERIAL_NUMBER), "", "requested, absent: zero-length");
+        assert!(item.get(tags::MANUFACTURER).is_none() && item.get(tags::DEVICE_UID).is_none(), "not requested");
+        let purpose = &item.get(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(t(purpose, tags::CODE_VALUE), "Newcode1");
+        assert!(purpose.get(tags::CODE_MEANING).is_none());
+        assert!(image(1, vec![equipment("other", "Newcode1")]).is_empty());
+        assert!(image(1, vec![equipment("demo-nodule", "121322")]).is_empty(), "the nested key is matched too");
+        assert!(image(3, vec![equipment("demo-nodule", "Newcode1")]).is_empty(), "the rejection note names no algorithm");
+        // Universal (an empty sequence): every item whole; none for an object without it.
+        let all = DataElement::new(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, VR::SQ, DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED));
+        let rs = image(2, vec![all.clone()]);
+        let item = &rs[0].get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(t(item, tags::DEVICE_UID), "2.25.42");
+        assert_eq!(t(&item.get(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE).unwrap().items().unwrap()[0], tags::CODE_MEANING), "Processing Algorithm");
+        assert!(image(3, vec![all])[0].get(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE).unwrap().items().unwrap().is_empty());
+        // The rejection note's title.
+        let mut title = InMemDicomObject::new_empty();
+        put(&mut title, tags::CODE_VALUE, VR::SH, "113001");
+        let rs = image(3, vec![DataElement::new(tags::CONCEPT_NAME_CODE_SEQUENCE, VR::SQ, DataSetSequence::new(vec![title], Length::UNDEFINED))]);
+        assert_eq!(rs.len(), 1);
     }
 
     #[test]

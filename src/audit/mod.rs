@@ -66,6 +66,11 @@ pub enum Event {
         ae: String,
         details: Retrieved,
     },
+    /// An admin retracted a study's AI results (its worklist row id).
+    Retract {
+        study: i64,
+        details: Retracted,
+    },
 }
 
 /// How an instance was de-identified (`method`: the profile and options, as recorded).
@@ -154,9 +159,25 @@ pub struct Retrieved {
     pub sop_instances: Vec<String>,
 }
 
+/// A retraction: who, why (the admin's own words, kept here only), what was withdrawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retracted {
+    pub user: String,
+    pub reason: String,
+    /// The rejection note's title (CID 7010): 113001 quality, 113037 patient safety.
+    pub code: String,
+    /// The rejection note's SOP Instance UID (the node's own), when one was queued.
+    pub note: Option<String>,
+    /// The rejected objects (the node's own UIDs).
+    pub objects: Vec<String>,
+    /// A correction was queued for the RIS.
+    pub hl7: bool,
+}
+
 impl Event {
     /// Every event name, as stored.
-    pub const NAMES: [&'static str; 9] = ["deidentify", "reidentify", "ae_add", "ae_remove", "ae_echo", "worklist_view", "reading", "query", "retrieve"];
+    pub const NAMES: [&'static str; 10] =
+        ["deidentify", "reidentify", "ae_add", "ae_remove", "ae_echo", "worklist_view", "reading", "query", "retrieve", "retract"];
 
     /// The stored `event`.
     pub fn name(&self) -> &'static str {
@@ -170,6 +191,7 @@ impl Event {
             Event::Reading { .. } => "reading",
             Event::Query { .. } => "query",
             Event::Retrieve { .. } => "retrieve",
+            Event::Retract { .. } => "retract",
         }
     }
 
@@ -181,7 +203,7 @@ impl Event {
             // AE registrations name the AE title alone, as entries always have.
             Event::AeAdd { ae, .. } | Event::AeRemove { ae } | Event::AeEcho { ae, .. } => ae.clone(),
             Event::WorklistView { user, .. } => format!("user:{user}"),
-            Event::Reading { study, .. } => format!("study:{study}"),
+            Event::Reading { study, .. } | Event::Retract { study, .. } => format!("study:{study}"),
             Event::Query { ae, .. } | Event::Retrieve { ae, .. } => format!("ae:{ae}"),
         }
     }
@@ -199,6 +221,7 @@ impl Event {
             Event::Reading { details, .. } => serde_json::to_string(details),
             Event::Query { details, .. } => serde_json::to_string(details),
             Event::Retrieve { details, .. } => serde_json::to_string(details),
+            Event::Retract { details, .. } => serde_json::to_string(details),
         };
         // Plain structs of strings and numbers always serialize.
         json.unwrap_or_else(|_| "{}".into())
@@ -222,6 +245,7 @@ impl Event {
             "reading" => Event::Reading { study: after("study:")?.parse().ok()?, details: read(details)? },
             "query" => Event::Query { ae: after("ae:")?, details: read(details)? },
             "retrieve" => Event::Retrieve { ae: after("ae:")?, details: read(details)? },
+            "retract" => Event::Retract { study: after("study:")?.parse().ok()?, details: read(details)? },
             _ => return None,
         })
     }
@@ -428,6 +452,17 @@ mod tests {
                     level: "STUDY".into(),
                     objects: 1,
                     sop_instances: vec!["2.25.4".into()],
+                },
+            },
+            Event::Retract {
+                study: 42,
+                details: Retracted {
+                    user: "it-admin".into(),
+                    reason: "wrong model version \"v2\"".into(),
+                    code: "113037".into(),
+                    note: Some("2.25.5".into()),
+                    objects: vec!["2.25.6".into(), "2.25.7".into()],
+                    hl7: true,
                 },
             },
         ];

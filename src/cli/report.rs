@@ -1,7 +1,62 @@
-//! `triage-node results`, `worklist` and `status`: what the node holds, no patient data.
+//! `triage-node results` (and `results retract`), `worklist` and `status`: what the node holds,
+//! no patient data.
 
+use clap::Subcommand;
 use triage_node::admin::{self, Access};
 use triage_node::config::Settings;
+
+#[derive(Subcommand)]
+pub enum ResultsAction {
+    /// Retract a study's AI results: the PACS gets an IHE IOCM rejection note for every result
+    /// object it was sent (through the outbox: a running node sends it at its next poll), the
+    /// RIS a correction (with [hl7] enabled), and the study leaves the worklist. Audited with
+    /// the reason.
+    Retract {
+        /// The study's row id (the STUDY column of `results` and `worklist`).
+        study_id: i64,
+        /// Why (required; kept in the audit trail only, never sent).
+        #[arg(long)]
+        reason: String,
+        /// Rejected for Patient Safety Reasons (113037) rather than for Quality Reasons (113001).
+        #[arg(long)]
+        patient_safety: bool,
+    },
+}
+
+/// A `results` subcommand.
+pub async fn results_action(settings: &Settings, action: ResultsAction) -> anyhow::Result<()> {
+    match action {
+        ResultsAction::Retract { study_id, reason, patient_safety } => retract(settings, study_id, &reason, patient_safety).await,
+    }
+}
+
+/// `results retract`: withdraw a study's AI results.
+async fn retract(settings: &Settings, study_id: i64, reason: &str, patient_safety: bool) -> anyhow::Result<()> {
+    use admin::results::Reason;
+    // Refused before anything is opened.
+    admin::results::reason_text(reason)?;
+    let db = admin::open(settings, Access::Audited).await?;
+    let publisher = match admin::open_blobs(settings).await {
+        Ok(blobs) => admin::results::publisher(settings, blobs),
+        Err(e) => {
+            db.close().await;
+            return Err(e.into());
+        }
+    };
+    let title = if patient_safety { Reason::PatientSafety } else { Reason::Quality };
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let done = admin::results::retract(&db, &publisher, study_id, title, reason, &format!("cli:{user}")).await;
+    db.close().await;
+    let r = done?;
+    println!("study {}: AI results retracted ({} {}), off the worklist", r.study_id, r.code, r.meaning);
+    if r.destinations.is_empty() {
+        println!("  no rejection note: no PACS destination is configured");
+    } else {
+        println!("  rejection note of {} objects queued for {}", r.objects, r.destinations.join(", "));
+    }
+    println!("  {}", if r.hl7 { "correction queued for the RIS" } else { "no correction for the RIS (HL7 is off, or it was sent no report)" });
+    Ok(())
+}
 
 /// `results`: the newest study results and where their objects are.
 pub async fn results(settings: &Settings, limit: i64) -> anyhow::Result<()> {
@@ -9,7 +64,7 @@ pub async fn results(settings: &Settings, limit: i64) -> anyhow::Result<()> {
     let results = admin::report::recent_results(&db, limit).await;
     db.close().await;
     println!("{:>6}  {:<20}  {:<14}  {:<8}  {:>7}  FINDINGS (probability, confidence)", "STUDY", "MODEL", "STATE", "PRIORITY", "IMAGES");
-    for admin::report::ResultSummary { result: r, deliveries } in results? {
+    for admin::report::ResultSummary { result: r, deliveries, retraction } in results? {
         let findings: Vec<String> =
             r.findings.iter().map(|f| format!("{}{} {:.3} {}", f.label, if f.positive { "+" } else { "-" }, f.probability, f.tier)).collect();
         let model = if r.model.is_empty() { "-".to_string() } else { format!("{} {}", r.model, r.model_version) };
@@ -28,6 +83,9 @@ pub async fn results(settings: &Settings, limit: i64) -> anyhow::Result<()> {
         }
         if r.demonstration {
             println!("{:>6}  (demonstration model, not clinically validated)", "");
+        }
+        if let Some(x) = retraction {
+            println!("{:>6}  RETRACTED ({}) by {}: off the worklist until triaged again", "", x.code, x.by);
         }
     }
     Ok(())

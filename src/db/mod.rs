@@ -39,7 +39,9 @@ pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, Pro
 pub use studies::ReadyStudy;
 pub use wake::{Wake, WakeListener};
 pub use workers::WorkerReport;
-pub use worklist::{Reading, ReadingAction, ReadingOutcome, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort};
+pub use worklist::{
+    Reading, ReadingAction, ReadingOutcome, RetractOutcome, RetractRecord, Retraction, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
+};
 
 use std::time::Duration;
 

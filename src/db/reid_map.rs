@@ -37,6 +37,36 @@ impl Db {
             .map_err(q("select reid record"))?;
         row.as_ref().map(decode).transpose()
     }
+
+    /// The sealed record of a stored instance of a de-identified study, for an object that
+    /// names no stored instance (a rejection note): its lowest SOP Instance UID among the
+    /// instances recorded under `patient_pseudonym`, else among those stored before pseudonyms
+    /// were recorded (NULL); never one recorded under another patient. With no pseudonym, the
+    /// study's lowest.
+    pub async fn reid_record_for_study(&self, study_uid: &str, patient_pseudonym: Option<&str>) -> Result<Option<SealedRecord>, DbError> {
+        let row = match patient_pseudonym {
+            Some(pseudonym) => {
+                sqlx::query(
+                    "SELECT r.sop_instance_uid, r.study_instance_uid, r.key_id, r.nonce, r.sealed, r.created_at_ms
+                     FROM reid_map r LEFT JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid
+                     WHERE r.study_instance_uid = $1 AND (i.patient_pseudonym IS NULL OR i.patient_pseudonym = $2)
+                     ORDER BY CASE WHEN i.patient_pseudonym IS NULL THEN 1 ELSE 0 END, r.sop_instance_uid LIMIT 1",
+                )
+                .bind(study_uid)
+                .bind(pseudonym)
+                .fetch_optional(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(&format!("SELECT {COLUMNS} FROM reid_map WHERE study_instance_uid = $1 ORDER BY sop_instance_uid LIMIT 1"))
+                    .bind(study_uid)
+                    .fetch_optional(&self.pool)
+                    .await
+            }
+        }
+        .map_err(q("select a study's reid record"))?;
+        row.as_ref().map(decode).transpose()
+    }
 }
 
 impl Db {

@@ -88,8 +88,12 @@ text_enum!(
         File = "file",
         /// A TID 1500 Structured Report.
         Sr = "sr",
-        /// A Secondary Capture heatmap.
+        /// A Secondary Capture heatmap (the fallback picture).
         Sc = "sc",
+        /// A Parametric Map heatmap (the model's activation as values, IHE AIR).
+        Pm = "pm",
+        /// An IHE IOCM rejection note (Key Object Selection) withdrawing earlier result objects.
+        Kos = "kos",
         /// An HL7 ORU^R01 for the RIS (`hl7::Report`, rendered at sending).
         Hl7 = "hl7",
     }

@@ -30,6 +30,46 @@ pub struct WorklistRow {
     /// The priority a new analysis lowered this study from (never silent).
     pub lowered_from: Option<String>,
     pub reading: Reading,
+    /// An admin retracted the study's AI results: the row has left every listing (kept, its
+    /// history) until a new result replaces it.
+    pub retraction: Option<Retraction>,
+}
+
+/// An admin's retraction of a study's AI results. The admin's reason is in the audit trail only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retraction {
+    pub at_ms: i64,
+    /// The admin (CLI: the operator's name; API: the token's user).
+    pub by: String,
+    /// The rejection note's title code: 113001 (quality) or 113037 (patient safety).
+    pub code: String,
+}
+
+/// What `worklist_retract` saves in one transaction: the row marked retracted, the rejection
+/// note's and the correction's outbox rows, the audit entry.
+pub struct RetractRecord<'a> {
+    pub study_id: i64,
+    /// The row's `result_at_ms` when the note was built: a study triaged again since then is not
+    /// retracted by this note.
+    pub result_at_ms: i64,
+    pub by: &'a str,
+    pub code: &'a str,
+    /// The node the outbox rows belong to.
+    pub node: &'a str,
+    pub outbox: &'a [super::NewOutboxItem],
+    pub event: &'a crate::audit::Event,
+}
+
+/// What `worklist_retract` did; nothing is written unless `Done`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetractOutcome {
+    Done(Retraction),
+    /// No worklist row for the study.
+    Missing,
+    /// Retracted already.
+    Retracted(Retraction),
+    /// A new result replaced the row since the note was built.
+    Replaced,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +189,8 @@ enum Arg {
 }
 
 const COLUMNS: &str = "w.study_id, s.study_instance_uid, w.priority, w.priority_rank, w.score, w.received_at_ms, w.result_at_ms, w.modalities, w.models,
-                       w.positive_labels, w.demonstration, w.findings, w.reasons, w.lowered_from, w.reading_state, w.reader, w.reading_at_ms";
+                       w.positive_labels, w.demonstration, w.findings, w.reasons, w.lowered_from, w.reading_state, w.reader, w.reading_at_ms,
+                       w.retracted_at_ms, w.retracted_by, w.retraction_reason";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<WorklistRow, DbError> {
     Ok(WorklistRow {
@@ -168,6 +209,18 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<WorklistRow, DbError> {
         reasons_json: get(r, "reasons")?,
         lowered_from: get(r, "lowered_from")?,
         reading: Reading { state: get::<String>(r, "reading_state")?.parse()?, reader: get(r, "reader")?, at_ms: get(r, "reading_at_ms")? },
+        retraction: retraction(r)?,
+    })
+}
+
+fn retraction(r: &sqlx::any::AnyRow) -> Result<Option<Retraction>, DbError> {
+    Ok(match get::<Option<i64>>(r, "retracted_at_ms")? {
+        None => None,
+        Some(at_ms) => Some(Retraction {
+            at_ms,
+            by: get::<Option<String>>(r, "retracted_by")?.unwrap_or_default(),
+            code: get::<Option<String>>(r, "retraction_reason")?.unwrap_or_default(),
+        }),
     })
 }
 
@@ -190,7 +243,8 @@ impl Db {
         cursor: Option<WorklistCursor>,
         limit: i64,
     ) -> Result<Vec<WorklistRow>, DbError> {
-        let mut clauses: Vec<String> = Vec::new();
+        // A retracted study has left the worklist (its row is kept).
+        let mut clauses: Vec<String> = vec!["w.retracted_at_ms IS NULL".into()];
         let mut args: Vec<Arg> = Vec::new();
         let next = |args: &mut Vec<Arg>, a: Arg| {
             args.push(a);
@@ -245,7 +299,7 @@ impl Db {
             WorklistSort::Newest => "w.received_at_ms DESC, w.study_id DESC",
             WorklistSort::Oldest => "w.received_at_ms, w.study_id",
         };
-        let where_ = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        let where_ = format!("WHERE {}", clauses.join(" AND "));
         let limit_p = next(&mut args, Arg::I(limit));
         let sql = format!("SELECT {COLUMNS} FROM worklist w JOIN studies s ON s.id = w.study_id {where_} ORDER BY {order} LIMIT {limit_p}");
         let mut query = sqlx::query(&sql);
@@ -260,7 +314,7 @@ impl Db {
         rows.iter().map(decode).collect()
     }
 
-    /// One study's worklist row.
+    /// One study's worklist row, retracted or not.
     pub async fn worklist_row(&self, study_id: i64) -> Result<Option<WorklistRow>, DbError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM worklist w JOIN studies s ON s.id = w.study_id WHERE w.study_id = $1"))
             .bind(study_id)
@@ -271,9 +325,11 @@ impl Db {
     }
 
     /// (priority, count) of worklist studies, and (reading state, count), for the page's
-    /// header and the metrics.
+    /// header and the metrics. Retracted studies are not on the worklist.
     pub async fn worklist_counts(&self) -> Result<Vec<(String, String, i64)>, DbError> {
-        let rows = sqlx::query("SELECT priority, reading_state, COUNT(*) AS n FROM worklist GROUP BY priority, reading_state ORDER BY priority, reading_state")
+        let rows = sqlx::query(
+            "SELECT priority, reading_state, COUNT(*) AS n FROM worklist WHERE retracted_at_ms IS NULL GROUP BY priority, reading_state ORDER BY priority, reading_state",
+        )
             .fetch_all(&self.pool)
             .await
             .map_err(q("count worklist"))?;
@@ -304,13 +360,14 @@ impl Db {
     /// Claim, mark read or release a study for `reader`, audited in the same transaction
     /// (`reading` entry: who, which study row, what; no patient data). A claim another reader
     /// holds is a conflict; so is marking read or releasing it. Claiming one's own claim again,
-    /// or releasing an unclaimed study, changes nothing and succeeds.
+    /// or releasing an unclaimed study, changes nothing and succeeds. A retracted study is not
+    /// on the worklist: missing.
     pub async fn worklist_reading(&self, study_id: i64, action: ReadingAction, reader: &str) -> Result<ReadingOutcome, DbError> {
         let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         // Taking the row's write lock first (PostgreSQL) or the database's (SQLite): two
         // claims of one study are serialised here, and the second sees the first.
-        let touched = sqlx::query("UPDATE worklist SET updated_at_ms = updated_at_ms WHERE study_id = $1")
+        let touched = sqlx::query("UPDATE worklist SET updated_at_ms = updated_at_ms WHERE study_id = $1 AND retracted_at_ms IS NULL")
             .bind(study_id)
             .execute(&mut *tx)
             .await
@@ -358,6 +415,56 @@ impl Db {
 }
 
 impl Db {
+    /// Retract a study's AI results, in one transaction: the row marked retracted (it stays,
+    /// leaving every listing), the rejection note's and the correction's outbox rows queued,
+    /// the audit entry appended. Nothing is written unless the row exists, is not retracted
+    /// and still holds the result the note was built from.
+    pub async fn worklist_retract(&self, r: &RetractRecord<'_>) -> Result<RetractOutcome, DbError> {
+        let key = self.audit_key()?;
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        // The row's write lock first (see `worklist_reading`): a retraction and a new result of
+        // the same study are serialised here.
+        let touched = sqlx::query("UPDATE worklist SET updated_at_ms = updated_at_ms WHERE study_id = $1")
+            .bind(r.study_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("lock worklist row"))?;
+        if touched.rows_affected() == 0 {
+            return Ok(RetractOutcome::Missing);
+        }
+        let row = sqlx::query("SELECT result_at_ms, retracted_at_ms, retracted_by, retraction_reason FROM worklist WHERE study_id = $1")
+            .bind(r.study_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("select worklist retraction"))?;
+        if let Some(earlier) = retraction(&row)? {
+            return Ok(RetractOutcome::Retracted(earlier));
+        }
+        if get::<i64>(&row, "result_at_ms")? != r.result_at_ms {
+            return Ok(RetractOutcome::Replaced);
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE worklist SET retracted_at_ms = $2, retracted_by = $3, retraction_reason = $4, updated_at_ms = $2 WHERE study_id = $1")
+            .bind(r.study_id)
+            .bind(now)
+            .bind(r.by)
+            .bind(r.code)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("retract worklist row"))?;
+        for item in r.outbox {
+            super::outbox::insert_in(&mut tx, r.node, item, now).await?;
+        }
+        super::audit::append_in(&mut tx, key, r.event).await?;
+        if !r.outbox.is_empty() {
+            super::wake::notify_in(&mut tx, super::Wake::Outbox).await?;
+        }
+        tx.commit().await.map_err(q("commit retraction"))?;
+        Ok(RetractOutcome::Done(Retraction { at_ms: now, by: r.by.to_string(), code: r.code.to_string() }))
+    }
+}
+
+impl Db {
     /// Benchmark fixtures only (`triage-node bench-seed-worklist`): per (sealed record, row), a
     /// `ready` study under the record's Study Instance UID, the record, and the row (its
     /// `study_id` is replaced by the new study's); one transaction.
@@ -381,7 +488,8 @@ impl Db {
     }
 }
 
-/// Insert or replace a study's row inside the caller's transaction, keeping its reading state.
+/// Insert or replace a study's row inside the caller's transaction, keeping its reading state;
+/// a retracted row comes back (a new result stands).
 /// Returns the priority the study had when the new one is lower (the change is recorded in
 /// `lowered_from`, so it is shown, not silent).
 pub(crate) async fn upsert_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &WorklistRow, now_ms: i64) -> Result<Option<String>, DbError> {
@@ -393,13 +501,15 @@ pub(crate) async fn upsert_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &W
         .execute(&mut **tx)
         .await
         .map_err(q("lock worklist row"))?;
-    let old = sqlx::query("SELECT priority, priority_rank, lowered_from FROM worklist WHERE study_id = $1")
+    let old = sqlx::query("SELECT priority, priority_rank, lowered_from, retracted_at_ms FROM worklist WHERE study_id = $1")
         .bind(row.study_id)
         .fetch_optional(&mut **tx)
         .await
         .map_err(q("select worklist row"))?;
     let (exists, lowered, lowered_from) = match &old {
         None => (false, None, None),
+        // The priority it had was withdrawn (retracted): the new result lowers nothing.
+        Some(r) if get::<Option<i64>>(r, "retracted_at_ms")?.is_some() => (true, None, None),
         Some(r) => {
             let (priority, rank, earlier): (String, i64, Option<String>) = (get(r, "priority")?, get(r, "priority_rank")?, get(r, "lowered_from")?);
             if row.priority_rank > rank {
@@ -415,7 +525,8 @@ pub(crate) async fn upsert_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &W
     };
     let sql = if exists {
         "UPDATE worklist SET priority = $2, priority_rank = $3, score = $4, sort_score = $5, received_at_ms = $6, result_at_ms = $7, modalities = $8,
-                models = $9, positive_labels = $10, demonstration = $11, findings = $12, reasons = $13, lowered_from = $14, updated_at_ms = $15
+                models = $9, positive_labels = $10, demonstration = $11, findings = $12, reasons = $13, lowered_from = $14, updated_at_ms = $15,
+                retracted_at_ms = NULL, retracted_by = NULL, retraction_reason = NULL
          WHERE study_id = $1"
     } else {
         "INSERT INTO worklist (study_id, priority, priority_rank, score, sort_score, received_at_ms, result_at_ms, modalities, models, positive_labels,

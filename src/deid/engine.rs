@@ -78,6 +78,10 @@ pub struct Originals {
     pub study_id: Option<String>,
     pub referring_physician_name: Option<String>,
     pub study_description: Option<String>,
+    /// The original Frame of Reference UID (a map registered on the image needs it back).
+    /// Absent in records sealed before it was kept: they open with None.
+    #[serde(default)]
+    pub frame_of_reference_uid: Option<String>,
 }
 
 /// What de-identifying one instance produced.
@@ -208,6 +212,7 @@ impl Deidentifier {
             study_id: text(tags::STUDY_ID),
             referring_physician_name: text(tags::REFERRING_PHYSICIAN_NAME),
             study_description: text(tags::STUDY_DESCRIPTION),
+            frame_of_reference_uid: text(tags::FRAME_OF_REFERENCE_UID),
         };
         let sop_class_uid = text(tags::SOP_CLASS_UID).ok_or(DeidError::Missing("SOP Class UID"))?;
         let burned_in = burned_in_reason(&obj, &sop_class_uid, &self.burned_in_when_absent);
@@ -1224,6 +1229,7 @@ mod tests {
         assert_eq!(out.originals.patient_name.as_deref(), Some("DOE^JOHN"));
         assert_eq!(out.originals.sop_instance_uid, "1.2.3.1");
         assert_eq!(out.sop_instance_uid, Keys::for_tests(7).uid("1.2.3.1"));
+        assert_eq!(out.originals.frame_of_reference_uid, None, "none in the header: none kept");
         let codes: Vec<String> = out
             .object
             .element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE)
@@ -1234,6 +1240,18 @@ mod tests {
             .map(|i| i.element(tags::CODE_VALUE).unwrap().to_str().unwrap().to_string())
             .collect();
         assert_eq!(codes, ["113100", "113105"]);
+    }
+
+    #[test]
+    fn the_original_frame_of_reference_is_kept_and_replaced_in_the_object() {
+        let keys = Keys::for_tests(7);
+        let d = Deidentifier::new(keys.clone(), vec![], vec![]);
+        let mut elements = minimal();
+        elements.push(DataElement::new(tags::FRAME_OF_REFERENCE_UID, VR::UI, PrimitiveValue::from("1.2.3.9")));
+        let out = d.apply(InMemDicomObject::from_element_iter(elements)).unwrap();
+        assert_eq!(out.originals.frame_of_reference_uid.as_deref(), Some("1.2.3.9"));
+        let stored = out.object.element(tags::FRAME_OF_REFERENCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+        assert_eq!(stored, keys.uid("1.2.3.9"), "the stored header has the keyed replacement `reidentify` maps back");
     }
 
     #[test]

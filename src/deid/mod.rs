@@ -57,9 +57,15 @@ pub fn seal(keys: &Keys, deid: &Deidentified) -> Result<SealedRecord, MapError> 
 /// names the purpose (no patient data in it).
 pub async fn reidentify(db: &Db, keys: &Keys, deid_sop_instance_uid: &str, purpose: &str) -> Result<Originals, MapError> {
     let record = db.reid_record(deid_sop_instance_uid).await?.ok_or(MapError::NotFound)?;
-    let originals = open(keys, &record)?;
+    reidentify_record(db, keys, &record, purpose).await
+}
+
+/// Open a record the caller has read, appending the same `reidentify` audit entry as
+/// `reidentify` (the record's instance, the purpose, its de-identified study).
+pub async fn reidentify_record(db: &Db, keys: &Keys, record: &SealedRecord, purpose: &str) -> Result<Originals, MapError> {
+    let originals = open(keys, record)?;
     let details = crate::audit::Reidentified { purpose: purpose.to_string(), study: record.study_instance_uid.clone() };
-    db.audit_append(&crate::audit::Event::Reidentify { instance: deid_sop_instance_uid.to_string(), details }).await?;
+    db.audit_append(&crate::audit::Event::Reidentify { instance: record.sop_instance_uid.clone(), details }).await?;
     Ok(originals)
 }
 
@@ -69,4 +75,32 @@ pub fn open(keys: &Keys, record: &SealedRecord) -> Result<Originals, MapError> {
     let plain = zeroize::Zeroizing::new(keys.open(&record.nonce, &record.sealed, &record.sop_instance_uid, &record.key_id)?);
     // The serde message could quote a decrypted value: never let it into an error string.
     serde_json::from_slice(&plain).map_err(|e| MapError::Format(format!("{:?} at line {} column {}", e.classify(), e.line(), e.column())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record sealed before `frame_of_reference_uid` was kept (its JSON lacks the field).
+    #[test]
+    fn records_sealed_before_the_frame_of_reference_was_kept_still_open() {
+        let keys = Keys::for_tests(6);
+        let old = serde_json::json!({
+            "specific_character_set": null, "patient_id": "12345", "issuer_of_patient_id": null,
+            "patient_name": "DOE^JANE", "patient_birth_date": null, "patient_sex": "F", "accession_number": "A1",
+            "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4", "sop_instance_uid": "1.2.3.4.5",
+            "study_date": "20260101", "study_time": null, "study_id": null, "referring_physician_name": null, "study_description": null
+        });
+        let (nonce, sealed) = keys.seal(old.to_string().as_bytes(), "2.25.5").unwrap();
+        let record =
+            SealedRecord { sop_instance_uid: "2.25.5".into(), study_instance_uid: "2.25.3".into(), key_id: keys.map_key_id(), nonce, sealed, created_at_ms: 0 };
+        let o = open(&keys, &record).unwrap();
+        assert_eq!((o.patient_id.as_deref(), o.study_instance_uid.as_str()), (Some("12345"), "1.2.3"));
+        assert_eq!(o.frame_of_reference_uid, None);
+        // And a new record keeps it.
+        let new = Originals { frame_of_reference_uid: Some("1.2.3.9".into()), ..o };
+        let json: serde_json::Value = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["frame_of_reference_uid"], "1.2.3.9");
+        assert_eq!(serde_json::from_value::<Originals>(json).unwrap(), new);
+    }
 }

@@ -48,6 +48,11 @@ pub struct Report {
     pub sr_series_instance_uid: Option<String>,
     /// A de-identified SOP Instance UID of the study: whose sealed record names the patient.
     pub instance_uid: String,
+    /// The AI result was withdrawn (an admin retracted it; the meaning of the rejection note's
+    /// title): this message is a correction (OBR-25 C) that deletes every observation the
+    /// earlier one sent (OBX-11 D) and gives no priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retracted: Option<String>,
 }
 
 /// The patient and the order as the RIS knows them, from the sealed map, in memory only.
@@ -154,7 +159,10 @@ pub fn hl7_time(ms: i64) -> String {
 pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     let opt = |v: &Option<String>| v.as_deref().map(escape).unwrap_or_default();
     let when = hl7_time(report.created_ms);
-    let status = if report.correction { "C" } else { "P" };
+    // Table 0123 (OBR-25): C, correction to results. Table 0085 (OBX-11): D, deletes the OBX
+    // record: a withdrawn result's observations are deleted, not replaced.
+    let status = if report.correction || report.retracted.is_some() { "C" } else { "P" };
+    let obx_status = if report.retracted.is_some() { "D" } else { status };
     let code = map.code(&report.priority);
     let priority = format!("{code}^{}^HL70485", priority_text(code));
     let accession = opt(&who.accession_number);
@@ -190,13 +198,15 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     obr[7] = observed;
     obr[22] = when.clone();
     obr[25] = status.into();
+    // A withdrawn result gives no priority: the one it gave is withdrawn with it.
+    let prioritised = report.retracted.is_none();
     match map.priority_field.as_str() {
-        "OBR-5" => obr[5] = code.into(),
-        "OBR-27" => obr[27] = format!("^^^^^{code}"),
+        "OBR-5" if prioritised => obr[5] = code.into(),
+        "OBR-27" if prioritised => obr[27] = format!("^^^^^{code}"),
         _ => {}
     }
     segs.push(obr.join("|").trim_end_matches('|').to_string());
-    if map.priority_field == "TQ1-9" {
+    if map.priority_field == "TQ1-9" && prioritised {
         segs.push(format!("TQ1|1||||||||{priority}"));
     }
     let mut n = 0;
@@ -206,7 +216,11 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     };
     obx(
         &mut segs,
-        format!("CWE|PRIORITY^AI triage priority^99TRIAGE||{}^{}^99TRIAGE||||||{status}", escape(&report.priority), escape(&report.priority.to_lowercase())),
+        format!(
+            "CWE|PRIORITY^AI triage priority^99TRIAGE||{}^{}^99TRIAGE||||||{obx_status}",
+            escape(&report.priority),
+            escape(&report.priority.to_lowercase())
+        ),
     );
     for f in &report.findings {
         // The coded finding, its probability (unit 1), and the abnormal flag.
@@ -220,7 +234,7 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
         obx(
             &mut segs,
             format!(
-                "NM|{}^{}^{}||{:.4}|1^^UCUM||{flag}|||{status}|||{when}||{}^{}",
+                "NM|{}^{}^{}||{:.4}|1^^UCUM||{flag}|||{obx_status}|||{when}||{}^{}",
                 escape(&f.code),
                 escape(&f.meaning),
                 escape(&f.scheme),
@@ -230,15 +244,17 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
             ),
         );
     }
-    obx(&mut segs, format!("ST|STUDYUID^Study Instance UID^99TRIAGE||{}||||||{status}", escape(&who.study_instance_uid)));
+    obx(&mut segs, format!("ST|STUDYUID^Study Instance UID^99TRIAGE||{}||||||{obx_status}", escape(&who.study_instance_uid)));
     if let Some(sr) = &report.sr_sop_instance_uid {
-        obx(&mut segs, format!("ST|SRUID^AI report SOP Instance UID^99TRIAGE||{}||||||{status}", escape(sr)));
+        obx(&mut segs, format!("ST|SRUID^AI report SOP Instance UID^99TRIAGE||{}||||||{obx_status}", escape(sr)));
     }
     let mut notes: Vec<String> = Vec::new();
-    if let Some(from) = &report.lowered_from {
+    if let Some(why) = &report.retracted {
+        notes.push(format!("AI triage result withdrawn by the site ({why}): disregard it and the AI report it names."));
+    } else if let Some(from) = &report.lowered_from {
         notes.push(format!("Priority lowered from {from} to {} by a new analysis of the study.", report.priority));
     }
-    for r in &report.reasons {
+    for r in report.reasons.iter().filter(|_| report.retracted.is_none()) {
         notes.push(format!("Not analysed by AI: {r}. Read without AI."));
     }
     notes.push(if report.demonstration {
@@ -378,6 +394,7 @@ mod tests {
             sr_sop_instance_uid: Some("2.25.1".into()),
             sr_series_instance_uid: Some("2.25.2".into()),
             instance_uid: "2.25.3".into(),
+            retracted: None,
         }
     }
 
@@ -435,6 +452,26 @@ mod tests {
         assert_eq!(field(&m, "OBR", 25), "C");
         assert_eq!(field(&m, "TQ1", 9), "R^Routine^HL70485");
         assert!(m.contains("Priority lowered from URGENT to NEGATIVE"), "{m}");
+    }
+
+    #[test]
+    fn a_withdrawn_result_is_a_correction_deleting_every_observation_without_a_priority() {
+        let r = Report { control_id: "TNR1S7".into(), correction: true, retracted: Some("Rejected for Patient Safety Reasons".into()), ..report() };
+        for f in ["TQ1-9", "OBR-27", "OBR-5"] {
+            let m = oru_r01(&r, &who(), &mapping(f));
+            assert_eq!(field(&m, "OBR", 25), "C", "{f}");
+            assert!(!m.contains("TQ1|") && field(&m, "OBR", 5).is_empty() && field(&m, "OBR", 27).is_empty(), "no priority: {m}");
+            let obx: Vec<&str> = m.split('\r').filter(|s| s.starts_with("OBX|")).collect();
+            assert_eq!(obx.len(), 4, "priority, finding, study, report: {m}");
+            for o in &obx {
+                assert_eq!(o.split('|').nth(11), Some("D"), "OBX-11 D, deleted: {o}");
+            }
+            assert!(m.contains("NTE|1|L|AI triage result withdrawn by the site (Rejected for Patient Safety Reasons)"), "{m}");
+        }
+        // Reports kept before the field existed still read.
+        let old = serde_json::to_value(report()).unwrap();
+        assert!(old.get("retracted").is_none());
+        assert_eq!(serde_json::from_value::<Report>(old).unwrap(), report());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The JSON API under `/api` (described by `openapi.json`, served at `/api/openapi.json`):
 //! the worklist, one study with its findings, heatmaps and result objects, the reading state,
-//! and AE administration for the admin role. Each handler validates its input, calls one typed
+//! and, for the admin role, retracting a study's AI results and AE administration. A retracted
+//! study is shown by id to admins only. Each handler validates its input, calls one typed
 //! operation of `admin`, and answers JSON (or a PNG, or a DICOM file).
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::auth::{Role, User};
 use super::{bad_request, not_found, AdminUser, ApiError, Authed, Shared};
 use crate::admin::worklist::{Item, Page, PageRequest, Viewer};
 use crate::admin::{self, ae::AeRegistration};
@@ -32,6 +34,7 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/api/studies/{id}/claim", post(claim))
         .route("/api/studies/{id}/read", post(mark_read))
         .route("/api/studies/{id}/release", post(release))
+        .route("/api/studies/{id}/retract", post(retract))
         .route("/api/aes", get(list_aes).post(add_ae))
         .route("/api/aes/{title}", axum::routing::put(edit_ae).delete(remove_ae))
         .route("/api/aes/{title}/enable", post(enable_ae))
@@ -193,9 +196,18 @@ async fn objects(state: &Shared, study: i64) -> Result<Vec<(ObjectKind, String)>
     Ok(admin::worklist::result_objects(&state.db, study).await?)
 }
 
+/// A study's worklist row as `user` may see it: a retracted one for admins only.
+async fn visible_row(state: &Shared, user: &User, id: i64) -> Result<crate::db::WorklistRow, ApiError> {
+    let row = admin::worklist::row(&state.db, id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
+    if row.retraction.is_some() && user.role < Role::Admin {
+        return Err(not_found(format!("study {id}'s AI results were retracted: it is no longer on the worklist")));
+    }
+    Ok(row)
+}
+
 async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<StudyView>, ApiError> {
     let id = study_id(&id)?;
-    let row = admin::worklist::row(&state.db, id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
+    let row = visible_row(&state, &user, id).await?;
     let results = admin::worklist::results(&state.db, &row).await?;
     let viewer = Viewer { keys: &state.keys, user: &user.name, recorded: &state.recorded_views };
     let item = admin::worklist::items(&state.db, Some(viewer), std::slice::from_ref(&row)).await?.remove(0);
@@ -259,7 +271,7 @@ pub async fn render_permit(renders: &Arc<tokio::sync::Semaphore>, wait: std::tim
 
 async fn heatmap(
     State(state): State<Shared>,
-    Authed(_): Authed,
+    Authed(user): Authed,
     Path((id, n)): Path<(String, usize)>,
     params: Result<Query<HeatmapParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -270,7 +282,7 @@ async fn heatmap(
         Some("thumbnail") => THUMBNAIL,
         Some(_) => return Err(bad_request("size must be thumbnail or full")),
     };
-    let row = admin::worklist::row(&state.db, id).await?.ok_or_else(|| not_found(format!("no worklist study {id}")))?;
+    let row = visible_row(&state, &user, id).await?;
     let key = (id, row.result_at_ms, n, size);
     if let Some(png) = state.cached_picture(key) {
         return Ok(png_response(png));
@@ -316,8 +328,9 @@ fn png_response(png: Arc<Vec<u8>>) -> Response {
     ([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], (*png).clone()).into_response()
 }
 
-async fn object(State(state): State<Shared>, Authed(_): Authed, Path((id, n)): Path<(String, usize)>) -> Result<Response, ApiError> {
+async fn object(State(state): State<Shared>, Authed(user): Authed, Path((id, n)): Path<(String, usize)>) -> Result<Response, ApiError> {
     let id = study_id(&id)?;
+    visible_row(&state, &user, id).await?;
     let all = objects(&state, id).await?;
     let (_, path) = all.get(n).ok_or_else(|| not_found(format!("study {id} has {} result objects", all.len())))?;
     let file = state.blobs.fetch(path).await.map_err(unavailable)?;
@@ -340,6 +353,29 @@ async fn mark_read(State(state): State<Shared>, Authed(user): Authed, Path(id): 
 
 async fn release(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<admin::worklist::ReadingView>, ApiError> {
     reading(state, &user.name, &id, ReadingAction::Release).await
+}
+
+/// `POST /api/studies/{id}/retract`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetractBody {
+    /// Why (required; kept in the audit trail only).
+    reason: String,
+    /// Rejected for Patient Safety Reasons (113037) rather than for Quality Reasons (113001).
+    #[serde(default)]
+    patient_safety: bool,
+}
+
+async fn retract(
+    State(state): State<Shared>,
+    AdminUser(user): AdminUser,
+    Path(id): Path<String>,
+    body: JsonBody<RetractBody>,
+) -> Result<Json<admin::results::Retracted>, ApiError> {
+    let id = study_id(&id)?;
+    let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+    let reason = if body.patient_safety { admin::results::Reason::PatientSafety } else { admin::results::Reason::Quality };
+    Ok(Json(admin::results::retract(&state.db, &state.publisher, id, reason, &body.reason, &user.name).await?))
 }
 
 #[derive(Serialize)]

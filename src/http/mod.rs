@@ -62,6 +62,8 @@ pub struct AppState {
     pub refresh: Duration,
     /// Views of patients already in the audit trail (the page's reloads).
     pub recorded_views: crate::admin::worklist::RecordedViews,
+    /// Builds and queues rejection notes and corrections (an admin's retraction).
+    pub publisher: crate::results::Publisher,
     /// Rendered heatmap PNGs, bounded.
     pictures: Mutex<HashMap<PictureKey, Arc<Vec<u8>>>>,
     /// Heatmaps being drawn at once (`api::HEATMAP_RENDERS` permits).
@@ -81,6 +83,8 @@ pub struct Served {
     pub dicom_timeout: Duration,
     pub workers: Workers,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The node's publisher (its outbox wake-up included): a retraction's objects.
+    pub publisher: crate::results::Publisher,
 }
 
 /// (study row, result time, finding, size): a new analysis makes new pictures.
@@ -107,6 +111,7 @@ impl AppState {
             metrics: served.metrics,
             refresh: settings.refresh,
             recorded_views: Default::default(),
+            publisher: served.publisher,
             pictures: Mutex::new(HashMap::new()),
             renders: Arc::new(tokio::sync::Semaphore::new(api::HEATMAP_RENDERS)),
             request_timeout: Duration::from_secs(60),
@@ -154,6 +159,7 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound(_) | AdminError::UnknownAe(_) => StatusCode::NOT_FOUND,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Results(crate::results::ResultsError::Db(_) | crate::results::ResultsError::Blob(_)) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Delivery(crate::delivery::DeliveryError::UnknownAe(_)) => StatusCode::NOT_FOUND,
             AdminError::Delivery(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -267,6 +273,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/studies/{id}/claim"),
     ("post", "/api/studies/{id}/read"),
     ("post", "/api/studies/{id}/release"),
+    ("post", "/api/studies/{id}/retract"),
     ("get", "/api/aes"),
     ("post", "/api/aes"),
     ("put", "/api/aes/{title}"),

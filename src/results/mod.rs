@@ -13,8 +13,12 @@
 
 pub mod dataset;
 pub mod font;
+pub mod kos;
+pub mod pm;
 pub mod publish;
+pub mod regions;
 pub mod reidentify;
+pub mod reject;
 pub mod sc;
 pub mod sr;
 pub mod worklist;
@@ -26,7 +30,7 @@ use dicom_object::InMemDicomObject;
 use ndarray::ArrayView2;
 use tracing::warn;
 
-use crate::config::ResultsSettings;
+use crate::config::{HeatmapObject, ResultsSettings};
 use crate::db::{Db, DbError, InstanceRef, NewOutboxItem, ObjectKind, Priority, ResultState, StudyResult};
 use crate::inference::heatmap;
 use crate::inference::package::Manifest;
@@ -109,7 +113,7 @@ impl Publisher {
         for id in ids {
             keys.push(db.instance_ref(id).await?.ok_or(ResultsError::NoInstance(id))?);
         }
-        let earlier = db.outbox_study_paths(result.study_id, ObjectKind::Sr).await?;
+        let earlier = (db.outbox_study_paths(result.study_id, ObjectKind::Sr).await?, db.outbox_study_paths(result.study_id, ObjectKind::Kos).await?);
         let me = self.clone();
         let (manifest, mut result) = (manifest.cloned(), result.clone());
         if result.model.is_empty() {
@@ -145,11 +149,13 @@ impl Publisher {
         Ok(removed)
     }
 
-    /// Outbox rows for `built`: every object to every destination, heatmaps before the report
-    /// that references them.
+    /// Outbox rows for `built`: every object to every destination, a rejection note first (the
+    /// old result withdrawn before the new one arrives), heatmaps before the report that
+    /// references them.
     pub fn outbox_rows(&self, study_id: i64, built: &[Built]) -> Vec<NewOutboxItem> {
-        let mut ordered: Vec<&Built> = built.iter().filter(|b| b.kind == ObjectKind::Sc).collect();
-        ordered.extend(built.iter().filter(|b| b.kind == ObjectKind::Sr));
+        let rank = |k: ObjectKind| [ObjectKind::Kos, ObjectKind::Pm, ObjectKind::Sc, ObjectKind::Sr].iter().position(|x| *x == k).unwrap_or(4);
+        let mut ordered: Vec<&Built> = built.iter().collect();
+        ordered.sort_by_key(|b| rank(b.kind));
         let mut rows = Vec::new();
         for dest in &self.settings.destinations {
             for b in &ordered {
@@ -164,7 +170,7 @@ impl Publisher {
         manifest: Option<&Manifest>,
         result: &StudyResult,
         keys: &[InstanceRef],
-        earlier: &[String],
+        (reports, notes): &(Vec<String>, Vec<String>),
         job_id: i64,
     ) -> Result<Vec<Built>, ResultsError> {
         // The study's identity from the first key image whose header can be read (for a failed
@@ -190,7 +196,7 @@ impl Publisher {
         let job = job_id.to_string();
         let base = |what: &str| uid(root, &[&study_uid, &result.model, &result.model_version, &job, &stamp, what]);
         let created_ms = crate::domain::now_ms();
-        let (sr_series, sc_series) = (base("sr-series"), base("sc-series"));
+        let (sr_series, sc_series, pm_series) = (base("sr-series"), base("sc-series"), base("pm-series"));
 
         let mut built = Vec::new();
         let mut findings = Vec::new();
@@ -210,8 +216,55 @@ impl Publisher {
             let frames = text(&key_header, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
             let source = image_ref(key, (frames > 1).then_some(f.key_frame as u32 + 1));
             let code = coded_finding(Some(manifest), &f.label);
-            let mut heatmap_ref = None;
-            if f.positive {
+            // Stable for the same study, model and label: a re-triage tracks the same finding.
+            let tracking = |what: &str| uid(root, &[&study_uid, &result.model, &f.label, what]);
+            let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).ok();
+            let (rows, cols) = (number(&key_header, tags::ROWS).unwrap_or(f.source_rows as usize), number(&key_header, tags::COLUMNS).unwrap_or(f.source_cols as usize));
+            let geometry = pm::Geometry::of(&key_header);
+            let frame_of_reference = text(&key_header, tags::FRAME_OF_REFERENCE_UID);
+            let location = cam.filter(|_| f.positive).and_then(|cam| regions::locate(cam, rows, cols)).map(|region| sr::Location {
+                patient: match (&geometry, &frame_of_reference) {
+                    (Some(g), Some(u)) if frames == 1 => Some((u.clone(), regions::to_patient(region.peak, g.position, g.orientation, g.spacing), tracking("peak in patient"))),
+                    _ => None,
+                },
+                region_uid: tracking("region"),
+                peak_uid: tracking("peak"),
+                region,
+            });
+            let mut illustrations = Vec::new();
+            if let (true, true, Some(cam)) = (f.positive, self.settings.heatmap.contains(&HeatmapObject::ParametricMap), cam) {
+                let pm_uid = base(&format!("pm {}", f.label));
+                let map = pm::Map {
+                    sop_instance_uid: pm_uid.clone(),
+                    series_uid: pm_series.clone(),
+                    series_number: self.settings.series_number + 2,
+                    instance_number: (i + 1) as u32,
+                    model: result.model.clone(),
+                    version: result.model_version.clone(),
+                    finding: code.clone(),
+                    label: f.label.clone(),
+                    // A radiograph has none: the map gets one of its own, the same for every map
+                    // of the image.
+                    frame_of_reference_uid: frame_of_reference.clone().unwrap_or_else(|| uid(root, &[&key.sop_instance_uid, "frame of reference"])),
+                    created_ms,
+                    station: self.station.clone(),
+                };
+                let frame = pm::MapFrame { source: source.clone(), geometry: geometry.clone(), values: regions::on_grid(cam, rows, cols) };
+                let obj = pm::build(&map, &[frame], &key_header);
+                built.push(Built {
+                    path: self.write(&obj, uids::PARAMETRIC_MAP_STORAGE, &pm_uid)?,
+                    kind: ObjectKind::Pm,
+                    sop_instance_uid: pm_uid.clone(),
+                    series_instance_uid: pm_series.clone(),
+                });
+                illustrations.push(sr::ImageRef {
+                    sop_class_uid: uids::PARAMETRIC_MAP_STORAGE.into(),
+                    sop_instance_uid: pm_uid,
+                    series_instance_uid: pm_series.clone(),
+                    frame: None,
+                });
+            }
+            if f.positive && self.settings.heatmap.contains(&HeatmapObject::SecondaryCapture) {
                 let sc_uid = base(&format!("sc {}", f.label));
                 match heatmap_picture(&key_path, manifest, result, f, self.settings.heatmap_max_size) {
                     Ok(rgb) => {
@@ -233,7 +286,7 @@ impl Publisher {
                             sop_instance_uid: sc_uid.clone(),
                             series_instance_uid: sc_series.clone(),
                         });
-                        heatmap_ref = Some(sr::ImageRef {
+                        illustrations.push(sr::ImageRef {
                             sop_class_uid: uids::SECONDARY_CAPTURE_IMAGE_STORAGE.into(),
                             sop_instance_uid: sc_uid,
                             series_instance_uid: sc_series.clone(),
@@ -253,8 +306,9 @@ impl Publisher {
                 urgent: f.urgent,
                 tier: f.tier.clone(),
                 source,
-                heatmap: heatmap_ref,
-                tracking_uid: base(&format!("tracking {}", f.label)),
+                illustrations,
+                tracking_uid: tracking("finding"),
+                location,
             });
         }
         let sr_uid = base("sr");
@@ -288,10 +342,14 @@ impl Publisher {
         };
         let mut obj = sr::build(&report, &header);
         // A study triaged again (a late instance re-opened it): the new report names the one it
-        // replaces, so a PACS or viewer can show it as superseded.
-        if let Some(previous) = self.previous_report(earlier, &result.model) {
+        // replaces, so a PACS or viewer can show it as superseded, and a rejection note (IOCM)
+        // withdraws the old report and its maps and pictures before the new ones arrive.
+        let standing = self.standing_reports(reports, notes)?;
+        if let Some(previous) = standing.into_iter().find(|r| reject::is_models(&r.description, &result.model)) {
             let study = text(&header, tags::STUDY_INSTANCE_UID).unwrap_or_default();
-            dataset::put_seq(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, sr::evidence(&study, &[&previous]));
+            dataset::put_seq(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, sr::evidence(&study, &[&previous.objects[0]]));
+            let why = format!("Replaced by a newer result of {} {}: the study was triaged again.", result.model, result.model_version);
+            built.push(self.rejection_note(&previous.header, previous.objects, kos::Reason::Quality, Some(why), &sr_uid)?);
         }
         built.push(Built {
             path: self.write(&obj, uids::COMPREHENSIVE3_DSR_STORAGE, &sr_uid)?,
@@ -300,22 +358,6 @@ impl Publisher {
             series_instance_uid: sr_series.clone(),
         });
         Ok(built)
-    }
-
-    /// The newest earlier report of the same model for this study, among `earlier` (queued SR
-    /// paths, newest first); the model is read from the report's Series Description.
-    fn previous_report(&self, earlier: &[String], model: &str) -> Option<sr::ImageRef> {
-        let prefix = format!("{} ", sr::series_description(model, ""));
-        earlier.iter().find_map(|path| {
-            let h = read_header(&self.blobs.fetch_blocking(path).ok()?).ok()?;
-            text(&h, tags::SERIES_DESCRIPTION).filter(|d| d.starts_with(&prefix))?;
-            Some(sr::ImageRef {
-                sop_class_uid: uids::COMPREHENSIVE3_DSR_STORAGE.into(),
-                sop_instance_uid: text(&h, tags::SOP_INSTANCE_UID)?,
-                series_instance_uid: text(&h, tags::SERIES_INSTANCE_UID)?,
-                frame: None,
-            })
-        })
     }
 
     /// Write `obj` as `outbox/results/<uid>.dcm`, durably (file and folder synced).
@@ -351,6 +393,11 @@ fn image_ref(k: &InstanceRef, frame: Option<u32>) -> sr::ImageRef {
         series_instance_uid: k.series_instance_uid.clone(),
         frame,
     }
+}
+
+/// A numeric attribute of `obj` (US, IS).
+fn number(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<usize> {
+    obj.get(tag).and_then(|e| e.to_int::<u32>().ok()).map(|v| v as usize).filter(|&v| v > 0)
 }
 
 /// The header of a stored instance (everything before the pixel data).

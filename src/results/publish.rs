@@ -126,7 +126,11 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
 async fn hl7_report(db: &Db, manifests: &[Manifest], job: &ClaimedJob, e: &WorklistEntry, built: &[Built]) -> Result<Option<crate::hl7::Report>, ResultsError> {
     let Some(instance_uid) = db.study_any_instance_uid(job.study_id).await? else { return Ok(None) };
     let previous = db.worklist_row(job.study_id).await?;
-    let lowered_from = previous.as_ref().filter(|p| p.priority_rank < e.priority.rank()).map(|p| p.lowered_from.clone().unwrap_or(p.priority.clone()));
+    // A retracted priority was withdrawn (the RIS was told): a new one lowers nothing.
+    let lowered_from = previous
+        .as_ref()
+        .filter(|p| p.retraction.is_none() && p.priority_rank < e.priority.rank())
+        .map(|p| p.lowered_from.clone().unwrap_or(p.priority.clone()));
     let sr = built.iter().find(|b| b.kind == ObjectKind::Sr);
     let findings = e
         .findings
@@ -157,5 +161,6 @@ async fn hl7_report(db: &Db, manifests: &[Manifest], job: &ClaimedJob, e: &Workl
         sr_sop_instance_uid: sr.map(|b| b.sop_instance_uid.clone()),
         sr_series_instance_uid: sr.map(|b| b.series_instance_uid.clone()),
         instance_uid,
+        retracted: None,
     }))
 }

@@ -4,10 +4,13 @@
 //! de-identified.
 //!
 //! Every Referenced SOP Instance UID in the object that names a stored instance is looked up;
-//! the identity comes from the first one. De-identified UIDs are `keys.uid(original)`, so the
-//! originals of study, series and instance map each pseudonymous UID back wherever it occurs
-//! (Study Instance UID, evidence sequences, content items, Source Image Sequence). UIDs the node
-//! created itself (the objects' own, tracking UIDs) are not in the map and stay as they are.
+//! the identity comes from the first one. An object that names none (a rejection note names
+//! only the node's own objects) takes the record of a stored instance of its de-identified
+//! study, of the same patient pseudonym (`study_record`). De-identified UIDs are
+//! `keys.uid(original)`, so the originals of study, series, instance and Frame of Reference map
+//! each pseudonymous UID back wherever it occurs (Study Instance UID, evidence sequences, content
+//! items, Source Image Sequence, a map's Frame of Reference UID). UIDs the node created itself
+//! (the objects' own, tracking UIDs) are not in the map and stay as they are.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,14 +22,14 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::dataset::{self, IDENTITY};
-use crate::db::Db;
+use crate::db::{Db, SealedRecord};
 use crate::deid::{self, Keys, MapError, Originals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReidError {
     #[error("reading the queued object: {0}")]
     Read(String),
-    #[error("the queued object references no stored instance, so its patient is unknown")]
+    #[error("the queued object references no stored instance and its study has none, so its patient is unknown")]
     NoReference,
     #[error("re-identification map: {0}")]
     Map(MapError),
@@ -73,7 +76,23 @@ pub async fn reidentified(db: &Db, keys: &Keys, path: &Path, purpose: &str) -> R
         let o = deid::reidentify(db, keys, &uid, purpose).await?;
         opened.push((uid, o));
     }
+    if opened.is_empty() {
+        if let Some(record) = study_record(db, &obj).await? {
+            let o = deid::reidentify_record(db, keys, &record, purpose).await?;
+            opened.push((record.sop_instance_uid, o));
+        }
+    }
     Ok(Reidentified { object: apply(obj, keys, &opened)?, sop_class_uid, sop_instance_uid })
+}
+
+/// For an object that names no stored instance: the sealed record of a stored instance of its
+/// (de-identified) Study Instance UID, recorded under the object's Patient ID (its pseudonym)
+/// or before pseudonyms were recorded. Not opened: the caller opens it, audited. None when the
+/// study has no such record.
+pub async fn study_record(db: &Db, obj: &InMemDicomObject) -> Result<Option<SealedRecord>, ReidError> {
+    let Some(study) = dataset::text(obj, tags::STUDY_INSTANCE_UID) else { return Ok(None) };
+    let pseudonym = dataset::text(obj, tags::PATIENT_ID);
+    db.reid_record_for_study(&study, pseudonym.as_deref()).await.map_err(|e| ReidError::Map(MapError::Db(e)))
 }
 
 /// The object at `path`, re-identified with originals already opened (and audited) by the
@@ -103,7 +122,8 @@ pub fn references(obj: &InMemDicomObject) -> Vec<String> {
 
 /// Put the originals back into `obj`: `opened` holds, for each referenced stored instance (its
 /// de-identified SOP Instance UID), the originals its map record holds; the identity comes
-/// from the first.
+/// from the first. For an object that references none (`study_record`), `opened` holds the
+/// record of a stored instance of its study.
 pub fn apply(obj: InMemDicomObject, keys: &Keys, opened: &[(String, Originals)]) -> Result<InMemDicomObject, ReidError> {
     let identity = opened.first().map(|(_, o)| o).ok_or(ReidError::NoReference)?;
     let mut map: HashMap<String, String> = HashMap::new();
@@ -111,6 +131,9 @@ pub fn apply(obj: InMemDicomObject, keys: &Keys, opened: &[(String, Originals)])
         map.insert(keys.uid(&o.study_instance_uid), o.study_instance_uid.clone());
         map.insert(keys.uid(&o.series_instance_uid), o.series_instance_uid.clone());
         map.insert(uid.clone(), o.sop_instance_uid.clone());
+        if let Some(frame) = &o.frame_of_reference_uid {
+            map.insert(keys.uid(frame), frame.clone());
+        }
     }
     let mut obj = replace_uids(obj, &map);
     put_identity(&mut obj, identity);
@@ -247,5 +270,110 @@ mod tests {
         assert_eq!(text(tags::PATIENT_BIRTH_DATE).as_deref(), Some(""), "Type 2: present, empty");
         assert_eq!(text(tags::ISSUER_OF_PATIENT_ID), None, "the pseudonymous issuer is not left behind");
         assert_eq!(text(tags::ACCESSION_NUMBER).as_deref(), Some("A1"));
+    }
+
+    fn originals(patient: &str, study: &str, series: &str, sop: &str) -> Originals {
+        Originals {
+            patient_id: Some(patient.into()),
+            patient_name: Some(format!("{patient}^NAME")),
+            study_instance_uid: study.into(),
+            series_instance_uid: series.into(),
+            sop_instance_uid: sop.into(),
+            ..Originals::default()
+        }
+    }
+
+    #[test]
+    fn the_frame_of_reference_of_a_map_is_put_back() {
+        let keys = Keys::for_tests(8);
+        let mut o = with_refs();
+        put(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &keys.uid("1.2.3.9"));
+        let mut derivation = InMemDicomObject::new_empty();
+        put(&mut derivation, tags::REFERENCED_FRAME_OF_REFERENCE_UID, VR::UI, &keys.uid("1.2.3.9"));
+        o.put(DataElement::new(tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE, VR::SQ, DataSetSequence::new(vec![derivation], Length::UNDEFINED)));
+        let opened = [("2.25.3".to_string(), Originals { frame_of_reference_uid: Some("1.2.3.9".into()), ..originals("P", "1.2.3", "1.2.3.4", "1.2.3.4.5") })];
+        let out = apply(o, &keys, &opened).unwrap();
+        let text = |o: &InMemDicomObject, t| o.get(t).unwrap().to_str().unwrap().trim_end_matches('\0').to_string();
+        assert_eq!(text(&out, tags::FRAME_OF_REFERENCE_UID), "1.2.3.9");
+        let item = &out.get(tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(text(item, tags::REFERENCED_FRAME_OF_REFERENCE_UID), "1.2.3.9");
+    }
+
+    /// A rejection note names only the node's own objects: it goes out under the identity of
+    /// a stored instance of its study and patient, and that opening is audited.
+    #[tokio::test]
+    async fn an_object_without_stored_references_takes_its_studys_identity() {
+        use crate::results::kos;
+        let keys = Keys::for_tests(8);
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("t.db").display()), 1).await.unwrap().with_audit_key(keys.audit_key());
+        let study = keys.uid("1.2.3");
+        // Two stored instances of the study: the lower SOP Instance UID names another patient.
+        for (sop, pseudonym, o) in [
+            ("2.25.1", "OTHER", originals("99999", "1.2.3", "1.2.3.7", "1.2.3.7.1")),
+            ("2.25.2", "PSEUDO", originals("12345", "1.2.3", "1.2.3.4", "1.2.3.4.5")),
+        ] {
+            let (nonce, sealed) = keys.seal(&serde_json::to_vec(&o).unwrap(), sop).unwrap();
+            let record =
+                SealedRecord { sop_instance_uid: sop.into(), study_instance_uid: study.clone(), key_id: keys.map_key_id(), nonce, sealed, created_at_ms: 0 };
+            let new = crate::db::NewInstance {
+                sop_instance_uid: sop.into(),
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.1".into(),
+                study_instance_uid: study.clone(),
+                series_instance_uid: keys.uid(&o.series_instance_uid),
+                modality: Some("CR".into()),
+                transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+                calling_ae_title: "MOD".into(),
+                path: format!("store/{sop}.dcm"),
+                size_bytes: 1,
+                dataset_digest: sop.into(),
+                received_at_ms: 0,
+                excluded_reason: None,
+                deid_method: None,
+                patient_pseudonym: Some(pseudonym.into()),
+            };
+            db.insert_instance(&new, Some(&record)).await.unwrap();
+        }
+        let mut identity = InMemDicomObject::new_empty();
+        put(&mut identity, tags::PATIENT_ID, VR::LO, "PSEUDO");
+        put(&mut identity, tags::STUDY_INSTANCE_UID, VR::UI, &study);
+        let note = kos::Rejection {
+            sop_instance_uid: "2.25.900".into(),
+            series_uid: "2.25.901".into(),
+            series_number: 9903,
+            reason: kos::Reason::Quality,
+            description: None,
+            rejected: vec![crate::results::sr::ImageRef {
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.88.34".into(),
+                sop_instance_uid: "2.25.800".into(),
+                series_instance_uid: "2.25.801".into(),
+                frame: None,
+            }],
+            created_ms: 0,
+            station: "T".into(),
+        };
+        let write = |obj: &InMemDicomObject, name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, dataset::part10(obj, kos::SOP_CLASS, "2.25.900").unwrap()).unwrap();
+            path
+        };
+        let path = write(&kos::build(&note, &identity), "note.dcm");
+
+        let r = reidentified(&db, &keys, &path, "test delivery").await.unwrap();
+        let text = |o: &InMemDicomObject, t| o.get(t).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string();
+        assert_eq!(text(&r.object, tags::PATIENT_ID), "12345", "the patient of the note's pseudonym, not the lowest UID's");
+        assert_eq!(text(&r.object, tags::STUDY_INSTANCE_UID), "1.2.3");
+        let evidence = &r.object.get(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(text(evidence, tags::STUDY_INSTANCE_UID), "1.2.3");
+        assert_eq!(references(&r.object), ["2.25.800"], "the node's own objects keep their UIDs");
+        assert_eq!(r.sop_instance_uid, "2.25.900");
+        let (entries, _, _) = db.audit_chain().await.unwrap();
+        let opened: Vec<&str> = entries.iter().filter(|e| e.event == "reidentify").map(|e| e.subject.as_str()).collect();
+        assert_eq!(opened, ["instance:2.25.2"], "one audited opening, of the record used");
+
+        // A study the node holds nothing of: still no identity.
+        put(&mut identity, tags::STUDY_INSTANCE_UID, VR::UI, "2.25.404");
+        let path = write(&kos::build(&note, &identity), "unknown.dcm");
+        assert!(matches!(reidentified(&db, &keys, &path, "test").await, Err(ReidError::NoReference)));
     }
 }

@@ -13,10 +13,16 @@
 //!    CONTAINS CODE Finding = the label's code
 //!    HAS CONCEPT MOD TEXT Algorithm Name, Algorithm Version             TID 4019
 //!    CONTAINS IMAGE Source of Measurement = the key image (frame)
-//!    CONTAINS IMAGE Illustration of ROI = the heatmap Secondary Capture (positive findings)
+//!    CONTAINS IMAGE Illustration of ROI = the heatmap Parametric Map, Secondary Capture (positive)
 //!    CONTAINS NUM (122157, DCM, "Probability") in UCUM "1"
 //!    CONTAINS CODE <finding> = Present | Absent                         qualitative evaluation
 //!    CONTAINS CODE (99TRIAGE, CONFIDENCE) = HIGH | MEDIUM | REVIEW      qualitative evaluation
+//!   CONTAINS CONTAINER (125007, DCM, "Measurement Group")                 TID 1410, per positive
+//!    Tracking Identifier "<model> <label> region", Tracking UID          finding with a location:
+//!    CONTAINS CODE Finding, HAS CONCEPT MOD Algorithm Name, Version        "region" (closed POLYLINE),
+//!    CONTAINS SCOORD (111030, DCM, "Image Region") > SELECTED FROM IMAGE   "peak" (POINT), and
+//!    CONTAINS CODE <finding> = Present                                      "peak in patient"
+//!                                                                           (SCOORD3D POINT)
 //!  CONTAINS CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
 //!   CONTAINS CODE (260870009, SCT, "Priority") = (99TRIAGE, URGENT | POSITIVE | NEGATIVE)
 //!   CONTAINS TEXT (121106, DCM, "Comment") = the model's intended use and limits
@@ -56,8 +62,23 @@ pub struct FindingReport {
     /// `high`, `medium` or `needs_review`.
     pub tier: String,
     pub source: ImageRef,
-    pub heatmap: Option<ImageRef>,
+    /// The finding's maps and pictures (Parametric Map, Secondary Capture), in that order.
+    pub illustrations: Vec<ImageRef>,
     pub tracking_uid: String,
+    /// Where the model's evidence lies on the source frame (positive findings).
+    pub location: Option<Location>,
+}
+
+/// A finding's evidence on its source frame, each shape with a Tracking UID of its own, stable
+/// for the same study, model and label (a re-triage reports the same finding the same way).
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub region: super::regions::Region,
+    pub region_uid: String,
+    pub peak_uid: String,
+    /// The peak in the patient's coordinates, when the source frame has a Frame of Reference and
+    /// its geometry: (Frame of Reference UID, point in mm, Tracking UID).
+    pub patient: Option<(String, [f64; 3], String)>,
 }
 
 /// What the SR says, and the identity of the SR object itself.
@@ -143,6 +164,12 @@ enum Item {
     UidRef { rel: &'static str, concept: Code, uid: String },
     Num { rel: &'static str, concept: Code, value: f64, unit: Code },
     Image { rel: &'static str, concept: Code, image: ImageRef },
+    /// An image a coordinate is selected from (no concept name).
+    SelectedFrom { image: ImageRef },
+    /// Image coordinates (column, row) on the image of its one `SelectedFrom` child.
+    Scoord { rel: &'static str, concept: Code, graphic: &'static str, points: Vec<(f32, f32)>, image: ImageRef },
+    /// Patient coordinates (mm) in a Frame of Reference.
+    Scoord3d { rel: &'static str, concept: Code, graphic: &'static str, points: Vec<[f64; 3]>, frame_of_reference: String },
 }
 
 impl Item {
@@ -154,10 +181,15 @@ impl Item {
             | Item::Text { rel, concept, .. }
             | Item::UidRef { rel, concept, .. }
             | Item::Num { rel, concept, .. }
-            | Item::Image { rel, concept, .. } => (*rel, concept),
+            | Item::Image { rel, concept, .. }
+            | Item::Scoord { rel, concept, .. }
+            | Item::Scoord3d { rel, concept, .. } => (*rel, Some(concept)),
+            Item::SelectedFrom { .. } => ("SELECTED FROM", None),
         };
         put(&mut o, tags::RELATIONSHIP_TYPE, VR::CS, rel);
-        put_seq(&mut o, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![concept.item()]);
+        if let Some(concept) = concept {
+            put_seq(&mut o, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![concept.item()]);
+        }
         match self {
             Item::Container { template, children, .. } => {
                 put(&mut o, tags::VALUE_TYPE, VR::CS, "CONTAINER");
@@ -187,19 +219,38 @@ impl Item {
                 mv.put(DataElement::new(tags::FLOATING_POINT_VALUE, VR::FD, PrimitiveValue::from(*value)));
                 put_seq(&mut o, tags::MEASURED_VALUE_SEQUENCE, vec![mv]);
             }
-            Item::Image { image, .. } => {
+            Item::Image { image, .. } | Item::SelectedFrom { image } => {
                 put(&mut o, tags::VALUE_TYPE, VR::CS, "IMAGE");
-                let mut r = InMemDicomObject::new_empty();
-                put(&mut r, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &image.sop_class_uid);
-                put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &image.sop_instance_uid);
-                if let Some(f) = image.frame {
-                    put(&mut r, tags::REFERENCED_FRAME_NUMBER, VR::IS, &f.to_string());
-                }
-                put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
+                put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![image_reference(image)]);
+            }
+            Item::Scoord { graphic, points, image, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "SCOORD");
+                put(&mut o, tags::GRAPHIC_TYPE, VR::CS, graphic);
+                let data: Vec<f32> = points.iter().flat_map(|&(x, y)| [x, y]).collect();
+                o.put(DataElement::new(tags::GRAPHIC_DATA, VR::FL, PrimitiveValue::F32(data.into())));
+                put_seq(&mut o, tags::CONTENT_SEQUENCE, vec![Item::SelectedFrom { image: image.clone() }.encode()]);
+            }
+            Item::Scoord3d { graphic, points, frame_of_reference, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "SCOORD3D");
+                put(&mut o, tags::REFERENCED_FRAME_OF_REFERENCE_UID, VR::UI, frame_of_reference);
+                put(&mut o, tags::GRAPHIC_TYPE, VR::CS, graphic);
+                let data: Vec<f32> = points.iter().flat_map(|p| p.map(|v| v as f32)).collect();
+                o.put(DataElement::new(tags::GRAPHIC_DATA, VR::FL, PrimitiveValue::F32(data.into())));
             }
         }
         o
     }
+}
+
+/// A Referenced SOP Sequence item: class, instance and (multi-frame) frame.
+fn image_reference(image: &ImageRef) -> InMemDicomObject {
+    let mut r = InMemDicomObject::new_empty();
+    put(&mut r, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &image.sop_class_uid);
+    put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &image.sop_instance_uid);
+    if let Some(f) = image.frame {
+        put(&mut r, tags::REFERENCED_FRAME_NUMBER, VR::IS, &f.to_string());
+    }
+    r
 }
 
 fn template_sequence(id: &str) -> DataElement<InMemDicomObject> {
@@ -225,7 +276,7 @@ fn group(r: &Report, f: &FindingReport) -> Item {
         Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111003", "DCM", "Algorithm Version"), text: r.version.clone() },
         Item::Image { rel: "CONTAINS", concept: Code::new("121112", "DCM", "Source of Measurement"), image: f.source.clone() },
     ];
-    if let Some(h) = &f.heatmap {
+    for h in &f.illustrations {
         children.push(Item::Image { rel: "CONTAINS", concept: Code::new("121200", "DCM", "Illustration of ROI"), image: h.clone() });
     }
     if f.probability.is_finite() {
@@ -234,6 +285,40 @@ fn group(r: &Report, f: &FindingReport) -> Item {
     children.push(Item::Code { rel: "CONTAINS", concept: f.code.clone(), value: if f.positive { present() } else { absent() } });
     children.push(Item::Code { rel: "CONTAINS", concept: confidence(), value: tier_code(&f.tier) });
     Item::Container { rel: "CONTAINS", concept: Code::new("125007", "DCM", "Measurement Group"), template: Some("1501"), children }
+}
+
+/// The TID 1410 groups of a finding's location: the region around the evidence and the peak on
+/// the source image, and the peak in the patient where the image has a Frame of Reference.
+fn location_groups(r: &Report, f: &FindingReport, at: &Location) -> Vec<Item> {
+    let region = || Code::new("111030", "DCM", "Image Region");
+    let roi = |what: &str, uid: &str, shape: Item| {
+        let children = vec![
+            Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("112039", "DCM", "Tracking Identifier"), text: ascii(&format!("{} {} {what}", r.model, f.label)) },
+            Item::UidRef { rel: "HAS OBS CONTEXT", concept: Code::new("112040", "DCM", "Tracking Unique Identifier"), uid: uid.to_string() },
+            Item::Code { rel: "CONTAINS", concept: Code::new("121071", "DCM", "Finding"), value: f.code.clone() },
+            Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111001", "DCM", "Algorithm Name"), text: r.model.clone() },
+            Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111003", "DCM", "Algorithm Version"), text: r.version.clone() },
+            shape,
+            Item::Code { rel: "CONTAINS", concept: f.code.clone(), value: present() },
+        ];
+        Item::Container { rel: "CONTAINS", concept: Code::new("125007", "DCM", "Measurement Group"), template: Some("1410"), children }
+    };
+    let mut groups = vec![
+        roi(
+            "region",
+            &at.region_uid,
+            Item::Scoord { rel: "CONTAINS", concept: region(), graphic: "POLYLINE", points: at.region.outline.clone(), image: f.source.clone() },
+        ),
+        roi("peak", &at.peak_uid, Item::Scoord { rel: "CONTAINS", concept: region(), graphic: "POINT", points: vec![at.region.peak], image: f.source.clone() }),
+    ];
+    if let Some((frame_of_reference, point, uid)) = &at.patient {
+        groups.push(roi(
+            "peak in patient",
+            uid,
+            Item::Scoord3d { rel: "CONTAINS", concept: region(), graphic: "POINT", points: vec![*point], frame_of_reference: frame_of_reference.clone() },
+        ));
+    }
+    groups
 }
 
 /// The SR data set, with the de-identified patient and study attributes of `identity`.
@@ -260,7 +345,7 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
     let study_uid = super::dataset::text(identity, tags::STUDY_INSTANCE_UID).unwrap_or_default();
     let sources: Vec<&ImageRef> = r.evidence.iter().collect();
     put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, evidence(&study_uid, &sources));
-    let heatmaps: Vec<&ImageRef> = r.findings.iter().filter_map(|f| f.heatmap.as_ref()).collect();
+    let heatmaps: Vec<&ImageRef> = r.findings.iter().flat_map(|f| &f.illustrations).collect();
     if !heatmaps.is_empty() {
         put_seq(&mut o, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE, evidence(&study_uid, &heatmaps));
     }
@@ -295,7 +380,11 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
                     rel: "CONTAINS",
                     concept: Code::new("126010", "DCM", "Imaging Measurements"),
                     template: None,
-                    children: r.findings.iter().map(|f| group(r, f)).collect(),
+                    children: r
+                        .findings
+                        .iter()
+                        .flat_map(|f| std::iter::once(group(r, f)).chain(f.location.iter().flat_map(|at| location_groups(r, f, at))))
+                        .collect(),
                 });
             }
             c.push(Item::Container {

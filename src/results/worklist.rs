@@ -130,6 +130,7 @@ impl WorklistEntry {
             reasons_json: serde_json::to_string(&self.reasons).unwrap_or_else(|_| "[]".into()),
             lowered_from: None,
             reading: crate::db::Reading::unread(),
+            retraction: None,
         }
     }
 

@@ -3,8 +3,8 @@
 
 use crate::common::*;
 use triage_node::db::{
-    AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, Reading, ReadingAction, ReadingOutcome, RegisteredAe, StudyResult, WorklistCursor, WorklistFilter,
-    WorklistRow, WorklistSort,
+    AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, ObjectKind, Reading, ReadingAction, ReadingOutcome, RegisteredAe, RetractOutcome, RetractRecord,
+    StudyResult, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
 };
 use triage_node::domain::AeTitle;
 
@@ -219,6 +219,7 @@ async fn suite(url: &str) {
         reasons_json: "[]".into(),
         lowered_from: None,
         reading: Reading::unread(),
+        retraction: None,
     };
     assert_eq!(db.worklist_save(&row("URGENT", 0, Some(0.97))).await.unwrap(), None);
     let f = WorklistFilter { finding: Some("pleural_effusion".into()), modality: Some("CT".into()), ..Default::default() };
@@ -247,8 +248,57 @@ async fn suite(url: &str) {
     for sort in [WorklistSort::Priority, WorklistSort::Newest, WorklistSort::Oldest] {
         assert!(db.worklist_page(&WorklistFilter::default(), sort, Some(WorklistCursor::after(&page[0])), 10).await.unwrap().is_empty(), "{sort:?}");
     }
+    // Retracted by an admin (one transaction: the row, the note's outbox row, the audit entry):
+    // off every listing and count, readable by id, no reading action; only for the result the
+    // note was built from, and once; a new result brings the row back, lowering nothing.
+    let details = triage_node::audit::Retracted {
+        user: "it-admin".into(),
+        reason: "wrong model".into(),
+        code: "113037".into(),
+        note: Some("2.25.9".into()),
+        objects: vec!["2.25.8".into()],
+        hl7: false,
+    };
+    let event = triage_node::audit::Event::Retract { study: job.study_id, details };
+    let note = NewOutboxItem {
+        path: "outbox/results/note.dcm".into(),
+        destination: "PACS".into(),
+        kind: ObjectKind::Kos,
+        study_id: Some(job.study_id),
+        reidentify: true,
+    };
+    let record = |result_at_ms| RetractRecord {
+        study_id: job.study_id,
+        result_at_ms,
+        by: "it-admin",
+        code: "113037",
+        node: "n1",
+        outbox: std::slice::from_ref(&note),
+        event: &event,
+    };
+    assert_eq!(db.worklist_retract(&record(1)).await.unwrap(), RetractOutcome::Replaced, "built from another result");
+    assert_eq!(db.worklist_retract(&RetractRecord { study_id: 999_999, ..record(7_100) }).await.unwrap(), RetractOutcome::Missing);
+    assert!(db.outbox_study_paths(job.study_id, ObjectKind::Kos).await.unwrap().is_empty(), "nothing written");
+    let RetractOutcome::Done(done) = db.worklist_retract(&record(7_100)).await.unwrap() else { panic!("retracted") };
+    assert_eq!((done.by.as_str(), done.code.as_str()), ("it-admin", "113037"));
+    assert!(matches!(db.worklist_retract(&record(7_100)).await.unwrap(), RetractOutcome::Retracted(r) if r == done), "once");
+    for sort in [WorklistSort::Priority, WorklistSort::Newest, WorklistSort::Oldest] {
+        assert!(db.worklist_page(&WorklistFilter::default(), sort, None, 10).await.unwrap().is_empty(), "{sort:?}");
+    }
+    assert!(db.worklist_counts().await.unwrap().is_empty());
+    assert_eq!(db.worklist_row(job.study_id).await.unwrap().unwrap().retraction, Some(done));
+    assert_eq!(db.worklist_reading(job.study_id, ReadingAction::Release, "dr.a").await.unwrap(), ReadingOutcome::Missing);
+    assert_eq!(db.outbox_study_paths(job.study_id, ObjectKind::Kos).await.unwrap(), ["outbox/results/note.dcm"]);
+    assert_eq!(db.worklist_save(&row("NEGATIVE", 3, None)).await.unwrap(), None, "a withdrawn priority is not lowered");
+    let back = db.worklist_row(job.study_id).await.unwrap().unwrap();
+    assert_eq!((back.retraction, back.lowered_from, back.priority.as_str()), (None, None, "NEGATIVE"));
+    assert_eq!(db.worklist_page(&WorklistFilter::default(), WorklistSort::Priority, None, 10).await.unwrap().len(), 1);
     let audit = db.audit_chain().await.unwrap().0;
     assert!(audit.iter().any(|e| e.event == "reading" && e.subject == format!("study:{}", job.study_id) && e.details.contains("dr.a")));
+    let retract = audit.iter().filter(|e| e.event == "retract").collect::<Vec<_>>();
+    assert_eq!(retract.len(), 1);
+    assert_eq!(retract[0].subject, format!("study:{}", job.study_id));
+    assert!(retract[0].details.contains("wrong model") && retract[0].details.contains("113037"), "{}", retract[0].details);
 
     // A group commit (ingest's, several associations' rows in one transaction): each row gets
     // its own outcome; a copy already stored, or earlier in the same batch, is a duplicate of

@@ -21,6 +21,7 @@ mod protocol_edges;
 mod query;
 mod refusals;
 mod results;
+mod retract;
 mod scanner_study;
 mod send_scu;
 mod status;

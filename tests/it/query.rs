@@ -15,6 +15,8 @@ use crate::common::*;
 
 const SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+const PM: &str = "1.2.840.10008.5.1.4.1.1.30";
+const KOS: &str = "1.2.840.10008.5.1.4.1.1.88.59";
 
 fn ready() -> bool {
     peers_ready() && have_tool("findscu") && have_tool("movescu") && have_tool("getscu") && have_tool("storescp")
@@ -56,8 +58,13 @@ fn register(node: &Node, ae: &str, port: Option<u16>) {
 }
 
 /// Three studies of two patients (one named in ISO_IR 100 with letters outside ASCII), two
-/// positive: five result objects delivered to a PACS.
+/// positive: five result objects delivered to a PACS (reports and heatmap Secondary Captures).
 fn fixture(extra_results: &[&str]) -> Option<Fixture> {
+    fixture_with(extra_results, &["secondary_capture"])
+}
+
+/// The same, with each positive finding's heatmap sent as `heatmaps` (`[results] heatmap`).
+fn fixture_with(extra_results: &[&str], heatmaps: &[&str]) -> Option<Fixture> {
     if !ready() {
         return None;
     }
@@ -71,7 +78,10 @@ fn fixture(extra_results: &[&str]) -> Option<Fixture> {
     destinations.extend(extra_results.iter().map(|d| format!("\"{d}\"")));
     let node = Node::start(NodeOptions {
         inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
-        results: vec![format!("destinations = [{}]", destinations.join(", "))],
+        results: vec![
+            format!("destinations = [{}]", destinations.join(", ")),
+            format!("heatmap = [{}]", heatmaps.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ")),
+        ],
         delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"1s\"".into()],
         ..Default::default()
     });
@@ -102,7 +112,7 @@ fn fixture(extra_results: &[&str]) -> Option<Fixture> {
     assert!(node.storescu(&files).status.success(), "{}", node.log());
     wait_until("three reports delivered", Duration::from_secs(120), || node.log().matches("AI report delivered").count() >= 3);
     let delivered = walk(&pacs_dir);
-    assert_eq!(delivered.len(), 5, "{delivered:?}");
+    assert_eq!(delivered.len(), 3 + 2 * heatmaps.len(), "{delivered:?}");
     Some(Fixture { node, cases, delivered, _pacs: pacs, _dirs: dirs })
 }
 
@@ -300,6 +310,90 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
             }
         }
     }
+}
+
+/// IMAGE level, as a PACS lists a study's AI results without retrieving them (IHE AIR): what
+/// each object is, when the analysis made it and which algorithm, each answer as the object was
+/// delivered, and each key matched the way the conformance statement says.
+#[test]
+fn image_level_keys_list_a_studys_ai_results_as_delivered() {
+    let Some(f) = fixture_with(&[], &["parametric_map", "secondary_capture"]) else { return };
+    let c = &f.cases[2];
+    let sent: Vec<Value> = qr_peer(&[&["dump"], f.delivered.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>().as_slice()].concat())
+        .into_iter()
+        .filter(|d| d["StudyInstanceUID"] == c.study_uid.as_str())
+        .collect();
+    assert!(sent.iter().any(|d| d["SOPClassUID"] == SR) && sent.len() >= 2, "a report and a heatmap: {}", sent.len());
+    let (series, fin) =
+        find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": c.study_uid, "SeriesInstanceUID": ""}));
+    assert_eq!(fin["status"], "0x0000", "{fin}");
+    let image = |series: &str, keys: Value| {
+        let mut q = serde_json::json!({"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": c.study_uid, "SeriesInstanceUID": series, "SOPInstanceUID": ""});
+        q.as_object_mut().unwrap().extend(keys.as_object().unwrap().clone());
+        let (rs, fin) = find(&f, "VIEWER", "study", q);
+        assert_eq!(fin["status"], "0x0000", "{fin}");
+        rs
+    };
+    const TEXT: [&str; 6] = ["SOPClassUID", "ContentDate", "ContentTime", "ContentLabel", "ContentDescription", "ContentCreatorName"];
+    const SEQUENCES: [&str; 2] = ["ConceptNameCodeSequence", "ContributingEquipmentSequence"];
+    let mut all = serde_json::Map::new();
+    for k in TEXT {
+        all.insert(k.into(), "".into());
+    }
+    for k in SEQUENCES {
+        all.insert(k.into(), Value::Array(Vec::new()));
+    }
+    let (mut listed, mut algorithm_keys) = (0, 0);
+    for s in &series {
+        let series = s["SeriesInstanceUID"].as_str().unwrap();
+        for r in image(series, Value::Object(all.clone())) {
+            let d = sent.iter().find(|d| d["SOPInstanceUID"] == r["SOPInstanceUID"]).expect("the PACS has each object the node lists");
+            let class = d["SOPClassUID"].as_str().unwrap();
+            assert!([SR, SC, PM, KOS].contains(&class), "{class}");
+            // Every value as delivered; what the object lacks, zero-length.
+            for k in TEXT {
+                assert_eq!(r[k], d.get(k).cloned().unwrap_or_else(|| "".into()), "{k} of {class}");
+            }
+            for k in SEQUENCES {
+                assert_eq!(r[k], d.get(k).cloned().unwrap_or_else(|| Value::Array(Vec::new())), "{k} of {class}");
+            }
+            listed += 1;
+
+            let hits = |keys: Value| image(series, keys).iter().filter(|x| x["SOPInstanceUID"] == d["SOPInstanceUID"]).count();
+            // What: SOP Class UID as a list of UIDs.
+            assert_eq!(hits(serde_json::json!({"SOPClassUID": format!("{KOS}\\{class}")})), 1, "{class} in a list");
+            assert_eq!(hits(serde_json::json!({"SOPClassUID": format!("{KOS}\\1.2.3")})), 0, "{class} not in a list");
+            // When: Content Date and Time, single values and ranges.
+            let (date, time) = (d["ContentDate"].as_str().unwrap(), d["ContentTime"].as_str().unwrap());
+            assert_eq!(hits(serde_json::json!({"ContentDate": format!("{date}-"), "ContentTime": format!("{}-", &time[..6])})), 1, "{date} {time}");
+            assert_eq!(hits(serde_json::json!({"ContentDate": date, "ContentTime": format!("-{}", &time[..6])})), 1);
+            assert_eq!(hits(serde_json::json!({"ContentDate": "-19991231"})), 0);
+            // Which algorithm: the keys that name it, where the object carries them.
+            let models: Vec<&str> =
+                d["ContributingEquipmentSequence"].as_array().into_iter().flatten().filter_map(|i| i["ManufacturerModelName"].as_str()).collect();
+            for model in models {
+                let named = |m: &str| serde_json::json!({"ContributingEquipmentSequence": [{"ManufacturerModelName": m, "SoftwareVersions": ""}]});
+                assert_eq!(hits(named(model)), 1, "{class} made by {model}");
+                assert_eq!(hits(named("no-such-model")), 0);
+                algorithm_keys += 1;
+            }
+            if let Some(creator) = d["ContentCreatorName"].as_str().filter(|v| !v.is_empty()) {
+                let prefix: String = creator.chars().take(4).collect();
+                assert_eq!(hits(serde_json::json!({"ContentCreatorName": format!("{}*", prefix.to_lowercase())})), 1, "{class} by {creator}");
+                assert_eq!(hits(serde_json::json!({"ContentCreatorName": "no-such-model"})), 0);
+                algorithm_keys += 1;
+            }
+        }
+    }
+    assert_eq!(listed, sent.len(), "every AI result of the study is listed once");
+    // The report, found by its title among the study's results.
+    let report = sent.iter().find(|d| d["SOPClassUID"] == SR).unwrap();
+    let rs = image(
+        report["SeriesInstanceUID"].as_str().unwrap(),
+        serde_json::json!({"SOPClassUID": SR, "ConceptNameCodeSequence": [{"CodeValue": "126000", "CodingSchemeDesignator": "DCM"}]}),
+    );
+    assert_eq!(values(&rs, "SOPInstanceUID"), [report["SOPInstanceUID"].as_str().unwrap()]);
+    eprintln!("{listed} results listed, {algorithm_keys} algorithm keys matched");
 }
 
 #[test]

@@ -50,6 +50,20 @@ fn original(file: &Path, keyword: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+const PM: &str = "1.2.840.10008.5.1.4.1.1.30";
+const KOS: &str = "1.2.840.10008.5.1.4.1.1.88.59";
+
+/// The map's values against the finding's stored activation, resampled by torch.
+fn compare_map(map: &Path, finding: &triage_node::db::Finding) -> serde_json::Value {
+    let activation = tempfile::NamedTempFile::new().unwrap();
+    let json = serde_json::json!({"rows": finding.cam_rows, "cols": finding.cam_cols, "values": finding.cam});
+    std::fs::write(activation.path(), json.to_string()).unwrap();
+    let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/compare_map.py")).arg(map).arg(activation.path()).output().unwrap();
+    assert!(out.status.success(), "highdicom could not read the map: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn result_of(db: &Db, rt: &tokio::runtime::Runtime, file: &Path) -> StudyResult {
     let mut r = rt.block_on(db.study_results(&deid_uid(&study_uid_of(file)))).unwrap();
     assert_eq!(r.len(), 1);
@@ -86,8 +100,9 @@ fn results_arrive_in_the_original_study_on_a_real_pacs() {
         let study_uid = study_uid_of(file);
         let (patient_id, sop_uid) = (original(file, "PatientID"), original(file, "SOPInstanceUID"));
         let held = pacs.study(&study_uid);
-        // One study in the PACS: the original image, the report and (if positive) the heatmap.
-        let expected = 2 + usize::from(finding.positive);
+        // One study in the PACS: the original image, the report and (if positive) the heatmap as
+        // a Parametric Map and as a Secondary Capture.
+        let expected = 2 + 2 * usize::from(finding.positive);
         assert_eq!(held.len(), expected, "{held:?}\nOrthanc log:\n{}", pacs.log());
         assert!(held.iter().all(|i| i["patient_id"] == patient_id.as_str()), "{held:?}");
         let ours: Vec<PathBuf> =
@@ -102,7 +117,8 @@ fn results_arrive_in_the_original_study_on_a_real_pacs() {
         let sr_file = Path::new(sr["file"].as_str().unwrap());
         let errors = pixelmed_errors(sr_file);
         assert!(errors.is_empty(), "Pixelmed on {}: {errors:?}", sr_file.display());
-        let sc = read.iter().find(|r| r["modality"] == "OT");
+        let sc = read.iter().find(|r| r["sop_class"] == SC);
+        let map = read.iter().find(|r| r["sop_class"] == PM);
         for obj in &read {
             // Filed into the original study, under the original patient, re-identified.
             assert_eq!(obj["study_uid"], study_uid.as_str());
@@ -129,34 +145,55 @@ fn results_arrive_in_the_original_study_on_a_real_pacs() {
         };
         assert_eq!(report["qualitative"][0], serde_json::json!(["Priority", priority]));
         assert!(report["qualitative"][1][1].as_str().unwrap().starts_with("DEMONSTRATION MODEL, NOT CLINICALLY VALIDATED."));
-        match sc {
-            Some(sc) => {
+        match (sc, map) {
+            (Some(sc), Some(map)) => {
                 assert!(finding.positive);
                 assert_eq!((sc["photometric"].as_str(), sc["burned_in"].as_str()), (Some("RGB"), Some("YES")));
                 assert_eq!(sc["source"], serde_json::json!([sop_uid]));
                 assert!(sc["coloured_pixels"].as_i64().unwrap() > 100, "the heatmap shows: {sc}");
-                // The report points at the heatmap it was sent with.
-                assert_eq!(g["images"][1], serde_json::json!(["Illustration of ROI", sc["sop_instance"]]));
+                // The report points at the map and the picture it was sent with, in that order.
+                assert_eq!(g["images"][1], serde_json::json!(["Illustration of ROI", map["sop_instance"]]));
+                assert_eq!(g["images"][2], serde_json::json!(["Illustration of ROI", sc["sop_instance"]]));
+                // The map holds the model's activation on the radiograph's grid.
+                let map_file = Path::new(map["file"].as_str().unwrap());
+                let compared = compare_map(map_file, finding);
+                assert!(compared["max_abs_difference"].as_f64().unwrap() < 1e-3, "{compared}");
+                assert_eq!(compared["source"], serde_json::json!([sop_uid]), "{compared}");
+                assert_eq!((compared["rows"].as_i64(), compared["columns"].as_i64()), (Some(finding.source_rows), Some(finding.source_cols)));
+                // Where the evidence lies: a polygon around it and its peak, on the radiograph,
+                // the map's own peak inside the polygon.
+                let regions = report["regions"].as_array().unwrap();
+                assert_eq!(regions.len(), 2, "a radiograph has no Frame of Reference: no 3D point: {regions:?}");
+                let polygon = regions.iter().find(|r| r["graphic_type"] == "POLYLINE").expect("a region");
+                let point = regions.iter().find(|r| r["graphic_type"] == "POINT").expect("a peak");
+                assert!(regions.iter().all(|r| r["image"] == sop_uid.as_str()), "{regions:?}");
+                let xs = |i: usize| polygon["points"].as_array().unwrap().iter().map(move |p| p[i].as_f64().unwrap());
+                let inside = |x: f64, y: f64| xs(0).fold(f64::MAX, f64::min) <= x && x <= xs(0).fold(f64::MIN, f64::max) && xs(1).fold(f64::MAX, f64::min) <= y && y <= xs(1).fold(f64::MIN, f64::max);
+                let peak = &point["points"][0];
+                assert!(inside(peak[0].as_f64().unwrap(), peak[1].as_f64().unwrap()), "{regions:?}");
+                let (row, col) = (compared["peak"][0].as_f64().unwrap(), compared["peak"][1].as_f64().unwrap());
+                assert!(inside(col + 0.5, row + 0.5), "the map's peak lies in the region: {compared} {regions:?}");
             }
-            None => assert!(!finding.positive, "a positive finding has a heatmap"),
+            (None, None) => assert!(!finding.positive, "a positive finding has a heatmap"),
+            other => panic!("a map and a picture, or neither: {other:?}"),
         }
     }
     // On the node's disk the queued objects stay de-identified; re-identification was audited.
     let queued: Vec<PathBuf> = walk(&node.data_dir().join("outbox/results"));
-    assert_eq!(queued.len(), 5, "{queued:?}");
+    assert_eq!(queued.len(), 7, "{queued:?}");
     let on_disk = check(&queued.iter().map(PathBuf::as_path).collect::<Vec<_>>());
     for obj in &on_disk {
         assert!(files.iter().all(|f| obj["patient_id"] != original(f, "PatientID").as_str() && obj["study_uid"] != study_uid_of(f).as_str()), "{obj}");
     }
     // The operator sees where each result went.
     let listed = String::from_utf8_lossy(&node.cli(&["results"]).stdout).into_owned();
-    assert_eq!(listed.matches("to the PACS: 1 sc delivered, 1 sr delivered").count(), 2, "{listed}");
+    assert_eq!(listed.matches("to the PACS: 1 pm delivered, 1 sc delivered, 1 sr delivered").count(), 2, "{listed}");
     assert_eq!(listed.matches("to the PACS: 1 sr delivered").count(), 1, "{listed}");
     let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned();
-    assert!(status.contains("outbox delivered: 5"), "{status}");
+    assert!(status.contains("outbox delivered: 7"), "{status}");
     let audit = node.cli(&["audit", "list"]);
     let audit = String::from_utf8_lossy(&audit.stdout);
-    assert_eq!(audit.matches("deliver result to ORTHANC").count(), 5, "{audit}");
+    assert_eq!(audit.matches("deliver result to ORTHANC").count(), 7, "{audit}");
     assert!(node.cli(&["audit", "verify"]).status.success());
     // And the log names none of the patients.
     for f in &files {

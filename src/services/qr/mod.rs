@@ -28,8 +28,10 @@ use crate::net::{Association, AssociationError, Offer, Request, Service};
 /// The largest identifier we read (a query is a few hundred bytes; a long UID list a few KiB).
 const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
 
-/// The storage classes of the objects a C-GET sends back (the caller takes their SCP role).
-pub const RESULT_CLASSES: [&str; 2] = [uids::COMPREHENSIVE3_DSR_STORAGE, uids::SECONDARY_CAPTURE_IMAGE_STORAGE];
+/// The storage classes of the objects a C-GET sends back (the caller takes their SCP role):
+/// report, heatmap (Secondary Capture or Parametric Map), rejection note.
+pub const RESULT_CLASSES: [&str; 4] =
+    [uids::COMPREHENSIVE3_DSR_STORAGE, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, uids::PARAMETRIC_MAP_STORAGE, uids::KEY_OBJECT_SELECTION_DOCUMENT_STORAGE];
 
 pub struct QueryRetrieve {
     archive: Arc<Archive>,
