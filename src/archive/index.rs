@@ -3,7 +3,7 @@
 //! object as it is delivered (re-identified). A refresh builds the next snapshot beside the old
 //! one (nodes are shared, `Arc`), so a query in progress keeps reading the one it started on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use dicom_core::header::Header;
@@ -118,6 +118,8 @@ pub struct Instance {
     /// The originals it is re-identified with (per referenced stored instance, by its
     /// de-identified SOP Instance UID), opened from the sealed map when it was indexed.
     pub originals: Opened,
+    /// An IHE IOCM rejection note: never hidden by another note.
+    pub rejection_note: bool,
 }
 
 /// One version of the index.
@@ -129,11 +131,14 @@ pub struct Snapshot {
     pub instances: usize,
     patient_at: HashMap<(String, String), usize>,
     study_at: HashMap<String, (usize, usize)>,
-    paths: std::collections::HashSet<String>,
+    paths: HashSet<String>,
     /// The originals of an indexed object of each study and patient, by de-identified Study
     /// Instance UID and Patient ID (pseudonym): the identity of an object that references no
     /// stored instance (a rejection note).
     study_originals: HashMap<(String, String), Opened>,
+    /// The SOP Instance UIDs the indexed rejection notes name: hidden from query and retrieve
+    /// (IHE IOCM), whether indexed before the note or after it.
+    rejected: HashSet<String>,
 }
 
 impl Snapshot {
@@ -151,9 +156,17 @@ impl Snapshot {
         self.study_originals.get(deid).cloned()
     }
 
+    /// Whether an indexed rejection note names the object `sop_instance_uid`.
+    pub fn is_rejected(&self, sop_instance_uid: &str) -> bool {
+        self.rejected.contains(sop_instance_uid)
+    }
+
     /// Add a re-identified object (`path` its de-identified file, `deid` its Study Instance UID
     /// and Patient ID there). An object with the SOP Instance UID of one already indexed
-    /// replaces it (a result published again).
+    /// replaces it (a result published again). A rejection note (IHE IOCM) is indexed like any
+    /// object and hides what it names: those objects leave their series (a series left empty
+    /// leaves its study, a study its patient), and one that arrives later is not indexed (its
+    /// path is, so it is not read again); a note itself is never hidden.
     pub fn insert(&mut self, obj: &InMemDicomObject, path: &str, deid: &(String, String), originals: Opened) {
         let text = |t: Tag| text_of_tag(obj, t);
         let (Some(study_uid), Some(series_uid), Some(sop_uid)) =
@@ -164,6 +177,10 @@ impl Snapshot {
         self.paths.insert(path.to_string());
         if !originals.is_empty() && !self.study_originals.contains_key(deid) {
             self.study_originals.insert(deid.clone(), originals.clone());
+        }
+        let rejects = rejection_note(obj);
+        if rejects.is_none() && self.rejected.contains(&sop_uid) {
+            return;
         }
         let patient_key = (text(tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(), text(tags::PATIENT_ID).unwrap_or_default());
         let patient_attrs = Attrs::of(obj, Level::Patient);
@@ -205,6 +222,7 @@ impl Snapshot {
             attrs: Attrs::of(obj, Level::Image),
             path: path.to_string(),
             originals,
+            rejection_note: rejects.is_some(),
         });
         match series.instances.iter().position(|i| i.uid == sop_uid) {
             Some(i) => series.instances[i] = instance,
@@ -213,7 +231,99 @@ impl Snapshot {
                 self.instances += 1;
             }
         }
+        if let Some(rejects) = rejects {
+            self.hide(study_uid, rejects);
+        }
     }
+
+    /// Hide the objects a rejection note of `study_uid` names: look for them in that study and
+    /// in the studies its evidence names.
+    fn hide(&mut self, study_uid: String, rejects: Rejects) {
+        let Rejects { studies, instances } = rejects;
+        self.rejected.extend(instances.iter().cloned());
+        let mut emptied = false;
+        for study_uid in std::iter::once(study_uid).chain(studies) {
+            let Some(&(pi, si)) = self.study_at.get(&study_uid) else { continue };
+            let hidden = |i: &Arc<Instance>| !i.rejection_note && instances.contains(&i.uid);
+            let study = &self.patients[pi].studies[si];
+            if !study.series.iter().any(|se| se.instances.iter().any(hidden)) {
+                continue;
+            }
+            let study = Arc::make_mut(&mut Arc::make_mut(&mut self.patients[pi]).studies[si]);
+            for series in study.series.iter_mut() {
+                let before = series.instances.len();
+                if series.instances.iter().any(hidden) {
+                    Arc::make_mut(series).instances.retain(|i| !hidden(i));
+                }
+                self.instances -= before - series.instances.len();
+            }
+            study.series.retain(|se| !se.instances.is_empty());
+            if study.series.is_empty() {
+                let patient = Arc::make_mut(&mut self.patients[pi]);
+                patient.studies.remove(si);
+                emptied = true;
+            }
+        }
+        if emptied {
+            self.patients.retain(|p| !p.studies.is_empty());
+            self.reindex();
+        }
+    }
+
+    /// The positions of patients and studies again, after some were removed.
+    fn reindex(&mut self) {
+        self.patient_at.clear();
+        self.study_at.clear();
+        for (pi, p) in self.patients.iter().enumerate() {
+            self.patient_at.insert((p.attrs.text(tags::ISSUER_OF_PATIENT_ID).to_string(), p.attrs.text(tags::PATIENT_ID).to_string()), pi);
+            for (si, st) in p.studies.iter().enumerate() {
+                self.study_at.insert(st.uid.clone(), (pi, si));
+            }
+        }
+    }
+}
+
+/// The IHE IOCM rejection note titles (CID 7011): a Key Object Selection Document with one of
+/// them rejects the objects it references.
+const REJECTION_TITLES: [&str; 4] = ["113001", "113037", "113038", "113039"];
+
+/// What a rejection note names.
+struct Rejects {
+    /// The Study Instance UIDs of its Current Requested Procedure Evidence Sequence.
+    studies: Vec<String>,
+    /// The SOP Instance UIDs of that sequence and of its content tree.
+    instances: HashSet<String>,
+}
+
+/// What `obj` rejects, when it is a rejection note (Key Object Selection Document titled with a
+/// rejection title, coding scheme DCM).
+fn rejection_note(obj: &InMemDicomObject) -> Option<Rejects> {
+    if text_of_tag(obj, tags::SOP_CLASS_UID).as_deref() != Some(dicom_dictionary_std::uids::KEY_OBJECT_SELECTION_DOCUMENT_STORAGE) {
+        return None;
+    }
+    let items = |o: &InMemDicomObject, t: Tag| o.get(t).and_then(|e| e.items().map(|i| i.to_vec())).unwrap_or_default();
+    let title = items(obj, tags::CONCEPT_NAME_CODE_SEQUENCE).into_iter().next()?;
+    let code = text_of_tag(&title, tags::CODE_VALUE).unwrap_or_default();
+    if !REJECTION_TITLES.contains(&code.as_str()) || text_of_tag(&title, tags::CODING_SCHEME_DESIGNATOR).as_deref() != Some("DCM") {
+        return None;
+    }
+    let mut out = Rejects { studies: Vec::new(), instances: HashSet::new() };
+    for study in items(obj, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE) {
+        out.studies.extend(text_of_tag(&study, tags::STUDY_INSTANCE_UID));
+        for series in items(&study, tags::REFERENCED_SERIES_SEQUENCE) {
+            out.instances.extend(items(&series, tags::REFERENCED_SOP_SEQUENCE).iter().filter_map(|i| text_of_tag(i, tags::REFERENCED_SOP_INSTANCE_UID)));
+        }
+    }
+    fn content(items: &[InMemDicomObject], out: &mut HashSet<String>) {
+        for item in items {
+            for r in item.get(tags::REFERENCED_SOP_SEQUENCE).and_then(|e| e.items()).unwrap_or_default() {
+                out.extend(text_of_tag(r, tags::REFERENCED_SOP_INSTANCE_UID));
+            }
+            content(item.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()).unwrap_or_default(), out);
+        }
+    }
+    content(obj.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()).unwrap_or_default(), &mut out.instances);
+    Some(out)
 }
 
 #[cfg(test)]

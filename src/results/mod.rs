@@ -250,7 +250,7 @@ impl Publisher {
                     station: self.station.clone(),
                 };
                 let frame = pm::MapFrame { source: source.clone(), geometry: geometry.clone(), values: regions::on_grid(cam, rows, cols) };
-                let obj = pm::build(&map, &[frame], &key_header);
+                let obj = pm::try_build(&map, &[frame], &key_header, pm::Display::HotIron).map_err(ResultsError::Encode)?;
                 built.push(Built {
                     path: self.write(&obj, uids::PARAMETRIC_MAP_STORAGE, &pm_uid)?,
                     kind: ObjectKind::Pm,

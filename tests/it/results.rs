@@ -292,6 +292,34 @@ fn a_study_triaged_again_sends_a_report_that_names_the_one_it_replaces() {
     let newer_file = Path::new(newer["file"].as_str().unwrap());
     assert!(dciodvfy_errors(newer_file).is_empty(), "{:?}", dciodvfy_errors(newer_file));
     assert!(pixelmed_errors(newer_file).is_empty(), "{:?}", pixelmed_errors(newer_file));
+    // The same finding keeps its Tracking UIDs (the finding, its region, its peak).
+    assert_eq!(older["sr"]["tracking_uids"], newer["sr"]["tracking_uids"]);
+    // The late instance is the same picture under a new UID: the same evidence, in the same place.
+    let shapes = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        r["sr"]["regions"].as_array().unwrap().iter().map(|g| serde_json::json!([g["tracking_uid"], g["graphic_type"], g["points"]])).collect()
+    };
+    assert_eq!(shapes(older), shapes(newer));
+    assert_eq!(shapes(older).len(), 2);
+    // The old result is withdrawn (IHE IOCM) before the new one arrives: one rejection note
+    // naming the old report and its map and picture, in the original study.
+    let notes: Vec<&serde_json::Value> = read.iter().filter(|r| r["sop_class"] == KOS).collect();
+    assert_eq!(notes.len(), 1, "{read:?}");
+    let note = notes[0];
+    assert_eq!(note["kos"]["title"], serde_json::json!(["113001", "DCM", "Rejected for Quality Reasons"]));
+    assert_eq!(note["study_uid"].as_str(), Some(study_uid_of(&first).as_str()));
+    assert_eq!(note["patient_id"].as_str(), Some(original(&first, "PatientID").as_str()));
+    let old_objects: Vec<&serde_json::Value> = older["sr"]["findings"][0]["images"].as_array().unwrap()[1..].iter().map(|i| &i[1]).chain([&older["sop_instance"]]).collect();
+    let mut rejected: Vec<&str> = note["kos"]["evidence"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut expected: Vec<&str> = old_objects.iter().map(|v| v.as_str().unwrap()).collect();
+    rejected.sort();
+    expected.sort();
+    assert_eq!(rejected, expected, "the old report, map and picture");
+    assert_eq!(expected.len(), 3);
+    let note_file = Path::new(note["file"].as_str().unwrap());
+    assert!(dciodvfy_errors(note_file).is_empty(), "{:?}", dciodvfy_errors(note_file));
+    assert!(pixelmed_errors(note_file).is_empty(), "{:?}", pixelmed_errors(note_file));
+    let arrived = |f: &Path| std::fs::metadata(f).unwrap().modified().unwrap();
+    assert!(arrived(note_file) <= arrived(newer_file), "the note arrives before the new report");
 }
 
 /// A pynetdicom PACS offering Storage Commitment; its event lines go to `log`.

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Does a real viewer show what the node sends? Not part of the test suite. Runs the node (the
+# debug build, as scripts/demo.sh runs it, with the demonstration models) with a local PACS
+# (Orthanc with its DICOMweb plugin, on loopback) as its result destination, sends it a positive
+# demo chest CR and the demo head CT series (a synthetic lesion), waits for the TID 1500 SR, the
+# Parametric Map and the Secondary Capture to arrive in the PACS, then opens each study in OHIF
+# Viewer 3.13.2 (the prebuilt dist/ of the npm package @ohif/app, served with Orthanc's DICOMweb
+# on one loopback origin by scripts/viewer_drive.py) in headless Chromium and saves screenshots:
+# the image with the Parametric Map overlaid, and the SR with its image regions.
+#
+#   scripts/viewer-check.sh [OUT_DIR]          (default target/viewer)
+#
+# Needs: what scripts/setup-test-env.sh installs (.venv, .testdata, DCMTK, Orthanc), chromium and
+# chromium-driver, npm; installs orthanc-dicomweb (apt) if missing and fetches @ohif/app into
+# target/ohif (npm pack, once). No internet beyond the package registries. KEEP=1 leaves
+# everything running after the screenshots until Ctrl-C (the viewer's URL is printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$(mkdir -p "${1:-target/viewer}" && cd "${1:-target/viewer}" && pwd)
+OHIF_VERSION=3.13.2
+OHIF=$ROOT/target/ohif/$OHIF_VERSION
+
+for tool in Orthanc storescu dcmdump chromium chromedriver npm; do
+  command -v "$tool" >/dev/null || { echo "viewer-check: $tool is missing (scripts/setup-test-env.sh; apt-get install chromium chromium-driver npm)" >&2; exit 1; }
+done
+[ -x .venv/bin/python ] && [ -d .testdata/demo-cases ] || scripts/setup-test-env.sh
+DICOMWEB=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+if [ ! -e "$DICOMWEB" ]; then
+  echo "== installing orthanc-dicomweb (apt)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y orthanc-dicomweb >/dev/null
+fi
+if [ ! -f "$OHIF/dist/index.html" ]; then
+  echo "== fetching @ohif/app@$OHIF_VERSION (npm pack) into $OHIF"
+  rm -rf "$OHIF"; mkdir -p "$OHIF"
+  (cd "$OHIF" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null && tar xzf ohif-app-*.tgz && mv package/dist dist && rm -rf package ohif-app-*.tgz)
+fi
+BIN=$ROOT/target/debug/triage-node
+if [ ! -x "$BIN" ]; then
+  export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+  cargo build --locked
+fi
+
+RUN=$OUT/run
+rm -rf "$RUN"; mkdir -p "$RUN"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PACS_DICOM=$(free_port); PACS_HTTP=$(free_port); NODE_PORT=$(free_port); NODE_HTTP=$(free_port); VIEWER_PORT=$(free_port)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+cat > "$RUN/orthanc.json" <<JSON
+{ "Name": "viewer-check-pacs", "StorageDirectory": "$RUN/pacs", "IndexDirectory": "$RUN/pacs",
+  "DicomAet": "PACS", "DicomPort": $PACS_DICOM, "HttpPort": $PACS_HTTP, "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false, "Plugins": [ "$DICOMWEB" ],
+  "DicomWeb": { "Enable": true, "Root": "/dicom-web/", "EnableWado": true, "WadoRoot": "/wado", "Ssl": false },
+  "DicomModalities": { "triage": [ "TRIAGE", "127.0.0.1", $NODE_PORT ] } }
+JSON
+Orthanc "$RUN/orthanc.json" 2> "$RUN/orthanc.log" &
+PIDS+=($!)
+for _ in $(seq 100); do .venv/bin/python tests/peers/orthanc.py ready "$PACS_HTTP" 2>/dev/null && break; sleep 0.2; done
+curl -sf "http://127.0.0.1:$PACS_HTTP/dicom-web/studies" >/dev/null || { echo "Orthanc's DICOMweb does not answer; log:" >&2; tail -20 "$RUN/orthanc.log" >&2; exit 1; }
+echo "== PACS: Orthanc with DICOMweb, DICOM 127.0.0.1:$PACS_DICOM, HTTP $PACS_HTTP"
+
+export TRIAGE__STORAGE__DATA_DIR=$RUN/node TRIAGE__INGEST__STUDY_QUIET_PERIOD=3s TRIAGE__DICOM__PORT=$NODE_PORT
+export TRIAGE__DEID__DEMO_KEYS=true TRIAGE__HTTP__PORT=$NODE_HTTP TRIAGE__RESULTS__DESTINATIONS=PACS
+"$BIN" ae add DEMO_CT --host 127.0.0.1 >/dev/null
+"$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM" >/dev/null
+"$BIN" serve 2> "$RUN/node.log" &
+PIDS+=($!)
+for _ in $(seq 300); do grep -q 'listening port=' "$RUN/node.log" && break; sleep 0.1; done
+grep -q 'listening port=' "$RUN/node.log" || { echo "the node did not start; log:" >&2; tail -20 "$RUN/node.log" >&2; exit 1; }
+echo "== triage-node (debug build) on 127.0.0.1:$NODE_PORT, results to the PACS"
+
+CR=.testdata/demo-cases/case000.dcm   # labels.csv: nodule 1
+.venv/bin/python scripts/train-ct-demo-model.py series "$RUN/head-ct" 24 lesion >/dev/null
+echo "== the originals to the PACS and to the node: the positive demo chest CR $CR and the 24-slice head CT"
+storescu -aec PACS 127.0.0.1 "$PACS_DICOM" "$CR" "$RUN"/head-ct/slice*.dcm
+storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$NODE_PORT" "$CR" "$RUN"/head-ct/slice*.dcm
+echo "== waiting for both studies' AI results to arrive in the PACS"
+for _ in $(seq 600); do
+  [ "$(grep -c 'AI report delivered' "$RUN/node.log" || true)" -ge 2 ] && break; sleep 0.5
+done
+grep 'AI report delivered' "$RUN/node.log" || { echo "no AI report delivered; node log:" >&2; tail -30 "$RUN/node.log" >&2; exit 1; }
+study_of() { dcmdump -q "$1" | sed -n 's/^(0020,000d) UI \[\(.*\)\].*/\1/p'; }
+CR_STUDY=$(study_of "$CR"); CT_STUDY=$(study_of "$RUN/head-ct/slice000.dcm")
+for s in "$CR_STUDY" "$CT_STUDY"; do
+  echo "-- study $s in the PACS (series: modality, SOP class, instances):"
+  curl -sf "http://127.0.0.1:$PACS_HTTP/dicom-web/studies/$s/series" | .venv/bin/python -c '
+import json, sys
+for s in json.load(sys.stdin):
+    v = lambda t: (s.get(t, {}).get("Value") or [""])[0]
+    print("  ", v("00080060"), v("0008103E"), v("00201209"), "instances")'
+done
+
+.venv/bin/python scripts/viewer_drive.py serve "$VIEWER_PORT" "$OHIF/dist" "$PACS_HTTP" 2> "$RUN/viewer-http.log" &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$VIEWER_PORT/app-config.js" >/dev/null && break; sleep 0.1; done
+VIEWER=http://127.0.0.1:$VIEWER_PORT
+echo "== OHIF $OHIF_VERSION at $VIEWER/ (DICOMweb at $VIEWER/dicom-web)"
+echo "   $VIEWER/viewer?StudyInstanceUIDs=$CR_STUDY"
+echo "   $VIEWER/viewer?StudyInstanceUIDs=$CT_STUDY"
+if [ -n "${KEEP:-}" ]; then
+  echo "KEEP: running until killed"; sleep infinity & PIDS+=($!); wait "${PIDS[-1]}"
+fi
+.venv/bin/python scripts/viewer_drive.py shoot "$VIEWER" "$OUT" "$CR_STUDY" "$CT_STUDY"
