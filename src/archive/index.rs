@@ -203,7 +203,7 @@ impl Snapshot {
                     series: Vec::new(),
                 }));
                 let at = (pi, patient.studies.len() - 1);
-                self.study_at.insert(study_uid, at);
+                self.study_at.insert(study_uid.clone(), at);
                 at
             }
         };
@@ -338,7 +338,7 @@ fn text_of_tag(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::results::dataset::put;
 
@@ -370,6 +370,93 @@ mod tests {
         assert_eq!(s.patients[0].attrs.text(tags::PATIENT_NAME), "DOE^JANE");
         assert_eq!((before.patients.len(), before.studies(), before.instances), (1, 1, 2));
         assert_eq!(before.patients[0].studies.len(), 1);
+    }
+
+    /// A rejection note in `study` (series `series`) naming `evidence` (study, series, instance)
+    /// in its Current Requested Procedure Evidence Sequence and `content` in its content tree.
+    pub fn note(study: &str, series: &str, sop: &str, title: &str, evidence: &[(&str, &str, &str)], content: &[&str]) -> InMemDicomObject {
+        use crate::results::dataset::put_seq;
+        let mut o = object("P1", study, series, sop);
+        put(&mut o, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.88.59");
+        put(&mut o, tags::MODALITY, VR::CS, "KO");
+        let mut code = InMemDicomObject::new_empty();
+        put(&mut code, tags::CODE_VALUE, VR::SH, title);
+        put(&mut code, tags::CODING_SCHEME_DESIGNATOR, VR::SH, "DCM");
+        put_seq(&mut o, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code]);
+        let studies = evidence
+            .iter()
+            .map(|(st, se, i)| {
+                let mut r = InMemDicomObject::new_empty();
+                put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, i);
+                let mut series = InMemDicomObject::new_empty();
+                put(&mut series, tags::SERIES_INSTANCE_UID, VR::UI, se);
+                put_seq(&mut series, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
+                let mut s = InMemDicomObject::new_empty();
+                put(&mut s, tags::STUDY_INSTANCE_UID, VR::UI, st);
+                put_seq(&mut s, tags::REFERENCED_SERIES_SEQUENCE, vec![series]);
+                s
+            })
+            .collect();
+        put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, studies);
+        let items = content
+            .iter()
+            .map(|i| {
+                let mut r = InMemDicomObject::new_empty();
+                put(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, i);
+                let mut c = InMemDicomObject::new_empty();
+                put(&mut c, tags::VALUE_TYPE, VR::CS, "IMAGE");
+                put_seq(&mut c, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
+                c
+            })
+            .collect();
+        put_seq(&mut o, tags::CONTENT_SEQUENCE, items);
+        o
+    }
+
+    fn uids(s: &Snapshot) -> Vec<Vec<Vec<&str>>> {
+        s.patients
+            .iter()
+            .flat_map(|p| p.studies.iter())
+            .map(|st| st.series.iter().map(|se| se.instances.iter().map(|i| i.uid.as_str()).collect()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_rejection_note_hides_what_it_names_and_stays_itself() {
+        let mut s = Snapshot::default();
+        s.insert_test(&object("P1", "1.1", "1.1.1", "1.1.1.1"), "sr"); // the report
+        s.insert_test(&object("P1", "1.1", "1.1.2", "1.1.2.1"), "map"); // its heatmaps
+        s.insert_test(&object("P1", "1.1", "1.1.2", "1.1.2.2"), "picture");
+        s.insert_test(&object("P1", "1.1", "1.1.3", "1.1.3.1"), "other"); // another model's report
+        s.insert_test(&object("P1", "1.2", "1.2.1", "1.2.1.1"), "elsewhere");
+        let before = s.clone();
+        // A key object selection that is not a rejection (113000, "Of Interest") hides nothing.
+        s.insert_test(&note("1.1", "1.1.8", "1.1.8.1", "113000", &[("1.1", "1.1.1", "1.1.1.1")], &["1.1.1.1"]), "of-interest");
+        assert_eq!((s.instances, s.is_rejected("1.1.1.1")), (6, false));
+        // The note names the report and a map in its evidence, the picture in its content only.
+        let n = note("1.1", "1.1.9", "1.1.9.1", "113001", &[("1.1", "1.1.1", "1.1.1.1"), ("1.1", "1.1.2", "1.1.2.1")], &["1.1.1.1", "1.1.2.2"]);
+        s.insert_test(&n, "note");
+        assert_eq!(uids(&s), [vec![vec!["1.1.3.1"], vec!["1.1.8.1"], vec!["1.1.9.1"]], vec![vec!["1.2.1.1"]]], "series left empty are gone");
+        assert_eq!((s.instances, s.studies(), s.patients.len()), (4, 2, 1));
+        assert!(s.is_rejected("1.1.2.2") && !s.is_rejected("1.1.9.1"));
+        let kept = &s.patients[0].studies[0].series[2].instances[0];
+        assert!(kept.rejection_note && kept.path == "note", "the note itself stays");
+        assert_eq!(uids(&before).concat().concat().len(), 5, "the snapshot a query started on is left alone");
+        // Named objects that arrive later (a slower node's row, or published again) stay hidden,
+        // and are not read again; the note indexed again stays.
+        s.insert_test(&object("P1", "1.1", "1.1.2", "1.1.2.1"), "map-again");
+        s.insert_test(&n, "note");
+        assert_eq!((s.instances, s.has_path("map-again")), (4, true));
+        // A note hides even a note's named objects in another study, and a study (and patient)
+        // left empty leaves the index; the positions of the rest still hold.
+        s.insert_test(&object("P2", "2.1", "2.1.1", "2.1.1.1"), "p2");
+        s.insert_test(&note("1.1", "1.1.9", "1.1.9.2", "113037", &[("1.2", "1.2.1", "1.2.1.1"), ("2.1", "2.1.1", "2.1.1.1")], &["1.1.9.1"]), "note2");
+        assert_eq!(uids(&s), [vec![vec!["1.1.3.1"], vec!["1.1.8.1"], vec!["1.1.9.1", "1.1.9.2"]]], "a note is never hidden");
+        assert_eq!((s.instances, s.studies(), s.patients.len()), (4, 1, 1));
+        s.insert_test(&object("P2", "2.2", "2.2.1", "2.2.1.1"), "p2-new");
+        s.insert_test(&object("P1", "1.1", "1.1.3", "1.1.3.2"), "other-2");
+        assert_eq!((s.instances, s.studies(), s.patients.len()), (6, 2, 2));
+        assert_eq!(s.patients[0].studies[0].series[0].instances.len(), 2);
     }
 
     #[test]

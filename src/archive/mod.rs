@@ -13,7 +13,8 @@
 //! is audited by the service.
 //!
 //! - `keys`: the keys held per level and how they are matched.
-//! - `index`: the snapshot (patients, studies, series, objects).
+//! - `index`: the snapshot (patients, studies, series, objects); an indexed rejection note hides
+//!   the objects it names from query and retrieve (IHE IOCM), the note itself stays.
 //! - `query`: an identifier read, matched, and answered.
 
 pub mod index;

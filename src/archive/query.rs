@@ -650,6 +650,48 @@ mod tests {
     }
 
     #[test]
+    fn objects_a_rejection_note_names_are_neither_found_nor_retrieved() {
+        use super::super::index::tests::note;
+        let mut s = snapshot();
+        s.insert_test(&note("1.1", "1.1.7", "1.1.7.1", "113001", &[("1.1", "1.1.1", "1.1.9.1")], &["1.1.9.1"]), "note");
+        let q = Query::parse(
+            &ident(
+                "STUDY",
+                &[
+                    (tags::STUDY_INSTANCE_UID, VR::UI, "1.1"),
+                    (tags::MODALITIES_IN_STUDY, VR::CS, ""),
+                    (tags::NUMBER_OF_STUDY_RELATED_SERIES, VR::IS, ""),
+                    (tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, ""),
+                ],
+            ),
+            Model::StudyRoot,
+            Options::default(),
+        )
+        .unwrap();
+        let rs: Vec<_> = q.matches(&s).map(|h| q.response(&h, "T")).collect();
+        assert_eq!(texts(&rs, tags::MODALITIES_IN_STUDY), ["KO\\OT"], "the report's series is gone");
+        assert_eq!(
+            (texts(&rs, tags::NUMBER_OF_STUDY_RELATED_SERIES), texts(&rs, tags::NUMBER_OF_STUDY_RELATED_INSTANCES)),
+            (vec!["2".into()], vec!["2".into()])
+        );
+        let image = |series: &str| {
+            let id =
+                ident("IMAGE", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.1"), (tags::SERIES_INSTANCE_UID, VR::UI, series), (tags::SOP_INSTANCE_UID, VR::UI, "")]);
+            let q = Query::parse(&id, Model::StudyRoot, Options::default()).unwrap();
+            q.matches(&s).map(|h| q.response(&h, "T")).collect::<Vec<_>>()
+        };
+        assert!(image("1.1.1").is_empty());
+        assert_eq!(texts(&image("1.1.7"), tags::SOP_INSTANCE_UID), ["1.1.7.1"], "the note stays queryable");
+        let retrieved = |level: &str, keys: &[(Tag, VR, &str)]| {
+            let q = Query::parse_retrieve(&ident(level, keys), Model::StudyRoot).unwrap();
+            q.matches(&s).flat_map(|h| h.instances()).map(|i| i.path.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(retrieved("STUDY", &[(tags::STUDY_INSTANCE_UID, VR::UI, "1.1")]), ["b", "note"]);
+        let by_uid = [(tags::STUDY_INSTANCE_UID, VR::UI, "1.1"), (tags::SERIES_INSTANCE_UID, VR::UI, "1.1.1"), (tags::SOP_INSTANCE_UID, VR::UI, "1.1.9.1")];
+        assert!(retrieved("IMAGE", &by_uid).is_empty(), "not even by its own UID");
+    }
+
+    #[test]
     fn bad_values_and_unknown_keys() {
         let e = find(Model::StudyRoot, "STUDY", &[(tags::STUDY_DATE, VR::DA, "2026-01-01")]).unwrap_err();
         assert_eq!(e.status, Status::UNABLE_TO_PROCESS);

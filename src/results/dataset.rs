@@ -91,6 +91,31 @@ pub fn start_object(sop_class: &str, sop_instance: &str, identity: &InMemDicomOb
     o
 }
 
+/// The algorithm that made a result object, as IHE AI Results names it: an item of the
+/// Contributing Equipment Sequence (PS3.3 C.12.1.1.5), purpose (109102, DCM, "Processing
+/// Equipment"), the model as Manufacturer's Model Name and Software Versions.
+#[derive(Debug, Clone)]
+pub struct Algorithm {
+    pub manufacturer: String,
+    pub model: String,
+    pub version: String,
+    pub device_uid: String,
+}
+
+/// Put `algorithm` in `obj` as its Contributing Equipment Sequence, contributed at `at_ms`.
+pub fn put_algorithm(obj: &mut InMemDicomObject, algorithm: &Algorithm, at_ms: i64) {
+    let mut item = InMemDicomObject::new_empty();
+    put_seq(&mut item, tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, vec![Code::new("109102", "DCM", "Processing Equipment").item()]);
+    put(&mut item, tags::MANUFACTURER, VR::LO, &ascii(&algorithm.manufacturer).chars().take(64).collect::<String>());
+    put(&mut item, tags::MANUFACTURER_MODEL_NAME, VR::LO, &ascii(&algorithm.model).chars().take(64).collect::<String>());
+    put(&mut item, tags::SOFTWARE_VERSIONS, VR::LO, &ascii(&algorithm.version).chars().take(64).collect::<String>());
+    put(&mut item, tags::DEVICE_UID, VR::UI, &algorithm.device_uid);
+    let (date, time) = date_time(at_ms);
+    put(&mut item, tags::CONTRIBUTION_DATE_TIME, VR::DT, &format!("{date}{time}+0000"));
+    put(&mut item, tags::CONTRIBUTION_DESCRIPTION, VR::ST, "AI model that produced this object");
+    put_seq(obj, tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, vec![item]);
+}
+
 /// Encode `obj` as a Part 10 file in Explicit VR Little Endian.
 pub fn part10(obj: &InMemDicomObject, sop_class: &str, sop_instance: &str) -> Result<Vec<u8>, String> {
     let meta = dicom_object::meta::FileMetaTableBuilder::new()

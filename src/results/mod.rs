@@ -198,6 +198,15 @@ impl Publisher {
         let created_ms = crate::domain::now_ms();
         let (sr_series, sc_series, pm_series) = (base("sr-series"), base("sc-series"), base("pm-series"));
 
+        let algorithm = dataset::Algorithm {
+            manufacturer: match manifest {
+                Some(m) => m.manufacturer.clone().unwrap_or_else(|| "unknown (not given in model.toml)".into()),
+                None => "triage-node".into(),
+            },
+            model: result.model.clone(),
+            version: result.model_version.clone(),
+            device_uid: uid(root, &["device", &self.station, &result.model, &result.model_version]),
+        };
         let mut built = Vec::new();
         let mut findings = Vec::new();
         let mut evidence: Vec<sr::ImageRef> = Vec::new();
@@ -250,7 +259,8 @@ impl Publisher {
                     station: self.station.clone(),
                 };
                 let frame = pm::MapFrame { source: source.clone(), geometry: geometry.clone(), values: regions::on_grid(cam, rows, cols) };
-                let obj = pm::try_build(&map, &[frame], &key_header, pm::Display::HotIron).map_err(ResultsError::Encode)?;
+                let mut obj = pm::try_build(&map, &[frame], &key_header, pm::Display::HotIron).map_err(ResultsError::Encode)?;
+                dataset::put_algorithm(&mut obj, &algorithm, created_ms);
                 built.push(Built {
                     path: self.write(&obj, uids::PARAMETRIC_MAP_STORAGE, &pm_uid)?,
                     kind: ObjectKind::Pm,
@@ -279,7 +289,8 @@ impl Publisher {
                             created_ms,
                             station: self.station.clone(),
                         };
-                        let obj = sc::build(&capture, &rgb, &key_header);
+                        let mut obj = sc::build(&capture, &rgb, &key_header);
+                        dataset::put_algorithm(&mut obj, &algorithm, created_ms);
                         built.push(Built {
                             path: self.write(&obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sc_uid)?,
                             kind: ObjectKind::Sc,
@@ -315,10 +326,7 @@ impl Publisher {
         let report = sr::Report {
             model: result.model.clone(),
             version: result.model_version.clone(),
-            manufacturer: match manifest {
-                Some(m) => m.manufacturer.clone().unwrap_or_else(|| "unknown (not given in model.toml)".into()),
-                None => "triage-node".into(),
-            },
+            manufacturer: algorithm.manufacturer.clone(),
             demonstration: result.demonstration,
             intended_use: result.intended_use.clone(),
             limits: result.limits.clone(),
@@ -333,7 +341,7 @@ impl Publisher {
             performed_procedure: procedure(&header).1,
             findings,
             evidence,
-            device_uid: uid(root, &["device", &self.station, &result.model, &result.model_version]),
+            device_uid: algorithm.device_uid.clone(),
             series_uid: sr_series.clone(),
             series_number: self.settings.series_number,
             sop_instance_uid: sr_uid.clone(),
@@ -341,6 +349,7 @@ impl Publisher {
             station: self.station.clone(),
         };
         let mut obj = sr::build(&report, &header);
+        dataset::put_algorithm(&mut obj, &algorithm, created_ms);
         // A study triaged again (a late instance re-opened it): the new report names the one it
         // replaces, so a PACS or viewer can show it as superseded, and a rejection note (IOCM)
         // withdraws the old report and its maps and pictures before the new ones arrive.

@@ -86,7 +86,14 @@ impl Publisher {
             created_ms: crate::domain::now_ms(),
             station: self.station.clone(),
         };
-        let obj = kos::build(&note, identity);
+        let mut obj = kos::build(&note, identity);
+        let node = super::dataset::Algorithm {
+            manufacturer: "triage-node".into(),
+            model: "triage-node".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            device_uid: uid(root, &["device", &self.station]),
+        };
+        super::dataset::put_algorithm(&mut obj, &node, note.created_ms);
         Ok(Built { path: self.write(&obj, kos::SOP_CLASS, &note_uid)?, kind: ObjectKind::Kos, sop_instance_uid: note_uid, series_instance_uid: series })
     }
 

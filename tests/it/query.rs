@@ -394,6 +394,44 @@ fn image_level_keys_list_a_studys_ai_results_as_delivered() {
     );
     assert_eq!(values(&rs, "SOPInstanceUID"), [report["SOPInstanceUID"].as_str().unwrap()]);
     eprintln!("{listed} results listed, {algorithm_keys} algorithm keys matched");
+
+    // pynetdicom C-GET of the study, taking the SCP role of each result class: the report and
+    // both heatmaps (a Parametric Map among them).
+    let port = f.node.port.to_string();
+    let study = serde_json::json!({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": c.study_uid}).to_string();
+    let dirs = tempfile::tempdir().unwrap();
+    let get = |into: &str| {
+        let out = dirs.path().join(into);
+        let r = qr_peer(&["get", &port, "VIEWER", "study", &study, out.to_str().unwrap()]).remove(0);
+        assert_eq!((r["status"].as_str(), r["failed"].as_i64()), (Some("0x0000"), Some(0)), "{r}");
+        let mut got: Vec<(String, String)> = walk(&out).iter().map(|p| ids(p)).collect();
+        got.sort();
+        got
+    };
+    let mut want: Vec<(String, String)> =
+        sent.iter().map(|d| (d["SOPClassUID"].as_str().unwrap().into(), d["SOPInstanceUID"].as_str().unwrap().into())).collect();
+    want.sort();
+    assert_eq!(get("got-before"), want);
+    assert!(want.iter().any(|(class, _)| class == PM));
+
+    // Retracted (IHE IOCM): the rejection note hides what it names from query and retrieve, and
+    // is itself found and retrieved.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(f.node.db());
+    let study_id = rt.block_on(db.study_results(&deid_uid(&c.study_uid))).unwrap()[0].study_id;
+    rt.block_on(db.close());
+    let out = f.node.cli(&["results", "retract", &study_id.to_string(), "--reason", "query test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (after, fin) = find(&f, "VIEWER", "study", serde_json::json!({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": c.study_uid, "Modality": ""}));
+    assert_eq!(fin["status"], "0x0000", "{fin}");
+    assert_eq!(values(&after, "Modality"), ["KO"], "the emptied series are gone");
+    for s in &series {
+        assert!(image(s["SeriesInstanceUID"].as_str().unwrap(), serde_json::json!({})).is_empty(), "a rejected object listed");
+    }
+    let notes = image(after[0]["SeriesInstanceUID"].as_str().unwrap(), serde_json::json!({"SOPClassUID": ""}));
+    assert_eq!(values(&notes, "SOPClassUID"), [KOS]);
+    let got = get("got-after");
+    assert_eq!(got, [(KOS.to_string(), notes[0]["SOPInstanceUID"].as_str().unwrap().to_string())], "only the note is retrieved");
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn wait_log_count(node: &Node, needle: &str, n: usize, timeout: Duration) {
     }
 }
 
-fn check(files: &[&Path]) -> Vec<serde_json::Value> {
+pub(crate) fn check(files: &[&Path]) -> Vec<serde_json::Value> {
     let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/check_results.py")).args(files).output().unwrap();
     assert!(out.status.success(), "highdicom/pydicom could not read the results: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -51,11 +51,11 @@ fn original(file: &Path, keyword: &str) -> String {
 }
 
 const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
-const PM: &str = "1.2.840.10008.5.1.4.1.1.30";
+pub(crate) const PM: &str = "1.2.840.10008.5.1.4.1.1.30";
 const KOS: &str = "1.2.840.10008.5.1.4.1.1.88.59";
 
 /// The map's values against the finding's stored activation, resampled by torch.
-fn compare_map(map: &Path, finding: &triage_node::db::Finding) -> serde_json::Value {
+pub(crate) fn compare_map(map: &Path, finding: &triage_node::db::Finding) -> serde_json::Value {
     let activation = tempfile::NamedTempFile::new().unwrap();
     let json = serde_json::json!({"rows": finding.cam_rows, "cols": finding.cam_cols, "values": finding.cam});
     std::fs::write(activation.path(), json.to_string()).unwrap();

@@ -278,11 +278,19 @@ fn the_ct_demo_model_finds_the_lesion_on_adjacent_slices_and_names_its_series() 
     let (with, spread) = make("with", true);
     let (without, _) = make("without", false);
     let (first, last) = spread.unwrap();
+    let pacs_dir = work.path().join("pacs");
+    std::fs::create_dir_all(&pacs_dir).unwrap();
+    let (pacs, pacs_port) = crate::common::storescp(&pacs_dir);
+    let _pacs = Killed(pacs);
     let node = Node::start(NodeOptions {
         inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
         ingest: vec!["study_quiet_period = \"10m\"".into()],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
         ..Default::default()
     });
+    let added = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
     for files in [&with, &without] {
         let mut args = vec!["mpps".to_string(), "--store".to_string()];
         args.extend(files.iter().map(|p| p.display().to_string()));
@@ -307,4 +315,34 @@ fn the_ct_demo_model_finds_the_lesion_on_adjacent_slices_and_names_its_series() 
     let key = rt.block_on(db.instance_ref(finding.key_instance_id)).unwrap().unwrap();
     let index = with.iter().position(|p| deid_uid(&uid(p, tags::SOP_INSTANCE_UID)) == key.sop_instance_uid).unwrap();
     assert!((first..=last).contains(&index), "key slice {index}, lesion on {first}..={last}");
+
+    // At the PACS, in the positive study: the Parametric Map on the key slice's grid and in its
+    // Frame of Reference, holding the model's activation; the SR's region and peak on the key
+    // slice, and the peak in the patient, in the slice's plane.
+    wait_until("both reports at the PACS", Duration::from_secs(60), || node.log().matches("AI report delivered").count() >= 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let delivered = walk(&pacs_dir);
+    let read = crate::results::check(&delivered.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let study = uid(&with[0], tags::STUDY_INSTANCE_UID);
+    let ours: Vec<&serde_json::Value> = read.iter().filter(|r| r["study_uid"] == study.as_str()).collect();
+    let map = ours.iter().find(|r| r["sop_class"] == crate::results::PM).unwrap_or_else(|| panic!("a map: {ours:?}"));
+    let map_file = Path::new(map["file"].as_str().unwrap());
+    let compared = crate::results::compare_map(map_file, finding);
+    assert!(compared["max_abs_difference"].as_f64().unwrap() < 1e-3, "{compared}");
+    let key_file = &with[index];
+    assert_eq!(compared["source"], serde_json::json!([uid(key_file, tags::SOP_INSTANCE_UID)]));
+    assert_eq!(compared["frame_of_reference"].as_str(), Some(uid(key_file, tags::FRAME_OF_REFERENCE_UID).as_str()), "re-identified: the slice's own");
+    let sr = ours.iter().find(|r| r["modality"] == "SR").unwrap();
+    let sr_file = Path::new(sr["file"].as_str().unwrap());
+    for f in [map_file, sr_file] {
+        assert!(dciodvfy_errors(f).is_empty(), "dciodvfy on {}: {:?}", f.display(), dciodvfy_errors(f));
+    }
+    assert!(pixelmed_errors(sr_file).is_empty(), "{:?}", pixelmed_errors(sr_file));
+    let regions = sr["sr"]["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 3, "region, peak, and the peak in the patient: {regions:?}");
+    let in_patient = regions.iter().find(|r| r.get("frame_of_reference").is_some()).unwrap();
+    assert_eq!(in_patient["frame_of_reference"].as_str(), Some(uid(key_file, tags::FRAME_OF_REFERENCE_UID).as_str()));
+    let z = uid(key_file, tags::IMAGE_POSITION_PATIENT).split('\\').nth(2).unwrap().trim().parse::<f64>().unwrap();
+    let peak_z = in_patient["points"][0][2].as_f64().unwrap();
+    assert!((peak_z - z).abs() < 1e-3, "an axial slice's point lies in its plane: {peak_z} vs {z}");
 }

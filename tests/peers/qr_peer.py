@@ -12,7 +12,8 @@
     python qr_peer.py cancel-move PORT CALLING DEST QUERY   the same for a C-MOVE
     python qr_peer.py move PORT CALLING DEST QUERY      C-MOVE (study root); prints the final status,
                                                         counts and the Failed SOP Instance UID List
-    python qr_peer.py get PORT CALLING MODEL QUERY DIR  C-GET taking the SCP role of SR and SC;
+    python qr_peer.py get PORT CALLING MODEL QUERY DIR  C-GET taking the SCP role of SR, SC,
+                                                        Parametric Map and Key Object Selection;
                                                         stores into DIR; prints the final status,
                                                         counts and the files
     python qr_peer.py dump FILE...                      one JSON line of {keyword: value} per file
@@ -37,6 +38,8 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    ParametricMapStorage,
     SecondaryCaptureImageStorage,
 )
 from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_MOVE
@@ -196,9 +199,11 @@ def main():
         ae = AE(ae_title=calling)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
         ae.add_requested_context(cls)
-        for c in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
+        # The storage classes of the node's result objects: report, heatmaps, rejection note.
+        results = (Comprehensive3DSRStorage, SecondaryCaptureImageStorage, ParametricMapStorage, KeyObjectSelectionDocumentStorage)
+        for c in results:
             ae.add_requested_context(c, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        roles = [build_role(Comprehensive3DSRStorage, scp_role=True), build_role(SecondaryCaptureImageStorage, scp_role=True)]
+        roles = [build_role(c, scp_role=True) for c in results]
         assoc = ae.associate("127.0.0.1", int(port), ae_title="TRIAGE", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
         if not assoc.is_established:
             print(json.dumps({"status": "association refused"}))
