@@ -135,6 +135,12 @@ for i in json.load(open(sys.argv[1]))["items"]:
     print("%-15s study %-3s %-20s %-12s %s" % (i["priority"], i["study_id"], p.get("name"), p.get("accession"), f))
 PY
 echo "-- without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "$API/api/worklist")"
+echo "== an admin retracts the top study's AI result (IHE IOCM): a rejection note naming its objects goes"
+echo "   to the PACS, the RIS gets a correction, the study leaves the worklist (kept, with its history)"
+RETRACT_ID=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["items"][0]["study_id"])' "$DEMO/worklist.json")
+"$BIN" results retract "$RETRACT_ID" --reason "demo: withdrawn by the site's AI lead"
+for _ in $(seq 100); do grep -q 'delivered.*kind=kos' "$DEMO/node.log" && break; sleep 0.2; done
+grep 'delivered.*kind=kos' "$DEMO/node.log" | head -1 || echo "(the rejection note was not delivered yet)"
 echo "== readiness (without a token: ready or not; with the admin token: the details) and a few Prometheus metrics"
 curl -s "$API/readyz"; echo
 curl -s -H "Authorization: Bearer $ADMIN_TOKEN" "$API/readyz"; echo
@@ -170,21 +176,39 @@ CASE_STUDY=$(dcmdump -q .testdata/demo-cases/case000.dcm | sed -n 's/^(0020,000d
 .venv/bin/python tests/peers/orthanc.py study "$PACS_HTTP" "$CASE_STUDY" "$DEMO/from-pacs" | tee "$DEMO/from-pacs.json"
 SR=$(grep '"modality": "SR"' "$DEMO/from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
 SC=$(grep '"modality": "OT"' "$DEMO/from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
+PM=$(grep '"sop_class": "1.2.840.10008.5.1.4.1.1.30"' "$DEMO/from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
 echo "== the AI report as the PACS holds it (DCMTK dsrdump; re-identified: the original patient and study)"
 dsrdump -Ee "$SR" | head -80
 if [ -n "$SC" ]; then
   dcmj2pnm +on "$SC" "$DEMO/heatmap-from-pacs.png"
   echo "== the heatmap Secondary Capture from the PACS, as PNG: $DEMO/heatmap-from-pacs.png"
 fi
+if [ -n "$PM" ]; then
+  echo "== the heatmap as a Parametric Map (IHE AIR), key attributes as the PACS holds it"
+  dcmdump -q +P 0008,0016 +P 0008,0008 +P 0008,0060 +P 0020,0052 +P 0028,0010 +P 0028,0011 +P 0028,0100 \
+    +P 0028,0002 +P 0028,0004 +P 0008,9205 +P 0070,0080 +P 0070,0084 +P 0040,9216 +P 0040,9211 +P 0028,3003 \
+    +P 0008,1155 +P 0018,1020 +P 0008,1090 "$PM" | sort -u
+fi
 CT_STUDY=$(dcmdump -q "$DEMO/head-ct/slice000.dcm" | sed -n 's/^(0020,000d) UI \[\(.*\)\].*/\1/p')
 .venv/bin/python tests/peers/orthanc.py study "$PACS_HTTP" "$CT_STUDY" "$DEMO/ct-from-pacs" > "$DEMO/ct-from-pacs.json"
 CT_SR=$(grep '"modality": "SR"' "$DEMO/ct-from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
 if [ -n "$CT_SR" ]; then
-  echo "== the head CT's AI report as the PACS holds it (demo-ct-hyperdense; the key slice it names)"
-  dsrdump -Ee "$CT_SR" | grep -E 'Finding|Probab|Priority|Image Library|IMAGE|demonstration|Series' | head -30
+  echo "== the head CT's AI report as the PACS holds it (demo-ct-hyperdense: the key slice, the region, the"
+  echo "   peak on the slice and in the patient)"
+  dsrdump -Ee "$CT_SR" | sed -n '/^<CONTAINER:(,,"Imaging Measurements")/,$p' | head -90
 fi
-echo "== the objects pass dciodvfy (errors: none expected)"
-for f in "$SR" $SC; do echo "-- $f: $(dciodvfy "$f" 2>&1 | grep -c '^Error' || true) error(s)"; done
+echo "== the objects pass dciodvfy (errors: none expected; on a Parametric Map dciodvfy reports two of its"
+echo "   own, checking the FD Minimum/Maximum Stored Value Mapped as enumerated strings: not counted)"
+for f in "$SR" $SC $PM $CT_SR; do
+  n=$(dciodvfy "$f" 2>&1 | grep '^Error' | grep -vc 'Non-string attribute while verifying string enumerated value for attribute <M..imum Stored Value Mapp' || true)
+  echo "-- $(dcmdump -q +P 0008,0016 "$f" | sed 's/.*=//;s/ *#.*//'): $n error(s)"
+done
+KOS=$(for f in "$DEMO"/outbox/results/*.dcm; do dcmdump -q +P 0008,0016 "$f" | grep -q KeyObjectSelection && echo "$f" && break; done)
+if [ -n "$KOS" ]; then
+  echo "== the rejection note the retraction sent (as queued: de-identified; the PACS got it re-identified)"
+  dsrdump -Ee "$KOS" | sed -n '/^<CONTAINER/,$p' | head -20
+  echo "-- dciodvfy: $(dciodvfy "$KOS" 2>&1 | grep -c '^Error' || true) error(s)"
+fi
 kill -TERM $PACS $RIS; wait $PACS 2>/dev/null || true
 trap - EXIT
 echo "== outbox"

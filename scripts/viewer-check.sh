@@ -6,14 +6,22 @@
 # Parametric Map and the Secondary Capture to arrive in the PACS, then opens each study in OHIF
 # Viewer 3.13.2 (the prebuilt dist/ of the npm package @ohif/app, served with Orthanc's DICOMweb
 # on one loopback origin by scripts/viewer_drive.py) in headless Chromium and saves screenshots:
-# the image with the Parametric Map overlaid, and the SR with its image regions.
+# the image with the Parametric Map overlaid, and the SR with its image regions. It prints, per
+# object, whether OHIF loaded it or the error it failed with. For the head CT it also stores two
+# DIAGNOSTIC copies (new series, described so) to tell OHIF's limits from the node's content: the
+# map padded to one frame per slice, and the SR with only its region groups. Found with OHIF 3.13.2:
+# the node's single-frame map of a 24-slice series fails (RangeError in @cornerstonejs/adapters'
+# ParametricMap: the overlay buffer is sized by the map's frames, indexed by the source slice),
+# the padded copy overlays the key slice; the SR fails on its region-less measurement group (the
+# probability), the copy shows the regions; the demo chest CR shows black (its PixelSpacing is
+# 0\0) and a map of a projection radiograph (no Plane Orientation) cannot load.
 #
 #   scripts/viewer-check.sh [OUT_DIR]          (default target/viewer)
 #
 # Needs: what scripts/setup-test-env.sh installs (.venv, .testdata, DCMTK, Orthanc), chromium and
 # chromium-driver, npm; installs orthanc-dicomweb (apt) if missing and fetches @ohif/app into
-# target/ohif (npm pack, once). No internet beyond the package registries. KEEP=1 leaves
-# everything running after the screenshots until Ctrl-C (the viewer's URL is printed).
+# target/ohif (npm pack, once). No internet beyond the package registries. KEEP=1 stops before
+# the screenshots and leaves everything running until Ctrl-C (the viewer URLs are printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -103,4 +111,7 @@ echo "   $VIEWER/viewer?StudyInstanceUIDs=$CT_STUDY"
 if [ -n "${KEEP:-}" ]; then
   echo "KEEP: running until killed"; sleep infinity & PIDS+=($!); wait "${PIDS[-1]}"
 fi
-.venv/bin/python scripts/viewer_drive.py shoot "$VIEWER" "$OUT" "$CR_STUDY" "$CT_STUDY"
+echo "== DIAGNOSTIC copies of the head CT's map and SR in the PACS (see scripts/viewer_drive.py diagnose)"
+.venv/bin/python scripts/viewer_drive.py diagnose "$PACS_HTTP" "$CT_STUDY"
+echo "== OHIF in headless Chromium: screenshots to $OUT"
+.venv/bin/python scripts/viewer_drive.py shoot "$VIEWER" "$OUT" "chest-cr=$CR_STUDY" "head-ct=$CT_STUDY:24"

@@ -168,10 +168,11 @@ class Driver:
                 raise RuntimeError(f"timed out waiting for {what}; page text: {self.js('return document.body.innerText')[:2000]}")
             time.sleep(0.5)
 
-    def screenshot(self, path):
+    def screenshot(self, path, quiet=False):
         with open(path, "wb") as f:
             f.write(base64.b64decode(self.s("GET", "/screenshot")))
-        print("screenshot:", path, flush=True)
+        if not quiet:
+            print("screenshot:", path, flush=True)
 
     def logs(self):
         try:
@@ -192,14 +193,150 @@ def main():
     cmd = sys.argv[1]
     if cmd == "serve":
         serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    elif cmd == "diagnose":
+        diagnose(int(sys.argv[2]), sys.argv[3])
     elif cmd == "shoot":
         shoot(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
         sys.exit(f"unknown command {cmd}")
 
 
+def diagnose(orthanc, study):
+    """Store two DIAGNOSTIC copies of the node's objects in the PACS, to tell OHIF's limits from
+    the node's content: the Parametric Map with one frame per slice of its source series (the
+    node's frame on the key slice, zeros elsewhere; OHIF 3.13.2 sizes the overlay by the map's
+    frame count and indexes it by the source slice's position), and the SR with only its
+    measurement groups that have an image region (OHIF 3.13.2 fails on a group without one)."""
+    import copy
+    import numpy as np
+    import pydicom
+
+    def rest(path, data=None):
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{orthanc}{path}", data=data), timeout=60) as r:
+            return r.read()
+
+    objs = {}
+    for inst in json.loads(rest("/tools/find", json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study}}).encode())):
+        ds = pydicom.dcmread(__import__("io").BytesIO(rest(f"/instances/{inst}/file")))
+        objs.setdefault(ds.SOPClassUID, []).append(ds)
+    pm = objs["1.2.840.10008.5.1.4.1.1.30"][0]
+    frame = pm.PerFrameFunctionalGroupsSequence[0]
+    key = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+    source = [ds for ds in sum(objs.values(), []) if key in [x.SOPInstanceUID for x in [ds]]][0]
+    stack = sorted((ds for ds in objs[source.SOPClassUID] if ds.SeriesInstanceUID == source.SeriesInstanceUID),
+                   key=lambda ds: float(ds.ImagePositionPatient[2]))
+    pixels = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(int(pm.NumberOfFrames), pm.Rows, pm.Columns)[0]
+    items, data = [], []
+    for n, ds in enumerate(stack):
+        it = copy.deepcopy(frame)
+        it.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        it.FrameContentSequence[0].InStackPositionNumber = n + 1
+        it.FrameContentSequence[0].DimensionIndexValues = [1, n + 1]
+        it.PlanePositionSequence[0].ImagePositionPatient = ds.ImagePositionPatient
+        items.append(it)
+        data.append(pixels if ds.SOPInstanceUID == key else np.zeros_like(pixels))
+    pm.PerFrameFunctionalGroupsSequence = pydicom.Sequence(items)
+    pm.NumberOfFrames = len(items)
+    pm.FloatPixelData = np.stack(data).astype("<f4").tobytes()
+    sr = objs["1.2.840.10008.5.1.4.1.1.88.34"][0]
+    im = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements"][0]
+    im.ContentSequence = pydicom.Sequence([g for g in im.ContentSequence if any(c.ValueType in ("SCOORD", "SCOORD3D") for c in g.ContentSequence)])
+    for ds, desc, number in ((pm, f"DIAGNOSTIC {len(items)}-frame copy of AI map", 9950), (sr, "DIAGNOSTIC SR copy, region groups only", 9951)):
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.SeriesDescription, ds.SeriesNumber = desc, number
+        buf = __import__("io").BytesIO()
+        ds.save_as(buf)
+        rest("/instances", buf.getvalue())
+        print(f"stored {desc}")
+    print(f"key slice {[d.SOPInstanceUID for d in stack].index(key) + 1} of {len(stack)} (by z)")
+
+
+def coloured(png):
+    """Pixels of the viewport area that are clearly coloured (an overlay), in a PNG screenshot."""
+    from PIL import Image
+    im = Image.open(png).convert("RGB")
+    w, h = im.size
+    return sum(1 for r, g, b in im.crop((300, 60, w - 40, h - 60)).getdata() if max(r, g, b) - min(r, g, b) > 60)
+
+
+def open_study(d, base, study):
+    d.go(f"{base}/viewer?StudyInstanceUIDs={study}")
+    d.until("the study's series", "return document.querySelectorAll('[data-cy^=study-browser-thumbnail]').length > 0")
+    time.sleep(6)
+    d.js("[...document.querySelectorAll('button, span, div')].filter(e => e.innerText === 'Skip all').forEach(e => e.click())")
+
+
+def load_series(d, text):
+    """Double-click the series whose thumbnail text contains `text`; wait; return an error if the viewer shows one."""
+    d.logs()
+    found = d.js("const t = [...document.querySelectorAll('[data-cy^=study-browser-thumbnail]')].find(e => e.innerText.includes(arguments[0]));"
+                 "if (!t) return false; t.dispatchEvent(new MouseEvent('dblclick', {bubbles: true})); return true", text)
+    if not found:
+        return f"no series {text!r}"
+    time.sleep(12)
+    for label in ("Yes",):   # "continue tracking measurements?" prompt of the SR
+        d.js("[...document.querySelectorAll('button')].filter(e => e.innerText === arguments[0]).forEach(e => e.click())", label)
+    time.sleep(2)
+    errors = [l["message"] for l in d.logs() if "Error Boundary" in l["message"] or l["level"] == "SEVERE"]
+    return errors[0][:400] if errors else None
+
+
+def key(d, name, n=1):
+    k = {"down": "\ue015", "up": "\ue013"}[name]
+    acts = [a for _ in range(n) for a in ({"type": "keyDown", "value": k}, {"type": "keyUp", "value": k})]
+    d.s("POST", "/actions", {"actions": [{"type": "key", "id": "kb", "actions": acts}]})
+    time.sleep(1.5)
+
+
+def to_most_coloured_slice(d, out, slices):
+    """Step through a stack and stop on the slice that shows the most overlay."""
+    key(d, "up", slices)
+    tmp = os.path.join(out, ".probe.png")
+    best, best_i = -1, 0
+    for i in range(slices):
+        d.screenshot(tmp, quiet=True)
+        c = coloured(tmp)
+        if c > best:
+            best, best_i = c, i
+        key(d, "down")
+    os.remove(tmp)
+    key(d, "up", slices)
+    key(d, "down", best_i) if best_i else None
+    return best
+
+
 def shoot(base, out, studies):
-    raise NotImplementedError
+    """studies: NAME=STUDY_UID[:SLICES]; writes NAME-study.png, NAME-pmap.png, NAME-sr.png and, where the
+    diagnostic copies exist (series descriptions starting DIAGNOSTIC), NAME-diagnostic-*.png."""
+    d = Driver()
+    summary = []
+    try:
+        for spec in studies:
+            name, rest = spec.split("=", 1)
+            study, _, slices = rest.partition(":")
+            slices = int(slices or 1)
+            open_study(d, base, study)
+            d.screenshot(os.path.join(out, f"{name}-study.png"))
+            series = d.js("return [...document.querySelectorAll('[data-cy^=study-browser-thumbnail]')].map(e => e.innerText.replace(/\\n/g, ' '))")
+            summary.append(f"{name}: series in the viewer: {series}")
+            for what, text, shot in (("the node's Parametric Map", "AI map", "pmap"), ("the node's SR", "AI triage report", "sr"),
+                                     ("DIAGNOSTIC PM copy, one frame per slice", "-frame copy of AI map", "diagnostic-pmap"),
+                                     ("DIAGNOSTIC SR copy, region groups only", "DIAGNOSTIC SR", "diagnostic-sr")):
+                if not any(text in s for s in series):
+                    continue
+                open_study(d, base, study)
+                err = load_series(d, text)
+                path = os.path.join(out, f"{name}-{shot}.png")
+                if not err and "pmap" in shot and slices > 1:
+                    to_most_coloured_slice(d, out, slices)
+                d.screenshot(path)
+                c = coloured(path)
+                summary.append(f"{name}: {what}: " + (f"VIEWER ERROR: {err}" if err else f"loaded, {c} coloured pixels in the viewport") + f" -> {path}")
+    finally:
+        d.close()
+    print("== what OHIF showed")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

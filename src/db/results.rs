@@ -20,6 +20,17 @@ pub struct Finding {
     pub cam_rows: i64,
     pub cam_cols: i64,
     pub cam: Vec<f32>,
+    /// A volume's finding: the run of slices it stands on, in slice order, the key slice among
+    /// them, each with its map of the label (the key's size); empty for one image.
+    pub span: Vec<SpanSlice>,
+}
+
+/// One slice of a finding's run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpanSlice {
+    pub instance_id: i64,
+    pub frame: i64,
+    pub cam: Vec<f32>,
 }
 
 /// A study's result for one model.
@@ -97,8 +108,8 @@ impl Db {
             for f in &r.findings {
                 sqlx::query(
                     "INSERT INTO findings (study_result_id, label, probability, positive, urgent, tier, key_instance_id, key_frame,
-                                           source_rows, source_cols, cam_rows, cam_cols, cam)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                           source_rows, source_cols, cam_rows, cam_cols, cam, span)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(result_id)
                 .bind(&f.label)
@@ -113,6 +124,7 @@ impl Db {
                 .bind(f.cam_rows)
                 .bind(f.cam_cols)
                 .bind(floats_json(&f.cam))
+                .bind(serde_json::to_string(&f.span).map_err(|e| DbError::Invalid(format!("a finding's span: {e}")))?)
                 .execute(&mut *tx)
                 .await
                 .map_err(q("insert finding"))?;
@@ -164,6 +176,7 @@ impl Db {
                         cam_rows: get(f, "cam_rows")?,
                         cam_cols: get(f, "cam_cols")?,
                         cam: parse_floats(&get::<String>(f, "cam")?)?,
+                        span: serde_json::from_str(&get::<String>(f, "span")?).map_err(|e| DbError::Invalid(format!("a finding's span: {e}")))?,
                     })
                 })
                 .collect::<Result<Vec<_>, DbError>>()?;

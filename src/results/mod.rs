@@ -1,7 +1,10 @@
 //! AI results returned to the PACS: for each triaged study result, a TID 1500 Structured Report
-//! (`sr`) and, per positive finding, a heatmap Secondary Capture (`sc`), built from the result
-//! rows and the stored (de-identified) key images, written to `outbox/results/` and queued for
-//! every configured destination in the same transaction that saves the result.
+//! (`sr`, with where each positive finding's evidence lies: `regions`) and, per positive finding,
+//! the heatmap as a Parametric Map (`pm`) and as a Secondary Capture picture (`sc`), as
+//! `[results] heatmap` says; a rejection note (`kos`, `reject`) when they replace or retract
+//! earlier ones. Built from the result rows and the stored (de-identified) key images, written to
+//! `outbox/results/` and queued for every configured destination in the same transaction that
+//! saves the result.
 //!
 //! The queued objects are de-identified like everything else on disk: they carry the study's
 //! pseudonymous identity and UIDs. `reidentify` puts the original patient and study identity and
@@ -23,6 +26,7 @@ pub mod sc;
 pub mod sr;
 pub mod worklist;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::{tags, uids};
@@ -60,7 +64,7 @@ pub enum ResultsError {
 #[derive(Debug, Clone)]
 pub struct Built {
     pub path: String,
-    /// `Sr` or `Sc`.
+    /// `Sr`, `Sc`, `Pm` or `Kos`.
     pub kind: ObjectKind,
     pub sop_instance_uid: String,
     pub series_instance_uid: String,
@@ -113,6 +117,15 @@ impl Publisher {
         for id in ids {
             keys.push(db.instance_ref(id).await?.ok_or(ResultsError::NoInstance(id))?);
         }
+        // The slices a volume's positive findings stand on (their maps have a frame each).
+        let mut slices = HashMap::new();
+        for f in result.findings.iter().filter(|f| f.positive && f.span.len() > 1) {
+            for s in &f.span {
+                if let (std::collections::hash_map::Entry::Vacant(e), Some(r)) = (slices.entry(s.instance_id), db.instance_ref(s.instance_id).await?) {
+                    e.insert(r);
+                }
+            }
+        }
         let earlier = (db.outbox_study_paths(result.study_id, ObjectKind::Sr).await?, db.outbox_study_paths(result.study_id, ObjectKind::Kos).await?);
         let me = self.clone();
         let (manifest, mut result) = (manifest.cloned(), result.clone());
@@ -123,7 +136,7 @@ impl Publisher {
             result.intended_use = "AI triage of incoming studies by the site's configured models.".into();
             result.limits = "This study was not analysed by any model.".into();
         }
-        tokio::task::spawn_blocking(move || me.build_blocking(manifest.as_ref(), &result, &keys, &earlier, job_id))
+        tokio::task::spawn_blocking(move || me.build_blocking(manifest.as_ref(), &result, &keys, &slices, &earlier, job_id))
             .await
             .map_err(|e| ResultsError::Task(e.to_string()))?
     }
@@ -170,6 +183,7 @@ impl Publisher {
         manifest: Option<&Manifest>,
         result: &StudyResult,
         keys: &[InstanceRef],
+        slices: &HashMap<i64, InstanceRef>,
         (reports, notes): &(Vec<String>, Vec<String>),
         job_id: i64,
     ) -> Result<Vec<Built>, ResultsError> {
@@ -228,12 +242,15 @@ impl Publisher {
             // Stable for the same study, model and label: a re-triage tracks the same finding.
             let tracking = |what: &str| uid(root, &[&study_uid, &result.model, &f.label, what]);
             let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).ok();
-            let (rows, cols) = (number(&key_header, tags::ROWS).unwrap_or(f.source_rows as usize), number(&key_header, tags::COLUMNS).unwrap_or(f.source_cols as usize));
+            let (rows, cols) =
+                (number(&key_header, tags::ROWS).unwrap_or(f.source_rows as usize), number(&key_header, tags::COLUMNS).unwrap_or(f.source_cols as usize));
             let geometry = pm::Geometry::of(&key_header);
             let frame_of_reference = text(&key_header, tags::FRAME_OF_REFERENCE_UID);
             let location = cam.filter(|_| f.positive).and_then(|cam| regions::locate(cam, rows, cols)).map(|region| sr::Location {
                 patient: match (&geometry, &frame_of_reference) {
-                    (Some(g), Some(u)) if frames == 1 => Some((u.clone(), regions::to_patient(region.peak, g.position, g.orientation, g.spacing), tracking("peak in patient"))),
+                    (Some(g), Some(u)) if frames == 1 => {
+                        Some((u.clone(), regions::to_patient(region.peak, g.position, g.orientation, g.spacing), tracking("peak in patient")))
+                    }
                     _ => None,
                 },
                 region_uid: tracking("region"),
@@ -259,7 +276,13 @@ impl Publisher {
                     station: self.station.clone(),
                 };
                 let frame = pm::MapFrame { source: source.clone(), geometry: geometry.clone(), values: regions::on_grid(cam, rows, cols) };
-                let mut obj = pm::try_build(&map, &[frame], &key_header, pm::Display::HotIron).map_err(ResultsError::Encode)?;
+                // A volume's finding: a frame per slice of its run, where every slice can be read
+                // and has the key slice's size; else the key slice alone.
+                let frames = match self.span_frames(f, slices, (rows, cols))? {
+                    Some(frames) => frames,
+                    None => vec![frame],
+                };
+                let mut obj = pm::try_build(&map, &frames, &key_header, pm::Display::HotIron).map_err(ResultsError::Encode)?;
                 dataset::put_algorithm(&mut obj, &algorithm, created_ms);
                 built.push(Built {
                     path: self.write(&obj, uids::PARAMETRIC_MAP_STORAGE, &pm_uid)?,
@@ -367,6 +390,37 @@ impl Publisher {
             series_instance_uid: sr_series.clone(),
         });
         Ok(built)
+    }
+
+    /// The map frames of a volume's finding, one per slice of its run in slice order; None when
+    /// it stands on one image, or a slice is gone, unreadable or of another size.
+    fn span_frames(&self, f: &crate::db::Finding, slices: &HashMap<i64, InstanceRef>, size: (usize, usize)) -> Result<Option<Vec<pm::MapFrame>>, ResultsError> {
+        if f.span.len() < 2 {
+            return Ok(None);
+        }
+        let mut frames = Vec::with_capacity(f.span.len());
+        for s in &f.span {
+            let Some(r) = slices.get(&s.instance_id) else { return Ok(None) };
+            let header = match self.blobs.fetch_blocking(&r.path) {
+                Ok(file) => read_header(&file),
+                Err(e) if e.is_missing() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(header) = header else { return Ok(None) };
+            let (rows, cols) = (number(&header, tags::ROWS), number(&header, tags::COLUMNS));
+            let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &s.cam[..]);
+            let (Some(rows), Some(cols), Ok(cam)) = (rows, cols, cam) else { return Ok(None) };
+            if (rows, cols) != size {
+                return Ok(None);
+            }
+            let multi = number(&header, tags::NUMBER_OF_FRAMES).is_some_and(|n| n > 1);
+            frames.push(pm::MapFrame {
+                source: image_ref(r, multi.then_some(s.frame as u32 + 1)),
+                geometry: pm::Geometry::of(&header),
+                values: regions::on_grid(cam, rows, cols),
+            });
+        }
+        Ok(Some(frames))
     }
 
     /// Write `obj` as `outbox/results/<uid>.dcm`, durably (file and folder synced).

@@ -158,18 +158,58 @@ pub fn statement(r: &Report) -> String {
 
 /// Content items.
 enum Item {
-    Container { rel: &'static str, concept: Code, template: Option<&'static str>, children: Vec<Item> },
-    Code { rel: &'static str, concept: Code, value: Code },
-    Text { rel: &'static str, concept: Code, text: String },
-    UidRef { rel: &'static str, concept: Code, uid: String },
-    Num { rel: &'static str, concept: Code, value: f64, unit: Code },
-    Image { rel: &'static str, concept: Code, image: ImageRef },
+    Container {
+        rel: &'static str,
+        concept: Code,
+        template: Option<&'static str>,
+        children: Vec<Item>,
+    },
+    Code {
+        rel: &'static str,
+        concept: Code,
+        value: Code,
+    },
+    Text {
+        rel: &'static str,
+        concept: Code,
+        text: String,
+    },
+    UidRef {
+        rel: &'static str,
+        concept: Code,
+        uid: String,
+    },
+    Num {
+        rel: &'static str,
+        concept: Code,
+        value: f64,
+        unit: Code,
+    },
+    Image {
+        rel: &'static str,
+        concept: Code,
+        image: ImageRef,
+    },
     /// An image a coordinate is selected from (no concept name).
-    SelectedFrom { image: ImageRef },
+    SelectedFrom {
+        image: ImageRef,
+    },
     /// Image coordinates (column, row) on the image of its one `SelectedFrom` child.
-    Scoord { rel: &'static str, concept: Code, graphic: &'static str, points: Vec<(f32, f32)>, image: ImageRef },
+    Scoord {
+        rel: &'static str,
+        concept: Code,
+        graphic: &'static str,
+        points: Vec<(f32, f32)>,
+        image: ImageRef,
+    },
     /// Patient coordinates (mm) in a Frame of Reference.
-    Scoord3d { rel: &'static str, concept: Code, graphic: &'static str, points: Vec<[f64; 3]>, frame_of_reference: String },
+    Scoord3d {
+        rel: &'static str,
+        concept: Code,
+        graphic: &'static str,
+        points: Vec<[f64; 3]>,
+        frame_of_reference: String,
+    },
 }
 
 impl Item {
@@ -293,7 +333,11 @@ fn location_groups(r: &Report, f: &FindingReport, at: &Location) -> Vec<Item> {
     let region = || Code::new("111030", "DCM", "Image Region");
     let roi = |what: &str, uid: &str, shape: Item| {
         let children = vec![
-            Item::Text { rel: "HAS OBS CONTEXT", concept: Code::new("112039", "DCM", "Tracking Identifier"), text: ascii(&format!("{} {} {what}", r.model, f.label)) },
+            Item::Text {
+                rel: "HAS OBS CONTEXT",
+                concept: Code::new("112039", "DCM", "Tracking Identifier"),
+                text: ascii(&format!("{} {} {what}", r.model, f.label)),
+            },
             Item::UidRef { rel: "HAS OBS CONTEXT", concept: Code::new("112040", "DCM", "Tracking Unique Identifier"), uid: uid.to_string() },
             Item::Code { rel: "CONTAINS", concept: Code::new("121071", "DCM", "Finding"), value: f.code.clone() },
             Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111001", "DCM", "Algorithm Name"), text: r.model.clone() },

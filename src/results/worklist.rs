@@ -222,6 +222,7 @@ mod tests {
             cam_rows: 1,
             cam_cols: 1,
             cam: vec![0.0],
+            span: Vec::new(),
         };
         StudyResult {
             study_id,

@@ -2,7 +2,7 @@
 //! the manifest says (maximum, or mean of the top k), positive and urgent flags from its
 //! thresholds, a confidence tier, the key image and its class activation map. Pure functions.
 
-use crate::db::{Finding, FrameOutput, Priority, ResultState, StudyResult};
+use crate::db::{Finding, FrameOutput, Priority, ResultState, SpanSlice, StudyResult};
 use crate::inference::package::{Manifest, Pick};
 
 /// Confidence tiers: the confidence of a call is p when positive and 1 - p when not.
@@ -35,19 +35,30 @@ impl Tiers {
 /// index of the key image (the one with the highest value; for "adjacent", the highest of the
 /// best run). `None` for no values.
 pub fn aggregate(method: &str, k: usize, values: &[f32]) -> Option<(f32, usize)> {
+    aggregate_span(method, k, values).map(|(value, key, _)| (value, key))
+}
+
+/// `aggregate`, and the images the value stands on: for "adjacent" the run of slices, else the
+/// key image alone.
+pub fn aggregate_span(method: &str, k: usize, values: &[f32]) -> Option<(f32, usize, std::ops::Range<usize>)> {
     let key = values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
     if method == "adjacent" {
         let k = k.max(1);
         if values.len() < k {
             let min = values.iter().copied().fold(f32::INFINITY, f32::min);
-            return Some((min, key));
+            return Some((min, key, 0..values.len()));
         }
         let (start, value) = (0..=values.len() - k)
             .map(|i| (i, values[i..i + k].iter().copied().fold(f32::INFINITY, f32::min)))
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))?;
         let key = (start..start + k).max_by(|&a, &b| values[a].total_cmp(&values[b]).then(b.cmp(&a)))?;
-        return Some((value, key));
+        return Some((value, key, start..start + k));
     }
+    let (value, key) = aggregate_one(method, k, values, key);
+    Some((value, key, key..key + 1))
+}
+
+fn aggregate_one(method: &str, k: usize, values: &[f32], key: usize) -> (f32, usize) {
     let value = match method {
         "mean_top_k" => {
             let mut sorted = values.to_vec();
@@ -57,7 +68,7 @@ pub fn aggregate(method: &str, k: usize, values: &[f32]) -> Option<(f32, usize)>
         }
         _ => values[key],
     };
-    Some((value, key))
+    (value, key)
 }
 
 /// What the study-level computation needs besides the rows.
@@ -192,10 +203,19 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
         let o = &m.outputs;
         for (label_index, label) in o.labels.iter().enumerate() {
             let values: Vec<f32> = mine.iter().map(|s| s.probabilities.get(label_index).copied().unwrap_or(0.0)).collect();
-            let Some((p, key)) = aggregate(&m.aggregate.method, m.aggregate.k, &values) else { continue };
+            let Some((p, key, run)) = aggregate_span(&m.aggregate.method, m.aggregate.k, &values) else { continue };
             let key = mine[key];
-            let cells = (key.cam_rows * key.cam_cols) as usize;
-            let cam = key.cam.get(label_index * cells..(label_index + 1) * cells).map(<[f32]>::to_vec).unwrap_or_default();
+            let label_cam = |o: &FrameOutput| {
+                let cells = (o.cam_rows * o.cam_cols) as usize;
+                o.cam.get(label_index * cells..(label_index + 1) * cells).map(<[f32]>::to_vec).unwrap_or_default()
+            };
+            let cam = label_cam(key);
+            // A volume's finding stands on a run of slices: each one's map goes with it.
+            let span = if run.len() > 1 {
+                mine[run].iter().map(|o| SpanSlice { instance_id: o.instance_id, frame: o.frame, cam: label_cam(o) }).collect()
+            } else {
+                Vec::new()
+            };
             let positive = p >= o.positive[label_index];
             let urgent = p >= o.urgent[label_index];
             r.findings.push(Finding {
@@ -211,6 +231,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
                 cam_rows: key.cam_rows,
                 cam_cols: key.cam_cols,
                 cam,
+                span,
             });
         }
         let priority = if r.findings.iter().any(|f| f.urgent) {
@@ -250,6 +271,9 @@ mod tests {
         assert!((v - 0.8).abs() < 1e-6 && key == 5, "{v} {key}");
         assert_eq!(aggregate("adjacent", 2, &[0.1, 0.99, 0.1]).unwrap().0, 0.1);
         assert_eq!(aggregate("adjacent", 3, &[0.7]), Some((0.7, 0)));
+        // The run a volume's finding stands on; any other method stands on its key image.
+        assert_eq!(aggregate_span("adjacent", 2, &[0.1, 0.99, 0.1, 0.2, 0.8, 0.9, 0.1]).unwrap().2, 4..6);
+        assert_eq!(aggregate_span("max", 1, &[0.1, 0.9, 0.3]).unwrap().2, 1..2);
     }
 
     #[test]

@@ -57,7 +57,9 @@ const KOS: &str = "1.2.840.10008.5.1.4.1.1.88.59";
 /// The map's values against the finding's stored activation, resampled by torch.
 pub(crate) fn compare_map(map: &Path, finding: &triage_node::db::Finding) -> serde_json::Value {
     let activation = tempfile::NamedTempFile::new().unwrap();
-    let json = serde_json::json!({"rows": finding.cam_rows, "cols": finding.cam_cols, "values": finding.cam});
+    // A volume's finding: a frame per slice of its run; else the key image's map.
+    let frames: Vec<&Vec<f32>> = if finding.span.len() > 1 { finding.span.iter().map(|s| &s.cam).collect() } else { vec![&finding.cam] };
+    let json = serde_json::json!({"rows": finding.cam_rows, "cols": finding.cam_cols, "frames": frames});
     std::fs::write(activation.path(), json.to_string()).unwrap();
     let out = Command::new(python().unwrap()).arg(repo().join("tests/peers/compare_map.py")).arg(map).arg(activation.path()).output().unwrap();
     assert!(out.status.success(), "highdicom could not read the map: {}", String::from_utf8_lossy(&out.stderr));
@@ -168,7 +170,12 @@ fn results_arrive_in_the_original_study_on_a_real_pacs() {
                 let point = regions.iter().find(|r| r["graphic_type"] == "POINT").expect("a peak");
                 assert!(regions.iter().all(|r| r["image"] == sop_uid.as_str()), "{regions:?}");
                 let xs = |i: usize| polygon["points"].as_array().unwrap().iter().map(move |p| p[i].as_f64().unwrap());
-                let inside = |x: f64, y: f64| xs(0).fold(f64::MAX, f64::min) <= x && x <= xs(0).fold(f64::MIN, f64::max) && xs(1).fold(f64::MAX, f64::min) <= y && y <= xs(1).fold(f64::MIN, f64::max);
+                let inside = |x: f64, y: f64| {
+                    xs(0).fold(f64::MAX, f64::min) <= x
+                        && x <= xs(0).fold(f64::MIN, f64::max)
+                        && xs(1).fold(f64::MAX, f64::min) <= y
+                        && y <= xs(1).fold(f64::MIN, f64::max)
+                };
                 let peak = &point["points"][0];
                 assert!(inside(peak[0].as_f64().unwrap(), peak[1].as_f64().unwrap()), "{regions:?}");
                 let (row, col) = (compared["peak"][0].as_f64().unwrap(), compared["peak"][1].as_f64().unwrap());
@@ -242,14 +249,14 @@ fn pacs_down_then_node_killed_each_result_arrives_exactly_once() {
     let _ = pacs.kill();
     let _ = pacs.wait();
     let files = walk(received.path());
-    assert_eq!(files.len(), 2, "exactly one SR and one SC: {files:?}");
+    assert_eq!(files.len(), 3, "exactly one SR, one Parametric Map and one SC: {files:?}");
     let read = check(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
-    let mut classes: Vec<&str> = read.iter().map(|r| r["modality"].as_str().unwrap()).collect();
+    let mut classes: Vec<&str> = read.iter().map(|r| r["sop_class"].as_str().unwrap()).collect();
     classes.sort();
-    assert_eq!(classes, ["OT", "SR"]);
+    assert_eq!(classes, [PM, SC, "1.2.840.10008.5.1.4.1.1.88.34"]);
     let list = node.cli(&["outbox", "list"]);
     let list = String::from_utf8_lossy(&list.stdout);
-    assert_eq!(list.matches("delivered").count(), 2, "{list}");
+    assert_eq!(list.matches("delivered").count(), 3, "{list}");
 }
 
 #[test]
@@ -308,7 +315,8 @@ fn a_study_triaged_again_sends_a_report_that_names_the_one_it_replaces() {
     assert_eq!(note["kos"]["title"], serde_json::json!(["113001", "DCM", "Rejected for Quality Reasons"]));
     assert_eq!(note["study_uid"].as_str(), Some(study_uid_of(&first).as_str()));
     assert_eq!(note["patient_id"].as_str(), Some(original(&first, "PatientID").as_str()));
-    let old_objects: Vec<&serde_json::Value> = older["sr"]["findings"][0]["images"].as_array().unwrap()[1..].iter().map(|i| &i[1]).chain([&older["sop_instance"]]).collect();
+    let old_objects: Vec<&serde_json::Value> =
+        older["sr"]["findings"][0]["images"].as_array().unwrap()[1..].iter().map(|i| &i[1]).chain([&older["sop_instance"]]).collect();
     let mut rejected: Vec<&str> = note["kos"]["evidence"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     let mut expected: Vec<&str> = old_objects.iter().map(|v| v.as_str().unwrap()).collect();
     rejected.sort();
@@ -370,7 +378,7 @@ fn storage_commitment_is_requested_and_each_report_recorded() {
     // it has the answer, so wait for both lines before stopping the peers.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let has = |file: &str, line: &str| std::fs::read_to_string(work.path().join(file)).unwrap_or_default().contains(line);
-    while !(has("pacs.log", "REPORT 0x0000 2 0") && has("archive.log", "REPORT 0x0000 0 2")) && std::time::Instant::now() < deadline {
+    while !(has("pacs.log", "REPORT 0x0000 3 0") && has("archive.log", "REPORT 0x0000 0 3")) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     for c in [&mut pacs, &mut archive] {
@@ -378,19 +386,20 @@ fn storage_commitment_is_requested_and_each_report_recorded() {
         let _ = c.wait();
     }
     let pacs_log = std::fs::read_to_string(work.path().join("pacs.log")).unwrap();
-    assert!(pacs_log.contains("REPORT 0x0000 2 0"), "our node answered the report with Success: {pacs_log}");
+    assert!(pacs_log.contains("REPORT 0x0000 3 0"), "our node answered the report with Success: {pacs_log}");
     let archive_log = std::fs::read_to_string(work.path().join("archive.log")).unwrap();
-    assert!(archive_log.contains("REPORT 0x0000 0 2"), "{archive_log}");
+    assert!(archive_log.contains("REPORT 0x0000 0 3"), "{archive_log}");
     let list = String::from_utf8_lossy(&node.cli(&["outbox", "list"]).stdout).into_owned();
     let rows: Vec<&str> = list.lines().skip(1).collect();
-    assert_eq!(rows.len(), 4, "{list}");
-    assert_eq!(rows.iter().filter(|r| r.contains("PACS") && r.contains("committed")).count(), 2, "{list}");
-    assert_eq!(rows.iter().filter(|r| r.contains("ARCHIVE") && r.contains(" failed")).count(), 2, "{list}");
+    // Per destination: the report, the Parametric Map and the Secondary Capture.
+    assert_eq!(rows.len(), 6, "{list}");
+    assert_eq!(rows.iter().filter(|r| r.contains("PACS") && r.contains("committed")).count(), 3, "{list}");
+    assert_eq!(rows.iter().filter(|r| r.contains("ARCHIVE") && r.contains(" failed")).count(), 3, "{list}");
     // The failure reason is kept with the object.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(node.db());
     let states = rt.block_on(db.commitment_states()).unwrap();
-    assert_eq!(states.values().filter(|s| *s == "committed").count(), 2);
+    assert_eq!(states.values().filter(|s| *s == "committed").count(), 3);
 }
 
 #[test]
@@ -415,7 +424,7 @@ fn orthanc_commits_to_the_results_it_holds() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let list = String::from_utf8_lossy(&node.cli(&["outbox", "list"]).stdout).into_owned();
-    assert_eq!(list.matches("committed").count(), 2, "{list}");
+    assert_eq!(list.matches("committed").count(), 3, "{list}");
 }
 
 /// A chest radiograph without Burned In Annotation is stored without its pixels (CR is in

@@ -330,7 +330,15 @@ fn the_ct_demo_model_finds_the_lesion_on_adjacent_slices_and_names_its_series() 
     let compared = crate::results::compare_map(map_file, finding);
     assert!(compared["max_abs_difference"].as_f64().unwrap() < 1e-3, "{compared}");
     let key_file = &with[index];
-    assert_eq!(compared["source"], serde_json::json!([uid(key_file, tags::SOP_INSTANCE_UID)]));
+    // A frame per slice of the run the finding stands on (k = 2 adjacent slices), in slice
+    // order, the key slice among them, each slice one the lesion shows on.
+    assert_eq!(finding.span.len(), 2, "{:?}", finding.span.iter().map(|s| s.instance_id).collect::<Vec<_>>());
+    let frame_sources: Vec<String> = compared["frame_sources"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(frame_sources.len(), 2, "{compared}");
+    let slice_of = |sop: &str| with.iter().position(|p| uid(p, tags::SOP_INSTANCE_UID) == sop).unwrap();
+    let places: Vec<usize> = frame_sources.iter().map(|s| slice_of(s)).collect();
+    assert!(places.contains(&index) && places.iter().all(|i| (first..=last).contains(i)), "{places:?}, lesion on {first}..={last}");
+    assert_eq!(places[1].abs_diff(places[0]), 1, "adjacent slices: {places:?}");
     assert_eq!(compared["frame_of_reference"].as_str(), Some(uid(key_file, tags::FRAME_OF_REFERENCE_UID).as_str()), "re-identified: the slice's own");
     let sr = ours.iter().find(|r| r["modality"] == "SR").unwrap();
     let sr_file = Path::new(sr["file"].as_str().unwrap());
