@@ -195,7 +195,7 @@ CT_SR=$(grep '"modality": "SR"' "$DEMO/ct-from-pacs.json" | sed -n 's/.*"file": 
 if [ -n "$CT_SR" ]; then
   echo "== the head CT's AI report as the PACS holds it (demo-ct-hyperdense: the key slice, the region, the"
   echo "   peak on the slice and in the patient)"
-  dsrdump -Ee "$CT_SR" | sed -n '/^<CONTAINER:(,,"Imaging Measurements")/,$p' | head -90
+  dsrdump -Ee "$CT_SR" | sed -n '/"Imaging Measurements"/,$p' | head -90
 fi
 echo "== the objects pass dciodvfy (errors: none expected; on a Parametric Map dciodvfy reports two of its"
 echo "   own, checking the FD Minimum/Maximum Stored Value Mapped as enumerated strings: not counted)"

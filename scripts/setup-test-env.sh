@@ -90,7 +90,7 @@ if [ ! -f .testdata/demo-cases/labels.csv ]; then
   .venv/bin/python scripts/train-demo-model.py cases .testdata/demo-cases 40
 fi
 # A tiny TorchScript model with PyTorch's own outputs, for the runtime test.
-if [ ! -f .testdata/models/tiny_expected.json ] || [ ! -f .testdata/models/tiny_slow.pt ]; then
+if [ ! -f .testdata/models/tiny_expected.json ] || [ ! -f .testdata/models/tiny_slow.pt ] || [ ! -f .testdata/models/tiny_logits.pt ]; then
   .venv/bin/python tests/peers/make_tiny_model.py .testdata/models
 fi
 echo "setup: ready (dcmtk $(storescu --version | head -1 | awk '{print $2}'), python $(.venv/bin/python -c 'import pynetdicom,pydicom;print("pydicom",pydicom.__version__,"pynetdicom",pynetdicom.__version__)'), torch $(.venv/bin/python -c 'import torch;print(torch.__version__)'))"

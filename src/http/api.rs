@@ -152,7 +152,7 @@ struct FindingView {
     positive: bool,
     urgent: bool,
     tier: String,
-    /// The heatmap's URLs (positive findings): `?size=thumbnail` or `full`.
+    /// The heatmap's URLs (positive findings with a map): `?size=thumbnail` or `full`.
     heatmap: Option<String>,
 }
 
@@ -185,9 +185,14 @@ struct StudyView {
     objects: Vec<ObjectView>,
 }
 
-/// The positive findings of `results`, in model order: what `/heatmaps/{n}` counts.
+/// The positive findings of `results` that have a map (a model may give none), in model
+/// order: what `/heatmaps/{n}` counts.
 fn positive_findings(results: &[StudyResult]) -> Vec<(&StudyResult, &crate::db::Finding)> {
-    results.iter().flat_map(|r| r.findings.iter().filter(|f| f.positive).map(move |f| (r, f))).collect()
+    results.iter().flat_map(|r| r.findings.iter().filter(|f| has_heatmap(f)).map(move |f| (r, f))).collect()
+}
+
+fn has_heatmap(f: &crate::db::Finding) -> bool {
+    f.positive && f.cam_rows > 0 && f.cam_cols > 0
 }
 
 /// The study's result objects, SCs then SRs, newest first within each: what `/objects/{n}`
@@ -228,7 +233,7 @@ async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path
                 .findings
                 .iter()
                 .map(|f| {
-                    let heatmap = f.positive.then(|| {
+                    let heatmap = has_heatmap(f).then(|| {
                         n += 1;
                         format!("/api/studies/{id}/heatmaps/{}", n - 1)
                     });

@@ -26,9 +26,10 @@ pub enum EngineError {
 /// What the model said about one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageOutput {
-    /// One probability per label.
+    /// One probability per label (the manifest's activation applied).
     pub probabilities: Vec<f32>,
-    /// The class activation maps, [labels][cam_rows][cam_cols] flattened.
+    /// The class activation maps, [labels][cam_rows][cam_cols] flattened; empty (0 x 0) for a
+    /// model without one.
     pub cam: Vec<f32>,
     pub cam_rows: usize,
     pub cam_cols: usize,
@@ -236,8 +237,7 @@ fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Vec<Request>>, max_batch: 
 
 fn run_batch(package: &Package, batch: Vec<Request>) {
     let m = &package.manifest;
-    let [h, w] = m.input.size;
-    let per_image = (m.input.channels * h * w) as usize;
+    let per_image = m.input.values_per_image();
     let (good, bad): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| r.input.len() == per_image);
     for r in bad {
         let got = r.input.len();
@@ -252,7 +252,7 @@ fn run_batch(package: &Package, batch: Vec<Request>) {
     for r in &good {
         input.extend_from_slice(&r.input);
     }
-    let shape = [n as i64, i64::from(m.input.channels), i64::from(h), i64::from(w)];
+    let shape = m.input.shape(n as i64);
     // A panic inside libtorch's bindings must not end the engine thread (every later request
     // would then wait for nothing): it fails this batch like any forward error.
     let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| package.model.forward(&input, shape)))
@@ -262,15 +262,27 @@ fn run_batch(package: &Package, batch: Vec<Request>) {
     metrics::histogram!("triage_inference_batch_size", "model" => m.name.clone()).record(n as f64);
     let split = outputs.map_err(|e| e.to_string()).and_then(|outs| {
         let probs = outs.get(m.outputs.probabilities).ok_or("no probabilities output")?;
-        let cam = outs.get(m.outputs.cam).ok_or("no class activation map output")?;
         let labels = m.outputs.labels.len();
-        if probs.shape != [n as i64, labels as i64] || cam.shape.len() != 4 || cam.shape[..2] != [n as i64, labels as i64] {
-            return Err(format!("outputs of shape {:?} and {:?} for a batch of {n}", probs.shape, cam.shape));
+        if probs.shape != [n as i64, labels as i64] {
+            return Err(format!("probabilities of shape {:?} for a batch of {n}", probs.shape));
+        }
+        // A model without a class activation map: findings without a map (0 x 0).
+        let none = crate::inference::runtime::Output { shape: vec![n as i64, labels as i64, 0, 0], values: Vec::new() };
+        let cam = match m.outputs.cam {
+            Some(i) => outs.get(i).ok_or("no class activation map output")?,
+            None => &none,
+        };
+        if cam.shape.len() != 4 || cam.shape[..2] != [n as i64, labels as i64] {
+            return Err(format!("class activation maps of shape {:?} for a batch of {n}", cam.shape));
         }
         let (cam_rows, cam_cols) = (cam.shape[2] as usize, cam.shape[3] as usize);
         let cam_len = labels * cam_rows * cam_cols;
         Ok((0..n)
-            .map(|i| (probs.values[i * labels..(i + 1) * labels].to_vec(), cam.values[i * cam_len..(i + 1) * cam_len].to_vec(), cam_rows, cam_cols))
+            .map(|i| {
+                let mut p = probs.values[i * labels..(i + 1) * labels].to_vec();
+                m.outputs.activation.apply(&mut p);
+                (p, cam.values[i * cam_len..(i + 1) * cam_len].to_vec(), cam_rows, cam_cols)
+            })
             .collect::<Vec<_>>())
     });
     match split {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::preprocess::{self, ImageAttrs, InputSpec, WindowRule};
+use super::preprocess::{self, Color, ImageAttrs, InputSpec, Layout, WindowRule};
 use super::runtime::{Model, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +118,13 @@ impl Series {
 impl Manifest {
     /// Whether the model takes an instance: its routing, its series rules, and never a
     /// localizer or a dose screen.
+    /// A model that takes RGB takes colour images only (RGB or YBR Photometric Interpretation).
     pub fn takes(&self, a: &ImageAttrs) -> bool {
-        !a.image_type.iter().any(|t| NEVER_INFERRED.contains(&t.as_str())) && self.routing.accepts(a) && self.series.accepts(a)
+        let colour = a.photometric.eq_ignore_ascii_case("RGB") || a.photometric.to_ascii_uppercase().starts_with("YBR");
+        !a.image_type.iter().any(|t| NEVER_INFERRED.contains(&t.as_str()))
+            && self.routing.accepts(a)
+            && self.series.accepts(a)
+            && (self.input.color == Color::Grey || colour)
     }
 }
 
@@ -129,18 +134,33 @@ pub struct Input {
     /// [height, width] the model takes.
     pub size: [u32; 2],
     pub channels: u32,
-    /// Per modality: `{ center, width }` (CT, in HU after the Modality LUT), or `"file"` (the
-    /// file's VOI window, else the percentile window) or `"percentile"`.
+    /// Where the channels come from: "grey" (the windowed grey image, repeated, or one window
+    /// per channel; the default) or "rgb" (a colour image's RGB planes, value / (2^bits - 1)).
     #[serde(default)]
-    pub window: std::collections::BTreeMap<String, Window>,
+    pub color: Color,
+    /// "nchw" ([N, channels, height, width], the default) or "nhwc" (channels last).
+    #[serde(default)]
+    pub layout: Layout,
+    /// What white becomes before mean/std: "0..1" (the default) or "0..255".
+    #[serde(default)]
+    pub range: Range,
+    /// The input tensor's type: "float32" (the default) or "float16".
+    #[serde(default)]
+    pub dtype: Dtype,
+    /// Per modality: `{ center, width }` (CT, in HU after the Modality LUT), or `"file"` (the
+    /// file's VOI window, else the percentile window) or `"percentile"`; or a list of those, one
+    /// window per channel.
+    #[serde(default)]
+    pub window: std::collections::BTreeMap<String, WindowSetting>,
     /// Percentiles for the percentile window, e.g. [0.5, 99.5].
     #[serde(default = "default_percentiles")]
     pub percentiles: [f32; 2],
-    /// After windowing to 0..1: (x - mean) / std.
-    #[serde(default)]
-    pub mean: f32,
-    #[serde(default = "one")]
-    pub std: f32,
+    /// After windowing and scaling to `range`: (x - mean) / std; one value for every channel,
+    /// or a list with one per channel.
+    #[serde(default = "zero_each")]
+    pub mean: PerChannel,
+    #[serde(default = "one_each")]
+    pub std: PerChannel,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +170,97 @@ pub enum Window {
     Named(String),
 }
 
+/// A modality's window: one for the grey image, or one per channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WindowSetting {
+    One(Window),
+    PerChannel(Vec<Window>),
+}
+
+/// One value for every channel, or one per channel.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PerChannel {
+    One(f32),
+    Each(Vec<f32>),
+}
+
+impl PerChannel {
+    /// The value of each of `channels` channels.
+    pub fn values(&self, channels: usize) -> Vec<f32> {
+        match self {
+            PerChannel::One(v) => vec![*v; channels],
+            PerChannel::Each(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Range {
+    #[default]
+    Unit,
+    Byte,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Dtype {
+    #[default]
+    Float32,
+    Float16,
+}
+
+impl TryFrom<String> for Range {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("0..1", Range::Unit), ("0..255", Range::Byte)])
+    }
+}
+
+impl TryFrom<String> for Dtype {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("float32", Dtype::Float32), ("float16", Dtype::Float16)])
+    }
+}
+
+impl TryFrom<String> for Activation {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("none", Activation::None), ("sigmoid", Activation::Sigmoid), ("softmax", Activation::Softmax)])
+    }
+}
+
+/// What the node applies to the model's class output before thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Activation {
+    /// The outputs are probabilities already (0..1).
+    #[default]
+    None,
+    /// Independent labels: 1 / (1 + e^-x) each.
+    Sigmoid,
+    /// Mutually exclusive classes: e^x / sum(e^x) over the labels of an image.
+    Softmax,
+}
+
+impl Activation {
+    /// Apply to one image's outputs (one value per label), in place.
+    pub fn apply(self, values: &mut [f32]) {
+        match self {
+            Activation::None => {}
+            Activation::Sigmoid => values.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+            Activation::Softmax => {
+                let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = values.iter().map(|x| (x - max).exp()).sum();
+                values.iter_mut().for_each(|x| *x = (*x - max).exp() / sum);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outputs {
@@ -157,10 +268,20 @@ pub struct Outputs {
     /// Per label: probability at or above which the finding is positive, and urgent.
     pub positive: Vec<f32>,
     pub urgent: Vec<f32>,
-    /// Which element of the model's output tuple holds the per-label probabilities [N, labels],
-    /// and which the class activation maps [N, labels, h, w].
+    /// Which element of the model's output tuple holds the per-label probabilities [N, labels]
+    /// (or logits, with an activation), and which the class activation maps [N, labels, h, w]
+    /// (none: findings without a map).
     pub probabilities: usize,
-    pub cam: usize,
+    #[serde(default)]
+    pub cam: Option<usize>,
+    /// Applied by the node to the model's class output: "none" (already probabilities, the
+    /// default), "sigmoid" or "softmax".
+    #[serde(default)]
+    pub activation: Activation,
+    /// A label that is never a finding (e.g. "normal" of a softmax classifier): no finding, no
+    /// heatmap, never positive.
+    #[serde(default)]
+    pub negative: Option<String>,
     /// Per label, the finding's code for the SR as "SCHEME:VALUE:Meaning" (for example
     /// "SCT:27925004:Nodule"); without one, a private 99TRIAGE code named after the label.
     #[serde(default)]
@@ -179,6 +300,13 @@ pub struct Aggregate {
     pub k: usize,
 }
 
+impl Outputs {
+    /// The labels that are findings (every label but the negative class), with their index.
+    pub fn findings(&self) -> impl Iterator<Item = (usize, &String)> {
+        self.labels.iter().enumerate().filter(move |(_, l)| self.negative.as_ref() != Some(*l))
+    }
+}
+
 impl Routing {
     /// Whether the model takes an instance with these attributes (comparisons ignore case).
     pub fn accepts(&self, a: &ImageAttrs) -> bool {
@@ -195,20 +323,57 @@ impl Input {
     /// window, `"file"` or `"percentile"`), else the file's window, else the percentile window.
     pub fn spec(&self, modality: &str) -> InputSpec {
         let percentiles = [f64::from(self.percentiles[0]), f64::from(self.percentiles[1])];
-        let window = match self.window.iter().find(|(m, _)| m.eq_ignore_ascii_case(modality)).map(|(_, w)| w) {
+        let rule = |w: Option<&Window>| match w {
             Some(Window::Fixed { center, width }) => WindowRule::Fixed(preprocess::Window { center: *center, width: *width }),
             Some(Window::Named(n)) if n == "percentile" => WindowRule::Percentile(percentiles),
             _ => WindowRule::File { percentiles },
         };
-        InputSpec { rows: self.size[0] as usize, cols: self.size[1] as usize, channels: self.channels as usize, window, mean: self.mean, std: self.std }
+        let (window, channel_windows) = match self.window.iter().find(|(m, _)| m.eq_ignore_ascii_case(modality)).map(|(_, w)| w) {
+            Some(WindowSetting::PerChannel(ws)) => (rule(ws.first()), ws.iter().map(|w| rule(Some(w))).collect()),
+            Some(WindowSetting::One(w)) => (rule(Some(w)), Vec::new()),
+            None => (rule(None), Vec::new()),
+        };
+        let channels = self.channels as usize;
+        InputSpec {
+            rows: self.size[0] as usize,
+            cols: self.size[1] as usize,
+            channels,
+            window,
+            channel_windows,
+            color: self.color,
+            layout: self.layout,
+            scale: match self.range {
+                Range::Unit => 1.0,
+                Range::Byte => 255.0,
+            },
+            mean: self.mean.values(channels),
+            std: self.std.values(channels),
+        }
+    }
+
+    /// The shape of a batch of `n` inputs, in the manifest's layout.
+    pub fn shape(&self, n: i64) -> [i64; 4] {
+        let (c, h, w) = (i64::from(self.channels), i64::from(self.size[0]), i64::from(self.size[1]));
+        match self.layout {
+            Layout::Nchw => [n, c, h, w],
+            Layout::Nhwc => [n, h, w, c],
+        }
+    }
+
+    /// The number of values of one image.
+    pub fn values_per_image(&self) -> usize {
+        (self.channels * self.size[0] * self.size[1]) as usize
     }
 }
 
 fn default_percentiles() -> [f32; 2] {
     [0.5, 99.5]
 }
-fn one() -> f32 {
-    1.0
+fn zero_each() -> PerChannel {
+    PerChannel::One(0.0)
+}
+fn one_each() -> PerChannel {
+    PerChannel::One(1.0)
 }
 fn one_usize() -> usize {
     1
@@ -262,23 +427,68 @@ impl Manifest {
                 return Err(format!("outputs.codes: {c:?} is not \"SCHEME:VALUE:Meaning\" (scheme and value at most 16 characters, meaning 64; for example \"SCT:27925004:Nodule\")"));
             }
         }
-        if o.probabilities == o.cam {
+        if o.cam == Some(o.probabilities) {
             return Err("outputs.probabilities and outputs.cam must be different outputs".into());
+        }
+        if let Some(negative) = &o.negative {
+            if !o.labels.contains(negative) {
+                return Err(format!("outputs.negative: {negative:?} is not one of outputs.labels {:?}", o.labels));
+            }
+            if o.labels.len() < 2 {
+                return Err("outputs.negative needs at least one other label: a model must be able to report a finding".into());
+            }
+        }
+        if o.activation == Activation::Softmax && o.labels.len() < 2 {
+            return Err("outputs.activation = \"softmax\" needs at least two labels (one class gives 1 always; use \"sigmoid\")".into());
         }
         let i = &self.input;
         if i.size[0] == 0 || i.size[1] == 0 || !(i.channels == 1 || i.channels == 3) {
             return Err("input.size must be above zero and input.channels 1 or 3".into());
         }
-        if i.std <= 0.0 || !(0.0..100.0).contains(&i.percentiles[0]) || i.percentiles[0] >= i.percentiles[1] || i.percentiles[1] > 100.0 {
-            return Err("input.std must be above zero and input.percentiles increasing within 0..100".into());
+        if i.color == Color::Rgb && i.channels != 3 {
+            return Err("input.color = \"rgb\" needs input.channels = 3".into());
         }
-        for (modality, w) in &i.window {
-            match w {
-                Window::Fixed { width, .. } if *width < 1.0 => return Err(format!("input.window.{modality}: width must be at least 1")),
-                Window::Named(n) if n != "file" && n != "percentile" => {
-                    return Err(format!("input.window.{modality}: {n:?} is not {{ center, width }}, \"file\" or \"percentile\""))
+        for (field, v) in [("mean", &i.mean), ("std", &i.std)] {
+            if let PerChannel::Each(list) = v {
+                if list.len() != i.channels as usize {
+                    return Err(format!("input.{field}: {} values for {} channel(s); give one number, or one per channel", list.len(), i.channels));
                 }
-                _ => {}
+            }
+            if v.values(i.channels as usize).iter().any(|x| !x.is_finite()) {
+                return Err(format!("input.{field} must be finite"));
+            }
+        }
+        if i.std.values(i.channels as usize).iter().any(|s| *s <= 0.0) {
+            return Err("input.std must be above zero".into());
+        }
+        if !(0.0..100.0).contains(&i.percentiles[0]) || i.percentiles[0] >= i.percentiles[1] || i.percentiles[1] > 100.0 {
+            return Err("input.percentiles must be increasing within 0..100".into());
+        }
+        for (modality, setting) in &i.window {
+            let list = match setting {
+                WindowSetting::One(w) => std::slice::from_ref(w),
+                WindowSetting::PerChannel(ws) => {
+                    if ws.len() != i.channels as usize {
+                        return Err(format!(
+                            "input.window.{modality}: {} windows for {} channel(s); give one window, or one per channel",
+                            ws.len(),
+                            i.channels
+                        ));
+                    }
+                    if i.color == Color::Rgb {
+                        return Err(format!("input.window.{modality}: a window per channel is for grey images; input.color = \"rgb\" takes no window"));
+                    }
+                    ws.as_slice()
+                }
+            };
+            for w in list {
+                match w {
+                    Window::Fixed { width, .. } if *width < 1.0 => return Err(format!("input.window.{modality}: width must be at least 1")),
+                    Window::Named(n) if n != "file" && n != "percentile" => {
+                        return Err(format!("input.window.{modality}: {n:?} is not {{ center, width }}, \"file\" or \"percentile\""))
+                    }
+                    _ => {}
+                }
             }
         }
         match self.aggregate.method.as_str() {
@@ -299,23 +509,29 @@ impl Package {
     pub fn load(dir: &Path, device: tch::Device) -> Result<Package, PackageError> {
         let manifest = Manifest::load(&dir.join("model.toml"))?;
         let pt = dir.join("model.pt");
-        let model = Model::load(&pt, device, manifest.allow_half)?;
-        let [h, w] = manifest.input.size;
-        let shape = [1, i64::from(manifest.input.channels), i64::from(h), i64::from(w)];
+        let model = Model::load(&pt, device, manifest.allow_half)?.with_half_input(manifest.input.dtype == Dtype::Float16);
+        let shape = manifest.input.shape(1);
         let warm = |reason: String| PackageError::WarmUp { path: pt.clone(), reason };
-        let outputs = model.forward(&vec![0.0; shape.iter().product::<i64>() as usize], shape).map_err(|e| warm(e.to_string()))?;
+        let outputs = model.forward(&vec![0.0; manifest.input.values_per_image()], shape).map_err(|e| warm(e.to_string()))?;
         let labels = manifest.outputs.labels.len() as i64;
         let get = |i: usize, what: &str| outputs.get(i).ok_or_else(|| warm(format!("no output {i} ({what}); the model returned {}", outputs.len())));
         let probs = get(manifest.outputs.probabilities, "probabilities")?;
         if probs.shape != [1, labels] {
             return Err(warm(format!("probabilities have shape {:?}, expected [1, {labels}]", probs.shape)));
         }
-        if probs.values.iter().any(|p| !(0.0..=1.0).contains(p)) {
-            return Err(warm("probabilities outside 0..1 (apply the sigmoid or softmax inside the model)".into()));
+        let mut activated = probs.values.clone();
+        manifest.outputs.activation.apply(&mut activated);
+        if activated.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(warm(match manifest.outputs.activation {
+                Activation::None => "probabilities outside 0..1 (apply the sigmoid or softmax inside the model, or declare outputs.activation)".into(),
+                _ => "outputs not finite".into(),
+            }));
         }
-        let cam = get(manifest.outputs.cam, "class activation map")?;
-        if cam.shape.len() != 4 || cam.shape[..2] != [1, labels] {
-            return Err(warm(format!("class activation map has shape {:?}, expected [1, {labels}, h, w]", cam.shape)));
+        if let Some(index) = manifest.outputs.cam {
+            let cam = get(index, "class activation map")?;
+            if cam.shape.len() != 4 || cam.shape[..2] != [1, labels] {
+                return Err(warm(format!("class activation map has shape {:?}, expected [1, {labels}, h, w]", cam.shape)));
+            }
         }
         Ok(Package { dir: dir.to_path_buf(), manifest, model })
     }
@@ -369,5 +585,129 @@ mod tests {
         assert!(m.takes(&cr));
         assert!(!m.takes(&ImageAttrs { image_type: vec!["DERIVED".into(), "SECONDARY".into(), "SCREEN SAVE".into()], ..cr.clone() }));
         assert!(!m.takes(&ImageAttrs { image_type: vec!["ORIGINAL".into(), "PRIMARY".into(), "LOCALIZER".into()], ..cr }));
+    }
+
+    const BASE: &str = r#"
+name = "m"
+version = "1"
+intended_use = "test"
+limits = "test"
+[routing]
+modalities = ["CT"]
+[input]
+size = [24, 20]
+channels = 3
+INPUT
+[outputs]
+labels = ["normal", "bleed", "fracture"]
+positive = [1.0, 0.5, 0.5]
+urgent = [1.0, 0.9, 0.9]
+probabilities = 0
+OUTPUTS
+[aggregate]
+method = "max"
+"#;
+
+    /// `BASE` with these [input] and [outputs] lines, loaded from a `model.toml` file.
+    fn load(input: &str, outputs: &str) -> Result<Manifest, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.toml");
+        std::fs::write(&path, BASE.replace("INPUT", input).replace("OUTPUTS", outputs)).unwrap();
+        Manifest::load(&path).map_err(|e| e.to_string())
+    }
+
+    /// The shipped manifests keep today's meaning: NCHW, the grey image, 0..1, float32, one
+    /// mean and std for every channel, probabilities as the model gives them, a CAM.
+    #[test]
+    fn existing_manifests_mean_what_they_meant() {
+        for text in [include_str!("../../models/demo-nodule/model.toml"), include_str!("../../models/demo-ct-hyperdense/model.toml")] {
+            let m: Manifest = parse(text);
+            m.validate().unwrap();
+            let i = &m.input;
+            assert_eq!((i.color, i.layout, i.range, i.dtype), (Color::Grey, Layout::Nchw, Range::Unit, Dtype::Float32));
+            assert_eq!((m.outputs.activation, m.outputs.negative.as_deref(), m.outputs.cam), (Activation::None, None, Some(1)));
+            let spec = i.spec("CT");
+            assert_eq!((spec.scale, spec.mean.as_slice(), spec.std.as_slice(), spec.channel_windows.len()), (1.0, &[0.0][..], &[1.0][..], 0));
+            assert_eq!(i.shape(2), [2, 1, 128, 128]);
+            assert_eq!(m.outputs.findings().count(), m.outputs.labels.len());
+        }
+    }
+
+    #[test]
+    fn layouts_windows_per_channel_and_activations_are_read() {
+        let m = load(
+            r#"layout = "nhwc"
+range = "0..255"
+dtype = "float16"
+window = { CT = [{ center = 40, width = 80 }, { center = 80, width = 200 }, "percentile"] }
+mean = [123.675, 116.28, 103.53]
+std = [58.395, 57.12, 57.375]"#,
+            "activation = \"softmax\"\nnegative = \"normal\"",
+        )
+        .unwrap();
+        assert_eq!(m.input.shape(4), [4, 24, 20, 3]);
+        assert_eq!(m.input.values_per_image(), 24 * 20 * 3);
+        assert_eq!(m.input.dtype, Dtype::Float16);
+        let spec = m.input.spec("CT");
+        assert_eq!((spec.scale, spec.layout, spec.mean[2], spec.std[1]), (255.0, Layout::Nhwc, 103.53, 57.12));
+        assert_eq!(spec.window, WindowRule::Fixed(preprocess::Window { center: 40.0, width: 80.0 }));
+        assert_eq!(spec.channel_windows.len(), 3);
+        assert_eq!(spec.channel_windows[2], WindowRule::Percentile([0.5, 99.5]));
+        // Another modality has no window of its own: the file's, the same for every channel.
+        assert!(m.input.spec("MR").channel_windows.is_empty());
+        assert_eq!(m.outputs.cam, None);
+        let findings: Vec<&String> = m.outputs.findings().map(|(_, l)| l).collect();
+        assert_eq!(findings, ["bleed", "fracture"]);
+        let rgb = load("color = \"rgb\"\nmean = [0.485, 0.456, 0.406]\nstd = 0.25", "cam = 1").unwrap();
+        assert_eq!(rgb.input.spec("OT").std, [0.25; 3]);
+        let cr = ImageAttrs { modality: "CT".into(), photometric: "MONOCHROME2".into(), ..Default::default() };
+        assert!(!rgb.takes(&cr), "an RGB model takes colour images only");
+        assert!(rgb.takes(&ImageAttrs { photometric: "RGB".into(), ..cr.clone() }));
+        assert!(rgb.takes(&ImageAttrs { photometric: "YBR_FULL_422".into(), ..cr.clone() }));
+    }
+
+    /// Every refusal names the file and the field.
+    #[test]
+    fn bad_layouts_and_outputs_are_refused_naming_the_field() {
+        let refused = |input: &str, outputs: &str, field: &str| {
+            let e = load(input, outputs).err().unwrap_or_else(|| panic!("accepted: {input} / {outputs}"));
+            assert!(e.contains("model.toml") && e.contains(field), "{field}: {e}");
+        };
+        refused("layout = \"nwhc\"", "", "\"nwhc\" is not \"nchw\" or \"nhwc\" for key `input.layout`");
+        refused("range = \"0..100\"", "", "\"0..100\" is not \"0..1\" or \"0..255\" for key `input.range`");
+        refused("dtype = \"int8\"", "", "\"int8\" is not \"float32\" or \"float16\" for key `input.dtype`");
+        refused("color = \"bgr\"", "", "\"bgr\" is not \"grey\" or \"rgb\" for key `input.color`");
+        refused("mean = [0.5, 0.5]", "", "input.mean");
+        refused("std = [1.0, 0.0, 1.0]", "", "input.std");
+        refused("window = { CT = [{ center = 40, width = 80 }, { center = 80, width = 200 }] }", "", "input.window");
+        refused("window = { CT = [{ center = 40, width = 80 }, { center = 80, width = 200 }, \"auto\"] }", "", "input.window");
+        refused("color = \"rgb\"\nwindow = { CT = [\"file\", \"file\", \"file\"] }", "", "input.window");
+        let one = BASE.replace("channels = 3", "channels = 1").replace("INPUT", "color = \"rgb\"").replace("OUTPUTS", "");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.toml"), one).unwrap();
+        let e = Manifest::load(&dir.path().join("model.toml")).err().unwrap().to_string();
+        assert!(e.contains("input.color") && e.contains("channels = 3"), "{e}");
+        refused("", "negative = \"healthy\"", "outputs.negative");
+        refused("", "activation = \"relu\"", "\"relu\" is not \"none\" or \"sigmoid\" or \"softmax\" for key `outputs.activation`");
+        refused("", "cam = 0", "outputs.cam");
+    }
+
+    #[test]
+    fn activations() {
+        let mut v = [1.0f32, 2.0, 3.0];
+        Activation::Softmax.apply(&mut v);
+        let e = [1f32.exp(), 2f32.exp(), 3f32.exp()];
+        let sum: f32 = e.iter().sum();
+        assert!(v.iter().zip(e).all(|(a, b)| (a - b / sum).abs() < 1e-6), "{v:?}");
+        // Large logits do not overflow.
+        let mut big = [1000.0f32, 0.0];
+        Activation::Softmax.apply(&mut big);
+        assert_eq!(big, [1.0, 0.0]);
+        let mut s = [0.0f32, 2.0];
+        Activation::Sigmoid.apply(&mut s);
+        assert!((s[0] - 0.5).abs() < 1e-7 && (s[1] - 0.880_797).abs() < 1e-6, "{s:?}");
+        let mut n = [0.3f32];
+        Activation::None.apply(&mut n);
+        assert_eq!(n, [0.3]);
     }
 }

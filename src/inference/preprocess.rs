@@ -1,6 +1,8 @@
 //! Pixel preprocessing: decode a stored instance (any transfer syntax the node accepts), apply
 //! the Modality LUT, a VOI window (the file's, a fixed one such as a CT window in HU, or a
-//! percentile window), MONOCHROME1 inversion, and a bilinear resize: the array a model sees.
+//! percentile window), MONOCHROME1 inversion, and a bilinear resize; then the manifest's
+//! channels (the grey image repeated, a window per channel, or the RGB planes), scale (0..1 or
+//! 0..255), per-channel mean/std and layout (NCHW or NHWC): the array a model sees.
 //!
 //! Owns: the order and arithmetic of those steps (PS3.3 C.11.1 Modality LUT, C.11.2 VOI LUT,
 //! linear function of C.11.2.1.2.1). Must not: know tch or log pixel values.
@@ -32,10 +34,14 @@ pub struct Window {
 /// Decoded pixel values with the Modality LUT applied, one grayscale plane per frame.
 #[derive(Debug, Clone)]
 pub struct Decoded {
+    /// Frames x rows x columns; a colour image's samples averaged.
     pub values: Array3<f32>,
     pub photometric: String,
     /// The windows the file declares, first one first.
     pub windows: Vec<Window>,
+    /// A colour image's RGB samples scaled to 0..1 (value / (2^Bits Stored - 1), as an image
+    /// library gives 8-bit RGB divided by 255), frames x rows x columns x 3; None for grey.
+    pub rgb: Option<ndarray::Array4<f32>>,
 }
 
 /// The attributes that route an instance to a model (trimmed; empty when absent).
@@ -87,16 +93,42 @@ impl Image {
         let pixels = self.obj.decode_pixel_data().map_err(|e| PixelError::Decode(e.to_string()))?;
         let photometric = pixels.photometric_interpretation().as_str().to_string();
         let windows = pixels.window().ok().flatten().map(|ws| ws.iter().map(|w| Window { center: w.center, width: w.width }).collect()).unwrap_or_default();
-        let arr = pixels.to_ndarray_with_options::<f32>(&ConvertOptions::new()).map_err(|e| PixelError::Decode(e.to_string()))?;
-        let values = match arr.shape()[3] {
-            1 => arr.index_axis(Axis(3), 0).to_owned(),
-            3 => arr.mean_axis(Axis(3)).ok_or_else(|| PixelError::Unsupported("empty color image".into()))?,
+        let mut arr = pixels.to_ndarray_with_options::<f32>(&ConvertOptions::new()).map_err(|e| PixelError::Decode(e.to_string()))?;
+        let (values, rgb) = match arr.shape()[3] {
+            1 => (arr.index_axis(Axis(3), 0).to_owned(), None),
+            3 => {
+                // Compressed colour decodes to RGB; native YBR_FULL is converted here (PS3.3
+                // C.7.6.3.1.2); other colour models are kept grey only.
+                let full = ((1u32 << pixels.bits_stored().clamp(1, 16)) - 1) as f32;
+                let colour = match photometric.as_str() {
+                    "RGB" => true,
+                    "YBR_FULL" => {
+                        ybr_full_to_rgb(&mut arr, full);
+                        true
+                    }
+                    _ => false,
+                };
+                let grey = arr.mean_axis(Axis(3)).ok_or_else(|| PixelError::Unsupported("empty color image".into()))?;
+                (grey, colour.then(|| arr.mapv(|v| v / full)))
+            }
             n => return Err(PixelError::Unsupported(format!("{n} samples per pixel"))),
         };
         if values.iter().any(|v| !v.is_finite()) {
             return Err(PixelError::Decode("non-finite pixel values".into()));
         }
-        Ok(Decoded { values, photometric, windows })
+        Ok(Decoded { values, photometric, windows, rgb })
+    }
+}
+
+/// YBR_FULL to RGB in place (PS3.3 C.7.6.3.1.2, the inverse of its equations), clamped to
+/// 0..`full`.
+fn ybr_full_to_rgb(arr: &mut ndarray::Array4<f32>, full: f32) {
+    let half = (full + 1.0) / 2.0;
+    for mut px in arr.lanes_mut(Axis(3)) {
+        let (y, cb, cr) = (px[0], px[1] - half, px[2] - half);
+        px[0] = (y + 1.402 * cr).clamp(0.0, full);
+        px[1] = (y - 0.344_136 * cb - 0.714_136 * cr).clamp(0.0, full);
+        px[2] = (y + 1.772 * cb).clamp(0.0, full);
     }
 }
 
@@ -116,22 +148,77 @@ pub enum WindowRule {
     Percentile([f64; 2]),
 }
 
+/// Where a model's channels come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Color {
+    /// The windowed grey image (MONOCHROME2), repeated over the channels, or one window per
+    /// channel.
+    #[default]
+    Grey,
+    /// The RGB planes of a colour image, as an image library gives them (no window).
+    Rgb,
+}
+
+/// The order of a model's input tensor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Layout {
+    /// [N, channels, rows, cols].
+    #[default]
+    Nchw,
+    /// [N, rows, cols, channels] (channels last).
+    Nhwc,
+}
+
+/// A manifest's word for one of `options`, or an error that lists them.
+pub fn one_of<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> {
+    options.iter().find(|(name, _)| *name == value).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+        format!("{value:?} is not {}", names.join(" or "))
+    })
+}
+
+impl TryFrom<String> for Color {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        one_of(&v, &[("grey", Color::Grey), ("rgb", Color::Rgb)])
+    }
+}
+
+impl TryFrom<String> for Layout {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        one_of(&v, &[("nchw", Layout::Nchw), ("nhwc", Layout::Nhwc)])
+    }
+}
+
 /// What a model needs as input, from its manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputSpec {
     pub rows: usize,
     pub cols: usize,
     pub channels: usize,
+    /// The grey image's window (with a window per channel, the first channel's): the heatmaps
+    /// are drawn over the frame in this window.
     pub window: WindowRule,
-    pub mean: f32,
-    pub std: f32,
+    /// One window per channel (e.g. brain, subdural and bone windows of a CT), else empty.
+    pub channel_windows: Vec<WindowRule>,
+    pub color: Color,
+    pub layout: Layout,
+    /// What white (full intensity) becomes: 1 (0..1) or 255 (0..255).
+    pub scale: f32,
+    /// Per channel, after scaling: (x - mean) / std.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 /// One frame as the model sees it.
 #[derive(Debug, Clone)]
 pub struct ModelInput {
     pub frame: usize,
-    /// channels x rows x cols values, row-major.
+    /// The frame's tensor in the model's layout (channels x rows x cols, or rows x cols x
+    /// channels), row-major.
     pub values: Vec<f32>,
     /// The frame's size before resizing: the class activation map registers to it.
     pub source_rows: usize,
@@ -159,19 +246,44 @@ impl Decoded {
         (windowed.index_axis_move(Axis(0), 0), w)
     }
 
-    /// Every frame as the model of `spec` sees it: windowed, MONOCHROME2, resized, replicated to
-    /// the model's channels and normalised.
-    pub fn model_inputs(&self, spec: &InputSpec) -> Vec<ModelInput> {
+    /// Every frame as the model of `spec` sees it: each channel's plane (the grey image
+    /// windowed and shown as MONOCHROME2, in the channel's own window if it has one, or an RGB
+    /// plane), resized, scaled, normalised with the channel's mean and std, laid out as the
+    /// model takes it. A model that takes RGB refuses a grey image.
+    pub fn model_inputs(&self, spec: &InputSpec) -> Result<Vec<ModelInput>, PixelError> {
         let (frames, source_rows, source_cols) = self.values.dim();
-        (0..frames)
+        if spec.color == Color::Rgb && self.rgb.is_none() {
+            return Err(PixelError::Unsupported(format!("the model takes RGB images; this one is {}", self.photometric)));
+        }
+        let at = |v: &[f32], c: usize| v.get(c).or(v.last()).copied().unwrap_or_default();
+        Ok((0..frames)
             .map(|frame| {
                 let (display, window) = self.display_frame(frame, spec.window);
-                let resized = resize(display.view(), spec.rows, spec.cols);
-                let plane: Vec<f32> = resized.iter().map(|x| (x - spec.mean) / spec.std).collect();
-                let values = plane.repeat(spec.channels);
+                let planes: Vec<Array2<f32>> = (0..spec.channels)
+                    .map(|c| match (&self.rgb, spec.color, spec.channel_windows.get(c)) {
+                        (Some(rgb), Color::Rgb, _) => resize(rgb.index_axis(Axis(0), frame).index_axis(Axis(2), c.min(2)), spec.rows, spec.cols),
+                        (_, _, Some(&rule)) => resize(self.display_frame(frame, rule).0.view(), spec.rows, spec.cols),
+                        _ => resize(display.view(), spec.rows, spec.cols),
+                    })
+                    .enumerate()
+                    .map(|(c, plane)| {
+                        let (mean, std) = (at(&spec.mean, c), at(&spec.std, c));
+                        plane.mapv_into(|x| (x * spec.scale - mean) / std)
+                    })
+                    .collect();
+                let values = match spec.layout {
+                    Layout::Nchw => planes.iter().flat_map(|p| p.iter().copied()).collect(),
+                    Layout::Nhwc => {
+                        let mut v = Vec::with_capacity(spec.channels * spec.rows * spec.cols);
+                        for (r, c) in (0..spec.rows).flat_map(|r| (0..spec.cols).map(move |c| (r, c))) {
+                            v.extend(planes.iter().map(|p| p[[r, c]]));
+                        }
+                        v
+                    }
+                };
                 ModelInput { frame, values, source_rows, source_cols, window }
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -216,16 +328,32 @@ pub fn to_monochrome2(windowed: &mut Array3<f32>, photometric: &str) {
 }
 
 /// Bilinear resize of one plane (pixel centres aligned, as in OpenCV/PyTorch align_corners=False).
+/// The source positions are computed in `f32` the way torch's CPU kernel computes them (scale =
+/// in / out; src = max(scale * (dst + 0.5) - 0.5, 0)), so that a sharp edge falls where it
+/// falls in a torch training pipeline. An empty plane resizes to zeros.
 pub fn resize(plane: ArrayView2<f32>, rows: usize, cols: usize) -> Array2<f32> {
     let (h, w) = plane.dim();
-    let sy = h as f64 / rows as f64;
-    let sx = w as f64 / cols as f64;
+    if h == 0 || w == 0 {
+        return Array2::zeros((rows, cols));
+    }
+    // Per output index: (first source index, second, weight of the second).
+    let axis = |input: usize, output: usize| -> Vec<(usize, usize, f32)> {
+        let scale = input as f32 / output as f32;
+        (0..output)
+            .map(|o| {
+                if input == output {
+                    return (o, o, 0.0);
+                }
+                let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(input - 1);
+                let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+                (i0, i1, (src - i0 as f32).clamp(0.0, 1.0))
+            })
+            .collect()
+    };
+    let (ys, xs) = (axis(h, rows), axis(w, cols));
     Array2::from_shape_fn((rows, cols), |(r, c)| {
-        let y = ((r as f64 + 0.5) * sy - 0.5).clamp(0.0, (h - 1) as f64);
-        let x = ((c as f64 + 0.5) * sx - 0.5).clamp(0.0, (w - 1) as f64);
-        let (y0, x0) = (y.floor() as usize, x.floor() as usize);
-        let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
-        let (fy, fx) = ((y - y0 as f64) as f32, (x - x0 as f64) as f32);
+        let ((y0, y1, fy), (x0, x1, fx)) = (ys[r], xs[c]);
         let top = plane[[y0, x0]] * (1.0 - fx) + plane[[y0, x1]] * fx;
         let bottom = plane[[y1, x0]] * (1.0 - fx) + plane[[y1, x1]] * fx;
         top * (1.0 - fy) + bottom * fy
@@ -279,5 +407,78 @@ mod tests {
         let out = apply_window(&v, w);
         assert_eq!(out[[0, 0, 0]], 0.0);
         assert!(out[[0, 9, 9]] >= 0.99);
+    }
+
+    fn spec(channels: usize) -> InputSpec {
+        InputSpec {
+            rows: 2,
+            cols: 3,
+            channels,
+            window: WindowRule::Fixed(Window { center: 50.5, width: 101.0 }),
+            channel_windows: Vec::new(),
+            color: Color::Grey,
+            layout: Layout::Nchw,
+            scale: 1.0,
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+        }
+    }
+
+    /// A 2 x 3 grey frame whose values the window 50.5/101 maps to value / 100.
+    fn grey() -> Decoded {
+        let values = Array3::from_shape_vec((1, 2, 3), vec![0.0, 10.0, 20.0, 30.0, 40.0, 100.0]).unwrap();
+        Decoded { values, photometric: "MONOCHROME2".into(), windows: Vec::new(), rgb: None }
+    }
+
+    #[test]
+    fn grey_repeated_scaled_and_normalised_per_channel() {
+        let d = grey();
+        let one = d.model_inputs(&spec(1)).unwrap();
+        let plane = [0.0f32, 0.1, 0.2, 0.3, 0.4, 1.0];
+        assert!(one[0].values.iter().zip(plane).all(|(a, b)| (a - b).abs() < 1e-6), "{:?}", one[0].values);
+        // Three channels, 0..255, each channel its own mean and std.
+        let s = InputSpec { scale: 255.0, mean: vec![10.0, 20.0, 30.0], std: vec![2.0, 4.0, 5.0], ..spec(3) };
+        let three = &d.model_inputs(&s).unwrap()[0].values;
+        assert_eq!(three.len(), 18);
+        for c in 0..3 {
+            for (i, p) in plane.iter().enumerate() {
+                let want = (p * 255.0 - s.mean[c]) / s.std[c];
+                assert!((three[c * 6 + i] - want).abs() < 1e-4, "channel {c} pixel {i}: {} vs {want}", three[c * 6 + i]);
+            }
+        }
+        // NHWC: the same values, channels last.
+        let nhwc = &d.model_inputs(&InputSpec { layout: Layout::Nhwc, ..s.clone() }).unwrap()[0].values;
+        for c in 0..3 {
+            for i in 0..6 {
+                assert_eq!(nhwc[i * 3 + c], three[c * 6 + i]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_per_channel_and_rgb_planes() {
+        let d = grey();
+        let narrow = WindowRule::Fixed(Window { center: 10.5, width: 21.0 });
+        let s = InputSpec { channel_windows: vec![spec(1).window, narrow, WindowRule::Percentile([0.0, 100.0])], ..spec(3) };
+        let v = &d.model_inputs(&s).unwrap()[0].values;
+        assert!((v[1] - 0.1).abs() < 1e-6 && (v[5] - 1.0).abs() < 1e-6, "the first channel's window: {v:?}");
+        assert!(v[6] == 0.0 && (v[7] - 0.5).abs() < 1e-6 && v[8] == 1.0, "the narrow window: {v:?}");
+        assert!(v[12] == 0.0 && v[17] >= 0.99, "the percentile window: {v:?}");
+        // A grey image given to an RGB model is refused; an RGB one gives its planes.
+        let rgb = InputSpec { color: Color::Rgb, ..spec(3) };
+        assert!(matches!(d.model_inputs(&rgb), Err(PixelError::Unsupported(_))));
+        let planes = ndarray::Array4::from_shape_fn((1, 2, 3, 3), |(_, r, c, k)| (r * 3 + c) as f32 / 10.0 + k as f32);
+        let colour = Decoded { rgb: Some(planes), photometric: "RGB".into(), ..grey() };
+        let v = &colour.model_inputs(&rgb).unwrap()[0].values;
+        assert!((v[4] - 0.4).abs() < 1e-6 && (v[6 + 4] - 1.4).abs() < 1e-6 && (v[12 + 5] - 2.5).abs() < 1e-6, "{v:?}");
+    }
+
+    #[test]
+    fn ybr_full_converts_to_rgb() {
+        // Pure grey stays grey; Cr above the middle is red.
+        let mut a = ndarray::Array4::from_shape_vec((1, 1, 2, 3), vec![100.0, 128.0, 128.0, 76.0, 85.0, 255.0]).unwrap();
+        ybr_full_to_rgb(&mut a, 255.0);
+        assert_eq!((a[[0, 0, 0, 0]], a[[0, 0, 0, 1]], a[[0, 0, 0, 2]]), (100.0, 100.0, 100.0));
+        assert!(a[[0, 0, 1, 0]] > 250.0 && a[[0, 0, 1, 1]] < 5.0 && a[[0, 0, 1, 2]] < 5.0, "{a:?}");
     }
 }

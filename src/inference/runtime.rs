@@ -87,6 +87,8 @@ pub struct Model {
     module: CModule,
     device: Device,
     half: bool,
+    /// The model takes a float16 input tensor (its manifest's `input.dtype`).
+    half_input: bool,
 }
 
 impl Model {
@@ -103,7 +105,14 @@ impl Model {
         if half {
             module.to(device, Kind::Half, false);
         }
-        Ok(Model { module, device, half })
+        Ok(Model { module, device, half, half_input: false })
+    }
+
+    /// Give the model its input as float16 (`input.dtype = "float16"`: the values rounded to
+    /// the nearest half, as `tensor.half()` does), whatever the device.
+    pub fn with_half_input(mut self, half_input: bool) -> Model {
+        self.half_input = half_input;
+        self
     }
 
     pub fn device(&self) -> Device {
@@ -115,15 +124,16 @@ impl Model {
         self.half
     }
 
-    /// Run a batch of `shape` = [N, C, H, W] from `input` (N*C*H*W values, row-major). A model
-    /// returning a tuple (e.g. probabilities and a class activation map) gives several outputs.
+    /// Run a batch of `shape` ([N, C, H, W] or [N, H, W, C], as the manifest's layout says) from
+    /// `input` (its values, row-major). A model returning a tuple (e.g. probabilities and a
+    /// class activation map) gives several outputs.
     pub fn forward(&self, input: &[f32], shape: [i64; 4]) -> Result<Vec<Output>, RuntimeError> {
         if shape.iter().product::<i64>() != input.len() as i64 {
             return Err(RuntimeError::Shape { len: input.len(), shape });
         }
         let _guard = tch::no_grad_guard();
         let mut x = Tensor::from_slice(input).reshape(shape).to_device(self.device);
-        if self.half {
+        if self.half || self.half_input {
             x = x.to_kind(Kind::Half);
         }
         let out = self.module.forward_is(&[IValue::Tensor(x)]).map_err(|e| RuntimeError::Forward(first_line(&e.to_string())))?;
@@ -147,7 +157,15 @@ impl Model {
 }
 
 /// libtorch errors carry a C++ backtrace after the first line; the first line says what failed.
+/// An exception raised inside a TorchScript model says so on its first line and gives its own
+/// message (e.g. "RuntimeError: expected ...") after the TorchScript traceback: that line.
 fn first_line(text: &str) -> String {
+    if text.contains("The following operation failed in the TorchScript interpreter") {
+        let raised = text.lines().map(str::trim).rfind(|l| l.split_once(": ").is_some_and(|(kind, _)| kind.ends_with("Error") || kind.ends_with("Exception")));
+        if let Some(line) = raised {
+            return format!("the model raised {line}");
+        }
+    }
     text.lines().next().unwrap_or(text).to_string()
 }
 

@@ -241,7 +241,9 @@ impl Publisher {
             let code = coded_finding(Some(manifest), &f.label);
             // Stable for the same study, model and label: a re-triage tracks the same finding.
             let tracking = |what: &str| uid(root, &[&study_uid, &result.model, &f.label, what]);
-            let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).ok();
+            // A model without a class activation map gives findings without one (0 x 0): no
+            // region, no Parametric Map, no Secondary Capture.
+            let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).ok().filter(|c| !c.is_empty());
             let (rows, cols) =
                 (number(&key_header, tags::ROWS).unwrap_or(f.source_rows as usize), number(&key_header, tags::COLUMNS).unwrap_or(f.source_cols as usize));
             let geometry = pm::Geometry::of(&key_header);
@@ -297,7 +299,7 @@ impl Publisher {
                     frame: None,
                 });
             }
-            if f.positive && self.settings.heatmap.contains(&HeatmapObject::SecondaryCapture) {
+            if f.positive && cam.is_some() && self.settings.heatmap.contains(&HeatmapObject::SecondaryCapture) {
                 let sc_uid = base(&format!("sc {}", f.label));
                 match heatmap_picture(&key_path, manifest, result, f, self.settings.heatmap_max_size) {
                     Ok(rgb) => {
@@ -554,6 +556,9 @@ fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::Finding, ma
     let decoded = image.decode().map_err(|e| e.to_string())?;
     // A finding holds the map of its own label only.
     let cam = ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).map_err(|e| e.to_string())?;
+    if cam.is_empty() {
+        return Err("the model gives no class activation map for this finding".into());
+    }
     Ok(sc::render(&heatmap::over_frame(&decoded, f.key_frame as usize, spec.window, cam, max), label))
 }
 

@@ -201,7 +201,8 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
             continue;
         }
         let o = &m.outputs;
-        for (label_index, label) in o.labels.iter().enumerate() {
+        // The negative class (e.g. "normal") is never a finding.
+        for (label_index, label) in o.findings() {
             let values: Vec<f32> = mine.iter().map(|s| s.probabilities.get(label_index).copied().unwrap_or(0.0)).collect();
             let Some((p, key, run)) = aggregate_span(&m.aggregate.method, m.aggregate.k, &values) else { continue };
             let key = mine[key];

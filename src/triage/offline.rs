@@ -68,8 +68,11 @@ pub async fn triage_file(engine: &Engine, path: &Path, only: Option<&str>, tiers
             return Ok((image.attrs.modality.clone(), None));
         }
         let decoded = image.decode().map_err(|e| e.to_string())?;
-        let per_model: Vec<(usize, Vec<ModelInput>)> =
-            models.iter().map(|&m| (m, decoded.model_inputs(&manifests[m].input.spec(&image.attrs.modality)))).collect();
+        let per_model: Vec<(usize, Vec<ModelInput>)> = models
+            .iter()
+            .map(|&m| decoded.model_inputs(&manifests[m].input.spec(&image.attrs.modality)).map(|inputs| (m, inputs)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         Ok((image.attrs.modality.clone(), Some((decoded, per_model))))
     })
     .await
@@ -115,11 +118,12 @@ pub async fn triage_file(engine: &Engine, path: &Path, only: Option<&str>, tiers
         }
         let o = &manifest.outputs;
         let mut findings = Vec::new();
-        for (li, label) in o.labels.iter().enumerate() {
+        for (li, label) in o.findings() {
             let values: Vec<f32> = outputs.iter().map(|x| x.probabilities[li]).collect();
             let Some((p, key)) = aggregate(&manifest.aggregate.method, manifest.aggregate.k, &values) else { continue };
             let positive = p >= o.positive[li];
-            let rendered = heatmaps.then(|| {
+            // A model without a class activation map: findings without a heatmap.
+            let rendered = (heatmaps && outputs[key].cam_rows * outputs[key].cam_cols > 0).then(|| {
                 let k = &outputs[key];
                 let cells = k.cam_rows * k.cam_cols;
                 let cam = ArrayView2::from_shape((k.cam_rows, k.cam_cols), &k.cam[li * cells..(li + 1) * cells]).expect("cam shape");
@@ -190,7 +194,7 @@ pub async fn bench(engine: &Engine, model: usize, files: &[PathBuf], batch: usiz
     let prepare = |path: &Path| -> Result<Vec<f32>, String> {
         let image = Image::open(path).map_err(|e| e.to_string())?;
         let decoded = image.decode().map_err(|e| e.to_string())?;
-        let mut inputs = decoded.model_inputs(&manifest.input.spec(&image.attrs.modality));
+        let mut inputs = decoded.model_inputs(&manifest.input.spec(&image.attrs.modality)).map_err(|e| e.to_string())?;
         Ok(inputs.swap_remove(0).values)
     };
     let run = |chunk: &[PathBuf]| {

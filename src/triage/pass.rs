@@ -214,7 +214,7 @@ fn prepare(path: &std::path::Path, manifests: &[Manifest]) -> Result<Vec<Prepare
     let mut out = Vec::new();
     for m in models {
         let spec = manifests[m].input.spec(&image.attrs.modality);
-        out.extend(decoded.model_inputs(&spec).into_iter().map(|input| Prepared { model: m, input }));
+        out.extend(decoded.model_inputs(&spec)?.into_iter().map(|input| Prepared { model: m, input }));
     }
     Ok(out)
 }

@@ -135,7 +135,7 @@ fn model_input_matches_the_training_pipeline() {
             std::process::Command::new(&py).arg(repo().join("scripts/train-demo-model.py")).arg("model-input").arg(&file).arg(&reference).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let theirs = read_f32(&reference);
-        let ours = decode(&file).unwrap().model_inputs(&spec);
+        let ours = decode(&file).unwrap().model_inputs(&spec).unwrap();
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].values.len(), theirs.len());
         let max_diff = ours[0].values.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -163,9 +163,119 @@ fn ct_model_input_matches_its_training_pipeline() {
         let out = std::process::Command::new(&py).arg(&script).arg("model-input").arg(&file).arg(&reference).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let theirs = read_f32(&reference);
-        let ours = decode(&file).unwrap().model_inputs(&spec);
+        let ours = decode(&file).unwrap().model_inputs(&spec).unwrap();
         assert_eq!((ours.len(), ours[0].values.len()), (1, theirs.len()));
         let max_diff = ours[0].values.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(max_diff < 1e-5, "{}: model input differs from the training pipeline by {max_diff}", file.display());
+    }
+}
+
+/// A manifest of the tiny fixtures with this `[input]` section.
+fn manifest_with(dir: &Path, name: &str, input: &str) -> triage_node::inference::package::Manifest {
+    let text = format!(
+        "name = \"{name}\"\nversion = \"1\"\nintended_use = \"test\"\nlimits = \"test\"\n[routing]\nmodalities = [\"CT\", \"CR\", \"OT\"]\n[input]\n{input}\n\
+         [outputs]\nlabels = [\"a\"]\npositive = [0.5]\nurgent = [0.9]\nprobabilities = 0\n[aggregate]\nmethod = \"max\"\n"
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    triage_node::inference::package::Manifest::load(&path).unwrap()
+}
+
+/// Invariant 0 for every input layout a manifest can declare: NCHW or NHWC, one channel or
+/// three (the grey image repeated, a window per channel, the RGB planes of a colour image),
+/// 0..1 or 0..255, per-channel mean/std, float32 or float16. The node's input (its values, and
+/// the tensor the model receives: an identity TorchScript model hands it back) equals a numpy +
+/// torch pipeline's (tests/peers/pydicom_reference.py) within 1e-5, or float16's rounding.
+#[test]
+fn every_input_layout_matches_a_torch_pipeline() {
+    let Some(py) = python() else { return };
+    let Some(data) = testdata() else { return };
+    let identity = data.join("models/identity.pt");
+    if !require("the identity TorchScript model (scripts/setup-test-env.sh)", identity.is_file()) {
+        return;
+    }
+    use triage_node::inference::package::Dtype;
+    use triage_node::inference::runtime::{DeviceChoice, Model};
+    let dir = tempfile::tempdir().unwrap();
+    let rgb_file = dir.path().join("rgb.dcm");
+    let out = std::process::Command::new(&py).arg(repo().join("tests/peers/pydicom_reference.py")).arg("rgb-file").arg(&rgb_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let imagenet = "mean = [123.675, 116.28, 103.53]\nstd = [58.395, 57.12, 57.375]";
+    let three_windows = "window = { CT = [{ center = 40, width = 80 }, { center = 80, width = 200 }, { center = 600, width = 2800 }] }";
+    // (name, file, modality, [input] lines, the same as the reference's spec)
+    let cases = [
+        (
+            "ct_windows_nhwc_255",
+            ts("ct_explicit_le.dcm"),
+            "CT",
+            format!("size = [24, 20]\nchannels = 3\nlayout = \"nhwc\"\nrange = \"0..255\"\n{three_windows}\n{imagenet}"),
+            serde_json::json!({"size": [24, 20], "channels": 3, "windows": [[40, 80], [80, 200], [600, 2800]], "scale": 255,
+                "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "layout": "nhwc"}),
+        ),
+        (
+            "ct_windows_nchw_half",
+            ts("ct_explicit_le.dcm"),
+            "CT",
+            format!("size = [33, 64]\nchannels = 3\ndtype = \"float16\"\n{three_windows}\nmean = [0.1, 0.2, 0.3]\nstd = [0.5, 0.25, 2.0]"),
+            serde_json::json!({"size": [33, 64], "channels": 3, "windows": [[40, 80], [80, 200], [600, 2800]],
+                "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0], "dtype": "float16"}),
+        ),
+        (
+            "cr_grey_repeated_nhwc_half_255",
+            ts("cr_explicit_le.dcm"),
+            "CR",
+            "size = [40, 30]\nchannels = 3\nlayout = \"nhwc\"\nrange = \"0..255\"\ndtype = \"float16\"\nwindow = { CR = { center = 14000, width = 20000 } }\nmean = 127.5\nstd = 64.0".to_string(),
+            serde_json::json!({"size": [40, 30], "channels": 3, "windows": [[14000, 20000]], "scale": 255, "mean": [127.5, 127.5, 127.5],
+                "std": [64.0, 64.0, 64.0], "layout": "nhwc", "dtype": "float16"}),
+        ),
+        (
+            "rgb_nchw_unit",
+            rgb_file.clone(),
+            "OT",
+            "size = [32, 48]\nchannels = 3\ncolor = \"rgb\"\nmean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]".to_string(),
+            serde_json::json!({"size": [32, 48], "channels": 3, "rgb": true, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}),
+        ),
+        (
+            "rgb_nhwc_255_half",
+            rgb_file.clone(),
+            "OT",
+            format!("size = [16, 16]\nchannels = 3\ncolor = \"rgb\"\nlayout = \"nhwc\"\nrange = \"0..255\"\ndtype = \"float16\"\n{imagenet}"),
+            serde_json::json!({"size": [16, 16], "channels": 3, "rgb": true, "scale": 255, "mean": [123.675, 116.28, 103.53],
+                "std": [58.395, 57.12, 57.375], "layout": "nhwc", "dtype": "float16"}),
+        ),
+    ];
+    let jobs: Vec<serde_json::Value> =
+        cases.iter().map(|(name, file, _, _, spec)| serde_json::json!({"file": file, "spec": spec, "out": dir.path().join(format!("{name}.f32"))})).collect();
+    let jobs_file = dir.path().join("jobs.json");
+    std::fs::write(&jobs_file, serde_json::to_vec(&jobs).unwrap()).unwrap();
+    let out = std::process::Command::new(&py).arg(repo().join("tests/peers/pydicom_reference.py")).arg("model-inputs").arg(&jobs_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cpu = DeviceChoice::Cpu.resolve().unwrap();
+    for (name, file, modality, input, _) in &cases {
+        let manifest = manifest_with(dir.path(), name, input);
+        let theirs = read_f32(&dir.path().join(format!("{name}.f32")));
+        let ours = decode(file).unwrap().model_inputs(&manifest.input.spec(modality)).unwrap();
+        let half = manifest.input.dtype == Dtype::Float16;
+        // What the model receives: the identity model returns its input tensor (as float32).
+        let model = Model::load(&identity, cpu, false).unwrap().with_half_input(half);
+        let shape = manifest.input.shape(1);
+        let received = model.forward(&ours[0].values, shape).unwrap().remove(0);
+        assert_eq!(received.shape, shape, "{name}");
+        assert_eq!(received.values.len(), theirs.len(), "{name}");
+        // Within 1e-5; float16 keeps 11 significant bits, so values a rounding boundary apart
+        // may round to neighbouring halves (one unit in the last place: |x| / 1024 at most).
+        let tolerance = |x: f32| if half { (x.abs() * 2f32.powi(-10)).max(1e-5) } else { 1e-5 };
+        let worst = received.values.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / tolerance(*b)).fold(0.0f32, f32::max);
+        assert!(worst <= 1.0, "{name}: the tensor the model receives differs from the training pipeline's by {worst} x the tolerance");
+        let exact = received.values.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+        if half {
+            eprintln!(
+                "{name}: shape {shape:?} float16, {exact} of {} values identical to the pipeline's, the others one half-precision step apart",
+                theirs.len()
+            );
+        } else {
+            let max_diff = ours[0].values.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            eprintln!("{name}: shape {shape:?} float32, max |diff| {max_diff:.2e}");
+        }
     }
 }

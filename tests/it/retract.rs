@@ -47,7 +47,7 @@ fn received(dir: &Path) -> Vec<Value> {
 import json, sys, pydicom
 for path in sys.argv[1:]:
     d = pydicom.dcmread(path)
-    o = {"class": str(d.SOPClassUID), "instance": str(d.SOPInstanceUID), "study": str(d.StudyInstanceUID), "patient": str(d.get("PatientID", ""))}
+    o = {"class": str(d.SOPClassUID), "instance": str(d.SOPInstanceUID), "study": str(d.StudyInstanceUID), "patient": str(d.get("PatientID", "")), "path": path}
     if "ConceptNameCodeSequence" in d and "CurrentRequestedProcedureEvidenceSequence" in d:
         o["title"] = [d.ConceptNameCodeSequence[0].CodeValue, d.ConceptNameCodeSequence[0].CodingSchemeDesignator]
         o["rejects"] = sorted(str(i.ReferencedSOPInstanceUID) for s in d.CurrentRequestedProcedureEvidenceSequence
@@ -115,6 +115,9 @@ fn an_admin_retracts_on_the_cli_the_pacs_gets_a_rejection_note_and_the_ris_a_cor
     assert_eq!(note["rejects"], serde_json::json!(sent));
     assert_eq!(note["study"], study_uid_of(&file).as_str(), "filed in the original study");
     assert_eq!(note["patient"], before[0]["patient"]);
+    let note_file = Path::new(note["path"].as_str().unwrap());
+    assert!(dciodvfy_errors(note_file).is_empty(), "{:?}", dciodvfy_errors(note_file));
+    assert!(pixelmed_errors(note_file).is_empty(), "{:?}", pixelmed_errors(note_file));
 
     // The RIS gets a correction withdrawing what it was told, for the same patient.
     wait_until("the correction at the RIS", Duration::from_secs(60), || messages().len() == 2);

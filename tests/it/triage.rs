@@ -255,3 +255,160 @@ fn evaluate_reports_roc_auc_and_a_threshold_sweep() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The manifest of tiny_logits.pt (tests/peers/make_tiny_model.py): a softmax classifier of
+/// three CT windows, NHWC, 0..255, float16, without a class activation map.
+const SOFTMAX: &str = r#"
+name = "softmax"
+version = "0.1"
+intended_use = "Test fixture: a softmax classifier."
+limits = "Not a medical device; fixed weights."
+[routing]
+modalities = ["CT"]
+[input]
+size = [24, 20]
+channels = 3
+layout = "nhwc"
+range = "0..255"
+dtype = "float16"
+window = { CT = [{ center = 40, width = 80 }, { center = 80, width = 200 }, { center = 600, width = 2800 }] }
+mean = [123.675, 116.28, 103.53]
+std = [58.395, 57.12, 57.375]
+[outputs]
+labels = ["normal", "bleed", "fracture"]
+negative = "normal"
+activation = "softmax"
+positive = [1.0, 0.3, 0.3]
+urgent = [1.0, 0.9, 0.99]
+probabilities = 0
+[aggregate]
+method = "max"
+"#;
+
+/// `models/softmax/` holding tiny_logits.pt and `manifest`; returns the package folder.
+fn softmax_package(models: &std::path::Path, logits: &std::path::Path, manifest: &str) -> PathBuf {
+    let package = models.join("softmax");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::copy(logits, package.join("model.pt")).unwrap();
+    std::fs::write(package.join("model.toml"), manifest).unwrap();
+    package
+}
+
+/// A softmax classifier as most are published: logits only (no class activation map), a
+/// negative class, a float16 NHWC input of three CT windows at 0..255 with per-channel mean/std.
+/// `triage-node infer` gives the probabilities Python gets from the same model on the training
+/// pipeline's input, never reports the negative class, and draws no heatmap.
+#[test]
+fn infer_applies_softmax_to_logits_and_never_reports_the_negative_class() {
+    let Some(py) = python() else { return };
+    let Some(data) = testdata() else { return };
+    let logits = data.join("models/tiny_logits.pt");
+    if !require("the tiny logits TorchScript model (scripts/setup-test-env.sh)", logits.is_file()) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let package = softmax_package(&root.path().join("models"), &logits, SOFTMAX);
+    let manifest = SOFTMAX;
+    let file = testdata().unwrap().join("ts/ct_explicit_le.dcm");
+    let spec = serde_json::json!({"size": [24, 20], "channels": 3, "windows": [[40, 80], [80, 200], [600, 2800]], "scale": 255,
+        "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "layout": "nhwc", "dtype": "float16"});
+    let spec_file = root.path().join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = std::process::Command::new(&py)
+        .arg(repo().join("tests/peers/pydicom_reference.py"))
+        .arg("model-input")
+        .arg(&file)
+        .arg(&spec_file)
+        .arg(root.path().join("input.f32"))
+        .arg(&logits)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let python: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Vec<f64> = python["softmax"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+
+    let models = format!("models_dir = \"{}\"", root.path().join("models").display());
+    let heat = root.path().join("heat");
+    let (ok, lines, err) = infer_json(&[file.to_str().unwrap(), "--heatmaps", heat.to_str().unwrap()], &models);
+    assert!(ok, "{err}");
+    let r = &lines[0]["results"][0];
+    assert_eq!(r["model"], "softmax", "{}", lines[0]);
+    let findings = r["findings"].as_array().unwrap();
+    let labels: Vec<&str> = findings.iter().map(|f| f["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["bleed", "fracture"], "the negative class is never a finding");
+    for (f, p) in findings.iter().zip(&expected[1..]) {
+        let got = f["probability"].as_f64().unwrap();
+        assert!((got - p).abs() < 1e-5, "{}: infer {got}, Python {p}", f["label"]);
+        assert_eq!(f["positive"].as_bool().unwrap(), got >= 0.3);
+        assert!(f["heatmap"].is_null(), "no class activation map, no heatmap: {f}");
+    }
+    eprintln!("softmax over logits: infer {:?}, Python {expected:?}", findings.iter().map(|f| f["probability"].as_f64().unwrap()).collect::<Vec<_>>());
+
+    // The same model declared NCHW is refused at start, naming the file: the model would get
+    // a tensor it was not trained on.
+    std::fs::write(package.join("model.toml"), manifest.replace("layout = \"nhwc\"", "layout = \"nchw\"")).unwrap();
+    let (ok, _, err) = infer_json(&[file.to_str().unwrap()], &models);
+    assert!(!ok && err.contains("softmax/model.pt") && err.contains("NHWC"), "{err}");
+}
+
+/// A model without a class activation map in the node: its positive finding is saved without a
+/// map (0 x 0), the PACS gets the SR and no Parametric Map or Secondary Capture, and the study
+/// view offers no heatmap; the negative class is no finding.
+#[test]
+fn a_model_without_a_cam_gives_findings_without_heatmaps() {
+    if !peers_ready() {
+        return;
+    }
+    let logits = testdata().unwrap().join("models/tiny_logits.pt");
+    if !require("the tiny logits TorchScript model (scripts/setup-test-env.sh)", logits.is_file()) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    softmax_package(&work.path().join("models"), &logits, SOFTMAX);
+    let received = tempfile::tempdir().unwrap();
+    let (pacs, pacs_port) = storescp(received.path());
+    let _pacs = Killed(pacs);
+    let node = Node::start(NodeOptions {
+        inference: vec![format!("models_dir = \"{}\"", work.path().join("models").display())],
+        ingest: vec!["study_quiet_period = \"1s\"".into()],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        ..Default::default()
+    });
+    assert!(node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]).status.success());
+    let file = testdata().unwrap().join("ts/ct_explicit_le.dcm");
+    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let results = wait_results(&rt, &db, &[deid_uid(&study_uid_of(&file))], Duration::from_secs(30), &node);
+    let r = &results[0][0];
+    assert_eq!((r.model.as_str(), r.state.as_str()), ("softmax", "triaged"), "{r:?}");
+    let labels: Vec<&str> = r.findings.iter().map(|f| f.label.as_str()).collect();
+    assert_eq!(labels, ["bleed", "fracture"]);
+    assert!(r.findings.iter().all(|f| f.cam_rows == 0 && f.cam_cols == 0 && f.cam.is_empty()), "{r:?}");
+    assert!(r.findings[1].positive, "fracture is positive: {r:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.log().contains("AI report delivered") {
+        assert!(Instant::now() < deadline, "no report delivered: {}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let files = walk(received.path());
+    assert_eq!(files.len(), 1, "the SR alone, no heatmap objects: {files:?}");
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&std::fs::read(&files[0]).unwrap()[128..]).unwrap();
+    let class = meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    assert!(class.starts_with("1.2.840.10008.5.1.4.1.1.88."), "an SR: {class}");
+    // The study view: findings without heatmap links, and only the SR among the objects.
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}{path}", node.http_port.unwrap());
+        client.get(url).bearer_auth(READER_TOKEN).send().unwrap().json().unwrap()
+    };
+    let id = get("/api/worklist")["items"][0]["study_id"].as_i64().unwrap();
+    let study = get(&format!("/api/studies/{id}"));
+    let findings = study["results"][0]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2, "{study}");
+    assert!(findings.iter().all(|f| f["heatmap"].is_null()), "{study}");
+    let kinds: Vec<&str> = study["objects"].as_array().unwrap().iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["sr"], "{study}");
+}

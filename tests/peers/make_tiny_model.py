@@ -1,11 +1,15 @@
 """A tiny TorchScript model and its outputs on a fixed input, computed by Python torch, so the
 Rust runtime's forward pass can be compared with PyTorch's own (tests/torch_runtime.rs).
 
-  make_tiny_model.py OUT_DIR   writes tiny.pt and tiny_expected.json, and tiny_slow.pt
+  make_tiny_model.py OUT_DIR   writes tiny.pt and tiny_expected.json, tiny_slow.pt,
+                               identity.pt and tiny_logits.pt
 The model: a 3x3 convolution to 2 class maps, ReLU, then (per-class probabilities by sigmoid of
 the spatial mean, the class activation maps): the shape of the node's model outputs.
 tiny_slow.pt: the same outputs after a second or two of matrix products per forward pass, so
 that the cluster tests can stop a node while its study job is certainly still running.
+identity.pt: returns its input as float32, whatever its shape and type: the tensor a model gets.
+tiny_logits.pt: a softmax classifier's shape: takes a float16 NHWC batch [N, H, W, 3] (refuses
+anything else) and returns logits [N, 3] alone, no class activation map.
 """
 import json
 import os
@@ -38,6 +42,24 @@ class Slow(torch.nn.Module):
         return probs + 0.0 * y.mean(), cam
 
 
+class Identity(torch.nn.Module):
+    def forward(self, x):
+        return x.float()
+
+
+class Logits(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.tensor([[2.0, -1.0, 0.5], [-1.5, 3.0, 0.0], [0.5, 0.5, -2.0]]))
+        self.register_buffer("b", torch.tensor([0.1, -0.2, 0.3]))
+
+    def forward(self, x):
+        if x.dtype != torch.float16 or x.dim() != 4 or x.size(3) != 3:
+            raise RuntimeError("expected a float16 NHWC batch of 3 channels")
+        m = x.float().mean(dim=(1, 2))
+        return m @ self.w + self.b
+
+
 torch.manual_seed(7)
 model = Tiny().eval()
 out = sys.argv[1]
@@ -45,6 +67,8 @@ os.makedirs(out, exist_ok=True)
 scripted = torch.jit.script(model)
 scripted.save(os.path.join(out, "tiny.pt"))
 torch.jit.script(Slow(model).eval()).save(os.path.join(out, "tiny_slow.pt"))
+torch.jit.script(Identity().eval()).save(os.path.join(out, "identity.pt"))
+torch.jit.script(Logits().eval()).save(os.path.join(out, "tiny_logits.pt"))
 shape = [2, 1, 8, 8]
 x = (torch.arange(128, dtype=torch.float32).reshape(shape) / 127.0)
 with torch.no_grad():
