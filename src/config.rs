@@ -47,7 +47,171 @@ pub struct Settings {
     pub query: QuerySettings,
     pub http: HttpSettings,
     pub hl7: Hl7Settings,
+    pub notify: NotifySettings,
     pub log: LogSettings,
+}
+
+/// Notifications of studies a rule matches (URGENT by default), through the outbox: a
+/// de-identified JSON document POSTed to each matching webhook, once per study and rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    pub enabled: bool,
+    /// The worklist page as readers reach it (`https://triage.example/`): a notification links
+    /// to the study there (`<link_base>#/study/<id>`). Empty: no link.
+    pub link_base: String,
+    /// One POST may take this long (connect, send, the answer's head).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub webhooks: Vec<WebhookRule>,
+}
+
+/// One webhook and which studies it is told about.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRule {
+    /// Unique; the outbox destination is `webhook:<name>`. Letters, digits, `-` and `_`.
+    pub name: String,
+    /// `https://...`; plain `http://` only to a loopback host. Never logged.
+    pub url: String,
+    /// The study priorities that notify (default: urgent only).
+    #[serde(default = "urgent_only")]
+    pub priorities: Vec<NotifyPriority>,
+    /// Only studies where one of these models gave the priority; empty: any model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// A file holding a bearer token sent as `Authorization: Bearer ...` (read at each send).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for WebhookRule {
+    /// The URL's path and query may carry a secret (many webhook services put one there).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRule")
+            .field("name", &self.name)
+            .field("url", &redact_webhook_url(&self.url))
+            .field("priorities", &self.priorities)
+            .field("models", &self.models)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+fn urgent_only() -> Vec<NotifyPriority> {
+    vec![NotifyPriority::Urgent]
+}
+
+/// A study priority a notification rule can match.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum NotifyPriority {
+    #[serde(rename = "urgent", alias = "URGENT")]
+    Urgent,
+    #[serde(rename = "positive", alias = "POSITIVE")]
+    Positive,
+}
+
+impl NotifyPriority {
+    /// As the worklist spells it (`URGENT`, `POSITIVE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyPriority::Urgent => "URGENT",
+            NotifyPriority::Positive => "POSITIVE",
+        }
+    }
+}
+
+/// The outbox destination of a webhook rule's notifications.
+pub fn webhook_destination(name: &str) -> String {
+    format!("{WEBHOOK_PREFIX}{name}")
+}
+
+/// What every webhook destination starts with (an AE title cannot be one of them: see
+/// `NotifySettings::validate`).
+pub const WEBHOOK_PREFIX: &str = "webhook:";
+
+impl NotifySettings {
+    /// The rules in force (none when notifications are off).
+    pub fn rules(&self) -> &[WebhookRule] {
+        if self.enabled {
+            &self.webhooks
+        } else {
+            &[]
+        }
+    }
+
+    /// The rule a destination (`webhook:<name>`) names.
+    pub fn rule_for(&self, destination: &str) -> Option<&WebhookRule> {
+        let name = destination.strip_prefix(WEBHOOK_PREFIX)?;
+        self.rules().iter().find(|r| r.name == name)
+    }
+
+    /// Names unique and plain, URLs http(s) (https unless the host is loopback), no credentials
+    /// in a URL (a token file instead), a rule matches some priority.
+    pub fn validate(&self, destinations: &[AeTitle]) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.webhooks.is_empty() {
+            return Err("notify.enabled needs at least one [[notify.webhooks]] rule".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("notify.timeout must be above zero".into());
+        }
+        if !self.link_base.is_empty() {
+            let url = reqwest13::Url::parse(&self.link_base).map_err(|e| format!("notify.link_base: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err("notify.link_base must be an http(s) URL with a host".into());
+            }
+        }
+        for (i, rule) in self.webhooks.iter().enumerate() {
+            let name = &rule.name;
+            if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(format!("notify.webhooks: {name:?} must be 1 to 32 letters, digits, '-' or '_'"));
+            }
+            if self.webhooks[..i].iter().any(|r| r.name == *name) {
+                return Err(format!("notify.webhooks: the name {name:?} is used twice"));
+            }
+            if destinations.iter().any(|d| d.as_str() == webhook_destination(name)) {
+                return Err(format!("notify.webhooks: results.destinations names the AE {:?}, the webhook's outbox destination", webhook_destination(name)));
+            }
+            let url = reqwest13::Url::parse(&rule.url).map_err(|e| format!("notify.webhooks {name}: the url is not a URL ({e})"))?;
+            let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+                return Err(format!("notify.webhooks {name}: the url has no host"));
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+            match url.scheme() {
+                "https" => {}
+                "http" if loopback => {}
+                "http" => return Err(format!("notify.webhooks {name}: plain http only to a loopback host; use https")),
+                other => return Err(format!("notify.webhooks {name}: the url's scheme is {other:?}, not http(s)")),
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(format!("notify.webhooks {name}: no credentials in the url; put a bearer token in token_file"));
+            }
+            if rule.priorities.is_empty() {
+                return Err(format!("notify.webhooks {name}: priorities must not be empty"));
+            }
+            if rule.token_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(format!("notify.webhooks {name}: token_file is empty (leave it out for no token)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A webhook URL as settings print it: scheme, host and port; the path and query (where
+/// webhook services put their secrets) replaced.
+pub fn redact_webhook_url(url: &str) -> String {
+    match reqwest13::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = if u.path() == "/" && u.query().is_none() { "/" } else { "/<redacted>" };
+            format!("{}://{}{port}{rest}", u.scheme(), u.host_str().unwrap_or(""))
+        }
+        Err(_) => "<redacted>".into(),
+    }
 }
 
 /// ORU^R01 to the RIS over MLLP, through the outbox.
@@ -464,6 +628,10 @@ impl Settings {
             }
             self.hl7.mapping().validate().map_err(|reason| ConfigError::Invalid { key: "hl7", reason })?;
         }
+        self.notify.validate(&self.results.destinations).map_err(|reason| ConfigError::Invalid { key: "notify", reason })?;
+        if self.notify.enabled && self.delivery.lease < self.notify.timeout * 2 {
+            return Err(invalid("notify.timeout", "delivery.lease must be at least twice notify.timeout"));
+        }
         if self.inference.lease < Duration::from_secs(1) {
             return Err(invalid("inference.lease", "must be at least 1s"));
         }
@@ -535,6 +703,9 @@ impl Settings {
     pub fn redacted(&self) -> Settings {
         let mut s = self.clone();
         s.database.url = redact_url(&s.database.url);
+        for w in &mut s.notify.webhooks {
+            w.url = redact_webhook_url(&w.url);
+        }
         s
     }
 }
@@ -598,6 +769,50 @@ mod tests {
         assert_eq!(s.ingest.study_quiet_period, Duration::from_secs(10));
         assert!(s.database_url().starts_with("sqlite://"));
         assert!(s.database_url().contains("triage.db"));
+    }
+
+    #[test]
+    fn webhook_rules_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |notify: &str| {
+            let path = dir.path().join("n.toml");
+            std::fs::write(&path, format!("[notify]\nenabled = true\n{notify}")).unwrap();
+            Settings::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let rule = |name: &str, url: &str| format!("[[notify.webhooks]]\nname = \"{name}\"\nurl = \"{url}\"\n");
+        let s = load(&format!("link_base = \"https://triage.example/\"\n{}", rule("oncall", "https://hooks.example/t/SECRET?k=v"))).unwrap();
+        let w = &s.notify.rules()[0];
+        assert_eq!(w.priorities, [NotifyPriority::Urgent], "urgent by default");
+        assert!(w.models.is_empty() && w.token_file.is_none());
+        assert_eq!(s.notify.rule_for("webhook:oncall").map(|r| r.name.as_str()), Some("oncall"));
+        assert!(s.notify.rule_for("oncall").is_none() && s.notify.rule_for("webhook:other").is_none());
+        // The URL's secret path never prints.
+        assert!(!format!("{:?}", s.redacted()).contains("SECRET") && !format!("{s:?}").contains("SECRET"));
+        assert!(format!("{:?}", s.redacted()).contains("https://hooks.example/<redacted>"));
+        // Plain http only to loopback.
+        assert!(load(&rule("a", "http://127.0.0.1:9000/x")).is_ok());
+        assert!(load(&rule("a", "http://[::1]:9000/x")).is_ok());
+        assert!(load(&rule("a", "http://localhost/x")).is_ok());
+        assert!(load(&rule("a", "http://hooks.example/x")).unwrap_err().contains("https"));
+        assert!(load(&rule("a", "ftp://hooks.example/x")).unwrap_err().contains("scheme"));
+        assert!(load(&rule("a", "not a url")).unwrap_err().contains("not a URL"));
+        assert!(load(&rule("a", "https://user:pw@hooks.example/x")).unwrap_err().contains("token_file"));
+        // Names: unique, plain.
+        assert!(load(&format!("{}{}", rule("a", "https://h.example/1"), rule("a", "https://h.example/2"))).unwrap_err().contains("twice"));
+        assert!(load(&rule("on call", "https://h.example/1")).unwrap_err().contains("letters"));
+        assert!(load(&rule("", "https://h.example/1")).unwrap_err().contains("letters"));
+        // Enabled with no rule, an empty priority list, a bad link base, a timeout past the lease.
+        assert!(load("").unwrap_err().contains("at least one"));
+        assert!(load(&format!("{}priorities = []\n", rule("a", "https://h.example/1"))).unwrap_err().contains("priorities"));
+        assert!(load(&format!("{}priorities = [\"negative\"]\n", rule("a", "https://h.example/1"))).is_err());
+        let both = load(&format!("{}priorities = [\"urgent\", \"POSITIVE\"]\nmodels = [\"demo-nodule\"]\n", rule("a", "https://h.example/1"))).unwrap();
+        assert_eq!(both.notify.webhooks[0].priorities, [NotifyPriority::Urgent, NotifyPriority::Positive]);
+        assert!(load(&format!("link_base = \"file:///x\"\n{}", rule("a", "https://h.example/1"))).unwrap_err().contains("link_base"));
+        assert!(load(&format!("timeout = \"1h\"\n{}", rule("a", "https://h.example/1"))).unwrap_err().contains("lease"));
+        // Off: the rules are not in force (and not checked).
+        let path = dir.path().join("off.toml");
+        std::fs::write(&path, format!("[notify]\nenabled = false\n{}", rule("a", "http://hooks.example/x"))).unwrap();
+        assert!(Settings::load(Some(&path)).unwrap().notify.rules().is_empty());
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn publisher(ctx: &Start) -> crate::results::Publisher {
         node: ctx.core.node_id.clone(),
         wake: ctx.wake_outbox.clone(),
         hl7: ctx.settings.hl7.enabled,
+        notify: ctx.settings.notify.clone(),
     }
 }
 
@@ -264,7 +265,14 @@ fn spawn_workers(
     workers.spawn(
         StudyReadyWorker::new(db.clone(), settings.ingest.study_quiet_period).with_waker(study_wake).with_trusted_step_aes(&settings.ingest.mpps_trusted_aes),
     );
-    workers.spawn(OutboxWorker::new(&ctx.core, &settings.delivery, Some(&settings.hl7), settings.ingest.study_quiet_period, ctx.wake_outbox.clone()));
+    workers.spawn(OutboxWorker::new(
+        &ctx.core,
+        &settings.delivery,
+        Some(&settings.hl7),
+        &settings.notify,
+        settings.ingest.study_quiet_period,
+        ctx.wake_outbox.clone(),
+    ));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     let wake_jobs = Arc::new(tokio::sync::Notify::new());
     workers.spawn(crate::triage::StudyJobs::new(triage, Duration::from_millis(200), settings.inference.concurrent_studies).with_waker(wake_jobs.clone()));

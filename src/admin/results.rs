@@ -48,6 +48,7 @@ pub fn publisher(settings: &Settings, blobs: crate::blobs::Blobs) -> Publisher {
         node: settings.node_id(),
         wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         hl7: settings.hl7.enabled,
+        notify: settings.notify.clone(),
     }
 }
 

@@ -96,6 +96,9 @@ text_enum!(
         Kos = "kos",
         /// An HL7 ORU^R01 for the RIS (`hl7::Report`, rendered at sending).
         Hl7 = "hl7",
+        /// A notification of a study's triage to a webhook (`results::notify::Notice`, JSON sent
+        /// as written: de-identified).
+        Notice = "notice",
     }
 );
 

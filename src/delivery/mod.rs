@@ -6,6 +6,7 @@
 
 pub mod commitment;
 pub mod outbox;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

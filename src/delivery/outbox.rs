@@ -2,9 +2,10 @@
 //! batch in a lane of its own (a task; up to `delivery.lanes` at once; a destination in flight is
 //! not claimed again until its lane ends), so a slow or silent PACS or RIS holds only its own
 //! items. Items of urgent studies go first, then the oldest. A DICOM lane sends over one
-//! association, an HL7 lane one MLLP message after another; each outcome is recorded before the
-//! next item is sent: delivered; retry later with exponential backoff and jitter (connection
-//! failures, timeouts, rejections, Out of Resources); or dead with the reason (a refusal the peer
+//! association, an HL7 lane one MLLP message after another, a webhook lane one POST after
+//! another (`webhook`); each outcome is recorded before the next item is sent: delivered; retry
+//! later with exponential backoff and jitter (connection failures, timeouts, rejections, Out of
+//! Resources, a webhook's 5xx); or dead with the reason (a refusal the peer
 //! will repeat, a file that cannot be read, or too many attempts). Items a lane did not attempt
 //! (the peer broke off, or its claim would run out) are given back, due at once, no attempt
 //! counted. A lane's claim is renewed while it sends, and no attempt outlasts it.
@@ -66,6 +67,10 @@ struct Sender {
     quiet_period: Duration,
     /// The RIS's MLLP receiver, for HL7 items (None: `[hl7]` is off and they wait).
     hl7: Option<crate::config::Hl7Settings>,
+    /// The webhook rules, for notifications (a rule no longer configured: its items wait).
+    notify: crate::config::NotifySettings,
+    /// The HTTP client for webhooks (the reason when it could not be built: items wait).
+    http: Result<reqwest13::Client, String>,
     /// How destinations registered as TLS are reached.
     tls: Connector,
 }
@@ -165,15 +170,20 @@ pub fn backoff(cfg: &DeliverySettings, attempts: u32) -> Duration {
 impl OutboxWorker {
     #[allow(clippy::too_many_arguments)]
     /// The worker from the node's context and the `[delivery]` section; `hl7` the `[hl7]`
-    /// section when HL7 items are sent; `quiet_period` only to time the reports' latency;
-    /// `wake` rung when items are queued.
+    /// section when HL7 items are sent; `notify` the webhook rules; `quiet_period` only to time
+    /// the reports' latency; `wake` rung when items are queued.
     pub fn new(
         ctx: &crate::context::NodeContext,
         cfg: &DeliverySettings,
         hl7: Option<&crate::config::Hl7Settings>,
+        notify: &crate::config::NotifySettings,
         quiet_period: Duration,
         wake: Arc<tokio::sync::Notify>,
     ) -> Self {
+        let http = if notify.enabled { super::webhook::client(notify.timeout) } else { Err("notifications are off ([notify] enabled = false)".into()) };
+        if let (true, Err(why)) = (notify.enabled, &http) {
+            error!(error = %why, "webhook notifications cannot be sent: they wait in the outbox");
+        }
         let sender = Sender {
             db: ctx.db.clone(),
             node: ctx.node_id.clone(),
@@ -183,6 +193,8 @@ impl OutboxWorker {
             keys: ctx.keys.clone(),
             quiet_period,
             hl7: hl7.cloned(),
+            notify: notify.clone(),
+            http,
             tls: ctx.tls.clone(),
         };
         OutboxWorker {
@@ -276,7 +288,8 @@ impl OutboxWorker {
     }
 }
 
-/// The per-destination gauges (labelled with the AE title, or `HL7`: no patient data).
+/// The per-destination gauges (labelled with the AE title, `HL7` or `webhook:<rule>`: no
+/// patient data).
 struct Gauges {
     waiting: metrics::Gauge,
     oldest_due: metrics::Gauge,
@@ -379,6 +392,9 @@ struct Dimse;
 /// HL7 v2 over MLLP, each message acknowledged.
 struct Mllp;
 
+/// A notification POSTed to a webhook (`delivery::webhook`).
+struct Webhook;
+
 impl Sink for Dimse {
     fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
         Box::pin(sender.attempt_dimse(destination, items, claim))
@@ -391,12 +407,19 @@ impl Sink for Mllp {
     }
 }
 
+impl Sink for Webhook {
+    fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
+        Box::pin(sender.attempt_webhooks(destination, items, claim))
+    }
+}
+
 /// How each kind of outbox item is sent: the one table a new kind (a Parametric Map, a SEG, a
 /// KOS goes by DIMSE) or a new transport (STOW-RS, a notification) adds a row to.
 fn sink(kind: ObjectKind) -> &'static dyn Sink {
     match kind {
         ObjectKind::Sr | ObjectKind::Sc | ObjectKind::Pm | ObjectKind::Kos | ObjectKind::File => &Dimse,
         ObjectKind::Hl7 => &Mllp,
+        ObjectKind::Notice => &Webhook,
     }
 }
 
@@ -486,6 +509,57 @@ impl Sender {
             }
         }
         verdicts
+    }
+
+    /// The webhook transport: each notification one POST, in order; a receiver that does not
+    /// answer gives the rest back.
+    async fn attempt_webhooks(&self, destination: &str, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
+        let mut verdicts = vec![Verdict::Release; items.len()];
+        for (i, item) in items.iter().enumerate() {
+            if !claim.may_start() {
+                break;
+            }
+            let started = std::time::Instant::now();
+            let (verdict, unreachable) = tokio::select! {
+                outcome = self.attempt_webhook(destination, item) => outcome,
+                _ = claim.running_out() => (Verdict::Retry(CLAIM_RAN_OUT.into()), true),
+            };
+            metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
+            verdicts[i] = self.settle(item, verdict, claim).await;
+            if unreachable {
+                break;
+            }
+        }
+        verdicts
+    }
+
+    /// POST one notification as written, with its stable id; also says whether the webhook
+    /// could not be reached or did not answer.
+    async fn attempt_webhook(&self, destination: &str, item: &OutboxItem) -> (Verdict, bool) {
+        let Some(rule) = self.notify.rule_for(destination) else {
+            return (Verdict::Retry(format!("no [[notify.webhooks]] rule for {destination} (or [notify] is off): the notification waits")), false);
+        };
+        let client = match &self.http {
+            Ok(c) => c,
+            Err(why) => return (Verdict::Retry(why.clone()), false),
+        };
+        let path = match self.blobs.fetch(&item.path).await {
+            Ok(path) => path,
+            Err(e) => return (Verdict::Retry(e.to_string()), false),
+        };
+        let body = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return (Verdict::Dead(format!("reading the notification {}: {e}", item.path)), false),
+        };
+        let id = match serde_json::from_slice::<crate::results::notify::Notice>(&body) {
+            Ok(n) => n.id,
+            Err(e) => return (Verdict::Dead(format!("reading the notification {}: {e}", item.path)), false),
+        };
+        match super::webhook::post(client, rule, &id, body).await {
+            super::webhook::Posted::Delivered => (Verdict::Delivered, false),
+            super::webhook::Posted::Retry { why, unreachable } => (Verdict::Retry(why), unreachable),
+            super::webhook::Posted::Dead(why) => (Verdict::Dead(why), false),
+        }
     }
 
     /// The DIMSE transport: one association to the destination for the batch, a C-STORE per

@@ -17,6 +17,7 @@
 pub mod dataset;
 pub mod font;
 pub mod kos;
+pub mod notify;
 pub mod pm;
 pub mod publish;
 pub mod regions;
@@ -87,12 +88,14 @@ pub struct Publisher {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
     /// Queue an HL7 report per triaged study (`[hl7] enabled`).
     pub hl7: bool,
+    /// Queue a notification per study and matching webhook rule (`[notify]`; off: no rules).
+    pub notify: crate::config::NotifySettings,
 }
 
 impl Publisher {
     /// Whether anything is to be sent at all (objects to a PACS, reports to the RIS).
     pub fn enabled(&self) -> bool {
-        self.sends_objects() || self.hl7
+        self.sends_objects() || self.hl7 || !self.notify.rules().is_empty()
     }
 
     /// Whether result objects go to a PACS.
@@ -440,6 +443,22 @@ impl Publisher {
         let key = format!("outbox/hl7/{}.{}.json", report.control_id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let path = self.write_durably(&key, &json)?;
         Ok(NewOutboxItem { path, destination: HL7_DESTINATION.into(), kind: ObjectKind::Hl7, study_id: Some(study_id), reidentify: true })
+    }
+
+    /// A webhook notification, written durably as the JSON the webhook is sent (de-identified),
+    /// and its outbox row (destination `webhook:<rule>`, sent as written).
+    pub fn notice_item(&self, study_id: i64, notice: &notify::Notice) -> Result<NewOutboxItem, ResultsError> {
+        let json = serde_json::to_vec_pretty(notice).map_err(|e| ResultsError::Encode(e.to_string()))?;
+        // A name of its own per run, as the HL7 report's.
+        let key = format!("outbox/notify/{}.{}.json", notice.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let path = self.write_durably(&key, &json)?;
+        Ok(NewOutboxItem {
+            path,
+            destination: crate::config::webhook_destination(&notice.rule),
+            kind: ObjectKind::Notice,
+            study_id: Some(study_id),
+            reidentify: false,
+        })
     }
 
     /// Write `bytes` as `relative` durably: under the data directory (staged, synced,

@@ -1,19 +1,19 @@
 //! A study's publication: everything one triage of a study tells the world, made and saved as
 //! one. From the study's results: the result objects (SR, heatmaps) written durably, the HL7
-//! report for the RIS, their outbox rows and the study's worklist row, saved with the results in
+//! report for the RIS, the webhook notifications, their outbox rows and the study's worklist row, saved with the results in
 //! one transaction, fenced by the job's claim. A job whose claim was taken over saves nothing
 //! and removes what it wrote.
 //!
 //! Owns: what is published for which result (a triaged result's objects, a failed or
 //! not-analysed result's report naming the images, nothing for a not-applicable one or for a
-//! study whose instances name several patients), the HL7 report's content, the order (objects
-//! durable before the transaction that queues them). Must not: send anything (the outbox does).
+//! study whose instances name several patients), the HL7 report's content, which webhook rules
+//! are notified (`notify`), the order (objects durable before the transaction that queues them). Must not: send anything (the outbox does).
 
 use tracing::{error, warn};
 
 use super::worklist::{self, StudyPriority, WorklistEntry};
-use super::{Built, Publisher, ResultsError};
-use crate::db::{ClaimedJob, Db, DbError, NewOutboxItem, ObjectKind, ResultState, StudyResult};
+use super::{notify, Built, Publisher, ResultsError};
+use crate::db::{ClaimedJob, Db, DbError, NewOutboxItem, ObjectKind, ResultState, StudyResult, WorklistRow};
 use crate::domain::now_ms;
 use crate::inference::package::Manifest;
 
@@ -81,9 +81,14 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
     let modalities = db.study_modalities(job.study_id).await?;
     let entry = worklist::entries(study.results).into_iter().next();
     let row = entry.as_ref().map(|e| e.to_row(modalities));
+    // The worklist row this publication replaces: what the RIS and the webhooks were told.
+    let previous = match (publisher, &entry) {
+        (Some(_), Some(_)) => db.worklist_row(job.study_id).await?,
+        _ => None,
+    };
     if let (Some(p), Some(e), false) = (publisher, &entry, study.conflicting) {
         if p.hl7 && e.priority != StudyPriority::NotApplicable {
-            match hl7_report(db, study.manifests, job, e, &all_built).await? {
+            match hl7_report(db, study.manifests, job, e, &all_built, previous.as_ref()).await? {
                 Some(report) => {
                     // Off the runtime's threads: the report is written to the store of files.
                     let (writer, study_id) = (p.clone(), job.study_id);
@@ -96,6 +101,25 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
                     }
                 }
                 None => warn!("no stored instance names the study's patient: no HL7 report"),
+            }
+        }
+        // A notification per webhook rule the study now matches (de-identified: no patient
+        // needed), written like the report, queued in the same transaction.
+        let rules = notify::matching(p.notify.rules(), e, study.results, previous.as_ref());
+        if !rules.is_empty() {
+            let created_ms = now_ms();
+            let notices: Vec<notify::Notice> =
+                rules.iter().map(|r| notify::notice(r, e, study.manifests, &p.station, job.id, &p.notify.link_base, created_ms)).collect();
+            let (writer, study_id) = (p.clone(), job.study_id);
+            let written = tokio::task::spawn_blocking(move || notices.iter().map(|n| writer.notice_item(study_id, n)).collect::<Vec<_>>())
+                .await
+                .map_err(|e| ResultsError::Task(e.to_string()))?;
+            for item in written {
+                match item {
+                    Ok(item) => outbox.push(item),
+                    Err(e @ ResultsError::Blob(_)) => return Err(e),
+                    Err(error) => error!(%error, "a notification could not be written: its webhook is not told about this study"),
+                }
             }
         }
     }
@@ -123,14 +147,18 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
 /// The HL7 report of a study's triage: its priority (and whether it lowers the one the RIS was
 /// given), coded findings, the AI report's UIDs. De-identified: the patient is put in at
 /// sending. None when no stored instance names the study's patient.
-async fn hl7_report(db: &Db, manifests: &[Manifest], job: &ClaimedJob, e: &WorklistEntry, built: &[Built]) -> Result<Option<crate::hl7::Report>, ResultsError> {
+async fn hl7_report(
+    db: &Db,
+    manifests: &[Manifest],
+    job: &ClaimedJob,
+    e: &WorklistEntry,
+    built: &[Built],
+    previous: Option<&WorklistRow>,
+) -> Result<Option<crate::hl7::Report>, ResultsError> {
     let Some(instance_uid) = db.study_any_instance_uid(job.study_id).await? else { return Ok(None) };
-    let previous = db.worklist_row(job.study_id).await?;
     // A retracted priority was withdrawn (the RIS was told): a new one lowers nothing.
-    let lowered_from = previous
-        .as_ref()
-        .filter(|p| p.retraction.is_none() && p.priority_rank < e.priority.rank())
-        .map(|p| p.lowered_from.clone().unwrap_or(p.priority.clone()));
+    let lowered_from =
+        previous.filter(|p| p.retraction.is_none() && p.priority_rank < e.priority.rank()).map(|p| p.lowered_from.clone().unwrap_or(p.priority.clone()));
     let sr = built.iter().find(|b| b.kind == ObjectKind::Sr);
     let findings = e
         .findings

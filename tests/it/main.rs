@@ -15,6 +15,7 @@ mod hl7;
 mod hostile;
 mod http;
 mod layering;
+mod notify;
 mod outbox;
 mod preprocess;
 mod protocol_edges;

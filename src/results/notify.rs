@@ -1,0 +1,238 @@
+//! Notifications of a study's triage to the site's webhooks (`[notify]`): which rules a
+//! publication notifies, and the document each gets. `publish` queues one outbox item per
+//! matching rule in the results' transaction; the outbox POSTs the document as written.
+//!
+//! The document is de-identified: priority, findings (code, probability, model), the node's
+//! study row id and a link to the study page, never a patient's name, ID, accession or UIDs.
+//! Its `id` is stable for a study, rule and triage (the job): every attempt sends the same, and
+//! a receiver deduplicates on it (also sent as `Idempotency-Key`).
+//!
+//! A rule notifies when the study reaches a priority it lists: a study triaged again that keeps
+//! such a priority is not notified again; one that rises to it (or whose earlier result was
+//! retracted) is. Must not: send anything (the outbox does); carry an identifier.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::worklist::{StudyPriority, WorklistEntry};
+use crate::config::WebhookRule;
+use crate::db::{StudyResult, WorklistRow};
+use crate::inference::package::Manifest;
+
+/// What every notification says about itself.
+pub const NOT_FOR_DIAGNOSIS: &str = "AI triage notification: a prompt to open the study, not for diagnosis. Read the images; the AI result may be wrong.";
+
+/// One finding as a notification gives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeFinding {
+    pub label: String,
+    /// Coding scheme (SCT, or the private 99TRIAGE), code value and meaning.
+    pub scheme: String,
+    pub code: String,
+    pub meaning: String,
+    pub probability: f64,
+    pub urgent: bool,
+    pub model: String,
+    pub model_version: String,
+}
+
+/// The document POSTed to a webhook (kept in the outbox as the JSON sent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Stable for the study, the rule and the triage: the receiver deduplicates on it.
+    pub id: String,
+    /// The rule (`[[notify.webhooks]] name`).
+    pub rule: String,
+    /// URGENT or POSITIVE.
+    pub priority: String,
+    /// The study's row id on this node (`/api/studies/{id}`), not a DICOM identifier.
+    pub node_study_id: i64,
+    /// The study page, when `notify.link_base` is set.
+    pub link: Option<String>,
+    /// The positive findings (of the rule's models, when it names any).
+    pub findings: Vec<NoticeFinding>,
+    /// A result came from a demonstration model (not clinically validated).
+    pub demonstration: bool,
+    /// When the notification was made: RFC 3339 and milliseconds since the epoch.
+    pub created_at: String,
+    pub created_ms: i64,
+    pub notice: String,
+}
+
+/// Whether `rule` lists `priority`.
+fn lists(rule: &WebhookRule, priority: StudyPriority) -> bool {
+    rule.priorities.iter().any(|p| p.as_str() == priority.as_str())
+}
+
+/// The rules this publication notifies: the study's priority (from the rule's models, when it
+/// names any) is one the rule lists, and the study's standing worklist row (`previous`, unless
+/// retracted) did not already have one it lists.
+pub fn matching<'a>(rules: &'a [WebhookRule], entry: &WorklistEntry, results: &[StudyResult], previous: Option<&WorklistRow>) -> Vec<&'a WebhookRule> {
+    let before = previous.filter(|p| p.retraction.is_none()).and_then(|p| StudyPriority::parse(&p.priority));
+    rules
+        .iter()
+        .filter(|rule| {
+            let now = if rule.models.is_empty() {
+                lists(rule, entry.priority)
+            } else {
+                results.iter().any(|r| rule.models.contains(&r.model) && lists(rule, StudyPriority::of(r)))
+            };
+            now && !before.is_some_and(|b| lists(rule, b))
+        })
+        .collect()
+}
+
+/// The stable id of `rule`'s notification of the triage `job_id` of study `study_id` on the node
+/// `station`: `tn-` and 32 hex digits of SHA-256 over them.
+pub fn notice_id(station: &str, study_id: i64, rule: &str, job_id: i64) -> String {
+    let mut h = Sha256::new();
+    for part in ["triage-node notice", station, &study_id.to_string(), rule, &job_id.to_string()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("tn-{}", &hex::encode(h.finalize())[..32])
+}
+
+/// `rule`'s notification of `entry` (the study's worklist entry of job `job_id`).
+pub fn notice(rule: &WebhookRule, entry: &WorklistEntry, manifests: &[Manifest], station: &str, job_id: i64, link_base: &str, created_ms: i64) -> Notice {
+    let findings = entry
+        .findings
+        .iter()
+        .filter(|f| f.positive && (rule.models.is_empty() || rule.models.contains(&f.model)))
+        .map(|f| {
+            let code = super::coded_finding(manifests.iter().find(|m| m.name == f.model), &f.label);
+            NoticeFinding {
+                label: f.label.clone(),
+                scheme: code.scheme,
+                code: code.value,
+                meaning: code.meaning,
+                probability: f.probability,
+                urgent: f.urgent,
+                model: f.model.clone(),
+                model_version: f.model_version.clone(),
+            }
+        })
+        .collect();
+    let link = (!link_base.is_empty()).then(|| format!("{}/#/study/{}", link_base.trim_end_matches('/'), entry.study_id));
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(created_ms.max(0) as u64);
+    Notice {
+        id: notice_id(station, entry.study_id, &rule.name, job_id),
+        rule: rule.name.clone(),
+        priority: entry.priority.as_str().into(),
+        node_study_id: entry.study_id,
+        link,
+        findings,
+        demonstration: entry.demonstration,
+        created_at: humantime::format_rfc3339_millis(at).to_string(),
+        created_ms,
+        notice: NOT_FOR_DIAGNOSIS.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NotifyPriority;
+    use crate::results::worklist::ListedFinding;
+
+    fn rule(name: &str, priorities: &[NotifyPriority], models: &[&str]) -> WebhookRule {
+        WebhookRule {
+            name: name.into(),
+            url: "https://hooks.example/x".into(),
+            priorities: priorities.to_vec(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            token_file: None,
+        }
+    }
+
+    fn entry(priority: StudyPriority) -> WorklistEntry {
+        WorklistEntry {
+            study_id: 42,
+            priority,
+            score: Some(0.995),
+            findings: vec![
+                ListedFinding {
+                    model: "demo-nodule".into(),
+                    model_version: "1.0.0".into(),
+                    label: "nodule".into(),
+                    probability: 0.995,
+                    positive: true,
+                    urgent: true,
+                    tier: "high".into(),
+                },
+                ListedFinding {
+                    model: "other".into(),
+                    model_version: "2".into(),
+                    label: "effusion".into(),
+                    probability: 0.1,
+                    positive: false,
+                    urgent: false,
+                    tier: "high".into(),
+                },
+            ],
+            demonstration: true,
+            reasons: vec![],
+            received_at_ms: 1_700_000_000_000,
+            time_to_result_ms: 5_000,
+        }
+    }
+
+    fn row(priority: &str) -> WorklistRow {
+        let mut r = entry(StudyPriority::Urgent).to_row(vec!["CR".into()]);
+        r.priority = priority.into();
+        r
+    }
+
+    #[test]
+    fn a_rule_notifies_when_the_study_reaches_its_priority_not_while_it_stays_there() {
+        let rules = [rule("oncall", &[NotifyPriority::Urgent], &[]), rule("both", &[NotifyPriority::Urgent, NotifyPriority::Positive], &[])];
+        let names = |v: Vec<&WebhookRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let urgent = entry(StudyPriority::Urgent);
+        assert_eq!(names(matching(&rules, &urgent, &[], None)), ["oncall", "both"]);
+        // Triaged again, still urgent: nobody is called again.
+        assert!(matching(&rules, &urgent, &[], Some(&row("URGENT"))).is_empty());
+        // Raised from positive: the urgent-only rule notifies, the other had been told.
+        assert_eq!(names(matching(&rules, &urgent, &[], Some(&row("POSITIVE")))), ["oncall"]);
+        assert_eq!(names(matching(&rules, &urgent, &[], Some(&row("NEGATIVE")))), ["oncall", "both"]);
+        // A retracted result told nobody anything that stands.
+        let mut retracted = row("URGENT");
+        retracted.retraction = Some(crate::db::Retraction { at_ms: 1, code: "113001".into(), by: "admin".into() });
+        assert_eq!(names(matching(&rules, &urgent, &[], Some(&retracted))), ["oncall", "both"]);
+        // Negative, failed: no rule lists them.
+        assert!(matching(&rules, &entry(StudyPriority::Negative), &[], None).is_empty());
+        assert!(matching(&rules, &entry(StudyPriority::Failed), &[], None).is_empty());
+        assert_eq!(names(matching(&rules, &entry(StudyPriority::Positive), &[], None)), ["both"]);
+    }
+
+    #[test]
+    fn the_notice_is_de_identified_stable_and_says_not_for_diagnosis() {
+        let r = rule("oncall", &[NotifyPriority::Urgent], &[]);
+        let e = entry(StudyPriority::Urgent);
+        let n = notice(&r, &e, &[], "TRIAGE", 7, "https://triage.example/", 1_700_000_005_000);
+        assert_eq!(n.id, notice(&r, &e, &[], "TRIAGE", 7, "", 1_800_000_000_000).id, "the same for every attempt and run");
+        assert_ne!(n.id, notice(&r, &e, &[], "TRIAGE", 8, "", 0).id, "a new triage is a new notification");
+        assert_ne!(n.id, notice(&rule("other", &[NotifyPriority::Urgent], &[]), &e, &[], "TRIAGE", 7, "", 0).id);
+        assert!(n.id.starts_with("tn-") && n.id.len() == 35, "{}", n.id);
+        assert_eq!(n.priority, "URGENT");
+        assert_eq!(n.node_study_id, 42);
+        assert_eq!(n.link.as_deref(), Some("https://triage.example/#/study/42"));
+        assert_eq!(n.created_at, "2023-11-14T22:13:25.000Z");
+        // Positive findings only, coded (a label the manifest does not know: the private scheme).
+        assert_eq!(n.findings.len(), 1);
+        assert_eq!((n.findings[0].label.as_str(), n.findings[0].code.as_str(), n.findings[0].scheme.as_str()), ("nodule", "NODULE", "99TRIAGE"));
+        assert!(n.demonstration);
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(json.contains("not for diagnosis"), "{json}");
+        let keys: std::collections::BTreeSet<String> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json).unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            ["id", "rule", "priority", "node_study_id", "link", "findings", "demonstration", "created_at", "created_ms", "notice"].map(String::from).into(),
+            "nothing else: no patient, accession or UID field"
+        );
+        // Without a link base: no link.
+        assert_eq!(notice(&r, &e, &[], "TRIAGE", 7, "", 0).link, None);
+        // A rule naming models gives their findings only.
+        assert!(notice(&rule("o", &[NotifyPriority::Urgent], &["other"]), &e, &[], "TRIAGE", 7, "", 0).findings.is_empty());
+    }
+}
