@@ -48,6 +48,12 @@ RIS_PORT=$(free_port)
 RIS=$!
 export TRIAGE__HL7__ENABLED=true TRIAGE__HL7__HOST=127.0.0.1 TRIAGE__HL7__PORT=$RIS_PORT TRIAGE__HL7__RECEIVING_APPLICATION=RIS
 echo "== RIS: HL7 MLLP receiver on 127.0.0.1:$RIS_PORT"
+# The on-call team's notification service: a real HTTP receiver that records each POST; the node
+# notifies it of every study that becomes URGENT (de-identified, through the outbox).
+HOOK_PORT=$(free_port)
+.venv/bin/python tests/peers/webhook_receiver.py --port "$HOOK_PORT" --out "$DEMO/oncall.jsonl" > "$DEMO/oncall.log" 2>&1 &
+HOOK=$!
+echo "== on-call notifications: a webhook receiver on 127.0.0.1:$HOOK_PORT (rule \"oncall\": URGENT studies)"
 # The worklist page and API: a reader's and an admin's token (demo only; a site uses
 # `triage-node token add`, which keeps only their hashes).
 HTTP_PORT=${HTTP_PORT:-$(free_port)}
@@ -74,9 +80,11 @@ export TRIAGE__DICOM__TLS__ENABLED=true TRIAGE__DICOM__TLS__PORT=$TLS_PORT TRIAG
 "$BIN" ae add DEMO_SECURE_CR --host 127.0.0.1 --tls --tls-identity demo-modality
 "$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM"
 "$BIN" ae list
-"$BIN" serve 2> "$DEMO/node.log" &
+printf '[notify]\nenabled = true\nlink_base = "http://127.0.0.1:%s/"\n[[notify.webhooks]]\nname = "oncall"\nurl = "http://127.0.0.1:%s/hooks/oncall"\npriorities = ["urgent"]\n' \
+  "$HTTP_PORT" "$HOOK_PORT" > "$DEMO/notify.toml"
+"$BIN" --config "$DEMO/notify.toml" serve 2> "$DEMO/node.log" &
 NODE=$!
-trap 'kill -TERM $NODE $PACS $RIS 2>/dev/null || true' EXIT
+trap 'kill -TERM $NODE $PACS $RIS $HOOK 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q 'listening port=' "$DEMO/node.log" && break; sleep 0.1; done
 grep 'listening port=' "$DEMO/node.log"
 
@@ -135,6 +143,17 @@ for i in json.load(open(sys.argv[1]))["items"]:
     print("%-15s study %-3s %-20s %-12s %s" % (i["priority"], i["study_id"], p.get("name"), p.get("accession"), f))
 PY
 echo "-- without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "$API/api/worklist")"
+echo "== the on-call webhook: one notification per study that became URGENT (de-identified; the first in full)"
+for _ in $(seq 50); do [ -s "$DEMO/oncall.jsonl" ] && break; sleep 0.2; done
+.venv/bin/python - "$DEMO/oncall.jsonl" <<'PY'
+import json, sys
+posts = [json.loads(l) for l in open(sys.argv[1])]
+for p in posts:
+    b = json.loads(p["body"])
+    print(p["status"], p["headers"].get("idempotency-key"), b["priority"], "study", b["node_study_id"], ", ".join("%s %.2f" % (f["label"], f["probability"]) for f in b["findings"]))
+if posts:
+    print(json.dumps(json.loads(posts[0]["body"]), indent=2))
+PY
 echo "== an admin retracts the top study's AI result (IHE IOCM): a rejection note naming its objects goes"
 echo "   to the PACS, the RIS gets a correction, the study leaves the worklist (kept, with its history)"
 RETRACT_ID=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["items"][0]["study_id"])' "$DEMO/worklist.json")
@@ -209,7 +228,7 @@ if [ -n "$KOS" ]; then
   dsrdump -Ee "$KOS" | sed -n '/^<CONTAINER/,$p' | head -20
   echo "-- dciodvfy: $(dciodvfy "$KOS" 2>&1 | grep -c '^Error' || true) error(s)"
 fi
-kill -TERM $PACS $RIS; wait $PACS 2>/dev/null || true
+kill -TERM $PACS $RIS $HOOK; wait $PACS 2>/dev/null || true
 trap - EXIT
 echo "== outbox"
 "$BIN" outbox list
