@@ -4,6 +4,9 @@
 //! (its row kept, marked retracted, until a new result replaces it). The files are written
 //! first; then one transaction queues them, marks the row and appends the `retract` audit entry
 //! (the admin's reason is kept there only); a transaction that does not happen removes them.
+//! Each webhook rule whose notice about the result stands (`results::notify::notified`: the
+//! row's priority, before it is marked, is one the rule lists) gets a `retracted` notice in the
+//! same transaction.
 
 use serde::Serialize;
 use tracing::{info, warn};
@@ -157,6 +160,33 @@ async fn queue(
     if let Some(item) = correction {
         written.push(item.path.clone());
         outbox.push(item);
+    }
+    // Each webhook rule whose notice about this result stands is told it is withdrawn (the code,
+    // never the admin's reason), in the same transaction.
+    let rules = crate::results::notify::notified(publisher.notify.rules(), row);
+    if !rules.is_empty() {
+        let created_ms = crate::domain::now_ms();
+        let notices: Vec<_> = rules
+            .iter()
+            .map(|r| crate::results::notify::retraction_notice(r, row, reason, &publisher.station, &publisher.notify.link_base, created_ms))
+            .collect();
+        let writer = publisher.clone();
+        let items = tokio::task::spawn_blocking(move || notices.iter().map(|n| writer.notice_item(study_id, n)).collect::<Vec<_>>())
+            .await
+            .map_err(|e| AdminError::Engine(e.to_string()))?;
+        let mut failed = None;
+        for item in items {
+            match item {
+                Ok(item) => {
+                    written.push(item.path.clone());
+                    outbox.push(item);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
     }
     let code = reason.title().value;
     let details = crate::audit::Retracted {

@@ -9,11 +9,16 @@
 //!
 //! A rule notifies when the study reaches a priority it lists: a study triaged again that keeps
 //! such a priority is not notified again; one that rises to it (or whose earlier result was
-//! retracted) is. Must not: send anything (the outbox does); carry an identifier.
+//! retracted) is. A notice says `"status": "active"`; when an admin retracts the study's
+//! results, each rule whose notice stands (`notified`: judged from the worklist row being
+//! retracted, the same record `matching` reads) gets a `"retracted"` one (`retraction_notice`),
+//! with the rejection code but never the admin's reason. Must not: send anything (the outbox
+//! does); carry an identifier.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::kos::Reason;
 use super::worklist::{StudyPriority, WorklistEntry};
 use crate::config::WebhookRule;
 use crate::db::{StudyResult, WorklistRow};
@@ -36,11 +41,36 @@ pub struct NoticeFinding {
     pub model_version: String,
 }
 
+/// Whether a notice's result stands or was withdrawn by the site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeStatus {
+    #[default]
+    Active,
+    Retracted,
+}
+
+/// Why a result was withdrawn: the rejection note's title (DCM 113001 or 113037). Never the
+/// admin's own words (they may name the patient).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeRetraction {
+    pub code: String,
+    pub meaning: String,
+}
+
 /// The document POSTed to a webhook (kept in the outbox as the JSON sent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notice {
-    /// Stable for the study, the rule and the triage: the receiver deduplicates on it.
+    /// Stable for the study, the rule and the triage (or the retraction of a result): the
+    /// receiver deduplicates on it.
     pub id: String,
+    /// `active`, or `retracted`: the result this rule was told of is withdrawn (notices written
+    /// before the field existed read as active).
+    #[serde(default)]
+    pub status: NoticeStatus,
+    /// A retracted notice's reason code; absent from active ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retraction: Option<NoticeRetraction>,
     /// The rule (`[[notify.webhooks]] name`).
     pub rule: String,
     /// URGENT or POSITIVE.
@@ -82,15 +112,63 @@ pub fn matching<'a>(rules: &'a [WebhookRule], entry: &WorklistEntry, results: &[
         .collect()
 }
 
-/// The stable id of `rule`'s notification of the triage `job_id` of study `study_id` on the node
-/// `station`: `tn-` and 32 hex digits of SHA-256 over them.
-pub fn notice_id(station: &str, study_id: i64, rule: &str, job_id: i64) -> String {
+/// The rules whose notice about the study of `row` (its worklist row, about to be retracted)
+/// stands: the row is not retracted and its priority is one the rule lists (for a rule naming
+/// models: a positive finding of theirs is), which is what `matching` reads to hold back a
+/// second notice. The rules as configured now.
+pub fn notified<'a>(rules: &'a [WebhookRule], row: &WorklistRow) -> Vec<&'a WebhookRule> {
+    let Some(priority) = StudyPriority::parse(&row.priority).filter(|_| row.retraction.is_none()) else { return Vec::new() };
+    let entry = WorklistEntry::from_row(row);
+    rules
+        .iter()
+        .filter(|rule| {
+            if rule.models.is_empty() {
+                lists(rule, priority)
+            } else {
+                entry
+                    .findings
+                    .iter()
+                    .filter(|f| f.positive && rule.models.contains(&f.model))
+                    .any(|f| lists(rule, if f.urgent { StudyPriority::Urgent } else { StudyPriority::Positive }))
+            }
+        })
+        .collect()
+}
+
+/// `tn-` and 32 hex digits of SHA-256 over `parts`, each length-prefixed.
+fn stable_id(parts: &[&str]) -> String {
     let mut h = Sha256::new();
-    for part in ["triage-node notice", station, &study_id.to_string(), rule, &job_id.to_string()] {
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
     format!("tn-{}", &hex::encode(h.finalize())[..32])
+}
+
+/// The stable id of `rule`'s notification of the triage `job_id` of study `study_id` on the node
+/// `station`: `tn-` and 32 hex digits of SHA-256 over them.
+pub fn notice_id(station: &str, study_id: i64, rule: &str, job_id: i64) -> String {
+    stable_id(&["triage-node notice", station, &study_id.to_string(), rule, &job_id.to_string()])
+}
+
+/// The stable id of `rule`'s notice that the result of study `study_id` saved at
+/// `result_at_ms` (the worklist row retracted) was withdrawn: the same for every attempt and
+/// every try of the same retraction, new for the retraction of a later result.
+pub fn retraction_id(station: &str, study_id: i64, rule: &str, result_at_ms: i64) -> String {
+    stable_id(&["triage-node retraction", station, &study_id.to_string(), rule, &result_at_ms.to_string()])
+}
+
+/// `rule`'s notice that the result in `row` (the study's worklist row, before it is marked
+/// retracted) was withdrawn for `reason`: the notice's shape, `priority` the one withdrawn, no
+/// findings (none stands).
+pub fn retraction_notice(rule: &WebhookRule, row: &WorklistRow, reason: Reason, station: &str, link_base: &str, created_ms: i64) -> Notice {
+    let mut n = notice(rule, &WorklistEntry::from_row(row), &[], station, 0, link_base, created_ms);
+    let title = reason.title();
+    n.id = retraction_id(station, row.study_id, &rule.name, row.result_at_ms);
+    n.findings.clear();
+    n.status = NoticeStatus::Retracted;
+    n.retraction = Some(NoticeRetraction { code: title.value, meaning: title.meaning });
+    n
 }
 
 /// `rule`'s notification of `entry` (the study's worklist entry of job `job_id`).
@@ -117,6 +195,8 @@ pub fn notice(rule: &WebhookRule, entry: &WorklistEntry, manifests: &[Manifest],
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(created_ms.max(0) as u64);
     Notice {
         id: notice_id(station, entry.study_id, &rule.name, job_id),
+        status: NoticeStatus::Active,
+        retraction: None,
         rule: rule.name.clone(),
         priority: entry.priority.as_str().into(),
         node_study_id: entry.study_id,
@@ -221,18 +301,67 @@ mod tests {
         assert_eq!(n.findings.len(), 1);
         assert_eq!((n.findings[0].label.as_str(), n.findings[0].code.as_str(), n.findings[0].scheme.as_str()), ("nodule", "NODULE", "99TRIAGE"));
         assert!(n.demonstration);
+        assert_eq!((n.status, n.retraction.as_ref()), (NoticeStatus::Active, None));
         let json = serde_json::to_string(&n).unwrap();
         assert!(json.contains("not for diagnosis"), "{json}");
+        assert!(json.contains(r#""status":"active""#), "{json}");
         let keys: std::collections::BTreeSet<String> =
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json).unwrap().keys().cloned().collect();
         assert_eq!(
             keys,
-            ["id", "rule", "priority", "node_study_id", "link", "findings", "demonstration", "created_at", "created_ms", "notice"].map(String::from).into(),
+            ["id", "status", "rule", "priority", "node_study_id", "link", "findings", "demonstration", "created_at", "created_ms", "notice"]
+                .map(String::from)
+                .into(),
             "nothing else: no patient, accession or UID field"
         );
         // Without a link base: no link.
         assert_eq!(notice(&r, &e, &[], "TRIAGE", 7, "", 0).link, None);
         // A rule naming models gives their findings only.
         assert!(notice(&rule("o", &[NotifyPriority::Urgent], &["other"]), &e, &[], "TRIAGE", 7, "", 0).findings.is_empty());
+    }
+
+    #[test]
+    fn a_retraction_tells_the_rules_whose_notice_stands_with_its_code_only() {
+        let rules = [
+            rule("oncall", &[NotifyPriority::Urgent], &[]),
+            rule("both", &[NotifyPriority::Urgent, NotifyPriority::Positive], &[]),
+            rule("other-model", &[NotifyPriority::Urgent], &["other"]),
+            rule("nodules", &[NotifyPriority::Urgent], &["demo-nodule"]),
+        ];
+        let names = |v: Vec<&WebhookRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let urgent = row("URGENT");
+        assert_eq!(names(notified(&rules, &urgent)), ["oncall", "both", "nodules"], "the rules that notify an urgent study");
+        let mut positive = entry(StudyPriority::Positive);
+        positive.findings[0].urgent = false;
+        assert_eq!(names(notified(&rules, &positive.to_row(vec![]))), ["both"], "a rule naming models: from their findings");
+        let mut negative = entry(StudyPriority::Negative);
+        negative.findings[0].positive = false;
+        assert!(notified(&rules, &negative.to_row(vec![])).is_empty());
+        let mut retracted = row("URGENT");
+        retracted.retraction = Some(crate::db::Retraction { at_ms: 1, code: "113001".into(), by: "admin".into() });
+        assert!(notified(&rules, &retracted).is_empty(), "retracted already: nothing stands");
+
+        let n = retraction_notice(&rules[0], &urgent, Reason::PatientSafety, "TRIAGE", "https://triage.example", 1_700_000_009_000);
+        assert_eq!(n.status, NoticeStatus::Retracted);
+        assert_eq!(n.retraction, Some(NoticeRetraction { code: "113037".into(), meaning: "Rejected for Patient Safety Reasons".into() }));
+        assert_eq!((n.rule.as_str(), n.priority.as_str(), n.node_study_id), ("oncall", "URGENT", 42));
+        assert_eq!(n.link.as_deref(), Some("https://triage.example/#/study/42"));
+        assert!(n.findings.is_empty(), "nothing stands");
+        assert!(n.notice.contains("not for diagnosis"));
+        // Stable across attempts and tries; new for another rule or a later result; never the
+        // id of a triage's notice.
+        assert_eq!(n.id, retraction_notice(&rules[0], &urgent, Reason::Quality, "TRIAGE", "", 0).id);
+        assert_ne!(n.id, retraction_notice(&rules[1], &urgent, Reason::PatientSafety, "TRIAGE", "", 0).id);
+        let mut later = row("URGENT");
+        later.result_at_ms += 60_000;
+        assert_ne!(n.id, retraction_notice(&rules[0], &later, Reason::PatientSafety, "TRIAGE", "", 0).id);
+        assert_ne!(n.id, notice_id("TRIAGE", 42, "oncall", urgent.result_at_ms));
+        assert!(n.id.starts_with("tn-") && n.id.len() == 35, "{}", n.id);
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(json.contains(r#""status":"retracted""#) && json.contains(r#""code":"113037""#), "{json}");
+        // A notice written before `status` existed reads as active.
+        let mut old: serde_json::Value = serde_json::to_value(notice(&rules[0], &entry(StudyPriority::Urgent), &[], "TRIAGE", 7, "", 0)).unwrap();
+        old.as_object_mut().unwrap().remove("status");
+        assert_eq!(serde_json::from_value::<Notice>(old).unwrap().status, NoticeStatus::Active);
     }
 }

@@ -3,7 +3,8 @@
 //! model: an urgent study gives exactly one POST, with its idempotency key in the header and the
 //! body and the bearer token from the rule's file; the body names no patient, accession or UID;
 //! a negative study gives none; a receiver that is down at first gets the notification once it
-//! is up, after retries.
+//! is up, after retries; a retraction on the CLI gives one more POST, `retracted`, with a new key
+//! and without the admin's reason.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -158,4 +159,25 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
     let log = node.log();
     assert!(!log.contains("s3cret-oncall-token") && !log.contains("SECRETPATH"), "{log}");
     assert!(!log.contains("never kept"), "the receiver's answer is not logged");
+
+    // Retracted by an admin: exactly one more POST, the same rule told the result is withdrawn,
+    // a new key, the code but not the admin's words, still "not for diagnosis".
+    let reason = "Wrong patient RETRACTREASON";
+    let cli = node.cli(&["results", "retract", &study_ids[0].to_string(), "--reason", reason]);
+    assert!(cli.status.success(), "{}{}", String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr));
+    wait_until("the retraction's notification", Duration::from_secs(30), &node, || received(&out).len() >= 2);
+    std::thread::sleep(Duration::from_secs(1));
+    let got = received(&out);
+    assert_eq!(got.len(), 2, "exactly one more POST: {got:?}");
+    let text = got[1]["body"].as_str().unwrap();
+    let retracted: Value = serde_json::from_str(text).unwrap();
+    assert_eq!((body["status"].as_str(), retracted["status"].as_str()), (Some("active"), Some("retracted")), "{text}");
+    assert_eq!((&retracted["rule"], &retracted["node_study_id"], &retracted["retraction"]["code"]), (&body["rule"], &body["node_study_id"], &"113001".into()));
+    let key = got[1]["headers"]["idempotency-key"].as_str().unwrap();
+    assert!(key != id && retracted["id"] == key, "{key} {id}");
+    assert!(retracted["notice"].as_str().unwrap().contains("not for diagnosis"));
+    assert!(!text.contains("RETRACTREASON") && !text.contains("1.2.") && !text.contains("2.25."), "{text}");
+    for value in [attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID), attr(&urgent, dicom_dictionary_std::tags::PATIENT_NAME)] {
+        assert!(value.len() < 3 || !text.contains(&value), "the body names {value:?}: {text}");
+    }
 }
