@@ -86,14 +86,18 @@ pub async fn retract(db: &Db, publisher: &Publisher, study_id: i64, reason: Reas
     if row.priority == crate::results::worklist::StudyPriority::NotApplicable.as_str() {
         return Err(AdminError::Conflict(format!("nothing to retract: no model analysed study {study_id}")));
     }
-    let note = publisher.retract(db, study_id, reason, NOTE_DESCRIPTION).await?;
+    let retracted = publisher.retract(db, study_id, reason, NOTE_DESCRIPTION).await?;
+    let (note, objects) = match retracted {
+        Some((note, objects)) => (Some(note), objects),
+        None => (None, Vec::new()),
+    };
     if note.is_none() && publisher.sends_objects() {
         return Err(AdminError::Conflict(format!(
             "nothing to retract: no AI result object of study {study_id} stands at the PACS (none was sent, or all were withdrawn)"
         )));
     }
     let mut written: Vec<String> = note.iter().map(|n| n.path.clone()).collect();
-    let outcome = queue(db, publisher, &row, note.as_ref(), reason, &text, by, &mut written).await;
+    let outcome = queue(db, publisher, &row, note.as_ref(), objects, reason, &text, by, &mut written).await;
     if !matches!(outcome, Ok((RetractOutcome::Done(_), ..))) {
         // Nothing was queued: the files go.
         for path in &written {
@@ -142,6 +146,7 @@ async fn queue(
     publisher: &Publisher,
     row: &crate::db::WorklistRow,
     note: Option<&Built>,
+    objects: Vec<String>,
     reason: Reason,
     text: &str,
     by: &str,
@@ -149,10 +154,7 @@ async fn queue(
 ) -> Result<(RetractOutcome, usize, bool), AdminError> {
     let study_id = row.study_id;
     let mut outbox: Vec<NewOutboxItem> = Vec::new();
-    let mut objects = Vec::new();
     if let Some(note) = note {
-        let (reader, n) = (publisher.clone(), note.clone());
-        objects = tokio::task::spawn_blocking(move || reader.rejected_by(&n)).await.map_err(|e| AdminError::Engine(e.to_string()))??;
         outbox.extend(publisher.outbox_rows(study_id, std::slice::from_ref(note)));
     }
     let correction = publisher.retraction_hl7(db, study_id, reason).await?;

@@ -489,31 +489,22 @@ impl Sender {
 
     /// The MLLP transport: each HL7 message on its own connection, its ACK awaited.
     async fn attempt_mllp(&self, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
-        let all = |v: Verdict| vec![v; items.len()];
-        let mut verdicts = all(Verdict::Release);
-        for (i, item) in items.iter().enumerate() {
-            if !claim.may_start() {
-                break;
-            }
-            let started = std::time::Instant::now();
-            let (verdict, unreachable) = tokio::select! {
-                outcome = self.attempt_hl7(item) => outcome,
-                _ = claim.running_out() => (Verdict::Retry(CLAIM_RAN_OUT.into()), true),
-            };
-            metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
-            verdicts[i] = self.settle(item, verdict, claim).await;
-            // The receiver did not answer: the rest are given back (due at once, no attempt
-            // counted), so items queued since, urgent ones first, are claimed before them.
-            if unreachable {
-                break;
-            }
-        }
-        verdicts
+        self.one_at_a_time(items, claim, |item| self.attempt_hl7(item)).await
     }
 
-    /// The webhook transport: each notification one POST, in order; a receiver that does not
-    /// answer gives the rest back.
+    /// The webhook transport: each notification one POST, in order.
     async fn attempt_webhooks(&self, destination: &str, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
+        self.one_at_a_time(items, claim, |item| self.attempt_webhook(destination, item)).await
+    }
+
+    /// Items sent one at a time, in order, each outcome recorded before the next. `send` also
+    /// says whether the receiver did not answer: then the rest are given back (due at once, no
+    /// attempt counted), so items queued since, urgent ones first, are claimed before them.
+    async fn one_at_a_time<'a, F, Fut>(&self, items: &'a [OutboxItem], claim: &Claim, send: F) -> Vec<Verdict>
+    where
+        F: Fn(&'a OutboxItem) -> Fut,
+        Fut: std::future::Future<Output = (Verdict, bool)>,
+    {
         let mut verdicts = vec![Verdict::Release; items.len()];
         for (i, item) in items.iter().enumerate() {
             if !claim.may_start() {
@@ -521,7 +512,7 @@ impl Sender {
             }
             let started = std::time::Instant::now();
             let (verdict, unreachable) = tokio::select! {
-                outcome = self.attempt_webhook(destination, item) => outcome,
+                outcome = send(item) => outcome,
                 _ = claim.running_out() => (Verdict::Retry(CLAIM_RAN_OUT.into()), true),
             };
             metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());

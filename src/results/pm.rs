@@ -125,18 +125,6 @@ pub fn series_description(model: &str, version: &str) -> String {
     ascii(&format!("AI map {model} {version}")).trim_end().chars().take(64).collect()
 }
 
-/// The Parametric Map data set (with its pixels), the de-identified patient and study of
-/// `identity` (the key image's header: patient and study attributes, its modality, body part,
-/// Frame of Reference's indicator, lossy compression, and a radiograph's pixel spacing).
-///
-/// Shown in grey (`Display::Grey`).
-///
-/// # Panics
-/// On frames that cannot make one image (`try_build` says why instead).
-pub fn build(m: &Map, frames: &[MapFrame], identity: &InMemDicomObject) -> InMemDicomObject {
-    try_build(m, frames, identity, Display::Grey).unwrap_or_else(|e| panic!("parametric map: {e}"))
-}
-
 /// How a viewer is told to show the values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Display {
@@ -150,8 +138,11 @@ pub enum Display {
     HotIron,
 }
 
-/// `build` shown as `display`, or why the frames cannot make one image: none, empty, of
-/// different sizes, or larger than 65535 on a side.
+/// The Parametric Map data set (with its pixels), the de-identified patient and study of
+/// `identity` (the key image's header: patient and study attributes, its modality, body part,
+/// Frame of Reference's indicator, lossy compression, and a radiograph's pixel spacing), shown as
+/// `display`; or why the frames cannot make one image: none, empty, of different sizes, or
+/// larger than 65535 on a side.
 pub fn try_build(m: &Map, frames: &[MapFrame], identity: &InMemDicomObject, display: Display) -> Result<InMemDicomObject, String> {
     let first = frames.first().ok_or("a parametric map needs at least one frame")?;
     let (rows, cols) = first.values.dim();
@@ -626,6 +617,11 @@ fn ds(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A grey map of frames that make one image.
+    fn build(m: &Map, frames: &[MapFrame], identity: &InMemDicomObject) -> InMemDicomObject {
+        try_build(m, frames, identity, Display::Grey).expect("frames of one image")
+    }
     use std::path::PathBuf;
 
     /// A real header of the test corpus (scripts/setup-test-env.sh), or None (skipped) where

@@ -108,9 +108,9 @@ impl Publisher {
     }
 
     /// Retract every standing result of `study_id`: one rejection note naming their objects,
-    /// written durably; its outbox rows to every destination. None when nothing stands (never
-    /// sent, or withdrawn already) or no destination is configured.
-    pub async fn retract(&self, db: &Db, study_id: i64, reason: Reason, description: &str) -> Result<Option<Built>, ResultsError> {
+    /// written durably, and the SOP Instance UIDs (the node's own) it names. None when nothing
+    /// stands (never sent, or withdrawn already) or no destination is configured.
+    pub async fn retract(&self, db: &Db, study_id: i64, reason: Reason, description: &str) -> Result<Option<(Built, Vec<String>)>, ResultsError> {
         if !self.sends_objects() {
             return Ok(None);
         }
@@ -123,7 +123,10 @@ impl Publisher {
             let Some(first) = standing.first() else { return Ok(None) };
             let identity = first.header.clone();
             let rejected: Vec<ImageRef> = standing.into_iter().flat_map(|r| r.objects).collect();
-            me.rejection_note(&identity, rejected, reason, Some(description), &crate::domain::now_ms().to_string()).map(Some)
+            let mut seen = HashSet::new();
+            let named: Vec<String> = rejected.iter().filter(|r| seen.insert(&r.sop_instance_uid)).map(|r| r.sop_instance_uid.clone()).collect();
+            let note = me.rejection_note(&identity, rejected, reason, Some(description), &crate::domain::now_ms().to_string())?;
+            Ok(Some((note, named)))
         })
         .await
         .map_err(|e| ResultsError::Task(e.to_string()))?
@@ -131,12 +134,6 @@ impl Publisher {
 }
 
 impl Publisher {
-    /// The SOP Instance UIDs (the node's own) a written rejection note rejects.
-    pub fn rejected_by(&self, note: &Built) -> Result<Vec<String>, ResultsError> {
-        let file = self.blobs.fetch_blocking(&note.path)?;
-        Ok(super::reidentify::references(&read_header(&file)?))
-    }
-
     /// The RIS's correction of a retracted study (`[hl7] enabled`), written durably, and its
     /// outbox row: the newest HL7 report queued for the study, made a retraction (OBR-25 C, its
     /// observations deleted, no priority; `hl7::oru_r01`) under a control ID of its own. None
