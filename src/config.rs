@@ -52,49 +52,158 @@ pub struct Settings {
 }
 
 /// Notifications of studies a rule matches (URGENT by default), through the outbox: a
-/// de-identified JSON document POSTed to each matching webhook, once per study and rule.
+/// de-identified JSON document POSTed to a webhook, or the same content e-mailed, once per
+/// study and rule; unacknowledged in time, the next rule of the chain (`escalate_to`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySettings {
     pub enabled: bool,
     /// The worklist page as readers reach it (`https://triage.example/`): a notification links
-    /// to the study there (`<link_base>#/study/<id>`). Empty: no link.
+    /// to the study there (`<link_base>#/study/<id>`) and to its acknowledgement
+    /// (`<link_base>/ack/<token>`). Empty: no links.
     pub link_base: String,
-    /// One POST may take this long (connect, send, the answer's head).
+    /// One POST or one SMTP session may take this long.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    pub webhooks: Vec<WebhookRule>,
+    /// `[[notify.rules]]`; `[[notify.webhooks]]` is read the same (this section's first name).
+    #[serde(default, alias = "webhooks")]
+    pub rules: Vec<NotifyRule>,
+    /// The mail server e-mail rules send through.
+    #[serde(default)]
+    pub smtp: SmtpSettings,
 }
 
-/// One webhook and which studies it is told about.
+/// One rule: which studies it is told about, where (a webhook `url` or `email` recipients), and
+/// whom it escalates to when nobody acknowledges.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookRule {
-    /// Unique; the outbox destination is `webhook:<name>`. Letters, digits, `-` and `_`.
+pub struct NotifyRule {
+    /// Unique; the outbox destination is `webhook:<name>` or `email:<name>`. Letters, digits,
+    /// `-` and `_`.
     pub name: String,
-    /// `https://...`; plain `http://` only to a loopback host. Never logged.
-    pub url: String,
-    /// The study priorities that notify (default: urgent only).
+    /// A webhook: `https://...`; plain `http://` only to a loopback host. Never logged.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// E-mail recipients (through `[notify.smtp]`). Never logged.
+    #[serde(default)]
+    pub email: Vec<String>,
+    /// The study priorities that notify (default: urgent only). Empty: the rule is only reached
+    /// by escalation.
     #[serde(default = "urgent_only")]
     pub priorities: Vec<NotifyPriority>,
     /// Only studies where one of these models gave the priority; empty: any model.
     #[serde(default)]
     pub models: Vec<String>,
-    /// A file holding a bearer token sent as `Authorization: Bearer ...` (read at each send).
+    /// A webhook's bearer token file, sent as `Authorization: Bearer ...` (read at each send).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Unacknowledged this long after the notification was made, the chain escalates to the
+    /// rule `escalate_to` names (both or neither).
+    #[serde(default, with = "humantime_serde::option")]
+    pub escalate_after: Option<Duration>,
+    #[serde(default)]
+    pub escalate_to: Option<String>,
 }
 
-impl std::fmt::Debug for WebhookRule {
-    /// The URL's path and query may carry a secret (many webhook services put one there).
+/// What a rule sends through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Webhook,
+    Email,
+}
+
+impl NotifyRule {
+    pub fn channel(&self) -> Channel {
+        if self.url.is_some() {
+            Channel::Webhook
+        } else {
+            Channel::Email
+        }
+    }
+
+    /// The outbox destination of the rule's notifications.
+    pub fn destination(&self) -> String {
+        match self.channel() {
+            Channel::Webhook => format!("{WEBHOOK_PREFIX}{}", self.name),
+            Channel::Email => format!("{EMAIL_PREFIX}{}", self.name),
+        }
+    }
+}
+
+impl std::fmt::Debug for NotifyRule {
+    /// The URL's path and query may carry a secret (many webhook services put one there); the
+    /// addresses are people's.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookRule")
+        f.debug_struct("NotifyRule")
             .field("name", &self.name)
-            .field("url", &redact_webhook_url(&self.url))
+            .field("url", &self.url.as_deref().map(redact_webhook_url))
+            .field("email", &format!("<{} recipients>", self.email.len()))
             .field("priorities", &self.priorities)
             .field("models", &self.models)
             .field("token_file", &self.token_file)
+            .field("escalate_after", &self.escalate_after)
+            .field("escalate_to", &self.escalate_to)
             .finish()
+    }
+}
+
+/// How the SMTP session is protected.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// STARTTLS required (port 587): a server that does not offer it is not sent to.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: only to a loopback host (a local relay).
+    Plain,
+}
+
+/// The mail server e-mail rules send through.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    /// Empty: no authentication.
+    pub username: String,
+    /// The password, read at each send (never in this file, never logged).
+    pub password_file: Option<PathBuf>,
+    /// The sender address.
+    pub from: String,
+    /// A CA certificate (PEM) trusted besides the platform's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name said in EHLO (empty: the node id).
+    pub helo_name: String,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        SmtpSettings {
+            host: String::new(),
+            port: 587,
+            security: SmtpSecurity::Starttls,
+            username: String::new(),
+            password_file: None,
+            from: String::new(),
+            ca_file: None,
+            helo_name: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &(!self.username.is_empty()).then_some("<set>"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,39 +230,53 @@ impl NotifyPriority {
     }
 }
 
-/// The outbox destination of a webhook rule's notifications.
-pub fn webhook_destination(name: &str) -> String {
-    format!("{WEBHOOK_PREFIX}{name}")
-}
-
 /// What every webhook destination starts with (an AE title cannot be one of them: see
 /// `NotifySettings::validate`).
 pub const WEBHOOK_PREFIX: &str = "webhook:";
+/// What every e-mail destination starts with.
+pub const EMAIL_PREFIX: &str = "email:";
+
+/// An address a rule may send to: one `@` with text either side, no spaces, controls, angle
+/// brackets or commas (nothing that could end a header or add a recipient).
+pub fn plain_address(a: &str) -> bool {
+    let mut parts = a.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else { return false };
+    !local.is_empty()
+        && !domain.is_empty()
+        && a.len() <= 254
+        && a.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | ',' | ';' | '"' | '(' | ')' | '[' | ']' | '\\'))
+}
 
 impl NotifySettings {
     /// The rules in force (none when notifications are off).
-    pub fn rules(&self) -> &[WebhookRule] {
+    pub fn rules(&self) -> &[NotifyRule] {
         if self.enabled {
-            &self.webhooks
+            &self.rules
         } else {
             &[]
         }
     }
 
-    /// The rule a destination (`webhook:<name>`) names.
-    pub fn rule_for(&self, destination: &str) -> Option<&WebhookRule> {
-        let name = destination.strip_prefix(WEBHOOK_PREFIX)?;
+    /// The rule a destination (`webhook:<name>`, `email:<name>`) names.
+    pub fn rule_for(&self, destination: &str) -> Option<&NotifyRule> {
+        self.rules().iter().find(|r| r.destination() == destination)
+    }
+
+    /// The rule named `name`.
+    pub fn rule_named(&self, name: &str) -> Option<&NotifyRule> {
         self.rules().iter().find(|r| r.name == name)
     }
 
-    /// Names unique and plain, URLs http(s) (https unless the host is loopback), no credentials
-    /// in a URL (a token file instead), a rule matches some priority.
+    /// Names unique and plain; a webhook's URL http(s) (https unless the host is loopback),
+    /// no credentials in it (a token file instead); e-mail addresses plain, with a mail server
+    /// and a sender; escalation to a rule that exists, with a delay, never round a cycle; a
+    /// rule matches some priority unless escalation reaches it.
     pub fn validate(&self, destinations: &[AeTitle]) -> Result<(), String> {
         if !self.enabled {
             return Ok(());
         }
-        if self.webhooks.is_empty() {
-            return Err("notify.enabled needs at least one [[notify.webhooks]] rule".into());
+        if self.rules.is_empty() {
+            return Err("notify.enabled needs at least one [[notify.rules]] rule".into());
         }
         if self.timeout.is_zero() {
             return Err("notify.timeout must be above zero".into());
@@ -164,41 +287,90 @@ impl NotifySettings {
                 return Err("notify.link_base must be an http(s) URL with a host".into());
             }
         }
-        for (i, rule) in self.webhooks.iter().enumerate() {
+        for (i, rule) in self.rules.iter().enumerate() {
             let name = &rule.name;
             if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(format!("notify.webhooks: {name:?} must be 1 to 32 letters, digits, '-' or '_'"));
+                return Err(format!("notify.rules: {name:?} must be 1 to 32 letters, digits, '-' or '_'"));
             }
-            if self.webhooks[..i].iter().any(|r| r.name == *name) {
-                return Err(format!("notify.webhooks: the name {name:?} is used twice"));
+            if self.rules[..i].iter().any(|r| r.name == *name) {
+                return Err(format!("notify.rules: the name {name:?} is used twice"));
             }
-            if destinations.iter().any(|d| d.as_str() == webhook_destination(name)) {
-                return Err(format!("notify.webhooks: results.destinations names the AE {:?}, the webhook's outbox destination", webhook_destination(name)));
+            if destinations.iter().any(|d| d.as_str() == rule.destination()) {
+                return Err(format!("notify.rules: results.destinations names the AE {:?}, the rule's outbox destination", rule.destination()));
             }
-            let url = reqwest13::Url::parse(&rule.url).map_err(|e| format!("notify.webhooks {name}: the url is not a URL ({e})"))?;
-            let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-                return Err(format!("notify.webhooks {name}: the url has no host"));
-            };
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
-            match url.scheme() {
-                "https" => {}
-                "http" if loopback => {}
-                "http" => return Err(format!("notify.webhooks {name}: plain http only to a loopback host; use https")),
-                other => return Err(format!("notify.webhooks {name}: the url's scheme is {other:?}, not http(s)")),
+            match (&rule.url, rule.email.is_empty()) {
+                (Some(url), true) => validate_webhook_url(name, url)?,
+                (None, false) => {
+                    if let Some(bad) = rule.email.iter().position(|a| !plain_address(a)) {
+                        return Err(format!("notify.rules {name}: e-mail address {} is not a plain address (name@domain)", bad + 1));
+                    }
+                    if self.smtp.host.is_empty() || !plain_address(&self.smtp.from) {
+                        return Err(format!("notify.rules {name}: e-mail needs [notify.smtp] host and a plain from address"));
+                    }
+                    if rule.token_file.is_some() {
+                        return Err(format!("notify.rules {name}: token_file is for webhooks"));
+                    }
+                }
+                (Some(_), false) => return Err(format!("notify.rules {name}: either url (a webhook) or email, not both")),
+                (None, true) => return Err(format!("notify.rules {name}: needs a webhook url or email recipients")),
             }
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err(format!("notify.webhooks {name}: no credentials in the url; put a bearer token in token_file"));
-            }
-            if rule.priorities.is_empty() {
-                return Err(format!("notify.webhooks {name}: priorities must not be empty"));
+            let escalated_to = self.rules.iter().any(|r| r.escalate_to.as_deref() == Some(name.as_str()));
+            if rule.priorities.is_empty() && !escalated_to {
+                return Err(format!("notify.rules {name}: priorities must not be empty (or another rule must escalate to it)"));
             }
             if rule.token_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-                return Err(format!("notify.webhooks {name}: token_file is empty (leave it out for no token)"));
+                return Err(format!("notify.rules {name}: token_file is empty (leave it out for no token)"));
             }
+            match (&rule.escalate_to, rule.escalate_after) {
+                (None, None) => {}
+                (Some(to), Some(after)) => {
+                    if after.is_zero() {
+                        return Err(format!("notify.rules {name}: escalate_after must be above zero"));
+                    }
+                    if !self.rules.iter().any(|r| r.name == *to) || to == name {
+                        return Err(format!("notify.rules {name}: escalate_to names no other rule ({to:?})"));
+                    }
+                }
+                _ => return Err(format!("notify.rules {name}: escalate_to and escalate_after go together")),
+            }
+            // Follow the chain: it must end.
+            let mut seen = vec![name.as_str()];
+            let mut at = rule;
+            while let Some(next) = at.escalate_to.as_deref().and_then(|to| self.rules.iter().find(|r| r.name == to)) {
+                if seen.contains(&next.name.as_str()) {
+                    return Err(format!("notify.rules {name}: escalation goes round a cycle ({} -> {})", seen.join(" -> "), next.name));
+                }
+                seen.push(&next.name);
+                at = next;
+            }
+        }
+        if self.smtp.security == SmtpSecurity::Plain && !self.smtp.host.is_empty() && !loopback_host(&self.smtp.host) {
+            return Err("notify.smtp: security = \"plain\" only to a loopback host; use starttls or tls".into());
         }
         Ok(())
     }
+}
+
+fn loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+}
+
+fn validate_webhook_url(name: &str, url: &str) -> Result<(), String> {
+    let url = reqwest13::Url::parse(url).map_err(|e| format!("notify.rules {name}: the url is not a URL ({e})"))?;
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err(format!("notify.rules {name}: the url has no host"));
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback_host(host) => {}
+        "http" => return Err(format!("notify.rules {name}: plain http only to a loopback host; use https")),
+        other => return Err(format!("notify.rules {name}: the url's scheme is {other:?}, not http(s)")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("notify.rules {name}: no credentials in the url; put a bearer token in token_file"));
+    }
+    Ok(())
 }
 
 /// A webhook URL as settings print it: scheme, host and port; the path and query (where
@@ -232,9 +404,41 @@ pub struct Hl7Settings {
     pub positive: String,
     pub negative: String,
     pub failed: String,
+    /// After the ORU^R01, an order message raising the order's priority: `none`, `omi`
+    /// (OMI^O23, v2.5.1) or `orm` (ORM^O01, older RIS).
+    pub order_update: crate::hl7::OrderUpdate,
+    /// The study priorities that send one: `urgent` (STAT) and/or `positive` (ASAP).
+    pub order_update_priorities: Vec<NotifyPriority>,
+}
+
+/// `[hl7] order_update` as the publisher needs it (style None when HL7 is off).
+#[derive(Debug, Clone, Default)]
+pub struct OrderUpdateSettings {
+    pub style: crate::hl7::OrderUpdate,
+    pub priorities: Vec<NotifyPriority>,
+}
+
+impl OrderUpdateSettings {
+    /// The order message a study at `priority` (the worklist's spelling) gets after its ORU.
+    pub fn for_priority(&self, priority: &str) -> Option<crate::hl7::OrderUpdate> {
+        (!self.style.is_none() && self.priorities.iter().any(|p| p.as_str() == priority)).then_some(self.style)
+    }
 }
 
 impl Hl7Settings {
+    /// The order update the publisher queues (none while HL7 is off).
+    pub fn order_update(&self) -> OrderUpdateSettings {
+        match self.enabled {
+            true => OrderUpdateSettings { style: self.order_update, priorities: self.order_update_priorities.clone() },
+            false => OrderUpdateSettings::default(),
+        }
+    }
+
+    /// The order message a study at `priority` (the worklist's spelling) gets after its ORU.
+    pub fn order_update_for(&self, priority: &str) -> Option<crate::hl7::OrderUpdate> {
+        self.order_update().for_priority(priority)
+    }
+
     pub fn mapping(&self) -> crate::hl7::Mapping {
         crate::hl7::Mapping {
             sending_application: self.sending_application.clone(),
@@ -404,8 +608,15 @@ pub struct InferenceSettings {
     pub queue_depth: usize,
     /// Instances decoded and preprocessed at once; 0 = one per CPU core.
     pub preprocess_threads: usize,
-    /// libtorch intra-op threads of the engine thread; 0 = one per CPU core but one.
+    /// libtorch intra-op threads of the engine thread (and ONNX Runtime's per session); 0 = one
+    /// per CPU core but one.
     pub torch_threads: usize,
+    /// `libonnxruntime.so` for ONNX packages (`model.onnx`); unset: `ORT_DYLIB_PATH`, else the
+    /// onnxruntime wheel of the venv the node was built against. Opened only if a package needs it.
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// ONNX Runtime's execution provider: `cpu`, or `cuda` / `cuda:N` (the library must have it).
+    pub onnx_provider: crate::inference::onnx::Provider,
     /// Studies aggregated at once.
     pub concurrent_studies: usize,
     /// How long a study job or an instance pass is claimed; jobs renew it while they run.
@@ -425,6 +636,8 @@ impl InferenceSettings {
             max_batch: self.max_batch,
             queue_depth: self.queue_depth,
             torch_threads: self.torch_threads,
+            onnxruntime_library: self.onnxruntime_library.clone(),
+            onnx_provider: self.onnx_provider,
         }
     }
 
@@ -482,6 +695,48 @@ pub struct ResultsSettings {
     pub heatmap: Vec<HeatmapObject>,
     /// Long side of a heatmap Secondary Capture's image part, in pixels.
     pub heatmap_max_size: usize,
+    /// AE titles (registered) of UPS Push SCPs (the site's worklist manager) that get a
+    /// Unified Procedure Step per study whose priority `ups_priorities` lists; empty: none.
+    pub ups: Vec<AeTitle>,
+    /// The study priorities that create a workitem: `urgent` (Scheduled Procedure Step
+    /// Priority HIGH) and/or `positive` (MEDIUM).
+    pub ups_priorities: Vec<NotifyPriority>,
+}
+
+/// The outbox destination of UPS workitems for the SCP `ae` (a lane of its own, apart from
+/// the result objects a PACS of the same AE title gets).
+pub fn ups_destination(ae: &AeTitle) -> String {
+    format!("{UPS_PREFIX}{ae}")
+}
+
+/// What every UPS destination starts with (no configured AE title may: see
+/// `ResultsSettings::validate_ups`).
+pub const UPS_PREFIX: &str = "ups:";
+
+impl ResultsSettings {
+    /// `ups` and `ups_priorities`: each AE once, each priority once, a priority when an AE
+    /// is named.
+    pub fn validate_ups(&self) -> Result<(), String> {
+        if self.ups.iter().enumerate().any(|(i, a)| self.ups[..i].contains(a)) {
+            return Err("ups names an AE title twice".into());
+        }
+        if self.ups.iter().chain(&self.destinations).any(|a| a.as_str().starts_with(UPS_PREFIX)) {
+            return Err(format!("an AE title may not start with {UPS_PREFIX:?} (the outbox's UPS destinations do)"));
+        }
+        let p = &self.ups_priorities;
+        if p.iter().enumerate().any(|(i, x)| p[..i].contains(x)) {
+            return Err("ups_priorities lists a priority twice".into());
+        }
+        if !self.ups.is_empty() && p.is_empty() {
+            return Err("ups_priorities must list urgent and/or positive when ups names an AE".into());
+        }
+        Ok(())
+    }
+
+    /// Whether a study at `priority` (the worklist's spelling) gets a workitem.
+    pub fn ups_for(&self, priority: &str) -> bool {
+        !self.ups.is_empty() && self.ups_priorities.iter().any(|p| p.as_str() == priority)
+    }
 }
 
 /// A heatmap object kind (`[results] heatmap`).
@@ -524,7 +779,10 @@ impl Settings {
                 .with_list_parse_key("dicom.transfer_syntax_preference")
                 .with_list_parse_key("deid.safe_private")
                 .with_list_parse_key("deid.burned_in_when_absent")
-                .with_list_parse_key("results.destinations"),
+                .with_list_parse_key("results.destinations")
+                .with_list_parse_key("results.ups")
+                .with_list_parse_key("results.ups_priorities")
+                .with_list_parse_key("hl7.order_update_priorities"),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
@@ -586,6 +844,10 @@ impl Settings {
         }
         if !(64..=4096).contains(&self.results.heatmap_max_size) {
             return Err(invalid("results.heatmap_max_size", "must be between 64 and 4096 pixels"));
+        }
+        self.results.validate_ups().map_err(|reason| ConfigError::Invalid { key: "results.ups", reason })?;
+        if self.hl7.order_update != crate::hl7::OrderUpdate::None && self.hl7.order_update_priorities.is_empty() {
+            return Err(invalid("hl7.order_update_priorities", "must list urgent and/or positive when hl7.order_update is omi or orm"));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
@@ -703,8 +965,9 @@ impl Settings {
     pub fn redacted(&self) -> Settings {
         let mut s = self.clone();
         s.database.url = redact_url(&s.database.url);
-        for w in &mut s.notify.webhooks {
-            w.url = redact_webhook_url(&w.url);
+        for r in &mut s.notify.rules {
+            r.url = r.url.as_deref().map(redact_webhook_url);
+            r.email = r.email.iter().map(|_| "<redacted>".to_string()).collect();
         }
         s
     }
@@ -772,6 +1035,43 @@ mod tests {
     }
 
     #[test]
+    fn ups_and_order_update_settings_are_validated() {
+        let s = Settings::load(None).unwrap();
+        assert!(s.results.ups.is_empty() && !s.results.ups_for("URGENT"), "off by default");
+        assert_eq!(s.results.ups_priorities, vec![NotifyPriority::Urgent]);
+        assert_eq!((s.hl7.order_update, s.hl7.order_update_for("URGENT")), (crate::hl7::OrderUpdate::None, None));
+        let check = |f: &dyn Fn(&mut Settings), ok: bool| {
+            let mut s = Settings::load(None).unwrap();
+            f(&mut s);
+            assert_eq!(s.validate().is_ok(), ok, "{:?}", s.validate().err());
+            s
+        };
+        let ae = |a: &str| AeTitle::parse(a).unwrap();
+        let s = check(&|s| s.results.ups = vec![ae("RISUPS")], true);
+        assert!(s.results.ups_for("URGENT") && !s.results.ups_for("POSITIVE"));
+        assert_eq!(ups_destination(&s.results.ups[0]), "ups:RISUPS");
+        check(&|s| s.results.ups = vec![ae("RISUPS"), ae("RISUPS")], false);
+        check(&|s| s.results.ups = vec![ae("ups:X")], false);
+        check(&|s| (s.results.ups, s.results.ups_priorities) = (vec![ae("RISUPS")], vec![]), false);
+        check(&|s| s.results.ups_priorities = vec![NotifyPriority::Urgent, NotifyPriority::Urgent], false);
+        let s = check(&|s| s.results.ups_priorities = vec![NotifyPriority::Urgent, NotifyPriority::Positive], true);
+        assert!(!s.results.ups_for("POSITIVE"), "no AE: no workitem");
+        let mut s = check(&|s| (s.hl7.enabled, s.hl7.host, s.hl7.order_update) = (true, "ris".into(), crate::hl7::OrderUpdate::Omi), true);
+        assert_eq!((s.hl7.order_update_for("URGENT"), s.hl7.order_update_for("POSITIVE")), (Some(crate::hl7::OrderUpdate::Omi), None));
+        s.hl7.enabled = false;
+        assert_eq!(s.hl7.order_update_for("URGENT"), None, "HL7 off: no order message");
+        check(&|s| (s.hl7.order_update, s.hl7.order_update_priorities) = (crate::hl7::OrderUpdate::Orm, vec![]), false);
+        // The spelling in a file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[results]\nups = [\"RISUPS\"]\nups_priorities = [\"urgent\", \"positive\"]\n[hl7]\norder_update = \"orm\"\n").unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        assert_eq!((s.results.ups.len(), s.results.ups_priorities.len(), s.hl7.order_update), (1, 2, crate::hl7::OrderUpdate::Orm));
+        std::fs::write(&file, "[hl7]\norder_update = \"oml\"\n").unwrap();
+        assert!(Settings::load(Some(&file)).is_err(), "an unknown order message is refused");
+    }
+
+    #[test]
     fn webhook_rules_are_validated() {
         let dir = tempfile::tempdir().unwrap();
         let load = |notify: &str| {
@@ -806,13 +1106,59 @@ mod tests {
         assert!(load(&format!("{}priorities = []\n", rule("a", "https://h.example/1"))).unwrap_err().contains("priorities"));
         assert!(load(&format!("{}priorities = [\"negative\"]\n", rule("a", "https://h.example/1"))).is_err());
         let both = load(&format!("{}priorities = [\"urgent\", \"POSITIVE\"]\nmodels = [\"demo-nodule\"]\n", rule("a", "https://h.example/1"))).unwrap();
-        assert_eq!(both.notify.webhooks[0].priorities, [NotifyPriority::Urgent, NotifyPriority::Positive]);
+        assert_eq!(both.notify.rules[0].priorities, [NotifyPriority::Urgent, NotifyPriority::Positive]);
         assert!(load(&format!("link_base = \"file:///x\"\n{}", rule("a", "https://h.example/1"))).unwrap_err().contains("link_base"));
         assert!(load(&format!("timeout = \"1h\"\n{}", rule("a", "https://h.example/1"))).unwrap_err().contains("lease"));
         // Off: the rules are not in force (and not checked).
         let path = dir.path().join("off.toml");
         std::fs::write(&path, format!("[notify]\nenabled = false\n{}", rule("a", "http://hooks.example/x"))).unwrap();
         assert!(Settings::load(Some(&path)).unwrap().notify.rules().is_empty());
+    }
+
+    #[test]
+    fn e_mail_rules_and_escalation_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |notify: &str| {
+            let path = dir.path().join("n.toml");
+            std::fs::write(&path, format!("[notify]\nenabled = true\n{notify}")).unwrap();
+            Settings::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let smtp = "[notify.smtp]\nhost = \"smtp.example\"\nfrom = \"triage@hospital.example\"\n";
+        let hook = |name: &str, extra: &str| format!("[[notify.rules]]\nname = \"{name}\"\nurl = \"https://h.example/{name}\"\n{extra}");
+        let mail = |name: &str, extra: &str| format!("[[notify.rules]]\nname = \"{name}\"\nemail = [\"neuro.oncall@hospital.example\"]\n{extra}");
+        let chain = format!("{smtp}{}{}", hook("first", "escalate_after = \"10m\"\nescalate_to = \"backup\"\n"), mail("backup", "priorities = []\n"));
+        let s = load(&chain).unwrap();
+        let (first, backup) = (s.notify.rule_named("first").unwrap(), s.notify.rule_named("backup").unwrap());
+        assert_eq!((first.channel(), backup.channel()), (Channel::Webhook, Channel::Email));
+        assert_eq!((first.destination().as_str(), backup.destination().as_str()), ("webhook:first", "email:backup"));
+        assert_eq!(first.escalate_after, Some(Duration::from_secs(600)));
+        assert_eq!(s.notify.rule_for("email:backup").map(|r| r.name.as_str()), Some("backup"));
+        assert!(s.notify.rule_for("webhook:backup").is_none());
+        assert_eq!(s.notify.smtp.port, 587, "submission port by default");
+        assert_eq!(s.notify.smtp.security, SmtpSecurity::Starttls, "STARTTLS required by default");
+        // Addresses never print.
+        assert!(!format!("{:?}", s.notify).contains("neuro.oncall") && !format!("{:?}", s.redacted()).contains("neuro.oncall"));
+        // Refusals.
+        assert!(load(&mail("m", "")).unwrap_err().contains("[notify.smtp]"), "e-mail without a server");
+        assert!(load(&format!("{smtp}{}", mail("m", "")).replace("neuro.oncall@hospital.example", "a@b\\r\\nBcc: x@y")).unwrap_err().contains("plain address"));
+        assert!(load(&format!("{smtp}[[notify.rules]]\nname = \"x\"\n")).unwrap_err().contains("url"), "neither url nor email");
+        assert!(load(&format!("{smtp}{}", hook("x", "email = [\"a@b.example\"]\n"))).unwrap_err().contains("not both"));
+        assert!(load(&hook("x", "escalate_to = \"x\"\nescalate_after = \"1m\"\n")).unwrap_err().contains("no other rule"));
+        assert!(load(&hook("x", "escalate_to = \"nobody\"\nescalate_after = \"1m\"\n")).unwrap_err().contains("no other rule"));
+        assert!(load(&format!("{}{}", hook("x", "escalate_to = \"y\"\n"), hook("y", ""))).unwrap_err().contains("go together"));
+        assert!(load(&format!(
+            "{}{}",
+            hook("x", "escalate_to = \"y\"\nescalate_after = \"1m\"\n"),
+            hook("y", "escalate_to = \"x\"\nescalate_after = \"1m\"\n")
+        ))
+        .unwrap_err()
+        .contains("cycle"));
+        assert!(load(&format!("{}{}", hook("x", ""), hook("y", "priorities = []\n"))).unwrap_err().contains("priorities"), "nobody escalates to y");
+        let plain = "[notify.smtp]\nhost = \"smtp.example\"\nfrom = \"t@h.example\"\nsecurity = \"plain\"\n";
+        assert!(load(&format!("{plain}{}", mail("m", ""))).unwrap_err().contains("loopback"));
+        assert!(load(&format!("{}{}", plain.replace("smtp.example", "127.0.0.1"), mail("m", ""))).is_ok());
+        // The section's first name still reads.
+        assert!(load("[[notify.webhooks]]\nname = \"old\"\nurl = \"https://h.example/1\"\n").is_ok());
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn publisher(ctx: &Start) -> crate::results::Publisher {
         node: ctx.core.node_id.clone(),
         wake: ctx.wake_outbox.clone(),
         hl7: ctx.settings.hl7.enabled,
+        hl7_order: ctx.settings.hl7.order_update(),
         notify: ctx.settings.notify.clone(),
     }
 }
@@ -282,6 +283,9 @@ fn spawn_workers(
     }
     if ctx.core.blobs.is_shared() {
         workers.spawn(crate::blobs::CacheSweeper::new(ctx.core.blobs.clone()));
+    }
+    if settings.notify.rules().iter().any(|r| r.escalate_after.is_some()) {
+        workers.spawn(crate::delivery::escalation::Escalator::new(db.clone(), publisher(ctx)));
     }
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: ctx.core.node_id.clone() });
 }

@@ -169,6 +169,7 @@ pub async fn seed_worklist(settings: &Settings, studies: usize) -> Result<Seeded
                 lowered_from: None,
                 reading: crate::db::Reading::unread(),
                 retraction: None,
+                notified: Default::default(),
             },
         ));
     }

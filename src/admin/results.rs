@@ -51,6 +51,7 @@ pub fn publisher(settings: &Settings, blobs: crate::blobs::Blobs) -> Publisher {
         node: settings.node_id(),
         wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         hl7: settings.hl7.enabled,
+        hl7_order: settings.hl7.order_update(),
         notify: settings.notify.clone(),
     }
 }

@@ -70,6 +70,36 @@ impl From<&crate::db::Retraction> for RetractionView {
     }
 }
 
+/// A study's on-call notification as the worklist shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NotificationView {
+    pub notified_at_ms: Option<i64>,
+    pub acknowledged_at_ms: Option<i64>,
+    pub acknowledged_by: Option<String>,
+    /// From the study's last instance received to the first notification delivered.
+    pub time_to_notification_ms: Option<i64>,
+    /// From the study's last instance received to the acknowledgement.
+    pub time_to_acknowledgement_ms: Option<i64>,
+}
+
+impl NotificationView {
+    /// None when the study was never notified.
+    pub fn of(row: &WorklistRow) -> Option<NotificationView> {
+        let n = &row.notified;
+        if n.at_ms.is_none() && n.acknowledged_at_ms.is_none() {
+            return None;
+        }
+        let since_last = |t: Option<i64>| t.map(|t| (t - row.received_at_ms).max(0));
+        Some(NotificationView {
+            notified_at_ms: n.at_ms,
+            acknowledged_at_ms: n.acknowledged_at_ms,
+            acknowledged_by: n.acknowledged_by.clone(),
+            time_to_notification_ms: since_last(n.at_ms),
+            time_to_acknowledgement_ms: since_last(n.acknowledged_at_ms),
+        })
+    }
+}
+
 /// One worklist row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
@@ -85,6 +115,10 @@ pub struct Item {
     /// An admin retracted the study's AI results (only a retracted row, read by id, has it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retraction: Option<RetractionView>,
+    /// The on-call notification: when it first reached someone and its acknowledgement, with
+    /// the times from the study's last instance (absent: nobody was notified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notification: Option<NotificationView>,
     /// Only for an authenticated user of the API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patient: Option<Patient>,
@@ -185,6 +219,7 @@ pub async fn items(db: &Db, viewer: Option<Viewer<'_>>, rows: &[WorklistRow]) ->
             reading: ReadingView::from(&r.reading),
             deliveries: deliveries.remove(&r.study_id).unwrap_or_default(),
             retraction: r.retraction.as_ref().map(RetractionView::from),
+            notification: NotificationView::of(r),
             patient: viewer.map(|_| patients.get(&r.study_instance_uid).cloned().unwrap_or(Patient { name: None, id: None, issuer: None, accession: None })),
         })
         .collect())

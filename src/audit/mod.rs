@@ -71,6 +71,11 @@ pub enum Event {
         study: i64,
         details: Retracted,
     },
+    /// Someone acknowledged the on-call notification of a study (its worklist row id).
+    Acknowledge {
+        study: i64,
+        details: Acknowledged,
+    },
 }
 
 /// How an instance was de-identified (`method`: the profile and options, as recorded).
@@ -174,10 +179,24 @@ pub struct Retracted {
     pub hl7: bool,
 }
 
+/// An acknowledgement of a study's on-call notification: by whom, how, which notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Acknowledged {
+    /// The reader's user (API), or `link` (the notification's one-time link).
+    pub user: String,
+    /// `link` or `api`.
+    pub via: String,
+    /// The notification's stable id and its rule.
+    pub notification: String,
+    pub rule: String,
+    /// Milliseconds from the notification being made to its acknowledgement.
+    pub after_ms: i64,
+}
+
 impl Event {
     /// Every event name, as stored.
-    pub const NAMES: [&'static str; 10] =
-        ["deidentify", "reidentify", "ae_add", "ae_remove", "ae_echo", "worklist_view", "reading", "query", "retrieve", "retract"];
+    pub const NAMES: [&'static str; 11] =
+        ["deidentify", "reidentify", "ae_add", "ae_remove", "ae_echo", "worklist_view", "reading", "query", "retrieve", "retract", "acknowledge"];
 
     /// The stored `event`.
     pub fn name(&self) -> &'static str {
@@ -192,6 +211,7 @@ impl Event {
             Event::Query { .. } => "query",
             Event::Retrieve { .. } => "retrieve",
             Event::Retract { .. } => "retract",
+            Event::Acknowledge { .. } => "acknowledge",
         }
     }
 
@@ -203,7 +223,7 @@ impl Event {
             // AE registrations name the AE title alone, as entries always have.
             Event::AeAdd { ae, .. } | Event::AeRemove { ae } | Event::AeEcho { ae, .. } => ae.clone(),
             Event::WorklistView { user, .. } => format!("user:{user}"),
-            Event::Reading { study, .. } | Event::Retract { study, .. } => format!("study:{study}"),
+            Event::Reading { study, .. } | Event::Retract { study, .. } | Event::Acknowledge { study, .. } => format!("study:{study}"),
             Event::Query { ae, .. } | Event::Retrieve { ae, .. } => format!("ae:{ae}"),
         }
     }
@@ -222,6 +242,7 @@ impl Event {
             Event::Query { details, .. } => serde_json::to_string(details),
             Event::Retrieve { details, .. } => serde_json::to_string(details),
             Event::Retract { details, .. } => serde_json::to_string(details),
+            Event::Acknowledge { details, .. } => serde_json::to_string(details),
         };
         // Plain structs of strings and numbers always serialize.
         json.unwrap_or_else(|_| "{}".into())
@@ -246,6 +267,7 @@ impl Event {
             "query" => Event::Query { ae: after("ae:")?, details: read(details)? },
             "retrieve" => Event::Retrieve { ae: after("ae:")?, details: read(details)? },
             "retract" => Event::Retract { study: after("study:")?.parse().ok()?, details: read(details)? },
+            "acknowledge" => Event::Acknowledge { study: after("study:")?.parse().ok()?, details: read(details)? },
             _ => return None,
         })
     }
@@ -464,6 +486,10 @@ mod tests {
                     objects: vec!["2.25.6".into(), "2.25.7".into()],
                     hl7: true,
                 },
+            },
+            Event::Acknowledge {
+                study: 42,
+                details: Acknowledged { user: "link".into(), via: "link".into(), notification: "tn-0123".into(), rule: "oncall".into(), after_ms: 90_000 },
             },
         ];
         for e in &all {

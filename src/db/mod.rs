@@ -3,7 +3,7 @@
 //! Owns: the connection pool (SQLite in WAL mode by default, PostgreSQL for shared stores),
 //! migrations per engine, and one file per aggregate: `ae_titles`, `instances`, `inference`
 //! (each instance's pass and its frame outputs), `studies`, `jobs`, `results` (study results
-//! and findings), `outbox`, `commitment`, `reid_map`, `audit`. Functions that must commit
+//! and findings), `outbox`, `notifications` (on-call notifications, their escalation and acknowledgement), `commitment`, `reid_map`, `audit`. Functions that must commit
 //! together compose inside one transaction through each aggregate's `*_in` helpers (saving a
 //! result queues its objects and finishes its job). Every stored state is an enum of `state`,
 //! spelled there once.
@@ -16,6 +16,7 @@ mod commitment;
 mod inference;
 mod instances;
 mod jobs;
+mod notifications;
 mod outbox;
 mod procedure_steps;
 mod reid_map;
@@ -31,6 +32,7 @@ pub use ae_titles::RegisteredAe;
 pub use inference::{FrameOutput, PendingInference};
 pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use jobs::{ClaimedJob, Job};
+pub use notifications::{AckOutcome, AckTarget, NewNotification, Notification};
 pub use outbox::{NewOutboxItem, OutboxItem};
 pub use procedure_steps::{ProcedureStep, StepCreated};
 pub use reid_map::SealedRecord;
@@ -40,7 +42,7 @@ pub use studies::ReadyStudy;
 pub use wake::{Wake, WakeListener};
 pub use workers::WorkerReport;
 pub use worklist::{
-    Reading, ReadingAction, ReadingOutcome, RetractOutcome, RetractRecord, Retraction, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
+    Notified, Reading, ReadingAction, ReadingOutcome, RetractOutcome, RetractRecord, Retraction, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
 };
 
 use std::time::Duration;

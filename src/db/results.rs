@@ -69,6 +69,7 @@ impl Db {
         worklist: Option<&super::WorklistRow>,
         node: &str,
         outbox: &[super::NewOutboxItem],
+        notifications: &[super::NewNotification],
     ) -> Result<Option<String>, DbError> {
         let study_id = job.study_id;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
@@ -137,6 +138,12 @@ impl Db {
         };
         for item in outbox {
             super::outbox::insert_in(&mut tx, node, item, now).await?;
+        }
+        if notifications.iter().any(|n| n.level == 0) {
+            super::notifications::restart_study_in(&mut tx, study_id).await?;
+        }
+        for n in notifications {
+            super::notifications::insert_in(&mut tx, n).await?;
         }
         super::jobs::finish_in(&mut tx, job, now).await?;
         if !outbox.is_empty() {

@@ -99,6 +99,9 @@ text_enum!(
         /// A notification of a study's triage to a webhook (`results::notify::Notice`, JSON sent
         /// as written: de-identified).
         Notice = "notice",
+        /// A Unified Procedure Step for the site's worklist (`results::ups`), created by N-CREATE
+        /// (UPS Push) at destination `ups:<AE>`; de-identified, re-identified at sending.
+        Ups = "ups",
     }
 );
 

@@ -33,6 +33,16 @@ pub struct WorklistRow {
     /// An admin retracted the study's AI results: the row has left every listing (kept, its
     /// history) until a new result replaces it.
     pub retraction: Option<Retraction>,
+    /// The study's on-call notification: first delivered, acknowledged (by whom).
+    pub notified: Notified,
+}
+
+/// When the study's on-call notification first reached someone, and its acknowledgement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notified {
+    pub at_ms: Option<i64>,
+    pub acknowledged_at_ms: Option<i64>,
+    pub acknowledged_by: Option<String>,
 }
 
 /// An admin's retraction of a study's AI results. The admin's reason is in the audit trail only.
@@ -190,7 +200,7 @@ enum Arg {
 
 const COLUMNS: &str = "w.study_id, s.study_instance_uid, w.priority, w.priority_rank, w.score, w.received_at_ms, w.result_at_ms, w.modalities, w.models,
                        w.positive_labels, w.demonstration, w.findings, w.reasons, w.lowered_from, w.reading_state, w.reader, w.reading_at_ms,
-                       w.retracted_at_ms, w.retracted_by, w.retraction_reason";
+                       w.retracted_at_ms, w.retracted_by, w.retraction_reason, w.notified_at_ms, w.acknowledged_at_ms, w.acknowledged_by";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<WorklistRow, DbError> {
     Ok(WorklistRow {
@@ -210,6 +220,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<WorklistRow, DbError> {
         lowered_from: get(r, "lowered_from")?,
         reading: Reading { state: get::<String>(r, "reading_state")?.parse()?, reader: get(r, "reader")?, at_ms: get(r, "reading_at_ms")? },
         retraction: retraction(r)?,
+        notified: Notified { at_ms: get(r, "notified_at_ms")?, acknowledged_at_ms: get(r, "acknowledged_at_ms")?, acknowledged_by: get(r, "acknowledged_by")? },
     })
 }
 
@@ -455,6 +466,7 @@ impl Db {
         for item in r.outbox {
             super::outbox::insert_in(&mut tx, r.node, item, now).await?;
         }
+        super::notifications::withdraw_in(&mut tx, r.study_id, now).await?;
         super::audit::append_in(&mut tx, key, r.event).await?;
         if !r.outbox.is_empty() {
             super::wake::notify_in(&mut tx, super::Wake::Outbox).await?;

@@ -5,7 +5,9 @@
 //! does) or transcode anything: files go out in the transfer syntax they are stored in.
 
 pub mod commitment;
+pub mod escalation;
 pub mod outbox;
+pub mod smtp;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -157,4 +159,25 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DeliveryError> {
         out.push(path.to_path_buf());
     }
     Ok(())
+}
+
+/// The mail server `[notify.smtp]` names, as the SMTP transport takes it (EHLO names the node
+/// unless `helo_name` is set).
+pub fn smtp_server(notify: &crate::config::NotifySettings, node: &str) -> smtp::SmtpServer {
+    let s = &notify.smtp;
+    smtp::SmtpServer {
+        host: s.host.clone(),
+        port: s.port,
+        security: match s.security {
+            crate::config::SmtpSecurity::Starttls => smtp::Security::StartTls,
+            crate::config::SmtpSecurity::Tls => smtp::Security::Tls,
+            crate::config::SmtpSecurity::Plain => smtp::Security::Plain,
+        },
+        username: (!s.username.is_empty()).then(|| s.username.clone()),
+        password_file: s.password_file.clone(),
+        from: s.from.clone(),
+        ca_file: s.ca_file.clone(),
+        timeout: notify.timeout,
+        helo_name: if s.helo_name.is_empty() { node.to_string() } else { s.helo_name.clone() },
+    }
 }

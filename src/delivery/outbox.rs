@@ -159,6 +159,26 @@ fn verdict_for(result: &Result<Response, ClientError>) -> Verdict {
     }
 }
 
+/// An N-CREATE response of UPS Push (PS3.4 CC.2.5.1.3): created, or created by an earlier
+/// attempt whose response was lost (Duplicate SOP Instance: the workitem's UID is the same on
+/// every attempt), is delivered; Out of Resources and a processing failure are tried again; any
+/// other refusal (a missing or invalid attribute, the class not supported) is final.
+fn ups_verdict_for(result: &Result<Response, ClientError>) -> Verdict {
+    match result {
+        Ok(rsp) if rsp.status.is_performed() || rsp.status == Status::DUPLICATE_SOP_INSTANCE => Verdict::Delivered,
+        Ok(rsp) => {
+            let why = format!("N-CREATE status {}: {}", rsp.status, rsp.error_comment.as_deref().unwrap_or("no error comment"));
+            if rsp.status.is_out_of_resources() || [Status::PROCESSING_FAILURE, Status::RESOURCE_LIMITATION].contains(&rsp.status) {
+                Verdict::Retry(why)
+            } else {
+                Verdict::Dead(why)
+            }
+        }
+        Err(e @ ClientError::NoContext(_)) => Verdict::Dead(e.to_string()),
+        Err(e) => Verdict::Retry(e.to_string()),
+    }
+}
+
 /// Delay before attempt `attempts + 1`: base * 2^(attempts - 1), capped, with +-20% jitter.
 pub fn backoff(cfg: &DeliverySettings, attempts: u32) -> Duration {
     let exp = cfg.retry_base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
@@ -395,6 +415,15 @@ struct Mllp;
 /// A notification POSTed to a webhook (`delivery::webhook`).
 struct Webhook;
 
+/// A UPS workitem N-CREATEd at a UPS Push SCP (`ups:<AE>`), re-identified just before.
+struct UpsPush;
+
+impl Sink for UpsPush {
+    fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
+        Box::pin(sender.attempt_ups(destination, items, claim))
+    }
+}
+
 impl Sink for Dimse {
     fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
         Box::pin(sender.attempt_dimse(destination, items, claim))
@@ -420,6 +449,7 @@ fn sink(kind: ObjectKind) -> &'static dyn Sink {
         ObjectKind::Sr | ObjectKind::Sc | ObjectKind::Pm | ObjectKind::Kos | ObjectKind::File => &Dimse,
         ObjectKind::Hl7 => &Mllp,
         ObjectKind::Notice => &Webhook,
+        ObjectKind::Ups => &UpsPush,
     }
 }
 
@@ -524,15 +554,13 @@ impl Sender {
         verdicts
     }
 
-    /// POST one notification as written, with its stable id; also says whether the webhook
-    /// could not be reached or did not answer.
+    /// Send one notification as written, with its stable id, through its rule's channel (a
+    /// webhook POST, or an e-mail made from it); also says whether the receiver could not be
+    /// reached or did not answer. Delivered: the ledger records when (the worklist's notified
+    /// time, the time-to-notification histogram).
     async fn attempt_webhook(&self, destination: &str, item: &OutboxItem) -> (Verdict, bool) {
         let Some(rule) = self.notify.rule_for(destination) else {
-            return (Verdict::Retry(format!("no [[notify.webhooks]] rule for {destination} (or [notify] is off): the notification waits")), false);
-        };
-        let client = match &self.http {
-            Ok(c) => c,
-            Err(why) => return (Verdict::Retry(why.clone()), false),
+            return (Verdict::Retry(format!("no [[notify.rules]] rule for {destination} (or [notify] is off): the notification waits")), false);
         };
         let path = match self.blobs.fetch(&item.path).await {
             Ok(path) => path,
@@ -542,14 +570,50 @@ impl Sender {
             Ok(b) => b,
             Err(e) => return (Verdict::Dead(format!("reading the notification {}: {e}", item.path)), false),
         };
-        let id = match serde_json::from_slice::<crate::results::notify::Notice>(&body) {
-            Ok(n) => n.id,
+        let notice = match serde_json::from_slice::<crate::results::notify::Notice>(&body) {
+            Ok(n) => n,
             Err(e) => return (Verdict::Dead(format!("reading the notification {}: {e}", item.path)), false),
         };
-        match super::webhook::post(client, rule, &id, body).await {
-            super::webhook::Posted::Delivered => (Verdict::Delivered, false),
+        let posted = match rule.channel() {
+            crate::config::Channel::Webhook => {
+                let client = match &self.http {
+                    Ok(c) => c,
+                    Err(why) => return (Verdict::Retry(why.clone()), false),
+                };
+                super::webhook::post(client, rule, &notice.id, body).await
+            }
+            crate::config::Channel::Email => {
+                let server = super::smtp_server(&self.notify, &self.node);
+                let (subject, text) = crate::results::notify::email_text(&notice);
+                let mail = super::smtp::Mail { to: rule.email.clone(), subject, text, message_id: notice.id.clone(), attachments: Vec::new() };
+                super::smtp::send(&server, &mail).await
+            }
+        };
+        match posted {
+            super::webhook::Posted::Delivered => {
+                self.delivered_notice(&notice).await;
+                (Verdict::Delivered, false)
+            }
             super::webhook::Posted::Retry { why, unreachable } => (Verdict::Retry(why), unreachable),
             super::webhook::Posted::Dead(why) => (Verdict::Dead(why), false),
+        }
+    }
+
+    /// The ledger's record of a delivered notification, and the time from the study's last
+    /// instance to its first notification delivered (rule names only as labels).
+    async fn delivered_notice(&self, notice: &crate::results::notify::Notice) {
+        match self.db.notification_delivered(&notice.id, now_ms()).await {
+            Ok(Some((n, first))) => {
+                if let (true, Some(last)) = (first, n.last_instance_at_ms) {
+                    let seconds = (n.delivered_at_ms.unwrap_or_else(now_ms) - last).max(0) as f64 / 1000.0;
+                    metrics::histogram!("triage_time_to_notification_seconds", "priority" => n.priority.clone()).record(seconds);
+                }
+                metrics::counter!("triage_notifications_delivered_total", "rule" => n.rule).increment(1);
+            }
+            // Delivered before (a retry after an unrecorded outcome), or a notice made before
+            // the ledger existed.
+            Ok(None) => {}
+            Err(error) => warn!(%error, "recording a notification's delivery failed"),
         }
     }
 
@@ -668,6 +732,81 @@ impl Sender {
         })
     }
 
+    /// The UPS Push transport: one association to the SCP for the batch, an N-CREATE per
+    /// workitem (re-identified in memory just before, encoded in the accepted transfer syntax),
+    /// each outcome recorded before the next.
+    async fn attempt_ups(&self, destination: &str, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
+        use crate::dicom::uids::UNIFIED_PROCEDURE_STEP_PUSH as UPS_PUSH;
+        let all = |v: Verdict| vec![v; items.len()];
+        let ae = destination.strip_prefix(crate::config::UPS_PREFIX).unwrap_or(destination);
+        let peer = match resolve(&self.db, ae, &self.ours, self.cfg.timeout, &self.tls).await {
+            Ok(peer) => peer,
+            Err(e) => return all(Verdict::Retry(e.to_string())),
+        };
+        let mut assoc = match Association::request(&peer, &[client::Proposal::ups_push()]).await {
+            Ok(a) => a,
+            Err(e) => return all(Verdict::Retry(e.to_string())),
+        };
+        let Some(ts) = assoc.transfer_syntax(UPS_PUSH).map(str::to_string) else {
+            let _ = assoc.release().await;
+            return all(Verdict::Dead(format!("{ae} accepted no presentation context for UPS Push")));
+        };
+        let mut verdicts = all(Verdict::Release);
+        for (i, item) in items.iter().enumerate() {
+            if !claim.may_start() {
+                break;
+            }
+            let started = std::time::Instant::now();
+            let outcome = tokio::select! {
+                outcome = self.create_one(&mut assoc, destination, item, &ts) => outcome,
+                _ = claim.running_out() => Err(Verdict::Retry(CLAIM_RAN_OUT.into())),
+            };
+            metrics::histogram!("triage_delivery_attempt_seconds", "kind" => item.kind.as_str()).record(started.elapsed().as_secs_f64());
+            let (verdict, broken) = match outcome {
+                Ok(result) => {
+                    let broken = matches!(
+                        result,
+                        Err(ClientError::Aborted | ClientError::Write(_) | ClientError::Pdu(_) | ClientError::Message(_) | ClientError::Timeout(_))
+                    );
+                    (ups_verdict_for(&result), broken)
+                }
+                Err(v) => {
+                    let stopped = v == Verdict::Retry(CLAIM_RAN_OUT.into());
+                    (v, stopped)
+                }
+            };
+            verdicts[i] = self.settle(item, verdict, claim).await;
+            if broken {
+                return verdicts;
+            }
+        }
+        if let Err(error) = assoc.release().await {
+            warn!(%error, "release after UPS delivery failed");
+        }
+        verdicts
+    }
+
+    /// One N-CREATE on `assoc`: the SCP's answer, or the verdict when the workitem could not be
+    /// sent (its file or its re-identification failed).
+    async fn create_one(&self, assoc: &mut Association, destination: &str, item: &OutboxItem, ts: &str) -> Result<Result<Response, ClientError>, Verdict> {
+        let path = self.blobs.fetch(&item.path).await.map_err(|e| Verdict::Retry(e.to_string()))?;
+        let purpose = format!("deliver UPS workitem to {destination}");
+        let r = crate::results::reidentify::reidentified(&self.db, &self.keys, &path, &purpose).await.map_err(|e| match e.transient() {
+            true => Verdict::Retry(e.to_string()),
+            false => Verdict::Dead(e.to_string()),
+        })?;
+        let obj = crate::results::ups::for_sending(r.object);
+        use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+        let syntax = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+            .get(ts)
+            .ok_or_else(|| Verdict::Dead(format!("the accepted transfer syntax {ts} is unknown")))?;
+        let mut data = zeroize::Zeroizing::new(Vec::new());
+        obj.write_dataset_with_ts(&mut *data, syntax).map_err(|e| Verdict::Dead(format!("encoding the workitem: {e}")))?;
+        let result = assoc.n_create(crate::dicom::uids::UNIFIED_PROCEDURE_STEP_PUSH, &r.sop_instance_uid, &data).await;
+        // The SCP's Error Comment may echo the patient: only the status is kept.
+        Ok(result.map(|rsp| Response { error_comment: rsp.error_comment.map(|_| "(comment withheld: may name the patient)".into()), ..rsp }))
+    }
+
     /// Send one HL7 report: rendered now with the patient from the sealed map (audited), sent
     /// over MLLP with its control ID, judged by the ACK. Also says whether the receiver could
     /// not be reached or did not answer.
@@ -701,7 +840,8 @@ impl Sender {
             study_date: originals.study_date.clone(),
             study_time: originals.study_time.clone(),
         };
-        let message = zeroize::Zeroizing::new(crate::hl7::oru_r01(&report, &who, &cfg.mapping()));
+        // The ORU, or the order update queued after it (`[hl7] order_update`).
+        let message = zeroize::Zeroizing::new(crate::hl7::render(&report, &who, &cfg.mapping()));
         match crate::hl7::send(&cfg.host, cfg.port, &message, &report.control_id, cfg.timeout).await {
             Ok(crate::hl7::Ack::Accepted) => (Verdict::Delivered, false),
             Ok(crate::hl7::Ack::Error(why)) => (Verdict::Retry(why), false),
@@ -823,6 +963,20 @@ mod tests {
         assert!(within(backoff(&c, 4), 40.0));
         assert!(within(backoff(&c, 12), 600.0));
         assert!(within(backoff(&c, 60), 600.0));
+    }
+
+    #[test]
+    fn ups_outcomes_map_to_verdicts() {
+        let rsp = |status| Ok(Response { status: Status(status), error_comment: None });
+        assert_eq!(ups_verdict_for(&rsp(0x0000)), Verdict::Delivered);
+        assert_eq!(ups_verdict_for(&rsp(0x0111)), Verdict::Delivered, "created by an attempt whose response was lost");
+        assert_eq!(ups_verdict_for(&rsp(0x0107)), Verdict::Delivered, "attribute list warning");
+        assert!(matches!(ups_verdict_for(&rsp(0xA700)), Verdict::Retry(_)));
+        assert!(matches!(ups_verdict_for(&rsp(0x0110)), Verdict::Retry(_)));
+        assert!(matches!(ups_verdict_for(&rsp(0x0120)), Verdict::Dead(w) if w.contains("N-CREATE status 0x0120")));
+        assert!(matches!(ups_verdict_for(&rsp(0x0122)), Verdict::Dead(_)));
+        assert!(matches!(ups_verdict_for(&Err(ClientError::Aborted)), Verdict::Retry(_)));
+        assert!(matches!(ups_verdict_for(&Err(ClientError::NoContext("UPS".into()))), Verdict::Dead(_)));
     }
 
     #[test]

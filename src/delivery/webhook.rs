@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use reqwest13::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
-use crate::config::WebhookRule;
+use crate::config::NotifyRule;
 
 /// What became of one POST.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +56,9 @@ pub fn judge(status: u16) -> Posted {
 }
 
 /// POST `body` (the notification's JSON) to `rule`'s URL with `id` as its idempotency key.
-pub async fn post(client: &reqwest13::Client, rule: &WebhookRule, id: &str, body: Vec<u8>) -> Posted {
-    let mut request =
-        client.post(rule.url.as_str()).header(CONTENT_TYPE, "application/json").header("Idempotency-Key", id).header("X-Triage-Notification-Id", id).body(body);
+pub async fn post(client: &reqwest13::Client, rule: &NotifyRule, id: &str, body: Vec<u8>) -> Posted {
+    let Some(url) = rule.url.as_deref() else { return Posted::Dead("the rule has no webhook url".into()) };
+    let mut request = client.post(url).header(CONTENT_TYPE, "application/json").header("Idempotency-Key", id).header("X-Triage-Notification-Id", id).body(body);
     if let Some(path) = &rule.token_file {
         let token = match tokio::fs::read_to_string(path).await {
             Ok(t) => zeroize::Zeroizing::new(t),

@@ -53,6 +53,29 @@ pub struct Report {
     /// earlier one sent (OBX-11 D) and gives no priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retracted: Option<String>,
+    /// Not the ORU: the order message (`order_message`) that raises the order's priority,
+    /// queued after the study's ORU with its own control ID.
+    #[serde(default, skip_serializing_if = "OrderUpdate::is_none")]
+    pub order_update: OrderUpdate,
+}
+
+/// Which order message raises the RIS's order priority after an urgent result (`[hl7]
+/// order_update`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderUpdate {
+    #[default]
+    None,
+    /// OMI^O23 (v2.5.1 imaging order): ORC-1 XO, TQ1-9 the priority, IPC the Study Instance UID.
+    Omi,
+    /// ORM^O01 (older RIS): ORC-1 XO, ORC-7 `^^^^^<priority>`.
+    Orm,
+}
+
+impl OrderUpdate {
+    pub fn is_none(&self) -> bool {
+        *self == OrderUpdate::None
+    }
 }
 
 /// The patient and the order as the RIS knows them, from the sealed map, in memory only.
@@ -268,6 +291,79 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     segs.join("\r") + "\r"
 }
 
+/// The message `report` is sent as: the ORU^R01, or the order message it asks for.
+pub fn render(report: &Report, who: &Identity, map: &Mapping) -> String {
+    match report.order_update {
+        OrderUpdate::None => oru_r01(report, who, map),
+        style => order_message(report, who, map, style),
+    }
+}
+
+/// The order message that raises the priority of the RIS's order for the study (`style`
+/// OMI^O23 or ORM^O01), segments separated by CR: a change order (ORC-1 XO) of the order the
+/// accession number names (placer and filler order number, OBR-2/3, ORC-2/3), the priority code
+/// in ORC-7's sixth component (both) and TQ1-9 (OMI), the Study Instance UID in the IPC (OMI).
+pub fn order_message(report: &Report, who: &Identity, map: &Mapping, style: OrderUpdate) -> String {
+    let opt = |v: &Option<String>| v.as_deref().map(escape).unwrap_or_default();
+    let when = hl7_time(report.created_ms);
+    let code = map.code(&report.priority);
+    let accession = opt(&who.accession_number);
+    let kind = if style == OrderUpdate::Orm { "ORM^O01^ORM_O01" } else { "OMI^O23^OMI_O23" };
+    let mut segs: Vec<String> = vec![format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{when}||{kind}|{}|P|2.5.1|||AL|NE||UNICODE UTF-8",
+        escape(&map.sending_application),
+        escape(&map.sending_facility),
+        escape(&map.receiving_application),
+        escape(&map.receiving_facility),
+        escape(&report.control_id),
+    )];
+    let issuer = who.issuer_of_patient_id.as_deref().map(|i| format!("^^^{}", escape(i))).unwrap_or_default();
+    segs.push(format!(
+        "PID|1||{}{issuer}||{}||{}|{}",
+        opt(&who.patient_id),
+        who.patient_name.as_deref().map(xpn).unwrap_or_default(),
+        opt(&who.birth_date),
+        opt(&who.sex),
+    ));
+    // The order the accession names, changed (XO): only its priority; the reason in ORC-16.
+    let mut orc: Vec<String> = vec![String::new(); 17];
+    orc[0] = "ORC".into();
+    orc[1] = "XO".into();
+    orc[2] = accession.clone();
+    orc[3] = accession.clone();
+    orc[7] = format!("^^^^^{code}");
+    orc[9] = when.clone();
+    orc[16] = format!("AIPRIORITY^Priority raised by AI triage: {}^99TRIAGE", escape(&report.priority));
+    segs.push(orc.join("|"));
+    if style == OrderUpdate::Omi {
+        segs.push(format!("TQ1|1||||||||{code}^{}^HL70485", priority_text(code)));
+    }
+    let mut obr: Vec<String> = vec![String::new(); 28];
+    obr[0] = "OBR".into();
+    obr[1] = "1".into();
+    obr[2] = accession.clone();
+    obr[3] = accession.clone();
+    obr[4] = "AITRIAGE^AI triage of the imaging study^99TRIAGE".into();
+    if style == OrderUpdate::Orm {
+        obr[27] = format!("^^^^^{code}");
+    }
+    segs.push(obr.join("|").trim_end_matches('|').to_string());
+    if style == OrderUpdate::Omi {
+        // IPC-1 accession identifier, IPC-2 requested procedure ID (unknown here: the accession),
+        // IPC-3 Study Instance UID, IPC-4 scheduled procedure step ID.
+        segs.push(format!("IPC|{accession}|{accession}|{}|{accession}", escape(&who.study_instance_uid)));
+    }
+    segs.push(format!(
+        "NTE|1|L|{}",
+        escape(if report.demonstration {
+            "Priority raised by a demonstration AI model, not clinically validated: not for patient care."
+        } else {
+            "Priority raised by AI triage for prioritisation only; not a diagnosis."
+        })
+    ));
+    segs.join("\r") + "\r"
+}
+
 const START: u8 = 0x0B;
 const END: [u8; 2] = [0x1C, 0x0D];
 /// Largest ACK read.
@@ -395,7 +491,47 @@ mod tests {
             sr_series_instance_uid: Some("2.25.2".into()),
             instance_uid: "2.25.3".into(),
             retracted: None,
+            order_update: OrderUpdate::None,
         }
+    }
+
+    #[test]
+    fn an_urgent_order_update_raises_the_accession_s_order_to_stat() {
+        let r = Report { control_id: "TN42S7O".into(), order_update: OrderUpdate::Omi, ..report() };
+        let m = render(&r, &who(), &mapping("OBR-5"));
+        assert!(m.ends_with('\r') && !m.contains('\n'));
+        let segs: Vec<&str> = m.split('\r').filter(|s| !s.is_empty()).map(|s| &s[..3]).collect();
+        assert_eq!(segs, ["MSH", "PID", "ORC", "TQ1", "OBR", "IPC", "NTE"], "OMI_O23's order: {m}");
+        assert_eq!(field(&m, "MSH", 9), "OMI^O23^OMI_O23");
+        assert_eq!(field(&m, "MSH", 10), "TN42S7O");
+        assert_eq!(field(&m, "MSH", 12), "2.5.1");
+        assert_eq!(field(&m, "PID", 3), "MRN\\F\\1^^^HOSP");
+        assert_eq!(field(&m, "PID", 5), "O'NEIL^MARY^ANN");
+        assert_eq!(field(&m, "ORC", 1), "XO", "a change order");
+        assert_eq!((field(&m, "ORC", 2), field(&m, "ORC", 3)), ("ACC\\T\\1", "ACC\\T\\1"));
+        assert_eq!(field(&m, "ORC", 7), "^^^^^S");
+        assert_eq!(field(&m, "TQ1", 9), "S^STAT^HL70485", "TQ1-9 whatever the ORU's priority field");
+        assert_eq!((field(&m, "OBR", 2), field(&m, "OBR", 3)), ("ACC\\T\\1", "ACC\\T\\1"));
+        assert_eq!(field(&m, "IPC", 1), "ACC\\T\\1");
+        assert_eq!(field(&m, "IPC", 3), "1.2.3", "the original Study Instance UID");
+        assert!(field(&m, "NTE", 3).contains("demonstration"));
+
+        let r = Report { order_update: OrderUpdate::Orm, ..r };
+        let m = render(&r, &who(), &mapping("TQ1-9"));
+        let segs: Vec<&str> = m.split('\r').filter(|s| !s.is_empty()).map(|s| &s[..3]).collect();
+        assert_eq!(segs, ["MSH", "PID", "ORC", "OBR", "NTE"], "ORM_O01: no TQ1, no IPC: {m}");
+        assert_eq!(field(&m, "MSH", 9), "ORM^O01^ORM_O01");
+        assert_eq!((field(&m, "ORC", 1), field(&m, "ORC", 7)), ("XO", "^^^^^S"));
+        assert_eq!(field(&m, "OBR", 27), "^^^^^S");
+        // A positive study's order (when configured) gets the site's positive code.
+        let m = render(&Report { priority: "POSITIVE".into(), ..r.clone() }, &who(), &mapping("TQ1-9"));
+        assert_eq!(field(&m, "ORC", 7), "^^^^^A");
+        // The kept report: the ORU's spelling has no field for it, an order update says so.
+        let json = serde_json::to_string(&report()).unwrap();
+        assert!(!json.contains("order_update"));
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.order_update, OrderUpdate::Orm);
+        assert_eq!(render(&report(), &who(), &mapping("TQ1-9")), oru_r01(&report(), &who(), &mapping("TQ1-9")));
     }
 
     fn who() -> Identity {

@@ -35,6 +35,7 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/api/studies/{id}/read", post(mark_read))
         .route("/api/studies/{id}/release", post(release))
         .route("/api/studies/{id}/retract", post(retract))
+        .route("/api/studies/{id}/acknowledge", post(acknowledge))
         .route("/api/aes", get(list_aes).post(add_ae))
         .route("/api/aes/{title}", axum::routing::put(edit_ae).delete(remove_ae))
         .route("/api/aes/{title}/enable", post(enable_ae))
@@ -183,6 +184,8 @@ struct StudyView {
     item: Item,
     results: Vec<ResultView>,
     objects: Vec<ObjectView>,
+    /// The on-call notifications made for the study (each rule, each escalation), oldest first.
+    notifications: Vec<crate::db::Notification>,
 }
 
 /// The positive findings of `results` that have a map (a model may give none), in model
@@ -248,7 +251,8 @@ async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path
         .enumerate()
         .map(|(i, (kind, _))| ObjectView { kind: kind.as_str().into(), url: format!("/api/studies/{id}/objects/{i}") })
         .collect();
-    Ok(Json(StudyView { item, results, objects }))
+    let notifications = admin::notify::study_notifications(&state.db, id).await?;
+    Ok(Json(StudyView { item, results, objects, notifications }))
 }
 
 #[derive(Deserialize)]
@@ -358,6 +362,14 @@ async fn mark_read(State(state): State<Shared>, Authed(user): Authed, Path(id): 
 
 async fn release(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<admin::worklist::ReadingView>, ApiError> {
     reading(state, &user.name, &id, ReadingAction::Release).await
+}
+
+/// `POST /api/studies/{id}/acknowledge`: a reader acknowledges the study's on-call
+/// notification (stops its escalation; audited).
+async fn acknowledge(State(state): State<Shared>, Authed(user): Authed, Path(id): Path<String>) -> Result<Json<admin::notify::Acknowledgement>, ApiError> {
+    let id = study_id(&id)?;
+    visible_row(&state, &user, id).await?;
+    Ok(Json(admin::notify::acknowledge(&state.db, crate::db::AckTarget::Study(id), &user.name, "api").await?))
 }
 
 /// `POST /api/studies/{id}/retract`.

@@ -13,6 +13,7 @@
 //! `Cache-Control: no-store` (unless its route chose another), `Pragma: no-cache` and
 //! `X-Content-Type-Options: nosniff`.
 
+pub mod ack;
 pub mod api;
 pub mod auth;
 pub mod ops;
@@ -274,6 +275,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/studies/{id}/read"),
     ("post", "/api/studies/{id}/release"),
     ("post", "/api/studies/{id}/retract"),
+    ("post", "/api/studies/{id}/acknowledge"),
+    ("get", "/ack/{token}"),
+    ("post", "/ack/{token}"),
     ("get", "/api/aes"),
     ("post", "/api/aes"),
     ("put", "/api/aes/{title}"),
@@ -287,6 +291,7 @@ pub fn router(state: Shared) -> axum::Router {
     axum::Router::new()
         .merge(ops::routes())
         .merge(api::routes())
+        .merge(ack::routes())
         .merge(page::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), deadline))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access_log))

@@ -29,8 +29,13 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
             let fine = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+            // From the last instance to a person told, and to their acknowledgement: seconds to
+            // an hour.
+            let people = [1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0];
             let built = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full("triage_ingest_phase_seconds".into()), &fine)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("triage_time_to_notification_seconds".into()), &people))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("triage_time_to_acknowledgement_seconds".into()), &people))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full("triage_inference_batch_size".into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]))
                 .and_then(|b| b.install_recorder());

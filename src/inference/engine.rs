@@ -1,5 +1,6 @@
 //! The inference engine: one OS thread owns the loaded models of a device and runs their
-//! forward passes, fed by a bounded queue. Requests for the same model that are waiting
+//! forward passes (TorchScript through libtorch, ONNX through ONNX Runtime: a package's
+//! `Backend`), fed by a bounded queue. Requests for the same model that are waiting
 //! together are run as one batch (up to `max_batch`), so a burst of CT slices is batched while
 //! a lone chest radiograph is not delayed.
 //!
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::package::{Manifest, Package};
+use super::package::{LoadOptions, Manifest, Package};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -116,6 +117,10 @@ pub struct Options {
     pub max_batch: usize,
     pub queue_depth: usize,
     pub torch_threads: usize,
+    /// ONNX packages: where `libonnxruntime` is (`None`: `ORT_DYLIB_PATH`, else the
+    /// venv's onnxruntime wheel) and which execution provider runs them.
+    pub onnxruntime_library: Option<std::path::PathBuf>,
+    pub onnx_provider: super::onnx::Provider,
 }
 
 impl Engine {
@@ -123,7 +128,10 @@ impl Engine {
     /// loaded on it: how the node and the offline commands start an engine alike.
     pub async fn from_settings(o: &Options) -> Result<(Engine, tch::Device), StartError> {
         let device = o.device.resolve()?;
-        let engine = Engine::load(o.models_dir.clone(), device, o.max_batch, o.queue_depth, o.torch_threads).await?;
+        // ONNX Runtime's sessions get as many intra-op threads as libtorch.
+        let onnx =
+            super::onnx::Options { library: o.onnxruntime_library.clone(), provider: o.onnx_provider, threads: super::runtime::thread_count(o.torch_threads) };
+        let engine = Engine::load(o.models_dir.clone(), LoadOptions { device, onnx }, o.max_batch, o.queue_depth, o.torch_threads).await?;
         Ok((engine, device))
     }
 
@@ -134,13 +142,19 @@ impl Engine {
     /// ms/image; Python torch does the same when it warms up on its main thread and runs on
     /// another), and as fast as Python when one thread did all of it. `queue` bounds the images
     /// waiting (callers wait when it is full); `max_batch` bounds a batch.
-    pub async fn load(models_dir: std::path::PathBuf, device: tch::Device, max_batch: usize, queue: usize, torch_threads: usize) -> Result<Engine, StartError> {
+    pub async fn load(
+        models_dir: std::path::PathBuf,
+        options: LoadOptions,
+        max_batch: usize,
+        queue: usize,
+        torch_threads: usize,
+    ) -> Result<Engine, StartError> {
         let (loaded_tx, loaded) = oneshot::channel();
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let name = format!("inference-{device:?}").to_lowercase();
+        let name = format!("inference-{:?}", options.device).to_lowercase();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             super::runtime::set_threads(torch_threads);
-            match super::package::load_all(&models_dir, device) {
+            match super::package::load_all(&models_dir, &options) {
                 Ok(packages) => {
                     let manifests: Vec<Manifest> = packages.iter().map(|p| p.manifest.clone()).collect();
                     if loaded_tx.send(Ok(manifests)).is_ok() {
@@ -197,7 +211,7 @@ impl Engine {
     }
 }
 
-fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Vec<Request>>, max_batch: usize) {
+fn run(mut packages: Vec<Package>, mut rx: mpsc::Receiver<Vec<Request>>, max_batch: usize) {
     let mut held: VecDeque<Request> = VecDeque::new();
     loop {
         if held.is_empty() {
@@ -224,7 +238,7 @@ fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Vec<Request>>, max_batch: 
                 i += 1;
             }
         }
-        match packages.get(batch[0].model) {
+        match packages.get_mut(batch[0].model) {
             Some(package) => run_batch(package, batch),
             None => {
                 for r in batch {
@@ -235,7 +249,7 @@ fn run(packages: Vec<Package>, mut rx: mpsc::Receiver<Vec<Request>>, max_batch: 
     }
 }
 
-fn run_batch(package: &Package, batch: Vec<Request>) {
+fn run_batch(package: &mut Package, batch: Vec<Request>) {
     let m = &package.manifest;
     let per_image = m.input.values_per_image();
     let (good, bad): (Vec<Request>, Vec<Request>) = batch.into_iter().partition(|r| r.input.len() == per_image);
@@ -253,14 +267,16 @@ fn run_batch(package: &Package, batch: Vec<Request>) {
         input.extend_from_slice(&r.input);
     }
     let shape = m.input.shape(n as i64);
-    // A panic inside libtorch's bindings must not end the engine thread (every later request
-    // would then wait for nothing): it fails this batch like any forward error.
-    let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| package.model.forward(&input, shape)))
-        .unwrap_or_else(|_| Err(crate::inference::runtime::RuntimeError::Forward("the forward pass panicked".into())));
+    // A panic inside libtorch's or ONNX Runtime's bindings must not end the engine thread
+    // (every later request would then wait for nothing): it fails this batch like any forward
+    // error.
+    let model = &mut package.model;
+    let outputs =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&input, shape))).unwrap_or_else(|_| Err("the forward pass panicked".into()));
     let forward_us = started.elapsed().as_micros() as u64;
     metrics::histogram!("triage_inference_seconds", "model" => m.name.clone()).record(forward_us as f64 / 1e6);
     metrics::histogram!("triage_inference_batch_size", "model" => m.name.clone()).record(n as f64);
-    let split = outputs.map_err(|e| e.to_string()).and_then(|outs| {
+    let split = outputs.and_then(|outs| {
         let probs = outs.get(m.outputs.probabilities).ok_or("no probabilities output")?;
         let labels = m.outputs.labels.len();
         if probs.shape != [n as i64, labels as i64] {

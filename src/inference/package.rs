@@ -1,17 +1,21 @@
-//! Model packages: `models/<name>/model.pt` (TorchScript) and `models/<name>/model.toml` (the
+//! Model packages: `models/<name>/model.pt` (TorchScript, through libtorch) or
+//! `models/<name>/model.onnx` (ONNX, through ONNX Runtime), and `models/<name>/model.toml` (the
 //! manifest: identity, intended use, routing, input, outputs, aggregation).
 //!
 //! Owns: the manifest's schema and its validation, loading every package of a folder with a
-//! warm-up forward pass whose outputs must match the manifest, and errors that name the file
-//! and the problem (the node refuses to start on a broken package). Must not: decide which
-//! instance goes to which model at run time (the engine will), or log pixel values.
+//! warm-up forward pass whose outputs must match the manifest (an ONNX model's declared names,
+//! element types and shapes too, before it runs), the `Backend` a package runs on, and errors
+//! that name the file and the problem (the node refuses to start on a broken package). Must
+//! not: decide which instance goes to which model at run time (the engine will), or log pixel
+//! values.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::onnx::{self, OnnxError};
 use super::preprocess::{self, Color, ImageAttrs, InputSpec, Layout, WindowRule};
-use super::runtime::{Model, RuntimeError};
+use super::runtime::{Model, Output, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -21,8 +25,14 @@ pub enum PackageError {
     Manifest { path: PathBuf, reason: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
     #[error("{path}: warm-up forward pass: {reason}")]
     WarmUp { path: PathBuf, reason: String },
+    #[error("{path} does not match its manifest {manifest}: {reason}")]
+    Mismatch { path: PathBuf, manifest: PathBuf, reason: String },
+    #[error("{dir}: holds both model.pt and model.onnx; a package holds one model")]
+    TwoModels { dir: PathBuf },
 }
 
 /// The manifest, `model.toml`.
@@ -147,6 +157,10 @@ pub struct Input {
     /// The input tensor's type: "float32" (the default) or "float16".
     #[serde(default)]
     pub dtype: Dtype,
+    /// The model's input name (an ONNX model's is checked against it; TorchScript inputs have
+    /// no name).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Per modality: `{ center, width }` (CT, in HU after the Modality LUT), or `"file"` (the
     /// file's VOI window, else the percentile window) or `"percentile"`; or a list of those, one
     /// window per channel.
@@ -274,6 +288,10 @@ pub struct Outputs {
     pub probabilities: usize,
     #[serde(default)]
     pub cam: Option<usize>,
+    /// The model's output names, in order (an ONNX model's are checked against them;
+    /// TorchScript outputs have no names).
+    #[serde(default)]
+    pub names: Vec<String>,
     /// Applied by the node to the model's class output: "none" (already probabilities, the
     /// default), "sigmoid" or "softmax".
     #[serde(default)]
@@ -383,7 +401,48 @@ fn one_usize() -> usize {
 pub struct Package {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    pub model: Model,
+    pub model: Backend,
+}
+
+/// The runtime a package's model runs on: libtorch (`model.pt`) or ONNX Runtime
+/// (`model.onnx`). The engine drives both the same way: a plain `f32` batch in, plain outputs
+/// back, the manifest's activation applied after.
+pub enum Backend {
+    Torch(Model),
+    Onnx(onnx::Model),
+}
+
+impl Backend {
+    /// Run a batch of `shape` (the manifest's layout) from `input`, row-major.
+    pub fn forward(&mut self, input: &[f32], shape: [i64; 4]) -> Result<Vec<Output>, String> {
+        match self {
+            Backend::Torch(m) => m.forward(input, shape).map_err(|e| e.to_string()),
+            Backend::Onnx(m) => m.forward(input, shape).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// `torchscript` or `onnx`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Torch(_) => "torchscript",
+            Backend::Onnx(_) => "onnx",
+        }
+    }
+}
+
+/// What loading packages takes: the device of TorchScript models, ONNX Runtime's options.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: tch::Device,
+    pub onnx: onnx::Options,
+}
+
+impl LoadOptions {
+    /// On `device`, ONNX packages on ONNX Runtime's CPU provider with its library found the
+    /// default way.
+    pub fn on(device: tch::Device) -> LoadOptions {
+        LoadOptions { device, onnx: onnx::Options::default() }
+    }
 }
 
 impl Manifest {
@@ -426,6 +485,13 @@ impl Manifest {
             if parts.len() != 3 || parts.iter().any(|p| p.trim().is_empty()) || parts[0].len() > 16 || parts[1].len() > 16 || parts[2].len() > 64 {
                 return Err(format!("outputs.codes: {c:?} is not \"SCHEME:VALUE:Meaning\" (scheme and value at most 16 characters, meaning 64; for example \"SCT:27925004:Nodule\")"));
             }
+        }
+        if !o.names.is_empty() && o.names.len() <= o.probabilities.max(o.cam.unwrap_or(0)) {
+            return Err(format!(
+                "outputs.names: {} name(s) but outputs.probabilities / outputs.cam index {}",
+                o.names.len(),
+                o.probabilities.max(o.cam.unwrap_or(0))
+            ));
         }
         if o.cam == Some(o.probabilities) {
             return Err("outputs.probabilities and outputs.cam must be different outputs".into());
@@ -504,15 +570,32 @@ impl Manifest {
 }
 
 impl Package {
-    /// Load `dir/model.toml` and `dir/model.pt` on `device`, and run a warm-up forward pass on
-    /// a zero batch whose outputs must have the shapes the manifest promises.
-    pub fn load(dir: &Path, device: tch::Device) -> Result<Package, PackageError> {
+    /// Load `dir/model.toml` and `dir/model.pt` on the device (or `dir/model.onnx` on ONNX
+    /// Runtime, its declared inputs and outputs held against the manifest first), and run a
+    /// warm-up forward pass on a zero batch whose outputs must have the shapes the manifest
+    /// promises.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Package, PackageError> {
         let manifest = Manifest::load(&dir.join("model.toml"))?;
-        let pt = dir.join("model.pt");
-        let model = Model::load(&pt, device, manifest.allow_half)?.with_half_input(manifest.input.dtype == Dtype::Float16);
+        let (pt, onnx_file) = (dir.join("model.pt"), dir.join("model.onnx"));
+        let (path, mut model) = if onnx_file.exists() {
+            if pt.exists() {
+                return Err(PackageError::TwoModels { dir: dir.to_path_buf() });
+            }
+            let model = onnx::Model::load(&onnx_file, &options.onnx)?;
+            let (inputs, outputs) = model.signature();
+            check_signature(&manifest, inputs, outputs).map_err(|reason| PackageError::Mismatch {
+                path: onnx_file.clone(),
+                manifest: dir.join("model.toml"),
+                reason,
+            })?;
+            (onnx_file, Backend::Onnx(model))
+        } else {
+            let model = Model::load(&pt, options.device, manifest.allow_half)?.with_half_input(manifest.input.dtype == Dtype::Float16);
+            (pt, Backend::Torch(model))
+        };
         let shape = manifest.input.shape(1);
-        let warm = |reason: String| PackageError::WarmUp { path: pt.clone(), reason };
-        let outputs = model.forward(&vec![0.0; manifest.input.values_per_image()], shape).map_err(|e| warm(e.to_string()))?;
+        let warm = |reason: String| PackageError::WarmUp { path: path.clone(), reason };
+        let outputs = model.forward(&vec![0.0; manifest.input.values_per_image()], shape).map_err(warm)?;
         let labels = manifest.outputs.labels.len() as i64;
         let get = |i: usize, what: &str| outputs.get(i).ok_or_else(|| warm(format!("no output {i} ({what}); the model returned {}", outputs.len())));
         let probs = get(manifest.outputs.probabilities, "probabilities")?;
@@ -537,9 +620,88 @@ impl Package {
     }
 }
 
+/// An ONNX model's declared input and outputs against its manifest: one input, named as
+/// `input.name` says (when it says), of `input.dtype`, of the manifest's shape with the batch
+/// axis free (or fixed to 1: the engine then runs images one at a time); outputs named as
+/// `outputs.names` says (when it says), probabilities [N, labels], class activation maps
+/// [N, labels, h, w], in float32 or float16. A dimension the model leaves free (-1) agrees with
+/// any. Each reason names what the manifest says and what the model declares.
+fn check_signature(m: &Manifest, inputs: &[onnx::Port], outputs: &[onnx::Port]) -> Result<(), String> {
+    let names = |ports: &[onnx::Port]| ports.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    let [input] = inputs else {
+        return Err(format!("the manifest describes one input, the model declares {} ({:?})", inputs.len(), names(inputs)));
+    };
+    if let Some(name) = &m.input.name {
+        if *name != input.name {
+            return Err(format!("input.name: the manifest says {name:?}, the model's input is {:?}", input.name));
+        }
+    }
+    let dtype = match m.input.dtype {
+        Dtype::Float32 => "float32",
+        Dtype::Float16 => "float16",
+    };
+    if input.element != dtype {
+        return Err(format!("input.dtype: the manifest says {dtype:?}, the model's input {:?} is {}", input.name, input.element));
+    }
+    let want = m.input.shape(-1);
+    let agrees = |have: &[i64], want: &[i64]| have.len() == want.len() && have.iter().zip(want).all(|(h, w)| *h < 0 || *w < 0 || h == w);
+    if !agrees(&input.shape, &want) || input.shape[0] > 1 {
+        return Err(format!(
+            "input shape: the manifest says {} (input.size, input.channels, input.layout; N free or 1), the model's input {:?} is {}",
+            dims(&want),
+            input.name,
+            dims(&input.shape)
+        ));
+    }
+    if !m.outputs.names.is_empty() && m.outputs.names != names(outputs) {
+        return Err(format!("outputs.names: the manifest says {:?}, the model's outputs are {:?}", m.outputs.names, names(outputs)));
+    }
+    let labels = m.outputs.labels.len() as i64;
+    let mut expected = vec![(m.outputs.probabilities, "outputs.probabilities", vec![-1, labels])];
+    if let Some(cam) = m.outputs.cam {
+        expected.push((cam, "outputs.cam", vec![-1, labels, -1, -1]));
+    }
+    for (index, field, want) in expected {
+        let Some(out) = outputs.get(index) else {
+            return Err(format!("{field}: the manifest says output {index}, the model has {} output(s) {:?}", outputs.len(), names(outputs)));
+        };
+        if !agrees(&out.shape, &want) {
+            return Err(format!(
+                "{field} = {index}: the manifest says {} ({labels} labels), the model's output {:?} is {}",
+                dims(&want),
+                out.name,
+                dims(&out.shape)
+            ));
+        }
+        if out.element != "float32" && out.element != "float16" {
+            return Err(format!("{field} = {index}: the model's output {:?} is {}, not float32 or float16", out.name, out.element));
+        }
+    }
+    Ok(())
+}
+
+/// A shape as [N, 3, 224, 224], a free dimension as its letter or `?`.
+fn dims(shape: &[i64]) -> String {
+    let d: Vec<String> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if *d >= 0 {
+                d.to_string()
+            } else if i == 0 {
+                "N".into()
+            } else {
+                "?".into()
+            }
+        })
+        .collect();
+    format!("[{}]", d.join(", "))
+}
+
 /// Every package in `models_dir` (each sub-folder holding a `model.toml`), in name order. A
-/// missing folder holds no packages; any broken package is an error.
-pub fn load_all(models_dir: &Path, device: tch::Device) -> Result<Vec<Package>, PackageError> {
+/// missing folder holds no packages; any broken package is an error. ONNX Runtime is opened
+/// only if a package holds `model.onnx`.
+pub fn load_all(models_dir: &Path, options: &LoadOptions) -> Result<Vec<Package>, PackageError> {
     let entries = match std::fs::read_dir(models_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -547,7 +709,7 @@ pub fn load_all(models_dir: &Path, device: tch::Device) -> Result<Vec<Package>, 
     };
     let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("model.toml").is_file()).collect();
     dirs.sort();
-    dirs.iter().map(|d| Package::load(d, device)).collect()
+    dirs.iter().map(|d| Package::load(d, options)).collect()
 }
 
 #[cfg(test)]

@@ -70,9 +70,17 @@ impl<'de> serde::Deserialize<'de> for DeviceChoice {
 /// batch 1 runs about 91 ms/image with 1 thread and 62 with 2; at batch 8, 88 and 51 (Python
 /// torch, 2 threads: 67, 63).
 pub fn set_threads(n: usize) {
+    tch::set_num_threads(thread_count(n) as i32);
+}
+
+/// `n`, or for 0 one per core but one, at least one (`inference.torch_threads`).
+pub fn thread_count(n: usize) -> usize {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let n = if n == 0 { cores.saturating_sub(1).max(1) } else { n };
-    tch::set_num_threads(n as i32);
+    if n == 0 {
+        cores.saturating_sub(1).max(1)
+    } else {
+        n
+    }
 }
 
 /// One output of a forward pass: its shape and values (row-major).

@@ -1,6 +1,6 @@
-//! The association requestor (SCU side): C-ECHO and C-STORE to a remote AE, sending Part 10
-//! files exactly as stored (one presentation context per SOP class and transfer syntax, no
-//! transcoding), streamed from disk in PDUs within the peer's maximum length. Every read and
+//! The association requestor (SCU side): C-ECHO, C-STORE, Storage Commitment N-ACTION and
+//! N-CREATE (UPS Push) to a remote AE, sending Part 10 files exactly as stored (one
+//! presentation context per SOP class and transfer syntax, no transcoding), streamed from disk in PDUs within the peer's maximum length. Every read and
 //! every write is bounded by the peer's timeout (a write by the time the peer took no byte).
 //!
 //! Owns: A-ASSOCIATE-RQ/AC/RJ on the requesting side, DIMSE requests and their responses.
@@ -99,6 +99,13 @@ impl Proposal {
             abstract_syntax: dicom_dictionary_std::uids::STORAGE_COMMITMENT_PUSH_MODEL.into(),
             transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()],
         }
+    }
+}
+
+impl Proposal {
+    /// Unified Procedure Step - Push SOP Class, as SCU (default roles: we send the N-CREATE).
+    pub fn ups_push() -> Proposal {
+        Proposal { abstract_syntax: crate::dicom::uids::UNIFIED_PROCEDURE_STEP_PUSH.into(), transfer_syntaxes: vec![EXPLICIT_LE.into(), IMPLICIT_LE.into()] }
     }
 }
 
@@ -278,6 +285,24 @@ impl Association {
             .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
             .set_uid(tag::REQUESTED_SOP_INSTANCE_UID, STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
             .set_u16(tag::ACTION_TYPE_ID, 1);
+        self.writer.command(pc, &rq).await.map_err(ClientError::Write)?;
+        self.writer.data(pc, data).await.map_err(ClientError::Write)?;
+        self.response(id).await
+    }
+
+    /// N-CREATE-RQ of `sop_class` (a UPS Push workitem): the instance `sop_instance` the
+    /// requester chose, `data` its attribute list encoded in the transfer syntax the peer
+    /// accepted for `sop_class` (see `transfer_syntax`). The response's attribute list, if any,
+    /// is read and dropped.
+    pub async fn n_create(&mut self, sop_class: &str, sop_instance: &str, data: &[u8]) -> Result<Response, ClientError> {
+        let pc = self.context(sop_class, None).ok_or_else(|| ClientError::NoContext(sop_class.to_string()))?.id;
+        let id = self.message_id();
+        let mut rq = CommandSet::default();
+        rq.set_uid(tag::AFFECTED_SOP_CLASS_UID, sop_class)
+            .set_u16(tag::COMMAND_FIELD, field::N_CREATE_RQ)
+            .set_u16(tag::MESSAGE_ID, id)
+            .set_u16(tag::COMMAND_DATA_SET_TYPE, 0x0000)
+            .set_uid(tag::AFFECTED_SOP_INSTANCE_UID, sop_instance);
         self.writer.command(pc, &rq).await.map_err(ClientError::Write)?;
         self.writer.data(pc, data).await.map_err(ClientError::Write)?;
         self.response(id).await

@@ -15,6 +15,7 @@
 //! (the outbox does); write an original identifier to disk.
 
 pub mod dataset;
+pub mod escalate;
 pub mod font;
 pub mod kos;
 pub mod notify;
@@ -25,6 +26,7 @@ pub mod reidentify;
 pub mod reject;
 pub mod sc;
 pub mod sr;
+pub mod ups;
 pub mod worklist;
 
 use std::collections::HashMap;
@@ -88,14 +90,17 @@ pub struct Publisher {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
     /// Queue an HL7 report per triaged study (`[hl7] enabled`).
     pub hl7: bool,
+    /// The order message queued after an urgent study's report (`[hl7] order_update`).
+    pub hl7_order: crate::config::OrderUpdateSettings,
     /// Queue a notification per study and matching webhook rule (`[notify]`; off: no rules).
     pub notify: crate::config::NotifySettings,
 }
 
 impl Publisher {
-    /// Whether anything is to be sent at all (objects to a PACS, reports to the RIS).
+    /// Whether anything is to be sent at all (objects to a PACS, reports to the RIS,
+    /// workitems to UPS SCPs).
     pub fn enabled(&self) -> bool {
-        self.sends_objects() || self.hl7 || !self.notify.rules().is_empty()
+        self.sends_objects() || self.hl7 || !self.notify.rules().is_empty() || !self.settings.ups.is_empty()
     }
 
     /// Whether result objects go to a PACS.
@@ -445,20 +450,48 @@ impl Publisher {
         Ok(NewOutboxItem { path, destination: HL7_DESTINATION.into(), kind: ObjectKind::Hl7, study_id: Some(study_id), reidentify: true })
     }
 
-    /// A webhook notification, written durably as the JSON the webhook is sent (de-identified),
-    /// and its outbox row (destination `webhook:<rule>`, sent as written).
+    /// A notification, written durably as the JSON a webhook is sent (de-identified; an e-mail
+    /// is made from it at sending), and its outbox row (destination `webhook:<rule>` or
+    /// `email:<rule>`, sent as written).
     pub fn notice_item(&self, study_id: i64, notice: &notify::Notice) -> Result<NewOutboxItem, ResultsError> {
+        // The rule's channel: `webhook:<name>` or `email:<name>`.
+        let destination = self
+            .notify
+            .rule_named(&notice.rule)
+            .map(|r| r.destination())
+            .ok_or_else(|| ResultsError::Encode(format!("no [[notify.rules]] rule is named {:?} any more", notice.rule)))?;
         let json = serde_json::to_vec_pretty(notice).map_err(|e| ResultsError::Encode(e.to_string()))?;
         // A name of its own per run, as the HL7 report's.
         let key = format!("outbox/notify/{}.{}.json", notice.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let path = self.write_durably(&key, &json)?;
-        Ok(NewOutboxItem {
-            path,
-            destination: crate::config::webhook_destination(&notice.rule),
-            kind: ObjectKind::Notice,
-            study_id: Some(study_id),
-            reidentify: false,
-        })
+        Ok(NewOutboxItem { path, destination, kind: ObjectKind::Notice, study_id: Some(study_id), reidentify: false })
+    }
+
+    /// A study's UPS workitem (`ups::build` over the de-identified header of `header_of`, a
+    /// stored instance of the study), written durably as a Part 10 file named by its UID, and
+    /// its outbox rows: one per `[results] ups` SCP (`ups:<AE>`), re-identified at sending.
+    pub fn ups_items(&self, study_id: i64, work: &ups::Workitem, header_of: &InstanceRef) -> Result<Vec<NewOutboxItem>, ResultsError> {
+        let file = match self.blobs.fetch_blocking(&header_of.path) {
+            Ok(file) => file,
+            Err(e) if e.is_missing() => return Err(ResultsError::ReadKeyImage { path: header_of.path.clone().into(), reason: e.to_string() }),
+            Err(e) => return Err(e.into()),
+        };
+        let header = read_header(&file)?;
+        let obj = ups::build(work, &header);
+        let bytes = dataset::part10(&obj, ups::UPS_PUSH, &work.sop_instance_uid).map_err(ResultsError::Encode)?;
+        let path = self.write_durably(&format!("outbox/ups/{}.dcm", work.sop_instance_uid), &bytes)?;
+        Ok(self
+            .settings
+            .ups
+            .iter()
+            .map(|ae| NewOutboxItem {
+                path: path.clone(),
+                destination: crate::config::ups_destination(ae),
+                kind: ObjectKind::Ups,
+                study_id: Some(study_id),
+                reidentify: true,
+            })
+            .collect())
     }
 
     /// Write `bytes` as `relative` durably: under the data directory (staged, synced,

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::kos::Reason;
 use super::worklist::{StudyPriority, WorklistEntry};
-use crate::config::WebhookRule;
+use crate::config::NotifyRule;
 use crate::db::{StudyResult, WorklistRow};
 use crate::inference::package::Manifest;
 
@@ -71,8 +71,20 @@ pub struct Notice {
     /// A retracted notice's reason code; absent from active ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retraction: Option<NoticeRetraction>,
-    /// The rule (`[[notify.webhooks]] name`).
+    /// The rule (`[[notify.rules]] name`).
     pub rule: String,
+    /// 0: made by the study's triage; 1, 2, ...: an escalation of the chain (nobody
+    /// acknowledged the notice before it in time).
+    #[serde(default)]
+    pub level: u32,
+    /// An escalation's previous rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_from: Option<String>,
+    /// The one-time acknowledgement link (`<link_base>/ack/<token>`): opening it shows a page
+    /// whose button acknowledges the chain. Absent without `notify.link_base`, and on retracted
+    /// notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledge: Option<String>,
     /// URGENT or POSITIVE.
     pub priority: String,
     /// The study's row id on this node (`/api/studies/{id}`), not a DICOM identifier.
@@ -90,14 +102,14 @@ pub struct Notice {
 }
 
 /// Whether `rule` lists `priority`.
-fn lists(rule: &WebhookRule, priority: StudyPriority) -> bool {
+fn lists(rule: &NotifyRule, priority: StudyPriority) -> bool {
     rule.priorities.iter().any(|p| p.as_str() == priority.as_str())
 }
 
 /// The rules this publication notifies: the study's priority (from the rule's models, when it
 /// names any) is one the rule lists, and the study's standing worklist row (`previous`, unless
 /// retracted) did not already have one it lists.
-pub fn matching<'a>(rules: &'a [WebhookRule], entry: &WorklistEntry, results: &[StudyResult], previous: Option<&WorklistRow>) -> Vec<&'a WebhookRule> {
+pub fn matching<'a>(rules: &'a [NotifyRule], entry: &WorklistEntry, results: &[StudyResult], previous: Option<&WorklistRow>) -> Vec<&'a NotifyRule> {
     let before = previous.filter(|p| p.retraction.is_none()).and_then(|p| StudyPriority::parse(&p.priority));
     rules
         .iter()
@@ -116,7 +128,7 @@ pub fn matching<'a>(rules: &'a [WebhookRule], entry: &WorklistEntry, results: &[
 /// stands: the row is not retracted and its priority is one the rule lists (for a rule naming
 /// models: a positive finding of theirs is), which is what `matching` reads to hold back a
 /// second notice. The rules as configured now.
-pub fn notified<'a>(rules: &'a [WebhookRule], row: &WorklistRow) -> Vec<&'a WebhookRule> {
+pub fn notified<'a>(rules: &'a [NotifyRule], row: &WorklistRow) -> Vec<&'a NotifyRule> {
     let Some(priority) = StudyPriority::parse(&row.priority).filter(|_| row.retraction.is_none()) else { return Vec::new() };
     let entry = WorklistEntry::from_row(row);
     rules
@@ -158,10 +170,52 @@ pub fn retraction_id(station: &str, study_id: i64, rule: &str, result_at_ms: i64
     stable_id(&["triage-node retraction", station, &study_id.to_string(), rule, &result_at_ms.to_string()])
 }
 
+/// The stable id of the `level`th escalation of the chain that began with notice `chain`, to
+/// `rule`.
+pub fn escalation_id(chain: &str, level: u32, rule: &str) -> String {
+    stable_id(&["triage-node escalation", chain, &level.to_string(), rule])
+}
+
+/// A one-time acknowledgement token (244 random bits, hex) and its SHA-256 (hex), which is all
+/// the database keeps.
+pub fn ack_token() -> (String, String) {
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let sha = token_sha256(&token);
+    (token, sha)
+}
+
+/// SHA-256 (hex) of an acknowledgement token, as the database keeps it.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The acknowledgement link of `token` under `link_base` (None without a link base).
+pub fn ack_link(link_base: &str, token: &str) -> Option<String> {
+    (!link_base.is_empty()).then(|| format!("{}/ack/{token}", link_base.trim_end_matches('/')))
+}
+
+/// The notice escalating `previous` (the chain's notice at level `previous.level`, as it was
+/// sent) to `next`: the same study, priority and findings, a new stable id, level one up, the
+/// previous rule named, made at `created_ms`, with the acknowledgement link of `token`.
+pub fn escalation_notice(previous: &Notice, chain: &str, next: &NotifyRule, link_base: &str, token: &str, created_ms: i64) -> Notice {
+    let level = previous.level + 1;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(created_ms.max(0) as u64);
+    Notice {
+        id: escalation_id(chain, level, &next.name),
+        rule: next.name.clone(),
+        level,
+        escalated_from: Some(previous.rule.clone()),
+        acknowledge: ack_link(link_base, token),
+        created_at: humantime::format_rfc3339_millis(at).to_string(),
+        created_ms,
+        ..previous.clone()
+    }
+}
+
 /// `rule`'s notice that the result in `row` (the study's worklist row, before it is marked
 /// retracted) was withdrawn for `reason`: the notice's shape, `priority` the one withdrawn, no
 /// findings (none stands).
-pub fn retraction_notice(rule: &WebhookRule, row: &WorklistRow, reason: Reason, station: &str, link_base: &str, created_ms: i64) -> Notice {
+pub fn retraction_notice(rule: &NotifyRule, row: &WorklistRow, reason: Reason, station: &str, link_base: &str, created_ms: i64) -> Notice {
     let mut n = notice(rule, &WorklistEntry::from_row(row), &[], station, 0, link_base, created_ms);
     let title = reason.title();
     n.id = retraction_id(station, row.study_id, &rule.name, row.result_at_ms);
@@ -172,7 +226,7 @@ pub fn retraction_notice(rule: &WebhookRule, row: &WorklistRow, reason: Reason, 
 }
 
 /// `rule`'s notification of `entry` (the study's worklist entry of job `job_id`).
-pub fn notice(rule: &WebhookRule, entry: &WorklistEntry, manifests: &[Manifest], station: &str, job_id: i64, link_base: &str, created_ms: i64) -> Notice {
+pub fn notice(rule: &NotifyRule, entry: &WorklistEntry, manifests: &[Manifest], station: &str, job_id: i64, link_base: &str, created_ms: i64) -> Notice {
     let findings = entry
         .findings
         .iter()
@@ -198,6 +252,9 @@ pub fn notice(rule: &WebhookRule, entry: &WorklistEntry, manifests: &[Manifest],
         status: NoticeStatus::Active,
         retraction: None,
         rule: rule.name.clone(),
+        level: 0,
+        escalated_from: None,
+        acknowledge: None,
         priority: entry.priority.as_str().into(),
         node_study_id: entry.study_id,
         link,
@@ -209,19 +266,73 @@ pub fn notice(rule: &WebhookRule, entry: &WorklistEntry, manifests: &[Manifest],
     }
 }
 
+/// The e-mail made from a notice: its subject and plain text. The same content as the JSON
+/// (de-identified: priority, findings, model, the node's study id, links), for a person.
+pub fn email_text(n: &Notice) -> (String, String) {
+    let headline = n.findings.first().map(|f| f.meaning.as_str()).unwrap_or("AI result");
+    let subject = match (n.status, n.level) {
+        (NoticeStatus::Retracted, _) => format!("[RETRACTED] AI triage result withdrawn: study {}", n.node_study_id),
+        (_, 0) => format!("[{}] AI triage: {headline} - study {}", n.priority, n.node_study_id),
+        (_, level) => format!("[{}] ESCALATED ({level}): AI triage: {headline} - study {}", n.priority, n.node_study_id),
+    };
+    let mut text = String::new();
+    let mut line = |s: &str| {
+        text.push_str(s);
+        text.push('\n');
+    };
+    line(&format!("Priority: {}", n.priority));
+    line(&format!("Study (this node's id): {}", n.node_study_id));
+    if let Some(from) = &n.escalated_from {
+        line(&format!("Escalated: nobody acknowledged the notification to {from:?} in time (level {}).", n.level));
+    }
+    if let Some(r) = &n.retraction {
+        line(&format!("The AI result this rule was told of is withdrawn: {} ({}).", r.meaning, r.code));
+    }
+    for f in &n.findings {
+        line(&format!(
+            "Finding: {} ({} {}: {}), probability {:.3}{}, model {} {}",
+            f.label,
+            f.scheme,
+            f.code,
+            f.meaning,
+            f.probability,
+            if f.urgent { ", urgent" } else { "" },
+            f.model,
+            f.model_version
+        ));
+    }
+    if n.demonstration {
+        line("A result came from a demonstration model, not clinically validated.");
+    }
+    if let Some(link) = &n.link {
+        line(&format!("Open the study: {link}"));
+    }
+    if let Some(ack) = &n.acknowledge {
+        line(&format!("Acknowledge (stops escalation): {ack}"));
+    }
+    line(&format!("Made: {}", n.created_at));
+    line(&format!("Notification id: {}", n.id));
+    line("");
+    line(&n.notice);
+    (subject, text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::NotifyPriority;
     use crate::results::worklist::ListedFinding;
 
-    fn rule(name: &str, priorities: &[NotifyPriority], models: &[&str]) -> WebhookRule {
-        WebhookRule {
+    fn rule(name: &str, priorities: &[NotifyPriority], models: &[&str]) -> NotifyRule {
+        NotifyRule {
             name: name.into(),
-            url: "https://hooks.example/x".into(),
+            url: Some("https://hooks.example/x".into()),
+            email: vec![],
             priorities: priorities.to_vec(),
             models: models.iter().map(|m| m.to_string()).collect(),
             token_file: None,
+            escalate_after: None,
+            escalate_to: None,
         }
     }
 
@@ -266,7 +377,7 @@ mod tests {
     #[test]
     fn a_rule_notifies_when_the_study_reaches_its_priority_not_while_it_stays_there() {
         let rules = [rule("oncall", &[NotifyPriority::Urgent], &[]), rule("both", &[NotifyPriority::Urgent, NotifyPriority::Positive], &[])];
-        let names = |v: Vec<&WebhookRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let names = |v: Vec<&NotifyRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         let urgent = entry(StudyPriority::Urgent);
         assert_eq!(names(matching(&rules, &urgent, &[], None)), ["oncall", "both"]);
         // Triaged again, still urgent: nobody is called again.
@@ -309,7 +420,7 @@ mod tests {
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json).unwrap().keys().cloned().collect();
         assert_eq!(
             keys,
-            ["id", "status", "rule", "priority", "node_study_id", "link", "findings", "demonstration", "created_at", "created_ms", "notice"]
+            ["id", "status", "rule", "level", "priority", "node_study_id", "link", "findings", "demonstration", "created_at", "created_ms", "notice"]
                 .map(String::from)
                 .into(),
             "nothing else: no patient, accession or UID field"
@@ -328,7 +439,7 @@ mod tests {
             rule("other-model", &[NotifyPriority::Urgent], &["other"]),
             rule("nodules", &[NotifyPriority::Urgent], &["demo-nodule"]),
         ];
-        let names = |v: Vec<&WebhookRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let names = |v: Vec<&NotifyRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         let urgent = row("URGENT");
         assert_eq!(names(notified(&rules, &urgent)), ["oncall", "both", "nodules"], "the rules that notify an urgent study");
         let mut positive = entry(StudyPriority::Positive);
@@ -363,5 +474,49 @@ mod tests {
         let mut old: serde_json::Value = serde_json::to_value(notice(&rules[0], &entry(StudyPriority::Urgent), &[], "TRIAGE", 7, "", 0)).unwrap();
         old.as_object_mut().unwrap().remove("status");
         assert_eq!(serde_json::from_value::<Notice>(old).unwrap().status, NoticeStatus::Active);
+    }
+
+    #[test]
+    fn an_escalation_is_the_same_news_for_the_next_rule_with_its_own_id_and_link() {
+        let (first, backup) = (rule("oncall", &[NotifyPriority::Urgent], &[]), rule("backup", &[], &[]));
+        let e = entry(StudyPriority::Urgent);
+        let (token, sha) = ack_token();
+        assert_eq!((token.len(), sha.len()), (64, 64));
+        assert_ne!(ack_token().0, token, "random");
+        assert_eq!(token_sha256(&token), sha);
+        let mut n = notice(&first, &e, &[], "TRIAGE", 7, "https://triage.example/", 1_700_000_005_000);
+        n.acknowledge = ack_link("https://triage.example/", &token);
+        assert_eq!(n.acknowledge.as_deref(), Some(format!("https://triage.example/ack/{token}").as_str()));
+        assert_eq!(ack_link("", &token), None, "no link base: no link");
+        let (token2, _) = ack_token();
+        let up = escalation_notice(&n, &n.id, &backup, "https://triage.example", &token2, 1_700_000_605_000);
+        assert_eq!((up.rule.as_str(), up.level, up.escalated_from.as_deref()), ("backup", 1, Some("oncall")));
+        assert_eq!((up.priority.as_str(), up.node_study_id, &up.findings), (n.priority.as_str(), n.node_study_id, &n.findings));
+        assert_eq!(up.acknowledge, Some(format!("https://triage.example/ack/{token2}")));
+        assert_eq!(up.created_ms, 1_700_000_605_000);
+        assert_ne!(up.id, n.id);
+        assert_eq!(up.id, escalation_notice(&n, &n.id, &backup, "", &token, 0).id, "stable for the chain, level and rule");
+        let again = escalation_notice(&up, &n.id, &first, "", &token, 0);
+        assert_eq!((again.level, again.escalated_from.as_deref()), (2, Some("backup")));
+        assert!(up.id.starts_with("tn-") && up.id.len() == 35);
+        let json = serde_json::to_string(&up).unwrap();
+        assert!(json.contains(r#""escalated_from":"oncall""#) && json.contains(r#""level":1"#), "{json}");
+    }
+
+    #[test]
+    fn the_e_mail_says_what_the_json_says_and_no_more() {
+        let r = rule("oncall", &[NotifyPriority::Urgent], &[]);
+        let mut n = notice(&r, &entry(StudyPriority::Urgent), &[], "TRIAGE", 7, "https://triage.example/", 1_700_000_005_000);
+        n.acknowledge = ack_link("https://triage.example/", "abc");
+        let (subject, text) = email_text(&n);
+        assert_eq!(subject, "[URGENT] AI triage: nodule - study 42");
+        assert!(text.contains("Open the study: https://triage.example/#/study/42"), "{text}");
+        assert!(text.contains("Acknowledge (stops escalation): https://triage.example/ack/abc"), "{text}");
+        assert!(text.contains("probability 0.995, urgent, model demo-nodule 1.0.0"), "{text}");
+        assert!(text.contains("not for diagnosis") && text.contains("demonstration model"), "{text}");
+        assert!(text.contains(&n.id));
+        let up = escalation_notice(&n, &n.id, &rule("backup", &[], &[]), "", "x", 0);
+        assert!(email_text(&up).0.starts_with("[URGENT] ESCALATED (1): "), "{}", email_text(&up).0);
+        assert!(email_text(&up).1.contains("nobody acknowledged the notification to \"oncall\""));
     }
 }

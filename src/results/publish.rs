@@ -13,7 +13,7 @@ use tracing::{error, warn};
 
 use super::worklist::{self, StudyPriority, WorklistEntry};
 use super::{notify, Built, Publisher, ResultsError};
-use crate::db::{ClaimedJob, Db, DbError, NewOutboxItem, ObjectKind, ResultState, StudyResult, WorklistRow};
+use crate::db::{ClaimedJob, Db, DbError, NewNotification, NewOutboxItem, ObjectKind, ResultState, StudyResult, WorklistRow};
 use crate::domain::now_ms;
 use crate::inference::package::Manifest;
 
@@ -55,6 +55,7 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
     // The result objects are written (and synced) before the transaction that saves the
     // results queues them: a crash in between leaves unqueued files, never a queued ghost.
     let mut outbox: Vec<NewOutboxItem> = Vec::new();
+    let mut notifications: Vec<NewNotification> = Vec::new();
     let mut all_built: Vec<Built> = Vec::new();
     if let (Some(p), false) = (publisher.filter(|p| p.sends_objects()), study.conflicting) {
         for r in study.results {
@@ -103,27 +104,90 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
                 None => warn!("no stored instance names the study's patient: no HL7 report"),
             }
         }
-        // A notification per webhook rule the study now matches (de-identified: no patient
-        // needed), written like the report, queued in the same transaction.
+        // The order message that raises the RIS's order priority, after the ORU (queued after
+        // it, so sent after it in the HL7 lane).
+        let oru_queued = outbox.iter().any(|i| i.kind == ObjectKind::Hl7);
+        if let (Some(style), true) = (p.hl7_order.for_priority(e.priority.as_str()), oru_queued) {
+            match hl7_report(db, study.manifests, job, e, &all_built, previous.as_ref()).await? {
+                Some(report) if !raised_before(previous.as_ref(), &p.hl7_order) => {
+                    let report = crate::hl7::Report { control_id: format!("TN{}S{}O", job.id, job.study_id), order_update: style, ..report };
+                    let (writer, study_id) = (p.clone(), job.study_id);
+                    let written =
+                        tokio::task::spawn_blocking(move || writer.hl7_item(study_id, &report)).await.map_err(|e| ResultsError::Task(e.to_string()))?;
+                    match written {
+                        Ok(item) => outbox.push(item),
+                        Err(e @ ResultsError::Blob(_)) => return Err(e),
+                        Err(error) => error!(%error, "the HL7 order update could not be written: the RIS's order keeps its priority"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A UPS workitem for the site's worklist managers (`[results] ups`), once per study at a
+        // listed priority (not again while its standing row had one).
+        if p.settings.ups_for(e.priority.as_str())
+            && !previous.as_ref().is_some_and(|r| r.retraction.is_none() && StudyPriority::parse(&r.priority).is_some_and(|b| p.settings.ups_for(b.as_str())))
+        {
+            match ups_workitem(db, p, job, e, study.results, &all_built).await? {
+                Some((work, header_of)) => {
+                    let (writer, study_id) = (p.clone(), job.study_id);
+                    let written = tokio::task::spawn_blocking(move || writer.ups_items(study_id, &work, &header_of))
+                        .await
+                        .map_err(|e| ResultsError::Task(e.to_string()))?;
+                    match written {
+                        Ok(items) => outbox.extend(items),
+                        Err(e @ ResultsError::Blob(_)) => return Err(e),
+                        Err(error) => error!(%error, "the UPS workitem could not be written: the worklist managers get nothing for this study"),
+                    }
+                }
+                None => warn!("no key image of the study: no UPS workitem"),
+            }
+        }
+        // A notification per rule the study now matches (de-identified: no patient needed),
+        // each with its one-time acknowledgement link and its ledger row, written like the
+        // report, queued in the same transaction.
         let rules = notify::matching(p.notify.rules(), e, study.results, previous.as_ref());
         if !rules.is_empty() {
             let created_ms = now_ms();
-            let notices: Vec<notify::Notice> =
-                rules.iter().map(|r| notify::notice(r, e, study.manifests, &p.station, job.id, &p.notify.link_base, created_ms)).collect();
+            let last_instance_at_ms = study.results.iter().map(|r| r.last_received_at_ms).max();
+            let made: Vec<(notify::Notice, NewNotification)> = rules
+                .iter()
+                .map(|r| {
+                    let mut n = notify::notice(r, e, study.manifests, &p.station, job.id, &p.notify.link_base, created_ms);
+                    let (token, sha) = notify::ack_token();
+                    n.acknowledge = notify::ack_link(&p.notify.link_base, &token);
+                    let row = NewNotification {
+                        id: n.id.clone(),
+                        study_id: job.study_id,
+                        chain: n.id.clone(),
+                        level: 0,
+                        rule: r.name.clone(),
+                        priority: n.priority.clone(),
+                        created_at_ms: created_ms,
+                        last_instance_at_ms,
+                        escalate_at_ms: r.escalate_after.map(|d| created_ms + d.as_millis() as i64),
+                        ack_token_sha256: Some(sha),
+                    };
+                    (n, row)
+                })
+                .collect();
             let (writer, study_id) = (p.clone(), job.study_id);
-            let written = tokio::task::spawn_blocking(move || notices.iter().map(|n| writer.notice_item(study_id, n)).collect::<Vec<_>>())
+            let written = tokio::task::spawn_blocking(move || made.into_iter().map(|(n, row)| (writer.notice_item(study_id, &n), row)).collect::<Vec<_>>())
                 .await
                 .map_err(|e| ResultsError::Task(e.to_string()))?;
-            for item in written {
+            for (item, row) in written {
                 match item {
-                    Ok(item) => outbox.push(item),
+                    Ok(item) => {
+                        outbox.push(item);
+                        notifications.push(row);
+                    }
                     Err(e @ ResultsError::Blob(_)) => return Err(e),
-                    Err(error) => error!(%error, "a notification could not be written: its webhook is not told about this study"),
+                    Err(error) => error!(%error, "a notification could not be written: its rule is not told about this study"),
                 }
             }
         }
     }
-    let saved = match db.save_study_results(job, study.results, row.as_ref(), node, &outbox).await {
+    let saved = match db.save_study_results(job, study.results, row.as_ref(), node, &outbox, &notifications).await {
         Err(DbError::ClaimLost(id)) => {
             // Another node runs this job now and queues its own objects: ours go.
             warn!(job_id = id, "the study job was taken over while it ran: its results and objects are dropped here");
@@ -142,6 +206,57 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
         p.wake.notify_one();
     }
     Ok(Published::Saved { lowered_from: saved, priority: entry.map(|e| e.priority), queued: outbox.len() })
+}
+
+/// Whether the RIS's order was already raised for the study's standing (not retracted) row.
+fn raised_before(previous: Option<&WorklistRow>, order: &crate::config::OrderUpdateSettings) -> bool {
+    previous.is_some_and(|r| r.retraction.is_none() && StudyPriority::parse(&r.priority).is_some_and(|p| order.for_priority(p.as_str()).is_some()))
+}
+
+/// A study's UPS workitem (de-identified) and the stored instance whose header names its
+/// patient: the positive findings' key images (retrieved from the first `[results]`
+/// destination, else this node) and the AI report (from this node, which serves its results
+/// by Query/Retrieve) as input. None when no finding names a key image.
+async fn ups_workitem(
+    db: &Db,
+    p: &Publisher,
+    job: &ClaimedJob,
+    e: &WorklistEntry,
+    results: &[StudyResult],
+    built: &[Built],
+) -> Result<Option<(super::ups::Workitem, crate::db::InstanceRef)>, ResultsError> {
+    let pacs = p.settings.destinations.first().map(|a| a.to_string()).unwrap_or_else(|| p.station.clone());
+    let mut inputs = Vec::new();
+    let mut first = None;
+    for f in results.iter().flat_map(|r| &r.findings).filter(|f| f.positive) {
+        let Some(k) = db.instance_ref(f.key_instance_id).await? else { continue };
+        inputs.push(super::ups::Input {
+            sop_class_uid: k.sop_class_uid.clone(),
+            sop_instance_uid: k.sop_instance_uid.clone(),
+            series_instance_uid: k.series_instance_uid.clone(),
+            retrieve_ae: pacs.clone(),
+        });
+        first.get_or_insert(k);
+    }
+    let Some(first) = first else { return Ok(None) };
+    for b in built.iter().filter(|b| b.kind == ObjectKind::Sr) {
+        inputs.push(super::ups::Input {
+            sop_class_uid: dicom_dictionary_std::uids::COMPREHENSIVE3_DSR_STORAGE.into(),
+            sop_instance_uid: b.sop_instance_uid.clone(),
+            series_instance_uid: b.series_instance_uid.clone(),
+            retrieve_ae: p.station.clone(),
+        });
+    }
+    let study = first.study_instance_uid.clone();
+    let work = super::ups::Workitem {
+        sop_instance_uid: super::dataset::uid(&p.settings.uid_root, &[&study, "ups", &job.id.to_string(), &now_ms().to_string()]),
+        priority: e.priority.as_str().into(),
+        findings: e.findings.iter().filter(|f| f.positive).map(|f| f.label.clone()).collect(),
+        demonstration: e.demonstration,
+        inputs,
+        scheduled_ms: now_ms(),
+    };
+    Ok(Some((work, first)))
 }
 
 /// The HL7 report of a study's triage: its priority (and whether it lowers the one the RIS was
@@ -190,5 +305,6 @@ async fn hl7_report(
         sr_series_instance_uid: sr.map(|b| b.series_instance_uid.clone()),
         instance_uid,
         retracted: None,
+        order_update: crate::hl7::OrderUpdate::None,
     }))
 }

@@ -167,6 +167,8 @@ impl Publisher {
                 correction: true,
                 reasons: Vec::new(),
                 retracted: Some(reason.title().meaning),
+                // The newest may be the order update that followed the ORU: the correction is an ORU.
+                order_update: crate::hl7::OrderUpdate::None,
                 ..sent
             };
             me.hl7_item(study_id, &report).map(Some)

@@ -131,6 +131,7 @@ impl WorklistEntry {
             lowered_from: None,
             reading: crate::db::Reading::unread(),
             retraction: None,
+            notified: Default::default(),
         }
     }
 

@@ -186,11 +186,11 @@ async fn suite(url: &str) {
         study_id: Some(job.study_id),
         reidentify: true,
     };
-    let stale_save = db.save_study_results(&stale, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/stale.dcm", "sr")]).await;
+    let stale_save = db.save_study_results(&stale, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/stale.dcm", "sr")], &[]).await;
     assert!(matches!(stale_save, Err(triage_node::db::DbError::ClaimLost(_))), "{stale_save:?}");
     assert!(db.outbox_paths_under("outbox/results/").await.unwrap().is_empty(), "the stale claimer queued nothing");
     assert!(db.renew_study_job(job, i64::MAX / 2).await.unwrap());
-    db.save_study_results(job, &[result], None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")]).await.unwrap();
+    db.save_study_results(job, &[result], None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")], &[]).await.unwrap();
     let queued = db.outbox_claim(Some("n3"), 60_000, 10).await.unwrap();
     assert_eq!(
         queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(),
@@ -220,6 +220,7 @@ async fn suite(url: &str) {
         lowered_from: None,
         reading: Reading::unread(),
         retraction: None,
+        notified: Default::default(),
     };
     assert_eq!(db.worklist_save(&row("URGENT", 0, Some(0.97))).await.unwrap(), None);
     let f = WorklistFilter { finding: Some("pleural_effusion".into()), modality: Some("CT".into()), ..Default::default() };

@@ -181,3 +181,171 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
         assert!(value.len() < 3 || !text.contains(&value), "the body names {value:?}: {text}");
     }
 }
+
+/// `tests/peers/smtp_receiver.py` (aiosmtpd), plain SMTP on loopback: each message as
+/// `<n>.json` (envelope and parsed message) in `out`.
+struct MailReceiver(Child);
+
+impl MailReceiver {
+    fn start(out: &Path) -> (MailReceiver, u16) {
+        let mut child = Command::new(python().unwrap())
+            .arg(repo().join("tests/peers/smtp_receiver.py"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--out", out.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("ready port=").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+        (MailReceiver(child), port)
+    }
+}
+
+impl Drop for MailReceiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mails(out: &Path) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(out).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    files.sort();
+    files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).filter_map(|t| serde_json::from_str(&t).ok()).collect()
+}
+
+/// The chain of the brief: the on-call webhook first; unacknowledged after `escalate_after`, an
+/// e-mail to the backup (a real SMTP server); a study whose notification is acknowledged by its
+/// one-time link in time escalates to nobody. The acknowledgement is audited, on the worklist
+/// row and at /metrics; a GET of the link changes nothing.
+#[test]
+fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_does_not() {
+    if !peers_ready() {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    // Urgent and positive for the demo nodule model (the on-call rule takes both).
+    let (first, second) = (dir.join("case000.dcm"), dir.join("case004.dcm"));
+    let work = tempfile::tempdir().unwrap();
+    let hooks = work.path().join("webhook.jsonl");
+    let mail_dir = work.path().join("mail");
+    std::fs::create_dir_all(&mail_dir).unwrap();
+    let hook_port = free_port();
+    let _receiver = Receiver::start(hook_port, &hooks);
+    let (_mail, smtp_port) = MailReceiver::start(&mail_dir);
+    let node = Node::start(NodeOptions {
+        inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
+        delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"300ms\"".into(), "retry_max = \"600ms\"".into()],
+        extra: vec![format!(
+            "[notify]\nenabled = true\nlink_base = \"https://triage.example/\"\ntimeout = \"5s\"\n\
+             [[notify.rules]]\nname = \"oncall\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\npriorities = [\"urgent\", \"positive\"]\nescalate_after = \"4s\"\nescalate_to = \"backup\"\n\
+             [[notify.rules]]\nname = \"backup\"\nemail = [\"neuro.backup@hospital.example\"]\npriorities = []\n\
+             [notify.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"plain\"\nfrom = \"triage@hospital.example\"\n"
+        )],
+        ..Default::default()
+    });
+    let http = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // The links name the site's address (a proxy in front); the test reaches the node directly.
+    let base = "https://triage.example".to_string();
+    let node_base = format!("http://127.0.0.1:{}", node.http_port.unwrap());
+    let direct = |link: &str| link.replace(&base, &node_base);
+
+    // The first study: the webhook is told; nobody acknowledges; the backup gets an e-mail.
+    assert!(node.storescu(std::slice::from_ref(&first)).status.success(), "{}", node.log());
+    wait_until("the first webhook POST", Duration::from_secs(60), &node, || received(&hooks).len() == 1);
+    let notice: Value = serde_json::from_str(received(&hooks)[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!((notice["rule"].as_str(), notice["level"].as_u64()), (Some("oncall"), Some(0)));
+    let link = notice["acknowledge"].as_str().unwrap().to_string();
+    assert!(link.starts_with(&format!("{base}/ack/")) && link.len() == base.len() + 5 + 64, "{link}");
+    wait_until("the escalation e-mail", Duration::from_secs(30), &node, || mails(&mail_dir).len() == 1);
+    let mail = &mails(&mail_dir)[0];
+    assert_eq!(mail["rcpt_tos"], serde_json::json!(["neuro.backup@hospital.example"]), "{mail}");
+    let subject = mail["headers"]["subject"].as_str().unwrap_or_default().to_string();
+    let text = mail["text"].as_str().unwrap_or_default().to_string();
+    let mail_text = mail.to_string();
+    assert!(subject.starts_with("[URGENT] ESCALATED (1): AI triage"), "{mail}");
+    assert!(text.contains("nobody acknowledged the notification to \"oncall\""), "{mail}");
+    assert!(text.contains("not for diagnosis") && text.contains(&format!("Acknowledge (stops escalation): {base}/ack/")), "{mail}");
+    let up_id = notice_id_in(&text);
+    assert_eq!(mail["headers"]["message_id"], format!("<{up_id}@hospital.example>"), "the stable id, for deduplication");
+    assert!(!up_id.is_empty() && up_id != notice["id"].as_str().unwrap(), "a new id for the escalation: {mail}");
+    eprintln!("the escalation e-mail: {subject}\n{text}");
+    for value in [
+        attr(&first, dicom_dictionary_std::tags::PATIENT_ID),
+        attr(&first, dicom_dictionary_std::tags::PATIENT_NAME),
+        attr(&first, dicom_dictionary_std::tags::ACCESSION_NUMBER),
+    ] {
+        assert!(value.len() < 3 || !mail_text.contains(&value), "the e-mail names {value:?}");
+    }
+    assert!(!mail_text.contains("1.2.") && !mail_text.contains("2.25."), "no UID: {mail}");
+
+    // The second study: its notification is acknowledged by its link within the deadline.
+    assert!(node.storescu(std::slice::from_ref(&second)).status.success(), "{}", node.log());
+    wait_until("the second webhook POST", Duration::from_secs(60), &node, || received(&hooks).len() == 2);
+    let notice2: Value = serde_json::from_str(received(&hooks)[1]["body"].as_str().unwrap()).unwrap();
+    let link2 = notice2["acknowledge"].as_str().unwrap().to_string();
+    // Opening the link (a mail scanner would) changes nothing; the button does.
+    let page = http.get(direct(&link2)).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let page = page.text().unwrap();
+    assert!(page.contains("<form method=\"post\">") && page.contains("POSITIVE"), "{page}");
+    let pressed = http.post(direct(&link2)).send().unwrap();
+    assert_eq!(pressed.status(), 200);
+    assert!(pressed.text().unwrap().contains("<h1>Acknowledged</h1>"));
+    let again = http.post(direct(&link2)).send().unwrap().text().unwrap();
+    assert!(again.contains("Already acknowledged") && again.contains("by link"), "{again}");
+    assert_eq!(http.get(format!("{node_base}/ack/{}", "0".repeat(64))).send().unwrap().status(), 404, "an unknown token");
+    assert_eq!(http.get(format!("{node_base}/ack/x")).send().unwrap().status(), 404, "not a token");
+    // Past its deadline: nobody else is called for it.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(mails(&mail_dir).len(), 1, "no escalation of an acknowledged notification");
+    assert_eq!(received(&hooks).len(), 2);
+
+    // The first chain can still be acknowledged by a reader (the API), after its escalation.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let study1 = rt.block_on(db.study_results(&deid_uid(&study_uid_of(&first)))).unwrap()[0].study_id;
+    let study2 = rt.block_on(db.study_results(&deid_uid(&study_uid_of(&second)))).unwrap()[0].study_id;
+    let ack = http.post(format!("{node_base}/api/studies/{study1}/acknowledge")).bearer_auth(READER_TOKEN).send().unwrap();
+    assert_eq!(ack.status(), 200);
+    let ack: Value = ack.json().unwrap();
+    assert_eq!((ack["outcome"].as_str(), ack["acknowledged_by"].as_str()), (Some("acknowledged"), Some("dr.grey")), "{ack}");
+    let study: Value = http.get(format!("{node_base}/api/studies/{study1}")).bearer_auth(READER_TOKEN).send().unwrap().json().unwrap();
+    let chain = study["notifications"].as_array().unwrap();
+    assert_eq!(chain.len(), 2, "the webhook and its escalation: {study}");
+    assert_eq!((chain[0]["rule"].as_str(), chain[1]["rule"].as_str(), chain[1]["level"].as_i64()), (Some("oncall"), Some("backup"), Some(1)));
+    assert!(chain.iter().all(|n| n["delivered_at_ms"].is_i64() && n["acknowledged_by"] == "dr.grey"), "{study}");
+    let worklist: Value = http.get(format!("{node_base}/api/worklist")).bearer_auth(READER_TOKEN).send().unwrap().json().unwrap();
+    let rows = worklist["items"].as_array().unwrap();
+    let row = |id: i64| rows.iter().find(|r| r["study_id"] == id).unwrap()["notification"].clone();
+    assert_eq!(row(study2)["acknowledged_by"], "link");
+    assert!(row(study2)["time_to_notification_ms"].as_i64().unwrap() <= row(study2)["time_to_acknowledgement_ms"].as_i64().unwrap());
+    assert_eq!(row(study1)["acknowledged_by"], "dr.grey");
+
+    // Audited (who, how, which rule), counted, with no patient data.
+    let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();
+    assert_eq!(audit.lines().filter(|l| l.contains("acknowledge")).count(), 2, "{audit}");
+    assert!(audit.contains(&format!("study:{study2}")) && audit.contains("\"via\":\"link\""), "{audit}");
+    let metrics = http.get(format!("{node_base}/metrics")).send().unwrap().text().unwrap();
+    for line in [
+        "triage_notifications_acknowledged_total{via=\"link\"} 1",
+        "triage_notifications_acknowledged_total{via=\"api\"} 1",
+        "triage_notifications_escalated_total{rule=\"oncall\"} 1",
+        "triage_time_to_notification_seconds_count{priority=\"URGENT\"} 1",
+        "triage_time_to_notification_seconds_count{priority=\"POSITIVE\"} 1",
+        "triage_time_to_acknowledgement_seconds_count{priority=\"URGENT\"} 1",
+        "triage_time_to_acknowledgement_seconds_count{priority=\"POSITIVE\"} 1",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}");
+    }
+    let log = node.log();
+    assert!(!log.contains("neuro.backup") && !log.contains(&link2[link2.len() - 64..]), "no address or token in the log");
+}
+
+/// The `Notification id: tn-...` line of an e-mail.
+fn notice_id_in(text: &str) -> String {
+    text.split("Notification id: ").nth(1).map(|s| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect()).unwrap_or_default()
+}

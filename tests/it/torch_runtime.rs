@@ -71,14 +71,14 @@ fn packages_load_warm_up_and_name_what_is_broken() {
     if tiny_models().is_none() {
         return;
     }
-    use triage_node::inference::package::{load_all, Package};
+    use triage_node::inference::package::{load_all, LoadOptions, Package};
     let root = tempfile::tempdir().unwrap();
     package(root.path(), "a_tiny", MANIFEST);
-    let loaded = load_all(root.path(), tch_cpu()).unwrap();
+    let loaded = load_all(root.path(), &LoadOptions::on(tch_cpu())).unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].manifest.outputs.labels, ["nodule", "effusion"]);
 
-    let broken = |name: &str, manifest: String| Package::load(&package(root.path(), name, &manifest), tch_cpu()).err().unwrap().to_string();
+    let broken = |name: &str, manifest: String| Package::load(&package(root.path(), name, &manifest), &LoadOptions::on(tch_cpu())).err().unwrap().to_string();
     // The model gives 2 probabilities; a manifest promising 3 labels fails the warm-up.
     let e = broken(
         "three",

@@ -1,10 +1,12 @@
 """A tiny TorchScript model and its outputs on a fixed input, computed by Python torch, so the
 Rust runtime's forward pass can be compared with PyTorch's own (tests/torch_runtime.rs).
 
-  make_tiny_model.py OUT_DIR   writes tiny.pt and tiny_expected.json, tiny_slow.pt,
-                               identity.pt and tiny_logits.pt
+  make_tiny_model.py OUT_DIR   writes tiny.pt and tiny_expected.json, tiny.onnx,
+                               tiny_slow.pt, identity.pt and tiny_logits.pt
 The model: a 3x3 convolution to 2 class maps, ReLU, then (per-class probabilities by sigmoid of
 the spatial mean, the class activation maps): the shape of the node's model outputs.
+tiny.onnx: tiny.pt's ONNX twin (the same weights, torch.onnx.export), input "image" [N, 1, 8, 8],
+outputs "probabilities" [N, 2] and "cam" [N, 2, 8, 8], for the ONNX Runtime tests (tests/it/onnx.rs).
 tiny_slow.pt: the same outputs after a second or two of matrix products per forward pass, so
 that the cluster tests can stop a node while its study job is certainly still running.
 identity.pt: returns its input as float32, whatever its shape and type: the tensor a model gets.
@@ -66,6 +68,16 @@ out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 scripted = torch.jit.script(model)
 scripted.save(os.path.join(out, "tiny.pt"))
+torch.onnx.export(
+    model,
+    (torch.zeros(1, 1, 8, 8),),
+    os.path.join(out, "tiny.onnx"),
+    input_names=["image"],
+    output_names=["probabilities", "cam"],
+    dynamic_axes={"image": {0: "N"}, "probabilities": {0: "N"}, "cam": {0: "N"}},
+    opset_version=17,
+    dynamo=False,
+)
 torch.jit.script(Slow(model).eval()).save(os.path.join(out, "tiny_slow.pt"))
 torch.jit.script(Identity().eval()).save(os.path.join(out, "identity.pt"))
 torch.jit.script(Logits().eval()).save(os.path.join(out, "tiny_logits.pt"))

@@ -79,6 +79,15 @@ function deliveryText(item) {
   return item.deliveries.map((d) => d.count + " " + d.kind.toUpperCase() + " " + d.state).join(", ");
 }
 
+function notifiedText(item) {
+  const n = item.notification;
+  if (!n) return "";
+  const parts = [];
+  if (n.time_to_notification_ms != null) parts.push("called after " + fmtSeconds(n.time_to_notification_ms));
+  parts.push(n.acknowledged_at_ms ? "ack " + (n.acknowledged_by || "") + " after " + fmtSeconds(n.time_to_acknowledgement_ms) : "not acknowledged");
+  return parts.join("; ");
+}
+
 function row(item) {
   const p = item.priority;
   const tr = el("tr", { class: "row " + p.toLowerCase() + (item.reading.state === "read" ? " read" : ""), "data-study": item.study_id, "data-priority": p });
@@ -93,7 +102,8 @@ function row(item) {
   const reading = item.reading.state + (item.reading.reader ? " by " + item.reading.reader : "");
   tr.append(prio, thumb, el("td", {}, (item.patient && item.patient.name) || ""), el("td", {}, (item.patient && item.patient.accession) || ""),
     el("td", {}, findings), el("td", {}, models + (item.demonstration ? " [demo]" : "")), el("td", {}, fmtTime(item.received_at_ms)),
-    el("td", {}, fmtSeconds(item.time_to_result_ms)), el("td", {}, deliveryText(item)), el("td", { class: "reading" }, reading));
+    el("td", {}, fmtSeconds(item.time_to_result_ms)), el("td", {}, deliveryText(item)), el("td", { class: "notified" }, notifiedText(item)),
+    el("td", { class: "reading" }, reading));
   if (positives.length) {
     picture("/api/studies/" + item.study_id + "/heatmaps/0?size=thumbnail").then((u) => thumb.append(el("img", { class: "thumb", src: u, alt: "heatmap" }))).catch(() => {});
   }
@@ -149,6 +159,14 @@ async function loadStudy(id) {
       reading.append(el("button", { type: "button", id: "btn-" + action, onclick: () => readingAction(id, action) }, label), " ");
     }
     box.append(reading);
+    if (s.notifications.length) {
+      const ack = el("p", { id: "notification" }, "On-call: " + s.notifications.map((n) => n.rule + (n.level ? " (escalation " + n.level + ")" : "") +
+        (n.delivered_at_ms ? " reached " + fmtTime(n.delivered_at_ms) : " not reached yet")).join(", ") + ". " + (notifiedText(s) || "") + " ");
+      if (!s.notification || !s.notification.acknowledged_at_ms) {
+        ack.append(el("button", { type: "button", id: "btn-acknowledge", onclick: () => readingAction(id, "acknowledge") }, "Acknowledge"));
+      }
+      box.append(ack);
+    }
     for (const r of s.results) {
       const sec = el("section", { class: "result" }, el("h3", {}, (r.model || "no model") + " " + r.model_version + " · " + r.state + (r.priority ? " · " + r.priority : "")));
       if (r.demonstration) sec.append(el("p", { class: "warning" }, "Demonstration model, not clinically validated."));
