@@ -54,6 +54,21 @@ HOOK_PORT=$(free_port)
 .venv/bin/python tests/peers/webhook_receiver.py --port "$HOOK_PORT" --out "$DEMO/oncall.jsonl" > "$DEMO/oncall.log" 2>&1 &
 HOOK=$!
 echo "== on-call notifications: a webhook receiver on 127.0.0.1:$HOOK_PORT (rule \"oncall\": URGENT studies)"
+# The backup on-call's mailbox: a real SMTP server (aiosmtpd) on loopback; the "oncall" rule
+# escalates to it when nobody acknowledges within 8 s.
+MAIL_DIR=$DEMO/mail; mkdir -p "$MAIL_DIR"
+.venv/bin/python tests/peers/smtp_receiver.py --host 127.0.0.1 --port 0 --out "$MAIL_DIR" > "$DEMO/smtp.log" 2>&1 &
+MAIL=$!
+for _ in $(seq 100); do grep -q 'ready port=' "$DEMO/smtp.log" && break; sleep 0.1; done
+SMTP_PORT=$(sed -n 's/^ready port=//p' "$DEMO/smtp.log")
+echo "== the backup on-call's mailbox: an SMTP server on 127.0.0.1:$SMTP_PORT (rule \"backup\", reached by escalation)"
+# The site's worklist manager: a UPS Push SCP (pynetdicom); an urgent study becomes a workitem
+# with priority HIGH there, and the RIS gets an OMI^O23 raising the order to STAT.
+UPS_PORT=$(free_port)
+.venv/bin/python tests/peers/ups_scp.py WORKLIST "$UPS_PORT" "$DEMO/ups.jsonl" > "$DEMO/ups.log" 2>&1 &
+UPS=$!
+export TRIAGE__HL7__ORDER_UPDATE=omi
+echo "== the worklist manager: a UPS Push SCP (WORKLIST) on 127.0.0.1:$UPS_PORT"
 # The worklist page and API: a reader's and an admin's token (demo only; a site uses
 # `triage-node token add`, which keeps only their hashes).
 HTTP_PORT=${HTTP_PORT:-$(free_port)}
@@ -79,12 +94,33 @@ export TRIAGE__DICOM__TLS__ENABLED=true TRIAGE__DICOM__TLS__PORT=$TLS_PORT TRIAG
 # TLS only, and bound to its certificate: another certificate of the same CA cannot use this title.
 "$BIN" ae add DEMO_SECURE_CR --host 127.0.0.1 --tls --tls-identity demo-modality
 "$BIN" ae add PACS --role pacs --host 127.0.0.1 --port "$PACS_DICOM"
+"$BIN" ae add WORKLIST --role pacs --host 127.0.0.1 --port "$UPS_PORT"
 "$BIN" ae list
-printf '[notify]\nenabled = true\nlink_base = "http://127.0.0.1:%s/"\n[[notify.webhooks]]\nname = "oncall"\nurl = "http://127.0.0.1:%s/hooks/oncall"\npriorities = ["urgent"]\n' \
-  "$HTTP_PORT" "$HOOK_PORT" > "$DEMO/notify.toml"
+cat > "$DEMO/notify.toml" <<EOF
+[results]
+ups = ["WORKLIST"]
+[notify]
+enabled = true
+link_base = "http://127.0.0.1:$HTTP_PORT/"
+[[notify.rules]]
+name = "oncall"
+url = "http://127.0.0.1:$HOOK_PORT/hooks/oncall"
+priorities = ["urgent"]
+escalate_after = "8s"
+escalate_to = "backup"
+[[notify.rules]]
+name = "backup"
+email = ["neuro-backup@hospital.example"]
+priorities = []
+[notify.smtp]
+host = "127.0.0.1"
+port = $SMTP_PORT
+security = "plain"
+from = "triage-node@hospital.example"
+EOF
 "$BIN" --config "$DEMO/notify.toml" serve 2> "$DEMO/node.log" &
 NODE=$!
-trap 'kill -TERM $NODE $PACS $RIS $HOOK 2>/dev/null || true' EXIT
+trap 'kill -TERM $NODE $PACS $RIS $HOOK $MAIL $UPS 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q 'listening port=' "$DEMO/node.log" && break; sleep 0.1; done
 grep 'listening port=' "$DEMO/node.log"
 
@@ -143,16 +179,56 @@ for i in json.load(open(sys.argv[1]))["items"]:
     print("%-15s study %-3s %-20s %-12s %s" % (i["priority"], i["study_id"], p.get("name"), p.get("accession"), f))
 PY
 echo "-- without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "$API/api/worklist")"
-echo "== the on-call webhook: one notification per study that became URGENT (de-identified; the first in full)"
-for _ in $(seq 50); do [ -s "$DEMO/oncall.jsonl" ] && break; sleep 0.2; done
-.venv/bin/python - "$DEMO/oncall.jsonl" <<'PY'
+echo "== the on-call webhook: one notification per study that became URGENT (de-identified; the head CT's in full)"
+for _ in $(seq 50); do [ "$(wc -l < "$DEMO/oncall.jsonl" 2>/dev/null || echo 0)" -ge 2 ] && break; sleep 0.2; done
+.venv/bin/python - "$DEMO/oncall.jsonl" "$DEMO/ct-ack-link" <<'PY'
 import json, sys
 posts = [json.loads(l) for l in open(sys.argv[1])]
 for p in posts:
     b = json.loads(p["body"])
     print(p["status"], p["headers"].get("idempotency-key"), b["priority"], "study", b["node_study_id"], ", ".join("%s %.2f" % (f["label"], f["probability"]) for f in b["findings"]))
-if posts:
-    print(json.dumps(json.loads(posts[0]["body"]), indent=2))
+ct = [json.loads(p["body"]) for p in posts if any(f["model"].startswith("demo-ct") for f in json.loads(p["body"])["findings"])]
+if ct:
+    print(json.dumps(ct[0], indent=2))
+    open(sys.argv[2], "w").write(ct[0]["acknowledge"])
+PY
+if [ -s "$DEMO/ct-ack-link" ]; then
+  LINK=$(cat "$DEMO/ct-ack-link")
+  echo "== the neuro on-call opens the head CT's acknowledgement link (a GET changes nothing) and presses its button"
+  curl -s "$LINK" | grep -o '<h1>[^<]*</h1>' | sed 's/<[^>]*>//g; s/^/page: /'
+  curl -s -X POST "$LINK" | grep -o '<h1>[^<]*</h1>\|Recorded [^<]*' | sed 's/<[^>]*>//g'
+fi
+echo "== nobody acknowledged the chest case's notification within 8 s: it escalates to the backup, by e-mail"
+for _ in $(seq 100); do ls "$MAIL_DIR"/*.json >/dev/null 2>&1 && break; sleep 0.2; done
+.venv/bin/python - "$MAIL_DIR" <<'PY'
+import glob, json, sys
+for f in sorted(glob.glob(sys.argv[1] + "/*.json")):
+    m = json.load(open(f))
+    print("To:", ", ".join(m["rcpt_tos"]), "| Subject:", m["headers"]["subject"], "| Message-ID:", m["headers"]["message_id"])
+    print(m["text"].replace("\r\n", "\n"))
+PY
+echo "-- the head CT (acknowledged) escalated to nobody; the acknowledgement is audited and on the worklist:"
+"$BIN" audit list | grep 'acknowledge' | tail -2 || true
+curl -s -H "Authorization: Bearer $READER_TOKEN" "$API/api/worklist" | .venv/bin/python -c '
+import json, sys
+for i in json.load(sys.stdin)["items"]:
+    n = i.get("notification")
+    if n:
+        ack = "acknowledged by %s after %.1f s" % (n["acknowledged_by"], n["time_to_acknowledgement_ms"] / 1000) if n["acknowledged_at_ms"] else "not acknowledged"
+        print("study", i["study_id"], i["priority"], "on-call told after %.1f s;" % (n["time_to_notification_ms"] / 1000), ack)'
+echo "== the worklist manager received a UPS workitem per urgent study (re-identified; priority HIGH)"
+for _ in $(seq 50); do [ -s "$DEMO/ups.jsonl" ] && break; sleep 0.2; done
+.venv/bin/python - "$DEMO/ups.jsonl" <<'PY'
+import json, sys
+from pydicom import Dataset
+for line in open(sys.argv[1]):
+    w = json.loads(line)
+    ds = Dataset.from_json(w["dataset"])
+    print("workitem", w["uid"], "from", w["calling"])
+    for kw in ["PatientName", "PatientID", "StudyInstanceUID", "ProcedureStepState", "ScheduledProcedureStepPriority", "ProcedureStepLabel", "WorklistLabel", "ScheduledProcedureStepStartDateTime"]:
+        print("  %-38s %s" % (kw, ds.get(kw, "")))
+    for item in ds.get("InputInformationSequence", []):
+        print("  input: study", item.get("StudyInstanceUID", ""), "|", len(item.get("ReferencedSOPSequence", [])), "instance(s)")
 PY
 echo "== an admin retracts the top study's AI result (IHE IOCM): a rejection note naming its objects goes"
 echo "   to the PACS, the RIS gets a correction, the study leaves the worklist (kept, with its history)"
@@ -166,18 +242,22 @@ curl -s -H "Authorization: Bearer $ADMIN_TOKEN" "$API/readyz"; echo
 curl -s "$API/metrics" | grep -E '^triage_(worklist_studies|instances_received_total|cstore_responses_total|end_to_end_seconds_count|outbox_items)' || true
 echo "== waiting for the RIS to accept an ORU^R01 per triaged chest study"
 for _ in $(seq 100); do [ "$(wc -l < "$DEMO/ris.jsonl" 2>/dev/null || echo 0)" -ge 6 ] && break; sleep 0.2; done
-echo "== the ORU^R01 messages the RIS accepted (the first one in full)"
+echo "== the messages the RIS accepted: an ORU^R01 per triaged study, an OMI^O23 raising each urgent order to STAT"
+echo "   (the first ORU and the first OMI in full)"
 .venv/bin/python - "$DEMO/ris.jsonl" <<'PY'
 import json, sys
 msgs = [json.loads(l) for l in open(sys.argv[1])]
 for m in msgs:
     segs = m["message"].split("\r")
+    msh = segs[0].split("|")
     pid = [x for x in segs if x.startswith("PID|")][0].split("|")
     tq1 = [x for x in segs if x.startswith("TQ1|")]
-    print(m["control_id"], m["code"], "patient", pid[3], pid[5], "priority", tq1[0].split("|")[9] if tq1 else "-")
+    print(m["control_id"], msh[8], m["code"], "patient", pid[3], pid[5], "priority", tq1[0].split("|")[9] if tq1 else "-")
 print()
-if msgs:
-    print(msgs[0]["message"].replace("\r", "\n"))
+for kind in ("ORU", "OMI"):
+    first = [m for m in msgs if m["message"].split("\r")[0].split("|")[8].startswith(kind)]
+    if first:
+        print(first[0]["message"].replace("\r", "\n"))
 PY
 kill -TERM $NODE; wait $NODE || true
 echo "== node log"
@@ -228,7 +308,7 @@ if [ -n "$KOS" ]; then
   dsrdump -Ee "$KOS" | sed -n '/^<CONTAINER/,$p' | head -20
   echo "-- dciodvfy: $(dciodvfy "$KOS" 2>&1 | grep -c '^Error' || true) error(s)"
 fi
-kill -TERM $PACS $RIS $HOOK; wait $PACS 2>/dev/null || true
+kill -TERM $PACS $RIS $HOOK $MAIL $UPS; wait $PACS 2>/dev/null || true
 trap - EXIT
 echo "== outbox"
 "$BIN" outbox list

@@ -103,6 +103,12 @@ pub struct NotifyRule {
     pub escalate_after: Option<Duration>,
     #[serde(default)]
     pub escalate_to: Option<String>,
+    /// Send a small preview of the first positive finding's heatmap (PNG, 256 pixels, the same
+    /// picture as the heatmap Secondary Capture, labelled "not for diagnosis"): in the JSON as
+    /// `preview`, attached to an e-mail. De-identified pixels, but a picture of the patient:
+    /// off by default.
+    #[serde(default)]
+    pub preview: bool,
 }
 
 /// What a rule sends through.
@@ -143,6 +149,7 @@ impl std::fmt::Debug for NotifyRule {
             .field("token_file", &self.token_file)
             .field("escalate_after", &self.escalate_after)
             .field("escalate_to", &self.escalate_to)
+            .field("preview", &self.preview)
             .finish()
     }
 }

@@ -93,6 +93,11 @@ enum Command {
         #[arg(long)]
         heatmaps: Option<PathBuf>,
     },
+    /// Model packages: `model import` drafts a package from a MONAI bundle.
+    Model {
+        #[command(subcommand)]
+        action: cli::model::ModelAction,
+    },
     /// Validate a model on labelled cases before enabling it: sensitivity, specificity, ROC AUC
     /// and a threshold sweep per label. LABELS is a CSV: `file,<label>...` with 0/1 per case,
     /// file paths relative to DIR.
@@ -229,6 +234,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Echo { to } => cli::dicom::echo(&settings, to).await,
         Command::Send { to, paths } => cli::dicom::send(&settings, to, paths).await,
         Command::Infer { paths, model, heatmaps } => cli::offline::infer(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
+        Command::Model { action } => cli::model::run(action, &settings),
         Command::Evaluate { labels, dir, model, json } => cli::offline::evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
         Command::Results { limit, action: None } => cli::report::results(&settings, limit).await,
         Command::Results { action: Some(action), .. } => cli::report::results_action(&settings, action).await,

@@ -5,6 +5,7 @@ pub mod ae;
 pub mod audit;
 pub mod deid;
 pub mod dicom;
+pub mod model;
 pub mod offline;
 pub mod outbox;
 pub mod report;

@@ -18,12 +18,44 @@ pub struct FrameOutput {
     pub cam_cols: i64,
     /// [labels][cam_rows][cam_cols], flattened.
     pub cam: Vec<f32>,
+    /// A detector's boxes on this frame, in its pixels, best first (empty for a classifier).
+    pub boxes: Vec<DetectedBox>,
     pub preprocess_us: i64,
     pub queue_us: i64,
     pub forward_us: i64,
     pub batch_size: i64,
     /// When the row was written (ignored when inserting).
     pub created_at_ms: i64,
+}
+
+/// A box a detector found, on its source frame: corners in image coordinates (pixels, (0, 0) the
+/// top left corner of the top left pixel), its score, its label index, and its area in mm² where
+/// the image's Pixel Spacing is known.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DetectedBox {
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+    pub score: f32,
+    pub label: usize,
+    #[serde(default)]
+    pub area_mm2: Option<f64>,
+}
+
+impl DetectedBox {
+    /// Its area in pixels of the source frame.
+    pub fn area_pixels(&self) -> f64 {
+        f64::from((self.x1 - self.x0).max(0.0)) * f64::from((self.y1 - self.y0).max(0.0))
+    }
+}
+
+pub(crate) fn boxes_json(boxes: &[DetectedBox]) -> Result<String, DbError> {
+    serde_json::to_string(boxes).map_err(|e| DbError::Invalid(format!("boxes: {e}")))
+}
+
+pub(crate) fn parse_boxes(text: &str) -> Result<Vec<DetectedBox>, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::Invalid(format!("stored boxes: {e}")))
 }
 
 /// A study's inference passes still to run (claimable now) and still running elsewhere.
@@ -103,8 +135,8 @@ impl Db {
         for r in rows {
             sqlx::query(
                 "INSERT INTO slice_results (instance_id, model, model_version, frame, probabilities, source_rows, source_cols,
-                                            cam_rows, cam_cols, cam, preprocess_us, queue_us, forward_us, batch_size, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                            cam_rows, cam_cols, cam, preprocess_us, queue_us, forward_us, batch_size, created_at_ms, boxes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  ON CONFLICT (instance_id, model, frame) DO NOTHING",
             )
             .bind(r.instance_id)
@@ -122,6 +154,7 @@ impl Db {
             .bind(r.forward_us)
             .bind(r.batch_size)
             .bind(now)
+            .bind(boxes_json(&r.boxes)?)
             .execute(&mut *tx)
             .await
             .map_err(q("insert slice result"))?;
@@ -182,6 +215,7 @@ impl Db {
                     cam_rows: get(r, "cam_rows")?,
                     cam_cols: get(r, "cam_cols")?,
                     cam: parse_floats(&get::<String>(r, "cam")?)?,
+                    boxes: parse_boxes(&get::<String>(r, "boxes")?)?,
                     preprocess_us: get(r, "preprocess_us")?,
                     queue_us: get(r, "queue_us")?,
                     forward_us: get(r, "forward_us")?,

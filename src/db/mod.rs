@@ -29,7 +29,7 @@ mod worklist;
 
 pub use crate::domain::AeRole;
 pub use ae_titles::RegisteredAe;
-pub use inference::{FrameOutput, PendingInference};
+pub use inference::{DetectedBox, FrameOutput, PendingInference};
 pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use jobs::{ClaimedJob, Job};
 pub use notifications::{AckOutcome, AckTarget, NewNotification, Notification};

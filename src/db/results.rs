@@ -2,7 +2,7 @@
 //! whole when a study is triaged again, saved in the transaction that queues the result
 //! objects and finishes the job.
 
-use super::inference::{floats_json, parse_floats};
+use super::inference::{boxes_json, floats_json, parse_boxes, parse_floats, DetectedBox};
 use super::{get, q, Db, DbError, Priority, ResultState};
 
 /// One finding of a study result: a label's aggregated probability and its key image.
@@ -23,6 +23,9 @@ pub struct Finding {
     /// A volume's finding: the run of slices it stands on, in slice order, the key slice among
     /// them, each with its map of the label (the key's size); empty for one image.
     pub span: Vec<SpanSlice>,
+    /// A detector's finding: the key image's boxes of the label scoring at least its positive
+    /// threshold, best first, on the source frame; empty for a classifier's.
+    pub boxes: Vec<DetectedBox>,
 }
 
 /// One slice of a finding's run.
@@ -109,8 +112,8 @@ impl Db {
             for f in &r.findings {
                 sqlx::query(
                     "INSERT INTO findings (study_result_id, label, probability, positive, urgent, tier, key_instance_id, key_frame,
-                                           source_rows, source_cols, cam_rows, cam_cols, cam, span)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                           source_rows, source_cols, cam_rows, cam_cols, cam, span, boxes)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(result_id)
                 .bind(&f.label)
@@ -126,6 +129,7 @@ impl Db {
                 .bind(f.cam_cols)
                 .bind(floats_json(&f.cam))
                 .bind(serde_json::to_string(&f.span).map_err(|e| DbError::Invalid(format!("a finding's span: {e}")))?)
+                .bind(boxes_json(&f.boxes)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(q("insert finding"))?;
@@ -184,6 +188,7 @@ impl Db {
                         cam_cols: get(f, "cam_cols")?,
                         cam: parse_floats(&get::<String>(f, "cam")?)?,
                         span: serde_json::from_str(&get::<String>(f, "span")?).map_err(|e| DbError::Invalid(format!("a finding's span: {e}")))?,
+                        boxes: parse_boxes(&get::<String>(f, "boxes")?)?,
                     })
                 })
                 .collect::<Result<Vec<_>, DbError>>()?;

@@ -585,7 +585,14 @@ impl Sender {
             crate::config::Channel::Email => {
                 let server = super::smtp_server(&self.notify, &self.node);
                 let (subject, text) = crate::results::notify::email_text(&notice);
-                let mail = super::smtp::Mail { to: rule.email.clone(), subject, text, message_id: notice.id.clone(), attachments: Vec::new() };
+                let attachments = notice
+                    .preview
+                    .as_ref()
+                    .and_then(|p| crate::domain::base64_decode(&p.data_base64).map(|bytes| (p, bytes)))
+                    .map(|(p, bytes)| super::smtp::Attachment { filename: "preview.png".into(), mime: p.media_type.clone(), bytes })
+                    .into_iter()
+                    .collect();
+                let mail = super::smtp::Mail { to: rule.email.clone(), subject, text, message_id: notice.id.clone(), attachments };
                 super::smtp::send(&server, &mail).await
             }
         };

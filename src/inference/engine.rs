@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::package::{LoadOptions, Manifest, Package};
+use super::package::{LoadOptions, Manifest, OutputKind, Outputs, Package};
+use super::runtime::Output;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -34,10 +35,71 @@ pub struct ImageOutput {
     pub cam: Vec<f32>,
     pub cam_rows: usize,
     pub cam_cols: usize,
+    /// A detector's boxes that score above 0, best first, in the model's input pixels; empty
+    /// for a classifier.
+    pub boxes: Vec<ModelBox>,
     /// Time waiting in the queue, the batch's forward pass, and the batch size it ran in.
     pub queue_us: u64,
     pub forward_us: u64,
     pub batch_size: usize,
+}
+
+/// One box a detector found on one image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelBox {
+    /// x0, y0, x1, y1 in the model's input pixels ((0, 0) the top left corner of the top left
+    /// pixel), ordered so that x0 <= x1 and y0 <= y1.
+    pub corners: [f32; 4],
+    /// The score, a probability (a manifest declares no activation for a detector).
+    pub score: f32,
+    /// The label index.
+    pub label: usize,
+}
+
+/// Image `i` of a batch of `n`: a detector's boxes (scoring above 0, with a label the manifest
+/// has, finite corners), best first, and each label's probability: its best box's score, 0
+/// without one.
+pub fn detections(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<(Vec<f32>, Vec<ModelBox>), String> {
+    let get = |index: Option<usize>, what: &str| outs.get(index.unwrap_or(usize::MAX)).ok_or(format!("no {what} output"));
+    let boxes = get(o.boxes, "boxes")?;
+    let scores = get(o.scores, "scores")?;
+    let [batch, k, 4] = boxes.shape[..] else { return Err(format!("boxes of shape {:?} for a batch of {n}", boxes.shape)) };
+    if batch != n as i64 || scores.shape != [batch, k] {
+        return Err(format!("boxes of shape {:?} and scores of shape {:?} for a batch of {n}", boxes.shape, scores.shape));
+    }
+    let labels = match o.box_labels {
+        Some(_) => {
+            let l = get(o.box_labels, "box labels")?;
+            if l.shape != [batch, k] {
+                return Err(format!("box labels of shape {:?} for boxes of shape {:?}", l.shape, boxes.shape));
+            }
+            Some(l)
+        }
+        None => None,
+    };
+    let k = k as usize;
+    let only = o.findings().next().map_or(0, |(index, _)| index);
+    let mut found = Vec::new();
+    for b in 0..k {
+        let at = i * k + b;
+        let score = scores.values[at];
+        let c = &boxes.values[at * 4..at * 4 + 4];
+        let label = match labels {
+            Some(l) => l.values[at],
+            None => only as f32,
+        };
+        if !(score > 0.0) || c.iter().any(|v| !v.is_finite()) || label < 0.0 || label as usize >= o.labels.len() || label.fract() != 0.0 {
+            continue;
+        }
+        let corners = [c[0].min(c[2]), c[1].min(c[3]), c[0].max(c[2]), c[1].max(c[3])];
+        found.push(ModelBox { corners, score: score.min(1.0), label: label as usize });
+    }
+    found.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut probabilities = vec![0.0f32; o.labels.len()];
+    for b in &found {
+        probabilities[b.label] = probabilities[b.label].max(b.score);
+    }
+    Ok((probabilities, found))
 }
 
 struct Request {
@@ -277,13 +339,9 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
     metrics::histogram!("triage_inference_seconds", "model" => m.name.clone()).record(forward_us as f64 / 1e6);
     metrics::histogram!("triage_inference_batch_size", "model" => m.name.clone()).record(n as f64);
     let split = outputs.and_then(|outs| {
-        let probs = outs.get(m.outputs.probabilities).ok_or("no probabilities output")?;
         let labels = m.outputs.labels.len();
-        if probs.shape != [n as i64, labels as i64] {
-            return Err(format!("probabilities of shape {:?} for a batch of {n}", probs.shape));
-        }
         // A model without a class activation map: findings without a map (0 x 0).
-        let none = crate::inference::runtime::Output { shape: vec![n as i64, labels as i64, 0, 0], values: Vec::new() };
+        let none = Output { shape: vec![n as i64, labels as i64, 0, 0], values: Vec::new() };
         let cam = match m.outputs.cam {
             Some(i) => outs.get(i).ok_or("no class activation map output")?,
             None => &none,
@@ -293,19 +351,29 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
         }
         let (cam_rows, cam_cols) = (cam.shape[2] as usize, cam.shape[3] as usize);
         let cam_len = labels * cam_rows * cam_cols;
+        let cam_of = |i: usize| cam.values[i * cam_len..(i + 1) * cam_len].to_vec();
+        if m.outputs.kind == OutputKind::Detection {
+            return (0..n)
+                .map(|i| detections(&m.outputs, &outs, n, i).map(|(p, boxes)| (p, cam_of(i), cam_rows, cam_cols, boxes)))
+                .collect::<Result<Vec<_>, String>>();
+        }
+        let probs = outs.get(m.outputs.probabilities_index()).ok_or("no probabilities output")?;
+        if probs.shape != [n as i64, labels as i64] {
+            return Err(format!("probabilities of shape {:?} for a batch of {n}", probs.shape));
+        }
         Ok((0..n)
             .map(|i| {
                 let mut p = probs.values[i * labels..(i + 1) * labels].to_vec();
                 m.outputs.activation.apply(&mut p);
-                (p, cam.values[i * cam_len..(i + 1) * cam_len].to_vec(), cam_rows, cam_cols)
+                (p, cam_of(i), cam_rows, cam_cols, Vec::new())
             })
             .collect::<Vec<_>>())
     });
     match split {
         Ok(per_image) => {
-            for (r, (probabilities, cam, cam_rows, cam_cols)) in good.into_iter().zip(per_image) {
+            for (r, (probabilities, cam, cam_rows, cam_cols, boxes)) in good.into_iter().zip(per_image) {
                 let queue_us = started.duration_since(r.enqueued).as_micros() as u64;
-                let _ = r.reply.send(Ok(ImageOutput { probabilities, cam, cam_rows, cam_cols, queue_us, forward_us, batch_size: n }));
+                let _ = r.reply.send(Ok(ImageOutput { probabilities, cam, cam_rows, cam_cols, boxes, queue_us, forward_us, batch_size: n }));
             }
         }
         Err(reason) => {
@@ -313,5 +381,51 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
                 let _ = r.reply.send(Err(EngineError::Forward { model: m.name.clone(), reason: reason.clone() }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs(box_labels: bool, labels: &[&str], activation: &str) -> Outputs {
+        let text = format!(
+            "kind = \"detection\"\nlabels = {labels:?}\npositive = {p:?}\nurgent = {p:?}\nboxes = 0\nscores = 1\n{}activation = \"{activation}\"",
+            if box_labels { "box_labels = 2\n" } else { "" },
+            p = vec![0.5; labels.len()],
+        );
+        config::Config::builder().add_source(config::File::from_str(&text, config::FileFormat::Toml)).build().unwrap().try_deserialize().unwrap()
+    }
+
+    /// Padded boxes (score 0 or below), unknown labels and non-finite corners are dropped; the
+    /// rest come best first, corners ordered; a label's probability is its best box's score.
+    #[test]
+    fn detections_keep_real_boxes_and_give_each_label_its_best_score() {
+        let o = outputs(true, &["nodule", "mass"], "none");
+        // A batch of 2 images, K = 3 boxes each; image 1 is the one read.
+        let boxes = Output {
+            shape: vec![2, 3, 4],
+            values: [[0.0; 4], [0.0; 4], [0.0; 4], [10.0, 20.0, 30.0, 40.0], [50.0, 60.0, 40.0, 50.0], [f32::NAN, 0.0, 1.0, 1.0]].concat(),
+        };
+        let scores = Output { shape: vec![2, 3], values: vec![0.9, 0.9, 0.9, 0.6, 0.8, 0.99] };
+        let labels = Output { shape: vec![2, 3], values: vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0] };
+        let (p, found) = detections(&o, &[boxes.clone(), scores.clone(), labels.clone()], 2, 1).unwrap();
+        assert_eq!(p, [0.0, 0.8]);
+        assert_eq!(
+            found,
+            [ModelBox { corners: [40.0, 50.0, 50.0, 60.0], score: 0.8, label: 1 }, ModelBox { corners: [10.0, 20.0, 30.0, 40.0], score: 0.6, label: 1 }]
+        );
+        // Padding: every score 0 or below gives no box and probability 0.
+        let padded = Output { shape: vec![2, 3], values: vec![0.0, -1.0, 0.0, 0.0, -1.0, 0.0] };
+        assert_eq!(detections(&o, &[boxes.clone(), padded, labels.clone()], 2, 1).unwrap(), (vec![0.0, 0.0], vec![]));
+        // A label index the manifest does not have is dropped.
+        let wrong = Output { shape: vec![2, 3], values: vec![0.0, 0.0, 0.0, 7.0, 1.0, 0.0] };
+        assert_eq!(detections(&o, &[boxes.clone(), scores.clone(), wrong], 2, 1).unwrap().1.len(), 1);
+        // Without box labels every box is of the one finding label.
+        let one = outputs(false, &["nodule"], "none");
+        let (p, found) = detections(&one, &[boxes.clone(), scores.clone()], 2, 1).unwrap();
+        assert_eq!((p, found.iter().map(|b| (b.score, b.label)).collect::<Vec<_>>()), (vec![0.8], vec![(0.8, 0), (0.6, 0)]));
+        // Shapes that do not fit the batch are refused.
+        assert!(detections(&o, &[boxes, Output { shape: vec![2, 4], values: vec![0.0; 8] }, labels], 2, 1).is_err());
     }
 }

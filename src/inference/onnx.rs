@@ -240,6 +240,13 @@ impl Model {
                 if let Ok((shape, values)) = v.try_extract_tensor::<f32>() {
                     return Ok(Output { shape: shape.to_vec(), values: values.to_vec() });
                 }
+                // A detector's box label indexes may be integers.
+                if let Ok((shape, values)) = v.try_extract_tensor::<i64>() {
+                    return Ok(Output { shape: shape.to_vec(), values: values.iter().map(|x| *x as f32).collect() });
+                }
+                if let Ok((shape, values)) = v.try_extract_tensor::<i32>() {
+                    return Ok(Output { shape: shape.to_vec(), values: values.iter().map(|x| *x as f32).collect() });
+                }
                 let (shape, values) = v.try_extract_tensor::<half::f16>().map_err(forward)?;
                 Ok(Output { shape: shape.to_vec(), values: values.iter().map(|x| x.to_f32()).collect() })
             })

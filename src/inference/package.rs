@@ -275,19 +275,53 @@ impl Activation {
     }
 }
 
+/// What a model's outputs are: per-label probabilities (a classifier) or boxes with scores (a
+/// detector).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum OutputKind {
+    #[default]
+    Classification,
+    Detection,
+}
+
+impl TryFrom<String> for OutputKind {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("classification", OutputKind::Classification), ("detection", OutputKind::Detection)])
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outputs {
+    /// "classification" (the default: `probabilities`, optionally `cam`) or "detection"
+    /// (`boxes` and `scores`, optionally `box_labels`: a label's probability is its best box's
+    /// score; scores are probabilities, no activation).
+    #[serde(default)]
+    pub kind: OutputKind,
     pub labels: Vec<String>,
-    /// Per label: probability at or above which the finding is positive, and urgent.
+    /// Per label: probability at or above which the finding is positive, and urgent. For a
+    /// detector, a box scoring at least `positive` is kept on the finding.
     pub positive: Vec<f32>,
     pub urgent: Vec<f32>,
     /// Which element of the model's output tuple holds the per-label probabilities [N, labels]
     /// (or logits, with an activation), and which the class activation maps [N, labels, h, w]
-    /// (none: findings without a map).
-    pub probabilities: usize,
+    /// (none: findings without a map). A classifier's; a detector has none.
+    #[serde(default)]
+    pub probabilities: Option<usize>,
     #[serde(default)]
     pub cam: Option<usize>,
+    /// A detector's outputs: boxes [N, K, 4] as x0, y0, x1, y1 in the model's input pixels
+    /// (after the resize; (0, 0) the top left corner of the top left pixel), their scores
+    /// [N, K] (a padded box scores 0 or below), and optionally each box's label index [N, K]
+    /// (without it, every box is of the one finding label).
+    #[serde(default)]
+    pub boxes: Option<usize>,
+    #[serde(default)]
+    pub scores: Option<usize>,
+    #[serde(default)]
+    pub box_labels: Option<usize>,
     /// The model's output names, in order (an ONNX model's are checked against them;
     /// TorchScript outputs have no names).
     #[serde(default)]
@@ -319,6 +353,26 @@ pub struct Aggregate {
 }
 
 impl Outputs {
+    /// The output index of a classifier's probabilities (0 for a detector, which has none:
+    /// `validate` holds a classifier to declaring it).
+    pub fn probabilities_index(&self) -> usize {
+        self.probabilities.unwrap_or(0)
+    }
+
+    /// Every output index the manifest names, with its field.
+    pub fn indexes(&self) -> Vec<(&'static str, usize)> {
+        [
+            ("outputs.probabilities", self.probabilities),
+            ("outputs.cam", self.cam),
+            ("outputs.boxes", self.boxes),
+            ("outputs.scores", self.scores),
+            ("outputs.box_labels", self.box_labels),
+        ]
+        .into_iter()
+        .filter_map(|(f, i)| Some((f, i?)))
+        .collect()
+    }
+
     /// The labels that are findings (every label but the negative class), with their index.
     pub fn findings(&self) -> impl Iterator<Item = (usize, &String)> {
         self.labels.iter().enumerate().filter(move |(_, l)| self.negative.as_ref() != Some(*l))
@@ -486,15 +540,15 @@ impl Manifest {
                 return Err(format!("outputs.codes: {c:?} is not \"SCHEME:VALUE:Meaning\" (scheme and value at most 16 characters, meaning 64; for example \"SCT:27925004:Nodule\")"));
             }
         }
-        if !o.names.is_empty() && o.names.len() <= o.probabilities.max(o.cam.unwrap_or(0)) {
-            return Err(format!(
-                "outputs.names: {} name(s) but outputs.probabilities / outputs.cam index {}",
-                o.names.len(),
-                o.probabilities.max(o.cam.unwrap_or(0))
-            ));
+        validate_kind(o)?;
+        let indexes = o.indexes();
+        if let Some((field, index)) = indexes.iter().find(|(_, i)| !o.names.is_empty() && o.names.len() <= *i) {
+            return Err(format!("outputs.names: {} name(s) but {field} = {index}", o.names.len()));
         }
-        if o.cam == Some(o.probabilities) {
-            return Err("outputs.probabilities and outputs.cam must be different outputs".into());
+        for (a, (fa, ia)) in indexes.iter().enumerate() {
+            if let Some((fb, _)) = indexes[a + 1..].iter().find(|(_, ib)| ib == ia) {
+                return Err(format!("{fa} and {fb} must be different outputs"));
+            }
         }
         if let Some(negative) = &o.negative {
             if !o.labels.contains(negative) {
@@ -569,6 +623,41 @@ impl Manifest {
     }
 }
 
+/// The fields each output kind needs and refuses: a classifier names `probabilities` and no
+/// box output; a detector names `boxes` and `scores` (and `box_labels` where it has several
+/// finding labels), no `probabilities`, and no softmax (its scores are independent).
+fn validate_kind(o: &Outputs) -> Result<(), String> {
+    match o.kind {
+        OutputKind::Classification => {
+            if o.probabilities.is_none() {
+                return Err(
+                    "outputs.probabilities: a classifier (outputs.kind = \"classification\", the default) needs the index of its probabilities output".into()
+                );
+            }
+            if let Some((field, _)) =
+                [("outputs.boxes", o.boxes), ("outputs.scores", o.scores), ("outputs.box_labels", o.box_labels)].iter().find(|(_, i)| i.is_some())
+            {
+                return Err(format!("{field} is a detector's output: declare outputs.kind = \"detection\""));
+            }
+        }
+        OutputKind::Detection => {
+            if o.boxes.is_none() || o.scores.is_none() {
+                return Err("outputs.kind = \"detection\" needs outputs.boxes ([N, K, 4] boxes) and outputs.scores ([N, K] scores)".into());
+            }
+            if o.probabilities.is_some() {
+                return Err("outputs.probabilities: a detector has none (a label's probability is its best box's score); remove it".into());
+            }
+            if o.activation != Activation::None {
+                return Err("outputs.activation: a detector's scores are probabilities as the model gives them (a padded box scores 0 or below); apply the sigmoid inside the model".into());
+            }
+            if o.box_labels.is_none() && o.findings().count() != 1 {
+                return Err(format!("outputs.box_labels: a detector of {} finding labels needs each box's label index", o.findings().count()));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Package {
     /// Load `dir/model.toml` and `dir/model.pt` on the device (or `dir/model.onnx` on ONNX
     /// Runtime, its declared inputs and outputs held against the manifest first), and run a
@@ -598,17 +687,32 @@ impl Package {
         let outputs = model.forward(&vec![0.0; manifest.input.values_per_image()], shape).map_err(warm)?;
         let labels = manifest.outputs.labels.len() as i64;
         let get = |i: usize, what: &str| outputs.get(i).ok_or_else(|| warm(format!("no output {i} ({what}); the model returned {}", outputs.len())));
-        let probs = get(manifest.outputs.probabilities, "probabilities")?;
-        if probs.shape != [1, labels] {
-            return Err(warm(format!("probabilities have shape {:?}, expected [1, {labels}]", probs.shape)));
-        }
-        let mut activated = probs.values.clone();
-        manifest.outputs.activation.apply(&mut activated);
-        if activated.iter().any(|p| !(0.0..=1.0).contains(p)) {
-            return Err(warm(match manifest.outputs.activation {
-                Activation::None => "probabilities outside 0..1 (apply the sigmoid or softmax inside the model, or declare outputs.activation)".into(),
-                _ => "outputs not finite".into(),
-            }));
+        if manifest.outputs.kind == OutputKind::Detection {
+            let o = &manifest.outputs;
+            let boxes = get(o.boxes.unwrap_or(0), "boxes")?;
+            let [1, k, 4] = boxes.shape[..] else {
+                return Err(warm(format!("boxes have shape {:?}, expected [1, K, 4]", boxes.shape)));
+            };
+            for (index, what) in [(o.scores, "scores"), (o.box_labels, "box labels")] {
+                let Some(index) = index else { continue };
+                let out = get(index, what)?;
+                if out.shape != [1, k] {
+                    return Err(warm(format!("{what} have shape {:?}, expected [1, {k}] (one per box)", out.shape)));
+                }
+            }
+        } else {
+            let probs = get(manifest.outputs.probabilities_index(), "probabilities")?;
+            if probs.shape != [1, labels] {
+                return Err(warm(format!("probabilities have shape {:?}, expected [1, {labels}]", probs.shape)));
+            }
+            let mut activated = probs.values.clone();
+            manifest.outputs.activation.apply(&mut activated);
+            if activated.iter().any(|p| !(0.0..=1.0).contains(p)) {
+                return Err(warm(match manifest.outputs.activation {
+                    Activation::None => "probabilities outside 0..1 (apply the sigmoid or softmax inside the model, or declare outputs.activation)".into(),
+                    _ => "outputs not finite".into(),
+                }));
+            }
         }
         if let Some(index) = manifest.outputs.cam {
             let cam = get(index, "class activation map")?;
@@ -657,9 +761,19 @@ fn check_signature(m: &Manifest, inputs: &[onnx::Port], outputs: &[onnx::Port]) 
         return Err(format!("outputs.names: the manifest says {:?}, the model's outputs are {:?}", m.outputs.names, names(outputs)));
     }
     let labels = m.outputs.labels.len() as i64;
-    let mut expected = vec![(m.outputs.probabilities, "outputs.probabilities", vec![-1, labels])];
-    if let Some(cam) = m.outputs.cam {
-        expected.push((cam, "outputs.cam", vec![-1, labels, -1, -1]));
+    let o = &m.outputs;
+    let mut expected = Vec::new();
+    let shapes = [
+        (o.probabilities, "outputs.probabilities", vec![-1, labels]),
+        (o.cam, "outputs.cam", vec![-1, labels, -1, -1]),
+        (o.boxes, "outputs.boxes", vec![-1, -1, 4]),
+        (o.scores, "outputs.scores", vec![-1, -1]),
+        (o.box_labels, "outputs.box_labels", vec![-1, -1]),
+    ];
+    for (index, field, want) in shapes {
+        if let Some(index) = index {
+            expected.push((index, field, want));
+        }
     }
     for (index, field, want) in expected {
         let Some(out) = outputs.get(index) else {
@@ -673,7 +787,8 @@ fn check_signature(m: &Manifest, inputs: &[onnx::Port], outputs: &[onnx::Port]) 
                 dims(&out.shape)
             ));
         }
-        if out.element != "float32" && out.element != "float16" {
+        let integer_labels = field == "outputs.box_labels" && (out.element == "int64" || out.element == "int32");
+        if out.element != "float32" && out.element != "float16" && !integer_labels {
             return Err(format!("{field} = {index}: the model's output {:?} is {}, not float32 or float16", out.name, out.element));
         }
     }
@@ -852,6 +967,46 @@ std = [58.395, 57.12, 57.375]"#,
         refused("", "negative = \"healthy\"", "outputs.negative");
         refused("", "activation = \"relu\"", "\"relu\" is not \"none\" or \"sigmoid\" or \"softmax\" for key `outputs.activation`");
         refused("", "cam = 0", "outputs.cam");
+    }
+
+    /// `outputs.kind = "detection"` takes boxes and scores (and box labels for several finding
+    /// labels) in place of probabilities; each refusal names the field.
+    #[test]
+    fn detection_outputs_are_validated_naming_the_field() {
+        let detector = |outputs: &str| BASE.replace("probabilities = 0\n", "").replace("OUTPUTS", outputs).replace("INPUT", "");
+        let load_text = |text: String| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("model.toml"), text).unwrap();
+            Manifest::load(&dir.path().join("model.toml")).map_err(|e| e.to_string())
+        };
+        let m = load_text(detector("kind = \"detection\"\nboxes = 0\nscores = 1\nbox_labels = 2\nnegative = \"normal\"")).unwrap();
+        assert_eq!(
+            (m.outputs.kind, m.outputs.boxes, m.outputs.scores, m.outputs.box_labels, m.outputs.probabilities),
+            (OutputKind::Detection, Some(0), Some(1), Some(2), None)
+        );
+        // One finding label: box labels may be left out.
+        let one = BASE
+            .replace("probabilities = 0\n", "")
+            .replace("[\"normal\", \"bleed\", \"fracture\"]", "[\"nodule\"]")
+            .replace("[1.0, 0.5, 0.5]", "[0.5]")
+            .replace("[1.0, 0.9, 0.9]", "[0.9]");
+        assert!(load_text(one.replace("OUTPUTS", "kind = \"detection\"\nboxes = 1\nscores = 0").replace("INPUT", "")).is_ok());
+        // Today's manifests are classifiers.
+        assert_eq!(load("", "").unwrap().outputs.kind, OutputKind::Classification);
+        let refused = |text: String, field: &str| {
+            let e = load_text(text.clone()).err().unwrap_or_else(|| panic!("accepted: {text}"));
+            assert!(e.contains("model.toml") && e.contains(field), "{field}: {e}");
+        };
+        refused(detector("kind = \"detection\"\nscores = 1\nbox_labels = 2"), "needs outputs.boxes");
+        refused(detector("kind = \"detection\"\nboxes = 0\nbox_labels = 2"), "and outputs.scores");
+        refused(detector("kind = \"detection\"\nboxes = 0\nscores = 1"), "outputs.box_labels: a detector of 3 finding labels");
+        refused(detector("kind = \"detection\"\nprobabilities = 3\nboxes = 0\nscores = 1\nbox_labels = 2"), "outputs.probabilities: a detector has none");
+        refused(detector("kind = \"detection\"\nboxes = 0\nscores = 0\nbox_labels = 2"), "outputs.boxes and outputs.scores must be different outputs");
+        refused(detector("kind = \"detection\"\nboxes = 0\nscores = 1\nbox_labels = 2\nactivation = \"softmax\""), "outputs.activation");
+        refused(detector("kind = \"detection\"\nboxes = 0\nscores = 1\nbox_labels = 2\nnames = [\"boxes\", \"scores\"]"), "outputs.box_labels = 2");
+        refused(detector("kind = \"boxes\"\nboxes = 0\nscores = 1"), "\"boxes\" is not \"classification\" or \"detection\" for key `outputs.kind`");
+        refused(detector(""), "outputs.probabilities: a classifier");
+        refused(BASE.replace("OUTPUTS", "boxes = 1").replace("INPUT", ""), "outputs.boxes is a detector's output");
     }
 
     #[test]

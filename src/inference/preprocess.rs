@@ -59,6 +59,9 @@ pub struct ImageAttrs {
     pub kernel: String,
     /// Contrast/Bolus Agent (0018,0010) present and not empty.
     pub contrast: bool,
+    /// Pixel Spacing (0028,0030) in mm, row then column spacing, when present and above zero
+    /// (in the patient; never Imager Pixel Spacing, which is at the detector).
+    pub pixel_spacing: Option<[f64; 2]>,
 }
 
 /// An opened Part 10 file: its routing attributes, pixels not yet decoded.
@@ -81,6 +84,13 @@ impl Image {
             slice_thickness: text(tags::SLICE_THICKNESS).trim().parse().ok(),
             kernel: text(tags::CONVOLUTION_KERNEL),
             contrast: !text(tags::CONTRAST_BOLUS_AGENT).is_empty(),
+            pixel_spacing: {
+                let v: Vec<f64> = text(tags::PIXEL_SPACING).split('\\').filter_map(|v| v.trim().parse().ok()).collect();
+                match v[..] {
+                    [r, c] if r > 0.0 && c > 0.0 && r.is_finite() && c.is_finite() => Some([r, c]),
+                    _ => None,
+                }
+            },
         };
         Ok(Image { obj, attrs })
     }
@@ -327,6 +337,19 @@ pub fn to_monochrome2(windowed: &mut Array3<f32>, photometric: &str) {
     }
 }
 
+/// A box x0, y0, x1, y1 in the pixels of a model's `model_rows` x `model_cols` input mapped back
+/// onto the `source_rows` x `source_cols` frame it was resized from (the inverse of `resize`:
+/// the whole frame, without cropping, so an edge at x in the input is at x * cols / model_cols
+/// in the source; both in image coordinates, (0, 0) the top left corner of the top left
+/// pixel), ordered and clamped to the frame.
+pub fn box_to_source(corners: [f32; 4], model_rows: usize, model_cols: usize, source_rows: usize, source_cols: usize) -> [f32; 4] {
+    let (sx, sy) = (source_cols as f64 / model_cols.max(1) as f64, source_rows as f64 / model_rows.max(1) as f64);
+    let x = |v: f32| (f64::from(v) * sx).clamp(0.0, source_cols as f64) as f32;
+    let y = |v: f32| (f64::from(v) * sy).clamp(0.0, source_rows as f64) as f32;
+    let [x0, y0, x1, y1] = corners;
+    [x(x0.min(x1)), y(y0.min(y1)), x(x0.max(x1)), y(y0.max(y1))]
+}
+
 /// Bilinear resize of one plane (pixel centres aligned, as in OpenCV/PyTorch align_corners=False).
 /// The source positions are computed in `f32` the way torch's CPU kernel computes them (scale =
 /// in / out; src = max(scale * (dst + 0.5) - 0.5, 0)), so that a sharp edge falls where it
@@ -385,6 +408,25 @@ mod tests {
         assert_eq!(a[[0, 0, 0]], 0.25);
         to_monochrome2(&mut a, "MONOCHROME1");
         assert_eq!(a[[0, 0, 0]], 0.75);
+    }
+
+    #[test]
+    fn boxes_map_back_onto_the_source_grid() {
+        let check = |corners: [f32; 4], model: (usize, usize), source: (usize, usize), expected: [f32; 4]| {
+            let got = box_to_source(corners, model.0, model.1, source.0, source.1);
+            assert!(got.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-3), "{corners:?} {model:?} -> {source:?}: {got:?}, expected {expected:?}");
+        };
+        // The whole input is the whole frame.
+        check([0.0, 0.0, 128.0, 128.0], (128, 128), (512, 512), [0.0, 0.0, 512.0, 512.0]);
+        // Rows and columns scale apart: 2500 x 2000 into 128 x 128.
+        check([32.0, 64.0, 48.0, 96.0], (128, 128), (2500, 2000), [500.0, 1250.0, 750.0, 1875.0]);
+        // A non-square input: [rows, cols] = [64, 128] from 256 x 256.
+        check([10.0, 10.0, 20.0, 30.0], (64, 128), (256, 256), [20.0, 40.0, 40.0, 120.0]);
+        // Corners given the wrong way round are ordered; outside the input, clamped to the frame.
+        check([48.0, 96.0, 32.0, 64.0], (128, 128), (256, 256), [64.0, 128.0, 96.0, 192.0]);
+        check([-5.0, -1.0, 200.0, 64.0], (128, 128), (256, 256), [0.0, 0.0, 256.0, 128.0]);
+        // Upsampling: a 4 x 4 image the model saw at 8 x 8.
+        check([2.0, 2.0, 6.0, 6.0], (8, 8), (4, 4), [1.0, 1.0, 3.0, 3.0]);
     }
 
     #[test]

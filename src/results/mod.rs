@@ -267,6 +267,9 @@ impl Publisher {
                 peak_uid: tracking("peak"),
                 region,
             });
+            // A detector's boxes, where the finding is positive; in the patient too where the
+            // source frame has a Frame of Reference and its geometry.
+            let boxes = if f.positive { box_regions(f, &geometry, frame_of_reference.as_deref().filter(|_| frames == 1), &tracking) } else { Vec::new() };
             let mut illustrations = Vec::new();
             if let (true, true, Some(cam)) = (f.positive, self.settings.heatmap.contains(&HeatmapObject::ParametricMap), cam) {
                 let pm_uid = base(&format!("pm {}", f.label));
@@ -353,6 +356,7 @@ impl Publisher {
                 illustrations,
                 tracking_uid: tracking("finding"),
                 location,
+                boxes,
             });
         }
         let sr_uid = base("sr");
@@ -503,6 +507,30 @@ impl Publisher {
 }
 
 /// A reference to a stored instance (and a 1-based frame of it) by its de-identified UIDs.
+/// A detector's finding's boxes as the SR reports them: each box on the source frame with its
+/// score and a Tracking UID ("box N", stable per study, model, label and rank), and in the
+/// patient where `geometry` and `frame_of_reference` are known.
+fn box_regions(
+    f: &crate::db::Finding,
+    geometry: &Option<pm::Geometry>,
+    frame_of_reference: Option<&str>,
+    tracking: &dyn Fn(&str) -> String,
+) -> Vec<sr::BoxRegion> {
+    f.boxes
+        .iter()
+        .enumerate()
+        .map(|(n, b)| {
+            let mut region =
+                sr::BoxRegion { corners: [b.x0, b.y0, b.x1, b.y1], score: f64::from(b.score), uid: tracking(&format!("box {}", n + 1)), patient: None };
+            if let (Some(g), Some(u)) = (geometry, frame_of_reference) {
+                let points = region.outline().into_iter().map(|p| regions::to_patient(p, g.position, g.orientation, g.spacing)).collect();
+                region.patient = Some((u.to_string(), points, tracking(&format!("box {} in patient", n + 1))));
+            }
+            region
+        })
+        .collect()
+}
+
 fn image_ref(k: &InstanceRef, frame: Option<u32>) -> sr::ImageRef {
     sr::ImageRef {
         sop_class_uid: k.sop_class_uid.clone(),

@@ -85,6 +85,9 @@ pub struct Notice {
     /// notices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledge: Option<String>,
+    /// The first positive finding's heatmap, small (the rule's `preview`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
     /// URGENT or POSITIVE.
     pub priority: String,
     /// The study's row id on this node (`/api/studies/{id}`), not a DICOM identifier.
@@ -99,6 +102,24 @@ pub struct Notice {
     pub created_at: String,
     pub created_ms: i64,
     pub notice: String,
+}
+
+/// A small picture of a finding's heatmap: never for diagnosis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    pub media_type: String,
+    pub caption: String,
+    /// The PNG, base64.
+    pub data_base64: String,
+}
+
+/// The caption of every preview.
+pub const PREVIEW_CAPTION: &str = "AI heatmap thumbnail: a prompt to open the study, not for diagnosis.";
+
+impl Preview {
+    pub fn png(bytes: &[u8]) -> Preview {
+        Preview { media_type: "image/png".into(), caption: PREVIEW_CAPTION.into(), data_base64: crate::domain::base64(bytes) }
+    }
 }
 
 /// Whether `rule` lists `priority`.
@@ -206,6 +227,8 @@ pub fn escalation_notice(previous: &Notice, chain: &str, next: &NotifyRule, link
         level,
         escalated_from: Some(previous.rule.clone()),
         acknowledge: ack_link(link_base, token),
+        // The picture travels on when the next rule asks for one too.
+        preview: previous.preview.clone().filter(|_| next.preview),
         created_at: humantime::format_rfc3339_millis(at).to_string(),
         created_ms,
         ..previous.clone()
@@ -255,6 +278,7 @@ pub fn notice(rule: &NotifyRule, entry: &WorklistEntry, manifests: &[Manifest], 
         level: 0,
         escalated_from: None,
         acknowledge: None,
+        preview: None,
         priority: entry.priority.as_str().into(),
         node_study_id: entry.study_id,
         link,
@@ -310,6 +334,9 @@ pub fn email_text(n: &Notice) -> (String, String) {
     if let Some(ack) = &n.acknowledge {
         line(&format!("Acknowledge (stops escalation): {ack}"));
     }
+    if let Some(p) = &n.preview {
+        line(&format!("Attached: preview.png. {}", p.caption));
+    }
     line(&format!("Made: {}", n.created_at));
     line(&format!("Notification id: {}", n.id));
     line("");
@@ -333,6 +360,7 @@ mod tests {
             token_file: None,
             escalate_after: None,
             escalate_to: None,
+            preview: false,
         }
     }
 
@@ -350,6 +378,8 @@ mod tests {
                     positive: true,
                     urgent: true,
                     tier: "high".into(),
+                    boxes: 0,
+                    largest_box: None,
                 },
                 ListedFinding {
                     model: "other".into(),
@@ -359,6 +389,8 @@ mod tests {
                     positive: false,
                     urgent: false,
                     tier: "high".into(),
+                    boxes: 0,
+                    largest_box: None,
                 },
             ],
             demonstration: true,

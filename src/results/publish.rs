@@ -171,6 +171,15 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
                     (n, row)
                 })
                 .collect();
+            let preview = if rules.iter().any(|r| r.preview) { preview(db, p, study.manifests, study.results).await } else { None };
+            let made: Vec<(notify::Notice, NewNotification)> = made
+                .into_iter()
+                .zip(&rules)
+                .map(|((mut n, row), r)| {
+                    n.preview = preview.clone().filter(|_| r.preview);
+                    (n, row)
+                })
+                .collect();
             let (writer, study_id) = (p.clone(), job.study_id);
             let written = tokio::task::spawn_blocking(move || made.into_iter().map(|(n, row)| (writer.notice_item(study_id, &n), row)).collect::<Vec<_>>())
                 .await
@@ -257,6 +266,29 @@ async fn ups_workitem(
         scheduled_ms: now_ms(),
     };
     Ok(Some((work, first)))
+}
+
+/// The preview a notification carries: the first positive finding's heatmap (with a map), 256
+/// pixels on its long side, as PNG. None (logged) when it cannot be drawn: the notification goes
+/// without it.
+async fn preview(db: &Db, p: &Publisher, manifests: &[Manifest], results: &[StudyResult]) -> Option<notify::Preview> {
+    let (result, finding) = results.iter().flat_map(|r| r.findings.iter().map(move |f| (r, f))).find(|(_, f)| f.positive && !f.cam.is_empty())?;
+    let manifest = manifests.iter().find(|m| m.name == result.model)?.clone();
+    let drawn = async {
+        let key = db.instance_ref(finding.key_instance_id).await.map_err(|e| e.to_string())?.ok_or("the key image has no row")?;
+        let path = p.blobs.fetch(&key.path).await.map_err(|e| e.to_string())?;
+        let (result, finding) = (result.clone(), finding.clone());
+        tokio::task::spawn_blocking(move || super::heatmap_picture(&path, &manifest, &result, &finding, 256).and_then(|rgb| super::png_bytes(&rgb)))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    match drawn.await {
+        Ok(png) => Some(notify::Preview::png(&png)),
+        Err(error) => {
+            warn!(%error, "the notification's preview could not be drawn: it goes without one");
+            None
+        }
+    }
 }
 
 /// The HL7 report of a study's triage: its priority (and whether it lowers the one the RIS was

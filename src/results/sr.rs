@@ -23,6 +23,12 @@
 //!    CONTAINS SCOORD (111030, DCM, "Image Region") > SELECTED FROM IMAGE   "peak" (POINT), and
 //!    CONTAINS CODE <finding> = Present                                      "peak in patient"
 //!                                                                           (SCOORD3D POINT)
+//!   CONTAINS CONTAINER (125007, DCM, "Measurement Group")                 TID 1410, per box of a
+//!    Tracking Identifier "<model> <label> box N", Tracking UID            positive detector
+//!    CONTAINS CODE Finding, HAS CONCEPT MOD Algorithm Name, Version        finding: "box N" (closed
+//!    CONTAINS SCOORD (111030, DCM, "Image Region") > SELECTED FROM IMAGE   5-point POLYLINE), and
+//!    CONTAINS NUM (122157, DCM, "Probability") = the box's score          "box N in patient"
+//!    CONTAINS CODE <finding> = Present                                     (SCOORD3D POLYLINE)
 //!  CONTAINS CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
 //!   CONTAINS CODE (260870009, SCT, "Priority") = (99TRIAGE, URGENT | POSITIVE | NEGATIVE)
 //!   CONTAINS TEXT (121106, DCM, "Comment") = the model's intended use and limits
@@ -67,6 +73,30 @@ pub struct FindingReport {
     pub tracking_uid: String,
     /// Where the model's evidence lies on the source frame (positive findings).
     pub location: Option<Location>,
+    /// A detector's boxes on the source frame (positive findings), best first.
+    pub boxes: Vec<BoxRegion>,
+}
+
+/// One box a detector found, on its finding's source frame, with a Tracking UID of its own
+/// (stable for the same study, model, label and rank).
+#[derive(Debug, Clone)]
+pub struct BoxRegion {
+    /// x0, y0, x1, y1 in image coordinates of the source frame.
+    pub corners: [f32; 4],
+    pub score: f64,
+    pub uid: String,
+    /// The box in the patient's coordinates (its four corners, the first repeated), when the
+    /// source frame has a Frame of Reference and its geometry: (Frame of Reference UID, points
+    /// in mm, Tracking UID).
+    pub patient: Option<(String, Vec<[f64; 3]>, String)>,
+}
+
+impl BoxRegion {
+    /// The closed rectangle: the four corners clockwise from the top left, the first repeated.
+    pub fn outline(&self) -> Vec<(f32, f32)> {
+        let [x0, y0, x1, y1] = self.corners;
+        vec![(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    }
 }
 
 /// A finding's evidence on its source frame, each shape with a Tracking UID of its own, stable
@@ -331,22 +361,7 @@ fn group(r: &Report, f: &FindingReport) -> Item {
 /// the source image, and the peak in the patient where the image has a Frame of Reference.
 fn location_groups(r: &Report, f: &FindingReport, at: &Location) -> Vec<Item> {
     let region = || Code::new("111030", "DCM", "Image Region");
-    let roi = |what: &str, uid: &str, shape: Item| {
-        let children = vec![
-            Item::Text {
-                rel: "HAS OBS CONTEXT",
-                concept: Code::new("112039", "DCM", "Tracking Identifier"),
-                text: ascii(&format!("{} {} {what}", r.model, f.label)),
-            },
-            Item::UidRef { rel: "HAS OBS CONTEXT", concept: Code::new("112040", "DCM", "Tracking Unique Identifier"), uid: uid.to_string() },
-            Item::Code { rel: "CONTAINS", concept: Code::new("121071", "DCM", "Finding"), value: f.code.clone() },
-            Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111001", "DCM", "Algorithm Name"), text: r.model.clone() },
-            Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111003", "DCM", "Algorithm Version"), text: r.version.clone() },
-            shape,
-            Item::Code { rel: "CONTAINS", concept: f.code.clone(), value: present() },
-        ];
-        Item::Container { rel: "CONTAINS", concept: Code::new("125007", "DCM", "Measurement Group"), template: Some("1410"), children }
-    };
+    let roi = |what: &str, uid: &str, shape: Item| roi_group(r, f, what, uid, shape, None);
     let mut groups = vec![
         roi(
             "region",
@@ -363,6 +378,53 @@ fn location_groups(r: &Report, f: &FindingReport, at: &Location) -> Vec<Item> {
         ));
     }
     groups
+}
+
+/// The TID 1410 groups of a detector's boxes: per box, "box N" (a closed POLYLINE rectangle on
+/// the source image) and, where the image has a Frame of Reference and its geometry, "box N in
+/// patient" (the same rectangle as a SCOORD3D POLYLINE), each with the box's score as a
+/// Probability.
+fn box_groups(r: &Report, f: &FindingReport) -> Vec<Item> {
+    let region = || Code::new("111030", "DCM", "Image Region");
+    let mut groups = Vec::new();
+    for (n, b) in f.boxes.iter().enumerate() {
+        let what = format!("box {}", n + 1);
+        let shape = Item::Scoord { rel: "CONTAINS", concept: region(), graphic: "POLYLINE", points: b.outline(), image: f.source.clone() };
+        groups.push(roi_group(r, f, &what, &b.uid, shape, Some(b.score)));
+        if let Some((frame_of_reference, points, uid)) = &b.patient {
+            let shape = Item::Scoord3d {
+                rel: "CONTAINS",
+                concept: region(),
+                graphic: "POLYLINE",
+                points: points.clone(),
+                frame_of_reference: frame_of_reference.clone(),
+            };
+            groups.push(roi_group(r, f, &format!("{what} in patient"), uid, shape, Some(b.score)));
+        }
+    }
+    groups
+}
+
+/// One TID 1410 Planar ROI measurement group of finding `f`: tracked as "<model> <label>
+/// <what>", its shape, and a score as a Probability (TID 1419) where it has one.
+fn roi_group(r: &Report, f: &FindingReport, what: &str, uid: &str, shape: Item, score: Option<f64>) -> Item {
+    let mut children = vec![
+        Item::Text {
+            rel: "HAS OBS CONTEXT",
+            concept: Code::new("112039", "DCM", "Tracking Identifier"),
+            text: ascii(&format!("{} {} {what}", r.model, f.label)),
+        },
+        Item::UidRef { rel: "HAS OBS CONTEXT", concept: Code::new("112040", "DCM", "Tracking Unique Identifier"), uid: uid.to_string() },
+        Item::Code { rel: "CONTAINS", concept: Code::new("121071", "DCM", "Finding"), value: f.code.clone() },
+        Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111001", "DCM", "Algorithm Name"), text: r.model.clone() },
+        Item::Text { rel: "HAS CONCEPT MOD", concept: Code::new("111003", "DCM", "Algorithm Version"), text: r.version.clone() },
+        shape,
+    ];
+    if let Some(score) = score.filter(|s| s.is_finite()) {
+        children.push(Item::Num { rel: "CONTAINS", concept: probability(), value: score, unit: Code::new("1", "UCUM", "no units") });
+    }
+    children.push(Item::Code { rel: "CONTAINS", concept: f.code.clone(), value: present() });
+    Item::Container { rel: "CONTAINS", concept: Code::new("125007", "DCM", "Measurement Group"), template: Some("1410"), children }
 }
 
 /// The SR data set, with the de-identified patient and study attributes of `identity`.
@@ -427,7 +489,7 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
                     children: r
                         .findings
                         .iter()
-                        .flat_map(|f| std::iter::once(group(r, f)).chain(f.location.iter().flat_map(|at| location_groups(r, f, at))))
+                        .flat_map(|f| std::iter::once(group(r, f)).chain(f.location.iter().flat_map(|at| location_groups(r, f, at))).chain(box_groups(r, f)))
                         .collect(),
                 });
             }

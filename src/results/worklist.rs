@@ -84,6 +84,35 @@ pub struct ListedFinding {
     pub positive: bool,
     pub urgent: bool,
     pub tier: String,
+    /// A detector's finding: how many boxes it kept (0, and left out of the JSON, for a
+    /// classifier's).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boxes: usize,
+    /// The largest of them: its area in mm² where the image's Pixel Spacing is known, else in
+    /// pixels of the source frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_box: Option<BoxSize>,
+}
+
+/// A box's area, in `mm2` or `px` (pixels, when the image has no Pixel Spacing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoxSize {
+    pub area: f64,
+    pub unit: String,
+}
+
+impl BoxSize {
+    /// The largest of a finding's boxes, by area (in mm² when every box has one).
+    pub fn largest(boxes: &[crate::db::DetectedBox]) -> Option<BoxSize> {
+        let mm = boxes.iter().all(|b| b.area_mm2.is_some());
+        let area = |b: &crate::db::DetectedBox| if mm { b.area_mm2.unwrap_or(0.0) } else { b.area_pixels() };
+        let biggest = boxes.iter().map(area).fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))))?;
+        Some(BoxSize { area: (biggest * 100.0).round() / 100.0, unit: if mm { "mm2" } else { "px" }.into() })
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One study on the worklist (row ids only: the study's identity is in the sealed map).
@@ -171,6 +200,8 @@ pub fn entries(results: &[StudyResult]) -> Vec<WorklistEntry> {
                         positive: f.positive,
                         urgent: f.urgent,
                         tier: f.tier.clone(),
+                        boxes: f.boxes.len(),
+                        largest_box: BoxSize::largest(&f.boxes),
                     })
                 })
                 .collect();
@@ -224,6 +255,7 @@ mod tests {
             cam_cols: 1,
             cam: vec![0.0],
             span: Vec::new(),
+            boxes: Vec::new(),
         };
         StudyResult {
             study_id,

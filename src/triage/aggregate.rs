@@ -219,6 +219,9 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
             };
             let positive = p >= o.positive[label_index];
             let urgent = p >= o.urgent[label_index];
+            // A detector's finding keeps the key image's boxes of the label that reach the
+            // positive threshold (best first, as the engine ordered them).
+            let boxes = key.boxes.iter().filter(|b| b.label == label_index && b.score >= o.positive[label_index]).copied().collect();
             r.findings.push(Finding {
                 label: label.clone(),
                 probability: f64::from(p),
@@ -233,6 +236,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
                 cam_cols: key.cam_cols,
                 cam,
                 span,
+                boxes,
             });
         }
         let priority = if r.findings.iter().any(|f| f.urgent) {
@@ -299,6 +303,7 @@ mod tests {
             cam_rows: 1,
             cam_cols: 1,
             cam: vec![0.0],
+            boxes: Vec::new(),
             preprocess_us: 0,
             queue_us: 0,
             forward_us: 0,

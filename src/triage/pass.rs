@@ -11,17 +11,19 @@ use tracing::{debug, error, warn, Instrument};
 
 use super::heartbeat::Heartbeat;
 use super::{Triage, TriageError};
-use crate::db::{FrameOutput, InferenceState};
+use crate::db::{DetectedBox, FrameOutput, InferenceState};
 use crate::domain::now_ms;
-use crate::inference::engine::EngineError;
+use crate::inference::engine::{EngineError, ModelBox};
 use crate::inference::package::Manifest;
-use crate::inference::preprocess::{Image, ModelInput, PixelError};
+use crate::inference::preprocess::{box_to_source, Image, ModelInput, PixelError};
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
 /// One image of an instance, ready for model `model`.
 struct Prepared {
     model: usize,
     input: ModelInput,
+    /// The image's Pixel Spacing (a detector's boxes get their area in mm²).
+    pixel_spacing: Option<[f64; 2]>,
 }
 
 impl Triage {
@@ -100,6 +102,7 @@ impl Triage {
             match out {
                 Ok(o) => {
                     let m = &self.engine.manifests()[p.model];
+                    let boxes = source_boxes(m, &p, &o.boxes);
                     rows.push(FrameOutput {
                         instance_id: id,
                         model: m.name.clone(),
@@ -111,6 +114,7 @@ impl Triage {
                         cam_rows: o.cam_rows as i64,
                         cam_cols: o.cam_cols as i64,
                         cam: o.cam,
+                        boxes,
                         preprocess_us: per_image_us,
                         queue_us: o.queue_us as i64,
                         forward_us: o.forward_us as i64,
@@ -131,6 +135,21 @@ impl Triage {
             None => Ok(self.db.record_inference(id, InferenceState::Done, None, &rows).await?),
         }
     }
+}
+
+/// A detector's boxes mapped from the model's input back onto the source frame, with their area
+/// in mm² where the image's Pixel Spacing is known.
+fn source_boxes(m: &Manifest, p: &Prepared, boxes: &[ModelBox]) -> Vec<DetectedBox> {
+    let [rows, cols] = m.input.size.map(|v| v as usize);
+    boxes
+        .iter()
+        .map(|b| {
+            let [x0, y0, x1, y1] = box_to_source(b.corners, rows, cols, p.input.source_rows, p.input.source_cols);
+            let mut d = DetectedBox { x0, y0, x1, y1, score: b.score, label: b.label, area_mm2: None };
+            d.area_mm2 = p.pixel_spacing.map(|[row, col]| d.area_pixels() * row * col);
+            d
+        })
+        .collect()
 }
 
 /// The span of one instance's inference pass (the instance's row id, never its UIDs).
@@ -214,7 +233,8 @@ fn prepare(path: &std::path::Path, manifests: &[Manifest]) -> Result<Vec<Prepare
     let mut out = Vec::new();
     for m in models {
         let spec = manifests[m].input.spec(&image.attrs.modality);
-        out.extend(decoded.model_inputs(&spec)?.into_iter().map(|input| Prepared { model: m, input }));
+        let pixel_spacing = image.attrs.pixel_spacing;
+        out.extend(decoded.model_inputs(&spec)?.into_iter().map(|input| Prepared { model: m, input, pixel_spacing }));
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@ mod hl7;
 mod hostile;
 mod http;
 mod layering;
+mod model_import;
 mod notify;
 mod onnx;
 mod outbox;

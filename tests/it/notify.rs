@@ -240,8 +240,8 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
         delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"300ms\"".into(), "retry_max = \"600ms\"".into()],
         extra: vec![format!(
             "[notify]\nenabled = true\nlink_base = \"https://triage.example/\"\ntimeout = \"5s\"\n\
-             [[notify.rules]]\nname = \"oncall\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\npriorities = [\"urgent\", \"positive\"]\nescalate_after = \"4s\"\nescalate_to = \"backup\"\n\
-             [[notify.rules]]\nname = \"backup\"\nemail = [\"neuro.backup@hospital.example\"]\npriorities = []\n\
+             [[notify.rules]]\nname = \"oncall\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\npriorities = [\"urgent\", \"positive\"]\nescalate_after = \"4s\"\nescalate_to = \"backup\"\npreview = true\n\
+             [[notify.rules]]\nname = \"backup\"\nemail = [\"neuro.backup@hospital.example\"]\npriorities = []\npreview = true\n\
              [notify.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"plain\"\nfrom = \"triage@hospital.example\"\n"
         )],
         ..Default::default()
@@ -257,6 +257,10 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     wait_until("the first webhook POST", Duration::from_secs(60), &node, || received(&hooks).len() == 1);
     let notice: Value = serde_json::from_str(received(&hooks)[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!((notice["rule"].as_str(), notice["level"].as_u64()), (Some("oncall"), Some(0)));
+    // The preview: a small PNG of the heatmap, captioned "not for diagnosis".
+    assert_eq!(notice["preview"]["media_type"], "image/png");
+    assert!(notice["preview"]["caption"].as_str().unwrap().contains("not for diagnosis"));
+    assert!(notice["preview"]["data_base64"].as_str().unwrap().starts_with("iVBORw0KGgo"), "a PNG");
     let link = notice["acknowledge"].as_str().unwrap().to_string();
     assert!(link.starts_with(&format!("{base}/ack/")) && link.len() == base.len() + 5 + 64, "{link}");
     wait_until("the escalation e-mail", Duration::from_secs(30), &node, || mails(&mail_dir).len() == 1);
@@ -268,6 +272,8 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     assert!(subject.starts_with("[URGENT] ESCALATED (1): AI triage"), "{mail}");
     assert!(text.contains("nobody acknowledged the notification to \"oncall\""), "{mail}");
     assert!(text.contains("not for diagnosis") && text.contains(&format!("Acknowledge (stops escalation): {base}/ack/")), "{mail}");
+    let attached = &mail["attachments"][0];
+    assert_eq!((attached["filename"].as_str(), attached["content_type"].as_str()), (Some("preview.png"), Some("image/png")), "{mail}");
     let up_id = notice_id_in(&text);
     assert_eq!(mail["headers"]["message_id"], format!("<{up_id}@hospital.example>"), "the stable id, for deduplication");
     assert!(!up_id.is_empty() && up_id != notice["id"].as_str().unwrap(), "a new id for the escalation: {mail}");

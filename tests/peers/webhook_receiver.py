@@ -1,14 +1,15 @@
 """A real HTTP webhook receiver (the standard library's http.server) standing in for an on-call
 notification service.
 
-Every POST is appended to --out as one JSON line (path, headers, body as text, the status
-answered), flushed and synced *before* the answer goes out, so a line with a 2xx status means
+Every POST is appended to --out as one JSON line (when it arrived, path, headers, body as
+text, the status answered), flushed and synced *before* the answer goes out, so a line with a 2xx status means
 delivered. --status chooses the answer (default 200). Prints "listening" once bound.
 """
 import argparse
 import json
 import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -26,6 +27,7 @@ def main():
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             line = {
+                "received_ms": int(time.time() * 1000),
                 "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body.decode("utf-8", "replace"),
