@@ -3,8 +3,8 @@
 
 use crate::common::*;
 use triage_node::db::{
-    AeRole, Db, InsertOutcome, NewInstance, NewOutboxItem, ObjectKind, Reading, ReadingAction, ReadingOutcome, RegisteredAe, RetractOutcome, RetractRecord,
-    StudyResult, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
+    AckOutcome, AckTarget, AeRole, Db, InsertOutcome, NewInstance, NewNotification, NewOutboxItem, ObjectKind, Reading, ReadingAction, ReadingOutcome,
+    RegisteredAe, RetractOutcome, RetractRecord, StudyResult, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
 };
 use triage_node::domain::AeTitle;
 
@@ -190,7 +190,9 @@ async fn suite(url: &str) {
     assert!(matches!(stale_save, Err(triage_node::db::DbError::ClaimLost(_))), "{stale_save:?}");
     assert!(db.outbox_paths_under("outbox/results/").await.unwrap().is_empty(), "the stale claimer queued nothing");
     assert!(db.renew_study_job(job, i64::MAX / 2).await.unwrap());
-    db.save_study_results(job, &[result], None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")], &[]).await.unwrap();
+    db.save_study_results(job, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")], &[])
+        .await
+        .unwrap();
     let queued = db.outbox_claim(Some("n3"), 60_000, 10).await.unwrap();
     assert_eq!(
         queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(),
@@ -200,6 +202,57 @@ async fn suite(url: &str) {
     let (last, ready) = db.study_last_received(job.study_id).await.unwrap().unwrap();
     assert!(last == 6_000 && ready.is_some(), "{last} {ready:?}");
     assert!(db.list_jobs().await.unwrap().iter().any(|j| j.id == job.id && j.state == "done"));
+
+    // The notifications ledger: recorded with the results, delivered once, escalated once (the
+    // next notice queued in the same transaction), acknowledged for the whole chain with its
+    // audit entry, by the link's token or by the study; withdrawn by a retraction.
+    let notice = |id: &str, chain: &str, level: i64, rule: &str, escalate_at_ms: Option<i64>, sha: &str| NewNotification {
+        id: id.into(),
+        study_id: other.study_id,
+        chain: chain.into(),
+        level,
+        rule: rule.into(),
+        priority: "URGENT".into(),
+        created_at_ms: 10_000,
+        last_instance_at_ms: Some(6_000),
+        escalate_at_ms,
+        ack_token_sha256: Some(sha.into()),
+    };
+    let hook = |path: &str, to: &str| NewOutboxItem {
+        path: path.into(),
+        destination: to.into(),
+        kind: ObjectKind::Notice,
+        study_id: Some(other.study_id),
+        reidentify: false,
+    };
+    let first = notice("tn-a", "tn-a", 0, "oncall", Some(20_000), "sha-a");
+    let other_result = StudyResult { study_id: other.study_id, ..result.clone() };
+    db.save_study_results(&other, &[other_result], None, "n3", &[hook("outbox/notify/tn-a.1.json", "webhook:oncall")], std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert!(db.notifications_due(19_999, 10).await.unwrap().is_empty(), "not due yet");
+    let (delivered, first_for_study) = db.notification_delivered("tn-a", 10_500).await.unwrap().unwrap();
+    assert_eq!((delivered.delivered_at_ms, delivered.last_instance_at_ms, first_for_study), (Some(10_500), Some(6_000), false), "no worklist row to mark");
+    assert!(db.notification_delivered("tn-a", 10_600).await.unwrap().is_none(), "delivered once");
+    let due = db.notifications_due(20_000, 10).await.unwrap();
+    assert_eq!(due.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["tn-a"]);
+    let up = notice("tn-b", "tn-a", 1, "backup", None, "sha-b");
+    let up_item = hook("outbox/notify/tn-b.1.json", "email:backup");
+    assert!(db.notification_escalate("tn-a", 20_100, "n3", Some((&up, &up_item))).await.unwrap());
+    assert!(!db.notification_escalate("tn-a", 20_200, "n3", Some((&up, &up_item))).await.unwrap(), "escalated once");
+    assert!(db.notifications_due(99_999, 10).await.unwrap().is_empty());
+    assert!(db.outbox_list(None).await.unwrap().iter().any(|i| i.destination == "email:backup"));
+    assert_eq!(db.notification_chain_by_token("sha-b").await.unwrap().map(|n| n.id), Some("tn-a".into()), "a link names its chain");
+    let acked = db.notification_acknowledge(AckTarget::Token("sha-b"), "link", "link", 30_000).await.unwrap();
+    assert!(matches!(&acked, AckOutcome::Done(n) if n.id == "tn-a" && n.acknowledged_by.as_deref() == Some("link")), "{acked:?}");
+    assert!(matches!(db.notification_acknowledge(AckTarget::Study(other.study_id), "dr.a", "api", 31_000).await.unwrap(), AckOutcome::Already(_)));
+    assert!(matches!(db.notification_acknowledge(AckTarget::Token("nope"), "link", "link", 31_000).await.unwrap(), AckOutcome::Missing));
+    let chain = db.study_notifications(other.study_id).await.unwrap();
+    assert_eq!(chain.len(), 2);
+    assert!(chain.iter().all(|n| n.acknowledged_at_ms == Some(30_000)), "{chain:?}");
+    let acks: Vec<_> = db.audit_chain().await.unwrap().0.into_iter().filter(|e| e.event == "acknowledge").collect();
+    assert_eq!(acks.len(), 1);
+    assert!(acks[0].details.contains("\"after_ms\":20000") && acks[0].details.contains("tn-a"), "{}", acks[0].details);
 
     // The worklist row: saved with the results, read in reading order with cursors; a lowered
     // priority is said; the reading state survives a re-analysis; claims conflict.

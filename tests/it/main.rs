@@ -10,6 +10,7 @@ mod cluster;
 mod config_and_logs;
 mod db_engines;
 mod deid;
+mod detection;
 mod durability;
 mod hl7;
 mod hostile;

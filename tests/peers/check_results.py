@@ -42,6 +42,7 @@ def sr_summary(ds):
             "finding": [g.finding_type.value, g.finding_type.scheme_designator] if g.finding_type else None,
             "graphic_type": roi.graphic_type.value if roi is not None else None,
             "points": roi.value.tolist() if roi is not None else None,
+            "measurements": [[m.name.meaning, m.value] for m in g.get_measurements()],
         }
         if roi is not None and roi.value_type.value == "SCOORD":
             entry["image"] = roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
