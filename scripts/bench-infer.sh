@@ -12,12 +12,17 @@
 # The ONNX table: each model's ONNX twin (bench_infer.py onnx: torch.onnx.export of the same
 # TorchScript file, a package of its own) through the node (ONNX Runtime 1.31.1, CPU provider,
 # the wheel's library) against the node's TorchScript package and Python onnxruntime, same files.
-# With a CUDA GPU, also the node on cuda:0 in fp32 and fp16 (allow_half).
+# With a CUDA GPU, also the node on cuda:0 in fp32 and fp16 (allow_half) against Python torch on
+# the same GPU (same precision), at each batch of BATCHES (default "1 8").
+#   GPU=only scripts/bench-infer.sh   just the CUDA table (no CPU or ONNX tables)
+#   SETUP=0 scripts/bench-infer.sh    skip scripts/setup-test-env.sh (a machine already set up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-32}
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
-scripts/setup-test-env.sh >/dev/null
+[ "${SETUP:-1}" = 0 ] || scripts/setup-test-env.sh >/dev/null
+[ "${GPU:-}" = only ] && ONNX=0
+BATCHES=${BATCHES:-1 8}
 export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
 # NODE_BIN: another build of the node (e.g. an earlier commit's) for an A/B run.
 if [ -n "${NODE_BIN:-}" ]; then BIN=$NODE_BIN; else cargo build --release --locked -q; BIN=$PWD/target/release/triage-node; fi
@@ -48,11 +53,11 @@ python() {  # model size batch
 }
 field() { .venv/bin/python -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
-if [ "${ONNX:-1}" != only ]; then
+if [ "${ONNX:-1}" != only ] && [ "${GPU:-}" != only ]; then
 printf '\n| model | batch | triage-node ms/image | img/s | preprocessing share | batch run | Python ms/image | img/s | preprocessing share | speed ratio |\n|---|---|---|---|---|---|---|---|---|---|\n'
 for spec in "demo-nodule 128" "densenet121-random 224"; do
   set -- $spec
-  for batch in 1 8; do
+  for batch in $BATCHES; do
     r=$(rust "$1" "$batch"); p=$(python "$1" "$2" "$batch")
     .venv/bin/python - "$1" "$batch" "$r" "$p" <<'PY'
 import json, sys
@@ -68,7 +73,7 @@ if [ "${ONNX:-1}" != 0 ]; then
   printf '\nONNX (the same model exported; ms per image end to end, and of it the forward pass; CPU):\n| model | batch | node TorchScript | forward | node ONNX Runtime | forward | Python onnxruntime | forward | node ONNX / Python speed |\n|---|---|---|---|---|---|---|---|---|\n'
   for spec in "demo-nodule 128" "densenet121-random 224"; do
     set -- $spec
-    for batch in 1 8; do
+    for batch in $BATCHES; do
       t=$(rust "$1" "$batch"); o=$(MODELS=$ONNX_MODELS rust "$1-onnx" "$batch")
       p=$(.venv/bin/python scripts/bench_infer.py run "$ONNX_MODELS/$1-onnx/model.onnx" "$2" "$batch" "${FILES[@]}")
       .venv/bin/python - "$1" "$batch" "$t" "$o" "$p" <<'PY'
@@ -82,14 +87,21 @@ PY
 fi
 
 if "$BIN" bench-infer --help >/dev/null 2>&1 && .venv/bin/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  printf '\nCUDA (cuda:0):\n| model | batch | precision | ms/image | img/s |\n|---|---|---|---|---|\n'
-  for model in demo-nodule densenet121-random; do
-    for batch in 1 8; do
+  printf '\nCUDA (cuda:0; ms per image end to end, and of it the forward pass):\n| model | batch | precision | triage-node ms/image | forward | img/s | Python torch ms/image | forward | img/s | speed ratio |\n|---|---|---|---|---|---|---|---|---|---|\n'
+  for spec in "demo-nodule 128" "densenet121-random 224"; do
+    set -- $spec; model=$1
+    for batch in $BATCHES; do
       for half in false true; do
         sed -i "s/^allow_half = .*/allow_half = $half/" "$WORK/models/$model/model.toml" 2>/dev/null || true
         grep -q '^allow_half' "$WORK/models/$model/model.toml" || sed -i "1a allow_half = $half" "$WORK/models/$model/model.toml"
         r=$(rust "$model" "$batch" cuda:0)
-        printf '| %s | %s | %s | %.2f | %.1f |\n' "$model" "$batch" "$([ $half = true ] && echo fp16 || echo fp32)" "$(field "$r" ms_per_image)" "$(field "$r" images_per_s)"
+        p=$(BENCH_DEVICE=cuda:0 BENCH_HALF=$([ $half = true ] && echo 1 || echo 0) python "$model" "$2" "$batch")
+        .venv/bin/python - "$model" "$batch" "$([ $half = true ] && echo fp16 || echo fp32)" "$r" "$p" <<'PY'
+import json, sys
+m, b, prec, r, p = *sys.argv[1:4], *(json.loads(x) for x in sys.argv[4:])
+fwd = lambda x: x["forward_s"] * 1000 / x["images"]
+print(f"| {m} | {b} | {prec} | {r['ms_per_image']:.2f} | {fwd(r):.2f} | {r['images_per_s']:.1f} | {p['ms_per_image']:.2f} | {fwd(p):.2f} | {p['images_per_s']:.1f} | {r['images_per_s'] / p['images_per_s']:.2f} |")
+PY
       done
     done
   done

@@ -10,8 +10,9 @@ and the same ONNX file through Python onnxruntime.
                                                 named <name>-onnx; prints the largest output
                                                 difference from TorchScript on random inputs
     bench_infer.py run MODEL SIZE BATCH FILE...      timings as JSON (one warm-up batch first);
-                                                MODEL .pt: torch.jit.load; .onnx: onnxruntime, CPU
-                                                provider, as many threads as torch
+                                                MODEL .pt: torch.jit.load (BENCH_DEVICE=cuda:0,
+                                                BENCH_HALF=1: on that device, in fp16); .onnx:
+                                                onnxruntime, CPU provider, as many threads as torch
 """
 import json
 import os
@@ -152,7 +153,18 @@ def run(model_path, size, batch, files):
         def model(x):
             return session.run(None, {name: x.numpy()})
     else:
-        model = torch.jit.load(model_path).eval()
+        # BENCH_DEVICE=cuda:0 (BENCH_HALF=1: fp16 weights and inputs), as the node's
+        # inference.device and allow_half; outputs come back to the host as float32.
+        device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+        half = os.environ.get("BENCH_HALF") == "1"
+        scripted = torch.jit.load(model_path, map_location=device).eval()
+        if half:
+            scripted = scripted.half()
+
+        def model(x):
+            x = x.to(device)
+            out = scripted(x.half() if half else x)
+            return [o.float().cpu() for o in (out if isinstance(out, tuple) else (out,))]
 
     def prepare(path):
         ds = pydicom.dcmread(path)

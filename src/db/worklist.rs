@@ -173,7 +173,9 @@ impl ReadingAction {
 /// Within URGENT and POSITIVE the higher score first; elsewhere arrival alone.
 fn sort_score(rank: i64, score: Option<f64>) -> f64 {
     match (rank, score) {
-        (0 | 1, Some(s)) if s.is_finite() => -s,
+        // URGENT and POSITIVE by score; a NEGATIVE with a score (an uncertain one) before the
+        // confident negatives (none).
+        (0 | 1 | 3, Some(s)) if s.is_finite() => -s,
         _ => 0.0,
     }
 }

@@ -57,6 +57,10 @@ pub struct Report {
     /// queued after the study's ORU with its own control ID.
     #[serde(default, skip_serializing_if = "OrderUpdate::is_none")]
     pub order_update: OrderUpdate,
+    /// A NEGATIVE whose call is in the lowest confidence tier (a score near the operating
+    /// point): said in an NTE, so the reader opens it before the confident negatives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uncertain: bool,
 }
 
 /// Which order message raises the RIS's order priority after an urgent result (`[hl7]
@@ -280,6 +284,9 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     for r in report.reasons.iter().filter(|_| report.retracted.is_none()) {
         notes.push(format!("Not analysed by AI: {r}. Read without AI."));
     }
+    if report.uncertain && report.retracted.is_none() {
+        notes.push("Uncertain negative: an AI score near the operating point (lowest confidence tier). Read before the confident negatives.".into());
+    }
     notes.push(if report.demonstration {
         "Demonstration model, not clinically validated: not for patient care.".into()
     } else {
@@ -492,7 +499,20 @@ mod tests {
             instance_uid: "2.25.3".into(),
             retracted: None,
             order_update: OrderUpdate::None,
+            uncertain: false,
         }
+    }
+
+    #[test]
+    fn an_uncertain_negative_says_so() {
+        let r = Report { priority: "NEGATIVE".into(), uncertain: true, ..report() };
+        let m = oru_r01(&r, &who(), &mapping("TQ1-9"));
+        assert!(m.contains("NTE|1|L|Uncertain negative: an AI score near the operating point"), "{m}");
+        assert!(!oru_r01(&report(), &who(), &mapping("TQ1-9")).contains("Uncertain"));
+        // Reports kept before the field existed read as certain.
+        let mut old = serde_json::to_value(report()).unwrap();
+        old.as_object_mut().unwrap().remove("uncertain");
+        assert!(!serde_json::from_value::<Report>(old).unwrap().uncertain);
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn detections(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<(V
             Some(l) => l.values[at],
             None => only as f32,
         };
-        if !(score > 0.0) || c.iter().any(|v| !v.is_finite()) || label < 0.0 || label as usize >= o.labels.len() || label.fract() != 0.0 {
+        if score.is_nan() || score <= 0.0 || c.iter().any(|v| !v.is_finite()) || label < 0.0 || label as usize >= o.labels.len() || label.fract() != 0.0 {
             continue;
         }
         let corners = [c[0].min(c[2]), c[1].min(c[3]), c[0].max(c[2]), c[1].max(c[3])];
@@ -190,6 +190,7 @@ impl Engine {
     /// loaded on it: how the node and the offline commands start an engine alike.
     pub async fn from_settings(o: &Options) -> Result<(Engine, tch::Device), StartError> {
         let device = o.device.resolve()?;
+        tracing::info!(device = ?device, "inference device: {}", o.device.describe(device));
         // ONNX Runtime's sessions get as many intra-op threads as libtorch.
         let onnx =
             super::onnx::Options { library: o.onnxruntime_library.clone(), provider: o.onnx_provider, threads: super::runtime::thread_count(o.torch_threads) };

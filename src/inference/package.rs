@@ -682,6 +682,14 @@ impl Package {
             let model = Model::load(&pt, options.device, manifest.allow_half)?.with_half_input(manifest.input.dtype == Dtype::Float16);
             (pt, Backend::Torch(model))
         };
+        let half_ignored = match &model {
+            Backend::Torch(m) if manifest.allow_half && !m.half() => Some("half precision (fp16) runs only on a CUDA device; it runs in fp32 on the CPU"),
+            Backend::Onnx(_) if manifest.allow_half => Some("an ONNX package runs in the precision it was exported in"),
+            _ => None,
+        };
+        if let Some(why) = half_ignored {
+            tracing::warn!(model = %manifest.name, device = ?options.device, "model {}: allow_half = true ignored: {why}", manifest.name);
+        }
         let shape = manifest.input.shape(1);
         let warm = |reason: String| PackageError::WarmUp { path: path.clone(), reason };
         let outputs = model.forward(&vec![0.0; manifest.input.values_per_image()], shape).map_err(warm)?;

@@ -12,7 +12,10 @@ use tch::{CModule, Device, IValue, Kind, Tensor};
 pub enum RuntimeError {
     #[error("device {0:?} is not `auto`, `cpu` or `cuda:N`")]
     BadDevice(String),
-    #[error("device cuda:{index} requested but {available} CUDA device(s) are available")]
+    #[error(
+        "inference.device = \"cuda:{index}\" but this machine has {available} CUDA device(s){}; set inference.device = \"auto\" (a CUDA device if there is one, else the CPU) or \"cpu\"",
+        if *available > 0 { format!(" (cuda:0 to cuda:{})", available - 1) } else { String::new() }
+    )]
     NoCuda { index: usize, available: usize },
     #[error("loading TorchScript model {path}: {reason}")]
     Load { path: PathBuf, reason: String },
@@ -44,7 +47,7 @@ impl DeviceChoice {
 
     /// The device this choice means on this machine now.
     pub fn resolve(self) -> Result<Device, RuntimeError> {
-        let available = if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 };
+        let available = cuda_devices();
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Auto if available > 0 => Ok(Device::Cuda(0)),
@@ -52,6 +55,30 @@ impl DeviceChoice {
             DeviceChoice::Cuda(index) if index < available => Ok(Device::Cuda(index)),
             DeviceChoice::Cuda(index) => Err(RuntimeError::NoCuda { index, available }),
         }
+    }
+
+    /// What the node says at start about `device`, this choice resolved: the device and why
+    /// (`cpu (auto: no CUDA device)`, `cuda:0 (auto: 2 CUDA devices)`, `cpu (configured)`).
+    pub fn describe(self, device: Device) -> String {
+        let name = match device {
+            Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "cpu".to_string(),
+        };
+        match (self, cuda_devices()) {
+            (DeviceChoice::Auto, 0) => format!("{name} (auto: no CUDA device)"),
+            (DeviceChoice::Auto, 1) => format!("{name} (auto: 1 CUDA device)"),
+            (DeviceChoice::Auto, n) => format!("{name} (auto: {n} CUDA devices)"),
+            _ => format!("{name} (configured)"),
+        }
+    }
+}
+
+/// How many CUDA devices libtorch sees on this machine (0 without a driver or a GPU).
+pub fn cuda_devices() -> usize {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
     }
 }
 
@@ -140,6 +167,9 @@ impl Model {
             return Err(RuntimeError::Shape { len: input.len(), shape });
         }
         let _guard = tch::no_grad_guard();
+        // One host-to-device copy per batch: `input` is the whole batch, stacked on the CPU by
+        // the engine (engine::run_batch), and each output comes back in one copy for the batch,
+        // split per image there. Never move images one at a time.
         let mut x = Tensor::from_slice(input).reshape(shape).to_device(self.device);
         if self.half || self.half_input {
             x = x.to_kind(Kind::Half);
@@ -187,6 +217,17 @@ mod tests {
         assert_eq!(DeviceChoice::parse("cuda:1").unwrap(), DeviceChoice::Cuda(1));
         assert!(DeviceChoice::parse("gpu").is_err());
         assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Device::Cpu);
+        assert_eq!(DeviceChoice::Cpu.describe(Device::Cpu), "cpu (configured)");
+    }
+
+    /// Asking for a CUDA device the machine lacks names it, says how many there are and what
+    /// to set instead.
+    #[test]
+    fn a_missing_cuda_device_says_what_to_set_instead() {
+        let none = RuntimeError::NoCuda { index: 0, available: 0 }.to_string();
+        assert!(none.contains("\"cuda:0\"") && none.contains("has 0 CUDA device(s);") && none.contains("\"auto\"") && none.contains("\"cpu\""), "{none}");
+        let two = RuntimeError::NoCuda { index: 2, available: 2 }.to_string();
+        assert!(two.contains("\"cuda:2\" but this machine has 2 CUDA device(s) (cuda:0 to cuda:1)"), "{two}");
     }
 
     #[test]

@@ -369,6 +369,7 @@ mod tests {
             study_id: 42,
             priority,
             score: Some(0.995),
+            uncertain: false,
             findings: vec![
                 ListedFinding {
                     model: "demo-nodule".into(),

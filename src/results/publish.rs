@@ -337,6 +337,7 @@ async fn hl7_report(
         sr_series_instance_uid: sr.map(|b| b.series_instance_uid.clone()),
         instance_uid,
         retracted: None,
+        uncertain: e.uncertain,
         order_update: crate::hl7::OrderUpdate::None,
     }))
 }

@@ -556,3 +556,100 @@ pub fn evidence(study_uid: &str, images: &[&ImageRef]) -> Vec<InMemDicomObject> 
     put_seq(&mut study, tags::REFERENCED_SERIES_SEQUENCE, items);
     vec![study]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(uid: &str) -> ImageRef {
+        ImageRef { sop_class_uid: "1.2.840.10008.5.1.4.1.1.1".into(), sop_instance_uid: uid.into(), series_instance_uid: "1.2.3".into(), frame: None }
+    }
+
+    /// The groups under a container, as (tracking identifier, its content items).
+    fn groups(o: &InMemDicomObject) -> Vec<(String, Vec<InMemDicomObject>)> {
+        let items = |o: &InMemDicomObject| o.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()).map(<[InMemDicomObject]>::to_vec).unwrap_or_default();
+        let mut out = Vec::new();
+        for c in items(o) {
+            let children = items(&c);
+            let tracking = children.iter().find_map(|i| i.get(tags::TEXT_VALUE)?.to_str().ok().map(|t| t.to_string()));
+            if let Some(t) = tracking.filter(|t| t.starts_with("m ")) {
+                out.push((t, children.clone()));
+            }
+            out.extend(groups(&c));
+        }
+        out
+    }
+
+    /// A detector's finding: per box a TID 1410 group with a closed 5-point POLYLINE selected
+    /// from the key image and the score as a Probability, and one in the patient where the
+    /// image has geometry.
+    #[test]
+    fn a_detectors_boxes_are_image_regions_with_their_scores() {
+        let finding = FindingReport {
+            label: "nodule".into(),
+            code: Code::new("27925004", "SCT", "Nodule"),
+            probability: 0.9,
+            positive: true,
+            urgent: false,
+            tier: "high".into(),
+            source: image("1.2.3.4"),
+            illustrations: vec![],
+            tracking_uid: "1.2.3.5".into(),
+            location: None,
+            boxes: vec![
+                BoxRegion { corners: [10.0, 20.0, 30.0, 60.0], score: 0.9, uid: "1.2.3.6".into(), patient: None },
+                BoxRegion {
+                    corners: [1.0, 2.0, 3.0, 4.0],
+                    score: 0.55,
+                    uid: "1.2.3.7".into(),
+                    patient: Some((
+                        "1.2.3.9".into(),
+                        vec![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]],
+                        "1.2.3.8".into(),
+                    )),
+                },
+            ],
+        };
+        let report = Report {
+            model: "m".into(),
+            version: "1".into(),
+            manufacturer: "x".into(),
+            demonstration: true,
+            intended_use: "test".into(),
+            limits: "test".into(),
+            priority: "positive".into(),
+            failure: None,
+            procedure: Code::new("1", "99X", "p"),
+            performed_procedure: Code::new("1", "99X", "p"),
+            findings: vec![finding],
+            evidence: vec![image("1.2.3.4")],
+            device_uid: "1.2.3.10".into(),
+            series_uid: "1.2.3.11".into(),
+            series_number: 9,
+            sop_instance_uid: "1.2.3.12".into(),
+            created_ms: 0,
+            station: "s".into(),
+        };
+        let sr = build(&report, &InMemDicomObject::new_empty());
+        let found = groups(&sr);
+        let names: Vec<&str> = found.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["m nodule", "m nodule box 1", "m nodule box 2", "m nodule box 2 in patient"]);
+        let value_type = |i: &InMemDicomObject| i.get(tags::VALUE_TYPE).and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string()).unwrap_or_default();
+        let graphic = |items: &[InMemDicomObject], vt: &str| {
+            let i = items.iter().find(|i| value_type(i) == vt).unwrap_or_else(|| panic!("no {vt}"));
+            let kind = i.get(tags::GRAPHIC_TYPE).unwrap().to_str().unwrap().trim().to_string();
+            (kind, i.get(tags::GRAPHIC_DATA).unwrap().to_multi_float32().unwrap(), i.clone())
+        };
+        let (kind, data, scoord) = graphic(&found[1].1, "SCOORD");
+        assert_eq!(kind, "POLYLINE");
+        assert_eq!(data, [10.0, 20.0, 30.0, 20.0, 30.0, 60.0, 10.0, 60.0, 10.0, 20.0]);
+        let selected = &scoord.get(tags::CONTENT_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(selected.get(tags::RELATIONSHIP_TYPE).unwrap().to_str().unwrap().trim(), "SELECTED FROM");
+        let num = found[1].1.iter().find(|i| value_type(i) == "NUM").expect("the score");
+        let mv = &num.get(tags::MEASURED_VALUE_SEQUENCE).unwrap().items().unwrap()[0];
+        assert_eq!(mv.get(tags::NUMERIC_VALUE).unwrap().to_str().unwrap().trim(), "0.9");
+        let (kind, data, _) = graphic(&found[3].1, "SCOORD3D");
+        assert_eq!((kind.as_str(), data.len()), ("POLYLINE", 15));
+        assert!(found[3].1.iter().any(|i| value_type(i) == "NUM"));
+    }
+}

@@ -121,8 +121,12 @@ pub struct WorklistEntry {
     pub study_id: i64,
     pub priority: StudyPriority,
     /// The highest probability among the positive findings (the sort key within URGENT and
-    /// POSITIVE).
+    /// POSITIVE); for an uncertain NEGATIVE, the highest probability of its uncertain findings
+    /// (the sort key that lists it before the confident negatives).
     pub score: Option<f64>,
+    /// A NEGATIVE study one of whose calls is in the lowest confidence tier (a score near the
+    /// operating point): read before the confident negatives, and said so.
+    pub uncertain: bool,
     pub findings: Vec<ListedFinding>,
     /// Any result came from a demonstration model (not clinically validated).
     pub demonstration: bool,
@@ -166,17 +170,32 @@ impl WorklistEntry {
 
     /// The entry a stored row holds.
     pub fn from_row(row: &WorklistRow) -> WorklistEntry {
+        let priority = StudyPriority::parse(&row.priority).unwrap_or(StudyPriority::Failed);
+        let findings: Vec<ListedFinding> = serde_json::from_str(&row.findings_json).unwrap_or_default();
         WorklistEntry {
             study_id: row.study_id,
-            priority: StudyPriority::parse(&row.priority).unwrap_or(StudyPriority::Failed),
+            priority,
             score: row.score,
-            findings: serde_json::from_str(&row.findings_json).unwrap_or_default(),
+            uncertain: uncertain(priority, &findings).is_some(),
+            findings,
             demonstration: row.demonstration,
             reasons: serde_json::from_str(&row.reasons_json).unwrap_or_default(),
             received_at_ms: row.received_at_ms,
             time_to_result_ms: row.result_at_ms - row.received_at_ms,
         }
     }
+}
+
+/// The confidence tier of a call near the operating point (`triage::aggregate::Tiers`).
+pub const LOWEST_TIER: &str = "needs_review";
+
+/// For a NEGATIVE study, the highest probability among its calls in the lowest confidence tier
+/// (None: every call is confident, or the study is not negative).
+pub fn uncertain(priority: StudyPriority, findings: &[ListedFinding]) -> Option<f64> {
+    if priority != StudyPriority::Negative {
+        return None;
+    }
+    findings.iter().filter(|f| !f.positive && f.tier == LOWEST_TIER).map(|f| f.probability).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))))
 }
 
 /// The worklist of `results` (every model's result of each study), in reading order.
@@ -205,13 +224,16 @@ pub fn entries(results: &[StudyResult]) -> Vec<WorklistEntry> {
                     })
                 })
                 .collect();
-            let score = findings.iter().filter(|f| f.positive).map(|f| f.probability).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
+            let near_miss = uncertain(priority, &findings);
+            let score =
+                findings.iter().filter(|f| f.positive).map(|f| f.probability).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p)))).or(near_miss);
             let received_at_ms = rs.iter().map(|r| r.last_received_at_ms).max().unwrap_or(0);
             let result_at_ms = rs.iter().map(|r| r.triaged_at_ms).max().unwrap_or(received_at_ms);
             WorklistEntry {
                 study_id,
                 priority,
                 score,
+                uncertain: near_miss.is_some(),
                 findings,
                 demonstration: rs.iter().any(|r| r.demonstration),
                 reasons: rs.iter().filter(|r| matches!(r.state, ResultState::Failed | ResultState::NotAnalysed)).filter_map(|r| r.error.clone()).collect(),
@@ -226,7 +248,8 @@ pub fn entries(results: &[StudyResult]) -> Vec<WorklistEntry> {
             .cmp(&b.priority.rank())
             .then_with(|| match a.priority {
                 // Higher score first; NaN never occurs (probabilities), treat it as equal.
-                StudyPriority::Urgent | StudyPriority::Positive => b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal),
+                // An uncertain negative (a score) before the confident ones (none).
+                StudyPriority::Urgent | StudyPriority::Positive | StudyPriority::Negative => b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal),
                 _ => std::cmp::Ordering::Equal,
             })
             .then_with(|| a.received_at_ms.cmp(&b.received_at_ms))
@@ -350,5 +373,38 @@ mod tests {
         }
         assert_eq!(StudyPriority::parse("urgent"), Some(StudyPriority::Urgent));
         assert_eq!(StudyPriority::parse("STAT"), None);
+    }
+
+    /// A negative near the operating point (its call in the lowest tier) is read before the
+    /// confident negatives, the nearest first; it says so and keeps that through its row.
+    #[test]
+    fn an_uncertain_negative_comes_before_the_confident_ones() {
+        use ResultState::*;
+        let near = |study, p, received| {
+            let mut r = result(study, Triaged, Some(Priority::Negative), p, received);
+            r.findings[0].positive = false;
+            r.findings[0].urgent = false;
+            r.findings[0].tier = LOWEST_TIER.into();
+            r
+        };
+        let results = vec![
+            result(1, Triaged, Some(Priority::Negative), 0.1, 100),
+            near(2, 0.30, 200),
+            near(3, 0.47, 300),
+            result(4, Triaged, Some(Priority::Negative), 0.2, 50),
+            result(5, Failed, None, 0.0, 400),
+        ];
+        let list = entries(&results);
+        let order: Vec<(i64, bool)> = list.iter().map(|e| (e.study_id, e.uncertain)).collect();
+        assert_eq!(order, [(5, false), (3, true), (2, true), (4, false), (1, false)], "failed, then the uncertain negatives by score, then by arrival");
+        assert_eq!(list[1].score, Some(0.47), "the uncertain call's score is its sort key");
+        assert_eq!(list[3].score, None, "a confident negative has none");
+        let row = list[1].to_row(vec!["CR".into()]);
+        assert_eq!(WorklistEntry::from_row(&row), list[1]);
+        // A positive study is never "uncertain", whatever the tier of its other calls.
+        let mut mixed = near(6, 0.4, 10);
+        mixed.priority = Some(Priority::Positive);
+        mixed.findings.push(crate::db::Finding { positive: true, tier: "high".into(), ..mixed.findings[0].clone() });
+        assert!(!entries(&[mixed])[0].uncertain);
     }
 }

@@ -120,3 +120,110 @@ fn the_node_refuses_to_start_on_a_broken_package() {
     assert!(err.contains("loading model packages") && err.contains("tiny/model.pt"), "{err}");
     assert!(!err.contains("listening port="), "{err}");
 }
+
+/// `device = "auto"` says at start which device it chose and why.
+#[test]
+fn auto_device_says_which_device_it_chose_and_why() {
+    let node = Node::start(NodeOptions { inference: vec!["device = \"auto\"".into()], ..Default::default() });
+    let expected = match triage_node::inference::runtime::cuda_devices() {
+        0 => "inference device: cpu (auto: no CUDA device)".to_string(),
+        1 => "inference device: cuda:0 (auto: 1 CUDA device)".to_string(),
+        n => format!("inference device: cuda:0 (auto: {n} CUDA devices)"),
+    };
+    assert!(node.log().contains(&expected), "no `{expected}` in the log:\n{}", node.log());
+}
+
+/// A CUDA device the machine lacks stops the node at start, saying how many there are and what
+/// to set instead (cuda:N where N is the count is never there, GPU or not).
+#[test]
+fn a_missing_cuda_device_stops_the_node_at_start() {
+    let n = triage_node::inference::runtime::cuda_devices();
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triage-node"))
+        .envs(test_keys())
+        .env("TRIAGE__STORAGE__DATA_DIR", root.path().join("data"))
+        .env("TRIAGE__DICOM__PORT", "0")
+        .env("TRIAGE__HTTP__PORT", "0")
+        .env("TRIAGE__INFERENCE__MODELS_DIR", root.path().join("no-models"))
+        .env("TRIAGE__INFERENCE__DEVICE", format!("cuda:{n}"))
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("inference.device = \"cuda:{n}\" but this machine has {n} CUDA device(s)")), "{err}");
+    assert!(err.contains("set inference.device = \"auto\"") && err.contains("\"cpu\""), "{err}");
+    assert!(!err.contains("listening port="), "{err}");
+}
+
+/// `allow_half = true` on the CPU runs the model in fp32 and says so, naming the model.
+#[test]
+fn half_precision_on_the_cpu_is_ignored_with_a_warning() {
+    if tiny_models().is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let models = tiny_package(root.path(), &format!("allow_half = true\n{TINY}"));
+    let node = Node::start(NodeOptions { inference: vec![models], ..Default::default() });
+    let log = node.log();
+    assert!(log.contains("model tiny: allow_half = true ignored: half precision (fp16) runs only on a CUDA device; it runs in fp32 on the CPU"), "{log}");
+    assert!(log.contains("WARN"), "{log}");
+}
+
+/// The demo models on cuda:0 give the CPU's outputs, probabilities and class activation maps,
+/// through the engine (one batch of 8): fp32 within 1e-4, fp16 (allow_half) within 1e-2 (a
+/// map's tolerance scaled by its largest magnitude). Needs a CUDA device: skipped without one,
+/// failed without one under TRIAGE_TEST_CUDA=1 (scripts/gpu-check.sh).
+#[test]
+fn cuda_outputs_match_the_cpu() {
+    use triage_node::inference::engine::Engine;
+    use triage_node::inference::package::LoadOptions;
+    let required = std::env::var("TRIAGE_TEST_CUDA").as_deref() == Ok("1");
+    if triage_node::inference::runtime::cuda_devices() == 0 {
+        assert!(!required, "TRIAGE_TEST_CUDA=1 but libtorch sees no CUDA device");
+        eprintln!("SKIPPED: no CUDA device");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = |dir: &std::path::Path, device: tch::Device| {
+        rt.block_on(async {
+            let engine = Engine::load(dir.to_path_buf(), LoadOptions::on(device), 8, 64, 0).await.unwrap();
+            let mut all = Vec::new();
+            for (index, m) in engine.manifests().iter().enumerate() {
+                let per = m.input.values_per_image();
+                // Smooth images in [0, 1], different per image.
+                let inputs: Vec<Vec<f32>> = (0..8).map(|k| (0..per).map(|i| 0.5 + 0.5 * ((i as f32) * 0.013 + k as f32).sin()).collect()).collect();
+                for answer in engine.submit_many(index, inputs).await.unwrap() {
+                    let o = answer.await.unwrap().unwrap();
+                    assert_eq!(o.batch_size, 8, "one batch");
+                    all.push((m.name.clone(), o.probabilities, o.cam));
+                }
+            }
+            all
+        })
+    };
+    let root = tempfile::tempdir().unwrap();
+    for (name, half) in [("fp32", false), ("fp16", true)] {
+        let dir = root.path().join(name);
+        for m in ["demo-nodule", "demo-ct-hyperdense"] {
+            std::fs::create_dir_all(dir.join(m)).unwrap();
+            std::fs::copy(repo().join("models").join(m).join("model.pt"), dir.join(m).join("model.pt")).unwrap();
+            let manifest = std::fs::read_to_string(repo().join("models").join(m).join("model.toml")).unwrap();
+            std::fs::write(dir.join(m).join("model.toml"), format!("allow_half = {half}\n{manifest}")).unwrap();
+        }
+        let tol = if half { 1e-2 } else { 1e-4 };
+        let (cpu, cuda) = (run(&dir, tch::Device::Cpu), run(&dir, tch::Device::Cuda(0)));
+        assert_eq!(cpu.len(), cuda.len());
+        for ((model, p_cpu, cam_cpu), (_, p_cuda, cam_cuda)) in cpu.iter().zip(&cuda) {
+            let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let p = diff(p_cpu, p_cuda);
+            let scale = cam_cpu.iter().map(|v| v.abs()).fold(1f32, f32::max);
+            let cam = diff(cam_cpu, cam_cuda) / scale;
+            eprintln!("gpu-check {name} {model}: probabilities differ by {p:.2e}, CAM by {cam:.2e} (of its largest magnitude {scale:.3})");
+            assert!(
+                p <= tol && cam <= tol && cam_cpu.len() == cam_cuda.len(),
+                "{name} {model}: cuda:0 differs from the CPU: probabilities {p}, CAM {cam} > {tol}"
+            );
+        }
+    }
+}

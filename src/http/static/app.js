@@ -75,7 +75,7 @@ function filterQuery() {
 }
 
 function deliveryText(item) {
-  if (!item.deliveries.length) return "kept here";
+  if (!item.deliveries.length) return "nothing sent to the PACS or RIS";
   return item.deliveries.map((d) => d.count + " " + d.kind.toUpperCase() + " " + d.state).join(", ");
 }
 
@@ -98,6 +98,7 @@ function row(item) {
   const thumb = el("td", { class: "thumb" });
   const prio = el("td", { class: "priority" }, p.replaceAll("_", " "));
   if (item.lowered_from) prio.append(el("div", { class: "lowered" }, "lowered from " + item.lowered_from));
+  if (item.uncertain) prio.append(el("div", { class: "uncertain" }, "uncertain: near the threshold"));
   const models = [...new Set(item.findings.map((f) => f.model + " " + f.model_version))].join(", ") || item.models.join(", ");
   const reading = item.reading.state + (item.reading.reader ? " by " + item.reading.reader : "");
   tr.append(prio, thumb, el("td", {}, (item.patient && item.patient.name) || ""), el("td", {}, (item.patient && item.patient.accession) || ""),
@@ -152,6 +153,7 @@ async function loadStudy(id) {
     const who = s.patient ? [s.patient.name, "ID " + (s.patient.id || "?"), "accession " + (s.patient.accession || "?")].join(" · ") : "";
     box.append(el("h2", { id: "study-title" }, s.priority.replaceAll("_", " ") + " · study " + s.study_id), el("p", {}, who));
     if (s.lowered_from) box.append(el("p", { class: "lowered" }, "A newer analysis lowered this study from " + s.lowered_from + "."));
+    if (s.uncertain) box.append(el("p", { class: "uncertain" }, "Uncertain negative: an AI score near the threshold (lowest confidence tier). It is listed before the confident negatives; read it carefully."));
     box.append(el("p", {}, "Received " + fmtTime(s.received_at_ms) + ", result after " + fmtSeconds(s.time_to_result_ms) + ". To the PACS: " + deliveryText(s) + "."));
     box.append(el("p", { id: "study-error", class: "error", role: "alert" }));
     const reading = el("p", {}, "Reading: " + s.reading.state + (s.reading.reader ? " by " + s.reading.reader : "") + " ");

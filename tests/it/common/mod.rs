@@ -135,8 +135,11 @@ impl Node {
             toml.push_str("[delivery]\n");
             section(&mut toml, &opts.delivery);
         }
-        toml.push_str("[inference]\ndevice = \"cpu\"\n");
+        toml.push_str("[inference]\n");
         let mut inference = opts.inference.clone();
+        if !inference.iter().any(|l| l.starts_with("device")) {
+            inference.push("device = \"cpu\"".into());
+        }
         if !inference.iter().any(|l| l.starts_with("models_dir")) {
             inference.push(format!("models_dir = \"{}\"", dir.path().join("no-models").display()));
         }
