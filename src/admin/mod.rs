@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bench;
 pub mod evaluate;
 pub mod export;
+pub mod feedback;
 pub mod model_import;
 pub mod notify;
 pub mod outbox;

@@ -76,6 +76,11 @@ pub enum Event {
         study: i64,
         details: Acknowledged,
     },
+    /// A reader gave (or changed) a verdict on an AI finding of a study.
+    Feedback {
+        study: i64,
+        details: FeedbackGiven,
+    },
 }
 
 /// How an instance was de-identified (`method`: the profile and options, as recorded).
@@ -193,10 +198,24 @@ pub struct Acknowledged {
     pub after_ms: i64,
 }
 
+/// A reader's verdict on a finding: who, which finding, what they said (never their comment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackGiven {
+    pub user: String,
+    pub model: String,
+    pub model_version: String,
+    pub label: String,
+    /// `agree`, `disagree` or `not_assessable`.
+    pub verdict: String,
+    pub corrected_label: Option<String>,
+    /// It replaced the reader's earlier verdict.
+    pub edited: bool,
+}
+
 impl Event {
     /// Every event name, as stored.
-    pub const NAMES: [&'static str; 11] =
-        ["deidentify", "reidentify", "ae_add", "ae_remove", "ae_echo", "worklist_view", "reading", "query", "retrieve", "retract", "acknowledge"];
+    pub const NAMES: [&'static str; 12] =
+        ["deidentify", "reidentify", "ae_add", "ae_remove", "ae_echo", "worklist_view", "reading", "query", "retrieve", "retract", "acknowledge", "feedback"];
 
     /// The stored `event`.
     pub fn name(&self) -> &'static str {
@@ -212,6 +231,7 @@ impl Event {
             Event::Retrieve { .. } => "retrieve",
             Event::Retract { .. } => "retract",
             Event::Acknowledge { .. } => "acknowledge",
+            Event::Feedback { .. } => "feedback",
         }
     }
 
@@ -223,7 +243,9 @@ impl Event {
             // AE registrations name the AE title alone, as entries always have.
             Event::AeAdd { ae, .. } | Event::AeRemove { ae } | Event::AeEcho { ae, .. } => ae.clone(),
             Event::WorklistView { user, .. } => format!("user:{user}"),
-            Event::Reading { study, .. } | Event::Retract { study, .. } | Event::Acknowledge { study, .. } => format!("study:{study}"),
+            Event::Reading { study, .. } | Event::Retract { study, .. } | Event::Acknowledge { study, .. } | Event::Feedback { study, .. } => {
+                format!("study:{study}")
+            }
             Event::Query { ae, .. } | Event::Retrieve { ae, .. } => format!("ae:{ae}"),
         }
     }
@@ -243,6 +265,7 @@ impl Event {
             Event::Retrieve { details, .. } => serde_json::to_string(details),
             Event::Retract { details, .. } => serde_json::to_string(details),
             Event::Acknowledge { details, .. } => serde_json::to_string(details),
+            Event::Feedback { details, .. } => serde_json::to_string(details),
         };
         // Plain structs of strings and numbers always serialize.
         json.unwrap_or_else(|_| "{}".into())
@@ -268,6 +291,7 @@ impl Event {
             "retrieve" => Event::Retrieve { ae: after("ae:")?, details: read(details)? },
             "retract" => Event::Retract { study: after("study:")?.parse().ok()?, details: read(details)? },
             "acknowledge" => Event::Acknowledge { study: after("study:")?.parse().ok()?, details: read(details)? },
+            "feedback" => Event::Feedback { study: after("study:")?.parse().ok()?, details: read(details)? },
             _ => return None,
         })
     }
@@ -490,6 +514,18 @@ mod tests {
             Event::Acknowledge {
                 study: 42,
                 details: Acknowledged { user: "link".into(), via: "link".into(), notification: "tn-0123".into(), rule: "oncall".into(), after_ms: 90_000 },
+            },
+            Event::Feedback {
+                study: 42,
+                details: FeedbackGiven {
+                    user: "dr.grey".into(),
+                    model: "demo-nodule".into(),
+                    model_version: "1.0.0".into(),
+                    label: "nodule".into(),
+                    verdict: "disagree".into(),
+                    corrected_label: None,
+                    edited: true,
+                },
             },
         ];
         for e in &all {

@@ -13,6 +13,7 @@
 mod ae_titles;
 mod audit;
 mod commitment;
+mod feedback;
 mod inference;
 mod instances;
 mod jobs;
@@ -29,6 +30,7 @@ mod worklist;
 
 pub use crate::domain::AeRole;
 pub use ae_titles::RegisteredAe;
+pub use feedback::{Feedback, FeedbackOutcome, Verdict};
 pub use inference::{DetectedBox, FrameOutput, PendingInference};
 pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use jobs::{ClaimedJob, Job};

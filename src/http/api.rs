@@ -36,6 +36,8 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/api/studies/{id}/release", post(release))
         .route("/api/studies/{id}/retract", post(retract))
         .route("/api/studies/{id}/acknowledge", post(acknowledge))
+        .route("/api/studies/{id}/feedback", axum::routing::put(give_feedback))
+        .route("/api/feedback/export", get(export_feedback))
         .route("/api/aes", get(list_aes).post(add_ae))
         .route("/api/aes/{title}", axum::routing::put(edit_ae).delete(remove_ae))
         .route("/api/aes/{title}/enable", post(enable_ae))
@@ -186,6 +188,8 @@ struct StudyView {
     objects: Vec<ObjectView>,
     /// The on-call notifications made for the study (each rule, each escalation), oldest first.
     notifications: Vec<crate::db::Notification>,
+    /// Readers' verdicts on its findings.
+    feedback: Vec<crate::db::Feedback>,
 }
 
 /// The positive findings of `results` that have a map (a model may give none), in model
@@ -252,7 +256,8 @@ async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path
         .map(|(i, (kind, _))| ObjectView { kind: kind.as_str().into(), url: format!("/api/studies/{id}/objects/{i}") })
         .collect();
     let notifications = admin::notify::study_notifications(&state.db, id).await?;
-    Ok(Json(StudyView { item, results, objects, notifications }))
+    let feedback = admin::feedback::of_study(&state.db, id).await?;
+    Ok(Json(StudyView { item, results, objects, notifications, feedback }))
 }
 
 #[derive(Deserialize)]
@@ -370,6 +375,43 @@ async fn acknowledge(State(state): State<Shared>, Authed(user): Authed, Path(id)
     let id = study_id(&id)?;
     visible_row(&state, &user, id).await?;
     Ok(Json(admin::notify::acknowledge(&state.db, crate::db::AckTarget::Study(id), &user.name, "api").await?))
+}
+
+/// `PUT /api/studies/{id}/feedback`: the signed-in reader's verdict on one finding (replaces
+/// their earlier one; 409 once the study is marked read).
+async fn give_feedback(
+    State(state): State<Shared>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+    body: JsonBody<admin::feedback::FeedbackInput>,
+) -> Result<Json<crate::db::Feedback>, ApiError> {
+    let id = study_id(&id)?;
+    let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+    visible_row(&state, &user, id).await?;
+    Ok(Json(admin::feedback::give(&state.db, &state.manifests, id, &user.name, &body).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportParams {
+    /// `csv` (the default) or `json`.
+    format: Option<String>,
+    model: Option<String>,
+}
+
+/// `GET /api/feedback/export` (admin): every verdict, de-identified, for the model's vendor.
+async fn export_feedback(State(state): State<Shared>, AdminUser(_): AdminUser, Query(p): Query<ExportParams>) -> Result<Response, ApiError> {
+    let model = filter_value("model", &p.model)?;
+    let rows = admin::feedback::export(&state.db, model.as_deref()).await?;
+    match p.format.as_deref() {
+        None | Some("") | Some("csv") => Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::CONTENT_DISPOSITION, "attachment; filename=\"feedback.csv\"")],
+            admin::feedback::csv(&rows),
+        )
+            .into_response()),
+        Some("json") => Ok(Json(rows).into_response()),
+        Some(_) => Err(bad_request("format must be csv or json")),
+    }
 }
 
 /// `POST /api/studies/{id}/retract`.

@@ -276,6 +276,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/studies/{id}/release"),
     ("post", "/api/studies/{id}/retract"),
     ("post", "/api/studies/{id}/acknowledge"),
+    ("put", "/api/studies/{id}/feedback"),
+    ("get", "/api/feedback/export"),
     ("get", "/ack/{token}"),
     ("post", "/ack/{token}"),
     ("get", "/api/aes"),

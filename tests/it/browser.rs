@@ -2,8 +2,8 @@
 //! protocol by `chromedriver`) against a running node holding urgent, positive, negative,
 //! failed and not-applicable studies: sign-in refused with a wrong token and nothing shown,
 //! rows in reading order with urgent ones marked, heatmap thumbnails, the demonstration
-//! warning, a filter, the study view with its heatmap, the AE page for the admin only, and a
-//! screenshot (its path is printed).
+//! warning, a filter, the study view with its heatmap, a reader's verdict on a finding, the AE
+//! page for the admin only, and a screenshot (its path is printed).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -167,6 +167,16 @@ fn the_worklist_page_shows_urgent_first_and_nothing_without_a_token() {
     }
     d.js("document.getElementById('btn-claim').click()", json!([]));
     d.until("the claim", "return document.body.innerText.includes('claimed by dr.grey')");
+    // The reader's verdict on the first finding, given on the page: disagree, with a comment;
+    // shown back, and in the vendor's export (de-identified: no comment, no reader).
+    d.js(
+        "const f = document.querySelector('.feedback'); f.querySelector('.fb-comment').value = 'motion artefact COMMENTTEXT'; f.querySelector('.fb-disagree').click();",
+        json!([]),
+    );
+    d.until("the verdict saved", "return document.body.innerText.includes('your verdict: disagree')");
+    let export = reqwest::blocking::Client::new().get(format!("{url}api/feedback/export")).bearer_auth(ADMIN_TOKEN).send().unwrap().text().unwrap();
+    assert!(export.lines().count() == 2 && export.contains(",disagree,"), "{export}");
+    assert!(!export.contains("COMMENTTEXT") && !export.contains("dr.grey"), "{export}");
     d.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("study.png"));
 
     // The admin's AE page lists the registered AEs.

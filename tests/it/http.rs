@@ -253,8 +253,49 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
         let body: Value = rsp.json().unwrap();
         assert!(body["error"].as_str().unwrap().contains("dr.grey"), "{body}");
     }
+    // Feedback on a finding: each reader's verdict (replaced when they change it), checked
+    // against the result's findings and the model's labels; closed once the study is read.
+    let label = demo["findings"][0]["label"].as_str().unwrap().to_string();
+    let verdict = |token: &str, body: Value| api.send(reqwest::Method::PUT, &format!("/api/studies/{id}/feedback"), token, Some(body));
+    let agree = verdict(READER_TOKEN, serde_json::json!({ "model": "demo-nodule", "label": label, "verdict": "agree" }));
+    assert_eq!(agree.status(), StatusCode::OK);
+    let agree: Value = agree.json().unwrap();
+    assert_eq!((agree["verdict"].as_str(), agree["reader"].as_str(), agree["model_version"].as_str()), (Some("agree"), Some("dr.grey"), Some("1.0.0")));
+    let other = serde_json::json!({ "model": "demo-nodule", "label": label, "verdict": "disagree", "corrected_label": "no_finding", "comment": "old film PATIENTCOMMENT" });
+    assert_eq!(verdict(READER2_TOKEN, other).status(), StatusCode::OK);
+    let changed: Value = verdict(READER_TOKEN, serde_json::json!({ "model": "demo-nodule", "label": label, "verdict": "not_assessable" })).json().unwrap();
+    assert_eq!((changed["verdict"].as_str(), changed["created_at_ms"] == agree["created_at_ms"]), (Some("not_assessable"), true), "{changed}");
+    for (bad, why) in [
+        (serde_json::json!({ "model": "demo-nodule", "label": label, "verdict": "maybe" }), "verdict must be"),
+        (serde_json::json!({ "model": "demo-nodule", "label": "kidney", "verdict": "agree" }), "has no finding"),
+        (serde_json::json!({ "model": "demo-nodule", "label": label, "verdict": "disagree", "corrected_label": "kidney" }), "corrected_label"),
+        (serde_json::json!({ "model": "demo-nodule", "label": label, "verdict": "agree", "comment": "x".repeat(501) }), "at most 500"),
+    ] {
+        let rsp = verdict(READER_TOKEN, bad.clone());
+        assert_eq!(rsp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert!(rsp.text().unwrap().contains(why), "{bad}");
+    }
+    let study = api.json(&format!("/api/studies/{id}"), READER_TOKEN);
+    let given = study["feedback"].as_array().unwrap();
+    assert_eq!(
+        given.iter().map(|f| (f["reader"].as_str().unwrap(), f["verdict"].as_str().unwrap())).collect::<Vec<_>>(),
+        [("dr.grey", "not_assessable"), ("dr.house", "disagree")]
+    );
     let read: Value = post(&format!("/api/studies/{id}/read"), READER_TOKEN).json().unwrap();
     assert_eq!(read["state"], "read");
+    let closed = verdict(READER_TOKEN, serde_json::json!({ "model": "demo-nodule", "label": label, "verdict": "agree" }));
+    assert_eq!(closed.status(), StatusCode::CONFLICT, "closed once read");
+    // The vendor's export: admin only; de-identified (no comment, no reader, no patient).
+    assert_eq!(api.get("/api/feedback/export", Some(READER_TOKEN)).status(), StatusCode::FORBIDDEN);
+    let csv = api.get("/api/feedback/export", Some(ADMIN_TOKEN)).text().unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("node_study_id,model,") && csv.contains(&format!("{id},demo-nodule,1.0.0,{label},")), "{csv}");
+    assert!(!csv.contains("PATIENTCOMMENT") && !csv.contains("dr.") && !csv.contains("DEMO"), "{csv}");
+    let json: Value = api.json("/api/feedback/export?format=json&model=demo-nodule", ADMIN_TOKEN);
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();
+    assert_eq!(audit.lines().filter(|l| l.contains("feedback")).count(), 3, "{audit}");
+    assert!(!audit.contains("PATIENTCOMMENT"), "the comment is never audited");
     assert_eq!(all_pages(&api, "state=read", 50).len(), 1);
     assert_eq!(post("/api/studies/999999/claim", READER_TOKEN).status(), StatusCode::NOT_FOUND);
     // Another reader may take it once it is read (re-reading a study is allowed).

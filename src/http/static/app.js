@@ -143,6 +143,35 @@ async function readingAction(id, action) {
   }
 }
 
+// The signed-in reader's verdict on one finding: agree / disagree / not assessable, with an
+// optional corrected label and comment; closed once the study is marked read.
+function feedbackControl(id, r, f, s) {
+  const mine = (s.feedback || []).find((x) => x.model === r.model && x.label === f.label && x.reader === state.me.name);
+  const box = el("span", { class: "feedback", "data-label": f.label });
+  const closed = s.reading.state === "read";
+  const corrected = el("select", { class: "fb-corrected", "aria-label": "corrected finding" }, el("option", { value: "" }, "(same label)"),
+    ...[...new Set(r.findings.map((x) => x.label)), "no_finding"].map((l) => el("option", { value: l }, l.replace("_", " "))));
+  if (mine && mine.corrected_label) corrected.value = mine.corrected_label;
+  const comment = el("input", { class: "fb-comment", type: "text", maxlength: "500", placeholder: "comment (optional)", "aria-label": "comment" });
+  if (mine && mine.comment) comment.value = mine.comment;
+  const said = el("span", { class: "fb-said" }, mine ? "your verdict: " + mine.verdict.replace("_", " ") : "");
+  for (const [verdict, label] of [["agree", "Agree"], ["disagree", "Disagree"], ["not_assessable", "Not assessable"]]) {
+    const b = el("button", { type: "button", class: "fb-" + verdict, onclick: async () => {
+      try {
+        await api("/api/studies/" + id + "/feedback", { method: "PUT", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ model: r.model, label: f.label, verdict, corrected_label: corrected.value || null, comment: comment.value || null }) });
+        await loadStudy(id);
+      } catch (e) {
+        if (e.message !== "unauthorized") $("study-error").textContent = (e.status === 409 ? "Closed: " : "") + e.message;
+      }
+    } }, label);
+    if (closed) b.disabled = true;
+    box.append(b, " ");
+  }
+  box.append(corrected, " ", comment, " ", said);
+  return box;
+}
+
 async function loadStudy(id) {
   show("study");
   const box = $("study-body");
@@ -174,7 +203,11 @@ async function loadStudy(id) {
       if (r.demonstration) sec.append(el("p", { class: "warning" }, "Demonstration model, not clinically validated."));
       if (r.error) sec.append(el("p", { class: "error" }, "Not analysed: " + r.error));
       const list = el("ul", { class: "findings" });
-      for (const f of r.findings) list.append(el("li", {}, f.label + ": " + pct(f.probability) + (f.positive ? (f.urgent ? " URGENT" : " positive") : " negative") + " (" + f.tier.replace("_", " ") + " confidence)"));
+      for (const f of r.findings) {
+        const li = el("li", {}, f.label + ": " + pct(f.probability) + (f.positive ? (f.urgent ? " URGENT" : " positive") : " negative") + " (" + f.tier.replace("_", " ") + " confidence) ");
+        li.append(feedbackControl(id, r, f, s));
+        list.append(li);
+      }
       sec.append(list);
       for (const f of r.findings.filter((f) => f.heatmap)) {
         const fig = el("figure", {});
