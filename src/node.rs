@@ -128,6 +128,13 @@ async fn start_engine(ctx: &Start) -> anyhow::Result<crate::inference::engine::E
     if engine.manifests().is_empty() {
         warn!(models_dir = %inf.models_dir.display(), "no model packages: instances are stored and de-identified, nothing is triaged");
     }
+    if let Some(m) = engine.manifests().iter().find(|m| m.draft) {
+        anyhow::bail!(
+            "model package {:?} in {} is an imported draft (draft = true in its model.toml): review its routing and thresholds (`triage-node evaluate` helps choose them), then remove `draft = true`; the node does not serve a draft",
+            m.name,
+            inf.models_dir.display()
+        );
+    }
     Ok(engine)
 }
 

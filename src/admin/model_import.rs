@@ -246,6 +246,10 @@ pub fn draft(metadata: &Value, name: &str) -> Result<Draft, String> {
             todo("version", false, "metadata.json gives no version; \"0.0.0\" written".into());
         }
     }
+    line("# TODO: remove once a person has reviewed this draft: `serve` refuses a draft package".into());
+    line("# (infer and evaluate run it, to choose the thresholds).".into());
+    line("draft = true".into());
+    todo("draft", false, "`serve` refuses the package until this line is removed (infer and evaluate run it)".into());
     line("# TODO: false only once the model is validated at this site.".into());
     line("demonstration = true".into());
     todo("demonstration", false, "true until the model is validated at this site: every result says it is a demonstration model".into());

@@ -53,6 +53,11 @@ pub struct Manifest {
     /// Run in half precision (fp16) on a CUDA device. Ignored on the CPU.
     #[serde(default)]
     pub allow_half: bool,
+    /// An imported draft nobody has reviewed yet (`triage-node model import` writes it): the
+    /// node refuses to serve it (its thresholds and routing are placeholders, and even its
+    /// negatives would reorder a worklist); `infer` and `evaluate` run it, to choose them.
+    #[serde(default)]
+    pub draft: bool,
     pub routing: Routing,
     /// Which series of a study the model takes, and which one when several qualify.
     #[serde(default)]

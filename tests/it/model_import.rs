@@ -101,6 +101,11 @@ fn a_monai_classification_bundle_becomes_a_package_the_node_runs() {
     assert_eq!(findings.len(), 1, "{line}");
     assert_eq!((findings[0]["label"].as_str(), findings[0]["positive"].as_bool()), (Some("pneumothorax"), Some(false)), "{line}");
 
+    // A draft is not served: the node refuses to start on it, saying what to do.
+    assert!(manifest.contains("\ndraft = true\n"), "{manifest}");
+    let (ok, _, err) = node(&["serve"], &models);
+    assert!(!ok && err.contains("is an imported draft") && err.contains("remove `draft = true`"), "{err}");
+
     // A person fills the thresholds in: the same image is now flagged.
     std::fs::write(dir.join("model.toml"), manifest.replace("positive = [1.0, 1.0]", "positive = [0.0, 0.0]")).unwrap();
     let (ok, out, err) = node(&["infer", cr.to_str().unwrap()], &models);
