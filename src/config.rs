@@ -103,6 +103,23 @@ pub struct NotifyRule {
     pub escalate_after: Option<Duration>,
     #[serde(default)]
     pub escalate_to: Option<String>,
+    /// Only studies with a positive finding of these labels (as the models name them); empty:
+    /// any finding.
+    #[serde(default)]
+    pub findings: Vec<String>,
+    /// Only studies of these modalities (`CT`, `CR`, ...); empty: any.
+    #[serde(default)]
+    pub modalities: Vec<String>,
+    /// Only while the node's local time is within `"HH:MM-HH:MM"` (it may wrap midnight:
+    /// `"18:00-08:00"`); unset: at any hour. Escalation reaches a rule at any hour.
+    #[serde(default)]
+    pub hours: Option<String>,
+    /// A webhook's body as the receiver wants it (a chat service's `{"text": "{summary}"}`):
+    /// JSON with placeholders `{id}`, `{rule}`, `{level}`, `{status}`, `{priority}`, `{study}`,
+    /// `{link}`, `{acknowledge}`, `{findings}`, `{summary}`, each replaced by its value escaped
+    /// for a JSON string. Unset: the notice's own JSON.
+    #[serde(default)]
+    pub template: Option<String>,
     /// Send a small preview of the first positive finding's heatmap (PNG, 256 pixels, the same
     /// picture as the heatmap Secondary Capture, labelled "not for diagnosis"): in the JSON as
     /// `preview`, attached to an e-mail. De-identified pixels, but a picture of the patient:
@@ -149,6 +166,10 @@ impl std::fmt::Debug for NotifyRule {
             .field("token_file", &self.token_file)
             .field("escalate_after", &self.escalate_after)
             .field("escalate_to", &self.escalate_to)
+            .field("findings", &self.findings)
+            .field("modalities", &self.modalities)
+            .field("hours", &self.hours)
+            .field("template", &self.template.as_ref().map(|t| t.len()))
             .field("preview", &self.preview)
             .finish()
     }
@@ -328,6 +349,16 @@ impl NotifySettings {
             if rule.token_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(format!("notify.rules {name}: token_file is empty (leave it out for no token)"));
             }
+            if let Some(hours) = &rule.hours {
+                parse_hours(hours)
+                    .ok_or_else(|| format!("notify.rules {name}: hours must be \"HH:MM-HH:MM\" (local time; it may wrap midnight), not {hours:?}"))?;
+            }
+            if let Some(template) = &rule.template {
+                if rule.url.is_none() {
+                    return Err(format!("notify.rules {name}: template is for webhooks"));
+                }
+                check_template(template).map_err(|why| format!("notify.rules {name}: template: {why}"))?;
+            }
             match (&rule.escalate_to, rule.escalate_after) {
                 (None, None) => {}
                 (Some(to), Some(after)) => {
@@ -356,6 +387,71 @@ impl NotifySettings {
         }
         Ok(())
     }
+}
+
+/// `"HH:MM-HH:MM"` as minutes of the day (start, end).
+pub fn parse_hours(s: &str) -> Option<(u32, u32)> {
+    let minutes = |t: &str| {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
+    };
+    let (a, b) = s.split_once('-')?;
+    let (a, b) = (minutes(a)?, minutes(b)?);
+    (a != b).then_some((a, b))
+}
+
+/// Whether minute-of-day `now` falls in `hours` (`"18:00-08:00"` wraps midnight).
+pub fn within_hours(hours: &str, now: u32) -> bool {
+    match parse_hours(hours) {
+        Some((a, b)) if a < b => (a..b).contains(&now),
+        Some((a, b)) => now >= a || now < b,
+        None => false,
+    }
+}
+
+/// The placeholders a webhook template may use.
+pub const TEMPLATE_FIELDS: [&str; 10] = ["id", "rule", "level", "status", "priority", "study", "link", "acknowledge", "findings", "summary"];
+
+/// A template names known placeholders only and, filled in, is JSON.
+fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        if let Some(close) = after.find('}') {
+            let name = &after[..close];
+            if name.chars().all(|c| c.is_ascii_lowercase()) && !name.is_empty() && !TEMPLATE_FIELDS.contains(&name) {
+                return Err(format!("unknown placeholder {{{name}}} (known: {})", TEMPLATE_FIELDS.join(", ")));
+            }
+        }
+        rest = after;
+    }
+    let sample = fill_template(template, |_| "x \" y".to_string());
+    serde_json::from_str::<serde_json::Value>(&sample).map(|_| ()).map_err(|e| format!("filled in, it is not JSON ({e})"))
+}
+
+/// `template` with each known `{name}` replaced by `value(name)` escaped for a JSON string (one
+/// pass: a value is never read for placeholders).
+pub fn fill_template(template: &str, value: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}').map(|close| (&after[..close], close)).filter(|(name, _)| TEMPLATE_FIELDS.contains(name)) {
+            Some((name, close)) => {
+                let escaped = serde_json::to_string(&value(name)).unwrap_or_default();
+                out.push_str(&escaped[1..escaped.len() - 1]);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn loopback_host(host: &str) -> bool {
@@ -1164,6 +1260,13 @@ mod tests {
         let plain = "[notify.smtp]\nhost = \"smtp.example\"\nfrom = \"t@h.example\"\nsecurity = \"plain\"\n";
         assert!(load(&format!("{plain}{}", mail("m", ""))).unwrap_err().contains("loopback"));
         assert!(load(&format!("{}{}", plain.replace("smtp.example", "127.0.0.1"), mail("m", ""))).is_ok());
+        // Hours and templates.
+        assert!(load(&hook("x", "hours = \"18:00-08:00\"\n")).is_ok());
+        assert!(load(&hook("x", "hours = \"6pm-8am\"\n")).unwrap_err().contains("HH:MM-HH:MM"));
+        assert!(load(&hook("x", "template = '{\"text\": \"{summary}\"}'\n")).is_ok());
+        assert!(load(&hook("x", "template = '{\"text\": \"{patient}\"}'\n")).unwrap_err().contains("unknown placeholder {patient}"));
+        assert!(load(&hook("x", "template = '{\"text\": {summary}}'\n")).unwrap_err().contains("not JSON"));
+        assert!(load(&format!("{smtp}{}", mail("m", "template = '{\"t\": \"{id}\"}'\n"))).unwrap_err().contains("for webhooks"));
         // The section's first name still reads.
         assert!(load("[[notify.webhooks]]\nname = \"old\"\nurl = \"https://h.example/1\"\n").is_ok());
     }

@@ -4,7 +4,8 @@
 //! (its row kept, marked retracted, until a new result replaces it). The files are written
 //! first; then one transaction queues them, marks the row and appends the `retract` audit entry
 //! (the admin's reason is kept there only); a transaction that does not happen removes them.
-//! Each webhook rule whose notice about the result stands (`results::notify::notified`: the
+//! Each rule whose notice about the result stands (the notifications ledger's, else
+//! `results::notify::notified`: the
 //! row's priority, before it is marked, is one the rule lists) gets a `retracted` notice in the
 //! same transaction.
 
@@ -166,7 +167,16 @@ async fn queue(
     }
     // Each webhook rule whose notice about this result stands is told it is withdrawn (the code,
     // never the admin's reason), in the same transaction.
-    let rules = crate::results::notify::notified(publisher.notify.rules(), row);
+    // The rules the ledger says were told (an escalation's too); for notices made before the
+    // ledger, the rules' own filters.
+    let mut told: Vec<String> = db.study_notifications(study_id).await?.into_iter().filter(|n| n.withdrawn_at_ms.is_none()).map(|n| n.rule).collect();
+    told.sort();
+    told.dedup();
+    let rules: Vec<&crate::config::NotifyRule> = if told.is_empty() {
+        crate::results::notify::notified(publisher.notify.rules(), row)
+    } else {
+        publisher.notify.rules().iter().filter(|r| told.contains(&r.name)).collect()
+    };
     if !rules.is_empty() {
         let created_ms = crate::domain::now_ms();
         let notices: Vec<_> = rules

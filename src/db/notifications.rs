@@ -208,9 +208,11 @@ impl Db {
         Ok(true)
     }
 
-    /// Acknowledge the chain `target` names, for `user` (`via`: `link` or `api`), with its audit
-    /// entry, in one transaction: every notice of the chain stops escalating; the worklist row
-    /// shows who and when.
+    /// Acknowledge the study `target` names (by a notice's link, or by the study), for `user`
+    /// (`via`: `link` or `api`), with its audit entry, in one transaction: every open notice of
+    /// the study (each rule's chain) stops escalating, since someone is on it; the worklist row
+    /// shows who and when. The outcome carries the chain named (the link's, else the study's
+    /// newest).
     pub async fn notification_acknowledge(&self, target: AckTarget<'_>, user: &str, via: &str, now_ms: i64) -> Result<AckOutcome, DbError> {
         let key = self.audit_key()?;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
@@ -220,13 +222,14 @@ impl Db {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(q("select notification by token"))?,
-            AckTarget::Study(study_id) => {
-                sqlx::query(&format!("SELECT {COLUMNS} FROM notifications WHERE study_id = $1 AND level = 0 ORDER BY created_at_ms DESC, id LIMIT 1"))
-                    .bind(study_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(q("select study notification"))?
-            }
+            AckTarget::Study(study_id) => sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM notifications WHERE study_id = $1 AND level = 0
+                 ORDER BY CASE WHEN acknowledged_at_ms IS NULL AND withdrawn_at_ms IS NULL THEN 0 ELSE 1 END, created_at_ms DESC, id LIMIT 1"
+            ))
+            .bind(study_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("select study notification"))?,
         };
         let Some(found) = found else { return Ok(AckOutcome::Missing) };
         let chain = decode(&found)?.chain;
@@ -239,8 +242,8 @@ impl Db {
         if first.acknowledged_at_ms.is_some() {
             return Ok(AckOutcome::Already(first));
         }
-        sqlx::query("UPDATE notifications SET acknowledged_at_ms = $2, acknowledged_by = $3 WHERE chain = $1 AND acknowledged_at_ms IS NULL")
-            .bind(&chain)
+        sqlx::query("UPDATE notifications SET acknowledged_at_ms = $2, acknowledged_by = $3 WHERE study_id = $1 AND acknowledged_at_ms IS NULL AND withdrawn_at_ms IS NULL")
+            .bind(first.study_id)
             .bind(now_ms)
             .bind(user)
             .execute(&mut *tx)

@@ -580,6 +580,11 @@ impl Sender {
                     Ok(c) => c,
                     Err(why) => return (Verdict::Retry(why.clone()), false),
                 };
+                // The site's own shape (a chat service's), or the notice's JSON as written.
+                let body = match &rule.template {
+                    Some(template) => crate::config::fill_template(template, |name| crate::results::notify::template_value(&notice, name)).into_bytes(),
+                    None => body,
+                };
                 super::webhook::post(client, rule, &notice.id, body).await
             }
             crate::config::Channel::Email => {

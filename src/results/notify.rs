@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::kos::Reason;
 use super::worklist::{StudyPriority, WorklistEntry};
 use crate::config::NotifyRule;
-use crate::db::{StudyResult, WorklistRow};
+use crate::db::WorklistRow;
 use crate::inference::package::Manifest;
 
 /// What every notification says about itself.
@@ -127,45 +127,55 @@ fn lists(rule: &NotifyRule, priority: StudyPriority) -> bool {
     rule.priorities.iter().any(|p| p.as_str() == priority.as_str())
 }
 
-/// The rules this publication notifies: the study's priority (from the rule's models, when it
-/// names any) is one the rule lists, and the study's standing worklist row (`previous`, unless
-/// retracted) did not already have one it lists.
-pub fn matching<'a>(rules: &'a [NotifyRule], entry: &WorklistEntry, results: &[StudyResult], previous: Option<&WorklistRow>) -> Vec<&'a NotifyRule> {
-    let before = previous.filter(|p| p.retraction.is_none()).and_then(|p| StudyPriority::parse(&p.priority));
+/// The study's priority as `rule` sees it: none when the study has none of its modalities;
+/// with models or findings named, from the positive findings of those alone (urgent if one is).
+fn rule_priority(rule: &NotifyRule, entry: &WorklistEntry, modalities: &[String]) -> Option<StudyPriority> {
+    if !rule.modalities.is_empty() && !modalities.iter().any(|m| rule.modalities.iter().any(|r| r.eq_ignore_ascii_case(m))) {
+        return None;
+    }
+    if rule.models.is_empty() && rule.findings.is_empty() {
+        return Some(entry.priority);
+    }
+    let mut theirs = entry
+        .findings
+        .iter()
+        .filter(|f| f.positive && (rule.models.is_empty() || rule.models.contains(&f.model)) && (rule.findings.is_empty() || rule.findings.contains(&f.label)))
+        .peekable();
+    theirs.peek()?;
+    Some(if theirs.any(|f| f.urgent) { StudyPriority::Urgent } else { StudyPriority::Positive })
+}
+
+/// Whether the rule's `hours` (local time) hold at minute-of-day `minute`.
+fn in_hours(rule: &NotifyRule, minute: u32) -> bool {
+    rule.hours.as_deref().is_none_or(|h| crate::config::within_hours(h, minute))
+}
+
+/// The rules this publication notifies, at local minute-of-day `minute`: the study's priority as
+/// the rule sees it (its modalities, models, findings) is one it lists, within its hours, and
+/// the study's standing worklist row (`previous`, unless retracted) did not already have one
+/// it lists.
+pub fn matching<'a>(rules: &'a [NotifyRule], entry: &WorklistEntry, modalities: &[String], previous: Option<&WorklistRow>, minute: u32) -> Vec<&'a NotifyRule> {
+    let before = previous.filter(|p| p.retraction.is_none()).map(|p| (WorklistEntry::from_row(p), p.modalities.clone()));
     rules
         .iter()
         .filter(|rule| {
-            let now = if rule.models.is_empty() {
-                lists(rule, entry.priority)
-            } else {
-                results.iter().any(|r| rule.models.contains(&r.model) && lists(rule, StudyPriority::of(r)))
-            };
-            now && !before.is_some_and(|b| lists(rule, b))
+            let now = rule_priority(rule, entry, modalities).is_some_and(|p| lists(rule, p)) && in_hours(rule, minute);
+            let told = before.as_ref().and_then(|(e, m)| rule_priority(rule, e, m)).is_some_and(|p| lists(rule, p));
+            now && !told
         })
         .collect()
 }
 
 /// The rules whose notice about the study of `row` (its worklist row, about to be retracted)
-/// stands: the row is not retracted and its priority is one the rule lists (for a rule naming
-/// models: a positive finding of theirs is), which is what `matching` reads to hold back a
-/// second notice. The rules as configured now.
+/// stands by the rules' own filters: the row is not retracted and the priority the rule sees
+/// is one it lists (what `matching` reads to hold back a second notice). For notices made
+/// before the notifications ledger; the ledger says which rules were told.
 pub fn notified<'a>(rules: &'a [NotifyRule], row: &WorklistRow) -> Vec<&'a NotifyRule> {
-    let Some(priority) = StudyPriority::parse(&row.priority).filter(|_| row.retraction.is_none()) else { return Vec::new() };
+    if row.retraction.is_some() {
+        return Vec::new();
+    }
     let entry = WorklistEntry::from_row(row);
-    rules
-        .iter()
-        .filter(|rule| {
-            if rule.models.is_empty() {
-                lists(rule, priority)
-            } else {
-                entry
-                    .findings
-                    .iter()
-                    .filter(|f| f.positive && rule.models.contains(&f.model))
-                    .any(|f| lists(rule, if f.urgent { StudyPriority::Urgent } else { StudyPriority::Positive }))
-            }
-        })
-        .collect()
+    rules.iter().filter(|rule| rule_priority(rule, &entry, &row.modalities).is_some_and(|p| lists(rule, p))).collect()
 }
 
 /// `tn-` and 32 hex digits of SHA-256 over `parts`, each length-prefixed.
@@ -290,6 +300,40 @@ pub fn notice(rule: &NotifyRule, entry: &WorklistEntry, manifests: &[Manifest], 
     }
 }
 
+/// The value of placeholder `name` of a webhook's template (`[[notify.rules]] template`) for
+/// notice `n`: the same de-identified content as the JSON, as text.
+pub fn template_value(n: &Notice, name: &str) -> String {
+    let findings =
+        || n.findings.iter().map(|f| format!("{} {:.2}{}", f.meaning, f.probability, if f.urgent { " (urgent)" } else { "" })).collect::<Vec<_>>().join(", ");
+    match name {
+        "id" => n.id.clone(),
+        "rule" => n.rule.clone(),
+        "level" => n.level.to_string(),
+        "status" => match n.status {
+            NoticeStatus::Active => "active".into(),
+            NoticeStatus::Retracted => "retracted".into(),
+        },
+        "priority" => n.priority.clone(),
+        "study" => n.node_study_id.to_string(),
+        "link" => n.link.clone().unwrap_or_default(),
+        "acknowledge" => n.acknowledge.clone().unwrap_or_default(),
+        "findings" => findings(),
+        "summary" => {
+            let (subject, _) = email_text(n);
+            let mut text = subject;
+            if let Some(link) = &n.link {
+                text.push_str(&format!(" | open: {link}"));
+            }
+            if let Some(ack) = &n.acknowledge {
+                text.push_str(&format!(" | acknowledge: {ack}"));
+            }
+            text.push_str(" | not for diagnosis");
+            text
+        }
+        _ => String::new(),
+    }
+}
+
 /// The e-mail made from a notice: its subject and plain text. The same content as the JSON
 /// (de-identified: priority, findings, model, the node's study id, links), for a person.
 pub fn email_text(n: &Notice) -> (String, String) {
@@ -360,6 +404,10 @@ mod tests {
             token_file: None,
             escalate_after: None,
             escalate_to: None,
+            findings: vec![],
+            modalities: vec![],
+            hours: None,
+            template: None,
             preview: false,
         }
     }
@@ -412,20 +460,20 @@ mod tests {
         let rules = [rule("oncall", &[NotifyPriority::Urgent], &[]), rule("both", &[NotifyPriority::Urgent, NotifyPriority::Positive], &[])];
         let names = |v: Vec<&NotifyRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         let urgent = entry(StudyPriority::Urgent);
-        assert_eq!(names(matching(&rules, &urgent, &[], None)), ["oncall", "both"]);
+        assert_eq!(names(matching(&rules, &urgent, &[], None, 0)), ["oncall", "both"]);
         // Triaged again, still urgent: nobody is called again.
-        assert!(matching(&rules, &urgent, &[], Some(&row("URGENT"))).is_empty());
+        assert!(matching(&rules, &urgent, &[], Some(&row("URGENT")), 0).is_empty());
         // Raised from positive: the urgent-only rule notifies, the other had been told.
-        assert_eq!(names(matching(&rules, &urgent, &[], Some(&row("POSITIVE")))), ["oncall"]);
-        assert_eq!(names(matching(&rules, &urgent, &[], Some(&row("NEGATIVE")))), ["oncall", "both"]);
+        assert_eq!(names(matching(&rules, &urgent, &[], Some(&row("POSITIVE")), 0)), ["oncall"]);
+        assert_eq!(names(matching(&rules, &urgent, &[], Some(&row("NEGATIVE")), 0)), ["oncall", "both"]);
         // A retracted result told nobody anything that stands.
         let mut retracted = row("URGENT");
         retracted.retraction = Some(crate::db::Retraction { at_ms: 1, code: "113001".into(), by: "admin".into() });
-        assert_eq!(names(matching(&rules, &urgent, &[], Some(&retracted))), ["oncall", "both"]);
+        assert_eq!(names(matching(&rules, &urgent, &[], Some(&retracted), 0)), ["oncall", "both"]);
         // Negative, failed: no rule lists them.
-        assert!(matching(&rules, &entry(StudyPriority::Negative), &[], None).is_empty());
-        assert!(matching(&rules, &entry(StudyPriority::Failed), &[], None).is_empty());
-        assert_eq!(names(matching(&rules, &entry(StudyPriority::Positive), &[], None)), ["both"]);
+        assert!(matching(&rules, &entry(StudyPriority::Negative), &[], None, 0).is_empty());
+        assert!(matching(&rules, &entry(StudyPriority::Failed), &[], None, 0).is_empty());
+        assert_eq!(names(matching(&rules, &entry(StudyPriority::Positive), &[], None, 0)), ["both"]);
     }
 
     #[test]
@@ -551,5 +599,41 @@ mod tests {
         let up = escalation_notice(&n, &n.id, &rule("backup", &[], &[]), "", "x", 0);
         assert!(email_text(&up).0.starts_with("[URGENT] ESCALATED (1): "), "{}", email_text(&up).0);
         assert!(email_text(&up).1.contains("nobody acknowledged the notification to \"oncall\""));
+    }
+
+    #[test]
+    fn a_template_gets_the_notice_as_text_escaped_and_a_rule_its_own_filters() {
+        let r = rule("chat", &[NotifyPriority::Urgent], &[]);
+        let mut n = notice(&r, &entry(StudyPriority::Urgent), &[], "TRIAGE", 7, "https://triage.example/", 0);
+        n.acknowledge = ack_link("https://triage.example/", "abc");
+        let body = crate::config::fill_template(r#"{"text": "{summary}", "p": "{priority}", "f": "{findings}", "x": "{nothing}"}"#, |k| template_value(&n, k));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["text"],
+            "[URGENT] AI triage: nodule - study 42 | open: https://triage.example/#/study/42 | acknowledge: https://triage.example/ack/abc | not for diagnosis"
+        );
+        assert_eq!((v["p"].as_str(), v["f"].as_str(), v["x"].as_str()), (Some("URGENT"), Some("nodule 0.99 (urgent)"), Some("{nothing}")));
+        // A quote or a brace in a value stays inside its string.
+        let odd = crate::config::fill_template(r#"{"t": "{rule}"}"#, |_| "a\"b{summary}".into());
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&odd).unwrap()["t"], "a\"b{summary}");
+
+        // Filters: modality, finding label; hours (wrapping midnight).
+        let urgent = entry(StudyPriority::Urgent);
+        let names = |v: Vec<&NotifyRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let mut ct_only = rule("ct", &[NotifyPriority::Urgent], &[]);
+        ct_only.modalities = vec!["CT".into()];
+        let mut effusion = rule("effusion", &[NotifyPriority::Urgent, NotifyPriority::Positive], &[]);
+        effusion.findings = vec!["effusion".into()];
+        let mut nodule = rule("nodule", &[NotifyPriority::Urgent], &[]);
+        nodule.findings = vec!["nodule".into()];
+        let mut night = rule("night", &[NotifyPriority::Urgent], &[]);
+        night.hours = Some("18:00-08:00".into());
+        let rules = [ct_only, effusion, nodule, night];
+        assert_eq!(names(matching(&rules, &urgent, &["CR".to_string()], None, 12 * 60)), ["nodule"], "noon, a CR with an urgent nodule");
+        assert_eq!(names(matching(&rules, &urgent, &["CT".to_string()], None, 23 * 60)), ["ct", "nodule", "night"]);
+        assert_eq!(names(matching(&rules, &urgent, &["CR".to_string()], None, 7 * 60 + 59)), ["nodule", "night"]);
+        assert!(crate::config::within_hours("08:00-18:00", 8 * 60) && !crate::config::within_hours("08:00-18:00", 18 * 60));
+        assert_eq!(crate::config::parse_hours("8:00-18:00"), None);
+        assert_eq!(crate::config::parse_hours("08:00-08:00"), None);
     }
 }

@@ -146,7 +146,8 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
         // A notification per rule the study now matches (de-identified: no patient needed),
         // each with its one-time acknowledgement link and its ledger row, written like the
         // report, queued in the same transaction.
-        let rules = notify::matching(p.notify.rules(), e, study.results, previous.as_ref());
+        let modalities = row.as_ref().map(|r| r.modalities.as_slice()).unwrap_or_default();
+        let rules = notify::matching(p.notify.rules(), e, modalities, previous.as_ref(), local_minute_of_day());
         if !rules.is_empty() {
             let created_ms = now_ms();
             let last_instance_at_ms = study.results.iter().map(|r| r.last_received_at_ms).max();
@@ -266,6 +267,21 @@ async fn ups_workitem(
         scheduled_ms: now_ms(),
     };
     Ok(Some((work, first)))
+}
+
+/// The node's local time as minutes since midnight (a rule's `hours`); UTC where the local
+/// time cannot be read.
+fn local_minute_of_day() -> u32 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r writes only into `tm`, which lives for the call; `now` is a valid
+    // time_t. A null result leaves `tm` zeroed and UTC is used instead.
+    let local = unsafe { !libc::localtime_r(&now, &mut tm).is_null() };
+    if local {
+        (tm.tm_hour as u32) * 60 + tm.tm_min as u32
+    } else {
+        ((now as u64 / 60) % (24 * 60)) as u32
+    }
 }
 
 /// The preview a notification carries: the first positive finding's heatmap (with a map), 256

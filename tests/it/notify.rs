@@ -234,6 +234,9 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     std::fs::create_dir_all(&mail_dir).unwrap();
     let hook_port = free_port();
     let _receiver = Receiver::start(hook_port, &hooks);
+    // A chat service's webhook: its own body shape (a template), chest radiographs only.
+    let (chat_port, chat) = (free_port(), work.path().join("chat.jsonl"));
+    let _chat = Receiver::start(chat_port, &chat);
     let (_mail, smtp_port) = MailReceiver::start(&mail_dir);
     let node = Node::start(NodeOptions {
         inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
@@ -242,6 +245,7 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
             "[notify]\nenabled = true\nlink_base = \"https://triage.example/\"\ntimeout = \"5s\"\n\
              [[notify.rules]]\nname = \"oncall\"\nurl = \"http://127.0.0.1:{hook_port}/hooks\"\npriorities = [\"urgent\", \"positive\"]\nescalate_after = \"4s\"\nescalate_to = \"backup\"\npreview = true\n\
              [[notify.rules]]\nname = \"backup\"\nemail = [\"neuro.backup@hospital.example\"]\npriorities = []\npreview = true\n\
+             [[notify.rules]]\nname = \"chat\"\nurl = \"http://127.0.0.1:{chat_port}/chat\"\nmodalities = [\"CR\"]\ntemplate = '{{\"text\": \"{{summary}}\"}}'\n\
              [notify.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"plain\"\nfrom = \"triage@hospital.example\"\n"
         )],
         ..Default::default()
@@ -287,6 +291,15 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     }
     assert!(!mail_text.contains("1.2.") && !mail_text.contains("2.25."), "no UID: {mail}");
 
+    // The chat webhook got the urgent chest study in its own shape, the same news as text.
+    wait_until("the chat POST", Duration::from_secs(30), &node, || !received(&chat).is_empty());
+    let said: Value = serde_json::from_str(received(&chat)[0]["body"].as_str().unwrap()).unwrap();
+    let text = said["text"].as_str().unwrap();
+    assert!(text.starts_with("[URGENT] AI triage: Nodule - study ") && text.contains("| acknowledge: https://triage.example/ack/"), "{said}");
+    assert!(text.ends_with("not for diagnosis") && said.as_object().unwrap().len() == 1, "{said}");
+    let chat_key = received(&chat)[0]["headers"]["idempotency-key"].as_str().unwrap().to_string();
+    assert!(chat_key.starts_with("tn-") && chat_key != notice["id"].as_str().unwrap(), "its own stable id: {chat_key}");
+
     // The second study: its notification is acknowledged by its link within the deadline.
     assert!(node.storescu(std::slice::from_ref(&second)).status.success(), "{}", node.log());
     wait_until("the second webhook POST", Duration::from_secs(60), &node, || received(&hooks).len() == 2);
@@ -321,8 +334,9 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     assert_eq!((ack["outcome"].as_str(), ack["acknowledged_by"].as_str()), (Some("acknowledged"), Some("dr.grey")), "{ack}");
     let study: Value = http.get(format!("{node_base}/api/studies/{study1}")).bearer_auth(READER_TOKEN).send().unwrap().json().unwrap();
     let chain = study["notifications"].as_array().unwrap();
-    assert_eq!(chain.len(), 2, "the webhook and its escalation: {study}");
-    assert_eq!((chain[0]["rule"].as_str(), chain[1]["rule"].as_str(), chain[1]["level"].as_i64()), (Some("oncall"), Some("backup"), Some(1)));
+    let mut rules: Vec<(&str, i64)> = chain.iter().map(|n| (n["rule"].as_str().unwrap(), n["level"].as_i64().unwrap())).collect();
+    rules.sort();
+    assert_eq!(rules, [("backup", 1), ("chat", 0), ("oncall", 0)], "the webhooks and the escalation: {study}");
     assert!(chain.iter().all(|n| n["delivered_at_ms"].is_i64() && n["acknowledged_by"] == "dr.grey"), "{study}");
     let worklist: Value = http.get(format!("{node_base}/api/worklist")).bearer_auth(READER_TOKEN).send().unwrap().json().unwrap();
     let rows = worklist["items"].as_array().unwrap();
