@@ -70,7 +70,7 @@ trap 'kill $NODE $HOOK 2>/dev/null || true' EXIT
 for _ in $(seq 300); do grep -q 'listening port=' "$DIR/node.log" && break; sleep 0.1; done
 PORT=$(sed -n 's/.*listening port=\([0-9]*\).*/\1/p' "$DIR/node.log" | head -1)
 
-posts() { wc -l < "$WORK/hooks.jsonl" 2>/dev/null || echo 0; }
+posts() { { wc -l < "$WORK/hooks.jsonl"; } 2>/dev/null || echo 0; }
 push() {  # how files...: one new study, wait for its notification
   local how=$1; shift
   local before; before=$(posts)
