@@ -310,7 +310,12 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Listening before the echo (a loaded machine starts it slowly).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", echo_port)).is_err() {
+        assert!(std::time::Instant::now() < deadline && scp.try_wait().unwrap().is_none(), "storescp did not listen on {echo_port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let admin = |m: reqwest::Method, path: &str, body: Option<Value>| api.send(m, path, ADMIN_TOKEN, body);
     let add =
         admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port })));
