@@ -14,6 +14,7 @@ pub mod feedback;
 pub mod model_import;
 pub mod notify;
 pub mod outbox;
+pub mod performance;
 pub mod reid;
 pub mod report;
 pub mod results;

@@ -428,6 +428,20 @@ impl Db {
 }
 
 impl Db {
+    /// Every standing (not retracted) row's study id, findings JSON and time from the last
+    /// instance to the result: what the performance figures count.
+    pub async fn worklist_findings_all(&self) -> Result<Vec<(i64, String, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT study_id, findings, result_at_ms - received_at_ms AS turnaround_ms FROM worklist WHERE retracted_at_ms IS NULL ORDER BY study_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select worklist findings"))?;
+        rows.iter().map(|r| Ok((get(r, "study_id")?, get(r, "findings")?, get(r, "turnaround_ms")?))).collect()
+    }
+}
+
+impl Db {
     /// Retract a study's AI results, in one transaction: the row marked retracted (it stays,
     /// leaving every listing), the rejection note's and the correction's outbox rows queued,
     /// the audit entry appended. Nothing is written unless the row exists, is not retracted

@@ -38,6 +38,7 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/api/studies/{id}/acknowledge", post(acknowledge))
         .route("/api/studies/{id}/feedback", axum::routing::put(give_feedback))
         .route("/api/feedback/export", get(export_feedback))
+        .route("/api/performance", get(performance))
         .route("/api/aes", get(list_aes).post(add_ae))
         .route("/api/aes/{title}", axum::routing::put(edit_ae).delete(remove_ae))
         .route("/api/aes/{title}/enable", post(enable_ae))
@@ -412,6 +413,11 @@ async fn export_feedback(State(state): State<Shared>, AdminUser(_): AdminUser, Q
         Some("json") => Ok(Json(rows).into_response()),
         Some(_) => Err(bad_request("format must be csv or json")),
     }
+}
+
+/// `GET /api/performance` (admin): per model version, what it said and what readers concluded.
+async fn performance(State(state): State<Shared>, AdminUser(_): AdminUser) -> Result<Json<Vec<admin::performance::ModelPerformance>>, ApiError> {
+    Ok(Json(admin::performance::figures(&state.db).await?))
 }
 
 /// `POST /api/studies/{id}/retract`.

@@ -278,6 +278,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/studies/{id}/acknowledge"),
     ("put", "/api/studies/{id}/feedback"),
     ("get", "/api/feedback/export"),
+    ("get", "/api/performance"),
     ("get", "/ack/{token}"),
     ("post", "/ack/{token}"),
     ("get", "/api/aes"),

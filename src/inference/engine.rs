@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::package::{LoadOptions, Manifest, OutputKind, Outputs, Package};
+use super::package::{Activation, LoadOptions, Manifest, OutputKind, Outputs, Package};
 use super::runtime::Output;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -100,6 +100,38 @@ pub fn detections(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<(V
         probabilities[b.label] = probabilities[b.label].max(b.score);
     }
     Ok((probabilities, found))
+}
+
+/// Image `i` of a batch of `n`: a segmenter's per-pixel class probabilities (the manifest's
+/// activation applied: sigmoid per value, softmax over the labels of each pixel),
+/// [labels][rows][cols] flattened, with rows and columns, and each label's probability: its
+/// mask's maximum.
+pub fn segmentation(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<(Vec<f32>, Vec<f32>, usize, usize), String> {
+    let mask = outs.get(o.mask.unwrap_or(usize::MAX)).ok_or("no mask output")?;
+    let labels = o.labels.len();
+    if mask.shape.len() != 4 || mask.shape[..2] != [n as i64, labels as i64] {
+        return Err(format!("mask of shape {:?} for a batch of {n} and {labels} labels", mask.shape));
+    }
+    let (rows, cols) = (mask.shape[2] as usize, mask.shape[3] as usize);
+    let plane = rows * cols;
+    let mut values = mask.values[i * labels * plane..(i + 1) * labels * plane].to_vec();
+    match o.activation {
+        Activation::None => {}
+        Activation::Sigmoid => Activation::Sigmoid.apply(&mut values),
+        Activation::Softmax => {
+            let mut pixel = vec![0.0f32; labels];
+            for p in 0..plane {
+                pixel.iter_mut().enumerate().for_each(|(c, v)| *v = values[c * plane + p]);
+                Activation::Softmax.apply(&mut pixel);
+                pixel.iter().enumerate().for_each(|(c, v)| values[c * plane + p] = *v);
+            }
+        }
+    }
+    if values.iter().any(|v| !(0.0..=1.0).contains(v)) {
+        return Err("mask probabilities outside 0..1 (apply the sigmoid or softmax inside the model, or declare outputs.activation)".into());
+    }
+    let probabilities = (0..labels).map(|c| values[c * plane..(c + 1) * plane].iter().copied().fold(0.0f32, f32::max)).collect();
+    Ok((probabilities, values, rows, cols))
 }
 
 struct Request {
@@ -341,6 +373,12 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
     metrics::histogram!("triage_inference_batch_size", "model" => m.name.clone()).record(n as f64);
     let split = outputs.and_then(|outs| {
         let labels = m.outputs.labels.len();
+        // A segmenter's mask is its findings' map.
+        if m.outputs.kind == OutputKind::Segmentation {
+            return (0..n)
+                .map(|i| segmentation(&m.outputs, &outs, n, i).map(|(p, mask, rows, cols)| (p, mask, rows, cols, Vec::new())))
+                .collect::<Result<Vec<_>, String>>();
+        }
         // A model without a class activation map: findings without a map (0 x 0).
         let none = Output { shape: vec![n as i64, labels as i64, 0, 0], values: Vec::new() };
         let cam = match m.outputs.cam {

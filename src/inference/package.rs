@@ -280,20 +280,24 @@ impl Activation {
     }
 }
 
-/// What a model's outputs are: per-label probabilities (a classifier) or boxes with scores (a
-/// detector).
+/// What a model's outputs are: per-label probabilities (a classifier), boxes with scores (a
+/// detector), or per-pixel class probabilities (a segmenter).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum OutputKind {
     #[default]
     Classification,
     Detection,
+    Segmentation,
 }
 
 impl TryFrom<String> for OutputKind {
     type Error = String;
     fn try_from(v: String) -> Result<Self, String> {
-        preprocess::one_of(&v, &[("classification", OutputKind::Classification), ("detection", OutputKind::Detection)])
+        preprocess::one_of(
+            &v,
+            &[("classification", OutputKind::Classification), ("detection", OutputKind::Detection), ("segmentation", OutputKind::Segmentation)],
+        )
     }
 }
 
@@ -302,7 +306,8 @@ impl TryFrom<String> for OutputKind {
 pub struct Outputs {
     /// "classification" (the default: `probabilities`, optionally `cam`) or "detection"
     /// (`boxes` and `scores`, optionally `box_labels`: a label's probability is its best box's
-    /// score; scores are probabilities, no activation).
+    /// score; scores are probabilities, no activation) or "segmentation" (`mask`: a label's
+    /// probability is its mask's maximum).
     #[serde(default)]
     pub kind: OutputKind,
     pub labels: Vec<String>,
@@ -327,6 +332,11 @@ pub struct Outputs {
     pub scores: Option<usize>,
     #[serde(default)]
     pub box_labels: Option<usize>,
+    /// A segmenter's output: per-pixel class probabilities [N, labels, h, w] at the model's
+    /// input size (or logits, with an activation: sigmoid per value, softmax over the labels of
+    /// each pixel). The node keeps it as the finding's map (like a class activation map).
+    #[serde(default)]
+    pub mask: Option<usize>,
     /// The model's output names, in order (an ONNX model's are checked against them;
     /// TorchScript outputs have no names).
     #[serde(default)]
@@ -372,6 +382,7 @@ impl Outputs {
             ("outputs.boxes", self.boxes),
             ("outputs.scores", self.scores),
             ("outputs.box_labels", self.box_labels),
+            ("outputs.mask", self.mask),
         ]
         .into_iter()
         .filter_map(|(f, i)| Some((f, i?)))
@@ -644,6 +655,9 @@ fn validate_kind(o: &Outputs) -> Result<(), String> {
             {
                 return Err(format!("{field} is a detector's output: declare outputs.kind = \"detection\""));
             }
+            if o.mask.is_some() {
+                return Err("outputs.mask is a segmenter's output: declare outputs.kind = \"segmentation\"".into());
+            }
         }
         OutputKind::Detection => {
             if o.boxes.is_none() || o.scores.is_none() {
@@ -657,6 +671,25 @@ fn validate_kind(o: &Outputs) -> Result<(), String> {
             }
             if o.box_labels.is_none() && o.findings().count() != 1 {
                 return Err(format!("outputs.box_labels: a detector of {} finding labels needs each box's label index", o.findings().count()));
+            }
+            if o.mask.is_some() {
+                return Err("outputs.mask is a segmenter's output: a detector has none".into());
+            }
+        }
+        OutputKind::Segmentation => {
+            if o.mask.is_none() {
+                return Err("outputs.kind = \"segmentation\" needs outputs.mask (the index of its [N, labels, h, w] probabilities)".into());
+            }
+            if o.probabilities.is_some() {
+                return Err("outputs.probabilities: a segmenter has none (a label's probability is its mask's maximum); remove it".into());
+            }
+            if o.cam.is_some() {
+                return Err("outputs.cam: a segmenter's mask is its map; remove it".into());
+            }
+            if let Some((field, _)) =
+                [("outputs.boxes", o.boxes), ("outputs.scores", o.scores), ("outputs.box_labels", o.box_labels)].iter().find(|(_, i)| i.is_some())
+            {
+                return Err(format!("{field} is a detector's output: a segmenter has none"));
             }
         }
     }
@@ -712,6 +745,11 @@ impl Package {
                 if out.shape != [1, k] {
                     return Err(warm(format!("{what} have shape {:?}, expected [1, {k}] (one per box)", out.shape)));
                 }
+            }
+        } else if manifest.outputs.kind == OutputKind::Segmentation {
+            let mask = get(manifest.outputs.mask.unwrap_or(0), "mask")?;
+            if mask.shape.len() != 4 || mask.shape[..2] != [1, labels] {
+                return Err(warm(format!("mask has shape {:?}, expected [1, {labels}, h, w]", mask.shape)));
             }
         } else {
             let probs = get(manifest.outputs.probabilities_index(), "probabilities")?;
@@ -782,6 +820,7 @@ fn check_signature(m: &Manifest, inputs: &[onnx::Port], outputs: &[onnx::Port]) 
         (o.boxes, "outputs.boxes", vec![-1, -1, 4]),
         (o.scores, "outputs.scores", vec![-1, -1]),
         (o.box_labels, "outputs.box_labels", vec![-1, -1]),
+        (o.mask, "outputs.mask", vec![-1, labels, -1, -1]),
     ];
     for (index, field, want) in shapes {
         if let Some(index) = index {
@@ -1017,9 +1056,40 @@ std = [58.395, 57.12, 57.375]"#,
         refused(detector("kind = \"detection\"\nboxes = 0\nscores = 0\nbox_labels = 2"), "outputs.boxes and outputs.scores must be different outputs");
         refused(detector("kind = \"detection\"\nboxes = 0\nscores = 1\nbox_labels = 2\nactivation = \"softmax\""), "outputs.activation");
         refused(detector("kind = \"detection\"\nboxes = 0\nscores = 1\nbox_labels = 2\nnames = [\"boxes\", \"scores\"]"), "outputs.box_labels = 2");
-        refused(detector("kind = \"boxes\"\nboxes = 0\nscores = 1"), "\"boxes\" is not \"classification\" or \"detection\" for key `outputs.kind`");
+        refused(
+            detector("kind = \"boxes\"\nboxes = 0\nscores = 1"),
+            "\"boxes\" is not \"classification\" or \"detection\" or \"segmentation\" for key `outputs.kind`",
+        );
         refused(detector(""), "outputs.probabilities: a classifier");
         refused(BASE.replace("OUTPUTS", "boxes = 1").replace("INPUT", ""), "outputs.boxes is a detector's output");
+    }
+
+    /// `outputs.kind = "segmentation"` takes a mask (per-pixel probabilities) in place of
+    /// probabilities; each refusal names the field.
+    #[test]
+    fn segmentation_outputs_are_validated_naming_the_field() {
+        let segmenter = |outputs: &str| BASE.replace("probabilities = 0\n", "").replace("OUTPUTS", outputs).replace("INPUT", "");
+        let load_text = |text: String| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("model.toml"), text).unwrap();
+            Manifest::load(&dir.path().join("model.toml")).map_err(|e| e.to_string())
+        };
+        let m = load_text(segmenter("kind = \"segmentation\"\nmask = 0\nnegative = \"normal\"\nactivation = \"softmax\"")).unwrap();
+        assert_eq!((m.outputs.kind, m.outputs.mask, m.outputs.probabilities), (OutputKind::Segmentation, Some(0), None));
+        let refused = |text: String, field: &str| {
+            let e = load_text(text.clone()).err().unwrap_or_else(|| panic!("accepted: {text}"));
+            assert!(e.contains("model.toml") && e.contains(field), "{field}: {e}");
+        };
+        refused(segmenter("kind = \"segmentation\""), "needs outputs.mask");
+        refused(segmenter("kind = \"segmentation\"\nmask = 0\nprobabilities = 1"), "outputs.probabilities: a segmenter has none");
+        refused(segmenter("kind = \"segmentation\"\nmask = 0\ncam = 1"), "outputs.cam: a segmenter's mask is its map");
+        refused(segmenter("kind = \"segmentation\"\nmask = 0\nboxes = 1"), "outputs.boxes is a detector's output: a segmenter has none");
+        refused(segmenter("kind = \"segmentation\"\nmask = 0\nnames = [\"mask\"]\nscores = 1"), "outputs.scores");
+        refused(
+            segmenter("kind = \"detection\"\nboxes = 0\nscores = 1\nbox_labels = 2\nmask = 3"),
+            "outputs.mask is a segmenter's output: a detector has none",
+        );
+        refused(BASE.replace("OUTPUTS", "mask = 1").replace("INPUT", ""), "outputs.mask is a segmenter's output: declare outputs.kind = \"segmentation\"");
     }
 
     #[test]

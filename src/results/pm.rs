@@ -53,22 +53,22 @@ impl Geometry {
 
 /// Pixel Spacing (in the patient; never Imager Pixel Spacing, which is at the detector), when
 /// valid: some radiographs say 0\0.
-fn pixel_spacing(header: &InMemDicomObject) -> Option<[f64; 2]> {
+pub(super) fn pixel_spacing(header: &InMemDicomObject) -> Option<[f64; 2]> {
     numbers::<2>(header, tags::PIXEL_SPACING).filter(|s| s.iter().all(|&v| v > 0.0))
 }
 
 /// What the map says of a frame's place: its geometry, or for a frame without one that is the
 /// identity's own image (a radiograph), that image's pixel spacing alone.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Placement {
-    position: Option<[f64; 3]>,
-    orientation: Option<[f64; 6]>,
-    spacing: Option<[f64; 2]>,
-    thickness: Option<f64>,
+pub(super) struct Placement {
+    pub(super) position: Option<[f64; 3]>,
+    pub(super) orientation: Option<[f64; 6]>,
+    pub(super) spacing: Option<[f64; 2]>,
+    pub(super) thickness: Option<f64>,
 }
 
 impl Placement {
-    fn of(f: &MapFrame, identity: &InMemDicomObject) -> Placement {
+    pub(super) fn of(f: &MapFrame, identity: &InMemDicomObject) -> Placement {
         match &f.geometry {
             Some(g) => Placement { position: Some(g.position), orientation: Some(g.orientation), spacing: Some(g.spacing), thickness: g.thickness },
             None if text(identity, tags::SOP_INSTANCE_UID).as_deref() == Some(f.source.sop_instance_uid.as_str()) => {
@@ -346,7 +346,7 @@ fn value_range(frames: &[MapFrame]) -> (f64, f64) {
 }
 
 /// One item for every frame, or one shared when every frame's `same`.
-fn shared_or_per_frame(
+pub(super) fn shared_or_per_frame(
     shared: &mut InMemDicomObject,
     per_frame: &mut [InMemDicomObject],
     places: &[Placement],
@@ -365,7 +365,7 @@ fn shared_or_per_frame(
 
 /// In-Stack Position Numbers (1-based): frames of one orientation are numbered along its
 /// normal, others in the order given.
-fn in_stack_positions(places: &[Placement]) -> Vec<u32> {
+pub(super) fn in_stack_positions(places: &[Placement]) -> Vec<u32> {
     let orientation = places[0].orientation;
     let along: Option<Vec<f64>> = orientation.and_then(|o| {
         let n = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
@@ -414,7 +414,7 @@ pub fn derivation_code() -> Code {
 }
 
 /// A source image reference with its purpose (CID 7222) and the same pixel grid.
-fn source_item(s: &ImageRef) -> InMemDicomObject {
+pub(super) fn source_item(s: &ImageRef) -> InMemDicomObject {
     let mut i = InMemDicomObject::new_empty();
     put(&mut i, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &s.sop_class_uid);
     put(&mut i, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &s.sop_instance_uid);
@@ -427,7 +427,7 @@ fn source_item(s: &ImageRef) -> InMemDicomObject {
 }
 
 /// Common Instance Reference items: each source series with its instances (each once).
-fn referenced_series(frames: &[MapFrame]) -> Vec<InMemDicomObject> {
+pub(super) fn referenced_series(frames: &[MapFrame]) -> Vec<InMemDicomObject> {
     let mut series: Vec<(&str, Vec<&ImageRef>)> = Vec::new();
     for f in frames {
         let s = &f.source;
@@ -582,13 +582,13 @@ pub fn srgb_icc() -> Vec<u8> {
     icc
 }
 
-fn put_strs<S: AsRef<str>>(o: &mut InMemDicomObject, tag: Tag, vr: VR, values: &[S]) {
+pub(super) fn put_strs<S: AsRef<str>>(o: &mut InMemDicomObject, tag: Tag, vr: VR, values: &[S]) {
     let values: Vec<String> = values.iter().map(|s| s.as_ref().to_string()).collect();
     o.put(DataElement::new(tag, vr, PrimitiveValue::Strs(values.into())));
 }
 
 /// A Content Label (CS): upper-case letters, digits and underscores, at most 16.
-fn content_label(label: &str) -> String {
+pub(super) fn content_label(label: &str) -> String {
     let s: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).take(16).collect();
     if s.trim_matches('_').is_empty() {
         "AI_MAP".into()
@@ -598,12 +598,12 @@ fn content_label(label: &str) -> String {
 }
 
 /// An LO value: printable ASCII, at most 64 characters.
-fn long_string(s: &str) -> String {
+pub(super) fn long_string(s: &str) -> String {
     ascii(s).chars().take(64).collect::<String>().trim_end().to_string()
 }
 
 /// A DS value (at most 16 characters): the closest of the plain and exponent forms that fit.
-fn ds(v: f64) -> String {
+pub(super) fn ds(v: f64) -> String {
     let plain = format!("{v}");
     if plain.len() <= 16 {
         return plain;

@@ -186,4 +186,10 @@ fn the_worklist_page_shows_urgent_first_and_nothing_without_a_token() {
     d.until("the admin's AE link", "return !document.getElementById('nav-aes').hidden");
     d.go(&format!("{url}#/aes"));
     d.until("the AE table", "return [...document.querySelectorAll('#ae-rows tbody tr')].some(r => r.dataset.ae === 'STORESCU')");
+    // The admin's performance page: the demo model's row, with the verdict given above.
+    d.go(&format!("{url}#/performance"));
+    d.until("the performance table", "return [...document.querySelectorAll('#perf-rows tbody tr')].some(r => r.dataset.model === 'demo-nodule')");
+    let row = d.js("return document.querySelector('#perf-rows tbody tr[data-model=\"demo-nodule\"]').innerText", json!([]));
+    assert!(row.as_str().unwrap().contains("n=1"), "{row}");
+    d.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("performance.png"));
 }

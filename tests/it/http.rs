@@ -293,6 +293,25 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     assert!(!csv.contains("PATIENTCOMMENT") && !csv.contains("dr.") && !csv.contains("DEMO"), "{csv}");
     let json: Value = api.json("/api/feedback/export?format=json&model=demo-nodule", ADMIN_TOKEN);
     assert_eq!(json.as_array().unwrap().len(), 2);
+    // The performance figures equal a hand count of the worklist and the verdicts: dr.grey's
+    // "not assessable" and dr.house's "disagree" on a positive finding (a false positive).
+    let mut hand = (0u64, 0u64, 0u64); // studies, positive, negative findings of demo-nodule
+    for item in all_pages(&api, "", 50) {
+        let theirs: Vec<&Value> = item["findings"].as_array().unwrap().iter().filter(|f| f["model"] == "demo-nodule").collect();
+        hand.0 += u64::from(!theirs.is_empty());
+        hand.1 += theirs.iter().filter(|f| f["positive"] == true).count() as u64;
+        hand.2 += theirs.iter().filter(|f| f["positive"] == false).count() as u64;
+    }
+    assert_eq!(api.get("/api/performance", Some(READER_TOKEN)).status(), StatusCode::FORBIDDEN);
+    let figures: Value = api.json("/api/performance", ADMIN_TOKEN);
+    let nodule = figures.as_array().unwrap().iter().find(|m| m["model"] == "demo-nodule").expect("demo-nodule's figures");
+    assert_eq!((nodule["studies"].as_u64(), nodule["positive"].as_u64(), nodule["negative"].as_u64()), (Some(hand.0), Some(hand.1), Some(hand.2)), "{nodule}");
+    assert_eq!(
+        (nodule["verdicts"].as_u64(), nodule["agree"].as_u64(), nodule["disagree"].as_u64(), nodule["not_assessable"].as_u64()),
+        (Some(2), Some(0), Some(1), Some(1))
+    );
+    assert_eq!((nodule["ppv"]["successes"].as_u64(), nodule["ppv"]["total"].as_u64()), (Some(0), Some(1)), "{nodule}");
+    assert!(nodule["npv"].is_null() && nodule["turnaround_median_ms"].as_i64().unwrap() > 0, "{nodule}");
     let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();
     assert_eq!(audit.lines().filter(|l| l.contains("feedback")).count(), 3, "{audit}");
     assert!(!audit.contains("PATIENTCOMMENT"), "the comment is never audited");

@@ -32,7 +32,7 @@ async function picture(url) {
 }
 
 function show(section) {
-  for (const id of ["login", "worklist", "study", "aes"]) $(id).hidden = id !== section;
+  for (const id of ["login", "worklist", "study", "aes", "performance"]) $(id).hidden = id !== section;
   $("nav").hidden = section === "login";
 }
 
@@ -56,6 +56,7 @@ async function signIn(token) {
   sessionStorage.setItem("triage-token", state.token);
   $("who").textContent = state.me.name + " (" + state.me.role + ")";
   $("nav-aes").hidden = state.me.role !== "admin";
+  $("nav-performance").hidden = state.me.role !== "admin";
   clearInterval(state.timer);
   state.timer = setInterval(() => { if (!$("worklist").hidden) loadWorklist(false); }, state.me.refresh_seconds * 1000);
   route();
@@ -75,7 +76,7 @@ function filterQuery() {
 }
 
 function deliveryText(item) {
-  if (!item.deliveries.length) return "nothing sent to the PACS or RIS";
+  if (!item.deliveries.length) return "nothing sent";
   return item.deliveries.map((d) => d.count + " " + d.kind.toUpperCase() + " " + d.state).join(", ");
 }
 
@@ -235,6 +236,27 @@ async function download(url, name) {
   setTimeout(() => URL.revokeObjectURL(u), 10000);
 }
 
+function estimate(e) {
+  return e ? pct(e.value) + " (" + pct(e.low) + "-" + pct(e.high) + ", n=" + e.total + ")" : "-";
+}
+
+async function loadPerformance() {
+  show("performance");
+  try {
+    const rows = await (await api("/api/performance")).json();
+    const body = $("perf-rows").tBodies[0];
+    body.replaceChildren();
+    for (const m of rows) {
+      body.append(el("tr", { "data-model": m.model }, el("td", {}, m.model), el("td", {}, m.model_version), el("td", {}, m.studies), el("td", {}, m.positive),
+        el("td", {}, m.urgent), el("td", {}, m.verdicts), el("td", {}, estimate(m.agreement)), el("td", {}, estimate(m.ppv)),
+        el("td", {}, estimate(m.sensitivity)), el("td", {}, estimate(m.npv)), el("td", {}, m.turnaround_median_ms == null ? "-" : fmtSeconds(m.turnaround_median_ms))));
+    }
+    $("perf-error").textContent = "";
+  } catch (e) {
+    if (e.message !== "unauthorized") $("perf-error").textContent = e.message;
+  }
+}
+
 async function loadAes() {
   show("aes");
   try {
@@ -282,6 +304,7 @@ function route() {
   const m = h.match(/^#\/study\/(\d+)$/);
   if (m) return loadStudy(Number(m[1]));
   if (h === "#/aes" && state.me.role === "admin") return loadAes();
+  if (h === "#/performance" && state.me.role === "admin") return loadPerformance();
   show("worklist");
   loadWorklist(false);
 }
