@@ -48,7 +48,69 @@ pub struct Settings {
     pub http: HttpSettings,
     pub hl7: Hl7Settings,
     pub notify: NotifySettings,
+    pub audit_export: AuditExportSettings,
     pub log: LogSettings,
+}
+
+/// The audit trail exported to the site's audit record repository (IHE ATNA): each entry, in
+/// order, as a DICOM Audit Message over syslog (RFC 5424 framing, RFC 5425 TLS transport).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditExportSettings {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// `tls` (RFC 5425) or `tcp` (plain, only to a loopback host: a relay on this machine).
+    pub transport: AuditTransport,
+    /// CA certificates (PEM) that sign the repository's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Our client certificate chain and key (PEM), for a repository that asks for one.
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    /// Connect, handshake and write bounded by this.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the trail is read for new entries when idle.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditTransport {
+    Tls,
+    Tcp,
+}
+
+impl AuditExportSettings {
+    fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.host.trim().is_empty() || self.port == 0 {
+            return Err("audit_export.host/port: name the audit record repository's syslog listener".into());
+        }
+        if self.timeout.is_zero() || self.poll_interval.is_zero() {
+            return Err("audit_export.timeout and poll_interval must be above zero".into());
+        }
+        match self.transport {
+            AuditTransport::Tls => {
+                if self.ca_file.is_none() {
+                    return Err("audit_export.ca_file: name the CA that signs the repository's certificate (transport = tls)".into());
+                }
+                if self.certificate.is_some() != self.private_key.is_some() {
+                    return Err("audit_export.certificate and private_key go together".into());
+                }
+            }
+            AuditTransport::Tcp => {
+                let loopback = matches!(self.host.as_str(), "localhost" | "127.0.0.1" | "::1");
+                if !loopback {
+                    return Err("audit_export.transport = tcp is only for a relay on this machine (localhost, 127.0.0.1, ::1): use tls".into());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Notifications of studies a rule matches (URGENT by default), through the outbox: a
@@ -994,6 +1056,7 @@ impl Settings {
             self.hl7.mapping().validate().map_err(|reason| ConfigError::Invalid { key: "hl7", reason })?;
         }
         self.notify.validate(&self.results.destinations).map_err(|reason| ConfigError::Invalid { key: "notify", reason })?;
+        self.audit_export.validate().map_err(|reason| ConfigError::Invalid { key: "audit_export", reason })?;
         if self.notify.enabled && self.delivery.lease < self.notify.timeout * 2 {
             return Err(invalid("notify.timeout", "delivery.lease must be at least twice notify.timeout"));
         }

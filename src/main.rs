@@ -93,6 +93,13 @@ enum Command {
         #[arg(long)]
         heatmaps: Option<PathBuf>,
     },
+    /// Back up a node on SQLite while it runs, into DEST (a new or empty folder): a consistent
+    /// snapshot of the database, the stored and queued files, and manifest.json (size and
+    /// SHA-256 of each) written last. Never the keys: keep them apart.
+    Backup { dest: PathBuf },
+    /// Restore a backup into this node's data directory (which must be empty): every file's
+    /// checksum is checked before anything is written.
+    Restore { src: PathBuf },
     /// Model packages: `model import` drafts a package from a MONAI bundle.
     Model {
         #[command(subcommand)]
@@ -235,6 +242,19 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Send { to, paths } => cli::dicom::send(&settings, to, paths).await,
         Command::Infer { paths, model, heatmaps } => cli::offline::infer(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
         Command::Model { action } => cli::model::run(action, &settings),
+        Command::Backup { dest } => {
+            let r = triage_node::admin::backup::backup(&settings, &dest).await?;
+            println!("backup written to {}: {} files, {} bytes (the database, the stored and queued files, manifest.json)", r.dir.display(), r.files, r.bytes);
+            println!(
+                "the keys are not in it: keep TRIAGE_PSEUDONYM_KEY, TRIAGE_REID_MAP_KEY (or their files) apart; without them the sealed map cannot be opened"
+            );
+            Ok(())
+        }
+        Command::Restore { src } => {
+            let r = triage_node::admin::backup::restore(&settings, &src)?;
+            println!("restored {} files ({} bytes) into {}; every checksum held", r.files, r.bytes, r.dir.display());
+            Ok(())
+        }
         Command::Evaluate { labels, dir, model, json } => cli::offline::evaluate(&settings, &labels, &dir, model.as_deref(), json).await,
         Command::Results { limit, action: None } => cli::report::results(&settings, limit).await,
         Command::Results { action: Some(action), .. } => cli::report::results_action(&settings, action).await,

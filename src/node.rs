@@ -294,6 +294,15 @@ fn spawn_workers(
     if settings.notify.rules().iter().any(|r| r.escalate_after.is_some()) {
         workers.spawn(crate::delivery::escalation::Escalator::new(db.clone(), publisher(ctx)));
     }
+    if settings.audit_export.enabled {
+        match crate::delivery::atna::AtnaExporter::new(db.clone(), &settings.audit_export, &ctx.core.node_id, ctx.core.ae_title.as_str()) {
+            Ok(exporter) => {
+                info!(host = %settings.audit_export.host, port = settings.audit_export.port, transport = ?settings.audit_export.transport, "audit export (ATNA syslog) started");
+                workers.spawn(exporter);
+            }
+            Err(error) => tracing::error!(%error, "the audit export cannot start: entries stay in the trail until it can"),
+        }
+    }
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: ctx.core.node_id.clone() });
 }
 

@@ -7,6 +7,7 @@
 
 pub mod ae;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod evaluate;
 pub mod export;

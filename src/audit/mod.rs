@@ -12,6 +12,8 @@
 //! wrote) fails verification: it is exactly what a forger without the key would write.
 //! Must not: put patient data in an entry (callers pass row ids, AE titles, counts).
 
+pub mod atna;
+
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -107,3 +107,59 @@ impl Db {
         Ok((entries, get(&head, "seq")?, get(&head, "hash")?))
     }
 }
+
+impl Db {
+    /// Up to `limit` entries after `after`, in sequence order. An entry's sequence number is
+    /// taken under the head row's lock and committed before the next one can be taken, so
+    /// what this reads never has a gap that a later commit fills.
+    pub async fn audit_after(&self, after: i64, limit: i64) -> Result<Vec<Entry>, DbError> {
+        let rows = sqlx::query("SELECT seq, at_ms, event, subject, details, prev_hash, hash, keyed FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read audit entries to export"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Entry {
+                    seq: get(r, "seq")?,
+                    at_ms: get(r, "at_ms")?,
+                    event: get(r, "event")?,
+                    subject: get(r, "subject")?,
+                    details: get(r, "details")?,
+                    prev_hash: get(r, "prev_hash")?,
+                    hash: get(r, "hash")?,
+                    keyed: get::<i64>(r, "keyed")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// The last entry the audit export delivered (0: none yet).
+    pub async fn audit_export_position(&self) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT seq FROM audit_export WHERE id = 1").fetch_one(&self.pool).await.map_err(q("read audit export position"))?;
+        get(&row, "seq")
+    }
+
+    /// Record that every entry up to `seq` was delivered. Never moves back.
+    pub async fn set_audit_export_position(&self, seq: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE audit_export SET seq = $1, updated_at_ms = $2 WHERE id = 1 AND seq < $1")
+            .bind(seq)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(q("advance audit export position"))?;
+        Ok(())
+    }
+
+    /// The (de-identified) Study Instance UID and SOP Class UID of a stored instance, by its
+    /// (de-identified) SOP Instance UID.
+    pub async fn instance_study(&self, sop_instance_uid: &str) -> Result<Option<(String, String)>, DbError> {
+        let row = sqlx::query("SELECT study_instance_uid, sop_class_uid FROM instances WHERE sop_instance_uid = $1")
+            .bind(sop_instance_uid)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read an instance's study"))?;
+        row.map(|r| Ok((get(&r, "study_instance_uid")?, get(&r, "sop_class_uid")?))).transpose()
+    }
+}

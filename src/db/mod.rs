@@ -158,6 +158,17 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// A consistent copy of a SQLite database, taken while the node runs (`VACUUM INTO`: one
+    /// read transaction, so every committed row and nothing half-written), written to `path`
+    /// (which must not exist). PostgreSQL has its own tools (`pg_dump`).
+    pub async fn sqlite_snapshot(&self, path: &std::path::Path) -> Result<(), DbError> {
+        if self.engine != Engine::Sqlite {
+            return Err(DbError::Invalid("a snapshot is taken of a SQLite database only; for PostgreSQL use pg_dump".into()));
+        }
+        sqlx::query("VACUUM INTO $1").bind(path.display().to_string()).execute(&self.pool).await.map_err(q("vacuum into"))?;
+        Ok(())
+    }
 }
 
 fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, DbError>

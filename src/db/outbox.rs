@@ -215,12 +215,12 @@ impl Db {
         Ok(rows.into_iter().collect())
     }
 
-    /// The result objects (SR, heatmap SC and Parametric Map, rejection notes; re-identified at sending) queued in rows after
+    /// The result objects (SR, heatmap SC and Parametric Map, segmentations, rejection notes; re-identified at sending) queued in rows after
     /// `after_id` by node `node` (None: by any node, their files being shared): (row id, path,
     /// created_at_ms), oldest first, up to `limit` rows. The query index reads them.
     pub async fn result_objects_after(&self, node: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<(i64, String, i64)>, DbError> {
         let rows = sqlx::query(
-            "SELECT id, path, created_at_ms FROM outbox WHERE ($1 = '' OR node = $1) AND id > $2 AND reidentify = 1 AND kind IN ($3, $4, $5, $6) ORDER BY id LIMIT $7",
+            "SELECT id, path, created_at_ms FROM outbox WHERE ($1 = '' OR node = $1) AND id > $2 AND reidentify = 1 AND kind IN ($3, $4, $5, $6, $7) ORDER BY id LIMIT $8",
         )
         .bind(node.unwrap_or(""))
         .bind(after_id)
@@ -228,6 +228,7 @@ impl Db {
         .bind(ObjectKind::Sc.as_str())
         .bind(ObjectKind::Pm.as_str())
         .bind(ObjectKind::Kos.as_str())
+        .bind(ObjectKind::Seg.as_str())
         .bind(limit)
         .fetch_all(&self.pool)
         .await

@@ -92,6 +92,8 @@ text_enum!(
         Sc = "sc",
         /// A Parametric Map heatmap (the model's activation as values, IHE AIR).
         Pm = "pm",
+        /// A DICOM Segmentation of a segmenter's positive labels (a segment each).
+        Seg = "seg",
         /// An IHE IOCM rejection note (Key Object Selection) withdrawing earlier result objects.
         Kos = "kos",
         /// An HL7 ORU^R01 for the RIS (`hl7::Report`, rendered at sending).

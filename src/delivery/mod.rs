@@ -4,6 +4,7 @@
 //! (`outbox`), which the results of later stages are queued to. Must not: know PDUs (net::client
 //! does) or transcode anything: files go out in the transfer syntax they are stored in.
 
+pub mod atna;
 pub mod commitment;
 pub mod escalation;
 pub mod outbox;

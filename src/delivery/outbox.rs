@@ -446,7 +446,7 @@ impl Sink for Webhook {
 /// KOS goes by DIMSE) or a new transport (STOW-RS, a notification) adds a row to.
 fn sink(kind: ObjectKind) -> &'static dyn Sink {
     match kind {
-        ObjectKind::Sr | ObjectKind::Sc | ObjectKind::Pm | ObjectKind::Kos | ObjectKind::File => &Dimse,
+        ObjectKind::Sr | ObjectKind::Sc | ObjectKind::Pm | ObjectKind::Seg | ObjectKind::Kos | ObjectKind::File => &Dimse,
         ObjectKind::Hl7 => &Mllp,
         ObjectKind::Notice => &Webhook,
         ObjectKind::Ups => &UpsPush,

@@ -25,6 +25,7 @@ pub mod regions;
 pub mod reidentify;
 pub mod reject;
 pub mod sc;
+pub mod seg;
 pub mod sr;
 pub mod ups;
 pub mod worklist;
@@ -40,7 +41,7 @@ use tracing::warn;
 use crate::config::{HeatmapObject, ResultsSettings};
 use crate::db::{Db, DbError, InstanceRef, NewOutboxItem, ObjectKind, Priority, ResultState, StudyResult};
 use crate::inference::heatmap;
-use crate::inference::package::Manifest;
+use crate::inference::package::{Manifest, OutputKind};
 use crate::inference::preprocess::Image;
 use dataset::{text, uid, Code};
 
@@ -67,7 +68,7 @@ pub enum ResultsError {
 #[derive(Debug, Clone)]
 pub struct Built {
     pub path: String,
-    /// `Sr`, `Sc`, `Pm` or `Kos`.
+    /// `Sr`, `Sc`, `Pm`, `Seg` or `Kos`.
     pub kind: ObjectKind,
     pub sop_instance_uid: String,
     pub series_instance_uid: String,
@@ -174,7 +175,7 @@ impl Publisher {
     /// old result withdrawn before the new one arrives), heatmaps before the report that
     /// references them.
     pub fn outbox_rows(&self, study_id: i64, built: &[Built]) -> Vec<NewOutboxItem> {
-        let rank = |k: ObjectKind| [ObjectKind::Kos, ObjectKind::Pm, ObjectKind::Sc, ObjectKind::Sr].iter().position(|x| *x == k).unwrap_or(4);
+        let rank = |k: ObjectKind| [ObjectKind::Kos, ObjectKind::Seg, ObjectKind::Pm, ObjectKind::Sc, ObjectKind::Sr].iter().position(|x| *x == k).unwrap_or(5);
         let mut ordered: Vec<&Built> = built.iter().collect();
         ordered.sort_by_key(|b| rank(b.kind));
         let mut rows = Vec::new();
@@ -231,6 +232,11 @@ impl Publisher {
         };
         let mut built = Vec::new();
         let mut findings = Vec::new();
+        // A segmenter's positive findings: a segment each, in one Segmentation of its own series.
+        let (seg_uid, seg_series) = (base("seg"), base("seg-series"));
+        let mut segments: Vec<seg::Segment> = Vec::new();
+        let mut seg_frame_of_reference = None;
+        let mut seg_identity = None;
         let mut evidence: Vec<sr::ImageRef> = Vec::new();
         if matches!(result.state, ResultState::Failed | ResultState::NotAnalysed) {
             evidence = keys.iter().map(|k| image_ref(k, None)).collect();
@@ -270,6 +276,38 @@ impl Publisher {
             // A detector's boxes, where the finding is positive; in the patient too where the
             // source frame has a Frame of Reference and its geometry.
             let boxes = if f.positive { box_regions(f, &geometry, frame_of_reference.as_deref().filter(|_| frames == 1), &tracking) } else { Vec::new() };
+            let segment = match (f.positive && manifest.outputs.kind == OutputKind::Segmentation, cam) {
+                (true, Some(mask)) => {
+                    let key_frame = pm::MapFrame { source: source.clone(), geometry: geometry.clone(), values: regions::on_grid(mask, rows, cols) };
+                    let frames = self.span_frames(f, slices, (rows, cols))?.unwrap_or_else(|| vec![key_frame]);
+                    let key_at =
+                        frames.iter().position(|m| m.source.sop_instance_uid == source.sop_instance_uid && m.source.frame == source.frame).unwrap_or(0);
+                    let extent = seg::Extent::of(&frames, key_at, &key_header);
+                    let before: usize = segments.iter().map(|s| s.frames.len()).sum();
+                    seg_frame_of_reference
+                        .get_or_insert_with(|| frame_of_reference.clone().unwrap_or_else(|| uid(root, &[&key.sop_instance_uid, "frame of reference"])));
+                    seg_identity.get_or_insert_with(|| key_header.clone());
+                    let report = sr::SegmentReport {
+                        seg: sr::ImageRef {
+                            sop_class_uid: seg::SOP_CLASS.into(),
+                            sop_instance_uid: seg_uid.clone(),
+                            series_instance_uid: seg_series.clone(),
+                            frame: Some((before + key_at + 1) as u32),
+                        },
+                        number: segments.len() as u16 + 1,
+                        area: match extent.area_mm2 {
+                            Some(a) => (a, Code::new("mm2", "UCUM", "square millimeter")),
+                            None => (extent.pixels as f64, Code::new("{pixels}", "UCUM", "pixels")),
+                        },
+                        volume_mm3: extent.volume_mm3,
+                        source_series: source.series_instance_uid.clone(),
+                        uid: tracking("segment"),
+                    };
+                    segments.push(seg::Segment { label: f.label.clone(), finding: code.clone(), frames });
+                    Some(report)
+                }
+                _ => None,
+            };
             let mut illustrations = Vec::new();
             if let (true, true, Some(cam)) = (f.positive, self.settings.heatmap.contains(&HeatmapObject::ParametricMap), cam) {
                 let pm_uid = base(&format!("pm {}", f.label));
@@ -357,6 +395,27 @@ impl Publisher {
                 tracking_uid: tracking("finding"),
                 location,
                 boxes,
+                segment,
+            });
+        }
+        if let (false, Some(identity)) = (segments.is_empty(), &seg_identity) {
+            let s = seg::Seg {
+                sop_instance_uid: seg_uid.clone(),
+                series_uid: seg_series.clone(),
+                series_number: self.settings.series_number + 3,
+                model: result.model.clone(),
+                version: result.model_version.clone(),
+                frame_of_reference_uid: seg_frame_of_reference.clone().unwrap_or_default(),
+                created_ms,
+                station: self.station.clone(),
+            };
+            let mut obj = seg::try_build(&s, &segments, identity, seg::Kind::Fractional).map_err(ResultsError::Encode)?;
+            dataset::put_algorithm(&mut obj, &algorithm, created_ms);
+            built.push(Built {
+                path: self.write(&obj, seg::SOP_CLASS, &seg_uid)?,
+                kind: ObjectKind::Seg,
+                sop_instance_uid: seg_uid.clone(),
+                series_instance_uid: seg_series.clone(),
             });
         }
         let sr_uid = base("sr");

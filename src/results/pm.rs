@@ -588,7 +588,7 @@ pub(super) fn put_strs<S: AsRef<str>>(o: &mut InMemDicomObject, tag: Tag, vr: VR
 }
 
 /// A Content Label (CS): upper-case letters, digits and underscores, at most 16.
-pub(super) fn content_label(label: &str) -> String {
+fn content_label(label: &str) -> String {
     let s: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).take(16).collect();
     if s.trim_matches('_').is_empty() {
         "AI_MAP".into()

@@ -23,7 +23,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::dataset::{ascii, put, put_seq, put_u16, start_object, text, uid, Code};
-use super::pm::{content_label, ds, in_stack_positions, long_string, put_strs, referenced_series, shared_or_per_frame, source_item, MapFrame, Placement};
+use super::pm::{ds, in_stack_positions, long_string, put_strs, referenced_series, shared_or_per_frame, source_item, MapFrame, Placement};
 
 /// Segmentation Storage.
 pub const SOP_CLASS: &str = "1.2.840.10008.5.1.4.1.1.66.4";
@@ -336,7 +336,12 @@ mod tests {
 
     fn frame(uid: &str, z: f64, values: Array2<f32>) -> MapFrame {
         MapFrame {
-            source: ImageRef { sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(), sop_instance_uid: uid.into(), series_instance_uid: "1.2.3".into(), frame: None },
+            source: ImageRef {
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                sop_instance_uid: uid.into(),
+                series_instance_uid: "1.2.3".into(),
+                frame: None,
+            },
             geometry: Some(Geometry { position: [0.0, 0.0, z], orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], spacing: [0.5, 0.5], thickness: Some(3.0) }),
             values,
         }
@@ -375,7 +380,11 @@ mod tests {
         a[[1, 1]] = 1.0;
         a[[2, 2]] = 0.5;
         let segments = vec![
-            Segment { label: "lesion".into(), finding: Code::new("27925004", "SCT", "Nodule"), frames: vec![frame("1", 0.0, a.clone()), frame("2", 2.0, a.clone())] },
+            Segment {
+                label: "lesion".into(),
+                finding: Code::new("27925004", "SCT", "Nodule"),
+                frames: vec![frame("1", 0.0, a.clone()), frame("2", 2.0, a.clone())],
+            },
             Segment { label: "cyst".into(), finding: Code::new("441457006", "SCT", "Cyst"), frames: vec![frame("1", 0.0, a)] },
         ];
         let s = Seg {
@@ -396,7 +405,11 @@ mod tests {
         assert_eq!((pixels[5], pixels[10], pixels[0]), (255, 128, 0));
         let per_frame = o.get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).unwrap().items().unwrap();
         let segment_of = |i: usize| {
-            per_frame[i].get(tags::SEGMENT_IDENTIFICATION_SEQUENCE).unwrap().items().unwrap()[0].get(tags::REFERENCED_SEGMENT_NUMBER).unwrap().to_int::<u16>().unwrap()
+            per_frame[i].get(tags::SEGMENT_IDENTIFICATION_SEQUENCE).unwrap().items().unwrap()[0]
+                .get(tags::REFERENCED_SEGMENT_NUMBER)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap()
         };
         assert_eq!([segment_of(0), segment_of(1), segment_of(2)], [1, 1, 2]);
         let binary = try_build(&s, &segments[1..], &InMemDicomObject::new_empty(), Kind::Binary).unwrap();

@@ -29,6 +29,14 @@
 //!    CONTAINS SCOORD (111030, DCM, "Image Region") > SELECTED FROM IMAGE   5-point POLYLINE), and
 //!    CONTAINS NUM (122157, DCM, "Probability") = the box's score          "box N in patient"
 //!    CONTAINS CODE <finding> = Present                                     (SCOORD3D POLYLINE)
+//!   CONTAINS CONTAINER (125007, DCM, "Measurement Group")                 TID 1411 (a volume) or
+//!    Tracking Identifier "<model> <label> segment", Tracking UID          1410 (one image), per
+//!    CONTAINS CODE Finding, HAS CONCEPT MOD Algorithm Name, Version        positive segmenter
+//!    CONTAINS IMAGE Referenced Segment (1411) | Referenced Segmentation    finding: the segment of
+//!      Frame (1410): the SEG, Referenced Segment Number                   the result's SEG
+//!    CONTAINS UIDREF Source series for segmentation (1411)
+//!    CONTAINS NUM (42798000, SCT, "Area") mm2 | {pixels}; NUM (118565006, SCT, "Volume") mm3
+//!    CONTAINS CODE <finding> = Present
 //!  CONTAINS CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
 //!   CONTAINS CODE (260870009, SCT, "Priority") = (99TRIAGE, URGENT | POSITIVE | NEGATIVE)
 //!   CONTAINS TEXT (121106, DCM, "Comment") = the model's intended use and limits
@@ -75,6 +83,26 @@ pub struct FindingReport {
     pub location: Option<Location>,
     /// A detector's boxes on the source frame (positive findings), best first.
     pub boxes: Vec<BoxRegion>,
+    /// A segmenter's positive finding: its segment of the Segmentation, with what it covers.
+    pub segment: Option<SegmentReport>,
+}
+
+/// A positive finding's segment in the result's Segmentation (TID 1410 on one image, TID 1411
+/// over a volume's slices).
+#[derive(Debug, Clone)]
+pub struct SegmentReport {
+    /// The Segmentation (class, instance, series); `frame`: the segment's frame on the key image
+    /// (TID 1410's Referenced Segmentation Frame).
+    pub seg: ImageRef,
+    pub number: u16,
+    /// Where the mask is at least 0.5 on the key image: (value, unit) in mm² (UCUM "mm2") with
+    /// Pixel Spacing, else in pixels ({pixels}).
+    pub area: (f64, Code),
+    /// Over a volume's slices, in mm³; None on one image (TID 1410).
+    pub volume_mm3: Option<f64>,
+    /// The source series (TID 1411's Source series for segmentation).
+    pub source_series: String,
+    pub uid: String,
 }
 
 /// One box a detector found, on its finding's source frame, with a Tracking UID of its own
@@ -220,6 +248,13 @@ enum Item {
         concept: Code,
         image: ImageRef,
     },
+    /// A segment of a Segmentation (and its frame, for TID 1410).
+    Segment {
+        rel: &'static str,
+        concept: Code,
+        image: ImageRef,
+        segment: u16,
+    },
     /// An image a coordinate is selected from (no concept name).
     SelectedFrom {
         image: ImageRef,
@@ -252,6 +287,7 @@ impl Item {
             | Item::UidRef { rel, concept, .. }
             | Item::Num { rel, concept, .. }
             | Item::Image { rel, concept, .. }
+            | Item::Segment { rel, concept, .. }
             | Item::Scoord { rel, concept, .. }
             | Item::Scoord3d { rel, concept, .. } => (*rel, Some(concept)),
             Item::SelectedFrom { .. } => ("SELECTED FROM", None),
@@ -292,6 +328,12 @@ impl Item {
             Item::Image { image, .. } | Item::SelectedFrom { image } => {
                 put(&mut o, tags::VALUE_TYPE, VR::CS, "IMAGE");
                 put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![image_reference(image)]);
+            }
+            Item::Segment { image, segment, .. } => {
+                put(&mut o, tags::VALUE_TYPE, VR::CS, "IMAGE");
+                let mut r = image_reference(image);
+                r.put(DataElement::new(tags::REFERENCED_SEGMENT_NUMBER, VR::US, PrimitiveValue::from(*segment)));
+                put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
             }
             Item::Scoord { graphic, points, image, .. } => {
                 put(&mut o, tags::VALUE_TYPE, VR::CS, "SCOORD");
@@ -405,6 +447,38 @@ fn box_groups(r: &Report, f: &FindingReport) -> Vec<Item> {
     groups
 }
 
+/// The measurement group of a segmenter's positive finding: TID 1411 (Volumetric ROI) over a
+/// volume's slices, with the segment, its source series and the volume (mm³) and area on the
+/// key slice; TID 1410 (Planar ROI) on one image, with the segment's frame and its area.
+fn segment_group(r: &Report, f: &FindingReport, s: &SegmentReport) -> Item {
+    let volumetric = s.volume_mm3.is_some();
+    let mut seg = s.seg.clone();
+    let shape = if volumetric {
+        seg.frame = None;
+        Item::Segment { rel: "CONTAINS", concept: Code::new("121191", "DCM", "Referenced Segment"), image: seg, segment: s.number }
+    } else {
+        Item::Segment { rel: "CONTAINS", concept: Code::new("121214", "DCM", "Referenced Segmentation Frame"), image: seg, segment: s.number }
+    };
+    let Item::Container { children, .. } = roi_group(r, f, "segment", &s.uid, shape, None) else { unreachable!("roi_group makes a container") };
+    let mut children = children;
+    let present = children.pop();
+    if volumetric {
+        children.push(Item::UidRef { rel: "CONTAINS", concept: Code::new("121232", "DCM", "Source series for segmentation"), uid: s.source_series.clone() });
+    }
+    children.push(Item::Num { rel: "CONTAINS", concept: Code::new("42798000", "SCT", "Area"), value: s.area.0, unit: s.area.1.clone() });
+    if let Some(v) = s.volume_mm3 {
+        children.push(Item::Num {
+            rel: "CONTAINS",
+            concept: Code::new("118565006", "SCT", "Volume"),
+            value: v,
+            unit: Code::new("mm3", "UCUM", "cubic millimeter"),
+        });
+    }
+    children.extend(present);
+    let template = if volumetric { "1411" } else { "1410" };
+    Item::Container { rel: "CONTAINS", concept: Code::new("125007", "DCM", "Measurement Group"), template: Some(template), children }
+}
+
 /// One TID 1410 Planar ROI measurement group of finding `f`: tracked as "<model> <label>
 /// <what>", its shape, and a score as a Probability (TID 1419) where it has one.
 fn roi_group(r: &Report, f: &FindingReport, what: &str, uid: &str, shape: Item, score: Option<f64>) -> Item {
@@ -451,7 +525,7 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
     let study_uid = super::dataset::text(identity, tags::STUDY_INSTANCE_UID).unwrap_or_default();
     let sources: Vec<&ImageRef> = r.evidence.iter().collect();
     put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, evidence(&study_uid, &sources));
-    let heatmaps: Vec<&ImageRef> = r.findings.iter().flat_map(|f| &f.illustrations).collect();
+    let heatmaps: Vec<&ImageRef> = r.findings.iter().flat_map(|f| f.illustrations.iter().chain(f.segment.iter().map(|s| &s.seg))).collect();
     if !heatmaps.is_empty() {
         put_seq(&mut o, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE, evidence(&study_uid, &heatmaps));
     }
@@ -489,7 +563,12 @@ pub fn build(r: &Report, identity: &InMemDicomObject) -> InMemDicomObject {
                     children: r
                         .findings
                         .iter()
-                        .flat_map(|f| std::iter::once(group(r, f)).chain(f.location.iter().flat_map(|at| location_groups(r, f, at))).chain(box_groups(r, f)))
+                        .flat_map(|f| {
+                            std::iter::once(group(r, f))
+                                .chain(f.location.iter().flat_map(|at| location_groups(r, f, at)))
+                                .chain(box_groups(r, f))
+                                .chain(f.segment.iter().map(|s| segment_group(r, f, s)))
+                        })
                         .collect(),
                 });
             }
@@ -609,6 +688,7 @@ mod tests {
                     )),
                 },
             ],
+            segment: None,
         };
         let report = Report {
             model: "m".into(),
@@ -651,5 +731,44 @@ mod tests {
         let (kind, data, _) = graphic(&found[3].1, "SCOORD3D");
         assert_eq!((kind.as_str(), data.len()), ("POLYLINE", 15));
         assert!(found[3].1.iter().any(|i| value_type(i) == "NUM"));
+
+        // A segmenter's finding: TID 1410 on one image (the segment's frame, the area), TID 1411
+        // over a volume (the segment, its source series, the volume), each naming the segment.
+        for (volume, template) in [(None, "1410"), (Some(120.0), "1411")] {
+            let mut report = report.clone();
+            let first = report.findings[0].clone();
+            let seg = ImageRef { sop_class_uid: super::super::seg::SOP_CLASS.into(), frame: Some(3), ..image("1.2.3.20") };
+            let segment = SegmentReport {
+                seg,
+                number: 2,
+                area: (42.5, Code::new("mm2", "UCUM", "square millimeter")),
+                volume_mm3: volume,
+                source_series: "1.2.3.21".into(),
+                uid: "1.2.3.22".into(),
+            };
+            report.findings = vec![FindingReport { boxes: vec![], segment: Some(segment), ..first }];
+            let sr = build(&report, &InMemDicomObject::new_empty());
+            let found = groups(&sr);
+            let (_, items) = found.iter().find(|(t, _)| t == "m nodule segment").expect("the segment's group");
+            let image = items.iter().find(|i| value_type(i) == "IMAGE").unwrap();
+            let r = &image.get(tags::REFERENCED_SOP_SEQUENCE).unwrap().items().unwrap()[0];
+            assert_eq!(r.get(tags::REFERENCED_SEGMENT_NUMBER).unwrap().to_int::<u16>().unwrap(), 2);
+            assert_eq!(r.get(tags::REFERENCED_FRAME_NUMBER).is_some(), volume.is_none(), "{template}");
+            let nums: Vec<String> = items
+                .iter()
+                .filter(|i| value_type(i) == "NUM")
+                .map(|i| {
+                    let mv = &i.get(tags::MEASURED_VALUE_SEQUENCE).unwrap().items().unwrap()[0];
+                    mv.get(tags::NUMERIC_VALUE).unwrap().to_str().unwrap().trim().to_string()
+                })
+                .collect();
+            assert_eq!(nums, if volume.is_some() { vec!["42.5", "120"] } else { vec!["42.5"] });
+            assert_eq!(
+                items.iter().any(|i| value_type(i) == "UIDREF" && i.get(tags::UID).unwrap().to_str().unwrap().trim_end_matches('\0') == "1.2.3.21"),
+                volume.is_some()
+            );
+            let evidence = sr.get(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE).expect("the SEG is pertinent evidence");
+            assert!(format!("{evidence:?}").contains("1.2.3.20"));
+        }
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod association_policy;
+mod backup;
 mod browser;
 mod cluster;
 mod config_and_logs;
@@ -27,6 +28,7 @@ mod refusals;
 mod results;
 mod retract;
 mod scanner_study;
+mod segmentation;
 mod send_scu;
 mod smtp;
 mod status;

@@ -1,0 +1,158 @@
+//! A segmenter end to end (`outputs.kind = "segmentation"`): a tiny TorchScript segmenter made
+//! by the venv's torch (tests/peers/make_tiny_segmenter.py) runs on a demo chest radiograph
+//! pushed by DCMTK storescu; its lesion mask comes back as a DICOM Segmentation (FRACTIONAL,
+//! PROBABILITY) on the source image's grid, delivered to a PACS (DCMTK storescp) with the SR,
+//! whose TID 1410 group references the SEG's segment with the lesion's area; dciodvfy finds no
+//! error and highdicom reads the SEG back to the node's mask.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const SEGMENTER: &str = r#"
+name = "tiny-segmenter"
+version = "0.1"
+intended_use = "Test fixture: the brightest place outlined."
+limits = "Not a medical device."
+[routing]
+modalities = ["CR", "DX"]
+[input]
+size = [128, 128]
+channels = 1
+[outputs]
+kind = "segmentation"
+labels = ["background", "lesion"]
+negative = "background"
+positive = [1.0, 0.5]
+urgent = [1.0, 0.9]
+mask = 0
+codes = ["SCT:49755003:Morphologically abnormal structure", "SCT:27925004:Nodule"]
+[aggregate]
+method = "max"
+"#;
+
+/// A models folder holding the tiny segmenter, or None (skipped) without the venv.
+fn segmenter(root: &Path) -> Option<String> {
+    let python = python()?;
+    let dir = root.join("tiny-segmenter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(python).arg(repo().join("tests/peers/make_tiny_segmenter.py")).arg(dir.join("model.pt")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("model.toml"), SEGMENTER).unwrap();
+    Some(format!("models_dir = \"{}\"", root.display()))
+}
+
+#[test]
+fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
+    if !peers_ready() || !have_tool("dciodvfy") {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let Some(models_dir) = segmenter(models.path()) else { return };
+    let Some(python) = python() else { return };
+    let file = dir.join("case000.dcm");
+    let received = tempfile::tempdir().unwrap();
+    let (mut pacs, pacs_port) = storescp(received.path());
+    let node = Node::start(NodeOptions {
+        inference: vec![models_dir],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        ..Default::default()
+    });
+    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let uid = deid_uid(&study_uid_of(&file));
+    let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(60), &node);
+    let r = &results[0][0];
+    assert_eq!((r.model.as_str(), r.state.as_str(), r.priority.map(|p| p.as_str())), ("tiny-segmenter", "triaged", Some("urgent")), "{r:?}");
+    // One finding (the background is the negative class): the lesion, its probability its
+    // mask's maximum, its map the mask at the model's input size.
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    let f = &r.findings[0];
+    assert!(f.label == "lesion" && f.positive && f.urgent && f.probability > 0.9, "{f:?}");
+    assert_eq!((f.cam_rows, f.cam_cols), (128, 128));
+    let cam = ndarray::ArrayView2::from_shape((128, 128), &f.cam[..]).unwrap();
+    let (rows, cols) = (f.source_rows as usize, f.source_cols as usize);
+    let mask = triage_node::results::regions::on_grid(cam, rows, cols);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.log().contains("AI report delivered") {
+        assert!(Instant::now() < deadline, "no report delivered: {}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = pacs.kill();
+    let _ = pacs.wait();
+    let files = walk(received.path());
+    let class_of = |p: &Path| meta_of(p).1.trim_end_matches('\0').to_string();
+    let seg = files.iter().find(|p| class_of(p) == "1.2.840.10008.5.1.4.1.1.66.4").unwrap_or_else(|| panic!("no SEG among {files:?}"));
+    let sr = files.iter().find(|p| class_of(p) == "1.2.840.10008.5.1.4.1.1.88.34").unwrap_or_else(|| panic!("no SR among {files:?}"));
+    for f in [seg, sr] {
+        let errors = dciodvfy_errors(f);
+        assert!(errors.is_empty(), "dciodvfy {}: {errors:?}", f.display());
+    }
+
+    // highdicom reads the SEG: one segment, "lesion", a nodule, AUTOMATIC by the model, on the
+    // source image; its mask is the node's within a step of 1/255.
+    let npy = received.path().join("mask.npy");
+    let out = Command::new(&python).arg(repo().join("tests/peers/check_seg.py")).arg(seg).arg(&npy).arg(sr).output().unwrap();
+    assert!(out.status.success(), "check_seg.py: {}", String::from_utf8_lossy(&out.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "highdicom: {}",
+        serde_json::json!({ "type": read["type"], "fractional_type": read["fractional_type"], "segments": read["segments"], "sr_groups": read["sr_groups"] })
+    );
+    assert_eq!((read["type"].as_str(), read["fractional_type"].as_str()), (Some("FRACTIONAL"), Some("PROBABILITY")), "{read}");
+    let key_sop = meta_of(&file).0.trim_end_matches('\0').to_string();
+    assert_eq!(read["sources"], serde_json::json!([key_sop]), "the SEG is derived from the source image (re-identified)");
+    let segments = read["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 1, "{read}");
+    let s = &segments[0];
+    assert_eq!((s["number"].as_u64(), s["label"].as_str(), s["algorithm_type"].as_str()), (Some(1), Some("lesion"), Some("AUTOMATIC")), "{s}");
+    assert_eq!(s["type"], serde_json::json!(["27925004", "SCT"]));
+    assert!(s["algorithm"].as_str().unwrap_or("").contains("tiny-segmenter"), "{s}");
+    let theirs = read_npy(&npy, rows, cols);
+    let worst = mask.iter().zip(&theirs).map(|(a, b)| (a.clamp(0.0, 1.0) - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 0.5 / 255.0 + 1e-4, "the SEG's mask differs from the node's by up to {worst}");
+    let inside = mask.iter().filter(|v| **v >= 0.5).count();
+    assert!(inside > 0 && inside < rows * cols / 10, "a blob, not the image: {inside} pixels");
+    let (r0, c0, r1, c1) = bounding_box(&mask);
+    let hd_box: Vec<usize> = s["box"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert!(hd_box.iter().zip([r0, c0, r1, c1]).all(|(a, b)| a.abs_diff(b) <= 1), "highdicom's box {hd_box:?}, the node's {:?}", (r0, c0, r1, c1));
+
+    // The SR: a TID 1410 group referencing the SEG's segment 1 (frame 1), with the lesion's
+    // area in pixels (the CR has no usable Pixel Spacing).
+    let seg_sop = meta_of(seg).0.trim_end_matches('\0').to_string();
+    let groups = read["sr_groups"].as_array().unwrap();
+    let g = groups.iter().find(|g| g["tracking"].as_str().unwrap_or("").ends_with("lesion segment")).unwrap_or_else(|| panic!("no segment group: {read}"));
+    assert_eq!(g["template"], "1410");
+    assert_eq!(g["image"], serde_json::json!(["Referenced Segmentation Frame", seg_sop, 1, 1]), "{g}");
+    let area = g["measurements"].as_array().unwrap().iter().find(|m| m[0] == "Area").unwrap_or_else(|| panic!("no area: {g}"));
+    assert_eq!(area[2], "{pixels}");
+    assert_eq!(area[1].as_f64().unwrap() as usize, inside, "{g}");
+}
+
+/// The bounding box (first row, first column, last row, last column) of `mask` >= 0.5.
+fn bounding_box(mask: &ndarray::Array2<f32>) -> (usize, usize, usize, usize) {
+    let mut b = (usize::MAX, usize::MAX, 0, 0);
+    for ((r, c), v) in mask.indexed_iter() {
+        if *v >= 0.5 {
+            b = (b.0.min(r), b.1.min(c), b.2.max(r), b.3.max(c));
+        }
+    }
+    b
+}
+
+/// A float32 `.npy` of `rows` x `cols` (NumPy's format 1.0, little-endian, C order).
+fn read_npy(path: &Path, rows: usize, cols: usize) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let text = String::from_utf8_lossy(&bytes[10..10 + header]);
+    assert!(text.contains("'<f4'") && text.contains("'fortran_order': False") && text.contains(&format!("({rows}, {cols})")), "{text}");
+    bytes[10 + header..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
