@@ -93,6 +93,10 @@ enum Command {
         #[arg(long)]
         heatmaps: Option<PathBuf>,
     },
+    /// Check a fresh install (or a node in trouble): keys present and private, the data
+    /// directory writable, the database reachable, the models loading, the ports free, each
+    /// PACS answering a C-ECHO, the RIS and the mail server reachable. Exits 1 if a check fails.
+    Doctor,
     /// Back up a node on SQLite while it runs, into DEST (a new or empty folder): a consistent
     /// snapshot of the database, the stored and queued files, and manifest.json (size and
     /// SHA-256 of each) written last. Never the keys: keep them apart.
@@ -242,6 +246,21 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Send { to, paths } => cli::dicom::send(&settings, to, paths).await,
         Command::Infer { paths, model, heatmaps } => cli::offline::infer(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
         Command::Model { action } => cli::model::run(action, &settings),
+        Command::Doctor => {
+            let checks = triage_node::admin::doctor::run(&settings).await?;
+            for c in &checks {
+                let v = match c.verdict {
+                    triage_node::admin::doctor::Verdict::Ok => "ok  ",
+                    triage_node::admin::doctor::Verdict::Warn => "warn",
+                    triage_node::admin::doctor::Verdict::Fail => "FAIL",
+                };
+                println!("{v}  {}: {}", c.name, c.detail);
+            }
+            if checks.iter().any(|c| c.verdict == triage_node::admin::doctor::Verdict::Fail) {
+                anyhow::bail!("doctor: {} check(s) failed", checks.iter().filter(|c| c.verdict == triage_node::admin::doctor::Verdict::Fail).count());
+            }
+            Ok(())
+        }
         Command::Backup { dest } => {
             let r = triage_node::admin::backup::backup(&settings, &dest).await?;
             println!("backup written to {}: {} files, {} bytes (the database, the stored and queued files, manifest.json)", r.dir.display(), r.files, r.bytes);

@@ -9,6 +9,7 @@ pub mod ae;
 pub mod audit;
 pub mod backup;
 pub mod bench;
+pub mod doctor;
 pub mod evaluate;
 pub mod export;
 pub mod feedback;

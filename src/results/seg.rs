@@ -9,8 +9,8 @@
 //! Segment Sequence: Segment Number, Label, Segmented Property Category (Morphologically
 //!   Abnormal Structure) and Type (the finding's code), AUTOMATIC, the model as algorithm
 //! Shared functional groups: Pixel Measures and Plane Orientation when every frame has the same
-//! Per frame: Frame Content (Dimension Index Values: segment, In-Stack Position), Plane
-//!   Position, Derivation Image (Source Image: the source frame, purpose 121322), Segment
+//! Per frame: Frame Content (Dimension Index Values: segment, In-Stack Position; a stack per
+//!   segment), Plane Position, Derivation Image (Source Image: the source frame, purpose 121322), Segment
 //!   Identification (Referenced Segment Number)
 //! ```
 //!
@@ -136,12 +136,16 @@ pub fn try_build(s: &Seg, segments: &[Segment], identity: &InMemDicomObject, kin
     put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &s.series_uid);
     put(&mut o, tags::SERIES_NUMBER, VR::IS, &s.series_number.to_string());
     put(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &series_description(&s.model, &s.version));
-    put_seq(&mut o, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE, vec![]);
-    // Frame of Reference: the indicator only when it is the source's own.
-    put(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &s.frame_of_reference_uid);
-    let own = text(identity, tags::FRAME_OF_REFERENCE_UID).as_deref() == Some(s.frame_of_reference_uid.as_str());
-    let indicator = if own { text(identity, tags::POSITION_REFERENCE_INDICATOR).unwrap_or_default() } else { String::new() };
-    put(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, &indicator);
+    // Frame of Reference (the indicator only when it is the source's own), with the planes'
+    // functional groups, where the frames have their geometry; a radiograph's segmentation has
+    // neither (PS3.3 A.51.3: its frames are placed by their Derivation Image alone).
+    let placed = places.iter().all(|p| p.position.is_some() && p.orientation.is_some());
+    if placed {
+        put(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &s.frame_of_reference_uid);
+        let own = text(identity, tags::FRAME_OF_REFERENCE_UID).as_deref() == Some(s.frame_of_reference_uid.as_str());
+        let indicator = if own { text(identity, tags::POSITION_REFERENCE_INDICATOR).unwrap_or_default() } else { String::new() };
+        put(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, &indicator);
+    }
     // General and Enhanced General Equipment.
     put(&mut o, tags::MANUFACTURER, VR::LO, "triage-node");
     put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, "triage-node");
@@ -228,8 +232,12 @@ pub fn try_build(s: &Seg, segments: &[Segment], identity: &InMemDicomObject, kin
         i
     };
     let same = |a: &Placement, b: &Placement| a.spacing == b.spacing && a.thickness == b.thickness;
-    shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PIXEL_MEASURES_SEQUENCE, same, measures);
-    shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PLANE_ORIENTATION_SEQUENCE, |a, b| a.orientation == b.orientation, orientation);
+    if placed || places.iter().all(|p| p.spacing.is_some()) {
+        shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PIXEL_MEASURES_SEQUENCE, same, measures);
+    }
+    if placed {
+        shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PLANE_ORIENTATION_SEQUENCE, |a, b| a.orientation == b.orientation, orientation);
+    }
     // In-Stack Positions within each segment's frames.
     let mut stack = vec![0u32; frames.len()];
     let mut at = 0;
@@ -241,12 +249,14 @@ pub fn try_build(s: &Seg, segments: &[Segment], identity: &InMemDicomObject, kin
     for (((item, (segment, f)), place), position) in per_frame.iter_mut().zip(&frames).zip(&places).zip(stack) {
         let mut content = InMemDicomObject::new_empty();
         content.put(DataElement::new(tags::DIMENSION_INDEX_VALUES, VR::UL, PrimitiveValue::U32([u32::from(*segment), position].into())));
+        put(&mut content, tags::STACK_ID, VR::SH, &segment.to_string());
+        content.put(DataElement::new(tags::IN_STACK_POSITION_NUMBER, VR::UL, PrimitiveValue::from(position)));
         put_seq(item, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
-        let mut plane = InMemDicomObject::new_empty();
-        if let Some(p) = place.position {
+        if let (true, Some(p)) = (placed, place.position) {
+            let mut plane = InMemDicomObject::new_empty();
             put_strs(&mut plane, tags::IMAGE_POSITION_PATIENT, VR::DS, &p.map(ds));
+            put_seq(item, tags::PLANE_POSITION_SEQUENCE, vec![plane]);
         }
-        put_seq(item, tags::PLANE_POSITION_SEQUENCE, vec![plane]);
         let mut derivation = InMemDicomObject::new_empty();
         put(&mut derivation, tags::DERIVATION_DESCRIPTION, VR::ST, &ascii(&format!("Segmentation by AI model {} {}", s.model, s.version)));
         put_seq(&mut derivation, tags::DERIVATION_CODE_SEQUENCE, vec![Code::new("113076", "DCM", "Segmentation").item()]);
@@ -297,8 +307,7 @@ pub fn try_build(s: &Seg, segments: &[Segment], identity: &InMemDicomObject, kin
     Ok(o)
 }
 
-/// Stack ID in Frame Content is not used: frames are indexed by segment and In-Stack Position
-/// alone; the Source Image Sequence of the image names each source once.
+/// The Source Image Sequence of the image: each source once.
 fn dedup_sources(frames: &[(u16, &MapFrame)]) -> Vec<InMemDicomObject> {
     let mut seen: Vec<(&str, Option<u32>)> = Vec::new();
     let mut items = Vec::new();

@@ -5,6 +5,7 @@
 mod common;
 
 mod association_policy;
+mod atna;
 mod backup;
 mod browser;
 mod cluster;
@@ -12,6 +13,7 @@ mod config_and_logs;
 mod db_engines;
 mod deid;
 mod detection;
+mod doctor;
 mod durability;
 mod hl7;
 mod hostile;

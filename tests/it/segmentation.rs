@@ -70,12 +70,12 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     let uid = deid_uid(&study_uid_of(&file));
     let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(60), &node);
     let r = &results[0][0];
-    assert_eq!((r.model.as_str(), r.state.as_str(), r.priority.map(|p| p.as_str())), ("tiny-segmenter", "triaged", Some("urgent")), "{r:?}");
+    assert_eq!((r.model.as_str(), r.state.as_str(), r.priority.map(|p| p.as_str())), ("tiny-segmenter", "triaged", Some("urgent")), "{:?}", r.error);
     // One finding (the background is the negative class): the lesion, its probability its
     // mask's maximum, its map the mask at the model's input size.
-    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.findings.len(), 1);
     let f = &r.findings[0];
-    assert!(f.label == "lesion" && f.positive && f.urgent && f.probability > 0.9, "{f:?}");
+    assert!(f.label == "lesion" && f.positive && f.urgent && f.probability > 0.9, "{} {}", f.label, f.probability);
     assert_eq!((f.cam_rows, f.cam_cols), (128, 128));
     let cam = ndarray::ArrayView2::from_shape((128, 128), &f.cam[..]).unwrap();
     let (rows, cols) = (f.source_rows as usize, f.source_cols as usize);
@@ -89,9 +89,11 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     let _ = pacs.kill();
     let _ = pacs.wait();
     let files = walk(received.path());
-    let class_of = |p: &Path| meta_of(p).1.trim_end_matches('\0').to_string();
-    let seg = files.iter().find(|p| class_of(p) == "1.2.840.10008.5.1.4.1.1.66.4").unwrap_or_else(|| panic!("no SEG among {files:?}"));
-    let sr = files.iter().find(|p| class_of(p) == "1.2.840.10008.5.1.4.1.1.88.34").unwrap_or_else(|| panic!("no SR among {files:?}"));
+    // storescp names a file by its SOP class's abbreviation: SG a Segmentation, SR3 a
+    // Comprehensive 3D SR.
+    let named = |prefix: &str| files.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).cloned();
+    let seg = &named("SG.").unwrap_or_else(|| panic!("no SEG among {files:?}"));
+    let sr = &named("SR3.").unwrap_or_else(|| panic!("no SR among {files:?}"));
     for f in [seg, sr] {
         let errors = dciodvfy_errors(f);
         assert!(errors.is_empty(), "dciodvfy {}: {errors:?}", f.display());

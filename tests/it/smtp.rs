@@ -66,7 +66,7 @@ fn openssl(args: &[&str], cwd: &Path) {
 }
 
 /// `ca.crt` and the server's `server.crt`/`server.key` (localhost, 127.0.0.1) signed by it.
-fn certificates(dir: &Path) {
+pub(crate) fn certificates(dir: &Path) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let with_key = |head: &[&'static str], tail: &[&'static str]| [head, &ec[..], tail].concat();
     openssl(&with_key(&["req", "-x509"], &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=smtp test CA"]), dir);

@@ -4,8 +4,8 @@ outputs.kind = "segmentation" with a per-pixel probability mask.
     make_tiny_segmenter.py OUT.pt
 
 Input [N, 1, H, W]; output mask [N, 2, H, W] of probabilities at the input size, labels
-("background", "lesion"): lesion = sigmoid(40 * (brightness - (the image's brightest 9 x 9
-neighbourhood - 0.05))), a blob around the brightest place (the demo radiograph's nodule);
+("background", "lesion"): lesion = sigmoid(200 * (brightness - (the image's brightest 9 x 9
+neighbourhood - 0.02))), a blob around the brightest place (the demo radiograph's nodule);
 background = 1 - lesion.
 """
 import sys
@@ -18,7 +18,7 @@ class Segmenter(torch.nn.Module):
         n = x.shape[0]
         smooth = torch.nn.functional.avg_pool2d(x[:, :1], 9, stride=1, padding=4, count_include_pad=False)
         peak = smooth.reshape(n, -1).max(dim=1).values.reshape(n, 1, 1, 1)
-        lesion = torch.sigmoid(40.0 * (smooth - (peak - 0.05)))
+        lesion = torch.sigmoid(200.0 * (smooth - (peak - 0.02)))
         return torch.cat([1.0 - lesion, lesion], dim=1)
 
 

@@ -1,0 +1,148 @@
+//! `triage-node doctor`: what a fresh install (or a node at 3 a.m.) needs, checked one by one
+//! with the fix said: the keys present and private, the data directory writable, the database
+//! reachable, the model packages loading, the ports free, each PACS answering a C-ECHO, the RIS
+//! and the mail server reachable. Reads and echoes only; never prints a key or a patient.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::AdminError;
+use crate::config::Settings;
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+fn check(name: impl Into<String>, verdict: Verdict, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), verdict, detail: detail.into() }
+}
+
+/// A key file readable or writable by anyone but its owner, or missing.
+fn key_file(name: &str, path: &std::path::Path) -> Check {
+    match std::fs::metadata(path) {
+        Err(e) => check(name, Verdict::Fail, format!("{}: {e}", path.display())),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => check(
+            name,
+            Verdict::Fail,
+            format!("{} is readable or writable by others (mode {:o}): chmod 600 it", path.display(), m.permissions().mode() & 0o777),
+        ),
+        Ok(_) => check(name, Verdict::Ok, format!("{} (private to its owner)", path.display())),
+    }
+}
+
+/// A TCP port we would listen on, free or not (port 0: chosen at start, nothing to check).
+fn port(name: &str, bind: &str, port: u16) -> Option<Check> {
+    (port != 0).then(|| match std::net::TcpListener::bind((bind, port)) {
+        Ok(_) => check(name, Verdict::Ok, format!("{bind}:{port} is free")),
+        Err(e) => check(name, Verdict::Warn, format!("{bind}:{port} cannot be bound ({e}): another process holds it (a running node?)")),
+    })
+}
+
+async fn reachable(name: &str, host: &str, port: u16, timeout: Duration) -> Check {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => check(name, Verdict::Ok, format!("{host}:{port} accepts connections")),
+        Ok(Err(e)) => check(name, Verdict::Fail, format!("{host}:{port}: {e}")),
+        Err(_) => check(name, Verdict::Fail, format!("{host}:{port}: no answer within {timeout:?}")),
+    }
+}
+
+/// Run every check.
+pub async fn run(settings: &Settings) -> Result<Vec<Check>, AdminError> {
+    let mut out = Vec::new();
+    // Keys.
+    let d = &settings.deid;
+    match d.deidentifier() {
+        Ok(_) if d.demo_keys => {
+            out.push(check("keys", Verdict::Warn, "DEMO keys: public, reversible; never with patient data (deid.demo_keys = false and real keys)"))
+        }
+        Ok(_) => out.push(check("keys", Verdict::Ok, "the pseudonym and map keys load (from the environment or their files)")),
+        Err(e) => out.push(check("keys", Verdict::Fail, e.to_string())),
+    }
+    for (name, file) in [("pseudonym key file", &d.pseudonym_key_file), ("map key file", &d.map_key_file)] {
+        if let Some(path) = file.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+            out.push(key_file(name, path));
+        }
+    }
+    // The data directory.
+    let data = &settings.storage.data_dir;
+    let probe = data.join(".doctor-probe");
+    match std::fs::create_dir_all(data).and_then(|_| std::fs::write(&probe, b"x")).and_then(|_| std::fs::remove_file(&probe)) {
+        Ok(()) => out.push(check("data directory", Verdict::Ok, format!("{} is writable", data.display()))),
+        Err(e) => out.push(check("data directory", Verdict::Fail, format!("{}: {e}", data.display()))),
+    }
+    // The database.
+    let db = match crate::db::Db::open(&settings.database_url(), 1).await {
+        Ok(db) => {
+            out.push(check("database", Verdict::Ok, format!("{:?} reachable, migrations applied", db.engine())));
+            Some(db)
+        }
+        Err(e) => {
+            out.push(check("database", Verdict::Fail, e.to_string()));
+            None
+        }
+    };
+    // Models.
+    match crate::inference::engine::Engine::from_settings(&settings.inference.engine()).await {
+        Ok((engine, device)) => {
+            let names: Vec<String> = engine.manifests().iter().map(|m| format!("{} {}{}", m.name, m.version, if m.draft { " (DRAFT)" } else { "" })).collect();
+            let verdict = if engine.manifests().iter().any(|m| m.draft) {
+                Verdict::Fail
+            } else if names.is_empty() {
+                Verdict::Warn
+            } else {
+                Verdict::Ok
+            };
+            let detail =
+                if names.is_empty() { "no model packages: nothing would be triaged".to_string() } else { format!("{} on {device:?}", names.join(", ")) };
+            out.push(check("models", verdict, detail));
+        }
+        Err(e) => out.push(check("models", Verdict::Fail, format!("{e:#}"))),
+    }
+    // Ports.
+    let bind = settings.dicom.bind.to_string();
+    out.extend(port("DICOM port", &bind, settings.dicom.port));
+    if settings.dicom.tls.enabled {
+        out.extend(port("DICOM TLS port", &bind, settings.dicom.tls.port));
+    }
+    if settings.http.enabled {
+        out.extend(port("HTTP port", &settings.http.bind, settings.http.port));
+    }
+    // Where results go.
+    if let Some(db) = &db {
+        let tls = crate::net::tls::Connector::from_settings(&settings.dicom.tls).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        for ae in &settings.results.destinations {
+            let name = format!("PACS {ae}");
+            match crate::delivery::resolve(db, ae.as_str(), &settings.dicom.ae_title, settings.delivery.timeout, &tls).await {
+                Ok(peer) => match crate::delivery::echo(&peer).await {
+                    Ok(r) if r.is_success() => out.push(check(name, Verdict::Ok, format!("C-ECHO to {}:{} succeeded", peer.host, peer.port))),
+                    Ok(r) => out.push(check(name, Verdict::Fail, format!("C-ECHO to {}:{} answered {:#06X}", peer.host, peer.port, r.status.0))),
+                    Err(e) => out.push(check(name, Verdict::Fail, format!("C-ECHO to {}:{} failed: {e}", peer.host, peer.port))),
+                },
+                Err(e) => out.push(check(name, Verdict::Fail, e.to_string())),
+            }
+        }
+        db.close().await;
+    }
+    if settings.hl7.enabled {
+        out.push(reachable("RIS (HL7 MLLP)", &settings.hl7.host, settings.hl7.port, settings.hl7.timeout).await);
+    }
+    let n = &settings.notify;
+    if n.enabled && !n.smtp.host.is_empty() {
+        out.push(reachable("mail server", &n.smtp.host, n.smtp.port, n.timeout).await);
+    }
+    Ok(out)
+}
