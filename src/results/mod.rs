@@ -1,7 +1,8 @@
 //! AI results returned to the PACS: for each triaged study result, a TID 1500 Structured Report
 //! (`sr`, with where each positive finding's evidence lies: `regions`) and, per positive finding,
 //! the heatmap as a Parametric Map (`pm`) and as a Secondary Capture picture (`sc`), as
-//! `[results] heatmap` says; a rejection note (`kos`, `reject`) when they replace or retract
+//! `[results] heatmap` says; for a segmenter's positive findings a DICOM Segmentation (`seg`, a
+//! segment each, referenced from the SR with its area and volume); a rejection note (`kos`, `reject`) when they replace or retract
 //! earlier ones. Built from the result rows and the stored (de-identified) key images, written to
 //! `outbox/results/` and queued for every configured destination in the same transaction that
 //! saves the result.
@@ -402,7 +403,8 @@ impl Publisher {
             let s = seg::Seg {
                 sop_instance_uid: seg_uid.clone(),
                 series_uid: seg_series.clone(),
-                series_number: self.settings.series_number + 3,
+                // After the rejection notes' (plus three).
+                series_number: self.settings.series_number + 4,
                 model: result.model.clone(),
                 version: result.model_version.clone(),
                 frame_of_reference_uid: seg_frame_of_reference.clone().unwrap_or_default(),

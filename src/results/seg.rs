@@ -155,6 +155,13 @@ pub fn try_build(s: &Seg, segments: &[Segment], identity: &InMemDicomObject, kin
 
     // General Image, Segmentation Image (with the Content Identification Macro).
     put(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
+    if !placed {
+        // Patient Orientation (Type 2C without a plane orientation): the source's, else empty.
+        match identity.get(tags::PATIENT_ORIENTATION) {
+            Some(e) => o.put(e.clone()),
+            None => o.put(DataElement::new(tags::PATIENT_ORIENTATION, VR::CS, PrimitiveValue::Empty)),
+        };
+    }
     put_strs(&mut o, tags::IMAGE_TYPE, VR::CS, &["DERIVED", "PRIMARY"]);
     put(&mut o, tags::CONTENT_LABEL, VR::CS, "AI_SEGMENTATION");
     put(&mut o, tags::CONTENT_DESCRIPTION, VR::LO, &long_string(&format!("AI segmentation ({} {})", s.model, s.version)));

@@ -248,7 +248,8 @@ enum Item {
         concept: Code,
         image: ImageRef,
     },
-    /// A segment of a Segmentation (and its frame, for TID 1410).
+    /// A segment of a Segmentation by its number, or (TID 1410) its frame on the image, which
+    /// names the segment.
     Segment {
         rel: &'static str,
         concept: Code,
@@ -332,7 +333,10 @@ impl Item {
             Item::Segment { image, segment, .. } => {
                 put(&mut o, tags::VALUE_TYPE, VR::CS, "IMAGE");
                 let mut r = image_reference(image);
-                r.put(DataElement::new(tags::REFERENCED_SEGMENT_NUMBER, VR::US, PrimitiveValue::from(*segment)));
+                // A frame names its segment (PS3.3 Image SOP Instance Reference Macro: never both).
+                if image.frame.is_none() {
+                    r.put(DataElement::new(tags::REFERENCED_SEGMENT_NUMBER, VR::US, PrimitiveValue::from(*segment)));
+                }
                 put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
             }
             Item::Scoord { graphic, points, image, .. } => {
@@ -752,8 +756,9 @@ mod tests {
             let (_, items) = found.iter().find(|(t, _)| t == "m nodule segment").expect("the segment's group");
             let image = items.iter().find(|i| value_type(i) == "IMAGE").unwrap();
             let r = &image.get(tags::REFERENCED_SOP_SEQUENCE).unwrap().items().unwrap()[0];
-            assert_eq!(r.get(tags::REFERENCED_SEGMENT_NUMBER).unwrap().to_int::<u16>().unwrap(), 2);
-            assert_eq!(r.get(tags::REFERENCED_FRAME_NUMBER).is_some(), volume.is_none(), "{template}");
+            let number = r.get(tags::REFERENCED_SEGMENT_NUMBER).map(|e| e.to_int::<u16>().unwrap());
+            let frame = r.get(tags::REFERENCED_FRAME_NUMBER).map(|e| e.to_int::<u32>().unwrap());
+            assert_eq!((number, frame), if volume.is_some() { (Some(2), None) } else { (None, Some(3)) }, "{template}");
             let nums: Vec<String> = items
                 .iter()
                 .filter(|i| value_type(i) == "NUM")

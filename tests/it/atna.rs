@@ -61,7 +61,7 @@ impl Rsyslog {
   DefaultNetstreamDriverCertFile="{d}/server.crt" DefaultNetstreamDriverKeyFile="{d}/server.key")
 module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
 input(type="imtcp" port="{port}" address="127.0.0.1")
-template(name="raw" type="string" string="%app-name% %msgid% %pri% %structured-data% %rawmsg%\n")
+template(name="raw" type="string" string="%app-name% %msgid% %pri% %rawmsg%\n")
 action(type="omfile" file="{d}/received.log" template="raw" flushOnTXEnd="on" asyncWriting="off")
 "#
         );
@@ -96,16 +96,16 @@ action(type="omfile" file="{d}/received.log" template="raw" flushOnTXEnd="on" as
         }
     }
 
-    /// What was received: (app-name, msgid, pri, structured data, raw message), in order.
+    /// What was received (rsyslog's parse: app-name, msgid, pri; and the raw message), in order.
     fn received(&self) -> Vec<Received> {
         std::fs::read_to_string(self.dir.join("received.log"))
             .unwrap_or_default()
             .lines()
             .map(|l| {
-                let f: Vec<&str> = l.splitn(5, ' ').collect();
-                let raw = f[4].to_string();
+                let f: Vec<&str> = l.splitn(4, ' ').collect();
+                let raw = f[3].to_string();
                 let xml = raw.find("<AuditMessage").map(|i| raw[i..].to_string()).unwrap_or_default();
-                let seq = f[3].strip_prefix("[meta sequenceId=\"").and_then(|s| s.strip_suffix("\"]")).and_then(|s| s.parse().ok()).unwrap_or(-1);
+                let seq = raw.split_once("[meta sequenceId=\"").and_then(|(_, s)| s.split_once('"')).and_then(|(n, _)| n.parse().ok()).unwrap_or(-1);
                 Received { app: f[0].into(), msgid: f[1].into(), pri: f[2].into(), seq, raw, xml }
             })
             .collect()

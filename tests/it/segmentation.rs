@@ -3,7 +3,8 @@
 //! pushed by DCMTK storescu; its lesion mask comes back as a DICOM Segmentation (FRACTIONAL,
 //! PROBABILITY) on the source image's grid, delivered to a PACS (DCMTK storescp) with the SR,
 //! whose TID 1410 group references the SEG's segment with the lesion's area; dciodvfy finds no
-//! error and highdicom reads the SEG back to the node's mask.
+//! error and highdicom reads the SEG back to the node's mask. On a CT series, the finding's
+//! slices make a volume: a TID 1411 group with the volume in mm³.
 
 use std::path::Path;
 use std::process::Command;
@@ -127,13 +128,14 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     let hd_box: Vec<usize> = s["box"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     assert!(hd_box.iter().zip([r0, c0, r1, c1]).all(|(a, b)| a.abs_diff(b) <= 1), "highdicom's box {hd_box:?}, the node's {:?}", (r0, c0, r1, c1));
 
-    // The SR: a TID 1410 group referencing the SEG's segment 1 (frame 1), with the lesion's
+    // The SR: a TID 1410 group referencing the SEG's frame 1 (segment 1's on the image), with the lesion's
     // area in pixels (the CR has no usable Pixel Spacing).
     let seg_sop = meta_of(seg).0.trim_end_matches('\0').to_string();
     let groups = read["sr_groups"].as_array().unwrap();
     let g = groups.iter().find(|g| g["tracking"].as_str().unwrap_or("").ends_with("lesion segment")).unwrap_or_else(|| panic!("no segment group: {read}"));
     assert_eq!(g["template"], "1410");
-    assert_eq!(g["image"], serde_json::json!(["Referenced Segmentation Frame", seg_sop, 1, 1]), "{g}");
+    // The frame names the segment (never both: PS3.3 Image SOP Instance Reference Macro).
+    assert_eq!(g["image"], serde_json::json!(["Referenced Segmentation Frame", seg_sop, 0, 1]), "{g}");
     let area = g["measurements"].as_array().unwrap().iter().find(|m| m[0] == "Area").unwrap_or_else(|| panic!("no area: {g}"));
     assert_eq!(area[2], "{pixels}");
     assert_eq!(area[1].as_f64().unwrap() as usize, inside, "{g}");
@@ -157,4 +159,78 @@ fn read_npy(path: &Path, rows: usize, cols: usize) -> Vec<f32> {
     let text = String::from_utf8_lossy(&bytes[10..10 + header]);
     assert!(text.contains("'<f4'") && text.contains("'fortran_order': False") && text.contains(&format!("({rows}, {cols})")), "{text}");
     bytes[10 + header..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// A volume: the tiny segmenter on a generated head CT series (scripts/train-ct-demo-model.py,
+/// real slice, synthetic lesion), aggregated over 2 adjacent slices: the Segmentation has a
+/// frame per slice of the run in the series' Frame of Reference with its geometry, and the SR a
+/// TID 1411 group referencing the segment by number, with the source series, the area and the
+/// volume in mm³; dciodvfy finds no error in either and highdicom reads the SEG.
+#[test]
+fn a_segmenters_volume_finding_is_a_tid_1411_group_with_its_volume() {
+    if !peers_ready() || !have_tool("dciodvfy") {
+        return;
+    }
+    let Some(python) = python() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let Some(models_dir) = segmenter(models.path()) else { return };
+    let manifest = SEGMENTER.replace("modalities = [\"CR\", \"DX\"]", "modalities = [\"CT\"]").replace("method = \"max\"", "method = \"adjacent\"\nk = 2");
+    std::fs::write(models.path().join("tiny-segmenter/model.toml"), manifest).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let series = work.path().join("series");
+    let out =
+        Command::new(&python).arg(repo().join("scripts/train-ct-demo-model.py")).args(["series", series.to_str().unwrap(), "8", "lesion"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut files = walk(&series);
+    files.sort();
+    let received = tempfile::tempdir().unwrap();
+    let (mut pacs, pacs_port) = storescp(received.path());
+    let node = Node::start(NodeOptions {
+        inference: vec![models_dir],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        ..Default::default()
+    });
+    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.storescu(&files).status.success(), "{}", node.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let uid = deid_uid(&study_uid_of(&files[0]));
+    let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(90), &node);
+    let r = &results[0][0];
+    assert_eq!((r.model.as_str(), r.state.as_str()), ("tiny-segmenter", "triaged"), "{:?}", r.error);
+    let f = &r.findings[0];
+    assert!(f.positive && f.span.len() == 2, "{} {} span {}", f.label, f.probability, f.span.len());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.log().contains("AI report delivered") {
+        assert!(Instant::now() < deadline, "no report delivered: {}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = pacs.kill();
+    let _ = pacs.wait();
+    let delivered = walk(received.path());
+    let named = |prefix: &str| delivered.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).cloned();
+    let seg = &named("SG.").unwrap_or_else(|| panic!("no SEG among {delivered:?}"));
+    let sr = &named("SR3.").unwrap_or_else(|| panic!("no SR among {delivered:?}"));
+    for f in [seg, sr] {
+        let errors = dciodvfy_errors(f);
+        assert!(errors.is_empty(), "dciodvfy {}: {errors:?}", f.display());
+    }
+    let npy = received.path().join("mask.npy");
+    let out = Command::new(&python).arg(repo().join("tests/peers/check_seg.py")).arg(seg).arg(&npy).arg(sr).output().unwrap();
+    assert!(out.status.success(), "check_seg.py: {}", String::from_utf8_lossy(&out.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("highdicom: {}", serde_json::json!({ "sources": read["sources"], "segments": read["segments"], "sr_groups": read["sr_groups"] }));
+    assert_eq!(read["sources"].as_array().unwrap().len(), 2, "a frame per slice of the run: {read}");
+    let seg_sop = meta_of(seg).0.trim_end_matches('\0').to_string();
+    let groups = read["sr_groups"].as_array().unwrap();
+    let g = groups.iter().find(|g| g["tracking"].as_str().unwrap_or("").ends_with("lesion segment")).unwrap_or_else(|| panic!("no segment group: {read}"));
+    assert_eq!(g["template"], "1411", "{g}");
+    assert_eq!(g["image"], serde_json::json!(["Referenced Segment", seg_sop, 1, 0]), "{g}");
+    let measured = |name: &str| g["measurements"].as_array().unwrap().iter().find(|m| m[0] == name).cloned().unwrap_or_else(|| panic!("no {name}: {g}"));
+    let (area, volume) = (measured("Area"), measured("Volume"));
+    assert_eq!((area[2].as_str(), volume[2].as_str()), (Some("mm2"), Some("mm3")), "{g}");
+    assert!(volume[1].as_f64().unwrap() > 0.0 && area[1].as_f64().unwrap() > 0.0, "{g}");
 }

@@ -40,7 +40,7 @@ for number in seg.segment_numbers:
         "label": d.segment_label,
         "type": [d.segmented_property_type.value, d.segmented_property_type.scheme_designator],
         "algorithm_type": d.algorithm_type.value,
-        "algorithm": d.algorithm_identification[0].AlgorithmName if d.algorithm_identification else None,
+        "algorithm": d.get("SegmentAlgorithmName"),
         "box": box,
         "sum": float(pixels.sum()),
         "inside": int(len(inside)),
