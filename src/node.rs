@@ -50,6 +50,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (ctx, deid) = open_stores(settings).await?;
     let engine = start_engine(&ctx).await?;
     reconcile(&ctx).await?;
+    // The audit export, when asked for, starts or the node does not: a site that configured an
+    // audit repository must not run without one unnoticed.
+    let atna = match ctx.settings.audit_export.enabled {
+        true => Some(
+            crate::delivery::atna::AtnaExporter::new(ctx.core.db.clone(), &ctx.settings.audit_export, &ctx.core.node_id, ctx.core.ae_title.as_str())
+                .context("starting the audit export ([audit_export]: its host, CA and certificate files)")?,
+        ),
+        false => None,
+    };
     let workers = Workers::new();
     let parts = build(&ctx, deid, engine, &workers).await?;
     let http = match parts.http {
@@ -76,7 +85,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .filter_map(|(name, addr)| addr.map(|a| format!("{name}={}", a.port())))
         .collect();
     info!(ae_title = %ctx.core.ae_title, node = %ctx.core.node_id, bind = %ctx.settings.dicom.bind, "listening {}", ports.join(" "));
-    spawn_workers(&ctx, &workers, parts.triage, parts.arrivals, parts.study_wake);
+    spawn_workers(&ctx, &workers, parts.triage, parts.arrivals, parts.study_wake, atna);
 
     let associations = TaskTracker::new();
     listener.run(shutdown.clone(), associations.clone()).await;
@@ -268,6 +277,7 @@ fn spawn_workers(
     triage: Arc<crate::triage::Triage>,
     arrivals: tokio::sync::mpsc::Receiver<i64>,
     study_wake: Arc<tokio::sync::Notify>,
+    atna: Option<crate::delivery::atna::AtnaExporter>,
 ) {
     let (settings, db) = (&ctx.settings, &ctx.core.db);
     workers.spawn(
@@ -294,14 +304,9 @@ fn spawn_workers(
     if settings.notify.rules().iter().any(|r| r.escalate_after.is_some()) {
         workers.spawn(crate::delivery::escalation::Escalator::new(db.clone(), publisher(ctx)));
     }
-    if settings.audit_export.enabled {
-        match crate::delivery::atna::AtnaExporter::new(db.clone(), &settings.audit_export, &ctx.core.node_id, ctx.core.ae_title.as_str()) {
-            Ok(exporter) => {
-                info!(host = %settings.audit_export.host, port = settings.audit_export.port, transport = ?settings.audit_export.transport, "audit export (ATNA syslog) started");
-                workers.spawn(exporter);
-            }
-            Err(error) => tracing::error!(%error, "the audit export cannot start: entries stay in the trail until it can"),
-        }
+    if let Some(exporter) = atna {
+        info!(host = %settings.audit_export.host, port = settings.audit_export.port, transport = ?settings.audit_export.transport, "audit export (ATNA syslog) started");
+        workers.spawn(exporter);
     }
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: ctx.core.node_id.clone() });
 }

@@ -298,3 +298,26 @@ fn the_audit_trail_reaches_rsyslog_over_tls_in_order_and_survives_its_restart() 
     let study = deid_uid(&study_uid_of(&file));
     assert!(all.contains(&study), "the de-identified study is named");
 }
+
+/// An audit export the site asked for that cannot start (its CA file unreadable) stops the node
+/// at start, saying which section: a node never runs without its audit repository unnoticed.
+#[test]
+fn an_audit_export_that_cannot_start_stops_the_node() {
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triage-node"))
+        .envs(test_keys())
+        .env("TRIAGE__STORAGE__DATA_DIR", root.path().join("data"))
+        .env("TRIAGE__DICOM__PORT", "0")
+        .env("TRIAGE__HTTP__PORT", "0")
+        .env("TRIAGE__INFERENCE__MODELS_DIR", root.path().join("no-models"))
+        .env("TRIAGE__AUDIT_EXPORT__ENABLED", "true")
+        .env("TRIAGE__AUDIT_EXPORT__HOST", "127.0.0.1")
+        .env("TRIAGE__AUDIT_EXPORT__CA_FILE", root.path().join("missing-ca.pem"))
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("audit_export"), "{err}");
+    assert!(!err.contains("listening port="), "{err}");
+}
