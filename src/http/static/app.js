@@ -89,13 +89,20 @@ function notifiedText(item) {
   return parts.join("; ");
 }
 
+// A detector's finding: how many boxes it kept and the largest.
+function boxesText(f) {
+  if (!f.boxes) return "";
+  const largest = f.largest_box ? ", largest " + f.largest_box.area + (f.largest_box.unit === "mm2" ? " mm²" : " px") : "";
+  return " [" + f.boxes + (f.boxes === 1 ? " box" : " boxes") + largest + "]";
+}
+
 function row(item) {
   const p = item.priority;
   const tr = el("tr", { class: "row " + p.toLowerCase() + (item.reading.state === "read" ? " read" : ""), "data-study": item.study_id, "data-priority": p });
   tr.addEventListener("click", () => { location.hash = "#/study/" + item.study_id; });
   const positives = item.findings.filter((f) => f.positive);
   const findings = item.reasons.length ? "not analysed: " + item.reasons.join("; ") :
-    (positives.length ? positives.map((f) => f.label + " " + pct(f.probability) + " (" + f.tier.replace("_", " ") + ")").join(", ") : "no finding");
+    (positives.length ? positives.map((f) => f.label + " " + pct(f.probability) + " (" + f.tier.replace("_", " ") + ")" + boxesText(f)).join(", ") : "no finding");
   const thumb = el("td", { class: "thumb" });
   const prio = el("td", { class: "priority" }, p.replaceAll("_", " "));
   if (item.lowered_from) prio.append(el("div", { class: "lowered" }, "lowered from " + item.lowered_from));
