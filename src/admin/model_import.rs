@@ -11,7 +11,7 @@
 //! placeholders of 1.0 (positive and urgent: nothing is flagged short of a saturated output),
 //! so a complete 2D classification draft loads as written, `triage-node evaluate` can run it
 //! to choose the operating point, and it can never raise a study's priority before a person
-//! has chosen one. What the node cannot run today (a 3D input, a segmentation output: issue
+//! has chosen one. What the node cannot run today (a 3D input or a 3D segmentation output: issue
 //! 31) still gets a draft, and the import says plainly that it will not load.
 //!
 //! Must not: print, or run anything of the bundle but its TorchScript file's warm-up pass.
@@ -43,7 +43,7 @@ pub struct Draft {
     /// Each field filled from the metadata, with where it came from.
     pub inferred: Vec<String>,
     pub todos: Vec<Todo>,
-    /// Why this node cannot run the model today (a 3D input, a segmentation output); empty:
+    /// Why this node cannot run the model today (a 3D input or segmentation output); empty:
     /// a 2D classifier.
     pub unsupported: Vec<String>,
 }
@@ -398,8 +398,14 @@ pub fn draft(metadata: &Value, name: &str) -> Result<Draft, String> {
     let out_format = text_of(output, "format").unwrap_or_default().to_ascii_lowercase();
     let out_spatial = dims(output.get("spatial_shape"));
     let segmentation = out_format == "segmentation" || (out_type == "image" && out_spatial.len() >= 2);
+    // A 2D segmentation head runs here (`outputs.kind = "segmentation"`: a DICOM SEG and area in
+    // the SR); a 3D one needs a volume input the node does not feed yet.
     if segmentation {
-        unsupported.push(format!("a segmentation output ({out}.format {out_format:?}, spatial_shape {})", shown(&out_spatial)));
+        line("kind = \"segmentation\"".into());
+        inferred.push(format!("outputs.kind = \"segmentation\" ({out}.format {out_format:?}: per-pixel class scores)"));
+        if spatial.len() != 2 {
+            unsupported.push(format!("a 3D segmentation output ({out}.format {out_format:?}, spatial_shape {})", shown(&out_spatial)));
+        }
     }
     let num = output.get("num_channels").and_then(Value::as_u64).unwrap_or(0) as usize;
     let mut defined: Vec<(u64, String)> = output
@@ -435,7 +441,7 @@ pub fn draft(metadata: &Value, name: &str) -> Result<Draft, String> {
         false,
         "1.0 per label written (nothing flagged short of a saturated output); choose the operating point with `triage-node evaluate`".into(),
     );
-    line("probabilities = 0".into());
+    line(if segmentation { "mask = 0" } else { "probabilities = 0" }.into());
     let probabilities = out_type.contains("probabilit") || out_format.contains("probabilit");
     let exclusive = labels.len() >= 2;
     let (activation, why) = if segmentation {
@@ -478,7 +484,7 @@ pub fn draft(metadata: &Value, name: &str) -> Result<Draft, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::package::{Activation, Manifest};
+    use crate::inference::package::{Activation, Manifest, OutputKind};
 
     /// A 2D two-class classifier on 64x64 grey CR, written the way MONAI's bundles write it.
     fn classifier() -> Value {
@@ -513,6 +519,18 @@ mod tests {
 
     /// A complete 2D classifier's draft loads as written: a demonstration, with thresholds
     /// that flag nothing, and every placeholder listed.
+    #[test]
+    fn a_2d_segmentation_bundle_gives_a_segmentation_manifest_the_node_parses() {
+        let mut v = classifier();
+        v["network_data_format"]["outputs"]["pred"] = serde_json::json!({"type": "image", "format": "segmentation", "num_channels": 2,
+            "spatial_shape": [64, 64], "dtype": "float32", "value_range": [], "channel_def": {"0": "background", "1": "lesion"}});
+        let d = draft(&v, "cr-lesion").unwrap();
+        assert!(d.unsupported.is_empty() && blocking(&d).is_empty(), "{:?} {:?}", d.unsupported, d.todos);
+        let m = load(&d.manifest).unwrap_or_else(|e| panic!("{e}\n{}", d.manifest));
+        assert_eq!((m.outputs.kind, m.outputs.mask, m.outputs.probabilities), (OutputKind::Segmentation, Some(0), None), "{}", d.manifest);
+        assert_eq!((m.outputs.negative.as_deref(), m.outputs.activation), (Some("background"), Activation::Softmax));
+    }
+
     #[test]
     fn a_2d_classifier_gives_a_manifest_the_node_parses() {
         let d = draft(&classifier(), "cr-ptx").unwrap();
@@ -594,7 +612,7 @@ mod tests {
         });
         let d = draft(&spleen, "spleen").unwrap();
         assert_eq!(d.unsupported.len(), 2, "{:?}", d.unsupported);
-        assert!(d.unsupported[0].contains("3D input") && d.unsupported[1].contains("segmentation"), "{:?}", d.unsupported);
+        assert!(d.unsupported[0].contains("3D input") && d.unsupported[1].contains("3D segmentation"), "{:?}", d.unsupported);
         assert_eq!(blocking(&d), ["input.size", "(model)"]);
         let m = load(&d.manifest).unwrap();
         assert_eq!((m.outputs.activation, m.outputs.negative.as_deref()), (Activation::Softmax, Some("background")));
