@@ -182,6 +182,25 @@ pub fn hl7_time(ms: i64) -> String {
     format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}+0000", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// The MSH segment of a message of `kind` (`ORU^R01^ORU_R01`, ...) with `control_id` (MSH-10).
+fn msh(map: &Mapping, when: &str, kind: &str, control_id: &str) -> String {
+    format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{when}||{kind}|{}|P|2.5.1|||AL|NE||UNICODE UTF-8",
+        escape(&map.sending_application),
+        escape(&map.sending_facility),
+        escape(&map.receiving_application),
+        escape(&map.receiving_facility),
+        escape(control_id),
+    )
+}
+
+/// The PID segment of the patient `who` names (re-identified at sending).
+fn pid(who: &Identity) -> String {
+    let opt = |v: &Option<String>| v.as_deref().map(escape).unwrap_or_default();
+    let issuer = who.issuer_of_patient_id.as_deref().map(|i| format!("^^^{}", escape(i))).unwrap_or_default();
+    format!("PID|1||{}{issuer}||{}||{}|{}", opt(&who.patient_id), who.patient_name.as_deref().map(xpn).unwrap_or_default(), opt(&who.birth_date), opt(&who.sex),)
+}
+
 /// The ORU^R01 of `report` for the patient `who`, segments separated by CR.
 pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     let opt = |v: &Option<String>| v.as_deref().map(escape).unwrap_or_default();
@@ -193,23 +212,7 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     let code = map.code(&report.priority);
     let priority = format!("{code}^{}^HL70485", priority_text(code));
     let accession = opt(&who.accession_number);
-    let mut segs: Vec<String> = Vec::new();
-    segs.push(format!(
-        "MSH|^~\\&|{}|{}|{}|{}|{when}||ORU^R01^ORU_R01|{}|P|2.5.1|||AL|NE||UNICODE UTF-8",
-        escape(&map.sending_application),
-        escape(&map.sending_facility),
-        escape(&map.receiving_application),
-        escape(&map.receiving_facility),
-        escape(&report.control_id),
-    ));
-    let issuer = who.issuer_of_patient_id.as_deref().map(|i| format!("^^^{}", escape(i))).unwrap_or_default();
-    segs.push(format!(
-        "PID|1||{}{issuer}||{}||{}|{}",
-        opt(&who.patient_id),
-        who.patient_name.as_deref().map(xpn).unwrap_or_default(),
-        opt(&who.birth_date),
-        opt(&who.sex),
-    ));
+    let mut segs: Vec<String> = vec![msh(map, &when, "ORU^R01^ORU_R01", &report.control_id), pid(who)];
     // The order is the RIS's: its accession number is the filler order number.
     segs.push(format!("ORC|RE||{accession}||CM"));
     let observed = match (&who.study_date, &who.study_time) {
@@ -316,22 +319,7 @@ pub fn order_message(report: &Report, who: &Identity, map: &Mapping, style: Orde
     let code = map.code(&report.priority);
     let accession = opt(&who.accession_number);
     let kind = if style == OrderUpdate::Orm { "ORM^O01^ORM_O01" } else { "OMI^O23^OMI_O23" };
-    let mut segs: Vec<String> = vec![format!(
-        "MSH|^~\\&|{}|{}|{}|{}|{when}||{kind}|{}|P|2.5.1|||AL|NE||UNICODE UTF-8",
-        escape(&map.sending_application),
-        escape(&map.sending_facility),
-        escape(&map.receiving_application),
-        escape(&map.receiving_facility),
-        escape(&report.control_id),
-    )];
-    let issuer = who.issuer_of_patient_id.as_deref().map(|i| format!("^^^{}", escape(i))).unwrap_or_default();
-    segs.push(format!(
-        "PID|1||{}{issuer}||{}||{}|{}",
-        opt(&who.patient_id),
-        who.patient_name.as_deref().map(xpn).unwrap_or_default(),
-        opt(&who.birth_date),
-        opt(&who.sex),
-    ));
+    let mut segs: Vec<String> = vec![msh(map, &when, kind, &report.control_id), pid(who)];
     // The order the accession names, changed (XO): only its priority; the reason in ORC-16.
     let mut orc: Vec<String> = vec![String::new(); 17];
     orc[0] = "ORC".into();

@@ -227,26 +227,8 @@ pub fn try_build(m: &Map, frames: &[MapFrame], identity: &InMemDicomObject, disp
     put(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &frames.len().to_string());
     let mut shared = InMemDicomObject::new_empty();
     let mut per_frame: Vec<InMemDicomObject> = frames.iter().map(|_| InMemDicomObject::new_empty()).collect();
-    let measures = |g: &Placement| {
-        let mut i = InMemDicomObject::new_empty();
-        if let Some(s) = g.spacing {
-            put_strs(&mut i, tags::PIXEL_SPACING, VR::DS, &s.map(ds));
-        }
-        if let Some(t) = g.thickness {
-            put(&mut i, tags::SLICE_THICKNESS, VR::DS, &ds(t));
-        }
-        i
-    };
-    let orientation = |g: &Placement| {
-        let mut i = InMemDicomObject::new_empty();
-        if let Some(v) = g.orientation {
-            put_strs(&mut i, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &v.map(ds));
-        }
-        i
-    };
-    let same = |a: &Placement, b: &Placement| a.spacing == b.spacing && a.thickness == b.thickness;
-    shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PIXEL_MEASURES_SEQUENCE, same, measures);
-    shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PLANE_ORIENTATION_SEQUENCE, |a, b| a.orientation == b.orientation, orientation);
+    shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PIXEL_MEASURES_SEQUENCE, same_measures, pixel_measures);
+    shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PLANE_ORIENTATION_SEQUENCE, same_orientation, plane_orientation);
     let mut transform = InMemDicomObject::new_empty();
     put(&mut transform, tags::RESCALE_INTERCEPT, VR::DS, "0");
     put(&mut transform, tags::RESCALE_SLOPE, VR::DS, "1");
@@ -276,26 +258,14 @@ pub fn try_build(m: &Map, frames: &[MapFrame], identity: &InMemDicomObject, disp
     }
     let stack = in_stack_positions(&places);
     for (((item, f), place), position) in per_frame.iter_mut().zip(frames).zip(&places).zip(stack) {
-        let mut content = InMemDicomObject::new_empty();
-        content.put(DataElement::new(tags::DIMENSION_INDEX_VALUES, VR::UL, PrimitiveValue::U32([1, position].into())));
-        put(&mut content, tags::STACK_ID, VR::SH, "1");
-        content.put(DataElement::new(tags::IN_STACK_POSITION_NUMBER, VR::UL, PrimitiveValue::from(position)));
-        put_seq(item, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
+        put_seq(item, tags::FRAME_CONTENT_SEQUENCE, vec![frame_content(1, position)]);
         let mut plane = InMemDicomObject::new_empty();
         if let Some(p) = place.position {
             put_strs(&mut plane, tags::IMAGE_POSITION_PATIENT, VR::DS, &p.map(ds));
         }
         put_seq(item, tags::PLANE_POSITION_SEQUENCE, vec![plane]);
-        let mut derivation = InMemDicomObject::new_empty();
-        put(
-            &mut derivation,
-            tags::DERIVATION_DESCRIPTION,
-            VR::ST,
-            &ascii(&format!("Activation map of AI model {} {} for {}", m.model, m.version, m.finding.meaning)),
-        );
-        put_seq(&mut derivation, tags::DERIVATION_CODE_SEQUENCE, vec![derivation_code().item()]);
-        put_seq(&mut derivation, tags::SOURCE_IMAGE_SEQUENCE, vec![source_item(&f.source)]);
-        put_seq(item, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]);
+        let description = format!("Activation map of AI model {} {} for {}", m.model, m.version, m.finding.meaning);
+        put_seq(item, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation(&description, derivation_code(), &f.source)]);
     }
     put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
     put_seq(&mut o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
@@ -365,6 +335,54 @@ pub(super) fn shared_or_per_frame(
 
 /// In-Stack Position Numbers (1-based): frames of one orientation are numbered along its
 /// normal, others in the order given.
+/// A frame's Pixel Measures item: its spacing and slice thickness, where known.
+pub(super) fn pixel_measures(g: &Placement) -> InMemDicomObject {
+    let mut i = InMemDicomObject::new_empty();
+    if let Some(s) = g.spacing {
+        put_strs(&mut i, tags::PIXEL_SPACING, VR::DS, &s.map(ds));
+    }
+    if let Some(t) = g.thickness {
+        put(&mut i, tags::SLICE_THICKNESS, VR::DS, &ds(t));
+    }
+    i
+}
+
+pub(super) fn same_measures(a: &Placement, b: &Placement) -> bool {
+    a.spacing == b.spacing && a.thickness == b.thickness
+}
+
+/// A frame's Plane Orientation item, where known.
+pub(super) fn plane_orientation(g: &Placement) -> InMemDicomObject {
+    let mut i = InMemDicomObject::new_empty();
+    if let Some(v) = g.orientation {
+        put_strs(&mut i, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &v.map(ds));
+    }
+    i
+}
+
+pub(super) fn same_orientation(a: &Placement, b: &Placement) -> bool {
+    a.orientation == b.orientation
+}
+
+/// A frame's Frame Content item: Dimension Index Values (stack, position), Stack ID and In-Stack
+/// Position Number.
+pub(super) fn frame_content(stack: u16, position: u32) -> InMemDicomObject {
+    let mut content = InMemDicomObject::new_empty();
+    content.put(DataElement::new(tags::DIMENSION_INDEX_VALUES, VR::UL, PrimitiveValue::U32([u32::from(stack), position].into())));
+    put(&mut content, tags::STACK_ID, VR::SH, &stack.to_string());
+    content.put(DataElement::new(tags::IN_STACK_POSITION_NUMBER, VR::UL, PrimitiveValue::from(position)));
+    content
+}
+
+/// A frame's Derivation Image item: how it was derived (`code`) from its source image.
+pub(super) fn derivation(description: &str, code: Code, source: &ImageRef) -> InMemDicomObject {
+    let mut d = InMemDicomObject::new_empty();
+    put(&mut d, tags::DERIVATION_DESCRIPTION, VR::ST, &ascii(description));
+    put_seq(&mut d, tags::DERIVATION_CODE_SEQUENCE, vec![code.item()]);
+    put_seq(&mut d, tags::SOURCE_IMAGE_SEQUENCE, vec![source_item(source)]);
+    d
+}
+
 pub(super) fn in_stack_positions(places: &[Placement]) -> Vec<u32> {
     let orientation = places[0].orientation;
     let along: Option<Vec<f64>> = orientation.and_then(|o| {

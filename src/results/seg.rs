@@ -23,7 +23,10 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::dataset::{ascii, put, put_seq, put_u16, start_object, text, uid, Code};
-use super::pm::{ds, in_stack_positions, long_string, put_strs, referenced_series, shared_or_per_frame, source_item, MapFrame, Placement};
+use super::pm::{
+    derivation, ds, frame_content, in_stack_positions, long_string, pixel_measures, plane_orientation, put_strs, referenced_series, same_measures,
+    same_orientation, shared_or_per_frame, source_item, MapFrame, Placement,
+};
 
 /// Segmentation Storage.
 pub const SOP_CLASS: &str = "1.2.840.10008.5.1.4.1.1.66.4";
@@ -221,29 +224,11 @@ pub fn try_build(s: &Seg, segments: &[Segment], identity: &InMemDicomObject, kin
     put(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &frames.len().to_string());
     let mut shared = InMemDicomObject::new_empty();
     let mut per_frame: Vec<InMemDicomObject> = frames.iter().map(|_| InMemDicomObject::new_empty()).collect();
-    let measures = |g: &Placement| {
-        let mut i = InMemDicomObject::new_empty();
-        if let Some(sp) = g.spacing {
-            put_strs(&mut i, tags::PIXEL_SPACING, VR::DS, &sp.map(ds));
-        }
-        if let Some(t) = g.thickness {
-            put(&mut i, tags::SLICE_THICKNESS, VR::DS, &ds(t));
-        }
-        i
-    };
-    let orientation = |g: &Placement| {
-        let mut i = InMemDicomObject::new_empty();
-        if let Some(v) = g.orientation {
-            put_strs(&mut i, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, &v.map(ds));
-        }
-        i
-    };
-    let same = |a: &Placement, b: &Placement| a.spacing == b.spacing && a.thickness == b.thickness;
     if placed || places.iter().all(|p| p.spacing.is_some()) {
-        shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PIXEL_MEASURES_SEQUENCE, same, measures);
+        shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PIXEL_MEASURES_SEQUENCE, same_measures, pixel_measures);
     }
     if placed {
-        shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PLANE_ORIENTATION_SEQUENCE, |a, b| a.orientation == b.orientation, orientation);
+        shared_or_per_frame(&mut shared, &mut per_frame, &places, tags::PLANE_ORIENTATION_SEQUENCE, same_orientation, plane_orientation);
     }
     // In-Stack Positions within each segment's frames.
     let mut stack = vec![0u32; frames.len()];
@@ -254,21 +239,14 @@ pub fn try_build(s: &Seg, segments: &[Segment], identity: &InMemDicomObject, kin
         at += n;
     }
     for (((item, (segment, f)), place), position) in per_frame.iter_mut().zip(&frames).zip(&places).zip(stack) {
-        let mut content = InMemDicomObject::new_empty();
-        content.put(DataElement::new(tags::DIMENSION_INDEX_VALUES, VR::UL, PrimitiveValue::U32([u32::from(*segment), position].into())));
-        put(&mut content, tags::STACK_ID, VR::SH, &segment.to_string());
-        content.put(DataElement::new(tags::IN_STACK_POSITION_NUMBER, VR::UL, PrimitiveValue::from(position)));
-        put_seq(item, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
+        put_seq(item, tags::FRAME_CONTENT_SEQUENCE, vec![frame_content(*segment, position)]);
         if let (true, Some(p)) = (placed, place.position) {
             let mut plane = InMemDicomObject::new_empty();
             put_strs(&mut plane, tags::IMAGE_POSITION_PATIENT, VR::DS, &p.map(ds));
             put_seq(item, tags::PLANE_POSITION_SEQUENCE, vec![plane]);
         }
-        let mut derivation = InMemDicomObject::new_empty();
-        put(&mut derivation, tags::DERIVATION_DESCRIPTION, VR::ST, &ascii(&format!("Segmentation by AI model {} {}", s.model, s.version)));
-        put_seq(&mut derivation, tags::DERIVATION_CODE_SEQUENCE, vec![Code::new("113076", "DCM", "Segmentation").item()]);
-        put_seq(&mut derivation, tags::SOURCE_IMAGE_SEQUENCE, vec![source_item(&f.source)]);
-        put_seq(item, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]);
+        let description = format!("Segmentation by AI model {} {}", s.model, s.version);
+        put_seq(item, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation(&description, Code::new("113076", "DCM", "Segmentation"), &f.source)]);
         let mut id = InMemDicomObject::new_empty();
         id.put(DataElement::new(tags::REFERENCED_SEGMENT_NUMBER, VR::US, PrimitiveValue::from(*segment)));
         put_seq(item, tags::SEGMENT_IDENTIFICATION_SEQUENCE, vec![id]);

@@ -5,7 +5,6 @@
 //! counted on the worklist row.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -35,13 +34,7 @@ method = "max"
 
 /// A models folder holding the tiny detector, or None (skipped) without the venv.
 fn detector(root: &Path) -> Option<String> {
-    let python = python()?;
-    let dir = root.join("tiny-detector");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(python).arg(repo().join("tests/peers/make_tiny_detector.py")).arg(dir.join("model.pt")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(dir.join("model.toml"), DETECTOR).unwrap();
-    Some(format!("models_dir = \"{}\"", root.display()))
+    scripted_package(root, "tiny-detector", "make_tiny_detector.py", DETECTOR)
 }
 
 #[test]

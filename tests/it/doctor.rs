@@ -3,8 +3,7 @@
 //! and passes once the PACS (DCMTK storescp) is up and the files are private.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use crate::common::*;
 
@@ -60,22 +59,9 @@ fn doctor_checks_a_fresh_install_and_says_what_to_fix() {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let received = tempfile::tempdir().unwrap();
-    let mut scp = Command::new("storescp")
-        .args(["-aet", "PACS", "-od"])
-        .arg(received.path())
-        .arg(pacs_port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", pacs_port)).is_err() {
-        assert!(Instant::now() < deadline, "storescp did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let scp = storescp_at(pacs_port, received.path(), &["-aet", "PACS"]);
     let (ok, out) = node(&["doctor"]);
-    let _ = scp.kill();
-    let _ = scp.wait();
+    drop(scp);
     assert!(ok, "{out}");
     assert!(out.contains("ok    keys:"), "{out}");
     assert!(out.contains(&format!("ok    PACS PACS: C-ECHO to 127.0.0.1:{pacs_port} succeeded")) && out.contains("ok    pseudonym key file:"), "{out}");

@@ -322,19 +322,8 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     assert_eq!(post(&format!("/api/studies/{id}/release"), READER2_TOKEN).status(), StatusCode::OK);
 
     // AE administration: admin only, audited; a C-ECHO of a real DCMTK peer.
-    let echo_port = free_port();
-    let mut scp = std::process::Command::new("storescp")
-        .args(["-aet", "RIS_TEST", &echo_port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Listening before the echo (a loaded machine starts it slowly).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", echo_port)).is_err() {
-        assert!(std::time::Instant::now() < deadline && scp.try_wait().unwrap().is_none(), "storescp did not listen on {echo_port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (echo_port, echo_dir) = (free_port(), tempfile::tempdir().unwrap());
+    let scp = storescp_at(echo_port, echo_dir.path(), &["-aet", "RIS_TEST"]);
     let admin = |m: reqwest::Method, path: &str, body: Option<Value>| api.send(m, path, ADMIN_TOKEN, body);
     let add =
         admin(reqwest::Method::POST, "/api/aes", Some(serde_json::json!({ "ae_title": "RIS_TEST", "role": "pacs", "host": "127.0.0.1", "port": echo_port })));
@@ -372,8 +361,7 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     assert!(list.as_array().unwrap().iter().any(|a| a["ae_title"] == "RIS_TEST"));
     assert_eq!(admin(reqwest::Method::DELETE, "/api/aes/RIS_TEST", None).status(), StatusCode::NO_CONTENT);
     assert_eq!(admin(reqwest::Method::DELETE, "/api/aes/RIS_TEST", None).status(), StatusCode::NOT_FOUND);
-    let _ = scp.kill();
-    let _ = scp.wait();
+    drop(scp);
 
     // Operations endpoints: no token needed, no patient data.
     assert_eq!(api.get("/healthz", None).status(), StatusCode::OK);

@@ -8,54 +8,12 @@
 
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::common::*;
-
-struct Receiver(Child);
-
-impl Receiver {
-    fn start(port: u16, out: &Path) -> Receiver {
-        let mut child = Command::new(python().unwrap())
-            .arg(repo().join("tests/peers/webhook_receiver.py"))
-            .args(["--port", &port.to_string(), "--out", out.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "listening");
-        Receiver(child)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn received(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn attr(file: &Path, tag: dicom_core::Tag) -> String {
-    let obj = dicom_object::open_file(file).unwrap();
-    obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().trim_end_matches('\0').to_string()).unwrap_or_default()
-}
-
-fn wait_until(what: &str, timeout: Duration, node: &Node, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
@@ -86,7 +44,7 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
 
     // The receiver is down: the notification is queued and retried.
     assert!(node.storescu(&[urgent.clone(), negative.clone()]).status.success(), "{}", node.log());
-    wait_until("the notification retried while the webhook is down", Duration::from_secs(60), &node, || {
+    wait_for(&node, "the notification retried while the webhook is down", Duration::from_secs(60), || {
         notices().iter().any(|i| i.state == "pending" && i.attempts >= 2)
     });
     let failing = notices().remove(0);
@@ -96,15 +54,15 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
     assert!(!why.contains("SECRETPATH"), "the URL is never in an error: {why}");
 
     // Up: delivered, once.
-    let _receiver = Receiver::start(port, &out);
-    wait_until("the notification delivered", Duration::from_secs(30), &node, || notices().iter().all(|i| i.state == "delivered"));
+    let _receiver = webhook_receiver(port, &out);
+    wait_for(&node, "the notification delivered", Duration::from_secs(30), || notices().iter().all(|i| i.state == "delivered"));
     // Both studies triaged (the negative one's result saved), and nothing more comes.
     let study_ids: Vec<i64> = [&urgent, &negative]
         .iter()
         .map(|f| {
             let uid = deid_uid(&study_uid_of(f));
             let mut results = Vec::new();
-            wait_until("the study's result", Duration::from_secs(60), &node, || {
+            wait_for(&node, "the study's result", Duration::from_secs(60), || {
                 results = rt.block_on(db.study_results(&uid)).unwrap();
                 !results.is_empty()
             });
@@ -117,7 +75,7 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
     assert_eq!(items.len(), 1, "one notification: the urgent study's, none for the negative one: {items:?}");
     assert_eq!(items[0].study_id, Some(study_ids[0]));
     assert!(!items[0].reidentify);
-    let got = received(&out);
+    let got = jsonl(&out);
     assert_eq!(got.len(), 1, "exactly one POST: {got:?}");
 
     // The request: key in the header and the body, the token, the JSON.
@@ -146,12 +104,12 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
     // secret in the log.
     let study_uid = study_uid_of(&urgent);
     for value in [
-        attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID),
-        attr(&urgent, dicom_dictionary_std::tags::PATIENT_NAME),
-        attr(&urgent, dicom_dictionary_std::tags::ACCESSION_NUMBER),
+        attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_ID),
+        attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_NAME),
+        attr_text(&urgent, dicom_dictionary_std::tags::ACCESSION_NUMBER),
         study_uid.clone(),
         deid_uid(&study_uid),
-        attr(&urgent, dicom_dictionary_std::tags::SOP_INSTANCE_UID),
+        attr_text(&urgent, dicom_dictionary_std::tags::SOP_INSTANCE_UID),
     ] {
         assert!(value.len() < 3 || !body_text.contains(&value), "the body names {value:?}: {body_text}");
     }
@@ -165,9 +123,9 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
     let reason = "Wrong patient RETRACTREASON";
     let cli = node.cli(&["results", "retract", &study_ids[0].to_string(), "--reason", reason]);
     assert!(cli.status.success(), "{}{}", String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr));
-    wait_until("the retraction's notification", Duration::from_secs(30), &node, || received(&out).len() >= 2);
+    wait_for(&node, "the retraction's notification", Duration::from_secs(30), || jsonl(&out).len() >= 2);
     std::thread::sleep(Duration::from_secs(1));
-    let got = received(&out);
+    let got = jsonl(&out);
     assert_eq!(got.len(), 2, "exactly one more POST: {got:?}");
     let text = got[1]["body"].as_str().unwrap();
     let retracted: Value = serde_json::from_str(text).unwrap();
@@ -177,36 +135,30 @@ fn an_urgent_study_notifies_the_webhook_once_de_identified_after_it_comes_up() {
     assert!(key != id && retracted["id"] == key, "{key} {id}");
     assert!(retracted["notice"].as_str().unwrap().contains("not for diagnosis"));
     assert!(!text.contains("RETRACTREASON") && !text.contains("1.2.") && !text.contains("2.25."), "{text}");
-    for value in [attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID), attr(&urgent, dicom_dictionary_std::tags::PATIENT_NAME)] {
+    for value in [attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_ID), attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_NAME)] {
         assert!(value.len() < 3 || !text.contains(&value), "the body names {value:?}: {text}");
     }
 }
 
-/// `tests/peers/smtp_receiver.py` (aiosmtpd), plain SMTP on loopback: each message as
-/// `<n>.json` (envelope and parsed message) in `out`.
-struct MailReceiver(Child);
-
-impl MailReceiver {
-    fn start(out: &Path) -> (MailReceiver, u16) {
-        let mut child = Command::new(python().unwrap())
-            .arg(repo().join("tests/peers/smtp_receiver.py"))
-            .args(["--host", "127.0.0.1", "--port", "0", "--out", out.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("ready port=").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
-        (MailReceiver(child), port)
-    }
+/// `tests/peers/webhook_receiver.py` on `port`, appending each POST to `out`.
+fn webhook_receiver(port: u16, out: &Path) -> Killed {
+    python_peer("webhook_receiver.py", &["--port", &port.to_string(), "--out", out.to_str().unwrap()], "listening")
 }
 
-impl Drop for MailReceiver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `tests/peers/smtp_receiver.py` (aiosmtpd), plain SMTP on loopback: each message as
+/// `<n>.json` (envelope and parsed message) in `out`.
+fn mail_receiver(out: &Path) -> (Killed, u16) {
+    let mut child = Command::new(python().unwrap())
+        .arg(repo().join("tests/peers/smtp_receiver.py"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().strip_prefix("ready port=").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+    (Killed(child), port)
 }
 
 fn mails(out: &Path) -> Vec<Value> {
@@ -233,11 +185,11 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     let mail_dir = work.path().join("mail");
     std::fs::create_dir_all(&mail_dir).unwrap();
     let hook_port = free_port();
-    let _receiver = Receiver::start(hook_port, &hooks);
+    let _receiver = webhook_receiver(hook_port, &hooks);
     // A chat service's webhook: its own body shape (a template), chest radiographs only.
     let (chat_port, chat) = (free_port(), work.path().join("chat.jsonl"));
-    let _chat = Receiver::start(chat_port, &chat);
-    let (_mail, smtp_port) = MailReceiver::start(&mail_dir);
+    let _chat = webhook_receiver(chat_port, &chat);
+    let (_mail, smtp_port) = mail_receiver(&mail_dir);
     let node = Node::start(NodeOptions {
         inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
         delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"300ms\"".into(), "retry_max = \"600ms\"".into()],
@@ -258,8 +210,8 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
 
     // The first study: the webhook is told; nobody acknowledges; the backup gets an e-mail.
     assert!(node.storescu(std::slice::from_ref(&first)).status.success(), "{}", node.log());
-    wait_until("the first webhook POST", Duration::from_secs(60), &node, || received(&hooks).len() == 1);
-    let notice: Value = serde_json::from_str(received(&hooks)[0]["body"].as_str().unwrap()).unwrap();
+    wait_for(&node, "the first webhook POST", Duration::from_secs(60), || jsonl(&hooks).len() == 1);
+    let notice: Value = serde_json::from_str(jsonl(&hooks)[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!((notice["rule"].as_str(), notice["level"].as_u64()), (Some("oncall"), Some(0)));
     // The preview: a small PNG of the heatmap, captioned "not for diagnosis".
     assert_eq!(notice["preview"]["media_type"], "image/png");
@@ -267,7 +219,7 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     assert!(notice["preview"]["data_base64"].as_str().unwrap().starts_with("iVBORw0KGgo"), "a PNG");
     let link = notice["acknowledge"].as_str().unwrap().to_string();
     assert!(link.starts_with(&format!("{base}/ack/")) && link.len() == base.len() + 5 + 64, "{link}");
-    wait_until("the escalation e-mail", Duration::from_secs(30), &node, || mails(&mail_dir).len() == 1);
+    wait_for(&node, "the escalation e-mail", Duration::from_secs(30), || mails(&mail_dir).len() == 1);
     let mail = &mails(&mail_dir)[0];
     assert_eq!(mail["rcpt_tos"], serde_json::json!(["neuro.backup@hospital.example"]), "{mail}");
     let subject = mail["headers"]["subject"].as_str().unwrap_or_default().to_string();
@@ -283,27 +235,27 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     assert!(!up_id.is_empty() && up_id != notice["id"].as_str().unwrap(), "a new id for the escalation: {mail}");
     eprintln!("the escalation e-mail: {subject}\n{text}");
     for value in [
-        attr(&first, dicom_dictionary_std::tags::PATIENT_ID),
-        attr(&first, dicom_dictionary_std::tags::PATIENT_NAME),
-        attr(&first, dicom_dictionary_std::tags::ACCESSION_NUMBER),
+        attr_text(&first, dicom_dictionary_std::tags::PATIENT_ID),
+        attr_text(&first, dicom_dictionary_std::tags::PATIENT_NAME),
+        attr_text(&first, dicom_dictionary_std::tags::ACCESSION_NUMBER),
     ] {
         assert!(value.len() < 3 || !mail_text.contains(&value), "the e-mail names {value:?}");
     }
     assert!(!mail_text.contains("1.2.") && !mail_text.contains("2.25."), "no UID: {mail}");
 
     // The chat webhook got the urgent chest study in its own shape, the same news as text.
-    wait_until("the chat POST", Duration::from_secs(30), &node, || !received(&chat).is_empty());
-    let said: Value = serde_json::from_str(received(&chat)[0]["body"].as_str().unwrap()).unwrap();
+    wait_for(&node, "the chat POST", Duration::from_secs(30), || !jsonl(&chat).is_empty());
+    let said: Value = serde_json::from_str(jsonl(&chat)[0]["body"].as_str().unwrap()).unwrap();
     let text = said["text"].as_str().unwrap();
     assert!(text.starts_with("[URGENT] AI triage: Nodule - study ") && text.contains("| acknowledge: https://triage.example/ack/"), "{said}");
     assert!(text.ends_with("not for diagnosis") && said.as_object().unwrap().len() == 1, "{said}");
-    let chat_key = received(&chat)[0]["headers"]["idempotency-key"].as_str().unwrap().to_string();
+    let chat_key = jsonl(&chat)[0]["headers"]["idempotency-key"].as_str().unwrap().to_string();
     assert!(chat_key.starts_with("tn-") && chat_key != notice["id"].as_str().unwrap(), "its own stable id: {chat_key}");
 
     // The second study: its notification is acknowledged by its link within the deadline.
     assert!(node.storescu(std::slice::from_ref(&second)).status.success(), "{}", node.log());
-    wait_until("the second webhook POST", Duration::from_secs(60), &node, || received(&hooks).len() == 2);
-    let notice2: Value = serde_json::from_str(received(&hooks)[1]["body"].as_str().unwrap()).unwrap();
+    wait_for(&node, "the second webhook POST", Duration::from_secs(60), || jsonl(&hooks).len() == 2);
+    let notice2: Value = serde_json::from_str(jsonl(&hooks)[1]["body"].as_str().unwrap()).unwrap();
     let link2 = notice2["acknowledge"].as_str().unwrap().to_string();
     // Opening the link (a mail scanner would) changes nothing; the button does.
     let page = http.get(direct(&link2)).send().unwrap();
@@ -321,7 +273,7 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
     // Past its deadline: nobody else is called for it.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(mails(&mail_dir).len(), 1, "no escalation of an acknowledged notification");
-    assert_eq!(received(&hooks).len(), 2);
+    assert_eq!(jsonl(&hooks).len(), 2);
 
     // The first chain can still be acknowledged by a reader (the API), after its escalation.
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -2,7 +2,6 @@
 //! reason and can be replayed, and queued items survive SIGKILL and arrive exactly once.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -34,50 +33,8 @@ fn queue(node: &Node, to: &str, files: &[PathBuf]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// DCMTK storescp on `port` (chosen before, for a PACS that is down first).
-fn storescp_at(port: u16, dir: &std::path::Path) -> Child {
-    let child = Command::new("storescp")
-        .env("TCP_NODELAY", "1")
-        .args(["+xa", "-B", "-aet", "PACS", "-od"])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("storescp to listen", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    child
-}
-
-/// DCMTK storescp on a free port: the port and the process. A port taken between choosing it
-/// and storescp binding it (another test's process) makes storescp exit: then another port.
-fn storescp(dir: &std::path::Path) -> (Child, u16) {
-    for _ in 0..5 {
-        let port = free_port();
-        let mut child = Command::new("storescp")
-            .env("TCP_NODELAY", "1")
-            .args(["+xa", "-B", "-aet", "PACS", "-od"])
-            .arg(dir)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (child, port);
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("storescp did not listen on any of 5 free ports");
-}
+/// What storescp is run with here: the PACS's AE title, every transfer syntax, bit-preserving.
+const PACS_OPTIONS: [&str; 4] = ["+xa", "-B", "-aet", "PACS"];
 
 #[test]
 fn pacs_outage_is_drained_later() {
@@ -95,10 +52,9 @@ fn pacs_outage_is_drained_later() {
     assert!(list(&node).contains("pending"), "{}", list(&node));
 
     let received = tempfile::tempdir().unwrap();
-    let mut pacs = storescp_at(port, received.path());
+    let pacs = storescp_at(port, received.path(), &PACS_OPTIONS);
     wait_until("delivery after the outage", Duration::from_secs(20), || list(&node).matches("delivered").count() == 3);
-    let _ = pacs.kill();
-    let _ = pacs.wait();
+    drop(pacs);
     assert_eq!(walk(received.path()).len(), 3);
     for f in &files {
         let (uid, _) = meta_of(f);
@@ -229,7 +185,7 @@ fn a_pacs_that_stops_reading_is_retried_and_holds_only_its_own_lane() {
     let node = Node::start(NodeOptions { delivery, ..Default::default() });
     let (silent_port, associations) = silent_pacs();
     let received = tempfile::tempdir().unwrap();
-    let (mut pacs, pacs_port) = storescp(received.path());
+    let (mut pacs, pacs_port) = storescp_with(received.path(), &PACS_OPTIONS);
     assert!(node.cli(&["ae", "add", "HUNG", "--role", "pacs", "--host", "127.0.0.1", "--port", &silent_port.to_string()]).status.success());
     assert!(node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]).status.success());
 

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -36,13 +36,25 @@ method = "max"
 
 /// A models folder holding the tiny segmenter, or None (skipped) without the venv.
 fn segmenter(root: &Path) -> Option<String> {
-    let python = python()?;
-    let dir = root.join("tiny-segmenter");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(python).arg(repo().join("tests/peers/make_tiny_segmenter.py")).arg(dir.join("model.pt")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(dir.join("model.toml"), SEGMENTER).unwrap();
-    Some(format!("models_dir = \"{}\"", root.display()))
+    scripted_package(root, "tiny-segmenter", "make_tiny_segmenter.py", SEGMENTER)
+}
+
+/// Once the report is delivered: the PACS stopped, the SEG and the SR it received (storescp
+/// names a file by its SOP class's abbreviation: SG a Segmentation, SR3 a Comprehensive 3D SR),
+/// each with no dciodvfy error.
+fn delivered_seg_and_sr(node: &Node, mut pacs: std::process::Child, received: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    wait_for(node, "the AI report delivered", Duration::from_secs(30), || node.log().contains("AI report delivered"));
+    let _ = pacs.kill();
+    let _ = pacs.wait();
+    let files = walk(received);
+    let named = |prefix: &str| files.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).cloned();
+    let seg = named("SG.").unwrap_or_else(|| panic!("no SEG among {files:?}"));
+    let sr = named("SR3.").unwrap_or_else(|| panic!("no SR among {files:?}"));
+    for f in [&seg, &sr] {
+        let errors = dciodvfy_errors(f);
+        assert!(errors.is_empty(), "dciodvfy {}: {errors:?}", f.display());
+    }
+    (seg, sr)
 }
 
 #[test]
@@ -56,7 +68,7 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     let Some(python) = python() else { return };
     let file = dir.join("case000.dcm");
     let received = tempfile::tempdir().unwrap();
-    let (mut pacs, pacs_port) = storescp(received.path());
+    let (pacs, pacs_port) = storescp(received.path());
     let node = Node::start(NodeOptions {
         inference: vec![models_dir],
         results: vec!["destinations = [\"PACS\"]".into()],
@@ -82,23 +94,7 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     let (rows, cols) = (f.source_rows as usize, f.source_cols as usize);
     let mask = triage_node::results::regions::on_grid(cam, rows, cols);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !node.log().contains("AI report delivered") {
-        assert!(Instant::now() < deadline, "no report delivered: {}", node.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = pacs.kill();
-    let _ = pacs.wait();
-    let files = walk(received.path());
-    // storescp names a file by its SOP class's abbreviation: SG a Segmentation, SR3 a
-    // Comprehensive 3D SR.
-    let named = |prefix: &str| files.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).cloned();
-    let seg = &named("SG.").unwrap_or_else(|| panic!("no SEG among {files:?}"));
-    let sr = &named("SR3.").unwrap_or_else(|| panic!("no SR among {files:?}"));
-    for f in [seg, sr] {
-        let errors = dciodvfy_errors(f);
-        assert!(errors.is_empty(), "dciodvfy {}: {errors:?}", f.display());
-    }
+    let (seg, sr) = &delivered_seg_and_sr(&node, pacs, received.path());
 
     // highdicom reads the SEG: one segment, "lesion", a nodule, AUTOMATIC by the model, on the
     // source image; its mask is the node's within a step of 1/255.
@@ -184,7 +180,7 @@ fn a_segmenters_volume_finding_is_a_tid_1411_group_with_its_volume() {
     let mut files = walk(&series);
     files.sort();
     let received = tempfile::tempdir().unwrap();
-    let (mut pacs, pacs_port) = storescp(received.path());
+    let (pacs, pacs_port) = storescp(received.path());
     let node = Node::start(NodeOptions {
         inference: vec![models_dir],
         results: vec!["destinations = [\"PACS\"]".into()],
@@ -203,21 +199,7 @@ fn a_segmenters_volume_finding_is_a_tid_1411_group_with_its_volume() {
     let f = &r.findings[0];
     assert!(f.positive && f.span.len() == 2, "{} {} span {}", f.label, f.probability, f.span.len());
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !node.log().contains("AI report delivered") {
-        assert!(Instant::now() < deadline, "no report delivered: {}", node.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = pacs.kill();
-    let _ = pacs.wait();
-    let delivered = walk(received.path());
-    let named = |prefix: &str| delivered.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).cloned();
-    let seg = &named("SG.").unwrap_or_else(|| panic!("no SEG among {delivered:?}"));
-    let sr = &named("SR3.").unwrap_or_else(|| panic!("no SR among {delivered:?}"));
-    for f in [seg, sr] {
-        let errors = dciodvfy_errors(f);
-        assert!(errors.is_empty(), "dciodvfy {}: {errors:?}", f.display());
-    }
+    let (seg, sr) = &delivered_seg_and_sr(&node, pacs, received.path());
     let npy = received.path().join("mask.npy");
     let out = Command::new(&python).arg(repo().join("tests/peers/check_seg.py")).arg(seg).arg(&npy).arg(sr).output().unwrap();
     assert!(out.status.success(), "check_seg.py: {}", String::from_utf8_lossy(&out.stderr));

@@ -5,49 +5,11 @@
 //! comes up; a negative study creates none. The RIS gets the ORU, then the OMI with the real
 //! accession and TQ1-9 S.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::common::*;
-
-struct Peer(Child);
-
-impl Peer {
-    fn start(script: &str, args: &[&str]) -> Peer {
-        let mut child = Command::new(python().unwrap()).arg(repo().join("tests/peers").join(script)).args(args).stdout(Stdio::piped()).spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        assert_eq!(line.trim(), "listening");
-        Peer(child)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lines(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn attr(file: &Path, tag: dicom_core::Tag) -> String {
-    let obj = dicom_object::open_file(file).unwrap();
-    obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().trim_end_matches('\0').to_string()).unwrap_or_default()
-}
-
-fn wait_until(what: &str, timeout: Duration, node: &Node, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// The first value of `tag` (8 hex digits) in a DICOM JSON data set.
 fn json_value<'a>(ds: &'a Value, tag: &str) -> &'a Value {
@@ -78,23 +40,21 @@ fn an_urgent_study_creates_one_high_priority_workitem_at_the_ups_scp_once_it_is_
 
     // The SCP is down: the workitem waits and is retried.
     assert!(node.storescu(&[urgent.clone(), negative.clone()]).status.success(), "{}", node.log());
-    wait_until("the workitem retried while the SCP is down", Duration::from_secs(90), &node, || {
-        items().iter().any(|i| i.state == "pending" && i.attempts >= 2)
-    });
+    wait_for(&node, "the workitem retried while the SCP is down", Duration::from_secs(90), || items().iter().any(|i| i.state == "pending" && i.attempts >= 2));
     let waiting = items().remove(0);
     assert_eq!(waiting.destination, "ups:RISUPS");
     assert!(waiting.reidentify);
 
     // Up: created, once.
-    let _scp = Peer::start("ups_scp.py", &["RISUPS", &port.to_string(), out.to_str().unwrap()]);
-    wait_until("the workitem delivered", Duration::from_secs(30), &node, || items().iter().all(|i| i.state == "delivered"));
+    let _scp = python_peer("ups_scp.py", &["RISUPS", &port.to_string(), out.to_str().unwrap()], "listening");
+    wait_for(&node, "the workitem delivered", Duration::from_secs(30), || items().iter().all(|i| i.state == "delivered"));
     for f in [&urgent, &negative] {
         let uid = deid_uid(&study_uid_of(f));
-        wait_until("the study's result", Duration::from_secs(60), &node, || !rt.block_on(db.study_results(&uid)).unwrap().is_empty());
+        wait_for(&node, "the study's result", Duration::from_secs(60), || !rt.block_on(db.study_results(&uid)).unwrap().is_empty());
     }
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(items().len(), 1, "one workitem: the urgent study's, none for the negative one");
-    let got = lines(&out);
+    let got = jsonl(&out);
     assert_eq!(got.len(), 1, "exactly one N-CREATE: {got:?}");
     let ds = &got[0]["dataset"];
     eprintln!("the UPS attribute list (case000, urgent):\n{}", serde_json::to_string_pretty(ds).unwrap());
@@ -104,11 +64,11 @@ fn an_urgent_study_creates_one_high_priority_workitem_at_the_ups_scp_once_it_is_
     assert!(json_value(ds, "00741204").as_str().unwrap().starts_with("AI triage"), "Procedure Step Label");
     // The patient and study as the site knows them, not the node's pseudonyms.
     let study = study_uid_of(&urgent);
-    assert_eq!(json_value(ds, "00100020"), attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID).as_str());
+    assert_eq!(json_value(ds, "00100020"), attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_ID).as_str());
     assert_eq!(json_value(ds, "0020000D"), study.as_str());
     let request = json_value(ds, "0040A370");
     assert_eq!(json_value(request, "0020000D"), study.as_str());
-    let accession = attr(&urgent, dicom_dictionary_std::tags::ACCESSION_NUMBER);
+    let accession = attr_text(&urgent, dicom_dictionary_std::tags::ACCESSION_NUMBER);
     if !accession.is_empty() {
         assert_eq!(json_value(request, "00080050"), accession.as_str());
     }
@@ -118,7 +78,10 @@ fn an_urgent_study_creates_one_high_priority_workitem_at_the_ups_scp_once_it_is_
     assert_eq!(json_value(input, "0020000D"), study.as_str());
     assert_eq!(json_value(input, "0040E020"), "DICOM");
     // The workitem's UID is the one the outbox file holds; patient data stays out of the log.
-    assert!(!node.log().contains(&attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID)) || attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID).len() < 3);
+    assert!(
+        !node.log().contains(&attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_ID))
+            || attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_ID).len() < 3
+    );
 }
 
 #[test]
@@ -131,18 +94,7 @@ fn an_urgent_study_s_oru_is_followed_by_an_omi_raising_the_order_to_stat() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("ris.jsonl");
     let port = free_port();
-    let _ris = Command::new(python().unwrap())
-        .arg(repo().join("tests/peers/mllp_receiver.py"))
-        .args(["--port", &port.to_string(), "--out", out.to_str().unwrap(), "--answer", "AA"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map(|mut c| {
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(c.stdout.take().unwrap()), &mut line).unwrap();
-            assert_eq!(line.trim(), "listening");
-            Peer(c)
-        })
-        .unwrap();
+    let _ris = python_peer("mllp_receiver.py", &["--port", &port.to_string(), "--out", out.to_str().unwrap(), "--answer", "AA"], "listening");
     let node = Node::start(NodeOptions {
         inference: vec![format!("models_dir = \"{}\"", repo().join("models").display())],
         delivery: vec!["poll_interval = \"200ms\"".into(), "retry_base = \"500ms\"".into(), "retry_max = \"1s\"".into()],
@@ -152,9 +104,9 @@ fn an_urgent_study_s_oru_is_followed_by_an_omi_raising_the_order_to_stat() {
         ..Default::default()
     });
     assert!(node.storescu(std::slice::from_ref(&urgent)).status.success(), "{}", node.log());
-    wait_until("two messages", Duration::from_secs(90), &node, || lines(&out).len() >= 2);
+    wait_for(&node, "two messages", Duration::from_secs(90), || jsonl(&out).len() >= 2);
     std::thread::sleep(Duration::from_secs(1));
-    let got = lines(&out);
+    let got = jsonl(&out);
     assert_eq!(got.len(), 2, "the ORU and the OMI, once each: {got:?}");
     let field = |msg: &str, seg: &str, n: usize| -> String {
         let s = msg.split(['\r', '\n']).find(|s| s.starts_with(&format!("{seg}|"))).unwrap_or_else(|| panic!("no {seg} in {msg}"));
@@ -167,9 +119,9 @@ fn an_urgent_study_s_oru_is_followed_by_an_omi_raising_the_order_to_stat() {
     assert_eq!(field(omi, "MSH", 10), format!("{}O", field(oru, "MSH", 10)));
     assert_eq!(field(omi, "ORC", 1), "XO");
     assert_eq!(field(omi, "TQ1", 9), "S^STAT^HL70485");
-    let accession = attr(&urgent, dicom_dictionary_std::tags::ACCESSION_NUMBER);
+    let accession = attr_text(&urgent, dicom_dictionary_std::tags::ACCESSION_NUMBER);
     assert_eq!(field(omi, "OBR", 3), accession, "the real accession");
     assert_eq!(field(omi, "IPC", 3), study_uid_of(&urgent), "the real Study Instance UID");
-    assert_eq!(field(omi, "PID", 3).split('^').next().unwrap(), attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID));
+    assert_eq!(field(omi, "PID", 3).split('^').next().unwrap(), attr_text(&urgent, dicom_dictionary_std::tags::PATIENT_ID));
     eprintln!("the OMI (case000, urgent):\n{}", omi.replace('\r', "\n"));
 }

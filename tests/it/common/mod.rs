@@ -630,10 +630,16 @@ pub fn wait_results(
 /// when drawn can be taken before storescp binds it (by another test's outgoing connection, as
 /// storescp binds every address); then storescp exits, and another port is tried.
 pub fn storescp(dir: &Path) -> (Child, u16) {
+    storescp_with(dir, &["+uf"])
+}
+
+/// `storescp` with options of its own (`-aet PACS`, `+xa`, ...) before the output folder.
+pub fn storescp_with(dir: &Path, options: &[&str]) -> (Child, u16) {
     for _ in 0..5 {
         let port = free_port();
         let mut child = Command::new("storescp")
-            .args(["+uf", "-od", dir.to_str().unwrap(), &port.to_string()])
+            .args(options)
+            .args(["-od", dir.to_str().unwrap(), &port.to_string()])
             .env("TCP_NODELAY", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -653,6 +659,58 @@ pub fn storescp(dir: &Path) -> (Child, u16) {
         let _ = child.wait();
     }
     panic!("storescp did not listen on any of 5 free ports");
+}
+
+/// DCMTK storescp on `port` (chosen before: a PACS registered while it is down), with
+/// `options`, once it listens.
+pub fn storescp_at(port: u16, dir: &Path, options: &[&str]) -> Killed {
+    let child = Command::new("storescp")
+        .args(options)
+        .args(["-od", dir.to_str().unwrap(), &port.to_string()])
+        .env("TCP_NODELAY", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storescp");
+    let mut scp = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline && scp.0.try_wait().ok().flatten().is_none(), "storescp did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    scp
+}
+
+/// A models folder under `root` holding package `name`: its model.pt made by the Python script
+/// `script` of tests/peers, its manifest `manifest`. None (skipped) without the venv.
+pub fn scripted_package(root: &Path, name: &str, script: &str, manifest: &str) -> Option<String> {
+    let python = python()?;
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(python).arg(repo().join("tests/peers").join(script)).arg(dir.join("model.pt")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("model.toml"), manifest).unwrap();
+    Some(format!("models_dir = \"{}\"", root.display()))
+}
+
+/// Poll `done` every 100 ms until it holds; panic after `timeout` with the node's log.
+pub fn wait_for(node: &Node, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The text of `tag` in a DICOM file, trimmed ("" when absent).
+pub fn attr_text(file: &Path, tag: dicom_core::Tag) -> String {
+    let obj = dicom_object::open_file(file).unwrap();
+    obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().trim_end_matches('\0').to_string()).unwrap_or_default()
+}
+
+/// Each line of a JSON Lines file (none when it does not exist yet).
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 pub struct Killed(pub Child);
