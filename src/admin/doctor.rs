@@ -1,7 +1,8 @@
 //! `triage-node doctor`: what a fresh install (or a node at 3 a.m.) needs, checked one by one
 //! with the fix said: the keys present and private, the data directory writable, the database
-//! reachable, the model packages loading, the ports free, each PACS answering a C-ECHO, the RIS
-//! and the mail server reachable. Reads and echoes only; never prints a key or a patient.
+//! reachable, the model packages loading, the ports free, each PACS answering a C-ECHO, each
+//! DICOMweb archive accepting the node's credentials, the RIS and the mail server reachable.
+//! Reads and echoes only; never prints a key or a patient.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -48,6 +49,13 @@ fn key_file(name: &str, path: &std::path::Path) -> Check {
 fn port(name: &str, bind: &str, port: u16) -> Option<Check> {
     (port != 0).then(|| match std::net::TcpListener::bind((bind, port)) {
         Ok(_) => check(name, Verdict::Ok, format!("{bind}:{port} is free")),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && port < 1024 => check(
+            name,
+            Verdict::Fail,
+            format!(
+                "{bind}:{port} needs root or CAP_NET_BIND_SERVICE (the packaged unit grants it; run doctor as the service would, or pick a port above 1023)"
+            ),
+        ),
         Err(e) => check(name, Verdict::Warn, format!("{bind}:{port} cannot be bound ({e}): another process holds it (a running node?)")),
     })
 }
@@ -136,6 +144,15 @@ pub async fn run(settings: &Settings) -> Result<Vec<Check>, AdminError> {
             }
         }
         db.close().await;
+    }
+    for d in &settings.results.dicomweb {
+        let name = format!("DICOMweb {}", d.name);
+        out.push(match crate::delivery::stow::probe(d).await {
+            Ok(status @ 200..=299) => check(name, Verdict::Ok, format!("a QIDO-RS search with the credentials answered {status}")),
+            Ok(status @ (401 | 403)) => check(name, Verdict::Fail, format!("answered {status}: the archive refuses the credentials (auth, token or password)")),
+            Ok(status) => check(name, Verdict::Warn, format!("reachable; a QIDO-RS search answered {status} (an archive may allow STOW-RS only)")),
+            Err(why) => check(name, Verdict::Fail, why),
+        });
     }
     if settings.hl7.enabled {
         out.push(reachable("RIS (HL7 MLLP)", &settings.hl7.host, settings.hl7.port, settings.hl7.timeout).await);

@@ -23,6 +23,7 @@ mod model_import;
 mod notify;
 mod onnx;
 mod outbox;
+mod package;
 mod preprocess;
 mod protocol_edges;
 mod query;
