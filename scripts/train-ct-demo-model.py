@@ -14,6 +14,8 @@ aggregation, heatmap on the key slice, the SR naming the series) runs on real DI
                                                       CT scanner sends it (one study), with a
                                                       lesion when `lesion` is given
     train-ct-demo-model.py model-input FILE OUT      the model input of FILE (f32 LE)
+    train-ct-demo-model.py reference PACKAGE_DIR     reference.json: the shipped model.pt's scores on the
+                                                     validation volumes (drift check; training writes it too)
 
 The preprocessing is the node's (model.toml: CT window {center 40, width 80} on Modality LUT
 values, bilinear resize with pixel centres aligned and no antialiasing, 128x128), written with
@@ -153,21 +155,8 @@ def train(out_dir):
 
     # Volumes: synthetic series of 24 slices, half with a lesion, aggregated as the node does:
     # lesions like the training ones, and smaller, fainter ones (radius 2-3.5 mm, +25-40 HU).
-    _, hu, brain = source()
-
-    def volumes(n, seed, **lesion):
-        rng = np.random.default_rng(seed)
-        scores, labels = [], []
-        with torch.no_grad():
-            for v in range(n):
-                imgs, spread = volume(hu, brain, rng, 24, v % 2 == 0, **lesion)
-                x = torch.from_numpy(np.stack([model_input_of(s) for s in imgs])[:, None])
-                scores.append(adjacent(net(x)[0][:, 0].numpy()))
-                labels.append(int(spread is not None))
-        return np.array(scores), np.array(labels)
-
-    vol_scores, vol_truth = volumes(40, SEED + 2)
-    hard_scores, hard_truth = volumes(40, SEED + 4, radius=(2, 3.5), contrast=(25, 40))
+    vol_scores, vol_truth = volumes(net, 40, SEED + 2)
+    hard_scores, hard_truth = volumes(net, 40, SEED + 4, radius=(2, 3.5), contrast=(25, 40))
 
     def j(scores, labels, t):
         return (scores[labels == 1] >= t).mean() + (scores[labels == 0] < t).mean()
@@ -203,7 +192,30 @@ def train(out_dir):
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
+    chest.write_reference(out_dir, {"hyperdense_lesion": vol_scores}, "validation volumes (one per study)", len(vol_truth))
     print(json.dumps(metrics))
+
+
+def volumes(net, n, seed, **lesion):
+    """N synthetic series of 24 slices, half with a lesion, scored as the node aggregates."""
+    _, hu, brain = source()
+    rng = np.random.default_rng(seed)
+    scores, labels = [], []
+    with torch.no_grad():
+        for v in range(n):
+            imgs, spread = volume(hu, brain, rng, 24, v % 2 == 0, **lesion)
+            x = torch.from_numpy(np.stack([model_input_of(s) for s in imgs])[:, None])
+            scores.append(adjacent(net(x)[0][:, 0].numpy()))
+            labels.append(int(spread is not None))
+    return np.array(scores), np.array(labels)
+
+
+def reference(package_dir):
+    """reference.json of the shipped model (its validation volumes), without training again."""
+    torch.set_num_threads(2)
+    net = torch.jit.load(os.path.join(package_dir, "model.pt")).eval()
+    scores, truth = volumes(net, 40, SEED + 2)
+    chest.write_reference(package_dir, {"hyperdense_lesion": scores}, "validation volumes (one per study)", len(truth))
 
 
 def series(out_dir, n, with_lesion, seed=SEED + 3):
@@ -253,5 +265,7 @@ if __name__ == "__main__":
         series(sys.argv[2], int(sys.argv[3]), len(sys.argv) == 5)
     elif cmd == "model-input" and len(sys.argv) == 4:
         model_input(sys.argv[2]).astype("<f4").tofile(sys.argv[3])
+    elif cmd == "reference" and len(sys.argv) == 3:
+        reference(sys.argv[2])
     else:
         sys.exit(__doc__)

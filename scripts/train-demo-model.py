@@ -11,6 +11,10 @@ results) runs on real DICOM without patient data.
     train-demo-model.py cases OUT_DIR N          writes N labelled DICOM cases + labels.csv
     train-demo-model.py model-input FILE OUT     writes the model input of FILE (f32 LE), as
                                                  the training pipeline computes it
+    train-demo-model.py reference PACKAGE_DIR    writes reference.json: the package's model.pt
+                                                 scores on the validation images (training
+                                                 writes it too), the distribution the node's
+                                                 drift check compares live scores with
 
 The preprocessing here is the node's, step for step (model.toml: CR window "file", MONOCHROME1
 inverted, bilinear resize with pixel centres aligned and no antialiasing, 128x128): the tests
@@ -238,7 +242,27 @@ def train(out_dir):
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
+    write_reference(out_dir, {"nodule": pv}, "validation images (one per study)", len(xva))
     print(json.dumps(metrics))
+
+
+def write_reference(out_dir, scores, source, n):
+    """reference.json: per label, the study-level scores of the validation set (what the node
+    stores as a finding's probability), for the node's drift check (PSI, models/README.md)."""
+    doc = {"source": source, "studies": n, "scores": {label: [round(float(p), 5) for p in ps] for label, ps in scores.items()}}
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(doc, f)
+        f.write("\n")
+
+
+def reference(package_dir):
+    """The shipped model's scores on the validation images, without training again."""
+    torch.set_num_threads(2)
+    xva, _ = dataset(Source(), 400, SEED + 1)
+    net = torch.jit.load(os.path.join(package_dir, "model.pt")).eval()
+    with torch.no_grad():
+        pv = torch.cat([net(xva[i:i + 100])[0] for i in range(0, len(xva), 100)])[:, 0].numpy()
+    write_reference(package_dir, {"nodule": pv}, "validation images (one per study)", len(xva))
 
 
 # ---- labelled DICOM cases ------------------------------------------------------------------
@@ -285,5 +309,7 @@ if __name__ == "__main__":
         cases(sys.argv[2], int(sys.argv[3]))
     elif cmd == "model-input" and len(sys.argv) == 4:
         model_input(sys.argv[2]).astype("<f4").tofile(sys.argv[3])
+    elif cmd == "reference" and len(sys.argv) == 3:
+        reference(sys.argv[2])
     else:
         sys.exit(__doc__)

@@ -49,7 +49,26 @@ pub struct Settings {
     pub hl7: Hl7Settings,
     pub notify: NotifySettings,
     pub audit_export: AuditExportSettings,
+    pub drift: DriftSettings,
     pub log: LogSettings,
+}
+
+/// Score drift per model and label against the package's reference.json (`admin::drift`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSettings {
+    /// The newest this many triaged studies of a model version make the live distribution.
+    pub window: usize,
+    /// Below this many, nothing is said.
+    pub min_studies: usize,
+    /// PSI at or above it is a warning (status, /readyz, a metric, the log).
+    pub threshold: f64,
+}
+
+impl Default for DriftSettings {
+    fn default() -> DriftSettings {
+        DriftSettings { window: 200, min_studies: 50, threshold: 0.25 }
+    }
 }
 
 /// The audit trail exported to the site's audit record repository (IHE ATNA): each entry, in
@@ -645,6 +664,10 @@ pub struct HttpSettings {
     /// HTTP connections open at once, and per peer address (past either: 503, closed).
     pub max_connections: usize,
     pub max_connections_per_host: usize,
+    /// STOW-RS (`POST /dicomweb/studies`): the most bytes one part (one instance) and one
+    /// request may have; past either the request is answered 413.
+    pub stow_max_part: ByteSize,
+    pub stow_max_request: ByteSize,
 }
 
 /// The Query/Retrieve SCP over the AI result objects.
@@ -866,6 +889,131 @@ pub struct ResultsSettings {
     /// The study priorities that create a workitem: `urgent` (Scheduled Procedure Step
     /// Priority HIGH) and/or `positive` (MEDIUM).
     pub ups_priorities: Vec<NotifyPriority>,
+    /// DICOMweb archives (`[[results.dicomweb]]`) that receive every result object by STOW-RS,
+    /// as `destinations` do by C-STORE; empty: none.
+    #[serde(default)]
+    pub dicomweb: Vec<DicomwebDestination>,
+}
+
+/// What every DICOMweb (STOW-RS) destination starts with (no configured AE title may).
+pub const DICOMWEB_PREFIX: &str = "dicomweb:";
+
+/// How a DICOMweb destination authenticates.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DicomwebAuth {
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// `Authorization: Basic` with `username` and the password.
+    Basic,
+}
+
+/// A DICOMweb archive that receives result objects by STOW-RS (`POST {url}/studies`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomwebDestination {
+    /// Unique; the outbox destination is `dicomweb:<name>`. Letters, digits, `-` and `_`.
+    pub name: String,
+    /// The service's base URL (`https://archive.example/dicomweb`); plain `http://` only to a
+    /// loopback host; no credentials, query or fragment in it.
+    pub url: String,
+    #[serde(default)]
+    pub auth: DicomwebAuth,
+    /// The bearer token (`auth = "bearer"`), read at each send; the environment variable
+    /// `TRIAGE_DICOMWEB_<NAME>_TOKEN` wins over it.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The user (`auth = "basic"`).
+    #[serde(default)]
+    pub username: String,
+    /// The password (`auth = "basic"`), read at each send; `TRIAGE_DICOMWEB_<NAME>_PASSWORD`
+    /// wins over it.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A CA certificate (PEM) trusted besides the platform's roots (the site's own CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// One request (connect, send, answer) may take this long.
+    #[serde(default = "dicomweb_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn dicomweb_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl DicomwebDestination {
+    /// The outbox destination of the objects sent here.
+    pub fn destination(&self) -> String {
+        format!("{DICOMWEB_PREFIX}{}", self.name)
+    }
+
+    /// The environment variable that holds this destination's `what` (`TOKEN`, `PASSWORD`).
+    pub fn secret_env(&self, what: &str) -> String {
+        format!("TRIAGE_DICOMWEB_{}_{what}", self.name.to_ascii_uppercase().replace('-', "_"))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("{name:?} must be 1 to 32 letters, digits, '-' or '_'"));
+        }
+        let url = reqwest13::Url::parse(&self.url).map_err(|e| format!("{name}: the url is not a URL ({e})"))?;
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Err(format!("{name}: the url has no host"));
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback_host(host) => {}
+            "http" => return Err(format!("{name}: plain http only to a loopback host; use https")),
+            other => return Err(format!("{name}: the url's scheme is {other:?}, not http(s)")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{name}: no credentials in the url; use auth with token_file or password_file"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{name}: the url is the service's base (STOW-RS goes to <url>/studies): no query or fragment"));
+        }
+        let set = |f: &Option<PathBuf>| f.as_ref().is_some_and(|p| !p.as_os_str().is_empty());
+        let env = |what: &str| std::env::var(self.secret_env(what)).is_ok_and(|v| !v.trim().is_empty());
+        match self.auth {
+            DicomwebAuth::None if set(&self.token_file) || set(&self.password_file) || !self.username.is_empty() => {
+                return Err(format!("{name}: credentials given but auth = \"none\" (say auth = \"bearer\" or \"basic\")"));
+            }
+            DicomwebAuth::None => {}
+            DicomwebAuth::Bearer if !set(&self.token_file) && !env("TOKEN") => {
+                return Err(format!("{name}: auth = \"bearer\" needs token_file (or {})", self.secret_env("TOKEN")));
+            }
+            DicomwebAuth::Basic if self.username.is_empty() || self.username.contains(':') => {
+                return Err(format!("{name}: auth = \"basic\" needs a username without ':'"));
+            }
+            DicomwebAuth::Basic if !set(&self.password_file) && !env("PASSWORD") => {
+                return Err(format!("{name}: auth = \"basic\" needs password_file (or {})", self.secret_env("PASSWORD")));
+            }
+            DicomwebAuth::Bearer | DicomwebAuth::Basic => {}
+        }
+        if self.timeout.is_zero() {
+            return Err(format!("{name}: timeout must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for DicomwebDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DicomwebDestination")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("auth", &self.auth)
+            .field("token_file", &self.token_file)
+            .field("username", &(!self.username.is_empty()).then_some("<set>"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// The outbox destination of UPS workitems for the SCP `ae` (a lane of its own, apart from
@@ -896,6 +1044,26 @@ impl ResultsSettings {
             return Err("ups_priorities must list urgent and/or positive when ups names an AE".into());
         }
         Ok(())
+    }
+
+    /// `dicomweb`: each destination valid, names unique, no AE title taken for one of them.
+    pub fn validate_dicomweb(&self) -> Result<(), String> {
+        for (i, d) in self.dicomweb.iter().enumerate() {
+            d.validate()?;
+            if self.dicomweb[..i].iter().any(|o| o.name == d.name) {
+                return Err(format!("the name {:?} is used twice", d.name));
+            }
+        }
+        if self.ups.iter().chain(&self.destinations).any(|a| a.as_str().starts_with(DICOMWEB_PREFIX)) {
+            return Err(format!("an AE title may not start with {DICOMWEB_PREFIX:?} (the outbox's DICOMweb destinations do)"));
+        }
+        Ok(())
+    }
+
+    /// Every outbox destination result objects are queued for: the AE titles, then the
+    /// DICOMweb destinations.
+    pub fn object_destinations(&self) -> Vec<String> {
+        self.destinations.iter().map(|d| d.to_string()).chain(self.dicomweb.iter().map(DicomwebDestination::destination)).collect()
     }
 
     /// Whether a study at `priority` (the worklist's spelling) gets a workitem.
@@ -955,6 +1123,12 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.drift.window == 0 || self.drift.min_studies == 0 || self.drift.min_studies > self.drift.window {
+            return Err(invalid("drift.min_studies", "must be at least 1 and at most drift.window"));
+        }
+        if !(self.drift.threshold > 0.0 && self.drift.threshold.is_finite()) {
+            return Err(invalid("drift.threshold", "must be a positive number (0.25 is the usual line)"));
+        }
         if self.dicom.max_associations == 0 {
             return Err(invalid("dicom.max_associations", "must be at least 1"));
         }
@@ -1011,6 +1185,10 @@ impl Settings {
             return Err(invalid("results.heatmap_max_size", "must be between 64 and 4096 pixels"));
         }
         self.results.validate_ups().map_err(|reason| ConfigError::Invalid { key: "results.ups", reason })?;
+        self.results.validate_dicomweb().map_err(|reason| ConfigError::Invalid { key: "results.dicomweb", reason })?;
+        if self.results.dicomweb.iter().any(|d| self.delivery.lease < d.timeout * 2) {
+            return Err(invalid("results.dicomweb.timeout", "delivery.lease must be at least twice each DICOMweb destination's timeout"));
+        }
         if self.hl7.order_update != crate::hl7::OrderUpdate::None && self.hl7.order_update_priorities.is_empty() {
             return Err(invalid("hl7.order_update_priorities", "must list urgent and/or positive when hl7.order_update is omi or orm"));
         }
@@ -1134,6 +1312,9 @@ impl Settings {
         for r in &mut s.notify.rules {
             r.url = r.url.as_deref().map(redact_webhook_url);
             r.email = r.email.iter().map(|_| "<redacted>".to_string()).collect();
+        }
+        for d in &mut s.results.dicomweb {
+            d.url = redact_url(&d.url);
         }
         s
     }
@@ -1332,6 +1513,39 @@ mod tests {
         assert!(load(&format!("{smtp}{}", mail("m", "template = '{\"t\": \"{id}\"}'\n"))).unwrap_err().contains("for webhooks"));
         // The section's first name still reads.
         assert!(load("[[notify.webhooks]]\nname = \"old\"\nurl = \"https://h.example/1\"\n").is_ok());
+    }
+
+    #[test]
+    fn dicomweb_destinations_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |results: &str| {
+            let path = dir.path().join("d.toml");
+            std::fs::write(&path, format!("[results]\n{results}")).unwrap();
+            Settings::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let one = |fields: &str| format!("[[results.dicomweb]]\nname = \"cloud\"\n{fields}\n");
+        let s = load(&one("url = \"https://dicom.example/dicomweb\"\nauth = \"bearer\"\ntoken_file = \"/etc/t\"")).unwrap();
+        let d = &s.results.dicomweb[0];
+        assert_eq!((d.destination().as_str(), d.auth, d.timeout), ("dicomweb:cloud", DicomwebAuth::Bearer, Duration::from_secs(30)));
+        assert_eq!(s.results.object_destinations(), ["dicomweb:cloud"]);
+        assert_eq!(d.secret_env("TOKEN"), "TRIAGE_DICOMWEB_CLOUD_TOKEN");
+        // https, or http to a loopback host; no credentials, query or fragment in the url.
+        assert!(load(&one("url = \"http://127.0.0.1:8042/dicom-web\"")).is_ok());
+        assert!(load(&one("url = \"http://dicom.example/dicomweb\"")).unwrap_err().contains("https"));
+        assert!(load(&one("url = \"https://u:p@dicom.example/dicomweb\"")).unwrap_err().contains("credentials"));
+        assert!(load(&one("url = \"https://dicom.example/dicomweb?k=v\"")).unwrap_err().contains("query"));
+        assert!(load(&one("url = \"ftp://dicom.example/\"")).unwrap_err().contains("scheme"));
+        // Auth needs its secret; credentials without auth are a mistake.
+        assert!(load(&one("url = \"https://d.example/\"\nauth = \"bearer\"")).unwrap_err().contains("token_file"));
+        assert!(load(&one("url = \"https://d.example/\"\nauth = \"basic\"\npassword_file = \"/p\"")).unwrap_err().contains("username"));
+        assert!(load(&one("url = \"https://d.example/\"\nauth = \"basic\"\nusername = \"u\"")).unwrap_err().contains("password_file"));
+        assert!(load(&one("url = \"https://d.example/\"\nauth = \"basic\"\nusername = \"u\"\npassword_file = \"/p\"")).is_ok());
+        assert!(load(&one("url = \"https://d.example/\"\ntoken_file = \"/t\"")).unwrap_err().contains("auth = \"none\""));
+        // Names unique and plain; a timeout within the lease; no AE title that looks like one.
+        assert!(load(&format!("{}{}", one("url = \"https://a.example/\""), one("url = \"https://b.example/\""))).unwrap_err().contains("twice"));
+        assert!(load("[[results.dicomweb]]\nname = \"a b\"\nurl = \"https://a.example/\"\n").unwrap_err().contains("letters"));
+        assert!(load(&one("url = \"https://a.example/\"\ntimeout = \"1h\"")).unwrap_err().contains("lease"));
+        assert!(load("destinations = [\"dicomweb:x\"]\n").is_err());
     }
 
     #[test]

@@ -29,7 +29,8 @@ enum TokenAction {
     /// start.
     Add {
         name: String,
-        /// reader (worklist, reading state) or admin (also AE administration).
+        /// reader (worklist, reading state), admin (also AE administration) or modality (STOW-RS
+        /// ingest only; its name is the calling AE recorded for what it stores).
         #[arg(long, default_value = "reader")]
         role: String,
     },

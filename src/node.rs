@@ -229,12 +229,16 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
     }
     let tls_acceptor = crate::net::tls::acceptor(&settings.dicom.tls).context("preparing the TLS port")?;
     let access = Arc::new(crate::services::access::AeRegistry::new(db.clone(), settings.dicom.require_registered_calling_ae));
+    // One query index for the Q/R SCP and DICOMweb (QIDO-RS / WADO-RS).
+    let mut archive = None;
     let query = if settings.query.enabled {
-        let archive = crate::archive::Archive::open(db.clone(), ctx.core.keys.clone(), ctx.core.blobs.clone(), ctx.core.node_id.clone())
+        let index = crate::archive::Archive::open(db.clone(), ctx.core.keys.clone(), ctx.core.blobs.clone(), ctx.core.node_id.clone())
             .await
             .context("building the query index of the result objects")?;
+        let index = Arc::new(index);
+        archive = Some(index.clone());
         Some(crate::services::qr::QueryRetrieve::new(
-            Arc::new(archive),
+            index,
             ctx.core.ae_title.clone(),
             settings.query.matching(),
             settings.delivery.timeout,
@@ -243,6 +247,7 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
     } else {
         None
     };
+    let stow_ingest = ingest.clone();
     let services = crate::services::standard(ingest, db.clone(), query, &settings.storage);
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ctx.core.ae_title.clone(), access, services });
     let http = if settings.http.enabled {
@@ -252,14 +257,19 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
             settings.http.tokens_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
         )
         .context("loading the HTTP API tokens")?;
+        let drift = crate::admin::drift::Watch::load(&settings.inference.models_dir, &manifests, settings.drift.clone())
+            .context("loading the model packages' reference scores")?;
         let served = crate::http::Served {
             tokens,
+            drift,
             manifests,
             heatmap_max: settings.results.heatmap_max_size,
             dicom_timeout: settings.delivery.timeout,
             workers: workers.clone(),
             metrics,
             publisher: publisher(ctx),
+            dicomweb: archive.map(|archive| crate::http::dicomweb::Source { archive, matching: settings.query.matching() }),
+            stow: Some(crate::http::stow::Stow::new(stow_ingest, &settings.http, &settings.storage)),
         };
         let state = crate::http::AppState::new(&ctx.core, &settings.http, served);
         Some(state)
@@ -290,6 +300,7 @@ fn spawn_workers(
         &settings.notify,
         settings.ingest.study_quiet_period,
         ctx.wake_outbox.clone(),
+        &settings.results.dicomweb,
     ));
     workers.spawn(crate::triage::Arrivals::new(triage.clone(), arrivals));
     let wake_jobs = Arc::new(tokio::sync::Notify::new());

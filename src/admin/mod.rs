@@ -10,6 +10,7 @@ pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod doctor;
+pub mod drift;
 pub mod evaluate;
 pub mod export;
 pub mod feedback;

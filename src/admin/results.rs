@@ -135,7 +135,7 @@ pub async fn retract(db: &Db, publisher: &Publisher, study_id: i64, reason: Reas
         retracted_at_ms: done.at_ms,
         by: done.by,
         objects,
-        destinations: if note.is_some() { publisher.settings.destinations.iter().map(|d| d.to_string()).collect() } else { Vec::new() },
+        destinations: if note.is_some() { publisher.settings.object_destinations() } else { Vec::new() },
         hl7,
     })
 }

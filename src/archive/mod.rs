@@ -16,10 +16,15 @@
 //! - `index`: the snapshot (patients, studies, series, objects); an indexed rejection note hides
 //!   the objects it names from query and retrieve (IHE IOCM), the note itself stays.
 //! - `query`: an identifier read, matched, and answered.
+//! - `disclose`: who may see which result, and the audit entry of each query and retrieve (the
+//!   rule the DIMSE SCP and DICOMweb share).
+//! - `render`: a Secondary Capture or Parametric Map as a PNG picture (WADO-RS `rendered`).
 
+pub mod disclose;
 pub mod index;
 pub mod keys;
 pub mod query;
+pub mod render;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

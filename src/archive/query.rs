@@ -125,6 +125,17 @@ impl<'a> Hit<'a> {
 impl Query {
     /// Read a C-FIND identifier of `model`.
     pub fn parse(identifier: &InMemDicomObject, model: Model, options: Options) -> Result<Query, QueryError> {
+        Query::parse_as(identifier, model, options, true)
+    }
+
+    /// Read a query that need not name the levels above its own (QIDO-RS `/series`,
+    /// `/instances`: PS3.18 10.6.1 searches every study): matched as `parse` matches, each
+    /// upper level's keys included.
+    pub fn parse_relational(identifier: &InMemDicomObject, model: Model, options: Options) -> Result<Query, QueryError> {
+        Query::parse_as(identifier, model, options, false)
+    }
+
+    fn parse_as(identifier: &InMemDicomObject, model: Model, options: Options, hierarchical: bool) -> Result<Query, QueryError> {
         let level_text =
             identifier.get(tags::QUERY_RETRIEVE_LEVEL).and_then(|e| e.to_str().ok()).ok_or_else(|| mismatch("no Query/Retrieve Level (0008,0052)"))?;
         let level = Level::parse(&level_text).ok_or_else(|| mismatch("(0008,0052) is not PATIENT, STUDY, SERIES or IMAGE"))?;
@@ -144,7 +155,7 @@ impl Query {
         }
         // Hierarchical: each level above the query's is named by one value of its unique key.
         let mut upper = model.top();
-        while upper < level {
+        while hierarchical && upper < level {
             let unique = upper.unique_key();
             let single = keys.iter().any(|k| k.tag == unique && matches!(k.matcher, Some(Matcher::Single { .. })));
             if !single {
@@ -512,6 +523,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(texts(&rs, tags::SOP_INSTANCE_UID), ["2.2.9.1"]);
+    }
+
+    #[test]
+    fn a_relational_query_searches_every_study_with_the_upper_keys_matched() {
+        let s = snapshot();
+        let series = |keys: &[(Tag, VR, &str)]| {
+            let q = Query::parse_relational(&ident("SERIES", keys), Model::StudyRoot, Options::default()).unwrap();
+            texts(&q.matches(&s).map(|h| q.response(&h, "T")).collect::<Vec<_>>(), tags::SERIES_INSTANCE_UID)
+        };
+        assert_eq!(series(&[(tags::MODALITY, VR::CS, "SR")]), ["1.1.1", "2.1.1", "2.2.1"], "no study named: all of them");
+        assert_eq!(series(&[(tags::MODALITY, VR::CS, "SR"), (tags::PATIENT_NAME, VR::PN, "DOE*")]), ["2.1.1", "2.2.1"], "a patient key matched");
+        assert_eq!(series(&[(tags::STUDY_DATE, VR::DA, "20261201-")]), ["2.2.1"], "a study key matched");
+        assert!(Query::parse(&ident("SERIES", &[(tags::MODALITY, VR::CS, "SR")]), Model::StudyRoot, Options::default()).is_err(), "C-FIND stays hierarchical");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! an identifier DCM has no code for (a worklist row id, a bare SOP Instance UID, an AE title
 //! as a security resource), a private coding scheme, `99TRIAGE`, says what it is.
 
-use super::{Entry, Event};
+use super::{Entry, Event, Party};
 
 /// Who writes the messages: the node (AuditSourceID) and its AE title.
 #[derive(Debug, Clone)]
@@ -79,6 +79,14 @@ fn esc(text: &str) -> String {
 
 fn code(element: &str, (c, meaning): (&str, &str), scheme: &str) -> String {
     format!(r#"<{element} csd-code="{}" codeSystemName="{scheme}" originalText="{}"/>"#, esc(c), esc(meaning))
+}
+
+/// A requestor's AE title, where it is an AE (an HTTP user has none).
+fn ae_of(by: &Party) -> Option<&str> {
+    match by {
+        Party::Ae(ae) => Some(ae),
+        Party::User(_) => None,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -250,24 +258,29 @@ pub fn message(entry: &Entry, source: &Source, instance: &Instance) -> String {
             vec![Participant { user: &details.reader, requestor: true, role: None, ae: None, host: None }, node],
             vec![study_row(*study).described(format!("reading {}: {} -> {}", details.action, details.from, details.to))],
         ),
-        Some(Event::Query { ae, details }) => (
+        Some(Event::Query { by, details }) => (
             QUERY,
             "E",
             0,
             None,
-            vec![Participant { user: ae, requestor: true, role: Some(SOURCE), ae: Some(ae), host: None }, Participant { role: Some(DESTINATION), ..node }],
+            vec![
+                Participant { user: by.name(), requestor: true, role: Some(SOURCE), ae: ae_of(by), host: None },
+                Participant { role: Some(DESTINATION), ..node },
+            ],
             // The query's identifier is not kept (it may name a patient): no ParticipantObjectQuery.
             vec![Object::new(find_sop_class(&details.model), SOP_CLASS_UID, "DCM", 2, 3).described(format!(
-                "C-FIND {} level {}: {} matches{}",
+                "{} {} level {}: {} matches{}",
+                details.via.as_deref().unwrap_or("C-FIND"),
                 details.model,
                 details.level,
                 details.matches,
                 if details.cancelled { ", cancelled" } else { "" }
             ))],
         ),
-        Some(Event::Retrieve { ae, details }) => {
-            let mut people = vec![Participant { user: ae, requestor: true, role: None, ae: Some(ae), host: None }, Participant { role: Some(SOURCE), ..node }];
-            if details.destination != *ae {
+        Some(Event::Retrieve { by, details }) => {
+            let mut people =
+                vec![Participant { user: by.name(), requestor: true, role: None, ae: ae_of(by), host: None }, Participant { role: Some(SOURCE), ..node }];
+            if details.destination != by.name() {
                 people.push(Participant { user: &details.destination, requestor: false, role: Some(DESTINATION), ae: Some(&details.destination), host: None });
             } else {
                 people[0].role = Some(DESTINATION);

@@ -59,13 +59,14 @@ pub enum Event {
         study: i64,
         details: ReadingChange,
     },
-    /// A Q/R caller's query disclosed matches, or its retrieve sent objects.
+    /// A Q/R caller's query disclosed matches, or its retrieve sent objects: a DICOM AE
+    /// (C-FIND, C-MOVE, C-GET) or an HTTP API user (QIDO-RS, WADO-RS).
     Query {
-        ae: String,
+        by: Party,
         details: Queried,
     },
     Retrieve {
-        ae: String,
+        by: Party,
         details: Retrieved,
     },
     /// An admin retracted a study's AI results (its worklist row id).
@@ -150,12 +151,42 @@ pub struct ReadingChange {
     pub to: String,
 }
 
+/// Who a query or retrieve disclosed results to: stored as the subject `ae:<title>` or
+/// `user:<token's user name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Party {
+    Ae(String),
+    User(String),
+}
+
+impl Party {
+    pub fn name(&self) -> &str {
+        match self {
+            Party::Ae(n) | Party::User(n) => n,
+        }
+    }
+
+    fn subject(&self) -> String {
+        match self {
+            Party::Ae(ae) => format!("ae:{ae}"),
+            Party::User(user) => format!("user:{user}"),
+        }
+    }
+
+    fn parse(subject: &str) -> Option<Party> {
+        subject.strip_prefix("ae:").map(|a| Party::Ae(a.into())).or_else(|| subject.strip_prefix("user:").map(|u| Party::User(u.into())))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Queried {
     pub model: String,
     pub level: String,
     pub matches: u64,
     pub cancelled: bool,
+    /// The service, where not C-FIND (`QIDO-RS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,7 +279,7 @@ impl Event {
             Event::Reading { study, .. } | Event::Retract { study, .. } | Event::Acknowledge { study, .. } | Event::Feedback { study, .. } => {
                 format!("study:{study}")
             }
-            Event::Query { ae, .. } | Event::Retrieve { ae, .. } => format!("ae:{ae}"),
+            Event::Query { by, .. } | Event::Retrieve { by, .. } => by.subject(),
         }
     }
 
@@ -289,8 +320,8 @@ impl Event {
             "ae_echo" => Event::AeEcho { ae: subject.to_string(), details: read(details)? },
             "worklist_view" => Event::WorklistView { user: after("user:")?, details: read(details)? },
             "reading" => Event::Reading { study: after("study:")?.parse().ok()?, details: read(details)? },
-            "query" => Event::Query { ae: after("ae:")?, details: read(details)? },
-            "retrieve" => Event::Retrieve { ae: after("ae:")?, details: read(details)? },
+            "query" => Event::Query { by: Party::parse(subject)?, details: read(details)? },
+            "retrieve" => Event::Retrieve { by: Party::parse(subject)?, details: read(details)? },
             "retract" => Event::Retract { study: after("study:")?.parse().ok()?, details: read(details)? },
             "acknowledge" => Event::Acknowledge { study: after("study:")?.parse().ok()?, details: read(details)? },
             "feedback" => Event::Feedback { study: after("study:")?.parse().ok()?, details: read(details)? },
@@ -490,9 +521,16 @@ mod tests {
                 study: 42,
                 details: ReadingChange { action: "claim".into(), reader: "dr.grey".into(), from: "unread".into(), to: "claimed".into() },
             },
-            Event::Query { ae: "VIEWER".into(), details: Queried { model: "STUDY".into(), level: "STUDY".into(), matches: 1, cancelled: false } },
+            Event::Query {
+                by: Party::Ae("VIEWER".into()),
+                details: Queried { model: "STUDY".into(), level: "STUDY".into(), matches: 1, cancelled: false, via: None },
+            },
+            Event::Query {
+                by: Party::User("dr.grey".into()),
+                details: Queried { model: "study root".into(), level: "SERIES".into(), matches: 2, cancelled: false, via: Some("QIDO-RS".into()) },
+            },
             Event::Retrieve {
-                ae: "VIEWER".into(),
+                by: Party::Ae("VIEWER".into()),
                 details: Retrieved {
                     operation: "C-MOVE".into(),
                     destination: "PACS".into(),

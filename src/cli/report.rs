@@ -126,6 +126,10 @@ pub async fn worklist(settings: &Settings, limit: i64, json: bool) -> anyhow::Re
 pub async fn status(settings: &Settings) -> anyhow::Result<()> {
     let db = admin::open(settings, Access::Read).await?;
     let status = admin::report::status(&db, &settings.storage.data_dir).await;
+    let drift = match admin::drift::Watch::from_models_dir(&settings.inference.models_dir, settings.drift.clone()) {
+        Ok(watch) => watch.check(&db).await,
+        Err(e) => Err(e),
+    };
     db.close().await;
     let st = status?;
     let storage = match settings.storage.backend {
@@ -166,6 +170,25 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
     }
     for (state, n) in &st.outbox {
         println!("outbox {state}: {n}");
+    }
+    match drift {
+        Ok(labels) => {
+            for d in labels.iter().filter(|d| d.psi.is_some()) {
+                println!(
+                    "score drift {} {} {}: {:?} (PSI {:.3} over {} studies)",
+                    d.model,
+                    d.model_version,
+                    d.label,
+                    d.state,
+                    d.psi.unwrap_or_default(),
+                    d.live_studies
+                );
+            }
+            for warning in labels.iter().filter_map(|d| d.warning()) {
+                println!("WARNING: {warning}");
+            }
+        }
+        Err(e) => println!("score drift not checked: {e}"),
     }
     let now = triage_node::domain::now_ms();
     for w in &st.workers {

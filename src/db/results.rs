@@ -233,6 +233,24 @@ impl Db {
         Ok(out)
     }
 
+    /// The probabilities of `label` in the newest `limit` studies `model` `version` triaged
+    /// (each study's latest result of that model), for the drift check.
+    pub async fn recent_scores(&self, model: &str, version: &str, label: &str, limit: i64) -> Result<Vec<f64>, DbError> {
+        sqlx::query_scalar(
+            "SELECT f.probability FROM findings f JOIN study_results r ON r.id = f.study_result_id
+             WHERE r.model = $1 AND r.model_version = $2 AND f.label = $3 AND r.state = 'triaged'
+               AND r.id = (SELECT MAX(r2.id) FROM study_results r2 WHERE r2.study_id = r.study_id AND r2.model = r.model)
+             ORDER BY r.id DESC LIMIT $4",
+        )
+        .bind(model)
+        .bind(version)
+        .bind(label)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select recent scores"))
+    }
+
     /// (state, count) of study results, for `triage-node status`.
     pub async fn result_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
         let rows = sqlx::query(

@@ -9,6 +9,7 @@ pub mod commitment;
 pub mod escalation;
 pub mod outbox;
 pub mod smtp;
+pub mod stow;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};

@@ -3,10 +3,11 @@
 //! not claimed again until its lane ends), so a slow or silent PACS or RIS holds only its own
 //! items. Items of urgent studies go first, then the oldest. A DICOM lane sends over one
 //! association, an HL7 lane one MLLP message after another, a webhook lane one POST after
-//! another (`webhook`); each outcome is recorded before the next item is sent: delivered; retry
-//! later with exponential backoff and jitter (connection failures, timeouts, rejections, Out of
-//! Resources, a webhook's 5xx); or dead with the reason (a refusal the peer
-//! will repeat, a file that cannot be read, or too many attempts). Items a lane did not attempt
+//! another (`webhook`), a DICOMweb lane one STOW-RS POST per object (`stow`); each outcome is
+//! recorded before the next item is sent: delivered; retry later with exponential backoff and
+//! jitter (connection failures, timeouts, rejections, Out of Resources, a webhook's or an
+//! archive's 5xx); or dead with the reason (a refusal the peer will repeat, a file that cannot
+//! be read, or too many attempts). Items a lane did not attempt
 //! (the peer broke off, or its claim would run out) are given back, due at once, no attempt
 //! counted. A lane's claim is renewed while it sends, and no attempt outlasts it.
 //! Work lives in the database, so a restart resumes where the last run stopped.
@@ -73,6 +74,9 @@ struct Sender {
     http: Result<reqwest13::Client, String>,
     /// How destinations registered as TLS are reached.
     tls: Connector,
+    /// The DICOMweb (STOW-RS) destinations, each with its HTTP client (the reason when it could
+    /// not be built: its items wait).
+    dicomweb: Vec<(crate::config::DicomwebDestination, Result<reqwest13::Client, String>)>,
 }
 
 impl Worker for OutboxWorker {
@@ -191,7 +195,9 @@ impl OutboxWorker {
     #[allow(clippy::too_many_arguments)]
     /// The worker from the node's context and the `[delivery]` section; `hl7` the `[hl7]`
     /// section when HL7 items are sent; `notify` the webhook rules; `quiet_period` only to time
-    /// the reports' latency; `wake` rung when items are queued.
+    /// the reports' latency; `wake` rung when items are queued; `dicomweb` the DICOMweb
+    /// archives result objects go to by STOW-RS (`[[results.dicomweb]]`: a destination whose
+    /// HTTP client cannot be built, its CA file unreadable, is logged once and its items wait).
     pub fn new(
         ctx: &crate::context::NodeContext,
         cfg: &DeliverySettings,
@@ -199,6 +205,7 @@ impl OutboxWorker {
         notify: &crate::config::NotifySettings,
         quiet_period: Duration,
         wake: Arc<tokio::sync::Notify>,
+        dicomweb: &[crate::config::DicomwebDestination],
     ) -> Self {
         let http = if notify.enabled { super::webhook::client(notify.timeout) } else { Err("notifications are off ([notify] enabled = false)".into()) };
         if let (true, Err(why)) = (notify.enabled, &http) {
@@ -216,6 +223,16 @@ impl OutboxWorker {
             notify: notify.clone(),
             http,
             tls: ctx.tls.clone(),
+            dicomweb: dicomweb
+                .iter()
+                .map(|d| {
+                    let client = super::stow::client(d);
+                    if let Err(why) = &client {
+                        error!(destination = %d.destination(), error = %why, "DICOMweb destination cannot be sent to: its items wait in the outbox");
+                    }
+                    (d.clone(), client)
+                })
+                .collect(),
         };
         OutboxWorker {
             started: false,
@@ -308,8 +325,8 @@ impl OutboxWorker {
     }
 }
 
-/// The per-destination gauges (labelled with the AE title, `HL7` or `webhook:<rule>`: no
-/// patient data).
+/// The per-destination gauges (labelled with the AE title, `HL7`, `webhook:<rule>` or
+/// `dicomweb:<name>`: no patient data).
 struct Gauges {
     waiting: metrics::Gauge,
     oldest_due: metrics::Gauge,
@@ -418,6 +435,16 @@ struct Webhook;
 /// A UPS workitem N-CREATEd at a UPS Push SCP (`ups:<AE>`), re-identified just before.
 struct UpsPush;
 
+/// A result object POSTed to a DICOMweb archive by STOW-RS (`dicomweb:<name>`), re-identified
+/// just before (`delivery::stow`).
+struct Stow;
+
+impl Sink for Stow {
+    fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
+        Box::pin(sender.one_at_a_time(items, claim, move |item| sender.attempt_stow(destination, item)))
+    }
+}
+
 impl Sink for UpsPush {
     fn deliver<'a>(&'a self, sender: &'a Sender, destination: &'a str, items: &'a [OutboxItem], claim: &'a Claim) -> BoxFuture<'a, Vec<Verdict>> {
         Box::pin(sender.attempt_ups(destination, items, claim))
@@ -443,9 +470,12 @@ impl Sink for Webhook {
 }
 
 /// How each kind of outbox item is sent: the one table a new kind (a Parametric Map, a SEG, a
-/// KOS goes by DIMSE) or a new transport (STOW-RS, a notification) adds a row to.
-fn sink(kind: ObjectKind) -> &'static dyn Sink {
+/// KOS goes by DIMSE) or a new transport (a notification) adds a row to. Result objects go by
+/// DIMSE to an AE title and by STOW-RS to a `dicomweb:` destination.
+fn sink(kind: ObjectKind, destination: &str) -> &'static dyn Sink {
+    let dicomweb = destination.starts_with(crate::config::DICOMWEB_PREFIX);
     match kind {
+        ObjectKind::Sr | ObjectKind::Sc | ObjectKind::Pm | ObjectKind::Seg | ObjectKind::Kos | ObjectKind::File if dicomweb => &Stow,
         ObjectKind::Sr | ObjectKind::Sc | ObjectKind::Pm | ObjectKind::Seg | ObjectKind::Kos | ObjectKind::File => &Dimse,
         ObjectKind::Hl7 => &Mllp,
         ObjectKind::Notice => &Webhook,
@@ -514,7 +544,7 @@ impl Sender {
     /// re-sends only what was not yet acknowledged); returns what is left to record (`Recorded`
     /// for the rest).
     async fn attempt(&self, destination: &str, items: &[OutboxItem], claim: &Claim) -> Vec<Verdict> {
-        sink(items[0].kind).deliver(self, destination, items, claim).await
+        sink(items[0].kind, destination).deliver(self, destination, items, claim).await
     }
 
     /// The MLLP transport: each HL7 message on its own connection, its ACK awaited.
@@ -608,6 +638,50 @@ impl Sender {
             }
             super::webhook::Posted::Retry { why, unreachable } => (Verdict::Retry(why), unreachable),
             super::webhook::Posted::Dead(why) => (Verdict::Dead(why), false),
+        }
+    }
+
+    /// Send one result object by STOW-RS to the DICOMweb destination `destination` names:
+    /// re-identified in memory now (audited) when it is a result, POSTed, judged per instance
+    /// (`stow::judge`); also says whether the archive could not be reached or did not answer.
+    async fn attempt_stow(&self, destination: &str, item: &OutboxItem) -> (Verdict, bool) {
+        let Some((dest, client)) = self.dicomweb.iter().find(|(d, _)| d.destination() == destination) else {
+            return (Verdict::Retry(format!("no [[results.dicomweb]] destination is named for {destination}: its objects wait")), false);
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(why) => return (Verdict::Retry(why.clone()), false),
+        };
+        let path = match self.blobs.fetch(&item.path).await {
+            Ok(path) => path,
+            Err(e) => return (Verdict::Retry(e.to_string()), false),
+        };
+        let (part10, instance) = if item.reidentify {
+            // Re-identified now, in memory: the queued file stays de-identified.
+            let purpose = format!("deliver result to {destination}");
+            let r = match crate::results::reidentify::reidentified(&self.db, &self.keys, &path, &purpose).await {
+                Ok(r) => r,
+                Err(e) if e.transient() => return (Verdict::Retry(e.to_string()), false),
+                Err(e) => return (Verdict::Dead(e.to_string()), false),
+            };
+            match crate::results::dataset::part10(&r.object, &r.sop_class_uid, &r.sop_instance_uid) {
+                Ok(bytes) => (zeroize::Zeroizing::new(bytes), r.sop_instance_uid),
+                Err(why) => return (Verdict::Dead(format!("encoding the re-identified object: {why}")), false),
+            }
+        } else {
+            let meta = match client::read_part10(&path) {
+                Ok(meta) => meta,
+                Err(e) => return (Verdict::Dead(e.to_string()), false),
+            };
+            match std::fs::read(&path) {
+                Ok(bytes) => (zeroize::Zeroizing::new(bytes), meta.sop_instance_uid.trim_end_matches('\0').to_string()),
+                Err(e) => return (Verdict::Dead(format!("reading {}: {e}", item.path)), false),
+            }
+        };
+        match super::stow::store(client, dest, &instance, &part10).await {
+            super::stow::Stored::Delivered => (Verdict::Delivered, false),
+            super::stow::Stored::Retry { why, unreachable } => (Verdict::Retry(why), unreachable),
+            super::stow::Stored::Dead(why) => (Verdict::Dead(why), false),
         }
     }
 

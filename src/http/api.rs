@@ -39,6 +39,7 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/api/studies/{id}/feedback", axum::routing::put(give_feedback))
         .route("/api/feedback/export", get(export_feedback))
         .route("/api/performance", get(performance))
+        .route("/api/drift", get(drift))
         .route("/api/aes", get(list_aes).post(add_ae))
         .route("/api/aes/{title}", axum::routing::put(edit_ae).delete(remove_ae))
         .route("/api/aes/{title}/enable", post(enable_ae))
@@ -418,6 +419,11 @@ async fn export_feedback(State(state): State<Shared>, AdminUser(_): AdminUser, Q
 /// `GET /api/performance` (admin): per model version, what it said and what readers concluded.
 async fn performance(State(state): State<Shared>, AdminUser(_): AdminUser) -> Result<Json<Vec<admin::performance::ModelPerformance>>, ApiError> {
     Ok(Json(admin::performance::figures(&state.db).await?))
+}
+
+/// `GET /api/drift`: every loaded model label's score drift (admin).
+async fn drift(State(state): State<Shared>, AdminUser(_): AdminUser) -> Result<Json<Vec<admin::drift::LabelDrift>>, ApiError> {
+    Ok(Json(state.drift.check(&state.db).await?))
 }
 
 /// `POST /api/studies/{id}/retract`.

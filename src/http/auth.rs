@@ -16,6 +16,9 @@ pub const MIN_SECRET: usize = 24;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Stores instances by STOW-RS (`POST /dicomweb/studies`) and nothing else: a modality, a
+    /// gateway or a script that uploads studies. Lowest, so `Authed` and `AdminUser` refuse it.
+    Modality,
     /// Reads the worklist (with patients' names), claims and marks studies read.
     Reader,
     /// Everything a reader may, and AE administration.
@@ -25,6 +28,7 @@ pub enum Role {
 impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "modality" => Some(Role::Modality),
             "reader" => Some(Role::Reader),
             "admin" => Some(Role::Admin),
             _ => None,
@@ -33,6 +37,7 @@ impl Role {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Modality => "modality",
             Role::Reader => "reader",
             Role::Admin => "admin",
         }
@@ -129,7 +134,8 @@ fn user(where_: &str, name: &str, role: &str) -> Result<User, TokenError> {
     if !valid_name(name) {
         return Err(TokenError::Invalid { where_: where_.into(), why: "the name must be 1-64 letters, digits, '.', '_', '-' or '@'".into() });
     }
-    let role = Role::parse(role).ok_or_else(|| TokenError::Invalid { where_: where_.into(), why: format!("unknown role {role:?} (reader or admin)") })?;
+    let role =
+        Role::parse(role).ok_or_else(|| TokenError::Invalid { where_: where_.into(), why: format!("unknown role {role:?} (reader, admin or modality)") })?;
     Ok(User { name: name.into(), role })
 }
 
@@ -161,6 +167,17 @@ mod tests {
         {
             assert_eq!(t.user(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_modality_token_is_the_lowest_role() {
+        let t = Tokens::load(Some("ct-gateway:modality:0123456789abcdef0123456789abcdef"), None).unwrap();
+        let user = t.user(Some("Bearer 0123456789abcdef0123456789abcdef")).unwrap();
+        assert_eq!(user.role, Role::Modality);
+        // `Authed` (the reading routes) and `AdminUser` compare against these.
+        assert!(Role::Modality < Role::Reader && Role::Reader < Role::Admin);
+        let (_, line) = new_token("ct-gateway", "modality").unwrap();
+        assert!(line.starts_with("ct-gateway modality sha256:"), "{line}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The HTTP side of the node (axum on the node's tokio runtime): the reading worklist's JSON
 //! API (`api`), its web page (`page`: every file served by the node, nothing from elsewhere),
-//! `/healthz`, `/readyz` and Prometheus `/metrics` (`ops`), bearer-token authentication with
-//! two roles (`auth`). Every API call is one of `admin`'s typed operations, as on the CLI.
+//! `/healthz`, `/readyz` and Prometheus `/metrics` (`ops`), STOW-RS ingest (`stow`), bearer-token
+//! authentication with reader, admin and modality roles (`auth`). Every API call is one of `admin`'s typed operations, as on the CLI.
 //!
 //! The access log names the method, the route *template* (`/api/studies/{id}`, never the path
 //! or its query), the status, the time and the token's user: no patient data, no token.
@@ -16,9 +16,11 @@
 pub mod ack;
 pub mod api;
 pub mod auth;
+pub mod dicomweb;
 pub mod ops;
 pub mod page;
 pub mod serve;
+pub mod stow;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +58,7 @@ pub struct AppState {
     /// The instance files and result objects (the data directory or the cluster's bucket).
     pub blobs: crate::blobs::Blobs,
     pub manifests: Vec<Manifest>,
+    pub drift: crate::admin::drift::Watch,
     /// The full-size heatmap's long side (`results.heatmap_max_size`).
     pub heatmap_max: usize,
     pub workers: Workers,
@@ -71,11 +74,17 @@ pub struct AppState {
     renders: Arc<tokio::sync::Semaphore>,
     /// How long a request may run (`http.request_timeout`; set by `HttpServer::start`).
     pub request_timeout: Duration,
+    /// QIDO-RS / WADO-RS over the AI results (None with `[query] enabled = false`).
+    pub dicomweb: Option<dicomweb::Source>,
+    /// STOW-RS ingest (`stow`): the node's ingest and the request limits; `None`: 503.
+    pub stow: Option<stow::Stow>,
 }
 
 /// What the node hands the HTTP side besides its context and `[http]` section.
 pub struct Served {
     pub tokens: Tokens,
+    /// The loaded models' reference scores (`/api/drift`, `/readyz`, `/metrics`).
+    pub drift: crate::admin::drift::Watch,
     /// The loaded models' manifests (heatmaps are drawn as their model saw the image).
     pub manifests: Vec<Manifest>,
     /// The full-size heatmap's long side (`results.heatmap_max_size`).
@@ -86,6 +95,10 @@ pub struct Served {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The node's publisher (its outbox wake-up included): a retraction's objects.
     pub publisher: crate::results::Publisher,
+    /// The query index DICOMweb searches and retrieves from (the C-FIND SCP's), if enabled.
+    pub dicomweb: Option<dicomweb::Source>,
+    /// STOW-RS ingest into the same pipeline as C-STORE.
+    pub stow: Option<stow::Stow>,
 }
 
 /// (study row, result time, finding, size): a new analysis makes new pictures.
@@ -107,6 +120,7 @@ impl AppState {
             tls: ctx.tls.clone(),
             blobs: ctx.blobs.clone(),
             manifests: served.manifests,
+            drift: served.drift,
             heatmap_max: served.heatmap_max,
             workers: served.workers,
             metrics: served.metrics,
@@ -116,6 +130,8 @@ impl AppState {
             pictures: Mutex::new(HashMap::new()),
             renders: Arc::new(tokio::sync::Semaphore::new(api::HEATMAP_RENDERS)),
             request_timeout: Duration::from_secs(60),
+            dicomweb: served.dicomweb,
+            stow: served.stow,
         }
     }
 
@@ -186,7 +202,7 @@ pub fn not_found(why: impl Into<String>) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, why.into())
 }
 
-/// A request with a valid token: any role.
+/// A request with a valid token of a person: a reader or an admin (a `modality` token only stores).
 pub struct Authed(pub User);
 
 /// A request with an admin's token.
@@ -204,7 +220,11 @@ fn authenticate(parts: &Parts, state: &Shared) -> Result<User, ApiError> {
 impl FromRequestParts<Shared> for Authed {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        authenticate(parts, state).map(Authed)
+        let user = authenticate(parts, state)?;
+        if user.role < Role::Reader {
+            return Err(ApiError(StatusCode::FORBIDDEN, "this needs the reader or admin role (a modality token may only store by STOW-RS)".into()));
+        }
+        Ok(Authed(user))
     }
 }
 
@@ -279,6 +299,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/studies/{id}/feedback"),
     ("get", "/api/feedback/export"),
     ("get", "/api/performance"),
+    ("get", "/api/drift"),
     ("get", "/ack/{token}"),
     ("post", "/ack/{token}"),
     ("get", "/api/aes"),
@@ -288,6 +309,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/aes/{title}/enable"),
     ("post", "/api/aes/{title}/disable"),
     ("post", "/api/aes/{title}/echo"),
+    ("get", "/dicomweb/studies"),
+    ("get", "/dicomweb/series"),
+    ("get", "/dicomweb/instances"),
+    ("get", "/dicomweb/studies/{study}/series"),
+    ("get", "/dicomweb/studies/{study}/instances"),
+    ("get", "/dicomweb/studies/{study}/series/{series}/instances"),
+    ("get", "/dicomweb/studies/{study}"),
+    ("get", "/dicomweb/studies/{study}/metadata"),
+    ("get", "/dicomweb/studies/{study}/series/{series}"),
+    ("get", "/dicomweb/studies/{study}/series/{series}/metadata"),
+    ("get", "/dicomweb/studies/{study}/series/{series}/instances/{instance}"),
+    ("get", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata"),
+    ("get", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered"),
+    ("post", "/dicomweb/studies"),
+    ("post", "/dicomweb/studies/{study}"),
 ];
 
 pub fn router(state: Shared) -> axum::Router {
@@ -296,6 +332,8 @@ pub fn router(state: Shared) -> axum::Router {
         .merge(api::routes())
         .merge(ack::routes())
         .merge(page::routes())
+        .merge(dicomweb::routes())
+        .merge(stow::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), deadline))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access_log))
         .fallback(|| async { not_found("no such route") })
@@ -372,11 +410,12 @@ mod tests {
         let mut routes: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
         routes.sort();
         assert_eq!(documented, routes);
-        // Every /api operation but the document itself needs the bearer token.
+        // Every /api and /dicomweb operation but the document itself needs the bearer token.
         for (method, path) in ROUTES {
             let op = &doc["paths"][path][method];
             let public = op["security"].as_array().is_some_and(|s| s.is_empty());
-            assert_eq!(public, !path.starts_with("/api/") || *path == "/api/openapi.json", "{method} {path}");
+            let api = path.starts_with("/api/") || path.starts_with("/dicomweb/");
+            assert_eq!(public, !api || *path == "/api/openapi.json", "{method} {path}");
         }
     }
 }

@@ -69,6 +69,8 @@ struct Readiness {
     workers: Vec<WorkerView>,
     /// Why not ready.
     reasons: Vec<String>,
+    /// Shown, not a reason: a model's score distribution has drifted (`/api/drift`).
+    warnings: Vec<String>,
     /// Destinations (by AE title) whose items wait too long or keep failing: shown, not a
     /// reason to take this node out of service (ingest and the worklist still work, and with a
     /// shared bucket every node would say the same).
@@ -95,13 +97,18 @@ async fn readyz(State(state): State<Shared>, headers: HeaderMap) -> Response {
     }
     let ready = reasons.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    // Drift is a warning for the site, not a reason to take the node out of service.
+    let warnings: Vec<String> = match state.drift.check(&state.db).await {
+        Ok(labels) => labels.iter().filter_map(|d| d.warning()).collect(),
+        Err(e) => vec![format!("drift not checked: {e}")],
+    };
     // The reasons name workers, AE titles and errors: for an admin only.
     let admin = state.tokens.user(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).is_some_and(|u| u.role >= Role::Admin);
     if !admin {
         return (status, Json(serde_json::json!({ "ready": ready }))).into_response();
     }
     let destinations = crate::delivery::outbox::destination_warnings();
-    let body = Readiness { ready, database, models: state.manifests.len(), workers, reasons, destinations };
+    let body = Readiness { ready, database, models: state.manifests.len(), workers, reasons, warnings, destinations };
     (status, Json(body)).into_response()
 }
 
@@ -144,5 +151,11 @@ async fn sample_gauges(state: &Shared) -> Result<(), crate::admin::AdminError> {
         metrics::gauge!("triage_worker_errors", "worker" => w.name).set(w.errors as f64);
     }
     metrics::gauge!("triage_models_loaded").set(state.manifests.len() as f64);
+    // One series per loaded model version and label (bounded by the packages).
+    for d in state.drift.check(&state.db).await? {
+        if let Some(psi) = d.psi {
+            metrics::gauge!("triage_model_score_psi", "model" => d.model, "version" => d.model_version, "label" => d.label).set(psi);
+        }
+    }
     Ok(())
 }

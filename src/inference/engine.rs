@@ -35,6 +35,8 @@ pub struct ImageOutput {
     pub cam: Vec<f32>,
     pub cam_rows: usize,
     pub cam_cols: usize,
+    /// A volume model's map depth ([labels][cam_depth][cam_rows][cam_cols]); 1 for an image's.
+    pub cam_depth: usize,
     /// A detector's boxes that score above 0, best first, in the model's input pixels; empty
     /// for a classifier.
     pub boxes: Vec<ModelBox>,
@@ -357,17 +359,24 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
     }
     let n = good.len();
     let started = Instant::now();
-    let mut input = Vec::with_capacity(n * per_image);
-    for r in &good {
-        input.extend_from_slice(&r.input);
-    }
+    // A batch of one (a volume, typically) is given as it came, not copied.
+    let mut good = good;
+    let input = if n == 1 {
+        std::mem::take(&mut good[0].input)
+    } else {
+        let mut input = Vec::with_capacity(n * per_image);
+        for r in &good {
+            input.extend_from_slice(&r.input);
+        }
+        input
+    };
     let shape = m.input.shape(n as i64);
     // A panic inside libtorch's or ONNX Runtime's bindings must not end the engine thread
     // (every later request would then wait for nothing): it fails this batch like any forward
     // error.
     let model = &mut package.model;
     let outputs =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&input, shape))).unwrap_or_else(|_| Err("the forward pass panicked".into()));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&input, &shape))).unwrap_or_else(|_| Err("the forward pass panicked".into()));
     let forward_us = started.elapsed().as_micros() as u64;
     metrics::histogram!("triage_inference_seconds", "model" => m.name.clone()).record(forward_us as f64 / 1e6);
     metrics::histogram!("triage_inference_batch_size", "model" => m.name.clone()).record(n as f64);
@@ -376,7 +385,7 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
         // A segmenter's mask is its findings' map.
         if m.outputs.kind == OutputKind::Segmentation {
             return (0..n)
-                .map(|i| segmentation(&m.outputs, &outs, n, i).map(|(p, mask, rows, cols)| (p, mask, rows, cols, Vec::new())))
+                .map(|i| segmentation(&m.outputs, &outs, n, i).map(|(p, mask, rows, cols)| (p, mask, 1, rows, cols, Vec::new())))
                 .collect::<Result<Vec<_>, String>>();
         }
         // A model without a class activation map: findings without a map (0 x 0).
@@ -385,15 +394,17 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
             Some(i) => outs.get(i).ok_or("no class activation map output")?,
             None => &none,
         };
-        if cam.shape.len() != 4 || cam.shape[..2] != [n as i64, labels as i64] {
+        // A volume model's map is [N, labels, D', H', W'].
+        if !(cam.shape.len() == 4 || cam.shape.len() == 5 && m.input.depth.is_some()) || cam.shape[..2] != [n as i64, labels as i64] {
             return Err(format!("class activation maps of shape {:?} for a batch of {n}", cam.shape));
         }
-        let (cam_rows, cam_cols) = (cam.shape[2] as usize, cam.shape[3] as usize);
-        let cam_len = labels * cam_rows * cam_cols;
+        let d = cam.shape.len();
+        let (cam_depth, cam_rows, cam_cols) = (if d == 5 { cam.shape[2] as usize } else { 1 }, cam.shape[d - 2] as usize, cam.shape[d - 1] as usize);
+        let cam_len = labels * cam_depth * cam_rows * cam_cols;
         let cam_of = |i: usize| cam.values[i * cam_len..(i + 1) * cam_len].to_vec();
         if m.outputs.kind == OutputKind::Detection {
             return (0..n)
-                .map(|i| detections(&m.outputs, &outs, n, i).map(|(p, boxes)| (p, cam_of(i), cam_rows, cam_cols, boxes)))
+                .map(|i| detections(&m.outputs, &outs, n, i).map(|(p, boxes)| (p, cam_of(i), cam_depth, cam_rows, cam_cols, boxes)))
                 .collect::<Result<Vec<_>, String>>();
         }
         let probs = outs.get(m.outputs.probabilities_index()).ok_or("no probabilities output")?;
@@ -404,15 +415,15 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
             .map(|i| {
                 let mut p = probs.values[i * labels..(i + 1) * labels].to_vec();
                 m.outputs.activation.apply(&mut p);
-                (p, cam_of(i), cam_rows, cam_cols, Vec::new())
+                (p, cam_of(i), cam_depth, cam_rows, cam_cols, Vec::new())
             })
             .collect::<Vec<_>>())
     });
     match split {
         Ok(per_image) => {
-            for (r, (probabilities, cam, cam_rows, cam_cols, boxes)) in good.into_iter().zip(per_image) {
+            for (r, (probabilities, cam, cam_depth, cam_rows, cam_cols, boxes)) in good.into_iter().zip(per_image) {
                 let queue_us = started.duration_since(r.enqueued).as_micros() as u64;
-                let _ = r.reply.send(Ok(ImageOutput { probabilities, cam, cam_rows, cam_cols, boxes, queue_us, forward_us, batch_size: n }));
+                let _ = r.reply.send(Ok(ImageOutput { probabilities, cam, cam_rows, cam_cols, cam_depth, boxes, queue_us, forward_us, batch_size: n }));
             }
         }
         Err(reason) => {

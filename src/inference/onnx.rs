@@ -30,7 +30,7 @@ pub enum OnnxError {
     #[error("loading ONNX model {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("input of {len} values does not fill a batch of shape {shape:?}")]
-    Shape { len: usize, shape: [i64; 4] },
+    Shape { len: usize, shape: Vec<i64> },
     #[error("ONNX Runtime forward pass failed: {0}")]
     Forward(String),
 }
@@ -201,16 +201,18 @@ impl Model {
     /// Run a batch of `shape` from `input` (row-major), given to the model as float32 or, when
     /// its input is float16, rounded to half. Outputs come back as f32, in the model's order.
     /// A model whose batch axis is fixed to 1 runs the images one at a time.
-    pub fn forward(&mut self, input: &[f32], shape: [i64; 4]) -> Result<Vec<Output>, OnnxError> {
-        if shape.iter().product::<i64>() != input.len() as i64 || shape[0] < 1 {
-            return Err(OnnxError::Shape { len: input.len(), shape });
+    pub fn forward(&mut self, input: &[f32], shape: &[i64]) -> Result<Vec<Output>, OnnxError> {
+        if shape.iter().product::<i64>() != input.len() as i64 || shape.first().is_none_or(|n| *n < 1) {
+            return Err(OnnxError::Shape { len: input.len(), shape: shape.to_vec() });
         }
         let step = self.max_batch.unwrap_or(shape[0] as usize);
         let per_image = input.len() / shape[0] as usize;
         let mut merged: Vec<Output> = Vec::new();
         for chunk in input.chunks(step * per_image) {
             let n = (chunk.len() / per_image) as i64;
-            let outs = self.run([n, shape[1], shape[2], shape[3]], chunk)?;
+            let mut one = shape.to_vec();
+            one[0] = n;
+            let outs = self.run(one, chunk)?;
             if merged.is_empty() {
                 merged = outs;
             } else {
@@ -223,11 +225,11 @@ impl Model {
         Ok(merged)
     }
 
-    fn run(&mut self, shape: [i64; 4], input: &[f32]) -> Result<Vec<Output>, OnnxError> {
+    fn run(&mut self, shape: Vec<i64>, input: &[f32]) -> Result<Vec<Output>, OnnxError> {
         let forward = |e: ort::Error| OnnxError::Forward(first_line(&e.to_string()));
         let half = self.inputs.first().is_some_and(|i| i.element == "float16");
         let value: ort::value::DynValue = if half {
-            Tensor::from_array((shape, input.iter().map(|x| half::f16::from_f32(*x)).collect::<Vec<_>>())).map_err(forward)?.into_dyn()
+            Tensor::from_array((shape.clone(), input.iter().map(|x| half::f16::from_f32(*x)).collect::<Vec<_>>())).map_err(forward)?.into_dyn()
         } else {
             Tensor::from_array((shape, input.to_vec())).map_err(forward)?.into_dyn()
         };

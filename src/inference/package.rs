@@ -144,42 +144,141 @@ impl Manifest {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawInput")]
 pub struct Input {
-    /// [height, width] the model takes.
+    /// What one input is: "slice" (one image, the default), "slab" (`slab` adjacent slices of
+    /// a series as channels, centred on each slice) or "volume" (the whole series as one
+    /// [1, C, D, H, W] tensor, run when the study is ready).
+    pub kind: InputKind,
+    /// A slab model's number of slices (odd; `channels` equals it).
+    pub slab: Option<u32>,
+    /// A volume model's depth: `size = [D, H, W]` in the manifest (`size` holds H and W).
+    pub depth: Option<u32>,
+    /// A volume model's voxel spacing [z, y, x] in mm: the series is resampled (trilinear) to
+    /// it, centred, and `size` voxels taken (outside the series: the window's bottom). None:
+    /// the whole series is resampled to `size`.
+    pub spacing: Option<[f64; 3]>,
+    /// A slab or volume model refuses a series of fewer slices.
+    pub min_slices: u32,
+    /// [height, width] the model takes (a volume's `size = [D, H, W]`: `depth` holds D).
     pub size: [u32; 2],
     pub channels: u32,
     /// Where the channels come from: "grey" (the windowed grey image, repeated, or one window
     /// per channel; the default) or "rgb" (a colour image's RGB planes, value / (2^bits - 1)).
-    #[serde(default)]
     pub color: Color,
     /// "nchw" ([N, channels, height, width], the default) or "nhwc" (channels last).
-    #[serde(default)]
     pub layout: Layout,
     /// What white becomes before mean/std: "0..1" (the default) or "0..255".
-    #[serde(default)]
     pub range: Range,
     /// The input tensor's type: "float32" (the default) or "float16".
-    #[serde(default)]
     pub dtype: Dtype,
     /// The model's input name (an ONNX model's is checked against it; TorchScript inputs have
     /// no name).
-    #[serde(default)]
     pub name: Option<String>,
     /// Per modality: `{ center, width }` (CT, in HU after the Modality LUT), or `"file"` (the
     /// file's VOI window, else the percentile window) or `"percentile"`; or a list of those, one
     /// window per channel.
-    #[serde(default)]
     pub window: std::collections::BTreeMap<String, WindowSetting>,
     /// Percentiles for the percentile window, e.g. [0.5, 99.5].
-    #[serde(default = "default_percentiles")]
     pub percentiles: [f32; 2],
     /// After windowing and scaling to `range`: (x - mean) / std; one value for every channel,
     /// or a list with one per channel.
-    #[serde(default = "zero_each")]
     pub mean: PerChannel,
-    #[serde(default = "one_each")]
     pub std: PerChannel,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    #[serde(default)]
+    kind: InputKind,
+    #[serde(default)]
+    slab: Option<u32>,
+    #[serde(default)]
+    spacing: Option<[f64; 3]>,
+    #[serde(default = "one_u32")]
+    min_slices: u32,
+    size: Vec<u32>,
+    channels: u32,
+    #[serde(default)]
+    color: Color,
+    #[serde(default)]
+    layout: Layout,
+    #[serde(default)]
+    range: Range,
+    #[serde(default)]
+    dtype: Dtype,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    window: std::collections::BTreeMap<String, WindowSetting>,
+    #[serde(default = "default_percentiles")]
+    percentiles: [f32; 2],
+    #[serde(default = "zero_each")]
+    mean: PerChannel,
+    #[serde(default = "one_each")]
+    std: PerChannel,
+}
+
+impl TryFrom<RawInput> for Input {
+    type Error = String;
+    fn try_from(r: RawInput) -> Result<Input, String> {
+        let (depth, size) = match (r.kind, &r.size[..]) {
+            (InputKind::Volume, &[d, h, w]) => (Some(d), [h, w]),
+            (InputKind::Volume, _) => return Err(format!("input.size: a volume model (input.kind = \"volume\") takes [D, H, W], not {:?}", r.size)),
+            (_, &[h, w]) => (None, [h, w]),
+            _ => return Err(format!("input.size: [height, width] (a volume model's [D, H, W]), not {:?}", r.size)),
+        };
+        Ok(Input {
+            kind: r.kind,
+            slab: r.slab,
+            depth,
+            spacing: r.spacing,
+            min_slices: r.min_slices,
+            size,
+            channels: r.channels,
+            color: r.color,
+            layout: r.layout,
+            range: r.range,
+            dtype: r.dtype,
+            name: r.name,
+            window: r.window,
+            percentiles: r.percentiles,
+            mean: r.mean,
+            std: r.std,
+        })
+    }
+}
+
+/// What one input of a model is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum InputKind {
+    /// One image (a frame of an instance), run as the instance lands.
+    #[default]
+    Slice,
+    /// `input.slab` adjacent slices of the chosen series as channels, centred on each slice.
+    Slab,
+    /// The chosen series as one [1, C, D, H, W] tensor.
+    Volume,
+}
+
+impl InputKind {
+    /// The manifest's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Slice => "slice",
+            InputKind::Slab => "slab",
+            InputKind::Volume => "volume",
+        }
+    }
+}
+
+impl TryFrom<String> for InputKind {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("slice", InputKind::Slice), ("slab", InputKind::Slab), ("volume", InputKind::Volume)])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -439,18 +538,20 @@ impl Input {
         }
     }
 
-    /// The shape of a batch of `n` inputs, in the manifest's layout.
-    pub fn shape(&self, n: i64) -> [i64; 4] {
+    /// The shape of a batch of `n` inputs, in the manifest's layout ([N, C, D, H, W] for a
+    /// volume).
+    pub fn shape(&self, n: i64) -> Vec<i64> {
         let (c, h, w) = (i64::from(self.channels), i64::from(self.size[0]), i64::from(self.size[1]));
-        match self.layout {
-            Layout::Nchw => [n, c, h, w],
-            Layout::Nhwc => [n, h, w, c],
+        match (self.depth, self.layout) {
+            (Some(d), _) => vec![n, c, i64::from(d), h, w],
+            (None, Layout::Nchw) => vec![n, c, h, w],
+            (None, Layout::Nhwc) => vec![n, h, w, c],
         }
     }
 
-    /// The number of values of one image.
+    /// The number of values of one input (one image, slab or volume).
     pub fn values_per_image(&self) -> usize {
-        (self.channels * self.size[0] * self.size[1]) as usize
+        (self.channels * self.depth.unwrap_or(1) * self.size[0] * self.size[1]) as usize
     }
 }
 
@@ -464,6 +565,9 @@ fn one_each() -> PerChannel {
     PerChannel::One(1.0)
 }
 fn one_usize() -> usize {
+    1
+}
+fn one_u32() -> u32 {
     1
 }
 
@@ -484,7 +588,7 @@ pub enum Backend {
 
 impl Backend {
     /// Run a batch of `shape` (the manifest's layout) from `input`, row-major.
-    pub fn forward(&mut self, input: &[f32], shape: [i64; 4]) -> Result<Vec<Output>, String> {
+    pub fn forward(&mut self, input: &[f32], shape: &[i64]) -> Result<Vec<Output>, String> {
         match self {
             Backend::Torch(m) => m.forward(input, shape).map_err(|e| e.to_string()),
             Backend::Onnx(m) => m.forward(input, shape).map_err(|e| e.to_string()),
@@ -578,7 +682,13 @@ impl Manifest {
             return Err("outputs.activation = \"softmax\" needs at least two labels (one class gives 1 always; use \"sigmoid\")".into());
         }
         let i = &self.input;
-        if i.size[0] == 0 || i.size[1] == 0 || !(i.channels == 1 || i.channels == 3) {
+        validate_input_kind(i)?;
+        if i.kind == InputKind::Volume && o.kind != OutputKind::Classification {
+            return Err(
+                "input.kind = \"volume\": outputs.kind must be \"classification\" (probabilities for the study, an optional 3D map as outputs.cam)".into()
+            );
+        }
+        if i.size[0] == 0 || i.size[1] == 0 || i.depth == Some(0) || !(i.channels == 1 || i.channels == 3 || i.kind == InputKind::Slab) {
             return Err("input.size must be above zero and input.channels 1 or 3".into());
         }
         if i.color == Color::Rgb && i.channels != 3 {
@@ -637,6 +747,46 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// What each input kind needs: a slab model an odd `input.slab` equal to `input.channels`,
+/// grey images in NCHW; a volume model `input.size = [D, H, W]`, NCHW (read NCDHW), grey, a
+/// classifier (its map, `outputs.cam`, [1, labels, D', H', W']); `input.spacing` only for a
+/// volume; `input.min_slices` at least 1.
+fn validate_input_kind(i: &Input) -> Result<(), String> {
+    if i.min_slices == 0 {
+        return Err("input.min_slices must be at least 1".into());
+    }
+    match i.kind {
+        InputKind::Slice => {
+            if i.slab.is_some() || i.spacing.is_some() || i.min_slices != 1 {
+                return Err("input.slab, input.spacing and input.min_slices are for input.kind = \"slab\" or \"volume\"".into());
+            }
+        }
+        InputKind::Slab => {
+            let Some(k) = i.slab else { return Err("input.kind = \"slab\" needs input.slab (the odd number of adjacent slices)".into()) };
+            if k == 0 || k % 2 == 0 || k != i.channels {
+                return Err(format!("input.slab = {k}: must be odd and equal input.channels ({}): the slices are the channels", i.channels));
+            }
+            if i.spacing.is_some() {
+                return Err("input.spacing is for input.kind = \"volume\"".into());
+            }
+        }
+        InputKind::Volume => {
+            if i.slab.is_some() {
+                return Err("input.slab is for input.kind = \"slab\"".into());
+            }
+            if let Some(sp) = i.spacing {
+                if sp.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+                    return Err(format!("input.spacing: [z, y, x] in mm, each above zero, not {sp:?}"));
+                }
+            }
+        }
+    }
+    if i.kind != InputKind::Slice && (i.layout != Layout::Nchw || i.color != Color::Grey) {
+        return Err(format!("input.kind = {:?}: takes grey images in input.layout = \"nchw\"", i.kind.name()));
+    }
+    Ok(())
 }
 
 /// The fields each output kind needs and refuses: a classifier names `probabilities` and no
@@ -730,7 +880,7 @@ impl Package {
         }
         let shape = manifest.input.shape(1);
         let warm = |reason: String| PackageError::WarmUp { path: path.clone(), reason };
-        let outputs = model.forward(&vec![0.0; manifest.input.values_per_image()], shape).map_err(warm)?;
+        let outputs = model.forward(&vec![0.0; manifest.input.values_per_image()], &shape).map_err(warm)?;
         let labels = manifest.outputs.labels.len() as i64;
         let get = |i: usize, what: &str| outputs.get(i).ok_or_else(|| warm(format!("no output {i} ({what}); the model returned {}", outputs.len())));
         if manifest.outputs.kind == OutputKind::Detection {
@@ -767,8 +917,10 @@ impl Package {
         }
         if let Some(index) = manifest.outputs.cam {
             let cam = get(index, "class activation map")?;
-            if cam.shape.len() != 4 || cam.shape[..2] != [1, labels] {
-                return Err(warm(format!("class activation map has shape {:?}, expected [1, {labels}, h, w]", cam.shape)));
+            let dims = if manifest.input.kind == InputKind::Volume { 5 } else { 4 };
+            if cam.shape.len() != dims || cam.shape[..2] != [1, labels] {
+                let want = if dims == 5 { "d, h, w" } else { "h, w" };
+                return Err(warm(format!("class activation map has shape {:?}, expected [1, {labels}, {want}]", cam.shape)));
             }
         }
         Ok(Package { dir: dir.to_path_buf(), manifest, model })
@@ -816,7 +968,7 @@ fn check_signature(m: &Manifest, inputs: &[onnx::Port], outputs: &[onnx::Port]) 
     let mut expected = Vec::new();
     let shapes = [
         (o.probabilities, "outputs.probabilities", vec![-1, labels]),
-        (o.cam, "outputs.cam", vec![-1, labels, -1, -1]),
+        (o.cam, "outputs.cam", if m.input.depth.is_some() { vec![-1, labels, -1, -1, -1] } else { vec![-1, labels, -1, -1] }),
         (o.boxes, "outputs.boxes", vec![-1, -1, 4]),
         (o.scores, "outputs.scores", vec![-1, -1]),
         (o.box_labels, "outputs.box_labels", vec![-1, -1]),
@@ -1090,6 +1242,40 @@ std = [58.395, 57.12, 57.375]"#,
             "outputs.mask is a segmenter's output: a detector has none",
         );
         refused(BASE.replace("OUTPUTS", "mask = 1").replace("INPUT", ""), "outputs.mask is a segmenter's output: declare outputs.kind = \"segmentation\"");
+    }
+
+    /// `input.kind`: slice by default (today's meaning), slab and volume read with their keys;
+    /// each refusal names the key.
+    #[test]
+    fn input_kinds_are_read_and_refusals_name_the_key() {
+        let slice = load("", "").unwrap();
+        assert_eq!((slice.input.kind, slice.input.depth, slice.input.shape(1)), (InputKind::Slice, None, vec![1, 3, 24, 20]));
+        let slab = load("kind = \"slab\"\nslab = 3\nmin_slices = 5", "").unwrap();
+        assert_eq!((slab.input.kind, slab.input.slab, slab.input.min_slices, slab.input.shape(2)), (InputKind::Slab, Some(3), 5, vec![2, 3, 24, 20]));
+        let text = BASE
+            .replace("size = [24, 20]\nchannels = 3", "size = [16, 24, 20]\nchannels = 1")
+            .replace("OUTPUTS", "")
+            .replace("INPUT", "kind = \"volume\"\nspacing = [2.0, 1.0, 1.0]");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.toml"), &text).unwrap();
+        let volume = Manifest::load(&dir.path().join("model.toml")).unwrap();
+        assert_eq!((volume.input.depth, volume.input.size, volume.input.spacing), (Some(16), [24, 20], Some([2.0, 1.0, 1.0])));
+        assert_eq!((volume.input.shape(1), volume.input.values_per_image()), (vec![1, 1, 16, 24, 20], 16 * 24 * 20));
+        let refused = |input: &str, field: &str| {
+            let e = load(input, "").err().unwrap_or_else(|| panic!("accepted: {input}"));
+            assert!(e.contains("model.toml") && e.contains(field), "{field}: {e}");
+        };
+        refused("kind = \"stack\"", "\"stack\" is not \"slice\" or \"slab\" or \"volume\"");
+        refused("kind = \"slab\"", "input.slab");
+        refused("kind = \"slab\"\nslab = 2", "input.slab = 2");
+        refused("kind = \"slab\"\nslab = 5", "input.slab = 5");
+        refused("kind = \"volume\"", "input.size");
+        refused("slab = 3", "input.slab");
+        refused("min_slices = 0", "input.min_slices");
+        let bad = text.replace("spacing = [2.0, 1.0, 1.0]", "spacing = [0.0, 1.0, 1.0]");
+        std::fs::write(dir.path().join("model.toml"), bad).unwrap();
+        let e = Manifest::load(&dir.path().join("model.toml")).unwrap_err().to_string();
+        assert!(e.contains("input.spacing"), "{e}");
     }
 
     #[test]

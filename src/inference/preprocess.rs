@@ -73,25 +73,7 @@ pub struct Image {
 impl Image {
     pub fn open(path: &Path) -> Result<Image, PixelError> {
         let obj = dicom_object::open_file(path).map_err(|e| PixelError::Open(e.to_string()))?;
-        let text = |tag| obj.get(tag).and_then(|e| e.to_str().ok()).map(|v| v.trim().trim_end_matches('\0').to_string()).unwrap_or_default();
-        use dicom_dictionary_std::tags;
-        let attrs = ImageAttrs {
-            modality: text(tags::MODALITY),
-            body_part: text(tags::BODY_PART_EXAMINED),
-            sop_class_uid: text(tags::SOP_CLASS_UID),
-            photometric: text(tags::PHOTOMETRIC_INTERPRETATION),
-            image_type: text(tags::IMAGE_TYPE).split('\\').map(|v| v.trim().to_ascii_uppercase()).filter(|v| !v.is_empty()).collect(),
-            slice_thickness: text(tags::SLICE_THICKNESS).trim().parse().ok(),
-            kernel: text(tags::CONVOLUTION_KERNEL),
-            contrast: !text(tags::CONTRAST_BOLUS_AGENT).is_empty(),
-            pixel_spacing: {
-                let v: Vec<f64> = text(tags::PIXEL_SPACING).split('\\').filter_map(|v| v.trim().parse().ok()).collect();
-                match v[..] {
-                    [r, c] if r > 0.0 && c > 0.0 && r.is_finite() && c.is_finite() => Some([r, c]),
-                    _ => None,
-                }
-            },
-        };
+        let attrs = attrs_of(&obj);
         Ok(Image { obj, attrs })
     }
 
@@ -127,6 +109,29 @@ impl Image {
             return Err(PixelError::Decode("non-finite pixel values".into()));
         }
         Ok(Decoded { values, photometric, windows, rgb })
+    }
+}
+
+/// An object's routing attributes (its header is enough).
+pub fn attrs_of(obj: &dicom_object::DefaultDicomObject) -> ImageAttrs {
+    let text = |tag| obj.get(tag).and_then(|e| e.to_str().ok()).map(|v| v.trim().trim_end_matches('\0').to_string()).unwrap_or_default();
+    use dicom_dictionary_std::tags;
+    ImageAttrs {
+        modality: text(tags::MODALITY),
+        body_part: text(tags::BODY_PART_EXAMINED),
+        sop_class_uid: text(tags::SOP_CLASS_UID),
+        photometric: text(tags::PHOTOMETRIC_INTERPRETATION),
+        image_type: text(tags::IMAGE_TYPE).split('\\').map(|v| v.trim().to_ascii_uppercase()).filter(|v| !v.is_empty()).collect(),
+        slice_thickness: text(tags::SLICE_THICKNESS).trim().parse().ok(),
+        kernel: text(tags::CONVOLUTION_KERNEL),
+        contrast: !text(tags::CONTRAST_BOLUS_AGENT).is_empty(),
+        pixel_spacing: {
+            let v: Vec<f64> = text(tags::PIXEL_SPACING).split('\\').filter_map(|v| v.trim().parse().ok()).collect();
+            match v[..] {
+                [r, c] if r > 0.0 && c > 0.0 && r.is_finite() && c.is_finite() => Some([r, c]),
+                _ => None,
+            }
+        },
     }
 }
 
@@ -299,19 +304,22 @@ impl Decoded {
 
 /// PS3.3 C.11.2.1.2.1 linear VOI function, mapped to [0, 1].
 pub fn apply_window(values: &Array3<f32>, w: Window) -> Array3<f32> {
+    values.mapv(|x| window_value(x, w))
+}
+
+/// One value through the PS3.3 C.11.2.1.2.1 linear VOI function, mapped to [0, 1].
+pub fn window_value(x: f32, w: Window) -> f32 {
     let (c, width) = (w.center, w.width.max(1.0));
     let lower = c - 0.5 - (width - 1.0) / 2.0;
     let upper = c - 0.5 + (width - 1.0) / 2.0;
-    values.mapv(|x| {
-        let x = f64::from(x);
-        (if x <= lower {
-            0.0
-        } else if x > upper {
-            1.0
-        } else {
-            (x - (c - 0.5)) / (width - 1.0).max(f64::MIN_POSITIVE) + 0.5
-        }) as f32
-    })
+    let x = f64::from(x);
+    (if x <= lower {
+        0.0
+    } else if x > upper {
+        1.0
+    } else {
+        (x - (c - 0.5)) / (width - 1.0).max(f64::MIN_POSITIVE) + 0.5
+    }) as f32
 }
 
 /// A window spanning the `low`..`high` percentiles (0-100) of the values.

@@ -20,7 +20,7 @@ pub enum RuntimeError {
     #[error("loading TorchScript model {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("input of {len} values does not fill a batch of shape {shape:?}")]
-    Shape { len: usize, shape: [i64; 4] },
+    Shape { len: usize, shape: Vec<i64> },
     #[error("forward pass failed: {0}")]
     Forward(String),
     #[error("model output is not a tensor or a tuple of tensors")]
@@ -159,12 +159,13 @@ impl Model {
         self.half
     }
 
-    /// Run a batch of `shape` ([N, C, H, W] or [N, H, W, C], as the manifest's layout says) from
+    /// Run a batch of `shape` ([N, C, H, W] or [N, H, W, C], as the manifest's layout says; [N,
+    /// C, D, H, W] for a volume) from
     /// `input` (its values, row-major). A model returning a tuple (e.g. probabilities and a
     /// class activation map) gives several outputs.
-    pub fn forward(&self, input: &[f32], shape: [i64; 4]) -> Result<Vec<Output>, RuntimeError> {
+    pub fn forward(&self, input: &[f32], shape: &[i64]) -> Result<Vec<Output>, RuntimeError> {
         if shape.iter().product::<i64>() != input.len() as i64 {
-            return Err(RuntimeError::Shape { len: input.len(), shape });
+            return Err(RuntimeError::Shape { len: input.len(), shape: shape.to_vec() });
         }
         let _guard = tch::no_grad_guard();
         // One host-to-device copy per batch: `input` is the whole batch, stacked on the CPU by

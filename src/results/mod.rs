@@ -107,7 +107,7 @@ impl Publisher {
 
     /// Whether result objects go to a PACS.
     pub fn sends_objects(&self) -> bool {
-        !self.settings.destinations.is_empty()
+        !self.settings.destinations.is_empty() || !self.settings.dicomweb.is_empty()
     }
 
     /// Build the objects of one result: for a triaged one the SR and a heatmap per positive
@@ -180,9 +180,9 @@ impl Publisher {
         let mut ordered: Vec<&Built> = built.iter().collect();
         ordered.sort_by_key(|b| rank(b.kind));
         let mut rows = Vec::new();
-        for dest in &self.settings.destinations {
+        for dest in self.settings.object_destinations() {
             for b in &ordered {
-                rows.push(NewOutboxItem { path: b.path.clone(), destination: dest.to_string(), kind: b.kind, study_id: Some(study_id), reidentify: true });
+                rows.push(NewOutboxItem { path: b.path.clone(), destination: dest.clone(), kind: b.kind, study_id: Some(study_id), reidentify: true });
             }
         }
         rows

@@ -112,17 +112,8 @@ fn pick_series<'a>(pick: Pick, series: &[SliceOf], mine: Vec<&'a FrameOutput>) -
             None => groups.push((uid.clone(), *thickness, [o.instance_id].into(), o.instance_id)),
         }
     }
-    let thickness = |g: &(String, Option<f64>, std::collections::BTreeSet<i64>, i64)| g.1.unwrap_or(f64::INFINITY);
-    let largest = groups.iter().map(|g| g.2.len()).max().unwrap_or(0);
-    let best = groups.iter().filter(|g| pick == Pick::MostInstances || 2 * g.2.len() >= largest).min_by(|a, b| {
-        let by_count = b.2.len().cmp(&a.2.len());
-        let by_thickness = thickness(a).total_cmp(&thickness(b));
-        let first = match pick {
-            Pick::Thinnest => by_thickness.then(by_count),
-            Pick::MostInstances => by_count.then(by_thickness),
-        };
-        first.then(a.3.cmp(&b.3))
-    });
+    let counted: Vec<(String, Option<f64>, usize, i64)> = groups.iter().map(|g| (g.0.clone(), g.1, g.2.len(), g.3)).collect();
+    let best = pick_group(pick, &counted).map(|i| &groups[i]);
     match best {
         None => (None, mine),
         Some(g) => {
@@ -130,6 +121,64 @@ fn pick_series<'a>(pick: Pick, series: &[SliceOf], mine: Vec<&'a FrameOutput>) -
             let kept = mine.into_iter().filter(|o| of(o.instance_id).is_some_and(|(_, u, _, _)| *u == uid)).collect();
             (Some(uid), kept)
         }
+    }
+}
+
+/// Of series groups (uid, Slice Thickness, instances, first instance id), the one `pick`
+/// chooses (see `pick_series`), by index.
+pub fn pick_group(pick: Pick, groups: &[(String, Option<f64>, usize, i64)]) -> Option<usize> {
+    let thickness = |g: &(String, Option<f64>, usize, i64)| g.1.unwrap_or(f64::INFINITY);
+    let largest = groups.iter().map(|g| g.2).max().unwrap_or(0);
+    groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| pick == Pick::MostInstances || 2 * g.2 >= largest)
+        .min_by(|(_, a), (_, b)| {
+            let by_count = b.2.cmp(&a.2);
+            let by_thickness = thickness(a).total_cmp(&thickness(b));
+            let first = match pick {
+                Pick::Thinnest => by_thickness.then(by_count),
+                Pick::MostInstances => by_count.then(by_thickness),
+            };
+            first.then(a.3.cmp(&b.3))
+        })
+        .map(|(i, _)| i)
+}
+
+/// The failed result of model `m` whose input could not be made (a slab or volume model's
+/// series with missing or uneven slices), with the reason; it replaces any other result of
+/// the model, and the "no model" placeholder.
+pub fn fail_model(ctx: &Context<'_>, results: &mut Vec<StudyResult>, m: &Manifest, reason: &str) {
+    results.retain(|r| r.model != m.name && !(r.model.is_empty() && r.state == ResultState::NotApplicable));
+    let mut r = blank(ctx, None, &m.name, &m.version);
+    r.demonstration = m.demonstration;
+    r.intended_use = m.intended_use.clone();
+    r.limits = m.limits.clone();
+    r.state = ResultState::Failed;
+    r.error = Some(reason.to_string());
+    results.push(r);
+}
+
+fn blank(ctx: &Context<'_>, failure: Option<String>, model: &str, version: &str) -> StudyResult {
+    StudyResult {
+        study_id: ctx.study_id,
+        model: model.to_string(),
+        model_version: version.to_string(),
+        demonstration: false,
+        intended_use: String::new(),
+        limits: String::new(),
+        state: ResultState::NotApplicable,
+        priority: None,
+        error: failure,
+        images_inferred: 0,
+        instances_failed: ctx.failed.len() as i64,
+        preprocess_ms: 0.0,
+        forward_ms: 0.0,
+        last_received_at_ms: ctx.last_received_at_ms,
+        ready_at_ms: ctx.ready_at_ms,
+        triaged_at_ms: ctx.triaged_at_ms,
+        series_instance_uid: None,
+        findings: Vec::new(),
     }
 }
 
@@ -143,26 +192,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
         let (_, reason) = &ctx.failed[0];
         format!("{} instance(s) of the study could not be processed; first: {reason}", ctx.failed.len())
     });
-    let blank = |model: &str, version: &str| StudyResult {
-        study_id: ctx.study_id,
-        model: model.to_string(),
-        model_version: version.to_string(),
-        demonstration: false,
-        intended_use: String::new(),
-        limits: String::new(),
-        state: ResultState::NotApplicable,
-        priority: None,
-        error: failure.clone(),
-        images_inferred: 0,
-        instances_failed: ctx.failed.len() as i64,
-        preprocess_ms: 0.0,
-        forward_ms: 0.0,
-        last_received_at_ms: ctx.last_received_at_ms,
-        ready_at_ms: ctx.ready_at_ms,
-        triaged_at_ms: ctx.triaged_at_ms,
-        series_instance_uid: None,
-        findings: Vec::new(),
-    };
+    let blank = |model: &str, version: &str| blank(ctx, failure.clone(), model, version);
     let mut results = Vec::new();
     for m in ctx.manifests {
         let mine: Vec<&FrameOutput> = slices.iter().filter(|s| s.model == m.name).collect();

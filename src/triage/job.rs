@@ -10,6 +10,7 @@ use tracing::{error, info, warn, Instrument};
 use super::aggregate;
 use super::heartbeat::Heartbeat;
 use super::pass::pass_span;
+use super::series::SeriesOutputs;
 use super::{Triage, TriageError};
 use crate::db::{ClaimedJob, Priority, ResultState};
 use crate::domain::now_ms;
@@ -36,7 +37,9 @@ impl Triage {
             }
         });
         self.run_passes(&job).await?;
-        let study = self.aggregate(&job).await?;
+        // Slab and volume models take whole series: run now the study is complete.
+        let series = self.run_series_models(job.study_id).await?;
+        let study = self.aggregate(&job, series).await?;
         let publication = crate::results::publish::Study {
             job: &job,
             results: &study.results,
@@ -110,8 +113,9 @@ impl Triage {
 
     /// The study's results, one per model, from its passes' outputs (`aggregate`), and what
     /// its publication needs to know besides.
-    async fn aggregate(&self, job: &ClaimedJob) -> Result<Aggregated, TriageError> {
-        let slices = self.db.study_frame_outputs(job.study_id).await?;
+    async fn aggregate(&self, job: &ClaimedJob, whole_series: SeriesOutputs) -> Result<Aggregated, TriageError> {
+        let mut slices = self.db.study_frame_outputs(job.study_id).await?;
+        slices.extend(whole_series.slices);
         let (mut failed, _not_routed) = self.db.study_inference_outcomes(job.study_id).await?;
         let series = self.study_series(job.study_id, &slices).await?;
         let (not_analysed, unreadable) = self.not_analysed(job.study_id).await?;
@@ -128,6 +132,11 @@ impl Triage {
             triaged_at_ms: now_ms(),
         };
         let mut results = aggregate::study_results(&ctx, &slices);
+        for (model, reason) in &whole_series.failed {
+            if let Some(m) = self.engine.manifests().iter().find(|m| &m.name == model) {
+                aggregate::fail_model(&ctx, &mut results, m, reason);
+            }
+        }
         // A study whose instances name different patients (mislabelled, or two studies merged
         // under one UID) is not triaged as one: its findings would be filed under whichever
         // patient the first instance names. Every result fails with the reason, and nothing

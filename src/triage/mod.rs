@@ -6,6 +6,7 @@
 //!
 //! - `pass`: one instance's pass, and the `Arrivals` worker that runs each as it lands.
 //! - `job`: the study job (claim -> passes -> aggregate -> publish) and the `StudyJobs` worker.
+//! - `series`: slab and volume models, run on a whole series by the study job.
 //! - `heartbeat`: renewing a claim while its work runs.
 //! - `aggregate`, `evaluate`, `offline`: pure aggregation, metrics, the offline commands.
 //!
@@ -21,6 +22,7 @@ mod heartbeat;
 mod job;
 pub mod offline;
 mod pass;
+mod series;
 
 pub use job::StudyJobs;
 pub use pass::Arrivals;

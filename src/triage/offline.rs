@@ -63,7 +63,14 @@ pub async fn triage_file(engine: &Engine, path: &Path, only: Option<&str>, tiers
     let prepared = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let image = Image::open(&owned).map_err(|e| e.to_string())?;
         let models: Vec<usize> =
-            (0..manifests.len()).filter(|&i| only_owned.as_deref().is_none_or(|n| manifests[i].name == n) && manifests[i].takes(&image.attrs)).collect();
+            // One file is one image: slab and volume models take whole series (the node's study job).
+            (0..manifests.len())
+                .filter(|&i| {
+                    manifests[i].input.kind == crate::inference::package::InputKind::Slice
+                        && only_owned.as_deref().is_none_or(|n| manifests[i].name == n)
+                        && manifests[i].takes(&image.attrs)
+                })
+                .collect();
         if models.is_empty() {
             return Ok((image.attrs.modality.clone(), None));
         }

@@ -14,7 +14,7 @@ use super::{Triage, TriageError};
 use crate::db::{DetectedBox, FrameOutput, InferenceState};
 use crate::domain::now_ms;
 use crate::inference::engine::{EngineError, ModelBox};
-use crate::inference::package::Manifest;
+use crate::inference::package::{InputKind, Manifest};
 use crate::inference::preprocess::{box_to_source, Image, ModelInput, PixelError};
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
@@ -102,7 +102,7 @@ impl Triage {
             match out {
                 Ok(o) => {
                     let m = &self.engine.manifests()[p.model];
-                    let boxes = source_boxes(m, &p, &o.boxes);
+                    let boxes = source_boxes(m, p.input.source_rows, p.input.source_cols, p.pixel_spacing, &o.boxes);
                     rows.push(FrameOutput {
                         instance_id: id,
                         model: m.name.clone(),
@@ -139,14 +139,14 @@ impl Triage {
 
 /// A detector's boxes mapped from the model's input back onto the source frame, with their area
 /// in mm² where the image's Pixel Spacing is known.
-fn source_boxes(m: &Manifest, p: &Prepared, boxes: &[ModelBox]) -> Vec<DetectedBox> {
+pub(super) fn source_boxes(m: &Manifest, source_rows: usize, source_cols: usize, pixel_spacing: Option<[f64; 2]>, boxes: &[ModelBox]) -> Vec<DetectedBox> {
     let [rows, cols] = m.input.size.map(|v| v as usize);
     boxes
         .iter()
         .map(|b| {
-            let [x0, y0, x1, y1] = box_to_source(b.corners, rows, cols, p.input.source_rows, p.input.source_cols);
+            let [x0, y0, x1, y1] = box_to_source(b.corners, rows, cols, source_rows, source_cols);
             let mut d = DetectedBox { x0, y0, x1, y1, score: b.score, label: b.label, area_mm2: None };
-            d.area_mm2 = p.pixel_spacing.map(|[row, col]| d.area_pixels() * row * col);
+            d.area_mm2 = pixel_spacing.map(|[row, col]| d.area_pixels() * row * col);
             d
         })
         .collect()
@@ -218,14 +218,15 @@ impl Worker for Arrivals {
     }
 }
 
-/// Open the instance, route it, decode once and prepare every frame for every model that
-/// accepts it. Empty when none does.
+/// Open the instance, route it, decode once and prepare every frame for every slice model that
+/// accepts it (slab and volume models take whole series in the study job: `series`). Empty
+/// when none does.
 fn prepare(path: &std::path::Path, manifests: &[Manifest]) -> Result<Vec<Prepared>, PixelError> {
     if manifests.is_empty() {
         return Ok(Vec::new());
     }
     let image = Image::open(path)?;
-    let models: Vec<usize> = (0..manifests.len()).filter(|&i| manifests[i].takes(&image.attrs)).collect();
+    let models: Vec<usize> = (0..manifests.len()).filter(|&i| manifests[i].input.kind == InputKind::Slice && manifests[i].takes(&image.attrs)).collect();
     if models.is_empty() {
         return Ok(Vec::new());
     }

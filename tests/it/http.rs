@@ -73,11 +73,13 @@ pub fn triaged_node() -> Option<(Node, Vec<PathBuf>, tempfile::TempDir)> {
     let models = work.path().join("models");
     let demo = models.join("demo-nodule");
     std::fs::create_dir_all(&demo).unwrap();
-    for f in ["model.toml", "model.pt"] {
+    for f in ["model.toml", "model.pt", "reference.json"] {
         std::fs::copy(repo().join("models/demo-nodule").join(f), demo.join(f)).unwrap();
     }
     let package = tiny_package(&models, &TINY.replace("MODALITY", "CT"));
-    let node = Node::start(NodeOptions { inference: vec![package], ..Default::default() });
+    // Drift over the eight CR studies sent below.
+    let drift = "[drift]\nwindow = 8\nmin_studies = 8".to_string();
+    let node = Node::start(NodeOptions { inference: vec![package], extra: vec![drift], ..Default::default() });
     let crs: Vec<PathBuf> = cases.into_iter().take(8).map(|(f, _)| f).collect();
     let mr = testdata().unwrap().join("classes/mr.dcm");
     let mut dcmtk = crs.clone();
@@ -93,6 +95,24 @@ pub fn triaged_node() -> Option<(Node, Vec<PathBuf>, tempfile::TempDir)> {
     let uids: Vec<String> = sent.iter().map(|f| deid_uid(&study_uid_of(f))).collect();
     wait_results(&rt, &db, &uids, Duration::from_secs(120), &node);
     Some((node, sent, work))
+}
+
+/// PSI over the reference's deciles (equal edges merged, an empty share 0.0001), written
+/// apart from the node's.
+fn psi_by_deciles(reference: &[f64], live: &[f64]) -> f64 {
+    let mut sorted = reference.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mut edges: Vec<f64> = (1..10).map(|k| sorted[k * sorted.len() / 10]).collect();
+    edges.dedup();
+    let share = |scores: &[f64]| -> Vec<f64> {
+        (0..=edges.len())
+            .map(|bin| {
+                let inside = |p: f64| edges.iter().filter(|&&e| e <= p).count() == bin;
+                (scores.iter().filter(|&&p| inside(p)).count() as f64 / scores.len() as f64).max(1e-4)
+            })
+            .collect()
+    };
+    share(reference).iter().zip(share(live)).map(|(e, a)| (a - e) * (a / e).ln()).sum()
 }
 
 fn rank(p: &str) -> usize {
@@ -312,6 +332,34 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     );
     assert_eq!((nodule["ppv"]["successes"].as_u64(), nodule["ppv"]["total"].as_u64()), (Some(0), Some(1)), "{nodule}");
     assert!(nodule["npv"].is_null() && nodule["turnaround_median_ms"].as_i64().unwrap() > 0, "{nodule}");
+    // Score drift: the eight demo cases (made at 512 rows) against the package's validation
+    // scores (native size) drift; the PSI equals one computed here from the worklist's
+    // probabilities and reference.json; a warning in /readyz (still ready), status, /metrics.
+    assert_eq!(api.get("/api/drift", Some(READER_TOKEN)).status(), StatusCode::FORBIDDEN);
+    let drift: Value = api.json("/api/drift", ADMIN_TOKEN);
+    let nodule = drift.as_array().unwrap().iter().find(|d| d["model"] == "demo-nodule").expect("demo-nodule's drift");
+    let tiny = drift.as_array().unwrap().iter().find(|d| d["model"] != "demo-nodule").unwrap();
+    assert_eq!(tiny["state"], "no_reference", "{drift}");
+    let live: Vec<f64> = all_pages(&api, "", 50)
+        .iter()
+        .flat_map(|item| item["findings"].as_array().unwrap().clone())
+        .filter(|f| f["model"] == "demo-nodule")
+        .map(|f| f["probability"].as_f64().unwrap())
+        .collect();
+    assert_eq!(live.len(), 8);
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(repo().join("models/demo-nodule/reference.json")).unwrap()).unwrap();
+    let reference: Vec<f64> = reference["scores"]["nodule"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let expected = psi_by_deciles(&reference, &live);
+    assert!(expected > 0.25, "the demo cases drift from the validation images: {expected}");
+    assert_eq!((nodule["state"].as_str(), nodule["live_studies"].as_u64(), nodule["reference_studies"].as_u64()), (Some("drifted"), Some(8), Some(400)), "{nodule}");
+    assert!((nodule["psi"].as_f64().unwrap() - expected).abs() < 1e-3, "{nodule} vs {expected}");
+    let ready: Value = api.get("/readyz", Some(ADMIN_TOKEN)).json().unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(ready["warnings"][0].as_str().unwrap().contains("model demo-nodule 1.0.0 label nodule: score distribution drifted"), "{ready}");
+    let metrics = api.get("/metrics", None).text().unwrap();
+    assert!(metrics.contains("triage_model_score_psi{model=\"demo-nodule\",version=\"1.0.0\",label=\"nodule\"}"), "{metrics}");
+    let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("WARNING: model demo-nodule 1.0.0 label nodule: score distribution drifted"), "{status}");
     let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();
     assert_eq!(audit.lines().filter(|l| l.contains("feedback")).count(), 3, "{audit}");
     assert!(!audit.contains("PATIENTCOMMENT"), "the comment is never audited");

@@ -259,7 +259,7 @@ fn every_input_layout_matches_a_torch_pipeline() {
         // What the model receives: the identity model returns its input tensor (as float32).
         let model = Model::load(&identity, cpu, false).unwrap().with_half_input(half);
         let shape = manifest.input.shape(1);
-        let received = model.forward(&ours[0].values, shape).unwrap().remove(0);
+        let received = model.forward(&ours[0].values, &shape).unwrap().remove(0);
         assert_eq!(received.shape, shape, "{name}");
         assert_eq!(received.values.len(), theirs.len(), "{name}");
         // Within 1e-5; float16 keeps 11 significant bits, so values a rounding boundary apart

@@ -23,31 +23,32 @@ fn ready() -> bool {
 }
 
 /// SOP Class and SOP Instance UID from a file's meta.
-fn ids(path: &Path) -> (String, String) {
+pub(crate) fn ids(path: &Path) -> (String, String) {
     let meta = dicom_object::meta::FileMetaTable::from_reader(&std::fs::read(path).unwrap()[128..]).unwrap();
     let t = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
     (t(meta.media_storage_sop_class_uid()), t(meta.media_storage_sop_instance_uid()))
 }
 
 /// One study sent to the node, as its modality made it.
-struct Case {
-    study_uid: String,
-    patient_id: &'static str,
-    name: &'static str,
-    accession: &'static str,
-    positive: bool,
+pub(crate) struct Case {
+    pub(crate) study_uid: String,
+    pub(crate) patient_id: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) accession: &'static str,
+    pub(crate) positive: bool,
 }
 
-struct Fixture {
-    node: Node,
-    cases: Vec<Case>,
+/// A node whose AI results were delivered; shared with the DICOMweb tests (`dicomweb_qido`).
+pub(crate) struct Fixture {
+    pub(crate) node: Node,
+    pub(crate) cases: Vec<Case>,
     /// What the PACS received from the outbox.
-    delivered: Vec<PathBuf>,
+    pub(crate) delivered: Vec<PathBuf>,
     _pacs: Killed,
     _dirs: tempfile::TempDir,
 }
 
-fn register(node: &Node, ae: &str, port: Option<u16>) {
+pub(crate) fn register(node: &Node, ae: &str, port: Option<u16>) {
     let mut args = vec!["ae", "add", ae, "--role", "pacs", "--host", "127.0.0.1"];
     let port = port.map(|p| p.to_string());
     if let Some(p) = &port {
@@ -64,7 +65,7 @@ fn fixture(extra_results: &[&str]) -> Option<Fixture> {
 }
 
 /// The same, with each positive finding's heatmap sent as `heatmaps` (`[results] heatmap`).
-fn fixture_with(extra_results: &[&str], heatmaps: &[&str]) -> Option<Fixture> {
+pub(crate) fn fixture_with(extra_results: &[&str], heatmaps: &[&str]) -> Option<Fixture> {
     if !ready() {
         return None;
     }

@@ -18,7 +18,7 @@ fn torchscript_forward_matches_python_torch() {
     let ints = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>();
     let shape: [i64; 4] = ints(&expected["input_shape"]).try_into().unwrap();
     let model = Model::load(&dir.join("tiny.pt"), DeviceChoice::Cpu.resolve().unwrap(), false).unwrap();
-    let outputs = model.forward(&floats(&expected["input"]), shape).unwrap();
+    let outputs = model.forward(&floats(&expected["input"]), &shape).unwrap();
     let want = expected["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), want.len(), "a (probabilities, CAM) tuple");
     for (got, want) in outputs.iter().zip(want) {
@@ -26,7 +26,7 @@ fn torchscript_forward_matches_python_torch() {
         let max_diff = got.values.iter().zip(floats(&want["values"])).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(max_diff < 1e-6, "differs from PyTorch by {max_diff}");
     }
-    assert!(model.forward(&[0.0; 3], shape).is_err(), "a short input is refused");
+    assert!(model.forward(&[0.0; 3], &shape).is_err(), "a short input is refused");
 }
 
 const MANIFEST: &str = r#"

@@ -14,6 +14,7 @@
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 
 
@@ -26,7 +27,12 @@ def get(port, path, data=None):
 def main():
     cmd, port = sys.argv[1], sys.argv[2]
     if cmd == "ready":
-        get(port, "/system")
+        try:
+            get(port, "/system")
+        except urllib.error.HTTPError as e:
+            # Up, and asking for credentials (AuthenticationEnabled).
+            if e.code != 401:
+                raise
         return
     if cmd == "study":
         uid, out = sys.argv[3], sys.argv[4]

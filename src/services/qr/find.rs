@@ -6,6 +6,7 @@ use dicom_object::InMemDicomObject;
 use tracing::{debug, error, warn};
 
 use super::{encode, failure, Operation, QueryRetrieve};
+use crate::archive::disclose::Party;
 use crate::archive::keys::Model;
 use crate::archive::query::Query;
 use crate::dicom::Status;
@@ -60,11 +61,9 @@ pub(super) async fn serve(
         matches += 1;
     }
     drop(snapshot);
-    if matches > 0 {
-        let details = crate::audit::Queried { model: model.as_str().into(), level: query.level.as_str().into(), matches, cancelled };
-        if let Err(error) = qr.archive.db().audit_append(&crate::audit::Event::Query { ae: association.calling_ae().to_string(), details }).await {
-            error!(%error, "recording a query in the audit trail failed");
-        }
+    let details = crate::audit::Queried { model: model.as_str().into(), level: query.level.as_str().into(), matches, cancelled, via: None };
+    if let Err(error) = qr.archive.record_query(&Party::Ae(association.calling_ae().to_string()), details).await {
+        error!(%error, "recording a query in the audit trail failed");
     }
     debug!(level = query.level.as_str(), matches, cancelled, "C-FIND");
     association.tally(name, true);

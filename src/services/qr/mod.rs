@@ -1,7 +1,8 @@
 //! Query/Retrieve SCP (PS3.4 Annex C) over the AI result objects of this node: C-FIND
 //! (`find`), C-MOVE and C-GET (`retrieve`), Patient Root and Study Root, levels PATIENT to
-//! IMAGE, answered from `archive` with the identifiers the PACS knows. Only PACS-role AEs may
-//! use it (negotiation refuses the contexts to others); every query or retrieve that discloses
+//! IMAGE, answered from `archive` with the identifiers the PACS knows. Who may use it and what
+//! each disclosure records is `archive::disclose`, the rule DICOMweb shares: negotiation
+//! refuses the contexts to AEs of other roles; every query or retrieve that discloses
 //! identities is one audit entry.
 
 mod find;
@@ -14,12 +15,13 @@ use dicom_dictionary_std::uids;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
+use crate::archive::disclose::MAY_QUERY;
 use crate::archive::keys::Model;
 use crate::archive::Archive;
 use crate::dicom::matching::Options;
 use crate::dicom::sop::{self, ServiceClass, SOP_CLASSES};
 use crate::dicom::Status;
-use crate::domain::{AeRole, AeTitle};
+use crate::domain::AeTitle;
 use crate::net::access::BoxFuture;
 use crate::net::dimse::command::{self, field, tag, CommandSet};
 use crate::net::tls::Connector;
@@ -161,15 +163,11 @@ fn encode(obj: &InMemDicomObject, ts_uid: &str) -> Result<Vec<u8>, String> {
 pub fn offers() -> Vec<Offer> {
     let qr = SOP_CLASSES.iter().filter(|c| c.service == ServiceClass::QueryRetrieve).map(|class| Offer {
         class,
-        roles: &[AeRole::Pacs],
+        roles: MAY_QUERY,
         caller_is_scp: false,
         native_only: true,
     });
-    let get = SOP_CLASSES.iter().filter(|c| RESULT_CLASSES.contains(&c.uid)).map(|class| Offer {
-        class,
-        roles: &[AeRole::Pacs],
-        caller_is_scp: true,
-        native_only: true,
-    });
+    let get =
+        SOP_CLASSES.iter().filter(|c| RESULT_CLASSES.contains(&c.uid)).map(|class| Offer { class, roles: MAY_QUERY, caller_is_scp: true, native_only: true });
     qr.chain(get).collect()
 }

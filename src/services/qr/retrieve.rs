@@ -16,6 +16,7 @@ use dicom_object::InMemDicomObject;
 use tracing::{error, info, warn};
 
 use super::{encode, failure, response_field, Operation, QueryRetrieve};
+use crate::archive::disclose;
 use crate::archive::index::Instance;
 use crate::archive::keys::Model;
 use crate::archive::query::Query;
@@ -69,11 +70,6 @@ fn outcome(status: Status) -> Outcome {
     }
 }
 
-/// Whether `title` is registered with the `pacs` role (read again: `resolve` does not say).
-async fn is_pacs(qr: &QueryRetrieve, title: &str) -> bool {
-    matches!(qr.archive.db().find_ae(title).await, Ok(Some(ae)) if ae.role == crate::domain::AeRole::Pacs)
-}
-
 /// Where the sub-operations go (one per retrieve, on its task: the size difference costs
 /// nothing).
 #[allow(clippy::large_enum_variant)]
@@ -110,7 +106,7 @@ pub(super) async fn serve(
         match delivery::resolve(qr.archive.db(), &to, &qr.ae_title, qr.timeout, &qr.tls).await {
             // Re-identified results go only where results belong: an AE of the `pacs` role (a
             // modality registered with a port is no destination).
-            Ok(peer) if !is_pacs(qr, &to).await => {
+            Ok(peer) if !qr.archive.may_receive(&to).await.unwrap_or(false) => {
                 warn!(destination = %crate::domain::PeerText(&to), "C-MOVE to an AE that is not of the pacs role refused");
                 association.tally(name, false);
                 let comment = format!("move destination {to:?} is not a PACS (only AEs of the pacs role receive results)");
@@ -140,7 +136,7 @@ pub(super) async fn serve(
         }
     };
     // The objects to send: references into the snapshot, not their contents.
-    let objects: Vec<Arc<Instance>> = query.matches(&snapshot).flat_map(|h| h.instances()).cloned().collect();
+    let objects: Vec<Arc<Instance>> = disclose::objects(&query, &snapshot);
     drop(snapshot);
     let mut counts = Counts { remaining: objects.len().min(usize::from(u16::MAX)) as u16, ..Counts::default() };
     let message_id = rq.command.message_id().unwrap_or(0);
@@ -150,9 +146,6 @@ pub(super) async fn serve(
     // is being opened): one entry naming the AEs, the count and the objects (the node's own
     // UIDs of its result objects, no patient data). Without it, nothing is sent.
     let audit = async {
-        if objects.is_empty() {
-            return Ok(());
-        }
         let details = crate::audit::Retrieved {
             operation: if op == Operation::Move { "C-MOVE" } else { "C-GET" }.into(),
             destination: destination_ae,
@@ -161,7 +154,7 @@ pub(super) async fn serve(
             objects: objects.len() as u64,
             sop_instances: objects.iter().map(|o| o.uid.clone()).collect(),
         };
-        qr.archive.db().audit_append(&crate::audit::Event::Retrieve { ae: caller.to_string(), details }).await.map(|_| ())
+        qr.archive.record_retrieve(&disclose::Party::Ae(caller.to_string()), details).await
     };
     let connect = async {
         let peer = destination.filter(|_| !objects.is_empty())?;

@@ -346,8 +346,9 @@ fn port_after(line: &str, key: &str) -> Option<u16> {
 pub const READER_TOKEN: &str = "reader-token-0123456789abcdef";
 pub const READER2_TOKEN: &str = "reader2-token-0123456789abcdef";
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef0";
-pub const TEST_TOKENS: &str =
-    "dr.grey:reader:reader-token-0123456789abcdef,dr.house:reader:reader2-token-0123456789abcdef,it-admin:admin:admin-token-0123456789abcdef0";
+/// A `modality` token (STOW-RS only), for the gateway `ct-gateway`.
+pub const MODALITY_TOKEN: &str = "modality-token-0123456789abcdef";
+pub const TEST_TOKENS: &str = "dr.grey:reader:reader-token-0123456789abcdef,dr.house:reader:reader2-token-0123456789abcdef,it-admin:admin:admin-token-0123456789abcdef0,ct-gateway:modality:modality-token-0123456789abcdef";
 
 pub fn listening_port(line: &str) -> Option<u16> {
     let rest = &line[line.find("listening port=")? + "listening port=".len()..];
@@ -470,6 +471,9 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Where Debian's `orthanc-dicomweb` puts the plugin.
+pub const DICOMWEB_PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
+
 /// A real PACS: Orthanc from Debian, on loopback, with its own config and storage in a temp dir.
 pub struct Orthanc {
     pub dir: tempfile::TempDir,
@@ -486,9 +490,38 @@ impl Orthanc {
     /// Start with `modalities` (AE title, port on 127.0.0.1) declared, so Orthanc can open
     /// associations to them (Storage Commitment reports).
     pub fn start_knowing(modalities: &[(&str, u16)]) -> Orthanc {
+        Orthanc::start_with(modalities, serde_json::json!({}))
+    }
+
+    /// Start with its DICOMweb plugin (Debian `orthanc-dicomweb`, at `/dicom-web/`): `http_port`
+    /// chosen (None: a free one), and `users` (name, password) required by HTTP basic auth when
+    /// given.
+    pub fn start_dicomweb(http_port: Option<u16>, users: &[(&str, &str)]) -> Orthanc {
+        let mut extra = serde_json::json!({
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": true, "Root": "/dicom-web/"},
+        });
+        if let Some(port) = http_port {
+            extra["HttpPort"] = port.into();
+        }
+        if !users.is_empty() {
+            extra["AuthenticationEnabled"] = true.into();
+            extra["RegisteredUsers"] = users.iter().map(|(u, p)| (u.to_string(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>().into();
+        }
+        Orthanc::start_with(&[], extra)
+    }
+
+    /// The DICOMweb service's base URL (STOW-RS at `<base>/studies`).
+    pub fn dicomweb_url(&self) -> String {
+        format!("http://127.0.0.1:{}/dicom-web", self.http_port)
+    }
+
+    /// Start with `extra` keys of Orthanc's configuration replacing the tests' defaults.
+    pub fn start_with(modalities: &[(&str, u16)], extra: serde_json::Value) -> Orthanc {
         let dir = tempfile::tempdir().unwrap();
-        let (dicom_port, http_port) = (free_port(), free_port());
-        let config = serde_json::json!({
+        let dicom_port = free_port();
+        let http_port = extra.get("HttpPort").and_then(|p| p.as_u64()).map_or_else(free_port, |p| p as u16);
+        let mut config = serde_json::json!({
             "Name": "triage-node-tests",
             "StorageDirectory": dir.path().join("db"),
             "IndexDirectory": dir.path().join("db"),
@@ -504,6 +537,9 @@ impl Orthanc {
             "StableAge": 1,
             "DicomModalities": modalities.iter().map(|(ae, port)| (ae.to_lowercase(), serde_json::json!([ae, "127.0.0.1", port]))).collect::<serde_json::Map<_, _>>(),
         });
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            config[key] = value.clone();
+        }
         let path = dir.path().join("orthanc.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let child = Command::new("Orthanc")

@@ -1,0 +1,263 @@
+//! Score drift per model version and label (the trust loop): the live distribution of a
+//! finding's probability, over the newest `drift.window` triaged studies, against the
+//! distribution the package ships in `reference.json` (its validation set's study-level scores,
+//! written by the training script), as the Population Stability Index.
+//!
+//! PSI = sum over bins of (live - reference) * ln(live / reference), the shares of each in ten
+//! bins cut at the reference's deciles (equal edges merged, so a saturated model has fewer
+//! bins), an empty share counted as 0.0001. Read as usual: below 0.1 stable, 0.1 to 0.25 a
+//! moderate shift, above `drift.threshold` (0.25) a shift the site should look at (a new
+//! scanner, protocol or population; or the model's operating point no longer fits). A drift
+//! says the inputs changed, not that the model got worse: readers' verdicts (`performance`) say
+//! that. Scanner groups and input statistics (intensity, spacing) are not compared yet.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::AdminError;
+use crate::config::DriftSettings;
+use crate::db::Db;
+use crate::inference::package::Manifest;
+
+/// A share no live (or reference) score fell into counts as this, so that PSI stays finite.
+const EMPTY_SHARE: f64 = 1e-4;
+
+/// `reference.json` of a package.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReferenceFile {
+    /// What the scores are of (e.g. "validation images (one per study)").
+    #[serde(default)]
+    pub source: String,
+    /// Per label, the study-level probabilities of the reference set.
+    pub scores: BTreeMap<String, Vec<f64>>,
+}
+
+/// A loaded model's reference distributions, found at start beside its manifest.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub model: String,
+    pub version: String,
+    pub labels: Vec<String>,
+    /// None: the package ships no reference.json (drift not checked).
+    pub file: Option<ReferenceFile>,
+}
+
+/// What the node checks: the loaded models' references and the settings.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    pub references: Vec<Reference>,
+    pub settings: DriftSettings,
+}
+
+/// How a label's live scores compare with its reference.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftState {
+    /// PSI below 0.1.
+    Stable,
+    /// PSI from 0.1 up to the threshold.
+    Moderate,
+    /// PSI at or above `drift.threshold`: a warning.
+    Drifted,
+    /// Fewer live studies than `drift.min_studies`: nothing said yet.
+    TooFewStudies,
+    /// The package ships no reference scores for this label.
+    NoReference,
+}
+
+/// One model version's label.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LabelDrift {
+    pub model: String,
+    pub model_version: String,
+    pub label: String,
+    pub reference_studies: usize,
+    pub live_studies: usize,
+    /// None unless both sides have scores and there are enough live studies.
+    pub psi: Option<f64>,
+    pub state: DriftState,
+    pub threshold: f64,
+}
+
+impl LabelDrift {
+    /// The sentence for `status`, `/readyz` and the log; no patient data (model, label, figures).
+    pub fn warning(&self) -> Option<String> {
+        (self.state == DriftState::Drifted).then(|| {
+            format!(
+                "model {} {} label {}: score distribution drifted (PSI {:.2} >= {:.2} over the last {} studies against {} reference studies)",
+                self.model,
+                self.model_version,
+                self.label,
+                self.psi.unwrap_or_default(),
+                self.threshold,
+                self.live_studies,
+                self.reference_studies
+            )
+        })
+    }
+}
+
+impl Watch {
+    /// The references of the loaded `manifests`: `reference.json` in the package folder under
+    /// `models_dir` whose manifest has the same name and version. A reference.json that does
+    /// not parse, or names a label the model does not have, stops the start (like a bad
+    /// manifest), naming the file.
+    pub fn load(models_dir: &Path, manifests: &[Manifest], settings: DriftSettings) -> Result<Watch, AdminError> {
+        let mut references = Vec::new();
+        for m in manifests {
+            let file = match package_dir(models_dir, m) {
+                Some(dir) => read_reference(&dir.join("reference.json"), m)?,
+                None => None,
+            };
+            references.push(Reference { model: m.name.clone(), version: m.version.clone(), labels: m.outputs.labels.clone(), file });
+        }
+        Ok(Watch { references, settings })
+    }
+
+    /// For a command without the engine (`status`): the packages in `models_dir` that a node
+    /// would serve (drafts left out), their references read as at start.
+    pub fn from_models_dir(models_dir: &Path, settings: DriftSettings) -> Result<Watch, AdminError> {
+        let mut manifests: Vec<Manifest> = std::fs::read_dir(models_dir)
+            .map(|entries| entries.flatten().filter_map(|e| Manifest::load(&e.path().join("model.toml")).ok()).filter(|m| !m.draft).collect())
+            .unwrap_or_default();
+        manifests.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Watch::load(models_dir, &manifests, settings)
+    }
+
+    /// Every loaded label's drift now.
+    pub async fn check(&self, db: &Db) -> Result<Vec<LabelDrift>, AdminError> {
+        let s = &self.settings;
+        let mut out = Vec::new();
+        for r in &self.references {
+            for label in &r.labels {
+                let reference = r.file.as_ref().and_then(|f| f.scores.get(label));
+                let mut d = LabelDrift {
+                    model: r.model.clone(),
+                    model_version: r.version.clone(),
+                    label: label.clone(),
+                    reference_studies: reference.map_or(0, Vec::len),
+                    live_studies: 0,
+                    psi: None,
+                    state: DriftState::NoReference,
+                    threshold: s.threshold,
+                };
+                if let Some(reference) = reference.filter(|r| !r.is_empty()) {
+                    let live = db.recent_scores(&r.model, &r.version, label, s.window as i64).await?;
+                    d.live_studies = live.len();
+                    d.state = DriftState::TooFewStudies;
+                    if live.len() >= s.min_studies && !live.is_empty() {
+                        let value = psi(reference, &live);
+                        d.psi = Some((value * 10_000.0).round() / 10_000.0);
+                        d.state = if value >= s.threshold {
+                            DriftState::Drifted
+                        } else if value >= 0.1 {
+                            DriftState::Moderate
+                        } else {
+                            DriftState::Stable
+                        };
+                    }
+                }
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The folder under `models_dir` holding `m`'s manifest (same name and version).
+fn package_dir(models_dir: &Path, m: &Manifest) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(models_dir).ok()?;
+    entries.flatten().map(|e| e.path()).find(|dir| {
+        Manifest::load(&dir.join("model.toml")).is_ok_and(|other| other.name == m.name && other.version == m.version)
+    })
+}
+
+fn read_reference(path: &Path, m: &Manifest) -> Result<Option<ReferenceFile>, AdminError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(AdminError::Io { what: "reading", path: path.display().to_string(), source }),
+    };
+    let file: ReferenceFile =
+        serde_json::from_str(&text).map_err(|e| AdminError::Invalid(format!("{}: not a reference file ({e})", path.display())))?;
+    for (label, scores) in &file.scores {
+        if !m.outputs.labels.contains(label) {
+            return Err(AdminError::Invalid(format!("{}: label {label} is not one of the model's ({})", path.display(), m.outputs.labels.join(", "))));
+        }
+        if scores.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(AdminError::Invalid(format!("{}: label {label} has a score outside 0..1", path.display())));
+        }
+    }
+    Ok(Some(file))
+}
+
+/// The bin edges: the reference's deciles, equal ones merged (the first bin is everything
+/// below the first edge, the last everything at or above the last).
+fn edges(reference: &[f64]) -> Vec<f64> {
+    let mut sorted = reference.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut edges: Vec<f64> = (1..10).map(|k| sorted[(k * sorted.len() / 10).min(sorted.len() - 1)]).collect();
+    edges.dedup();
+    edges
+}
+
+fn shares(scores: &[f64], edges: &[f64]) -> Vec<f64> {
+    let mut counts = vec![0usize; edges.len() + 1];
+    for p in scores {
+        counts[edges.partition_point(|e| e <= p)] += 1;
+    }
+    counts.iter().map(|&c| (c as f64 / scores.len() as f64).max(EMPTY_SHARE)).collect()
+}
+
+/// The Population Stability Index of `live` against `reference` (both non-empty).
+pub fn psi(reference: &[f64], live: &[f64]) -> f64 {
+    let edges = edges(reference);
+    let (expected, actual) = (shares(reference, &edges), shares(live, &edges));
+    expected.iter().zip(&actual).map(|(e, a)| (a - e) * (a / e).ln()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uniform(n: usize) -> Vec<f64> {
+        (0..n).map(|i| (i as f64 + 0.5) / n as f64).collect()
+    }
+
+    #[test]
+    fn the_same_distribution_is_stable() {
+        let r = uniform(1000);
+        assert!(psi(&r, &uniform(200)) < 1e-9, "{}", psi(&r, &uniform(200)));
+    }
+
+    #[test]
+    fn psi_by_hand() {
+        // Reference uniform on 0..1: ten bins of 0.1. Live: every score in the top bin:
+        // 9 bins of (0.0001 - 0.1) * ln(0.0001 / 0.1) plus (1 - 0.1) * ln(1 / 0.1).
+        let by_hand = 9.0 * (EMPTY_SHARE - 0.1) * (EMPTY_SHARE / 0.1f64).ln() + 0.9 * 10f64.ln();
+        let got = psi(&uniform(1000), &[0.95; 50]);
+        assert!((got - by_hand).abs() < 1e-9, "{got} vs {by_hand}");
+        // Half the live scores in the lowest bin, half in the highest: 8 empty bins and two
+        // of 0.5.
+        let mut live = vec![0.01; 25];
+        live.extend([0.99; 25]);
+        let by_hand = 8.0 * (EMPTY_SHARE - 0.1) * (EMPTY_SHARE / 0.1f64).ln() + 2.0 * 0.4 * 5f64.ln();
+        assert!((psi(&uniform(1000), &live) - by_hand).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_saturated_reference_merges_its_equal_edges() {
+        // 70% of the reference at exactly 1.0: the deciles from the 4th on are all 1.0.
+        let mut r = uniform(300);
+        r.extend([1.0; 700]);
+        let e = edges(&r);
+        assert_eq!(e.iter().filter(|&&x| x == 1.0).count(), 1, "{e:?}");
+        // The same mixture live is stable; all live at 1.0 is not.
+        let mut live = uniform(30);
+        live.extend([1.0; 70]);
+        assert!(psi(&r, &live) < 0.1, "{}", psi(&r, &live));
+        assert!(psi(&r, &[1.0; 100]) > 0.25);
+    }
+}
