@@ -74,7 +74,11 @@ echo "== the worklist manager: a UPS Push SCP (WORKLIST) on 127.0.0.1:$UPS_PORT"
 HTTP_PORT=${HTTP_PORT:-$(free_port)}
 READER_TOKEN=demo-reader-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 ADMIN_TOKEN=demo-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-export TRIAGE__HTTP__PORT=$HTTP_PORT TRIAGE_HTTP_TOKENS="radiologist:reader:$READER_TOKEN,radiology-it:admin:$ADMIN_TOKEN"
+GATEWAY_TOKEN=demo-gateway-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export TRIAGE__HTTP__PORT=$HTTP_PORT TRIAGE_HTTP_TOKENS="radiologist:reader:$READER_TOKEN,radiology-it:admin:$ADMIN_TOKEN,CT_GATEWAY:modality:$GATEWAY_TOKEN"
+# Score drift against the models' validation scores (reference.json) from 4 studies on (a site
+# keeps the default 50 of the newest 200).
+export TRIAGE__DRIFT__MIN_STUDIES=4
 
 # DICOM over TLS (BCP 195) on a port of its own, beside the plain one: a throwaway CA signs the
 # node's certificate and a modality's; the TLS port accepts only certificates that CA signed.
@@ -142,17 +146,26 @@ storescu -R -xv -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testd
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/series/ct_0[1-9].dcm
 echo "== C-STORE: four demo chest cases (labels: $(sed -n '2,5p' .testdata/demo-cases/labels.csv | tr '\n' ' '))"
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/demo-cases/case00[0-3].dcm
+echo "== STOW-RS: a modality gateway stores demo case 5 over HTTP (PyPI dicomweb-client, modality token)"
+.venv/bin/python - "http://127.0.0.1:$HTTP_PORT/dicomweb" "$GATEWAY_TOKEN" .testdata/demo-cases/case005.dcm <<'PY'
+import sys, pydicom
+from dicomweb_client.api import DICOMwebClient
+client = DICOMwebClient(url=sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+answer = client.store_instances([pydicom.dcmread(sys.argv[3])])
+print("stored:", len(answer.get("ReferencedSOPSequence", [])), "failed:", len(answer.get("FailedSOPSequence", [])))
+PY
 echo "== a head CT scanner that speaks MPPS (pynetdicom): N-CREATE IN PROGRESS, 24 axial slices (a real head CT"
 echo "   slice from pydicom-data, a synthetic hyperdense lesion on some), N-SET COMPLETED listing them"
 .venv/bin/python scripts/train-ct-demo-model.py series "$DEMO/head-ct" 24 lesion
 .venv/bin/python tests/peers/pynetdicom_peer.py --port "$TRIAGE__DICOM__PORT" --aet DEMO_CT mpps --store "$DEMO"/head-ct/slice*.dcm | grep -v '^STORED 0x0000' || true
 echo "-- the study was ready without the quiet period:"; grep 'study ready' "$DEMO/node.log" | grep 'procedure step' | head -1
 echo "== the same originals to the PACS (as the modality would have sent them)"
-storescu -aec PACS 127.0.0.1 "$PACS_DICOM" .testdata/ts/cr_explicit_le.dcm .testdata/demo-cases/case00[0-4].dcm "$DEMO"/head-ct/slice*.dcm
+storescu -aec PACS 127.0.0.1 "$PACS_DICOM" .testdata/ts/cr_explicit_le.dcm .testdata/demo-cases/case00[0-5].dcm "$DEMO"/head-ct/slice*.dcm
 echo "== waiting for the 3 s quiet period that completes each study, its triage, and the results' delivery"
-# Six chest studies (the CR, four demo cases and the one sent over TLS) and the head CT get a report each.
+# Seven chest studies (the CR, four demo cases, the one sent over TLS and the one sent by STOW-RS)
+# and the head CT get a report each.
 for _ in $(seq 300); do
-  [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 7 ] && break; sleep 0.2
+  [ "$(grep -c 'AI report delivered' "$DEMO/node.log" || true)" -ge 8 ] && break; sleep 0.2
 done
 echo "== waiting for the PACS's storage commitment reports"
 for _ in $(seq 100); do
@@ -169,6 +182,24 @@ QID=$(sed -n 's/.*"query": "\([^"]*\)".*/\1/p' "$DEMO/qr.json")
 echo "== the node's log of that: one audit entry per query and per retrieve"
 "$BIN" audit list | grep -E '"(query|retrieve)"|query|retrieve' | tail -4 || true
 API=http://127.0.0.1:$HTTP_PORT
+echo "== DICOMweb: a web viewer searches the node's AI results (QIDO-RS, reader token) and loads the report's metadata (WADO-RS)"
+curl -sf -H "Authorization: Bearer $READER_TOKEN" "$API/dicomweb/studies?PatientID=DEMO000&includefield=ModalitiesInStudy" > "$DEMO/qido.json"
+curl -sf -H "Authorization: Bearer $READER_TOKEN" -H 'Accept: application/dicom+json' "$API/dicomweb/instances?PatientID=DEMO000&Modality=SR" > "$DEMO/qido-sr.json"
+.venv/bin/python - "$DEMO/qido.json" "$DEMO/qido-sr.json" <<'PY' > "$DEMO/wado-path"
+import json, sys
+studies, srs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+v = lambda d, tag: (d.get(tag, {}).get("Value") or [""])[0]
+for s in studies:
+    print("QIDO-RS study: patient %s, modalities %s, %s instances" % (v(s, "00100020"), "/".join(s.get("00080061", {}).get("Value", [])), v(s, "00201208")), file=sys.stderr)
+sr = srs[0]
+print("/dicomweb/studies/%s/series/%s/instances/%s/metadata" % (v(sr, "0020000D"), v(sr, "0020000E"), v(sr, "00080018")))
+PY
+curl -sf -H "Authorization: Bearer $READER_TOKEN" "$API$(cat "$DEMO/wado-path")" | .venv/bin/python -c '
+import json, sys
+m = json.load(sys.stdin)[0]
+v = lambda tag: (m.get(tag, {}).get("Value") or [""])[0]
+print("WADO-RS metadata of the SR:", v("00080060"), "|", v("0008103E"), "| patient", v("00100020"), "| completion", v("0040A491"))'
+echo "-- without a token: HTTP $(curl -s -o /dev/null -w '%{http_code}' "$API/dicomweb/studies")"
 echo "== the worklist API (GET $API/api/worklist, reader token): urgent first, patients named for the signed-in reader"
 curl -sf -H "Authorization: Bearer $READER_TOKEN" "$API/api/worklist?limit=10" > "$DEMO/worklist.json"
 .venv/bin/python - "$DEMO/worklist.json" <<'PY'
@@ -239,7 +270,12 @@ grep 'delivered.*kind=kos' "$DEMO/node.log" | head -1 || echo "(the rejection no
 echo "== readiness (without a token: ready or not; with the admin token: the details) and a few Prometheus metrics"
 curl -s "$API/readyz"; echo
 curl -s -H "Authorization: Bearer $ADMIN_TOKEN" "$API/readyz"; echo
-curl -s "$API/metrics" | grep -E '^triage_(worklist_studies|instances_received_total|cstore_responses_total|end_to_end_seconds_count|outbox_items)' || true
+curl -s "$API/metrics" | grep -E '^triage_(worklist_studies|instances_received_total|cstore_responses_total|end_to_end_seconds_count|outbox_items|model_score_psi)' || true
+echo "== score drift (GET /api/drift, admin): the demo cases, made at 512 rows, against demo-nodule's validation images"
+curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" "$API/api/drift" | .venv/bin/python -c '
+import json, sys
+for d in json.load(sys.stdin):
+    print("%-20s %-8s %-18s %-16s PSI %s over %d studies" % (d["model"], d["model_version"], d["label"], d["state"], d["psi"], d["live_studies"]))'
 echo "== waiting for the RIS to accept an ORU^R01 per triaged chest study"
 for _ in $(seq 100); do [ "$(wc -l < "$DEMO/ris.jsonl" 2>/dev/null || echo 0)" -ge 6 ] && break; sleep 0.2; done
 echo "== the messages the RIS accepted: an ORU^R01 per triaged study, an OMI^O23 raising each urgent order to STAT"
