@@ -445,6 +445,37 @@ mod tests {
         assert!(got.iter().zip([0.0, 0.5, 1.0]).all(|(a, b)| (a - b).abs() < 1e-6), "{got:?}");
     }
 
+    /// At a spacing the grid is centred on the series; samples beyond it are the window's
+    /// bottom, never blended with real values; the window is applied after resampling.
+    #[test]
+    fn a_spacing_grid_is_centred_and_padded_with_the_windows_bottom() {
+        // 3 slices of 2 x 2, 1 mm apart, values 100 * z + 10 * y + x; model 5 x 1 x 1 at
+        // [1, 2, 2] mm: z src = 1 + (o - 2) = -1 (outside), 0, 1, 2, 3 (outside); y, x src = 0.5.
+        let s = Stack { order: vec![0, 1, 2], positions: vec![0.0, 1.0, 2.0], spacing: 1.0, rows: 2, cols: 2, pixel_spacing: [1.0, 1.0] };
+        let mut r = Resampler::new(Grid::new(&s, [5, 1, 1], Some([1.0, 2.0, 2.0])));
+        for z in 0..3 {
+            r.add(z, Array2::from_shape_fn((2, 2), |(y, x)| (100 * z + 10 * y + x) as f32).view());
+        }
+        assert_eq!(r.values(), [OUTSIDE, 5.5, 105.5, 205.5, OUTSIDE]);
+        let spec = super::super::preprocess::InputSpec {
+            rows: 1,
+            cols: 1,
+            channels: 1,
+            window: WindowRule::Fixed(Window { center: 100.0, width: 201.0 }),
+            channel_windows: Vec::new(),
+            color: super::super::preprocess::Color::Grey,
+            layout: super::super::preprocess::Layout::Nchw,
+            scale: 1.0,
+            mean: vec![0.5],
+            std: vec![0.5],
+        };
+        let first = Decoded { values: ndarray::Array3::zeros((1, 2, 2)), photometric: "MONOCHROME2".into(), windows: Vec::new(), rgb: None };
+        // PS3.3 linear window: (x - 99.5) / 200 + 0.5, clamped; then (v - 0.5) / 0.5.
+        let want = [0.0f32, (5.5 - 99.5) / 200.0 + 0.5, (105.5 - 99.5) / 200.0 + 0.5, 1.0, 0.0].map(|v| (v - 0.5) / 0.5);
+        let got = r.finish(&spec, &first);
+        assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{got:?} against {want:?}");
+    }
+
     #[test]
     fn slabs_repeat_the_edge_slice() {
         assert_eq!(slab_indices(5, 3, 0), [0, 0, 1]);

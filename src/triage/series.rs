@@ -86,7 +86,7 @@ impl Triage {
                     continue;
                 }
             };
-            let ordered: Vec<Slice> = stack.order.iter().rev().map(|&i| series[i].clone()).collect();
+            let ordered: Vec<Slice> = stack.order.iter().map(|&i| series[i].clone()).collect();
             let run = match m.input.kind {
                 InputKind::Volume => self.run_volume(index, m, &stack, ordered).await,
                 _ => self.run_slabs(index, m, &stack, ordered).await,
