@@ -170,6 +170,7 @@ pub async fn seed_worklist(settings: &Settings, studies: usize) -> Result<Seeded
                 reading: crate::db::Reading::unread(),
                 retraction: None,
                 notified: Default::default(),
+                scanner: None,
             },
         ));
     }

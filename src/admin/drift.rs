@@ -9,7 +9,8 @@
 //! moderate shift, above `drift.threshold` (0.25) a shift the site should look at (a new
 //! scanner, protocol or population; or the model's operating point no longer fits). A drift
 //! says the inputs changed, not that the model got worse: readers' verdicts (`performance`) say
-//! that. Scanner groups and input statistics (intensity, spacing) are not compared yet.
+//! that. A window holding studies of several scanners is also judged per scanner (each with
+//! `min_studies` of its own). Input statistics (intensity, spacing) are not compared yet.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -73,6 +74,9 @@ pub struct LabelDrift {
     pub model: String,
     pub model_version: String,
     pub label: String,
+    /// The scanner group these figures are of (None: every study in the window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanner: Option<String>,
     pub reference_studies: usize,
     pub live_studies: usize,
     /// None unless both sides have scores and there are enough live studies.
@@ -86,10 +90,11 @@ impl LabelDrift {
     pub fn warning(&self) -> Option<String> {
         (self.state == DriftState::Drifted).then(|| {
             format!(
-                "model {} {} label {}: score distribution drifted (PSI {:.2} >= {:.2} over the last {} studies against {} reference studies)",
+                "model {} {} label {}{}: score distribution drifted (PSI {:.2} >= {:.2} over the last {} studies against {} reference studies)",
                 self.model,
                 self.model_version,
                 self.label,
+                self.scanner.as_ref().map(|s| format!(" on scanner {s}")).unwrap_or_default(),
                 self.psi.unwrap_or_default(),
                 self.threshold,
                 self.live_studies,
@@ -132,46 +137,69 @@ impl Watch {
         let mut out = Vec::new();
         for r in &self.references {
             for label in &r.labels {
-                let reference = r.file.as_ref().and_then(|f| f.scores.get(label));
-                let mut d = LabelDrift {
+                let reference = r.file.as_ref().and_then(|f| f.scores.get(label)).filter(|r| !r.is_empty());
+                let blank = LabelDrift {
                     model: r.model.clone(),
                     model_version: r.version.clone(),
                     label: label.clone(),
+                    scanner: None,
                     reference_studies: reference.map_or(0, Vec::len),
                     live_studies: 0,
                     psi: None,
                     state: DriftState::NoReference,
                     threshold: s.threshold,
                 };
-                if let Some(reference) = reference.filter(|r| !r.is_empty()) {
-                    let live = db.recent_scores(&r.model, &r.version, label, s.window as i64).await?;
-                    d.live_studies = live.len();
-                    d.state = DriftState::TooFewStudies;
-                    if live.len() >= s.min_studies && !live.is_empty() {
-                        let value = psi(reference, &live);
-                        d.psi = Some((value * 10_000.0).round() / 10_000.0);
-                        d.state = if value >= s.threshold {
-                            DriftState::Drifted
-                        } else if value >= 0.1 {
-                            DriftState::Moderate
-                        } else {
-                            DriftState::Stable
-                        };
+                let Some(reference) = reference else {
+                    out.push(blank);
+                    continue;
+                };
+                let live = db.recent_scores(&r.model, &r.version, label, s.window as i64).await?;
+                let all: Vec<f64> = live.iter().map(|(p, _)| *p).collect();
+                out.push(self.judge(blank.clone(), reference, &all));
+                // Each scanner of the window with enough studies of its own.
+                let mut by_scanner: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+                for (p, scanner) in &live {
+                    by_scanner.entry(scanner.as_deref().unwrap_or("unknown")).or_default().push(*p);
+                }
+                if by_scanner.len() > 1 {
+                    for (scanner, scores) in by_scanner.into_iter().filter(|(_, v)| v.len() >= s.min_studies) {
+                        out.push(self.judge(LabelDrift { scanner: Some(scanner.to_string()), ..blank.clone() }, reference, &scores));
                     }
                 }
-                out.push(d);
             }
         }
         Ok(out)
     }
 }
 
+impl Watch {
+    /// `d` with the live figures of `live` against `reference`.
+    fn judge(&self, mut d: LabelDrift, reference: &[f64], live: &[f64]) -> LabelDrift {
+        let s = &self.settings;
+        d.live_studies = live.len();
+        d.state = DriftState::TooFewStudies;
+        if live.len() >= s.min_studies && !live.is_empty() {
+            let value = psi(reference, live);
+            d.psi = Some((value * 10_000.0).round() / 10_000.0);
+            d.state = if value >= s.threshold {
+                DriftState::Drifted
+            } else if value >= 0.1 {
+                DriftState::Moderate
+            } else {
+                DriftState::Stable
+            };
+        }
+        d
+    }
+}
+
 /// The folder under `models_dir` holding `m`'s manifest (same name and version).
 fn package_dir(models_dir: &Path, m: &Manifest) -> Option<std::path::PathBuf> {
     let entries = std::fs::read_dir(models_dir).ok()?;
-    entries.flatten().map(|e| e.path()).find(|dir| {
-        Manifest::load(&dir.join("model.toml")).is_ok_and(|other| other.name == m.name && other.version == m.version)
-    })
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|dir| Manifest::load(&dir.join("model.toml")).is_ok_and(|other| other.name == m.name && other.version == m.version))
 }
 
 fn read_reference(path: &Path, m: &Manifest) -> Result<Option<ReferenceFile>, AdminError> {
@@ -180,8 +208,7 @@ fn read_reference(path: &Path, m: &Manifest) -> Result<Option<ReferenceFile>, Ad
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(AdminError::Io { what: "reading", path: path.display().to_string(), source }),
     };
-    let file: ReferenceFile =
-        serde_json::from_str(&text).map_err(|e| AdminError::Invalid(format!("{}: not a reference file ({e})", path.display())))?;
+    let file: ReferenceFile = serde_json::from_str(&text).map_err(|e| AdminError::Invalid(format!("{}: not a reference file ({e})", path.display())))?;
     for (label, scores) in &file.scores {
         if !m.outputs.labels.contains(label) {
             return Err(AdminError::Invalid(format!("{}: label {label} is not one of the model's ({})", path.display(), m.outputs.labels.join(", "))));

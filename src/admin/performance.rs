@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::AdminError;
-use crate::db::{Db, Verdict};
+use crate::db::{Db, Feedback, StandingFindings, Verdict};
 use crate::results::worklist::ListedFinding;
 
 /// A proportion with its Wilson score interval (95%); None without observations.
@@ -63,24 +63,50 @@ pub struct ModelPerformance {
     pub npv: Option<Estimate>,
     /// Median time from the last instance to the result, milliseconds.
     pub turnaround_median_ms: Option<i64>,
+    /// The scanner group these figures are of (None: every scanner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanner: Option<String>,
+    /// The same figures per scanner (empty inside a scanner's own figures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scanners: Vec<ModelPerformance>,
 }
 
-/// The figures of every model version with results on the standing worklist (or verdicts).
+/// The figures of every model version with results on the standing worklist (or verdicts),
+/// each with the same figures per scanner (`scanners`; "unknown" where the key image did not
+/// name one).
 pub async fn figures(db: &Db) -> Result<Vec<ModelPerformance>, AdminError> {
     let rows = db.worklist_findings_all().await?;
     let verdicts = db.feedback_all(None).await?;
-    let mut by: BTreeMap<(String, String), (ModelPerformance, Vec<i64>)> = BTreeMap::new();
-    for (_, json, turnaround) in &rows {
-        let findings: Vec<ListedFinding> = serde_json::from_str(json).unwrap_or_default();
-        let mut seen: Vec<(String, String)> = Vec::new();
+    let scanner_of: BTreeMap<i64, String> = rows.iter().map(|r| (r.study_id, r.scanner.clone().unwrap_or_else(|| UNKNOWN.into()))).collect();
+    let mut models = tally(&rows, &verdicts, |_| String::new());
+    let by_scanner = tally(&rows, &verdicts, |study| scanner_of.get(&study).cloned().unwrap_or_else(|| UNKNOWN.into()));
+    for m in &mut models {
+        m.scanners = by_scanner.iter().filter(|s| s.model == m.model && s.model_version == m.model_version).cloned().collect();
+    }
+    Ok(models)
+}
+
+/// The scanner group of a study whose key image named none.
+const UNKNOWN: &str = "unknown";
+
+/// The figures per model version and group (`group` of a study row id; "" for one group).
+fn tally(rows: &[StandingFindings], verdicts: &[Feedback], group: impl Fn(i64) -> String) -> Vec<ModelPerformance> {
+    type Key = (String, String, String);
+    let mut by: BTreeMap<Key, (ModelPerformance, Vec<i64>)> = BTreeMap::new();
+    let fresh = |model: &str, version: &str, scanner: &str| {
+        let scanner = (!scanner.is_empty()).then(|| scanner.to_string());
+        (ModelPerformance { model: model.to_string(), model_version: version.to_string(), scanner, ..Default::default() }, Vec::new())
+    };
+    for row in rows {
+        let findings: Vec<ListedFinding> = serde_json::from_str(&row.findings_json).unwrap_or_default();
+        let g = group(row.study_id);
+        let mut seen: Vec<Key> = Vec::new();
         for f in &findings {
-            let key = (f.model.clone(), f.model_version.clone());
-            let (m, times) = by
-                .entry(key.clone())
-                .or_insert_with(|| (ModelPerformance { model: f.model.clone(), model_version: f.model_version.clone(), ..Default::default() }, Vec::new()));
+            let key = (f.model.clone(), f.model_version.clone(), g.clone());
+            let (m, times) = by.entry(key.clone()).or_insert_with(|| fresh(&f.model, &f.model_version, &g));
             if !seen.contains(&key) {
                 m.studies += 1;
-                times.push(*turnaround);
+                times.push(row.turnaround_ms);
                 seen.push(key);
             }
             if f.positive {
@@ -93,12 +119,11 @@ pub async fn figures(db: &Db) -> Result<Vec<ModelPerformance>, AdminError> {
             }
         }
     }
-    let (mut tp, mut fp, mut tn, mut fn_): (BTreeMap<_, u64>, BTreeMap<_, u64>, BTreeMap<_, u64>, BTreeMap<_, u64>) = Default::default();
-    for v in &verdicts {
-        let key = (v.model.clone(), v.model_version.clone());
-        let (m, _) = by
-            .entry(key.clone())
-            .or_insert_with(|| (ModelPerformance { model: v.model.clone(), model_version: v.model_version.clone(), ..Default::default() }, Vec::new()));
+    let (mut tp, mut fp, mut tn, mut fn_): (BTreeMap<Key, u64>, BTreeMap<Key, u64>, BTreeMap<Key, u64>, BTreeMap<Key, u64>) = Default::default();
+    for v in verdicts {
+        let g = group(v.study_id);
+        let key = (v.model.clone(), v.model_version.clone(), g.clone());
+        let (m, _) = by.entry(key.clone()).or_insert_with(|| fresh(&v.model, &v.model_version, &g));
         m.verdicts += 1;
         match (v.verdict, v.positive) {
             (Verdict::Agree, true) => *tp.entry(key).or_default() += 1,
@@ -113,10 +138,9 @@ pub async fn figures(db: &Db) -> Result<Vec<ModelPerformance>, AdminError> {
             Verdict::NotAssessable => m.not_assessable += 1,
         }
     }
-    Ok(by
-        .into_iter()
+    by.into_iter()
         .map(|(key, (mut m, mut times))| {
-            let g = |map: &BTreeMap<(String, String), u64>| map.get(&key).copied().unwrap_or(0);
+            let g = |map: &BTreeMap<Key, u64>| map.get(&key).copied().unwrap_or(0);
             let (tp, fp, tn, fn_) = (g(&tp), g(&fp), g(&tn), g(&fn_));
             m.agreement = wilson(m.agree, m.agree + m.disagree);
             m.ppv = wilson(tp, tp + fp);
@@ -126,7 +150,7 @@ pub async fn figures(db: &Db) -> Result<Vec<ModelPerformance>, AdminError> {
             m.turnaround_median_ms = (!times.is_empty()).then(|| times[times.len() / 2]);
             m
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -175,10 +175,11 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         Ok(labels) => {
             for d in labels.iter().filter(|d| d.psi.is_some()) {
                 println!(
-                    "score drift {} {} {}: {:?} (PSI {:.3} over {} studies)",
+                    "score drift {} {} {}{}: {:?} (PSI {:.3} over {} studies)",
                     d.model,
                     d.model_version,
                     d.label,
+                    d.scanner.as_ref().map(|s| format!(" on scanner {s}")).unwrap_or_default(),
                     d.state,
                     d.psi.unwrap_or_default(),
                     d.live_studies

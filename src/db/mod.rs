@@ -44,7 +44,8 @@ pub use studies::ReadyStudy;
 pub use wake::{Wake, WakeListener};
 pub use workers::WorkerReport;
 pub use worklist::{
-    Notified, Reading, ReadingAction, ReadingOutcome, RetractOutcome, RetractRecord, Retraction, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
+    Notified, Reading, ReadingAction, ReadingOutcome, RetractOutcome, RetractRecord, Retraction, StandingFindings, WorklistCursor, WorklistFilter, WorklistRow,
+    WorklistSort,
 };
 
 use std::time::Duration;
@@ -82,6 +83,8 @@ pub struct Db {
     engine: Engine,
     /// The key of the audit chain's HMAC (`Keys::audit_key`); appends fail without it.
     audit_key: Option<std::sync::Arc<zeroize::Zeroizing<[u8; 32]>>>,
+    /// Audit entries waiting for their group commit (`audit::AuditQueue`), shared by clones.
+    audit_queue: std::sync::Arc<audit::AuditQueue>,
 }
 
 impl Db {
@@ -125,7 +128,7 @@ impl Db {
             .connect(url)
             .await
             .map_err(DbError::Connect)?;
-        let db = Db { pool, engine, audit_key: None };
+        let db = Db { pool, engine, audit_key: None, audit_queue: Default::default() };
         db.migrate().await?;
         Ok(db)
     }

@@ -234,12 +234,13 @@ impl Db {
     }
 
     /// The probabilities of `label` in the newest `limit` studies `model` `version` triaged
-    /// (each study's latest result of that model), for the drift check.
-    pub async fn recent_scores(&self, model: &str, version: &str, label: &str, limit: i64) -> Result<Vec<f64>, DbError> {
-        sqlx::query_scalar(
-            "SELECT f.probability FROM findings f JOIN study_results r ON r.id = f.study_result_id
+    /// (a study's results are replaced when it is triaged again), for the drift check.
+    /// With each, its study's scanner (the worklist row's), if known.
+    pub async fn recent_scores(&self, model: &str, version: &str, label: &str, limit: i64) -> Result<Vec<(f64, Option<String>)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT f.probability, w.scanner FROM findings f JOIN study_results r ON r.id = f.study_result_id
+               LEFT JOIN worklist w ON w.study_id = r.study_id
              WHERE r.model = $1 AND r.model_version = $2 AND f.label = $3 AND r.state = 'triaged'
-               AND r.id = (SELECT MAX(r2.id) FROM study_results r2 WHERE r2.study_id = r.study_id AND r2.model = r.model)
              ORDER BY r.id DESC LIMIT $4",
         )
         .bind(model)
@@ -248,7 +249,8 @@ impl Db {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(q("select recent scores"))
+        .map_err(q("select recent scores"))?;
+        rows.iter().map(|r| Ok((get(r, "probability")?, get(r, "scanner")?))).collect()
     }
 
     /// (state, count) of study results, for `triage-node status`.

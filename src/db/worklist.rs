@@ -35,6 +35,18 @@ pub struct WorklistRow {
     pub retraction: Option<Retraction>,
     /// The study's on-call notification: first delivered, acknowledged (by whom).
     pub notified: Notified,
+    /// The scanner of the result's key image ("Manufacturer Model (kernel K)"), if known.
+    pub scanner: Option<String>,
+}
+
+/// A standing (not retracted) worklist row's findings, for the performance figures.
+#[derive(Debug, Clone)]
+pub struct StandingFindings {
+    pub study_id: i64,
+    pub findings_json: String,
+    /// From the last instance to the result.
+    pub turnaround_ms: i64,
+    pub scanner: Option<String>,
 }
 
 /// When the study's on-call notification first reached someone, and its acknowledgement.
@@ -202,7 +214,7 @@ enum Arg {
 
 const COLUMNS: &str = "w.study_id, s.study_instance_uid, w.priority, w.priority_rank, w.score, w.received_at_ms, w.result_at_ms, w.modalities, w.models,
                        w.positive_labels, w.demonstration, w.findings, w.reasons, w.lowered_from, w.reading_state, w.reader, w.reading_at_ms,
-                       w.retracted_at_ms, w.retracted_by, w.retraction_reason, w.notified_at_ms, w.acknowledged_at_ms, w.acknowledged_by";
+                       w.retracted_at_ms, w.retracted_by, w.retraction_reason, w.notified_at_ms, w.acknowledged_at_ms, w.acknowledged_by, w.scanner";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<WorklistRow, DbError> {
     Ok(WorklistRow {
@@ -223,6 +235,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<WorklistRow, DbError> {
         reading: Reading { state: get::<String>(r, "reading_state")?.parse()?, reader: get(r, "reader")?, at_ms: get(r, "reading_at_ms")? },
         retraction: retraction(r)?,
         notified: Notified { at_ms: get(r, "notified_at_ms")?, acknowledged_at_ms: get(r, "acknowledged_at_ms")?, acknowledged_by: get(r, "acknowledged_by")? },
+        scanner: get(r, "scanner")?,
     })
 }
 
@@ -430,14 +443,23 @@ impl Db {
 impl Db {
     /// Every standing (not retracted) row's study id, findings JSON and time from the last
     /// instance to the result: what the performance figures count.
-    pub async fn worklist_findings_all(&self) -> Result<Vec<(i64, String, i64)>, DbError> {
+    pub async fn worklist_findings_all(&self) -> Result<Vec<StandingFindings>, DbError> {
         let rows = sqlx::query(
-            "SELECT study_id, findings, result_at_ms - received_at_ms AS turnaround_ms FROM worklist WHERE retracted_at_ms IS NULL ORDER BY study_id",
+            "SELECT study_id, findings, result_at_ms - received_at_ms AS turnaround_ms, scanner FROM worklist WHERE retracted_at_ms IS NULL ORDER BY study_id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(q("select worklist findings"))?;
-        rows.iter().map(|r| Ok((get(r, "study_id")?, get(r, "findings")?, get(r, "turnaround_ms")?))).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(StandingFindings {
+                    study_id: get(r, "study_id")?,
+                    findings_json: get(r, "findings")?,
+                    turnaround_ms: get(r, "turnaround_ms")?,
+                    scanner: get(r, "scanner")?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -554,12 +576,12 @@ pub(crate) async fn upsert_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &W
     let sql = if exists {
         "UPDATE worklist SET priority = $2, priority_rank = $3, score = $4, sort_score = $5, received_at_ms = $6, result_at_ms = $7, modalities = $8,
                 models = $9, positive_labels = $10, demonstration = $11, findings = $12, reasons = $13, lowered_from = $14, updated_at_ms = $15,
-                retracted_at_ms = NULL, retracted_by = NULL, retraction_reason = NULL
+                scanner = $16, retracted_at_ms = NULL, retracted_by = NULL, retraction_reason = NULL
          WHERE study_id = $1"
     } else {
         "INSERT INTO worklist (study_id, priority, priority_rank, score, sort_score, received_at_ms, result_at_ms, modalities, models, positive_labels,
-                               demonstration, findings, reasons, lowered_from, updated_at_ms, reading_state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                               demonstration, findings, reasons, lowered_from, updated_at_ms, scanner, reading_state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     };
     let mut query = sqlx::query(sql)
         .bind(row.study_id)
@@ -576,7 +598,8 @@ pub(crate) async fn upsert_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &W
         .bind(&row.findings_json)
         .bind(&row.reasons_json)
         .bind(lowered_from)
-        .bind(now_ms);
+        .bind(now_ms)
+        .bind(row.scanner.clone());
     if !exists {
         query = query.bind(ReadingState::Unread.as_str());
     }

@@ -103,7 +103,7 @@ async fn readyz(State(state): State<Shared>, headers: HeaderMap) -> Response {
         Err(e) => vec![format!("drift not checked: {e}")],
     };
     // The reasons name workers, AE titles and errors: for an admin only.
-    let admin = state.tokens.user(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).is_some_and(|u| u.role >= Role::Admin);
+    let admin = super::known_user(&state, headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).is_some_and(|u| u.role >= Role::Admin);
     if !admin {
         return (status, Json(serde_json::json!({ "ready": ready }))).into_response();
     }
@@ -153,7 +153,7 @@ async fn sample_gauges(state: &Shared) -> Result<(), crate::admin::AdminError> {
     metrics::gauge!("triage_models_loaded").set(state.manifests.len() as f64);
     // One series per loaded model version and label (bounded by the packages).
     for d in state.drift.check(&state.db).await? {
-        if let Some(psi) = d.psi {
+        if let (Some(psi), None) = (d.psi, &d.scanner) {
             metrics::gauge!("triage_model_score_psi", "model" => d.model, "version" => d.model_version, "label" => d.label).set(psi);
         }
     }

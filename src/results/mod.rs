@@ -606,6 +606,46 @@ fn number(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<usize> {
     obj.get(tag).and_then(|e| e.to_int::<u32>().ok()).map(|v| v as usize).filter(|&v| v > 0)
 }
 
+/// The scanner of the first triaged result's key image, for performance and drift per
+/// scanner: "Manufacturer Model" and, when given, "(kernel K)" (device attributes the profile
+/// keeps); None without a key image or those attributes, or when it cannot be read (the result
+/// does not wait for it: said in the log).
+pub async fn scanner(db: &Db, blobs: &crate::blobs::Blobs, results: &[StudyResult]) -> Option<String> {
+    let id = results.iter().filter(|r| r.state == ResultState::Triaged).flat_map(|r| r.findings.first()).map(|f| f.key_instance_id).next()?;
+    let key = match db.instance_ref(id).await {
+        Ok(key) => key?,
+        Err(error) => {
+            warn!(%error, "the key image's scanner is not known: its row could not be read");
+            return None;
+        }
+    };
+    let blobs = blobs.clone();
+    let header = tokio::task::spawn_blocking(move || blobs.fetch_blocking(&key.path).map_err(ResultsError::from).and_then(|file| read_header(&file))).await;
+    match header {
+        Ok(Ok(header)) => scanner_of(&header),
+        Ok(Err(error)) => {
+            warn!(%error, "the key image's scanner is not known: its header could not be read");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// "Manufacturer Model (kernel K)" from a header, at most 64 characters; None if it names no
+/// manufacturer and no model.
+pub fn scanner_of(header: &InMemDicomObject) -> Option<String> {
+    let words = |tag| text(header, tag).map(|t| t.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|t| !t.is_empty());
+    let device: Vec<String> = [tags::MANUFACTURER, tags::MANUFACTURER_MODEL_NAME].into_iter().filter_map(words).collect();
+    if device.is_empty() {
+        return None;
+    }
+    let mut name = device.join(" ");
+    if let Some(kernel) = words(tags::CONVOLUTION_KERNEL) {
+        name.push_str(&format!(" (kernel {})", kernel.replace('\\', "/")));
+    }
+    Some(name.chars().take(64).collect())
+}
+
 /// The header of a stored instance (everything before the pixel data).
 fn read_header(path: &Path) -> Result<InMemDicomObject, ResultsError> {
     dicom_object::OpenFileOptions::new()
@@ -705,6 +745,19 @@ fn render_key_image(path: &Path, manifest: &Manifest, f: &crate::db::Finding, ma
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_scanner_is_named_by_its_device_attributes() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let mut h = InMemDicomObject::new_empty();
+        assert_eq!(scanner_of(&h), None);
+        h.put(DataElement::new(tags::MANUFACTURER, VR::LO, PrimitiveValue::from("GE MEDICAL  SYSTEMS ")));
+        assert_eq!(scanner_of(&h).as_deref(), Some("GE MEDICAL SYSTEMS"));
+        h.put(DataElement::new(tags::MANUFACTURER_MODEL_NAME, VR::LO, PrimitiveValue::from("LightSpeed16")));
+        h.put(DataElement::new(tags::CONVOLUTION_KERNEL, VR::SH, PrimitiveValue::Strs(["STANDARD".to_string(), "B30f".to_string()].into())));
+        assert_eq!(scanner_of(&h).as_deref(), Some("GE MEDICAL SYSTEMS LightSpeed16 (kernel STANDARD/B30f)"));
+    }
+
     use super::*;
 
     fn manifest(codes: &str) -> Manifest {

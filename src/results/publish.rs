@@ -29,6 +29,8 @@ pub struct Study<'a> {
     pub not_analysed: &'a [(String, Vec<i64>)],
     /// The study's instances name several patients: nothing goes to the PACS or the RIS.
     pub conflicting: bool,
+    /// The scanner of its key image (`results::scanner`), for the worklist row.
+    pub scanner: Option<String>,
 }
 
 /// What publishing did.
@@ -81,7 +83,10 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
     }
     let modalities = db.study_modalities(job.study_id).await?;
     let entry = worklist::entries(study.results).into_iter().next();
-    let row = entry.as_ref().map(|e| e.to_row(modalities));
+    let mut row = entry.as_ref().map(|e| e.to_row(modalities));
+    if let Some(row) = row.as_mut() {
+        row.scanner = study.scanner.clone();
+    }
     // The worklist row this publication replaces: what the RIS and the webhooks were told.
     let previous = match (publisher, &entry) {
         (Some(_), Some(_)) => db.worklist_row(job.study_id).await?,

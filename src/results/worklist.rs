@@ -165,6 +165,7 @@ impl WorklistEntry {
             reading: crate::db::Reading::unread(),
             retraction: None,
             notified: Default::default(),
+            scanner: None,
         }
     }
 

@@ -47,6 +47,7 @@ impl Triage {
             failed: &study.failed,
             not_analysed: &study.not_analysed,
             conflicting: study.conflicting,
+            scanner: crate::results::scanner(&self.db, &self.blobs, &study.results).await,
         };
         let node = self.publisher.as_ref().map_or("", |p| p.node.as_str());
         let queued = match crate::results::publish::publish(&self.db, self.publisher.as_ref(), node, publication).await.map_err(TriageError::Publish)? {

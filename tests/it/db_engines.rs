@@ -274,6 +274,7 @@ async fn suite(url: &str) {
         reading: Reading::unread(),
         retraction: None,
         notified: Default::default(),
+        scanner: None,
     };
     assert_eq!(db.worklist_save(&row("URGENT", 0, Some(0.97))).await.unwrap(), None);
     let f = WorklistFilter { finding: Some("pleural_effusion".into()), modality: Some("CT".into()), ..Default::default() };

@@ -332,6 +332,14 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     );
     assert_eq!((nodule["ppv"]["successes"].as_u64(), nodule["ppv"]["total"].as_u64()), (Some(0), Some(1)), "{nodule}");
     assert!(nodule["npv"].is_null() && nodule["turnaround_median_ms"].as_i64().unwrap() > 0, "{nodule}");
+    // Per scanner: the key images' Manufacturer and Model Name (kept by de-identification);
+    // the eight cases come from one, so its figures are the model's.
+    let scanners = nodule["scanners"].as_array().expect("figures per scanner");
+    assert_eq!(scanners.len(), 1, "{nodule}");
+    assert_eq!(scanners[0]["scanner"], "Philips Medical Systems Cassette Holder Type 9840 500 70201", "{nodule}");
+    for field in ["studies", "positive", "negative", "verdicts", "disagree", "ppv"] {
+        assert_eq!(scanners[0][field], nodule[field], "{field}");
+    }
     // Score drift: the eight demo cases (made at 512 rows) against the package's validation
     // scores (native size) drift; the PSI equals one computed here from the worklist's
     // probabilities and reference.json; a warning in /readyz (still ready), status, /metrics.
@@ -351,7 +359,11 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     let reference: Vec<f64> = reference["scores"]["nodule"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let expected = psi_by_deciles(&reference, &live);
     assert!(expected > 0.25, "the demo cases drift from the validation images: {expected}");
-    assert_eq!((nodule["state"].as_str(), nodule["live_studies"].as_u64(), nodule["reference_studies"].as_u64()), (Some("drifted"), Some(8), Some(400)), "{nodule}");
+    assert_eq!(
+        (nodule["state"].as_str(), nodule["live_studies"].as_u64(), nodule["reference_studies"].as_u64()),
+        (Some("drifted"), Some(8), Some(400)),
+        "{nodule}"
+    );
     assert!((nodule["psi"].as_f64().unwrap() - expected).abs() < 1e-3, "{nodule} vs {expected}");
     let ready: Value = api.get("/readyz", Some(ADMIN_TOKEN)).json().unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
