@@ -19,6 +19,7 @@ pub mod notify;
 pub mod outbox;
 pub mod performance;
 pub mod reid;
+pub mod shadow;
 pub mod report;
 pub mod results;
 pub mod worklist;

@@ -61,7 +61,80 @@ pub struct StudyResult {
     pub findings: Vec<Finding>,
 }
 
+/// A shadow model's result of a study (`shadow_results`): what it would have said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowResult {
+    pub study_id: i64,
+    pub model: String,
+    pub model_version: String,
+    pub shadow_of: String,
+    pub state: ResultState,
+    pub priority: Option<Priority>,
+    pub findings: Vec<ShadowFinding>,
+    pub triaged_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShadowFinding {
+    pub label: String,
+    pub probability: f64,
+    pub positive: bool,
+    pub urgent: bool,
+}
+
+/// A study both a shadow and its live model triaged (or tried to), side by side.
+#[derive(Debug, Clone)]
+pub struct ShadowPair {
+    pub study_id: i64,
+    pub shadow: ShadowResult,
+    /// The live model's result of the same study: (state, priority, its findings' probabilities).
+    pub live_state: String,
+    pub live_priority: Option<String>,
+    pub live_probabilities: Vec<f64>,
+}
+
 impl Db {
+    /// Every shadow result beside the live result of its study (studies the live model has no
+    /// result for are left out).
+    pub async fn shadow_pairs(&self) -> Result<Vec<ShadowPair>, DbError> {
+        let rows = sqlx::query(
+            "SELECT s.study_id, s.model, s.model_version, s.shadow_of, s.state, s.priority, s.findings, s.triaged_at_ms,
+                    r.id AS live_id, r.state AS live_state, r.priority AS live_priority
+             FROM shadow_results s JOIN study_results r ON r.study_id = s.study_id AND r.model = s.shadow_of
+             ORDER BY s.study_id, s.model",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select shadow results"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let findings: String = get(r, "findings")?;
+            let live_id: i64 = get(r, "live_id")?;
+            let live_probabilities: Vec<f64> = sqlx::query_scalar("SELECT probability FROM findings WHERE study_result_id = $1 ORDER BY id")
+                .bind(live_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("select live findings"))?;
+            out.push(ShadowPair {
+                study_id: get(r, "study_id")?,
+                shadow: ShadowResult {
+                    study_id: get(r, "study_id")?,
+                    model: get(r, "model")?,
+                    model_version: get(r, "model_version")?,
+                    shadow_of: get(r, "shadow_of")?,
+                    state: get::<String>(r, "state")?.parse()?,
+                    priority: get::<Option<String>>(r, "priority")?.map(|p| p.parse()).transpose()?,
+                    findings: serde_json::from_str(&findings).map_err(|e| DbError::Invalid(format!("a shadow result's findings: {e}")))?,
+                    triaged_at_ms: get(r, "triaged_at_ms")?,
+                },
+                live_state: get(r, "live_state")?,
+                live_priority: get(r, "live_priority")?,
+                live_probabilities,
+            });
+        }
+        Ok(out)
+    }
+
     /// Replace the study's results with `results` and its worklist row with `worklist`, queue
     /// the result objects `outbox` for this node `node`, and mark the job done, in one
     /// transaction. Returns the priority the worklist had if the new one is lower.
@@ -73,9 +146,29 @@ impl Db {
         node: &str,
         outbox: &[super::NewOutboxItem],
         notifications: &[super::NewNotification],
+        shadows: &[ShadowResult],
     ) -> Result<Option<String>, DbError> {
         let study_id = job.study_id;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        sqlx::query("DELETE FROM shadow_results WHERE study_id = $1").bind(study_id).execute(&mut *tx).await.map_err(q("delete old shadow results"))?;
+        for s in shadows {
+            let findings = serde_json::to_string(&s.findings).map_err(|e| DbError::Invalid(format!("a shadow result's findings: {e}")))?;
+            sqlx::query(
+                "INSERT INTO shadow_results (study_id, model, model_version, shadow_of, state, priority, findings, triaged_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(study_id)
+            .bind(&s.model)
+            .bind(&s.model_version)
+            .bind(&s.shadow_of)
+            .bind(s.state.as_str())
+            .bind(s.priority.map(Priority::as_str))
+            .bind(findings)
+            .bind(s.triaged_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert shadow result"))?;
+        }
         sqlx::query("DELETE FROM findings WHERE study_result_id IN (SELECT id FROM study_results WHERE study_id = $1)")
             .bind(study_id)
             .execute(&mut *tx)

@@ -17,6 +17,7 @@ pub mod ack;
 pub mod api;
 pub mod auth;
 pub mod dicomweb;
+pub mod oidc;
 pub mod ops;
 pub mod page;
 pub mod serve;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub dicomweb: Option<dicomweb::Source>,
     /// STOW-RS ingest (`stow`): the node's ingest and the request limits; `None`: 503.
     pub stow: Option<stow::Stow>,
+    /// Single sign-on: the identity provider's access tokens (`[http.oidc]`), if enabled.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// What the node hands the HTTP side besides its context and `[http]` section.
@@ -99,6 +102,8 @@ pub struct Served {
     pub dicomweb: Option<dicomweb::Source>,
     /// STOW-RS ingest into the same pipeline as C-STORE.
     pub stow: Option<stow::Stow>,
+    /// The identity provider, discovered at start (`[http.oidc]` enabled).
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// (study row, result time, finding, size): a new analysis makes new pictures.
@@ -132,6 +137,7 @@ impl AppState {
             request_timeout: Duration::from_secs(60),
             dicomweb: served.dicomweb,
             stow: served.stow,
+            oidc: served.oidc,
         }
     }
 
@@ -208,19 +214,58 @@ pub struct Authed(pub User);
 /// A request with an admin's token.
 pub struct AdminUser(pub User);
 
-fn authenticate(parts: &Parts, state: &Shared) -> Result<User, ApiError> {
+/// The caller of a request: a static token's user, or the identity provider's token's. The
+/// first request with a new provider token is audited as the user's sign-in, every refused
+/// token as a failed one (why, never the token).
+async fn authenticate(parts: &Parts, state: &Shared) -> Result<User, ApiError> {
     let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match state.tokens.user(header) {
-        Some(u) => Ok(u.clone()),
-        None if header.is_none() => Err(ApiError(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer <token>)".into())),
-        None => Err(ApiError(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into())),
+    if let Some(u) = state.tokens.user(header) {
+        return Ok(u);
     }
+    let Some(token) = auth::bearer(header) else {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer <token>)".into()));
+    };
+    let (refusal, claimed, via) = match &state.oidc {
+        Some(idp) if oidc::looks_like_jwt(token) => match idp.verify(token).await {
+            Ok(v) => {
+                if v.first {
+                    audit_auth(state, &v.user.name, "login", "oidc", Some(v.user.role), None).await;
+                }
+                return Ok(v.user);
+            }
+            Err((refusal, claimed)) => (refusal.to_string(), claimed.name, refusal.forbidden()),
+        },
+        _ => ("unknown token".to_string(), None, false),
+    };
+    let who = claimed.unwrap_or_else(|| "unknown".into());
+    audit_auth(state, &who, "refused", if state.oidc.is_some() && oidc::looks_like_jwt(token) { "oidc" } else { "token" }, None, Some(refusal.clone())).await;
+    if via {
+        return Err(ApiError(StatusCode::FORBIDDEN, format!("the identity provider's token gives {refusal}")));
+    }
+    Err(ApiError(StatusCode::UNAUTHORIZED, format!("the bearer token is not valid: {refusal}")))
+}
+
+/// A sign-in, sign-out or refusal into the audit trail; a failed write is logged, not fatal.
+pub(crate) async fn audit_auth(state: &Shared, user: &str, outcome: &str, via: &str, role: Option<Role>, reason: Option<String>) {
+    let event = crate::audit::Event::UserAuth {
+        user: user.to_string(),
+        details: crate::audit::Authentication { outcome: outcome.into(), via: via.into(), role: role.map(|r| r.as_str().to_string()), reason },
+    };
+    if let Err(e) = state.db.audit_append(&event).await {
+        warn!(error = %e, "the audit entry of a sign-in could not be written");
+    }
+}
+
+/// The user of a request for the access log and `/readyz`: a static token's, or a provider
+/// token's already verified (no new check, no audit).
+pub(crate) fn known_user(state: &AppState, authorization: Option<&str>) -> Option<User> {
+    state.tokens.user(authorization).or_else(|| state.oidc.as_ref().zip(auth::bearer(authorization)).and_then(|(idp, t)| idp.remembered(t)))
 }
 
 impl FromRequestParts<Shared> for Authed {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        let user = authenticate(parts, state)?;
+        let user = authenticate(parts, state).await?;
         if user.role < Role::Reader {
             return Err(ApiError(StatusCode::FORBIDDEN, "this needs the reader or admin role (a modality token may only store by STOW-RS)".into()));
         }
@@ -231,7 +276,7 @@ impl FromRequestParts<Shared> for Authed {
 impl FromRequestParts<Shared> for AdminUser {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        let user = authenticate(parts, state)?;
+        let user = authenticate(parts, state).await?;
         if user.role < Role::Admin {
             return Err(ApiError(StatusCode::FORBIDDEN, "this needs the admin role".into()));
         }
@@ -243,9 +288,11 @@ impl FromRequestParts<Shared> for AdminUser {
 async fn access_log(State(state): State<Shared>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route = matched.map(|m| m.as_str().to_string()).unwrap_or_else(|| "(no route)".into());
-    let user = state.tokens.user(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).map(|u| u.name.clone());
     let start = Instant::now();
+    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let rsp = next.run(req).await;
+    // After the handler: a provider's token it verified is known by now.
+    let user = known_user(&state, authorization.as_deref()).map(|u| u.name);
     let elapsed = start.elapsed();
     let status = rsp.status().as_u16();
     info!(target: "triage_node::http::access", %method, route = %route, status, ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1000.0), user = user.as_deref().unwrap_or("-"), "http request");
@@ -300,6 +347,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/feedback/export"),
     ("get", "/api/performance"),
     ("get", "/api/drift"),
+    ("get", "/api/shadow"),
     ("get", "/ack/{token}"),
     ("post", "/ack/{token}"),
     ("get", "/api/aes"),
@@ -352,7 +400,7 @@ impl HttpServer {
     /// Raises the process's soft descriptor limit to the hard one, and keeps HTTP connections
     /// to a quarter of it (`serve::HTTP_SHARE`): the rest stays for DICOM.
     pub async fn start(settings: &HttpSettings, mut state: AppState, shutdown: CancellationToken) -> std::io::Result<HttpServer> {
-        if state.tokens.is_empty() {
+        if state.tokens.is_empty() && state.oidc.is_none() {
             warn!(
                 "no HTTP API tokens configured ({} or http.tokens_file): the API answers 401 to everyone; `triage-node token add` makes one",
                 auth::TOKENS_ENV
@@ -377,6 +425,8 @@ impl HttpServer {
             max_connections_per_host: settings.max_connections_per_host.min(max_connections),
         };
         state.request_timeout = settings.request_timeout;
+        info!(tokens = state.tokens.len(), sso = state.oidc.is_some(), "HTTP API tokens loaded tokens_loaded={}", state.tokens.len());
+        tokio::spawn(auth::watch(state.tokens.clone(), shutdown.clone()));
         let app = router(Arc::new(state));
         let task = tokio::spawn(serve::serve(listener, app, limits, shutdown));
         Ok(HttpServer { addr, task })

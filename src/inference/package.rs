@@ -58,6 +58,13 @@ pub struct Manifest {
     /// negatives would reorder a worklist); `infer` and `evaluate` run it, to choose them.
     #[serde(default)]
     pub draft: bool,
+    /// `live` (the default) or `shadow`: a shadow model runs on the studies it takes like any
+    /// other, and its results are stored and compared with those of the live model `shadow_of`
+    /// names, but never sent, listed on the worklist, reported or notified.
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub shadow_of: Option<String>,
     pub routing: Routing,
     /// Which series of a study the model takes, and which one when several qualify.
     #[serde(default)]
@@ -380,6 +387,22 @@ impl Activation {
 }
 
 /// What a model's outputs are: per-label probabilities (a classifier), boxes with scores (a
+/// Whether a model's results count (`live`) or are only compared (`shadow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Mode {
+    #[default]
+    Live,
+    Shadow,
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("live", Mode::Live), ("shadow", Mode::Shadow)])
+    }
+}
+
 /// detector), or per-pixel class probabilities (a segmenter).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -639,6 +662,12 @@ impl Manifest {
         }
         if self.intended_use.trim().is_empty() || self.limits.trim().is_empty() {
             return Err("intended_use and limits must say what the model is for and where it fails".into());
+        }
+        match (self.mode, self.shadow_of.as_deref().map(str::trim)) {
+            (Mode::Shadow, None | Some("")) => return Err("mode = \"shadow\" needs shadow_of: the name of the live model it is compared with".into()),
+            (Mode::Shadow, Some(live)) if live == self.name => return Err("shadow_of must name another model than this one".into()),
+            (Mode::Live, Some(_)) => return Err("shadow_of is only for mode = \"shadow\"".into()),
+            _ => {}
         }
         if o.labels.is_empty() {
             return Err("outputs.labels must name at least one finding".into());
@@ -1028,7 +1057,19 @@ pub fn load_all(models_dir: &Path, options: &LoadOptions) -> Result<Vec<Package>
     };
     let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("model.toml").is_file()).collect();
     dirs.sort();
-    dirs.iter().map(|d| Package::load(d, options)).collect()
+    let packages: Vec<Package> = dirs.iter().map(|d| Package::load(d, options)).collect::<Result<_, _>>()?;
+    // A shadow is compared with a live model loaded beside it.
+    for (dir, p) in dirs.iter().zip(&packages) {
+        if let Some(live) = p.manifest.shadow_of.as_deref() {
+            if !packages.iter().any(|o| o.manifest.name == live && o.manifest.mode == Mode::Live) {
+                return Err(PackageError::Manifest {
+                    path: dir.join("model.toml"),
+                    reason: format!("shadow_of = {live:?}: no live model of that name is loaded beside it"),
+                });
+            }
+        }
+    }
+    Ok(packages)
 }
 
 #[cfg(test)]
@@ -1145,6 +1186,29 @@ std = [58.395, 57.12, 57.375]"#,
         assert!(!rgb.takes(&cr), "an RGB model takes colour images only");
         assert!(rgb.takes(&ImageAttrs { photometric: "RGB".into(), ..cr.clone() }));
         assert!(rgb.takes(&ImageAttrs { photometric: "YBR_FULL_422".into(), ..cr.clone() }));
+    }
+
+    /// A shadow names the live model it is compared with; a live model names none.
+    #[test]
+    fn a_shadow_names_its_live_model() {
+        let manifest = |top: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.toml");
+            std::fs::write(&path, BASE.replace("version = \"1\"", &format!("version = \"1\"\n{top}")).replace("INPUT", "").replace("OUTPUTS", "")).unwrap();
+            Manifest::load(&path).map_err(|e| e.to_string())
+        };
+        let shadow = manifest("mode = \"shadow\"\nshadow_of = \"live-one\"").unwrap();
+        assert_eq!((shadow.mode, shadow.shadow_of.as_deref()), (Mode::Shadow, Some("live-one")));
+        assert_eq!(manifest("").unwrap().mode, Mode::Live);
+        for (top, why) in [
+            ("mode = \"shadow\"", "needs shadow_of"),
+            ("mode = \"shadow\"\nshadow_of = \"m\"", "another model"),
+            ("shadow_of = \"live-one\"", "only for mode = \"shadow\""),
+            ("mode = \"canary\"", "\"canary\" is not \"live\" or \"shadow\""),
+        ] {
+            let e = manifest(top).err().unwrap_or_else(|| panic!("accepted: {top}"));
+            assert!(e.contains("model.toml") && e.contains(why), "{top}: {e}");
+        }
     }
 
     /// Every refusal names the file and the field.

@@ -31,6 +31,8 @@ pub struct Study<'a> {
     pub conflicting: bool,
     /// The scanner of its key image (`results::scanner`), for the worklist row.
     pub scanner: Option<String>,
+    /// Shadow models' results: saved with the others, never sent, listed or notified.
+    pub shadows: &'a [crate::db::ShadowResult],
 }
 
 /// What publishing did.
@@ -202,7 +204,7 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
             }
         }
     }
-    let saved = match db.save_study_results(job, study.results, row.as_ref(), node, &outbox, &notifications).await {
+    let saved = match db.save_study_results(job, study.results, row.as_ref(), node, &outbox, &notifications, study.shadows).await {
         Err(DbError::ClaimLost(id)) => {
             // Another node runs this job now and queues its own objects: ours go.
             warn!(job_id = id, "the study job was taken over while it ran: its results and objects are dropped here");

@@ -14,7 +14,7 @@ use super::series::SeriesOutputs;
 use super::{Triage, TriageError};
 use crate::db::{ClaimedJob, Priority, ResultState};
 use crate::domain::now_ms;
-use crate::inference::package::Manifest;
+use crate::inference::package::{Manifest, Mode};
 use crate::inference::preprocess::Image;
 use crate::results::publish::Published;
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
@@ -48,6 +48,7 @@ impl Triage {
             not_analysed: &study.not_analysed,
             conflicting: study.conflicting,
             scanner: crate::results::scanner(&self.db, &self.blobs, &study.results).await,
+            shadows: &study.shadows,
         };
         let node = self.publisher.as_ref().map_or("", |p| p.node.as_str());
         let queued = match crate::results::publish::publish(&self.db, self.publisher.as_ref(), node, publication).await.map_err(TriageError::Publish)? {
@@ -121,9 +122,11 @@ impl Triage {
         let series = self.study_series(job.study_id, &slices).await?;
         let (not_analysed, unreadable) = self.not_analysed(job.study_id).await?;
         failed.extend(unreadable);
+        // Live models' results count; shadow models' are only stored and compared.
+        let (live, shadow): (Vec<Manifest>, Vec<Manifest>) = self.engine.manifests().iter().cloned().partition(|m| m.mode == Mode::Live);
         let ctx = aggregate::Context {
             study_id: job.study_id,
-            manifests: self.engine.manifests(),
+            manifests: &live,
             tiers: self.tiers,
             failed: &failed,
             series: &series,
@@ -133,9 +136,14 @@ impl Triage {
             triaged_at_ms: now_ms(),
         };
         let mut results = aggregate::study_results(&ctx, &slices);
+        let shadow_ctx = aggregate::Context { manifests: &shadow, ..ctx };
+        let mut shadow_results: Vec<crate::db::StudyResult> =
+            if shadow.is_empty() { Vec::new() } else { aggregate::study_results(&shadow_ctx, &slices) };
         for (model, reason) in &whole_series.failed {
-            if let Some(m) = self.engine.manifests().iter().find(|m| &m.name == model) {
+            if let Some(m) = live.iter().find(|m| &m.name == model) {
                 aggregate::fail_model(&ctx, &mut results, m, reason);
+            } else if let Some(m) = shadow.iter().find(|m| &m.name == model) {
+                aggregate::fail_model(&shadow_ctx, &mut shadow_results, m, reason);
             }
         }
         // A study whose instances name different patients (mislabelled, or two studies merged
@@ -147,15 +155,37 @@ impl Triage {
         if conflicting {
             let why = format!("the study's instances name {patients} different patients (mislabelled or merged): not triaged, nothing sent to the PACS");
             warn!(patients, "study not triaged: its instances name different patients");
-            for r in results.iter_mut() {
+            for r in results.iter_mut().chain(shadow_results.iter_mut()) {
                 r.state = ResultState::Failed;
                 r.priority = None;
                 r.findings.clear();
                 r.error = Some(why.clone());
             }
         }
+        // A shadow that took nothing of the study has nothing to compare.
+        let shadows = shadow_results
+            .into_iter()
+            .filter_map(|r| {
+                let of = shadow.iter().find(|m| m.name == r.model)?.shadow_of.clone()?;
+                Some(crate::db::ShadowResult {
+                    study_id: r.study_id,
+                    shadow_of: of,
+                    state: r.state,
+                    priority: r.priority,
+                    findings: r
+                        .findings
+                        .iter()
+                        .map(|f| crate::db::ShadowFinding { label: f.label.clone(), probability: f.probability, positive: f.positive, urgent: f.urgent })
+                        .collect(),
+                    triaged_at_ms: r.triaged_at_ms,
+                    model: r.model,
+                    model_version: r.model_version,
+                })
+            })
+            .collect();
         Ok(Aggregated {
             results,
+            shadows,
             failed: failed.iter().map(|(id, _)| *id).collect(),
             not_analysed: not_analysed.into_iter().map(|(model, _, ids)| (model, ids)).collect(),
             conflicting,
@@ -166,6 +196,8 @@ impl Triage {
 /// A study's results and what its publication needs besides.
 struct Aggregated {
     results: Vec<crate::db::StudyResult>,
+    /// Shadow models' results (never published).
+    shadows: Vec<crate::db::ShadowResult>,
     /// Instances whose pass failed.
     failed: Vec<i64>,
     /// Per model, the instances it would take that were stored without their pixels.

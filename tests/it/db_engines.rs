@@ -186,13 +186,35 @@ async fn suite(url: &str) {
         study_id: Some(job.study_id),
         reidentify: true,
     };
-    let stale_save = db.save_study_results(&stale, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/stale.dcm", "sr")], &[]).await;
+    let stale_save = db.save_study_results(&stale, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/stale.dcm", "sr")], &[], &[]).await;
     assert!(matches!(stale_save, Err(triage_node::db::DbError::ClaimLost(_))), "{stale_save:?}");
     assert!(db.outbox_paths_under("outbox/results/").await.unwrap().is_empty(), "the stale claimer queued nothing");
     assert!(db.renew_study_job(job, i64::MAX / 2).await.unwrap());
-    db.save_study_results(job, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")], &[])
-        .await
-        .unwrap();
+    // A shadow model's result of the study is saved with the live one, and found beside it.
+    let shadow = triage_node::db::ShadowResult {
+        study_id: job.study_id,
+        model: "next-gen".into(),
+        model_version: "2".into(),
+        shadow_of: result.model.clone(),
+        state: "triaged".parse().unwrap(),
+        priority: Some("urgent".parse().unwrap()),
+        findings: vec![triage_node::db::ShadowFinding { label: "nodule".into(), probability: 0.97, positive: true, urgent: true }],
+        triaged_at_ms: 7_000,
+    };
+    db.save_study_results(
+        job,
+        std::slice::from_ref(&result),
+        None,
+        "n3",
+        &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")],
+        &[],
+        std::slice::from_ref(&shadow),
+    )
+    .await
+    .unwrap();
+    let pairs = db.shadow_pairs().await.unwrap();
+    assert_eq!(pairs.len(), 1);
+    assert_eq!((&pairs[0].shadow, pairs[0].live_state.as_str()), (&shadow, result.state.as_str()));
     let queued = db.outbox_claim(Some("n3"), 60_000, 10).await.unwrap();
     assert_eq!(
         queued.iter().map(|i| (i.kind.as_str(), i.study_id, i.reidentify)).collect::<Vec<_>>(),
@@ -227,7 +249,7 @@ async fn suite(url: &str) {
     };
     let first = notice("tn-a", "tn-a", 0, "oncall", Some(20_000), "sha-a");
     let other_result = StudyResult { study_id: other.study_id, ..result.clone() };
-    db.save_study_results(&other, &[other_result], None, "n3", &[hook("outbox/notify/tn-a.1.json", "webhook:oncall")], std::slice::from_ref(&first))
+    db.save_study_results(&other, &[other_result], None, "n3", &[hook("outbox/notify/tn-a.1.json", "webhook:oncall")], std::slice::from_ref(&first), &[])
         .await
         .unwrap();
     assert!(db.notifications_due(19_999, 10).await.unwrap().is_empty(), "not due yet");

@@ -76,6 +76,19 @@ pub fn triaged_node() -> Option<(Node, Vec<PathBuf>, tempfile::TempDir)> {
     for f in ["model.toml", "model.pt", "reference.json"] {
         std::fs::copy(repo().join("models/demo-nodule").join(f), demo.join(f)).unwrap();
     }
+    // A shadow of demo-nodule: the same network, a version with lower thresholds, compared
+    // with it and never listed or sent.
+    let next = models.join("demo-nodule-next");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::copy(demo.join("model.pt"), next.join("model.pt")).unwrap();
+    let manifest = std::fs::read_to_string(demo.join("model.toml")).unwrap();
+    let shadow = manifest
+        .replace("name = \"demo-nodule\"", "name = \"demo-nodule-next\"")
+        .replace("version = \"1.0.0\"", "version = \"2.0.0\"\nmode = \"shadow\"\nshadow_of = \"demo-nodule\"")
+        .replace("positive = [0.95]", "positive = [0.5]")
+        .replace("urgent = [0.99]", "urgent = [0.9]");
+    assert!(shadow.contains("mode = \"shadow\"") && shadow.contains("urgent = [0.9]"), "demo-nodule's manifest changed: {shadow}");
+    std::fs::write(next.join("model.toml"), shadow).unwrap();
     let package = tiny_package(&models, &TINY.replace("MODALITY", "CT"));
     // Drift over the eight CR studies sent below.
     let drift = "[drift]\nwindow = 8\nmin_studies = 8".to_string();
@@ -372,6 +385,29 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     assert!(metrics.contains("triage_model_score_psi{model=\"demo-nodule\",version=\"1.0.0\",label=\"nodule\"}"), "{metrics}");
     let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("WARNING: model demo-nodule 1.0.0 label nodule: score distribution drifted"), "{status}");
+
+    // The shadow ran on the same eight studies: never on the worklist, compared with the live
+    // model. Same network and inputs, so its probabilities are the live ones: the comparison
+    // equals a hand count with its thresholds (positive 0.5, urgent 0.9).
+    let items = all_pages(&api, "", 50);
+    assert!(items.iter().all(|i| i["findings"].as_array().unwrap().iter().all(|f| f["model"] != "demo-nodule-next")), "a shadow is never listed");
+    let (mut agree, mut raise, mut lower) = (0u64, 0u64, 0u64);
+    for item in &items {
+        let Some(f) = item["findings"].as_array().unwrap().iter().find(|f| f["model"] == "demo-nodule") else { continue };
+        let p = f["probability"].as_f64().unwrap();
+        let (live_flag, live_urgent) = (f["positive"] == true, f["urgent"] == true);
+        agree += u64::from((p >= 0.5) == live_flag);
+        raise += u64::from(p >= 0.9 && !live_urgent);
+        lower += u64::from(p < 0.9 && live_urgent);
+    }
+    assert_eq!(api.get("/api/shadow", Some(READER_TOKEN)).status(), StatusCode::FORBIDDEN);
+    let shadows: Value = api.json("/api/shadow", ADMIN_TOKEN);
+    let next = &shadows[0];
+    assert_eq!((next["model"].as_str(), next["model_version"].as_str(), next["shadow_of"].as_str()), (Some("demo-nodule-next"), Some("2.0.0"), Some("demo-nodule")));
+    assert_eq!((next["studies"].as_u64(), next["both_triaged"].as_u64()), (Some(8), Some(8)), "{next}");
+    assert_eq!((next["agreement"]["successes"].as_u64(), next["would_raise_to_urgent"].as_u64(), next["would_lower_from_urgent"].as_u64()), (Some(agree), Some(raise), Some(lower)), "{next}");
+    assert!(raise > 0, "the lower urgent threshold raises some study: {next}");
+    assert_eq!(next["score_correlation"].as_f64(), Some(1.0), "{next}");
     let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();
     assert_eq!(audit.lines().filter(|l| l.contains("feedback")).count(), 3, "{audit}");
     assert!(!audit.contains("PATIENTCOMMENT"), "the comment is never audited");
@@ -429,7 +465,7 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     assert_eq!(ready, serde_json::json!({ "ready": true }), "no details without an admin token");
     let ready: Value = api.get("/readyz", Some(ADMIN_TOKEN)).json().unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
-    assert_eq!(ready["models"], 2);
+    assert_eq!(ready["models"], 3);
     let metrics = api.get("/metrics", None).text().unwrap();
     for name in [
         "triage_associations_open",
@@ -444,7 +480,7 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
         "triage_worklist_studies{priority=\"NOT_APPLICABLE\",reading=\"unread\"}",
         "triage_worker_state{worker=\"outbox\",state=\"error\"} 0",
         "triage_http_requests_total",
-        "triage_models_loaded 2",
+        "triage_models_loaded 3",
         "triage_ingest_phase_seconds_bucket{phase=\"commit\",le=\"0.0001\"}",
         "triage_ingest_phase_seconds_count{phase=\"total\"} 10",
     ] {

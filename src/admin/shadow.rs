@@ -1,0 +1,126 @@
+//! Shadow models (the trust loop): a package with `mode = "shadow"` runs on the studies it takes
+//! and its results are stored (`shadow_results`), never sent, listed or notified. Here they are
+//! compared with the live model they name, study by study: agreement on the flag (positive or
+//! urgent, against negative), the correlation of the two models' highest probabilities, and the
+//! studies the shadow would have made URGENT (or would have left below URGENT) had it been live.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::performance::{wilson, Estimate};
+use super::AdminError;
+use crate::db::{Db, Priority, ResultState};
+
+/// A shadow model version against its live model.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ShadowComparison {
+    pub model: String,
+    pub model_version: String,
+    pub shadow_of: String,
+    /// Studies both have a result for.
+    pub studies: u64,
+    /// Of those, triaged by both (the others failed or were not analysed by one of them).
+    pub both_triaged: u64,
+    /// The shadow's result failed where the live one did not.
+    pub shadow_failed: u64,
+    /// Both flag the study (positive or urgent) or both do not, among those both triaged.
+    pub agreement: Option<Estimate>,
+    /// Pearson's r of the two highest probabilities per study (at least 3 studies, both varying).
+    pub score_correlation: Option<f64>,
+    /// The shadow says URGENT where the live model did not: studies that would have been read
+    /// first, and the on-call told, had it been live.
+    pub would_raise_to_urgent: u64,
+    /// The live model said URGENT and the shadow does not.
+    pub would_lower_from_urgent: u64,
+}
+
+fn flagged(p: Option<&str>) -> bool {
+    matches!(p, Some("urgent" | "positive"))
+}
+
+/// Every shadow model version's comparison, by name.
+pub async fn compare(db: &Db) -> Result<Vec<ShadowComparison>, AdminError> {
+    let pairs = db.shadow_pairs().await?;
+    let mut by: BTreeMap<(String, String, String), (ShadowComparison, u64, Vec<(f64, f64)>)> = BTreeMap::new();
+    for p in &pairs {
+        let s = &p.shadow;
+        let key = (s.model.clone(), s.model_version.clone(), s.shadow_of.clone());
+        let (c, agree, scores) = by.entry(key).or_insert_with(|| {
+            let c = ShadowComparison {
+                model: s.model.clone(),
+                model_version: s.model_version.clone(),
+                shadow_of: s.shadow_of.clone(),
+                studies: 0,
+                both_triaged: 0,
+                shadow_failed: 0,
+                agreement: None,
+                score_correlation: None,
+                would_raise_to_urgent: 0,
+                would_lower_from_urgent: 0,
+            };
+            (c, 0, Vec::new())
+        });
+        c.studies += 1;
+        let live_triaged = p.live_state == ResultState::Triaged.as_str();
+        if s.state == ResultState::Failed && p.live_state != ResultState::Failed.as_str() {
+            c.shadow_failed += 1;
+        }
+        if s.state != ResultState::Triaged || !live_triaged {
+            continue;
+        }
+        c.both_triaged += 1;
+        let (shadow_priority, live_priority) = (s.priority.map(Priority::as_str), p.live_priority.as_deref());
+        if flagged(shadow_priority) == flagged(live_priority) {
+            *agree += 1;
+        }
+        match (shadow_priority == Some("urgent"), live_priority == Some("urgent")) {
+            (true, false) => c.would_raise_to_urgent += 1,
+            (false, true) => c.would_lower_from_urgent += 1,
+            _ => {}
+        }
+        let top = |v: &mut dyn Iterator<Item = f64>| v.fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
+        if let (Some(a), Some(b)) = (top(&mut s.findings.iter().map(|f| f.probability)), top(&mut p.live_probabilities.iter().copied())) {
+            scores.push((a, b));
+        }
+    }
+    Ok(by
+        .into_values()
+        .map(|(mut c, agree, scores)| {
+            c.agreement = wilson(agree, c.both_triaged);
+            c.score_correlation = pearson(&scores).map(|r| (r * 10_000.0).round() / 10_000.0);
+            c
+        })
+        .collect())
+}
+
+/// Pearson's correlation coefficient; None below 3 pairs or when either side does not vary.
+pub fn pearson(xy: &[(f64, f64)]) -> Option<f64> {
+    if xy.len() < 3 {
+        return None;
+    }
+    let n = xy.len() as f64;
+    let (mx, my) = (xy.iter().map(|p| p.0).sum::<f64>() / n, xy.iter().map(|p| p.1).sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in xy {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pearson_by_hand() {
+        // x = 1, 2, 3; y = 2, 4, 7: r = 5 / sqrt(2 * 12.667) = 0.99340.
+        let r = pearson(&[(1.0, 2.0), (2.0, 4.0), (3.0, 7.0)]).unwrap();
+        assert!((r - 0.993_399_267_798_783).abs() < 1e-9, "{r}");
+        assert_eq!(pearson(&[(1.0, 1.0), (2.0, 1.0), (3.0, 1.0)]), None, "y does not vary");
+        assert_eq!(pearson(&[(1.0, 1.0), (2.0, 2.0)]), None, "too few");
+        assert!((pearson(&[(0.1, 0.9), (0.5, 0.5), (0.9, 0.1)]).unwrap() + 1.0).abs() < 1e-12);
+    }
+}
