@@ -346,6 +346,9 @@ fn run(mut packages: Vec<Package>, mut rx: mpsc::Receiver<Vec<Request>>, max_bat
     }
 }
 
+/// The largest side of a gradient saliency map, in cells.
+const SALIENCY_GRID: i64 = 32;
+
 fn run_batch(package: &mut Package, batch: Vec<Request>) {
     let m = &package.manifest;
     let per_image = m.input.values_per_image();
@@ -411,13 +414,36 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
         if probs.shape != [n as i64, labels as i64] {
             return Err(format!("probabilities of shape {:?} for a batch of {n}", probs.shape));
         }
-        Ok((0..n)
+        (0..n)
             .map(|i| {
                 let mut p = probs.values[i * labels..(i + 1) * labels].to_vec();
                 m.outputs.activation.apply(&mut p);
-                (p, cam_of(i), cam_depth, cam_rows, cam_cols, Vec::new())
+                if m.outputs.saliency.is_some() {
+                    // The node's own map of each positive label (the others' stay 0).
+                    let positive: Vec<usize> =
+                        (0..labels).filter(|&j| p[j] >= m.outputs.positive[j] && m.outputs.negative.as_deref() != Some(&m.outputs.labels[j])).collect();
+                    if !positive.is_empty() {
+                        let shape = m.input.shape(1);
+                        let nhwc = m.input.layout == crate::inference::preprocess::Layout::Nhwc;
+                        let (h, w) = if nhwc { (shape[1], shape[2]) } else { (shape[2], shape[3]) };
+                        let grid = (h.min(SALIENCY_GRID), w.min(SALIENCY_GRID));
+                        let one = &input[i * per_image..(i + 1) * per_image];
+                        let maps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            model.saliency(one, &shape, m.outputs.probabilities_index(), &positive, nhwc, grid)
+                        }))
+                        .unwrap_or_else(|_| Err("the saliency pass panicked".into()))
+                        .map_err(|e| format!("saliency: {e}"))?;
+                        let cells = (grid.0 * grid.1) as usize;
+                        let mut cam = vec![0.0f32; labels * cells];
+                        for (j, map) in positive.iter().zip(maps) {
+                            cam[j * cells..(j + 1) * cells].copy_from_slice(&map);
+                        }
+                        return Ok((p, cam, 1, grid.0 as usize, grid.1 as usize, Vec::new()));
+                    }
+                }
+                Ok((p, cam_of(i), cam_depth, cam_rows, cam_cols, Vec::new()))
             })
-            .collect::<Vec<_>>())
+            .collect::<Result<Vec<_>, String>>()
     });
     match split {
         Ok(per_image) => {

@@ -387,6 +387,20 @@ impl Activation {
 }
 
 /// What a model's outputs are: per-label probabilities (a classifier), boxes with scores (a
+/// How the node makes a map for a classifier that gives none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Saliency {
+    Gradient,
+}
+
+impl TryFrom<String> for Saliency {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("gradient", Saliency::Gradient)])
+    }
+}
+
 /// Whether a model's results count (`live`) or are only compared (`shadow`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -471,6 +485,13 @@ pub struct Outputs {
     /// heatmap, never positive.
     #[serde(default)]
     pub negative: Option<String>,
+    /// A classifier without a class activation map output: "gradient" makes each positive
+    /// finding's map from the gradient of its class output with respect to the input (|d
+    /// output / d pixel|, the largest over channels, averaged onto a grid of at most 32 x 32
+    /// cells, scaled to 0..1); a TorchScript model only. Costs one backward pass per positive
+    /// label of an image. None: findings without a map.
+    #[serde(default)]
+    pub saliency: Option<Saliency>,
     /// Per label, the finding's code for the SR as "SCHEME:VALUE:Meaning" (for example
     /// "SCT:27925004:Nodule"); without one, a private 99TRIAGE code named after the label.
     #[serde(default)]
@@ -618,6 +639,24 @@ impl Backend {
         }
     }
 
+    /// Per label of `labels`, the gradient saliency of one image (`input`, of `shape` [1, ...])
+    /// on a `grid`: |d output[label] / d input|, the largest over channels, averaged per cell,
+    /// scaled so the largest cell is 1 (all 0 where the gradient is 0). TorchScript only.
+    pub fn saliency(
+        &mut self,
+        input: &[f32],
+        shape: &[i64],
+        output: usize,
+        labels: &[usize],
+        channels_last: bool,
+        grid: (i64, i64),
+    ) -> Result<Vec<Vec<f32>>, String> {
+        match self {
+            Backend::Torch(m) => m.saliency(input, shape, output, labels, channels_last, grid).map_err(|e| e.to_string()),
+            Backend::Onnx(_) => Err("saliency needs a TorchScript model".into()),
+        }
+    }
+
     /// `torchscript` or `onnx`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -662,6 +701,9 @@ impl Manifest {
         }
         if self.intended_use.trim().is_empty() || self.limits.trim().is_empty() {
             return Err("intended_use and limits must say what the model is for and where it fails".into());
+        }
+        if o.saliency.is_some() && (o.kind != OutputKind::Classification || o.cam.is_some()) {
+            return Err("outputs.saliency is for a classifier without a class activation map (outputs.cam)".into());
         }
         match (self.mode, self.shadow_of.as_deref().map(str::trim)) {
             (Mode::Shadow, None | Some("")) => return Err("mode = \"shadow\" needs shadow_of: the name of the live model it is compared with".into()),
@@ -899,6 +941,12 @@ impl Package {
             let model = Model::load(&pt, options.device, manifest.allow_half)?.with_half_input(manifest.input.dtype == Dtype::Float16);
             (pt, Backend::Torch(model))
         };
+        if manifest.outputs.saliency.is_some() && matches!(model, Backend::Onnx(_)) {
+            return Err(PackageError::Manifest {
+                path: dir.join("model.toml"),
+                reason: "outputs.saliency needs a TorchScript model (model.pt): ONNX Runtime gives no gradients".into(),
+            });
+        }
         let half_ignored = match &model {
             Backend::Torch(m) if manifest.allow_half && !m.half() => Some("half precision (fp16) runs only on a CUDA device; it runs in fp32 on the CPU"),
             Backend::Onnx(_) if manifest.allow_half => Some("an ONNX package runs in the precision it was exported in"),
@@ -1235,6 +1283,9 @@ std = [58.395, 57.12, 57.375]"#,
         refused("", "negative = \"healthy\"", "outputs.negative");
         refused("", "activation = \"relu\"", "\"relu\" is not \"none\" or \"sigmoid\" or \"softmax\" for key `outputs.activation`");
         refused("", "cam = 0", "outputs.cam");
+        refused("", "cam = 1\nsaliency = \"gradient\"", "outputs.saliency is for a classifier without a class activation map");
+        refused("", "saliency = \"grad-cam\"", "\"grad-cam\" is not \"gradient\" for key `outputs.saliency`");
+        assert_eq!(load("", "saliency = \"gradient\"").unwrap().outputs.saliency, Some(Saliency::Gradient));
     }
 
     /// `outputs.kind = "detection"` takes boxes and scores (and box labels for several finding

@@ -195,6 +195,51 @@ impl Model {
     }
 }
 
+impl Model {
+    /// See `Backend::saliency`: one forward pass with the input's gradient kept, then one
+    /// backward pass per label (the graph kept between them), in fp32.
+    pub fn saliency(
+        &self,
+        input: &[f32],
+        shape: &[i64],
+        output: usize,
+        labels: &[usize],
+        channels_last: bool,
+        grid: (i64, i64),
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        if shape.iter().product::<i64>() != input.len() as i64 || shape.len() != 4 {
+            return Err(RuntimeError::Shape { len: input.len(), shape: shape.to_vec() });
+        }
+        let x = Tensor::from_slice(input).reshape(shape).to_device(self.device).set_requires_grad(true);
+        let out = self.module.forward_is(&[IValue::Tensor(x.shallow_clone())]).map_err(|e| RuntimeError::Forward(first_line(&e.to_string())))?;
+        let scores = match out {
+            IValue::Tensor(t) if output == 0 => t,
+            IValue::Tuple(items) | IValue::GenericList(items) => match items.into_iter().nth(output) {
+                Some(IValue::Tensor(t)) => t,
+                _ => return Err(RuntimeError::Output),
+            },
+            _ => return Err(RuntimeError::Output),
+        };
+        let mut maps = Vec::with_capacity(labels.len());
+        for (i, &label) in labels.iter().enumerate() {
+            let score = scores.f_select(1, label as i64).map_err(|e| RuntimeError::Forward(e.to_string()))?.sum(Kind::Float);
+            let keep = i + 1 < labels.len();
+            let grad = Tensor::f_run_backward(&[&score], &[&x], keep, false).map_err(|e| RuntimeError::Forward(first_line(&e.to_string())))?;
+            let g = grad.into_iter().next().ok_or(RuntimeError::Output)?.abs().to_kind(Kind::Float);
+            // [1, H, W]: the largest over channels.
+            let g = if channels_last { g.amax([3], false) } else { g.amax([1], false) };
+            let cells = g.unsqueeze(1).adaptive_avg_pool2d([grid.0, grid.1]).flatten(0, -1).to_device(Device::Cpu);
+            let mut values = Vec::<f32>::try_from(cells).map_err(|e| RuntimeError::Forward(e.to_string()))?;
+            let top = values.iter().copied().fold(0.0f32, f32::max);
+            if top > 0.0 {
+                values.iter_mut().for_each(|v| *v /= top);
+            }
+            maps.push(values);
+        }
+        Ok(maps)
+    }
+}
+
 /// libtorch errors carry a C++ backtrace after the first line; the first line says what failed.
 /// An exception raised inside a TorchScript model says so on its first line and gives its own
 /// message (e.g. "RuntimeError: expected ...") after the TorchScript traceback: that line.
