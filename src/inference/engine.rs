@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::package::{Activation, LoadOptions, Manifest, OutputKind, Outputs, Package};
+use super::package::{Activation, LoadOptions, Manifest, MaskFormat, OutputKind, Outputs, Package};
 use super::runtime::Output;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -111,6 +111,9 @@ pub fn detections(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<(V
 pub fn segmentation(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<(Vec<f32>, Vec<f32>, usize, usize), String> {
     let mask = outs.get(o.mask.unwrap_or(usize::MAX)).ok_or("no mask output")?;
     let labels = o.labels.len();
+    if o.mask_format == MaskFormat::Labels {
+        return label_map(mask, labels, n, i);
+    }
     if mask.shape.len() != 4 || mask.shape[..2] != [n as i64, labels as i64] {
         return Err(format!("mask of shape {:?} for a batch of {n} and {labels} labels", mask.shape));
     }
@@ -131,6 +134,28 @@ pub fn segmentation(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<
     }
     if values.iter().any(|v| !(0.0..=1.0).contains(v)) {
         return Err("mask probabilities outside 0..1 (apply the sigmoid or softmax inside the model, or declare outputs.activation)".into());
+    }
+    let probabilities = (0..labels).map(|c| values[c * plane..(c + 1) * plane].iter().copied().fold(0.0f32, f32::max)).collect();
+    Ok((probabilities, values, rows, cols))
+}
+
+/// Image `i` of a label map [N, 1, h, w] or [N, h, w] (each pixel its label's index) as one-hot
+/// probabilities [labels][h][w], and each label's probability (1 where it has a pixel).
+fn label_map(mask: &Output, labels: usize, n: usize, i: usize) -> Result<(Vec<f32>, Vec<f32>, usize, usize), String> {
+    let s = &mask.shape;
+    let fits = s.len() == 3 && s[0] == n as i64 || s.len() == 4 && s[..2] == [n as i64, 1];
+    if !fits {
+        return Err(format!("label map of shape {s:?} for a batch of {n} (expected [N, 1, h, w] or [N, h, w])"));
+    }
+    let (rows, cols) = (s[s.len() - 2] as usize, s[s.len() - 1] as usize);
+    let plane = rows * cols;
+    let mut values = vec![0.0f32; labels * plane];
+    for (p, &v) in mask.values[i * plane..(i + 1) * plane].iter().enumerate() {
+        let k = v.round();
+        if !(0.0..labels as f32).contains(&k) || (v - k).abs() > 1e-3 {
+            return Err(format!("label map value {v} is not the index of one of the {labels} labels"));
+        }
+        values[k as usize * plane + p] = 1.0;
     }
     let probabilities = (0..labels).map(|c| values[c * plane..(c + 1) * plane].iter().copied().fold(0.0f32, f32::max)).collect();
     Ok((probabilities, values, rows, cols))

@@ -387,6 +387,47 @@ impl Activation {
 }
 
 /// What a model's outputs are: per-label probabilities (a classifier), boxes with scores (a
+/// What a segmenter's mask output holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum MaskFormat {
+    #[default]
+    Probabilities,
+    Labels,
+}
+
+impl TryFrom<String> for MaskFormat {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("probabilities", MaskFormat::Probabilities), ("labels", MaskFormat::Labels)])
+    }
+}
+
+/// The DICOM Segmentation Type a segmenter's masks are stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SegmentationType {
+    Fractional,
+    Binary,
+}
+
+impl TryFrom<String> for SegmentationType {
+    type Error = String;
+    fn try_from(v: String) -> Result<Self, String> {
+        preprocess::one_of(&v, &[("fractional", SegmentationType::Fractional), ("binary", SegmentationType::Binary)])
+    }
+}
+
+impl Outputs {
+    /// The Segmentation Type: as declared, else binary for a label map, fractional otherwise.
+    pub fn segmentation_type(&self) -> SegmentationType {
+        self.segmentation_type.unwrap_or(match self.mask_format {
+            MaskFormat::Labels => SegmentationType::Binary,
+            MaskFormat::Probabilities => SegmentationType::Fractional,
+        })
+    }
+}
+
 /// How the node makes a map for a classifier that gives none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -473,6 +514,17 @@ pub struct Outputs {
     /// each pixel). The node keeps it as the finding's map (like a class activation map).
     #[serde(default)]
     pub mask: Option<usize>,
+    /// What the mask holds: "probabilities" (the default: [N, labels, h, w] per-pixel
+    /// probabilities, or logits with an activation) or "labels" (a label map [N, 1, h, w] or
+    /// [N, h, w]: each pixel the index of its label, e.g. 0 for "background"; taken as one-hot
+    /// probabilities).
+    #[serde(default)]
+    pub mask_format: MaskFormat,
+    /// How the DICOM Segmentation stores the masks: "fractional" (PROBABILITY, 8 bits) or
+    /// "binary" (1 bit, inside where the probability is at least 0.5). Default: fractional for
+    /// probabilities, binary for a label map.
+    #[serde(default)]
+    pub segmentation_type: Option<SegmentationType>,
     /// The model's output names, in order (an ONNX model's are checked against them;
     /// TorchScript outputs have no names).
     #[serde(default)]
@@ -876,7 +928,7 @@ fn validate_kind(o: &Outputs) -> Result<(), String> {
             {
                 return Err(format!("{field} is a detector's output: declare outputs.kind = \"detection\""));
             }
-            if o.mask.is_some() {
+            if o.mask.is_some() || o.mask_format != MaskFormat::Probabilities || o.segmentation_type.is_some() {
                 return Err("outputs.mask is a segmenter's output: declare outputs.kind = \"segmentation\"".into());
             }
         }
@@ -906,6 +958,9 @@ fn validate_kind(o: &Outputs) -> Result<(), String> {
             }
             if o.cam.is_some() {
                 return Err("outputs.cam: a segmenter's mask is its map; remove it".into());
+            }
+            if o.mask_format == MaskFormat::Labels && o.activation != Activation::None {
+                return Err("outputs.activation: a label map (mask_format = \"labels\") holds label indices, no logits; remove it".into());
             }
             if let Some((field, _)) =
                 [("outputs.boxes", o.boxes), ("outputs.scores", o.scores), ("outputs.box_labels", o.box_labels)].iter().find(|(_, i)| i.is_some())
@@ -975,8 +1030,14 @@ impl Package {
             }
         } else if manifest.outputs.kind == OutputKind::Segmentation {
             let mask = get(manifest.outputs.mask.unwrap_or(0), "mask")?;
-            if mask.shape.len() != 4 || mask.shape[..2] != [1, labels] {
-                return Err(warm(format!("mask has shape {:?}, expected [1, {labels}, h, w]", mask.shape)));
+            let fits = match manifest.outputs.mask_format {
+                MaskFormat::Probabilities => mask.shape.len() == 4 && mask.shape[..2] == [1, labels],
+                MaskFormat::Labels => mask.shape.len() == 3 && mask.shape[0] == 1 || mask.shape.len() == 4 && mask.shape[..2] == [1, 1],
+            };
+            if !fits {
+                let expected =
+                    if manifest.outputs.mask_format == MaskFormat::Labels { "[1, 1, h, w] or [1, h, w]".to_string() } else { format!("[1, {labels}, h, w]") };
+                return Err(warm(format!("mask has shape {:?}, expected {expected}", mask.shape)));
             }
         } else {
             let probs = get(manifest.outputs.probabilities_index(), "probabilities")?;
@@ -1049,7 +1110,7 @@ fn check_signature(m: &Manifest, inputs: &[onnx::Port], outputs: &[onnx::Port]) 
         (o.boxes, "outputs.boxes", vec![-1, -1, 4]),
         (o.scores, "outputs.scores", vec![-1, -1]),
         (o.box_labels, "outputs.box_labels", vec![-1, -1]),
-        (o.mask, "outputs.mask", vec![-1, labels, -1, -1]),
+        (o.mask, "outputs.mask", if o.mask_format == MaskFormat::Labels { vec![-1, 1, -1, -1] } else { vec![-1, labels, -1, -1] }),
     ];
     for (index, field, want) in shapes {
         if let Some(index) = index {
@@ -1348,6 +1409,12 @@ std = [58.395, 57.12, 57.375]"#,
             assert!(e.contains("model.toml") && e.contains(field), "{field}: {e}");
         };
         refused(segmenter("kind = \"segmentation\""), "needs outputs.mask");
+        let labels = load_text(segmenter("kind = \"segmentation\"\nmask = 0\nmask_format = \"labels\"")).unwrap();
+        assert_eq!((labels.outputs.mask_format, labels.outputs.segmentation_type()), (MaskFormat::Labels, SegmentationType::Binary));
+        let fractional = load_text(segmenter("kind = \"segmentation\"\nmask = 0\nmask_format = \"labels\"\nsegmentation_type = \"fractional\"")).unwrap();
+        assert_eq!(fractional.outputs.segmentation_type(), SegmentationType::Fractional);
+        refused(segmenter("kind = \"segmentation\"\nmask = 0\nmask_format = \"labels\"\nactivation = \"softmax\""), "a label map");
+        refused(BASE.replace("OUTPUTS", "mask_format = \"labels\"").replace("INPUT", ""), "declare outputs.kind = \"segmentation\"");
         refused(segmenter("kind = \"segmentation\"\nmask = 0\nprobabilities = 1"), "outputs.probabilities: a segmenter has none");
         refused(segmenter("kind = \"segmentation\"\nmask = 0\ncam = 1"), "outputs.cam: a segmenter's mask is its map");
         refused(segmenter("kind = \"segmentation\"\nmask = 0\nboxes = 1"), "outputs.boxes is a detector's output: a segmenter has none");

@@ -411,7 +411,11 @@ impl Publisher {
                 created_ms,
                 station: self.station.clone(),
             };
-            let mut obj = seg::try_build(&s, &segments, identity, seg::Kind::Fractional).map_err(ResultsError::Encode)?;
+            let kind = match manifest.map(|m| m.outputs.segmentation_type()) {
+                Some(crate::inference::package::SegmentationType::Binary) => seg::Kind::Binary,
+                _ => seg::Kind::Fractional,
+            };
+            let mut obj = seg::try_build(&s, &segments, identity, kind).map_err(ResultsError::Encode)?;
             dataset::put_algorithm(&mut obj, &algorithm, created_ms);
             built.push(Built {
                 path: self.write(&obj, seg::SOP_CLASS, &seg_uid)?,

@@ -137,6 +137,53 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     assert_eq!(area[1].as_f64().unwrap() as usize, inside, "{g}");
 }
 
+/// A label map (`mask_format = "labels"`: each pixel its label's index) becomes a BINARY
+/// Segmentation (1 bit): dciodvfy finds no error, and highdicom reads back exactly the node's
+/// mask thresholded at 0.5.
+#[test]
+fn a_label_map_becomes_a_binary_segmentation() {
+    if !peers_ready() || !have_tool("dciodvfy") {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    let Some(python) = python() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let manifest = SEGMENTER.replace("mask = 0", "mask = 0\nmask_format = \"labels\"").replace("tiny-segmenter", "tiny-label-segmenter");
+    let Some(models_dir) = scripted_package(models.path(), "tiny-label-segmenter", "make_tiny_label_segmenter.py", &manifest) else { return };
+    let file = dir.join("case000.dcm");
+    let received = tempfile::tempdir().unwrap();
+    let (pacs, pacs_port) = storescp(received.path());
+    let node = Node::start(NodeOptions {
+        inference: vec![models_dir],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        ..Default::default()
+    });
+    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let results = wait_results(&rt, &db, &[deid_uid(&study_uid_of(&file))], Duration::from_secs(60), &node);
+    let f = &results[0][0].findings[0];
+    assert!(f.label == "lesion" && f.positive && f.probability == 1.0, "{} {}", f.label, f.probability);
+    assert!(f.cam.iter().all(|&v| v == 0.0 || v == 1.0), "a label map's mask is one-hot");
+    let cam = ndarray::ArrayView2::from_shape((f.cam_rows as usize, f.cam_cols as usize), &f.cam[..]).unwrap();
+    let (rows, cols) = (f.source_rows as usize, f.source_cols as usize);
+    let mask = triage_node::results::regions::on_grid(cam, rows, cols);
+    let (seg, _) = &delivered_seg_and_sr(&node, pacs, received.path());
+    let npy = received.path().join("mask.npy");
+    let out = Command::new(&python).arg(repo().join("tests/peers/check_seg.py")).arg(seg).arg(&npy).output().unwrap();
+    assert!(out.status.success(), "check_seg.py: {}", String::from_utf8_lossy(&out.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(read["type"], "BINARY", "{read}");
+    assert_eq!(attr_text(seg, dicom_dictionary_std::tags::BITS_ALLOCATED), "1");
+    let theirs = read_npy(&npy, rows, cols);
+    let differ = mask.iter().zip(&theirs).filter(|(a, b)| (**a >= 0.5) != (**b >= 0.5)).count();
+    assert_eq!(differ, 0, "highdicom's binary mask is the node's at 0.5");
+    assert!(theirs.iter().any(|&v| v == 1.0) && theirs.iter().all(|&v| v == 0.0 || v == 1.0));
+}
+
 /// The bounding box (first row, first column, last row, last column) of `mask` >= 0.5.
 fn bounding_box(mask: &ndarray::Array2<f32>) -> (usize, usize, usize, usize) {
     let mut b = (usize::MAX, usize::MAX, 0, 0);

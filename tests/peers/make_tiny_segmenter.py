@@ -28,4 +28,5 @@ class Segmenter(torch.nn.Module):
         return torch.cat([1.0 - lesion, lesion], dim=1)
 
 
-torch.jit.script(Segmenter().eval()).save(sys.argv[1])
+if __name__ == "__main__":
+    torch.jit.script(Segmenter().eval()).save(sys.argv[1])
