@@ -8,7 +8,8 @@
 # reporting requests/s and the p50/p99 latency; then the same CT set (CT slices, default 300)
 # sent by DCMTK storescu with and without that load on the API, ROUNDS times (median), to show
 # the load's effect on ingest. Each naming page is one audit entry, as in production.
-#   scripts/bench-worklist.sh [STUDIES]      (env: CLIENTS=16 DURATION=20 ROUNDS=3 CT=300)
+#   scripts/bench-worklist.sh [STUDIES]      (env: CLIENTS=16 DURATION=20 ROUNDS=3 CT=300;
+#                                             NODE_BIN=path runs that build instead of a release one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STUDIES=${1:-10000}
@@ -22,8 +23,7 @@ if ! command -v wrk >/dev/null; then
   $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null
 fi
 export LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-cargo build --release --locked -q
-BIN=$PWD/target/release/triage-node
+if [ -n "${NODE_BIN:-}" ]; then BIN=$(realpath "$NODE_BIN"); else cargo build --release --locked -q; BIN=$PWD/target/release/triage-node; fi
 WORK=${BENCH_DIR:-$PWD/.bench}
 if [ ! -d "$WORK/ct-$CT" ]; then
   .venv/bin/python scripts/make-bench-corpus.py "$WORK/corpus-wl" --ct "$CT" --dx 0 --no-big

@@ -5,6 +5,17 @@ through it (scripts/viewer-check.sh; not part of the test suite).
         /              OHIF's dist (unknown paths: index.html, the viewer is a single-page app)
         /app-config.js a config whose only data source is this origin's /dicom-web
         /dicom-web/*   Orthanc's DICOMweb plugin (same origin: no CORS)
+    python viewer_drive.py serve-node PORT OHIF_DIST ORTHANC_HTTP_PORT NODE_HTTP_PORT
+        (the node's reader token in the environment, VIEWER_NODE_TOKEN)
+        /              OHIF's dist, as above
+        /app-config.js a config whose only data source is this origin's /dicomweb
+        /dicomweb/*    the node's DICOMweb (its AI results) and Orthanc's (the source images)
+                       behind one root: searches go to both and their answers are merged
+                       (studies by Study Instance UID: modalities and counts added up; series and
+                       instances and study metadata listed from both); a series' requests go to
+                       whichever holds it; the node's requests carry its bearer token, so OHIF
+                       needs no auth. The node has no WADO-RS `frames` resource: a frame of one
+                       of its objects is cut here from the instance it retrieves (pydicom).
     python viewer_drive.py shoot VIEWER_URL OUT_DIR STUDY_UID [STUDY_UID...]
         open each study in OHIF's viewer with chromedriver, show the Parametric Map and the SR
         and write PNG screenshots to OUT_DIR
@@ -56,8 +67,10 @@ APP_CONFIG = """window.config = {
 """
 
 
-def serve(port, dist, orthanc):
+def serve(port, dist, orthanc, node=None, token=None):
+    """Without `node`: OHIF and Orthanc's DICOMweb at /dicom-web. With it: the merged /dicomweb."""
     dist = os.path.abspath(dist)
+    root_path = "/dicomweb" if node else "/dicom-web"
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -94,7 +107,7 @@ def serve(port, dist, orthanc):
         def static(self):
             path = self.path.split("?", 1)[0]
             if path == "/app-config.js":
-                root = f"http://{self.headers.get('Host', f'127.0.0.1:{port}')}/dicom-web"
+                root = f"http://{self.headers.get('Host', f'127.0.0.1:{port}')}{root_path}"
                 return self.send(200, (APP_CONFIG % {"root": root}).encode(), "application/javascript")
             file = os.path.normpath(os.path.join(dist, path.lstrip("/")))
             if not file.startswith(dist) or not os.path.isfile(file):
@@ -107,15 +120,149 @@ def serve(port, dist, orthanc):
                 self.send(200, f.read(), ctype)
 
         def handle_any(self):
-            if self.path.startswith("/dicom-web/") or self.path.startswith("/wado"):
+            if node and (self.path == "/dicomweb" or self.path.startswith("/dicomweb/") or self.path.startswith("/dicomweb?")):
+                try:
+                    code, data, ctype = merged.request(self.command, self.path[len("/dicomweb"):], self.headers)
+                except Exception as e:  # a backend down or an answer not understood: say so, keep serving
+                    sys.stderr.write(f"merge error {self.path}: {e!r}\n")
+                    code, data, ctype = 502, f"viewer proxy: {e!r}".encode(), "text/plain"
+                self.send(code, data, ctype)
+            elif self.path.startswith("/dicom-web/") or self.path.startswith("/wado"):
                 self.proxy()
             else:
                 self.static()
 
         do_GET = do_HEAD = do_POST = do_DELETE = do_PUT = handle_any
 
+    merged = Merged(orthanc, node, token) if node else None
     http.server.ThreadingHTTPServer.daemon_threads = True
     http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+class Merged:
+    """The node's DICOMweb (AI results) and Orthanc's (the source images) as one DICOMweb root."""
+
+    def __init__(self, orthanc, node, token):
+        self.orthanc, self.node, self.token = orthanc, node, token
+        self.holder = {}  # Series Instance UID -> "node" | "orthanc", learnt from the answers
+
+    def fetch(self, who, method, rest, headers):
+        if who == "node":
+            url = f"http://127.0.0.1:{self.node}/dicomweb{rest}"
+        else:
+            url = f"http://127.0.0.1:{self.orthanc}/dicom-web{rest}"
+        req = urllib.request.Request(url, method=method)
+        for k in ("Accept", "Range"):
+            if headers.get(k):
+                req.add_header(k, headers[k])
+        if who == "node":
+            req.add_header("Authorization", f"Bearer {self.token}")
+        else:  # Orthanc writes BulkDataURIs with the host the request names: this origin.
+            req.add_header("Host", headers.get("Host", "127.0.0.1"))
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                code, data, h = r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            code, data, h = e.code, e.read(), e.headers
+        ctype = h.get("Content-Type", "application/octet-stream")
+        if code >= 400:
+            sys.stderr.write(f"{who} {method} {rest} -> {code} {data[:300]!r}\n")
+        return code, data, ctype
+
+    def json_list(self, who, rest, headers):
+        code, data, _ = self.fetch(who, "GET", rest, headers)
+        if code == 204 or (code == 200 and not data.strip()):
+            return []
+        if code != 200:
+            return []  # logged by fetch; the other side's answer still counts
+        return json.loads(data)
+
+    def both(self, rest, headers):
+        return self.json_list("node", rest, headers), self.json_list("orthanc", rest, headers)
+
+    def learn(self, who, items):
+        for it in items:
+            uid = (it.get("0020000E", {}).get("Value") or [None])[0]
+            if uid:
+                self.holder.setdefault(uid, who)
+
+    def request(self, method, rest, headers):
+        path, _, query = rest.partition("?")
+        seg = [s for s in path.split("/") if s]
+        as_json = lambda items: (200, json.dumps(items).encode(), "application/dicom+json")
+        if method not in ("GET", "HEAD"):
+            return 405, b"viewer proxy: read only", "text/plain"
+        if seg == ["studies"]:
+            node, orth = self.both(rest, headers)
+            studies = {}
+            for it in orth + node:
+                uid = it["0020000D"]["Value"][0]
+                if uid not in studies:
+                    studies[uid] = it
+                    continue
+                have = studies[uid]
+                mods = have.get("00080061", {}).get("Value", []) + it.get("00080061", {}).get("Value", [])
+                have["00080061"] = {"vr": "CS", "Value": sorted(set(mods))}
+                for tag in ("00201206", "00201208"):
+                    if tag in it and "Value" in it[tag]:
+                        n = (have.get(tag, {}).get("Value") or [0])[0] + it[tag]["Value"][0]
+                        have[tag] = {"vr": "IS", "Value": [n]}
+            return as_json(list(studies.values()))
+        if len(seg) == 3 and seg[0] == "studies" and seg[2] in ("series", "instances", "metadata"):
+            node, orth = self.both(rest, headers)
+            self.learn("node", node)
+            self.learn("orthanc", orth)
+            seen, out = set(), []
+            for it in node + orth:
+                key = (it.get("00080018") or it.get("0020000E") or {}).get("Value", [None])[0]
+                if key not in seen:
+                    seen.add(key)
+                    out.append(it)
+            return as_json(out)
+        if len(seg) >= 4 and seg[0] == "studies" and seg[2] == "series":
+            who = self.holder.get(seg[3])
+            if who is None:
+                code, _, _ = self.fetch("node", "GET", f"/studies/{seg[1]}/series/{seg[3]}/metadata", headers)
+                who = self.holder[seg[3]] = "node" if code == 200 else "orthanc"
+            if who == "node" and len(seg) == 8 and seg[6] == "frames":
+                return self.node_frames(seg, headers)
+            return self.fetch(who, method, rest, headers)
+        # A search across studies below the study level, a whole study's retrieve: Orthanc's
+        # answer (the source images), the node's search added where it is JSON.
+        if seg in (["series"], ["instances"]):
+            node, orth = self.both(rest, headers)
+            return as_json(orth + node)
+        return self.fetch("orthanc", method, rest, headers)
+
+    def node_frames(self, seg, headers):
+        """WADO-RS frames of a node object: the instance retrieved, the frames cut from it."""
+        import io
+        import pydicom
+        rest = "/" + "/".join(seg[:6])
+        code, data, ctype = self.fetch("node", "GET", rest, {"Accept": 'multipart/related; type="application/dicom"'})
+        if code != 200:
+            return code, data, ctype
+        boundary = [p.split("=", 1)[1].strip('"') for p in ctype.split(";") if p.strip().startswith("boundary=")][0].encode()
+        part = data.split(b"--" + boundary)[1]
+        body = part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+        ds = pydicom.dcmread(io.BytesIO(body))
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        wanted = [int(n) for n in seg[7].split(",")]
+        ts = ds.file_meta.TransferSyntaxUID
+        if ts.is_compressed:
+            pieces = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=frames))
+            frame_type = f'application/octet-stream; transfer-syntax={ts}'
+        else:
+            raw = ds.PixelData
+            size = len(raw) // frames
+            pieces = [raw[i * size:(i + 1) * size] for i in range(frames)]
+            frame_type = "application/octet-stream"
+        b = "viewerproxyframes"
+        out = b""
+        for n in wanted:
+            out += f"--{b}\r\nContent-Type: {frame_type}\r\n\r\n".encode() + pieces[n - 1] + b"\r\n"
+        out += f"--{b}--\r\n".encode()
+        return 200, out, f'multipart/related; type="application/octet-stream"; boundary={b}'
 
 
 class Driver:
@@ -193,6 +340,8 @@ def main():
     cmd = sys.argv[1]
     if cmd == "serve":
         serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    elif cmd == "serve-node":
+        serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), os.environ["VIEWER_NODE_TOKEN"])
     elif cmd == "diagnose":
         diagnose(int(sys.argv[2]), sys.argv[3])
     elif cmd == "shoot":
@@ -307,7 +456,7 @@ def to_most_coloured_slice(d, out, slices):
 
 
 def shoot(base, out, studies):
-    """studies: NAME=STUDY_UID[:SLICES]; writes NAME-study.png, NAME-pmap.png, NAME-sr.png and, where the
+    """studies: NAME=STUDY_UID[:SLICES]; writes NAME-study.png, NAME-sc.png, NAME-pmap.png, NAME-sr.png and, where the
     diagnostic copies exist (series descriptions starting DIAGNOSTIC), NAME-diagnostic-*.png."""
     d = Driver()
     summary = []
@@ -320,7 +469,8 @@ def shoot(base, out, studies):
             d.screenshot(os.path.join(out, f"{name}-study.png"))
             series = d.js("return [...document.querySelectorAll('[data-cy^=study-browser-thumbnail]')].map(e => e.innerText.replace(/\\n/g, ' '))")
             summary.append(f"{name}: series in the viewer: {series}")
-            for what, text, shot in (("the node's Parametric Map", "AI map", "pmap"), ("the node's SR", "AI triage report", "sr"),
+            for what, text, shot in (("the node's Secondary Capture", "AI heatmap", "sc"),
+                                     ("the node's Parametric Map", "AI map", "pmap"), ("the node's SR", "AI triage report", "sr"),
                                      ("DIAGNOSTIC PM copy, one frame per slice", "-frame copy of AI map", "diagnostic-pmap"),
                                      ("DIAGNOSTIC SR copy, region groups only", "DIAGNOSTIC SR", "diagnostic-sr")):
                 if not any(text in s for s in series):

@@ -668,6 +668,75 @@ pub struct HttpSettings {
     /// request may have; past either the request is answered 413.
     pub stow_max_part: ByteSize,
     pub stow_max_request: ByteSize,
+    /// Single sign-on: the identity provider's access tokens (`http::oidc`).
+    pub oidc: OidcSettings,
+}
+
+/// `[http.oidc]`: the page signs in at an OpenID provider (authorization code + PKCE, a
+/// public client) and the API accepts its access tokens (JWT, RS256 or ES256, checked against
+/// its JWKS). The static tokens keep working beside it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    pub enabled: bool,
+    /// The provider's issuer URL (its discovery document is `<issuer>/.well-known/openid-configuration`);
+    /// https, except on a loopback address.
+    pub issuer: String,
+    /// The `aud` the provider puts in access tokens for this node (its resource indicator).
+    pub audience: String,
+    /// The page's client id at the provider (a public client: no secret).
+    pub client_id: String,
+    /// What the page asks for.
+    pub scopes: String,
+    /// The claim naming the user (shown on the page, in the access log and audit trail).
+    pub name_claim: String,
+    /// The claim with the user's roles or groups (a string or a list of strings), and which of
+    /// its values make a reader or an admin (admin wins).
+    pub roles_claim: String,
+    pub reader_values: Vec<String>,
+    pub admin_values: Vec<String>,
+    /// Tolerance on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// A token signed with an unknown key makes the node fetch the JWKS again, at most this often.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refresh: Duration,
+}
+
+impl OidcSettings {
+    /// Why these settings cannot be used, if enabled.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if !self.enabled {
+            return None;
+        }
+        let Ok(url) = reqwest13::Url::parse(&self.issuer) else {
+            return Some(("http.oidc.issuer", "must be the provider's issuer URL".into()));
+        };
+        let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Some(("http.oidc.issuer", "must be https (plain http only to a loopback address)".into()));
+        }
+        if self.audience.trim().is_empty() {
+            return Some(("http.oidc.audience", "must name the audience the provider gives this node's access tokens".into()));
+        }
+        if self.client_id.trim().is_empty() {
+            return Some(("http.oidc.client_id", "must name the page's client at the provider".into()));
+        }
+        if self.name_claim.is_empty() || self.roles_claim.is_empty() {
+            return Some(("http.oidc.name_claim/roles_claim", "must name a claim".into()));
+        }
+        if self.reader_values.is_empty() && self.admin_values.is_empty() {
+            return Some(("http.oidc.reader_values/admin_values", "at least one claim value must map to a role".into()));
+        }
+        if self.clock_skew > Duration::from_secs(600) {
+            return Some(("http.oidc.clock_skew", "must be at most 10m".into()));
+        }
+        if self.jwks_min_refresh < Duration::from_secs(1) {
+            return Some(("http.oidc.jwks_min_refresh", "must be at least 1s".into()));
+        }
+        None
+    }
 }
 
 /// The Query/Retrieve SCP over the AI result objects.
@@ -1111,6 +1180,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("dicom.transfer_syntax_preference")
                 .with_list_parse_key("deid.safe_private")
+                .with_list_parse_key("http.oidc.reader_values")
+                .with_list_parse_key("http.oidc.admin_values")
                 .with_list_parse_key("deid.burned_in_when_absent")
                 .with_list_parse_key("results.destinations")
                 .with_list_parse_key("results.ups")
@@ -1259,6 +1330,9 @@ impl Settings {
         }
         if !(1..=100_000).contains(&h.max_connections) || !(1..=h.max_connections).contains(&h.max_connections_per_host) {
             return Err(invalid("http.max_connections/max_connections_per_host", "need 1 <= max_connections_per_host <= max_connections <= 100000"));
+        }
+        if let Some((key, reason)) = h.oidc.problem() {
+            return Err(invalid(key, &reason));
         }
         if self.storage.backend == crate::blobs::Backend::S3 {
             if let Some((key, reason)) = self.storage.s3.problem() {

@@ -50,6 +50,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (ctx, deid) = open_stores(settings).await?;
     let engine = start_engine(&ctx).await?;
     reconcile(&ctx).await?;
+    application_activity(&ctx, "start").await;
     // The audit export, when asked for, starts or the node does not: a site that configured an
     // audit repository must not run without one unnoticed.
     let atna = match ctx.settings.audit_export.enabled {
@@ -257,6 +258,13 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
             settings.http.tokens_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
         )
         .context("loading the HTTP API tokens")?;
+        // Single sign-on: the provider must answer at start (its keys), or the node does not start.
+        let oidc = match settings.http.oidc.enabled {
+            true => Some(std::sync::Arc::new(
+                crate::http::oidc::Oidc::discover(&settings.http.oidc).await.context("reaching the identity provider ([http.oidc] issuer)")?,
+            )),
+            false => None,
+        };
         let drift = crate::admin::drift::Watch::load(&settings.inference.models_dir, &manifests, settings.drift.clone())
             .context("loading the model packages' reference scores")?;
         let served = crate::http::Served {
@@ -270,6 +278,7 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
             publisher: publisher(ctx),
             dicomweb: archive.map(|archive| crate::http::dicomweb::Source { archive, matching: settings.query.matching() }),
             stow: Some(crate::http::stow::Stow::new(stow_ingest, &settings.http, &settings.storage)),
+            oidc,
         };
         let state = crate::http::AppState::new(&ctx.core, &settings.http, served);
         Some(state)
@@ -322,6 +331,16 @@ fn spawn_workers(
     workers.spawn(StatusReporter { workers: workers.clone(), db: db.clone(), node: ctx.core.node_id.clone() });
 }
 
+/// The node's start or stop in the audit trail (PS3.15 Application Activity); a failed write is
+/// logged, not fatal.
+async fn application_activity(ctx: &Start, action: &str) {
+    let event =
+        crate::audit::Event::Application { details: crate::audit::ApplicationActivity { action: action.into(), version: env!("CARGO_PKG_VERSION").into() } };
+    if let Err(error) = ctx.core.db.audit_append(&event).await {
+        warn!(%error, action, "the audit entry of the node's start or stop could not be written");
+    }
+}
+
 /// Shutdown, each step bounded: the listener has stopped accepting; associations finish their
 /// current message; workers end; the inference thread ends; the database closes.
 async fn stop(ctx: &Start, associations: TaskTracker, workers: Workers, engine_thread: Option<crate::inference::engine::EngineThread>) {
@@ -334,6 +353,8 @@ async fn stop(ctx: &Start, associations: TaskTracker, workers: Workers, engine_t
             "associations still busy after the shutdown grace period; abandoning them (nothing unacknowledged is kept)"
         );
     }
+    // Before the workers end: the audit export may still send it.
+    application_activity(ctx, "stop").await;
     workers.shutdown(WORKER_EXIT_DEADLINE).await;
     for w in workers.statuses() {
         info!(worker = w.name, state = ?w.state, units = w.units, errors = w.errors, restarts = w.restarts, "worker stopped");

@@ -19,9 +19,9 @@ pub mod notify;
 pub mod outbox;
 pub mod performance;
 pub mod reid;
-pub mod shadow;
 pub mod report;
 pub mod results;
+pub mod shadow;
 pub mod worklist;
 
 use crate::config::Settings;

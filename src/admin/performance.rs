@@ -119,7 +119,8 @@ fn tally(rows: &[StandingFindings], verdicts: &[Feedback], group: impl Fn(i64) -
             }
         }
     }
-    let (mut tp, mut fp, mut tn, mut fn_): (BTreeMap<Key, u64>, BTreeMap<Key, u64>, BTreeMap<Key, u64>, BTreeMap<Key, u64>) = Default::default();
+    type Counts = BTreeMap<Key, u64>;
+    let (mut tp, mut fp, mut tn, mut fn_): (Counts, Counts, Counts, Counts) = Default::default();
     for v in verdicts {
         let g = group(v.study_id);
         let key = (v.model.clone(), v.model_version.clone(), g.clone());
@@ -140,7 +141,7 @@ fn tally(rows: &[StandingFindings], verdicts: &[Feedback], group: impl Fn(i64) -
     }
     by.into_iter()
         .map(|(key, (mut m, mut times))| {
-            let g = |map: &BTreeMap<Key, u64>| map.get(&key).copied().unwrap_or(0);
+            let g = |map: &Counts| map.get(&key).copied().unwrap_or(0);
             let (tp, fp, tn, fn_) = (g(&tp), g(&fp), g(&tn), g(&fn_));
             m.agreement = wilson(m.agree, m.agree + m.disagree);
             m.ppv = wilson(tp, tp + fp);

@@ -42,7 +42,9 @@ fn flagged(p: Option<&str>) -> bool {
 /// Every shadow model version's comparison, by name.
 pub async fn compare(db: &Db) -> Result<Vec<ShadowComparison>, AdminError> {
     let pairs = db.shadow_pairs().await?;
-    let mut by: BTreeMap<(String, String, String), (ShadowComparison, u64, Vec<(f64, f64)>)> = BTreeMap::new();
+    // Per (shadow model, version, live model): the figures, the agreeing studies, the score pairs.
+    type Tally = (ShadowComparison, u64, Vec<(f64, f64)>);
+    let mut by: BTreeMap<(String, String, String), Tally> = BTreeMap::new();
     for p in &pairs {
         let s = &p.shadow;
         let key = (s.model.clone(), s.model_version.clone(), s.shadow_of.clone());

@@ -120,10 +120,13 @@ impl Archive {
         // Originals already opened in this refresh, by de-identified SOP Instance UID.
         let mut originals: HashMap<String, Option<Originals>> = HashMap::new();
         let settled_before = crate::domain::now_ms() - SETTLE_MS;
+        // Below the first row young enough to have overtaken a slower transaction's row, once seen.
+        let mut unsettled: Option<i64> = None;
         while let Some(&(last, _, _)) = rows.last() {
-            // The high-water mark stops below the first row young enough to have overtaken a
-            // slower transaction's row; from there on, rows are read again next time.
-            let unsettled = rows.iter().find(|(_, _, created)| *created >= settled_before).map(|(id, _, _)| id - 1);
+            // The high-water mark stops below the first young row; from there on, rows are
+            // indexed now and read again (and skipped) next time. Reading goes on past it, so a
+            // burst of young rows larger than a STEP is indexed whole, not a STEP until it settles.
+            unsettled = unsettled.or_else(|| rows.iter().find(|(_, _, created)| *created >= settled_before).map(|(id, _, _)| id - 1));
             for (_, path, _) in std::mem::take(&mut rows) {
                 if next.has_path(&path) {
                     continue;
@@ -204,10 +207,7 @@ impl Archive {
                 }
             }
             next.high_water = unsettled.unwrap_or(last).max(next.high_water);
-            if unsettled.is_some() {
-                break;
-            }
-            rows = self.db.result_objects_after(self.node.as_deref(), next.high_water, STEP).await?;
+            rows = self.db.result_objects_after(self.node.as_deref(), last, STEP).await?;
         }
         if opened_total > 0 {
             let details = crate::audit::IndexOpened { purpose: "query index".into(), objects: objects as u64, map_records: opened_total as u64 };
@@ -323,5 +323,34 @@ mod tests {
         };
         db.seed_result_objects("n1", "PACS", &[(unrelated, orphan)]).await.unwrap();
         assert_eq!(archive.snapshot().await.unwrap().instances, 3);
+    }
+
+    /// More than one STEP of rows queued in the last SETTLE_MS (a burst of results, a restart
+    /// right after one): every object is indexed at once, not the first STEP only until the
+    /// rows settle; the young rows are still read again (and skipped) at the next refresh.
+    #[tokio::test]
+    async fn a_burst_of_young_rows_larger_than_a_step_is_indexed_whole() {
+        const SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::for_tests(6);
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("t.db").display()), 1).await.unwrap().with_audit_key(keys.audit_key());
+        let originals = serde_json::json!({
+            "specific_character_set": null, "patient_id": "ORIG-2", "issuer_of_patient_id": null, "patient_name": "ROE^JOHN",
+            "patient_birth_date": null, "patient_sex": null, "accession_number": "ACC-2", "study_instance_uid": "1.2.4",
+            "series_instance_uid": "1.2.4.4", "sop_instance_uid": "1.2.4.4.5", "study_date": null, "study_time": null, "study_id": null,
+            "referring_physician_name": null, "study_description": null
+        });
+        let (study, stored) = (keys.uid("1.2.4"), keys.uid("1.2.4.4.5"));
+        let (nonce, sealed) = keys.seal(&serde_json::to_vec(&originals).unwrap(), &stored).unwrap();
+        let record =
+            SealedRecord { sop_instance_uid: stored.clone(), study_instance_uid: study.clone(), key_id: keys.map_key_id(), nonce, sealed, created_at_ms: 0 };
+        let n = STEP as usize + 3;
+        let rows: Vec<_> = (0..n).map(|i| (record.clone(), object(dir.path(), &format!("sr{i}"), SR, &study, &format!("2.25.{}", 100 + i), &stored))).collect();
+        db.seed_result_objects("n1", "PACS", &rows).await.unwrap();
+        let archive = Archive::open(db.clone(), keys.clone(), crate::blobs::Blobs::local(dir.path()), "n1".into()).await.unwrap();
+        assert_eq!(archive.snapshot_now().instances, n, "every young row is indexed at start-up");
+        let more = object(dir.path(), "late", SR, &study, "2.25.99", &stored);
+        db.seed_result_objects("n1", "PACS", &[(record, more)]).await.unwrap();
+        assert_eq!(archive.snapshot().await.unwrap().instances, n + 1, "and a row queued after them at the next refresh");
     }
 }

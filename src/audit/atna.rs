@@ -31,6 +31,12 @@ pub struct Instance {
 /// A DCM code: (code, meaning).
 type Code = (&'static str, &'static str);
 
+const APPLICATION_ACTIVITY: Code = ("110100", "Application Activity");
+const USER_AUTHENTICATION: Code = ("110114", "User Authentication");
+const APPLICATION_START: Code = ("110120", "Application Start");
+const APPLICATION_STOP: Code = ("110121", "Application Stop");
+const LOGIN: Code = ("110122", "Login");
+const LOGOUT: Code = ("110123", "Logout");
 const INSTANCES_ACCESSED: Code = ("110103", "DICOM Instances Accessed");
 const INSTANCES_TRANSFERRED: Code = ("110104", "DICOM Instances Transferred");
 const EXPORT: Code = ("110106", "Export");
@@ -312,6 +318,31 @@ pub fn message(entry: &Entry, source: &Source, instance: &Instance) -> String {
             None,
             vec![Participant { user: &details.user, requestor: true, role: None, ae: None, host: None }, node],
             vec![study_row(*study).described(format!("reader verdict {} on {} {} {}", details.verdict, details.model, details.model_version, details.label))],
+        ),
+        // PS3.15 A.5.3.11 User Authentication: the user (requestor) and the node; a refused
+        // token is a failed Login naming why.
+        Some(Event::UserAuth { user, details }) => (
+            USER_AUTHENTICATION,
+            "E",
+            if details.outcome == "refused" { 4 } else { 0 },
+            Some(if details.outcome == "logout" { LOGOUT } else { LOGIN }),
+            vec![Participant { user, requestor: true, role: None, ae: None, host: None }, Participant { requestor: false, role: None, ..node }],
+            vec![Object::new(&source.node_id, NODE_ID, "DCM", 2, 13).described(format!(
+                "{} via {}{}{}",
+                details.outcome,
+                details.via,
+                details.role.as_deref().map(|r| format!(", role {r}")).unwrap_or_default(),
+                details.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            ))],
+        ),
+        // PS3.15 A.5.3.1 Application Activity: the node, as the application started or stopped.
+        Some(Event::Application { details }) => (
+            APPLICATION_ACTIVITY,
+            "E",
+            0,
+            Some(if details.action == "stop" { APPLICATION_STOP } else { APPLICATION_START }),
+            vec![node],
+            vec![Object::new(&source.node_id, NODE_ID, "DCM", 2, 13).described(format!("triage-node {} {}", details.version, details.action))],
         ),
         // An entry this version cannot read (an older or newer event): still exported, as
         // an application activity on the node naming the stored event, never dropped.

@@ -18,7 +18,10 @@ pub fn add_token(settings: &Settings, name: String, role: String) -> anyhow::Res
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&file).with_context(|| format!("opening {}", file.display()))?;
     writeln!(f, "{line}").and_then(|_| f.sync_all()).with_context(|| format!("writing {}", file.display()))?;
-    eprintln!("token for {name} ({role}) added to {}; restart the node to use it. The token (shown once, keep it secret):", file.display());
+    eprintln!(
+        "token for {name} ({role}) added to {}; a running node loads it within seconds (or at once on SIGHUP). The token (shown once, keep it secret):",
+        file.display()
+    );
     println!("{secret}");
     Ok(())
 }

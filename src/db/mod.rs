@@ -38,7 +38,7 @@ pub use notifications::{AckOutcome, AckTarget, NewNotification, Notification};
 pub use outbox::{NewOutboxItem, OutboxItem};
 pub use procedure_steps::{ProcedureStep, StepCreated};
 pub use reid_map::SealedRecord;
-pub use results::{Finding, ShadowFinding, ShadowPair, ShadowResult, SpanSlice, StudyResult};
+pub use results::{Finding, ShadowFinding, ShadowPair, ShadowResult, SpanSlice, StudyResult, StudySave};
 pub use state::{InferenceState, JobState, ObjectKind, OutboxState, Priority, ProcedureStepState, ReadingState, ResultState, StudyState};
 pub use studies::ReadyStudy;
 pub use wake::{Wake, WakeListener};

@@ -61,6 +61,19 @@ pub struct StudyResult {
     pub findings: Vec<Finding>,
 }
 
+/// What one study job saves (`save_study_results`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StudySave<'a> {
+    pub results: &'a [StudyResult],
+    pub worklist: Option<&'a super::WorklistRow>,
+    /// The result objects, notices and messages queued with them.
+    pub outbox: &'a [super::NewOutboxItem],
+    /// The notifications ledger's new rows.
+    pub notifications: &'a [super::NewNotification],
+    /// Shadow models' results (never published).
+    pub shadows: &'a [ShadowResult],
+}
+
 /// A shadow model's result of a study (`shadow_results`): what it would have said.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowResult {
@@ -135,19 +148,12 @@ impl Db {
         Ok(out)
     }
 
-    /// Replace the study's results with `results` and its worklist row with `worklist`, queue
-    /// the result objects `outbox` for this node `node`, and mark the job done, in one
-    /// transaction. Returns the priority the worklist had if the new one is lower.
-    pub async fn save_study_results(
-        &self,
-        job: &super::ClaimedJob,
-        results: &[StudyResult],
-        worklist: Option<&super::WorklistRow>,
-        node: &str,
-        outbox: &[super::NewOutboxItem],
-        notifications: &[super::NewNotification],
-        shadows: &[ShadowResult],
-    ) -> Result<Option<String>, DbError> {
+    /// Replace the study's results (and its shadow models') and its worklist row with what
+    /// `save` holds, queue its result objects for this node `node` and record its notices, and
+    /// mark the job done, in one transaction. Returns the priority the worklist had if the new
+    /// one is lower.
+    pub async fn save_study_results(&self, job: &super::ClaimedJob, node: &str, save: StudySave<'_>) -> Result<Option<String>, DbError> {
+        let StudySave { results, worklist, outbox, notifications, shadows } = save;
         let study_id = job.study_id;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         sqlx::query("DELETE FROM shadow_results WHERE study_id = $1").bind(study_id).execute(&mut *tx).await.map_err(q("delete old shadow results"))?;

@@ -1,7 +1,8 @@
 //! The HTTP side of the node (axum on the node's tokio runtime): the reading worklist's JSON
 //! API (`api`), its web page (`page`: every file served by the node, nothing from elsewhere),
 //! `/healthz`, `/readyz` and Prometheus `/metrics` (`ops`), STOW-RS ingest (`stow`), bearer-token
-//! authentication with reader, admin and modality roles (`auth`). Every API call is one of `admin`'s typed operations, as on the CLI.
+//! authentication with reader, admin and modality roles (`auth`), single sign-on with the site's
+//! OpenID provider (`oidc`; sign-ins and refused tokens audited). Every API call is one of `admin`'s typed operations, as on the CLI.
 //!
 //! The access log names the method, the route *template* (`/api/studies/{id}`, never the path
 //! or its query), the status, the time and the token's user: no patient data, no token.
@@ -225,7 +226,7 @@ async fn authenticate(parts: &Parts, state: &Shared) -> Result<User, ApiError> {
     let Some(token) = auth::bearer(header) else {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer <token>)".into()));
     };
-    let (refusal, claimed, via) = match &state.oidc {
+    let (refusal, claimed, forbidden) = match &state.oidc {
         Some(idp) if oidc::looks_like_jwt(token) => match idp.verify(token).await {
             Ok(v) => {
                 if v.first {
@@ -239,7 +240,7 @@ async fn authenticate(parts: &Parts, state: &Shared) -> Result<User, ApiError> {
     };
     let who = claimed.unwrap_or_else(|| "unknown".into());
     audit_auth(state, &who, "refused", if state.oidc.is_some() && oidc::looks_like_jwt(token) { "oidc" } else { "token" }, None, Some(refusal.clone())).await;
-    if via {
+    if forbidden {
         return Err(ApiError(StatusCode::FORBIDDEN, format!("the identity provider's token gives {refusal}")));
     }
     Err(ApiError(StatusCode::UNAUTHORIZED, format!("the bearer token is not valid: {refusal}")))

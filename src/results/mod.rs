@@ -309,6 +309,7 @@ impl Publisher {
                 }
                 _ => None,
             };
+            let method = pm::map_method(manifest.outputs.saliency.is_some());
             let mut illustrations = Vec::new();
             if let (true, true, Some(cam)) = (f.positive, self.settings.heatmap.contains(&HeatmapObject::ParametricMap), cam) {
                 let pm_uid = base(&format!("pm {}", f.label));
@@ -321,6 +322,7 @@ impl Publisher {
                     version: result.model_version.clone(),
                     finding: code.clone(),
                     label: f.label.clone(),
+                    method,
                     // A radiograph has none: the map gets one of its own, the same for every map
                     // of the image.
                     frame_of_reference_uid: frame_of_reference.clone().unwrap_or_else(|| uid(root, &[&key.sop_instance_uid, "frame of reference"])),
@@ -361,6 +363,7 @@ impl Publisher {
                             source: source.clone(),
                             model: result.model.clone(),
                             version: result.model_version.clone(),
+                            method,
                             created_ms,
                             station: self.station.clone(),
                         };

@@ -114,10 +114,27 @@ pub struct Map {
     pub finding: Code,
     /// The model's label of the finding (Content Label).
     pub label: String,
+    /// How the map was made, for the descriptions: "class activation map" (the model's own)
+    /// or "gradient saliency" (the node's, `outputs.saliency`).
+    pub method: &'static str,
     /// The source's Frame of Reference, or one the caller made when the source has none.
     pub frame_of_reference_uid: String,
     pub created_ms: i64,
     pub station: String,
+}
+
+/// How a map was made, as the descriptions say it.
+pub fn map_method(gradient_saliency: bool) -> &'static str {
+    if gradient_saliency {
+        "gradient saliency"
+    } else {
+        "class activation map"
+    }
+}
+
+pub(super) fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
 /// The map's Series Description.
@@ -182,7 +199,7 @@ pub fn try_build(m: &Map, frames: &[MapFrame], identity: &InMemDicomObject, disp
     put(&mut o, tags::INSTANCE_NUMBER, VR::IS, &m.instance_number.to_string());
     put_strs(&mut o, tags::IMAGE_TYPE, VR::CS, &image_type);
     put(&mut o, tags::CONTENT_LABEL, VR::CS, &content_label(&m.label));
-    put(&mut o, tags::CONTENT_DESCRIPTION, VR::LO, &long_string(&format!("AI activation map: {} ({} {})", m.finding.meaning, m.model, m.version)));
+    put(&mut o, tags::CONTENT_DESCRIPTION, VR::LO, &long_string(&format!("AI {}: {} ({} {})", m.method, m.finding.meaning, m.model, m.version)));
     // A machine's name: the model as family name, its version as given name.
     let pn = |s: &str| ascii(s).replace(['^', '=', '\\'], " ");
     put(&mut o, tags::CONTENT_CREATOR_NAME, VR::PN, &long_string(&format!("{}^{}", pn(&m.model), pn(&m.version))));
@@ -264,7 +281,7 @@ pub fn try_build(m: &Map, frames: &[MapFrame], identity: &InMemDicomObject, disp
             put_strs(&mut plane, tags::IMAGE_POSITION_PATIENT, VR::DS, &p.map(ds));
         }
         put_seq(item, tags::PLANE_POSITION_SEQUENCE, vec![plane]);
-        let description = format!("Activation map of AI model {} {} for {}", m.model, m.version, m.finding.meaning);
+        let description = format!("{} of AI model {} {} for {}", capitalised(m.method), m.model, m.version, m.finding.meaning);
         put_seq(item, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation(&description, derivation_code(), &f.source)]);
     }
     put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
@@ -665,6 +682,7 @@ mod tests {
 
     fn map(h: &InMemDicomObject) -> Map {
         Map {
+            method: "class activation map",
             sop_instance_uid: "2.25.1001".into(),
             series_uid: "2.25.1002".into(),
             series_number: 9902,

@@ -204,7 +204,8 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
             }
         }
     }
-    let saved = match db.save_study_results(job, study.results, row.as_ref(), node, &outbox, &notifications, study.shadows).await {
+    let save = crate::db::StudySave { results: study.results, worklist: row.as_ref(), outbox: &outbox, notifications: &notifications, shadows: study.shadows };
+    let saved = match db.save_study_results(job, node, save).await {
         Err(DbError::ClaimLost(id)) => {
             // Another node runs this job now and queues its own objects: ours go.
             warn!(job_id = id, "the study job was taken over while it ran: its results and objects are dropped here");

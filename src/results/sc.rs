@@ -12,6 +12,7 @@ use ndarray::Array3;
 
 use super::dataset::{ascii, put, put_seq, put_u16, start_object, Code};
 use super::font;
+use super::pm::capitalised;
 use super::sr::ImageRef;
 use crate::inference::heatmap;
 
@@ -90,6 +91,8 @@ pub struct Capture {
     pub source: ImageRef,
     pub model: String,
     pub version: String,
+    /// How the map was made (`pm::map_method`).
+    pub method: &'static str,
     pub created_ms: i64,
     pub station: String,
 }
@@ -118,7 +121,7 @@ pub fn build(c: &Capture, rgb: &Array3<u8>, identity: &InMemDicomObject) -> InMe
         &mut o,
         tags::DERIVATION_DESCRIPTION,
         VR::ST,
-        &ascii(&format!("Class activation map of AI model {} {} blended over the source image as windowed for the model", c.model, c.version)),
+        &ascii(&format!("{} of AI model {} {} blended over the source image as windowed for the model", capitalised(c.method), c.model, c.version)),
     );
     let mut src = InMemDicomObject::new_empty();
     put(&mut src, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &c.source.sop_class_uid);

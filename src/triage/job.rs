@@ -137,8 +137,7 @@ impl Triage {
         };
         let mut results = aggregate::study_results(&ctx, &slices);
         let shadow_ctx = aggregate::Context { manifests: &shadow, ..ctx };
-        let mut shadow_results: Vec<crate::db::StudyResult> =
-            if shadow.is_empty() { Vec::new() } else { aggregate::study_results(&shadow_ctx, &slices) };
+        let mut shadow_results: Vec<crate::db::StudyResult> = if shadow.is_empty() { Vec::new() } else { aggregate::study_results(&shadow_ctx, &slices) };
         for (model, reason) in &whole_series.failed {
             if let Some(m) = live.iter().find(|m| &m.name == model) {
                 aggregate::fail_model(&ctx, &mut results, m, reason);

@@ -162,6 +162,10 @@ fn every_event_is_a_schema_valid_dicom_audit_message() {
             "study:42",
             "110110",
         ),
+        (r#"{"outcome":"login","via":"oidc","role":"reader"}"#, "user_auth", "user:dr.grey", "110114"),
+        (r#"{"outcome":"refused","via":"oidc","reason":"expired"}"#, "user_auth", "user:unknown", "110114"),
+        (r#"{"action":"start","version":"1.0.0"}"#, "application", "node", "110100"),
+        (r#"{"action":"stop","version":"1.0.0"}"#, "application", "node", "110100"),
         ("{}", "something_newer", "x", "110113"),
     ];
     let source = Source { node_id: "node-a.example".into(), ae_title: "TRIAGE".into() };
@@ -279,6 +283,9 @@ fn the_audit_trail_reaches_rsyslog_over_tls_in_order_and_survives_its_restart() 
         let code = match entry.event.as_str() {
             "deidentify" => "110104",
             "ae_add" | "ae_remove" | "ae_echo" => "110113",
+            // The node's start (and, across the receiver's restart, nothing else of ours).
+            "application" => "110100",
+            "user_auth" => "110114",
             other => panic!("unexpected entry {other}"),
         };
         assert!(r.xml.contains(&format!(r#"<EventID csd-code="{code}""#)), "{}: {}", entry.event, r.xml);

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     base: String,
     session: String,
@@ -21,7 +21,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
+    pub(crate) fn start() -> Driver {
         let port = free_port();
         let child = Command::new("chromedriver").arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver");
         let base = format!("http://127.0.0.1:{port}");
@@ -41,22 +41,22 @@ impl Driver {
         Driver { child, base, session, client, _profile: profile }
     }
 
-    fn post(&self, path: &str, body: Value) -> Value {
+    pub(crate) fn post(&self, path: &str, body: Value) -> Value {
         let rsp: Value = self.client.post(format!("{}/session/{}{path}", self.base, self.session)).json(&body).send().unwrap().json().unwrap();
         assert!(rsp["value"].get("error").is_none(), "{path}: {rsp}");
         rsp["value"].clone()
     }
 
-    fn go(&self, url: &str) {
+    pub(crate) fn go(&self, url: &str) {
         self.post("/url", json!({ "url": url }));
     }
 
-    fn js(&self, script: &str, args: Value) -> Value {
+    pub(crate) fn js(&self, script: &str, args: Value) -> Value {
         self.post("/execute/sync", json!({ "script": script, "args": args }))
     }
 
     /// Poll `script` until it returns true.
-    fn until(&self, what: &str, script: &str) {
+    pub(crate) fn until(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.js(script, json!([])) != json!(true) {
             assert!(Instant::now() < deadline, "the page never showed {what}; page text: {}", self.js("return document.body.innerText", json!([])));
@@ -64,7 +64,7 @@ impl Driver {
         }
     }
 
-    fn screenshot(&self, path: &std::path::Path) {
+    pub(crate) fn screenshot(&self, path: &std::path::Path) {
         let rsp: Value = self.client.get(format!("{}/session/{}/screenshot", self.base, self.session)).send().unwrap().json().unwrap();
         let b64 = rsp["value"].as_str().unwrap();
         let bytes = base64_decode(b64);

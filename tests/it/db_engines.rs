@@ -4,7 +4,7 @@
 use crate::common::*;
 use triage_node::db::{
     AckOutcome, AckTarget, AeRole, Db, InsertOutcome, NewInstance, NewNotification, NewOutboxItem, ObjectKind, Reading, ReadingAction, ReadingOutcome,
-    RegisteredAe, RetractOutcome, RetractRecord, StudyResult, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
+    RegisteredAe, RetractOutcome, RetractRecord, StudyResult, StudySave, WorklistCursor, WorklistFilter, WorklistRow, WorklistSort,
 };
 use triage_node::domain::AeTitle;
 
@@ -186,7 +186,9 @@ async fn suite(url: &str) {
         study_id: Some(job.study_id),
         reidentify: true,
     };
-    let stale_save = db.save_study_results(&stale, std::slice::from_ref(&result), None, "n3", &[item("outbox/results/stale.dcm", "sr")], &[], &[]).await;
+    let results = std::slice::from_ref(&result);
+    let stale_item = [item("outbox/results/stale.dcm", "sr")];
+    let stale_save = db.save_study_results(&stale, "n3", StudySave { results, outbox: &stale_item, ..Default::default() }).await;
     assert!(matches!(stale_save, Err(triage_node::db::DbError::ClaimLost(_))), "{stale_save:?}");
     assert!(db.outbox_paths_under("outbox/results/").await.unwrap().is_empty(), "the stale claimer queued nothing");
     assert!(db.renew_study_job(job, i64::MAX / 2).await.unwrap());
@@ -201,17 +203,8 @@ async fn suite(url: &str) {
         findings: vec![triage_node::db::ShadowFinding { label: "nodule".into(), probability: 0.97, positive: true, urgent: true }],
         triaged_at_ms: 7_000,
     };
-    db.save_study_results(
-        job,
-        std::slice::from_ref(&result),
-        None,
-        "n3",
-        &[item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")],
-        &[],
-        std::slice::from_ref(&shadow),
-    )
-    .await
-    .unwrap();
+    let items = [item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")];
+    db.save_study_results(job, "n3", StudySave { results, outbox: &items, shadows: std::slice::from_ref(&shadow), ..Default::default() }).await.unwrap();
     let pairs = db.shadow_pairs().await.unwrap();
     assert_eq!(pairs.len(), 1);
     assert_eq!((&pairs[0].shadow, pairs[0].live_state.as_str()), (&shadow, result.state.as_str()));
@@ -249,9 +242,15 @@ async fn suite(url: &str) {
     };
     let first = notice("tn-a", "tn-a", 0, "oncall", Some(20_000), "sha-a");
     let other_result = StudyResult { study_id: other.study_id, ..result.clone() };
-    db.save_study_results(&other, &[other_result], None, "n3", &[hook("outbox/notify/tn-a.1.json", "webhook:oncall")], std::slice::from_ref(&first), &[])
-        .await
-        .unwrap();
+    let hooks = [hook("outbox/notify/tn-a.1.json", "webhook:oncall")];
+    let other_results = [other_result];
+    db.save_study_results(
+        &other,
+        "n3",
+        StudySave { results: &other_results, outbox: &hooks, notifications: std::slice::from_ref(&first), ..Default::default() },
+    )
+    .await
+    .unwrap();
     assert!(db.notifications_due(19_999, 10).await.unwrap().is_empty(), "not due yet");
     let (delivered, first_for_study) = db.notification_delivered("tn-a", 10_500).await.unwrap().unwrap();
     assert_eq!((delivered.delivered_at_ms, delivered.last_instance_at_ms, first_for_study), (Some(10_500), Some(6_000), false), "no worklist row to mark");

@@ -238,7 +238,8 @@ fn the_audit_chain_cannot_be_rewritten_or_cut_unnoticed() {
     let head = node.cli(&["audit", "head"]);
     assert!(head.status.success(), "{}", String::from_utf8_lossy(&head.stderr));
     let checkpoint = String::from_utf8(head.stdout).unwrap();
-    assert!(checkpoint.starts_with("triage-node audit checkpoint v1 seq=5 "), "{checkpoint}");
+    // Three registrations, the node's start, two more registrations.
+    assert!(checkpoint.starts_with("triage-node audit checkpoint v1 seq=6 "), "{checkpoint}");
     let verify = |extra: &[&str]| {
         let mut args = vec!["audit", "verify"];
         args.extend_from_slice(extra);
@@ -256,7 +257,7 @@ fn the_audit_chain_cannot_be_rewritten_or_cut_unnoticed() {
     let (ok, text) = verify(&[]);
     assert!(ok, "the remaining entries are genuine: {text}");
     let (ok, text) = verify(&["--checkpoint", checkpoint.trim()]);
-    assert!(!ok && text.contains("entry 5, which the log no longer holds"), "{text}");
+    assert!(!ok && text.contains("entry 6, which the log no longer holds"), "{text}");
     // Rewrite every entry with plain SHA-256, as the unkeyed chain allowed.
     sql(r#"
 import hashlib,sqlite3,sys

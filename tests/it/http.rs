@@ -403,9 +403,16 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     assert_eq!(api.get("/api/shadow", Some(READER_TOKEN)).status(), StatusCode::FORBIDDEN);
     let shadows: Value = api.json("/api/shadow", ADMIN_TOKEN);
     let next = &shadows[0];
-    assert_eq!((next["model"].as_str(), next["model_version"].as_str(), next["shadow_of"].as_str()), (Some("demo-nodule-next"), Some("2.0.0"), Some("demo-nodule")));
+    assert_eq!(
+        (next["model"].as_str(), next["model_version"].as_str(), next["shadow_of"].as_str()),
+        (Some("demo-nodule-next"), Some("2.0.0"), Some("demo-nodule"))
+    );
     assert_eq!((next["studies"].as_u64(), next["both_triaged"].as_u64()), (Some(8), Some(8)), "{next}");
-    assert_eq!((next["agreement"]["successes"].as_u64(), next["would_raise_to_urgent"].as_u64(), next["would_lower_from_urgent"].as_u64()), (Some(agree), Some(raise), Some(lower)), "{next}");
+    assert_eq!(
+        (next["agreement"]["successes"].as_u64(), next["would_raise_to_urgent"].as_u64(), next["would_lower_from_urgent"].as_u64()),
+        (Some(agree), Some(raise), Some(lower)),
+        "{next}"
+    );
     assert!(raise > 0, "the lower urgent threshold raises some study: {next}");
     assert_eq!(next["score_correlation"].as_f64(), Some(1.0), "{next}");
     let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();

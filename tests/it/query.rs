@@ -313,6 +313,55 @@ fn a_pacs_finds_and_retrieves_the_ai_results_as_it_knows_the_patient() {
     }
 }
 
+/// Many PACS querying at once (issue 36): the audit entries of queries that wait together share
+/// one commit, and still every C-FIND that disclosed anything has its own entry, committed
+/// before its final response, each caller's in the order it asked, on one chain that verifies.
+#[test]
+fn concurrent_finds_are_each_audited_in_order_on_a_valid_chain() {
+    let Some(f) = fixture(&[]) else { return };
+    let (callers, repeats) = (8, 3);
+    for i in 0..callers {
+        register(&f.node, &format!("FIND{i}"), Some(free_port()));
+    }
+    let port = f.node.port.to_string();
+    let runs: Vec<_> = (0..callers)
+        .map(|i| {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                // One association each, `repeats` C-FINDs on it, one after another.
+                Command::new("findscu")
+                    .args(["-v", "-S", "-aet", &format!("FIND{i}"), "-aec", "TRIAGE", "--repeat", &repeats.to_string()])
+                    .args(["-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=QR-2", "-k", "StudyInstanceUID"])
+                    .args(["127.0.0.1", &port])
+                    .env("TCP_NODELAY", "1")
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for run in runs {
+        let out = run.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        // Two studies of QR-2 each time, then Success: the final response came after the entry.
+        assert_eq!(text.matches("(Pending)").count(), 2 * repeats, "{text}");
+        assert_eq!(text.matches("Final Find Response (Success)").count(), repeats, "{text}");
+    }
+    let audit = String::from_utf8_lossy(&f.node.cli(&["audit", "list"]).stdout).into_owned();
+    let mut last_seq = vec![0i64; callers];
+    let mut entries = vec![0usize; callers];
+    for line in audit.lines().filter(|l| l.contains(" query ")) {
+        let Some(i) = (0..callers).find(|i| line.contains(&format!("ae:FIND{i} "))) else { continue };
+        let seq: i64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(seq > last_seq[i], "FIND{i}'s entries out of order: {audit}");
+        assert!(line.contains("\"matches\":2"), "{line}");
+        (last_seq[i], entries[i]) = (seq, entries[i] + 1);
+    }
+    assert_eq!(entries, vec![repeats; callers], "{audit}");
+    let verify = f.node.cli(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+}
+
 /// IMAGE level, as a PACS lists a study's AI results without retrieving them (IHE AIR): what
 /// each object is, when the analysis made it and which algorithm, each answer as the object was
 /// delivered, and each key matched the way the conformance statement says.

@@ -181,7 +181,7 @@ fn a_label_map_becomes_a_binary_segmentation() {
     let theirs = read_npy(&npy, rows, cols);
     let differ = mask.iter().zip(&theirs).filter(|(a, b)| (**a >= 0.5) != (**b >= 0.5)).count();
     assert_eq!(differ, 0, "highdicom's binary mask is the node's at 0.5");
-    assert!(theirs.iter().any(|&v| v == 1.0) && theirs.iter().all(|&v| v == 0.0 || v == 1.0));
+    assert!(theirs.contains(&1.0) && theirs.iter().all(|&v| v == 0.0 || v == 1.0));
 }
 
 /// The bounding box (first row, first column, last row, last column) of `mask` >= 0.5.

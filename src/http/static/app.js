@@ -1,7 +1,7 @@
 // The worklist page: plain script, no library, every value written as text (never as HTML).
 "use strict";
 
-const state = { token: sessionStorage.getItem("triage-token") || "", me: null, cursor: null, timer: null, blobs: [] };
+const state = { token: sessionStorage.getItem("triage-token") || "", me: null, cursor: null, timer: null, blobs: [], sso: { enabled: false } };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, ...children) {
@@ -60,6 +60,66 @@ async function signIn(token) {
   clearInterval(state.timer);
   state.timer = setInterval(() => { if (!$("worklist").hidden) loadWorklist(false); }, state.me.refresh_seconds * 1000);
   route();
+}
+
+// Single sign-on: the authorization code flow with PKCE (S256), as a public client. The node
+// exchanges the code (POST /auth/token), so the page talks to its own origin only.
+function b64url(bytes) {
+  return btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+function randomText() { return b64url(crypto.getRandomValues(new Uint8Array(32))); }
+function redirectUri() { return location.origin + "/"; }
+
+async function ssoConfig() {
+  try { const r = await fetch("/auth/config"); return r.ok ? await r.json() : { enabled: false }; } catch (_) { return { enabled: false }; }
+}
+
+async function ssoStart() {
+  const c = state.sso;
+  const verifier = randomText(), st = randomText();
+  const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  sessionStorage.setItem("triage-pkce", JSON.stringify({ verifier, state: st }));
+  const u = new URL(c.authorization_endpoint);
+  u.search = new URLSearchParams({ response_type: "code", client_id: c.client_id, redirect_uri: redirectUri(), scope: c.scope,
+    state: st, code_challenge: challenge, code_challenge_method: "S256", resource: c.resource }).toString();
+  location.assign(u.toString());
+}
+
+// Back from the provider: true when the address carried its answer (handled here).
+async function ssoReturn() {
+  const q = new URLSearchParams(location.search);
+  if (!q.has("code") && !q.has("error")) return false;
+  const saved = JSON.parse(sessionStorage.getItem("triage-pkce") || "null");
+  sessionStorage.removeItem("triage-pkce");
+  history.replaceState(null, "", "/" + location.hash);
+  show("login");
+  if (q.has("error")) { $("login-error").textContent = "Sign-in failed at the identity provider: " + q.get("error"); return true; }
+  if (!saved || saved.state !== q.get("state")) { $("login-error").textContent = "Sign-in failed: the answer does not match this page's request."; return true; }
+  const rsp = await fetch("/auth/token", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ code: q.get("code"), code_verifier: saved.verifier, redirect_uri: redirectUri() }) });
+  if (!rsp.ok) {
+    let why = rsp.status + " " + rsp.statusText;
+    try { why = (await rsp.json()).error || why; } catch (_) {}
+    $("login-error").textContent = "Sign-in failed: " + why;
+    return true;
+  }
+  const t = await rsp.json();
+  if (t.id_token) sessionStorage.setItem("triage-id-token", t.id_token);
+  await signIn(t.access_token);
+  return true;
+}
+
+// The user's sign-out: audited by the node, then the provider's session ends too.
+async function signOutEverywhere() {
+  const idToken = sessionStorage.getItem("triage-id-token");
+  try { await fetch("/auth/logout", { method: "POST", headers: { Authorization: "Bearer " + state.token } }); } catch (_) {}
+  sessionStorage.removeItem("triage-id-token");
+  signOut("");
+  if (state.sso.enabled && state.sso.end_session_endpoint && idToken) {
+    const u = new URL(state.sso.end_session_endpoint);
+    u.search = new URLSearchParams({ id_token_hint: idToken, post_logout_redirect_uri: redirectUri(), client_id: state.sso.client_id }).toString();
+    location.assign(u.toString());
+  }
 }
 
 function fmtTime(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
@@ -316,12 +376,16 @@ function route() {
   loadWorklist(false);
 }
 
-window.addEventListener("DOMContentLoaded", () => {
+window.addEventListener("DOMContentLoaded", async () => {
   $("login-form").addEventListener("submit", (ev) => { ev.preventDefault(); signIn($("token").value); });
-  $("signout").addEventListener("click", () => signOut(""));
+  $("signout").addEventListener("click", () => signOutEverywhere());
+  $("sso-signin").addEventListener("click", () => ssoStart());
   $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadWorklist(false); });
   $("more").addEventListener("click", () => loadWorklist(true));
   $("ae-form").addEventListener("submit", saveAe);
   window.addEventListener("hashchange", route);
+  state.sso = await ssoConfig();
+  $("sso").hidden = !state.sso.enabled;
+  if (await ssoReturn()) return;
   if (state.token) signIn(state.token); else show("login");
 });

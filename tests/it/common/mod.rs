@@ -257,6 +257,11 @@ impl Node {
     }
 
     /// SIGTERM and wait; returns the exit code (None if it had to be killed).
+    /// The running node's process id (to send it a signal).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn sigterm(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
