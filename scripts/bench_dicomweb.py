@@ -25,7 +25,9 @@ class Target:
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
 
     def get(self, path, params=None, accept="application/dicom+json"):
-        url = self.root + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        # '*' and '^' unescaped: Orthanc's DICOMweb plugin (1.7) does not percent-decode query
+        # values (PatientName=BENCH%5EPATIENT0* matches nothing there); the node reads either.
+        url = self.root + path + ("?" + urllib.parse.urlencode(params, safe="*^") if params else "")
         headers = {"Accept": accept}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

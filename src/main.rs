@@ -246,7 +246,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Echo { to } => cli::dicom::echo(&settings, to).await,
         Command::Send { to, paths } => cli::dicom::send(&settings, to, paths).await,
         Command::Infer { paths, model, heatmaps } => cli::offline::infer(&settings, &paths, model.as_deref(), heatmaps.as_deref()).await,
-        Command::Model { action } => cli::model::run(action, &settings),
+        Command::Model { action } => cli::model::run(action, &settings).await,
         Command::Doctor => {
             let checks = triage_node::admin::doctor::run(&settings).await?;
             for c in &checks {

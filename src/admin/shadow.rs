@@ -96,6 +96,87 @@ pub async fn compare(db: &Db) -> Result<Vec<ShadowComparison>, AdminError> {
         .collect())
 }
 
+/// What `promote` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Promotion {
+    pub model: String,
+    pub version: String,
+    pub replaces: String,
+    pub replaces_version: String,
+    /// The retired package's folder now.
+    pub retired_to: std::path::PathBuf,
+}
+
+/// Make the shadow model `name` live: its manifest loses `mode` and `shadow_of`, the live
+/// package it names moves to `models_dir/.retired/<name>-<version>-<ms>/` (kept, never
+/// deleted; a folder starting with a dot is never loaded), and the change is audited
+/// (`model_promote`, who). Takes effect at the node's next start. Refused, changing nothing,
+/// unless exactly one shadow package of that name and its live model's package are found.
+pub async fn promote(db: &Db, models_dir: &std::path::Path, name: &str, user: &str) -> Result<Promotion, AdminError> {
+    use crate::inference::package::{Manifest, Mode};
+    fn io(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AdminError {
+        let path = path.display().to_string();
+        move |source| AdminError::Io { what, path, source }
+    }
+    let packages: Vec<(std::path::PathBuf, Manifest)> = std::fs::read_dir(models_dir)
+        .map_err(io("reading the models folder", models_dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter_map(|dir| Manifest::load(&dir.join("model.toml")).ok().map(|m| (dir, m)))
+        .collect();
+    let shadows: Vec<&(std::path::PathBuf, Manifest)> = packages.iter().filter(|(_, m)| m.name == name && m.mode == Mode::Shadow).collect();
+    let [(shadow_dir, shadow)] = shadows.as_slice() else {
+        return Err(AdminError::NotFound(format!("{} shadow packages named {name} in {} (exactly one is needed)", shadows.len(), models_dir.display())));
+    };
+    let live_name = shadow.shadow_of.clone().unwrap_or_default();
+    let lives: Vec<&(std::path::PathBuf, Manifest)> = packages.iter().filter(|(_, m)| m.name == live_name && m.mode == Mode::Live).collect();
+    let [(live_dir, live)] = lives.as_slice() else {
+        return Err(AdminError::NotFound(format!("{} live packages named {live_name} (the one {name} shadows) in {}", lives.len(), models_dir.display())));
+    };
+    // The shadow's manifest without its two lines, checked to load as a live model before
+    // anything moves.
+    let manifest_path = shadow_dir.join("model.toml");
+    let text = std::fs::read_to_string(&manifest_path).map_err(io("reading", &manifest_path))?;
+    let promoted: String = text
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            key != "mode" && key != "shadow_of"
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let staged = shadow_dir.join("model.toml.promoted");
+    std::fs::write(&staged, &promoted).map_err(io("writing", &staged))?;
+    match Manifest::load(&staged) {
+        Ok(m) if m.mode == Mode::Live && m.shadow_of.is_none() => {}
+        other => {
+            let _ = std::fs::remove_file(&staged);
+            let why = other.err().map(|e| e.to_string()).unwrap_or_else(|| "mode or shadow_of is not a line of its own".into());
+            return Err(AdminError::Invalid(format!("{}: could not be made live: {why}", manifest_path.display())));
+        }
+    }
+    let retired_dir = models_dir.join(".retired");
+    std::fs::create_dir_all(&retired_dir).map_err(io("creating", &retired_dir))?;
+    let retired_to = retired_dir.join(format!("{}-{}-{}", live.name, live.version, crate::domain::now_ms()));
+    std::fs::rename(live_dir, &retired_to).map_err(io("moving the live package", live_dir))?;
+    if let Err(source) = std::fs::rename(&staged, &manifest_path) {
+        // Put the live package back: nothing changed.
+        let _ = std::fs::rename(&retired_to, live_dir);
+        return Err(AdminError::Io { what: "replacing", path: manifest_path.display().to_string(), source });
+    }
+    let relative = retired_to.strip_prefix(models_dir).unwrap_or(&retired_to).display().to_string();
+    let details = crate::audit::Promoted {
+        user: user.to_string(),
+        version: shadow.version.clone(),
+        replaces: live.name.clone(),
+        replaces_version: live.version.clone(),
+        retired_to: relative,
+    };
+    db.audit_append(&crate::audit::Event::ModelPromote { model: name.to_string(), details }).await?;
+    Ok(Promotion { model: name.to_string(), version: shadow.version.clone(), replaces: live.name.clone(), replaces_version: live.version.clone(), retired_to })
+}
+
 /// Pearson's correlation coefficient; None below 3 pairs or when either side does not vary.
 pub fn pearson(xy: &[(f64, f64)]) -> Option<f64> {
     if xy.len() < 3 {

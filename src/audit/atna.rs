@@ -44,6 +44,7 @@ const PATIENT_RECORD: Code = ("110110", "Patient Record");
 const QUERY: Code = ("110112", "Query");
 const SECURITY_ALERT: Code = ("110113", "Security Alert");
 const NETWORK_CONFIGURATION: Code = ("110128", "Network Configuration");
+const SOFTWARE_CONFIGURATION: Code = ("110129", "Software Configuration");
 const RESTRICTED_FUNCTION: Code = ("110132", "Use of Restricted Function");
 const DESTINATION: Code = ("110152", "Destination Role ID");
 const SOURCE: Code = ("110153", "Source Role ID");
@@ -343,6 +344,18 @@ pub fn message(entry: &Entry, source: &Source, instance: &Instance) -> String {
             Some(if details.action == "stop" { APPLICATION_STOP } else { APPLICATION_START }),
             vec![node],
             vec![Object::new(&source.node_id, NODE_ID, "DCM", 2, 13).described(format!("triage-node {} {}", details.version, details.action))],
+        ),
+        // A software configuration change by an admin: the model now live, the one retired.
+        Some(Event::ModelPromote { model, details }) => (
+            SECURITY_ALERT,
+            "E",
+            0,
+            Some(SOFTWARE_CONFIGURATION),
+            vec![Participant { user: &details.user, requestor: true, role: None, ae: None, host: None }, node],
+            vec![Object::new(&source.node_id, NODE_ID, "DCM", 2, 13).described(format!(
+                "model {model} {} promoted from shadow to live, replacing {} {} (moved to {})",
+                details.version, details.replaces, details.replaces_version, details.retired_to
+            ))],
         ),
         // An entry this version cannot read (an older or newer event): still exported, as
         // an application activity on the node naming the stored event, never dropped.

@@ -95,6 +95,23 @@ pub enum Event {
     Application {
         details: ApplicationActivity,
     },
+    /// An admin promoted a shadow model to live (`model promote`): its name.
+    ModelPromote {
+        model: String,
+        details: Promoted,
+    },
+}
+
+/// A shadow model made live, and the live version it replaces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promoted {
+    pub user: String,
+    pub version: String,
+    /// The live model it was compared with, and its version, now retired.
+    pub replaces: String,
+    pub replaces_version: String,
+    /// Where the retired package was moved (relative to the models folder).
+    pub retired_to: String,
 }
 
 /// A sign-in, a sign-out or a refused token.
@@ -280,7 +297,7 @@ pub struct FeedbackGiven {
 
 impl Event {
     /// Every event name, as stored.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "deidentify",
         "reidentify",
         "ae_add",
@@ -295,6 +312,7 @@ impl Event {
         "feedback",
         "user_auth",
         "application",
+        "model_promote",
     ];
 
     /// The stored `event`.
@@ -314,6 +332,7 @@ impl Event {
             Event::Feedback { .. } => "feedback",
             Event::UserAuth { .. } => "user_auth",
             Event::Application { .. } => "application",
+            Event::ModelPromote { .. } => "model_promote",
         }
     }
 
@@ -326,6 +345,7 @@ impl Event {
             Event::AeAdd { ae, .. } | Event::AeRemove { ae } | Event::AeEcho { ae, .. } => ae.clone(),
             Event::WorklistView { user, .. } | Event::UserAuth { user, .. } => format!("user:{user}"),
             Event::Application { .. } => "node".into(),
+            Event::ModelPromote { model, .. } => format!("model:{model}"),
             Event::Reading { study, .. } | Event::Retract { study, .. } | Event::Acknowledge { study, .. } | Event::Feedback { study, .. } => {
                 format!("study:{study}")
             }
@@ -351,6 +371,7 @@ impl Event {
             Event::Feedback { details, .. } => serde_json::to_string(details),
             Event::UserAuth { details, .. } => serde_json::to_string(details),
             Event::Application { details } => serde_json::to_string(details),
+            Event::ModelPromote { details, .. } => serde_json::to_string(details),
         };
         // Plain structs of strings and numbers always serialize.
         json.unwrap_or_else(|_| "{}".into())
@@ -379,6 +400,7 @@ impl Event {
             "feedback" => Event::Feedback { study: after("study:")?.parse().ok()?, details: read(details)? },
             "user_auth" => Event::UserAuth { user: after("user:")?, details: read(details)? },
             "application" if subject == "node" => Event::Application { details: read(details)? },
+            "model_promote" => Event::ModelPromote { model: after("model:")?, details: read(details)? },
             _ => return None,
         })
     }
@@ -630,6 +652,16 @@ mod tests {
                 details: Authentication { outcome: "refused".into(), via: "oidc".into(), role: None, reason: Some("expired".into()) },
             },
             Event::Application { details: ApplicationActivity { action: "start".into(), version: "1.0.0".into() } },
+            Event::ModelPromote {
+                model: "next".into(),
+                details: Promoted {
+                    user: "cli:ann".into(),
+                    version: "2".into(),
+                    replaces: "old".into(),
+                    replaces_version: "1".into(),
+                    retired_to: ".retired/old-1-5".into(),
+                },
+            },
         ];
         for e in &all {
             assert_eq!(Event::parse(e.name(), &e.subject(), &e.details()).as_ref(), Some(e), "{e:?}");

@@ -26,10 +26,30 @@ pub enum ModelAction {
         #[arg(long)]
         force: bool,
     },
+    /// Make a shadow model (mode = "shadow") live: its manifest loses mode and shadow_of, the
+    /// live package it shadows moves to MODELS_DIR/.retired/ (kept), audited. Takes effect at
+    /// the node's next start.
+    Promote { name: String },
 }
 
-pub fn run(action: ModelAction, settings: &Settings) -> anyhow::Result<()> {
+pub async fn run(action: ModelAction, settings: &Settings) -> anyhow::Result<()> {
     match action {
+        ModelAction::Promote { name } => {
+            let db = triage_node::admin::open(settings, triage_node::admin::Access::Audited).await?;
+            let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+            let done = triage_node::admin::shadow::promote(&db, &settings.inference.models_dir, &name, &format!("cli:{user}")).await;
+            db.close().await;
+            let p = done?;
+            println!(
+                "{} {} is live, replacing {} {} (moved to {}); restart the node to load it",
+                p.model,
+                p.version,
+                p.replaces,
+                p.replaces_version,
+                p.retired_to.display()
+            );
+            Ok(())
+        }
         ModelAction::Import { bundle, out, name, force } => {
             let models_dir = out.unwrap_or_else(|| settings.inference.models_dir.clone());
             let imported = model_import::import(&bundle, &models_dir, name.as_deref(), force)?;

@@ -143,6 +143,12 @@ fn every_event_is_a_schema_valid_dicom_audit_message() {
         (r#"{"purpose":"outbox","study":"2.25.3"}"#, "reidentify", "instance:2.25.2", "110110"),
         (r#"{"purpose":"query index","objects":3,"map_records":2}"#, "reidentify", "query-index", "110110"),
         (r#"{"host":"10.0.0.1","port":104,"role":"pacs","enabled":true,"tls":true,"tls_identity":null}"#, "ae_add", "PACS", "110113"),
+        (
+            r#"{"user":"cli:ann","version":"2","replaces":"old","replaces_version":"1","retired_to":".retired/old-1-5"}"#,
+            "model_promote",
+            "model:next",
+            "110113",
+        ),
         ("{}", "ae_remove", "PACS", "110113"),
         (r#"{"user":"it","success":false,"status":null}"#, "ae_echo", "PACS", "110113"),
         (r#"{"user":"dr.grey","studies":[1,2],"opened":2}"#, "worklist_view", "user:dr.grey", "110110"),

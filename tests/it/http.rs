@@ -155,7 +155,7 @@ fn all_pages(api: &Api, query: &str, limit: usize) -> Vec<Value> {
 
 #[test]
 fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_reading() {
-    let Some((node, sent, _work)) = triaged_node() else { return };
+    let Some((node, sent, work)) = triaged_node() else { return };
     let api = Api::new(&node);
 
     // No token, a wrong token: 401 with a reason and the Bearer challenge; no data.
@@ -538,6 +538,23 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     for token in [READER_TOKEN, READER2_TOKEN, ADMIN_TOKEN] {
         assert!(!log.contains(token), "a token in the log");
     }
+
+    // Promoting the shadow: refused for a model that is not one; then its manifest is live,
+    // the old package kept under .retired/, the change audited (taking effect at restart).
+    let refused = node.cli(&["model", "promote", "demo-nodule"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("0 shadow packages named demo-nodule"), "{refused:?}");
+    let promoted = node.cli(&["model", "promote", "demo-nodule-next"]);
+    let said = String::from_utf8_lossy(&promoted.stdout).into_owned() + &String::from_utf8_lossy(&promoted.stderr);
+    assert!(promoted.status.success() && said.contains("demo-nodule-next 2.0.0 is live, replacing demo-nodule 1.0.0"), "{said}");
+    let models = work.path().join("models");
+    let manifest = std::fs::read_to_string(models.join("demo-nodule-next/model.toml")).unwrap();
+    assert!(!manifest.contains("mode =") && !manifest.contains("shadow_of") && manifest.contains("urgent = [0.9]"), "{manifest}");
+    assert!(!models.join("demo-nodule").exists());
+    let retired: Vec<_> = std::fs::read_dir(models.join(".retired")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(retired.len() == 1 && retired[0].join("model.pt").exists(), "{retired:?}");
+    let audit = String::from_utf8_lossy(&node.cli(&["audit", "list"]).stdout).into_owned();
+    assert!(audit.lines().any(|l| l.contains("model_promote") && l.contains("model:demo-nodule-next")), "{audit}");
+    assert!(node.cli(&["audit", "verify"]).status.success());
 }
 
 /// The node's process id: the `serve` process started with this node's config file.
