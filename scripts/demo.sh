@@ -148,10 +148,11 @@ echo "== C-STORE: four demo chest cases (labels: $(sed -n '2,5p' .testdata/demo-
 storescu -aet DEMO_CT -aec TRIAGE 127.0.0.1 "$TRIAGE__DICOM__PORT" .testdata/demo-cases/case00[0-3].dcm
 echo "== STOW-RS: a modality gateway stores demo case 5 over HTTP (PyPI dicomweb-client, modality token)"
 .venv/bin/python - "http://127.0.0.1:$HTTP_PORT/dicomweb" "$GATEWAY_TOKEN" .testdata/demo-cases/case005.dcm <<'PY'
-import sys, pydicom
+import json, sys, pydicom
 from dicomweb_client.api import DICOMwebClient
 client = DICOMwebClient(url=sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
 answer = client.store_instances([pydicom.dcmread(sys.argv[3])])
+print("POST /dicomweb/studies (multipart/related; type=\"application/dicom\") ->", json.dumps(answer.to_json_dict()))
 print("stored:", len(answer.get("ReferencedSOPSequence", [])), "failed:", len(answer.get("FailedSOPSequence", [])))
 PY
 echo "== a head CT scanner that speaks MPPS (pynetdicom): N-CREATE IN PROGRESS, 24 axial slices (a real head CT"
@@ -189,6 +190,7 @@ curl -sf -H "Authorization: Bearer $READER_TOKEN" -H 'Accept: application/dicom+
 import json, sys
 studies, srs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 v = lambda d, tag: (d.get(tag, {}).get("Value") or [""])[0]
+print("GET /dicomweb/studies?PatientID=DEMO000&includefield=ModalitiesInStudy ->", json.dumps(studies[:1]), file=sys.stderr)
 for s in studies:
     print("QIDO-RS study: patient %s, modalities %s, %s instances" % (v(s, "00100020"), "/".join(s.get("00080061", {}).get("Value", [])), v(s, "00201208")), file=sys.stderr)
 sr = srs[0]

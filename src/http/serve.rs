@@ -95,6 +95,9 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, shu
                 }
             },
         };
+        // Responses go out as written (a multipart retrieve writes part by part): without this,
+        // Nagle's algorithm holds a short last write until the client's delayed ACK, ~40 ms.
+        let _ = stream.set_nodelay(true);
         let host = hosts.clone().take(peer.ip(), limits.max_connections_per_host);
         let permit = if host.is_some() { total.clone().try_acquire_owned().ok() } else { None };
         match (host, permit) {
