@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(association_request message_stream command_set dataset_scan deidentify query_identifier commitment_report)
+TARGETS=(association_request message_stream command_set dataset_scan deidentify query_identifier commitment_report multipart_body)
 
 mode=${1:-full}
 if [ "$mode" = smoke ]; then
