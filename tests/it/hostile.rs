@@ -283,7 +283,7 @@ fn a_malformed_pdu_from_a_pacs_does_not_stop_delivery() {
         return;
     }
     let received = tempfile::tempdir().unwrap();
-    let (good_port, bad_port) = (free_port(), free_port());
+    let [good_port, bad_port] = free_ports();
     let mut good = Command::new("storescp")
         .args(["-od", received.path().to_str().unwrap(), &good_port.to_string()])
         .stdout(std::process::Stdio::null())

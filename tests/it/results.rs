@@ -362,7 +362,7 @@ fn storage_commitment_is_requested_and_each_report_recorded() {
         ..Default::default()
     });
     let work = tempfile::tempdir().unwrap();
-    let (pacs_port, archive_port) = (free_port(), free_port());
+    let [pacs_port, archive_port] = free_ports();
     // PACS keeps what it receives and commits to it; ARCHIVE acknowledges but keeps nothing.
     let mut pacs = commit_scp("PACS", pacs_port, work.path(), &node, false, &work.path().join("pacs.log"));
     let archive_dir = work.path().join("archive");

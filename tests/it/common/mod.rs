@@ -476,6 +476,13 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `N` distinct free ports: all bound at once, then released (two `free_port` calls in a row
+/// may get the same port back).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 /// Where Debian's `orthanc-dicomweb` puts the plugin.
 pub const DICOMWEB_PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
 
@@ -524,8 +531,8 @@ impl Orthanc {
     /// Start with `extra` keys of Orthanc's configuration replacing the tests' defaults.
     pub fn start_with(modalities: &[(&str, u16)], extra: serde_json::Value) -> Orthanc {
         let dir = tempfile::tempdir().unwrap();
-        let dicom_port = free_port();
-        let http_port = extra.get("HttpPort").and_then(|p| p.as_u64()).map_or_else(free_port, |p| p as u16);
+        let [dicom_port, spare] = free_ports();
+        let http_port = extra.get("HttpPort").and_then(|p| p.as_u64()).map_or(spare, |p| p as u16);
         let mut config = serde_json::json!({
             "Name": "triage-node-tests",
             "StorageDirectory": dir.path().join("db"),
