@@ -34,6 +34,26 @@ codes = ["SCT:49755003:Morphologically abnormal structure", "SCT:27925004:Nodule
 method = "max"
 "#;
 
+/// A node running the package(s) of `models_dir`, delivering to a DCMTK storescp (its
+/// received files in `received`), given `file` by storescu: the node, the storescp and the
+/// study's results once triaged.
+fn segment_one(models_dir: String, file: &Path, received: &Path) -> (Node, std::process::Child, Vec<Vec<triage_node::db::StudyResult>>) {
+    let (pacs, pacs_port) = storescp(received);
+    let node = Node::start(NodeOptions {
+        inference: vec![models_dir],
+        results: vec!["destinations = [\"PACS\"]".into()],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        ..Default::default()
+    });
+    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.storescu(&[file.to_path_buf()]).status.success(), "{}", node.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let results = wait_results(&rt, &db, &[deid_uid(&study_uid_of(file))], Duration::from_secs(60), &node);
+    (node, pacs, results)
+}
+
 /// A models folder holding the tiny segmenter, or None (skipped) without the venv.
 fn segmenter(root: &Path) -> Option<String> {
     scripted_package(root, "tiny-segmenter", "make_tiny_segmenter.py", SEGMENTER)
@@ -68,20 +88,7 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     let Some(python) = python() else { return };
     let file = dir.join("case000.dcm");
     let received = tempfile::tempdir().unwrap();
-    let (pacs, pacs_port) = storescp(received.path());
-    let node = Node::start(NodeOptions {
-        inference: vec![models_dir],
-        results: vec!["destinations = [\"PACS\"]".into()],
-        delivery: vec!["poll_interval = \"200ms\"".into()],
-        ..Default::default()
-    });
-    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(node.db());
-    let uid = deid_uid(&study_uid_of(&file));
-    let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(60), &node);
+    let (node, pacs, results) = segment_one(models_dir, &file, received.path());
     let r = &results[0][0];
     assert_eq!((r.model.as_str(), r.state.as_str(), r.priority.map(|p| p.as_str())), ("tiny-segmenter", "triaged", Some("urgent")), "{:?}", r.error);
     // One finding (the background is the negative class): the lesion, its probability its
@@ -152,19 +159,7 @@ fn a_label_map_becomes_a_binary_segmentation() {
     let Some(models_dir) = scripted_package(models.path(), "tiny-label-segmenter", "make_tiny_label_segmenter.py", &manifest) else { return };
     let file = dir.join("case000.dcm");
     let received = tempfile::tempdir().unwrap();
-    let (pacs, pacs_port) = storescp(received.path());
-    let node = Node::start(NodeOptions {
-        inference: vec![models_dir],
-        results: vec!["destinations = [\"PACS\"]".into()],
-        delivery: vec!["poll_interval = \"200ms\"".into()],
-        ..Default::default()
-    });
-    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(node.db());
-    let results = wait_results(&rt, &db, &[deid_uid(&study_uid_of(&file))], Duration::from_secs(60), &node);
+    let (node, pacs, results) = segment_one(models_dir, &file, received.path());
     let f = &results[0][0].findings[0];
     assert!(f.label == "lesion" && f.positive && f.probability == 1.0, "{} {}", f.label, f.probability);
     assert!(f.cam.iter().all(|&v| v == 0.0 || v == 1.0), "a label map's mask is one-hot");
