@@ -81,8 +81,8 @@ pub async fn compare(db: &Db) -> Result<Vec<ShadowComparison>, AdminError> {
             (false, true) => c.would_lower_from_urgent += 1,
             _ => {}
         }
-        let top = |v: &mut dyn Iterator<Item = f64>| v.fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
-        if let (Some(a), Some(b)) = (top(&mut s.findings.iter().map(|f| f.probability)), top(&mut p.live_probabilities.iter().copied())) {
+        let shadow_top = s.findings.iter().map(|f| f.probability).reduce(f64::max);
+        if let (Some(a), Some(b)) = (shadow_top, p.live_top) {
             scores.push((a, b));
         }
     }

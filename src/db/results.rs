@@ -100,10 +100,10 @@ pub struct ShadowFinding {
 pub struct ShadowPair {
     pub study_id: i64,
     pub shadow: ShadowResult,
-    /// The live model's result of the same study: (state, priority, its findings' probabilities).
+    /// The live model's result of the same study: its state, priority and highest probability.
     pub live_state: String,
     pub live_priority: Option<String>,
-    pub live_probabilities: Vec<f64>,
+    pub live_top: Option<f64>,
 }
 
 impl Db {
@@ -112,7 +112,8 @@ impl Db {
     pub async fn shadow_pairs(&self) -> Result<Vec<ShadowPair>, DbError> {
         let rows = sqlx::query(
             "SELECT s.study_id, s.model, s.model_version, s.shadow_of, s.state, s.priority, s.findings, s.triaged_at_ms,
-                    r.id AS live_id, r.state AS live_state, r.priority AS live_priority
+                    r.state AS live_state, r.priority AS live_priority,
+                    (SELECT MAX(f.probability) FROM findings f WHERE f.study_result_id = r.id) AS live_top
              FROM shadow_results s JOIN study_results r ON r.study_id = s.study_id AND r.model = s.shadow_of
              ORDER BY s.study_id, s.model",
         )
@@ -122,12 +123,6 @@ impl Db {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let findings: String = get(r, "findings")?;
-            let live_id: i64 = get(r, "live_id")?;
-            let live_probabilities: Vec<f64> = sqlx::query_scalar("SELECT probability FROM findings WHERE study_result_id = $1 ORDER BY id")
-                .bind(live_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(q("select live findings"))?;
             out.push(ShadowPair {
                 study_id: get(r, "study_id")?,
                 shadow: ShadowResult {
@@ -142,7 +137,7 @@ impl Db {
                 },
                 live_state: get(r, "live_state")?,
                 live_priority: get(r, "live_priority")?,
-                live_probabilities,
+                live_top: get(r, "live_top")?,
             });
         }
         Ok(out)

@@ -21,6 +21,8 @@ use std::path::Path;
 
 use reqwest13::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
+use super::webhook::causes;
+
 use crate::config::{DicomwebAuth, DicomwebDestination};
 use crate::dicom::Status;
 
@@ -48,12 +50,7 @@ fn retry(why: String) -> Stored {
 /// destination's `ca_file`; no redirects (the object goes to the URL configured, nowhere else);
 /// its `timeout` for connecting and for the whole exchange.
 pub fn client(dest: &DicomwebDestination) -> Result<reqwest13::Client, String> {
-    let _ = rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
-    let mut builder = reqwest13::Client::builder()
-        .timeout(dest.timeout)
-        .connect_timeout(dest.timeout)
-        .redirect(reqwest13::redirect::Policy::none())
-        .user_agent(concat!("triage-node/", env!("CARGO_PKG_VERSION")));
+    let mut builder = super::webhook::client_builder(dest.timeout);
     if let Some(path) = dest.ca_file.as_deref().filter(|p| !p.as_os_str().is_empty()) {
         let pem = std::fs::read(path).map_err(|e| format!("DICOMweb {}: reading ca_file {}: {}", dest.name, path.display(), e.kind()))?;
         let certs = reqwest13::Certificate::from_pem_bundle(&pem)
@@ -265,21 +262,6 @@ impl Stored {
             other => other,
         }
     }
-}
-
-/// The error and its causes, without the URL.
-fn causes(e: reqwest13::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let t = cause.to_string();
-        if !text.contains(&t) {
-            text = format!("{text}: {t}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -26,9 +26,10 @@ pub enum Posted {
     Dead(String),
 }
 
-/// The HTTP client webhooks are sent with (rustls with ring, the platform's roots; no
-/// redirects; `timeout` for the whole exchange).
-pub fn client(timeout: Duration) -> Result<reqwest13::Client, String> {
+/// What every HTTP client of the node starts from: rustls with ring, the platform's roots; no
+/// redirects (a request goes to the URL configured, nowhere else); `timeout` for connecting and
+/// for the whole exchange.
+pub(crate) fn client_builder(timeout: Duration) -> reqwest13::ClientBuilder {
     // The process's rustls provider: ring, as everywhere else in the node (another part of the
     // node may have installed it already).
     let _ = rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
@@ -37,8 +38,11 @@ pub fn client(timeout: Duration) -> Result<reqwest13::Client, String> {
         .connect_timeout(timeout)
         .redirect(reqwest13::redirect::Policy::none())
         .user_agent(concat!("triage-node/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("building the webhook client: {}", e.without_url()))
+}
+
+/// The HTTP client webhooks are sent with (`client_builder`).
+pub fn client(timeout: Duration) -> Result<reqwest13::Client, String> {
+    client_builder(timeout).build().map_err(|e| format!("building the webhook client: {}", e.without_url()))
 }
 
 /// The verdict for an answer's status.
@@ -91,7 +95,7 @@ pub async fn post(client: &reqwest13::Client, rule: &NotifyRule, id: &str, body:
 }
 
 /// The error and its causes, without the URL (its path may be a secret).
-fn causes(e: reqwest13::Error) -> String {
+pub(super) fn causes(e: reqwest13::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
