@@ -6,7 +6,8 @@ and the same ONNX file through Python onnxruntime.
     bench_infer.py densenet DIR                 a DenseNet-121-sized package (random weights,
                                                 1 x 224 x 224, 14 labels, CAM head) in DIR
     bench_infer.py onnx PACKAGE OUT             PACKAGE's model.pt exported to ONNX (torch.onnx.export,
-                                                batch axis free) as the package OUT, same manifest,
+                                                batch axis free; a volume model's 5-D input too)
+                                                as the package OUT, same manifest,
                                                 named <name>-onnx; prints the largest output
                                                 difference from TorchScript on random inputs
     bench_infer.py run MODEL SIZE BATCH FILE...      timings as JSON (one warm-up batch first);
@@ -118,8 +119,8 @@ def onnx(package, out_dir):
 
     with open(os.path.join(package, "model.toml"), "rb") as f:
         manifest = tomllib.load(f)
-    h, w = manifest["input"]["size"]
-    shape = (1, manifest["input"]["channels"], h, w)
+    # [N, C, H, W], or a volume's [N, C, D, H, W] (input.size [D, H, W]).
+    shape = (1, manifest["input"]["channels"], *manifest["input"]["size"])
     names = ["probabilities", "cam"] if "cam" in manifest["outputs"] else ["probabilities"]
     model = torch.jit.load(os.path.join(package, "model.pt")).eval()
     os.makedirs(out_dir, exist_ok=True)

@@ -9,7 +9,9 @@
 # (models/demo-nodule, models/demo-ct-hyperdense: NOT clinically validated), and for the AI results (a TID 1500 SR per
 # chest study, a heatmap Secondary Capture per positive finding) to arrive in the PACS inside
 # the original studies, with the PACS's Storage Commitment for each. Prints the results, one SR
-# as the PACS holds it, the heatmaps as PNG, a summary, and stops both cleanly. Then two nodes
+# as the PACS holds it, the heatmaps as PNG, a summary, and stops both cleanly. Then models
+# of every kind on another node (scripts/demo-models.sh: models/more's volume classifier,
+# segmenter and ONNX detector; a SEG and a detection region arriving in a PACS), and two nodes
 # as one site (scripts/demo-cluster.sh: PostgreSQL and a SeaweedFS S3 bucket shared, a study split
 # across them, one report; skipped without PostgreSQL at 127.0.0.1:5432).
 #
@@ -368,6 +370,9 @@ echo "== a signed checkpoint of the audit trail's head (keep it outside the data
 CHECKPOINT=$("$BIN" audit head)
 echo "$CHECKPOINT"
 "$BIN" audit verify --checkpoint "$CHECKPOINT"
+# Models of every kind: a volume classifier, a segmenter and an ONNX detector, their SEG and SR
+# regions arriving in a PACS.
+BIN="$BIN" scripts/demo-models.sh
 # Several nodes, one site: two nodes sharing PostgreSQL and an S3 bucket (SeaweedFS).
 BIN="$BIN" scripts/demo-cluster.sh
 echo "== the worklist page"

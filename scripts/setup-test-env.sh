@@ -5,7 +5,7 @@
 #     real PACS the result tests start on loopback with their own config), cmake and g++ (to
 #     build CharLS, the JPEG-LS decoder)
 #   - Chromium and chromedriver (the worklist page's browser test)
-#   - Node.js and npm `oidc-provider` (pinned, in .oidc/: the OpenID provider of the SSO tests)
+#   - Node.js and npm `oidc-provider` (locked with its dependencies, in .oidc/: the OpenID provider of the SSO tests)
 #   - a Python venv in .venv with pinned pydicom, pynetdicom, pydicom-data (real DICOM files), hl7
 #     (a real MLLP receiver for the RIS test) and
 #     torch (its libtorch is what the node links through tch 0.26: PyTorch 2.13.0 exactly),
@@ -108,11 +108,13 @@ fi
 if [ ! -f .testdata/models/tiny_expected.json ] || [ ! -f .testdata/models/tiny_slow.pt ] || [ ! -f .testdata/models/tiny_logits.pt ] || [ ! -f .testdata/models/tiny.onnx ]; then
   .venv/bin/python tests/peers/make_tiny_model.py .testdata/models
 fi
-# The OpenID provider the single sign-on tests start (tests/peers/oidc_provider.js), pinned.
-OIDC_PROVIDER_VERSION=9.13.3
-if command -v npm >/dev/null && [ "$(node -p "require('./.oidc/node_modules/oidc-provider/package.json').version" 2>/dev/null)" != "$OIDC_PROVIDER_VERSION" ]; then
-  echo "setup: installing oidc-provider $OIDC_PROVIDER_VERSION into .oidc/"
-  npm install --prefix .oidc --no-audit --no-fund --silent "oidc-provider@$OIDC_PROVIDER_VERSION" >/dev/null
+# The OpenID provider the single sign-on tests start (tests/peers/oidc_provider.js): oidc-provider
+# 9.13.3 and every package it pulls in, at the versions and hashes tests/peers/oidc/package-lock.json
+# holds (npm ci installs exactly the lock, or fails).
+if command -v npm >/dev/null && ! cmp -s tests/peers/oidc/package-lock.json .oidc/package-lock.json; then
+  echo "setup: installing oidc-provider (tests/peers/oidc/package-lock.json) into .oidc/"
+  rm -rf .oidc && mkdir -p .oidc && cp tests/peers/oidc/package.json tests/peers/oidc/package-lock.json .oidc/
+  npm ci --prefix .oidc --no-audit --no-fund --silent >/dev/null
 fi
 
 echo "setup: ready (dcmtk $(storescu --version | head -1 | awk '{print $2}'), python $(.venv/bin/python -c 'import pynetdicom,pydicom;print("pydicom",pydicom.__version__,"pynetdicom",pynetdicom.__version__)'), torch $(.venv/bin/python -c 'import torch;print(torch.__version__)'))"

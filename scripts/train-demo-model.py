@@ -8,7 +8,12 @@ nodules; it exists so the node's whole path (routing, preprocessing, inference, 
 results) runs on real DICOM without patient data.
 
     train-demo-model.py train OUT_DIR            writes model.pt (TorchScript) + metrics.json
-    train-demo-model.py cases OUT_DIR N          writes N labelled DICOM cases + labels.csv
+    train-demo-model.py cases OUT_DIR N          writes N labelled DICOM cases + labels.csv (and
+                                                 boxes.csv: each nodule's box)
+    train-demo-model.py train-detector OUT_DIR   the demonstration detector (boxes, not a CAM):
+                                                 model.onnx + twin.pt (the same network as
+                                                 TorchScript) + model.toml + metrics.json +
+                                                 reference.json (models/more/demo-nodule-detector)
     train-demo-model.py model-input FILE OUT     writes the model input of FILE (f32 LE), as
                                                  the training pipeline computes it
     train-demo-model.py reference PACKAGE_DIR    writes reference.json: the package's model.pt
@@ -113,6 +118,13 @@ def rescale(raw, rows, cols):
 def make_case(src, rng, positive, rows=None):
     """A radiograph at a random detector size, crop and flip, with or without one nodule,
     in the source's raw (Modality LUT) units. Returns (raw, nodule centre or None)."""
+    raw, centre, _ = make_case_with_box(src, rng, positive, rows)
+    return raw, centre
+
+
+def make_case_with_box(src, rng, positive, rows=None):
+    """make_case, and the nodule's box (x0, y0, x1, y1: its ellipse's extent in the image's
+    pixels, (0, 0) the top left corner of the top left pixel) or None."""
     r0, c0 = src.raw.shape
     scale = rng.uniform(0.82, 1.0)
     h, w = int(r0 * scale), int(c0 * scale)
@@ -126,7 +138,7 @@ def make_case(src, rng, positive, rows=None):
     # Exposure and contrast differences, and detector noise (raw units; window width 30000).
     img = (img - img.mean()) * rng.uniform(0.85, 1.15) + img.mean() + rng.normal(0, 600)
     img += rng.normal(0, rng.uniform(100, 400), img.shape)
-    centre = None
+    centre, box = None, None
     if positive:
         lung = np.argwhere(src.lung)
         y, x = lung[rng.integers(len(lung))]
@@ -139,7 +151,9 @@ def make_case(src, rng, positive, rows=None):
         # Denser than lung: lower raw values in MONOCHROME1.
         img -= rng.uniform(4000, 9000) * profile
         centre = (cy / rows, cx / cols)
-    return np.clip(img, 0, 32767), centre
+        # Pixel (i, j)'s centre is at (j + 0.5, i + 0.5) in corner coordinates.
+        box = (cx + 0.5 - rx, cy + 0.5 - ry, cx + 0.5 + rx, cy + 0.5 + ry)
+    return np.clip(img, 0, 32767), centre, box
 
 
 def dataset(src, n, seed):
@@ -265,22 +279,302 @@ def reference(package_dir):
     write_reference(package_dir, {"nodule": pv}, "validation images (one per study)", len(xva))
 
 
+# ---- the demonstration detector (models/more/demo-nodule-detector) ----------------------------
+
+GRID = 16              # the detector's cells: 16 x 16 of 8 x 8 input pixels
+STRIDE = SIZE // GRID
+TOP_K = 5              # boxes per image (model.toml: boxes [N, 5, 4], scores [N, 5])
+DETECTOR_SEED = 20261208
+
+
+def detection_dataset(src, n, seed):
+    """Like `dataset`, with each nodule's box in the model's input pixels (NaN on negatives)."""
+    rng = np.random.default_rng(seed)
+    xs, boxes = np.zeros((n, 1, SIZE, SIZE), np.float32), np.full((n, 4), np.nan, np.float32)
+    for i in range(n):
+        raw, _, box = make_case_with_box(src, rng, i % 2 == 0)
+        xs[i, 0] = resize(display(raw, src.ds))
+        if box is not None:
+            rows, cols = raw.shape
+            boxes[i] = [box[0] * SIZE / cols, box[1] * SIZE / rows, box[2] * SIZE / cols, box[3] * SIZE / rows]
+    return torch.from_numpy(xs), torch.from_numpy(boxes)
+
+
+class NoduleDetector(nn.Module):
+    """CenterNet-style: NoduleNet's four conv blocks to the 16 x 16 grid, then per cell an
+    objectness logit (a nodule's centre lies in the cell), the centre's offset in the cell and
+    the box's log width and height (in cells). `forward` decodes inside the model: objectness
+    probabilities, local maxima only (3 x 3), the TOP_K best cells and their boxes in input
+    pixels; boxes [N, K, 4] (x0, y0, x1, y1) and scores [N, K], best first."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = NoduleNet().features
+        self.head = nn.Sequential(nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(32, 5, 1))
+        nn.init.constant_(self.head[2].bias[:1], -4.0)  # start from "no nodule anywhere"
+
+    def cells(self, x):
+        return self.head(self.features(x))  # [N, 5, GRID, GRID]
+
+    def forward(self, x):
+        out = self.cells(x)
+        heat = torch.sigmoid(out[:, 0:1])
+        peaks = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1)).to(heat.dtype)
+        scores, index = peaks.flatten(1).topk(TOP_K, dim=1)  # [N, K]
+        reg = out[:, 1:].flatten(2).gather(2, index.unsqueeze(1).expand(-1, 4, -1))  # [N, 4, K]
+        col = (index % GRID).to(x.dtype)
+        row = torch.div(index, GRID, rounding_mode="floor").to(x.dtype)
+        cx = (col + torch.sigmoid(reg[:, 0])) * STRIDE
+        cy = (row + torch.sigmoid(reg[:, 1])) * STRIDE
+        half_w = torch.exp(reg[:, 2].clamp(-4.0, 3.0)) * (STRIDE / 2)
+        half_h = torch.exp(reg[:, 3].clamp(-4.0, 3.0)) * (STRIDE / 2)
+        boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=2).clamp(0.0, float(SIZE))
+        return boxes, scores
+
+
+def detection_targets(boxes):
+    """Per image: the Gaussian objectness target on the grid (1 at the centre's cell), the
+    centre's cell index (-1 on negatives) and the regression target there."""
+    n = len(boxes)
+    heat = torch.zeros(n, GRID, GRID)
+    cell = torch.full((n,), -1, dtype=torch.long)
+    reg = torch.zeros(n, 4)
+    centres = (torch.arange(GRID, dtype=torch.float32) + 0.5) * STRIDE
+    for i, b in enumerate(boxes):
+        if torch.isnan(b[0]):
+            continue
+        cx, cy = float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2
+        w, h = float(b[2] - b[0]), float(b[3] - b[1])
+        col, row = min(int(cx // STRIDE), GRID - 1), min(int(cy // STRIDE), GRID - 1)
+        sigma = max(w, h) / 4
+        heat[i] = torch.exp(-((centres[None, :] - cx) ** 2 + (centres[:, None] - cy) ** 2) / (2 * sigma ** 2))
+        heat[i, row, col] = 1.0
+        cell[i] = row * GRID + col
+        reg[i] = torch.tensor([cx / STRIDE - col, cy / STRIDE - row, math.log(w / STRIDE), math.log(h / STRIDE)])
+    return heat, cell, reg
+
+
+def detection_loss(out, heat, cell, reg):
+    """CenterNet's penalty-reduced focal loss on the objectness, L1 on the centre's offset and
+    log size at the nodule's cell; normalised by the number of nodules."""
+    logit = out[:, 0]
+    p = torch.sigmoid(logit)
+    pos = heat == 1.0
+    focal_pos = -((1 - p) ** 2) * F.logsigmoid(logit)
+    focal_neg = -((1 - heat) ** 4) * p ** 2 * F.logsigmoid(-logit)
+    focal = torch.where(pos, focal_pos, focal_neg).sum()
+    has = cell >= 0
+    n_pos = max(int(has.sum()), 1)
+    loss = focal / n_pos
+    if has.any():
+        picked = out[has, 1:].flatten(2).gather(2, cell[has].view(-1, 1, 1).expand(-1, 4, 1))[:, :, 0]
+        offset = (torch.sigmoid(picked[:, :2]) - reg[has, :2]).abs().sum()
+        size = (picked[:, 2:] - reg[has, 2:]).abs().sum()
+        loss = loss + (offset + size) / n_pos
+    return loss
+
+
+def iou(a, b):
+    """Intersection over union of boxes (x0, y0, x1, y1), broadcast."""
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def detections(net, xs):
+    with torch.no_grad():
+        outs = [net(xs[i:i + 100]) for i in range(0, len(xs), 100)]
+    return torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
+
+
+def detection_figures(boxes, scores, truth, t):
+    """At score threshold t: positives with a box >= t of IoU >= 0.3 (detection sensitivity),
+    negatives without any box >= t (specificity), false boxes per image."""
+    positive = ~np.isnan(truth[:, 0])
+    overlap = iou(boxes, truth[:, None, :])  # [n, K]; NaN on negatives
+    hit = ((scores >= t) & (overlap >= 0.3)).any(axis=1)
+    false_boxes = ((scores >= t) & ~(overlap >= 0.3)).sum(axis=1)
+    return {
+        "sensitivity": float(hit[positive].mean()),
+        "specificity": float(1 - (scores[~positive] >= t).any(axis=1).mean()),
+        "false_boxes_per_image": float(false_boxes.mean()),
+    }
+
+
+def operating_points(boxes, scores, truth):
+    """The figures at each threshold (step 0.05) on the validation images; `positive`: the
+    threshold maximising detection sensitivity + specificity; `urgent`: the highest one that
+    still finds half the nodules (the more conspicuous half)."""
+    figures = {round(0.05 * k, 2): detection_figures(boxes, scores, truth, round(0.05 * k, 2)) for k in range(1, 20)}
+    threshold = max(figures, key=lambda t: figures[t]["sensitivity"] + figures[t]["specificity"])
+    urgent = max([t for t in figures if t >= threshold and figures[t]["sensitivity"] >= 0.5] or [threshold])
+    return figures, threshold, urgent
+
+
+def train_detector(out_dir):
+    """The demonstration detector: model.onnx (the node's), twin.pt (the same network as
+    TorchScript, for the twin check; the node never loads it), model.toml, metrics.json,
+    reference.json."""
+    import onnxruntime
+
+    torch.manual_seed(DETECTOR_SEED)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    started = time.time()
+    src = Source()
+    xtr, btr = detection_dataset(src, 2400, SEED)
+    xva, bva = detection_dataset(src, 400, SEED + 1)
+    heat, cell, reg = detection_targets(btr)
+    print(f"data: {len(xtr)} training and {len(xva)} validation images in {time.time() - started:.0f}s", flush=True)
+    net = NoduleDetector()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    epochs = 8
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * math.ceil(len(xtr) / 32))
+    g = torch.Generator().manual_seed(DETECTOR_SEED)
+    truth = bva.numpy()
+    positive = ~np.isnan(truth[:, 0])
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(xtr), generator=g)
+        total = 0.0
+        for i in range(0, len(order), 32):
+            idx = order[i:i + 32]
+            loss = detection_loss(net.cells(xtr[idx]), heat[idx], cell[idx], reg[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        net.eval()
+        boxes, scores = detections(net, xva)
+        best = iou(boxes[:, 0], truth)[positive]
+        print(f"epoch {epoch + 1}: loss {total / len(xtr):.4f}, image AUC {auc(scores[:, 0], positive):.4f}, "
+              f"best box IoU >= 0.3 on {np.mean(best >= 0.3):.3f} of positives ({time.time() - started:.0f}s)", flush=True)
+    net.eval()
+    seconds = round(time.time() - started, 1)
+    boxes, scores = detections(net, xva)
+    figures, threshold, urgent = operating_points(boxes, scores, truth)
+    best_iou = iou(boxes[:, 0], truth)[positive]
+
+    os.makedirs(out_dir, exist_ok=True)
+    example = torch.zeros(1, 1, SIZE, SIZE)
+    twin = torch.jit.trace(net, example)
+    twin.save(os.path.join(out_dir, "twin.pt"))
+    onnx_path = os.path.join(out_dir, "model.onnx")
+    torch.onnx.export(net, (example,), onnx_path, input_names=["image"], output_names=["boxes", "scores"], opset_version=17,
+                      dynamo=False, dynamic_axes={"image": {0: "N"}, "boxes": {0: "N"}, "scores": {0: "N"}})
+    # ONNX Runtime and the TorchScript twin on the validation images, three at a time: the
+    # same boxes and scores.
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    loaded = torch.jit.load(os.path.join(out_dir, "twin.pt")).eval()
+    worst = 0.0
+    with torch.no_grad():
+        for i in range(0, len(xva), 3):
+            ob, os_ = session.run(None, {"image": xva[i:i + 3].numpy()})
+            tb, ts = loaded(xva[i:i + 3])
+            live = ts.numpy() > 0  # a score-0 slot (no peak) is padding: its box is not compared
+            worst = max(worst, float(np.abs(ob - tb.numpy())[live].max(initial=0)), float(np.abs(os_ - ts.numpy()).max()))
+    print(f"ONNX Runtime against TorchScript: max |difference| {worst:.2e}", flush=True)
+    assert worst < 1e-4, worst
+
+    at = figures[threshold]
+    metrics = {
+        "validation_images": len(xva),
+        "validation_positives": int(positive.sum()),
+        "training_images": len(xtr),
+        "epochs": epochs,
+        "image_auc_best_score": round(auc(scores[:, 0], positive), 4),
+        "best_box_iou_at_least_0.3": round(float(np.mean(best_iou >= 0.3)), 4),
+        "best_box_iou_at_least_0.5": round(float(np.mean(best_iou >= 0.5)), 4),
+        "best_box_median_iou": round(float(np.median(best_iou)), 4),
+        "suggested_positive_threshold": threshold,
+        "suggested_urgent_threshold": urgent,
+        "detection_sensitivity_at_threshold": round(at["sensitivity"], 4),
+        "specificity_at_threshold": round(at["specificity"], 4),
+        "false_positive_image_rate_at_threshold": round(1 - at["specificity"], 4),
+        "false_boxes_per_image_at_threshold": round(at["false_boxes_per_image"], 4),
+        "detection_sensitivity_at_urgent": round(figures[urgent]["sensitivity"], 4),
+        "onnx_torchscript_max_difference": float(f"{worst:.3g}"),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "seconds": seconds,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "seed": DETECTOR_SEED,
+        "data_seed": SEED,
+    }
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(out_dir, "model.toml"), "w") as f:
+        f.write(DETECTOR_MANIFEST.format(positive=threshold, urgent=urgent, sensitivity=at["sensitivity"], specificity=at["specificity"]))
+    # A detector's label probability is its best box's score.
+    write_reference(out_dir, {"nodule": scores[:, 0]}, "validation images (one per study)", len(xva))
+    print(json.dumps(metrics))
+
+
+DETECTOR_MANIFEST = """\
+# The demonstration detector (scripts/train-demo-model.py train-detector). NOT CLINICALLY VALIDATED.
+# Written by the training script: edit the script, not this file.
+name = "demo-nodule-detector"
+version = "1.0.0"
+demonstration = true
+manufacturer = "triage-node project (demonstration)"
+intended_use = "Demonstration of the triage-node pipeline only: draws boxes around round, nodule-like opacities on adult frontal chest radiographs. Not clinically validated; not for diagnosis or patient care."
+limits = "Trained on synthetic lesions composited onto one public chest radiograph (pydicom-data RG1); it has never seen a real nodule. Its output says nothing about real patients."
+
+[routing]
+modalities = ["CR", "DX"]
+body_parts = ["CHEST"]
+photometric = ["MONOCHROME1", "MONOCHROME2"]
+
+[input]
+size = [128, 128]
+channels = 1
+# The file's VOI window, else the 0.5-99.5 percentile window; MONOCHROME1 is inverted.
+window = {{ CR = "file", DX = "file" }}
+percentiles = [0.5, 99.5]
+mean = 0.0
+std = 1.0
+name = "image"
+
+[outputs]
+kind = "detection"
+labels = ["nodule"]
+# The operating point chosen by the training script on its validation images (metrics.json:
+# detection sensitivity {sensitivity:.3f}, specificity {specificity:.3f} at {positive}); urgent: the highest
+# threshold that still finds half of its nodules. A site re-chooses them with `triage-node evaluate`.
+positive = [{positive}]
+urgent = [{urgent}]
+codes = ["SCT:27925004:Nodule"]
+boxes = 0                          # [N, 5, 4]: x0, y0, x1, y1 in the 128 x 128 input's pixels
+scores = 1                         # [N, 5]: probabilities, best first; 0 = no box
+names = ["boxes", "scores"]
+
+[aggregate]
+method = "max"
+"""
+
+
 # ---- labelled DICOM cases ------------------------------------------------------------------
 
 def cases(out_dir, n, seed=SEED + 2):
     """N labelled cases as DICOM CR files (one study each, fictitious demo patients), half with
-    a nodule, and labels.csv (file,nodule)."""
+    a nodule, labels.csv (file,nodule) and boxes.csv (file,x0,y0,x1,y1: the nodule's extent in
+    the file's pixels, (0, 0) the top left corner of the top left pixel; empty on negatives)."""
     from pydicom.uid import generate_uid, ExplicitVRLittleEndian
 
     src = Source()
     rng = np.random.default_rng(seed)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "labels.csv"), "w", newline="") as f:
-        w = csv.writer(f)
+    with open(os.path.join(out_dir, "labels.csv"), "w", newline="") as f, open(os.path.join(out_dir, "boxes.csv"), "w", newline="") as fb:
+        w, wb = csv.writer(f), csv.writer(fb)
         w.writerow(["file", "nodule"])
+        wb.writerow(["file", "x0", "y0", "x1", "y1"])
         for i in range(n):
             positive = i % 2 == 0
-            raw, _ = make_case(src, rng, positive, rows=512)
+            raw, _, box = make_case_with_box(src, rng, positive, rows=512)
             ds = src.ds.copy()
             ds.file_meta = src.ds.file_meta.copy()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -299,6 +593,7 @@ def cases(out_dir, n, seed=SEED + 2):
             name = f"case{i:03d}.dcm"
             ds.save_as(os.path.join(out_dir, name), enforce_file_format=True)
             w.writerow([name, int(positive)])
+            wb.writerow([name] + (["%.2f" % v for v in box] if box else ["", "", "", ""]))
 
 
 if __name__ == "__main__":
@@ -311,5 +606,7 @@ if __name__ == "__main__":
         model_input(sys.argv[2]).astype("<f4").tofile(sys.argv[3])
     elif cmd == "reference" and len(sys.argv) == 3:
         reference(sys.argv[2])
+    elif cmd == "train-detector" and len(sys.argv) == 3:
+        train_detector(sys.argv[2])
     else:
         sys.exit(__doc__)

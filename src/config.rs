@@ -50,7 +50,23 @@ pub struct Settings {
     pub notify: NotifySettings,
     pub audit_export: AuditExportSettings,
     pub drift: DriftSettings,
+    pub similar: SimilarSettings,
     pub log: LogSettings,
+}
+
+/// Similar prior cases (`admin::similar`): the search over studies' embeddings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarSettings {
+    /// Up to this many confirmed studies of a model version are searched exactly (every
+    /// distance computed); above it, an approximate HNSW index is searched.
+    pub exact_limit: usize,
+}
+
+impl Default for SimilarSettings {
+    fn default() -> SimilarSettings {
+        SimilarSettings { exact_limit: 20_000 }
+    }
 }
 
 /// Score drift per model and label against the package's reference.json (`admin::drift`).
@@ -63,11 +79,15 @@ pub struct DriftSettings {
     pub min_studies: usize,
     /// PSI at or above it is a warning (status, /readyz, a metric, the log).
     pub threshold: f64,
+    /// How often a crossing of the threshold is looked for, to tell the `[[notify.rules]]` with
+    /// `drift = true` (once per crossing).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
 }
 
 impl Default for DriftSettings {
     fn default() -> DriftSettings {
-        DriftSettings { window: 200, min_studies: 50, threshold: 0.25 }
+        DriftSettings { window: 200, min_studies: 50, threshold: 0.25, check_interval: Duration::from_secs(60) }
     }
 }
 
@@ -92,6 +112,21 @@ pub struct AuditExportSettings {
     /// How often the trail is read for new entries when idle.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Whether messages name the patients their entries concern (a Patient participant object,
+    /// from the sealed map; each batch that opens it is audited first).
+    pub patient_identity: PatientIdentity,
+}
+
+/// What of a patient's identity the audit export puts in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatientIdentity {
+    /// None: the messages name only de-identified studies and rows (the default).
+    None,
+    /// The Patient ID with its issuer.
+    Id,
+    /// The Patient ID with its issuer, and the name.
+    IdAndName,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -207,6 +242,11 @@ pub struct NotifyRule {
     /// off by default.
     #[serde(default)]
     pub preview: bool,
+    /// Also told when a model's score distribution drifts (`[drift]`): once per crossing of the
+    /// threshold, at any hour, for the rule's `models` (empty: any); `priorities`,
+    /// `findings`, `modalities` and `hours` are about studies and do not apply.
+    #[serde(default)]
+    pub drift: bool,
 }
 
 /// What a rule sends through.
@@ -252,6 +292,7 @@ impl std::fmt::Debug for NotifyRule {
             .field("hours", &self.hours)
             .field("template", &self.template.as_ref().map(|t| t.len()))
             .field("preview", &self.preview)
+            .field("drift", &self.drift)
             .finish()
     }
 }
@@ -424,8 +465,8 @@ impl NotifySettings {
                 (None, true) => return Err(format!("notify.rules {name}: needs a webhook url or email recipients")),
             }
             let escalated_to = self.rules.iter().any(|r| r.escalate_to.as_deref() == Some(name.as_str()));
-            if rule.priorities.is_empty() && !escalated_to {
-                return Err(format!("notify.rules {name}: priorities must not be empty (or another rule must escalate to it)"));
+            if rule.priorities.is_empty() && !escalated_to && !rule.drift {
+                return Err(format!("notify.rules {name}: priorities must not be empty (or another rule must escalate to it, or it says drift = true)"));
             }
             if rule.token_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(format!("notify.rules {name}: token_file is empty (leave it out for no token)"));
@@ -593,6 +634,13 @@ pub struct Hl7Settings {
     pub order_update: crate::hl7::OrderUpdate,
     /// The study priorities that send one: `urgent` (STAT) and/or `positive` (ASAP).
     pub order_update_priorities: Vec<NotifyPriority>,
+    /// A reader's verdict on an AI finding sends the RIS a follow-up ORU^R01 (a correction
+    /// with the study's verdicts).
+    #[serde(default)]
+    pub feedback: bool,
+    /// The reader's comment in it too (free text: may name the patient; off by default).
+    #[serde(default)]
+    pub feedback_comment: bool,
 }
 
 /// `[hl7] order_update` as the publisher needs it (style None when HL7 is off).
@@ -610,6 +658,12 @@ impl OrderUpdateSettings {
 }
 
 impl Hl7Settings {
+    /// The follow-up a reader's verdict sends: None while HL7 or `feedback` is off, else
+    /// whether the comment goes too.
+    pub fn feedback_follow_up(&self) -> Option<bool> {
+        (self.enabled && self.feedback).then_some(self.feedback_comment)
+    }
+
     /// The order update the publisher queues (none while HL7 is off).
     pub fn order_update(&self) -> OrderUpdateSettings {
         match self.enabled {
@@ -1199,6 +1253,9 @@ impl Settings {
         }
         if !(self.drift.threshold > 0.0 && self.drift.threshold.is_finite()) {
             return Err(invalid("drift.threshold", "must be a positive number (0.25 is the usual line)"));
+        }
+        if self.drift.check_interval.is_zero() {
+            return Err(invalid("drift.check_interval", "must be above zero"));
         }
         if self.dicom.max_associations == 0 {
             return Err(invalid("dicom.max_associations", "must be at least 1"));

@@ -42,6 +42,8 @@ struct Parts {
     shared: Arc<Shared>,
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     http: Option<crate::http::AppState>,
+    /// The loaded models' reference scores (`/api/drift`, the drift alerts).
+    drift: crate::admin::drift::Watch,
 }
 
 /// Run the node until `shutdown`: open the stores, reconcile them, build the services, serve
@@ -55,8 +57,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     // audit repository must not run without one unnoticed.
     let atna = match ctx.settings.audit_export.enabled {
         true => Some(
-            crate::delivery::atna::AtnaExporter::new(ctx.core.db.clone(), &ctx.settings.audit_export, &ctx.core.node_id, ctx.core.ae_title.as_str())
-                .context("starting the audit export ([audit_export]: its host, CA and certificate files)")?,
+            crate::delivery::atna::AtnaExporter::new(
+                ctx.core.db.clone(),
+                ctx.core.keys.clone(),
+                &ctx.settings.audit_export,
+                &ctx.core.node_id,
+                ctx.core.ae_title.as_str(),
+            )
+            .context("starting the audit export ([audit_export]: its host, CA and certificate files)")?,
         ),
         false => None,
     };
@@ -86,7 +94,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .filter_map(|(name, addr)| addr.map(|a| format!("{name}={}", a.port())))
         .collect();
     info!(ae_title = %ctx.core.ae_title, node = %ctx.core.node_id, bind = %ctx.settings.dicom.bind, "listening {}", ports.join(" "));
-    spawn_workers(&ctx, &workers, parts.triage, parts.arrivals, parts.study_wake, atna);
+    spawn_workers(&ctx, &workers, parts.triage, parts.arrivals, parts.study_wake, atna, parts.drift);
 
     let associations = TaskTracker::new();
     listener.run(shutdown.clone(), associations.clone()).await;
@@ -197,6 +205,7 @@ fn publisher(ctx: &Start) -> crate::results::Publisher {
         hl7: ctx.settings.hl7.enabled,
         hl7_order: ctx.settings.hl7.order_update(),
         notify: ctx.settings.notify.clone(),
+        hl7_feedback: ctx.settings.hl7.feedback_follow_up(),
     }
 }
 
@@ -251,6 +260,8 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
     let stow_ingest = ingest.clone();
     let services = crate::services::standard(ingest, db.clone(), query, &settings.storage);
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ctx.core.ae_title.clone(), access, services });
+    let drift = crate::admin::drift::Watch::load(&settings.inference.models_dir, &manifests, settings.drift.clone())
+        .context("loading the model packages' reference scores")?;
     let http = if settings.http.enabled {
         let metrics = crate::http::ops::install_metrics();
         let tokens = crate::http::auth::Tokens::load(
@@ -265,11 +276,10 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
             )),
             false => None,
         };
-        let drift = crate::admin::drift::Watch::load(&settings.inference.models_dir, &manifests, settings.drift.clone())
-            .context("loading the model packages' reference scores")?;
         let served = crate::http::Served {
             tokens,
-            drift,
+            drift: drift.clone(),
+            similar: crate::admin::similar::Similar::new(&settings.similar),
             manifests,
             heatmap_max: settings.results.heatmap_max_size,
             dicom_timeout: settings.delivery.timeout,
@@ -285,7 +295,7 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
     } else {
         None
     };
-    Ok(Parts { engine_thread, triage, arrivals, study_wake, shared, tls_acceptor, http })
+    Ok(Parts { engine_thread, triage, arrivals, study_wake, shared, tls_acceptor, http, drift })
 }
 
 /// The background workers: study sweep, outbox, arrivals, study jobs, cluster wake-ups, the
@@ -297,6 +307,7 @@ fn spawn_workers(
     arrivals: tokio::sync::mpsc::Receiver<i64>,
     study_wake: Arc<tokio::sync::Notify>,
     atna: Option<crate::delivery::atna::AtnaExporter>,
+    drift: crate::admin::drift::Watch,
 ) {
     let (settings, db) = (&ctx.settings, &ctx.core.db);
     workers.spawn(
@@ -323,6 +334,9 @@ fn spawn_workers(
     }
     if settings.notify.rules().iter().any(|r| r.escalate_after.is_some()) {
         workers.spawn(crate::delivery::escalation::Escalator::new(db.clone(), publisher(ctx)));
+    }
+    if settings.notify.rules().iter().any(|r| r.drift) {
+        workers.spawn(crate::admin::drift::DriftAlerts::new(drift, db.clone(), publisher(ctx)));
     }
     if let Some(exporter) = atna {
         info!(host = %settings.audit_export.host, port = settings.audit_export.port, transport = ?settings.audit_export.transport, "audit export (ATNA syslog) started");

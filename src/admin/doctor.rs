@@ -154,6 +154,13 @@ pub async fn run(settings: &Settings) -> Result<Vec<Check>, AdminError> {
             Err(why) => check(name, Verdict::Fail, why),
         });
     }
+    if settings.http.enabled && settings.http.oidc.enabled {
+        out.push(identity_provider(&settings.http.oidc).await);
+    }
+    let a = &settings.audit_export;
+    if a.enabled {
+        out.push(reachable("audit repository (syslog)", &a.host, a.port, a.timeout).await);
+    }
     if settings.hl7.enabled {
         out.push(reachable("RIS (HL7 MLLP)", &settings.hl7.host, settings.hl7.port, settings.hl7.timeout).await);
     }
@@ -162,4 +169,43 @@ pub async fn run(settings: &Settings) -> Result<Vec<Check>, AdminError> {
         out.push(reachable("mail server", &n.smtp.host, n.smtp.port, n.timeout).await);
     }
     Ok(out)
+}
+
+/// The single sign-on provider as the node will meet it at start: its discovery document names
+/// the configured issuer, and its JWKS holds at least one key.
+async fn identity_provider(oidc: &crate::config::OidcSettings) -> Check {
+    const NAME: &str = "identity provider";
+    if let Some((key, why)) = oidc.problem() {
+        return check(NAME, Verdict::Fail, format!("{key}: {why}"));
+    }
+    let client = match crate::delivery::webhook::client(Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(why) => return check(NAME, Verdict::Fail, why),
+    };
+    async fn json(client: &reqwest13::Client, what: &str, url: &str) -> Result<serde_json::Value, String> {
+        let rsp = client.get(url).send().await.map_err(|e| format!("{what}: {}", crate::delivery::webhook::causes(e.without_url())))?;
+        if !rsp.status().is_success() {
+            return Err(format!("{what}: HTTP {}", rsp.status().as_u16()));
+        }
+        let body = rsp.bytes().await.map_err(|e| format!("{what}: {}", crate::delivery::webhook::causes(e.without_url())))?;
+        serde_json::from_slice(&body).map_err(|e| format!("{what}: not JSON ({e})"))
+    }
+    let issuer = oidc.issuer.trim_end_matches('/');
+    let discovery = match json(&client, "the discovery document", &format!("{issuer}/.well-known/openid-configuration")).await {
+        Ok(d) => d,
+        Err(why) => return check(NAME, Verdict::Fail, format!("{issuer}: {why}")),
+    };
+    if discovery["issuer"].as_str().map(|i| i.trim_end_matches('/')) != Some(issuer) {
+        return check(NAME, Verdict::Fail, format!("the discovery document names issuer {} (configured: {issuer})", discovery["issuer"]));
+    }
+    let Some(jwks) = discovery["jwks_uri"].as_str() else {
+        return check(NAME, Verdict::Fail, "the discovery document has no jwks_uri");
+    };
+    match json(&client, "the JWKS", jwks).await {
+        Ok(set) => match set["keys"].as_array().map_or(0, Vec::len) {
+            0 => check(NAME, Verdict::Fail, format!("{issuer}: the JWKS holds no key")),
+            n => check(NAME, Verdict::Ok, format!("{issuer}: discovery document and JWKS ({n} keys) read")),
+        },
+        Err(why) => check(NAME, Verdict::Fail, format!("{issuer}: {why}")),
+    }
 }

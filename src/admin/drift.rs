@@ -11,16 +11,26 @@
 //! says the inputs changed, not that the model got worse: readers' verdicts (`performance`) say
 //! that. A window holding studies of several scanners is also judged per scanner (each with
 //! `min_studies` of its own). Input statistics (intensity, spacing) are not compared yet.
+//!
+//! `alert` (run by the `DriftAlerts` worker every `drift.check_interval`) tells the
+//! `[[notify.rules]]` with `drift = true` of each crossing of the threshold, once: the crossing
+//! is claimed in the database (`drift_alerts`) in the transaction that queues its notices, and
+//! told again only after the PSI fell below the threshold and crossed again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use tracing::{info, warn};
+
 use super::AdminError;
 use crate::config::DriftSettings;
-use crate::db::Db;
+use crate::db::{Db, DriftAlert, DriftKey};
 use crate::inference::package::Manifest;
+use crate::results::notify::{drift_notice, drift_rules, Drifted};
+use crate::results::Publisher;
+use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
 
 /// A share no live (or reference) score fell into counts as this, so that PSI stays finite.
 const EMPTY_SHARE: f64 = 1e-4;
@@ -193,6 +203,119 @@ impl Watch {
     }
 }
 
+/// What a check does with one label's figures, given its stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A crossing of the threshold, this number (1 the first): tell it.
+    Cross(i64),
+    /// Back below the threshold: the next crossing is told again.
+    Rearm,
+    Nothing,
+}
+
+fn step(state: DriftState, stored: Option<&DriftAlert>) -> Step {
+    match (state, stored) {
+        (DriftState::Drifted, Some(a)) if a.drifted => Step::Nothing,
+        (DriftState::Drifted, a) => Step::Cross(a.map_or(0, |a| a.crossings) + 1),
+        (DriftState::Stable | DriftState::Moderate, Some(a)) if a.drifted => Step::Rearm,
+        // Too few studies, no reference, or still below: nothing changes.
+        _ => Step::Nothing,
+    }
+}
+
+/// Tell every new crossing of the threshold to the rules with `drift = true` (through the
+/// outbox, as the study notices go), and re-arm those that fell back below. Returns how many
+/// crossings this call claimed.
+pub async fn alert(watch: &Watch, db: &Db, publisher: &Publisher) -> Result<usize, AdminError> {
+    let rules = publisher.notify.rules();
+    if !rules.iter().any(|r| r.drift) {
+        return Ok(0);
+    }
+    let stored: BTreeMap<DriftKey, DriftAlert> = db.drift_alerts().await?.into_iter().map(|a| (a.key.clone(), a)).collect();
+    let mut claimed = 0;
+    for d in watch.check(db).await? {
+        let Some(psi) = d.psi else { continue };
+        let key =
+            DriftKey { model: d.model.clone(), model_version: d.model_version.clone(), label: d.label.clone(), scanner: d.scanner.clone().unwrap_or_default() };
+        let now = crate::domain::now_ms();
+        match step(d.state, stored.get(&key)) {
+            Step::Nothing => {}
+            Step::Rearm => {
+                if db.drift_rearm(&key, psi, now).await? {
+                    info!(model = %d.model, version = %d.model_version, label = %d.label, scanner = ?d.scanner, psi, "score drift back below the threshold: a new crossing will be told");
+                }
+            }
+            Step::Cross(crossing) => {
+                let drifted = Drifted {
+                    model: d.model.clone(),
+                    model_version: d.model_version.clone(),
+                    label: d.label.clone(),
+                    scanner: d.scanner.clone(),
+                    psi,
+                    threshold: d.threshold,
+                    window: watch.settings.window,
+                    live_studies: d.live_studies,
+                    reference_studies: d.reference_studies,
+                    crossing,
+                };
+                let notices: Vec<_> =
+                    drift_rules(rules, &d.model).into_iter().map(|r| drift_notice(r, &drifted, &publisher.station, &publisher.notify.link_base, now)).collect();
+                let writer = publisher.clone();
+                let items = tokio::task::spawn_blocking(move || notices.iter().map(|n| writer.drift_item(n)).collect::<Result<Vec<_>, _>>())
+                    .await
+                    .map_err(|e| AdminError::Engine(format!("writing drift notices: {e}")))??;
+                if db.drift_cross(&key, crossing, psi, now, &publisher.node, &items).await? {
+                    claimed += 1;
+                    metrics::counter!("triage_drift_alerts_total", "model" => d.model.clone()).increment(1);
+                    warn!(model = %d.model, version = %d.model_version, label = %d.label, scanner = ?d.scanner, psi, crossing, rules = items.len(), "score drift crossed the threshold: the rules with drift = true are told");
+                    if !items.is_empty() {
+                        publisher.wake.notify_one();
+                    }
+                } else {
+                    // Claimed elsewhere meanwhile: the notices written go.
+                    for item in &items {
+                        if let Err(error) = publisher.blobs.delete(&item.path).await {
+                            warn!(%error, "removing an unqueued drift notice failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// The worker that runs `alert` every `drift.check_interval` (on every node: the crossing is
+/// claimed in the database, so one node tells it).
+pub struct DriftAlerts {
+    watch: Watch,
+    db: Db,
+    publisher: Publisher,
+}
+
+impl DriftAlerts {
+    pub fn new(watch: Watch, db: Db, publisher: Publisher) -> DriftAlerts {
+        DriftAlerts { watch, db, publisher }
+    }
+}
+
+impl Worker for DriftAlerts {
+    fn name(&self) -> &'static str {
+        "drift alerts"
+    }
+
+    fn work(&mut self) -> BoxFuture<'_, Result<WorkState, WorkerError>> {
+        Box::pin(async move {
+            alert(&self.watch, &self.db, &self.publisher).await?;
+            Ok(WorkState::Idle)
+        })
+    }
+
+    fn wait_for_work(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(self.watch.settings.check_interval))
+    }
+}
+
 /// The folder under `models_dir` holding `m`'s manifest (same name and version).
 fn package_dir(models_dir: &Path, m: &Manifest) -> Option<std::path::PathBuf> {
     let entries = std::fs::read_dir(models_dir).ok()?;
@@ -251,6 +374,32 @@ mod tests {
 
     fn uniform(n: usize) -> Vec<f64> {
         (0..n).map(|i| (i as f64 + 0.5) / n as f64).collect()
+    }
+
+    #[test]
+    fn a_crossing_is_told_once_and_again_only_after_falling_below() {
+        let row = |drifted: bool, crossings: i64| DriftAlert {
+            key: DriftKey { model: "m".into(), model_version: "1".into(), label: "l".into(), scanner: String::new() },
+            drifted,
+            crossings,
+            psi: Some(0.3),
+            changed_at_ms: 0,
+        };
+        // Never seen: the first crossing; seen drifted: nothing, however long it stays.
+        assert_eq!(step(DriftState::Drifted, None), Step::Cross(1));
+        assert_eq!(step(DriftState::Drifted, Some(&row(true, 1))), Step::Nothing);
+        // Below again (moderate or stable): re-armed once; then the next crossing is number 2.
+        assert_eq!(step(DriftState::Moderate, Some(&row(true, 1))), Step::Rearm);
+        assert_eq!(step(DriftState::Stable, Some(&row(true, 1))), Step::Rearm);
+        assert_eq!(step(DriftState::Stable, Some(&row(false, 1))), Step::Nothing);
+        assert_eq!(step(DriftState::Drifted, Some(&row(false, 1))), Step::Cross(2));
+        // Too few studies or no reference change nothing, drifted or not; nor does a stable
+        // label never seen.
+        for state in [DriftState::TooFewStudies, DriftState::NoReference] {
+            assert_eq!(step(state, Some(&row(true, 3))), Step::Nothing);
+            assert_eq!(step(state, None), Step::Nothing);
+        }
+        assert_eq!(step(DriftState::Stable, None), Step::Nothing);
     }
 
     #[test]

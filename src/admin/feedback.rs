@@ -1,7 +1,8 @@
 //! Readers' verdicts on AI findings (issue: the trust loop): given on the study page or the
 //! API, one per finding and reader, editable until the study is marked read, audited without
 //! the reader's comment, exported de-identified for the model's vendor (the node's study row id,
-//! the model's call and the verdict; no patient, no reader, no comment).
+//! the model's call and the verdict; no patient, no reader, no comment), and followed up to the
+//! RIS when `[hl7] feedback` is on (`results::followup`).
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +10,7 @@ use super::AdminError;
 use crate::db::{Db, Feedback, FeedbackOutcome, Verdict};
 use crate::inference::package::Manifest;
 use crate::results::worklist::WorklistEntry;
+use crate::results::Publisher;
 
 /// The longest comment kept.
 pub const COMMENT_MAX: usize = 500;
@@ -30,8 +32,17 @@ pub struct FeedbackInput {
     pub comment: Option<String>,
 }
 
-/// Save `reader`'s verdict on the finding `input` names in the study's current result.
-pub async fn give(db: &Db, manifests: &[Manifest], study_id: i64, reader: &str, input: &FeedbackInput) -> Result<Feedback, AdminError> {
+/// Save `reader`'s verdict on the finding `input` names in the study's current result; with
+/// `publisher` (and `[hl7] feedback` on), the RIS's follow-up of the study's verdicts is queued
+/// in the same transaction (`results::followup`).
+pub async fn give(
+    db: &Db,
+    manifests: &[Manifest],
+    publisher: Option<&Publisher>,
+    study_id: i64,
+    reader: &str,
+    input: &FeedbackInput,
+) -> Result<Feedback, AdminError> {
     let verdict = Verdict::parse(&input.verdict).ok_or_else(|| AdminError::Invalid("verdict must be agree, disagree or not_assessable".into()))?;
     let row = db.worklist_row(study_id).await?.ok_or_else(|| AdminError::NotFound(format!("no worklist study {study_id}")))?;
     let entry = WorklistEntry::from_row(&row);
@@ -75,7 +86,34 @@ pub async fn give(db: &Db, manifests: &[Manifest], study_id: i64, reader: &str, 
         created_at_ms: 0,
         updated_at_ms: 0,
     };
-    match db.feedback_save(&feedback).await? {
+    // The RIS's follow-up: every standing verdict on the current result, this one in place of
+    // the reader's earlier one on the finding.
+    let follow_up = match publisher.filter(|p| p.hl7_feedback.is_some()) {
+        None => None,
+        Some(p) => {
+            let mut verdicts: Vec<Feedback> = db
+                .study_feedback(study_id)
+                .await?
+                .into_iter()
+                .filter(|f| f.result_at_ms == row.result_at_ms && !(f.model == feedback.model && f.label == feedback.label && f.reader == feedback.reader))
+                .collect();
+            verdicts.push(feedback.clone());
+            p.feedback_hl7(db, study_id, &verdicts, manifests).await?.map(|item| (p, item))
+        }
+    };
+    let outcome = db.feedback_save(&feedback, follow_up.as_ref().map(|(p, item)| (p.node.as_str(), item))).await;
+    if let Some((p, item)) = &follow_up {
+        match &outcome {
+            Ok(FeedbackOutcome::Saved { .. }) => p.wake.notify_one(),
+            // Not saved: the follow-up written goes.
+            _ => {
+                if let Err(error) = p.blobs.delete(&item.path).await {
+                    tracing::warn!(%error, "removing an unqueued HL7 follow-up failed");
+                }
+            }
+        }
+    }
+    match outcome? {
         FeedbackOutcome::Saved { feedback, .. } => {
             metrics::counter!("triage_feedback_total", "model" => feedback.model.clone(), "verdict" => feedback.verdict.as_str()).increment(1);
             Ok(feedback)

@@ -22,6 +22,7 @@ pub mod reid;
 pub mod report;
 pub mod results;
 pub mod shadow;
+pub mod similar;
 pub mod worklist;
 
 use crate::config::Settings;

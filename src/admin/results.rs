@@ -54,6 +54,7 @@ pub fn publisher(settings: &Settings, blobs: crate::blobs::Blobs) -> Publisher {
         hl7: settings.hl7.enabled,
         hl7_order: settings.hl7.order_update(),
         notify: settings.notify.clone(),
+        hl7_feedback: settings.hl7.feedback_follow_up(),
     }
 }
 

@@ -2,10 +2,12 @@
 //! over syslog): a pure function of the entry, the node's identity and what the caller looked
 //! up about the entry's instance. `delivery::atna` frames and sends it.
 //!
-//! The message names what the entry names and nothing more: AE titles, user names, the node's
-//! own (de-identified) UIDs and row ids. No patient identity (no Patient participant object, no
-//! original UID) is in this version: a receiving repository cannot tie a message to a patient
-//! without the node's sealed map.
+//! The message names what the entry names: AE titles, user names, the node's own
+//! (de-identified) UIDs and row ids. Patient identity appears only where the site asks for it
+//! (`[audit_export] patient_identity`) and the caller opened the sealed map for it: then each
+//! patient the entry concerns is a Patient participant object (PS3.15 A.5.2: type 1 Person,
+//! role 1 Patient, ID type RFC-3881 2 "Patient Number", the ID in HL7 CX form `ID^^^ISSUER`,
+//! the name only if asked). Never an original UID: the study objects stay de-identified.
 //!
 //! Codes: DCM (PS3.16 CID 400-405) for events, roles and object ID types. Where the node has
 //! an identifier DCM has no code for (a worklist row id, a bare SOP Instance UID, an AE title
@@ -20,12 +22,35 @@ pub struct Source {
     pub ae_title: String,
 }
 
-/// What the caller found about a `deidentify` or `reidentify` entry's instance: its study's
-/// (de-identified) Study Instance UID and its SOP Class UID.
+/// What the caller found about the entry: for a `deidentify` or `reidentify` entry its
+/// instance's study (de-identified Study Instance UID) and SOP Class UID; and, where the site
+/// exports patient identity, the patients the entry concerns.
 #[derive(Debug, Clone, Default)]
 pub struct Instance {
     pub study_uid: Option<String>,
     pub sop_class_uid: Option<String>,
+    pub patients: Vec<Patient>,
+}
+
+/// A patient an entry concerns, from the sealed map: the ID (with its issuer) and, if the site
+/// exports it, the name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Patient {
+    pub id: String,
+    pub issuer: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Patient {
+    /// HL7 v2 CX: `ID^^^ISSUER` (IHE ITI's form of a patient ID in an audit message), the ID
+    /// alone without an issuer; `^` and `&` in the values escaped as HL7 does.
+    fn cx(&self) -> String {
+        let hl7 = |v: &str| v.replace('\\', "\\E\\").replace('^', "\\S\\").replace('&', "\\T\\");
+        match self.issuer.as_deref().filter(|i| !i.trim().is_empty()) {
+            Some(issuer) => format!("{}^^^{}", hl7(&self.id), hl7(issuer)),
+            None => hl7(&self.id),
+        }
+    }
 }
 
 /// A DCM code: (code, meaning).
@@ -52,6 +77,8 @@ const APPLICATION: Code = ("110150", "Application");
 const STUDY_UID: Code = ("110180", "Study Instance UID");
 const SOP_CLASS_UID: Code = ("110181", "SOP Class UID");
 const NODE_ID: Code = ("110182", "Node ID");
+/// RFC 3881 participant object ID type 2 (PS3.15 A.5.2, the Patient's).
+const PATIENT_NUMBER: Code = ("2", "Patient Number");
 
 /// The private scheme for identifiers DCM has no code for.
 const PRIVATE: &str = "99TRIAGE";
@@ -129,6 +156,8 @@ struct Object {
     type_code: u8,
     role: u8,
     description: Option<String>,
+    /// `ParticipantObjectName` (a patient's name).
+    name: Option<String>,
     /// SOP Class UID -> instance UIDs (PS3.15 A.5.2.3 `SOPClass`).
     sop_class: Option<(String, Vec<String>)>,
 }
@@ -139,7 +168,12 @@ impl Object {
     }
 
     fn new(id: &str, (c, m): (&str, &str), scheme: &'static str, type_code: u8, role: u8) -> Object {
-        Object { id: id.into(), id_type: (c.into(), m.into(), scheme), type_code, role, description: None, sop_class: None }
+        Object { id: id.into(), id_type: (c.into(), m.into(), scheme), type_code, role, description: None, name: None, sop_class: None }
+    }
+
+    /// A Patient participant object: type 1 Person, role 1 Patient.
+    fn patient(p: &Patient) -> Object {
+        Object { name: p.name.clone(), ..Object::new(&p.cx(), PATIENT_NUMBER, "RFC-3881", 1, 1) }
     }
 
     fn described(mut self, text: impl Into<String>) -> Object {
@@ -150,6 +184,9 @@ impl Object {
     fn xml(&self) -> String {
         let (c, m, scheme) = &self.id_type;
         let mut body = code("ParticipantObjectIDTypeCode", (c, m), scheme);
+        if let Some(n) = &self.name {
+            body.push_str(&format!("<ParticipantObjectName>{}</ParticipantObjectName>", esc(n)));
+        }
         if let Some(d) = &self.description {
             body.push_str(&format!("<ParticipantObjectDescription>{}</ParticipantObjectDescription>", esc(d)));
         }
@@ -387,7 +424,8 @@ pub fn message(entry: &Entry, source: &Source, instance: &Instance) -> String {
         // 4: application server process (RFC 3881 audit source type).
         code("AuditSourceTypeCode", ("4", "Application Server Process"), "DCM")
     ));
-    for o in &objects {
+    let patients: Vec<Object> = instance.patients.iter().map(Object::patient).collect();
+    for o in objects.iter().chain(&patients) {
         xml.push_str(&o.xml());
     }
     xml.push_str("</AuditMessage>");
@@ -447,5 +485,29 @@ mod tests {
         assert!(xml.contains(r#"<EventTypeCode csd-code="110128""#), "{xml}");
         assert!(xml.contains(r#"ParticipantObjectID="PACS&lt;&amp;&gt;""#), "{xml}");
         assert!(!xml.contains('\n'));
+    }
+
+    #[test]
+    fn a_patient_the_site_exports_is_a_patient_participant_object_in_cx_form() {
+        let e = Event::Feedback {
+            study: 12,
+            details: super::super::FeedbackGiven {
+                user: "dr-a".into(),
+                model: "demo-nodule".into(),
+                model_version: "1.0.0".into(),
+                label: "nodule".into(),
+                verdict: "agree".into(),
+                corrected_label: None,
+                edited: false,
+            },
+        };
+        let patient = Patient { id: "PID^1".into(), issuer: Some("HOSP".into()), name: Some("Doe^Jane".into()) };
+        let found = Instance { patients: vec![patient], ..Instance::default() };
+        let xml = message(&entry(&e), &Source { node_id: "node-a".into(), ae_title: "TRIAGE".into() }, &found);
+        let object = r#"<ParticipantObjectIdentification ParticipantObjectID="PID\S\1^^^HOSP" ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1"><ParticipantObjectIDTypeCode csd-code="2" codeSystemName="RFC-3881" originalText="Patient Number"/><ParticipantObjectName>Doe^Jane</ParticipantObjectName></ParticipantObjectIdentification>"#;
+        assert!(xml.ends_with(&format!("{object}</AuditMessage>")), "{xml}");
+        // Without the lookup (the default), no patient object at all.
+        let xml = message(&entry(&e), &Source { node_id: "node-a".into(), ae_title: "TRIAGE".into() }, &Instance::default());
+        assert!(!xml.contains("RFC-3881") && !xml.contains("ParticipantObjectName"), "{xml}");
     }
 }

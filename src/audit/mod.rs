@@ -160,6 +160,9 @@ pub struct Reidentified {
     pub study: String,
 }
 
+/// The purpose of the map records the audit export opens (`delivery::atna`).
+pub const AUDIT_EXPORT: &str = "audit export";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexOpened {
     pub purpose: String,
@@ -340,6 +343,8 @@ impl Event {
     pub fn subject(&self) -> String {
         match self {
             Event::Deidentify { instance, .. } | Event::Reidentify { instance, .. } => format!("instance:{instance}"),
+            // The map opened in bulk: for the query index, or for the audit export's patient objects.
+            Event::ReidentifyIndex { details } if details.purpose == AUDIT_EXPORT => "audit-export".into(),
             Event::ReidentifyIndex { .. } => "query-index".into(),
             // AE registrations name the AE title alone, as entries always have.
             Event::AeAdd { ae, .. } | Event::AeRemove { ae } | Event::AeEcho { ae, .. } => ae.clone(),
@@ -386,7 +391,7 @@ impl Event {
         }
         Some(match event {
             "deidentify" => Event::Deidentify { instance: after("instance:")?, details: read(details)? },
-            "reidentify" if subject == "query-index" => Event::ReidentifyIndex { details: read(details)? },
+            "reidentify" if subject == "query-index" || subject == "audit-export" => Event::ReidentifyIndex { details: read(details)? },
             "reidentify" => Event::Reidentify { instance: after("instance:")?, details: read(details)? },
             "ae_add" => Event::AeAdd { ae: subject.to_string(), details: read(details)? },
             "ae_remove" => Event::AeRemove { ae: subject.to_string() },

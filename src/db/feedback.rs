@@ -82,8 +82,9 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<Feedback, DbError> {
 
 impl Db {
     /// Save `f` (its times are set here) unless the study is marked read, with its audit entry
-    /// (who, which finding, the verdict; never the comment), in one transaction.
-    pub async fn feedback_save(&self, f: &Feedback) -> Result<FeedbackOutcome, DbError> {
+    /// (who, which finding, the verdict; never the comment) and the RIS's follow-up `queued`
+    /// (node, item) when given, in one transaction.
+    pub async fn feedback_save(&self, f: &Feedback, queued: Option<(&str, &super::NewOutboxItem)>) -> Result<FeedbackOutcome, DbError> {
         let key = self.audit_key()?;
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
@@ -147,6 +148,10 @@ impl Db {
             edited: earlier.is_some(),
         };
         super::audit::append_in(&mut tx, key, &crate::audit::Event::Feedback { study: f.study_id, details }).await?;
+        if let Some((node, item)) = queued {
+            super::outbox::insert_in(&mut tx, node, item, now).await?;
+            super::wake::notify_in(&mut tx, super::Wake::Outbox).await?;
+        }
         tx.commit().await.map_err(q("commit feedback"))?;
         let created_at_ms = earlier.unwrap_or(now);
         Ok(FeedbackOutcome::Saved { feedback: Feedback { created_at_ms, updated_at_ms: now, ..f.clone() }, edited: earlier.is_some() })

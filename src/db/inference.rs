@@ -20,6 +20,8 @@ pub struct FrameOutput {
     pub cam: Vec<f32>,
     /// A detector's boxes on this frame, in its pixels, best first (empty for a classifier).
     pub boxes: Vec<DetectedBox>,
+    /// The frame's embedding as the model gave it (`outputs.embedding`); empty without one.
+    pub embedding: Vec<f32>,
     pub preprocess_us: i64,
     pub queue_us: i64,
     pub forward_us: i64,
@@ -135,8 +137,8 @@ impl Db {
         for r in rows {
             sqlx::query(
                 "INSERT INTO slice_results (instance_id, model, model_version, frame, probabilities, source_rows, source_cols,
-                                            cam_rows, cam_cols, cam, preprocess_us, queue_us, forward_us, batch_size, created_at_ms, boxes)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                                            cam_rows, cam_cols, cam, preprocess_us, queue_us, forward_us, batch_size, created_at_ms, boxes, embedding)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
                  ON CONFLICT (instance_id, model, frame) DO NOTHING",
             )
             .bind(r.instance_id)
@@ -155,6 +157,7 @@ impl Db {
             .bind(r.batch_size)
             .bind(now)
             .bind(boxes_json(&r.boxes)?)
+            .bind((!r.embedding.is_empty()).then(|| super::embeddings::to_bytes(&r.embedding)))
             .execute(&mut *tx)
             .await
             .map_err(q("insert slice result"))?;
@@ -216,6 +219,7 @@ impl Db {
                     cam_cols: get(r, "cam_cols")?,
                     cam: parse_floats(&get::<String>(r, "cam")?)?,
                     boxes: parse_boxes(&get::<String>(r, "boxes")?)?,
+                    embedding: get::<Option<Vec<u8>>>(r, "embedding")?.map(|b| super::embeddings::from_bytes(&b)).transpose()?.unwrap_or_default(),
                     preprocess_us: get(r, "preprocess_us")?,
                     queue_us: get(r, "queue_us")?,
                     forward_us: get(r, "forward_us")?,

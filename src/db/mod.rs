@@ -3,7 +3,7 @@
 //! Owns: the connection pool (SQLite in WAL mode by default, PostgreSQL for shared stores),
 //! migrations per engine, and one file per aggregate: `ae_titles`, `instances`, `inference`
 //! (each instance's pass and its frame outputs), `studies`, `jobs`, `results` (study results
-//! and findings), `outbox`, `notifications` (on-call notifications, their escalation and acknowledgement), `commitment`, `reid_map`, `audit`. Functions that must commit
+//! and findings), `outbox`, `notifications` (on-call notifications, their escalation and acknowledgement), `drift` (score drift crossings, told once each), `commitment`, `reid_map`, `audit`. Functions that must commit
 //! together compose inside one transaction through each aggregate's `*_in` helpers (saving a
 //! result queues its objects and finishes its job). Every stored state is an enum of `state`,
 //! spelled there once.
@@ -13,6 +13,8 @@
 mod ae_titles;
 mod audit;
 mod commitment;
+mod drift;
+mod embeddings;
 mod feedback;
 mod inference;
 mod instances;
@@ -30,6 +32,8 @@ mod worklist;
 
 pub use crate::domain::AeRole;
 pub use ae_titles::RegisteredAe;
+pub use drift::{DriftAlert, DriftKey};
+pub use embeddings::{LabelVerdicts, StoredEmbedding, StudyEmbedding, YOUNG_MS as EMBEDDINGS_YOUNG_MS};
 pub use feedback::{Feedback, FeedbackOutcome, Verdict};
 pub use inference::{DetectedBox, FrameOutput, PendingInference};
 pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};

@@ -72,6 +72,8 @@ pub struct StudySave<'a> {
     pub notifications: &'a [super::NewNotification],
     /// Shadow models' results (never published).
     pub shadows: &'a [ShadowResult],
+    /// Live models' study embeddings (similar prior cases), replacing the study's.
+    pub embeddings: &'a [super::StudyEmbedding],
 }
 
 /// A shadow model's result of a study (`shadow_results`): what it would have said.
@@ -148,7 +150,7 @@ impl Db {
     /// mark the job done, in one transaction. Returns the priority the worklist had if the new
     /// one is lower.
     pub async fn save_study_results(&self, job: &super::ClaimedJob, node: &str, save: StudySave<'_>) -> Result<Option<String>, DbError> {
-        let StudySave { results, worklist, outbox, notifications, shadows } = save;
+        let StudySave { results, worklist, outbox, notifications, shadows, embeddings } = save;
         let study_id = job.study_id;
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         sqlx::query("DELETE FROM shadow_results WHERE study_id = $1").bind(study_id).execute(&mut *tx).await.map_err(q("delete old shadow results"))?;
@@ -230,6 +232,7 @@ impl Db {
             }
         }
         let now = crate::domain::now_ms();
+        super::embeddings::replace_in(&mut tx, study_id, embeddings, now).await?;
         let lowered = match worklist {
             Some(row) => super::worklist::upsert_in(&mut tx, row, now).await?,
             None => None,

@@ -15,17 +15,30 @@
 //! connection that was already dying is sent again. Nothing is dropped or reordered; an entry
 //! may arrive twice (at least once: the repository may have received it before closing, or the
 //! node may stop between the write and the position's update). The `[meta sequenceId]` lets the
-//! repository see duplicates. Must not: put patient identity in a message (entries hold none).
+//! repository see duplicates.
+//!
+//! Patient identity: none unless the site asks (`patient_identity = "id"` or `"id_and_name"`).
+//! Then, for each entry that concerns stored patients (an instance de-identified or
+//! re-identified; a worklist row shown, read, retracted, acknowledged or given a verdict), the
+//! worker opens the sealed map for those patients and adds a Patient participant object. A batch
+//! that opened the map is recorded first, by one `reidentify` entry (subject `audit-export`,
+//! purpose `audit export`, how many records) appended before any of its messages is written:
+//! that entry concerns no patient, so exporting it opens nothing (no recursion). Query and
+//! retrieve entries name no patient in this version (a query is not kept; a retrieve names the
+//! result objects' own UIDs).
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::audit::atna::{self, Instance, Source};
-use crate::audit::Entry;
-use crate::config::{AuditExportSettings, AuditTransport};
+use std::collections::HashMap;
+
+use crate::audit::atna::{self, Instance, Patient, Source};
+use crate::audit::{Entry, Event, IndexOpened, AUDIT_EXPORT};
+use crate::config::{AuditExportSettings, AuditTransport, PatientIdentity};
 use crate::db::Db;
+use crate::deid::Keys;
 use crate::net::association::{BoxRead, BoxWrite};
 use crate::net::tls::Connector;
 use crate::worker::{BoxFuture, WorkState, Worker, WorkerError};
@@ -47,6 +60,8 @@ pub enum AtnaError {
     Closed { seq: i64, from: i64 },
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error("opening the re-identification map for the audit export: {0}")]
+    Map(#[from] crate::deid::MapError),
 }
 
 /// One RFC 5424 message, framed for RFC 5425 (`MSG-LEN SP SYSLOG-MSG`). `hostname` and the
@@ -88,10 +103,15 @@ pub struct AtnaExporter {
     tls: Option<Connector>,
     connection: Option<Connection>,
     position: Option<i64>,
+    /// The site keys, to open the sealed map when patient identity is exported.
+    keys: Keys,
+    /// The last entry of a batch whose opening of the map is already recorded (a batch sent
+    /// again after a closed connection is not recorded twice).
+    opened_through: i64,
 }
 
 impl AtnaExporter {
-    pub fn new(db: Db, settings: &AuditExportSettings, node_id: &str, ae_title: &str) -> Result<AtnaExporter, AtnaError> {
+    pub fn new(db: Db, keys: Keys, settings: &AuditExportSettings, node_id: &str, ae_title: &str) -> Result<AtnaExporter, AtnaError> {
         let tls = match settings.transport {
             AuditTransport::Tcp => None,
             AuditTransport::Tls => {
@@ -115,6 +135,8 @@ impl AtnaExporter {
             tls,
             connection: None,
             position: None,
+            keys,
+            opened_through: 0,
         })
     }
 }
@@ -142,18 +164,71 @@ async fn connect(settings: &AuditExportSettings, tls: Option<&Connector>) -> Res
     Ok(Connection { read, write })
 }
 
-/// The message of one entry (its instance's study looked up for de-identification and
-/// re-identification entries).
-async fn message(db: &Db, source: &Source, entry: &Entry) -> Result<Vec<u8>, AtnaError> {
-    let mut instance = Instance::default();
-    if matches!(entry.event.as_str(), "deidentify" | "reidentify") {
-        if let Some(uid) = entry.subject.strip_prefix("instance:") {
-            if let Some((study, class)) = db.instance_study(uid).await? {
-                instance = Instance { study_uid: Some(study), sop_class_uid: Some(class) };
+/// What the message of one entry names besides the entry itself: its instance's study (for
+/// de-identification and re-identification entries) and, where the site exports patient
+/// identity, the patients it concerns. `opened` counts the map records opened for it; `cache`
+/// keeps a batch from opening one record twice.
+struct Lookup<'a> {
+    db: &'a Db,
+    keys: &'a Keys,
+    identity: PatientIdentity,
+    cache: HashMap<String, Option<Patient>>,
+    opened: u64,
+}
+
+impl Lookup<'_> {
+    async fn of(&mut self, entry: &Entry) -> Result<Instance, AtnaError> {
+        let mut found = Instance::default();
+        let instance = entry.subject.strip_prefix("instance:").filter(|_| matches!(entry.event.as_str(), "deidentify" | "reidentify"));
+        if let Some(uid) = instance {
+            if let Some((study, class)) = self.db.instance_study(uid).await? {
+                found = Instance { study_uid: Some(study), sop_class_uid: Some(class), patients: Vec::new() };
             }
         }
+        if self.identity == PatientIdentity::None {
+            return Ok(found);
+        }
+        // The stored instances whose patients the entry concerns: its own, or one of each
+        // worklist row's study.
+        let rows: Vec<i64> = match Event::parse(&entry.event, &entry.subject, &entry.details) {
+            Some(Event::Reading { study, .. } | Event::Retract { study, .. } | Event::Acknowledge { study, .. } | Event::Feedback { study, .. }) => vec![study],
+            Some(Event::WorklistView { details, .. }) => details.studies.clone(),
+            _ => Vec::new(),
+        };
+        let mut uids: Vec<String> = instance.map(str::to_string).into_iter().collect();
+        for row in rows {
+            uids.extend(self.db.study_any_instance_uid(row).await?);
+        }
+        for uid in uids {
+            if let Some(patient) = self.patient(&uid).await? {
+                if !found.patients.contains(&patient) {
+                    found.patients.push(patient);
+                }
+            }
+        }
+        Ok(found)
     }
-    Ok(frame(entry.seq, &source.node_id, &atna::message(entry, source, &instance)))
+
+    /// The patient of a stored instance from the sealed map (None: no record, or no Patient ID).
+    async fn patient(&mut self, uid: &str) -> Result<Option<Patient>, AtnaError> {
+        if let Some(p) = self.cache.get(uid) {
+            return Ok(p.clone());
+        }
+        let patient = match self.db.reid_record(uid).await? {
+            None => None,
+            Some(record) => {
+                self.opened += 1;
+                let o = crate::deid::open(self.keys, &record)?;
+                o.patient_id.filter(|id| !id.trim().is_empty()).map(|id| Patient {
+                    id,
+                    issuer: o.issuer_of_patient_id,
+                    name: o.patient_name.filter(|_| self.identity == PatientIdentity::IdAndName),
+                })
+            }
+        };
+        self.cache.insert(uid.to_string(), patient.clone());
+        Ok(patient)
+    }
 }
 
 impl AtnaExporter {
@@ -166,9 +241,22 @@ impl AtnaExporter {
         if entries.is_empty() {
             return Ok(WorkState::Idle);
         }
-        let mut bytes = Vec::new();
+        let last = entries.last().map_or(position, |e| e.seq);
+        let mut lookup = Lookup { db: &self.db, keys: &self.keys, identity: self.settings.patient_identity, cache: HashMap::new(), opened: 0 };
+        let mut found = Vec::with_capacity(entries.len());
         for entry in &entries {
-            bytes.extend(message(&self.db, &self.source, entry).await?);
+            found.push(lookup.of(entry).await?);
+        }
+        // Patient identity leaves the node only after the opening of the map for it is on
+        // the trail (once per batch, even if the batch is sent again).
+        if lookup.opened > 0 && last > self.opened_through {
+            let details = IndexOpened { purpose: AUDIT_EXPORT.into(), objects: entries.len() as u64, map_records: lookup.opened };
+            self.db.audit_append(&Event::ReidentifyIndex { details }).await?;
+            self.opened_through = last;
+        }
+        let mut bytes = Vec::new();
+        for (entry, found) in entries.iter().zip(&found) {
+            bytes.extend(frame(entry.seq, &self.source.node_id, &atna::message(entry, &self.source, found)));
         }
         if let Some(c) = &mut self.connection {
             if !c.open().await {
@@ -192,7 +280,6 @@ impl AtnaExporter {
             Ok(Ok(())) => {}
         }
         tokio::time::sleep(SETTLE).await;
-        let last = entries.last().map_or(position, |e| e.seq);
         if !connection.open().await {
             return Err(AtnaError::Closed { seq: last, from: position + 1 });
         }

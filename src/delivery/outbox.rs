@@ -600,7 +600,8 @@ impl Sender {
             Ok(b) => b,
             Err(e) => return (Verdict::Dead(format!("reading the notification {}: {e}", item.path)), false),
         };
-        let notice = match serde_json::from_slice::<crate::results::notify::Notice>(&body) {
+        // A study's notice, or a model's drift notice.
+        let notice = match crate::results::notify::Message::read(&body) {
             Ok(n) => n,
             Err(e) => return (Verdict::Dead(format!("reading the notification {}: {e}", item.path)), false),
         };
@@ -612,28 +613,30 @@ impl Sender {
                 };
                 // The site's own shape (a chat service's), or the notice's JSON as written.
                 let body = match &rule.template {
-                    Some(template) => crate::config::fill_template(template, |name| crate::results::notify::template_value(&notice, name)).into_bytes(),
+                    Some(template) => crate::config::fill_template(template, |name| notice.template_value(name)).into_bytes(),
                     None => body,
                 };
-                super::webhook::post(client, rule, &notice.id, body).await
+                super::webhook::post(client, rule, notice.id(), body).await
             }
             crate::config::Channel::Email => {
                 let server = super::smtp_server(&self.notify, &self.node);
-                let (subject, text) = crate::results::notify::email_text(&notice);
+                let (subject, text) = notice.email_text();
                 let attachments = notice
-                    .preview
-                    .as_ref()
+                    .preview()
                     .and_then(|p| crate::domain::base64_decode(&p.data_base64).map(|bytes| (p, bytes)))
                     .map(|(p, bytes)| super::smtp::Attachment { filename: "preview.png".into(), mime: p.media_type.clone(), bytes })
                     .into_iter()
                     .collect();
-                let mail = super::smtp::Mail { to: rule.email.clone(), subject, text, message_id: notice.id.clone(), attachments };
+                let mail = super::smtp::Mail { to: rule.email.clone(), subject, text, message_id: notice.id().to_string(), attachments };
                 super::smtp::send(&server, &mail).await
             }
         };
         match posted {
             super::webhook::Posted::Delivered => {
-                self.delivered_notice(&notice).await;
+                // A drift notice is of no study: the ledger is the studies'.
+                if let crate::results::notify::Message::Study(notice) = &notice {
+                    self.delivered_notice(notice).await;
+                }
                 (Verdict::Delivered, false)
             }
             super::webhook::Posted::Retry { why, unreachable } => (Verdict::Retry(why), unreachable),

@@ -95,7 +95,7 @@ pub async fn post(client: &reqwest13::Client, rule: &NotifyRule, id: &str, body:
 }
 
 /// The error and its causes, without the URL (its path may be a secret).
-pub(super) fn causes(e: reqwest13::Error) -> String {
+pub fn causes(e: reqwest13::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);

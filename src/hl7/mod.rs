@@ -61,6 +61,42 @@ pub struct Report {
     /// point): said in an NTE, so the reader opens it before the confident negatives.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub uncertain: bool,
+    /// Readers' verdicts on the AI findings (`[hl7] feedback`): this message is the follow-up
+    /// a verdict sends, a correction (OBR-25 C) repeating the result with every verdict of the
+    /// study in OBX lines (OBX-11 C, corrected).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<ReaderVerdict>,
+}
+
+/// One reader's verdict on one AI finding, as the RIS gets it. No reader's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReaderVerdict {
+    /// The AI finding judged: coding scheme, code value and meaning; its model.
+    pub scheme: String,
+    pub code: String,
+    pub meaning: String,
+    pub model: String,
+    pub model_version: String,
+    /// `agree`, `disagree` or `not_assessable`.
+    pub verdict: String,
+    /// What the reader said the finding should have been (coded; `NOFINDING` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected: Option<(String, String, String)>,
+    /// The reader's words, only where the site allows them (`[hl7] feedback_comment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl ReaderVerdict {
+    /// OBX-5 of the verdict (CWE).
+    fn coded(&self) -> String {
+        let (code, text) = match self.verdict.as_str() {
+            "agree" => ("AGREE", "Reader agrees with the AI finding"),
+            "disagree" => ("DISAGREE", "Reader disagrees with the AI finding"),
+            _ => ("NOTASSESSABLE", "Reader could not assess the AI finding"),
+        };
+        format!("{code}^{text}^99TRIAGE")
+    }
 }
 
 /// Which order message raises the RIS's order priority after an urgent result (`[hl7]
@@ -278,6 +314,36 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     if let Some(sr) = &report.sr_sop_instance_uid {
         obx(&mut segs, format!("ST|SRUID^AI report SOP Instance UID^99TRIAGE||{}||||||{obx_status}", escape(sr)));
     }
+    // Each verdict a group of its own (OBX-4, the sub-ID): the finding judged, the verdict,
+    // the finding as corrected, the comment where allowed; corrected observations (OBX-11 C).
+    for (i, v) in report.verdicts.iter().enumerate().filter(|_| report.retracted.is_none()) {
+        let sub = i + 1;
+        let producer = format!("{}^{}", escape(&v.model), escape(&v.model_version));
+        obx(
+            &mut segs,
+            format!(
+                "CWE|AIFINDING^AI finding judged^99TRIAGE|{sub}|{}^{}^{}||||||C|||{when}||{producer}",
+                escape(&v.code),
+                escape(&v.meaning),
+                escape(&v.scheme)
+            ),
+        );
+        obx(&mut segs, format!("CWE|VERDICT^Reader verdict on the AI finding^99TRIAGE|{sub}|{}||||||C|||{when}", v.coded()));
+        if let Some((scheme, code, meaning)) = &v.corrected {
+            obx(
+                &mut segs,
+                format!(
+                    "CWE|CORRECTED^Finding as corrected by the reader^99TRIAGE|{sub}|{}^{}^{}||||||C|||{when}",
+                    escape(code),
+                    escape(meaning),
+                    escape(scheme)
+                ),
+            );
+        }
+        if let Some(comment) = &v.comment {
+            obx(&mut segs, format!("TX|COMMENT^Reader comment on the AI finding^99TRIAGE|{sub}|{}||||||C|||{when}", escape(comment)));
+        }
+    }
     let mut notes: Vec<String> = Vec::new();
     if let Some(why) = &report.retracted {
         notes.push(format!("AI triage result withdrawn by the site ({why}): disregard it and the AI report it names."));
@@ -286,6 +352,12 @@ pub fn oru_r01(report: &Report, who: &Identity, map: &Mapping) -> String {
     }
     for r in report.reasons.iter().filter(|_| report.retracted.is_none()) {
         notes.push(format!("Not analysed by AI: {r}. Read without AI."));
+    }
+    if !report.verdicts.is_empty() && report.retracted.is_none() {
+        notes.push(format!(
+            "Readers' verdicts on the AI findings ({}): a correction of the AI result's report, each verdict one reader's.",
+            report.verdicts.len()
+        ));
     }
     if report.uncertain && report.retracted.is_none() {
         notes.push("Uncertain negative: an AI score near the operating point (lowest confidence tier). Read before the confident negatives.".into());
@@ -488,6 +560,7 @@ mod tests {
             retracted: None,
             order_update: OrderUpdate::None,
             uncertain: false,
+            verdicts: vec![],
         }
     }
 
@@ -596,6 +669,50 @@ mod tests {
         assert_eq!(field(&m, "OBR", 25), "C");
         assert_eq!(field(&m, "TQ1", 9), "R^Routine^HL70485");
         assert!(m.contains("Priority lowered from URGENT to NEGATIVE"), "{m}");
+    }
+
+    #[test]
+    fn a_reader_s_verdict_is_a_correction_with_the_result_and_one_obx_group_per_verdict() {
+        let verdict = |v: &str, corrected: Option<(&str, &str, &str)>, comment: Option<&str>| ReaderVerdict {
+            scheme: "SCT".into(),
+            code: "27925004".into(),
+            meaning: "Nodule".into(),
+            model: "demo-nodule".into(),
+            model_version: "1.0".into(),
+            verdict: v.into(),
+            corrected: corrected.map(|(a, b, c)| (a.into(), b.into(), c.into())),
+            comment: comment.map(Into::into),
+        };
+        let r = Report {
+            control_id: "TNF19adb1c4f80S7".into(),
+            correction: true,
+            verdicts: vec![verdict("disagree", Some(("99TRIAGE", "NOFINDING", "No finding")), Some("calcified | old")), verdict("agree", None, None)],
+            ..report()
+        };
+        let msg = oru_r01(&r, &who(), &mapping("TQ1-9"));
+        let segs: Vec<&str> = msg.split('\r').filter(|s| !s.is_empty()).collect();
+        let obr: Vec<&str> = segs.iter().find(|s| s.starts_with("OBR|")).unwrap().split('|').collect();
+        assert_eq!(obr[25], "C", "a correction to results (table 0123)");
+        assert!(segs.contains(&"TQ1|1||||||||S^STAT^HL70485"), "the priority stands: {segs:?}");
+        let obx: Vec<&str> = segs.iter().copied().filter(|s| s.starts_with("OBX|")).collect();
+        // The result again (corrected), then the verdicts' groups.
+        assert!(obx[0].starts_with("OBX|1|CWE|PRIORITY^") && obx[0].ends_with("|C"), "{obx:?}");
+        let when = hl7_time(r.created_ms);
+        assert_eq!(
+            &obx[4..],
+            [
+                format!("OBX|5|CWE|AIFINDING^AI finding judged^99TRIAGE|1|27925004^Nodule^SCT||||||C|||{when}||demo-nodule^1.0"),
+                format!("OBX|6|CWE|VERDICT^Reader verdict on the AI finding^99TRIAGE|1|DISAGREE^Reader disagrees with the AI finding^99TRIAGE||||||C|||{when}"),
+                format!("OBX|7|CWE|CORRECTED^Finding as corrected by the reader^99TRIAGE|1|NOFINDING^No finding^99TRIAGE||||||C|||{when}"),
+                format!("OBX|8|TX|COMMENT^Reader comment on the AI finding^99TRIAGE|1|calcified \\F\\ old||||||C|||{when}"),
+                format!("OBX|9|CWE|AIFINDING^AI finding judged^99TRIAGE|2|27925004^Nodule^SCT||||||C|||{when}||demo-nodule^1.0"),
+                format!("OBX|10|CWE|VERDICT^Reader verdict on the AI finding^99TRIAGE|2|AGREE^Reader agrees with the AI finding^99TRIAGE||||||C|||{when}"),
+            ]
+        );
+        assert!(msg.contains("NTE|1|L|Readers' verdicts on the AI findings (2): a correction"), "{msg}");
+        // A withdrawn result carries no verdicts.
+        let gone = oru_r01(&Report { retracted: Some("Rejected for Quality Reasons".into()), ..r }, &who(), &mapping("TQ1-9"));
+        assert!(!gone.contains("VERDICT") && !gone.contains("Readers'"), "{gone}");
     }
 
     #[test]

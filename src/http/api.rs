@@ -43,6 +43,7 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/api/studies/{id}", get(study))
         .route("/api/studies/{id}/heatmaps/{n}", get(heatmap))
         .route("/api/studies/{id}/objects/{n}", get(object))
+        .route("/api/studies/{id}/similar", get(similar))
         .route("/api/feedback/export", get(export_feedback))
         .route("/api/performance", get(performance))
         .route("/api/drift", get(drift))
@@ -282,6 +283,38 @@ async fn study(State(state): State<Shared>, Authed(user): Authed, Path(id): Path
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SimilarParams {
+    k: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct SimilarView {
+    /// What the nearness means: the model's embedding distance, not a diagnosis.
+    meaning: &'static str,
+    models: Vec<admin::similar::SimilarCases>,
+}
+
+/// `GET /api/studies/{id}/similar?k=5`: per model, the k nearest earlier studies with a
+/// confirmed finding (a reader agreed), by embedding distance; no other patient named.
+async fn similar(
+    State(state): State<Shared>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+    params: Result<Query<SimilarParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SimilarView>, ApiError> {
+    let Query(params) = params.map_err(|e| bad_request(e.body_text()))?;
+    let id = study_id(&id)?;
+    let k = params.k.unwrap_or(5);
+    if !(1..=admin::similar::K_MAX).contains(&k) {
+        return Err(bad_request(format!("k must be 1 to {}", admin::similar::K_MAX)));
+    }
+    visible_row(&state, &user, id).await?;
+    let models = admin::similar::lookup(&state.db, &state.similar, id, k, &user.name).await?;
+    Ok(Json(SimilarView { meaning: admin::similar::MEANING, models }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HeatmapParams {
     size: Option<String>,
 }
@@ -408,7 +441,7 @@ async fn give_feedback(
     let id = study_id(&id)?;
     let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
     visible_row(&state, &user, id).await?;
-    Ok(Json(admin::feedback::give(&state.db, &state.manifests, id, &user.name, &body).await?))
+    Ok(Json(admin::feedback::give(&state.db, &state.manifests, Some(&state.publisher), id, &user.name, &body).await?))
 }
 
 #[derive(Deserialize)]

@@ -61,6 +61,8 @@ pub struct AppState {
     pub blobs: crate::blobs::Blobs,
     pub manifests: Vec<Manifest>,
     pub drift: crate::admin::drift::Watch,
+    /// Similar prior cases: the embeddings' caches.
+    pub similar: crate::admin::similar::Similar,
     /// The full-size heatmap's long side (`results.heatmap_max_size`).
     pub heatmap_max: usize,
     pub workers: Workers,
@@ -89,6 +91,8 @@ pub struct Served {
     pub tokens: Tokens,
     /// The loaded models' reference scores (`/api/drift`, `/readyz`, `/metrics`).
     pub drift: crate::admin::drift::Watch,
+    /// Similar prior cases (`[similar]`).
+    pub similar: crate::admin::similar::Similar,
     /// The loaded models' manifests (heatmaps are drawn as their model saw the image).
     pub manifests: Vec<Manifest>,
     /// The full-size heatmap's long side (`results.heatmap_max_size`).
@@ -127,6 +131,7 @@ impl AppState {
             blobs: ctx.blobs.clone(),
             manifests: served.manifests,
             drift: served.drift,
+            similar: served.similar,
             heatmap_max: served.heatmap_max,
             workers: served.workers,
             metrics: served.metrics,

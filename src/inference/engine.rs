@@ -40,6 +40,8 @@ pub struct ImageOutput {
     /// A detector's boxes that score above 0, best first, in the model's input pixels; empty
     /// for a classifier.
     pub boxes: Vec<ModelBox>,
+    /// The image's embedding as the model gives it (`outputs.embedding`); empty without one.
+    pub embedding: Vec<f32>,
     /// Time waiting in the queue, the batch's forward pass, and the batch size it ran in.
     pub queue_us: u64,
     pub forward_us: u64,
@@ -137,6 +139,18 @@ pub fn segmentation(o: &Outputs, outs: &[Output], n: usize, i: usize) -> Result<
     }
     let probabilities = (0..labels).map(|c| values[c * plane..(c + 1) * plane].iter().copied().fold(0.0f32, f32::max)).collect();
     Ok((probabilities, values, rows, cols))
+}
+
+/// Each image's embedding of a batch of `n`: the output [N, E] split by rows, every value finite.
+pub fn embeddings(e: &Output, n: usize) -> Result<Vec<Vec<f32>>, String> {
+    let [batch, d] = e.shape[..] else { return Err(format!("embedding of shape {:?} for a batch of {n}", e.shape)) };
+    if batch != n as i64 || d < 1 || e.values.len() != n * d as usize {
+        return Err(format!("embedding of shape {:?} for a batch of {n}", e.shape));
+    }
+    if e.values.iter().any(|v| !v.is_finite()) {
+        return Err("embedding values not finite".into());
+    }
+    Ok(e.values.chunks(d as usize).map(<[f32]>::to_vec).collect())
 }
 
 /// Image `i` of a label map [N, 1, h, w] or [N, h, w] (each pixel its label's index) as one-hot
@@ -408,12 +422,12 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
     let forward_us = started.elapsed().as_micros() as u64;
     metrics::histogram!("triage_inference_seconds", "model" => m.name.clone()).record(forward_us as f64 / 1e6);
     metrics::histogram!("triage_inference_batch_size", "model" => m.name.clone()).record(n as f64);
-    let split = outputs.and_then(|outs| {
+    let split = outputs.as_ref().map_err(String::clone).and_then(|outs| {
         let labels = m.outputs.labels.len();
         // A segmenter's mask is its findings' map.
         if m.outputs.kind == OutputKind::Segmentation {
             return (0..n)
-                .map(|i| segmentation(&m.outputs, &outs, n, i).map(|(p, mask, rows, cols)| (p, mask, 1, rows, cols, Vec::new())))
+                .map(|i| segmentation(&m.outputs, outs, n, i).map(|(p, mask, rows, cols)| (p, mask, 1, rows, cols, Vec::new())))
                 .collect::<Result<Vec<_>, String>>();
         }
         // A model without a class activation map: findings without a map (0 x 0).
@@ -432,7 +446,7 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
         let cam_of = |i: usize| cam.values[i * cam_len..(i + 1) * cam_len].to_vec();
         if m.outputs.kind == OutputKind::Detection {
             return (0..n)
-                .map(|i| detections(&m.outputs, &outs, n, i).map(|(p, boxes)| (p, cam_of(i), cam_depth, cam_rows, cam_cols, boxes)))
+                .map(|i| detections(&m.outputs, outs, n, i).map(|(p, boxes)| (p, cam_of(i), cam_depth, cam_rows, cam_cols, boxes)))
                 .collect::<Result<Vec<_>, String>>();
         }
         let probs = outs.get(m.outputs.probabilities_index()).ok_or("no probabilities output")?;
@@ -470,11 +484,19 @@ fn run_batch(package: &mut Package, batch: Vec<Request>) {
             })
             .collect::<Result<Vec<_>, String>>()
     });
+    let split = split.and_then(|per_image| {
+        let embeddings = match (m.outputs.embedding, &outputs) {
+            (Some(index), Ok(outs)) => embeddings(outs.get(index).ok_or("no embedding output")?, n)?,
+            _ => vec![Vec::new(); n],
+        };
+        Ok(per_image.into_iter().zip(embeddings).collect::<Vec<_>>())
+    });
     match split {
         Ok(per_image) => {
-            for (r, (probabilities, cam, cam_depth, cam_rows, cam_cols, boxes)) in good.into_iter().zip(per_image) {
+            for (r, ((probabilities, cam, cam_depth, cam_rows, cam_cols, boxes), embedding)) in good.into_iter().zip(per_image) {
                 let queue_us = started.duration_since(r.enqueued).as_micros() as u64;
-                let _ = r.reply.send(Ok(ImageOutput { probabilities, cam, cam_rows, cam_cols, cam_depth, boxes, queue_us, forward_us, batch_size: n }));
+                let _ =
+                    r.reply.send(Ok(ImageOutput { probabilities, cam, cam_rows, cam_cols, cam_depth, boxes, embedding, queue_us, forward_us, batch_size: n }));
             }
         }
         Err(reason) => {

@@ -548,7 +548,15 @@ pub struct Outputs {
     /// "SCT:27925004:Nodule"); without one, a private 99TRIAGE code named after the label.
     #[serde(default)]
     pub codes: Vec<String>,
+    /// Which element of the output tuple holds an embedding [N, E] per image (E at most
+    /// `EMBEDDING_MAX`; a volume model's [1, E]): kept for the study (the key image's), so that a
+    /// reader can see the nearest earlier confirmed cases. Any output kind. None: no embedding.
+    #[serde(default)]
+    pub embedding: Option<usize>,
 }
+
+/// The largest embedding a manifest may declare (values per image).
+pub const EMBEDDING_MAX: i64 = 4096;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -578,6 +586,7 @@ impl Outputs {
             ("outputs.scores", self.scores),
             ("outputs.box_labels", self.box_labels),
             ("outputs.mask", self.mask),
+            ("outputs.embedding", self.embedding),
         ]
         .into_iter()
         .filter_map(|(f, i)| Some((f, i?)))
@@ -1053,6 +1062,13 @@ impl Package {
                 }));
             }
         }
+        if let Some(index) = manifest.outputs.embedding {
+            let e = get(index, "embedding")?;
+            let fits = matches!(e.shape[..], [1, d] if (1..=EMBEDDING_MAX).contains(&d));
+            if !fits || e.values.iter().any(|v| !v.is_finite()) {
+                return Err(warm(format!("embedding has shape {:?}, expected [1, E] with 1 <= E <= {EMBEDDING_MAX}, finite", e.shape)));
+            }
+        }
         if let Some(index) = manifest.outputs.cam {
             let cam = get(index, "class activation map")?;
             let dims = if manifest.input.kind == InputKind::Volume { 5 } else { 4 };
@@ -1111,6 +1127,7 @@ fn check_signature(m: &Manifest, inputs: &[onnx::Port], outputs: &[onnx::Port]) 
         (o.scores, "outputs.scores", vec![-1, -1]),
         (o.box_labels, "outputs.box_labels", vec![-1, -1]),
         (o.mask, "outputs.mask", if o.mask_format == MaskFormat::Labels { vec![-1, 1, -1, -1] } else { vec![-1, labels, -1, -1] }),
+        (o.embedding, "outputs.embedding", vec![-1, -1]),
     ];
     for (index, field, want) in shapes {
         if let Some(index) = index {

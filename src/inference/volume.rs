@@ -321,6 +321,26 @@ impl Resampler {
     }
 }
 
+/// A volume model's input from `files` (stack order, each `rows` x `cols`): each slice decoded
+/// one at a time and added to `grid`'s resampler, then windowed as `spec` says ([C, D, H, W]).
+pub fn read_volume(files: &[std::path::PathBuf], grid: Grid, spec: &super::preprocess::InputSpec, rows: usize, cols: usize) -> Result<Vec<f32>, VolumeError> {
+    let mut resampler = Resampler::new(grid);
+    let mut first = None;
+    for (k, file) in files.iter().enumerate() {
+        let pixels = |e: PixelError| VolumeError::Pixels { index: k, reason: e.to_string() };
+        let decoded = super::preprocess::Image::open(file).and_then(|i| i.decode()).map_err(pixels)?;
+        if decoded.values.dim().1 != rows || decoded.values.dim().2 != cols {
+            return Err(VolumeError::MixedSize);
+        }
+        resampler.add(k, decoded.values.index_axis(ndarray::Axis(0), 0));
+        if first.is_none() {
+            first = Some(decoded);
+        }
+    }
+    let first = first.ok_or(VolumeError::TooFew { got: 0, min: 1 })?;
+    Ok(resampler.finish(spec, &first))
+}
+
 /// A model's 3D map (one label: D' x H' x W') sampled on source slice `k` of the stack, over
 /// the whole frame as `cells` [rows, cols] cells spanning it; 0 outside the model's grid.
 /// Trilinear.

@@ -17,6 +17,7 @@
 
 pub mod dataset;
 pub mod escalate;
+pub mod followup;
 pub mod font;
 pub mod kos;
 pub mod notify;
@@ -96,6 +97,9 @@ pub struct Publisher {
     pub hl7_order: crate::config::OrderUpdateSettings,
     /// Queue a notification per study and matching webhook rule (`[notify]`; off: no rules).
     pub notify: crate::config::NotifySettings,
+    /// A reader's verdict queues the RIS a follow-up (`[hl7] feedback`): None off, else
+    /// whether the reader's comment goes too (`feedback_comment`).
+    pub hl7_feedback: Option<bool>,
 }
 
 impl Publisher {
@@ -526,17 +530,27 @@ impl Publisher {
     /// is made from it at sending), and its outbox row (destination `webhook:<rule>` or
     /// `email:<rule>`, sent as written).
     pub fn notice_item(&self, study_id: i64, notice: &notify::Notice) -> Result<NewOutboxItem, ResultsError> {
+        let json = serde_json::to_vec_pretty(notice).map_err(|e| ResultsError::Encode(e.to_string()))?;
+        self.message_item(Some(study_id), &notice.rule, &notice.id, &json)
+    }
+
+    /// A drift notice (`notify::DriftNotice`, of no study), written durably, and its outbox row.
+    pub fn drift_item(&self, notice: &notify::DriftNotice) -> Result<NewOutboxItem, ResultsError> {
+        let json = serde_json::to_vec_pretty(notice).map_err(|e| ResultsError::Encode(e.to_string()))?;
+        self.message_item(None, &notice.rule, &notice.id, &json)
+    }
+
+    fn message_item(&self, study_id: Option<i64>, rule: &str, id: &str, json: &[u8]) -> Result<NewOutboxItem, ResultsError> {
         // The rule's channel: `webhook:<name>` or `email:<name>`.
         let destination = self
             .notify
-            .rule_named(&notice.rule)
+            .rule_named(rule)
             .map(|r| r.destination())
-            .ok_or_else(|| ResultsError::Encode(format!("no [[notify.rules]] rule is named {:?} any more", notice.rule)))?;
-        let json = serde_json::to_vec_pretty(notice).map_err(|e| ResultsError::Encode(e.to_string()))?;
+            .ok_or_else(|| ResultsError::Encode(format!("no [[notify.rules]] rule is named {rule:?} any more")))?;
         // A name of its own per run, as the HL7 report's.
-        let key = format!("outbox/notify/{}.{}.json", notice.id, &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let path = self.write_durably(&key, &json)?;
-        Ok(NewOutboxItem { path, destination, kind: ObjectKind::Notice, study_id: Some(study_id), reidentify: false })
+        let key = format!("outbox/notify/{id}.{}.json", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let path = self.write_durably(&key, json)?;
+        Ok(NewOutboxItem { path, destination, kind: ObjectKind::Notice, study_id, reidentify: false })
     }
 
     /// A study's UPS workitem (`ups::build` over the de-identified header of `header_of`, a

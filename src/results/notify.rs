@@ -388,6 +388,197 @@ pub fn email_text(n: &Notice) -> (String, String) {
     (subject, text)
 }
 
+/// What a drift notice says about itself.
+pub const DRIFT_NOTICE: &str = "AI model monitoring: the model's score distribution moved away from its validation set (a new scanner, protocol or population, or a fault upstream). It says the inputs changed, not that the model got worse: check the readers' verdicts on the performance page.";
+
+/// A model's score distribution drifted (`admin::drift`): the notice each rule with
+/// `drift = true` gets, once per crossing of `[drift] threshold`. Names and figures only: no
+/// study, no patient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftNotice {
+    /// Stable for the node, the model version, label, scanner group, crossing and rule.
+    pub id: String,
+    /// Always `drift` (a study's notice has no `event`).
+    pub event: String,
+    pub rule: String,
+    pub model: String,
+    pub model_version: String,
+    pub label: String,
+    /// The scanner group the figures are of (absent: every study of the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanner: Option<String>,
+    pub psi: f64,
+    pub threshold: f64,
+    /// `[drift] window`: the newest this many triaged studies make the live distribution;
+    /// `live_studies` of them were there (of the scanner group).
+    pub window: usize,
+    pub live_studies: usize,
+    pub reference_studies: usize,
+    /// 1 for the first crossing; the next only after the PSI fell below the threshold.
+    pub crossing: i64,
+    /// The admin's performance page, when `notify.link_base` is set.
+    pub link: Option<String>,
+    pub created_at: String,
+    pub created_ms: i64,
+    pub notice: String,
+}
+
+/// What drifted, as `admin::drift` hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drifted {
+    pub model: String,
+    pub model_version: String,
+    pub label: String,
+    pub scanner: Option<String>,
+    pub psi: f64,
+    pub threshold: f64,
+    pub window: usize,
+    pub live_studies: usize,
+    pub reference_studies: usize,
+    pub crossing: i64,
+}
+
+/// The rules a drift of `model` is told to: `drift = true`, and `models` empty or naming it.
+pub fn drift_rules<'a>(rules: &'a [NotifyRule], model: &str) -> Vec<&'a NotifyRule> {
+    rules.iter().filter(|r| r.drift && (r.models.is_empty() || r.models.iter().any(|m| m == model))).collect()
+}
+
+/// `rule`'s notice of the drift `d` on the node `station`, made at `created_ms`.
+pub fn drift_notice(rule: &NotifyRule, d: &Drifted, station: &str, link_base: &str, created_ms: i64) -> DriftNotice {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(created_ms.max(0) as u64);
+    DriftNotice {
+        id: stable_id(&[
+            "triage-node drift",
+            station,
+            &d.model,
+            &d.model_version,
+            &d.label,
+            d.scanner.as_deref().unwrap_or(""),
+            &d.crossing.to_string(),
+            &rule.name,
+        ]),
+        event: "drift".into(),
+        rule: rule.name.clone(),
+        model: d.model.clone(),
+        model_version: d.model_version.clone(),
+        label: d.label.clone(),
+        scanner: d.scanner.clone(),
+        psi: d.psi,
+        threshold: d.threshold,
+        window: d.window,
+        live_studies: d.live_studies,
+        reference_studies: d.reference_studies,
+        crossing: d.crossing,
+        link: (!link_base.is_empty()).then(|| format!("{}/#/performance", link_base.trim_end_matches('/'))),
+        created_at: humantime::format_rfc3339_millis(at).to_string(),
+        created_ms,
+        notice: DRIFT_NOTICE.into(),
+    }
+}
+
+impl DriftNotice {
+    /// One line: what drifted, by how much, over what.
+    fn headline(&self) -> String {
+        format!(
+            "model {} {} label {}{}: score distribution drifted (PSI {:.2} >= {:.2} over the last {} studies, window {})",
+            self.model,
+            self.model_version,
+            self.label,
+            self.scanner.as_ref().map(|s| format!(" on scanner group {s}")).unwrap_or_default(),
+            self.psi,
+            self.threshold,
+            self.live_studies,
+            self.window
+        )
+    }
+}
+
+/// An outbox notification as written: a study's notice, or a drift notice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Study(Box<Notice>),
+    Drift(DriftNotice),
+}
+
+impl Message {
+    /// The JSON written to the outbox: a drift notice says `"event": "drift"`.
+    pub fn read(bytes: &[u8]) -> Result<Message, serde_json::Error> {
+        let v: serde_json::Value = serde_json::from_slice(bytes)?;
+        if v.get("event").and_then(|e| e.as_str()) == Some("drift") {
+            serde_json::from_value(v).map(Message::Drift)
+        } else {
+            serde_json::from_value(v).map(|n| Message::Study(Box::new(n)))
+        }
+    }
+
+    /// The stable id the receiver deduplicates on.
+    pub fn id(&self) -> &str {
+        match self {
+            Message::Study(n) => &n.id,
+            Message::Drift(d) => &d.id,
+        }
+    }
+
+    pub fn preview(&self) -> Option<&Preview> {
+        match self {
+            Message::Study(n) => n.preview.as_ref(),
+            Message::Drift(_) => None,
+        }
+    }
+
+    /// A template's placeholder (`template_value` for a study's notice).
+    pub fn template_value(&self, name: &str) -> String {
+        match self {
+            Message::Study(n) => template_value(n, name),
+            Message::Drift(d) => match name {
+                "id" => d.id.clone(),
+                "rule" => d.rule.clone(),
+                "level" => "0".into(),
+                "status" => "drifted".into(),
+                "priority" => "DRIFT".into(),
+                "link" => d.link.clone().unwrap_or_default(),
+                "findings" => format!("{} PSI {:.2}", d.label, d.psi),
+                "summary" => {
+                    let mut text = format!("[DRIFT] {}", d.headline());
+                    if let Some(link) = &d.link {
+                        text.push_str(&format!(" | open: {link}"));
+                    }
+                    text
+                }
+                _ => String::new(),
+            },
+        }
+    }
+
+    /// The e-mail's subject and text.
+    pub fn email_text(&self) -> (String, String) {
+        match self {
+            Message::Study(n) => email_text(n),
+            Message::Drift(d) => {
+                let subject = format!(
+                    "[DRIFT] AI model {} {}: {} scores drifted{} (PSI {:.2})",
+                    d.model,
+                    d.model_version,
+                    d.label,
+                    d.scanner.as_ref().map(|s| format!(" on {s}")).unwrap_or_default(),
+                    d.psi
+                );
+                let mut text = format!("{}.\n", d.headline());
+                text.push_str(&format!(
+                    "Reference: {} studies of the package's validation set. Crossing {} of this threshold.\n",
+                    d.reference_studies, d.crossing
+                ));
+                if let Some(link) = &d.link {
+                    text.push_str(&format!("Performance page: {link}\n"));
+                }
+                text.push_str(&format!("Made: {}\nNotification id: {}\n\n{}\n", d.created_at, d.id, d.notice));
+                (subject, text)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +600,7 @@ mod tests {
             hours: None,
             template: None,
             preview: false,
+            drift: false,
         }
     }
 
@@ -582,6 +774,81 @@ mod tests {
         assert!(up.id.starts_with("tn-") && up.id.len() == 35);
         let json = serde_json::to_string(&up).unwrap();
         assert!(json.contains(r#""escalated_from":"oncall""#) && json.contains(r#""level":1"#), "{json}");
+    }
+
+    #[test]
+    fn a_drift_notice_names_the_model_and_figures_only_and_reads_back_as_one() {
+        let mut models = rule("models", &[], &[]);
+        models.drift = true;
+        let mut other = rule("other", &[NotifyPriority::Urgent], &["other"]);
+        other.drift = true;
+        let oncall = rule("oncall", &[NotifyPriority::Urgent], &[]);
+        let rules = [models, other, oncall];
+        let names = |v: Vec<&NotifyRule>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(drift_rules(&rules, "demo-nodule")), ["models"], "drift = true, and models filters");
+        assert_eq!(names(drift_rules(&rules, "other")), ["models", "other"]);
+        let d = Drifted {
+            model: "demo-nodule".into(),
+            model_version: "1.0.0".into(),
+            label: "nodule".into(),
+            scanner: Some("ACME Scan 3000".into()),
+            psi: 0.4312,
+            threshold: 0.25,
+            window: 200,
+            live_studies: 57,
+            reference_studies: 400,
+            crossing: 1,
+        };
+        let n = drift_notice(&rules[0], &d, "TRIAGE", "https://triage.example/", 1_700_000_005_000);
+        assert_eq!(n.link.as_deref(), Some("https://triage.example/#/performance"));
+        assert!(n.id.starts_with("tn-") && n.id.len() == 35);
+        assert_eq!(n.id, drift_notice(&rules[0], &d, "TRIAGE", "", 0).id, "stable for every attempt");
+        assert_ne!(n.id, drift_notice(&rules[0], &Drifted { crossing: 2, ..d.clone() }, "TRIAGE", "", 0).id, "a new crossing, a new id");
+        assert_ne!(n.id, drift_notice(&rules[1], &d, "TRIAGE", "", 0).id, "another rule");
+        assert_ne!(n.id, drift_notice(&rules[0], &Drifted { scanner: None, ..d.clone() }, "TRIAGE", "", 0).id, "another scanner group");
+        let json = serde_json::to_vec(&n).unwrap();
+        let m = Message::read(&json).unwrap();
+        assert_eq!(m, Message::Drift(n.clone()));
+        assert_eq!((m.id(), m.preview()), (n.id.as_str(), None));
+        let keys: std::collections::BTreeSet<String> =
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json).unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "event",
+                "rule",
+                "model",
+                "model_version",
+                "label",
+                "scanner",
+                "psi",
+                "threshold",
+                "window",
+                "live_studies",
+                "reference_studies",
+                "crossing",
+                "link",
+                "created_at",
+                "created_ms",
+                "notice"
+            ]
+            .map(String::from)
+            .into(),
+            "names and figures: no study, no patient"
+        );
+        // A study's notice reads back as one.
+        let study = notice(&rules[2], &entry(StudyPriority::Urgent), &[], "TRIAGE", 7, "", 0);
+        assert_eq!(Message::read(&serde_json::to_vec(&study).unwrap()).unwrap(), Message::Study(Box::new(study)));
+        let (subject, text) = m.email_text();
+        assert_eq!(subject, "[DRIFT] AI model demo-nodule 1.0.0: nodule scores drifted on ACME Scan 3000 (PSI 0.43)");
+        assert!(text.starts_with("model demo-nodule 1.0.0 label nodule on scanner group ACME Scan 3000: score distribution drifted (PSI 0.43 >= 0.25 over the last 57 studies, window 200)."), "{text}");
+        assert!(
+            text.contains("Performance page: https://triage.example/#/performance") && text.contains(&n.id) && text.contains("not that the model got worse"),
+            "{text}"
+        );
+        assert_eq!(m.template_value("priority"), "DRIFT");
+        assert!(m.template_value("summary").starts_with("[DRIFT] model demo-nodule 1.0.0 label nodule"), "{}", m.template_value("summary"));
     }
 
     #[test]

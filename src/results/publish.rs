@@ -33,6 +33,8 @@ pub struct Study<'a> {
     pub scanner: Option<String>,
     /// Shadow models' results: saved with the others, never sent, listed or notified.
     pub shadows: &'a [crate::db::ShadowResult],
+    /// Live models' study embeddings (similar prior cases): saved with the results.
+    pub embeddings: &'a [crate::db::StudyEmbedding],
 }
 
 /// What publishing did.
@@ -204,7 +206,14 @@ pub async fn publish(db: &Db, publisher: Option<&Publisher>, node: &str, study: 
             }
         }
     }
-    let save = crate::db::StudySave { results: study.results, worklist: row.as_ref(), outbox: &outbox, notifications: &notifications, shadows: study.shadows };
+    let save = crate::db::StudySave {
+        results: study.results,
+        worklist: row.as_ref(),
+        outbox: &outbox,
+        notifications: &notifications,
+        shadows: study.shadows,
+        embeddings: study.embeddings,
+    };
     let saved = match db.save_study_results(job, node, save).await {
         Err(DbError::ClaimLost(id)) => {
             // Another node runs this job now and queues its own objects: ours go.
@@ -363,5 +372,6 @@ async fn hl7_report(
         retracted: None,
         uncertain: e.uncertain,
         order_update: crate::hl7::OrderUpdate::None,
+        verdicts: Vec::new(),
     }))
 }

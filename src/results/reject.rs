@@ -167,6 +167,7 @@ impl Publisher {
                 correction: true,
                 reasons: Vec::new(),
                 retracted: Some(reason.title().meaning),
+                verdicts: Vec::new(),
                 // The newest may be the order update that followed the ORU: the correction is an ORU.
                 order_update: crate::hl7::OrderUpdate::None,
                 ..sent

@@ -288,6 +288,35 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
     results
 }
 
+/// Each triaged result's study embedding: the embedding of the key image of its strongest
+/// finding (a positive one first, then the highest probability: without a positive finding,
+/// the most probable image), L2-normalised; none for a model without an embedding output, or
+/// whose key image's embedding is zero or not finite.
+pub fn study_embeddings(results: &[StudyResult], slices: &[FrameOutput]) -> Vec<crate::db::StudyEmbedding> {
+    results
+        .iter()
+        .filter(|r| r.state == ResultState::Triaged)
+        .filter_map(|r| {
+            let f = r.findings.iter().max_by(|a, b| a.positive.cmp(&b.positive).then(a.probability.total_cmp(&b.probability)))?;
+            let key = slices.iter().find(|s| s.model == r.model && s.instance_id == f.key_instance_id && s.frame == f.key_frame)?;
+            Some(crate::db::StudyEmbedding {
+                model: r.model.clone(),
+                model_version: r.model_version.clone(),
+                key_instance_id: f.key_instance_id,
+                key_frame: f.key_frame,
+                vector: unit(&key.embedding)?,
+                received_at_ms: r.last_received_at_ms,
+            })
+        })
+        .collect()
+}
+
+/// `v` scaled to length 1; None when empty, zero or not finite.
+pub fn unit(v: &[f32]) -> Option<Vec<f32>> {
+    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    (norm > 0.0 && norm.is_finite()).then(|| v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +363,7 @@ mod tests {
             cam_cols: 1,
             cam: vec![0.0],
             boxes: Vec::new(),
+            embedding: Vec::new(),
             preprocess_us: 0,
             queue_us: 0,
             forward_us: 0,

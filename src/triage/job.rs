@@ -49,6 +49,7 @@ impl Triage {
             conflicting: study.conflicting,
             scanner: crate::results::scanner(&self.db, &self.blobs, &study.results).await,
             shadows: &study.shadows,
+            embeddings: &study.embeddings,
         };
         let node = self.publisher.as_ref().map_or("", |p| p.node.as_str());
         let queued = match crate::results::publish::publish(&self.db, self.publisher.as_ref(), node, publication).await.map_err(TriageError::Publish)? {
@@ -182,7 +183,10 @@ impl Triage {
                 })
             })
             .collect();
+        // Shadow models' embeddings are not kept: only live results are looked up.
+        let embeddings = aggregate::study_embeddings(&results, &slices);
         Ok(Aggregated {
+            embeddings,
             results,
             shadows,
             failed: failed.iter().map(|(id, _)| *id).collect(),
@@ -195,6 +199,8 @@ impl Triage {
 /// A study's results and what its publication needs besides.
 struct Aggregated {
     results: Vec<crate::db::StudyResult>,
+    /// Live results' study embeddings (similar prior cases).
+    embeddings: Vec<crate::db::StudyEmbedding>,
     /// Shadow models' results (never published).
     shadows: Vec<crate::db::ShadowResult>,
     /// Instances whose pass failed.

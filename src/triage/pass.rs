@@ -115,6 +115,7 @@ impl Triage {
                         cam_cols: o.cam_cols as i64,
                         cam: o.cam,
                         boxes,
+                        embedding: o.embedding,
                         preprocess_us: per_image_us,
                         queue_us: o.queue_us as i64,
                         forward_us: o.forward_us as i64,

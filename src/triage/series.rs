@@ -25,7 +25,7 @@ use crate::db::FrameOutput;
 use crate::inference::engine::EngineError;
 use crate::inference::package::{InputKind, Manifest};
 use crate::inference::preprocess::{resize, Image, ImageAttrs};
-use crate::inference::volume::{self, Geometry, Grid, Resampler, Stack, VolumeError};
+use crate::inference::volume::{self, Geometry, Grid, Stack, VolumeError};
 
 /// Why a series model's run ended when the engine stopped (shutdown), not because of its input.
 const STOPPED: &str = "the inference engine has stopped";
@@ -114,26 +114,10 @@ impl Triage {
         let (rows, cols) = (stack.rows, stack.cols);
         let started = Instant::now();
         let _permit = self.preprocess.acquire().await.map_err(|e| e.to_string())?;
-        let input = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, VolumeError> {
-            let mut resampler = Resampler::new(grid);
-            let mut first = None;
-            for (k, file) in files.iter().enumerate() {
-                let pixels = |e: crate::inference::preprocess::PixelError| VolumeError::Pixels { index: k, reason: e.to_string() };
-                let decoded = Image::open(file).and_then(|i| i.decode()).map_err(pixels)?;
-                if decoded.values.dim().1 != rows || decoded.values.dim().2 != cols {
-                    return Err(VolumeError::MixedSize);
-                }
-                resampler.add(k, decoded.values.index_axis(ndarray::Axis(0), 0));
-                if first.is_none() {
-                    first = Some(decoded);
-                }
-            }
-            let first = first.ok_or(VolumeError::TooFew { got: 0, min: 1 })?;
-            Ok(resampler.finish(&spec, &first))
-        })
-        .await
-        .map_err(|e| if e.is_panic() { "the pixel decoder crashed on a slice of the series".to_string() } else { e.to_string() })?
-        .map_err(|e| e.to_string())?;
+        let input = tokio::task::spawn_blocking(move || volume::read_volume(&files, grid, &spec, rows, cols))
+            .await
+            .map_err(|e| if e.is_panic() { "the pixel decoder crashed on a slice of the series".to_string() } else { e.to_string() })?
+            .map_err(|e| e.to_string())?;
         drop(_permit);
         let preprocess_us = started.elapsed().as_micros() as i64;
         let o = self.engine.infer(index, input).await.map_err(engine_error)?;
@@ -166,6 +150,7 @@ impl Triage {
                     cam_cols: if cells == 0 { 0 } else { on_slice[1] as i64 },
                     cam,
                     boxes: Vec::new(),
+                    embedding: o.embedding.clone(),
                     // One pass for the series: counted once.
                     preprocess_us: if first { preprocess_us } else { 0 },
                     queue_us: o.queue_us as i64,
@@ -245,6 +230,7 @@ impl Triage {
                     cam_cols: o.cam_cols as i64,
                     cam: o.cam,
                     boxes: super::pass::source_boxes(m, stack.rows, stack.cols, s.3.pixel_spacing, &o.boxes),
+                    embedding: o.embedding,
                     preprocess_us: per_image_us,
                     queue_us: o.queue_us as i64,
                     forward_us: o.forward_us as i64,

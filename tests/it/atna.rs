@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use triage_node::audit::atna::{message, Instance, Source};
+use triage_node::audit::atna::{message, Instance, Patient, Source};
 use triage_node::audit::{self, Entry, Event};
 
 use crate::common::*;
@@ -142,6 +142,7 @@ fn every_event_is_a_schema_valid_dicom_audit_message() {
         (r#"{"export":true,"method":null,"pixels":"kept"}"#, "deidentify", "instance:2.25.9", "110106"),
         (r#"{"purpose":"outbox","study":"2.25.3"}"#, "reidentify", "instance:2.25.2", "110110"),
         (r#"{"purpose":"query index","objects":3,"map_records":2}"#, "reidentify", "query-index", "110110"),
+        (r#"{"purpose":"audit export","objects":200,"map_records":5}"#, "reidentify", "audit-export", "110110"),
         (r#"{"host":"10.0.0.1","port":104,"role":"pacs","enabled":true,"tls":true,"tls_identity":null}"#, "ae_add", "PACS", "110113"),
         (
             r#"{"user":"cli:ann","version":"2","replaces":"old","replaces_version":"1","retired_to":".retired/old-1-5"}"#,
@@ -175,7 +176,9 @@ fn every_event_is_a_schema_valid_dicom_audit_message() {
         ("{}", "something_newer", "x", "110113"),
     ];
     let source = Source { node_id: "node-a.example".into(), ae_title: "TRIAGE".into() };
-    let found = Instance { study_uid: Some("2.25.100".into()), sop_class_uid: Some("1.2.840.10008.5.1.4.1.1.2".into()) };
+    // Every message also names a patient, as a site exporting identity would send it.
+    let patient = Patient { id: "PID-1".into(), issuer: Some("HOSPITAL".into()), name: Some("Doe^Jane".into()) };
+    let found = Instance { study_uid: Some("2.25.100".into()), sop_class_uid: Some("1.2.840.10008.5.1.4.1.1.2".into()), patients: vec![patient] };
     let mut seen = std::collections::BTreeSet::new();
     let messages: Vec<String> = events
         .iter()
@@ -310,6 +313,78 @@ fn the_audit_trail_reaches_rsyslog_over_tls_in_order_and_survives_its_restart() 
     }
     let study = deid_uid(&study_uid_of(&file));
     assert!(all.contains(&study), "the de-identified study is named");
+}
+
+/// A site that exports patient identity (`patient_identity = "id_and_name"`): the message of
+/// a stored instance's de-identification names its patient (Patient participant object, the
+/// original Patient ID and name from the sealed map), valid against the schema; the opening of
+/// the map is itself on the trail, once for the batch, as a `reidentify` entry (subject
+/// audit-export) whose own message opens nothing; the node's log names no patient.
+#[test]
+fn a_site_exporting_patient_identity_gets_the_patient_and_the_opening_is_audited() {
+    let Some(_) = rsyslogd() else { return };
+    if !ready() || !peers_ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    crate::smtp::certificates(work.path());
+    let port = free_port();
+    let rsyslog = Rsyslog::start(work.path(), port);
+    let node = Node::start(NodeOptions {
+        extra: vec![format!(
+            "[audit_export]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\ntransport = \"tls\"\nca_file = \"{}\"\npoll_interval = \"200ms\"\npatient_identity = \"id_and_name\"\n",
+            work.path().join("ca.crt").display()
+        )],
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let file = testdata().unwrap().join("ts/ct_explicit_le.dcm");
+    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
+    // The de-identification entry, then the export's own entry for opening the map for it.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let opened = loop {
+        let entries = rt.block_on(db.audit_chain()).unwrap().0;
+        if let Some(e) = entries.iter().find(|e| e.subject == "audit-export") {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no audit-export entry; log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let details: serde_json::Value = serde_json::from_str(&opened.details).unwrap();
+    assert_eq!((details["purpose"].as_str(), details["map_records"].as_u64()), (Some("audit export"), Some(1)), "{}", opened.details);
+    // Its own message arrives, and nothing more is opened for it.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !rsyslog.received().iter().any(|r| r.seq == opened.seq) {
+        assert!(Instant::now() < deadline, "the audit-export entry was not exported; log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let entries = rt.block_on(db.audit_chain()).unwrap().0;
+    assert_eq!(entries.iter().filter(|e| e.subject == "audit-export").count(), 1, "exporting the opening opened nothing more");
+
+    let obj = dicom_object::open_file(&file).unwrap();
+    let text = |tag| obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim().trim_end_matches('\0').to_string()).unwrap_or_default();
+    let (id, name) = (text(dicom_dictionary_std::tags::PATIENT_ID), text(dicom_dictionary_std::tags::PATIENT_NAME));
+    assert!(!id.is_empty() && !name.is_empty());
+    let got = rsyslog.received();
+    let deid = entries.iter().find(|e| e.event == "deidentify").unwrap();
+    let message = got.iter().find(|r| r.seq == deid.seq).expect("the deidentify message");
+    let issuer = text(dicom_dictionary_std::tags::ISSUER_OF_PATIENT_ID);
+    let cx = if issuer.is_empty() { id.clone() } else { format!("{id}^^^{issuer}") };
+    let object = format!(
+        r#"<ParticipantObjectIdentification ParticipantObjectID="{cx}" ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1"><ParticipantObjectIDTypeCode csd-code="2" codeSystemName="RFC-3881" originalText="Patient Number"/><ParticipantObjectName>{name}</ParticipantObjectName></ParticipantObjectIdentification>"#
+    );
+    assert!(message.xml.contains(&object), "{}", message.xml);
+    let own = got.iter().find(|r| r.seq == opened.seq).unwrap();
+    assert!(!own.xml.contains("RFC-3881") && !own.xml.contains(&id), "{}", own.xml);
+    let xmls: Vec<String> = got.iter().map(|r| r.xml.clone()).collect();
+    for (x, verdict) in xmls.iter().zip(schema_errors(&xmls)) {
+        assert_eq!(verdict, None, "{x}");
+    }
+    // The node's own log never names the patient.
+    let log = node.log();
+    assert!(!log.contains(&id) && !log.contains(&name), "patient identity in the node's log");
 }
 
 /// An audit export the site asked for that cannot start (its CA file unreadable) stops the node

@@ -191,5 +191,34 @@ fn the_worklist_page_shows_urgent_first_and_nothing_without_a_token() {
     d.until("the performance table", "return [...document.querySelectorAll('#perf-rows tbody tr')].some(r => r.dataset.model === 'demo-nodule')");
     let row = d.js("return document.querySelector('#perf-rows tbody tr[data-model=\"demo-nodule\"]').innerText", json!([]));
     assert!(row.as_str().unwrap().contains("n=1"), "{row}");
+    // The shadow comparison below it: the figures /api/shadow gives, and in plain words.
+    let shadow: Value = reqwest::blocking::Client::new().get(format!("{url}api/shadow")).bearer_auth(ADMIN_TOKEN).send().unwrap().json().unwrap();
+    let c = &shadow[0];
+    d.until("the shadow table", "return [...document.querySelectorAll('#shadow-rows tbody tr')].some(r => r.dataset.model === 'demo-nodule-next')");
+    let cells = d.js("return [...document.querySelectorAll('#shadow-rows tbody tr[data-model=\"demo-nodule-next\"] td')].map(t => t.innerText)", json!([]));
+    let pct = |p: f64| format!("{:.1}%", (p * 1000.0).floor() / 10.0);
+    let a = &c["agreement"];
+    let agreement =
+        format!("{} ({}-{}, n={})", pct(a["value"].as_f64().unwrap()), pct(a["low"].as_f64().unwrap()), pct(a["high"].as_f64().unwrap()), a["total"]);
+    assert_eq!(
+        cells,
+        json!([
+            "demo-nodule-next",
+            "2.0.0",
+            "demo-nodule",
+            format!("{} ({})", c["studies"], c["both_triaged"]),
+            agreement,
+            format!("{:.2}", c["score_correlation"].as_f64().unwrap()),
+            c["would_raise_to_urgent"].to_string(),
+            c["would_lower_from_urgent"].to_string(),
+            c["shadow_failed"].to_string()
+        ]),
+        "{shadow}"
+    );
+    let words = d.js("return document.querySelector('#shadow-words li[data-model=\"demo-nodule-next\"]').innerText", json!([]));
+    let raise = c["would_raise_to_urgent"].as_u64().unwrap();
+    let expected = format!("demo-nodule-next 2.0.0 agreed with demo-nodule on {} of {} studies", a["successes"], a["total"]);
+    let words = words.as_str().unwrap();
+    assert!(words.starts_with(&expected) && words.contains(&format!("Had it been live, {raise} stud")), "{words}");
     d.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("performance.png"));
 }

@@ -404,6 +404,22 @@ async fn suite(url: &str) {
     );
     assert_eq!(db.count_instances().await.unwrap(), before + 2);
     assert_eq!(db.reid_record("7.1").await.unwrap().unwrap().sealed, "first");
+
+    // Drift crossings: each claimed once (a second claim of the same crossing changes nothing
+    // and queues nothing), re-armed once below, then the next crossing claimed.
+    let key = triage_node::db::DriftKey { model: "m".into(), model_version: "1".into(), label: "l".into(), scanner: String::new() };
+    let notice = |n: u32| NewOutboxItem { path: format!("outbox/notify/drift{n}.json"), destination: "webhook:models".into(), kind: ObjectKind::Notice, study_id: None, reidentify: false };
+    let queued = || async { db.outbox_list(None).await.unwrap().into_iter().filter(|i| i.path.starts_with("outbox/notify/drift")).count() };
+    assert!(db.drift_cross(&key, 1, 0.4, 10, "n1", &[notice(1)]).await.unwrap());
+    assert!(!db.drift_cross(&key, 1, 0.4, 11, "n2", &[notice(2)]).await.unwrap(), "claimed once");
+    assert!(!db.drift_cross(&key, 2, 0.4, 11, "n2", &[notice(2)]).await.unwrap(), "not below in between");
+    assert_eq!(queued().await, 1);
+    assert!(db.drift_rearm(&key, 0.05, 12).await.unwrap());
+    assert!(!db.drift_rearm(&key, 0.05, 13).await.unwrap());
+    assert!(db.drift_cross(&key, 2, 0.5, 14, "n1", &[notice(3)]).await.unwrap());
+    let alerts = db.drift_alerts().await.unwrap();
+    assert_eq!((alerts.len(), alerts[0].drifted, alerts[0].crossings, alerts[0].psi, alerts[0].changed_at_ms), (1, true, 2, Some(0.5), 14));
+    assert_eq!(queued().await, 2);
     db.close().await;
 }
 

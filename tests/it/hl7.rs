@@ -388,3 +388,71 @@ impl SilentRis {
         self.rt.block_on(self.db.outbox_list(None)).unwrap()
     }
 }
+
+/// `[hl7] feedback = true`: a reader's verdict on an AI finding sends the RIS a follow-up
+/// ORU^R01, a correction (OBR-25 C) of the study's result with the verdicts in OBX groups
+/// (OBX-11 C), for the same patient and order; the reader's comment stays out
+/// (`feedback_comment` is off); a second reader's verdict sends one more, with both.
+#[test]
+fn a_reader_s_verdict_reaches_the_ris_as_a_corrected_result() {
+    if !peers_ready() {
+        return;
+    }
+    let Some((dir, _)) = demo_cases() else { return };
+    let urgent = dir.join("case000.dcm");
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("ris.jsonl");
+    let port = free_port();
+    let _ris = Receiver::start(port, &out, "AA");
+    let node = hl7_node_with(port, &repo().join("models"), None, &[], "feedback = true\n");
+    assert!(node.storescu(std::slice::from_ref(&urgent)).status.success(), "{}", node.log());
+    wait_until("the study's ORU", Duration::from_secs(90), &node, || received(&out).len() == 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let study_id = rt.block_on(db.study_results(&deid_uid(&study_uid_of(&urgent)))).unwrap()[0].study_id;
+    let api = reqwest::blocking::Client::new();
+    let verdict = |token: &str, body: Value| {
+        let url = format!("http://127.0.0.1:{}/api/studies/{study_id}/feedback", node.http_port.unwrap());
+        let rsp = api.put(url).bearer_auth(token).json(&body).send().unwrap();
+        assert_eq!(rsp.status(), reqwest::StatusCode::OK);
+    };
+    verdict(
+        READER_TOKEN,
+        serde_json::json!({ "model": "demo-nodule", "label": "nodule", "verdict": "disagree", "corrected_label": "no_finding", "comment": "old film PATIENTCOMMENT" }),
+    );
+    wait_until("the follow-up", Duration::from_secs(30), &node, || received(&out).len() == 2);
+    let got = received(&out);
+    let (first, second) = (got[0]["message"].as_str().unwrap(), got[1]["message"].as_str().unwrap());
+    eprintln!("the follow-up:\n{}", second.replace('\r', "\n"));
+    assert_eq!(got[1]["code"], "AA");
+    assert_eq!(field(second, "MSH", 9), "ORU^R01^ORU_R01");
+    assert!(field(second, "MSH", 10).starts_with("TNF") && field(second, "MSH", 10) != field(first, "MSH", 10) && field(second, "MSH", 10).len() <= 20);
+    assert_eq!((field(first, "OBR", 25), field(second, "OBR", 25)), ("P".to_string(), "C".to_string()), "a correction to results");
+    for (seg, n) in [("PID", 3), ("PID", 5), ("OBR", 3)] {
+        assert_eq!(field(second, seg, n), field(first, seg, n), "the same patient and order ({seg}-{n})");
+    }
+    assert_eq!(field(second, "PID", 3), attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID));
+    let obx: Vec<&str> = second.split('\r').filter(|s| s.starts_with("OBX|")).collect();
+    assert!(obx.iter().all(|s| s.split('|').nth(11) == Some("C")), "every observation corrected: {obx:?}");
+    assert!(obx.iter().any(|s| s.contains("|VERDICT^Reader verdict on the AI finding^99TRIAGE|1|DISAGREE^")), "{obx:?}");
+    assert!(obx.iter().any(|s| s.contains("|CORRECTED^Finding as corrected by the reader^99TRIAGE|1|NOFINDING^No finding^99TRIAGE|")), "{obx:?}");
+    assert!(obx.iter().any(|s| s.contains("|AIFINDING^AI finding judged^99TRIAGE|1|27925004^Nodule^SCT|")), "{obx:?}");
+    assert!(!second.contains("PATIENTCOMMENT") && !second.contains("COMMENT^") && !second.contains("dr.grey"), "no comment, no reader: {second}");
+    // A second reader agrees: one more follow-up, with both verdicts.
+    verdict(READER2_TOKEN, serde_json::json!({ "model": "demo-nodule", "label": "nodule", "verdict": "agree" }));
+    wait_until("the second follow-up", Duration::from_secs(30), &node, || received(&out).len() == 3);
+    std::thread::sleep(Duration::from_secs(1));
+    let got = received(&out);
+    assert_eq!(got.len(), 3, "one message per verdict");
+    let third = got[2]["message"].as_str().unwrap();
+    assert!(
+        third.contains("|VERDICT^Reader verdict on the AI finding^99TRIAGE|1|DISAGREE^")
+            && third.contains("|VERDICT^Reader verdict on the AI finding^99TRIAGE|2|AGREE^"),
+        "{third}"
+    );
+    // The queued reports on disk hold no patient and no comment.
+    for item in rt.block_on(db.outbox_list(None)).unwrap().into_iter().filter(|i| i.kind == "hl7") {
+        let text = std::fs::read_to_string(node.data_dir().join(&item.path)).unwrap();
+        assert!(!text.contains("PATIENTCOMMENT") && !text.contains(&attr(&urgent, dicom_dictionary_std::tags::PATIENT_ID)), "{text}");
+    }
+}

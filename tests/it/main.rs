@@ -38,6 +38,7 @@ mod saliency;
 mod scanner_study;
 mod segmentation;
 mod send_scu;
+mod similar;
 mod smtp;
 mod status;
 mod storage_scp;

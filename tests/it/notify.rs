@@ -321,3 +321,108 @@ fn an_unacknowledged_notification_escalates_to_e_mail_and_an_acknowledged_one_do
 fn notice_id_in(text: &str) -> String {
     text.split("Notification id: ").nth(1).map(|s| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect()).unwrap_or_default()
 }
+
+/// Score drift told once (`[[notify.rules]] drift = true`): two packages of the demo network
+/// score the same eight demo cases; `demo-nodule` against its validation scores (the demo cases
+/// drift from them), `demo-steady` against the cases' own scores (from `triage-node infer`, the
+/// node's pipeline: stable). The drift rule gets exactly one POST, of the drifted model, with its
+/// figures and no study or patient; the stable model raises none; later checks add nothing.
+#[test]
+fn a_drifted_model_is_told_once_and_a_stable_one_not_at_all() {
+    if !peers_ready() {
+        return;
+    }
+    let Some((_, cases)) = demo_cases() else { return };
+    let files: Vec<std::path::PathBuf> = cases.into_iter().take(8).map(|(f, _)| f).collect();
+    let work = tempfile::tempdir().unwrap();
+    let models = work.path().join("models");
+    let (drifting, steady) = (models.join("demo-nodule"), models.join("demo-steady"));
+    for dir in [&drifting, &steady] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(repo().join("models/demo-nodule/model.pt"), dir.join("model.pt")).unwrap();
+    }
+    for f in ["model.toml", "reference.json"] {
+        std::fs::copy(repo().join("models/demo-nodule").join(f), drifting.join(f)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(drifting.join("model.toml")).unwrap();
+    std::fs::write(steady.join("model.toml"), manifest.replace("name = \"demo-nodule\"", "name = \"demo-steady\"")).unwrap();
+    // The steady reference: the cases' own probabilities as the node keeps them (four
+    // decimals, f32), each a hair lower (so that a live score falls in its own decile bin
+    // whatever its last bits), ten times over.
+    let out = Command::new(env!("CARGO_BIN_EXE_triage-node"))
+        .env("TRIAGE__INFERENCE__MODELS_DIR", repo().join("models"))
+        .env("TRIAGE__INFERENCE__DEVICE", "cpu")
+        .arg("infer")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let own: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["results"][0]["findings"][0]["probability"].as_f64().unwrap())
+        .collect();
+    assert_eq!(own.len(), 8);
+    let kept = |p: f64| ((p * 1e4).round() / 1e4) as f32 as f64;
+    let reference: Vec<f64> = (0..10).flat_map(|_| own.iter().map(|&p| (kept(p) - 1e-6).max(0.0))).collect();
+    std::fs::write(steady.join("reference.json"), serde_json::json!({ "source": "the demo cases", "scores": { "nodule": reference } }).to_string()).unwrap();
+
+    let hooks = work.path().join("drift.jsonl");
+    let port = free_port();
+    let _receiver = webhook_receiver(port, &hooks);
+    let node = Node::start(NodeOptions {
+        inference: vec![format!("models_dir = \"{}\"", models.display())],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        extra: vec![
+            "[drift]\nwindow = 8\nmin_studies = 8\ncheck_interval = \"300ms\"".into(),
+            format!(
+                "[notify]\nenabled = true\nlink_base = \"https://triage.example/\"\ntimeout = \"5s\"\n\
+                 [[notify.rules]]\nname = \"models\"\nurl = \"http://127.0.0.1:{port}/drift\"\npriorities = []\ndrift = true\n"
+            ),
+        ],
+        ..Default::default()
+    });
+    assert!(node.storescu(&files).status.success(), "{}", node.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let uids: Vec<String> = files.iter().map(|f| deid_uid(&study_uid_of(f))).collect();
+    wait_results(&rt, &db, &uids, Duration::from_secs(120), &node);
+    wait_for(&node, "the drift notification", Duration::from_secs(30), || !jsonl(&hooks).is_empty());
+    // Many more checks (every 300 ms) of the same window: nothing more.
+    std::thread::sleep(Duration::from_secs(3));
+    let got = jsonl(&hooks);
+    assert_eq!(got.len(), 1, "exactly one POST, of the drifted model: {got:?}");
+    let text = got[0]["body"].as_str().unwrap();
+    let body: Value = serde_json::from_str(text).unwrap();
+    eprintln!("the drift notice:\n{text}");
+    assert_eq!(got[0]["headers"]["idempotency-key"], body["id"]);
+    assert_eq!(
+        (body["event"].as_str(), body["rule"].as_str(), body["model"].as_str(), body["model_version"].as_str(), body["label"].as_str()),
+        (Some("drift"), Some("models"), Some("demo-nodule"), Some("1.0.0"), Some("nodule"))
+    );
+    assert_eq!(
+        (body["window"].as_u64(), body["live_studies"].as_u64(), body["threshold"].as_f64(), body["crossing"].as_i64()),
+        (Some(8), Some(8), Some(0.25), Some(1))
+    );
+    assert_eq!(body["link"], "https://triage.example/#/performance");
+    assert!(body.get("scanner").is_none(), "one scanner: the figures of every study");
+    // The PSI told is the one /api/drift gives; the stable copy's is below 0.1.
+    let drift = rt
+        .block_on(
+            triage_node::admin::drift::Watch::from_models_dir(&models, triage_node::config::DriftSettings { window: 8, min_studies: 8, ..Default::default() })
+                .unwrap()
+                .check(&db),
+        )
+        .unwrap();
+    let of = |model: &str| drift.iter().find(|d| d.model == model && d.scanner.is_none()).unwrap().clone();
+    let (nodule, stable) = (of("demo-nodule"), of("demo-steady"));
+    assert!(nodule.psi.unwrap() >= 0.25 && (body["psi"].as_f64().unwrap() - nodule.psi.unwrap()).abs() < 1e-9, "{nodule:?} {body}");
+    assert!(stable.psi.unwrap() < 0.1, "the steady copy is stable: {stable:?}");
+    // Names and figures only: no study, no UID.
+    assert!(body.get("node_study_id").is_none() && !text.contains("1.2.") && !text.contains("2.25."), "{text}");
+    // The crossing is recorded once; the stable model has no row.
+    let alerts = rt.block_on(db.drift_alerts()).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!((alerts[0].key.model.as_str(), alerts[0].drifted, alerts[0].crossings), ("demo-nodule", true, 1));
+    let notices: Vec<_> = rt.block_on(db.outbox_list(None)).unwrap().into_iter().filter(|i| i.kind == "notice").collect();
+    assert_eq!((notices.len(), notices[0].study_id, notices[0].state.as_str()), (1, None, "delivered"), "{notices:?}");
+}

@@ -209,6 +209,15 @@ fn provider_tokens_give_roles_bad_ones_are_refused_and_audited_and_a_rotated_key
     assert!(list.lines().any(|l| l.contains("application") && l.contains("\"start\"")), "{list}");
     assert!(list.lines().any(|l| l.contains("application") && l.contains("\"stop\"")), "{list}");
     assert!(node.cli(&["audit", "verify"]).status.success());
+
+    // `doctor` meets the provider as the node does at start; with the provider gone it fails, naming it.
+    let doctor = |node: &Node| String::from_utf8_lossy(&node.cli(&["doctor"]).stdout).to_string();
+    let out = doctor(&node);
+    let issuer = provider.issuer();
+    assert!(out.contains(&format!("ok    identity provider: {issuer}: discovery document and JWKS (")), "{out}");
+    drop(provider);
+    let out = doctor(&node);
+    assert!(out.contains(&format!("FAIL  identity provider: {issuer}: the discovery document:")), "{out}");
 }
 
 /// `NAME ROLE sha256:HEX` and its secret, as `triage-node token add` makes them.

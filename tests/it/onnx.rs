@@ -3,9 +3,11 @@
 //! from tiny.pt's module) give the same outputs through the engine and through `triage-node
 //! infer`; a model that disagrees with its manifest, a library that is not there and a provider
 //! the library lacks stop the node with a message that names them; a node without ONNX
-//! packages never opens the library.
+//! packages never opens the library. The shipped demonstration detector
+//! (models/more/demo-nodule-detector) and its TorchScript twin give the same boxes through the node.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::common::*;
 use triage_node::inference::package::{LoadOptions, Package};
@@ -188,4 +190,53 @@ fn the_node_stops_on_an_onnx_package_it_cannot_run_and_names_why() {
     let cr = testdata().unwrap().join("ts/cr_explicit_le.dcm");
     let (ok, out, err) = node(&["infer", cr.to_str().unwrap()], torch.path(), &[("TRIAGE__INFERENCE__ONNXRUNTIME_LIBRARY", missing.to_str().unwrap())]);
     assert!(ok && out.contains("\"tiny\""), "{err}");
+}
+
+#[test]
+fn the_demo_detector_and_its_torchscript_twin_give_the_same_boxes_through_the_node() {
+    if !peers_ready() {
+        return;
+    }
+    let Some(package) = crate::detection::demo_detector() else { return };
+    let Some((cases, _)) = demo_cases() else { return };
+    let file = cases.join("case000.dcm");
+    // The shipped ONNX package, and its twin.pt as model.pt under the same manifest (a
+    // TorchScript model has no input or output names: the ONNX-only fields are not checked
+    // there), named apart.
+    let root = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(package.join("model.toml")).unwrap();
+    let named = |name: &str| manifest.replace("name = \"demo-nodule-detector\"", &format!("name = \"{name}\""));
+    for (name, from, to) in [("detector-onnx", "model.onnx", "model.onnx"), ("detector-twin", "twin.pt", "model.pt")] {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(package.join(from), dir.join(to)).unwrap();
+        std::fs::write(dir.join("model.toml"), named(name)).unwrap();
+    }
+    let node = Node::start(NodeOptions { inference: vec![format!("models_dir = \"{}\"", root.path().display())], ..Default::default() });
+    assert!(node.storescu(std::slice::from_ref(&file)).status.success(), "{}", node.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+    let uid = deid_uid(&study_uid_of(&file));
+    let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(60), &node);
+    let by_model = |name: &str| results[0].iter().find(|r| r.model == name).unwrap_or_else(|| panic!("no {name} result: {:?}", results[0]));
+    let (onnx, twin) = (by_model("detector-onnx"), by_model("detector-twin"));
+    let frames = rt.block_on(db.study_frame_outputs(onnx.study_id)).unwrap();
+    let frame = |name: &str| frames.iter().find(|f| f.model == name).unwrap_or_else(|| panic!("no {name} frame output"));
+    let (fo, ft) = (frame("detector-onnx"), frame("detector-twin"));
+    // Every box of the image (score above 0, best first), compared in the model's input pixels.
+    let (sx, sy) = (128.0 / fo.source_cols as f32, 128.0 / fo.source_rows as f32);
+    let input = |b: &triage_node::db::DetectedBox| [b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.score];
+    assert!(!fo.boxes.is_empty() && fo.boxes.len() == ft.boxes.len(), "ONNX {:?}, TorchScript {:?}", fo.boxes, ft.boxes);
+    for (a, b) in fo.boxes.iter().zip(&ft.boxes) {
+        let diff = input(a).iter().zip(input(b)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "ONNX {a:?}, TorchScript {b:?}: {diff}");
+    }
+    // The findings: the same probability, the same kept boxes.
+    let (a, b) = (&onnx.findings[0], &twin.findings[0]);
+    assert!(a.positive && b.positive && (a.probability - b.probability).abs() < 1e-4, "{a:?} against {b:?}");
+    assert_eq!(a.boxes.len(), b.boxes.len());
+    for (x, y) in a.boxes.iter().zip(&b.boxes) {
+        let diff = input(x).iter().zip(input(y)).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "{x:?} against {y:?}");
+    }
 }

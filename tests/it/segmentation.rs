@@ -4,7 +4,8 @@
 //! PROBABILITY) on the source image's grid, delivered to a PACS (DCMTK storescp) with the SR,
 //! whose TID 1410 group references the SEG's segment with the lesion's area; dciodvfy finds no
 //! error and highdicom reads the SEG back to the node's mask. On a CT series, the finding's
-//! slices make a volume: a TID 1411 group with the volume in mm³.
+//! slices make a volume: a TID 1411 group with the volume in mm³. The shipped CT demonstration
+//! segmenter (models/more/demo-ct-lesion-seg) outlines a synthetic lesion the same way.
 
 use std::path::Path;
 use std::process::Command;
@@ -257,4 +258,59 @@ fn a_segmenters_volume_finding_is_a_tid_1411_group_with_its_volume() {
     let (area, volume) = (measured("Area"), measured("Volume"));
     assert_eq!((area[2].as_str(), volume[2].as_str()), (Some("mm2"), Some("mm3")), "{g}");
     assert!(volume[1].as_f64().unwrap() > 0.0 && area[1].as_f64().unwrap() > 0.0, "{g}");
+}
+
+/// The shipped segmenter `demo-ct-lesion-seg` (models/more/, scripts/train-ct-demo-model.py
+/// train-segmenter) on the middle slice of a lesion in a head CT series of the demonstration
+/// script: positive, its mask a FRACTIONAL (PROBABILITY) Segmentation on the slice that
+/// dciodvfy passes and highdicom reads back to the node's mask, a blob, not the image.
+#[test]
+fn the_demo_ct_segmenter_outlines_the_lesion_as_a_segmentation() {
+    if !peers_ready() || !have_tool("dciodvfy") {
+        return;
+    }
+    let Some(python) = python() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let shipped = repo().join("models/more/demo-ct-lesion-seg");
+    let package = models.path().join("demo-ct-lesion-seg");
+    std::fs::create_dir_all(&package).unwrap();
+    for file in ["model.pt", "model.toml", "reference.json"] {
+        std::fs::copy(shipped.join(file), package.join(file)).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let series = work.path().join("series");
+    let out =
+        Command::new(&python).arg(repo().join("scripts/train-ct-demo-model.py")).args(["series", series.to_str().unwrap(), "12", "lesion"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // "LESION first last": the lesion's slices; its middle one is sent.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let range: Vec<usize> = printed.split_whitespace().skip(1).map(|w| w.parse().unwrap()).collect();
+    let file = series.join(format!("slice{:03}.dcm", (range[0] + range[1]) / 2));
+    let received = tempfile::tempdir().unwrap();
+    let (node, pacs, results) = segment_one(format!("models_dir = \"{}\"", models.path().display()), &file, received.path());
+    let r = &results[0][0];
+    assert_eq!((r.model.as_str(), r.state.as_str()), ("demo-ct-lesion-seg", "triaged"), "{:?}", r.error);
+    let f = &r.findings[0];
+    eprintln!("demo-ct-lesion-seg: the lesion's middle slice p = {:.4}", f.probability);
+    assert!(f.label == "hyperdense_lesion" && f.positive, "{} {}", f.label, f.probability);
+    assert_eq!((f.cam_rows, f.cam_cols), (128, 128));
+    let cam = ndarray::ArrayView2::from_shape((128, 128), &f.cam[..]).unwrap();
+    let (rows, cols) = (f.source_rows as usize, f.source_cols as usize);
+    let mask = triage_node::results::regions::on_grid(cam, rows, cols);
+
+    let (seg, _) = &delivered_seg_and_sr(&node, pacs, received.path());
+    let npy = received.path().join("mask.npy");
+    let out = Command::new(&python).arg(repo().join("tests/peers/check_seg.py")).arg(seg).arg(&npy).output().unwrap();
+    assert!(out.status.success(), "check_seg.py: {}", String::from_utf8_lossy(&out.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((read["type"].as_str(), read["fractional_type"].as_str()), (Some("FRACTIONAL"), Some("PROBABILITY")), "{read}");
+    let segments = read["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 1, "{read}");
+    assert_eq!((segments[0]["label"].as_str(), segments[0]["algorithm_type"].as_str()), (Some("hyperdense_lesion"), Some("AUTOMATIC")), "{read}");
+    let theirs = read_npy(&npy, rows, cols);
+    let worst = mask.iter().zip(&theirs).map(|(a, b)| (a.clamp(0.0, 1.0) - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 0.5 / 255.0 + 1e-4, "the SEG's mask differs from the node's by up to {worst}");
+    let inside = mask.iter().filter(|v| **v >= 0.5).count();
+    eprintln!("demo-ct-lesion-seg: {inside} pixels of {} inside the mask", rows * cols);
+    assert!(inside > 20 && inside < rows * cols / 50, "a lesion, not the image: {inside} pixels");
 }

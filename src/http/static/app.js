@@ -291,9 +291,30 @@ async function loadStudy(id) {
       s.objects.forEach((o, i) => objs.append(el("a", { href: "#", onclick: (ev) => { ev.preventDefault(); download(o.url, "study-" + id + "-" + o.kind + "-" + i + ".dcm"); } }, o.kind.toUpperCase() + " " + (i + 1)), " "));
       box.append(objs);
     }
+    similarPanel(id, box);
   } catch (e) {
     if (e.message !== "unauthorized") box.replaceChildren(el("p", { class: "error" }, e.message));
   }
+}
+
+// Similar confirmed cases: earlier studies a reader confirmed, nearest by the model's embedding.
+async function similarPanel(id, box) {
+  let v;
+  try { v = await (await api("/api/studies/" + id + "/similar?k=5")).json(); } catch (e) { return; }
+  const models = (v.models || []).filter((m) => m.cases.length);
+  if (!models.length) return;
+  const sec = el("section", { class: "similar", id: "similar" }, el("h3", {}, "Similar confirmed cases"), el("p", { class: "muted" }, v.meaning));
+  for (const m of models) {
+    const list = el("ul", {});
+    for (const c of m.cases) {
+      const li = el("li", {}, el("a", { href: "#/study/" + c.study_id }, "study " + c.study_id), " · " + c.label + " " + pct(c.probability) + ", reader " + c.verdict +
+        " · distance " + c.distance.toFixed(3) + " · received " + fmtTime(c.received_at_ms) + " ");
+      if (c.heatmap) picture(c.heatmap + "?size=thumbnail").then((u) => li.append(el("img", { class: "thumb", src: u, alt: "heatmap of study " + c.study_id }))).catch(() => {});
+      list.append(li);
+    }
+    sec.append(el("p", {}, m.model + " " + m.model_version + " (" + m.method + " search of " + m.confirmed + " confirmed studies)"), list);
+  }
+  box.append(sec);
 }
 
 async function download(url, name) {
@@ -318,9 +339,41 @@ async function loadPerformance() {
         el("td", {}, m.urgent), el("td", {}, m.verdicts), el("td", {}, estimate(m.agreement)), el("td", {}, estimate(m.ppv)),
         el("td", {}, estimate(m.sensitivity)), el("td", {}, estimate(m.npv)), el("td", {}, m.turnaround_median_ms == null ? "-" : fmtSeconds(m.turnaround_median_ms))));
     }
+    await loadShadows();
     $("perf-error").textContent = "";
   } catch (e) {
     if (e.message !== "unauthorized") $("perf-error").textContent = e.message;
+  }
+}
+
+function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
+
+// What a shadow comparison says, in plain words.
+function shadowWords(c) {
+  const name = c.model + " " + c.model_version;
+  if (!c.both_triaged) return name + " has no study triaged by both it and " + c.shadow_of + " yet (" + plural(c.studies, "study", "studies") + " compared).";
+  const a = c.agreement;
+  let s = name + " agreed with " + c.shadow_of + " on " + a.successes + " of " + plural(a.total, "study", "studies") + " (" + pct(a.value) +
+    ", 95% interval " + pct(a.low) + " to " + pct(a.high) + ")";
+  s += c.score_correlation == null ? "; too few varying scores for a correlation. " : "; their scores correlate with r = " + c.score_correlation.toFixed(2) + ". ";
+  s += "Had it been live, " + plural(c.would_raise_to_urgent, "study", "studies") + " would have been made URGENT that " + c.shadow_of + " did not, and " +
+    plural(c.would_lower_from_urgent, "study", "studies") + " " + c.shadow_of + " made URGENT would not have been.";
+  if (c.shadow_failed) s += " It failed on " + plural(c.shadow_failed, "study", "studies") + " " + c.shadow_of + " did not.";
+  return s;
+}
+
+async function loadShadows() {
+  const rows = await (await api("/api/shadow")).json();
+  const body = $("shadow-rows").tBodies[0];
+  body.replaceChildren();
+  $("shadow-words").replaceChildren();
+  if (!rows.length) body.append(el("tr", {}, el("td", { colspan: "9", class: "muted" }, "No shadow model has results yet.")));
+  for (const c of rows) {
+    body.append(el("tr", { "data-model": c.model }, el("td", {}, c.model), el("td", {}, c.model_version), el("td", {}, c.shadow_of),
+      el("td", {}, c.studies + " (" + c.both_triaged + ")"), el("td", {}, estimate(c.agreement)),
+      el("td", {}, c.score_correlation == null ? "-" : c.score_correlation.toFixed(2)), el("td", {}, c.would_raise_to_urgent),
+      el("td", {}, c.would_lower_from_urgent), el("td", {}, c.shadow_failed)));
+    $("shadow-words").append(el("li", { "data-model": c.model }, shadowWords(c)));
   }
 }
 
