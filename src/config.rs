@@ -50,6 +50,9 @@ pub struct Settings {
     pub notify: NotifySettings,
     pub audit_export: AuditExportSettings,
     pub drift: DriftSettings,
+    /// `[[performance.groups]]`: the site's scanner groups (absent: none).
+    #[serde(default)]
+    pub performance: PerformanceSettings,
     pub similar: SimilarSettings,
     pub log: LogSettings,
 }
@@ -66,6 +69,66 @@ pub struct SimilarSettings {
 impl Default for SimilarSettings {
     fn default() -> SimilarSettings {
         SimilarSettings { exact_limit: 20_000 }
+    }
+}
+
+/// Live performance and drift by the site's own scanner groups, besides per scanner.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceSettings {
+    #[serde(default)]
+    pub groups: Vec<ScannerGroup>,
+}
+
+/// A site-defined scanner group: the studies whose key image's scanner (as the node records
+/// it: "Manufacturer Model (kernel K)") matches every list given (each: any of its values,
+/// letters' case and runs of spaces ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScannerGroup {
+    /// Unique, 1 to 64 characters, shown as the group's name.
+    pub name: String,
+    /// Manufacturer (0008,0070): the scanner name starts with it.
+    #[serde(default)]
+    pub manufacturers: Vec<String>,
+    /// Manufacturer's Model Name (0008,1090): the scanner name (before its kernel) ends with it.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Convolution Kernel (0018,1210): one of the kernel's values is it.
+    #[serde(default)]
+    pub kernels: Vec<String>,
+}
+
+impl ScannerGroup {
+    /// Whether the recorded `scanner` ("Manufacturer Model (kernel K1/K2)") is in the group.
+    pub fn matches(&self, scanner: &str) -> bool {
+        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let scanner = norm(scanner);
+        let (device, kernel) = match scanner.strip_suffix(')').and_then(|s| s.rsplit_once(" (kernel ")) {
+            Some((device, kernel)) => (device.to_string(), Some(kernel.to_string())),
+            None => (scanner.clone(), None),
+        };
+        let any = |list: &[String], test: &dyn Fn(&str) -> bool| list.is_empty() || list.iter().map(|v| norm(v)).any(|v| !v.is_empty() && test(&v));
+        any(&self.manufacturers, &|m| device == m || device.starts_with(&format!("{m} ")))
+            && any(&self.models, &|m| device == m || device.ends_with(&format!(" {m}")))
+            && any(&self.kernels, &|k| kernel.as_deref().is_some_and(|kernel| kernel.split('/').any(|x| x == k)))
+    }
+}
+
+impl PerformanceSettings {
+    fn validate(&self) -> Result<(), String> {
+        for (i, g) in self.groups.iter().enumerate() {
+            if g.name.trim().is_empty() || g.name.chars().count() > 64 || g.name.chars().any(char::is_control) {
+                return Err(format!("{:?} must be 1 to 64 characters, no control characters", g.name));
+            }
+            if self.groups[..i].iter().any(|o| o.name == g.name) {
+                return Err(format!("the name {:?} is used twice", g.name));
+            }
+            if g.manufacturers.is_empty() && g.models.is_empty() && g.kernels.is_empty() {
+                return Err(format!("{}: name at least one of manufacturers, models, kernels", g.name));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1257,6 +1320,9 @@ impl Settings {
         if self.drift.check_interval.is_zero() {
             return Err(invalid("drift.check_interval", "must be above zero"));
         }
+        if let Err(reason) = self.performance.validate() {
+            return Err(ConfigError::Invalid { key: "performance.groups", reason });
+        }
         if self.dicom.max_associations == 0 {
             return Err(invalid("dicom.max_associations", "must be at least 1"));
         }
@@ -1485,6 +1551,29 @@ fn invalid(key: &'static str, reason: &str) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scanner_group_matches_the_recorded_scanner_by_its_parts() {
+        let group = |m: &[&str], models: &[&str], k: &[&str]| ScannerGroup {
+            name: "g".into(),
+            manufacturers: m.iter().map(|s| s.to_string()).collect(),
+            models: models.iter().map(|s| s.to_string()).collect(),
+            kernels: k.iter().map(|s| s.to_string()).collect(),
+        };
+        let ct = "SIEMENS SOMATOM Force (kernel Br40d/3)";
+        assert!(group(&["siemens"], &[], &[]).matches(ct));
+        assert!(group(&["GE", "Siemens"], &["SOMATOM  Force"], &["Br40d"]).matches(ct));
+        assert!(!group(&["SIEM"], &[], &[]).matches(ct), "a whole word, not a prefix of one");
+        assert!(!group(&[], &["Force"], &["Br36"]).matches(ct), "every list given must match");
+        assert!(!group(&[], &[], &["Br40d"]).matches("SIEMENS SOMATOM Force"), "no kernel recorded");
+        let cr = "Philips Medical Systems Cassette Holder Type 9840 500 70201";
+        assert!(group(&["Philips Medical Systems"], &["Cassette Holder Type 9840 500 70201"], &[]).matches(cr));
+        assert!(!group(&["Philips Medical Systems"], &[], &["B30f"]).matches(cr));
+        let settings = |groups: Vec<ScannerGroup>| PerformanceSettings { groups }.validate();
+        assert!(settings(vec![group(&["GE"], &[], &[])]).is_ok());
+        assert!(settings(vec![group(&[], &[], &[])]).unwrap_err().contains("at least one"));
+        assert!(settings(vec![group(&["GE"], &[], &[]), group(&["X"], &[], &[])]).unwrap_err().contains("twice"));
+    }
 
     #[test]
     fn passwords_in_database_urls_are_redacted() {

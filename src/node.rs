@@ -261,7 +261,8 @@ async fn build(ctx: &Start, deid: crate::deid::Deidentifier, engine: crate::infe
     let services = crate::services::standard(ingest, db.clone(), query, &settings.storage);
     let shared = Arc::new(Shared { settings: settings.dicom.clone(), ae_title: ctx.core.ae_title.clone(), access, services });
     let drift = crate::admin::drift::Watch::load(&settings.inference.models_dir, &manifests, settings.drift.clone())
-        .context("loading the model packages' reference scores")?;
+        .context("loading the model packages' reference scores")?
+        .with_groups(settings.performance.groups.clone());
     let http = if settings.http.enabled {
         let metrics = crate::http::ops::install_metrics();
         let tokens = crate::http::auth::Tokens::load(

@@ -10,7 +10,8 @@
 //! scanner, protocol or population; or the model's operating point no longer fits). A drift
 //! says the inputs changed, not that the model got worse: readers' verdicts (`performance`) say
 //! that. A window holding studies of several scanners is also judged per scanner (each with
-//! `min_studies` of its own). Input statistics (intensity, spacing) are not compared yet.
+//! `min_studies` of its own), and so is each site-defined scanner group (`[[performance.groups]]`)
+//! with `min_studies` in the window. Input statistics (intensity, spacing) are not compared yet.
 //!
 //! `alert` (run by the `DriftAlerts` worker every `drift.check_interval`) tells the
 //! `[[notify.rules]]` with `drift = true` of each crossing of the threshold, once: the crossing
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::AdminError;
-use crate::config::DriftSettings;
+use crate::config::{DriftSettings, ScannerGroup};
 use crate::db::{Db, DriftAlert, DriftKey};
 use crate::inference::package::Manifest;
 use crate::results::notify::{drift_notice, drift_rules, Drifted};
@@ -60,6 +61,9 @@ pub struct Reference {
 pub struct Watch {
     pub references: Vec<Reference>,
     pub settings: DriftSettings,
+    /// The site's scanner groups (`[[performance.groups]]`), each judged on its own too (and
+    /// the groups `/api/performance` gives).
+    pub groups: Vec<ScannerGroup>,
 }
 
 /// How a label's live scores compare with its reference.
@@ -84,9 +88,12 @@ pub struct LabelDrift {
     pub model: String,
     pub model_version: String,
     pub label: String,
-    /// The scanner group these figures are of (None: every study in the window).
+    /// The scanner these figures are of (None: every study in the window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scanner: Option<String>,
+    /// The site-defined scanner group these figures are of (`[[performance.groups]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub reference_studies: usize,
     pub live_studies: usize,
     /// None unless both sides have scores and there are enough live studies.
@@ -104,7 +111,7 @@ impl LabelDrift {
                 self.model,
                 self.model_version,
                 self.label,
-                self.scanner.as_ref().map(|s| format!(" on scanner {s}")).unwrap_or_default(),
+                self.scanner.as_ref().map(|s| format!(" on scanner {s}")).or_else(|| self.group.as_ref().map(|g| format!(" on scanner group {g}"))).unwrap_or_default(),
                 self.psi.unwrap_or_default(),
                 self.threshold,
                 self.live_studies,
@@ -128,7 +135,12 @@ impl Watch {
             };
             references.push(Reference { model: m.name.clone(), version: m.version.clone(), labels: m.outputs.labels.clone(), file });
         }
-        Ok(Watch { references, settings })
+        Ok(Watch { references, settings, groups: Vec::new() })
+    }
+
+    /// The same, judging the site's scanner groups too.
+    pub fn with_groups(self, groups: Vec<ScannerGroup>) -> Watch {
+        Watch { groups, ..self }
     }
 
     /// For a command without the engine (`status`): the packages in `models_dir` that a node
@@ -153,6 +165,7 @@ impl Watch {
                     model_version: r.version.clone(),
                     label: label.clone(),
                     scanner: None,
+                    group: None,
                     reference_studies: reference.map_or(0, Vec::len),
                     live_studies: 0,
                     psi: None,
@@ -174,6 +187,13 @@ impl Watch {
                 if by_scanner.len() > 1 {
                     for (scanner, scores) in by_scanner.into_iter().filter(|(_, v)| v.len() >= s.min_studies) {
                         out.push(self.judge(LabelDrift { scanner: Some(scanner.to_string()), ..blank.clone() }, reference, &scores));
+                    }
+                }
+                // Each site-defined group with enough studies in the window.
+                for g in &self.groups {
+                    let scores: Vec<f64> = live.iter().filter(|(_, scanner)| scanner.as_deref().is_some_and(|s| g.matches(s))).map(|(p, _)| *p).collect();
+                    if scores.len() >= s.min_studies {
+                        out.push(self.judge(LabelDrift { group: Some(g.name.clone()), ..blank.clone() }, reference, &scores));
                     }
                 }
             }
@@ -235,14 +255,15 @@ pub async fn alert(watch: &Watch, db: &Db, publisher: &Publisher) -> Result<usiz
     let mut claimed = 0;
     for d in watch.check(db).await? {
         let Some(psi) = d.psi else { continue };
-        let key =
-            DriftKey { model: d.model.clone(), model_version: d.model_version.clone(), label: d.label.clone(), scanner: d.scanner.clone().unwrap_or_default() };
+        // A group's row is told apart from a scanner's by its prefix.
+        let scanner = d.scanner.clone().or_else(|| d.group.as_ref().map(|g| format!("group:{g}"))).unwrap_or_default();
+        let key = DriftKey { model: d.model.clone(), model_version: d.model_version.clone(), label: d.label.clone(), scanner };
         let now = crate::domain::now_ms();
         match step(d.state, stored.get(&key)) {
             Step::Nothing => {}
             Step::Rearm => {
                 if db.drift_rearm(&key, psi, now).await? {
-                    info!(model = %d.model, version = %d.model_version, label = %d.label, scanner = ?d.scanner, psi, "score drift back below the threshold: a new crossing will be told");
+                    info!(model = %d.model, version = %d.model_version, label = %d.label, scanner = ?d.scanner, group = ?d.group, psi, "score drift back below the threshold: a new crossing will be told");
                 }
             }
             Step::Cross(crossing) => {
@@ -251,6 +272,7 @@ pub async fn alert(watch: &Watch, db: &Db, publisher: &Publisher) -> Result<usiz
                     model_version: d.model_version.clone(),
                     label: d.label.clone(),
                     scanner: d.scanner.clone(),
+                    group: d.group.clone(),
                     psi,
                     threshold: d.threshold,
                     window: watch.settings.window,
@@ -267,7 +289,7 @@ pub async fn alert(watch: &Watch, db: &Db, publisher: &Publisher) -> Result<usiz
                 if db.drift_cross(&key, crossing, psi, now, &publisher.node, &items).await? {
                     claimed += 1;
                     metrics::counter!("triage_drift_alerts_total", "model" => d.model.clone()).increment(1);
-                    warn!(model = %d.model, version = %d.model_version, label = %d.label, scanner = ?d.scanner, psi, crossing, rules = items.len(), "score drift crossed the threshold: the rules with drift = true are told");
+                    warn!(model = %d.model, version = %d.model_version, label = %d.label, scanner = ?d.scanner, group = ?d.group, psi, crossing, rules = items.len(), "score drift crossed the threshold: the rules with drift = true are told");
                     if !items.is_empty() {
                         publisher.wake.notify_one();
                     }

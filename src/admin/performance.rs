@@ -2,13 +2,15 @@
 //! standing worklist and what readers concluded (`feedback`), as counts, agreement, PPV,
 //! sensitivity and NPV estimates with Wilson 95% intervals, and turnaround. Estimates, said as
 //! such: a verdict is one reader's on one finding, readers judge the studies they open (not a
-//! random sample), and a negative nobody judged counts for nothing.
+//! random sample), and a negative nobody judged counts for nothing. Per scanner and per
+//! site-defined scanner group (`[[performance.groups]]`).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::AdminError;
+use crate::config::ScannerGroup;
 use crate::db::{Db, Feedback, StandingFindings, Verdict};
 use crate::results::worklist::ListedFinding;
 
@@ -69,19 +71,36 @@ pub struct ModelPerformance {
     /// The same figures per scanner (empty inside a scanner's own figures).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scanners: Vec<ModelPerformance>,
+    /// The site's scanner group these figures are of (`[[performance.groups]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The same figures per site-defined scanner group with studies of this model version.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<ModelPerformance>,
 }
 
 /// The figures of every model version with results on the standing worklist (or verdicts),
 /// each with the same figures per scanner (`scanners`; "unknown" where the key image did not
-/// name one).
-pub async fn figures(db: &Db) -> Result<Vec<ModelPerformance>, AdminError> {
+/// name one) and per site-defined scanner group of `groups` (`groups`: a study may be in
+/// several; one in none is in none).
+pub async fn figures(db: &Db, groups: &[ScannerGroup]) -> Result<Vec<ModelPerformance>, AdminError> {
     let rows = db.worklist_findings_all().await?;
     let verdicts = db.feedback_all(None).await?;
     let scanner_of: BTreeMap<i64, String> = rows.iter().map(|r| (r.study_id, r.scanner.clone().unwrap_or_else(|| UNKNOWN.into()))).collect();
     let mut models = tally(&rows, &verdicts, |_| String::new());
     let by_scanner = tally(&rows, &verdicts, |study| scanner_of.get(&study).cloned().unwrap_or_else(|| UNKNOWN.into()));
+    let mut by_group = Vec::new();
+    for g in groups {
+        let members: std::collections::HashSet<i64> = rows.iter().filter(|r| r.scanner.as_deref().is_some_and(|s| g.matches(s))).map(|r| r.study_id).collect();
+        let inside = |study: &i64| members.contains(study);
+        let rows: Vec<StandingFindings> = rows.iter().filter(|r| inside(&r.study_id)).cloned().collect();
+        let verdicts: Vec<Feedback> = verdicts.iter().filter(|v| inside(&v.study_id)).cloned().collect();
+        by_group.extend(tally(&rows, &verdicts, |_| String::new()).into_iter().map(|m| ModelPerformance { group: Some(g.name.clone()), ..m }));
+    }
     for m in &mut models {
-        m.scanners = by_scanner.iter().filter(|s| s.model == m.model && s.model_version == m.model_version).cloned().collect();
+        let same = |o: &&ModelPerformance| o.model == m.model && o.model_version == m.model_version;
+        m.scanners = by_scanner.iter().filter(same).cloned().collect();
+        m.groups = by_group.iter().filter(same).cloned().collect();
     }
     Ok(models)
 }

@@ -469,7 +469,7 @@ async fn export_feedback(State(state): State<Shared>, AdminUser(_): AdminUser, Q
 
 /// `GET /api/performance` (admin): per model version, what it said and what readers concluded.
 async fn performance(State(state): State<Shared>, AdminUser(_): AdminUser) -> Result<Json<Vec<admin::performance::ModelPerformance>>, ApiError> {
-    Ok(Json(admin::performance::figures(&state.db).await?))
+    Ok(Json(admin::performance::figures(&state.db, &state.drift.groups).await?))
 }
 
 /// `GET /api/drift`: every loaded model label's score drift (admin).

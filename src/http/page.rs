@@ -51,33 +51,41 @@ async fn auth_config(State(state): State<Shared>) -> Response {
     .into_response()
 }
 
+/// What the page exchanges at `/auth/token`: its authorization code with the PKCE verifier, or
+/// (to stay signed in past the access token's lifetime) the refresh token it was given.
 #[derive(serde::Deserialize)]
-struct CodeExchange {
-    code: String,
-    code_verifier: String,
-    redirect_uri: String,
+#[serde(untagged)]
+enum CodeExchange {
+    Code { code: String, code_verifier: String, redirect_uri: String },
+    Refresh { refresh_token: String },
 }
 
-/// The page's authorization code and PKCE verifier exchanged at the provider's token endpoint
-/// (as the public client: no secret). The answer's access token is what the page sends from
-/// then on; it is checked like any other on its first request.
+/// The page's authorization code and PKCE verifier, or its refresh token, exchanged at the
+/// provider's token endpoint (as the public client: no secret). The answer's access token is
+/// what the page sends from then on; it is checked like any other on its first request. A
+/// refresh token, where the provider issues one, goes back to the page (kept in the tab only)
+/// so a reader stays signed in past the access token's lifetime without a new sign-in.
 async fn auth_token(State(state): State<Shared>, Json(x): Json<CodeExchange>) -> Result<Response, ApiError> {
     let Some(idp) = &state.oidc else {
         return Err(super::not_found("single sign-on is not enabled ([http.oidc])"));
     };
-    let bounded = |v: &str| !v.is_empty() && v.len() <= 2048;
-    if !(bounded(&x.code) && bounded(&x.code_verifier) && bounded(&x.redirect_uri)) {
-        return Err(super::bad_request("code, code_verifier and redirect_uri are required (at most 2048 characters each)"));
-    }
+    let bounded = |v: &str| !v.is_empty() && v.len() <= 4096;
     let s = idp.settings();
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("code", x.code.as_str()),
-        ("code_verifier", x.code_verifier.as_str()),
-        ("redirect_uri", x.redirect_uri.as_str()),
-        ("client_id", s.client_id.as_str()),
-        ("resource", s.audience.as_str()),
-    ];
+    let grant: Vec<(&str, &str)> = match &x {
+        CodeExchange::Code { code, code_verifier, redirect_uri } => {
+            if !(bounded(code) && bounded(code_verifier) && bounded(redirect_uri)) {
+                return Err(super::bad_request("code, code_verifier and redirect_uri are required (at most 4096 characters each)"));
+            }
+            vec![("grant_type", "authorization_code"), ("code", code), ("code_verifier", code_verifier), ("redirect_uri", redirect_uri)]
+        }
+        CodeExchange::Refresh { refresh_token } => {
+            if !bounded(refresh_token) {
+                return Err(super::bad_request("refresh_token: at most 4096 characters"));
+            }
+            vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
+        }
+    };
+    let form: Vec<(&str, &str)> = grant.into_iter().chain([("client_id", s.client_id.as_str()), ("resource", s.audience.as_str())]).collect();
     let body: String = form.iter().map(|(k, v)| format!("{k}={}", form_encode(v))).collect::<Vec<_>>().join("&");
     let unavailable = |why: String| ApiError(StatusCode::BAD_GATEWAY, why);
     let rsp = idp
@@ -95,7 +103,8 @@ async fn auth_token(State(state): State<Shared>, Json(x): Json<CodeExchange>) ->
     if status != 200 {
         // The provider's error code only (invalid_grant, ...): its description may echo input.
         let code: String = answer["error"].as_str().unwrap_or("unknown").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(40).collect();
-        return Err(ApiError(StatusCode::BAD_REQUEST, format!("the identity provider refused the code: {code}")));
+        let what = if matches!(x, CodeExchange::Refresh { .. }) { "the refresh token" } else { "the code" };
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("the identity provider refused {what}: {code}")));
     }
     let Some(access) = answer["access_token"].as_str() else {
         return Err(unavailable("the identity provider's answer has no access token".into()));
@@ -104,6 +113,7 @@ async fn auth_token(State(state): State<Shared>, Json(x): Json<CodeExchange>) ->
         "access_token": access,
         "id_token": answer["id_token"],
         "expires_in": answer["expires_in"],
+        "refresh_token": answer["refresh_token"],
     }))
     .into_response())
 }

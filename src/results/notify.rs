@@ -405,9 +405,12 @@ pub struct DriftNotice {
     pub model: String,
     pub model_version: String,
     pub label: String,
-    /// The scanner group the figures are of (absent: every study of the window).
+    /// The scanner the figures are of (absent: every study of the window, or a group's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanner: Option<String>,
+    /// The site-defined scanner group the figures are of (`[[performance.groups]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub psi: f64,
     pub threshold: f64,
     /// `[drift] window`: the newest this many triaged studies make the live distribution;
@@ -431,6 +434,7 @@ pub struct Drifted {
     pub model_version: String,
     pub label: String,
     pub scanner: Option<String>,
+    pub group: Option<String>,
     pub psi: f64,
     pub threshold: f64,
     pub window: usize,
@@ -455,6 +459,7 @@ pub fn drift_notice(rule: &NotifyRule, d: &Drifted, station: &str, link_base: &s
             &d.model_version,
             &d.label,
             d.scanner.as_deref().unwrap_or(""),
+            d.group.as_deref().unwrap_or(""),
             &d.crossing.to_string(),
             &rule.name,
         ]),
@@ -464,6 +469,7 @@ pub fn drift_notice(rule: &NotifyRule, d: &Drifted, station: &str, link_base: &s
         model_version: d.model_version.clone(),
         label: d.label.clone(),
         scanner: d.scanner.clone(),
+        group: d.group.clone(),
         psi: d.psi,
         threshold: d.threshold,
         window: d.window,
@@ -478,6 +484,15 @@ pub fn drift_notice(rule: &NotifyRule, d: &Drifted, station: &str, link_base: &s
 }
 
 impl DriftNotice {
+    /// " on scanner S" or " on scanner group G", or nothing for every study.
+    fn where_(&self) -> String {
+        match (&self.scanner, &self.group) {
+            (Some(s), _) => format!(" on scanner {s}"),
+            (None, Some(g)) => format!(" on scanner group {g}"),
+            (None, None) => String::new(),
+        }
+    }
+
     /// One line: what drifted, by how much, over what.
     fn headline(&self) -> String {
         format!(
@@ -485,7 +500,7 @@ impl DriftNotice {
             self.model,
             self.model_version,
             self.label,
-            self.scanner.as_ref().map(|s| format!(" on scanner group {s}")).unwrap_or_default(),
+            self.where_(),
             self.psi,
             self.threshold,
             self.live_studies,
@@ -561,7 +576,7 @@ impl Message {
                     d.model,
                     d.model_version,
                     d.label,
-                    d.scanner.as_ref().map(|s| format!(" on {s}")).unwrap_or_default(),
+                    d.where_(),
                     d.psi
                 );
                 let mut text = format!("{}.\n", d.headline());
@@ -792,6 +807,7 @@ mod tests {
             model_version: "1.0.0".into(),
             label: "nodule".into(),
             scanner: Some("ACME Scan 3000".into()),
+            group: None,
             psi: 0.4312,
             threshold: 0.25,
             window: 200,
@@ -805,7 +821,10 @@ mod tests {
         assert_eq!(n.id, drift_notice(&rules[0], &d, "TRIAGE", "", 0).id, "stable for every attempt");
         assert_ne!(n.id, drift_notice(&rules[0], &Drifted { crossing: 2, ..d.clone() }, "TRIAGE", "", 0).id, "a new crossing, a new id");
         assert_ne!(n.id, drift_notice(&rules[1], &d, "TRIAGE", "", 0).id, "another rule");
-        assert_ne!(n.id, drift_notice(&rules[0], &Drifted { scanner: None, ..d.clone() }, "TRIAGE", "", 0).id, "another scanner group");
+        assert_ne!(n.id, drift_notice(&rules[0], &Drifted { scanner: None, ..d.clone() }, "TRIAGE", "", 0).id, "another scanner");
+        let grouped = drift_notice(&rules[0], &Drifted { scanner: None, group: Some("CT room 1".into()), ..d.clone() }, "TRIAGE", "", 0);
+        assert_ne!(grouped.id, n.id, "a group");
+        assert!(Message::Drift(grouped).email_text().0.contains("drifted on scanner group CT room 1 (PSI"));
         let json = serde_json::to_vec(&n).unwrap();
         let m = Message::read(&json).unwrap();
         assert_eq!(m, Message::Drift(n.clone()));
@@ -841,8 +860,8 @@ mod tests {
         let study = notice(&rules[2], &entry(StudyPriority::Urgent), &[], "TRIAGE", 7, "", 0);
         assert_eq!(Message::read(&serde_json::to_vec(&study).unwrap()).unwrap(), Message::Study(Box::new(study)));
         let (subject, text) = m.email_text();
-        assert_eq!(subject, "[DRIFT] AI model demo-nodule 1.0.0: nodule scores drifted on ACME Scan 3000 (PSI 0.43)");
-        assert!(text.starts_with("model demo-nodule 1.0.0 label nodule on scanner group ACME Scan 3000: score distribution drifted (PSI 0.43 >= 0.25 over the last 57 studies, window 200)."), "{text}");
+        assert_eq!(subject, "[DRIFT] AI model demo-nodule 1.0.0: nodule scores drifted on scanner ACME Scan 3000 (PSI 0.43)");
+        assert!(text.starts_with("model demo-nodule 1.0.0 label nodule on scanner ACME Scan 3000: score distribution drifted (PSI 0.43 >= 0.25 over the last 57 studies, window 200)."), "{text}");
         assert!(
             text.contains("Performance page: https://triage.example/#/performance") && text.contains(&n.id) && text.contains("not that the model got worse"),
             "{text}"

@@ -90,8 +90,12 @@ pub fn triaged_node() -> Option<(Node, Vec<PathBuf>, tempfile::TempDir)> {
     assert!(shadow.contains("mode = \"shadow\"") && shadow.contains("urgent = [0.9]"), "demo-nodule's manifest changed: {shadow}");
     std::fs::write(next.join("model.toml"), shadow).unwrap();
     let package = tiny_package(&models, &TINY.replace("MODALITY", "CT"));
-    // Drift over the eight CR studies sent below.
-    let drift = "[drift]\nwindow = 8\nmin_studies = 8".to_string();
+    // Drift over the eight CR studies sent below; two site-defined scanner groups, one the demo
+    // cases' (their key images' Manufacturer), one nobody's (a CT kernel).
+    let drift = "[drift]\nwindow = 8\nmin_studies = 8\n\
+                 [[performance.groups]]\nname = \"chest room\"\nmanufacturers = [\"philips medical systems\"]\n\
+                 [[performance.groups]]\nname = \"CT sharp\"\nkernels = [\"B70f\"]\n"
+        .to_string();
     let node = Node::start(NodeOptions { inference: vec![package], extra: vec![drift], ..Default::default() });
     let crs: Vec<PathBuf> = cases.into_iter().take(8).map(|(f, _)| f).collect();
     let mr = testdata().unwrap().join("classes/mr.dcm");
@@ -353,6 +357,12 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     for field in ["studies", "positive", "negative", "verdicts", "disagree", "ppv"] {
         assert_eq!(scanners[0][field], nodule[field], "{field}");
     }
+    // Per site-defined group: the demo cases' room has all eight; the CT group none (absent).
+    let groups = nodule["groups"].as_array().expect("figures per scanner group");
+    assert_eq!((groups.len(), groups[0]["group"].as_str()), (1, Some("chest room")), "{nodule}");
+    for field in ["studies", "positive", "negative", "verdicts", "disagree", "ppv", "turnaround_median_ms"] {
+        assert_eq!(groups[0][field], nodule[field], "{field}");
+    }
     // Score drift: the eight demo cases (made at 512 rows) against the package's validation
     // scores (native size) drift; the PSI equals one computed here from the worklist's
     // probabilities and reference.json; a warning in /readyz (still ready), status, /metrics.
@@ -378,6 +388,11 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
         "{nodule}"
     );
     assert!((nodule["psi"].as_f64().unwrap() - expected).abs() < 1e-3, "{nodule} vs {expected}");
+    // The chest room's group is judged on its own (the same eight studies: the same PSI); the
+    // CT group has no studies and no figures.
+    let grouped: Vec<&Value> = drift.as_array().unwrap().iter().filter(|d| d["model"] == "demo-nodule" && !d["group"].is_null()).collect();
+    assert_eq!(grouped.len(), 1, "{drift}");
+    assert_eq!((grouped[0]["group"].as_str(), grouped[0]["state"].as_str(), &grouped[0]["psi"]), (Some("chest room"), Some("drifted"), &nodule["psi"]), "{drift}");
     let ready: Value = api.get("/readyz", Some(ADMIN_TOKEN)).json().unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
     assert!(ready["warnings"][0].as_str().unwrap().contains("model demo-nodule 1.0.0 label nodule: score distribution drifted"), "{ready}");

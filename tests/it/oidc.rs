@@ -29,6 +29,11 @@ impl Provider {
     /// Start (or restart, with the same port and key file) the provider; `rotate` puts a new
     /// signing key first.
     fn start(keyfile: &Path, port: u16, node_url: &str, rotate: bool) -> Provider {
+        Provider::start_with_ttl(keyfile, port, node_url, rotate, 600)
+    }
+
+    /// ... with access tokens that live `access_ttl` seconds.
+    fn start_with_ttl(keyfile: &Path, port: u16, node_url: &str, rotate: bool, access_ttl: u32) -> Provider {
         let log = std::fs::File::create(keyfile.with_extension("log")).unwrap();
         let mut child = Command::new("node")
             .arg(repo().join("tests/peers/oidc_provider.js"))
@@ -37,6 +42,7 @@ impl Provider {
             .arg(node_url)
             .arg(AUDIENCE)
             .env("ROTATE", if rotate { "1" } else { "0" })
+            .env("ACCESS_TTL", access_ttl.to_string())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -236,8 +242,11 @@ fn the_page_signs_in_at_the_provider_and_signs_out_again() {
     std::fs::write(&tokens_file, "").unwrap();
     let node = sso_node(&provider, &tokens_file);
     let page = format!("http://127.0.0.1:{}", node.http_port.unwrap());
-    // The provider learns the page's address (its client's redirect URI) now that it is known.
-    let provider = provider.restart(&page, false);
+    // The provider learns the page's address (its client's redirect URI) now that it is known;
+    // its access tokens live 8 s, so the page must renew them to stay signed in.
+    let (port, keyfile) = (provider.port, provider.keyfile.clone());
+    drop(provider);
+    let provider = Provider::start_with_ttl(&keyfile, port, &page, false, 8);
 
     let d = Driver::start();
     d.go(&format!("{page}/"));
@@ -260,6 +269,16 @@ fn the_page_signs_in_at_the_provider_and_signs_out_again() {
     }
     d.until("the worklist with the user's name", "return !!document.getElementById('who') && document.getElementById('who').textContent === 'dr.grey (reader)' && !document.getElementById('worklist').hidden");
     assert_eq!(d.js("return location.search", json!([])), json!(""), "the code is gone from the address");
+    // Past the first access token's lifetime the reader is still signed in: the page renewed it
+    // with the provider's refresh token (through the node's /auth/token), and the new one works.
+    let first = d.js("return sessionStorage.getItem('triage-token')", json!([]));
+    std::thread::sleep(Duration::from_secs(12));
+    d.js("loadWorklist(false)", json!([]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (now, refused) = (d.js("return sessionStorage.getItem('triage-token')", json!([])), d.js("return document.getElementById('login-error').textContent", json!([])));
+    assert_ne!(now, first, "the access token was renewed");
+    assert_eq!(refused, json!(""), "not signed out");
+    assert_eq!(d.js("return !document.getElementById('worklist').hidden", json!([])), json!(true), "still on the worklist");
     let list = audit(&node);
     assert!(user_auth_lines(&list).iter().any(|l| l.contains("user:dr.grey") && l.contains("\"login\"") && l.contains("\"oidc\"")), "{list}");
 

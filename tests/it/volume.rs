@@ -254,8 +254,8 @@ fn the_volume_input_matches_the_training_pipeline() {
 
 /// The first volume ONNX package: `demo-ct-volume` exported to ONNX (scripts/bench_infer.py
 /// onnx: a 5-D input [N, 1, 16, 128, 128], the 3D map [N, 1, 16, 16, 16]) loads beside its
-/// TorchScript original, and on the same series both give the same probability (within 1e-4)
-/// and the same key slice.
+/// TorchScript original, and on the same series (one with a lesion, one without) both give the
+/// same probability and the same key slice's map (within 1e-4).
 #[test]
 fn an_onnx_volume_package_gives_what_its_torchscript_twin_gives() {
     if !peers_ready() {
@@ -263,21 +263,25 @@ fn an_onnx_volume_package_gives_what_its_torchscript_twin_gives() {
     }
     let root = tempfile::tempdir().unwrap();
     let Some(models_dir) = demo_volume_models(&root.path().join("models"), true) else { return };
-    let (files, uid, _) = demo_series(&root.path().join("lesion"), 12, true);
+    let (lesion, lesion_uid, _) = demo_series(&root.path().join("lesion"), 12, true);
+    let (clear, clear_uid, _) = demo_series(&root.path().join("clear"), 10, false);
     let node = Node::start(NodeOptions { inference: vec![models_dir], ..Default::default() });
-    assert!(node.storescu(&files).status.success(), "{}", node.log());
+    assert!(node.storescu(&lesion).status.success(), "{}", node.log());
+    assert!(node.storescu(&clear).status.success(), "{}", node.log());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(node.db());
-    let results = wait_results(&rt, &db, &[deid_uid(&uid)], Duration::from_secs(120), &node);
-    let of = |model: &str| results[0].iter().find(|r| r.model == model).unwrap_or_else(|| panic!("no {model} result: {:?}", results[0])).clone();
-    let (torch, onnx) = (of("demo-ct-volume"), of("demo-ct-volume-onnx"));
-    for r in [&torch, &onnx] {
-        assert_eq!(r.state.as_str(), "triaged", "{}: {:?}", r.model, r.error);
+    let results = wait_results(&rt, &db, &[deid_uid(&lesion_uid), deid_uid(&clear_uid)], Duration::from_secs(120), &node);
+    for (study, name) in results.iter().zip(["lesion", "clear"]) {
+        let of = |model: &str| study.iter().find(|r| r.model == model).unwrap_or_else(|| panic!("no {model} result: {study:?}")).clone();
+        let (torch, onnx) = (of("demo-ct-volume"), of("demo-ct-volume-onnx"));
+        for r in [&torch, &onnx] {
+            assert_eq!(r.state.as_str(), "triaged", "{}: {:?}", r.model, r.error);
+        }
+        let (a, b) = (&torch.findings[0], &onnx.findings[0]);
+        let worst = a.cam.iter().zip(&b.cam).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        eprintln!("demo-ct-volume, {name} series: TorchScript {:.6}, ONNX {:.6}, key slice maps within {worst:.1e}", a.probability, b.probability);
+        assert!((a.probability - b.probability).abs() < 1e-4, "{name}: TorchScript {} against ONNX {}", a.probability, b.probability);
+        assert_eq!(a.key_instance_id, b.key_instance_id, "{name}: the same key slice from both maps");
+        assert!(!a.cam.is_empty() && a.cam.len() == b.cam.len() && worst < 1e-4, "{name}: the key slice's maps differ by {worst}");
     }
-    let (a, b) = (&torch.findings[0], &onnx.findings[0]);
-    eprintln!("demo-ct-volume: TorchScript {:.6}, ONNX {:.6}", a.probability, b.probability);
-    assert!((a.probability - b.probability).abs() < 1e-4, "TorchScript {} against ONNX {}", a.probability, b.probability);
-    assert_eq!(a.key_instance_id, b.key_instance_id, "the same key slice from both maps");
-    let worst = a.cam.iter().zip(&b.cam).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(a.cam.len() == b.cam.len() && worst < 1e-4, "the key slice's maps differ by {worst}");
 }

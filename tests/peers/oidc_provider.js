@@ -6,7 +6,9 @@
 // KEYFILE holds the provider's signing keys (private JWKs: RS256 ones and one ES256); made on the
 // first start. With ROTATE=1 a new RSA key is put first (the provider signs with it; the old one
 // stays published).
-// PORT 0: any free port. Prints `oidc-provider listening port=N` once it serves.
+// PORT 0: any free port. Prints `oidc-provider listening port=N` once it serves. ACCESS_TTL:
+// the access tokens' lifetime in seconds (default 600). The page's client also gets refresh
+// tokens (rotated on each use), as a site's provider may issue them.
 //
 // One public client, `triage-page` (PKCE, redirect to NODE_URL/), users with a `roles` claim:
 // dr.grey (reader), admin.ann (admin), nobody (no role). The login form is the provider's own
@@ -70,14 +72,15 @@ function sign(header, claims, jwk) {
   await new Promise((resolve) => server.listen(Number(portArg), "127.0.0.1", resolve));
   const port = server.address().port;
   const issuer = `http://127.0.0.1:${port}`;
-  const resourceServer = { scope: "triage", audience, accessTokenFormat: "jwt", accessTokenTTL: 600, jwt: { sign: { alg: "RS256" } } };
+  const accessTtl = Number(process.env.ACCESS_TTL || 600);
+  const resourceServer = { scope: "triage", audience, accessTokenFormat: "jwt", accessTokenTTL: accessTtl, jwt: { sign: { alg: "RS256" } } };
   const provider = new Provider(issuer, {
     clients: [{
       client_id: CLIENT,
       token_endpoint_auth_method: "none",
       redirect_uris: [nodeUrl + "/"],
       post_logout_redirect_uris: [nodeUrl + "/"],
-      grant_types: ["authorization_code"],
+      grant_types: ["authorization_code", "refresh_token"],
       response_types: ["code"],
     }],
     jwks: { keys },
@@ -101,7 +104,8 @@ function sign(header, claims, jwk) {
       },
     },
     pkce: { required: () => true },
-    ttl: { AccessToken: 600, AuthorizationCode: 60, IdToken: 600, Interaction: 600, Session: 3600, Grant: 3600 },
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed("refresh_token"),
+    ttl: { AccessToken: accessTtl, RefreshToken: 3600, AuthorizationCode: 60, IdToken: 600, Interaction: 600, Session: 3600, Grant: 3600 },
   });
   provider.on("server_error", (_ctx, err) => console.error("oidc-provider server_error", err));
   const callback = provider.callback();

@@ -1,7 +1,7 @@
 // The worklist page: plain script, no library, every value written as text (never as HTML).
 "use strict";
 
-const state = { token: sessionStorage.getItem("triage-token") || "", me: null, cursor: null, timer: null, blobs: [], sso: { enabled: false } };
+const state = { token: sessionStorage.getItem("triage-token") || "", me: null, cursor: null, timer: null, renew: null, blobs: [], sso: { enabled: false } };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, ...children) {
@@ -38,6 +38,9 @@ function show(section) {
 
 function signOut(message) {
   sessionStorage.removeItem("triage-token");
+  sessionStorage.removeItem("triage-refresh");
+  sessionStorage.removeItem("triage-renew-at");
+  clearTimeout(state.renew);
   state.token = ""; state.me = null;
   clearInterval(state.timer);
   $("login-error").textContent = message || "";
@@ -106,7 +109,37 @@ async function ssoReturn() {
   const t = await rsp.json();
   if (t.id_token) sessionStorage.setItem("triage-id-token", t.id_token);
   await signIn(t.access_token);
+  ssoKeep(t);
   return true;
+}
+
+// Staying signed in: where the provider gave a refresh token, a new access token is fetched
+// (through the node's /auth/token) before the current one expires. The tab keeps both; a
+// sign-out, or a refresh the provider refuses, forgets them.
+function ssoKeep(t) {
+  if (t.refresh_token) sessionStorage.setItem("triage-refresh", t.refresh_token);
+  const life = Number(t.expires_in) || 0;
+  if (life > 0) sessionStorage.setItem("triage-renew-at", String(Date.now() + Math.max(5, Math.min(life - 60, life * 0.8)) * 1000));
+  ssoSchedule();
+}
+function ssoSchedule() {
+  clearTimeout(state.renew);
+  const at = Number(sessionStorage.getItem("triage-renew-at") || 0);
+  if (!sessionStorage.getItem("triage-refresh") || !at) return;
+  state.renew = setTimeout(ssoRenew, Math.max(0, at - Date.now()));
+}
+async function ssoRenew() {
+  const refresh = sessionStorage.getItem("triage-refresh");
+  if (!refresh || !state.token) return;
+  let rsp;
+  try {
+    rsp = await fetch("/auth/token", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ refresh_token: refresh }) });
+  } catch (_) { state.renew = setTimeout(ssoRenew, 15000); return; }
+  if (!rsp.ok) { sessionStorage.removeItem("triage-refresh"); return; }
+  const t = await rsp.json();
+  state.token = t.access_token;
+  sessionStorage.setItem("triage-token", state.token);
+  ssoKeep(t);
 }
 
 // The user's sign-out: audited by the node, then the provider's session ends too.
@@ -440,5 +473,5 @@ window.addEventListener("DOMContentLoaded", async () => {
   state.sso = await ssoConfig();
   $("sso").hidden = !state.sso.enabled;
   if (await ssoReturn()) return;
-  if (state.token) signIn(state.token); else show("login");
+  if (state.token) { signIn(state.token); ssoSchedule(); } else show("login");
 });
