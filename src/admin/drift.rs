@@ -111,7 +111,11 @@ impl LabelDrift {
                 self.model,
                 self.model_version,
                 self.label,
-                self.scanner.as_ref().map(|s| format!(" on scanner {s}")).or_else(|| self.group.as_ref().map(|g| format!(" on scanner group {g}"))).unwrap_or_default(),
+                self.scanner
+                    .as_ref()
+                    .map(|s| format!(" on scanner {s}"))
+                    .or_else(|| self.group.as_ref().map(|g| format!(" on scanner group {g}")))
+                    .unwrap_or_default(),
                 self.psi.unwrap_or_default(),
                 self.threshold,
                 self.live_studies,

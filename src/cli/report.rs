@@ -126,7 +126,9 @@ pub async fn worklist(settings: &Settings, limit: i64, json: bool) -> anyhow::Re
 pub async fn status(settings: &Settings) -> anyhow::Result<()> {
     let db = admin::open(settings, Access::Read).await?;
     let status = admin::report::status(&db, &settings.storage.data_dir).await;
-    let drift = match admin::drift::Watch::from_models_dir(&settings.inference.models_dir, settings.drift.clone()).map(|w| w.with_groups(settings.performance.groups.clone())) {
+    let drift = match admin::drift::Watch::from_models_dir(&settings.inference.models_dir, settings.drift.clone())
+        .map(|w| w.with_groups(settings.performance.groups.clone()))
+    {
         Ok(watch) => watch.check(&db).await,
         Err(e) => Err(e),
     };
@@ -179,7 +181,11 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
                     d.model,
                     d.model_version,
                     d.label,
-                    d.scanner.as_ref().map(|s| format!(" on scanner {s}")).or_else(|| d.group.as_ref().map(|g| format!(" on scanner group {g}"))).unwrap_or_default(),
+                    d.scanner
+                        .as_ref()
+                        .map(|s| format!(" on scanner {s}"))
+                        .or_else(|| d.group.as_ref().map(|g| format!(" on scanner group {g}")))
+                        .unwrap_or_default(),
                     d.state,
                     d.psi.unwrap_or_default(),
                     d.live_studies

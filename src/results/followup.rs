@@ -45,14 +45,30 @@ pub fn reader_verdicts(verdicts: &[Feedback], manifests: &[Manifest], comment: b
 /// `now_ms` for study row `study_id`: a correction, an ORU (not an order message).
 pub fn follow_up(sent: Report, verdicts: Vec<ReaderVerdict>, study_id: i64, now_ms: i64) -> Report {
     Report {
-        // MSH-10 is at most 20 characters: F, the milliseconds in hex (11 digits), the study row.
-        control_id: format!("TNF{now_ms:x}S{study_id}"),
+        // MSH-10 is at most 20 characters: F, the milliseconds in base 36 (8 digits until
+        // 2059), the study row (up to 8 digits).
+        control_id: format!("TNF{}S{study_id}", base36(now_ms)),
         created_ms: now_ms,
         correction: true,
         order_update: crate::hl7::OrderUpdate::None,
         verdicts,
         ..sent
     }
+}
+
+/// `n` (not negative) in base 36, lower case.
+fn base36(n: i64) -> String {
+    let mut n = n.max(0) as u64;
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 impl Publisher {
@@ -81,5 +97,17 @@ impl Publisher {
         })
         .await
         .map_err(|e| ResultsError::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follow_up_s_control_id_fits_msh_10() {
+        assert_eq!((base36(0), base36(35), base36(36), base36(1_796_691_650_871)), ("0".into(), "z".into(), "10".into(), "mxdztid3".into()));
+        let id = format!("TNF{}S{}", base36(1_796_691_650_871), 12_345_678);
+        assert!(id.len() <= 20, "{id}");
     }
 }

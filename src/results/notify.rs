@@ -513,7 +513,7 @@ impl DriftNotice {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     Study(Box<Notice>),
-    Drift(DriftNotice),
+    Drift(Box<DriftNotice>),
 }
 
 impl Message {
@@ -521,7 +521,7 @@ impl Message {
     pub fn read(bytes: &[u8]) -> Result<Message, serde_json::Error> {
         let v: serde_json::Value = serde_json::from_slice(bytes)?;
         if v.get("event").and_then(|e| e.as_str()) == Some("drift") {
-            serde_json::from_value(v).map(Message::Drift)
+            serde_json::from_value(v).map(|d| Message::Drift(Box::new(d)))
         } else {
             serde_json::from_value(v).map(|n| Message::Study(Box::new(n)))
         }
@@ -571,14 +571,7 @@ impl Message {
         match self {
             Message::Study(n) => email_text(n),
             Message::Drift(d) => {
-                let subject = format!(
-                    "[DRIFT] AI model {} {}: {} scores drifted{} (PSI {:.2})",
-                    d.model,
-                    d.model_version,
-                    d.label,
-                    d.where_(),
-                    d.psi
-                );
+                let subject = format!("[DRIFT] AI model {} {}: {} scores drifted{} (PSI {:.2})", d.model, d.model_version, d.label, d.where_(), d.psi);
                 let mut text = format!("{}.\n", d.headline());
                 text.push_str(&format!(
                     "Reference: {} studies of the package's validation set. Crossing {} of this threshold.\n",
@@ -824,10 +817,10 @@ mod tests {
         assert_ne!(n.id, drift_notice(&rules[0], &Drifted { scanner: None, ..d.clone() }, "TRIAGE", "", 0).id, "another scanner");
         let grouped = drift_notice(&rules[0], &Drifted { scanner: None, group: Some("CT room 1".into()), ..d.clone() }, "TRIAGE", "", 0);
         assert_ne!(grouped.id, n.id, "a group");
-        assert!(Message::Drift(grouped).email_text().0.contains("drifted on scanner group CT room 1 (PSI"));
+        assert!(Message::Drift(Box::new(grouped)).email_text().0.contains("drifted on scanner group CT room 1 (PSI"));
         let json = serde_json::to_vec(&n).unwrap();
         let m = Message::read(&json).unwrap();
-        assert_eq!(m, Message::Drift(n.clone()));
+        assert_eq!(m, Message::Drift(Box::new(n.clone())));
         assert_eq!((m.id(), m.preview()), (n.id.as_str(), None));
         let keys: std::collections::BTreeSet<String> =
             serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json).unwrap().keys().cloned().collect();

@@ -408,7 +408,13 @@ async fn suite(url: &str) {
     // Drift crossings: each claimed once (a second claim of the same crossing changes nothing
     // and queues nothing), re-armed once below, then the next crossing claimed.
     let key = triage_node::db::DriftKey { model: "m".into(), model_version: "1".into(), label: "l".into(), scanner: String::new() };
-    let notice = |n: u32| NewOutboxItem { path: format!("outbox/notify/drift{n}.json"), destination: "webhook:models".into(), kind: ObjectKind::Notice, study_id: None, reidentify: false };
+    let notice = |n: u32| NewOutboxItem {
+        path: format!("outbox/notify/drift{n}.json"),
+        destination: "webhook:models".into(),
+        kind: ObjectKind::Notice,
+        study_id: None,
+        reidentify: false,
+    };
     let queued = || async { db.outbox_list(None).await.unwrap().into_iter().filter(|i| i.path.starts_with("outbox/notify/drift")).count() };
     assert!(db.drift_cross(&key, 1, 0.4, 10, "n1", &[notice(1)]).await.unwrap());
     assert!(!db.drift_cross(&key, 1, 0.4, 11, "n2", &[notice(2)]).await.unwrap(), "claimed once");

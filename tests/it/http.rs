@@ -392,7 +392,11 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     // CT group has no studies and no figures.
     let grouped: Vec<&Value> = drift.as_array().unwrap().iter().filter(|d| d["model"] == "demo-nodule" && !d["group"].is_null()).collect();
     assert_eq!(grouped.len(), 1, "{drift}");
-    assert_eq!((grouped[0]["group"].as_str(), grouped[0]["state"].as_str(), &grouped[0]["psi"]), (Some("chest room"), Some("drifted"), &nodule["psi"]), "{drift}");
+    assert_eq!(
+        (grouped[0]["group"].as_str(), grouped[0]["state"].as_str(), &grouped[0]["psi"]),
+        (Some("chest room"), Some("drifted"), &nodule["psi"]),
+        "{drift}"
+    );
     let ready: Value = api.get("/readyz", Some(ADMIN_TOKEN)).json().unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
     assert!(ready["warnings"][0].as_str().unwrap().contains("model demo-nodule 1.0.0 label nodule: score distribution drifted"), "{ready}");

@@ -275,7 +275,8 @@ fn the_page_signs_in_at_the_provider_and_signs_out_again() {
     std::thread::sleep(Duration::from_secs(12));
     d.js("loadWorklist(false)", json!([]));
     std::thread::sleep(Duration::from_millis(1500));
-    let (now, refused) = (d.js("return sessionStorage.getItem('triage-token')", json!([])), d.js("return document.getElementById('login-error').textContent", json!([])));
+    let (now, refused) =
+        (d.js("return sessionStorage.getItem('triage-token')", json!([])), d.js("return document.getElementById('login-error').textContent", json!([])));
     assert_ne!(now, first, "the access token was renewed");
     assert_eq!(refused, json!(""), "not signed out");
     assert_eq!(d.js("return !document.getElementById('worklist').hidden", json!([])), json!(true), "still on the worklist");

@@ -59,6 +59,8 @@ def studies(out):
         ds.PatientID = f"PID{name.upper()}"
         ds.AccessionNumber = f"ACC{n}"
         ds.Modality = "CR"
+        # Declared: a CR without it is held back unread (`deid.burned_in_when_absent`).
+        ds.BurnedInAnnotation = "NO"
         ds.StudyDate = "20260101"
         ds.Rows, ds.Columns = 64, 64
         ds.SamplesPerPixel = 1
