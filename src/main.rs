@@ -171,6 +171,20 @@ enum Command {
         #[arg(long)]
         studies: usize,
     },
+    /// Benchmark (scripts/bench-similar.sh): seed STUDIES confirmed studies with synthetic
+    /// embeddings into the configured database, then time similar-case lookups (exact and HNSW,
+    /// first on an empty cache and warm) and print them as JSON.
+    #[command(hide = true)]
+    BenchSimilar {
+        #[arg(long)]
+        studies: usize,
+        #[arg(long, default_value_t = 128)]
+        dims: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20)]
+        warm: usize,
+    },
     /// C-ECHO a registered AE (one with a host and port), calling as our AE title.
     Echo {
         #[arg(long)]
@@ -292,6 +306,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::BenchSeedWorklist { studies } => {
             let seeded = admin::bench::seed_worklist(&settings, studies).await?;
             println!("{}", serde_json::to_string(&seeded)?);
+            Ok(())
+        }
+        Command::BenchSimilar { studies, dims, rounds, warm } => {
+            let report = admin::bench::similar(&settings, studies, dims, rounds, warm).await?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Status => cli::report::status(&settings).await,

@@ -180,3 +180,128 @@ pub async fn seed_worklist(settings: &Settings, studies: usize) -> Result<Seeded
     db.close().await;
     Ok(Seeded { studies, patients: studies, files: 0 })
 }
+
+/// What `similar` measured, in milliseconds; per round, so the script can give medians and
+/// spread.
+#[derive(Debug, serde::Serialize)]
+pub struct SimilarBench {
+    /// `sqlite` or `postgresql`.
+    pub engine: &'static str,
+    pub studies: usize,
+    pub dims: usize,
+    pub seed_s: f64,
+    pub exact: LookupTimes,
+    pub hnsw: LookupTimes,
+    /// The share of the exact nearest that the HNSW search found, over the warm lookups (the
+    /// 2k + 5 = 15 candidates a k = 5 lookup asks for).
+    pub hnsw_recall: f64,
+}
+
+/// One search method's lookups, one value per round.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct LookupTimes {
+    /// The first lookup on an empty cache: every embedding and confirmation read, then the
+    /// search (for HNSW, with the index build).
+    pub first_ms: Vec<f64>,
+    /// Of which the reading (the cache load).
+    pub first_load_ms: Vec<f64>,
+    /// The median of the round's warm lookups (the study's embedding read, the incremental
+    /// refresh, the search).
+    pub warm_ms: Vec<f64>,
+    /// Of which the search alone (median).
+    pub warm_search_ms: Vec<f64>,
+}
+
+/// Benchmark fixture and driver (scripts/bench-similar.sh): seed `studies` confirmed studies of a
+/// model with `dims`-dimensional embeddings (clustered: 256 random directions, each study one of
+/// them plus noise) into the configured database, wait until none is young (`YOUNG_MS`, so a
+/// warm refresh reads only what is new, as in steady state), then `rounds` times for each method:
+/// a fresh cache's first lookup, then `warm` lookups of other studies. The lookup is what
+/// depends on the number of studies (`admin::similar::lookup` without the per-candidate row
+/// checks and the audit entry, which cost the same at any size). Synthetic rows only.
+pub async fn similar(settings: &Settings, studies: usize, dims: usize, rounds: usize, warm: usize) -> Result<SimilarBench, AdminError> {
+    use super::similar::{Method, Similar};
+    use std::time::Instant;
+    if studies < (rounds * (warm + 1)).max(2) || dims == 0 {
+        return Err(AdminError::Invalid(format!("need at least {} studies (rounds x (warm + 1)) and dims > 0", rounds * (warm + 1))));
+    }
+    let db = open(settings, Access::Read).await?;
+    let engine = if settings.database_url().starts_with("postgres") { "postgresql" } else { "sqlite" };
+    let (model, version) = ("bench-embedder", format!("bench-{}", now_ms()));
+    let centres: Vec<Vec<f32>> = (0..256u64).map(|c| bench_unit(&mut (c + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), dims, 1.0, None)).collect();
+    let noise = 1.2 / (dims as f32).sqrt();
+    let vector = |i: usize| bench_unit(&mut (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03), dims, noise, Some(&centres[i % centres.len()]));
+    let t = Instant::now();
+    let seeded_at = now_ms();
+    // Received over the hours before now, so every verdict is older than a refresh re-reads.
+    let from = seeded_at - (studies as i64 + 3_600) * 1000;
+    let ids = db.bench_seed_embeddings(model, &version, studies, from, vector).await?;
+    let seed_s = t.elapsed().as_secs_f64();
+    let settle = seeded_at + crate::db::EMBEDDINGS_YOUNG_MS + 1_000 - now_ms();
+    if settle > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(settle as u64)).await;
+    }
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let m = 15;
+    // The latest studies ask (every other one is earlier), a different one each time.
+    let mut queries = ids.iter().rev().copied();
+    let (mut exact, mut hnsw) = (LookupTimes::default(), LookupTimes::default());
+    let (mut found, mut wanted) = (0usize, 0usize);
+    for _ in 0..rounds {
+        let round: Vec<i64> = queries.by_ref().take(warm + 1).collect();
+        for (method, times) in [(Method::Exact, &mut exact), (Method::Hnsw, &mut hnsw)] {
+            let similar = Similar::new(&settings.similar);
+            let (mut lookups, mut searches) = (Vec::new(), Vec::new());
+            for (n, &study) in round.iter().enumerate() {
+                let t = Instant::now();
+                let own = db.study_embeddings(study).await?.pop().ok_or_else(|| AdminError::Invalid(format!("study {study} has no embedding")))?;
+                similar.refresh(&db, model, &version).await?;
+                let loaded = ms(t);
+                let s = Instant::now();
+                let (hits, _) = similar.nearest((model, &version), &own.vector, (study, own.received_at_ms), m, method);
+                let search = ms(s);
+                let total = ms(t);
+                if n == 0 {
+                    times.first_ms.push(total);
+                    times.first_load_ms.push(loaded);
+                    continue;
+                }
+                lookups.push(total);
+                searches.push(search);
+                if method == Method::Hnsw {
+                    let (want, _) = similar.nearest((model, &version), &own.vector, (study, own.received_at_ms), m, Method::Exact);
+                    wanted += want.len();
+                    found += hits.iter().filter(|h| want.iter().any(|w| w.0 == h.0)).count();
+                }
+            }
+            times.warm_ms.push(median(&mut lookups));
+            times.warm_search_ms.push(median(&mut searches));
+        }
+    }
+    db.close().await;
+    Ok(SimilarBench { engine, studies, dims, seed_s, exact, hnsw, hnsw_recall: found as f64 / wanted.max(1) as f64 })
+}
+
+/// A reproducible unit vector: `around` plus uniform noise of `amplitude` per dimension (none:
+/// the noise alone), from the xorshift state `rng`.
+fn bench_unit(rng: &mut u64, dims: usize, amplitude: f32, around: Option<&[f32]>) -> Vec<f32> {
+    let v: Vec<f32> = (0..dims)
+        .map(|d| {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            let u = (*rng % 2001) as f32 / 1000.0 - 1.0;
+            around.map_or(0.0, |c| c[d]) + amplitude * u
+        })
+        .collect();
+    crate::triage::aggregate::unit(&v).unwrap_or_else(|| vec![1.0 / (dims as f32).sqrt(); dims])
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}

@@ -11,8 +11,9 @@
 //! placeholders of 1.0 (positive and urgent: nothing is flagged short of a saturated output),
 //! so a complete 2D classification draft loads as written, `triage-node evaluate` can run it
 //! to choose the operating point, and it can never raise a study's priority before a person
-//! has chosen one. What the node cannot run today (a 3D input or a 3D segmentation output: issue
-//! 31) still gets a draft, and the import says plainly that it will not load.
+//! has chosen one. What the node cannot run as the bundle ships it (a 3D network in MONAI's
+//! array order and patches, or a 3D segmentation output) still gets a draft, and the import
+//! says plainly that it will not load.
 //!
 //! Must not: print, or run anything of the bundle but its TorchScript file's warm-up pass.
 
@@ -318,9 +319,19 @@ pub fn draft(metadata: &Value, name: &str) -> Result<Draft, String> {
                 [Dim::Fixed(h), Dim::Fixed(w)] => (h, w),
                 _ => (0, 0),
             };
-            line(format!("# TODO: {inp}.spatial_shape is {} (a volume); this node feeds 2D images.", shown(&spatial)));
+            // The node feeds a volume classifier the whole series as [1, C, D, H, W], slices
+            // first; a MONAI 3D network takes its loader's array order (spatial dimensions last
+            // is the slice axis) in patches: a person must wrap it (permute, patch) first.
+            line(format!(
+                "# TODO: {inp}.spatial_shape is {} (a volume). The node feeds volume models (input.kind = \"volume\") the series as [1, C, D, H, W], slices first, whole; this network takes its loader's order (slices last) and patches: wrap it to permute, then set kind and size = [D, H, W].",
+                shown(&spatial)
+            ));
             line(format!("size = [{h}, {w}]"));
-            todo("input.size", true, format!("a volume input ({}): this node runs 2D models today (issue 31)", shown(&spatial)));
+            todo(
+                "input.size",
+                true,
+                format!("a volume input ({}): wrap the network to take [1, C, D, H, W] (slices first, the whole series) and set input.kind = \"volume\"", shown(&spatial)),
+            );
         }
         _ => {
             line(format!("# TODO: [height, width]: {inp}.spatial_shape is {}.", shown(&spatial)));
@@ -399,7 +410,7 @@ pub fn draft(metadata: &Value, name: &str) -> Result<Draft, String> {
     let out_spatial = dims(output.get("spatial_shape"));
     let segmentation = out_format == "segmentation" || (out_type == "image" && out_spatial.len() >= 2);
     // A 2D segmentation head runs here (`outputs.kind = "segmentation"`: a DICOM SEG and area in
-    // the SR); a 3D one needs a volume input the node does not feed yet.
+    // the SR); a 3D one does not (volume models are classifiers).
     if segmentation {
         line("kind = \"segmentation\"".into());
         inferred.push(format!("outputs.kind = \"segmentation\" ({out}.format {out_format:?}: per-pixel class scores)"));

@@ -60,7 +60,7 @@ pub enum AtnaError {
     Closed { seq: i64, from: i64 },
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
-    #[error("opening the re-identification map for the audit export: {0}")]
+    #[error("opening the re-identification map for the audit export")]
     Map(#[from] crate::deid::MapError),
 }
 
