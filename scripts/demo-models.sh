@@ -71,20 +71,23 @@ echo "== the study results (one per study and model)"
 uid_of() { dcmdump -q +P 0020,000d "$1" | sed 's/.*\[\(.*\)\].*/\1/'; }
 CT_STUDY=$(uid_of "$D/head-ct/slice000.dcm")
 .venv/bin/python tests/peers/orthanc.py study "$PACS_HTTP" "$CT_STUDY" "$D/ct-from-pacs" > "$D/ct-from-pacs.json"
-echo "== what the PACS holds for the head CT's study: $(grep -c '"modality": "CT"' "$D/ct-from-pacs.json") CT slices and $(grep -vc '"modality": "CT"' "$D/ct-from-pacs.json" || true) AI objects"
-grep -v '"modality": "CT"' "$D/ct-from-pacs.json" | sed 's/.*"sop_class": "\([^"]*\)".*"modality": "\([^"]*\)".*/-- \2 \1/' | sort | uniq -c
+CT_IMAGE='"sop_class": "1.2.840.10008.5.1.4.1.1.2"'
+echo "== what the PACS holds for the head CT's study: $(grep -c "$CT_IMAGE" "$D/ct-from-pacs.json") CT slices and $(grep -vc "$CT_IMAGE" "$D/ct-from-pacs.json" || true) AI objects (by SOP class)"
+grep -v "$CT_IMAGE" "$D/ct-from-pacs.json" | sed 's/.*"sop_class": "\([^"]*\)".*"modality": "\([^"]*\)".*/\1 (modality \2)/' \
+  | sed 's/^1.2.840.10008.5.1.4.1.1.66.4 /Segmentation /;s/^1.2.840.10008.5.1.4.1.1.88.34 /Comprehensive 3D SR /;s/^1.2.840.10008.5.1.4.1.1.7 /Secondary Capture (heatmap) /;s/^1.2.840.10008.5.1.4.1.1.30 /Parametric Map /' | sort | uniq -c
 SEG=$(grep '"modality": "SEG"' "$D/ct-from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
 if [ -n "$SEG" ]; then
   echo "== the DICOM Segmentation as the PACS holds it, read back by highdicom"
   .venv/bin/python - "$SEG" <<'PY'
 import sys, highdicom as hd, numpy as np
 seg = hd.seg.segread(sys.argv[1])
-print(f"SegmentationType {seg.segmentation_type.value}, {seg.number_of_frames} frame(s), source series {seg.get_source_image_uids()[0][1]}")
-for n in seg.segment_numbers:
-    d = seg.get_segment_description(n)
-    mask = seg.get_volume(segment_numbers=[n]) if hasattr(seg, "get_volume") else None
-    pixels = int((np.asarray(mask.array) > 0).sum()) if mask is not None else -1
-    print(f"segment {n}: {d.segment_label!r}, {d.segmented_property_type.meaning!r}, algorithm {d.algorithm_identification[0].AlgorithmName!r}, {pixels} pixels above 0")
+frames = np.asarray(seg.pixel_array)
+print(f"SegmentationType {seg.SegmentationType}, {seg.number_of_frames} frame(s) on {len(seg.get_source_image_uids())} source slice(s)")
+for item in seg.SegmentSequence:
+    prop = item.SegmentedPropertyTypeCodeSequence[0]
+    print(f"segment {item.SegmentNumber}: {item.SegmentLabel!r}, {prop.CodeMeaning!r} ({prop.CodingSchemeDesignator} {prop.CodeValue}), "
+          f"algorithm {getattr(item, 'SegmentAlgorithmName', '-')!r}")
+print(f"pixels above 0.5: {int((frames >= 0.5 * getattr(seg, 'MaximumFractionalValue', 1)).sum()) if seg.SegmentationType == 'FRACTIONAL' else int((frames > 0).sum())}")
 PY
   echo "-- dciodvfy: $(dciodvfy "$SEG" 2>&1 | grep -c '^Error' || true) error(s)"
 else
@@ -92,7 +95,7 @@ else
 fi
 for f in $(grep '"modality": "SR"' "$D/ct-from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p'); do
   echo "== a head CT AI report (SR) as the PACS holds it: $(dcmdump -q +P 0008,103e "$f" | sed 's/.*\[\(.*\)\].*/\1/')"
-  dsrdump -Ee "$f" | grep -E 'Algorithm Name|Finding|Probability|Volume|Area|Referenced Segment|SCOORD|Segmentation' | head -14
+  dsrdump -Ee "$f" 2>/dev/null | grep -E '"Finding"|Probability|Volume|Area|SCOORD|Referenced Segment' | awk '!seen[$0]++' | head -12
   echo "-- dciodvfy: $(dciodvfy "$f" 2>&1 | grep -c '^Error' || true) error(s)"
 done
 
@@ -101,7 +104,7 @@ CHEST_STUDY=$(uid_of ".testdata/demo-cases/$POS")
 SR=$(grep '"modality": "SR"' "$D/cr-from-pacs.json" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p' | head -1)
 if [ -n "$SR" ]; then
   echo "== the detector's report for the chest case with a nodule ($POS), as the PACS holds it: the box as an image region"
-  dsrdump -Ee "$SR" | grep -E 'Algorithm Name|Finding|Probability|SCOORD|Area' | head -14
+  dsrdump -Ee "$SR" 2>/dev/null | grep -E '"Finding"|Probability|SCOORD|Area' | awk '!seen[$0]++' | head -10
   echo "-- dciodvfy: $(dciodvfy "$SR" 2>&1 | grep -c '^Error' || true) error(s)"
 else
   echo "!! no detector report arrived in the PACS for $POS"

@@ -15,7 +15,8 @@ aggregation, heatmap on the key slice, the SR naming the series) runs on real DI
                                                       lesion when `lesion` is given
     train-ct-demo-model.py model-input FILE OUT      the model input of FILE (f32 LE)
     train-ct-demo-model.py reference PACKAGE_DIR     reference.json: the shipped model.pt's scores on the
-                                                     validation volumes (drift check; training writes it too)
+                                                     validation volumes and their input statistics (drift
+                                                     check; training writes it too)
     train-ct-demo-model.py train-volume OUT_DIR      models/more/demo-ct-volume: a 3D classifier of the
                                                      whole series (input.kind = "volume", 16 x 128 x 128) with
                                                      a 3D class activation map; model.pt, metrics.json,
@@ -190,7 +191,8 @@ def train(out_dir):
 
     # Volumes: synthetic series of 24 slices, half with a lesion, aggregated as the node does:
     # lesions like the training ones, and smaller, fainter ones (radius 2-3.5 mm, +25-40 HU).
-    vol_scores, vol_truth = volumes(net, 40, SEED + 2)
+    histograms = []
+    vol_scores, vol_truth = volumes(net, 40, SEED + 2, histograms)
     hard_scores, hard_truth = volumes(net, 40, SEED + 4, radius=(2, 3.5), contrast=(25, 40))
 
     def j(scores, labels, t):
@@ -227,12 +229,14 @@ def train(out_dir):
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    chest.write_reference(out_dir, {"hyperdense_lesion": vol_scores}, "validation volumes (one per study)", len(vol_truth))
+    chest.write_reference(out_dir, {"hyperdense_lesion": vol_scores}, "validation volumes (one per study)", len(vol_truth), input_stats(histograms))
     print(json.dumps(metrics))
 
 
-def volumes(net, n, seed, **lesion):
-    """N synthetic series of 24 slices, half with a lesion, scored as the node aggregates."""
+def volumes(net, n, seed, inputs=None, **lesion):
+    """N synthetic series of 24 slices, half with a lesion, scored as the node aggregates. With
+    `inputs` (a list), each series' input histogram is appended to it: the mean of its slices'
+    (the node's study value, src/db/inference.rs `InputStats::of_study`)."""
     _, hu, brain = source()
     rng = np.random.default_rng(seed)
     scores, labels = [], []
@@ -242,15 +246,26 @@ def volumes(net, n, seed, **lesion):
             x = torch.from_numpy(np.stack([model_input_of(s) for s in imgs])[:, None])
             scores.append(adjacent(net(x)[0][:, 0].numpy()))
             labels.append(int(spread is not None))
+            if inputs is not None:
+                inputs.append([round(float(b), 5) for b in np.mean([chest.histogram(s[0]) for s in x.numpy()], axis=0)])
     return np.array(scores), np.array(labels)
+
+
+def input_stats(histograms):
+    """reference.json's "inputs" of validation series made as `series` writes them: their
+    histograms, the source slice's Pixel Spacing (rows) and Slice Thickness 1.0 mm."""
+    ds0, _, _ = source()
+    n = len(histograms)
+    return {"histogram": histograms, "pixel_spacing": [float(ds0.PixelSpacing[0])] * n, "slice_thickness": [1.0] * n}
 
 
 def reference(package_dir):
     """reference.json of the shipped model (its validation volumes), without training again."""
     torch.set_num_threads(2)
     net = torch.jit.load(os.path.join(package_dir, "model.pt")).eval()
-    scores, truth = volumes(net, 40, SEED + 2)
-    chest.write_reference(package_dir, {"hyperdense_lesion": scores}, "validation volumes (one per study)", len(truth))
+    histograms = []
+    scores, truth = volumes(net, 40, SEED + 2, histograms)
+    chest.write_reference(package_dir, {"hyperdense_lesion": scores}, "validation volumes (one per study)", len(truth), input_stats(histograms))
 
 
 def series(out_dir, n, with_lesion, seed=SEED + 3):

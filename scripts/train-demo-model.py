@@ -17,9 +17,9 @@ results) runs on real DICOM without patient data.
     train-demo-model.py model-input FILE OUT     writes the model input of FILE (f32 LE), as
                                                  the training pipeline computes it
     train-demo-model.py reference PACKAGE_DIR    writes reference.json: the package's model.pt
-                                                 scores on the validation images (training
-                                                 writes it too), the distribution the node's
-                                                 drift check compares live scores with
+                                                 scores on the validation images and their input
+                                                 statistics (training writes it too), what the
+                                                 node's drift check compares live studies with
 
 The preprocessing here is the node's, step for step (model.toml: CR window "file", MONOCHROME1
 inverted, bilinear resize with pixel centres aligned and no antialiasing, 128x128): the tests
@@ -256,14 +256,38 @@ def train(out_dir):
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    write_reference(out_dir, {"nodule": pv}, "validation images (one per study)", len(xva))
+    write_reference(out_dir, {"nodule": pv}, "validation images (one per study)", len(xva), input_stats(xva.numpy()))
     print(json.dumps(metrics))
 
 
-def write_reference(out_dir, scores, source, n):
+def histogram(plane):
+    """The node's input histogram (src/inference/preprocess.rs `histogram`): the shares of the
+    first channel's windowed values (0..1, before mean/std) in ten bins of 0.1, 1.0 in the last."""
+    v = np.asarray(plane, dtype=np.float32).ravel()
+    v = v[np.isfinite(v)]
+    bins = np.clip(np.floor(v * np.float32(10)), 0, 9).astype(np.int64)
+    counts = np.bincount(bins, minlength=10)
+    return [round(float(c) / max(len(v), 1), 5) for c in counts]
+
+
+def input_stats(xs, pixel_spacing=None, slice_thickness=None):
+    """reference.json's "inputs" from the validation studies' model inputs (N x C x H x W, one
+    image per study): each study's histogram, and its Pixel Spacing and Slice Thickness where
+    its DICOM would have one (the demo cases copy the source radiograph's 0\\0 spacing: none)."""
+    return {
+        "histogram": [histogram(x[0]) for x in np.asarray(xs)],
+        "pixel_spacing": list(pixel_spacing or []),
+        "slice_thickness": list(slice_thickness or []),
+    }
+
+
+def write_reference(out_dir, scores, source, n, inputs=None):
     """reference.json: per label, the study-level scores of the validation set (what the node
-    stores as a finding's probability), for the node's drift check (PSI, models/README.md)."""
+    stores as a finding's probability), and the validation studies' input statistics, for the
+    node's drift check (PSI, models/README.md)."""
     doc = {"source": source, "studies": n, "scores": {label: [round(float(p), 5) for p in ps] for label, ps in scores.items()}}
+    if inputs is not None:
+        doc["inputs"] = inputs
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(doc, f)
         f.write("\n")
@@ -276,7 +300,7 @@ def reference(package_dir):
     net = torch.jit.load(os.path.join(package_dir, "model.pt")).eval()
     with torch.no_grad():
         pv = torch.cat([net(xva[i:i + 100])[0] for i in range(0, len(xva), 100)])[:, 0].numpy()
-    write_reference(package_dir, {"nodule": pv}, "validation images (one per study)", len(xva))
+    write_reference(package_dir, {"nodule": pv}, "validation images (one per study)", len(xva), input_stats(xva.numpy()))
 
 
 # ---- the demonstration detector (models/more/demo-nodule-detector) ----------------------------

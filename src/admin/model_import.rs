@@ -330,7 +330,10 @@ pub fn draft(metadata: &Value, name: &str) -> Result<Draft, String> {
             todo(
                 "input.size",
                 true,
-                format!("a volume input ({}): wrap the network to take [1, C, D, H, W] (slices first, the whole series) and set input.kind = \"volume\"", shown(&spatial)),
+                format!(
+                    "a volume input ({}): wrap the network to take [1, C, D, H, W] (slices first, the whole series) and set input.kind = \"volume\"",
+                    shown(&spatial)
+                ),
             );
         }
         _ => {

@@ -177,15 +177,11 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
         Ok(labels) => {
             for d in labels.iter().filter(|d| d.psi.is_some()) {
                 println!(
-                    "score drift {} {} {}{}: {:?} (PSI {:.3} over {} studies)",
+                    "{} drift {} {} {}: {:?} (PSI {:.3} over {} studies)",
+                    if d.feature == admin::drift::Feature::Score { "score" } else { "input" },
                     d.model,
                     d.model_version,
-                    d.label,
-                    d.scanner
-                        .as_ref()
-                        .map(|s| format!(" on scanner {s}"))
-                        .or_else(|| d.group.as_ref().map(|g| format!(" on scanner group {g}")))
-                        .unwrap_or_default(),
+                    d.what(),
                     d.state,
                     d.psi.unwrap_or_default(),
                     d.live_studies
@@ -195,7 +191,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
                 println!("WARNING: {warning}");
             }
         }
-        Err(e) => println!("score drift not checked: {e}"),
+        Err(e) => println!("drift not checked: {e}"),
     }
     let now = triage_node::domain::now_ms();
     for w in &st.workers {

@@ -202,7 +202,7 @@ impl Db {
                         .map_err(q("seed job"))?;
                         let instance: i64 = sqlx::query_scalar(
                             "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid, study_id, series_instance_uid, transfer_syntax_uid,
-                                                    calling_ae_title, path, size_bytes, dataset_sha256, received_at_ms)
+                                                    calling_ae_title, path, size_bytes, dataset_digest, received_at_ms)
                              VALUES ($1, '1.2.840.10008.5.1.4.1.1.1', $1, $2, $1, '1.2.840.10008.1.2.1', 'BENCH', 'none', 0, '00', $3) RETURNING id",
                         )
                         .bind(format!("2.25.998{now}"))

@@ -22,12 +22,62 @@ pub struct FrameOutput {
     pub boxes: Vec<DetectedBox>,
     /// The frame's embedding as the model gave it (`outputs.embedding`); empty without one.
     pub embedding: Vec<f32>,
+    /// What the model's input looked like (the drift check's input statistics); None in rows
+    /// written before they were kept.
+    pub input: Option<InputStats>,
     pub preprocess_us: i64,
     pub queue_us: i64,
     pub forward_us: i64,
     pub batch_size: i64,
     /// When the row was written (ignored when inserting).
     pub created_at_ms: i64,
+}
+
+/// A model input's statistics (`admin::drift` compares them with the package's): the share of
+/// the first channel's windowed values (0..1) in each of ten bins 0.1 wide, the image's Pixel
+/// Spacing between rows (mm) and its Slice Thickness (mm), each None when the header has none.
+/// For a study (`StudyResult::inputs`): the mean histogram of the result's images, and the
+/// median spacing and thickness of those that have one.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputStats {
+    pub histogram: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_spacing: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_thickness: Option<f64>,
+}
+
+impl InputStats {
+    /// The study's statistics from its images' (None when none has any).
+    pub fn of_study<'a>(images: impl IntoIterator<Item = &'a InputStats>) -> Option<InputStats> {
+        let images: Vec<&InputStats> = images.into_iter().filter(|s| !s.histogram.is_empty()).collect();
+        let bins = images.first()?.histogram.len();
+        let mut histogram = vec![0.0f64; bins];
+        for s in &images {
+            for (sum, v) in histogram.iter_mut().zip(&s.histogram) {
+                *sum += f64::from(*v);
+            }
+        }
+        let median = |f: &dyn Fn(&InputStats) -> Option<f64>| {
+            let mut v: Vec<f64> = images.iter().filter_map(|s| f(s)).filter(|x| x.is_finite()).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        Some(InputStats {
+            histogram: histogram.iter().map(|h| ((h / images.len() as f64) * 1e5).round() as f32 / 1e5).collect(),
+            pixel_spacing: median(&|s| s.pixel_spacing),
+            slice_thickness: median(&|s| s.slice_thickness),
+        })
+    }
+}
+
+pub(crate) fn input_json(stats: Option<&InputStats>) -> Result<Option<String>, DbError> {
+    stats.map(|s| serde_json::to_string(s).map_err(|e| DbError::Invalid(format!("input statistics: {e}")))).transpose()
+}
+
+pub(crate) fn parse_input(text: Option<String>) -> Result<Option<InputStats>, DbError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| DbError::Invalid(format!("stored input statistics: {e}")))).transpose()
 }
 
 /// A box a detector found, on its source frame: corners in image coordinates (pixels, (0, 0) the
@@ -137,8 +187,8 @@ impl Db {
         for r in rows {
             sqlx::query(
                 "INSERT INTO slice_results (instance_id, model, model_version, frame, probabilities, source_rows, source_cols,
-                                            cam_rows, cam_cols, cam, preprocess_us, queue_us, forward_us, batch_size, created_at_ms, boxes, embedding)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                            cam_rows, cam_cols, cam, preprocess_us, queue_us, forward_us, batch_size, created_at_ms, boxes, embedding, input_stats)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
                  ON CONFLICT (instance_id, model, frame) DO NOTHING",
             )
             .bind(r.instance_id)
@@ -158,6 +208,7 @@ impl Db {
             .bind(now)
             .bind(boxes_json(&r.boxes)?)
             .bind((!r.embedding.is_empty()).then(|| super::embeddings::to_bytes(&r.embedding)))
+            .bind(input_json(r.input.as_ref())?)
             .execute(&mut *tx)
             .await
             .map_err(q("insert slice result"))?;
@@ -220,6 +271,7 @@ impl Db {
                     cam: parse_floats(&get::<String>(r, "cam")?)?,
                     boxes: parse_boxes(&get::<String>(r, "boxes")?)?,
                     embedding: get::<Option<Vec<u8>>>(r, "embedding")?.map(|b| super::embeddings::from_bytes(&b)).transpose()?.unwrap_or_default(),
+                    input: parse_input(get(r, "input_stats")?)?,
                     preprocess_us: get(r, "preprocess_us")?,
                     queue_us: get(r, "queue_us")?,
                     forward_us: get(r, "forward_us")?,

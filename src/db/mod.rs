@@ -35,7 +35,7 @@ pub use ae_titles::RegisteredAe;
 pub use drift::{DriftAlert, DriftKey};
 pub use embeddings::{LabelVerdicts, StoredEmbedding, StudyEmbedding, YOUNG_MS as EMBEDDINGS_YOUNG_MS};
 pub use feedback::{Feedback, FeedbackOutcome, Verdict};
-pub use inference::{DetectedBox, FrameOutput, PendingInference};
+pub use inference::{DetectedBox, FrameOutput, InputStats, PendingInference};
 pub use instances::{InsertOutcome, InstanceRef, NewInstance, StoredInstance};
 pub use jobs::{ClaimedJob, Job};
 pub use notifications::{AckOutcome, AckTarget, NewNotification, Notification};

@@ -2,7 +2,7 @@
 //! whole when a study is triaged again, saved in the transaction that queues the result
 //! objects and finishes the job.
 
-use super::inference::{boxes_json, floats_json, parse_boxes, parse_floats, DetectedBox};
+use super::inference::{boxes_json, floats_json, input_json, parse_boxes, parse_floats, parse_input, DetectedBox};
 use super::{get, q, Db, DbError, Priority, ResultState};
 
 /// One finding of a study result: a label's aggregated probability and its key image.
@@ -59,6 +59,9 @@ pub struct StudyResult {
     /// The (de-identified) series the result's images come from, when it has any.
     pub series_instance_uid: Option<String>,
     pub findings: Vec<Finding>,
+    /// What the model's input looked like over the result's images (`InputStats::of_study`),
+    /// for the input drift check; None without images (or in results saved before).
+    pub inputs: Option<super::InputStats>,
 }
 
 /// What one study job saves (`save_study_results`).
@@ -181,8 +184,8 @@ impl Db {
         for r in results {
             let result_id: i64 = sqlx::query_scalar(
                 "INSERT INTO study_results (study_id, job_id, model, model_version, demonstration, intended_use, limits, state, priority, error,
-                                            images_inferred, instances_failed, preprocess_ms, forward_ms, last_received_at_ms, ready_at_ms, triaged_at_ms, series_instance_uid)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+                                            images_inferred, instances_failed, preprocess_ms, forward_ms, last_received_at_ms, ready_at_ms, triaged_at_ms, series_instance_uid, input_stats)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
             )
             .bind(study_id)
             .bind(job.id)
@@ -202,6 +205,7 @@ impl Db {
             .bind(r.ready_at_ms)
             .bind(r.triaged_at_ms)
             .bind(r.series_instance_uid.clone())
+            .bind(input_json(r.inputs.as_ref())?)
             .fetch_one(&mut *tx)
             .await
             .map_err(q("insert study result"))?;
@@ -308,6 +312,7 @@ impl Db {
                 triaged_at_ms: get(r, "triaged_at_ms")?,
                 series_instance_uid: get(r, "series_instance_uid")?,
                 findings,
+                inputs: parse_input(get(r, "input_stats")?)?,
             });
         }
         Ok(out)
@@ -348,6 +353,30 @@ impl Db {
         .await
         .map_err(q("select recent scores"))?;
         rows.iter().map(|r| Ok((get(r, "probability")?, get(r, "scanner")?))).collect()
+    }
+
+    /// The input statistics of the newest `limit` studies `model` `version` triaged (those
+    /// saved with statistics), for the input drift check; with each, its study's scanner (the
+    /// worklist row's), if known.
+    pub async fn recent_inputs(&self, model: &str, version: &str, limit: i64) -> Result<Vec<(super::InputStats, Option<String>)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT r.input_stats, w.scanner FROM study_results r LEFT JOIN worklist w ON w.study_id = r.study_id
+             WHERE r.model = $1 AND r.model_version = $2 AND r.state = 'triaged' AND r.input_stats IS NOT NULL
+             ORDER BY r.id DESC LIMIT $3",
+        )
+        .bind(model)
+        .bind(version)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("select recent input statistics"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(stats) = parse_input(get(r, "input_stats")?)? {
+                out.push((stats, get(r, "scanner")?));
+            }
+        }
+        Ok(out)
     }
 
     /// (state, count) of study results, for `triage-node status`.

@@ -69,7 +69,8 @@ struct Readiness {
     workers: Vec<WorkerView>,
     /// Why not ready.
     reasons: Vec<String>,
-    /// Shown, not a reason: a model's score distribution has drifted (`/api/drift`).
+    /// Shown, not a reason: a model's score distribution or input statistics have drifted
+    /// (`/api/drift`).
     warnings: Vec<String>,
     /// Destinations (by AE title) whose items wait too long or keep failing: shown, not a
     /// reason to take this node out of service (ingest and the worklist still work, and with a
@@ -151,10 +152,16 @@ async fn sample_gauges(state: &Shared) -> Result<(), crate::admin::AdminError> {
         metrics::gauge!("triage_worker_errors", "worker" => w.name).set(w.errors as f64);
     }
     metrics::gauge!("triage_models_loaded").set(state.manifests.len() as f64);
-    // One series per loaded model version and label (bounded by the packages).
+    // One series per loaded model version and label, and per input statistic (bounded by the
+    // packages), of every study in the window.
     for d in state.drift.check(&state.db).await? {
-        if let (Some(psi), None) = (d.psi, &d.scanner) {
-            metrics::gauge!("triage_model_score_psi", "model" => d.model, "version" => d.model_version, "label" => d.label).set(psi);
+        if let (Some(psi), None, None) = (d.psi, &d.scanner, &d.group) {
+            match d.feature {
+                crate::admin::drift::Feature::Score => {
+                    metrics::gauge!("triage_model_score_psi", "model" => d.model, "version" => d.model_version, "label" => d.label).set(psi);
+                }
+                f => metrics::gauge!("triage_model_input_psi", "model" => d.model, "version" => d.model_version, "feature" => f.as_str()).set(psi),
+            }
         }
     }
     Ok(())

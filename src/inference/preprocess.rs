@@ -239,6 +239,24 @@ pub struct ModelInput {
     pub source_rows: usize,
     pub source_cols: usize,
     pub window: Window,
+    /// The first channel's values as windowed (0..1, before scale, mean and std) in
+    /// `HISTOGRAM_BINS` bins: the input statistics the drift check compares (`histogram`).
+    pub histogram: [f32; HISTOGRAM_BINS],
+}
+
+/// How many bins an input histogram has (each 0.1 wide over 0..1).
+pub const HISTOGRAM_BINS: usize = 10;
+
+/// The share of `values` (windowed, 0..1) in each of `HISTOGRAM_BINS` equal bins over 0..1: bin
+/// k holds k/10 <= v < (k+1)/10, the last also 1.0 (values outside 0..1 are clamped, non-finite
+/// ones skipped); all zeros for no values.
+pub fn histogram(values: impl IntoIterator<Item = f32>) -> [f32; HISTOGRAM_BINS] {
+    let mut counts = [0u64; HISTOGRAM_BINS];
+    for v in values.into_iter().filter(|v| v.is_finite()) {
+        counts[((v * HISTOGRAM_BINS as f32).floor().max(0.0) as usize).min(HISTOGRAM_BINS - 1)] += 1;
+    }
+    let total = counts.iter().sum::<u64>().max(1) as f64;
+    counts.map(|c| (c as f64 / total) as f32)
 }
 
 impl Decoded {
@@ -274,6 +292,7 @@ impl Decoded {
         Ok((0..frames)
             .map(|frame| {
                 let (display, window) = self.display_frame(frame, spec.window);
+                let mut histogram = [0.0; HISTOGRAM_BINS];
                 let planes: Vec<Array2<f32>> = (0..spec.channels)
                     .map(|c| match (&self.rgb, spec.color, spec.channel_windows.get(c)) {
                         (Some(rgb), Color::Rgb, _) => resize(rgb.index_axis(Axis(0), frame).index_axis(Axis(2), c.min(2)), spec.rows, spec.cols),
@@ -282,6 +301,9 @@ impl Decoded {
                     })
                     .enumerate()
                     .map(|(c, plane)| {
+                        if c == 0 {
+                            histogram = self::histogram(plane.iter().copied());
+                        }
                         let (mean, std) = (at(&spec.mean, c), at(&spec.std, c));
                         plane.mapv_into(|x| (x * spec.scale - mean) / std)
                     })
@@ -296,7 +318,7 @@ impl Decoded {
                         v
                     }
                 };
-                ModelInput { frame, values, source_rows, source_cols, window }
+                ModelInput { frame, values, source_rows, source_cols, window, histogram }
             })
             .collect())
     }
@@ -407,6 +429,22 @@ mod tests {
         assert!((got[2] - 0.5013).abs() < 1e-3, "{got:?}");
         assert!(got[3] > 0.998, "{got:?}");
         assert_eq!(got[4], 1.0);
+    }
+
+    #[test]
+    fn the_input_histogram_counts_shares_of_tenths() {
+        let check = |values: &[f32], expected: [f32; HISTOGRAM_BINS]| {
+            let got = histogram(values.iter().copied());
+            assert!(got.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{values:?}: {got:?}");
+        };
+        // Each bin holds k/10 <= v < (k+1)/10; 1.0 is in the last; outside 0..1 clamped.
+        check(&[0.0, 0.05, 0.1, 0.95, 1.0], [0.4, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4]);
+        check(&[-0.5, 1.5, f32::NAN], [0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]);
+        check(&[], [0.0; HISTOGRAM_BINS]);
+        // A model input carries its first channel's histogram, before scale, mean and std.
+        let s = InputSpec { scale: 255.0, mean: vec![10.0], std: vec![2.0], rows: 2, cols: 3, ..spec(1) };
+        let got = grey().model_inputs(&s).unwrap()[0].histogram;
+        assert!((got.iter().sum::<f32>() - 1.0).abs() < 1e-6 && (got[9] - 1.0 / 6.0).abs() < 1e-6 && got[0] >= 1.0 / 6.0, "{got:?}");
     }
 
     #[test]

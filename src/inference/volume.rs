@@ -279,26 +279,45 @@ impl Resampler {
         &self.values
     }
 
+    /// The window `rule` gives the volume (a `File` rule takes `first`'s window, a percentile
+    /// one the volume's values).
+    fn window(&self, rule: WindowRule, first: &Decoded) -> Window {
+        match rule {
+            WindowRule::Fixed(w) => w,
+            WindowRule::File { .. } if !first.windows.is_empty() => first.windows[0],
+            WindowRule::File { percentiles: p } | WindowRule::Percentile(p) => {
+                let inside: Vec<f32> = self.values.iter().copied().filter(|v| *v != OUTSIDE).collect();
+                super::preprocess::percentile_window(&ndarray::Array3::from_shape_vec((1, 1, inside.len()), inside).expect("shape"), p[0], p[1])
+            }
+        }
+    }
+
+    /// The input histogram (`preprocess::histogram`) of the volume's first channel: its voxels
+    /// inside the series, windowed (and MONOCHROME1 inverted) as `finish` windows them.
+    pub fn histogram(&self, spec: &super::preprocess::InputSpec, first: &Decoded) -> [f32; super::preprocess::HISTOGRAM_BINS] {
+        let w = self.window(spec.channel_windows.first().copied().unwrap_or(spec.window), first);
+        let invert = first.photometric == "MONOCHROME1";
+        super::preprocess::histogram(self.values.iter().filter(|v| **v != OUTSIDE).map(|&x| {
+            let v = window_value(x, w);
+            if invert {
+                1.0 - v
+            } else {
+                v
+            }
+        }))
+    }
+
     /// The volume as the model takes it, [C, D, H, W]: each channel windowed (its own window,
     /// else `window`; a `File` rule takes `first`'s window, a percentile one the volume's
     /// values), MONOCHROME1 inverted, scaled, normalised with the channel's mean and std. One
     /// channel is made in place (no second buffer).
     pub fn finish(self, spec: &super::preprocess::InputSpec, first: &Decoded) -> Vec<f32> {
+        let windows: Vec<Window> = (0..spec.channels.max(1)).map(|c| self.window(spec.channel_windows.get(c).copied().unwrap_or(spec.window), first)).collect();
         let values = self.values;
-        let window_of = |rule: WindowRule| -> Window {
-            match rule {
-                WindowRule::Fixed(w) => w,
-                WindowRule::File { .. } if !first.windows.is_empty() => first.windows[0],
-                WindowRule::File { percentiles: p } | WindowRule::Percentile(p) => {
-                    let inside: Vec<f32> = values.iter().copied().filter(|v| *v != OUTSIDE).collect();
-                    super::preprocess::percentile_window(&ndarray::Array3::from_shape_vec((1, 1, inside.len()), inside).expect("shape"), p[0], p[1])
-                }
-            }
-        };
         let at = |v: &[f32], c: usize| v.get(c).or(v.last()).copied().unwrap_or_default();
         let invert = first.photometric == "MONOCHROME1";
         let channel = |c: usize| {
-            let w = window_of(spec.channel_windows.get(c).copied().unwrap_or(spec.window));
+            let w = windows[c.min(windows.len() - 1)];
             let (mean, std, scale) = (at(&spec.mean, c), at(&spec.std, c), spec.scale);
             move |x: f32| {
                 let v = window_value(x, w);
@@ -324,6 +343,17 @@ impl Resampler {
 /// A volume model's input from `files` (stack order, each `rows` x `cols`): each slice decoded
 /// one at a time and added to `grid`'s resampler, then windowed as `spec` says ([C, D, H, W]).
 pub fn read_volume(files: &[std::path::PathBuf], grid: Grid, spec: &super::preprocess::InputSpec, rows: usize, cols: usize) -> Result<Vec<f32>, VolumeError> {
+    read_volume_with_histogram(files, grid, spec, rows, cols).map(|(values, _)| values)
+}
+
+/// `read_volume`, and the volume's input histogram (`Resampler::histogram`).
+pub fn read_volume_with_histogram(
+    files: &[std::path::PathBuf],
+    grid: Grid,
+    spec: &super::preprocess::InputSpec,
+    rows: usize,
+    cols: usize,
+) -> Result<(Vec<f32>, [f32; super::preprocess::HISTOGRAM_BINS]), VolumeError> {
     let mut resampler = Resampler::new(grid);
     let mut first = None;
     for (k, file) in files.iter().enumerate() {
@@ -338,7 +368,8 @@ pub fn read_volume(files: &[std::path::PathBuf], grid: Grid, spec: &super::prepr
         }
     }
     let first = first.ok_or(VolumeError::TooFew { got: 0, min: 1 })?;
-    Ok(resampler.finish(spec, &first))
+    let histogram = resampler.histogram(spec, &first);
+    Ok((resampler.finish(spec, &first), histogram))
 }
 
 /// A model's 3D map (one label: D' x H' x W') sampled on source slice `k` of the stack, over

@@ -391,6 +391,9 @@ pub fn email_text(n: &Notice) -> (String, String) {
 /// What a drift notice says about itself.
 pub const DRIFT_NOTICE: &str = "AI model monitoring: the model's score distribution moved away from its validation set (a new scanner, protocol or population, or a fault upstream). It says the inputs changed, not that the model got worse: check the readers' verdicts on the performance page.";
 
+/// What an input drift notice says about itself.
+pub const INPUT_DRIFT_NOTICE: &str = "AI model monitoring: the images given to the model (their intensities after windowing, pixel spacing or slice thickness) moved away from its validation set's (a new scanner, protocol or window, or a fault upstream). The model may be working outside what it was validated on: check the readers' verdicts on the performance page.";
+
 /// A model's score distribution drifted (`admin::drift`): the notice each rule with
 /// `drift = true` gets, once per crossing of `[drift] threshold`. Names and figures only: no
 /// study, no patient.
@@ -404,7 +407,12 @@ pub struct DriftNotice {
     pub rule: String,
     pub model: String,
     pub model_version: String,
+    /// The label whose scores drifted ("" for an input statistic).
     pub label: String,
+    /// The input statistic that drifted (`intensity`, `pixel_spacing`, `slice_thickness`);
+    /// absent for a label's scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
     /// The scanner the figures are of (absent: every study of the window, or a group's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanner: Option<String>,
@@ -433,6 +441,8 @@ pub struct Drifted {
     pub model: String,
     pub model_version: String,
     pub label: String,
+    /// An input statistic's name; None for a label's scores.
+    pub feature: Option<String>,
     pub scanner: Option<String>,
     pub group: Option<String>,
     pub psi: f64,
@@ -451,13 +461,18 @@ pub fn drift_rules<'a>(rules: &'a [NotifyRule], model: &str) -> Vec<&'a NotifyRu
 /// `rule`'s notice of the drift `d` on the node `station`, made at `created_ms`.
 pub fn drift_notice(rule: &NotifyRule, d: &Drifted, station: &str, link_base: &str, created_ms: i64) -> DriftNotice {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(created_ms.max(0) as u64);
+    // A label's notice keeps the id it had before input statistics were checked.
+    let label = match &d.feature {
+        Some(f) => format!("input:{f}"),
+        None => d.label.clone(),
+    };
     DriftNotice {
         id: stable_id(&[
             "triage-node drift",
             station,
             &d.model,
             &d.model_version,
-            &d.label,
+            &label,
             d.scanner.as_deref().unwrap_or(""),
             d.group.as_deref().unwrap_or(""),
             &d.crossing.to_string(),
@@ -468,6 +483,7 @@ pub fn drift_notice(rule: &NotifyRule, d: &Drifted, station: &str, link_base: &s
         model: d.model.clone(),
         model_version: d.model_version.clone(),
         label: d.label.clone(),
+        feature: d.feature.clone(),
         scanner: d.scanner.clone(),
         group: d.group.clone(),
         psi: d.psi,
@@ -479,7 +495,7 @@ pub fn drift_notice(rule: &NotifyRule, d: &Drifted, station: &str, link_base: &s
         link: (!link_base.is_empty()).then(|| format!("{}/#/performance", link_base.trim_end_matches('/'))),
         created_at: humantime::format_rfc3339_millis(at).to_string(),
         created_ms,
-        notice: DRIFT_NOTICE.into(),
+        notice: if d.feature.is_some() { INPUT_DRIFT_NOTICE } else { DRIFT_NOTICE }.into(),
     }
 }
 
@@ -493,19 +509,36 @@ impl DriftNotice {
         }
     }
 
+    /// "label L" or "input F" (the statistic in words).
+    fn what(&self) -> String {
+        match &self.feature {
+            Some(f) => format!("input {}", input_words(f)),
+            None => format!("label {}", self.label),
+        }
+    }
+
     /// One line: what drifted, by how much, over what.
     fn headline(&self) -> String {
         format!(
-            "model {} {} label {}{}: score distribution drifted (PSI {:.2} >= {:.2} over the last {} studies, window {})",
+            "model {} {} {}{}: {} drifted (PSI {:.2} >= {:.2} over the last {} studies, window {})",
             self.model,
             self.model_version,
-            self.label,
+            self.what(),
             self.where_(),
+            if self.feature.is_some() { "input statistics" } else { "score distribution" },
             self.psi,
             self.threshold,
             self.live_studies,
             self.window
         )
+    }
+}
+
+/// An input statistic's name in a sentence.
+fn input_words(feature: &str) -> String {
+    match feature {
+        "intensity" => "intensity histogram".into(),
+        other => other.replace('_', " "),
     }
 }
 
@@ -553,7 +586,7 @@ impl Message {
                 "status" => "drifted".into(),
                 "priority" => "DRIFT".into(),
                 "link" => d.link.clone().unwrap_or_default(),
-                "findings" => format!("{} PSI {:.2}", d.label, d.psi),
+                "findings" => format!("{} PSI {:.2}", d.feature.as_deref().map(input_words).unwrap_or_else(|| d.label.clone()), d.psi),
                 "summary" => {
                     let mut text = format!("[DRIFT] {}", d.headline());
                     if let Some(link) = &d.link {
@@ -571,7 +604,11 @@ impl Message {
         match self {
             Message::Study(n) => email_text(n),
             Message::Drift(d) => {
-                let subject = format!("[DRIFT] AI model {} {}: {} scores drifted{} (PSI {:.2})", d.model, d.model_version, d.label, d.where_(), d.psi);
+                let what = match &d.feature {
+                    Some(f) => format!("input {}", input_words(f)),
+                    None => format!("{} scores", d.label),
+                };
+                let subject = format!("[DRIFT] AI model {} {}: {what} drifted{} (PSI {:.2})", d.model, d.model_version, d.where_(), d.psi);
                 let mut text = format!("{}.\n", d.headline());
                 text.push_str(&format!(
                     "Reference: {} studies of the package's validation set. Crossing {} of this threshold.\n",
@@ -799,6 +836,7 @@ mod tests {
             model: "demo-nodule".into(),
             model_version: "1.0.0".into(),
             label: "nodule".into(),
+            feature: None,
             scanner: Some("ACME Scan 3000".into()),
             group: None,
             psi: 0.4312,
@@ -861,6 +899,19 @@ mod tests {
         );
         assert_eq!(m.template_value("priority"), "DRIFT");
         assert!(m.template_value("summary").starts_with("[DRIFT] model demo-nodule 1.0.0 label nodule"), "{}", m.template_value("summary"));
+        // An input statistic's drift names the statistic, has an id of its own, and reads back.
+        let input = drift_notice(&rules[0], &Drifted { label: String::new(), feature: Some("intensity".into()), scanner: None, ..d.clone() }, "TRIAGE", "", 0);
+        assert_ne!(input.id, drift_notice(&rules[0], &Drifted { scanner: None, ..d.clone() }, "TRIAGE", "", 0).id);
+        let thickness =
+            drift_notice(&rules[0], &Drifted { label: String::new(), feature: Some("slice_thickness".into()), scanner: None, ..d.clone() }, "TRIAGE", "", 0);
+        assert_ne!(input.id, thickness.id, "each statistic its own id");
+        let m = Message::read(&serde_json::to_vec(&input).unwrap()).unwrap();
+        assert_eq!(m, Message::Drift(Box::new(input.clone())));
+        let (subject, text) = m.email_text();
+        assert_eq!(subject, "[DRIFT] AI model demo-nodule 1.0.0: input intensity histogram drifted (PSI 0.43)");
+        assert!(text.starts_with("model demo-nodule 1.0.0 input intensity histogram: input statistics drifted (PSI 0.43 >= 0.25"), "{text}");
+        assert!(text.contains("outside what it was validated on"), "{text}");
+        assert_eq!(m.template_value("findings"), "intensity histogram PSI 0.43");
     }
 
     #[test]

@@ -304,6 +304,7 @@ mod tests {
             triaged_at_ms: received + 3100,
             series_instance_uid: None,
             findings: if state == ResultState::Triaged { vec![finding] } else { vec![] },
+            inputs: None,
         }
     }
 

@@ -179,6 +179,7 @@ fn blank(ctx: &Context<'_>, failure: Option<String>, model: &str, version: &str)
         triaged_at_ms: ctx.triaged_at_ms,
         series_instance_uid: None,
         findings: Vec::new(),
+        inputs: None,
     }
 }
 
@@ -223,6 +224,7 @@ pub fn study_results(ctx: &Context<'_>, slices: &[FrameOutput]) -> Vec<StudyResu
         r.intended_use = m.intended_use.clone();
         r.limits = m.limits.clone();
         r.images_inferred = mine.len() as i64;
+        r.inputs = crate::db::InputStats::of_study(mine.iter().filter_map(|s| s.input.as_ref()));
         r.preprocess_ms = mine.iter().map(|s| s.preprocess_us as f64).sum::<f64>() / 1000.0;
         r.forward_ms = mine.iter().map(|s| s.forward_us as f64 / s.batch_size.max(1) as f64).sum::<f64>() / 1000.0;
         if failure.is_some() {
@@ -364,6 +366,7 @@ mod tests {
             cam: vec![0.0],
             boxes: Vec::new(),
             embedding: Vec::new(),
+            input: None,
             preprocess_us: 0,
             queue_us: 0,
             forward_us: 0,

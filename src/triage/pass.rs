@@ -11,7 +11,7 @@ use tracing::{debug, error, warn, Instrument};
 
 use super::heartbeat::Heartbeat;
 use super::{Triage, TriageError};
-use crate::db::{DetectedBox, FrameOutput, InferenceState};
+use crate::db::{DetectedBox, FrameOutput, InferenceState, InputStats};
 use crate::domain::now_ms;
 use crate::inference::engine::{EngineError, ModelBox};
 use crate::inference::package::{InputKind, Manifest};
@@ -24,6 +24,8 @@ struct Prepared {
     input: ModelInput,
     /// The image's Pixel Spacing (a detector's boxes get their area in mm²).
     pixel_spacing: Option<[f64; 2]>,
+    /// The image's Slice Thickness (an input statistic).
+    slice_thickness: Option<f64>,
 }
 
 impl Triage {
@@ -116,6 +118,7 @@ impl Triage {
                         cam: o.cam,
                         boxes,
                         embedding: o.embedding,
+                        input: Some(input_stats(&p.input.histogram, p.pixel_spacing, p.slice_thickness)),
                         preprocess_us: per_image_us,
                         queue_us: o.queue_us as i64,
                         forward_us: o.forward_us as i64,
@@ -151,6 +154,16 @@ pub(super) fn source_boxes(m: &Manifest, source_rows: usize, source_cols: usize,
             d
         })
         .collect()
+}
+
+/// An image's input statistics: its histogram, the row spacing of its Pixel Spacing, its Slice
+/// Thickness (a non-positive or non-finite one counts as none).
+pub(super) fn input_stats(histogram: &[f32], pixel_spacing: Option<[f64; 2]>, slice_thickness: Option<f64>) -> InputStats {
+    InputStats {
+        histogram: histogram.iter().map(|v| (v * 1e5).round() / 1e5).collect(),
+        pixel_spacing: pixel_spacing.map(|[row, _]| row),
+        slice_thickness: slice_thickness.filter(|t| *t > 0.0 && t.is_finite()),
+    }
 }
 
 /// The span of one instance's inference pass (the instance's row id, never its UIDs).
@@ -235,8 +248,8 @@ fn prepare(path: &std::path::Path, manifests: &[Manifest]) -> Result<Vec<Prepare
     let mut out = Vec::new();
     for m in models {
         let spec = manifests[m].input.spec(&image.attrs.modality);
-        let pixel_spacing = image.attrs.pixel_spacing;
-        out.extend(decoded.model_inputs(&spec)?.into_iter().map(|input| Prepared { model: m, input, pixel_spacing }));
+        let (pixel_spacing, slice_thickness) = (image.attrs.pixel_spacing, image.attrs.slice_thickness);
+        out.extend(decoded.model_inputs(&spec)?.into_iter().map(|input| Prepared { model: m, input, pixel_spacing, slice_thickness }));
     }
     Ok(out)
 }

@@ -24,7 +24,7 @@ use super::{Triage, TriageError};
 use crate::db::FrameOutput;
 use crate::inference::engine::EngineError;
 use crate::inference::package::{InputKind, Manifest};
-use crate::inference::preprocess::{resize, Image, ImageAttrs};
+use crate::inference::preprocess::{histogram, resize, Image, ImageAttrs, HISTOGRAM_BINS};
 use crate::inference::volume::{self, Geometry, Grid, Stack, VolumeError};
 
 /// Why a series model's run ended when the engine stopped (shutdown), not because of its input.
@@ -114,7 +114,7 @@ impl Triage {
         let (rows, cols) = (stack.rows, stack.cols);
         let started = Instant::now();
         let _permit = self.preprocess.acquire().await.map_err(|e| e.to_string())?;
-        let input = tokio::task::spawn_blocking(move || volume::read_volume(&files, grid, &spec, rows, cols))
+        let (input, histogram) = tokio::task::spawn_blocking(move || volume::read_volume_with_histogram(&files, grid, &spec, rows, cols))
             .await
             .map_err(|e| if e.is_panic() { "the pixel decoder crashed on a slice of the series".to_string() } else { e.to_string() })?
             .map_err(|e| e.to_string())?;
@@ -151,6 +151,8 @@ impl Triage {
                     cam,
                     boxes: Vec::new(),
                     embedding: o.embedding.clone(),
+                    // The volume's histogram, with each slice's own header figures.
+                    input: Some(super::pass::input_stats(&histogram, s.3.pixel_spacing, s.3.slice_thickness)),
                     // One pass for the series: counted once.
                     preprocess_us: if first { preprocess_us } else { 0 },
                     queue_us: o.queue_us as i64,
@@ -180,7 +182,7 @@ impl Triage {
             let spec = spec.clone();
             let started = Instant::now();
             let _permit = self.preprocess.acquire().await.map_err(|e| e.to_string())?;
-            let slabs = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<f32>>, VolumeError> {
+            let prepared = tokio::task::spawn_blocking(move || -> Result<(Vec<Vec<f32>>, Vec<[f32; HISTOGRAM_BINS]>), VolumeError> {
                 // The planes this chunk's slabs need, each windowed in HU (its own window) and
                 // resized once.
                 let first = start.saturating_sub(k / 2);
@@ -196,7 +198,9 @@ impl Triage {
                     planes.push(resize(display.view(), spec.rows, spec.cols));
                 }
                 let at = |v: &[f32], c: usize| v.get(c).or(v.last()).copied().unwrap_or_default();
-                Ok((start..end)
+                // A slab's input statistics are its centre slice's (windowed, resized).
+                let histograms = (start..end).map(|centre| histogram(planes[centre - first].iter().copied())).collect();
+                let slabs = (start..end)
                     .map(|centre| {
                         volume::slab_indices(n, k, centre)
                             .into_iter()
@@ -207,11 +211,13 @@ impl Triage {
                             })
                             .collect()
                     })
-                    .collect())
+                    .collect();
+                Ok((slabs, histograms))
             })
             .await
             .map_err(|e| if e.is_panic() { "the pixel decoder crashed on a slice of the series".to_string() } else { e.to_string() })?
             .map_err(|e| e.to_string())?;
+            let (slabs, histograms) = prepared;
             drop(_permit);
             let per_image_us = started.elapsed().as_micros() as i64 / (end - start) as i64;
             let answers = self.engine.submit_many(index, slabs).await.map_err(engine_error)?;
@@ -231,6 +237,7 @@ impl Triage {
                     cam: o.cam,
                     boxes: super::pass::source_boxes(m, stack.rows, stack.cols, s.3.pixel_spacing, &o.boxes),
                     embedding: o.embedding,
+                    input: Some(super::pass::input_stats(&histograms[centre - start], s.3.pixel_spacing, s.3.slice_thickness)),
                     preprocess_us: per_image_us,
                     queue_us: o.queue_us as i64,
                     forward_us: o.forward_us as i64,

@@ -178,6 +178,11 @@ async fn suite(url: &str) {
         triaged_at_ms: 7_100,
         series_instance_uid: None,
         findings: vec![],
+        inputs: Some(triage_node::db::InputStats {
+            histogram: vec![0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            pixel_spacing: Some(0.7),
+            slice_thickness: None,
+        }),
     };
     let item = |path: &str, kind: &str| NewOutboxItem {
         path: path.into(),
@@ -205,6 +210,10 @@ async fn suite(url: &str) {
     };
     let items = [item("outbox/results/x.dcm", "sc"), item("outbox/results/y.dcm", "sr")];
     db.save_study_results(job, "n3", StudySave { results, outbox: &items, shadows: std::slice::from_ref(&shadow), ..Default::default() }).await.unwrap();
+    // The result's input statistics are saved with it and read back for the input drift check.
+    let inputs = db.recent_inputs("m", "1", 10).await.unwrap();
+    assert_eq!(inputs, [(result.inputs.clone().unwrap(), None)]);
+    assert_eq!(db.recent_results(10).await.unwrap().iter().find(|r| r.model == "m").map(|r| r.inputs.clone()), Some(result.inputs.clone()));
     let pairs = db.shadow_pairs().await.unwrap();
     assert_eq!(pairs.len(), 1);
     assert_eq!((&pairs[0].shadow, pairs[0].live_state.as_str()), (&shadow, result.state.as_str()));

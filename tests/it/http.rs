@@ -390,15 +390,20 @@ fn the_worklist_api_puts_urgent_first_names_patients_to_tokens_only_and_audits_r
     assert!((nodule["psi"].as_f64().unwrap() - expected).abs() < 1e-3, "{nodule} vs {expected}");
     // The chest room's group is judged on its own (the same eight studies: the same PSI); the
     // CT group has no studies and no figures.
-    let grouped: Vec<&Value> = drift.as_array().unwrap().iter().filter(|d| d["model"] == "demo-nodule" && !d["group"].is_null()).collect();
+    let grouped: Vec<&Value> =
+        drift.as_array().unwrap().iter().filter(|d| d["model"] == "demo-nodule" && d["feature"] == "score" && !d["group"].is_null()).collect();
     assert_eq!(grouped.len(), 1, "{drift}");
     assert_eq!(
         (grouped[0]["group"].as_str(), grouped[0]["state"].as_str(), &grouped[0]["psi"]),
         (Some("chest room"), Some("drifted"), &nodule["psi"]),
         "{drift}"
     );
+    // Their inputs do not drift from the validation images' (the same pipeline at another size).
+    let intensity = drift.as_array().unwrap().iter().find(|d| d["model"] == "demo-nodule" && d["feature"] == "intensity").expect("input drift");
+    assert_eq!((intensity["state"].as_str(), intensity["reference_studies"].as_u64()), (Some("stable"), Some(400)), "{intensity}");
     let ready: Value = api.get("/readyz", Some(ADMIN_TOKEN)).json().unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["warnings"].as_array().unwrap().len(), 2, "the label's score drift, over all and in its group: {ready}");
     assert!(ready["warnings"][0].as_str().unwrap().contains("model demo-nodule 1.0.0 label nodule: score distribution drifted"), "{ready}");
     let metrics = api.get("/metrics", None).text().unwrap();
     assert!(metrics.contains("triage_model_score_psi{model=\"demo-nodule\",version=\"1.0.0\",label=\"nodule\"}"), "{metrics}");

@@ -426,3 +426,132 @@ fn a_drifted_model_is_told_once_and_a_stable_one_not_at_all() {
     let notices: Vec<_> = rt.block_on(db.outbox_list(None)).unwrap().into_iter().filter(|i| i.kind == "notice").collect();
     assert_eq!((notices.len(), notices[0].study_id, notices[0].state.as_str()), (1, None, "delivered"), "{notices:?}");
 }
+
+/// The input histogram (ten shares of 0.1 over 0..1) of a model input written by the training
+/// script's `model-input` (f32 LE; demo-nodule: one channel, mean 0, std 1: the windowed image).
+fn script_histogram(python: &Path, file: &Path, out: &Path) -> Vec<f64> {
+    let run = Command::new(python).arg(repo().join("scripts/train-demo-model.py")).arg("model-input").arg(file).arg(out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let values: Vec<f32> = std::fs::read(out).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let mut counts = [0usize; 10];
+    for v in &values {
+        counts[((v * 10.0).floor().max(0.0) as usize).min(9)] += 1;
+    }
+    counts.iter().map(|&c| c as f64 / values.len() as f64).collect()
+}
+
+/// Input drift (issue 33): demo-nodule against a reference whose `inputs` are the eight demo
+/// cases' own, computed by the training script's pipeline (`model-input`, not the node's code):
+/// the cases themselves are stable (PSI below 0.1); the same cases with another VOI window
+/// (Window Center 15000 -> 10000, rewritten with pydicom, new UIDs) drift: a warning in /readyz
+/// and `status`, `triage_model_input_psi` at /metrics, and one drift notice naming the
+/// statistic, once. The reference has no scores (no score drift) and no spacing or thickness
+/// (the cases have none): those are `no_reference`.
+#[test]
+fn a_shifted_window_raises_input_drift_and_the_reference_cases_do_not() {
+    if !peers_ready() {
+        return;
+    }
+    let Some((_, cases)) = demo_cases() else { return };
+    let python = python().unwrap();
+    let files: Vec<std::path::PathBuf> = cases.into_iter().take(8).map(|(f, _)| f).collect();
+    let work = tempfile::tempdir().unwrap();
+    let package = work.path().join("models/demo-nodule");
+    std::fs::create_dir_all(&package).unwrap();
+    for f in ["model.pt", "model.toml"] {
+        std::fs::copy(repo().join("models/demo-nodule").join(f), package.join(f)).unwrap();
+    }
+    let histograms: Vec<Vec<f64>> = files.iter().map(|f| script_histogram(&python, f, &work.path().join("input.f32"))).collect();
+    let reference = serde_json::json!({ "source": "the demo cases", "scores": {}, "inputs": { "histogram": histograms } });
+    std::fs::write(package.join("reference.json"), reference.to_string()).unwrap();
+    // The same cases in another window, as new studies.
+    let shifted_dir = work.path().join("shifted");
+    std::fs::create_dir_all(&shifted_dir).unwrap();
+    let rewrite = Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import sys, pathlib, pydicom\nfrom pydicom.uid import generate_uid\nout = pathlib.Path(sys.argv[1])\n\
+             for f in sys.argv[2:]:\n    ds = pydicom.dcmread(f)\n    ds.WindowCenter = 10000\n    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()\n    \
+             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()\n    ds.save_as(out / pathlib.Path(f).name, enforce_file_format=True)\n",
+        )
+        .arg(&shifted_dir)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(rewrite.status.success(), "{}", String::from_utf8_lossy(&rewrite.stderr));
+    let shifted: Vec<std::path::PathBuf> = files.iter().map(|f| shifted_dir.join(f.file_name().unwrap())).collect();
+
+    let hooks = work.path().join("drift.jsonl");
+    let port = free_port();
+    let _receiver = webhook_receiver(port, &hooks);
+    let node = Node::start(NodeOptions {
+        inference: vec![format!("models_dir = \"{}\"", work.path().join("models").display())],
+        delivery: vec!["poll_interval = \"200ms\"".into()],
+        extra: vec![
+            "[drift]\nwindow = 8\nmin_studies = 8\ncheck_interval = \"300ms\"".into(),
+            format!("[notify]\nenabled = true\ntimeout = \"5s\"\n[[notify.rules]]\nname = \"models\"\nurl = \"http://127.0.0.1:{port}/drift\"\npriorities = []\ndrift = true\n"),
+        ],
+        ..Default::default()
+    });
+    let http = reqwest::blocking::Client::new();
+    let base = format!("http://127.0.0.1:{}", node.http_port.unwrap());
+    let drift = || -> Vec<Value> { http.get(format!("{base}/api/drift")).bearer_auth(ADMIN_TOKEN).send().unwrap().json().unwrap() };
+    let intensity = |all: &[Value]| all.iter().find(|d| d["feature"] == "intensity" && d["scanner"].is_null() && d["group"].is_null()).cloned().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(node.db());
+
+    // The reference cases themselves: stable.
+    assert!(node.storescu(&files).status.success(), "{}", node.log());
+    let uids: Vec<String> = files.iter().map(|f| deid_uid(&study_uid_of(f))).collect();
+    wait_results(&rt, &db, &uids, Duration::from_secs(120), &node);
+    let all = drift();
+    let stable = intensity(&all);
+    eprintln!("the reference cases: {stable}");
+    assert_eq!(
+        (stable["state"].as_str(), stable["live_studies"].as_u64(), stable["reference_studies"].as_u64()),
+        (Some("stable"), Some(8), Some(8)),
+        "{all:?}"
+    );
+    assert!(stable["psi"].as_f64().unwrap() < 0.1, "{stable}");
+    for feature in ["pixel_spacing", "slice_thickness"] {
+        let d = all.iter().find(|d| d["feature"] == feature).unwrap_or_else(|| panic!("{feature}: {all:?}"));
+        assert_eq!(d["state"], "no_reference", "{d}");
+    }
+    assert_eq!(all.iter().find(|d| d["feature"] == "score").unwrap()["state"], "no_reference");
+    let ready: Value = http.get(format!("{base}/readyz")).bearer_auth(ADMIN_TOKEN).send().unwrap().json().unwrap();
+    assert_eq!(ready["warnings"], serde_json::json!([]), "{ready}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(jsonl(&hooks).is_empty(), "no notice while stable");
+
+    // The same cases in another window: the newest eight studies are all shifted.
+    assert!(node.storescu(&shifted).status.success(), "{}", node.log());
+    let uids: Vec<String> = shifted.iter().map(|f| deid_uid(&study_uid_of(f))).collect();
+    wait_results(&rt, &db, &uids, Duration::from_secs(120), &node);
+    let drifted = intensity(&drift());
+    eprintln!("the shifted window: {drifted}");
+    assert_eq!((drifted["state"].as_str(), drifted["live_studies"].as_u64()), (Some("drifted"), Some(8)), "{drifted}");
+    assert!(drifted["psi"].as_f64().unwrap() >= 0.25 && drifted.get("label").is_none(), "{drifted}");
+    let ready: Value = http.get(format!("{base}/readyz")).bearer_auth(ADMIN_TOKEN).send().unwrap().json().unwrap();
+    assert_eq!(ready["ready"], true, "a warning, not a reason: {ready}");
+    let warning = "model demo-nodule 1.0.0 input intensity histogram: input statistics drifted";
+    assert!(ready["warnings"][0].as_str().unwrap().starts_with(warning), "{ready}");
+    let status = String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains(&format!("WARNING: {warning}")), "{status}");
+    let metrics = http.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    let gauge =
+        metrics.lines().find(|l| l.starts_with("triage_model_input_psi{") && l.contains("feature=\"intensity\"")).unwrap_or_else(|| panic!("{metrics}"));
+    assert!(gauge.contains("model=\"demo-nodule\"") && gauge.contains("version=\"1.0.0\""), "{gauge}");
+    // One notice, naming the statistic, once.
+    wait_for(&node, "the input drift notification", Duration::from_secs(30), || !jsonl(&hooks).is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    let got = jsonl(&hooks);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (body["event"].as_str(), body["model"].as_str(), body["feature"].as_str(), body["label"].as_str()),
+        (Some("drift"), Some("demo-nodule"), Some("intensity"), Some(""))
+    );
+    assert_eq!((body["live_studies"].as_u64(), body["reference_studies"].as_u64(), body["crossing"].as_i64()), (Some(8), Some(8), Some(1)));
+    let alerts = rt.block_on(db.drift_alerts()).unwrap();
+    assert_eq!(alerts.iter().map(|a| (a.key.label.as_str(), a.drifted)).collect::<Vec<_>>(), [("input:intensity", true)]);
+}
