@@ -290,11 +290,9 @@ impl Watch {
                         out.extend(self.spread(&blank, &live, |d, h| self.rate(d, h.len(), || histogram_psi(reference, &h))));
                     }
                     _ => {
-                        let (reference, value): (&Vec<f64>, fn(&InputStats) -> Option<f64>) = if feature == Feature::PixelSpacing {
-                            (&inputs.pixel_spacing, |i| i.pixel_spacing)
-                        } else {
-                            (&inputs.slice_thickness, |i| i.slice_thickness)
-                        };
+                        let spacing = feature == Feature::PixelSpacing;
+                        let reference = if spacing { &inputs.pixel_spacing } else { &inputs.slice_thickness };
+                        let value = |i: &InputStats| if spacing { i.pixel_spacing } else { i.slice_thickness };
                         let live: Vec<(f64, Option<String>)> = live.iter().filter_map(|(i, scanner)| Some((value(i)?, scanner.clone()))).collect();
                         let blank = LabelDrift { reference_studies: reference.len(), ..blank };
                         if reference.is_empty() {
@@ -551,7 +549,8 @@ fn index(expected: &[f64], actual: &[f64]) -> f64 {
 pub fn value_psi(reference: &[f64], live: &[f64]) -> f64 {
     let mut edges = edges(reference);
     let (min, max) = reference.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    edges.extend([min, max.next_up()]);
+    // Just above the maximum (`f64::next_up` is newer than the crate's MSRV).
+    edges.extend([min, max + f64::EPSILON * max.abs().max(1.0)]);
     edges.sort_by(f64::total_cmp);
     edges.dedup();
     index(&shares(reference, &edges), &shares(live, &edges))

@@ -45,6 +45,9 @@ pub(super) struct SeriesOutputs {
     pub failed: Vec<(String, String)>,
 }
 
+/// A chunk of slabs as the model takes them, and each one's input histogram.
+type Chunk = (Vec<Vec<f32>>, Vec<[f32; HISTOGRAM_BINS]>);
+
 /// One stored slice: its row id, series, file, routing attributes and geometry.
 type Slice = (i64, String, PathBuf, ImageAttrs, Geometry);
 
@@ -182,7 +185,7 @@ impl Triage {
             let spec = spec.clone();
             let started = Instant::now();
             let _permit = self.preprocess.acquire().await.map_err(|e| e.to_string())?;
-            let prepared = tokio::task::spawn_blocking(move || -> Result<(Vec<Vec<f32>>, Vec<[f32; HISTOGRAM_BINS]>), VolumeError> {
+            let prepared = tokio::task::spawn_blocking(move || -> Result<Chunk, VolumeError> {
                 // The planes this chunk's slabs need, each windowed in HU (its own window) and
                 // resized once.
                 let first = start.saturating_sub(k / 2);
