@@ -68,7 +68,7 @@ pub struct SimilarSettings {
 
 impl Default for SimilarSettings {
     fn default() -> SimilarSettings {
-        SimilarSettings { exact_limit: 20_000 }
+        SimilarSettings { exact_limit: 200_000 }
     }
 }
 
