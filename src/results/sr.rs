@@ -34,7 +34,8 @@
 //!    CONTAINS CODE Finding, HAS CONCEPT MOD Algorithm Name, Version        positive segmenter
 //!    CONTAINS IMAGE Referenced Segment (1411) | Referenced Segmentation    finding: the segment of
 //!      Frame (1410): the SEG, Referenced Segment Number                   the result's SEG
-//!    CONTAINS UIDREF Source series for segmentation (1411)
+//!    CONTAINS UIDREF Source series for segmentation (1411) | IMAGE Source
+//!      image for segmentation (1410) = the key image (frame)
 //!    CONTAINS NUM (42798000, SCT, "Area") mm2 | {pixels}; NUM (118565006, SCT, "Volume") mm3
 //!    CONTAINS CODE <finding> = Present
 //!  CONTAINS CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
@@ -453,7 +454,8 @@ fn box_groups(r: &Report, f: &FindingReport) -> Vec<Item> {
 
 /// The measurement group of a segmenter's positive finding: TID 1411 (Volumetric ROI) over a
 /// volume's slices, with the segment, its source series and the volume (mm³) and area on the
-/// key slice; TID 1410 (Planar ROI) on one image, with the segment's frame and its area.
+/// key slice; TID 1410 (Planar ROI) on one image, with the segment's frame, the key image as
+/// its source image for segmentation, and its area.
 fn segment_group(r: &Report, f: &FindingReport, s: &SegmentReport) -> Item {
     let volumetric = s.volume_mm3.is_some();
     let mut seg = s.seg.clone();
@@ -468,6 +470,9 @@ fn segment_group(r: &Report, f: &FindingReport, s: &SegmentReport) -> Item {
     let present = children.pop();
     if volumetric {
         children.push(Item::UidRef { rel: "CONTAINS", concept: Code::new("121232", "DCM", "Source series for segmentation"), uid: s.source_series.clone() });
+    } else {
+        // TID 1410 requires the image a Referenced Segmentation Frame was segmented from.
+        children.push(Item::Image { rel: "CONTAINS", concept: Code::new("121233", "DCM", "Source image for segmentation"), image: f.source.clone() });
     }
     children.push(Item::Num { rel: "CONTAINS", concept: Code::new("42798000", "SCT", "Area"), value: s.area.0, unit: s.area.1.clone() });
     if let Some(v) = s.volume_mm3 {
@@ -772,6 +777,20 @@ mod tests {
                 items.iter().any(|i| value_type(i) == "UIDREF" && i.get(tags::UID).unwrap().to_str().unwrap().trim_end_matches('\0') == "1.2.3.21"),
                 volume.is_some()
             );
+            // TID 1410: the segmentation frame's source image is the key image; TID 1411 names the series.
+            let sources: Vec<String> = items
+                .iter()
+                .filter(|i| value_type(i) == "IMAGE" && format!("{:?}", i.get(tags::CONCEPT_NAME_CODE_SEQUENCE).unwrap()).contains("121233"))
+                .map(|i| {
+                    i.get(tags::REFERENCED_SOP_SEQUENCE).unwrap().items().unwrap()[0]
+                        .get(tags::REFERENCED_SOP_INSTANCE_UID)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(sources, if volume.is_some() { vec![] } else { vec!["1.2.3.4".to_string()] }, "{template}");
             let evidence = sr.get(tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE).expect("the SEG is pertinent evidence");
             assert!(format!("{evidence:?}").contains("1.2.3.20"));
         }

@@ -102,6 +102,8 @@ fn a_detectors_boxes_reach_the_sr_and_the_worklist_on_the_source_grid() {
     assert_eq!(files.len(), 1, "the SR alone, no heatmap for a detector: {files:?}");
     let errors = dciodvfy_errors(&files[0]);
     assert!(errors.is_empty(), "dciodvfy: {errors:?}");
+    let errors = pixelmed_errors(&files[0]);
+    assert!(errors.is_empty(), "Pixelmed: {errors:?}");
     let read = crate::results::check(&[files[0].as_path()]);
     let sr = &read[0]["sr"];
     let key_sop = meta_of(&file).0.trim_end_matches('\0').to_string();
@@ -217,6 +219,8 @@ fn the_demo_onnx_detector_boxes_the_planted_nodule_and_passes_a_clear_film() {
     for sr in &srs {
         let errors = dciodvfy_errors(sr);
         assert!(errors.is_empty(), "dciodvfy on {}: {errors:?}", sr.display());
+        let errors = pixelmed_errors(sr);
+        assert!(errors.is_empty(), "Pixelmed on {}: {errors:?}", sr.display());
         let read = crate::results::check(&[sr.as_path()]);
         regions += read[0]["sr"]["regions"].as_array().unwrap().iter().filter(|g| g["tracking"].as_str().unwrap_or("").contains(" box ")).count();
     }

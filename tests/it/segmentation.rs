@@ -62,7 +62,7 @@ fn segmenter(root: &Path) -> Option<String> {
 
 /// Once the report is delivered: the PACS stopped, the SEG and the SR it received (storescp
 /// names a file by its SOP class's abbreviation: SG a Segmentation, SR3 a Comprehensive 3D SR),
-/// each with no dciodvfy error.
+/// each with no dciodvfy error, and the SR with no Pixelmed error.
 fn delivered_seg_and_sr(node: &Node, mut pacs: std::process::Child, received: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     wait_for(node, "the AI report delivered", Duration::from_secs(30), || node.log().contains("AI report delivered"));
     let _ = pacs.kill();
@@ -75,6 +75,9 @@ fn delivered_seg_and_sr(node: &Node, mut pacs: std::process::Child, received: &P
         let errors = dciodvfy_errors(f);
         assert!(errors.is_empty(), "dciodvfy {}: {errors:?}", f.display());
     }
+    // The SR's regions and the TID 1411 group referencing the segment, by the SR validator IHE AIR names.
+    let errors = pixelmed_errors(&sr);
+    assert!(errors.is_empty(), "Pixelmed {}: {errors:?}", sr.display());
     (seg, sr)
 }
 
@@ -140,6 +143,9 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     assert_eq!(g["template"], "1410");
     // The frame names the segment (never both: PS3.3 Image SOP Instance Reference Macro).
     assert_eq!(g["image"], serde_json::json!(["Referenced Segmentation Frame", seg_sop, 0, 1]), "{g}");
+    // TID 1410 names the image the frame was segmented from: the key image.
+    let key_sop = meta_of(&file).0.trim_end_matches('\0').to_string();
+    assert_eq!(g["source_image"], serde_json::json!(["Source image for segmentation", key_sop, 0, 0]), "{g}");
     let area = g["measurements"].as_array().unwrap().iter().find(|m| m[0] == "Area").unwrap_or_else(|| panic!("no area: {g}"));
     assert_eq!(area[2], "{pixels}");
     assert_eq!(area[1].as_f64().unwrap() as usize, inside, "{g}");

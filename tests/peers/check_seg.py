@@ -58,7 +58,9 @@ if len(sys.argv) > 3:
             for ci in g[0].ContentSequence:
                 if ci.ValueType == "IMAGE":
                     r = ci.ReferencedSOPSequence[0]
-                    entry["image"] = [ci.ConceptNameCodeSequence[0].CodeMeaning, r.ReferencedSOPInstanceUID, int(r.get("ReferencedSegmentNumber", 0)), int(r.get("ReferencedFrameNumber", 0))]
+                    # The segment reference, and (TID 1410) the image it was segmented from.
+                    key = "source_image" if ci.ConceptNameCodeSequence[0].CodeValue == "121233" else "image"
+                    entry[key] = [ci.ConceptNameCodeSequence[0].CodeMeaning, r.ReferencedSOPInstanceUID, int(r.get("ReferencedSegmentNumber", 0)), int(r.get("ReferencedFrameNumber", 0))]
             groups.append(entry)
     out["sr_groups"] = groups
 print(json.dumps(out))
