@@ -350,6 +350,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/studies/{id}/retract"),
     ("post", "/api/studies/{id}/acknowledge"),
     ("put", "/api/studies/{id}/feedback"),
+    ("get", "/api/studies/{id}/similar"),
     ("get", "/api/feedback/export"),
     ("get", "/api/performance"),
     ("get", "/api/drift"),
