@@ -7,7 +7,7 @@
 //! slices make a volume: a TID 1411 group with the volume in mm³. The shipped CT demonstration
 //! segmenter (models/more/demo-ct-lesion-seg) outlines a synthetic lesion the same way.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -36,9 +36,9 @@ method = "max"
 "#;
 
 /// A node running the package(s) of `models_dir`, delivering to a DCMTK storescp (its
-/// received files in `received`), given `file` by storescu: the node, the storescp and the
-/// study's results once triaged.
-fn segment_one(models_dir: String, file: &Path, received: &Path) -> (Node, std::process::Child, Vec<Vec<triage_node::db::StudyResult>>) {
+/// received files in `received`), given the `files` of one study by storescu: the node, the
+/// storescp and the study's results once triaged.
+fn segment_study(models_dir: String, files: &[PathBuf], received: &Path) -> (Node, std::process::Child, Vec<Vec<triage_node::db::StudyResult>>) {
     let (pacs, pacs_port) = storescp(received);
     let node = Node::start(NodeOptions {
         inference: vec![models_dir],
@@ -48,10 +48,10 @@ fn segment_one(models_dir: String, file: &Path, received: &Path) -> (Node, std::
     });
     let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(node.storescu(&[file.to_path_buf()]).status.success(), "{}", node.log());
+    assert!(node.storescu(files).status.success(), "{}", node.log());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(node.db());
-    let results = wait_results(&rt, &db, &[deid_uid(&study_uid_of(file))], Duration::from_secs(60), &node);
+    let results = wait_results(&rt, &db, &[deid_uid(&study_uid_of(&files[0]))], Duration::from_secs(90), &node);
     (node, pacs, results)
 }
 
@@ -92,7 +92,7 @@ fn a_segmenters_mask_reaches_the_pacs_as_a_segmentation_the_sr_references() {
     let Some(python) = python() else { return };
     let file = dir.join("case000.dcm");
     let received = tempfile::tempdir().unwrap();
-    let (node, pacs, results) = segment_one(models_dir, &file, received.path());
+    let (node, pacs, results) = segment_study(models_dir, std::slice::from_ref(&file), received.path());
     let r = &results[0][0];
     assert_eq!((r.model.as_str(), r.state.as_str(), r.priority.map(|p| p.as_str())), ("tiny-segmenter", "triaged", Some("urgent")), "{:?}", r.error);
     // One finding (the background is the negative class): the lesion, its probability its
@@ -166,7 +166,7 @@ fn a_label_map_becomes_a_binary_segmentation() {
     let Some(models_dir) = scripted_package(models.path(), "tiny-label-segmenter", "make_tiny_label_segmenter.py", &manifest) else { return };
     let file = dir.join("case000.dcm");
     let received = tempfile::tempdir().unwrap();
-    let (node, pacs, results) = segment_one(models_dir, &file, received.path());
+    let (node, pacs, results) = segment_study(models_dir, std::slice::from_ref(&file), received.path());
     let f = &results[0][0].findings[0];
     assert!(f.label == "lesion" && f.positive && f.probability == 1.0, "{} {}", f.label, f.probability);
     assert!(f.cam.iter().all(|&v| v == 0.0 || v == 1.0), "a label map's mask is one-hot");
@@ -229,20 +229,7 @@ fn a_segmenters_volume_finding_is_a_tid_1411_group_with_its_volume() {
     let mut files = walk(&series);
     files.sort();
     let received = tempfile::tempdir().unwrap();
-    let (pacs, pacs_port) = storescp(received.path());
-    let node = Node::start(NodeOptions {
-        inference: vec![models_dir],
-        results: vec!["destinations = [\"PACS\"]".into()],
-        delivery: vec!["poll_interval = \"200ms\"".into()],
-        ..Default::default()
-    });
-    let out = node.cli(&["ae", "add", "PACS", "--role", "pacs", "--host", "127.0.0.1", "--port", &pacs_port.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(node.storescu(&files).status.success(), "{}", node.log());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(node.db());
-    let uid = deid_uid(&study_uid_of(&files[0]));
-    let results = wait_results(&rt, &db, std::slice::from_ref(&uid), Duration::from_secs(90), &node);
+    let (node, pacs, results) = segment_study(models_dir, &files, received.path());
     let r = &results[0][0];
     assert_eq!((r.model.as_str(), r.state.as_str()), ("tiny-segmenter", "triaged"), "{:?}", r.error);
     let f = &r.findings[0];
@@ -293,7 +280,7 @@ fn the_demo_ct_segmenter_outlines_the_lesion_as_a_segmentation() {
     let range: Vec<usize> = printed.split_whitespace().skip(1).map(|w| w.parse().unwrap()).collect();
     let file = series.join(format!("slice{:03}.dcm", (range[0] + range[1]) / 2));
     let received = tempfile::tempdir().unwrap();
-    let (node, pacs, results) = segment_one(format!("models_dir = \"{}\"", models.path().display()), &file, received.path());
+    let (node, pacs, results) = segment_study(format!("models_dir = \"{}\"", models.path().display()), std::slice::from_ref(&file), received.path());
     let r = &results[0][0];
     assert_eq!((r.model.as_str(), r.state.as_str()), ("demo-ct-lesion-seg", "triaged"), "{:?}", r.error);
     let f = &r.findings[0];
